@@ -1,0 +1,487 @@
+//! Semantic checks of a workflow, and the facts later stages need.
+//!
+//! Turns a schema-valid [`Workflow`] into an [`Analysis`]: every template
+//! compiled and its references checked (strict: an unknown name is an error
+//! here, not an empty string at run time), prompt files read from inside the
+//! project only, dependencies collected from `needs` *and* from template
+//! references, and the DAG sealed. Every problem is reported at once.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use indexmap::IndexMap;
+use minijinja::Environment;
+
+use crate::diagnostic::{Diagnostic, SourceFile, closest, did_you_mean, one_of};
+use crate::graph::Dag;
+use crate::template::{self, Origin, Source};
+use crate::workflow::{Loaded, Step, Workflow};
+use crate::yaml::{Document, pointer};
+
+/// What the analysis knows about one step.
+#[derive(Debug, Clone)]
+pub struct StepInfo {
+    pub id: String,
+    pub prompt: Source,
+    pub system: Option<Source>,
+    pub when: Option<Source>,
+    pub for_each: Option<Source>,
+    /// Inputs the step's templates read (directly).
+    pub reads_inputs: BTreeSet<String>,
+    /// Steps whose outputs the templates read (these carry data, and so
+    /// sensitivity).
+    pub reads_steps: BTreeSet<String>,
+    /// Steps that must finish first: `needs` plus `reads_steps`.
+    pub deps: BTreeSet<String>,
+}
+
+/// A workflow that passed every check.
+#[derive(Debug)]
+pub struct Analysis {
+    pub workflow: Loaded<Workflow>,
+    pub steps: IndexMap<String, StepInfo>,
+    pub dag: Dag,
+    pub env: Environment<'static>,
+}
+
+impl Analysis {
+    pub fn doc(&self) -> &Document {
+        &self.workflow.doc
+    }
+
+    pub fn step(&self, id: &str) -> &Step {
+        &self.workflow.value.steps[id]
+    }
+
+    /// Step ids in execution order.
+    pub fn order(&self) -> impl Iterator<Item = &str> {
+        self.dag
+            .order()
+            .iter()
+            .map(|&i| self.steps.get_index(i).map_or("", |(k, _)| k.as_str()))
+    }
+}
+
+/// The folder that prompt files must stay inside: the nearest ancestor of the
+/// workflow that holds `.git`, else the current directory.
+pub fn project_root(workflow_path: &Path) -> PathBuf {
+    let abs = std::fs::canonicalize(workflow_path).unwrap_or_else(|_| workflow_path.to_path_buf());
+    let mut dir = abs.parent();
+    while let Some(d) = dir {
+        if d.join(".git").exists() {
+            return d.to_path_buf();
+        }
+        dir = d.parent();
+    }
+    std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."))
+}
+
+/// Checks a workflow. `root` is the project folder prompt files must stay in.
+pub fn analyze(workflow: Loaded<Workflow>, root: &Path) -> Result<Analysis, Vec<Diagnostic>> {
+    let env = template::environment();
+    let mut diags = Vec::new();
+    let w = &workflow.value;
+    let doc = &workflow.doc;
+    let step_ids: Vec<&str> = w.steps.keys().map(String::as_str).collect();
+    let input_names: Vec<&str> = w.inputs.keys().map(String::as_str).collect();
+
+    check_inputs(w, doc, &mut diags);
+
+    let mut steps = IndexMap::new();
+    for (id, step) in &w.steps {
+        let sp = |key: &str| pointer(["steps", id.as_str(), key]);
+        let prompt = match (&step.prompt, &step.prompt_file) {
+            (Some(p), None) => Some(Source::inline(p, sp("prompt"))),
+            (None, Some(f)) => read_prompt_file(
+                f,
+                &workflow.dir(),
+                root,
+                doc,
+                &sp("prompt_file"),
+                &mut diags,
+            ),
+            (Some(_), Some(_)) => {
+                diags.push(
+                    Diagnostic::error(
+                        "prompt-conflict",
+                        format!("step `{id}` has both `prompt` and `prompt_file`"),
+                    )
+                    .at(doc.key_span(&sp("prompt_file")))
+                    .with_help("keep one of them"),
+                );
+                None
+            }
+            (None, None) => {
+                diags.push(
+                    Diagnostic::error("missing-prompt", format!("step `{id}` has no prompt"))
+                        .at(doc.key_span(&pointer(["steps", id.as_str()])))
+                        .with_help("add `prompt:` (a template) or `prompt_file:` (a path relative to the workflow)"),
+                );
+                None
+            }
+        };
+        let system = step
+            .system
+            .as_deref()
+            .map(|s| Source::inline(s, sp("system")));
+        let when = step
+            .when
+            .as_deref()
+            .map(|s| Source::expression(s, sp("when")));
+        let for_each = step
+            .for_each
+            .as_deref()
+            .map(|s| Source::expression(s, sp("for_each")));
+
+        let mut info = StepInfo {
+            id: id.clone(),
+            prompt: prompt
+                .clone()
+                .unwrap_or_else(|| Source::inline("", sp("prompt"))),
+            system: system.clone(),
+            when: when.clone(),
+            for_each: for_each.clone(),
+            reads_inputs: BTreeSet::new(),
+            reads_steps: BTreeSet::new(),
+            deps: BTreeSet::new(),
+        };
+
+        let sources = [
+            (prompt.as_ref(), "the prompt", true),
+            (system.as_ref(), "the system prompt", true),
+            (when.as_ref(), "`when`", false),
+            (for_each.as_ref(), "`for_each`", false),
+        ];
+        for (source, what, item_allowed) in sources {
+            let Some(source) = source else { continue };
+            let refs = match source.references(&env) {
+                Ok(r) => r,
+                Err(err) => {
+                    diags.push(source.error(doc, &err, &format!("{what} of step `{id}`")));
+                    continue;
+                }
+            };
+            let item_ok = item_allowed && step.for_each.is_some();
+            for r in refs {
+                check_reference(
+                    &r,
+                    source,
+                    &Ctx {
+                        doc,
+                        id,
+                        what,
+                        item_ok,
+                        step_ids: &step_ids,
+                        input_names: &input_names,
+                    },
+                    &mut info,
+                    &mut diags,
+                );
+            }
+        }
+
+        for (i, need) in step.needs.iter().enumerate() {
+            let at = doc.span(&pointer(["steps", id.as_str(), "needs", &i.to_string()]));
+            if need == id {
+                diags.push(
+                    Diagnostic::error("self-dependency", format!("step `{id}` needs itself"))
+                        .at(at)
+                        .with_help("remove it from `needs`"),
+                );
+            } else if w.steps.contains_key(need) {
+                info.deps.insert(need.clone());
+            } else {
+                diags.push(
+                    Diagnostic::error(
+                        "unknown-step",
+                        format!("step `{id}` needs unknown step `{need}`"),
+                    )
+                    .at(at)
+                    .with_label("no step with this id")
+                    .with_help(
+                        did_you_mean(need, step_ids.iter().copied()).unwrap_or_else(|| {
+                            format!("steps are {}", one_of(step_ids.iter().copied()))
+                        }),
+                    ),
+                );
+            }
+        }
+
+        if let Some(schema) = step.output_schema() {
+            if let Err(err) = jsonschema::validator_for(schema) {
+                diags.push(
+                    Diagnostic::error(
+                        "invalid-output-schema",
+                        format!(
+                            "the output schema of step `{id}` is not a valid JSON Schema: {err}"
+                        ),
+                    )
+                    .at(doc.span(&pointer(["steps", id.as_str(), "output", "schema"])))
+                    .with_help("see https://json-schema.org for the format"),
+                );
+            }
+        }
+        if let (Some(exp), max) = (step.expected_output_tokens, step.max_output_tokens()) {
+            if exp > max {
+                diags.push(
+                    Diagnostic::error(
+                        "expected-over-max",
+                        format!("step `{id}` expects {exp} output tokens but allows at most {max}"),
+                    )
+                    .at(doc.span(&sp("expected_output_tokens")))
+                    .with_help("raise `max_output_tokens` or lower `expected_output_tokens`"),
+                );
+            }
+        }
+        steps.insert(id.clone(), info);
+    }
+
+    // The DAG, built only from references that resolved.
+    let deps: Vec<BTreeSet<usize>> = steps
+        .values()
+        .map(|s| {
+            s.deps
+                .iter()
+                .filter_map(|d| steps.get_index_of(d))
+                .collect()
+        })
+        .collect();
+    let dag = match Dag::build(steps.len(), &deps) {
+        Ok(dag) => Some(dag),
+        Err(cycles) => {
+            for c in cycles {
+                let names: Vec<&str> = c.0.iter().map(|&i| step_ids[i]).collect();
+                let first = names[0];
+                let shown = if names.len() == 1 {
+                    format!("{first} → {first}")
+                } else {
+                    format!("{} → {first}", names.join(" → "))
+                };
+                diags.push(
+                    Diagnostic::error("dependency-cycle", format!("dependency cycle: {shown}"))
+                        .at(doc.key_span(&pointer(["steps", first])))
+                        .with_label("each step here waits for the next one")
+                        .with_help("a step reads another's output through `steps.<id>.output` or `needs`; break the cycle by removing one of these references"),
+                );
+            }
+            None
+        }
+    };
+
+    match dag {
+        Some(dag) if !diags.iter().any(Diagnostic::is_error) => Ok(Analysis {
+            workflow,
+            steps,
+            dag,
+            env,
+        }),
+        _ => Err(diags),
+    }
+}
+
+struct Ctx<'a> {
+    doc: &'a Document,
+    id: &'a str,
+    what: &'a str,
+    item_ok: bool,
+    step_ids: &'a [&'a str],
+    input_names: &'a [&'a str],
+}
+
+fn check_reference(
+    r: &str,
+    source: &Source,
+    ctx: &Ctx<'_>,
+    info: &mut StepInfo,
+    diags: &mut Vec<Diagnostic>,
+) {
+    let parts = template::split(r);
+    let undefined = |msg: String, help: String| {
+        Diagnostic::error("undefined-variable", msg)
+            .at(source.span_of_name(ctx.doc, r))
+            .with_label("not defined")
+            .with_help(help)
+    };
+    match parts.as_slice() {
+        ["inputs"] => {
+            // The whole mapping is read (e.g. `inputs | tojson`).
+            info.reads_inputs
+                .extend(ctx.input_names.iter().map(|s| (*s).to_owned()));
+        }
+        ["inputs", name, ..] => {
+            if ctx.input_names.contains(name) {
+                info.reads_inputs.insert((*name).to_owned());
+            } else {
+                diags.push(undefined(
+                    format!(
+                        "undefined input `{name}` in {} of step `{}`",
+                        ctx.what, ctx.id
+                    ),
+                    closest(name, ctx.input_names.iter().copied()).map_or_else(
+                        || {
+                            format!(
+                                "declared inputs: {}; declare it under `inputs:`",
+                                one_of(ctx.input_names.iter().copied())
+                            )
+                        },
+                        |c| format!("did you mean `inputs.{c}`?"),
+                    ),
+                ));
+            }
+        }
+        ["steps", step, rest @ ..] => {
+            if !ctx.step_ids.contains(step) {
+                diags.push(undefined(
+                    format!("unknown step `{step}` in {} of step `{}`", ctx.what, ctx.id),
+                    did_you_mean(step, ctx.step_ids.iter().copied()).unwrap_or_else(|| {
+                        format!("steps are {}", one_of(ctx.step_ids.iter().copied()))
+                    }),
+                ));
+            } else if *step == ctx.id {
+                diags.push(
+                    Diagnostic::error(
+                        "self-dependency",
+                        format!("step `{}` reads its own output", ctx.id),
+                    )
+                    .at(source.span_of_name(ctx.doc, r))
+                    .with_help("a step can read only the outputs of other steps"),
+                );
+            } else if rest.first().is_some_and(|f| *f != "output") {
+                diags.push(undefined(
+                    format!(
+                        "`{r}` in {} of step `{}`: a step has only `output`",
+                        ctx.what, ctx.id
+                    ),
+                    format!("write `steps.{step}.output`"),
+                ));
+            } else {
+                info.reads_steps.insert((*step).to_owned());
+                info.deps.insert((*step).to_owned());
+            }
+        }
+        ["steps"] => diags.push(
+            Diagnostic::error(
+                "dynamic-step-reference",
+                format!("{} of step `{}` reads `steps` as a whole", ctx.what, ctx.id),
+            )
+            .at(source.span_of_name(ctx.doc, "steps"))
+            .with_help(
+                "name the step: `steps.<id>.output`, so its dependencies are known before the run",
+            ),
+        ),
+        ["item", ..] if ctx.item_ok => {}
+        ["item", ..] => diags.push(undefined(
+            format!(
+                "`item` in {} of step `{}`, which has no `for_each`",
+                ctx.what, ctx.id
+            ),
+            "`item` is the current element of `for_each`; add `for_each:` to the step".to_owned(),
+        )),
+        _ => diags.push(undefined(
+            format!(
+                "undefined variable `{r}` in {} of step `{}`",
+                ctx.what, ctx.id
+            ),
+            template::hint_for_unknown_root(
+                r,
+                ctx.input_names.iter().copied(),
+                ctx.step_ids.iter().copied(),
+            ),
+        )),
+    }
+}
+
+fn check_inputs(w: &Workflow, doc: &Document, diags: &mut Vec<Diagnostic>) {
+    for (name, decl) in &w.inputs {
+        for key in ["default", "example"] {
+            let value = if key == "default" {
+                &decl.default
+            } else {
+                &decl.example
+            };
+            if let Some(v) = value {
+                if !decl.kind.accepts(v) {
+                    diags.push(
+                        Diagnostic::error(
+                            "input-type",
+                            format!(
+                                "the {key} of input `{name}` is not of type {}",
+                                decl.kind.name()
+                            ),
+                        )
+                        .at(doc.span(&pointer(["inputs", name.as_str(), key])))
+                        .with_help(format!(
+                            "give a {} value or change `type`",
+                            decl.kind.name()
+                        )),
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Reads a prompt file, refusing paths that leave the project folder.
+fn read_prompt_file(
+    rel: &str,
+    dir: &Path,
+    root: &Path,
+    doc: &Document,
+    ptr: &str,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<Source> {
+    let path = dir.join(rel);
+    let at = doc.span(ptr);
+    let canonical = match std::fs::canonicalize(&path) {
+        Ok(p) => p,
+        Err(err) => {
+            diags.push(
+                Diagnostic::error(
+                    "prompt-file",
+                    format!("cannot read prompt file `{rel}`: {}", err_reason(&err)),
+                )
+                .at(at)
+                .with_help(format!(
+                    "the path is relative to the workflow file: {}",
+                    path.display()
+                )),
+            );
+            return None;
+        }
+    };
+    let root = std::fs::canonicalize(root).unwrap_or_else(|_| root.to_path_buf());
+    if !canonical.starts_with(&root) {
+        diags.push(
+            Diagnostic::error(
+                "prompt-file-outside-project",
+                format!("prompt file `{rel}` is outside the project"),
+            )
+            .at(at)
+            .with_label("resolves outside the project folder")
+            .with_help(format!(
+                "prompt files must be inside {}; move the file into the project",
+                root.display()
+            )),
+        );
+        return None;
+    }
+    match SourceFile::read(&path) {
+        Ok(file) => Some(Source {
+            text: file.text.to_string(),
+            origin: Origin::File(file),
+            is_expression: false,
+        }),
+        Err(d) => {
+            diags.push(d.at(at));
+            None
+        }
+    }
+}
+
+fn err_reason(err: &std::io::Error) -> String {
+    match err.kind() {
+        std::io::ErrorKind::NotFound => "no such file".to_owned(),
+        std::io::ErrorKind::PermissionDenied => "permission denied".to_owned(),
+        _ => err.to_string(),
+    }
+}

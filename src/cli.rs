@@ -1,0 +1,509 @@
+//! The command line. The only module that knows about the terminal, prints,
+//! or picks exit codes.
+
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use serde_json::json;
+
+use crate::analyze::{self, Analysis};
+use crate::catalog::{self, Catalog};
+use crate::diagnostic::{self, Diagnostic, RenderOptions};
+use crate::inputs::{self, RawInput};
+use crate::policy::{self, Policy, PriceSource};
+use crate::schema::Format as FileFormat;
+use crate::workflow::{self, Loaded, Workflow};
+use crate::yaml::Document;
+use crate::{plan, render};
+
+/// Exit codes, in one place.
+pub mod exit {
+    pub const OK: u8 = 0;
+    /// A run or a test failed.
+    pub const FAILED: u8 = 1;
+    /// Bad input or configuration.
+    pub const BAD_INPUT: u8 = 2;
+}
+
+/// The policy `plan` uses when none is given.
+pub const DEFAULT_POLICY: &str = "policies/default.yaml";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "tollgate",
+    version,
+    about = "A declarative workflow engine for LLM work: YAML workflows, policy routing, dry runs.",
+    long_about = None,
+)]
+struct Cli {
+    /// When to use colors in diagnostics.
+    #[arg(long, global = true, value_enum, default_value_t = Color::Auto)]
+    color: Color,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Color {
+    Auto,
+    Always,
+    Never,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum OutputFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Check workflow and policy files; given together, they are checked against each other.
+    Check {
+        /// Workflow and policy files (the kind is recognised from the content).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+        format: OutputFormat,
+    },
+    /// Dry run: show the model, rule, tokens and cost of every step, spending nothing.
+    Plan {
+        /// The workflow file.
+        workflow: PathBuf,
+        /// The policy file [default: $TOLLGATE_POLICY, else policies/default.yaml].
+        #[arg(long, short = 'p', env = "TOLLGATE_POLICY")]
+        policy: Option<PathBuf>,
+        /// An input: NAME=VALUE, NAME=@FILE, or NAME=@- for standard input.
+        #[arg(long = "input", short = 'i', value_name = "NAME=VALUE")]
+        inputs: Vec<RawInput>,
+        #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+        format: OutputFormat,
+    },
+    /// Print the JSON Schema of a file format.
+    Schema {
+        #[arg(value_enum)]
+        kind: SchemaKind,
+    },
+    /// List the model catalog (prices per million tokens, context windows),
+    /// or the models of a policy with their resolved prices.
+    Models {
+        /// Only models whose name contains this text.
+        filter: Option<String>,
+        /// Show the models of this policy instead of the catalog.
+        #[arg(long, short = 'p')]
+        policy: Option<PathBuf>,
+        /// Build the trimmed catalog from LiteLLM's model_prices_and_context_window.json
+        /// and print it (see catalog/NOTICE).
+        #[arg(long, value_name = "SOURCE_JSON", conflicts_with_all = ["filter", "policy"])]
+        regenerate: Option<PathBuf>,
+        #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+        format: OutputFormat,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum SchemaKind {
+    Workflow,
+    Policy,
+}
+
+/// Runs the CLI and returns the process exit code.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => {
+            let code = if err.use_stderr() {
+                exit::BAD_INPUT
+            } else {
+                exit::OK
+            };
+            let _ = err.print();
+            return ExitCode::from(code);
+        }
+    };
+    let color = match cli.color {
+        Color::Always => true,
+        Color::Never => false,
+        Color::Auto => std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
+    };
+    let options = RenderOptions {
+        color,
+        ..RenderOptions::default()
+    };
+    let code = match cli.command {
+        Command::Check { files, format } => cmd_check(&files, format, options),
+        Command::Plan {
+            workflow,
+            policy,
+            inputs,
+            format,
+        } => cmd_plan(&workflow, policy, &inputs, format, options),
+        Command::Schema { kind } => {
+            let text = match kind {
+                SchemaKind::Workflow => FileFormat::Workflow.schema_text(),
+                SchemaKind::Policy => FileFormat::Policy.schema_text(),
+            };
+            print_out(text);
+            exit::OK
+        }
+        Command::Models {
+            filter,
+            policy,
+            regenerate,
+            format,
+        } => cmd_models(
+            filter.as_deref(),
+            policy.as_deref(),
+            regenerate.as_deref(),
+            format,
+            options,
+        ),
+    };
+    ExitCode::from(code)
+}
+
+/// Writes to stdout; a closed pipe (`tollgate plan … | head`) is not an error.
+fn print_out(text: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes());
+    if !text.ends_with('\n') {
+        let _ = out.write_all(b"\n");
+    }
+    let _ = out.flush();
+}
+
+/// Prints diagnostics (stderr for text, stdout for JSON) and returns the exit code.
+fn report(mut diags: Vec<Diagnostic>, format: OutputFormat, options: RenderOptions) -> u8 {
+    diagnostic::sort(&mut diags);
+    let errors = diags.iter().filter(|d| d.is_error()).count();
+    match format {
+        OutputFormat::Json => {
+            let v = json!({
+                "ok": errors == 0,
+                "diagnostics": diags.iter().map(Diagnostic::to_json).collect::<Vec<_>>(),
+            });
+            print_out(&serde_json::to_string_pretty(&v).unwrap_or_default());
+        }
+        OutputFormat::Text => {
+            let mut err = std::io::stderr().lock();
+            for d in &diags {
+                let _ = write!(err, "{}", diagnostic::render(d, options));
+            }
+            if errors > 0 {
+                let _ = writeln!(err, "error: {} found", plural(errors, "problem"));
+            }
+        }
+    }
+    if errors > 0 {
+        exit::BAD_INPUT
+    } else {
+        exit::OK
+    }
+}
+
+fn plural(n: usize, word: &str) -> String {
+    if n == 1 {
+        format!("{n} {word}")
+    } else {
+        format!("{n} {word}s")
+    }
+}
+
+/// A file `check` was given, once recognised and loaded.
+enum Checked {
+    Workflow(Box<Analysis>),
+    Policy(PathBuf, Box<Policy>),
+}
+
+fn detect(doc: &Document) -> Option<FileFormat> {
+    let obj = doc.root.as_object()?;
+    if obj.contains_key("steps") {
+        Some(FileFormat::Workflow)
+    } else if obj.contains_key("rules")
+        || obj.contains_key("models")
+        || obj.contains_key("providers")
+    {
+        Some(FileFormat::Policy)
+    } else {
+        None
+    }
+}
+
+fn cmd_check(files: &[PathBuf], format: OutputFormat, options: RenderOptions) -> u8 {
+    let mut diags = Vec::new();
+    let mut checked = Vec::new();
+    let mut summary = Vec::new();
+    for path in files {
+        let doc = match workflow::load_document(path) {
+            Ok(doc) => doc,
+            Err(d) => {
+                diags.extend(d);
+                continue;
+            }
+        };
+        match detect(&doc) {
+            Some(FileFormat::Workflow) => {
+                match workflow::from_document::<Workflow>(doc, FileFormat::Workflow) {
+                    Ok(w) => {
+                        let root = analyze::project_root(path);
+                        match analyze::analyze(w, &root) {
+                            Ok(a) => {
+                                summary.push(format!(
+                                    "ok  {} (workflow {})",
+                                    path.display(),
+                                    a.workflow.value.name
+                                ));
+                                checked.push(Checked::Workflow(Box::new(a)));
+                            }
+                            Err(d) => diags.extend(d),
+                        }
+                    }
+                    Err(d) => diags.extend(d),
+                }
+            }
+            Some(FileFormat::Policy) => {
+                match workflow::from_document::<policy::PolicyFile>(doc, FileFormat::Policy) {
+                    Ok(loaded) => {
+                        let (p, d) =
+                            policy::compile(&loaded.value, &loaded.doc, Catalog::builtin());
+                        let bad = d.iter().any(Diagnostic::is_error);
+                        diags.extend(d);
+                        if !bad {
+                            summary.push(format!("ok  {} (policy {})", path.display(), p.name));
+                            checked.push(Checked::Policy(path.clone(), Box::new(p)));
+                        }
+                    }
+                    Err(d) => diags.extend(d),
+                }
+            }
+            None => diags.push(
+                Diagnostic::error(
+                    "unknown-file-kind",
+                    "cannot tell whether this is a workflow or a policy",
+                )
+                .at(doc.span(""))
+                .with_help("a workflow has `steps:`; a policy has `models:` and `rules:`"),
+            ),
+        }
+    }
+    // Cross-check every workflow against every policy given with it.
+    let policies: Vec<(&PathBuf, &Policy)> = checked
+        .iter()
+        .filter_map(|c| match c {
+            Checked::Policy(path, p) => Some((path, p.as_ref())),
+            Checked::Workflow(_) => None,
+        })
+        .collect();
+    for c in &checked {
+        let Checked::Workflow(a) = c else { continue };
+        for (path, p) in &policies {
+            let values = inputs::placeholders(&a.workflow.value);
+            if let Err(d) = plan::build(a, p, &path.display().to_string(), &values) {
+                diags.extend(d);
+            }
+        }
+    }
+    let errors = diags.iter().any(Diagnostic::is_error);
+    if format == OutputFormat::Text && !errors {
+        summary.push(format!(
+            "checked {}: no problems",
+            plural(files.len(), "file")
+        ));
+        print_out(&summary.join("\n"));
+    }
+    report(diags, format, options)
+}
+
+fn load_policy(path: &Path) -> Result<Policy, Vec<Diagnostic>> {
+    policy::load(path).map(|(_, p)| p)
+}
+
+fn load_workflow(path: &Path) -> Result<Analysis, Vec<Diagnostic>> {
+    let w: Loaded<Workflow> = workflow::load(path)?;
+    analyze::analyze(w, &analyze::project_root(path))
+}
+
+fn cmd_plan(
+    workflow_path: &Path,
+    policy_path: Option<PathBuf>,
+    raw: &[RawInput],
+    format: OutputFormat,
+    options: RenderOptions,
+) -> u8 {
+    let policy_path = policy_path.unwrap_or_else(|| PathBuf::from(DEFAULT_POLICY));
+    // Load both before giving up, so both files' problems show at once.
+    let analysis = load_workflow(workflow_path);
+    let policy = load_policy(&policy_path);
+    let (analysis, policy) = match (analysis, policy) {
+        (Ok(a), Ok(p)) => (a, p),
+        (a, p) => {
+            let mut diags = a.err().unwrap_or_default();
+            diags.extend(p.err().unwrap_or_default());
+            return report(diags, format, options);
+        }
+    };
+    let values = match inputs::resolve(&analysis.workflow.value, raw, true) {
+        Ok(v) => v,
+        Err(d) => return report(d, format, options),
+    };
+    match plan::build(
+        &analysis,
+        &policy,
+        &policy_path.display().to_string(),
+        &values,
+    ) {
+        Ok(plan) => {
+            match format {
+                OutputFormat::Text => print_out(&render::plan_text(&plan)),
+                OutputFormat::Json => {
+                    print_out(&serde_json::to_string_pretty(&plan).unwrap_or_default())
+                }
+            }
+            exit::OK
+        }
+        Err(d) => report(d, format, options),
+    }
+}
+
+fn per_mtok(x: f64) -> String {
+    let v = x * 1_000_000.0;
+    if v == 0.0 {
+        "0".to_owned()
+    } else {
+        format!("{v:.3}")
+            .trim_end_matches('0')
+            .trim_end_matches('.')
+            .to_owned()
+    }
+}
+
+fn cmd_models(
+    filter: Option<&str>,
+    policy_path: Option<&Path>,
+    regenerate: Option<&Path>,
+    format: OutputFormat,
+    options: RenderOptions,
+) -> u8 {
+    if let Some(source) = regenerate {
+        let text = match std::fs::read_to_string(source) {
+            Ok(t) => t,
+            Err(err) => {
+                return report(
+                    vec![Diagnostic::error(
+                        "io",
+                        format!("cannot read {}: {err}", source.display()),
+                    )],
+                    format,
+                    options,
+                );
+            }
+        };
+        return match catalog::build_from_litellm(&text) {
+            Ok(out) => {
+                print_out(&out);
+                exit::OK
+            }
+            Err(err) => report(
+                vec![
+                    Diagnostic::error("catalog", format!("cannot build the catalog: {err}"))
+                        .in_file(source),
+                ],
+                format,
+                options,
+            ),
+        };
+    }
+    let keep = |name: &str| filter.is_none_or(|f| name.to_lowercase().contains(&f.to_lowercase()));
+    if let Some(path) = policy_path {
+        let policy = match load_policy(path) {
+            Ok(p) => p,
+            Err(d) => return report(d, format, options),
+        };
+        let models: Vec<_> = policy
+            .models
+            .values()
+            .filter(|m| keep(&m.alias) || keep(&m.model))
+            .collect();
+        if format == OutputFormat::Json {
+            let v: Vec<_> = models
+                .iter()
+                .map(|m| {
+                    json!({
+                        "alias": m.alias, "provider": m.provider, "kind": m.provider_kind.name(),
+                        "model": m.model, "tier": m.tier, "locality": m.locality,
+                        "context_window": m.context_window, "max_output_tokens": m.max_output_tokens,
+                        "tokenizer": m.tokenizer.name(), "price_per_token": m.price, "price_source": m.price_source,
+                    })
+                })
+                .collect();
+            print_out(&serde_json::to_string_pretty(&v).unwrap_or_default());
+            return exit::OK;
+        }
+        let mut out = format!(
+            "{:<12} {:<10} {:<28} {:<10} {:<6} {:>9} {:>8} {:>8}  {}\n",
+            "MODEL",
+            "PROVIDER",
+            "NAME",
+            "TIER",
+            "WHERE",
+            "CONTEXT",
+            "IN/MTOK",
+            "OUT/MTOK",
+            "PRICE FROM"
+        );
+        for m in models {
+            let source = match &m.price_source {
+                PriceSource::Catalog(k) => format!("catalog {k}"),
+                PriceSource::CatalogWithOverrides(k) => format!("catalog {k} + policy"),
+                PriceSource::Policy => "policy".to_owned(),
+                PriceSource::Local => "local (free)".to_owned(),
+            };
+            out.push_str(&format!(
+                "{:<12} {:<10} {:<28} {:<10} {:<6} {:>9} {:>8} {:>8}  {}\n",
+                m.alias,
+                m.provider,
+                m.model,
+                m.tier.name(),
+                if m.locality == policy::Locality::Local {
+                    "local"
+                } else {
+                    "cloud"
+                },
+                m.context_window,
+                per_mtok(m.price.input),
+                per_mtok(m.price.output),
+                source
+            ));
+        }
+        print_out(&out);
+        return exit::OK;
+    }
+    let entries: Vec<_> = Catalog::builtin()
+        .entries()
+        .filter(|e| keep(&e.key))
+        .collect();
+    if format == OutputFormat::Json {
+        print_out(&serde_json::to_string_pretty(&entries).unwrap_or_default());
+        return exit::OK;
+    }
+    let mut out = format!(
+        "{:<52} {:<10} {:>9} {:>8} {:>8} {:>9}\n",
+        "MODEL", "PROVIDER", "CONTEXT", "IN/MTOK", "OUT/MTOK", "MAX OUT"
+    );
+    for e in entries {
+        out.push_str(&format!(
+            "{:<52} {:<10} {:>9} {:>8} {:>8} {:>9}\n",
+            e.key,
+            e.provider,
+            e.max_input_tokens.map_or("-".to_owned(), |v| v.to_string()),
+            per_mtok(e.input_per_token),
+            per_mtok(e.output_per_token),
+            e.max_output_tokens
+                .map_or("-".to_owned(), |v| v.to_string()),
+        ));
+    }
+    print_out(&out);
+    exit::OK
+}

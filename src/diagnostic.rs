@@ -1,0 +1,498 @@
+//! Diagnostics: what went wrong, where (file:line:column), and a hint.
+//!
+//! Every stage before execution (load, validate, plan) reports problems as
+//! [`Diagnostic`]s and collects *all* of them before giving up, so a user fixes
+//! a file in one pass instead of one error per run. A diagnostic carries a
+//! [`Span`] into a [`SourceFile`], which is enough to render the source line
+//! and a caret long after the YAML tree has been turned into typed structs.
+//!
+//! Rendering is miette's: the CLI is the only place that prints them.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use miette::{LabeledSpan, NamedSource, SourceSpan};
+use serde::Serialize;
+
+/// A file that was read, kept whole so diagnostics can quote it.
+#[derive(Debug)]
+pub struct SourceFile {
+    /// The path as the user gave it (relative paths stay relative: output must
+    /// be the same on every machine).
+    pub path: PathBuf,
+    pub text: Arc<str>,
+    line_starts: Vec<usize>,
+}
+
+impl SourceFile {
+    pub fn new(path: impl Into<PathBuf>, text: impl Into<Arc<str>>) -> Arc<SourceFile> {
+        let text: Arc<str> = text.into();
+        let mut line_starts = vec![0];
+        line_starts.extend(text.match_indices('\n').map(|(i, _)| i + 1));
+        Arc::new(SourceFile {
+            path: path.into(),
+            text,
+            line_starts,
+        })
+    }
+
+    /// Reads a file; the error is a diagnostic naming the file.
+    pub fn read(path: &Path) -> Result<Arc<SourceFile>, Diagnostic> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => Ok(SourceFile::new(path, text)),
+            Err(err) => Err(Diagnostic::error(
+                "io",
+                format!("cannot read {}: {}", path.display(), io_reason(&err)),
+            )
+            .with_help("check the path and that the file is readable UTF-8 text")),
+        }
+    }
+
+    pub fn display_path(&self) -> String {
+        self.path.display().to_string()
+    }
+
+    /// 1-based line and 1-based column (in characters) of a byte offset.
+    pub fn line_col(&self, offset: usize) -> (usize, usize) {
+        let offset = offset.min(self.text.len());
+        let line = match self.line_starts.binary_search(&offset) {
+            Ok(i) => i,
+            Err(i) => i - 1,
+        };
+        let start = self.line_starts[line];
+        let col = self.text[start..offset].chars().count();
+        (line + 1, col + 1)
+    }
+
+    /// Byte offset of a 1-based line and a 0-based column counted in characters.
+    /// Out-of-range positions are clamped to the end of the line or file.
+    pub fn offset_of(&self, line: usize, col_chars: usize) -> usize {
+        let Some(&start) = self.line_starts.get(line.saturating_sub(1)) else {
+            return self.text.len();
+        };
+        let line_text = &self.text[start..];
+        let line_end = line_text.find('\n').unwrap_or(line_text.len());
+        let within = line_text[..line_end]
+            .char_indices()
+            .nth(col_chars)
+            .map_or(line_end, |(i, _)| i);
+        start + within
+    }
+
+    /// The text of a 1-based line, without its newline.
+    pub fn line_text(&self, line: usize) -> &str {
+        let Some(&start) = self.line_starts.get(line.saturating_sub(1)) else {
+            return "";
+        };
+        let rest = &self.text[start..];
+        let end = rest.find('\n').unwrap_or(rest.len());
+        rest[..end].trim_end_matches('\r')
+    }
+
+    pub fn line_count(&self) -> usize {
+        self.line_starts.len()
+    }
+
+    pub fn span(self: &Arc<Self>, start: usize, len: usize) -> Span {
+        let start = start.min(self.text.len());
+        let len = len.min(self.text.len() - start);
+        Span {
+            file: Arc::clone(self),
+            start,
+            len,
+        }
+    }
+}
+
+fn io_reason(err: &std::io::Error) -> String {
+    match err.kind() {
+        std::io::ErrorKind::NotFound => "no such file".to_owned(),
+        std::io::ErrorKind::PermissionDenied => "permission denied".to_owned(),
+        std::io::ErrorKind::InvalidData => "not valid UTF-8 text".to_owned(),
+        std::io::ErrorKind::IsADirectory => "is a directory".to_owned(),
+        _ => err.to_string(),
+    }
+}
+
+/// A byte range in a source file.
+#[derive(Clone)]
+pub struct Span {
+    pub file: Arc<SourceFile>,
+    pub start: usize,
+    pub len: usize,
+}
+
+impl Span {
+    pub fn line_col(&self) -> (usize, usize) {
+        self.file.line_col(self.start)
+    }
+
+    /// `path:line:column`, the form editors and terminals turn into links.
+    pub fn location(&self) -> String {
+        let (line, col) = self.line_col();
+        format!("{}:{line}:{col}", self.file.display_path())
+    }
+}
+
+impl fmt::Debug for Span {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}+{}", self.location(), self.len)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Error,
+    Warning,
+}
+
+/// One problem in the user's input.
+#[derive(Debug, Clone)]
+pub struct Diagnostic {
+    pub severity: Severity,
+    /// A stable, greppable identifier such as `unknown-step`.
+    pub code: &'static str,
+    /// What is wrong, as a lowercase fragment ("unknown step `x`").
+    pub message: String,
+    pub span: Option<Span>,
+    /// A short note drawn under the caret.
+    pub label: Option<String>,
+    /// What to do about it ("did you mean `summarize`?").
+    pub help: Option<String>,
+    /// A path for problems that concern a file without a position in it.
+    pub file: Option<PathBuf>,
+}
+
+impl Diagnostic {
+    pub fn error(code: &'static str, message: impl Into<String>) -> Diagnostic {
+        Diagnostic {
+            severity: Severity::Error,
+            code,
+            message: message.into(),
+            span: None,
+            label: None,
+            help: None,
+            file: None,
+        }
+    }
+
+    pub fn warning(code: &'static str, message: impl Into<String>) -> Diagnostic {
+        Diagnostic {
+            severity: Severity::Warning,
+            ..Diagnostic::error(code, message)
+        }
+    }
+
+    pub fn at(mut self, span: Option<Span>) -> Diagnostic {
+        if span.is_some() {
+            self.span = span;
+        }
+        self
+    }
+
+    pub fn with_label(mut self, label: impl Into<String>) -> Diagnostic {
+        self.label = Some(label.into());
+        self
+    }
+
+    pub fn with_help(mut self, help: impl Into<String>) -> Diagnostic {
+        self.help = Some(help.into());
+        self
+    }
+
+    pub fn with_help_opt(mut self, help: Option<String>) -> Diagnostic {
+        if help.is_some() {
+            self.help = help;
+        }
+        self
+    }
+
+    pub fn in_file(mut self, path: impl Into<PathBuf>) -> Diagnostic {
+        self.file = Some(path.into());
+        self
+    }
+
+    pub fn is_error(&self) -> bool {
+        self.severity == Severity::Error
+    }
+
+    /// `path:line:column` when the diagnostic has a position, else the file.
+    pub fn location(&self) -> Option<String> {
+        match (&self.span, &self.file) {
+            (Some(span), _) => Some(span.location()),
+            (None, Some(path)) => Some(path.display().to_string()),
+            (None, None) => None,
+        }
+    }
+
+    /// Sort key: file, then position, so output is stable whatever order the
+    /// checks ran in.
+    fn sort_key(&self) -> (String, usize, Severity, String) {
+        let file = self
+            .span
+            .as_ref()
+            .map(|s| s.file.display_path())
+            .or_else(|| self.file.as_ref().map(|p| p.display().to_string()))
+            .unwrap_or_default();
+        let pos = self.span.as_ref().map_or(0, |s| s.start);
+        (file, pos, self.severity, self.message.clone())
+    }
+
+    /// A machine-readable form for `--format json`.
+    pub fn to_json(&self) -> DiagnosticJson {
+        let (file, line, column) = match (&self.span, &self.file) {
+            (Some(span), _) => {
+                let (l, c) = span.line_col();
+                (Some(span.file.display_path()), Some(l), Some(c))
+            }
+            (None, Some(p)) => (Some(p.display().to_string()), None, None),
+            (None, None) => (None, None, None),
+        };
+        DiagnosticJson {
+            severity: self.severity,
+            code: self.code,
+            message: self.message.clone(),
+            file,
+            line,
+            column,
+            label: self.label.clone(),
+            help: self.help.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct DiagnosticJson {
+    pub severity: Severity,
+    pub code: &'static str,
+    pub message: String,
+    pub file: Option<String>,
+    pub line: Option<usize>,
+    pub column: Option<usize>,
+    pub label: Option<String>,
+    pub help: Option<String>,
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Diagnostic {}
+
+/// Sorts and de-duplicates diagnostics for display.
+pub fn sort(diags: &mut Vec<Diagnostic>) {
+    diags.sort_by_cached_key(Diagnostic::sort_key);
+    diags.dedup_by(|a, b| {
+        a.message == b.message
+            && a.code == b.code
+            && a.span.as_ref().map(|s| (s.file.display_path(), s.start))
+                == b.span.as_ref().map(|s| (s.file.display_path(), s.start))
+    });
+}
+
+/// A list of diagnostics that stops a command. Exit code 2.
+#[derive(Debug, Default)]
+pub struct Diagnostics(pub Vec<Diagnostic>);
+
+impl Diagnostics {
+    pub fn has_errors(&self) -> bool {
+        self.0.iter().any(Diagnostic::is_error)
+    }
+}
+
+impl From<Diagnostic> for Diagnostics {
+    fn from(d: Diagnostic) -> Self {
+        Diagnostics(vec![d])
+    }
+}
+
+impl From<Vec<Diagnostic>> for Diagnostics {
+    fn from(d: Vec<Diagnostic>) -> Self {
+        Diagnostics(d)
+    }
+}
+
+impl fmt::Display for Diagnostics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for d in &self.0 {
+            match d.location() {
+                Some(loc) => writeln!(f, "{loc}: {}", d.message)?,
+                None => writeln!(f, "{}", d.message)?,
+            }
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Diagnostics {}
+
+/// Adapter that lets miette draw a [`Diagnostic`].
+struct MietteView<'a> {
+    diag: &'a Diagnostic,
+    source: Option<NamedSource<Arc<str>>>,
+}
+
+impl fmt::Debug for MietteView<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.diag, f)
+    }
+}
+
+impl fmt::Display for MietteView<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (&self.diag.span, &self.diag.file) {
+            (None, Some(path)) => write!(f, "{}: {}", path.display(), self.diag.message),
+            _ => f.write_str(&self.diag.message),
+        }
+    }
+}
+
+impl std::error::Error for MietteView<'_> {}
+
+impl miette::Diagnostic for MietteView<'_> {
+    // The code is left out of the drawing on purpose: miette prints it on a
+    // line of its own above the message, which reads as noise. It stays in
+    // the JSON form, where machines want it.
+
+    fn severity(&self) -> Option<miette::Severity> {
+        Some(match self.diag.severity {
+            Severity::Error => miette::Severity::Error,
+            Severity::Warning => miette::Severity::Warning,
+        })
+    }
+
+    fn help<'b>(&'b self) -> Option<Box<dyn fmt::Display + 'b>> {
+        self.diag
+            .help
+            .as_ref()
+            .map(|h| Box::new(h) as Box<dyn fmt::Display>)
+    }
+
+    fn source_code(&self) -> Option<&dyn miette::SourceCode> {
+        self.source.as_ref().map(|s| s as &dyn miette::SourceCode)
+    }
+
+    fn labels(&self) -> Option<Box<dyn Iterator<Item = LabeledSpan> + '_>> {
+        let span = self.diag.span.as_ref()?;
+        let label = LabeledSpan::new_with_span(
+            self.diag.label.clone(),
+            SourceSpan::new(span.start.into(), span.len.max(1)),
+        );
+        Some(Box::new(std::iter::once(label)))
+    }
+}
+
+/// How diagnostics are drawn.
+#[derive(Debug, Clone, Copy)]
+pub struct RenderOptions {
+    pub color: bool,
+    pub unicode: bool,
+    pub width: usize,
+}
+
+impl Default for RenderOptions {
+    fn default() -> Self {
+        RenderOptions {
+            color: false,
+            unicode: true,
+            width: 100,
+        }
+    }
+}
+
+/// Draws one diagnostic with its source line and caret.
+pub fn render(diag: &Diagnostic, options: RenderOptions) -> String {
+    use miette::{GraphicalReportHandler, GraphicalTheme};
+    let theme = match (options.unicode, options.color) {
+        (true, true) => GraphicalTheme::unicode(),
+        (true, false) => GraphicalTheme::unicode_nocolor(),
+        (false, _) => GraphicalTheme::none(),
+    };
+    let view = MietteView {
+        diag,
+        source: diag
+            .span
+            .as_ref()
+            .map(|s| NamedSource::new(s.file.display_path(), Arc::clone(&s.file.text))),
+    };
+    let mut out = String::new();
+    let handler = GraphicalReportHandler::new_themed(theme)
+        .with_width(options.width)
+        .with_links(false)
+        .with_context_lines(1);
+    if handler.render_report(&mut out, &view).is_err() {
+        out = format!("{view}\n");
+    }
+    out
+}
+
+/// "did you mean `x`?" for the closest candidate, if one is close enough.
+pub fn did_you_mean<'a>(
+    word: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<String> {
+    closest(word, candidates).map(|c| format!("did you mean `{c}`?"))
+}
+
+/// The closest candidate by Jaro-Winkler similarity, when it is a plausible typo.
+pub fn closest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    let mut best: Option<(f64, &str)> = None;
+    for c in candidates {
+        let score = strsim::jaro_winkler(&word.to_lowercase(), &c.to_lowercase());
+        if score >= 0.8 && best.is_none_or(|(s, _)| score > s) {
+            best = Some((score, c));
+        }
+    }
+    best.map(|(_, c)| c)
+}
+
+/// A comma-separated list of backticked names, for hints.
+pub fn one_of<'a>(names: impl IntoIterator<Item = &'a str>) -> String {
+    let names: Vec<String> = names.into_iter().map(|n| format!("`{n}`")).collect();
+    if names.is_empty() {
+        "(none defined)".to_owned()
+    } else {
+        names.join(", ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn line_col_counts_characters_not_bytes() {
+        let f = SourceFile::new("x.yaml", "a: 1\nné: 2\n");
+        let off = f.text.find(": 2").unwrap();
+        assert_eq!(f.line_col(off), (2, 3));
+        assert_eq!(f.offset_of(2, 2), off);
+        assert_eq!(f.line_text(2), "né: 2");
+    }
+
+    #[test]
+    fn render_shows_location_caret_and_help() {
+        let f = SourceFile::new("wf.yaml", "steps:\n  a:\n    needs: [bee]\n");
+        let start = f.text.find("bee").unwrap();
+        let d = Diagnostic::error("unknown-step", "unknown step `bee`")
+            .at(Some(f.span(start, 3)))
+            .with_label("no step with this id")
+            .with_help("did you mean `be`?");
+        let out = render(&d, RenderOptions::default());
+        assert!(out.contains("wf.yaml:3:13"), "{out}");
+        assert!(out.contains("needs: [bee]"), "{out}");
+        assert!(out.contains("did you mean"), "{out}");
+    }
+
+    #[test]
+    fn closest_needs_a_plausible_typo() {
+        assert_eq!(
+            closest("sumarize", ["summarize", "classify"]),
+            Some("summarize")
+        );
+        assert_eq!(closest("zzz", ["summarize", "classify"]), None);
+    }
+}

@@ -1,0 +1,295 @@
+//! Workflow input values: `--input name=value`, `name=@file`, `name=@-`.
+//!
+//! Values are coerced to the declared type (a string stays as typed; numbers
+//! and booleans are parsed; arrays and objects are JSON). Missing required
+//! inputs, unknown names and bad values are all reported together.
+
+use std::io::Read;
+use std::path::Path;
+
+use indexmap::IndexMap;
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::diagnostic::{Diagnostic, did_you_mean, one_of};
+use crate::workflow::{InputType, Workflow};
+
+/// One `--input` argument as typed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawInput {
+    pub name: String,
+    pub value: RawValue,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RawValue {
+    Text(String),
+    File(String),
+    Stdin,
+}
+
+impl std::str::FromStr for RawInput {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (name, value) = s
+            .split_once('=')
+            .ok_or_else(|| format!("expected NAME=VALUE or NAME=@FILE, got `{s}`"))?;
+        if name.is_empty() {
+            return Err(format!("missing input name in `{s}`"));
+        }
+        let value = match value.strip_prefix('@') {
+            Some("-") => RawValue::Stdin,
+            Some(path) if !path.is_empty() => RawValue::File(path.to_owned()),
+            _ => RawValue::Text(value.to_owned()),
+        };
+        Ok(RawInput {
+            name: name.to_owned(),
+            value,
+        })
+    }
+}
+
+/// Where an input's value came from, shown in the plan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ValueSource {
+    Given,
+    Default,
+    /// The input's `example:` — only `plan` uses these.
+    Example,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct InputValue {
+    pub value: Value,
+    pub source: ValueSource,
+}
+
+/// Resolved input values, in declaration order.
+pub type Inputs = IndexMap<String, InputValue>;
+
+/// Resolves the inputs of a workflow. With `use_examples`, a missing input
+/// with an `example:` takes it (dry runs); otherwise it is an error.
+pub fn resolve(
+    workflow: &Workflow,
+    raw: &[RawInput],
+    use_examples: bool,
+) -> Result<Inputs, Vec<Diagnostic>> {
+    let mut diags = Vec::new();
+    let mut given: IndexMap<&str, Value> = IndexMap::new();
+    let names: Vec<&str> = workflow.inputs.keys().map(String::as_str).collect();
+    let mut stdin_used = false;
+    for r in raw {
+        let Some(decl) = workflow.inputs.get(&r.name) else {
+            diags.push(
+                Diagnostic::error(
+                    "unknown-input",
+                    format!("--input {}: the workflow has no input `{}`", r.name, r.name),
+                )
+                .with_help(
+                    did_you_mean(&r.name, names.iter().copied()).unwrap_or_else(|| {
+                        format!(
+                            "inputs of `{}`: {}",
+                            workflow.name,
+                            one_of(names.iter().copied())
+                        )
+                    }),
+                ),
+            );
+            continue;
+        };
+        let text = match &r.value {
+            RawValue::Text(t) => t.clone(),
+            RawValue::File(path) => match std::fs::read_to_string(Path::new(path)) {
+                Ok(t) => t,
+                Err(err) => {
+                    diags.push(
+                        Diagnostic::error(
+                            "input-file",
+                            format!("--input {}: cannot read `{path}`: {err}", r.name),
+                        )
+                        .with_help("the path is relative to the current directory"),
+                    );
+                    continue;
+                }
+            },
+            RawValue::Stdin => {
+                if stdin_used {
+                    diags.push(Diagnostic::error(
+                        "input-stdin",
+                        format!(
+                            "--input {}=@-: standard input was already used by another input",
+                            r.name
+                        ),
+                    ));
+                    continue;
+                }
+                stdin_used = true;
+                let mut t = String::new();
+                if let Err(err) = std::io::stdin().read_to_string(&mut t) {
+                    diags.push(Diagnostic::error(
+                        "input-stdin",
+                        format!("--input {}: cannot read standard input: {err}", r.name),
+                    ));
+                    continue;
+                }
+                t
+            }
+        };
+        match coerce(decl.kind, &text) {
+            Ok(v) => {
+                if given.insert(&r.name, v).is_some() {
+                    diags.push(Diagnostic::error(
+                        "duplicate-input",
+                        format!("--input {} is given twice", r.name),
+                    ));
+                }
+            }
+            Err(why) => diags.push(
+                Diagnostic::error("input-type", format!("--input {}: {why}", r.name)).with_help(
+                    format!("input `{}` is of type {}", r.name, decl.kind.name()),
+                ),
+            ),
+        }
+    }
+    let mut out = Inputs::new();
+    for (name, decl) in &workflow.inputs {
+        let resolved = if let Some(v) = given.shift_remove(name.as_str()) {
+            Some(InputValue {
+                value: v,
+                source: ValueSource::Given,
+            })
+        } else if let Some(v) = &decl.default {
+            Some(InputValue {
+                value: v.clone(),
+                source: ValueSource::Default,
+            })
+        } else if let (true, Some(v)) = (use_examples, &decl.example) {
+            Some(InputValue {
+                value: v.clone(),
+                source: ValueSource::Example,
+            })
+        } else if decl.is_required() {
+            diags.push(
+                Diagnostic::error("missing-input", format!("missing required input `{name}`"))
+                    .with_help(format!(
+                        "give it with --input {name}=VALUE or --input {name}=@FILE"
+                    )),
+            );
+            None
+        } else {
+            Some(InputValue {
+                value: Value::Null,
+                source: ValueSource::Default,
+            })
+        };
+        if let Some(v) = resolved {
+            out.insert(name.clone(), v);
+        }
+    }
+    if diags.is_empty() {
+        Ok(out)
+    } else {
+        Err(diags)
+    }
+}
+
+/// Values for checking a workflow against a policy without real inputs:
+/// defaults, then examples, then a stand-in of the declared type.
+pub fn placeholders(workflow: &Workflow) -> Inputs {
+    workflow
+        .inputs
+        .iter()
+        .map(|(name, decl)| {
+            let (value, source) = match (&decl.default, &decl.example) {
+                (Some(v), _) => (v.clone(), ValueSource::Default),
+                (None, Some(v)) => (v.clone(), ValueSource::Example),
+                (None, None) => {
+                    let text = Value::String(format!("\u{27E6}inputs.{name}\u{27E7}"));
+                    let v = match decl.kind {
+                        InputType::String => text,
+                        InputType::Integer | InputType::Number => Value::from(1),
+                        InputType::Boolean => Value::Bool(true),
+                        InputType::Array => Value::Array(vec![text]),
+                        InputType::Object => Value::Object(serde_json::Map::new()),
+                    };
+                    (v, ValueSource::Example)
+                }
+            };
+            (name.clone(), InputValue { value, source })
+        })
+        .collect()
+}
+
+fn coerce(kind: InputType, text: &str) -> Result<Value, String> {
+    match kind {
+        InputType::String => Ok(Value::String(text.to_owned())),
+        InputType::Integer => text
+            .trim()
+            .parse::<i64>()
+            .map(Value::from)
+            .map_err(|_| format!("`{}` is not an integer", text.trim())),
+        InputType::Number => text
+            .trim()
+            .parse::<f64>()
+            .ok()
+            .and_then(serde_json::Number::from_f64)
+            .map(Value::Number)
+            .ok_or_else(|| format!("`{}` is not a number", text.trim())),
+        InputType::Boolean => match text.trim() {
+            "true" => Ok(Value::Bool(true)),
+            "false" => Ok(Value::Bool(false)),
+            other => Err(format!("`{other}` is not a boolean (true or false)")),
+        },
+        InputType::Array | InputType::Object => {
+            let v: Value =
+                serde_json::from_str(text).map_err(|e| format!("not valid JSON: {e}"))?;
+            if kind.accepts(&v) {
+                Ok(v)
+            } else {
+                Err(format!(
+                    "expected a JSON {}",
+                    if kind == InputType::Array {
+                        "array"
+                    } else {
+                        "object"
+                    }
+                ))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_input_forms() {
+        assert_eq!(
+            "a=b=c".parse::<RawInput>().unwrap().value,
+            RawValue::Text("b=c".into())
+        );
+        assert_eq!(
+            "a=@f.txt".parse::<RawInput>().unwrap().value,
+            RawValue::File("f.txt".into())
+        );
+        assert_eq!("a=@-".parse::<RawInput>().unwrap().value, RawValue::Stdin);
+        assert!("nope".parse::<RawInput>().is_err());
+    }
+
+    #[test]
+    fn coerces_by_type() {
+        assert_eq!(
+            coerce(InputType::Integer, " 42\n").unwrap(),
+            Value::from(42)
+        );
+        assert_eq!(
+            coerce(InputType::Array, "[1,2]").unwrap(),
+            serde_json::json!([1, 2])
+        );
+        assert!(coerce(InputType::Array, "{}").is_err());
+        assert!(coerce(InputType::Boolean, "yes").is_err());
+    }
+}

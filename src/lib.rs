@@ -1,0 +1,43 @@
+//! # tollgate
+//!
+//! A declarative workflow engine for LLM work. Teams write YAML *workflows*
+//! of steps whose prompts are Jinja templates; a YAML *policy* routes each
+//! step to a model — local or cloud — by data sensitivity, context size,
+//! task and reasoning depth, latency and tier budget. A dry run (`plan`)
+//! shows every route and its cost before anything is spent.
+//!
+//! The pipeline, one module per stage:
+//!
+//! 1. **load** — [`yaml`] (YAML with a span for every node), [`schema`]
+//!    (JSON Schema), [`workflow`] / [`policy`] (typed files);
+//! 2. **validate** — [`analyze`] (templates, references, the DAG in
+//!    [`graph`]), [`policy::compile`] (names, prices, rule reachability);
+//! 3. **plan** — [`inputs`], [`sensitivity`], [`route`], [`plan`], priced
+//!    from the [`catalog`] with token counts from [`tokens`];
+//! 4. **report** — [`render`] and the [`cli`].
+//!
+//! Everything before the provider layer is synchronous and does no network
+//! I/O; every problem found is a [`diagnostic::Diagnostic`] with a location.
+//!
+//! ```
+//! use tollgate::{diagnostic::SourceFile, yaml::Document};
+//! let doc = Document::parse(SourceFile::new("w.yaml", "steps: {a: {task: t}}\n")).unwrap();
+//! assert_eq!(doc.span("/steps/a/task").unwrap().location(), "w.yaml:1:19");
+//! ```
+
+pub mod analyze;
+pub mod catalog;
+pub mod cli;
+pub mod diagnostic;
+pub mod graph;
+pub mod inputs;
+pub mod plan;
+pub mod policy;
+pub mod render;
+pub mod route;
+pub mod schema;
+pub mod sensitivity;
+pub mod template;
+pub mod tokens;
+pub mod workflow;
+pub mod yaml;

@@ -1,0 +1,999 @@
+//! The policy file format, and compiling it into a [`Policy`] that routing
+//! can use without further checks.
+//!
+//! Compiling resolves every name (providers, models, levels, fallbacks),
+//! prices every model from the catalog and the policy's overrides, and turns
+//! rule conditions into plain sets and ranges. All problems are reported
+//! together. The compiled policy is immutable and does no I/O.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::path::Path;
+
+use indexmap::IndexMap;
+use serde::{Deserialize, Serialize};
+
+use crate::catalog::Catalog;
+use crate::diagnostic::{Diagnostic, did_you_mean, one_of};
+use crate::schema::Format;
+use crate::tokens::{self, Tokenizer};
+use crate::workflow::{Latency, Loaded, Reasoning, from_document, load_document};
+use crate::yaml::{Document, pointer};
+
+// ---------------------------------------------------------------------------
+// The file as written.
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyFile {
+    pub version: u32,
+    pub name: Option<String>,
+    #[serde(default)]
+    pub description: String,
+    pub sensitivity: Option<SensitivityFile>,
+    #[serde(default)]
+    pub providers: IndexMap<String, ProviderFile>,
+    pub models: IndexMap<String, ModelFile>,
+    pub flagship: Option<String>,
+    pub rules: Vec<RuleFile>,
+    #[serde(default)]
+    pub fallbacks: IndexMap<String, Vec<String>>,
+    #[serde(default)]
+    pub budgets: BudgetsFile,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SensitivityFile {
+    pub levels: Vec<String>,
+    pub cloud_max: String,
+    pub default: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderFile {
+    pub kind: ProviderKind,
+    pub base_url: Option<String>,
+    pub api_key_env: Option<String>,
+    pub locality: Option<Locality>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelFile {
+    pub provider: String,
+    pub model: String,
+    pub tier: Tier,
+    pub catalog: Option<String>,
+    pub context_window: Option<u64>,
+    pub max_output_tokens: Option<u64>,
+    pub tokenizer: Option<String>,
+    pub pricing: Option<PricingFile>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PricingFile {
+    pub input_per_mtok: Option<f64>,
+    pub output_per_mtok: Option<f64>,
+    pub cache_read_per_mtok: Option<f64>,
+    pub cache_write_per_mtok: Option<f64>,
+    pub batch_input_per_mtok: Option<f64>,
+    pub batch_output_per_mtok: Option<f64>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleFile {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub when: ConditionsFile,
+    #[serde(rename = "use")]
+    pub use_model: String,
+}
+
+/// A string or a list of strings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany<T> {
+    One(T),
+    Many(Vec<T>),
+}
+
+impl<T: Clone> OneOrMany<T> {
+    pub fn to_vec(&self) -> Vec<T> {
+        match self {
+            OneOrMany::One(v) => vec![v.clone()],
+            OneOrMany::Many(v) => v.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum SensitivityCondition {
+    Levels(OneOrMany<String>),
+    Bounds(LevelBounds),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LevelBounds {
+    pub above: Option<String>,
+    pub at_least: Option<String>,
+    pub below: Option<String>,
+    pub at_most: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenBounds {
+    pub gt: Option<u64>,
+    pub gte: Option<u64>,
+    pub lt: Option<u64>,
+    pub lte: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConditionsFile {
+    pub task: Option<OneOrMany<String>>,
+    pub sensitivity: Option<SensitivityCondition>,
+    pub input_tokens: Option<TokenBounds>,
+    pub reasoning: Option<OneOrMany<Reasoning>>,
+    pub latency: Option<OneOrMany<Latency>>,
+    pub tags: Option<OneOrMany<String>>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BudgetsFile {
+    pub run_usd: Option<f64>,
+    #[serde(default)]
+    pub tiers: BTreeMap<Tier, TierBudgetFile>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TierBudgetFile {
+    pub max_share_of_calls: f64,
+}
+
+// ---------------------------------------------------------------------------
+// The compiled policy.
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ProviderKind {
+    OpenaiCompatible,
+    Openai,
+    Anthropic,
+    Gemini,
+    Mistral,
+    Openrouter,
+}
+
+impl ProviderKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            ProviderKind::OpenaiCompatible => "openai-compatible",
+            ProviderKind::Openai => "openai",
+            ProviderKind::Anthropic => "anthropic",
+            ProviderKind::Gemini => "gemini",
+            ProviderKind::Mistral => "mistral",
+            ProviderKind::Openrouter => "openrouter",
+        }
+    }
+
+    /// The public endpoint when the policy names none.
+    pub fn default_base_url(self) -> Option<&'static str> {
+        match self {
+            ProviderKind::OpenaiCompatible => None,
+            ProviderKind::Openai => Some("https://api.openai.com/v1"),
+            ProviderKind::Anthropic => Some("https://api.anthropic.com"),
+            ProviderKind::Gemini => Some("https://generativelanguage.googleapis.com/v1beta"),
+            ProviderKind::Mistral => Some("https://api.mistral.ai/v1"),
+            ProviderKind::Openrouter => Some("https://openrouter.ai/api/v1"),
+        }
+    }
+
+    pub fn default_api_key_env(self) -> Option<&'static str> {
+        match self {
+            ProviderKind::OpenaiCompatible => None,
+            ProviderKind::Openai => Some("OPENAI_API_KEY"),
+            ProviderKind::Anthropic => Some("ANTHROPIC_API_KEY"),
+            ProviderKind::Gemini => Some("GEMINI_API_KEY"),
+            ProviderKind::Mistral => Some("MISTRAL_API_KEY"),
+            ProviderKind::Openrouter => Some("OPENROUTER_API_KEY"),
+        }
+    }
+}
+
+/// Where a provider runs. Data above `cloud_max` only ever goes to `Local`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Locality {
+    Local,
+    Cloud,
+}
+
+/// Price and capability classes of models, cheapest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Tier {
+    Local,
+    Budget,
+    Workhorse,
+    Flagship,
+}
+
+impl Tier {
+    pub const ALL: [Tier; 4] = [Tier::Local, Tier::Budget, Tier::Workhorse, Tier::Flagship];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Tier::Local => "local",
+            Tier::Budget => "budget",
+            Tier::Workhorse => "workhorse",
+            Tier::Flagship => "flagship",
+        }
+    }
+}
+
+impl fmt::Display for Tier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Provider {
+    pub name: String,
+    pub kind: ProviderKind,
+    pub base_url: Option<String>,
+    /// The *name* of the environment variable; the key itself is only ever
+    /// read by the provider layer at call time.
+    pub api_key_env: Option<String>,
+    pub locality: Locality,
+}
+
+/// USD per token.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct Price {
+    pub input: f64,
+    pub output: f64,
+    pub cache_read: Option<f64>,
+    pub cache_write: Option<f64>,
+    pub batch_input: Option<f64>,
+    pub batch_output: Option<f64>,
+}
+
+impl Price {
+    pub fn cost(&self, input_tokens: u64, output_tokens: u64) -> f64 {
+        input_tokens as f64 * self.input + output_tokens as f64 * self.output
+    }
+
+    pub fn is_free(&self) -> bool {
+        self.input == 0.0 && self.output == 0.0
+    }
+}
+
+/// Where a model's price came from, shown in `plan` and `models`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "source", content = "detail")]
+pub enum PriceSource {
+    /// A catalog entry, by key.
+    Catalog(String),
+    /// The catalog entry with some prices overridden by the policy.
+    CatalogWithOverrides(String),
+    Policy,
+    /// A local model without a price: free.
+    Local,
+}
+
+#[derive(Debug, Clone)]
+pub struct Model {
+    /// The policy's name for it ("local", "flagship", …).
+    pub alias: String,
+    pub provider: String,
+    pub provider_kind: ProviderKind,
+    /// The provider's model name.
+    pub model: String,
+    pub tier: Tier,
+    pub locality: Locality,
+    pub context_window: u64,
+    pub max_output_tokens: Option<u64>,
+    pub tokenizer: Tokenizer,
+    pub price: Price,
+    pub price_source: PriceSource,
+}
+
+/// A rule's conditions as sets; `None` means "any".
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Conditions {
+    pub task: Option<BTreeSet<String>>,
+    /// Level indices.
+    pub sensitivity: Option<BTreeSet<usize>>,
+    /// Inclusive bounds.
+    pub input_tokens: Option<(u64, u64)>,
+    pub reasoning: Option<BTreeSet<Reasoning>>,
+    pub latency: Option<BTreeSet<Latency>>,
+    /// Matches a step that has any of these tags.
+    pub tags: Option<BTreeSet<String>>,
+}
+
+fn covers<T: Ord>(outer: &Option<BTreeSet<T>>, inner: &Option<BTreeSet<T>>) -> bool {
+    match (outer, inner) {
+        (None, _) => true,
+        (Some(_), None) => false,
+        (Some(o), Some(i)) => i.is_subset(o),
+    }
+}
+
+impl Conditions {
+    pub fn is_catch_all(&self) -> bool {
+        *self == Conditions::default()
+    }
+
+    /// Can no step ever satisfy these conditions?
+    pub fn is_empty(&self) -> Option<&'static str> {
+        if self.sensitivity.as_ref().is_some_and(BTreeSet::is_empty) {
+            return Some("no sensitivity level satisfies its `sensitivity` condition");
+        }
+        if self.input_tokens.is_some_and(|(lo, hi)| lo > hi) {
+            return Some("its `input_tokens` bounds exclude every count");
+        }
+        None
+    }
+
+    /// Does every step that matches `other` also match `self`?
+    pub fn covers(&self, other: &Conditions) -> bool {
+        let tokens = match (self.input_tokens, other.input_tokens) {
+            (None, _) => true,
+            (Some(_), None) => false,
+            (Some((lo, hi)), Some((olo, ohi))) => lo <= olo && ohi <= hi,
+        };
+        covers(&self.task, &other.task)
+            && covers(&self.sensitivity, &other.sensitivity)
+            && tokens
+            && covers(&self.reasoning, &other.reasoning)
+            && covers(&self.latency, &other.latency)
+            && covers(&self.tags, &other.tags)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Rule {
+    pub name: String,
+    pub description: String,
+    pub conditions: Conditions,
+    /// A model alias.
+    pub use_model: String,
+}
+
+/// A compiled policy: every name resolved, every model priced.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub name: String,
+    /// Sensitivity levels, least sensitive first.
+    pub levels: Vec<String>,
+    /// Index of the most sensitive level allowed to reach a cloud model.
+    pub cloud_max: usize,
+    pub default_level: usize,
+    pub providers: IndexMap<String, Provider>,
+    pub models: IndexMap<String, Model>,
+    pub rules: Vec<Rule>,
+    pub fallbacks: IndexMap<String, Vec<String>>,
+    /// The model the plan compares against.
+    pub flagship: Option<String>,
+    pub run_budget_usd: Option<f64>,
+    pub tier_shares: BTreeMap<Tier, f64>,
+}
+
+/// The default ladder when a policy says nothing about sensitivity.
+const DEFAULT_LEVELS: [&str; 4] = ["public", "internal", "confidential", "secret"];
+const DEFAULT_CLOUD_MAX: &str = "internal";
+
+impl Policy {
+    pub fn level_index(&self, name: &str) -> Option<usize> {
+        self.levels.iter().position(|l| l == name)
+    }
+
+    pub fn level_name(&self, index: usize) -> &str {
+        &self.levels[index]
+    }
+
+    /// The candidate models for a rule's choice: the model, then its fallback
+    /// chain, breadth-first, each model once.
+    pub fn candidates<'a>(&'a self, first: &'a str) -> Vec<&'a str> {
+        let mut out: Vec<&str> = vec![first];
+        let mut i = 0;
+        while i < out.len() {
+            if let Some(next) = self.fallbacks.get(out[i]) {
+                for n in next {
+                    if !out.contains(&n.as_str()) {
+                        out.push(n);
+                    }
+                }
+            }
+            i += 1;
+        }
+        out
+    }
+
+    /// The flagship model used for the "all on flagship" comparison.
+    pub fn flagship_model(&self) -> Option<&Model> {
+        self.flagship.as_ref().and_then(|f| self.models.get(f))
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Loading and compiling.
+
+pub fn load_file(path: &Path) -> Result<Loaded<PolicyFile>, Vec<Diagnostic>> {
+    from_document(load_document(path)?, Format::Policy)
+}
+
+/// Loads and compiles a policy file.
+pub fn load(path: &Path) -> Result<(Loaded<PolicyFile>, Policy), Vec<Diagnostic>> {
+    let file = load_file(path)?;
+    let (policy, diags) = compile(&file.value, &file.doc, Catalog::builtin());
+    if diags.iter().any(Diagnostic::is_error) {
+        return Err(diags);
+    }
+    Ok((file, policy))
+}
+
+fn is_loopback(url: &str) -> bool {
+    let rest = url.split("://").nth(1).unwrap_or(url);
+    let host = rest.split(['/', '?']).next().unwrap_or("");
+    let host = if let Some(h) = host.strip_prefix('[') {
+        h.split(']').next().unwrap_or("")
+    } else {
+        host.rsplit_once(':').map_or(host, |(h, _)| h)
+    };
+    host == "localhost"
+        || host == "::1"
+        || host
+            .parse::<std::net::Ipv4Addr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Compiles a policy; returns the policy (possibly partial) and every problem.
+pub fn compile(file: &PolicyFile, doc: &Document, catalog: &Catalog) -> (Policy, Vec<Diagnostic>) {
+    let mut diags = Vec::new();
+    let at = |segs: &[&str]| doc.span(&pointer(segs));
+
+    // Sensitivity ladder.
+    let (levels, cloud_max, default_level) = match &file.sensitivity {
+        None => (
+            DEFAULT_LEVELS
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect::<Vec<_>>(),
+            DEFAULT_LEVELS
+                .iter()
+                .position(|l| *l == DEFAULT_CLOUD_MAX)
+                .unwrap_or(0),
+            0,
+        ),
+        Some(s) => {
+            let find = |name: &str, key: &str, diags: &mut Vec<Diagnostic>| -> usize {
+                s.levels.iter().position(|l| l == name).unwrap_or_else(|| {
+                    diags.push(
+                        Diagnostic::error(
+                            "unknown-level",
+                            format!("unknown sensitivity level `{name}`"),
+                        )
+                        .at(at(&["sensitivity", key]))
+                        .with_label("not in `sensitivity.levels`")
+                        .with_help(
+                            did_you_mean(name, s.levels.iter().map(String::as_str)).unwrap_or_else(
+                                || {
+                                    format!(
+                                        "levels are {}",
+                                        one_of(s.levels.iter().map(String::as_str))
+                                    )
+                                },
+                            ),
+                        ),
+                    );
+                    0
+                })
+            };
+            let cloud_max = find(&s.cloud_max, "cloud_max", &mut diags);
+            let default = s
+                .default
+                .as_deref()
+                .map_or(0, |d| find(d, "default", &mut diags));
+            (s.levels.clone(), cloud_max, default)
+        }
+    };
+    let level_help = |name: &str| {
+        did_you_mean(name, levels.iter().map(String::as_str))
+            .unwrap_or_else(|| format!("levels are {}", one_of(levels.iter().map(String::as_str))))
+    };
+
+    // Providers.
+    let mut providers = IndexMap::new();
+    for (name, p) in &file.providers {
+        let base_url = p
+            .base_url
+            .clone()
+            .or_else(|| p.kind.default_base_url().map(str::to_owned));
+        if base_url.is_none() {
+            diags.push(
+                Diagnostic::error("missing-base-url", format!("provider `{name}` needs a `base_url`"))
+                    .at(doc.key_span(&pointer(["providers", name.as_str()])))
+                    .with_help("openai-compatible servers have no default address, e.g. base_url: \"http://127.0.0.1:11434/v1\" for Ollama"),
+            );
+        }
+        let loopback = base_url.as_deref().is_some_and(is_loopback);
+        let locality = match (p.locality, p.kind) {
+            (Some(Locality::Local), kind) if kind != ProviderKind::OpenaiCompatible => {
+                diags.push(
+                    Diagnostic::error(
+                        "cloud-provider-marked-local",
+                        format!("provider `{name}` of kind {} cannot be local", p.kind.name()),
+                    )
+                    .at(at(&["providers", name, "locality"]))
+                    .with_label("this API is a cloud service")
+                    .with_help("only `openai-compatible` providers (Ollama, llama.cpp, vLLM, LM Studio) run locally"),
+                );
+                Locality::Cloud
+            }
+            (Some(l), _) => l,
+            (None, ProviderKind::OpenaiCompatible) if loopback => Locality::Local,
+            (None, _) => Locality::Cloud,
+        };
+        providers.insert(
+            name.clone(),
+            Provider {
+                name: name.clone(),
+                kind: p.kind,
+                base_url,
+                api_key_env: p
+                    .api_key_env
+                    .clone()
+                    .or_else(|| p.kind.default_api_key_env().map(str::to_owned)),
+                locality,
+            },
+        );
+    }
+
+    // Models.
+    let mut models = IndexMap::new();
+    for (alias, m) in &file.models {
+        let Some(provider) = providers.get(&m.provider) else {
+            diags.push(
+                Diagnostic::error(
+                    "unknown-provider",
+                    format!("unknown provider `{}`", m.provider),
+                )
+                .at(at(&["models", alias, "provider"]))
+                .with_label("not defined under `providers`")
+                .with_help(
+                    did_you_mean(&m.provider, providers.keys().map(String::as_str)).unwrap_or_else(
+                        || {
+                            format!(
+                                "defined providers: {}",
+                                one_of(providers.keys().map(String::as_str))
+                            )
+                        },
+                    ),
+                ),
+            );
+            continue;
+        };
+        let entry = match &m.catalog {
+            Some(key) => {
+                let e = catalog.get(key);
+                if e.is_none() {
+                    let sugg = catalog.suggest(key);
+                    diags.push(
+                        Diagnostic::error(
+                            "unknown-catalog-entry",
+                            format!("no catalog entry `{key}`"),
+                        )
+                        .at(at(&["models", alias, "catalog"]))
+                        .with_help(match sugg.first() {
+                            Some(s) => {
+                                format!("did you mean `{s}`? (`tollgate models` lists the catalog)")
+                            }
+                            None => "`tollgate models` lists the catalog".to_owned(),
+                        }),
+                    );
+                }
+                e
+            }
+            None => catalog.lookup(provider.kind.name(), &m.model),
+        };
+        let overrides = m.pricing.clone().unwrap_or_default();
+        let has_overrides =
+            overrides.input_per_mtok.is_some() || overrides.output_per_mtok.is_some();
+        let per_tok = |v: Option<f64>| v.map(|x| x / 1_000_000.0);
+        let (price, price_source) = match (entry, provider.locality) {
+            (Some(e), _) => (
+                Price {
+                    input: per_tok(overrides.input_per_mtok).unwrap_or(e.input_per_token),
+                    output: per_tok(overrides.output_per_mtok).unwrap_or(e.output_per_token),
+                    cache_read: per_tok(overrides.cache_read_per_mtok).or(e.cache_read_per_token),
+                    cache_write: per_tok(overrides.cache_write_per_mtok)
+                        .or(e.cache_write_per_token),
+                    batch_input: per_tok(overrides.batch_input_per_mtok)
+                        .or(e.batch_input_per_token),
+                    batch_output: per_tok(overrides.batch_output_per_mtok)
+                        .or(e.batch_output_per_token),
+                },
+                if has_overrides {
+                    PriceSource::CatalogWithOverrides(e.key.clone())
+                } else {
+                    PriceSource::Catalog(e.key.clone())
+                },
+            ),
+            (None, locality) => {
+                let missing =
+                    overrides.input_per_mtok.is_none() || overrides.output_per_mtok.is_none();
+                if missing && locality == Locality::Cloud {
+                    let sugg = catalog.suggest(&m.model);
+                    diags.push(
+                        Diagnostic::error("unknown-price", format!("no price known for cloud model `{}`", m.model))
+                            .at(at(&["models", alias, "model"]))
+                            .with_label("not found in the catalog")
+                            .with_help(match sugg.first() {
+                                Some(s) => format!("did you mean `{s}`? Otherwise set `pricing.input_per_mtok` and `pricing.output_per_mtok`, or `catalog:` to an entry of `tollgate models`"),
+                                None => "set `pricing.input_per_mtok` and `pricing.output_per_mtok`, or `catalog:` to an entry of `tollgate models`".to_owned(),
+                            }),
+                    );
+                }
+                let price = Price {
+                    input: per_tok(overrides.input_per_mtok).unwrap_or(0.0),
+                    output: per_tok(overrides.output_per_mtok).unwrap_or(0.0),
+                    cache_read: per_tok(overrides.cache_read_per_mtok),
+                    cache_write: per_tok(overrides.cache_write_per_mtok),
+                    batch_input: per_tok(overrides.batch_input_per_mtok),
+                    batch_output: per_tok(overrides.batch_output_per_mtok),
+                };
+                let source = if has_overrides {
+                    PriceSource::Policy
+                } else {
+                    PriceSource::Local
+                };
+                (price, source)
+            }
+        };
+        let context_window = m.context_window.or(entry.and_then(|e| e.max_input_tokens));
+        let Some(context_window) = context_window else {
+            diags.push(
+                Diagnostic::error(
+                    "unknown-context-window",
+                    format!("no context window known for model `{alias}`"),
+                )
+                .at(doc.key_span(&pointer(["models", alias.as_str()])))
+                .with_help(
+                    "set `context_window` (in tokens) for models that are not in the catalog",
+                ),
+            );
+            continue;
+        };
+        let tokenizer = match m.tokenizer.as_deref() {
+            Some(name) => Tokenizer::from_name(name).unwrap_or(Tokenizer::Estimate),
+            None => tokens::tokenizer_for(provider.kind.name(), &m.model),
+        };
+        models.insert(
+            alias.clone(),
+            Model {
+                alias: alias.clone(),
+                provider: m.provider.clone(),
+                provider_kind: provider.kind,
+                model: m.model.clone(),
+                tier: m.tier,
+                locality: provider.locality,
+                context_window,
+                max_output_tokens: m
+                    .max_output_tokens
+                    .or(entry.and_then(|e| e.max_output_tokens)),
+                tokenizer,
+                price,
+                price_source,
+            },
+        );
+    }
+    let model_help = |name: &str| {
+        did_you_mean(name, file.models.keys().map(String::as_str)).unwrap_or_else(|| {
+            format!(
+                "defined models: {}",
+                one_of(file.models.keys().map(String::as_str))
+            )
+        })
+    };
+    let check_model = |name: &str, segs: &[&str], diags: &mut Vec<Diagnostic>| {
+        if !file.models.contains_key(name) {
+            diags.push(
+                Diagnostic::error("unknown-model", format!("unknown model `{name}`"))
+                    .at(doc.span(&pointer(segs)))
+                    .with_label("not defined under `models`")
+                    .with_help(model_help(name)),
+            );
+        }
+    };
+
+    // Rules.
+    let mut rules: Vec<Rule> = Vec::new();
+    let mut seen_names: BTreeMap<&str, usize> = BTreeMap::new();
+    for (i, r) in file.rules.iter().enumerate() {
+        let idx = i.to_string();
+        let rp = |rest: &[&str]| {
+            let mut segs = vec!["rules", idx.as_str()];
+            segs.extend_from_slice(rest);
+            pointer(segs)
+        };
+        if let Some(first) = seen_names.insert(&r.name, i) {
+            diags.push(
+                Diagnostic::error("duplicate-rule", format!("two rules are named `{}`", r.name))
+                    .at(doc.span(&rp(&["name"])))
+                    .with_help(format!("rule #{} has the same name; plans name the rule that decided, so names must be unique", first + 1)),
+            );
+        }
+        check_model(&r.use_model, &["rules", &idx, "use"], &mut diags);
+        let c = &r.when;
+        let level = |name: &str, key: &str, diags: &mut Vec<Diagnostic>| -> Option<usize> {
+            let found = levels.iter().position(|l| l == name);
+            if found.is_none() {
+                diags.push(
+                    Diagnostic::error(
+                        "unknown-level",
+                        format!("unknown sensitivity level `{name}`"),
+                    )
+                    .at(doc.span(&rp(&["when", "sensitivity", key])))
+                    .with_help(level_help(name)),
+                );
+            }
+            found
+        };
+        let sensitivity = match &c.sensitivity {
+            None => None,
+            Some(SensitivityCondition::Levels(names)) => Some(
+                names
+                    .to_vec()
+                    .iter()
+                    .filter_map(|n| level(n, "", &mut diags))
+                    .collect::<BTreeSet<_>>(),
+            ),
+            Some(SensitivityCondition::Bounds(b)) => {
+                let mut set: BTreeSet<usize> = (0..levels.len()).collect();
+                if let Some(l) = b
+                    .above
+                    .as_deref()
+                    .and_then(|n| level(n, "above", &mut diags))
+                {
+                    set.retain(|&x| x > l);
+                }
+                if let Some(l) = b
+                    .at_least
+                    .as_deref()
+                    .and_then(|n| level(n, "at_least", &mut diags))
+                {
+                    set.retain(|&x| x >= l);
+                }
+                if let Some(l) = b
+                    .below
+                    .as_deref()
+                    .and_then(|n| level(n, "below", &mut diags))
+                {
+                    set.retain(|&x| x < l);
+                }
+                if let Some(l) = b
+                    .at_most
+                    .as_deref()
+                    .and_then(|n| level(n, "at_most", &mut diags))
+                {
+                    set.retain(|&x| x <= l);
+                }
+                Some(set)
+            }
+        };
+        let input_tokens = c.input_tokens.as_ref().map(|t| {
+            let lo =
+                t.gt.map_or(0, |v| v.saturating_add(1))
+                    .max(t.gte.unwrap_or(0));
+            let hi =
+                t.lt.map_or(u64::MAX, |v| v.saturating_sub(1))
+                    .min(t.lte.unwrap_or(u64::MAX));
+            // `lt: 0` admits nothing: mark the range empty.
+            if t.lt == Some(0) { (1, 0) } else { (lo, hi) }
+        });
+        let conditions = Conditions {
+            task: c.task.as_ref().map(|t| t.to_vec().into_iter().collect()),
+            sensitivity,
+            input_tokens,
+            reasoning: c
+                .reasoning
+                .as_ref()
+                .map(|t| t.to_vec().into_iter().collect()),
+            latency: c.latency.as_ref().map(|t| t.to_vec().into_iter().collect()),
+            tags: c.tags.as_ref().map(|t| t.to_vec().into_iter().collect()),
+        };
+        if let Some(why) = conditions.is_empty() {
+            diags.push(
+                Diagnostic::error(
+                    "rule-never-matches",
+                    format!("rule `{}` can never match: {why}", r.name),
+                )
+                .at(doc.span(&rp(&["when"])))
+                .with_help("fix or remove the condition"),
+            );
+        } else if let Some(earlier) = rules.iter().find(|e| e.conditions.covers(&conditions)) {
+            diags.push(
+                Diagnostic::error(
+                    "rule-never-matches",
+                    format!("rule `{}` can never match", r.name),
+                )
+                .at(doc.span(&rp(&["name"])))
+                .with_label(format!(
+                    "every step it matches is taken first by rule `{}`",
+                    earlier.name
+                ))
+                .with_help(if earlier.conditions.is_catch_all() {
+                    format!(
+                        "rule `{}` has no conditions and matches everything: move it to the end",
+                        earlier.name
+                    )
+                } else {
+                    format!(
+                        "move it above rule `{}`, or narrow `{}`",
+                        earlier.name, earlier.name
+                    )
+                }),
+            );
+        }
+        rules.push(Rule {
+            name: r.name.clone(),
+            description: r.description.clone(),
+            conditions,
+            use_model: r.use_model.clone(),
+        });
+    }
+
+    // Fallbacks.
+    for (from, chain) in &file.fallbacks {
+        if !file.models.contains_key(from) {
+            diags.push(
+                Diagnostic::error(
+                    "unknown-model",
+                    format!("fallbacks for unknown model `{from}`"),
+                )
+                .at(doc.key_span(&pointer(["fallbacks", from.as_str()])))
+                .with_help(model_help(from)),
+            );
+        }
+        for (j, to) in chain.iter().enumerate() {
+            let j = j.to_string();
+            if to == from {
+                diags.push(
+                    Diagnostic::error(
+                        "fallback-to-self",
+                        format!("model `{from}` falls back to itself"),
+                    )
+                    .at(at(&["fallbacks", from, &j]))
+                    .with_help("remove it from its own fallback list"),
+                );
+            } else {
+                check_model(to, &["fallbacks", from, &j], &mut diags);
+            }
+        }
+    }
+
+    // The flagship to compare against.
+    let flagship = match &file.flagship {
+        Some(f) => {
+            check_model(f, &["flagship"], &mut diags);
+            Some(f.clone())
+        }
+        None => file
+            .models
+            .iter()
+            .find(|(_, m)| m.tier == Tier::Flagship)
+            .map(|(k, _)| k.clone()),
+    };
+
+    let tier_shares = file
+        .budgets
+        .tiers
+        .iter()
+        .map(|(t, b)| (*t, b.max_share_of_calls))
+        .collect();
+
+    let policy = Policy {
+        name: file.name.clone().unwrap_or_else(|| {
+            doc.file
+                .path
+                .file_stem()
+                .map_or_else(|| "policy".to_owned(), |s| s.to_string_lossy().into_owned())
+        }),
+        levels,
+        cloud_max,
+        default_level,
+        providers,
+        models,
+        rules,
+        fallbacks: file.fallbacks.clone(),
+        flagship,
+        run_budget_usd: file.budgets.run_usd,
+        tier_shares,
+    };
+    (policy, diags)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::diagnostic::SourceFile;
+
+    fn compile_text(text: &str) -> (Policy, Vec<Diagnostic>) {
+        let doc = Document::parse(SourceFile::new("p.yaml", text)).unwrap();
+        let loaded: Loaded<PolicyFile> = from_document(doc, Format::Policy).unwrap();
+        compile(&loaded.value, &loaded.doc, Catalog::builtin())
+    }
+
+    const BASE: &str = "version: 1\nproviders:\n  ollama: {kind: openai-compatible, base_url: \"http://127.0.0.1:11434/v1\"}\n  openai: {kind: openai}\nmodels:\n  local: {provider: ollama, model: \"qwen3:8b\", tier: local, context_window: 32768}\n  budget: {provider: openai, model: gpt-4o-mini, tier: budget}\n";
+
+    #[test]
+    fn loopback_openai_compatible_is_local() {
+        let (p, d) = compile_text(&format!("{BASE}rules:\n  - {{name: all, use: local}}\n"));
+        assert!(d.is_empty(), "{d:?}");
+        assert_eq!(p.models["local"].locality, Locality::Local);
+        assert!(p.models["local"].price.is_free());
+        assert_eq!(p.models["budget"].locality, Locality::Cloud);
+        assert!(p.models["budget"].price.input > 0.0);
+        assert!(is_loopback("http://[::1]:8080/v1"));
+        assert!(!is_loopback("https://api.example.com/v1"));
+    }
+
+    #[test]
+    fn shadowed_rule_is_reported() {
+        let (_, d) = compile_text(&format!(
+            "{BASE}rules:\n  - {{name: all, use: local}}\n  - {{name: late, when: {{task: x}}, use: budget}}\n"
+        ));
+        assert_eq!(d.len(), 1, "{d:?}");
+        assert_eq!(d[0].message, "rule `late` can never match");
+    }
+
+    #[test]
+    fn empty_conditions_are_reported() {
+        let (_, d) = compile_text(&format!(
+            "{BASE}rules:\n  - {{name: r, when: {{sensitivity: {{above: secret}}}}, use: local}}\n  - {{name: z, when: {{input_tokens: {{gt: 10, lt: 5}}}}, use: local}}\n"
+        ));
+        assert_eq!(d.len(), 2, "{d:?}");
+    }
+
+    #[test]
+    fn unknown_names_have_hints() {
+        let (_, d) = compile_text(&format!(
+            "{BASE}rules:\n  - {{name: all, use: locl}}\nfallbacks:\n  local: [budgt]\n"
+        ));
+        let msgs: Vec<_> = d
+            .iter()
+            .map(|d| (d.message.as_str(), d.help.as_deref()))
+            .collect();
+        assert!(
+            msgs.contains(&("unknown model `locl`", Some("did you mean `local`?"))),
+            "{msgs:?}"
+        );
+        assert!(
+            msgs.contains(&("unknown model `budgt`", Some("did you mean `budget`?"))),
+            "{msgs:?}"
+        );
+    }
+
+    #[test]
+    fn candidates_follow_fallback_chains_once() {
+        let (p, _) = compile_text(&format!(
+            "{BASE}rules:\n  - {{name: all, use: local}}\nfallbacks:\n  local: [budget]\n  budget: [local]\n"
+        ));
+        assert_eq!(p.candidates("local"), vec!["local", "budget"]);
+    }
+}

@@ -1,0 +1,263 @@
+//! Human-readable plan text. Stable: the same plan gives the same bytes, so
+//! plans can be reviewed in pull requests and snapshot-tested.
+
+use std::fmt::Write as _;
+
+use crate::inputs::ValueSource;
+use crate::plan::{CostRange, Plan, Status, StepPlan};
+use crate::policy::Locality;
+use crate::route::Decider;
+
+/// Dollars with enough digits to tell small costs apart, fixed per magnitude.
+pub fn usd(x: f64) -> String {
+    if x == 0.0 {
+        "$0".to_owned()
+    } else if x >= 1.0 {
+        format!("${x:.2}")
+    } else if x >= 0.01 {
+        format!("${x:.4}")
+    } else {
+        format!("${x:.6}")
+    }
+}
+
+fn range(c: CostRange) -> String {
+    if c.low == c.high {
+        usd(c.low)
+    } else {
+        format!("{} – {}", usd(c.low), usd(c.high))
+    }
+}
+
+fn plural(n: u64, word: &str) -> String {
+    if n == 1 {
+        format!("{n} {word}")
+    } else {
+        format!("{n} {word}s")
+    }
+}
+
+/// Renders a plan as text.
+pub fn plan_text(plan: &Plan) -> String {
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "Plan for workflow {} ({})",
+        plan.workflow.name, plan.workflow.path
+    );
+    let _ = writeln!(
+        o,
+        "  policy       {} ({})",
+        plan.policy.name, plan.policy.path
+    );
+    if !plan.inputs.is_empty() {
+        let inputs: Vec<String> = plan
+            .inputs
+            .iter()
+            .map(|i| {
+                let src = match i.source {
+                    ValueSource::Given => "given",
+                    ValueSource::Default => "default",
+                    ValueSource::Example => "example value",
+                };
+                format!("{} ({src}, {})", i.name, i.sensitivity)
+            })
+            .collect();
+        let _ = writeln!(o, "  inputs       {}", inputs.join(", "));
+    }
+    for (n, s) in plan.steps.iter().enumerate() {
+        o.push('\n');
+        step(&mut o, n + 1, s);
+    }
+    o.push('\n');
+    totals(&mut o, plan);
+    o
+}
+
+fn step(o: &mut String, n: usize, s: &StepPlan) {
+    let _ = writeln!(
+        o,
+        "{n}. {}  [task {}, reasoning {}, latency {}]",
+        s.id,
+        s.task,
+        s.reasoning.name(),
+        s.latency.name()
+    );
+    if !s.depends_on.is_empty() {
+        let _ = writeln!(o, "   after        {}", s.depends_on.join(", "));
+    }
+    match &s.status {
+        Status::Runs => {}
+        Status::Conditional(why) => {
+            let _ = writeln!(o, "   runs if      {why} (decided at run time)");
+        }
+        Status::Skipped(why) => {
+            let _ = writeln!(o, "   skipped      {why}");
+        }
+    }
+    let origin = match &s.sensitivity.origin {
+        crate::sensitivity::Origin::Default => "policy default".to_owned(),
+        other => format!("from {other}"),
+    };
+    let gate = if s.sensitivity.cloud_allowed {
+        ""
+    } else {
+        ", local models only"
+    };
+    let _ = writeln!(
+        o,
+        "   sensitivity  {} ({origin}{gate})",
+        s.sensitivity.level
+    );
+    if let Some(f) = &s.fan_out {
+        if f.known {
+            let _ = writeln!(
+                o,
+                "   for each     {} (one call each)",
+                plural(f.items, "item")
+            );
+        } else {
+            let _ = writeln!(
+                o,
+                "   for each     list known at run time; priced as 1 call"
+            );
+        }
+    }
+    match &s.model {
+        Some(m) => {
+            let place = match m.locality {
+                Locality::Local => "local",
+                Locality::Cloud => "cloud",
+            };
+            let _ = writeln!(
+                o,
+                "   model        {} → {} {} ({} tier, {place})",
+                m.alias, m.provider, m.model, m.tier
+            );
+        }
+        None => {
+            let _ = writeln!(o, "   model        none");
+        }
+    }
+    match &s.route.decider {
+        Some(Decider::Rule { name, matched, .. }) => {
+            let _ = writeln!(o, "   rule         {name} ({})", matched.join(", "));
+        }
+        Some(Decider::Pin { model }) => {
+            let _ = writeln!(o, "   rule         pinned by the step to {model}");
+        }
+        None => {}
+    }
+    for r in &s.route.passed_over {
+        let _ = writeln!(o, "   passed over  {}: {}", r.model, r.why);
+    }
+    if matches!(s.status, Status::Skipped(_)) {
+        return;
+    }
+    let t = &s.tokens;
+    let exact = if t.input_exact {
+        format!("exact, {}", t.tokenizer.map_or("", |t| t.name()))
+    } else {
+        match t.tokenizer {
+            Some(tok) if tok.is_exact() => {
+                format!("≈ {} with upstream outputs estimated", tok.name())
+            }
+            _ => "≈ estimate".to_owned(),
+        }
+    };
+    let worst_in = if t.input_worst != t.input {
+        format!(", up to {}", t.input_worst)
+    } else {
+        String::new()
+    };
+    let _ = writeln!(
+        o,
+        "   tokens       in {}{worst_in} ({exact}); out ~{} expected, {} max",
+        t.input, t.output_expected, t.output_max
+    );
+    let free = s
+        .model
+        .as_ref()
+        .is_some_and(|m| m.locality == Locality::Local)
+        && s.cost.high == 0.0;
+    let _ = writeln!(
+        o,
+        "   cost         {}{}",
+        range(s.cost),
+        if free { " (local)" } else { "" }
+    );
+}
+
+fn totals(o: &mut String, plan: &Plan) {
+    let t = &plan.totals;
+    let _ = writeln!(o, "Totals");
+    let mut calls = t.calls.to_string();
+    if t.conditional_calls > 0 {
+        calls.push_str(&format!(" ({} conditional, counted)", t.conditional_calls));
+    }
+    if t.skipped_steps > 0 {
+        calls.push_str(&format!("; {} skipped", plural(t.skipped_steps, "step")));
+    }
+    let _ = writeln!(o, "  calls        {calls}");
+    let _ = writeln!(
+        o,
+        "  cost         {} expected, {} worst case",
+        usd(t.cost.low),
+        usd(t.cost.high)
+    );
+    for (i, tier) in t.by_tier.iter().enumerate() {
+        let label = if i == 0 {
+            "  by tier      "
+        } else {
+            "               "
+        };
+        let cap = tier
+            .max_share_of_calls
+            .map(|m| format!(", max {:.0}%", m * 100.0))
+            .unwrap_or_default();
+        let _ = writeln!(
+            o,
+            "{label}{:<10}{} ({:.0}%{cap})  {}",
+            tier.tier.name(),
+            plural(tier.calls, "call"),
+            tier.share_of_calls * 100.0,
+            range(tier.cost)
+        );
+    }
+    if let Some(f) = &t.flagship {
+        let _ = writeln!(
+            o,
+            "  all-flagship {} on {} ({}): {} expected, {} worst case",
+            plural(t.calls, "call"),
+            f.model,
+            f.provider_model,
+            usd(f.cost.low),
+            usd(f.cost.high)
+        );
+        if f.cost.low > 0.0 {
+            let _ = writeln!(o, "  saving       {:.0}% vs all-flagship", f.saving_percent);
+        }
+    }
+    if let Some(b) = &t.budget {
+        let verdict = if b.within {
+            "within"
+        } else {
+            "OVER — calls that could cross it will not be made:"
+        };
+        let _ = writeln!(
+            o,
+            "  budget       worst case {} {verdict} run_usd {}",
+            usd(b.worst_case_usd),
+            usd(b.run_usd)
+        );
+    }
+    let _ = writeln!(
+        o,
+        "  tokens       {}",
+        if t.exact_token_counts {
+            "all counts exact"
+        } else {
+            "≈ marks estimates (no public tokenizer, or upstream outputs not known yet)"
+        }
+    );
+}

@@ -1,0 +1,302 @@
+//! Routing: which model serves a step, and why. Pure functions, no I/O.
+//!
+//! The first rule whose conditions all hold decides (or the step's model pin).
+//! Its candidates are the rule's model, then that model's fallback chain. A
+//! candidate that does not fit is passed over with the reason; the first
+//! that fits is the route. If none fits, the step has no route.
+//!
+//! Invariant (the sensitivity gate): a step whose effective sensitivity is
+//! above `cloud_max` is never routed to a cloud model — no rule, fallback or
+//! pin can change that. [`gate`] is the one place that decides it.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use serde::Serialize;
+
+use crate::policy::{Conditions, Locality, Model, Policy, Tier};
+use crate::tokens::Tokenizer;
+use crate::workflow::{Latency, Reasoning};
+
+/// What routing needs to know about a step.
+#[derive(Debug, Clone)]
+pub struct Facts<'a> {
+    pub task: &'a str,
+    /// Effective level index.
+    pub sensitivity: usize,
+    /// Input tokens per call as rule conditions see them (o200k_base count).
+    pub input_tokens: u64,
+    pub reasoning: Reasoning,
+    pub latency: Latency,
+    pub tags: &'a BTreeSet<String>,
+    pub pin: Option<&'a str>,
+    pub max_output_tokens: u64,
+    /// Calls this step makes (more than one with `for_each`).
+    pub calls: u64,
+}
+
+/// How many calls each tier has taken so far in the run, and the run's total.
+#[derive(Debug, Clone, Default)]
+pub struct TierUsage {
+    pub used: BTreeMap<Tier, u64>,
+    pub total_calls: u64,
+}
+
+impl TierUsage {
+    /// The most calls a tier may take: `ceil(share × total)` — a share is
+    /// never rounded down to zero calls.
+    pub fn limit(&self, policy: &Policy, tier: Tier) -> Option<u64> {
+        policy
+            .tier_shares
+            .get(&tier)
+            .map(|share| (share * self.total_calls as f64 - 1e-9).ceil().max(0.0) as u64)
+    }
+}
+
+/// Why a candidate was passed over.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "reason")]
+pub enum PassedOver {
+    SensitivityGate { level: String, cloud_max: String },
+    ContextWindow { needed: u64, window: u64 },
+    MaxOutput { requested: u64, model_max: u64 },
+    TierShare { tier: Tier, used: u64, limit: u64 },
+}
+
+impl fmt::Display for PassedOver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PassedOver::SensitivityGate { level, cloud_max } => write!(
+                f,
+                "cloud model, and the step is {level} (above cloud_max {cloud_max})"
+            ),
+            PassedOver::ContextWindow { needed, window } => write!(
+                f,
+                "context window too small: needs {needed} tokens (prompt + max output), has {window}"
+            ),
+            PassedOver::MaxOutput {
+                requested,
+                model_max,
+            } => write!(
+                f,
+                "max_output_tokens {requested} is above the model's limit of {model_max}"
+            ),
+            PassedOver::TierShare { tier, used, limit } => write!(
+                f,
+                "{tier} tier share exhausted: {used} of at most {limit} calls already used"
+            ),
+        }
+    }
+}
+
+/// What decided the candidates.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "by")]
+pub enum Decider {
+    Rule {
+        name: String,
+        index: usize,
+        matched: Vec<String>,
+    },
+    Pin {
+        model: String,
+    },
+}
+
+impl Decider {
+    pub fn label(&self) -> String {
+        match self {
+            Decider::Rule { name, .. } => format!("rule {name}"),
+            Decider::Pin { model } => format!("pinned to {model} by the step"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Rejection {
+    pub model: String,
+    #[serde(flatten)]
+    pub why: PassedOver,
+}
+
+/// The outcome of routing one step.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Decision {
+    /// The chosen model alias; `None` when no candidate fits.
+    pub model: Option<String>,
+    /// `None` only when no rule matched and there is no pin.
+    pub decider: Option<Decider>,
+    pub passed_over: Vec<Rejection>,
+}
+
+/// The sensitivity gate. `true` when the model may see data of this level.
+pub fn gate(policy: &Policy, model: &Model, level: usize) -> bool {
+    model.locality == Locality::Local || level <= policy.cloud_max
+}
+
+/// Which conditions of a rule hold, as readable fragments; `None` if one fails.
+pub fn matches(policy: &Policy, c: &Conditions, f: &Facts<'_>) -> Option<Vec<String>> {
+    let mut why = Vec::new();
+    if let Some(tasks) = &c.task {
+        if !tasks.contains(f.task) {
+            return None;
+        }
+        why.push(format!("task = {}", f.task));
+    }
+    if let Some(levels) = &c.sensitivity {
+        if !levels.contains(&f.sensitivity) {
+            return None;
+        }
+        let names: Vec<&str> = levels.iter().map(|&l| policy.level_name(l)).collect();
+        why.push(format!(
+            "sensitivity {} ∈ {{{}}}",
+            policy.level_name(f.sensitivity),
+            names.join(", ")
+        ));
+    }
+    if let Some((lo, hi)) = c.input_tokens {
+        if f.input_tokens < lo || f.input_tokens > hi {
+            return None;
+        }
+        let range = match (lo, hi) {
+            (0, hi) => format!("≤ {hi}"),
+            (lo, u64::MAX) => format!("≥ {lo}"),
+            (lo, hi) => format!("in {lo}..={hi}"),
+        };
+        why.push(format!("input_tokens {} {range}", f.input_tokens));
+    }
+    if let Some(r) = &c.reasoning {
+        if !r.contains(&f.reasoning) {
+            return None;
+        }
+        why.push(format!("reasoning = {}", f.reasoning.name()));
+    }
+    if let Some(l) = &c.latency {
+        if !l.contains(&f.latency) {
+            return None;
+        }
+        why.push(format!("latency = {}", f.latency.name()));
+    }
+    if let Some(tags) = &c.tags {
+        let hit: Vec<&str> = tags
+            .iter()
+            .filter(|t| f.tags.contains(*t))
+            .map(String::as_str)
+            .collect();
+        if hit.is_empty() {
+            return None;
+        }
+        why.push(format!("tags has {}", hit.join(", ")));
+    }
+    if why.is_empty() {
+        why.push("catch-all".to_owned());
+    }
+    Some(why)
+}
+
+/// Routes one step. `worst_input` gives the worst-case input tokens per call
+/// as a model's tokenizer counts them (for the context-window check).
+pub fn route(
+    policy: &Policy,
+    f: &Facts<'_>,
+    usage: &TierUsage,
+    worst_input: &dyn Fn(Tokenizer) -> u64,
+) -> Decision {
+    let (first, decider) = match f.pin {
+        Some(pin) => (
+            pin.to_owned(),
+            Decider::Pin {
+                model: pin.to_owned(),
+            },
+        ),
+        None => {
+            let found = policy
+                .rules
+                .iter()
+                .enumerate()
+                .find_map(|(i, r)| matches(policy, &r.conditions, f).map(|m| (i, r, m)));
+            match found {
+                Some((index, rule, matched)) => (
+                    rule.use_model.clone(),
+                    Decider::Rule {
+                        name: rule.name.clone(),
+                        index,
+                        matched,
+                    },
+                ),
+                None => {
+                    return Decision {
+                        model: None,
+                        decider: None,
+                        passed_over: Vec::new(),
+                    };
+                }
+            }
+        }
+    };
+    let mut passed_over = Vec::new();
+    for alias in policy.candidates(&first) {
+        let Some(model) = policy.models.get(alias) else {
+            continue;
+        };
+        match fits(policy, model, f, usage, worst_input) {
+            Ok(()) => {
+                return Decision {
+                    model: Some(alias.to_owned()),
+                    decider: Some(decider),
+                    passed_over,
+                };
+            }
+            Err(why) => passed_over.push(Rejection {
+                model: alias.to_owned(),
+                why,
+            }),
+        }
+    }
+    Decision {
+        model: None,
+        decider: Some(decider),
+        passed_over,
+    }
+}
+
+fn fits(
+    policy: &Policy,
+    model: &Model,
+    f: &Facts<'_>,
+    usage: &TierUsage,
+    worst_input: &dyn Fn(Tokenizer) -> u64,
+) -> Result<(), PassedOver> {
+    if !gate(policy, model, f.sensitivity) {
+        return Err(PassedOver::SensitivityGate {
+            level: policy.level_name(f.sensitivity).to_owned(),
+            cloud_max: policy.level_name(policy.cloud_max).to_owned(),
+        });
+    }
+    if let Some(model_max) = model.max_output_tokens {
+        if f.max_output_tokens > model_max {
+            return Err(PassedOver::MaxOutput {
+                requested: f.max_output_tokens,
+                model_max,
+            });
+        }
+    }
+    let needed = worst_input(model.tokenizer) + f.max_output_tokens;
+    if needed > model.context_window {
+        return Err(PassedOver::ContextWindow {
+            needed,
+            window: model.context_window,
+        });
+    }
+    if let Some(limit) = usage.limit(policy, model.tier) {
+        let used = usage.used.get(&model.tier).copied().unwrap_or(0);
+        if used + f.calls > limit {
+            return Err(PassedOver::TierShare {
+                tier: model.tier,
+                used,
+                limit,
+            });
+        }
+    }
+    Ok(())
+}

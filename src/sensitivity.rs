@@ -1,0 +1,142 @@
+//! Sensitivity propagation through the DAG.
+//!
+//! A step's effective sensitivity is the highest of: its own label (or the
+//! policy's default), the labels of the inputs it reads, and the effective
+//! sensitivity of the steps whose outputs it reads — transitively, since a
+//! summary of confidential logs is confidential text. The origin is kept so
+//! a plan can say *why* a step is confidential.
+
+use std::fmt;
+
+use serde::Serialize;
+
+use crate::analyze::Analysis;
+use crate::diagnostic::{Diagnostic, did_you_mean, one_of};
+use crate::policy::Policy;
+use crate::yaml::pointer;
+
+/// Where a step's level came from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "kind", content = "name")]
+pub enum Origin {
+    /// The policy's default level (nothing raised it).
+    Default,
+    /// The step's own `sensitivity:` label.
+    Label,
+    Input(String),
+    /// Another step's output, which got it from somewhere else in turn.
+    Step(String, Box<Origin>),
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Origin::Default => f.write_str("policy default"),
+            Origin::Label => f.write_str("step label"),
+            Origin::Input(name) => write!(f, "inputs.{name}"),
+            Origin::Step(id, inner) => write!(f, "steps.{id} ← {inner}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Effective {
+    /// Index into the policy's levels.
+    pub level: usize,
+    pub origin: Origin,
+}
+
+/// Checks every sensitivity label in the workflow against the policy's levels.
+pub fn check_labels(analysis: &Analysis, policy: &Policy) -> Vec<Diagnostic> {
+    let w = &analysis.workflow.value;
+    let doc = analysis.doc();
+    let mut diags = Vec::new();
+    let mut check = |label: &str, ptr: String| {
+        if policy.level_index(label).is_none() {
+            diags.push(
+                Diagnostic::error(
+                    "unknown-level",
+                    format!("unknown sensitivity level `{label}`"),
+                )
+                .at(doc.span(&ptr))
+                .with_label(format!("not a level of policy `{}`", policy.name))
+                .with_help(
+                    did_you_mean(label, policy.levels.iter().map(String::as_str)).unwrap_or_else(
+                        || {
+                            format!(
+                                "levels are {}",
+                                one_of(policy.levels.iter().map(String::as_str))
+                            )
+                        },
+                    ),
+                ),
+            );
+        }
+    };
+    for (name, decl) in &w.inputs {
+        if let Some(l) = &decl.sensitivity {
+            check(l, pointer(["inputs", name.as_str(), "sensitivity"]));
+        }
+    }
+    for (id, step) in &w.steps {
+        if let Some(l) = &step.sensitivity {
+            check(l, pointer(["steps", id.as_str(), "sensitivity"]));
+        }
+    }
+    diags
+}
+
+/// Effective sensitivity of every step, in the analysis's step order.
+/// Labels must have been checked with [`check_labels`]; unknown ones count as
+/// the most sensitive level (fail closed).
+pub fn propagate(analysis: &Analysis, policy: &Policy) -> Vec<Effective> {
+    let w = &analysis.workflow.value;
+    let top = policy.levels.len().saturating_sub(1);
+    let level_of = |l: &str| policy.level_index(l).unwrap_or(top);
+    let mut out: Vec<Option<Effective>> = vec![None; analysis.steps.len()];
+    for &i in analysis.dag.order() {
+        let (id, info) = analysis
+            .steps
+            .get_index(i)
+            .expect("dag indices are step indices");
+        let step = &w.steps[id];
+        let mut best = match &step.sensitivity {
+            Some(l) => Effective {
+                level: level_of(l),
+                origin: Origin::Label,
+            },
+            None => Effective {
+                level: policy.default_level,
+                origin: Origin::Default,
+            },
+        };
+        for name in &info.reads_inputs {
+            let level = w.inputs[name]
+                .sensitivity
+                .as_deref()
+                .map_or(policy.default_level, level_of);
+            if level > best.level {
+                best = Effective {
+                    level,
+                    origin: Origin::Input(name.clone()),
+                };
+            }
+        }
+        for dep in &info.reads_steps {
+            let j = analysis.steps.get_index_of(dep).expect("deps are steps");
+            let upstream = out[j]
+                .as_ref()
+                .expect("topological order: dependencies come first");
+            if upstream.level > best.level {
+                best = Effective {
+                    level: upstream.level,
+                    origin: Origin::Step(dep.clone(), Box::new(upstream.origin.clone())),
+                };
+            }
+        }
+        out[i] = Some(best);
+    }
+    out.into_iter()
+        .map(|e| e.expect("every step visited"))
+        .collect()
+}

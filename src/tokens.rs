@@ -1,0 +1,466 @@
+//! Token counting for cost estimates and context-window checks.
+//!
+//! OpenAI publishes its tokenizers, so for OpenAI models tollgate counts
+//! exactly, with the `o200k_base` or `cl100k_base` encoding via `tiktoken-rs`.
+//! Anthropic, Google, Mistral and the open-weight families do not ship a
+//! usable offline tokenizer; for them the `o200k_base` count is used as an
+//! [`Tokenizer::Estimate`] (modern BPE vocabularies land within roughly ±20%
+//! of each other on English text and code) and reported as such, so callers
+//! can show "~1,234 tokens" instead of a false exact figure.
+//!
+//! Counting uses `encode_ordinary`: text from workflows and documents is data,
+//! and a literal `<|endoftext|>` in it must be counted as the characters it
+//! is, not as a special control token (which would also fail or panic in the
+//! special-token-aware encoders).
+
+use serde::Serialize;
+use tiktoken_rs::CoreBPE;
+
+/// Tokens OpenAI's chat format adds around every message
+/// (`<|start|>{role}<|message|>...<|end|>`), per OpenAI's cookbook.
+const TOKENS_PER_MESSAGE: usize = 3;
+
+/// Tokens that prime the assistant's reply (`<|start|>assistant<|message|>`),
+/// added once per request.
+const REPLY_PRIMING_TOKENS: usize = 3;
+
+/// Segments are cut at the first safe boundary after this many bytes.
+/// See [`count_segmented`].
+const SOFT_SEGMENT_BYTES: usize = 4 * 1024;
+
+/// A segment without any safe boundary is cut here regardless.
+/// See [`count_segmented`].
+const HARD_SEGMENT_BYTES: usize = 16 * 1024;
+
+/// A tokenizer tollgate can count with.
+///
+/// `Ord` so that plans can keep the set of tokenizers they need in a
+/// `BTreeSet` and iterate it in a stable order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Tokenizer {
+    /// GPT-4o, GPT-4.1, GPT-5 and the o-series.
+    O200kBase,
+    /// GPT-4 and GPT-3.5-turbo.
+    Cl100kBase,
+    /// Any other model: the `o200k_base` count, as an approximation.
+    Estimate,
+}
+
+impl Tokenizer {
+    /// The name used in configuration and reports: "o200k_base",
+    /// "cl100k_base" or "estimate".
+    pub fn name(self) -> &'static str {
+        match self {
+            Tokenizer::O200kBase => "o200k_base",
+            Tokenizer::Cl100kBase => "cl100k_base",
+            Tokenizer::Estimate => "estimate",
+        }
+    }
+
+    /// The inverse of [`Tokenizer::name`]; `None` for unknown names.
+    pub fn from_name(name: &str) -> Option<Tokenizer> {
+        match name.trim() {
+            "o200k_base" => Some(Tokenizer::O200kBase),
+            "cl100k_base" => Some(Tokenizer::Cl100kBase),
+            "estimate" => Some(Tokenizer::Estimate),
+            _ => None,
+        }
+    }
+
+    /// Whether [`Tokenizer::count`] is the count the provider will bill.
+    /// `false` for [`Tokenizer::Estimate`], whose counts are approximations.
+    pub fn is_exact(self) -> bool {
+        !matches!(self, Tokenizer::Estimate)
+    }
+
+    /// Number of tokens in `text`.
+    ///
+    /// For [`Tokenizer::Estimate`] this is the `o200k_base` count: the
+    /// tokenizers of non-OpenAI families are not public, and a real modern
+    /// BPE count is a better estimate than a characters-divided-by-four rule.
+    ///
+    /// The first call for an encoding loads it (tens of milliseconds in
+    /// release builds, much more in debug builds); later calls reuse it.
+    pub fn count(self, text: &str) -> usize {
+        if text.is_empty() {
+            return 0;
+        }
+        count_segmented(self.bpe(), text, SOFT_SEGMENT_BYTES, HARD_SEGMENT_BYTES)
+    }
+
+    /// The encoding, loaded on first use.
+    ///
+    /// These are `tiktoken-rs`'s process-wide singletons (lazily initialised
+    /// statics, the same once-only semantics as `OnceLock`): building an
+    /// encoding decodes ~200k base64 ranks and takes tens of MB, so it must
+    /// happen at most once, and sharing the crate's instance means any other
+    /// tiktoken-rs user in the process does not build a second copy. Only
+    /// the encodings actually used are ever loaded.
+    fn bpe(self) -> &'static CoreBPE {
+        match self {
+            Tokenizer::O200kBase | Tokenizer::Estimate => tiktoken_rs::o200k_base_singleton(),
+            Tokenizer::Cl100kBase => tiktoken_rs::cl100k_base_singleton(),
+        }
+    }
+}
+
+/// The tokenizer to count a model's tokens with.
+///
+/// OpenAI models get their real encoding: for provider kind "openai", and for
+/// "openrouter" / "openai-compatible" when the model is named
+/// "openai/<model>" (the only way to know a gateway is serving an OpenAI
+/// model). tiktoken-rs's own model table is consulted first, so its
+/// knowledge of snapshots and fine-tunes ("ft:gpt-4o-mini:...") is reused;
+/// names it does not know fall back to family prefixes (gpt-4o*, gpt-4.1*,
+/// gpt-4.5*, gpt-5*, o1*, o3*, o4* -> o200k_base; gpt-4*, gpt-3.5-turbo* ->
+/// cl100k_base). Unknown OpenAI families (a future encoding) and every other
+/// provider get [`Tokenizer::Estimate`].
+pub fn tokenizer_for(provider_kind: &str, model: &str) -> Tokenizer {
+    let kind = provider_kind.trim().to_ascii_lowercase();
+    let model = model.trim().to_ascii_lowercase();
+    let openai_model = match kind.as_str() {
+        "openai" => Some(model.strip_prefix("openai/").unwrap_or(&model)),
+        "openrouter" | "openai-compatible" => model.strip_prefix("openai/"),
+        _ => None,
+    };
+    match openai_model {
+        Some(name) if !name.is_empty() => openai_tokenizer(name),
+        _ => Tokenizer::Estimate,
+    }
+}
+
+/// The encoding of an OpenAI model name (already lowercased).
+fn openai_tokenizer(name: &str) -> Tokenizer {
+    use tiktoken_rs::tokenizer::{Tokenizer as Tk, get_tokenizer};
+    match get_tokenizer(name) {
+        // o200k_harmony (gpt-oss) is o200k_base plus chat special tokens;
+        // ordinary text encodes identically.
+        Some(Tk::O200kBase | Tk::O200kHarmony) => Tokenizer::O200kBase,
+        Some(Tk::Cl100kBase) => Tokenizer::Cl100kBase,
+        // GPT-3-era encodings (p50k, r50k, gpt2): not shipped, estimate.
+        Some(_) => Tokenizer::Estimate,
+        None => {
+            let base = name.strip_prefix("ft:").unwrap_or(name);
+            let base = base.split(':').next().unwrap_or(base);
+            let is_family = |family: &str| {
+                base == family
+                    || base
+                        .strip_prefix(family)
+                        .is_some_and(|rest| rest.starts_with('-'))
+            };
+            if base.starts_with("gpt-5")
+                || [
+                    "gpt-4o",
+                    "gpt-4.1",
+                    "gpt-4.5",
+                    "chatgpt-4o",
+                    "o1",
+                    "o3",
+                    "o4",
+                ]
+                .into_iter()
+                .any(is_family)
+            {
+                Tokenizer::O200kBase
+            } else if ["gpt-4", "gpt-3.5-turbo", "gpt-35-turbo"]
+                .into_iter()
+                .any(is_family)
+            {
+                Tokenizer::Cl100kBase
+            } else {
+                Tokenizer::Estimate
+            }
+        }
+    }
+}
+
+/// Tokens a chat request costs for messages with these contents.
+///
+/// OpenAI's documented accounting: 3 tokens of framing per message plus 3
+/// tokens priming the reply, plus the content tokens. Only contents are
+/// passed in, so the role name (1 token for "system", "user" or
+/// "assistant" in OpenAI's cookbook accounting) is not included; other
+/// providers frame messages differently, so for them the total is as much an
+/// estimate as the content counts.
+pub fn count_chat(tok: Tokenizer, messages: &[&str]) -> usize {
+    messages
+        .iter()
+        .map(|content| TOKENS_PER_MESSAGE + tok.count(content))
+        .sum::<usize>()
+        + REPLY_PRIMING_TOKENS
+}
+
+/// Count `text` in segments of about `soft` bytes.
+///
+/// Why: tiktoken's pre-tokenizer regex runs on a backtracking engine that
+/// gives up on very long runs of a single character class (a megabyte of
+/// "aaaa…" or of spaces), and `tiktoken-rs` turns that into a panic; BPE on
+/// one huge piece is also quadratic. User-supplied documents must not be able
+/// to crash or stall a dry run, so long texts are counted in segments.
+///
+/// Segments are cut only where the regex itself always splits and never
+/// looks across, so the total is *exactly* the unsegmented count (the unit
+/// tests check this against tiktoken directly):
+///
+/// * before an ASCII space that follows a non-whitespace character (no
+///   piece continues from a non-space into a space; a space can only start
+///   a piece);
+/// * between an ASCII letter or digit and ASCII punctuation other than `'`
+///   (`'` may continue a word as in "it's");
+/// * after a line break when the next character is neither whitespace nor
+///   `/` (o200k's punctuation pieces may swallow trailing "\n/");
+/// * between a CJK letter (ideograph, kana, hangul) and common CJK
+///   punctuation, so long space-less CJK text is covered too.
+///
+/// Only a run of `hard` bytes with none of these boundaries (megabyte-long
+/// runs of one character, giant space-free blobs) is cut arbitrarily; the
+/// count there can differ from tiktoken's by a token or so per cut, which is
+/// irrelevant next to such an input's size.
+fn count_segmented(bpe: &CoreBPE, text: &str, soft: usize, hard: usize) -> usize {
+    let mut total = 0;
+    let mut start = 0;
+    let mut prev: Option<char> = None;
+    for (at, c) in text.char_indices() {
+        let len = at - start;
+        let cut = len >= hard || (len >= soft && prev.is_some_and(|p| is_safe_boundary(p, c)));
+        if cut {
+            total += bpe.encode_ordinary(&text[start..at]).len();
+            start = at;
+        }
+        prev = Some(c);
+    }
+    total + bpe.encode_ordinary(&text[start..]).len()
+}
+
+/// Whether the o200k_base and cl100k_base pre-tokenizers always split
+/// between `prev` and `next` without looking across (see [`count_segmented`]).
+fn is_safe_boundary(prev: char, next: char) -> bool {
+    (next == ' ' && !prev.is_whitespace())
+        || (prev.is_ascii_alphanumeric() && next.is_ascii_punctuation() && next != '\'')
+        || (matches!(prev, '\n' | '\r') && !next.is_whitespace() && next != '/')
+        || (is_cjk_letter(prev) && is_cjk_punctuation(next))
+}
+
+/// Ideographs, kana and hangul syllables: all Unicode letters (`\p{Lo}`),
+/// never marks, which matters because marks may join a following
+/// punctuation piece.
+fn is_cjk_letter(c: char) -> bool {
+    matches!(c,
+        '\u{3041}'..='\u{3096}'   // hiragana (letters only, no voicing marks)
+        | '\u{30A1}'..='\u{30FA}' // katakana
+        | '\u{3400}'..='\u{4DBF}' // CJK extension A
+        | '\u{4E00}'..='\u{9FFF}' // CJK unified ideographs
+        | '\u{AC00}'..='\u{D7A3}' // hangul syllables
+    )
+}
+
+/// Common CJK punctuation (all `\p{P}`: not letters, digits, marks or space).
+fn is_cjk_punctuation(c: char) -> bool {
+    matches!(
+        c,
+        '、' | '。' | '「' | '」' | '『' | '』' | '（' | '）' | '，' | '！' | '？' | '：' | '；'
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip() {
+        for tok in [
+            Tokenizer::O200kBase,
+            Tokenizer::Cl100kBase,
+            Tokenizer::Estimate,
+        ] {
+            assert_eq!(Tokenizer::from_name(tok.name()), Some(tok));
+            assert_eq!(
+                serde_json::to_value(tok).expect("serializes"),
+                serde_json::Value::from(tok.name())
+            );
+        }
+        assert_eq!(Tokenizer::from_name("p50k_base"), None);
+        assert!(Tokenizer::O200kBase.is_exact());
+        assert!(Tokenizer::Cl100kBase.is_exact());
+        assert!(!Tokenizer::Estimate.is_exact());
+    }
+
+    #[test]
+    fn known_counts() {
+        assert_eq!(Tokenizer::O200kBase.count("hello world"), 2);
+        assert_eq!(Tokenizer::Cl100kBase.count("hello world"), 2);
+        assert_eq!(Tokenizer::Estimate.count("hello world"), 2);
+        assert_eq!(Tokenizer::O200kBase.count(""), 0);
+        // The right encoding is behind each variant (ids from OpenAI's tiktoken).
+        assert_eq!(
+            Tokenizer::O200kBase.bpe().encode_ordinary("hello world"),
+            [24912, 2375]
+        );
+        assert_eq!(
+            Tokenizer::Cl100kBase.bpe().encode_ordinary("hello world"),
+            [15339, 1917]
+        );
+        assert!(std::ptr::eq(
+            Tokenizer::Estimate.bpe(),
+            Tokenizer::O200kBase.bpe()
+        ));
+    }
+
+    #[test]
+    fn special_tokens_are_plain_text() {
+        // encode_with_special_tokens would make this a single token.
+        assert!(Tokenizer::O200kBase.count("<|endoftext|>") > 1);
+        assert!(Tokenizer::Cl100kBase.count("<|endoftext|>") > 1);
+    }
+
+    #[test]
+    fn chat_overhead() {
+        let tok = Tokenizer::O200kBase;
+        assert_eq!(count_chat(tok, &[]), 3);
+        assert_eq!(count_chat(tok, &["hello world"]), 3 + 3 + 2);
+        assert_eq!(count_chat(tok, &["hello world", ""]), 3 + (3 + 2) + 3);
+    }
+
+    #[test]
+    fn tokenizer_mapping() {
+        use Tokenizer::*;
+        let cases = [
+            ("openai", "gpt-4o", O200kBase),
+            ("openai", "gpt-4o-mini", O200kBase),
+            ("openai", "gpt-4o-mini-2024-07-18", O200kBase),
+            ("openai", "chatgpt-4o-latest", O200kBase),
+            ("openai", "gpt-4.1", O200kBase),
+            ("openai", "gpt-4.1-nano", O200kBase),
+            ("openai", "gpt-5", O200kBase),
+            ("openai", "gpt-5.2-mini", O200kBase),
+            ("openai", "o1", O200kBase),
+            ("openai", "o1-mini", O200kBase),
+            ("openai", "o3", O200kBase),
+            ("openai", "o3-pro", O200kBase),
+            ("openai", "o4", O200kBase),
+            ("openai", "o4-mini", O200kBase),
+            (
+                "openai",
+                "ft:gpt-4o-mini-2024-07-18:acme::abc123",
+                O200kBase,
+            ),
+            ("openai", "GPT-4o", O200kBase),
+            ("openai", "gpt-4", Cl100kBase),
+            ("openai", "gpt-4-turbo", Cl100kBase),
+            ("openai", "gpt-3.5-turbo", Cl100kBase),
+            ("openai", "gpt-3.5-turbo-0125", Cl100kBase),
+            ("openai", "text-davinci-003", Estimate),
+            ("openai", "some-future-model", Estimate),
+            ("openai", "o100", Estimate),
+            ("openrouter", "openai/gpt-4o-mini", O200kBase),
+            ("openrouter", "openai/gpt-4", Cl100kBase),
+            ("openrouter", "gpt-4o-mini", Estimate),
+            ("openrouter", "anthropic/claude-sonnet-4-5", Estimate),
+            ("openai-compatible", "openai/gpt-4.1", O200kBase),
+            ("openai-compatible", "openai/gpt-oss-20b", O200kBase),
+            ("openai-compatible", "qwen3:8b", Estimate),
+            ("openai-compatible", "openai/", Estimate),
+            ("anthropic", "claude-sonnet-4-5", Estimate),
+            ("anthropic", "gpt-4o", Estimate),
+            ("gemini", "gemini-2.5-flash", Estimate),
+            ("mistral", "mistral-large-latest", Estimate),
+        ];
+        for (kind, model, want) in cases {
+            assert_eq!(tokenizer_for(kind, model), want, "{kind} {model}");
+        }
+    }
+
+    /// A mixed corpus: prose, code, JSON without spaces, CRLF, CJK, marks.
+    fn corpus() -> String {
+        let mut text = String::new();
+        for i in 0..200 {
+            text.push_str(&format!(
+                "Line {i}: It's a test, isn't it? \"Quoted\" words... and a URL https://x.io/a/{i}?q=1\r\n\
+                 fn main() {{ let x_{i} = vec![1, 2, 3]; println!(\"{{x_{i}:?}}\"); }}\n\
+                 {{\"key{i}\":[{i},2.5,null,true],\"nested\":{{\"a\":\"b\"}}}}\n\
+                 \t  indented\n\n/slash after newline\n\
+                 日本語のテキスト、句読点。中文文本，没有空格！한국어 텍스트입니다。\n\
+                 café naïve e\u{301}\u{301}! ΑΒΓ αβγ — ‘curly’ quotes… 12345678 \n"
+            ));
+        }
+        text
+    }
+
+    #[test]
+    fn segmenting_does_not_change_counts() {
+        let text = corpus();
+        for bpe in [
+            tiktoken_rs::o200k_base_singleton(),
+            tiktoken_rs::cl100k_base_singleton(),
+        ] {
+            let whole = bpe.encode_ordinary(&text).len();
+            // Tiny segments force a cut at nearly every safe boundary.
+            for soft in [1, 2, 7, 64] {
+                assert_eq!(
+                    count_segmented(bpe, &text, soft, usize::MAX),
+                    whole,
+                    "soft={soft}"
+                );
+            }
+            assert_eq!(
+                count_segmented(bpe, &text, SOFT_SEGMENT_BYTES, HARD_SEGMENT_BYTES),
+                whole
+            );
+        }
+    }
+
+    #[test]
+    fn safe_boundaries_are_exact_for_each_rule() {
+        let samples = [
+            "word next",
+            "a, b",
+            "it's fine",
+            "x!!\ny",
+            "a\n/b",
+            "a\r\nB",
+            "1.5",
+            "e\u{301}!",
+            "中文。中文",
+            "한국어，텍스트",
+            "\"k\":1,\"j\":2",
+            "a  \n\n  b",
+            "end.\n\n1",
+        ];
+        for bpe in [
+            tiktoken_rs::o200k_base_singleton(),
+            tiktoken_rs::cl100k_base_singleton(),
+        ] {
+            for s in samples {
+                assert_eq!(
+                    count_segmented(bpe, s, 1, usize::MAX),
+                    bpe.encode_ordinary(s).len(),
+                    "{s:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn pathological_input_does_not_panic() {
+        for text in [
+            "a".repeat(300_000),
+            " ".repeat(300_000),
+            "-".repeat(300_000),
+        ] {
+            let n = Tokenizer::O200kBase.count(&text);
+            assert!(n > 0 && n < text.len(), "{n}");
+        }
+    }
+
+    #[test]
+    fn typical_text_is_exact_through_public_api() {
+        let text = corpus();
+        let bpe = tiktoken_rs::o200k_base_singleton();
+        assert!(text.len() > 4 * HARD_SEGMENT_BYTES);
+        assert_eq!(
+            Tokenizer::O200kBase.count(&text),
+            bpe.encode_ordinary(&text).len()
+        );
+    }
+}

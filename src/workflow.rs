@@ -1,0 +1,317 @@
+//! The workflow file format (typed), and loading it.
+//!
+//! Loading is: read → YAML with spans → JSON Schema → serde. Only the first
+//! stage can stop a file early (a syntax error); schema errors are all
+//! reported together. Semantic checks (unknown steps, cycles, templates) live
+//! in [`crate::check`], because they need the whole picture.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use indexmap::IndexMap;
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::Value;
+
+use crate::diagnostic::{Diagnostic, SourceFile};
+use crate::schema::{self, Format};
+use crate::yaml::Document;
+
+/// A workflow as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Workflow {
+    pub version: u32,
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    /// Tags added to every step.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    #[serde(default)]
+    pub inputs: IndexMap<String, InputDecl>,
+    pub steps: IndexMap<String, Step>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InputType {
+    #[default]
+    String,
+    Integer,
+    Number,
+    Boolean,
+    Array,
+    Object,
+}
+
+impl InputType {
+    pub fn name(self) -> &'static str {
+        match self {
+            InputType::String => "string",
+            InputType::Integer => "integer",
+            InputType::Number => "number",
+            InputType::Boolean => "boolean",
+            InputType::Array => "array",
+            InputType::Object => "object",
+        }
+    }
+
+    /// Does a JSON value have this type?
+    pub fn accepts(self, v: &Value) -> bool {
+        match self {
+            InputType::String => v.is_string(),
+            InputType::Integer => v.is_i64() || v.is_u64(),
+            InputType::Number => v.is_number(),
+            InputType::Boolean => v.is_boolean(),
+            InputType::Array => v.is_array(),
+            InputType::Object => v.is_object(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InputDecl {
+    #[serde(rename = "type", default)]
+    pub kind: InputType,
+    #[serde(default)]
+    pub description: String,
+    pub sensitivity: Option<String>,
+    pub default: Option<Value>,
+    pub required: Option<bool>,
+    /// A sample value for dry runs.
+    pub example: Option<Value>,
+}
+
+impl InputDecl {
+    pub fn is_required(&self) -> bool {
+        self.required.unwrap_or(self.default.is_none())
+    }
+}
+
+/// How much reasoning a step needs. Ordered from least to most.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, Serialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Reasoning {
+    None,
+    Light,
+    #[default]
+    Standard,
+    Deep,
+}
+
+impl Reasoning {
+    pub const ALL: [Reasoning; 4] = [
+        Reasoning::None,
+        Reasoning::Light,
+        Reasoning::Standard,
+        Reasoning::Deep,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Reasoning::None => "none",
+            Reasoning::Light => "light",
+            Reasoning::Standard => "standard",
+            Reasoning::Deep => "deep",
+        }
+    }
+}
+
+/// How soon a step's answer is needed.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, Serialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Latency {
+    Realtime,
+    #[default]
+    Interactive,
+    Batch,
+}
+
+impl Latency {
+    pub const ALL: [Latency; 3] = [Latency::Realtime, Latency::Interactive, Latency::Batch];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Latency::Realtime => "realtime",
+            Latency::Interactive => "interactive",
+            Latency::Batch => "batch",
+        }
+    }
+}
+
+/// One step as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Step {
+    pub task: String,
+    #[serde(default)]
+    pub description: String,
+    pub prompt: Option<String>,
+    pub prompt_file: Option<String>,
+    pub system: Option<String>,
+    #[serde(default)]
+    pub needs: Vec<String>,
+    pub when: Option<String>,
+    pub for_each: Option<String>,
+    #[serde(default)]
+    pub reasoning: Reasoning,
+    #[serde(default)]
+    pub latency: Latency,
+    pub sensitivity: Option<String>,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// A model of the policy this step is pinned to.
+    pub model: Option<String>,
+    pub max_output_tokens: Option<u32>,
+    pub expected_output_tokens: Option<u32>,
+    pub temperature: Option<f64>,
+    pub output: Option<OutputSpec>,
+    #[serde(default, deserialize_with = "duration_opt")]
+    pub timeout: Option<Duration>,
+    pub retries: Option<u32>,
+    #[serde(default)]
+    pub continue_on_error: bool,
+}
+
+/// The default bound on a step's answer when the workflow sets none.
+pub const DEFAULT_MAX_OUTPUT_TOKENS: u32 = 1024;
+
+impl Step {
+    pub fn max_output_tokens(&self) -> u32 {
+        self.max_output_tokens.unwrap_or(DEFAULT_MAX_OUTPUT_TOKENS)
+    }
+
+    pub fn output_schema(&self) -> Option<&Value> {
+        self.output.as_ref().and_then(|o| o.schema.as_ref())
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputSpec {
+    pub schema: Option<Value>,
+}
+
+fn duration_opt<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    let v = Value::deserialize(d)?;
+    match v {
+        Value::Null => Ok(None),
+        other => parse_duration(&other)
+            .map(Some)
+            .ok_or_else(|| serde::de::Error::custom("invalid duration")),
+    }
+}
+
+/// "500ms", "30s", "1.5m", "1h", or a number of seconds.
+pub fn parse_duration(v: &Value) -> Option<Duration> {
+    match v {
+        Value::Number(n) => n.as_f64().and_then(|s| Duration::try_from_secs_f64(s).ok()),
+        Value::String(s) => {
+            let (num, unit) = if let Some(n) = s.strip_suffix("ms") {
+                (n, 0.001)
+            } else if let Some(n) = s.strip_suffix('s') {
+                (n, 1.0)
+            } else if let Some(n) = s.strip_suffix('m') {
+                (n, 60.0)
+            } else if let Some(n) = s.strip_suffix('h') {
+                (n, 3600.0)
+            } else {
+                return None;
+            };
+            let n: f64 = num.parse().ok()?;
+            Duration::try_from_secs_f64(n * unit).ok()
+        }
+        _ => None,
+    }
+}
+
+/// A loaded file: its typed content and the document that locates it.
+#[derive(Debug)]
+pub struct Loaded<T> {
+    pub doc: Document,
+    pub value: T,
+}
+
+impl<T> Loaded<T> {
+    pub fn path(&self) -> &Path {
+        &self.doc.file.path
+    }
+
+    /// The folder relative paths in the file are resolved against.
+    pub fn dir(&self) -> PathBuf {
+        self.path()
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default()
+    }
+}
+
+/// Reads and parses a YAML file of a given format.
+pub fn load_document(path: &Path) -> Result<Document, Vec<Diagnostic>> {
+    let file = SourceFile::read(path).map_err(|d| vec![d])?;
+    Document::parse(file)
+}
+
+/// Validates a parsed document against the schema and deserializes it.
+pub fn from_document<T: for<'de> Deserialize<'de>>(
+    doc: Document,
+    format: Format,
+) -> Result<Loaded<T>, Vec<Diagnostic>> {
+    let errors = schema::validate(&doc, format);
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    match T::deserialize(&doc.root) {
+        Ok(value) => Ok(Loaded { doc, value }),
+        // The schema accepted it, so this is a gap between schema and types;
+        // still report it as bad input rather than panic.
+        Err(err) => Err(vec![
+            Diagnostic::error("invalid-file", format!("invalid {}: {err}", format.name()))
+                .at(doc.span("")),
+        ]),
+    }
+}
+
+pub fn load(path: &Path) -> Result<Loaded<Workflow>, Vec<Diagnostic>> {
+    from_document(load_document(path)?, Format::Workflow)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn durations() {
+        assert_eq!(
+            parse_duration(&json!("500ms")),
+            Some(Duration::from_millis(500))
+        );
+        assert_eq!(parse_duration(&json!("2m")), Some(Duration::from_secs(120)));
+        assert_eq!(
+            parse_duration(&json!(1.5)),
+            Some(Duration::from_millis(1500))
+        );
+        assert_eq!(parse_duration(&json!("soon")), None);
+    }
+
+    #[test]
+    fn defaults() {
+        let doc = Document::parse(SourceFile::new(
+            "w.yaml",
+            "version: 1\nname: w\nsteps:\n  a: {task: t, prompt: hi, timeout: 30s}\n",
+        ))
+        .unwrap();
+        let w: Loaded<Workflow> = from_document(doc, Format::Workflow).unwrap();
+        let a = &w.value.steps["a"];
+        assert_eq!(a.reasoning, Reasoning::Standard);
+        assert_eq!(a.latency, Latency::Interactive);
+        assert_eq!(a.max_output_tokens(), DEFAULT_MAX_OUTPUT_TOKENS);
+        assert_eq!(a.timeout, Some(Duration::from_secs(30)));
+    }
+}
