@@ -432,6 +432,21 @@ fn read_prompt_file(
 ) -> Option<Source> {
     let path = dir.join(rel);
     let at = doc.span(ptr);
+    let root_lexical = normalize(&std::path::absolute(root).unwrap_or_else(|_| root.to_path_buf()));
+    let root = std::fs::canonicalize(root).unwrap_or_else(|_| root.to_path_buf());
+    let outside = |why: &str| {
+        Diagnostic::error("prompt-file-outside-project", format!("prompt file `{rel}` is outside the project"))
+            .at(at.clone())
+            .with_label(why.to_owned())
+            .with_help("prompt files must be inside the project folder (the nearest folder with .git); move the file into the project")
+    };
+    // First lexically, so `../../etc/passwd` is refused whether or not it
+    // exists; then after resolving symlinks, so a link cannot smuggle it out.
+    let lexical = normalize(&std::path::absolute(&path).unwrap_or_else(|_| path.clone()));
+    if !lexical.starts_with(&root) && !lexical.starts_with(&root_lexical) {
+        diags.push(outside("this path leads out of the project folder"));
+        return None;
+    }
     let canonical = match std::fs::canonicalize(&path) {
         Ok(p) => p,
         Err(err) => {
@@ -441,28 +456,15 @@ fn read_prompt_file(
                     format!("cannot read prompt file `{rel}`: {}", err_reason(&err)),
                 )
                 .at(at)
-                .with_help(format!(
-                    "the path is relative to the workflow file: {}",
-                    path.display()
-                )),
+                .with_help("the path is relative to the workflow file"),
             );
             return None;
         }
     };
-    let root = std::fs::canonicalize(root).unwrap_or_else(|_| root.to_path_buf());
     if !canonical.starts_with(&root) {
-        diags.push(
-            Diagnostic::error(
-                "prompt-file-outside-project",
-                format!("prompt file `{rel}` is outside the project"),
-            )
-            .at(at)
-            .with_label("resolves outside the project folder")
-            .with_help(format!(
-                "prompt files must be inside {}; move the file into the project",
-                root.display()
-            )),
-        );
+        diags.push(outside(
+            "resolves (through a link) outside the project folder",
+        ));
         return None;
     }
     match SourceFile::read(&path) {
@@ -476,6 +478,21 @@ fn read_prompt_file(
             None
         }
     }
+}
+
+/// Removes `.` and `..` components without touching the file system.
+fn normalize(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            std::path::Component::CurDir => {}
+            other => out.push(other),
+        }
+    }
+    out
 }
 
 fn err_reason(err: &std::io::Error) -> String {

@@ -94,6 +94,21 @@ impl SourceFile {
         self.line_starts.len()
     }
 
+    /// A copy with a byte range hidden behind `*` (byte offsets unchanged),
+    /// so a diagnostic can quote a line that holds a secret without the secret.
+    pub fn masked(&self, start: usize, len: usize) -> Arc<SourceFile> {
+        let end = (start + len).min(self.text.len());
+        let mut text = String::with_capacity(self.text.len());
+        for (i, c) in self.text.char_indices() {
+            if i >= start && i < end && !c.is_whitespace() {
+                text.extend(std::iter::repeat_n('*', c.len_utf8()));
+            } else {
+                text.push(c);
+            }
+        }
+        SourceFile::new(self.path.clone(), text)
+    }
+
     pub fn span(self: &Arc<Self>, start: usize, len: usize) -> Span {
         let start = start.min(self.text.len());
         let len = len.min(self.text.len() - start);

@@ -239,17 +239,21 @@ fn totals(o: &mut String, plan: &Plan) {
         }
     }
     if let Some(b) = &t.budget {
-        let verdict = if b.within {
-            "within"
+        if b.within {
+            let _ = writeln!(
+                o,
+                "  budget       worst case {} is within run_usd {}",
+                usd(b.worst_case_usd),
+                usd(b.run_usd)
+            );
         } else {
-            "OVER — calls that could cross it will not be made:"
-        };
-        let _ = writeln!(
-            o,
-            "  budget       worst case {} {verdict} run_usd {}",
-            usd(b.worst_case_usd),
-            usd(b.run_usd)
-        );
+            let _ = writeln!(
+                o,
+                "  budget       worst case {} is OVER run_usd {}: a call that could cross it will not be made",
+                usd(b.worst_case_usd),
+                usd(b.run_usd)
+            );
+        }
     }
     let _ = writeln!(
         o,

@@ -61,7 +61,45 @@ pub fn validate(doc: &Document, format: Format) -> Vec<Diagnostic> {
     let (schema, validator) = format.schema();
     validator
         .iter_errors(&doc.root)
-        .map(|err| to_diagnostic(doc, schema, format, &err))
+        .flat_map(|err| to_diagnostics(doc, schema, format, &err))
+        .collect()
+}
+
+/// One diagnostic per problem; an error listing several unknown keys gives
+/// one diagnostic per key, each at its key.
+fn to_diagnostics(
+    doc: &Document,
+    schema: &Value,
+    format: Format,
+    err: &ValidationError<'_>,
+) -> Vec<Diagnostic> {
+    let ValidationErrorKind::AdditionalProperties { unexpected } = err.kind() else {
+        return vec![to_diagnostic(doc, schema, format, err)];
+    };
+    let ptr = err.instance_path().as_str().to_owned();
+    let parent = parent_schema(schema, err.schema_path().as_str());
+    let known: Vec<&str> = parent
+        .and_then(|p| p.get("properties"))
+        .and_then(Value::as_object)
+        .map(|m| m.keys().map(String::as_str).collect())
+        .unwrap_or_default();
+    unexpected
+        .iter()
+        .map(|key| {
+            let key_ptr = format!("{ptr}{}", crate::yaml::pointer([key]));
+            if crate::yaml::looks_like_secret(key) {
+                return secret_in_file(doc, key, &key_ptr);
+            }
+            let hint = did_you_mean(key, known.iter().copied())
+                .unwrap_or_else(|| format!("known keys here: {}", one_of(known.iter().copied())));
+            Diagnostic::error(
+                "unknown-key",
+                format!("unknown key `{key}` in {}", where_(&ptr, format)),
+            )
+            .at(doc.key_span(&key_ptr))
+            .with_label("not a known key")
+            .with_help(hint)
+        })
         .collect()
 }
 
@@ -75,26 +113,9 @@ fn to_diagnostic(
     let field = field_name(&ptr);
     let here = doc.span(&ptr);
     let sub = subschema(schema, err.schema_path().as_str());
+    // The schema object that holds the failing keyword: where descriptions live.
+    let owner = parent_schema(schema, err.schema_path().as_str());
     match err.kind() {
-        ValidationErrorKind::AdditionalProperties { unexpected } => {
-            let key = unexpected.first().cloned().unwrap_or_default();
-            let key_ptr = format!("{ptr}{}", crate::yaml::pointer([&key]));
-            let parent = sub.and_then(|s| parent_object(schema, err.schema_path().as_str(), s));
-            let known: Vec<&str> = parent
-                .and_then(|p| p.get("properties"))
-                .and_then(Value::as_object)
-                .map(|m| m.keys().map(String::as_str).collect())
-                .unwrap_or_default();
-            let hint = did_you_mean(&key, known.iter().copied())
-                .unwrap_or_else(|| format!("known keys here: {}", one_of(known.iter().copied())));
-            Diagnostic::error(
-                "unknown-key",
-                format!("unknown key `{key}` in {}", where_(&ptr, format)),
-            )
-            .at(doc.key_span(&key_ptr))
-            .with_label("not a known key")
-            .with_help(hint)
-        }
         ValidationErrorKind::Required { property } => {
             let name = property.as_str().unwrap_or_default();
             let description = sub
@@ -126,7 +147,7 @@ fn to_diagnostic(
                     "expected one of {}",
                     one_of(allowed.iter().copied())
                 ))
-                .with_help_opt(hint.or_else(|| description_of(sub)))
+                .with_help_opt(hint.or_else(|| description_of(owner)))
         }
         ValidationErrorKind::Type { kind } => {
             let expected = match kind {
@@ -145,30 +166,66 @@ fn to_diagnostic(
                 ),
             )
             .at(here)
-            .with_help_opt(description_of(sub))
+            .with_help_opt(description_of(owner))
         }
         ValidationErrorKind::PropertyNames { error } => {
             let bad = error.instance().as_str().unwrap_or_default().to_owned();
             let key_ptr = format!("{ptr}{}", crate::yaml::pointer([&bad]));
-            let what = match field.as_str() {
-                "steps" => "step id",
-                "inputs" => "input name",
-                _ => "name",
+            let at = doc.key_span(&key_ptr);
+            if let ValidationErrorKind::Enum { options } = error.kind() {
+                let allowed: Vec<&str> = options
+                    .as_array()
+                    .map(|a| a.iter().filter_map(Value::as_str).collect())
+                    .unwrap_or_default();
+                return Diagnostic::error(
+                    "unknown-key",
+                    format!("`{bad}` is not a valid key of `{field}`"),
+                )
+                .at(at)
+                .with_label(format!(
+                    "expected one of {}",
+                    one_of(allowed.iter().copied())
+                ))
+                .with_help_opt(did_you_mean(&bad, allowed.iter().copied()));
+            }
+            let (what, help) = match field.as_str() {
+                "steps" | "inputs" => (
+                    if field == "steps" {
+                        "step id"
+                    } else {
+                        "input name"
+                    },
+                    format!(
+                        "use letters, digits and underscores, starting with a letter or `_` (templates read it as `{field}.{}`)",
+                        bad.replace(['-', ' ', '.'], "_")
+                    ),
+                ),
+                _ => (
+                    "name",
+                    "use letters, digits, `.`, `_` and `-`, starting with a letter or digit"
+                        .to_owned(),
+                ),
             };
             Diagnostic::error("invalid-name", format!("`{bad}` is not a valid {what}"))
-                .at(doc.key_span(&key_ptr))
-                .with_help(format!(
-                    "use letters, digits and underscores, starting with a letter (templates read it as `{field}.{}`)",
-                    bad.replace(['-', ' ', '.'], "_")
-                ))
+                .at(at)
+                .with_help(help)
         }
+        ValidationErrorKind::Pattern { .. } => Diagnostic::error(
+            "invalid-value",
+            format!("{} is not a valid {field}", display_value(err.instance())),
+        )
+        .at(here)
+        .with_help(description_of(owner).unwrap_or_else(|| {
+            "use letters, digits, `.`, `_` and `-`, starting with a letter or digit, no spaces"
+                .to_owned()
+        })),
         ValidationErrorKind::AnyOf { .. } | ValidationErrorKind::OneOfNotValid { .. } => {
             Diagnostic::error(
                 "invalid-value",
                 format!("{} is not a valid {field}", display_value(err.instance())),
             )
             .at(here)
-            .with_help_opt(description_of(sub).or_else(|| Some(anyof_hint(sub))))
+            .with_help_opt(description_of(owner).or_else(|| Some(anyof_hint(sub))))
         }
         ValidationErrorKind::Constant { expected_value } => {
             Diagnostic::error("invalid-value", format!("{field} must be {expected_value}"))
@@ -180,7 +237,7 @@ fn to_diagnostic(
         }
         _ => Diagnostic::error("invalid-value", format!("{field}: {err}"))
             .at(here)
-            .with_help_opt(description_of(sub)),
+            .with_help_opt(description_of(owner)),
     }
 }
 
@@ -295,9 +352,19 @@ fn resolve_ref<'a>(root: &'a Value, target: &str) -> Option<&'a Value> {
     root.pointer(target.strip_prefix('#')?)
 }
 
-/// The object schema that owns an `additionalProperties` keyword.
-fn parent_object<'a>(root: &'a Value, location: &str, _sub: &Value) -> Option<&'a Value> {
-    let parent = location.strip_suffix("/additionalProperties")?;
+/// A secret written in a file: say so without quoting it ([`Document::parse`]
+/// masks such values, so no snippet leaks it to CI logs).
+fn secret_in_file(doc: &Document, key: &str, key_ptr: &str) -> Diagnostic {
+    Diagnostic::error("secret-in-file", format!("`{key}` looks like a secret written in a file"))
+        .at(doc.key_span(key_ptr))
+        .with_label("secrets are never read from files (the value is hidden here)")
+        .with_help("remove it, put the key in an environment variable and name that variable with `api_key_env`")
+}
+
+/// The schema object that holds the keyword at `location` (its last segment
+/// is the keyword).
+fn parent_schema<'a>(root: &'a Value, location: &str) -> Option<&'a Value> {
+    let parent = &location[..location.rfind('/')?];
     subschema(root, parent)
 }
 

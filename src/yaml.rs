@@ -49,6 +49,17 @@ pub struct Document {
     spans: HashMap<String, NodeSpan>,
 }
 
+/// Does a mapping key name a secret (`api_key`, `token`, …)? `*_env` keys
+/// name environment variables and are not secrets.
+pub fn looks_like_secret(key: &str) -> bool {
+    let k = key.to_lowercase();
+    ["key", "token", "secret", "password"]
+        .iter()
+        .any(|w| k.contains(w))
+        && !k.ends_with("_env")
+        && !k.contains("tokens")
+}
+
 /// Builds a JSON pointer from path segments (escaping `~` and `/`).
 pub fn pointer<I, S>(segments: I) -> String
 where
@@ -98,6 +109,16 @@ impl Document {
         }
         if !builder.errors.is_empty() {
             return Err(builder.errors);
+        }
+        // A value under a key that looks like a secret is hidden from every
+        // snippet a diagnostic may quote: keys never reach output, even from
+        // a file where someone pasted one by mistake.
+        let mut file = file;
+        for (ptr, node) in &builder.spans {
+            let key = ptr.rsplit('/').next().unwrap_or("");
+            if looks_like_secret(key) && node.style.is_some() {
+                file = file.masked(node.start, node.len);
+            }
         }
         Ok(Document {
             root: builder.root.unwrap_or(Value::Null),
