@@ -82,11 +82,11 @@ impl GeminiClient {
         if v.get("candidates").is_none() {
             if let Some(reason) = str_at(v, "/promptFeedback/blockReason") {
                 // Retrying the same prompt gets the same verdict.
-                return Err(ProviderError::new(
+                return Err(self.common.failure(
                     ErrorKind::BadRequest,
-                    format!("gemini: the prompt was blocked ({reason})"),
-                )
-                .with_body(v.to_string()));
+                    &format!("the prompt was blocked ({reason})"),
+                    &v.to_string(),
+                ));
             }
         }
         let mut piece = Piece {
@@ -123,7 +123,13 @@ impl GeminiClient {
         let mut model = None;
         let mut id = None;
         while let Some(event) = events.next().await {
-            let event = event.map_err(|e| self.common.stream_failure(e))?;
+            let event = match event {
+                Ok(event) => event,
+                // The chunk with `finishReason` also carries the final
+                // usage: whatever goes wrong after it loses nothing.
+                Err(_) if finish_reason.is_some() => break,
+                Err(e) => return Err(self.common.stream_failure(e)),
+            };
             let chunk = self.common.event_json(&event.data)?;
             let piece = self.piece(&chunk)?;
             if ttft.is_none() && piece.generated {

@@ -324,12 +324,12 @@ impl ClientConfig {
 }
 
 /// A `reqwest::Client` for sharing across providers, with the connect
-/// timeout applied (see [`ClientConfig::connect_timeout`]). Proxy settings
-/// from the environment are not read: an HTTP proxy would see bearer keys.
+/// timeout applied (see [`ClientConfig::connect_timeout`]). Proxies from the
+/// environment (`HTTPS_PROXY`, `NO_PROXY`) are honoured, as the vendors'
+/// SDKs do.
 pub fn http_client(connect_timeout: Duration) -> reqwest::Client {
     reqwest::Client::builder()
         .connect_timeout(connect_timeout)
-        .no_proxy()
         .build()
         // Building only fails if the TLS backend cannot initialise, which is a
         // broken installation rather than a runtime condition.
@@ -406,6 +406,9 @@ pub(crate) struct ErrorInfo {
     /// A numeric code inside the body (OpenRouter, Gemini, llama.cpp).
     pub(crate) status: Option<u16>,
     pub(crate) message: Option<String>,
+    /// OpenRouter's moderation refusals carry `metadata.reasons` /
+    /// `flagged_input`: a 403 that is about content, not credentials.
+    pub(crate) moderation: bool,
 }
 
 impl ErrorInfo {
@@ -419,6 +422,7 @@ impl ErrorInfo {
             codes: Vec::new(),
             status: None,
             message: None,
+            moderation: false,
         };
         match e {
             Value::String(s) => info.message = Some(s.clone()),
@@ -440,6 +444,8 @@ impl ErrorInfo {
                     }
                 }
                 info.message = e.get("message").and_then(Value::as_str).map(str::to_string);
+                info.moderation = e.pointer("/metadata/reasons").is_some()
+                    || e.pointer("/metadata/flagged_input").is_some();
             }
             _ => return None,
         }
@@ -477,6 +483,9 @@ impl ErrorInfo {
     pub(crate) fn classify(&self, http_status: Option<u16>) -> ErrorKind {
         if self.is_context_length() {
             return ErrorKind::ContextLength;
+        }
+        if self.moderation {
+            return ErrorKind::BadRequest;
         }
         if self.has("API_KEY_INVALID")
             || self.has("authentication_error")
@@ -819,11 +828,13 @@ impl Common {
 
     /// A payload that is not the JSON it should be.
     pub(crate) fn malformed(&self, what: &str, payload: &str) -> ProviderError {
-        ProviderError::new(
-            ErrorKind::Malformed,
-            format!("{}: {what}", self.kind.name()),
-        )
-        .with_body(self.secret.redact(payload))
+        self.failure(ErrorKind::Malformed, what, payload)
+    }
+
+    /// An error about a payload, which is kept (key-free) as the body.
+    pub(crate) fn failure(&self, kind: ErrorKind, what: &str, payload: &str) -> ProviderError {
+        ProviderError::new(kind, format!("{}: {what}", self.kind.name()))
+            .with_body(self.secret.redact(payload))
     }
 
     /// Parse one SSE `data:` payload as JSON; an `error` object inside it
@@ -891,4 +902,158 @@ pub(crate) fn u64_at(v: &Value, pointer: &str) -> u64 {
 
 pub(crate) fn str_at<'a>(v: &'a Value, pointer: &str) -> Option<&'a str> {
     v.pointer(pointer).and_then(Value::as_str)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn retry_after_forms_and_precedence() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let at = |pairs: &[(&'static str, &str)]| retry_after(&headers(pairs), now);
+        assert_eq!(
+            at(&[("retry-after-ms", "644")]),
+            Some(Duration::from_millis(644))
+        );
+        assert_eq!(
+            at(&[("retry-after-ms", "12.5")]),
+            Some(Duration::from_micros(12_500))
+        );
+        assert_eq!(at(&[("retry-after", "2")]), Some(Duration::from_secs(2)));
+        assert_eq!(
+            at(&[("retry-after", "1.5")]),
+            Some(Duration::from_millis(1500))
+        );
+        assert_eq!(
+            at(&[("retry-after", "9"), ("retry-after-ms", "100")]),
+            Some(Duration::from_millis(100))
+        );
+        let in_30s = httpdate::fmt_http_date(now + Duration::from_secs(30));
+        assert_eq!(
+            at(&[("retry-after", &in_30s)]),
+            Some(Duration::from_secs(30))
+        );
+        let past = httpdate::fmt_http_date(now - Duration::from_secs(30));
+        assert_eq!(at(&[("retry-after", &past)]), Some(Duration::ZERO));
+        // A bad `retry-after-ms` falls back to `retry-after`.
+        assert_eq!(
+            at(&[("retry-after-ms", "-5"), ("retry-after", "3")]),
+            Some(Duration::from_secs(3))
+        );
+        assert_eq!(at(&[("retry-after", "soon")]), None);
+        assert_eq!(at(&[("retry-after", "-1")]), None);
+        assert_eq!(at(&[]), None);
+    }
+
+    #[test]
+    fn should_retry_header() {
+        assert_eq!(
+            should_retry(&headers(&[("x-should-retry", "true")])),
+            Some(true)
+        );
+        assert_eq!(
+            should_retry(&headers(&[("x-should-retry", "False")])),
+            Some(false)
+        );
+        assert_eq!(should_retry(&headers(&[("x-should-retry", "maybe")])), None);
+        assert_eq!(should_retry(&headers(&[])), None);
+    }
+
+    #[test]
+    fn gemini_retry_delay_from_the_body() {
+        let body = json!({"error": {"code": 429, "status": "RESOURCE_EXHAUSTED", "details": [
+            {"@type": "type.googleapis.com/google.rpc.Help"},
+            {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "1.5s"}]}});
+        assert_eq!(
+            retry_delay_in_body(&body),
+            Some(Duration::from_millis(1500))
+        );
+        assert_eq!(
+            parse_short_duration("644ms"),
+            Some(Duration::from_millis(644))
+        );
+        assert_eq!(parse_short_duration("6m0s"), None);
+    }
+
+    fn kind_of(status: Option<u16>, body: Value) -> ErrorKind {
+        ErrorInfo::from_json(&body).unwrap().classify(status)
+    }
+
+    #[test]
+    fn classification_of_real_bodies() {
+        // OpenAI's retryable rate limit vs its billing 429.
+        let rate = json!({"error": {"message": "Rate limit reached", "type": "tokens",
+            "param": null, "code": "rate_limit_exceeded"}});
+        assert_eq!(kind_of(Some(429), rate), ErrorKind::RateLimited);
+        let quota = json!({"error": {"message": "You exceeded your current quota",
+            "type": "insufficient_quota", "param": null, "code": "insufficient_quota"}});
+        assert_eq!(kind_of(Some(429), quota), ErrorKind::Other);
+        // Mistral's wording (not in provider-apis.md, seen in the wild).
+        let mistral = json!({"object": "error", "error": {"message": "Prompt contains 40000 tokens and 0 draft tokens, too large for model with 32768 maximum context length", "type": "invalid_request_error"}});
+        assert_eq!(kind_of(Some(400), mistral), ErrorKind::ContextLength);
+        // OpenRouter moderation is about content, not credentials.
+        let moderation = json!({"error": {"code": 403, "message": "Input flagged",
+            "metadata": {"reasons": ["violence"], "flagged_input": "…"}}});
+        assert_eq!(kind_of(Some(403), moderation), ErrorKind::BadRequest);
+        // Mid-stream errors have no HTTP status to go by.
+        let overloaded = json!({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}});
+        assert_eq!(kind_of(None, overloaded), ErrorKind::Overloaded);
+        let api = json!({"type": "error", "error": {"type": "api_error", "message": "boom"}});
+        assert_eq!(kind_of(None, api), ErrorKind::Server);
+        let openrouter = json!({"error": {"code": 502, "message": "upstream down"}});
+        assert_eq!(kind_of(None, openrouter), ErrorKind::Server);
+        let bad = json!({"error": {"code": 400, "message": "bad", "status": "INVALID_ARGUMENT"}});
+        assert_eq!(kind_of(None, bad), ErrorKind::BadRequest);
+        // Ollama's string form.
+        assert_eq!(
+            kind_of(
+                Some(404),
+                json!({"error": "model \"x\" not found, try pulling it first"})
+            ),
+            ErrorKind::NotFound
+        );
+        assert!(ErrorInfo::from_json(&json!({"error": null})).is_none());
+    }
+
+    #[test]
+    fn retryability() {
+        let with = |kind, status, should| ProviderError {
+            status,
+            should_retry: should,
+            ..ProviderError::new(kind, "x")
+        };
+        assert!(with(ErrorKind::RateLimited, Some(429), None).is_retryable());
+        assert!(with(ErrorKind::Other, Some(409), None).is_retryable());
+        assert!(!with(ErrorKind::Other, Some(429), None).is_retryable());
+        assert!(!with(ErrorKind::ContextLength, Some(400), None).is_retryable());
+        assert!(!with(ErrorKind::Server, Some(500), Some(false)).is_retryable());
+        assert!(with(ErrorKind::BadRequest, Some(400), Some(true)).is_retryable());
+        assert!(with(ErrorKind::StreamBroken, None, None).is_retryable());
+        assert!(!with(ErrorKind::Malformed, None, None).is_retryable());
+    }
+
+    #[test]
+    fn redaction_and_truncation() {
+        let secret = Secret(Some(SecretString::from("sk-live-123")));
+        let e = ProviderError::new(ErrorKind::Auth, "bad key sk-live-123")
+            .with_body("{\"key\":\"sk-live-123\"}")
+            .redacted(&secret);
+        assert_eq!(e.message, "bad key [redacted]");
+        assert_eq!(e.body.as_deref(), Some("{\"key\":\"[redacted]\"}"));
+        // Cut on a character boundary, with a mark.
+        let t = truncate("é".repeat(2000), MAX_ERROR_BODY);
+        assert!(t.len() <= MAX_ERROR_BODY + '…'.len_utf8());
+        assert!(t.ends_with('…'));
+        assert_eq!(truncate("short".into(), 10), "short");
+    }
 }

@@ -13,7 +13,7 @@
 use serde_json::{Map, Value, json};
 
 use super::{
-    AuthHeader, Call, ChatRequest, ChatResponse, Common, Meta, Provider, ProviderError,
+    AuthHeader, Call, ChatRequest, ChatResponse, Common, ErrorKind, Meta, Provider, ProviderError,
     ProviderKind, Role, Usage, is_event_stream, str_at, u64_at,
 };
 use futures::future::BoxFuture;
@@ -114,6 +114,16 @@ impl OpenAiClient {
         }
         if !done {
             return Err(self.common.stream_cut("data: [DONE]"));
+        }
+        if finish_reason.as_deref() == Some("error") {
+            // OpenRouter's way to end a stream that failed upstream.
+            return Err(ProviderError::new(
+                ErrorKind::Server,
+                format!(
+                    "{}: the stream ended with finish_reason \"error\"",
+                    self.common.kind().name()
+                ),
+            ));
         }
         let (usage, cost_usd) = usage_seen.unwrap_or_default();
         Ok(ChatResponse {

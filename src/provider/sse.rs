@@ -204,13 +204,13 @@ mod tests {
 
     #[tokio::test]
     async fn silence_is_an_idle_error_but_comments_keep_it_alive() {
-        let idle = Duration::from_millis(250);
-        // Comments every 50 ms for 750 ms — three idle periods in all, but
-        // never one without a byte — then an event, then silence.
+        let idle = Duration::from_millis(1000);
+        // Comments every 100 ms for 1.5 s — more than one idle period in
+        // all, but never one without a byte — then an event, then silence.
         let chunks = futures::stream::unfold(0u32, move |i| async move {
             match i {
                 0..15 => {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
                     Some((Ok(Bytes::from_static(b": keep-alive\n")), i + 1))
                 }
                 15 => Some((Ok(Bytes::from_static(b"data: x\n\n")), i + 1)),

@@ -33,19 +33,35 @@ fn base_url(fake: &FakeServer, kind: ProviderKind) -> String {
     }
 }
 
+/// The idle timeout for tests that stall a stream on purpose. Others use a
+/// generous one, so that a loaded machine cannot make them flaky.
+const SHORT_IDLE: Duration = Duration::from_millis(300);
+
 fn config(fake: &FakeServer, kind: ProviderKind) -> ClientConfig {
     let mut config = ClientConfig::new(base_url(fake, kind)).with_api_key(KEY);
     config.request_timeout = Duration::from_secs(20);
-    config.stream_idle_timeout = Duration::from_millis(300);
+    config.stream_idle_timeout = Duration::from_secs(10);
     config
 }
 
+/// Loopback only: never send test traffic through a proxy from the
+/// environment.
+fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .connect_timeout(Duration::from_secs(2))
+        .build()
+        .unwrap()
+}
+
 fn client(fake: &FakeServer, kind: ProviderKind) -> Arc<dyn Provider> {
-    client_for(
-        kind,
-        config(fake, kind),
-        http_client(Duration::from_secs(2)),
-    )
+    client_for(kind, config(fake, kind), http())
+}
+
+fn impatient_client(fake: &FakeServer, kind: ProviderKind) -> Arc<dyn Provider> {
+    let mut config = config(fake, kind);
+    config.stream_idle_timeout = SHORT_IDLE;
+    client_for(kind, config, http())
 }
 
 fn request(model: &str, stream: bool) -> ChatRequest {
@@ -73,7 +89,8 @@ fn model_for(kind: ProviderKind) -> &'static str {
     }
 }
 
-/// Send one request of `kind` to a fresh fake answering `reply`.
+/// Send one request of `kind` to a fresh fake answering `reply`, with the
+/// short idle timeout (these replies are mostly failures, stalls included).
 async fn send_one(
     kind: ProviderKind,
     stream: bool,
@@ -81,7 +98,7 @@ async fn send_one(
 ) -> (Result<ChatResponse, ProviderError>, Recorded) {
     let fake = FakeServer::start().await;
     fake.push(reply);
-    let result = client(&fake, kind)
+    let result = impatient_client(&fake, kind)
         .send(&request(model_for(kind), stream))
         .await;
     (result, fake.last_request())
@@ -476,6 +493,35 @@ async fn structured_output_uses_each_providers_native_field() {
     assert_eq!(format["name"], "output");
 }
 
+#[tokio::test]
+async fn the_answer_format_follows_the_content_type_not_the_request() {
+    // A server that streams although it was not asked to (some compatible
+    // servers do) is still understood.
+    for kind in DIALECTS {
+        let (result, seen) = send_one(kind, false, Reply::text("surprise stream").streamed()).await;
+        let resp = result.unwrap();
+        assert_eq!(resp.text, "surprise stream", "{kind:?}");
+        assert!(resp.time_to_first_token.is_some());
+        assert!(!seen.wants_stream());
+    }
+}
+
+#[tokio::test]
+async fn a_blocked_gemini_prompt_is_a_bad_request() {
+    let blocked = json!({"promptFeedback": {"blockReason": "SAFETY"},
+        "usageMetadata": {"promptTokenCount": 8, "totalTokenCount": 8},
+        "modelVersion": "gemini-2.5-flash", "responseId": "r1"});
+    let e = error_of(
+        ProviderKind::Gemini,
+        false,
+        Reply::raw(200, "application/json", blocked.to_string()),
+    )
+    .await;
+    assert_eq!(e.kind, ErrorKind::BadRequest);
+    assert!(e.message.contains("SAFETY"), "{}", e.message);
+    assert!(!e.is_retryable());
+}
+
 // ---------------------------------------------------------------------------
 // HTTP errors.
 
@@ -717,7 +763,9 @@ async fn a_stalled_stream_times_out() {
         .await;
         assert_eq!(e.kind, ErrorKind::Timeout, "{kind:?}: {e:?}");
         assert_eq!(e.status, None);
-        assert!(e.message.contains("300ms"), "{}", e.message);
+        // The idle timeout fired, not the 20 s request timeout.
+        let idle = format!("{SHORT_IDLE:?}");
+        assert!(e.message.contains(&idle), "{}", e.message);
         assert!(e.is_retryable());
     }
 }
@@ -849,7 +897,7 @@ async fn the_whole_call_is_bounded_by_the_request_timeout() {
     fake.push(Reply::text("late").delay(Duration::from_secs(5)));
     let mut config = config(&fake, ProviderKind::Anthropic);
     config.request_timeout = Duration::from_millis(200);
-    let provider = client_for(ProviderKind::Anthropic, config, reqwest::Client::new());
+    let provider = client_for(ProviderKind::Anthropic, config, http());
     let e = provider.send(&request("claude", false)).await.unwrap_err();
     assert_eq!(e.kind, ErrorKind::Timeout);
     assert!(e.is_retryable());
@@ -862,6 +910,7 @@ async fn a_refused_connection_is_a_connect_error() {
         listener.local_addr().unwrap().port()
     };
     let config = ClientConfig::new(format!("http://127.0.0.1:{port}/v1")).with_api_key(KEY);
+    // The shared client as production builds it.
     let provider = client_for(
         ProviderKind::Openai,
         config,
@@ -945,11 +994,7 @@ async fn the_key_is_sent_but_never_shown() {
 async fn no_key_means_no_auth_header() {
     let fake = FakeServer::start().await;
     let config = ClientConfig::new(base_url(&fake, ProviderKind::OpenaiCompatible));
-    let provider = client_for(
-        ProviderKind::OpenaiCompatible,
-        config,
-        reqwest::Client::new(),
-    );
+    let provider = client_for(ProviderKind::OpenaiCompatible, config, http());
     provider.send(&request("llama3.2", false)).await.unwrap();
     assert_eq!(fake.last_request().header("authorization"), None);
 }
