@@ -666,8 +666,9 @@ impl Common {
         format!("{}{}", self.base_url, path)
     }
 
-    /// Run `body` (which sends `call` and reads the answer) under the whole
-    /// call's timeout, and scrub the key from whatever error comes out.
+    /// Run `work` (a dialect's send-and-read) under the whole call's
+    /// timeout, and scrub the key from whatever error comes out: the last
+    /// line of defence, whatever path the error took.
     pub(crate) async fn run<'a, F>(&'a self, work: F) -> Result<ChatResponse, ProviderError>
     where
         F: Future<Output = Result<ChatResponse, ProviderError>> + Send + 'a,
