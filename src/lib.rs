@@ -33,6 +33,7 @@ pub mod graph;
 pub mod inputs;
 pub mod plan;
 pub mod policy;
+pub mod provider;
 pub mod render;
 pub mod route;
 pub mod schema;

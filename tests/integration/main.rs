@@ -3,6 +3,7 @@
 
 mod cli;
 mod data_driven;
+mod providers;
 mod sensitivity_gate;
 
 use std::path::{Path, PathBuf};

@@ -1,0 +1,298 @@
+//! Anthropic Messages (`POST {base}/v1/messages`, provider-apis.md §3).
+//!
+//! Two things differ from the other dialects and matter to callers:
+//! - usage: Anthropic's `input_tokens` *excludes* cache reads and writes;
+//!   [`Usage::input_tokens`] is their sum, like everyone else's;
+//! - the stream's end is the `message_stop` event; a stream that closes
+//!   without it is [`super::ErrorKind::StreamBroken`].
+
+use futures::future::BoxFuture;
+use serde_json::{Map, Value, json};
+
+use super::{
+    AuthHeader, CacheTtl, Call, ChatRequest, ChatResponse, Common, Meta, Provider, ProviderError,
+    ProviderKind, Role, Usage, is_event_stream, str_at,
+};
+
+/// The only API version in use; the API rejects requests without one.
+const API_VERSION: &str = "2023-06-01";
+
+pub struct AnthropicClient {
+    common: Common,
+}
+
+/// Anthropic's own usage fields, before normalisation. In a stream they
+/// arrive in pieces (`message_start`, then cumulative `message_delta`s).
+#[derive(Debug, Default, Clone, Copy)]
+struct RawUsage {
+    input: u64,
+    output: u64,
+    cache_read: u64,
+    cache_write: u64,
+}
+
+impl RawUsage {
+    /// Overwrite the fields present in `u` (values are cumulative, so the
+    /// latest wins; absent ones keep what `message_start` said).
+    fn update(&mut self, u: &Value) {
+        let get = |name: &str| u.get(name).and_then(Value::as_u64);
+        if let Some(n) = get("input_tokens") {
+            self.input = n;
+        }
+        if let Some(n) = get("output_tokens") {
+            self.output = n;
+        }
+        if let Some(n) = get("cache_read_input_tokens") {
+            self.cache_read = n;
+        }
+        if let Some(n) = get("cache_creation_input_tokens") {
+            self.cache_write = n;
+        }
+    }
+
+    /// Total input = input + cache writes + cache reads (provider-apis.md §0).
+    /// Thinking tokens are inside `output_tokens` and not reported apart.
+    fn normalise(self) -> Usage {
+        Usage {
+            input_tokens: self.input + self.cache_write + self.cache_read,
+            output_tokens: self.output,
+            cached_input_tokens: self.cache_read,
+            cache_write_tokens: self.cache_write,
+            reasoning_tokens: 0,
+        }
+    }
+}
+
+impl AnthropicClient {
+    pub(crate) fn new(common: Common) -> Self {
+        AnthropicClient { common }
+    }
+
+    async fn call(&self, req: &ChatRequest) -> Result<ChatResponse, ProviderError> {
+        let call = Call {
+            url: self.common.url("/v1/messages"),
+            body: request_body(req),
+            auth: Some(AuthHeader::Named("x-api-key")),
+            extra_headers: vec![("anthropic-version", API_VERSION)],
+            request_id_headers: &["request-id", "x-request-id"],
+        };
+        let answer = self.common.send(call).await?;
+        if is_event_stream(&answer) {
+            self.read_stream(answer).await
+        } else {
+            let (value, meta) = self.common.json(answer).await?;
+            self.parse(&value, meta)
+        }
+    }
+
+    fn parse(&self, v: &Value, meta: Meta) -> Result<ChatResponse, ProviderError> {
+        self.common.error_in_body(v)?;
+        let Some(blocks) = v.get("content").and_then(Value::as_array) else {
+            return Err(self
+                .common
+                .malformed("the response has no `content` list", &v.to_string()));
+        };
+        let text = blocks
+            .iter()
+            .filter(|b| b.get("type").and_then(Value::as_str) == Some("text"))
+            .filter_map(|b| b.get("text").and_then(Value::as_str))
+            .collect();
+        let mut usage = RawUsage::default();
+        if let Some(u) = v.get("usage") {
+            usage.update(u);
+        }
+        Ok(ChatResponse {
+            text,
+            usage: usage.normalise(),
+            cost_usd: None,
+            finish_reason: str_at(v, "/stop_reason").map(str::to_string),
+            model: str_at(v, "/model").unwrap_or_default().to_string(),
+            request_id: meta
+                .request_id
+                .or_else(|| str_at(v, "/id").map(str::to_string)),
+            time_to_first_token: None,
+            latency: meta.started.elapsed(),
+        })
+    }
+
+    async fn read_stream(&self, answer: super::Answer) -> Result<ChatResponse, ProviderError> {
+        let (mut events, meta) = self.common.events(answer);
+        let mut text = String::new();
+        let mut ttft = None;
+        let mut usage = RawUsage::default();
+        let mut stop_reason = None;
+        let mut model = String::new();
+        let mut id = None;
+        let mut done = false;
+        while let Some(event) = events.next().await {
+            let event = event.map_err(|e| self.common.stream_failure(e))?;
+            // `event_json` turns `event: error` (whose data has an `error`
+            // object) into the matching error.
+            let data = self.common.event_json(&event.data)?;
+            let kind = data
+                .get("type")
+                .and_then(Value::as_str)
+                .or(event.event.as_deref())
+                .unwrap_or_default();
+            match kind {
+                "message_start" => {
+                    let message = data.get("message").unwrap_or(&Value::Null);
+                    model = str_at(message, "/model").unwrap_or_default().to_string();
+                    id = str_at(message, "/id").map(str::to_string);
+                    if let Some(u) = message.get("usage") {
+                        usage.update(u);
+                    }
+                }
+                "content_block_start" => {
+                    if let Some(t) = str_at(&data, "/content_block/text") {
+                        text.push_str(t);
+                    }
+                }
+                "content_block_delta" => {
+                    let delta = data.get("delta").unwrap_or(&Value::Null);
+                    let piece = match str_at(delta, "/type") {
+                        Some("text_delta") => str_at(delta, "/text"),
+                        Some("thinking_delta") => str_at(delta, "/thinking"),
+                        _ => None,
+                    };
+                    if ttft.is_none() && piece.is_some_and(|p| !p.is_empty()) {
+                        ttft = Some(meta.started.elapsed());
+                    }
+                    if str_at(delta, "/type") == Some("text_delta") {
+                        text.push_str(piece.unwrap_or_default());
+                    }
+                }
+                "message_delta" => {
+                    if let Some(r) = str_at(&data, "/delta/stop_reason") {
+                        stop_reason = Some(r.to_string());
+                    }
+                    if let Some(u) = data.get("usage") {
+                        usage.update(u);
+                    }
+                }
+                "message_stop" => {
+                    done = true;
+                    break;
+                }
+                // `ping`, `content_block_stop` and event types added later.
+                _ => {}
+            }
+        }
+        if !done {
+            return Err(self.common.stream_cut("event: message_stop"));
+        }
+        Ok(ChatResponse {
+            text,
+            usage: usage.normalise(),
+            cost_usd: None,
+            finish_reason: stop_reason,
+            model,
+            request_id: meta.request_id.or(id),
+            time_to_first_token: ttft,
+            latency: meta.started.elapsed(),
+        })
+    }
+}
+
+impl Provider for AnthropicClient {
+    fn kind(&self) -> ProviderKind {
+        ProviderKind::Anthropic
+    }
+
+    fn send<'a>(
+        &'a self,
+        req: &'a ChatRequest,
+    ) -> BoxFuture<'a, Result<ChatResponse, ProviderError>> {
+        Box::pin(self.common.run(self.call(req)))
+    }
+}
+
+pub(crate) fn request_body(req: &ChatRequest) -> Value {
+    let mut body = Map::new();
+    body.insert("model".into(), json!(req.model));
+    body.insert("max_tokens".into(), json!(req.max_output_tokens));
+    if let Some(system) = &req.system {
+        let value = match req.cache_system {
+            None => json!(system),
+            Some(ttl) => {
+                // 5 minutes is the API's default TTL; only 1 h is spelled out.
+                let cache_control = match ttl {
+                    CacheTtl::FiveMinutes => json!({"type": "ephemeral"}),
+                    CacheTtl::OneHour => json!({"type": "ephemeral", "ttl": "1h"}),
+                };
+                json!([{"type": "text", "text": system, "cache_control": cache_control}])
+            }
+        };
+        body.insert("system".into(), value);
+    }
+    let messages: Vec<Value> = req
+        .messages
+        .iter()
+        .map(|m| {
+            let role = match m.role {
+                Role::User => "user",
+                Role::Assistant => "assistant",
+            };
+            json!({"role": role, "content": m.content})
+        })
+        .collect();
+    body.insert("messages".into(), Value::Array(messages));
+    if let Some(t) = req.temperature {
+        body.insert("temperature".into(), json!(t));
+    }
+    if let Some(schema) = &req.output_schema {
+        body.insert(
+            "output_config".into(),
+            json!({"format": {"type": "json_schema", "schema": schema}}),
+        );
+    }
+    body.insert("stream".into(), json!(req.stream));
+    Value::Object(body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usage_adds_cache_reads_and_writes_to_input() {
+        let mut raw = RawUsage::default();
+        raw.update(&json!({"input_tokens": 12, "output_tokens": 40,
+            "cache_creation_input_tokens": 2048, "cache_read_input_tokens": 100}));
+        let u = raw.normalise();
+        assert_eq!(u.input_tokens, 12 + 2048 + 100);
+        assert_eq!(u.cached_input_tokens, 100);
+        assert_eq!(u.cache_write_tokens, 2048);
+        assert_eq!(u.output_tokens, 40);
+    }
+
+    #[test]
+    fn cumulative_deltas_keep_fields_they_do_not_carry() {
+        let mut raw = RawUsage::default();
+        raw.update(&json!({"input_tokens": 25, "cache_read_input_tokens": 7, "output_tokens": 1}));
+        raw.update(&json!({"output_tokens": 57}));
+        let u = raw.normalise();
+        assert_eq!(
+            (u.input_tokens, u.output_tokens, u.cached_input_tokens),
+            (32, 57, 7)
+        );
+    }
+
+    #[test]
+    fn system_is_a_cached_block_only_when_asked() {
+        let mut req = ChatRequest::new("claude", "hi");
+        req.system = Some("policy".into());
+        assert_eq!(request_body(&req)["system"], json!("policy"));
+        req.cache_system = Some(CacheTtl::OneHour);
+        assert_eq!(
+            request_body(&req)["system"],
+            json!([{"type": "text", "text": "policy",
+                    "cache_control": {"type": "ephemeral", "ttl": "1h"}}])
+        );
+        req.cache_system = Some(CacheTtl::FiveMinutes);
+        assert_eq!(
+            request_body(&req)["system"][0]["cache_control"],
+            json!({"type": "ephemeral"})
+        );
+    }
+}

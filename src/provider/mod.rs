@@ -1,0 +1,1060 @@
+//! The provider layer: one [`Provider`] trait over the HTTP chat APIs of the
+//! LLM vendors, so the executor never sees a vendor's wire format.
+//!
+//! Three wire dialects cover the six [`ProviderKind`]s:
+//!
+//! - [`openai`] — Chat Completions, for `openai`, `openai-compatible`,
+//!   `mistral` and `openrouter`;
+//! - [`anthropic`] — Messages;
+//! - [`gemini`] — `generateContent` / `streamGenerateContent`.
+//!
+//! Every client returns the same [`ChatResponse`] with [`Usage`] normalised
+//! to one meaning (input includes cached tokens, output includes reasoning),
+//! and every failure is one [`ProviderError`] with an [`ErrorKind`] the
+//! executor can act on (retry, fall back, shrink, give up) without parsing
+//! vendor bodies itself.
+//!
+//! Base URLs are the ones in [`ProviderKind::default_base_url`]: the OpenAI
+//! family's includes `/v1` (the client appends `/chat/completions`),
+//! Gemini's includes `/v1beta` (the client appends `/models/{model}:…`),
+//! Anthropic's is the bare host (the client appends `/v1/messages`).
+//!
+//! API keys live in a [`SecretString`] and are only ever written into a
+//! request header marked sensitive; every message and body that leaves this
+//! module is passed through a redaction step as a second line of defence
+//! (a proxy or a misbehaving server may echo the key back).
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use futures::future::BoxFuture;
+use reqwest::header::{HeaderMap, HeaderValue};
+use secrecy::{ExposeSecret, SecretString};
+use serde::Serialize;
+use serde_json::Value;
+
+pub use crate::policy::ProviderKind;
+
+pub mod anthropic;
+pub mod gemini;
+pub mod openai;
+pub mod sse;
+
+// ---------------------------------------------------------------------------
+// Requests and responses.
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    User,
+    Assistant,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Message {
+    pub role: Role,
+    pub content: String,
+}
+
+impl Message {
+    pub fn user(content: impl Into<String>) -> Self {
+        Message {
+            role: Role::User,
+            content: content.into(),
+        }
+    }
+
+    pub fn assistant(content: impl Into<String>) -> Self {
+        Message {
+            role: Role::Assistant,
+            content: content.into(),
+        }
+    }
+}
+
+/// How long Anthropic keeps a cached prompt prefix. The 1 h entry costs 2×
+/// base input to write (5 min: 1.25×), so it only pays off for prefixes
+/// reused across a long run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheTtl {
+    FiveMinutes,
+    OneHour,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChatRequest {
+    /// The provider's model name.
+    pub model: String,
+    pub system: Option<String>,
+    pub messages: Vec<Message>,
+    pub max_output_tokens: u32,
+    pub temperature: Option<f64>,
+    /// Ask for JSON matching this JSON Schema, in the provider's native way:
+    /// OpenAI-compatible `response_format: {type: json_schema, json_schema:
+    /// {name, schema, strict}}`; Anthropic `output_config.format` (the GA form
+    /// in provider-apis.md §3); Gemini `generationConfig.responseMimeType =
+    /// application/json` + `responseJsonSchema` (the field that takes real
+    /// JSON Schema, unlike `responseSchema`'s OpenAPI subset).
+    pub output_schema: Option<Value>,
+    pub stream: bool,
+    /// Anthropic only: put the system prompt in a block with `cache_control`
+    /// of this TTL. Ignored by the other providers, whose caching is automatic.
+    pub cache_system: Option<CacheTtl>,
+}
+
+impl ChatRequest {
+    /// A non-streaming request with one user message, for tests and tools.
+    pub fn new(model: impl Into<String>, prompt: impl Into<String>) -> Self {
+        ChatRequest {
+            model: model.into(),
+            system: None,
+            messages: vec![Message::user(prompt)],
+            max_output_tokens: 1024,
+            temperature: None,
+            output_schema: None,
+            stream: false,
+            cache_system: None,
+        }
+    }
+}
+
+/// Token counts normalised across providers, so budgets and prices can be
+/// computed the same way for all of them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Usage {
+    /// All input tokens, including cache reads and writes. Anthropic reports
+    /// these three separately; they are added up here.
+    pub input_tokens: u64,
+    /// All output tokens, including reasoning. Gemini reports thoughts
+    /// separately; they are added here.
+    pub output_tokens: u64,
+    /// Input tokens read from the prompt cache (a subset of `input_tokens`).
+    pub cached_input_tokens: u64,
+    /// Input tokens written to the prompt cache (a subset of `input_tokens`).
+    pub cache_write_tokens: u64,
+    /// Reasoning tokens (a subset of `output_tokens`); 0 where the provider
+    /// does not report them separately (Anthropic).
+    pub reasoning_tokens: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ChatResponse {
+    /// The generated text, without any reasoning/thinking content.
+    pub text: String,
+    pub usage: Usage,
+    /// Provider-reported cost (OpenRouter's `usage.cost`); `None` elsewhere.
+    pub cost_usd: Option<f64>,
+    /// The provider's own word for why generation stopped (`stop`, `length`,
+    /// `end_turn`, `max_tokens`, `STOP`, `MAX_TOKENS`, …), unchanged.
+    /// See [`ChatResponse::truncated`] for the one question callers ask of it.
+    pub finish_reason: Option<String>,
+    /// The model as reported by the provider (often a dated snapshot name).
+    pub model: String,
+    /// The request id header (`x-request-id`, `request-id`,
+    /// `x-generation-id`), else the response's own id (`chatcmpl-…`,
+    /// `msg_…`, Gemini's `responseId`), for correlating with provider logs.
+    pub request_id: Option<String>,
+    /// Streaming only: from just before the request was sent to the first
+    /// SSE event carrying generated content (text or reasoning).
+    pub time_to_first_token: Option<Duration>,
+    /// From just before the request was sent to the end of the response.
+    pub latency: Duration,
+}
+
+impl ChatResponse {
+    /// Did generation stop because it hit the output token limit? Then the
+    /// text (and any JSON in it) is cut short.
+    pub fn truncated(&self) -> bool {
+        matches!(
+            self.finish_reason.as_deref(),
+            Some("length" | "max_tokens" | "MAX_TOKENS" | "model_context_window_exceeded")
+        )
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Errors.
+
+/// What went wrong, in terms of what the caller can do about it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// 429 (except OpenAI's `insufficient_quota`, which is [`ErrorKind::Other`]).
+    RateLimited,
+    /// Anthropic 529 / `overloaded_error`, any 503 (OpenAI "engine
+    /// overloaded", Gemini `UNAVAILABLE`).
+    Overloaded,
+    /// Other 5xx.
+    Server,
+    /// The whole call exceeded `request_timeout`, a stream was silent for
+    /// `stream_idle_timeout`, or the server answered 408.
+    Timeout,
+    /// The connection could not be made (refused, DNS, TLS, connect timeout).
+    Connect,
+    /// The input does not fit the model's context window: shrink the prompt
+    /// or route to a model with a larger window; retrying is pointless.
+    ContextLength,
+    /// Missing, wrong or unauthorised key (401, 403, Gemini `API_KEY_INVALID`).
+    Auth,
+    BadRequest,
+    NotFound,
+    /// The stream ended before the provider's terminator, or the connection
+    /// broke mid-body.
+    StreamBroken,
+    /// A 2xx answer whose body could not be understood.
+    Malformed,
+    Other,
+}
+
+/// Bodies are cut to this many bytes: enough to diagnose, small enough to log.
+const MAX_ERROR_BODY: usize = 2048;
+
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct ProviderError {
+    pub kind: ErrorKind,
+    /// The HTTP status, when the error came from a non-2xx answer. `None`
+    /// for transport errors and for errors that arrived inside a 200 stream.
+    pub status: Option<u16>,
+    /// Human readable; never contains an API key.
+    pub message: String,
+    /// From `retry-after-ms`, then `retry-after` (seconds or HTTP date), then
+    /// Gemini's `RetryInfo.retryDelay` in the body. Reported as given, not
+    /// capped: the retry policy decides what is too long to wait.
+    pub retry_after: Option<Duration>,
+    /// The `x-should-retry` header, which overrides the status-based decision.
+    pub should_retry: Option<bool>,
+    /// The raw error body (or offending payload), truncated to 2 KB, key-free.
+    pub body: Option<String>,
+}
+
+impl ProviderError {
+    pub(crate) fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        ProviderError {
+            kind,
+            status: None,
+            message: message.into(),
+            retry_after: None,
+            should_retry: None,
+            body: None,
+        }
+    }
+
+    pub(crate) fn with_body(mut self, body: impl Into<String>) -> Self {
+        self.body = Some(truncate(body.into(), MAX_ERROR_BODY));
+        self
+    }
+
+    /// Retry 408/409/429/5xx/529, connection errors, timeouts and broken
+    /// streams; `x-should-retry` overrides. This is the official OpenAI and
+    /// Anthropic SDKs' rule, except that OpenAI's `insufficient_quota` 429 is
+    /// not retried (it is a billing state, not a rate).
+    pub fn is_retryable(&self) -> bool {
+        if let Some(decision) = self.should_retry {
+            return decision;
+        }
+        match self.kind {
+            ErrorKind::RateLimited
+            | ErrorKind::Overloaded
+            | ErrorKind::Server
+            | ErrorKind::Timeout
+            | ErrorKind::Connect
+            | ErrorKind::StreamBroken => true,
+            _ => matches!(self.status, Some(408 | 409)),
+        }
+    }
+
+    /// Replace every occurrence of the key in the message and body.
+    fn redacted(mut self, secret: &Secret) -> Self {
+        self.message = secret.redact(&self.message);
+        self.body = self.body.map(|b| secret.redact(&b));
+        self
+    }
+}
+
+fn truncate(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let mut end = max;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+        s.push('…');
+    }
+    s
+}
+
+// ---------------------------------------------------------------------------
+// Configuration and construction.
+
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    pub base_url: String,
+    /// `SecretString` so that `Debug` never prints it.
+    pub api_key: Option<SecretString>,
+    /// Only takes effect through the `reqwest::Client` the provider is given:
+    /// reqwest sets connect timeouts per client, not per request. Build the
+    /// shared client with [`http_client`] to apply it.
+    pub connect_timeout: Duration,
+    /// The whole call, from sending to the last byte parsed.
+    pub request_timeout: Duration,
+    /// The longest silence allowed between two chunks of a stream; longer →
+    /// [`ErrorKind::Timeout`]. Comment keep-alives count as activity.
+    pub stream_idle_timeout: Duration,
+}
+
+impl ClientConfig {
+    /// Defaults from the official SDKs: connect 5 s, whole call 600 s; idle
+    /// 60 s is twice the keep-alive interval of the chattiest servers.
+    pub fn new(base_url: impl Into<String>) -> Self {
+        ClientConfig {
+            base_url: base_url.into(),
+            api_key: None,
+            connect_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(600),
+            stream_idle_timeout: Duration::from_secs(60),
+        }
+    }
+
+    pub fn with_api_key(mut self, key: impl Into<String>) -> Self {
+        self.api_key = Some(SecretString::from(key.into()));
+        self
+    }
+}
+
+/// A `reqwest::Client` for sharing across providers, with the connect
+/// timeout applied (see [`ClientConfig::connect_timeout`]). Proxies from the
+/// environment (`HTTPS_PROXY`, `NO_PROXY`) are honoured, as the vendors'
+/// SDKs do.
+pub fn http_client(connect_timeout: Duration) -> reqwest::Client {
+    reqwest::Client::builder()
+        .connect_timeout(connect_timeout)
+        .build()
+        // Building only fails if the TLS backend cannot initialise, which is a
+        // broken installation rather than a runtime condition.
+        .expect("the TLS backend initialises")
+}
+
+pub trait Provider: Send + Sync {
+    fn kind(&self) -> ProviderKind;
+    fn send<'a>(
+        &'a self,
+        req: &'a ChatRequest,
+    ) -> BoxFuture<'a, Result<ChatResponse, ProviderError>>;
+}
+
+/// One shared reqwest::Client may be passed in (connection pooling across providers).
+pub fn client_for(
+    kind: ProviderKind,
+    config: ClientConfig,
+    http: reqwest::Client,
+) -> Arc<dyn Provider> {
+    let common = Common::new(kind, config, http);
+    match kind {
+        ProviderKind::Anthropic => Arc::new(anthropic::AnthropicClient::new(common)),
+        ProviderKind::Gemini => Arc::new(gemini::GeminiClient::new(common)),
+        ProviderKind::OpenaiCompatible
+        | ProviderKind::Openai
+        | ProviderKind::Mistral
+        | ProviderKind::Openrouter => Arc::new(openai::OpenAiClient::new(common)),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Shared machinery for the three dialects.
+
+/// The key, kept secret, with what redaction needs.
+struct Secret(Option<SecretString>);
+
+impl Secret {
+    fn redact(&self, text: &str) -> String {
+        match &self.0 {
+            Some(key) if !key.expose_secret().is_empty() => {
+                text.replace(key.expose_secret(), "[redacted]")
+            }
+            _ => text.to_string(),
+        }
+    }
+}
+
+/// What every dialect's client holds.
+pub(crate) struct Common {
+    kind: ProviderKind,
+    base_url: String,
+    secret: Secret,
+    request_timeout: Duration,
+    idle_timeout: Duration,
+    http: reqwest::Client,
+}
+
+impl fmt::Debug for Common {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Common")
+            .field("kind", &self.kind)
+            .field("base_url", &self.base_url)
+            .field("has_key", &self.secret.0.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// How a dialect reads an error body: (error kind hint, message).
+pub(crate) struct ErrorInfo {
+    /// The provider's own error type/status/code, e.g. `overloaded_error`,
+    /// `RESOURCE_EXHAUSTED`, `context_length_exceeded`.
+    pub(crate) codes: Vec<String>,
+    /// A numeric code inside the body (OpenRouter, Gemini, llama.cpp).
+    pub(crate) status: Option<u16>,
+    pub(crate) message: Option<String>,
+    /// OpenRouter's moderation refusals carry `metadata.reasons` /
+    /// `flagged_input`: a 403 that is about content, not credentials.
+    pub(crate) moderation: bool,
+}
+
+impl ErrorInfo {
+    /// Reads the three error body shapes in provider-apis.md: OpenAI
+    /// `{error:{message,type,code,param}}`, Anthropic `{type:error,
+    /// error:{type,message}}`, Google `{error:{code,message,status,details}}`
+    /// — plus OpenRouter's numeric `code` and llama.cpp's extra fields.
+    pub(crate) fn from_json(v: &Value) -> Option<ErrorInfo> {
+        let e = v.get("error")?;
+        let mut info = ErrorInfo {
+            codes: Vec::new(),
+            status: None,
+            message: None,
+            moderation: false,
+        };
+        match e {
+            Value::String(s) => info.message = Some(s.clone()),
+            Value::Object(_) => {
+                for field in ["type", "code", "status"] {
+                    match e.get(field) {
+                        Some(Value::String(s)) => info.codes.push(s.clone()),
+                        Some(Value::Number(n)) => {
+                            info.status = n.as_u64().and_then(|n| u16::try_from(n).ok())
+                        }
+                        _ => {}
+                    }
+                }
+                if let Some(details) = e.get("details").and_then(Value::as_array) {
+                    for d in details {
+                        if let Some(reason) = d.get("reason").and_then(Value::as_str) {
+                            info.codes.push(reason.to_string());
+                        }
+                    }
+                }
+                info.message = e.get("message").and_then(Value::as_str).map(str::to_string);
+                info.moderation = e.pointer("/metadata/reasons").is_some()
+                    || e.pointer("/metadata/flagged_input").is_some();
+            }
+            _ => return None,
+        }
+        Some(info)
+    }
+
+    fn has(&self, code: &str) -> bool {
+        self.codes.iter().any(|c| c == code)
+    }
+
+    /// Every provider's real context-overflow wording (provider-apis.md §1,
+    /// §3, §4, §6, §7 and §9), plus Mistral's, which says "context length".
+    fn is_context_length(&self) -> bool {
+        if self.has("context_length_exceeded") || self.has("exceed_context_size_error") {
+            return true;
+        }
+        let Some(msg) = &self.message else {
+            return false;
+        };
+        let msg = msg.to_ascii_lowercase();
+        [
+            "maximum context length",
+            "context length",
+            "context window",
+            "context limit",
+            "context size",
+            "prompt is too long",
+            "exceeds the maximum number of tokens",
+        ]
+        .iter()
+        .any(|needle| msg.contains(needle))
+    }
+
+    /// The kind, from the HTTP status (if any) and the body.
+    pub(crate) fn classify(&self, http_status: Option<u16>) -> ErrorKind {
+        if self.is_context_length() {
+            return ErrorKind::ContextLength;
+        }
+        if self.moderation {
+            return ErrorKind::BadRequest;
+        }
+        if self.has("API_KEY_INVALID")
+            || self.has("authentication_error")
+            || self.has("invalid_api_key")
+            || self.has("permission_error")
+            || self.has("PERMISSION_DENIED")
+            || self.has("UNAUTHENTICATED")
+        {
+            return ErrorKind::Auth;
+        }
+        if self.has("insufficient_quota") || self.has("billing_error") {
+            return ErrorKind::Other;
+        }
+        if self.has("overloaded_error") || self.has("UNAVAILABLE") {
+            return ErrorKind::Overloaded;
+        }
+        if self.has("rate_limit_error")
+            || self.has("rate_limit_exceeded")
+            || self.has("RESOURCE_EXHAUSTED")
+        {
+            return ErrorKind::RateLimited;
+        }
+        if let Some(status) = http_status.or(self.status) {
+            return kind_for_status(status);
+        }
+        // An error event inside a 200 stream with no recognisable code.
+        match () {
+            _ if self.has("api_error") || self.has("server_error") || self.has("INTERNAL") => {
+                ErrorKind::Server
+            }
+            _ if self.has("timeout_error") || self.has("DEADLINE_EXCEEDED") => ErrorKind::Timeout,
+            _ if self.has("not_found_error") || self.has("NOT_FOUND") => ErrorKind::NotFound,
+            _ if self.has("invalid_request_error") || self.has("INVALID_ARGUMENT") => {
+                ErrorKind::BadRequest
+            }
+            // Unknown mid-stream failures are most often upstream hiccups.
+            _ => ErrorKind::Server,
+        }
+    }
+}
+
+/// The kind implied by a status alone.
+fn kind_for_status(status: u16) -> ErrorKind {
+    match status {
+        401 | 403 => ErrorKind::Auth,
+        404 => ErrorKind::NotFound,
+        408 => ErrorKind::Timeout,
+        429 => ErrorKind::RateLimited,
+        503 | 529 => ErrorKind::Overloaded,
+        500..=599 => ErrorKind::Server,
+        400 | 413 | 422 => ErrorKind::BadRequest,
+        _ => ErrorKind::Other,
+    }
+}
+
+/// A Go-style or protobuf duration string such as `37s`, `1.5s`, `644ms`.
+fn parse_short_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    let (num, scale) = if let Some(n) = s.strip_suffix("ms") {
+        (n, 0.001)
+    } else if let Some(n) = s.strip_suffix('s') {
+        (n, 1.0)
+    } else {
+        return None;
+    };
+    secs_to_duration(num.parse::<f64>().ok()? * scale)
+}
+
+fn secs_to_duration(secs: f64) -> Option<Duration> {
+    (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs))
+}
+
+/// `retry-after-ms` (float ms) first, then `retry-after` as seconds (float
+/// allowed) or an HTTP date, as the official SDKs read them.
+pub(crate) fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
+    let get = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+    };
+    if let Some(ms) = get("retry-after-ms").and_then(|v| v.parse::<f64>().ok()) {
+        if let Some(d) = secs_to_duration(ms / 1000.0) {
+            return Some(d);
+        }
+    }
+    let value = get("retry-after")?;
+    if let Ok(secs) = value.parse::<f64>() {
+        return secs_to_duration(secs);
+    }
+    let when = httpdate::parse_http_date(value).ok()?;
+    // A date in the past means "now".
+    Some(when.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
+fn should_retry(headers: &HeaderMap) -> Option<bool> {
+    let v = headers.get("x-should-retry")?.to_str().ok()?.trim();
+    if v.eq_ignore_ascii_case("true") {
+        Some(true)
+    } else if v.eq_ignore_ascii_case("false") {
+        Some(false)
+    } else {
+        None
+    }
+}
+
+/// Gemini puts its retry hint in the body: `details[].retryDelay` of a
+/// `google.rpc.RetryInfo`.
+fn retry_delay_in_body(v: &Value) -> Option<Duration> {
+    v.pointer("/error/details")?
+        .as_array()?
+        .iter()
+        .filter_map(|d| d.get("retryDelay").and_then(Value::as_str))
+        .find_map(parse_short_duration)
+}
+
+fn header_string(headers: &HeaderMap, names: &[&str]) -> Option<String> {
+    names
+        .iter()
+        .find_map(|n| headers.get(*n).and_then(|v| v.to_str().ok()))
+        .map(str::to_string)
+}
+
+/// A prepared HTTP call: URL, auth header, JSON body.
+pub(crate) struct Call {
+    pub(crate) url: String,
+    pub(crate) body: Value,
+    /// Where the key goes (`authorization` as a bearer token, `x-api-key`,
+    /// `x-goog-api-key`), or `None` for no auth header.
+    pub(crate) auth: Option<AuthHeader>,
+    pub(crate) extra_headers: Vec<(&'static str, &'static str)>,
+    pub(crate) request_id_headers: &'static [&'static str],
+}
+
+#[derive(Clone, Copy)]
+pub(crate) enum AuthHeader {
+    Bearer,
+    Named(&'static str),
+}
+
+/// An HTTP 2xx answer, ready to be read as JSON or as an SSE stream.
+pub(crate) struct Answer {
+    pub(crate) response: reqwest::Response,
+    pub(crate) meta: Meta,
+}
+
+/// Where in a call a transport error happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Phase {
+    Sending,
+    Reading,
+}
+
+/// What is known about a call besides its body.
+#[derive(Debug, Clone)]
+pub(crate) struct Meta {
+    pub(crate) request_id: Option<String>,
+    pub(crate) started: Instant,
+}
+
+impl Common {
+    fn new(kind: ProviderKind, config: ClientConfig, http: reqwest::Client) -> Self {
+        Common {
+            kind,
+            base_url: config.base_url.trim_end_matches('/').to_string(),
+            secret: Secret(config.api_key),
+            request_timeout: config.request_timeout,
+            idle_timeout: config.stream_idle_timeout,
+            http,
+        }
+    }
+
+    pub(crate) fn kind(&self) -> ProviderKind {
+        self.kind
+    }
+
+    pub(crate) fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base_url, path)
+    }
+
+    /// Run `work` (a dialect's send-and-read) under the whole call's
+    /// timeout, and scrub the key from whatever error comes out: the last
+    /// line of defence, whatever path the error took.
+    pub(crate) async fn run<'a, F>(&'a self, work: F) -> Result<ChatResponse, ProviderError>
+    where
+        F: Future<Output = Result<ChatResponse, ProviderError>> + Send + 'a,
+    {
+        let result = match tokio::time::timeout(self.request_timeout, work).await {
+            Ok(r) => r,
+            Err(_) => Err(ProviderError::new(
+                ErrorKind::Timeout,
+                format!(
+                    "{}: no complete answer within the request timeout of {:?}",
+                    self.kind.name(),
+                    self.request_timeout
+                ),
+            )),
+        };
+        result.map_err(|e| e.redacted(&self.secret))
+    }
+
+    /// Send the request; a non-2xx answer becomes a classified error.
+    pub(crate) async fn send(&self, call: Call) -> Result<Answer, ProviderError> {
+        let mut builder = self.http.post(&call.url).json(&call.body);
+        if let (Some(auth), Some(key)) = (call.auth, &self.secret.0) {
+            let (name, value) = match auth {
+                AuthHeader::Bearer => (
+                    "authorization",
+                    HeaderValue::from_str(&format!("Bearer {}", key.expose_secret())),
+                ),
+                AuthHeader::Named(name) => (name, HeaderValue::from_str(key.expose_secret())),
+            };
+            let mut value = value.map_err(|_| {
+                ProviderError::new(
+                    ErrorKind::Auth,
+                    "the API key contains characters not allowed in an HTTP header",
+                )
+            })?;
+            // Keeps the value out of reqwest's and hyper's Debug output.
+            value.set_sensitive(true);
+            builder = builder.header(name, value);
+        }
+        for (name, value) in call.extra_headers {
+            builder = builder.header(name, value);
+        }
+        let started = Instant::now();
+        let response = builder
+            .send()
+            .await
+            .map_err(|e| self.transport_error(e, Phase::Sending))?;
+        let headers = response.headers().clone();
+        let request_id = header_string(&headers, call.request_id_headers);
+        let status = response.status();
+        if status.is_success() {
+            return Ok(Answer {
+                response,
+                meta: Meta {
+                    request_id,
+                    started,
+                },
+            });
+        }
+        let text = match response.text().await {
+            Ok(t) => t,
+            Err(e) => format!("<error body unreadable: {}>", e.without_url()),
+        };
+        let text = self.secret.redact(&text);
+        let json: Option<Value> = serde_json::from_str(&text).ok();
+        let info = json.as_ref().and_then(ErrorInfo::from_json);
+        let code = status.as_u16();
+        let kind = match &info {
+            Some(info) => info.classify(Some(code)),
+            None => kind_for_status(code),
+        };
+        let detail = info
+            .as_ref()
+            .and_then(|i| i.message.clone())
+            .unwrap_or_else(|| status.canonical_reason().unwrap_or("error").to_string());
+        let mut message = format!("{} HTTP {code}: {detail}", self.kind.name());
+        if let Some(id) = &request_id {
+            message.push_str(&format!(" (request id {id})"));
+        }
+        let mut err = ProviderError::new(kind, message).with_body(text);
+        err.status = Some(code);
+        err.retry_after = retry_after(&headers, SystemTime::now())
+            .or_else(|| json.as_ref().and_then(retry_delay_in_body));
+        err.should_retry = should_retry(&headers);
+        Err(err)
+    }
+
+    /// Read a whole 2xx body as JSON.
+    pub(crate) async fn json(&self, answer: Answer) -> Result<(Value, Meta), ProviderError> {
+        let bytes = answer
+            .response
+            .bytes()
+            .await
+            .map_err(|e| self.transport_error(e, Phase::Reading))?;
+        let value = serde_json::from_slice(&bytes).map_err(|e| {
+            ProviderError::new(
+                ErrorKind::Malformed,
+                format!("{}: the response is not valid JSON: {e}", self.kind.name()),
+            )
+            .with_body(self.secret.redact(&String::from_utf8_lossy(&bytes)))
+        })?;
+        Ok((value, answer.meta))
+    }
+
+    /// A reqwest error, classified, without its URL (which could in
+    /// principle carry credentials a user put in a base URL).
+    pub(crate) fn transport_error(&self, e: reqwest::Error, phase: Phase) -> ProviderError {
+        let kind = if e.is_builder() {
+            // An unusable base URL: configuration, not a transient fault.
+            ErrorKind::Other
+        } else if e.is_timeout() {
+            ErrorKind::Timeout
+        } else if e.is_connect() || phase == Phase::Sending {
+            // Before any answer, a dropped connection is a connection
+            // failure (the official SDKs retry these), not a broken body.
+            ErrorKind::Connect
+        } else {
+            ErrorKind::StreamBroken
+        };
+        let doing = match phase {
+            Phase::Sending => "sending the request",
+            Phase::Reading => "reading the response body",
+        };
+        ProviderError::new(
+            kind,
+            format!("{} {doing}: {}", self.kind.name(), describe(e)),
+        )
+    }
+
+    /// The SSE events of a 2xx answer.
+    pub(crate) fn events(&self, answer: Answer) -> (sse::EventStream, Meta) {
+        use futures::TryStreamExt;
+        let bytes = answer.response.bytes_stream().map_err(describe);
+        (sse::events(bytes, self.idle_timeout), answer.meta)
+    }
+
+    /// A failure of the event stream itself.
+    pub(crate) fn stream_failure(&self, e: sse::SseError) -> ProviderError {
+        let kind = match e {
+            sse::SseError::Idle(_) => ErrorKind::Timeout,
+            sse::SseError::Transport(_) => ErrorKind::StreamBroken,
+            sse::SseError::Decode(_) => ErrorKind::Malformed,
+        };
+        ProviderError::new(kind, format!("{}: {e}", self.kind.name()))
+    }
+
+    /// The stream closed without the provider's terminator: the answer is
+    /// incomplete (and usage is usually missing), so it must not pass as one.
+    pub(crate) fn stream_cut(&self, terminator: &str) -> ProviderError {
+        ProviderError::new(
+            ErrorKind::StreamBroken,
+            format!(
+                "{}: the stream ended before its terminator ({terminator})",
+                self.kind.name()
+            ),
+        )
+    }
+
+    /// A payload that is not the JSON it should be.
+    pub(crate) fn malformed(&self, what: &str, payload: &str) -> ProviderError {
+        self.failure(ErrorKind::Malformed, what, payload)
+    }
+
+    /// An error about a payload, which is kept (key-free) as the body.
+    pub(crate) fn failure(&self, kind: ErrorKind, what: &str, payload: &str) -> ProviderError {
+        ProviderError::new(kind, format!("{}: {what}", self.kind.name()))
+            .with_body(self.secret.redact(payload))
+    }
+
+    /// Parse one SSE `data:` payload as JSON; an `error` object inside it
+    /// (sent after HTTP 200 by every provider) becomes the matching error.
+    pub(crate) fn event_json(&self, data: &str) -> Result<Value, ProviderError> {
+        let value: Value = serde_json::from_str(data)
+            .map_err(|e| self.malformed(&format!("a stream event is not valid JSON: {e}"), data))?;
+        if let Some(info) = ErrorInfo::from_json(&value) {
+            let kind = info.classify(None);
+            let msg = info.message.as_deref().unwrap_or("no message");
+            return Err(ProviderError::new(
+                kind,
+                format!("{}: error inside the stream: {msg}", self.kind.name()),
+            )
+            .with_body(self.secret.redact(data)));
+        }
+        Ok(value)
+    }
+
+    /// A 2xx JSON body that is really an error (some gateways do this).
+    pub(crate) fn error_in_body(&self, value: &Value) -> Result<(), ProviderError> {
+        match ErrorInfo::from_json(value) {
+            None => Ok(()),
+            Some(info) => {
+                let msg = info.message.as_deref().unwrap_or("no message");
+                Err(ProviderError::new(
+                    info.classify(None),
+                    format!("{}: error in a 2xx answer: {msg}", self.kind.name()),
+                )
+                .with_body(self.secret.redact(&value.to_string())))
+            }
+        }
+    }
+}
+
+/// Did the server answer with an event stream (whatever was asked for)?
+pub(crate) fn is_event_stream(answer: &Answer) -> bool {
+    answer
+        .response
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim_start().starts_with("text/event-stream"))
+}
+
+/// A reqwest error and its causes, without the URL.
+fn describe(e: reqwest::Error) -> String {
+    let e = e.without_url();
+    let mut chain = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(s) = source {
+        chain.push_str(": ");
+        chain.push_str(&s.to_string());
+        source = s.source();
+    }
+    chain
+}
+
+/// Small accessors for JSON trees, which are read leniently: `null`,
+/// missing and wrongly typed fields all read as absent, as provider-apis.md
+/// §9 asks ("missing optional fields", "`null` where objects are expected").
+pub(crate) fn u64_at(v: &Value, pointer: &str) -> u64 {
+    v.pointer(pointer).and_then(Value::as_u64).unwrap_or(0)
+}
+
+pub(crate) fn str_at<'a>(v: &'a Value, pointer: &str) -> Option<&'a str> {
+    v.pointer(pointer).and_then(Value::as_str)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn retry_after_forms_and_precedence() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let at = |pairs: &[(&'static str, &str)]| retry_after(&headers(pairs), now);
+        assert_eq!(
+            at(&[("retry-after-ms", "644")]),
+            Some(Duration::from_millis(644))
+        );
+        assert_eq!(
+            at(&[("retry-after-ms", "12.5")]),
+            Some(Duration::from_micros(12_500))
+        );
+        assert_eq!(at(&[("retry-after", "2")]), Some(Duration::from_secs(2)));
+        assert_eq!(
+            at(&[("retry-after", "1.5")]),
+            Some(Duration::from_millis(1500))
+        );
+        assert_eq!(
+            at(&[("retry-after", "9"), ("retry-after-ms", "100")]),
+            Some(Duration::from_millis(100))
+        );
+        let in_30s = httpdate::fmt_http_date(now + Duration::from_secs(30));
+        assert_eq!(
+            at(&[("retry-after", &in_30s)]),
+            Some(Duration::from_secs(30))
+        );
+        let past = httpdate::fmt_http_date(now - Duration::from_secs(30));
+        assert_eq!(at(&[("retry-after", &past)]), Some(Duration::ZERO));
+        // A bad `retry-after-ms` falls back to `retry-after`.
+        assert_eq!(
+            at(&[("retry-after-ms", "-5"), ("retry-after", "3")]),
+            Some(Duration::from_secs(3))
+        );
+        assert_eq!(at(&[("retry-after", "soon")]), None);
+        assert_eq!(at(&[("retry-after", "-1")]), None);
+        assert_eq!(at(&[]), None);
+    }
+
+    #[test]
+    fn should_retry_header() {
+        assert_eq!(
+            should_retry(&headers(&[("x-should-retry", "true")])),
+            Some(true)
+        );
+        assert_eq!(
+            should_retry(&headers(&[("x-should-retry", "False")])),
+            Some(false)
+        );
+        assert_eq!(should_retry(&headers(&[("x-should-retry", "maybe")])), None);
+        assert_eq!(should_retry(&headers(&[])), None);
+    }
+
+    #[test]
+    fn gemini_retry_delay_from_the_body() {
+        let body = json!({"error": {"code": 429, "status": "RESOURCE_EXHAUSTED", "details": [
+            {"@type": "type.googleapis.com/google.rpc.Help"},
+            {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "1.5s"}]}});
+        assert_eq!(
+            retry_delay_in_body(&body),
+            Some(Duration::from_millis(1500))
+        );
+        assert_eq!(
+            parse_short_duration("644ms"),
+            Some(Duration::from_millis(644))
+        );
+        assert_eq!(parse_short_duration("6m0s"), None);
+    }
+
+    fn kind_of(status: Option<u16>, body: Value) -> ErrorKind {
+        ErrorInfo::from_json(&body).unwrap().classify(status)
+    }
+
+    #[test]
+    fn classification_of_real_bodies() {
+        // OpenAI's retryable rate limit vs its billing 429.
+        let rate = json!({"error": {"message": "Rate limit reached", "type": "tokens",
+            "param": null, "code": "rate_limit_exceeded"}});
+        assert_eq!(kind_of(Some(429), rate), ErrorKind::RateLimited);
+        let quota = json!({"error": {"message": "You exceeded your current quota",
+            "type": "insufficient_quota", "param": null, "code": "insufficient_quota"}});
+        assert_eq!(kind_of(Some(429), quota), ErrorKind::Other);
+        // Mistral's wording (not in provider-apis.md, seen in the wild).
+        let mistral = json!({"object": "error", "error": {"message": "Prompt contains 40000 tokens and 0 draft tokens, too large for model with 32768 maximum context length", "type": "invalid_request_error"}});
+        assert_eq!(kind_of(Some(400), mistral), ErrorKind::ContextLength);
+        // OpenRouter moderation is about content, not credentials.
+        let moderation = json!({"error": {"code": 403, "message": "Input flagged",
+            "metadata": {"reasons": ["violence"], "flagged_input": "…"}}});
+        assert_eq!(kind_of(Some(403), moderation), ErrorKind::BadRequest);
+        // Mid-stream errors have no HTTP status to go by.
+        let overloaded = json!({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}});
+        assert_eq!(kind_of(None, overloaded), ErrorKind::Overloaded);
+        let api = json!({"type": "error", "error": {"type": "api_error", "message": "boom"}});
+        assert_eq!(kind_of(None, api), ErrorKind::Server);
+        let openrouter = json!({"error": {"code": 502, "message": "upstream down"}});
+        assert_eq!(kind_of(None, openrouter), ErrorKind::Server);
+        let bad = json!({"error": {"code": 400, "message": "bad", "status": "INVALID_ARGUMENT"}});
+        assert_eq!(kind_of(None, bad), ErrorKind::BadRequest);
+        // Ollama's string form.
+        assert_eq!(
+            kind_of(
+                Some(404),
+                json!({"error": "model \"x\" not found, try pulling it first"})
+            ),
+            ErrorKind::NotFound
+        );
+        assert!(ErrorInfo::from_json(&json!({"error": null})).is_none());
+    }
+
+    #[test]
+    fn retryability() {
+        let with = |kind, status, should| ProviderError {
+            status,
+            should_retry: should,
+            ..ProviderError::new(kind, "x")
+        };
+        assert!(with(ErrorKind::RateLimited, Some(429), None).is_retryable());
+        assert!(with(ErrorKind::Other, Some(409), None).is_retryable());
+        assert!(!with(ErrorKind::Other, Some(429), None).is_retryable());
+        assert!(!with(ErrorKind::ContextLength, Some(400), None).is_retryable());
+        assert!(!with(ErrorKind::Server, Some(500), Some(false)).is_retryable());
+        assert!(with(ErrorKind::BadRequest, Some(400), Some(true)).is_retryable());
+        assert!(with(ErrorKind::StreamBroken, None, None).is_retryable());
+        assert!(!with(ErrorKind::Malformed, None, None).is_retryable());
+    }
+
+    #[test]
+    fn redaction_and_truncation() {
+        let secret = Secret(Some(SecretString::from("sk-live-123")));
+        let e = ProviderError::new(ErrorKind::Auth, "bad key sk-live-123")
+            .with_body("{\"key\":\"sk-live-123\"}")
+            .redacted(&secret);
+        assert_eq!(e.message, "bad key [redacted]");
+        assert_eq!(e.body.as_deref(), Some("{\"key\":\"[redacted]\"}"));
+        // Cut on a character boundary, with a mark.
+        let t = truncate("é".repeat(2000), MAX_ERROR_BODY);
+        assert!(t.len() <= MAX_ERROR_BODY + '…'.len_utf8());
+        assert!(t.ends_with('…'));
+        assert_eq!(truncate("short".into(), 10), "short");
+    }
+}

@@ -1,0 +1,360 @@
+//! OpenAI Chat Completions (`POST {base}/chat/completions`), the dialect of
+//! `openai`, `openai-compatible` (Ollama, llama.cpp, vLLM, …), `mistral` and
+//! `openrouter` (provider-apis.md §1 and §7).
+//!
+//! The kinds differ in three details, each handled here:
+//! - the output limit is `max_completion_tokens` for OpenAI (its reasoning
+//!   models reject `max_tokens`) but `max_tokens` elsewhere (Ollama's and
+//!   other compatible servers' only spelling);
+//! - `stream_options.include_usage` is sent except to Mistral, which always
+//!   reports streamed usage and is strict about unknown fields;
+//! - OpenRouter reports a price, `usage.cost`, which becomes `cost_usd`.
+
+use serde_json::{Map, Value, json};
+
+use super::{
+    AuthHeader, Call, ChatRequest, ChatResponse, Common, ErrorKind, Meta, Provider, ProviderError,
+    ProviderKind, Role, Usage, is_event_stream, str_at, u64_at,
+};
+use futures::future::BoxFuture;
+
+pub struct OpenAiClient {
+    common: Common,
+}
+
+impl OpenAiClient {
+    pub(crate) fn new(common: Common) -> Self {
+        OpenAiClient { common }
+    }
+
+    async fn call(&self, req: &ChatRequest) -> Result<ChatResponse, ProviderError> {
+        let call = Call {
+            url: self.common.url("/chat/completions"),
+            body: request_body(self.common.kind(), req),
+            auth: Some(AuthHeader::Bearer),
+            extra_headers: Vec::new(),
+            request_id_headers: &["x-request-id", "x-generation-id"],
+        };
+        let answer = self.common.send(call).await?;
+        if is_event_stream(&answer) {
+            self.read_stream(answer).await
+        } else {
+            let (value, meta) = self.common.json(answer).await?;
+            self.parse(&value, meta)
+        }
+    }
+
+    fn parse(&self, v: &Value, meta: Meta) -> Result<ChatResponse, ProviderError> {
+        self.common.error_in_body(v)?;
+        let Some(choice) = v.pointer("/choices/0") else {
+            return Err(self
+                .common
+                .malformed("the response has no `choices[0]`", &v.to_string()));
+        };
+        let text = content_text(choice.pointer("/message/content"));
+        let (usage, cost_usd) = v.get("usage").map(usage).unwrap_or_default();
+        Ok(ChatResponse {
+            text,
+            usage,
+            cost_usd,
+            finish_reason: str_at(choice, "/finish_reason").map(str::to_string),
+            model: str_at(v, "/model").unwrap_or_default().to_string(),
+            request_id: meta
+                .request_id
+                .or_else(|| str_at(v, "/id").map(str::to_string)),
+            time_to_first_token: None,
+            latency: meta.started.elapsed(),
+        })
+    }
+
+    async fn read_stream(&self, answer: super::Answer) -> Result<ChatResponse, ProviderError> {
+        let (mut events, meta) = self.common.events(answer);
+        let mut text = String::new();
+        let mut ttft = None;
+        let mut finish_reason = None;
+        let mut model = None;
+        let mut id = None;
+        let mut usage_seen = None;
+        let mut done = false;
+        while let Some(event) = events.next().await {
+            let event = event.map_err(|e| self.common.stream_failure(e))?;
+            if event.data.trim() == "[DONE]" {
+                done = true;
+                break;
+            }
+            let chunk = self.common.event_json(&event.data)?;
+            if model.is_none() {
+                model = str_at(&chunk, "/model").map(str::to_string);
+                id = str_at(&chunk, "/id").map(str::to_string);
+            }
+            if let Some(choice) = chunk.pointer("/choices/0") {
+                let delta = choice.get("delta");
+                let content = delta.and_then(|d| d.get("content")).and_then(Value::as_str);
+                // `reasoning` (OpenRouter) / `reasoning_content` (llama.cpp,
+                // DeepSeek-style servers) is generated output too, but not text.
+                let reasoning = delta
+                    .and_then(|d| d.get("reasoning").or_else(|| d.get("reasoning_content")))
+                    .and_then(Value::as_str);
+                if ttft.is_none()
+                    && (content.is_some_and(|c| !c.is_empty())
+                        || reasoning.is_some_and(|r| !r.is_empty()))
+                {
+                    ttft = Some(meta.started.elapsed());
+                }
+                if let Some(c) = content {
+                    text.push_str(c);
+                }
+                if let Some(f) = str_at(choice, "/finish_reason") {
+                    finish_reason = Some(f.to_string());
+                }
+            }
+            if let Some(u) = chunk.get("usage").filter(|u| u.is_object()) {
+                usage_seen = Some(usage(u));
+            }
+        }
+        if !done {
+            return Err(self.common.stream_cut("data: [DONE]"));
+        }
+        if finish_reason.as_deref() == Some("error") {
+            // OpenRouter's way to end a stream that failed upstream.
+            return Err(ProviderError::new(
+                ErrorKind::Server,
+                format!(
+                    "{}: the stream ended with finish_reason \"error\"",
+                    self.common.kind().name()
+                ),
+            ));
+        }
+        let (usage, cost_usd) = usage_seen.unwrap_or_default();
+        Ok(ChatResponse {
+            text,
+            usage,
+            cost_usd,
+            finish_reason,
+            model: model.unwrap_or_default(),
+            request_id: meta.request_id.or(id),
+            time_to_first_token: ttft,
+            latency: meta.started.elapsed(),
+        })
+    }
+}
+
+impl Provider for OpenAiClient {
+    fn kind(&self) -> ProviderKind {
+        self.common.kind()
+    }
+
+    fn send<'a>(
+        &'a self,
+        req: &'a ChatRequest,
+    ) -> BoxFuture<'a, Result<ChatResponse, ProviderError>> {
+        Box::pin(self.common.run(self.call(req)))
+    }
+}
+
+/// `message.content` is a string, `null` (refusals, tool calls) or — from
+/// some compatible servers — a list of `{type: text, text}` parts.
+fn content_text(content: Option<&Value>) -> String {
+    match content {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Array(parts)) => parts
+            .iter()
+            .filter_map(|p| p.get("text").and_then(Value::as_str))
+            .collect(),
+        _ => String::new(),
+    }
+}
+
+/// The cheat-sheet row "OpenAI chat": prompt_tokens already include cached
+/// tokens and completion_tokens include reasoning, so they map directly.
+fn usage(u: &Value) -> (Usage, Option<f64>) {
+    let usage = Usage {
+        input_tokens: u64_at(u, "/prompt_tokens"),
+        output_tokens: u64_at(u, "/completion_tokens"),
+        cached_input_tokens: u64_at(u, "/prompt_tokens_details/cached_tokens"),
+        cache_write_tokens: u64_at(u, "/prompt_tokens_details/cache_write_tokens"),
+        reasoning_tokens: u64_at(u, "/completion_tokens_details/reasoning_tokens"),
+    };
+    (usage, u.get("cost").and_then(Value::as_f64))
+}
+
+pub(crate) fn request_body(kind: ProviderKind, req: &ChatRequest) -> Value {
+    let mut messages = Vec::with_capacity(req.messages.len() + 1);
+    if let Some(system) = &req.system {
+        // `system`, not the newer `developer`: every compatible server and
+        // every OpenAI model (o-series map it) accepts `system`.
+        messages.push(json!({"role": "system", "content": system}));
+    }
+    for m in &req.messages {
+        let role = match m.role {
+            Role::User => "user",
+            Role::Assistant => "assistant",
+        };
+        messages.push(json!({"role": role, "content": m.content}));
+    }
+    let mut body = Map::new();
+    body.insert("model".into(), json!(req.model));
+    body.insert("messages".into(), Value::Array(messages));
+    let limit_field = if kind == ProviderKind::Openai {
+        "max_completion_tokens"
+    } else {
+        "max_tokens"
+    };
+    body.insert(limit_field.into(), json!(req.max_output_tokens));
+    if let Some(t) = req.temperature {
+        body.insert("temperature".into(), json!(t));
+    }
+    if let Some(schema) = &req.output_schema {
+        body.insert(
+            "response_format".into(),
+            json!({
+                "type": "json_schema",
+                "json_schema": {
+                    "name": schema_name(schema),
+                    "schema": schema,
+                    "strict": strict_compatible(schema),
+                }
+            }),
+        );
+    }
+    body.insert("stream".into(), json!(req.stream));
+    if req.stream && kind != ProviderKind::Mistral {
+        // Without it OpenAI sends no usage at all in a stream.
+        body.insert("stream_options".into(), json!({"include_usage": true}));
+    }
+    Value::Object(body)
+}
+
+/// `json_schema.name` must match `[a-zA-Z0-9_-]{1,64}`: the schema's title
+/// if it does, else a neutral name.
+fn schema_name(schema: &Value) -> String {
+    schema
+        .get("title")
+        .and_then(Value::as_str)
+        .filter(|t| {
+            !t.is_empty()
+                && t.len() <= 64
+                && t.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        })
+        .unwrap_or("output")
+        .to_string()
+}
+
+/// Can this schema be sent with `strict: true`? Strict mode guarantees the
+/// shape but rejects (400) any schema where an object allows extra
+/// properties or leaves a property out of `required`; a workflow's schema is
+/// not written with that in mind, so strictness is only claimed when it
+/// holds, and the engine validates the output either way.
+pub(crate) fn strict_compatible(schema: &Value) -> bool {
+    let Some(obj) = schema.as_object() else {
+        // `true`/`false` schemas and garbage: let the API judge, non-strictly.
+        return false;
+    };
+    let is_object = obj.get("type").is_some_and(|t| {
+        t == "object"
+            || t.as_array()
+                .is_some_and(|a| a.iter().any(|x| x == "object"))
+    }) || obj.contains_key("properties");
+    if is_object {
+        if obj.get("additionalProperties") != Some(&Value::Bool(false)) {
+            return false;
+        }
+        let required: Vec<&str> = obj
+            .get("required")
+            .and_then(Value::as_array)
+            .map(|a| a.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        if let Some(props) = obj.get("properties").and_then(Value::as_object) {
+            if !props.keys().all(|k| required.contains(&k.as_str())) {
+                return false;
+            }
+            if !props.values().all(strict_compatible) {
+                return false;
+            }
+        }
+    }
+    let nested = |key: &str| match obj.get(key) {
+        None => true,
+        Some(Value::Array(list)) => list.iter().all(strict_compatible),
+        Some(Value::Object(map)) if key == "$defs" || key == "definitions" => {
+            map.values().all(strict_compatible)
+        }
+        Some(one) => strict_compatible(one),
+    };
+    ["items", "anyOf", "allOf", "oneOf", "$defs", "definitions"]
+        .into_iter()
+        .all(nested)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strictness_is_claimed_only_when_the_api_would_accept_it() {
+        let strict = json!({"type": "object", "additionalProperties": false,
+            "required": ["a", "b"],
+            "properties": {"a": {"type": "string"},
+                           "b": {"type": "array", "items": {"type": "object",
+                                 "additionalProperties": false, "required": ["c"],
+                                 "properties": {"c": {"type": ["integer", "null"]}}}}}});
+        assert!(strict_compatible(&strict));
+
+        let mut optional = strict.clone();
+        optional["required"] = json!(["a"]);
+        assert!(!strict_compatible(&optional));
+
+        let mut open_nested = strict.clone();
+        open_nested["properties"]["b"]["items"]
+            .as_object_mut()
+            .unwrap()
+            .remove("additionalProperties");
+        assert!(!strict_compatible(&open_nested));
+
+        assert!(!strict_compatible(&json!({"type": "object"})));
+        assert!(strict_compatible(&json!({"type": "string"})));
+    }
+
+    #[test]
+    fn schema_names_follow_the_api_pattern() {
+        assert_eq!(
+            schema_name(&json!({"title": "Extraction_v2"})),
+            "Extraction_v2"
+        );
+        assert_eq!(schema_name(&json!({"title": "has spaces"})), "output");
+        assert_eq!(schema_name(&json!({})), "output");
+    }
+
+    #[test]
+    fn output_limit_field_depends_on_kind() {
+        let req = ChatRequest::new("m", "hi");
+        let openai = request_body(ProviderKind::Openai, &req);
+        assert_eq!(openai["max_completion_tokens"], 1024);
+        assert!(openai.get("max_tokens").is_none());
+        for kind in [
+            ProviderKind::Mistral,
+            ProviderKind::Openrouter,
+            ProviderKind::OpenaiCompatible,
+        ] {
+            let body = request_body(kind, &req);
+            assert_eq!(body["max_tokens"], 1024, "{kind:?}");
+            assert!(body.get("max_completion_tokens").is_none());
+        }
+    }
+
+    #[test]
+    fn stream_options_are_not_sent_to_mistral() {
+        let mut req = ChatRequest::new("m", "hi");
+        req.stream = true;
+        assert_eq!(
+            request_body(ProviderKind::Openai, &req)["stream_options"],
+            json!({"include_usage": true})
+        );
+        assert!(
+            request_body(ProviderKind::Mistral, &req)
+                .get("stream_options")
+                .is_none()
+        );
+    }
+}
