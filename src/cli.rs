@@ -81,6 +81,35 @@ enum Command {
         #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
         format: OutputFormat,
     },
+    /// Run a workflow: every step on the model the policy routes it to, in parallel.
+    Run {
+        /// The workflow file.
+        workflow: PathBuf,
+        /// The policy file [default: $TOLLGATE_POLICY, else policies/default.yaml].
+        #[arg(long, short = 'p', env = "TOLLGATE_POLICY")]
+        policy: Option<PathBuf>,
+        /// An input: NAME=VALUE, NAME=@FILE, or NAME=@- for standard input.
+        #[arg(long = "input", short = 'i', value_name = "NAME=VALUE")]
+        inputs: Vec<RawInput>,
+        /// Write each step's output and run.json into this folder.
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+        /// text: the summary on stderr and the final steps' outputs on stdout; json: the whole run report on stdout.
+        #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+        format: OutputFormat,
+        /// Stop the whole run after this long ("90s", "10m").
+        #[arg(long, value_name = "DURATION")]
+        timeout: Option<String>,
+        /// Calls in flight at once across the run.
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+        /// Ask for whole answers instead of streams.
+        #[arg(long)]
+        no_stream: bool,
+        /// No progress lines.
+        #[arg(long, short = 'q')]
+        quiet: bool,
+    },
     /// Print the JSON Schema of a file format.
     Schema {
         #[arg(value_enum)]
@@ -140,6 +169,30 @@ pub fn main() -> ExitCode {
             inputs,
             format,
         } => cmd_plan(&workflow, policy, &inputs, format, options),
+        Command::Run {
+            workflow,
+            policy,
+            inputs,
+            out,
+            format,
+            timeout,
+            concurrency,
+            no_stream,
+            quiet,
+        } => {
+            let args = RunArgs {
+                workflow,
+                policy,
+                inputs,
+                out,
+                format,
+                timeout,
+                concurrency,
+                no_stream,
+                quiet,
+            };
+            cmd_run(args, options)
+        }
         Command::Schema { kind } => {
             let text = match kind {
                 SchemaKind::Workflow => FileFormat::Workflow.schema_text(),
@@ -365,6 +418,206 @@ fn cmd_plan(
         }
         Err(d) => report(d, format, options),
     }
+}
+
+struct RunArgs {
+    workflow: PathBuf,
+    policy: Option<PathBuf>,
+    inputs: Vec<RawInput>,
+    out: Option<PathBuf>,
+    format: OutputFormat,
+    timeout: Option<String>,
+    concurrency: usize,
+    no_stream: bool,
+    quiet: bool,
+}
+
+/// Exit code of a run stopped by Ctrl-C (128 + SIGINT), as shells expect.
+const INTERRUPTED: u8 = 130;
+
+fn cmd_run(args: RunArgs, options: RenderOptions) -> u8 {
+    let format = args.format;
+    let policy_path = args
+        .policy
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_POLICY));
+    let analysis = load_workflow(&args.workflow);
+    let policy = load_policy(&policy_path);
+    let (analysis, policy) = match (analysis, policy) {
+        (Ok(a), Ok(p)) => (a, p),
+        (a, p) => {
+            let mut diags = a.err().unwrap_or_default();
+            diags.extend(p.err().unwrap_or_default());
+            return report(diags, format, options);
+        }
+    };
+    // Everything that can be wrong with the input is found before any call.
+    let run_timeout = match args
+        .timeout
+        .as_deref()
+        .map(|t| workflow::parse_duration(&serde_json::Value::String(t.to_owned())))
+    {
+        None => None,
+        Some(Some(d)) => Some(d),
+        Some(None) => {
+            let d = Diagnostic::error(
+                "bad-timeout",
+                format!(
+                    "--timeout {}: not a duration",
+                    args.timeout.unwrap_or_default()
+                ),
+            )
+            .with_help("use a number with a unit: 500ms, 30s, 10m, 1h");
+            return report(vec![d], format, options);
+        }
+    };
+    let values = match inputs::resolve(&analysis.workflow.value, &args.inputs, false) {
+        Ok(v) => v,
+        Err(d) => return report(d, format, options),
+    };
+    let plan = match plan::build(
+        &analysis,
+        &policy,
+        &policy_path.display().to_string(),
+        &values,
+    ) {
+        Ok(p) => p,
+        Err(d) => return report(d, format, options),
+    };
+    let providers = crate::run::Providers::from_env(&policy);
+    let missing = providers.check_keys(&plan, &policy);
+    if !missing.is_empty() {
+        return report(missing, format, options);
+    }
+    if let Some(dir) = &args.out {
+        if let Err(err) = std::fs::create_dir_all(dir) {
+            let d = Diagnostic::error("out-dir", format!("cannot create {}: {err}", dir.display()));
+            return report(vec![d], format, options);
+        }
+    }
+    let run_options = crate::run::RunOptions {
+        concurrency: args.concurrency.max(1),
+        run_timeout,
+        stream: !args.no_stream,
+        ..crate::run::RunOptions::default()
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(err) => {
+            let d = Diagnostic::error("runtime", format!("cannot start the async runtime: {err}"));
+            return report(vec![d], format, options);
+        }
+    };
+    let analysis = std::sync::Arc::new(analysis);
+    let policy = std::sync::Arc::new(policy);
+    let total = analysis.steps.len() as u64;
+    let quiet = args.quiet;
+    let result = runtime.block_on(async move {
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let on_signal = cancel.clone();
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                on_signal.cancel();
+            }
+        });
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let reporter = tokio::spawn(crate::progress::report(rx, total, quiet));
+        let job = crate::run::Job {
+            analysis: analysis.clone(),
+            policy,
+            plan: &plan,
+            inputs: &values,
+        };
+        let result = crate::run::execute(job, providers, run_options, cancel, Some(tx)).await;
+        let _ = reporter.await;
+        (result, analysis)
+    });
+    let (result, analysis) = result;
+    if let Some(dir) = &args.out {
+        if let Err(err) = write_outputs(dir, &result) {
+            let mut e = std::io::stderr().lock();
+            let _ = writeln!(
+                e,
+                "error: cannot write the outputs to {}: {err}",
+                dir.display()
+            );
+        }
+    }
+    match format {
+        OutputFormat::Json => print_out(&serde_json::to_string_pretty(&result).unwrap_or_default()),
+        OutputFormat::Text => {
+            let mut e = std::io::stderr().lock();
+            let _ = write!(e, "{}", render::run_text(&result));
+            drop(e);
+            // The answers of the final steps (those nothing depends on) go to
+            // stdout, so `tollgate run … > answer.md` does what it says.
+            let leaves: Vec<&crate::run::StepReport> = result
+                .steps
+                .iter()
+                .filter(|s| {
+                    let i = analysis.steps.get_index_of(&s.id).unwrap_or(0);
+                    analysis.dag.dependants(i).is_empty() && s.output.is_some()
+                })
+                .collect();
+            let mut text = String::new();
+            for s in &leaves {
+                if leaves.len() > 1 {
+                    text.push_str(&format!("## {}\n\n", s.id));
+                }
+                text.push_str(&output_text(s.output.as_ref()));
+                if !text.ends_with('\n') {
+                    text.push('\n');
+                }
+                if leaves.len() > 1 {
+                    text.push('\n');
+                }
+            }
+            if !text.is_empty() {
+                print_out(&text);
+            }
+        }
+    }
+    match result.status {
+        crate::run::RunStatus::Succeeded => exit::OK,
+        crate::run::RunStatus::Cancelled => INTERRUPTED,
+        crate::run::RunStatus::Failed | crate::run::RunStatus::TimedOut => exit::FAILED,
+    }
+}
+
+fn output_text(v: Option<&serde_json::Value>) -> String {
+    match v {
+        Some(serde_json::Value::String(s)) => s.clone(),
+        Some(other) => serde_json::to_string_pretty(other).unwrap_or_default(),
+        None => String::new(),
+    }
+}
+
+/// Each step's output as `<step>.txt` (text) or `<step>.json`, and
+/// `run.json`; each written to a temporary name and renamed, so a reader
+/// never sees half a file.
+fn write_outputs(dir: &Path, result: &crate::run::RunReport) -> std::io::Result<()> {
+    let write = |name: &str, contents: &str| -> std::io::Result<()> {
+        let tmp = dir.join(format!(".{name}.tmp"));
+        std::fs::write(&tmp, contents)?;
+        std::fs::rename(&tmp, dir.join(name))
+    };
+    for s in &result.steps {
+        match &s.output {
+            Some(serde_json::Value::String(text)) => write(&format!("{}.txt", s.id), text)?,
+            Some(v) => write(
+                &format!("{}.json", s.id),
+                &serde_json::to_string_pretty(v).unwrap_or_default(),
+            )?,
+            None => {}
+        }
+    }
+    write(
+        "run.json",
+        &serde_json::to_string_pretty(result).unwrap_or_default(),
+    )
 }
 
 fn per_mtok(x: f64) -> String {

@@ -57,6 +57,17 @@ pub struct ProviderFile {
     pub base_url: Option<String>,
     pub api_key_env: Option<String>,
     pub locality: Option<Locality>,
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+/// Limits on calls to a provider or a model; `None` means unlimited.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    pub concurrency: Option<u32>,
+    pub rpm: Option<u32>,
+    pub tpm: Option<u32>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -70,6 +81,8 @@ pub struct ModelFile {
     pub max_output_tokens: Option<u64>,
     pub tokenizer: Option<String>,
     pub pricing: Option<PricingFile>,
+    #[serde(default)]
+    pub limits: Limits,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -258,6 +271,9 @@ pub struct Provider {
     /// read by the provider layer at call time.
     pub api_key_env: Option<String>,
     pub locality: Locality,
+    /// A local server defaults to one call at a time, so local steps queue
+    /// instead of thrashing one CPU-bound server.
+    pub limits: Limits,
 }
 
 /// USD per token.
@@ -274,6 +290,17 @@ pub struct Price {
 impl Price {
     pub fn cost(&self, input_tokens: u64, output_tokens: u64) -> f64 {
         input_tokens as f64 * self.input + output_tokens as f64 * self.output
+    }
+
+    /// The cost of a call from the usage a provider reported. Cached input
+    /// tokens are billed at the cache-read price and cache writes at the
+    /// cache-write price where the model has them, else at the input price.
+    pub fn usage_cost(&self, input: u64, cached: u64, cache_write: u64, output: u64) -> f64 {
+        let plain = input.saturating_sub(cached).saturating_sub(cache_write);
+        plain as f64 * self.input
+            + cached as f64 * self.cache_read.unwrap_or(self.input)
+            + cache_write as f64 * self.cache_write.unwrap_or(self.input)
+            + output as f64 * self.output
     }
 
     pub fn is_free(&self) -> bool {
@@ -309,6 +336,7 @@ pub struct Model {
     pub tokenizer: Tokenizer,
     pub price: Price,
     pub price_source: PriceSource,
+    pub limits: Limits,
 }
 
 /// A rule's conditions as sets; `None` means "any".
@@ -560,6 +588,14 @@ pub fn compile(file: &PolicyFile, doc: &Document, catalog: &Catalog) -> (Policy,
                     .clone()
                     .or_else(|| p.kind.default_api_key_env().map(str::to_owned)),
                 locality,
+                limits: Limits {
+                    concurrency: p.limits.concurrency.or(if locality == Locality::Local {
+                        Some(1)
+                    } else {
+                        None
+                    }),
+                    ..p.limits
+                },
             },
         );
     }
@@ -699,6 +735,7 @@ pub fn compile(file: &PolicyFile, doc: &Document, catalog: &Catalog) -> (Policy,
                 tokenizer,
                 price,
                 price_source,
+                limits: m.limits,
             },
         );
     }

@@ -7,6 +7,7 @@ use crate::inputs::ValueSource;
 use crate::plan::{CostRange, Plan, Status, StepPlan};
 use crate::policy::Locality;
 use crate::route::Decider;
+use crate::run::{RunReport, RunStatus, StepStatus};
 
 /// Dollars with enough digits to tell small costs apart, fixed per magnitude.
 pub fn usd(x: f64) -> String {
@@ -264,4 +265,115 @@ fn totals(o: &mut String, plan: &Plan) {
             "≈ marks estimates (no public tokenizer, or upstream outputs not known yet)"
         }
     );
+}
+
+fn ms(v: u64) -> String {
+    if v >= 10_000 {
+        format!("{:.1}s", v as f64 / 1000.0)
+    } else {
+        format!("{v}ms")
+    }
+}
+
+/// The summary of a run: a row per step, then the cost against the estimate.
+pub fn run_text(r: &RunReport) -> String {
+    let mut o = String::new();
+    let status = match r.status {
+        RunStatus::Succeeded => "succeeded",
+        RunStatus::Failed => "FAILED",
+        RunStatus::Cancelled => "CANCELLED",
+        RunStatus::TimedOut => "TIMED OUT",
+    };
+    let _ = writeln!(
+        o,
+        "Run of {} with policy {}: {status} in {}",
+        r.workflow,
+        r.policy,
+        ms(r.elapsed_ms)
+    );
+    let rows: Vec<[String; 10]> = r
+        .steps
+        .iter()
+        .map(|s| {
+            let status = if s.ignored_failure {
+                "failed (ignored)".to_owned()
+            } else {
+                s.status.name().to_owned()
+            };
+            let ran = !s.calls.is_empty();
+            [
+                s.id.clone(),
+                status,
+                s.model.clone().unwrap_or_else(|| "-".to_owned()),
+                s.rule.clone().unwrap_or_else(|| "-".to_owned()),
+                if ran {
+                    s.usage.input_tokens.to_string()
+                } else {
+                    "-".to_owned()
+                },
+                if ran {
+                    s.usage.output_tokens.to_string()
+                } else {
+                    "-".to_owned()
+                },
+                if ran {
+                    s.usage.cached_input_tokens.to_string()
+                } else {
+                    "-".to_owned()
+                },
+                if ran {
+                    ms(s.latency_ms)
+                } else {
+                    "-".to_owned()
+                },
+                s.ttft_ms.map_or_else(|| "-".to_owned(), ms),
+                if ran { usd(s.cost_usd) } else { "-".to_owned() },
+            ]
+        })
+        .collect();
+    let header = [
+        "STEP", "STATUS", "MODEL", "RULE", "IN", "OUT", "CACHED", "LATENCY", "TTFT", "COST",
+    ]
+    .map(str::to_owned);
+    let mut widths = header.clone().map(|h| h.chars().count());
+    for row in &rows {
+        for (w, c) in widths.iter_mut().zip(row) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    for row in std::iter::once(&header).chain(rows.iter()) {
+        let cells: Vec<String> = row
+            .iter()
+            .zip(widths)
+            .enumerate()
+            .map(|(i, (c, w))| {
+                if (4..10).contains(&i) {
+                    format!("{c:>w$}")
+                } else {
+                    format!("{c:<w$}")
+                }
+            })
+            .collect();
+        let _ = writeln!(o, "{}", cells.join("  ").trim_end());
+    }
+    let budget = r
+        .budget_usd
+        .map(|b| format!("; run budget {}", usd(b)))
+        .unwrap_or_default();
+    let _ = writeln!(
+        o,
+        "cost {} (plan estimate {} expected, {} worst case{budget})",
+        usd(r.cost_usd),
+        usd(r.estimate.low),
+        usd(r.estimate.high)
+    );
+    for s in &r.steps {
+        if matches!(s.status, StepStatus::Succeeded | StepStatus::Skipped) {
+            continue;
+        }
+        if let Some(d) = &s.detail {
+            let _ = writeln!(o, "{}: {}: {d}", s.id, s.status.name());
+        }
+    }
+    o
 }

@@ -260,7 +260,10 @@ pub fn route(
     }
 }
 
-fn fits(
+/// Does `model` fit this step now: the sensitivity gate, max output, the
+/// context window and the tier share? The executor uses it for fallbacks, so
+/// the gate holds there too.
+pub fn fits(
     policy: &Policy,
     model: &Model,
     f: &Facts<'_>,

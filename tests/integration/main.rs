@@ -4,6 +4,7 @@
 mod cli;
 mod data_driven;
 mod providers;
+mod run;
 mod sensitivity_gate;
 
 use std::path::{Path, PathBuf};

@@ -1,0 +1,1147 @@
+//! Execution: runs a planned workflow against real providers.
+//!
+//! A dispatcher loop (one task, `tokio::select!`, cancellation polled first)
+//! starts every step whose dependencies have finished, as its own task, and
+//! turns what happens into [`Event`]s for the reporter and a [`RunReport`]
+//! at the end. Failure policy: a failed step fails its dependants (reported
+//! as `dependency_failed`) while independent branches finish; a step with
+//! `continue_on_error` hands its dependants a null output instead.
+//!
+//! Each call goes through, in order: routing with the real prompt (the same
+//! pure [`crate::route`] functions as `plan`, so the sensitivity gate holds),
+//! the budget (worst case reserved before the call), the limits (slots, RPM,
+//! TPM), the provider, then validation of structured output. Retries honour
+//! the provider's retry hints; then the policy's fallback chain is tried,
+//! never past the gate.
+
+mod budget;
+mod limits;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use backon::BackoffBuilder;
+use serde::Serialize;
+use serde_json::{Map, Value, json};
+use tokio::sync::mpsc::UnboundedSender;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+pub use budget::{Budget, OverBudget};
+pub use limits::CallLimits;
+
+use crate::analyze::Analysis;
+use crate::diagnostic::Diagnostic;
+use crate::inputs::Inputs;
+use crate::plan::{CostRange, Plan, RULE_TOKENIZER, Status};
+use crate::policy::{Model, Policy, ProviderKind};
+use crate::provider::{
+    self, ChatRequest, ClientConfig, ErrorKind, Message, Provider, ProviderError, Usage,
+};
+use crate::route::{self, Facts, PassedOver, TierUsage};
+use crate::template::Source;
+use crate::tokens;
+
+/// How a run behaves; the defaults suit interactive use.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Calls in flight at once across the whole run.
+    pub concurrency: usize,
+    /// The whole run; when it passes, in-flight calls are cancelled.
+    pub run_timeout: Option<Duration>,
+    /// One call, when the step sets no `timeout`.
+    pub call_timeout: Duration,
+    /// Retries per model when the step sets no `retries`.
+    pub retries: u32,
+    /// First backoff delay and its cap (exponential, with jitter).
+    pub backoff_min: Duration,
+    pub backoff_max: Duration,
+    /// A provider asking to wait longer than this is treated as down for this
+    /// call: the next candidate is tried instead of sleeping.
+    pub max_retry_wait: Duration,
+    /// Stream answers (gives time to first token).
+    pub stream: bool,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions {
+            concurrency: 16,
+            run_timeout: None,
+            call_timeout: Duration::from_secs(600),
+            retries: 2,
+            backoff_min: Duration::from_millis(500),
+            backoff_max: Duration::from_secs(8),
+            max_retry_wait: Duration::from_secs(60),
+            stream: true,
+        }
+    }
+}
+
+/// The clients of a policy's providers, built from the environment.
+pub struct Providers {
+    clients: HashMap<String, Arc<dyn Provider>>,
+    /// Provider → the variable that holds its key, for those whose key is unset.
+    missing_keys: HashMap<String, String>,
+}
+
+impl Providers {
+    /// Builds a client per provider; a key is read from the variable the
+    /// policy names and never leaves the client.
+    pub fn from_env(policy: &Policy) -> Providers {
+        let http = provider::http_client(Duration::from_secs(5));
+        let mut clients = HashMap::new();
+        let mut missing_keys = HashMap::new();
+        for (name, p) in &policy.providers {
+            let Some(base_url) = &p.base_url else {
+                continue;
+            };
+            let mut config = ClientConfig::new(base_url.clone());
+            if let Some(var) = &p.api_key_env {
+                match std::env::var(var) {
+                    Ok(key) if !key.is_empty() => config = config.with_api_key(key),
+                    _ if p.kind == ProviderKind::OpenaiCompatible => {}
+                    _ => {
+                        missing_keys.insert(name.clone(), var.clone());
+                        continue;
+                    }
+                }
+            }
+            clients.insert(
+                name.clone(),
+                provider::client_for(p.kind, config, http.clone()),
+            );
+        }
+        Providers {
+            clients,
+            missing_keys,
+        }
+    }
+
+    /// Explicit clients (tests, embedding).
+    pub fn with_clients(clients: HashMap<String, Arc<dyn Provider>>) -> Providers {
+        Providers {
+            clients,
+            missing_keys: HashMap::new(),
+        }
+    }
+
+    /// Every key the plan needs but the environment lacks, as diagnostics —
+    /// checked before any call is made.
+    pub fn check_keys(&self, plan: &Plan, policy: &Policy) -> Vec<Diagnostic> {
+        let mut by_var: HashMap<&str, Vec<&str>> = HashMap::new();
+        for s in &plan.steps {
+            if matches!(s.status, Status::Skipped(_)) {
+                continue;
+            }
+            let Some(m) = &s.model else { continue };
+            let Some(model) = policy.models.get(&m.alias) else {
+                continue;
+            };
+            if let Some(var) = self.missing_keys.get(&model.provider) {
+                by_var.entry(var).or_default().push(&s.id);
+            }
+        }
+        let mut vars: Vec<_> = by_var.into_iter().collect();
+        vars.sort();
+        vars.into_iter()
+            .map(|(var, steps)| {
+                Diagnostic::error("missing-api-key", format!("the environment variable {var} is not set"))
+                    .with_help(format!(
+                        "steps {} are routed to a provider whose key it holds; export it, or route them elsewhere",
+                        steps.iter().map(|s| format!("`{s}`")).collect::<Vec<_>>().join(", ")
+                    ))
+            })
+            .collect()
+    }
+}
+
+/// What the reporter hears while a run goes on.
+#[derive(Debug, Clone)]
+pub enum Event {
+    StepStarted {
+        step: String,
+        model: String,
+        calls: usize,
+    },
+    Retrying {
+        step: String,
+        model: String,
+        attempt: u32,
+        wait: Duration,
+        error: String,
+    },
+    FallingBack {
+        step: String,
+        from: String,
+        to: String,
+        reason: String,
+    },
+    StepFinished {
+        step: String,
+        status: StepStatus,
+        cost_usd: f64,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepStatus {
+    Succeeded,
+    Failed,
+    Skipped,
+    /// A step it depends on failed.
+    DependencyFailed,
+    /// Stopped by Ctrl-C or the run timeout.
+    Cancelled,
+    /// Never started (the run stopped first).
+    NotStarted,
+}
+
+impl StepStatus {
+    pub fn name(self) -> &'static str {
+        match self {
+            StepStatus::Succeeded => "ok",
+            StepStatus::Failed => "failed",
+            StepStatus::Skipped => "skipped",
+            StepStatus::DependencyFailed => "dependency failed",
+            StepStatus::Cancelled => "cancelled",
+            StepStatus::NotStarted => "not started",
+        }
+    }
+}
+
+/// One try of one call.
+#[derive(Debug, Clone, Serialize)]
+pub struct Attempt {
+    pub model: String,
+    /// `ok`, or the error kind.
+    pub outcome: String,
+    pub status: Option<u16>,
+    pub message: Option<String>,
+    /// How long the run waited before the next try.
+    pub waited_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CallReport {
+    /// Index in `for_each`, if any.
+    pub item: Option<usize>,
+    pub model: Option<String>,
+    pub attempts: Vec<Attempt>,
+    pub usage: Usage,
+    pub cost_usd: f64,
+    pub latency_ms: u64,
+    pub ttft_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StepReport {
+    pub id: String,
+    pub status: StepStatus,
+    /// The error, or why the step was skipped.
+    pub detail: Option<String>,
+    /// A failure that `continue_on_error` let through.
+    pub ignored_failure: bool,
+    /// The model alias that answered (the last one of a fan-out).
+    pub model: Option<String>,
+    pub provider_model: Option<String>,
+    pub rule: Option<String>,
+    pub calls: Vec<CallReport>,
+    pub usage: Usage,
+    pub cost_usd: f64,
+    pub latency_ms: u64,
+    pub ttft_ms: Option<u64>,
+    pub output: Option<Value>,
+}
+
+impl StepReport {
+    fn new(id: &str, status: StepStatus, detail: Option<String>) -> StepReport {
+        StepReport {
+            id: id.to_owned(),
+            status,
+            detail,
+            ignored_failure: false,
+            model: None,
+            provider_model: None,
+            rule: None,
+            calls: Vec::new(),
+            usage: Usage::default(),
+            cost_usd: 0.0,
+            latency_ms: 0,
+            ttft_ms: None,
+            output: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    Succeeded,
+    Failed,
+    Cancelled,
+    TimedOut,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RunReport {
+    pub workflow: String,
+    pub policy: String,
+    pub status: RunStatus,
+    pub steps: Vec<StepReport>,
+    pub cost_usd: f64,
+    pub estimate: CostRange,
+    pub budget_usd: Option<f64>,
+    pub elapsed_ms: u64,
+}
+
+/// Everything step tasks share.
+struct Shared {
+    analysis: Arc<Analysis>,
+    policy: Arc<Policy>,
+    providers: Providers,
+    inputs: Map<String, Value>,
+    limits: CallLimits,
+    budget: Budget,
+    tiers: Mutex<TierUsage>,
+    /// Effective sensitivity level of every step (by step index).
+    levels: Vec<usize>,
+    options: RunOptions,
+    events: Option<UnboundedSender<Event>>,
+}
+
+impl Shared {
+    fn emit(&self, e: Event) {
+        if let Some(tx) = &self.events {
+            let _ = tx.send(e);
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum State {
+    Pending,
+    Running,
+    Done(StepStatus),
+}
+
+/// What to run: a checked workflow, its policy, the inputs, and the plan
+/// built from exactly these (it gives the estimate and the call count for
+/// tier shares).
+pub struct Job<'a> {
+    pub analysis: Arc<Analysis>,
+    pub policy: Arc<Policy>,
+    pub plan: &'a Plan,
+    pub inputs: &'a Inputs,
+}
+
+/// Runs a workflow. Returns when every step has finished, or on `cancel`
+/// (in-flight calls are dropped, which closes their connections).
+pub async fn execute(
+    job: Job<'_>,
+    providers: Providers,
+    options: RunOptions,
+    cancel: CancellationToken,
+    events: Option<UnboundedSender<Event>>,
+) -> RunReport {
+    let Job {
+        analysis,
+        policy,
+        plan,
+        inputs,
+    } = job;
+    let started = Instant::now();
+    let n = analysis.steps.len();
+    let shared = Arc::new(Shared {
+        limits: CallLimits::new(&policy, options.concurrency),
+        budget: Budget::new(policy.run_budget_usd),
+        tiers: Mutex::new(TierUsage {
+            total_calls: plan.totals.calls,
+            ..TierUsage::default()
+        }),
+        levels: crate::sensitivity::propagate(&analysis, &policy)
+            .into_iter()
+            .map(|e| e.level)
+            .collect(),
+        inputs: inputs
+            .iter()
+            .map(|(k, v)| (k.clone(), v.value.clone()))
+            .collect(),
+        analysis: Arc::clone(&analysis),
+        policy: Arc::clone(&policy),
+        providers,
+        options: options.clone(),
+        events,
+    });
+
+    let mut state = vec![State::Pending; n];
+    let mut reports: Vec<Option<StepReport>> = vec![None; n];
+    let mut outputs: HashMap<String, Value> = HashMap::new();
+    let mut tasks: JoinSet<(usize, StepReport)> = JoinSet::new();
+    let mut task_of: HashMap<tokio::task::Id, usize> = HashMap::new();
+    let deadline = options.run_timeout.map(|t| tokio::time::Instant::now() + t);
+    let mut stopped: Option<RunStatus> = None;
+
+    loop {
+        // Start (or settle without running) every step whose dependencies are done.
+        let mut progressed = true;
+        while progressed && stopped.is_none() {
+            progressed = false;
+            for &i in analysis.dag.order() {
+                if state[i] != State::Pending {
+                    continue;
+                }
+                let deps = analysis.dag.dependencies(i);
+                if deps.iter().any(|&d| !matches!(state[d], State::Done(_))) {
+                    continue;
+                }
+                let id = analysis
+                    .steps
+                    .get_index(i)
+                    .map(|(k, _)| k.clone())
+                    .unwrap_or_default();
+                let blocked = deps.iter().find_map(|&d| {
+                    let dep_report = reports[d].as_ref()?;
+                    let name = &dep_report.id;
+                    match dep_report.status {
+                        StepStatus::Succeeded => None,
+                        StepStatus::Failed if dep_report.ignored_failure => None,
+                        StepStatus::Skipped => Some((
+                            StepStatus::Skipped,
+                            format!("depends on skipped step `{name}`"),
+                        )),
+                        _ => Some((
+                            StepStatus::DependencyFailed,
+                            format!("step `{name}` did not succeed"),
+                        )),
+                    }
+                });
+                if let Some((status, why)) = blocked {
+                    state[i] = State::Done(status);
+                    shared.emit(Event::StepFinished {
+                        step: id.clone(),
+                        status,
+                        cost_usd: 0.0,
+                    });
+                    reports[i] = Some(StepReport::new(&id, status, Some(why)));
+                    progressed = true;
+                    continue;
+                }
+                let upstream: Map<String, Value> = analysis.steps[i]
+                    .reads_steps
+                    .iter()
+                    .map(|d| {
+                        (
+                            d.clone(),
+                            json!({ "output": outputs.get(d).cloned().unwrap_or(Value::Null) }),
+                        )
+                    })
+                    .collect();
+                state[i] = State::Running;
+                let sh = Arc::clone(&shared);
+                let handle = tasks.spawn(async move { (i, run_step(sh, i, upstream).await) });
+                task_of.insert(handle.id(), i);
+                progressed = true;
+            }
+        }
+        if tasks.is_empty() {
+            break;
+        }
+        let sleep_until = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            biased;
+            () = cancel.cancelled(), if stopped.is_none() => {
+                stopped = Some(RunStatus::Cancelled);
+                tasks.abort_all();
+            }
+            () = sleep_until, if stopped.is_none() => {
+                stopped = Some(RunStatus::TimedOut);
+                tasks.abort_all();
+            }
+            joined = tasks.join_next_with_id() => {
+                match joined {
+                    Some(Ok((_, (i, report)))) => {
+                        if let Some(out) = &report.output {
+                            outputs.insert(report.id.clone(), out.clone());
+                        }
+                        shared.emit(Event::StepFinished { step: report.id.clone(), status: report.status, cost_usd: report.cost_usd });
+                        state[i] = State::Done(report.status);
+                        reports[i] = Some(report);
+                    }
+                    Some(Err(err)) => {
+                        // Aborted (cancel/timeout) or a panic in a step task.
+                        if let Some(&i) = task_of.get(&err.id()) {
+                            let id = analysis.steps.get_index(i).map(|(k, _)| k.clone()).unwrap_or_default();
+                            let (status, why) = if err.is_cancelled() {
+                                let why = if stopped == Some(RunStatus::TimedOut) { "run timeout reached" } else { "interrupted" };
+                                (StepStatus::Cancelled, why.to_owned())
+                            } else {
+                                (StepStatus::Failed, "internal error in the step task".to_owned())
+                            };
+                            shared.emit(Event::StepFinished { step: id.clone(), status, cost_usd: 0.0 });
+                            state[i] = State::Done(status);
+                            reports[i] = Some(StepReport::new(&id, status, Some(why)));
+                        }
+                    }
+                    None => {}
+                }
+            }
+        }
+    }
+
+    let steps: Vec<StepReport> = analysis
+        .dag
+        .order()
+        .iter()
+        .map(|&i| {
+            reports[i].take().unwrap_or_else(|| {
+                let id = analysis
+                    .steps
+                    .get_index(i)
+                    .map(|(k, _)| k.clone())
+                    .unwrap_or_default();
+                StepReport::new(
+                    &id,
+                    StepStatus::NotStarted,
+                    Some("the run stopped first".to_owned()),
+                )
+            })
+        })
+        .collect();
+    let failed = steps.iter().any(|s| {
+        matches!(
+            s.status,
+            StepStatus::Failed
+                | StepStatus::DependencyFailed
+                | StepStatus::Cancelled
+                | StepStatus::NotStarted
+        ) && !s.ignored_failure
+    });
+    RunReport {
+        workflow: analysis.workflow.value.name.clone(),
+        policy: policy.name.clone(),
+        status: stopped.unwrap_or(if failed {
+            RunStatus::Failed
+        } else {
+            RunStatus::Succeeded
+        }),
+        cost_usd: steps.iter().map(|s| s.cost_usd).sum(),
+        steps,
+        estimate: plan.totals.cost,
+        budget_usd: policy.run_budget_usd,
+        elapsed_ms: started.elapsed().as_millis() as u64,
+    }
+}
+
+/// Runs one step: `when`, `for_each`, rendering, routing, the calls.
+async fn run_step(sh: Arc<Shared>, i: usize, upstream: Map<String, Value>) -> StepReport {
+    let (id, info) = sh.analysis.steps.get_index(i).expect("step index");
+    let step = &sh.analysis.workflow.value.steps[id];
+    let env = &sh.analysis.env;
+    let ctx = json!({ "inputs": sh.inputs, "steps": upstream });
+    let fail = |detail: String| {
+        let mut r = StepReport::new(id, StepStatus::Failed, Some(detail));
+        r.ignored_failure = step.continue_on_error;
+        r
+    };
+    let eval = |s: &Source| -> Result<minijinja::Value, String> {
+        env.compile_expression(&s.text)
+            .and_then(|e| e.eval(&ctx))
+            .map_err(|e| format!("cannot evaluate `{}`: {e}", s.text.trim()))
+    };
+
+    if let Some(when) = &info.when {
+        match eval(when) {
+            Ok(v) if v.is_true() => {}
+            Ok(_) => {
+                return StepReport::new(
+                    id,
+                    StepStatus::Skipped,
+                    Some(format!("when is false: {}", when.text.trim())),
+                );
+            }
+            Err(e) => return fail(e),
+        }
+    }
+    let items: Vec<Option<Value>> = match &info.for_each {
+        None => vec![None],
+        Some(fe) => match eval(fe).map(|v| serde_json::to_value(&v).unwrap_or(Value::Null)) {
+            Ok(Value::Array(list)) if list.is_empty() => {
+                return StepReport::new(
+                    id,
+                    StepStatus::Skipped,
+                    Some("for_each list is empty".to_owned()),
+                );
+            }
+            Ok(Value::Array(list)) => list.into_iter().map(Some).collect(),
+            Ok(other) => return fail(format!("for_each must give a list, got {other}")),
+            Err(e) => return fail(e),
+        },
+    };
+
+    // Render every call's messages with the real values.
+    let mut rendered: Vec<(Option<String>, String)> = Vec::with_capacity(items.len());
+    for item in &items {
+        let mut c = ctx.clone();
+        if let (Some(item), Some(obj)) = (item, c.as_object_mut()) {
+            obj.insert("item".to_owned(), item.clone());
+        }
+        let render = |s: &Source| {
+            env.render_str(&s.text, &c)
+                .map_err(|e| format!("cannot render the prompt: {e}"))
+        };
+        let system = match info.system.as_ref().map(render).transpose() {
+            Ok(s) => s,
+            Err(e) => return fail(e),
+        };
+        match render(&info.prompt) {
+            Ok(p) => rendered.push((system, p)),
+            Err(e) => return fail(e),
+        }
+    }
+
+    // Route with the real prompt: the same pure function as `plan`.
+    let level = sh.levels[i];
+    let counts = |tok: tokens::Tokenizer| -> u64 {
+        rendered
+            .iter()
+            .map(|(s, p)| {
+                let mut msgs: Vec<&str> = Vec::new();
+                if let Some(s) = s {
+                    msgs.push(s);
+                }
+                msgs.push(p);
+                tokens::count_chat(tok, &msgs) as u64
+            })
+            .max()
+            .unwrap_or(0)
+    };
+    let tags: std::collections::BTreeSet<String> = sh
+        .analysis
+        .workflow
+        .value
+        .tags
+        .iter()
+        .chain(step.tags.iter())
+        .cloned()
+        .collect();
+    let facts = Facts {
+        task: &step.task,
+        sensitivity: level,
+        input_tokens: counts(RULE_TOKENIZER),
+        reasoning: step.reasoning,
+        latency: step.latency,
+        tags: &tags,
+        pin: step.model.as_deref(),
+        max_output_tokens: u64::from(step.max_output_tokens()),
+        calls: items.len() as u64,
+    };
+    let decision = {
+        let mut usage = sh.tiers.lock().unwrap_or_else(|e| e.into_inner());
+        let d = route::route(&sh.policy, &facts, &usage, &counts);
+        if let Some(m) = d.model.as_ref().and_then(|m| sh.policy.models.get(m)) {
+            *usage.used.entry(m.tier).or_insert(0) += facts.calls;
+        }
+        d
+    };
+    let rule = decision.decider.as_ref().map(route::Decider::label);
+    let Some(first) = decision.model.clone() else {
+        let why: Vec<String> = decision
+            .passed_over
+            .iter()
+            .map(|r| format!("{}: {}", r.model, r.why))
+            .collect();
+        let mut r = fail(format!(
+            "no model can serve this step now: {}",
+            why.join("; ")
+        ));
+        r.rule = rule;
+        return r;
+    };
+    // The rule's candidates from the chosen one on: the fallback chain.
+    let chain: Vec<String> = {
+        let head = match &decision.decider {
+            Some(route::Decider::Rule { name, .. }) => sh
+                .policy
+                .rules
+                .iter()
+                .find(|r| &r.name == name)
+                .map(|r| r.use_model.clone()),
+            Some(route::Decider::Pin { model }) => Some(model.clone()),
+            None => None,
+        }
+        .unwrap_or_else(|| first.clone());
+        let all = sh.policy.candidates(&head);
+        let start = all.iter().position(|m| *m == first).unwrap_or(0);
+        all[start..].iter().map(|s| (*s).to_owned()).collect()
+    };
+    sh.emit(Event::StepStarted {
+        step: id.clone(),
+        model: first.clone(),
+        calls: rendered.len(),
+    });
+
+    let started = Instant::now();
+    let facts_ref = &facts;
+    let chain_ref = &chain;
+    let sh_ref = &sh;
+    let calls =
+        futures::future::join_all(rendered.iter().enumerate().map(|(n, (system, prompt))| {
+            let item = if info.for_each.is_some() {
+                Some(n)
+            } else {
+                None
+            };
+            call_with_fallbacks(
+                sh_ref,
+                id,
+                step,
+                item,
+                system.clone(),
+                prompt.clone(),
+                chain_ref,
+                facts_ref,
+                &counts,
+            )
+        }))
+        .await;
+
+    let mut report = StepReport::new(id, StepStatus::Succeeded, None);
+    report.rule = rule;
+    report.latency_ms = started.elapsed().as_millis() as u64;
+    let mut outputs = Vec::with_capacity(calls.len());
+    let mut first_error = None;
+    for (call, result) in calls {
+        report.usage.input_tokens += call.usage.input_tokens;
+        report.usage.output_tokens += call.usage.output_tokens;
+        report.usage.cached_input_tokens += call.usage.cached_input_tokens;
+        report.usage.cache_write_tokens += call.usage.cache_write_tokens;
+        report.usage.reasoning_tokens += call.usage.reasoning_tokens;
+        report.cost_usd += call.cost_usd;
+        if report.ttft_ms.is_none() {
+            report.ttft_ms = call.ttft_ms;
+        }
+        if call.model.is_some() {
+            report.model.clone_from(&call.model);
+        }
+        match result {
+            Ok(v) => outputs.push(v),
+            Err(e) => {
+                first_error.get_or_insert(e);
+                outputs.push(Value::Null);
+            }
+        }
+        report.calls.push(call);
+    }
+    report.provider_model = report
+        .model
+        .as_ref()
+        .and_then(|m| sh.policy.models.get(m))
+        .map(|m| m.model.clone());
+    if let Some(e) = first_error {
+        report.status = StepStatus::Failed;
+        report.detail = Some(e);
+        report.ignored_failure = step.continue_on_error;
+        return report;
+    }
+    report.output = Some(if info.for_each.is_some() {
+        Value::Array(outputs)
+    } else {
+        outputs.into_iter().next().unwrap_or(Value::Null)
+    });
+    report
+}
+
+/// One call: each candidate in turn (the gate re-checked for every one),
+/// each with its retries.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the call context is spelled out rather than hidden in a struct used once"
+)]
+async fn call_with_fallbacks(
+    sh: &Shared,
+    step_id: &str,
+    step: &crate::workflow::Step,
+    item: Option<usize>,
+    system: Option<String>,
+    prompt: String,
+    chain: &[String],
+    facts: &Facts<'_>,
+    counts: &(dyn Fn(tokens::Tokenizer) -> u64 + Sync),
+) -> (CallReport, Result<Value, String>) {
+    let started = Instant::now();
+    let mut report = CallReport {
+        item,
+        model: None,
+        attempts: Vec::new(),
+        usage: Usage::default(),
+        cost_usd: 0.0,
+        latency_ms: 0,
+        ttft_ms: None,
+    };
+    let mut last_error = String::from("no candidate model could be tried");
+    // After a context-length error only larger windows are worth trying.
+    let mut need_window_above: u64 = 0;
+    let mut previous: Option<&str> = None;
+    for alias in chain {
+        let Some(model) = sh.policy.models.get(alias) else {
+            continue;
+        };
+        if previous.is_some() {
+            let usage = sh.tiers.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            let no_share = TierUsage {
+                used: Default::default(),
+                ..usage
+            };
+            // The gate, window and max-output checks again; the tier share was
+            // taken by the routing decision already.
+            if let Err(why) = route::fits(&sh.policy, model, facts, &no_share, counts) {
+                if !matches!(why, PassedOver::TierShare { .. }) {
+                    last_error = format!("{alias}: {why}");
+                    continue;
+                }
+            }
+        }
+        if model.context_window <= need_window_above {
+            continue;
+        }
+        let Some(client) = sh.providers.clients.get(&model.provider) else {
+            let var = sh
+                .providers
+                .missing_keys
+                .get(&model.provider)
+                .cloned()
+                .unwrap_or_default();
+            last_error = format!("{alias}: no API key ({var} is not set)");
+            continue;
+        };
+        if let Some(prev) = previous {
+            sh.emit(Event::FallingBack {
+                step: step_id.to_owned(),
+                from: prev.to_owned(),
+                to: alias.clone(),
+                reason: last_error.clone(),
+            });
+        }
+        previous = Some(alias);
+        match call_model(
+            sh,
+            step_id,
+            step,
+            model,
+            client.as_ref(),
+            &system,
+            &prompt,
+            counts,
+            &mut report,
+        )
+        .await
+        {
+            Ok(v) => {
+                report.model = Some(alias.clone());
+                report.latency_ms = started.elapsed().as_millis() as u64;
+                return (report, Ok(v));
+            }
+            Err(CallFailure {
+                message,
+                context_length,
+            }) => {
+                report.model = Some(alias.clone());
+                last_error = message;
+                if context_length {
+                    need_window_above = model.context_window;
+                }
+            }
+        }
+    }
+    report.latency_ms = started.elapsed().as_millis() as u64;
+    (report, Err(last_error))
+}
+
+struct CallFailure {
+    message: String,
+    context_length: bool,
+}
+
+/// One model: retries with backoff, the budget before each try, structured
+/// output validated (and asked again once with the validation error).
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the call context is spelled out rather than hidden in a struct used once"
+)]
+async fn call_model(
+    sh: &Shared,
+    step_id: &str,
+    step: &crate::workflow::Step,
+    model: &Model,
+    client: &dyn Provider,
+    system: &Option<String>,
+    prompt: &str,
+    counts: &(dyn Fn(tokens::Tokenizer) -> u64 + Sync),
+    report: &mut CallReport,
+) -> Result<Value, CallFailure> {
+    let schema = step.output_schema().cloned();
+    let validator = schema
+        .as_ref()
+        .and_then(|s| jsonschema::validator_for(s).ok());
+    let mut req = ChatRequest {
+        model: model.model.clone(),
+        system: system.clone(),
+        messages: vec![Message::user(prompt)],
+        max_output_tokens: step.max_output_tokens(),
+        temperature: step.temperature,
+        output_schema: schema.clone(),
+        stream: sh.options.stream,
+        cache_system: None,
+    };
+    let retries = step.retries.unwrap_or(sh.options.retries);
+    let mut backoff = backon::ExponentialBuilder::default()
+        .with_min_delay(sh.options.backoff_min)
+        .with_max_delay(sh.options.backoff_max)
+        .with_max_times(retries as usize)
+        .with_jitter()
+        .build();
+    let call_timeout = step.timeout.unwrap_or(sh.options.call_timeout);
+    let mut retried = 0u32;
+    let mut schema_retry_used = false;
+    loop {
+        let input_tokens = counts(model.tokenizer)
+            + req.messages.len().saturating_sub(1) as u64 * u64::from(step.max_output_tokens());
+        let worst = model
+            .price
+            .cost(input_tokens, u64::from(step.max_output_tokens()));
+        let reservation = match sh.budget.reserve(worst) {
+            Ok(r) => r,
+            Err(over) => {
+                let message = format!(
+                    "{}: not called — its worst case ${:.6} would cross the run budget (${:.4} committed of ${:.2})",
+                    model.alias, over.worst_case, over.committed, over.limit
+                );
+                report.attempts.push(Attempt {
+                    model: model.alias.clone(),
+                    outcome: "over_budget".to_owned(),
+                    status: None,
+                    message: Some(message.clone()),
+                    waited_ms: None,
+                });
+                return Err(CallFailure {
+                    message,
+                    context_length: false,
+                });
+            }
+        };
+        let permit = sh
+            .limits
+            .acquire(
+                &model.provider,
+                &model.alias,
+                input_tokens + u64::from(step.max_output_tokens()),
+            )
+            .await;
+        let result = match tokio::time::timeout(call_timeout, client.send(&req)).await {
+            Ok(r) => r,
+            Err(_) => Err(ProviderError {
+                kind: ErrorKind::Timeout,
+                status: None,
+                message: format!("no answer within {}s", call_timeout.as_secs_f64()),
+                retry_after: None,
+                should_retry: None,
+                body: None,
+            }),
+        };
+        drop(permit);
+        match result {
+            Ok(resp) => {
+                let cost = resp.cost_usd.unwrap_or_else(|| {
+                    model.price.usage_cost(
+                        resp.usage.input_tokens,
+                        resp.usage.cached_input_tokens,
+                        resp.usage.cache_write_tokens,
+                        resp.usage.output_tokens,
+                    )
+                });
+                sh.budget.settle(reservation, cost);
+                report.cost_usd += cost;
+                report.usage.input_tokens += resp.usage.input_tokens;
+                report.usage.output_tokens += resp.usage.output_tokens;
+                report.usage.cached_input_tokens += resp.usage.cached_input_tokens;
+                report.usage.cache_write_tokens += resp.usage.cache_write_tokens;
+                report.usage.reasoning_tokens += resp.usage.reasoning_tokens;
+                if report.ttft_ms.is_none() {
+                    report.ttft_ms = resp.time_to_first_token.map(|d| d.as_millis() as u64);
+                }
+                report.attempts.push(Attempt {
+                    model: model.alias.clone(),
+                    outcome: "ok".to_owned(),
+                    status: Some(200),
+                    message: None,
+                    waited_ms: None,
+                });
+                let Some(validator) = &validator else {
+                    return Ok(Value::String(resp.text));
+                };
+                match parse_structured(&resp.text, validator) {
+                    Ok(v) => return Ok(v),
+                    Err(why) if !schema_retry_used => {
+                        schema_retry_used = true;
+                        if let Some(last) = report.attempts.last_mut() {
+                            last.outcome = "invalid_output".to_owned();
+                            last.message = Some(why.clone());
+                        }
+                        req.messages.push(Message::assistant(resp.text.clone()));
+                        req.messages.push(Message::user(format!(
+                            "Your answer does not match the required JSON Schema: {why}\nAnswer again with only JSON that matches the schema."
+                        )));
+                    }
+                    Err(why) => {
+                        if let Some(last) = report.attempts.last_mut() {
+                            last.outcome = "invalid_output".to_owned();
+                            last.message = Some(why.clone());
+                        }
+                        return Err(CallFailure {
+                            message: format!(
+                                "{}: the answer does not match the output schema: {why}; the answer was: {}",
+                                model.alias,
+                                truncate(&resp.text, 500)
+                            ),
+                            context_length: false,
+                        });
+                    }
+                }
+            }
+            Err(err) => {
+                sh.budget.settle(reservation, 0.0);
+                let kind = serde_json::to_value(err.kind)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default();
+                report.attempts.push(Attempt {
+                    model: model.alias.clone(),
+                    outcome: kind,
+                    status: err.status,
+                    message: Some(err.message.clone()),
+                    waited_ms: None,
+                });
+                let message = format!("{}: {}", model.alias, err.message);
+                if err.kind == ErrorKind::ContextLength {
+                    return Err(CallFailure {
+                        message,
+                        context_length: true,
+                    });
+                }
+                if !err.is_retryable() || retried >= retries {
+                    return Err(CallFailure {
+                        message,
+                        context_length: false,
+                    });
+                }
+                let wait = match err.retry_after {
+                    Some(w) if w > sh.options.max_retry_wait => {
+                        return Err(CallFailure {
+                            message: format!(
+                                "{message} (asked to wait {}s; trying the next model)",
+                                w.as_secs()
+                            ),
+                            context_length: false,
+                        });
+                    }
+                    Some(w) => w,
+                    None => backoff.next().unwrap_or(sh.options.backoff_max),
+                };
+                retried += 1;
+                if let Some(last) = report.attempts.last_mut() {
+                    last.waited_ms = Some(wait.as_millis() as u64);
+                }
+                sh.emit(Event::Retrying {
+                    step: step_id.to_owned(),
+                    model: model.alias.clone(),
+                    attempt: retried,
+                    wait,
+                    error: err.message.clone(),
+                });
+                tokio::time::sleep(wait).await;
+            }
+        }
+    }
+}
+
+/// Parses an answer as JSON (tolerating a Markdown code fence around it) and
+/// validates it.
+fn parse_structured(text: &str, validator: &jsonschema::Validator) -> Result<Value, String> {
+    let t = text.trim();
+    let t = t
+        .strip_prefix("```json")
+        .or_else(|| t.strip_prefix("```"))
+        .and_then(|x| x.strip_suffix("```"))
+        .map_or(t, str::trim);
+    let value: Value = match serde_json::from_str(t) {
+        Ok(v) => v,
+        // A bare word for a string schema (`bug`) is what small models say.
+        Err(_) if validator.is_valid(&Value::String(t.to_owned())) => {
+            return Ok(Value::String(t.to_owned()));
+        }
+        Err(e) => return Err(format!("not JSON: {e}")),
+    };
+    let errors: Vec<String> = validator
+        .iter_errors(&value)
+        .map(|e| {
+            let at = e.instance_path().as_str().to_owned();
+            if at.is_empty() {
+                e.to_string()
+            } else {
+                format!("{at}: {e}")
+            }
+        })
+        .collect();
+    if errors.is_empty() {
+        Ok(value)
+    } else {
+        Err(errors.join("; "))
+    }
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        s.to_owned()
+    } else {
+        format!("{}…", s.chars().take(max).collect::<String>())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn structured_answers_are_parsed_and_validated() {
+        let v = jsonschema::validator_for(&json!({"type": "object", "required": ["label"], "properties": {"label": {"enum": ["bug", "feature"]}}})).unwrap();
+        assert_eq!(
+            parse_structured("```json\n{\"label\": \"bug\"}\n```", &v).unwrap(),
+            json!({"label": "bug"})
+        );
+        assert!(
+            parse_structured("{\"label\": \"nope\"}", &v)
+                .unwrap_err()
+                .contains("/label")
+        );
+        assert!(
+            parse_structured("bug", &v)
+                .unwrap_err()
+                .starts_with("not JSON")
+        );
+        let s = jsonschema::validator_for(&json!({"type": "string", "enum": ["bug", "feature"]}))
+            .unwrap();
+        assert_eq!(parse_structured(" bug\n", &s).unwrap(), json!("bug"));
+        assert_eq!(
+            parse_structured("\"feature\"", &s).unwrap(),
+            json!("feature")
+        );
+    }
+}

@@ -1,0 +1,712 @@
+//! `tollgate run` end to end: the binary, a temporary project, and the
+//! loopback fakes of the provider APIs. Every test asserts what a user sees:
+//! the exit code, the summary, the outputs, what the fake was (not) sent.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::Output;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use fake_llm::{FakeServer, Reply};
+use serde_json::Value;
+
+use crate::transcript;
+
+const KEY: &str = "sk-test-7f3a9c1e-never-print-me";
+
+/// A team-like policy on the fake: a local model (openai-compatible on
+/// loopback), a budget OpenAI model, a workhorse on Anthropic and a flagship
+/// on Gemini.
+fn policy(fake: &FakeServer, extra: &str) -> String {
+    let base = fake.base_url();
+    format!(
+        r#"version: 1
+name: fake-team
+sensitivity: {{ levels: [public, internal, confidential, secret], cloud_max: internal }}
+providers:
+  local:     {{ kind: openai-compatible, base_url: "{base}/v1" }}
+  openai:    {{ kind: openai, base_url: "{base}/v1", api_key_env: TEST_OPENAI_KEY }}
+  anthropic: {{ kind: anthropic, base_url: "{base}", api_key_env: TEST_ANTHROPIC_KEY }}
+  gemini:    {{ kind: gemini, base_url: "{base}/v1beta", api_key_env: TEST_GEMINI_KEY }}
+models:
+  local:     {{ provider: local, model: local-llm, tier: local, context_window: 8192 }}
+  budget:    {{ provider: openai, model: gpt-4.1-nano, tier: budget }}
+  workhorse: {{ provider: anthropic, model: claude-sonnet-4-6, tier: workhorse }}
+  flagship:  {{ provider: gemini, model: gemini-2.5-pro, tier: flagship }}
+rules:
+  - name: sensitive-stays-local
+    when: {{ sensitivity: {{ above: internal }} }}
+    use: local
+  - name: hard
+    when: {{ reasoning: deep }}
+    use: flagship
+  - name: volume
+    when: {{ task: [summarize, classify] }}
+    use: budget
+  - name: rest
+    use: workhorse
+{extra}"#
+    )
+}
+
+struct Project {
+    dir: tempfile::TempDir,
+}
+
+impl Project {
+    fn new(policy: &str, workflow: &str) -> Project {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::create_dir(dir.path().join(".git")).unwrap();
+        std::fs::write(dir.path().join("policy.yaml"), policy).unwrap();
+        std::fs::write(dir.path().join("wf.yaml"), workflow).unwrap();
+        Project { dir }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Runs `tollgate run wf.yaml --policy policy.yaml ARGS` with the test keys set.
+    async fn run(&self, args: &[&str]) -> Output {
+        self.run_env(
+            args,
+            &[
+                ("TEST_OPENAI_KEY", KEY),
+                ("TEST_ANTHROPIC_KEY", KEY),
+                ("TEST_GEMINI_KEY", KEY),
+            ],
+        )
+        .await
+    }
+
+    async fn run_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_tollgate"));
+        cmd.args([
+            "--color",
+            "never",
+            "run",
+            "wf.yaml",
+            "--policy",
+            "policy.yaml",
+        ])
+        .args(args)
+        .current_dir(self.path())
+        .env_remove("TEST_OPENAI_KEY")
+        .env_remove("TEST_ANTHROPIC_KEY")
+        .env_remove("TEST_GEMINI_KEY")
+        .kill_on_drop(true);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        tokio::time::timeout(Duration::from_secs(120), cmd.output())
+            .await
+            .expect("the run finishes")
+            .expect("the binary runs")
+    }
+}
+
+fn report(out: &Output) -> Value {
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", transcript(out)))
+}
+
+fn step<'a>(report: &'a Value, id: &str) -> &'a Value {
+    report["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == id)
+        .unwrap_or_else(|| panic!("no step {id}"))
+}
+
+fn assert_no_key(out: &Output, extra: &str) {
+    let all = format!(
+        "{}{}{extra}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!all.contains(KEY), "the API key leaked into the output");
+}
+
+const TRIAGE: &str = r#"version: 1
+name: triage
+inputs:
+  ticket: { type: string, sensitivity: internal }
+  logs: { type: string, sensitivity: confidential, default: "" }
+steps:
+  summarize:
+    task: summarize
+    prompt: "Summarize: {{ inputs.ticket }}"
+    max_output_tokens: 100
+  classify:
+    task: classify
+    prompt: "bug, feature or question? {{ steps.summarize.output }}"
+    max_output_tokens: 5
+    output: { schema: { type: string, enum: [bug, feature, question] } }
+  fix_plan:
+    task: debug
+    reasoning: deep
+    when: "steps.classify.output == 'bug'"
+    prompt: "Plan a fix. {{ steps.summarize.output }} Logs: {{ inputs.logs }}"
+  reply:
+    task: write
+    prompt: "Write a reply to the customer about: {{ steps.summarize.output }}"
+"#;
+
+/// Answers by model, so each provider's reply is recognisable.
+fn by_model(fake: &FakeServer) {
+    fake.set_handler(|r| match r.model().as_str() {
+        "gpt-4.1-nano" if r.raw_body.contains("bug, feature or question") => {
+            Reply::text("bug").usage(30, 1)
+        }
+        "gpt-4.1-nano" => Reply::text("The app crashes on save.").usage(40, 8),
+        "claude-sonnet-4-6" => Reply::text("Dear customer, we are on it.").usage(50, 10),
+        "gemini-2.5-pro" => Reply::text("Check the 2 GB write path.").usage(60, 12),
+        "local-llm" => Reply::text("Look at the logs: OOM at 2 GB.").usage(70, 14),
+        other => Reply::text(format!("unexpected model {other}")),
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_each_step_to_its_provider_and_reports_costs() {
+    let fake = FakeServer::start().await;
+    by_model(&fake);
+    let p = Project::new(&policy(&fake, ""), TRIAGE);
+    let out = p
+        .run(&[
+            "--input",
+            "ticket=It crashes when I save 2 GB files.",
+            "--format",
+            "json",
+            "--out",
+            "out",
+        ])
+        .await;
+    assert_eq!(out.status.code(), Some(0), "{}", transcript(&out));
+    let r = report(&out);
+    assert_eq!(r["status"], "succeeded");
+    assert_eq!(step(&r, "summarize")["model"], "budget");
+    assert_eq!(step(&r, "classify")["output"], "bug");
+    // logs are confidential (even when empty): fix_plan stays local although
+    // its rule would pick the flagship.
+    assert_eq!(step(&r, "fix_plan")["model"], "local");
+    assert_eq!(step(&r, "reply")["model"], "workhorse");
+    assert_eq!(step(&r, "reply")["output"], "Dear customer, we are on it.");
+    // Costs come from usage and catalog prices: gpt-4.1-nano is $0.10/$0.40 per Mtok.
+    let cost = step(&r, "summarize")["cost_usd"].as_f64().unwrap();
+    assert!(
+        (cost - (40.0 * 0.1 + 8.0 * 0.4) / 1e6).abs() < 1e-12,
+        "{cost}"
+    );
+    assert_eq!(step(&r, "fix_plan")["cost_usd"].as_f64(), Some(0.0));
+    // Outputs and run.json were written.
+    assert_eq!(
+        std::fs::read_to_string(p.path().join("out/classify.txt")).unwrap(),
+        "bug"
+    );
+    assert_eq!(
+        std::fs::read_to_string(p.path().join("out/reply.txt")).unwrap(),
+        "Dear customer, we are on it."
+    );
+    let run_json = std::fs::read_to_string(p.path().join("out/run.json")).unwrap();
+    assert!(run_json.contains("\"status\": \"succeeded\""));
+    // Each provider got its own dialect, and the key only in a header.
+    let apis: Vec<_> = fake
+        .requests()
+        .iter()
+        .map(|r| format!("{:?}", r.api))
+        .collect();
+    assert!(apis.contains(&"OpenAi".to_owned()) && apis.contains(&"Anthropic".to_owned()));
+    for req in fake.requests() {
+        assert!(!req.raw_body.contains(KEY));
+    }
+    assert_no_key(&out, &run_json);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_mode_prints_a_summary_and_the_final_answers() {
+    let fake = FakeServer::start().await;
+    by_model(&fake);
+    let p = Project::new(&policy(&fake, ""), TRIAGE);
+    let out = p.run(&["--input", "ticket=Please add dark mode."]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", transcript(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("Run of triage with policy fake-team: succeeded"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("STEP") && stderr.contains("TTFT") && stderr.contains("plan estimate"),
+        "{stderr}"
+    );
+    // fix_plan and reply are the final steps; both answers go to stdout.
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("## reply") && stdout.contains("Dear customer"),
+        "{stdout}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_honour_every_retry_header_then_succeed() {
+    for (name, reply) in [
+        ("retry-after-ms", Reply::rate_limited().retry_after_ms(20.0)),
+        (
+            "retry-after seconds",
+            Reply::rate_limited().retry_after_secs(0.05),
+        ),
+        (
+            "retry-after date",
+            Reply::rate_limited().retry_after_date(Duration::from_millis(0)),
+        ),
+        ("529 overloaded", Reply::overloaded().retry_after_ms(10.0)),
+        ("500", Reply::server_error().retry_after_ms(10.0)),
+    ] {
+        let fake = FakeServer::start().await;
+        fake.push(reply);
+        fake.set_default(Reply::text("fine").usage(5, 1));
+        let wf = "version: 1\nname: one\nsteps:\n  a: { task: summarize, prompt: hi, max_output_tokens: 10 }\n";
+        let p = Project::new(&policy(&fake, ""), wf);
+        let out = p.run(&["--format", "json"]).await;
+        assert_eq!(out.status.code(), Some(0), "{name}: {}", transcript(&out));
+        let r = report(&out);
+        let attempts = step(&r, "a")["calls"][0]["attempts"]
+            .as_array()
+            .unwrap()
+            .clone();
+        assert_eq!(attempts.len(), 2, "{name}: {attempts:?}");
+        assert_ne!(attempts[0]["outcome"], "ok", "{name}");
+        assert!(attempts[0]["waited_ms"].as_u64().is_some(), "{name}");
+        assert_eq!(attempts[1]["outcome"], "ok", "{name}");
+        assert_eq!(fake.request_count(), 2, "{name}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn x_should_retry_false_is_obeyed_and_the_fallback_answers() {
+    let fake = FakeServer::start().await;
+    fake.set_handler(|r| match r.model().as_str() {
+        "gemini-2.5-pro" => Reply::server_error().should_retry(false),
+        _ => Reply::text("from the workhorse").usage(5, 3),
+    });
+    let wf = "version: 1\nname: one\nsteps:\n  a: { task: debug, reasoning: deep, prompt: hi, max_output_tokens: 10 }\n";
+    let p = Project::new(&policy(&fake, "fallbacks:\n  flagship: [workhorse]\n"), wf);
+    let out = p.run(&["--format", "json"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", transcript(&out));
+    let r = report(&out);
+    let a = step(&r, "a");
+    assert_eq!(a["model"], "workhorse");
+    assert_eq!(a["output"], "from the workhorse");
+    let attempts = a["calls"][0]["attempts"].as_array().unwrap();
+    assert_eq!(attempts[0]["model"], "flagship");
+    assert_eq!(
+        attempts.len(),
+        2,
+        "no retry of the flagship: x-should-retry said false"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn context_length_errors_move_to_a_larger_window() {
+    let fake = FakeServer::start().await;
+    fake.set_handler(|r| match r.model().as_str() {
+        "local-llm" => Reply::llamacpp_context_length(),
+        _ => Reply::text("summarized on the big window").usage(900, 20),
+    });
+    let wf =
+        "version: 1\nname: one\nsteps:\n  a: { task: write, prompt: hi, max_output_tokens: 10 }\n";
+    // `rest` picks the local model, whose server says the prompt is too long;
+    // its chain offers a smaller local window (skipped) and then budget.
+    let pol = policy(&fake, "fallbacks:\n  local: [small, budget]\n")
+        .replace("  - name: rest\n    use: workhorse", "  - name: rest\n    use: local")
+        .replace(
+            "  budget:    {",
+            "  small:     { provider: local, model: small-llm, tier: local, context_window: 4096 }\n  budget:    {",
+        );
+    let p2 = Project::new(&pol, wf);
+    let out = p2.run(&["--format", "json"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", transcript(&out));
+    let r = report(&out);
+    let a = step(&r, "a");
+    assert_eq!(
+        a["model"], "budget",
+        "the smaller local window is skipped after a context-length error"
+    );
+    let models: Vec<String> = fake.requests().iter().map(|r| r.model()).collect();
+    assert_eq!(models, vec!["local-llm", "gpt-4.1-nano"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_confidential_step_never_falls_back_to_the_cloud() {
+    let fake = FakeServer::start().await;
+    fake.set_handler(|r| match r.model().as_str() {
+        "local-llm" => Reply::server_error().should_retry(false),
+        _ => Reply::text("cloud saw it"),
+    });
+    let wf = "version: 1\nname: one\ninputs:\n  logs: { type: string, sensitivity: secret, default: x }\nsteps:\n  a: { task: debug, prompt: \"{{ inputs.logs }}\", max_output_tokens: 10 }\n";
+    let p = Project::new(
+        &policy(&fake, "fallbacks:\n  local: [budget, workhorse]\n"),
+        wf,
+    );
+    let out = p.run(&["--format", "json"]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", transcript(&out));
+    let r = report(&out);
+    assert_eq!(step(&r, "a")["status"], "failed");
+    assert!(
+        fake.requests().iter().all(|r| r.model() == "local-llm"),
+        "a cloud model received secret data"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn budget_stops_a_call_that_could_cross_it_but_never_a_free_one() {
+    let fake = FakeServer::start().await;
+    fake.set_default(Reply::text("ok").usage(10, 10));
+    // gemini-2.5-pro: $1.25 / $10 per Mtok; 100k output tokens worst case = $1.
+    let wf = r#"version: 1
+name: budget
+inputs:
+  notes: { type: string, sensitivity: confidential, default: "n" }
+steps:
+  expensive: { task: debug, reasoning: deep, prompt: "think hard", max_output_tokens: 60000 }
+  free: { task: debug, prompt: "{{ inputs.notes }}", max_output_tokens: 60000 }
+"#;
+    let p = Project::new(
+        &policy(&fake, "budgets:\n  run_usd: 0.10\n")
+            .replace("context_window: 8192", "context_window: 100000"),
+        wf,
+    );
+    let out = p.run(&["--format", "json"]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", transcript(&out));
+    let r = report(&out);
+    let e = step(&r, "expensive");
+    assert_eq!(e["status"], "failed");
+    assert!(
+        e["detail"]
+            .as_str()
+            .unwrap()
+            .contains("would cross the run budget"),
+        "{e}"
+    );
+    assert_eq!(step(&r, "free")["status"], "succeeded");
+    assert!(
+        fake.requests().iter().all(|r| r.model() == "local-llm"),
+        "the over-budget call was made"
+    );
+    assert!(r["cost_usd"].as_f64().unwrap() <= 0.10);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_key_is_reported_before_any_call() {
+    let fake = FakeServer::start().await;
+    by_model(&fake);
+    let p = Project::new(&policy(&fake, ""), TRIAGE);
+    let out = p
+        .run_env(&["--input", "ticket=x"], &[("TEST_OPENAI_KEY", KEY)])
+        .await;
+    assert_eq!(out.status.code(), Some(2), "{}", transcript(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("TEST_ANTHROPIC_KEY is not set"), "{err}");
+    assert!(err.contains("`reply`"), "{err}");
+    assert_eq!(
+        fake.request_count(),
+        0,
+        "no call may be made before the keys are checked"
+    );
+    assert_no_key(&out, "");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_step_fails_its_dependants_while_other_branches_finish() {
+    let fake = FakeServer::start().await;
+    fake.set_handler(|r| {
+        if r.raw_body.contains("BREAK") {
+            Reply::status(400)
+        } else {
+            Reply::text("fine").usage(3, 1)
+        }
+    });
+    let wf = r#"version: 1
+name: branches
+steps:
+  broken: { task: write, prompt: "BREAK", max_output_tokens: 10 }
+  after_broken: { task: write, prompt: "{{ steps.broken.output }}", max_output_tokens: 10 }
+  tolerated: { task: write, prompt: "BREAK too", max_output_tokens: 10, continue_on_error: true }
+  after_tolerated: { task: write, prompt: "got {{ steps.tolerated.output }}", max_output_tokens: 10 }
+  independent: { task: write, prompt: "other", max_output_tokens: 10 }
+  skipped: { task: write, when: "false", prompt: "never", max_output_tokens: 10 }
+  after_skipped: { task: write, prompt: "{{ steps.skipped.output }}", max_output_tokens: 10 }
+"#;
+    let p = Project::new(&policy(&fake, ""), wf);
+    let out = p.run(&["--format", "json"]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", transcript(&out));
+    let r = report(&out);
+    assert_eq!(step(&r, "broken")["status"], "failed");
+    assert_eq!(step(&r, "after_broken")["status"], "dependency_failed");
+    assert_eq!(step(&r, "tolerated")["status"], "failed");
+    assert_eq!(step(&r, "tolerated")["ignored_failure"], true);
+    assert_eq!(step(&r, "after_tolerated")["status"], "succeeded");
+    assert_eq!(step(&r, "independent")["status"], "succeeded");
+    assert_eq!(step(&r, "skipped")["status"], "skipped");
+    assert_eq!(step(&r, "after_skipped")["status"], "skipped");
+    // A 400 is not retried: one request per failing step.
+    assert_eq!(
+        fake.requests()
+            .iter()
+            .filter(|r| r.raw_body.contains("BREAK"))
+            .count(),
+        2
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn for_each_fans_out_and_collects_a_list() {
+    let fake = FakeServer::start().await;
+    fake.set_handler(|r| {
+        let body = r.raw_body.clone();
+        let lang = ["French", "German", "Japanese"]
+            .into_iter()
+            .find(|l| body.contains(l))
+            .unwrap_or("?");
+        Reply::text(format!("in {lang}")).usage(5, 2)
+    });
+    let wf = r#"version: 1
+name: fan
+inputs:
+  langs: { type: array, default: [French, German, Japanese] }
+steps:
+  each: { task: translate, for_each: inputs.langs, prompt: "Translate into {{ item }}", max_output_tokens: 10 }
+  table: { task: format, prompt: "{% for t in steps.each.output %}{{ t }};{% endfor %}", max_output_tokens: 10 }
+"#;
+    let p = Project::new(&policy(&fake, ""), wf);
+    let out = p.run(&["--format", "json"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", transcript(&out));
+    let r = report(&out);
+    assert_eq!(
+        step(&r, "each")["output"],
+        serde_json::json!(["in French", "in German", "in Japanese"])
+    );
+    let last = fake
+        .requests()
+        .into_iter()
+        .find(|r| r.raw_body.contains("in French;in German;in Japanese;"));
+    assert!(
+        last.is_some(),
+        "the list reached the next step's prompt as data"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn structured_output_is_validated_and_asked_again_once() {
+    let fake = FakeServer::start().await;
+    fake.push(Reply::text("{\"label\": \"maybe\"}").usage(5, 3));
+    fake.push(Reply::text("{\"label\": \"bug\"}").usage(9, 3));
+    let wf = r#"version: 1
+name: schema
+steps:
+  label:
+    task: classify
+    prompt: "Label it"
+    max_output_tokens: 20
+    output: { schema: { type: object, required: [label], properties: { label: { enum: [bug, feature] } } } }
+"#;
+    let p = Project::new(&policy(&fake, ""), wf);
+    let out = p.run(&["--format", "json"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", transcript(&out));
+    assert_eq!(
+        step(&report(&out), "label")["output"],
+        serde_json::json!({"label": "bug"})
+    );
+    let reqs = fake.requests();
+    assert_eq!(reqs.len(), 2);
+    // The provider was asked for JSON natively, and the retry carried the error.
+    assert!(
+        reqs[0].body["response_format"]["type"] == "json_schema",
+        "{}",
+        reqs[0].body
+    );
+    assert!(
+        reqs[1]
+            .raw_body
+            .contains("does not match the required JSON Schema"),
+        "{}",
+        reqs[1].raw_body
+    );
+
+    // Wrong twice: the step fails with the error and the raw answer.
+    let fake = FakeServer::start().await;
+    fake.set_default(Reply::text("{\"label\": \"maybe\"}").usage(5, 3));
+    let p = Project::new(&policy(&fake, ""), wf);
+    let out = p.run(&["--format", "json"]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", transcript(&out));
+    let detail = step(&report(&out), "label")["detail"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        detail.contains("does not match the output schema") && detail.contains("maybe"),
+        "{detail}"
+    );
+    assert_eq!(fake.request_count(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broken_streams_are_retried() {
+    for (name, reply) in [
+        (
+            "cut before its terminator",
+            Reply::text("partial answer that never ends")
+                .streamed()
+                .cut_after(1),
+        ),
+        ("malformed JSON", Reply::malformed()),
+        ("error inside a 200 stream", Reply::overloaded().in_stream()),
+    ] {
+        let fake = FakeServer::start().await;
+        fake.push(reply);
+        fake.set_default(Reply::text("whole answer").usage(4, 2));
+        let wf = "version: 1\nname: one\nsteps:\n  a: { task: write, prompt: hi, max_output_tokens: 10 }\n";
+        let p = Project::new(&policy(&fake, ""), wf);
+        let out = p.run(&["--format", "json"]).await;
+        let r = report(&out);
+        let a = step(&r, "a");
+        let attempts = a["calls"][0]["attempts"].as_array().unwrap();
+        match name {
+            // A malformed body is not retryable: the step fails, and says so.
+            "malformed JSON" => {
+                assert_eq!(out.status.code(), Some(1), "{name}: {}", transcript(&out));
+                assert_eq!(attempts[0]["outcome"], "malformed", "{name}");
+            }
+            _ => {
+                assert_eq!(out.status.code(), Some(0), "{name}: {}", transcript(&out));
+                assert_eq!(a["output"], "whole answer", "{name}");
+                assert_eq!(attempts.len(), 2, "{name}");
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_stream_times_out_and_is_retried() {
+    let fake = FakeServer::start().await;
+    fake.push(
+        Reply::text("never finishes")
+            .streamed()
+            .stall_after(1)
+            .stall_for(Duration::from_secs(30)),
+    );
+    fake.set_default(Reply::text("second try").usage(4, 2));
+    let wf = "version: 1\nname: one\nsteps:\n  a: { task: write, prompt: hi, max_output_tokens: 10, timeout: 1s }\n";
+    let p = Project::new(&policy(&fake, ""), wf);
+    let out = p.run(&["--format", "json"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", transcript(&out));
+    let r = report(&out);
+    let attempts = step(&r, "a")["calls"][0]["attempts"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert_eq!(attempts[0]["outcome"], "timeout");
+    assert_eq!(step(&r, "a")["output"], "second try");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_steps_with_twenty_percent_transient_failures_lose_nothing() {
+    let fake = FakeServer::start().await;
+    let seen: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
+    let counter = Arc::new(AtomicUsize::new(0));
+    let (s, c) = (Arc::clone(&seen), Arc::clone(&counter));
+    fake.set_handler(move |r| {
+        let n = c.fetch_add(1, Ordering::SeqCst);
+        let prompt = r.raw_body.clone();
+        // Every fifth request fails transiently, in rotating forms.
+        if n % 5 == 4 {
+            return match n % 3 {
+                0 => Reply::rate_limited().retry_after_ms(5.0),
+                1 => Reply::server_error().retry_after_ms(5.0),
+                _ => Reply::overloaded().retry_after_ms(5.0),
+            };
+        }
+        let id = prompt
+            .split("STEP-")
+            .nth(1)
+            .and_then(|t| t.split('.').next())
+            .unwrap_or("?")
+            .to_owned();
+        *s.lock().unwrap().entry(id.clone()).or_default() += 1;
+        Reply::text(format!("out-{id}")).usage(10, 3)
+    });
+    let mut wf = String::from("version: 1\nname: big\nsteps:\n");
+    for i in 0..200 {
+        let dep = if i >= 10 {
+            format!(" after {{{{ steps.s{}.output }}}}", i - 10)
+        } else {
+            String::new()
+        };
+        wf.push_str(&format!("  s{i}: {{ task: write, prompt: \"STEP-{i}.{dep}\", max_output_tokens: 10, retries: 4 }}\n"));
+    }
+    let p = Project::new(&policy(&fake, ""), &wf);
+    let out = p
+        .run(&["--format", "json", "--quiet", "--concurrency", "16"])
+        .await;
+    assert_eq!(out.status.code(), Some(0), "{}", transcript(&out));
+    let r = report(&out);
+    for i in 0..200 {
+        assert_eq!(step(&r, &format!("s{i}"))["output"], format!("out-{i}"));
+    }
+    // Every step was answered exactly once: nothing lost, nothing paid twice.
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.len(), 200);
+    assert!(seen.values().all(|&n| n == 1));
+}
+
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_cancels_in_flight_calls_and_still_prints_the_summary() {
+    let fake = FakeServer::start().await;
+    fake.set_default(Reply::text("slow").delay(Duration::from_secs(60)));
+    let wf = "version: 1\nname: slow\nsteps:\n  a: { task: write, prompt: hi, max_output_tokens: 10 }\n  b: { task: write, prompt: \"{{ steps.a.output }}\", max_output_tokens: 10 }\n";
+    let p = Project::new(&policy(&fake, ""), wf);
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args([
+            "--color",
+            "never",
+            "run",
+            "wf.yaml",
+            "--policy",
+            "policy.yaml",
+        ])
+        .current_dir(p.path())
+        .env("TEST_OPENAI_KEY", KEY)
+        .env("TEST_ANTHROPIC_KEY", KEY)
+        .env("TEST_GEMINI_KEY", KEY)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    // Wait until the call is in flight, then interrupt.
+    for _ in 0..200 {
+        if fake.request_count() > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(fake.request_count(), 1);
+    let pid = child.id().unwrap().to_string();
+    let status = std::process::Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = tokio::time::timeout(Duration::from_secs(20), child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(130), "{}", transcript(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("CANCELLED"), "{err}");
+    assert!(err.contains("a: cancelled: interrupted"), "{err}");
+    assert!(err.contains("b: not started"), "{err}");
+}
