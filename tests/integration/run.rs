@@ -5,7 +5,6 @@
 use std::collections::HashMap;
 use std::path::Path;
 use std::process::Output;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -615,25 +614,39 @@ async fn a_stalled_stream_times_out_and_is_retried() {
 async fn two_hundred_steps_with_twenty_percent_transient_failures_lose_nothing() {
     let fake = FakeServer::start().await;
     let seen: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
-    let counter = Arc::new(AtomicUsize::new(0));
-    let (s, c) = (Arc::clone(&seen), Arc::clone(&counter));
+    let tries: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
+    let (s, t) = (Arc::clone(&seen), Arc::clone(&tries));
     fake.set_handler(move |r| {
-        let n = c.fetch_add(1, Ordering::SeqCst);
-        let prompt = r.raw_body.clone();
-        // Every fifth request fails transiently, in rotating forms.
-        if n % 5 == 4 {
-            return match n % 3 {
-                0 => Reply::rate_limited().retry_after_ms(5.0),
-                1 => Reply::server_error().retry_after_ms(5.0),
-                _ => Reply::overloaded().retry_after_ms(5.0),
-            };
-        }
-        let id = prompt
+        let id = r
+            .raw_body
             .split("STEP-")
             .nth(1)
             .and_then(|t| t.split('.').next())
             .unwrap_or("?")
             .to_owned();
+        let n: usize = id.parse().unwrap_or(0);
+        let attempt = {
+            let mut t = t.lock().unwrap();
+            let e = t.entry(id.clone()).or_default();
+            *e += 1;
+            *e
+        };
+        // One step in five fails transiently (one in twenty-five twice), in
+        // rotating forms; decided per step, so the test cannot be unlucky.
+        let fails = if n % 25 == 0 {
+            2
+        } else if n % 5 == 0 {
+            1
+        } else {
+            0
+        };
+        if attempt <= fails {
+            return match (n / 5) % 3 {
+                0 => Reply::rate_limited().retry_after_ms(5.0),
+                1 => Reply::server_error().retry_after_ms(5.0),
+                _ => Reply::overloaded().retry_after_ms(5.0),
+            };
+        }
         *s.lock().unwrap().entry(id.clone()).or_default() += 1;
         Reply::text(format!("out-{id}")).usage(10, 3)
     });
@@ -709,4 +722,79 @@ async fn ctrl_c_cancels_in_flight_calls_and_still_prints_the_summary() {
     assert!(err.contains("CANCELLED"), "{err}");
     assert!(err.contains("a: cancelled: interrupted"), "{err}");
     assert!(err.contains("b: not started"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_local_server_takes_one_call_at_a_time_while_cloud_calls_run_in_parallel() {
+    // Local steps queue on the server's one slot; the cloud model has none.
+    let local = FakeServer::start().await;
+    local.set_default(
+        Reply::text("local")
+            .usage(3, 1)
+            .delay(Duration::from_millis(150)),
+    );
+    let cloud = FakeServer::start().await;
+    cloud.set_default(
+        Reply::text("cloud")
+            .usage(3, 1)
+            .delay(Duration::from_millis(150)),
+    );
+    let pol = policy(&cloud, "").replace(
+        &format!(
+            "local:     {{ kind: openai-compatible, base_url: \"{}/v1\" }}",
+            cloud.base_url()
+        ),
+        &format!(
+            "local:     {{ kind: openai-compatible, base_url: \"{}/v1\" }}",
+            local.base_url()
+        ),
+    );
+    let mut wf = String::from(
+        "version: 1\nname: mixed\ninputs:\n  s: { type: string, sensitivity: secret, default: x }\nsteps:\n",
+    );
+    for i in 0..4 {
+        wf.push_str(&format!("  local{i}: {{ task: write, prompt: \"{{{{ inputs.s }}}} {i}\", max_output_tokens: 5 }}\n"));
+        wf.push_str(&format!(
+            "  cloud{i}: {{ task: write, prompt: \"c{i}\", max_output_tokens: 5 }}\n"
+        ));
+    }
+    let p = Project::new(&pol, &wf);
+    let out = p.run(&["--format", "json", "--quiet"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", transcript(&out));
+    assert_eq!(local.request_count(), 4);
+    assert_eq!(cloud.request_count(), 4);
+    assert_eq!(
+        local.max_in_flight(),
+        1,
+        "the local server was given more than its one slot"
+    );
+    assert!(
+        cloud.max_in_flight() > 1,
+        "cloud calls did not run in parallel"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_concurrency_limit_is_respected() {
+    let fake = FakeServer::start().await;
+    fake.set_default(
+        Reply::text("ok")
+            .usage(3, 1)
+            .delay(Duration::from_millis(100)),
+    );
+    let pol = policy(&fake, "").replace(
+        "workhorse: { provider: anthropic, model: claude-sonnet-4-6, tier: workhorse }",
+        "workhorse: { provider: anthropic, model: claude-sonnet-4-6, tier: workhorse, limits: { concurrency: 2, rpm: 6000 } }",
+    );
+    let mut wf = String::from("version: 1\nname: many\nsteps:\n");
+    for i in 0..8 {
+        wf.push_str(&format!(
+            "  w{i}: {{ task: write, prompt: \"w{i}\", max_output_tokens: 5 }}\n"
+        ));
+    }
+    let p = Project::new(&pol, &wf);
+    let out = p.run(&["--format", "json", "--quiet"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", transcript(&out));
+    assert_eq!(fake.request_count(), 8);
+    assert_eq!(fake.max_in_flight(), 2);
 }

@@ -151,6 +151,28 @@ struct Shared {
     requests: Mutex<Vec<Recorded>>,
     required_key: Mutex<Option<String>>,
     seq: AtomicU64,
+    /// Requests being handled now (until the reply's delay has passed), and
+    /// the most there ever were: lets tests check concurrency limits
+    /// without timing anything.
+    in_flight: AtomicU64,
+    max_in_flight: AtomicU64,
+}
+
+/// Counts a request as in flight while it lives.
+struct InFlight<'a>(&'a Shared);
+
+impl<'a> InFlight<'a> {
+    fn enter(shared: &'a Shared) -> InFlight<'a> {
+        let now = shared.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        shared.max_in_flight.fetch_max(now, Ordering::SeqCst);
+        InFlight(shared)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// The running fake. Dropping it stops the server.
@@ -174,6 +196,8 @@ impl FakeServer {
             requests: Mutex::new(Vec::new()),
             required_key: Mutex::new(None),
             seq: AtomicU64::new(1),
+            in_flight: AtomicU64::new(0),
+            max_in_flight: AtomicU64::new(0),
         });
         let app = Router::new().fallback(handle).with_state(shared.clone());
         let task = tokio::spawn(async move {
@@ -224,6 +248,12 @@ impl FakeServer {
         self.shared.requests.lock().unwrap().len()
     }
 
+    /// The most requests that were ever being handled at once (a request
+    /// counts from its arrival until its reply's `delay` has passed).
+    pub fn max_in_flight(&self) -> u64 {
+        self.shared.max_in_flight.load(Ordering::SeqCst)
+    }
+
     /// The most recent request. Panics if there was none.
     pub fn last_request(&self) -> Recorded {
         self.requests()
@@ -239,6 +269,7 @@ impl Drop for FakeServer {
 }
 
 async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
+    let _in_flight = InFlight::enter(&shared);
     let (parts, body) = req.into_parts();
     let bytes = axum::body::to_bytes(body, usize::MAX)
         .await
