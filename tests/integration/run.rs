@@ -798,3 +798,32 @@ async fn a_model_concurrency_limit_is_respected() {
     assert_eq!(fake.request_count(), 8);
     assert_eq!(fake.max_in_flight(), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_whole_run_timeout_stops_it_and_reports_every_step() {
+    let fake = FakeServer::start().await;
+    fake.set_default(Reply::text("slow").delay(Duration::from_secs(30)));
+    let wf = "version: 1\nname: slow\nsteps:\n  a: { task: write, prompt: hi, max_output_tokens: 10 }\n  b: { task: write, prompt: \"{{ steps.a.output }}\", max_output_tokens: 10 }\n";
+    let p = Project::new(&policy(&fake, ""), wf);
+    let out = p.run(&["--format", "json", "--timeout", "500ms"]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", transcript(&out));
+    let r = report(&out);
+    assert_eq!(r["status"], "timed_out");
+    assert_eq!(step(&r, "a")["status"], "cancelled");
+    assert_eq!(step(&r, "a")["detail"], "run timeout reached");
+    assert_eq!(step(&r, "b")["status"], "not_started");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_reported_cost_is_what_the_run_charges() {
+    let fake = FakeServer::start().await;
+    fake.set_default(Reply::text("ok").usage(1000, 100).cost(0.0421));
+    let wf = "version: 1\nname: one\nsteps:\n  a: { task: summarize, prompt: hi, max_output_tokens: 10 }\n";
+    let pol = policy(&fake, "").replace("kind: openai, base_url", "kind: openrouter, base_url");
+    let p = Project::new(&pol, wf);
+    let out = p.run(&["--format", "json"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", transcript(&out));
+    let r = report(&out);
+    assert_eq!(step(&r, "a")["cost_usd"].as_f64(), Some(0.0421));
+    assert_eq!(r["cost_usd"].as_f64(), Some(0.0421));
+}
