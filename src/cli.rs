@@ -82,34 +82,7 @@ enum Command {
         format: OutputFormat,
     },
     /// Run a workflow: every step on the model the policy routes it to, in parallel.
-    Run {
-        /// The workflow file.
-        workflow: PathBuf,
-        /// The policy file [default: $TOLLGATE_POLICY, else policies/default.yaml].
-        #[arg(long, short = 'p', env = "TOLLGATE_POLICY")]
-        policy: Option<PathBuf>,
-        /// An input: NAME=VALUE, NAME=@FILE, or NAME=@- for standard input.
-        #[arg(long = "input", short = 'i', value_name = "NAME=VALUE")]
-        inputs: Vec<RawInput>,
-        /// Write each step's output and run.json into this folder.
-        #[arg(long, value_name = "DIR")]
-        out: Option<PathBuf>,
-        /// text: the summary on stderr and the final steps' outputs on stdout; json: the whole run report on stdout.
-        #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
-        format: OutputFormat,
-        /// Stop the whole run after this long ("90s", "10m").
-        #[arg(long, value_name = "DURATION")]
-        timeout: Option<String>,
-        /// Calls in flight at once across the run.
-        #[arg(long, default_value_t = 16)]
-        concurrency: usize,
-        /// Ask for whole answers instead of streams.
-        #[arg(long)]
-        no_stream: bool,
-        /// No progress lines.
-        #[arg(long, short = 'q')]
-        quiet: bool,
-    },
+    Run(RunArgs),
     /// Print the JSON Schema of a file format.
     Schema {
         #[arg(value_enum)]
@@ -169,30 +142,7 @@ pub fn main() -> ExitCode {
             inputs,
             format,
         } => cmd_plan(&workflow, policy, &inputs, format, options),
-        Command::Run {
-            workflow,
-            policy,
-            inputs,
-            out,
-            format,
-            timeout,
-            concurrency,
-            no_stream,
-            quiet,
-        } => {
-            let args = RunArgs {
-                workflow,
-                policy,
-                inputs,
-                out,
-                format,
-                timeout,
-                concurrency,
-                no_stream,
-                quiet,
-            };
-            cmd_run(args, options)
-        }
+        Command::Run(args) => cmd_run(args, options),
         Command::Schema { kind } => {
             let text = match kind {
                 SchemaKind::Workflow => FileFormat::Workflow.schema_text(),
@@ -378,6 +328,19 @@ fn load_workflow(path: &Path) -> Result<Analysis, Vec<Diagnostic>> {
     analyze::analyze(w, &analyze::project_root(path))
 }
 
+/// Loads a workflow and a policy, both before giving up, so the problems of
+/// both files show at once.
+fn load_both(workflow: &Path, policy: &Path) -> Result<(Analysis, Policy), Vec<Diagnostic>> {
+    match (load_workflow(workflow), load_policy(policy)) {
+        (Ok(a), Ok(p)) => Ok((a, p)),
+        (a, p) => {
+            let mut diags = a.err().unwrap_or_default();
+            diags.extend(p.err().unwrap_or_default());
+            Err(diags)
+        }
+    }
+}
+
 fn cmd_plan(
     workflow_path: &Path,
     policy_path: Option<PathBuf>,
@@ -386,16 +349,9 @@ fn cmd_plan(
     options: RenderOptions,
 ) -> u8 {
     let policy_path = policy_path.unwrap_or_else(|| PathBuf::from(DEFAULT_POLICY));
-    // Load both before giving up, so both files' problems show at once.
-    let analysis = load_workflow(workflow_path);
-    let policy = load_policy(&policy_path);
-    let (analysis, policy) = match (analysis, policy) {
-        (Ok(a), Ok(p)) => (a, p),
-        (a, p) => {
-            let mut diags = a.err().unwrap_or_default();
-            diags.extend(p.err().unwrap_or_default());
-            return report(diags, format, options);
-        }
+    let (analysis, policy) = match load_both(workflow_path, &policy_path) {
+        Ok(both) => both,
+        Err(diags) => return report(diags, format, options),
     };
     let values = match inputs::resolve(&analysis.workflow.value, raw, true) {
         Ok(v) => v,
@@ -420,15 +376,33 @@ fn cmd_plan(
     }
 }
 
+#[derive(Debug, clap::Args)]
 struct RunArgs {
+    /// The workflow file.
     workflow: PathBuf,
+    /// The policy file [default: $TOLLGATE_POLICY, else policies/default.yaml].
+    #[arg(long, short = 'p', env = "TOLLGATE_POLICY")]
     policy: Option<PathBuf>,
+    /// An input: NAME=VALUE, NAME=@FILE, or NAME=@- for standard input.
+    #[arg(long = "input", short = 'i', value_name = "NAME=VALUE")]
     inputs: Vec<RawInput>,
+    /// Write each step's output and run.json into this folder.
+    #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
+    /// text: the summary on stderr and the final steps' outputs on stdout; json: the whole run report on stdout.
+    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
     format: OutputFormat,
+    /// Stop the whole run after this long ("90s", "10m").
+    #[arg(long, value_name = "DURATION")]
     timeout: Option<String>,
+    /// Calls in flight at once across the run.
+    #[arg(long, default_value_t = 16)]
     concurrency: usize,
+    /// Ask for whole answers instead of streams.
+    #[arg(long)]
     no_stream: bool,
+    /// No progress lines.
+    #[arg(long, short = 'q')]
     quiet: bool,
 }
 
@@ -441,15 +415,9 @@ fn cmd_run(args: RunArgs, options: RenderOptions) -> u8 {
         .policy
         .clone()
         .unwrap_or_else(|| PathBuf::from(DEFAULT_POLICY));
-    let analysis = load_workflow(&args.workflow);
-    let policy = load_policy(&policy_path);
-    let (analysis, policy) = match (analysis, policy) {
-        (Ok(a), Ok(p)) => (a, p),
-        (a, p) => {
-            let mut diags = a.err().unwrap_or_default();
-            diags.extend(p.err().unwrap_or_default());
-            return report(diags, format, options);
-        }
+    let (analysis, policy) = match load_both(&args.workflow, &policy_path) {
+        Ok(both) => both,
+        Err(diags) => return report(diags, format, options),
     };
     // Everything that can be wrong with the input is found before any call.
     let run_timeout = match args
