@@ -59,6 +59,38 @@ pub struct ProviderFile {
     pub locality: Option<Locality>,
     #[serde(default)]
     pub limits: Limits,
+    pub launch: Option<LaunchFile>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LaunchFile {
+    pub binary: Option<String>,
+    pub model: String,
+    pub context: Option<u32>,
+    pub threads: Option<u32>,
+    pub slots: Option<u32>,
+    pub chat_template: Option<String>,
+    #[serde(default)]
+    pub args: Vec<String>,
+    pub ready_timeout: Option<serde_json::Value>,
+}
+
+/// How to start a provider's local server (llama.cpp's `llama-server`).
+/// Paths are kept as written; `${VAR}` expansion happens when it is started,
+/// so plans do not depend on the machine.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Launch {
+    pub binary: String,
+    pub model: String,
+    pub host: String,
+    pub port: u16,
+    pub context: u32,
+    pub threads: u32,
+    pub slots: u32,
+    pub chat_template: Option<String>,
+    pub args: Vec<String>,
+    pub ready_timeout: std::time::Duration,
 }
 
 /// Limits on calls to a provider or a model; `None` means unlimited.
@@ -274,6 +306,8 @@ pub struct Provider {
     /// A local server defaults to one call at a time, so local steps queue
     /// instead of thrashing one CPU-bound server.
     pub limits: Limits,
+    /// Set when tollgate manages the server.
+    pub launch: Option<Launch>,
 }
 
 /// USD per token.
@@ -490,6 +524,56 @@ fn is_loopback(url: &str) -> bool {
             .is_ok_and(|ip| ip.is_loopback())
 }
 
+/// The host and port of an `http://host:port/...` URL.
+fn host_port(url: &str) -> Option<(String, u16)> {
+    let rest = url.strip_prefix("http://")?;
+    let authority = rest.split('/').next()?;
+    let (host, port) = authority.rsplit_once(':')?;
+    Some((host.trim_matches(['[', ']']).to_owned(), port.parse().ok()?))
+}
+
+fn compile_launch(
+    l: &LaunchFile,
+    base_url: Option<&str>,
+    kind: ProviderKind,
+    doc: &Document,
+    name: &str,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<Launch> {
+    let at = doc.key_span(&pointer(["providers", name, "launch"]));
+    let loopback = base_url.filter(|u| is_loopback(u));
+    let Some((host, port)) = loopback
+        .and_then(host_port)
+        .filter(|_| kind == ProviderKind::OpenaiCompatible)
+    else {
+        diags.push(
+            Diagnostic::error("launch-not-local", format!("provider `{name}` has `launch` but is not a local server"))
+                .at(at)
+                .with_help("`launch` starts llama.cpp's llama-server: use kind openai-compatible and a base_url such as http://127.0.0.1:8080/v1 (with an explicit port)"),
+        );
+        return None;
+    };
+    let ready_timeout = match &l.ready_timeout {
+        None => std::time::Duration::from_secs(60),
+        Some(v) => crate::workflow::parse_duration(v).unwrap_or(std::time::Duration::from_secs(60)),
+    };
+    Some(Launch {
+        binary: l
+            .binary
+            .clone()
+            .unwrap_or_else(|| "llama-server".to_owned()),
+        model: l.model.clone(),
+        host,
+        port,
+        context: l.context.unwrap_or(4096),
+        threads: l.threads.unwrap_or(2),
+        slots: l.slots.unwrap_or(1),
+        chat_template: l.chat_template.clone(),
+        args: l.args.clone(),
+        ready_timeout,
+    })
+}
+
 /// Compiles a policy; returns the policy (possibly partial) and every problem.
 pub fn compile(file: &PolicyFile, doc: &Document, catalog: &Catalog) -> (Policy, Vec<Diagnostic>) {
     let mut diags = Vec::new();
@@ -577,6 +661,11 @@ pub fn compile(file: &PolicyFile, doc: &Document, catalog: &Catalog) -> (Policy,
             (None, ProviderKind::OpenaiCompatible) if loopback => Locality::Local,
             (None, _) => Locality::Cloud,
         };
+        let launch = p
+            .launch
+            .as_ref()
+            .and_then(|l| compile_launch(l, base_url.as_deref(), p.kind, doc, name, &mut diags));
+        let default_slots = launch.as_ref().map_or(1, |l| l.slots);
         providers.insert(
             name.clone(),
             Provider {
@@ -590,12 +679,13 @@ pub fn compile(file: &PolicyFile, doc: &Document, catalog: &Catalog) -> (Policy,
                 locality,
                 limits: Limits {
                     concurrency: p.limits.concurrency.or(if locality == Locality::Local {
-                        Some(1)
+                        Some(default_slots)
                     } else {
                         None
                     }),
                     ..p.limits
                 },
+                launch,
             },
         );
     }

@@ -54,6 +54,23 @@ pub async fn report(mut rx: UnboundedReceiver<Event>, total_steps: u64, quiet: b
             } => {
                 format!("switch {step}: {from} → {to} ({reason})")
             }
+            Event::ServerReady {
+                provider,
+                command: Some(command),
+                ready_after,
+            } => {
+                format!(
+                    "server {provider} started in {:.1}s: {command}",
+                    ready_after.as_secs_f64()
+                )
+            }
+            Event::ServerReady {
+                provider,
+                command: None,
+                ..
+            } => {
+                format!("server {provider} already running; using it")
+            }
             Event::StepFinished {
                 step,
                 status,

@@ -16,6 +16,7 @@
 
 mod budget;
 mod limits;
+pub mod local_server;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -62,6 +63,8 @@ pub struct RunOptions {
     pub max_retry_wait: Duration,
     /// Stream answers (gives time to first token).
     pub stream: bool,
+    /// Where managed local servers write their logs.
+    pub log_dir: std::path::PathBuf,
 }
 
 impl Default for RunOptions {
@@ -75,6 +78,7 @@ impl Default for RunOptions {
             backoff_max: Duration::from_secs(8),
             max_retry_wait: Duration::from_secs(60),
             stream: true,
+            log_dir: std::path::PathBuf::from(".tollgate/logs"),
         }
     }
 }
@@ -182,6 +186,12 @@ pub enum Event {
         step: String,
         status: StepStatus,
         cost_usd: f64,
+    },
+    /// A managed local server was started (or found running).
+    ServerReady {
+        provider: String,
+        command: Option<String>,
+        ready_after: Duration,
     },
 }
 
@@ -308,6 +318,7 @@ struct Shared {
     tiers: Mutex<TierUsage>,
     /// Effective sensitivity level of every step (by step index).
     levels: Vec<usize>,
+    servers: local_server::Servers,
     options: RunOptions,
     events: Option<UnboundedSender<Event>>,
 }
@@ -365,6 +376,7 @@ pub async fn execute(
             .into_iter()
             .map(|e| e.level)
             .collect(),
+        servers: local_server::Servers::new(&policy, options.log_dir.clone()),
         inputs: inputs
             .iter()
             .map(|(k, v)| (k.clone(), v.value.clone()))
@@ -496,6 +508,8 @@ pub async fn execute(
         }
     }
 
+    // Servers this run started stop with it, whatever the outcome.
+    shared.servers.shutdown().await;
     let steps: Vec<StepReport> = analysis
         .dag
         .order()
@@ -651,7 +665,11 @@ async fn run_step(sh: Arc<Shared>, i: usize, upstream: Map<String, Value>) -> St
         }
         d
     };
-    let rule = decision.decider.as_ref().map(route::Decider::label);
+    // The rule's name (or "pinned") — the summary's RULE column.
+    let rule = decision.decider.as_ref().map(|d| match d {
+        route::Decider::Rule { name, .. } => name.clone(),
+        route::Decider::Pin { .. } => "pinned".to_owned(),
+    });
     let Some(first) = decision.model.clone() else {
         let why: Vec<String> = decision
             .passed_over
@@ -822,6 +840,34 @@ async fn call_with_fallbacks(
             last_error = format!("{alias}: no API key ({var} is not set)");
             continue;
         };
+        if let Some(launch) = sh
+            .policy
+            .providers
+            .get(&model.provider)
+            .and_then(|p| p.launch.as_ref())
+        {
+            let started = sh
+                .servers
+                .ensure(&model.provider, launch, |s| {
+                    let (command, ready_after) = match s {
+                        local_server::Started::AlreadyRunning => (None, Duration::ZERO),
+                        local_server::Started::Launched {
+                            command,
+                            ready_after,
+                        } => (Some(command.clone()), *ready_after),
+                    };
+                    sh.emit(Event::ServerReady {
+                        provider: model.provider.clone(),
+                        command,
+                        ready_after,
+                    });
+                })
+                .await;
+            if let Err(e) = started {
+                last_error = format!("{alias}: {e}");
+                continue;
+            }
+        }
         if let Some(prev) = previous {
             sh.emit(Event::FallingBack {
                 step: step_id.to_owned(),

@@ -3,6 +3,7 @@
 
 mod cli;
 mod data_driven;
+mod local_model;
 mod providers;
 mod run;
 mod sensitivity_gate;

@@ -1,0 +1,285 @@
+//! Managed local servers: a provider whose policy entry has `launch` gets its
+//! llama.cpp `llama-server` started the first time a call needs it — unless
+//! something already answers its `/health`, which is then simply used — and
+//! stopped when the run ends, whatever the reason (success, failure, Ctrl-C:
+//! the child is also killed if this value is dropped).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use tokio::process::{Child, Command};
+use tokio::sync::{Mutex, OnceCell};
+
+use crate::policy::{Launch, Policy};
+
+/// The servers of one run.
+pub struct Servers {
+    cells: HashMap<String, OnceCell<Result<(), String>>>,
+    children: Mutex<Vec<(String, Child)>>,
+    http: reqwest::Client,
+    log_dir: PathBuf,
+}
+
+/// What the reporter is told about a server.
+pub enum Started {
+    /// Something already answered `/health`.
+    AlreadyRunning,
+    /// Started by us, ready after this long.
+    Launched {
+        command: String,
+        ready_after: Duration,
+    },
+}
+
+impl Servers {
+    pub fn new(policy: &Policy, log_dir: PathBuf) -> Servers {
+        Servers {
+            cells: policy
+                .providers
+                .iter()
+                .filter(|(_, p)| p.launch.is_some())
+                .map(|(k, _)| (k.clone(), OnceCell::new()))
+                .collect(),
+            children: Mutex::new(Vec::new()),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(2))
+                .build()
+                .unwrap_or_default(),
+            log_dir,
+        }
+    }
+
+    /// Makes sure the provider's server answers; starts it once if needed.
+    /// `on_start` hears about a launch (for progress). Every caller of the
+    /// same provider waits for the same start.
+    pub async fn ensure(
+        &self,
+        provider: &str,
+        launch: &Launch,
+        on_start: impl FnOnce(&Started),
+    ) -> Result<(), String> {
+        let Some(cell) = self.cells.get(provider) else {
+            return Ok(());
+        };
+        cell.get_or_init(|| async {
+            match self.start(provider, launch).await {
+                Ok(started) => {
+                    on_start(&started);
+                    Ok(())
+                }
+                Err(e) => Err(e),
+            }
+        })
+        .await
+        .clone()
+    }
+
+    async fn healthy(&self, launch: &Launch) -> bool {
+        let url = format!(
+            "http://{}:{}/health",
+            host_for_url(&launch.host),
+            launch.port
+        );
+        matches!(self.http.get(url).send().await, Ok(r) if r.status().is_success())
+    }
+
+    async fn start(&self, provider: &str, launch: &Launch) -> Result<Started, String> {
+        if self.healthy(launch).await {
+            return Ok(Started::AlreadyRunning);
+        }
+        let binary = resolve_binary(&expand(&launch.binary))
+            .ok_or_else(|| format!(
+                "cannot start the local server of provider `{provider}`: `{}` was not found (on PATH or in {}); run scripts/setup-local.sh, or set `launch.binary`",
+                expand(&launch.binary),
+                cache_dir().join("bin").display()
+            ))?;
+        let model = expand(&launch.model);
+        if !Path::new(&model).is_file() {
+            return Err(format!(
+                "cannot start the local server of provider `{provider}`: model file `{model}` does not exist; run scripts/setup-local.sh, or set `launch.model`"
+            ));
+        }
+        let mut args: Vec<String> = vec![
+            "-m".into(),
+            model,
+            "--host".into(),
+            launch.host.clone(),
+            "--port".into(),
+            launch.port.to_string(),
+            "-c".into(),
+            launch.context.to_string(),
+            "-t".into(),
+            launch.threads.to_string(),
+            "--parallel".into(),
+            launch.slots.to_string(),
+        ];
+        if let Some(t) = &launch.chat_template {
+            args.extend(["--chat-template".into(), t.clone()]);
+        }
+        args.extend(launch.args.iter().map(|a| expand(a)));
+        let command = format!("{} {}", binary.display(), args.join(" "));
+
+        std::fs::create_dir_all(&self.log_dir)
+            .map_err(|e| format!("cannot create {}: {e}", self.log_dir.display()))?;
+        let log_path = self.log_dir.join(format!("{provider}.log"));
+        let log = std::fs::File::create(&log_path)
+            .map_err(|e| format!("cannot create {}: {e}", log_path.display()))?;
+        let err_log = log.try_clone().map_err(|e| e.to_string())?;
+        let mut cmd = Command::new(&binary);
+        // ggml's OpenMP threads spin while waiting by default, which starves
+        // everything else on a small machine (and the server itself when
+        // anything else runs): generation falls from ~40 to ~1 token/s on
+        // two busy cores. Passive waiting costs little when idle.
+        if std::env::var_os("OMP_WAIT_POLICY").is_none() {
+            cmd.env("OMP_WAIT_POLICY", "passive");
+        }
+        let mut child = cmd
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log))
+            .stderr(Stdio::from(err_log))
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| format!("cannot start `{command}`: {e}"))?;
+
+        let started = Instant::now();
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Err(format!(
+                    "the local server of provider `{provider}` exited ({status}) before it was ready. Command: {command}\nLast lines of {}:\n{}",
+                    log_path.display(),
+                    tail(&log_path, 15)
+                ));
+            }
+            if self.healthy(launch).await {
+                self.children
+                    .lock()
+                    .await
+                    .push((provider.to_owned(), child));
+                return Ok(Started::Launched {
+                    command,
+                    ready_after: started.elapsed(),
+                });
+            }
+            if started.elapsed() > launch.ready_timeout {
+                let _ = child.kill().await;
+                return Err(format!(
+                    "the local server of provider `{provider}` was not ready after {}s (launch.ready_timeout). Command: {command}\nLast lines of {}:\n{}",
+                    launch.ready_timeout.as_secs_f64(),
+                    log_path.display(),
+                    tail(&log_path, 15)
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Stops every server this run started.
+    pub async fn shutdown(&self) {
+        let mut children = self.children.lock().await;
+        for (_, child) in children.iter_mut() {
+            let _ = child.kill().await;
+        }
+        children.clear();
+    }
+}
+
+fn host_for_url(host: &str) -> String {
+    if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host.to_owned()
+    }
+}
+
+/// `${TOLLGATE_CACHE:-~/.cache/tollgate}`.
+pub fn cache_dir() -> PathBuf {
+    match std::env::var_os("TOLLGATE_CACHE") {
+        Some(d) if !d.is_empty() => PathBuf::from(d),
+        _ => home().join(".cache/tollgate"),
+    }
+}
+
+fn home() -> PathBuf {
+    std::env::var_os("HOME").map_or_else(|| PathBuf::from("/"), PathBuf::from)
+}
+
+/// Expands `${VAR}`, `${VAR:-default}` and a leading `~/`.
+pub fn expand(s: &str) -> String {
+    let mut out = String::new();
+    let mut rest = s;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let Some(end) = after.find('}') else {
+            out.push_str(&rest[start..]);
+            rest = "";
+            break;
+        };
+        let inner = &after[..end];
+        let (name, default) = match inner.split_once(":-") {
+            Some((n, d)) => (n, Some(d)),
+            None => (inner, None),
+        };
+        let value = match std::env::var(name) {
+            Ok(v) if !v.is_empty() => v,
+            _ => default.map(expand).unwrap_or_default(),
+        };
+        out.push_str(&value);
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    match out.strip_prefix("~/") {
+        Some(r) => home().join(r).display().to_string(),
+        None => out,
+    }
+}
+
+/// A path, or a name looked up on PATH and then in the cache's `bin/`.
+fn resolve_binary(name: &str) -> Option<PathBuf> {
+    if name.contains('/') {
+        let p = PathBuf::from(name);
+        return p.is_file().then_some(p);
+    }
+    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect())
+        .unwrap_or_default();
+    dirs.push(cache_dir().join("bin"));
+    dirs.into_iter().map(|d| d.join(name)).find(|p| p.is_file())
+}
+
+fn tail(path: &Path, n: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    let start = lines.len().saturating_sub(n);
+    lines[start..]
+        .iter()
+        .map(|l| format!("  | {l}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expands_variables_defaults_and_home() {
+        // SAFETY-free: set_var is safe in edition 2024 only in unsafe; use
+        // variables that are always present instead.
+        let home = home().display().to_string();
+        assert_eq!(expand("~/x"), format!("{home}/x"));
+        assert_eq!(
+            expand("${TOLLGATE_SURELY_UNSET_VAR:-fallback}/m.gguf"),
+            "fallback/m.gguf"
+        );
+        assert_eq!(expand("${HOME}/a"), format!("{home}/a"));
+        assert_eq!(
+            expand("${TOLLGATE_SURELY_UNSET_VAR:-~/c}"),
+            format!("{home}/c")
+        );
+        assert_eq!(expand("plain"), "plain");
+    }
+}

@@ -1,0 +1,269 @@
+//! A real local model: llama.cpp's llama-server with Gemma 3 270M, started
+//! and stopped by tollgate itself (`launch` in the policy). The model and
+//! server are installed by `scripts/setup-local.sh` (CI runs it first); on a
+//! machine without them these tests say so and pass, except under CI, where
+//! a missing model is a failure.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+use crate::transcript;
+
+fn installed() -> Option<(PathBuf, PathBuf)> {
+    let cache = std::env::var_os("TOLLGATE_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/tollgate")
+        });
+    let server = std::env::var_os("LLAMA_SERVER")
+        .map_or_else(|| cache.join("bin/llama-server"), PathBuf::from);
+    let model = std::env::var_os("TOLLGATE_MODEL").map_or_else(
+        || cache.join("models/gemma-3-270m-q4_k_m.gguf"),
+        PathBuf::from,
+    );
+    if server.is_file() && model.is_file() {
+        return Some((server, model));
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "CI must run scripts/setup-local.sh before the tests (no {} or {})",
+        server.display(),
+        model.display()
+    );
+    eprintln!("skipped: no local model installed (run scripts/setup-local.sh)");
+    None
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn launch_policy(binary: &str, model: &str, port: u16) -> String {
+    format!(
+        r#"version: 1
+providers:
+  llamacpp:
+    kind: openai-compatible
+    base_url: "http://127.0.0.1:{port}/v1"
+    launch:
+      binary: "{binary}"
+      model: "{model}"
+      context: 2048
+      threads: 2
+      ready_timeout: 60s
+      args: ["--alias", "gemma-3-270m"]
+models:
+  local: {{ provider: llamacpp, model: gemma-3-270m, tier: local, context_window: 2048 }}
+rules:
+  - {{ name: all, use: local }}
+"#
+    )
+}
+
+const CLASSIFY: &str = r#"version: 1
+name: real-classify
+inputs:
+  ticket: { type: string }
+steps:
+  label:
+    task: classify
+    prompt: "Classify this ticket as bug, feature or question: {{ inputs.ticket }}"
+    max_output_tokens: 32
+    temperature: 0
+    timeout: 5m
+    output:
+      schema: { type: object, required: [label], properties: { label: { enum: [bug, feature, question] } } }
+"#;
+
+fn run_in(dir: &std::path::Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args([
+            "--color",
+            "never",
+            "run",
+            "wf.yaml",
+            "--policy",
+            "policy.yaml",
+        ])
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("the binary runs")
+}
+
+fn project(policy: &str, workflow: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join(".git")).unwrap();
+    std::fs::write(dir.path().join("policy.yaml"), policy).unwrap();
+    std::fs::write(dir.path().join("wf.yaml"), workflow).unwrap();
+    dir
+}
+
+/// `GET /health` answered `{"status":"ok"}` (the server has loaded its model).
+fn health_ok(port: u16) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(std::time::Duration::from_secs(2)));
+    if s.write_all(b"GET /health HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .is_err()
+    {
+        return false;
+    }
+    let mut body = String::new();
+    let _ = s.read_to_string(&mut body);
+    body.contains("\"ok\"")
+}
+
+fn answers(port: u16) -> bool {
+    std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+}
+
+#[test]
+fn tollgate_starts_the_server_gets_a_constrained_answer_and_stops_it() {
+    let Some((server, model)) = installed() else {
+        return;
+    };
+    let port = free_port();
+    let dir = project(
+        &launch_policy(
+            &server.display().to_string(),
+            &model.display().to_string(),
+            port,
+        ),
+        CLASSIFY,
+    );
+    let out = run_in(
+        dir.path(),
+        &[
+            "--input",
+            "ticket=Saving a 2 GB file freezes the editor.",
+            "--format",
+            "json",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", transcript(&out));
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let step = &r["steps"][0];
+    // Schema-constrained decoding on the real server: always a valid label;
+    // at temperature 0 this ticket is a bug.
+    assert_eq!(
+        step["output"],
+        serde_json::json!({ "label": "bug" }),
+        "{step}"
+    );
+    assert!(step["usage"]["input_tokens"].as_u64().unwrap() > 10);
+    assert_eq!(step["cost_usd"].as_f64(), Some(0.0));
+    // The server's log is kept, and the server is gone.
+    assert!(dir.path().join(".tollgate/logs/llamacpp.log").is_file());
+    assert!(
+        !answers(port),
+        "the server tollgate started is still running"
+    );
+}
+
+#[test]
+fn a_server_that_is_already_running_is_used_and_left_running() {
+    let Some((server, model)) = installed() else {
+        return;
+    };
+    let port = free_port();
+    let mut running = Command::new(&server)
+        .args([
+            "-m",
+            &model.display().to_string(),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+        ])
+        .args(["-c", "2048", "-t", "2", "--alias", "gemma-3-270m"])
+        .env("OMP_WAIT_POLICY", "passive")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait for it, as a user's own server would already be.
+    let client = std::time::Instant::now();
+    while client.elapsed() < std::time::Duration::from_secs(60) {
+        let ok = health_ok(port);
+        if ok {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let dir = project(
+        &launch_policy("/nonexistent/llama-server", "/nonexistent/model.gguf", port),
+        CLASSIFY,
+    );
+    let out = run_in(
+        dir.path(),
+        &[
+            "--input",
+            "ticket=Please add a dark mode.",
+            "--format",
+            "json",
+        ],
+    );
+    let alive = answers(port);
+    let _ = running.kill();
+    let _ = running.wait();
+    // The launch settings point nowhere: only the running server can have answered.
+    assert_eq!(out.status.code(), Some(0), "{}", transcript(&out));
+    assert!(alive, "tollgate stopped a server it did not start");
+}
+
+#[test]
+fn a_missing_model_file_is_a_clear_error() {
+    let port = free_port();
+    let dir = project(
+        &launch_policy("/bin/true", "/nonexistent/model.gguf", port),
+        CLASSIFY,
+    );
+    let out = run_in(dir.path(), &["--input", "ticket=x", "--format", "json"]);
+    assert_eq!(out.status.code(), Some(1), "{}", transcript(&out));
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let detail = r["steps"][0]["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("model file `/nonexistent/model.gguf` does not exist"),
+        "{detail}"
+    );
+    assert!(detail.contains("scripts/setup-local.sh"), "{detail}");
+}
+
+#[test]
+fn a_server_that_dies_at_start_shows_its_last_log_lines() {
+    let port = free_port();
+    let dir = project("", CLASSIFY);
+    // A stand-in server that complains and exits, as llama-server does on a
+    // corrupt model.
+    let fake = dir.path().join("fake-server.sh");
+    std::fs::write(&fake, "#!/bin/sh\necho 'llama_model_load: error loading model: tensor data is not within the file bounds' >&2\nexit 1\n").unwrap();
+    std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let model = dir.path().join("model.gguf");
+    std::fs::write(&model, "not really a model").unwrap();
+    std::fs::write(
+        dir.path().join("policy.yaml"),
+        launch_policy(
+            &fake.display().to_string(),
+            &model.display().to_string(),
+            port,
+        ),
+    )
+    .unwrap();
+    let out = run_in(dir.path(), &["--input", "ticket=x", "--format", "json"]);
+    assert_eq!(out.status.code(), Some(1), "{}", transcript(&out));
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let detail = r["steps"][0]["detail"].as_str().unwrap();
+    assert!(detail.contains("exited"), "{detail}");
+    assert!(
+        detail.contains("tensor data is not within the file bounds"),
+        "{detail}"
+    );
+}
