@@ -204,6 +204,9 @@ pub(crate) fn request_body(kind: ProviderKind, req: &ChatRequest) -> Value {
     if let Some(t) = req.temperature {
         body.insert("temperature".into(), json!(t));
     }
+    if !req.stop.is_empty() {
+        body.insert("stop".into(), json!(req.stop));
+    }
     if let Some(schema) = &req.output_schema {
         body.insert(
             "response_format".into(),
@@ -341,6 +344,21 @@ mod tests {
             assert_eq!(body["max_tokens"], 1024, "{kind:?}");
             assert!(body.get("max_completion_tokens").is_none());
         }
+    }
+
+    #[test]
+    fn stop_is_only_sent_when_there_is_one() {
+        let mut req = ChatRequest::new("m", "hi");
+        assert!(
+            request_body(ProviderKind::Openai, &req)
+                .get("stop")
+                .is_none()
+        );
+        req.stop = vec!["END".into(), "###".into()];
+        assert_eq!(
+            request_body(ProviderKind::Openai, &req)["stop"],
+            json!(["END", "###"])
+        );
     }
 
     #[test]

@@ -10,8 +10,8 @@ use std::time::Duration;
 use fake_llm::{FakeServer, Recorded, Reply};
 use serde_json::json;
 use tollgate::provider::{
-    CacheTtl, ChatRequest, ChatResponse, ClientConfig, ErrorKind, Message, Provider, ProviderError,
-    ProviderKind, Usage, client_for, http_client,
+    CacheTtl, ChatRequest, ChatResponse, ClientConfig, Endpoint, ErrorKind, Message, Provider,
+    ProviderError, ProviderKind, Usage, client_for, http_client,
 };
 
 const KEY: &str = "sk-test-SECRET-5f3a9c0e7d2b41aa";
@@ -78,6 +78,16 @@ fn request(model: &str, stream: bool) -> ChatRequest {
         output_schema: None,
         stream,
         cache_system: None,
+        endpoint: Endpoint::Chat,
+        stop: Vec::new(),
+    }
+}
+
+/// The same conversation for a base model on the text completions route.
+fn completion_request(model: &str, stream: bool) -> ChatRequest {
+    ChatRequest {
+        endpoint: Endpoint::Completions,
+        ..request(model, stream)
     }
 }
 
@@ -520,6 +530,61 @@ async fn a_blocked_gemini_prompt_is_a_bad_request() {
     assert_eq!(e.kind, ErrorKind::BadRequest);
     assert!(e.message.contains("SAFETY"), "{}", e.message);
     assert!(!e.is_retryable());
+}
+
+#[tokio::test]
+async fn stop_sequences_go_in_each_dialects_native_field() {
+    for kind in DIALECTS {
+        let fake = FakeServer::start().await;
+        let mut req = request(model_for(kind), false);
+        req.stop = vec!["\n\nQ:".to_string(), "END".to_string()];
+        client(&fake, kind).send(&req).await.unwrap();
+        let body = fake.last_request().body;
+        let stop = json!(["\n\nQ:", "END"]);
+        match kind {
+            ProviderKind::Anthropic => assert_eq!(body["stop_sequences"], stop),
+            ProviderKind::Gemini => assert_eq!(body["generationConfig"]["stopSequences"], stop),
+            _ => assert_eq!(body["stop"], stop),
+        }
+
+        // None asked for, none sent: OpenAI's reasoning models reject `stop`.
+        client(&fake, kind)
+            .send(&request(model_for(kind), false))
+            .await
+            .unwrap();
+        let body = fake.last_request().body.to_string();
+        assert!(
+            !body.contains("stop\"") && !body.contains("stopSequences"),
+            "{kind:?}: {body}"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The text completions route, for base models.
+
+#[tokio::test]
+async fn anthropic_and_gemini_refuse_the_completions_route_without_a_request() {
+    for kind in [ProviderKind::Anthropic, ProviderKind::Gemini] {
+        let fake = FakeServer::start().await;
+        for stream in [false, true] {
+            let e = client(&fake, kind)
+                .send(&completion_request(model_for(kind), stream))
+                .await
+                .unwrap_err();
+            assert_eq!(e.kind, ErrorKind::BadRequest, "{kind:?}");
+            assert_eq!(e.status, None);
+            assert!(
+                e.message.contains(
+                    "the completions endpoint is only available on OpenAI-compatible servers"
+                ),
+                "{}",
+                e.message
+            );
+            assert!(!e.is_retryable());
+        }
+        assert_eq!(fake.request_count(), 0, "{kind:?} made a request");
+    }
 }
 
 // ---------------------------------------------------------------------------
