@@ -5,6 +5,9 @@
 //!   [`Usage::input_tokens`] is their sum, like everyone else's;
 //! - the stream's end is the `message_stop` event; a stream that closes
 //!   without it is [`super::ErrorKind::StreamBroken`].
+//!
+//! There is no text completions route: [`super::Endpoint::Completions`] is
+//! refused without a request.
 
 use futures::future::BoxFuture;
 use serde_json::{Map, Value, json};
@@ -69,6 +72,7 @@ impl AnthropicClient {
     }
 
     async fn call(&self, req: &ChatRequest) -> Result<ChatResponse, ProviderError> {
+        self.common.chat_only(req)?;
         let call = Call {
             url: self.common.url("/v1/messages"),
             body: request_body(req),
@@ -239,6 +243,9 @@ pub(crate) fn request_body(req: &ChatRequest) -> Value {
     body.insert("messages".into(), Value::Array(messages));
     if let Some(t) = req.temperature {
         body.insert("temperature".into(), json!(t));
+    }
+    if !req.stop.is_empty() {
+        body.insert("stop_sequences".into(), json!(req.stop));
     }
     if let Some(schema) = &req.output_schema {
         body.insert(

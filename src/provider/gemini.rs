@@ -9,6 +9,9 @@
 //! A Gemini stream has no terminator event: the connection closes after the
 //! chunk that carries `finishReason`. A stream that closes before any chunk
 //! carried one was cut short.
+//!
+//! There is no text completions route: [`super::Endpoint::Completions`] is
+//! refused without a request.
 
 use futures::future::BoxFuture;
 use serde_json::{Map, Value, json};
@@ -40,6 +43,7 @@ impl GeminiClient {
     }
 
     async fn call(&self, req: &ChatRequest) -> Result<ChatResponse, ProviderError> {
+        self.common.chat_only(req)?;
         let model = encode_segment(req.model.strip_prefix("models/").unwrap_or(&req.model));
         let path = if req.stream {
             format!("/models/{model}:streamGenerateContent?alt=sse")
@@ -223,6 +227,9 @@ pub(crate) fn request_body(req: &ChatRequest) -> Value {
     config.insert("maxOutputTokens".into(), json!(req.max_output_tokens));
     if let Some(t) = req.temperature {
         config.insert("temperature".into(), json!(t));
+    }
+    if !req.stop.is_empty() {
+        config.insert("stopSequences".into(), json!(req.stop));
     }
     if let Some(schema) = &req.output_schema {
         config.insert("responseMimeType".into(), json!("application/json"));

@@ -15,7 +15,8 @@
 //! vendor bodies itself.
 //!
 //! Base URLs are the ones in [`ProviderKind::default_base_url`]: the OpenAI
-//! family's includes `/v1` (the client appends `/chat/completions`),
+//! family's includes `/v1` (the client appends `/chat/completions`, or
+//! `/completions` for [`Endpoint::Completions`]),
 //! Gemini's includes `/v1beta` (the client appends `/models/{model}:…`),
 //! Anthropic's is the bare host (the client appends `/v1/messages`).
 //!
@@ -82,6 +83,26 @@ pub enum CacheTtl {
     OneHour,
 }
 
+/// Which OpenAI-compatible route a request goes to.
+///
+/// Base (pretrained, not chat-tuned) models have no chat template: wrapping
+/// their input in role markers makes them continue a conversation transcript
+/// instead of the text. They are served on the legacy text completions route,
+/// which takes raw `prompt` text. Only the OpenAI-compatible dialect has it
+/// (OpenAI, OpenRouter, Ollama, llama.cpp, vLLM); the Anthropic and Gemini
+/// clients refuse [`Endpoint::Completions`] with [`ErrorKind::BadRequest`]
+/// without making a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Endpoint {
+    /// The dialect's chat API (`/chat/completions`, `/v1/messages`,
+    /// `:generateContent`).
+    #[default]
+    Chat,
+    /// `POST {base}/completions`; see [`openai`] for how the messages become
+    /// one prompt.
+    Completions,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct ChatRequest {
     /// The provider's model name.
@@ -101,6 +122,17 @@ pub struct ChatRequest {
     /// Anthropic only: put the system prompt in a block with `cache_control`
     /// of this TTL. Ignored by the other providers, whose caching is automatic.
     pub cache_system: Option<CacheTtl>,
+    /// Chat (the default) or, for base models on OpenAI-compatible servers,
+    /// the text completions route.
+    pub endpoint: Endpoint,
+    /// Stop sequences: generation ends before the first one produced (base
+    /// models otherwise run on into the next few-shot example). Sent in each
+    /// dialect's native field — OpenAI `stop`, Anthropic `stop_sequences`,
+    /// Gemini `generationConfig.stopSequences` — and only when non-empty, so
+    /// models that reject the field (OpenAI's reasoning models) are
+    /// unaffected unless a workflow asks for it. Vendors cap the count (OpenAI
+    /// at 4); the provider's 400 says so rather than this layer guessing.
+    pub stop: Vec<String>,
 }
 
 impl ChatRequest {
@@ -115,6 +147,8 @@ impl ChatRequest {
             output_schema: None,
             stream: false,
             cache_system: None,
+            endpoint: Endpoint::Chat,
+            stop: Vec::new(),
         }
     }
 }
@@ -825,6 +859,23 @@ impl Common {
                 self.kind.name()
             ),
         )
+    }
+
+    /// For the dialects with no text completions route: refuse
+    /// [`Endpoint::Completions`] before sending anything, since a chat call in
+    /// its place would hand a base model a chat template it was not trained
+    /// on. Not retryable: the same request gets the same answer.
+    pub(crate) fn chat_only(&self, req: &ChatRequest) -> Result<(), ProviderError> {
+        match req.endpoint {
+            Endpoint::Chat => Ok(()),
+            Endpoint::Completions => Err(ProviderError::new(
+                ErrorKind::BadRequest,
+                format!(
+                    "{}: the completions endpoint is only available on OpenAI-compatible servers",
+                    self.kind.name()
+                ),
+            )),
+        }
     }
 
     /// A payload that is not the JSON it should be.

@@ -1,20 +1,47 @@
-//! OpenAI Chat Completions (`POST {base}/chat/completions`), the dialect of
-//! `openai`, `openai-compatible` (Ollama, llama.cpp, vLLM, …), `mistral` and
-//! `openrouter` (provider-apis.md §1 and §7).
+//! OpenAI Chat Completions (`POST {base}/chat/completions`) and the legacy
+//! text Completions (`POST {base}/completions`), the dialect of `openai`,
+//! `openai-compatible` (Ollama, llama.cpp, vLLM, …), `mistral` and
+//! `openrouter` (provider-apis.md §1, §5, §6 and §7).
 //!
 //! The kinds differ in three details, each handled here:
-//! - the output limit is `max_completion_tokens` for OpenAI (its reasoning
-//!   models reject `max_tokens`) but `max_tokens` elsewhere (Ollama's and
-//!   other compatible servers' only spelling);
+//! - the output limit is `max_completion_tokens` for OpenAI chat (its
+//!   reasoning models reject `max_tokens`) but `max_tokens` elsewhere
+//!   (Ollama's and other compatible servers' only spelling, and the legacy
+//!   completions route's only spelling, OpenAI's included);
 //! - `stream_options.include_usage` is sent except to Mistral, which always
 //!   reports streamed usage and is strict about unknown fields;
 //! - OpenRouter reports a price, `usage.cost`, which becomes `cost_usd`.
+//!
+//! # The completions route ([`Endpoint::Completions`])
+//!
+//! Base models have no chat template, so they get raw text: `prompt` is the
+//! system prompt (if any) followed by every message's content, in order,
+//! joined by a blank line (`"\n\n"`). Roles are dropped — there is no neutral
+//! way to spell them that a base model would understand — so a few-shot
+//! prompt is written as one user message laid out exactly as the model
+//! should see it, ending where the model is to continue, usually with
+//! [`ChatRequest::stop`] set to the separator of the next example.
+//!
+//! The body is `{model, prompt, max_tokens, temperature?, stop?, stream,
+//! stream_options?, response_format?, json_schema?}`. A schema goes in two
+//! places: `response_format: {type: json_schema, json_schema: {name,
+//! schema}}` for servers that read it there on this route (vLLM), and
+//! top-level `json_schema`, which llama.cpp compiles to a grammar on every
+//! completion route (provider-apis.md §6) — its `/v1/completions` passes body
+//! fields through to the sampler but translates `response_format` only on
+//! the chat route. No `strict`: that is OpenAI's chat structured-output
+//! contract; the engine validates the answer either way.
+//!
+//! The answer is `choices[0].text` (stream: `choices[0].text` deltas, then
+//! `data: [DONE]`), with the same `finish_reason`, usage mapping, error
+//! classification, retry hints and TTFT as chat: only the request body and
+//! where the text sits differ, and everything else is one code path.
 
 use serde_json::{Map, Value, json};
 
 use super::{
-    AuthHeader, Call, ChatRequest, ChatResponse, Common, ErrorKind, Meta, Provider, ProviderError,
-    ProviderKind, Role, Usage, is_event_stream, str_at, u64_at,
+    AuthHeader, Call, ChatRequest, ChatResponse, Common, Endpoint, ErrorKind, Meta, Provider,
+    ProviderError, ProviderKind, Role, Usage, is_event_stream, str_at, u64_at,
 };
 use futures::future::BoxFuture;
 
@@ -28,8 +55,12 @@ impl OpenAiClient {
     }
 
     async fn call(&self, req: &ChatRequest) -> Result<ChatResponse, ProviderError> {
+        let path = match req.endpoint {
+            Endpoint::Chat => "/chat/completions",
+            Endpoint::Completions => "/completions",
+        };
         let call = Call {
-            url: self.common.url("/chat/completions"),
+            url: self.common.url(path),
             body: request_body(self.common.kind(), req),
             auth: Some(AuthHeader::Bearer),
             extra_headers: Vec::new(),
@@ -37,21 +68,29 @@ impl OpenAiClient {
         };
         let answer = self.common.send(call).await?;
         if is_event_stream(&answer) {
-            self.read_stream(answer).await
+            self.read_stream(answer, req.endpoint).await
         } else {
             let (value, meta) = self.common.json(answer).await?;
-            self.parse(&value, meta)
+            self.parse(&value, meta, req.endpoint)
         }
     }
 
-    fn parse(&self, v: &Value, meta: Meta) -> Result<ChatResponse, ProviderError> {
+    fn parse(
+        &self,
+        v: &Value,
+        meta: Meta,
+        endpoint: Endpoint,
+    ) -> Result<ChatResponse, ProviderError> {
         self.common.error_in_body(v)?;
         let Some(choice) = v.pointer("/choices/0") else {
             return Err(self
                 .common
                 .malformed("the response has no `choices[0]`", &v.to_string()));
         };
-        let text = content_text(choice.pointer("/message/content"));
+        let text = match endpoint {
+            Endpoint::Chat => content_text(choice.pointer("/message/content")),
+            Endpoint::Completions => str_at(choice, "/text").unwrap_or_default().to_string(),
+        };
         let (usage, cost_usd) = v.get("usage").map(usage).unwrap_or_default();
         Ok(ChatResponse {
             text,
@@ -67,7 +106,11 @@ impl OpenAiClient {
         })
     }
 
-    async fn read_stream(&self, answer: super::Answer) -> Result<ChatResponse, ProviderError> {
+    async fn read_stream(
+        &self,
+        answer: super::Answer,
+        endpoint: Endpoint,
+    ) -> Result<ChatResponse, ProviderError> {
         let (mut events, meta) = self.common.events(answer);
         let mut text = String::new();
         let mut ttft = None;
@@ -88,13 +131,7 @@ impl OpenAiClient {
                 id = str_at(&chunk, "/id").map(str::to_string);
             }
             if let Some(choice) = chunk.pointer("/choices/0") {
-                let delta = choice.get("delta");
-                let content = delta.and_then(|d| d.get("content")).and_then(Value::as_str);
-                // `reasoning` (OpenRouter) / `reasoning_content` (llama.cpp,
-                // DeepSeek-style servers) is generated output too, but not text.
-                let reasoning = delta
-                    .and_then(|d| d.get("reasoning").or_else(|| d.get("reasoning_content")))
-                    .and_then(Value::as_str);
+                let (content, reasoning) = streamed_pieces(endpoint, choice);
                 if ttft.is_none()
                     && (content.is_some_and(|c| !c.is_empty())
                         || reasoning.is_some_and(|r| !r.is_empty()))
@@ -152,6 +189,25 @@ impl Provider for OpenAiClient {
     }
 }
 
+/// What one stream chunk's choice generated: (text, reasoning). Chat puts
+/// text in `delta.content`, and reasoning — generated output too, but not
+/// text — in `delta.reasoning` (OpenRouter) or `delta.reasoning_content`
+/// (llama.cpp, DeepSeek-style servers). The completions route has only
+/// `text`, no delta and no reasoning channel.
+fn streamed_pieces(endpoint: Endpoint, choice: &Value) -> (Option<&str>, Option<&str>) {
+    match endpoint {
+        Endpoint::Chat => {
+            let delta = choice.get("delta");
+            let content = delta.and_then(|d| d.get("content")).and_then(Value::as_str);
+            let reasoning = delta
+                .and_then(|d| d.get("reasoning").or_else(|| d.get("reasoning_content")))
+                .and_then(Value::as_str);
+            (content, reasoning)
+        }
+        Endpoint::Completions => (str_at(choice, "/text"), None),
+    }
+}
+
 /// `message.content` is a string, `null` (refusals, tool calls) or — from
 /// some compatible servers — a list of `{type: text, text}` parts.
 fn content_text(content: Option<&Value>) -> String {
@@ -179,6 +235,64 @@ fn usage(u: &Value) -> (Usage, Option<f64>) {
 }
 
 pub(crate) fn request_body(kind: ProviderKind, req: &ChatRequest) -> Value {
+    let mut body = Map::new();
+    body.insert("model".into(), json!(req.model));
+    match req.endpoint {
+        Endpoint::Chat => {
+            body.insert("messages".into(), chat_messages(req));
+        }
+        Endpoint::Completions => {
+            body.insert("prompt".into(), json!(completion_prompt(req)));
+        }
+    }
+    let limit_field = if kind == ProviderKind::Openai && req.endpoint == Endpoint::Chat {
+        "max_completion_tokens"
+    } else {
+        "max_tokens"
+    };
+    body.insert(limit_field.into(), json!(req.max_output_tokens));
+    if let Some(t) = req.temperature {
+        body.insert("temperature".into(), json!(t));
+    }
+    if !req.stop.is_empty() {
+        body.insert("stop".into(), json!(req.stop));
+    }
+    if let Some(schema) = &req.output_schema {
+        match req.endpoint {
+            Endpoint::Chat => {
+                body.insert(
+                    "response_format".into(),
+                    json!({
+                        "type": "json_schema",
+                        "json_schema": {
+                            "name": schema_name(schema),
+                            "schema": schema,
+                            "strict": strict_compatible(schema),
+                        }
+                    }),
+                );
+            }
+            Endpoint::Completions => {
+                body.insert(
+                    "response_format".into(),
+                    json!({
+                        "type": "json_schema",
+                        "json_schema": {"name": schema_name(schema), "schema": schema}
+                    }),
+                );
+                body.insert("json_schema".into(), schema.clone());
+            }
+        }
+    }
+    body.insert("stream".into(), json!(req.stream));
+    if req.stream && kind != ProviderKind::Mistral {
+        // Without it OpenAI sends no usage at all in a stream.
+        body.insert("stream_options".into(), json!({"include_usage": true}));
+    }
+    Value::Object(body)
+}
+
+fn chat_messages(req: &ChatRequest) -> Value {
     let mut messages = Vec::with_capacity(req.messages.len() + 1);
     if let Some(system) = &req.system {
         // `system`, not the newer `developer`: every compatible server and
@@ -192,37 +306,22 @@ pub(crate) fn request_body(kind: ProviderKind, req: &ChatRequest) -> Value {
         };
         messages.push(json!({"role": role, "content": m.content}));
     }
-    let mut body = Map::new();
-    body.insert("model".into(), json!(req.model));
-    body.insert("messages".into(), Value::Array(messages));
-    let limit_field = if kind == ProviderKind::Openai {
-        "max_completion_tokens"
-    } else {
-        "max_tokens"
-    };
-    body.insert(limit_field.into(), json!(req.max_output_tokens));
-    if let Some(t) = req.temperature {
-        body.insert("temperature".into(), json!(t));
-    }
-    if let Some(schema) = &req.output_schema {
-        body.insert(
-            "response_format".into(),
-            json!({
-                "type": "json_schema",
-                "json_schema": {
-                    "name": schema_name(schema),
-                    "schema": schema,
-                    "strict": strict_compatible(schema),
-                }
-            }),
-        );
-    }
-    body.insert("stream".into(), json!(req.stream));
-    if req.stream && kind != ProviderKind::Mistral {
-        // Without it OpenAI sends no usage at all in a stream.
-        body.insert("stream_options".into(), json!({"include_usage": true}));
-    }
-    Value::Object(body)
+    Value::Array(messages)
+}
+
+/// The raw text a base model continues: the system prompt (if any), then
+/// each message's content, joined by a blank line, roles dropped (see the
+/// module docs for why and how to write few-shot prompts). An empty system
+/// prompt counts as none: a leading blank line would change what the model
+/// continues.
+pub(crate) fn completion_prompt(req: &ChatRequest) -> String {
+    req.system
+        .iter()
+        .filter(|s| !s.is_empty())
+        .chain(req.messages.iter().map(|m| &m.content))
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .join("\n\n")
 }
 
 /// `json_schema.name` must match `[a-zA-Z0-9_-]{1,64}`: the schema's title
@@ -341,6 +440,52 @@ mod tests {
             assert_eq!(body["max_tokens"], 1024, "{kind:?}");
             assert!(body.get("max_completion_tokens").is_none());
         }
+    }
+
+    #[test]
+    fn a_completion_prompt_is_the_system_prompt_and_the_messages_as_raw_text() {
+        let mut req = ChatRequest::new("base", "Q: 2+2\nA: 4");
+        req.messages
+            .push(crate::provider::Message::assistant("Q: 3+3\nA:"));
+        assert_eq!(completion_prompt(&req), "Q: 2+2\nA: 4\n\nQ: 3+3\nA:");
+        req.system = Some("Arithmetic.".into());
+        assert_eq!(
+            completion_prompt(&req),
+            "Arithmetic.\n\nQ: 2+2\nA: 4\n\nQ: 3+3\nA:"
+        );
+        req.system = Some(String::new());
+        assert_eq!(completion_prompt(&req), "Q: 2+2\nA: 4\n\nQ: 3+3\nA:");
+    }
+
+    #[test]
+    fn the_completions_body_has_a_prompt_and_always_max_tokens() {
+        let mut req = ChatRequest::new("davinci-002", "Once upon a time");
+        req.endpoint = Endpoint::Completions;
+        req.stop = vec!["\n\n".into()];
+        for kind in [ProviderKind::Openai, ProviderKind::OpenaiCompatible] {
+            let body = request_body(kind, &req);
+            assert_eq!(
+                body,
+                json!({"model": "davinci-002", "prompt": "Once upon a time",
+                       "max_tokens": 1024, "stop": ["\n\n"], "stream": false}),
+                "{kind:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn stop_is_only_sent_when_there_is_one() {
+        let mut req = ChatRequest::new("m", "hi");
+        assert!(
+            request_body(ProviderKind::Openai, &req)
+                .get("stop")
+                .is_none()
+        );
+        req.stop = vec!["END".into(), "###".into()];
+        assert_eq!(
+            request_body(ProviderKind::Openai, &req)["stop"],
+            json!(["END", "###"])
+        );
     }
 
     #[test]

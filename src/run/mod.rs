@@ -38,7 +38,7 @@ use crate::inputs::Inputs;
 use crate::plan::{CostRange, Plan, RULE_TOKENIZER, Status};
 use crate::policy::{Model, Policy, ProviderKind};
 use crate::provider::{
-    self, ChatRequest, ClientConfig, ErrorKind, Message, Provider, ProviderError, Usage,
+    self, ChatRequest, ClientConfig, Endpoint, ErrorKind, Message, Provider, ProviderError, Usage,
 };
 use crate::route::{self, Facts, PassedOver, TierUsage};
 use crate::template::Source;
@@ -946,6 +946,8 @@ async fn call_model(
         output_schema: schema.clone(),
         stream: sh.options.stream,
         cache_system: None,
+        endpoint: Endpoint::Chat,
+        stop: Vec::new(),
     };
     let retries = step.retries.unwrap_or(sh.options.retries);
     let mut backoff = backon::ExponentialBuilder::default()

@@ -7,11 +7,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use fake_llm::{FakeServer, Recorded, Reply};
+use fake_llm::{Api, FakeServer, Recorded, Reply};
 use serde_json::json;
 use tollgate::provider::{
-    CacheTtl, ChatRequest, ChatResponse, ClientConfig, ErrorKind, Message, Provider, ProviderError,
-    ProviderKind, Usage, client_for, http_client,
+    CacheTtl, ChatRequest, ChatResponse, ClientConfig, Endpoint, ErrorKind, Message, Provider,
+    ProviderError, ProviderKind, Usage, client_for, http_client,
 };
 
 const KEY: &str = "sk-test-SECRET-5f3a9c0e7d2b41aa";
@@ -78,8 +78,21 @@ fn request(model: &str, stream: bool) -> ChatRequest {
         output_schema: None,
         stream,
         cache_system: None,
+        endpoint: Endpoint::Chat,
+        stop: Vec::new(),
     }
 }
+
+/// The same conversation for a base model on the text completions route.
+fn completion_request(model: &str, stream: bool) -> ChatRequest {
+    ChatRequest {
+        endpoint: Endpoint::Completions,
+        ..request(model, stream)
+    }
+}
+
+/// What [`completion_request`]'s system prompt and messages become.
+const COMPLETION_PROMPT: &str = "You are terse.\n\nSay hello.\n\nHello.\n\nAgain, louder.";
 
 fn model_for(kind: ProviderKind) -> &'static str {
     match kind {
@@ -520,6 +533,243 @@ async fn a_blocked_gemini_prompt_is_a_bad_request() {
     assert_eq!(e.kind, ErrorKind::BadRequest);
     assert!(e.message.contains("SAFETY"), "{}", e.message);
     assert!(!e.is_retryable());
+}
+
+#[tokio::test]
+async fn stop_sequences_go_in_each_dialects_native_field() {
+    for kind in DIALECTS {
+        let fake = FakeServer::start().await;
+        let mut req = request(model_for(kind), false);
+        req.stop = vec!["\n\nQ:".to_string(), "END".to_string()];
+        client(&fake, kind).send(&req).await.unwrap();
+        let body = fake.last_request().body;
+        let stop = json!(["\n\nQ:", "END"]);
+        match kind {
+            ProviderKind::Anthropic => assert_eq!(body["stop_sequences"], stop),
+            ProviderKind::Gemini => assert_eq!(body["generationConfig"]["stopSequences"], stop),
+            _ => assert_eq!(body["stop"], stop),
+        }
+
+        // None asked for, none sent: OpenAI's reasoning models reject `stop`.
+        client(&fake, kind)
+            .send(&request(model_for(kind), false))
+            .await
+            .unwrap();
+        let body = fake.last_request().body.to_string();
+        assert!(
+            !body.contains("stop\"") && !body.contains("stopSequences"),
+            "{kind:?}: {body}"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The text completions route, for base models.
+
+#[tokio::test]
+async fn completions_send_raw_text_and_map_text_usage_and_ids() {
+    let schema = json!({"title": "answer", "type": "object",
+        "properties": {"n": {"type": "integer"}}, "required": ["n"]});
+    let fake = FakeServer::start().await;
+    fake.push(
+        Reply::text("{\"n\": 4}")
+            .usage(120, 6)
+            .cached(96)
+            .model("base-7b-q4"),
+    );
+    let mut req = completion_request("base-7b", false);
+    req.stop = vec!["\n\n".to_string()];
+    req.output_schema = Some(schema.clone());
+    let resp = client(&fake, ProviderKind::OpenaiCompatible)
+        .send(&req)
+        .await
+        .unwrap();
+
+    assert_eq!(resp.text, "{\"n\": 4}");
+    assert_eq!(
+        resp.usage,
+        Usage {
+            input_tokens: 120,
+            output_tokens: 6,
+            cached_input_tokens: 96,
+            cache_write_tokens: 0,
+            reasoning_tokens: 0,
+        }
+    );
+    assert_eq!(resp.finish_reason.as_deref(), Some("stop"));
+    assert!(!resp.truncated());
+    assert_eq!(resp.model, "base-7b-q4");
+    assert!(resp.request_id.as_deref().unwrap().starts_with("req_fake"));
+    assert_eq!(resp.time_to_first_token, None);
+
+    let seen = fake.last_request();
+    assert_eq!(seen.path, "/v1/completions");
+    assert_eq!(seen.api, Api::OpenAiCompletions);
+    assert_eq!(seen.model(), "base-7b");
+    assert_eq!(
+        seen.header("authorization"),
+        Some(format!("Bearer {KEY}").as_str())
+    );
+    assert_eq!(
+        seen.body,
+        json!({
+            "model": "base-7b",
+            "prompt": COMPLETION_PROMPT,
+            "max_tokens": 256,
+            "temperature": 0.2,
+            "stop": ["\n\n"],
+            // For servers that read it on this route (vLLM) …
+            "response_format": {"type": "json_schema",
+                                "json_schema": {"name": "answer", "schema": schema}},
+            // … and llama.cpp's own field, which its completion routes honour.
+            "json_schema": schema,
+            "stream": false,
+        })
+    );
+
+    // `length` means the same on this route: the text is cut short.
+    fake.push(Reply::text("cut").truncated());
+    let resp = client(&fake, ProviderKind::OpenaiCompatible)
+        .send(&completion_request("base-7b", false))
+        .await
+        .unwrap();
+    assert_eq!(resp.finish_reason.as_deref(), Some("length"));
+    assert!(resp.truncated());
+}
+
+#[tokio::test]
+async fn completions_stream_text_deltas_with_usage_in_the_last_chunk() {
+    let fake = FakeServer::start().await;
+    fake.push(
+        Reply::text("Once upon a tïme ✓ — the end")
+            .usage(31, 9)
+            .cached(16)
+            .keep_alive()
+            .crlf()
+            .write_size(7),
+    );
+    let mut req = completion_request("gpt-3.5-turbo-instruct", true);
+    req.stop = vec!["THE END".to_string()];
+    let resp = client(&fake, ProviderKind::Openai)
+        .send(&req)
+        .await
+        .unwrap();
+    assert_eq!(resp.text, "Once upon a tïme ✓ — the end");
+    assert_eq!(
+        resp.usage,
+        Usage {
+            input_tokens: 31,
+            output_tokens: 9,
+            cached_input_tokens: 16,
+            cache_write_tokens: 0,
+            reasoning_tokens: 0,
+        }
+    );
+    assert_eq!(resp.finish_reason.as_deref(), Some("stop"));
+    assert_eq!(resp.model, "gpt-3.5-turbo-instruct");
+    let ttft = resp
+        .time_to_first_token
+        .expect("a streamed answer has a TTFT");
+    assert!(ttft <= resp.latency);
+
+    let seen = fake.last_request();
+    assert_eq!(seen.path, "/v1/completions");
+    assert!(seen.wants_stream());
+    assert_eq!(
+        seen.body,
+        json!({
+            "model": "gpt-3.5-turbo-instruct",
+            "prompt": COMPLETION_PROMPT,
+            // Even for OpenAI: the legacy route never took `max_completion_tokens`.
+            "max_tokens": 256,
+            "temperature": 0.2,
+            "stop": ["THE END"],
+            "stream": true,
+            "stream_options": {"include_usage": true},
+        })
+    );
+}
+
+#[tokio::test]
+async fn completions_failures_are_classified_exactly_like_chat() {
+    let cases = [
+        (false, Reply::rate_limited().retry_after_ms(644.0)),
+        (false, Reply::insufficient_quota()),
+        (false, Reply::llamacpp_context_length()),
+        (false, Reply::server_error().should_retry(false)),
+        (false, Reply::malformed()),
+        (true, Reply::malformed()),
+        (true, Reply::server_error().in_stream()),
+        (true, Reply::text("one two three four five").cut_after(2)),
+        (true, Reply::text("one two three four five").abort_after(2)),
+    ];
+    for (stream, reply) in cases {
+        let fake = FakeServer::start().await;
+        fake.push(reply.clone());
+        fake.push(reply.clone());
+        let provider = impatient_client(&fake, ProviderKind::OpenaiCompatible);
+        let chat = provider
+            .send(&request("m", stream))
+            .await
+            .expect_err("chat fails");
+        let completions = provider
+            .send(&completion_request("m", stream))
+            .await
+            .expect_err("completions fail");
+        assert_key_free(&completions);
+        let requests = fake.requests();
+        assert_eq!(requests[0].api, Api::OpenAi);
+        assert_eq!(requests[1].api, Api::OpenAiCompletions);
+        let facts = |e: &ProviderError| {
+            (
+                e.kind,
+                e.status,
+                e.retry_after,
+                e.should_retry,
+                e.is_retryable(),
+            )
+        };
+        assert_eq!(
+            facts(&completions),
+            facts(&chat),
+            "stream={stream} {reply:?}: {completions:?}"
+        );
+    }
+
+    // The headline case, spelled out.
+    let fake = FakeServer::start().await;
+    fake.push(Reply::rate_limited().retry_after_ms(644.0));
+    let e = client(&fake, ProviderKind::OpenaiCompatible)
+        .send(&completion_request("m", false))
+        .await
+        .unwrap_err();
+    assert_eq!((e.kind, e.status), (ErrorKind::RateLimited, Some(429)));
+    assert_eq!(e.retry_after, Some(Duration::from_millis(644)));
+    assert!(e.is_retryable());
+}
+
+#[tokio::test]
+async fn anthropic_and_gemini_refuse_the_completions_route_without_a_request() {
+    for kind in [ProviderKind::Anthropic, ProviderKind::Gemini] {
+        let fake = FakeServer::start().await;
+        for stream in [false, true] {
+            let e = client(&fake, kind)
+                .send(&completion_request(model_for(kind), stream))
+                .await
+                .unwrap_err();
+            assert_eq!(e.kind, ErrorKind::BadRequest, "{kind:?}");
+            assert_eq!(e.status, None);
+            assert!(
+                e.message.contains(
+                    "the completions endpoint is only available on OpenAI-compatible servers"
+                ),
+                "{}",
+                e.message
+            );
+            assert!(!e.is_retryable());
+        }
+        assert_eq!(fake.request_count(), 0, "{kind:?} made a request");
+    }
 }
 
 // ---------------------------------------------------------------------------

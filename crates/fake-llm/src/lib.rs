@@ -6,6 +6,7 @@
 //! | path | flavour |
 //! |---|---|
 //! | `POST …/chat/completions` (e.g. `/v1/chat/completions`) | OpenAI Chat Completions (also OpenRouter, Mistral, compatible servers) |
+//! | `POST …/completions` (e.g. `/v1/completions`) | OpenAI legacy Completions, for base models (also OpenRouter, Ollama, llama.cpp, vLLM) |
 //! | `POST …/v1/messages` | Anthropic Messages |
 //! | `POST …/models/{model}:generateContent`, `…:streamGenerateContent?alt=sse` | Gemini |
 //!
@@ -57,6 +58,9 @@ use reply::{Outcome, StreamShape};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Api {
     OpenAi,
+    /// The legacy text Completions endpoint (`prompt` in, `choices[].text`
+    /// out) that OpenAI-compatible servers keep for base models.
+    OpenAiCompletions,
     Anthropic,
     Gemini,
     /// A path the fake does not serve; answered 404.
@@ -67,6 +71,8 @@ impl Api {
     fn of_path(path: &str) -> Api {
         if path.ends_with("/chat/completions") {
             Api::OpenAi
+        } else if path.ends_with("/completions") {
+            Api::OpenAiCompletions
         } else if path.ends_with("/v1/messages") {
             Api::Anthropic
         } else if path.contains("/models/")
@@ -134,7 +140,7 @@ impl Recorded {
         match self.api {
             Api::Anthropic => self.header("x-api-key").map(str::to_string),
             Api::Gemini => self.header("x-goog-api-key").map(str::to_string),
-            Api::OpenAi | Api::Unknown => self
+            Api::OpenAi | Api::OpenAiCompletions | Api::Unknown => self
                 .header("authorization")
                 .and_then(|v| v.strip_prefix("Bearer "))
                 .map(str::to_string),

@@ -276,6 +276,73 @@ fn openai_error(case: &ErrorCase, ctx: &Ctx) -> (u16, Value) {
 }
 
 // ---------------------------------------------------------------------------
+// OpenAI legacy Completions (`/v1/completions`): the same envelope, usage
+// and errors as chat, but `prompt` in and `choices[].text` out, with
+// `object: text_completion` on the body and on every stream chunk alike.
+// There is no reasoning channel, so a reply's `thinking` is not rendered.
+
+fn completion_id(ctx: &Ctx) -> String {
+    format!("cmpl-fake{:08}", ctx.seq)
+}
+
+fn completion_success(s: &Success, ctx: &Ctx) -> Value {
+    json!({
+        "id": completion_id(ctx),
+        "object": "text_completion",
+        "created": ctx.created,
+        "model": reported_model(s, ctx),
+        "system_fingerprint": "fp_fake",
+        "choices": [{"text": s.text, "index": 0, "logprobs": null, "finish_reason": openai_finish(s)}],
+        "usage": openai_usage(&s.usage, s.cost),
+    })
+}
+
+fn completion_chunk(ctx: &Ctx, model: &str, choices: Value) -> Value {
+    let mut chunk = json!({
+        "id": completion_id(ctx),
+        "object": "text_completion",
+        "created": ctx.created,
+        "model": model,
+        "system_fingerprint": "fp_fake",
+        "choices": choices,
+    });
+    if ctx.include_usage {
+        chunk["usage"] = Value::Null;
+    }
+    chunk
+}
+
+fn completion_text(ctx: &Ctx, model: &str, text: &str, finish: Option<&str>) -> Frame {
+    data_frame(&completion_chunk(
+        ctx,
+        model,
+        json!([{"text": text, "index": 0, "logprobs": null, "finish_reason": finish}]),
+    ))
+}
+
+/// Content events, without the finish and usage events.
+fn completion_head(s: &Success, ctx: &Ctx, content: &[String]) -> Vec<Frame> {
+    let model = reported_model(s, ctx);
+    content
+        .iter()
+        .map(|p| completion_text(ctx, &model, p, None))
+        .collect()
+}
+
+fn completion_events(s: &Success, ctx: &Ctx) -> Vec<Frame> {
+    let model = reported_model(s, ctx);
+    let mut out = completion_head(s, ctx, &pieces(s));
+    out.push(completion_text(ctx, &model, "", Some(openai_finish(s))));
+    if ctx.include_usage || s.cost.is_some() {
+        let mut last = completion_chunk(ctx, &model, json!([]));
+        last["usage"] = openai_usage(&s.usage, s.cost);
+        out.push(data_frame(&last));
+    }
+    out.push("data: [DONE]\n\n".to_string());
+    out
+}
+
+// ---------------------------------------------------------------------------
 // Anthropic Messages.
 
 fn anthropic_id(ctx: &Ctx) -> String {
@@ -597,6 +664,7 @@ pub(crate) fn success_json(s: &Success, ctx: &Ctx) -> Value {
     match ctx.api {
         Api::Anthropic => anthropic_success(s, ctx),
         Api::Gemini => gemini_success(s, ctx),
+        Api::OpenAiCompletions => completion_success(s, ctx),
         Api::OpenAi | Api::Unknown => openai_success(s, ctx),
     }
 }
@@ -605,6 +673,7 @@ pub(crate) fn success_events(s: &Success, ctx: &Ctx) -> Vec<Frame> {
     match ctx.api {
         Api::Anthropic => anthropic_events(s, ctx),
         Api::Gemini => gemini_events(s, ctx),
+        Api::OpenAiCompletions => completion_events(s, ctx),
         Api::OpenAi | Api::Unknown => openai_events(s, ctx),
     }
 }
@@ -613,7 +682,8 @@ pub(crate) fn error(case: &ErrorCase, ctx: &Ctx) -> (u16, Value) {
     match ctx.api {
         Api::Anthropic => anthropic_error(case, ctx),
         Api::Gemini => gemini_error(case, ctx),
-        Api::OpenAi | Api::Unknown => openai_error(case, ctx),
+        // The completions route shares chat's error handling on every server.
+        Api::OpenAi | Api::OpenAiCompletions | Api::Unknown => openai_error(case, ctx),
     }
 }
 
@@ -656,6 +726,11 @@ pub(crate) fn error_in_stream(case: &ErrorCase, ctx: &Ctx) -> Vec<Frame> {
             out.push(data_frame(&body));
             out
         }
+        Api::OpenAiCompletions => {
+            let mut out = completion_head(&partial, ctx, &content);
+            out.push(data_frame(&body));
+            out
+        }
         Api::OpenAi | Api::Unknown => {
             let mut out = openai_head(&partial, ctx, &content);
             out.push(data_frame(&body));
@@ -678,6 +753,7 @@ pub(crate) fn malformed_events(ctx: &Ctx) -> Vec<Frame> {
         Api::Anthropic => {
             "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_de\n\n"
         }
+        Api::OpenAiCompletions => "data: {\"choices\":[{\"index\":0,\"text\":\"bro\n\n",
         _ => "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"bro\n\n",
     };
     events.insert(at, broken.to_string());
@@ -706,7 +782,7 @@ pub(crate) fn standard_headers(ctx: &Ctx, status: u16) -> Vec<(String, String)> 
     let limited = status == 429;
     let h = |k: &str, v: String| (k.to_string(), v);
     match ctx.api {
-        Api::OpenAi | Api::Unknown => vec![
+        Api::OpenAi | Api::OpenAiCompletions | Api::Unknown => vec![
             h("x-request-id", format!("req_fake{:08}", ctx.seq)),
             h("openai-processing-ms", "12".into()),
             h("openai-version", "2020-10-01".into()),
@@ -793,6 +869,61 @@ mod tests {
         assert_eq!(civil_from_days(0), (1970, 1, 1));
         assert_eq!(civil_from_days(19_358), (2023, 1, 1));
         assert_eq!(civil_from_days(20_000), (2024, 10, 4));
+    }
+
+    fn completions_ctx(include_usage: bool) -> Ctx {
+        Ctx {
+            api: Api::OpenAiCompletions,
+            model: "base-7b".into(),
+            seq: 7,
+            created: 1_700_000_000,
+            include_usage,
+            presented_key: None,
+        }
+    }
+
+    #[test]
+    fn completions_answer_in_the_legacy_text_completion_shape() {
+        let mut s = sample();
+        s.thinking = Some("never rendered".into());
+        let body = success_json(&s, &completions_ctx(false));
+        assert_eq!(body["id"], "cmpl-fake00000007");
+        assert_eq!(body["object"], "text_completion");
+        assert_eq!(
+            body["choices"],
+            json!([{"text": "this answer is cut short", "index": 0,
+                    "logprobs": null, "finish_reason": "stop"}])
+        );
+        assert_eq!(body["usage"]["prompt_tokens"], 10);
+        assert!(!body.to_string().contains("never rendered"));
+    }
+
+    #[test]
+    fn completions_stream_text_chunks_then_usage_then_done() {
+        let frames = success_events(&sample(), &completions_ctx(true));
+        let payloads: Vec<&str> = frames
+            .iter()
+            .map(|f| f.strip_prefix("data: ").unwrap().trim_end())
+            .collect();
+        assert_eq!(payloads.last(), Some(&"[DONE]"));
+        let chunks: Vec<Value> = payloads[..payloads.len() - 1]
+            .iter()
+            .map(|p| serde_json::from_str(p).unwrap())
+            .collect();
+        assert!(chunks.iter().all(|c| c["object"] == "text_completion"));
+        let text: String = chunks
+            .iter()
+            .filter_map(|c| c["choices"][0]["text"].as_str())
+            .collect();
+        assert_eq!(text, "this answer is cut short");
+        let finish = &chunks[chunks.len() - 2];
+        assert_eq!(finish["choices"][0]["finish_reason"], "stop");
+        let usage = &chunks[chunks.len() - 1];
+        assert_eq!(usage["choices"], json!([]));
+        assert_eq!(usage["usage"]["completion_tokens"], 5);
+        // Without `include_usage`, no usage chunk and no `usage` key at all.
+        let frames = success_events(&sample(), &completions_ctx(false));
+        assert!(frames.iter().all(|f| !f.contains("usage")));
     }
 
     #[test]

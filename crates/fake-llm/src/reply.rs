@@ -267,7 +267,8 @@ impl Reply {
 
     /// Reasoning content that a client must keep out of the text:
     /// OpenRouter-style `reasoning`, an Anthropic `thinking` block, a Gemini
-    /// part with `thought: true`.
+    /// part with `thought: true`. Not rendered on the legacy completions
+    /// endpoint, which has no reasoning channel.
     pub fn thinking(mut self, text: impl Into<String>) -> Self {
         if let Some(s) = self.success_mut() {
             s.thinking = Some(text.into());
