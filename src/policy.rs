@@ -112,9 +112,23 @@ pub struct ModelFile {
     pub context_window: Option<u64>,
     pub max_output_tokens: Option<u64>,
     pub tokenizer: Option<String>,
+    #[serde(default)]
+    pub endpoint: Endpoint,
     pub pricing: Option<PricingFile>,
     #[serde(default)]
     pub limits: Limits,
+}
+
+/// Which API a model is called through.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Endpoint {
+    /// Chat messages (every provider).
+    #[default]
+    Chat,
+    /// One raw prompt, for base models and few-shot prompts
+    /// (OpenAI-compatible servers: llama.cpp, vLLM, Ollama's `/v1`).
+    Completions,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -371,6 +385,7 @@ pub struct Model {
     pub price: Price,
     pub price_source: PriceSource,
     pub limits: Limits,
+    pub endpoint: Endpoint,
 }
 
 /// A rule's conditions as sets; `None` means "any".
@@ -791,6 +806,21 @@ pub fn compile(file: &PolicyFile, doc: &Document, catalog: &Catalog) -> (Policy,
                 (price, source)
             }
         };
+        if m.endpoint == Endpoint::Completions
+            && matches!(
+                provider.kind,
+                ProviderKind::Anthropic | ProviderKind::Gemini
+            )
+        {
+            diags.push(
+                Diagnostic::error(
+                    "completions-unsupported",
+                    format!("{} has no completions endpoint", provider.kind.name()),
+                )
+                .at(at(&["models", alias, "endpoint"]))
+                .with_help("the completions endpoint is for OpenAI-compatible servers (llama.cpp, vLLM, Ollama); use `endpoint: chat`"),
+            );
+        }
         let context_window = m.context_window.or(entry.and_then(|e| e.max_input_tokens));
         let Some(context_window) = context_window else {
             diags.push(
@@ -826,6 +856,7 @@ pub fn compile(file: &PolicyFile, doc: &Document, catalog: &Catalog) -> (Policy,
                 price,
                 price_source,
                 limits: m.limits,
+                endpoint: m.endpoint,
             },
         );
     }

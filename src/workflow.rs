@@ -170,6 +170,8 @@ pub struct Step {
     pub max_output_tokens: Option<u32>,
     pub expected_output_tokens: Option<u32>,
     pub temperature: Option<f64>,
+    #[serde(default)]
+    pub stop: Vec<String>,
     pub output: Option<OutputSpec>,
     #[serde(default, deserialize_with = "duration_opt")]
     pub timeout: Option<Duration>,

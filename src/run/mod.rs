@@ -946,8 +946,11 @@ async fn call_model(
         output_schema: schema.clone(),
         stream: sh.options.stream,
         cache_system: None,
-        endpoint: Endpoint::Chat,
-        stop: Vec::new(),
+        endpoint: match model.endpoint {
+            crate::policy::Endpoint::Chat => Endpoint::Chat,
+            crate::policy::Endpoint::Completions => Endpoint::Completions,
+        },
+        stop: step.stop.clone(),
     };
     let retries = step.retries.unwrap_or(sh.options.retries);
     let mut backoff = backon::ExponentialBuilder::default()

@@ -8,7 +8,7 @@ use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
-use crate::transcript;
+use crate::{temp_project, transcript};
 
 fn installed() -> Option<(PathBuf, PathBuf)> {
     let cache = std::env::var_os("TOLLGATE_CACHE")
@@ -96,14 +96,6 @@ fn run_in(dir: &std::path::Path, args: &[&str]) -> Output {
         .expect("the binary runs")
 }
 
-fn project(policy: &str, workflow: &str) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir(dir.path().join(".git")).unwrap();
-    std::fs::write(dir.path().join("policy.yaml"), policy).unwrap();
-    std::fs::write(dir.path().join("wf.yaml"), workflow).unwrap();
-    dir
-}
-
 /// `GET /health` answered `{"status":"ok"}` (the server has loaded its model).
 fn health_ok(port: u16) -> bool {
     use std::io::{Read, Write};
@@ -131,7 +123,7 @@ fn tollgate_starts_the_server_gets_a_constrained_answer_and_stops_it() {
         return;
     };
     let port = free_port();
-    let dir = project(
+    let dir = temp_project(
         &launch_policy(
             &server.display().to_string(),
             &model.display().to_string(),
@@ -198,7 +190,7 @@ fn a_server_that_is_already_running_is_used_and_left_running() {
         }
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
-    let dir = project(
+    let dir = temp_project(
         &launch_policy("/nonexistent/llama-server", "/nonexistent/model.gguf", port),
         CLASSIFY,
     );
@@ -222,7 +214,7 @@ fn a_server_that_is_already_running_is_used_and_left_running() {
 #[test]
 fn a_missing_model_file_is_a_clear_error() {
     let port = free_port();
-    let dir = project(
+    let dir = temp_project(
         &launch_policy("/bin/true", "/nonexistent/model.gguf", port),
         CLASSIFY,
     );
@@ -240,7 +232,7 @@ fn a_missing_model_file_is_a_clear_error() {
 #[test]
 fn a_server_that_dies_at_start_shows_its_last_log_lines() {
     let port = free_port();
-    let dir = project("", CLASSIFY);
+    let dir = temp_project("", CLASSIFY);
     // A stand-in server that complains and exits, as llama-server does on a
     // corrupt model.
     let fake = dir.path().join("fake-server.sh");
@@ -266,4 +258,37 @@ fn a_server_that_dies_at_start_shows_its_last_log_lines() {
         detail.contains("tensor data is not within the file bounds"),
         "{detail}"
     );
+}
+
+#[test]
+fn a_base_model_labels_a_batch_with_a_few_shot_prompt_on_the_completions_endpoint() {
+    let Some((server, model)) = installed() else {
+        return;
+    };
+    let port = free_port();
+    let policy = launch_policy(
+        &server.display().to_string(),
+        &model.display().to_string(),
+        port,
+    )
+    .replace(
+        "context_window: 2048 }",
+        "context_window: 2048, endpoint: completions }",
+    );
+    let workflow =
+        std::fs::read_to_string(crate::root().join("workflows/few-shot-labels.yaml")).unwrap();
+    let dir = temp_project(&policy, &workflow);
+    let tickets = r#"tickets=["Saving a 2 GB file freezes the editor.", "It would be great to sync bookmarks across devices."]"#;
+    let out = run_in(dir.path(), &["--input", tickets, "--format", "json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", transcript(&out));
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let labels: Vec<String> = r["steps"][0]["output"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().trim().to_owned())
+        .collect();
+    // The stop sequence ends each answer at the label; temperature 0 makes it
+    // repeatable.
+    assert_eq!(labels, vec!["bug", "feature"]);
 }

@@ -33,6 +33,16 @@ pub fn tollgate(args: &[&str]) -> Output {
     tollgate_in(&root(), args)
 }
 
+/// A temporary project (a folder with `.git`, so prompt files resolve inside
+/// it) holding `policy.yaml` and `wf.yaml`.
+pub fn temp_project(policy: &str, workflow: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::create_dir(dir.path().join(".git")).unwrap();
+    std::fs::write(dir.path().join("policy.yaml"), policy).unwrap();
+    std::fs::write(dir.path().join("wf.yaml"), workflow).unwrap();
+    dir
+}
+
 /// Exit code, stdout and stderr in one text, for snapshots.
 pub fn transcript(out: &Output) -> String {
     format!(

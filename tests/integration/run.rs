@@ -56,11 +56,9 @@ struct Project {
 
 impl Project {
     fn new(policy: &str, workflow: &str) -> Project {
-        let dir = tempfile::tempdir().expect("temp dir");
-        std::fs::create_dir(dir.path().join(".git")).unwrap();
-        std::fs::write(dir.path().join("policy.yaml"), policy).unwrap();
-        std::fs::write(dir.path().join("wf.yaml"), workflow).unwrap();
-        Project { dir }
+        Project {
+            dir: crate::temp_project(policy, workflow),
+        }
     }
 
     fn path(&self) -> &Path {
@@ -118,6 +116,14 @@ fn step<'a>(report: &'a Value, id: &str) -> &'a Value {
         .iter()
         .find(|s| s["id"] == id)
         .unwrap_or_else(|| panic!("no step {id}"))
+}
+
+/// Every try of the first call of a step.
+fn attempts(report: &Value, id: &str) -> Vec<Value> {
+    step(report, id)["calls"][0]["attempts"]
+        .as_array()
+        .unwrap()
+        .clone()
 }
 
 fn assert_no_key(out: &Output, extra: &str) {
@@ -271,10 +277,7 @@ async fn retries_honour_every_retry_header_then_succeed() {
         let out = p.run(&["--format", "json"]).await;
         assert_eq!(out.status.code(), Some(0), "{name}: {}", transcript(&out));
         let r = report(&out);
-        let attempts = step(&r, "a")["calls"][0]["attempts"]
-            .as_array()
-            .unwrap()
-            .clone();
+        let attempts = attempts(&r, "a");
         assert_eq!(attempts.len(), 2, "{name}: {attempts:?}");
         assert_ne!(attempts[0]["outcome"], "ok", "{name}");
         assert!(attempts[0]["waited_ms"].as_u64().is_some(), "{name}");
@@ -298,7 +301,7 @@ async fn x_should_retry_false_is_obeyed_and_the_fallback_answers() {
     let a = step(&r, "a");
     assert_eq!(a["model"], "workhorse");
     assert_eq!(a["output"], "from the workhorse");
-    let attempts = a["calls"][0]["attempts"].as_array().unwrap();
+    let attempts = attempts(&r, "a");
     assert_eq!(attempts[0]["model"], "flagship");
     assert_eq!(
         attempts.len(),
@@ -571,7 +574,7 @@ async fn broken_streams_are_retried() {
         let out = p.run(&["--format", "json"]).await;
         let r = report(&out);
         let a = step(&r, "a");
-        let attempts = a["calls"][0]["attempts"].as_array().unwrap();
+        let attempts = attempts(&r, "a");
         match name {
             // A malformed body is not retryable: the step fails, and says so.
             "malformed JSON" => {
@@ -602,10 +605,7 @@ async fn a_stalled_stream_times_out_and_is_retried() {
     let out = p.run(&["--format", "json"]).await;
     assert_eq!(out.status.code(), Some(0), "{}", transcript(&out));
     let r = report(&out);
-    let attempts = step(&r, "a")["calls"][0]["attempts"]
-        .as_array()
-        .unwrap()
-        .clone();
+    let attempts = attempts(&r, "a");
     assert_eq!(attempts[0]["outcome"], "timeout");
     assert_eq!(step(&r, "a")["output"], "second try");
 }
