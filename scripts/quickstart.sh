@@ -8,11 +8,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 bash scripts/setup-local.sh >/dev/null
-cargo build --release --quiet
+# `cargo run` rather than ./target/release/…: CARGO_TARGET_DIR may point elsewhere.
+tollgate() { cargo run --release --quiet -- "$@"; }
 
 ticket="Since the 4.2 update the app freezes every time I save a file larger than 2 GB."
 echo "== tollgate plan (dry run: routes and cost, nothing spent)" >&2
-./target/release/tollgate plan workflows/local-triage.yaml --policy policies/local.yaml --input "ticket=$ticket"
+tollgate plan workflows/local-triage.yaml --policy policies/local.yaml --input "ticket=$ticket"
 echo >&2
 echo "== tollgate run (starts llama-server, runs the steps, stops it)" >&2
-./target/release/tollgate run workflows/local-triage.yaml --policy policies/local.yaml --input "ticket=$ticket" --out .tollgate/quickstart
+tollgate run workflows/local-triage.yaml --policy policies/local.yaml --input "ticket=$ticket" --out .tollgate/quickstart
