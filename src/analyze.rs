@@ -79,6 +79,12 @@ pub fn project_root(workflow_path: &Path) -> PathBuf {
 /// Checks a workflow. `root` is the project folder prompt files must stay in.
 pub fn analyze(workflow: Loaded<Workflow>, root: &Path) -> Result<Analysis, Vec<Diagnostic>> {
     let env = template::environment();
+    // Built-in functions (`range`, `namespace`, `dict`, …) are not variables.
+    let globals: BTreeSet<String> = env.globals().map(|(k, _)| k.to_owned()).collect();
+    // Unknown filters, tests and functions only show when a template runs:
+    // run each once over undefined values, where only those errors matter.
+    let mut probe = template::environment();
+    probe.set_undefined_behavior(minijinja::UndefinedBehavior::Chainable);
     let mut diags = Vec::new();
     let w = &workflow.value;
     let doc = &workflow.doc;
@@ -161,6 +167,9 @@ pub fn analyze(workflow: Loaded<Workflow>, root: &Path) -> Result<Analysis, Vec<
                     continue;
                 }
             };
+            if let Some(err) = probe_unknown_names(&probe, source) {
+                diags.push(source.error(doc, &err, &format!("{what} of step `{id}`")));
+            }
             let item_ok = item_allowed && step.for_each.is_some();
             for r in refs {
                 check_reference(
@@ -173,6 +182,7 @@ pub fn analyze(workflow: Loaded<Workflow>, root: &Path) -> Result<Analysis, Vec<
                         item_ok,
                         step_ids: &step_ids,
                         input_names: &input_names,
+                        globals: &globals,
                     },
                     &mut info,
                     &mut diags,
@@ -280,6 +290,7 @@ pub fn analyze(workflow: Loaded<Workflow>, root: &Path) -> Result<Analysis, Vec<
 }
 
 struct Ctx<'a> {
+    globals: &'a BTreeSet<String>,
     doc: &'a Document,
     id: &'a str,
     what: &'a str,
@@ -377,6 +388,7 @@ fn check_reference(
             ),
             "`item` is the current element of `for_each`; add `for_each:` to the step".to_owned(),
         )),
+        [root, ..] if ctx.globals.contains(*root) => {}
         _ => diags.push(undefined(
             format!(
                 "undefined variable `{r}` in {} of step `{}`",
@@ -388,6 +400,34 @@ fn check_reference(
                 ctx.step_ids.iter().copied(),
             ),
         )),
+    }
+}
+
+/// Runs a template or expression once over undefined values and returns an
+/// error only if it names a filter, test, function or template that does not
+/// exist (other errors need real values and are found by `plan` and `run`).
+fn probe_unknown_names(env: &Environment<'static>, source: &Source) -> Option<minijinja::Error> {
+    let ctx = minijinja::context! {};
+    let result = if source.is_expression {
+        env.compile_expression(&source.text)
+            .and_then(|e| e.eval(&ctx))
+            .map(|_| ())
+    } else {
+        env.render_str(&source.text, &ctx).map(|_| ())
+    };
+    match result {
+        Err(e)
+            if matches!(
+                e.kind(),
+                minijinja::ErrorKind::UnknownFilter
+                    | minijinja::ErrorKind::UnknownTest
+                    | minijinja::ErrorKind::UnknownFunction
+                    | minijinja::ErrorKind::TemplateNotFound
+            ) =>
+        {
+            Some(e)
+        }
+        _ => None,
     }
 }
 

@@ -80,7 +80,11 @@ pub fn resolve(
     let mut given: IndexMap<&str, Value> = IndexMap::new();
     let names: Vec<&str> = workflow.inputs.keys().map(String::as_str).collect();
     let mut stdin_used = false;
+    // Inputs that were given, even if their value was bad: already reported,
+    // so not "missing" as well.
+    let mut mentioned: std::collections::HashSet<&str> = std::collections::HashSet::new();
     for r in raw {
+        mentioned.insert(r.name.as_str());
         let Some(decl) = workflow.inputs.get(&r.name) else {
             diags.push(
                 Diagnostic::error(
@@ -170,7 +174,7 @@ pub fn resolve(
                 value: v.clone(),
                 source: ValueSource::Example,
             })
-        } else if decl.is_required() {
+        } else if decl.is_required() && !mentioned.contains(name.as_str()) {
             diags.push(
                 Diagnostic::error("missing-input", format!("missing required input `{name}`"))
                     .with_help(format!(

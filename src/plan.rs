@@ -347,19 +347,24 @@ pub fn build(
     for &i in analysis.dag.order() {
         let (id, info) = analysis.steps.get_index(i).expect("dag index");
         let deps = analysis.dag.dependencies(i);
-        let upstream_status = deps.iter().find_map(|&d| {
-            let dep = prepared[d].as_ref()?;
-            let name = analysis.steps.get_index(d)?.0;
-            match &dep.status {
-                Status::Skipped(_) => {
-                    Some(Status::Skipped(format!("depends on skipped step `{name}`")))
+        // A skipped dependency skips the step; otherwise a conditional one
+        // makes it conditional.
+        let dep_status = |want_skipped: bool| {
+            deps.iter().find_map(|&d| {
+                let dep = prepared[d].as_ref()?;
+                let name = analysis.steps.get_index(d)?.0;
+                match &dep.status {
+                    Status::Skipped(_) if want_skipped => {
+                        Some(Status::Skipped(format!("depends on skipped step `{name}`")))
+                    }
+                    Status::Conditional(_) if !want_skipped => Some(Status::Conditional(format!(
+                        "runs only if step `{name}` runs"
+                    ))),
+                    _ => None,
                 }
-                Status::Conditional(_) => Some(Status::Conditional(format!(
-                    "runs only if step `{name}` runs"
-                ))),
-                Status::Runs => None,
-            }
-        });
+            })
+        };
+        let upstream_status = dep_status(true).or_else(|| dep_status(false));
         match prepare(
             &analysis.env,
             info,
@@ -678,23 +683,38 @@ fn prepare(
     let mut fan_out = None;
     if let Some(fe) = &info.for_each {
         if reads_steps(fe)? {
+            // The list comes from upstream outputs: evaluate it over their
+            // placeholders, which have the right shape (a sample per schema,
+            // one entry per known fan-out item); its size is known only at
+            // run time.
+            let evaluated = env
+                .compile_expression(&fe.text)
+                .and_then(|e| e.eval(&base_ctx))
+                .ok()
+                .map(|v| serde_json::to_value(&v).unwrap_or(Value::Null));
+            items = match evaluated {
+                Some(Value::Array(list)) if !list.is_empty() => {
+                    list.into_iter().map(Some).collect()
+                }
+                _ => {
+                    let source = fe
+                        .references(env)
+                        .ok()
+                        .and_then(|r| {
+                            r.iter().find_map(|r| {
+                                r.strip_prefix("steps.")
+                                    .and_then(|x| x.split('.').next())
+                                    .map(str::to_owned)
+                            })
+                        })
+                        .unwrap_or_default();
+                    vec![Some(Value::String(marker(&source, 0)))]
+                }
+            };
             fan_out = Some(FanOut {
-                items: 1,
+                items: items.len() as u64,
                 known: false,
             });
-            // The element comes from an upstream output: size it like one.
-            let source = fe
-                .references(env)
-                .ok()
-                .and_then(|r| {
-                    r.iter().find_map(|r| {
-                        r.strip_prefix("steps.")
-                            .and_then(|x| x.split('.').next())
-                            .map(str::to_owned)
-                    })
-                })
-                .unwrap_or_default();
-            items = vec![Some(Value::String(marker(&source, 0)))];
         } else {
             let expr = env
                 .compile_expression(&fe.text)
@@ -719,13 +739,21 @@ fn prepare(
                 items: list.len() as u64,
                 known: true,
             });
-            if list.is_empty() && !matches!(status, Status::Skipped(_)) {
-                status = Status::Skipped("for_each list is empty".to_owned());
+            if list.is_empty() {
+                // Nothing to render: the step makes no call.
+                let status = match status {
+                    Status::Skipped(why) => Status::Skipped(why),
+                    _ => Status::Skipped("for_each list is empty".to_owned()),
+                };
+                return Ok(Prepared {
+                    status,
+                    calls: 0,
+                    fan_out,
+                    rendered: Vec::new(),
+                    reads_upstream: false,
+                });
             }
             items = list.into_iter().map(Some).collect();
-            if items.is_empty() {
-                items = vec![None];
-            }
         }
     }
 

@@ -57,10 +57,24 @@ impl TierUsage {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "snake_case", tag = "reason")]
 pub enum PassedOver {
-    SensitivityGate { level: String, cloud_max: String },
-    ContextWindow { needed: u64, window: u64 },
-    MaxOutput { requested: u64, model_max: u64 },
-    TierShare { tier: Tier, used: u64, limit: u64 },
+    SensitivityGate {
+        level: String,
+        cloud_max: String,
+    },
+    ContextWindow {
+        needed: u64,
+        window: u64,
+    },
+    MaxOutput {
+        requested: u64,
+        model_max: u64,
+    },
+    TierShare {
+        tier: Tier,
+        used: u64,
+        limit: u64,
+        calls: u64,
+    },
 }
 
 impl fmt::Display for PassedOver {
@@ -81,7 +95,18 @@ impl fmt::Display for PassedOver {
                 f,
                 "max_output_tokens {requested} is above the model's limit of {model_max}"
             ),
-            PassedOver::TierShare { tier, used, limit } => write!(
+            PassedOver::TierShare {
+                tier,
+                used,
+                limit,
+                calls,
+            } if *calls > 1 => write!(
+                f,
+                "{tier} tier share: its {calls} calls do not fit ({used} of at most {limit} already used)"
+            ),
+            PassedOver::TierShare {
+                tier, used, limit, ..
+            } => write!(
                 f,
                 "{tier} tier share exhausted: {used} of at most {limit} calls already used"
             ),
@@ -298,6 +323,7 @@ pub fn fits(
                 tier: model.tier,
                 used,
                 limit,
+                calls: f.calls,
             });
         }
     }

@@ -62,6 +62,8 @@ pub fn validate(doc: &Document, format: Format) -> Vec<Diagnostic> {
     validator
         .iter_errors(&doc.root)
         .flat_map(|err| to_diagnostics(doc, schema, format, &err))
+        // An empty file has no node to point at: name the file at least.
+        .map(|d| d.in_file(&doc.file.path))
         .collect()
 }
 
@@ -89,6 +91,17 @@ fn to_diagnostics(
             let key_ptr = format!("{ptr}{}", crate::yaml::pointer([key]));
             if crate::yaml::looks_like_secret(key) {
                 return secret_in_file(doc, key, &key_ptr);
+            }
+            if key == "<<" {
+                return Diagnostic::error(
+                    "merge-key",
+                    format!(
+                        "YAML merge keys (`<<`) are not supported in {}",
+                        where_(&ptr, format)
+                    ),
+                )
+                .at(doc.key_span(&key_ptr))
+                .with_help("repeat the keys, or alias a whole mapping (`step: *defaults`)");
             }
             let hint = did_you_mean(key, known.iter().copied())
                 .unwrap_or_else(|| format!("known keys here: {}", one_of(known.iter().copied())));

@@ -53,11 +53,15 @@ pub struct Document {
 /// name environment variables and are not secrets.
 pub fn looks_like_secret(key: &str) -> bool {
     let k = key.to_lowercase();
-    ["key", "token", "secret", "password"]
-        .iter()
-        .any(|w| k.contains(w))
-        && !k.ends_with("_env")
-        && !k.contains("tokens")
+    if k.ends_with("_env") {
+        return false;
+    }
+    k.split(['_', '-', '.']).any(|w| {
+        matches!(
+            w,
+            "key" | "apikey" | "token" | "secret" | "password" | "passwd"
+        )
+    })
 }
 
 /// Builds a JSON pointer from path segments (escaping `~` and `/`).
@@ -161,13 +165,26 @@ impl Document {
     /// for folded blocks and multi-line flow scalars lines are joined by the
     /// YAML rules, so the position falls back to the line of the scalar start.
     pub fn span_in_string(&self, ptr: &str, line: usize, col: usize, len: usize) -> Option<Span> {
-        let node = self.spans.get(ptr)?;
+        // A node an alias copied has no span of its own: point at the alias.
+        let Some(node) = self.spans.get(ptr) else {
+            return self.span(ptr);
+        };
         let (start_line, start_col) = self.file.line_col(node.start);
         match node.style {
             Some(ScalarStyle::Literal) => {
                 // The parser marks a block scalar at its first content
                 // character, so lines map one to one at the same indentation.
-                let offset = self.file.offset_of(start_line + line, start_col - 1 + col);
+                // Leading empty lines are part of the string but come before
+                // the marked first content line.
+                let leading = self
+                    .root
+                    .pointer(ptr)
+                    .and_then(Value::as_str)
+                    .map_or(0, |t| t.chars().take_while(|c| *c == '\n').count());
+                let offset = self.file.offset_of(
+                    (start_line + line).saturating_sub(leading),
+                    start_col - 1 + col,
+                );
                 Some(self.file.span(offset, len.max(1)))
             }
             Some(ScalarStyle::Plain | ScalarStyle::SingleQuoted | ScalarStyle::DoubleQuoted)

@@ -589,7 +589,13 @@ fn parse_short_duration(s: &str) -> Option<Duration> {
 }
 
 fn secs_to_duration(secs: f64) -> Option<Duration> {
-    (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs))
+    // `try_`: a hostile or broken header such as `retry-after: 1e20` must not
+    // panic; an absurd wait is simply no usable hint.
+    if secs.is_finite() && secs >= 0.0 {
+        Duration::try_from_secs_f64(secs).ok()
+    } else {
+        None
+    }
 }
 
 /// `retry-after-ms` (float ms) first, then `retry-after` as seconds (float

@@ -118,8 +118,16 @@ impl Servers {
         if let Some(t) = &launch.chat_template {
             args.extend(["--chat-template".into(), t.clone()]);
         }
+        // Shown in progress lines, errors and run.json: the extra arguments
+        // as the policy wrote them, so a `${VAR}` holding a secret (say,
+        // `--api-key ${LLAMA_KEY}`) is never printed expanded.
+        let shown_args: Vec<String> = args
+            .iter()
+            .cloned()
+            .chain(launch.args.iter().cloned())
+            .collect();
+        let command = format!("{} {}", binary.display(), shown_args.join(" "));
         args.extend(launch.args.iter().map(|a| expand(a)));
-        let command = format!("{} {}", binary.display(), args.join(" "));
 
         std::fs::create_dir_all(&self.log_dir)
             .map_err(|e| format!("cannot create {}: {e}", self.log_dir.display()))?;

@@ -102,6 +102,10 @@ impl Providers {
                 continue;
             };
             let mut config = ClientConfig::new(base_url.clone());
+            // The executor bounds every call with the step's `timeout` (or the
+            // run's default); the client's own cap must not cut a long call
+            // shorter than the user asked for.
+            config.request_timeout = Duration::from_secs(24 * 3600);
             if let Some(var) = &p.api_key_env {
                 match std::env::var(var) {
                     Ok(key) if !key.is_empty() => config = config.with_api_key(key),
@@ -546,7 +550,12 @@ pub async fn execute(
         } else {
             RunStatus::Succeeded
         }),
-        cost_usd: steps.iter().map(|s| s.cost_usd).sum(),
+        // What the budget ledger settled: also counts calls of steps that a
+        // cancellation cut short, and broken calls at their worst case.
+        cost_usd: shared
+            .budget
+            .spent()
+            .max(steps.iter().map(|s| s.cost_usd).sum()),
         steps,
         estimate: plan.totals.cost,
         budget_usd: policy.run_budget_usd,
@@ -808,11 +817,22 @@ async fn call_with_fallbacks(
     // After a context-length error only larger windows are worth trying.
     let mut need_window_above: u64 = 0;
     let mut previous: Option<&str> = None;
-    for alias in chain {
+    for (position, alias) in chain.iter().enumerate() {
         let Some(model) = sh.policy.models.get(alias) else {
             continue;
         };
-        if previous.is_some() {
+        // The sensitivity gate, for every candidate, whatever happened to the
+        // ones before it (a server that would not start, a missing key): it
+        // is checked here, right before any call, not only by routing.
+        if !route::gate(&sh.policy, model, facts.sensitivity) {
+            last_error = format!(
+                "{alias}: cloud model, and the step is {} (above cloud_max {})",
+                sh.policy.level_name(facts.sensitivity),
+                sh.policy.level_name(sh.policy.cloud_max)
+            );
+            continue;
+        }
+        if position > 0 {
             let usage = sh.tiers.lock().unwrap_or_else(|e| e.into_inner()).clone();
             let no_share = TierUsage {
                 used: Default::default(),
@@ -968,7 +988,17 @@ async fn call_model(
         let worst = model
             .price
             .cost(input_tokens, u64::from(step.max_output_tokens()));
-        let reservation = match sh.budget.reserve(worst) {
+        // Slots first, then the budget: a call queued behind others must not
+        // hold a reservation that keeps the calls in flight from fitting.
+        let permit = sh
+            .limits
+            .acquire(
+                &model.provider,
+                &model.alias,
+                input_tokens + u64::from(step.max_output_tokens()),
+            )
+            .await;
+        let reservation = match sh.budget.reserve(worst).await {
             Ok(r) => r,
             Err(over) => {
                 let message = format!(
@@ -988,14 +1018,6 @@ async fn call_model(
                 });
             }
         };
-        let permit = sh
-            .limits
-            .acquire(
-                &model.provider,
-                &model.alias,
-                input_tokens + u64::from(step.max_output_tokens()),
-            )
-            .await;
         let result = match tokio::time::timeout(call_timeout, client.send(&req)).await {
             Ok(r) => r,
             Err(_) => Err(ProviderError {
@@ -1010,14 +1032,22 @@ async fn call_model(
         drop(permit);
         match result {
             Ok(resp) => {
-                let cost = resp.cost_usd.unwrap_or_else(|| {
-                    model.price.usage_cost(
+                let reported = resp.usage.input_tokens + resp.usage.output_tokens > 0;
+                let cost = match (resp.cost_usd, reported) {
+                    (Some(c), _) => c,
+                    (None, true) => model.price.usage_cost(
                         resp.usage.input_tokens,
                         resp.usage.cached_input_tokens,
                         resp.usage.cache_write_tokens,
                         resp.usage.output_tokens,
-                    )
-                });
+                    ),
+                    // No usage reported: count it ourselves rather than
+                    // pretend the call was free.
+                    (None, false) => model.price.cost(
+                        input_tokens,
+                        tokens::count_chat(model.tokenizer, &[resp.text.as_str()]) as u64,
+                    ),
+                };
                 sh.budget.settle(reservation, cost);
                 report.cost_usd += cost;
                 report.usage.input_tokens += resp.usage.input_tokens;
@@ -1068,7 +1098,15 @@ async fn call_model(
                 }
             }
             Err(err) => {
-                sh.budget.settle(reservation, 0.0);
+                // A call that broke after the provider started answering may
+                // well have been billed: count its worst case, to stay on the
+                // safe side of the budget. Errors before that cost nothing.
+                let maybe_billed = matches!(
+                    err.kind,
+                    ErrorKind::Timeout | ErrorKind::StreamBroken | ErrorKind::Malformed
+                );
+                sh.budget
+                    .settle(reservation, if maybe_billed { worst } else { 0.0 });
                 let kind = serde_json::to_value(err.kind)
                     .ok()
                     .and_then(|v| v.as_str().map(str::to_owned))

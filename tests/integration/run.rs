@@ -827,3 +827,96 @@ async fn a_provider_reported_cost_is_what_the_run_charges() {
     assert_eq!(step(&r, "a")["cost_usd"].as_f64(), Some(0.0421));
     assert_eq!(r["cost_usd"].as_f64(), Some(0.0421));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gate_holds_when_a_local_server_cannot_start() {
+    // Regression: a fallback after a candidate that was skipped without a
+    // call (its server would not start) must still pass the gate.
+    let fake = FakeServer::start().await;
+    fake.set_default(Reply::text("cloud saw it"));
+    let pol = policy(&fake, "fallbacks:\n  local: [budget]\n").replace(
+        &format!("local:     {{ kind: openai-compatible, base_url: \"{}/v1\" }}", fake.base_url()),
+        "local:     { kind: openai-compatible, base_url: \"http://127.0.0.1:9/v1\", launch: { binary: /nonexistent/llama-server, model: /nonexistent/m.gguf } }",
+    );
+    let wf = "version: 1\nname: one\ninputs:\n  logs: { type: string, sensitivity: secret, default: TOPSECRET }\nsteps:\n  a: { task: debug, prompt: \"{{ inputs.logs }}\", max_output_tokens: 10 }\n";
+    let p = Project::new(&pol, wf);
+    let out = p.run(&["--format", "json"]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", transcript(&out));
+    assert_eq!(fake.request_count(), 0, "secret data reached a cloud model");
+    let detail = step(&report(&out), "a")["detail"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(detail.contains("above cloud_max"), "{detail}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_in_launch_arguments_is_never_printed() {
+    let fake = FakeServer::start().await;
+    let secret = "sk-llama-do-not-print-9c2f";
+    let pol = policy(&fake, "").replace(
+        &format!("local:     {{ kind: openai-compatible, base_url: \"{}/v1\" }}", fake.base_url()),
+        "local:     { kind: openai-compatible, base_url: \"http://127.0.0.1:9/v1\", launch: { binary: /bin/false, model: /bin/sh, args: [\"--api-key\", \"${TOLLGATE_TEST_LLAMA_KEY}\"] } }",
+    );
+    let wf = "version: 1\nname: one\ninputs:\n  s: { type: string, sensitivity: secret, default: x }\nsteps:\n  a: { task: debug, prompt: \"{{ inputs.s }}\", max_output_tokens: 10 }\n";
+    let p = Project::new(&pol, wf);
+    let out = p
+        .run_env(
+            &["--format", "json", "--out", "out"],
+            &[("TOLLGATE_TEST_LLAMA_KEY", secret)],
+        )
+        .await;
+    assert_eq!(out.status.code(), Some(1), "{}", transcript(&out));
+    let detail = step(&report(&out), "a")["detail"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(detail.contains("${TOLLGATE_TEST_LLAMA_KEY}"), "{detail}");
+    let run_json = std::fs::read_to_string(p.path().join("out/run.json")).unwrap();
+    let all = format!(
+        "{}{}{run_json}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!all.contains(secret), "the launch secret was printed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_absurd_retry_after_does_not_crash_the_run() {
+    let fake = FakeServer::start().await;
+    fake.push(Reply::rate_limited().header("retry-after", "1e20"));
+    fake.set_default(Reply::text("fine").usage(5, 1));
+    let wf = "version: 1\nname: one\nsteps:\n  a: { task: summarize, prompt: hi, max_output_tokens: 10 }\n";
+    let p = Project::new(&policy(&fake, ""), wf);
+    let out = p.run(&["--format", "json"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", transcript(&out));
+    assert_eq!(step(&report(&out), "a")["output"], "fine");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_wait_for_reservations_instead_of_failing_when_they_fit() {
+    // Worst case per call ≈ $0.30 (claude-sonnet-4-6, 20k output tokens at
+    // $15/Mtok); the real cost is tiny, so all eight fit in $1 — but never
+    // more than three reservations at once.
+    let fake = FakeServer::start().await;
+    fake.set_default(
+        Reply::text("ok")
+            .usage(10, 5)
+            .delay(Duration::from_millis(50)),
+    );
+    let wf = r#"version: 1
+name: many
+inputs:
+  items: { type: array, default: [1, 2, 3, 4, 5, 6, 7, 8] }
+steps:
+  each: { task: write, for_each: inputs.items, prompt: "item {{ item }}", max_output_tokens: 20000 }
+"#;
+    let p = Project::new(&policy(&fake, "budgets:\n  run_usd: 1.00\n"), wf);
+    let out = p.run(&["--format", "json", "--concurrency", "8"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", transcript(&out));
+    assert_eq!(fake.request_count(), 8);
+    assert!(
+        fake.max_in_flight() <= 3,
+        "reservations over the budget were in flight at once"
+    );
+}
