@@ -497,9 +497,24 @@ fn cmd_run(args: RunArgs, options: RenderOptions) -> u8 {
         let cancel = tokio_util::sync::CancellationToken::new();
         let on_signal = cancel.clone();
         tokio::spawn(async move {
-            if tokio::signal::ctrl_c().await.is_ok() {
-                on_signal.cancel();
+            // Ctrl-C, and the SIGTERM a CI runner or `kill` sends, both stop
+            // the run cleanly: in-flight calls dropped, servers stopped,
+            // summary printed.
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+            let terminated = async {
+                match term.as_mut() {
+                    Some(t) => {
+                        t.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                () = terminated => {}
             }
+            on_signal.cancel();
         });
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let reporter = tokio::spawn(crate::progress::report(rx, total, quiet));
@@ -514,8 +529,10 @@ fn cmd_run(args: RunArgs, options: RenderOptions) -> u8 {
         (result, analysis)
     });
     let (result, analysis) = result;
+    let mut write_failed = false;
     if let Some(dir) = &args.out {
         if let Err(err) = write_outputs(dir, &result) {
+            write_failed = true;
             let mut e = std::io::stderr().lock();
             let _ = writeln!(
                 e,
@@ -559,6 +576,7 @@ fn cmd_run(args: RunArgs, options: RenderOptions) -> u8 {
         }
     }
     match result.status {
+        crate::run::RunStatus::Succeeded if write_failed => exit::FAILED,
         crate::run::RunStatus::Succeeded => exit::OK,
         crate::run::RunStatus::Cancelled => INTERRUPTED,
         crate::run::RunStatus::Failed | crate::run::RunStatus::TimedOut => exit::FAILED,
@@ -583,6 +601,14 @@ fn write_outputs(dir: &Path, result: &crate::run::RunReport) -> std::io::Result<
         std::fs::rename(&tmp, dir.join(name))
     };
     for s in &result.steps {
+        // A step without output this time must not leave last run's file
+        // behind, where it would pass for this run's answer.
+        for ext in ["txt", "json"] {
+            let stale = dir.join(format!("{}.{ext}", s.id));
+            if stale.exists() {
+                std::fs::remove_file(&stale)?;
+            }
+        }
         match &s.output {
             Some(serde_json::Value::String(text)) => write(&format!("{}.txt", s.id), text)?,
             Some(v) => write(

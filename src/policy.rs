@@ -705,6 +705,26 @@ pub fn compile(file: &PolicyFile, doc: &Document, catalog: &Catalog) -> (Policy,
         );
     }
 
+    // Two managed servers on one port would answer for each other.
+    let mut ports: BTreeMap<(String, u16), &str> = BTreeMap::new();
+    for (name, p) in &providers {
+        if let Some(l) = &p.launch {
+            if let Some(first) = ports.insert((l.host.clone(), l.port), name) {
+                diags.push(
+                    Diagnostic::error(
+                        "launch-port-conflict",
+                        format!(
+                            "providers `{first}` and `{name}` launch servers on the same port {}",
+                            l.port
+                        ),
+                    )
+                    .at(doc.key_span(&pointer(["providers", name.as_str(), "launch"])))
+                    .with_help("give each managed server its own port in `base_url`"),
+                );
+            }
+        }
+    }
+
     // Models.
     let mut models = IndexMap::new();
     for (alias, m) in &file.models {

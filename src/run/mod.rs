@@ -322,6 +322,9 @@ struct Shared {
     tiers: Mutex<TierUsage>,
     /// Effective sensitivity level of every step (by step index).
     levels: Vec<usize>,
+    /// Calls the plan counted per step; a fan-out whose size was unknown
+    /// then corrects the run's total for tier shares when it is known.
+    planned_calls: HashMap<String, u64>,
     servers: local_server::Servers,
     options: RunOptions,
     events: Option<UnboundedSender<Event>>,
@@ -381,6 +384,7 @@ pub async fn execute(
             .map(|e| e.level)
             .collect(),
         servers: local_server::Servers::new(&policy, options.log_dir.clone()),
+        planned_calls: plan.steps.iter().map(|s| (s.id.clone(), s.calls)).collect(),
         inputs: inputs
             .iter()
             .map(|(k, v)| (k.clone(), v.value.clone()))
@@ -668,6 +672,8 @@ async fn run_step(sh: Arc<Shared>, i: usize, upstream: Map<String, Value>) -> St
     };
     let decision = {
         let mut usage = sh.tiers.lock().unwrap_or_else(|e| e.into_inner());
+        let planned = sh.planned_calls.get(id.as_str()).copied().unwrap_or(0);
+        usage.total_calls = (usage.total_calls + facts.calls).saturating_sub(planned);
         let d = route::route(&sh.policy, &facts, &usage, &counts);
         if let Some(m) = d.model.as_ref().and_then(|m| sh.policy.models.get(m)) {
             *usage.used.entry(m.tier).or_insert(0) += facts.calls;

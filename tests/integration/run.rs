@@ -677,6 +677,12 @@ async fn two_hundred_steps_with_twenty_percent_transient_failures_lose_nothing()
 #[cfg(unix)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ctrl_c_cancels_in_flight_calls_and_still_prints_the_summary() {
+    for signal in ["-INT", "-TERM"] {
+        interrupt_with(signal).await;
+    }
+}
+
+async fn interrupt_with(signal: &str) {
     let fake = FakeServer::start().await;
     fake.set_default(Reply::text("slow").delay(Duration::from_secs(60)));
     let wf = "version: 1\nname: slow\nsteps:\n  a: { task: write, prompt: hi, max_output_tokens: 10 }\n  b: { task: write, prompt: \"{{ steps.a.output }}\", max_output_tokens: 10 }\n";
@@ -709,7 +715,7 @@ async fn ctrl_c_cancels_in_flight_calls_and_still_prints_the_summary() {
     assert_eq!(fake.request_count(), 1);
     let pid = child.id().unwrap().to_string();
     let status = std::process::Command::new("kill")
-        .args(["-INT", &pid])
+        .args([signal, &pid])
         .status()
         .unwrap();
     assert!(status.success());
@@ -919,4 +925,40 @@ steps:
         fake.max_in_flight() <= 3,
         "reservations over the budget were in flight at once"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_never_keeps_a_stale_answer_from_an_earlier_run() {
+    let fake = FakeServer::start().await;
+    fake.set_handler(|r| {
+        if r.raw_body.contains("BREAK") {
+            Reply::status(400)
+        } else {
+            Reply::text("fresh").usage(3, 1)
+        }
+    });
+    let wf = "version: 1\nname: one\nsteps:\n  a: { task: write, prompt: \"{{ 'BREAK' if false else 'ok' }}\", max_output_tokens: 10 }\n";
+    let p = Project::new(&policy(&fake, ""), wf);
+    std::fs::create_dir(p.path().join("out")).unwrap();
+    std::fs::write(p.path().join("out/a.txt"), "stale answer").unwrap();
+    let out = p.run(&["--out", "out", "--quiet"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", transcript(&out));
+    assert_eq!(
+        std::fs::read_to_string(p.path().join("out/a.txt")).unwrap(),
+        "fresh"
+    );
+    // Now the step fails: its old answer must not survive.
+    let p2 = Project::new(
+        &policy(&fake, ""),
+        &wf.replace("'ok'", "'BREAK'").replace("if false", "if true"),
+    );
+    std::fs::create_dir(p2.path().join("out")).unwrap();
+    std::fs::write(p2.path().join("out/a.txt"), "stale answer").unwrap();
+    let out = p2.run(&["--out", "out", "--quiet"]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", transcript(&out));
+    assert!(
+        !p2.path().join("out/a.txt").exists(),
+        "a failed step left an earlier answer in --out"
+    );
+    assert!(p2.path().join("out/run.json").exists());
 }
