@@ -368,6 +368,14 @@ pub fn run_text(r: &RunReport) -> String {
         usd(r.estimate.high)
     );
     for s in &r.steps {
+        let cut = s.calls.iter().filter(|c| c.truncated).count();
+        if cut > 0 {
+            let _ = writeln!(
+                o,
+                "warning: {}: {cut} answer(s) stopped at max_output_tokens and may be cut short",
+                s.id
+            );
+        }
         if matches!(s.status, StepStatus::Succeeded | StepStatus::Skipped) {
             continue;
         }

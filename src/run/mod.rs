@@ -40,7 +40,7 @@ use crate::policy::{Model, Policy, ProviderKind};
 use crate::provider::{
     self, ChatRequest, ClientConfig, Endpoint, ErrorKind, Message, Provider, ProviderError, Usage,
 };
-use crate::route::{self, Facts, PassedOver, TierUsage};
+use crate::route::{self, Facts, TierUsage};
 use crate::template::Source;
 use crate::tokens;
 
@@ -248,6 +248,8 @@ pub struct CallReport {
     pub cost_usd: f64,
     pub latency_ms: u64,
     pub ttft_ms: Option<u64>,
+    /// The answer stopped at `max_output_tokens` (or the model's limit).
+    pub truncated: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -818,6 +820,7 @@ async fn call_with_fallbacks(
         cost_usd: 0.0,
         latency_ms: 0,
         ttft_ms: None,
+        truncated: false,
     };
     let mut last_error = String::from("no candidate model could be tried");
     // After a context-length error only larger windows are worth trying.
@@ -839,18 +842,26 @@ async fn call_with_fallbacks(
             continue;
         }
         if position > 0 {
-            let usage = sh.tiers.lock().unwrap_or_else(|e| e.into_inner()).clone();
-            let no_share = TierUsage {
-                used: Default::default(),
-                ..usage
+            // A fallback passes every check the routed model passed: the
+            // window, the max output and its own tier's share of calls (this
+            // call moves from the routed model's tier to the fallback's).
+            let routed_tier = chain
+                .first()
+                .and_then(|m| sh.policy.models.get(m))
+                .map(|m| m.tier);
+            let mut usage = sh.tiers.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            // Take this call out of the routed tier, then ask whether it fits
+            // in the fallback's.
+            if let Some(n) = routed_tier.and_then(|t| usage.used.get_mut(&t)) {
+                *n = n.saturating_sub(1);
+            }
+            let one_call = Facts {
+                calls: 1,
+                ..facts.clone()
             };
-            // The gate, window and max-output checks again; the tier share was
-            // taken by the routing decision already.
-            if let Err(why) = route::fits(&sh.policy, model, facts, &no_share, counts) {
-                if !matches!(why, PassedOver::TierShare { .. }) {
-                    last_error = format!("{alias}: {why}");
-                    continue;
-                }
+            if let Err(why) = route::fits(&sh.policy, model, &one_call, &usage, counts) {
+                last_error = format!("{alias}: {why}");
+                continue;
             }
         }
         if model.context_window <= need_window_above {
@@ -917,6 +928,17 @@ async fn call_with_fallbacks(
         .await
         {
             Ok(v) => {
+                let routed_tier = chain
+                    .first()
+                    .and_then(|m| sh.policy.models.get(m))
+                    .map(|m| m.tier);
+                if let Some(t) = routed_tier.filter(|t| *t != model.tier) {
+                    let mut usage = sh.tiers.lock().unwrap_or_else(|e| e.into_inner());
+                    if let Some(n) = usage.used.get_mut(&t) {
+                        *n = n.saturating_sub(1);
+                    }
+                    *usage.used.entry(model.tier).or_insert(0) += 1;
+                }
                 report.model = Some(alias.clone());
                 report.latency_ms = started.elapsed().as_millis() as u64;
                 return (report, Ok(v));
@@ -1064,6 +1086,7 @@ async fn call_model(
                 if report.ttft_ms.is_none() {
                     report.ttft_ms = resp.time_to_first_token.map(|d| d.as_millis() as u64);
                 }
+                report.truncated = resp.truncated();
                 report.attempts.push(Attempt {
                     model: model.alias.clone(),
                     outcome: "ok".to_owned(),

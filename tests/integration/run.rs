@@ -962,3 +962,42 @@ async fn out_never_keeps_a_stale_answer_from_an_earlier_run() {
     );
     assert!(p2.path().join("out/run.json").exists());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fallback_respects_its_own_tiers_share() {
+    let fake = FakeServer::start().await;
+    fake.set_handler(|r| match r.model().as_str() {
+        "gemini-2.5-pro" => Reply::server_error().should_retry(false),
+        "claude-sonnet-4-6" => Reply::text("workhorse"),
+        _ => Reply::text("budget").usage(3, 1),
+    });
+    let wf = "version: 1\nname: one\nsteps:\n  a: { task: debug, reasoning: deep, prompt: hi, max_output_tokens: 10 }\n";
+    let extra = "fallbacks:\n  flagship: [workhorse, budget]\nbudgets:\n  tiers: { workhorse: { max_share_of_calls: 0.0 } }\n";
+    let p = Project::new(&policy(&fake, extra), wf);
+    let out = p.run(&["--format", "json"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", transcript(&out));
+    let r = report(&out);
+    assert_eq!(step(&r, "a")["model"], "budget");
+    assert!(
+        fake.requests()
+            .iter()
+            .all(|r| r.model() != "claude-sonnet-4-6"),
+        "the capped tier was used"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_cut_at_max_output_tokens_is_flagged() {
+    let fake = FakeServer::start().await;
+    fake.set_default(Reply::text("a long answer that").usage(5, 10).truncated());
+    let wf =
+        "version: 1\nname: one\nsteps:\n  a: { task: write, prompt: hi, max_output_tokens: 10 }\n";
+    let p = Project::new(&policy(&fake, ""), wf);
+    let out = p.run(&[]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", transcript(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("warning: a: 1 answer(s) stopped at max_output_tokens"),
+        "{err}"
+    );
+}
