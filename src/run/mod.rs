@@ -754,11 +754,7 @@ async fn run_step(sh: Arc<Shared>, i: usize, upstream: Map<String, Value>) -> St
     let mut outputs = Vec::with_capacity(calls.len());
     let mut first_error = None;
     for (call, result) in calls {
-        report.usage.input_tokens += call.usage.input_tokens;
-        report.usage.output_tokens += call.usage.output_tokens;
-        report.usage.cached_input_tokens += call.usage.cached_input_tokens;
-        report.usage.cache_write_tokens += call.usage.cache_write_tokens;
-        report.usage.reasoning_tokens += call.usage.reasoning_tokens;
+        report.usage += call.usage;
         report.cost_usd += call.cost_usd;
         if report.ttft_ms.is_none() {
             report.ttft_ms = call.ttft_ms;
@@ -826,6 +822,11 @@ async fn call_with_fallbacks(
     // After a context-length error only larger windows are worth trying.
     let mut need_window_above: u64 = 0;
     let mut previous: Option<&str> = None;
+    // The tier the routing decision charged this call to.
+    let routed_tier = chain
+        .first()
+        .and_then(|m| sh.policy.models.get(m))
+        .map(|m| m.tier);
     for (position, alias) in chain.iter().enumerate() {
         let Some(model) = sh.policy.models.get(alias) else {
             continue;
@@ -845,10 +846,6 @@ async fn call_with_fallbacks(
             // A fallback passes every check the routed model passed: the
             // window, the max output and its own tier's share of calls (this
             // call moves from the routed model's tier to the fallback's).
-            let routed_tier = chain
-                .first()
-                .and_then(|m| sh.policy.models.get(m))
-                .map(|m| m.tier);
             let mut usage = sh.tiers.lock().unwrap_or_else(|e| e.into_inner()).clone();
             // Take this call out of the routed tier, then ask whether it fits
             // in the fallback's.
@@ -928,10 +925,6 @@ async fn call_with_fallbacks(
         .await
         {
             Ok(v) => {
-                let routed_tier = chain
-                    .first()
-                    .and_then(|m| sh.policy.models.get(m))
-                    .map(|m| m.tier);
                 if let Some(t) = routed_tier.filter(|t| *t != model.tier) {
                     let mut usage = sh.tiers.lock().unwrap_or_else(|e| e.into_inner());
                     if let Some(n) = usage.used.get_mut(&t) {
@@ -1078,11 +1071,7 @@ async fn call_model(
                 };
                 sh.budget.settle(reservation, cost);
                 report.cost_usd += cost;
-                report.usage.input_tokens += resp.usage.input_tokens;
-                report.usage.output_tokens += resp.usage.output_tokens;
-                report.usage.cached_input_tokens += resp.usage.cached_input_tokens;
-                report.usage.cache_write_tokens += resp.usage.cache_write_tokens;
-                report.usage.reasoning_tokens += resp.usage.reasoning_tokens;
+                report.usage += resp.usage;
                 if report.ttft_ms.is_none() {
                     report.ttft_ms = resp.time_to_first_token.map(|d| d.as_millis() as u64);
                 }
