@@ -84,6 +84,7 @@ impl Default for RunOptions {
 }
 
 /// The clients of a policy's providers, built from the environment.
+#[derive(Clone)]
 pub struct Providers {
     clients: HashMap<String, Arc<dyn Provider>>,
     /// Provider → the variable that holds its key, for those whose key is unset.
@@ -132,6 +133,25 @@ impl Providers {
         Providers {
             clients,
             missing_keys: HashMap::new(),
+        }
+    }
+
+    /// Wraps every client (recording, replaying, caching), keeping which
+    /// keys are missing.
+    pub fn map_clients(
+        self,
+        mut f: impl FnMut(&str, Arc<dyn Provider>) -> Arc<dyn Provider>,
+    ) -> Providers {
+        Providers {
+            clients: self
+                .clients
+                .into_iter()
+                .map(|(name, c)| {
+                    let wrapped = f(&name, c);
+                    (name, wrapped)
+                })
+                .collect(),
+            missing_keys: self.missing_keys,
         }
     }
 
@@ -319,7 +339,7 @@ struct Shared {
     policy: Arc<Policy>,
     providers: Providers,
     inputs: Map<String, Value>,
-    limits: CallLimits,
+    resources: Arc<Resources>,
     budget: Budget,
     tiers: Mutex<TierUsage>,
     /// Effective sensitivity level of every step (by step index).
@@ -327,7 +347,6 @@ struct Shared {
     /// Calls the plan counted per step; a fan-out whose size was unknown
     /// then corrects the run's total for tier shares when it is known.
     planned_calls: HashMap<String, u64>,
-    servers: local_server::Servers,
     options: RunOptions,
     events: Option<UnboundedSender<Event>>,
 }
@@ -357,9 +376,57 @@ pub struct Job<'a> {
     pub inputs: &'a Inputs,
 }
 
+/// What several runs of one policy share when they go on at once (the cases
+/// of a test suite): the call limits — so a local server with one slot gets
+/// one call at a time across all of them, and `--concurrency` bounds the
+/// whole process — and the managed local servers, started once.
+pub struct Resources {
+    limits: CallLimits,
+    servers: local_server::Servers,
+}
+
+impl Resources {
+    pub fn new(policy: &Policy, options: &RunOptions) -> Arc<Resources> {
+        Arc::new(Resources {
+            limits: CallLimits::new(policy, options.concurrency),
+            servers: local_server::Servers::new(policy, options.log_dir.clone()),
+        })
+    }
+
+    /// Stops the local servers these resources started.
+    pub async fn shutdown(&self) {
+        self.servers.shutdown().await;
+    }
+}
+
 /// Runs a workflow. Returns when every step has finished, or on `cancel`
-/// (in-flight calls are dropped, which closes their connections).
+/// (in-flight calls are dropped, which closes their connections). Local
+/// servers the run started are stopped before it returns.
 pub async fn execute(
+    job: Job<'_>,
+    providers: Providers,
+    options: RunOptions,
+    cancel: CancellationToken,
+    events: Option<UnboundedSender<Event>>,
+) -> RunReport {
+    let resources = Resources::new(&job.policy, &options);
+    let report = execute_in(
+        Arc::clone(&resources),
+        job,
+        providers,
+        options,
+        cancel,
+        events,
+    )
+    .await;
+    // Servers this run started stop with it, whatever the outcome.
+    resources.shutdown().await;
+    report
+}
+
+/// [`execute`] with resources shared with other runs; the caller stops them.
+pub async fn execute_in(
+    resources: Arc<Resources>,
     job: Job<'_>,
     providers: Providers,
     options: RunOptions,
@@ -375,7 +442,7 @@ pub async fn execute(
     let started = Instant::now();
     let n = analysis.steps.len();
     let shared = Arc::new(Shared {
-        limits: CallLimits::new(&policy, options.concurrency),
+        resources,
         budget: Budget::new(policy.run_budget_usd),
         tiers: Mutex::new(TierUsage {
             total_calls: plan.totals.calls,
@@ -385,7 +452,6 @@ pub async fn execute(
             .into_iter()
             .map(|e| e.level)
             .collect(),
-        servers: local_server::Servers::new(&policy, options.log_dir.clone()),
         planned_calls: plan.steps.iter().map(|s| (s.id.clone(), s.calls)).collect(),
         inputs: inputs
             .iter()
@@ -518,8 +584,6 @@ pub async fn execute(
         }
     }
 
-    // Servers this run started stop with it, whatever the outcome.
-    shared.servers.shutdown().await;
     let steps: Vec<StepReport> = analysis
         .dag
         .order()
@@ -881,6 +945,7 @@ async fn call_with_fallbacks(
             .and_then(|p| p.launch.as_ref())
         {
             let started = sh
+                .resources
                 .servers
                 .ensure(&model.provider, launch, |s| {
                     let (command, ready_after) = match s {
@@ -1012,6 +1077,7 @@ async fn call_model(
         // Slots first, then the budget: a call queued behind others must not
         // hold a reservation that keeps the calls in flight from fitting.
         let permit = sh
+            .resources
             .limits
             .acquire(
                 &model.provider,
