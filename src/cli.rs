@@ -18,6 +18,8 @@ use crate::workflow::{self, Loaded, Workflow};
 use crate::yaml::Document;
 use crate::{plan, render};
 
+mod suites;
+
 /// Exit codes, in one place.
 pub mod exit {
     pub const OK: u8 = 0;
@@ -60,7 +62,7 @@ enum OutputFormat {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Check workflow and policy files; given together, they are checked against each other.
+    /// Check workflow, policy and suite files; workflows and policies given together are checked against each other.
     Check {
         /// Workflow and policy files (the kind is recognised from the content).
         #[arg(required = true)]
@@ -83,6 +85,10 @@ enum Command {
     },
     /// Run a workflow: every step on the model the policy routes it to, in parallel.
     Run(RunArgs),
+    /// Run evaluation suites: cases through workflows, assertions, snapshots, recorded responses.
+    Test(suites::TestArgs),
+    /// Join the results of test shards into one report and one JUnit file.
+    Merge(suites::MergeArgs),
     /// Print the JSON Schema of a file format.
     Schema {
         #[arg(value_enum)]
@@ -109,6 +115,7 @@ enum Command {
 enum SchemaKind {
     Workflow,
     Policy,
+    Suite,
 }
 
 /// Runs the CLI and returns the process exit code.
@@ -143,10 +150,13 @@ pub fn main() -> ExitCode {
             format,
         } => cmd_plan(&workflow, policy, &inputs, format, options),
         Command::Run(args) => cmd_run(args, options),
+        Command::Test(args) => suites::cmd_test(args, options),
+        Command::Merge(args) => suites::cmd_merge(args, options),
         Command::Schema { kind } => {
             let text = match kind {
                 SchemaKind::Workflow => FileFormat::Workflow.schema_text(),
                 SchemaKind::Policy => FileFormat::Policy.schema_text(),
+                SchemaKind::Suite => FileFormat::Suite.schema_text(),
             };
             print_out(text);
             exit::OK
@@ -224,6 +234,8 @@ fn detect(doc: &Document) -> Option<FileFormat> {
     let obj = doc.root.as_object()?;
     if obj.contains_key("steps") {
         Some(FileFormat::Workflow)
+    } else if obj.contains_key("cases") || obj.contains_key("cases_from") {
+        Some(FileFormat::Suite)
     } else if obj.contains_key("rules")
         || obj.contains_key("models")
         || obj.contains_key("providers")
@@ -281,14 +293,23 @@ fn cmd_check(files: &[PathBuf], format: OutputFormat, options: RenderOptions) ->
                     Err(d) => diags.extend(d),
                 }
             }
-            None => diags.push(
+            Some(FileFormat::Suite) => match crate::eval::suite::load(path) {
+                Ok(s) => summary.push(format!(
+                    "ok  {} (suite {}, {})",
+                    path.display(),
+                    s.name,
+                    plural(s.cases.len(), "case")
+                )),
+                Err(d) => diags.extend(d),
+            },
+            Some(FileFormat::Case) | None => diags.push(
                 Diagnostic::error(
                     "unknown-file-kind",
-                    "cannot tell whether this is a workflow or a policy",
+                    "cannot tell whether this is a workflow, a policy or a suite",
                 )
                 .at(doc.span(""))
                 .in_file(path)
-                .with_help("a workflow has `steps:`; a policy has `models:` and `rules:`"),
+                .with_help("a workflow has `steps:`; a policy has `models:` and `rules:`; a suite has `cases:`"),
             ),
         }
     }

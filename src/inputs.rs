@@ -199,6 +199,76 @@ pub fn resolve(
     }
 }
 
+/// Resolves inputs given as typed values (a test case's `inputs:`):
+/// declared types are checked, not coerced — YAML and JSON already say
+/// what a value is. `locate` gives the position of an input's value (or of
+/// the whole map for `None`), so each problem points at its line.
+pub fn from_values(
+    workflow: &Workflow,
+    given: &serde_json::Map<String, Value>,
+    locate: impl Fn(Option<&str>) -> Option<crate::diagnostic::Span>,
+) -> Result<Inputs, Vec<Diagnostic>> {
+    let mut diags = Vec::new();
+    let names: Vec<&str> = workflow.inputs.keys().map(String::as_str).collect();
+    for (name, value) in given {
+        match workflow.inputs.get(name) {
+            None => diags.push(
+                Diagnostic::error(
+                    "unknown-input",
+                    format!("the workflow `{}` has no input `{name}`", workflow.name),
+                )
+                .at(locate(Some(name)))
+                .with_help(
+                    did_you_mean(name, names.iter().copied()).unwrap_or_else(|| {
+                        format!("its inputs: {}", one_of(names.iter().copied()))
+                    }),
+                ),
+            ),
+            // An integer is a fine number; null means "not given".
+            Some(decl) if !value.is_null() && !decl.kind.accepts(value) => diags.push(
+                Diagnostic::error(
+                    "input-type",
+                    format!("input `{name}` must be of type {}", decl.kind.name()),
+                )
+                .at(locate(Some(name)))
+                .with_help(format!("got {value}")),
+            ),
+            Some(_) => {}
+        }
+    }
+    let mut out = Inputs::new();
+    for (name, decl) in &workflow.inputs {
+        let value = match (given.get(name).filter(|v| !v.is_null()), &decl.default) {
+            (Some(v), _) => InputValue {
+                value: v.clone(),
+                source: ValueSource::Given,
+            },
+            (None, Some(v)) => InputValue {
+                value: v.clone(),
+                source: ValueSource::Default,
+            },
+            (None, None) if decl.is_required() => {
+                diags.push(
+                    Diagnostic::error("missing-input", format!("missing required input `{name}`"))
+                        .at(locate(None))
+                        .with_help(format!("add `{name}:` to the case's inputs")),
+                );
+                continue;
+            }
+            (None, None) => InputValue {
+                value: Value::Null,
+                source: ValueSource::Default,
+            },
+        };
+        out.insert(name.clone(), value);
+    }
+    if diags.is_empty() {
+        Ok(out)
+    } else {
+        Err(diags)
+    }
+}
+
 /// Values for checking a workflow against a policy without real inputs:
 /// defaults, then examples, then a stand-in of the declared type.
 pub fn placeholders(workflow: &Workflow) -> Inputs {
@@ -226,7 +296,8 @@ pub fn placeholders(workflow: &Workflow) -> Inputs {
         .collect()
 }
 
-fn coerce(kind: InputType, text: &str) -> Result<Value, String> {
+/// Parses text typed by a user (a flag, a CSV cell) as a value of the type.
+pub fn coerce(kind: InputType, text: &str) -> Result<Value, String> {
     match kind {
         InputType::String => Ok(Value::String(text.to_owned())),
         InputType::Integer => text

@@ -29,6 +29,7 @@ pub mod analyze;
 pub mod catalog;
 pub mod cli;
 pub mod diagnostic;
+pub mod eval;
 pub mod graph;
 pub mod inputs;
 pub mod plan;

@@ -20,6 +20,10 @@ use crate::yaml::Document;
 pub enum Format {
     Workflow,
     Policy,
+    Suite,
+    /// One case of a suite, as a line of a JSONL case file: the suite
+    /// schema's `case` definition.
+    Case,
 }
 
 impl Format {
@@ -27,6 +31,8 @@ impl Format {
         match self {
             Format::Workflow => "workflow",
             Format::Policy => "policy",
+            Format::Suite => "suite",
+            Format::Case => "case",
         }
     }
 
@@ -35,15 +41,36 @@ impl Format {
         match self {
             Format::Workflow => include_str!("../schemas/workflow.schema.json"),
             Format::Policy => include_str!("../schemas/policy.schema.json"),
+            Format::Suite => include_str!("../schemas/suite.schema.json"),
+            Format::Case => {
+                // Derived from the suite schema so the two never disagree.
+                static TEXT: OnceLock<String> = OnceLock::new();
+                TEXT.get_or_init(|| {
+                    let suite: Value =
+                        serde_json::from_str(Format::Suite.schema_text()).unwrap_or_default();
+                    serde_json::json!({
+                        "$schema": suite["$schema"],
+                        "title": "tollgate evaluation case",
+                        "$ref": "#/$defs/case",
+                        "$defs": suite["$defs"],
+                    })
+                    .to_string()
+                })
+            }
         }
     }
 
-    fn schema(self) -> &'static (Value, Validator) {
+    /// The schema and its compiled validator.
+    pub fn validator(self) -> &'static (Value, Validator) {
         static WORKFLOW: OnceLock<(Value, Validator)> = OnceLock::new();
         static POLICY: OnceLock<(Value, Validator)> = OnceLock::new();
+        static SUITE: OnceLock<(Value, Validator)> = OnceLock::new();
+        static CASE: OnceLock<(Value, Validator)> = OnceLock::new();
         let cell = match self {
             Format::Workflow => &WORKFLOW,
             Format::Policy => &POLICY,
+            Format::Suite => &SUITE,
+            Format::Case => &CASE,
         };
         cell.get_or_init(|| {
             // Both are compiled into the binary and covered by tests, so a
@@ -58,7 +85,7 @@ impl Format {
 
 /// Validates a document against a format's schema; one diagnostic per problem.
 pub fn validate(doc: &Document, format: Format) -> Vec<Diagnostic> {
-    let (schema, validator) = format.schema();
+    let (schema, validator) = format.validator();
     validator
         .iter_errors(&doc.root)
         .flat_map(|err| to_diagnostics(doc, schema, format, &err))
@@ -270,6 +297,14 @@ fn where_(ptr: &str, format: Format) -> String {
                 format!("rule #{n}")
             } else {
                 format!("`{}` of rule #{n}", rest.join("."))
+            }
+        }
+        ["cases", i, rest @ ..] => {
+            let n = i.parse::<usize>().map_or(0, |n| n + 1);
+            if rest.is_empty() {
+                format!("case #{n}")
+            } else {
+                format!("`{}` of case #{n}", rest.join("."))
             }
         }
         _ => format!("`{}`", segs.join(".")),

@@ -155,7 +155,8 @@ impl ChatRequest {
 
 /// Token counts normalised across providers, so budgets and prices can be
 /// computed the same way for all of them.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct Usage {
     /// All input tokens, including cache reads and writes. Anthropic reports
     /// these three separately; they are added up here.
@@ -248,6 +249,9 @@ pub enum ErrorKind {
     StreamBroken,
     /// A 2xx answer whose body could not be understood.
     Malformed,
+    /// Replaying recorded responses (`tollgate test --replay`), and this
+    /// request was never recorded. Nothing was sent anywhere.
+    NotRecorded,
     Other,
 }
 
@@ -274,7 +278,7 @@ pub struct ProviderError {
 }
 
 impl ProviderError {
-    pub(crate) fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
         ProviderError {
             kind,
             status: None,

@@ -8,7 +8,7 @@ use crate::{root, tollgate, tollgate_in, transcript};
 
 #[test]
 fn schema_command_prints_the_shipped_schemas() {
-    for kind in ["workflow", "policy"] {
+    for kind in ["workflow", "policy", "suite"] {
         let out = tollgate(&["schema", kind]);
         assert_eq!(out.status.code(), Some(0));
         let shipped =

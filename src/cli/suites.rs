@@ -1,0 +1,338 @@
+//! `tollgate test` and `tollgate merge`.
+
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+
+use super::{OutputFormat, exit, print_out, report};
+use crate::diagnostic::{Diagnostic, RenderOptions};
+use crate::eval::results::{self, Mode, Results, Shard};
+use crate::eval::runner::{self, TestOptions};
+use crate::eval::{snapshot, suite};
+
+#[derive(Debug, clap::Args)]
+pub(super) struct TestArgs {
+    /// Suite files, or folders of them [default: evals/].
+    suites: Vec<PathBuf>,
+    /// Answer from the recorded responses only: no network, no local server, no cost.
+    #[arg(long, conflicts_with = "record")]
+    replay: bool,
+    /// Call the models and record every answer into the suite's cassette.
+    #[arg(long)]
+    record: bool,
+    /// CI mode: never write snapshot files; a new or changed output fails.
+    #[arg(long)]
+    ci: bool,
+    /// Promote pending snapshots (all, or one case's with --accept=CASE) instead of running.
+    #[arg(long, value_name = "CASE", num_args = 0..=1, require_equals = true, default_missing_value = "")]
+    accept: Option<String>,
+    /// Run each case N times; a case passes when its pass_threshold share of runs pass.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    repeat: usize,
+    /// Run only shard K of N (1-based), split by a hash of the case names.
+    #[arg(long, value_name = "K/N")]
+    shard: Option<String>,
+    /// Only cases whose name contains this text.
+    #[arg(long, value_name = "TEXT")]
+    filter: Option<String>,
+    /// Write JUnit XML here.
+    #[arg(long, value_name = "FILE")]
+    junit: Option<PathBuf>,
+    /// Write the full results as JSON here (what `tollgate merge` reads).
+    #[arg(long, value_name = "FILE")]
+    results: Option<PathBuf>,
+    /// text: the summary; json: the results on stdout.
+    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+    format: OutputFormat,
+    /// Model calls in flight at once (and cases run at once).
+    #[arg(long, default_value_t = 16)]
+    concurrency: usize,
+    /// No progress bar.
+    #[arg(long, short = 'q')]
+    quiet: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub(super) struct MergeArgs {
+    /// Results files written by `tollgate test --results` (one per shard).
+    #[arg(required = true)]
+    files: Vec<PathBuf>,
+    /// Write the merged JUnit XML here.
+    #[arg(long, value_name = "FILE")]
+    junit: Option<PathBuf>,
+    /// Write the merged results here.
+    #[arg(long, value_name = "FILE")]
+    results: Option<PathBuf>,
+    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+    format: OutputFormat,
+}
+
+fn parse_shard(s: &str) -> Result<Shard, Diagnostic> {
+    let bad = || {
+        Diagnostic::error(
+            "bad-shard",
+            format!("--shard {s}: expected K/N with 1 ≤ K ≤ N"),
+        )
+        .with_help("for example --shard 2/4 runs the second of four shards")
+    };
+    let (k, n) = s.split_once('/').ok_or_else(bad)?;
+    let (index, count) = (
+        k.trim().parse::<u32>().map_err(|_| bad())?,
+        n.trim().parse::<u32>().map_err(|_| bad())?,
+    );
+    if index == 0 || count == 0 || index > count {
+        return Err(bad());
+    }
+    Ok(Shard { index, count })
+}
+
+/// Writes a report file whole (temporary name, then rename).
+fn write_file(path: &Path, text: &str) -> Result<(), Diagnostic> {
+    snapshot::write_atomic(path, text).map_err(|e| {
+        Diagnostic::error("io", format!("cannot write {}: {e}", path.display())).in_file(path)
+    })
+}
+
+/// The outputs every results-producing command shares: files, then stdout.
+fn emit(
+    results: &Results,
+    junit: Option<&Path>,
+    out: Option<&Path>,
+    format: OutputFormat,
+) -> Result<(), Diagnostic> {
+    if let Some(p) = junit {
+        write_file(p, &results::render_junit(results))?;
+    }
+    if let Some(p) = out {
+        write_file(
+            p,
+            &serde_json::to_string_pretty(results).unwrap_or_default(),
+        )?;
+    }
+    match format {
+        OutputFormat::Json => print_out(&serde_json::to_string_pretty(results).unwrap_or_default()),
+        OutputFormat::Text => print_out(&results::render_text(results)),
+    }
+    Ok(())
+}
+
+pub(super) fn cmd_test(args: TestArgs, options: RenderOptions) -> u8 {
+    let format = args.format;
+    let paths = if args.suites.is_empty() {
+        vec![PathBuf::from("evals")]
+    } else {
+        args.suites.clone()
+    };
+    let files = match suite::discover(&paths) {
+        Ok(f) => f,
+        Err(d) => return report(d, format, options),
+    };
+    let mut diags = Vec::new();
+    let mut suites = Vec::new();
+    for f in &files {
+        match suite::load(f) {
+            Ok(s) => suites.push(s),
+            Err(d) => diags.extend(d),
+        }
+    }
+    let mut names = std::collections::HashMap::new();
+    for s in &suites {
+        if let Some(other) = names.insert(s.name.clone(), s.path.clone()) {
+            diags.push(
+                Diagnostic::error(
+                    "duplicate-suite",
+                    format!("two suites are named `{}`", s.name),
+                )
+                .in_file(&s.path)
+                .with_help(format!(
+                    "{} has the same name; set `name:` in one of them",
+                    other.display()
+                )),
+            );
+        }
+    }
+    let shard = match args.shard.as_deref().map(parse_shard).transpose() {
+        Ok(s) => s,
+        Err(d) => {
+            diags.push(d);
+            None
+        }
+    };
+    if args.repeat == 0 {
+        diags.push(Diagnostic::error(
+            "bad-repeat",
+            "--repeat must be at least 1",
+        ));
+    }
+    if !diags.is_empty() {
+        return report(diags, format, options);
+    }
+
+    if let Some(case) = &args.accept {
+        let case = (!case.is_empty()).then_some(case.as_str());
+        let mut accepted = Vec::new();
+        for s in &suites {
+            match snapshot::accept(&s.snapshot_dir, case) {
+                Ok(a) => accepted.extend(a),
+                Err(e) => {
+                    let d = Diagnostic::error(
+                        "io",
+                        format!(
+                            "cannot accept snapshots in {}: {e}",
+                            s.snapshot_dir.display()
+                        ),
+                    );
+                    return report(vec![d], format, options);
+                }
+            }
+        }
+        let text = if accepted.is_empty() {
+            "no pending snapshots".to_owned()
+        } else {
+            accepted
+                .iter()
+                .map(|p| format!("accepted {}", p.display()))
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        print_out(&text);
+        return exit::OK;
+    }
+
+    let mode = if args.replay {
+        Mode::Replay
+    } else if args.record {
+        Mode::Record
+    } else {
+        Mode::Live
+    };
+    let total: u64 = suites
+        .iter()
+        .map(|s| {
+            let o = TestOptions {
+                mode,
+                ci: args.ci,
+                repeat: args.repeat,
+                shard: shard.clone(),
+                filter: args.filter.clone(),
+                run: crate::run::RunOptions::default(),
+                progress: None,
+            };
+            runner::selected(s, &o).len() as u64 * args.repeat as u64
+        })
+        .sum();
+    let progress = (!args.quiet && std::io::stderr().is_terminal() && format == OutputFormat::Text)
+        .then(|| {
+            let pb = indicatif::ProgressBar::new(total);
+            pb.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{spinner} {pos}/{len} case runs  {elapsed}  {wide_bar}",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            pb
+        });
+    let opts = TestOptions {
+        mode,
+        ci: args.ci,
+        repeat: args.repeat,
+        shard,
+        filter: args.filter.clone(),
+        run: crate::run::RunOptions {
+            concurrency: args.concurrency.max(1),
+            ..crate::run::RunOptions::default()
+        },
+        progress: progress.clone(),
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(err) => {
+            let d = Diagnostic::error("runtime", format!("cannot start the async runtime: {err}"));
+            return report(vec![d], format, options);
+        }
+    };
+    let outcome = runtime.block_on(async {
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let on_signal = cancel.clone();
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                on_signal.cancel();
+            }
+        });
+        runner::run_suites(&suites, &opts, cancel).await
+    });
+    if let Some(pb) = progress {
+        pb.finish_and_clear();
+    }
+    let results = match outcome {
+        Ok(r) => r,
+        Err(d) => return report(d, format, options),
+    };
+    if results.totals().cases == 0 {
+        let _ = writeln!(
+            std::io::stderr(),
+            "note: no case matched{}{}",
+            args.filter
+                .as_ref()
+                .map(|f| format!(" --filter {f}"))
+                .unwrap_or_default(),
+            args.shard
+                .as_ref()
+                .map(|s| format!(" in shard {s}"))
+                .unwrap_or_default()
+        );
+    }
+    if let Err(d) = emit(
+        &results,
+        args.junit.as_deref(),
+        args.results.as_deref(),
+        format,
+    ) {
+        return report(vec![d], format, options);
+    }
+    if results.ok() { exit::OK } else { exit::FAILED }
+}
+
+pub(super) fn cmd_merge(args: MergeArgs, options: RenderOptions) -> u8 {
+    let format = args.format;
+    let mut parts = Vec::new();
+    let mut diags = Vec::new();
+    for f in &args.files {
+        match std::fs::read_to_string(f)
+            .map_err(|e| e.to_string())
+            .and_then(|t| serde_json::from_str::<Results>(&t).map_err(|e| e.to_string()))
+        {
+            Ok(r) => parts.push(r),
+            Err(why) => diags.push(
+                Diagnostic::error(
+                    "results-file",
+                    format!("cannot read results from {}: {why}", f.display()),
+                )
+                .in_file(f)
+                .with_help("give the files written by `tollgate test --results FILE`"),
+            ),
+        }
+    }
+    if !diags.is_empty() {
+        return report(diags, format, options);
+    }
+    let merged = match results::merge(parts) {
+        Ok(m) => m,
+        Err(e) => {
+            let d = Diagnostic::error("merge", e.to_string())
+                .with_help("give every shard's results once (`--shard K/N` for K = 1…N)");
+            return report(vec![d], format, options);
+        }
+    };
+    if let Err(d) = emit(
+        &merged,
+        args.junit.as_deref(),
+        args.results.as_deref(),
+        format,
+    ) {
+        return report(vec![d], format, options);
+    }
+    if merged.ok() { exit::OK } else { exit::FAILED }
+}

@@ -1,0 +1,645 @@
+//! What a test run found, in one serialisable shape: written with
+//! `--results FILE` (or `--format json`), read back by `tollgate merge`, and
+//! rendered as the human summary and as JUnit XML.
+//!
+//! Outcomes: `passed`; `failed` — an assertion did not hold (or the model's
+//! answer broke the output schema); `errored` — the case could not be judged
+//! (a provider error, a response that was never recorded, a run cut short).
+//! An infrastructure problem is never reported as a failed assertion.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use serde::{Deserialize, Serialize};
+
+use super::assertion::Failure;
+use crate::provider::Usage;
+
+pub const FORMAT_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    Live,
+    Record,
+    Replay,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Passed,
+    Failed,
+    Errored,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Shard {
+    pub index: u32,
+    pub count: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Results {
+    pub version: u32,
+    pub mode: Mode,
+    /// The shards these results cover (`[]` for an unsharded run).
+    pub shards: Vec<Shard>,
+    pub suites: Vec<SuiteResult>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SuiteResult {
+    pub name: String,
+    pub path: String,
+    pub workflow: String,
+    pub policy: String,
+    /// Cases in suite order.
+    pub cases: Vec<CaseResult>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CaseResult {
+    pub name: String,
+    pub index: usize,
+    pub origin: String,
+    pub outcome: Outcome,
+    /// Runs that passed, of `runs.len()`.
+    pub passed_runs: usize,
+    pub pass_threshold: f64,
+    /// Some runs passed and some did not.
+    pub flaky: bool,
+    pub runs: Vec<RunResult>,
+    pub calls: u64,
+    pub usage: Usage,
+    /// Model calls' cost (in replay: what the recorded calls cost when made).
+    pub cost_usd: f64,
+    pub elapsed_ms: u64,
+    /// Snapshot files written as pending by this case.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pending_snapshots: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunResult {
+    pub outcome: Outcome,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failures: Vec<Failure>,
+    /// Why the run could not be judged (errored).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub calls: u64,
+    pub usage: Usage,
+    pub cost_usd: f64,
+    /// Of which the judge's calls.
+    pub judge_cost_usd: f64,
+    pub elapsed_ms: u64,
+}
+
+impl CaseResult {
+    /// Aggregates the runs of a case (one, or `--repeat N`).
+    pub fn from_runs(
+        name: String,
+        index: usize,
+        origin: String,
+        pass_threshold: f64,
+        runs: Vec<RunResult>,
+        pending_snapshots: Vec<String>,
+    ) -> CaseResult {
+        let passed_runs = runs.iter().filter(|r| r.outcome == Outcome::Passed).count();
+        let total = runs.len().max(1);
+        // 4 of 5 at 0.8 passes: compare in whole runs, not floats.
+        let needed = (pass_threshold * total as f64 - 1e-9).ceil().max(1.0) as usize;
+        let outcome = if passed_runs >= needed {
+            Outcome::Passed
+        } else if runs.iter().any(|r| r.outcome == Outcome::Failed) {
+            Outcome::Failed
+        } else {
+            Outcome::Errored
+        };
+        let mut usage = Usage::default();
+        for r in &runs {
+            usage += r.usage;
+        }
+        CaseResult {
+            name,
+            index,
+            origin,
+            outcome,
+            passed_runs,
+            pass_threshold,
+            flaky: passed_runs > 0 && passed_runs < runs.len(),
+            calls: runs.iter().map(|r| r.calls).sum(),
+            usage,
+            cost_usd: runs.iter().map(|r| r.cost_usd).sum(),
+            elapsed_ms: runs.iter().map(|r| r.elapsed_ms).max().unwrap_or(0),
+            runs,
+            pending_snapshots,
+        }
+    }
+}
+
+/// Totals over a set of results.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Totals {
+    pub cases: usize,
+    pub passed: usize,
+    pub failed: usize,
+    pub errored: usize,
+    pub flaky: usize,
+    pub calls: u64,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cost_usd: f64,
+}
+
+impl Results {
+    pub fn totals(&self) -> Totals {
+        let mut t = Totals::default();
+        for c in self.suites.iter().flat_map(|s| &s.cases) {
+            t.cases += 1;
+            match c.outcome {
+                Outcome::Passed => t.passed += 1,
+                Outcome::Failed => t.failed += 1,
+                Outcome::Errored => t.errored += 1,
+            }
+            t.flaky += usize::from(c.flaky);
+            t.calls += c.calls;
+            t.input_tokens += c.usage.input_tokens;
+            t.output_tokens += c.usage.output_tokens;
+            t.cost_usd += c.cost_usd;
+        }
+        t
+    }
+
+    pub fn ok(&self) -> bool {
+        let t = self.totals();
+        t.failed == 0 && t.errored == 0
+    }
+}
+
+/// Why shard results cannot be merged.
+#[derive(Debug, thiserror::Error)]
+pub enum MergeError {
+    #[error("the results mix modes ({0:?} and {1:?}); merge results of one kind of run")]
+    Modes(Mode, Mode),
+    #[error("shard {index}/{count} is given twice")]
+    DuplicateShard { index: u32, count: u32 },
+    #[error("the results mix shard counts ({0} and {1})")]
+    Counts(u32, u32),
+    #[error("shard {index}/{count} is missing")]
+    MissingShard { index: u32, count: u32 },
+    #[error("case `{case}` of suite `{suite}` is in two results")]
+    DuplicateCase { suite: String, case: String },
+    #[error("results format version {0}; this tollgate reads {FORMAT_VERSION}")]
+    Version(u32),
+}
+
+/// Joins the results of shards into the results of the whole run: suites by
+/// name, cases back in suite order. Every shard of the split must be there
+/// once, so a lost CI job cannot pass for a green run.
+pub fn merge(parts: Vec<Results>) -> Result<Results, MergeError> {
+    let mut mode = None;
+    let mut shards: Vec<Shard> = Vec::new();
+    let mut suites: BTreeMap<String, SuiteResult> = BTreeMap::new();
+    let mut order: Vec<String> = Vec::new();
+    for part in parts {
+        if part.version != FORMAT_VERSION {
+            return Err(MergeError::Version(part.version));
+        }
+        match mode {
+            None => mode = Some(part.mode),
+            Some(m) if m != part.mode => return Err(MergeError::Modes(m, part.mode)),
+            Some(_) => {}
+        }
+        for s in part.shards {
+            if let Some(first) = shards.first() {
+                if first.count != s.count {
+                    return Err(MergeError::Counts(first.count, s.count));
+                }
+            }
+            if shards.contains(&s) {
+                return Err(MergeError::DuplicateShard {
+                    index: s.index,
+                    count: s.count,
+                });
+            }
+            shards.push(s);
+        }
+        for suite in part.suites {
+            match suites.get_mut(&suite.name) {
+                None => {
+                    order.push(suite.name.clone());
+                    suites.insert(suite.name.clone(), suite);
+                }
+                Some(existing) => {
+                    for c in suite.cases {
+                        if existing.cases.iter().any(|e| e.name == c.name) {
+                            return Err(MergeError::DuplicateCase {
+                                suite: suite.name.clone(),
+                                case: c.name,
+                            });
+                        }
+                        existing.cases.push(c);
+                    }
+                }
+            }
+        }
+    }
+    if let Some(count) = shards.first().map(|s| s.count) {
+        for index in 1..=count {
+            if !shards.iter().any(|s| s.index == index) {
+                return Err(MergeError::MissingShard { index, count });
+            }
+        }
+    }
+    // Suites in name order (each shard lists them in the order given on its
+    // command line, which is the same for all), cases in suite order.
+    order.sort();
+    let suites = order
+        .into_iter()
+        .filter_map(|n| suites.remove(&n))
+        .map(|mut s| {
+            s.cases.sort_by_key(|c| c.index);
+            s
+        })
+        .collect();
+    Ok(Results {
+        version: FORMAT_VERSION,
+        mode: mode.unwrap_or(Mode::Live),
+        shards: Vec::new(),
+        suites,
+    })
+}
+
+fn money(x: f64) -> String {
+    if x == 0.0 {
+        "$0".to_owned()
+    } else if x < 0.01 {
+        format!("${x:.6}")
+    } else {
+        format!("${x:.4}")
+    }
+}
+
+fn indent(text: &str, by: &str) -> String {
+    text.lines()
+        .map(|l| format!("{by}{l}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn clip(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        s.to_owned()
+    } else {
+        format!("{}…", s.chars().take(max).collect::<String>())
+    }
+}
+
+/// The human summary: one line per case, details of what went wrong, totals.
+pub fn render_text(results: &Results) -> String {
+    let mut out = String::new();
+    for s in &results.suites {
+        let _ = writeln!(
+            out,
+            "suite {} ({} × {}, {} cases)",
+            s.name,
+            s.workflow,
+            s.policy,
+            s.cases.len()
+        );
+        for c in &s.cases {
+            let mark = match c.outcome {
+                Outcome::Passed => "ok    ",
+                Outcome::Failed => "FAILED",
+                Outcome::Errored => "ERROR ",
+            };
+            let runs = if c.runs.len() > 1 {
+                format!(
+                    "  {}/{} runs passed{}",
+                    c.passed_runs,
+                    c.runs.len(),
+                    if c.flaky { " (flaky)" } else { "" }
+                )
+            } else {
+                String::new()
+            };
+            let _ = writeln!(
+                out,
+                "  {mark} {:<32} {:>3} calls {:>7} tok  {:>10}  {:>6} ms{runs}",
+                c.name,
+                c.calls,
+                c.usage.input_tokens + c.usage.output_tokens,
+                money(c.cost_usd),
+                c.elapsed_ms
+            );
+            if c.outcome == Outcome::Passed && !c.flaky {
+                continue;
+            }
+            // Details of the first run that did not pass (others are alike
+            // or in the JSON results).
+            let Some(r) = c.runs.iter().find(|r| r.outcome != Outcome::Passed) else {
+                continue;
+            };
+            if let Some(e) = &r.error {
+                let _ = writeln!(out, "{}", indent(e, "         error: "));
+            }
+            for f in &r.failures {
+                let _ = writeln!(
+                    out,
+                    "         step {}: {} — {}",
+                    f.step, f.assertion, f.message
+                );
+                match (&f.diff, &f.expected, &f.actual) {
+                    (Some(d), _, _) => {
+                        let _ = writeln!(out, "{}", indent(d.trim_end(), "           "));
+                    }
+                    (None, Some(e), Some(a)) => {
+                        let _ = writeln!(out, "           expected: {}", clip(e, 200));
+                        let _ = writeln!(
+                            out,
+                            "           got:      {}",
+                            clip(&a.replace('\n', "⏎"), 200)
+                        );
+                    }
+                    _ => {}
+                }
+            }
+            for p in &c.pending_snapshots {
+                let _ = writeln!(out, "         pending snapshot: {p}");
+            }
+        }
+    }
+    let t = results.totals();
+    let verdict = if t.failed == 0 && t.errored == 0 {
+        "ok"
+    } else {
+        "FAILED"
+    };
+    let spent = match results.mode {
+        Mode::Replay => format!(
+            "{} (replayed: nothing spent; {} when recorded)",
+            money(0.0),
+            money(t.cost_usd)
+        ),
+        _ => money(t.cost_usd),
+    };
+    let _ = writeln!(
+        out,
+        "\ntest result: {verdict}. {} passed, {} failed, {} errored{} of {} cases; {} calls, {} tokens in, {} out; cost {spent}",
+        t.passed,
+        t.failed,
+        t.errored,
+        if t.flaky > 0 {
+            format!(", {} flaky", t.flaky)
+        } else {
+            String::new()
+        },
+        t.cases,
+        t.calls,
+        t.input_tokens,
+        t.output_tokens,
+    );
+    let pending: usize = results
+        .suites
+        .iter()
+        .flat_map(|s| &s.cases)
+        .map(|c| c.pending_snapshots.len())
+        .sum();
+    if pending > 0 {
+        let _ = writeln!(
+            out,
+            "{pending} pending snapshot(s): review them, then `tollgate test --accept`"
+        );
+    }
+    out
+}
+
+/// JUnit XML: a test suite per suite, a test case per case (classname = the
+/// suite), `<failure>` for failed assertions and `<error>` for errored cases.
+pub fn render_junit(results: &Results) -> String {
+    use quick_junit::{NonSuccessKind, Report, TestCase, TestCaseStatus, TestSuite};
+    let mut report = Report::new("tollgate");
+    for s in &results.suites {
+        let mut suite = TestSuite::new(s.name.as_str());
+        suite.add_property(quick_junit::Property::new("workflow", s.workflow.as_str()));
+        suite.add_property(quick_junit::Property::new("policy", s.policy.as_str()));
+        for c in &s.cases {
+            let status = match c.outcome {
+                Outcome::Passed => TestCaseStatus::success(),
+                outcome => {
+                    let kind = if outcome == Outcome::Failed {
+                        NonSuccessKind::Failure
+                    } else {
+                        NonSuccessKind::Error
+                    };
+                    let mut st = TestCaseStatus::non_success(kind);
+                    let run = c.runs.iter().find(|r| r.outcome != Outcome::Passed);
+                    let message = run.map_or_else(String::new, |r| {
+                        r.error.clone().unwrap_or_else(|| {
+                            r.failures
+                                .iter()
+                                .map(|f| format!("step {}: {}", f.step, f.message))
+                                .collect::<Vec<_>>()
+                                .join("; ")
+                        })
+                    });
+                    st.set_message(clip(&message, 500));
+                    let mut description = String::new();
+                    if c.runs.len() > 1 {
+                        let _ = writeln!(
+                            description,
+                            "{}/{} runs passed (threshold {})",
+                            c.passed_runs,
+                            c.runs.len(),
+                            c.pass_threshold
+                        );
+                    }
+                    if let Some(r) = run {
+                        for f in &r.failures {
+                            let _ = writeln!(
+                                description,
+                                "step {}: {} — {}",
+                                f.step, f.assertion, f.message
+                            );
+                            if let Some(d) = &f.diff {
+                                let _ = writeln!(description, "{d}");
+                            } else if let (Some(e), Some(a)) = (&f.expected, &f.actual) {
+                                let _ = writeln!(description, "expected: {e}\ngot: {a}");
+                            }
+                        }
+                    }
+                    st.set_description(description);
+                    st
+                }
+            };
+            let mut tc = TestCase::new(c.name.as_str(), status);
+            tc.set_classname(s.name.as_str());
+            tc.set_time(std::time::Duration::from_millis(c.elapsed_ms));
+            tc.add_property(quick_junit::Property::new(
+                "cost_usd",
+                format!("{:.6}", c.cost_usd),
+            ));
+            tc.add_property(quick_junit::Property::new(
+                "tokens",
+                (c.usage.input_tokens + c.usage.output_tokens).to_string(),
+            ));
+            if c.flaky {
+                tc.set_system_out(format!(
+                    "flaky: {}/{} runs passed",
+                    c.passed_runs,
+                    c.runs.len()
+                ));
+            }
+            suite.add_test_case(tc);
+        }
+        report.add_test_suite(suite);
+    }
+    report.to_string().unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(outcome: Outcome) -> RunResult {
+        RunResult {
+            outcome,
+            failures: Vec::new(),
+            error: None,
+            calls: 1,
+            usage: Usage::default(),
+            cost_usd: 0.001,
+            judge_cost_usd: 0.0,
+            elapsed_ms: 5,
+        }
+    }
+
+    #[test]
+    fn a_threshold_counts_whole_runs_and_flakes_are_named() {
+        let p = Outcome::Passed;
+        let f = Outcome::Failed;
+        let case = |t: f64, runs: &[Outcome]| {
+            CaseResult::from_runs(
+                "c".into(),
+                0,
+                "x".into(),
+                t,
+                runs.iter().map(|o| run(*o)).collect(),
+                Vec::new(),
+            )
+        };
+        let c = case(0.8, &[p, p, p, p, f]);
+        assert_eq!(
+            (c.outcome, c.flaky, c.passed_runs),
+            (Outcome::Passed, true, 4)
+        );
+        assert_eq!(case(0.8, &[p, p, p, f, f]).outcome, Outcome::Failed);
+        assert_eq!(case(1.0, &[p, p]).outcome, Outcome::Passed);
+        assert_eq!(case(1.0, &[Outcome::Errored]).outcome, Outcome::Errored);
+        assert!(!case(1.0, &[p]).flaky);
+    }
+
+    fn results(shard: Option<(u32, u32)>, cases: &[(&str, usize)]) -> Results {
+        Results {
+            version: FORMAT_VERSION,
+            mode: Mode::Replay,
+            shards: shard
+                .map(|(index, count)| vec![Shard { index, count }])
+                .unwrap_or_default(),
+            suites: vec![SuiteResult {
+                name: "s".into(),
+                path: "s.yaml".into(),
+                workflow: "w".into(),
+                policy: "p".into(),
+                cases: cases
+                    .iter()
+                    .map(|(n, i)| {
+                        CaseResult::from_runs(
+                            (*n).into(),
+                            *i,
+                            "x".into(),
+                            1.0,
+                            vec![run(Outcome::Passed)],
+                            Vec::new(),
+                        )
+                    })
+                    .collect(),
+            }],
+        }
+    }
+
+    #[test]
+    fn merge_restores_suite_order_and_refuses_gaps_and_overlaps() {
+        let merged = merge(vec![
+            results(Some((2, 2)), &[("b", 1)]),
+            results(Some((1, 2)), &[("a", 0), ("c", 2)]),
+        ])
+        .unwrap();
+        let names: Vec<&str> = merged.suites[0]
+            .cases
+            .iter()
+            .map(|c| c.name.as_str())
+            .collect();
+        assert_eq!(names, ["a", "b", "c"]);
+        assert!(matches!(
+            merge(vec![
+                results(Some((1, 3)), &[("a", 0)]),
+                results(Some((3, 3)), &[("b", 1)])
+            ]),
+            Err(MergeError::MissingShard { index: 2, count: 3 })
+        ));
+        assert!(matches!(
+            merge(vec![
+                results(Some((1, 2)), &[("a", 0)]),
+                results(Some((1, 2)), &[("b", 1)])
+            ]),
+            Err(MergeError::DuplicateShard { .. })
+        ));
+        assert!(matches!(
+            merge(vec![
+                results(Some((1, 2)), &[("a", 0)]),
+                results(Some((2, 2)), &[("a", 0)])
+            ]),
+            Err(MergeError::DuplicateCase { .. })
+        ));
+    }
+
+    #[test]
+    fn junit_names_failures_and_errors_apart() {
+        let mut r = results(None, &[("a", 0), ("b", 1), ("c", 2)]);
+        let mut failed = run(Outcome::Failed);
+        failed.failures.push(Failure {
+            step: "classify".into(),
+            assertion: "equals".into(),
+            message: "the output is not equal to the expected value".into(),
+            expected: Some("bug".into()),
+            actual: Some("feature".into()),
+            diff: None,
+        });
+        r.suites[0].cases[1] =
+            CaseResult::from_runs("b".into(), 1, "x".into(), 1.0, vec![failed], Vec::new());
+        let mut errored = run(Outcome::Errored);
+        errored.error = Some("no recorded response".into());
+        r.suites[0].cases[2] =
+            CaseResult::from_runs("c".into(), 2, "x".into(), 1.0, vec![errored], Vec::new());
+        let xml = render_junit(&r);
+        assert!(
+            xml.contains("tests=\"3\"")
+                && xml.contains("failures=\"1\"")
+                && xml.contains("errors=\"1\""),
+            "{xml}"
+        );
+        assert!(
+            xml.contains(
+                "<failure message=\"step classify: the output is not equal to the expected value\""
+            ),
+            "{xml}"
+        );
+        assert!(
+            xml.contains("<error message=\"no recorded response\""),
+            "{xml}"
+        );
+    }
+}

@@ -1,0 +1,750 @@
+//! Running suites: select cases (filter, shard), plan each, run them
+//! concurrently through the same executor as `tollgate run` — sharing one
+//! set of limits and local servers per suite — then check expectations,
+//! snapshots and judges, and aggregate repeats.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use futures::StreamExt;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use tokio_util::sync::CancellationToken;
+
+use super::assertion::{self, Failure, SnapshotMode};
+use super::cassette::{Cassette, Recorder, Replayer};
+use super::results::{
+    CaseResult, FORMAT_VERSION, Mode, Outcome, Results, RunResult, Shard, SuiteResult,
+};
+use super::snapshot;
+use super::suite::{Case, Suite};
+use crate::analyze::{self, Analysis};
+use crate::diagnostic::{Diagnostic, SourceFile};
+use crate::inputs::{InputValue, Inputs, ValueSource};
+use crate::plan::{self, Plan};
+use crate::policy::Policy;
+use crate::run::{self, Providers, Resources, RunOptions, RunStatus, StepReport, StepStatus};
+use crate::schema::Format;
+use crate::workflow::{self, Workflow};
+use crate::yaml::Document;
+
+/// How a test run behaves.
+#[derive(Clone)]
+pub struct TestOptions {
+    pub mode: Mode,
+    /// Never write snapshot files (CI): a new or changed output just fails.
+    pub ci: bool,
+    /// Runs per case.
+    pub repeat: usize,
+    pub shard: Option<Shard>,
+    /// Only cases whose name contains this.
+    pub filter: Option<String>,
+    pub run: RunOptions,
+    /// Advanced once per finished run of a case.
+    pub progress: Option<indicatif::ProgressBar>,
+}
+
+/// Does this case belong to the shard? By a hash of the suite and case
+/// names, so the split is the same on every runner and does not move cases
+/// around when others are added.
+pub fn in_shard(suite: &str, case: &str, shard: &Shard) -> bool {
+    let h = Sha256::digest(format!("{suite}\0{case}").as_bytes());
+    let n = u64::from_be_bytes(h[..8].try_into().unwrap_or([0; 8]));
+    n % u64::from(shard.count.max(1)) == u64::from(shard.index.saturating_sub(1))
+}
+
+/// The cases of a suite this run takes.
+pub fn selected<'a>(suite: &'a Suite, opts: &TestOptions) -> Vec<&'a Case> {
+    suite
+        .cases
+        .iter()
+        .filter(|c| {
+            opts.filter
+                .as_ref()
+                .is_none_or(|f| c.name.contains(f.as_str()))
+        })
+        .filter(|c| {
+            opts.shard
+                .as_ref()
+                .is_none_or(|s| in_shard(&suite.name, &c.name, s))
+        })
+        .collect()
+}
+
+/// Values of the policy's key variables, scrubbed from cassettes.
+fn secrets(policy: &Policy) -> Vec<String> {
+    policy
+        .providers
+        .values()
+        .filter_map(|p| p.api_key_env.as_ref())
+        .filter_map(|v| std::env::var(v).ok())
+        .filter(|v| !v.is_empty())
+        .collect()
+}
+
+/// Runs the suites in order. Problems with the input (a case that cannot be
+/// planned, a missing key, a cassette that cannot be read) come back as
+/// diagnostics before any call is made.
+pub async fn run_suites(
+    suites: &[Suite],
+    opts: &TestOptions,
+    cancel: CancellationToken,
+) -> Result<Results, Vec<Diagnostic>> {
+    // Plan everything first: all input problems before the first call.
+    let mut diags = Vec::new();
+    let mut prepared = Vec::new();
+    for suite in suites {
+        match prepare(suite, opts) {
+            Ok(p) => prepared.push(p),
+            Err(d) => diags.extend(d),
+        }
+    }
+    if !diags.is_empty() {
+        return Err(diags);
+    }
+    let mut out = Vec::new();
+    for p in prepared {
+        out.push(run_suite(p, opts, cancel.clone()).await);
+    }
+    Ok(Results {
+        version: FORMAT_VERSION,
+        mode: opts.mode,
+        shards: opts.shard.iter().cloned().collect(),
+        suites: out,
+    })
+}
+
+struct Prepared<'a> {
+    suite: &'a Suite,
+    policy: Arc<Policy>,
+    cases: Vec<(&'a Case, Plan)>,
+    providers: Providers,
+    cassette: Option<Arc<Cassette>>,
+}
+
+fn prepare<'a>(suite: &'a Suite, opts: &TestOptions) -> Result<Prepared<'a>, Vec<Diagnostic>> {
+    let policy_name = suite.policy_path.display().to_string();
+    let mut diags = Vec::new();
+    let mut cases = Vec::new();
+    for case in selected(suite, opts) {
+        match plan::build(&suite.analysis, &suite.policy, &policy_name, &case.inputs) {
+            Ok(p) => cases.push((case, p)),
+            Err(d) => {
+                diags.push(
+                    Diagnostic::error(
+                        "case-plan",
+                        format!(
+                            "case `{}` of suite `{}` cannot be planned",
+                            case.name, suite.name
+                        ),
+                    )
+                    .with_help(format!(
+                        "the case is at {}; the problems follow",
+                        case.origin
+                    )),
+                );
+                diags.extend(d);
+            }
+        }
+    }
+    if !diags.is_empty() {
+        return Err(diags);
+    }
+    let open = |check_exists: bool| -> Result<Arc<Cassette>, Vec<Diagnostic>> {
+        if check_exists && !suite.cassette_path.is_file() {
+            return Err(vec![
+                Diagnostic::error(
+                    "no-recordings",
+                    format!(
+                        "suite `{}` has no recorded responses at {}",
+                        suite.name,
+                        suite.cassette_path.display()
+                    ),
+                )
+                .in_file(&suite.path)
+                .with_help("record them once with `tollgate test --record` and commit the file"),
+            ]);
+        }
+        Cassette::open(&suite.cassette_path, secrets(&suite.policy))
+            .map(Arc::new)
+            .map_err(|e| vec![Diagnostic::error("cassette", e.to_string()).in_file(&e.path)])
+    };
+    let (policy, providers, cassette) = match opts.mode {
+        Mode::Live | Mode::Record => {
+            let providers = Providers::from_env(&suite.policy);
+            for (_, plan) in &cases {
+                for d in providers.check_keys(plan, &suite.policy) {
+                    if !diags.iter().any(|x: &Diagnostic| x.message == d.message) {
+                        diags.push(d);
+                    }
+                }
+            }
+            if !diags.is_empty() {
+                return Err(diags);
+            }
+            if opts.mode == Mode::Record {
+                let cassette = open(false)?;
+                // A full run re-records the suite from scratch, so answers to
+                // prompts that no longer exist do not linger; one shard or a
+                // filtered run adds to what is there.
+                if opts.filter.is_none() && opts.shard.is_none() {
+                    cassette.clear();
+                }
+                let c = Arc::clone(&cassette);
+                let providers = providers.map_clients(move |_, inner| {
+                    Arc::new(Recorder {
+                        inner,
+                        cassette: Arc::clone(&c),
+                    })
+                });
+                (Arc::clone(&suite.policy), providers, Some(cassette))
+            } else {
+                (Arc::clone(&suite.policy), providers, None)
+            }
+        }
+        Mode::Replay => {
+            let cassette = open(true)?;
+            let clients = suite
+                .policy
+                .providers
+                .iter()
+                .map(|(name, p)| {
+                    let client: Arc<dyn crate::provider::Provider> = Arc::new(Replayer {
+                        kind: p.kind,
+                        cassette: Arc::clone(&cassette),
+                    });
+                    (name.clone(), client)
+                })
+                .collect();
+            // Offline means offline: no local server is started either.
+            let mut policy = (*suite.policy).clone();
+            for p in policy.providers.values_mut() {
+                p.launch = None;
+            }
+            (
+                Arc::new(policy),
+                Providers::with_clients(clients),
+                Some(cassette),
+            )
+        }
+    };
+    Ok(Prepared {
+        suite,
+        policy,
+        cases,
+        providers,
+        cassette,
+    })
+}
+
+/// Judge workflows by (sensitivity level, pinned model), built once.
+type Judges = Mutex<HashMap<(String, Option<String>), Arc<Analysis>>>;
+
+/// Shared by the runs of one suite.
+struct Ctx<'a> {
+    suite: &'a Suite,
+    policy: Arc<Policy>,
+    providers: Providers,
+    resources: Arc<Resources>,
+    opts: &'a TestOptions,
+    cancel: CancellationToken,
+    judges: Judges,
+}
+
+async fn run_suite(p: Prepared<'_>, opts: &TestOptions, cancel: CancellationToken) -> SuiteResult {
+    let ctx = Ctx {
+        suite: p.suite,
+        resources: Resources::new(&p.policy, &opts.run),
+        policy: p.policy,
+        providers: p.providers,
+        opts,
+        cancel,
+        judges: Mutex::new(HashMap::new()),
+    };
+    let repeat = opts.repeat.max(1);
+    let runs: Vec<(usize, usize)> = (0..p.cases.len())
+        .flat_map(|c| (0..repeat).map(move |r| (c, r)))
+        .collect();
+    let ctx_ref = &ctx;
+    let cases_ref = &p.cases;
+    // As many runs at once as calls may be in flight: a run waiting on a
+    // dependency holds no slot, and the limits bound the calls themselves.
+    let mut done: Vec<(usize, usize, RunResult, Vec<String>)> =
+        futures::stream::iter(runs.into_iter().map(|(c, r)| async move {
+            let (case, plan) = &cases_ref[c];
+            let (result, pending) = run_case(ctx_ref, case, plan).await;
+            if let Some(pb) = &ctx_ref.opts.progress {
+                pb.inc(1);
+            }
+            (c, r, result, pending)
+        }))
+        .buffer_unordered(opts.run.concurrency.max(1))
+        .collect()
+        .await;
+    ctx.resources.shutdown().await;
+    if let Some(c) = &p.cassette {
+        if opts.mode == Mode::Record {
+            if let Err(err) = c.save() {
+                // Losing a paid-for recording silently would be worse than
+                // failing the run: say so on every case.
+                for d in &mut done {
+                    d.2.outcome = Outcome::Errored;
+                    d.2.error = Some(format!(
+                        "cannot write the recordings to {}: {err}",
+                        c.path().display()
+                    ));
+                }
+            }
+        }
+    }
+    done.sort_by_key(|(c, r, _, _)| (*c, *r));
+    let mut by_case: Vec<(Vec<RunResult>, Vec<String>)> =
+        vec![(Vec::new(), Vec::new()); p.cases.len()];
+    for (c, _, result, pending) in done {
+        by_case[c].0.push(result);
+        for f in pending {
+            if !by_case[c].1.contains(&f) {
+                by_case[c].1.push(f);
+            }
+        }
+    }
+    SuiteResult {
+        name: p.suite.name.clone(),
+        path: p.suite.path.display().to_string(),
+        workflow: p.suite.workflow_path.display().to_string(),
+        policy: p.suite.policy_path.display().to_string(),
+        cases: p
+            .cases
+            .iter()
+            .zip(by_case)
+            .map(|((case, _), (runs, pending))| {
+                CaseResult::from_runs(
+                    case.name.clone(),
+                    case.index,
+                    case.origin.clone(),
+                    case.pass_threshold,
+                    runs,
+                    pending,
+                )
+            })
+            .collect(),
+    }
+}
+
+/// Why a step that failed did: a wrong answer is the model's (a failed
+/// assertion); anything else is the infrastructure's.
+fn invalid_answer(step: &StepReport) -> bool {
+    step.calls
+        .iter()
+        .filter_map(|c| c.attempts.last())
+        .any(|a| a.outcome == "invalid_output")
+}
+
+/// One run of one case: the workflow, then every expectation.
+async fn run_case(ctx: &Ctx<'_>, case: &Case, plan: &Plan) -> (RunResult, Vec<String>) {
+    let started = Instant::now();
+    let job = run::Job {
+        analysis: Arc::clone(&ctx.suite.analysis),
+        policy: Arc::clone(&ctx.policy),
+        plan,
+        inputs: &case.inputs,
+    };
+    let report = run::execute_in(
+        Arc::clone(&ctx.resources),
+        job,
+        ctx.providers.clone(),
+        ctx.opts.run.clone(),
+        ctx.cancel.clone(),
+        None,
+    )
+    .await;
+    let mut result = RunResult {
+        outcome: Outcome::Passed,
+        failures: Vec::new(),
+        error: None,
+        calls: report.steps.iter().map(|s| s.calls.len() as u64).sum(),
+        usage: report.steps.iter().fold(Default::default(), |mut u, s| {
+            u += s.usage;
+            u
+        }),
+        cost_usd: report.cost_usd,
+        judge_cost_usd: 0.0,
+        elapsed_ms: 0,
+    };
+    let mut pending = Vec::new();
+    match report.status {
+        RunStatus::Cancelled => result.error = Some("interrupted".to_owned()),
+        RunStatus::TimedOut => result.error = Some("the run timed out".to_owned()),
+        _ => {}
+    }
+    // A step that broke for a reason other than its answer makes the case
+    // unjudgeable.
+    if result.error.is_none() {
+        if let Some(s) = report
+            .steps
+            .iter()
+            .find(|s| s.status == StepStatus::Failed && !s.ignored_failure && !invalid_answer(s))
+        {
+            result.error = Some(format!(
+                "step `{}`: {}",
+                s.id,
+                s.detail.clone().unwrap_or_default()
+            ));
+        }
+    }
+    if result.error.is_none() {
+        for (step_id, expect) in &case.expect {
+            let Some(step) = report.steps.iter().find(|s| &s.id == step_id) else {
+                continue;
+            };
+            if step.status != StepStatus::Succeeded {
+                let assertion = if invalid_answer(step) {
+                    "output_schema"
+                } else {
+                    "ran"
+                };
+                result.failures.push(Failure {
+                    step: step_id.clone(),
+                    assertion: assertion.to_owned(),
+                    message: format!(
+                        "the step {}: {}",
+                        step.status.name(),
+                        step.detail.clone().unwrap_or_default()
+                    ),
+                    expected: None,
+                    actual: None,
+                    diff: None,
+                });
+                continue;
+            }
+            result.failures.extend(expect.check(step));
+            let level = plan
+                .steps
+                .iter()
+                .find(|p| &p.id == step_id)
+                .map(|p| p.sensitivity.level.clone())
+                .unwrap_or_default();
+            if let Some(j) = &expect.judge {
+                let output = assertion::output_text(step.output.as_ref().unwrap_or(&Value::Null));
+                match judge(ctx, &level, j.model.as_deref(), &j.rubric, &output).await {
+                    Ok(v) => {
+                        result.cost_usd += v.cost_usd;
+                        result.judge_cost_usd += v.cost_usd;
+                        result.calls += 1;
+                        if !v.pass {
+                            result.failures.push(Failure {
+                                step: step_id.clone(),
+                                assertion: "judge".to_owned(),
+                                message: format!("the judge ({}) says fail: {}", v.model, v.reason),
+                                expected: Some(j.rubric.clone()),
+                                actual: Some(output),
+                                diff: None,
+                            });
+                        }
+                    }
+                    Err(e) => {
+                        result.error = Some(format!("judge of step `{step_id}`: {e}"));
+                    }
+                }
+            }
+            if let Some(mode) = expect.snapshot {
+                match check_snapshot(ctx, case, plan, step, mode, &level).await {
+                    Ok(SnapshotCheck {
+                        failure,
+                        pending: p,
+                        judge_cost,
+                    }) => {
+                        result.cost_usd += judge_cost;
+                        result.judge_cost_usd += judge_cost;
+                        result.failures.extend(failure);
+                        pending.extend(p);
+                    }
+                    Err(e) => result.error = Some(format!("snapshot of step `{step_id}`: {e}")),
+                }
+            }
+        }
+    }
+    result.outcome = if result.error.is_some() {
+        Outcome::Errored
+    } else if !result.failures.is_empty() {
+        Outcome::Failed
+    } else {
+        Outcome::Passed
+    };
+    result.elapsed_ms = started.elapsed().as_millis() as u64;
+    (result, pending)
+}
+
+struct SnapshotCheck {
+    failure: Option<Failure>,
+    pending: Option<String>,
+    judge_cost: f64,
+}
+
+async fn check_snapshot(
+    ctx: &Ctx<'_>,
+    case: &Case,
+    plan: &Plan,
+    step: &StepReport,
+    mode: SnapshotMode,
+    level: &str,
+) -> Result<SnapshotCheck, String> {
+    let output = step.output.clone().unwrap_or(Value::Null);
+    let rendered = assertion::output_text(&output);
+    let path = snapshot::path(&ctx.suite.snapshot_dir, &case.name, &step.id);
+    let pending_path = snapshot::pending_path(&path);
+    let model = match (&step.model, &step.provider_model) {
+        (Some(a), Some(m)) => format!("{a} ({m})"),
+        (Some(a), None) => a.clone(),
+        _ => "-".to_owned(),
+    };
+    let prompt = plan
+        .steps
+        .iter()
+        .find(|p| p.id == step.id)
+        .map(|p| p.prompt_sha256.clone())
+        .unwrap_or_default();
+    let meta = snapshot::Meta {
+        workflow: &ctx.suite.analysis.workflow.value.name,
+        case: &case.name,
+        step: &step.id,
+        model: &model,
+        prompt_sha256: &prompt,
+    };
+    let stored = match std::fs::read_to_string(&path) {
+        Ok(t) => Some(t),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+    };
+    let mut judge_cost = 0.0;
+    let matched = match &stored {
+        None => false,
+        Some(text) => {
+            let body = snapshot::body(text);
+            if snapshot::matches(mode, &output, body, &rendered) {
+                true
+            } else if mode == SnapshotMode::Judge {
+                let rubric = format!(
+                    "The answer must say the same as this reference answer; wording, order and formatting may differ, facts, labels and conclusions may not.\n\nReference answer:\n{body}"
+                );
+                let v = judge(ctx, level, None, &rubric, &rendered).await?;
+                judge_cost = v.cost_usd;
+                v.pass
+            } else {
+                false
+            }
+        }
+    };
+    if matched {
+        // A pending file left from an earlier mismatch is now stale.
+        if !ctx.opts.ci && pending_path.exists() {
+            let _ = std::fs::remove_file(&pending_path);
+        }
+        return Ok(SnapshotCheck {
+            failure: None,
+            pending: None,
+            judge_cost,
+        });
+    }
+    let mut written = None;
+    if !ctx.opts.ci {
+        snapshot::write_atomic(&pending_path, &snapshot::render(&meta, &rendered))
+            .map_err(|e| format!("cannot write {}: {e}", pending_path.display()))?;
+        written = Some(pending_path.display().to_string());
+    }
+    let failure = match &stored {
+        None => Failure {
+            step: step.id.clone(),
+            assertion: "snapshot".to_owned(),
+            message: format!(
+                "no snapshot yet ({}){}",
+                path.display(),
+                if ctx.opts.ci {
+                    "; record and accept it outside --ci"
+                } else {
+                    "; review the pending one and accept it"
+                }
+            ),
+            expected: None,
+            actual: Some(rendered),
+            diff: None,
+        },
+        Some(text) => {
+            let body = snapshot::body(text);
+            let mut changed = Vec::new();
+            if snapshot::header_field(text, "model") != Some(model.as_str()) {
+                changed.push(format!(
+                    "model was {}",
+                    snapshot::header_field(text, "model").unwrap_or("-")
+                ));
+            }
+            if snapshot::header_field(text, "prompt").and_then(|p| p.strip_prefix("sha256:"))
+                != Some(prompt.as_str())
+            {
+                changed.push("the prompt changed".to_owned());
+            }
+            Failure {
+                step: step.id.clone(),
+                assertion: "snapshot".to_owned(),
+                message: format!(
+                    "the output differs from the snapshot {}{}",
+                    path.display(),
+                    if changed.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" ({})", changed.join(", "))
+                    }
+                ),
+                expected: Some(body.to_owned()),
+                actual: Some(rendered.clone()),
+                diff: Some(assertion::diff(body, &rendered)),
+            }
+        }
+    };
+    Ok(SnapshotCheck {
+        failure: Some(failure),
+        pending: written,
+        judge_cost,
+    })
+}
+
+struct Verdict {
+    pass: bool,
+    reason: String,
+    model: String,
+    cost_usd: f64,
+}
+
+/// The judge workflow: one step of task `judge` whose answer input carries
+/// the judged step's sensitivity, so the policy routes it like any other
+/// step and the gate keeps confidential outputs local.
+fn judge_workflow(
+    level: &str,
+    pin: Option<&str>,
+    root: &std::path::Path,
+) -> Result<Analysis, String> {
+    let pin = pin
+        .map(|m| {
+            format!(
+                "    model: {}\n",
+                serde_json::to_string(m).unwrap_or_default()
+            )
+        })
+        .unwrap_or_default();
+    let text = format!(
+        r#"version: 1
+name: judge
+inputs:
+  rubric: {{ type: string }}
+  answer: {{ type: string, sensitivity: {level} }}
+steps:
+  grade:
+    task: judge
+{pin}    temperature: 0
+    max_output_tokens: 400
+    system: |
+      You grade an answer against a rubric. Be strict: the verdict is pass only if the answer meets every point of the rubric.
+      Reply with JSON only: {{"verdict": "pass" or "fail", "reason": "one sentence"}}.
+    prompt: |
+      Rubric:
+      {{{{ inputs.rubric }}}}
+
+      Answer to grade:
+      <answer>
+      {{{{ inputs.answer }}}}
+      </answer>
+    output:
+      schema:
+        type: object
+        required: [verdict, reason]
+        properties:
+          verdict: {{ enum: [pass, fail] }}
+          reason: {{ type: string }}
+"#,
+        level = serde_json::to_string(level).unwrap_or_default(),
+    );
+    let doc = Document::parse(SourceFile::new("<judge>", text)).map_err(first)?;
+    let w = workflow::from_document::<Workflow>(doc, Format::Workflow).map_err(first)?;
+    analyze::analyze(w, root).map_err(first)
+}
+
+fn first(d: Vec<Diagnostic>) -> String {
+    d.first().map(|d| d.message.clone()).unwrap_or_default()
+}
+
+async fn judge(
+    ctx: &Ctx<'_>,
+    level: &str,
+    pin: Option<&str>,
+    rubric: &str,
+    answer: &str,
+) -> Result<Verdict, String> {
+    let analysis = {
+        let key = (level.to_owned(), pin.map(str::to_owned));
+        let mut judges = ctx.judges.lock().unwrap_or_else(|e| e.into_inner());
+        match judges.get(&key) {
+            Some(a) => Arc::clone(a),
+            None => {
+                let root = analyze::project_root(&ctx.suite.path);
+                let a = Arc::new(judge_workflow(level, pin, &root)?);
+                judges.insert(key, Arc::clone(&a));
+                a
+            }
+        }
+    };
+    let inputs: Inputs = [("rubric", rubric), ("answer", answer)]
+        .into_iter()
+        .map(|(k, v)| {
+            (
+                k.to_owned(),
+                InputValue {
+                    value: Value::String(v.to_owned()),
+                    source: ValueSource::Given,
+                },
+            )
+        })
+        .collect();
+    let plan = plan::build(&analysis, &ctx.policy, "judge", &inputs).map_err(|d| {
+        format!(
+            "the policy cannot route the judge (task `judge`, sensitivity {level}): {}",
+            first(d)
+        )
+    })?;
+    let report = run::execute_in(
+        Arc::clone(&ctx.resources),
+        run::Job {
+            analysis: Arc::clone(&analysis),
+            policy: Arc::clone(&ctx.policy),
+            plan: &plan,
+            inputs: &inputs,
+        },
+        ctx.providers.clone(),
+        ctx.opts.run.clone(),
+        ctx.cancel.clone(),
+        None,
+    )
+    .await;
+    let step = report.steps.first().ok_or("the judge did not run")?;
+    let out = match (&step.status, &step.output) {
+        (StepStatus::Succeeded, Some(v)) => v.clone(),
+        _ => {
+            return Err(step
+                .detail
+                .clone()
+                .unwrap_or_else(|| "the judge failed".to_owned()));
+        }
+    };
+    let get = |k: &str| {
+        out.get(k)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned()
+    };
+    Ok(Verdict {
+        pass: get("verdict") == "pass",
+        reason: get("reason"),
+        model: step.model.clone().unwrap_or_default(),
+        cost_usd: report.cost_usd,
+    })
+}

@@ -1,0 +1,208 @@
+//! Snapshot files: one readable file per case and step,
+//! `<snapshot dir>/<case>.<step>.snap`, a short header then the output.
+//!
+//! ```text
+//! # tollgate snapshot — review changes, accept with `tollgate test --accept`
+//! workflow: ticket-triage
+//! case: crash-on-save
+//! step: classify
+//! model: budget (gpt-5.4-nano)
+//! prompt: sha256:3f2a…
+//! ---
+//! bug
+//! ```
+//!
+//! The header says what produced the output (so a reviewer sees a model or
+//! prompt change next to the text change); only the body is compared. A new
+//! or changed output is written beside it as `<…>.snap.new` (pending) and
+//! fails the case until accepted; `--ci` never writes.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+use super::assertion::SnapshotMode;
+
+const HEADER_END: &str = "\n---\n";
+
+/// What produced an output, for the header.
+pub struct Meta<'a> {
+    pub workflow: &'a str,
+    pub case: &'a str,
+    pub step: &'a str,
+    pub model: &'a str,
+    pub prompt_sha256: &'a str,
+}
+
+pub fn path(dir: &Path, case: &str, step: &str) -> PathBuf {
+    dir.join(format!("{case}.{step}.snap"))
+}
+
+pub fn pending_path(snap: &Path) -> PathBuf {
+    let mut p = snap.as_os_str().to_owned();
+    p.push(".new");
+    PathBuf::from(p)
+}
+
+/// The file's text for an output.
+pub fn render(meta: &Meta<'_>, body: &str) -> String {
+    let mut s = format!(
+        "# tollgate snapshot — review changes, accept with `tollgate test --accept`\n\
+         workflow: {}\ncase: {}\nstep: {}\nmodel: {}\nprompt: sha256:{}\n---\n",
+        meta.workflow, meta.case, meta.step, meta.model, meta.prompt_sha256
+    );
+    s.push_str(body);
+    if !body.ends_with('\n') {
+        s.push('\n');
+    }
+    s
+}
+
+/// The body of a snapshot file (without the newline `render` adds).
+pub fn body(file_text: &str) -> &str {
+    let body = file_text
+        .split_once(HEADER_END)
+        .map_or(file_text, |(_, b)| b);
+    body.strip_suffix('\n').unwrap_or(body)
+}
+
+/// The header line `key: value`, if present.
+pub fn header_field<'a>(file_text: &'a str, key: &str) -> Option<&'a str> {
+    let (head, _) = file_text.split_once(HEADER_END)?;
+    head.lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(": "))
+}
+
+/// Does the output match the stored body under this mode? (`Judge` compares
+/// exactly here; the runner asks the judge when this says no.)
+pub fn matches(mode: SnapshotMode, output: &Value, stored: &str, rendered: &str) -> bool {
+    let structured = !matches!(output, Value::String(_));
+    match mode {
+        SnapshotMode::Json => json_equal(stored, rendered),
+        SnapshotMode::Default if structured => json_equal(stored, rendered),
+        SnapshotMode::Normalized => normalize(stored) == normalize(rendered),
+        SnapshotMode::Default | SnapshotMode::Exact | SnapshotMode::Judge => {
+            stored == rendered.strip_suffix('\n').unwrap_or(rendered)
+        }
+    }
+}
+
+fn json_equal(a: &str, b: &str) -> bool {
+    match (
+        serde_json::from_str::<Value>(a),
+        serde_json::from_str::<Value>(b),
+    ) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => a.trim() == b.trim(),
+    }
+}
+
+fn normalize(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// Writes a file whole or not at all (temporary name, then rename).
+pub fn write_atomic(path: &Path, text: &str) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.tmp"));
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, path)
+}
+
+/// Promotes pending snapshots in `dir` (all, or one case's) and returns the
+/// accepted files.
+pub fn accept(dir: &Path, case: Option<&str>) -> std::io::Result<Vec<PathBuf>> {
+    let mut accepted = Vec::new();
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(accepted),
+        Err(err) => return Err(err),
+    };
+    let mut pending: Vec<PathBuf> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.to_string_lossy().ends_with(".snap.new"))
+        .filter(|p| {
+            case.is_none_or(|c| {
+                // `<case>.<step>.snap.new`: step ids have no dots, case names may.
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .and_then(|n| n.strip_suffix(".snap.new"))
+                    .and_then(|n| n.rsplit_once('.'))
+                    .is_some_and(|(case, _)| case == c)
+            })
+        })
+        .collect();
+    pending.sort();
+    for p in pending {
+        let target = PathBuf::from(p.to_string_lossy().trim_end_matches(".new"));
+        std::fs::rename(&p, &target)?;
+        accepted.push(target);
+    }
+    Ok(accepted)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_snapshot_file_round_trips_its_body() {
+        let meta = Meta {
+            workflow: "w",
+            case: "c",
+            step: "s",
+            model: "m (x)",
+            prompt_sha256: "ab",
+        };
+        let text = render(&meta, "line one\n---\nline three");
+        assert_eq!(body(&text), "line one\n---\nline three");
+        assert_eq!(header_field(&text, "model"), Some("m (x)"));
+    }
+
+    #[test]
+    fn comparison_modes() {
+        let t = json!("x");
+        assert!(matches(SnapshotMode::Exact, &t, "a  b", "a  b"));
+        assert!(!matches(SnapshotMode::Exact, &t, "a  b", "a b"));
+        assert!(matches(SnapshotMode::Normalized, &t, "a  b\n", " a\nb"));
+        assert!(matches(
+            SnapshotMode::Json,
+            &t,
+            "{\"a\": 1, \"b\": 2}",
+            "{\"b\":2,\"a\":1}"
+        ));
+        assert!(matches(
+            SnapshotMode::Default,
+            &json!({"a": 1}),
+            "{\n  \"a\": 1\n}",
+            "{\"a\":1}"
+        ));
+        assert!(!matches(
+            SnapshotMode::Default,
+            &json!({"a": 1}),
+            "{\"a\": 1}",
+            "{\"a\":2}"
+        ));
+    }
+
+    #[test]
+    fn accept_promotes_pending_files_of_one_case_or_all() {
+        let dir = tempfile::tempdir().unwrap();
+        for f in ["one.s.snap.new", "two.s.snap.new", "two.t.snap"] {
+            std::fs::write(dir.path().join(f), "x").unwrap();
+        }
+        let got = accept(dir.path(), Some("one")).unwrap();
+        assert_eq!(got, [dir.path().join("one.s.snap")]);
+        assert!(dir.path().join("two.s.snap.new").exists());
+        let got = accept(dir.path(), None).unwrap();
+        assert_eq!(got, [dir.path().join("two.s.snap")]);
+    }
+}

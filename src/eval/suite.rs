@@ -1,0 +1,618 @@
+//! Loading a suite: the suite file, its workflow and policy, its cases (inline
+//! and from JSONL/CSV files), every expectation compiled — with every problem
+//! located and reported at once, before anything runs.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use indexmap::IndexMap;
+use serde_json::{Map, Value};
+
+use crate::analyze::{self, Analysis};
+use crate::diagnostic::{Diagnostic, SourceFile, Span, did_you_mean, one_of};
+use crate::inputs::{self, Inputs};
+use crate::policy::{self, Policy};
+use crate::schema::{self, Format};
+use crate::workflow::{self, Workflow};
+use crate::yaml::{Document, pointer};
+
+use super::assertion::Expectations;
+
+/// A loaded, checked suite.
+pub struct Suite {
+    pub name: String,
+    pub path: PathBuf,
+    pub workflow_path: PathBuf,
+    pub policy_path: PathBuf,
+    pub analysis: Arc<Analysis>,
+    pub policy: Arc<Policy>,
+    pub snapshot_dir: PathBuf,
+    pub cassette_path: PathBuf,
+    pub cases: Vec<Case>,
+}
+
+pub struct Case {
+    pub name: String,
+    /// Position in the suite (inline cases first, then each case file's):
+    /// results are reported in this order whatever order cases finish in.
+    pub index: usize,
+    pub inputs: Inputs,
+    /// Step id → what its output must satisfy, in the order written.
+    pub expect: IndexMap<String, Expectations>,
+    /// Share of `--repeat` runs that must pass.
+    pub pass_threshold: f64,
+    /// Where the case is written (`evals/x.yaml:12:5`, `cases.jsonl:3`).
+    pub origin: String,
+}
+
+/// Finds the suite files among paths: files as given, folders searched
+/// (not recursively) for `*.yaml` / `*.yml`, in name order.
+pub fn discover(paths: &[PathBuf]) -> Result<Vec<PathBuf>, Vec<Diagnostic>> {
+    let mut out = Vec::new();
+    let mut diags = Vec::new();
+    for p in paths {
+        if p.is_dir() {
+            let mut found: Vec<PathBuf> = match std::fs::read_dir(p) {
+                Ok(rd) => rd
+                    .filter_map(Result::ok)
+                    .map(|e| e.path())
+                    .filter(|f| {
+                        f.is_file()
+                            && matches!(
+                                f.extension().and_then(|e| e.to_str()),
+                                Some("yaml" | "yml")
+                            )
+                    })
+                    .collect(),
+                Err(err) => {
+                    diags.push(
+                        Diagnostic::error("io", format!("cannot read {}: {err}", p.display()))
+                            .in_file(p),
+                    );
+                    continue;
+                }
+            };
+            found.sort();
+            if found.is_empty() {
+                diags.push(
+                    Diagnostic::error(
+                        "no-suites",
+                        format!("no suite files (*.yaml) in {}", p.display()),
+                    )
+                    .in_file(p)
+                    .with_help("a suite names a `workflow:`, a `policy:` and `cases:`; see README"),
+                );
+            }
+            out.extend(found);
+        } else {
+            out.push(p.clone());
+        }
+    }
+    if diags.is_empty() {
+        Ok(out)
+    } else {
+        Err(diags)
+    }
+}
+
+/// The suite file as written.
+#[derive(Debug, serde::Deserialize)]
+struct SuiteFile {
+    name: Option<String>,
+    workflow: String,
+    policy: String,
+    snapshots: Option<String>,
+    cassette: Option<String>,
+    pass_threshold: Option<f64>,
+    #[serde(default)]
+    defaults: Defaults,
+    #[serde(default)]
+    cases: Vec<Value>,
+    cases_from: Option<Value>,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+struct Defaults {
+    #[serde(default)]
+    inputs: Map<String, Value>,
+    #[serde(default)]
+    expect: Map<String, Value>,
+}
+
+/// Loads and checks one suite file.
+pub fn load(path: &Path) -> Result<Suite, Vec<Diagnostic>> {
+    let doc = workflow::load_document(path)?;
+    let loaded = workflow::from_document::<SuiteFile>(doc, Format::Suite)?;
+    let doc = &loaded.doc;
+    let file = &loaded.value;
+    let dir = loaded.dir();
+    let mut diags = Vec::new();
+
+    let name = file.name.clone().unwrap_or_else(|| {
+        path.file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "suite".to_owned())
+    });
+    let workflow_path = clean(&dir.join(&file.workflow));
+    let policy_path = clean(&dir.join(&file.policy));
+    let referenced = |what: &str, p: &Path, ptr: &str| -> Option<Diagnostic> {
+        (!p.is_file()).then(|| {
+            Diagnostic::error(
+                "missing-file",
+                format!("the {what} `{}` does not exist", p.display()),
+            )
+            .at(doc.span(ptr))
+            .with_help("paths in a suite are relative to the suite file")
+        })
+    };
+    diags.extend(referenced("workflow", &workflow_path, "/workflow"));
+    diags.extend(referenced("policy", &policy_path, "/policy"));
+    if !diags.is_empty() {
+        return Err(diags);
+    }
+    let analysis = workflow::load(&workflow_path)
+        .and_then(|w| analyze::analyze(w, &analyze::project_root(&workflow_path)));
+    let policy = policy::load(&policy_path).map(|(_, p)| p);
+    let (analysis, policy) = match (analysis, policy) {
+        (Ok(a), Ok(p)) => (a, p),
+        (a, p) => {
+            diags.extend(a.err().unwrap_or_default());
+            diags.extend(p.err().unwrap_or_default());
+            return Err(diags);
+        }
+    };
+    let w = &analysis.workflow.value;
+    let default_threshold = file.pass_threshold.unwrap_or(1.0);
+
+    // Gather every case with a way to locate its parts.
+    let mut raw: Vec<RawCase> = Vec::new();
+    for (i, c) in file.cases.iter().enumerate() {
+        raw.push(RawCase {
+            value: c.clone(),
+            locate: Locator::Suite {
+                doc,
+                base: format!("/cases/{i}"),
+            },
+        });
+    }
+    let mut case_docs: Vec<Document> = Vec::new();
+    let mut csv_rows: Vec<(Value, String)> = Vec::new();
+    let sources: Vec<(String, String)> = match &file.cases_from {
+        Some(Value::String(s)) => vec![(s.clone(), "/cases_from".to_owned())],
+        Some(Value::Array(list)) => list
+            .iter()
+            .enumerate()
+            .filter_map(|(i, v)| Some((v.as_str()?.to_owned(), format!("/cases_from/{i}"))))
+            .collect(),
+        _ => Vec::new(),
+    };
+    for (rel, ptr) in &sources {
+        let p = dir.join(rel);
+        let text = match std::fs::read_to_string(&p) {
+            Ok(t) => t,
+            Err(err) => {
+                diags.push(
+                    Diagnostic::error("case-file", format!("cannot read `{}`: {err}", p.display()))
+                        .at(doc.span(ptr))
+                        .with_help("paths in a suite are relative to the suite file"),
+                );
+                continue;
+            }
+        };
+        match p.extension().and_then(|e| e.to_str()) {
+            Some("jsonl" | "ndjson") => {
+                case_docs.extend(jsonl_cases(&p, &text, &mut diags));
+            }
+            Some("csv") => match csv_cases(&p, &text, w) {
+                Ok(rows) => csv_rows.extend(rows),
+                Err(d) => diags.extend(d),
+            },
+            _ => diags.push(
+                Diagnostic::error(
+                    "case-file",
+                    format!("`{rel}`: case files are .jsonl or .csv"),
+                )
+                .at(doc.span(ptr)),
+            ),
+        }
+    }
+    for d in &case_docs {
+        raw.push(RawCase {
+            value: d.root.clone(),
+            locate: Locator::Line { doc: d },
+        });
+    }
+    for (value, origin) in csv_rows {
+        raw.push(RawCase {
+            value,
+            locate: Locator::Row { origin },
+        });
+    }
+
+    // Compile each case: defaults merged, inputs typed, expectations checked.
+    let step_ids: Vec<&str> = w.steps.keys().map(String::as_str).collect();
+    let mut names = HashSet::new();
+    let mut cases = Vec::new();
+    for (index, rc) in raw.iter().enumerate() {
+        let obj = rc.value.as_object().cloned().unwrap_or_default();
+        let name = obj
+            .get("name")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
+        if !names.insert(name.clone()) {
+            diags.push(
+                Diagnostic::error("duplicate-case", format!("two cases are named `{name}`"))
+                    .at(rc.locate.span("/name"))
+                    .with_help("case names must be unique in a suite: they name snapshots"),
+            );
+        }
+        let mut given = file.defaults.inputs.clone();
+        if let Some(Value::Object(i)) = obj.get("inputs") {
+            given.extend(i.clone());
+        }
+        let input_values = inputs::from_values(w, &given, |n| match n {
+            Some(n) if obj.get("inputs").and_then(|i| i.get(n)).is_some() => {
+                rc.locate.span(&format!("/inputs{}", pointer([n])))
+            }
+            Some(n) => doc.span(&format!("/defaults/inputs{}", pointer([n]))),
+            None => rc
+                .locate
+                .span("/inputs")
+                .or_else(|| rc.locate.span("/name")),
+        });
+        let inputs = match input_values {
+            Ok(v) => v,
+            Err(d) => {
+                diags.extend(d.into_iter().map(|d| rc.locate.mark(d)));
+                Inputs::new()
+            }
+        };
+        let mut expect: IndexMap<String, Expectations> = IndexMap::new();
+        let mut specs: Vec<(String, Value, String)> = file
+            .defaults
+            .expect
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.clone(),
+                    v.clone(),
+                    format!("/defaults/expect{}", pointer([k])),
+                )
+            })
+            .collect();
+        if let Some(Value::Object(e)) = obj.get("expect") {
+            for (k, v) in e {
+                // A case's expectations for a step replace the defaults' for it.
+                specs.retain(|(s, _, _)| s != k);
+                specs.push((k.clone(), v.clone(), format!("/expect{}", pointer([k]))));
+            }
+        }
+        for (step, spec, ptr) in specs {
+            let from_defaults = ptr.starts_with("/defaults");
+            let at = |sub: &str| {
+                if from_defaults {
+                    doc.span(&format!("{ptr}{sub}"))
+                } else {
+                    rc.locate.span(&format!("{ptr}{sub}"))
+                }
+            };
+            if !w.steps.contains_key(&step) {
+                let key_span = if from_defaults {
+                    doc.key_span(&ptr)
+                } else {
+                    rc.locate.key_span(&ptr)
+                };
+                diags.push(
+                    Diagnostic::error(
+                        "unknown-step",
+                        format!("the workflow `{}` has no step `{step}`", w.name),
+                    )
+                    .at(key_span.or_else(|| at("")))
+                    .with_help(
+                        did_you_mean(&step, step_ids.iter().copied()).unwrap_or_else(|| {
+                            format!("its steps: {}", one_of(step_ids.iter().copied()))
+                        }),
+                    ),
+                );
+                continue;
+            }
+            match Expectations::compile(&spec, &policy, &at) {
+                Ok(e) => {
+                    expect.insert(step, e);
+                }
+                Err(d) => diags.extend(d.into_iter().map(|d| rc.locate.mark(d))),
+            }
+        }
+        cases.push(Case {
+            name,
+            index,
+            inputs,
+            expect,
+            pass_threshold: obj
+                .get("pass_threshold")
+                .and_then(Value::as_f64)
+                .unwrap_or(default_threshold),
+            origin: rc.locate.origin(),
+        });
+    }
+    if cases.is_empty() && diags.is_empty() {
+        diags.push(
+            Diagnostic::error("no-cases", format!("suite `{name}` has no cases"))
+                .at(doc.span(""))
+                .with_help("add `cases:` or `cases_from:`"),
+        );
+    }
+    if !diags.is_empty() {
+        return Err(diags);
+    }
+    Ok(Suite {
+        snapshot_dir: clean(
+            &file
+                .snapshots
+                .as_ref()
+                .map_or_else(|| dir.join("snapshots").join(&name), |s| dir.join(s)),
+        ),
+        cassette_path: clean(&file.cassette.as_ref().map_or_else(
+            || dir.join("cassettes").join(format!("{name}.json")),
+            |c| dir.join(c),
+        )),
+        name,
+        path: path.to_path_buf(),
+        workflow_path,
+        policy_path,
+        analysis: Arc::new(analysis),
+        policy: Arc::new(policy),
+        cases,
+    })
+}
+
+/// `evals/../workflows/x.yaml` → `workflows/x.yaml`, for messages and
+/// reports — unless a symlinked folder makes the two different files.
+fn clean(p: &Path) -> PathBuf {
+    let lexical = clean_lexically(p);
+    match (std::fs::canonicalize(p), std::fs::canonicalize(&lexical)) {
+        (Ok(a), Ok(b)) if a != b => p.to_path_buf(),
+        _ => lexical,
+    }
+}
+
+fn clean_lexically(p: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out: Vec<Component<'_>> = Vec::new();
+    for c in p.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir
+                if matches!(out.last(), Some(Component::Normal(_)))
+                    && !out
+                        .last()
+                        .is_some_and(|l| Path::new(l.as_os_str()).is_symlink()) =>
+            {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    if out.is_empty() {
+        PathBuf::from(".")
+    } else {
+        out.iter().collect()
+    }
+}
+
+struct RawCase<'a> {
+    value: Value,
+    locate: Locator<'a>,
+}
+
+/// Where a case's parts are written.
+enum Locator<'a> {
+    /// Inline in the suite file, under `base`.
+    Suite { doc: &'a Document, base: String },
+    /// A JSONL line, parsed as its own document (same line numbers).
+    Line { doc: &'a Document },
+    /// A CSV row: no positions inside it, just `file:row`.
+    Row { origin: String },
+}
+
+impl Locator<'_> {
+    fn span(&self, ptr: &str) -> Option<Span> {
+        match self {
+            Locator::Suite { doc, base } => doc.span(&format!("{base}{ptr}")),
+            Locator::Line { doc } => doc.span(ptr).or_else(|| doc.span("")),
+            Locator::Row { .. } => None,
+        }
+    }
+
+    fn key_span(&self, ptr: &str) -> Option<Span> {
+        match self {
+            Locator::Suite { doc, base } => doc.key_span(&format!("{base}{ptr}")),
+            Locator::Line { doc } => doc.key_span(ptr),
+            Locator::Row { .. } => None,
+        }
+    }
+
+    fn origin(&self) -> String {
+        match self {
+            Locator::Suite { doc, base } => doc
+                .span(base)
+                .map(|s| s.location())
+                .unwrap_or_else(|| doc.file.display_path()),
+            Locator::Line { doc } => doc
+                .span("")
+                .map(|s| s.location())
+                .unwrap_or_else(|| doc.file.display_path()),
+            Locator::Row { origin } => origin.clone(),
+        }
+    }
+
+    /// CSV problems have no span: say which row in the message.
+    fn mark(&self, mut d: Diagnostic) -> Diagnostic {
+        if let Locator::Row { origin } = self {
+            if d.span.is_none() {
+                d.message = format!("{origin}: {}", d.message);
+            }
+        }
+        d
+    }
+}
+
+/// Each non-blank line of a JSONL file, parsed as a YAML document (JSON is
+/// YAML) padded with blank lines so positions keep their real line numbers,
+/// then checked against the case schema.
+fn jsonl_cases(path: &Path, text: &str, diags: &mut Vec<Diagnostic>) -> Vec<Document> {
+    let mut out = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        if let Err(err) = serde_json::from_str::<Value>(line) {
+            let file = SourceFile::new(path, text.to_owned());
+            let offset = file.offset_of(n + 1, err.column().saturating_sub(1));
+            diags.push(
+                Diagnostic::error("case-file", format!("line {} is not JSON: {err}", n + 1))
+                    .at(Some(file.span(offset, 1)))
+                    .with_help("a JSONL case file has one JSON object per line"),
+            );
+            continue;
+        }
+        let padded = format!("{}{line}\n", "\n".repeat(n));
+        let doc = match Document::parse(SourceFile::new(path, padded)) {
+            Ok(d) => d,
+            Err(d) => {
+                diags.extend(d);
+                continue;
+            }
+        };
+        let errors = schema::validate(&doc, Format::Case);
+        if errors.is_empty() {
+            out.push(doc);
+        } else {
+            diags.extend(errors);
+        }
+    }
+    out
+}
+
+/// CSV rows as case objects: `name`, input columns (coerced to the input's
+/// declared type) and `expect.<step>.<assertion>` columns. Empty cells are
+/// absent values.
+fn csv_cases(
+    path: &Path,
+    text: &str,
+    w: &Workflow,
+) -> Result<Vec<(Value, String)>, Vec<Diagnostic>> {
+    let mut diags = Vec::new();
+    let mut reader = csv::Reader::from_reader(text.as_bytes());
+    let headers = match reader.headers() {
+        Ok(h) => h.clone(),
+        Err(err) => {
+            return Err(vec![
+                Diagnostic::error("case-file", format!("cannot read the CSV header: {err}"))
+                    .in_file(path),
+            ]);
+        }
+    };
+    let mut out = Vec::new();
+    for (n, record) in reader.records().enumerate() {
+        // Row 1 is the header.
+        let origin = format!("{}:{}", path.display(), n + 2);
+        let record = match record {
+            Ok(r) => r,
+            Err(err) => {
+                diags
+                    .push(Diagnostic::error("case-file", format!("{origin}: {err}")).in_file(path));
+                continue;
+            }
+        };
+        let mut case = Map::new();
+        let mut inputs = Map::new();
+        let mut expect: Map<String, Value> = Map::new();
+        for (h, cell) in headers.iter().zip(record.iter()) {
+            if cell.is_empty() {
+                continue;
+            }
+            if h == "name" || h == "description" {
+                case.insert(h.to_owned(), Value::String(cell.to_owned()));
+            } else if h == "pass_threshold" {
+                match cell.parse::<f64>() {
+                    Ok(v) => {
+                        case.insert(h.to_owned(), Value::from(v));
+                    }
+                    Err(_) => diags.push(
+                        Diagnostic::error(
+                            "case-file",
+                            format!("{origin}: pass_threshold `{cell}` is not a number"),
+                        )
+                        .in_file(path),
+                    ),
+                }
+            } else if let Some(rest) = h.strip_prefix("expect.") {
+                let Some((step, assertion)) = rest.split_once('.') else {
+                    diags.push(
+                        Diagnostic::error(
+                            "case-file",
+                            format!("column `{h}`: expected `expect.<step>.<assertion>`"),
+                        )
+                        .in_file(path),
+                    );
+                    continue;
+                };
+                // Numbers and booleans are written as such in a CSV cell.
+                let value = match assertion {
+                    "max_tokens" | "max_latency_ms" | "max_cost_usd" | "ignore_case"
+                    | "snapshot" => serde_json::from_str(cell)
+                        .unwrap_or_else(|_| Value::String(cell.to_owned())),
+                    _ => Value::String(cell.to_owned()),
+                };
+                expect
+                    .entry(step.to_owned())
+                    .or_insert_with(|| Value::Object(Map::new()))
+                    .as_object_mut()
+                    .map(|m| m.insert(assertion.to_owned(), value));
+            } else {
+                let kind = w.inputs.get(h).map(|d| d.kind).unwrap_or_default();
+                match inputs::coerce(kind, cell) {
+                    Ok(v) => {
+                        inputs.insert(h.to_owned(), v);
+                    }
+                    Err(why) => diags.push(
+                        Diagnostic::error("case-file", format!("{origin}: column `{h}`: {why}"))
+                            .in_file(path),
+                    ),
+                }
+            }
+        }
+        case.insert("inputs".to_owned(), Value::Object(inputs));
+        if !expect.is_empty() {
+            case.insert("expect".to_owned(), Value::Object(expect));
+        }
+        let value = Value::Object(case);
+        let (_, validator) = Format::Case.validator();
+        for err in validator.iter_errors(&value) {
+            let at = err.instance_path().as_str().to_owned();
+            diags.push(
+                Diagnostic::error(
+                    "case-file",
+                    format!(
+                        "{origin}: {}{err}",
+                        if at.is_empty() {
+                            String::new()
+                        } else {
+                            format!("{at}: ")
+                        }
+                    ),
+                )
+                .in_file(path),
+            );
+        }
+        out.push((value, origin));
+    }
+    if diags.is_empty() {
+        Ok(out)
+    } else {
+        Err(diags)
+    }
+}
