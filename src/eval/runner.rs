@@ -431,6 +431,7 @@ async fn run_case(ctx: &Ctx<'_>, case: &Case, plan: &Plan) -> (RunResult, Vec<St
                     Ok(v) => {
                         result.cost_usd += v.cost_usd;
                         result.judge_cost_usd += v.cost_usd;
+                        result.usage += v.usage;
                         result.calls += 1;
                         if !v.pass {
                             result.failures.push(Failure {
@@ -453,10 +454,14 @@ async fn run_case(ctx: &Ctx<'_>, case: &Case, plan: &Plan) -> (RunResult, Vec<St
                     Ok(SnapshotCheck {
                         failure,
                         pending: p,
-                        judge_cost,
+                        judge,
                     }) => {
-                        result.cost_usd += judge_cost;
-                        result.judge_cost_usd += judge_cost;
+                        if let Some(v) = judge {
+                            result.cost_usd += v.cost_usd;
+                            result.judge_cost_usd += v.cost_usd;
+                            result.usage += v.usage;
+                            result.calls += 1;
+                        }
                         result.failures.extend(failure);
                         pending.extend(p);
                     }
@@ -479,7 +484,8 @@ async fn run_case(ctx: &Ctx<'_>, case: &Case, plan: &Plan) -> (RunResult, Vec<St
 struct SnapshotCheck {
     failure: Option<Failure>,
     pending: Option<String>,
-    judge_cost: f64,
+    /// The judge's verdict when `snapshot: judge` had to ask it.
+    judge: Option<Verdict>,
 }
 
 async fn check_snapshot(
@@ -517,7 +523,7 @@ async fn check_snapshot(
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
         Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
     };
-    let mut judge_cost = 0.0;
+    let mut judged = None;
     let matched = match &stored {
         None => false,
         Some(text) => {
@@ -529,8 +535,9 @@ async fn check_snapshot(
                     "The answer must say the same as this reference answer; wording, order and formatting may differ, facts, labels and conclusions may not.\n\nReference answer:\n{body}"
                 );
                 let v = judge(ctx, level, None, &rubric, &rendered).await?;
-                judge_cost = v.cost_usd;
-                v.pass
+                let pass = v.pass;
+                judged = Some(v);
+                pass
             } else {
                 false
             }
@@ -544,7 +551,7 @@ async fn check_snapshot(
         return Ok(SnapshotCheck {
             failure: None,
             pending: None,
-            judge_cost,
+            judge: judged,
         });
     }
     let mut written = None;
@@ -605,7 +612,7 @@ async fn check_snapshot(
     Ok(SnapshotCheck {
         failure: Some(failure),
         pending: written,
-        judge_cost,
+        judge: judged,
     })
 }
 
@@ -614,6 +621,7 @@ struct Verdict {
     reason: String,
     model: String,
     cost_usd: f64,
+    usage: crate::provider::Usage,
 }
 
 /// The judge workflow: one step of task `judge` whose answer input carries
@@ -746,5 +754,6 @@ async fn judge(
         reason: get("reason"),
         model: step.model.clone().unwrap_or_default(),
         cost_usd: report.cost_usd,
+        usage: step.usage,
     })
 }

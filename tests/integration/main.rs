@@ -7,6 +7,7 @@ mod local_model;
 mod providers;
 mod run;
 mod sensitivity_gate;
+mod suites;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -1,0 +1,728 @@
+//! `tollgate test` and `tollgate merge` end to end: the binary, a temporary
+//! project with a suite, and the loopback fakes. Each test is something a
+//! team relies on in CI: assertions that catch regressions, snapshots that
+//! need review, recordings that replay offline, shards that merge back.
+
+use std::path::Path;
+use std::process::Output;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use fake_llm::{FakeServer, Reply};
+use serde_json::Value;
+
+use crate::transcript;
+
+const KEY: &str = "sk-test-5b1e-suite-key-never-print";
+
+fn policy(fake: &FakeServer) -> String {
+    let base = fake.base_url();
+    format!(
+        r#"version: 1
+name: suite-policy
+sensitivity: {{ levels: [public, internal, confidential], cloud_max: internal }}
+providers:
+  local:     {{ kind: openai-compatible, base_url: "{base}/v1" }}
+  openai:    {{ kind: openai, base_url: "{base}/v1", api_key_env: TEST_OPENAI_KEY }}
+  anthropic: {{ kind: anthropic, base_url: "{base}", api_key_env: TEST_ANTHROPIC_KEY }}
+models:
+  local:     {{ provider: local, model: local-llm, tier: local, context_window: 8192 }}
+  budget:    {{ provider: openai, model: gpt-4.1-nano, tier: budget }}
+  workhorse: {{ provider: anthropic, model: claude-sonnet-4-6, tier: workhorse }}
+rules:
+  - name: sensitive-stays-local
+    when: {{ sensitivity: {{ above: internal }} }}
+    use: local
+  - name: volume
+    when: {{ task: [classify] }}
+    use: budget
+  - name: rest
+    use: workhorse
+"#
+    )
+}
+
+const WORKFLOW: &str = r#"version: 1
+name: triage
+inputs:
+  ticket: { type: string }
+steps:
+  classify:
+    task: classify
+    prompt: "Label as bug or feature: {{ inputs.ticket }}"
+    max_output_tokens: 5
+  summarize:
+    task: summarize
+    prompt: "Summarize: {{ inputs.ticket }}"
+    max_output_tokens: 50
+"#;
+
+/// Answers like a model would: a label, and a summary that repeats the ticket.
+fn answer(r: &fake_llm::Recorded) -> Reply {
+    let body = &r.raw_body;
+    if body.contains("Label as bug or feature") {
+        let label = if body.contains("crash") || body.contains("freez") {
+            "bug"
+        } else {
+            "feature"
+        };
+        return Reply::text(label).usage(20, 1);
+    }
+    if let Some(rest) = body.split("Summarize: ").nth(1) {
+        let ticket: String = rest.chars().take_while(|c| *c != '"').collect();
+        return Reply::text(format!("Summary: {ticket}")).usage(30, 12);
+    }
+    Reply::text("?")
+}
+
+struct Suite {
+    dir: tempfile::TempDir,
+}
+
+impl Suite {
+    fn new(policy: &str, workflow: &str, suite: &str) -> Suite {
+        let dir = crate::temp_project(policy, workflow);
+        std::fs::create_dir(dir.path().join("evals")).unwrap();
+        std::fs::write(dir.path().join("evals/triage.yaml"), suite).unwrap();
+        Suite { dir }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn write(&self, rel: &str, text: &str) {
+        std::fs::write(self.path().join(rel), text).unwrap();
+    }
+
+    fn read(&self, rel: &str) -> String {
+        std::fs::read_to_string(self.path().join(rel))
+            .unwrap_or_else(|e| panic!("cannot read {rel}: {e}"))
+    }
+
+    fn exists(&self, rel: &str) -> bool {
+        self.path().join(rel).exists()
+    }
+
+    async fn test(&self, args: &[&str]) -> Output {
+        self.test_env(
+            args,
+            &[("TEST_OPENAI_KEY", KEY), ("TEST_ANTHROPIC_KEY", KEY)],
+        )
+        .await
+    }
+
+    async fn test_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_tollgate"));
+        cmd.args(["--color", "never"])
+            .args(args)
+            .current_dir(self.path())
+            .env_remove("TEST_OPENAI_KEY")
+            .env_remove("TEST_ANTHROPIC_KEY")
+            .env_remove("CI")
+            .kill_on_drop(true);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        tokio::time::timeout(Duration::from_secs(120), cmd.output())
+            .await
+            .expect("the test run finishes")
+            .expect("the binary runs")
+    }
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Results JSON without what changes from run to run (wall times).
+fn stable(mut v: Value) -> Value {
+    fn strip(v: &mut Value) {
+        match v {
+            Value::Object(m) => {
+                m.remove("elapsed_ms");
+                m.values_mut().for_each(strip);
+            }
+            Value::Array(a) => a.iter_mut().for_each(strip),
+            _ => {}
+        }
+    }
+    strip(&mut v);
+    v
+}
+
+fn results(s: &Suite, file: &str) -> Value {
+    stable(serde_json::from_str(&s.read(file)).expect("results are JSON"))
+}
+
+const BASIC: &str = r#"workflow: ../wf.yaml
+policy: ../policy.yaml
+cases:
+  - name: crash-on-save
+    inputs: { ticket: "The app crashes when I save a 2 GB file." }
+    expect:
+      classify: { equals: bug }
+      summarize: { contains: [crash, save], regex: "^Summary: ", snapshot: true }
+  - name: dark-mode
+    inputs: { ticket: "Please add a dark mode." }
+    expect:
+      classify: { equals: feature, max_tokens: 5, max_cost_usd: 0.01 }
+      summarize: { not_contains: crash, snapshot: normalized }
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recorded_suite_replays_offline_with_identical_results() {
+    let fake = FakeServer::start().await;
+    fake.set_handler(answer);
+    let s = Suite::new(&policy(&fake), WORKFLOW, BASIC);
+
+    // First recording: the assertions hold, the snapshots are new.
+    let out = s.test(&["test", "--record"]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", transcript(&out));
+    assert!(
+        stdout(&out).contains("no snapshot yet"),
+        "{}",
+        transcript(&out)
+    );
+    assert!(s.exists("evals/snapshots/triage/crash-on-save.summarize.snap.new"));
+    assert!(s.exists("evals/snapshots/triage/dark-mode.summarize.snap.new"));
+    let pending = s.read("evals/snapshots/triage/crash-on-save.summarize.snap.new");
+    assert!(
+        pending.contains("model: workhorse (claude-sonnet-4-6)"),
+        "{pending}"
+    );
+    assert!(pending.contains("prompt: sha256:"), "{pending}");
+    assert!(
+        pending.ends_with("---\nSummary: The app crashes when I save a 2 GB file.\n"),
+        "{pending}"
+    );
+
+    let out = s.test(&["test", "--accept"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", transcript(&out));
+    assert!(s.exists("evals/snapshots/triage/crash-on-save.summarize.snap"));
+    assert!(!s.exists("evals/snapshots/triage/crash-on-save.summarize.snap.new"));
+
+    // Recorded again (now green), then replayed: the same results.
+    let out = s
+        .test(&["test", "--record", "--results", "recorded.json"])
+        .await;
+    assert_eq!(out.status.code(), Some(0), "{}", transcript(&out));
+    let sent = fake.request_count();
+    assert_eq!(sent, 8, "two recordings of two cases × two steps");
+    let cassette = s.read("evals/cassettes/triage.json");
+    assert!(!cassette.contains(KEY), "a key leaked into the cassette");
+    assert!(cassette.contains("Label as bug or feature: Please add a dark mode."));
+
+    let out = s
+        .test_env(
+            &["test", "--replay", "--ci", "--results", "replayed.json"],
+            &[],
+        )
+        .await;
+    assert_eq!(out.status.code(), Some(0), "{}", transcript(&out));
+    assert_eq!(fake.request_count(), sent, "replay sent a request");
+    assert!(
+        stdout(&out).contains("replayed: nothing spent"),
+        "{}",
+        transcript(&out)
+    );
+    let (mut rec, rep) = (results(&s, "recorded.json"), results(&s, "replayed.json"));
+    assert_eq!(rec["mode"], "record");
+    rec["mode"] = "replay".into();
+    assert_eq!(rec, rep);
+    // The recorded cost is reported: the cassette keeps the usage.
+    assert!(rep["suites"][0]["cases"][0]["cost_usd"].as_f64().unwrap() > 0.0);
+
+    // With the server gone, replay still works: nothing goes to the network.
+    drop(fake);
+    let out = s.test_env(&["test", "--replay", "--ci"], &[]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", transcript(&out));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replaying_a_request_that_was_never_recorded_errors_clearly() {
+    let fake = FakeServer::start().await;
+    fake.set_handler(answer);
+    let suite = BASIC
+        .replace(", snapshot: true", "")
+        .replace(", snapshot: normalized", "");
+    let s = Suite::new(&policy(&fake), WORKFLOW, &suite);
+    let out = s.test(&["test", "--record"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", transcript(&out));
+    let sent = fake.request_count();
+
+    // The prompt changed since the recording.
+    s.write(
+        "wf.yaml",
+        &WORKFLOW.replace("Summarize: ", "Summarise briefly: "),
+    );
+    let out = s
+        .test_env(&["test", "--replay", "--junit", "junit.xml"], &[])
+        .await;
+    assert_eq!(out.status.code(), Some(1), "{}", transcript(&out));
+    assert_eq!(fake.request_count(), sent);
+    let text = stdout(&out);
+    assert!(text.contains("ERROR  crash-on-save"), "{text}");
+    assert!(
+        text.contains("no recorded response for this request to `claude-sonnet-4-6`"),
+        "{text}"
+    );
+    assert!(text.contains("tollgate test --record"), "{text}");
+    assert!(text.contains("0 passed, 0 failed, 2 errored"), "{text}");
+    let junit = s.read("junit.xml");
+    assert!(
+        junit.contains("errors=\"2\"") && junit.contains("failures=\"0\""),
+        "{junit}"
+    );
+
+    // A suite never recorded is bad input, before anything runs.
+    std::fs::remove_file(s.path().join("evals/cassettes/triage.json")).unwrap();
+    let out = s.test_env(&["test", "--replay"], &[]).await;
+    assert_eq!(out.status.code(), Some(2), "{}", transcript(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("has no recorded responses"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_output_fails_with_a_diff_and_waits_for_review() {
+    let fake = FakeServer::start().await;
+    fake.set_handler(answer);
+    let s = Suite::new(&policy(&fake), WORKFLOW, BASIC);
+    s.test(&["test"]).await;
+    s.test(&["test", "--accept"]).await;
+    let out = s.test(&["test"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", transcript(&out));
+
+    // The model now words its summary differently.
+    fake.set_handler(|r| {
+        if r.raw_body.contains("Summarize: The app") {
+            Reply::text("Summary: The app crashes on save of a 2 GB file.").usage(30, 12)
+        } else if r.raw_body.contains("Summarize: Please") {
+            // Only whitespace differs: `normalized` lets it pass.
+            Reply::text("Summary:  Please add a dark mode.\n").usage(30, 12)
+        } else {
+            answer(r)
+        }
+    });
+    let out = s.test(&["test", "--ci"]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", transcript(&out));
+    let text = stdout(&out);
+    assert!(text.contains("FAILED crash-on-save"), "{text}");
+    assert!(text.contains("ok     dark-mode"), "{text}");
+    assert!(
+        text.contains("step summarize: snapshot — the output differs from the snapshot"),
+        "{text}"
+    );
+    assert!(
+        text.contains("-Summary: The app crashes when I save a 2 GB file."),
+        "{text}"
+    );
+    assert!(
+        text.contains("+Summary: The app crashes on save of a 2 GB file."),
+        "{text}"
+    );
+    assert!(
+        !s.exists("evals/snapshots/triage/crash-on-save.summarize.snap.new"),
+        "--ci wrote a file"
+    );
+
+    let out = s.test(&["test"]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(s.exists("evals/snapshots/triage/crash-on-save.summarize.snap.new"));
+    let out = s.test(&["test", "--accept=dark-mode"]).await;
+    assert!(
+        stdout(&out).contains("no pending snapshots"),
+        "{}",
+        transcript(&out)
+    );
+    let out = s.test(&["test", "--accept=crash-on-save"]).await;
+    assert!(stdout(&out).contains("accepted evals/snapshots/triage/crash-on-save.summarize.snap"));
+    let out = s.test(&["test", "--ci"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", transcript(&out));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_assertions_say_which_case_step_expectation_and_answer() {
+    let fake = FakeServer::start().await;
+    fake.set_handler(|r| {
+        if r.raw_body.contains("Label as") {
+            Reply::text("feature").usage(20, 1)
+        } else {
+            Reply::text("Summary: I am sorry, I cannot help.").usage(30, 40)
+        }
+    });
+    let suite = r#"workflow: ../wf.yaml
+policy: ../policy.yaml
+cases:
+  - name: crash
+    inputs: { ticket: "It crashes." }
+    expect:
+      classify: { equals: bug }
+      summarize:
+        contains: Crash
+        ignore_case: true
+        not_contains: [sorry]
+        regex: "^Summary: It"
+        max_tokens: 20
+        json_schema: { type: object }
+"#;
+    let s = Suite::new(&policy(&fake), WORKFLOW, suite);
+    let out = s.test(&["test", "--format", "json"]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", transcript(&out));
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let case = &r["suites"][0]["cases"][0];
+    assert_eq!(case["outcome"], "failed");
+    let failures = case["runs"][0]["failures"].as_array().unwrap();
+    let got: Vec<(&str, &str)> = failures
+        .iter()
+        .map(|f| {
+            (
+                f["step"].as_str().unwrap(),
+                f["assertion"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("classify", "equals"),
+            ("summarize", "contains"),
+            ("summarize", "not_contains"),
+            ("summarize", "regex"),
+            ("summarize", "json_schema"),
+            ("summarize", "max_tokens"),
+        ]
+    );
+    assert_eq!(failures[0]["expected"], "bug");
+    assert_eq!(failures[0]["actual"], "feature");
+    assert!(
+        failures[0]["diff"]
+            .as_str()
+            .unwrap()
+            .contains("-bug\n+feature")
+    );
+    assert_eq!(failures[5]["actual"], "40");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_judge_grades_through_the_policy_and_keeps_sensitive_data_local() {
+    let fake = FakeServer::start().await;
+    fake.set_handler(|r| {
+        let body = &r.raw_body;
+        if body.contains("You grade an answer against a rubric") {
+            let verdict = if body.contains("We apologise") {
+                "pass"
+            } else {
+                "fail"
+            };
+            return Reply::text(format!(
+                "{{\"verdict\": \"{verdict}\", \"reason\": \"the reply {} apologise\"}}",
+                if verdict == "pass" {
+                    "does"
+                } else {
+                    "does not"
+                }
+            ))
+            .usage(80, 12);
+        }
+        if body.contains("Good customer") {
+            Reply::text("We apologise for the crash; a fix ships Monday.").usage(30, 12)
+        } else {
+            Reply::text("Works as intended.").usage(30, 5)
+        }
+    });
+    let wf = r#"version: 1
+name: reply
+inputs:
+  ticket: { type: string }
+  account: { type: string, sensitivity: confidential }
+steps:
+  public_reply:
+    task: write
+    prompt: "Reply to: {{ inputs.ticket }}"
+  private_note:
+    task: write
+    prompt: "Note for {{ inputs.account }}: {{ inputs.ticket }}"
+"#;
+    let suite = r#"workflow: ../wf.yaml
+policy: ../policy.yaml
+defaults:
+  inputs: { account: "ACME-42" }
+cases:
+  - name: polite
+    inputs: { ticket: "Good customer: it crashed." }
+    expect:
+      public_reply: { judge: "The reply apologises to the customer." }
+      private_note: { judge: "The note apologises." }
+  - name: curt
+    inputs: { ticket: "It crashed." }
+    expect:
+      public_reply: { judge: "The reply apologises to the customer." }
+"#;
+    let s = Suite::new(&policy(&fake), wf, suite);
+    let out = s.test(&["test", "--format", "json"]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", transcript(&out));
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let cases = r["suites"][0]["cases"].as_array().unwrap();
+    assert_eq!(cases[0]["outcome"], "passed");
+    assert_eq!(cases[1]["outcome"], "failed");
+    let f = &cases[1]["runs"][0]["failures"][0];
+    assert_eq!(f["assertion"], "judge");
+    assert!(
+        f["message"]
+            .as_str()
+            .unwrap()
+            .contains("does not apologise"),
+        "{f}"
+    );
+    assert!(cases[1]["runs"][0]["judge_cost_usd"].as_f64().unwrap() > 0.0);
+
+    // The judge of the confidential note went to the local model only.
+    let judged: Vec<String> = fake
+        .requests()
+        .iter()
+        .filter(|q| q.raw_body.contains("You grade an answer"))
+        .map(|q| {
+            format!(
+                "{}:{}",
+                q.model(),
+                q.raw_body.contains("The note apologises")
+            )
+        })
+        .collect();
+    assert_eq!(judged.len(), 3);
+    assert!(judged.contains(&"local-llm:true".to_owned()), "{judged:?}");
+    assert_eq!(
+        judged
+            .iter()
+            .filter(|j| j.starts_with("claude-sonnet-4-6:false"))
+            .count(),
+        2,
+        "{judged:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeats_pass_at_the_threshold_and_name_flaky_cases() {
+    let fake = FakeServer::start().await;
+    let n = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&n);
+    // Every fifth classification goes wrong.
+    fake.set_handler(move |r| {
+        if r.raw_body.contains("Label as") {
+            let i = counter.fetch_add(1, Ordering::SeqCst);
+            Reply::text(if i % 5 == 4 { "feature" } else { "bug" }).usage(20, 1)
+        } else {
+            Reply::text("Summary.").usage(30, 2)
+        }
+    });
+    let suite = r#"workflow: ../wf.yaml
+policy: ../policy.yaml
+pass_threshold: 0.8
+cases:
+  - name: crash
+    inputs: { ticket: "It crashes." }
+    expect: { classify: { equals: bug } }
+"#;
+    let s = Suite::new(&policy(&fake), WORKFLOW, suite);
+    let out = s
+        .test(&["test", "--repeat", "5", "--concurrency", "1"])
+        .await;
+    assert_eq!(out.status.code(), Some(0), "{}", transcript(&out));
+    let text = stdout(&out);
+    assert!(text.contains("4/5 runs passed (flaky)"), "{text}");
+    assert!(
+        text.contains("1 passed, 0 failed, 0 errored, 1 flaky of 1 cases"),
+        "{text}"
+    );
+
+    s.write(
+        "evals/triage.yaml",
+        &suite.replace("pass_threshold: 0.8", "pass_threshold: 1"),
+    );
+    let out = s
+        .test(&["test", "--repeat", "5", "--concurrency", "1"])
+        .await;
+    assert_eq!(out.status.code(), Some(1), "{}", transcript(&out));
+    assert!(
+        stdout(&out).contains("FAILED crash"),
+        "{}",
+        transcript(&out)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shards_split_the_cases_and_merge_into_the_unsharded_results() {
+    let fake = FakeServer::start().await;
+    fake.set_handler(answer);
+    let mut suite = String::from(
+        "workflow: ../wf.yaml\npolicy: ../policy.yaml\ncases_from: [cases.jsonl, more.csv]\n",
+    );
+    suite.push_str("cases:\n  - name: inline\n    inputs: { ticket: \"It crashes.\" }\n    expect: { classify: { equals: bug } }\n");
+    let s = Suite::new(&policy(&fake), WORKFLOW, &suite);
+    let mut jsonl = String::new();
+    for i in 0..8 {
+        let (ticket, label) = if i % 2 == 0 {
+            ("It crashes", "bug")
+        } else {
+            ("Add themes", "feature")
+        };
+        jsonl.push_str(&format!(
+            "{{\"name\": \"j{i}\", \"inputs\": {{\"ticket\": \"{ticket} #{i}\"}}, \"expect\": {{\"classify\": {{\"equals\": \"{label}\"}}}}}}\n"
+        ));
+    }
+    s.write("evals/cases.jsonl", &jsonl);
+    // One case is meant to fail, so the merge carries a failure through.
+    s.write(
+        "evals/more.csv",
+        "name,ticket,expect.classify.equals,expect.summarize.max_tokens\nc1,It freezes,bug,50\nc2,Add sync,feature,50\nc3,Add sync,bug,50\n",
+    );
+    let out = s.test(&["test", "--record"]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", transcript(&out));
+    assert!(
+        stdout(&out).contains("11 passed, 1 failed"),
+        "{}",
+        transcript(&out)
+    );
+
+    let out = s
+        .test_env(
+            &[
+                "test",
+                "--replay",
+                "--results",
+                "all.json",
+                "--junit",
+                "all.xml",
+            ],
+            &[],
+        )
+        .await;
+    assert_eq!(out.status.code(), Some(1), "{}", transcript(&out));
+    let mut seen = Vec::new();
+    for k in 1..=3 {
+        let shard = format!("{k}/3");
+        let file = format!("shard-{k}.json");
+        let out = s
+            .test_env(
+                &["test", "--replay", "--shard", &shard, "--results", &file],
+                &[],
+            )
+            .await;
+        assert!(
+            matches!(out.status.code(), Some(0 | 1)),
+            "{}",
+            transcript(&out)
+        );
+        let r = results(&s, &file);
+        for c in r["suites"][0]["cases"].as_array().unwrap() {
+            seen.push(c["name"].as_str().unwrap().to_owned());
+        }
+    }
+    seen.sort();
+    let mut all: Vec<String> = results(&s, "all.json")["suites"][0]["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap().to_owned())
+        .collect();
+    all.sort();
+    assert_eq!(seen, all, "every case in exactly one shard");
+
+    let out = s
+        .test_env(
+            &[
+                "merge",
+                "shard-1.json",
+                "shard-2.json",
+                "shard-3.json",
+                "--results",
+                "merged.json",
+                "--junit",
+                "merged.xml",
+            ],
+            &[],
+        )
+        .await;
+    assert_eq!(out.status.code(), Some(1), "{}", transcript(&out));
+    assert_eq!(results(&s, "merged.json"), results(&s, "all.json"));
+    let untimed = |x: String| {
+        regex::Regex::new(r#" time="[^"]*""#)
+            .unwrap()
+            .replace_all(&x, "")
+            .into_owned()
+    };
+    assert_eq!(untimed(s.read("merged.xml")), untimed(s.read("all.xml")));
+
+    // A lost shard is not a green run.
+    let out = s
+        .test_env(&["merge", "shard-1.json", "shard-3.json"], &[])
+        .await;
+    assert_eq!(out.status.code(), Some(2), "{}", transcript(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("shard 2/3 is missing"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn provider_errors_are_errors_not_failures_and_keys_stay_secret() {
+    let fake = FakeServer::start().await;
+    fake.set_handler(|r| {
+        if r.model() == "claude-sonnet-4-6" {
+            Reply::auth_error()
+        } else {
+            answer(r)
+        }
+    });
+    let suite = BASIC
+        .replace(", snapshot: true", "")
+        .replace(", snapshot: normalized", "");
+    let s = Suite::new(&policy(&fake), WORKFLOW, &suite);
+    let out = s.test(&["test", "--junit", "j.xml"]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", transcript(&out));
+    let text = transcript(&out);
+    assert!(text.contains("0 passed, 0 failed, 2 errored"), "{text}");
+    assert!(!text.contains(KEY) && !s.read("j.xml").contains(KEY));
+
+    // Live mode needs the keys, and says so before calling anything.
+    let before = fake.request_count();
+    let out = s.test_env(&["test"], &[("TEST_OPENAI_KEY", KEY)]).await;
+    assert_eq!(out.status.code(), Some(2), "{}", transcript(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("TEST_ANTHROPIC_KEY is not set"));
+    assert_eq!(fake.request_count(), before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_suite_is_reported_at_its_lines_and_nothing_runs() {
+    let fake = FakeServer::start().await;
+    fake.set_handler(answer);
+    let suite = r#"workflow: ../wf.yaml
+policy: ../policy.yaml
+cases:
+  - name: one
+    inputs: { tikcet: "x" }
+    expect:
+      clasify: { equals: bug }
+  - name: one
+    inputs: { ticket: "x" }
+    expect:
+      summarize: { regex: "(unclosed" }
+"#;
+    let s = Suite::new(&policy(&fake), WORKFLOW, suite);
+    let out = s.test(&["test"]).await;
+    assert_eq!(out.status.code(), Some(2), "{}", transcript(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for want in [
+        "evals/triage.yaml:5:23",
+        "the workflow `triage` has no input `tikcet`",
+        "did you mean `ticket`?",
+        "evals/triage.yaml:7:7",
+        "has no step `clasify`",
+        "did you mean `classify`?",
+        "two cases are named `one`",
+        "evals/triage.yaml:11:27",
+        "this regular expression does not compile",
+        "missing required input `ticket`",
+    ] {
+        assert!(err.contains(want), "missing {want:?} in:\n{err}");
+    }
+    assert_eq!(fake.request_count(), 0);
+}
