@@ -193,6 +193,15 @@ impl Expectations {
         if let Some(expected) = &self.equals {
             let equal = match (expected, &output) {
                 (Value::String(e), Value::String(a)) => fold(e.trim()) == fold(a.trim()),
+                // A fan-out of text answers: each compared like a text answer.
+                (Value::Array(e), Value::Array(a))
+                    if e.len() == a.len() && e.iter().chain(a).all(Value::is_string) =>
+                {
+                    e.iter().zip(a).all(|(x, y)| {
+                        fold(x.as_str().unwrap_or_default().trim())
+                            == fold(y.as_str().unwrap_or_default().trim())
+                    })
+                }
                 // `equals: 3` against an answer "3": compare as JSON when the
                 // text parses, so a plain-text step can expect a number.
                 (e, Value::String(a)) => {
@@ -247,29 +256,27 @@ impl Expectations {
             }
         }
         if let Some((_, validator)) = &self.json_schema {
+            // Text that holds JSON is checked as that JSON; other text (a
+            // label a string schema allows) as the string it is.
             let value = match &output {
-                Value::String(s) => serde_json::from_str::<Value>(s.trim()),
-                other => Ok(other.clone()),
-            };
-            let problem = match value {
-                Err(e) => Some(format!("the output is not JSON: {e}")),
-                Ok(v) => {
-                    let errs: Vec<String> = validator
-                        .iter_errors(&v)
-                        .map(|e| {
-                            let at = e.instance_path().as_str().to_owned();
-                            if at.is_empty() {
-                                e.to_string()
-                            } else {
-                                format!("{at}: {e}")
-                            }
-                        })
-                        .collect();
-                    (!errs.is_empty()).then(|| {
-                        format!("the output does not match the schema: {}", errs.join("; "))
-                    })
+                Value::String(s) => {
+                    serde_json::from_str::<Value>(s.trim()).unwrap_or_else(|_| output.clone())
                 }
+                other => other.clone(),
             };
+            let errs: Vec<String> = validator
+                .iter_errors(&value)
+                .map(|e| {
+                    let at = e.instance_path().as_str().to_owned();
+                    if at.is_empty() {
+                        e.to_string()
+                    } else {
+                        format!("{at}: {e}")
+                    }
+                })
+                .collect();
+            let problem = (!errs.is_empty())
+                .then(|| format!("the output does not match the schema: {}", errs.join("; ")));
             if let Some(message) = problem {
                 let mut f = fail("json_schema", message);
                 f.actual = Some(text.clone());
@@ -445,6 +452,20 @@ mod tests {
         assert_eq!(check(schema.clone(), json!("{\"label\": 1}")), none);
         assert_eq!(check(schema.clone(), json!({"x": 1})), ["json_schema"]);
         assert_eq!(check(schema, json!("not json")), ["json_schema"]);
+        let label = json!({"json_schema": {"enum": ["bug", "feature"]}});
+        assert_eq!(check(label.clone(), json!("bug")), none);
+        assert_eq!(check(label, json!("bugs")), ["json_schema"]);
+        assert_eq!(
+            check(
+                json!({"equals": ["bug", "feature"]}),
+                json!([" bug", "feature\n"])
+            ),
+            none
+        );
+        assert_eq!(
+            check(json!({"equals": ["bug", "feature"]}), json!(["bug", "bug"])),
+            ["equals"]
+        );
         assert_eq!(check(json!({"max_tokens": 7}), json!("a")), none);
         assert_eq!(check(json!({"max_tokens": 6}), json!("a")), ["max_tokens"]);
         assert_eq!(check(json!({"max_cost_usd": 0.02}), json!("a")), none);

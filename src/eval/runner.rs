@@ -379,18 +379,29 @@ async fn run_case(ctx: &Ctx<'_>, case: &Case, plan: &Plan) -> (RunResult, Vec<St
         _ => {}
     }
     // A step that broke for a reason other than its answer makes the case
-    // unjudgeable.
+    // unjudgeable; one whose answer broke its output schema fails the case,
+    // expected or not — the workflow did not produce what it promises.
     if result.error.is_none() {
-        if let Some(s) = report
-            .steps
-            .iter()
-            .find(|s| s.status == StepStatus::Failed && !s.ignored_failure && !invalid_answer(s))
-        {
-            result.error = Some(format!(
-                "step `{}`: {}",
-                s.id,
-                s.detail.clone().unwrap_or_default()
-            ));
+        for s in &report.steps {
+            if s.status != StepStatus::Failed || s.ignored_failure {
+                continue;
+            }
+            if !invalid_answer(s) {
+                result.error = Some(format!(
+                    "step `{}`: {}",
+                    s.id,
+                    s.detail.clone().unwrap_or_default()
+                ));
+                break;
+            }
+            result.failures.push(Failure {
+                step: s.id.clone(),
+                assertion: "output_schema".to_owned(),
+                message: s.detail.clone().unwrap_or_default(),
+                expected: None,
+                actual: None,
+                diff: None,
+            });
         }
     }
     if result.error.is_none() {
@@ -399,23 +410,21 @@ async fn run_case(ctx: &Ctx<'_>, case: &Case, plan: &Plan) -> (RunResult, Vec<St
                 continue;
             };
             if step.status != StepStatus::Succeeded {
-                let assertion = if invalid_answer(step) {
-                    "output_schema"
-                } else {
-                    "ran"
-                };
-                result.failures.push(Failure {
-                    step: step_id.clone(),
-                    assertion: assertion.to_owned(),
-                    message: format!(
-                        "the step {}: {}",
-                        step.status.name(),
-                        step.detail.clone().unwrap_or_default()
-                    ),
-                    expected: None,
-                    actual: None,
-                    diff: None,
-                });
+                // Already reported above when its own answer was at fault.
+                if !(step.status == StepStatus::Failed && invalid_answer(step)) {
+                    result.failures.push(Failure {
+                        step: step_id.clone(),
+                        assertion: "ran".to_owned(),
+                        message: format!(
+                            "the step did not run to the end ({}): {}",
+                            step.status.name(),
+                            step.detail.clone().unwrap_or_default()
+                        ),
+                        expected: None,
+                        actual: None,
+                        diff: None,
+                    });
+                }
                 continue;
             }
             result.failures.extend(expect.check(step));

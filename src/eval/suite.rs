@@ -176,7 +176,7 @@ pub fn load(path: &Path) -> Result<Suite, Vec<Diagnostic>> {
             },
         });
     }
-    let mut case_docs: Vec<Document> = Vec::new();
+    let mut jsonl: Vec<JsonlCase> = Vec::new();
     let mut csv_rows: Vec<(Value, String)> = Vec::new();
     let sources: Vec<(String, String)> = match &file.cases_from {
         Some(Value::String(s)) => vec![(s.clone(), "/cases_from".to_owned())],
@@ -202,7 +202,7 @@ pub fn load(path: &Path) -> Result<Suite, Vec<Diagnostic>> {
         };
         match p.extension().and_then(|e| e.to_str()) {
             Some("jsonl" | "ndjson") => {
-                case_docs.extend(jsonl_cases(&p, &text, &mut diags));
+                jsonl.extend(jsonl_cases(&p, &text, &mut diags));
             }
             Some("csv") => match csv_cases(&p, &text, w) {
                 Ok(rows) => csv_rows.extend(rows),
@@ -217,10 +217,15 @@ pub fn load(path: &Path) -> Result<Suite, Vec<Diagnostic>> {
             ),
         }
     }
-    for d in &case_docs {
+    for c in jsonl {
         raw.push(RawCase {
-            value: d.root.clone(),
-            locate: Locator::Line { doc: d },
+            value: c.value,
+            locate: Locator::Line {
+                path: c.path,
+                line: c.line,
+                text: c.text,
+                doc: std::cell::OnceCell::new(),
+            },
         });
     }
     for (value, origin) in csv_rows {
@@ -411,8 +416,16 @@ struct RawCase<'a> {
 enum Locator<'a> {
     /// Inline in the suite file, under `base`.
     Suite { doc: &'a Document, base: String },
-    /// A JSONL line, parsed as its own document (same line numbers).
-    Line { doc: &'a Document },
+    /// A JSONL line. Positions inside it come from parsing the line as its
+    /// own YAML document padded to its real line number — only when a
+    /// problem needs one: padding every line would cost O(lines²).
+    Line {
+        path: PathBuf,
+        /// 1-based.
+        line: usize,
+        text: String,
+        doc: std::cell::OnceCell<Option<Document>>,
+    },
     /// A CSV row: no positions inside it, just `file:row`.
     Row { origin: String },
 }
@@ -421,7 +434,10 @@ impl Locator<'_> {
     fn span(&self, ptr: &str) -> Option<Span> {
         match self {
             Locator::Suite { doc, base } => doc.span(&format!("{base}{ptr}")),
-            Locator::Line { doc } => doc.span(ptr).or_else(|| doc.span("")),
+            Locator::Line { .. } => {
+                let doc = self.line_doc()?;
+                doc.span(ptr).or_else(|| doc.span(""))
+            }
             Locator::Row { .. } => None,
         }
     }
@@ -429,7 +445,7 @@ impl Locator<'_> {
     fn key_span(&self, ptr: &str) -> Option<Span> {
         match self {
             Locator::Suite { doc, base } => doc.key_span(&format!("{base}{ptr}")),
-            Locator::Line { doc } => doc.key_span(ptr),
+            Locator::Line { .. } => self.line_doc()?.key_span(ptr),
             Locator::Row { .. } => None,
         }
     }
@@ -440,12 +456,23 @@ impl Locator<'_> {
                 .span(base)
                 .map(|s| s.location())
                 .unwrap_or_else(|| doc.file.display_path()),
-            Locator::Line { doc } => doc
-                .span("")
-                .map(|s| s.location())
-                .unwrap_or_else(|| doc.file.display_path()),
+            Locator::Line { path, line, .. } => format!("{}:{line}", path.display()),
             Locator::Row { origin } => origin.clone(),
         }
+    }
+
+    fn line_doc(&self) -> Option<&Document> {
+        let Locator::Line {
+            path,
+            line,
+            text,
+            doc,
+        } = self
+        else {
+            return None;
+        };
+        doc.get_or_init(|| padded_line(path, *line, text).ok())
+            .as_ref()
     }
 
     /// CSV problems have no span: say which row in the message.
@@ -459,39 +486,55 @@ impl Locator<'_> {
     }
 }
 
-/// Each non-blank line of a JSONL file, parsed as a YAML document (JSON is
-/// YAML) padded with blank lines so positions keep their real line numbers,
-/// then checked against the case schema.
-fn jsonl_cases(path: &Path, text: &str, diags: &mut Vec<Diagnostic>) -> Vec<Document> {
+struct JsonlCase {
+    path: PathBuf,
+    line: usize,
+    text: String,
+    value: Value,
+}
+
+/// One JSONL line as a YAML document (JSON is YAML) preceded by blank lines,
+/// so its positions carry the line's real number.
+fn padded_line(path: &Path, line: usize, text: &str) -> Result<Document, Vec<Diagnostic>> {
+    let padded = format!("{}{text}\n", "\n".repeat(line.saturating_sub(1)));
+    Document::parse(SourceFile::new(path, padded))
+}
+
+/// Each non-blank line of a JSONL file, checked against the case schema;
+/// a line with problems is reported at its own line and column.
+fn jsonl_cases(path: &Path, text: &str, diags: &mut Vec<Diagnostic>) -> Vec<JsonlCase> {
+    let (_, validator) = Format::Case.validator();
     let mut out = Vec::new();
     for (n, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
             continue;
         }
-        if let Err(err) = serde_json::from_str::<Value>(line) {
-            let file = SourceFile::new(path, text.to_owned());
-            let offset = file.offset_of(n + 1, err.column().saturating_sub(1));
-            diags.push(
-                Diagnostic::error("case-file", format!("line {} is not JSON: {err}", n + 1))
-                    .at(Some(file.span(offset, 1)))
-                    .with_help("a JSONL case file has one JSON object per line"),
-            );
-            continue;
-        }
-        let padded = format!("{}{line}\n", "\n".repeat(n));
-        let doc = match Document::parse(SourceFile::new(path, padded)) {
-            Ok(d) => d,
-            Err(d) => {
-                diags.extend(d);
+        let value = match serde_json::from_str::<Value>(line) {
+            Ok(v) => v,
+            Err(err) => {
+                let file = SourceFile::new(path, text.to_owned());
+                let offset = file.offset_of(n + 1, err.column().saturating_sub(1));
+                diags.push(
+                    Diagnostic::error("case-file", format!("line {} is not JSON: {err}", n + 1))
+                        .at(Some(file.span(offset, 1)))
+                        .with_help("a JSONL case file has one JSON object per line"),
+                );
                 continue;
             }
         };
-        let errors = schema::validate(&doc, Format::Case);
-        if errors.is_empty() {
-            out.push(doc);
-        } else {
-            diags.extend(errors);
+        if !validator.is_valid(&value) {
+            match padded_line(path, n + 1, line) {
+                Ok(doc) => diags.extend(schema::validate(&doc, Format::Case)),
+                Err(d) => diags.extend(d),
+            }
+            continue;
         }
+        out.push(JsonlCase {
+            path: path.to_path_buf(),
+            line: n + 1,
+            text: line.to_owned(),
+            value,
+        });
     }
     out
 }

@@ -726,3 +726,75 @@ cases:
     }
     assert_eq!(fake.request_count(), 0);
 }
+
+/// The repository's own suites (evals/) pass offline from their committed
+/// recordings, sharded and merged as examples/ci/tollgate-evals.yml does.
+#[test]
+fn the_example_suites_pass_offline_sharded_and_merged() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = |k: usize| {
+        dir.path()
+            .join(format!("shard-{k}.json"))
+            .display()
+            .to_string()
+    };
+    for k in 1..=2 {
+        let out = crate::tollgate(&[
+            "test",
+            "evals",
+            "--replay",
+            "--ci",
+            "--quiet",
+            "--shard",
+            &format!("{k}/2"),
+            "--results",
+            &file(k),
+        ]);
+        assert_eq!(out.status.code(), Some(0), "{}", transcript(&out));
+    }
+    let junit = dir.path().join("junit.xml").display().to_string();
+    let out = crate::tollgate(&["merge", &file(1), &file(2), "--junit", &junit]);
+    assert_eq!(out.status.code(), Some(0), "{}", transcript(&out));
+    let text = stdout(&out);
+    let suites = std::fs::read_dir(crate::root().join("evals"))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "yaml")
+        })
+        .count();
+    assert!(suites >= 5, "{suites}");
+    assert_eq!(
+        text.matches("\nsuite ").count() + usize::from(text.starts_with("suite ")),
+        suites,
+        "{text}"
+    );
+    assert!(text.contains("0 failed, 0 errored"), "{text}");
+    let xml = std::fs::read_to_string(&junit).unwrap();
+    assert!(
+        xml.contains("failures=\"0\"") && xml.contains("errors=\"0\""),
+        "{xml}"
+    );
+    // Nothing was written next to the suites.
+    let pending = walk(&crate::root().join("evals"))
+        .into_iter()
+        .filter(|p| p.to_string_lossy().ends_with(".snap.new"))
+        .count();
+    assert_eq!(pending, 0);
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
