@@ -2,7 +2,8 @@
 # The README's first command: on a fresh machine with the Rust toolchain,
 # install the local model (llama.cpp's llama-server + Gemma 3 270M, into
 # ~/.cache/tollgate; a second run takes seconds), build tollgate, show the
-# plan of an example workflow, and run it on the local model — no API keys,
+# plan of an example workflow, run it on the local model, and replay its
+# evaluation suite — no API keys,
 # nothing leaves the machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,3 +18,6 @@ tollgate plan workflows/local-triage.yaml --policy policies/local.yaml --input "
 echo >&2
 echo "== tollgate run (starts llama-server, runs the steps, stops it)" >&2
 tollgate run workflows/local-triage.yaml --policy policies/local.yaml --input "ticket=$ticket" --out .tollgate/quickstart
+echo >&2
+echo "== tollgate test (the example suites, replayed offline from their recordings)" >&2
+tollgate test evals/local-triage.yaml --replay --ci
