@@ -300,7 +300,8 @@ fn clip(s: &str, max: usize) -> String {
 /// The human summary: one line per case, details of what went wrong, totals.
 pub fn render_text(results: &Results) -> String {
     let mut out = String::new();
-    for s in &results.suites {
+    // A shard or a filter may leave a suite without cases: not worth a line.
+    for s in results.suites.iter().filter(|s| !s.cases.is_empty()) {
         let _ = writeln!(
             out,
             "suite {} ({} × {}, {} cases)",
