@@ -77,6 +77,23 @@ pub struct StepPlan {
     pub flagship_cost: CostRange,
     /// Hash of the rendered messages (of the first call), for change review.
     pub prompt_sha256: String,
+    /// When the policy asks for prompt caching on the step's model: whether
+    /// the shared prefix (the system prompt) is long enough to be cached.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prompt_cache: Option<PromptCachePlan>,
+}
+
+/// The prompt-cache check of one step.
+#[derive(Debug, Clone, Serialize)]
+pub struct PromptCachePlan {
+    pub ttl: crate::policy::CacheTtl,
+    /// Tokens of the system prompt (of the first call), by the model's
+    /// tokenizer; 0 without a system prompt.
+    pub prefix_tokens: u64,
+    /// The model's minimum cacheable prefix.
+    pub min_tokens: u64,
+    /// `prefix_tokens >= min_tokens`: the run marks it with `cache_control`.
+    pub cacheable: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -494,6 +511,21 @@ pub fn build(
             }
             format!("{:x}", h.finalize())
         };
+        let prompt_cache = model.filter(|_| runs).and_then(|m| {
+            let ttl = m.prompt_cache?;
+            let system = analysis.steps[i]
+                .system
+                .as_ref()
+                .and(p.rendered.first())
+                .and_then(|c| c.messages.first());
+            let prefix_tokens = system.map_or(0, |s| m.tokenizer.count(s) as u64);
+            Some(PromptCachePlan {
+                ttl,
+                prefix_tokens,
+                min_tokens: m.prompt_cache_min_tokens,
+                cacheable: prefix_tokens >= m.prompt_cache_min_tokens,
+            })
+        });
         let depends_on = analysis
             .dag
             .dependencies(i)
@@ -527,6 +559,7 @@ pub fn build(
             cost,
             flagship_cost,
             prompt_sha256,
+            prompt_cache,
         });
     }
     if !diags.is_empty() {

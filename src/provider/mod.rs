@@ -74,14 +74,7 @@ impl Message {
     }
 }
 
-/// How long Anthropic keeps a cached prompt prefix. The 1 h entry costs 2×
-/// base input to write (5 min: 1.25×), so it only pays off for prefixes
-/// reused across a long run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CacheTtl {
-    FiveMinutes,
-    OneHour,
-}
+pub use crate::policy::CacheTtl;
 
 /// Which OpenAI-compatible route a request goes to.
 ///
@@ -167,6 +160,10 @@ pub struct Usage {
     pub cached_input_tokens: u64,
     /// Input tokens written to the prompt cache (a subset of `input_tokens`).
     pub cache_write_tokens: u64,
+    /// Of `cache_write_tokens`, those written with Anthropic's 1-hour TTL,
+    /// billed at 2× input instead of 1.25× (Anthropic's
+    /// `cache_creation.ephemeral_1h_input_tokens`; 0 elsewhere).
+    pub cache_write_1h_tokens: u64,
     /// Reasoning tokens (a subset of `output_tokens`); 0 where the provider
     /// does not report them separately (Anthropic).
     pub reasoning_tokens: u64,
@@ -178,6 +175,7 @@ impl std::ops::AddAssign for Usage {
         self.output_tokens += o.output_tokens;
         self.cached_input_tokens += o.cached_input_tokens;
         self.cache_write_tokens += o.cache_write_tokens;
+        self.cache_write_1h_tokens += o.cache_write_1h_tokens;
         self.reasoning_tokens += o.reasoning_tokens;
     }
 }

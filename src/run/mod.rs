@@ -33,6 +33,7 @@ pub use budget::{Budget, OverBudget};
 pub use limits::CallLimits;
 
 use crate::analyze::Analysis;
+use crate::cost::{self, Billing};
 use crate::diagnostic::Diagnostic;
 use crate::inputs::Inputs;
 use crate::plan::{CostRange, Plan, RULE_TOKENIZER, Status};
@@ -266,6 +267,11 @@ pub struct CallReport {
     pub attempts: Vec<Attempt>,
     pub usage: Usage,
     pub cost_usd: f64,
+    /// The same tokens at list price (standard, uncached): `list_cost_usd -
+    /// cost_usd` is what prompt caching and batching saved.
+    pub list_cost_usd: f64,
+    /// Answered through the provider's batch API.
+    pub batch: bool,
     pub latency_ms: u64,
     pub ttft_ms: Option<u64>,
     /// The answer stopped at `max_output_tokens` (or the model's limit).
@@ -287,6 +293,8 @@ pub struct StepReport {
     pub calls: Vec<CallReport>,
     pub usage: Usage,
     pub cost_usd: f64,
+    /// See [`CallReport::list_cost_usd`].
+    pub list_cost_usd: f64,
     pub latency_ms: u64,
     pub ttft_ms: Option<u64>,
     pub output: Option<Value>,
@@ -305,6 +313,7 @@ impl StepReport {
             calls: Vec::new(),
             usage: Usage::default(),
             cost_usd: 0.0,
+            list_cost_usd: 0.0,
             latency_ms: 0,
             ttft_ms: None,
             output: None,
@@ -328,6 +337,14 @@ pub struct RunReport {
     pub status: RunStatus,
     pub steps: Vec<StepReport>,
     pub cost_usd: f64,
+    /// The run's tokens at list price (standard, uncached).
+    pub list_cost_usd: f64,
+    /// Input tokens read from prompt caches, over the run.
+    pub cached_input_tokens: u64,
+    /// `list_cost_usd` minus what the answered calls cost: the saving of
+    /// prompt caching and batch prices (negative if cache writes were never
+    /// read back).
+    pub saving_usd: f64,
     pub estimate: CostRange,
     pub budget_usd: Option<f64>,
     pub elapsed_ms: u64,
@@ -626,6 +643,9 @@ pub async fn execute_in(
             .budget
             .spent()
             .max(steps.iter().map(|s| s.cost_usd).sum()),
+        list_cost_usd: steps.iter().map(|s| s.list_cost_usd).sum(),
+        cached_input_tokens: steps.iter().map(|s| s.usage.cached_input_tokens).sum(),
+        saving_usd: steps.iter().map(|s| s.list_cost_usd - s.cost_usd).sum(),
         steps,
         estimate: plan.totals.cost,
         budget_usd: policy.run_budget_usd,
@@ -820,6 +840,7 @@ async fn run_step(sh: Arc<Shared>, i: usize, upstream: Map<String, Value>) -> St
     for (call, result) in calls {
         report.usage += call.usage;
         report.cost_usd += call.cost_usd;
+        report.list_cost_usd += call.list_cost_usd;
         if report.ttft_ms.is_none() {
             report.ttft_ms = call.ttft_ms;
         }
@@ -878,6 +899,8 @@ async fn call_with_fallbacks(
         attempts: Vec::new(),
         usage: Usage::default(),
         cost_usd: 0.0,
+        list_cost_usd: 0.0,
+        batch: false,
         latency_ms: 0,
         ttft_ms: None,
         truncated: false,
@@ -1051,7 +1074,7 @@ async fn call_model(
         temperature: step.temperature,
         output_schema: schema.clone(),
         stream: sh.options.stream,
-        cache_system: None,
+        cache_system: prompt_cache(model, system.as_deref()),
         endpoint: match model.endpoint {
             crate::policy::Endpoint::Chat => Endpoint::Chat,
             crate::policy::Endpoint::Completions => Endpoint::Completions,
@@ -1122,12 +1145,7 @@ async fn call_model(
                 let reported = resp.usage.input_tokens + resp.usage.output_tokens > 0;
                 let cost = match (resp.cost_usd, reported) {
                     (Some(c), _) => c,
-                    (None, true) => model.price.usage_cost(
-                        resp.usage.input_tokens,
-                        resp.usage.cached_input_tokens,
-                        resp.usage.cache_write_tokens,
-                        resp.usage.output_tokens,
-                    ),
+                    (None, true) => cost::call_cost(&model.price, &resp.usage, Billing::Standard),
                     // No usage reported: count it ourselves rather than
                     // pretend the call was free.
                     (None, false) => model.price.cost(
@@ -1137,6 +1155,11 @@ async fn call_model(
                 };
                 sh.budget.settle(reservation, cost);
                 report.cost_usd += cost;
+                report.list_cost_usd += if reported {
+                    cost::list_cost(&model.price, &resp.usage)
+                } else {
+                    cost
+                };
                 report.usage += resp.usage;
                 if report.ttft_ms.is_none() {
                     report.ttft_ms = resp.time_to_first_token.map(|d| d.as_millis() as u64);
@@ -1243,6 +1266,20 @@ async fn call_model(
             }
         }
     }
+}
+
+/// Whether to mark the system prompt as a prompt-cache breakpoint: the
+/// policy asks for caching on this model and the prompt reaches the model's
+/// minimum cacheable length (a shorter one would be billed the write premium
+/// nowhere, but the marker would be noise). The count is the model's
+/// tokenizer estimate; Anthropic's tokenizer usually counts more, so a
+/// prefix near the minimum may be cached although it is not marked here —
+/// never the reverse by much.
+pub(crate) fn prompt_cache(model: &Model, system: Option<&str>) -> Option<crate::policy::CacheTtl> {
+    let ttl = model.prompt_cache?;
+    let system = system.filter(|s| !s.is_empty())?;
+    let tokens = model.tokenizer.count(system) as u64;
+    (tokens >= model.prompt_cache_min_tokens).then_some(ttl)
 }
 
 /// Parses an answer as JSON (tolerating a Markdown code fence around it) and

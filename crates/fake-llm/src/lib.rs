@@ -313,6 +313,7 @@ async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
         include_usage: recorded.body.pointer("/stream_options/include_usage")
             == Some(&Value::Bool(true)),
         presented_key: recorded.presented_key(),
+        cache_ttl_1h: recorded.api == Api::Anthropic && asks_for_1h_cache(&recorded.body),
     };
 
     if recorded.api == Api::Unknown || recorded.method != "POST" {
@@ -332,6 +333,23 @@ async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
         tokio::time::sleep(reply.delay).await;
     }
     respond(&reply, &recorded, &ctx)
+}
+
+/// Does an Anthropic request put a 1-hour `cache_control` on any block of
+/// its system prompt or messages?
+fn asks_for_1h_cache(body: &Value) -> bool {
+    let blocks = ["system", "messages"]
+        .iter()
+        .filter_map(|k| body.get(*k).and_then(Value::as_array))
+        .flatten()
+        .flat_map(|b| {
+            // A message's blocks are in its `content` list.
+            let inner = b.get("content").and_then(Value::as_array).cloned();
+            inner.unwrap_or_else(|| vec![b.clone()])
+        });
+    blocks
+        .into_iter()
+        .any(|b| b.pointer("/cache_control/ttl").and_then(Value::as_str) == Some("1h"))
 }
 
 fn next_reply(shared: &Shared, recorded: &Recorded) -> Reply {

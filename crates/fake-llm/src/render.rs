@@ -18,6 +18,9 @@ pub(crate) struct Ctx {
     pub(crate) include_usage: bool,
     /// The key the client presented, for the masked echo in OpenAI's 401.
     pub(crate) presented_key: Option<String>,
+    /// Anthropic: the request's cache breakpoint asked for the 1-hour TTL,
+    /// so cache writes are reported in `ephemeral_1h_input_tokens`.
+    pub(crate) cache_ttl_1h: bool,
 }
 
 /// One SSE event, with `\n` line ends and its blank-line terminator.
@@ -350,13 +353,18 @@ fn anthropic_id(ctx: &Ctx) -> String {
 }
 
 /// Anthropic's `input_tokens` excludes cache reads and writes.
-fn anthropic_usage(u: &FakeUsage) -> Value {
+fn anthropic_usage(u: &FakeUsage, ttl_1h: bool) -> Value {
+    let (five, hour) = if ttl_1h {
+        (0, u.cache_write)
+    } else {
+        (u.cache_write, 0)
+    };
     json!({
         "input_tokens": u.input.saturating_sub(u.cached + u.cache_write),
         "output_tokens": u.output,
         "cache_creation_input_tokens": u.cache_write,
         "cache_read_input_tokens": u.cached,
-        "cache_creation": {"ephemeral_5m_input_tokens": u.cache_write, "ephemeral_1h_input_tokens": 0},
+        "cache_creation": {"ephemeral_5m_input_tokens": five, "ephemeral_1h_input_tokens": hour},
         "service_tier": "standard",
     })
 }
@@ -383,12 +391,12 @@ fn anthropic_success(s: &Success, ctx: &Ctx) -> Value {
         "content": content,
         "stop_reason": anthropic_stop(s),
         "stop_sequence": null,
-        "usage": anthropic_usage(&s.usage),
+        "usage": anthropic_usage(&s.usage, ctx.cache_ttl_1h),
     })
 }
 
 fn anthropic_head(s: &Success, ctx: &Ctx, content: &[String]) -> (Vec<Frame>, usize) {
-    let mut start_usage = anthropic_usage(&s.usage);
+    let mut start_usage = anthropic_usage(&s.usage, ctx.cache_ttl_1h);
     start_usage["output_tokens"] = json!(1);
     let mut out = vec![named_frame(&json!({"type": "message_start", "message": {
         "id": anthropic_id(ctx), "type": "message", "role": "assistant", "content": [],
@@ -879,6 +887,7 @@ mod tests {
             created: 1_700_000_000,
             include_usage,
             presented_key: None,
+            cache_ttl_1h: false,
         }
     }
 
