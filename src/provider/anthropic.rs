@@ -18,10 +18,10 @@ use super::{
 };
 
 /// The only API version in use; the API rejects requests without one.
-const API_VERSION: &str = "2023-06-01";
+pub(crate) const API_VERSION: &str = "2023-06-01";
 
 pub struct AnthropicClient {
-    common: Common,
+    pub(super) common: Common,
 }
 
 /// Anthropic's own usage fields, before normalisation. In a stream they
@@ -100,7 +100,7 @@ impl AnthropicClient {
         }
     }
 
-    fn parse(&self, v: &Value, meta: Meta) -> Result<ChatResponse, ProviderError> {
+    pub(super) fn parse(&self, v: &Value, meta: Meta) -> Result<ChatResponse, ProviderError> {
         self.common.error_in_body(v)?;
         let Some(blocks) = v.get("content").and_then(Value::as_array) else {
             return Err(self

@@ -38,6 +38,7 @@ use serde_json::Value;
 pub use crate::policy::ProviderKind;
 
 pub mod anthropic;
+pub mod batch;
 pub mod gemini;
 pub mod openai;
 pub mod sse;
@@ -737,8 +738,26 @@ impl Common {
 
     /// Send the request; a non-2xx answer becomes a classified error.
     pub(crate) async fn send(&self, call: Call) -> Result<Answer, ProviderError> {
-        let mut builder = self.http.post(&call.url).json(&call.body);
-        if let (Some(auth), Some(key)) = (call.auth, &self.secret.0) {
+        let builder = self.http.post(&call.url).json(&call.body);
+        self.execute(
+            builder,
+            call.auth,
+            &call.extra_headers,
+            call.request_id_headers,
+        )
+        .await
+    }
+
+    /// Send any prepared request (a GET, a multipart upload) with the key in
+    /// its header; a non-2xx answer becomes a classified error.
+    pub(crate) async fn execute(
+        &self,
+        mut builder: reqwest::RequestBuilder,
+        auth: Option<AuthHeader>,
+        extra_headers: &[(&'static str, &'static str)],
+        request_id_headers: &'static [&'static str],
+    ) -> Result<Answer, ProviderError> {
+        if let (Some(auth), Some(key)) = (auth, &self.secret.0) {
             let (name, value) = match auth {
                 AuthHeader::Bearer => (
                     "authorization",
@@ -756,8 +775,8 @@ impl Common {
             value.set_sensitive(true);
             builder = builder.header(name, value);
         }
-        for (name, value) in call.extra_headers {
-            builder = builder.header(name, value);
+        for (name, value) in extra_headers {
+            builder = builder.header(*name, *value);
         }
         let started = Instant::now();
         let response = builder
@@ -765,7 +784,7 @@ impl Common {
             .await
             .map_err(|e| self.transport_error(e, Phase::Sending))?;
         let headers = response.headers().clone();
-        let request_id = header_string(&headers, call.request_id_headers);
+        let request_id = header_string(&headers, request_id_headers);
         let status = response.status();
         if status.is_success() {
             return Ok(Answer {

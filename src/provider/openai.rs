@@ -46,7 +46,7 @@ use super::{
 use futures::future::BoxFuture;
 
 pub struct OpenAiClient {
-    common: Common,
+    pub(super) common: Common,
 }
 
 impl OpenAiClient {
@@ -75,7 +75,7 @@ impl OpenAiClient {
         }
     }
 
-    fn parse(
+    pub(super) fn parse(
         &self,
         v: &Value,
         meta: Meta,

@@ -14,6 +14,7 @@
 //! the provider's retry hints; then the policy's fallback chain is tried,
 //! never past the gate.
 
+mod batch;
 mod budget;
 mod limits;
 pub mod local_server;
@@ -29,6 +30,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+pub use batch::{BatchLedger, BatchRef, JsonFileLedger, batch_key};
 pub use budget::{Budget, OverBudget};
 pub use limits::CallLimits;
 
@@ -66,6 +68,14 @@ pub struct RunOptions {
     pub stream: bool,
     /// Where managed local servers write their logs.
     pub log_dir: std::path::PathBuf,
+    /// Send every step whose model has a batch API through it, not only
+    /// `latency: batch` steps (`run --batch`).
+    pub batch_all: bool,
+    /// How often a submitted batch is polled.
+    pub batch_poll_interval: Duration,
+    /// Where submitted batches are remembered, so an interrupted run
+    /// resumes polling them; `None`: not remembered.
+    pub batch_ledger: Option<Arc<dyn BatchLedger>>,
 }
 
 impl Default for RunOptions {
@@ -80,6 +90,9 @@ impl Default for RunOptions {
             max_retry_wait: Duration::from_secs(60),
             stream: true,
             log_dir: std::path::PathBuf::from(".tollgate/logs"),
+            batch_all: false,
+            batch_poll_interval: batch::DEFAULT_POLL_INTERVAL,
+            batch_ledger: None,
         }
     }
 }
@@ -88,6 +101,9 @@ impl Default for RunOptions {
 #[derive(Clone)]
 pub struct Providers {
     clients: HashMap<String, Arc<dyn Provider>>,
+    /// The batch API clients of the providers that have one (OpenAI,
+    /// Anthropic), for `latency: batch` steps.
+    batchers: HashMap<String, Arc<dyn provider::batch::BatchApi>>,
     /// Provider → the variable that holds its key, for those whose key is unset.
     missing_keys: HashMap<String, String>,
 }
@@ -98,6 +114,7 @@ impl Providers {
     pub fn from_env(policy: &Policy) -> Providers {
         let http = provider::http_client(Duration::from_secs(5));
         let mut clients = HashMap::new();
+        let mut batchers = HashMap::new();
         let mut missing_keys = HashMap::new();
         for (name, p) in &policy.providers {
             let Some(base_url) = &p.base_url else {
@@ -118,6 +135,10 @@ impl Providers {
                     }
                 }
             }
+            if let Some(b) = provider::batch::batch_client_for(p.kind, config.clone(), http.clone())
+            {
+                batchers.insert(name.clone(), b);
+            }
             clients.insert(
                 name.clone(),
                 provider::client_for(p.kind, config, http.clone()),
@@ -125,6 +146,7 @@ impl Providers {
         }
         Providers {
             clients,
+            batchers,
             missing_keys,
         }
     }
@@ -133,8 +155,18 @@ impl Providers {
     pub fn with_clients(clients: HashMap<String, Arc<dyn Provider>>) -> Providers {
         Providers {
             clients,
+            batchers: HashMap::new(),
             missing_keys: HashMap::new(),
         }
+    }
+
+    /// Adds batch API clients by provider name (tests, embedding).
+    pub fn with_batch_clients(
+        mut self,
+        batchers: HashMap<String, Arc<dyn provider::batch::BatchApi>>,
+    ) -> Providers {
+        self.batchers.extend(batchers);
+        self
     }
 
     /// Wraps every client (recording, replaying, caching), keeping which
@@ -152,6 +184,7 @@ impl Providers {
                     (name, wrapped)
                 })
                 .collect(),
+            batchers: self.batchers,
             missing_keys: self.missing_keys,
         }
     }
@@ -211,6 +244,17 @@ pub enum Event {
         step: String,
         status: StepStatus,
         cost_usd: f64,
+    },
+    /// A step's batch was submitted, resumed, or changed state when polled
+    /// (`status` is the provider's word, or `submitted` / `resumed`).
+    BatchProgress {
+        step: String,
+        provider: String,
+        batch_id: String,
+        status: String,
+        /// Requests finished so far, of `total` (0 of 0 when unknown).
+        done: u64,
+        total: u64,
     },
     /// A managed local server was started (or found running).
     ServerReady {
@@ -276,6 +320,23 @@ pub struct CallReport {
     pub ttft_ms: Option<u64>,
     /// The answer stopped at `max_output_tokens` (or the model's limit).
     pub truncated: bool,
+}
+
+impl CallReport {
+    fn empty(item: Option<usize>) -> CallReport {
+        CallReport {
+            item,
+            model: None,
+            attempts: Vec::new(),
+            usage: Usage::default(),
+            cost_usd: 0.0,
+            list_cost_usd: 0.0,
+            batch: false,
+            latency_ms: 0,
+            ttft_ms: None,
+            truncated: false,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -808,17 +869,33 @@ async fn run_step(sh: Arc<Shared>, i: usize, upstream: Map<String, Value>) -> St
     });
 
     let started = Instant::now();
+    // Through the provider's batch API, if the step asks for it; what the
+    // batch did not answer is called normally below.
+    let batched: Vec<Option<batch::Item>> = match sh.policy.models.get(&first) {
+        Some(model) => batch::run(&sh, id, step, info.for_each.is_some(), &rendered, model).await,
+        None => None,
+    }
+    .map_or_else(
+        || rendered.iter().map(|_| None).collect(),
+        |items| items.into_iter().map(Some).collect(),
+    );
     let facts_ref = &facts;
     let chain_ref = &chain;
     let sh_ref = &sh;
-    let calls =
-        futures::future::join_all(rendered.iter().enumerate().map(|(n, (system, prompt))| {
+    let counts_ref = &counts;
+    let calls = futures::future::join_all(rendered.iter().zip(batched).enumerate().map(
+        |(n, ((system, prompt), batched))| async move {
             let item = if info.for_each.is_some() {
                 Some(n)
             } else {
                 None
             };
-            call_with_fallbacks(
+            let before = match batched {
+                Some(batch::Item::Done(report, value)) => return (report, Ok(value)),
+                Some(batch::Item::Synchronous(report)) => Some(report),
+                None => None,
+            };
+            let (mut report, result) = call_with_fallbacks(
                 sh_ref,
                 id,
                 step,
@@ -827,10 +904,20 @@ async fn run_step(sh: Arc<Shared>, i: usize, upstream: Map<String, Value>) -> St
                 prompt.clone(),
                 chain_ref,
                 facts_ref,
-                &counts,
+                counts_ref,
             )
-        }))
-        .await;
+            .await;
+            if let Some(b) = before {
+                // The batch's attempt first, and what it cost on the bill.
+                report.attempts.splice(0..0, b.attempts);
+                report.usage += b.usage;
+                report.cost_usd += b.cost_usd;
+                report.list_cost_usd += b.list_cost_usd;
+            }
+            (report, result)
+        },
+    ))
+    .await;
 
     let mut report = StepReport::new(id, StepStatus::Succeeded, None);
     report.rule = rule;
@@ -893,18 +980,7 @@ async fn call_with_fallbacks(
     counts: &(dyn Fn(tokens::Tokenizer) -> u64 + Sync),
 ) -> (CallReport, Result<Value, String>) {
     let started = Instant::now();
-    let mut report = CallReport {
-        item,
-        model: None,
-        attempts: Vec::new(),
-        usage: Usage::default(),
-        cost_usd: 0.0,
-        list_cost_usd: 0.0,
-        batch: false,
-        latency_ms: 0,
-        ttft_ms: None,
-        truncated: false,
-    };
+    let mut report = CallReport::empty(item);
     let mut last_error = String::from("no candidate model could be tried");
     // After a context-length error only larger windows are worth trying.
     let mut need_window_above: u64 = 0;

@@ -670,28 +670,30 @@ fn gemini_error(case: &ErrorCase, ctx: &Ctx) -> (u16, Value) {
 
 pub(crate) fn success_json(s: &Success, ctx: &Ctx) -> Value {
     match ctx.api {
-        Api::Anthropic => anthropic_success(s, ctx),
+        Api::Anthropic | Api::AnthropicBatch => anthropic_success(s, ctx),
         Api::Gemini => gemini_success(s, ctx),
         Api::OpenAiCompletions => completion_success(s, ctx),
-        Api::OpenAi | Api::Unknown => openai_success(s, ctx),
+        Api::OpenAi | Api::OpenAiBatch | Api::Unknown => openai_success(s, ctx),
     }
 }
 
 pub(crate) fn success_events(s: &Success, ctx: &Ctx) -> Vec<Frame> {
     match ctx.api {
-        Api::Anthropic => anthropic_events(s, ctx),
+        Api::Anthropic | Api::AnthropicBatch => anthropic_events(s, ctx),
         Api::Gemini => gemini_events(s, ctx),
         Api::OpenAiCompletions => completion_events(s, ctx),
-        Api::OpenAi | Api::Unknown => openai_events(s, ctx),
+        Api::OpenAi | Api::OpenAiBatch | Api::Unknown => openai_events(s, ctx),
     }
 }
 
 pub(crate) fn error(case: &ErrorCase, ctx: &Ctx) -> (u16, Value) {
     match ctx.api {
-        Api::Anthropic => anthropic_error(case, ctx),
+        Api::Anthropic | Api::AnthropicBatch => anthropic_error(case, ctx),
         Api::Gemini => gemini_error(case, ctx),
         // The completions route shares chat's error handling on every server.
-        Api::OpenAi | Api::OpenAiCompletions | Api::Unknown => openai_error(case, ctx),
+        Api::OpenAi | Api::OpenAiCompletions | Api::OpenAiBatch | Api::Unknown => {
+            openai_error(case, ctx)
+        }
     }
 }
 
@@ -721,7 +723,7 @@ pub(crate) fn error_in_stream(case: &ErrorCase, ctx: &Ctx) -> Vec<Frame> {
     let content = ["partial".to_string()];
     let (_, body) = error(case, ctx);
     match ctx.api {
-        Api::Anthropic => {
+        Api::Anthropic | Api::AnthropicBatch => {
             let (mut out, _) = anthropic_head(&partial, ctx, &content);
             // The stream form has no request_id.
             out.push(named_frame(
@@ -739,7 +741,7 @@ pub(crate) fn error_in_stream(case: &ErrorCase, ctx: &Ctx) -> Vec<Frame> {
             out.push(data_frame(&body));
             out
         }
-        Api::OpenAi | Api::Unknown => {
+        Api::OpenAi | Api::OpenAiBatch | Api::Unknown => {
             let mut out = openai_head(&partial, ctx, &content);
             out.push(data_frame(&body));
             out
@@ -758,7 +760,7 @@ pub(crate) fn malformed_events(ctx: &Ctx) -> Vec<Frame> {
     let mut events = success_events(&sample(), ctx);
     let at = 1.min(events.len());
     let broken = match ctx.api {
-        Api::Anthropic => {
+        Api::Anthropic | Api::AnthropicBatch => {
             "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_de\n\n"
         }
         Api::OpenAiCompletions => "data: {\"choices\":[{\"index\":0,\"text\":\"bro\n\n",
@@ -790,7 +792,7 @@ pub(crate) fn standard_headers(ctx: &Ctx, status: u16) -> Vec<(String, String)> 
     let limited = status == 429;
     let h = |k: &str, v: String| (k.to_string(), v);
     match ctx.api {
-        Api::OpenAi | Api::OpenAiCompletions | Api::Unknown => vec![
+        Api::OpenAi | Api::OpenAiCompletions | Api::OpenAiBatch | Api::Unknown => vec![
             h("x-request-id", format!("req_fake{:08}", ctx.seq)),
             h("openai-processing-ms", "12".into()),
             h("openai-version", "2020-10-01".into()),
@@ -807,7 +809,7 @@ pub(crate) fn standard_headers(ctx: &Ctx, status: u16) -> Vec<(String, String)> 
             h("x-ratelimit-reset-requests", "1s".into()),
             h("x-ratelimit-reset-tokens", "6m0s".into()),
         ],
-        Api::Anthropic => {
+        Api::Anthropic | Api::AnthropicBatch => {
             let reset = httpdate_rfc3339_soon();
             let mut v = vec![
                 h("request-id", format!("req_fake{:016}", ctx.seq)),
