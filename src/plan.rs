@@ -20,6 +20,7 @@ use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 
 use crate::analyze::{Analysis, StepInfo};
+use crate::cost::{self, Billing};
 use crate::diagnostic::{Diagnostic, one_of};
 use crate::inputs::{Inputs, ValueSource};
 use crate::policy::{Locality, Model, Policy, Tier};
@@ -81,6 +82,10 @@ pub struct StepPlan {
     /// the shared prefix (the system prompt) is long enough to be cached.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub prompt_cache: Option<PromptCachePlan>,
+    /// Goes through the provider's batch API (`latency: batch` on OpenAI or
+    /// Anthropic), priced at batch prices.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub batch: bool,
 }
 
 /// The prompt-cache check of one step.
@@ -479,6 +484,9 @@ pub fn build(
             *usage.used.entry(m.tier).or_insert(0) += calls;
         }
         let expected_out = expected_output_tokens(step) * calls;
+        // `latency: batch` steps on a model with a batch API are priced as
+        // the run will make them: through the batch, at batch prices.
+        let step_batched = step.latency == Latency::Batch;
         let max_out_total = max_out * calls;
         let (tokens, cost) = match model {
             Some(m) if runs => {
@@ -492,13 +500,19 @@ pub fn build(
                         output_expected: expected_out,
                         output_max: max_out_total,
                     },
-                    price(m, c, expected_out, max_out_total),
+                    price(m, c, expected_out, max_out_total, step_batched),
                 )
             }
             _ => (TokenPlan::default(), CostRange::default()),
         };
         let flagship_cost = match flagship {
-            Some(f) if runs => price(f, counts(f.tokenizer), expected_out, max_out_total),
+            Some(f) if runs => price(
+                f,
+                counts(f.tokenizer),
+                expected_out,
+                max_out_total,
+                step_batched,
+            ),
             _ => CostRange::default(),
         };
         let prompt_sha256 = {
@@ -560,6 +574,7 @@ pub fn build(
             flagship_cost,
             prompt_sha256,
             prompt_cache,
+            batch: runs && step_batched && model.is_some_and(Model::has_batch_api),
         });
     }
     if !diags.is_empty() {
@@ -597,10 +612,23 @@ pub fn build(
     })
 }
 
-fn price(m: &Model, c: Counts, expected_out: u64, max_out: u64) -> CostRange {
+fn price(m: &Model, c: Counts, expected_out: u64, max_out: u64, batch: bool) -> CostRange {
+    let billing = if batch && m.has_batch_api() {
+        Billing::Batch
+    } else {
+        Billing::Standard
+    };
+    let at = |input, output| {
+        let usage = crate::provider::Usage {
+            input_tokens: input,
+            output_tokens: output,
+            ..Default::default()
+        };
+        cost::call_cost(&m.price, &usage, billing)
+    };
     CostRange {
-        low: m.price.cost(c.total, expected_out),
-        high: m.price.cost(c.total_worst, max_out),
+        low: at(c.total, expected_out),
+        high: at(c.total_worst, max_out),
     }
 }
 

@@ -441,6 +441,19 @@ pub struct Model {
     pub prompt_cache_min_tokens: u64,
 }
 
+impl Model {
+    /// Can this model's calls go through its provider's batch API (OpenAI's
+    /// Batch API, Anthropic's Message Batches)? Chat models of those two
+    /// kinds only: OpenAI-compatible servers, Mistral, OpenRouter and
+    /// Gemini are called synchronously.
+    pub fn has_batch_api(&self) -> bool {
+        matches!(
+            self.provider_kind,
+            ProviderKind::Openai | ProviderKind::Anthropic
+        ) && self.endpoint == Endpoint::Chat
+    }
+}
+
 /// Anthropic's documented minimum cacheable prefix by family when the
 /// catalog does not say: 2048 tokens for Haiku-class models, 1024 for
 /// Sonnet/Opus-class (provider-apis.md §3). Newer models that need more

@@ -203,12 +203,14 @@ fn step(o: &mut String, n: usize, s: &StepPlan) {
         .as_ref()
         .is_some_and(|m| m.locality == Locality::Local)
         && s.cost.high == 0.0;
-    let _ = writeln!(
-        o,
-        "   cost         {}{}",
-        range(s.cost),
-        if free { " (local)" } else { "" }
-    );
+    let note = if free {
+        " (local)"
+    } else if s.batch {
+        " (batch API, batch prices)"
+    } else {
+        ""
+    };
+    let _ = writeln!(o, "   cost         {}{note}", range(s.cost));
 }
 
 fn totals(o: &mut String, plan: &Plan) {

@@ -38,7 +38,7 @@ use sha2::{Digest, Sha256};
 
 use super::{Attempt, CallReport, Event, Shared, parse_structured, prompt_cache};
 use crate::cost::{self, Billing};
-use crate::policy::{Model, ProviderKind};
+use crate::policy::Model;
 use crate::provider::batch::{BatchApi, BatchItem, BatchState, ItemOutcome};
 use crate::provider::{ChatRequest, Endpoint, ErrorKind, Message, ProviderError, Usage};
 use crate::tokens;
@@ -206,11 +206,7 @@ pub(super) async fn run(
     model: &Model,
 ) -> Option<Vec<Item>> {
     let wanted = step.latency == Latency::Batch || sh.options.batch_all;
-    let has_api = matches!(
-        model.provider_kind,
-        ProviderKind::Openai | ProviderKind::Anthropic
-    ) && model.endpoint == crate::policy::Endpoint::Chat;
-    if !wanted || !has_api {
+    if !wanted || !model.has_batch_api() {
         return None;
     }
     let api = sh.providers.batchers.get(&model.provider)?;
