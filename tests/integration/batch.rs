@@ -483,3 +483,163 @@ async fn an_interrupted_run_resumes_polling_its_batch_instead_of_resubmitting() 
         serde_json::from_str(&std::fs::read_to_string(&ledger_path).unwrap()).unwrap();
     assert_eq!(ledger["batches"], json!({}));
 }
+
+// ---------------------------------------------------------------------------
+// The batch clients against the fakes' state machines, without the engine.
+
+mod clients {
+    use fake_llm::{BatchScript, FakeServer, Reply};
+    use tollgate::policy::ProviderKind;
+    use tollgate::provider::batch::{
+        BatchApi, BatchItem, BatchState, ItemOutcome, batch_client_for,
+    };
+    use tollgate::provider::{ChatRequest, ClientConfig};
+
+    const KEY: &str = "sk-batch-client-key";
+
+    fn client(fake: &FakeServer, kind: ProviderKind) -> std::sync::Arc<dyn BatchApi> {
+        let base = match kind {
+            ProviderKind::Anthropic => fake.base_url(),
+            _ => format!("{}/v1", fake.base_url()),
+        };
+        let http = reqwest::Client::builder().no_proxy().build().unwrap();
+        batch_client_for(kind, ClientConfig::new(base).with_api_key(KEY), http).unwrap()
+    }
+
+    fn items(model: &str) -> Vec<BatchItem> {
+        (0..3)
+            .map(|n| BatchItem {
+                custom_id: format!("req-{n}"),
+                request: ChatRequest::new(model, format!("question {n}")),
+            })
+            .collect()
+    }
+
+    fn status(s: &BatchState) -> String {
+        match s {
+            BatchState::Running { status, .. } | BatchState::Ended { status } => status.clone(),
+            BatchState::Failed { message } => format!("failed: {message}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn openai_walks_validating_in_progress_finalizing_completed() {
+        let fake = FakeServer::start().await;
+        fake.require_api_key(KEY);
+        fake.set_default(Reply::text("answer").usage(12, 3));
+        fake.set_batch_script(BatchScript {
+            polls_before_done: 3,
+            ..BatchScript::default()
+        });
+        let api = client(&fake, ProviderKind::Openai);
+        let id = api.submit(&items("gpt-4o-mini")).await.unwrap();
+        assert!(id.starts_with("batch_"), "{id}");
+        let mut seen = Vec::new();
+        loop {
+            let s = api.poll(&id).await.unwrap();
+            seen.push(status(&s));
+            if matches!(s, BatchState::Ended { .. }) {
+                break;
+            }
+        }
+        assert_eq!(
+            seen,
+            ["validating", "in_progress", "finalizing", "completed"]
+        );
+        let results = api.results(&id).await.unwrap();
+        assert_eq!(results.len(), 3);
+        for n in 0..3 {
+            let ItemOutcome::Answer(a) = &results[&format!("req-{n}")] else {
+                panic!("req-{n} has no answer");
+            };
+            assert_eq!(a.text, "answer");
+            assert_eq!((a.usage.input_tokens, a.usage.output_tokens), (12, 3));
+        }
+    }
+
+    #[tokio::test]
+    async fn openai_cancel_ends_as_cancelled_with_every_item_cancelled() {
+        let fake = FakeServer::start().await;
+        fake.set_batch_script(BatchScript {
+            polls_before_done: 100,
+            ..BatchScript::default()
+        });
+        let api = client(&fake, ProviderKind::Openai);
+        let id = api.submit(&items("gpt-4o-mini")).await.unwrap();
+        assert_eq!(status(&api.poll(&id).await.unwrap()), "validating");
+        assert_eq!(status(&api.poll(&id).await.unwrap()), "in_progress");
+        let url = format!("{}/v1/batches/{id}/cancel", fake.base_url());
+        let cancelled: serde_json::Value = reqwest::Client::new()
+            .post(url)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(cancelled["status"], "cancelling");
+        assert_eq!(status(&api.poll(&id).await.unwrap()), "cancelled");
+        let results = api.results(&id).await.unwrap();
+        assert!(results.values().all(|o| matches!(o, ItemOutcome::Canceled)));
+    }
+
+    #[tokio::test]
+    async fn anthropic_walks_in_progress_to_ended_and_reports_each_result_type() {
+        let fake = FakeServer::start().await;
+        fake.require_api_key(KEY);
+        fake.set_default(Reply::text("answer").usage(40, 4));
+        fake.set_batch_script(BatchScript {
+            polls_before_done: 2,
+            failed_ids: vec!["req-1".into()],
+            expired_ids: vec!["req-2".into()],
+            ..BatchScript::default()
+        });
+        let api = client(&fake, ProviderKind::Anthropic);
+        let id = api.submit(&items("claude-sonnet-4-6")).await.unwrap();
+        assert!(id.starts_with("msgbatch_"), "{id}");
+        let first = api.poll(&id).await.unwrap();
+        assert_eq!(
+            first,
+            BatchState::Running {
+                status: "in_progress".into(),
+                done: 0,
+                total: 3
+            }
+        );
+        // results_url is null until the batch ends.
+        let raw: serde_json::Value = reqwest::Client::new()
+            .get(format!("{}/v1/messages/batches/{id}", fake.base_url()))
+            .header("x-api-key", KEY)
+            .header("anthropic-version", "2023-06-01")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert!(raw["results_url"].is_null(), "{raw}");
+        assert_eq!(status(&api.poll(&id).await.unwrap()), "ended");
+        let results = api.results(&id).await.unwrap();
+        let ItemOutcome::Answer(a) = &results["req-0"] else {
+            panic!("req-0 has no answer");
+        };
+        assert_eq!((a.text.as_str(), a.usage.input_tokens), ("answer", 40));
+        let ItemOutcome::Failed(e) = &results["req-1"] else {
+            panic!("req-1 did not fail");
+        };
+        assert!(e.is_retryable(), "{e:?}");
+        assert!(!e.message.contains(KEY));
+        assert!(matches!(results["req-2"], ItemOutcome::Expired));
+    }
+
+    #[tokio::test]
+    async fn a_wrong_key_is_an_auth_error_without_the_key_in_it() {
+        let fake = FakeServer::start().await;
+        fake.require_api_key("another-key");
+        for kind in [ProviderKind::Openai, ProviderKind::Anthropic] {
+            let err = client(&fake, kind).submit(&items("m")).await.unwrap_err();
+            assert_eq!(err.kind, tollgate::provider::ErrorKind::Auth, "{kind:?}");
+            assert!(!format!("{err:?}").contains(KEY));
+        }
+    }
+}

@@ -9,7 +9,8 @@
 //! chat answers. [`BatchScript`] adds what only batches do: items that
 //! error, items that expire, a batch that fails validation.
 //!
-//! OpenAI: `validating` (on create) → `in_progress` → `finalizing` →
+//! OpenAI: `validating` (on create, and the first poll when there are at
+//! least 3) → `in_progress` → `finalizing` (the last poll before the end) →
 //! `completed`, or `expired` when some items expired (finished ones are
 //! still delivered), `failed` when the input file does not validate
 //! (duplicate `custom_id`, a line whose `url` is not the batch's endpoint,
@@ -420,7 +421,11 @@ fn openai_status(b: &Batch) -> &'static str {
             .any(|(_, r)| matches!(r, ItemResult::Expired));
         return if expired { "expired" } else { "completed" };
     }
-    if b.polls == p && p > 1 {
+    // With enough polls to show them all: validating, in_progress…,
+    // finalizing.
+    if b.polls == 1 && p >= 3 {
+        "validating"
+    } else if b.polls == p && p >= 2 {
         "finalizing"
     } else {
         "in_progress"
