@@ -204,9 +204,12 @@ pub(super) async fn run(
     fan_out: bool,
     rendered: &[(Option<String>, String)],
     model: &Model,
+    sensitivity: usize,
 ) -> Option<Vec<Item>> {
     let wanted = step.latency == Latency::Batch || sh.options.batch_all;
-    if !wanted || !model.has_batch_api() {
+    // The gate, checked right before sending as on the synchronous path
+    // (routing already chose a model that passes it).
+    if !wanted || !model.has_batch_api() || !crate::route::gate(&sh.policy, model, sensitivity) {
         return None;
     }
     let api = sh.providers.batchers.get(&model.provider)?;

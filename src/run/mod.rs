@@ -872,7 +872,18 @@ async fn run_step(sh: Arc<Shared>, i: usize, upstream: Map<String, Value>) -> St
     // Through the provider's batch API, if the step asks for it; what the
     // batch did not answer is called normally below.
     let batched: Vec<Option<batch::Item>> = match sh.policy.models.get(&first) {
-        Some(model) => batch::run(&sh, id, step, info.for_each.is_some(), &rendered, model).await,
+        Some(model) => {
+            batch::run(
+                &sh,
+                id,
+                step,
+                info.for_each.is_some(),
+                &rendered,
+                model,
+                facts.sensitivity,
+            )
+            .await
+        }
         None => None,
     }
     .map_or_else(

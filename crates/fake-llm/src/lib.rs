@@ -9,6 +9,8 @@
 //! | `POST …/completions` (e.g. `/v1/completions`) | OpenAI legacy Completions, for base models (also OpenRouter, Ollama, llama.cpp, vLLM) |
 //! | `POST …/v1/messages` | Anthropic Messages |
 //! | `POST …/models/{model}:generateContent`, `…:streamGenerateContent?alt=sse` | Gemini |
+//! | `POST …/files`, `GET …/files/{id}/content`, `POST …/batches`, `GET …/batches/{id}`, `POST …/batches/{id}/cancel` | OpenAI Files and Batch API (see `batch.rs`) |
+//! | `POST …/v1/messages/batches`, `GET …/v1/messages/batches/{id}[/results]`, `POST …/cancel` | Anthropic Message Batches |
 //!
 //! Every answer uses the real response shapes, headers (request ids,
 //! rate-limit headers) and SSE event sequences of provider-apis.md, so a
