@@ -1255,6 +1255,35 @@ mod tests {
     }
 
     #[test]
+    fn prompt_cache_minimums_come_from_the_policy_the_catalog_or_the_family() {
+        let (p, d) = compile_text(
+            "version: 1\nproviders:\n  anthropic: {kind: anthropic, prompt_cache: {ttl: 1h}}\nmodels:\n  \
+             sonnet: {provider: anthropic, model: claude-sonnet-4-6, tier: workhorse}\n  \
+             haiku: {provider: anthropic, model: claude-haiku-4-5, tier: budget, prompt_cache: {min_tokens: 3000}}\n  \
+             custom-haiku: {provider: anthropic, model: my-haiku-x, tier: budget, context_window: 100000, \
+             pricing: {input_per_mtok: 1, output_per_mtok: 5}}\n  \
+             custom: {provider: anthropic, model: my-model, tier: budget, context_window: 100000, \
+             pricing: {input_per_mtok: 1, output_per_mtok: 5, cache_write_1h_per_mtok: 2}}\n\
+             rules:\n  - {name: all, use: sonnet}\n",
+        );
+        assert!(d.is_empty(), "{d:?}");
+        let m = |a: &str| {
+            (
+                p.models[a].prompt_cache,
+                p.models[a].prompt_cache_min_tokens,
+            )
+        };
+        // The catalog's minimum, the provider's TTL.
+        assert_eq!(m("sonnet"), (Some(CacheTtl::OneHour), 1024));
+        // The model's own block replaces the provider's: its TTL defaults to 5m.
+        assert_eq!(m("haiku"), (Some(CacheTtl::FiveMinutes), 3000));
+        // Not in the catalog: the family's documented minimum.
+        assert_eq!(m("custom-haiku"), (Some(CacheTtl::OneHour), 2048));
+        assert_eq!(m("custom"), (Some(CacheTtl::OneHour), 1024));
+        assert_eq!(p.models["custom"].price.cache_write_1h, Some(2e-6));
+    }
+
+    #[test]
     fn shadowed_rule_is_reported() {
         let (_, d) = compile_text(&format!(
             "{BASE}rules:\n  - {{name: all, use: local}}\n  - {{name: late, when: {{task: x}}, use: budget}}\n"

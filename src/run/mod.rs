@@ -1357,11 +1357,12 @@ async fn call_model(
 
 /// Whether to mark the system prompt as a prompt-cache breakpoint: the
 /// policy asks for caching on this model and the prompt reaches the model's
-/// minimum cacheable length (a shorter one would be billed the write premium
-/// nowhere, but the marker would be noise). The count is the model's
-/// tokenizer estimate; Anthropic's tokenizer usually counts more, so a
-/// prefix near the minimum may be cached although it is not marked here —
-/// never the reverse by much.
+/// minimum cacheable length (Anthropic ignores a shorter marked prefix, so
+/// marking it would only make the plan and the request disagree). The count
+/// is the model's tokenizer estimate (o200k_base for Claude); Claude's own
+/// tokenizer usually counts more, so the error is on the side of leaving a
+/// borderline prefix unmarked — uncached, but never billed a write premium
+/// for nothing.
 pub(crate) fn prompt_cache(model: &Model, system: Option<&str>) -> Option<crate::policy::CacheTtl> {
     let ttl = model.prompt_cache?;
     let system = system.filter(|s| !s.is_empty())?;
