@@ -517,3 +517,57 @@ impl fmt::Display for BatchRef {
 /// How long to wait between polls by default: batches take minutes to
 /// hours, and polling faster only spends rate limit.
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(30);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn items(prompt: &str) -> Vec<BatchItem> {
+        vec![BatchItem {
+            custom_id: "item-0".into(),
+            request: ChatRequest::new("gpt-4o-mini", prompt),
+        }]
+    }
+
+    #[test]
+    fn the_ledger_remembers_batches_across_instances_and_forgets_finished_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(".tollgate/batches.json");
+        let batch = BatchRef {
+            provider: "openai".into(),
+            id: "batch_1".into(),
+        };
+        JsonFileLedger::new(&path).record("k1", &batch).unwrap();
+        // A later run (a new instance) finds it.
+        let later = JsonFileLedger::new(&path);
+        assert_eq!(later.submitted("k1"), Some(batch));
+        assert_eq!(later.submitted("k2"), None);
+        later.finished("k1").unwrap();
+        assert_eq!(JsonFileLedger::new(&path).submitted("k1"), None);
+        // A corrupt file reads as empty (the batch is submitted again,
+        // never a wrong one resumed) and is replaced on the next record.
+        std::fs::write(&path, "{not json").unwrap();
+        assert_eq!(later.submitted("k1"), None);
+        later
+            .record(
+                "k3",
+                &BatchRef {
+                    provider: "anthropic".into(),
+                    id: "msgbatch_2".into(),
+                },
+            )
+            .unwrap();
+        assert_eq!(later.submitted("k3").unwrap().id, "msgbatch_2");
+    }
+
+    #[test]
+    fn batch_keys_follow_the_requests() {
+        let a = batch_key("openai", &items("Label: crash"));
+        assert_eq!(a, batch_key("openai", &items("Label: crash")));
+        assert_ne!(a, batch_key("openai", &items("Label: crash!")));
+        assert_ne!(a, batch_key("other", &items("Label: crash")));
+        let mut changed = items("Label: crash");
+        changed[0].request.max_output_tokens = 5;
+        assert_ne!(a, batch_key("openai", &changed));
+    }
+}

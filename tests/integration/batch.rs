@@ -643,3 +643,15 @@ mod clients {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_poll_interval_is_bad_input() {
+    let fake = FakeServer::start().await;
+    let p = Project::new(&policy(&fake, ""), LABELS);
+    let out = p.run(&["--batch-poll-interval", "soon"]).await;
+    assert_eq!(out.status.code(), Some(2), "{}", transcript(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--batch-poll-interval soon: not a duration")
+    );
+    assert_eq!(fake.request_count(), 0);
+}
