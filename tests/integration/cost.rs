@@ -133,3 +133,38 @@ async fn without_prompt_cache_in_the_policy_nothing_is_marked() {
         assert!(req.body["system"].is_string(), "{}", req.body["system"]);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openai_and_gemini_cached_tokens_are_billed_at_the_cache_read_price() {
+    let fake = FakeServer::start().await;
+    fake.set_handler(|r| match r.model().as_str() {
+        "gpt-4.1-nano" => Reply::text("bug").usage(1500, 10).cached(1024),
+        "gemini-2.5-pro" => Reply::text("a plan").usage(4000, 100).cached(3000),
+        other => Reply::text(format!("unexpected {other}")),
+    });
+    let wf = r#"version: 1
+name: auto-cache
+steps:
+  label: { task: classify, prompt: "bug or not?" }
+  plan: { task: debug, reasoning: deep, prompt: "Plan the fix." }
+"#;
+    let p = Project::new(&policy(&fake, ""), wf);
+    let out = p.run(&["--format", "json"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", transcript(&out));
+    let r = report(&out);
+    // gpt-4.1-nano: $0.10 in, $0.025 cached, $0.40 out per Mtok.
+    let label = step(&r, "label")["cost_usd"].as_f64().unwrap();
+    assert!(
+        close(label, (476.0 * 0.1 + 1024.0 * 0.025 + 10.0 * 0.4) / 1e6),
+        "{label}"
+    );
+    // gemini-2.5-pro: $1.25 in, $0.125 cached, $10 out per Mtok.
+    let plan = step(&r, "plan")["cost_usd"].as_f64().unwrap();
+    assert!(
+        close(plan, (1000.0 * 1.25 + 3000.0 * 0.125 + 100.0 * 10.0) / 1e6),
+        "{plan}"
+    );
+    assert_eq!(r["cached_input_tokens"], 4024);
+    let saved = (1024.0 * (0.1 - 0.025) + 3000.0 * (1.25 - 0.125)) / 1e6;
+    assert!(close(r["saving_usd"].as_f64().unwrap(), saved), "{r}");
+}
