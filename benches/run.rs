@@ -5,12 +5,15 @@
 //!     loop posting the same requests to the same fake in the same process.
 //! (b) Throughput: 1,000 calls with 50 ms of fake latency and 16 in flight —
 //!     wall time against the ideal ceil(1000/16) × 50 ms.
+//! (c) Batch mode: one `latency: batch` step fanned out over 1,000 items
+//!     through the fake's OpenAI Batch API (upload, create, two polls 10 ms
+//!     apart, download, map back, validate) — wall time of the run.
 //! Each figure is the median of 3 runs.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fake_llm::{FakeServer, Reply};
+use fake_llm::{BatchScript, FakeServer, Reply};
 use tokio_util::sync::CancellationToken;
 use tollgate::analyze;
 use tollgate::diagnostic::SourceFile;
@@ -90,6 +93,68 @@ async fn bare(fake: &FakeServer, n: usize) -> Duration {
     started.elapsed()
 }
 
+/// A run of one 1,000-item batch step on the fake's OpenAI Batch API.
+async fn batch(fake: &FakeServer, n: usize) -> Duration {
+    let text = format!(
+        "version: 1\nproviders:\n  openai: {{ kind: openai, base_url: \"{}/v1\" }}\nmodels:\n  m: {{ provider: openai, model: gpt-4o-mini, tier: budget }}\nrules:\n  - {{ name: all, use: m }}\n",
+        fake.base_url()
+    );
+    let doc = Document::parse(SourceFile::new("bench-policy.yaml", text)).unwrap();
+    let file: Loaded<policy::PolicyFile> = workflow::from_document(doc, Format::Policy).unwrap();
+    let (policy, d) = policy::compile(
+        &file.value,
+        &file.doc,
+        tollgate::catalog::Catalog::builtin(),
+    );
+    assert!(d.is_empty(), "{d:?}");
+    let y = format!(
+        "version: 1\nname: bench\ninputs:\n  items: {{ type: array, default: {:?} }}\nsteps:\n  each: {{ task: classify, latency: batch, for_each: inputs.items, prompt: \"Label {{{{ item }}}}\", max_output_tokens: 4 }}\n",
+        (0..n).collect::<Vec<_>>()
+    );
+    let doc = Document::parse(SourceFile::new("bench.yaml", y)).unwrap();
+    let w: Loaded<Workflow> = workflow::from_document(doc, Format::Workflow).unwrap();
+    let analysis = Arc::new(analyze::analyze(w, std::path::Path::new(".")).unwrap());
+    let policy = Arc::new(policy);
+    let values = inputs::resolve(&analysis.workflow.value, &[], false).unwrap();
+    let plan = plan::build(&analysis, &policy, "bench-policy.yaml", &values).unwrap();
+    let http = reqwest::Client::new();
+    let config = || {
+        tollgate::provider::ClientConfig::new(format!("{}/v1", fake.base_url())).with_api_key("k")
+    };
+    let kind = policy::ProviderKind::Openai;
+    let providers = Providers::with_clients(
+        [(
+            "openai".to_owned(),
+            tollgate::provider::client_for(kind, config(), http.clone()),
+        )]
+        .into(),
+    )
+    .with_batch_clients(
+        [(
+            "openai".to_owned(),
+            tollgate::provider::batch::batch_client_for(kind, config(), http).unwrap(),
+        )]
+        .into(),
+    );
+    let options = RunOptions {
+        stream: false,
+        batch_poll_interval: Duration::from_millis(10),
+        ..RunOptions::default()
+    };
+    let job = Job {
+        analysis,
+        policy,
+        plan: &plan,
+        inputs: &values,
+    };
+    let started = Instant::now();
+    let report = run::execute(job, providers, options, CancellationToken::new(), None).await;
+    let elapsed = started.elapsed();
+    assert_eq!(report.status, run::RunStatus::Succeeded);
+    assert!(report.steps[0].calls.iter().all(|c| c.batch));
+    elapsed
+}
+
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
     v[v.len() / 2]
@@ -131,6 +196,24 @@ fn main() {
             w.as_secs_f64(),
             ideal.as_secs_f64(),
             ideal.as_secs_f64() / w.as_secs_f64() * 100.0
+        );
+
+        let batched = FakeServer::start().await;
+        batched.set_default(Reply::text("bug").usage(12, 1));
+        batched.set_batch_script(BatchScript {
+            polls_before_done: 1,
+            ..BatchScript::default()
+        });
+        let n = if quick { 20 } else { 1_000 };
+        let mut t = Vec::new();
+        for _ in 0..reps {
+            t.push(batch(&batched, n).await);
+        }
+        let t = median(t);
+        println!(
+            "(c) one batch of {n} items (OpenAI Batch API fake, 2 polls 10 ms apart): {:.3} s wall, {:.0} µs/item",
+            t.as_secs_f64(),
+            t.as_secs_f64() * 1e6 / n as f64
         );
     });
 }

@@ -435,7 +435,18 @@ struct RunArgs {
     /// No progress lines.
     #[arg(long, short = 'q')]
     quiet: bool,
+    /// Send every step routed to OpenAI or Anthropic through their batch
+    /// APIs (half price, answers within 24 h), not only `latency: batch` steps.
+    #[arg(long)]
+    batch: bool,
+    /// How often submitted batches are polled ("30s", "2m").
+    #[arg(long, value_name = "DURATION", default_value = "30s")]
+    batch_poll_interval: String,
 }
+
+/// Where submitted batches are remembered between runs (relative to the
+/// directory the run starts in, like `.tollgate/logs`).
+pub const BATCH_LEDGER: &str = ".tollgate/batches.json";
 
 /// Exit code of a run stopped by Ctrl-C (128 + SIGINT), as shells expect.
 const INTERRUPTED: u8 = 130;
@@ -470,6 +481,20 @@ fn cmd_run(args: RunArgs, options: RenderOptions) -> u8 {
             return report(vec![d], format, options);
         }
     };
+    let Some(batch_poll_interval) =
+        workflow::parse_duration(&serde_json::Value::String(args.batch_poll_interval.clone()))
+            .filter(|d| !d.is_zero())
+    else {
+        let d = Diagnostic::error(
+            "bad-duration",
+            format!(
+                "--batch-poll-interval {}: not a duration",
+                args.batch_poll_interval
+            ),
+        )
+        .with_help("use a number with a unit: 500ms, 30s, 2m");
+        return report(vec![d], format, options);
+    };
     let values = match inputs::resolve(&analysis.workflow.value, &args.inputs, false) {
         Ok(v) => v,
         Err(d) => return report(d, format, options),
@@ -498,6 +523,11 @@ fn cmd_run(args: RunArgs, options: RenderOptions) -> u8 {
         concurrency: args.concurrency.max(1),
         run_timeout,
         stream: !args.no_stream,
+        batch_all: args.batch,
+        batch_poll_interval,
+        batch_ledger: Some(std::sync::Arc::new(crate::run::JsonFileLedger::new(
+            BATCH_LEDGER,
+        ))),
         ..crate::run::RunOptions::default()
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()

@@ -28,6 +28,7 @@
 pub mod analyze;
 pub mod catalog;
 pub mod cli;
+pub mod cost;
 pub mod diagnostic;
 pub mod eval;
 pub mod graph;

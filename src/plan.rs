@@ -20,6 +20,7 @@ use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 
 use crate::analyze::{Analysis, StepInfo};
+use crate::cost::{self, Billing};
 use crate::diagnostic::{Diagnostic, one_of};
 use crate::inputs::{Inputs, ValueSource};
 use crate::policy::{Locality, Model, Policy, Tier};
@@ -77,6 +78,27 @@ pub struct StepPlan {
     pub flagship_cost: CostRange,
     /// Hash of the rendered messages (of the first call), for change review.
     pub prompt_sha256: String,
+    /// When the policy asks for prompt caching on the step's model: whether
+    /// the shared prefix (the system prompt) is long enough to be cached.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prompt_cache: Option<PromptCachePlan>,
+    /// Goes through the provider's batch API (`latency: batch` on OpenAI or
+    /// Anthropic), priced at batch prices.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub batch: bool,
+}
+
+/// The prompt-cache check of one step.
+#[derive(Debug, Clone, Serialize)]
+pub struct PromptCachePlan {
+    pub ttl: crate::policy::CacheTtl,
+    /// Tokens of the system prompt (of the first call), by the model's
+    /// tokenizer; 0 without a system prompt.
+    pub prefix_tokens: u64,
+    /// The model's minimum cacheable prefix.
+    pub min_tokens: u64,
+    /// `prefix_tokens >= min_tokens`: the run marks it with `cache_control`.
+    pub cacheable: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -462,6 +484,9 @@ pub fn build(
             *usage.used.entry(m.tier).or_insert(0) += calls;
         }
         let expected_out = expected_output_tokens(step) * calls;
+        // `latency: batch` steps on a model with a batch API are priced as
+        // the run will make them: through the batch, at batch prices.
+        let step_batched = step.latency == Latency::Batch;
         let max_out_total = max_out * calls;
         let (tokens, cost) = match model {
             Some(m) if runs => {
@@ -475,13 +500,19 @@ pub fn build(
                         output_expected: expected_out,
                         output_max: max_out_total,
                     },
-                    price(m, c, expected_out, max_out_total),
+                    price(m, c, expected_out, max_out_total, step_batched),
                 )
             }
             _ => (TokenPlan::default(), CostRange::default()),
         };
         let flagship_cost = match flagship {
-            Some(f) if runs => price(f, counts(f.tokenizer), expected_out, max_out_total),
+            Some(f) if runs => price(
+                f,
+                counts(f.tokenizer),
+                expected_out,
+                max_out_total,
+                step_batched,
+            ),
             _ => CostRange::default(),
         };
         let prompt_sha256 = {
@@ -494,6 +525,21 @@ pub fn build(
             }
             format!("{:x}", h.finalize())
         };
+        let prompt_cache = model.filter(|_| runs).and_then(|m| {
+            let ttl = m.prompt_cache?;
+            let system = analysis.steps[i]
+                .system
+                .as_ref()
+                .and(p.rendered.first())
+                .and_then(|c| c.messages.first());
+            let prefix_tokens = system.map_or(0, |s| m.tokenizer.count(s) as u64);
+            Some(PromptCachePlan {
+                ttl,
+                prefix_tokens,
+                min_tokens: m.prompt_cache_min_tokens,
+                cacheable: prefix_tokens >= m.prompt_cache_min_tokens,
+            })
+        });
         let depends_on = analysis
             .dag
             .dependencies(i)
@@ -527,6 +573,8 @@ pub fn build(
             cost,
             flagship_cost,
             prompt_sha256,
+            prompt_cache,
+            batch: runs && step_batched && model.is_some_and(Model::has_batch_api),
         });
     }
     if !diags.is_empty() {
@@ -564,10 +612,23 @@ pub fn build(
     })
 }
 
-fn price(m: &Model, c: Counts, expected_out: u64, max_out: u64) -> CostRange {
+fn price(m: &Model, c: Counts, expected_out: u64, max_out: u64, batch: bool) -> CostRange {
+    let billing = if batch && m.has_batch_api() {
+        Billing::Batch
+    } else {
+        Billing::Standard
+    };
+    let at = |input, output| {
+        let usage = crate::provider::Usage {
+            input_tokens: input,
+            output_tokens: output,
+            ..Default::default()
+        };
+        cost::call_cost(&m.price, &usage, billing)
+    };
     CostRange {
-        low: m.price.cost(c.total, expected_out),
-        high: m.price.cost(c.total_worst, max_out),
+        low: at(c.total, expected_out),
+        high: at(c.total_worst, max_out),
     }
 }
 

@@ -60,6 +60,42 @@ pub struct ProviderFile {
     #[serde(default)]
     pub limits: Limits,
     pub launch: Option<LaunchFile>,
+    /// Default prompt caching for this provider's models (Anthropic only).
+    pub prompt_cache: Option<PromptCacheFile>,
+}
+
+/// `prompt_cache: { ttl: 5m | 1h, min_tokens: N }` on an Anthropic provider
+/// or model: mark the system prompt as a cache breakpoint when it is long
+/// enough to be cached.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PromptCacheFile {
+    #[serde(default)]
+    pub ttl: CacheTtl,
+    /// Overrides the model's minimum cacheable prefix (catalog, else the
+    /// model family's documented minimum).
+    pub min_tokens: Option<u64>,
+}
+
+/// How long Anthropic keeps a cached prompt prefix. The 1 h entry costs 2×
+/// base input to write (5 min: 1.25×), so it only pays off for prefixes
+/// reused across a long run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+pub enum CacheTtl {
+    #[default]
+    #[serde(rename = "5m")]
+    FiveMinutes,
+    #[serde(rename = "1h")]
+    OneHour,
+}
+
+impl CacheTtl {
+    pub fn name(self) -> &'static str {
+        match self {
+            CacheTtl::FiveMinutes => "5m",
+            CacheTtl::OneHour => "1h",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -117,6 +153,8 @@ pub struct ModelFile {
     pub pricing: Option<PricingFile>,
     #[serde(default)]
     pub limits: Limits,
+    /// Overrides the provider's `prompt_cache` for this model.
+    pub prompt_cache: Option<PromptCacheFile>,
 }
 
 /// Which API a model is called through.
@@ -138,6 +176,7 @@ pub struct PricingFile {
     pub output_per_mtok: Option<f64>,
     pub cache_read_per_mtok: Option<f64>,
     pub cache_write_per_mtok: Option<f64>,
+    pub cache_write_1h_per_mtok: Option<f64>,
     pub batch_input_per_mtok: Option<f64>,
     pub batch_output_per_mtok: Option<f64>,
 }
@@ -330,7 +369,10 @@ pub struct Price {
     pub input: f64,
     pub output: f64,
     pub cache_read: Option<f64>,
+    /// Writing a prompt-cache entry with the default (5-minute) lifetime.
     pub cache_write: Option<f64>,
+    /// Writing one with Anthropic's 1-hour lifetime.
+    pub cache_write_1h: Option<f64>,
     pub batch_input: Option<f64>,
     pub batch_output: Option<f64>,
 }
@@ -343,12 +385,17 @@ impl Price {
     /// The cost of a call from the usage a provider reported. Cached input
     /// tokens are billed at the cache-read price and cache writes at the
     /// cache-write price where the model has them, else at the input price.
+    /// (All writes at the 5-minute price; [`crate::cost::call_cost`] also
+    /// knows 1-hour writes and batch prices.)
     pub fn usage_cost(&self, input: u64, cached: u64, cache_write: u64, output: u64) -> f64 {
-        let plain = input.saturating_sub(cached).saturating_sub(cache_write);
-        plain as f64 * self.input
-            + cached as f64 * self.cache_read.unwrap_or(self.input)
-            + cache_write as f64 * self.cache_write.unwrap_or(self.input)
-            + output as f64 * self.output
+        let usage = crate::provider::Usage {
+            input_tokens: input,
+            output_tokens: output,
+            cached_input_tokens: cached,
+            cache_write_tokens: cache_write,
+            ..Default::default()
+        };
+        crate::cost::call_cost(self, &usage, crate::cost::Billing::Standard)
     }
 
     pub fn is_free(&self) -> bool {
@@ -386,6 +433,38 @@ pub struct Model {
     pub price_source: PriceSource,
     pub limits: Limits,
     pub endpoint: Endpoint,
+    /// Mark the system prompt for Anthropic's prompt cache with this TTL
+    /// (when it has at least `prompt_cache_min_tokens`).
+    pub prompt_cache: Option<CacheTtl>,
+    /// The shortest prefix the provider caches: the policy's `min_tokens`,
+    /// else the catalog's, else the family's documented minimum.
+    pub prompt_cache_min_tokens: u64,
+}
+
+impl Model {
+    /// Can this model's calls go through its provider's batch API (OpenAI's
+    /// Batch API, Anthropic's Message Batches)? Chat models of those two
+    /// kinds only: OpenAI-compatible servers, Mistral, OpenRouter and
+    /// Gemini are called synchronously.
+    pub fn has_batch_api(&self) -> bool {
+        matches!(
+            self.provider_kind,
+            ProviderKind::Openai | ProviderKind::Anthropic
+        ) && self.endpoint == Endpoint::Chat
+    }
+}
+
+/// Anthropic's documented minimum cacheable prefix by family when the
+/// catalog does not say: 2048 tokens for Haiku-class models, 1024 for
+/// Sonnet/Opus-class (provider-apis.md §3). Newer models that need more
+/// (4096) carry `prompt_cache_min_tokens` in the catalog. A prefix below the
+/// minimum is simply not cached (no error), so erring low costs nothing.
+pub fn default_prompt_cache_min_tokens(model: &str) -> u64 {
+    if model.to_ascii_lowercase().contains("haiku") {
+        2048
+    } else {
+        1024
+    }
 }
 
 /// A rule's conditions as sets; `None` means "any".
@@ -727,6 +806,7 @@ pub fn compile(file: &PolicyFile, doc: &Document, catalog: &Catalog) -> (Policy,
 
     // Models.
     let mut models = IndexMap::new();
+    let mut reported_cache_on: BTreeSet<String> = BTreeSet::new();
     for (alias, m) in &file.models {
         let Some(provider) = providers.get(&m.provider) else {
             diags.push(
@@ -784,6 +864,8 @@ pub fn compile(file: &PolicyFile, doc: &Document, catalog: &Catalog) -> (Policy,
                     cache_read: per_tok(overrides.cache_read_per_mtok).or(e.cache_read_per_token),
                     cache_write: per_tok(overrides.cache_write_per_mtok)
                         .or(e.cache_write_per_token),
+                    cache_write_1h: per_tok(overrides.cache_write_1h_per_mtok)
+                        .or(e.cache_write_1h_per_token),
                     batch_input: per_tok(overrides.batch_input_per_mtok)
                         .or(e.batch_input_per_token),
                     batch_output: per_tok(overrides.batch_output_per_mtok)
@@ -815,6 +897,7 @@ pub fn compile(file: &PolicyFile, doc: &Document, catalog: &Catalog) -> (Policy,
                     output: per_tok(overrides.output_per_mtok).unwrap_or(0.0),
                     cache_read: per_tok(overrides.cache_read_per_mtok),
                     cache_write: per_tok(overrides.cache_write_per_mtok),
+                    cache_write_1h: per_tok(overrides.cache_write_1h_per_mtok),
                     batch_input: per_tok(overrides.batch_input_per_mtok),
                     batch_output: per_tok(overrides.batch_output_per_mtok),
                 };
@@ -859,6 +942,41 @@ pub fn compile(file: &PolicyFile, doc: &Document, catalog: &Catalog) -> (Policy,
             Some(name) => Tokenizer::from_name(name).unwrap_or(Tokenizer::Estimate),
             None => tokens::tokenizer_for(provider.kind.name(), &m.model),
         };
+        let prompt_cache_file = m
+            .prompt_cache
+            .as_ref()
+            .map(|c| (c, "models", alias.as_str()))
+            .or_else(|| {
+                file.providers[&m.provider]
+                    .prompt_cache
+                    .as_ref()
+                    .map(|c| (c, "providers", m.provider.as_str()))
+            });
+        let prompt_cache = match prompt_cache_file {
+            Some((c, _, _)) if provider.kind == ProviderKind::Anthropic => {
+                Some((c.ttl, c.min_tokens))
+            }
+            Some((_, section, name)) => {
+                // Reported once, where it is written (a provider-level one
+                // would otherwise repeat for each of its models).
+                if section == "models" || !reported_cache_on.contains(name) {
+                    reported_cache_on.insert(name.to_owned());
+                    diags.push(
+                        Diagnostic::error(
+                            "prompt-cache-unsupported",
+                            format!(
+                                "`prompt_cache` only applies to anthropic providers, not {}",
+                                provider.kind.name()
+                            ),
+                        )
+                        .at(doc.key_span(&pointer([section, name, "prompt_cache"])))
+                        .with_help("OpenAI and Gemini cache repeated prompt prefixes automatically (cached tokens are billed at the cache-read price); remove `prompt_cache`"),
+                    );
+                }
+                None
+            }
+            None => None,
+        };
         models.insert(
             alias.clone(),
             Model {
@@ -877,6 +995,11 @@ pub fn compile(file: &PolicyFile, doc: &Document, catalog: &Catalog) -> (Policy,
                 price_source,
                 limits: m.limits,
                 endpoint: m.endpoint,
+                prompt_cache: prompt_cache.map(|(ttl, _)| ttl),
+                prompt_cache_min_tokens: prompt_cache
+                    .and_then(|(_, min)| min)
+                    .or(entry.and_then(|e| e.prompt_cache_min_tokens))
+                    .unwrap_or_else(|| default_prompt_cache_min_tokens(&m.model)),
             },
         );
     }
@@ -1129,6 +1252,35 @@ mod tests {
         assert!(p.models["budget"].price.input > 0.0);
         assert!(is_loopback("http://[::1]:8080/v1"));
         assert!(!is_loopback("https://api.example.com/v1"));
+    }
+
+    #[test]
+    fn prompt_cache_minimums_come_from_the_policy_the_catalog_or_the_family() {
+        let (p, d) = compile_text(
+            "version: 1\nproviders:\n  anthropic: {kind: anthropic, prompt_cache: {ttl: 1h}}\nmodels:\n  \
+             sonnet: {provider: anthropic, model: claude-sonnet-4-6, tier: workhorse}\n  \
+             haiku: {provider: anthropic, model: claude-haiku-4-5, tier: budget, prompt_cache: {min_tokens: 3000}}\n  \
+             custom-haiku: {provider: anthropic, model: my-haiku-x, tier: budget, context_window: 100000, \
+             pricing: {input_per_mtok: 1, output_per_mtok: 5}}\n  \
+             custom: {provider: anthropic, model: my-model, tier: budget, context_window: 100000, \
+             pricing: {input_per_mtok: 1, output_per_mtok: 5, cache_write_1h_per_mtok: 2}}\n\
+             rules:\n  - {name: all, use: sonnet}\n",
+        );
+        assert!(d.is_empty(), "{d:?}");
+        let m = |a: &str| {
+            (
+                p.models[a].prompt_cache,
+                p.models[a].prompt_cache_min_tokens,
+            )
+        };
+        // The catalog's minimum, the provider's TTL.
+        assert_eq!(m("sonnet"), (Some(CacheTtl::OneHour), 1024));
+        // The model's own block replaces the provider's: its TTL defaults to 5m.
+        assert_eq!(m("haiku"), (Some(CacheTtl::FiveMinutes), 3000));
+        // Not in the catalog: the family's documented minimum.
+        assert_eq!(m("custom-haiku"), (Some(CacheTtl::OneHour), 2048));
+        assert_eq!(m("custom"), (Some(CacheTtl::OneHour), 1024));
+        assert_eq!(p.models["custom"].price.cache_write_1h, Some(2e-6));
     }
 
     #[test]

@@ -54,6 +54,21 @@ pub async fn report(mut rx: UnboundedReceiver<Event>, total_steps: u64, quiet: b
             } => {
                 format!("switch {step}: {from} → {to} ({reason})")
             }
+            Event::BatchProgress {
+                step,
+                provider,
+                batch_id,
+                status,
+                done,
+                total,
+            } => {
+                let counts = if *total > 0 {
+                    format!(" ({done}/{total} requests)")
+                } else {
+                    String::new()
+                };
+                format!("batch  {step}: {provider} batch {batch_id} {status}{counts}")
+            }
             Event::ServerReady {
                 provider,
                 command: Some(command),

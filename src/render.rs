@@ -176,17 +176,41 @@ fn step(o: &mut String, n: usize, s: &StepPlan) {
         "   tokens       in {}{worst_in} ({exact}); out ~{} expected, {} max",
         t.input, t.output_expected, t.output_max
     );
+    if let Some(c) = &s.prompt_cache {
+        let model = s.model.as_ref().map_or("", |m| m.model.as_str());
+        if c.cacheable {
+            let _ = writeln!(
+                o,
+                "   prompt cache system prompt ≈{} tokens, marked for caching (ttl {})",
+                c.prefix_tokens,
+                c.ttl.name()
+            );
+        } else if c.prefix_tokens == 0 {
+            let _ = writeln!(
+                o,
+                "   prompt cache warning: no system prompt to cache; the policy asks for caching on {model}"
+            );
+        } else {
+            let _ = writeln!(
+                o,
+                "   prompt cache warning: system prompt ≈{} tokens is below the {} minimum {model} caches; not cached",
+                c.prefix_tokens, c.min_tokens
+            );
+        }
+    }
     let free = s
         .model
         .as_ref()
         .is_some_and(|m| m.locality == Locality::Local)
         && s.cost.high == 0.0;
-    let _ = writeln!(
-        o,
-        "   cost         {}{}",
-        range(s.cost),
-        if free { " (local)" } else { "" }
-    );
+    let note = if free {
+        " (local)"
+    } else if s.batch {
+        " (batch API, batch prices)"
+    } else {
+        ""
+    };
+    let _ = writeln!(o, "   cost         {}{note}", range(s.cost));
 }
 
 fn totals(o: &mut String, plan: &Plan) {
@@ -367,6 +391,33 @@ pub fn run_text(r: &RunReport) -> String {
         usd(r.estimate.low),
         usd(r.estimate.high)
     );
+    let batched = r
+        .steps
+        .iter()
+        .flat_map(|s| &s.calls)
+        .filter(|c| c.batch)
+        .count();
+    let writes: u64 = r.steps.iter().map(|s| s.usage.cache_write_tokens).sum();
+    if r.cached_input_tokens > 0 || writes > 0 || batched > 0 {
+        let mut parts = Vec::new();
+        if r.cached_input_tokens > 0 || writes > 0 {
+            parts.push(format!(
+                "{} input tokens read from prompt caches, {writes} written",
+                r.cached_input_tokens
+            ));
+        }
+        if batched > 0 {
+            parts.push(format!("{batched} call(s) at batch prices"));
+        }
+        let verb = if r.saving_usd >= 0.0 { "saved" } else { "cost" };
+        let _ = writeln!(
+            o,
+            "{}; {verb} {} vs list price {}",
+            parts.join("; "),
+            usd(r.saving_usd.abs()),
+            usd(r.list_cost_usd)
+        );
+    }
     for s in &r.steps {
         let cut = s.calls.iter().filter(|c| c.truncated).count();
         if cut > 0 {

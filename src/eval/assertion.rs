@@ -386,6 +386,7 @@ mod tests {
                 ..Usage::default()
             },
             cost_usd: 0.02,
+            list_cost_usd: 0.02,
             latency_ms: 300,
             ttft_ms: None,
             output: None,

@@ -18,10 +18,10 @@ use super::{
 };
 
 /// The only API version in use; the API rejects requests without one.
-const API_VERSION: &str = "2023-06-01";
+pub(crate) const API_VERSION: &str = "2023-06-01";
 
 pub struct AnthropicClient {
-    common: Common,
+    pub(super) common: Common,
 }
 
 /// Anthropic's own usage fields, before normalisation. In a stream they
@@ -32,6 +32,9 @@ struct RawUsage {
     output: u64,
     cache_read: u64,
     cache_write: u64,
+    /// `cache_creation.ephemeral_1h_input_tokens`: the part of `cache_write`
+    /// with the 1-hour TTL (priced higher).
+    cache_write_1h: u64,
 }
 
 impl RawUsage {
@@ -51,6 +54,12 @@ impl RawUsage {
         if let Some(n) = get("cache_creation_input_tokens") {
             self.cache_write = n;
         }
+        if let Some(n) = u
+            .pointer("/cache_creation/ephemeral_1h_input_tokens")
+            .and_then(Value::as_u64)
+        {
+            self.cache_write_1h = n;
+        }
     }
 
     /// Total input = input + cache writes + cache reads (provider-apis.md §0).
@@ -61,6 +70,8 @@ impl RawUsage {
             output_tokens: self.output,
             cached_input_tokens: self.cache_read,
             cache_write_tokens: self.cache_write,
+            // Never more than the writes themselves, whatever a proxy reports.
+            cache_write_1h_tokens: self.cache_write_1h.min(self.cache_write),
             reasoning_tokens: 0,
         }
     }
@@ -89,7 +100,7 @@ impl AnthropicClient {
         }
     }
 
-    fn parse(&self, v: &Value, meta: Meta) -> Result<ChatResponse, ProviderError> {
+    pub(super) fn parse(&self, v: &Value, meta: Meta) -> Result<ChatResponse, ProviderError> {
         self.common.error_in_body(v)?;
         let Some(blocks) = v.get("content").and_then(Value::as_array) else {
             return Err(self
@@ -271,6 +282,17 @@ mod tests {
         assert_eq!(u.cached_input_tokens, 100);
         assert_eq!(u.cache_write_tokens, 2048);
         assert_eq!(u.output_tokens, 40);
+    }
+
+    #[test]
+    fn one_hour_cache_writes_are_told_apart() {
+        let mut raw = RawUsage::default();
+        raw.update(&json!({"input_tokens": 12, "output_tokens": 40,
+            "cache_creation_input_tokens": 2048, "cache_read_input_tokens": 0,
+            "cache_creation": {"ephemeral_5m_input_tokens": 48, "ephemeral_1h_input_tokens": 2000}}));
+        let u = raw.normalise();
+        assert_eq!(u.cache_write_tokens, 2048);
+        assert_eq!(u.cache_write_1h_tokens, 2000);
     }
 
     #[test]

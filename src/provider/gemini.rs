@@ -185,6 +185,7 @@ fn usage(u: &Value) -> Usage {
         output_tokens: u64_at(u, "/candidatesTokenCount") + thoughts,
         cached_input_tokens: u64_at(u, "/cachedContentTokenCount"),
         cache_write_tokens: 0,
+        cache_write_1h_tokens: 0,
         reasoning_tokens: thoughts,
     }
 }
@@ -256,6 +257,7 @@ mod tests {
                 output_tokens: 17,
                 cached_input_tokens: 8,
                 cache_write_tokens: 0,
+                cache_write_1h_tokens: 0,
                 reasoning_tokens: 5
             }
         );

@@ -38,6 +38,7 @@ use serde_json::Value;
 pub use crate::policy::ProviderKind;
 
 pub mod anthropic;
+pub mod batch;
 pub mod gemini;
 pub mod openai;
 pub mod sse;
@@ -74,14 +75,7 @@ impl Message {
     }
 }
 
-/// How long Anthropic keeps a cached prompt prefix. The 1 h entry costs 2×
-/// base input to write (5 min: 1.25×), so it only pays off for prefixes
-/// reused across a long run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CacheTtl {
-    FiveMinutes,
-    OneHour,
-}
+pub use crate::policy::CacheTtl;
 
 /// Which OpenAI-compatible route a request goes to.
 ///
@@ -168,6 +162,10 @@ pub struct Usage {
     pub cached_input_tokens: u64,
     /// Input tokens written to the prompt cache (a subset of `input_tokens`).
     pub cache_write_tokens: u64,
+    /// Of `cache_write_tokens`, those written with Anthropic's 1-hour TTL,
+    /// billed at 2× input instead of 1.25× (Anthropic's
+    /// `cache_creation.ephemeral_1h_input_tokens`; 0 elsewhere).
+    pub cache_write_1h_tokens: u64,
     /// Reasoning tokens (a subset of `output_tokens`); 0 where the provider
     /// does not report them separately (Anthropic).
     pub reasoning_tokens: u64,
@@ -179,6 +177,7 @@ impl std::ops::AddAssign for Usage {
         self.output_tokens += o.output_tokens;
         self.cached_input_tokens += o.cached_input_tokens;
         self.cache_write_tokens += o.cache_write_tokens;
+        self.cache_write_1h_tokens += o.cache_write_1h_tokens;
         self.reasoning_tokens += o.reasoning_tokens;
     }
 }
@@ -743,8 +742,26 @@ impl Common {
 
     /// Send the request; a non-2xx answer becomes a classified error.
     pub(crate) async fn send(&self, call: Call) -> Result<Answer, ProviderError> {
-        let mut builder = self.http.post(&call.url).json(&call.body);
-        if let (Some(auth), Some(key)) = (call.auth, &self.secret.0) {
+        let builder = self.http.post(&call.url).json(&call.body);
+        self.execute(
+            builder,
+            call.auth,
+            &call.extra_headers,
+            call.request_id_headers,
+        )
+        .await
+    }
+
+    /// Send any prepared request (a GET, a multipart upload) with the key in
+    /// its header; a non-2xx answer becomes a classified error.
+    pub(crate) async fn execute(
+        &self,
+        mut builder: reqwest::RequestBuilder,
+        auth: Option<AuthHeader>,
+        extra_headers: &[(&'static str, &'static str)],
+        request_id_headers: &'static [&'static str],
+    ) -> Result<Answer, ProviderError> {
+        if let (Some(auth), Some(key)) = (auth, &self.secret.0) {
             let (name, value) = match auth {
                 AuthHeader::Bearer => (
                     "authorization",
@@ -762,8 +779,8 @@ impl Common {
             value.set_sensitive(true);
             builder = builder.header(name, value);
         }
-        for (name, value) in call.extra_headers {
-            builder = builder.header(name, value);
+        for (name, value) in extra_headers {
+            builder = builder.header(*name, *value);
         }
         let started = Instant::now();
         let response = builder
@@ -771,7 +788,7 @@ impl Common {
             .await
             .map_err(|e| self.transport_error(e, Phase::Sending))?;
         let headers = response.headers().clone();
-        let request_id = header_string(&headers, call.request_id_headers);
+        let request_id = header_string(&headers, request_id_headers);
         let status = response.status();
         if status.is_success() {
             return Ok(Answer {

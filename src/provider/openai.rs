@@ -46,7 +46,7 @@ use super::{
 use futures::future::BoxFuture;
 
 pub struct OpenAiClient {
-    common: Common,
+    pub(super) common: Common,
 }
 
 impl OpenAiClient {
@@ -75,7 +75,7 @@ impl OpenAiClient {
         }
     }
 
-    fn parse(
+    pub(super) fn parse(
         &self,
         v: &Value,
         meta: Meta,
@@ -229,6 +229,7 @@ fn usage(u: &Value) -> (Usage, Option<f64>) {
         output_tokens: u64_at(u, "/completion_tokens"),
         cached_input_tokens: u64_at(u, "/prompt_tokens_details/cached_tokens"),
         cache_write_tokens: u64_at(u, "/prompt_tokens_details/cache_write_tokens"),
+        cache_write_1h_tokens: 0,
         reasoning_tokens: u64_at(u, "/completion_tokens_details/reasoning_tokens"),
     };
     (usage, u.get("cost").and_then(Value::as_f64))

@@ -14,6 +14,7 @@
 //! the provider's retry hints; then the policy's fallback chain is tried,
 //! never past the gate.
 
+mod batch;
 mod budget;
 mod limits;
 pub mod local_server;
@@ -29,10 +30,12 @@ use tokio::sync::mpsc::UnboundedSender;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+pub use batch::{BatchLedger, BatchRef, JsonFileLedger, batch_key};
 pub use budget::{Budget, OverBudget};
 pub use limits::CallLimits;
 
 use crate::analyze::Analysis;
+use crate::cost::{self, Billing};
 use crate::diagnostic::Diagnostic;
 use crate::inputs::Inputs;
 use crate::plan::{CostRange, Plan, RULE_TOKENIZER, Status};
@@ -65,6 +68,14 @@ pub struct RunOptions {
     pub stream: bool,
     /// Where managed local servers write their logs.
     pub log_dir: std::path::PathBuf,
+    /// Send every step whose model has a batch API through it, not only
+    /// `latency: batch` steps (`run --batch`).
+    pub batch_all: bool,
+    /// How often a submitted batch is polled.
+    pub batch_poll_interval: Duration,
+    /// Where submitted batches are remembered, so an interrupted run
+    /// resumes polling them; `None`: not remembered.
+    pub batch_ledger: Option<Arc<dyn BatchLedger>>,
 }
 
 impl Default for RunOptions {
@@ -79,6 +90,9 @@ impl Default for RunOptions {
             max_retry_wait: Duration::from_secs(60),
             stream: true,
             log_dir: std::path::PathBuf::from(".tollgate/logs"),
+            batch_all: false,
+            batch_poll_interval: batch::DEFAULT_POLL_INTERVAL,
+            batch_ledger: None,
         }
     }
 }
@@ -87,6 +101,9 @@ impl Default for RunOptions {
 #[derive(Clone)]
 pub struct Providers {
     clients: HashMap<String, Arc<dyn Provider>>,
+    /// The batch API clients of the providers that have one (OpenAI,
+    /// Anthropic), for `latency: batch` steps.
+    batchers: HashMap<String, Arc<dyn provider::batch::BatchApi>>,
     /// Provider → the variable that holds its key, for those whose key is unset.
     missing_keys: HashMap<String, String>,
 }
@@ -97,6 +114,7 @@ impl Providers {
     pub fn from_env(policy: &Policy) -> Providers {
         let http = provider::http_client(Duration::from_secs(5));
         let mut clients = HashMap::new();
+        let mut batchers = HashMap::new();
         let mut missing_keys = HashMap::new();
         for (name, p) in &policy.providers {
             let Some(base_url) = &p.base_url else {
@@ -117,6 +135,10 @@ impl Providers {
                     }
                 }
             }
+            if let Some(b) = provider::batch::batch_client_for(p.kind, config.clone(), http.clone())
+            {
+                batchers.insert(name.clone(), b);
+            }
             clients.insert(
                 name.clone(),
                 provider::client_for(p.kind, config, http.clone()),
@@ -124,6 +146,7 @@ impl Providers {
         }
         Providers {
             clients,
+            batchers,
             missing_keys,
         }
     }
@@ -132,8 +155,26 @@ impl Providers {
     pub fn with_clients(clients: HashMap<String, Arc<dyn Provider>>) -> Providers {
         Providers {
             clients,
+            batchers: HashMap::new(),
             missing_keys: HashMap::new(),
         }
+    }
+
+    /// Adds batch API clients by provider name (tests, embedding).
+    pub fn with_batch_clients(
+        mut self,
+        batchers: HashMap<String, Arc<dyn provider::batch::BatchApi>>,
+    ) -> Providers {
+        self.batchers.extend(batchers);
+        self
+    }
+
+    /// Without batch API clients: every call is synchronous, whatever the
+    /// steps' `latency` (test suites: a batch may take up to 24 hours, and a
+    /// recording must see every call).
+    pub fn without_batch(mut self) -> Providers {
+        self.batchers.clear();
+        self
     }
 
     /// Wraps every client (recording, replaying, caching), keeping which
@@ -151,6 +192,7 @@ impl Providers {
                     (name, wrapped)
                 })
                 .collect(),
+            batchers: self.batchers,
             missing_keys: self.missing_keys,
         }
     }
@@ -211,6 +253,17 @@ pub enum Event {
         status: StepStatus,
         cost_usd: f64,
     },
+    /// A step's batch was submitted, resumed, or changed state when polled
+    /// (`status` is the provider's word, or `submitted` / `resumed`).
+    BatchProgress {
+        step: String,
+        provider: String,
+        batch_id: String,
+        status: String,
+        /// Requests finished so far, of `total` (0 of 0 when unknown).
+        done: u64,
+        total: u64,
+    },
     /// A managed local server was started (or found running).
     ServerReady {
         provider: String,
@@ -266,10 +319,32 @@ pub struct CallReport {
     pub attempts: Vec<Attempt>,
     pub usage: Usage,
     pub cost_usd: f64,
+    /// The same tokens at list price (standard, uncached): `list_cost_usd -
+    /// cost_usd` is what prompt caching and batching saved.
+    pub list_cost_usd: f64,
+    /// Answered through the provider's batch API.
+    pub batch: bool,
     pub latency_ms: u64,
     pub ttft_ms: Option<u64>,
     /// The answer stopped at `max_output_tokens` (or the model's limit).
     pub truncated: bool,
+}
+
+impl CallReport {
+    fn empty(item: Option<usize>) -> CallReport {
+        CallReport {
+            item,
+            model: None,
+            attempts: Vec::new(),
+            usage: Usage::default(),
+            cost_usd: 0.0,
+            list_cost_usd: 0.0,
+            batch: false,
+            latency_ms: 0,
+            ttft_ms: None,
+            truncated: false,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -287,6 +362,8 @@ pub struct StepReport {
     pub calls: Vec<CallReport>,
     pub usage: Usage,
     pub cost_usd: f64,
+    /// See [`CallReport::list_cost_usd`].
+    pub list_cost_usd: f64,
     pub latency_ms: u64,
     pub ttft_ms: Option<u64>,
     pub output: Option<Value>,
@@ -305,6 +382,7 @@ impl StepReport {
             calls: Vec::new(),
             usage: Usage::default(),
             cost_usd: 0.0,
+            list_cost_usd: 0.0,
             latency_ms: 0,
             ttft_ms: None,
             output: None,
@@ -328,6 +406,14 @@ pub struct RunReport {
     pub status: RunStatus,
     pub steps: Vec<StepReport>,
     pub cost_usd: f64,
+    /// The run's tokens at list price (standard, uncached).
+    pub list_cost_usd: f64,
+    /// Input tokens read from prompt caches, over the run.
+    pub cached_input_tokens: u64,
+    /// `list_cost_usd` minus what the answered calls cost: the saving of
+    /// prompt caching and batch prices (negative if cache writes were never
+    /// read back).
+    pub saving_usd: f64,
     pub estimate: CostRange,
     pub budget_usd: Option<f64>,
     pub elapsed_ms: u64,
@@ -626,6 +712,9 @@ pub async fn execute_in(
             .budget
             .spent()
             .max(steps.iter().map(|s| s.cost_usd).sum()),
+        list_cost_usd: steps.iter().map(|s| s.list_cost_usd).sum(),
+        cached_input_tokens: steps.iter().map(|s| s.usage.cached_input_tokens).sum(),
+        saving_usd: steps.iter().map(|s| s.list_cost_usd - s.cost_usd).sum(),
         steps,
         estimate: plan.totals.cost,
         budget_usd: policy.run_budget_usd,
@@ -788,17 +877,44 @@ async fn run_step(sh: Arc<Shared>, i: usize, upstream: Map<String, Value>) -> St
     });
 
     let started = Instant::now();
+    // Through the provider's batch API, if the step asks for it; what the
+    // batch did not answer is called normally below.
+    let batched: Vec<Option<batch::Item>> = match sh.policy.models.get(&first) {
+        Some(model) => {
+            batch::run(
+                &sh,
+                id,
+                step,
+                info.for_each.is_some(),
+                &rendered,
+                model,
+                facts.sensitivity,
+            )
+            .await
+        }
+        None => None,
+    }
+    .map_or_else(
+        || rendered.iter().map(|_| None).collect(),
+        |items| items.into_iter().map(Some).collect(),
+    );
     let facts_ref = &facts;
     let chain_ref = &chain;
     let sh_ref = &sh;
-    let calls =
-        futures::future::join_all(rendered.iter().enumerate().map(|(n, (system, prompt))| {
+    let counts_ref = &counts;
+    let calls = futures::future::join_all(rendered.iter().zip(batched).enumerate().map(
+        |(n, ((system, prompt), batched))| async move {
             let item = if info.for_each.is_some() {
                 Some(n)
             } else {
                 None
             };
-            call_with_fallbacks(
+            let before = match batched {
+                Some(batch::Item::Done(report, value)) => return (report, Ok(value)),
+                Some(batch::Item::Synchronous(report)) => Some(report),
+                None => None,
+            };
+            let (mut report, result) = call_with_fallbacks(
                 sh_ref,
                 id,
                 step,
@@ -807,10 +923,20 @@ async fn run_step(sh: Arc<Shared>, i: usize, upstream: Map<String, Value>) -> St
                 prompt.clone(),
                 chain_ref,
                 facts_ref,
-                &counts,
+                counts_ref,
             )
-        }))
-        .await;
+            .await;
+            if let Some(b) = before {
+                // The batch's attempt first, and what it cost on the bill.
+                report.attempts.splice(0..0, b.attempts);
+                report.usage += b.usage;
+                report.cost_usd += b.cost_usd;
+                report.list_cost_usd += b.list_cost_usd;
+            }
+            (report, result)
+        },
+    ))
+    .await;
 
     let mut report = StepReport::new(id, StepStatus::Succeeded, None);
     report.rule = rule;
@@ -820,6 +946,7 @@ async fn run_step(sh: Arc<Shared>, i: usize, upstream: Map<String, Value>) -> St
     for (call, result) in calls {
         report.usage += call.usage;
         report.cost_usd += call.cost_usd;
+        report.list_cost_usd += call.list_cost_usd;
         if report.ttft_ms.is_none() {
             report.ttft_ms = call.ttft_ms;
         }
@@ -872,16 +999,7 @@ async fn call_with_fallbacks(
     counts: &(dyn Fn(tokens::Tokenizer) -> u64 + Sync),
 ) -> (CallReport, Result<Value, String>) {
     let started = Instant::now();
-    let mut report = CallReport {
-        item,
-        model: None,
-        attempts: Vec::new(),
-        usage: Usage::default(),
-        cost_usd: 0.0,
-        latency_ms: 0,
-        ttft_ms: None,
-        truncated: false,
-    };
+    let mut report = CallReport::empty(item);
     let mut last_error = String::from("no candidate model could be tried");
     // After a context-length error only larger windows are worth trying.
     let mut need_window_above: u64 = 0;
@@ -1051,7 +1169,7 @@ async fn call_model(
         temperature: step.temperature,
         output_schema: schema.clone(),
         stream: sh.options.stream,
-        cache_system: None,
+        cache_system: prompt_cache(model, system.as_deref()),
         endpoint: match model.endpoint {
             crate::policy::Endpoint::Chat => Endpoint::Chat,
             crate::policy::Endpoint::Completions => Endpoint::Completions,
@@ -1122,12 +1240,7 @@ async fn call_model(
                 let reported = resp.usage.input_tokens + resp.usage.output_tokens > 0;
                 let cost = match (resp.cost_usd, reported) {
                     (Some(c), _) => c,
-                    (None, true) => model.price.usage_cost(
-                        resp.usage.input_tokens,
-                        resp.usage.cached_input_tokens,
-                        resp.usage.cache_write_tokens,
-                        resp.usage.output_tokens,
-                    ),
+                    (None, true) => cost::call_cost(&model.price, &resp.usage, Billing::Standard),
                     // No usage reported: count it ourselves rather than
                     // pretend the call was free.
                     (None, false) => model.price.cost(
@@ -1137,6 +1250,11 @@ async fn call_model(
                 };
                 sh.budget.settle(reservation, cost);
                 report.cost_usd += cost;
+                report.list_cost_usd += if reported {
+                    cost::list_cost(&model.price, &resp.usage)
+                } else {
+                    cost
+                };
                 report.usage += resp.usage;
                 if report.ttft_ms.is_none() {
                     report.ttft_ms = resp.time_to_first_token.map(|d| d.as_millis() as u64);
@@ -1243,6 +1361,21 @@ async fn call_model(
             }
         }
     }
+}
+
+/// Whether to mark the system prompt as a prompt-cache breakpoint: the
+/// policy asks for caching on this model and the prompt reaches the model's
+/// minimum cacheable length (Anthropic ignores a shorter marked prefix, so
+/// marking it would only make the plan and the request disagree). The count
+/// is the model's tokenizer estimate (o200k_base for Claude); Claude's own
+/// tokenizer usually counts more, so the error is on the side of leaving a
+/// borderline prefix unmarked — uncached, but never billed a write premium
+/// for nothing.
+pub(crate) fn prompt_cache(model: &Model, system: Option<&str>) -> Option<crate::policy::CacheTtl> {
+    let ttl = model.prompt_cache?;
+    let system = system.filter(|s| !s.is_empty())?;
+    let tokens = model.tokenizer.count(system) as u64;
+    (tokens >= model.prompt_cache_min_tokens).then_some(ttl)
 }
 
 /// Parses an answer as JSON (tolerating a Markdown code fence around it) and

@@ -1,7 +1,9 @@
 //! One integration test binary (faster to link than many): each module is
 //! one area of behaviour a user relies on.
 
+mod batch;
 mod cli;
+mod cost;
 mod data_driven;
 mod local_model;
 mod providers;

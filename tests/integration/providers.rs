@@ -176,6 +176,7 @@ async fn openai_non_streaming_maps_usage_cost_and_ids() {
             output_tokens: 20,
             cached_input_tokens: 40,
             cache_write_tokens: 10,
+            cache_write_1h_tokens: 0,
             reasoning_tokens: 5,
         }
     );
@@ -235,6 +236,7 @@ async fn openai_streaming_assembles_text_and_usage_through_awkward_framing() {
             output_tokens: 12,
             cached_input_tokens: 3,
             cache_write_tokens: 0,
+            cache_write_1h_tokens: 0,
             reasoning_tokens: 2,
         }
     );
@@ -322,6 +324,9 @@ async fn anthropic_non_streaming_normalises_cache_usage() {
             output_tokens: 40,
             cached_input_tokens: 100,
             cache_write_tokens: 2048,
+            // The request asked for the 1 h TTL: Anthropic reports the
+            // writes under `cache_creation.ephemeral_1h_input_tokens`.
+            cache_write_1h_tokens: 2048,
             reasoning_tokens: 0,
         }
     );
@@ -374,6 +379,7 @@ async fn anthropic_streaming_takes_input_from_start_and_output_from_delta() {
             output_tokens: 57,
             cached_input_tokens: 5,
             cache_write_tokens: 0,
+            cache_write_1h_tokens: 0,
             reasoning_tokens: 0,
         }
     );
@@ -405,6 +411,7 @@ async fn gemini_non_streaming_counts_thoughts_as_output() {
             output_tokens: 17,
             cached_input_tokens: 8,
             cache_write_tokens: 0,
+            cache_write_1h_tokens: 0,
             reasoning_tokens: 5,
         }
     );
@@ -593,6 +600,7 @@ async fn completions_send_raw_text_and_map_text_usage_and_ids() {
             output_tokens: 6,
             cached_input_tokens: 96,
             cache_write_tokens: 0,
+            cache_write_1h_tokens: 0,
             reasoning_tokens: 0,
         }
     );
@@ -662,6 +670,7 @@ async fn completions_stream_text_deltas_with_usage_in_the_last_chunk() {
             output_tokens: 9,
             cached_input_tokens: 16,
             cache_write_tokens: 0,
+            cache_write_1h_tokens: 0,
             reasoning_tokens: 0,
         }
     );

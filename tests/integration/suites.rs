@@ -54,6 +54,7 @@ steps:
     max_output_tokens: 5
   summarize:
     task: summarize
+    latency: batch          # `run` would batch it; `test` never does
     prompt: "Summarize: {{ inputs.ticket }}"
     max_output_tokens: 50
 "#;
@@ -210,6 +211,11 @@ async fn a_recorded_suite_replays_offline_with_identical_results() {
     assert_eq!(out.status.code(), Some(0), "{}", transcript(&out));
     let sent = fake.request_count();
     assert_eq!(sent, 8, "two recordings of two cases × two steps");
+    assert_eq!(
+        fake.batches_created(),
+        0,
+        "a suite never goes through a batch API"
+    );
     let cassette = s.read("evals/cassettes/triage.json");
     assert!(!cassette.contains(KEY), "a key leaked into the cassette");
     assert!(cassette.contains("Label as bug or feature: Please add a dark mode."));

@@ -9,6 +9,8 @@
 //! | `POST …/completions` (e.g. `/v1/completions`) | OpenAI legacy Completions, for base models (also OpenRouter, Ollama, llama.cpp, vLLM) |
 //! | `POST …/v1/messages` | Anthropic Messages |
 //! | `POST …/models/{model}:generateContent`, `…:streamGenerateContent?alt=sse` | Gemini |
+//! | `POST …/files`, `GET …/files/{id}/content`, `POST …/batches`, `GET …/batches/{id}`, `POST …/batches/{id}/cancel` | OpenAI Files and Batch API (see `batch.rs`) |
+//! | `POST …/v1/messages/batches`, `GET …/v1/messages/batches/{id}[/results]`, `POST …/cancel` | Anthropic Message Batches |
 //!
 //! Every answer uses the real response shapes, headers (request ids,
 //! rate-limit headers) and SSE event sequences of provider-apis.md, so a
@@ -46,9 +48,11 @@ use axum::response::Response;
 use bytes::Bytes;
 use serde_json::Value;
 
+mod batch;
 mod render;
 mod reply;
 
+pub use batch::BatchScript;
 pub use reply::{ErrorCase, FakeUsage, Reply};
 
 use render::{Ctx, Frame};
@@ -63,13 +67,19 @@ pub enum Api {
     OpenAiCompletions,
     Anthropic,
     Gemini,
+    /// OpenAI's Files and Batches (`…/files…`, `…/batches…`).
+    OpenAiBatch,
+    /// Anthropic's Message Batches (`…/v1/messages/batches…`).
+    AnthropicBatch,
     /// A path the fake does not serve; answered 404.
     Unknown,
 }
 
 impl Api {
     fn of_path(path: &str) -> Api {
-        if path.ends_with("/chat/completions") {
+        if let Some(api) = batch::is_batch_path(path) {
+            api
+        } else if path.ends_with("/chat/completions") {
             Api::OpenAi
         } else if path.ends_with("/completions") {
             Api::OpenAiCompletions
@@ -138,9 +148,9 @@ impl Recorded {
     /// The API key the request presented, in its flavour's header.
     pub fn presented_key(&self) -> Option<String> {
         match self.api {
-            Api::Anthropic => self.header("x-api-key").map(str::to_string),
+            Api::Anthropic | Api::AnthropicBatch => self.header("x-api-key").map(str::to_string),
             Api::Gemini => self.header("x-goog-api-key").map(str::to_string),
-            Api::OpenAi | Api::OpenAiCompletions | Api::Unknown => self
+            Api::OpenAi | Api::OpenAiCompletions | Api::OpenAiBatch | Api::Unknown => self
                 .header("authorization")
                 .and_then(|v| v.strip_prefix("Bearer "))
                 .map(str::to_string),
@@ -162,6 +172,10 @@ struct Shared {
     /// without timing anything.
     in_flight: AtomicU64,
     max_in_flight: AtomicU64,
+    /// Files and batches of the batch APIs.
+    batches: Mutex<batch::Store>,
+    /// The server's own address, for Anthropic's `results_url`.
+    base_url: Mutex<String>,
 }
 
 /// Counts a request as in flight while it lives.
@@ -204,6 +218,8 @@ impl FakeServer {
             seq: AtomicU64::new(1),
             in_flight: AtomicU64::new(0),
             max_in_flight: AtomicU64::new(0),
+            batches: Mutex::new(batch::Store::default()),
+            base_url: Mutex::new(format!("http://{addr}")),
         });
         let app = Router::new().fallback(handle).with_state(shared.clone());
         let task = tokio::spawn(async move {
@@ -260,6 +276,31 @@ impl FakeServer {
         self.shared.max_in_flight.load(Ordering::SeqCst)
     }
 
+    /// How batches behave from now on (polls before they end, items that
+    /// fail or expire); batch items are otherwise answered like chat
+    /// requests, through [`FakeServer::push`], the handler or the default.
+    pub fn set_batch_script(&self, script: BatchScript) {
+        self.shared.batches.lock().unwrap().set_script(script);
+    }
+
+    /// Every batch still in progress ends at its next poll (for a test
+    /// that interrupts a run mid-batch and resumes it).
+    pub fn complete_batches(&self) {
+        self.shared.batches.lock().unwrap().complete_all();
+    }
+
+    /// Batches created so far (OpenAI `POST /v1/batches` and Anthropic
+    /// `POST /v1/messages/batches` that were accepted or not).
+    pub fn batches_created(&self) -> usize {
+        self.requests()
+            .iter()
+            .filter(|r| {
+                r.method == "POST"
+                    && (r.path.ends_with("/batches") || r.path.ends_with("/messages/batches"))
+            })
+            .count()
+    }
+
     /// The most recent request. Panics if there was none.
     pub fn last_request(&self) -> Recorded {
         self.requests()
@@ -313,8 +354,35 @@ async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
         include_usage: recorded.body.pointer("/stream_options/include_usage")
             == Some(&Value::Bool(true)),
         presented_key: recorded.presented_key(),
+        cache_ttl_1h: recorded.api == Api::Anthropic && asks_for_1h_cache(&recorded.body),
     };
 
+    if matches!(recorded.api, Api::OpenAiBatch | Api::AnthropicBatch) {
+        let required = shared.required_key.lock().unwrap().clone();
+        if required.is_some() && required != ctx.presented_key {
+            let flavour = Ctx {
+                api: recorded.api,
+                ..ctx
+            };
+            let (status, body) = render::error(&ErrorCase::Auth, &flavour);
+            return json_response(status, &body, &[]);
+        }
+        if recorded.api == Api::AnthropicBatch && recorded.header("anthropic-version").is_none() {
+            let (status, body) = render::anthropic_missing_version(&ctx);
+            return json_response(status, &body, &[]);
+        }
+        let (status, content_type, body) = batch::handle(&shared, &recorded, ctx.created);
+        let id_header = match recorded.api {
+            Api::AnthropicBatch => "request-id",
+            _ => "x-request-id",
+        };
+        return raw_response(
+            status,
+            content_type,
+            body,
+            &[(id_header.to_string(), format!("req_fake{seq:08}"))],
+        );
+    }
     if recorded.api == Api::Unknown || recorded.method != "POST" {
         return json_response(404, &serde_json::json!({"error": "not found"}), &[]);
     }
@@ -332,6 +400,23 @@ async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
         tokio::time::sleep(reply.delay).await;
     }
     respond(&reply, &recorded, &ctx)
+}
+
+/// Does an Anthropic request put a 1-hour `cache_control` on any block of
+/// its system prompt or messages?
+fn asks_for_1h_cache(body: &Value) -> bool {
+    let blocks = ["system", "messages"]
+        .iter()
+        .filter_map(|k| body.get(*k).and_then(Value::as_array))
+        .flatten()
+        .flat_map(|b| {
+            // A message's blocks are in its `content` list.
+            let inner = b.get("content").and_then(Value::as_array).cloned();
+            inner.unwrap_or_else(|| vec![b.clone()])
+        });
+    blocks
+        .into_iter()
+        .any(|b| b.pointer("/cache_control/ttl").and_then(Value::as_str) == Some("1h"))
 }
 
 fn next_reply(shared: &Shared, recorded: &Recorded) -> Reply {

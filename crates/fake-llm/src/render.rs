@@ -18,6 +18,9 @@ pub(crate) struct Ctx {
     pub(crate) include_usage: bool,
     /// The key the client presented, for the masked echo in OpenAI's 401.
     pub(crate) presented_key: Option<String>,
+    /// Anthropic: the request's cache breakpoint asked for the 1-hour TTL,
+    /// so cache writes are reported in `ephemeral_1h_input_tokens`.
+    pub(crate) cache_ttl_1h: bool,
 }
 
 /// One SSE event, with `\n` line ends and its blank-line terminator.
@@ -350,13 +353,18 @@ fn anthropic_id(ctx: &Ctx) -> String {
 }
 
 /// Anthropic's `input_tokens` excludes cache reads and writes.
-fn anthropic_usage(u: &FakeUsage) -> Value {
+fn anthropic_usage(u: &FakeUsage, ttl_1h: bool) -> Value {
+    let (five, hour) = if ttl_1h {
+        (0, u.cache_write)
+    } else {
+        (u.cache_write, 0)
+    };
     json!({
         "input_tokens": u.input.saturating_sub(u.cached + u.cache_write),
         "output_tokens": u.output,
         "cache_creation_input_tokens": u.cache_write,
         "cache_read_input_tokens": u.cached,
-        "cache_creation": {"ephemeral_5m_input_tokens": u.cache_write, "ephemeral_1h_input_tokens": 0},
+        "cache_creation": {"ephemeral_5m_input_tokens": five, "ephemeral_1h_input_tokens": hour},
         "service_tier": "standard",
     })
 }
@@ -383,12 +391,12 @@ fn anthropic_success(s: &Success, ctx: &Ctx) -> Value {
         "content": content,
         "stop_reason": anthropic_stop(s),
         "stop_sequence": null,
-        "usage": anthropic_usage(&s.usage),
+        "usage": anthropic_usage(&s.usage, ctx.cache_ttl_1h),
     })
 }
 
 fn anthropic_head(s: &Success, ctx: &Ctx, content: &[String]) -> (Vec<Frame>, usize) {
-    let mut start_usage = anthropic_usage(&s.usage);
+    let mut start_usage = anthropic_usage(&s.usage, ctx.cache_ttl_1h);
     start_usage["output_tokens"] = json!(1);
     let mut out = vec![named_frame(&json!({"type": "message_start", "message": {
         "id": anthropic_id(ctx), "type": "message", "role": "assistant", "content": [],
@@ -662,28 +670,30 @@ fn gemini_error(case: &ErrorCase, ctx: &Ctx) -> (u16, Value) {
 
 pub(crate) fn success_json(s: &Success, ctx: &Ctx) -> Value {
     match ctx.api {
-        Api::Anthropic => anthropic_success(s, ctx),
+        Api::Anthropic | Api::AnthropicBatch => anthropic_success(s, ctx),
         Api::Gemini => gemini_success(s, ctx),
         Api::OpenAiCompletions => completion_success(s, ctx),
-        Api::OpenAi | Api::Unknown => openai_success(s, ctx),
+        Api::OpenAi | Api::OpenAiBatch | Api::Unknown => openai_success(s, ctx),
     }
 }
 
 pub(crate) fn success_events(s: &Success, ctx: &Ctx) -> Vec<Frame> {
     match ctx.api {
-        Api::Anthropic => anthropic_events(s, ctx),
+        Api::Anthropic | Api::AnthropicBatch => anthropic_events(s, ctx),
         Api::Gemini => gemini_events(s, ctx),
         Api::OpenAiCompletions => completion_events(s, ctx),
-        Api::OpenAi | Api::Unknown => openai_events(s, ctx),
+        Api::OpenAi | Api::OpenAiBatch | Api::Unknown => openai_events(s, ctx),
     }
 }
 
 pub(crate) fn error(case: &ErrorCase, ctx: &Ctx) -> (u16, Value) {
     match ctx.api {
-        Api::Anthropic => anthropic_error(case, ctx),
+        Api::Anthropic | Api::AnthropicBatch => anthropic_error(case, ctx),
         Api::Gemini => gemini_error(case, ctx),
         // The completions route shares chat's error handling on every server.
-        Api::OpenAi | Api::OpenAiCompletions | Api::Unknown => openai_error(case, ctx),
+        Api::OpenAi | Api::OpenAiCompletions | Api::OpenAiBatch | Api::Unknown => {
+            openai_error(case, ctx)
+        }
     }
 }
 
@@ -713,7 +723,7 @@ pub(crate) fn error_in_stream(case: &ErrorCase, ctx: &Ctx) -> Vec<Frame> {
     let content = ["partial".to_string()];
     let (_, body) = error(case, ctx);
     match ctx.api {
-        Api::Anthropic => {
+        Api::Anthropic | Api::AnthropicBatch => {
             let (mut out, _) = anthropic_head(&partial, ctx, &content);
             // The stream form has no request_id.
             out.push(named_frame(
@@ -731,7 +741,7 @@ pub(crate) fn error_in_stream(case: &ErrorCase, ctx: &Ctx) -> Vec<Frame> {
             out.push(data_frame(&body));
             out
         }
-        Api::OpenAi | Api::Unknown => {
+        Api::OpenAi | Api::OpenAiBatch | Api::Unknown => {
             let mut out = openai_head(&partial, ctx, &content);
             out.push(data_frame(&body));
             out
@@ -750,7 +760,7 @@ pub(crate) fn malformed_events(ctx: &Ctx) -> Vec<Frame> {
     let mut events = success_events(&sample(), ctx);
     let at = 1.min(events.len());
     let broken = match ctx.api {
-        Api::Anthropic => {
+        Api::Anthropic | Api::AnthropicBatch => {
             "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_de\n\n"
         }
         Api::OpenAiCompletions => "data: {\"choices\":[{\"index\":0,\"text\":\"bro\n\n",
@@ -782,7 +792,7 @@ pub(crate) fn standard_headers(ctx: &Ctx, status: u16) -> Vec<(String, String)> 
     let limited = status == 429;
     let h = |k: &str, v: String| (k.to_string(), v);
     match ctx.api {
-        Api::OpenAi | Api::OpenAiCompletions | Api::Unknown => vec![
+        Api::OpenAi | Api::OpenAiCompletions | Api::OpenAiBatch | Api::Unknown => vec![
             h("x-request-id", format!("req_fake{:08}", ctx.seq)),
             h("openai-processing-ms", "12".into()),
             h("openai-version", "2020-10-01".into()),
@@ -799,7 +809,7 @@ pub(crate) fn standard_headers(ctx: &Ctx, status: u16) -> Vec<(String, String)> 
             h("x-ratelimit-reset-requests", "1s".into()),
             h("x-ratelimit-reset-tokens", "6m0s".into()),
         ],
-        Api::Anthropic => {
+        Api::Anthropic | Api::AnthropicBatch => {
             let reset = httpdate_rfc3339_soon();
             let mut v = vec![
                 h("request-id", format!("req_fake{:016}", ctx.seq)),
@@ -879,6 +889,7 @@ mod tests {
             created: 1_700_000_000,
             include_usage,
             presented_key: None,
+            cache_ttl_1h: false,
         }
     }
 

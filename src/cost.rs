@@ -1,0 +1,223 @@
+//! What a call cost, from the usage the provider reported and the model's
+//! prices: prompt-cache reads and writes (5-minute and 1-hour), and batch
+//! prices. One function, so the run, its summary and the tests agree.
+//!
+//! The rules, per provider-apis.md §0 and §3 and the catalog's fields:
+//! - input tokens that were neither read from nor written to the cache are
+//!   billed at the input price;
+//! - cache reads at `cache_read` (Anthropic 0.1×, OpenAI 0.5× or less,
+//!   Gemini 0.25×; OpenAI's and Gemini's caching is automatic, so their
+//!   `cached_tokens` are billed here too), else at the input price;
+//! - cache writes at `cache_write` (Anthropic 1.25×), 1-hour writes at
+//!   `cache_write_1h` (2×); OpenAI and Gemini do not charge for writes (no
+//!   write price in the catalog → input price);
+//! - batch calls at `batch_input`/`batch_output`; the cache prices are
+//!   scaled by the same batch discount, since Anthropic's batch discount
+//!   stacks with the cache multipliers.
+
+use crate::policy::Price;
+use crate::provider::Usage;
+
+/// How a call was made, which decides its price list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Billing {
+    /// A normal synchronous call.
+    Standard,
+    /// Through the provider's batch API.
+    Batch,
+}
+
+/// Both OpenAI's Batch API and Anthropic's Message Batches bill 50 % of the
+/// standard price (provider-apis.md §2, §3). Used only when the catalog
+/// has no batch price for the model (or the policy priced it without one).
+const BATCH_DISCOUNT: f64 = 0.5;
+
+/// Anthropic's 1-hour cache writes cost 2× base input
+/// (provider-apis.md §3); used when the catalog has no 1-hour price.
+const ONE_HOUR_WRITE_MULTIPLIER: f64 = 2.0;
+
+/// The cost of one call in USD.
+pub fn call_cost(price: &Price, u: &Usage, billing: Billing) -> f64 {
+    let cached = u.cached_input_tokens.min(u.input_tokens);
+    let writes = u.cache_write_tokens.min(u.input_tokens - cached);
+    let writes_1h = u.cache_write_1h_tokens.min(writes);
+    let writes_5m = writes - writes_1h;
+    let plain = u.input_tokens - cached - writes;
+
+    let (input, output, scale) = match billing {
+        Billing::Standard => (price.input, price.output, 1.0),
+        Billing::Batch => {
+            let input = price.batch_input.unwrap_or(price.input * BATCH_DISCOUNT);
+            let output = price.batch_output.unwrap_or(price.output * BATCH_DISCOUNT);
+            // The batch discount on input, applied to the cache prices too.
+            let scale = if price.input > 0.0 {
+                input / price.input
+            } else {
+                BATCH_DISCOUNT
+            };
+            (input, output, scale)
+        }
+    };
+    let read = price.cache_read.map_or(input, |p| p * scale);
+    let write_5m = price.cache_write.map_or(input, |p| p * scale);
+    let write_1h = match (price.cache_write_1h, price.cache_write) {
+        (Some(p), _) => p * scale,
+        // A provider that prices writes but whose 1-hour price is unknown.
+        (None, Some(_)) => price.input * ONE_HOUR_WRITE_MULTIPLIER * scale,
+        (None, None) => input,
+    };
+    plain as f64 * input
+        + cached as f64 * read
+        + writes_5m as f64 * write_5m
+        + writes_1h as f64 * write_1h
+        + u.output_tokens as f64 * output
+}
+
+/// What the same tokens cost at list price: standard (not batch), every
+/// input token at the plain input price. The difference to [`call_cost`]
+/// is what caching and batching saved (negative when a cache write was
+/// never read back).
+pub fn list_cost(price: &Price, u: &Usage) -> f64 {
+    price.cost(u.input_tokens, u.output_tokens)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::Catalog;
+
+    /// A model's catalog prices, as the policy compiles them.
+    fn price_of(key: &str) -> Price {
+        let e = Catalog::builtin()
+            .get(key)
+            .unwrap_or_else(|| panic!("{key} is in catalog/models.json"));
+        Price {
+            input: e.input_per_token,
+            output: e.output_per_token,
+            cache_read: e.cache_read_per_token,
+            cache_write: e.cache_write_per_token,
+            cache_write_1h: e.cache_write_1h_per_token,
+            batch_input: e.batch_input_per_token,
+            batch_output: e.batch_output_per_token,
+        }
+    }
+
+    fn usage(input: u64, cached: u64, write: u64, write_1h: u64, output: u64) -> Usage {
+        Usage {
+            input_tokens: input,
+            output_tokens: output,
+            cached_input_tokens: cached,
+            cache_write_tokens: write,
+            cache_write_1h_tokens: write_1h,
+            reasoning_tokens: 0,
+        }
+    }
+
+    /// Hand-computed from catalog/models.json (USD per million tokens):
+    /// - claude-sonnet-4-6: in 3, out 15, read 0.30, write 3.75, write 1h 6,
+    ///   batch in 1.5, batch out 7.5
+    /// - claude-haiku-4-5: in 1, out 5, read 0.10, write 1.25, write 1h 2,
+    ///   batch in 0.5, batch out 2.5
+    /// - gpt-4o-mini: in 0.15, out 0.60, read 0.075, batch in 0.075, out 0.30
+    /// - gpt-4o: in 2.5, out 10, read 1.25, batch in 1.25, out 5
+    /// - gemini/gemini-2.5-flash: in 0.30, out 2.50, read 0.03,
+    ///   batch in 0.15, batch out 1.25
+    #[test]
+    fn costs_match_hand_computed_figures() {
+        use Billing::{Batch, Standard};
+        #[rustfmt::skip]
+        let cases: &[(&str, &str, Usage, Billing, f64)] = &[
+            // Anthropic: a 2,000-token prefix written with the 5 min TTL,
+            // 100 plain input tokens, 50 output tokens:
+            // 100×3 + 2000×3.75 + 50×15 = 300 + 7500 + 750 = 8550 µ$.
+            ("anthropic 5m write", "claude-sonnet-4-6", usage(2100, 0, 2000, 0, 50), Standard, 0.008_55),
+            // Same with the 1 h TTL: 100×3 + 2000×6 + 50×15 = 13050 µ$.
+            ("anthropic 1h write", "claude-sonnet-4-6", usage(2100, 0, 2000, 2000, 50), Standard, 0.013_05),
+            // Mixed writes: 1000 at 5 min, 1000 at 1 h:
+            // 100×3 + 1000×3.75 + 1000×6 + 50×15 = 300+3750+6000+750 = 10800 µ$.
+            ("anthropic mixed writes", "claude-sonnet-4-6", usage(2100, 0, 2000, 1000, 50), Standard, 0.010_8),
+            // The second call reads the prefix: 100×3 + 2000×0.30 + 50×15 = 1650 µ$.
+            ("anthropic read", "claude-sonnet-4-6", usage(2100, 2000, 0, 0, 50), Standard, 0.001_65),
+            // Haiku read + write in one call (a longer prefix extends the
+            // cache): 500×1 + 3000×0.1 + 1000×1.25 + 200×5 = 500+300+1250+1000 = 3050 µ$.
+            ("anthropic haiku read+write", "claude-haiku-4-5", usage(4500, 3000, 1000, 0, 200), Standard, 0.003_05),
+            // Batch: 1000 in × 1.5 + 400 out × 7.5 = 1500 + 3000 = 4500 µ$.
+            ("anthropic batch", "claude-sonnet-4-6", usage(1000, 0, 0, 0, 400), Batch, 0.004_5),
+            // Batch with a cache read: the batch half of the read price:
+            // 100×1.5 + 2000×0.15 + 50×7.5 = 150 + 300 + 375 = 825 µ$.
+            ("anthropic batch read", "claude-sonnet-4-6", usage(2100, 2000, 0, 0, 50), Batch, 0.000_825),
+            // Batch with a 1 h write: 100×1.5 + 2000×3 + 50×7.5 = 150+6000+375 = 6525 µ$.
+            ("anthropic batch 1h write", "claude-sonnet-4-6", usage(2100, 0, 2000, 2000, 50), Batch, 0.006_525),
+            // OpenAI automatic caching: 1024 of 1500 input cached:
+            // 476×0.15 + 1024×0.075 + 300×0.6 = 71.4 + 76.8 + 180 = 328.2 µ$.
+            ("openai cached", "gpt-4o-mini", usage(1500, 1024, 0, 0, 300), Standard, 0.000_328_2),
+            // OpenAI reports writes on newer models but does not charge extra.
+            ("openai write at input price", "gpt-4o", usage(2000, 0, 1500, 0, 100), Standard, 0.006),
+            // OpenAI batch: 1500×0.075 + 300×0.3 = 112.5 + 90 = 202.5 µ$.
+            ("openai batch", "gpt-4o-mini", usage(1500, 0, 0, 0, 300), Batch, 0.000_202_5),
+            // OpenAI batch with cached tokens: read 1.25 × (1.25/2.5) = 0.625:
+            // 1000×1.25 + 1000×0.625 + 100×5 = 1250 + 625 + 500 = 2375 µ$.
+            ("openai batch cached", "gpt-4o", usage(2000, 1000, 0, 0, 100), Batch, 0.002_375),
+            // Gemini implicit caching: 1000×0.3 + 3000×0.03 + 500×2.5 = 300+90+1250 = 1640 µ$.
+            ("gemini cached", "gemini/gemini-2.5-flash", usage(4000, 3000, 0, 0, 500), Standard, 0.001_64),
+            // Gemini batch prices: 4000×0.15 + 500×1.25 = 600 + 625 = 1225 µ$.
+            ("gemini batch", "gemini/gemini-2.5-flash", usage(4000, 0, 0, 0, 500), Batch, 0.001_225),
+        ];
+        for (name, key, u, billing, want) in cases {
+            let got = call_cost(&price_of(key), u, *billing);
+            assert!(
+                (got - want).abs() < 1e-12,
+                "{name}: {key} cost {got}, expected {want}"
+            );
+        }
+    }
+
+    #[test]
+    fn missing_prices_fall_back_to_documented_multipliers() {
+        // A policy-priced Anthropic-like model without 1 h or batch prices.
+        let p = Price {
+            input: 1e-6,
+            output: 2e-6,
+            cache_read: Some(1e-7),
+            cache_write: Some(1.25e-6),
+            cache_write_1h: None,
+            batch_input: None,
+            batch_output: None,
+        };
+        // 1 h write at 2× input, output at the standard price.
+        let u = usage(1000, 0, 1000, 1000, 10);
+        assert!(
+            (call_cost(&p, &u, Billing::Standard) - (1000.0 * 2e-6 + 10.0 * 2e-6)).abs() < 1e-15
+        );
+        // Batch: 50 % of everything.
+        let u = usage(1000, 0, 0, 0, 1000);
+        assert!((call_cost(&p, &u, Billing::Batch) - (0.5e-3 + 1e-3)).abs() < 1e-15);
+        // No cache prices at all: every input token at the input price.
+        let plain = Price {
+            input: 1e-6,
+            output: 2e-6,
+            ..Price::default()
+        };
+        let u = usage(1000, 400, 300, 100, 0);
+        assert!((call_cost(&plain, &u, Billing::Standard) - 1e-3).abs() < 1e-15);
+        // Free local models stay free in batch mode.
+        assert_eq!(call_cost(&Price::default(), &u, Billing::Batch), 0.0);
+    }
+
+    #[test]
+    fn inconsistent_usage_never_bills_tokens_twice() {
+        let p = price_of("claude-sonnet-4-6");
+        // More cache tokens reported than input: capped at the input.
+        let u = usage(100, 80, 80, 500, 0);
+        let got = call_cost(&p, &u, Billing::Standard);
+        // 80 read + 20 written (1 h, capped at the writes).
+        assert!((got - (80.0 * 0.3e-6 + 20.0 * 6e-6)).abs() < 1e-15);
+    }
+
+    #[test]
+    fn list_cost_ignores_cache_and_batch() {
+        let p = price_of("claude-sonnet-4-6");
+        let u = usage(2100, 2000, 0, 0, 50);
+        assert!((list_cost(&p, &u) - (2100.0 * 3e-6 + 50.0 * 15e-6)).abs() < 1e-15);
+    }
+}

@@ -1,0 +1,573 @@
+//! Steps answered through the providers' batch APIs, at batch prices.
+//!
+//! A step goes through a batch when it says `latency: batch` (or the run
+//! was started with `--batch`) and the model routing chose for it is on a
+//! provider with a batch API (OpenAI, Anthropic). Other steps — local,
+//! Gemini, OpenAI-compatible servers — run normally.
+//!
+//! All calls of the step (one per `for_each` item) go into one batch:
+//! submitted, polled every `batch_poll_interval` (progress events on each
+//! poll), then its results mapped back by custom id (`item-<n>`).
+//!
+//! **Failures fall back to the synchronous path.** An item that errored,
+//! expired, was cancelled, is missing from the results, or whose answer
+//! does not match the step's output schema is called again normally — with
+//! the usual retries, schema retry, fallback chain and budget — and the
+//! batch attempt is listed first among its attempts. So is every item of a
+//! batch that could not be submitted, that failed as a whole, or whose
+//! polling kept failing. A result is never lost to the batch path, only
+//! its discount.
+//!
+//! **Resume.** Each submitted batch is written to a [`BatchLedger`] under
+//! a key that hashes the provider and every request in it, before the
+//! first poll. A run that stops while a batch is in flight (Ctrl-C, a
+//! crash) leaves the batch at the provider; the next run with the same
+//! requests finds it in the ledger and resumes polling instead of
+//! submitting (and paying for) it again. The entry is removed once the
+//! results are fetched.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use super::{Attempt, CallReport, Event, Shared, parse_structured, prompt_cache};
+use crate::cost::{self, Billing};
+use crate::policy::Model;
+use crate::provider::batch::{BatchApi, BatchItem, BatchState, ItemOutcome};
+use crate::provider::{ChatRequest, Endpoint, ErrorKind, Message, ProviderError, Usage};
+use crate::tokens;
+use crate::workflow::Latency;
+
+/// A batch submitted to a provider.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchRef {
+    /// The policy's provider name.
+    pub provider: String,
+    /// The provider's batch id (`batch_…`, `msgbatch_…`).
+    pub id: String,
+}
+
+/// Where submitted batches are remembered between runs, so that an
+/// interrupted run resumes polling rather than paying for a batch twice.
+/// `key` identifies the batch's requests (see [`batch_key`]).
+pub trait BatchLedger: Send + Sync + fmt::Debug {
+    fn submitted(&self, key: &str) -> Option<BatchRef>;
+    fn record(&self, key: &str, batch: &BatchRef) -> std::io::Result<()>;
+    /// The batch's results were fetched: nothing left to resume.
+    fn finished(&self, key: &str) -> std::io::Result<()>;
+}
+
+/// A [`BatchLedger`] in one JSON file (`.tollgate/batches.json` for the
+/// CLI): `{"version": 1, "batches": {key: {provider, id}}}`, rewritten
+/// through a temporary file and a rename, so a crash never leaves it half
+/// written. Concurrent runs in one project may lose each other's entries
+/// (the last writer wins); the run journal replaces this file.
+#[derive(Debug)]
+pub struct JsonFileLedger {
+    path: PathBuf,
+    lock: Mutex<()>,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct LedgerFile {
+    version: u32,
+    batches: BTreeMap<String, BatchRef>,
+}
+
+impl JsonFileLedger {
+    pub fn new(path: impl Into<PathBuf>) -> JsonFileLedger {
+        JsonFileLedger {
+            path: path.into(),
+            lock: Mutex::new(()),
+        }
+    }
+
+    /// An unreadable or corrupt file reads as empty: at worst a batch is
+    /// submitted again, never a wrong one resumed.
+    fn read(&self) -> LedgerFile {
+        std::fs::read_to_string(&self.path)
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or_default()
+    }
+
+    fn write(&self, file: &LedgerFile) -> std::io::Result<()> {
+        if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)?;
+        }
+        let tmp = self.path.with_extension("json.tmp");
+        let text = serde_json::to_string_pretty(file).map_err(std::io::Error::other)?;
+        std::fs::write(&tmp, text)?;
+        std::fs::rename(&tmp, &self.path)
+    }
+
+    fn update(&self, f: impl FnOnce(&mut LedgerFile)) -> std::io::Result<()> {
+        let _guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        let mut file = self.read();
+        file.version = 1;
+        f(&mut file);
+        self.write(&file)
+    }
+}
+
+impl BatchLedger for JsonFileLedger {
+    fn submitted(&self, key: &str) -> Option<BatchRef> {
+        let _guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        self.read().batches.get(key).cloned()
+    }
+
+    fn record(&self, key: &str, batch: &BatchRef) -> std::io::Result<()> {
+        self.update(|f| {
+            f.batches.insert(key.to_owned(), batch.clone());
+        })
+    }
+
+    fn finished(&self, key: &str) -> std::io::Result<()> {
+        self.update(|f| {
+            f.batches.remove(key);
+        })
+    }
+}
+
+/// Identifies a batch by what it asks: the provider and every item's
+/// custom id and request. The same step with the same inputs gives the same
+/// key in the next run; any change to a prompt, model or setting gives a
+/// new one (and a new batch).
+pub fn batch_key(provider: &str, items: &[BatchItem]) -> String {
+    let mut h = Sha256::new();
+    let mut field = |bytes: &[u8]| {
+        h.update((bytes.len() as u64).to_le_bytes());
+        h.update(bytes);
+    };
+    field(provider.as_bytes());
+    for item in items {
+        let r = &item.request;
+        field(item.custom_id.as_bytes());
+        field(r.model.as_bytes());
+        field(r.system.as_deref().unwrap_or("\u{0}none").as_bytes());
+        for m in &r.messages {
+            field(format!("{:?}", m.role).as_bytes());
+            field(m.content.as_bytes());
+        }
+        field(&r.max_output_tokens.to_le_bytes());
+        field(format!("{:?}", r.temperature).as_bytes());
+        field(
+            r.output_schema
+                .as_ref()
+                .map(Value::to_string)
+                .unwrap_or_default()
+                .as_bytes(),
+        );
+        field(format!("{:?}", r.stop).as_bytes());
+        field(format!("{:?}", r.cache_system).as_bytes());
+    }
+    format!("{:x}", h.finalize())
+}
+
+/// What the batch path did with one call of a step.
+pub(super) enum Item {
+    /// Answered by the batch.
+    Done(CallReport, Value),
+    /// Call it synchronously. The report holds what the batch did (its
+    /// attempt, and the usage and cost of an answer that was rejected),
+    /// to be merged into the synchronous call's report.
+    Synchronous(CallReport),
+}
+
+impl Item {
+    fn synchronous(model: &Model, outcome: &str, status: Option<u16>, message: String) -> Item {
+        let mut report = CallReport::empty(None);
+        report.attempts.push(Attempt {
+            model: model.alias.clone(),
+            outcome: outcome.to_owned(),
+            status,
+            message: Some(message),
+            waited_ms: None,
+        });
+        Item::Synchronous(report)
+    }
+}
+
+/// The step's calls through a batch, or `None` when the step does not go
+/// through one (not a batch step, or its model's provider has no batch
+/// API): then every call runs normally.
+pub(super) async fn run(
+    sh: &Shared,
+    step_id: &str,
+    step: &crate::workflow::Step,
+    fan_out: bool,
+    rendered: &[(Option<String>, String)],
+    model: &Model,
+    sensitivity: usize,
+) -> Option<Vec<Item>> {
+    let wanted = step.latency == Latency::Batch || sh.options.batch_all;
+    // The gate, checked right before sending as on the synchronous path
+    // (routing already chose a model that passes it).
+    if !wanted || !model.has_batch_api() || !crate::route::gate(&sh.policy, model, sensitivity) {
+        return None;
+    }
+    let api = sh.providers.batchers.get(&model.provider)?;
+    let schema = step.output_schema().cloned();
+    let items: Vec<BatchItem> = rendered
+        .iter()
+        .enumerate()
+        .map(|(n, (system, prompt))| BatchItem {
+            custom_id: format!("item-{n}"),
+            request: ChatRequest {
+                model: model.model.clone(),
+                system: system.clone(),
+                messages: vec![Message::user(prompt)],
+                max_output_tokens: step.max_output_tokens(),
+                temperature: step.temperature,
+                output_schema: schema.clone(),
+                stream: false,
+                cache_system: prompt_cache(model, system.as_deref()),
+                endpoint: Endpoint::Chat,
+                stop: step.stop.clone(),
+            },
+        })
+        .collect();
+    let sync_all = |outcome: &str, message: String| -> Vec<Item> {
+        (0..items.len())
+            .map(|_| Item::synchronous(model, outcome, None, message.clone()))
+            .collect()
+    };
+
+    // The worst case of the whole batch, at batch prices, before submitting.
+    let max_out = u64::from(step.max_output_tokens());
+    let worst: f64 = rendered
+        .iter()
+        .map(|(s, p)| {
+            let mut msgs: Vec<&str> = s.iter().map(String::as_str).collect();
+            msgs.push(p);
+            let usage = Usage {
+                input_tokens: tokens::count_chat(model.tokenizer, &msgs) as u64,
+                output_tokens: max_out,
+                ..Usage::default()
+            };
+            cost::call_cost(&model.price, &usage, Billing::Batch)
+        })
+        .sum();
+    let Ok(reservation) = sh.budget.reserve(worst).await else {
+        // Each call then reserves (and may fit) on its own.
+        return Some(sync_all(
+            "over_budget",
+            format!(
+                "{}: the batch's worst case ${worst:.6} would cross the run budget; calling one by one",
+                model.alias
+            ),
+        ));
+    };
+
+    let started = Instant::now();
+    let key = batch_key(&model.provider, &items);
+    let ledger = sh.options.batch_ledger.as_deref();
+    let outcome = submit_and_wait(sh, step_id, model, api.as_ref(), &items, &key, ledger).await;
+    let results = match outcome {
+        Ok(r) => r,
+        Err(why) => {
+            sh.budget.settle(reservation, 0.0);
+            return Some(sync_all("batch_failed", why));
+        }
+    };
+    let (batch_id, mut results) = results;
+    let validator = schema
+        .as_ref()
+        .and_then(|s| jsonschema::validator_for(s).ok());
+    let mut spent = 0.0;
+    let mut out = Vec::with_capacity(items.len());
+    for (n, item) in items.iter().enumerate() {
+        let failed = |outcome: &str, status: Option<u16>, message: String| {
+            Item::synchronous(
+                model,
+                outcome,
+                status,
+                format!("batch {batch_id}: {message}"),
+            )
+        };
+        let answer = match results.remove(&item.custom_id) {
+            Some(ItemOutcome::Answer(resp)) => resp,
+            Some(ItemOutcome::Failed(e)) => {
+                out.push(failed(&kind_name(e.kind), e.status, e.message));
+                continue;
+            }
+            Some(ItemOutcome::Expired) => {
+                out.push(failed(
+                    "batch_expired",
+                    None,
+                    "expired before it ran".into(),
+                ));
+                continue;
+            }
+            Some(ItemOutcome::Canceled) => {
+                out.push(failed(
+                    "batch_cancelled",
+                    None,
+                    "cancelled before it ran".into(),
+                ));
+                continue;
+            }
+            None => {
+                out.push(failed(
+                    "batch_missing",
+                    None,
+                    format!("no result for {}", item.custom_id),
+                ));
+                continue;
+            }
+        };
+        let reported = answer.usage.input_tokens + answer.usage.output_tokens > 0;
+        let usage = if reported {
+            answer.usage
+        } else {
+            // No usage reported: count it ourselves rather than pretend the
+            // call was free.
+            let (s, p) = &rendered[n];
+            let mut msgs: Vec<&str> = s.iter().map(String::as_str).collect();
+            msgs.push(p);
+            Usage {
+                input_tokens: tokens::count_chat(model.tokenizer, &msgs) as u64,
+                output_tokens: tokens::count_chat(model.tokenizer, &[answer.text.as_str()]) as u64,
+                ..Usage::default()
+            }
+        };
+        let cost = cost::call_cost(&model.price, &usage, Billing::Batch);
+        spent += cost;
+        let value = match &validator {
+            None => Ok(Value::String(answer.text.clone())),
+            Some(v) => parse_structured(&answer.text, v),
+        };
+        let mut report = CallReport {
+            item: fan_out.then_some(n),
+            model: Some(model.alias.clone()),
+            attempts: vec![Attempt {
+                model: model.alias.clone(),
+                outcome: "ok".to_owned(),
+                status: Some(200),
+                message: Some(format!("batch {batch_id}")),
+                waited_ms: None,
+            }],
+            usage,
+            cost_usd: cost,
+            list_cost_usd: cost::list_cost(&model.price, &usage),
+            batch: true,
+            latency_ms: started.elapsed().as_millis() as u64,
+            ttft_ms: None,
+            truncated: answer.truncated(),
+        };
+        match value {
+            Ok(v) => out.push(Item::Done(report, v)),
+            Err(why) => {
+                // Asked again synchronously (with its own schema retry);
+                // what the batch answer cost stays on the bill.
+                if let Some(a) = report.attempts.last_mut() {
+                    a.outcome = "invalid_output".to_owned();
+                    a.message = Some(format!("batch {batch_id}: {why}"));
+                }
+                report.truncated = false;
+                out.push(Item::Synchronous(report));
+            }
+        }
+    }
+    sh.budget.settle(reservation, spent);
+    Some(out)
+}
+
+/// Submits the batch (or resumes the one the ledger remembers for `key`)
+/// and polls it to its end; returns the batch id and its results, or why
+/// the batch path gave up.
+async fn submit_and_wait(
+    sh: &Shared,
+    step_id: &str,
+    model: &Model,
+    api: &dyn BatchApi,
+    items: &[BatchItem],
+    key: &str,
+    ledger: Option<&dyn BatchLedger>,
+) -> Result<(String, HashMap<String, ItemOutcome>), String> {
+    let emit = |status: String, batch_id: &str, done: u64, total: u64| {
+        sh.emit(Event::BatchProgress {
+            step: step_id.to_owned(),
+            provider: model.provider.clone(),
+            batch_id: batch_id.to_owned(),
+            status,
+            done,
+            total,
+        });
+    };
+    let total = items.len() as u64;
+    let mut resumed = ledger
+        .and_then(|l| l.submitted(key))
+        .filter(|b| b.provider == model.provider)
+        .map(|b| b.id);
+    loop {
+        let was_resumed = resumed.is_some();
+        let batch_id = match resumed.take() {
+            Some(id) => {
+                emit("resumed".to_owned(), &id, 0, total);
+                id
+            }
+            None => {
+                let id = api
+                    .submit(items)
+                    .await
+                    .map_err(|e| format!("{}: submitting the batch: {}", model.alias, e.message))?;
+                let note = match ledger.map(|l| {
+                    l.record(
+                        key,
+                        &BatchRef {
+                            provider: model.provider.clone(),
+                            id: id.clone(),
+                        },
+                    )
+                }) {
+                    Some(Err(e)) => format!("submitted (not recorded for resume: {e})"),
+                    _ => "submitted".to_owned(),
+                };
+                emit(note, &id, 0, total);
+                id
+            }
+        };
+        match wait(sh, api, &batch_id, &emit).await {
+            Ok(()) => {}
+            // A remembered batch the provider no longer knows (deleted,
+            // results expired): submit afresh.
+            Err(e) if e.kind == ErrorKind::NotFound => {
+                if let Some(l) = ledger {
+                    let _ = l.finished(key);
+                }
+                if was_resumed {
+                    continue;
+                }
+                return Err(format!("{}: batch {batch_id}: {}", model.alias, e.message));
+            }
+            Err(e) => return Err(format!("{}: batch {batch_id}: {}", model.alias, e.message)),
+        }
+        let results = api
+            .results(&batch_id)
+            .await
+            .map_err(|e| format!("{}: batch {batch_id}: {}", model.alias, e.message))?;
+        if let Some(l) = ledger {
+            // Best effort: a stale entry only costs a poll of an ended batch.
+            let _ = l.finished(key);
+        }
+        return Ok((batch_id, results));
+    }
+}
+
+/// Polls until the batch ends. Transient errors are retried on the poll
+/// interval, up to a limit; a batch that failed as a whole is an error.
+async fn wait(
+    sh: &Shared,
+    api: &dyn BatchApi,
+    batch_id: &str,
+    emit: &(dyn Fn(String, &str, u64, u64) + Sync),
+) -> Result<(), ProviderError> {
+    /// Transient poll failures in a row before giving up on the batch.
+    const MAX_POLL_ERRORS: u32 = 5;
+    let mut errors = 0;
+    let mut last: Option<(String, u64)> = None;
+    loop {
+        match api.poll(batch_id).await {
+            Ok(BatchState::Ended { status }) => {
+                emit(status, batch_id, 0, 0);
+                return Ok(());
+            }
+            Ok(BatchState::Failed { message }) => {
+                return Err(ProviderError::new(ErrorKind::BadRequest, message));
+            }
+            Ok(BatchState::Running {
+                status,
+                done,
+                total,
+            }) => {
+                errors = 0;
+                // One event per change, not per poll.
+                if last.as_ref() != Some(&(status.clone(), done)) {
+                    emit(status.clone(), batch_id, done, total);
+                    last = Some((status, done));
+                }
+            }
+            Err(e) if e.is_retryable() && errors + 1 < MAX_POLL_ERRORS => errors += 1,
+            Err(e) => return Err(e),
+        }
+        tokio::time::sleep(sh.options.batch_poll_interval).await;
+    }
+}
+
+fn kind_name(kind: ErrorKind) -> String {
+    serde_json::to_value(kind)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+impl fmt::Display for BatchRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} batch {}", self.provider, self.id)
+    }
+}
+
+/// How long to wait between polls by default: batches take minutes to
+/// hours, and polling faster only spends rate limit.
+pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(30);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn items(prompt: &str) -> Vec<BatchItem> {
+        vec![BatchItem {
+            custom_id: "item-0".into(),
+            request: ChatRequest::new("gpt-4o-mini", prompt),
+        }]
+    }
+
+    #[test]
+    fn the_ledger_remembers_batches_across_instances_and_forgets_finished_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(".tollgate/batches.json");
+        let batch = BatchRef {
+            provider: "openai".into(),
+            id: "batch_1".into(),
+        };
+        JsonFileLedger::new(&path).record("k1", &batch).unwrap();
+        // A later run (a new instance) finds it.
+        let later = JsonFileLedger::new(&path);
+        assert_eq!(later.submitted("k1"), Some(batch));
+        assert_eq!(later.submitted("k2"), None);
+        later.finished("k1").unwrap();
+        assert_eq!(JsonFileLedger::new(&path).submitted("k1"), None);
+        // A corrupt file reads as empty (the batch is submitted again,
+        // never a wrong one resumed) and is replaced on the next record.
+        std::fs::write(&path, "{not json").unwrap();
+        assert_eq!(later.submitted("k1"), None);
+        later
+            .record(
+                "k3",
+                &BatchRef {
+                    provider: "anthropic".into(),
+                    id: "msgbatch_2".into(),
+                },
+            )
+            .unwrap();
+        assert_eq!(later.submitted("k3").unwrap().id, "msgbatch_2");
+    }
+
+    #[test]
+    fn batch_keys_follow_the_requests() {
+        let a = batch_key("openai", &items("Label: crash"));
+        assert_eq!(a, batch_key("openai", &items("Label: crash")));
+        assert_ne!(a, batch_key("openai", &items("Label: crash!")));
+        assert_ne!(a, batch_key("other", &items("Label: crash")));
+        let mut changed = items("Label: crash");
+        changed[0].request.max_output_tokens = 5;
+        assert_ne!(a, batch_key("openai", &changed));
+    }
+}
