@@ -31,6 +31,7 @@ pub mod cli;
 pub mod diagnostic;
 pub mod graph;
 pub mod inputs;
+pub mod journal;
 pub mod plan;
 pub mod policy;
 pub mod progress;
