@@ -11,7 +11,9 @@ use crate::run::{RunReport, RunStatus, StepStatus};
 
 /// Dollars with enough digits to tell small costs apart, fixed per magnitude.
 pub fn usd(x: f64) -> String {
-    if x == 0.0 {
+    if x < 0.0 {
+        format!("-{}", usd(-x))
+    } else if x == 0.0 {
         "$0".to_owned()
     } else if x >= 1.0 {
         format!("${x:.2}")
@@ -409,8 +411,9 @@ pub fn run_text(r: &RunReport) -> String {
     o
 }
 
-/// Left-aligned first column, the rest right-aligned, two spaces apart.
-fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+/// Columns two spaces apart: the first `left` left-aligned, the rest
+/// (numbers) right-aligned.
+fn table(header: &[&str], rows: &[Vec<String>], left: usize) -> String {
     let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
     for row in rows {
         for (w, c) in widths.iter_mut().zip(row) {
@@ -425,7 +428,7 @@ fn table(header: &[&str], rows: &[Vec<String>]) -> String {
             .zip(&widths)
             .enumerate()
             .map(|(i, (c, w))| {
-                if i == 0 {
+                if i < left {
                     format!("{c:<w$}")
                 } else {
                     format!("{c:>w$}")
@@ -465,6 +468,7 @@ pub fn runs_text(runs: &[crate::journal::RunRow]) -> String {
             "COST",
         ],
         &rows,
+        4,
     )
 }
 
@@ -479,7 +483,7 @@ pub fn report_text(r: &crate::journal::report::Report) -> String {
     let t = &r.totals;
     let _ = writeln!(
         o,
-        "Spend {since}: {} in {} ({} provider calls, {} from the cache)",
+        "Spend, {since}: {} in {} ({} provider calls, {} answered from the cache)",
         usd(t.cost_usd),
         plural(r.runs, "run"),
         t.calls,
@@ -535,7 +539,7 @@ pub fn report_text(r: &crate::journal::report::Report) -> String {
             })
             .collect();
         let header: Vec<&str> = header.iter().map(String::as_str).collect();
-        o.push_str(&table(&header, &rows));
+        o.push_str(&table(&header, &rows, 1));
     };
     section(&mut o, "By day", &r.by_day, false);
     section(&mut o, "By workflow", &r.by_workflow, true);

@@ -209,7 +209,7 @@ pub fn build(journal: &Journal, since: Option<Millis>) -> Result<Report, Journal
         totals.add(r);
     }
     totals.estimate_usd = Some(by_workflow_est.values().sum());
-    Ok(Report {
+    let mut report = Report {
         since: since.map(format_time),
         runs: runs as u64,
         totals,
@@ -228,5 +228,32 @@ pub fn build(journal: &Journal, since: Option<Millis>) -> Result<Report, Journal
             false,
         ),
         by_tier: group(&rows, |r| r.tier.clone(), &none, false),
-    })
+    };
+    for line in std::iter::once(&mut report.totals)
+        .chain(&mut report.by_day)
+        .chain(&mut report.by_workflow)
+        .chain(&mut report.by_step)
+        .chain(&mut report.by_model)
+        .chain(&mut report.by_tier)
+    {
+        line.round();
+    }
+    Ok(report)
+}
+
+/// To a nano-dollar: sums of the same calls added in another order (parallel
+/// steps finish in any order) then print the same.
+fn nano(x: f64) -> f64 {
+    (x * 1e9).round() / 1e9
+}
+
+impl Line {
+    fn round(&mut self) {
+        self.cost_usd = nano(self.cost_usd);
+        self.estimate_usd = self.estimate_usd.map(nano);
+        self.flagship_usd = nano(self.flagship_usd);
+        self.savings.routing_usd = nano(self.savings.routing_usd);
+        self.savings.cache_usd = nano(self.savings.cache_usd);
+        self.savings.batch_usd = nano(self.savings.batch_usd);
+    }
 }

@@ -3,6 +3,7 @@
 
 mod cli;
 mod data_driven;
+mod journal;
 mod local_model;
 mod providers;
 mod run;

@@ -13,12 +13,12 @@ use serde_json::Value;
 
 use crate::transcript;
 
-const KEY: &str = "sk-test-7f3a9c1e-never-print-me";
+pub(crate) const KEY: &str = "sk-test-7f3a9c1e-never-print-me";
 
 /// A team-like policy on the fake: a local model (openai-compatible on
 /// loopback), a budget OpenAI model, a workhorse on Anthropic and a flagship
 /// on Gemini.
-fn policy(fake: &FakeServer, extra: &str) -> String {
+pub(crate) fn policy(fake: &FakeServer, extra: &str) -> String {
     let base = fake.base_url();
     format!(
         r#"version: 1
@@ -50,23 +50,23 @@ rules:
     )
 }
 
-struct Project {
+pub(crate) struct Project {
     dir: tempfile::TempDir,
 }
 
 impl Project {
-    fn new(policy: &str, workflow: &str) -> Project {
+    pub(crate) fn new(policy: &str, workflow: &str) -> Project {
         Project {
             dir: crate::temp_project(policy, workflow),
         }
     }
 
-    fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         self.dir.path()
     }
 
     /// Runs `tollgate run wf.yaml --policy policy.yaml ARGS` with the test keys set.
-    async fn run(&self, args: &[&str]) -> Output {
+    pub(crate) async fn run(&self, args: &[&str]) -> Output {
         self.run_env(
             args,
             &[
@@ -78,7 +78,7 @@ impl Project {
         .await
     }
 
-    async fn run_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
+    pub(crate) async fn run_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
         let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_tollgate"));
         cmd.args([
             "--color",
@@ -93,6 +93,8 @@ impl Project {
         .env_remove("TEST_OPENAI_KEY")
         .env_remove("TEST_ANTHROPIC_KEY")
         .env_remove("TEST_GEMINI_KEY")
+        .env_remove("TOLLGATE_STATE")
+        .env_remove("TOLLGATE_TEST_NOW")
         .kill_on_drop(true);
         for (k, v) in env {
             cmd.env(k, v);
@@ -104,12 +106,12 @@ impl Project {
     }
 }
 
-fn report(out: &Output) -> Value {
+pub(crate) fn report(out: &Output) -> Value {
     serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("not JSON ({e}): {}", transcript(out)))
 }
 
-fn step<'a>(report: &'a Value, id: &str) -> &'a Value {
+pub(crate) fn step<'a>(report: &'a Value, id: &str) -> &'a Value {
     report["steps"]
         .as_array()
         .unwrap()
