@@ -509,20 +509,23 @@ const INTERRUPTED: u8 = 130;
 
 fn cmd_run(args: RunArgs, options: RenderOptions) -> u8 {
     let format = args.format;
-    // The journal first: a resume takes the workflow, policy and inputs
-    // from it.
-    let journal = match journal::open(&args.state) {
-        Ok(j) => j,
-        Err(d) => return report(vec![d], format, options),
-    };
-    let resumed = match args
-        .resume
-        .as_deref()
-        .map(|id| journal::resume_target(&journal, id))
-    {
+    // A resume reads the journal first: it takes the workflow, policy and
+    // inputs from it. A new run opens it once its input is known to be good,
+    // so bad input leaves nothing behind.
+    let mut opened = None;
+    let resumed = match &args.resume {
         None => None,
-        Some(Ok(run)) => Some(run),
-        Some(Err(d)) => return report(vec![d], format, options),
+        Some(id) => {
+            let found = journal::open(&args.state)
+                .and_then(|j| journal::resume_target(&j, id).map(|run| (j, run)));
+            match found {
+                Ok((j, run)) => {
+                    opened = Some(j);
+                    Some(run)
+                }
+                Err(d) => return report(vec![d], format, options),
+            }
+        }
     };
     let Some(workflow_path) = args
         .workflow
@@ -593,6 +596,10 @@ fn cmd_run(args: RunArgs, options: RenderOptions) -> u8 {
     if !missing.is_empty() {
         return report(missing, format, options);
     }
+    let journal = match opened.map_or_else(|| journal::open(&args.state), Ok) {
+        Ok(j) => j,
+        Err(d) => return report(vec![d], format, options),
+    };
     let run_id = match &resumed {
         Some(run) => match journal.reopen_run(&run.id) {
             Ok(()) => run.id.clone(),

@@ -366,6 +366,14 @@ impl Journal {
         let path = dir.join(DB_FILE);
         let conn = Connection::open(&path)
             .map_err(|e| format!("cannot open the run journal {}: {e}", path.display()))?;
+        // It holds inputs and answers, which may be confidential: readable
+        // by its owner only (SQLite gives the -wal and -shm files the same
+        // mode).
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600));
+        }
         Self::init(conn, path, clock)
     }
 
