@@ -596,6 +596,12 @@ fn cmd_run(args: RunArgs, options: RenderOptions) -> u8 {
     if !missing.is_empty() {
         return report(missing, format, options);
     }
+    if let Some(dir) = &args.out {
+        if let Err(err) = std::fs::create_dir_all(dir) {
+            let d = Diagnostic::error("out-dir", format!("cannot create {}: {err}", dir.display()));
+            return report(vec![d], format, options);
+        }
+    }
     let journal = match opened.map_or_else(|| journal::open(&args.state), Ok) {
         Ok(j) => j,
         Err(d) => return report(vec![d], format, options),
@@ -618,12 +624,6 @@ fn cmd_run(args: RunArgs, options: RenderOptions) -> u8 {
             Err(d) => return report(vec![d], format, options),
         },
     };
-    if let Some(dir) = &args.out {
-        if let Err(err) = std::fs::create_dir_all(dir) {
-            let d = Diagnostic::error("out-dir", format!("cannot create {}: {err}", dir.display()));
-            return report(vec![d], format, options);
-        }
-    }
     let run_options = crate::run::RunOptions {
         concurrency: args.concurrency.max(1),
         run_timeout,

@@ -297,8 +297,15 @@ pub fn run_text(r: &RunReport) -> String {
         .steps
         .iter()
         .map(|s| {
+            let from = |src: crate::run::CallSource| {
+                !s.calls.is_empty() && s.calls.iter().all(|c| c.source == src)
+            };
             let status = if s.ignored_failure {
                 "failed (ignored)".to_owned()
+            } else if from(crate::run::CallSource::Cache) {
+                format!("{} (cached)", s.status.name())
+            } else if from(crate::run::CallSource::Journal) {
+                format!("{} (resumed)", s.status.name())
             } else {
                 s.status.name().to_owned()
             };

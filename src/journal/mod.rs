@@ -764,23 +764,30 @@ fn usage_from(r: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<Usage> {
     })
 }
 
-/// Is the process that journaled a run as `running` still there? Where the
-/// system has no `/proc` it is assumed to be.
+/// Is the process that journaled a run as `running` still there? Read from
+/// `/proc` where there is one, else asked with `kill -0`; where neither
+/// answers it is assumed gone (a resume then goes ahead).
 pub fn process_alive(pid: u32) -> bool {
     if pid == std::process::id() {
         return true;
     }
     let proc_root = Path::new("/proc");
-    if !proc_root.join("self").exists() {
-        return true;
+    if proc_root.join("self").exists() {
+        // A zombie (killed, not yet reaped by its parent) is gone for our
+        // purposes.
+        return match std::fs::read_to_string(proc_root.join(pid.to_string()).join("stat")) {
+            Ok(stat) => !stat
+                .rsplit_once(')')
+                .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+            Err(_) => false,
+        };
     }
-    // A zombie (killed, not yet reaped by its parent) is gone for our purposes.
-    match std::fs::read_to_string(proc_root.join(pid.to_string()).join("stat")) {
-        Ok(stat) => !stat
-            .rsplit_once(')')
-            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
-        Err(_) => false,
-    }
+    std::process::Command::new("kill")
+        .args(["-0", &pid.to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 #[cfg(test)]

@@ -564,3 +564,56 @@ steps:
         "{text}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_still_going_in_another_process_is_not_resumed() {
+    let fake = FakeServer::start().await;
+    let rec = Recorder::install(&fake, 1);
+    let p = Project::new(&policy(&fake, ""), TWO_STEPS);
+    let mut child = command(&p, &run_args(&[]), &[])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(60), rec.held.notified())
+        .await
+        .expect("the first request arrives");
+    let out = tollgate(&p, &["run", "--resume", "last"], &[]).await;
+    child.start_kill().unwrap();
+    child.wait().await.unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", transcript(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("is still running"), "{err}");
+    assert_eq!(rec.total(), 1, "the resume sent nothing");
+    // Once it is gone, it can be.
+    let out = tollgate(&p, &["run", "--resume", "last", "--format", "json"], &[]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", transcript(&out));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_state_folder_is_chosen_by_flag_then_environment_then_project() {
+    let fake = FakeServer::start().await;
+    plain_answers(&fake);
+    let p = Project::new(&policy(&fake, ""), TWO_STEPS);
+    let out = tollgate(&p, &run_args(&["--state", "flagged"]), &[]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", transcript(&out));
+    let out = tollgate(&p, &run_args(&[]), &[("TOLLGATE_STATE", "from-env")]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", transcript(&out));
+    assert!(p.path().join("flagged/state.db").is_file());
+    assert!(p.path().join("from-env/state.db").is_file());
+    assert!(!p.path().join(".tollgate/state.db").exists());
+    // Two journals, two cold caches: each run paid for its calls.
+    assert_eq!(fake.request_count(), 4);
+    // From a subfolder, the project's own .tollgate/ is found.
+    std::fs::create_dir(p.path().join("sub")).unwrap();
+    let mut cmd = command(&p, &["runs", "--format", "json"], &[]);
+    cmd.current_dir(p.path().join("sub"));
+    let out = cmd.output().await.unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "[]");
+    let out = tollgate(&p, &run_args(&[]), &[]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", transcript(&out));
+    let mut cmd = command(&p, &["runs", "--format", "json"], &[]);
+    cmd.current_dir(p.path().join("sub"));
+    let runs: Value = serde_json::from_slice(&cmd.output().await.unwrap().stdout).unwrap();
+    assert_eq!(runs.as_array().unwrap().len(), 1);
+}
