@@ -514,6 +514,9 @@ pub fn report_text(r: &crate::journal::report::Report) -> String {
         usd(t.savings.batch_usd)
     );
     let section = |o: &mut String, title: &str, lines: &[Line], estimates: bool| {
+        if lines.is_empty() {
+            return;
+        }
         let _ = writeln!(o, "\n{title}");
         let mut header = vec![title.trim_start_matches("By ").to_uppercase()];
         header.extend(["CALLS", "CACHED", "IN", "OUT", "COST"].map(str::to_owned));

@@ -545,11 +545,32 @@ pub async fn execute_in(
             let earlier = j.journal.run_cost(&j.run_id);
             match (finished, earlier) {
                 (Ok(f), Ok(c)) => (f, c),
+                // Without knowing what finished, every call could be one
+                // already paid for: nothing is sent.
                 (Err(message), _) | (_, Err(message)) => {
-                    if let Some(tx) = &events {
-                        let _ = tx.send(Event::JournalError { message });
-                    }
-                    (HashMap::new(), 0.0)
+                    let why = format!("not started: {message}");
+                    return RunReport {
+                        run_id: Some(j.run_id.clone()),
+                        workflow: analysis.workflow.value.name.clone(),
+                        policy: policy.name.clone(),
+                        status: RunStatus::Failed,
+                        steps: analysis
+                            .dag
+                            .order()
+                            .iter()
+                            .filter_map(|&i| analysis.steps.get_index(i))
+                            .map(|(id, _)| {
+                                StepReport::new(id, StepStatus::NotStarted, Some(why.clone()))
+                            })
+                            .collect(),
+                        cost_usd: 0.0,
+                        estimate: plan.totals.cost,
+                        budget_usd: policy.run_budget_usd,
+                        elapsed_ms: 0,
+                        cache: CacheSummary::default(),
+                        resumed_calls: 0,
+                        earlier_cost_usd: 0.0,
+                    };
                 }
             }
         }
