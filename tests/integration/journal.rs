@@ -91,14 +91,25 @@ steps:
 "#;
 const CRASHY_CALLS: usize = 11;
 
-/// Counts requests per distinct body and per API key; holds the
-/// `hold_at`-th request (its answer would come after 300 s) and says when it
-/// arrived.
+const DOOMED_KEYS: [(&str, &str); 3] = [
+    ("TEST_OPENAI_KEY", DOOMED),
+    ("TEST_ANTHROPIC_KEY", DOOMED),
+    ("TEST_GEMINI_KEY", DOOMED),
+];
+
+/// The key the process to be killed presents (the others present `KEY`).
+const DOOMED: &str = "sk-doomed";
+
+/// Counts requests per distinct body and per API key. Of the requests that
+/// present [`DOOMED`], answers the first `hold_at - 1` at once and holds the
+/// rest (their answers would come after 300 s), saying when the
+/// `hold_at`-th arrived.
 struct Recorder {
     seen: Mutex<HashMap<String, usize>>,
     by_key: Mutex<HashMap<String, usize>>,
     by_answer: Mutex<HashMap<String, String>>,
     n: AtomicUsize,
+    doomed: AtomicUsize,
     hold_at: usize,
     held: Notify,
 }
@@ -110,6 +121,7 @@ impl Recorder {
             by_key: Mutex::new(HashMap::new()),
             by_answer: Mutex::new(HashMap::new()),
             n: AtomicUsize::new(0),
+            doomed: AtomicUsize::new(0),
             hold_at,
             held: Notify::new(),
         });
@@ -135,8 +147,15 @@ impl Recorder {
                 .unwrap()
                 .insert(answer.clone(), req.raw_body.clone());
             let reply = Reply::text(answer).usage(20, 5);
-            if r.n.fetch_add(1, Ordering::SeqCst) + 1 == r.hold_at {
+            r.n.fetch_add(1, Ordering::SeqCst);
+            if req.presented_key().as_deref() != Some(DOOMED) {
+                return reply;
+            }
+            let n = r.doomed.fetch_add(1, Ordering::SeqCst) + 1;
+            if n == r.hold_at {
                 r.held.notify_one();
+            }
+            if n >= r.hold_at {
                 reply.delay(Duration::from_secs(300))
             } else {
                 reply
@@ -175,37 +194,46 @@ async fn a_run_killed_at_any_call_resumes_to_the_same_outputs_without_paying_twi
     assert_eq!(rec.total(), CRASHY_CALLS);
     assert_eq!(expected["sections"].as_array().unwrap().len(), 4);
 
+    // Kill points that left the `for_each` step part done.
+    let mut partial_fan_outs = 0;
     for kill_at in 1..=CRASHY_CALLS {
         let fake = FakeServer::start().await;
         let rec = Recorder::install(&fake, kill_at);
         let p = Project::new(&policy(&fake, ""), CRASHY);
-        // The killed process presents another key, so the requests of the
-        // resume are told apart even if one of the killed process's arrives
-        // late.
-        let killed_keys = [
-            ("TEST_OPENAI_KEY", "sk-killed"),
-            ("TEST_ANTHROPIC_KEY", "sk-killed"),
-            ("TEST_GEMINI_KEY", "sk-killed"),
-        ];
-        let mut child = command(&p, &run_args(&[]), &killed_keys)
+        let mut child = command(&p, &run_args(&[]), &DOOMED_KEYS)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        // The kill point: the kill_at-th request has reached the fake (and
-        // is held there), whatever the scheduling.
+        // The kill point: the kill_at-th request has reached the fake, and
+        // it and every later one are held there; the kill_at - 1 answered
+        // before it are in the journal — whatever the scheduling.
         tokio::time::timeout(Duration::from_secs(60), rec.held.notified())
             .await
             .unwrap_or_else(|_| panic!("request {kill_at} never came"));
+        let journal = journal_of(&p);
+        let run = journal.run("last").unwrap().expect("the run is journaled");
+        tokio::time::timeout(Duration::from_secs(60), async {
+            while journal.finished_calls(&run.id).unwrap().len() < kill_at - 1 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("kill at {kill_at}: the answers were not journaled"));
         child.start_kill().unwrap(); // SIGKILL
         child.wait().await.unwrap();
 
-        // What the journal holds as finished survived the kill.
-        let journal = journal_of(&p);
-        let run = journal.run("last").unwrap().expect("the run is journaled");
+        // What the journal holds as finished survived the kill: exactly the
+        // calls answered before it.
+        let run = journal.run(&run.id).unwrap().unwrap();
         assert_eq!(run.status, "interrupted", "kill at {kill_at}");
         let finished = journal.finished_calls(&run.id).unwrap();
+        assert_eq!(finished.len(), kill_at - 1, "kill at {kill_at}");
         drop(journal);
+        let sections_done = finished.keys().filter(|(s, _)| s == "sections").count();
+        if (1..4).contains(&sections_done) {
+            partial_fan_outs += 1;
+        }
 
         // Without the cache: the journal alone keeps finished calls from being
         // sent again.
@@ -247,6 +275,8 @@ async fn a_run_killed_at_any_call_resumes_to_the_same_outputs_without_paying_twi
         );
         assert_eq!(seen.len(), CRASHY_CALLS);
     }
+    // Its finished items were not sent again, the others were (above).
+    assert!(partial_fan_outs > 0, "no kill point split the for_each");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -570,7 +600,7 @@ async fn a_run_still_going_in_another_process_is_not_resumed() {
     let fake = FakeServer::start().await;
     let rec = Recorder::install(&fake, 1);
     let p = Project::new(&policy(&fake, ""), TWO_STEPS);
-    let mut child = command(&p, &run_args(&[]), &[])
+    let mut child = command(&p, &run_args(&[]), &DOOMED_KEYS)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
