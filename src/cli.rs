@@ -554,6 +554,14 @@ fn cmd_run(args: RunArgs, options: RenderOptions) -> u8 {
         if let Err(d) = journal::check_unchanged(run, &analysis, &workflow_path) {
             return report(vec![d], format, options);
         }
+        if journal::policy_hash(&policy_path) != run.policy_hash {
+            let _ = writeln!(
+                std::io::stderr().lock(),
+                "note: the policy {} is not the one run {} started with; it applies to what is left to run",
+                policy_path.display(),
+                run.id
+            );
+        }
     }
     // Everything that can be wrong with the input is found before any call.
     let run_timeout = match args

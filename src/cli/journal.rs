@@ -108,6 +108,12 @@ pub fn check_unchanged(run: &RunRow, analysis: &Analysis, path: &Path) -> Result
     ))
 }
 
+/// The identity of a policy file (its text).
+pub fn policy_hash(path: &Path) -> String {
+    let text = std::fs::read(path).unwrap_or_default();
+    journal::sha256_json(&String::from_utf8_lossy(&text))
+}
+
 /// The inputs a run was started with, as the journal keeps them.
 pub fn journaled_inputs(run: &RunRow, analysis: &Analysis) -> Inputs {
     let stored = run.inputs.as_object();
@@ -146,14 +152,13 @@ pub fn begin(
     inputs: &Inputs,
     plan: &Plan,
 ) -> Result<String, Diagnostic> {
-    let policy_text = std::fs::read(policy_path).unwrap_or_default();
     let run = NewRun {
         workflow: analysis.workflow.value.name.clone(),
         workflow_path: absolute(workflow_path),
         workflow_hash: fingerprint(analysis),
         policy: policy.name.clone(),
         policy_path: absolute(policy_path),
-        policy_hash: journal::sha256_json(&String::from_utf8_lossy(&policy_text)),
+        policy_hash: policy_hash(policy_path),
         inputs: Value::Object(
             inputs
                 .iter()

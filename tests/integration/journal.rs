@@ -647,3 +647,51 @@ async fn the_state_folder_is_chosen_by_flag_then_environment_then_project() {
     let runs: Value = serde_json::from_slice(&cmd.output().await.unwrap().stdout).unwrap();
     assert_eq!(runs.as_array().unwrap().len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_stopped_by_its_budget_finishes_after_the_budget_is_raised() {
+    let fake = FakeServer::start().await;
+    plain_answers(&fake);
+    // summarize fits (worst case ≈ $0.00004), reply's worst case on the
+    // workhorse does not fit beside what summarize spent.
+    let p = Project::new(&policy(&fake, "budgets:\n  run_usd: 0.0002\n"), TWO_STEPS);
+    let out = tollgate(&p, &run_args(&[]), &[]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", transcript(&out));
+    let r = report(&out);
+    assert_eq!(step(&r, "summarize")["status"], "succeeded");
+    assert!(
+        step(&r, "reply")["detail"]
+            .as_str()
+            .unwrap()
+            .contains("run budget"),
+        "{}",
+        step(&r, "reply")["detail"]
+    );
+    assert_eq!(fake.request_count(), 1);
+    let id = r["run_id"].as_str().unwrap().to_owned();
+
+    // What summarize spent still counts: a budget that fits reply alone but
+    // not both is not enough.
+    std::fs::write(
+        p.path().join("policy.yaml"),
+        policy(&fake, "budgets:\n  run_usd: 0.0016\n"),
+    )
+    .unwrap();
+    let out = tollgate(&p, &["run", "--resume", &id, "--format", "json"], &[]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", transcript(&out));
+    assert_eq!(fake.request_count(), 1);
+
+    std::fs::write(
+        p.path().join("policy.yaml"),
+        policy(&fake, "budgets:\n  run_usd: 0.01\n"),
+    )
+    .unwrap();
+    let out = tollgate(&p, &["run", "--resume", &id, "--format", "json"], &[]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", transcript(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("is not the one run"), "{err}");
+    let r = report(&out);
+    assert_eq!(r["resumed_calls"], 1);
+    assert!(r["earlier_cost_usd"].as_f64().unwrap() > 0.0);
+    assert_eq!(fake.request_count(), 2, "summarize was not sent again");
+}
