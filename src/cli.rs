@@ -615,7 +615,7 @@ fn cmd_run(args: RunArgs, options: RenderOptions) -> u8 {
         Err(d) => return report(vec![d], format, options),
     };
     let run_id = match &resumed {
-        Some(run) => match journal.reopen_run(&run.id) {
+        Some(run) => match journal.reopen_run(run) {
             Ok(()) => run.id.clone(),
             Err(e) => return report(vec![Diagnostic::error("journal", e)], format, options),
         },

@@ -501,15 +501,25 @@ impl Journal {
         Ok(id)
     }
 
-    /// Marks a journaled run as running again in this process.
-    pub fn reopen_run(&self, id: &str) -> Result<(), JournalError> {
-        self.conn()
+    /// Marks a journaled run as running again in this process — only if it
+    /// is still as `seen` (not running, or running in the dead process
+    /// `seen.pid`): two resumes of one run at once would pay twice.
+    pub fn reopen_run(&self, seen: &RunRow) -> Result<(), JournalError> {
+        let changed = self
+            .conn()
             .execute(
                 "UPDATE runs SET status = 'running', finished_ms = NULL, pid = ?2,
-                    sessions = sessions + 1 WHERE id = ?1",
-                params![id, std::process::id()],
+                    sessions = sessions + 1
+                 WHERE id = ?1 AND (status != 'running' OR pid = ?3)",
+                params![seen.id, std::process::id(), seen.pid],
             )
             .map_err(db_err)?;
+        if changed == 0 {
+            return Err(format!(
+                "run {} was resumed by another process just now",
+                seen.id
+            ));
+        }
         Ok(())
     }
 
@@ -850,6 +860,11 @@ mod tests {
         // This session's spend is not "by others".
         assert_eq!(j.spent_since_by_others(0).unwrap(), 0.0);
         assert!((j.spent_since(0).unwrap() - 0.5).abs() < 1e-12);
+        // Two resumes of one run: the second sees the first's process.
+        let mut seen = j.run(&id).unwrap().unwrap();
+        j.reopen_run(&seen).unwrap();
+        seen.pid = u32::MAX;
+        assert!(j.reopen_run(&seen).is_err());
         j.finish_run(&id, "failed").unwrap();
         let row = j.run("last").unwrap().unwrap();
         assert_eq!(
