@@ -483,6 +483,25 @@ steps:
         "{text}"
     );
     assert!(text.contains("does NOT fit"), "{text}");
+    let out = tollgate(
+        &p,
+        &[
+            "plan",
+            "wf.yaml",
+            "-p",
+            "policy.yaml",
+            "-i",
+            "ticket=second",
+            "--format",
+            "json",
+        ],
+        &day1,
+    )
+    .await;
+    let plan: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let left = &plan["budgets_left"];
+    assert!((left["daily"]["spent_usd"].as_f64().unwrap() - 0.000136).abs() < 1e-12);
+    assert!((left["monthly"]["left_usd"].as_f64().unwrap() - (1.0 - 0.000136)).abs() < 1e-12);
 
     // Later that day, another run (other input, so no cache): the cloud call
     // is not made, the local one is.
