@@ -714,3 +714,41 @@ async fn a_run_stopped_by_its_budget_finishes_after_the_budget_is_raised() {
     assert!(r["earlier_cost_usd"].as_f64().unwrap() > 0.0);
     assert_eq!(fake.request_count(), 2, "summarize was not sent again");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_run_is_journaled_as_cancelled_and_resumes() {
+    let fake = FakeServer::start().await;
+    // The second request (reply) is held: Ctrl-C comes while it is in flight.
+    let rec = Recorder::install(&fake, 2);
+    let p = Project::new(&policy(&fake, ""), TWO_STEPS);
+    let child = command(&p, &run_args(&[]), &DOOMED_KEYS)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(60), rec.held.notified())
+        .await
+        .expect("the second request arrives");
+    let pid = child.id().unwrap().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-INT", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let out = child.wait_with_output().await.unwrap();
+    assert_eq!(out.status.code(), Some(130), "{}", transcript(&out));
+    let id = report(&out)["run_id"].as_str().unwrap().to_owned();
+    let run = journal_of(&p).run(&id).unwrap().unwrap();
+    assert_eq!((run.status.as_str(), run.steps_done), ("cancelled", 1));
+
+    let out = tollgate(&p, &["run", "--resume", &id, "--format", "json"], &[]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", transcript(&out));
+    assert_eq!(report(&out)["resumed_calls"], 1);
+    assert_eq!(
+        rec.sent_with(KEY),
+        1,
+        "only the interrupted call was sent again"
+    );
+}
