@@ -27,7 +27,7 @@ pub mod report;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use serde::Serialize;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -111,7 +111,18 @@ CREATE TABLE IF NOT EXISTS calls (
 CREATE INDEX IF NOT EXISTS calls_run ON calls(run_id, step, item);
 CREATE INDEX IF NOT EXISTS calls_request ON calls(request_hash, finished_ms);
 CREATE INDEX IF NOT EXISTS calls_finished ON calls(finished_ms);
+CREATE TABLE IF NOT EXISTS holds (
+    id              INTEGER PRIMARY KEY,
+    session         TEXT NOT NULL,
+    pid             INTEGER NOT NULL,
+    amount_usd      REAL NOT NULL,
+    created_ms      INTEGER NOT NULL
+);
 "#;
+
+/// A hold older than this is a leftover, whatever its process says (a
+/// recycled pid must not block budgets forever).
+const STALE_HOLD_MS: Millis = 24 * 3600 * 1000;
 
 /// Where the journal lives: `--state DIR`, else `$TOLLGATE_STATE`, else
 /// `.tollgate/` in the project (the nearest folder from the current one up
@@ -658,16 +669,72 @@ impl Journal {
             .map_err(db_err)
     }
 
-    /// Money spent since `since` by every process but this one (other runs,
-    /// earlier sessions of a resumed run).
-    pub fn spent_since_by_others(&self, since: Millis) -> Result<f64, JournalError> {
+    /// Budgets over time, across processes: in one write transaction (so
+    /// two processes cannot interleave), counts what others spent since each
+    /// check's start and the worst cases of their calls in flight (holds of
+    /// live processes), and holds `amount` if it fits every check. Returns
+    /// the hold, or the first check that does not fit with what others
+    /// spent and hold.
+    pub fn try_hold(
+        &self,
+        amount: f64,
+        checks: &[(Millis, f64, f64)],
+    ) -> Result<Result<i64, (usize, f64, f64)>, JournalError> {
+        let now = self.now();
+        let mut conn = self.conn();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(db_err)?;
+        let holds: Vec<(i64, u32, f64, Millis)> = {
+            let mut stmt = tx
+                .prepare("SELECT id, pid, amount_usd, created_ms FROM holds WHERE session != ?1")
+                .map_err(db_err)?;
+            stmt.query_map([&self.session], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            })
+            .map_err(db_err)?
+            .collect::<Result<_, _>>()
+            .map_err(db_err)?
+        };
+        let mut in_flight = 0.0;
+        for (id, pid, held, created) in holds {
+            if process_alive(pid) && now - created < STALE_HOLD_MS {
+                in_flight += held;
+            } else {
+                // Left by a process that died mid-call.
+                tx.execute("DELETE FROM holds WHERE id = ?1", [id])
+                    .map_err(db_err)?;
+            }
+        }
+        for (index, &(since, limit, local)) in checks.iter().enumerate() {
+            let spent: f64 = tx
+                .query_row(
+                    "SELECT COALESCE(SUM(cost_usd), 0) FROM calls WHERE finished_ms >= ?1 AND session != ?2",
+                    params![since, self.session],
+                    |r| r.get(0),
+                )
+                .map_err(db_err)?;
+            if spent + in_flight + local + amount > limit + 1e-12 {
+                tx.commit().map_err(db_err)?;
+                return Ok(Err((index, spent, in_flight)));
+            }
+        }
+        tx.execute(
+            "INSERT INTO holds (session, pid, amount_usd, created_ms) VALUES (?1, ?2, ?3, ?4)",
+            params![self.session, std::process::id(), amount, now],
+        )
+        .map_err(db_err)?;
+        let id = tx.last_insert_rowid();
+        tx.commit().map_err(db_err)?;
+        Ok(Ok(id))
+    }
+
+    /// Ends a hold: its call settled and its cost is journaled.
+    pub fn release_hold(&self, id: i64) -> Result<(), JournalError> {
         self.conn()
-            .query_row(
-                "SELECT COALESCE(SUM(cost_usd), 0) FROM calls WHERE finished_ms >= ?1 AND session != ?2",
-                params![since, self.session],
-                |r| r.get(0),
-            )
-            .map_err(db_err)
+            .execute("DELETE FROM holds WHERE id = ?1", [id])
+            .map_err(db_err)?;
+        Ok(())
     }
 
     /// Money spent since `since`, by everyone.
@@ -857,8 +924,9 @@ mod tests {
         let hit = j.cached_answer("req", 0).unwrap().unwrap();
         assert_eq!((hit.text.as_str(), hit.cost_usd), ("hi", 0.5));
         assert!(j.cached_answer("req", 1_800_000_000_000).unwrap().is_none());
-        // This session's spend is not "by others".
-        assert_eq!(j.spent_since_by_others(0).unwrap(), 0.0);
+        // This session's spend is not "by others": it is in the run's own
+        // ledger, so a $0.5 call still fits a $0.6 day here.
+        assert!(j.try_hold(0.5, &[(0, 0.6, 0.0)]).unwrap().is_ok());
         assert!((j.spent_since(0).unwrap() - 0.5).abs() < 1e-12);
         // Two resumes of one run: the second sees the first's process.
         let mut seen = j.run(&id).unwrap().unwrap();
@@ -872,6 +940,23 @@ mod tests {
             (id.as_str(), "failed")
         );
         assert!((row.cost_usd - 0.5).abs() < 1e-12);
+    }
+
+    #[test]
+    fn two_processes_cannot_both_take_the_last_of_a_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = Journal::open(dir.path(), Clock::Fixed(1_000)).unwrap();
+        let b = Journal::open(dir.path(), Clock::Fixed(1_000)).unwrap();
+        // $1 a day; A holds $0.6 for a call in flight.
+        let held = a.try_hold(0.6, &[(0, 1.0, 0.0)]).unwrap().unwrap();
+        // B's $0.6 does not fit beside it…
+        assert_eq!(
+            b.try_hold(0.6, &[(0, 1.0, 0.0)]).unwrap(),
+            Err((0, 0.0, 0.6))
+        );
+        // …until A's call settles.
+        a.release_hold(held).unwrap();
+        assert!(b.try_hold(0.6, &[(0, 1.0, 0.0)]).unwrap().is_ok());
     }
 
     #[test]

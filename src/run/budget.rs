@@ -4,9 +4,10 @@
 //!
 //! Budgets over time (a UTC day, a UTC month) are checked the same way, on
 //! top of what *others* spent in the period — other runs, earlier sessions of
-//! a resumed run — which [`OutsideSpend`] reads from the run journal before
-//! every paid call. If it cannot be read, paid calls are refused (fail
-//! closed).
+//! a resumed run — and the worst cases of their calls in flight, which
+//! [`OutsideSpend`] (the run journal) counts and holds for this call in one
+//! step, so two processes cannot both take the last of a day's budget. If it
+//! cannot be read, paid calls are refused (fail closed).
 //!
 //! A call whose worst case fits in what is left *after what was spent* but
 //! not alongside what other calls in flight have reserved waits for them to
@@ -59,10 +60,57 @@ pub enum Period {
     Month,
 }
 
-/// What was spent in the current period outside this run's own ledger.
-pub trait OutsideSpend: Send + Sync {
-    fn spent(&self, period: Period) -> Result<f64, String>;
+/// One period limit to check a call against.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PeriodCheck {
+    pub period: Period,
+    pub limit: f64,
+    /// What this run has spent and reserved (its own ledger).
+    pub local: f64,
 }
+
+/// The answer of [`OutsideSpend::try_hold`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Hold {
+    /// The call fits; others now count it as in flight until released.
+    Held(u64),
+    /// The first check (by index) it does not fit: what others spent in its
+    /// period and the worst cases of their calls in flight.
+    Over {
+        index: usize,
+        spent: f64,
+        in_flight: f64,
+    },
+}
+
+/// Spending outside this run's own ledger, shared with other processes.
+pub trait OutsideSpend: Send + Sync {
+    /// In one step that other processes cannot interleave with: if `amount`
+    /// fits under every check beside what others spent in the check's
+    /// period and their calls in flight, hold it.
+    fn try_hold(&self, amount: f64, checks: &[PeriodCheck]) -> Result<Hold, String>;
+    /// The call settled (its cost is journaled): the hold ends.
+    fn release(&self, hold: u64);
+}
+
+/// What a call that does not fit yet waits for.
+enum Wait {
+    /// A call of this run to settle.
+    Own,
+    /// Other processes' calls (polled: their settling cannot wake it).
+    Others,
+}
+
+fn scope_of(p: Period) -> &'static str {
+    match p {
+        Period::Day => "daily",
+        Period::Month => "monthly",
+    }
+}
+
+/// How often a call kept out only by other processes' calls in flight looks
+/// again (their settling cannot wake it).
+const POLL_OTHERS: std::time::Duration = std::time::Duration::from_millis(100);
 
 #[derive(Debug, Default)]
 struct State {
@@ -96,6 +144,7 @@ impl std::fmt::Debug for Budget {
 #[must_use = "a reservation must be settled"]
 pub struct Reservation {
     amount: f64,
+    hold: Option<u64>,
 }
 
 impl Budget {
@@ -134,85 +183,121 @@ impl Budget {
     pub async fn reserve(&self, worst_case: f64) -> Result<Reservation, OverBudget> {
         if worst_case <= 0.0 {
             // Free calls are never blocked, and never wait for the journal.
-            return Ok(Reservation { amount: 0.0 });
+            return Ok(Reservation {
+                amount: 0.0,
+                hold: None,
+            });
         }
         loop {
             // Registered before the check, so a settle in between is not missed.
             let settled = self.settled.notified();
-            // Read before taking the lock: a journal query must not hold up
-            // the other calls' settling.
-            let mut limits: Vec<(&'static str, f64, f64)> = Vec::new();
-            if let Some(limit) = self.limit {
-                limits.push(("run", limit, self.earlier));
-            }
-            if let Some(outside) = &self.outside {
-                for &(period, limit) in &self.periods {
-                    let scope = match period {
-                        Period::Day => "daily",
-                        Period::Month => "monthly",
-                    };
-                    match outside.spent(period) {
-                        Ok(others) => limits.push((scope, limit, others)),
-                        Err(why) => {
-                            return Err(OverBudget {
-                                scope,
-                                limit,
-                                committed: 0.0,
-                                worst_case,
-                                unreadable: Some(why),
-                            });
-                        }
+            let wait = {
+                let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+                self.try_reserve(&mut s, worst_case)?
+            };
+            match wait {
+                Ok(r) => return Ok(r),
+                Err(Wait::Own) => settled.await,
+                Err(Wait::Others) => {
+                    tokio::select! {
+                        () = settled => {}
+                        () = tokio::time::sleep(POLL_OTHERS) => {}
                     }
                 }
             }
-            {
-                let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
-                let fits = |base: f64, limit: f64, with_reserved: bool| {
-                    let reserved = if with_reserved { s.reserved } else { 0.0 };
-                    base + s.spent + reserved + worst_case <= limit + 1e-12
-                };
-                if limits
-                    .iter()
-                    .all(|&(_, limit, base)| fits(base, limit, true))
-                {
-                    s.reserved += worst_case;
-                    return Ok(Reservation { amount: worst_case });
-                }
-                // Cannot fit even once everything in flight has settled: refuse.
-                let failing = limits
-                    .iter()
-                    .find(|&&(_, limit, base)| !fits(base, limit, false))
-                    .or_else(|| {
-                        // Nothing in flight to wait for.
-                        (s.reserved <= 0.0)
-                            .then(|| {
-                                limits
-                                    .iter()
-                                    .find(|&&(_, limit, base)| !fits(base, limit, true))
-                            })
-                            .flatten()
-                    });
-                if let Some(&(scope, limit, base)) = failing {
-                    return Err(OverBudget {
-                        scope,
-                        limit,
-                        committed: base + s.spent + s.reserved,
-                        worst_case,
-                        unreadable: None,
-                    });
-                }
-            }
-            settled.await;
         }
     }
 
-    /// Replaces a reservation by what the call really cost.
+    /// Replaces a reservation by what the call really cost (journaled
+    /// before this is called, so others never miss it).
     pub fn settle(&self, r: Reservation, actual: f64) {
         let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
         s.reserved = (s.reserved - r.amount).max(0.0);
         s.spent += actual;
         drop(s);
+        if let (Some(id), Some(outside)) = (r.hold, &self.outside) {
+            outside.release(id);
+        }
         self.settled.notify_waiters();
+    }
+
+    /// One look at every limit, under the ledger's lock (the journal's hold
+    /// is taken under it too, so this run's own calls cannot race each other
+    /// past a limit).
+    fn try_reserve(
+        &self,
+        s: &mut State,
+        worst_case: f64,
+    ) -> Result<Result<Reservation, Wait>, OverBudget> {
+        const EPS: f64 = 1e-12;
+        if let Some(limit) = self.limit {
+            if self.earlier + s.spent + s.reserved + worst_case > limit + EPS {
+                if self.earlier + s.spent + worst_case > limit + EPS || s.reserved <= 0.0 {
+                    return Err(OverBudget {
+                        scope: "run",
+                        limit,
+                        committed: self.earlier + s.spent + s.reserved,
+                        worst_case,
+                        unreadable: None,
+                    });
+                }
+                return Ok(Err(Wait::Own));
+            }
+        }
+        let mut hold = None;
+        if let Some(outside) = self.outside.as_ref().filter(|_| !self.periods.is_empty()) {
+            let checks: Vec<PeriodCheck> = self
+                .periods
+                .iter()
+                .map(|&(period, limit)| PeriodCheck {
+                    period,
+                    limit,
+                    local: s.spent + s.reserved,
+                })
+                .collect();
+            match outside.try_hold(worst_case, &checks) {
+                Err(why) => {
+                    return Err(OverBudget {
+                        scope: scope_of(checks[0].period),
+                        limit: checks[0].limit,
+                        committed: 0.0,
+                        worst_case,
+                        unreadable: Some(why),
+                    });
+                }
+                Ok(Hold::Held(id)) => hold = Some(id),
+                Ok(Hold::Over {
+                    index,
+                    spent,
+                    in_flight,
+                }) => {
+                    let c = checks[index];
+                    // Cannot fit even once every call in flight, here
+                    // and elsewhere, has settled: refuse.
+                    if spent + s.spent + worst_case > c.limit + EPS
+                        || (s.reserved <= 0.0 && in_flight <= 0.0)
+                    {
+                        return Err(OverBudget {
+                            scope: scope_of(c.period),
+                            limit: c.limit,
+                            committed: spent + in_flight + s.spent + s.reserved,
+                            worst_case,
+                            unreadable: None,
+                        });
+                    }
+                    return Ok(Err(if in_flight > 0.0 {
+                        Wait::Others
+                    } else {
+                        Wait::Own
+                    }));
+                }
+            }
+        }
+        s.reserved += worst_case;
+        Ok(Ok(Reservation {
+            amount: worst_case,
+            hold,
+        }))
     }
 
     /// What this session settled.
@@ -250,29 +335,95 @@ mod tests {
         b.settle(r, 0.0);
     }
 
-    struct Others(Result<f64, String>);
+    /// Another process: what it spent, its calls in flight, and whether
+    /// the journal can be read.
+    struct Others {
+        spent: f64,
+        in_flight: Mutex<f64>,
+        held: Mutex<Vec<u64>>,
+        broken: bool,
+    }
+
+    impl Others {
+        fn new(spent: f64, in_flight: f64) -> std::sync::Arc<Others> {
+            std::sync::Arc::new(Others {
+                spent,
+                in_flight: Mutex::new(in_flight),
+                held: Mutex::new(Vec::new()),
+                broken: false,
+            })
+        }
+    }
 
     impl OutsideSpend for Others {
-        fn spent(&self, _: Period) -> Result<f64, String> {
-            self.0.clone()
+        fn try_hold(&self, amount: f64, checks: &[PeriodCheck]) -> Result<Hold, String> {
+            if self.broken {
+                return Err("disk I/O error".into());
+            }
+            let in_flight = *self.in_flight.lock().unwrap();
+            for (index, c) in checks.iter().enumerate() {
+                if self.spent + in_flight + c.local + amount > c.limit + 1e-12 {
+                    return Ok(Hold::Over {
+                        index,
+                        spent: self.spent,
+                        in_flight,
+                    });
+                }
+            }
+            let mut held = self.held.lock().unwrap();
+            let id = held.len() as u64 + 1;
+            held.push(id);
+            Ok(Hold::Held(held.len() as u64))
+        }
+
+        fn release(&self, hold: u64) {
+            self.held.lock().unwrap().retain(|h| *h != hold);
         }
     }
 
     #[tokio::test]
     async fn periods_count_what_others_spent_and_fail_closed() {
-        let spent = std::sync::Arc::new(Others(Ok(0.9)));
-        let b = Budget::new(None).with_periods(vec![(Period::Day, 1.0)], spent);
+        let others = Others::new(0.9, 0.0);
+        let b = Budget::new(None).with_periods(vec![(Period::Day, 1.0)], others.clone());
         let over = b.reserve(0.2).await.unwrap_err();
         assert_eq!(over.scope, "daily");
         let r = b.reserve(0.05).await.unwrap();
+        assert_eq!(others.held.lock().unwrap().len(), 1, "held while in flight");
         b.settle(r, 0.05);
+        assert!(
+            others.held.lock().unwrap().is_empty(),
+            "released once settled"
+        );
         // Unreadable journal: paid calls refused, free ones made.
-        let broken = std::sync::Arc::new(Others(Err("disk I/O error".into())));
+        let broken = std::sync::Arc::new(Others {
+            broken: true,
+            ..std::sync::Arc::into_inner(Others::new(0.0, 0.0)).unwrap()
+        });
         let b = Budget::new(None).with_periods(vec![(Period::Month, 100.0)], broken);
         assert!(b.reserve(0.01).await.unwrap_err().unreadable.is_some());
         b.settle(b.reserve(0.0).await.unwrap(), 0.0);
         // Earlier sessions of a resumed run count against the run budget.
         let b = Budget::new(Some(1.0)).with_earlier_spend(0.95);
         assert_eq!(b.reserve(0.1).await.unwrap_err().scope, "run");
+    }
+
+    #[tokio::test]
+    async fn a_call_waits_for_other_processes_calls_in_flight() {
+        // Another process has $0.5 in flight of a $1 day: a $0.6 call would
+        // fit once it settles, so it waits (polling) instead of failing.
+        let others = Others::new(0.0, 0.5);
+        let b = std::sync::Arc::new(
+            Budget::new(None).with_periods(vec![(Period::Day, 1.0)], others.clone()),
+        );
+        let b2 = std::sync::Arc::clone(&b);
+        let waiting = tokio::spawn(async move { b2.reserve(0.6).await });
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished());
+        *others.in_flight.lock().unwrap() = 0.0;
+        let r = waiting.await.unwrap().unwrap();
+        b.settle(r, 0.1);
+        // What cannot fit even then is refused at once.
+        *others.in_flight.lock().unwrap() = 0.5;
+        assert_eq!(b.reserve(1.0).await.unwrap_err().scope, "daily");
     }
 }

@@ -29,7 +29,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-pub use budget::{Budget, OutsideSpend, OverBudget, Period};
+pub use budget::{Budget, Hold, OutsideSpend, OverBudget, Period, PeriodCheck};
 pub use limits::CallLimits;
 
 use crate::analyze::Analysis;
@@ -443,16 +443,37 @@ impl Shared {
     }
 }
 
-/// Spending by others in the current UTC day or month, from the journal.
+/// Spending by others in the current UTC day or month and their calls in
+/// flight, from the journal.
 struct JournalSpend(Arc<Journal>);
 
 impl OutsideSpend for JournalSpend {
-    fn spent(&self, period: Period) -> Result<f64, String> {
+    fn try_hold(&self, amount: f64, checks: &[PeriodCheck]) -> Result<Hold, String> {
         let (day, month) = crate::journal::period_starts(self.0.now());
-        self.0.spent_since_by_others(match period {
-            Period::Day => day,
-            Period::Month => month,
+        let checks: Vec<(i64, f64, f64)> = checks
+            .iter()
+            .map(|c| {
+                let since = match c.period {
+                    Period::Day => day,
+                    Period::Month => month,
+                };
+                (since, c.limit, c.local)
+            })
+            .collect();
+        Ok(match self.0.try_hold(amount, &checks)? {
+            Ok(id) => Hold::Held(id as u64),
+            Err((index, spent, in_flight)) => Hold::Over {
+                index,
+                spent,
+                in_flight,
+            },
         })
+    }
+
+    fn release(&self, hold: u64) {
+        // A hold left behind only makes other processes more careful until
+        // this one exits.
+        let _ = self.0.release_hold(hold as i64);
     }
 }
 
