@@ -57,6 +57,11 @@ pub async fn report(mut rx: UnboundedReceiver<Event>, total_steps: u64, quiet: b
                     wait.as_secs_f64()
                 )
             }
+            Event::WaitingForBudget { step, model } => {
+                format!(
+                    "wait   {step} on {model}: the budget has room once other runs' calls in flight settle"
+                )
+            }
             Event::FallingBack {
                 step,
                 from,

@@ -181,6 +181,18 @@ impl Budget {
     /// when only their reservations stand in the way; refuses when the call
     /// cannot fit in what is left after what was spent.
     pub async fn reserve(&self, worst_case: f64) -> Result<Reservation, OverBudget> {
+        self.reserve_or_wait(worst_case, || {}).await
+    }
+
+    /// [`Budget::reserve`], calling `waiting_for_others` once if the call
+    /// has to wait for other processes' calls in flight (the user should
+    /// know why the run stands still).
+    pub async fn reserve_or_wait(
+        &self,
+        worst_case: f64,
+        waiting_for_others: impl FnOnce(),
+    ) -> Result<Reservation, OverBudget> {
+        let mut waiting_for_others = Some(waiting_for_others);
         if worst_case <= 0.0 {
             // Free calls are never blocked, and never wait for the journal.
             return Ok(Reservation {
@@ -199,6 +211,9 @@ impl Budget {
                 Ok(r) => return Ok(r),
                 Err(Wait::Own) => settled.await,
                 Err(Wait::Others) => {
+                    if let Some(say) = waiting_for_others.take() {
+                        say();
+                    }
                     tokio::select! {
                         () = settled => {}
                         () = tokio::time::sleep(POLL_OTHERS) => {}

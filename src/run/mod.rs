@@ -228,6 +228,9 @@ pub enum Event {
         status: StepStatus,
         cost_usd: f64,
     },
+    /// A call waits: the daily or monthly budget has room for it only once
+    /// other processes' calls in flight settle.
+    WaitingForBudget { step: String, model: String },
     /// The journal could not be written: the run goes on, but what this
     /// write held cannot be resumed or reported.
     JournalError { message: String },
@@ -1363,7 +1366,13 @@ async fn call_model(
                 input_tokens + u64::from(step.max_output_tokens()),
             )
             .await;
-        let reservation = match sh.budget.reserve(worst).await {
+        let waiting = || {
+            sh.emit(Event::WaitingForBudget {
+                step: step_id.to_owned(),
+                model: model.alias.clone(),
+            });
+        };
+        let reservation = match sh.budget.reserve_or_wait(worst, waiting).await {
             Ok(r) => r,
             Err(over) => {
                 let message = format!("{}: not called — {over}", model.alias);

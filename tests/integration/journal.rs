@@ -752,3 +752,59 @@ async fn an_interrupted_run_is_journaled_as_cancelled_and_resumes() {
         "only the interrupted call was sent again"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daily_budget_holds_across_processes() {
+    use tokio::io::AsyncBufReadExt;
+    let wf = r#"version: 1
+name: one
+inputs:
+  ticket: { type: string }
+steps:
+  summarize: { task: summarize, prompt: "Summarize: {{ inputs.ticket }}", max_output_tokens: 100 }
+"#;
+    let fake = FakeServer::start().await;
+    let rec = Recorder::install(&fake, 1);
+    // One call's worst case (≈ $0.000041) fits the day, two do not.
+    let p = Project::new(&policy(&fake, "budgets:\n  daily_usd: 0.00006\n"), wf);
+    let now = [("TOLLGATE_TEST_NOW", "2026-11-20T09:00:00Z")];
+    let env_a: Vec<(&str, &str)> = DOOMED_KEYS.iter().chain(&now).copied().collect();
+    let mut a = command(&p, &run_args(&["-i", "ticket=A"]), &env_a)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(60), rec.held.notified())
+        .await
+        .expect("A's call is in flight");
+
+    // B starts while A's call is in flight: it waits, and says so.
+    let mut b = command(&p, &run_args(&["-i", "ticket=B"]), &now)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(b.stderr.take().unwrap()).lines();
+    tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if line.starts_with("wait   summarize on budget") {
+                return;
+            }
+        }
+        panic!("B never waited");
+    })
+    .await
+    .expect("B waits for the budget");
+    assert_eq!(rec.sent_with(KEY), 0, "B called beside A's call in flight");
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+
+    // A dies mid-call: its hold goes with it, and B goes ahead.
+    a.start_kill().unwrap();
+    a.wait().await.unwrap();
+    let out = tokio::time::timeout(Duration::from_secs(60), b.wait_with_output())
+        .await
+        .expect("B finishes")
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", transcript(&out));
+    assert_eq!(rec.sent_with(KEY), 1);
+}
