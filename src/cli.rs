@@ -18,7 +18,9 @@ use crate::workflow::{self, Loaded, Workflow};
 use crate::yaml::Document;
 use crate::{plan, render};
 
+mod journal;
 mod suites;
+use journal::StateArg;
 
 /// Exit codes, in one place.
 pub mod exit {
@@ -82,6 +84,8 @@ enum Command {
         inputs: Vec<RawInput>,
         #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
         format: OutputFormat,
+        #[command(flatten)]
+        state: StateArg,
     },
     /// Run a workflow: every step on the model the policy routes it to, in parallel.
     Run(RunArgs),
@@ -89,6 +93,27 @@ enum Command {
     Test(suites::TestArgs),
     /// Join the results of test shards into one report and one JUnit file.
     Merge(suites::MergeArgs),
+    /// List recent runs from the run journal (newest first).
+    Runs {
+        /// How many runs to show.
+        #[arg(long, short = 'n', default_value_t = 20)]
+        limit: usize,
+        #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+        format: OutputFormat,
+        #[command(flatten)]
+        state: StateArg,
+    },
+    /// Spending from the run journal: by day, workflow, step, model and tier;
+    /// actual vs estimated; savings from routing, caching and batching.
+    Report {
+        /// Only calls since then: a duration back from now ("7d", "12h") or a UTC date ("2026-11-01").
+        #[arg(long, value_name = "WHEN")]
+        since: Option<String>,
+        #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+        format: OutputFormat,
+        #[command(flatten)]
+        state: StateArg,
+    },
     /// Print the JSON Schema of a file format.
     Schema {
         #[arg(value_enum)]
@@ -148,10 +173,43 @@ pub fn main() -> ExitCode {
             policy,
             inputs,
             format,
-        } => cmd_plan(&workflow, policy, &inputs, format, options),
+            state,
+        } => cmd_plan(&workflow, policy, &inputs, format, &state, options),
         Command::Run(args) => cmd_run(args, options),
         Command::Test(args) => suites::cmd_test(args, options),
         Command::Merge(args) => suites::cmd_merge(args, options),
+        Command::Runs {
+            limit,
+            format,
+            state,
+        } => match journal::runs(&state, limit) {
+            Ok(runs) => {
+                match format {
+                    OutputFormat::Json => {
+                        print_out(&serde_json::to_string_pretty(&runs).unwrap_or_default())
+                    }
+                    OutputFormat::Text => print_out(&render::runs_text(&runs)),
+                }
+                exit::OK
+            }
+            Err(d) => report(vec![d], format, options),
+        },
+        Command::Report {
+            since,
+            format,
+            state,
+        } => match journal::report(&state, since.as_deref()) {
+            Ok(r) => {
+                match format {
+                    OutputFormat::Json => {
+                        print_out(&serde_json::to_string_pretty(&r).unwrap_or_default())
+                    }
+                    OutputFormat::Text => print_out(&render::report_text(&r)),
+                }
+                exit::OK
+            }
+            Err(d) => report(vec![d], format, options),
+        },
         Command::Schema { kind } => {
             let text = match kind {
                 SchemaKind::Workflow => FileFormat::Workflow.schema_text(),
@@ -377,6 +435,7 @@ fn cmd_plan(
     policy_path: Option<PathBuf>,
     raw: &[RawInput],
     format: OutputFormat,
+    state: &StateArg,
     options: RenderOptions,
 ) -> u8 {
     let policy_path = policy_path.unwrap_or_else(|| PathBuf::from(DEFAULT_POLICY));
@@ -395,10 +454,22 @@ fn cmd_plan(
         &values,
     ) {
         Ok(plan) => {
+            // What is left of the daily and monthly budgets, from the journal.
+            let left = journal::remaining_budgets(state, &policy);
             match format {
-                OutputFormat::Text => print_out(&render::plan_text(&plan)),
+                OutputFormat::Text => {
+                    let mut text = render::plan_text(&plan);
+                    if let Some(left) = &left {
+                        text.push_str(&render::budgets_left_text(left, plan.totals.cost.high));
+                    }
+                    print_out(&text)
+                }
                 OutputFormat::Json => {
-                    print_out(&serde_json::to_string_pretty(&plan).unwrap_or_default())
+                    let mut v = serde_json::to_value(&plan).unwrap_or_default();
+                    if let (Some(left), Some(obj)) = (left, v.as_object_mut()) {
+                        obj.insert("budgets_left".to_owned(), left);
+                    }
+                    print_out(&serde_json::to_string_pretty(&v).unwrap_or_default())
                 }
             }
             exit::OK
@@ -409,14 +480,30 @@ fn cmd_plan(
 
 #[derive(Debug, clap::Args)]
 struct RunArgs {
-    /// The workflow file.
-    workflow: PathBuf,
+    /// The workflow file (with --resume: the journaled run's, unless given).
+    #[arg(required_unless_present = "resume")]
+    workflow: Option<PathBuf>,
     /// The policy file [default: $TOLLGATE_POLICY, else policies/default.yaml].
     #[arg(long, short = 'p', env = "TOLLGATE_POLICY")]
     policy: Option<PathBuf>,
     /// An input: NAME=VALUE, NAME=@FILE, or NAME=@- for standard input.
-    #[arg(long = "input", short = 'i', value_name = "NAME=VALUE")]
+    #[arg(
+        long = "input",
+        short = 'i',
+        value_name = "NAME=VALUE",
+        conflicts_with = "resume"
+    )]
     inputs: Vec<RawInput>,
+    /// Resume a journaled run (an id from `tollgate runs`, or `last`): its
+    /// finished calls are read back from the journal, only the rest is sent.
+    #[arg(long, value_name = "RUN_ID")]
+    resume: Option<String>,
+    /// Send every call, even one an identical earlier request answered
+    /// (answers are still journaled for later runs).
+    #[arg(long)]
+    no_cache: bool,
+    #[command(flatten)]
+    state: StateArg,
     /// Write each step's output and run.json into this folder.
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
@@ -444,23 +531,65 @@ struct RunArgs {
     batch_poll_interval: String,
 }
 
-/// Where submitted batches are remembered between runs (relative to the
-/// directory the run starts in, like `.tollgate/logs`).
-pub const BATCH_LEDGER: &str = ".tollgate/batches.json";
-
 /// Exit code of a run stopped by Ctrl-C (128 + SIGINT), as shells expect.
 const INTERRUPTED: u8 = 130;
 
 fn cmd_run(args: RunArgs, options: RenderOptions) -> u8 {
     let format = args.format;
+    // A resume reads the journal first: it takes the workflow, policy and
+    // inputs from it. A new run opens it once its input is known to be good,
+    // so bad input leaves nothing behind.
+    let mut opened = None;
+    let resumed = match &args.resume {
+        None => None,
+        Some(id) => {
+            let found = journal::open(&args.state)
+                .and_then(|j| journal::resume_target(&j, id).map(|run| (j, run)));
+            match found {
+                Ok((j, run)) => {
+                    opened = Some(j);
+                    Some(run)
+                }
+                Err(d) => return report(vec![d], format, options),
+            }
+        }
+    };
+    let Some(workflow_path) = args
+        .workflow
+        .clone()
+        .or_else(|| resumed.as_ref().map(|r| PathBuf::from(&r.workflow_path)))
+    else {
+        return report(
+            vec![Diagnostic::error("usage", "no workflow file given")],
+            format,
+            options,
+        );
+    };
+    // A resume runs under the policy given now, else the one it started
+    // with: a changed policy (a raised budget, a new key) applies to what
+    // is left to run.
     let policy_path = args
         .policy
         .clone()
+        .or_else(|| resumed.as_ref().map(|r| PathBuf::from(&r.policy_path)))
         .unwrap_or_else(|| PathBuf::from(DEFAULT_POLICY));
-    let (analysis, policy) = match load_both(&args.workflow, &policy_path) {
+    let (analysis, policy) = match load_both(&workflow_path, &policy_path) {
         Ok(both) => both,
         Err(diags) => return report(diags, format, options),
     };
+    if let Some(run) = &resumed {
+        if let Err(d) = journal::check_unchanged(run, &analysis, &workflow_path) {
+            return report(vec![d], format, options);
+        }
+        if journal::policy_hash(&policy_path) != run.policy_hash {
+            let _ = writeln!(
+                std::io::stderr().lock(),
+                "note: the policy {} is not the one run {} started with; it applies to what is left to run",
+                policy_path.display(),
+                run.id
+            );
+        }
+    }
     // Everything that can be wrong with the input is found before any call.
     let run_timeout = match args
         .timeout
@@ -495,9 +624,12 @@ fn cmd_run(args: RunArgs, options: RenderOptions) -> u8 {
         .with_help("use a number with a unit: 500ms, 30s, 2m");
         return report(vec![d], format, options);
     };
-    let values = match inputs::resolve(&analysis.workflow.value, &args.inputs, false) {
-        Ok(v) => v,
-        Err(d) => return report(d, format, options),
+    let values = match &resumed {
+        Some(run) => journal::journaled_inputs(run, &analysis),
+        None => match inputs::resolve(&analysis.workflow.value, &args.inputs, false) {
+            Ok(v) => v,
+            Err(d) => return report(d, format, options),
+        },
     };
     let plan = match plan::build(
         &analysis,
@@ -519,15 +651,43 @@ fn cmd_run(args: RunArgs, options: RenderOptions) -> u8 {
             return report(vec![d], format, options);
         }
     }
+    let journal = match opened.map_or_else(|| journal::open(&args.state), Ok) {
+        Ok(j) => j,
+        Err(d) => return report(vec![d], format, options),
+    };
+    let run_id = match &resumed {
+        Some(run) => match journal.reopen_run(run) {
+            Ok(()) => run.id.clone(),
+            Err(e) => return report(vec![Diagnostic::error("journal", e)], format, options),
+        },
+        None => match journal::begin(
+            &journal,
+            &analysis,
+            &workflow_path,
+            &policy,
+            &policy_path,
+            &values,
+            &plan,
+        ) {
+            Ok(id) => id,
+            Err(d) => return report(vec![d], format, options),
+        },
+    };
     let run_options = crate::run::RunOptions {
         concurrency: args.concurrency.max(1),
         run_timeout,
         stream: !args.no_stream,
         batch_all: args.batch,
         batch_poll_interval,
-        batch_ledger: Some(std::sync::Arc::new(crate::run::JsonFileLedger::new(
-            BATCH_LEDGER,
-        ))),
+        // Submitted batches are remembered in the journal.
+        batch_ledger: Some(
+            std::sync::Arc::clone(&journal) as std::sync::Arc<dyn crate::run::BatchLedger>
+        ),
+        journal: Some(crate::run::RunJournal {
+            journal: std::sync::Arc::clone(&journal),
+            run_id: run_id.clone(),
+            cache_ttl: (!args.no_cache && !policy.cache_ttl.is_zero()).then_some(policy.cache_ttl),
+        }),
         ..crate::run::RunOptions::default()
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -580,6 +740,13 @@ fn cmd_run(args: RunArgs, options: RenderOptions) -> u8 {
         (result, analysis)
     });
     let (result, analysis) = result;
+    let status = serde_json::to_value(result.status)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default();
+    if let Err(e) = journal.finish_run(&run_id, &status) {
+        let _ = writeln!(std::io::stderr().lock(), "warning: {e}");
+    }
     let mut write_failed = false;
     if let Some(dir) = &args.out {
         if let Err(err) = write_outputs(dir, &result) {

@@ -33,6 +33,7 @@ pub mod diagnostic;
 pub mod eval;
 pub mod graph;
 pub mod inputs;
+pub mod journal;
 pub mod plan;
 pub mod policy;
 pub mod progress;

@@ -40,6 +40,14 @@ pub struct PolicyFile {
     pub fallbacks: IndexMap<String, Vec<String>>,
     #[serde(default)]
     pub budgets: BudgetsFile,
+    #[serde(default)]
+    pub cache: CacheFile,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheFile {
+    pub ttl: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -250,6 +258,8 @@ pub struct ConditionsFile {
 #[serde(deny_unknown_fields)]
 pub struct BudgetsFile {
     pub run_usd: Option<f64>,
+    pub daily_usd: Option<f64>,
+    pub monthly_usd: Option<f64>,
     #[serde(default)]
     pub tiers: BTreeMap<Tier, TierBudgetFile>,
 }
@@ -546,8 +556,17 @@ pub struct Policy {
     /// The model the plan compares against.
     pub flagship: Option<String>,
     pub run_budget_usd: Option<f64>,
+    /// What all runs together may spend in a UTC day / calendar month,
+    /// counted from the run journal.
+    pub daily_budget_usd: Option<f64>,
+    pub monthly_budget_usd: Option<f64>,
     pub tier_shares: BTreeMap<Tier, f64>,
+    /// How old a cached answer may be; zero turns the cache off.
+    pub cache_ttl: std::time::Duration,
 }
+
+/// The response cache's default: answers up to a week old are reused.
+pub const DEFAULT_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
 
 /// The default ladder when a policy says nothing about sensitivity.
 const DEFAULT_LEVELS: [&str; 4] = ["public", "internal", "confidential", "secret"];
@@ -1201,6 +1220,52 @@ pub fn compile(file: &PolicyFile, doc: &Document, catalog: &Catalog) -> (Policy,
             .map(|(k, _)| k.clone()),
     };
 
+    // Budgets over time: the schema rejects negative numbers; what is left
+    // are combinations that cannot all hold.
+    let b = &file.budgets;
+    if let (Some(d), Some(m)) = (b.daily_usd, b.monthly_usd) {
+        if d > m {
+            diags.push(
+                Diagnostic::error(
+                    "budget-order",
+                    format!("the daily budget (${d}) is larger than the monthly budget (${m})"),
+                )
+                .at(at(&["budgets", "daily_usd"]))
+                .with_help("a day's spend counts against the month too: lower daily_usd or raise monthly_usd"),
+            );
+        }
+    }
+    for (key, limit) in [("daily_usd", b.daily_usd), ("monthly_usd", b.monthly_usd)] {
+        if let (Some(run), Some(limit)) = (b.run_usd, limit) {
+            if run > limit {
+                diags.push(
+                    Diagnostic::error(
+                        "budget-order",
+                        format!("the run budget (${run}) is larger than `{key}` (${limit})"),
+                    )
+                    .at(at(&["budgets", "run_usd"]))
+                    .with_help(format!(
+                        "one run can never spend more than `{key}` allows: lower run_usd"
+                    )),
+                );
+            }
+        }
+    }
+    let cache_ttl = match &file.cache.ttl {
+        None => DEFAULT_CACHE_TTL,
+        Some(v) => match crate::workflow::parse_duration(v) {
+            Some(d) => d,
+            None => {
+                diags.push(
+                    Diagnostic::error("bad-duration", format!("cache ttl {v} is not a duration"))
+                        .at(at(&["cache", "ttl"]))
+                        .with_help("use a number with a unit: 30m, 12h, 7d; 0 turns the cache off"),
+                );
+                DEFAULT_CACHE_TTL
+            }
+        },
+    };
+
     let tier_shares = file
         .budgets
         .tiers
@@ -1224,7 +1289,10 @@ pub fn compile(file: &PolicyFile, doc: &Document, catalog: &Catalog) -> (Policy,
         fallbacks: file.fallbacks.clone(),
         flagship,
         run_budget_usd: file.budgets.run_usd,
+        daily_budget_usd: file.budgets.daily_usd,
+        monthly_budget_usd: file.budgets.monthly_usd,
         tier_shares,
+        cache_ttl,
     };
     (policy, diags)
 }

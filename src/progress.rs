@@ -26,6 +26,17 @@ pub async fn report(mut rx: UnboundedReceiver<Event>, total_steps: u64, quiet: b
     let mut running: Vec<String> = Vec::new();
     while let Some(event) = rx.recv().await {
         let line = match &event {
+            Event::JournalError { message } => {
+                // Shown even with --quiet: resume and the cache depend on it.
+                let line = format!("warning: {message}");
+                match &bar {
+                    Some(bar) => bar.println(line),
+                    None => {
+                        let _ = writeln!(std::io::stderr().lock(), "{line}");
+                    }
+                }
+                continue;
+            }
             Event::StepStarted { step, model, calls } => {
                 running.push(step.clone());
                 if *calls > 1 {
@@ -44,6 +55,11 @@ pub async fn report(mut rx: UnboundedReceiver<Event>, total_steps: u64, quiet: b
                 format!(
                     "retry  {step} on {model} (#{attempt} in {:.1}s): {error}",
                     wait.as_secs_f64()
+                )
+            }
+            Event::WaitingForBudget { step, model } => {
+                format!(
+                    "wait   {step} on {model}: the budget has room once other runs' calls in flight settle"
                 )
             }
             Event::FallingBack {

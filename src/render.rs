@@ -11,7 +11,9 @@ use crate::run::{RunReport, RunStatus, StepStatus};
 
 /// Dollars with enough digits to tell small costs apart, fixed per magnitude.
 pub fn usd(x: f64) -> String {
-    if x == 0.0 {
+    if x < 0.0 {
+        format!("-{}", usd(-x))
+    } else if x == 0.0 {
         "$0".to_owned()
     } else if x >= 1.0 {
         format!("${x:.2}")
@@ -319,8 +321,15 @@ pub fn run_text(r: &RunReport) -> String {
         .steps
         .iter()
         .map(|s| {
+            let from = |src: crate::run::CallSource| {
+                !s.calls.is_empty() && s.calls.iter().all(|c| c.source == src)
+            };
             let status = if s.ignored_failure {
                 "failed (ignored)".to_owned()
+            } else if from(crate::run::CallSource::Cache) {
+                format!("{} (cached)", s.status.name())
+            } else if from(crate::run::CallSource::Journal) {
+                format!("{} (resumed)", s.status.name())
             } else {
                 s.status.name().to_owned()
             };
@@ -397,7 +406,13 @@ pub fn run_text(r: &RunReport) -> String {
         .flat_map(|s| &s.calls)
         .filter(|c| c.batch)
         .count();
-    let writes: u64 = r.steps.iter().map(|s| s.usage.cache_write_tokens).sum();
+    let writes: u64 = r
+        .steps
+        .iter()
+        .flat_map(|s| &s.calls)
+        .filter(|c| c.source == crate::run::CallSource::Provider)
+        .map(|c| c.usage.cache_write_tokens)
+        .sum();
     if r.cached_input_tokens > 0 || writes > 0 || batched > 0 {
         let mut parts = Vec::new();
         if r.cached_input_tokens > 0 || writes > 0 {
@@ -418,6 +433,29 @@ pub fn run_text(r: &RunReport) -> String {
             usd(r.list_cost_usd)
         );
     }
+    if r.cache.hits > 0 {
+        let _ = writeln!(
+            o,
+            "cache: {} answered from the journal, {} saved",
+            plural(r.cache.hits, "call"),
+            usd(r.cache.saved_usd)
+        );
+    }
+    if r.resumed_calls > 0 || r.earlier_cost_usd > 0.0 {
+        let _ = writeln!(
+            o,
+            "resumed: {} finished before were not sent again ({} spent before this session)",
+            plural(r.resumed_calls, "call"),
+            usd(r.earlier_cost_usd)
+        );
+    }
+    if let Some(id) = &r.run_id {
+        if r.status == RunStatus::Succeeded {
+            let _ = writeln!(o, "run {id}");
+        } else {
+            let _ = writeln!(o, "run {id} — finish it with: tollgate run --resume {id}");
+        }
+    }
     for s in &r.steps {
         let cut = s.calls.iter().filter(|c| c.truncated).count();
         if cut > 0 {
@@ -432,6 +470,183 @@ pub fn run_text(r: &RunReport) -> String {
         }
         if let Some(d) = &s.detail {
             let _ = writeln!(o, "{}: {}: {d}", s.id, s.status.name());
+        }
+    }
+    o
+}
+
+/// Columns two spaces apart: the first `left` left-aligned, the rest
+/// (numbers) right-aligned.
+fn table(header: &[&str], rows: &[Vec<String>], left: usize) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (w, c) in widths.iter_mut().zip(row) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let mut o = String::new();
+    let head: Vec<String> = header.iter().map(|h| (*h).to_owned()).collect();
+    for row in std::iter::once(&head).chain(rows) {
+        let cells: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .enumerate()
+            .map(|(i, (c, w))| {
+                if i < left {
+                    format!("{c:<w$}")
+                } else {
+                    format!("{c:>w$}")
+                }
+            })
+            .collect();
+        let _ = writeln!(o, "{}", cells.join("  ").trim_end());
+    }
+    o
+}
+
+/// `tollgate runs`.
+pub fn runs_text(runs: &[crate::journal::RunRow]) -> String {
+    if runs.is_empty() {
+        return "no runs journaled yet\n".to_owned();
+    }
+    let rows: Vec<Vec<String>> = runs
+        .iter()
+        .map(|r| {
+            vec![
+                r.id.clone(),
+                r.started.clone(),
+                r.workflow.clone(),
+                r.status.clone(),
+                format!("{}/{}", r.steps_done, r.steps_total),
+                usd(r.cost_usd),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "RUN",
+            "STARTED (UTC)",
+            "WORKFLOW",
+            "STATUS",
+            "STEPS",
+            "COST",
+        ],
+        &rows,
+        4,
+    )
+}
+
+/// `tollgate report`.
+pub fn report_text(r: &crate::journal::report::Report) -> String {
+    use crate::journal::report::Line;
+    let mut o = String::new();
+    let since = r
+        .since
+        .as_ref()
+        .map_or_else(|| "all time".to_owned(), |s| format!("since {s} UTC"));
+    let t = &r.totals;
+    let _ = writeln!(
+        o,
+        "Spend, {since}: {} in {} ({} provider calls, {} answered from the cache)",
+        usd(t.cost_usd),
+        plural(r.runs, "run"),
+        t.calls,
+        t.cache_hits
+    );
+    let _ = writeln!(
+        o,
+        "  estimated   {} (the plans' expected cost)",
+        usd(t.estimate_usd.unwrap_or(0.0))
+    );
+    let _ = writeln!(
+        o,
+        "  on flagship {} (the same calls, all on the flagship)",
+        usd(t.flagship_usd)
+    );
+    let _ = writeln!(
+        o,
+        "  saved       {} by routing, {} by the cache, {} by batching",
+        usd(t.savings.routing_usd),
+        usd(t.savings.cache_usd),
+        usd(t.savings.batch_usd)
+    );
+    let section = |o: &mut String, title: &str, lines: &[Line], estimates: bool| {
+        if lines.is_empty() {
+            return;
+        }
+        let _ = writeln!(o, "\n{title}");
+        let mut header = vec![title.trim_start_matches("By ").to_uppercase()];
+        header.extend(["CALLS", "CACHED", "IN", "OUT", "COST"].map(str::to_owned));
+        if estimates {
+            header.push("ESTIMATE".to_owned());
+        }
+        header
+            .extend(["FLAGSHIP", "SAVED ROUTING", "SAVED CACHE", "SAVED BATCH"].map(str::to_owned));
+        let rows: Vec<Vec<String>> = lines
+            .iter()
+            .map(|l| {
+                let mut row = vec![
+                    l.key.clone(),
+                    l.calls.to_string(),
+                    l.cache_hits.to_string(),
+                    l.input_tokens.to_string(),
+                    l.output_tokens.to_string(),
+                    usd(l.cost_usd),
+                ];
+                if estimates {
+                    row.push(l.estimate_usd.map_or_else(|| "-".to_owned(), usd));
+                }
+                row.extend([
+                    usd(l.flagship_usd),
+                    usd(l.savings.routing_usd),
+                    usd(l.savings.cache_usd),
+                    usd(l.savings.batch_usd),
+                ]);
+                row
+            })
+            .collect();
+        let header: Vec<&str> = header.iter().map(String::as_str).collect();
+        o.push_str(&table(&header, &rows, 1));
+    };
+    section(&mut o, "By day", &r.by_day, false);
+    section(&mut o, "By workflow", &r.by_workflow, true);
+    section(&mut o, "By step", &r.by_step, true);
+    section(&mut o, "By model", &r.by_model, false);
+    section(&mut o, "By tier", &r.by_tier, false);
+    o
+}
+
+/// The budgets-over-time lines `plan` adds (from `budgets_left` JSON).
+pub fn budgets_left_text(left: &serde_json::Value, worst_case: f64) -> String {
+    let mut o = String::new();
+    for (key, what) in [("daily", "today (UTC)"), ("monthly", "this month (UTC)")] {
+        let v = &left[key];
+        let Some(limit) = v["limit_usd"].as_f64() else {
+            continue;
+        };
+        match v["left_usd"].as_f64() {
+            Some(l) => {
+                let verdict = if worst_case <= l {
+                    "fits"
+                } else {
+                    "does NOT fit"
+                };
+                let _ = writeln!(
+                    o,
+                    "{key} budget: {} left of {} {what}; this run's worst case {} {verdict}",
+                    usd(l),
+                    usd(limit),
+                    usd(worst_case)
+                );
+            }
+            None => {
+                let _ = writeln!(
+                    o,
+                    "{key} budget: {}: cannot read the journal ({}); paid calls would not be made",
+                    usd(limit),
+                    v["error"].as_str().unwrap_or("unknown error")
+                );
+            }
         }
     }
     o

@@ -222,6 +222,8 @@ pub fn parse_duration(v: &Value) -> Option<Duration> {
                 (n, 60.0)
             } else if let Some(n) = s.strip_suffix('h') {
                 (n, 3600.0)
+            } else if let Some(n) = s.strip_suffix('d') {
+                (n, 86400.0)
             } else {
                 return None;
             };

@@ -26,10 +26,8 @@
 //! submitting (and paying for) it again. The entry is removed once the
 //! results are fetched.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::fmt;
-use std::path::PathBuf;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -38,6 +36,7 @@ use sha2::{Digest, Sha256};
 
 use super::{Attempt, CallReport, Event, Shared, parse_structured, prompt_cache};
 use crate::cost::{self, Billing};
+use crate::journal::CallRecord;
 use crate::policy::Model;
 use crate::provider::batch::{BatchApi, BatchItem, BatchState, ItemOutcome};
 use crate::provider::{ChatRequest, Endpoint, ErrorKind, Message, ProviderError, Usage};
@@ -61,78 +60,6 @@ pub trait BatchLedger: Send + Sync + fmt::Debug {
     fn record(&self, key: &str, batch: &BatchRef) -> std::io::Result<()>;
     /// The batch's results were fetched: nothing left to resume.
     fn finished(&self, key: &str) -> std::io::Result<()>;
-}
-
-/// A [`BatchLedger`] in one JSON file (`.tollgate/batches.json` for the
-/// CLI): `{"version": 1, "batches": {key: {provider, id}}}`, rewritten
-/// through a temporary file and a rename, so a crash never leaves it half
-/// written. Concurrent runs in one project may lose each other's entries
-/// (the last writer wins); the run journal replaces this file.
-#[derive(Debug)]
-pub struct JsonFileLedger {
-    path: PathBuf,
-    lock: Mutex<()>,
-}
-
-#[derive(Debug, Default, Serialize, Deserialize)]
-struct LedgerFile {
-    version: u32,
-    batches: BTreeMap<String, BatchRef>,
-}
-
-impl JsonFileLedger {
-    pub fn new(path: impl Into<PathBuf>) -> JsonFileLedger {
-        JsonFileLedger {
-            path: path.into(),
-            lock: Mutex::new(()),
-        }
-    }
-
-    /// An unreadable or corrupt file reads as empty: at worst a batch is
-    /// submitted again, never a wrong one resumed.
-    fn read(&self) -> LedgerFile {
-        std::fs::read_to_string(&self.path)
-            .ok()
-            .and_then(|t| serde_json::from_str(&t).ok())
-            .unwrap_or_default()
-    }
-
-    fn write(&self, file: &LedgerFile) -> std::io::Result<()> {
-        if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)?;
-        }
-        let tmp = self.path.with_extension("json.tmp");
-        let text = serde_json::to_string_pretty(file).map_err(std::io::Error::other)?;
-        std::fs::write(&tmp, text)?;
-        std::fs::rename(&tmp, &self.path)
-    }
-
-    fn update(&self, f: impl FnOnce(&mut LedgerFile)) -> std::io::Result<()> {
-        let _guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
-        let mut file = self.read();
-        file.version = 1;
-        f(&mut file);
-        self.write(&file)
-    }
-}
-
-impl BatchLedger for JsonFileLedger {
-    fn submitted(&self, key: &str) -> Option<BatchRef> {
-        let _guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
-        self.read().batches.get(key).cloned()
-    }
-
-    fn record(&self, key: &str, batch: &BatchRef) -> std::io::Result<()> {
-        self.update(|f| {
-            f.batches.insert(key.to_owned(), batch.clone());
-        })
-    }
-
-    fn finished(&self, key: &str) -> std::io::Result<()> {
-        self.update(|f| {
-            f.batches.remove(key);
-        })
-    }
 }
 
 /// Identifies a batch by what it asks: the provider and every item's
@@ -196,7 +123,9 @@ impl Item {
 
 /// The step's calls through a batch, or `None` when the step does not go
 /// through one (not a batch step, or its model's provider has no batch
-/// API): then every call runs normally.
+/// API): then every call runs normally. Calls an earlier session of the run
+/// finished are left out of the batch (`None` in their place): the
+/// synchronous path answers them from the journal.
 pub(super) async fn run(
     sh: &Shared,
     step_id: &str,
@@ -205,7 +134,7 @@ pub(super) async fn run(
     rendered: &[(Option<String>, String)],
     model: &Model,
     sensitivity: usize,
-) -> Option<Vec<Item>> {
+) -> Option<Vec<Option<Item>>> {
     let wanted = step.latency == Latency::Batch || sh.options.batch_all;
     // The gate, checked right before sending as on the synchronous path
     // (routing already chose a model that passes it).
@@ -213,10 +142,18 @@ pub(super) async fn run(
         return None;
     }
     let api = sh.providers.batchers.get(&model.provider)?;
+    let item_of = |n: usize| fan_out.then_some(n);
+    // Indices of the calls still to make; a resumed run batches only those.
+    let pending: Vec<usize> = (0..rendered.len())
+        .filter(|&n| !sh.finished.contains_key(&(step_id.to_owned(), item_of(n))))
+        .collect();
+    if pending.is_empty() {
+        return None;
+    }
     let schema = step.output_schema().cloned();
-    let items: Vec<BatchItem> = rendered
+    let items: Vec<BatchItem> = pending
         .iter()
-        .enumerate()
+        .map(|&n| (n, &rendered[n]))
         .map(|(n, (system, prompt))| BatchItem {
             custom_id: format!("item-{n}"),
             request: ChatRequest {
@@ -233,16 +170,22 @@ pub(super) async fn run(
             },
         })
         .collect();
-    let sync_all = |outcome: &str, message: String| -> Vec<Item> {
-        (0..items.len())
-            .map(|_| Item::synchronous(model, outcome, None, message.clone()))
+    // Every pending call to the synchronous path, with why.
+    let sync_all = |outcome: &str, message: String| -> Vec<Option<Item>> {
+        (0..rendered.len())
+            .map(|n| {
+                pending
+                    .contains(&n)
+                    .then(|| Item::synchronous(model, outcome, None, message.clone()))
+            })
             .collect()
     };
 
     // The worst case of the whole batch, at batch prices, before submitting.
     let max_out = u64::from(step.max_output_tokens());
-    let worst: f64 = rendered
+    let worst: f64 = pending
         .iter()
+        .map(|&n| &rendered[n])
         .map(|(s, p)| {
             let mut msgs: Vec<&str> = s.iter().map(String::as_str).collect();
             msgs.push(p);
@@ -280,9 +223,15 @@ pub(super) async fn run(
     let validator = schema
         .as_ref()
         .and_then(|s| jsonschema::validator_for(s).ok());
+    let base_url = sh
+        .policy
+        .providers
+        .get(&model.provider)
+        .and_then(|p| p.base_url.clone())
+        .unwrap_or_default();
     let mut spent = 0.0;
-    let mut out = Vec::with_capacity(items.len());
-    for (n, item) in items.iter().enumerate() {
+    let mut out: Vec<Option<Item>> = (0..rendered.len()).map(|_| None).collect();
+    for (&n, item) in pending.iter().zip(&items) {
         let failed = |outcome: &str, status: Option<u16>, message: String| {
             Item::synchronous(
                 model,
@@ -294,11 +243,11 @@ pub(super) async fn run(
         let answer = match results.remove(&item.custom_id) {
             Some(ItemOutcome::Answer(resp)) => resp,
             Some(ItemOutcome::Failed(e)) => {
-                out.push(failed(&kind_name(e.kind), e.status, e.message));
+                out[n] = Some(failed(&kind_name(e.kind), e.status, e.message));
                 continue;
             }
             Some(ItemOutcome::Expired) => {
-                out.push(failed(
+                out[n] = Some(failed(
                     "batch_expired",
                     None,
                     "expired before it ran".into(),
@@ -306,7 +255,7 @@ pub(super) async fn run(
                 continue;
             }
             Some(ItemOutcome::Canceled) => {
-                out.push(failed(
+                out[n] = Some(failed(
                     "batch_cancelled",
                     None,
                     "cancelled before it ran".into(),
@@ -314,7 +263,7 @@ pub(super) async fn run(
                 continue;
             }
             None => {
-                out.push(failed(
+                out[n] = Some(failed(
                     "batch_missing",
                     None,
                     format!("no result for {}", item.custom_id),
@@ -344,7 +293,9 @@ pub(super) async fn run(
             Some(v) => parse_structured(&answer.text, v),
         };
         let mut report = CallReport {
-            item: fan_out.then_some(n),
+            item: item_of(n),
+            source: super::CallSource::Provider,
+            saved_usd: 0.0,
             model: Some(model.alias.clone()),
             attempts: vec![Attempt {
                 model: model.alias.clone(),
@@ -361,8 +312,47 @@ pub(super) async fn run(
             ttft_ms: None,
             truncated: answer.truncated(),
         };
+        // Journaled before dependants can start, like every call: a resume
+        // never pays for this answer again, and a valid one serves later
+        // identical requests from the cache.
+        let cacheable = value.is_ok() && !answer.truncated();
+        sh.journal_call(CallRecord {
+            step: step_id.to_owned(),
+            item: item_of(n),
+            attempt: 1,
+            request_hash: sh
+                .options
+                .journal
+                .as_ref()
+                .map(|_| super::request_hash(model, &base_url, &item.request)),
+            model: model.alias.clone(),
+            provider: model.provider.clone(),
+            provider_model: model.model.clone(),
+            tier: model.tier.name().to_owned(),
+            local: false,
+            started_ms: sh.options.journal.as_ref().map_or(0, |j| j.journal.now()),
+            latency_ms: report.latency_ms,
+            outcome: if value.is_ok() {
+                "ok"
+            } else {
+                "invalid_output"
+            }
+            .to_owned(),
+            error: value.as_ref().err().cloned(),
+            usage,
+            cost_usd: cost,
+            list_cost_usd: report.list_cost_usd,
+            flagship_cost_usd: super::flagship_cost(sh, &usage),
+            estimate_usd: sh.call_estimates.get(step_id).copied().unwrap_or(0.0),
+            batch: true,
+            cacheable,
+            response: cacheable.then(|| answer.text.clone()),
+            output: value.as_ref().ok().cloned(),
+            ..CallRecord::default()
+        })
+        .await;
         match value {
-            Ok(v) => out.push(Item::Done(report, v)),
+            Ok(v) => out[n] = Some(Item::Done(report, v)),
             Err(why) => {
                 // Asked again synchronously (with its own schema retry);
                 // what the batch answer cost stays on the bill.
@@ -371,7 +361,7 @@ pub(super) async fn run(
                     a.message = Some(format!("batch {batch_id}: {why}"));
                 }
                 report.truncated = false;
-                out.push(Item::Synchronous(report));
+                out[n] = Some(Item::Synchronous(report));
             }
         }
     }
@@ -530,34 +520,28 @@ mod tests {
     }
 
     #[test]
-    fn the_ledger_remembers_batches_across_instances_and_forgets_finished_ones() {
+    fn the_journal_remembers_batches_across_runs_and_forgets_finished_ones() {
+        use crate::journal::{Clock, Journal};
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join(".tollgate/batches.json");
         let batch = BatchRef {
             provider: "openai".into(),
             id: "batch_1".into(),
         };
-        JsonFileLedger::new(&path).record("k1", &batch).unwrap();
-        // A later run (a new instance) finds it.
-        let later = JsonFileLedger::new(&path);
+        Journal::open(dir.path(), Clock::Fixed(1_000))
+            .unwrap()
+            .record("k1", &batch)
+            .unwrap();
+        // A later run (a new process) finds it.
+        let later = Journal::open(dir.path(), Clock::Fixed(2_000)).unwrap();
         assert_eq!(later.submitted("k1"), Some(batch));
         assert_eq!(later.submitted("k2"), None);
         later.finished("k1").unwrap();
-        assert_eq!(JsonFileLedger::new(&path).submitted("k1"), None);
-        // A corrupt file reads as empty (the batch is submitted again,
-        // never a wrong one resumed) and is replaced on the next record.
-        std::fs::write(&path, "{not json").unwrap();
-        assert_eq!(later.submitted("k1"), None);
-        later
-            .record(
-                "k3",
-                &BatchRef {
-                    provider: "anthropic".into(),
-                    id: "msgbatch_2".into(),
-                },
-            )
-            .unwrap();
-        assert_eq!(later.submitted("k3").unwrap().id, "msgbatch_2");
+        assert_eq!(
+            Journal::open(dir.path(), Clock::Fixed(3_000))
+                .unwrap()
+                .submitted("k1"),
+            None
+        );
     }
 
     #[test]

@@ -30,14 +30,15 @@ use tokio::sync::mpsc::UnboundedSender;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-pub use batch::{BatchLedger, BatchRef, JsonFileLedger, batch_key};
-pub use budget::{Budget, OverBudget};
+pub use batch::{BatchLedger, BatchRef, batch_key};
+pub use budget::{Budget, Hold, OutsideSpend, OverBudget, Period, PeriodCheck};
 pub use limits::CallLimits;
 
 use crate::analyze::Analysis;
 use crate::cost::{self, Billing};
 use crate::diagnostic::Diagnostic;
 use crate::inputs::Inputs;
+use crate::journal::{CallRecord, FinishedCall, Journal};
 use crate::plan::{CostRange, Plan, RULE_TOKENIZER, Status};
 use crate::policy::{Model, Policy, ProviderKind};
 use crate::provider::{
@@ -76,6 +77,21 @@ pub struct RunOptions {
     /// Where submitted batches are remembered, so an interrupted run
     /// resumes polling them; `None`: not remembered.
     pub batch_ledger: Option<Arc<dyn BatchLedger>>,
+    /// The run journal: resume, the response cache, budgets over time.
+    /// `None` runs without any of them (library use, `tollgate test`).
+    pub journal: Option<RunJournal>,
+}
+
+/// A run's place in the journal.
+#[derive(Debug, Clone)]
+pub struct RunJournal {
+    pub journal: Arc<Journal>,
+    /// From [`Journal::begin_run`]; calls this run (or an earlier session of
+    /// it) finished are answered from the journal, not sent again.
+    pub run_id: String,
+    /// Serve identical requests answered within this long from the journal;
+    /// `None` sends every call (`--no-cache`, `cache: {ttl: 0}`).
+    pub cache_ttl: Option<Duration>,
 }
 
 impl Default for RunOptions {
@@ -93,6 +109,7 @@ impl Default for RunOptions {
             batch_all: false,
             batch_poll_interval: batch::DEFAULT_POLL_INTERVAL,
             batch_ledger: None,
+            journal: None,
         }
     }
 }
@@ -264,6 +281,12 @@ pub enum Event {
         done: u64,
         total: u64,
     },
+    /// A call waits: the daily or monthly budget has room for it only once
+    /// other processes' calls in flight settle.
+    WaitingForBudget { step: String, model: String },
+    /// The journal could not be written: the run goes on, but what this
+    /// write held cannot be resumed or reported.
+    JournalError { message: String },
     /// A managed local server was started (or found running).
     ServerReady {
         provider: String,
@@ -311,10 +334,25 @@ pub struct Attempt {
     pub waited_ms: Option<u64>,
 }
 
+/// Where a call's answer came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CallSource {
+    /// Sent to the model (or not answered at all).
+    Provider,
+    /// An identical request's answer from the journal: free.
+    Cache,
+    /// Finished by an earlier session of this run (`--resume`): not sent again.
+    Journal,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct CallReport {
     /// Index in `for_each`, if any.
     pub item: Option<usize>,
+    pub source: CallSource,
+    /// For a cache hit: what the answer cost when it was bought.
+    pub saved_usd: f64,
     pub model: Option<String>,
     pub attempts: Vec<Attempt>,
     pub usage: Usage,
@@ -334,6 +372,8 @@ impl CallReport {
     fn empty(item: Option<usize>) -> CallReport {
         CallReport {
             item,
+            source: CallSource::Provider,
+            saved_usd: 0.0,
             model: None,
             attempts: Vec::new(),
             usage: Usage::default(),
@@ -401,6 +441,8 @@ pub enum RunStatus {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct RunReport {
+    /// The journal's id for the run (`--resume` takes it).
+    pub run_id: Option<String>,
     pub workflow: String,
     pub policy: String,
     pub status: RunStatus,
@@ -417,6 +459,17 @@ pub struct RunReport {
     pub estimate: CostRange,
     pub budget_usd: Option<f64>,
     pub elapsed_ms: u64,
+    pub cache: CacheSummary,
+    /// Calls finished by earlier sessions of this run, not sent again.
+    pub resumed_calls: u64,
+    /// What earlier sessions of this run spent (not in `cost_usd`).
+    pub earlier_cost_usd: f64,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct CacheSummary {
+    pub hits: u64,
+    pub saved_usd: f64,
 }
 
 /// Everything step tasks share.
@@ -435,6 +488,10 @@ struct Shared {
     planned_calls: HashMap<String, u64>,
     options: RunOptions,
     events: Option<UnboundedSender<Event>>,
+    /// Calls earlier sessions of this run finished, by (step, item).
+    finished: HashMap<(String, Option<usize>), FinishedCall>,
+    /// The plan's expected cost of one call of each step.
+    call_estimates: HashMap<String, f64>,
 }
 
 impl Shared {
@@ -442,6 +499,72 @@ impl Shared {
         if let Some(tx) = &self.events {
             let _ = tx.send(e);
         }
+    }
+
+    /// Writes a call attempt; committed before this returns.
+    async fn journal_call(&self, record: CallRecord) {
+        let Some(j) = &self.options.journal else {
+            return;
+        };
+        let journal = Arc::clone(&j.journal);
+        let run_id = j.run_id.clone();
+        // SQLite blocks (a commit waits for the disk): off the async workers.
+        let written =
+            tokio::task::spawn_blocking(move || journal.record_call(&run_id, &record)).await;
+        match written {
+            Ok(Ok(())) => {}
+            Ok(Err(message)) => self.emit(Event::JournalError { message }),
+            Err(e) => self.emit(Event::JournalError {
+                message: format!("run journal: {e}"),
+            }),
+        }
+    }
+
+    fn journal_step(&self, step: &str, status: StepStatus) {
+        let Some(j) = &self.options.journal else {
+            return;
+        };
+        let status = serde_json::to_value(status)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        if let Err(message) = j.journal.finish_step(&j.run_id, step, &status) {
+            self.emit(Event::JournalError { message });
+        }
+    }
+}
+
+/// Spending by others in the current UTC day or month and their calls in
+/// flight, from the journal.
+struct JournalSpend(Arc<Journal>);
+
+impl OutsideSpend for JournalSpend {
+    fn try_hold(&self, amount: f64, checks: &[PeriodCheck]) -> Result<Hold, String> {
+        let (day, month) = crate::journal::period_starts(self.0.now());
+        let checks: Vec<(i64, f64, f64)> = checks
+            .iter()
+            .map(|c| {
+                let since = match c.period {
+                    Period::Day => day,
+                    Period::Month => month,
+                };
+                (since, c.limit, c.local)
+            })
+            .collect();
+        Ok(match self.0.try_hold(amount, &checks)? {
+            Ok(id) => Hold::Held(id as u64),
+            Err((index, spent, in_flight)) => Hold::Over {
+                index,
+                spent,
+                in_flight,
+            },
+        })
+    }
+
+    fn release(&self, hold: u64) {
+        // A hold left behind only makes other processes more careful until
+        // this one exits.
+        let _ = self.0.release_hold(hold as i64);
     }
 }
 
@@ -527,9 +650,69 @@ pub async fn execute_in(
     } = job;
     let started = Instant::now();
     let n = analysis.steps.len();
+    // What earlier sessions of this run finished and spent (a resume).
+    let (finished, earlier_cost) = match &options.journal {
+        Some(j) => {
+            let finished = j.journal.finished_calls(&j.run_id);
+            let earlier = j.journal.run_cost(&j.run_id);
+            match (finished, earlier) {
+                (Ok(f), Ok(c)) => (f, c),
+                // Without knowing what finished, every call could be one
+                // already paid for: nothing is sent.
+                (Err(message), _) | (_, Err(message)) => {
+                    let why = format!("not started: {message}");
+                    return RunReport {
+                        run_id: Some(j.run_id.clone()),
+                        workflow: analysis.workflow.value.name.clone(),
+                        policy: policy.name.clone(),
+                        status: RunStatus::Failed,
+                        steps: analysis
+                            .dag
+                            .order()
+                            .iter()
+                            .filter_map(|&i| analysis.steps.get_index(i))
+                            .map(|(id, _)| {
+                                StepReport::new(id, StepStatus::NotStarted, Some(why.clone()))
+                            })
+                            .collect(),
+                        cost_usd: 0.0,
+                        list_cost_usd: 0.0,
+                        cached_input_tokens: 0,
+                        saving_usd: 0.0,
+                        estimate: plan.totals.cost,
+                        budget_usd: policy.run_budget_usd,
+                        elapsed_ms: 0,
+                        cache: CacheSummary::default(),
+                        resumed_calls: 0,
+                        earlier_cost_usd: 0.0,
+                    };
+                }
+            }
+        }
+        None => (HashMap::new(), 0.0),
+    };
+    let mut budget = Budget::new(policy.run_budget_usd).with_earlier_spend(earlier_cost);
+    if let Some(j) = &options.journal {
+        let periods: Vec<(Period, f64)> = [
+            (Period::Day, policy.daily_budget_usd),
+            (Period::Month, policy.monthly_budget_usd),
+        ]
+        .into_iter()
+        .filter_map(|(p, l)| l.map(|l| (p, l)))
+        .collect();
+        if !periods.is_empty() {
+            budget = budget.with_periods(periods, Arc::new(JournalSpend(Arc::clone(&j.journal))));
+        }
+    }
     let shared = Arc::new(Shared {
+        finished,
+        call_estimates: plan
+            .steps
+            .iter()
+            .map(|s| (s.id.clone(), s.cost.low / s.calls.max(1) as f64))
+            .collect(),
         resources,
-        budget: Budget::new(policy.run_budget_usd),
+        budget,
         tiers: Mutex::new(TierUsage {
             total_calls: plan.totals.calls,
             ..TierUsage::default()
@@ -594,6 +777,7 @@ pub async fn execute_in(
                 });
                 if let Some((status, why)) = blocked {
                     state[i] = State::Done(status);
+                    shared.journal_step(&id, status);
                     shared.emit(Event::StepFinished {
                         step: id.clone(),
                         status,
@@ -646,6 +830,7 @@ pub async fn execute_in(
                             outputs.insert(report.id.clone(), out.clone());
                         }
                         shared.emit(Event::StepFinished { step: report.id.clone(), status: report.status, cost_usd: report.cost_usd });
+                        shared.journal_step(&report.id, report.status);
                         state[i] = State::Done(report.status);
                         reports[i] = Some(report);
                     }
@@ -698,7 +883,17 @@ pub async fn execute_in(
                 | StepStatus::NotStarted
         ) && !s.ignored_failure
     });
+    let calls = || steps.iter().flat_map(|s| s.calls.iter());
+    let cache = CacheSummary {
+        hits: calls().filter(|c| c.source == CallSource::Cache).count() as u64,
+        saved_usd: calls().map(|c| c.saved_usd).sum(),
+    };
+    let resumed_calls = calls().filter(|c| c.source == CallSource::Journal).count() as u64;
     RunReport {
+        run_id: options.journal.as_ref().map(|j| j.run_id.clone()),
+        cache,
+        resumed_calls,
+        earlier_cost_usd: earlier_cost,
         workflow: analysis.workflow.value.name.clone(),
         policy: policy.name.clone(),
         status: stopped.unwrap_or(if failed {
@@ -713,7 +908,14 @@ pub async fn execute_in(
             .spent()
             .max(steps.iter().map(|s| s.cost_usd).sum()),
         list_cost_usd: steps.iter().map(|s| s.list_cost_usd).sum(),
-        cached_input_tokens: steps.iter().map(|s| s.usage.cached_input_tokens).sum(),
+        // Prompt-cache reads of calls the providers answered this time (a
+        // response-cache hit or a resumed call consumed nothing now).
+        cached_input_tokens: steps
+            .iter()
+            .flat_map(|s| &s.calls)
+            .filter(|c| c.source == CallSource::Provider)
+            .map(|c| c.usage.cached_input_tokens)
+            .sum(),
         saving_usd: steps.iter().map(|s| s.list_cost_usd - s.cost_usd).sum(),
         steps,
         estimate: plan.totals.cost,
@@ -894,10 +1096,7 @@ async fn run_step(sh: Arc<Shared>, i: usize, upstream: Map<String, Value>) -> St
         }
         None => None,
     }
-    .map_or_else(
-        || rendered.iter().map(|_| None).collect(),
-        |items| items.into_iter().map(Some).collect(),
-    );
+    .unwrap_or_else(|| rendered.iter().map(|_| None).collect());
     let facts_ref = &facts;
     let chain_ref = &chain;
     let sh_ref = &sh;
@@ -1000,6 +1199,20 @@ async fn call_with_fallbacks(
 ) -> (CallReport, Result<Value, String>) {
     let started = Instant::now();
     let mut report = CallReport::empty(item);
+    // Finished by an earlier session of this run: its answer, not a new call.
+    if let Some(done) = sh.finished.get(&(step_id.to_owned(), item)) {
+        report.source = CallSource::Journal;
+        report.model = Some(done.model.clone());
+        report.usage = done.usage;
+        report.attempts.push(Attempt {
+            model: done.model.clone(),
+            outcome: "resumed".to_owned(),
+            status: None,
+            message: None,
+            waited_ms: None,
+        });
+        return (report, Ok(done.output.clone()));
+    }
     let mut last_error = String::from("no candidate model could be tried");
     // After a context-length error only larger windows are worth trying.
     let mut need_window_above: u64 = 0;
@@ -1176,6 +1389,13 @@ async fn call_model(
         },
         stop: step.stop.clone(),
     };
+    let journal = sh.options.journal.as_ref();
+    let base_url = sh
+        .policy
+        .providers
+        .get(&model.provider)
+        .and_then(|p| p.base_url.clone())
+        .unwrap_or_default();
     let retries = step.retries.unwrap_or(sh.options.retries);
     let mut backoff = backon::ExponentialBuilder::default()
         .with_min_delay(sh.options.backoff_min)
@@ -1186,7 +1406,75 @@ async fn call_model(
     let call_timeout = step.timeout.unwrap_or(sh.options.call_timeout);
     let mut retried = 0u32;
     let mut schema_retry_used = false;
+    // The request the cache was last asked about (a retry after a transient
+    // error sends the same request again: no need to ask twice).
+    let mut looked_up: Option<String> = None;
     loop {
+        let hash = journal.map(|_| request_hash(model, &base_url, &req));
+        let record = |attempt: usize| CallRecord {
+            step: step_id.to_owned(),
+            item: report.item,
+            attempt: attempt as u32,
+            request_hash: hash.clone(),
+            model: model.alias.clone(),
+            provider: model.provider.clone(),
+            provider_model: model.model.clone(),
+            tier: model.tier.name().to_owned(),
+            local: model.locality == crate::policy::Locality::Local,
+            started_ms: journal.map_or(0, |j| j.journal.now()),
+            estimate_usd: sh.call_estimates.get(step_id).copied().unwrap_or(0.0),
+            ..CallRecord::default()
+        };
+        // The cache: an identical request (same provider, model, messages,
+        // parameters) answered within the TTL costs nothing.
+        if let (Some(j), Some(ttl), Some(h)) =
+            (journal, journal.and_then(|j| j.cache_ttl), hash.as_ref())
+        {
+            if looked_up.as_ref() != Some(h) {
+                looked_up = Some(h.clone());
+                let not_before = j.journal.now() - ttl.as_millis() as i64;
+                let (db, key) = (Arc::clone(&j.journal), h.clone());
+                let hit =
+                    tokio::task::spawn_blocking(move || db.cached_answer(&key, not_before)).await;
+                match hit {
+                    Ok(Ok(Some(answer))) => {
+                        let output = match &validator {
+                            None => Ok(Value::String(answer.text.clone())),
+                            Some(v) => parse_structured(&answer.text, v),
+                        };
+                        // Only valid answers are cached; one that no longer
+                        // validates is simply not used.
+                        if let Ok(v) = output {
+                            report.source = CallSource::Cache;
+                            report.saved_usd += answer.cost_usd;
+                            report.usage += answer.usage;
+                            report.attempts.push(Attempt {
+                                model: model.alias.clone(),
+                                outcome: "cached".to_owned(),
+                                status: None,
+                                message: Some(format!("answer of run {}", answer.run_id)),
+                                waited_ms: None,
+                            });
+                            let mut r = record(report.attempts.len());
+                            r.outcome = "cached".to_owned();
+                            r.usage = answer.usage;
+                            r.list_cost_usd = answer.cost_usd;
+                            r.saved_usd = answer.cost_usd;
+                            r.flagship_cost_usd = flagship_cost(sh, &answer.usage);
+                            r.from_cache = true;
+                            r.output = Some(v.clone());
+                            sh.journal_call(r).await;
+                            return Ok(v);
+                        }
+                    }
+                    Ok(Ok(None)) => {}
+                    Ok(Err(message)) => sh.emit(Event::JournalError { message }),
+                    Err(e) => sh.emit(Event::JournalError {
+                        message: format!("run journal: {e}"),
+                    }),
+                }
+            }
+        }
         let input_tokens = counts(model.tokenizer)
             + req.messages.len().saturating_sub(1) as u64 * u64::from(step.max_output_tokens());
         let worst = model
@@ -1203,13 +1491,16 @@ async fn call_model(
                 input_tokens + u64::from(step.max_output_tokens()),
             )
             .await;
-        let reservation = match sh.budget.reserve(worst).await {
+        let waiting = || {
+            sh.emit(Event::WaitingForBudget {
+                step: step_id.to_owned(),
+                model: model.alias.clone(),
+            });
+        };
+        let reservation = match sh.budget.reserve_or_wait(worst, waiting).await {
             Ok(r) => r,
             Err(over) => {
-                let message = format!(
-                    "{}: not called — its worst case ${:.6} would cross the run budget (${:.4} committed of ${:.2})",
-                    model.alias, over.worst_case, over.committed, over.limit
-                );
+                let message = format!("{}: not called — {over}", model.alias);
                 report.attempts.push(Attempt {
                     model: model.alias.clone(),
                     outcome: "over_budget".to_owned(),
@@ -1217,12 +1508,18 @@ async fn call_model(
                     message: Some(message.clone()),
                     waited_ms: None,
                 });
+                let mut r = record(report.attempts.len());
+                r.outcome = "over_budget".to_owned();
+                r.error = Some(message.clone());
+                sh.journal_call(r).await;
                 return Err(CallFailure {
                     message,
                     context_length: false,
                 });
             }
         };
+        let mut rec = record(report.attempts.len() + 1);
+        let sent = Instant::now();
         let result = match tokio::time::timeout(call_timeout, client.send(&req)).await {
             Ok(r) => r,
             Err(_) => Err(ProviderError {
@@ -1235,26 +1532,30 @@ async fn call_model(
             }),
         };
         drop(permit);
+        rec.latency_ms = sent.elapsed().as_millis() as u64;
         match result {
             Ok(resp) => {
                 let reported = resp.usage.input_tokens + resp.usage.output_tokens > 0;
-                let cost = match (resp.cost_usd, reported) {
-                    (Some(c), _) => c,
-                    (None, true) => cost::call_cost(&model.price, &resp.usage, Billing::Standard),
-                    // No usage reported: count it ourselves rather than
-                    // pretend the call was free.
-                    (None, false) => model.price.cost(
-                        input_tokens,
-                        tokens::count_chat(model.tokenizer, &[resp.text.as_str()]) as u64,
-                    ),
-                };
-                sh.budget.settle(reservation, cost);
-                report.cost_usd += cost;
-                report.list_cost_usd += if reported {
-                    cost::list_cost(&model.price, &resp.usage)
+                // No usage reported: count it ourselves rather than pretend
+                // the call was free.
+                let usage = if reported {
+                    resp.usage
                 } else {
-                    cost
+                    Usage {
+                        input_tokens,
+                        output_tokens: tokens::count_chat(model.tokenizer, &[resp.text.as_str()])
+                            as u64,
+                        ..Usage::default()
+                    }
                 };
+                // Provider-reported cost (OpenRouter) wins; else cache reads
+                // and writes priced as the provider bills them.
+                let cost = resp
+                    .cost_usd
+                    .unwrap_or_else(|| cost::call_cost(&model.price, &usage, Billing::Standard));
+                let list = cost::list_cost(&model.price, &usage);
+                report.cost_usd += cost;
+                report.list_cost_usd += list;
                 report.usage += resp.usage;
                 if report.ttft_ms.is_none() {
                     report.ttft_ms = resp.time_to_first_token.map(|d| d.as_millis() as u64);
@@ -1267,10 +1568,36 @@ async fn call_model(
                     message: None,
                     waited_ms: None,
                 });
-                let Some(validator) = &validator else {
+                let verdict = validator.as_ref().map(|v| parse_structured(&resp.text, v));
+                let output = match &verdict {
+                    None => Some(Value::String(resp.text.clone())),
+                    Some(Ok(v)) => Some(v.clone()),
+                    Some(Err(_)) => None,
+                };
+                // Only whole, valid answers answer later identical requests.
+                let cacheable = output.is_some() && !resp.truncated();
+                rec.outcome = match (&verdict, resp.truncated()) {
+                    (Some(Err(_)), _) => "invalid_output",
+                    (_, true) => "truncated",
+                    _ => "ok",
+                }
+                .to_owned();
+                rec.error = verdict.as_ref().and_then(|v| v.clone().err());
+                rec.usage = usage;
+                rec.cost_usd = cost;
+                rec.list_cost_usd = list;
+                rec.flagship_cost_usd = flagship_cost(sh, &usage);
+                rec.cacheable = cacheable;
+                rec.response = cacheable.then(|| resp.text.clone());
+                rec.output = output;
+                // Journaled before the reservation is settled: the budget
+                // may count the call twice for a moment, never not at all.
+                sh.journal_call(rec).await;
+                sh.budget.settle(reservation, cost);
+                let Some(verdict) = verdict else {
                     return Ok(Value::String(resp.text));
                 };
-                match parse_structured(&resp.text, validator) {
+                match verdict {
                     Ok(v) => return Ok(v),
                     Err(why) if !schema_retry_used => {
                         schema_retry_used = true;
@@ -1307,12 +1634,17 @@ async fn call_model(
                     err.kind,
                     ErrorKind::Timeout | ErrorKind::StreamBroken | ErrorKind::Malformed
                 );
-                sh.budget
-                    .settle(reservation, if maybe_billed { worst } else { 0.0 });
+                let charged = if maybe_billed { worst } else { 0.0 };
                 let kind = serde_json::to_value(err.kind)
                     .ok()
                     .and_then(|v| v.as_str().map(str::to_owned))
                     .unwrap_or_default();
+                rec.outcome = kind.clone();
+                rec.error = Some(err.message.clone());
+                rec.cost_usd = charged;
+                rec.list_cost_usd = charged;
+                sh.journal_call(rec).await;
+                sh.budget.settle(reservation, charged);
                 report.attempts.push(Attempt {
                     model: model.alias.clone(),
                     outcome: kind,
@@ -1376,6 +1708,42 @@ pub(crate) fn prompt_cache(model: &Model, system: Option<&str>) -> Option<crate:
     let system = system.filter(|s| !s.is_empty())?;
     let tokens = model.tokenizer.count(system) as u64;
     (tokens >= model.prompt_cache_min_tokens).then_some(ttl)
+}
+
+/// What the same usage costs on the policy's flagship (the plan's
+/// all-flagship comparison, on real usage).
+fn flagship_cost(sh: &Shared, usage: &Usage) -> f64 {
+    sh.policy.flagship_model().map_or(0.0, |f| {
+        f.price.usage_cost(
+            usage.input_tokens,
+            usage.cached_input_tokens,
+            usage.cache_write_tokens,
+            usage.output_tokens,
+        )
+    })
+}
+
+/// The identity of a request for the response cache: what decides the
+/// answer — the provider's API and endpoint, the model, the messages and
+/// every generation parameter. Not the key (it is not in the request), not
+/// streaming (the same answer either way).
+fn request_hash(model: &Model, base_url: &str, req: &ChatRequest) -> String {
+    crate::journal::sha256_json(&json!({
+        "v": 1,
+        "api": model.provider_kind.name(),
+        "base_url": base_url.trim_end_matches('/'),
+        "endpoint": match req.endpoint {
+            Endpoint::Chat => "chat",
+            Endpoint::Completions => "completions",
+        },
+        "model": req.model,
+        "system": req.system,
+        "messages": req.messages,
+        "max_output_tokens": req.max_output_tokens,
+        "temperature": req.temperature,
+        "output_schema": req.output_schema,
+        "stop": req.stop,
+    }))
 }
 
 /// Parses an answer as JSON (tolerating a Markdown code fence around it) and

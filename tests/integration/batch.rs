@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use fake_llm::{Api, BatchScript, FakeServer, Recorded, Reply};
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::run::{KEY, Project, assert_no_key, policy, report, step};
 use crate::transcript;
@@ -146,11 +146,10 @@ async fn an_openai_batch_is_submitted_once_polled_and_mapped_back_at_batch_price
     }
     let saving = r["saving_usd"].as_f64().unwrap();
     assert!(close(saving, (66.0 * 0.05 + 3.0 * 0.2) / 1e6), "{saving}");
-    // The ledger entry is gone once the results are in.
-    let ledger = std::fs::read_to_string(p.path().join(".tollgate/batches.json")).unwrap();
-    let ledger: Value = serde_json::from_str(&ledger).unwrap();
-    assert_eq!(ledger["batches"], json!({}));
-    assert_no_key(&out, &ledger.to_string());
+    // The journal's entry for the batch is closed once the results are in.
+    let ledger = open_batches(p.path());
+    assert!(ledger.is_empty(), "{ledger:?}");
+    assert_no_key(&out, &format!("{ledger:?}"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -425,7 +424,6 @@ async fn an_interrupted_run_resumes_polling_its_batch_instead_of_resubmitting() 
         .unwrap();
     // Wait until the batch is created and being polled (it was recorded
     // before the first poll), then kill the run without warning.
-    let ledger_path = p.path().join(".tollgate/batches.json");
     let mut waited = 0;
     while polls(&fake, "/v1/batches/") < 2 {
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -433,14 +431,9 @@ async fn an_interrupted_run_resumes_polling_its_batch_instead_of_resubmitting() 
         assert!(waited < 3000, "the run never polled its batch");
     }
     child.kill().await.unwrap();
-    let ledger: Value =
-        serde_json::from_str(&std::fs::read_to_string(&ledger_path).unwrap()).unwrap();
-    let entries = ledger["batches"].as_object().unwrap();
-    assert_eq!(entries.len(), 1, "{ledger}");
-    let batch_id = entries.values().next().unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let entries = open_batches(p.path());
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    let batch_id = entries[0].clone();
     assert!(batch_id.starts_with("batch_"));
     assert_eq!(fake.batches_created(), 1);
 
@@ -479,9 +472,55 @@ async fn an_interrupted_run_resumes_polling_its_batch_instead_of_resubmitting() 
             .contains(&batch_id)
     );
     // Its results were fetched, so nothing is left to resume.
-    let ledger: Value =
-        serde_json::from_str(&std::fs::read_to_string(&ledger_path).unwrap()).unwrap();
-    assert_eq!(ledger["batches"], json!({}));
+    assert!(open_batches(p.path()).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_answers_are_journaled_so_a_resume_never_pays_for_them_again() {
+    let fake = FakeServer::start().await;
+    // The summary's provider refuses the first run's call for good.
+    fake.set_handler(|r: &Recorded| {
+        if r.raw_body.contains("Summarize") {
+            Reply::auth_error()
+        } else if r.raw_body.contains("crashes") {
+            Reply::text("bug").usage(20, 1)
+        } else if r.raw_body.contains("dark mode") {
+            Reply::text("feature").usage(22, 1)
+        } else {
+            Reply::text("question").usage(24, 1)
+        }
+    });
+    let p = Project::new(&policy(&fake, ""), LABELS);
+    let out = p.run(&fast()).await;
+    assert_eq!(out.status.code(), Some(1), "{}", transcript(&out));
+    assert_eq!(fake.batches_created(), 1);
+    let run_id = report(&out)["run_id"].as_str().unwrap().to_owned();
+
+    by_ticket(&fake);
+    let out = p
+        .run(&["--resume", &run_id, "--format", "json", "--no-cache"])
+        .await;
+    assert_eq!(out.status.code(), Some(0), "{}", transcript(&out));
+    let r = report(&out);
+    assert_eq!(
+        step(&r, "label")["output"],
+        json!(["bug", "feature", "question"])
+    );
+    assert_eq!(fake.batches_created(), 1, "the batch was submitted again");
+    assert_eq!(sync_calls(&fake, "Label this ticket"), 0);
+    assert_eq!(step(&r, "summary")["output"], "3 tickets");
+}
+
+/// Batches the project's run journal holds as submitted and not fetched.
+fn open_batches(project: &std::path::Path) -> Vec<String> {
+    let db = rusqlite::Connection::open(project.join(".tollgate/state.db")).unwrap();
+    let mut stmt = db
+        .prepare("SELECT batch_id FROM batches WHERE finished_ms IS NULL ORDER BY batch_id")
+        .unwrap();
+    stmt.query_map([], |r| r.get::<_, String>(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
 }
 
 // ---------------------------------------------------------------------------

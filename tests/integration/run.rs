@@ -93,6 +93,8 @@ impl Project {
         .env_remove("TEST_OPENAI_KEY")
         .env_remove("TEST_ANTHROPIC_KEY")
         .env_remove("TEST_GEMINI_KEY")
+        .env_remove("TOLLGATE_STATE")
+        .env_remove("TOLLGATE_TEST_NOW")
         .kill_on_drop(true);
         for (k, v) in env {
             cmd.env(k, v);

@@ -1,0 +1,237 @@
+//! The commands and run options that read or write the run journal:
+//! `run --resume`, `runs`, `report`, and the budgets-over-time lines of
+//! `plan`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde_json::{Value, json};
+
+use crate::analyze::Analysis;
+use crate::diagnostic::Diagnostic;
+use crate::inputs::{InputValue, Inputs, ValueSource};
+use crate::journal::{self, Clock, Journal, NewRun, PlannedStep, RunRow};
+use crate::plan::Plan;
+use crate::policy::Policy;
+
+/// `--state DIR`, shared by every command that uses the journal.
+#[derive(Debug, Clone, clap::Args)]
+pub struct StateArg {
+    /// The state folder holding the run journal (state.db) [default:
+    /// $TOLLGATE_STATE, else .tollgate/ in the project].
+    #[arg(long, value_name = "DIR", env = "TOLLGATE_STATE")]
+    pub state: Option<PathBuf>,
+}
+
+impl StateArg {
+    pub fn dir(&self) -> PathBuf {
+        journal::state_dir(self.state.as_deref())
+    }
+}
+
+fn clock() -> Result<Clock, Diagnostic> {
+    Clock::from_env().map_err(|e| Diagnostic::error("clock", e))
+}
+
+/// Opens (creating) the journal `run` writes to.
+pub fn open(state: &StateArg) -> Result<Arc<Journal>, Diagnostic> {
+    let dir = state.dir();
+    Journal::open(&dir, clock()?).map(Arc::new).map_err(|e| {
+        Diagnostic::error("journal", e).with_help(
+            "runs are journaled so they can be resumed and reported: point --state (or TOLLGATE_STATE) at a writable folder",
+        )
+    })
+}
+
+/// Opens the journal for reading, if there is one.
+fn open_existing(state: &StateArg) -> Result<Option<Journal>, Diagnostic> {
+    Journal::open_existing(&state.dir(), clock()?).map_err(|e| Diagnostic::error("journal", e))
+}
+
+/// The run `--resume ID` names, if it can be resumed.
+pub fn resume_target(journal: &Journal, id: &str) -> Result<RunRow, Diagnostic> {
+    let Some(run) = journal
+        .run(id)
+        .map_err(|e| Diagnostic::error("journal", e))?
+    else {
+        return Err(Diagnostic::error(
+            "unknown-run",
+            format!("no run `{id}` in the journal {}", journal.path().display()),
+        )
+        .with_help("`tollgate runs` lists the journaled runs; `--resume last` takes the newest"));
+    };
+    if run.status == "running" {
+        return Err(Diagnostic::error(
+            "run-in-progress",
+            format!("run {} is still running (process {})", run.id, run.pid),
+        )
+        .with_help("resuming it now would send its calls twice: wait for it, or stop it first"));
+    }
+    Ok(run)
+}
+
+/// The identity of a workflow for `--resume`: its file and every prompt it
+/// renders (prompt files included). Answers to one version of a prompt must
+/// not be mixed with calls made for another.
+pub fn fingerprint(analysis: &Analysis) -> String {
+    let prompts: Vec<[Option<&str>; 2]> = analysis
+        .steps
+        .values()
+        .map(|s| {
+            [
+                Some(s.prompt.text.as_str()),
+                s.system.as_ref().map(|x| x.text.as_str()),
+            ]
+        })
+        .collect();
+    journal::sha256_json(&json!({
+        "workflow": &*analysis.doc().file.text,
+        "prompts": prompts,
+    }))
+}
+
+/// Refuses to resume a run whose workflow changed.
+pub fn check_unchanged(run: &RunRow, analysis: &Analysis, path: &Path) -> Result<(), Diagnostic> {
+    if fingerprint(analysis) == run.workflow_hash {
+        return Ok(());
+    }
+    Err(Diagnostic::error(
+        "resume-changed",
+        format!(
+            "cannot resume run {}: the workflow {} or one of its prompt files changed since the run started",
+            run.id,
+            path.display()
+        ),
+    )
+    .with_help(
+        "answers to the old prompts would be mixed with calls for the new ones. Run it again without --resume: calls whose requests did not change are answered from the cache at no cost",
+    ))
+}
+
+/// The identity of a policy file (its text).
+pub fn policy_hash(path: &Path) -> String {
+    let text = std::fs::read(path).unwrap_or_default();
+    journal::sha256_json(&String::from_utf8_lossy(&text))
+}
+
+/// The inputs a run was started with, as the journal keeps them.
+pub fn journaled_inputs(run: &RunRow, analysis: &Analysis) -> Inputs {
+    let stored = run.inputs.as_object();
+    analysis
+        .workflow
+        .value
+        .inputs
+        .keys()
+        .filter_map(|k| {
+            let v = stored?.get(k)?;
+            Some((
+                k.clone(),
+                InputValue {
+                    value: v.clone(),
+                    source: ValueSource::Given,
+                },
+            ))
+        })
+        .collect()
+}
+
+fn absolute(p: &Path) -> String {
+    std::fs::canonicalize(p)
+        .unwrap_or_else(|_| p.to_path_buf())
+        .display()
+        .to_string()
+}
+
+/// Journals a new run (status running) and returns its id.
+pub fn begin(
+    journal: &Journal,
+    analysis: &Analysis,
+    workflow_path: &Path,
+    policy: &Policy,
+    policy_path: &Path,
+    inputs: &Inputs,
+    plan: &Plan,
+) -> Result<String, Diagnostic> {
+    let run = NewRun {
+        workflow: analysis.workflow.value.name.clone(),
+        workflow_path: absolute(workflow_path),
+        workflow_hash: fingerprint(analysis),
+        policy: policy.name.clone(),
+        policy_path: absolute(policy_path),
+        policy_hash: policy_hash(policy_path),
+        inputs: Value::Object(
+            inputs
+                .iter()
+                .map(|(k, v)| (k.clone(), v.value.clone()))
+                .collect(),
+        ),
+        estimate_usd: plan.totals.cost.low,
+        estimate_max_usd: plan.totals.cost.high,
+        steps: plan
+            .steps
+            .iter()
+            .map(|s| PlannedStep {
+                id: s.id.clone(),
+                model: s.model.as_ref().map(|m| m.alias.clone()),
+                calls: s.calls,
+                estimate_usd: s.cost.low,
+                estimate_max_usd: s.cost.high,
+                flagship_estimate_usd: s.flagship_cost.low,
+            })
+            .collect(),
+    };
+    journal
+        .begin_run(&run)
+        .map_err(|e| Diagnostic::error("journal", e))
+}
+
+/// `tollgate runs`.
+pub fn runs(state: &StateArg, limit: usize) -> Result<Vec<RunRow>, Diagnostic> {
+    match open_existing(state)? {
+        None => Ok(Vec::new()),
+        Some(j) => j.runs(limit).map_err(|e| Diagnostic::error("journal", e)),
+    }
+}
+
+/// `tollgate report`.
+pub fn report(
+    state: &StateArg,
+    since: Option<&str>,
+) -> Result<journal::report::Report, Diagnostic> {
+    let clock = clock()?;
+    let since = since
+        .map(|s| journal::parse_since(s, clock.now()))
+        .transpose()
+        .map_err(|e| Diagnostic::error("bad-since", e))?;
+    let journal = match open_existing(state)? {
+        Some(j) => j,
+        None => Journal::in_memory(clock).map_err(|e| Diagnostic::error("journal", e))?,
+    };
+    journal::report::build(&journal, since).map_err(|e| Diagnostic::error("journal", e))
+}
+
+/// What is left of the daily and monthly budgets, for `plan`: `None` when
+/// the policy sets neither.
+pub fn remaining_budgets(state: &StateArg, policy: &Policy) -> Option<Value> {
+    if policy.daily_budget_usd.is_none() && policy.monthly_budget_usd.is_none() {
+        return None;
+    }
+    let spent = (|| -> Result<(f64, f64), String> {
+        let clock = Clock::from_env()?;
+        let Some(j) = Journal::open_existing(&state.dir(), clock)? else {
+            return Ok((0.0, 0.0));
+        };
+        let (day, month) = journal::period_starts(j.now());
+        Ok((j.spent_since(day)?, j.spent_since(month)?))
+    })();
+    let line = |limit: Option<f64>, spent: Result<f64, &String>| {
+        limit.map(|l| match spent {
+            Ok(s) => json!({"limit_usd": l, "spent_usd": s, "left_usd": (l - s).max(0.0)}),
+            Err(e) => json!({"limit_usd": l, "error": e}),
+        })
+    };
+    Some(json!({
+        "daily": line(policy.daily_budget_usd, spent.as_ref().map(|s| s.0)),
+        "monthly": line(policy.monthly_budget_usd, spent.as_ref().map(|s| s.1)),
+    }))
+}

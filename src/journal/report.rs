@@ -1,0 +1,259 @@
+//! `tollgate report`: spending from the journal, grouped by day, workflow,
+//! step, model and tier, against the plan's estimates and against what the
+//! same calls would have cost on the policy's flagship.
+//!
+//! Savings are kept apart, and add up: for every call the journal holds its
+//! cost, its *list* cost (the same usage at the routed model's standard
+//! price; for a cache hit, what the answer cost when it was bought) and its
+//! *flagship* cost (the same usage at the flagship's prices, as the plan's
+//! all-flagship comparison prices it). Then
+//!
+//! ```text
+//! flagship = cost + routing + cache + batch
+//! routing  = Σ (flagship − list)        the cheaper model the policy chose
+//! cache    = Σ list, over cache hits    answers not bought again
+//! batch    = Σ (list − cost), over batch calls
+//! ```
+
+use std::collections::BTreeMap;
+
+use rusqlite::params;
+use serde::Serialize;
+
+use super::{Journal, JournalError, Millis, db_err, format_day, format_time};
+
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct Savings {
+    pub routing_usd: f64,
+    pub cache_usd: f64,
+    pub batch_usd: f64,
+}
+
+/// One line of a grouping.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct Line {
+    pub key: String,
+    /// Calls answered by a provider (every attempt that reached one).
+    pub calls: u64,
+    /// Calls answered from the response cache.
+    pub cache_hits: u64,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cost_usd: f64,
+    /// The plans' expected cost, where the grouping has one (workflow, step).
+    pub estimate_usd: Option<f64>,
+    pub flagship_usd: f64,
+    pub savings: Savings,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Report {
+    /// The first moment counted (UTC), when `--since` was given.
+    pub since: Option<String>,
+    pub runs: u64,
+    pub totals: Line,
+    pub by_day: Vec<Line>,
+    pub by_workflow: Vec<Line>,
+    pub by_step: Vec<Line>,
+    pub by_model: Vec<Line>,
+    pub by_tier: Vec<Line>,
+}
+
+struct CallRow {
+    finished_ms: Millis,
+    workflow: String,
+    step: String,
+    model: String,
+    provider_model: String,
+    tier: String,
+    from_cache: bool,
+    reached_provider: bool,
+    input_tokens: u64,
+    output_tokens: u64,
+    cost: f64,
+    list: f64,
+    flagship: f64,
+    saved: f64,
+    batch: bool,
+}
+
+impl Line {
+    fn add(&mut self, c: &CallRow) {
+        if c.from_cache {
+            self.cache_hits += 1;
+            self.savings.cache_usd += c.saved;
+        } else if c.reached_provider {
+            self.calls += 1;
+        }
+        self.input_tokens += c.input_tokens;
+        self.output_tokens += c.output_tokens;
+        self.cost_usd += c.cost;
+        self.flagship_usd += c.flagship;
+        // A cache hit's list cost is what it saved; routing is measured on
+        // the answer either way.
+        let list = if c.from_cache { c.saved } else { c.list };
+        self.savings.routing_usd += c.flagship - list;
+        if c.batch {
+            self.savings.batch_usd += c.list - c.cost;
+        }
+    }
+}
+
+fn group(
+    rows: &[CallRow],
+    key: impl Fn(&CallRow) -> String,
+    estimates: &BTreeMap<String, f64>,
+    with_estimates: bool,
+) -> Vec<Line> {
+    let mut lines: BTreeMap<String, Line> = BTreeMap::new();
+    for r in rows {
+        let k = key(r);
+        lines
+            .entry(k.clone())
+            .or_insert_with(|| Line {
+                key: k,
+                ..Line::default()
+            })
+            .add(r);
+    }
+    if with_estimates {
+        for (k, e) in estimates {
+            lines
+                .entry(k.clone())
+                .or_insert_with(|| Line {
+                    key: k.clone(),
+                    ..Line::default()
+                })
+                .estimate_usd = Some(*e);
+        }
+    }
+    lines.into_values().collect()
+}
+
+/// Builds the report of every call finished at or after `since`.
+pub fn build(journal: &Journal, since: Option<Millis>) -> Result<Report, JournalError> {
+    let from = since.unwrap_or(i64::MIN);
+    let conn = journal.conn();
+    let conn = &*conn;
+    let mut stmt = conn
+        .prepare(
+            "SELECT c.finished_ms, r.workflow, c.step, c.model, c.provider_model, c.tier, c.from_cache,
+                c.outcome, c.input_tokens, c.output_tokens, c.cost_usd, c.list_cost_usd,
+                c.flagship_cost_usd, c.saved_usd, c.batch
+             FROM calls c JOIN runs r ON r.id = c.run_id
+             WHERE c.finished_ms >= ?1 ORDER BY c.id",
+        )
+        .map_err(db_err)?;
+    let rows: Vec<CallRow> = stmt
+        .query_map(params![from], |r| {
+            let outcome: String = r.get(7)?;
+            Ok(CallRow {
+                finished_ms: r.get(0)?,
+                workflow: r.get(1)?,
+                step: r.get(2)?,
+                model: r.get(3)?,
+                provider_model: r.get(4)?,
+                tier: r.get(5)?,
+                from_cache: r.get(6)?,
+                reached_provider: outcome != "over_budget",
+                input_tokens: r.get::<_, i64>(8)?.max(0) as u64,
+                output_tokens: r.get::<_, i64>(9)?.max(0) as u64,
+                cost: r.get(10)?,
+                list: r.get(11)?,
+                flagship: r.get(12)?,
+                saved: r.get(13)?,
+                batch: r.get(14)?,
+            })
+        })
+        .map_err(db_err)?
+        .collect::<Result<_, _>>()
+        .map_err(db_err)?;
+    // Estimates come from the plans of the runs started in the window.
+    let mut stmt = conn
+        .prepare(
+            "SELECT r.workflow, s.step, s.estimate_usd FROM steps s JOIN runs r ON r.id = s.run_id
+             WHERE r.started_ms >= ?1",
+        )
+        .map_err(db_err)?;
+    let mut by_workflow_est: BTreeMap<String, f64> = BTreeMap::new();
+    let mut by_step_est: BTreeMap<String, f64> = BTreeMap::new();
+    let estimates = stmt
+        .query_map(params![from], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, f64>(2)?,
+            ))
+        })
+        .map_err(db_err)?;
+    for e in estimates {
+        let (w, s, usd) = e.map_err(db_err)?;
+        *by_step_est.entry(format!("{w}/{s}")).or_default() += usd;
+        *by_workflow_est.entry(w).or_default() += usd;
+    }
+    let runs: i64 = conn
+        .query_row(
+            "SELECT COUNT(*) FROM runs WHERE started_ms >= ?1",
+            params![from],
+            |r| r.get(0),
+        )
+        .map_err(db_err)?;
+    drop(stmt);
+
+    let none = BTreeMap::new();
+    let mut totals = Line {
+        key: "total".to_owned(),
+        ..Line::default()
+    };
+    for r in &rows {
+        totals.add(r);
+    }
+    totals.estimate_usd = Some(by_workflow_est.values().sum());
+    let mut report = Report {
+        since: since.map(format_time),
+        runs: runs as u64,
+        totals,
+        by_day: group(&rows, |r| format_day(r.finished_ms), &none, false),
+        by_workflow: group(&rows, |r| r.workflow.clone(), &by_workflow_est, true),
+        by_step: group(
+            &rows,
+            |r| format!("{}/{}", r.workflow, r.step),
+            &by_step_est,
+            true,
+        ),
+        by_model: group(
+            &rows,
+            |r| format!("{} ({})", r.model, r.provider_model),
+            &none,
+            false,
+        ),
+        by_tier: group(&rows, |r| r.tier.clone(), &none, false),
+    };
+    for line in std::iter::once(&mut report.totals)
+        .chain(&mut report.by_day)
+        .chain(&mut report.by_workflow)
+        .chain(&mut report.by_step)
+        .chain(&mut report.by_model)
+        .chain(&mut report.by_tier)
+    {
+        line.round();
+    }
+    Ok(report)
+}
+
+/// To a nano-dollar: sums of the same calls added in another order (parallel
+/// steps finish in any order) then print the same.
+fn nano(x: f64) -> f64 {
+    (x * 1e9).round() / 1e9
+}
+
+impl Line {
+    fn round(&mut self) {
+        self.cost_usd = nano(self.cost_usd);
+        self.estimate_usd = self.estimate_usd.map(nano);
+        self.flagship_usd = nano(self.flagship_usd);
+        self.savings.routing_usd = nano(self.savings.routing_usd);
+        self.savings.cache_usd = nano(self.savings.cache_usd);
+        self.savings.batch_usd = nano(self.savings.batch_usd);
+    }
+}
