@@ -690,15 +690,9 @@ fn cmd_run(args: RunArgs, options: RenderOptions) -> u8 {
         }),
         ..crate::run::RunOptions::default()
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match runtime() {
         Ok(rt) => rt,
-        Err(err) => {
-            let d = Diagnostic::error("runtime", format!("cannot start the async runtime: {err}"));
-            return report(vec![d], format, options);
-        }
+        Err(d) => return report(vec![d], format, options),
     };
     let analysis = std::sync::Arc::new(analysis);
     let policy = std::sync::Arc::new(policy);
@@ -799,6 +793,16 @@ fn cmd_run(args: RunArgs, options: RenderOptions) -> u8 {
         crate::run::RunStatus::Cancelled => INTERRUPTED,
         crate::run::RunStatus::Failed | crate::run::RunStatus::TimedOut => exit::FAILED,
     }
+}
+
+/// The multi-threaded runtime `run` and `test` drive their calls on.
+fn runtime() -> Result<tokio::runtime::Runtime, Diagnostic> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|err| {
+            Diagnostic::error("runtime", format!("cannot start the async runtime: {err}"))
+        })
 }
 
 fn output_text(v: Option<&serde_json::Value>) -> String {

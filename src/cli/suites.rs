@@ -3,7 +3,7 @@
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 
-use super::{OutputFormat, exit, print_out, report};
+use super::{OutputFormat, exit, print_out, report, runtime};
 use crate::diagnostic::{Diagnostic, RenderOptions};
 use crate::eval::results::{self, Mode, Results, Shard};
 use crate::eval::runner::{self, TestOptions};
@@ -243,15 +243,9 @@ pub(super) fn cmd_test(args: TestArgs, options: RenderOptions) -> u8 {
         },
         progress: progress.clone(),
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match runtime() {
         Ok(rt) => rt,
-        Err(err) => {
-            let d = Diagnostic::error("runtime", format!("cannot start the async runtime: {err}"));
-            return report(vec![d], format, options);
-        }
+        Err(d) => return report(vec![d], format, options),
     };
     let outcome = runtime.block_on(async {
         let cancel = tokio_util::sync::CancellationToken::new();

@@ -264,17 +264,7 @@ impl Expectations {
                 }
                 other => other.clone(),
             };
-            let errs: Vec<String> = validator
-                .iter_errors(&value)
-                .map(|e| {
-                    let at = e.instance_path().as_str().to_owned();
-                    if at.is_empty() {
-                        e.to_string()
-                    } else {
-                        format!("{at}: {e}")
-                    }
-                })
-                .collect();
+            let errs = crate::run::schema_errors(validator, &value);
             let problem = (!errs.is_empty())
                 .then(|| format!("the output does not match the schema: {}", errs.join("; ")));
             if let Some(message) = problem {

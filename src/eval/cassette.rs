@@ -26,11 +26,11 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::provider::{
-    ChatRequest, ChatResponse, Endpoint, ErrorKind, Provider, ProviderError, ProviderKind, Usage,
+    ChatRequest, ChatResponse, ErrorKind, Provider, ProviderError, ProviderKind, Usage,
 };
 
 const VERSION: u32 = 1;
@@ -67,17 +67,7 @@ struct Recorded {
 
 /// The normalised request: what the key hashes.
 fn normalized(kind: ProviderKind, req: &ChatRequest) -> Value {
-    json!({
-        "provider": kind.name(),
-        "model": req.model,
-        "endpoint": match req.endpoint { Endpoint::Chat => "chat", Endpoint::Completions => "completions" },
-        "system": req.system,
-        "messages": req.messages,
-        "max_output_tokens": req.max_output_tokens,
-        "temperature": req.temperature,
-        "output_schema": req.output_schema,
-        "stop": req.stop,
-    })
+    crate::provider::request_identity(kind, req)
 }
 
 /// `sha256:<hex>` of the normalised request.

@@ -129,6 +129,25 @@ pub struct ChatRequest {
     pub stop: Vec<String>,
 }
 
+/// What decides a request's answer, as JSON: the API kind, the model, the
+/// endpoint, the prompt and every generation parameter — not how it travels
+/// (streaming, prompt-cache markers) and never the key (it is not in the
+/// request). The response cache and recorded responses are keyed by hashes
+/// of this.
+pub fn request_identity(kind: ProviderKind, req: &ChatRequest) -> Value {
+    serde_json::json!({
+        "provider": kind.name(),
+        "model": req.model,
+        "endpoint": match req.endpoint { Endpoint::Chat => "chat", Endpoint::Completions => "completions" },
+        "system": req.system,
+        "messages": req.messages,
+        "max_output_tokens": req.max_output_tokens,
+        "temperature": req.temperature,
+        "output_schema": req.output_schema,
+        "stop": req.stop,
+    })
+}
+
 impl ChatRequest {
     /// A non-streaming request with one user message, for tests and tools.
     pub fn new(model: impl Into<String>, prompt: impl Into<String>) -> Self {

@@ -223,12 +223,6 @@ pub(super) async fn run(
     let validator = schema
         .as_ref()
         .and_then(|s| jsonschema::validator_for(s).ok());
-    let base_url = sh
-        .policy
-        .providers
-        .get(&model.provider)
-        .and_then(|p| p.base_url.clone())
-        .unwrap_or_default();
     let mut spent = 0.0;
     let mut out: Vec<Option<Item>> = (0..rendered.len()).map(|_| None).collect();
     for (&n, item) in pending.iter().zip(&items) {
@@ -324,7 +318,7 @@ pub(super) async fn run(
                 .options
                 .journal
                 .as_ref()
-                .map(|_| super::request_hash(model, &base_url, &item.request)),
+                .map(|_| super::request_hash(sh, model, &item.request)),
             model: model.alias.clone(),
             provider: model.provider.clone(),
             provider_model: model.model.clone(),

@@ -1390,12 +1390,6 @@ async fn call_model(
         stop: step.stop.clone(),
     };
     let journal = sh.options.journal.as_ref();
-    let base_url = sh
-        .policy
-        .providers
-        .get(&model.provider)
-        .and_then(|p| p.base_url.clone())
-        .unwrap_or_default();
     let retries = step.retries.unwrap_or(sh.options.retries);
     let mut backoff = backon::ExponentialBuilder::default()
         .with_min_delay(sh.options.backoff_min)
@@ -1410,7 +1404,7 @@ async fn call_model(
     // error sends the same request again: no need to ask twice).
     let mut looked_up: Option<String> = None;
     loop {
-        let hash = journal.map(|_| request_hash(model, &base_url, &req));
+        let hash = journal.map(|_| request_hash(sh, model, &req));
         let record = |attempt: usize| CallRecord {
             step: step_id.to_owned(),
             item: report.item,
@@ -1727,23 +1721,20 @@ fn flagship_cost(sh: &Shared, usage: &Usage) -> f64 {
 /// answer — the provider's API and endpoint, the model, the messages and
 /// every generation parameter. Not the key (it is not in the request), not
 /// streaming (the same answer either way).
-fn request_hash(model: &Model, base_url: &str, req: &ChatRequest) -> String {
-    crate::journal::sha256_json(&json!({
-        "v": 1,
-        "api": model.provider_kind.name(),
-        "base_url": base_url.trim_end_matches('/'),
-        "endpoint": match req.endpoint {
-            Endpoint::Chat => "chat",
-            Endpoint::Completions => "completions",
-        },
-        "model": req.model,
-        "system": req.system,
-        "messages": req.messages,
-        "max_output_tokens": req.max_output_tokens,
-        "temperature": req.temperature,
-        "output_schema": req.output_schema,
-        "stop": req.stop,
-    }))
+fn request_hash(sh: &Shared, model: &Model, req: &ChatRequest) -> String {
+    let base_url = sh
+        .policy
+        .providers
+        .get(&model.provider)
+        .and_then(|p| p.base_url.as_deref())
+        .unwrap_or_default();
+    let mut identity = provider::request_identity(model.provider_kind, req);
+    if let Some(o) = identity.as_object_mut() {
+        o.insert("v".to_owned(), json!(1));
+        // Two servers of one kind may serve different models under one name.
+        o.insert("base_url".to_owned(), json!(base_url.trim_end_matches('/')));
+    }
+    crate::journal::sha256_json(&identity)
 }
 
 /// Parses an answer as JSON (tolerating a Markdown code fence around it) and
@@ -1763,8 +1754,18 @@ fn parse_structured(text: &str, validator: &jsonschema::Validator) -> Result<Val
         }
         Err(e) => return Err(format!("not JSON: {e}")),
     };
-    let errors: Vec<String> = validator
-        .iter_errors(&value)
+    let errors = schema_errors(validator, &value);
+    if errors.is_empty() {
+        Ok(value)
+    } else {
+        Err(errors.join("; "))
+    }
+}
+
+/// Each way a value breaks a schema, prefixed with where (`/label: …`).
+pub(crate) fn schema_errors(validator: &jsonschema::Validator, value: &Value) -> Vec<String> {
+    validator
+        .iter_errors(value)
         .map(|e| {
             let at = e.instance_path().as_str().to_owned();
             if at.is_empty() {
@@ -1773,12 +1774,7 @@ fn parse_structured(text: &str, validator: &jsonschema::Validator) -> Result<Val
                 format!("{at}: {e}")
             }
         })
-        .collect();
-    if errors.is_empty() {
-        Ok(value)
-    } else {
-        Err(errors.join("; "))
-    }
+        .collect()
 }
 
 fn truncate(s: &str, max: usize) -> String {
