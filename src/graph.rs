@@ -10,7 +10,7 @@
 use std::collections::BTreeSet;
 
 use petgraph::Direction;
-use petgraph::algo::tarjan_scc;
+use petgraph::algo::kosaraju_scc;
 use petgraph::graph::{DiGraph, NodeIndex};
 use petgraph::visit::EdgeRef;
 
@@ -112,7 +112,9 @@ fn stable_topological_order(graph: &DiGraph<usize, ()>) -> Vec<usize> {
 /// first-declared step and following edges in declaration order.
 fn find_cycles(graph: &DiGraph<usize, ()>) -> Vec<Cycle> {
     let mut cycles = Vec::new();
-    for scc in tarjan_scc(graph) {
+    // Kosaraju: iterative, so a 100,000-step chain does not overflow the
+    // stack (petgraph's Tarjan recurses once per step of a path).
+    for scc in kosaraju_scc(graph) {
         let members: BTreeSet<usize> = scc.iter().map(|n| n.index()).collect();
         let self_loop = scc.len() == 1 && graph.contains_edge(scc[0], scc[0]);
         if scc.len() < 2 && !self_loop {
