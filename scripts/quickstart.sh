@@ -17,7 +17,9 @@ echo "== tollgate plan (dry run: routes and cost, nothing spent)" >&2
 tollgate plan workflows/local-triage.yaml --policy policies/local.yaml --input "ticket=$ticket"
 echo >&2
 echo "== tollgate run (starts llama-server, runs the steps, stops it)" >&2
-tollgate run workflows/local-triage.yaml --policy policies/local.yaml --input "ticket=$ticket" --out .tollgate/quickstart
+# --no-cache: show the model answering, even when an earlier quickstart
+# already journaled these answers.
+tollgate run workflows/local-triage.yaml --policy policies/local.yaml --input "ticket=$ticket" --out .tollgate/quickstart --no-cache
 echo >&2
 echo "== tollgate test (the example suites, replayed offline from their recordings)" >&2
 tollgate test evals/local-triage.yaml --replay --ci
