@@ -85,6 +85,12 @@ pub async fn report(mut rx: UnboundedReceiver<Event>, total_steps: u64, quiet: b
                 };
                 format!("batch  {step}: {provider} batch {batch_id} {status}{counts}")
             }
+            // Not started now (adopted from a killed run): no start time.
+            Event::ServerReady {
+                provider,
+                command: Some(command),
+                ready_after,
+            } if ready_after.is_zero() => format!("server {provider}: {command}"),
             Event::ServerReady {
                 provider,
                 command: Some(command),

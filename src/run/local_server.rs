@@ -3,6 +3,14 @@
 //! something already answers its `/health`, which is then simply used — and
 //! stopped when the run ends, whatever the reason (success, failure, Ctrl-C:
 //! the child is also killed if this value is dropped).
+//!
+//! A run killed outright (SIGKILL, OOM killer, power) cannot stop its server.
+//! So a started server is written down in `<log dir>/<provider>.pid` (server
+//! pid, port, the pid of the tollgate process that owns it), removed when
+//! the server is stopped. A later run that finds the port answering, the
+//! file there, its owner gone and the pid still that binary, adopts the
+//! server: uses it and stops it at its own end. A server whose owner is
+//! alive (a concurrent run) or that tollgate never started is left alone.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -18,6 +26,8 @@ use crate::policy::{Launch, Policy};
 pub struct Servers {
     cells: HashMap<String, OnceCell<Result<(), String>>>,
     children: Mutex<Vec<(String, Child)>>,
+    /// Servers an earlier, killed run left behind, now ours: (provider, pid).
+    adopted: Mutex<Vec<(String, u32)>>,
     http: reqwest::Client,
     log_dir: PathBuf,
 }
@@ -26,6 +36,9 @@ pub struct Servers {
 pub enum Started {
     /// Something already answered `/health`.
     AlreadyRunning,
+    /// A server a killed run started was still running: used, and stopped
+    /// with this run.
+    Adopted { pid: u32 },
     /// Started by us, ready after this long.
     Launched {
         command: String,
@@ -43,6 +56,7 @@ impl Servers {
                 .map(|(k, _)| (k.clone(), OnceCell::new()))
                 .collect(),
             children: Mutex::new(Vec::new()),
+            adopted: Mutex::new(Vec::new()),
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(2))
                 .build()
@@ -85,8 +99,60 @@ impl Servers {
         matches!(self.http.get(url).send().await, Ok(r) if r.status().is_success())
     }
 
+    fn pid_file(&self, provider: &str) -> PathBuf {
+        self.log_dir.join(format!("{provider}.pid"))
+    }
+
+    /// The pid of a server on this port that a tollgate run started and,
+    /// killed, could not stop; `None` for anything else (and a stale file is
+    /// removed).
+    fn orphan(&self, provider: &str, launch: &Launch) -> Option<u32> {
+        let path = self.pid_file(provider);
+        let text = std::fs::read_to_string(&path).ok()?;
+        let fields: Vec<u32> = text
+            .split_whitespace()
+            .filter_map(|f| f.parse().ok())
+            .collect();
+        let [pid, port, owner] = fields[..] else {
+            let _ = std::fs::remove_file(&path);
+            return None;
+        };
+        if crate::journal::process_alive(owner) {
+            // Its run is still going (another process): not ours to stop.
+            return None;
+        }
+        let binary = expand(&launch.binary);
+        let wanted = Path::new(&binary).file_name()?.to_owned();
+        let is_that_server = port == u32::from(launch.port)
+            && crate::journal::process_alive(pid)
+            && std::fs::read(format!("/proc/{pid}/cmdline"))
+                .ok()
+                .and_then(|c| {
+                    let argv0 = c.split(|b| *b == 0).next()?.to_vec();
+                    Some(
+                        Path::new(&String::from_utf8_lossy(&argv0).into_owned()).file_name()?
+                            == wanted,
+                    )
+                })
+                .unwrap_or(false);
+        if !is_that_server {
+            let _ = std::fs::remove_file(&path);
+            return None;
+        }
+        Some(pid)
+    }
+
     async fn start(&self, provider: &str, launch: &Launch) -> Result<Started, String> {
         if self.healthy(launch).await {
+            if let Some(pid) = self.orphan(provider, launch) {
+                // Ours now: the file names this process as its owner.
+                let _ = std::fs::write(
+                    self.pid_file(provider),
+                    format!("{pid} {} {}\n", launch.port, std::process::id()),
+                );
+                self.adopted.lock().await.push((provider.to_owned(), pid));
+                return Ok(Started::Adopted { pid });
+            }
             return Ok(Started::AlreadyRunning);
         }
         let binary = resolve_binary(&expand(&launch.binary))
@@ -162,6 +228,14 @@ impl Servers {
                 ));
             }
             if self.healthy(launch).await {
+                if let Some(pid) = child.id() {
+                    // Best effort: without it a killed run's server is
+                    // merely left running, as before.
+                    let _ = std::fs::write(
+                        self.pid_file(provider),
+                        format!("{pid} {} {}\n", launch.port, std::process::id()),
+                    );
+                }
                 self.children
                     .lock()
                     .await
@@ -184,13 +258,40 @@ impl Servers {
         }
     }
 
-    /// Stops every server this run started.
+    /// Stops every server this run started or adopted.
     pub async fn shutdown(&self) {
         let mut children = self.children.lock().await;
-        for (_, child) in children.iter_mut() {
+        for (provider, child) in children.iter_mut() {
             let _ = child.kill().await;
+            let _ = std::fs::remove_file(self.pid_file(provider));
         }
         children.clear();
+        let mut adopted = self.adopted.lock().await;
+        for (provider, pid) in adopted.drain(..) {
+            stop_process(pid).await;
+            let _ = std::fs::remove_file(self.pid_file(&provider));
+        }
+    }
+}
+
+/// Stops a process that is not our child: SIGTERM, then SIGKILL if it has
+/// not gone within 5 s (through `kill(1)`: this crate has no unsafe code).
+async fn stop_process(pid: u32) {
+    let kill = |signal: &str| {
+        let _ = std::process::Command::new("kill")
+            .args([signal, &pid.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    };
+    kill("-TERM");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while crate::journal::process_alive(pid) {
+        if Instant::now() > deadline {
+            kill("-KILL");
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

@@ -1281,6 +1281,12 @@ async fn call_with_fallbacks(
                 .ensure(&model.provider, launch, |s| {
                     let (command, ready_after) = match s {
                         local_server::Started::AlreadyRunning => (None, Duration::ZERO),
+                        local_server::Started::Adopted { pid } => (
+                            Some(format!(
+                                "the server a killed run left running (pid {pid}); adopted, it stops with this run"
+                            )),
+                            Duration::ZERO,
+                        ),
                         local_server::Started::Launched {
                             command,
                             ready_after,

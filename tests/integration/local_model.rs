@@ -292,3 +292,66 @@ fn a_base_model_labels_a_batch_with_a_few_shot_prompt_on_the_completions_endpoin
     // repeatable.
     assert_eq!(labels, vec!["bug", "feature"]);
 }
+
+/// A run killed outright cannot stop its server; the next run in the project
+/// finds it (the pid file, its owner gone), uses it, and stops it at its end.
+#[test]
+fn a_server_left_by_a_killed_run_is_adopted_and_stopped_by_the_next() {
+    let Some((server, model)) = installed() else {
+        return;
+    };
+    let port = free_port();
+    let dir = temp_project(
+        &launch_policy(
+            &server.display().to_string(),
+            &model.display().to_string(),
+            port,
+        ),
+        CLASSIFY,
+    );
+    // A long answer, so the run is still going when it is killed.
+    std::fs::write(
+        dir.path().join("story.yaml"),
+        "version: 1\nname: story\nsteps:\n  tell:\n    task: write\n    prompt: \"Write a very long story about a lighthouse.\"\n    max_output_tokens: 1500\n",
+    )
+    .unwrap();
+    let mut first = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args(["run", "story.yaml", "--policy", "policy.yaml", "-q"])
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Up, and written down by the run that started it.
+    let pid_file = dir.path().join(".tollgate/logs/llamacpp.pid");
+    let waited = std::time::Instant::now();
+    while !(health_ok(port) && pid_file.is_file()) {
+        assert!(
+            waited.elapsed() < std::time::Duration::from_secs(90),
+            "the server never came up"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    first.kill().unwrap();
+    first.wait().unwrap();
+    // The server may be busy for a moment cancelling the dropped request.
+    let waited = std::time::Instant::now();
+    while !health_ok(port) && waited.elapsed() < std::time::Duration::from_secs(30) {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(
+        health_ok(port),
+        "the killed run's server should still be up (answers: {})",
+        answers(port)
+    );
+
+    let out = run_in(dir.path(), &["--input", "ticket=The app crashes on save."]);
+    assert_eq!(out.status.code(), Some(0), "{}", transcript(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("adopted, it stops with this run"),
+        "{stderr}"
+    );
+    assert!(!answers(port), "the adopted server is still running");
+    assert!(!pid_file.exists());
+}
