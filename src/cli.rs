@@ -700,27 +700,7 @@ fn cmd_run(args: RunArgs, options: RenderOptions) -> u8 {
     let quiet = args.quiet;
     let result = runtime.block_on(async move {
         let cancel = tokio_util::sync::CancellationToken::new();
-        let on_signal = cancel.clone();
-        tokio::spawn(async move {
-            // Ctrl-C, and the SIGTERM a CI runner or `kill` sends, both stop
-            // the run cleanly: in-flight calls dropped, servers stopped,
-            // summary printed.
-            let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-            let terminated = async {
-                match term.as_mut() {
-                    Some(t) => {
-                        t.recv().await;
-                    }
-                    None => std::future::pending::<()>().await,
-                }
-            };
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                () = terminated => {}
-            }
-            on_signal.cancel();
-        });
+        tokio::spawn(cancel_on_signals(cancel.clone()));
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let reporter = tokio::spawn(crate::progress::report(rx, total, quiet));
         let job = crate::run::Job {
@@ -793,6 +773,26 @@ fn cmd_run(args: RunArgs, options: RenderOptions) -> u8 {
         crate::run::RunStatus::Cancelled => INTERRUPTED,
         crate::run::RunStatus::Failed | crate::run::RunStatus::TimedOut => exit::FAILED,
     }
+}
+
+/// Ctrl-C, and the SIGTERM a CI runner or `kill` sends, both stop a run or
+/// a test run cleanly: in-flight calls dropped, servers stopped, summary
+/// (and recordings) written.
+async fn cancel_on_signals(cancel: tokio_util::sync::CancellationToken) {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    let terminated = async {
+        match term.as_mut() {
+            Some(t) => {
+                t.recv().await;
+            }
+            None => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminated => {}
+    }
+    cancel.cancel();
 }
 
 /// The multi-threaded runtime `run` and `test` drive their calls on.

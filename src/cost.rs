@@ -81,10 +81,73 @@ pub fn list_cost(price: &Price, u: &Usage) -> f64 {
     price.cost(u.input_tokens, u.output_tokens)
 }
 
+/// The most a call can cost before it is made: `input` tokens and
+/// `max_output` tokens out — and, when its prompt is marked for caching,
+/// every input token possibly billed as a cache write (Anthropic's write
+/// premium, 1.25× or 2×, is above the plain input price).
+pub fn worst_case(
+    price: &Price,
+    input: u64,
+    max_output: u64,
+    cache: Option<crate::policy::CacheTtl>,
+    billing: Billing,
+) -> f64 {
+    let plain = Usage {
+        input_tokens: input,
+        output_tokens: max_output,
+        ..Usage::default()
+    };
+    let cost = call_cost(price, &plain, billing);
+    match cache {
+        None => cost,
+        Some(ttl) => {
+            let written = Usage {
+                cache_write_tokens: input,
+                cache_write_1h_tokens: if ttl == crate::policy::CacheTtl::OneHour {
+                    input
+                } else {
+                    0
+                },
+                ..plain
+            };
+            cost.max(call_cost(price, &written, billing))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::catalog::Catalog;
+
+    #[test]
+    fn the_worst_case_counts_the_cache_write_premium() {
+        let p = price_of("claude-sonnet-4-6");
+        let plain = worst_case(&p, 10_000, 200, None, Billing::Standard);
+        assert!((plain - (10_000.0 * 3.0 + 200.0 * 15.0) / 1e6).abs() < 1e-12);
+        let one_hour = worst_case(
+            &p,
+            10_000,
+            200,
+            Some(crate::policy::CacheTtl::OneHour),
+            Billing::Standard,
+        );
+        assert!(
+            (one_hour - (10_000.0 * 6.0 + 200.0 * 15.0) / 1e6).abs() < 1e-12,
+            "{one_hour}"
+        );
+        let five = worst_case(
+            &p,
+            10_000,
+            200,
+            Some(crate::policy::CacheTtl::FiveMinutes),
+            Billing::Standard,
+        );
+        assert!(
+            (five - (10_000.0 * 3.75 + 200.0 * 15.0) / 1e6).abs() < 1e-12,
+            "{five}"
+        );
+    }
 
     /// A model's catalog prices, as the policy compiles them.
     fn price_of(key: &str) -> Price {

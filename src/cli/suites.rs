@@ -247,15 +247,10 @@ pub(super) fn cmd_test(args: TestArgs, options: RenderOptions) -> u8 {
         Ok(rt) => rt,
         Err(d) => return report(vec![d], format, options),
     };
+    let cancel = tokio_util::sync::CancellationToken::new();
     let outcome = runtime.block_on(async {
-        let cancel = tokio_util::sync::CancellationToken::new();
-        let on_signal = cancel.clone();
-        tokio::spawn(async move {
-            if tokio::signal::ctrl_c().await.is_ok() {
-                on_signal.cancel();
-            }
-        });
-        runner::run_suites(&suites, &opts, cancel).await
+        tokio::spawn(super::cancel_on_signals(cancel.clone()));
+        runner::run_suites(&suites, &opts, cancel.clone()).await
     });
     if let Some(pb) = progress {
         pb.finish_and_clear();
@@ -286,7 +281,13 @@ pub(super) fn cmd_test(args: TestArgs, options: RenderOptions) -> u8 {
     ) {
         return report(vec![d], format, options);
     }
-    if results.ok() { exit::OK } else { exit::FAILED }
+    if cancel.is_cancelled() {
+        super::INTERRUPTED
+    } else if results.ok() {
+        exit::OK
+    } else {
+        exit::FAILED
+    }
 }
 
 pub(super) fn cmd_merge(args: MergeArgs, options: RenderOptions) -> u8 {

@@ -152,10 +152,13 @@ impl Cassette {
         self.entries.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Starts a full re-recording: entries this run does not record again
-    /// are dropped on save (a partial run — one shard, a filter — keeps them).
-    pub fn clear(&self) {
-        self.lock_entries().clear();
+    /// After a complete re-recording: drops the answers to requests this run
+    /// did not make (prompts that no longer exist). Only called when every
+    /// case of the suite ran to the end, so an interrupted or partly failed
+    /// recording never loses answers it did not replace.
+    pub fn prune_unrecorded(&self) {
+        let recorded = self.recorded.lock().unwrap_or_else(|e| e.into_inner());
+        self.lock_entries().retain(|k, _| recorded.contains(k));
     }
 
     fn record(&self, kind: ProviderKind, req: &ChatRequest, resp: &ChatResponse) {

@@ -96,6 +96,22 @@ pub struct RunResult {
     pub elapsed_ms: u64,
 }
 
+impl RunResult {
+    /// A run that never started: the test run was interrupted first.
+    pub fn interrupted() -> RunResult {
+        RunResult {
+            outcome: Outcome::Errored,
+            failures: Vec::new(),
+            error: Some("interrupted before it started".to_owned()),
+            calls: 0,
+            usage: Usage::default(),
+            cost_usd: 0.0,
+            judge_cost_usd: 0.0,
+            elapsed_ms: 0,
+        }
+    }
+}
+
 impl CaseResult {
     /// Aggregates the runs of a case (one, or `--repeat N`).
     pub fn from_runs(

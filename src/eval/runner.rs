@@ -187,12 +187,6 @@ fn prepare<'a>(suite: &'a Suite, opts: &TestOptions) -> Result<Prepared<'a>, Vec
             }
             if opts.mode == Mode::Record {
                 let cassette = open(false)?;
-                // A full run re-records the suite from scratch, so answers to
-                // prompts that no longer exist do not linger; one shard or a
-                // filtered run adds to what is there.
-                if opts.filter.is_none() && opts.shard.is_none() {
-                    cassette.clear();
-                }
                 let c = Arc::clone(&cassette);
                 let providers = providers.map_clients(move |_, inner| {
                     Arc::new(Recorder {
@@ -275,7 +269,12 @@ async fn run_suite(p: Prepared<'_>, opts: &TestOptions, cancel: CancellationToke
     let mut done: Vec<(usize, usize, RunResult, Vec<String>)> =
         futures::stream::iter(runs.into_iter().map(|(c, r)| async move {
             let (case, plan) = &cases_ref[c];
-            let (result, pending) = run_case(ctx_ref, case, plan).await;
+            // After Ctrl-C no new case starts (those in flight stop too).
+            let (result, pending) = if ctx_ref.cancel.is_cancelled() {
+                (RunResult::interrupted(), Vec::new())
+            } else {
+                run_case(ctx_ref, case, plan).await
+            };
             if let Some(pb) = &ctx_ref.opts.progress {
                 pb.inc(1);
             }
@@ -287,6 +286,15 @@ async fn run_suite(p: Prepared<'_>, opts: &TestOptions, cancel: CancellationToke
     ctx.resources.shutdown().await;
     if let Some(c) = &p.cassette {
         if opts.mode == Mode::Record {
+            // A complete recording replaces the suite's answers; a partial one
+            // (one shard, a filter, Ctrl-C, a case that errored) only adds.
+            let complete = opts.filter.is_none()
+                && opts.shard.is_none()
+                && !ctx.cancel.is_cancelled()
+                && done.iter().all(|d| d.2.outcome != Outcome::Errored);
+            if complete {
+                c.prune_unrecorded();
+            }
             if let Err(err) = c.save() {
                 // Losing a paid-for recording silently would be worse than
                 // failing the run: say so on every case.

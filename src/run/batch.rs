@@ -105,6 +105,10 @@ pub(super) enum Item {
     /// attempt, and the usage and cost of an answer that was rejected),
     /// to be merged into the synchronous call's report.
     Synchronous(CallReport),
+    /// The call failed: its batch is at the provider (and billed) but its
+    /// answers could not be fetched. Calling it again now would pay twice;
+    /// `--resume` collects the batch later.
+    Failed(CallReport, String),
 }
 
 impl Item {
@@ -151,34 +155,114 @@ pub(super) async fn run(
         return None;
     }
     let schema = step.output_schema().cloned();
+    let request = |system: &Option<String>, prompt: &str| ChatRequest {
+        model: model.model.clone(),
+        system: system.clone(),
+        messages: vec![Message::user(prompt)],
+        max_output_tokens: step.max_output_tokens(),
+        temperature: step.temperature,
+        output_schema: schema.clone(),
+        stream: false,
+        cache_system: prompt_cache(model, system.as_deref()),
+        endpoint: Endpoint::Chat,
+        stop: step.stop.clone(),
+    };
+    // The ledger key covers every call of the step, so a resumed run finds
+    // the batch its first session submitted whatever has finished since.
+    let key = batch_key(
+        &model.provider,
+        &rendered
+            .iter()
+            .enumerate()
+            .map(|(n, (system, prompt))| BatchItem {
+                custom_id: format!("item-{n}"),
+                request: request(system, prompt),
+            })
+            .collect::<Vec<_>>(),
+    );
+    let validator = schema
+        .as_ref()
+        .and_then(|s| jsonschema::validator_for(s).ok());
+    let mut out: Vec<Option<Item>> = (0..rendered.len()).map(|_| None).collect();
+    // The response cache first: an identical request answered within its
+    // TTL (synchronously or by an earlier batch) costs nothing and needs no
+    // place in a batch.
+    let mut to_send = Vec::with_capacity(pending.len());
+    for &n in &pending {
+        let req = request(&rendered[n].0, &rendered[n].1);
+        let hash = sh
+            .options
+            .journal
+            .as_ref()
+            .map(|_| super::request_hash(sh, model, &req));
+        let hit = match &hash {
+            Some(h) => super::cached(sh, h).await,
+            None => None,
+        };
+        let Some(answer) = hit else {
+            to_send.push(n);
+            continue;
+        };
+        let value = match &validator {
+            None => Ok(Value::String(answer.text.clone())),
+            Some(v) => parse_structured(&answer.text, v),
+        };
+        let Ok(v) = value else {
+            to_send.push(n);
+            continue;
+        };
+        let mut report = CallReport::empty(item_of(n));
+        report.source = super::CallSource::Cache;
+        report.model = Some(model.alias.clone());
+        report.saved_usd = answer.cost_usd;
+        report.usage = answer.usage;
+        report.attempts.push(Attempt {
+            model: model.alias.clone(),
+            outcome: "cached".to_owned(),
+            status: None,
+            message: Some(format!("answer of run {}", answer.run_id)),
+            waited_ms: None,
+        });
+        sh.journal_call(CallRecord {
+            step: step_id.to_owned(),
+            item: item_of(n),
+            attempt: 1,
+            request_hash: hash,
+            model: model.alias.clone(),
+            provider: model.provider.clone(),
+            provider_model: model.model.clone(),
+            tier: model.tier.name().to_owned(),
+            started_ms: sh.options.journal.as_ref().map_or(0, |j| j.journal.now()),
+            outcome: "cached".to_owned(),
+            usage: answer.usage,
+            list_cost_usd: answer.cost_usd,
+            saved_usd: answer.cost_usd,
+            flagship_cost_usd: super::flagship_cost(sh, &answer.usage),
+            estimate_usd: sh.call_estimates.get(step_id).copied().unwrap_or(0.0),
+            from_cache: true,
+            output: Some(v.clone()),
+            ..CallRecord::default()
+        })
+        .await;
+        out[n] = Some(Item::Done(report, v));
+    }
+    if to_send.is_empty() {
+        return Some(out);
+    }
+    let pending = to_send;
     let items: Vec<BatchItem> = pending
         .iter()
-        .map(|&n| (n, &rendered[n]))
-        .map(|(n, (system, prompt))| BatchItem {
+        .map(|&n| BatchItem {
             custom_id: format!("item-{n}"),
-            request: ChatRequest {
-                model: model.model.clone(),
-                system: system.clone(),
-                messages: vec![Message::user(prompt)],
-                max_output_tokens: step.max_output_tokens(),
-                temperature: step.temperature,
-                output_schema: schema.clone(),
-                stream: false,
-                cache_system: prompt_cache(model, system.as_deref()),
-                endpoint: Endpoint::Chat,
-                stop: step.stop.clone(),
-            },
+            request: request(&rendered[n].0, &rendered[n].1),
         })
         .collect();
-    // Every pending call to the synchronous path, with why.
-    let sync_all = |outcome: &str, message: String| -> Vec<Option<Item>> {
-        (0..rendered.len())
-            .map(|n| {
-                pending
-                    .contains(&n)
-                    .then(|| Item::synchronous(model, outcome, None, message.clone()))
-            })
-            .collect()
+    // Every call still to make to the synchronous path, with why.
+    let sync_all = |mut out: Vec<Option<Item>>, outcome: &str, message: String| {
+        for &n in &pending {
+            out[n] = Some(Item::synchronous(model, outcome, None, message.clone()));
+        }
+        out
     };
 
     // The worst case of the whole batch, at batch prices, before submitting.
@@ -189,42 +273,66 @@ pub(super) async fn run(
         .map(|(s, p)| {
             let mut msgs: Vec<&str> = s.iter().map(String::as_str).collect();
             msgs.push(p);
-            let usage = Usage {
-                input_tokens: tokens::count_chat(model.tokenizer, &msgs) as u64,
-                output_tokens: max_out,
-                ..Usage::default()
-            };
-            cost::call_cost(&model.price, &usage, Billing::Batch)
+            cost::worst_case(
+                &model.price,
+                tokens::count_chat(model.tokenizer, &msgs) as u64,
+                max_out,
+                prompt_cache(model, s.as_deref()),
+                Billing::Batch,
+            )
         })
         .sum();
-    let Ok(reservation) = sh.budget.reserve(worst).await else {
+    let reservation = match sh.budget.reserve(worst).await {
+        Ok(r) => r,
         // Each call then reserves (and may fit) on its own.
-        return Some(sync_all(
-            "over_budget",
-            format!(
-                "{}: the batch's worst case ${worst:.6} would cross the run budget; calling one by one",
-                model.alias
-            ),
-        ));
+        Err(over) => {
+            return Some(sync_all(
+                out,
+                "over_budget",
+                format!(
+                    "{}: the batch does not fit: {over}; calling one by one",
+                    model.alias
+                ),
+            ));
+        }
     };
 
     let started = Instant::now();
-    let key = batch_key(&model.provider, &items);
     let ledger = sh.options.batch_ledger.as_deref();
     let outcome = submit_and_wait(sh, step_id, model, api.as_ref(), &items, &key, ledger).await;
     let results = match outcome {
         Ok(r) => r,
-        Err(why) => {
+        // Nothing was billed: each call goes the synchronous way.
+        Err(BatchError::NotRun(why)) => {
             sh.budget.settle(reservation, 0.0);
-            return Some(sync_all("batch_failed", why));
+            return Some(sync_all(out, "batch_failed", why));
+        }
+        // Billed, or it may be, and the answers are out of reach for now:
+        // the worst case stays on the budget and the calls fail, so nothing
+        // is bought twice; the ledger keeps the batch for a resume.
+        Err(BatchError::Stranded(why)) => {
+            sh.budget.settle(reservation, worst);
+            let message = format!(
+                "{why}; the batch stays at the provider — `tollgate run --resume` collects its answers"
+            );
+            for &n in &pending {
+                let mut report = CallReport::empty(item_of(n));
+                report.model = Some(model.alias.clone());
+                report.batch = true;
+                report.attempts.push(Attempt {
+                    model: model.alias.clone(),
+                    outcome: "batch_stranded".to_owned(),
+                    status: None,
+                    message: Some(message.clone()),
+                    waited_ms: None,
+                });
+                out[n] = Some(Item::Failed(report, message.clone()));
+            }
+            return Some(out);
         }
     };
     let (batch_id, mut results) = results;
-    let validator = schema
-        .as_ref()
-        .and_then(|s| jsonschema::validator_for(s).ok());
     let mut spent = 0.0;
-    let mut out: Vec<Option<Item>> = (0..rendered.len()).map(|_| None).collect();
     for (&n, item) in pending.iter().zip(&items) {
         let failed = |outcome: &str, status: Option<u16>, message: String| {
             Item::synchronous(
@@ -360,7 +468,23 @@ pub(super) async fn run(
         }
     }
     sh.budget.settle(reservation, spent);
+    // Only now, with every answer journaled: a run stopped while they were
+    // being written resumes this batch instead of buying a new one.
+    if let Some(l) = ledger {
+        // Best effort: a stale entry only costs a poll of an ended batch.
+        let _ = l.finished(&key);
+    }
     Some(out)
+}
+
+/// Why a batch gave no results.
+enum BatchError {
+    /// Nothing was billed (the submit failed, or the provider rejected the
+    /// batch as a whole): the calls can be made synchronously.
+    NotRun(String),
+    /// The batch was accepted, so it is (or will be) billed, but its state or
+    /// results could not be fetched.
+    Stranded(String),
 }
 
 /// Submits the batch (or resumes the one the ledger remembers for `key`)
@@ -374,7 +498,7 @@ async fn submit_and_wait(
     items: &[BatchItem],
     key: &str,
     ledger: Option<&dyn BatchLedger>,
-) -> Result<(String, HashMap<String, ItemOutcome>), String> {
+) -> Result<(String, HashMap<String, ItemOutcome>), BatchError> {
     let emit = |status: String, batch_id: &str, done: u64, total: u64| {
         sh.emit(Event::BatchProgress {
             step: step_id.to_owned(),
@@ -398,10 +522,12 @@ async fn submit_and_wait(
                 id
             }
             None => {
-                let id = api
-                    .submit(items)
-                    .await
-                    .map_err(|e| format!("{}: submitting the batch: {}", model.alias, e.message))?;
+                let id = api.submit(items).await.map_err(|e| {
+                    BatchError::NotRun(format!(
+                        "{}: submitting the batch: {}",
+                        model.alias, e.message
+                    ))
+                })?;
                 let note = match ledger.map(|l| {
                     l.record(
                         key,
@@ -418,44 +544,68 @@ async fn submit_and_wait(
                 id
             }
         };
+        let stranded = |e: ProviderError| {
+            BatchError::Stranded(format!("{}: batch {batch_id}: {}", model.alias, e.message))
+        };
         match wait(sh, api, &batch_id, &emit).await {
             Ok(()) => {}
             // A remembered batch the provider no longer knows (deleted,
             // results expired): submit afresh.
-            Err(e) if e.kind == ErrorKind::NotFound => {
+            Err(Waited::Poll(e)) if e.kind == ErrorKind::NotFound && was_resumed => {
                 if let Some(l) = ledger {
                     let _ = l.finished(key);
                 }
-                if was_resumed {
-                    continue;
-                }
-                return Err(format!("{}: batch {batch_id}: {}", model.alias, e.message));
+                continue;
             }
-            Err(e) => return Err(format!("{}: batch {batch_id}: {}", model.alias, e.message)),
+            // Rejected as a whole (validation): nothing ran, nothing billed.
+            Err(Waited::Rejected(message)) => {
+                if let Some(l) = ledger {
+                    let _ = l.finished(key);
+                }
+                return Err(BatchError::NotRun(format!(
+                    "{}: batch {batch_id}: {message}",
+                    model.alias
+                )));
+            }
+            Err(Waited::Poll(e)) => return Err(stranded(e)),
         }
-        let results = api
-            .results(&batch_id)
-            .await
-            .map_err(|e| format!("{}: batch {batch_id}: {}", model.alias, e.message))?;
-        if let Some(l) = ledger {
-            // Best effort: a stale entry only costs a poll of an ended batch.
-            let _ = l.finished(key);
-        }
+        // A download that breaks is tried again: the answers are paid for.
+        let mut tries = 0;
+        let results = loop {
+            match api.results(&batch_id).await {
+                Ok(r) => break r,
+                Err(e) if e.is_retryable() && tries < MAX_FETCH_RETRIES => {
+                    tries += 1;
+                    tokio::time::sleep(sh.options.batch_poll_interval).await;
+                }
+                Err(e) => return Err(stranded(e)),
+            }
+        };
         return Ok((batch_id, results));
     }
 }
 
+/// Retries of a broken results download before the batch is left for a
+/// resume.
+const MAX_FETCH_RETRIES: u32 = 5;
+
+/// Why waiting for a batch ended without it ending.
+enum Waited {
+    /// The provider rejected the batch as a whole.
+    Rejected(String),
+    /// Its state could not be fetched.
+    Poll(ProviderError),
+}
+
 /// Polls until the batch ends. Transient errors are retried on the poll
-/// interval, up to a limit; a batch that failed as a whole is an error.
+/// interval for as long as the run lasts (a batch is paid for: giving up
+/// early would only strand it); a batch that failed as a whole is rejected.
 async fn wait(
     sh: &Shared,
     api: &dyn BatchApi,
     batch_id: &str,
     emit: &(dyn Fn(String, &str, u64, u64) + Sync),
-) -> Result<(), ProviderError> {
-    /// Transient poll failures in a row before giving up on the batch.
-    const MAX_POLL_ERRORS: u32 = 5;
-    let mut errors = 0;
+) -> Result<(), Waited> {
     let mut last: Option<(String, u64)> = None;
     loop {
         match api.poll(batch_id).await {
@@ -463,23 +613,20 @@ async fn wait(
                 emit(status, batch_id, 0, 0);
                 return Ok(());
             }
-            Ok(BatchState::Failed { message }) => {
-                return Err(ProviderError::new(ErrorKind::BadRequest, message));
-            }
+            Ok(BatchState::Failed { message }) => return Err(Waited::Rejected(message)),
             Ok(BatchState::Running {
                 status,
                 done,
                 total,
             }) => {
-                errors = 0;
                 // One event per change, not per poll.
                 if last.as_ref() != Some(&(status.clone(), done)) {
                     emit(status.clone(), batch_id, done, total);
                     last = Some((status, done));
                 }
             }
-            Err(e) if e.is_retryable() && errors + 1 < MAX_POLL_ERRORS => errors += 1,
-            Err(e) => return Err(e),
+            Err(e) if e.is_retryable() => {}
+            Err(e) => return Err(Waited::Poll(e)),
         }
         tokio::time::sleep(sh.options.batch_poll_interval).await;
     }

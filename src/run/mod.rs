@@ -739,7 +739,8 @@ pub async fn execute_in(
     let mut tasks: JoinSet<(usize, StepReport)> = JoinSet::new();
     let mut task_of: HashMap<tokio::task::Id, usize> = HashMap::new();
     let deadline = options.run_timeout.map(|t| tokio::time::Instant::now() + t);
-    let mut stopped: Option<RunStatus> = None;
+    // Cancelled before it began (Ctrl-C during a test suite): start nothing.
+    let mut stopped: Option<RunStatus> = cancel.is_cancelled().then_some(RunStatus::Cancelled);
 
     loop {
         // Start (or settle without running) every step whose dependencies are done.
@@ -1110,6 +1111,7 @@ async fn run_step(sh: Arc<Shared>, i: usize, upstream: Map<String, Value>) -> St
             };
             let before = match batched {
                 Some(batch::Item::Done(report, value)) => return (report, Ok(value)),
+                Some(batch::Item::Failed(report, why)) => return (report, Err(why)),
                 Some(batch::Item::Synchronous(report)) => Some(report),
                 None => None,
             };
@@ -1427,59 +1429,48 @@ async fn call_model(
         };
         // The cache: an identical request (same provider, model, messages,
         // parameters) answered within the TTL costs nothing.
-        if let (Some(j), Some(ttl), Some(h)) =
-            (journal, journal.and_then(|j| j.cache_ttl), hash.as_ref())
-        {
-            if looked_up.as_ref() != Some(h) {
-                looked_up = Some(h.clone());
-                let not_before = j.journal.now() - ttl.as_millis() as i64;
-                let (db, key) = (Arc::clone(&j.journal), h.clone());
-                let hit =
-                    tokio::task::spawn_blocking(move || db.cached_answer(&key, not_before)).await;
-                match hit {
-                    Ok(Ok(Some(answer))) => {
-                        let output = match &validator {
-                            None => Ok(Value::String(answer.text.clone())),
-                            Some(v) => parse_structured(&answer.text, v),
-                        };
-                        // Only valid answers are cached; one that no longer
-                        // validates is simply not used.
-                        if let Ok(v) = output {
-                            report.source = CallSource::Cache;
-                            report.saved_usd += answer.cost_usd;
-                            report.usage += answer.usage;
-                            report.attempts.push(Attempt {
-                                model: model.alias.clone(),
-                                outcome: "cached".to_owned(),
-                                status: None,
-                                message: Some(format!("answer of run {}", answer.run_id)),
-                                waited_ms: None,
-                            });
-                            let mut r = record(report.attempts.len());
-                            r.outcome = "cached".to_owned();
-                            r.usage = answer.usage;
-                            r.list_cost_usd = answer.cost_usd;
-                            r.saved_usd = answer.cost_usd;
-                            r.flagship_cost_usd = flagship_cost(sh, &answer.usage);
-                            r.from_cache = true;
-                            r.output = Some(v.clone());
-                            sh.journal_call(r).await;
-                            return Ok(v);
-                        }
-                    }
-                    Ok(Ok(None)) => {}
-                    Ok(Err(message)) => sh.emit(Event::JournalError { message }),
-                    Err(e) => sh.emit(Event::JournalError {
-                        message: format!("run journal: {e}"),
-                    }),
+        if let Some(h) = hash.as_ref().filter(|h| looked_up.as_ref() != Some(*h)) {
+            looked_up = Some(h.clone());
+            if let Some(answer) = cached(sh, h).await {
+                let output = match &validator {
+                    None => Ok(Value::String(answer.text.clone())),
+                    Some(v) => parse_structured(&answer.text, v),
+                };
+                // Only valid answers are cached; one that no longer
+                // validates is simply not used.
+                if let Ok(v) = output {
+                    report.source = CallSource::Cache;
+                    report.saved_usd += answer.cost_usd;
+                    report.usage += answer.usage;
+                    report.attempts.push(Attempt {
+                        model: model.alias.clone(),
+                        outcome: "cached".to_owned(),
+                        status: None,
+                        message: Some(format!("answer of run {}", answer.run_id)),
+                        waited_ms: None,
+                    });
+                    let mut r = record(report.attempts.len());
+                    r.outcome = "cached".to_owned();
+                    r.usage = answer.usage;
+                    r.list_cost_usd = answer.cost_usd;
+                    r.saved_usd = answer.cost_usd;
+                    r.flagship_cost_usd = flagship_cost(sh, &answer.usage);
+                    r.from_cache = true;
+                    r.output = Some(v.clone());
+                    sh.journal_call(r).await;
+                    return Ok(v);
                 }
             }
         }
         let input_tokens = counts(model.tokenizer)
             + req.messages.len().saturating_sub(1) as u64 * u64::from(step.max_output_tokens());
-        let worst = model
-            .price
-            .cost(input_tokens, u64::from(step.max_output_tokens()));
+        let worst = cost::worst_case(
+            &model.price,
+            input_tokens,
+            u64::from(step.max_output_tokens()),
+            req.cache_system,
+            Billing::Standard,
+        );
         // Slots first, then the budget: a call queued behind others must not
         // hold a reservation that keeps the calls in flight from fitting.
         let permit = sh
@@ -1708,6 +1699,29 @@ pub(crate) fn prompt_cache(model: &Model, system: Option<&str>) -> Option<crate:
     let system = system.filter(|s| !s.is_empty())?;
     let tokens = model.tokenizer.count(system) as u64;
     (tokens >= model.prompt_cache_min_tokens).then_some(ttl)
+}
+
+/// The response cache: an identical request (same provider, model,
+/// messages, parameters) answered within the TTL, if the run has a journal
+/// and a cache.
+async fn cached(sh: &Shared, hash: &str) -> Option<crate::journal::CachedAnswer> {
+    let j = sh.options.journal.as_ref()?;
+    let ttl = j.cache_ttl?;
+    let not_before = j.journal.now() - ttl.as_millis() as i64;
+    let (db, key) = (Arc::clone(&j.journal), hash.to_owned());
+    match tokio::task::spawn_blocking(move || db.cached_answer(&key, not_before)).await {
+        Ok(Ok(hit)) => hit,
+        Ok(Err(message)) => {
+            sh.emit(Event::JournalError { message });
+            None
+        }
+        Err(e) => {
+            sh.emit(Event::JournalError {
+                message: format!("run journal: {e}"),
+            });
+            None
+        }
+    }
 }
 
 /// What the same usage costs on the policy's flagship (the plan's

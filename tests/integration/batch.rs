@@ -331,8 +331,11 @@ async fn run_batch_sends_anthropic_steps_through_message_batches() {
         (100.0 * 3.0 + 10.0 * 15.0) / 1e6
     ));
 
-    // The text summary says how many calls were batched.
-    let out = p.run(&["--batch", "--batch-poll-interval", "10ms"]).await;
+    // The text summary says how many calls were batched (past the response
+    // cache, which would answer them all now).
+    let out = p
+        .run(&["--batch", "--batch-poll-interval", "10ms", "--no-cache"])
+        .await;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("2 call(s) at batch prices"), "{stderr}");
     assert!(
@@ -509,6 +512,78 @@ async fn batch_answers_are_journaled_so_a_resume_never_pays_for_them_again() {
     assert_eq!(fake.batches_created(), 1, "the batch was submitted again");
     assert_eq!(sync_calls(&fake, "Label this ticket"), 0);
     assert_eq!(step(&r, "summary")["output"], "3 tickets");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_whose_results_cannot_be_fetched_is_kept_for_a_resume_not_bought_again() {
+    let fake = FakeServer::start().await;
+    by_ticket(&fake);
+    fake.set_batch_download_status(Some(503));
+    let p = Project::new(&policy(&fake, ""), LABELS);
+    let out = p.run(&fast()).await;
+    assert_eq!(out.status.code(), Some(1), "{}", transcript(&out));
+    let r = report(&out);
+    let label = step(&r, "label");
+    assert_eq!(label["status"], "failed");
+    assert!(
+        label["detail"]
+            .as_str()
+            .unwrap()
+            .contains("tollgate run --resume"),
+        "{label}"
+    );
+    // Not one answer bought again synchronously; the batch is kept.
+    assert_eq!(sync_calls(&fake, "Label this ticket"), 0);
+    assert_eq!(open_batches(p.path()).len(), 1);
+    let run_id = r["run_id"].as_str().unwrap().to_owned();
+
+    // The provider recovers; the resume collects the same batch.
+    fake.set_batch_download_status(None);
+    let out = p
+        .run(&[
+            "--resume",
+            &run_id,
+            "--format",
+            "json",
+            "--batch-poll-interval",
+            "10ms",
+        ])
+        .await;
+    assert_eq!(out.status.code(), Some(0), "{}", transcript(&out));
+    let r = report(&out);
+    assert_eq!(
+        step(&r, "label")["output"],
+        json!(["bug", "feature", "question"])
+    );
+    assert_eq!(fake.batches_created(), 1, "the batch was bought twice");
+    assert_eq!(sync_calls(&fake, "Label this ticket"), 0);
+    assert!(open_batches(p.path()).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_run_of_a_batch_step_is_answered_from_the_cache_without_a_batch() {
+    let fake = FakeServer::start().await;
+    by_ticket(&fake);
+    let p = Project::new(&policy(&fake, ""), LABELS);
+    let out = p.run(&fast()).await;
+    assert_eq!(out.status.code(), Some(0), "{}", transcript(&out));
+    assert_eq!(fake.batches_created(), 1);
+    let out = p.run(&fast()).await;
+    assert_eq!(out.status.code(), Some(0), "{}", transcript(&out));
+    let r = report(&out);
+    assert_eq!(
+        step(&r, "label")["output"],
+        json!(["bug", "feature", "question"])
+    );
+    assert_eq!(
+        fake.batches_created(),
+        1,
+        "a cached batch step was bought again"
+    );
+    for call in step(&r, "label")["calls"].as_array().unwrap() {
+        assert_eq!(call["source"], "cache", "{call}");
+        assert_eq!(call["cost_usd"], 0.0);
+    }
 }
 
 /// Batches the project's run journal holds as submitted and not fetched.

@@ -804,3 +804,83 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partial_recording_adds_answers_and_a_complete_one_drops_stale_ones() {
+    let fake = FakeServer::start().await;
+    fake.set_handler(answer);
+    let suite = BASIC
+        .replace(", snapshot: true", "")
+        .replace(", snapshot: normalized", "");
+    let s = Suite::new(&policy(&fake), WORKFLOW, &suite);
+    let keys = |s: &Suite| -> usize {
+        let c: Value = serde_json::from_str(&s.read("evals/cassettes/triage.json")).unwrap();
+        c["interactions"].as_array().unwrap().len()
+    };
+    let out = s.test(&["test", "--record"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", transcript(&out));
+    assert_eq!(keys(&s), 4);
+
+    // One case's ticket changes; only that case is recorded again.
+    s.write(
+        "evals/triage.yaml",
+        &suite.replace("Please add a dark mode.", "Please add a dark theme."),
+    );
+    let out = s.test(&["test", "--record", "--filter", "dark"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", transcript(&out));
+    assert_eq!(
+        keys(&s),
+        6,
+        "a partial recording keeps what it did not replace"
+    );
+
+    // A complete recording leaves only what the suite asks now.
+    let out = s.test(&["test", "--record"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", transcript(&out));
+    assert_eq!(keys(&s), 4);
+    let out = s.test_env(&["test", "--replay", "--ci"], &[]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", transcript(&out));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_a_test_run_with_its_summary_and_exit_130() {
+    let fake = FakeServer::start().await;
+    fake.set_default(
+        Reply::text("bug")
+            .usage(20, 1)
+            .delay(Duration::from_secs(30)),
+    );
+    let suite = BASIC
+        .replace(", snapshot: true", "")
+        .replace(", snapshot: normalized", "");
+    let s = Suite::new(&policy(&fake), WORKFLOW, &suite);
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args(["--color", "never", "test", "--junit", "j.xml"])
+        .current_dir(s.path())
+        .env("TEST_OPENAI_KEY", KEY)
+        .env("TEST_ANTHROPIC_KEY", KEY)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let pid = child.id().unwrap();
+    let mut waited = 0;
+    while fake.request_count() == 0 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        waited += 1;
+        assert!(waited < 1500, "no call was made");
+    }
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    let out = tokio::time::timeout(Duration::from_secs(20), child.wait_with_output())
+        .await
+        .expect("the test run stops promptly")
+        .unwrap();
+    assert_eq!(out.status.code(), Some(130), "{}", transcript(&out));
+    let text = stdout(&out);
+    assert!(text.contains("0 passed, 0 failed, 2 errored"), "{text}");
+    assert!(s.read("j.xml").contains("errors=\"2\""));
+}

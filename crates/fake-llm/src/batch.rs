@@ -94,12 +94,19 @@ pub(crate) struct Store {
     files: HashMap<String, String>,
     batches: HashMap<String, Batch>,
     script: Option<BatchScript>,
+    /// While set, downloads of results (OpenAI file content, Anthropic
+    /// `results_url`) answer this status: a provider having trouble.
+    download_status: Option<u16>,
     seq: u64,
 }
 
 impl Store {
     pub(crate) fn set_script(&mut self, script: BatchScript) {
         self.script = Some(script);
+    }
+
+    pub(crate) fn set_download_status(&mut self, status: Option<u16>) {
+        self.download_status = status;
     }
 
     pub(crate) fn complete_all(&mut self) {
@@ -177,6 +184,9 @@ pub(crate) fn handle(shared: &Shared, req: &Recorded, now: u64) -> Answer {
                     b.polls += 1;
                     json_answer(200, &anthropic_object(b, base))
                 }),
+                ("GET", [_, "results"]) if download_failure(shared).is_some() => {
+                    download_failure(shared).unwrap_or_else(|| json_answer(500, &json!({})))
+                }
                 ("GET", [id, "results"]) => with_batch(shared, id, Api::AnthropicBatch, |b, _| {
                     if !b.ended() {
                         return json_answer(
@@ -203,6 +213,9 @@ pub(crate) fn handle(shared: &Shared, req: &Recorded, now: u64) -> Answer {
                 .unwrap_or(segs.len());
             match (method, &segs[from..]) {
                 ("POST", ["files"]) => upload(shared, req, now),
+                ("GET", ["files", _, "content"]) if download_failure(shared).is_some() => {
+                    download_failure(shared).unwrap_or_else(|| json_answer(500, &json!({})))
+                }
                 ("GET", ["files", id, "content"]) => {
                     let store = shared.batches.lock().unwrap();
                     match store.files.get(*id) {
@@ -226,6 +239,15 @@ pub(crate) fn handle(shared: &Shared, req: &Recorded, now: u64) -> Answer {
             }
         }
     }
+}
+
+/// The scripted answer to a results download, while downloads fail.
+fn download_failure(shared: &Shared) -> Option<Answer> {
+    let status = shared.batches.lock().unwrap().download_status?;
+    Some(json_answer(
+        status,
+        &json!({"type": "error", "error": {"type": "api_error", "message": "fake: results temporarily unavailable"}}),
+    ))
 }
 
 /// Runs `f` on the batch (and its files, once ended) under the store lock.

@@ -283,6 +283,16 @@ impl FakeServer {
         self.shared.batches.lock().unwrap().set_script(script);
     }
 
+    /// While `Some(status)`, every download of batch results answers that
+    /// status; `None` serves them again.
+    pub fn set_batch_download_status(&self, status: Option<u16>) {
+        self.shared
+            .batches
+            .lock()
+            .unwrap()
+            .set_download_status(status);
+    }
+
     /// Every batch still in progress ends at its next poll (for a test
     /// that interrupts a run mid-batch and resumes it).
     pub fn complete_batches(&self) {
