@@ -59,6 +59,9 @@ CREATE TABLE IF NOT EXISTS runs (
     estimate_max_usd REAL NOT NULL,
     cost_usd        REAL NOT NULL DEFAULT 0,
     pid             INTEGER NOT NULL,
+    -- The process's start time (clock ticks since boot): with the pid, an
+    -- identity a recycled pid (or a container's fixed pid 1) cannot fake.
+    pid_start       INTEGER,
     sessions        INTEGER NOT NULL DEFAULT 1
 );
 CREATE INDEX IF NOT EXISTS runs_started ON runs(started_ms);
@@ -116,6 +119,7 @@ CREATE TABLE IF NOT EXISTS holds (
     id              INTEGER PRIMARY KEY,
     session         TEXT NOT NULL,
     pid             INTEGER NOT NULL,
+    pid_start       INTEGER,
     amount_usd      REAL NOT NULL,
     created_ms      INTEGER NOT NULL
 );
@@ -436,6 +440,30 @@ impl Journal {
             ));
         }
         conn.execute_batch(SCHEMA).map_err(db_err)?;
+        // Columns added to schema 1 after its first journals were written
+        // (`CREATE TABLE IF NOT EXISTS` does not add them).
+        for (table, column, kind) in [
+            ("runs", "pid_start", "INTEGER"),
+            ("holds", "pid_start", "INTEGER"),
+            (
+                "calls",
+                "cache_write_1h_tokens",
+                "INTEGER NOT NULL DEFAULT 0",
+            ),
+        ] {
+            let present: bool = conn
+                .query_row(
+                    &format!("SELECT COUNT(*) FROM pragma_table_info('{table}') WHERE name = ?1"),
+                    [column],
+                    |r| r.get::<_, i64>(0),
+                )
+                .map_err(db_err)?
+                > 0;
+            if !present {
+                conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {kind}"))
+                    .map_err(db_err)?;
+            }
+        }
         conn.pragma_update(None, "user_version", SCHEMA_VERSION)
             .map_err(db_err)?;
         let session = format!("{}-{:08x}", std::process::id(), fastrand::u32(..));
@@ -481,8 +509,9 @@ impl Journal {
         };
         tx.execute(
             "INSERT INTO runs (id, workflow, workflow_path, workflow_hash, policy, policy_path, policy_hash,
-                inputs_hash, inputs, started_ms, status, steps_total, estimate_usd, estimate_max_usd, pid)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 'running', ?11, ?12, ?13, ?14)",
+                inputs_hash, inputs, started_ms, status, steps_total, estimate_usd, estimate_max_usd, pid,
+                pid_start)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 'running', ?11, ?12, ?13, ?14, ?15)",
             params![
                 id,
                 run.workflow,
@@ -498,6 +527,7 @@ impl Journal {
                 run.estimate_usd,
                 run.estimate_max_usd,
                 std::process::id(),
+                own_start(),
             ],
         )
         .map_err(db_err)?;
@@ -529,10 +559,10 @@ impl Journal {
         let changed = self
             .conn()
             .execute(
-                "UPDATE runs SET status = 'running', finished_ms = NULL, pid = ?2,
+                "UPDATE runs SET status = 'running', finished_ms = NULL, pid = ?2, pid_start = ?4,
                     sessions = sessions + 1
                  WHERE id = ?1 AND (status != 'running' OR pid = ?3)",
-                params![seen.id, std::process::id(), seen.pid],
+                params![seen.id, std::process::id(), seen.pid, own_start()],
             )
             .map_err(db_err)?;
         if changed == 0 {
@@ -696,20 +726,22 @@ impl Journal {
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(db_err)?;
-        let holds: Vec<(i64, u32, f64, Millis)> = {
+        let holds: Vec<(i64, u32, Option<i64>, f64, Millis)> = {
             let mut stmt = tx
-                .prepare("SELECT id, pid, amount_usd, created_ms FROM holds WHERE session != ?1")
+                .prepare(
+                    "SELECT id, pid, pid_start, amount_usd, created_ms FROM holds WHERE session != ?1",
+                )
                 .map_err(db_err)?;
             stmt.query_map([&self.session], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
             })
             .map_err(db_err)?
             .collect::<Result<_, _>>()
             .map_err(db_err)?
         };
         let mut in_flight = 0.0;
-        for (id, pid, held, created) in holds {
-            if process_alive(pid) && now - created < STALE_HOLD_MS {
+        for (id, pid, pid_start, held, created) in holds {
+            if process_alive_since(pid, pid_start) && now - created < STALE_HOLD_MS {
                 in_flight += held;
             } else {
                 // Left by a process that died mid-call.
@@ -731,8 +763,9 @@ impl Journal {
             }
         }
         tx.execute(
-            "INSERT INTO holds (session, pid, amount_usd, created_ms) VALUES (?1, ?2, ?3, ?4)",
-            params![self.session, std::process::id(), amount, now],
+            "INSERT INTO holds (session, pid, pid_start, amount_usd, created_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![self.session, std::process::id(), own_start(), amount, now],
         )
         .map_err(db_err)?;
         let id = tx.last_insert_rowid();
@@ -808,14 +841,14 @@ const RUN_SELECT: &str =
     r.policy_hash, r.inputs, r.started_ms, r.finished_ms, r.status, r.steps_total,
     (SELECT COUNT(*) FROM steps s WHERE s.run_id = r.id AND s.status IN ('succeeded', 'skipped')),
     (SELECT COALESCE(SUM(cost_usd), 0) FROM calls c WHERE c.run_id = r.id),
-    r.estimate_usd, r.pid, r.sessions
+    r.estimate_usd, r.pid, r.sessions, r.pid_start
     FROM runs r";
 
 fn run_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunRow> {
     let started_ms: Millis = r.get(8)?;
     let mut status: String = r.get(10)?;
     let pid: u32 = r.get(15)?;
-    if status == "running" && !process_alive(pid) {
+    if status == "running" && !process_alive_since(pid, r.get(17)?) {
         status = "interrupted".to_owned();
     }
     let inputs: String = r.get(7)?;
@@ -852,6 +885,33 @@ fn usage_from(r: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<Usage> {
         reasoning_tokens: n(4)?,
         cache_write_1h_tokens: n(5)?,
     })
+}
+
+/// Is process `pid` still the one that started at `start` (clock ticks since
+/// boot, from `/proc`)? A pid reused by another process — or the same small
+/// pid of a fresh container — is not: it started at another time. Without
+/// a start time (not Linux, an old row) only the pid is asked about.
+pub fn process_alive_since(pid: u32, start: Option<i64>) -> bool {
+    match (start, process_start(pid)) {
+        (Some(want), Some(now)) if want != now => false,
+        _ => process_alive(pid),
+    }
+}
+
+/// When a process started, in clock ticks since boot (`/proc/<pid>/stat`,
+/// field 22); `None` where there is no `/proc`.
+pub fn process_start(pid: u32) -> Option<i64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces and parens):
+    // state is field 3, so starttime (22) is the 20th after the last ')'.
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// This process's start time, read once.
+pub fn own_start() -> Option<i64> {
+    static START: std::sync::OnceLock<Option<i64>> = std::sync::OnceLock::new();
+    *START.get_or_init(|| process_start(std::process::id()))
 }
 
 /// Is the process that journaled a run as `running` still there? Read from
@@ -926,6 +986,18 @@ impl crate::run::BatchLedger for Journal {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pid_with_another_start_time_is_another_process() {
+        let me = std::process::id();
+        if let Some(start) = own_start() {
+            assert!(process_alive_since(me, Some(start)));
+            // The same pid, started at another time: a recycled pid, or the
+            // fixed pid of a fresh container — not the process written down.
+            assert!(!process_alive_since(me, Some(start + 1)));
+        }
+        assert!(process_alive_since(me, None));
+    }
 
     fn new_run() -> NewRun {
         NewRun {

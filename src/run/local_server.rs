@@ -109,15 +109,19 @@ impl Servers {
     fn orphan(&self, provider: &str, launch: &Launch) -> Option<u32> {
         let path = self.pid_file(provider);
         let text = std::fs::read_to_string(&path).ok()?;
-        let fields: Vec<u32> = text
+        let fields: Vec<i64> = text
             .split_whitespace()
             .filter_map(|f| f.parse().ok())
             .collect();
-        let [pid, port, owner] = fields[..] else {
-            let _ = std::fs::remove_file(&path);
-            return None;
+        let (pid, port, owner, owner_start) = match fields[..] {
+            [pid, port, owner, start] => (pid as u32, port as u32, owner as u32, Some(start)),
+            [pid, port, owner] => (pid as u32, port as u32, owner as u32, None),
+            _ => {
+                let _ = std::fs::remove_file(&path);
+                return None;
+            }
         };
-        if crate::journal::process_alive(owner) {
+        if crate::journal::process_alive_since(owner, owner_start) {
             // Its run is still going (another process): not ours to stop.
             return None;
         }
@@ -146,10 +150,7 @@ impl Servers {
         if self.healthy(launch).await {
             if let Some(pid) = self.orphan(provider, launch) {
                 // Ours now: the file names this process as its owner.
-                let _ = std::fs::write(
-                    self.pid_file(provider),
-                    format!("{pid} {} {}\n", launch.port, std::process::id()),
-                );
+                let _ = std::fs::write(self.pid_file(provider), pid_line(pid, launch.port));
                 self.adopted.lock().await.push((provider.to_owned(), pid));
                 return Ok(Started::Adopted { pid });
             }
@@ -231,10 +232,7 @@ impl Servers {
                 if let Some(pid) = child.id() {
                     // Best effort: without it a killed run's server is
                     // merely left running, as before.
-                    let _ = std::fs::write(
-                        self.pid_file(provider),
-                        format!("{pid} {} {}\n", launch.port, std::process::id()),
-                    );
+                    let _ = std::fs::write(self.pid_file(provider), pid_line(pid, launch.port));
                 }
                 self.children
                     .lock()
@@ -272,6 +270,15 @@ impl Servers {
             let _ = std::fs::remove_file(self.pid_file(&provider));
         }
     }
+}
+
+/// The pid file's line: the server, its port, and this process (pid and
+/// start time) as its owner.
+fn pid_line(pid: u32, port: u16) -> String {
+    let owner_start = crate::journal::own_start()
+        .map(|s| format!(" {s}"))
+        .unwrap_or_default();
+    format!("{pid} {port} {}{owner_start}\n", std::process::id())
 }
 
 /// Stops a process that is not our child: SIGTERM, then SIGKILL if it has
