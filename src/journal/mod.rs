@@ -85,6 +85,9 @@ CREATE TABLE IF NOT EXISTS calls (
     item            INTEGER,
     attempt         INTEGER NOT NULL,
     request_hash    TEXT,
+    -- The rendered system prompt and prompt (hashed): a resume reuses this
+    -- call's answer only for the same prompt (upstream answers may differ).
+    prompt_hash     TEXT,
     model           TEXT NOT NULL,
     provider        TEXT NOT NULL,
     provider_model  TEXT NOT NULL,
@@ -235,6 +238,13 @@ pub fn parse_since(text: &str, now: Millis) -> Result<Millis, String> {
 }
 
 /// A hash of anything serialisable, as hex (for request and file identities).
+/// Identifies what a call of a step was asked: its rendered system prompt
+/// and prompt. The model is left out — a resumed call may be routed to
+/// another model of the chain, and its journaled answer still stands.
+pub fn prompt_hash(system: Option<&str>, prompt: &str) -> String {
+    sha256_json(&serde_json::json!([system, prompt]))
+}
+
 pub fn sha256_json(v: &impl Serialize) -> String {
     let bytes = serde_json::to_vec(v).unwrap_or_default();
     format!("{:x}", Sha256::digest(&bytes))
@@ -304,6 +314,8 @@ pub struct CallRecord {
     pub item: Option<usize>,
     pub attempt: u32,
     pub request_hash: Option<String>,
+    /// See [`prompt_hash`].
+    pub prompt_hash: Option<String>,
     pub model: String,
     pub provider: String,
     pub provider_model: String,
@@ -339,6 +351,9 @@ pub struct CallRecord {
 /// A call a run already finished.
 #[derive(Debug, Clone)]
 pub struct FinishedCall {
+    /// What the call was asked (see [`prompt_hash`]); `None` in rows of
+    /// older builds.
+    pub prompt_hash: Option<String>,
     pub model: String,
     pub output: Value,
     pub usage: Usage,
@@ -607,9 +622,9 @@ impl Journal {
                     provider_model, tier, local, started_ms, finished_ms, latency_ms, outcome, error,
                     input_tokens, output_tokens, cached_tokens, cache_write_tokens, reasoning_tokens,
                     cache_write_1h_tokens, cost_usd, list_cost_usd, flagship_cost_usd, estimate_usd,
-                    saved_usd, batch, from_cache, cacheable, response, output)
+                    saved_usd, batch, from_cache, cacheable, response, output, prompt_hash)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
-                    ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31, ?32)",
+                    ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31, ?32, ?33)",
                 params![
                     run_id,
                     self.session,
@@ -643,6 +658,7 @@ impl Journal {
                     c.cacheable,
                     c.response,
                     output,
+                    c.prompt_hash,
                 ],
             )
             .map_err(db_err)?;
@@ -659,7 +675,7 @@ impl Journal {
         let mut stmt = conn
             .prepare(
                 "SELECT step, item, model, output, input_tokens, output_tokens, cached_tokens,
-                    cache_write_tokens, reasoning_tokens, cache_write_1h_tokens, cost_usd
+                    cache_write_tokens, reasoning_tokens, cache_write_1h_tokens, cost_usd, prompt_hash
                  FROM calls WHERE run_id = ?1 AND output IS NOT NULL ORDER BY id",
             )
             .map_err(db_err)?;
@@ -670,6 +686,7 @@ impl Journal {
                 Ok((
                     (r.get::<_, String>(0)?, item.map(|i| i as usize)),
                     FinishedCall {
+                        prompt_hash: r.get(11)?,
                         model: r.get(2)?,
                         output: serde_json::from_str(&output).unwrap_or(Value::Null),
                         usage: usage_from(r, 4)?,

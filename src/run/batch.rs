@@ -148,8 +148,15 @@ pub(super) async fn run(
     let api = sh.providers.batchers.get(&model.provider)?;
     let item_of = |n: usize| fan_out.then_some(n);
     // Indices of the calls still to make; a resumed run batches only those.
+    let asked = |n: usize| crate::journal::prompt_hash(rendered[n].0.as_deref(), &rendered[n].1);
     let pending: Vec<usize> = (0..rendered.len())
-        .filter(|&n| !sh.finished.contains_key(&(step_id.to_owned(), item_of(n))))
+        .filter(|&n| {
+            // Finished in an earlier session, asked the same: answered from
+            // the journal on the synchronous path.
+            sh.finished
+                .get(&(step_id.to_owned(), item_of(n)))
+                .is_none_or(|d| d.prompt_hash.as_ref().is_some_and(|h| *h != asked(n)))
+        })
         .collect();
     if pending.is_empty() {
         return None;
@@ -228,6 +235,7 @@ pub(super) async fn run(
             item: item_of(n),
             attempt: 1,
             request_hash: hash,
+            prompt_hash: Some(asked(n)),
             model: model.alias.clone(),
             provider: model.provider.clone(),
             provider_model: model.model.clone(),
@@ -422,6 +430,7 @@ pub(super) async fn run(
             step: step_id.to_owned(),
             item: item_of(n),
             attempt: 1,
+            prompt_hash: Some(asked(n)),
             request_hash: sh
                 .options
                 .journal

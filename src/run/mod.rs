@@ -1201,8 +1201,14 @@ async fn call_with_fallbacks(
 ) -> (CallReport, Result<Value, String>) {
     let started = Instant::now();
     let mut report = CallReport::empty(item);
-    // Finished by an earlier session of this run: its answer, not a new call.
-    if let Some(done) = sh.finished.get(&(step_id.to_owned(), item)) {
+    // Finished by an earlier session of this run: its answer, not a new call
+    // — if it was asked the same (an upstream answer that changed since, as
+    // a `continue_on_error` step that now succeeds, makes it a new call).
+    if let Some(done) = sh.finished.get(&(step_id.to_owned(), item)).filter(|d| {
+        d.prompt_hash
+            .as_ref()
+            .is_none_or(|h| *h == crate::journal::prompt_hash(system.as_deref(), &prompt))
+    }) {
         report.source = CallSource::Journal;
         report.model = Some(done.model.clone());
         report.usage = done.usage;
@@ -1418,6 +1424,7 @@ async fn call_model(
             item: report.item,
             attempt: attempt as u32,
             request_hash: hash.clone(),
+            prompt_hash: journal.map(|_| crate::journal::prompt_hash(system.as_deref(), prompt)),
             model: model.alias.clone(),
             provider: model.provider.clone(),
             provider_model: model.model.clone(),

@@ -808,3 +808,74 @@ steps:
     assert_eq!(out.status.code(), Some(0), "{}", transcript(&out));
     assert_eq!(rec.sent_with(KEY), 1);
 }
+
+/// A journaled answer is reused by a resume only for the prompt it was
+/// given: when an upstream answer changed since (a `continue_on_error` step
+/// that failed and now succeeds), the dependant is asked again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_asks_again_a_call_whose_upstream_answer_changed() {
+    let fake = FakeServer::start().await;
+    let flaky = Arc::new(AtomicUsize::new(0));
+    let first_session = Arc::clone(&flaky);
+    fake.set_handler(move |r: &Recorded| {
+        let body = &r.raw_body;
+        let broken = first_session.load(Ordering::SeqCst) == 0;
+        if body.contains("Name a colour") || body.contains("Count to three") {
+            if broken {
+                return Reply::auth_error();
+            }
+            return Reply::text(if body.contains("colour") {
+                "teal"
+            } else {
+                "1 2 3"
+            })
+            .usage(5, 1);
+        }
+        // `use` repeats what it was given.
+        let given = body
+            .split("Use: ")
+            .nth(1)
+            .unwrap_or("")
+            .chars()
+            .take_while(|c| *c != '"')
+            .collect::<String>();
+        Reply::text(format!("used [{given}]")).usage(5, 2)
+    });
+    let wf = r#"version: 1
+name: upstream
+steps:
+  colour:
+    task: write
+    prompt: "Name a colour."
+    continue_on_error: true
+  use:
+    task: write
+    prompt: "Use: {{ steps.colour.output }}"
+  count:
+    task: write
+    prompt: "Count to three."
+"#;
+    let p = Project::new(&policy(&fake, ""), wf);
+    let out = tollgate(&p, &run_args(&["--no-cache"]), &[]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", transcript(&out));
+    let r = report(&out);
+    assert_eq!(step(&r, "use")["output"], "used [None]");
+    let id = r["run_id"].as_str().unwrap().to_owned();
+
+    flaky.store(1, Ordering::SeqCst);
+    let out = tollgate(
+        &p,
+        &["run", "--resume", &id, "--format", "json", "--no-cache"],
+        &[],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{}", transcript(&out));
+    let r = report(&out);
+    assert_eq!(step(&r, "colour")["output"], "teal");
+    assert_eq!(
+        step(&r, "use")["output"],
+        "used [teal]",
+        "a stale answer was reused"
+    );
+    assert_eq!(step(&r, "count")["output"], "1 2 3");
+}
