@@ -565,9 +565,10 @@ pub fn report_text(r: &crate::journal::report::Report) -> String {
     );
     let _ = writeln!(
         o,
-        "  saved       {} by routing, {} by the cache, {} by batching",
+        "  saved       {} by routing, {} by the response cache, {} by prompt caching, {} by batching",
         usd(t.savings.routing_usd),
         usd(t.savings.cache_usd),
+        usd(t.savings.prompt_cache_usd),
         usd(t.savings.batch_usd)
     );
     let section = |o: &mut String, title: &str, lines: &[Line], estimates: bool| {
@@ -580,8 +581,16 @@ pub fn report_text(r: &crate::journal::report::Report) -> String {
         if estimates {
             header.push("ESTIMATE".to_owned());
         }
-        header
-            .extend(["FLAGSHIP", "SAVED ROUTING", "SAVED CACHE", "SAVED BATCH"].map(str::to_owned));
+        header.extend(
+            [
+                "FLAGSHIP",
+                "SAVED ROUTING",
+                "SAVED CACHE",
+                "SAVED PROMPT CACHE",
+                "SAVED BATCH",
+            ]
+            .map(str::to_owned),
+        );
         let rows: Vec<Vec<String>> = lines
             .iter()
             .map(|l| {
@@ -600,6 +609,7 @@ pub fn report_text(r: &crate::journal::report::Report) -> String {
                     usd(l.flagship_usd),
                     usd(l.savings.routing_usd),
                     usd(l.savings.cache_usd),
+                    usd(l.savings.prompt_cache_usd),
                     usd(l.savings.batch_usd),
                 ]);
                 row

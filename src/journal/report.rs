@@ -9,10 +9,14 @@
 //! all-flagship comparison prices it). Then
 //!
 //! ```text
-//! flagship = cost + routing + cache + batch
-//! routing  = Σ (flagship − list)        the cheaper model the policy chose
-//! cache    = Σ list, over cache hits    answers not bought again
-//! batch    = Σ (list − cost), over batch calls
+//! flagship     = cost + routing + cache + prompt_cache + batch
+//! routing      = Σ (flagship − list)        the cheaper model the policy chose
+//! cache        = Σ list, over cache hits    answers not bought again
+//! prompt_cache = Σ (list − cost), over other synchronous calls: cached
+//!                input read at its discount (negative when a cache write
+//!                was never read back)
+//! batch        = Σ (list − cost), over batch calls (a cached batch input's
+//!                discount included)
 //! ```
 
 use std::collections::BTreeMap;
@@ -25,7 +29,10 @@ use super::{Journal, JournalError, Millis, db_err, format_day, format_time};
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
 pub struct Savings {
     pub routing_usd: f64,
+    /// The response cache (answers served from the journal).
     pub cache_usd: f64,
+    /// Providers' prompt caching (cache reads at their discount).
+    pub prompt_cache_usd: f64,
     pub batch_usd: f64,
 }
 
@@ -95,6 +102,8 @@ impl Line {
         self.savings.routing_usd += c.flagship - list;
         if c.batch {
             self.savings.batch_usd += c.list - c.cost;
+        } else if !c.from_cache {
+            self.savings.prompt_cache_usd += c.list - c.cost;
         }
     }
 }
@@ -254,6 +263,57 @@ impl Line {
         self.flagship_usd = nano(self.flagship_usd);
         self.savings.routing_usd = nano(self.savings.routing_usd);
         self.savings.cache_usd = nano(self.savings.cache_usd);
+        self.savings.prompt_cache_usd = nano(self.savings.prompt_cache_usd);
         self.savings.batch_usd = nano(self.savings.batch_usd);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn call(cost: f64, list: f64, flagship: f64, from_cache: bool, batch: bool) -> CallRow {
+        CallRow {
+            finished_ms: 0,
+            workflow: "w".into(),
+            step: "s".into(),
+            model: "m".into(),
+            provider_model: "pm".into(),
+            tier: "budget".into(),
+            from_cache,
+            reached_provider: !from_cache,
+            input_tokens: 10,
+            output_tokens: 1,
+            cost: if from_cache { 0.0 } else { cost },
+            list: if from_cache { 0.0 } else { list },
+            flagship,
+            saved: if from_cache { list } else { 0.0 },
+            batch,
+        }
+    }
+
+    #[test]
+    fn every_saving_is_counted_once_and_they_add_up_to_the_flagship() {
+        let mut line = Line::default();
+        // Plain, prompt-cached, batched, and a response-cache hit.
+        for c in [
+            call(1.0, 1.0, 5.0, false, false),
+            call(0.4, 1.0, 5.0, false, false),
+            call(0.5, 1.0, 5.0, false, true),
+            call(0.0, 1.0, 5.0, true, false),
+        ] {
+            line.add(&c);
+        }
+        let s = &line.savings;
+        assert_eq!(s.prompt_cache_usd, 0.6);
+        assert_eq!(s.batch_usd, 0.5);
+        assert_eq!(s.cache_usd, 1.0);
+        assert_eq!(s.routing_usd, 16.0);
+        let sum = line.cost_usd + s.routing_usd + s.cache_usd + s.prompt_cache_usd + s.batch_usd;
+        assert!(
+            (sum - line.flagship_usd).abs() < 1e-12,
+            "{sum} vs {}",
+            line.flagship_usd
+        );
     }
 }

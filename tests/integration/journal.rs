@@ -590,6 +590,7 @@ steps:
     let sum = t["cost_usd"].as_f64().unwrap()
         + t["savings"]["routing_usd"].as_f64().unwrap()
         + t["savings"]["cache_usd"].as_f64().unwrap()
+        + t["savings"]["prompt_cache_usd"].as_f64().unwrap()
         + t["savings"]["batch_usd"].as_f64().unwrap();
     assert!((sum - t["flagship_usd"].as_f64().unwrap()).abs() < 1e-9);
 
