@@ -205,6 +205,17 @@ pub(super) fn cmd_test(args: TestArgs, options: RenderOptions) -> u8 {
     } else {
         Mode::Live
     };
+    if mode != Mode::Replay {
+        for s in &suites {
+            if s.policy.daily_budget_usd.is_some() || s.policy.monthly_budget_usd.is_some() {
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "note: suite `{}`: the policy's daily/monthly budgets are not checked for test runs (each case's run budget is); suite calls are not in the run journal",
+                    s.name
+                );
+            }
+        }
+    }
     let total: u64 = suites
         .iter()
         .map(|s| {
