@@ -39,7 +39,7 @@ use crate::cost::{self, Billing};
 use crate::journal::CallRecord;
 use crate::policy::Model;
 use crate::provider::batch::{BatchApi, BatchItem, BatchState, ItemOutcome};
-use crate::provider::{ChatRequest, Endpoint, ErrorKind, Message, ProviderError, Usage};
+use crate::provider::{ErrorKind, ProviderError, Usage};
 use crate::tokens;
 use crate::workflow::Latency;
 
@@ -162,18 +162,8 @@ pub(super) async fn run(
         return None;
     }
     let schema = step.output_schema().cloned();
-    let request = |system: &Option<String>, prompt: &str| ChatRequest {
-        model: model.model.clone(),
-        system: system.clone(),
-        messages: vec![Message::user(prompt)],
-        max_output_tokens: step.max_output_tokens(),
-        temperature: step.temperature,
-        output_schema: schema.clone(),
-        stream: false,
-        cache_system: prompt_cache(model, system.as_deref()),
-        endpoint: Endpoint::Chat,
-        stop: step.stop.clone(),
-    };
+    let request =
+        |system: &Option<String>, prompt: &str| super::step_request(step, model, system, prompt);
     // The ledger key covers every call of the step, so a resumed run finds
     // the batch its first session submitted whatever has finished since.
     let key = batch_key(
@@ -665,7 +655,7 @@ mod tests {
     fn items(prompt: &str) -> Vec<BatchItem> {
         vec![BatchItem {
             custom_id: "item-0".into(),
-            request: ChatRequest::new("gpt-4o-mini", prompt),
+            request: crate::provider::ChatRequest::new("gpt-4o-mini", prompt),
         }]
     }
 

@@ -1388,21 +1388,8 @@ async fn call_model(
     let validator = schema
         .as_ref()
         .and_then(|s| jsonschema::validator_for(s).ok());
-    let mut req = ChatRequest {
-        model: model.model.clone(),
-        system: system.clone(),
-        messages: vec![Message::user(prompt)],
-        max_output_tokens: step.max_output_tokens(),
-        temperature: step.temperature,
-        output_schema: schema.clone(),
-        stream: sh.options.stream,
-        cache_system: prompt_cache(model, system.as_deref()),
-        endpoint: match model.endpoint {
-            crate::policy::Endpoint::Chat => Endpoint::Chat,
-            crate::policy::Endpoint::Completions => Endpoint::Completions,
-        },
-        stop: step.stop.clone(),
-    };
+    let mut req = step_request(step, model, system, prompt);
+    req.stream = sh.options.stream;
     let journal = sh.options.journal.as_ref();
     let retries = step.retries.unwrap_or(sh.options.retries);
     let mut backoff = backon::ExponentialBuilder::default()
@@ -1706,6 +1693,30 @@ pub(crate) fn prompt_cache(model: &Model, system: Option<&str>) -> Option<crate:
     let system = system.filter(|s| !s.is_empty())?;
     let tokens = model.tokenizer.count(system) as u64;
     (tokens >= model.prompt_cache_min_tokens).then_some(ttl)
+}
+
+/// The request for one call of a step on a model (not streamed).
+pub(crate) fn step_request(
+    step: &crate::workflow::Step,
+    model: &Model,
+    system: &Option<String>,
+    prompt: &str,
+) -> ChatRequest {
+    ChatRequest {
+        model: model.model.clone(),
+        system: system.clone(),
+        messages: vec![Message::user(prompt)],
+        max_output_tokens: step.max_output_tokens(),
+        temperature: step.temperature,
+        output_schema: step.output_schema().cloned(),
+        stream: false,
+        cache_system: prompt_cache(model, system.as_deref()),
+        endpoint: match model.endpoint {
+            crate::policy::Endpoint::Chat => Endpoint::Chat,
+            crate::policy::Endpoint::Completions => Endpoint::Completions,
+        },
+        stop: step.stop.clone(),
+    }
 }
 
 /// The response cache: an identical request (same provider, model,
