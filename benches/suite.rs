@@ -131,6 +131,7 @@ fn child(n: usize, latency_ms: u64) {
             stream: false,
             ..RunOptions::default()
         },
+        journal: None,
         progress: None,
     };
     let r = rt

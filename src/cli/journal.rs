@@ -10,7 +10,8 @@ use serde_json::{Value, json};
 use crate::analyze::Analysis;
 use crate::diagnostic::Diagnostic;
 use crate::inputs::{InputValue, Inputs, ValueSource};
-use crate::journal::{self, Clock, Journal, NewRun, PlannedStep, RunRow};
+pub use crate::journal::policy_hash;
+use crate::journal::{self, Clock, Journal, RunRow};
 use crate::plan::Plan;
 use crate::policy::Policy;
 
@@ -70,29 +71,9 @@ pub fn resume_target(journal: &Journal, id: &str) -> Result<RunRow, Diagnostic> 
     Ok(run)
 }
 
-/// The identity of a workflow for `--resume`: its file and every prompt it
-/// renders (prompt files included). Answers to one version of a prompt must
-/// not be mixed with calls made for another.
-pub fn fingerprint(analysis: &Analysis) -> String {
-    let prompts: Vec<[Option<&str>; 2]> = analysis
-        .steps
-        .values()
-        .map(|s| {
-            [
-                Some(s.prompt.text.as_str()),
-                s.system.as_ref().map(|x| x.text.as_str()),
-            ]
-        })
-        .collect();
-    journal::sha256_json(&json!({
-        "workflow": &*analysis.doc().file.text,
-        "prompts": prompts,
-    }))
-}
-
 /// Refuses to resume a run whose workflow changed.
 pub fn check_unchanged(run: &RunRow, analysis: &Analysis, path: &Path) -> Result<(), Diagnostic> {
-    if fingerprint(analysis) == run.workflow_hash {
+    if journal::fingerprint(analysis) == run.workflow_hash {
         return Ok(());
     }
     Err(Diagnostic::error(
@@ -106,12 +87,6 @@ pub fn check_unchanged(run: &RunRow, analysis: &Analysis, path: &Path) -> Result
     .with_help(
         "answers to the old prompts would be mixed with calls for the new ones. Run it again without --resume: calls whose requests did not change are answered from the cache at no cost",
     ))
-}
-
-/// The identity of a policy file (its text).
-pub fn policy_hash(path: &Path) -> String {
-    let text = std::fs::read(path).unwrap_or_default();
-    journal::sha256_json(&String::from_utf8_lossy(&text))
 }
 
 /// The inputs a run was started with, as the journal keeps them.
@@ -135,13 +110,6 @@ pub fn journaled_inputs(run: &RunRow, analysis: &Analysis) -> Inputs {
         .collect()
 }
 
-fn absolute(p: &Path) -> String {
-    std::fs::canonicalize(p)
-        .unwrap_or_else(|_| p.to_path_buf())
-        .display()
-        .to_string()
-}
-
 /// Journals a new run (status running) and returns its id.
 pub fn begin(
     journal: &Journal,
@@ -152,36 +120,15 @@ pub fn begin(
     inputs: &Inputs,
     plan: &Plan,
 ) -> Result<String, Diagnostic> {
-    let run = NewRun {
-        workflow: analysis.workflow.value.name.clone(),
-        workflow_path: absolute(workflow_path),
-        workflow_hash: fingerprint(analysis),
-        policy: policy.name.clone(),
-        policy_path: absolute(policy_path),
-        policy_hash: policy_hash(policy_path),
-        inputs: Value::Object(
-            inputs
-                .iter()
-                .map(|(k, v)| (k.clone(), v.value.clone()))
-                .collect(),
-        ),
-        estimate_usd: plan.totals.cost.low,
-        estimate_max_usd: plan.totals.cost.high,
-        steps: plan
-            .steps
-            .iter()
-            .map(|s| PlannedStep {
-                id: s.id.clone(),
-                model: s.model.as_ref().map(|m| m.alias.clone()),
-                calls: s.calls,
-                estimate_usd: s.cost.low,
-                estimate_max_usd: s.cost.high,
-                flagship_estimate_usd: s.flagship_cost.low,
-            })
-            .collect(),
-    };
     journal
-        .begin_run(&run)
+        .begin_run(&journal::new_run(
+            analysis,
+            workflow_path,
+            policy,
+            policy_path,
+            inputs,
+            plan,
+        ))
         .map_err(|e| Diagnostic::error("journal", e))
 }
 

@@ -49,6 +49,8 @@ pub(super) struct TestArgs {
     /// No progress bar.
     #[arg(long, short = 'q')]
     quiet: bool,
+    #[command(flatten)]
+    state: super::journal::StateArg,
 }
 
 #[derive(Debug, clap::Args)]
@@ -205,17 +207,16 @@ pub(super) fn cmd_test(args: TestArgs, options: RenderOptions) -> u8 {
     } else {
         Mode::Live
     };
-    if mode != Mode::Replay {
-        for s in &suites {
-            if s.policy.daily_budget_usd.is_some() || s.policy.monthly_budget_usd.is_some() {
-                let _ = writeln!(
-                    std::io::stderr(),
-                    "note: suite `{}`: the policy's daily/monthly budgets are not checked for test runs (each case's run budget is); suite calls are not in the run journal",
-                    s.name
-                );
-            }
+    // Live and recording runs spend money: journaled like `run`, so the
+    // policy's daily and monthly budgets hold and `report` shows the spend.
+    let journal = if mode == Mode::Replay {
+        None
+    } else {
+        match super::journal::open(&args.state) {
+            Ok(j) => Some(j),
+            Err(d) => return report(vec![d], format, options),
         }
-    }
+    };
     let total: u64 = suites
         .iter()
         .map(|s| {
@@ -226,6 +227,7 @@ pub(super) fn cmd_test(args: TestArgs, options: RenderOptions) -> u8 {
                 shard: shard.clone(),
                 filter: args.filter.clone(),
                 run: crate::run::RunOptions::default(),
+                journal: None,
                 progress: None,
             };
             runner::selected(s, &o).len() as u64 * args.repeat as u64
@@ -252,6 +254,7 @@ pub(super) fn cmd_test(args: TestArgs, options: RenderOptions) -> u8 {
             concurrency: args.concurrency.max(1),
             ..crate::run::RunOptions::default()
         },
+        journal,
         progress: progress.clone(),
     };
     let runtime = match runtime() {

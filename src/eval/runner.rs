@@ -41,6 +41,12 @@ pub struct TestOptions {
     /// Only cases whose name contains this.
     pub filter: Option<String>,
     pub run: RunOptions,
+    /// Live and recording runs: each case's run (and each judge's) is
+    /// journaled like a `tollgate run` — its spend counts against the
+    /// policy's daily and monthly budgets, which are checked before every
+    /// call, and `report` shows it. No response cache: a suite measures the
+    /// models. Replays spend nothing and are not journaled.
+    pub journal: Option<Arc<crate::journal::Journal>>,
     /// Advanced once per finished run of a case.
     pub progress: Option<indicatif::ProgressBar>,
 }
@@ -342,6 +348,53 @@ async fn run_suite(p: Prepared<'_>, opts: &TestOptions, cancel: CancellationToke
     }
 }
 
+/// The run options of one workflow run of the suite: journaled in live and
+/// recording runs (see [`TestOptions::journal`]).
+async fn journaled(
+    ctx: &Ctx<'_>,
+    analysis: &Analysis,
+    workflow_path: &std::path::Path,
+    inputs: &Inputs,
+    plan: &Plan,
+) -> Result<(RunOptions, Option<String>), String> {
+    let mut options = ctx.opts.run.clone();
+    let Some(journal) = &ctx.opts.journal else {
+        return Ok((options, None));
+    };
+    let record = crate::journal::new_run(
+        analysis,
+        workflow_path,
+        &ctx.suite.policy,
+        &ctx.suite.policy_path,
+        inputs,
+        plan,
+    );
+    let db = Arc::clone(journal);
+    let run_id = tokio::task::spawn_blocking(move || db.begin_run(&record))
+        .await
+        .map_err(|e| format!("run journal: {e}"))??;
+    options.journal = Some(run::RunJournal {
+        journal: Arc::clone(journal),
+        run_id: run_id.clone(),
+        cache_ttl: None,
+    });
+    Ok((options, Some(run_id)))
+}
+
+async fn finish_journaled(ctx: &Ctx<'_>, run_id: Option<String>, status: RunStatus) {
+    let (Some(journal), Some(id)) = (&ctx.opts.journal, run_id) else {
+        return;
+    };
+    let status = serde_json::to_value(status)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default();
+    let db = Arc::clone(journal);
+    // A failure here leaves the run `running` until its process is gone
+    // (then `interrupted`): nothing is lost, so it is not worth failing for.
+    let _ = tokio::task::spawn_blocking(move || db.finish_run(&id, &status)).await;
+}
+
 /// Why a step that failed did: a wrong answer is the model's (a failed
 /// assertion); anything else is the infrastructure's.
 fn invalid_answer(step: &StepReport) -> bool {
@@ -360,15 +413,32 @@ async fn run_case(ctx: &Ctx<'_>, case: &Case, plan: &Plan) -> (RunResult, Vec<St
         plan,
         inputs: &case.inputs,
     };
+    let (options, run_id) = match journaled(
+        ctx,
+        &ctx.suite.analysis,
+        &ctx.suite.workflow_path,
+        &case.inputs,
+        plan,
+    )
+    .await
+    {
+        Ok(o) => o,
+        Err(e) => {
+            let mut r = RunResult::interrupted();
+            r.error = Some(e);
+            return (r, Vec::new());
+        }
+    };
     let report = run::execute_in(
         Arc::clone(&ctx.resources),
         job,
         ctx.providers.clone(),
-        ctx.opts.run.clone(),
+        options,
         ctx.cancel.clone(),
         None,
     )
     .await;
+    finish_journaled(ctx, run_id, report.status).await;
     let mut result = RunResult {
         outcome: Outcome::Passed,
         failures: Vec::new(),
@@ -738,6 +808,14 @@ async fn judge(
             first(d)
         )
     })?;
+    let (options, run_id) = journaled(
+        ctx,
+        &analysis,
+        std::path::Path::new("<judge>"),
+        &inputs,
+        &plan,
+    )
+    .await?;
     let report = run::execute_in(
         Arc::clone(&ctx.resources),
         run::Job {
@@ -747,11 +825,12 @@ async fn judge(
             inputs: &inputs,
         },
         ctx.providers.clone(),
-        ctx.opts.run.clone(),
+        options,
         ctx.cancel.clone(),
         None,
     )
     .await;
+    finish_journaled(ctx, run_id, report.status).await;
     let step = report.steps.first().ok_or("the judge did not run")?;
     let out = match (&step.status, &step.output) {
         (StepStatus::Succeeded, Some(v)) => v.clone(),

@@ -238,6 +238,79 @@ pub fn parse_since(text: &str, now: Millis) -> Result<Millis, String> {
 }
 
 /// A hash of anything serialisable, as hex (for request and file identities).
+/// The identity of a workflow for `--resume`: its file and every prompt it
+/// renders (prompt files included). Answers to one version of a prompt must
+/// not be mixed with calls made for another.
+pub fn fingerprint(analysis: &crate::analyze::Analysis) -> String {
+    let prompts: Vec<[Option<&str>; 2]> = analysis
+        .steps
+        .values()
+        .map(|s| {
+            [
+                Some(s.prompt.text.as_str()),
+                s.system.as_ref().map(|x| x.text.as_str()),
+            ]
+        })
+        .collect();
+    sha256_json(&serde_json::json!({
+        "workflow": &*analysis.doc().file.text,
+        "prompts": prompts,
+    }))
+}
+
+/// The identity of a policy file (its text).
+pub fn policy_hash(path: &Path) -> String {
+    let text = std::fs::read(path).unwrap_or_default();
+    sha256_json(&String::from_utf8_lossy(&text))
+}
+
+/// A path as written in the journal: absolute where it exists.
+fn absolute(p: &Path) -> String {
+    std::fs::canonicalize(p)
+        .unwrap_or_else(|_| p.to_path_buf())
+        .display()
+        .to_string()
+}
+
+/// The journal's record of a run about to start.
+pub fn new_run(
+    analysis: &crate::analyze::Analysis,
+    workflow_path: &Path,
+    policy: &crate::policy::Policy,
+    policy_path: &Path,
+    inputs: &crate::inputs::Inputs,
+    plan: &crate::plan::Plan,
+) -> NewRun {
+    NewRun {
+        workflow: analysis.workflow.value.name.clone(),
+        workflow_path: absolute(workflow_path),
+        workflow_hash: fingerprint(analysis),
+        policy: policy.name.clone(),
+        policy_path: absolute(policy_path),
+        policy_hash: policy_hash(policy_path),
+        inputs: Value::Object(
+            inputs
+                .iter()
+                .map(|(k, v)| (k.clone(), v.value.clone()))
+                .collect(),
+        ),
+        estimate_usd: plan.totals.cost.low,
+        estimate_max_usd: plan.totals.cost.high,
+        steps: plan
+            .steps
+            .iter()
+            .map(|s| PlannedStep {
+                id: s.id.clone(),
+                model: s.model.as_ref().map(|m| m.alias.clone()),
+                calls: s.calls,
+                estimate_usd: s.cost.low,
+                estimate_max_usd: s.cost.high,
+                flagship_estimate_usd: s.flagship_cost.low,
+            })
+            .collect(),
+    }
+}
+
 /// Identifies what a call of a step was asked: its rendered system prompt
 /// and prompt. The model is left out — a resumed call may be routed to
 /// another model of the chain, and its journaled answer still stands.

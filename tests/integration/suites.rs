@@ -884,3 +884,48 @@ async fn sigterm_stops_a_test_run_with_its_summary_and_exit_130() {
     assert!(text.contains("0 passed, 0 failed, 2 errored"), "{text}");
     assert!(s.read("j.xml").contains("errors=\"2\""));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_suites_are_journaled_and_held_to_the_daily_budget() {
+    let fake = FakeServer::start().await;
+    fake.set_handler(answer);
+    let suite = BASIC
+        .replace(", snapshot: true", "")
+        .replace(", snapshot: normalized", "");
+    let s = Suite::new(&policy(&fake), WORKFLOW, &suite);
+    let out = s.test(&["test"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", transcript(&out));
+    // Each case ran as a journaled run, and its spend is reported.
+    let runs = s.test(&["runs", "--format", "json"]).await;
+    let runs: Value = serde_json::from_slice(&runs.stdout).unwrap();
+    assert_eq!(runs.as_array().unwrap().len(), 2, "{runs}");
+    assert!(
+        runs.as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["status"] == "succeeded")
+    );
+    let report = s.test(&["report", "--format", "json"]).await;
+    let report: Value = serde_json::from_slice(&report.stdout).unwrap();
+    assert!(
+        report["totals"]["cost_usd"].as_f64().unwrap() > 0.0,
+        "{report}"
+    );
+
+    // Today's spend now leaves no room under a daily budget: no call is made.
+    let spent = fake.request_count();
+    s.write(
+        "policy.yaml",
+        &format!("{}budgets:\n  daily_usd: 0.0001\n", policy(&fake)),
+    );
+    let out = s.test(&["test"]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", transcript(&out));
+    assert_eq!(
+        fake.request_count(),
+        spent,
+        "a call crossed the daily budget"
+    );
+    let text = stdout(&out);
+    assert!(text.contains("0 passed, 0 failed, 2 errored"), "{text}");
+    assert!(text.contains("daily budget"), "{text}");
+}
