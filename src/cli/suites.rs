@@ -229,6 +229,7 @@ pub(super) fn cmd_test(args: TestArgs, options: RenderOptions) -> u8 {
                 run: crate::run::RunOptions::default(),
                 journal: None,
                 progress: None,
+                on_run: None,
             };
             runner::selected(s, &o).len() as u64 * args.repeat as u64
         })
@@ -256,6 +257,24 @@ pub(super) fn cmd_test(args: TestArgs, options: RenderOptions) -> u8 {
         },
         journal,
         progress: progress.clone(),
+        // Not a terminal (CI logs): a plain line per finished case run, so
+        // a long live suite shows it is moving.
+        on_run: (progress.is_none() && !args.quiet && format == OutputFormat::Text).then(|| {
+            let tell: runner::OnRun =
+                std::sync::Arc::new(|suite: &str, case: &str, r: &results::RunResult| {
+                    let outcome = match r.outcome {
+                        results::Outcome::Passed => "passed",
+                        results::Outcome::Failed => "FAILED",
+                        results::Outcome::Errored => "ERROR",
+                    };
+                    let _ = writeln!(
+                        std::io::stderr().lock(),
+                        "{outcome:<6} {suite}/{case} ({} ms)",
+                        r.elapsed_ms
+                    );
+                });
+            tell
+        }),
     };
     let runtime = match runtime() {
         Ok(rt) => rt,

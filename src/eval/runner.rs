@@ -49,7 +49,13 @@ pub struct TestOptions {
     pub journal: Option<Arc<crate::journal::Journal>>,
     /// Advanced once per finished run of a case.
     pub progress: Option<indicatif::ProgressBar>,
+    /// Told of every finished run of a case (suite, case, the run): the
+    /// CLI's plain progress lines when stderr is not a terminal.
+    pub on_run: Option<OnRun>,
 }
+
+/// See [`TestOptions::on_run`].
+pub type OnRun = Arc<dyn Fn(&str, &str, &RunResult) + Send + Sync>;
 
 /// Does this case belong to the shard? By a hash of the suite and case
 /// names, so the split is the same on every runner and does not move cases
@@ -283,6 +289,9 @@ async fn run_suite(p: Prepared<'_>, opts: &TestOptions, cancel: CancellationToke
             };
             if let Some(pb) = &ctx_ref.opts.progress {
                 pb.inc(1);
+            }
+            if let Some(tell) = &ctx_ref.opts.on_run {
+                tell(&ctx_ref.suite.name, &case.name, &result);
             }
             (c, r, result, pending)
         }))

@@ -233,6 +233,13 @@ async fn a_recorded_suite_replays_offline_with_identical_results() {
         "{}",
         transcript(&out)
     );
+    // Not a terminal: a plain line per finished case run on stderr.
+    let progress = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        progress.contains("passed triage/crash-on-save ("),
+        "{progress}"
+    );
+    assert!(progress.contains("passed triage/dark-mode ("), "{progress}");
     let (mut rec, rep) = (results(&s, "recorded.json"), results(&s, "replayed.json"));
     assert_eq!(rec["mode"], "record");
     rec["mode"] = "replay".into();
