@@ -140,14 +140,6 @@ impl Cassette {
         &self.path
     }
 
-    pub fn len(&self) -> usize {
-        self.lock_entries().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     fn lock_entries(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Interaction>> {
         self.entries.lock().unwrap_or_else(|e| e.into_inner())
     }
