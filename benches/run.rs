@@ -31,10 +31,13 @@ use tollgate::workflow::{self, Loaded, Workflow};
 use tollgate::yaml::Document;
 
 fn policy_for(fake: &FakeServer, concurrency: usize) -> policy::Policy {
-    let text = format!(
+    compile_policy(format!(
         "version: 1\nproviders:\n  fake: {{ kind: openai-compatible, base_url: \"{}/v1\", limits: {{ concurrency: {concurrency} }} }}\nmodels:\n  m: {{ provider: fake, model: bench, tier: local, context_window: 100000 }}\nrules:\n  - {{ name: all, use: m }}\n",
         fake.base_url()
-    );
+    ))
+}
+
+fn compile_policy(text: String) -> policy::Policy {
     let doc = Document::parse(SourceFile::new("bench-policy.yaml", text)).unwrap();
     let file: Loaded<policy::PolicyFile> = workflow::from_document(doc, Format::Policy).unwrap();
     let (p, d) = policy::compile(
@@ -128,18 +131,10 @@ async fn bare(fake: &FakeServer, n: usize) -> Duration {
 
 /// A run of one 1,000-item batch step on the fake's OpenAI Batch API.
 async fn batch(fake: &FakeServer, n: usize) -> Duration {
-    let text = format!(
+    let policy = compile_policy(format!(
         "version: 1\nproviders:\n  openai: {{ kind: openai, base_url: \"{}/v1\" }}\nmodels:\n  m: {{ provider: openai, model: gpt-4o-mini, tier: budget }}\nrules:\n  - {{ name: all, use: m }}\n",
         fake.base_url()
-    );
-    let doc = Document::parse(SourceFile::new("bench-policy.yaml", text)).unwrap();
-    let file: Loaded<policy::PolicyFile> = workflow::from_document(doc, Format::Policy).unwrap();
-    let (policy, d) = policy::compile(
-        &file.value,
-        &file.doc,
-        tollgate::catalog::Catalog::builtin(),
-    );
-    assert!(d.is_empty(), "{d:?}");
+    ));
     let y = format!(
         "version: 1\nname: bench\ninputs:\n  items: {{ type: array, default: {:?} }}\nsteps:\n  each: {{ task: classify, latency: batch, for_each: inputs.items, prompt: \"Label {{{{ item }}}}\", max_output_tokens: 4 }}\n",
         (0..n).collect::<Vec<_>>()

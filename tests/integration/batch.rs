@@ -67,6 +67,18 @@ fn polls(fake: &FakeServer, path_part: &str) -> usize {
         .count()
 }
 
+/// A run that succeeded with every ticket labelled right (and in order:
+/// a result mapped to the wrong item shows); its report.
+fn labelled(out: &std::process::Output) -> serde_json::Value {
+    assert_eq!(out.status.code(), Some(0), "{}", transcript(out));
+    let r = report(out);
+    assert_eq!(
+        step(&r, "label")["output"],
+        json!(["bug", "feature", "question"])
+    );
+    r
+}
+
 fn close(a: f64, b: f64) -> bool {
     (a - b).abs() < 1e-12
 }
@@ -164,12 +176,7 @@ async fn failed_and_expired_openai_items_are_called_again_synchronously() {
     });
     let p = Project::new(&policy(&fake, ""), LABELS);
     let out = p.run(&fast()).await;
-    assert_eq!(out.status.code(), Some(0), "{}", transcript(&out));
-    let r = report(&out);
-    assert_eq!(
-        step(&r, "label")["output"],
-        json!(["bug", "feature", "question"])
-    );
+    let r = labelled(&out);
     assert_eq!(fake.batches_created(), 1);
     // Only the two failed items were called again, each once.
     assert_eq!(sync_calls(&fake, "Label this ticket"), 2);
@@ -210,12 +217,7 @@ async fn a_batch_that_fails_validation_runs_every_item_synchronously() {
     });
     let p = Project::new(&policy(&fake, ""), LABELS);
     let out = p.run(&fast()).await;
-    assert_eq!(out.status.code(), Some(0), "{}", transcript(&out));
-    let r = report(&out);
-    assert_eq!(
-        step(&r, "label")["output"],
-        json!(["bug", "feature", "question"])
-    );
+    let r = labelled(&out);
     assert_eq!(sync_calls(&fake, "Label this ticket"), 3);
     let first = &step(&r, "label")["calls"][0]["attempts"][0];
     assert_eq!(first["outcome"], "batch_failed");
@@ -453,12 +455,7 @@ async fn an_interrupted_run_resumes_polling_its_batch_instead_of_resubmitting() 
         .filter(|r| r.path == "/v1/files")
         .count();
     let out = p.run(&fast()).await;
-    assert_eq!(out.status.code(), Some(0), "{}", transcript(&out));
-    let r = report(&out);
-    assert_eq!(
-        step(&r, "label")["output"],
-        json!(["bug", "feature", "question"])
-    );
+    let r = labelled(&out);
     assert_eq!(fake.batches_created(), 1, "the batch was submitted again");
     assert_eq!(
         fake.requests()
@@ -503,12 +500,7 @@ async fn batch_answers_are_journaled_so_a_resume_never_pays_for_them_again() {
     let out = p
         .run(&["--resume", &run_id, "--format", "json", "--no-cache"])
         .await;
-    assert_eq!(out.status.code(), Some(0), "{}", transcript(&out));
-    let r = report(&out);
-    assert_eq!(
-        step(&r, "label")["output"],
-        json!(["bug", "feature", "question"])
-    );
+    let r = labelled(&out);
     assert_eq!(fake.batches_created(), 1, "the batch was submitted again");
     assert_eq!(sync_calls(&fake, "Label this ticket"), 0);
     assert_eq!(step(&r, "summary")["output"], "3 tickets");
@@ -549,12 +541,7 @@ async fn a_batch_whose_results_cannot_be_fetched_is_kept_for_a_resume_not_bought
             "10ms",
         ])
         .await;
-    assert_eq!(out.status.code(), Some(0), "{}", transcript(&out));
-    let r = report(&out);
-    assert_eq!(
-        step(&r, "label")["output"],
-        json!(["bug", "feature", "question"])
-    );
+    labelled(&out);
     assert_eq!(fake.batches_created(), 1, "the batch was bought twice");
     assert_eq!(sync_calls(&fake, "Label this ticket"), 0);
     assert!(open_batches(p.path()).is_empty());
@@ -569,12 +556,7 @@ async fn a_second_run_of_a_batch_step_is_answered_from_the_cache_without_a_batch
     assert_eq!(out.status.code(), Some(0), "{}", transcript(&out));
     assert_eq!(fake.batches_created(), 1);
     let out = p.run(&fast()).await;
-    assert_eq!(out.status.code(), Some(0), "{}", transcript(&out));
-    let r = report(&out);
-    assert_eq!(
-        step(&r, "label")["output"],
-        json!(["bug", "feature", "question"])
-    );
+    let r = labelled(&out);
     assert_eq!(
         fake.batches_created(),
         1,

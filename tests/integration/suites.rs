@@ -172,6 +172,13 @@ cases:
       summarize: { not_contains: crash, snapshot: normalized }
 "#;
 
+/// [`BASIC`] without its snapshot assertions.
+fn basic_without_snapshots() -> String {
+    BASIC
+        .replace(", snapshot: true", "")
+        .replace(", snapshot: normalized", "")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_recorded_suite_replays_offline_with_identical_results() {
     let fake = FakeServer::start().await;
@@ -257,9 +264,7 @@ async fn a_recorded_suite_replays_offline_with_identical_results() {
 async fn replaying_a_request_that_was_never_recorded_errors_clearly() {
     let fake = FakeServer::start().await;
     fake.set_handler(answer);
-    let suite = BASIC
-        .replace(", snapshot: true", "")
-        .replace(", snapshot: normalized", "");
+    let suite = basic_without_snapshots();
     let s = Suite::new(&policy(&fake), WORKFLOW, &suite);
     let out = s.test(&["test", "--record"]).await;
     assert_eq!(out.status.code(), Some(0), "{}", transcript(&out));
@@ -685,9 +690,7 @@ async fn provider_errors_are_errors_not_failures_and_keys_stay_secret() {
             answer(r)
         }
     });
-    let suite = BASIC
-        .replace(", snapshot: true", "")
-        .replace(", snapshot: normalized", "");
+    let suite = basic_without_snapshots();
     let s = Suite::new(&policy(&fake), WORKFLOW, &suite);
     let out = s.test(&["test", "--junit", "j.xml"]).await;
     assert_eq!(out.status.code(), Some(1), "{}", transcript(&out));
@@ -816,9 +819,7 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
 async fn a_partial_recording_adds_answers_and_a_complete_one_drops_stale_ones() {
     let fake = FakeServer::start().await;
     fake.set_handler(answer);
-    let suite = BASIC
-        .replace(", snapshot: true", "")
-        .replace(", snapshot: normalized", "");
+    let suite = basic_without_snapshots();
     let s = Suite::new(&policy(&fake), WORKFLOW, &suite);
     let keys = |s: &Suite| -> usize {
         let c: Value = serde_json::from_str(&s.read("evals/cassettes/triage.json")).unwrap();
@@ -857,9 +858,7 @@ async fn sigterm_stops_a_test_run_with_its_summary_and_exit_130() {
             .usage(20, 1)
             .delay(Duration::from_secs(30)),
     );
-    let suite = BASIC
-        .replace(", snapshot: true", "")
-        .replace(", snapshot: normalized", "");
+    let suite = basic_without_snapshots();
     let s = Suite::new(&policy(&fake), WORKFLOW, &suite);
     let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
         .args(["--color", "never", "test", "--junit", "j.xml"])
@@ -896,9 +895,7 @@ async fn sigterm_stops_a_test_run_with_its_summary_and_exit_130() {
 async fn live_suites_are_journaled_and_held_to_the_daily_budget() {
     let fake = FakeServer::start().await;
     fake.set_handler(answer);
-    let suite = BASIC
-        .replace(", snapshot: true", "")
-        .replace(", snapshot: normalized", "");
+    let suite = basic_without_snapshots();
     let s = Suite::new(&policy(&fake), WORKFLOW, &suite);
     let out = s.test(&["test"]).await;
     assert_eq!(out.status.code(), Some(0), "{}", transcript(&out));
