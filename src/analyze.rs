@@ -35,6 +35,47 @@ pub struct StepInfo {
     pub deps: BTreeSet<String>,
 }
 
+impl StepInfo {
+    /// The render context of this step's prompt, system prompt, `when` and
+    /// `for_each`: the **only** function that builds one (`plan`, `run`,
+    /// judges and every generated step go through it).
+    ///
+    /// Invariant (the gate is sound by construction): the context holds
+    /// exactly what the analysis says the step reads — the inputs in
+    /// [`StepInfo::reads_inputs`], the outputs of the steps in
+    /// [`StepInfo::reads_steps`] and, for a `for_each` step, `item` — which is
+    /// exactly what [`crate::sensitivity::propagate`] counts. A bare `inputs`
+    /// (`{{ inputs | tojson }}`) counts as reading every input, so every input
+    /// is here and every label counts; `steps` as a whole is refused by the
+    /// analysis. Whatever the reference analysis did not see is simply not in
+    /// the context, and strict undefined makes reading it an error: a hole in
+    /// the analysis fails closed, never open.
+    pub fn context(
+        &self,
+        inputs: &serde_json::Map<String, serde_json::Value>,
+        output_of: impl Fn(&str) -> serde_json::Value,
+        item: Option<&serde_json::Value>,
+    ) -> serde_json::Value {
+        let inputs: serde_json::Map<String, serde_json::Value> = self
+            .reads_inputs
+            .iter()
+            .filter_map(|name| inputs.get(name).map(|v| (name.clone(), v.clone())))
+            .collect();
+        let steps: serde_json::Map<String, serde_json::Value> = self
+            .reads_steps
+            .iter()
+            .map(|dep| (dep.clone(), serde_json::json!({ "output": output_of(dep) })))
+            .collect();
+        let mut ctx = serde_json::Map::new();
+        ctx.insert("inputs".to_owned(), serde_json::Value::Object(inputs));
+        ctx.insert("steps".to_owned(), serde_json::Value::Object(steps));
+        if let (Some(item), Some(_)) = (item, &self.for_each) {
+            ctx.insert("item".to_owned(), item.clone());
+        }
+        serde_json::Value::Object(ctx)
+    }
+}
+
 /// A workflow that passed every check.
 #[derive(Debug)]
 pub struct Analysis {
@@ -81,10 +122,6 @@ pub fn analyze(workflow: Loaded<Workflow>, root: &Path) -> Result<Analysis, Vec<
     let env = template::environment();
     // Built-in functions (`range`, `namespace`, `dict`, …) are not variables.
     let globals: BTreeSet<String> = env.globals().map(|(k, _)| k.to_owned()).collect();
-    // Unknown filters, tests and functions only show when a template runs:
-    // run each once over undefined values, where only those errors matter.
-    let mut probe = template::environment();
-    probe.set_undefined_behavior(minijinja::UndefinedBehavior::Chainable);
     let mut diags = Vec::new();
     let w = &workflow.value;
     let doc = &workflow.doc;
@@ -167,8 +204,17 @@ pub fn analyze(workflow: Loaded<Workflow>, root: &Path) -> Result<Analysis, Vec<
                     continue;
                 }
             };
-            if let Some(err) = probe_unknown_names(&probe, source) {
-                diags.push(source.error(doc, &err, &format!("{what} of step `{id}`")));
+            // Never by running the template: that would execute its loops.
+            match source.lint(&env) {
+                Ok(found) => diags.extend(
+                    found
+                        .iter()
+                        .map(|f| source.error_at(doc, f, &format!("{what} of step `{id}`"))),
+                ),
+                Err(err) => {
+                    diags.push(source.error(doc, &err, &format!("{what} of step `{id}`")));
+                    continue;
+                }
             }
             let item_ok = item_allowed && step.for_each.is_some();
             for r in refs {
@@ -400,34 +446,6 @@ fn check_reference(
                 ctx.step_ids.iter().copied(),
             ),
         )),
-    }
-}
-
-/// Runs a template or expression once over undefined values and returns an
-/// error only if it names a filter, test, function or template that does not
-/// exist (other errors need real values and are found by `plan` and `run`).
-fn probe_unknown_names(env: &Environment<'static>, source: &Source) -> Option<minijinja::Error> {
-    let ctx = minijinja::context! {};
-    let result = if source.is_expression {
-        env.compile_expression(&source.text)
-            .and_then(|e| e.eval(&ctx))
-            .map(|_| ())
-    } else {
-        env.render_str(&source.text, &ctx).map(|_| ())
-    };
-    match result {
-        Err(e)
-            if matches!(
-                e.kind(),
-                minijinja::ErrorKind::UnknownFilter
-                    | minijinja::ErrorKind::UnknownTest
-                    | minijinja::ErrorKind::UnknownFunction
-                    | minijinja::ErrorKind::TemplateNotFound
-            ) =>
-        {
-            Some(e)
-        }
-        _ => None,
     }
 }
 

@@ -26,7 +26,7 @@ use crate::inputs::{Inputs, ValueSource};
 use crate::policy::{Locality, Model, Policy, Tier};
 use crate::route::{self, Decision, Facts, TierUsage};
 use crate::sensitivity::{self, Origin};
-use crate::template::Source;
+use crate::template::{self, Source};
 use crate::tokens::{self, Tokenizer};
 use crate::workflow::{Latency, Reasoning, Step};
 use crate::yaml::pointer;
@@ -706,16 +706,22 @@ fn prepare(
     upstream_status: Option<Status>,
     fan_outs: &HashMap<String, u64>,
 ) -> Result<Prepared, PrepareError> {
-    let mut steps_ctx = Map::new();
-    for dep in &info.reads_steps {
-        let schema = w.steps[dep].output_schema();
-        let fan_out = fan_outs.get(dep).copied();
-        steps_ctx.insert(
-            dep.clone(),
-            json!({ "output": placeholder(dep, schema, fan_out) }),
-        );
-    }
-    let base_ctx = json!({ "inputs": inputs, "steps": steps_ctx });
+    // The step's context: exactly what the analysis says it reads, upstream
+    // outputs as placeholders of the right shape.
+    let context = |item: Option<&Value>| {
+        info.context(
+            inputs,
+            |dep| {
+                placeholder(
+                    dep,
+                    w.steps[dep].output_schema(),
+                    fan_outs.get(dep).copied(),
+                )
+            },
+            item,
+        )
+    };
+    let base_ctx = context(None);
     let reads_steps = |s: &Source| -> Result<bool, PrepareError> {
         let refs = s
             .references(env)
@@ -728,11 +734,7 @@ fn prepare(
         if reads_steps(when)? {
             status = Status::Conditional(format!("when: {}", when.text.trim()));
         } else {
-            let expr = env
-                .compile_expression(&when.text)
-                .map_err(|e| PrepareError::Template(when.clone(), e, "`when`"))?;
-            let v = expr
-                .eval(&base_ctx)
+            let v = template::eval(env, &when.text, &base_ctx)
                 .map_err(|e| PrepareError::Template(when.clone(), e, "`when`"))?;
             if !v.is_true() {
                 status = Status::Skipped(format!("when is false: {}", when.text.trim()));
@@ -748,9 +750,7 @@ fn prepare(
             // placeholders, which have the right shape (a sample per schema,
             // one entry per known fan-out item); its size is known only at
             // run time.
-            let evaluated = env
-                .compile_expression(&fe.text)
-                .and_then(|e| e.eval(&base_ctx))
+            let evaluated = template::eval(env, &fe.text, &base_ctx)
                 .ok()
                 .map(|v| serde_json::to_value(&v).unwrap_or(Value::Null));
             items = match evaluated {
@@ -777,11 +777,7 @@ fn prepare(
                 known: false,
             });
         } else {
-            let expr = env
-                .compile_expression(&fe.text)
-                .map_err(|e| PrepareError::Template(fe.clone(), e, "`for_each`"))?;
-            let v = expr
-                .eval(&base_ctx)
+            let v = template::eval(env, &fe.text, &base_ctx)
                 .map_err(|e| PrepareError::Template(fe.clone(), e, "`for_each`"))?;
             let list: Value = serde_json::to_value(&v).unwrap_or(Value::Null);
             let Value::Array(list) = list else {
@@ -818,32 +814,18 @@ fn prepare(
         }
     }
 
-    let prompt_t = env
-        .template_from_str(&info.prompt.text)
-        .map_err(|e| PrepareError::Template(info.prompt.clone(), e, "the prompt"))?;
-    let system_t = match &info.system {
-        Some(s) => Some(
-            env.template_from_str(&s.text)
-                .map_err(|e| PrepareError::Template(s.clone(), e, "the system prompt"))?,
-        ),
-        None => None,
-    };
     let mut rendered = Vec::with_capacity(items.len());
     for item in &items {
-        let mut ctx = base_ctx.clone();
-        if let (Some(item), Some(obj)) = (item, ctx.as_object_mut()) {
-            obj.insert("item".to_owned(), item.clone());
-        }
+        let ctx = context(item.as_ref());
         let mut messages = Vec::with_capacity(2);
-        if let (Some(t), Some(s)) = (&system_t, &info.system) {
+        if let Some(s) = &info.system {
             messages.push(
-                t.render(&ctx)
+                template::render(env, &s.text, &ctx)
                     .map_err(|e| PrepareError::Template(s.clone(), e, "the system prompt"))?,
             );
         }
         messages.push(
-            prompt_t
-                .render(&ctx)
+            template::render(env, &info.prompt.text, &ctx)
                 .map_err(|e| PrepareError::Template(info.prompt.clone(), e, "the prompt"))?,
         );
         rendered.push(RenderedCall { messages });

@@ -159,6 +159,58 @@ pub fn gate(policy: &Policy, model: &Model, level: usize) -> bool {
     model.locality == Locality::Local || level <= policy.cloud_max
 }
 
+/// The shortest confidential value the boundary looks for verbatim: shorter
+/// ones (`yes`, `42`) occur in ordinary text and would refuse harmless calls.
+pub const MIN_WITHHELD_CHARS: usize = 8;
+
+/// What a request carries to the provider boundary.
+#[derive(Debug, Clone, Default)]
+pub struct Label {
+    /// The level of the render context actually rendered into the request
+    /// (see [`crate::sensitivity::of_context`]), at least the step's
+    /// effective level.
+    pub level: usize,
+    /// The verbatim values (at least [`MIN_WITHHELD_CHARS`] long) of every
+    /// input above `cloud_max`, whether or not the step reads it.
+    pub withheld: std::sync::Arc<Vec<String>>,
+}
+
+/// The gate at the provider boundary: the last check before a request
+/// leaves, on the request itself. Every sending path calls it right before
+/// sending — synchronous calls and each fallback (`run::call_model`, which
+/// also serves judges and cassette recording, both below it), and batch
+/// submissions (`run::batch`). Routing already chose a model that passes
+/// [`gate`]; this re-checks with the level of what was rendered and, for a
+/// cloud model, refuses a request containing the verbatim value of an input
+/// above `cloud_max`, so a future hole in rendering (a value reaching a
+/// prompt by a path the analysis does not know) is still caught rather than
+/// sent. Local models see everything, as [`gate`] says.
+pub fn admit(policy: &Policy, model: &Model, label: &Label, texts: &[&str]) -> Result<(), String> {
+    if model.locality == Locality::Local {
+        return Ok(());
+    }
+    if !gate(policy, model, label.level) {
+        return Err(format!(
+            "{}: refused at the provider boundary: the request holds {} data (above cloud_max {}) and the model is in the cloud",
+            model.alias,
+            policy.level_name(label.level),
+            policy.level_name(policy.cloud_max)
+        ));
+    }
+    if label
+        .withheld
+        .iter()
+        .any(|v| texts.iter().any(|t| t.contains(v.as_str())))
+    {
+        return Err(format!(
+            "{}: refused at the provider boundary: the request contains the value of an input above cloud_max {} and the model is in the cloud",
+            model.alias,
+            policy.level_name(policy.cloud_max)
+        ));
+    }
+    Ok(())
+}
+
 /// Which conditions of a rule hold, as readable fragments; `None` if one fails.
 pub fn matches(policy: &Policy, c: &Conditions, f: &Facts<'_>) -> Option<Vec<String>> {
     let mut why = Vec::new();

@@ -140,3 +140,84 @@ pub fn propagate(analysis: &Analysis, policy: &Policy) -> Vec<Effective> {
         .map(|e| e.expect("every step visited"))
         .collect()
 }
+
+/// The level of a render context as it was built (by
+/// [`crate::analyze::StepInfo::context`]): the step's own level, every input
+/// it holds and every step output it holds (at that step's effective level,
+/// `levels` by step index). Computed from the context itself, not from the
+/// analysis, so the label a request carries to the provider boundary
+/// reflects what was rendered even if the two ever disagree.
+pub fn of_context(
+    ctx: &serde_json::Value,
+    own: usize,
+    analysis: &Analysis,
+    policy: &Policy,
+    levels: &[usize],
+) -> usize {
+    let w = &analysis.workflow.value;
+    let top = policy.levels.len().saturating_sub(1);
+    let level_of = |l: &str| policy.level_index(l).unwrap_or(top);
+    let mut level = own;
+    if let Some(inputs) = ctx.get("inputs").and_then(serde_json::Value::as_object) {
+        for name in inputs.keys() {
+            // Not a declared input: the context is not what it should be.
+            let l = w.inputs.get(name).map_or(top, |d| {
+                d.sensitivity
+                    .as_deref()
+                    .map_or(policy.default_level, level_of)
+            });
+            level = level.max(l);
+        }
+    }
+    if let Some(steps) = ctx.get("steps").and_then(serde_json::Value::as_object) {
+        for id in steps.keys() {
+            let l = analysis
+                .steps
+                .get_index_of(id)
+                .and_then(|i| levels.get(i).copied())
+                .unwrap_or(top);
+            level = level.max(l);
+        }
+    }
+    level
+}
+
+/// The values that must never be in a cloud request: every string (at least
+/// [`crate::route::MIN_WITHHELD_CHARS`] long) inside an input above
+/// `cloud_max`.
+pub fn withheld(
+    analysis: &Analysis,
+    policy: &Policy,
+    inputs: &serde_json::Map<String, serde_json::Value>,
+) -> Vec<String> {
+    fn strings(v: &serde_json::Value, out: &mut Vec<String>) {
+        match v {
+            serde_json::Value::String(s) => {
+                let s = s.trim();
+                if s.chars().count() >= crate::route::MIN_WITHHELD_CHARS {
+                    out.push(s.to_owned());
+                }
+            }
+            serde_json::Value::Array(a) => a.iter().for_each(|x| strings(x, out)),
+            serde_json::Value::Object(o) => o.values().for_each(|x| strings(x, out)),
+            _ => {}
+        }
+    }
+    let w = &analysis.workflow.value;
+    let top = policy.levels.len().saturating_sub(1);
+    let mut out = Vec::new();
+    for (name, decl) in &w.inputs {
+        let level = decl
+            .sensitivity
+            .as_deref()
+            .map_or(policy.default_level, |l| {
+                policy.level_index(l).unwrap_or(top)
+            });
+        if level > policy.cloud_max {
+            if let Some(v) = inputs.get(name) {
+                strings(v, &mut out);
+            }
+        }
+    }
+    out
+}

@@ -16,9 +16,35 @@ use crate::yaml::Document;
 /// The names a template may read at the top level.
 pub const ROOTS: [&str; 3] = ["inputs", "steps", "item"];
 
+/// Instructions one render (or one expression) may execute: generous for a
+/// prompt that loops over a long list, small enough that a hostile template
+/// (`range(100000)` nested) stops within a fraction of a second with a
+/// located error instead of spinning for ever.
+pub const FUEL: u64 = 5_000_000;
+
+/// The longest text one render may produce (bytes). The writer refuses more,
+/// so an endless loop of output cannot grow memory past this.
+pub const MAX_RENDERED_BYTES: usize = 8 << 20;
+
+/// Built-in functions removed from templates: `debug()` prints the whole
+/// render context. (The context only holds what the analysis saw a step read
+/// — see [`crate::analyze::StepInfo::context`] — so this is defence in depth,
+/// and keeps templates from depending on the context's layout.)
+pub const REMOVED_FUNCTIONS: [&str; 1] = ["debug"];
+
 /// A template environment with tollgate's settings.
+///
+/// Invariants: no loader (a template can reach no other template or file),
+/// no function that exposes the context or the process environment (the
+/// remaining builtins — `range`, `dict`, `namespace` and the filters and
+/// tests — only transform the values they are given), and every render and
+/// expression runs on [`FUEL`].
 pub fn environment() -> Environment<'static> {
     let mut env = Environment::new();
+    for f in REMOVED_FUNCTIONS {
+        env.remove_global(f);
+    }
+    env.set_fuel(Some(FUEL));
     env.set_undefined_behavior(UndefinedBehavior::Strict);
     // Prompts are plain text: HTML escaping would corrupt them.
     env.set_auto_escape_callback(|_| AutoEscape::None);
@@ -108,6 +134,15 @@ impl Source {
 
     /// Names the template reads: dotted paths such as `inputs.ticket`,
     /// `steps.summarize.output`, `item`.
+    ///
+    /// The reads of [`ROOTS`] come from this crate's own walk of the syntax
+    /// tree ([`Source::scan`]): minijinja's `undeclared_variables` misses
+    /// some (it does not look inside a slice's object, `inputs.x[:10]`, and
+    /// counts `{% set inputs = inputs %}` as an assignment before the read),
+    /// and what the analysis misses here the render context will not hold.
+    /// Since no binding may shadow a root (a `check` error), every use of
+    /// one of these names is a read of the step's data. minijinja's list adds
+    /// the other names, for the "undefined variable" errors.
     pub fn references(&self, env: &Environment<'_>) -> Result<BTreeSet<String>, minijinja::Error> {
         let vars = if self.is_expression {
             env.compile_expression(&self.text)?
@@ -116,7 +151,9 @@ impl Source {
             env.template_from_str(&self.text)?
                 .undeclared_variables(true)
         };
-        Ok(vars.into_iter().collect())
+        let mut refs: BTreeSet<String> = vars.into_iter().collect();
+        refs.extend(self.scan(env)?.roots);
+        Ok(refs)
     }
 
     /// Turns a minijinja error into a diagnostic pointing into the file.
@@ -219,6 +256,456 @@ fn find_word(text: &str, word: &str) -> Option<usize> {
     None
 }
 
+/// Renders a template with the size limit: the one way tollgate renders a
+/// prompt. `ctx` must come from [`crate::analyze::StepInfo::context`].
+pub fn render(
+    env: &Environment<'_>,
+    text: &str,
+    ctx: &serde_json::Value,
+) -> Result<String, minijinja::Error> {
+    let t = env.template_from_str(text)?;
+    let mut out = Capped::default();
+    let result = t.render_captured_to(ctx, &mut out);
+    if out.over {
+        return Err(minijinja::Error::new(
+            minijinja::ErrorKind::InvalidOperation,
+            format!("the rendered text is longer than {MAX_RENDERED_BYTES} bytes"),
+        ));
+    }
+    result?;
+    String::from_utf8(out.buf).map_err(|_| {
+        minijinja::Error::new(
+            minijinja::ErrorKind::InvalidOperation,
+            "the rendered text is not UTF-8",
+        )
+    })
+}
+
+/// Evaluates an expression (`when`, `for_each`): the one way tollgate does.
+pub fn eval(
+    env: &Environment<'_>,
+    text: &str,
+    ctx: &serde_json::Value,
+) -> Result<minijinja::Value, minijinja::Error> {
+    env.compile_expression(text)?.eval(ctx)
+}
+
+/// A writer that refuses to grow past [`MAX_RENDERED_BYTES`].
+#[derive(Default)]
+struct Capped {
+    buf: Vec<u8>,
+    over: bool,
+}
+
+impl std::io::Write for Capped {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        if self.buf.len() + b.len() > MAX_RENDERED_BYTES {
+            self.over = true;
+            return Err(std::io::Error::other("rendered text too long"));
+        }
+        self.buf.extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// What the static scan of a template found that is an error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Finding {
+    /// `inputs`, `steps` or `item` bound by `set`, `with`, a `for` target, a
+    /// macro or call-block parameter or an import.
+    Shadows {
+        root: &'static str,
+        by: &'static str,
+    },
+    UnknownFilter(String),
+    UnknownTest(String),
+    /// A function this environment removed (`debug`).
+    Removed(String),
+    /// `include`, `import`, `extends`: templates cannot load templates.
+    Loads(&'static str),
+}
+
+/// A finding and its byte range in the template text.
+#[derive(Debug, Clone)]
+pub struct Found {
+    pub finding: Finding,
+    pub start: usize,
+    pub len: usize,
+}
+
+impl Source {
+    /// Scans the template's syntax tree, without running it, for what must
+    /// not be there: bindings that shadow [`ROOTS`], unknown filters and
+    /// tests, removed functions, template loads.
+    ///
+    /// Why the syntax tree (minijinja's `unstable_machinery`): static checks
+    /// must never execute a template (a nested `range(100000)` would spin
+    /// for ever), and a token scan cannot tell `{% set inputs = … %}` from
+    /// `{% set x = inputs %}` without re-implementing the parser. The tree is
+    /// exactly what the engine compiles, so nothing it binds is missed; the
+    /// feature's API is pinned by Cargo.lock and a change breaks the build,
+    /// never the check. This scan is not what keeps data from leaking — the
+    /// render context does ([`crate::analyze::StepInfo::context`]); it turns
+    /// constructs that would confuse the reference analysis into located
+    /// errors at `check`.
+    pub fn lint(&self, env: &Environment<'_>) -> Result<Vec<Found>, minijinja::Error> {
+        Ok(self.scan(env)?.found)
+    }
+
+    /// The syntax-tree walk behind [`Source::lint`] and [`Source::references`].
+    fn scan(&self, env: &Environment<'_>) -> Result<Scan, minijinja::Error> {
+        use minijinja::machinery::{self, WhitespaceConfig};
+        let mut v = Lint {
+            env,
+            text: &self.text,
+            found: Vec::new(),
+            roots: BTreeSet::new(),
+        };
+        if self.is_expression {
+            let e = machinery::parse_expr(&self.text)?;
+            v.expr(&e);
+        } else {
+            let t = machinery::parse(
+                &self.text,
+                "<template>",
+                Default::default(),
+                WhitespaceConfig::default(),
+            )?;
+            v.stmt(&t);
+        }
+        Ok(Scan {
+            found: v.found,
+            roots: v.roots,
+        })
+    }
+
+    /// A diagnostic at a byte range of the template.
+    pub fn error_at(&self, doc: &Document, f: &Found, what: &str) -> Diagnostic {
+        let span = self.span(doc, f.start, f.len.max(1));
+        match &f.finding {
+            Finding::Shadows { root, by } => Diagnostic::error(
+                "template-shadows-root",
+                format!("{what} binds `{root}` ({by})"),
+            )
+            .at(span)
+            .with_label(format!("hides `{root}`"))
+            .with_help(format!(
+                "`inputs`, `steps` and `item` name the step's data and cannot be assigned; choose another name"
+            )),
+            Finding::UnknownFilter(name) => Diagnostic::error(
+                "template-error",
+                format!("template error in {what}: filter {name} is unknown"),
+            )
+            .at(span)
+            .with_help("see the template's expression at this position"),
+            Finding::UnknownTest(name) => Diagnostic::error(
+                "template-error",
+                format!("template error in {what}: test {name} is unknown"),
+            )
+            .at(span)
+            .with_help("see the template's expression at this position"),
+            Finding::Removed(name) => Diagnostic::error(
+                "template-function-removed",
+                format!("`{name}()` in {what} is not available in tollgate templates"),
+            )
+            .at(span)
+            .with_help("it prints the whole render context; print the values you need instead"),
+            Finding::Loads(kind) => Diagnostic::error(
+                "template-load",
+                format!("`{kind}` in {what}: templates cannot load other templates"),
+            )
+            .at(span)
+            .with_help("put the text in the prompt, or use `prompt_file:`"),
+        }
+    }
+}
+
+/// Whether a filter or test exists: minijinja looks them up only when the
+/// template runs and has no public listing, so evaluate the name alone on
+/// `none` (a parsed identifier, a constant-time expression on fuel).
+fn known(env: &Environment<'_>, probe: &str) -> bool {
+    match env.compile_expression(probe).and_then(|e| e.eval(())) {
+        Err(e) => !matches!(
+            e.kind(),
+            minijinja::ErrorKind::UnknownFilter | minijinja::ErrorKind::UnknownTest
+        ),
+        Ok(_) => true,
+    }
+}
+
+/// What one walk of a syntax tree found.
+struct Scan {
+    found: Vec<Found>,
+    /// Every read of a root, as a dotted path (`inputs.ticket`, or `inputs`
+    /// when read as a whole or by a computed key).
+    roots: BTreeSet<String>,
+}
+
+/// The syntax-tree walk behind [`Source::scan`].
+struct Lint<'e, 't> {
+    env: &'e Environment<'e>,
+    text: &'t str,
+    found: Vec<Found>,
+    roots: BTreeSet<String>,
+}
+
+impl Lint<'_, '_> {
+    fn push(&mut self, finding: Finding, span: minijinja::machinery::Span) {
+        let start = span.start_offset as usize;
+        let len = (span.end_offset as usize).saturating_sub(start);
+        self.found.push(Found {
+            finding,
+            start,
+            len,
+        });
+    }
+
+    /// The byte range of `name` inside a node's span, after `after` (`|`
+    /// for a filter, `is` for a test), for a precise location.
+    fn name_in(&self, span: minijinja::machinery::Span, name: &str) -> minijinja::machinery::Span {
+        let (s, e) = (span.start_offset as usize, span.end_offset as usize);
+        let Some(slice) = self.text.get(s..e) else {
+            return span;
+        };
+        match slice.rfind(name) {
+            Some(i) => minijinja::machinery::Span {
+                start_offset: (s + i) as u32,
+                end_offset: (s + i + name.len()) as u32,
+                ..span
+            },
+            None => span,
+        }
+    }
+
+    /// A binding target: a name or a tuple of names.
+    fn target(&mut self, e: &minijinja::machinery::ast::Expr<'_>, by: &'static str) {
+        use minijinja::machinery::ast::Expr;
+        match e {
+            Expr::Var(v) => {
+                if let Some(root) = ROOTS.iter().find(|r| **r == v.id) {
+                    self.push(Finding::Shadows { root, by }, v.span());
+                }
+            }
+            Expr::List(l) => {
+                for item in &l.items {
+                    self.target(item, by);
+                }
+            }
+            // `ns.attr` assigns into a namespace; the object is read.
+            other => self.expr(other),
+        }
+    }
+
+    fn body(&mut self, body: &[minijinja::machinery::ast::Stmt<'_>]) {
+        for s in body {
+            self.stmt(s);
+        }
+    }
+
+    fn stmt(&mut self, s: &minijinja::machinery::ast::Stmt<'_>) {
+        use minijinja::machinery::ast::Stmt;
+        match s {
+            Stmt::Template(t) => self.body(&t.children),
+            Stmt::EmitExpr(e) => self.expr(&e.expr),
+            Stmt::EmitRaw(_) | Stmt::Continue(_) | Stmt::Break(_) => {}
+            Stmt::ForLoop(f) => {
+                self.target(&f.target, "a `for` loop variable");
+                self.expr(&f.iter);
+                if let Some(e) = &f.filter_expr {
+                    self.expr(e);
+                }
+                self.body(&f.body);
+                self.body(&f.else_body);
+            }
+            Stmt::IfCond(c) => {
+                self.expr(&c.expr);
+                self.body(&c.true_body);
+                self.body(&c.false_body);
+            }
+            Stmt::WithBlock(w) => {
+                for (t, e) in &w.assignments {
+                    self.expr(e);
+                    self.target(t, "`with`");
+                }
+                self.body(&w.body);
+            }
+            Stmt::Set(set) => {
+                self.expr(&set.expr);
+                self.target(&set.target, "`set`");
+            }
+            Stmt::SetBlock(set) => {
+                self.target(&set.target, "`set`");
+                if let Some(f) = &set.filter {
+                    self.expr(f);
+                }
+                self.body(&set.body);
+            }
+            Stmt::AutoEscape(a) => {
+                self.expr(&a.enabled);
+                self.body(&a.body);
+            }
+            Stmt::FilterBlock(f) => {
+                self.expr(&f.filter);
+                self.body(&f.body);
+            }
+            Stmt::Block(b) => self.body(&b.body),
+            Stmt::Import(i) => self.push(Finding::Loads("import"), i.span()),
+            Stmt::FromImport(i) => self.push(Finding::Loads("from … import"), i.span()),
+            Stmt::Extends(e) => self.push(Finding::Loads("extends"), e.span()),
+            Stmt::Include(i) => self.push(Finding::Loads("include"), i.span()),
+            Stmt::Macro(m) => self.macro_decl(m, "a macro parameter"),
+            Stmt::CallBlock(c) => {
+                self.call(&c.call);
+                self.macro_decl(&c.macro_decl, "a `call` block parameter");
+            }
+            Stmt::Do(d) => self.call(&d.call),
+        }
+    }
+
+    fn macro_decl(
+        &mut self,
+        m: &minijinja::machinery::ast::Spanned<minijinja::machinery::ast::Macro<'_>>,
+        by: &'static str,
+    ) {
+        // The macro's own name binds too (`{% macro inputs() %}`).
+        if let Some(root) = ROOTS.iter().find(|r| **r == m.name) {
+            let at = self.name_in(m.span(), m.name);
+            self.push(
+                Finding::Shadows {
+                    root,
+                    by: "a macro name",
+                },
+                at,
+            );
+        }
+        for a in &m.args {
+            self.target(a, by);
+        }
+        for d in &m.defaults {
+            self.expr(d);
+        }
+        self.body(&m.body);
+    }
+
+    fn call(&mut self, c: &minijinja::machinery::ast::Call<'_>) {
+        use minijinja::machinery::ast::{CallType, Expr};
+        if let CallType::Function(name) = c.identify_call() {
+            if REMOVED_FUNCTIONS.contains(&name) {
+                if let Expr::Var(v) = &c.expr {
+                    self.push(Finding::Removed(name.to_owned()), v.span());
+                }
+            }
+        }
+        self.expr(&c.expr);
+        self.args(&c.args);
+    }
+
+    fn args(&mut self, args: &[minijinja::machinery::ast::CallArg<'_>]) {
+        use minijinja::machinery::ast::CallArg;
+        for a in args {
+            match a {
+                CallArg::Pos(e)
+                | CallArg::Kwarg(_, e)
+                | CallArg::PosSplat(e)
+                | CallArg::KwargSplat(e) => self.expr(e),
+            }
+        }
+    }
+
+    fn expr(&mut self, e: &minijinja::machinery::ast::Expr<'_>) {
+        use minijinja::machinery::ast::Expr;
+        match e {
+            Expr::Var(v) => {
+                if ROOTS.contains(&v.id) {
+                    self.roots.insert(v.id.to_owned());
+                }
+            }
+            Expr::Const(_) => {}
+            Expr::Slice(s) => {
+                self.expr(&s.expr);
+                for x in [&s.start, &s.stop, &s.step].into_iter().flatten() {
+                    self.expr(x);
+                }
+            }
+            Expr::UnaryOp(u) => self.expr(&u.expr),
+            Expr::BinOp(b) => {
+                self.expr(&b.left);
+                self.expr(&b.right);
+            }
+            Expr::Compare(c) => {
+                self.expr(&c.expr);
+                for op in &c.ops {
+                    self.expr(&op.expr);
+                }
+            }
+            Expr::IfExpr(i) => {
+                self.expr(&i.test_expr);
+                self.expr(&i.true_expr);
+                if let Some(f) = &i.false_expr {
+                    self.expr(f);
+                }
+            }
+            Expr::Filter(f) => {
+                if !known(self.env, &format!("none | {}", f.name)) {
+                    let at = self.name_in(f.span(), f.name);
+                    self.push(Finding::UnknownFilter(f.name.to_owned()), at);
+                }
+                if let Some(x) = &f.expr {
+                    self.expr(x);
+                }
+                self.args(&f.args);
+            }
+            Expr::Test(t) => {
+                if !known(self.env, &format!("none is {}", t.name)) {
+                    let at = self.name_in(t.span(), t.name);
+                    self.push(Finding::UnknownTest(t.name.to_owned()), at);
+                }
+                self.expr(&t.expr);
+                self.args(&t.args);
+            }
+            Expr::GetAttr(g) => {
+                // `inputs.a.b`: the whole dotted path of a root, as
+                // minijinja's nested tracking spells it.
+                let mut names = vec![g.name];
+                let mut at = &g.expr;
+                while let Expr::GetAttr(inner) = at {
+                    names.push(inner.name);
+                    at = &inner.expr;
+                }
+                match at {
+                    Expr::Var(v) if ROOTS.contains(&v.id) => {
+                        let mut path = v.id.to_owned();
+                        for n in names.iter().rev() {
+                            path.push('.');
+                            path.push_str(n);
+                        }
+                        self.roots.insert(path);
+                    }
+                    _ => self.expr(&g.expr),
+                }
+            }
+            Expr::GetItem(g) => {
+                self.expr(&g.expr);
+                self.expr(&g.subscript_expr);
+            }
+            Expr::Call(c) => self.call(c),
+            Expr::List(l) => {
+                for x in &l.items {
+                    self.expr(x);
+                }
+            }
+            Expr::Map(m) => {
+                for x in m.keys.iter().chain(&m.values) {
+                    self.expr(x);
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -236,6 +723,89 @@ mod tests {
             refs.into_iter().collect::<Vec<_>>(),
             vec!["inputs.items", "inputs.ticket", "steps.a.output"]
         );
+    }
+
+    #[test]
+    fn reads_hidden_from_minijinja_are_references() {
+        let env = environment();
+        for (text, expected) in [
+            ("{{ inputs.secret[:200] }}", "inputs.secret"),
+            ("{% set x = inputs %}{{ x.secret }}", "inputs"),
+            (
+                "{% macro m(x=inputs.secret) %}{{ x }}{% endmacro %}{{ m() }}",
+                "inputs.secret",
+            ),
+            ("{% for x in [1] if inputs.a %}{% endfor %}", "inputs.a"),
+        ] {
+            let refs = Source::inline(text, "/p".into()).references(&env).unwrap();
+            assert!(refs.contains(expected), "{text}: {refs:?}");
+        }
+        let e = Source::expression("[inputs.secret[0:10]]", "/f".into());
+        assert!(e.references(&env).unwrap().contains("inputs.secret"));
+    }
+
+    #[test]
+    fn shadowing_removed_functions_and_loads_are_found_without_running() {
+        let env = environment();
+        let lint = |t: &str| {
+            Source::inline(t, "/p".into())
+                .lint(&env)
+                .unwrap()
+                .into_iter()
+                .map(|f| f.finding)
+                .collect::<Vec<_>>()
+        };
+        let shadows = |root| Finding::Shadows { root, by: "`set`" };
+        assert_eq!(lint("{% set inputs = inputs %}"), vec![shadows("inputs")]);
+        assert_eq!(
+            lint("{% set (a, steps) = (1, 2) %}"),
+            vec![shadows("steps")]
+        );
+        assert_eq!(lint("{% set item %}x{% endset %}"), vec![shadows("item")]);
+        assert_eq!(
+            lint("{{ debug() }}"),
+            vec![Finding::Removed("debug".into())]
+        );
+        assert_eq!(lint("{% include 'x' %}"), vec![Finding::Loads("include")]);
+        assert_eq!(
+            lint("{{ 1 | nope }}"),
+            vec![Finding::UnknownFilter("nope".into())]
+        );
+        assert_eq!(
+            lint("{{ 1 is nope }}"),
+            vec![Finding::UnknownTest("nope".into())]
+        );
+        // Never executed: this would not finish.
+        assert!(
+            lint(
+                "{% for a in range(100000) %}{% for b in range(100000) %}{% endfor %}{% endfor %}"
+            )
+            .is_empty()
+        );
+        assert!(
+            lint("{% set ns = namespace(n=0) %}{% set ns.n = 1 %}{{ ns.n | upper }}").is_empty()
+        );
+    }
+
+    #[test]
+    fn renders_run_on_fuel_and_a_size_limit() {
+        let env = environment();
+        let ctx = json!({});
+        let e = render(
+            &env,
+            "{% for a in range(100000) %}{% for b in range(100000) %}{% endfor %}{% endfor %}",
+            &ctx,
+        )
+        .unwrap_err();
+        assert_eq!(e.kind(), minijinja::ErrorKind::OutOfFuel);
+        let e = render(
+            &env,
+            "{% for a in range(100) %}{{ 'x' * 1000000 }}{% endfor %}",
+            &ctx,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("longer than"), "{e}");
+        assert!(env.globals().all(|(name, _)| name != "debug"));
     }
 
     #[test]

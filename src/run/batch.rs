@@ -137,12 +137,12 @@ pub(super) async fn run(
     fan_out: bool,
     rendered: &[(Option<String>, String)],
     model: &Model,
-    sensitivity: usize,
+    label: &crate::route::Label,
 ) -> Option<Vec<Option<Item>>> {
     let wanted = step.latency == Latency::Batch || sh.options.batch_all;
-    // The gate, checked right before sending as on the synchronous path
-    // (routing already chose a model that passes it).
-    if !wanted || !model.has_batch_api() || !crate::route::gate(&sh.policy, model, sensitivity) {
+    // The gate (routing already chose a model that passes it); checked again
+    // on every request right before the batch is submitted.
+    if !wanted || !model.has_batch_api() || !crate::route::gate(&sh.policy, model, label.level) {
         return None;
     }
     let api = sh.providers.batchers.get(&model.provider)?;
@@ -262,6 +262,14 @@ pub(super) async fn run(
         }
         out
     };
+    // The gate at the provider boundary, on every request of the batch: a
+    // refused batch is never submitted; its calls go the synchronous way,
+    // where the same check refuses them one by one.
+    if let Some(why) = items.iter().find_map(|it| {
+        crate::route::admit(&sh.policy, model, label, &super::request_texts(&it.request)).err()
+    }) {
+        return Some(sync_all(out, "refused", why));
+    }
 
     // The worst case of the whole batch, at batch prices, before submitting.
     let max_out = u64::from(step.max_output_tokens());

@@ -483,6 +483,9 @@ struct Shared {
     tiers: Mutex<TierUsage>,
     /// Effective sensitivity level of every step (by step index).
     levels: Vec<usize>,
+    /// Values of inputs above `cloud_max`: never in a cloud request
+    /// (`route::admit`).
+    withheld: Arc<Vec<String>>,
     /// Calls the plan counted per step; a fan-out whose size was unknown
     /// then corrects the run's total for tier shares when it is known.
     planned_calls: HashMap<String, u64>,
@@ -722,6 +725,13 @@ pub async fn execute_in(
             .map(|e| e.level)
             .collect(),
         planned_calls: plan.steps.iter().map(|s| (s.id.clone(), s.calls)).collect(),
+        withheld: {
+            let values: Map<String, Value> = inputs
+                .iter()
+                .map(|(k, v)| (k.clone(), v.value.clone()))
+                .collect();
+            Arc::new(crate::sensitivity::withheld(&analysis, &policy, &values))
+        },
         inputs: inputs
             .iter()
             .map(|(k, v)| (k.clone(), v.value.clone()))
@@ -788,15 +798,12 @@ pub async fn execute_in(
                     progressed = true;
                     continue;
                 }
+                // The outputs of the steps it reads; `StepInfo::context`
+                // decides what of them a template sees.
                 let upstream: Map<String, Value> = analysis.steps[i]
                     .reads_steps
                     .iter()
-                    .map(|d| {
-                        (
-                            d.clone(),
-                            json!({ "output": outputs.get(d).cloned().unwrap_or(Value::Null) }),
-                        )
-                    })
+                    .map(|d| (d.clone(), outputs.get(d).cloned().unwrap_or(Value::Null)))
                     .collect();
                 state[i] = State::Running;
                 let sh = Arc::clone(&shared);
@@ -930,15 +937,22 @@ async fn run_step(sh: Arc<Shared>, i: usize, upstream: Map<String, Value>) -> St
     let (id, info) = sh.analysis.steps.get_index(i).expect("step index");
     let step = &sh.analysis.workflow.value.steps[id];
     let env = &sh.analysis.env;
-    let ctx = json!({ "inputs": sh.inputs, "steps": upstream });
+    // Exactly what the analysis says the step reads (see `StepInfo::context`).
+    let context = |item: Option<&Value>| {
+        info.context(
+            &sh.inputs,
+            |dep| upstream.get(dep).cloned().unwrap_or(Value::Null),
+            item,
+        )
+    };
+    let ctx = context(None);
     let fail = |detail: String| {
         let mut r = StepReport::new(id, StepStatus::Failed, Some(detail));
         r.ignored_failure = step.continue_on_error;
         r
     };
     let eval = |s: &Source| -> Result<minijinja::Value, String> {
-        env.compile_expression(&s.text)
-            .and_then(|e| e.eval(&ctx))
+        crate::template::eval(env, &s.text, &ctx)
             .map_err(|e| format!("cannot evaluate `{}`: {e}", s.text.trim()))
     };
 
@@ -973,13 +987,23 @@ async fn run_step(sh: Arc<Shared>, i: usize, upstream: Map<String, Value>) -> St
 
     // Render every call's messages with the real values.
     let mut rendered: Vec<(Option<String>, String)> = Vec::with_capacity(items.len());
+    // The label the requests carry to the provider boundary: the level of
+    // what was actually rendered into them.
+    let mut label = route::Label {
+        level: sh.levels[i],
+        withheld: Arc::clone(&sh.withheld),
+    };
     for item in &items {
-        let mut c = ctx.clone();
-        if let (Some(item), Some(obj)) = (item, c.as_object_mut()) {
-            obj.insert("item".to_owned(), item.clone());
-        }
+        let c = context(item.as_ref());
+        label.level = label.level.max(crate::sensitivity::of_context(
+            &c,
+            sh.levels[i],
+            &sh.analysis,
+            &sh.policy,
+            &sh.levels,
+        ));
         let render = |s: &Source| {
-            env.render_str(&s.text, &c)
+            crate::template::render(env, &s.text, &c)
                 .map_err(|e| format!("cannot render the prompt: {e}"))
         };
         let system = match info.system.as_ref().map(render).transpose() {
@@ -1091,7 +1115,7 @@ async fn run_step(sh: Arc<Shared>, i: usize, upstream: Map<String, Value>) -> St
                 info.for_each.is_some(),
                 &rendered,
                 model,
-                facts.sensitivity,
+                &label,
             )
             .await
         }
@@ -1102,6 +1126,7 @@ async fn run_step(sh: Arc<Shared>, i: usize, upstream: Map<String, Value>) -> St
     let chain_ref = &chain;
     let sh_ref = &sh;
     let counts_ref = &counts;
+    let label_ref = &label;
     let calls = futures::future::join_all(rendered.iter().zip(batched).enumerate().map(
         |(n, ((system, prompt), batched))| async move {
             let item = if info.for_each.is_some() {
@@ -1124,6 +1149,7 @@ async fn run_step(sh: Arc<Shared>, i: usize, upstream: Map<String, Value>) -> St
                 prompt.clone(),
                 chain_ref,
                 facts_ref,
+                label_ref,
                 counts_ref,
             )
             .await;
@@ -1197,6 +1223,7 @@ async fn call_with_fallbacks(
     prompt: String,
     chain: &[String],
     facts: &Facts<'_>,
+    label: &route::Label,
     counts: &(dyn Fn(tokens::Tokenizer) -> u64 + Sync),
 ) -> (CallReport, Result<Value, String>) {
     let started = Instant::now();
@@ -1329,6 +1356,7 @@ async fn call_with_fallbacks(
             client.as_ref(),
             &system,
             &prompt,
+            label,
             counts,
             &mut report,
         )
@@ -1362,6 +1390,15 @@ async fn call_with_fallbacks(
     (report, Err(last_error))
 }
 
+/// Every text of a request that reaches the provider.
+pub(crate) fn request_texts(req: &crate::provider::ChatRequest) -> Vec<&str> {
+    req.system
+        .as_deref()
+        .into_iter()
+        .chain(req.messages.iter().map(|m| m.content.as_str()))
+        .collect()
+}
+
 struct CallFailure {
     message: String,
     context_length: bool,
@@ -1381,6 +1418,7 @@ async fn call_model(
     client: &dyn Provider,
     system: &Option<String>,
     prompt: &str,
+    label: &route::Label,
     counts: &(dyn Fn(tokens::Tokenizer) -> u64 + Sync),
     report: &mut CallReport,
 ) -> Result<Value, CallFailure> {
@@ -1503,6 +1541,26 @@ async fn call_model(
                 });
             }
         };
+        // The gate at the provider boundary, on the request as it leaves.
+        if let Err(message) = route::admit(&sh.policy, model, label, &request_texts(&req)) {
+            drop(permit);
+            sh.budget.settle(reservation, 0.0);
+            report.attempts.push(Attempt {
+                model: model.alias.clone(),
+                outcome: "refused".to_owned(),
+                status: None,
+                message: Some(message.clone()),
+                waited_ms: None,
+            });
+            let mut r = record(report.attempts.len());
+            r.outcome = "refused".to_owned();
+            r.error = Some(message.clone());
+            sh.journal_call(r).await;
+            return Err(CallFailure {
+                message,
+                context_length: false,
+            });
+        }
         let mut rec = record(report.attempts.len() + 1);
         let sent = Instant::now();
         let result = match tokio::time::timeout(call_timeout, client.send(&req)).await {

@@ -6,6 +6,7 @@ mod cli;
 mod cost;
 mod data_driven;
 mod journal;
+mod leaks;
 mod local_model;
 mod providers;
 mod run;

@@ -1,0 +1,125 @@
+//! The sensitivity gate against hostile templates: every workflow in
+//! `tests/inputs/leaks/` tries to get a confidential input into a prompt the
+//! policy would send to a cloud model. Each is run with `tollgate run`
+//! against a logging cloud fake, with a canary as the confidential value:
+//! no request carrying the canary may reach the cloud fake. Each construct
+//! must either be refused with a located error, or run with the canary
+//! reaching the local model only. The outcome per file is a snapshot, so a construct
+//! that changes from one to the other is reviewed.
+
+use fake_llm::{FakeServer, Reply};
+
+use crate::run::Project;
+use crate::transcript;
+
+pub(crate) const CANARY: &str = "CANARY-5e0d41-confidential-never-in-the-cloud";
+
+/// A local model on one fake, a cheap cloud model on another; a confidential
+/// step stays local, and the local model falls back to the cloud (the gate
+/// must refuse that fallback).
+pub(crate) fn leak_policy(local: &FakeServer, cloud: &FakeServer) -> String {
+    format!(
+        r#"version: 1
+name: leak-test
+sensitivity: {{ levels: [public, internal, confidential, secret], cloud_max: internal }}
+providers:
+  local: {{ kind: openai-compatible, base_url: "{}/v1" }}
+  cloud: {{ kind: openai, base_url: "{}/v1", api_key_env: TEST_OPENAI_KEY }}
+models:
+  local: {{ provider: local, model: local-llm, tier: local, context_window: 8192 }}
+  cloud: {{ provider: cloud, model: gpt-4.1-nano, tier: budget }}
+rules:
+  - name: sensitive-stays-local
+    when: {{ sensitivity: {{ above: internal }} }}
+    use: local
+  - name: rest
+    use: cloud
+fallbacks:
+  local: [cloud]
+"#,
+        local.base_url(),
+        cloud.base_url()
+    )
+}
+
+/// Runs one workflow; returns a one-line outcome and the canary-carrying
+/// requests the cloud fake received.
+pub(crate) async fn run_leak(workflow: &str, local_reply: Reply) -> (String, usize, String) {
+    let local = FakeServer::start().await;
+    local.set_default(local_reply);
+    let cloud = FakeServer::start().await;
+    cloud.set_default(Reply::text("cloud answer").usage(5, 1));
+    let p = Project::new(&leak_policy(&local, &cloud), workflow);
+    let out = p.run(&["--input", &format!("secret={CANARY}")]).await;
+    let leaked = cloud
+        .requests()
+        .iter()
+        .filter(|r| r.raw_body.contains(CANARY))
+        .count();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let outcome = match out.status.code() {
+        Some(2) => {
+            // A located error: the first diagnostic's code line and place.
+            let first = stderr
+                .lines()
+                .find(|l| l.trim_start().starts_with('×'))
+                .unwrap_or("")
+                .trim()
+                .to_owned();
+            let at = stderr
+                .lines()
+                .find_map(|l| l.split_once("╭─[").map(|(_, r)| r.trim_end_matches(']')))
+                .unwrap_or("no location")
+                .to_owned();
+            format!("refused: {first} @ {at}")
+        }
+        code => format!(
+            "ran (exit {}): {} local request(s), {} cloud request(s)",
+            code.unwrap_or(-1),
+            local.request_count(),
+            cloud.request_count()
+        ),
+    };
+    (outcome, leaked, transcript(&out))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn no_template_construct_gets_a_confidential_input_to_the_cloud() {
+    let dir = crate::root().join("tests/inputs/leaks");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .expect("tests/inputs/leaks exists")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 20, "one workflow per construct");
+    let mut summary = String::new();
+    for path in files {
+        let name = path.file_stem().unwrap().to_string_lossy().into_owned();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let (outcome, leaked, transcript) =
+            run_leak(&text, Reply::text("local answer").usage(5, 1)).await;
+        assert_eq!(
+            leaked, 0,
+            "{name}: the cloud fake received the confidential canary\n{transcript}"
+        );
+        // Refused: with a location. Run: whatever reached the cloud did not
+        // carry the canary (checked above).
+        assert!(
+            !outcome.ends_with("no location"),
+            "{name}: an error without a location: {outcome}\n{transcript}"
+        );
+        summary.push_str(&format!("{name}: {outcome}\n"));
+    }
+    insta::assert_snapshot!(summary);
+}
+
+/// The harness itself: a public step does reach the cloud fake, so a 0
+/// above is not an artefact of a broken setup.
+#[tokio::test(flavor = "multi_thread")]
+async fn control_a_public_step_reaches_the_cloud_fake() {
+    let wf = "version: 1\nname: control\ninputs:\n  secret: { type: string, sensitivity: confidential }\n  note: { type: string, default: hello }\nsteps:\n  a: { task: summarize, prompt: \"Summarize {{ inputs.note }}\" }\n";
+    let (outcome, leaked, t) = run_leak(wf, Reply::text("local").usage(5, 1)).await;
+    assert_eq!(leaked, 0, "{t}");
+    assert!(outcome.contains("1 cloud request"), "{outcome}\n{t}");
+}
