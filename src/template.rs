@@ -188,6 +188,16 @@ impl Source {
                 format!("undefined value in {what}: {detail}"),
                 "templates read `inputs.<name>`, `steps.<id>.output` and, inside `for_each`, `item`",
             ),
+            minijinja::ErrorKind::OutOfFuel => (
+                "template-too-long",
+                format!("{what} runs too long: it used up its {FUEL} template steps"),
+                "a template must finish quickly; loop over less data",
+            ),
+            _ if detail.contains("rendered text is longer than") => (
+                "template-too-long",
+                format!("{what}: {detail}"),
+                "a prompt must stay within this size; render less text",
+            ),
             _ => (
                 "template-error",
                 format!("template error in {what}: {detail}"),
@@ -392,9 +402,7 @@ impl Source {
             )
             .at(span)
             .with_label(format!("hides `{root}`"))
-            .with_help(format!(
-                "`inputs`, `steps` and `item` name the step's data and cannot be assigned; choose another name"
-            )),
+            .with_help("`inputs`, `steps` and `item` name the step's data and cannot be assigned; choose another name"),
             Finding::UnknownFilter(name) => Diagnostic::error(
                 "template-error",
                 format!("template error in {what}: filter {name} is unknown"),

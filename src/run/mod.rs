@@ -1249,6 +1249,9 @@ async fn call_with_fallbacks(
         return (report, Ok(done.output.clone()));
     }
     let mut last_error = String::from("no candidate model could be tried");
+    // Why each candidate failed (it was called) or was passed over.
+    let mut failures: Vec<String> = Vec::new();
+    let mut passed: Vec<String> = Vec::new();
     // After a context-length error only larger windows are worth trying.
     let mut need_window_above: u64 = 0;
     let mut previous: Option<&str> = None;
@@ -1270,6 +1273,7 @@ async fn call_with_fallbacks(
                 sh.policy.level_name(facts.sensitivity),
                 sh.policy.level_name(sh.policy.cloud_max)
             );
+            passed.push(last_error.clone());
             continue;
         }
         if position > 0 {
@@ -1288,6 +1292,7 @@ async fn call_with_fallbacks(
             };
             if let Err(why) = route::fits(&sh.policy, model, &one_call, &usage, counts) {
                 last_error = format!("{alias}: {why}");
+                passed.push(last_error.clone());
                 continue;
             }
         }
@@ -1302,6 +1307,7 @@ async fn call_with_fallbacks(
                 .cloned()
                 .unwrap_or_default();
             last_error = format!("{alias}: no API key ({var} is not set)");
+            passed.push(last_error.clone());
             continue;
         };
         if let Some(launch) = sh
@@ -1336,6 +1342,7 @@ async fn call_with_fallbacks(
                 .await;
             if let Err(e) = started {
                 last_error = format!("{alias}: {e}");
+                failures.push(last_error.clone());
                 continue;
             }
         }
@@ -1380,6 +1387,7 @@ async fn call_with_fallbacks(
             }) => {
                 report.model = Some(alias.clone());
                 last_error = message;
+                failures.push(last_error.clone());
                 if context_length {
                     need_window_above = model.context_window;
                 }
@@ -1387,7 +1395,18 @@ async fn call_with_fallbacks(
         }
     }
     report.latency_ms = started.elapsed().as_millis() as u64;
-    (report, Err(last_error))
+    // Every candidate's reason, the real failures first: a local call's
+    // HTTP 500 is the cause, not the gate that kept its fallbacks away.
+    let message = if failures.is_empty() && passed.is_empty() {
+        last_error
+    } else {
+        failures
+            .into_iter()
+            .chain(passed)
+            .collect::<Vec<_>>()
+            .join("; ")
+    };
+    (report, Err(message))
 }
 
 /// Every text of a request that reaches the provider.

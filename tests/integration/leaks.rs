@@ -123,3 +123,61 @@ async fn control_a_public_step_reaches_the_cloud_fake() {
     assert_eq!(leaked, 0, "{t}");
     assert!(outcome.contains("1 cloud request"), "{outcome}\n{t}");
 }
+
+/// The gate at the provider boundary, on the request itself: a public input
+/// that holds the same text as a confidential one routes the step to the
+/// cloud, and the request is refused right before it is sent.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_boundary_refuses_a_cloud_request_holding_a_confidential_value() {
+    let local = FakeServer::start().await;
+    let cloud = FakeServer::start().await;
+    cloud.set_default(Reply::text("cloud answer").usage(5, 1));
+    let wf = "version: 1\nname: copy\ninputs:\n  secret: { type: string, sensitivity: confidential }\n  note: { type: string }\nsteps:\n  a: { task: summarize, prompt: \"Summarize {{ inputs.note }}\" }\n";
+    let p = Project::new(&leak_policy(&local, &cloud), wf);
+    let out = p
+        .run(&[
+            "--input",
+            &format!("secret={CANARY}"),
+            "--input",
+            &format!("note=copied: {CANARY}"),
+            "--format",
+            "json",
+        ])
+        .await;
+    assert_eq!(cloud.request_count(), 0, "{}", transcript(&out));
+    let report = crate::run::report(&out);
+    let a = crate::run::step(&report, "a");
+    assert_eq!(a["status"], "failed", "{}", transcript(&out));
+    let detail = a["detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.contains("refused at the provider boundary"),
+        "{detail}"
+    );
+    assert!(
+        !detail.contains(CANARY),
+        "the refusal quotes the value: {detail}"
+    );
+}
+
+/// A local call that fails, whose fallbacks are all gated, reports the real
+/// cause (the HTTP 500) and not only the gate's reason.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_local_call_reports_its_cause_when_the_fallbacks_are_gated() {
+    let local = FakeServer::start().await;
+    local.set_default(Reply::server_error());
+    let cloud = FakeServer::start().await;
+    cloud.set_default(Reply::text("cloud answer").usage(5, 1));
+    let wf = "version: 1\nname: local-fails\ninputs:\n  secret: { type: string, sensitivity: confidential }\nsteps:\n  a: { task: summarize, retries: 0, prompt: \"Summarize {{ inputs.secret }}\" }\n";
+    let p = Project::new(&leak_policy(&local, &cloud), wf);
+    let out = p
+        .run(&["--input", &format!("secret={CANARY}"), "--format", "json"])
+        .await;
+    assert_eq!(cloud.request_count(), 0, "{}", transcript(&out));
+    let report = crate::run::report(&out);
+    let detail = crate::run::step(&report, "a")["detail"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(detail.contains("500"), "the cause is missing: {detail}");
+    assert!(detail.contains("above cloud_max"), "{detail}");
+}

@@ -276,3 +276,97 @@ proptest! {
         }
     }
 }
+
+/// Ways a template can read input `r`: plain, and the constructs that hid
+/// reads from the analysis before (slices, aliases, macro defaults, `with`,
+/// loops over the whole mapping, namespaces, computed keys, `tojson` of the
+/// whole mapping, filter blocks), and two that `check` must refuse.
+fn construct(kind: usize, r: usize) -> (String, bool) {
+    let t = match kind {
+        0 => format!("{{{{ inputs.in{r} }}}}"),
+        1 => format!("{{{{ inputs.in{r}[:100] }}}}"),
+        2 => format!("{{% set x = inputs %}}{{{{ x.in{r} }}}}"),
+        3 => {
+            format!("{{% macro m{r}(x=inputs) %}}{{{{ x.in{r} }}}}{{% endmacro %}}{{{{ m{r}() }}}}")
+        }
+        4 => format!("{{% with x = inputs.in{r} %}}{{{{ x }}}}{{% endwith %}}"),
+        5 => format!(
+            "{{% for k, v in inputs|items %}}{{% if k == 'in{r}' %}}{{{{ v }}}}{{% endif %}}{{% endfor %}}"
+        ),
+        6 => "{{ inputs | tojson }}".to_owned(),
+        7 => format!("{{% set ns = namespace(v=inputs) %}}{{{{ ns.v.in{r} }}}}"),
+        8 => format!("{{{{ inputs['in' ~ '{r}'] }}}}"),
+        9 => format!("{{% filter upper %}}{{{{ inputs.in{r} }}}}{{% endfilter %}}"),
+        10 => format!("{{% set inputs = inputs %}}{{{{ inputs.in{r} }}}}"),
+        11 => "{{ debug() }}".to_owned(),
+        _ => {
+            format!("{{% for (a, inputs) in [(1, inputs)] %}}{{{{ inputs.in{r} }}}}{{% endfor %}}")
+        }
+    };
+    (t, kind >= 10)
+}
+
+/// A value that survives `upper` and is found verbatim in any rendering.
+fn canary(i: usize) -> String {
+    format!("CANARY_IN{i}_VALUE")
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+
+    /// Whatever the template does, its rendered text holds the value of an
+    /// input only if the analysis counted the read (so the step is at least
+    /// as sensitive as that input); constructs that hide reads are refused.
+    #[test]
+    fn rendered_text_holds_only_what_the_analysis_counts(
+        labels in proptest::collection::vec(proptest::option::of(0..4usize), 1..4),
+        reads in proptest::collection::vec(proptest::collection::vec((0..13usize, 0..4usize), 0..4), 1..4),
+    ) {
+        let mut inputs = serde_json::Map::new();
+        for (i, l) in labels.iter().enumerate() {
+            let mut decl = json!({ "type": "string", "default": canary(i) });
+            if let Some(l) = l {
+                decl["sensitivity"] = json!(LEVELS[*l]);
+            }
+            inputs.insert(format!("in{i}"), decl);
+        }
+        let mut refused_expected = false;
+        let mut steps = serde_json::Map::new();
+        for (i, rs) in reads.iter().enumerate() {
+            let mut prompt = format!("Step {i}.");
+            for (kind, r) in rs {
+                let (t, refused) = construct(*kind, r % labels.len());
+                refused_expected |= refused;
+                prompt.push_str(&t);
+            }
+            steps.insert(format!("s{i}"), json!({ "task": "write", "prompt": prompt }));
+        }
+        let wf = json!({ "version": 1, "name": "hostile", "inputs": inputs, "steps": steps });
+        let w: workflow::Loaded<Workflow> =
+            workflow::from_document(parse("w.yaml", &wf), Format::Workflow).unwrap();
+        let analysis = match analyze::analyze(w, std::path::Path::new(".")) {
+            Ok(a) => a,
+            Err(diags) => {
+                prop_assert!(refused_expected, "refused a harmless template: {:?}", diags.first().map(|d| &d.message));
+                prop_assert!(diags.iter().all(|d| d.span.is_some()), "an error without a location");
+                return Ok(());
+            }
+        };
+        prop_assert!(!refused_expected, "a shadowing or debug() template passed check");
+        let values: serde_json::Map<String, Value> = (0..labels.len())
+            .map(|i| (format!("in{i}"), json!(canary(i))))
+            .collect();
+        for (id, info) in &analysis.steps {
+            let ctx = info.context(&values, |_| Value::Null, None);
+            let text = tollgate::template::render(&analysis.env, &info.prompt.text, &ctx).unwrap();
+            for i in 0..labels.len() {
+                if text.contains(&canary(i)) {
+                    prop_assert!(
+                        info.reads_inputs.contains(&format!("in{i}")),
+                        "step {id} rendered input in{i} the analysis did not count"
+                    );
+                }
+            }
+        }
+    }
+}
