@@ -435,6 +435,8 @@ fn check_reference(
             "`item` is the current element of `for_each`; add `for_each:` to the step".to_owned(),
         )),
         [root, ..] if ctx.globals.contains(*root) => {}
+        // Removed builtins (`debug`) are reported by the template scan.
+        [root, ..] if template::REMOVED_FUNCTIONS.contains(root) => {}
         _ => diags.push(undefined(
             format!(
                 "undefined variable `{r}` in {} of step `{}`",

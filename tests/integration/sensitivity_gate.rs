@@ -273,6 +273,18 @@ proptest! {
             if let Some(l) = g.label {
                 prop_assert!(level >= l);
             }
+            // The gate at the provider boundary agrees with routing, for
+            // every model: the routed one passes, no cloud model takes a
+            // request above cloud_max, and none takes a withheld value.
+            let label = tollgate::route::Label { level, withheld: std::sync::Arc::new(vec!["CONFIDENTIAL-VALUE".to_owned()]) };
+            prop_assert!(tollgate::route::admit(&policy, &policy.models[&model.alias], &label, &["a prompt"]).is_ok());
+            for m in policy.models.values() {
+                let cloud = m.locality != Locality::Local;
+                let admitted = tollgate::route::admit(&policy, m, &label, &["a prompt"]).is_ok();
+                prop_assert_eq!(admitted, !cloud || level <= policy.cloud_max);
+                let carrying = tollgate::route::admit(&policy, m, &label, &["x CONFIDENTIAL-VALUE y"]).is_ok();
+                prop_assert_eq!(carrying, !cloud);
+            }
         }
     }
 }
