@@ -14,6 +14,14 @@
 //! - batch calls at `batch_input`/`batch_output`; the cache prices are
 //!   scaled by the same batch discount, since Anthropic's batch discount
 //!   stacks with the cache multipliers.
+//! - long-context tiers ([`tier_for`]): when the prompt (every input token,
+//!   cached ones included) is above the model's threshold, the *whole*
+//!   request — input, cache reads and writes, and output — is billed at the
+//!   tier's rates. That is how Google prices Gemini Pro above 200k, OpenAI
+//!   GPT-5.x above 272k and Anthropic its long-context models: the rate is
+//!   chosen by the prompt size, not applied to the tokens past the
+//!   threshold only. `plan`, the budget's worst case and the ledger all price
+//!   through [`call_cost`], so they agree on the tier.
 
 use crate::policy::Price;
 use crate::provider::Usage;
@@ -36,8 +44,44 @@ const BATCH_DISCOUNT: f64 = 0.5;
 /// (provider-apis.md §3); used when the catalog has no 1-hour price.
 const ONE_HOUR_WRITE_MULTIPLIER: f64 = 2.0;
 
-/// The cost of one call in USD.
+/// The flat price list a request with `prompt_tokens` input tokens is
+/// billed at: the model's base prices, or — above its long-context
+/// threshold (strictly more tokens than `above_tokens`) — the tier's.
+/// A cache price the tier does not list is the base cache price scaled
+/// like the input price (the providers keep the cache multipliers across
+/// tiers); a batch price it does not list falls back to the batch
+/// discount of the tier's standard price, in [`call_cost`].
+pub fn tier_for(price: &Price, prompt_tokens: u64) -> Price {
+    let Some(t) = price
+        .long_context
+        .filter(|t| prompt_tokens > t.above_tokens)
+    else {
+        return Price {
+            long_context: None,
+            ..*price
+        };
+    };
+    let ratio = if price.input > 0.0 {
+        t.input / price.input
+    } else {
+        1.0
+    };
+    let scaled = |tier: Option<f64>, base: Option<f64>| tier.or(base.map(|b| b * ratio));
+    Price {
+        input: t.input,
+        output: t.output,
+        cache_read: scaled(t.cache_read, price.cache_read),
+        cache_write: scaled(t.cache_write, price.cache_write),
+        cache_write_1h: scaled(t.cache_write_1h, price.cache_write_1h),
+        batch_input: t.batch_input,
+        batch_output: t.batch_output,
+        long_context: None,
+    }
+}
+
+/// The cost of one call in USD, at the tier its prompt size falls in.
 pub fn call_cost(price: &Price, u: &Usage, billing: Billing) -> f64 {
+    let price = &tier_for(price, u.input_tokens);
     let cached = u.cached_input_tokens.min(u.input_tokens);
     let writes = u.cache_write_tokens.min(u.input_tokens - cached);
     let writes_1h = u.cache_write_1h_tokens.min(writes);
@@ -162,6 +206,16 @@ mod tests {
             cache_write_1h: e.cache_write_1h_per_token,
             batch_input: e.batch_input_per_token,
             batch_output: e.batch_output_per_token,
+            long_context: e.long_context.as_ref().map(|t| crate::policy::PriceTier {
+                above_tokens: t.above_tokens,
+                input: t.input_per_token,
+                output: t.output_per_token,
+                cache_read: t.cache_read_per_token,
+                cache_write: t.cache_write_per_token,
+                cache_write_1h: t.cache_write_1h_per_token,
+                batch_input: t.batch_input_per_token,
+                batch_output: t.batch_output_per_token,
+            }),
         }
     }
 
@@ -235,6 +289,84 @@ mod tests {
         }
     }
 
+    /// Long-context tiers, hand-computed from the source data
+    /// (USD per million tokens):
+    /// - gemini/gemini-2.5-pro: in 1.25, out 10, read 0.125; above 200k:
+    ///   in 2.5, out 15, read 0.25, batch in 1.25, batch out 7.5
+    /// - gpt-5.4: in 2.5, out 15; above 272k: in 5, out 22.5
+    /// - claude-haiku-5-5: in 0.1, out 0.5; above 100k: in 0.5, out 2.5,
+    ///   write 0.625, write 1h 1.0, read 0.05
+    ///
+    /// The tier is chosen by the whole prompt (cached tokens included) and
+    /// then prices every token of the request, output included.
+    #[test]
+    fn long_context_tiers_price_the_whole_request() {
+        use Billing::{Batch, Standard};
+        #[rustfmt::skip]
+        let cases: &[(&str, &str, Usage, Billing, f64)] = &[
+            // At the threshold: still the base rates.
+            // 200000×1.25 + 1000×10 = 250000 + 10000 = 260000 µ$.
+            ("gemini at 200k", "gemini/gemini-2.5-pro", usage(200_000, 0, 0, 0, 1000), Standard, 0.26),
+            // One token above: every token at the tier's rates.
+            // 200001×2.5 + 1000×15 = 500002.5 + 15000 = 515002.5 µ$.
+            ("gemini above 200k", "gemini/gemini-2.5-pro", usage(200_001, 0, 0, 0, 1000), Standard, 0.515_002_5),
+            // Cached tokens count towards the threshold and are read at the
+            // tier's read price: 150000×2.5 + 100000×0.25 + 2000×15
+            // = 375000 + 25000 + 30000 = 430000 µ$.
+            ("gemini cached above", "gemini/gemini-2.5-pro", usage(250_000, 100_000, 0, 0, 2000), Standard, 0.43),
+            // The tier's batch prices: 250000×1.25 + 2000×7.5 = 312500 + 15000 µ$.
+            ("gemini batch above", "gemini/gemini-2.5-pro", usage(250_000, 0, 0, 0, 2000), Batch, 0.3275),
+            // 272000×2.5 + 1000×15 = 680000 + 15000 = 695000 µ$.
+            ("gpt-5.4 at 272k", "gpt-5.4", usage(272_000, 0, 0, 0, 1000), Standard, 0.695),
+            // 300000×5 + 1000×22.5 = 1500000 + 22500 = 1522500 µ$.
+            ("gpt-5.4 above 272k", "gpt-5.4", usage(300_000, 0, 0, 0, 1000), Standard, 1.5225),
+            // 50000×0.5 + 100000×1.0 (1 h writes) + 1000×2.5
+            // = 25000 + 100000 + 2500 = 127500 µ$.
+            ("haiku 5.5 1h write above 100k", "claude-haiku-5-5", usage(150_000, 0, 100_000, 100_000, 1000), Standard, 0.1275),
+            // 20000×0.1 + 80000×0.01 + 1000×0.5 = 2000 + 800 + 500 = 3300 µ$.
+            ("haiku 5.5 below", "claude-haiku-5-5", usage(100_000, 80_000, 0, 0, 1000), Standard, 0.0033),
+        ];
+        for (name, key, u, billing, want) in cases {
+            let got = call_cost(&price_of(key), u, *billing);
+            assert!(
+                (got - want).abs() < 1e-9,
+                "{name}: {key} cost {got}, expected {want}"
+            );
+        }
+        // The worst case and the list price use the same tier.
+        let haiku = price_of("claude-haiku-5-5");
+        let worst = worst_case(
+            &haiku,
+            150_000,
+            1000,
+            Some(crate::policy::CacheTtl::OneHour),
+            Standard,
+        );
+        // 150000×1.0 + 1000×2.5 = 152500 µ$.
+        assert!((worst - 0.1525).abs() < 1e-9, "{worst}");
+        let gpt = price_of("gpt-5.4");
+        assert!((list_cost(&gpt, &usage(300_000, 100_000, 0, 0, 1000)) - 1.5225).abs() < 1e-9);
+    }
+
+    #[test]
+    fn a_tier_without_cache_prices_scales_the_base_ones() {
+        let p = Price {
+            input: 1e-6,
+            output: 2e-6,
+            cache_read: Some(1e-7),
+            long_context: Some(crate::policy::PriceTier {
+                above_tokens: 1000,
+                input: 2e-6,
+                output: 3e-6,
+                ..Default::default()
+            }),
+            ..Price::default()
+        };
+        // 1000 of 2000 read at 0.1 × 2 = 0.2 per Mtok: 1000×2 + 1000×0.2 + 10×3.
+        let got = call_cost(&p, &usage(2000, 1000, 0, 0, 10), Billing::Standard);
+        assert!((got - (2000.0 + 200.0 + 30.0) / 1e6).abs() < 1e-15, "{got}");
+    }
+
     #[test]
     fn missing_prices_fall_back_to_documented_multipliers() {
         // A policy-priced Anthropic-like model without 1 h or batch prices.
@@ -246,6 +378,7 @@ mod tests {
             cache_write_1h: None,
             batch_input: None,
             batch_output: None,
+            long_context: None,
         };
         // 1 h write at 2× input, output at the standard price.
         let u = usage(1000, 0, 1000, 1000, 10);
