@@ -7,6 +7,7 @@ mod cost;
 mod data_driven;
 mod journal;
 mod local_model;
+mod money;
 mod providers;
 mod run;
 mod sensitivity_gate;

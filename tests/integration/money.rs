@@ -1,0 +1,247 @@
+//! Money counted right against servers that lie (issue 10, parts 3 and 5):
+//! hostile usage and costs in every API shape never bend a budget or poison
+//! the journal's totals, and answers withheld by the provider are failed
+//! calls, never cached.
+
+use fake_llm::{FakeServer, Hostile, Reply};
+use serde_json::{Value, json};
+
+use crate::run::{Project, policy, report, step};
+use crate::{tollgate_in, transcript};
+
+/// Ten items through the budget model (gpt-4.1-nano, $0.40 per Mtok out):
+/// each call's worst case and honest cost is about $0.008 (20,000 output
+/// tokens), so a $0.01 run budget pays for one of them.
+const TEN: &str = r#"version: 1
+name: ten
+inputs:
+  items: { type: array, default: [1, 2, 3, 4, 5, 6, 7, 8, 9, 10] }
+steps:
+  each: { task: summarize, for_each: inputs.items, prompt: "item {{ item }}", max_output_tokens: 20000 }
+"#;
+
+fn openrouter(fake: &FakeServer, extra: &str) -> String {
+    policy(fake, extra).replace("kind: openai, base_url", "kind: openrouter, base_url")
+}
+
+fn report_text(p: &Project) -> String {
+    let out = tollgate_in(p.path(), &["report"]);
+    assert_eq!(out.status.code(), Some(0), "{}", transcript(&out));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_negative_reported_cost_does_not_free_the_budget() {
+    let fake = FakeServer::start().await;
+    fake.set_default(
+        Reply::text("ok")
+            .usage(20, 20_000)
+            .hostile(Hostile::default().cost(json!(-1.0))),
+    );
+    let p = Project::new(&openrouter(&fake, "budgets:\n  run_usd: 0.01\n"), TEN);
+    let out = p.run(&["--format", "json"]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", transcript(&out));
+    // Before: each answer's cost of -$1 freed budget, and all ten were made.
+    assert_eq!(
+        fake.request_count(),
+        1,
+        "a budget for one call paid for more"
+    );
+    let r = report(&out);
+    let cost = r["cost_usd"].as_f64().unwrap();
+    assert!(cost > 0.0 && cost <= 0.01, "{cost}");
+    // The call is journaled with its flag, and the report says so.
+    let text = report_text(&p);
+    assert!(
+        text.contains("warning: 1 call reported usage or a cost that was not believed"),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_huge_reported_cost_does_not_poison_the_totals() {
+    let fake = FakeServer::start().await;
+    fake.set_default(
+        Reply::text("ok")
+            .usage(20, 5)
+            .hostile(Hostile::default().cost(json!(1e12))),
+    );
+    let wf = "version: 1\nname: one\nsteps:\n  a: { task: summarize, prompt: hi, max_output_tokens: 10 }\n";
+    let p = Project::new(&openrouter(&fake, "budgets:\n  daily_usd: 1.00\n"), wf);
+    for _ in 0..2 {
+        let out = p.run(&["--format", "json", "--no-cache"]).await;
+        assert_eq!(out.status.code(), Some(0), "{}", transcript(&out));
+        let cost = report(&out)["cost_usd"].as_f64().unwrap();
+        assert!(cost < 1e-4, "{cost}");
+    }
+    // The day's total still has room: the second run was not refused.
+    assert_eq!(fake.request_count(), 2);
+    let json = tollgate_in(p.path(), &["report", "--format", "json"]);
+    let v: Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert!(v["totals"]["cost_usd"].as_f64().unwrap() < 1e-3, "{v}");
+    assert_eq!(v["totals"]["untrusted_calls"], 2, "{v}");
+}
+
+/// Every hostile count, in every API shape (chat, Anthropic, Gemini; whole
+/// answers and streams): the run finishes, each call is charged at most its
+/// worst case (about $0.0016 for these steps) and at least its prompt, and
+/// the report flags it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_token_counts_are_never_trusted_in_any_api_shape() {
+    let fake = FakeServer::start().await;
+    let wf = r#"version: 1
+name: shapes
+steps:
+  chat: { task: summarize, prompt: "summarize this", max_output_tokens: 100 }
+  messages: { task: write, prompt: "write this", max_output_tokens: 100 }
+  gemini: { task: write, reasoning: deep, prompt: "think about this", max_output_tokens: 100 }
+"#;
+    let hostile = [
+        Hostile::default().output(json!(u64::MAX)),
+        Hostile::default()
+            .input(json!(u64::MAX))
+            .output(json!(u64::MAX)),
+        Hostile::default().output(json!(1e300)).input(json!(-5)),
+        Hostile::default().output(json!(5_000_000)),
+        Hostile::default().output(json!("NaN")).input(json!(-1)),
+    ];
+    let p = Project::new(&policy(&fake, ""), wf);
+    let mut untrusted_runs = 0;
+    for (n, h) in hostile.into_iter().enumerate() {
+        for stream in [true, false] {
+            fake.set_default(Reply::text("fine answer").usage(10, 3).hostile(h.clone()));
+            let mut args = vec!["--format", "json", "--no-cache"];
+            if !stream {
+                args.push("--no-stream");
+            }
+            let out = p.run(&args).await;
+            assert_eq!(out.status.code(), Some(0), "case {n}: {}", transcript(&out));
+            let r = report(&out);
+            for id in ["chat", "messages", "gemini"] {
+                let s = step(&r, id);
+                let cost = s["cost_usd"].as_f64().unwrap();
+                // Worst cases: nano 100×0.4; sonnet 100×15; gemini-2.5-pro
+                // 100×10 µ$, plus a few prompt tokens.
+                assert!(
+                    cost > 0.0 && cost < 0.0016,
+                    "case {n} {id} stream={stream}: {cost} {s}"
+                );
+                let calls = s["calls"].as_array().unwrap();
+                let out_tokens = calls[0]["usage"]["output_tokens"].as_u64().unwrap();
+                assert!(out_tokens <= 216, "case {n} {id}: {out_tokens}");
+            }
+            untrusted_runs += 1;
+        }
+    }
+    let json = tollgate_in(p.path(), &["report", "--format", "json"]);
+    let v: Value = serde_json::from_slice(&json.stdout).unwrap();
+    let total = v["totals"]["cost_usd"].as_f64().unwrap();
+    assert!(total < 0.0016 * 3.0 * untrusted_runs as f64, "{total}");
+    // Cases 0, 1 and 3 are absurd in every shape; 2 and 4 are unreadable
+    // counts, which read as nothing reported (then counted by tollgate).
+    let untrusted = v["totals"]["untrusted_calls"].as_u64().unwrap_or(0);
+    assert!(untrusted >= 3 * 3 * 2, "{untrusted} {v}");
+    let text = report_text(&p);
+    assert!(text.contains("not believed"), "{text}");
+}
+
+/// Batch results carry the same lies; they are judged in the same place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_usage_in_batch_results_is_never_trusted() {
+    let fake = FakeServer::start().await;
+    fake.set_default(
+        Reply::text("bug").usage(20, 1).hostile(
+            Hostile::default()
+                .output(json!(u64::MAX))
+                .input(json!(u64::MAX)),
+        ),
+    );
+    let wf = r#"version: 1
+name: labels
+inputs:
+  tickets: { type: array, default: ["App crashes on save", "Please add dark mode"] }
+steps:
+  label: { task: classify, latency: batch, for_each: inputs.tickets, prompt: "Label: {{ item }}", max_output_tokens: 5 }
+  sorted: { task: write, latency: batch, for_each: inputs.tickets, prompt: "Sort: {{ item }}", max_output_tokens: 5 }
+"#;
+    let p = Project::new(&policy(&fake, ""), wf);
+    let out = p
+        .run(&["--format", "json", "--batch-poll-interval", "10ms"])
+        .await;
+    assert_eq!(out.status.code(), Some(0), "{}", transcript(&out));
+    assert!(fake.batches_created() >= 2, "both batch APIs were used");
+    let r = report(&out);
+    for id in ["label", "sorted"] {
+        for call in step(&r, id)["calls"].as_array().unwrap() {
+            assert_eq!(call["batch"], true, "{call}");
+            let cost = call["cost_usd"].as_f64().unwrap();
+            // Worst case at batch prices: a few input tokens and 5 out.
+            assert!(cost > 0.0 && cost < 1e-4, "{id}: {call}");
+        }
+    }
+    let json = tollgate_in(p.path(), &["report", "--format", "json"]);
+    let v: Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(v["totals"]["untrusted_calls"], 4, "{v}");
+}
+
+/// An answer the provider withheld (no content, a non-normal finish) is a
+/// failed call in every shape, whole or streamed — and never cached: the
+/// second run asks again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_withheld_answer_is_a_failed_call_never_cached() {
+    for (alias, finish, wf_step) in [
+        (
+            "flagship",
+            "SAFETY",
+            "{ task: write, reasoning: deep, prompt: hi, max_output_tokens: 10 }",
+        ),
+        (
+            "flagship",
+            "PROHIBITED_CONTENT",
+            "{ task: write, reasoning: deep, prompt: hi, max_output_tokens: 10 }",
+        ),
+        (
+            "budget",
+            "content_filter",
+            "{ task: summarize, prompt: hi, max_output_tokens: 10 }",
+        ),
+        (
+            "workhorse",
+            "refusal",
+            "{ task: write, prompt: hi, max_output_tokens: 10 }",
+        ),
+    ] {
+        for stream in [true, false] {
+            let fake = FakeServer::start().await;
+            fake.set_default(
+                Reply::text("")
+                    .usage(10, 0)
+                    .hostile(Hostile::default().finish(finish)),
+            );
+            let wf = format!("version: 1\nname: one\nsteps:\n  a: {wf_step}\n");
+            let p = Project::new(&policy(&fake, ""), &wf);
+            let mut args = vec!["--format", "json"];
+            if !stream {
+                args.push("--no-stream");
+            }
+            for run in 1..=2 {
+                let out = p.run(&args).await;
+                assert_eq!(
+                    out.status.code(),
+                    Some(1),
+                    "{alias} {finish}: {}",
+                    transcript(&out)
+                );
+                let r = report(&out);
+                let a = step(&r, "a");
+                assert_eq!(a["status"], "failed", "{a}");
+                assert!(a["detail"].as_str().unwrap().contains(finish), "{a}");
+                assert_eq!(
+                    fake.request_count(),
+                    run,
+                    "{alias} {finish}: served from the cache"
+                );
+            }
+        }
+    }
+}
