@@ -245,3 +245,57 @@ async fn a_withheld_answer_is_a_failed_call_never_cached() {
         }
     }
 }
+
+/// `plan` prices a prompt above gemini-2.5-pro's 200k threshold at the
+/// long-context rates ($2.50 in / $15 out per Mtok instead of $1.25 / $10),
+/// the whole request; a step's calls are tiered one by one, never by their sum.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plan_prices_long_prompts_at_the_long_context_tier() {
+    let fake = FakeServer::start().await;
+    let pol = policy(&fake, "");
+    let plan = |words: usize, items: usize| -> (f64, f64, u64) {
+        let wf = format!(
+            "version: 1\nname: long\ninputs:\n  items: {{ type: array, default: {:?} }}\nsteps:\n  a: {{ task: debug, reasoning: deep, for_each: inputs.items, prompt: \"{{{{ item }}}} {}\", max_output_tokens: 1000 }}\n",
+            (0..items).collect::<Vec<_>>(),
+            "word ".repeat(words)
+        );
+        let dir = crate::temp_project(&pol, &wf);
+        let out = tollgate_in(
+            dir.path(),
+            &[
+                "plan",
+                "wf.yaml",
+                "--policy",
+                "policy.yaml",
+                "--format",
+                "json",
+            ],
+        );
+        assert_eq!(out.status.code(), Some(0), "{}", transcript(&out));
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let a = &v["steps"][0];
+        assert_eq!(a["model"]["alias"], "flagship", "{a}");
+        (
+            a["cost"]["high"].as_f64().unwrap(),
+            a["cost"]["low"].as_f64().unwrap(),
+            a["tokens"]["input_worst"].as_u64().unwrap(),
+        )
+    };
+    // One call below the threshold, one above.
+    let (below, _, n_below) = plan(100_000, 1);
+    let (above, _, n_above) = plan(300_000, 1);
+    assert!(
+        n_below < 200_000 && n_above > 200_000,
+        "{n_below} {n_above}"
+    );
+    let want = |n: u64, input: f64, output: f64| (n as f64 * input + 1000.0 * output) / 1e6;
+    assert!((below - want(n_below, 1.25, 10.0)).abs() < 1e-9, "{below}");
+    assert!((above - want(n_above, 2.5, 15.0)).abs() < 1e-9, "{above}");
+    // Three calls below 200k each, above it in all: every call at the base rates.
+    let (three, _, n_three) = plan(70_000, 3);
+    assert!(n_three > 200_000, "{n_three}");
+    assert!(
+        (three - (n_three as f64 * 1.25 + 3000.0 * 10.0) / 1e6).abs() < 1e-9,
+        "{three}"
+    );
+}

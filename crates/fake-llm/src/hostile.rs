@@ -139,3 +139,42 @@ impl Hostile {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn lies_land_in_each_flavours_own_fields() {
+        let h = Hostile::default()
+            .input(json!(-3))
+            .output(json!(u64::MAX))
+            .cost(json!(-1.0))
+            .finish("SAFETY");
+        let mut openai = json!({"choices": [{"finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 1, "completion_tokens": 2}});
+        h.apply(Api::OpenAi, &mut openai);
+        assert_eq!(openai["usage"]["prompt_tokens"], -3);
+        assert_eq!(openai["usage"]["completion_tokens"], u64::MAX);
+        assert_eq!(openai["usage"]["cost"], -1.0);
+        assert_eq!(openai["choices"][0]["finish_reason"], "SAFETY");
+        let mut gemini = json!({"candidates": [{"finishReason": "STOP"}],
+            "usageMetadata": {"promptTokenCount": 1, "candidatesTokenCount": 2}});
+        h.apply(Api::Gemini, &mut gemini);
+        assert_eq!(gemini["usageMetadata"]["candidatesTokenCount"], u64::MAX);
+        assert!(gemini["usageMetadata"].get("cost").is_none());
+        assert_eq!(gemini["candidates"][0]["finishReason"], "SAFETY");
+        // A stream event: only the counts it carries, null finishes stay.
+        let frame = "event: message_delta\ndata: {\"delta\":{\"stop_reason\":\"end_turn\"},\"usage\":{\"output_tokens\":5}}\n\n";
+        let out = h.apply_frame(Api::Anthropic, frame.to_string());
+        assert!(out.starts_with("event: message_delta\ndata: "), "{out}");
+        assert!(out.ends_with("\n\n"), "{out}");
+        assert!(
+            out.contains(&format!("\"output_tokens\":{}", u64::MAX)),
+            "{out}"
+        );
+        assert!(!out.contains("input_tokens"), "{out}");
+        assert!(out.contains("\"stop_reason\":\"SAFETY\""), "{out}");
+    }
+}
