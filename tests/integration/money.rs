@@ -299,3 +299,67 @@ async fn plan_prices_long_prompts_at_the_long_context_tier() {
         "{three}"
     );
 }
+
+/// Mistral reports cache hits as `usage.num_cached_tokens`: they are cached
+/// input, billed at the cache-read price (gpt-4.1-nano's prices here:
+/// $0.10 in, $0.025 cached, $0.40 out per Mtok).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mistral_cached_tokens_are_billed_as_cache_reads() {
+    let fake = FakeServer::start().await;
+    fake.set_default(Reply::raw(
+        200,
+        "application/json",
+        json!({"id": "cmpl-1", "object": "chat.completion", "model": "gpt-4.1-nano",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "bug"},
+                "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 1500, "completion_tokens": 10, "total_tokens": 1510,
+                "num_cached_tokens": 1024}})
+        .to_string(),
+    ));
+    let pol = policy(&fake, "")
+        .replace("kind: openai, base_url", "kind: mistral, base_url")
+        .replace(
+            "model: gpt-4.1-nano, tier: budget",
+            "model: gpt-4.1-nano, catalog: gpt-4.1-nano, tier: budget",
+        );
+    let wf = format!(
+        "version: 1\nname: one\nsteps:\n  a: {{ task: classify, prompt: \"bug? {}\", max_output_tokens: 10 }}\n",
+        "word ".repeat(1400)
+    );
+    let p = Project::new(&pol, &wf);
+    let out = p.run(&["--format", "json", "--no-stream"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", transcript(&out));
+    let r = report(&out);
+    assert_eq!(r["cached_input_tokens"], 1024, "{r}");
+    let cost = step(&r, "a")["cost_usd"].as_f64().unwrap();
+    let want = (476.0 * 0.1 + 1024.0 * 0.025 + 10.0 * 0.4) / 1e6;
+    assert!((cost - want).abs() < 1e-12, "{cost} vs {want}");
+}
+
+/// Anthropic's `usage.output_tokens_details.thinking_tokens` is the
+/// reasoning part of the output.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anthropic_thinking_tokens_are_reasoning_tokens() {
+    let fake = FakeServer::start().await;
+    fake.set_default(Reply::raw(
+        200,
+        "application/json",
+        json!({"id": "msg_1", "type": "message", "role": "assistant",
+            "model": "claude-sonnet-4-6",
+            "content": [{"type": "thinking", "thinking": "hmm", "signature": "s"},
+                        {"type": "text", "text": "done"}],
+            "stop_reason": "end_turn", "stop_sequence": null,
+            "usage": {"input_tokens": 12, "output_tokens": 90, "cache_creation_input_tokens": 0,
+                "cache_read_input_tokens": 0, "output_tokens_details": {"thinking_tokens": 70}}})
+        .to_string(),
+    ));
+    let wf =
+        "version: 1\nname: one\nsteps:\n  a: { task: write, prompt: hi, max_output_tokens: 100 }\n";
+    let p = Project::new(&policy(&fake, ""), wf);
+    let out = p.run(&["--format", "json", "--no-stream"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", transcript(&out));
+    let r = report(&out);
+    let usage = &step(&r, "a")["calls"][0]["usage"];
+    assert_eq!(usage["reasoning_tokens"], 70, "{usage}");
+    assert_eq!(usage["output_tokens"], 90, "{usage}");
+}
