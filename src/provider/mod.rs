@@ -233,6 +233,12 @@ pub struct ChatResponse {
 }
 
 impl ChatResponse {
+    /// Did the answer end the ordinary way (not stopped by a safety filter,
+    /// recitation check, refusal, …)? Only such answers may be cached.
+    pub fn ended_normally(&self) -> bool {
+        finish::is_normal(self.finish_reason.as_deref())
+    }
+
     /// Did generation stop because it hit the output token limit? Then the
     /// text (and any JSON in it) is cut short.
     pub fn truncated(&self) -> bool {

@@ -428,7 +428,7 @@ pub(super) async fn run(
         // Journaled before dependants can start, like every call: a resume
         // never pays for this answer again, and a valid one serves later
         // identical requests from the cache.
-        let cacheable = value.is_ok() && !answer.truncated();
+        let cacheable = value.is_ok() && !answer.truncated() && answer.ended_normally();
         sh.journal_call(CallRecord {
             step: step_id.to_owned(),
             item: item_of(n),

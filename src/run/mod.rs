@@ -1568,8 +1568,9 @@ async fn call_model(
                     Some(Ok(v)) => Some(v.clone()),
                     Some(Err(_)) => None,
                 };
-                // Only whole, valid answers answer later identical requests.
-                let cacheable = output.is_some() && !resp.truncated();
+                // Only whole, valid answers answer later identical requests
+                // (not one a provider's filter stopped part way).
+                let cacheable = output.is_some() && !resp.truncated() && resp.ended_normally();
                 rec.outcome = match (&verdict, resp.truncated()) {
                     (Some(Err(_)), _) => "invalid_output",
                     (_, true) => "truncated",

@@ -363,3 +363,32 @@ async fn anthropic_thinking_tokens_are_reasoning_tokens() {
     assert_eq!(usage["reasoning_tokens"], 70, "{usage}");
     assert_eq!(usage["output_tokens"], 90, "{usage}");
 }
+
+/// A Gemini answer stopped part way by its safety filter keeps what it
+/// said, but is never cached: the next identical request asks again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partly_filtered_answer_is_never_cached() {
+    for stream in [true, false] {
+        let fake = FakeServer::start().await;
+        fake.set_default(
+            Reply::text("the first half")
+                .usage(10, 3)
+                .hostile(Hostile::default().finish("SAFETY")),
+        );
+        let wf = "version: 1\nname: one\nsteps:\n  a: { task: write, reasoning: deep, prompt: hi, max_output_tokens: 10 }\n";
+        let p = Project::new(&policy(&fake, ""), wf);
+        let mut args = vec!["--format", "json"];
+        if !stream {
+            args.push("--no-stream");
+        }
+        for run in 1..=2 {
+            let out = p.run(&args).await;
+            assert_eq!(out.status.code(), Some(0), "{}", transcript(&out));
+            assert_eq!(
+                fake.request_count(),
+                run,
+                "stream={stream}: served from the cache"
+            );
+        }
+    }
+}
