@@ -1118,6 +1118,61 @@ mod tests {
         }
     }
 
+    /// A journal written before `usage_flag` existed gains the column, and
+    /// flagged calls are counted by the report; a negative cost an older
+    /// build journaled never counts as money freed.
+    #[test]
+    fn usage_flags_are_journaled_and_old_journals_migrate() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = || Clock::Fixed(1_700_000_000_000);
+        {
+            let j = Journal::open(dir.path(), clock()).unwrap();
+            let id = j.begin_run(&new_run()).unwrap();
+            // An older build's row: no flag column, a negative cost.
+            j.conn()
+                .execute_batch("ALTER TABLE calls DROP COLUMN usage_flag")
+                .unwrap();
+            j.conn()
+                .execute(
+                    "INSERT INTO calls (run_id, session, step, attempt, model, provider, provider_model,
+                        tier, local, started_ms, finished_ms, latency_ms, outcome, cost_usd)
+                     VALUES (?1, 'old', 'a', 1, 'm', 'p', 'pm', 'budget', 0, 0, 1700000000000, 0, 'ok', -1.0)",
+                    [&id],
+                )
+                .unwrap();
+        }
+        let j = Journal::open(dir.path(), clock()).unwrap();
+        let id = j.begin_run(&new_run()).unwrap();
+        let call = |flag: Option<&str>| CallRecord {
+            step: "a".into(),
+            model: "m".into(),
+            tier: "budget".into(),
+            outcome: "ok".into(),
+            cost_usd: 0.25,
+            usage_flag: flag.map(str::to_owned),
+            ..CallRecord::default()
+        };
+        j.record_call(
+            &id,
+            &call(Some("untrusted: 9 output tokens reported for a limit of 1")),
+        )
+        .unwrap();
+        j.record_call(&id, &call(Some("above reserve: charged more")))
+            .unwrap();
+        j.record_call(&id, &call(None)).unwrap();
+        assert!((j.spent_since(0).unwrap() - 0.75).abs() < 1e-12);
+        let r = report::build(&j, None).unwrap();
+        assert_eq!(
+            (r.totals.untrusted_calls, r.totals.above_reserve_calls),
+            (1, 1)
+        );
+        assert!(
+            (r.totals.cost_usd - 0.75).abs() < 1e-12,
+            "{}",
+            r.totals.cost_usd
+        );
+    }
+
     #[test]
     fn finished_calls_and_cache_round_trip() {
         let j = Journal::in_memory(Clock::Fixed(1_700_000_000_000)).unwrap();

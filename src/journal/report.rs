@@ -184,7 +184,9 @@ pub fn build(journal: &Journal, since: Option<Millis>) -> Result<Report, Journal
                 reached_provider: outcome != "over_budget",
                 input_tokens: r.get::<_, i64>(8)?.max(0) as u64,
                 output_tokens: r.get::<_, i64>(9)?.max(0) as u64,
-                cost: r.get(10)?,
+                // An older build journaled what a server said, negative
+                // costs included: they never count as money saved.
+                cost: r.get::<_, f64>(10)?.max(0.0),
                 list: r.get(11)?,
                 flagship: r.get(12)?,
                 saved: r.get(13)?,
