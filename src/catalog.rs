@@ -111,6 +111,33 @@ pub struct CatalogEntry {
     /// "YYYY-MM-DD" as given by the source.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deprecation_date: Option<String>,
+    /// The long-context price tier (`*_above_Nk_tokens`): a request whose
+    /// prompt is above `above_tokens` is billed at these prices, every
+    /// token of it (see [`crate::cost`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub long_context: Option<CatalogTier>,
+}
+
+/// Prices of a long-context tier, USD per token, like [`CatalogEntry`]'s.
+/// A cache or batch price the source does not give for the tier is derived
+/// when pricing (see [`crate::cost`]), never taken from the base tier.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CatalogTier {
+    /// The tier applies when the prompt has more than this many tokens
+    /// (`_above_200k_tokens` = 200,000).
+    pub above_tokens: u64,
+    pub input_per_token: f64,
+    pub output_per_token: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_read_per_token: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_write_per_token: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_write_1h_per_token: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_input_per_token: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_output_per_token: Option<f64>,
 }
 
 /// Errors from reading or building a catalog.
@@ -298,7 +325,38 @@ fn validate_entry(entry: &CatalogEntry) -> Result<(), CatalogError> {
         ("batch_input_per_token", entry.batch_input_per_token),
         ("batch_output_per_token", entry.batch_output_per_token),
     ];
-    for (field, value) in costs {
+    let tier = entry.long_context.as_ref();
+    let tier_costs = [
+        (
+            "long_context.input_per_token",
+            tier.map(|t| t.input_per_token),
+        ),
+        (
+            "long_context.output_per_token",
+            tier.map(|t| t.output_per_token),
+        ),
+        (
+            "long_context.cache_read_per_token",
+            tier.and_then(|t| t.cache_read_per_token),
+        ),
+        (
+            "long_context.cache_write_per_token",
+            tier.and_then(|t| t.cache_write_per_token),
+        ),
+        (
+            "long_context.cache_write_1h_per_token",
+            tier.and_then(|t| t.cache_write_1h_per_token),
+        ),
+        (
+            "long_context.batch_input_per_token",
+            tier.and_then(|t| t.batch_input_per_token),
+        ),
+        (
+            "long_context.batch_output_per_token",
+            tier.and_then(|t| t.batch_output_per_token),
+        ),
+    ];
+    for (field, value) in costs.into_iter().chain(tier_costs) {
         match value {
             Some(v) if !(v.is_finite() && v >= 0.0) => {
                 return Err(CatalogError::Invalid(format!(
@@ -462,6 +520,41 @@ impl<'a> Fields<'a> {
     fn flag(&self, field: &str) -> bool {
         self.get(field).and_then(Value::as_bool).unwrap_or(false)
     }
+
+    /// The long-context tier: the thresholds `N` of every
+    /// `input_cost_per_token_above_Nk_tokens` field (N × 1,000 tokens, as
+    /// the providers write "200k"). When a model has several, the lowest
+    /// is kept: it is reached first, and pricing a prompt above a higher
+    /// threshold at the lower tier's (smaller) rates would under-count, so
+    /// a model with several tiers is rare enough (none in the source today)
+    /// to price conservatively. Without both an input and an output price
+    /// for the threshold there is no tier.
+    fn long_context(&self) -> Option<CatalogTier> {
+        let threshold = self
+            .layers
+            .iter()
+            .flat_map(|layer| layer.keys())
+            .filter_map(|k| {
+                k.strip_prefix("input_cost_per_token_above_")?
+                    .strip_suffix("k_tokens")?
+                    .parse::<u64>()
+                    .ok()
+            })
+            .min()?;
+        let n = format!("{threshold}k_tokens");
+        Some(CatalogTier {
+            above_tokens: threshold.checked_mul(1000)?,
+            input_per_token: self.cost(&format!("input_cost_per_token_above_{n}"))?,
+            output_per_token: self.cost(&format!("output_cost_per_token_above_{n}"))?,
+            cache_read_per_token: self.cost(&format!("cache_read_input_token_cost_above_{n}")),
+            cache_write_per_token: self.cost(&format!("cache_creation_input_token_cost_above_{n}")),
+            cache_write_1h_per_token: self.cost(&format!(
+                "cache_creation_input_token_cost_above_1hr_above_{n}"
+            )),
+            batch_input_per_token: self.cost(&format!("input_cost_per_token_above_{n}_batches")),
+            batch_output_per_token: self.cost(&format!("output_cost_per_token_above_{n}_batches")),
+        })
+    }
 }
 
 /// Turn one LiteLLM model into a catalog entry, or `None` if tollgate has no
@@ -496,6 +589,7 @@ fn convert(key: &str, fields: &Fields<'_>) -> Option<CatalogEntry> {
         supports_response_schema: fields.flag("supports_response_schema"),
         prompt_cache_min_tokens: fields.count("prompt_cache_min_tokens"),
         deprecation_date: fields.str("deprecation_date").map(str::to_string),
+        long_context: fields.long_context(),
     })
 }
 
@@ -810,6 +904,50 @@ mod tests {
         );
         assert!(cat.get("claude-broken-latest").is_none());
         assert!(cat.get("loop-a").is_none());
+    }
+
+    #[test]
+    fn long_context_tiers_are_kept() {
+        let source = r#"{
+            "pro": {"input_cost_per_token": 1.25e-06, "output_cost_per_token": 1e-05,
+                    "input_cost_per_token_above_200k_tokens": 2.5e-06,
+                    "output_cost_per_token_above_200k_tokens": 1.5e-05,
+                    "cache_read_input_token_cost_above_200k_tokens": 2.5e-07,
+                    "input_cost_per_token_above_200k_tokens_priority": 9e-06,
+                    "input_cost_per_token_above_200k_tokens_batches": 1.25e-06,
+                    "litellm_provider": "gemini", "mode": "chat"},
+            "half": {"input_cost_per_token": 1e-06, "output_cost_per_token": 2e-06,
+                     "input_cost_per_token_above_128k_tokens": 2e-06,
+                     "litellm_provider": "openai", "mode": "chat"}
+        }"#;
+        let cat = Catalog::from_json(&build_from_litellm(source).expect("builds")).expect("parses");
+        let tier = cat
+            .get("pro")
+            .unwrap()
+            .long_context
+            .clone()
+            .expect("a tier");
+        assert_eq!(
+            tier,
+            CatalogTier {
+                above_tokens: 200_000,
+                input_per_token: 2.5e-06,
+                output_per_token: 1.5e-05,
+                cache_read_per_token: Some(2.5e-07),
+                cache_write_per_token: None,
+                cache_write_1h_per_token: None,
+                batch_input_per_token: Some(1.25e-06),
+                batch_output_per_token: None,
+            }
+        );
+        // Without an output price for the threshold there is no tier.
+        assert_eq!(cat.get("half").unwrap().long_context, None);
+        // The builtin catalog keeps them (about 70 models).
+        let tiers = Catalog::builtin()
+            .entries()
+            .filter(|e| e.long_context.is_some())
+            .count();
+        assert!(tiers >= 60, "{tiers}");
     }
 
     #[test]

@@ -500,7 +500,7 @@ pub fn build(
                         output_expected: expected_out,
                         output_max: max_out_total,
                     },
-                    price(m, c, expected_out, max_out_total, step_batched),
+                    price(m, c, calls, expected_out, max_out_total, step_batched),
                 )
             }
             _ => (TokenPlan::default(), CostRange::default()),
@@ -509,6 +509,7 @@ pub fn build(
             Some(f) if runs => price(
                 f,
                 counts(f.tokenizer),
+                calls,
                 expected_out,
                 max_out_total,
                 step_batched,
@@ -612,23 +613,33 @@ pub fn build(
     })
 }
 
-fn price(m: &Model, c: Counts, expected_out: u64, max_out: u64, batch: bool) -> CostRange {
+/// The step's `calls` calls together. A long-context tier is chosen by one
+/// call's prompt, never by the step's sum: the expected cost at the average
+/// call's tier, the worst case at the largest call's (so it is never low).
+fn price(
+    m: &Model,
+    c: Counts,
+    calls: u64,
+    expected_out: u64,
+    max_out: u64,
+    batch: bool,
+) -> CostRange {
     let billing = if batch && m.has_batch_api() {
         Billing::Batch
     } else {
         Billing::Standard
     };
-    let at = |input, output| {
+    let at = |input, output, one_prompt| {
         let usage = crate::provider::Usage {
             input_tokens: input,
             output_tokens: output,
             ..Default::default()
         };
-        cost::call_cost(&m.price, &usage, billing)
+        cost::call_cost(&cost::tier_for(&m.price, one_prompt), &usage, billing)
     };
     CostRange {
-        low: at(c.total, expected_out),
-        high: at(c.total_worst, max_out),
+        low: at(c.total, expected_out, c.total / calls.max(1)),
+        high: at(c.total_worst, max_out, c.max_call_worst),
     }
 }
 

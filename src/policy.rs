@@ -385,11 +385,34 @@ pub struct Price {
     pub cache_write_1h: Option<f64>,
     pub batch_input: Option<f64>,
     pub batch_output: Option<f64>,
+    /// The long-context tier, if the model has one: a request whose prompt
+    /// is above its threshold is priced at its rates, every token of it.
+    /// [`crate::cost`] is the one place that applies it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub long_context: Option<PriceTier>,
+}
+
+/// A long-context price tier (USD per token), from the catalog's
+/// `*_above_Nk_tokens` prices.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct PriceTier {
+    /// Applies when the prompt has more than this many tokens.
+    pub above_tokens: u64,
+    pub input: f64,
+    pub output: f64,
+    pub cache_read: Option<f64>,
+    pub cache_write: Option<f64>,
+    pub cache_write_1h: Option<f64>,
+    pub batch_input: Option<f64>,
+    pub batch_output: Option<f64>,
 }
 
 impl Price {
+    /// Plain (uncached, standard) price of a request, at the tier its
+    /// prompt size falls in.
     pub fn cost(&self, input_tokens: u64, output_tokens: u64) -> f64 {
-        input_tokens as f64 * self.input + output_tokens as f64 * self.output
+        let p = crate::cost::tier_for(self, input_tokens);
+        input_tokens as f64 * p.input + output_tokens as f64 * p.output
     }
 
     /// The cost of a call from the usage a provider reported. Cached input
@@ -889,6 +912,21 @@ pub fn compile(file: &PolicyFile, doc: &Document, catalog: &Catalog) -> (Policy,
                         .or(e.batch_input_per_token),
                     batch_output: per_tok(overrides.batch_output_per_mtok)
                         .or(e.batch_output_per_token),
+                    // The catalog's tier is relative to the catalog's base
+                    // prices: a policy that sets its own base price owns
+                    // the whole price (no tier it did not write).
+                    long_context: e.long_context.as_ref().filter(|_| !has_overrides).map(|t| {
+                        PriceTier {
+                            above_tokens: t.above_tokens,
+                            input: t.input_per_token,
+                            output: t.output_per_token,
+                            cache_read: t.cache_read_per_token,
+                            cache_write: t.cache_write_per_token,
+                            cache_write_1h: t.cache_write_1h_per_token,
+                            batch_input: t.batch_input_per_token,
+                            batch_output: t.batch_output_per_token,
+                        }
+                    }),
                 },
                 if has_overrides {
                     PriceSource::CatalogWithOverrides(e.key.clone())
@@ -919,6 +957,7 @@ pub fn compile(file: &PolicyFile, doc: &Document, catalog: &Catalog) -> (Policy,
                     cache_write_1h: per_tok(overrides.cache_write_1h_per_mtok),
                     batch_input: per_tok(overrides.batch_input_per_mtok),
                     batch_output: per_tok(overrides.batch_output_per_mtok),
+                    long_context: None,
                 };
                 let source = if has_overrides {
                     PriceSource::Policy

@@ -571,6 +571,21 @@ pub fn report_text(r: &crate::journal::report::Report) -> String {
         usd(t.savings.prompt_cache_usd),
         usd(t.savings.batch_usd)
     );
+    if t.untrusted_calls > 0 {
+        let _ = writeln!(
+            o,
+            "  warning: {} reported usage or a cost that was not believed (absurd counts, a negative or huge cost); \
+             they are charged what tollgate judged, not what the server said (`usage_flag` in the journal)",
+            plural(t.untrusted_calls, "call")
+        );
+    }
+    if t.above_reserve_calls > 0 {
+        let _ = writeln!(
+            o,
+            "  note: {} cost more than the worst case reserved for them (the provider counted or priced higher)",
+            plural(t.above_reserve_calls, "call")
+        );
+    }
     let section = |o: &mut String, title: &str, lines: &[Line], estimates: bool| {
         if lines.is_empty() {
             return;

@@ -113,7 +113,9 @@ CREATE TABLE IF NOT EXISTS calls (
     from_cache      INTEGER NOT NULL DEFAULT 0,
     cacheable       INTEGER NOT NULL DEFAULT 0,
     response        TEXT,
-    output          TEXT
+    output          TEXT,
+    -- Why the answer's usage or cost was not taken as-is (cost::charge).
+    usage_flag      TEXT
 );
 CREATE INDEX IF NOT EXISTS calls_run ON calls(run_id, step, item);
 CREATE INDEX IF NOT EXISTS calls_request ON calls(request_hash, finished_ms);
@@ -419,6 +421,9 @@ pub struct CallRecord {
     pub response: Option<String>,
     /// The call's final output; set only when this attempt finished it.
     pub output: Option<Value>,
+    /// Why the answer's usage or cost was not taken as-is (see
+    /// [`crate::cost::charge`]); `tollgate report` counts these calls.
+    pub usage_flag: Option<String>,
 }
 
 /// A call a run already finished.
@@ -538,6 +543,7 @@ impl Journal {
                 "cache_write_1h_tokens",
                 "INTEGER NOT NULL DEFAULT 0",
             ),
+            ("calls", "usage_flag", "TEXT"),
         ] {
             let present: bool = conn
                 .query_row(
@@ -667,7 +673,7 @@ impl Journal {
         self.conn()
             .execute(
                 "UPDATE runs SET status = ?2, finished_ms = ?3,
-                    cost_usd = (SELECT COALESCE(SUM(cost_usd), 0) FROM calls WHERE run_id = ?1)
+                    cost_usd = (SELECT COALESCE(SUM(MAX(cost_usd, 0)), 0) FROM calls WHERE run_id = ?1)
                  WHERE id = ?1",
                 params![id, status, self.now()],
             )
@@ -695,9 +701,9 @@ impl Journal {
                     provider_model, tier, local, started_ms, finished_ms, latency_ms, outcome, error,
                     input_tokens, output_tokens, cached_tokens, cache_write_tokens, reasoning_tokens,
                     cache_write_1h_tokens, cost_usd, list_cost_usd, flagship_cost_usd, estimate_usd,
-                    saved_usd, batch, from_cache, cacheable, response, output, prompt_hash)
+                    saved_usd, batch, from_cache, cacheable, response, output, prompt_hash, usage_flag)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
-                    ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31, ?32, ?33)",
+                    ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31, ?32, ?33, ?34)",
                 params![
                     run_id,
                     self.session,
@@ -732,6 +738,7 @@ impl Journal {
                     c.response,
                     output,
                     c.prompt_hash,
+                    c.usage_flag,
                 ],
             )
             .map_err(db_err)?;
@@ -842,7 +849,7 @@ impl Journal {
         for (index, &(since, limit, local)) in checks.iter().enumerate() {
             let spent: f64 = tx
                 .query_row(
-                    "SELECT COALESCE(SUM(cost_usd), 0) FROM calls WHERE finished_ms >= ?1 AND session != ?2",
+                    "SELECT COALESCE(SUM(MAX(cost_usd, 0)), 0) FROM calls WHERE finished_ms >= ?1 AND session != ?2",
                     params![since, self.session],
                     |r| r.get(0),
                 )
@@ -875,7 +882,7 @@ impl Journal {
     pub fn spent_since(&self, since: Millis) -> Result<f64, JournalError> {
         self.conn()
             .query_row(
-                "SELECT COALESCE(SUM(cost_usd), 0) FROM calls WHERE finished_ms >= ?1",
+                "SELECT COALESCE(SUM(MAX(cost_usd, 0)), 0) FROM calls WHERE finished_ms >= ?1",
                 [since],
                 |r| r.get(0),
             )
@@ -886,7 +893,7 @@ impl Journal {
     pub fn run_cost(&self, run_id: &str) -> Result<f64, JournalError> {
         self.conn()
             .query_row(
-                "SELECT COALESCE(SUM(cost_usd), 0) FROM calls WHERE run_id = ?1",
+                "SELECT COALESCE(SUM(MAX(cost_usd, 0)), 0) FROM calls WHERE run_id = ?1",
                 [run_id],
                 |r| r.get(0),
             )
@@ -930,7 +937,7 @@ const RUN_SELECT: &str =
     "SELECT r.id, r.workflow, r.workflow_path, r.workflow_hash, r.policy, r.policy_path,
     r.policy_hash, r.inputs, r.started_ms, r.finished_ms, r.status, r.steps_total,
     (SELECT COUNT(*) FROM steps s WHERE s.run_id = r.id AND s.status IN ('succeeded', 'skipped')),
-    (SELECT COALESCE(SUM(cost_usd), 0) FROM calls c WHERE c.run_id = r.id),
+    (SELECT COALESCE(SUM(MAX(cost_usd, 0)), 0) FROM calls c WHERE c.run_id = r.id),
     r.estimate_usd, r.pid, r.sessions, r.pid_start
     FROM runs r";
 
@@ -1109,6 +1116,61 @@ mod tests {
                 flagship_estimate_usd: 0.1,
             }],
         }
+    }
+
+    /// A journal written before `usage_flag` existed gains the column, and
+    /// flagged calls are counted by the report; a negative cost an older
+    /// build journaled never counts as money freed.
+    #[test]
+    fn usage_flags_are_journaled_and_old_journals_migrate() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = || Clock::Fixed(1_700_000_000_000);
+        {
+            let j = Journal::open(dir.path(), clock()).unwrap();
+            let id = j.begin_run(&new_run()).unwrap();
+            // An older build's row: no flag column, a negative cost.
+            j.conn()
+                .execute_batch("ALTER TABLE calls DROP COLUMN usage_flag")
+                .unwrap();
+            j.conn()
+                .execute(
+                    "INSERT INTO calls (run_id, session, step, attempt, model, provider, provider_model,
+                        tier, local, started_ms, finished_ms, latency_ms, outcome, cost_usd)
+                     VALUES (?1, 'old', 'a', 1, 'm', 'p', 'pm', 'budget', 0, 0, 1700000000000, 0, 'ok', -1.0)",
+                    [&id],
+                )
+                .unwrap();
+        }
+        let j = Journal::open(dir.path(), clock()).unwrap();
+        let id = j.begin_run(&new_run()).unwrap();
+        let call = |flag: Option<&str>| CallRecord {
+            step: "a".into(),
+            model: "m".into(),
+            tier: "budget".into(),
+            outcome: "ok".into(),
+            cost_usd: 0.25,
+            usage_flag: flag.map(str::to_owned),
+            ..CallRecord::default()
+        };
+        j.record_call(
+            &id,
+            &call(Some("untrusted: 9 output tokens reported for a limit of 1")),
+        )
+        .unwrap();
+        j.record_call(&id, &call(Some("above reserve: charged more")))
+            .unwrap();
+        j.record_call(&id, &call(None)).unwrap();
+        assert!((j.spent_since(0).unwrap() - 0.75).abs() < 1e-12);
+        let r = report::build(&j, None).unwrap();
+        assert_eq!(
+            (r.totals.untrusted_calls, r.totals.above_reserve_calls),
+            (1, 1)
+        );
+        assert!(
+            (r.totals.cost_usd - 0.75).abs() < 1e-12,
+            "{}",
+            r.totals.cost_usd
+        );
     }
 
     #[test]

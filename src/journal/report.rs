@@ -51,6 +51,19 @@ pub struct Line {
     pub estimate_usd: Option<f64>,
     pub flagship_usd: f64,
     pub savings: Savings,
+    /// Calls whose answer reported usage or a cost that was not believed
+    /// (absurd counts, a negative or huge cost; see `cost::charge`): their
+    /// cost is tollgate's judgement, not the provider's word.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub untrusted_calls: u64,
+    /// Calls charged above the worst case reserved for them (believable
+    /// counts above tollgate's, or the provider's own higher price).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub above_reserve_calls: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -82,6 +95,7 @@ struct CallRow {
     flagship: f64,
     saved: f64,
     batch: bool,
+    flag: Option<String>,
 }
 
 impl Line {
@@ -92,6 +106,9 @@ impl Line {
         } else if c.reached_provider {
             self.calls += 1;
         }
+        let flag = c.flag.as_deref().unwrap_or_default();
+        self.untrusted_calls += u64::from(flag.starts_with(crate::cost::UNTRUSTED));
+        self.above_reserve_calls += u64::from(flag.starts_with(crate::cost::ABOVE_RESERVE));
         self.input_tokens += c.input_tokens;
         self.output_tokens += c.output_tokens;
         self.cost_usd += c.cost;
@@ -148,7 +165,7 @@ pub fn build(journal: &Journal, since: Option<Millis>) -> Result<Report, Journal
         .prepare(
             "SELECT c.finished_ms, r.workflow, c.step, c.model, c.provider_model, c.tier, c.from_cache,
                 c.outcome, c.input_tokens, c.output_tokens, c.cost_usd, c.list_cost_usd,
-                c.flagship_cost_usd, c.saved_usd, c.batch
+                c.flagship_cost_usd, c.saved_usd, c.batch, c.usage_flag
              FROM calls c JOIN runs r ON r.id = c.run_id
              WHERE c.finished_ms >= ?1 ORDER BY c.id",
         )
@@ -167,11 +184,14 @@ pub fn build(journal: &Journal, since: Option<Millis>) -> Result<Report, Journal
                 reached_provider: outcome != "over_budget",
                 input_tokens: r.get::<_, i64>(8)?.max(0) as u64,
                 output_tokens: r.get::<_, i64>(9)?.max(0) as u64,
-                cost: r.get(10)?,
+                // An older build journaled what a server said, negative
+                // costs included: they never count as money saved.
+                cost: r.get::<_, f64>(10)?.max(0.0),
                 list: r.get(11)?,
                 flagship: r.get(12)?,
                 saved: r.get(13)?,
                 batch: r.get(14)?,
+                flag: r.get(15)?,
             })
         })
         .map_err(db_err)?
@@ -289,6 +309,7 @@ mod tests {
             flagship,
             saved: if from_cache { list } else { 0.0 },
             batch,
+            flag: None,
         }
     }
 

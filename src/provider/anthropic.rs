@@ -35,6 +35,9 @@ struct RawUsage {
     /// `cache_creation.ephemeral_1h_input_tokens`: the part of `cache_write`
     /// with the 1-hour TTL (priced higher).
     cache_write_1h: u64,
+    /// `output_tokens_details.thinking_tokens`: the part of `output` spent
+    /// thinking (billed as output, reported apart).
+    thinking: u64,
 }
 
 impl RawUsage {
@@ -60,19 +63,31 @@ impl RawUsage {
         {
             self.cache_write_1h = n;
         }
+        if let Some(n) = u
+            .pointer("/output_tokens_details/thinking_tokens")
+            .and_then(Value::as_u64)
+        {
+            self.thinking = n;
+        }
     }
 
     /// Total input = input + cache writes + cache reads (provider-apis.md §0).
-    /// Thinking tokens are inside `output_tokens` and not reported apart.
+    /// Thinking tokens are inside `output_tokens`; newer responses also
+    /// report them apart (`output_tokens_details.thinking_tokens`), which
+    /// becomes the reasoning count. Sums saturate: a server's absurd counts
+    /// must not overflow (they are judged later, in `cost::charge`).
     fn normalise(self) -> Usage {
         Usage {
-            input_tokens: self.input + self.cache_write + self.cache_read,
+            input_tokens: self
+                .input
+                .saturating_add(self.cache_write)
+                .saturating_add(self.cache_read),
             output_tokens: self.output,
             cached_input_tokens: self.cache_read,
             cache_write_tokens: self.cache_write,
             // Never more than the writes themselves, whatever a proxy reports.
             cache_write_1h_tokens: self.cache_write_1h.min(self.cache_write),
-            reasoning_tokens: 0,
+            reasoning_tokens: self.thinking.min(self.output),
         }
     }
 }
@@ -116,18 +131,21 @@ impl AnthropicClient {
         if let Some(u) = v.get("usage") {
             usage.update(u);
         }
-        Ok(ChatResponse {
-            text,
-            usage: usage.normalise(),
-            cost_usd: None,
-            finish_reason: str_at(v, "/stop_reason").map(str::to_string),
-            model: str_at(v, "/model").unwrap_or_default().to_string(),
-            request_id: meta
-                .request_id
-                .or_else(|| str_at(v, "/id").map(str::to_string)),
-            time_to_first_token: None,
-            latency: meta.started.elapsed(),
-        })
+        super::finish::check(
+            ProviderKind::Anthropic,
+            ChatResponse {
+                text,
+                usage: usage.normalise(),
+                cost_usd: None,
+                finish_reason: str_at(v, "/stop_reason").map(str::to_string),
+                model: str_at(v, "/model").unwrap_or_default().to_string(),
+                request_id: meta
+                    .request_id
+                    .or_else(|| str_at(v, "/id").map(str::to_string)),
+                time_to_first_token: None,
+                latency: meta.started.elapsed(),
+            },
+        )
     }
 
     async fn read_stream(&self, answer: super::Answer) -> Result<ChatResponse, ProviderError> {
@@ -196,16 +214,19 @@ impl AnthropicClient {
         if !done {
             return Err(self.common.stream_cut("event: message_stop"));
         }
-        Ok(ChatResponse {
-            text,
-            usage: usage.normalise(),
-            cost_usd: None,
-            finish_reason: stop_reason,
-            model,
-            request_id: meta.request_id.or(id),
-            time_to_first_token: ttft,
-            latency: meta.started.elapsed(),
-        })
+        super::finish::check(
+            ProviderKind::Anthropic,
+            ChatResponse {
+                text,
+                usage: usage.normalise(),
+                cost_usd: None,
+                finish_reason: stop_reason,
+                model,
+                request_id: meta.request_id.or(id),
+                time_to_first_token: ttft,
+                latency: meta.started.elapsed(),
+            },
+        )
     }
 }
 
@@ -271,6 +292,28 @@ pub(crate) fn request_body(req: &ChatRequest) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn thinking_tokens_are_reasoning() {
+        let mut raw = RawUsage::default();
+        raw.update(&json!({"input_tokens": 12, "output_tokens": 400,
+            "output_tokens_details": {"thinking_tokens": 350}}));
+        let u = raw.normalise();
+        assert_eq!((u.output_tokens, u.reasoning_tokens), (400, 350));
+        // Never more than the output they are part of.
+        raw.update(&json!({"output_tokens_details": {"thinking_tokens": 9000}}));
+        assert_eq!(raw.normalise().reasoning_tokens, 400);
+    }
+
+    #[test]
+    fn absurd_counts_saturate_instead_of_overflowing() {
+        let mut raw = RawUsage::default();
+        raw.update(
+            &json!({"input_tokens": u64::MAX, "cache_read_input_tokens": u64::MAX,
+            "cache_creation_input_tokens": 5, "output_tokens": 1}),
+        );
+        assert_eq!(raw.normalise().input_tokens, u64::MAX);
+    }
 
     #[test]
     fn usage_adds_cache_reads_and_writes_to_input() {

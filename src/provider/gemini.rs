@@ -68,16 +68,19 @@ impl GeminiClient {
                     .common
                     .malformed("the response has no `candidates`", &value.to_string()));
             }
-            Ok(ChatResponse {
-                text: piece.text,
-                usage: piece.usage.unwrap_or_default(),
-                cost_usd: None,
-                finish_reason: piece.finish_reason,
-                model: piece.model.unwrap_or_default(),
-                request_id: meta.request_id.or(piece.id),
-                time_to_first_token: None,
-                latency: meta.started.elapsed(),
-            })
+            super::finish::check(
+                ProviderKind::Gemini,
+                ChatResponse {
+                    text: piece.text,
+                    usage: piece.usage.unwrap_or_default(),
+                    cost_usd: None,
+                    finish_reason: piece.finish_reason,
+                    model: piece.model.unwrap_or_default(),
+                    request_id: meta.request_id.or(piece.id),
+                    time_to_first_token: None,
+                    latency: meta.started.elapsed(),
+                },
+            )
         }
     }
 
@@ -149,16 +152,19 @@ impl GeminiClient {
         if finish_reason.is_none() {
             return Err(self.common.stream_cut("a chunk with finishReason"));
         }
-        Ok(ChatResponse {
-            text,
-            usage: usage.unwrap_or_default(),
-            cost_usd: None,
-            finish_reason,
-            model: model.unwrap_or_default(),
-            request_id: meta.request_id.or(id),
-            time_to_first_token: ttft,
-            latency: meta.started.elapsed(),
-        })
+        super::finish::check(
+            ProviderKind::Gemini,
+            ChatResponse {
+                text,
+                usage: usage.unwrap_or_default(),
+                cost_usd: None,
+                finish_reason,
+                model: model.unwrap_or_default(),
+                request_id: meta.request_id.or(id),
+                time_to_first_token: ttft,
+                latency: meta.started.elapsed(),
+            },
+        )
     }
 }
 
@@ -182,7 +188,7 @@ fn usage(u: &Value) -> Usage {
     let thoughts = u64_at(u, "/thoughtsTokenCount");
     Usage {
         input_tokens: u64_at(u, "/promptTokenCount"),
-        output_tokens: u64_at(u, "/candidatesTokenCount") + thoughts,
+        output_tokens: u64_at(u, "/candidatesTokenCount").saturating_add(thoughts),
         cached_input_tokens: u64_at(u, "/cachedContentTokenCount"),
         cache_write_tokens: 0,
         cache_write_1h_tokens: 0,

@@ -39,6 +39,7 @@ pub use crate::policy::ProviderKind;
 
 pub mod anthropic;
 pub mod batch;
+mod finish;
 pub mod gemini;
 pub mod openai;
 pub mod sse;
@@ -186,18 +187,24 @@ pub struct Usage {
     /// `cache_creation.ephemeral_1h_input_tokens`; 0 elsewhere).
     pub cache_write_1h_tokens: u64,
     /// Reasoning tokens (a subset of `output_tokens`); 0 where the provider
-    /// does not report them separately (Anthropic).
+    /// does not report them separately.
     pub reasoning_tokens: u64,
 }
 
 impl std::ops::AddAssign for Usage {
     fn add_assign(&mut self, o: Usage) {
-        self.input_tokens += o.input_tokens;
-        self.output_tokens += o.output_tokens;
-        self.cached_input_tokens += o.cached_input_tokens;
-        self.cache_write_tokens += o.cache_write_tokens;
-        self.cache_write_1h_tokens += o.cache_write_1h_tokens;
-        self.reasoning_tokens += o.reasoning_tokens;
+        // Saturating: the counts are a server's word until `cost::charge`
+        // has judged them, and a sum must not overflow on the way.
+        self.input_tokens = self.input_tokens.saturating_add(o.input_tokens);
+        self.output_tokens = self.output_tokens.saturating_add(o.output_tokens);
+        self.cached_input_tokens = self
+            .cached_input_tokens
+            .saturating_add(o.cached_input_tokens);
+        self.cache_write_tokens = self.cache_write_tokens.saturating_add(o.cache_write_tokens);
+        self.cache_write_1h_tokens = self
+            .cache_write_1h_tokens
+            .saturating_add(o.cache_write_1h_tokens);
+        self.reasoning_tokens = self.reasoning_tokens.saturating_add(o.reasoning_tokens);
     }
 }
 
@@ -226,6 +233,12 @@ pub struct ChatResponse {
 }
 
 impl ChatResponse {
+    /// Did the answer end the ordinary way (not stopped by a safety filter,
+    /// recitation check, refusal, …)? Only such answers may be cached.
+    pub fn ended_normally(&self) -> bool {
+        finish::is_normal(self.finish_reason.as_deref())
+    }
+
     /// Did generation stop because it hit the output token limit? Then the
     /// text (and any JSON in it) is cut short.
     pub fn truncated(&self) -> bool {
@@ -267,6 +280,10 @@ pub enum ErrorKind {
     StreamBroken,
     /// A 2xx answer whose body could not be understood.
     Malformed,
+    /// A 2xx answer with no content that the provider withheld (a safety
+    /// filter, recitation, a refusal: see `finish`). Not retryable; its
+    /// prompt was billed.
+    Blocked,
     /// Replaying recorded responses (`tollgate test --replay`), and this
     /// request was never recorded. Nothing was sent anywhere.
     NotRecorded,

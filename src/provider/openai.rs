@@ -92,18 +92,21 @@ impl OpenAiClient {
             Endpoint::Completions => str_at(choice, "/text").unwrap_or_default().to_string(),
         };
         let (usage, cost_usd) = v.get("usage").map(usage).unwrap_or_default();
-        Ok(ChatResponse {
-            text,
-            usage,
-            cost_usd,
-            finish_reason: str_at(choice, "/finish_reason").map(str::to_string),
-            model: str_at(v, "/model").unwrap_or_default().to_string(),
-            request_id: meta
-                .request_id
-                .or_else(|| str_at(v, "/id").map(str::to_string)),
-            time_to_first_token: None,
-            latency: meta.started.elapsed(),
-        })
+        super::finish::check(
+            self.common.kind(),
+            ChatResponse {
+                text,
+                usage,
+                cost_usd,
+                finish_reason: str_at(choice, "/finish_reason").map(str::to_string),
+                model: str_at(v, "/model").unwrap_or_default().to_string(),
+                request_id: meta
+                    .request_id
+                    .or_else(|| str_at(v, "/id").map(str::to_string)),
+                time_to_first_token: None,
+                latency: meta.started.elapsed(),
+            },
+        )
     }
 
     async fn read_stream(
@@ -163,16 +166,19 @@ impl OpenAiClient {
             ));
         }
         let (usage, cost_usd) = usage_seen.unwrap_or_default();
-        Ok(ChatResponse {
-            text,
-            usage,
-            cost_usd,
-            finish_reason,
-            model: model.unwrap_or_default(),
-            request_id: meta.request_id.or(id),
-            time_to_first_token: ttft,
-            latency: meta.started.elapsed(),
-        })
+        super::finish::check(
+            self.common.kind(),
+            ChatResponse {
+                text,
+                usage,
+                cost_usd,
+                finish_reason,
+                model: model.unwrap_or_default(),
+                request_id: meta.request_id.or(id),
+                time_to_first_token: ttft,
+                latency: meta.started.elapsed(),
+            },
+        )
     }
 }
 
@@ -227,7 +233,9 @@ fn usage(u: &Value) -> (Usage, Option<f64>) {
     let usage = Usage {
         input_tokens: u64_at(u, "/prompt_tokens"),
         output_tokens: u64_at(u, "/completion_tokens"),
-        cached_input_tokens: u64_at(u, "/prompt_tokens_details/cached_tokens"),
+        // Mistral reports cache hits as a top-level `num_cached_tokens`.
+        cached_input_tokens: u64_at(u, "/prompt_tokens_details/cached_tokens")
+            .max(u64_at(u, "/num_cached_tokens")),
         cache_write_tokens: u64_at(u, "/prompt_tokens_details/cache_write_tokens"),
         cache_write_1h_tokens: 0,
         reasoning_tokens: u64_at(u, "/completion_tokens_details/reasoning_tokens"),
@@ -390,6 +398,17 @@ pub(crate) fn strict_compatible(schema: &Value) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mistral_cached_tokens_are_cached_input() {
+        let (u, _) = usage(&json!({"prompt_tokens": 2000, "completion_tokens": 5,
+            "total_tokens": 2005, "num_cached_tokens": 1536}));
+        assert_eq!((u.input_tokens, u.cached_input_tokens), (2000, 1536));
+        // OpenAI's own field still counts.
+        let (u, _) = usage(&json!({"prompt_tokens": 2000, "completion_tokens": 5,
+            "prompt_tokens_details": {"cached_tokens": 1024}}));
+        assert_eq!(u.cached_input_tokens, 1024);
+    }
 
     #[test]
     fn strictness_is_claimed_only_when_the_api_would_accept_it() {

@@ -379,22 +379,35 @@ pub(super) async fn run(
                 continue;
             }
         };
-        let reported = answer.usage.input_tokens + answer.usage.output_tokens > 0;
+        let reported = answer.usage.input_tokens > 0 || answer.usage.output_tokens > 0;
+        let (s, p) = &rendered[n];
+        let mut msgs: Vec<&str> = s.iter().map(String::as_str).collect();
+        msgs.push(p);
+        let counted = tokens::count_chat(model.tokenizer, &msgs) as u64;
         let usage = if reported {
             answer.usage
         } else {
             // No usage reported: count it ourselves rather than pretend the
             // call was free.
-            let (s, p) = &rendered[n];
-            let mut msgs: Vec<&str> = s.iter().map(String::as_str).collect();
-            msgs.push(p);
             Usage {
-                input_tokens: tokens::count_chat(model.tokenizer, &msgs) as u64,
+                input_tokens: counted,
                 output_tokens: tokens::count_chat(model.tokenizer, &[answer.text.as_str()]) as u64,
                 ..Usage::default()
             }
         };
-        let cost = cost::call_cost(&model.price, &usage, Billing::Batch);
+        // Judged and priced in the one place, at batch prices.
+        let charged = cost::charge(
+            &model.price,
+            &cost::Asked {
+                input_tokens: counted,
+                max_output: max_out,
+                cache: prompt_cache(model, s.as_deref()),
+                billing: Billing::Batch,
+            },
+            usage,
+            answer.cost_usd,
+        );
+        let (usage, cost) = (charged.usage, charged.cost);
         spent += cost;
         let value = match &validator {
             None => Ok(Value::String(answer.text.clone())),
@@ -423,7 +436,7 @@ pub(super) async fn run(
         // Journaled before dependants can start, like every call: a resume
         // never pays for this answer again, and a valid one serves later
         // identical requests from the cache.
-        let cacheable = value.is_ok() && !answer.truncated();
+        let cacheable = value.is_ok() && !answer.truncated() && answer.ended_normally();
         sh.journal_call(CallRecord {
             step: step_id.to_owned(),
             item: item_of(n),
@@ -457,6 +470,7 @@ pub(super) async fn run(
             cacheable,
             response: cacheable.then(|| answer.text.clone()),
             output: value.as_ref().ok().cloned(),
+            usage_flag: charged.flag.clone(),
             ..CallRecord::default()
         })
         .await;

@@ -225,7 +225,17 @@ impl Budget {
 
     /// Replaces a reservation by what the call really cost (journaled
     /// before this is called, so others never miss it).
+    ///
+    /// An amount that is not a finite, non-negative number keeps the
+    /// reservation spent: settling can never free budget. (`cost::charge`
+    /// already guarantees a sane amount; this holds even if a caller does
+    /// not go through it.)
     pub fn settle(&self, r: Reservation, actual: f64) {
+        let actual = if actual.is_finite() && actual >= 0.0 {
+            actual
+        } else {
+            r.amount
+        };
         let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
         s.reserved = (s.reserved - r.amount).max(0.0);
         s.spent += actual;
@@ -341,6 +351,17 @@ mod tests {
         assert!((b.spent() - 0.3).abs() < 1e-9);
         // Cannot fit even after everything settled: refused at once.
         assert!(b.reserve(0.8).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn settling_never_frees_budget() {
+        let b = Budget::new(Some(1.0));
+        for bad in [-5.0, f64::NAN, f64::NEG_INFINITY, f64::INFINITY] {
+            let r = b.reserve(0.1).await.unwrap();
+            b.settle(r, bad);
+        }
+        // Each bad settle kept its reservation spent.
+        assert!((b.spent() - 0.4).abs() < 1e-9, "{}", b.spent());
     }
 
     #[tokio::test]

@@ -1597,7 +1597,7 @@ async fn call_model(
         rec.latency_ms = sent.elapsed().as_millis() as u64;
         match result {
             Ok(resp) => {
-                let reported = resp.usage.input_tokens + resp.usage.output_tokens > 0;
+                let reported = resp.usage.input_tokens > 0 || resp.usage.output_tokens > 0;
                 // No usage reported: count it ourselves rather than pretend
                 // the call was free.
                 let usage = if reported {
@@ -1610,15 +1610,24 @@ async fn call_model(
                         ..Usage::default()
                     }
                 };
-                // Provider-reported cost (OpenRouter) wins; else cache reads
-                // and writes priced as the provider bills them.
-                let cost = resp
-                    .cost_usd
-                    .unwrap_or_else(|| cost::call_cost(&model.price, &usage, Billing::Standard));
-                let list = cost::list_cost(&model.price, &usage);
+                // What the server said is judged, then priced, in one place
+                // (a provider-reported cost, OpenRouter's, wins when it is
+                // believable).
+                let charged = cost::charge(
+                    &model.price,
+                    &cost::Asked {
+                        input_tokens,
+                        max_output: u64::from(step.max_output_tokens()),
+                        cache: req.cache_system,
+                        billing: Billing::Standard,
+                    },
+                    usage,
+                    resp.cost_usd,
+                );
+                let (usage, cost, list) = (charged.usage, charged.cost, charged.list);
                 report.cost_usd += cost;
                 report.list_cost_usd += list;
-                report.usage += resp.usage;
+                report.usage += usage;
                 if report.ttft_ms.is_none() {
                     report.ttft_ms = resp.time_to_first_token.map(|d| d.as_millis() as u64);
                 }
@@ -1636,8 +1645,9 @@ async fn call_model(
                     Some(Ok(v)) => Some(v.clone()),
                     Some(Err(_)) => None,
                 };
-                // Only whole, valid answers answer later identical requests.
-                let cacheable = output.is_some() && !resp.truncated();
+                // Only whole, valid answers answer later identical requests
+                // (not one a provider's filter stopped part way).
+                let cacheable = output.is_some() && !resp.truncated() && resp.ended_normally();
                 rec.outcome = match (&verdict, resp.truncated()) {
                     (Some(Err(_)), _) => "invalid_output",
                     (_, true) => "truncated",
@@ -1649,6 +1659,7 @@ async fn call_model(
                 rec.cost_usd = cost;
                 rec.list_cost_usd = list;
                 rec.flagship_cost_usd = flagship_cost(sh, &usage);
+                rec.usage_flag = charged.flag;
                 rec.cacheable = cacheable;
                 rec.response = cacheable.then(|| resp.text.clone());
                 rec.output = output;
@@ -1696,7 +1707,22 @@ async fn call_model(
                     err.kind,
                     ErrorKind::Timeout | ErrorKind::StreamBroken | ErrorKind::Malformed
                 );
-                let charged = if maybe_billed { worst } else { 0.0 };
+                let charged = if maybe_billed {
+                    worst
+                } else if err.kind == ErrorKind::Blocked {
+                    // A withheld answer: its prompt was billed.
+                    cost::floor(
+                        &model.price,
+                        &cost::Asked {
+                            input_tokens,
+                            max_output: u64::from(step.max_output_tokens()),
+                            cache: req.cache_system,
+                            billing: Billing::Standard,
+                        },
+                    )
+                } else {
+                    0.0
+                };
                 let kind = serde_json::to_value(err.kind)
                     .ok()
                     .and_then(|v| v.as_str().map(str::to_owned))

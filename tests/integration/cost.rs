@@ -143,13 +143,19 @@ async fn openai_and_gemini_cached_tokens_are_billed_at_the_cache_read_price() {
         "gemini-2.5-pro" => Reply::text("a plan").usage(4000, 100).cached(3000),
         other => Reply::text(format!("unexpected {other}")),
     });
-    let wf = r#"version: 1
+    // Prompts about as long as the usage reported (a usage far above the
+    // counted prompt is not believed: see money::).
+    let wf = format!(
+        r#"version: 1
 name: auto-cache
 steps:
-  label: { task: classify, prompt: "bug or not?" }
-  plan: { task: debug, reasoning: deep, prompt: "Plan the fix." }
-"#;
-    let p = Project::new(&policy(&fake, ""), wf);
+  label: {{ task: classify, prompt: "bug or not? {}" }}
+  plan: {{ task: debug, reasoning: deep, prompt: "Plan the fix. {}" }}
+"#,
+        "word ".repeat(1400),
+        "word ".repeat(3500)
+    );
+    let p = Project::new(&policy(&fake, ""), &wf);
     let out = p.run(&["--format", "json"]).await;
     assert_eq!(out.status.code(), Some(0), "{}", transcript(&out));
     let r = report(&out);

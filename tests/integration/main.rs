@@ -8,6 +8,7 @@ mod data_driven;
 mod journal;
 mod leaks;
 mod local_model;
+mod money;
 mod providers;
 mod run;
 mod sensitivity_gate;

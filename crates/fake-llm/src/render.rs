@@ -669,21 +669,27 @@ fn gemini_error(case: &ErrorCase, ctx: &Ctx) -> (u16, Value) {
 // Dispatch by flavour.
 
 pub(crate) fn success_json(s: &Success, ctx: &Ctx) -> Value {
-    match ctx.api {
+    let mut v = match ctx.api {
         Api::Anthropic | Api::AnthropicBatch => anthropic_success(s, ctx),
         Api::Gemini => gemini_success(s, ctx),
         Api::OpenAiCompletions => completion_success(s, ctx),
         Api::OpenAi | Api::OpenAiBatch | Api::Unknown => openai_success(s, ctx),
-    }
+    };
+    s.hostile.apply(ctx.api, &mut v);
+    v
 }
 
 pub(crate) fn success_events(s: &Success, ctx: &Ctx) -> Vec<Frame> {
-    match ctx.api {
+    let frames = match ctx.api {
         Api::Anthropic | Api::AnthropicBatch => anthropic_events(s, ctx),
         Api::Gemini => gemini_events(s, ctx),
         Api::OpenAiCompletions => completion_events(s, ctx),
         Api::OpenAi | Api::OpenAiBatch | Api::Unknown => openai_events(s, ctx),
-    }
+    };
+    frames
+        .into_iter()
+        .map(|f| s.hostile.apply_frame(ctx.api, f))
+        .collect()
 }
 
 pub(crate) fn error(case: &ErrorCase, ctx: &Ctx) -> (u16, Value) {
@@ -719,6 +725,7 @@ pub(crate) fn error_in_stream(case: &ErrorCase, ctx: &Ctx) -> Vec<Frame> {
         cost: None,
         model: None,
         truncated: false,
+        hostile: Box::default(),
     };
     let content = ["partial".to_string()];
     let (_, body) = error(case, ctx);
@@ -783,6 +790,7 @@ fn sample() -> Success {
         cost: None,
         model: None,
         truncated: false,
+        hostile: Box::default(),
     }
 }
 

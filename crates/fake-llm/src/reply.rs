@@ -61,6 +61,7 @@ pub(crate) struct Success {
     pub(crate) cost: Option<f64>,
     pub(crate) model: Option<String>,
     pub(crate) truncated: bool,
+    pub(crate) hostile: Box<crate::hostile::Hostile>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -149,6 +150,7 @@ impl Reply {
             cost: None,
             model: None,
             truncated: false,
+            hostile: Box::default(),
         }))
     }
 
@@ -280,6 +282,14 @@ impl Reply {
     pub fn cost(mut self, usd: f64) -> Self {
         if let Some(s) = self.success_mut() {
             s.cost = Some(usd);
+        }
+        self
+    }
+
+    /// Lie about usage, cost or the finish reason (see [`crate::Hostile`]).
+    pub fn hostile(mut self, h: crate::Hostile) -> Self {
+        if let Some(s) = self.success_mut() {
+            *s.hostile = h;
         }
         self
     }
