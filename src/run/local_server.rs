@@ -57,8 +57,12 @@ impl Servers {
                 .collect(),
             children: Mutex::new(Vec::new()),
             adopted: Mutex::new(Vec::new()),
+            // The health check only ever asks the launched server itself:
+            // never a redirect to somewhere else, never through a proxy.
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(2))
+                .redirect(reqwest::redirect::Policy::none())
+                .no_proxy()
                 .build()
                 .unwrap_or_default(),
             log_dir,

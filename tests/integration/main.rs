@@ -5,6 +5,7 @@ mod batch;
 mod cli;
 mod cost;
 mod data_driven;
+mod hostile;
 mod journal;
 mod local_model;
 mod providers;

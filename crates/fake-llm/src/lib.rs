@@ -49,10 +49,12 @@ use bytes::Bytes;
 use serde_json::Value;
 
 mod batch;
+mod hostile;
 mod render;
 mod reply;
 
 pub use batch::BatchScript;
+pub use hostile::{HostileServer, Misbehaviour, Seen};
 pub use reply::{ErrorCase, FakeUsage, Reply};
 
 use render::{Ctx, Frame};
