@@ -178,7 +178,7 @@ async fn a_key_echoed_in_an_answer_a_stream_or_an_error_never_leaves_the_client(
         // In an error body, and in the message quoted from it.
         let body = serde_json::json!({"error": {"type": "invalid_request_error",
             "message": format!("bad key {KEY}")}});
-        fake.push(Reply::raw(400, "application/json", &body.to_string()));
+        fake.push(Reply::raw(400, "application/json", body.to_string()));
         let e = send(&fake.base_url(), kind, false).await.unwrap_err();
         assert!(e.message.contains("[redacted]"), "{e:?}");
         assert_error_key_free(&e);
@@ -188,7 +188,7 @@ async fn a_key_echoed_in_an_answer_a_stream_or_an_error_never_leaves_the_client(
         fake.push(Reply::raw(
             200,
             "text/event-stream",
-            &format!("event: error\ndata: {event}\n\n"),
+            format!("event: error\ndata: {event}\n\n"),
         ));
         let e = send(&fake.base_url(), kind, true).await.unwrap_err();
         assert_error_key_free(&e);
@@ -424,7 +424,7 @@ async fn a_key_a_server_echoes_reaches_no_output_file_or_journal() {
         if r.raw_body.contains("fail now") {
             let body = serde_json::json!({"error": {"type": "invalid_request_error",
                 "message": format!("the key {key} may not say that")}});
-            Reply::raw(400, "application/json", &body.to_string())
+            Reply::raw(400, "application/json", body.to_string())
         } else {
             Reply::text(format!("the key is {key}"))
         }
@@ -522,4 +522,79 @@ fn a_key_pasted_where_a_name_belongs_is_masked_in_every_diagnostic() {
             assert!(!text.contains(secret), "{args:?} leaked {secret}: {text}");
         }
     }
+}
+
+/// `tollgate test` in `dir` with the test key set.
+async fn suite_test(dir: &std::path::Path, args: &[&str]) -> std::process::Output {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_tollgate"));
+    cmd.args(["--color", "never", "test"])
+        .args(args)
+        .current_dir(dir)
+        .env_remove("CI")
+        .env_remove("TOLLGATE_STATE")
+        .env("TEST_OPENAI_KEY", KEY)
+        .kill_on_drop(true);
+    tokio::time::timeout(Duration::from_secs(120), cmd.output())
+        .await
+        .expect("the suite finishes")
+        .expect("the binary runs")
+}
+
+const ONE_STEP: &str = "version: 1\nname: echo\nsteps:\n  first:\n    task: summarize\n    prompt: \"say it\"\n    max_output_tokens: 64\n";
+
+const SUITE: &str = "workflow: ../wf.yaml\npolicy: ../policy.yaml\ncases:\n  - name: echo\n    expect:\n      first: { contains: key, snapshot: true }\n";
+
+#[tokio::test]
+async fn a_key_a_server_echoes_reaches_no_snapshot_cassette_or_results_file() {
+    let fake = FakeServer::start().await;
+    fake.set_handler(|r| {
+        Reply::text(format!(
+            "the key is {}",
+            r.presented_key().unwrap_or_default()
+        ))
+    });
+    let project = crate::run::Project::new(&openai_policy(&fake.base_url(), ""), ONE_STEP);
+    let dir = project.path();
+    std::fs::create_dir(dir.join("evals")).unwrap();
+    std::fs::write(dir.join("evals/echo.yaml"), SUITE).unwrap();
+    for args in [
+        &[
+            "--record",
+            "--junit",
+            "junit.xml",
+            "--results",
+            "results.json",
+        ][..],
+        &[
+            "--junit",
+            "junit2.xml",
+            "--results",
+            "results2.json",
+            "--format",
+            "json",
+        ][..],
+    ] {
+        let out = suite_test(dir, args).await;
+        assert_key_free(&transcript(&out));
+    }
+    let files = everything_under(dir);
+    assert!(
+        files.contains("junit.xml") && files.contains(".snap"),
+        "{files}"
+    );
+    assert!(files.contains("the key is [redacted]"), "{files}");
+    assert_key_free(&files);
+}
+
+#[tokio::test]
+async fn a_live_suite_refuses_a_cloud_provider_on_plain_http() {
+    let project =
+        crate::run::Project::new(&openai_policy("http://api.example.invalid", ""), ONE_STEP);
+    let dir = project.path();
+    std::fs::create_dir(dir.join("evals")).unwrap();
+    std::fs::write(dir.join("evals/echo.yaml"), SUITE).unwrap();
+    let out = suite_test(dir, &[]).await;
+    let text = transcript(&out);
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(text.contains("plain http://"), "{text}");
 }

@@ -162,10 +162,10 @@ async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
         }
         Misbehaviour::EndlessStream => {
             let event = content_event(Api::of_path(&path));
-            let stream = futures::stream::iter(
-                std::iter::repeat(Bytes::from(event.repeat(64)))
-                    .take(usize::try_from(MAX_BYTES / (event.len() as u64 * 64)).unwrap_or(0)),
-            );
+            let stream = futures::stream::iter(std::iter::repeat_n(
+                Bytes::from(event.repeat(64)),
+                usize::try_from(MAX_BYTES / (event.len() as u64 * 64)).unwrap_or(0),
+            ));
             response(200, "text/event-stream", counted(&shared, stream))
         }
         Misbehaviour::HugeLine => {
