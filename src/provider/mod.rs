@@ -510,39 +510,67 @@ impl ResponseLimits {
 
 const MIB: u64 = 1024 * 1024;
 
-/// The HTTP client the providers use: a `reqwest::Client` that never
-/// follows redirects. It is the only client type [`client_for`] and
+/// The HTTP client the providers use: `reqwest::Client`s that never
+/// follow redirects. It is the only client type [`client_for`] and
 /// [`batch::batch_client_for`] accept, so no provider can be built on a
 /// client that would forward a key header to wherever a 3xx points.
+///
+/// It holds two: one that honours proxies from the environment, for remote
+/// hosts, and one that never uses a proxy, for loopback base URLs
+/// ([`crate::policy::is_loopback`]): a local provider's prompts (data above
+/// `cloud_max` among them) go to the loopback server itself, never to an
+/// `HTTP_PROXY` on another machine.
 #[derive(Debug, Clone)]
-pub struct Http(reqwest::Client);
+pub struct Http {
+    proxied: reqwest::Client,
+    direct: reqwest::Client,
+}
 
 impl Http {
     /// Proxies from the environment (`HTTPS_PROXY`, `NO_PROXY`) are
-    /// honoured, as the vendors' SDKs do.
+    /// honoured for remote hosts, as the vendors' SDKs do.
     pub fn new(connect_timeout: Duration) -> Http {
-        Http::build(reqwest::Client::builder().connect_timeout(connect_timeout))
+        Http {
+            proxied: Http::build(reqwest::Client::builder().connect_timeout(connect_timeout)),
+            direct: Http::build(
+                reqwest::Client::builder()
+                    .no_proxy()
+                    .connect_timeout(connect_timeout),
+            ),
+        }
     }
 
-    /// Ignoring proxies from the environment (tests on loopback fakes).
+    /// Ignoring proxies from the environment everywhere (tests on loopback
+    /// fakes).
     pub fn without_proxy(connect_timeout: Duration) -> Http {
-        Http::build(
+        let direct = Http::build(
             reqwest::Client::builder()
                 .no_proxy()
                 .connect_timeout(connect_timeout),
-        )
+        );
+        Http {
+            proxied: direct.clone(),
+            direct,
+        }
     }
 
-    fn build(builder: reqwest::ClientBuilder) -> Http {
-        Http(
-            builder
-                .redirect(reqwest::redirect::Policy::none())
-                .build()
-                // Building only fails if the TLS backend cannot initialise,
-                // which is a broken installation rather than a runtime
-                // condition.
-                .expect("the TLS backend initialises"),
-        )
+    /// The client for requests to `base_url`.
+    fn for_base(&self, base_url: &str) -> reqwest::Client {
+        if crate::policy::is_loopback(base_url) {
+            self.direct.clone()
+        } else {
+            self.proxied.clone()
+        }
+    }
+
+    fn build(builder: reqwest::ClientBuilder) -> reqwest::Client {
+        builder
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            // Building only fails if the TLS backend cannot initialise,
+            // which is a broken installation rather than a runtime
+            // condition.
+            .expect("the TLS backend initialises")
     }
 }
 
@@ -903,7 +931,7 @@ impl Common {
             secret: Secret(config.api_key),
             request_timeout: config.request_timeout,
             idle_timeout: config.stream_idle_timeout,
-            http: http.0,
+            http: http.for_base(&config.base_url),
             limits: config.response_limits,
             model_limits: config.model_response_limits,
             max_batch_download: config.max_batch_download_bytes,

@@ -598,3 +598,38 @@ async fn a_live_suite_refuses_a_cloud_provider_on_plain_http() {
     assert_eq!(out.status.code(), Some(2), "{text}");
     assert!(text.contains("plain http://"), "{text}");
 }
+
+#[tokio::test]
+async fn a_local_provider_is_called_directly_never_through_a_proxy() {
+    let fake = FakeServer::start().await;
+    fake.set_default(Reply::text("local answer"));
+    // A "proxy" that would record what it is sent.
+    let proxy = HostileServer::start(Misbehaviour::HugeErrorBody {
+        status: 502,
+        bytes: 10,
+    })
+    .await;
+    let policy = format!(
+        "version: 1\nproviders:\n  local: {{ kind: openai-compatible, base_url: \"{}/v1\" }}\nmodels:\n  m: {{ provider: local, model: local-llm, tier: local, context_window: 8192 }}\nrules:\n  - {{ name: all, use: m }}\n",
+        fake.base_url()
+    );
+    let project = crate::run::Project::new(&policy, ONE_STEP);
+    let p = proxy.base_url();
+    let out = project
+        .run_env(
+            &["--no-cache"],
+            &[
+                ("HTTP_PROXY", &p),
+                ("http_proxy", &p),
+                ("ALL_PROXY", &p),
+                ("all_proxy", &p),
+                ("NO_PROXY", ""),
+                ("no_proxy", ""),
+            ],
+        )
+        .await;
+    assert_eq!(out.status.code(), Some(0), "{}", transcript(&out));
+    assert!(transcript(&out).contains("local answer"));
+    assert_eq!(proxy.seen().len(), 0, "{:?}", proxy.seen());
+    assert_eq!(fake.request_count(), 1);
+}
