@@ -828,6 +828,22 @@ pub fn compile(file: &PolicyFile, doc: &Document, catalog: &Catalog) -> (Policy,
             .launch
             .as_ref()
             .and_then(|l| compile_launch(l, base_url.as_deref(), p.kind, doc, name, &mut diags));
+        // A key pasted where the variable's name belongs: say so (the
+        // value itself is masked wherever a diagnostic shows it).
+        if p.api_key_env
+            .as_deref()
+            .is_some_and(crate::diagnostic::looks_like_key)
+        {
+            diags.push(
+                Diagnostic::error(
+                    "key-in-api-key-env",
+                    format!("`api_key_env` of provider `{name}` looks like an API key, not the name of a variable"),
+                )
+                .at(at(&["providers", name, "api_key_env"]))
+                .with_label("the value is hidden here")
+                .with_help("put the key in an environment variable and write its name here, e.g. api_key_env: OPENAI_API_KEY; then revoke the key, it was written in a file"),
+            );
+        }
         // The key and the prompts would cross the network in clear text.
         let insecure = locality == Locality::Cloud
             && !p.allow_insecure

@@ -522,6 +522,25 @@ fn a_key_pasted_where_a_name_belongs_is_masked_in_every_diagnostic() {
             assert!(!text.contains(secret), "{args:?} leaked {secret}: {text}");
         }
     }
+    // A key that is also a valid variable name passes the schema: it is
+    // refused as a key, and masked there too.
+    let google = "AIzaSyA1b2C3d4E5f6G7h8I9j0KlMnOpQrStUvW";
+    let policy = format!(
+        "version: 1\nproviders:\n  g:\n    kind: gemini\n    api_key_env: {google}\nmodels:\n  m: {{ provider: g, model: gemini-2.5-flash, tier: budget }}\nrules:\n  - {{ name: all, use: m }}\n"
+    );
+    let project = crate::run::Project::new(&policy, TWO_STEPS);
+    for args in [
+        &["check", "policy.yaml"][..],
+        &["check", "policy.yaml", "--format", "json"][..],
+        &["plan", "wf.yaml", "--policy", "policy.yaml"][..],
+        &["run", "wf.yaml", "--policy", "policy.yaml"][..],
+    ] {
+        let out = crate::tollgate_in(project.path(), args);
+        let text = transcript(&out);
+        assert_eq!(out.status.code(), Some(2), "{text}");
+        assert!(text.contains("looks like an API key"), "{text}");
+        assert!(!text.contains("SyA1b2C3d4E5"), "{args:?} leaked: {text}");
+    }
 }
 
 /// `tollgate test` in `dir` with the test key set.
