@@ -229,9 +229,7 @@ fn item_error(common: &Common, status: Option<u16>, body: &Value) -> ProviderErr
     let kind = info
         .as_ref()
         .map_or(ErrorKind::Other, |i| i.classify(status));
-    let detail = info
-        .and_then(|i| i.message)
-        .unwrap_or_else(|| "no message".to_owned());
+    let detail = common.error_detail(info.and_then(|i| i.message));
     let status_text = status.map(|s| format!(" HTTP {s}")).unwrap_or_default();
     let mut e = ProviderError::new(
         kind,

@@ -1220,6 +1220,16 @@ impl Common {
         }
     }
 
+    /// What a server said went wrong, as quoted in an error message: the
+    /// key scrubbed *before* it is cut to [`MAX_ERROR_DETAIL`] bytes (a key
+    /// cut in half could not be recognised afterwards).
+    pub(crate) fn error_detail(&self, message: Option<String>) -> String {
+        message.map_or_else(
+            || "no message".to_owned(),
+            |m| truncate(self.secret.redact(&m), MAX_ERROR_DETAIL),
+        )
+    }
+
     /// A payload that is not the JSON it should be.
     pub(crate) fn malformed(&self, what: &str, payload: &str) -> ProviderError {
         self.failure(ErrorKind::Malformed, what, payload)
@@ -1238,7 +1248,7 @@ impl Common {
             .map_err(|e| self.malformed(&format!("a stream event is not valid JSON: {e}"), data))?;
         if let Some(info) = ErrorInfo::from_json(&value) {
             let kind = info.classify(None);
-            let msg = info.message.as_deref().unwrap_or("no message");
+            let msg = self.error_detail(info.message);
             return Err(ProviderError::new(
                 kind,
                 format!("{}: error inside the stream: {msg}", self.kind.name()),
@@ -1253,9 +1263,10 @@ impl Common {
         match ErrorInfo::from_json(value) {
             None => Ok(()),
             Some(info) => {
-                let msg = info.message.as_deref().unwrap_or("no message");
+                let kind = info.classify(None);
+                let msg = self.error_detail(info.message);
                 Err(ProviderError::new(
-                    info.classify(None),
+                    kind,
                     format!("{}: error in a 2xx answer: {msg}", self.kind.name()),
                 )
                 .with_body(self.secret.redact(&value.to_string())))
@@ -1469,5 +1480,27 @@ mod tests {
         assert!(t.len() <= MAX_ERROR_BODY + '…'.len_utf8());
         assert!(t.ends_with('…'));
         assert_eq!(truncate("short".into(), 10), "short");
+    }
+
+    #[test]
+    fn a_key_across_the_cut_of_a_long_message_is_still_scrubbed() {
+        let key = "sk-live-0123456789abcdef";
+        let common = Common::new(
+            ProviderKind::Openai,
+            ClientConfig::new("https://api.example.com/v1").with_api_key(key),
+            Http::without_proxy(Duration::from_secs(1)),
+        );
+        for at in MAX_ERROR_DETAIL - 20..MAX_ERROR_DETAIL + 2 {
+            let message = format!("{}{key} trailing", "x".repeat(at));
+            let detail = common.error_detail(Some(message));
+            assert!(!detail.contains("sk-live-0123"), "{at}: {detail}");
+            assert!(detail.len() <= MAX_ERROR_DETAIL + '…'.len_utf8());
+        }
+        // In-stream and in-body errors go through it.
+        let event = json!({"error": {"message": format!("{}{key}", "y".repeat(500))}});
+        let e = common.event_json(&event.to_string()).unwrap_err();
+        assert!(!e.message.contains("sk-live"), "{}", e.message);
+        let e = common.error_in_body(&event).unwrap_err();
+        assert!(!e.message.contains("sk-live"), "{}", e.message);
     }
 }
