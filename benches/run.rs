@@ -145,7 +145,7 @@ async fn batch(fake: &FakeServer, n: usize) -> Duration {
     let policy = Arc::new(policy);
     let values = inputs::resolve(&analysis.workflow.value, &[], false).unwrap();
     let plan = plan::build(&analysis, &policy, "bench-policy.yaml", &values).unwrap();
-    let http = reqwest::Client::new();
+    let http = tollgate::provider::Http::without_proxy(Duration::from_secs(5));
     let config = || {
         tollgate::provider::ClientConfig::new(format!("{}/v1", fake.base_url())).with_api_key("k")
     };

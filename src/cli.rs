@@ -443,6 +443,13 @@ fn cmd_plan(
         Ok(both) => both,
         Err(diags) => return report(diags, format, options),
     };
+    // Warned about here, refused by `run`.
+    {
+        let mut err = std::io::stderr().lock();
+        for d in &policy.insecure_transport {
+            let _ = write!(err, "{}", diagnostic::render(d, options));
+        }
+    }
     let values = match inputs::resolve(&analysis.workflow.value, raw, true) {
         Ok(v) => v,
         Err(d) => return report(d, format, options),
@@ -577,6 +584,19 @@ fn cmd_run(args: RunArgs, options: RenderOptions) -> u8 {
         Ok(both) => both,
         Err(diags) => return report(diags, format, options),
     };
+    // A key never crosses the network in clear text unless the policy
+    // says so (`allow_insecure`): `check` and `plan` warn, `run` refuses.
+    if !policy.insecure_transport.is_empty() {
+        let refused = policy
+            .insecure_transport
+            .iter()
+            .map(|d| Diagnostic {
+                severity: diagnostic::Severity::Error,
+                ..d.clone()
+            })
+            .collect();
+        return report(refused, format, options);
+    }
     if let Some(run) = &resumed {
         if let Err(d) = journal::check_unchanged(run, &analysis, &workflow_path) {
             return report(vec![d], format, options);

@@ -8,6 +8,7 @@
 //!
 //! Rendering is miette's: the CLI is the only place that prints them.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -268,12 +269,12 @@ impl Diagnostic {
         DiagnosticJson {
             severity: self.severity,
             code: self.code,
-            message: self.message.clone(),
+            message: mask_keys(&self.message).into_owned(),
             file,
             line,
             column,
-            label: self.label.clone(),
-            help: self.help.clone(),
+            label: self.label.as_deref().map(|l| mask_keys(l).into_owned()),
+            help: self.help.as_deref().map(|h| mask_keys(h).into_owned()),
         }
     }
 }
@@ -334,9 +335,10 @@ impl From<Vec<Diagnostic>> for Diagnostics {
 impl fmt::Display for Diagnostics {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for d in &self.0 {
+            let message = mask_keys(&d.message);
             match d.location() {
-                Some(loc) => writeln!(f, "{loc}: {}", d.message)?,
-                None => writeln!(f, "{}", d.message)?,
+                Some(loc) => writeln!(f, "{loc}: {message}")?,
+                None => writeln!(f, "{message}")?,
             }
         }
         Ok(())
@@ -345,9 +347,13 @@ impl fmt::Display for Diagnostics {
 
 impl std::error::Error for Diagnostics {}
 
-/// Adapter that lets miette draw a [`Diagnostic`].
+/// Adapter that lets miette draw a [`Diagnostic`]: the diagnostic with
+/// [`mask_keys`] applied to every text it shows.
 struct MietteView<'a> {
     diag: &'a Diagnostic,
+    message: Cow<'a, str>,
+    label: Option<String>,
+    help: Option<Cow<'a, str>>,
     source: Option<NamedSource<Arc<str>>>,
 }
 
@@ -360,8 +366,8 @@ impl fmt::Debug for MietteView<'_> {
 impl fmt::Display for MietteView<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match (&self.diag.span, &self.diag.file) {
-            (None, Some(path)) => write!(f, "{}: {}", path.display(), self.diag.message),
-            _ => f.write_str(&self.diag.message),
+            (None, Some(path)) => write!(f, "{}: {}", path.display(), self.message),
+            _ => f.write_str(&self.message),
         }
     }
 }
@@ -381,8 +387,7 @@ impl miette::Diagnostic for MietteView<'_> {
     }
 
     fn help<'b>(&'b self) -> Option<Box<dyn fmt::Display + 'b>> {
-        self.diag
-            .help
+        self.help
             .as_ref()
             .map(|h| Box::new(h) as Box<dyn fmt::Display>)
     }
@@ -394,7 +399,7 @@ impl miette::Diagnostic for MietteView<'_> {
     fn labels(&self) -> Option<Box<dyn Iterator<Item = LabeledSpan> + '_>> {
         let span = self.diag.span.as_ref()?;
         let label = LabeledSpan::new_with_span(
-            self.diag.label.clone(),
+            self.label.clone(),
             SourceSpan::new(span.start.into(), span.len.max(1)),
         );
         Some(Box::new(std::iter::once(label)))
@@ -429,10 +434,16 @@ pub fn render(diag: &Diagnostic, options: RenderOptions) -> String {
     };
     let view = MietteView {
         diag,
-        source: diag
-            .span
-            .as_ref()
-            .map(|s| NamedSource::new(s.file.display_path(), Arc::clone(&s.file.text))),
+        message: mask_keys(&diag.message),
+        label: diag.label.as_deref().map(|l| mask_keys(l).into_owned()),
+        help: diag.help.as_deref().map(mask_keys),
+        source: diag.span.as_ref().map(|s| {
+            let text = match mask_keys(&s.file.text) {
+                Cow::Borrowed(_) => Arc::clone(&s.file.text),
+                Cow::Owned(masked) => Arc::from(masked),
+            };
+            NamedSource::new(s.file.display_path(), text)
+        }),
     };
     let mut out = String::new();
     let handler = GraphicalReportHandler::new_themed(theme)
@@ -443,6 +454,78 @@ pub fn render(diag: &Diagnostic, options: RenderOptions) -> String {
         out = format!("{view}\n");
     }
     out
+}
+
+/// Does this token look like an API key? Tokens are runs of
+/// `[A-Za-z0-9_-]`. Two signs, either is enough:
+/// - a vendor key prefix (`sk-`, `sk_`, `AIza`, `xai-`, `gsk_`, `hf_`,
+///   `ghp_`, `github_pat_`, `glpat-`, `r8_`, `pplx-`, `nvapi-`, …) on a
+///   token of 20 characters or more;
+/// - a random-looking piece: 20 or more letters and digits in a row
+///   (between `-`/`_`), at least 2 of each — what keys are made of, and
+///   what names (`claude-3-5-sonnet-20241022`, `OPENAI_API_KEY`) are not.
+pub fn looks_like_key(token: &str) -> bool {
+    const PREFIXES: [&str; 16] = [
+        "sk-",
+        "sk_",
+        "pk-",
+        "rk_",
+        "AIza",
+        "xai-",
+        "gsk_",
+        "hf_",
+        "ghp_",
+        "gho_",
+        "github_pat_",
+        "glpat-",
+        "r8_",
+        "pplx-",
+        "nvapi-",
+        "csk-",
+    ];
+    if token.len() >= 20 && PREFIXES.iter().any(|p| token.starts_with(p)) {
+        return true;
+    }
+    token.split(['-', '_']).any(|piece| {
+        piece.len() >= 20
+            && piece.bytes().filter(u8::is_ascii_digit).count() >= 2
+            && piece.bytes().filter(u8::is_ascii_alphabetic).count() >= 2
+    })
+}
+
+/// `text` with every token that [`looks_like_key`] replaced by `*`s of the
+/// same length (byte offsets unchanged, so spans still point at the right
+/// place). Applied to every text a diagnostic shows — message, label,
+/// help and the quoted source — when it is rendered ([`render`],
+/// [`Diagnostic::to_json`], `Display for Diagnostics`): a key pasted where
+/// a variable *name* belongs (`api_key_env: sk-…`) or under a key that does
+/// not look secret (`headers: {Authorization: Bearer …}`) never reaches
+/// the terminal or a CI log, whichever check quotes it.
+pub fn mask_keys(text: &str) -> Cow<'_, str> {
+    let is_token = |b: u8| b.is_ascii_alphanumeric() || b == b'-' || b == b'_';
+    let bytes = text.as_bytes();
+    let mut out: Option<Vec<u8>> = None;
+    let mut i = 0;
+    while i < bytes.len() {
+        if !is_token(bytes[i]) {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < bytes.len() && is_token(bytes[i]) {
+            i += 1;
+        }
+        // Tokens are ASCII: slicing on their bounds is on char boundaries.
+        if looks_like_key(&text[start..i]) {
+            let buf = out.get_or_insert_with(|| bytes.to_vec());
+            buf[start..i].fill(b'*');
+        }
+    }
+    match out {
+        // Only ASCII bytes were replaced by ASCII: still UTF-8.
+        Some(buf) => Cow::Owned(String::from_utf8(buf).unwrap_or_default()),
+        None => Cow::Borrowed(text),
+    }
 }
 
 /// "did you mean `x`?" for the closest candidate, if one is close enough.
@@ -500,6 +583,60 @@ mod tests {
         assert!(out.contains("wf.yaml:3:13"), "{out}");
         assert!(out.contains("needs: [bee]"), "{out}");
         assert!(out.contains("did you mean"), "{out}");
+    }
+
+    #[test]
+    fn keys_look_like_keys_and_names_do_not() {
+        for key in [
+            "sk-proj-abcdefghijklmnopqrstuvwxyz0123456789",
+            "sk-ant-api03-zzzzzzzzzzzzzzzzzzzzzzzzzzzzz",
+            "AIzaSyA1b2C3d4E5f6G7h8I9j0KlMnOpQrStUvW",
+            "gsk_abcdefghijklmnopqrstuv",
+            "a1B2c3D4e5F6g7H8i9J0k1L2m3N4o5P6",
+            "sk-test-SECRET-5f3a9c0e7d2b41aa",
+        ] {
+            assert!(looks_like_key(key), "{key}");
+        }
+        for name in [
+            "OPENAI_API_KEY",
+            "claude-3-5-sonnet-20241022",
+            "gpt-4o-mini-2024-07-18",
+            "gemini-2.5-flash",
+            "ANTHROPIC_API_KEY_FOR_THE_BATCH_PIPELINE",
+            "summarize_the_incoming_tickets",
+            "sk-short",
+        ] {
+            assert!(!looks_like_key(name), "{name}");
+        }
+    }
+
+    #[test]
+    fn every_rendered_text_of_a_diagnostic_is_masked() {
+        let key = "sk-proj-abcdefghijklmnopqrstuvwxyz0123456789";
+        let f = SourceFile::new(
+            "p.yaml",
+            format!(
+                "providers:\n  oa:\n    api_key_env: {key}\n    headers: {{Authorization: \"Bearer {key}\"}}\n"
+            ),
+        );
+        let start = f.text.find(key).unwrap();
+        let d = Diagnostic::error("bad", format!("`{key}` is not a valid name"))
+            .at(Some(f.span(start, key.len())))
+            .with_label(format!("label {key}"))
+            .with_help(format!("help {key}"));
+        let out = render(&d, RenderOptions::default());
+        assert!(!out.contains("abcdefghijklmnop"), "{out}");
+        assert!(out.contains("p.yaml:3:18"), "{out}");
+        assert!(out.contains("api_key_env: ****"), "{out}");
+        let json = serde_json::to_string(&d.to_json()).unwrap();
+        assert!(!json.contains("abcdefghijklmnop"), "{json}");
+        let text = Diagnostics(vec![d]).to_string();
+        assert!(!text.contains("abcdefghijklmnop"), "{text}");
+        // Non-ASCII text around a masked token stays intact.
+        assert_eq!(
+            mask_keys("é a1B2c3D4e5F6g7H8i9J0k1 ✓"),
+            "é ********************** ✓"
+        );
     }
 
     #[test]

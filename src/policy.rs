@@ -70,6 +70,10 @@ pub struct ProviderFile {
     pub launch: Option<LaunchFile>,
     /// Default prompt caching for this provider's models (Anthropic only).
     pub prompt_cache: Option<PromptCacheFile>,
+    /// Allow a cloud provider on plain `http://` to a non-loopback host
+    /// (the key and prompts travel unencrypted).
+    #[serde(default)]
+    pub allow_insecure: bool,
 }
 
 /// `prompt_cache: { ttl: 5m | 1h, min_tokens: N }` on an Anthropic provider
@@ -144,6 +148,23 @@ pub struct Limits {
     pub concurrency: Option<u32>,
     pub rpm: Option<u32>,
     pub tpm: Option<u32>,
+    /// The most bytes one answer (a JSON body or a whole stream) may be;
+    /// default sized from the call's `max_output_tokens`
+    /// ([`crate::provider::ResponseLimits::for_output`]).
+    pub max_response_bytes: Option<u64>,
+    /// The most SSE events one streamed answer may have; default sized from
+    /// the call's `max_output_tokens`.
+    pub max_stream_events: Option<u64>,
+}
+
+impl Limits {
+    /// The response limits a policy sets here.
+    pub fn response(&self) -> crate::provider::LimitOverrides {
+        crate::provider::LimitOverrides {
+            max_response_bytes: self.max_response_bytes,
+            max_stream_events: self.max_stream_events,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -371,6 +392,10 @@ pub struct Provider {
     pub limits: Limits,
     /// Set when tollgate manages the server.
     pub launch: Option<Launch>,
+    /// A cloud provider reached over plain `http://` on a non-loopback host
+    /// without `allow_insecure`: a warning at `check`/`plan`, an error at
+    /// `run` (see [`Policy::insecure_transport`]).
+    pub insecure: bool,
 }
 
 /// USD per token.
@@ -586,6 +611,8 @@ pub struct Policy {
     pub tier_shares: BTreeMap<Tier, f64>,
     /// How old a cached answer may be; zero turns the cache off.
     pub cache_ttl: std::time::Duration,
+    /// One located warning per provider with [`Provider::insecure`].
+    pub insecure_transport: Vec<Diagnostic>,
 }
 
 /// The response cache's default: answers up to a week old are reused.
@@ -645,27 +672,49 @@ pub fn load(path: &Path) -> Result<(Loaded<PolicyFile>, Policy), Vec<Diagnostic>
     Ok((file, policy))
 }
 
-fn is_loopback(url: &str) -> bool {
-    let rest = url.split("://").nth(1).unwrap_or(url);
-    let host = rest.split(['/', '?']).next().unwrap_or("");
-    let host = if let Some(h) = host.strip_prefix('[') {
-        h.split(']').next().unwrap_or("")
-    } else {
-        host.rsplit_once(':').map_or(host, |(h, _)| h)
+/// Is the host a request to `url` connects to a loopback address?
+///
+/// The URL is parsed by the `url` crate, as reqwest parses it, so the answer
+/// is about the host reqwest really connects to: userinfo is not the host
+/// (`http://127.0.0.1:1@example.com/` and `http://[::1]@example.com/` go to
+/// example.com), and IPv4 in any of the WHATWG forms (`0x7f.1`,
+/// `2130706433`, `127.1`) is normalised first. Names other than exactly
+/// `localhost` (`localhost.`, `foo.localhost`, anything resolved by DNS)
+/// are not loopback; neither is `0.0.0.0`. An unparseable URL is not
+/// loopback. This is what decides that a provider is local by default, so
+/// it errs on the side of "cloud".
+pub fn is_loopback(url: &str) -> bool {
+    let Ok(url) = url::Url::parse(url) else {
+        return false;
     };
-    host == "localhost"
-        || host == "::1"
-        || host
-            .parse::<std::net::Ipv4Addr>()
-            .is_ok_and(|ip| ip.is_loopback())
+    match url.host() {
+        Some(url::Host::Domain(d)) => d == "localhost",
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => {
+            ip.is_loopback() || ip.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
+        None => false,
+    }
 }
 
-/// The host and port of an `http://host:port/...` URL.
+/// Does `url` use plain `http://`?
+fn is_plain_http(url: &str) -> bool {
+    url::Url::parse(url).is_ok_and(|u| u.scheme() == "http")
+}
+
+/// The host and explicit port of an `http://host:port/...` URL, as reqwest
+/// would connect to them.
 fn host_port(url: &str) -> Option<(String, u16)> {
-    let rest = url.strip_prefix("http://")?;
-    let authority = rest.split('/').next()?;
-    let (host, port) = authority.rsplit_once(':')?;
-    Some((host.trim_matches(['[', ']']).to_owned(), port.parse().ok()?))
+    let url = url::Url::parse(url).ok()?;
+    if url.scheme() != "http" {
+        return None;
+    }
+    let host = match url.host()? {
+        url::Host::Domain(d) => d.to_owned(),
+        url::Host::Ipv4(ip) => ip.to_string(),
+        url::Host::Ipv6(ip) => ip.to_string(),
+    };
+    Some((host, url.port()?))
 }
 
 fn compile_launch(
@@ -767,6 +816,7 @@ pub fn compile(file: &PolicyFile, doc: &Document, catalog: &Catalog) -> (Policy,
 
     // Providers.
     let mut providers = IndexMap::new();
+    let mut insecure_transport = Vec::new();
     for (name, p) in &file.providers {
         let base_url = p
             .base_url
@@ -801,6 +851,41 @@ pub fn compile(file: &PolicyFile, doc: &Document, catalog: &Catalog) -> (Policy,
             .launch
             .as_ref()
             .and_then(|l| compile_launch(l, base_url.as_deref(), p.kind, doc, name, &mut diags));
+        // A key pasted where the variable's name belongs: say so (the
+        // value itself is masked wherever a diagnostic shows it).
+        if p.api_key_env
+            .as_deref()
+            .is_some_and(crate::diagnostic::looks_like_key)
+        {
+            diags.push(
+                Diagnostic::error(
+                    "key-in-api-key-env",
+                    format!("`api_key_env` of provider `{name}` looks like an API key, not the name of a variable"),
+                )
+                .at(at(&["providers", name, "api_key_env"]))
+                .with_label("the value is hidden here")
+                .with_help("put the key in an environment variable and write its name here, e.g. api_key_env: OPENAI_API_KEY; then revoke the key, it was written in a file"),
+            );
+        }
+        // The key and the prompts would cross the network in clear text.
+        let insecure = locality == Locality::Cloud
+            && !p.allow_insecure
+            && base_url
+                .as_deref()
+                .is_some_and(|u| is_plain_http(u) && !loopback);
+        if insecure {
+            insecure_transport.push(
+                Diagnostic::warning(
+                    "insecure-base-url",
+                    format!(
+                        "cloud provider `{name}` is reached over plain http:// on a non-loopback host"
+                    ),
+                )
+                .at(at(&["providers", name, "base_url"]))
+                .with_label("its key and every prompt would travel unencrypted")
+                .with_help("use https://, or set `allow_insecure: true` on the provider if this network is trusted; `run` refuses it otherwise"),
+            );
+        }
         let default_slots = launch.as_ref().map_or(1, |l| l.slots);
         providers.insert(
             name.clone(),
@@ -822,9 +907,11 @@ pub fn compile(file: &PolicyFile, doc: &Document, catalog: &Catalog) -> (Policy,
                     ..p.limits
                 },
                 launch,
+                insecure,
             },
         );
     }
+    diags.extend(insecure_transport.iter().cloned());
 
     // Two managed servers on one port would answer for each other.
     let mut ports: BTreeMap<(String, u16), &str> = BTreeMap::new();
@@ -1332,6 +1419,7 @@ pub fn compile(file: &PolicyFile, doc: &Document, catalog: &Catalog) -> (Policy,
         monthly_budget_usd: file.budgets.monthly_usd,
         tier_shares,
         cache_ttl,
+        insecure_transport,
     };
     (policy, diags)
 }
@@ -1359,6 +1447,60 @@ mod tests {
         assert!(p.models["budget"].price.input > 0.0);
         assert!(is_loopback("http://[::1]:8080/v1"));
         assert!(!is_loopback("https://api.example.com/v1"));
+    }
+
+    #[test]
+    fn loopback_is_the_host_connected_to_not_what_the_url_seems_to_say() {
+        for local in [
+            "http://127.0.0.1:8080/v1",
+            "http://127.9.9.9/v1",
+            "http://[::1]:8080/v1",
+            "http://localhost:11434/v1",
+            "http://LOCALHOST:11434/v1",
+            // WHATWG IPv4 forms reqwest normalises to 127.0.0.1.
+            "http://0x7f.1:8080/v1",
+            "http://2130706433:8080/v1",
+            "http://127.1:8080/v1",
+            "http://0177.0.0.1/v1",
+            "http://[::ffff:127.0.0.1]:8080/v1",
+            // Userinfo that names a remote host does not make it remote.
+            "http://example.com@127.0.0.1:8080/v1",
+        ] {
+            assert!(is_loopback(local), "{local}");
+        }
+        for remote in [
+            // Userinfo is not the host.
+            "http://[::1]@example.com/v1",
+            "http://127.0.0.1:1@example.com/v1",
+            "http://127.0.0.1:8080@example.com:8080/v1",
+            "http://localhost@example.com/v1",
+            // Names that resolve through DNS.
+            "http://localhost./v1",
+            "http://localhost.example.com/v1",
+            "http://foo.localhost/v1",
+            "http://127.0.0.1.nip.io/v1",
+            "http://0.0.0.0:8080/v1",
+            "https://api.example.com/v1",
+            "not a url",
+            "http://127.0.0.1 .example.com/v1",
+        ] {
+            assert!(!is_loopback(remote), "{remote}");
+        }
+        // A userinfo trick does not make an openai-compatible server local,
+        // nor let `launch` start a server for it.
+        let (p, d) = compile_text(
+            "version: 1\nproviders:\n  tricked: {kind: openai-compatible, base_url: \"http://127.0.0.1:1@example.com:8080/v1\"}\nmodels:\n  m: {provider: tricked, model: x, tier: local, pricing: {input_per_mtok: 0, output_per_mtok: 0}}\nrules:\n  - {name: all, use: m}\n",
+        );
+        assert_eq!(p.providers["tricked"].locality, Locality::Cloud, "{d:?}");
+        assert!(p.providers["tricked"].insecure);
+        assert_eq!(
+            host_port("http://[::1]:8080/v1"),
+            Some(("::1".to_owned(), 8080))
+        );
+        assert_eq!(
+            host_port("http://x@127.0.0.1:8080/v1"),
+            Some(("127.0.0.1".to_owned(), 8080))
+        );
     }
 
     #[test]

@@ -187,6 +187,12 @@ fn prepare<'a>(suite: &'a Suite, opts: &TestOptions) -> Result<Prepared<'a>, Vec
             // Synchronous calls only: a batch may take up to 24 hours, and
             // the recorder must see every call.
             let providers = Providers::from_env(&suite.policy).without_batch();
+            // As `run`: no key crosses the network in clear text unless
+            // the policy allows it.
+            diags.extend(suite.policy.insecure_transport.iter().map(|d| Diagnostic {
+                severity: crate::diagnostic::Severity::Error,
+                ..d.clone()
+            }));
             for (_, plan) in &cases {
                 for d in providers.check_keys(plan, &suite.policy) {
                     if !diags.iter().any(|x: &Diagnostic| x.message == d.message) {

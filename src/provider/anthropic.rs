@@ -105,6 +105,7 @@ impl AnthropicClient {
             auth: Some(AuthHeader::Named("x-api-key")),
             extra_headers: vec![("anthropic-version", API_VERSION)],
             request_id_headers: &["request-id", "x-request-id"],
+            limits: self.common.limits(req),
         };
         let answer = self.common.send(call).await?;
         if is_event_stream(&answer) {

@@ -28,7 +28,7 @@ use super::anthropic::{self, AnthropicClient};
 use super::openai::{self, OpenAiClient};
 use super::{
     AuthHeader, ChatRequest, ChatResponse, ClientConfig, Common, Endpoint, ErrorInfo, ErrorKind,
-    Meta, Phase, ProviderError, ProviderKind, str_at, u64_at,
+    Http, Meta, ProviderError, ProviderKind, ResponseLimits, Secret, str_at, u64_at,
 };
 
 /// One request of a batch; `custom_id` matches `^[a-zA-Z0-9_-]{1,64}$`.
@@ -90,7 +90,7 @@ const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(300);
 pub fn batch_client_for(
     kind: ProviderKind,
     config: ClientConfig,
-    http: reqwest::Client,
+    http: Http,
 ) -> Option<Arc<dyn BatchApi>> {
     let common = Common::new(kind, config, http);
     match kind {
@@ -113,10 +113,70 @@ fn unstreamed(req: &ChatRequest) -> ChatRequest {
     }
 }
 
+/// The answers of the batch flow (uploads, polls, created batches): small
+/// JSON objects, read up to this many bytes.
+const MAX_METADATA_BYTES: u64 = 16 * 1024 * 1024;
+
+const METADATA_LIMITS: ResponseLimits = ResponseLimits {
+    max_bytes: MAX_METADATA_BYTES,
+    max_events: u64::MAX,
+    max_line_bytes: MAX_METADATA_BYTES,
+};
+
+/// What the batch flow hands back, with the key scrubbed from every text
+/// a server sent (see the provider module's invariants).
+trait Scrub {
+    fn scrub(self, secret: &Secret) -> Self;
+}
+
+impl Scrub for String {
+    fn scrub(mut self, secret: &Secret) -> Self {
+        secret.scrub(&mut self);
+        self
+    }
+}
+
+impl Scrub for BatchState {
+    fn scrub(self, secret: &Secret) -> Self {
+        match self {
+            BatchState::Running {
+                status,
+                done,
+                total,
+            } => BatchState::Running {
+                status: status.scrub(secret),
+                done,
+                total,
+            },
+            BatchState::Ended { status } => BatchState::Ended {
+                status: status.scrub(secret),
+            },
+            BatchState::Failed { message } => BatchState::Failed {
+                message: message.scrub(secret),
+            },
+        }
+    }
+}
+
+impl Scrub for HashMap<String, ItemOutcome> {
+    fn scrub(self, secret: &Secret) -> Self {
+        self.into_iter()
+            .map(|(id, outcome)| {
+                let outcome = match outcome {
+                    ItemOutcome::Answer(r) => ItemOutcome::Answer(secret.scrub_response(r)),
+                    ItemOutcome::Failed(e) => ItemOutcome::Failed(e.redacted(secret)),
+                    other => other,
+                };
+                (id.scrub(secret), outcome)
+            })
+            .collect()
+    }
+}
+
 impl Common {
     /// Run one exchange of the batch flow under [`EXCHANGE_TIMEOUT`],
-    /// redacting whatever error comes out.
-    async fn exchange<T>(
+    /// scrubbing the key from whatever comes out, answer or error.
+    async fn exchange<T: Scrub>(
         &self,
         what: &str,
         work: impl Future<Output = Result<T, ProviderError>>,
@@ -132,16 +192,25 @@ impl Common {
                 ),
             )),
         };
-        result.map_err(|e| e.redacted(&self.secret))
+        result
+            .map(|v| v.scrub(&self.secret))
+            .map_err(|e| e.redacted(&self.secret))
     }
 
-    /// A whole 2xx body as text (JSONL files).
+    /// A whole 2xx body as text (JSONL files), within the answer's limits:
+    /// the whole file within `max_bytes`, each line within
+    /// `max_line_bytes`.
     async fn text(&self, answer: super::Answer) -> Result<String, ProviderError> {
-        answer
-            .response
-            .text()
-            .await
-            .map_err(|e| self.transport_error(e, Phase::Reading))
+        let max_line = answer.limits.max_line_bytes;
+        let (bytes, _) = self.body(answer).await?;
+        let text = String::from_utf8_lossy(&bytes).into_owned();
+        if text.lines().any(|l| l.len() as u64 > max_line) {
+            return Err(ProviderError::too_large(
+                self.kind,
+                format!("a batch result line is longer than {max_line} bytes"),
+            ));
+        }
+        Ok(text)
     }
 
     fn get(&self, url: &str) -> reqwest::RequestBuilder {
@@ -160,9 +229,7 @@ fn item_error(common: &Common, status: Option<u16>, body: &Value) -> ProviderErr
     let kind = info
         .as_ref()
         .map_or(ErrorKind::Other, |i| i.classify(status));
-    let detail = info
-        .and_then(|i| i.message)
-        .unwrap_or_else(|| "no message".to_owned());
+    let detail = common.error_detail(info.and_then(|i| i.message));
     let status_text = status.map(|s| format!(" HTTP {s}")).unwrap_or_default();
     let mut e = ProviderError::new(
         kind,
@@ -190,7 +257,13 @@ impl OpenAiBatch {
     async fn json(&self, builder: reqwest::RequestBuilder) -> Result<Value, ProviderError> {
         let c = self.common();
         let answer = c
-            .execute(builder, Some(AuthHeader::Bearer), &[], OPENAI_IDS)
+            .execute(
+                builder,
+                Some(AuthHeader::Bearer),
+                &[],
+                OPENAI_IDS,
+                METADATA_LIMITS,
+            )
             .await?;
         let (value, _) = c.json(answer).await?;
         c.error_in_body(&value)?;
@@ -293,7 +366,13 @@ impl OpenAiBatch {
             let url = c.url(&format!("/files/{}/content", segment(file)?));
             let started = Instant::now();
             let answer = c
-                .execute(c.get(&url), Some(AuthHeader::Bearer), &[], OPENAI_IDS)
+                .execute(
+                    c.get(&url),
+                    Some(AuthHeader::Bearer),
+                    &[],
+                    OPENAI_IDS,
+                    c.batch_download_limits(),
+                )
                 .await?;
             let text = c.text(answer).await?;
             for line in text.lines().filter(|l| !l.trim().is_empty()) {
@@ -386,20 +465,25 @@ impl AnthropicBatch {
         &self.client.common
     }
 
-    async fn send(&self, builder: reqwest::RequestBuilder) -> Result<super::Answer, ProviderError> {
+    async fn send(
+        &self,
+        builder: reqwest::RequestBuilder,
+        limits: ResponseLimits,
+    ) -> Result<super::Answer, ProviderError> {
         self.common()
             .execute(
                 builder,
                 Some(AuthHeader::Named("x-api-key")),
                 ANTHROPIC_HEADERS,
                 ANTHROPIC_IDS,
+                limits,
             )
             .await
     }
 
     async fn json(&self, builder: reqwest::RequestBuilder) -> Result<Value, ProviderError> {
         let c = self.common();
-        let (value, _) = c.json(self.send(builder).await?).await?;
+        let (value, _) = c.json(self.send(builder, METADATA_LIMITS).await?).await?;
         c.error_in_body(&value)?;
         Ok(value)
     }
@@ -464,7 +548,9 @@ impl AnthropicBatch {
             _ => own,
         };
         let started = Instant::now();
-        let text = c.text(self.send(c.get(&url)).await?).await?;
+        let text = c
+            .text(self.send(c.get(&url), c.batch_download_limits()).await?)
+            .await?;
         let mut out = HashMap::new();
         for line in text.lines().filter(|l| !l.trim().is_empty()) {
             let v: Value = serde_json::from_str(line)

@@ -56,6 +56,7 @@ impl GeminiClient {
             auth: Some(AuthHeader::Named("x-goog-api-key")),
             extra_headers: Vec::new(),
             request_id_headers: &["x-request-id"],
+            limits: self.common.limits(req),
         };
         let answer = self.common.send(call).await?;
         if is_event_stream(&answer) {

@@ -21,9 +21,27 @@
 //! Anthropic's is the bare host (the client appends `/v1/messages`).
 //!
 //! API keys live in a [`SecretString`] and are only ever written into a
-//! request header marked sensitive; every message and body that leaves this
-//! module is passed through a redaction step as a second line of defence
-//! (a proxy or a misbehaving server may echo the key back).
+//! request header marked sensitive. Two invariants keep them there, both
+//! established here and nowhere else:
+//!
+//! - **No redirect is ever followed** ([`Http`] is the only client type the
+//!   providers accept, and it is built with redirects off): a 3xx answer is an
+//!   error, so a key header never travels to an address the policy did not
+//!   name, whichever header carries it (`authorization`, `x-api-key`,
+//!   `x-goog-api-key`). The official SDKs effectively do the same: API hosts
+//!   do not redirect.
+//! - **Nothing a server sends leaves this module with the key in it**: every
+//!   answer ([`ChatResponse`] text, model, ids), every error message and
+//!   body, and every batch result passes through the client's scrubber
+//!   ([`Common::run`], [`batch`]'s exchanges), which replaces the key values
+//!   the client holds. So stdout, `--out`, `run.json`, the journal,
+//!   snapshots, cassettes and results files never see a key a server echoed.
+//!
+//! Answers are read within bounds ([`ResponseLimits`]): a body or stream
+//! larger than the call's limit, a stream with too many events or an SSE
+//! line that never ends fails the call with [`ErrorKind::ResponseTooLarge`]
+//! after reading at most the limit, and error bodies are read up to
+//! [`MAX_ERROR_BODY_READ`] and kept up to [`MAX_ERROR_BODY`].
 
 use std::fmt;
 use std::sync::Arc;
@@ -284,6 +302,13 @@ pub enum ErrorKind {
     /// filter, recitation, a refusal: see `finish`). Not retryable; its
     /// prompt was billed.
     Blocked,
+    /// The answer went past the call's [`ResponseLimits`] (body size, stream
+    /// events, one SSE line): reading stopped there. The provider may well
+    /// have billed the call; retrying would get the same.
+    ResponseTooLarge,
+    /// The server answered with a redirect (3xx). Redirects are never
+    /// followed: the request carries a key.
+    Redirect,
     /// Replaying recorded responses (`tollgate test --replay`), and this
     /// request was never recorded. Nothing was sent anywhere.
     NotRecorded,
@@ -291,7 +316,14 @@ pub enum ErrorKind {
 }
 
 /// Bodies are cut to this many bytes: enough to diagnose, small enough to log.
-const MAX_ERROR_BODY: usize = 2048;
+pub const MAX_ERROR_BODY: usize = 2048;
+
+/// At most this much of a non-2xx body is read (enough for any real error
+/// JSON to be classified); the rest is never downloaded.
+pub const MAX_ERROR_BODY_READ: usize = 64 * 1024;
+
+/// An error message quotes at most this much of what a server said.
+const MAX_ERROR_DETAIL: usize = 512;
 
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{message}")]
@@ -354,6 +386,17 @@ impl ProviderError {
         self.body = self.body.map(|b| secret.redact(&b));
         self
     }
+
+    /// A limit of [`ResponseLimits`] was reached.
+    pub(crate) fn too_large(kind: ProviderKind, what: impl fmt::Display) -> Self {
+        ProviderError::new(
+            ErrorKind::ResponseTooLarge,
+            format!(
+                "{}: the answer is too large: {what}; reading stopped there (raise `limits.max_response_bytes` / `limits.max_stream_events` in the policy if this answer is legitimate)",
+                kind.name()
+            ),
+        )
+    }
 }
 
 fn truncate(mut s: String, max: usize) -> String {
@@ -376,7 +419,7 @@ pub struct ClientConfig {
     pub base_url: String,
     /// `SecretString` so that `Debug` never prints it.
     pub api_key: Option<SecretString>,
-    /// Only takes effect through the `reqwest::Client` the provider is given:
+    /// Only takes effect through the [`Http`] client the provider is given:
     /// reqwest sets connect timeouts per client, not per request. Build the
     /// shared client with [`http_client`] to apply it.
     pub connect_timeout: Duration,
@@ -385,6 +428,15 @@ pub struct ClientConfig {
     /// The longest silence allowed between two chunks of a stream; longer →
     /// [`ErrorKind::Timeout`]. Comment keep-alives count as activity.
     pub stream_idle_timeout: Duration,
+    /// The policy's `limits.max_response_bytes` / `max_stream_events` for
+    /// the provider; unset ones are sized from each request's
+    /// `max_output_tokens` ([`ResponseLimits::for_output`]).
+    pub response_limits: LimitOverrides,
+    /// Per provider model name (`gpt-4o-mini`), the model's own overrides,
+    /// which win over the provider's.
+    pub model_response_limits: std::collections::HashMap<String, LimitOverrides>,
+    /// The most a batch results download may be, in bytes.
+    pub max_batch_download_bytes: u64,
 }
 
 impl ClientConfig {
@@ -397,6 +449,9 @@ impl ClientConfig {
             connect_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(600),
             stream_idle_timeout: Duration::from_secs(60),
+            response_limits: LimitOverrides::default(),
+            model_response_limits: std::collections::HashMap::new(),
+            max_batch_download_bytes: DEFAULT_MAX_BATCH_DOWNLOAD,
         }
     }
 
@@ -406,17 +461,142 @@ impl ClientConfig {
     }
 }
 
-/// A `reqwest::Client` for sharing across providers, with the connect
+/// The policy's overrides of a call's [`ResponseLimits`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LimitOverrides {
+    pub max_response_bytes: Option<u64>,
+    pub max_stream_events: Option<u64>,
+}
+
+impl LimitOverrides {
+    /// `self`'s values, else `other`'s.
+    pub fn or(self, other: LimitOverrides) -> LimitOverrides {
+        LimitOverrides {
+            max_response_bytes: self.max_response_bytes.or(other.max_response_bytes),
+            max_stream_events: self.max_stream_events.or(other.max_stream_events),
+        }
+    }
+}
+
+/// A batch results file may be this large by default (512 MiB): tens of
+/// thousands of answers, and still a bounded amount of memory.
+pub const DEFAULT_MAX_BATCH_DOWNLOAD: u64 = 512 * 1024 * 1024;
+
+/// How much of one answer a call reads before giving up with
+/// [`ErrorKind::ResponseTooLarge`]. Every byte a server sends is counted
+/// against these as it arrives, so memory stays bounded whatever it sends:
+/// an endless stream, a 1 GB body, one SSE line that never ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResponseLimits {
+    /// Bytes of the body (JSON or the whole SSE stream).
+    pub max_bytes: u64,
+    /// SSE events (comments and keep-alives are not events, but their
+    /// bytes count against `max_bytes`).
+    pub max_events: u64,
+    /// Bytes of one SSE line (a `data:` line holds one event's JSON).
+    pub max_line_bytes: u64,
+}
+
+impl ResponseLimits {
+    /// The defaults for a request allowed `max_output_tokens`: generous
+    /// headroom over what a real answer of that length takes — 1 MiB plus
+    /// 1 KiB per token (a streamed token costs one event of a few hundred
+    /// bytes of JSON, reasoning included), 1,024 events plus 16 per token,
+    /// and one line no longer than 1 MiB plus 64 bytes per token (a whole
+    /// answer sent as one event) nor the whole body.
+    pub fn for_output(max_output_tokens: u32) -> ResponseLimits {
+        let tokens = u64::from(max_output_tokens);
+        let max_bytes = MIB + tokens * 1024;
+        ResponseLimits {
+            max_bytes,
+            max_events: 1024 + tokens * 16,
+            max_line_bytes: (MIB + tokens * 64).min(max_bytes),
+        }
+    }
+
+    /// The defaults with the policy's overrides applied.
+    pub fn with(self, o: LimitOverrides) -> ResponseLimits {
+        let max_bytes = o.max_response_bytes.unwrap_or(self.max_bytes).max(1);
+        ResponseLimits {
+            max_bytes,
+            max_events: o.max_stream_events.unwrap_or(self.max_events).max(1),
+            max_line_bytes: self.max_line_bytes.min(max_bytes),
+        }
+    }
+}
+
+const MIB: u64 = 1024 * 1024;
+
+/// The HTTP client the providers use: `reqwest::Client`s that never
+/// follow redirects. It is the only client type [`client_for`] and
+/// [`batch::batch_client_for`] accept, so no provider can be built on a
+/// client that would forward a key header to wherever a 3xx points.
+///
+/// It holds two: one that honours proxies from the environment, for remote
+/// hosts, and one that never uses a proxy, for loopback base URLs
+/// ([`crate::policy::is_loopback`]): a local provider's prompts (data above
+/// `cloud_max` among them) go to the loopback server itself, never to an
+/// `HTTP_PROXY` on another machine.
+#[derive(Debug, Clone)]
+pub struct Http {
+    proxied: reqwest::Client,
+    direct: reqwest::Client,
+}
+
+impl Http {
+    /// Proxies from the environment (`HTTPS_PROXY`, `NO_PROXY`) are
+    /// honoured for remote hosts, as the vendors' SDKs do.
+    pub fn new(connect_timeout: Duration) -> Http {
+        Http {
+            proxied: Http::build(reqwest::Client::builder().connect_timeout(connect_timeout)),
+            direct: Http::build(
+                reqwest::Client::builder()
+                    .no_proxy()
+                    .connect_timeout(connect_timeout),
+            ),
+        }
+    }
+
+    /// Ignoring proxies from the environment everywhere (tests on loopback
+    /// fakes).
+    pub fn without_proxy(connect_timeout: Duration) -> Http {
+        let direct = Http::build(
+            reqwest::Client::builder()
+                .no_proxy()
+                .connect_timeout(connect_timeout),
+        );
+        Http {
+            proxied: direct.clone(),
+            direct,
+        }
+    }
+
+    /// The client for requests to `base_url`.
+    fn for_base(&self, base_url: &str) -> reqwest::Client {
+        if crate::policy::is_loopback(base_url) {
+            self.direct.clone()
+        } else {
+            self.proxied.clone()
+        }
+    }
+
+    fn build(builder: reqwest::ClientBuilder) -> reqwest::Client {
+        builder
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            // Building only fails if the TLS backend cannot initialise,
+            // which is a broken installation rather than a runtime
+            // condition.
+            .expect("the TLS backend initialises")
+    }
+}
+
+/// An [`Http`] client for sharing across providers, with the connect
 /// timeout applied (see [`ClientConfig::connect_timeout`]). Proxies from the
 /// environment (`HTTPS_PROXY`, `NO_PROXY`) are honoured, as the vendors'
-/// SDKs do.
-pub fn http_client(connect_timeout: Duration) -> reqwest::Client {
-    reqwest::Client::builder()
-        .connect_timeout(connect_timeout)
-        .build()
-        // Building only fails if the TLS backend cannot initialise, which is a
-        // broken installation rather than a runtime condition.
-        .expect("the TLS backend initialises")
+/// SDKs do. Redirects are never followed.
+pub fn http_client(connect_timeout: Duration) -> Http {
+    Http::new(connect_timeout)
 }
 
 pub trait Provider: Send + Sync {
@@ -428,11 +608,7 @@ pub trait Provider: Send + Sync {
 }
 
 /// One shared reqwest::Client may be passed in (connection pooling across providers).
-pub fn client_for(
-    kind: ProviderKind,
-    config: ClientConfig,
-    http: reqwest::Client,
-) -> Arc<dyn Provider> {
+pub fn client_for(kind: ProviderKind, config: ClientConfig, http: Http) -> Arc<dyn Provider> {
     let common = Common::new(kind, config, http);
     match kind {
         ProviderKind::Anthropic => Arc::new(anthropic::AnthropicClient::new(common)),
@@ -459,6 +635,29 @@ impl Secret {
             _ => text.to_string(),
         }
     }
+
+    /// Redact in place, allocating only when the key is there.
+    fn scrub(&self, text: &mut String) {
+        if let Some(key) = &self.0 {
+            let key = key.expose_secret();
+            if !key.is_empty() && text.contains(key) {
+                *text = text.replace(key, "[redacted]");
+            }
+        }
+    }
+
+    /// Every text of an answer that came from the server.
+    fn scrub_response(&self, mut r: ChatResponse) -> ChatResponse {
+        self.scrub(&mut r.text);
+        self.scrub(&mut r.model);
+        if let Some(f) = &mut r.finish_reason {
+            self.scrub(f);
+        }
+        if let Some(id) = &mut r.request_id {
+            self.scrub(id);
+        }
+        r
+    }
 }
 
 /// What every dialect's client holds.
@@ -469,6 +668,9 @@ pub(crate) struct Common {
     request_timeout: Duration,
     idle_timeout: Duration,
     http: reqwest::Client,
+    limits: LimitOverrides,
+    model_limits: std::collections::HashMap<String, LimitOverrides>,
+    max_batch_download: u64,
 }
 
 impl fmt::Debug for Common {
@@ -707,6 +909,8 @@ pub(crate) struct Call {
     pub(crate) auth: Option<AuthHeader>,
     pub(crate) extra_headers: Vec<(&'static str, &'static str)>,
     pub(crate) request_id_headers: &'static [&'static str],
+    /// How much of the answer may be read ([`Common::limits`]).
+    pub(crate) limits: ResponseLimits,
 }
 
 #[derive(Clone, Copy)]
@@ -719,6 +923,7 @@ pub(crate) enum AuthHeader {
 pub(crate) struct Answer {
     pub(crate) response: reqwest::Response,
     pub(crate) meta: Meta,
+    pub(crate) limits: ResponseLimits,
 }
 
 /// Where in a call a transport error happened.
@@ -736,14 +941,40 @@ pub(crate) struct Meta {
 }
 
 impl Common {
-    fn new(kind: ProviderKind, config: ClientConfig, http: reqwest::Client) -> Self {
+    fn new(kind: ProviderKind, config: ClientConfig, http: Http) -> Self {
         Common {
             kind,
             base_url: config.base_url.trim_end_matches('/').to_string(),
             secret: Secret(config.api_key),
             request_timeout: config.request_timeout,
             idle_timeout: config.stream_idle_timeout,
-            http,
+            http: http.for_base(&config.base_url),
+            limits: config.response_limits,
+            model_limits: config.model_response_limits,
+            max_batch_download: config.max_batch_download_bytes,
+        }
+    }
+
+    /// How much of the answer to `req` may be read: the defaults for its
+    /// `max_output_tokens`, with the model's then the provider's overrides.
+    pub(crate) fn limits(&self, req: &ChatRequest) -> ResponseLimits {
+        let model = self
+            .model_limits
+            .get(&req.model)
+            .copied()
+            .unwrap_or_default();
+        ResponseLimits::for_output(req.max_output_tokens).with(model.or(self.limits))
+    }
+
+    /// The limits of a batch results download: the whole file may be as
+    /// large as the configured maximum, one line as large as one answer of
+    /// the most generous default.
+    pub(crate) fn batch_download_limits(&self) -> ResponseLimits {
+        let per_item = ResponseLimits::for_output(u32::MAX / 4096).with(self.limits);
+        ResponseLimits {
+            max_bytes: self.max_batch_download,
+            max_events: u64::MAX,
+            max_line_bytes: per_item.max_bytes.min(self.max_batch_download),
         }
     }
 
@@ -773,7 +1004,10 @@ impl Common {
                 ),
             )),
         };
-        result.map_err(|e| e.redacted(&self.secret))
+        // The provider boundary: nothing a server sent leaves with the key.
+        result
+            .map(|r| self.secret.scrub_response(r))
+            .map_err(|e| e.redacted(&self.secret))
     }
 
     /// Send the request; a non-2xx answer becomes a classified error.
@@ -784,6 +1018,7 @@ impl Common {
             call.auth,
             &call.extra_headers,
             call.request_id_headers,
+            call.limits,
         )
         .await
     }
@@ -796,6 +1031,7 @@ impl Common {
         auth: Option<AuthHeader>,
         extra_headers: &[(&'static str, &'static str)],
         request_id_headers: &'static [&'static str],
+        limits: ResponseLimits,
     ) -> Result<Answer, ProviderError> {
         if let (Some(auth), Some(key)) = (auth, &self.secret.0) {
             let (name, value) = match auth {
@@ -833,11 +1069,29 @@ impl Common {
                     request_id,
                     started,
                 },
+                limits,
             });
         }
-        let text = match response.text().await {
-            Ok(t) => t,
-            Err(e) => format!("<error body unreadable: {}>", e.without_url()),
+        if status.is_redirection() {
+            // Never followed (see [`Http`]): the request carried a key, and
+            // an API host has no reason to send it anywhere else.
+            let mut err = ProviderError::new(
+                ErrorKind::Redirect,
+                format!(
+                    "{} HTTP {}: the server answered with a redirect, which is never followed (requests carry the API key); set `base_url` to the address that answers",
+                    self.kind.name(),
+                    status.as_u16()
+                ),
+            );
+            err.status = Some(status.as_u16());
+            return Err(err);
+        }
+        // Only the head of an error body is read: enough to classify it,
+        // bounded whatever the server sends.
+        let mut response = response;
+        let text = match read_capped(&mut response, MAX_ERROR_BODY_READ as u64).await {
+            Ok((bytes, _)) => String::from_utf8_lossy(&bytes).into_owned(),
+            Err(e) => format!("<error body unreadable: {}>", describe(e)),
         };
         let text = self.secret.redact(&text);
         let json: Option<Value> = serde_json::from_str(&text).ok();
@@ -850,6 +1104,7 @@ impl Common {
         let detail = info
             .as_ref()
             .and_then(|i| i.message.clone())
+            .map(|m| truncate(m, MAX_ERROR_DETAIL))
             .unwrap_or_else(|| status.canonical_reason().unwrap_or("error").to_string());
         let mut message = format!("{} HTTP {code}: {detail}", self.kind.name());
         if let Some(id) = &request_id {
@@ -863,21 +1118,43 @@ impl Common {
         Err(err)
     }
 
+    /// Read a whole 2xx body, at most `answer.limits.max_bytes` of it.
+    pub(crate) async fn body(&self, answer: Answer) -> Result<(Vec<u8>, Meta), ProviderError> {
+        let Answer {
+            mut response,
+            meta,
+            limits,
+        } = answer;
+        let max = limits.max_bytes;
+        if response.content_length().is_some_and(|n| n > max) {
+            return Err(ProviderError::too_large(
+                self.kind,
+                format!("the body announces more than {max} bytes"),
+            ));
+        }
+        match read_capped(&mut response, max).await {
+            Ok((bytes, false)) => Ok((bytes, meta)),
+            Ok((_, true)) => Err(ProviderError::too_large(
+                self.kind,
+                format!("the body is longer than {max} bytes"),
+            )),
+            Err(e) => Err(self.transport_error(e, Phase::Reading)),
+        }
+    }
+
     /// Read a whole 2xx body as JSON.
     pub(crate) async fn json(&self, answer: Answer) -> Result<(Value, Meta), ProviderError> {
-        let bytes = answer
-            .response
-            .bytes()
-            .await
-            .map_err(|e| self.transport_error(e, Phase::Reading))?;
+        let (bytes, meta) = self.body(answer).await?;
         let value = serde_json::from_slice(&bytes).map_err(|e| {
             ProviderError::new(
                 ErrorKind::Malformed,
                 format!("{}: the response is not valid JSON: {e}", self.kind.name()),
             )
-            .with_body(self.secret.redact(&String::from_utf8_lossy(&bytes)))
+            .with_body(self.secret.redact(&String::from_utf8_lossy(
+                &bytes[..bytes.len().min(MAX_ERROR_BODY_READ)],
+            )))
         })?;
-        Ok((value, answer.meta))
+        Ok((value, meta))
     }
 
     /// A reqwest error, classified, without its URL (which could in
@@ -908,8 +1185,16 @@ impl Common {
     /// The SSE events of a 2xx answer.
     pub(crate) fn events(&self, answer: Answer) -> (sse::EventStream, Meta) {
         use futures::TryStreamExt;
+        let limits = sse::Limits {
+            max_bytes: answer.limits.max_bytes,
+            max_events: answer.limits.max_events,
+            max_line_bytes: answer.limits.max_line_bytes,
+        };
         let bytes = answer.response.bytes_stream().map_err(describe);
-        (sse::events(bytes, self.idle_timeout), answer.meta)
+        (
+            sse::events_bounded(bytes, self.idle_timeout, limits),
+            answer.meta,
+        )
     }
 
     /// A failure of the event stream itself.
@@ -918,6 +1203,7 @@ impl Common {
             sse::SseError::Idle(_) => ErrorKind::Timeout,
             sse::SseError::Transport(_) => ErrorKind::StreamBroken,
             sse::SseError::Decode(_) => ErrorKind::Malformed,
+            sse::SseError::TooLarge(what) => return ProviderError::too_large(self.kind, what),
         };
         ProviderError::new(kind, format!("{}: {e}", self.kind.name()))
     }
@@ -951,6 +1237,16 @@ impl Common {
         }
     }
 
+    /// What a server said went wrong, as quoted in an error message: the
+    /// key scrubbed *before* it is cut to [`MAX_ERROR_DETAIL`] bytes (a key
+    /// cut in half could not be recognised afterwards).
+    pub(crate) fn error_detail(&self, message: Option<String>) -> String {
+        message.map_or_else(
+            || "no message".to_owned(),
+            |m| truncate(self.secret.redact(&m), MAX_ERROR_DETAIL),
+        )
+    }
+
     /// A payload that is not the JSON it should be.
     pub(crate) fn malformed(&self, what: &str, payload: &str) -> ProviderError {
         self.failure(ErrorKind::Malformed, what, payload)
@@ -969,7 +1265,7 @@ impl Common {
             .map_err(|e| self.malformed(&format!("a stream event is not valid JSON: {e}"), data))?;
         if let Some(info) = ErrorInfo::from_json(&value) {
             let kind = info.classify(None);
-            let msg = info.message.as_deref().unwrap_or("no message");
+            let msg = self.error_detail(info.message);
             return Err(ProviderError::new(
                 kind,
                 format!("{}: error inside the stream: {msg}", self.kind.name()),
@@ -984,9 +1280,10 @@ impl Common {
         match ErrorInfo::from_json(value) {
             None => Ok(()),
             Some(info) => {
-                let msg = info.message.as_deref().unwrap_or("no message");
+                let kind = info.classify(None);
+                let msg = self.error_detail(info.message);
                 Err(ProviderError::new(
-                    info.classify(None),
+                    kind,
                     format!("{}: error in a 2xx answer: {msg}", self.kind.name()),
                 )
                 .with_body(self.secret.redact(&value.to_string())))
@@ -1003,6 +1300,26 @@ pub(crate) fn is_event_stream(answer: &Answer) -> bool {
         .get(reqwest::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.trim_start().starts_with("text/event-stream"))
+}
+
+/// Read a body until its end or until more than `max` bytes came; the flag
+/// says the body went past `max` (then only `max` bytes are kept and the
+/// rest is never read). Memory is bounded by `max` plus one chunk.
+async fn read_capped(
+    response: &mut reqwest::Response,
+    max: u64,
+) -> Result<(Vec<u8>, bool), reqwest::Error> {
+    let max = usize::try_from(max).unwrap_or(usize::MAX);
+    let mut out = Vec::new();
+    while let Some(chunk) = response.chunk().await? {
+        if out.len() + chunk.len() > max {
+            let room = max - out.len();
+            out.extend_from_slice(&chunk[..room]);
+            return Ok((out, true));
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok((out, false))
 }
 
 /// A reqwest error and its causes, without the URL.
@@ -1180,5 +1497,27 @@ mod tests {
         assert!(t.len() <= MAX_ERROR_BODY + '…'.len_utf8());
         assert!(t.ends_with('…'));
         assert_eq!(truncate("short".into(), 10), "short");
+    }
+
+    #[test]
+    fn a_key_across_the_cut_of_a_long_message_is_still_scrubbed() {
+        let key = "sk-live-0123456789abcdef";
+        let common = Common::new(
+            ProviderKind::Openai,
+            ClientConfig::new("https://api.example.com/v1").with_api_key(key),
+            Http::without_proxy(Duration::from_secs(1)),
+        );
+        for at in MAX_ERROR_DETAIL - 20..MAX_ERROR_DETAIL + 2 {
+            let message = format!("{}{key} trailing", "x".repeat(at));
+            let detail = common.error_detail(Some(message));
+            assert!(!detail.contains("sk-live-0123"), "{at}: {detail}");
+            assert!(detail.len() <= MAX_ERROR_DETAIL + '…'.len_utf8());
+        }
+        // In-stream and in-body errors go through it.
+        let event = json!({"error": {"message": format!("{}{key}", "y".repeat(500))}});
+        let e = common.event_json(&event.to_string()).unwrap_err();
+        assert!(!e.message.contains("sk-live"), "{}", e.message);
+        let e = common.error_in_body(&event).unwrap_err();
+        assert!(!e.message.contains("sk-live"), "{}", e.message);
     }
 }

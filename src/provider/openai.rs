@@ -65,6 +65,7 @@ impl OpenAiClient {
             auth: Some(AuthHeader::Bearer),
             extra_headers: Vec::new(),
             request_id_headers: &["x-request-id", "x-generation-id"],
+            limits: self.common.limits(req),
         };
         let answer = self.common.send(call).await?;
         if is_event_stream(&answer) {

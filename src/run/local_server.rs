@@ -57,8 +57,12 @@ impl Servers {
                 .collect(),
             children: Mutex::new(Vec::new()),
             adopted: Mutex::new(Vec::new()),
+            // The health check only ever asks the launched server itself:
+            // never a redirect to somewhere else, never through a proxy.
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(2))
+                .redirect(reqwest::redirect::Policy::none())
+                .no_proxy()
                 .build()
                 .unwrap_or_default(),
             log_dir,
@@ -397,5 +401,34 @@ mod tests {
             format!("{home}/c")
         );
         assert_eq!(expand("plain"), "plain");
+    }
+
+    #[tokio::test]
+    async fn the_health_check_never_follows_a_redirect() {
+        let target = fake_llm::FakeServer::start().await;
+        let hostile = fake_llm::HostileServer::start(fake_llm::Misbehaviour::Redirect {
+            status: 302,
+            location: format!("{}/health", target.base_url()),
+        })
+        .await;
+        let port = hostile.base_url().rsplit(':').next().unwrap().to_owned();
+        let text = format!(
+            "version: 1\nproviders:\n  local: {{kind: openai-compatible, base_url: \"http://127.0.0.1:{port}/v1\", launch: {{model: /nonexistent.gguf, binary: /nonexistent-llama-server}}}}\nmodels:\n  m: {{provider: local, model: m, tier: local, context_window: 4096}}\nrules:\n  - {{name: all, use: m}}\n"
+        );
+        let doc = crate::yaml::Document::parse(crate::diagnostic::SourceFile::new("p.yaml", text))
+            .unwrap();
+        let file: crate::workflow::Loaded<crate::policy::PolicyFile> =
+            crate::workflow::from_document(doc, crate::schema::Format::Policy).unwrap();
+        let (policy, diags) =
+            crate::policy::compile(&file.value, &file.doc, crate::catalog::Catalog::builtin());
+        assert!(!diags.iter().any(|d| d.is_error()), "{diags:?}");
+        let launch = policy.providers["local"].launch.clone().unwrap();
+        let log_dir = std::env::temp_dir();
+        let servers = Servers::new(&policy, log_dir);
+        // Not healthy (a redirect is no answer), and the server was asked,
+        // never the address the redirect named.
+        assert!(!servers.healthy(&launch).await);
+        assert_eq!(hostile.seen().len(), 1);
+        assert_eq!(target.request_count(), 0);
     }
 }

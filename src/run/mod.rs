@@ -142,6 +142,15 @@ impl Providers {
             // run's default); the client's own cap must not cut a long call
             // shorter than the user asked for.
             config.request_timeout = Duration::from_secs(24 * 3600);
+            // How much of an answer is read: the policy's `limits`, the
+            // model's over the provider's.
+            config.response_limits = p.limits.response();
+            for m in policy.models.values().filter(|m| m.provider == *name) {
+                config
+                    .model_response_limits
+                    .entry(m.model.clone())
+                    .or_insert_with(|| m.limits.response());
+            }
             if let Some(var) = &p.api_key_env {
                 match std::env::var(var) {
                     Ok(key) if !key.is_empty() => config = config.with_api_key(key),
@@ -1705,7 +1714,10 @@ async fn call_model(
                 // safe side of the budget. Errors before that cost nothing.
                 let maybe_billed = matches!(
                     err.kind,
-                    ErrorKind::Timeout | ErrorKind::StreamBroken | ErrorKind::Malformed
+                    ErrorKind::Timeout
+                        | ErrorKind::StreamBroken
+                        | ErrorKind::Malformed
+                        | ErrorKind::ResponseTooLarge
                 );
                 let charged = if maybe_billed {
                     worst

@@ -598,7 +598,7 @@ mod clients {
             ProviderKind::Anthropic => fake.base_url(),
             _ => format!("{}/v1", fake.base_url()),
         };
-        let http = reqwest::Client::builder().no_proxy().build().unwrap();
+        let http = tollgate::provider::Http::without_proxy(std::time::Duration::from_secs(2));
         batch_client_for(kind, ClientConfig::new(base).with_api_key(KEY), http).unwrap()
     }
 

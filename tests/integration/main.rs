@@ -5,6 +5,7 @@ mod batch;
 mod cli;
 mod cost;
 mod data_driven;
+mod hostile;
 mod journal;
 mod leaks;
 mod local_model;

@@ -10,8 +10,8 @@ use std::time::Duration;
 use fake_llm::{Api, FakeServer, Recorded, Reply};
 use serde_json::json;
 use tollgate::provider::{
-    CacheTtl, ChatRequest, ChatResponse, ClientConfig, Endpoint, ErrorKind, Message, Provider,
-    ProviderError, ProviderKind, Usage, client_for, http_client,
+    CacheTtl, ChatRequest, ChatResponse, ClientConfig, Endpoint, ErrorKind, Http, Message,
+    Provider, ProviderError, ProviderKind, Usage, client_for, http_client,
 };
 
 const KEY: &str = "sk-test-SECRET-5f3a9c0e7d2b41aa";
@@ -46,12 +46,8 @@ fn config(fake: &FakeServer, kind: ProviderKind) -> ClientConfig {
 
 /// Loopback only: never send test traffic through a proxy from the
 /// environment.
-fn http() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .connect_timeout(Duration::from_secs(2))
-        .build()
-        .unwrap()
+fn http() -> Http {
+    Http::without_proxy(Duration::from_secs(2))
 }
 
 fn client(fake: &FakeServer, kind: ProviderKind) -> Arc<dyn Provider> {

@@ -50,11 +50,13 @@ use serde_json::Value;
 
 mod batch;
 mod hostile;
+mod hostile_server;
 mod render;
 mod reply;
 
 pub use batch::BatchScript;
 pub use hostile::Hostile;
+pub use hostile_server::{HostileServer, Misbehaviour, Seen};
 pub use reply::{ErrorCase, FakeUsage, Reply};
 
 use render::{Ctx, Frame};
