@@ -93,13 +93,14 @@ impl OpenAiClient {
             Endpoint::Completions => str_at(choice, "/text").unwrap_or_default().to_string(),
         };
         let (usage, cost_usd) = v.get("usage").map(usage).unwrap_or_default();
+        let refused = str_at(choice, "/message/refusal").is_some_and(|r| !r.is_empty());
         super::finish::check(
             self.common.kind(),
             ChatResponse {
+                finish_reason: refusal_or(refused, &text, str_at(choice, "/finish_reason")),
                 text,
                 usage,
                 cost_usd,
-                finish_reason: str_at(choice, "/finish_reason").map(str::to_string),
                 model: str_at(v, "/model").unwrap_or_default().to_string(),
                 request_id: meta
                     .request_id
@@ -123,6 +124,7 @@ impl OpenAiClient {
         let mut id = None;
         let mut usage_seen = None;
         let mut done = false;
+        let mut refused = false;
         while let Some(event) = events.next().await {
             let event = event.map_err(|e| self.common.stream_failure(e))?;
             if event.data.trim() == "[DONE]" {
@@ -145,6 +147,10 @@ impl OpenAiClient {
                 if let Some(c) = content {
                     text.push_str(c);
                 }
+                refused |= choice
+                    .pointer("/delta/refusal")
+                    .and_then(Value::as_str)
+                    .is_some_and(|r| !r.is_empty());
                 if let Some(f) = str_at(choice, "/finish_reason") {
                     finish_reason = Some(f.to_string());
                 }
@@ -170,10 +176,10 @@ impl OpenAiClient {
         super::finish::check(
             self.common.kind(),
             ChatResponse {
+                finish_reason: refusal_or(refused, &text, finish_reason.as_deref()),
                 text,
                 usage,
                 cost_usd,
-                finish_reason,
                 model: model.unwrap_or_default(),
                 request_id: meta.request_id.or(id),
                 time_to_first_token: ttft,
@@ -212,6 +218,18 @@ fn streamed_pieces(endpoint: Endpoint, choice: &Value) -> (Option<&str>, Option<
             (content, reasoning)
         }
         Endpoint::Completions => (str_at(choice, "/text"), None),
+    }
+}
+
+/// The finish reason to judge an answer by: an OpenAI refusal comes back
+/// as `content: null, refusal: "…"` with finish reason `stop`, which would
+/// pass for a normal empty answer; with no content it is a `refusal`, so
+/// [`super::finish::check`] fails it like every other withheld answer.
+fn refusal_or(refused: bool, text: &str, finish_reason: Option<&str>) -> Option<String> {
+    if refused && text.is_empty() {
+        Some("refusal".to_string())
+    } else {
+        finish_reason.map(str::to_string)
     }
 }
 

@@ -392,3 +392,40 @@ async fn a_partly_filtered_answer_is_never_cached() {
         }
     }
 }
+
+/// An OpenAI refusal (`content: null, refusal: "…"`, finish reason `stop`)
+/// is withheld text, not an empty answer: a failed call, never cached — in
+/// a whole answer and in a stream (the refusal arrives in `delta.refusal`).
+#[tokio::test]
+async fn an_openai_refusal_is_a_failed_call_never_cached() {
+    let whole = r#"{"id":"chatcmpl-1","object":"chat.completion","model":"gpt-4o-mini","choices":[{"index":0,"message":{"role":"assistant","content":null,"refusal":"I can't help with that."},"finish_reason":"stop"}],"usage":{"prompt_tokens":10,"completion_tokens":6,"total_tokens":16}}"#;
+    let stream = concat!(
+        "data: {\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"model\":\"gpt-4o-mini\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":null,\"refusal\":\"\"},\"finish_reason\":null}]}\n\n",
+        "data: {\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"model\":\"gpt-4o-mini\",\"choices\":[{\"index\":0,\"delta\":{\"refusal\":\"I can't help with that.\"},\"finish_reason\":null}]}\n\n",
+        "data: {\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"model\":\"gpt-4o-mini\",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\n",
+        "data: [DONE]\n\n"
+    );
+    for (content_type, body, args) in [
+        (
+            "application/json",
+            whole,
+            vec!["--format", "json", "--no-stream"],
+        ),
+        ("text/event-stream", stream, vec!["--format", "json"]),
+    ] {
+        let fake = FakeServer::start().await;
+        fake.set_default(Reply::raw(200, content_type, body));
+        // `summarize` goes to `budget`, an OpenAI model in this policy.
+        let wf = "version: 1\nname: one\nsteps:\n  a: { task: summarize, prompt: hi, max_output_tokens: 10 }\n";
+        let p = Project::new(&policy(&fake, ""), wf);
+        for run in 1..=2 {
+            let out = p.run(&args).await;
+            assert_eq!(out.status.code(), Some(1), "{}", transcript(&out));
+            let r = report(&out);
+            let a = step(&r, "a");
+            assert_eq!(a["status"], "failed", "{a}");
+            assert!(a["detail"].as_str().unwrap().contains("refusal"), "{a}");
+            assert_eq!(fake.request_count(), run, "served from the cache");
+        }
+    }
+}
