@@ -866,7 +866,7 @@ fn cmd_models(
     options: RenderOptions,
 ) -> u8 {
     if let Some(source) = regenerate {
-        let text = match std::fs::read_to_string(source) {
+        let text = match crate::files::read_text(source) {
             Ok(t) => t,
             Err(err) => {
                 return report(

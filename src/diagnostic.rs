@@ -37,15 +37,19 @@ impl SourceFile {
         })
     }
 
-    /// Reads a file; the error is a diagnostic naming the file.
+    /// Reads a file (a regular file of at most [`crate::files::MAX_TEXT_BYTES`],
+    /// see [`crate::files`]); the error is a diagnostic naming the file.
     pub fn read(path: &Path) -> Result<Arc<SourceFile>, Diagnostic> {
-        match std::fs::read_to_string(path) {
+        match crate::files::read_text(path) {
             Ok(text) => Ok(SourceFile::new(path, text)),
             Err(err) => Err(Diagnostic::error(
                 "io",
-                format!("cannot read {}: {}", path.display(), io_reason(&err)),
+                format!("cannot read {}: {err}", path.display()),
             )
-            .with_help("check the path and that the file is readable UTF-8 text")),
+            .with_help(
+                err.hint()
+                    .unwrap_or("check the path and that the file is readable UTF-8 text"),
+            )),
         }
     }
 
@@ -97,16 +101,59 @@ impl SourceFile {
     /// A copy with a byte range hidden behind `*` (byte offsets unchanged),
     /// so a diagnostic can quote a line that holds a secret without the secret.
     pub fn masked(&self, start: usize, len: usize) -> Arc<SourceFile> {
-        let end = (start + len).min(self.text.len());
+        self.masked_ranges(&[(start, len)])
+    }
+
+    /// A copy with every `(start, len)` byte range hidden behind `*`: one
+    /// pass over the text however many ranges there are.
+    pub fn masked_ranges(&self, ranges: &[(usize, usize)]) -> Arc<SourceFile> {
+        let mut ranges: Vec<(usize, usize)> = ranges
+            .iter()
+            .map(|&(start, len)| (start, start.saturating_add(len).min(self.text.len())))
+            .collect();
+        ranges.sort_unstable();
+        let mut next = ranges.iter().peekable();
+        let mut end = 0;
         let mut text = String::with_capacity(self.text.len());
         for (i, c) in self.text.char_indices() {
-            if i >= start && i < end && !c.is_whitespace() {
+            while let Some(&&(s, e)) = next.peek() {
+                if s > i {
+                    break;
+                }
+                end = end.max(e);
+                next.next();
+            }
+            if i < end && !c.is_whitespace() {
                 text.extend(std::iter::repeat_n('*', c.len_utf8()));
             } else {
                 text.push(c);
             }
         }
         SourceFile::new(self.path.clone(), text)
+    }
+
+    /// The byte offset of the end of the line that holds `offset` (before
+    /// its newline), from the line table.
+    pub fn line_end(&self, offset: usize) -> usize {
+        let offset = offset.min(self.text.len());
+        let line = match self.line_starts.binary_search(&offset) {
+            Ok(i) => i,
+            Err(i) => i - 1,
+        };
+        self.line_starts
+            .get(line + 1)
+            .map_or(self.text.len(), |next| next - 1)
+    }
+
+    /// The byte offset `chars` characters after `from`, stopping at the end
+    /// of `from`'s line.
+    pub fn advance_chars(&self, from: usize, chars: usize) -> usize {
+        let from = from.min(self.text.len());
+        let end = self.line_end(from);
+        self.text[from..end]
+            .char_indices()
+            .nth(chars)
+            .map_or(end, |(i, _)| from + i)
     }
 
     pub fn span(self: &Arc<Self>, start: usize, len: usize) -> Span {
@@ -117,16 +164,6 @@ impl SourceFile {
             start,
             len,
         }
-    }
-}
-
-fn io_reason(err: &std::io::Error) -> String {
-    match err.kind() {
-        std::io::ErrorKind::NotFound => "no such file".to_owned(),
-        std::io::ErrorKind::PermissionDenied => "permission denied".to_owned(),
-        std::io::ErrorKind::InvalidData => "not valid UTF-8 text".to_owned(),
-        std::io::ErrorKind::IsADirectory => "is a directory".to_owned(),
-        _ => err.to_string(),
     }
 }
 

@@ -2,6 +2,7 @@
 //! one area of behaviour a user relies on.
 
 mod batch;
+mod bounds;
 mod cli;
 mod cost;
 mod data_driven;
