@@ -415,7 +415,7 @@ fn check_reference(
 fn probe_unknown_names(env: &Environment<'static>, source: &Source) -> Option<minijinja::Error> {
     let ctx = minijinja::context! {};
     let result = if source.is_expression {
-        env.compile_expression(&source.text)
+        template::compile_expression(env, &source.text)
             .and_then(|e| e.eval(&ctx))
             .map(|_| ())
     } else {

@@ -728,8 +728,7 @@ fn prepare(
         if reads_steps(when)? {
             status = Status::Conditional(format!("when: {}", when.text.trim()));
         } else {
-            let expr = env
-                .compile_expression(&when.text)
+            let expr = crate::template::compile_expression(env, &when.text)
                 .map_err(|e| PrepareError::Template(when.clone(), e, "`when`"))?;
             let v = expr
                 .eval(&base_ctx)
@@ -748,8 +747,7 @@ fn prepare(
             // placeholders, which have the right shape (a sample per schema,
             // one entry per known fan-out item); its size is known only at
             // run time.
-            let evaluated = env
-                .compile_expression(&fe.text)
+            let evaluated = crate::template::compile_expression(env, &fe.text)
                 .and_then(|e| e.eval(&base_ctx))
                 .ok()
                 .map(|v| serde_json::to_value(&v).unwrap_or(Value::Null));
@@ -777,8 +775,7 @@ fn prepare(
                 known: false,
             });
         } else {
-            let expr = env
-                .compile_expression(&fe.text)
+            let expr = crate::template::compile_expression(env, &fe.text)
                 .map_err(|e| PrepareError::Template(fe.clone(), e, "`for_each`"))?;
             let v = expr
                 .eval(&base_ctx)

@@ -16,6 +16,58 @@ use crate::yaml::Document;
 /// The names a template may read at the top level.
 pub const ROOTS: [&str; 3] = ["inputs", "steps", "item"];
 
+/// Compiles a `when` / `for_each` expression: minijinja's
+/// `compile_expression`, guarded.
+///
+/// minijinja 2.24's lexer panics ("empty lexer stack") on an expression with
+/// a `}}` outside brackets and strings followed by more text (`}} x`): in
+/// expression mode that `}}` ends the only lexer state. Such an expression is
+/// a syntax error anyway, so it is refused here as one, before the lexer sees
+/// it. Every expression is compiled through this function (found by
+/// `tests/integration/fuzz.rs`).
+pub fn compile_expression<'env, 'source>(
+    env: &'env Environment<'source>,
+    text: &'source str,
+) -> Result<minijinja::Expression<'env, 'source>, minijinja::Error> {
+    if let Some(at) = stray_variable_end(text) {
+        return Err(minijinja::Error::new(
+            minijinja::ErrorKind::SyntaxError,
+            format!("unexpected `}}}}` at character {} of an expression", at + 1),
+        ));
+    }
+    env.compile_expression(text)
+}
+
+/// The byte offset of a `}}` outside strings and brackets, where minijinja's
+/// expression lexer would end its only state.
+fn stray_variable_end(text: &str) -> Option<usize> {
+    let bytes = text.as_bytes();
+    let mut depth: isize = 0;
+    let mut quote: Option<u8> = None;
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        match quote {
+            Some(q) => {
+                if b == b'\\' {
+                    i += 1;
+                } else if b == q {
+                    quote = None;
+                }
+            }
+            None => match b {
+                b'\'' | b'"' => quote = Some(b),
+                b'}' if depth == 0 && bytes.get(i + 1) == Some(&b'}') => return Some(i),
+                b'(' | b'[' | b'{' => depth += 1,
+                b')' | b']' | b'}' => depth -= 1,
+                _ => {}
+            },
+        }
+        i += 1;
+    }
+    None
+}
+
 /// A template environment with tollgate's settings.
 pub fn environment() -> Environment<'static> {
     let mut env = Environment::new();
@@ -110,8 +162,7 @@ impl Source {
     /// `steps.summarize.output`, `item`.
     pub fn references(&self, env: &Environment<'_>) -> Result<BTreeSet<String>, minijinja::Error> {
         let vars = if self.is_expression {
-            env.compile_expression(&self.text)?
-                .undeclared_variables(true)
+            compile_expression(env, &self.text)?.undeclared_variables(true)
         } else {
             env.template_from_str(&self.text)?
                 .undeclared_variables(true)
@@ -268,5 +319,31 @@ mod tests {
     fn find_word_respects_boundaries() {
         assert_eq!(find_word("xinputs.a inputs.a", "inputs.a"), Some(10));
         assert_eq!(find_word("inputs.ab", "inputs.a"), None);
+    }
+
+    #[test]
+    fn a_stray_variable_end_in_an_expression_is_an_error_not_a_panic() {
+        let env = environment();
+        // minijinja's lexer panics ("empty lexer stack") on these.
+        for text in [
+            "}} x",
+            "}}{{ dict(a=1) | items | list }}",
+            "a }} b",
+            "-}} x",
+        ] {
+            match compile_expression(&env, text) {
+                Err(err) => assert_eq!(err.kind(), minijinja::ErrorKind::SyntaxError, "{text}"),
+                Ok(_) => panic!("{text} compiled"),
+            }
+        }
+        // Braces that close a literal, and `}}` inside strings, are fine.
+        for text in [
+            "{'a': {'b': 1}}",
+            "x == '}}'",
+            "[{'a': 1}] | length",
+            "\"\\\"}}\" ~ x",
+        ] {
+            assert!(compile_expression(&env, text).is_ok(), "{text}");
+        }
     }
 }

@@ -937,7 +937,7 @@ async fn run_step(sh: Arc<Shared>, i: usize, upstream: Map<String, Value>) -> St
         r
     };
     let eval = |s: &Source| -> Result<minijinja::Value, String> {
-        env.compile_expression(&s.text)
+        crate::template::compile_expression(env, &s.text)
             .and_then(|e| e.eval(&ctx))
             .map_err(|e| format!("cannot evaluate `{}`: {e}", s.text.trim()))
     };

@@ -6,6 +6,7 @@ mod bounds;
 mod cli;
 mod cost;
 mod data_driven;
+mod fuzz;
 mod journal;
 mod local_model;
 mod providers;
