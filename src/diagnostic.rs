@@ -456,8 +456,30 @@ impl Default for RenderOptions {
     }
 }
 
+/// Source lines longer than this are not quoted: a diagnostic on a file
+/// written on one huge line would otherwise print the whole file, once per
+/// diagnostic. The location is still given.
+pub const MAX_QUOTED_LINE: usize = 1000;
+
 /// Draws one diagnostic with its source line and caret.
 pub fn render(diag: &Diagnostic, options: RenderOptions) -> String {
+    if let Some(span) = &diag.span {
+        // The line and the one context line either side, as miette quotes.
+        let (line, _) = span.file.line_col(span.start);
+        let long = (line.saturating_sub(1)..=line + 1)
+            .any(|l| span.file.line_text(l).len() > MAX_QUOTED_LINE);
+        if long {
+            let mut plain = diag.clone();
+            plain.message = format!("{}: {}", span.location(), diag.message);
+            plain.span = None;
+            plain.file = None;
+            return render_with_miette(&plain, options);
+        }
+    }
+    render_with_miette(diag, options)
+}
+
+fn render_with_miette(diag: &Diagnostic, options: RenderOptions) -> String {
     use miette::{GraphicalReportHandler, GraphicalTheme};
     let theme = match (options.unicode, options.color) {
         (true, true) => GraphicalTheme::unicode(),

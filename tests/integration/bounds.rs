@@ -233,3 +233,47 @@ fn without_git_the_project_is_the_workflow_folder_not_the_current_one() {
     let out = tollgate_in(home.path(), &["check", "project/ok.yaml"]);
     assert_eq!(out.status.code(), Some(0), "{}", transcript(&out));
 }
+
+#[test]
+fn thousands_of_problems_print_a_bounded_report() {
+    // 2000 steps without `task`, once one per line and once all on one line:
+    // every drawing quoted the file's line, so the one-line file printed the
+    // whole file 2000 times.
+    let dir = tempfile::tempdir().unwrap();
+    let steps: Vec<String> = (0..2000).map(|i| format!("s{i}: {{}}")).collect();
+    std::fs::write(
+        dir.path().join("lines.yaml"),
+        format!("version: 1\nname: w\nsteps:\n  {}\n", steps.join("\n  ")),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("one-line.yaml"),
+        format!("version: 1\nname: w\nsteps: {{{}}}\n", steps.join(", ")),
+    )
+    .unwrap();
+    for f in ["lines.yaml", "one-line.yaml"] {
+        let out = tollgate_in(dir.path(), &["check", f]);
+        assert_eq!(out.status.code(), Some(2));
+        let err = stderr(&out);
+        assert!(err.contains("… and 1950 more problems not shown"), "{f}");
+        assert!(err.contains("error: 2000 problems found"), "{f}");
+        assert!(
+            err.len() < 100_000,
+            "{f}: {} bytes of diagnostics",
+            err.len()
+        );
+        assert!(
+            err.lines()
+                .all(|l| l.len() < 2 * tollgate::diagnostic::MAX_QUOTED_LINE),
+            "{f}: a huge line was quoted"
+        );
+        if f == "one-line.yaml" {
+            // Still located.
+            assert!(err.contains("one-line.yaml:3:"), "{f}");
+        }
+        // JSON lists them all.
+        let out = tollgate_in(dir.path(), &["check", f, "--format", "json"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["diagnostics"].as_array().unwrap().len(), 2000);
+    }
+}
