@@ -1300,3 +1300,65 @@ fn a_stray_variable_end_in_when_or_for_each_is_a_located_error() {
         assert!(loc.contains("wf.yaml:4:"), "{key}: {loc}");
     }
 }
+
+// ---------------------------------------------------------------------------
+// The YAML bounds, on generated documents.
+
+proptest! {
+    #![proptest_config(config(100))]
+
+    /// Anchors that nest aliases of each other (the shape of an alias bomb,
+    /// at random widths and depths): the load fails with a located error or
+    /// builds a value no larger than the bound — never an exhausted machine.
+    #[test]
+    fn aliases_never_expand_past_the_bound(
+        levels in 1usize..12,
+        width in 1usize..12,
+        leaf in 0usize..200,
+        nested in any::<bool>(),
+    ) {
+        let mut text = format!("a0: &a0 {:?}\n", "x".repeat(leaf));
+        for i in 1..levels {
+            let items = vec![format!("*a{}", i - 1); width].join(", ");
+            let value = if nested { format!("{{k: [{items}]}}") } else { format!("[{items}]") };
+            text.push_str(&format!("a{i}: &a{i} {value}\n"));
+        }
+        match Document::parse(SourceFile::new("t.yaml", text.as_str())) {
+            Ok(doc) => {
+                let size = serde_json::to_string(&doc.root).unwrap().len();
+                prop_assert!(size <= tollgate::yaml::MAX_LOADED_SIZE, "{size} bytes from {text}");
+            }
+            Err(d) => {
+                prop_assert_eq!(d.len(), 1);
+                prop_assert!(matches!(d[0].code, "yaml-alias-limit" | "yaml-too-large" | "yaml-too-deep"));
+                prop_assert!(d[0].span.is_some(), "located");
+            }
+        }
+    }
+}
+
+/// The deepest document the loader accepts goes through every check and
+/// the plan on a test thread's stack (smaller than the main thread's):
+/// nothing downstream recurses past what [`tollgate::yaml::MAX_DEPTH`] allows.
+#[test]
+fn the_deepest_accepted_document_checks_and_plans() {
+    let d = tollgate::yaml::MAX_DEPTH - 4;
+    let schema_levels = (tollgate::yaml::MAX_DEPTH - 8) / 2;
+    let text = format!(
+        "version: 1\nname: w\ninputs:\n  x: {{type: array, default: {}{}}}\n  o: {{type: object, default: {}1{}}}\nsteps:\n  a:\n    task: t\n    prompt: \"{{{{ inputs.x }}}} {{{{ inputs.o | tojson }}}} {{{{ inputs.x | length }}}}\"\n    for_each: inputs.x\n    output:\n      schema: {}{{}}{}\n",
+        "[".repeat(d),
+        "]".repeat(d),
+        "{k: ".repeat(d - 1),
+        "}".repeat(d - 1),
+        "{type: array, items: ".repeat(schema_levels),
+        "}".repeat(schema_levels),
+    );
+    let reached = no_panic(&text, || check_workflow(&text));
+    assert!(reached >= Some(Stage::Checked), "{reached:?}");
+    // Two levels more (one past the bound) is a located error.
+    let deeper = text
+        .replacen("default: [", "default: [[[", 1)
+        .replacen("]}", "]]]}", 1);
+    let errs = Document::parse(SourceFile::new("w.yaml", deeper.as_str())).unwrap_err();
+    assert_eq!(errs[0].code, "yaml-too-deep");
+}
