@@ -513,7 +513,8 @@ fn read_prompt_file(
         ));
         return None;
     }
-    match SourceFile::read(&path) {
+    // Read what was checked: the resolved path, not the link again.
+    match SourceFile::read_resolved(&path, &canonical) {
         Ok(file) => Some(Source {
             text: file.text.to_string(),
             origin: Origin::File(file),

@@ -40,7 +40,13 @@ impl SourceFile {
     /// Reads a file (a regular file of at most [`crate::files::MAX_TEXT_BYTES`],
     /// see [`crate::files`]); the error is a diagnostic naming the file.
     pub fn read(path: &Path) -> Result<Arc<SourceFile>, Diagnostic> {
-        match crate::files::read_text(path) {
+        SourceFile::read_resolved(path, path)
+    }
+
+    /// Reads the file at `real` (a path already resolved and checked, so
+    /// what is read is what was checked), named `path` in output.
+    pub fn read_resolved(path: &Path, real: &Path) -> Result<Arc<SourceFile>, Diagnostic> {
+        match crate::files::read_text(real) {
             Ok(text) => Ok(SourceFile::new(path, text)),
             Err(err) => Err(Diagnostic::error(
                 "io",

@@ -277,3 +277,44 @@ fn thousands_of_problems_print_a_bounded_report() {
         assert_eq!(v["diagnostics"].as_array().unwrap().len(), 2000);
     }
 }
+
+#[test]
+fn standard_input_past_the_size_bound_is_an_error_not_a_truncation() {
+    use std::io::Write;
+    let dir = temp_project(POLICY, WORKFLOW);
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args([
+            "--color",
+            "never",
+            "plan",
+            "wf.yaml",
+            "--policy",
+            "policy.yaml",
+        ])
+        .args(["--input", "text=@-"])
+        .current_dir(dir.path())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || {
+        let chunk = vec![b'a'; 1024 * 1024];
+        // The reader stops one byte past the bound and exits: a broken pipe
+        // after that is expected.
+        for _ in 0..=(tollgate::files::MAX_TEXT_BYTES / (1024 * 1024)) {
+            if stdin.write_all(&chunk).is_err() {
+                break;
+            }
+        }
+    });
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", transcript(&out));
+    assert!(
+        stderr(&out).contains("cannot read standard input: larger than the limit of 32 MiB"),
+        "{}",
+        transcript(&out)
+    );
+}
