@@ -104,9 +104,14 @@ impl Analysis {
 }
 
 /// The folder that prompt files must stay inside: the nearest ancestor of the
-/// workflow that holds `.git`, else the current directory.
+/// workflow that holds `.git`, else the workflow's own folder.
+///
+/// Never the current directory: where the command happens to run from (`/`,
+/// a home folder) must not widen what a workflow may read.
 pub fn project_root(workflow_path: &Path) -> PathBuf {
-    let abs = std::fs::canonicalize(workflow_path).unwrap_or_else(|_| workflow_path.to_path_buf());
+    let abs = std::fs::canonicalize(workflow_path)
+        .or_else(|_| std::path::absolute(workflow_path))
+        .unwrap_or_else(|_| workflow_path.to_path_buf());
     let mut dir = abs.parent();
     while let Some(d) = dir {
         if d.join(".git").exists() {
@@ -114,7 +119,8 @@ pub fn project_root(workflow_path: &Path) -> PathBuf {
         }
         dir = d.parent();
     }
-    std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."))
+    abs.parent()
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
 }
 
 /// Checks a workflow. `root` is the project folder prompt files must stay in.
@@ -527,7 +533,8 @@ fn read_prompt_file(
         ));
         return None;
     }
-    match SourceFile::read(&path) {
+    // Read what was checked: the resolved path, not the link again.
+    match SourceFile::read_resolved(&path, &canonical) {
         Ok(file) => Some(Source {
             text: file.text.to_string(),
             origin: Origin::File(file),

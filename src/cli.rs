@@ -246,6 +246,9 @@ fn print_out(text: &str) {
 }
 
 /// Prints diagnostics (stderr for text, stdout for JSON) and returns the exit code.
+/// Diagnostics drawn in text output; the rest are counted.
+const MAX_SHOWN_DIAGNOSTICS: usize = 50;
+
 fn report(mut diags: Vec<Diagnostic>, format: OutputFormat, options: RenderOptions) -> u8 {
     diagnostic::sort(&mut diags);
     let errors = diags.iter().filter(|d| d.is_error()).count();
@@ -259,8 +262,18 @@ fn report(mut diags: Vec<Diagnostic>, format: OutputFormat, options: RenderOptio
         }
         OutputFormat::Text => {
             let mut err = std::io::stderr().lock();
-            for d in &diags {
+            // Each drawing quotes the file: a file with thousands of problems
+            // would take minutes to print and bury the first ones.
+            for d in diags.iter().take(MAX_SHOWN_DIAGNOSTICS) {
                 let _ = write!(err, "{}", diagnostic::render(d, options));
+            }
+            let hidden = diags.len().saturating_sub(MAX_SHOWN_DIAGNOSTICS);
+            if hidden > 0 {
+                let what = if hidden == 1 { "problem" } else { "problems" };
+                let _ = writeln!(
+                    err,
+                    "… and {hidden} more {what} not shown (`--format json` lists them all)"
+                );
             }
             if errors > 0 {
                 let _ = writeln!(err, "error: {} found", plural(errors, "problem"));
@@ -886,7 +899,7 @@ fn cmd_models(
     options: RenderOptions,
 ) -> u8 {
     if let Some(source) = regenerate {
-        let text = match std::fs::read_to_string(source) {
+        let text = match crate::files::read_text(source) {
             Ok(t) => t,
             Err(err) => {
                 return report(

@@ -38,15 +38,25 @@ impl SourceFile {
         })
     }
 
-    /// Reads a file; the error is a diagnostic naming the file.
+    /// Reads a file (a regular file of at most [`crate::files::MAX_TEXT_BYTES`],
+    /// see [`crate::files`]); the error is a diagnostic naming the file.
     pub fn read(path: &Path) -> Result<Arc<SourceFile>, Diagnostic> {
-        match std::fs::read_to_string(path) {
+        SourceFile::read_resolved(path, path)
+    }
+
+    /// Reads the file at `real` (a path already resolved and checked, so
+    /// what is read is what was checked), named `path` in output.
+    pub fn read_resolved(path: &Path, real: &Path) -> Result<Arc<SourceFile>, Diagnostic> {
+        match crate::files::read_text(real) {
             Ok(text) => Ok(SourceFile::new(path, text)),
             Err(err) => Err(Diagnostic::error(
                 "io",
-                format!("cannot read {}: {}", path.display(), io_reason(&err)),
+                format!("cannot read {}: {err}", path.display()),
             )
-            .with_help("check the path and that the file is readable UTF-8 text")),
+            .with_help(
+                err.hint()
+                    .unwrap_or("check the path and that the file is readable UTF-8 text"),
+            )),
         }
     }
 
@@ -98,16 +108,59 @@ impl SourceFile {
     /// A copy with a byte range hidden behind `*` (byte offsets unchanged),
     /// so a diagnostic can quote a line that holds a secret without the secret.
     pub fn masked(&self, start: usize, len: usize) -> Arc<SourceFile> {
-        let end = (start + len).min(self.text.len());
+        self.masked_ranges(&[(start, len)])
+    }
+
+    /// A copy with every `(start, len)` byte range hidden behind `*`: one
+    /// pass over the text however many ranges there are.
+    pub fn masked_ranges(&self, ranges: &[(usize, usize)]) -> Arc<SourceFile> {
+        let mut ranges: Vec<(usize, usize)> = ranges
+            .iter()
+            .map(|&(start, len)| (start, start.saturating_add(len).min(self.text.len())))
+            .collect();
+        ranges.sort_unstable();
+        let mut next = ranges.iter().peekable();
+        let mut end = 0;
         let mut text = String::with_capacity(self.text.len());
         for (i, c) in self.text.char_indices() {
-            if i >= start && i < end && !c.is_whitespace() {
+            while let Some(&&(s, e)) = next.peek() {
+                if s > i {
+                    break;
+                }
+                end = end.max(e);
+                next.next();
+            }
+            if i < end && !c.is_whitespace() {
                 text.extend(std::iter::repeat_n('*', c.len_utf8()));
             } else {
                 text.push(c);
             }
         }
         SourceFile::new(self.path.clone(), text)
+    }
+
+    /// The byte offset of the end of the line that holds `offset` (before
+    /// its newline), from the line table.
+    pub fn line_end(&self, offset: usize) -> usize {
+        let offset = offset.min(self.text.len());
+        let line = match self.line_starts.binary_search(&offset) {
+            Ok(i) => i,
+            Err(i) => i - 1,
+        };
+        self.line_starts
+            .get(line + 1)
+            .map_or(self.text.len(), |next| next - 1)
+    }
+
+    /// The byte offset `chars` characters after `from`, stopping at the end
+    /// of `from`'s line.
+    pub fn advance_chars(&self, from: usize, chars: usize) -> usize {
+        let from = from.min(self.text.len());
+        let end = self.line_end(from);
+        self.text[from..end]
+            .char_indices()
+            .nth(chars)
+            .map_or(end, |(i, _)| from + i)
     }
 
     pub fn span(self: &Arc<Self>, start: usize, len: usize) -> Span {
@@ -118,16 +171,6 @@ impl SourceFile {
             start,
             len,
         }
-    }
-}
-
-fn io_reason(err: &std::io::Error) -> String {
-    match err.kind() {
-        std::io::ErrorKind::NotFound => "no such file".to_owned(),
-        std::io::ErrorKind::PermissionDenied => "permission denied".to_owned(),
-        std::io::ErrorKind::InvalidData => "not valid UTF-8 text".to_owned(),
-        std::io::ErrorKind::IsADirectory => "is a directory".to_owned(),
-        _ => err.to_string(),
     }
 }
 
@@ -424,8 +467,30 @@ impl Default for RenderOptions {
     }
 }
 
+/// Source lines longer than this are not quoted: a diagnostic on a file
+/// written on one huge line would otherwise print the whole file, once per
+/// diagnostic. The location is still given.
+pub const MAX_QUOTED_LINE: usize = 1000;
+
 /// Draws one diagnostic with its source line and caret.
 pub fn render(diag: &Diagnostic, options: RenderOptions) -> String {
+    if let Some(span) = &diag.span {
+        // The line and the one context line either side, as miette quotes.
+        let (line, _) = span.file.line_col(span.start);
+        let long = (line.saturating_sub(1)..=line + 1)
+            .any(|l| span.file.line_text(l).len() > MAX_QUOTED_LINE);
+        if long {
+            let mut plain = diag.clone();
+            plain.message = format!("{}: {}", span.location(), diag.message);
+            plain.span = None;
+            plain.file = None;
+            return render_with_miette(&plain, options);
+        }
+    }
+    render_with_miette(diag, options)
+}
+
+fn render_with_miette(diag: &Diagnostic, options: RenderOptions) -> String {
     use miette::{GraphicalReportHandler, GraphicalTheme};
     let theme = match (options.unicode, options.color) {
         (true, true) => GraphicalTheme::unicode(),

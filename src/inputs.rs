@@ -4,7 +4,6 @@
 //! and booleans are parsed; arrays and objects are JSON). Missing required
 //! inputs, unknown names and bad values are all reported together.
 
-use std::io::Read;
 use std::path::Path;
 
 use indexmap::IndexMap;
@@ -105,7 +104,7 @@ pub fn resolve(
         };
         let text = match &r.value {
             RawValue::Text(t) => t.clone(),
-            RawValue::File(path) => match std::fs::read_to_string(Path::new(path)) {
+            RawValue::File(path) => match crate::files::read_text(Path::new(path)) {
                 Ok(t) => t,
                 Err(err) => {
                     diags.push(
@@ -113,7 +112,10 @@ pub fn resolve(
                             "input-file",
                             format!("--input {}: cannot read `{path}`: {err}", r.name),
                         )
-                        .with_help("the path is relative to the current directory"),
+                        .with_help(
+                            err.hint()
+                                .unwrap_or("the path is relative to the current directory"),
+                        ),
                     );
                     continue;
                 }
@@ -130,15 +132,19 @@ pub fn resolve(
                     continue;
                 }
                 stdin_used = true;
-                let mut t = String::new();
-                if let Err(err) = std::io::stdin().read_to_string(&mut t) {
-                    diags.push(Diagnostic::error(
-                        "input-stdin",
-                        format!("--input {}: cannot read standard input: {err}", r.name),
-                    ));
-                    continue;
+                match crate::files::read_stream_limited(
+                    std::io::stdin().lock(),
+                    crate::files::MAX_TEXT_BYTES,
+                ) {
+                    Ok(t) => t,
+                    Err(err) => {
+                        diags.push(Diagnostic::error(
+                            "input-stdin",
+                            format!("--input {}: cannot read standard input: {err}", r.name),
+                        ));
+                        continue;
+                    }
                 }
-                t
             }
         };
         match coerce(decl.kind, &text) {

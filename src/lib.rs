@@ -31,6 +31,7 @@ pub mod cli;
 pub mod cost;
 pub mod diagnostic;
 pub mod eval;
+pub mod files;
 pub mod graph;
 pub mod inputs;
 pub mod journal;

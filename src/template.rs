@@ -32,6 +32,64 @@ pub const MAX_RENDERED_BYTES: usize = 8 << 20;
 /// and keeps templates from depending on the context's layout.)
 pub const REMOVED_FUNCTIONS: [&str; 1] = ["debug"];
 
+/// Compiles a `when` / `for_each` expression: minijinja's
+/// `compile_expression`, guarded.
+///
+/// minijinja 2.24's lexer panics ("empty lexer stack") on an expression with
+/// a `}}` outside brackets and strings followed by more text (`}} x`): in
+/// expression mode that `}}` ends the only lexer state. Such an expression is
+/// a syntax error anyway, so it is refused here as one, before the lexer sees
+/// it. Every expression is compiled through this function (found by
+/// `tests/integration/fuzz.rs`).
+pub fn compile_expression<'env, 'source>(
+    env: &'env Environment<'source>,
+    text: &'source str,
+) -> Result<minijinja::Expression<'env, 'source>, minijinja::Error> {
+    refuse_stray_variable_end(text)?;
+    env.compile_expression(text)
+}
+
+/// The syntax error for a stray `}}` (see [`compile_expression`]).
+fn refuse_stray_variable_end(text: &str) -> Result<(), minijinja::Error> {
+    match stray_variable_end(text) {
+        Some(at) => Err(minijinja::Error::new(
+            minijinja::ErrorKind::SyntaxError,
+            format!("unexpected `}}}}` at character {} of an expression", at + 1),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// The byte offset of a `}}` outside strings and brackets, where minijinja's
+/// expression lexer would end its only state.
+fn stray_variable_end(text: &str) -> Option<usize> {
+    let bytes = text.as_bytes();
+    let mut depth: isize = 0;
+    let mut quote: Option<u8> = None;
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        match quote {
+            Some(q) => {
+                if b == b'\\' {
+                    i += 1;
+                } else if b == q {
+                    quote = None;
+                }
+            }
+            None => match b {
+                b'\'' | b'"' => quote = Some(b),
+                b'}' if depth == 0 && bytes.get(i + 1) == Some(&b'}') => return Some(i),
+                b'(' | b'[' | b'{' => depth += 1,
+                b')' | b']' | b'}' => depth -= 1,
+                _ => {}
+            },
+        }
+        i += 1;
+    }
+    None
+}
+
 /// A template environment with tollgate's settings.
 ///
 /// Invariants: no loader (a template can reach no other template or file),
@@ -145,8 +203,7 @@ impl Source {
     /// the other names, for the "undefined variable" errors.
     pub fn references(&self, env: &Environment<'_>) -> Result<BTreeSet<String>, minijinja::Error> {
         let vars = if self.is_expression {
-            env.compile_expression(&self.text)?
-                .undeclared_variables(true)
+            compile_expression(env, &self.text)?.undeclared_variables(true)
         } else {
             env.template_from_str(&self.text)?
                 .undeclared_variables(true)
@@ -297,7 +354,7 @@ pub fn eval(
     text: &str,
     ctx: &serde_json::Value,
 ) -> Result<minijinja::Value, minijinja::Error> {
-    env.compile_expression(text)?.eval(ctx)
+    compile_expression(env, text)?.eval(ctx)
 }
 
 /// A writer that refuses to grow past [`MAX_RENDERED_BYTES`].
@@ -375,6 +432,9 @@ impl Source {
             roots: BTreeSet::new(),
         };
         if self.is_expression {
+            // The same guard as `compile_expression`: the parser shares the
+            // lexer that panics on a stray `}}`.
+            refuse_stray_variable_end(&self.text)?;
             let e = machinery::parse_expr(&self.text)?;
             v.expr(&e);
         } else {
@@ -846,5 +906,31 @@ mod tests {
     fn find_word_respects_boundaries() {
         assert_eq!(find_word("xinputs.a inputs.a", "inputs.a"), Some(10));
         assert_eq!(find_word("inputs.ab", "inputs.a"), None);
+    }
+
+    #[test]
+    fn a_stray_variable_end_in_an_expression_is_an_error_not_a_panic() {
+        let env = environment();
+        // minijinja's lexer panics ("empty lexer stack") on these.
+        for text in [
+            "}} x",
+            "}}{{ dict(a=1) | items | list }}",
+            "a }} b",
+            "-}} x",
+        ] {
+            match compile_expression(&env, text) {
+                Err(err) => assert_eq!(err.kind(), minijinja::ErrorKind::SyntaxError, "{text}"),
+                Ok(_) => panic!("{text} compiled"),
+            }
+        }
+        // Braces that close a literal, and `}}` inside strings, are fine.
+        for text in [
+            "{'a': {'b': 1}}",
+            "x == '}}'",
+            "[{'a': 1}] | length",
+            "\"\\\"}}\" ~ x",
+        ] {
+            assert!(compile_expression(&env, text).is_ok(), "{text}");
+        }
     }
 }

@@ -10,6 +10,26 @@
 //!
 //! Scalars are resolved with the YAML 1.2 core schema (`yes`/`no` are strings,
 //! as they should be), duplicate keys are errors, anchors and aliases work.
+//!
+//! # Bounds
+//!
+//! Loading any text takes time and memory in proportion to the text, whatever
+//! it holds (workflow, policy and suite files alike):
+//!
+//! - a document is at most [`MAX_YAML_BYTES`] of text;
+//! - nesting is at most [`MAX_DEPTH`] levels: the event loop here is
+//!   iterative (yaml-rust2's own `load` recurses once per level and a deep
+//!   `- - - - …` would overflow the stack), and everything downstream that
+//!   walks the value recursively (schema validation, serde, dropping it) sees
+//!   a bounded depth;
+//! - the loaded value is at most [`MAX_LOADED_SIZE`] (an estimate in bytes:
+//!   every node, string, key and span pointer, and every copy an alias
+//!   makes, counted as it is built). An alias bomb ("billion laughs") stops at
+//!   the alias that crosses it, with that alias's location, before the copy
+//!   is made;
+//! - at most [`MAX_ERRORS`] duplicate-key errors are kept per document;
+//! - positions are found with a cursor that only moves forward along a line,
+//!   so a document on one huge line is not quadratic.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -40,6 +60,29 @@ pub struct NodeSpan {
     pub key: Option<(usize, usize)>,
     pub style: Option<ScalarStyle>,
 }
+
+/// The largest YAML document loaded: 8 MiB. Hand-written workflows,
+/// policies and suites are kilobytes; large text belongs in `prompt_file`s,
+/// `@file` inputs and `cases_from` files, which have their own bound
+/// ([`crate::files::MAX_TEXT_BYTES`]).
+pub const MAX_YAML_BYTES: usize = 8 * 1024 * 1024;
+
+/// The deepest nesting of mappings and sequences: 128 levels (serde_json's
+/// own recursion limit). Real files nest a dozen levels; an output schema
+/// a few dozen at most.
+pub const MAX_DEPTH: usize = 128;
+
+/// The most the loaded value may weigh, alias copies included: 64 MiB by the
+/// estimate of [`weight`] (a node counts [`NODE_WEIGHT`] bytes plus its text).
+pub const MAX_LOADED_SIZE: usize = 64 * 1024 * 1024;
+
+/// The estimated cost of one node besides its text (the `Value`, its slot in
+/// a map or list, its span).
+const NODE_WEIGHT: usize = 32;
+
+/// Duplicate-key errors kept per document; past this, the first ones are
+/// enough to show what is wrong, and each one more costs rendering time.
+pub const MAX_ERRORS: usize = 100;
 
 /// A parsed YAML file: its value and the position of every node.
 #[derive(Debug)]
@@ -81,25 +124,65 @@ where
 impl Document {
     /// Parses YAML text. A syntax error is one diagnostic (the parser cannot
     /// go on); duplicate keys are all reported.
+    ///
+    /// Bounded in time and memory by the text's size (see the module docs):
+    /// an input past a bound is one located error, never a crash.
     pub fn parse(file: Arc<SourceFile>) -> Result<Document, Vec<Diagnostic>> {
+        if file.text.len() > MAX_YAML_BYTES {
+            return Err(vec![
+                Diagnostic::error(
+                    "yaml-too-large",
+                    format!(
+                        "the file is {} bytes, over the limit of {} MiB for a YAML file",
+                        file.text.len(),
+                        MAX_YAML_BYTES / (1024 * 1024)
+                    ),
+                )
+                .in_file(&file.path)
+                .with_help("keep long texts in prompt files (`prompt_file:`) or case files (`cases_from:`)"),
+            ]);
+        }
         let mut builder = Builder {
             file: Arc::clone(&file),
             stack: Vec::new(),
             root: None,
             spans: HashMap::new(),
+            weights: Vec::new(),
             anchors: HashMap::new(),
             errors: Vec::new(),
             documents: 0,
+            size: 0,
+            fatal: None,
+            cursor: (0, 0, 0),
         };
         let mut parser = Parser::new_from_str(&file.text);
-        if let Err(err) = parser.load(&mut builder, true) {
-            let m = err.marker();
-            let start = file.offset_of(m.line(), m.col());
-            return Err(vec![
-                Diagnostic::error("yaml-syntax", format!("invalid YAML: {}", err.info()))
-                    .at(Some(file.span(start, 1)))
-                    .with_help("check indentation and quoting around this position"),
-            ]);
+        // Our own event loop instead of `Parser::load`, which recurses once
+        // per nesting level: this one is iterative and stops at the first
+        // bound crossed.
+        loop {
+            let (ev, mark) = match parser.next_token() {
+                Ok(next) => next,
+                Err(err) => {
+                    let m = err.marker();
+                    let start = file.offset_of(m.line(), m.col());
+                    return Err(vec![
+                        Diagnostic::error("yaml-syntax", format!("invalid YAML: {}", err.info()))
+                            .at(Some(file.span(start, 1)))
+                            .with_help("check indentation and quoting around this position"),
+                    ]);
+                }
+            };
+            if ev == Event::StreamEnd {
+                break;
+            }
+            builder.on_event(ev, mark);
+            if let Some(fatal) = builder.fatal.take() {
+                return Err(vec![fatal]);
+            }
+            if builder.documents > 1 {
+                // The rest is another document: no need to build it.
+                break;
+            }
         }
         if builder.documents > 1 {
             builder.errors.push(
@@ -117,13 +200,20 @@ impl Document {
         // A value under a key that looks like a secret is hidden from every
         // snippet a diagnostic may quote: keys never reach output, even from
         // a file where someone pasted one by mistake.
-        let mut file = file;
-        for (ptr, node) in &builder.spans {
-            let key = ptr.rsplit('/').next().unwrap_or("");
-            if looks_like_secret(key) && node.style.is_some() {
-                file = file.masked(node.start, node.len);
-            }
-        }
+        // One copy of the text for all of them (not one per secret).
+        let secrets: Vec<(usize, usize)> = builder
+            .spans
+            .iter()
+            .filter(|(ptr, node)| {
+                node.style.is_some() && looks_like_secret(ptr.rsplit('/').next().unwrap_or(""))
+            })
+            .map(|(_, node)| (node.start, node.len))
+            .collect();
+        let file = if secrets.is_empty() {
+            file
+        } else {
+            file.masked_ranges(&secrets)
+        };
         Ok(Document {
             root: builder.root.unwrap_or(Value::Null),
             spans: builder.spans,
@@ -219,16 +309,87 @@ enum Frame {
 struct Builder {
     file: Arc<SourceFile>,
     stack: Vec<Frame>,
+    /// The weight (see [`MAX_LOADED_SIZE`]) of each open frame's subtree so
+    /// far and the greatest height of its children, parallel to `stack`: an
+    /// anchor on the frame records them, and an alias to the anchor charges
+    /// the weight again and must fit the height under [`MAX_DEPTH`].
+    weights: Vec<(usize, usize)>,
     root: Option<Value>,
     spans: HashMap<String, NodeSpan>,
-    anchors: HashMap<usize, Value>,
+    /// Anchor id → the anchored value, its weight and its height.
+    anchors: HashMap<usize, (Value, usize, usize)>,
     errors: Vec<Diagnostic>,
     documents: usize,
+    /// The estimated size of everything built so far, alias copies included.
+    size: usize,
+    /// A bound was crossed: building stops with this error.
+    fatal: Option<Diagnostic>,
+    /// The last position looked up: (line, column, byte offset).
+    cursor: (usize, usize, usize),
 }
 
 impl Builder {
-    fn offset(&self, mark: Marker) -> usize {
-        self.file.offset_of(mark.line(), mark.col())
+    /// The byte offset of a marker. Markers come in file order, so within a
+    /// line the search goes on from the previous one: linear in the line's
+    /// length overall, where a search from the line start for each node would
+    /// be quadratic on a document written on one line.
+    fn offset(&mut self, mark: Marker) -> usize {
+        let (line, col, byte) = self.cursor;
+        let offset = if line == mark.line() && col <= mark.col() && line != 0 {
+            self.file.advance_chars(byte, mark.col() - col)
+        } else {
+            self.file.offset_of(mark.line(), mark.col())
+        };
+        self.cursor = (mark.line(), mark.col(), offset);
+        offset
+    }
+
+    /// Adds a child of `weight` and `height` to the open frame's subtree.
+    fn add_weight(&mut self, weight: usize, height: usize) {
+        if let Some((w, h)) = self.weights.last_mut() {
+            *w = w.saturating_add(weight);
+            *h = (*h).max(height);
+        }
+    }
+
+    fn too_deep(&mut self, start: usize, label: &str) {
+        self.fatal = Some(
+            Diagnostic::error(
+                "yaml-too-deep",
+                format!("mappings and sequences nest more than {MAX_DEPTH} levels deep"),
+            )
+            .at(Some(self.file.span(start, 1)))
+            .with_label(label.to_owned())
+            .with_help("flatten the structure; no tollgate file needs this depth"),
+        );
+    }
+
+    /// Adds `weight` to the size of what is built. Past [`MAX_LOADED_SIZE`]
+    /// building stops with an error at `start` (the alias, if one made the
+    /// copy); returns whether the bound still holds.
+    fn charge(&mut self, weight: usize, start: usize, alias: bool) -> bool {
+        self.size = self.size.saturating_add(weight);
+        if self.size <= MAX_LOADED_SIZE || self.fatal.is_some() {
+            return self.fatal.is_none();
+        }
+        let limit = MAX_LOADED_SIZE / (1024 * 1024);
+        self.fatal = Some(if alias {
+            Diagnostic::error(
+                "yaml-alias-limit",
+                format!("this alias expands the document past the limit of {limit} MiB"),
+            )
+            .at(Some(self.file.span(start, 1)))
+            .with_label("each use of an alias is a full copy of what its anchor names")
+            .with_help("use fewer aliases, or aliases of smaller values; a document whose aliases nest copies of copies grows exponentially")
+        } else {
+            Diagnostic::error(
+                "yaml-too-large",
+                format!("the document holds more than the limit of {limit} MiB once loaded"),
+            )
+            .at(Some(self.file.span(start, 1)))
+            .with_help("split the file, or keep long texts in prompt files and case files")
+        });
+        false
     }
 
     /// The pointer of the node that comes next, given the current frame.
@@ -247,9 +408,18 @@ impl Builder {
         matches!(self.stack.last(), Some(Frame::Map { key: None, .. }))
     }
 
-    fn push_value(&mut self, value: Value, span: NodeSpan, anchor: usize) {
-        if anchor != 0 {
-            self.anchors.insert(anchor, value.clone());
+    /// Adds a finished node to its parent. `weight` is the node's own (a
+    /// frame's whole subtree): the anchor's copy is charged for it too.
+    fn push_value(
+        &mut self,
+        value: Value,
+        span: NodeSpan,
+        anchor: usize,
+        weight: usize,
+        height: usize,
+    ) {
+        if anchor != 0 && self.charge(weight, span.start, false) {
+            self.anchors.insert(anchor, (value.clone(), weight, height));
         }
         let ptr = self.child_ptr();
         match self.stack.last_mut() {
@@ -289,7 +459,7 @@ impl Builder {
             if map.is_empty() {
                 *map_start = start;
             }
-            if map.contains_key(&text) {
+            if map.contains_key(&text) && self.errors.len() < MAX_ERRORS {
                 self.errors.push(
                     Diagnostic::error("yaml-duplicate-key", format!("duplicate key `{text}`"))
                         .at(Some(self.file.span(start, len)))
@@ -309,6 +479,15 @@ impl MarkedEventReceiver for Builder {
             Event::DocumentStart => self.documents += 1,
             Event::Scalar(text, style, anchor, tag) => {
                 let len = scalar_len(&self.file, start, &text, style);
+                // The text, the node and the pointer of its span.
+                let ptr_len = self.stack.last().map_or(0, |f| match f {
+                    Frame::Map { ptr, .. } | Frame::Seq { ptr, .. } => ptr.len(),
+                });
+                let weight = NODE_WEIGHT + text.len() + ptr_len;
+                if !self.charge(weight, start, false) {
+                    return;
+                }
+                self.add_weight(weight, 0);
                 if self.expecting_key() {
                     self.push_key(text, start, len);
                     return;
@@ -332,10 +511,31 @@ impl MarkedEventReceiver for Builder {
                     key: None,
                     style: Some(style),
                 };
-                self.push_value(value, span, anchor);
+                self.push_value(value, span, anchor, weight, 0);
             }
             Event::Alias(id) => {
-                let value = self.anchors.get(&id).cloned().unwrap_or(Value::Null);
+                // Charged before the copy is made: an alias bomb stops here.
+                let (weight, height) = self
+                    .anchors
+                    .get(&id)
+                    .map_or((NODE_WEIGHT, 0), |(_, w, h)| (*w, *h));
+                if !self.charge(weight, start, true) {
+                    return;
+                }
+                // Aliases inside anchored values nest copies: the depth of
+                // the result is checked here too, not only while parsing.
+                if self.stack.len() + height > MAX_DEPTH {
+                    self.too_deep(
+                        start,
+                        "this alias copies a value nested too deep to fit here",
+                    );
+                    return;
+                }
+                self.add_weight(weight, height);
+                let value = self
+                    .anchors
+                    .get(&id)
+                    .map_or(Value::Null, |(v, _, _)| v.clone());
                 let span = NodeSpan {
                     start,
                     len: 1,
@@ -349,10 +549,14 @@ impl MarkedEventReceiver for Builder {
                     };
                     self.push_key(text, start, 1);
                 } else {
-                    self.push_value(value, span, 0);
+                    self.push_value(value, span, 0, weight, height);
                 }
             }
             Event::MappingStart(anchor, _) | Event::SequenceStart(anchor, _) => {
+                if self.stack.len() >= MAX_DEPTH {
+                    self.too_deep(start, "this level is one too many");
+                    return;
+                }
                 if self.expecting_key() {
                     self.errors.push(
                         Diagnostic::error(
@@ -365,6 +569,12 @@ impl MarkedEventReceiver for Builder {
                     self.push_key(String::from("?"), start, 1);
                 }
                 let ptr = self.child_ptr().unwrap_or_default();
+                if !self.charge(NODE_WEIGHT + ptr.len(), start, false) {
+                    return;
+                }
+                // The frame's subtree weight, added to its parent's when it
+                // closes.
+                self.weights.push((NODE_WEIGHT + ptr.len(), 0));
                 let frame = if matches!(ev, Event::MappingStart(..)) {
                     Frame::Map {
                         map: Map::new(),
@@ -396,13 +606,16 @@ impl MarkedEventReceiver for Builder {
                     }) => (Value::Array(items), start, anchor),
                     None => return,
                 };
+                let (weight, children) = self.weights.pop().unwrap_or((0, 0));
+                let height = children + 1;
+                self.add_weight(weight, height);
                 let span = NodeSpan {
                     start,
                     len: 1,
                     key: None,
                     style: None,
                 };
-                self.push_value(value, span, anchor);
+                self.push_value(value, span, anchor, weight, height);
             }
             Event::Nothing | Event::StreamStart | Event::StreamEnd | Event::DocumentEnd => {}
         }
@@ -412,9 +625,9 @@ impl MarkedEventReceiver for Builder {
 /// Length of a scalar in the file, for the caret: the rest of its first line
 /// for block scalars (the indicator), the quoted text for quoted ones.
 fn scalar_len(file: &SourceFile, start: usize, text: &str, style: TScalarStyle) -> usize {
-    let rest = &file.text[start..];
-    let line_end = rest.find('\n').unwrap_or(rest.len());
-    let first_line = &rest[..line_end];
+    // The line end from the line table: searching for it would make a
+    // document on one long line quadratic.
+    let first_line = &file.text[start..file.line_end(start)];
     let len = match style {
         TScalarStyle::Plain => text.lines().next().unwrap_or("").len(),
         TScalarStyle::SingleQuoted | TScalarStyle::DoubleQuoted => {
@@ -423,8 +636,9 @@ fn scalar_len(file: &SourceFile, start: usize, text: &str, style: TScalarStyle) 
             } else {
                 '"'
             };
-            first_line[1..]
-                .find(quote)
+            first_line
+                .get(1..)
+                .and_then(|rest| rest.find(quote))
                 .map_or(first_line.len(), |i| i + 2)
         }
         TScalarStyle::Literal | TScalarStyle::Folded => first_line.trim_end().len(),
@@ -536,5 +750,106 @@ mod tests {
     fn aliases_copy_the_anchored_value() {
         let d = parse("a: &x {k: 1}\nb: *x\n");
         assert_eq!(d.root, json!({"a": {"k": 1}, "b": {"k": 1}}));
+    }
+
+    /// A "billion laughs" document: nine levels of nine aliases each, 9^9
+    /// copies of a string once expanded, from a few hundred bytes.
+    pub(crate) fn alias_bomb() -> String {
+        let mut text = String::from("a0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n");
+        for i in 1..9 {
+            let prev = format!("*a{}", i - 1);
+            text.push_str(&format!("a{i}: &a{i} [{}]\n", vec![prev; 9].join(", ")));
+        }
+        text
+    }
+
+    #[test]
+    fn an_alias_bomb_is_one_located_error() {
+        let errs = Document::parse(SourceFile::new("t.yaml", alias_bomb())).unwrap_err();
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert_eq!(errs[0].code, "yaml-alias-limit");
+        // At an alias, on the line where the copies cross the bound.
+        let span = errs[0].span.as_ref().unwrap();
+        assert_eq!(&span.file.text[span.start..span.start + 2], "*a");
+        assert!(errs[0].help.is_some());
+    }
+
+    #[test]
+    fn nesting_is_bounded_without_recursion() {
+        for text in [
+            "- ".repeat(100_000) + "x",
+            "[".repeat(100_000),
+            "a: ".to_owned() + &"{b: ".repeat(200) + "1" + &"}".repeat(200),
+        ] {
+            let errs = Document::parse(SourceFile::new("t.yaml", text)).unwrap_err();
+            assert_eq!(errs.len(), 1, "{errs:?}");
+            assert!(
+                matches!(errs[0].code, "yaml-too-deep" | "yaml-syntax"),
+                "{errs:?}"
+            );
+        }
+        // Exactly at the bound is fine.
+        let ok = "[".repeat(MAX_DEPTH) + &"]".repeat(MAX_DEPTH);
+        assert!(Document::parse(SourceFile::new("t.yaml", ok)).is_ok());
+    }
+
+    #[test]
+    fn aliases_cannot_nest_copies_past_the_depth_bound() {
+        // Each anchor is a value 100 deep holding the previous one: the
+        // text nests 100 levels, the value far more.
+        let mut text = String::new();
+        for i in 0..5 {
+            let inner = if i == 0 {
+                "x".to_owned()
+            } else {
+                format!("*a{}", i - 1)
+            };
+            text.push_str(&format!(
+                "a{i}: &a{i} {}{inner}{}\n",
+                "[".repeat(100),
+                "]".repeat(100)
+            ));
+        }
+        let errs = Document::parse(SourceFile::new("t.yaml", text)).unwrap_err();
+        assert_eq!(errs[0].code, "yaml-too-deep", "{errs:?}");
+        let span = errs[0].span.as_ref().unwrap();
+        assert_eq!(&span.file.text[span.start..span.start + 3], "*a0");
+    }
+
+    #[test]
+    fn documents_are_bounded_in_size() {
+        let big = "x".repeat(MAX_YAML_BYTES + 1);
+        let errs = Document::parse(SourceFile::new("t.yaml", big)).unwrap_err();
+        assert_eq!(errs[0].code, "yaml-too-large");
+        // Many small anchors used many times: linear growth, still bounded.
+        let mut text = format!(
+            "a: &a [{}]\nb: [",
+            vec!["0123456789abcdef"; 1000].join(", ")
+        );
+        text.push_str(&vec!["*a"; 4000].join(","));
+        text.push_str("]\n");
+        let errs = Document::parse(SourceFile::new("t.yaml", text)).unwrap_err();
+        assert_eq!(errs[0].code, "yaml-alias-limit");
+    }
+
+    #[test]
+    fn positions_on_one_long_line_are_exact() {
+        let text = format!("[{}, \"é\", last]", vec!["ab"; 1000].join(", "));
+        let d = parse(&text);
+        let s = d.span("/1001").unwrap();
+        assert_eq!(&s.file.text[s.start..s.start + 4], "last");
+        let s = d.span("/1000").unwrap();
+        assert_eq!(&s.file.text[s.start..s.start + 4], "\"é\"");
+    }
+
+    #[test]
+    fn every_secret_is_masked_in_one_pass() {
+        let text = "a: {api_key: sk-one}\nb: {token: sk-two}\nc: plain\n";
+        let d = parse(text);
+        assert!(!d.file.text.contains("sk-one"));
+        assert!(!d.file.text.contains("sk-two"));
+        assert!(d.file.text.contains("plain"));
+        // Offsets unchanged.
+        assert_eq!(d.file.text.len(), text.len());
     }
 }

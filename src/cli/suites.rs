@@ -328,7 +328,7 @@ pub(super) fn cmd_merge(args: MergeArgs, options: RenderOptions) -> u8 {
     let mut parts = Vec::new();
     let mut diags = Vec::new();
     for f in &args.files {
-        match std::fs::read_to_string(f)
+        match crate::files::read_text(f)
             .map_err(|e| e.to_string())
             .and_then(|t| serde_json::from_str::<Results>(&t).map_err(|e| e.to_string()))
         {

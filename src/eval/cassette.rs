@@ -99,7 +99,10 @@ pub struct LoadError {
 impl Cassette {
     /// Opens a cassette; a missing file is an empty cassette.
     pub fn open(path: &Path, secrets: Vec<String>) -> Result<Cassette, LoadError> {
-        let entries = match std::fs::read_to_string(path) {
+        // Bounded and regular files only (see `files`); a cassette holds a
+        // whole suite's answers, so its bound is larger than a prompt's.
+        let entries = match crate::files::read_text_limited(path, 8 * crate::files::MAX_TEXT_BYTES)
+        {
             Ok(text) => {
                 let file: File = serde_json::from_str(&text).map_err(|e| LoadError {
                     path: path.to_path_buf(),
@@ -119,7 +122,7 @@ impl Cassette {
                     .map(|i| (i.key.clone(), i))
                     .collect()
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
+            Err(crate::files::ReadError::NotFound) => BTreeMap::new(),
             Err(e) => {
                 return Err(LoadError {
                     path: path.to_path_buf(),

@@ -622,9 +622,9 @@ async fn check_snapshot(
         model: &model,
         prompt_sha256: &prompt,
     };
-    let stored = match std::fs::read_to_string(&path) {
+    let stored = match crate::files::read_text(&path) {
         Ok(t) => Some(t),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(crate::files::ReadError::NotFound) => None,
         Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
     };
     let mut judged = None;

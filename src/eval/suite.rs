@@ -189,13 +189,16 @@ pub fn load(path: &Path) -> Result<Suite, Vec<Diagnostic>> {
     };
     for (rel, ptr) in &sources {
         let p = dir.join(rel);
-        let text = match std::fs::read_to_string(&p) {
+        let text = match crate::files::read_text(&p) {
             Ok(t) => t,
             Err(err) => {
                 diags.push(
                     Diagnostic::error("case-file", format!("cannot read `{}`: {err}", p.display()))
                         .at(doc.span(ptr))
-                        .with_help("paths in a suite are relative to the suite file"),
+                        .with_help(
+                            err.hint()
+                                .unwrap_or("paths in a suite are relative to the suite file"),
+                        ),
                 );
                 continue;
             }

@@ -2,9 +2,11 @@
 //! one area of behaviour a user relies on.
 
 mod batch;
+mod bounds;
 mod cli;
 mod cost;
 mod data_driven;
+mod fuzz;
 mod hostile;
 mod journal;
 mod leaks;

@@ -1,0 +1,213 @@
+//! Reading text files from paths the user (or a workflow, policy or suite
+//! author) controls, with bounds.
+//!
+//! Every such read goes through [`read_text`]: workflow, policy and suite
+//! files, `prompt_file`s, `--input k=@path`, a suite's `cases_from` files,
+//! cassettes and results files for `merge`. Two guarantees hold for all of
+//! them:
+//!
+//! - **Only regular files are read.** A FIFO, a socket, a device
+//!   (`/dev/zero`, `/dev/stdin`) or a directory is refused instead of read
+//!   forever or until memory runs out. The file is opened without blocking
+//!   (`O_NONBLOCK` on Unix, so opening a FIFO with no writer does not hang)
+//!   and its kind is checked on the open handle, so swapping the path for a
+//!   FIFO between a check and the read cannot get past it.
+//! - **At most [`MAX_TEXT_BYTES`] are read.** A larger file is an error,
+//!   never a silent truncation; the read stops one byte past the limit, so a
+//!   file that grows while it is read (or lies about its size, as `/proc`
+//!   files do) cannot exhaust memory either.
+
+use std::fmt;
+use std::fs::File;
+use std::io::Read;
+use std::path::Path;
+
+/// The largest text file tollgate reads: 32 MiB. Generous on purpose — a
+/// prompt file or an `@file` input this large is already millions of tokens,
+/// beyond every model's context window — but bounded, so a mistaken path
+/// (a disk image, a log) is an error instead of an exhausted machine.
+/// YAML documents have a tighter bound of their own ([`crate::yaml::MAX_YAML_BYTES`]).
+pub const MAX_TEXT_BYTES: u64 = 32 * 1024 * 1024;
+
+/// Why a file could not be read. `Display` is the reason in a few words, for
+/// a message that already names the file.
+#[derive(Debug)]
+pub enum ReadError {
+    NotFound,
+    PermissionDenied,
+    /// Not a regular file: what it is instead ("a directory", "a FIFO", …).
+    NotAFile(&'static str),
+    TooLarge {
+        limit: u64,
+    },
+    NotUtf8,
+    Other(std::io::Error),
+}
+
+impl fmt::Display for ReadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ReadError::NotFound => f.write_str("no such file"),
+            ReadError::PermissionDenied => f.write_str("permission denied"),
+            ReadError::NotAFile(kind) => write!(f, "{kind}, not a regular file"),
+            ReadError::TooLarge { limit } => {
+                write!(f, "larger than the limit of {} MiB", limit / (1024 * 1024))
+            }
+            ReadError::NotUtf8 => f.write_str("not valid UTF-8 text"),
+            ReadError::Other(err) => write!(f, "{err}"),
+        }
+    }
+}
+
+impl ReadError {
+    /// A hint for the diagnostic that reports this error, when there is one
+    /// more useful than the caller's.
+    pub fn hint(&self) -> Option<&'static str> {
+        match self {
+            ReadError::NotAFile(_) => Some(
+                "tollgate reads only regular files: give the path of a file (to pass a stream, save it to a file first)",
+            ),
+            ReadError::TooLarge { .. } => Some(
+                "the file is far larger than any prompt can be; check the path, or split the file",
+            ),
+            _ => None,
+        }
+    }
+}
+
+impl From<std::io::Error> for ReadError {
+    fn from(err: std::io::Error) -> Self {
+        match err.kind() {
+            std::io::ErrorKind::NotFound => ReadError::NotFound,
+            std::io::ErrorKind::PermissionDenied => ReadError::PermissionDenied,
+            std::io::ErrorKind::IsADirectory => ReadError::NotAFile("a directory"),
+            std::io::ErrorKind::InvalidData => ReadError::NotUtf8,
+            _ => ReadError::Other(err),
+        }
+    }
+}
+
+/// Reads a regular file of at most `limit` bytes as UTF-8 text.
+pub fn read_text_limited(path: &Path, limit: u64) -> Result<String, ReadError> {
+    // One byte past the limit tells "exactly at the limit" from "over it".
+    read_stream_limited(open_regular(path)?, limit)
+}
+
+/// Reads a stream (standard input for `--input k=@-`) to its end, at most
+/// `limit` bytes, as UTF-8 text. The stream is the user's own choice, so it
+/// may be a pipe; only its size is bounded.
+pub fn read_stream_limited(stream: impl Read, limit: u64) -> Result<String, ReadError> {
+    let mut bytes = Vec::new();
+    stream
+        .take(limit.saturating_add(1))
+        .read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > limit {
+        return Err(ReadError::TooLarge { limit });
+    }
+    String::from_utf8(bytes).map_err(|_| ReadError::NotUtf8)
+}
+
+/// Reads a regular file of at most [`MAX_TEXT_BYTES`] as UTF-8 text.
+pub fn read_text(path: &Path) -> Result<String, ReadError> {
+    read_text_limited(path, MAX_TEXT_BYTES)
+}
+
+/// Opens `path` for reading only if it is a regular file (after following
+/// symlinks), without blocking on a FIFO.
+fn open_regular(path: &Path) -> Result<File, ReadError> {
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        // Opening a FIFO for reading blocks until a writer comes; with
+        // O_NONBLOCK it returns at once and the kind check below refuses it.
+        options.custom_flags(libc::O_NONBLOCK);
+    }
+    let file = options.open(path)?;
+    let kind = file.metadata()?.file_type();
+    if kind.is_file() {
+        return Ok(file);
+    }
+    Err(ReadError::NotAFile(describe(&kind)))
+}
+
+fn describe(kind: &std::fs::FileType) -> &'static str {
+    if kind.is_dir() {
+        return "a directory";
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        if kind.is_fifo() {
+            return "a FIFO (named pipe)";
+        }
+        if kind.is_socket() {
+            return "a socket";
+        }
+        if kind.is_char_device() || kind.is_block_device() {
+            return "a device";
+        }
+    }
+    "not a regular file"
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_regular_files_up_to_the_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.txt");
+        std::fs::write(&p, "héllo").unwrap();
+        assert_eq!(read_text_limited(&p, 6).unwrap(), "héllo");
+        assert!(matches!(
+            read_text_limited(&p, 5),
+            Err(ReadError::TooLarge { limit: 5 })
+        ));
+    }
+
+    #[test]
+    fn refuses_directories_and_devices() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(matches!(
+            read_text(dir.path()),
+            Err(ReadError::NotAFile("a directory"))
+        ));
+        #[cfg(unix)]
+        assert!(matches!(
+            read_text(Path::new("/dev/zero")),
+            Err(ReadError::NotAFile("a device"))
+        ));
+        assert!(matches!(
+            read_text(&dir.path().join("nope")),
+            Err(ReadError::NotFound)
+        ));
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn refuses_a_fifo_without_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("fifo");
+        let status = std::process::Command::new("mkfifo")
+            .arg(&p)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        // No writer ever opens it: a blocking open would hang this test.
+        assert!(matches!(
+            read_text(&p),
+            Err(ReadError::NotAFile("a FIFO (named pipe)"))
+        ));
+    }
+
+    #[test]
+    fn refuses_invalid_utf8() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("b.bin");
+        std::fs::write(&p, [0xff, 0xfe, 0x00]).unwrap();
+        assert!(matches!(read_text(&p), Err(ReadError::NotUtf8)));
+    }
+}
