@@ -359,16 +359,7 @@ mod tests {
             cache_write_1h: e.cache_write_1h_per_token,
             batch_input: e.batch_input_per_token,
             batch_output: e.batch_output_per_token,
-            long_context: e.long_context.as_ref().map(|t| crate::policy::PriceTier {
-                above_tokens: t.above_tokens,
-                input: t.input_per_token,
-                output: t.output_per_token,
-                cache_read: t.cache_read_per_token,
-                cache_write: t.cache_write_per_token,
-                cache_write_1h: t.cache_write_1h_per_token,
-                batch_input: t.batch_input_per_token,
-                batch_output: t.batch_output_per_token,
-            }),
+            long_context: e.long_context.as_ref().map(crate::policy::PriceTier::from),
         }
     }
 

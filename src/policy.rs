@@ -432,6 +432,21 @@ pub struct PriceTier {
     pub batch_output: Option<f64>,
 }
 
+impl From<&crate::catalog::CatalogTier> for PriceTier {
+    fn from(t: &crate::catalog::CatalogTier) -> PriceTier {
+        PriceTier {
+            above_tokens: t.above_tokens,
+            input: t.input_per_token,
+            output: t.output_per_token,
+            cache_read: t.cache_read_per_token,
+            cache_write: t.cache_write_per_token,
+            cache_write_1h: t.cache_write_1h_per_token,
+            batch_input: t.batch_input_per_token,
+            batch_output: t.batch_output_per_token,
+        }
+    }
+}
+
 impl Price {
     /// Plain (uncached, standard) price of a request, at the tier its
     /// prompt size falls in.
@@ -1002,18 +1017,11 @@ pub fn compile(file: &PolicyFile, doc: &Document, catalog: &Catalog) -> (Policy,
                     // The catalog's tier is relative to the catalog's base
                     // prices: a policy that sets its own base price owns
                     // the whole price (no tier it did not write).
-                    long_context: e.long_context.as_ref().filter(|_| !has_overrides).map(|t| {
-                        PriceTier {
-                            above_tokens: t.above_tokens,
-                            input: t.input_per_token,
-                            output: t.output_per_token,
-                            cache_read: t.cache_read_per_token,
-                            cache_write: t.cache_write_per_token,
-                            cache_write_1h: t.cache_write_1h_per_token,
-                            batch_input: t.batch_input_per_token,
-                            batch_output: t.batch_output_per_token,
-                        }
-                    }),
+                    long_context: e
+                        .long_context
+                        .as_ref()
+                        .filter(|_| !has_overrides)
+                        .map(PriceTier::from),
                 },
                 if has_overrides {
                     PriceSource::CatalogWithOverrides(e.key.clone())
