@@ -1609,6 +1609,7 @@ async fn call_model(
                 let reported = resp.usage.input_tokens > 0 || resp.usage.output_tokens > 0;
                 // No usage reported: count it ourselves rather than pretend
                 // the call was free.
+                let answer_tokens = model.tokenizer.count(&resp.text) as u64;
                 let usage = if reported {
                     resp.usage
                 } else {
@@ -1629,6 +1630,7 @@ async fn call_model(
                         max_output: u64::from(step.max_output_tokens()),
                         cache: req.cache_system,
                         billing: Billing::Standard,
+                        answer_tokens,
                     },
                     usage,
                     resp.cost_usd,
@@ -1730,6 +1732,7 @@ async fn call_model(
                             max_output: u64::from(step.max_output_tokens()),
                             cache: req.cache_system,
                             billing: Billing::Standard,
+                            answer_tokens: 0,
                         },
                     )
                 } else {
