@@ -169,6 +169,10 @@ pub struct Asked {
     pub max_output: u64,
     pub cache: Option<crate::policy::CacheTtl>,
     pub billing: Billing,
+    /// The answer's text as tollgate's tokenizer counts it (0 before an
+    /// answer): that text was generated, so an output count far below it
+    /// is not believed.
+    pub answer_tokens: u64,
 }
 
 /// What a call is charged: the usage and cost recorded for it.
@@ -203,6 +207,11 @@ const INPUT_SLACK: u64 = 1024;
 /// (reasoning included), give or take a closing token.
 const OUTPUT_MARGIN: u64 = 2;
 const OUTPUT_SLACK: u64 = 16;
+/// A reported output count below `answer_tokens / ANSWER_MARGIN` is not
+/// believed: the text came back, so it was generated. The margin leaves
+/// room for other families' tokenizers, which count some text in fewer
+/// tokens than ours.
+const ANSWER_MARGIN: u64 = 2;
 
 /// The one place a call's answer becomes money: validates what the server
 /// reported and prices it. Used by the synchronous path and by batches.
@@ -247,6 +256,19 @@ pub fn charge(price: &Price, asked: &Asked, reported: Usage, reported_cost: Opti
         ));
         u.output_tokens = asked.max_output;
     }
+    // The answer's own text is a lower bound a server cannot talk down (a
+    // full answer reported as one token would release its reservation and
+    // let a budget pay for many more); at most the limit, like any count.
+    let seen = asked
+        .answer_tokens
+        .min(asked.max_output.max(u.output_tokens));
+    if u.output_tokens.saturating_mul(ANSWER_MARGIN) < seen {
+        flags.push(format!(
+            "{} output tokens reported for an answer of about {} tokens; charged as {}",
+            u.output_tokens, asked.answer_tokens, seen
+        ));
+        u.output_tokens = seen;
+    }
     u.cached_input_tokens = u.cached_input_tokens.min(u.input_tokens);
     u.cache_write_tokens = u
         .cache_write_tokens
@@ -256,8 +278,12 @@ pub fn charge(price: &Price, asked: &Asked, reported: Usage, reported_cost: Opti
 
     let computed = call_cost(price, &u, asked.billing);
     let believable_max = worst_case(price, max_in, max_out, asked.cache, asked.billing);
+    let corrected = !flags.is_empty();
     let mut cost = match reported_cost {
         None => computed,
+        // The provider's own figure prices the usage it reported, which was
+        // not believed: the catalog price of the corrected usage stands.
+        Some(c) if corrected && c.is_finite() && c < computed => computed,
         Some(c) if !c.is_finite() || c < 0.0 || c > believable_max => {
             flags.push(format!(
                 "reported cost {c} not believed; charged the catalog price of the usage"
@@ -522,6 +548,7 @@ mod tests {
             max_output: 100,
             cache: None,
             billing: Billing::Standard,
+            answer_tokens: 0,
         };
         let plain = usage(1000, 0, 0, 0, 50);
         #[rustfmt::skip]
@@ -579,6 +606,18 @@ mod tests {
         assert!((got.cost - 37.5e-6).abs() < 1e-12, "{}", got.cost);
         let honest_but_high = charge(&p, &asked, usage(1300, 0, 0, 0, 100), None);
         assert!(honest_but_high.flag.unwrap().starts_with(ABOVE_RESERVE));
+        // A full answer (90 tokens of text) reported as 1 output token, with
+        // a tiny cost of its own: charged for its text, 150 + 90×0.6 µ$.
+        let answered = Asked {
+            answer_tokens: 90,
+            ..asked
+        };
+        let under = charge(&p, &answered, usage(1000, 0, 0, 0, 1), Some(1e-9));
+        assert!((under.cost - 204e-6).abs() < 1e-12, "{}", under.cost);
+        assert!(under.flag.unwrap().starts_with(UNTRUSTED));
+        // Another tokenizer's count a little below ours is believed.
+        let close = charge(&p, &answered, usage(1000, 0, 0, 0, 70), None);
+        assert!(close.flag.is_none(), "{:?}", close.flag);
     }
 
     #[test]

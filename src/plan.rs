@@ -366,6 +366,7 @@ pub fn build(
     let mut prepared: Vec<Option<Prepared>> = (0..analysis.steps.len()).map(|_| None).collect();
     // Items per `for_each` step, so readers of its list of outputs see as many.
     let mut fan_outs: HashMap<String, u64> = HashMap::new();
+    let mut rendered_total = 0usize;
     for &i in analysis.dag.order() {
         let (id, info) = analysis.steps.get_index(i).expect("dag index");
         let deps = analysis.dag.dependencies(i);
@@ -398,6 +399,25 @@ pub fn build(
             Ok(p) => {
                 if p.fan_out.is_some() {
                     fan_outs.insert(id.clone(), p.calls);
+                }
+                rendered_total += p
+                    .rendered
+                    .iter()
+                    .flat_map(|c| c.messages.iter().map(String::len))
+                    .sum::<usize>();
+                if rendered_total > template::MAX_PLAN_RENDERED_BYTES {
+                    diags.push(
+                        Diagnostic::error(
+                            "plan",
+                            format!(
+                                "the steps up to `{id}` render more than {} bytes together",
+                                template::MAX_PLAN_RENDERED_BYTES
+                            ),
+                        )
+                        .at(info.prompt.span(doc, 0, info.prompt.text.len()))
+                        .with_help("a plan's prompts are bounded as a whole: render fewer or smaller prompts"),
+                    );
+                    break;
                 }
                 prepared[i] = Some(p);
             }
@@ -761,9 +781,7 @@ fn prepare(
             // placeholders, which have the right shape (a sample per schema,
             // one entry per known fan-out item); its size is known only at
             // run time.
-            let evaluated = template::eval(env, &fe.text, &base_ctx)
-                .ok()
-                .map(|v| serde_json::to_value(&v).unwrap_or(Value::Null));
+            let evaluated = template::eval_list(env, &fe.text, &base_ctx).ok();
             items = match evaluated {
                 Some(Value::Array(list)) if !list.is_empty() => {
                     list.into_iter().map(Some).collect()
@@ -788,9 +806,8 @@ fn prepare(
                 known: false,
             });
         } else {
-            let v = template::eval(env, &fe.text, &base_ctx)
+            let list = template::eval_list(env, &fe.text, &base_ctx)
                 .map_err(|e| PrepareError::Template(fe.clone(), e, "`for_each`"))?;
-            let list: Value = serde_json::to_value(&v).unwrap_or(Value::Null);
             let Value::Array(list) = list else {
                 return Err(PrepareError::Other(
                     fe.clone(),
@@ -826,6 +843,7 @@ fn prepare(
     }
 
     let mut rendered = Vec::with_capacity(items.len());
+    let mut total = 0usize;
     for item in &items {
         let ctx = context(item.as_ref());
         let mut messages = Vec::with_capacity(2);
@@ -839,6 +857,18 @@ fn prepare(
             template::render(env, &info.prompt.text, &ctx)
                 .map_err(|e| PrepareError::Template(info.prompt.clone(), e, "the prompt"))?,
         );
+        total += messages.iter().map(String::len).sum::<usize>();
+        if total > template::MAX_STEP_RENDERED_BYTES {
+            return Err(PrepareError::Other(
+                info.prompt.clone(),
+                format!(
+                    "the calls of step `{}` render more than {} bytes together",
+                    info.id,
+                    template::MAX_STEP_RENDERED_BYTES
+                ),
+                "a step's prompts (one per for_each item) are bounded as a whole: fan out over fewer or smaller items".to_owned(),
+            ));
+        }
         rendered.push(RenderedCall { messages });
     }
 

@@ -26,6 +26,23 @@ pub const FUEL: u64 = 5_000_000;
 /// so an endless loop of output cannot grow memory past this.
 pub const MAX_RENDERED_BYTES: usize = 8 << 20;
 
+/// The most items a `for_each` list may have: minijinja's own bound on
+/// `range`. A list built another way (`[1] * 10000000`) is refused at this
+/// size rather than planned call by call.
+pub const MAX_FOR_EACH_ITEMS: usize = 100_000;
+
+/// The most text all the calls of one step may render together (bytes):
+/// each prompt is bounded by [`MAX_RENDERED_BYTES`], but a fan-out renders
+/// one per item and keeps them all until the step's calls are made, so the
+/// step as a whole needs its own bound (2,000 items of an 8 MB prompt were
+/// 16 GB and an abort).
+pub const MAX_STEP_RENDERED_BYTES: usize = 32 << 20;
+
+/// The most text a whole plan may render (bytes): `plan` (and `run`, which
+/// plans first) keeps every step's rendered calls until it has routed them
+/// all, so a workflow of many steps at the step bound needs this one too.
+pub const MAX_PLAN_RENDERED_BYTES: usize = 128 << 20;
+
 /// Built-in functions removed from templates: `debug()` prints the whole
 /// render context. (The context only holds what the analysis saw a step read
 /// — see [`crate::analyze::StepInfo::context`] — so this is defence in depth,
@@ -355,6 +372,47 @@ pub fn eval(
     ctx: &serde_json::Value,
 ) -> Result<minijinja::Value, minijinja::Error> {
     compile_expression(env, text)?.eval(ctx)
+}
+
+/// Evaluates a `for_each` expression and returns its value as JSON, within
+/// bounds: at most [`MAX_FOR_EACH_ITEMS`] items and [`MAX_RENDERED_BYTES`]
+/// of JSON. A lazy value (`["x" * 50000000] * 1000`) is small until it is
+/// copied out item by item; the copy goes through the capped writer, so it
+/// stops at the bound instead of exhausting memory.
+pub fn eval_list(
+    env: &Environment<'_>,
+    text: &str,
+    ctx: &serde_json::Value,
+) -> Result<serde_json::Value, minijinja::Error> {
+    let v = eval(env, text, ctx)?;
+    let too_many = || {
+        minijinja::Error::new(
+            minijinja::ErrorKind::InvalidOperation,
+            format!("the list has more than {MAX_FOR_EACH_ITEMS} items"),
+        )
+    };
+    if v.len().is_some_and(|n| n > MAX_FOR_EACH_ITEMS) {
+        return Err(too_many());
+    }
+    let mut out = Capped::default();
+    if serde_json::to_writer(&mut out, &v).is_err() {
+        return Err(minijinja::Error::new(
+            minijinja::ErrorKind::InvalidOperation,
+            if out.over {
+                format!("the list is larger than {MAX_RENDERED_BYTES} bytes")
+            } else {
+                "the value cannot be read as data".to_owned()
+            },
+        ));
+    }
+    let json: serde_json::Value = serde_json::from_slice(&out.buf).unwrap_or_default();
+    if json
+        .as_array()
+        .is_some_and(|a| a.len() > MAX_FOR_EACH_ITEMS)
+    {
+        return Err(too_many());
+    }
+    Ok(json)
 }
 
 /// A writer that refuses to grow past [`MAX_RENDERED_BYTES`].

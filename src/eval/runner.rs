@@ -621,6 +621,7 @@ async fn check_snapshot(
         step: &step.id,
         model: &model,
         prompt_sha256: &prompt,
+        sensitivity: level,
     };
     let stored = match crate::files::read_text(&path) {
         Ok(t) => Some(t),
@@ -638,7 +639,16 @@ async fn check_snapshot(
                 let rubric = format!(
                     "The answer must say the same as this reference answer; wording, order and formatting may differ, facts, labels and conclusions may not.\n\nReference answer:\n{body}"
                 );
-                let v = judge(ctx, level, None, &rubric, &rendered).await?;
+                // The rubric quotes the stored answer: the judge carries the
+                // higher of the step's level now and the level the stored
+                // answer was written at, so a step that was confidential
+                // when its snapshot was taken (and is public now) never
+                // sends that answer to a cloud judge.
+                let policy = &ctx.policy;
+                let judged_level = policy.level_index(level).map_or(level, |now| {
+                    policy.level_name(now.max(snapshot::stored_level(text, policy)))
+                });
+                let v = judge(ctx, judged_level, None, &rubric, &rendered).await?;
                 let pass = v.pass;
                 judged = Some(v);
                 pass

@@ -8,6 +8,7 @@
 //! step: classify
 //! model: budget (gpt-5.4-nano)
 //! prompt: sha256:3f2a…
+//! sensitivity: internal
 //! ---
 //! bug
 //! ```
@@ -32,6 +33,10 @@ pub struct Meta<'a> {
     pub step: &'a str,
     pub model: &'a str,
     pub prompt_sha256: &'a str,
+    /// The step's effective sensitivity when it produced the output: the
+    /// stored body is data of that level (a judge reads it back, see
+    /// [`stored_level`]).
+    pub sensitivity: &'a str,
 }
 
 pub fn path(dir: &Path, case: &str, step: &str) -> PathBuf {
@@ -48,8 +53,8 @@ pub fn pending_path(snap: &Path) -> PathBuf {
 pub fn render(meta: &Meta<'_>, body: &str) -> String {
     let mut s = format!(
         "# tollgate snapshot — review changes, accept with `tollgate test --accept`\n\
-         workflow: {}\ncase: {}\nstep: {}\nmodel: {}\nprompt: sha256:{}\n---\n",
-        meta.workflow, meta.case, meta.step, meta.model, meta.prompt_sha256
+         workflow: {}\ncase: {}\nstep: {}\nmodel: {}\nprompt: sha256:{}\nsensitivity: {}\n---\n",
+        meta.workflow, meta.case, meta.step, meta.model, meta.prompt_sha256, meta.sensitivity
     );
     s.push_str(body);
     if !body.ends_with('\n') {
@@ -71,6 +76,17 @@ pub fn header_field<'a>(file_text: &'a str, key: &str) -> Option<&'a str> {
     let (head, _) = file_text.split_once(HEADER_END)?;
     head.lines()
         .find_map(|l| l.strip_prefix(key)?.strip_prefix(": "))
+}
+
+/// The sensitivity level of a stored body, as an index of the policy's
+/// levels: the level its header records, and the policy's highest level
+/// when it records none or one the policy does not know (a snapshot written
+/// before levels were recorded may hold the answer of a confidential step:
+/// it fails closed, never open).
+pub fn stored_level(file_text: &str, policy: &crate::policy::Policy) -> usize {
+    header_field(file_text, "sensitivity")
+        .and_then(|l| policy.level_index(l.trim()))
+        .unwrap_or_else(|| policy.levels.len().saturating_sub(1))
 }
 
 /// Does the output match the stored body under this mode? (`Judge` compares
@@ -165,6 +181,7 @@ mod tests {
             step: "s",
             model: "m (x)",
             prompt_sha256: "ab",
+            sensitivity: "internal",
         };
         let text = render(&meta, "line one\n---\nline three");
         assert_eq!(body(&text), "line one\n---\nline three");

@@ -403,6 +403,7 @@ pub(super) async fn run(
                 max_output: max_out,
                 cache: prompt_cache(model, s.as_deref()),
                 billing: Billing::Batch,
+                answer_tokens: model.tokenizer.count(&answer.text) as u64,
             },
             usage,
             answer.cost_usd,

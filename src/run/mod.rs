@@ -980,7 +980,9 @@ async fn run_step(sh: Arc<Shared>, i: usize, upstream: Map<String, Value>) -> St
     }
     let items: Vec<Option<Value>> = match &info.for_each {
         None => vec![None],
-        Some(fe) => match eval(fe).map(|v| serde_json::to_value(&v).unwrap_or(Value::Null)) {
+        Some(fe) => match crate::template::eval_list(env, &fe.text, &ctx)
+            .map_err(|e| format!("cannot evaluate `{}`: {e}", fe.text.trim()))
+        {
             Ok(Value::Array(list)) if list.is_empty() => {
                 return StepReport::new(
                     id,
@@ -996,6 +998,7 @@ async fn run_step(sh: Arc<Shared>, i: usize, upstream: Map<String, Value>) -> St
 
     // Render every call's messages with the real values.
     let mut rendered: Vec<(Option<String>, String)> = Vec::with_capacity(items.len());
+    let mut total = 0usize;
     // The label the requests carry to the provider boundary: the level of
     // what was actually rendered into them.
     let mut label = route::Label {
@@ -1020,7 +1023,16 @@ async fn run_step(sh: Arc<Shared>, i: usize, upstream: Map<String, Value>) -> St
             Err(e) => return fail(e),
         };
         match render(&info.prompt) {
-            Ok(p) => rendered.push((system, p)),
+            Ok(p) => {
+                total += p.len() + system.as_ref().map_or(0, String::len);
+                if total > crate::template::MAX_STEP_RENDERED_BYTES {
+                    return fail(format!(
+                        "the calls of the step render more than {} bytes together",
+                        crate::template::MAX_STEP_RENDERED_BYTES
+                    ));
+                }
+                rendered.push((system, p));
+            }
             Err(e) => return fail(e),
         }
     }
@@ -1609,6 +1621,7 @@ async fn call_model(
                 let reported = resp.usage.input_tokens > 0 || resp.usage.output_tokens > 0;
                 // No usage reported: count it ourselves rather than pretend
                 // the call was free.
+                let answer_tokens = model.tokenizer.count(&resp.text) as u64;
                 let usage = if reported {
                     resp.usage
                 } else {
@@ -1629,6 +1642,7 @@ async fn call_model(
                         max_output: u64::from(step.max_output_tokens()),
                         cache: req.cache_system,
                         billing: Billing::Standard,
+                        answer_tokens,
                     },
                     usage,
                     resp.cost_usd,
@@ -1730,6 +1744,7 @@ async fn call_model(
                             max_output: u64::from(step.max_output_tokens()),
                             cache: req.cache_system,
                             billing: Billing::Standard,
+                            answer_tokens: 0,
                         },
                     )
                 } else {

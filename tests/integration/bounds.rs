@@ -318,3 +318,82 @@ fn standard_input_past_the_size_bound_is_an_error_not_a_truncation() {
         transcript(&out)
     );
 }
+
+/// `plan` with the bounds' policy; exit code and the first diagnostic.
+fn plan_json(workflow: &str) -> (Option<i32>, serde_json::Value, String) {
+    let dir = temp_project(POLICY, workflow);
+    let out = tollgate_in(
+        dir.path(),
+        &[
+            "plan",
+            "wf.yaml",
+            "--policy",
+            "policy.yaml",
+            "--format",
+            "json",
+        ],
+    );
+    let v = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    (out.status.code(), v, transcript(&out))
+}
+
+/// A `for_each` list built by repetition is one cheap operation for the
+/// template engine and ten million calls for the plan: `plan` spun for
+/// minutes. Refused at the expression, whatever builds the list.
+#[test]
+fn a_for_each_list_past_the_item_bound_is_a_located_error() {
+    let (code, v, t) = plan_json(
+        "version: 1\nname: w\nsteps:\n  a: {task: t, for_each: '[1] * 10000000', prompt: '{{ item }}'}\n",
+    );
+    assert_eq!(code, Some(2), "{t}");
+    let d = &v["diagnostics"][0];
+    assert!(
+        d["message"]
+            .as_str()
+            .unwrap()
+            .contains("more than 100000 items"),
+        "{t}"
+    );
+    assert_eq!(
+        (d["line"].as_u64(), d["column"].as_u64()),
+        (Some(4), Some(27)),
+        "{t}"
+    );
+}
+
+/// Every prompt is bounded (8 MiB) but a fan-out renders one per item and
+/// holds them all: 2,000 items of an 8 MiB prompt aborted `plan` out of
+/// memory (16 GB). Here 5 items (40 MiB) cross the bound of a step's calls
+/// (32 MiB) without needing much memory before the fix.
+#[test]
+fn a_fan_out_of_large_prompts_is_bounded_as_a_whole() {
+    let (code, v, t) = plan_json(
+        "version: 1\nname: w\nsteps:\n  a: {task: t, for_each: 'range(5)', prompt: '{{ \"x\" * 8000000 }}'}\n",
+    );
+    assert_eq!(code, Some(2), "{t}");
+    let d = &v["diagnostics"][0];
+    assert!(
+        d["message"].as_str().unwrap().contains("render more than"),
+        "{t}"
+    );
+    assert_eq!(d["line"].as_u64(), Some(4), "{t}");
+}
+
+/// The same across steps: each step under its own bound, the plan holding
+/// all of them (200 such steps aborted `plan`; 6 cross the plan's bound).
+#[test]
+fn many_steps_of_large_prompts_are_bounded_as_a_whole() {
+    let mut wf = String::from("version: 1\nname: w\nsteps:\n");
+    for i in 0..6 {
+        wf.push_str(&format!(
+            "  s{i}: {{task: t, for_each: 'range(3)', prompt: '{{{{ \"x\" * 8000000 }}}}'}}\n"
+        ));
+    }
+    let (code, v, t) = plan_json(&wf);
+    assert_eq!(code, Some(2), "{t}");
+    let d = &v["diagnostics"][0];
+    assert!(
+        d["message"].as_str().unwrap().contains("render more than"),
+        "{t}"
+    );
+}

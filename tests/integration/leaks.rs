@@ -181,3 +181,76 @@ async fn a_failed_local_call_reports_its_cause_when_the_fallbacks_are_gated() {
     assert!(detail.contains("500"), "the cause is missing: {detail}");
     assert!(detail.contains("above cloud_max"), "{detail}");
 }
+
+/// `tollgate test` in a project, with the cloud fake's key set.
+async fn suite_run(dir: &std::path::Path, args: &[&str]) -> std::process::Output {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_tollgate"));
+    cmd.args(["--color", "never", "test"])
+        .args(args)
+        .current_dir(dir)
+        .env_remove("CI")
+        .env_remove("TOLLGATE_STATE")
+        .env("TEST_OPENAI_KEY", crate::run::KEY)
+        .kill_on_drop(true);
+    cmd.output().await.expect("the binary runs")
+}
+
+/// A snapshot holds what a step answered when it last ran. A confidential
+/// step's snapshot holds confidential text; when the step is later made
+/// public (or its snapshot is judged for any other public step), the
+/// `snapshot: judge` rubric quotes that stored text to the judge, which the
+/// policy routes by the *current* step's level — to the cloud.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_snapshot_of_a_confidential_answer_never_reaches_a_cloud_judge() {
+    let local = FakeServer::start().await;
+    local.set_default(Reply::text(format!("local summary of {CANARY}")).usage(5, 1));
+    let cloud = FakeServer::start().await;
+    cloud.set_default(Reply::text("{\"verdict\": \"pass\", \"reason\": \"same\"}").usage(5, 1));
+    let wf = |prompt: &str| {
+        format!(
+            "version: 1\nname: snap\ninputs:\n  secret: {{ type: string, sensitivity: confidential }}\nsteps:\n  a: {{ task: summarize, prompt: \"{prompt}\" }}\n"
+        )
+    };
+    let dir = crate::temp_project(
+        &leak_policy(&local, &cloud),
+        &wf("Summarize {{ inputs.secret }}"),
+    );
+    std::fs::create_dir(dir.path().join("evals")).unwrap();
+    std::fs::write(
+        dir.path().join("evals/s.yaml"),
+        format!(
+            "workflow: ../wf.yaml\npolicy: ../policy.yaml\ncases:\n  - name: one\n    inputs: {{ secret: \"{CANARY}\" }}\n    expect:\n      a: {{ snapshot: judge }}\n"
+        ),
+    )
+    .unwrap();
+    // The confidential step runs locally; its answer is reviewed and accepted.
+    let first = suite_run(dir.path(), &[]).await;
+    let accept = suite_run(dir.path(), &["--accept"]).await;
+    let snap = std::fs::read_to_string(dir.path().join("evals/snapshots/s/one.a.snap"))
+        .unwrap_or_else(|e| panic!("{e}\n{}\n{}", transcript(&first), transcript(&accept)));
+    assert!(snap.contains(CANARY), "{snap}");
+    assert_eq!(cloud.request_count(), 0);
+    // The step no longer reads the secret: it is public and goes to the
+    // cloud; its new answer differs, so the judge compares it with the
+    // stored (confidential) one.
+    std::fs::write(dir.path().join("wf.yaml"), wf("Summarize the weather")).unwrap();
+    cloud.set_handler(|r| {
+        if r.raw_body.contains("You grade an answer") {
+            Reply::text("{\"verdict\": \"pass\", \"reason\": \"same\"}").usage(5, 1)
+        } else {
+            Reply::text("sunny").usage(5, 1)
+        }
+    });
+    let out = suite_run(dir.path(), &[]).await;
+    let leaked = cloud
+        .requests()
+        .iter()
+        .filter(|r| r.raw_body.contains(CANARY))
+        .count();
+    assert_eq!(
+        leaked,
+        0,
+        "the judge sent a confidential snapshot to the cloud\n{}",
+        transcript(&out)
+    );
+}

@@ -429,3 +429,25 @@ async fn an_openai_refusal_is_a_failed_call_never_cached() {
         }
     }
 }
+
+/// A server that answers in full but reports (almost) no output tokens: the
+/// answer's own text is what was generated, so the charge counts at least
+/// its tokens, and a budget that pays for one full answer does not pay for
+/// ten of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_longer_than_its_reported_usage_is_charged_for_its_text() {
+    let fake = FakeServer::start().await;
+    // About 18,000 tokens of text ("word " is one o200k token), reported as 1.
+    let long = "word ".repeat(18_000);
+    fake.set_default(Reply::text(long).usage(20, 1));
+    let p = Project::new(&policy(&fake, "budgets:\n  run_usd: 0.01\n"), TEN);
+    let out = p.run(&["--format", "json", "--no-stream"]).await;
+    let r = report(&out);
+    let cost = r["cost_usd"].as_f64().unwrap();
+    assert!(
+        fake.request_count() <= 2,
+        "a budget for one answer paid for {} (charged ${cost})",
+        fake.request_count()
+    );
+    assert!(cost >= 0.007, "{cost}");
+}
