@@ -186,9 +186,16 @@ fn openai_tokenizer(name: &str) -> Tokenizer {
 pub fn count_chat(tok: Tokenizer, messages: &[&str]) -> usize {
     messages
         .iter()
-        .map(|content| TOKENS_PER_MESSAGE + tok.count(content))
+        .map(|content| tok.count(content))
         .sum::<usize>()
-        + REPLY_PRIMING_TOKENS
+        + chat_overhead(messages.len())
+}
+
+/// The tokens the chat format adds to `messages` messages (the frame of
+/// each, and the reply priming): [`count_chat`] less the contents, for a
+/// caller that has counted the contents already.
+pub fn chat_overhead(messages: usize) -> usize {
+    messages * TOKENS_PER_MESSAGE + REPLY_PRIMING_TOKENS
 }
 
 /// Count `text` in segments of about `soft` bytes.

@@ -262,8 +262,9 @@ pub fn fingerprint(analysis: &crate::analyze::Analysis) -> String {
 
 /// The identity of a policy file (its text).
 pub fn policy_hash(path: &Path) -> String {
-    let text = std::fs::read(path).unwrap_or_default();
-    sha256_json(&String::from_utf8_lossy(&text))
+    // Through the bounded reader: the path is the user's, read a second time.
+    let text = crate::files::read_text(path).unwrap_or_default();
+    sha256_json(&text)
 }
 
 /// A path as written in the journal: absolute where it exists.

@@ -384,6 +384,7 @@ pub(super) async fn run(
         let mut msgs: Vec<&str> = s.iter().map(String::as_str).collect();
         msgs.push(p);
         let counted = tokens::count_chat(model.tokenizer, &msgs) as u64;
+        let answer_tokens = model.tokenizer.count(&answer.text) as u64;
         let usage = if reported {
             answer.usage
         } else {
@@ -391,7 +392,7 @@ pub(super) async fn run(
             // call was free.
             Usage {
                 input_tokens: counted,
-                output_tokens: tokens::count_chat(model.tokenizer, &[answer.text.as_str()]) as u64,
+                output_tokens: answer_tokens + tokens::chat_overhead(1) as u64,
                 ..Usage::default()
             }
         };
@@ -403,7 +404,7 @@ pub(super) async fn run(
                 max_output: max_out,
                 cache: prompt_cache(model, s.as_deref()),
                 billing: Billing::Batch,
-                answer_tokens: model.tokenizer.count(&answer.text) as u64,
+                answer_tokens,
             },
             usage,
             answer.cost_usd,

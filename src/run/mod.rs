@@ -1534,6 +1534,32 @@ async fn call_model(
                 }
             }
         }
+        // A call that is not made (refused at the boundary, over budget):
+        // one attempt in the report and in the journal, with its reason.
+        let mut not_called = |outcome: &str, message: &str| {
+            report.attempts.push(Attempt {
+                model: model.alias.clone(),
+                outcome: outcome.to_owned(),
+                status: None,
+                message: Some(message.to_owned()),
+                waited_ms: None,
+            });
+            let mut r = record(report.attempts.len());
+            r.outcome = outcome.to_owned();
+            r.error = Some(message.to_owned());
+            r
+        };
+        // The gate at the provider boundary, on the request as it leaves —
+        // before a slot or a reservation is taken: a refused request costs
+        // nothing and waits for nothing.
+        if let Err(message) = route::admit(&sh.policy, model, label, &request_texts(&req)) {
+            let r = not_called("refused", &message);
+            sh.journal_call(r).await;
+            return Err(CallFailure {
+                message,
+                context_length: false,
+            });
+        }
         let input_tokens = counts(model.tokenizer)
             + req.messages.len().saturating_sub(1) as u64 * u64::from(step.max_output_tokens());
         let worst = cost::worst_case(
@@ -1564,16 +1590,7 @@ async fn call_model(
             Ok(r) => r,
             Err(over) => {
                 let message = format!("{}: not called — {over}", model.alias);
-                report.attempts.push(Attempt {
-                    model: model.alias.clone(),
-                    outcome: "over_budget".to_owned(),
-                    status: None,
-                    message: Some(message.clone()),
-                    waited_ms: None,
-                });
-                let mut r = record(report.attempts.len());
-                r.outcome = "over_budget".to_owned();
-                r.error = Some(message.clone());
+                let r = not_called("over_budget", &message);
                 sh.journal_call(r).await;
                 return Err(CallFailure {
                     message,
@@ -1581,26 +1598,6 @@ async fn call_model(
                 });
             }
         };
-        // The gate at the provider boundary, on the request as it leaves.
-        if let Err(message) = route::admit(&sh.policy, model, label, &request_texts(&req)) {
-            drop(permit);
-            sh.budget.settle(reservation, 0.0);
-            report.attempts.push(Attempt {
-                model: model.alias.clone(),
-                outcome: "refused".to_owned(),
-                status: None,
-                message: Some(message.clone()),
-                waited_ms: None,
-            });
-            let mut r = record(report.attempts.len());
-            r.outcome = "refused".to_owned();
-            r.error = Some(message.clone());
-            sh.journal_call(r).await;
-            return Err(CallFailure {
-                message,
-                context_length: false,
-            });
-        }
         let mut rec = record(report.attempts.len() + 1);
         let sent = Instant::now();
         let result = match tokio::time::timeout(call_timeout, client.send(&req)).await {
@@ -1627,8 +1624,7 @@ async fn call_model(
                 } else {
                     Usage {
                         input_tokens,
-                        output_tokens: tokens::count_chat(model.tokenizer, &[resp.text.as_str()])
-                            as u64,
+                        output_tokens: answer_tokens + tokens::chat_overhead(1) as u64,
                         ..Usage::default()
                     }
                 };

@@ -507,28 +507,24 @@ fn a_key_pasted_where_a_name_belongs_is_masked_in_every_diagnostic() {
     let policy = format!(
         "version: 1\nproviders:\n  oa:\n    kind: openai\n    api_key_env: {key}\n    headers:\n      Authorization: \"Bearer {bearer}\"\nmodels:\n  m: {{ provider: oa, model: gpt-4o-mini, tier: budget }}\nrules:\n  - {{ name: all, use: m }}\n"
     );
-    let project = crate::run::Project::new(&policy, TWO_STEPS);
-    for args in [
-        &["check", "policy.yaml"][..],
-        &["check", "policy.yaml", "--format", "json"][..],
-        &["plan", "wf.yaml", "--policy", "policy.yaml"][..],
-        &["run", "wf.yaml", "--policy", "policy.yaml"][..],
-    ] {
-        let out = crate::tollgate_in(project.path(), args);
-        let text = transcript(&out);
-        assert_eq!(out.status.code(), Some(2), "{text}");
-        assert!(text.contains("api_key_env"), "{text}");
-        for secret in [key, bearer, "Zq81abcdefghij", "Xy7zzzzzzzzz"] {
-            assert!(!text.contains(secret), "{args:?} leaked {secret}: {text}");
-        }
-    }
+    every_command_refuses_and_masks(
+        &policy,
+        "api_key_env",
+        &[key, bearer, "Zq81abcdefghij", "Xy7zzzzzzzzz"],
+    );
     // A key that is also a valid variable name passes the schema: it is
     // refused as a key, and masked there too.
     let google = "AIzaSyA1b2C3d4E5f6G7h8I9j0KlMnOpQrStUvW";
     let policy = format!(
         "version: 1\nproviders:\n  g:\n    kind: gemini\n    api_key_env: {google}\nmodels:\n  m: {{ provider: g, model: gemini-2.5-flash, tier: budget }}\nrules:\n  - {{ name: all, use: m }}\n"
     );
-    let project = crate::run::Project::new(&policy, TWO_STEPS);
+    every_command_refuses_and_masks(&policy, "looks like an API key", &["SyA1b2C3d4E5"]);
+}
+
+/// `check` (text and JSON), `plan` and `run` of a two-step workflow under
+/// `policy`: each exits 2, says `expect`, and shows none of `secrets`.
+fn every_command_refuses_and_masks(policy: &str, expect: &str, secrets: &[&str]) {
+    let project = crate::run::Project::new(policy, TWO_STEPS);
     for args in [
         &["check", "policy.yaml"][..],
         &["check", "policy.yaml", "--format", "json"][..],
@@ -538,8 +534,10 @@ fn a_key_pasted_where_a_name_belongs_is_masked_in_every_diagnostic() {
         let out = crate::tollgate_in(project.path(), args);
         let text = transcript(&out);
         assert_eq!(out.status.code(), Some(2), "{text}");
-        assert!(text.contains("looks like an API key"), "{text}");
-        assert!(!text.contains("SyA1b2C3d4E5"), "{args:?} leaked: {text}");
+        assert!(text.contains(expect), "{text}");
+        for secret in secrets {
+            assert!(!text.contains(secret), "{args:?} leaked {secret}: {text}");
+        }
     }
 }
 
