@@ -370,8 +370,21 @@ fn resolve_binary(name: &str) -> Option<PathBuf> {
     dirs.into_iter().map(|d| d.join(name)).find(|p| p.is_file())
 }
 
+/// How much of a server's log [`tail`] reads.
+const TAIL_BYTES: u64 = 64 * 1024;
+
+/// The last `n` lines of a server's log, read from at most its last
+/// [`TAIL_BYTES`]: the server writes the log, and a server that floods it
+/// must not make an error message read gigabytes.
 fn tail(path: &Path, n: usize) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
+    use std::io::{Read, Seek, SeekFrom};
+    let mut bytes = Vec::new();
+    if let Ok(mut f) = std::fs::File::open(path) {
+        let len = f.metadata().map_or(0, |m| m.len());
+        let _ = f.seek(SeekFrom::Start(len.saturating_sub(TAIL_BYTES)));
+        let _ = f.take(TAIL_BYTES).read_to_end(&mut bytes);
+    }
+    let text = String::from_utf8_lossy(&bytes);
     let lines: Vec<&str> = text.lines().collect();
     let start = lines.len().saturating_sub(n);
     lines[start..]
@@ -384,6 +397,20 @@ fn tail(path: &Path, n: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_flooded_log_is_quoted_from_its_end_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("server.log");
+        // 8 MiB of one line with no break, then the lines that matter.
+        let mut text = "x".repeat(8 << 20);
+        text.push_str("\nloading model\nerror: out of memory\n");
+        std::fs::write(&log, text).unwrap();
+        let quoted = tail(&log, 2);
+        assert_eq!(quoted, "  | loading model\n  | error: out of memory");
+        // Asked for more lines than the bounded read holds: still bounded.
+        assert!(tail(&log, 1000).len() <= TAIL_BYTES as usize + 1000 * 4);
+    }
 
     #[test]
     fn expands_variables_defaults_and_home() {
