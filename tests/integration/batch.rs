@@ -8,8 +8,7 @@ use std::time::Duration;
 use fake_llm::{Api, BatchScript, FakeServer, Recorded, Reply};
 use serde_json::json;
 
-use crate::run::{KEY, Project, assert_no_key, policy, report, step};
-use crate::transcript;
+use crate::support::{KEY, Project, assert_no_key, policy, report, step, transcript};
 
 /// Labels three tickets through the budget model (OpenAI gpt-4.1-nano) in
 /// one batch; a summary step runs normally.
@@ -408,20 +407,9 @@ async fn an_interrupted_run_resumes_polling_its_batch_instead_of_resubmitting() 
         ..BatchScript::default()
     });
     let p = Project::new(&policy(&fake, ""), LABELS);
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
-        .args([
-            "--color",
-            "never",
-            "run",
-            "wf.yaml",
-            "--policy",
-            "policy.yaml",
-        ])
-        .args(fast())
-        .current_dir(p.path())
-        .env("TEST_OPENAI_KEY", KEY)
-        .env("TEST_ANTHROPIC_KEY", KEY)
-        .env("TEST_GEMINI_KEY", KEY)
+    let mut child = p
+        .run(&fast())
+        .into_tokio()
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .kill_on_drop(true)

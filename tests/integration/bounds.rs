@@ -7,15 +7,13 @@
 
 use std::path::Path;
 
-use crate::{root, temp_project, tollgate_in, transcript};
+use insta_cmd::assert_cmd_snapshot;
+
+use crate::support::{Project, root, stable_output, stderr, tollgate_in, transcript};
 
 const POLICY: &str = "version: 1\nname: p\nsensitivity: {levels: [public, confidential], cloud_max: public}\nproviders:\n  local: {kind: openai-compatible, base_url: 'http://127.0.0.1:1/v1'}\nmodels:\n  small: {provider: local, model: m, tier: local, context_window: 8000}\nrules:\n  - {name: all, use: small}\n";
 
 const WORKFLOW: &str = "version: 1\nname: w\ninputs:\n  text: {type: string}\nsteps:\n  a: {task: t, prompt: 'Say {{ inputs.text }}'}\n";
-
-fn stderr(out: &std::process::Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
 
 fn mkfifo(path: &Path) {
     let status = std::process::Command::new("mkfifo")
@@ -58,26 +56,25 @@ fn an_alias_bomb_is_a_located_error_not_an_abort() {
 
 #[test]
 fn an_alias_bomb_in_a_policy_or_a_suite_is_refused_too() {
-    let dir = temp_project(POLICY, WORKFLOW);
+    let dir = Project::new(POLICY, WORKFLOW);
     // Loaded as a policy (by `plan`) and as a suite (by `test`): the same
     // loader, so the same bound, before any schema check.
     std::fs::write(dir.path().join("bomb.yaml"), alias_bomb()).unwrap();
-    for args in [
-        &[
-            "plan",
-            "wf.yaml",
-            "--policy",
-            "bomb.yaml",
-            "--input",
-            "text=x",
-        ][..],
-        &["test", "bomb.yaml", "--replay"][..],
+    let as_policy = [
+        "plan",
+        "wf.yaml",
+        "--policy",
+        "bomb.yaml",
+        "--input",
+        "text=x",
+    ];
+    let as_suite = ["test", "bomb.yaml", "--replay"];
+    for (name, args) in [
+        ("alias_bomb_as_policy", &as_policy[..]),
+        ("alias_bomb_as_suite", &as_suite[..]),
     ] {
-        let out = tollgate_in(dir.path(), args);
-        assert_eq!(out.status.code(), Some(2), "{}", transcript(&out));
-        let err = stderr(&out);
-        assert!(err.contains("this alias expands the document"), "{err}");
-        assert!(err.contains("bomb.yaml:10:"), "{err}");
+        // Exit 2: `this alias expands the document` at bomb.yaml:10.
+        assert_cmd_snapshot!(name, dir.tollgate(args).into_std());
     }
 }
 
@@ -102,104 +99,82 @@ fn deep_nesting_is_a_located_error_not_a_stack_overflow() {
 
 #[test]
 fn a_prompt_file_that_is_a_fifo_is_refused_without_blocking() {
-    let dir = temp_project(
+    let dir = Project::new(
         POLICY,
         "version: 1\nname: w\nsteps:\n  a: {task: t, prompt_file: prompt.md}\n",
     );
     // No writer ever opens it: reading it would block forever.
     mkfifo(&dir.path().join("prompt.md"));
-    let out = tollgate_in(dir.path(), &["check", "wf.yaml"]);
-    assert_eq!(out.status.code(), Some(2), "{}", transcript(&out));
-    let err = stderr(&out);
-    assert!(
-        err.contains("a FIFO (named pipe), not a regular file"),
-        "{err}"
-    );
-    assert!(err.contains("wf.yaml:4:"), "located at prompt_file: {err}");
+    // Exit 2, located at `prompt_file` (wf.yaml:4): a FIFO, not a regular file.
+    assert_cmd_snapshot!(dir.tollgate(&["check", "wf.yaml"]).into_std());
 }
 
 #[test]
 fn a_prompt_file_that_is_a_directory_is_refused() {
-    let dir = temp_project(
+    let dir = Project::new(
         POLICY,
         "version: 1\nname: w\nsteps:\n  a: {task: t, prompt_file: prompts}\n",
     );
     std::fs::create_dir(dir.path().join("prompts")).unwrap();
-    let out = tollgate_in(dir.path(), &["check", "wf.yaml"]);
-    assert_eq!(out.status.code(), Some(2), "{}", transcript(&out));
-    let err = stderr(&out);
-    assert!(err.contains("a directory, not a regular file"), "{err}");
-    assert!(err.contains("wf.yaml:4:"), "{err}");
+    // Exit 2 at wf.yaml:4: a directory, not a regular file.
+    assert_cmd_snapshot!(dir.tollgate(&["check", "wf.yaml"]).into_std());
 }
 
 #[test]
 fn input_files_that_are_not_regular_files_are_refused() {
-    let dir = temp_project(POLICY, WORKFLOW);
+    let dir = Project::new(POLICY, WORKFLOW);
     mkfifo(&dir.path().join("fifo"));
     std::fs::create_dir(dir.path().join("folder")).unwrap();
-    for (arg, why) in [
-        ("text=@fifo", "a FIFO (named pipe), not a regular file"),
-        ("text=@/dev/zero", "a device, not a regular file"),
-        ("text=@folder", "a directory, not a regular file"),
+    // Each exits 2, naming `--input text` and what the path is.
+    for (name, arg) in [
+        ("input_fifo", "text=@fifo"),
+        ("input_device", "text=@/dev/zero"),
+        ("input_directory", "text=@folder"),
     ] {
-        let out = tollgate_in(
-            dir.path(),
-            &["plan", "wf.yaml", "--policy", "policy.yaml", "--input", arg],
+        assert_cmd_snapshot!(
+            name,
+            dir.tollgate(&["plan", "wf.yaml", "--policy", "policy.yaml", "--input", arg])
+                .into_std()
         );
-        assert_eq!(out.status.code(), Some(2), "{arg}: {}", transcript(&out));
-        let err = stderr(&out);
-        assert!(err.contains(why), "{arg}: {err}");
-        assert!(err.contains("--input text"), "{arg}: {err}");
     }
 }
 
 #[test]
 fn an_input_file_past_the_size_bound_is_an_error_not_a_truncation() {
-    let dir = temp_project(POLICY, WORKFLOW);
+    let dir = Project::new(POLICY, WORKFLOW);
     // Sparse: costs no disk, reads as zeros (valid UTF-8) without end in sight.
     let big = std::fs::File::create(dir.path().join("big.txt")).unwrap();
     big.set_len(tollgate::files::MAX_TEXT_BYTES + 1).unwrap();
-    let out = tollgate_in(
-        dir.path(),
-        &[
+    // Exit 2: larger than the limit of 32 MiB.
+    assert_cmd_snapshot!(
+        dir.tollgate(&[
             "plan",
             "wf.yaml",
             "--policy",
             "policy.yaml",
             "--input",
             "text=@big.txt",
-        ],
-    );
-    assert_eq!(out.status.code(), Some(2), "{}", transcript(&out));
-    assert!(
-        stderr(&out).contains("larger than the limit of 32 MiB"),
-        "{}",
-        transcript(&out)
+        ])
+        .into_std()
     );
 }
 
 #[test]
 fn a_case_file_that_is_a_fifo_is_refused_at_its_location() {
-    let dir = tempfile::tempdir().unwrap();
     let r = root();
-    std::fs::write(
-        dir.path().join("suite.yaml"),
-        format!(
+    let dir = Project::empty().with(
+        "suite.yaml",
+        &format!(
             "workflow: {}\npolicy: {}\ncases_from: cases.jsonl\n",
             r.join("workflows/local-triage.yaml").display(),
             r.join("policies/local.yaml").display()
         ),
-    )
-    .unwrap();
-    mkfifo(&dir.path().join("cases.jsonl"));
-    let out = tollgate_in(dir.path(), &["check", "suite.yaml"]);
-    assert_eq!(out.status.code(), Some(2), "{}", transcript(&out));
-    let err = stderr(&out);
-    assert!(
-        err.contains("a FIFO (named pipe), not a regular file"),
-        "{err}"
     );
-    assert!(err.contains("suite.yaml:3:13"), "{err}");
+    mkfifo(&dir.path().join("cases.jsonl"));
+    // Exit 2 at suite.yaml:3:13: a FIFO, not a regular file.
+    stable_output(dir.path()).bind(|| {
+        assert_cmd_snapshot!(dir.tollgate(&["check", "suite.yaml"]).into_std());
+    });
 }
 
 #[test]
@@ -281,18 +256,11 @@ fn thousands_of_problems_print_a_bounded_report() {
 #[test]
 fn standard_input_past_the_size_bound_is_an_error_not_a_truncation() {
     use std::io::Write;
-    let dir = temp_project(POLICY, WORKFLOW);
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
-        .args([
-            "--color",
-            "never",
-            "plan",
-            "wf.yaml",
-            "--policy",
-            "policy.yaml",
-        ])
+    let dir = Project::new(POLICY, WORKFLOW);
+    let mut child = dir
+        .tollgate(&["plan", "wf.yaml", "--policy", "policy.yaml"])
+        .into_std()
         .args(["--input", "text=@-"])
-        .current_dir(dir.path())
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -321,7 +289,7 @@ fn standard_input_past_the_size_bound_is_an_error_not_a_truncation() {
 
 /// `plan` with the bounds' policy; exit code and the first diagnostic.
 fn plan_json(workflow: &str) -> (Option<i32>, serde_json::Value, String) {
-    let dir = temp_project(POLICY, workflow);
+    let dir = Project::new(POLICY, workflow);
     let out = tollgate_in(
         dir.path(),
         &[

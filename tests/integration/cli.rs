@@ -2,9 +2,11 @@
 //! schema command, inputs from files and stdin, JSON diagnostics.
 
 use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
-use crate::{root, tollgate, tollgate_in, transcript};
+use insta_cmd::assert_cmd_snapshot;
+
+use crate::support::{Cmd, Project, root, stable_output, tollgate, transcript};
 
 #[test]
 fn schema_command_prints_the_shipped_schemas() {
@@ -35,15 +37,10 @@ fn plan_output_is_byte_for_byte_stable() {
     }
 }
 
+/// Without `--policy`, the plan is made with (and names) `policies/default.yaml`.
 #[test]
 fn plan_uses_the_default_policy_and_names_it() {
-    let out = tollgate(&["plan", "workflows/ticket-triage.yaml"]);
-    assert_eq!(out.status.code(), Some(0), "{}", transcript(&out));
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        text.contains("policy       team (policies/default.yaml)"),
-        "{text}"
-    );
+    assert_cmd_snapshot!(Cmd::new(&root(), &["plan", "workflows/ticket-triage.yaml"]).into_std());
 }
 
 #[test]
@@ -88,21 +85,23 @@ fn inputs_come_from_files_and_stdin() {
         transcript(&from_file)
     );
 
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tollgate"))
-        .args([
+    let mut child = Cmd::new(
+        &root(),
+        &[
             "plan",
             "workflows/review-diff.yaml",
             "--input",
             "diff=@-",
             "--format",
             "json",
-        ])
-        .current_dir(root())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+        ],
+    )
+    .into_std()
+    .stdin(Stdio::piped())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
     child
         .stdin
         .take()
@@ -132,46 +131,41 @@ fn check_reports_json_diagnostics_with_locations() {
     ]);
     assert_eq!(out.status.code(), Some(2));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(v["ok"], false);
-    let first = &v["diagnostics"][0];
-    assert_eq!(first["code"], "undefined-variable");
-    assert_eq!(first["file"], "tests/inputs/check/templates.yaml");
-    assert_eq!(first["line"], 12);
-    assert_eq!(first["column"], 10);
-    assert_eq!(first["help"], "did you mean `inputs.ticket`?");
+    // Every diagnostic whole: code, file, line, column, help.
+    insta::assert_json_snapshot!(v);
 }
 
+/// One report for all the files: the cycle, the policy's errors and the
+/// missing file, exit 2.
 #[test]
 fn check_finds_problems_in_every_file_given() {
-    let out = tollgate(&[
-        "check",
-        "tests/inputs/check/cycle.yaml",
-        "tests/inputs/check/policy-errors.yaml",
-        "no/such/file.yaml",
-    ]);
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("dependency cycle: draft → review → polish → draft"),
-        "{err}"
-    );
-    assert!(err.contains("unknown provider `olama`"), "{err}");
-    assert!(
-        err.contains("cannot read no/such/file.yaml: no such file"),
-        "{err}"
+    assert_cmd_snapshot!(
+        Cmd::new(
+            &root(),
+            &[
+                "check",
+                "tests/inputs/check/cycle.yaml",
+                "tests/inputs/check/policy-errors.yaml",
+                "no/such/file.yaml",
+            ],
+        )
+        .into_std()
     );
 }
 
 #[test]
 fn check_cross_checks_a_workflow_against_a_policy() {
-    let out = tollgate(&[
-        "check",
-        "tests/inputs/plan/no-local-model/workflow.yaml",
-        "tests/inputs/plan/no-local-model/policy.yaml",
-    ]);
-    assert_eq!(out.status.code(), Some(2), "{}", transcript(&out));
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("no model can serve step `private_summary`")
+    // Together: no model can serve step `private_summary`.
+    assert_cmd_snapshot!(
+        Cmd::new(
+            &root(),
+            &[
+                "check",
+                "tests/inputs/plan/no-local-model/workflow.yaml",
+                "tests/inputs/plan/no-local-model/policy.yaml",
+            ],
+        )
+        .into_std()
     );
     // Alone, each file is fine.
     for f in ["workflow", "policy"] {
@@ -202,26 +196,20 @@ fn usage_errors_exit_2() {
 fn a_symlink_cannot_smuggle_a_prompt_file_out_of_the_project() {
     let outside = tempfile::tempdir().unwrap();
     std::fs::write(outside.path().join("secret.txt"), "top secret").unwrap();
-    let project = tempfile::tempdir().unwrap();
-    std::fs::create_dir(project.path().join(".git")).unwrap();
+    let project = Project::empty().with(
+        "wf.yaml",
+        "version: 1\nname: w\nsteps:\n  a: {task: t, prompt_file: prompt.md}\n",
+    );
     std::os::unix::fs::symlink(
         outside.path().join("secret.txt"),
         project.path().join("prompt.md"),
     )
     .unwrap();
-    std::fs::write(
-        project.path().join("wf.yaml"),
-        "version: 1\nname: w\nsteps:\n  a: {task: t, prompt_file: prompt.md}\n",
-    )
-    .unwrap();
-    let out = tollgate_in(project.path(), &["check", "wf.yaml"]);
-    assert_eq!(out.status.code(), Some(2), "{}", transcript(&out));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("prompt file `prompt.md` is outside the project"),
-        "{err}"
-    );
-    assert!(!err.contains("top secret"));
+    let out = project.tollgate(&["check", "wf.yaml"]).output();
+    // The point: the file's text is never read into the output.
+    assert!(!transcript(&out).contains("top secret"));
+    // Exit 2, located: prompt file `prompt.md` is outside the project.
+    stable_output(project.path()).bind(|| crate::assert_output_snapshot!("symlinked_prompt", out));
 }
 
 #[test]
@@ -244,21 +232,18 @@ fn a_key_pasted_into_a_policy_never_reaches_the_output() {
     assert!(!all.contains("sk-do-not-put-keys-here"), "{all}");
 }
 
+/// A catalog search (claude-opus-4-7 at $5/$25 per Mtok) and a policy's
+/// models (local ones free, catalog names shown).
 #[test]
 fn models_lists_the_catalog_and_a_policys_models() {
-    let out = tollgate(&["models", "claude-opus-4-7"]);
-    assert_eq!(out.status.code(), Some(0));
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        text.lines()
-            .any(|l| l.starts_with("claude-opus-4-7 ") && l.contains(" 5 ") && l.contains(" 25 ")),
-        "{text}"
+    assert_cmd_snapshot!(
+        "models_search",
+        Cmd::new(&root(), &["models", "claude-opus-4-7"]).into_std()
     );
-    let out = tollgate(&["models", "--policy", "policies/default.yaml"]);
-    assert_eq!(out.status.code(), Some(0));
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("local (free)"), "{text}");
-    assert!(text.contains("catalog claude-opus-5"), "{text}");
+    assert_cmd_snapshot!(
+        "models_of_a_policy",
+        Cmd::new(&root(), &["models", "--policy", "policies/default.yaml"]).into_std()
+    );
 }
 
 #[test]

@@ -4,8 +4,7 @@
 use fake_llm::{FakeServer, Reply};
 use serde_json::{Value, json};
 
-use crate::run::{Project, policy, report, step};
-use crate::transcript;
+use crate::support::{Project, policy, report, step, transcript};
 
 /// Three steps in a chain share one long system prompt (about 2,800
 /// tokens); a fourth has a short one.

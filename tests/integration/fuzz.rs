@@ -40,7 +40,7 @@ use tollgate::schema::Format;
 use tollgate::workflow::{self, Workflow};
 use tollgate::yaml::Document;
 
-use crate::root;
+use crate::support::root;
 
 /// Cases per test: `PROPTEST_CASES` when set, else `default` (sized so the
 /// whole module stays well under a minute in a debug build on two cores).

@@ -12,7 +12,7 @@ use tollgate::provider::{
     ProviderKind, client_for,
 };
 
-use crate::transcript;
+use crate::support::{Cmd, Project, transcript};
 
 const KEY: &str = "sk-test-HOSTILE-9c2e41f07ab3d5e8";
 
@@ -430,7 +430,7 @@ async fn a_key_a_server_echoes_reaches_no_output_file_or_journal() {
         }
     });
     for mode in [&[][..], &["--no-stream"][..], &["--format", "json"][..]] {
-        let project = crate::run::Project::new(&openai_policy(&fake.base_url(), ""), TWO_STEPS);
+        let project = Project::new(&openai_policy(&fake.base_url(), ""), TWO_STEPS);
         let mut args = vec!["--out", "out", "--no-cache"];
         args.extend_from_slice(mode);
         let out = project.run_env(&args, &[("TEST_OPENAI_KEY", KEY)]).await;
@@ -449,13 +449,13 @@ async fn a_key_a_server_echoes_reaches_no_output_file_or_journal() {
 async fn an_endless_stream_fails_the_step_and_is_journaled_at_its_worst_case() {
     let hostile = HostileServer::start(Misbehaviour::EndlessStream).await;
     let wf = "version: 1\nname: endless\nsteps:\n  only:\n    task: summarize\n    prompt: \"go\"\n    max_output_tokens: 64\n    retries: 0\n";
-    let project = crate::run::Project::new(&openai_policy(&hostile.base_url(), ""), wf);
+    let project = Project::new(&openai_policy(&hostile.base_url(), ""), wf);
     let out = project
         .run_env(&["--format", "json"], &[("TEST_OPENAI_KEY", KEY)])
         .await;
     assert_eq!(out.status.code(), Some(1), "{}", transcript(&out));
-    let report = crate::run::report(&out);
-    let step = crate::run::step(&report, "only");
+    let report = crate::support::report(&out);
+    let step = crate::support::step(&report, "only");
     assert_eq!(step["status"], "failed", "{step}");
     let text = step.to_string();
     assert!(text.contains("response_too_large"), "{text}");
@@ -468,35 +468,36 @@ async fn an_endless_stream_fails_the_step_and_is_journaled_at_its_worst_case() {
 #[tokio::test]
 async fn a_cloud_provider_on_plain_http_is_a_warning_at_check_and_plan_and_an_error_at_run() {
     let remote = "http://api.example.invalid";
-    let project = crate::run::Project::new(&openai_policy(remote, ""), TWO_STEPS);
-    let dir = project.path();
-    let check = crate::tollgate_in(dir, &["check", "policy.yaml"]);
-    let text = transcript(&check);
-    assert_eq!(check.status.code(), Some(0), "{text}");
-    assert!(text.contains("plain http://"), "{text}");
-    assert!(text.contains("policy.yaml:3:"), "{text}");
-    let plan = crate::tollgate_in(dir, &["plan", "wf.yaml", "--policy", "policy.yaml"]);
-    let text = transcript(&plan);
-    assert_eq!(plan.status.code(), Some(0), "{text}");
-    assert!(text.contains("plain http://"), "{text}");
+    let project = Project::new(&openai_policy(remote, ""), TWO_STEPS);
+    // Exit 0 with a warning located at the provider (policy.yaml:3), at
+    // check and at plan.
+    insta_cmd::assert_cmd_snapshot!(
+        "plain_http_check",
+        project.tollgate(&["check", "policy.yaml"]).into_std()
+    );
+    insta_cmd::assert_cmd_snapshot!(
+        "plain_http_plan",
+        project
+            .tollgate(&["plan", "wf.yaml", "--policy", "policy.yaml"])
+            .into_std()
+    );
     let run = project.run_env(&[], &[("TEST_OPENAI_KEY", KEY)]).await;
     let text = transcript(&run);
     assert_eq!(run.status.code(), Some(2), "{text}");
     assert!(text.contains("allow_insecure"), "{text}");
     // Allowed by the policy: no warning.
-    let allowed =
-        crate::run::Project::new(&openai_policy(remote, ", allow_insecure: true"), TWO_STEPS);
-    let check = crate::tollgate_in(allowed.path(), &["check", "policy.yaml"]);
+    let allowed = Project::new(&openai_policy(remote, ", allow_insecure: true"), TWO_STEPS);
+    let check = crate::support::tollgate_in(allowed.path(), &["check", "policy.yaml"]);
     assert!(!transcript(&check).contains("plain http://"));
     // Loopback needs no permission, and a userinfo trick is not loopback.
-    let local = crate::run::Project::new(&openai_policy("http://127.0.0.1:9", ""), TWO_STEPS);
-    let check = crate::tollgate_in(local.path(), &["check", "policy.yaml"]);
+    let local = Project::new(&openai_policy("http://127.0.0.1:9", ""), TWO_STEPS);
+    let check = crate::support::tollgate_in(local.path(), &["check", "policy.yaml"]);
     assert!(!transcript(&check).contains("plain http://"));
-    let tricked = crate::run::Project::new(
+    let tricked = Project::new(
         &openai_policy("http://127.0.0.1:9@api.example.invalid", ""),
         TWO_STEPS,
     );
-    let check = crate::tollgate_in(tricked.path(), &["check", "policy.yaml"]);
+    let check = crate::support::tollgate_in(tricked.path(), &["check", "policy.yaml"]);
     assert!(transcript(&check).contains("plain http://"));
 }
 
@@ -524,14 +525,14 @@ fn a_key_pasted_where_a_name_belongs_is_masked_in_every_diagnostic() {
 /// `check` (text and JSON), `plan` and `run` of a two-step workflow under
 /// `policy`: each exits 2, says `expect`, and shows none of `secrets`.
 fn every_command_refuses_and_masks(policy: &str, expect: &str, secrets: &[&str]) {
-    let project = crate::run::Project::new(policy, TWO_STEPS);
+    let project = Project::new(policy, TWO_STEPS);
     for args in [
         &["check", "policy.yaml"][..],
         &["check", "policy.yaml", "--format", "json"][..],
         &["plan", "wf.yaml", "--policy", "policy.yaml"][..],
         &["run", "wf.yaml", "--policy", "policy.yaml"][..],
     ] {
-        let out = crate::tollgate_in(project.path(), args);
+        let out = crate::support::tollgate_in(project.path(), args);
         let text = transcript(&out);
         assert_eq!(out.status.code(), Some(2), "{text}");
         assert!(text.contains(expect), "{text}");
@@ -543,18 +544,9 @@ fn every_command_refuses_and_masks(policy: &str, expect: &str, secrets: &[&str])
 
 /// `tollgate test` in `dir` with the test key set.
 async fn suite_test(dir: &std::path::Path, args: &[&str]) -> std::process::Output {
-    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_tollgate"));
-    cmd.args(["--color", "never", "test"])
-        .args(args)
-        .current_dir(dir)
-        .env_remove("CI")
-        .env_remove("TOLLGATE_STATE")
-        .env("TEST_OPENAI_KEY", KEY)
-        .kill_on_drop(true);
-    tokio::time::timeout(Duration::from_secs(120), cmd.output())
-        .await
-        .expect("the suite finishes")
-        .expect("the binary runs")
+    let mut all = vec!["test"];
+    all.extend_from_slice(args);
+    Cmd::new(dir, &all).env("TEST_OPENAI_KEY", KEY).await
 }
 
 const ONE_STEP: &str = "version: 1\nname: echo\nsteps:\n  first:\n    task: summarize\n    prompt: \"say it\"\n    max_output_tokens: 64\n";
@@ -570,10 +562,9 @@ async fn a_key_a_server_echoes_reaches_no_snapshot_cassette_or_results_file() {
             r.presented_key().unwrap_or_default()
         ))
     });
-    let project = crate::run::Project::new(&openai_policy(&fake.base_url(), ""), ONE_STEP);
+    let project = Project::new(&openai_policy(&fake.base_url(), ""), ONE_STEP);
+    let project = project.with("evals/echo.yaml", SUITE);
     let dir = project.path();
-    std::fs::create_dir(dir.join("evals")).unwrap();
-    std::fs::write(dir.join("evals/echo.yaml"), SUITE).unwrap();
     for args in [
         &[
             "--record",
@@ -605,11 +596,9 @@ async fn a_key_a_server_echoes_reaches_no_snapshot_cassette_or_results_file() {
 
 #[tokio::test]
 async fn a_live_suite_refuses_a_cloud_provider_on_plain_http() {
-    let project =
-        crate::run::Project::new(&openai_policy("http://api.example.invalid", ""), ONE_STEP);
+    let project = Project::new(&openai_policy("http://api.example.invalid", ""), ONE_STEP);
+    let project = project.with("evals/echo.yaml", SUITE);
     let dir = project.path();
-    std::fs::create_dir(dir.join("evals")).unwrap();
-    std::fs::write(dir.join("evals/echo.yaml"), SUITE).unwrap();
     let out = suite_test(dir, &[]).await;
     let text = transcript(&out);
     assert_eq!(out.status.code(), Some(2), "{text}");
@@ -630,7 +619,7 @@ async fn a_local_provider_is_called_directly_never_through_a_proxy() {
         "version: 1\nproviders:\n  local: {{ kind: openai-compatible, base_url: \"{}/v1\" }}\nmodels:\n  m: {{ provider: local, model: local-llm, tier: local, context_window: 8192 }}\nrules:\n  - {{ name: all, use: m }}\n",
         fake.base_url()
     );
-    let project = crate::run::Project::new(&policy, ONE_STEP);
+    let project = Project::new(&policy, ONE_STEP);
     let p = proxy.base_url();
     let out = project
         .run_env(

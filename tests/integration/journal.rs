@@ -14,37 +14,17 @@ use serde_json::Value;
 use tokio::sync::Notify;
 use tollgate::journal::{Clock, Journal};
 
-use crate::run::{KEY, Project, policy, report, step};
-use crate::transcript;
+use crate::support::{KEY, Project, policy, report, step, transcript};
 
-const KEYS: [(&str, &str); 3] = [
-    ("TEST_OPENAI_KEY", KEY),
-    ("TEST_ANTHROPIC_KEY", KEY),
-    ("TEST_GEMINI_KEY", KEY),
-];
-
-/// `tollgate ARGS` in the project, with the test keys and `env`.
+/// `tollgate ARGS` in the project, with the test keys and `env` (which
+/// wins over them).
 async fn tollgate(p: &Project, args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut cmd = command(p, args, env);
-    tokio::time::timeout(Duration::from_secs(120), cmd.output())
-        .await
-        .expect("the command finishes")
-        .expect("the binary runs")
+    p.tollgate(args).keys().envs(env).await
 }
 
+/// [`tollgate`] as a command to spawn, kill or signal.
 fn command(p: &Project, args: &[&str], env: &[(&str, &str)]) -> tokio::process::Command {
-    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_tollgate"));
-    cmd.args(["--color", "never"])
-        .args(args)
-        .current_dir(p.path())
-        .env_remove("TOLLGATE_STATE")
-        .env_remove("TOLLGATE_TEST_NOW")
-        .env_remove("TOLLGATE_POLICY")
-        .kill_on_drop(true);
-    for (k, v) in KEYS.iter().chain(env) {
-        cmd.env(k, v);
-    }
-    cmd
+    p.tollgate(args).keys().envs(env).into_tokio()
 }
 
 fn run_args<'a>(extra: &[&'a str]) -> Vec<&'a str> {

@@ -9,8 +9,7 @@
 
 use fake_llm::{FakeServer, Reply};
 
-use crate::run::Project;
-use crate::transcript;
+use crate::support::{Cmd, KEY, Project, transcript};
 
 pub(crate) const CANARY: &str = "CANARY-5e0d41-confidential-never-in-the-cloud";
 
@@ -85,7 +84,7 @@ pub(crate) async fn run_leak(workflow: &str, local_reply: Reply) -> (String, usi
 
 #[tokio::test(flavor = "multi_thread")]
 async fn no_template_construct_gets_a_confidential_input_to_the_cloud() {
-    let dir = crate::root().join("tests/inputs/leaks");
+    let dir = crate::support::root().join("tests/inputs/leaks");
     let mut files: Vec<_> = std::fs::read_dir(&dir)
         .expect("tests/inputs/leaks exists")
         .map(|e| e.expect("entry").path())
@@ -145,8 +144,8 @@ async fn the_boundary_refuses_a_cloud_request_holding_a_confidential_value() {
         ])
         .await;
     assert_eq!(cloud.request_count(), 0, "{}", transcript(&out));
-    let report = crate::run::report(&out);
-    let a = crate::run::step(&report, "a");
+    let report = crate::support::report(&out);
+    let a = crate::support::step(&report, "a");
     assert_eq!(a["status"], "failed", "{}", transcript(&out));
     let detail = a["detail"].as_str().unwrap_or_default();
     assert!(
@@ -173,8 +172,8 @@ async fn a_failed_local_call_reports_its_cause_when_the_fallbacks_are_gated() {
         .run(&["--input", &format!("secret={CANARY}"), "--format", "json"])
         .await;
     assert_eq!(cloud.request_count(), 0, "{}", transcript(&out));
-    let report = crate::run::report(&out);
-    let detail = crate::run::step(&report, "a")["detail"]
+    let report = crate::support::report(&out);
+    let detail = crate::support::step(&report, "a")["detail"]
         .as_str()
         .unwrap_or_default()
         .to_owned();
@@ -184,15 +183,9 @@ async fn a_failed_local_call_reports_its_cause_when_the_fallbacks_are_gated() {
 
 /// `tollgate test` in a project, with the cloud fake's key set.
 async fn suite_run(dir: &std::path::Path, args: &[&str]) -> std::process::Output {
-    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_tollgate"));
-    cmd.args(["--color", "never", "test"])
-        .args(args)
-        .current_dir(dir)
-        .env_remove("CI")
-        .env_remove("TOLLGATE_STATE")
-        .env("TEST_OPENAI_KEY", crate::run::KEY)
-        .kill_on_drop(true);
-    cmd.output().await.expect("the binary runs")
+    let mut all = vec!["test"];
+    all.extend_from_slice(args);
+    Cmd::new(dir, &all).env("TEST_OPENAI_KEY", KEY).await
 }
 
 /// A snapshot holds what a step answered when it last ran. A confidential
@@ -211,7 +204,7 @@ async fn a_snapshot_of_a_confidential_answer_never_reaches_a_cloud_judge() {
             "version: 1\nname: snap\ninputs:\n  secret: {{ type: string, sensitivity: confidential }}\nsteps:\n  a: {{ task: summarize, prompt: \"{prompt}\" }}\n"
         )
     };
-    let dir = crate::temp_project(
+    let dir = Project::new(
         &leak_policy(&local, &cloud),
         &wf("Summarize {{ inputs.secret }}"),
     );

@@ -8,7 +8,7 @@ use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
-use crate::{temp_project, transcript};
+use crate::support::{Cmd, Project, transcript};
 
 fn installed() -> Option<(PathBuf, PathBuf)> {
     let cache = std::env::var_os("TOLLGATE_CACHE")
@@ -81,19 +81,9 @@ steps:
 "#;
 
 fn run_in(dir: &std::path::Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_tollgate"))
-        .args([
-            "--color",
-            "never",
-            "run",
-            "wf.yaml",
-            "--policy",
-            "policy.yaml",
-        ])
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("the binary runs")
+    let mut all = vec!["run", "wf.yaml", "--policy", "policy.yaml"];
+    all.extend_from_slice(args);
+    Cmd::new(dir, &all).output()
 }
 
 /// `GET /health` answered `{"status":"ok"}` (the server has loaded its model).
@@ -123,7 +113,7 @@ fn tollgate_starts_the_server_gets_a_constrained_answer_and_stops_it() {
         return;
     };
     let port = free_port();
-    let dir = temp_project(
+    let dir = Project::new(
         &launch_policy(
             &server.display().to_string(),
             &model.display().to_string(),
@@ -190,7 +180,7 @@ fn a_server_that_is_already_running_is_used_and_left_running() {
         }
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
-    let dir = temp_project(
+    let dir = Project::new(
         &launch_policy("/nonexistent/llama-server", "/nonexistent/model.gguf", port),
         CLASSIFY,
     );
@@ -214,7 +204,7 @@ fn a_server_that_is_already_running_is_used_and_left_running() {
 #[test]
 fn a_missing_model_file_is_a_clear_error() {
     let port = free_port();
-    let dir = temp_project(
+    let dir = Project::new(
         &launch_policy("/bin/true", "/nonexistent/model.gguf", port),
         CLASSIFY,
     );
@@ -232,7 +222,7 @@ fn a_missing_model_file_is_a_clear_error() {
 #[test]
 fn a_server_that_dies_at_start_shows_its_last_log_lines() {
     let port = free_port();
-    let dir = temp_project("", CLASSIFY);
+    let dir = Project::new("", CLASSIFY);
     // A stand-in server that complains and exits, as llama-server does on a
     // corrupt model.
     let fake = dir.path().join("fake-server.sh");
@@ -276,8 +266,9 @@ fn a_base_model_labels_a_batch_with_a_few_shot_prompt_on_the_completions_endpoin
         "context_window: 2048, endpoint: completions }",
     );
     let workflow =
-        std::fs::read_to_string(crate::root().join("workflows/few-shot-labels.yaml")).unwrap();
-    let dir = temp_project(&policy, &workflow);
+        std::fs::read_to_string(crate::support::root().join("workflows/few-shot-labels.yaml"))
+            .unwrap();
+    let dir = Project::new(&policy, &workflow);
     let tickets = r#"tickets=["Saving a 2 GB file freezes the editor.", "It would be great to sync bookmarks across devices."]"#;
     let out = run_in(dir.path(), &["--input", tickets, "--format", "json"]);
     assert_eq!(out.status.code(), Some(0), "{}", transcript(&out));
@@ -301,7 +292,7 @@ fn a_server_left_by_a_killed_run_is_adopted_and_stopped_by_the_next() {
         return;
     };
     let port = free_port();
-    let dir = temp_project(
+    let dir = Project::new(
         &launch_policy(
             &server.display().to_string(),
             &model.display().to_string(),
@@ -315,9 +306,9 @@ fn a_server_left_by_a_killed_run_is_adopted_and_stopped_by_the_next() {
         "version: 1\nname: story\nsteps:\n  tell:\n    task: write\n    prompt: \"Write a very long story about a lighthouse.\"\n    max_output_tokens: 1500\n",
     )
     .unwrap();
-    let mut first = Command::new(env!("CARGO_BIN_EXE_tollgate"))
-        .args(["run", "story.yaml", "--policy", "policy.yaml", "-q"])
-        .current_dir(dir.path())
+    let mut first = dir
+        .tollgate(&["run", "story.yaml", "--policy", "policy.yaml", "-q"])
+        .into_std()
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()

@@ -6,8 +6,7 @@
 use fake_llm::{FakeServer, Hostile, Reply};
 use serde_json::{Value, json};
 
-use crate::run::{Project, policy, report, step};
-use crate::{tollgate_in, transcript};
+use crate::support::{Project, policy, report, step, tollgate_in, transcript};
 
 /// Ten items through the budget model (gpt-4.1-nano, $0.40 per Mtok out):
 /// each call's worst case and honest cost is about $0.008 (20,000 output
@@ -259,7 +258,7 @@ async fn plan_prices_long_prompts_at_the_long_context_tier() {
             (0..items).collect::<Vec<_>>(),
             "word ".repeat(words)
         );
-        let dir = crate::temp_project(&pol, &wf);
+        let dir = Project::new(&pol, &wf);
         let out = tollgate_in(
             dir.path(),
             &[

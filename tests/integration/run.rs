@@ -1,124 +1,18 @@
 //! `tollgate run` end to end: the binary, a temporary project, and the
 //! loopback fakes of the provider APIs. Every test asserts what a user sees:
 //! the exit code, the summary, the outputs, what the fake was (not) sent.
+//! Scenarios whose fake is plain data (answers by model or by prompt) live
+//! in `tests/inputs/run/` (see `data_driven::run_scenarios`); the ones here
+//! script the fake in code or check files and request bodies.
 
 use std::collections::HashMap;
-use std::path::Path;
-use std::process::Output;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use fake_llm::{FakeServer, Reply};
 use serde_json::Value;
 
-use crate::transcript;
-
-pub(crate) const KEY: &str = "sk-test-7f3a9c1e-never-print-me";
-
-/// A team-like policy on the fake: a local model (openai-compatible on
-/// loopback), a budget OpenAI model, a workhorse on Anthropic and a flagship
-/// on Gemini.
-pub(crate) fn policy(fake: &FakeServer, extra: &str) -> String {
-    let base = fake.base_url();
-    format!(
-        r#"version: 1
-name: fake-team
-sensitivity: {{ levels: [public, internal, confidential, secret], cloud_max: internal }}
-providers:
-  local:     {{ kind: openai-compatible, base_url: "{base}/v1" }}
-  openai:    {{ kind: openai, base_url: "{base}/v1", api_key_env: TEST_OPENAI_KEY }}
-  anthropic: {{ kind: anthropic, base_url: "{base}", api_key_env: TEST_ANTHROPIC_KEY }}
-  gemini:    {{ kind: gemini, base_url: "{base}/v1beta", api_key_env: TEST_GEMINI_KEY }}
-models:
-  local:     {{ provider: local, model: local-llm, tier: local, context_window: 8192 }}
-  budget:    {{ provider: openai, model: gpt-4.1-nano, tier: budget }}
-  workhorse: {{ provider: anthropic, model: claude-sonnet-4-6, tier: workhorse }}
-  flagship:  {{ provider: gemini, model: gemini-2.5-pro, tier: flagship }}
-rules:
-  - name: sensitive-stays-local
-    when: {{ sensitivity: {{ above: internal }} }}
-    use: local
-  - name: hard
-    when: {{ reasoning: deep }}
-    use: flagship
-  - name: volume
-    when: {{ task: [summarize, classify] }}
-    use: budget
-  - name: rest
-    use: workhorse
-{extra}"#
-    )
-}
-
-pub(crate) struct Project {
-    dir: tempfile::TempDir,
-}
-
-impl Project {
-    pub(crate) fn new(policy: &str, workflow: &str) -> Project {
-        Project {
-            dir: crate::temp_project(policy, workflow),
-        }
-    }
-
-    pub(crate) fn path(&self) -> &Path {
-        self.dir.path()
-    }
-
-    /// Runs `tollgate run wf.yaml --policy policy.yaml ARGS` with the test keys set.
-    pub(crate) async fn run(&self, args: &[&str]) -> Output {
-        self.run_env(
-            args,
-            &[
-                ("TEST_OPENAI_KEY", KEY),
-                ("TEST_ANTHROPIC_KEY", KEY),
-                ("TEST_GEMINI_KEY", KEY),
-            ],
-        )
-        .await
-    }
-
-    pub(crate) async fn run_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
-        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_tollgate"));
-        cmd.args([
-            "--color",
-            "never",
-            "run",
-            "wf.yaml",
-            "--policy",
-            "policy.yaml",
-        ])
-        .args(args)
-        .current_dir(self.path())
-        .env_remove("TEST_OPENAI_KEY")
-        .env_remove("TEST_ANTHROPIC_KEY")
-        .env_remove("TEST_GEMINI_KEY")
-        .env_remove("TOLLGATE_STATE")
-        .env_remove("TOLLGATE_TEST_NOW")
-        .kill_on_drop(true);
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        tokio::time::timeout(Duration::from_secs(120), cmd.output())
-            .await
-            .expect("the run finishes")
-            .expect("the binary runs")
-    }
-}
-
-pub(crate) fn report(out: &Output) -> Value {
-    serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", transcript(out)))
-}
-
-pub(crate) fn step<'a>(report: &'a Value, id: &str) -> &'a Value {
-    report["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["id"] == id)
-        .unwrap_or_else(|| panic!("no step {id}"))
-}
+use crate::support::{KEY, Project, assert_no_key, policy, report, step, transcript};
 
 /// Every try of the first call of a step.
 fn attempts(report: &Value, id: &str) -> Vec<Value> {
@@ -126,15 +20,6 @@ fn attempts(report: &Value, id: &str) -> Vec<Value> {
         .as_array()
         .unwrap()
         .clone()
-}
-
-pub(crate) fn assert_no_key(out: &Output, extra: &str) {
-    let all = format!(
-        "{}{}{extra}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(!all.contains(KEY), "the API key leaked into the output");
 }
 
 const TRIAGE: &str = r#"version: 1
@@ -233,30 +118,6 @@ async fn routes_each_step_to_its_provider_and_reports_costs() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn text_mode_prints_a_summary_and_the_final_answers() {
-    let fake = FakeServer::start().await;
-    by_model(&fake);
-    let p = Project::new(&policy(&fake, ""), TRIAGE);
-    let out = p.run(&["--input", "ticket=Please add dark mode."]).await;
-    assert_eq!(out.status.code(), Some(0), "{}", transcript(&out));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains("Run of triage with policy fake-team: succeeded"),
-        "{stderr}"
-    );
-    assert!(
-        stderr.contains("STEP") && stderr.contains("TTFT") && stderr.contains("plan estimate"),
-        "{stderr}"
-    );
-    // fix_plan and reply are the final steps; both answers go to stdout.
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        stdout.contains("## reply") && stdout.contains("Dear customer"),
-        "{stdout}"
-    );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retries_honour_every_retry_header_then_succeed() {
     for (name, reply) in [
         ("retry-after-ms", Reply::rate_limited().retry_after_ms(20.0)),
@@ -289,30 +150,6 @@ async fn retries_honour_every_retry_header_then_succeed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn x_should_retry_false_is_obeyed_and_the_fallback_answers() {
-    let fake = FakeServer::start().await;
-    fake.set_handler(|r| match r.model().as_str() {
-        "gemini-2.5-pro" => Reply::server_error().should_retry(false),
-        _ => Reply::text("from the workhorse").usage(5, 3),
-    });
-    let wf = "version: 1\nname: one\nsteps:\n  a: { task: debug, reasoning: deep, prompt: hi, max_output_tokens: 10 }\n";
-    let p = Project::new(&policy(&fake, "fallbacks:\n  flagship: [workhorse]\n"), wf);
-    let out = p.run(&["--format", "json"]).await;
-    assert_eq!(out.status.code(), Some(0), "{}", transcript(&out));
-    let r = report(&out);
-    let a = step(&r, "a");
-    assert_eq!(a["model"], "workhorse");
-    assert_eq!(a["output"], "from the workhorse");
-    let attempts = attempts(&r, "a");
-    assert_eq!(attempts[0]["model"], "flagship");
-    assert_eq!(
-        attempts.len(),
-        2,
-        "no retry of the flagship: x-should-retry said false"
-    );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn context_length_errors_move_to_a_larger_window() {
     let fake = FakeServer::start().await;
     fake.set_handler(|r| match r.model().as_str() {
@@ -340,28 +177,6 @@ async fn context_length_errors_move_to_a_larger_window() {
     );
     let models: Vec<String> = fake.requests().iter().map(|r| r.model()).collect();
     assert_eq!(models, vec!["local-llm", "gpt-4.1-nano"]);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_confidential_step_never_falls_back_to_the_cloud() {
-    let fake = FakeServer::start().await;
-    fake.set_handler(|r| match r.model().as_str() {
-        "local-llm" => Reply::server_error().should_retry(false),
-        _ => Reply::text("cloud saw it"),
-    });
-    let wf = "version: 1\nname: one\ninputs:\n  logs: { type: string, sensitivity: secret, default: x }\nsteps:\n  a: { task: debug, prompt: \"{{ inputs.logs }}\", max_output_tokens: 10 }\n";
-    let p = Project::new(
-        &policy(&fake, "fallbacks:\n  local: [budget, workhorse]\n"),
-        wf,
-    );
-    let out = p.run(&["--format", "json"]).await;
-    assert_eq!(out.status.code(), Some(1), "{}", transcript(&out));
-    let r = report(&out);
-    assert_eq!(step(&r, "a")["status"], "failed");
-    assert!(
-        fake.requests().iter().all(|r| r.model() == "local-llm"),
-        "a cloud model received secret data"
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -400,106 +215,6 @@ steps:
         "the over-budget call was made"
     );
     assert!(r["cost_usd"].as_f64().unwrap() <= 0.10);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_missing_key_is_reported_before_any_call() {
-    let fake = FakeServer::start().await;
-    by_model(&fake);
-    let p = Project::new(&policy(&fake, ""), TRIAGE);
-    let out = p
-        .run_env(&["--input", "ticket=x"], &[("TEST_OPENAI_KEY", KEY)])
-        .await;
-    assert_eq!(out.status.code(), Some(2), "{}", transcript(&out));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("TEST_ANTHROPIC_KEY is not set"), "{err}");
-    assert!(err.contains("`reply`"), "{err}");
-    assert_eq!(
-        fake.request_count(),
-        0,
-        "no call may be made before the keys are checked"
-    );
-    assert_no_key(&out, "");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_failed_step_fails_its_dependants_while_other_branches_finish() {
-    let fake = FakeServer::start().await;
-    fake.set_handler(|r| {
-        if r.raw_body.contains("BREAK") {
-            Reply::status(400)
-        } else {
-            Reply::text("fine").usage(3, 1)
-        }
-    });
-    let wf = r#"version: 1
-name: branches
-steps:
-  broken: { task: write, prompt: "BREAK", max_output_tokens: 10 }
-  after_broken: { task: write, prompt: "{{ steps.broken.output }}", max_output_tokens: 10 }
-  tolerated: { task: write, prompt: "BREAK too", max_output_tokens: 10, continue_on_error: true }
-  after_tolerated: { task: write, prompt: "got {{ steps.tolerated.output }}", max_output_tokens: 10 }
-  independent: { task: write, prompt: "other", max_output_tokens: 10 }
-  skipped: { task: write, when: "false", prompt: "never", max_output_tokens: 10 }
-  after_skipped: { task: write, prompt: "{{ steps.skipped.output }}", max_output_tokens: 10 }
-"#;
-    let p = Project::new(&policy(&fake, ""), wf);
-    let out = p.run(&["--format", "json"]).await;
-    assert_eq!(out.status.code(), Some(1), "{}", transcript(&out));
-    let r = report(&out);
-    assert_eq!(step(&r, "broken")["status"], "failed");
-    assert_eq!(step(&r, "after_broken")["status"], "dependency_failed");
-    assert_eq!(step(&r, "tolerated")["status"], "failed");
-    assert_eq!(step(&r, "tolerated")["ignored_failure"], true);
-    assert_eq!(step(&r, "after_tolerated")["status"], "succeeded");
-    assert_eq!(step(&r, "independent")["status"], "succeeded");
-    assert_eq!(step(&r, "skipped")["status"], "skipped");
-    assert_eq!(step(&r, "after_skipped")["status"], "skipped");
-    // A 400 is not retried: one request per failing step.
-    assert_eq!(
-        fake.requests()
-            .iter()
-            .filter(|r| r.raw_body.contains("BREAK"))
-            .count(),
-        2
-    );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn for_each_fans_out_and_collects_a_list() {
-    let fake = FakeServer::start().await;
-    fake.set_handler(|r| {
-        let body = r.raw_body.clone();
-        let lang = ["French", "German", "Japanese"]
-            .into_iter()
-            .find(|l| body.contains(l))
-            .unwrap_or("?");
-        Reply::text(format!("in {lang}")).usage(5, 2)
-    });
-    let wf = r#"version: 1
-name: fan
-inputs:
-  langs: { type: array, default: [French, German, Japanese] }
-steps:
-  each: { task: translate, for_each: inputs.langs, prompt: "Translate into {{ item }}", max_output_tokens: 10 }
-  table: { task: format, prompt: "{% for t in steps.each.output %}{{ t }};{% endfor %}", max_output_tokens: 10 }
-"#;
-    let p = Project::new(&policy(&fake, ""), wf);
-    let out = p.run(&["--format", "json"]).await;
-    assert_eq!(out.status.code(), Some(0), "{}", transcript(&out));
-    let r = report(&out);
-    assert_eq!(
-        step(&r, "each")["output"],
-        serde_json::json!(["in French", "in German", "in Japanese"])
-    );
-    let last = fake
-        .requests()
-        .into_iter()
-        .find(|r| r.raw_body.contains("in French;in German;in Japanese;"));
-    assert!(
-        last.is_some(),
-        "the list reached the next step's prompt as data"
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -689,22 +404,11 @@ async fn interrupt_with(signal: &str) {
     fake.set_default(Reply::text("slow").delay(Duration::from_secs(60)));
     let wf = "version: 1\nname: slow\nsteps:\n  a: { task: write, prompt: hi, max_output_tokens: 10 }\n  b: { task: write, prompt: \"{{ steps.a.output }}\", max_output_tokens: 10 }\n";
     let p = Project::new(&policy(&fake, ""), wf);
-    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
-        .args([
-            "--color",
-            "never",
-            "run",
-            "wf.yaml",
-            "--policy",
-            "policy.yaml",
-        ])
-        .current_dir(p.path())
-        .env("TEST_OPENAI_KEY", KEY)
-        .env("TEST_ANTHROPIC_KEY", KEY)
-        .env("TEST_GEMINI_KEY", KEY)
+    let child = p
+        .run(&[])
+        .into_tokio()
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
         .spawn()
         .unwrap();
     // Wait until the call is in flight, then interrupt.
@@ -805,21 +509,6 @@ async fn a_model_concurrency_limit_is_respected() {
     assert_eq!(out.status.code(), Some(0), "{}", transcript(&out));
     assert_eq!(fake.request_count(), 8);
     assert_eq!(fake.max_in_flight(), 2);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_whole_run_timeout_stops_it_and_reports_every_step() {
-    let fake = FakeServer::start().await;
-    fake.set_default(Reply::text("slow").delay(Duration::from_secs(30)));
-    let wf = "version: 1\nname: slow\nsteps:\n  a: { task: write, prompt: hi, max_output_tokens: 10 }\n  b: { task: write, prompt: \"{{ steps.a.output }}\", max_output_tokens: 10 }\n";
-    let p = Project::new(&policy(&fake, ""), wf);
-    let out = p.run(&["--format", "json", "--timeout", "500ms"]).await;
-    assert_eq!(out.status.code(), Some(1), "{}", transcript(&out));
-    let r = report(&out);
-    assert_eq!(r["status"], "timed_out");
-    assert_eq!(step(&r, "a")["status"], "cancelled");
-    assert_eq!(step(&r, "a")["detail"], "run timeout reached");
-    assert_eq!(step(&r, "b")["status"], "not_started");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -966,43 +655,4 @@ async fn out_never_keeps_a_stale_answer_from_an_earlier_run() {
         "a failed step left an earlier answer in --out"
     );
     assert!(p2.path().join("out/run.json").exists());
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_fallback_respects_its_own_tiers_share() {
-    let fake = FakeServer::start().await;
-    fake.set_handler(|r| match r.model().as_str() {
-        "gemini-2.5-pro" => Reply::server_error().should_retry(false),
-        "claude-sonnet-4-6" => Reply::text("workhorse"),
-        _ => Reply::text("budget").usage(3, 1),
-    });
-    let wf = "version: 1\nname: one\nsteps:\n  a: { task: debug, reasoning: deep, prompt: hi, max_output_tokens: 10 }\n";
-    let extra = "fallbacks:\n  flagship: [workhorse, budget]\nbudgets:\n  tiers: { workhorse: { max_share_of_calls: 0.0 } }\n";
-    let p = Project::new(&policy(&fake, extra), wf);
-    let out = p.run(&["--format", "json"]).await;
-    assert_eq!(out.status.code(), Some(0), "{}", transcript(&out));
-    let r = report(&out);
-    assert_eq!(step(&r, "a")["model"], "budget");
-    assert!(
-        fake.requests()
-            .iter()
-            .all(|r| r.model() != "claude-sonnet-4-6"),
-        "the capped tier was used"
-    );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_answer_cut_at_max_output_tokens_is_flagged() {
-    let fake = FakeServer::start().await;
-    fake.set_default(Reply::text("a long answer that").usage(5, 10).truncated());
-    let wf =
-        "version: 1\nname: one\nsteps:\n  a: { task: write, prompt: hi, max_output_tokens: 10 }\n";
-    let p = Project::new(&policy(&fake, ""), wf);
-    let out = p.run(&[]).await;
-    assert_eq!(out.status.code(), Some(0), "{}", transcript(&out));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("warning: a: 1 answer(s) stopped at max_output_tokens"),
-        "{err}"
-    );
 }

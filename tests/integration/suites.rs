@@ -4,7 +4,6 @@
 //! need review, recordings that replay offline, shards that merge back.
 
 use std::path::Path;
-use std::process::Output;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -12,9 +11,7 @@ use std::time::Duration;
 use fake_llm::{FakeServer, Reply};
 use serde_json::Value;
 
-use crate::transcript;
-
-const KEY: &str = "sk-test-5b1e-suite-key-never-print";
+use crate::support::{KEY, Project, stable_table_output, stdout, transcript};
 
 fn policy(fake: &FakeServer) -> String {
     let base = fake.base_url();
@@ -77,64 +74,10 @@ fn answer(r: &fake_llm::Recorded) -> Reply {
     Reply::text("?")
 }
 
-struct Suite {
-    dir: tempfile::TempDir,
-}
-
-impl Suite {
-    fn new(policy: &str, workflow: &str, suite: &str) -> Suite {
-        let dir = crate::temp_project(policy, workflow);
-        std::fs::create_dir(dir.path().join("evals")).unwrap();
-        std::fs::write(dir.path().join("evals/triage.yaml"), suite).unwrap();
-        Suite { dir }
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-
-    fn write(&self, rel: &str, text: &str) {
-        std::fs::write(self.path().join(rel), text).unwrap();
-    }
-
-    fn read(&self, rel: &str) -> String {
-        std::fs::read_to_string(self.path().join(rel))
-            .unwrap_or_else(|e| panic!("cannot read {rel}: {e}"))
-    }
-
-    fn exists(&self, rel: &str) -> bool {
-        self.path().join(rel).exists()
-    }
-
-    async fn test(&self, args: &[&str]) -> Output {
-        self.test_env(
-            args,
-            &[("TEST_OPENAI_KEY", KEY), ("TEST_ANTHROPIC_KEY", KEY)],
-        )
-        .await
-    }
-
-    async fn test_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
-        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_tollgate"));
-        cmd.args(["--color", "never"])
-            .args(args)
-            .current_dir(self.path())
-            .env_remove("TEST_OPENAI_KEY")
-            .env_remove("TEST_ANTHROPIC_KEY")
-            .env_remove("CI")
-            .kill_on_drop(true);
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        tokio::time::timeout(Duration::from_secs(120), cmd.output())
-            .await
-            .expect("the test run finishes")
-            .expect("the binary runs")
-    }
-}
-
-fn stdout(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned()
+/// A project holding the suite `evals/triage.yaml` beside its workflow and
+/// policy.
+fn suite_project(policy: &str, workflow: &str, suite: &str) -> Project {
+    Project::new(policy, workflow).with("evals/triage.yaml", suite)
 }
 
 /// Results JSON without what changes from run to run (wall times).
@@ -153,7 +96,7 @@ fn stable(mut v: Value) -> Value {
     v
 }
 
-fn results(s: &Suite, file: &str) -> Value {
+fn results(s: &Project, file: &str) -> Value {
     stable(serde_json::from_str(&s.read(file)).expect("results are JSON"))
 }
 
@@ -183,10 +126,10 @@ fn basic_without_snapshots() -> String {
 async fn a_recorded_suite_replays_offline_with_identical_results() {
     let fake = FakeServer::start().await;
     fake.set_handler(answer);
-    let s = Suite::new(&policy(&fake), WORKFLOW, BASIC);
+    let s = suite_project(&policy(&fake), WORKFLOW, BASIC);
 
     // First recording: the assertions hold, the snapshots are new.
-    let out = s.test(&["test", "--record"]).await;
+    let out = s.tollgate(&["test", "--record"]).keys().await;
     assert_eq!(out.status.code(), Some(1), "{}", transcript(&out));
     assert!(
         stdout(&out).contains("no snapshot yet"),
@@ -206,14 +149,15 @@ async fn a_recorded_suite_replays_offline_with_identical_results() {
         "{pending}"
     );
 
-    let out = s.test(&["test", "--accept"]).await;
+    let out = s.tollgate(&["test", "--accept"]).keys().await;
     assert_eq!(out.status.code(), Some(0), "{}", transcript(&out));
     assert!(s.exists("evals/snapshots/triage/crash-on-save.summarize.snap"));
     assert!(!s.exists("evals/snapshots/triage/crash-on-save.summarize.snap.new"));
 
     // Recorded again (now green), then replayed: the same results.
     let out = s
-        .test(&["test", "--record", "--results", "recorded.json"])
+        .tollgate(&["test", "--record", "--results", "recorded.json"])
+        .keys()
         .await;
     assert_eq!(out.status.code(), Some(0), "{}", transcript(&out));
     let sent = fake.request_count();
@@ -228,7 +172,7 @@ async fn a_recorded_suite_replays_offline_with_identical_results() {
     assert!(cassette.contains("Label as bug or feature: Please add a dark mode."));
 
     let out = s
-        .test_env(
+        .tollgate_env(
             &["test", "--replay", "--ci", "--results", "replayed.json"],
             &[],
         )
@@ -256,7 +200,7 @@ async fn a_recorded_suite_replays_offline_with_identical_results() {
 
     // With the server gone, replay still works: nothing goes to the network.
     drop(fake);
-    let out = s.test_env(&["test", "--replay", "--ci"], &[]).await;
+    let out = s.tollgate_env(&["test", "--replay", "--ci"], &[]).await;
     assert_eq!(out.status.code(), Some(0), "{}", transcript(&out));
 }
 
@@ -265,8 +209,8 @@ async fn replaying_a_request_that_was_never_recorded_errors_clearly() {
     let fake = FakeServer::start().await;
     fake.set_handler(answer);
     let suite = basic_without_snapshots();
-    let s = Suite::new(&policy(&fake), WORKFLOW, &suite);
-    let out = s.test(&["test", "--record"]).await;
+    let s = suite_project(&policy(&fake), WORKFLOW, &suite);
+    let out = s.tollgate(&["test", "--record"]).keys().await;
     assert_eq!(out.status.code(), Some(0), "{}", transcript(&out));
     let sent = fake.request_count();
 
@@ -276,18 +220,14 @@ async fn replaying_a_request_that_was_never_recorded_errors_clearly() {
         &WORKFLOW.replace("Summarize: ", "Summarise briefly: "),
     );
     let out = s
-        .test_env(&["test", "--replay", "--junit", "junit.xml"], &[])
+        .tollgate_env(&["test", "--replay", "--junit", "junit.xml"], &[])
         .await;
-    assert_eq!(out.status.code(), Some(1), "{}", transcript(&out));
     assert_eq!(fake.request_count(), sent);
+    // Exit 1, both cases errored: no recorded response for this request to
+    // `claude-sonnet-4-6`, record with `tollgate test --record`.
+    assert_eq!(out.status.code(), Some(1), "{}", transcript(&out));
     let text = stdout(&out);
-    assert!(text.contains("ERROR  crash-on-save"), "{text}");
-    assert!(
-        text.contains("no recorded response for this request to `claude-sonnet-4-6`"),
-        "{text}"
-    );
-    assert!(text.contains("tollgate test --record"), "{text}");
-    assert!(text.contains("0 passed, 0 failed, 2 errored"), "{text}");
+    stable_table_output(s.path()).bind(|| insta::assert_snapshot!("never_recorded", text));
     let junit = s.read("junit.xml");
     assert!(
         junit.contains("errors=\"2\"") && junit.contains("failures=\"0\""),
@@ -296,7 +236,7 @@ async fn replaying_a_request_that_was_never_recorded_errors_clearly() {
 
     // A suite never recorded is bad input, before anything runs.
     std::fs::remove_file(s.path().join("evals/cassettes/triage.json")).unwrap();
-    let out = s.test_env(&["test", "--replay"], &[]).await;
+    let out = s.tollgate_env(&["test", "--replay"], &[]).await;
     assert_eq!(out.status.code(), Some(2), "{}", transcript(&out));
     assert!(String::from_utf8_lossy(&out.stderr).contains("has no recorded responses"));
 }
@@ -305,10 +245,10 @@ async fn replaying_a_request_that_was_never_recorded_errors_clearly() {
 async fn a_changed_output_fails_with_a_diff_and_waits_for_review() {
     let fake = FakeServer::start().await;
     fake.set_handler(answer);
-    let s = Suite::new(&policy(&fake), WORKFLOW, BASIC);
-    s.test(&["test"]).await;
-    s.test(&["test", "--accept"]).await;
-    let out = s.test(&["test"]).await;
+    let s = suite_project(&policy(&fake), WORKFLOW, BASIC);
+    s.tollgate(&["test"]).keys().await;
+    s.tollgate(&["test", "--accept"]).keys().await;
+    let out = s.tollgate(&["test"]).keys().await;
     assert_eq!(out.status.code(), Some(0), "{}", transcript(&out));
 
     // The model now words its summary differently.
@@ -322,40 +262,29 @@ async fn a_changed_output_fails_with_a_diff_and_waits_for_review() {
             answer(r)
         }
     });
-    let out = s.test(&["test", "--ci"]).await;
+    let out = s.tollgate(&["test", "--ci"]).keys().await;
+    // Exit 1: crash-on-save FAILED with the diff of its summary; dark-mode
+    // ok (only whitespace differs, and its snapshot is `normalized`).
     assert_eq!(out.status.code(), Some(1), "{}", transcript(&out));
     let text = stdout(&out);
-    assert!(text.contains("FAILED crash-on-save"), "{text}");
-    assert!(text.contains("ok     dark-mode"), "{text}");
-    assert!(
-        text.contains("step summarize: snapshot — the output differs from the snapshot"),
-        "{text}"
-    );
-    assert!(
-        text.contains("-Summary: The app crashes when I save a 2 GB file."),
-        "{text}"
-    );
-    assert!(
-        text.contains("+Summary: The app crashes on save of a 2 GB file."),
-        "{text}"
-    );
+    stable_table_output(s.path()).bind(|| insta::assert_snapshot!("changed_output_diff", text));
     assert!(
         !s.exists("evals/snapshots/triage/crash-on-save.summarize.snap.new"),
         "--ci wrote a file"
     );
 
-    let out = s.test(&["test"]).await;
+    let out = s.tollgate(&["test"]).keys().await;
     assert_eq!(out.status.code(), Some(1));
     assert!(s.exists("evals/snapshots/triage/crash-on-save.summarize.snap.new"));
-    let out = s.test(&["test", "--accept=dark-mode"]).await;
+    let out = s.tollgate(&["test", "--accept=dark-mode"]).keys().await;
     assert!(
         stdout(&out).contains("no pending snapshots"),
         "{}",
         transcript(&out)
     );
-    let out = s.test(&["test", "--accept=crash-on-save"]).await;
+    let out = s.tollgate(&["test", "--accept=crash-on-save"]).keys().await;
     assert!(stdout(&out).contains("accepted evals/snapshots/triage/crash-on-save.summarize.snap"));
-    let out = s.test(&["test", "--ci"]).await;
+    let out = s.tollgate(&["test", "--ci"]).keys().await;
     assert_eq!(out.status.code(), Some(0), "{}", transcript(&out));
 }
 
@@ -384,8 +313,8 @@ cases:
         max_tokens: 20
         json_schema: { type: object }
 "#;
-    let s = Suite::new(&policy(&fake), WORKFLOW, suite);
-    let out = s.test(&["test", "--format", "json"]).await;
+    let s = suite_project(&policy(&fake), WORKFLOW, suite);
+    let out = s.tollgate(&["test", "--format", "json"]).keys().await;
     assert_eq!(out.status.code(), Some(1), "{}", transcript(&out));
     let r: Value = serde_json::from_slice(&out.stdout).unwrap();
     let case = &r["suites"][0]["cases"][0];
@@ -477,8 +406,8 @@ cases:
     expect:
       public_reply: { judge: "The reply apologises to the customer." }
 "#;
-    let s = Suite::new(&policy(&fake), wf, suite);
-    let out = s.test(&["test", "--format", "json"]).await;
+    let s = suite_project(&policy(&fake), wf, suite);
+    let out = s.tollgate(&["test", "--format", "json"]).keys().await;
     assert_eq!(out.status.code(), Some(1), "{}", transcript(&out));
     let r: Value = serde_json::from_slice(&out.stdout).unwrap();
     let cases = r["suites"][0]["cases"].as_array().unwrap();
@@ -542,9 +471,10 @@ cases:
     inputs: { ticket: "It crashes." }
     expect: { classify: { equals: bug } }
 "#;
-    let s = Suite::new(&policy(&fake), WORKFLOW, suite);
+    let s = suite_project(&policy(&fake), WORKFLOW, suite);
     let out = s
-        .test(&["test", "--repeat", "5", "--concurrency", "1"])
+        .tollgate(&["test", "--repeat", "5", "--concurrency", "1"])
+        .keys()
         .await;
     assert_eq!(out.status.code(), Some(0), "{}", transcript(&out));
     let text = stdout(&out);
@@ -559,7 +489,8 @@ cases:
         &suite.replace("pass_threshold: 0.8", "pass_threshold: 1"),
     );
     let out = s
-        .test(&["test", "--repeat", "5", "--concurrency", "1"])
+        .tollgate(&["test", "--repeat", "5", "--concurrency", "1"])
+        .keys()
         .await;
     assert_eq!(out.status.code(), Some(1), "{}", transcript(&out));
     assert!(
@@ -577,7 +508,7 @@ async fn shards_split_the_cases_and_merge_into_the_unsharded_results() {
         "workflow: ../wf.yaml\npolicy: ../policy.yaml\ncases_from: [cases.jsonl, more.csv]\n",
     );
     suite.push_str("cases:\n  - name: inline\n    inputs: { ticket: \"It crashes.\" }\n    expect: { classify: { equals: bug } }\n");
-    let s = Suite::new(&policy(&fake), WORKFLOW, &suite);
+    let s = suite_project(&policy(&fake), WORKFLOW, &suite);
     let mut jsonl = String::new();
     for i in 0..8 {
         let (ticket, label) = if i % 2 == 0 {
@@ -595,7 +526,7 @@ async fn shards_split_the_cases_and_merge_into_the_unsharded_results() {
         "evals/more.csv",
         "name,ticket,expect.classify.equals,expect.summarize.max_tokens\nc1,It freezes,bug,50\nc2,Add sync,feature,50\nc3,Add sync,bug,50\n",
     );
-    let out = s.test(&["test", "--record"]).await;
+    let out = s.tollgate(&["test", "--record"]).keys().await;
     assert_eq!(out.status.code(), Some(1), "{}", transcript(&out));
     assert!(
         stdout(&out).contains("11 passed, 1 failed"),
@@ -604,7 +535,7 @@ async fn shards_split_the_cases_and_merge_into_the_unsharded_results() {
     );
 
     let out = s
-        .test_env(
+        .tollgate_env(
             &[
                 "test",
                 "--replay",
@@ -622,7 +553,7 @@ async fn shards_split_the_cases_and_merge_into_the_unsharded_results() {
         let shard = format!("{k}/3");
         let file = format!("shard-{k}.json");
         let out = s
-            .test_env(
+            .tollgate_env(
                 &["test", "--replay", "--shard", &shard, "--results", &file],
                 &[],
             )
@@ -648,7 +579,7 @@ async fn shards_split_the_cases_and_merge_into_the_unsharded_results() {
     assert_eq!(seen, all, "every case in exactly one shard");
 
     let out = s
-        .test_env(
+        .tollgate_env(
             &[
                 "merge",
                 "shard-1.json",
@@ -674,7 +605,7 @@ async fn shards_split_the_cases_and_merge_into_the_unsharded_results() {
 
     // A lost shard is not a green run.
     let out = s
-        .test_env(&["merge", "shard-1.json", "shard-3.json"], &[])
+        .tollgate_env(&["merge", "shard-1.json", "shard-3.json"], &[])
         .await;
     assert_eq!(out.status.code(), Some(2), "{}", transcript(&out));
     assert!(String::from_utf8_lossy(&out.stderr).contains("shard 2/3 is missing"));
@@ -691,8 +622,8 @@ async fn provider_errors_are_errors_not_failures_and_keys_stay_secret() {
         }
     });
     let suite = basic_without_snapshots();
-    let s = Suite::new(&policy(&fake), WORKFLOW, &suite);
-    let out = s.test(&["test", "--junit", "j.xml"]).await;
+    let s = suite_project(&policy(&fake), WORKFLOW, &suite);
+    let out = s.tollgate(&["test", "--junit", "j.xml"]).keys().await;
     assert_eq!(out.status.code(), Some(1), "{}", transcript(&out));
     let text = transcript(&out);
     assert!(text.contains("0 passed, 0 failed, 2 errored"), "{text}");
@@ -700,7 +631,7 @@ async fn provider_errors_are_errors_not_failures_and_keys_stay_secret() {
 
     // Live mode needs the keys, and says so before calling anything.
     let before = fake.request_count();
-    let out = s.test_env(&["test"], &[("TEST_OPENAI_KEY", KEY)]).await;
+    let out = s.tollgate_env(&["test"], &[("TEST_OPENAI_KEY", KEY)]).await;
     assert_eq!(out.status.code(), Some(2), "{}", transcript(&out));
     assert!(String::from_utf8_lossy(&out.stderr).contains("TEST_ANTHROPIC_KEY is not set"));
     assert_eq!(fake.request_count(), before);
@@ -722,8 +653,8 @@ cases:
     expect:
       summarize: { regex: "(unclosed" }
 "#;
-    let s = Suite::new(&policy(&fake), WORKFLOW, suite);
-    let out = s.test(&["test"]).await;
+    let s = suite_project(&policy(&fake), WORKFLOW, suite);
+    let out = s.tollgate(&["test"]).keys().await;
     assert_eq!(out.status.code(), Some(2), "{}", transcript(&out));
     let err = String::from_utf8_lossy(&out.stderr);
     for want in [
@@ -755,7 +686,7 @@ fn the_example_suites_pass_offline_sharded_and_merged() {
             .to_string()
     };
     for k in 1..=2 {
-        let out = crate::tollgate(&[
+        let out = crate::support::tollgate(&[
             "test",
             "evals",
             "--replay",
@@ -769,10 +700,10 @@ fn the_example_suites_pass_offline_sharded_and_merged() {
         assert_eq!(out.status.code(), Some(0), "{}", transcript(&out));
     }
     let junit = dir.path().join("junit.xml").display().to_string();
-    let out = crate::tollgate(&["merge", &file(1), &file(2), "--junit", &junit]);
+    let out = crate::support::tollgate(&["merge", &file(1), &file(2), "--junit", &junit]);
     assert_eq!(out.status.code(), Some(0), "{}", transcript(&out));
     let text = stdout(&out);
-    let suites = std::fs::read_dir(crate::root().join("evals"))
+    let suites = std::fs::read_dir(crate::support::root().join("evals"))
         .unwrap()
         .filter(|e| {
             e.as_ref()
@@ -795,7 +726,7 @@ fn the_example_suites_pass_offline_sharded_and_merged() {
         "{xml}"
     );
     // Nothing was written next to the suites.
-    let pending = walk(&crate::root().join("evals"))
+    let pending = walk(&crate::support::root().join("evals"))
         .into_iter()
         .filter(|p| p.to_string_lossy().ends_with(".snap.new"))
         .count();
@@ -820,12 +751,12 @@ async fn a_partial_recording_adds_answers_and_a_complete_one_drops_stale_ones() 
     let fake = FakeServer::start().await;
     fake.set_handler(answer);
     let suite = basic_without_snapshots();
-    let s = Suite::new(&policy(&fake), WORKFLOW, &suite);
-    let keys = |s: &Suite| -> usize {
+    let s = suite_project(&policy(&fake), WORKFLOW, &suite);
+    let keys = |s: &Project| -> usize {
         let c: Value = serde_json::from_str(&s.read("evals/cassettes/triage.json")).unwrap();
         c["interactions"].as_array().unwrap().len()
     };
-    let out = s.test(&["test", "--record"]).await;
+    let out = s.tollgate(&["test", "--record"]).keys().await;
     assert_eq!(out.status.code(), Some(0), "{}", transcript(&out));
     assert_eq!(keys(&s), 4);
 
@@ -834,7 +765,10 @@ async fn a_partial_recording_adds_answers_and_a_complete_one_drops_stale_ones() 
         "evals/triage.yaml",
         &suite.replace("Please add a dark mode.", "Please add a dark theme."),
     );
-    let out = s.test(&["test", "--record", "--filter", "dark"]).await;
+    let out = s
+        .tollgate(&["test", "--record", "--filter", "dark"])
+        .keys()
+        .await;
     assert_eq!(out.status.code(), Some(0), "{}", transcript(&out));
     assert_eq!(
         keys(&s),
@@ -843,10 +777,10 @@ async fn a_partial_recording_adds_answers_and_a_complete_one_drops_stale_ones() 
     );
 
     // A complete recording leaves only what the suite asks now.
-    let out = s.test(&["test", "--record"]).await;
+    let out = s.tollgate(&["test", "--record"]).keys().await;
     assert_eq!(out.status.code(), Some(0), "{}", transcript(&out));
     assert_eq!(keys(&s), 4);
-    let out = s.test_env(&["test", "--replay", "--ci"], &[]).await;
+    let out = s.tollgate_env(&["test", "--replay", "--ci"], &[]).await;
     assert_eq!(out.status.code(), Some(0), "{}", transcript(&out));
 }
 
@@ -859,15 +793,13 @@ async fn sigterm_stops_a_test_run_with_its_summary_and_exit_130() {
             .delay(Duration::from_secs(30)),
     );
     let suite = basic_without_snapshots();
-    let s = Suite::new(&policy(&fake), WORKFLOW, &suite);
-    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
-        .args(["--color", "never", "test", "--junit", "j.xml"])
-        .current_dir(s.path())
-        .env("TEST_OPENAI_KEY", KEY)
-        .env("TEST_ANTHROPIC_KEY", KEY)
+    let s = suite_project(&policy(&fake), WORKFLOW, &suite);
+    let child = s
+        .tollgate(&["test", "--junit", "j.xml"])
+        .keys()
+        .into_tokio()
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
         .spawn()
         .unwrap();
     let pid = child.id().unwrap();
@@ -896,11 +828,11 @@ async fn live_suites_are_journaled_and_held_to_the_daily_budget() {
     let fake = FakeServer::start().await;
     fake.set_handler(answer);
     let suite = basic_without_snapshots();
-    let s = Suite::new(&policy(&fake), WORKFLOW, &suite);
-    let out = s.test(&["test"]).await;
+    let s = suite_project(&policy(&fake), WORKFLOW, &suite);
+    let out = s.tollgate(&["test"]).keys().await;
     assert_eq!(out.status.code(), Some(0), "{}", transcript(&out));
     // Each case ran as a journaled run, and its spend is reported.
-    let runs = s.test(&["runs", "--format", "json"]).await;
+    let runs = s.tollgate(&["runs", "--format", "json"]).keys().await;
     let runs: Value = serde_json::from_slice(&runs.stdout).unwrap();
     assert_eq!(runs.as_array().unwrap().len(), 2, "{runs}");
     assert!(
@@ -909,7 +841,7 @@ async fn live_suites_are_journaled_and_held_to_the_daily_budget() {
             .iter()
             .all(|r| r["status"] == "succeeded")
     );
-    let report = s.test(&["report", "--format", "json"]).await;
+    let report = s.tollgate(&["report", "--format", "json"]).keys().await;
     let report: Value = serde_json::from_slice(&report.stdout).unwrap();
     assert!(
         report["totals"]["cost_usd"].as_f64().unwrap() > 0.0,
@@ -922,7 +854,7 @@ async fn live_suites_are_journaled_and_held_to_the_daily_budget() {
         "policy.yaml",
         &format!("{}budgets:\n  daily_usd: 0.0001\n", policy(&fake)),
     );
-    let out = s.test(&["test"]).await;
+    let out = s.tollgate(&["test"]).keys().await;
     assert_eq!(out.status.code(), Some(1), "{}", transcript(&out));
     assert_eq!(
         fake.request_count(),
