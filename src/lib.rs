@@ -44,6 +44,7 @@ pub mod route;
 pub mod run;
 pub mod schema;
 pub mod sensitivity;
+pub mod step;
 pub mod template;
 pub mod tokens;
 pub mod workflow;

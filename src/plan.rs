@@ -14,26 +14,24 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use minijinja::Environment;
 use serde::Serialize;
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 
-use crate::analyze::{Analysis, StepInfo};
+use crate::analyze::Analysis;
 use crate::cost::{self, Billing};
 use crate::diagnostic::{Diagnostic, one_of};
 use crate::inputs::{Inputs, ValueSource};
 use crate::policy::{Locality, Model, Policy, Tier};
 use crate::route::{self, Decision, Facts, TierUsage};
 use crate::sensitivity::{self, Origin};
-use crate::template::{self, Source};
+use crate::step::{self, Estimates, Expanded, RenderedCall, Upstream};
+use crate::template;
 use crate::tokens::{self, Tokenizer};
 use crate::workflow::{Latency, Reasoning, Step};
 use crate::yaml::pointer;
 
-/// The tokenizer rule conditions (`input_tokens`) are evaluated with, so a
-/// rule means the same thing whichever model it picks.
-pub const RULE_TOKENIZER: Tokenizer = Tokenizer::O200kBase;
+pub use crate::step::{FanOut, RULE_TOKENIZER, When as Status};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Plan {
@@ -78,6 +76,11 @@ pub struct StepPlan {
     pub flagship_cost: CostRange,
     /// Hash of the rendered messages (of the first call), for change review.
     pub prompt_sha256: String,
+    /// The same hash for every call, in item order (upstream outputs as
+    /// placeholders): what a test compares with the requests a run sends.
+    /// Not serialised: a fan-out's would drown the plan.
+    #[serde(skip)]
+    pub calls_sha256: Vec<String>,
     /// When the policy asks for prompt caching on the step's model: whether
     /// the shared prefix (the system prompt) is long enough to be cached.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -107,22 +110,6 @@ pub struct SensitivityPlan {
     pub origin: Origin,
     /// May a cloud model see this step's data?
     pub cloud_allowed: bool,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(rename_all = "snake_case", tag = "state", content = "detail")]
-pub enum Status {
-    Runs,
-    /// Runs only if a condition known at run time holds.
-    Conditional(String),
-    Skipped(String),
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct FanOut {
-    pub items: u64,
-    /// False when the list comes from a step's output (unknown until run time).
-    pub known: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -231,14 +218,21 @@ fn marker(step: &str, instance: u64) -> String {
     format!("\u{27E6}steps.{step}.output#{instance}\u{27E7}")
 }
 
-/// A value shaped like a step's output: the marker for text, a sample that
-/// fits the schema for structured outputs (so `steps.x.output.field` renders),
-/// and a list of those for a `for_each` step.
+/// The stand-in for instance `instance` of step `step`'s output (one call's
+/// answer): the marker for text, a sample that fits the schema for
+/// structured outputs (so `steps.x.output.field` renders). Public so a test
+/// can answer a run with exactly what the plan rendered with.
+pub fn estimated_output(step: &str, schema: Option<&Value>, instance: u64) -> Value {
+    match schema {
+        None => Value::String(marker(step, instance)),
+        Some(s) => sample(s, &marker(step, instance), 0),
+    }
+}
+
+/// A value shaped like a step's output: [`estimated_output`], and a list of
+/// those for a `for_each` step.
 fn placeholder(step: &str, schema: Option<&Value>, fan_out: Option<u64>) -> Value {
-    let one = |i: u64| match schema {
-        None => Value::String(marker(step, i)),
-        Some(s) => sample(s, &marker(step, i), 0),
-    };
+    let one = |i: u64| estimated_output(step, schema, i);
     match fan_out {
         None => one(0),
         Some(n) => Value::Array((0..n.max(1)).map(one).collect()),
@@ -317,19 +311,47 @@ fn sample(schema: &Value, mark: &str, depth: usize) -> Value {
     }
 }
 
-/// One rendered call: its messages, with upstream outputs as markers.
-struct RenderedCall {
-    messages: Vec<String>,
-}
-
-/// A step after rendering, before routing.
+/// A step after expansion, before routing: its calls hold upstream outputs
+/// as markers.
 struct Prepared {
-    status: Status,
-    calls: u64,
-    fan_out: Option<FanOut>,
-    rendered: Vec<RenderedCall>,
+    expanded: Expanded,
     /// Does any upstream output appear in the prompt?
     reads_upstream: bool,
+}
+
+impl Prepared {
+    fn status(&self) -> &Status {
+        &self.expanded.when
+    }
+
+    fn calls(&self) -> u64 {
+        if self.expanded.calls.is_empty() {
+            0
+        } else {
+            self.expanded.call_count()
+        }
+    }
+}
+
+/// The plan's stand-ins for upstream outputs: placeholders of the right
+/// shape, as many per fan-out as its planned items.
+struct Placeholders<'a> {
+    workflow: &'a crate::workflow::Workflow,
+    fan_outs: &'a HashMap<String, u64>,
+}
+
+impl Estimates for Placeholders<'_> {
+    fn output(&self, dep: &str) -> Value {
+        placeholder(
+            dep,
+            self.workflow.steps[dep].output_schema(),
+            self.fan_outs.get(dep).copied(),
+        )
+    }
+
+    fn unknown_item(&self, dep: &str) -> Value {
+        Value::String(marker(dep, 0))
+    }
 }
 
 /// Counts for one tokenizer.
@@ -340,6 +362,105 @@ struct Counts {
     max_call_worst: u64,
     total: u64,
     total_worst: u64,
+}
+
+/// Pass 1 of the plan: every step expanded by [`step::expand`] in execution
+/// order, upstream outputs as placeholders, with what its dependencies
+/// decided (a skipped dependency skips it; otherwise a conditional one makes
+/// it conditional). Every step's errors are reported, not only the first.
+fn prepare_all(
+    analysis: &Analysis,
+    policy: &Policy,
+    inputs: &Inputs,
+    levels: &[usize],
+) -> Result<Vec<Prepared>, Vec<Diagnostic>> {
+    let doc = analysis.doc();
+    let input_ctx: Map<String, Value> = inputs
+        .iter()
+        .map(|(k, v)| (k.clone(), v.value.clone()))
+        .collect();
+    let mut diags = Vec::new();
+    let mut prepared: Vec<Option<Prepared>> = (0..analysis.steps.len()).map(|_| None).collect();
+    // Items per `for_each` step, so readers of its list of outputs see as many.
+    let mut fan_outs: HashMap<String, u64> = HashMap::new();
+    let mut rendered_total = 0usize;
+    for &i in analysis.dag.order() {
+        let (id, info) = analysis.steps.get_index(i).expect("dag index");
+        let deps = analysis.dag.dependencies(i);
+        let dep_status = |want_skipped: bool| {
+            deps.iter().find_map(|&d| {
+                let dep = prepared[d].as_ref()?;
+                let name = analysis.steps.get_index(d)?.0;
+                match dep.status() {
+                    Status::Skipped(_) if want_skipped => {
+                        Some(Status::Skipped(format!("depends on skipped step `{name}`")))
+                    }
+                    Status::Conditional(_) if !want_skipped => Some(Status::Conditional(format!(
+                        "runs only if step `{name}` runs"
+                    ))),
+                    _ => None,
+                }
+            })
+        };
+        let inherited = dep_status(true)
+            .or_else(|| dep_status(false))
+            .unwrap_or(Status::Runs);
+        let placeholders = Placeholders {
+            workflow: &analysis.workflow.value,
+            fan_outs: &fan_outs,
+        };
+        let scope = step::Scope {
+            analysis,
+            policy,
+            index: i,
+            inputs: &input_ctx,
+            levels,
+            upstream: Upstream::Estimated(&placeholders),
+        };
+        let expanded = match step::expand(&scope, inherited) {
+            Ok(e) => e,
+            Err(e) => {
+                diags.push(e.diagnostic(doc));
+                continue;
+            }
+        };
+        if expanded.fan_out.is_some() {
+            fan_outs.insert(id.clone(), expanded.call_count());
+        }
+        rendered_total += expanded
+            .calls
+            .iter()
+            .flat_map(|c| c.messages().map(str::len))
+            .sum::<usize>();
+        if rendered_total > template::MAX_PLAN_RENDERED_BYTES {
+            diags.push(
+                Diagnostic::error(
+                    "plan",
+                    format!(
+                        "the steps up to `{id}` render more than {} bytes together",
+                        template::MAX_PLAN_RENDERED_BYTES
+                    ),
+                )
+                .at(info.prompt.span(doc, 0, info.prompt.text.len()))
+                .with_help(
+                    "a plan's prompts are bounded as a whole: render fewer or smaller prompts",
+                ),
+            );
+            break;
+        }
+        let reads_upstream = expanded
+            .calls
+            .iter()
+            .any(|c| c.messages().any(|m| !markers_in(m).is_empty()));
+        prepared[i] = Some(Prepared {
+            expanded,
+            reads_upstream,
+        });
+    }
+    if !diags.is_empty() {
+        return Err(diags);
+    }
+    Ok(prepared.into_iter().map(|p| p.expect("prepared")).collect())
 }
 
 /// Builds the plan. Errors are bad input: exit code 2.
@@ -355,100 +476,20 @@ pub fn build(
         return Err(diags);
     }
     let w = &analysis.workflow.value;
-    let doc = analysis.doc();
     let effective = sensitivity::propagate(analysis, policy);
-    let input_ctx: Map<String, Value> = inputs
-        .iter()
-        .map(|(k, v)| (k.clone(), v.value.clone()))
-        .collect();
-
-    // Pass 1: decide what runs, fan out, render.
-    let mut prepared: Vec<Option<Prepared>> = (0..analysis.steps.len()).map(|_| None).collect();
-    // Items per `for_each` step, so readers of its list of outputs see as many.
-    let mut fan_outs: HashMap<String, u64> = HashMap::new();
-    let mut rendered_total = 0usize;
-    for &i in analysis.dag.order() {
-        let (id, info) = analysis.steps.get_index(i).expect("dag index");
-        let deps = analysis.dag.dependencies(i);
-        // A skipped dependency skips the step; otherwise a conditional one
-        // makes it conditional.
-        let dep_status = |want_skipped: bool| {
-            deps.iter().find_map(|&d| {
-                let dep = prepared[d].as_ref()?;
-                let name = analysis.steps.get_index(d)?.0;
-                match &dep.status {
-                    Status::Skipped(_) if want_skipped => {
-                        Some(Status::Skipped(format!("depends on skipped step `{name}`")))
-                    }
-                    Status::Conditional(_) if !want_skipped => Some(Status::Conditional(format!(
-                        "runs only if step `{name}` runs"
-                    ))),
-                    _ => None,
-                }
-            })
-        };
-        let upstream_status = dep_status(true).or_else(|| dep_status(false));
-        match prepare(
-            &analysis.env,
-            info,
-            &input_ctx,
-            w,
-            upstream_status,
-            &fan_outs,
-        ) {
-            Ok(p) => {
-                if p.fan_out.is_some() {
-                    fan_outs.insert(id.clone(), p.calls);
-                }
-                rendered_total += p
-                    .rendered
-                    .iter()
-                    .flat_map(|c| c.messages.iter().map(String::len))
-                    .sum::<usize>();
-                if rendered_total > template::MAX_PLAN_RENDERED_BYTES {
-                    diags.push(
-                        Diagnostic::error(
-                            "plan",
-                            format!(
-                                "the steps up to `{id}` render more than {} bytes together",
-                                template::MAX_PLAN_RENDERED_BYTES
-                            ),
-                        )
-                        .at(info.prompt.span(doc, 0, info.prompt.text.len()))
-                        .with_help("a plan's prompts are bounded as a whole: render fewer or smaller prompts"),
-                    );
-                    break;
-                }
-                prepared[i] = Some(p);
-            }
-            Err(PrepareError::Template(source, err, what)) => {
-                diags.push(source.error(doc, &err, &format!("{what} of step `{id}`")));
-            }
-            Err(PrepareError::Other(source, message, help)) => {
-                diags.push(
-                    Diagnostic::error("plan", message)
-                        .at(source.span(doc, 0, source.text.len()))
-                        .with_help(help),
-                );
-            }
-        }
-    }
-    if !diags.is_empty() {
-        return Err(diags);
-    }
-    let prepared: Vec<Prepared> = prepared.into_iter().map(|p| p.expect("prepared")).collect();
+    let levels: Vec<usize> = effective.iter().map(|e| e.level).collect();
+    let prepared = prepare_all(analysis, policy, inputs, &levels)?;
 
     // Pass 2: route in execution order, so tier shares are consumed in the
     // order the run would consume them.
     let mut usage = TierUsage {
         total_calls: prepared
             .iter()
-            .filter(|p| !matches!(p.status, Status::Skipped(_)))
-            .map(|p| p.calls)
+            .filter(|p| !p.status().is_skipped())
+            .map(Prepared::calls)
             .sum(),
         ..TierUsage::default()
     };
-    let flagship = policy.flagship_model();
     // Every tokenizer a candidate or the flagship may need (at most three).
     let mut tokenizers: Vec<Tokenizer> = vec![RULE_TOKENIZER];
     for m in policy.models.values() {
@@ -456,147 +497,18 @@ pub fn build(
             tokenizers.push(m.tokenizer);
         }
     }
+    let router = Router {
+        analysis,
+        policy,
+        effective: &effective,
+        tokenizers: &tokenizers,
+    };
     let mut steps_out: Vec<Option<StepPlan>> = vec![None; analysis.steps.len()];
     for &i in analysis.dag.order() {
-        let (id, _) = analysis.steps.get_index(i).expect("dag index");
-        let step = &w.steps[id];
-        let p = &prepared[i];
-        let eff = &effective[i];
-        let cache: HashMap<Tokenizer, Counts> =
-            tokenizers.iter().map(|&t| (t, count(p, t, w))).collect();
-        let counts = |tok: Tokenizer| cache.get(&tok).copied().unwrap_or_default();
-        let rule_counts = counts(RULE_TOKENIZER);
-        let tags: BTreeSet<String> = w.tags.iter().chain(step.tags.iter()).cloned().collect();
-        let max_out = u64::from(step.max_output_tokens());
-        let facts = Facts {
-            task: &step.task,
-            sensitivity: eff.level,
-            input_tokens: rule_counts.max_call,
-            reasoning: step.reasoning,
-            latency: step.latency,
-            tags: &tags,
-            pin: step.model.as_deref(),
-            max_output_tokens: max_out,
-            calls: p.calls,
-        };
-        let decision = if matches!(p.status, Status::Skipped(_)) {
-            // Route it anyway, so the plan still shows where it would go.
-            route::route(
-                policy,
-                &Facts {
-                    calls: 0,
-                    ..facts.clone()
-                },
-                &TierUsage::default(),
-                &|t| counts(t).max_call_worst,
-            )
-        } else {
-            route::route(policy, &facts, &usage, &|t| counts(t).max_call_worst)
-        };
-        let model = decision.model.as_ref().and_then(|m| policy.models.get(m));
-        if model.is_none() && !matches!(p.status, Status::Skipped(_)) {
-            diags.push(no_route(analysis, policy, id, &decision, eff.level));
-            continue;
+        match router.plan_step(i, &prepared[i], &mut usage) {
+            Ok(s) => steps_out[i] = Some(s),
+            Err(d) => diags.push(d),
         }
-        let runs = !matches!(p.status, Status::Skipped(_));
-        let calls = if runs { p.calls } else { 0 };
-        if let (Some(m), true) = (model, runs) {
-            *usage.used.entry(m.tier).or_insert(0) += calls;
-        }
-        let expected_out = expected_output_tokens(step) * calls;
-        // `latency: batch` steps on a model with a batch API are priced as
-        // the run will make them: through the batch, at batch prices.
-        let step_batched = step.latency == Latency::Batch;
-        let max_out_total = max_out * calls;
-        let (tokens, cost) = match model {
-            Some(m) if runs => {
-                let c = counts(m.tokenizer);
-                (
-                    TokenPlan {
-                        input: c.total,
-                        input_worst: c.total_worst,
-                        input_exact: m.tokenizer.is_exact() && !p.reads_upstream,
-                        tokenizer: Some(m.tokenizer),
-                        output_expected: expected_out,
-                        output_max: max_out_total,
-                    },
-                    price(m, c, calls, expected_out, max_out_total, step_batched),
-                )
-            }
-            _ => (TokenPlan::default(), CostRange::default()),
-        };
-        let flagship_cost = match flagship {
-            Some(f) if runs => price(
-                f,
-                counts(f.tokenizer),
-                calls,
-                expected_out,
-                max_out_total,
-                step_batched,
-            ),
-            _ => CostRange::default(),
-        };
-        let prompt_sha256 = {
-            let mut h = Sha256::new();
-            if let Some(first) = p.rendered.first() {
-                for m in &first.messages {
-                    h.update(m.as_bytes());
-                    h.update([0u8]);
-                }
-            }
-            format!("{:x}", h.finalize())
-        };
-        let prompt_cache = model.filter(|_| runs).and_then(|m| {
-            let ttl = m.prompt_cache?;
-            let system = analysis.steps[i]
-                .system
-                .as_ref()
-                .and(p.rendered.first())
-                .and_then(|c| c.messages.first());
-            let prefix_tokens = system.map_or(0, |s| m.tokenizer.count(s) as u64);
-            Some(PromptCachePlan {
-                ttl,
-                prefix_tokens,
-                min_tokens: m.prompt_cache_min_tokens,
-                cacheable: prefix_tokens >= m.prompt_cache_min_tokens,
-            })
-        });
-        let depends_on = analysis
-            .dag
-            .dependencies(i)
-            .into_iter()
-            .filter_map(|d| analysis.steps.get_index(d).map(|(k, _)| k.clone()))
-            .collect();
-        steps_out[i] = Some(StepPlan {
-            id: id.clone(),
-            task: step.task.clone(),
-            reasoning: step.reasoning,
-            latency: step.latency,
-            tags: tags.into_iter().collect(),
-            depends_on,
-            sensitivity: SensitivityPlan {
-                level: policy.level_name(eff.level).to_owned(),
-                origin: eff.origin.clone(),
-                cloud_allowed: eff.level <= policy.cloud_max,
-            },
-            status: p.status.clone(),
-            calls,
-            fan_out: p.fan_out.clone(),
-            model: model.map(|m| ModelRef {
-                alias: m.alias.clone(),
-                provider: m.provider.clone(),
-                model: m.model.clone(),
-                tier: m.tier,
-                locality: m.locality,
-            }),
-            route: decision,
-            tokens,
-            cost,
-            flagship_cost,
-            prompt_sha256,
-            prompt_cache,
-            batch: runs && step_batched && model.is_some_and(Model::has_batch_api),
-        });
     }
     if !diags.is_empty() {
         return Err(diags);
@@ -633,6 +545,164 @@ pub fn build(
     })
 }
 
+/// What pass 2 of the plan (routing and pricing) reads for every step.
+struct Router<'a> {
+    analysis: &'a Analysis,
+    policy: &'a Policy,
+    effective: &'a [sensitivity::Effective],
+    tokenizers: &'a [Tokenizer],
+}
+
+impl Router<'_> {
+    /// Routes and prices one prepared step, taking its calls from `usage`
+    /// (tier shares, in execution order).
+    fn plan_step(
+        &self,
+        i: usize,
+        p: &Prepared,
+        usage: &mut TierUsage,
+    ) -> Result<StepPlan, Diagnostic> {
+        let (analysis, policy) = (self.analysis, self.policy);
+        let w = &analysis.workflow.value;
+        let (id, _) = analysis.steps.get_index(i).expect("dag index");
+        let step = &w.steps[id];
+        let eff = &self.effective[i];
+        let cache: HashMap<Tokenizer, Counts> = self
+            .tokenizers
+            .iter()
+            .map(|&t| (t, count(p, t, w)))
+            .collect();
+        let counts = |tok: Tokenizer| cache.get(&tok).copied().unwrap_or_default();
+        let facts = p.expanded.facts(step, counts(RULE_TOKENIZER).max_call);
+        let runs = !p.status().is_skipped();
+        let decision = if runs {
+            route::route(policy, &facts, usage, &|t| counts(t).max_call_worst)
+        } else {
+            // Route it anyway, so the plan still shows where it would go.
+            route::route(
+                policy,
+                &Facts { calls: 0, ..facts },
+                &TierUsage::default(),
+                &|t| counts(t).max_call_worst,
+            )
+        };
+        let model = decision.model.as_ref().and_then(|m| policy.models.get(m));
+        if model.is_none() && runs {
+            return Err(no_route(analysis, policy, id, &decision, eff.level));
+        }
+        let calls = if runs { p.calls() } else { 0 };
+        if let (Some(m), true) = (model, runs) {
+            *usage.used.entry(m.tier).or_insert(0) += calls;
+        }
+        let expected_out = expected_output_tokens(step) * calls;
+        // `latency: batch` steps on a model with a batch API are priced as
+        // the run will make them: through the batch, at batch prices.
+        let step_batched = step.latency == Latency::Batch;
+        let max_out_total = u64::from(step.max_output_tokens()) * calls;
+        let (tokens, cost) = match model {
+            Some(m) if runs => {
+                let c = counts(m.tokenizer);
+                (
+                    TokenPlan {
+                        input: c.total,
+                        input_worst: c.total_worst,
+                        input_exact: m.tokenizer.is_exact() && !p.reads_upstream,
+                        tokenizer: Some(m.tokenizer),
+                        output_expected: expected_out,
+                        output_max: max_out_total,
+                    },
+                    price(m, c, calls, expected_out, max_out_total, step_batched),
+                )
+            }
+            _ => (TokenPlan::default(), CostRange::default()),
+        };
+        let flagship_cost = match policy.flagship_model() {
+            Some(f) if runs => price(
+                f,
+                counts(f.tokenizer),
+                calls,
+                expected_out,
+                max_out_total,
+                step_batched,
+            ),
+            _ => CostRange::default(),
+        };
+        let prompt_cache = model
+            .filter(|_| runs)
+            .and_then(|m| prompt_cache_plan(m, p.expanded.calls.first()));
+        let depends_on = analysis
+            .dag
+            .dependencies(i)
+            .into_iter()
+            .filter_map(|d| analysis.steps.get_index(d).map(|(k, _)| k.clone()))
+            .collect();
+        Ok(StepPlan {
+            id: id.clone(),
+            task: step.task.clone(),
+            reasoning: step.reasoning,
+            latency: step.latency,
+            tags: p.expanded.tags.iter().cloned().collect(),
+            depends_on,
+            sensitivity: SensitivityPlan {
+                level: policy.level_name(eff.level).to_owned(),
+                origin: eff.origin.clone(),
+                cloud_allowed: eff.level <= policy.cloud_max,
+            },
+            status: p.status().clone(),
+            calls,
+            fan_out: p.expanded.fan_out.clone(),
+            model: model.map(|m| ModelRef {
+                alias: m.alias.clone(),
+                provider: m.provider.clone(),
+                model: m.model.clone(),
+                tier: m.tier,
+                locality: m.locality,
+            }),
+            route: decision,
+            tokens,
+            cost,
+            flagship_cost,
+            prompt_sha256: p.expanded.calls.first().map_or_else(
+                || messages_sha256(std::iter::empty()),
+                |c| messages_sha256(c.messages()),
+            ),
+            calls_sha256: p
+                .expanded
+                .calls
+                .iter()
+                .map(|c| messages_sha256(c.messages()))
+                .collect(),
+            prompt_cache,
+            batch: runs && step_batched && model.is_some_and(Model::has_batch_api),
+        })
+    }
+}
+
+/// The hash of a call's messages, each ended by a NUL byte: the plan's
+/// `prompt_sha256`.
+pub fn messages_sha256<'a>(messages: impl Iterator<Item = &'a str>) -> String {
+    let mut h = Sha256::new();
+    for m in messages {
+        h.update(m.as_bytes());
+        h.update([0u8]);
+    }
+    format!("{:x}", h.finalize())
+}
+
+/// The prompt-cache check of a step on a model that asks for caching: the
+/// system prompt (of the first call) against the model's minimum.
+fn prompt_cache_plan(m: &Model, first: Option<&RenderedCall>) -> Option<PromptCachePlan> {
+    let ttl = m.prompt_cache?;
+    let system = first.and_then(|c| c.system.as_deref());
+    let prefix_tokens = system.map_or(0, |s| m.tokenizer.count(s) as u64);
+    Some(PromptCachePlan {
+        ttl,
+        prefix_tokens,
+        min_tokens: m.prompt_cache_min_tokens,
+        cacheable: prefix_tokens >= m.prompt_cache_min_tokens,
+    })
+}
+
 /// The step's `calls` calls together. A long-context tier is chosen by one
 /// call's prompt, never by the step's sum: the expected cost at the average
 /// call's tier, the worst case at the largest call's (so it is never low).
@@ -666,11 +736,11 @@ fn price(
 fn count(p: &Prepared, tok: Tokenizer, w: &crate::workflow::Workflow) -> Counts {
     let mut c = Counts::default();
     let (mut sum, mut sum_worst) = (0u64, 0u64);
-    for call in &p.rendered {
-        let stripped: Vec<String> = call.messages.iter().map(|m| strip_markers(m)).collect();
+    for call in &p.expanded.calls {
+        let stripped: Vec<String> = call.messages().map(strip_markers).collect();
         let refs: Vec<&str> = stripped.iter().map(String::as_str).collect();
         let base = tokens::count_chat(tok, &refs) as u64;
-        let (extra, extra_worst) = upstream_tokens(&call.messages, w);
+        let (extra, extra_worst) = upstream_tokens(call, w);
         c.max_call = c.max_call.max(base + extra);
         c.max_call_worst = c.max_call_worst.max(base + extra_worst);
         sum += base + extra;
@@ -678,8 +748,8 @@ fn count(p: &Prepared, tok: Tokenizer, w: &crate::workflow::Workflow) -> Counts 
     }
     // Calls beyond the rendered ones (a fan-out whose size is known only at
     // run time) are priced like the average rendered call.
-    let rendered = p.rendered.len() as u64;
-    let missing = p.calls.saturating_sub(rendered);
+    let rendered = p.expanded.calls.len() as u64;
+    let missing = p.calls().saturating_sub(rendered);
     let avg = |x: u64| x.checked_div(rendered).unwrap_or(0);
     c.total = sum + avg(sum) * missing;
     c.total_worst = sum_worst + avg(sum_worst) * missing;
@@ -689,10 +759,10 @@ fn count(p: &Prepared, tok: Tokenizer, w: &crate::workflow::Workflow) -> Counts 
 /// Tokens the upstream outputs shown in a call add: expected and worst case.
 /// Text outputs count once per occurrence; a structured output counts once
 /// per instance however many of its fields are shown.
-fn upstream_tokens(messages: &[String], w: &crate::workflow::Workflow) -> (u64, u64) {
-    let mut seen: BTreeSet<(&str, &str)> = BTreeSet::new();
+fn upstream_tokens<'a>(call: &'a RenderedCall, w: &crate::workflow::Workflow) -> (u64, u64) {
+    let mut seen: BTreeSet<(&'a str, &'a str)> = BTreeSet::new();
     let (mut expected, mut worst) = (0u64, 0u64);
-    for m in messages {
+    for m in call.messages() {
         for (step_id, instance) in markers_in(m) {
             let Some(step) = w.steps.get(step_id) else {
                 continue;
@@ -722,181 +792,6 @@ fn strip_markers(text: &str) -> String {
     }
     out.push_str(rest);
     out
-}
-
-enum PrepareError {
-    Template(Source, minijinja::Error, &'static str),
-    Other(Source, String, String),
-}
-
-fn prepare(
-    env: &Environment<'static>,
-    info: &StepInfo,
-    inputs: &Map<String, Value>,
-    w: &crate::workflow::Workflow,
-    upstream_status: Option<Status>,
-    fan_outs: &HashMap<String, u64>,
-) -> Result<Prepared, PrepareError> {
-    // The step's context: exactly what the analysis says it reads, upstream
-    // outputs as placeholders of the right shape.
-    let context = |item: Option<&Value>| {
-        info.context(
-            inputs,
-            |dep| {
-                placeholder(
-                    dep,
-                    w.steps[dep].output_schema(),
-                    fan_outs.get(dep).copied(),
-                )
-            },
-            item,
-        )
-    };
-    let base_ctx = context(None);
-    let reads_steps = |s: &Source| -> Result<bool, PrepareError> {
-        let refs = s
-            .references(env)
-            .map_err(|e| PrepareError::Template(s.clone(), e, "an expression"))?;
-        Ok(refs.iter().any(|r| r.starts_with("steps.")))
-    };
-
-    let mut status = upstream_status.unwrap_or(Status::Runs);
-    if let (Some(when), false) = (&info.when, matches!(status, Status::Skipped(_))) {
-        if reads_steps(when)? {
-            status = Status::Conditional(format!("when: {}", when.text.trim()));
-        } else {
-            let v = template::eval(env, &when.text, &base_ctx)
-                .map_err(|e| PrepareError::Template(when.clone(), e, "`when`"))?;
-            if !v.is_true() {
-                status = Status::Skipped(format!("when is false: {}", when.text.trim()));
-            }
-        }
-    }
-
-    let mut items: Vec<Option<Value>> = vec![None];
-    let mut fan_out = None;
-    if let Some(fe) = &info.for_each {
-        if reads_steps(fe)? {
-            // The list comes from upstream outputs: evaluate it over their
-            // placeholders, which have the right shape (a sample per schema,
-            // one entry per known fan-out item); its size is known only at
-            // run time.
-            let evaluated = template::eval_list(env, &fe.text, &base_ctx).ok();
-            items = match evaluated {
-                Some(Value::Array(list)) if !list.is_empty() => {
-                    list.into_iter().map(Some).collect()
-                }
-                _ => {
-                    let source = fe
-                        .references(env)
-                        .ok()
-                        .and_then(|r| {
-                            r.iter().find_map(|r| {
-                                r.strip_prefix("steps.")
-                                    .and_then(|x| x.split('.').next())
-                                    .map(str::to_owned)
-                            })
-                        })
-                        .unwrap_or_default();
-                    vec![Some(Value::String(marker(&source, 0)))]
-                }
-            };
-            fan_out = Some(FanOut {
-                items: items.len() as u64,
-                known: false,
-            });
-        } else {
-            let list = template::eval_list(env, &fe.text, &base_ctx)
-                .map_err(|e| PrepareError::Template(fe.clone(), e, "`for_each`"))?;
-            let Value::Array(list) = list else {
-                return Err(PrepareError::Other(
-                    fe.clone(),
-                    format!(
-                        "`for_each` of step `{}` must give a list, got {}",
-                        info.id,
-                        kind_of(&list)
-                    ),
-                    "for_each takes an expression such as `inputs.files` that evaluates to a list"
-                        .to_owned(),
-                ));
-            };
-            fan_out = Some(FanOut {
-                items: list.len() as u64,
-                known: true,
-            });
-            if list.is_empty() {
-                // Nothing to render: the step makes no call.
-                let status = match status {
-                    Status::Skipped(why) => Status::Skipped(why),
-                    _ => Status::Skipped("for_each list is empty".to_owned()),
-                };
-                return Ok(Prepared {
-                    status,
-                    calls: 0,
-                    fan_out,
-                    rendered: Vec::new(),
-                    reads_upstream: false,
-                });
-            }
-            items = list.into_iter().map(Some).collect();
-        }
-    }
-
-    let mut rendered = Vec::with_capacity(items.len());
-    let mut total = 0usize;
-    for item in &items {
-        let ctx = context(item.as_ref());
-        let mut messages = Vec::with_capacity(2);
-        if let Some(s) = &info.system {
-            messages.push(
-                template::render(env, &s.text, &ctx)
-                    .map_err(|e| PrepareError::Template(s.clone(), e, "the system prompt"))?,
-            );
-        }
-        messages.push(
-            template::render(env, &info.prompt.text, &ctx)
-                .map_err(|e| PrepareError::Template(info.prompt.clone(), e, "the prompt"))?,
-        );
-        total += messages.iter().map(String::len).sum::<usize>();
-        if total > template::MAX_STEP_RENDERED_BYTES {
-            return Err(PrepareError::Other(
-                info.prompt.clone(),
-                format!(
-                    "the calls of step `{}` render more than {} bytes together",
-                    info.id,
-                    template::MAX_STEP_RENDERED_BYTES
-                ),
-                "a step's prompts (one per for_each item) are bounded as a whole: fan out over fewer or smaller items".to_owned(),
-            ));
-        }
-        rendered.push(RenderedCall { messages });
-    }
-
-    let reads_upstream = rendered
-        .iter()
-        .any(|c| c.messages.iter().any(|m| !markers_in(m).is_empty()));
-    let calls = match &fan_out {
-        Some(f) => f.items,
-        None => 1,
-    };
-    Ok(Prepared {
-        status,
-        calls,
-        fan_out,
-        rendered,
-        reads_upstream,
-    })
-}
-
-fn kind_of(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "nothing",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "a list",
-        Value::Object(_) => "a mapping",
-    }
 }
 
 fn check_pins(analysis: &Analysis, policy: &Policy) -> Vec<Diagnostic> {

@@ -34,12 +34,18 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use super::{Attempt, CallReport, Event, Shared, parse_structured, prompt_cache};
+use super::cache::{
+    cached, flagship_cost, prompt_cache, request_hash, request_texts, step_request,
+};
+use super::shared::Shared;
+use super::validate::parse_structured;
+use super::{Attempt, AttemptOutcome, CallReport, CallSource, Event};
 use crate::cost::{self, Billing};
 use crate::journal::CallRecord;
 use crate::policy::Model;
 use crate::provider::batch::{BatchApi, BatchItem, BatchState, ItemOutcome};
 use crate::provider::{ErrorKind, ProviderError, Usage};
+use crate::step::RenderedCall;
 use crate::tokens;
 use crate::workflow::Latency;
 
@@ -112,11 +118,16 @@ pub(super) enum Item {
 }
 
 impl Item {
-    fn synchronous(model: &Model, outcome: &str, status: Option<u16>, message: String) -> Item {
+    fn synchronous(
+        model: &Model,
+        outcome: AttemptOutcome,
+        status: Option<u16>,
+        message: String,
+    ) -> Item {
         let mut report = CallReport::empty(None);
         report.attempts.push(Attempt {
             model: model.alias.clone(),
-            outcome: outcome.to_owned(),
+            outcome,
             status,
             message: Some(message),
             waited_ms: None,
@@ -135,7 +146,7 @@ pub(super) async fn run(
     step_id: &str,
     step: &crate::workflow::Step,
     fan_out: bool,
-    rendered: &[(Option<String>, String)],
+    rendered: &[RenderedCall],
     model: &Model,
     label: &crate::route::Label,
 ) -> Option<Vec<Option<Item>>> {
@@ -148,7 +159,8 @@ pub(super) async fn run(
     let api = sh.providers.batchers.get(&model.provider)?;
     let item_of = |n: usize| fan_out.then_some(n);
     // Indices of the calls still to make; a resumed run batches only those.
-    let asked = |n: usize| crate::journal::prompt_hash(rendered[n].0.as_deref(), &rendered[n].1);
+    let asked =
+        |n: usize| crate::journal::prompt_hash(rendered[n].system.as_deref(), &rendered[n].prompt);
     let pending: Vec<usize> = (0..rendered.len())
         .filter(|&n| {
             // Finished in an earlier session, asked the same: answered from
@@ -162,8 +174,7 @@ pub(super) async fn run(
         return None;
     }
     let schema = step.output_schema().cloned();
-    let request =
-        |system: &Option<String>, prompt: &str| super::step_request(step, model, system, prompt);
+    let request = |c: &RenderedCall| step_request(step, model, &c.system, &c.prompt);
     // The ledger key covers every call of the step, so a resumed run finds
     // the batch its first session submitted whatever has finished since.
     let key = batch_key(
@@ -171,9 +182,9 @@ pub(super) async fn run(
         &rendered
             .iter()
             .enumerate()
-            .map(|(n, (system, prompt))| BatchItem {
+            .map(|(n, c)| BatchItem {
                 custom_id: format!("item-{n}"),
-                request: request(system, prompt),
+                request: request(c),
             })
             .collect::<Vec<_>>(),
     );
@@ -186,14 +197,14 @@ pub(super) async fn run(
     // place in a batch.
     let mut to_send = Vec::with_capacity(pending.len());
     for &n in &pending {
-        let req = request(&rendered[n].0, &rendered[n].1);
+        let req = request(&rendered[n]);
         let hash = sh
             .options
             .journal
             .as_ref()
-            .map(|_| super::request_hash(sh, model, &req));
+            .map(|_| request_hash(sh, model, &req));
         let hit = match &hash {
-            Some(h) => super::cached(sh, h).await,
+            Some(h) => cached(sh, h).await,
             None => None,
         };
         let Some(answer) = hit else {
@@ -209,13 +220,13 @@ pub(super) async fn run(
             continue;
         };
         let mut report = CallReport::empty(item_of(n));
-        report.source = super::CallSource::Cache;
+        report.source = CallSource::Cache;
         report.model = Some(model.alias.clone());
         report.saved_usd = answer.cost_usd;
         report.usage = answer.usage;
         report.attempts.push(Attempt {
             model: model.alias.clone(),
-            outcome: "cached".to_owned(),
+            outcome: AttemptOutcome::Cached,
             status: None,
             message: Some(format!("answer of run {}", answer.run_id)),
             waited_ms: None,
@@ -231,11 +242,11 @@ pub(super) async fn run(
             provider_model: model.model.clone(),
             tier: model.tier.name().to_owned(),
             started_ms: sh.options.journal.as_ref().map_or(0, |j| j.journal.now()),
-            outcome: "cached".to_owned(),
+            outcome: AttemptOutcome::Cached.as_str().to_owned(),
             usage: answer.usage,
             list_cost_usd: answer.cost_usd,
             saved_usd: answer.cost_usd,
-            flagship_cost_usd: super::flagship_cost(sh, &answer.usage),
+            flagship_cost_usd: flagship_cost(sh, &answer.usage),
             estimate_usd: sh.call_estimates.get(step_id).copied().unwrap_or(0.0),
             from_cache: true,
             output: Some(v.clone()),
@@ -252,11 +263,11 @@ pub(super) async fn run(
         .iter()
         .map(|&n| BatchItem {
             custom_id: format!("item-{n}"),
-            request: request(&rendered[n].0, &rendered[n].1),
+            request: request(&rendered[n]),
         })
         .collect();
     // Every call still to make to the synchronous path, with why.
-    let sync_all = |mut out: Vec<Option<Item>>, outcome: &str, message: String| {
+    let sync_all = |mut out: Vec<Option<Item>>, outcome: AttemptOutcome, message: String| {
         for &n in &pending {
             out[n] = Some(Item::synchronous(model, outcome, None, message.clone()));
         }
@@ -266,9 +277,9 @@ pub(super) async fn run(
     // refused batch is never submitted; its calls go the synchronous way,
     // where the same check refuses them one by one.
     if let Some(why) = items.iter().find_map(|it| {
-        crate::route::admit(&sh.policy, model, label, &super::request_texts(&it.request)).err()
+        crate::route::admit(&sh.policy, model, label, &request_texts(&it.request)).err()
     }) {
-        return Some(sync_all(out, "refused", why));
+        return Some(sync_all(out, AttemptOutcome::Refused, why));
     }
 
     // The worst case of the whole batch, at batch prices, before submitting.
@@ -276,14 +287,12 @@ pub(super) async fn run(
     let worst: f64 = pending
         .iter()
         .map(|&n| &rendered[n])
-        .map(|(s, p)| {
-            let mut msgs: Vec<&str> = s.iter().map(String::as_str).collect();
-            msgs.push(p);
+        .map(|c| {
             cost::worst_case(
                 &model.price,
-                tokens::count_chat(model.tokenizer, &msgs) as u64,
+                count(model, c),
                 max_out,
-                prompt_cache(model, s.as_deref()),
+                prompt_cache(model, c.system.as_deref()),
                 Billing::Batch,
             )
         })
@@ -294,7 +303,7 @@ pub(super) async fn run(
         Err(over) => {
             return Some(sync_all(
                 out,
-                "over_budget",
+                AttemptOutcome::OverBudget,
                 format!(
                     "{}: the batch does not fit: {over}; calling one by one",
                     model.alias
@@ -311,7 +320,7 @@ pub(super) async fn run(
         // Nothing was billed: each call goes the synchronous way.
         Err(BatchError::NotRun(why)) => {
             sh.budget.settle(reservation, 0.0);
-            return Some(sync_all(out, "batch_failed", why));
+            return Some(sync_all(out, AttemptOutcome::BatchFailed, why));
         }
         // Billed, or it may be, and the answers are out of reach for now:
         // the worst case stays on the budget and the calls fail, so nothing
@@ -327,7 +336,7 @@ pub(super) async fn run(
                 report.batch = true;
                 report.attempts.push(Attempt {
                     model: model.alias.clone(),
-                    outcome: "batch_stranded".to_owned(),
+                    outcome: AttemptOutcome::BatchStranded,
                     status: None,
                     message: Some(message.clone()),
                     waited_ms: None,
@@ -340,7 +349,7 @@ pub(super) async fn run(
     let (batch_id, mut results) = results;
     let mut spent = 0.0;
     for (&n, item) in pending.iter().zip(&items) {
-        let failed = |outcome: &str, status: Option<u16>, message: String| {
+        let failed = |outcome: AttemptOutcome, status: Option<u16>, message: String| {
             Item::synchronous(
                 model,
                 outcome,
@@ -351,12 +360,12 @@ pub(super) async fn run(
         let answer = match results.remove(&item.custom_id) {
             Some(ItemOutcome::Answer(resp)) => resp,
             Some(ItemOutcome::Failed(e)) => {
-                out[n] = Some(failed(&kind_name(e.kind), e.status, e.message));
+                out[n] = Some(failed(AttemptOutcome::Error(e.kind), e.status, e.message));
                 continue;
             }
             Some(ItemOutcome::Expired) => {
                 out[n] = Some(failed(
-                    "batch_expired",
+                    AttemptOutcome::BatchExpired,
                     None,
                     "expired before it ran".into(),
                 ));
@@ -364,7 +373,7 @@ pub(super) async fn run(
             }
             Some(ItemOutcome::Canceled) => {
                 out[n] = Some(failed(
-                    "batch_cancelled",
+                    AttemptOutcome::BatchCancelled,
                     None,
                     "cancelled before it ran".into(),
                 ));
@@ -372,7 +381,7 @@ pub(super) async fn run(
             }
             None => {
                 out[n] = Some(failed(
-                    "batch_missing",
+                    AttemptOutcome::BatchMissing,
                     None,
                     format!("no result for {}", item.custom_id),
                 ));
@@ -380,10 +389,8 @@ pub(super) async fn run(
             }
         };
         let reported = answer.usage.input_tokens > 0 || answer.usage.output_tokens > 0;
-        let (s, p) = &rendered[n];
-        let mut msgs: Vec<&str> = s.iter().map(String::as_str).collect();
-        msgs.push(p);
-        let counted = tokens::count_chat(model.tokenizer, &msgs) as u64;
+        let c = &rendered[n];
+        let counted = count(model, c);
         let answer_tokens = model.tokenizer.count(&answer.text) as u64;
         let usage = if reported {
             answer.usage
@@ -402,7 +409,7 @@ pub(super) async fn run(
             &cost::Asked {
                 input_tokens: counted,
                 max_output: max_out,
-                cache: prompt_cache(model, s.as_deref()),
+                cache: prompt_cache(model, c.system.as_deref()),
                 billing: Billing::Batch,
                 answer_tokens,
             },
@@ -417,12 +424,12 @@ pub(super) async fn run(
         };
         let mut report = CallReport {
             item: item_of(n),
-            source: super::CallSource::Provider,
+            source: CallSource::Provider,
             saved_usd: 0.0,
             model: Some(model.alias.clone()),
             attempts: vec![Attempt {
                 model: model.alias.clone(),
-                outcome: "ok".to_owned(),
+                outcome: AttemptOutcome::Ok,
                 status: Some(200),
                 message: Some(format!("batch {batch_id}")),
                 waited_ms: None,
@@ -448,7 +455,7 @@ pub(super) async fn run(
                 .options
                 .journal
                 .as_ref()
-                .map(|_| super::request_hash(sh, model, &item.request)),
+                .map(|_| request_hash(sh, model, &item.request)),
             model: model.alias.clone(),
             provider: model.provider.clone(),
             provider_model: model.model.clone(),
@@ -457,16 +464,17 @@ pub(super) async fn run(
             started_ms: sh.options.journal.as_ref().map_or(0, |j| j.journal.now()),
             latency_ms: report.latency_ms,
             outcome: if value.is_ok() {
-                "ok"
+                AttemptOutcome::Ok
             } else {
-                "invalid_output"
+                AttemptOutcome::InvalidOutput
             }
+            .as_str()
             .to_owned(),
             error: value.as_ref().err().cloned(),
             usage,
             cost_usd: cost,
             list_cost_usd: report.list_cost_usd,
-            flagship_cost_usd: super::flagship_cost(sh, &usage),
+            flagship_cost_usd: flagship_cost(sh, &usage),
             estimate_usd: sh.call_estimates.get(step_id).copied().unwrap_or(0.0),
             batch: true,
             cacheable,
@@ -482,7 +490,7 @@ pub(super) async fn run(
                 // Asked again synchronously (with its own schema retry);
                 // what the batch answer cost stays on the bill.
                 if let Some(a) = report.attempts.last_mut() {
-                    a.outcome = "invalid_output".to_owned();
+                    a.outcome = AttemptOutcome::InvalidOutput;
                     a.message = Some(format!("batch {batch_id}: {why}"));
                 }
                 report.truncated = false;
@@ -655,11 +663,10 @@ async fn wait(
     }
 }
 
-fn kind_name(kind: ErrorKind) -> String {
-    serde_json::to_value(kind)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_owned))
-        .unwrap_or_default()
+/// One batch call's input tokens by the model's tokenizer (each item is
+/// counted once: a batch prices every item by its own size).
+fn count(model: &Model, c: &RenderedCall) -> u64 {
+    tokens::count_chat(model.tokenizer, &c.messages().collect::<Vec<_>>()) as u64
 }
 
 impl fmt::Display for BatchRef {

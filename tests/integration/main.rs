@@ -15,6 +15,7 @@ mod money;
 mod providers;
 mod run;
 mod sensitivity_gate;
+mod step_semantics;
 mod suites;
 
 use std::path::{Path, PathBuf};
