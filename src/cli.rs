@@ -747,11 +747,7 @@ fn cmd_run(args: RunArgs, options: RenderOptions) -> u8 {
         (result, analysis)
     });
     let (result, analysis) = result;
-    let status = serde_json::to_value(result.status)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_owned))
-        .unwrap_or_default();
-    if let Err(e) = journal.finish_run(&run_id, &status) {
+    if let Err(e) = journal.finish_run(&run_id, result.status.as_str()) {
         let _ = writeln!(std::io::stderr().lock(), "warning: {e}");
     }
     let mut write_failed = false;

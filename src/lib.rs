@@ -12,8 +12,9 @@
 //!    (JSON Schema), [`workflow`] / [`policy`] (typed files);
 //! 2. **validate** — [`analyze`] (templates, references, the DAG in
 //!    [`graph`]), [`policy::compile`] (names, prices, rule reachability);
-//! 3. **plan** — [`inputs`], [`sensitivity`], [`route`], [`plan`], priced
-//!    from the [`catalog`] with token counts from [`tokens`];
+//! 3. **plan** — [`inputs`], [`sensitivity`], [`step`] (a step's meaning,
+//!    shared with `run`), [`route`], [`plan`], priced from the [`catalog`]
+//!    with token counts from [`tokens`];
 //! 4. **report** — [`render`] and the [`cli`].
 //!
 //! Everything before the provider layer is synchronous and does no network
@@ -44,6 +45,7 @@ pub mod route;
 pub mod run;
 pub mod schema;
 pub mod sensitivity;
+pub mod step;
 pub mod template;
 pub mod tokens;
 pub mod workflow;

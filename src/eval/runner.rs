@@ -400,14 +400,11 @@ async fn finish_journaled(ctx: &Ctx<'_>, run_id: Option<String>, status: RunStat
     let (Some(journal), Some(id)) = (&ctx.opts.journal, run_id) else {
         return;
     };
-    let status = serde_json::to_value(status)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_owned))
-        .unwrap_or_default();
+    let status = status.as_str();
     let db = Arc::clone(journal);
     // A failure here leaves the run `running` until its process is gone
     // (then `interrupted`): nothing is lost, so it is not worth failing for.
-    let _ = tokio::task::spawn_blocking(move || db.finish_run(&id, &status)).await;
+    let _ = tokio::task::spawn_blocking(move || db.finish_run(&id, status)).await;
 }
 
 /// Why a step that failed did: a wrong answer is the model's (a failed
@@ -416,7 +413,7 @@ fn invalid_answer(step: &StepReport) -> bool {
     step.calls
         .iter()
         .filter_map(|c| c.attempts.last())
-        .any(|a| a.outcome == "invalid_output")
+        .any(|a| a.outcome == run::AttemptOutcome::InvalidOutput)
 }
 
 /// One run of one case: the workflow, then every expectation.

@@ -181,7 +181,8 @@ pub fn build(journal: &Journal, since: Option<Millis>) -> Result<Report, Journal
                 provider_model: r.get(4)?,
                 tier: r.get(5)?,
                 from_cache: r.get(6)?,
-                reached_provider: outcome != "over_budget",
+                reached_provider: outcome.parse::<crate::run::AttemptOutcome>()
+                    != Ok(crate::run::AttemptOutcome::OverBudget),
                 input_tokens: r.get::<_, i64>(8)?.max(0) as u64,
                 output_tokens: r.get::<_, i64>(9)?.max(0) as u64,
                 // An older build journaled what a server said, negative

@@ -34,12 +34,18 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use super::{Attempt, CallReport, Event, Shared, parse_structured, prompt_cache};
+use super::cache::{
+    cached, flagship_cost, prompt_cache, request_hash, request_texts, step_request,
+};
+use super::shared::Shared;
+use super::validate::parse_structured;
+use super::{Attempt, AttemptOutcome, CallReport, CallSource, Event};
 use crate::cost::{self, Billing};
 use crate::journal::CallRecord;
 use crate::policy::Model;
 use crate::provider::batch::{BatchApi, BatchItem, BatchState, ItemOutcome};
 use crate::provider::{ErrorKind, ProviderError, Usage};
+use crate::step::RenderedCall;
 use crate::tokens;
 use crate::workflow::Latency;
 
@@ -112,11 +118,16 @@ pub(super) enum Item {
 }
 
 impl Item {
-    fn synchronous(model: &Model, outcome: &str, status: Option<u16>, message: String) -> Item {
+    fn synchronous(
+        model: &Model,
+        outcome: AttemptOutcome,
+        status: Option<u16>,
+        message: String,
+    ) -> Item {
         let mut report = CallReport::empty(None);
         report.attempts.push(Attempt {
             model: model.alias.clone(),
-            outcome: outcome.to_owned(),
+            outcome,
             status,
             message: Some(message),
             waited_ms: None,
@@ -135,7 +146,7 @@ pub(super) async fn run(
     step_id: &str,
     step: &crate::workflow::Step,
     fan_out: bool,
-    rendered: &[(Option<String>, String)],
+    rendered: &[RenderedCall],
     model: &Model,
     label: &crate::route::Label,
 ) -> Option<Vec<Option<Item>>> {
@@ -146,244 +157,316 @@ pub(super) async fn run(
         return None;
     }
     let api = sh.providers.batchers.get(&model.provider)?;
-    let item_of = |n: usize| fan_out.then_some(n);
+    let b = BatchStep {
+        sh,
+        step_id,
+        step,
+        fan_out,
+        rendered,
+        model,
+        validator: step
+            .output_schema()
+            .and_then(|s| jsonschema::validator_for(s).ok()),
+    };
     // Indices of the calls still to make; a resumed run batches only those.
-    let asked = |n: usize| crate::journal::prompt_hash(rendered[n].0.as_deref(), &rendered[n].1);
     let pending: Vec<usize> = (0..rendered.len())
         .filter(|&n| {
             // Finished in an earlier session, asked the same: answered from
             // the journal on the synchronous path.
             sh.finished
-                .get(&(step_id.to_owned(), item_of(n)))
-                .is_none_or(|d| d.prompt_hash.as_ref().is_some_and(|h| *h != asked(n)))
+                .get(&(step_id.to_owned(), b.item_of(n)))
+                .is_none_or(|d| d.prompt_hash.as_ref().is_some_and(|h| *h != b.asked(n)))
         })
         .collect();
     if pending.is_empty() {
         return None;
     }
-    let schema = step.output_schema().cloned();
-    let request =
-        |system: &Option<String>, prompt: &str| super::step_request(step, model, system, prompt);
     // The ledger key covers every call of the step, so a resumed run finds
     // the batch its first session submitted whatever has finished since.
     let key = batch_key(
         &model.provider,
-        &rendered
-            .iter()
-            .enumerate()
-            .map(|(n, (system, prompt))| BatchItem {
-                custom_id: format!("item-{n}"),
-                request: request(system, prompt),
-            })
-            .collect::<Vec<_>>(),
+        &(0..rendered.len()).map(|n| b.item(n)).collect::<Vec<_>>(),
     );
-    let validator = schema
-        .as_ref()
-        .and_then(|s| jsonschema::validator_for(s).ok());
     let mut out: Vec<Option<Item>> = (0..rendered.len()).map(|_| None).collect();
     // The response cache first: an identical request answered within its
     // TTL (synchronously or by an earlier batch) costs nothing and needs no
     // place in a batch.
     let mut to_send = Vec::with_capacity(pending.len());
-    for &n in &pending {
-        let req = request(&rendered[n].0, &rendered[n].1);
-        let hash = sh
-            .options
-            .journal
-            .as_ref()
-            .map(|_| super::request_hash(sh, model, &req));
-        let hit = match &hash {
-            Some(h) => super::cached(sh, h).await,
-            None => None,
-        };
-        let Some(answer) = hit else {
-            to_send.push(n);
-            continue;
-        };
-        let value = match &validator {
-            None => Ok(Value::String(answer.text.clone())),
-            Some(v) => parse_structured(&answer.text, v),
-        };
-        let Ok(v) = value else {
-            to_send.push(n);
-            continue;
-        };
-        let mut report = CallReport::empty(item_of(n));
-        report.source = super::CallSource::Cache;
-        report.model = Some(model.alias.clone());
-        report.saved_usd = answer.cost_usd;
-        report.usage = answer.usage;
-        report.attempts.push(Attempt {
-            model: model.alias.clone(),
-            outcome: "cached".to_owned(),
-            status: None,
-            message: Some(format!("answer of run {}", answer.run_id)),
-            waited_ms: None,
-        });
-        sh.journal_call(CallRecord {
-            step: step_id.to_owned(),
-            item: item_of(n),
+    for n in pending {
+        match b.cached_answer(n).await {
+            Some(done) => out[n] = Some(done),
+            None => to_send.push(n),
+        }
+    }
+    if !to_send.is_empty() {
+        b.send(api.as_ref(), &key, &to_send, label, &mut out).await;
+    }
+    Some(out)
+}
+
+/// One batch step's calls.
+struct BatchStep<'a> {
+    sh: &'a Shared,
+    step_id: &'a str,
+    step: &'a crate::workflow::Step,
+    /// The step has `for_each`: its calls are numbered items.
+    fan_out: bool,
+    rendered: &'a [RenderedCall],
+    model: &'a Model,
+    validator: Option<jsonschema::Validator>,
+}
+
+impl BatchStep<'_> {
+    fn item_of(&self, n: usize) -> Option<usize> {
+        self.fan_out.then_some(n)
+    }
+
+    /// What call `n` asks (see [`crate::journal::prompt_hash`]).
+    fn asked(&self, n: usize) -> String {
+        let c = &self.rendered[n];
+        crate::journal::prompt_hash(c.system.as_deref(), &c.prompt)
+    }
+
+    /// Call `n` as a batch item (custom id `item-<n>`).
+    fn item(&self, n: usize) -> BatchItem {
+        let c = &self.rendered[n];
+        BatchItem {
+            custom_id: format!("item-{n}"),
+            request: step_request(self.step, self.model, &c.system, &c.prompt),
+        }
+    }
+
+    fn output_of(&self, text: &str) -> Result<Value, String> {
+        match &self.validator {
+            None => Ok(Value::String(text.to_owned())),
+            Some(v) => parse_structured(text, v),
+        }
+    }
+
+    /// The journal record of call `n` on this step's model (one attempt).
+    fn record(&self, n: usize, request_hash: Option<String>) -> CallRecord {
+        let (sh, model) = (self.sh, self.model);
+        CallRecord {
+            step: self.step_id.to_owned(),
+            item: self.item_of(n),
             attempt: 1,
-            request_hash: hash,
-            prompt_hash: Some(asked(n)),
+            request_hash,
+            prompt_hash: Some(self.asked(n)),
             model: model.alias.clone(),
             provider: model.provider.clone(),
             provider_model: model.model.clone(),
             tier: model.tier.name().to_owned(),
             started_ms: sh.options.journal.as_ref().map_or(0, |j| j.journal.now()),
-            outcome: "cached".to_owned(),
+            estimate_usd: sh.call_estimates.get(self.step_id).copied().unwrap_or(0.0),
+            ..CallRecord::default()
+        }
+    }
+
+    /// Call `n` answered by the response cache, if an identical request's
+    /// valid answer is there.
+    async fn cached_answer(&self, n: usize) -> Option<Item> {
+        let (sh, model) = (self.sh, self.model);
+        let hash = sh
+            .options
+            .journal
+            .as_ref()
+            .map(|_| request_hash(sh, model, &self.item(n).request))?;
+        let answer = cached(sh, &hash).await?;
+        let v = self.output_of(&answer.text).ok()?;
+        let mut report = CallReport::empty(self.item_of(n));
+        report.source = CallSource::Cache;
+        report.model = Some(model.alias.clone());
+        report.saved_usd = answer.cost_usd;
+        report.usage = answer.usage;
+        report.attempts.push(Attempt {
+            model: model.alias.clone(),
+            outcome: AttemptOutcome::Cached,
+            status: None,
+            message: Some(format!("answer of run {}", answer.run_id)),
+            waited_ms: None,
+        });
+        sh.journal_call(CallRecord {
+            outcome: AttemptOutcome::Cached.as_str().to_owned(),
             usage: answer.usage,
             list_cost_usd: answer.cost_usd,
             saved_usd: answer.cost_usd,
-            flagship_cost_usd: super::flagship_cost(sh, &answer.usage),
-            estimate_usd: sh.call_estimates.get(step_id).copied().unwrap_or(0.0),
+            flagship_cost_usd: flagship_cost(sh, &answer.usage),
             from_cache: true,
             output: Some(v.clone()),
-            ..CallRecord::default()
+            ..self.record(n, Some(hash))
         })
         .await;
-        out[n] = Some(Item::Done(report, v));
-    }
-    if to_send.is_empty() {
-        return Some(out);
-    }
-    let pending = to_send;
-    let items: Vec<BatchItem> = pending
-        .iter()
-        .map(|&n| BatchItem {
-            custom_id: format!("item-{n}"),
-            request: request(&rendered[n].0, &rendered[n].1),
-        })
-        .collect();
-    // Every call still to make to the synchronous path, with why.
-    let sync_all = |mut out: Vec<Option<Item>>, outcome: &str, message: String| {
-        for &n in &pending {
-            out[n] = Some(Item::synchronous(model, outcome, None, message.clone()));
-        }
-        out
-    };
-    // The gate at the provider boundary, on every request of the batch: a
-    // refused batch is never submitted; its calls go the synchronous way,
-    // where the same check refuses them one by one.
-    if let Some(why) = items.iter().find_map(|it| {
-        crate::route::admit(&sh.policy, model, label, &super::request_texts(&it.request)).err()
-    }) {
-        return Some(sync_all(out, "refused", why));
+        Some(Item::Done(report, v))
     }
 
-    // The worst case of the whole batch, at batch prices, before submitting.
-    let max_out = u64::from(step.max_output_tokens());
-    let worst: f64 = pending
-        .iter()
-        .map(|&n| &rendered[n])
-        .map(|(s, p)| {
-            let mut msgs: Vec<&str> = s.iter().map(String::as_str).collect();
-            msgs.push(p);
-            cost::worst_case(
-                &model.price,
-                tokens::count_chat(model.tokenizer, &msgs) as u64,
-                max_out,
-                prompt_cache(model, s.as_deref()),
-                Billing::Batch,
-            )
-        })
-        .sum();
-    let reservation = match sh.budget.reserve(worst).await {
-        Ok(r) => r,
-        // Each call then reserves (and may fit) on its own.
-        Err(over) => {
-            return Some(sync_all(
-                out,
-                "over_budget",
-                format!(
+    /// Calls `pending` through one batch: the gate, the worst case reserved
+    /// at batch prices, submitted (or resumed) and waited for, each answer
+    /// mapped back; whatever the batch did not answer goes the synchronous
+    /// way.
+    async fn send(
+        &self,
+        api: &dyn BatchApi,
+        key: &str,
+        pending: &[usize],
+        label: &crate::route::Label,
+        out: &mut [Option<Item>],
+    ) {
+        let (sh, model) = (self.sh, self.model);
+        let items: Vec<BatchItem> = pending.iter().map(|&n| self.item(n)).collect();
+        // Every call still to make to the synchronous path, with why.
+        let sync_all = |out: &mut [Option<Item>], outcome: AttemptOutcome, message: String| {
+            for &n in pending {
+                out[n] = Some(Item::synchronous(model, outcome, None, message.clone()));
+            }
+        };
+        // The gate at the provider boundary, on every request of the batch:
+        // a refused batch is never submitted; its calls go the synchronous
+        // way, where the same check refuses them one by one.
+        if let Some(why) = items.iter().find_map(|it| {
+            crate::route::admit(&sh.policy, model, label, &request_texts(&it.request)).err()
+        }) {
+            return sync_all(out, AttemptOutcome::Refused, why);
+        }
+        // The worst case of the whole batch, at batch prices, before submitting.
+        let max_out = u64::from(self.step.max_output_tokens());
+        let worst: f64 = pending
+            .iter()
+            .map(|&n| &self.rendered[n])
+            .map(|c| {
+                cost::worst_case(
+                    &model.price,
+                    count(model, c),
+                    max_out,
+                    prompt_cache(model, c.system.as_deref()),
+                    Billing::Batch,
+                )
+            })
+            .sum();
+        let reservation = match sh.budget.reserve(worst).await {
+            Ok(r) => r,
+            // Each call then reserves (and may fit) on its own.
+            Err(over) => {
+                let why = format!(
                     "{}: the batch does not fit: {over}; calling one by one",
                     model.alias
-                ),
-            ));
-        }
-    };
-
-    let started = Instant::now();
-    let ledger = sh.options.batch_ledger.as_deref();
-    let outcome = submit_and_wait(sh, step_id, model, api.as_ref(), &items, &key, ledger).await;
-    let results = match outcome {
-        Ok(r) => r,
-        // Nothing was billed: each call goes the synchronous way.
-        Err(BatchError::NotRun(why)) => {
-            sh.budget.settle(reservation, 0.0);
-            return Some(sync_all(out, "batch_failed", why));
-        }
-        // Billed, or it may be, and the answers are out of reach for now:
-        // the worst case stays on the budget and the calls fail, so nothing
-        // is bought twice; the ledger keeps the batch for a resume.
-        Err(BatchError::Stranded(why)) => {
-            sh.budget.settle(reservation, worst);
-            let message = format!(
-                "{why}; the batch stays at the provider — `tollgate run --resume` collects its answers"
-            );
-            for &n in &pending {
-                let mut report = CallReport::empty(item_of(n));
-                report.model = Some(model.alias.clone());
-                report.batch = true;
-                report.attempts.push(Attempt {
-                    model: model.alias.clone(),
-                    outcome: "batch_stranded".to_owned(),
-                    status: None,
-                    message: Some(message.clone()),
-                    waited_ms: None,
-                });
-                out[n] = Some(Item::Failed(report, message.clone()));
+                );
+                return sync_all(out, AttemptOutcome::OverBudget, why);
             }
-            return Some(out);
-        }
-    };
-    let (batch_id, mut results) = results;
-    let mut spent = 0.0;
-    for (&n, item) in pending.iter().zip(&items) {
-        let failed = |outcome: &str, status: Option<u16>, message: String| {
-            Item::synchronous(
-                model,
-                outcome,
-                status,
-                format!("batch {batch_id}: {message}"),
-            )
         };
-        let answer = match results.remove(&item.custom_id) {
+        let started = Instant::now();
+        let ledger = sh.options.batch_ledger.as_deref();
+        let outcome = submit_and_wait(sh, self.step_id, model, api, &items, key, ledger).await;
+        let (batch_id, mut results) = match outcome {
+            Ok(r) => r,
+            // Nothing was billed: each call goes the synchronous way.
+            Err(BatchError::NotRun(why)) => {
+                sh.budget.settle(reservation, 0.0);
+                return sync_all(out, AttemptOutcome::BatchFailed, why);
+            }
+            // Billed, or it may be, and the answers are out of reach for
+            // now: the worst case stays on the budget and the calls fail, so
+            // nothing is bought twice; the ledger keeps the batch for a
+            // resume.
+            Err(BatchError::Stranded(why)) => {
+                sh.budget.settle(reservation, worst);
+                return self.stranded(pending, &why, out);
+            }
+        };
+        let mut spent = 0.0;
+        for (&n, item) in pending.iter().zip(&items) {
+            let (done, cost) = self
+                .result(n, item, results.remove(&item.custom_id), &batch_id, started)
+                .await;
+            spent += cost;
+            out[n] = Some(done);
+        }
+        sh.budget.settle(reservation, spent);
+        // Only now, with every answer journaled: a run stopped while they
+        // were being written resumes this batch instead of buying a new one.
+        if let Some(l) = ledger {
+            // Best effort: a stale entry only costs a poll of an ended batch.
+            let _ = l.finished(key);
+        }
+    }
+
+    /// Every call of a batch whose answers are out of reach fails (calling
+    /// it again now would pay twice; `--resume` collects the batch later).
+    fn stranded(&self, pending: &[usize], why: &str, out: &mut [Option<Item>]) {
+        let message = format!(
+            "{why}; the batch stays at the provider — `tollgate run --resume` collects its answers"
+        );
+        for &n in pending {
+            let mut report = CallReport::empty(self.item_of(n));
+            report.model = Some(self.model.alias.clone());
+            report.batch = true;
+            report.attempts.push(Attempt {
+                model: self.model.alias.clone(),
+                outcome: AttemptOutcome::BatchStranded,
+                status: None,
+                message: Some(message.clone()),
+                waited_ms: None,
+            });
+            out[n] = Some(Item::Failed(report, message.clone()));
+        }
+    }
+
+    /// What the batch did with call `n`, and what its answer cost.
+    async fn result(
+        &self,
+        n: usize,
+        item: &BatchItem,
+        outcome: Option<ItemOutcome>,
+        batch_id: &str,
+        started: Instant,
+    ) -> (Item, f64) {
+        let failed = |outcome: AttemptOutcome, status: Option<u16>, message: String| {
+            let message = format!("batch {batch_id}: {message}");
+            (Item::synchronous(self.model, outcome, status, message), 0.0)
+        };
+        let answer = match outcome {
             Some(ItemOutcome::Answer(resp)) => resp,
             Some(ItemOutcome::Failed(e)) => {
-                out[n] = Some(failed(&kind_name(e.kind), e.status, e.message));
-                continue;
+                return failed(AttemptOutcome::Error(e.kind), e.status, e.message);
             }
             Some(ItemOutcome::Expired) => {
-                out[n] = Some(failed(
-                    "batch_expired",
+                return failed(
+                    AttemptOutcome::BatchExpired,
                     None,
                     "expired before it ran".into(),
-                ));
-                continue;
+                );
             }
             Some(ItemOutcome::Canceled) => {
-                out[n] = Some(failed(
-                    "batch_cancelled",
+                return failed(
+                    AttemptOutcome::BatchCancelled,
                     None,
                     "cancelled before it ran".into(),
-                ));
-                continue;
+                );
             }
             None => {
-                out[n] = Some(failed(
-                    "batch_missing",
+                return failed(
+                    AttemptOutcome::BatchMissing,
                     None,
                     format!("no result for {}", item.custom_id),
-                ));
-                continue;
+                );
             }
         };
+        self.answered(n, item, answer, batch_id, started).await
+    }
+
+    /// An answer of the batch: charged at batch prices, journaled,
+    /// validated; an invalid one is asked again synchronously.
+    async fn answered(
+        &self,
+        n: usize,
+        item: &BatchItem,
+        answer: crate::provider::ChatResponse,
+        batch_id: &str,
+        started: Instant,
+    ) -> (Item, f64) {
+        let (sh, model) = (self.sh, self.model);
+        let c = &self.rendered[n];
         let reported = answer.usage.input_tokens > 0 || answer.usage.output_tokens > 0;
-        let (s, p) = &rendered[n];
-        let mut msgs: Vec<&str> = s.iter().map(String::as_str).collect();
-        msgs.push(p);
-        let counted = tokens::count_chat(model.tokenizer, &msgs) as u64;
+        let counted = count(model, c);
         let answer_tokens = model.tokenizer.count(&answer.text) as u64;
         let usage = if reported {
             answer.usage
@@ -401,8 +484,8 @@ pub(super) async fn run(
             &model.price,
             &cost::Asked {
                 input_tokens: counted,
-                max_output: max_out,
-                cache: prompt_cache(model, s.as_deref()),
+                max_output: u64::from(self.step.max_output_tokens()),
+                cache: prompt_cache(model, c.system.as_deref()),
                 billing: Billing::Batch,
                 answer_tokens,
             },
@@ -410,19 +493,15 @@ pub(super) async fn run(
             answer.cost_usd,
         );
         let (usage, cost) = (charged.usage, charged.cost);
-        spent += cost;
-        let value = match &validator {
-            None => Ok(Value::String(answer.text.clone())),
-            Some(v) => parse_structured(&answer.text, v),
-        };
+        let value = self.output_of(&answer.text);
         let mut report = CallReport {
-            item: item_of(n),
-            source: super::CallSource::Provider,
+            item: self.item_of(n),
+            source: CallSource::Provider,
             saved_usd: 0.0,
             model: Some(model.alias.clone()),
             attempts: vec![Attempt {
                 model: model.alias.clone(),
-                outcome: "ok".to_owned(),
+                outcome: AttemptOutcome::Ok,
                 status: Some(200),
                 message: Some(format!("batch {batch_id}")),
                 waited_ms: None,
@@ -439,65 +518,48 @@ pub(super) async fn run(
         // never pays for this answer again, and a valid one serves later
         // identical requests from the cache.
         let cacheable = value.is_ok() && !answer.truncated() && answer.ended_normally();
+        let request_hash = sh
+            .options
+            .journal
+            .as_ref()
+            .map(|_| request_hash(sh, model, &item.request));
         sh.journal_call(CallRecord {
-            step: step_id.to_owned(),
-            item: item_of(n),
-            attempt: 1,
-            prompt_hash: Some(asked(n)),
-            request_hash: sh
-                .options
-                .journal
-                .as_ref()
-                .map(|_| super::request_hash(sh, model, &item.request)),
-            model: model.alias.clone(),
-            provider: model.provider.clone(),
-            provider_model: model.model.clone(),
-            tier: model.tier.name().to_owned(),
-            local: false,
-            started_ms: sh.options.journal.as_ref().map_or(0, |j| j.journal.now()),
             latency_ms: report.latency_ms,
             outcome: if value.is_ok() {
-                "ok"
+                AttemptOutcome::Ok
             } else {
-                "invalid_output"
+                AttemptOutcome::InvalidOutput
             }
+            .as_str()
             .to_owned(),
             error: value.as_ref().err().cloned(),
             usage,
             cost_usd: cost,
             list_cost_usd: report.list_cost_usd,
-            flagship_cost_usd: super::flagship_cost(sh, &usage),
-            estimate_usd: sh.call_estimates.get(step_id).copied().unwrap_or(0.0),
+            flagship_cost_usd: flagship_cost(sh, &usage),
             batch: true,
             cacheable,
             response: cacheable.then(|| answer.text.clone()),
             output: value.as_ref().ok().cloned(),
             usage_flag: charged.flag.clone(),
-            ..CallRecord::default()
+            ..self.record(n, request_hash)
         })
         .await;
-        match value {
-            Ok(v) => out[n] = Some(Item::Done(report, v)),
+        let item = match value {
+            Ok(v) => Item::Done(report, v),
             Err(why) => {
                 // Asked again synchronously (with its own schema retry);
                 // what the batch answer cost stays on the bill.
                 if let Some(a) = report.attempts.last_mut() {
-                    a.outcome = "invalid_output".to_owned();
+                    a.outcome = AttemptOutcome::InvalidOutput;
                     a.message = Some(format!("batch {batch_id}: {why}"));
                 }
                 report.truncated = false;
-                out[n] = Some(Item::Synchronous(report));
+                Item::Synchronous(report)
             }
-        }
+        };
+        (item, cost)
     }
-    sh.budget.settle(reservation, spent);
-    // Only now, with every answer journaled: a run stopped while they were
-    // being written resumes this batch instead of buying a new one.
-    if let Some(l) = ledger {
-        // Best effort: a stale entry only costs a poll of an ended batch.
-        let _ = l.finished(&key);
-    }
-    Some(out)
 }
 
 /// Why a batch gave no results.
@@ -655,11 +717,10 @@ async fn wait(
     }
 }
 
-fn kind_name(kind: ErrorKind) -> String {
-    serde_json::to_value(kind)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_owned))
-        .unwrap_or_default()
+/// One batch call's input tokens by the model's tokenizer (each item is
+/// counted once: a batch prices every item by its own size).
+fn count(model: &Model, c: &RenderedCall) -> u64 {
+    tokens::count_chat(model.tokenizer, &c.messages().collect::<Vec<_>>()) as u64
 }
 
 impl fmt::Display for BatchRef {

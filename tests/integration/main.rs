@@ -17,4 +17,5 @@ mod money;
 mod providers;
 mod run;
 mod sensitivity_gate;
+mod step_semantics;
 mod suites;

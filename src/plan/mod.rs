@@ -1,0 +1,691 @@
+//! The dry run: every step's prompt rendered, its tokens counted, its route
+//! resolved with the rule that decided it, and its cost estimated — before
+//! anything is spent.
+//!
+//! Building a plan is synchronous and does no network I/O. The same files
+//! and inputs always give the same plan (it is serialized in declaration and
+//! topological order only), so plans can be snapshot-tested and diffed.
+//!
+//! What a step means — `when`, `for_each`, its rendered calls, tags and
+//! routing facts — comes from [`crate::step::expand`], the function `run`
+//! calls too; the plan gives it stand-ins for upstream outputs
+//! ([`estimate`]). Token figures: prompts are rendered with the real inputs;
+//! see [`estimate`] for how upstream outputs are counted.
+
+mod estimate;
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+
+use estimate::{Counts, Placeholders, count, markers_in, price};
+pub use estimate::{estimated_output, expected_output_tokens};
+
+use crate::analyze::Analysis;
+use crate::diagnostic::{Diagnostic, one_of};
+use crate::inputs::{Inputs, ValueSource};
+use crate::policy::{Locality, Model, Policy, Tier};
+use crate::route::{self, Decision, Facts, TierUsage};
+use crate::sensitivity::{self, Origin};
+use crate::step::{self, Expanded, RenderedCall, Upstream};
+use crate::template;
+use crate::tokens::Tokenizer;
+use crate::workflow::{Latency, Reasoning};
+use crate::yaml::pointer;
+
+pub use crate::step::{FanOut, RULE_TOKENIZER, When as Status};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Plan {
+    pub workflow: NamedPath,
+    pub policy: NamedPath,
+    pub inputs: Vec<InputSummary>,
+    pub steps: Vec<StepPlan>,
+    pub totals: Totals,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct NamedPath {
+    pub name: String,
+    pub path: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct InputSummary {
+    pub name: String,
+    pub source: ValueSource,
+    pub sensitivity: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StepPlan {
+    pub id: String,
+    pub task: String,
+    pub reasoning: Reasoning,
+    pub latency: Latency,
+    pub tags: Vec<String>,
+    pub depends_on: Vec<String>,
+    pub sensitivity: SensitivityPlan,
+    pub status: Status,
+    /// Model calls the step makes (0 when skipped; one per item with `for_each`).
+    pub calls: u64,
+    pub fan_out: Option<FanOut>,
+    pub route: Decision,
+    pub model: Option<ModelRef>,
+    pub tokens: TokenPlan,
+    pub cost: CostRange,
+    /// The same calls priced on the flagship model.
+    pub flagship_cost: CostRange,
+    /// Hash of the rendered messages (of the first call), for change review.
+    pub prompt_sha256: String,
+    /// The same hash for every call, in item order (upstream outputs as
+    /// placeholders): what a test compares with the requests a run sends.
+    /// Not serialised: a fan-out's would drown the plan.
+    #[serde(skip)]
+    pub calls_sha256: Vec<String>,
+    /// When the policy asks for prompt caching on the step's model: whether
+    /// the shared prefix (the system prompt) is long enough to be cached.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prompt_cache: Option<PromptCachePlan>,
+    /// Goes through the provider's batch API (`latency: batch` on OpenAI or
+    /// Anthropic), priced at batch prices.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub batch: bool,
+}
+
+/// The prompt-cache check of one step.
+#[derive(Debug, Clone, Serialize)]
+pub struct PromptCachePlan {
+    pub ttl: crate::policy::CacheTtl,
+    /// Tokens of the system prompt (of the first call), by the model's
+    /// tokenizer; 0 without a system prompt.
+    pub prefix_tokens: u64,
+    /// The model's minimum cacheable prefix.
+    pub min_tokens: u64,
+    /// `prefix_tokens >= min_tokens`: the run marks it with `cache_control`.
+    pub cacheable: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SensitivityPlan {
+    pub level: String,
+    pub origin: Origin,
+    /// May a cloud model see this step's data?
+    pub cloud_allowed: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelRef {
+    pub alias: String,
+    pub provider: String,
+    pub model: String,
+    pub tier: Tier,
+    pub locality: Locality,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct TokenPlan {
+    /// Input tokens over all calls, with upstream outputs at their expected size.
+    pub input: u64,
+    /// Input tokens over all calls, with upstream outputs at their maximum.
+    pub input_worst: u64,
+    pub input_exact: bool,
+    pub tokenizer: Option<Tokenizer>,
+    pub output_expected: u64,
+    pub output_max: u64,
+}
+
+/// Low: expected output lengths. High: every answer at its maximum and every
+/// upstream output at its maximum.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct CostRange {
+    pub low: f64,
+    pub high: f64,
+}
+
+impl std::ops::AddAssign for CostRange {
+    fn add_assign(&mut self, o: CostRange) {
+        self.low += o.low;
+        self.high += o.high;
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Totals {
+    pub calls: u64,
+    pub conditional_calls: u64,
+    pub skipped_steps: u64,
+    pub cost: CostRange,
+    pub by_tier: Vec<TierTotal>,
+    pub flagship: Option<FlagshipComparison>,
+    pub budget: Option<BudgetCheck>,
+    pub exact_token_counts: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TierTotal {
+    pub tier: Tier,
+    pub calls: u64,
+    pub share_of_calls: f64,
+    pub max_share_of_calls: Option<f64>,
+    pub cost: CostRange,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FlagshipComparison {
+    pub model: String,
+    pub provider_model: String,
+    pub cost: CostRange,
+    /// Percent saved by routing, on expected (low) costs.
+    pub saving_percent: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BudgetCheck {
+    pub run_usd: f64,
+    pub worst_case_usd: f64,
+    pub within: bool,
+}
+
+/// A step after expansion, before routing: its calls hold upstream outputs
+/// as markers.
+struct Prepared {
+    expanded: Expanded,
+    /// Does any upstream output appear in the prompt?
+    reads_upstream: bool,
+}
+
+impl Prepared {
+    fn status(&self) -> &Status {
+        &self.expanded.when
+    }
+
+    fn calls(&self) -> u64 {
+        if self.expanded.calls.is_empty() {
+            0
+        } else {
+            self.expanded.call_count()
+        }
+    }
+}
+
+/// Pass 1 of the plan: every step expanded by [`step::expand`] in execution
+/// order, upstream outputs as placeholders, with what its dependencies
+/// decided (a skipped dependency skips it; otherwise a conditional one makes
+/// it conditional). Every step's errors are reported, not only the first.
+fn prepare_all(
+    analysis: &Analysis,
+    policy: &Policy,
+    inputs: &Inputs,
+    levels: &[usize],
+) -> Result<Vec<Prepared>, Vec<Diagnostic>> {
+    let doc = analysis.doc();
+    let input_ctx: Map<String, Value> = inputs
+        .iter()
+        .map(|(k, v)| (k.clone(), v.value.clone()))
+        .collect();
+    let mut diags = Vec::new();
+    let mut prepared: Vec<Option<Prepared>> = (0..analysis.steps.len()).map(|_| None).collect();
+    // Items per `for_each` step, so readers of its list of outputs see as many.
+    let mut fan_outs: HashMap<String, u64> = HashMap::new();
+    let mut rendered_total = 0usize;
+    for &i in analysis.dag.order() {
+        let (id, info) = analysis.steps.get_index(i).expect("dag index");
+        let deps = analysis.dag.dependencies(i);
+        let dep_status = |want_skipped: bool| {
+            deps.iter().find_map(|&d| {
+                let dep = prepared[d].as_ref()?;
+                let name = analysis.steps.get_index(d)?.0;
+                match dep.status() {
+                    Status::Skipped(_) if want_skipped => {
+                        Some(Status::Skipped(format!("depends on skipped step `{name}`")))
+                    }
+                    Status::Conditional(_) if !want_skipped => Some(Status::Conditional(format!(
+                        "runs only if step `{name}` runs"
+                    ))),
+                    _ => None,
+                }
+            })
+        };
+        let inherited = dep_status(true)
+            .or_else(|| dep_status(false))
+            .unwrap_or(Status::Runs);
+        let placeholders = Placeholders {
+            workflow: &analysis.workflow.value,
+            fan_outs: &fan_outs,
+        };
+        let scope = step::Scope {
+            analysis,
+            policy,
+            index: i,
+            inputs: &input_ctx,
+            levels,
+            upstream: Upstream::Estimated(&placeholders),
+        };
+        let expanded = match step::expand(&scope, inherited) {
+            Ok(e) => e,
+            Err(e) => {
+                diags.push(e.diagnostic(doc));
+                continue;
+            }
+        };
+        if expanded.fan_out.is_some() {
+            fan_outs.insert(id.clone(), expanded.call_count());
+        }
+        rendered_total += expanded
+            .calls
+            .iter()
+            .flat_map(|c| c.messages().map(str::len))
+            .sum::<usize>();
+        if rendered_total > template::MAX_PLAN_RENDERED_BYTES {
+            diags.push(
+                Diagnostic::error(
+                    "plan",
+                    format!(
+                        "the steps up to `{id}` render more than {} bytes together",
+                        template::MAX_PLAN_RENDERED_BYTES
+                    ),
+                )
+                .at(info.prompt.span(doc, 0, info.prompt.text.len()))
+                .with_help(
+                    "a plan's prompts are bounded as a whole: render fewer or smaller prompts",
+                ),
+            );
+            break;
+        }
+        let reads_upstream = expanded
+            .calls
+            .iter()
+            .any(|c| c.messages().any(|m| !markers_in(m).is_empty()));
+        prepared[i] = Some(Prepared {
+            expanded,
+            reads_upstream,
+        });
+    }
+    if !diags.is_empty() {
+        return Err(diags);
+    }
+    Ok(prepared.into_iter().map(|p| p.expect("prepared")).collect())
+}
+
+/// Builds the plan. Errors are bad input: exit code 2.
+pub fn build(
+    analysis: &Analysis,
+    policy: &Policy,
+    policy_path: &str,
+    inputs: &Inputs,
+) -> Result<Plan, Vec<Diagnostic>> {
+    let mut diags = sensitivity::check_labels(analysis, policy);
+    diags.extend(check_pins(analysis, policy));
+    if !diags.is_empty() {
+        return Err(diags);
+    }
+    let w = &analysis.workflow.value;
+    let effective = sensitivity::propagate(analysis, policy);
+    let levels: Vec<usize> = effective.iter().map(|e| e.level).collect();
+    let prepared = prepare_all(analysis, policy, inputs, &levels)?;
+
+    // Pass 2: route in execution order, so tier shares are consumed in the
+    // order the run would consume them.
+    let mut usage = TierUsage {
+        total_calls: prepared
+            .iter()
+            .filter(|p| !p.status().is_skipped())
+            .map(Prepared::calls)
+            .sum(),
+        ..TierUsage::default()
+    };
+    // Every tokenizer a candidate or the flagship may need (at most three).
+    let mut tokenizers: Vec<Tokenizer> = vec![RULE_TOKENIZER];
+    for m in policy.models.values() {
+        if !tokenizers.contains(&m.tokenizer) {
+            tokenizers.push(m.tokenizer);
+        }
+    }
+    let router = Router {
+        analysis,
+        policy,
+        effective: &effective,
+        tokenizers: &tokenizers,
+    };
+    let mut steps_out: Vec<Option<StepPlan>> = vec![None; analysis.steps.len()];
+    for &i in analysis.dag.order() {
+        match router.plan_step(i, &prepared[i], &mut usage) {
+            Ok(s) => steps_out[i] = Some(s),
+            Err(d) => diags.push(d),
+        }
+    }
+    if !diags.is_empty() {
+        return Err(diags);
+    }
+    let steps: Vec<StepPlan> = analysis
+        .dag
+        .order()
+        .iter()
+        .filter_map(|&i| steps_out[i].take())
+        .collect();
+    let totals = totals(&steps, policy, &usage);
+    Ok(Plan {
+        workflow: NamedPath {
+            name: w.name.clone(),
+            path: analysis.workflow.path().display().to_string(),
+        },
+        policy: NamedPath {
+            name: policy.name.clone(),
+            path: policy_path.to_owned(),
+        },
+        inputs: inputs
+            .iter()
+            .map(|(name, v)| InputSummary {
+                name: name.clone(),
+                source: v.source,
+                sensitivity: w.inputs[name]
+                    .sensitivity
+                    .clone()
+                    .unwrap_or_else(|| policy.level_name(policy.default_level).to_owned()),
+            })
+            .collect(),
+        steps,
+        totals,
+    })
+}
+
+/// What pass 2 of the plan (routing and pricing) reads for every step.
+struct Router<'a> {
+    analysis: &'a Analysis,
+    policy: &'a Policy,
+    effective: &'a [sensitivity::Effective],
+    tokenizers: &'a [Tokenizer],
+}
+
+impl Router<'_> {
+    /// Routes and prices one prepared step, taking its calls from `usage`
+    /// (tier shares, in execution order).
+    fn plan_step(
+        &self,
+        i: usize,
+        p: &Prepared,
+        usage: &mut TierUsage,
+    ) -> Result<StepPlan, Diagnostic> {
+        let (analysis, policy) = (self.analysis, self.policy);
+        let w = &analysis.workflow.value;
+        let (id, _) = analysis.steps.get_index(i).expect("dag index");
+        let step = &w.steps[id];
+        let eff = &self.effective[i];
+        let cache: HashMap<Tokenizer, Counts> = self
+            .tokenizers
+            .iter()
+            .map(|&t| (t, count(&p.expanded.calls, p.calls(), t, w)))
+            .collect();
+        let counts = |tok: Tokenizer| cache.get(&tok).copied().unwrap_or_default();
+        let facts = p.expanded.facts(step, counts(RULE_TOKENIZER).max_call);
+        let runs = !p.status().is_skipped();
+        let decision = if runs {
+            route::route(policy, &facts, usage, &|t| counts(t).max_call_worst)
+        } else {
+            // Route it anyway, so the plan still shows where it would go.
+            route::route(
+                policy,
+                &Facts { calls: 0, ..facts },
+                &TierUsage::default(),
+                &|t| counts(t).max_call_worst,
+            )
+        };
+        let model = decision.model.as_ref().and_then(|m| policy.models.get(m));
+        if model.is_none() && runs {
+            return Err(no_route(analysis, policy, id, &decision, eff.level));
+        }
+        let calls = if runs { p.calls() } else { 0 };
+        if let (Some(m), true) = (model, runs) {
+            *usage.used.entry(m.tier).or_insert(0) += calls;
+        }
+        let expected_out = expected_output_tokens(step) * calls;
+        // `latency: batch` steps on a model with a batch API are priced as
+        // the run will make them: through the batch, at batch prices.
+        let step_batched = step.latency == Latency::Batch;
+        let max_out_total = u64::from(step.max_output_tokens()) * calls;
+        let (tokens, cost) = match model {
+            Some(m) if runs => {
+                let c = counts(m.tokenizer);
+                (
+                    TokenPlan {
+                        input: c.total,
+                        input_worst: c.total_worst,
+                        input_exact: m.tokenizer.is_exact() && !p.reads_upstream,
+                        tokenizer: Some(m.tokenizer),
+                        output_expected: expected_out,
+                        output_max: max_out_total,
+                    },
+                    price(m, c, calls, expected_out, max_out_total, step_batched),
+                )
+            }
+            _ => (TokenPlan::default(), CostRange::default()),
+        };
+        let flagship_cost = match policy.flagship_model() {
+            Some(f) if runs => price(
+                f,
+                counts(f.tokenizer),
+                calls,
+                expected_out,
+                max_out_total,
+                step_batched,
+            ),
+            _ => CostRange::default(),
+        };
+        let prompt_cache = model
+            .filter(|_| runs)
+            .and_then(|m| prompt_cache_plan(m, p.expanded.calls.first()));
+        let depends_on = analysis
+            .dag
+            .dependencies(i)
+            .into_iter()
+            .filter_map(|d| analysis.steps.get_index(d).map(|(k, _)| k.clone()))
+            .collect();
+        Ok(StepPlan {
+            id: id.clone(),
+            task: step.task.clone(),
+            reasoning: step.reasoning,
+            latency: step.latency,
+            tags: p.expanded.tags.iter().cloned().collect(),
+            depends_on,
+            sensitivity: SensitivityPlan {
+                level: policy.level_name(eff.level).to_owned(),
+                origin: eff.origin.clone(),
+                cloud_allowed: eff.level <= policy.cloud_max,
+            },
+            status: p.status().clone(),
+            calls,
+            fan_out: p.expanded.fan_out.clone(),
+            model: model.map(|m| ModelRef {
+                alias: m.alias.clone(),
+                provider: m.provider.clone(),
+                model: m.model.clone(),
+                tier: m.tier,
+                locality: m.locality,
+            }),
+            route: decision,
+            tokens,
+            cost,
+            flagship_cost,
+            prompt_sha256: p.expanded.calls.first().map_or_else(
+                || messages_sha256(std::iter::empty()),
+                |c| messages_sha256(c.messages()),
+            ),
+            calls_sha256: p
+                .expanded
+                .calls
+                .iter()
+                .map(|c| messages_sha256(c.messages()))
+                .collect(),
+            prompt_cache,
+            batch: runs && step_batched && model.is_some_and(Model::has_batch_api),
+        })
+    }
+}
+
+/// The hash of a call's messages, each ended by a NUL byte: the plan's
+/// `prompt_sha256`.
+pub fn messages_sha256<'a>(messages: impl Iterator<Item = &'a str>) -> String {
+    let mut h = Sha256::new();
+    for m in messages {
+        h.update(m.as_bytes());
+        h.update([0u8]);
+    }
+    format!("{:x}", h.finalize())
+}
+
+/// The prompt-cache check of a step on a model that asks for caching: the
+/// system prompt (of the first call) against the model's minimum.
+fn prompt_cache_plan(m: &Model, first: Option<&RenderedCall>) -> Option<PromptCachePlan> {
+    let ttl = m.prompt_cache?;
+    let system = first.and_then(|c| c.system.as_deref());
+    let prefix_tokens = system.map_or(0, |s| m.tokenizer.count(s) as u64);
+    Some(PromptCachePlan {
+        ttl,
+        prefix_tokens,
+        min_tokens: m.prompt_cache_min_tokens,
+        cacheable: prefix_tokens >= m.prompt_cache_min_tokens,
+    })
+}
+
+fn check_pins(analysis: &Analysis, policy: &Policy) -> Vec<Diagnostic> {
+    let mut diags = Vec::new();
+    for (id, step) in &analysis.workflow.value.steps {
+        if let Some(pin) = &step.model {
+            if !policy.models.contains_key(pin) {
+                diags.push(
+                    Diagnostic::error(
+                        "unknown-model",
+                        format!("step `{id}` is pinned to unknown model `{pin}`"),
+                    )
+                    .at(analysis
+                        .doc()
+                        .span(&pointer(["steps", id.as_str(), "model"])))
+                    .with_label(format!("not a model of policy `{}`", policy.name))
+                    .with_help(
+                        crate::diagnostic::did_you_mean(
+                            pin,
+                            policy.models.keys().map(String::as_str),
+                        )
+                        .unwrap_or_else(|| {
+                            format!(
+                                "models: {}",
+                                one_of(policy.models.keys().map(String::as_str))
+                            )
+                        }),
+                    ),
+                );
+            }
+        }
+    }
+    diags
+}
+
+fn no_route(
+    analysis: &Analysis,
+    policy: &Policy,
+    id: &str,
+    d: &Decision,
+    level: usize,
+) -> Diagnostic {
+    let at = analysis.doc().key_span(&pointer(["steps", id]));
+    let Some(decider) = &d.decider else {
+        return Diagnostic::error(
+            "no-route",
+            format!("no rule of policy `{}` matches step `{id}`", policy.name),
+        )
+        .at(at)
+        .with_help("add a rule without `when` at the end of the policy as a catch-all");
+    };
+    let reasons: Vec<String> = d
+        .passed_over
+        .iter()
+        .map(|r| format!("{}: {}", r.model, r.why))
+        .collect();
+    let local_exists = policy
+        .models
+        .values()
+        .any(|m| m.locality == Locality::Local);
+    let help = if level > policy.cloud_max && !local_exists {
+        format!(
+            "the step is {} and policy `{}` has no local model; add one (e.g. an Ollama or llama.cpp server)",
+            policy.level_name(level),
+            policy.name
+        )
+    } else {
+        "add a fallback that fits to the model's `fallbacks`, or a rule above this one".to_owned()
+    };
+    Diagnostic::error(
+        "no-route",
+        format!(
+            "no model can serve step `{id}` ({}): {}",
+            decider.label(),
+            reasons.join("; ")
+        ),
+    )
+    .at(at)
+    .with_help(help)
+}
+
+fn totals(steps: &[StepPlan], policy: &Policy, usage: &TierUsage) -> Totals {
+    let mut cost = CostRange::default();
+    let mut flagship_cost = CostRange::default();
+    let mut by_tier: BTreeMap<Tier, (u64, CostRange)> = BTreeMap::new();
+    let (mut calls, mut conditional_calls, mut skipped) = (0, 0, 0);
+    let mut exact = true;
+    for s in steps {
+        match s.status {
+            Status::Skipped(_) => {
+                skipped += 1;
+                continue;
+            }
+            Status::Conditional(_) => conditional_calls += s.calls,
+            Status::Runs => {}
+        }
+        calls += s.calls;
+        cost += s.cost;
+        flagship_cost += s.flagship_cost;
+        exact &= s.tokens.input_exact;
+        if let Some(m) = &s.model {
+            let e = by_tier.entry(m.tier).or_default();
+            e.0 += s.calls;
+            e.1 += s.cost;
+        }
+    }
+    let total_calls = usage.total_calls.max(1) as f64;
+    let flagship = policy.flagship_model().map(|f| FlagshipComparison {
+        model: f.alias.clone(),
+        provider_model: f.model.clone(),
+        cost: flagship_cost,
+        saving_percent: if flagship_cost.low > 0.0 {
+            (1.0 - cost.low / flagship_cost.low) * 100.0
+        } else {
+            0.0
+        },
+    });
+    Totals {
+        calls,
+        conditional_calls,
+        skipped_steps: skipped,
+        cost,
+        by_tier: by_tier
+            .into_iter()
+            .map(|(tier, (c, cost))| TierTotal {
+                tier,
+                calls: c,
+                share_of_calls: c as f64 / total_calls,
+                max_share_of_calls: policy.tier_shares.get(&tier).copied(),
+                cost,
+            })
+            .collect(),
+        flagship,
+        budget: policy.run_budget_usd.map(|b| BudgetCheck {
+            run_usd: b,
+            worst_case_usd: cost.high,
+            within: cost.high <= b,
+        }),
+        exact_token_counts: exact,
+    }
+}

@@ -1,0 +1,261 @@
+//! One call of a step: answered from the journal if an earlier session of
+//! the run finished it, else each candidate of the fallback chain in turn —
+//! the sensitivity gate re-checked for every one, a fallback held to the
+//! checks the routed model passed, its local server started if the policy
+//! says `launch` — each with its retries ([`super::model_call`]).
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use super::model_call::{CallFailure, call_model};
+use super::shared::Shared;
+use super::{Attempt, AttemptOutcome, CallReport, CallSource, Event, local_server};
+use crate::policy::{Model, Tier};
+use crate::route::{self, Facts};
+use crate::step::{Expanded, RenderedCall};
+use crate::workflow::Step;
+
+/// What every call of one step shares.
+pub(super) struct StepCalls<'a> {
+    pub sh: &'a Shared,
+    pub step_id: &'a str,
+    pub step: &'a Step,
+    /// The step has `for_each`: its calls are numbered items.
+    pub fan_out: bool,
+    /// The routed model, then its fallbacks.
+    pub chain: &'a [String],
+    pub facts: &'a Facts<'a>,
+    /// What the requests carry to the provider boundary (`route::admit`).
+    pub label: &'a route::Label,
+    /// The step's calls; their token counts (the largest call's, per
+    /// tokenizer, counted once) decide every budget and window check.
+    pub expanded: &'a Expanded,
+}
+
+impl StepCalls<'_> {
+    /// Tokens of the step's largest call by `tok`.
+    pub fn max_tokens(&self, tok: crate::tokens::Tokenizer) -> u64 {
+        self.expanded.max_tokens(tok)
+    }
+}
+
+/// One call: its earlier session's answer, or each candidate in turn.
+pub(super) async fn call_with_fallbacks(
+    ctx: &StepCalls<'_>,
+    item: Option<usize>,
+    call: &RenderedCall,
+) -> (CallReport, Result<Value, String>) {
+    let sh = ctx.sh;
+    let started = Instant::now();
+    let mut report = CallReport::empty(item);
+    if let Some(output) = resumed(ctx, item, call, &mut report) {
+        return (report, Ok(output));
+    }
+    let mut last_error = String::from("no candidate model could be tried");
+    // Why each candidate failed (it was called) or was passed over.
+    let mut failures: Vec<String> = Vec::new();
+    let mut passed: Vec<String> = Vec::new();
+    // After a context-length error only larger windows are worth trying.
+    let mut need_window_above: u64 = 0;
+    let mut previous: Option<&str> = None;
+    // The tier the routing decision charged this call to.
+    let routed_tier = ctx
+        .chain
+        .first()
+        .and_then(|m| sh.policy.models.get(m))
+        .map(|m| m.tier);
+    for (position, alias) in ctx.chain.iter().enumerate() {
+        let Some(model) = sh.policy.models.get(alias) else {
+            continue;
+        };
+        if let Err(why) = admissible(ctx, model, position, routed_tier) {
+            last_error = format!("{alias}: {why}");
+            passed.push(last_error.clone());
+            continue;
+        }
+        if model.context_window <= need_window_above {
+            continue;
+        }
+        let Some(client) = sh.providers.clients.get(&model.provider) else {
+            let var = sh
+                .providers
+                .missing_keys
+                .get(&model.provider)
+                .cloned()
+                .unwrap_or_default();
+            last_error = format!("{alias}: no API key ({var} is not set)");
+            passed.push(last_error.clone());
+            continue;
+        };
+        if let Err(e) = ensure_server(sh, model).await {
+            last_error = format!("{alias}: {e}");
+            failures.push(last_error.clone());
+            continue;
+        }
+        if let Some(prev) = previous {
+            sh.emit(Event::FallingBack {
+                step: ctx.step_id.to_owned(),
+                from: prev.to_owned(),
+                to: alias.clone(),
+                reason: last_error.clone(),
+            });
+        }
+        previous = Some(alias);
+        match call_model(ctx, model, client.as_ref(), call, &mut report).await {
+            Ok(v) => {
+                move_tier(sh, routed_tier, model.tier);
+                report.model = Some(alias.clone());
+                report.latency_ms = started.elapsed().as_millis() as u64;
+                return (report, Ok(v));
+            }
+            Err(CallFailure {
+                message,
+                context_length,
+            }) => {
+                report.model = Some(alias.clone());
+                last_error = message;
+                failures.push(last_error.clone());
+                if context_length {
+                    need_window_above = model.context_window;
+                }
+            }
+        }
+    }
+    report.latency_ms = started.elapsed().as_millis() as u64;
+    // Every candidate's reason, the real failures first: a local call's
+    // HTTP 500 is the cause, not the gate that kept its fallbacks away.
+    let message = if failures.is_empty() && passed.is_empty() {
+        last_error
+    } else {
+        failures
+            .into_iter()
+            .chain(passed)
+            .collect::<Vec<_>>()
+            .join("; ")
+    };
+    (report, Err(message))
+}
+
+/// Finished by an earlier session of this run: its answer, not a new call
+/// — if it was asked the same (an upstream answer that changed since, as a
+/// `continue_on_error` step that now succeeds, makes it a new call).
+fn resumed(
+    ctx: &StepCalls<'_>,
+    item: Option<usize>,
+    call: &RenderedCall,
+    report: &mut CallReport,
+) -> Option<Value> {
+    let done = ctx
+        .sh
+        .finished
+        .get(&(ctx.step_id.to_owned(), item))
+        .filter(|d| {
+            d.prompt_hash.as_ref().is_none_or(|h| {
+                *h == crate::journal::prompt_hash(call.system.as_deref(), &call.prompt)
+            })
+        })?;
+    report.source = CallSource::Journal;
+    report.model = Some(done.model.clone());
+    report.usage = done.usage;
+    report.attempts.push(Attempt {
+        model: done.model.clone(),
+        outcome: AttemptOutcome::Resumed,
+        status: None,
+        message: None,
+        waited_ms: None,
+    });
+    Some(done.output.clone())
+}
+
+/// Whether a candidate may be tried: the sensitivity gate, for every
+/// candidate whatever happened to the ones before it (a server that would
+/// not start, a missing key) — checked here, right before any call, not
+/// only by routing; and a fallback passes every check the routed model
+/// passed: the window, the max output and its own tier's share of calls
+/// (this call moves from the routed model's tier to the fallback's).
+fn admissible(
+    ctx: &StepCalls<'_>,
+    model: &Model,
+    position: usize,
+    routed_tier: Option<Tier>,
+) -> Result<(), String> {
+    let policy = &ctx.sh.policy;
+    if !route::gate(policy, model, ctx.facts.sensitivity) {
+        return Err(format!(
+            "cloud model, and the step is {} (above cloud_max {})",
+            policy.level_name(ctx.facts.sensitivity),
+            policy.level_name(policy.cloud_max)
+        ));
+    }
+    if position == 0 {
+        return Ok(());
+    }
+    let mut usage = ctx
+        .sh
+        .tiers
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    // Take this call out of the routed tier, then ask whether it fits in
+    // the fallback's.
+    if let Some(n) = routed_tier.and_then(|t| usage.used.get_mut(&t)) {
+        *n = n.saturating_sub(1);
+    }
+    let one_call = Facts {
+        calls: 1,
+        ..ctx.facts.clone()
+    };
+    route::fits(policy, model, &one_call, &usage, &|t| ctx.max_tokens(t))
+        .map_err(|why| why.to_string())
+}
+
+/// A call a fallback answered counts on the fallback's tier, not the
+/// routed model's.
+fn move_tier(sh: &Shared, routed: Option<Tier>, answered: Tier) {
+    let Some(t) = routed.filter(|t| *t != answered) else {
+        return;
+    };
+    let mut usage = sh.tiers.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(n) = usage.used.get_mut(&t) {
+        *n = n.saturating_sub(1);
+    }
+    *usage.used.entry(answered).or_insert(0) += 1;
+}
+
+/// Starts the model's local server if the policy says `launch` (or finds
+/// it running), telling the reporter.
+async fn ensure_server(sh: &Shared, model: &Model) -> Result<(), String> {
+    let Some(launch) = sh
+        .policy
+        .providers
+        .get(&model.provider)
+        .and_then(|p| p.launch.as_ref())
+    else {
+        return Ok(());
+    };
+    sh.resources
+        .servers
+        .ensure(&model.provider, launch, |s| {
+            let (command, ready_after) = match s {
+                local_server::Started::AlreadyRunning => (None, Duration::ZERO),
+                local_server::Started::Adopted { pid } => (
+                    Some(format!(
+                        "the server a killed run left running (pid {pid}); adopted, it stops with this run"
+                    )),
+                    Duration::ZERO,
+                ),
+                local_server::Started::Launched {
+                    command,
+                    ready_after,
+                } => (Some(command.clone()), *ready_after),
+            };
+            sh.emit(Event::ServerReady {
+                provider: model.provider.clone(),
+                command,
+                ready_after,
+            });
+        })
+        .await
+        .map_err(|e| e.to_string())
+}

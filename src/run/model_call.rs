@@ -1,0 +1,514 @@
+//! One call on one model: the response cache first, then per try the gate
+//! at the provider boundary, the call limits and the budget (worst case
+//! reserved before the call, settled after), the provider; retries with
+//! backoff and the provider's hints; a structured answer validated, and
+//! asked again once with the validation error. Every attempt is journaled
+//! before its answer is handed on.
+
+use std::time::{Duration, Instant};
+
+use backon::BackoffBuilder;
+use serde_json::Value;
+
+use super::budget::Reservation;
+use super::cache::{cached, flagship_cost, request_hash, request_texts, step_request};
+use super::call::StepCalls;
+use super::validate::{parse_structured, truncate};
+use super::{Attempt, AttemptOutcome, CallReport, CallSource, Event};
+use crate::cost::{self, Billing};
+use crate::journal::CallRecord;
+use crate::policy::Model;
+use crate::provider::{
+    ChatRequest, ChatResponse, ErrorKind, Message, Provider, ProviderError, Usage,
+};
+use crate::route;
+use crate::step::RenderedCall;
+use crate::tokens;
+
+/// Why a model did not answer a call.
+pub(super) struct CallFailure {
+    pub message: String,
+    /// The prompt did not fit the model's window: only larger windows are
+    /// worth trying next.
+    pub context_length: bool,
+}
+
+impl CallFailure {
+    fn plain(message: String) -> CallFailure {
+        CallFailure {
+            message,
+            context_length: false,
+        }
+    }
+}
+
+/// One model's side of a call.
+struct ModelCall<'a> {
+    ctx: &'a StepCalls<'a>,
+    model: &'a Model,
+    call: &'a RenderedCall,
+    validator: Option<jsonschema::Validator>,
+    /// The request as it will be sent next (a schema retry adds the answer
+    /// and the validation error to it).
+    req: ChatRequest,
+}
+
+/// A try that was sent (it may have timed out on the way).
+struct Sent {
+    rec: CallRecord,
+    reservation: Reservation,
+    /// The call's worst-case cost, as reserved.
+    worst: f64,
+    input_tokens: u64,
+}
+
+/// What an answer leads to.
+enum Answered {
+    Done(Value),
+    /// Invalid against the schema, first time: ask again with why.
+    AskAgain,
+    Failed(CallFailure),
+}
+
+/// A failed try that may be tried again: after how long (`None`: the
+/// backoff's next delay), and why it failed.
+struct Retry {
+    after: Option<Duration>,
+    error: String,
+}
+
+/// One model: retries with backoff, the budget before each try, structured
+/// output validated (and asked again once with the validation error).
+pub(super) async fn call_model(
+    ctx: &StepCalls<'_>,
+    model: &Model,
+    client: &dyn Provider,
+    call: &RenderedCall,
+    report: &mut CallReport,
+) -> Result<Value, CallFailure> {
+    let (sh, step) = (ctx.sh, ctx.step);
+    let mut req = step_request(step, model, &call.system, &call.prompt);
+    req.stream = sh.options.stream;
+    let mut mc = ModelCall {
+        ctx,
+        model,
+        call,
+        validator: step
+            .output_schema()
+            .and_then(|s| jsonschema::validator_for(s).ok()),
+        req,
+    };
+    let retries = step.retries.unwrap_or(sh.options.retries);
+    let mut backoff = backon::ExponentialBuilder::default()
+        .with_min_delay(sh.options.backoff_min)
+        .with_max_delay(sh.options.backoff_max)
+        .with_max_times(retries as usize)
+        .with_jitter()
+        .build();
+    let mut retried = 0u32;
+    let mut schema_retry_used = false;
+    // The request the cache was last asked about (a retry after a transient
+    // error sends the same request again: no need to ask twice).
+    let mut looked_up: Option<String> = None;
+    loop {
+        let hash = sh
+            .options
+            .journal
+            .as_ref()
+            .map(|_| request_hash(sh, model, &mc.req));
+        if let Some(h) = hash.as_ref().filter(|h| looked_up.as_ref() != Some(*h)) {
+            looked_up = Some(h.clone());
+            if let Some(v) = mc.cached_answer(&hash, h, report).await {
+                return Ok(v);
+            }
+        }
+        let (sent, result) = mc.send(client, &hash, report).await?;
+        let retry = match result {
+            Ok(resp) => match mc.answered(sent, resp, report, schema_retry_used).await {
+                Answered::Done(v) => return Ok(v),
+                Answered::AskAgain => {
+                    schema_retry_used = true;
+                    continue;
+                }
+                Answered::Failed(f) => return Err(f),
+            },
+            Err(err) => mc.broke(sent, err, report, retried >= retries).await?,
+        };
+        let wait = retry
+            .after
+            .unwrap_or_else(|| backoff.next().unwrap_or(sh.options.backoff_max));
+        retried += 1;
+        if let Some(last) = report.attempts.last_mut() {
+            last.waited_ms = Some(wait.as_millis() as u64);
+        }
+        sh.emit(Event::Retrying {
+            step: ctx.step_id.to_owned(),
+            model: model.alias.clone(),
+            attempt: retried,
+            wait,
+            error: retry.error,
+        });
+        tokio::time::sleep(wait).await;
+    }
+}
+
+impl ModelCall<'_> {
+    /// The journal record of this call's `attempt`-th try.
+    fn record(&self, hash: &Option<String>, item: Option<usize>, attempt: usize) -> CallRecord {
+        let (sh, model) = (self.ctx.sh, self.model);
+        let journal = sh.options.journal.as_ref();
+        CallRecord {
+            step: self.ctx.step_id.to_owned(),
+            item,
+            attempt: attempt as u32,
+            request_hash: hash.clone(),
+            prompt_hash: journal.map(|_| {
+                crate::journal::prompt_hash(self.call.system.as_deref(), &self.call.prompt)
+            }),
+            model: model.alias.clone(),
+            provider: model.provider.clone(),
+            provider_model: model.model.clone(),
+            tier: model.tier.name().to_owned(),
+            local: model.locality == crate::policy::Locality::Local,
+            started_ms: journal.map_or(0, |j| j.journal.now()),
+            estimate_usd: sh
+                .call_estimates
+                .get(self.ctx.step_id)
+                .copied()
+                .unwrap_or(0.0),
+            ..CallRecord::default()
+        }
+    }
+
+    /// The response cache: an identical request (same provider, model,
+    /// messages, parameters) answered within the TTL costs nothing. Only
+    /// valid answers are cached; one that no longer validates is not used.
+    async fn cached_answer(
+        &self,
+        hash: &Option<String>,
+        key: &str,
+        report: &mut CallReport,
+    ) -> Option<Value> {
+        let sh = self.ctx.sh;
+        let answer = cached(sh, key).await?;
+        let v = self.output_of(&answer.text).ok()?;
+        report.source = CallSource::Cache;
+        report.saved_usd += answer.cost_usd;
+        report.usage += answer.usage;
+        report.attempts.push(Attempt {
+            model: self.model.alias.clone(),
+            outcome: AttemptOutcome::Cached,
+            status: None,
+            message: Some(format!("answer of run {}", answer.run_id)),
+            waited_ms: None,
+        });
+        let mut r = self.record(hash, report.item, report.attempts.len());
+        r.outcome = AttemptOutcome::Cached.as_str().to_owned();
+        r.usage = answer.usage;
+        r.list_cost_usd = answer.cost_usd;
+        r.saved_usd = answer.cost_usd;
+        r.flagship_cost_usd = flagship_cost(sh, &answer.usage);
+        r.from_cache = true;
+        r.output = Some(v.clone());
+        sh.journal_call(r).await;
+        Some(v)
+    }
+
+    /// An answer's text as the step's output: validated against the output
+    /// schema, if any.
+    fn output_of(&self, text: &str) -> Result<Value, String> {
+        match &self.validator {
+            None => Ok(Value::String(text.to_owned())),
+            Some(v) => parse_structured(text, v),
+        }
+    }
+
+    /// A call that is not made (refused at the boundary, over budget): one
+    /// attempt in the report and in the journal, with its reason.
+    async fn not_called(
+        &self,
+        hash: &Option<String>,
+        report: &mut CallReport,
+        outcome: AttemptOutcome,
+        message: String,
+    ) -> CallFailure {
+        report.attempts.push(Attempt {
+            model: self.model.alias.clone(),
+            outcome,
+            status: None,
+            message: Some(message.clone()),
+            waited_ms: None,
+        });
+        let mut r = self.record(hash, report.item, report.attempts.len());
+        r.outcome = outcome.as_str().to_owned();
+        r.error = Some(message.clone());
+        self.ctx.sh.journal_call(r).await;
+        CallFailure::plain(message)
+    }
+
+    /// One try: the gate at the provider boundary, a slot, the budget, the
+    /// provider (within the call's timeout).
+    async fn send(
+        &self,
+        client: &dyn Provider,
+        hash: &Option<String>,
+        report: &mut CallReport,
+    ) -> Result<(Sent, Result<ChatResponse, ProviderError>), CallFailure> {
+        let (sh, step, model) = (self.ctx.sh, self.ctx.step, self.model);
+        // The gate at the provider boundary, on the request as it leaves —
+        // before a slot or a reservation is taken: a refused request costs
+        // nothing and waits for nothing.
+        if let Err(message) =
+            route::admit(&sh.policy, model, self.ctx.label, &request_texts(&self.req))
+        {
+            return Err(self
+                .not_called(hash, report, AttemptOutcome::Refused, message)
+                .await);
+        }
+        let max_out = u64::from(step.max_output_tokens());
+        // A schema retry sends the earlier answer back: count it at its most.
+        let input_tokens = self.ctx.max_tokens(model.tokenizer)
+            + self.req.messages.len().saturating_sub(1) as u64 * max_out;
+        let worst = cost::worst_case(
+            &model.price,
+            input_tokens,
+            max_out,
+            self.req.cache_system,
+            Billing::Standard,
+        );
+        // Slots first, then the budget: a call queued behind others must not
+        // hold a reservation that keeps the calls in flight from fitting.
+        let permit = sh
+            .resources
+            .limits
+            .acquire(&model.provider, &model.alias, input_tokens + max_out)
+            .await;
+        let waiting = || {
+            sh.emit(Event::WaitingForBudget {
+                step: self.ctx.step_id.to_owned(),
+                model: model.alias.clone(),
+            });
+        };
+        let reservation = match sh.budget.reserve_or_wait(worst, waiting).await {
+            Ok(r) => r,
+            Err(over) => {
+                let message = format!("{}: not called — {over}", model.alias);
+                return Err(self
+                    .not_called(hash, report, AttemptOutcome::OverBudget, message)
+                    .await);
+            }
+        };
+        let mut rec = self.record(hash, report.item, report.attempts.len() + 1);
+        let call_timeout = step.timeout.unwrap_or(sh.options.call_timeout);
+        let sent = Instant::now();
+        let result = match tokio::time::timeout(call_timeout, client.send(&self.req)).await {
+            Ok(r) => r,
+            Err(_) => Err(ProviderError {
+                kind: ErrorKind::Timeout,
+                status: None,
+                message: format!("no answer within {}s", call_timeout.as_secs_f64()),
+                retry_after: None,
+                should_retry: None,
+                body: None,
+            }),
+        };
+        drop(permit);
+        rec.latency_ms = sent.elapsed().as_millis() as u64;
+        let sent = Sent {
+            rec,
+            reservation,
+            worst,
+            input_tokens,
+        };
+        Ok((sent, result))
+    }
+
+    /// An answer: charged (what the server said judged, then priced, in one
+    /// place), journaled, then validated.
+    async fn answered(
+        &mut self,
+        sent: Sent,
+        resp: ChatResponse,
+        report: &mut CallReport,
+        schema_retry_used: bool,
+    ) -> Answered {
+        let (sh, model) = (self.ctx.sh, self.model);
+        let Sent {
+            mut rec,
+            reservation,
+            input_tokens,
+            ..
+        } = sent;
+        let reported = resp.usage.input_tokens > 0 || resp.usage.output_tokens > 0;
+        // No usage reported: count it ourselves rather than pretend the call
+        // was free.
+        let answer_tokens = model.tokenizer.count(&resp.text) as u64;
+        let usage = if reported {
+            resp.usage
+        } else {
+            Usage {
+                input_tokens,
+                output_tokens: answer_tokens + tokens::chat_overhead(1) as u64,
+                ..Usage::default()
+            }
+        };
+        // A provider-reported cost (OpenRouter's) wins when it is believable.
+        let charged = cost::charge(
+            &model.price,
+            &cost::Asked {
+                input_tokens,
+                max_output: u64::from(self.ctx.step.max_output_tokens()),
+                cache: self.req.cache_system,
+                billing: Billing::Standard,
+                answer_tokens,
+            },
+            usage,
+            resp.cost_usd,
+        );
+        let (usage, cost, list) = (charged.usage, charged.cost, charged.list);
+        report.cost_usd += cost;
+        report.list_cost_usd += list;
+        report.usage += usage;
+        if report.ttft_ms.is_none() {
+            report.ttft_ms = resp.time_to_first_token.map(|d| d.as_millis() as u64);
+        }
+        report.truncated = resp.truncated();
+        report.attempts.push(Attempt {
+            model: model.alias.clone(),
+            outcome: AttemptOutcome::Ok,
+            status: Some(200),
+            message: None,
+            waited_ms: None,
+        });
+        let verdict = self.validator.is_some().then(|| self.output_of(&resp.text));
+        let output = match &verdict {
+            None => Some(Value::String(resp.text.clone())),
+            Some(Ok(v)) => Some(v.clone()),
+            Some(Err(_)) => None,
+        };
+        // Only whole, valid answers answer later identical requests (not one
+        // a provider's filter stopped part way).
+        let cacheable = output.is_some() && !resp.truncated() && resp.ended_normally();
+        let outcome = match (&verdict, resp.truncated()) {
+            (Some(Err(_)), _) => AttemptOutcome::InvalidOutput,
+            (_, true) => AttemptOutcome::Truncated,
+            _ => AttemptOutcome::Ok,
+        };
+        rec.outcome = outcome.as_str().to_owned();
+        rec.error = verdict.as_ref().and_then(|v| v.clone().err());
+        rec.usage = usage;
+        rec.cost_usd = cost;
+        rec.list_cost_usd = list;
+        rec.flagship_cost_usd = flagship_cost(sh, &usage);
+        rec.usage_flag = charged.flag;
+        rec.cacheable = cacheable;
+        rec.response = cacheable.then(|| resp.text.clone());
+        rec.output = output;
+        // Journaled before the reservation is settled: the budget may count
+        // the call twice for a moment, never not at all.
+        sh.journal_call(rec).await;
+        sh.budget.settle(reservation, cost);
+        let why = match verdict {
+            None => return Answered::Done(Value::String(resp.text)),
+            Some(Ok(v)) => return Answered::Done(v),
+            Some(Err(why)) => why,
+        };
+        if let Some(last) = report.attempts.last_mut() {
+            last.outcome = AttemptOutcome::InvalidOutput;
+            last.message = Some(why.clone());
+        }
+        if schema_retry_used {
+            return Answered::Failed(CallFailure::plain(format!(
+                "{}: the answer does not match the output schema: {why}; the answer was: {}",
+                model.alias,
+                truncate(&resp.text, 500)
+            )));
+        }
+        self.req
+            .messages
+            .push(Message::assistant(resp.text.clone()));
+        self.req.messages.push(Message::user(format!(
+            "Your answer does not match the required JSON Schema: {why}\nAnswer again with only JSON that matches the schema."
+        )));
+        Answered::AskAgain
+    }
+
+    /// A try that failed: charged what it may have cost, journaled; then
+    /// either given up (`Err`) or to be tried again.
+    async fn broke(
+        &self,
+        sent: Sent,
+        err: ProviderError,
+        report: &mut CallReport,
+        out_of_retries: bool,
+    ) -> Result<Retry, CallFailure> {
+        let (sh, model) = (self.ctx.sh, self.model);
+        let Sent {
+            mut rec,
+            reservation,
+            worst,
+            input_tokens,
+        } = sent;
+        // A call that broke after the provider started answering may well
+        // have been billed: count its worst case, to stay on the safe side of
+        // the budget. Errors before that cost nothing.
+        let maybe_billed = matches!(
+            err.kind,
+            ErrorKind::Timeout
+                | ErrorKind::StreamBroken
+                | ErrorKind::Malformed
+                | ErrorKind::ResponseTooLarge
+        );
+        let charged = if maybe_billed {
+            worst
+        } else if err.kind == ErrorKind::Blocked {
+            // A withheld answer: its prompt was billed.
+            cost::floor(
+                &model.price,
+                &cost::Asked {
+                    input_tokens,
+                    max_output: u64::from(self.ctx.step.max_output_tokens()),
+                    cache: self.req.cache_system,
+                    billing: Billing::Standard,
+                    answer_tokens: 0,
+                },
+            )
+        } else {
+            0.0
+        };
+        let outcome = AttemptOutcome::Error(err.kind);
+        rec.outcome = outcome.as_str().to_owned();
+        rec.error = Some(err.message.clone());
+        rec.cost_usd = charged;
+        rec.list_cost_usd = charged;
+        sh.journal_call(rec).await;
+        sh.budget.settle(reservation, charged);
+        report.attempts.push(Attempt {
+            model: model.alias.clone(),
+            outcome,
+            status: err.status,
+            message: Some(err.message.clone()),
+            waited_ms: None,
+        });
+        let message = format!("{}: {}", model.alias, err.message);
+        if err.kind == ErrorKind::ContextLength {
+            return Err(CallFailure {
+                message,
+                context_length: true,
+            });
+        }
+        if !err.is_retryable() || out_of_retries {
+            return Err(CallFailure::plain(message));
+        }
+        match err.retry_after {
+            Some(w) if w > sh.options.max_retry_wait => Err(CallFailure::plain(format!(
+                "{message} (asked to wait {}s; trying the next model)",
+                w.as_secs()
+            ))),
+            after => Ok(Retry {
+                after,
+                error: err.message,
+            }),
+        }
+    }
+}

@@ -1,0 +1,74 @@
+//! How a run behaves ([`RunOptions`]) and its place in the journal
+//! ([`RunJournal`]).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::batch::{self, BatchLedger};
+use crate::journal::Journal;
+
+/// How a run behaves; the defaults suit interactive use.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Calls in flight at once across the whole run.
+    pub concurrency: usize,
+    /// The whole run; when it passes, in-flight calls are cancelled.
+    pub run_timeout: Option<Duration>,
+    /// One call, when the step sets no `timeout`.
+    pub call_timeout: Duration,
+    /// Retries per model when the step sets no `retries`.
+    pub retries: u32,
+    /// First backoff delay and its cap (exponential, with jitter).
+    pub backoff_min: Duration,
+    pub backoff_max: Duration,
+    /// A provider asking to wait longer than this is treated as down for this
+    /// call: the next candidate is tried instead of sleeping.
+    pub max_retry_wait: Duration,
+    /// Stream answers (gives time to first token).
+    pub stream: bool,
+    /// Where managed local servers write their logs.
+    pub log_dir: std::path::PathBuf,
+    /// Send every step whose model has a batch API through it, not only
+    /// `latency: batch` steps (`run --batch`).
+    pub batch_all: bool,
+    /// How often a submitted batch is polled.
+    pub batch_poll_interval: Duration,
+    /// Where submitted batches are remembered, so an interrupted run
+    /// resumes polling them; `None`: not remembered.
+    pub batch_ledger: Option<Arc<dyn BatchLedger>>,
+    /// The run journal: resume, the response cache, budgets over time.
+    /// `None` runs without any of them (library use, `tollgate test`).
+    pub journal: Option<RunJournal>,
+}
+
+/// A run's place in the journal.
+#[derive(Debug, Clone)]
+pub struct RunJournal {
+    pub journal: Arc<Journal>,
+    /// From [`Journal::begin_run`]; calls this run (or an earlier session of
+    /// it) finished are answered from the journal, not sent again.
+    pub run_id: String,
+    /// Serve identical requests answered within this long from the journal;
+    /// `None` sends every call (`--no-cache`, `cache: {ttl: 0}`).
+    pub cache_ttl: Option<Duration>,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions {
+            concurrency: 16,
+            run_timeout: None,
+            call_timeout: Duration::from_secs(600),
+            retries: 2,
+            backoff_min: Duration::from_millis(500),
+            backoff_max: Duration::from_secs(8),
+            max_retry_wait: Duration::from_secs(60),
+            stream: true,
+            log_dir: std::path::PathBuf::from(".tollgate/logs"),
+            batch_all: false,
+            batch_poll_interval: batch::DEFAULT_POLL_INTERVAL,
+            batch_ledger: None,
+            journal: None,
+        }
+    }
+}

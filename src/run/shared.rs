@@ -1,0 +1,112 @@
+//! What a run's step tasks share ([`Shared`]: the analysis, the policy, the
+//! providers, the budget, tier usage, what earlier sessions finished), and
+//! the adapters from the run to the journal (call and step records,
+//! [`JournalSpend`] for budgets over time).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use serde_json::{Map, Value};
+use tokio::sync::mpsc::UnboundedSender;
+
+use super::budget::{Budget, Hold, OutsideSpend, Period, PeriodCheck};
+use super::{Event, Providers, Resources, RunOptions, StepStatus};
+use crate::analyze::Analysis;
+use crate::journal::{CallRecord, FinishedCall, Journal};
+use crate::policy::Policy;
+use crate::route::TierUsage;
+
+/// Everything step tasks share.
+pub(super) struct Shared {
+    pub(super) analysis: Arc<Analysis>,
+    pub(super) policy: Arc<Policy>,
+    pub(super) providers: Providers,
+    pub(super) inputs: Map<String, Value>,
+    pub(super) resources: Arc<Resources>,
+    pub(super) budget: Budget,
+    pub(super) tiers: Mutex<TierUsage>,
+    /// Effective sensitivity level of every step (by step index).
+    pub(super) levels: Vec<usize>,
+    /// Values of inputs above `cloud_max`: never in a cloud request
+    /// (`route::admit`).
+    pub(super) withheld: Arc<Vec<String>>,
+    /// Calls the plan counted per step; a fan-out whose size was unknown
+    /// then corrects the run's total for tier shares when it is known.
+    pub(super) planned_calls: HashMap<String, u64>,
+    pub(super) options: RunOptions,
+    pub(super) events: Option<UnboundedSender<Event>>,
+    /// Calls earlier sessions of this run finished, by (step, item).
+    pub(super) finished: HashMap<(String, Option<usize>), FinishedCall>,
+    /// The plan's expected cost of one call of each step.
+    pub(super) call_estimates: HashMap<String, f64>,
+}
+
+impl Shared {
+    pub(super) fn emit(&self, e: Event) {
+        if let Some(tx) = &self.events {
+            let _ = tx.send(e);
+        }
+    }
+
+    /// Writes a call attempt; committed before this returns.
+    pub(super) async fn journal_call(&self, record: CallRecord) {
+        let Some(j) = &self.options.journal else {
+            return;
+        };
+        let journal = Arc::clone(&j.journal);
+        let run_id = j.run_id.clone();
+        // SQLite blocks (a commit waits for the disk): off the async workers.
+        let written =
+            tokio::task::spawn_blocking(move || journal.record_call(&run_id, &record)).await;
+        match written {
+            Ok(Ok(())) => {}
+            Ok(Err(message)) => self.emit(Event::JournalError { message }),
+            Err(e) => self.emit(Event::JournalError {
+                message: format!("run journal: {e}"),
+            }),
+        }
+    }
+
+    pub(super) fn journal_step(&self, step: &str, status: StepStatus) {
+        let Some(j) = &self.options.journal else {
+            return;
+        };
+        if let Err(message) = j.journal.finish_step(&j.run_id, step, status.as_str()) {
+            self.emit(Event::JournalError { message });
+        }
+    }
+}
+
+/// Spending by others in the current UTC day or month and their calls in
+/// flight, from the journal.
+pub(super) struct JournalSpend(pub(super) Arc<Journal>);
+
+impl OutsideSpend for JournalSpend {
+    fn try_hold(&self, amount: f64, checks: &[PeriodCheck]) -> Result<Hold, String> {
+        let (day, month) = crate::journal::period_starts(self.0.now());
+        let checks: Vec<(i64, f64, f64)> = checks
+            .iter()
+            .map(|c| {
+                let since = match c.period {
+                    Period::Day => day,
+                    Period::Month => month,
+                };
+                (since, c.limit, c.local)
+            })
+            .collect();
+        Ok(match self.0.try_hold(amount, &checks)? {
+            Ok(id) => Hold::Held(id as u64),
+            Err((index, spent, in_flight)) => Hold::Over {
+                index,
+                spent,
+                in_flight,
+            },
+        })
+    }
+
+    fn release(&self, hold: u64) {
+        // A hold left behind only makes other processes more careful until
+        // this one exits.
+        let _ = self.0.release_hold(hold as i64);
+    }
+}

@@ -1,0 +1,226 @@
+//! One step of a run: expanded by [`crate::step::expand`] with the real
+//! upstream outputs (the function `plan` calls with estimates), routed with
+//! the real prompt, then its calls — through the provider's batch API when
+//! the step asks for it, and one by one for the rest — gathered into the
+//! step's report.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde_json::{Map, Value};
+
+use super::call::{StepCalls, call_with_fallbacks};
+use super::shared::Shared;
+use super::{CallReport, Event, StepReport, StepStatus, batch};
+use crate::route::{self, Decision, Facts};
+use crate::step::{self, Expanded, RULE_TOKENIZER, Upstream, When};
+use crate::workflow::Step;
+
+/// Runs one step: its meaning from [`step::expand`], routing, the calls.
+pub(super) async fn run_step(
+    sh: Arc<Shared>,
+    i: usize,
+    upstream: Map<String, Value>,
+) -> StepReport {
+    let (id, info) = sh.analysis.steps.get_index(i).expect("step index");
+    let step = &sh.analysis.workflow.value.steps[id];
+    let fail = |detail: String| {
+        let mut r = StepReport::new(id, StepStatus::Failed, Some(detail));
+        r.ignored_failure = step.continue_on_error;
+        r
+    };
+    // Dependencies are settled by the dispatcher: a step task starts only
+    // when every one succeeded (or failed with `continue_on_error`).
+    let expanded = step::expand(
+        &step::Scope {
+            analysis: &sh.analysis,
+            policy: &sh.policy,
+            index: i,
+            inputs: &sh.inputs,
+            levels: &sh.levels,
+            upstream: Upstream::Real(&upstream),
+        },
+        When::Runs,
+    );
+    let expanded = match expanded {
+        Ok(e) => e,
+        Err(e) => return fail(e.message(sh.analysis.doc())),
+    };
+    if let When::Skipped(why) = &expanded.when {
+        return StepReport::new(id, StepStatus::Skipped, Some(why.clone()));
+    }
+    // Route with the real prompt: the same pure function as `plan`.
+    let facts = expanded.facts(step, expanded.max_tokens(RULE_TOKENIZER));
+    let decision = route_calls(&sh, id, &facts, &expanded);
+    // The rule's name (or "pinned") — the summary's RULE column.
+    let rule = decision.decider.as_ref().map(|d| match d {
+        route::Decider::Rule { name, .. } => name.clone(),
+        route::Decider::Pin { .. } => "pinned".to_owned(),
+    });
+    let Some(chain) = fallback_chain(&sh, &decision) else {
+        let why: Vec<String> = decision
+            .passed_over
+            .iter()
+            .map(|r| format!("{}: {}", r.model, r.why))
+            .collect();
+        let mut r = fail(format!(
+            "no model can serve this step now: {}",
+            why.join("; ")
+        ));
+        r.rule = rule;
+        return r;
+    };
+    sh.emit(Event::StepStarted {
+        step: id.clone(),
+        model: chain[0].clone(),
+        calls: expanded.calls.len(),
+    });
+    // The label the requests carry to the provider boundary: the level of
+    // what was actually rendered into them.
+    let label = route::Label {
+        level: expanded.rendered_level,
+        withheld: Arc::clone(&sh.withheld),
+    };
+    let ctx = StepCalls {
+        sh: &sh,
+        step_id: id,
+        step,
+        fan_out: info.for_each.is_some(),
+        chain: &chain,
+        facts: &facts,
+        label: &label,
+        expanded: &expanded,
+    };
+    let started = Instant::now();
+    let calls = make_calls(&ctx).await;
+    let mut report = gather(&sh, id, step, info.for_each.is_some(), calls);
+    report.rule = rule;
+    report.latency_ms = started.elapsed().as_millis() as u64;
+    report
+}
+
+/// Routes the step's calls, taking them from the run's tier usage. A
+/// fan-out whose size the plan did not know corrects the run's total.
+fn route_calls(sh: &Shared, id: &str, facts: &Facts<'_>, expanded: &Expanded) -> Decision {
+    let mut usage = sh.tiers.lock().unwrap_or_else(|e| e.into_inner());
+    let planned = sh.planned_calls.get(id).copied().unwrap_or(0);
+    usage.total_calls = (usage.total_calls + facts.calls).saturating_sub(planned);
+    let d = route::route(&sh.policy, facts, &usage, &|t| expanded.max_tokens(t));
+    if let Some(m) = d.model.as_ref().and_then(|m| sh.policy.models.get(m)) {
+        *usage.used.entry(m.tier).or_insert(0) += facts.calls;
+    }
+    d
+}
+
+/// The rule's candidates from the chosen model on: the fallback chain;
+/// `None` when no model was chosen.
+fn fallback_chain(sh: &Shared, decision: &Decision) -> Option<Vec<String>> {
+    let first = decision.model.clone()?;
+    let head = match &decision.decider {
+        Some(route::Decider::Rule { name, .. }) => sh
+            .policy
+            .rules
+            .iter()
+            .find(|r| &r.name == name)
+            .map(|r| r.use_model.clone()),
+        Some(route::Decider::Pin { model }) => Some(model.clone()),
+        None => None,
+    }
+    .unwrap_or_else(|| first.clone());
+    let all = sh.policy.candidates(&head);
+    let start = all.iter().position(|m| *m == first).unwrap_or(0);
+    Some(all[start..].iter().map(|s| (*s).to_owned()).collect())
+}
+
+/// Every call of the step, in item order: through the provider's batch API
+/// if the step asks for it, then what the batch did not answer one by one.
+async fn make_calls(ctx: &StepCalls<'_>) -> Vec<(CallReport, Result<Value, String>)> {
+    let rendered = &ctx.expanded.calls;
+    let batched: Vec<Option<batch::Item>> = match ctx.sh.policy.models.get(&ctx.chain[0]) {
+        Some(model) => {
+            batch::run(
+                ctx.sh,
+                ctx.step_id,
+                ctx.step,
+                ctx.fan_out,
+                rendered,
+                model,
+                ctx.label,
+            )
+            .await
+        }
+        None => None,
+    }
+    .unwrap_or_else(|| rendered.iter().map(|_| None).collect());
+    futures::future::join_all(rendered.iter().zip(batched).enumerate().map(
+        |(n, (call, batched))| async move {
+            let item = ctx.fan_out.then_some(n);
+            let before = match batched {
+                Some(batch::Item::Done(report, value)) => return (report, Ok(value)),
+                Some(batch::Item::Failed(report, why)) => return (report, Err(why)),
+                Some(batch::Item::Synchronous(report)) => Some(report),
+                None => None,
+            };
+            let (mut report, result) = call_with_fallbacks(ctx, item, call).await;
+            if let Some(b) = before {
+                // The batch's attempt first, and what it cost on the bill.
+                report.attempts.splice(0..0, b.attempts);
+                report.usage += b.usage;
+                report.cost_usd += b.cost_usd;
+                report.list_cost_usd += b.list_cost_usd;
+            }
+            (report, result)
+        },
+    ))
+    .await
+}
+
+/// The step's report from its calls: totals, the first error, the output
+/// (a list of outputs for a fan-out).
+fn gather(
+    sh: &Shared,
+    id: &str,
+    step: &Step,
+    fan_out: bool,
+    calls: Vec<(CallReport, Result<Value, String>)>,
+) -> StepReport {
+    let mut report = StepReport::new(id, StepStatus::Succeeded, None);
+    let mut outputs = Vec::with_capacity(calls.len());
+    let mut first_error = None;
+    for (call, result) in calls {
+        report.usage += call.usage;
+        report.cost_usd += call.cost_usd;
+        report.list_cost_usd += call.list_cost_usd;
+        if report.ttft_ms.is_none() {
+            report.ttft_ms = call.ttft_ms;
+        }
+        if call.model.is_some() {
+            report.model.clone_from(&call.model);
+        }
+        match result {
+            Ok(v) => outputs.push(v),
+            Err(e) => {
+                first_error.get_or_insert(e);
+                outputs.push(Value::Null);
+            }
+        }
+        report.calls.push(call);
+    }
+    report.provider_model = report
+        .model
+        .as_ref()
+        .and_then(|m| sh.policy.models.get(m))
+        .map(|m| m.model.clone());
+    if let Some(e) = first_error {
+        report.status = StepStatus::Failed;
+        report.detail = Some(e);
+        report.ignored_failure = step.continue_on_error;
+        return report;
+    }
+    report.output = Some(if fan_out {
+        Value::Array(outputs)
+    } else {
+        outputs.into_iter().next().unwrap_or(Value::Null)
+    });
+    report
+}

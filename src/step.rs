@@ -1,0 +1,658 @@
+//! A step's meaning, in one place: whether it runs (`when`), the calls it
+//! makes (`for_each`), what each call says (its system prompt and prompt,
+//! rendered with exactly the context [`StepInfo::context`] builds), the
+//! sensitivity label of what was rendered, its tags (workflow's and step's)
+//! and the facts routing decides on.
+//!
+//! `plan` calls [`expand`] with estimated upstream outputs
+//! ([`Upstream::Estimated`]), `run` with the real ones ([`Upstream::Real`]).
+//! Neither decides any of this itself, so the dry run predicts the run: the
+//! only differences are the ones written down here, each keyed on which kind
+//! of upstream values the caller has:
+//!
+//! - a `when` or `for_each` that reads upstream outputs cannot be decided
+//!   from estimates: the plan calls the step conditional, and fans out over
+//!   the list the estimates give (one stand-in item if they give none);
+//! - a skipped step is still rendered for the plan (so `plan` checks its
+//!   templates and shows where it would go) but not for the run.
+//!
+//! Plan-only concerns (estimates, token ranges, prices, tier shares in
+//! execution order) stay in `plan`; run-only ones (calls, retries, the
+//! budget) stay in `run`.
+
+use std::collections::BTreeSet;
+use std::sync::OnceLock;
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use crate::analyze::{Analysis, StepInfo};
+use crate::diagnostic::Diagnostic;
+use crate::policy::Policy;
+use crate::route::Facts;
+use crate::template::{self, Source};
+use crate::tokens::{self, Tokenizer};
+use crate::workflow::{Step, Workflow};
+use crate::yaml::Document;
+
+/// The tokenizer rule conditions (`input_tokens`) are evaluated with, so a
+/// rule means the same thing whichever model it picks.
+pub const RULE_TOKENIZER: Tokenizer = Tokenizer::O200kBase;
+
+/// What a step's templates see of the steps it reads.
+pub enum Upstream<'a> {
+    /// The run: the real outputs of the steps it reads (a missing one, as
+    /// of a failed `continue_on_error` step, is null).
+    Real(&'a Map<String, Value>),
+    /// The plan: the outputs are not known yet.
+    Estimated(&'a dyn Estimates),
+}
+
+/// Stand-ins for upstream outputs while planning.
+pub trait Estimates {
+    /// A value shaped like step `dep`'s output.
+    fn output(&self, dep: &str) -> Value;
+    /// The one item a `for_each` over step `dep`'s output is planned with
+    /// when the list cannot be evaluated over the estimates.
+    fn unknown_item(&self, dep: &str) -> Value;
+}
+
+/// Whether a step runs.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "state", content = "detail")]
+pub enum When {
+    Runs,
+    /// Runs only if a condition known at run time holds (plan only: the run
+    /// always knows).
+    Conditional(String),
+    Skipped(String),
+}
+
+impl When {
+    pub fn is_skipped(&self) -> bool {
+        matches!(self, When::Skipped(_))
+    }
+}
+
+/// The size of a step's fan-out.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FanOut {
+    pub items: u64,
+    /// False when the list comes from a step's output and the values are
+    /// estimates (its size is known only at run time).
+    pub known: bool,
+}
+
+/// One call's rendered text.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RenderedCall {
+    pub system: Option<String>,
+    pub prompt: String,
+}
+
+impl RenderedCall {
+    /// The messages in the order they are sent: the system prompt, if any,
+    /// then the prompt.
+    pub fn messages(&self) -> impl Iterator<Item = &str> {
+        self.system
+            .as_deref()
+            .into_iter()
+            .chain(std::iter::once(self.prompt.as_str()))
+    }
+
+    fn len(&self) -> usize {
+        self.prompt.len() + self.system.as_ref().map_or(0, String::len)
+    }
+}
+
+/// A step expanded: the decision, its calls, and what routing needs.
+///
+/// Invariant: `calls` is empty when the step makes no call (an empty
+/// `for_each`, or skipped in a run); otherwise it holds one call per item
+/// (one without `for_each`), in item order.
+#[derive(Debug)]
+pub struct Expanded {
+    pub when: When,
+    pub fan_out: Option<FanOut>,
+    pub calls: Vec<RenderedCall>,
+    /// The step's effective sensitivity (from the analysis).
+    pub level: usize,
+    /// The level of what was actually rendered (`sensitivity::of_context`
+    /// over every call's context; never below `level`): the label the
+    /// requests carry to the provider boundary.
+    pub rendered_level: usize,
+    /// The workflow's tags and the step's, merged.
+    pub tags: BTreeSet<String>,
+    /// The largest call's token count, per tokenizer, computed on first
+    /// use: routing asks for it per call and per candidate, and recounting
+    /// every item each time made a fan-out quadratic.
+    max_tokens: [OnceLock<u64>; 3],
+}
+
+impl Expanded {
+    /// Calls the step makes when it runs: one per item with `for_each`.
+    pub fn call_count(&self) -> u64 {
+        self.fan_out.as_ref().map_or(1, |f| f.items)
+    }
+
+    /// Tokens of the largest call by `tok` (chat overhead included). The
+    /// route of a fan-out is decided by its largest item.
+    pub fn max_tokens(&self, tok: Tokenizer) -> u64 {
+        let slot = match tok {
+            Tokenizer::O200kBase => 0,
+            Tokenizer::Cl100kBase => 1,
+            Tokenizer::Estimate => 2,
+        };
+        *self.max_tokens[slot].get_or_init(|| {
+            self.calls
+                .iter()
+                .map(|c| tokens::count_chat(tok, &c.messages().collect::<Vec<_>>()) as u64)
+                .max()
+                .unwrap_or(0)
+        })
+    }
+
+    /// The facts routing decides on. `input_tokens` is the largest call as
+    /// rule conditions count it ([`RULE_TOKENIZER`]): the plan counts
+    /// estimates of upstream outputs in, the run [`Expanded::max_tokens`].
+    pub fn facts<'a>(&'a self, step: &'a Step, input_tokens: u64) -> Facts<'a> {
+        Facts {
+            task: &step.task,
+            sensitivity: self.level,
+            input_tokens,
+            reasoning: step.reasoning,
+            latency: step.latency,
+            tags: &self.tags,
+            pin: step.model.as_deref(),
+            max_output_tokens: u64::from(step.max_output_tokens()),
+            calls: self.call_count(),
+        }
+    }
+}
+
+/// The workflow's tags and the step's, merged.
+pub fn tags(workflow: &Workflow, step: &Step) -> BTreeSet<String> {
+    workflow
+        .tags
+        .iter()
+        .chain(step.tags.iter())
+        .cloned()
+        .collect()
+}
+
+/// Which step, with what values.
+pub struct Scope<'a> {
+    pub analysis: &'a Analysis,
+    pub policy: &'a Policy,
+    /// The step's index in `analysis.steps`.
+    pub index: usize,
+    /// Every input's value; the context takes only what the step reads.
+    pub inputs: &'a Map<String, Value>,
+    /// Effective sensitivity levels, by step index.
+    pub levels: &'a [usize],
+    pub upstream: Upstream<'a>,
+}
+
+impl Scope<'_> {
+    fn info(&self) -> &StepInfo {
+        &self.analysis.steps[self.index]
+    }
+
+    /// The render context for one item: exactly what the analysis says the
+    /// step reads.
+    fn context(&self, item: Option<&Value>) -> Value {
+        self.info().context(
+            self.inputs,
+            |dep| match &self.upstream {
+                Upstream::Real(outputs) => outputs.get(dep).cloned().unwrap_or(Value::Null),
+                Upstream::Estimated(e) => e.output(dep),
+            },
+            item,
+        )
+    }
+
+    /// The estimates `s` reads, if it reads upstream outputs and they are
+    /// estimates (only then does it matter: real values can be evaluated).
+    fn estimates_read(&self, s: &Source) -> Result<Option<&dyn Estimates>, StepError> {
+        let Upstream::Estimated(e) = &self.upstream else {
+            return Ok(None);
+        };
+        let refs = s
+            .references(&self.analysis.env)
+            .map_err(|e| self.template(s, e, "an expression"))?;
+        Ok(refs.iter().any(|r| r.starts_with("steps.")).then_some(*e))
+    }
+
+    fn template(&self, source: &Source, error: minijinja::Error, what: &'static str) -> StepError {
+        StepError::Template {
+            step: self.info().id.clone(),
+            source: source.clone(),
+            error,
+            what,
+        }
+    }
+}
+
+/// Why a step cannot be expanded: bad input, located in its template.
+#[derive(Debug)]
+pub enum StepError {
+    /// A template or expression failed to evaluate or render.
+    Template {
+        step: String,
+        source: Source,
+        error: minijinja::Error,
+        /// Which of the step's templates (`` `when` ``, `the prompt`, …).
+        what: &'static str,
+    },
+    /// It evaluated, to something the step cannot use.
+    Invalid {
+        source: Source,
+        message: String,
+        help: &'static str,
+    },
+}
+
+impl StepError {
+    /// The located diagnostic (`plan` reports it; `run` shows its message).
+    pub fn diagnostic(&self, doc: &Document) -> Diagnostic {
+        match self {
+            StepError::Template {
+                step,
+                source,
+                error,
+                what,
+            } => source.error(doc, error, &format!("{what} of step `{step}`")),
+            StepError::Invalid {
+                source,
+                message,
+                help,
+            } => Diagnostic::error("plan", message.clone())
+                .at(source.span(doc, 0, source.text.len()))
+                .with_help(*help),
+        }
+    }
+
+    /// The one wording of the error, for a step's report.
+    pub fn message(&self, doc: &Document) -> String {
+        self.diagnostic(doc).message
+    }
+}
+
+/// Expands a step: decides `when` (unless `inherited`, what its
+/// dependencies already decided, skips it), expands `for_each` and renders
+/// every call, within the bounds of [`template`].
+pub fn expand(scope: &Scope<'_>, inherited: When) -> Result<Expanded, StepError> {
+    let info = scope.info();
+    let step = &scope.analysis.workflow.value.steps[&info.id];
+    let level = scope.levels[scope.index];
+    let mut out = Expanded {
+        when: inherited,
+        fan_out: None,
+        calls: Vec::new(),
+        level,
+        rendered_level: level,
+        tags: tags(&scope.analysis.workflow.value, step),
+        max_tokens: Default::default(),
+    };
+    let base = scope.context(None);
+    out.when = decide(scope, out.when, &base)?;
+    if out.when.is_skipped() && matches!(scope.upstream, Upstream::Real(_)) {
+        return Ok(out);
+    }
+    let items = match items(scope, &base)? {
+        Items::One => vec![None],
+        Items::List(list, fan_out) => {
+            let empty = list.is_empty();
+            out.fan_out = Some(fan_out);
+            if empty {
+                // Nothing to render: the step makes no call.
+                if !out.when.is_skipped() {
+                    out.when = When::Skipped("for_each list is empty".to_owned());
+                }
+                return Ok(out);
+            }
+            list.into_iter().map(Some).collect()
+        }
+    };
+    let (calls, rendered_level) = render(scope, &items)?;
+    out.calls = calls;
+    out.rendered_level = rendered_level;
+    Ok(out)
+}
+
+/// `when`, over the step's base context.
+fn decide(scope: &Scope<'_>, inherited: When, base: &Value) -> Result<When, StepError> {
+    let Some(when) = &scope.info().when else {
+        return Ok(inherited);
+    };
+    if inherited.is_skipped() {
+        return Ok(inherited);
+    }
+    if scope.estimates_read(when)?.is_some() {
+        return Ok(When::Conditional(format!("when: {}", when.text.trim())));
+    }
+    let v = template::eval(&scope.analysis.env, &when.text, base)
+        .map_err(|e| scope.template(when, e, "`when`"))?;
+    Ok(if v.is_true() {
+        inherited
+    } else {
+        When::Skipped(format!("when is false: {}", when.text.trim()))
+    })
+}
+
+enum Items {
+    /// No `for_each`: one call.
+    One,
+    List(Vec<Value>, FanOut),
+}
+
+/// `for_each`, over the step's base context.
+fn items(scope: &Scope<'_>, base: &Value) -> Result<Items, StepError> {
+    let Some(fe) = &scope.info().for_each else {
+        return Ok(Items::One);
+    };
+    let env = &scope.analysis.env;
+    if let Some(estimates) = scope.estimates_read(fe)? {
+        // The list comes from upstream outputs: evaluated over their
+        // estimates, which have the right shape (a sample per schema, one
+        // entry per known fan-out item); its size is known only at run time.
+        let list = match template::eval_list(env, &fe.text, base).ok() {
+            Some(Value::Array(list)) if !list.is_empty() => list,
+            _ => {
+                let source = fe
+                    .references(env)
+                    .ok()
+                    .and_then(|r| {
+                        r.iter().find_map(|r| {
+                            r.strip_prefix("steps.")
+                                .and_then(|x| x.split('.').next())
+                                .map(str::to_owned)
+                        })
+                    })
+                    .unwrap_or_default();
+                vec![estimates.unknown_item(&source)]
+            }
+        };
+        let fan_out = FanOut {
+            items: list.len() as u64,
+            known: false,
+        };
+        return Ok(Items::List(list, fan_out));
+    }
+    let list = template::eval_list(env, &fe.text, base)
+        .map_err(|e| scope.template(fe, e, "`for_each`"))?;
+    let Value::Array(list) = list else {
+        return Err(StepError::Invalid {
+            source: fe.clone(),
+            message: format!(
+                "`for_each` of step `{}` must give a list, got {}",
+                scope.info().id,
+                kind_of(&list)
+            ),
+            help: "for_each takes an expression such as `inputs.files` that evaluates to a list",
+        });
+    };
+    let fan_out = FanOut {
+        items: list.len() as u64,
+        known: true,
+    };
+    Ok(Items::List(list, fan_out))
+}
+
+/// Every call's system prompt and prompt, and the level of what they hold.
+fn render(
+    scope: &Scope<'_>,
+    items: &[Option<Value>],
+) -> Result<(Vec<RenderedCall>, usize), StepError> {
+    let info = scope.info();
+    let env = &scope.analysis.env;
+    let own = scope.levels[scope.index];
+    let mut level = own;
+    let mut calls = Vec::with_capacity(items.len());
+    let mut total = 0usize;
+    for item in items {
+        let ctx = scope.context(item.as_ref());
+        level = level.max(crate::sensitivity::of_context(
+            &ctx,
+            own,
+            scope.analysis,
+            scope.policy,
+            scope.levels,
+        ));
+        let system = info
+            .system
+            .as_ref()
+            .map(|s| {
+                template::render(env, &s.text, &ctx)
+                    .map_err(|e| scope.template(s, e, "the system prompt"))
+            })
+            .transpose()?;
+        let prompt = template::render(env, &info.prompt.text, &ctx)
+            .map_err(|e| scope.template(&info.prompt, e, "the prompt"))?;
+        let call = RenderedCall { system, prompt };
+        total += call.len();
+        if total > template::MAX_STEP_RENDERED_BYTES {
+            return Err(StepError::Invalid {
+                source: info.prompt.clone(),
+                message: format!(
+                    "the calls of step `{}` render more than {} bytes together",
+                    info.id,
+                    template::MAX_STEP_RENDERED_BYTES
+                ),
+                help: "a step's prompts (one per for_each item) are bounded as a whole: fan out over fewer or smaller items",
+            });
+        }
+        calls.push(call);
+    }
+    Ok((calls, level))
+}
+
+/// What kind of value a `for_each` gave, for its error.
+fn kind_of(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "nothing",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "a mapping",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::diagnostic::SourceFile;
+    use crate::schema::Format;
+    use serde_json::json;
+
+    fn analysis(steps: &str) -> Analysis {
+        let text = format!(
+            "version: 1\nname: t\ninputs:\n  files: {{type: array}}\n  flag: {{type: boolean}}\n  secret: {{type: string, sensitivity: confidential}}\nsteps:\n{steps}"
+        );
+        let doc = Document::parse(SourceFile::new("w.yaml", text)).unwrap();
+        let w = crate::workflow::from_document::<Workflow>(doc, Format::Workflow).unwrap();
+        crate::analyze::analyze(w, &std::env::temp_dir()).unwrap()
+    }
+
+    fn policy() -> Policy {
+        let doc = Document::parse(SourceFile::new(
+            "p.yaml",
+            "version: 1\nsensitivity: {levels: [public, internal, confidential], cloud_max: internal}\nproviders: {o: {kind: openai-compatible, base_url: 'http://127.0.0.1:1/v1'}}\nmodels: {m: {provider: o, model: x, tier: local, context_window: 1000}}\nrules: [{name: all, use: m}]\n",
+        ))
+        .unwrap();
+        let f: crate::workflow::Loaded<crate::policy::PolicyFile> =
+            crate::workflow::from_document(doc, Format::Policy).unwrap();
+        crate::policy::compile(&f.value, &f.doc, crate::catalog::Catalog::builtin()).0
+    }
+
+    struct Marks;
+
+    impl Estimates for Marks {
+        fn output(&self, dep: &str) -> Value {
+            json!({"label": format!("<{dep}>")})
+        }
+
+        fn unknown_item(&self, dep: &str) -> Value {
+            json!(format!("<item of {dep}>"))
+        }
+    }
+
+    /// Expands step `id` with `inputs` and, for its upstream, `real`
+    /// outputs (or the estimates when `None`).
+    fn expand_with(
+        a: &Analysis,
+        id: &str,
+        inputs: Value,
+        real: Option<&Map<String, Value>>,
+    ) -> Result<Expanded, StepError> {
+        let p = policy();
+        let levels = crate::sensitivity::propagate(a, &p)
+            .into_iter()
+            .map(|e| e.level)
+            .collect::<Vec<_>>();
+        let inputs = inputs.as_object().cloned().unwrap_or_default();
+        let scope = Scope {
+            analysis: a,
+            policy: &p,
+            index: a.steps.get_index_of(id).unwrap(),
+            inputs: &inputs,
+            levels: &levels,
+            upstream: match real {
+                Some(r) => Upstream::Real(r),
+                None => Upstream::Estimated(&Marks),
+            },
+        };
+        expand(&scope, When::Runs)
+    }
+
+    #[test]
+    fn for_each_renders_one_call_per_item_in_order() {
+        let a = analysis(
+            "  s: {task: t, for_each: inputs.files, system: 'S', prompt: 'file {{ item }}'}\n",
+        );
+        let e = expand_with(&a, "s", json!({"files": ["a", "b"]}), Some(&Map::new())).unwrap();
+        assert_eq!(e.when, When::Runs);
+        assert_eq!(
+            e.fan_out,
+            Some(FanOut {
+                items: 2,
+                known: true
+            })
+        );
+        let prompts: Vec<&str> = e.calls.iter().map(|c| c.prompt.as_str()).collect();
+        assert_eq!(prompts, ["file a", "file b"]);
+        assert_eq!(e.calls[0].messages().collect::<Vec<_>>(), ["S", "file a"]);
+        assert_eq!(e.call_count(), 2);
+    }
+
+    #[test]
+    fn an_empty_list_skips_and_a_non_list_is_a_located_error() {
+        let a = analysis("  s: {task: t, for_each: inputs.files, prompt: '{{ item }}'}\n");
+        let e = expand_with(&a, "s", json!({"files": []}), Some(&Map::new())).unwrap();
+        assert_eq!(e.when, When::Skipped("for_each list is empty".into()));
+        assert!(e.calls.is_empty());
+        let err = expand_with(&a, "s", json!({"files": "x"}), Some(&Map::new())).unwrap_err();
+        let d = err.diagnostic(a.doc());
+        assert_eq!(
+            d.message,
+            "`for_each` of step `s` must give a list, got a string"
+        );
+        assert!(d.span.is_some(), "located");
+    }
+
+    #[test]
+    fn when_skips_a_run_before_rendering_but_the_plan_still_renders() {
+        // The prompt would fail to render (`item` outside for_each): a
+        // skipped step in a run never gets that far; the plan reports it.
+        let a = analysis("  s: {task: t, when: inputs.flag, prompt: '{{ inputs.files[5] }}'}\n");
+        let e = expand_with(
+            &a,
+            "s",
+            json!({"flag": false, "files": []}),
+            Some(&Map::new()),
+        )
+        .unwrap();
+        assert_eq!(e.when, When::Skipped("when is false: inputs.flag".into()));
+        assert!(e.calls.is_empty());
+        let err = expand_with(&a, "s", json!({"flag": false, "files": []}), None).unwrap_err();
+        assert!(
+            err.message(a.doc()).contains("the prompt of step `s`"),
+            "{}",
+            err.message(a.doc())
+        );
+    }
+
+    #[test]
+    fn upstream_conditions_are_conditional_in_the_plan_and_decided_in_the_run() {
+        let a = analysis(
+            "  up: {task: t, prompt: p, output: {schema: {type: object, properties: {label: {type: string}, items: {type: array}}}}}\n  s: {task: t, when: \"steps.up.output.label == 'bug'\", for_each: 'steps.up.output.items', prompt: '{{ item }}'}\n",
+        );
+        let e = expand_with(&a, "s", json!({}), None).unwrap();
+        assert_eq!(
+            e.when,
+            When::Conditional("when: steps.up.output.label == 'bug'".into())
+        );
+        // The estimate has no `items`: one stand-in item, size unknown.
+        assert_eq!(
+            e.fan_out,
+            Some(FanOut {
+                items: 1,
+                known: false
+            })
+        );
+        assert_eq!(e.calls[0].prompt, "<item of up>");
+        let mut real = Map::new();
+        real.insert("up".into(), json!({"label": "bug", "items": [1, 2, 3]}));
+        let e = expand_with(&a, "s", json!({}), Some(&real)).unwrap();
+        assert_eq!(e.when, When::Runs);
+        assert_eq!(
+            e.fan_out,
+            Some(FanOut {
+                items: 3,
+                known: true
+            })
+        );
+        real.insert("up".into(), json!({"label": "feature", "items": [1]}));
+        let e = expand_with(&a, "s", json!({}), Some(&real)).unwrap();
+        assert!(e.when.is_skipped());
+    }
+
+    #[test]
+    fn template_errors_name_the_template_and_the_step() {
+        let a = analysis("  s: {task: t, when: 'inputs.flag.nope.deeper', prompt: p}\n");
+        let err = expand_with(&a, "s", json!({"flag": true}), Some(&Map::new())).unwrap_err();
+        assert!(
+            err.message(a.doc()).contains("`when` of step `s`"),
+            "{}",
+            err.message(a.doc())
+        );
+    }
+
+    #[test]
+    fn tags_merge_and_the_label_is_what_was_rendered() {
+        let a = analysis("  s: {task: t, tags: [b, a], prompt: '{{ inputs.secret }}'}\n");
+        let e = expand_with(&a, "s", json!({"secret": "x"}), Some(&Map::new())).unwrap();
+        assert_eq!(e.tags.iter().collect::<Vec<_>>(), ["a", "b"]);
+        assert_eq!(e.rendered_level, 2, "confidential");
+        let step = &a.workflow.value.steps["s"];
+        let f = e.facts(step, 7);
+        assert_eq!((f.sensitivity, f.input_tokens, f.calls), (2, 7, 1));
+    }
+
+    #[test]
+    fn the_largest_call_is_counted_once_per_tokenizer() {
+        let a = analysis("  s: {task: t, for_each: inputs.files, prompt: '{{ item }}'}\n");
+        let e = expand_with(
+            &a,
+            "s",
+            json!({"files": ["one", "one two three four five"]}),
+            Some(&Map::new()),
+        )
+        .unwrap();
+        let big = tokens::count_chat(Tokenizer::O200kBase, &["one two three four five"]) as u64;
+        assert_eq!(e.max_tokens(Tokenizer::O200kBase), big);
+        assert!(e.max_tokens[0].get().is_some() && e.max_tokens[1].get().is_none());
+        assert_eq!(e.max_tokens(Tokenizer::O200kBase), big);
+    }
+}
