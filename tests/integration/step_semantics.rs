@@ -31,7 +31,7 @@ use tollgate::workflow::{self, Loaded};
 use tollgate::yaml::Document;
 use tollgate::{analyze, inputs};
 
-use crate::root;
+use crate::support::root;
 
 /// Local models on the fake (a local model passes every sensitivity gate):
 /// one for steps tagged `few-shot` — by the workflow or the step, so the
