@@ -9,12 +9,21 @@
 //! The pipeline, one module per stage:
 //!
 //! 1. **load** — [`yaml`] (YAML with a span for every node), [`schema`]
-//!    (JSON Schema), [`workflow`] / [`policy`] (typed files);
+//!    (JSON Schema), [`workflow`] / [`policy`] (typed files), every read
+//!    through [`files`];
 //! 2. **validate** — [`analyze`] (templates, references, the DAG in
 //!    [`graph`]), [`policy::compile`] (names, prices, rule reachability);
 //! 3. **plan** — [`inputs`], [`sensitivity`], [`route`], [`plan`], priced
-//!    from the [`catalog`] with token counts from [`tokens`];
-//! 4. **report** — [`render`] and the [`cli`].
+//!    by [`cost`] from the [`catalog`] with token counts from [`tokens`];
+//! 4. **execute** — [`run`] over the HTTP clients of [`provider`], with the
+//!    run journal ([`journal`]) for resume, the response cache and budgets
+//!    over time; [`eval`] runs suites of cases through the same executor;
+//! 5. **report** — [`render`], [`progress`] and the [`cli`].
+//!
+//! Below them all, vocabulary shared across layers: [`usage`] (token counts
+//! and cache lifetimes, which the providers report and `cost` prices),
+//! [`process`] (is a process still alive), [`diagnostic`]. No module imports
+//! one that imports it back (`tests/integration/architecture.rs` checks).
 //!
 //! Everything before the provider layer is synchronous and does no network
 //! I/O; every problem found is a [`diagnostic::Diagnostic`] with a location.
@@ -37,6 +46,7 @@ pub mod inputs;
 pub mod journal;
 pub mod plan;
 pub mod policy;
+pub mod process;
 pub mod progress;
 pub mod provider;
 pub mod render;
@@ -46,5 +56,6 @@ pub mod schema;
 pub mod sensitivity;
 pub mod template;
 pub mod tokens;
+pub mod usage;
 pub mod workflow;
 pub mod yaml;

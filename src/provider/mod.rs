@@ -53,7 +53,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
 use serde_json::Value;
 
-pub use crate::policy::ProviderKind;
+pub use crate::policy::{LimitOverrides, ProviderKind};
 
 pub mod anthropic;
 pub mod batch;
@@ -94,7 +94,7 @@ impl Message {
     }
 }
 
-pub use crate::policy::CacheTtl;
+pub use crate::usage::{CacheTtl, Usage};
 
 /// Which OpenAI-compatible route a request goes to.
 ///
@@ -185,47 +185,6 @@ impl ChatRequest {
     }
 }
 
-/// Token counts normalised across providers, so budgets and prices can be
-/// computed the same way for all of them.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
-#[serde(default)]
-pub struct Usage {
-    /// All input tokens, including cache reads and writes. Anthropic reports
-    /// these three separately; they are added up here.
-    pub input_tokens: u64,
-    /// All output tokens, including reasoning. Gemini reports thoughts
-    /// separately; they are added here.
-    pub output_tokens: u64,
-    /// Input tokens read from the prompt cache (a subset of `input_tokens`).
-    pub cached_input_tokens: u64,
-    /// Input tokens written to the prompt cache (a subset of `input_tokens`).
-    pub cache_write_tokens: u64,
-    /// Of `cache_write_tokens`, those written with Anthropic's 1-hour TTL,
-    /// billed at 2× input instead of 1.25× (Anthropic's
-    /// `cache_creation.ephemeral_1h_input_tokens`; 0 elsewhere).
-    pub cache_write_1h_tokens: u64,
-    /// Reasoning tokens (a subset of `output_tokens`); 0 where the provider
-    /// does not report them separately.
-    pub reasoning_tokens: u64,
-}
-
-impl std::ops::AddAssign for Usage {
-    fn add_assign(&mut self, o: Usage) {
-        // Saturating: the counts are a server's word until `cost::charge`
-        // has judged them, and a sum must not overflow on the way.
-        self.input_tokens = self.input_tokens.saturating_add(o.input_tokens);
-        self.output_tokens = self.output_tokens.saturating_add(o.output_tokens);
-        self.cached_input_tokens = self
-            .cached_input_tokens
-            .saturating_add(o.cached_input_tokens);
-        self.cache_write_tokens = self.cache_write_tokens.saturating_add(o.cache_write_tokens);
-        self.cache_write_1h_tokens = self
-            .cache_write_1h_tokens
-            .saturating_add(o.cache_write_1h_tokens);
-        self.reasoning_tokens = self.reasoning_tokens.saturating_add(o.reasoning_tokens);
-    }
-}
-
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ChatResponse {
     /// The generated text, without any reasoning/thinking content.
@@ -313,6 +272,31 @@ pub enum ErrorKind {
     /// request was never recorded. Nothing was sent anywhere.
     NotRecorded,
     Other,
+}
+
+impl ErrorKind {
+    /// The kind's name as serialized (`rate_limited`): what the journal's
+    /// `outcome` column, reports and `run.json` say.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::RateLimited => "rate_limited",
+            ErrorKind::Overloaded => "overloaded",
+            ErrorKind::Server => "server",
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::Connect => "connect",
+            ErrorKind::ContextLength => "context_length",
+            ErrorKind::Auth => "auth",
+            ErrorKind::BadRequest => "bad_request",
+            ErrorKind::NotFound => "not_found",
+            ErrorKind::StreamBroken => "stream_broken",
+            ErrorKind::Malformed => "malformed",
+            ErrorKind::Blocked => "blocked",
+            ErrorKind::ResponseTooLarge => "response_too_large",
+            ErrorKind::Redirect => "redirect",
+            ErrorKind::NotRecorded => "not_recorded",
+            ErrorKind::Other => "other",
+        }
+    }
 }
 
 /// Bodies are cut to this many bytes: enough to diagnose, small enough to log.
@@ -458,23 +442,6 @@ impl ClientConfig {
     pub fn with_api_key(mut self, key: impl Into<String>) -> Self {
         self.api_key = Some(SecretString::from(key.into()));
         self
-    }
-}
-
-/// The policy's overrides of a call's [`ResponseLimits`].
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct LimitOverrides {
-    pub max_response_bytes: Option<u64>,
-    pub max_stream_events: Option<u64>,
-}
-
-impl LimitOverrides {
-    /// `self`'s values, else `other`'s.
-    pub fn or(self, other: LimitOverrides) -> LimitOverrides {
-        LimitOverrides {
-            max_response_bytes: self.max_response_bytes.or(other.max_response_bytes),
-            max_stream_events: self.max_stream_events.or(other.max_stream_events),
-        }
     }
 }
 
@@ -1349,6 +1316,32 @@ pub(crate) fn str_at<'a>(v: &'a Value, pointer: &str) -> Option<&'a str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `as_str` says what serde says, so the journal's text and `run.json`
+    /// agree.
+    #[test]
+    fn error_kind_names_are_their_serialized_names() {
+        for kind in [
+            ErrorKind::RateLimited,
+            ErrorKind::Overloaded,
+            ErrorKind::Server,
+            ErrorKind::Timeout,
+            ErrorKind::Connect,
+            ErrorKind::ContextLength,
+            ErrorKind::Auth,
+            ErrorKind::BadRequest,
+            ErrorKind::NotFound,
+            ErrorKind::StreamBroken,
+            ErrorKind::Malformed,
+            ErrorKind::Blocked,
+            ErrorKind::ResponseTooLarge,
+            ErrorKind::Redirect,
+            ErrorKind::NotRecorded,
+            ErrorKind::Other,
+        ] {
+            assert_eq!(serde_json::json!(kind), serde_json::json!(kind.as_str()));
+        }
+    }
     use serde_json::json;
 
     fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {

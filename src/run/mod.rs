@@ -30,7 +30,8 @@ use tokio::sync::mpsc::UnboundedSender;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-pub use batch::{BatchLedger, BatchRef, batch_key};
+pub use crate::journal::{BatchLedger, BatchRef};
+pub use batch::batch_key;
 pub use budget::{Budget, Hold, OutsideSpend, OverBudget, Period, PeriodCheck};
 pub use limits::CallLimits;
 
@@ -525,7 +526,9 @@ impl Shared {
             tokio::task::spawn_blocking(move || journal.record_call(&run_id, &record)).await;
         match written {
             Ok(Ok(())) => {}
-            Ok(Err(message)) => self.emit(Event::JournalError { message }),
+            Ok(Err(e)) => self.emit(Event::JournalError {
+                message: e.to_string(),
+            }),
             Err(e) => self.emit(Event::JournalError {
                 message: format!("run journal: {e}"),
             }),
@@ -540,8 +543,10 @@ impl Shared {
             .ok()
             .and_then(|v| v.as_str().map(str::to_owned))
             .unwrap_or_default();
-        if let Err(message) = j.journal.finish_step(&j.run_id, step, &status) {
-            self.emit(Event::JournalError { message });
+        if let Err(e) = j.journal.finish_step(&j.run_id, step, &status) {
+            self.emit(Event::JournalError {
+                message: e.to_string(),
+            });
         }
     }
 }
@@ -1855,8 +1860,10 @@ async fn cached(sh: &Shared, hash: &str) -> Option<crate::journal::CachedAnswer>
     let (db, key) = (Arc::clone(&j.journal), hash.to_owned());
     match tokio::task::spawn_blocking(move || db.cached_answer(&key, not_before)).await {
         Ok(Ok(hit)) => hit,
-        Ok(Err(message)) => {
-            sh.emit(Event::JournalError { message });
+        Ok(Err(e)) => {
+            sh.emit(Event::JournalError {
+                message: e.to_string(),
+            });
             None
         }
         Err(e) => {
