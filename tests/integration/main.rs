@@ -1,6 +1,7 @@
 //! One integration test binary (faster to link than many): each module is
 //! one area of behaviour a user relies on.
 
+mod architecture;
 mod batch;
 mod bounds;
 mod cli;
