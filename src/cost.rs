@@ -23,8 +23,72 @@
 //!   threshold only. `plan`, the budget's worst case and the ledger all price
 //!   through [`call_cost`], so they agree on the tier.
 
-use crate::policy::Price;
-use crate::provider::Usage;
+use serde::Serialize;
+
+use crate::usage::{CacheTtl, Usage};
+
+/// USD per token.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct Price {
+    pub input: f64,
+    pub output: f64,
+    pub cache_read: Option<f64>,
+    /// Writing a prompt-cache entry with the default (5-minute) lifetime.
+    pub cache_write: Option<f64>,
+    /// Writing one with Anthropic's 1-hour lifetime.
+    pub cache_write_1h: Option<f64>,
+    pub batch_input: Option<f64>,
+    pub batch_output: Option<f64>,
+    /// The long-context tier, if the model has one: a request whose prompt
+    /// is above its threshold is priced at its rates, every token of it.
+    /// This module is the one place that applies it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub long_context: Option<PriceTier>,
+}
+
+/// A long-context price tier (USD per token), from the catalog's
+/// `*_above_Nk_tokens` prices.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct PriceTier {
+    /// Applies when the prompt has more than this many tokens.
+    pub above_tokens: u64,
+    pub input: f64,
+    pub output: f64,
+    pub cache_read: Option<f64>,
+    pub cache_write: Option<f64>,
+    pub cache_write_1h: Option<f64>,
+    pub batch_input: Option<f64>,
+    pub batch_output: Option<f64>,
+}
+
+impl Price {
+    /// Plain (uncached, standard) price of a request, at the tier its
+    /// prompt size falls in.
+    pub fn cost(&self, input_tokens: u64, output_tokens: u64) -> f64 {
+        let p = tier_for(self, input_tokens);
+        input_tokens as f64 * p.input + output_tokens as f64 * p.output
+    }
+
+    /// The cost of a call from the usage a provider reported. Cached input
+    /// tokens are billed at the cache-read price and cache writes at the
+    /// cache-write price where the model has them, else at the input price.
+    /// (All writes at the 5-minute price; [`call_cost`] also
+    /// knows 1-hour writes and batch prices.)
+    pub fn usage_cost(&self, input: u64, cached: u64, cache_write: u64, output: u64) -> f64 {
+        let usage = Usage {
+            input_tokens: input,
+            output_tokens: output,
+            cached_input_tokens: cached,
+            cache_write_tokens: cache_write,
+            ..Default::default()
+        };
+        call_cost(self, &usage, Billing::Standard)
+    }
+
+    pub fn is_free(&self) -> bool {
+        self.input == 0.0 && self.output == 0.0
+    }
+}
 
 /// How a call was made, which decides its price list.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -133,7 +197,7 @@ pub fn worst_case(
     price: &Price,
     input: u64,
     max_output: u64,
-    cache: Option<crate::policy::CacheTtl>,
+    cache: Option<CacheTtl>,
     billing: Billing,
 ) -> f64 {
     let plain = Usage {
@@ -147,11 +211,7 @@ pub fn worst_case(
         Some(ttl) => {
             let written = Usage {
                 cache_write_tokens: input,
-                cache_write_1h_tokens: if ttl == crate::policy::CacheTtl::OneHour {
-                    input
-                } else {
-                    0
-                },
+                cache_write_1h_tokens: if ttl == CacheTtl::OneHour { input } else { 0 },
                 ..plain
             };
             cost.max(call_cost(price, &written, billing))
@@ -167,7 +227,7 @@ pub struct Asked {
     pub input_tokens: u64,
     /// The request's output limit.
     pub max_output: u64,
-    pub cache: Option<crate::policy::CacheTtl>,
+    pub cache: Option<CacheTtl>,
     pub billing: Billing,
     /// The answer's text as tollgate's tokenizer counts it (0 before an
     /// answer): that text was generated, so an output count far below it
@@ -348,13 +408,7 @@ mod tests {
         let p = price_of("claude-sonnet-4-6");
         let plain = worst_case(&p, 10_000, 200, None, Billing::Standard);
         assert!((plain - (10_000.0 * 3.0 + 200.0 * 15.0) / 1e6).abs() < 1e-12);
-        let one_hour = worst_case(
-            &p,
-            10_000,
-            200,
-            Some(crate::policy::CacheTtl::OneHour),
-            Billing::Standard,
-        );
+        let one_hour = worst_case(&p, 10_000, 200, Some(CacheTtl::OneHour), Billing::Standard);
         assert!(
             (one_hour - (10_000.0 * 6.0 + 200.0 * 15.0) / 1e6).abs() < 1e-12,
             "{one_hour}"
@@ -363,7 +417,7 @@ mod tests {
             &p,
             10_000,
             200,
-            Some(crate::policy::CacheTtl::FiveMinutes),
+            Some(CacheTtl::FiveMinutes),
             Billing::Standard,
         );
         assert!(
@@ -385,7 +439,7 @@ mod tests {
             cache_write_1h: e.cache_write_1h_per_token,
             batch_input: e.batch_input_per_token,
             batch_output: e.batch_output_per_token,
-            long_context: e.long_context.as_ref().map(crate::policy::PriceTier::from),
+            long_context: e.long_context.as_ref().map(PriceTier::from),
         }
     }
 
@@ -505,13 +559,7 @@ mod tests {
         }
         // The worst case and the list price use the same tier.
         let haiku = price_of("claude-haiku-5-5");
-        let worst = worst_case(
-            &haiku,
-            150_000,
-            1000,
-            Some(crate::policy::CacheTtl::OneHour),
-            Standard,
-        );
+        let worst = worst_case(&haiku, 150_000, 1000, Some(CacheTtl::OneHour), Standard);
         // 150000×1.0 + 1000×2.5 = 152500 µ$.
         assert!((worst - 0.1525).abs() < 1e-9, "{worst}");
         let gpt = price_of("gpt-5.4");
@@ -524,7 +572,7 @@ mod tests {
             input: 1e-6,
             output: 2e-6,
             cache_read: Some(1e-7),
-            long_context: Some(crate::policy::PriceTier {
+            long_context: Some(PriceTier {
                 above_tokens: 1000,
                 input: 2e-6,
                 output: 3e-6,

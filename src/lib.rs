@@ -9,13 +9,22 @@
 //! The pipeline, one module per stage:
 //!
 //! 1. **load** — [`yaml`] (YAML with a span for every node), [`schema`]
-//!    (JSON Schema), [`workflow`] / [`policy`] (typed files);
+//!    (JSON Schema), [`workflow`] / [`policy`] (typed files), every read
+//!    through [`files`];
 //! 2. **validate** — [`analyze`] (templates, references, the DAG in
 //!    [`graph`]), [`policy::compile`] (names, prices, rule reachability);
 //! 3. **plan** — [`inputs`], [`sensitivity`], [`step`] (a step's meaning,
-//!    shared with `run`), [`route`], [`plan`], priced from the [`catalog`]
-//!    with token counts from [`tokens`];
-//! 4. **report** — [`render`] and the [`cli`].
+//!    shared with `run`), [`route`], [`plan`], priced by [`cost`] from the
+//!    [`catalog`] with token counts from [`tokens`];
+//! 4. **execute** — [`run`] over the HTTP clients of [`provider`], with the
+//!    run journal ([`journal`]) for resume, the response cache and budgets
+//!    over time; [`eval`] runs suites of cases through the same executor;
+//! 5. **report** — [`render`], [`progress`] and the [`cli`].
+//!
+//! Below them all, vocabulary shared across layers: [`usage`] (token counts
+//! and cache lifetimes, which the providers report and `cost` prices),
+//! [`process`] (is a process still alive), [`diagnostic`]. No module imports
+//! one that imports it back (`tests/integration/architecture.rs` checks).
 //!
 //! Everything before the provider layer is synchronous and does no network
 //! I/O; every problem found is a [`diagnostic::Diagnostic`] with a location.
@@ -36,8 +45,10 @@ pub mod files;
 pub mod graph;
 pub mod inputs;
 pub mod journal;
+pub mod outcome;
 pub mod plan;
 pub mod policy;
+pub mod process;
 pub mod progress;
 pub mod provider;
 pub mod render;
@@ -48,5 +59,6 @@ pub mod sensitivity;
 pub mod step;
 pub mod template;
 pub mod tokens;
+pub mod usage;
 pub mod workflow;
 pub mod yaml;

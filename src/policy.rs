@@ -14,9 +14,11 @@ use indexmap::IndexMap;
 use serde::{Deserialize, Serialize};
 
 use crate::catalog::Catalog;
+pub use crate::cost::{Price, PriceTier};
 use crate::diagnostic::{Diagnostic, did_you_mean, one_of};
 use crate::schema::Format;
 use crate::tokens::{self, Tokenizer};
+pub use crate::usage::CacheTtl;
 use crate::workflow::{Latency, Loaded, Reasoning, from_document, load_document};
 use crate::yaml::{Document, pointer};
 
@@ -89,27 +91,6 @@ pub struct PromptCacheFile {
     pub min_tokens: Option<u64>,
 }
 
-/// How long Anthropic keeps a cached prompt prefix. The 1 h entry costs 2×
-/// base input to write (5 min: 1.25×), so it only pays off for prefixes
-/// reused across a long run.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
-pub enum CacheTtl {
-    #[default]
-    #[serde(rename = "5m")]
-    FiveMinutes,
-    #[serde(rename = "1h")]
-    OneHour,
-}
-
-impl CacheTtl {
-    pub fn name(self) -> &'static str {
-        match self {
-            CacheTtl::FiveMinutes => "5m",
-            CacheTtl::OneHour => "1h",
-        }
-    }
-}
-
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LaunchFile {
@@ -159,10 +140,28 @@ pub struct Limits {
 
 impl Limits {
     /// The response limits a policy sets here.
-    pub fn response(&self) -> crate::provider::LimitOverrides {
-        crate::provider::LimitOverrides {
+    pub fn response(&self) -> LimitOverrides {
+        LimitOverrides {
             max_response_bytes: self.max_response_bytes,
             max_stream_events: self.max_stream_events,
+        }
+    }
+}
+
+/// The policy's overrides of a call's response limits
+/// ([`crate::provider::ResponseLimits`]); unset ones are sized per call.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LimitOverrides {
+    pub max_response_bytes: Option<u64>,
+    pub max_stream_events: Option<u64>,
+}
+
+impl LimitOverrides {
+    /// `self`'s values, else `other`'s.
+    pub fn or(self, other: LimitOverrides) -> LimitOverrides {
+        LimitOverrides {
+            max_response_bytes: self.max_response_bytes.or(other.max_response_bytes),
+            max_stream_events: self.max_stream_events.or(other.max_stream_events),
         }
     }
 }
@@ -398,40 +397,6 @@ pub struct Provider {
     pub insecure: bool,
 }
 
-/// USD per token.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
-pub struct Price {
-    pub input: f64,
-    pub output: f64,
-    pub cache_read: Option<f64>,
-    /// Writing a prompt-cache entry with the default (5-minute) lifetime.
-    pub cache_write: Option<f64>,
-    /// Writing one with Anthropic's 1-hour lifetime.
-    pub cache_write_1h: Option<f64>,
-    pub batch_input: Option<f64>,
-    pub batch_output: Option<f64>,
-    /// The long-context tier, if the model has one: a request whose prompt
-    /// is above its threshold is priced at its rates, every token of it.
-    /// [`crate::cost`] is the one place that applies it.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub long_context: Option<PriceTier>,
-}
-
-/// A long-context price tier (USD per token), from the catalog's
-/// `*_above_Nk_tokens` prices.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
-pub struct PriceTier {
-    /// Applies when the prompt has more than this many tokens.
-    pub above_tokens: u64,
-    pub input: f64,
-    pub output: f64,
-    pub cache_read: Option<f64>,
-    pub cache_write: Option<f64>,
-    pub cache_write_1h: Option<f64>,
-    pub batch_input: Option<f64>,
-    pub batch_output: Option<f64>,
-}
-
 impl From<&crate::catalog::CatalogTier> for PriceTier {
     fn from(t: &crate::catalog::CatalogTier) -> PriceTier {
         PriceTier {
@@ -444,35 +409,6 @@ impl From<&crate::catalog::CatalogTier> for PriceTier {
             batch_input: t.batch_input_per_token,
             batch_output: t.batch_output_per_token,
         }
-    }
-}
-
-impl Price {
-    /// Plain (uncached, standard) price of a request, at the tier its
-    /// prompt size falls in.
-    pub fn cost(&self, input_tokens: u64, output_tokens: u64) -> f64 {
-        let p = crate::cost::tier_for(self, input_tokens);
-        input_tokens as f64 * p.input + output_tokens as f64 * p.output
-    }
-
-    /// The cost of a call from the usage a provider reported. Cached input
-    /// tokens are billed at the cache-read price and cache writes at the
-    /// cache-write price where the model has them, else at the input price.
-    /// (All writes at the 5-minute price; [`crate::cost::call_cost`] also
-    /// knows 1-hour writes and batch prices.)
-    pub fn usage_cost(&self, input: u64, cached: u64, cache_write: u64, output: u64) -> f64 {
-        let usage = crate::provider::Usage {
-            input_tokens: input,
-            output_tokens: output,
-            cached_input_tokens: cached,
-            cache_write_tokens: cache_write,
-            ..Default::default()
-        };
-        crate::cost::call_cost(self, &usage, crate::cost::Billing::Standard)
-    }
-
-    pub fn is_free(&self) -> bool {
-        self.input == 0.0 && self.output == 0.0
     }
 }
 

@@ -22,122 +22,33 @@
 //! what was asked (model, messages, parameters), and keys live only in the
 //! provider layer's headers.
 
+mod batches;
+mod clock;
+mod error;
+mod records;
 pub mod report;
+mod schema;
+
+pub use batches::{BatchLedger, BatchRef};
+pub use clock::{Clock, Millis, format_day, format_time, parse_since, period_starts};
+pub use error::JournalError;
+pub use records::{
+    CachedAnswer, CallRecord, FinishedCall, NewRun, PlannedStep, RunRow, fingerprint, new_run,
+    policy_hash, prompt_hash, sha256_json,
+};
+use schema::SCHEMA_VERSION;
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
-use serde::Serialize;
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 
-use crate::provider::Usage;
+use crate::process::{own_start, process_alive_since};
+use crate::usage::Usage;
 
 /// The state folder's database file name.
 pub const DB_FILE: &str = "state.db";
-
-/// The schema version this build writes (`PRAGMA user_version`).
-const SCHEMA_VERSION: i64 = 1;
-
-const SCHEMA: &str = r#"
-CREATE TABLE IF NOT EXISTS runs (
-    id              TEXT PRIMARY KEY,
-    workflow        TEXT NOT NULL,
-    workflow_path   TEXT NOT NULL,
-    workflow_hash   TEXT NOT NULL,
-    policy          TEXT NOT NULL,
-    policy_path     TEXT NOT NULL,
-    policy_hash     TEXT NOT NULL,
-    inputs_hash     TEXT NOT NULL,
-    inputs          TEXT NOT NULL,
-    started_ms      INTEGER NOT NULL,
-    finished_ms     INTEGER,
-    status          TEXT NOT NULL,
-    steps_total     INTEGER NOT NULL,
-    estimate_usd    REAL NOT NULL,
-    estimate_max_usd REAL NOT NULL,
-    cost_usd        REAL NOT NULL DEFAULT 0,
-    pid             INTEGER NOT NULL,
-    -- The process's start time (clock ticks since boot): with the pid, an
-    -- identity a recycled pid (or a container's fixed pid 1) cannot fake.
-    pid_start       INTEGER,
-    sessions        INTEGER NOT NULL DEFAULT 1
-);
-CREATE INDEX IF NOT EXISTS runs_started ON runs(started_ms);
-CREATE TABLE IF NOT EXISTS steps (
-    run_id          TEXT NOT NULL REFERENCES runs(id),
-    step            TEXT NOT NULL,
-    status          TEXT NOT NULL,
-    planned_model   TEXT,
-    planned_calls   INTEGER NOT NULL,
-    estimate_usd    REAL NOT NULL,
-    estimate_max_usd REAL NOT NULL,
-    flagship_estimate_usd REAL NOT NULL,
-    finished_ms     INTEGER,
-    PRIMARY KEY (run_id, step)
-);
-CREATE TABLE IF NOT EXISTS calls (
-    id              INTEGER PRIMARY KEY,
-    run_id          TEXT NOT NULL REFERENCES runs(id),
-    session         TEXT NOT NULL,
-    step            TEXT NOT NULL,
-    item            INTEGER,
-    attempt         INTEGER NOT NULL,
-    request_hash    TEXT,
-    -- The rendered system prompt and prompt (hashed): a resume reuses this
-    -- call's answer only for the same prompt (upstream answers may differ).
-    prompt_hash     TEXT,
-    model           TEXT NOT NULL,
-    provider        TEXT NOT NULL,
-    provider_model  TEXT NOT NULL,
-    tier            TEXT NOT NULL,
-    local           INTEGER NOT NULL,
-    started_ms      INTEGER NOT NULL,
-    finished_ms     INTEGER NOT NULL,
-    latency_ms      INTEGER NOT NULL,
-    outcome         TEXT NOT NULL,
-    error           TEXT,
-    input_tokens    INTEGER NOT NULL DEFAULT 0,
-    output_tokens   INTEGER NOT NULL DEFAULT 0,
-    cached_tokens   INTEGER NOT NULL DEFAULT 0,
-    cache_write_tokens INTEGER NOT NULL DEFAULT 0,
-    reasoning_tokens INTEGER NOT NULL DEFAULT 0,
-    cache_write_1h_tokens INTEGER NOT NULL DEFAULT 0,
-    cost_usd        REAL NOT NULL DEFAULT 0,
-    list_cost_usd   REAL NOT NULL DEFAULT 0,
-    flagship_cost_usd REAL NOT NULL DEFAULT 0,
-    estimate_usd    REAL NOT NULL DEFAULT 0,
-    saved_usd       REAL NOT NULL DEFAULT 0,
-    batch           INTEGER NOT NULL DEFAULT 0,
-    from_cache      INTEGER NOT NULL DEFAULT 0,
-    cacheable       INTEGER NOT NULL DEFAULT 0,
-    response        TEXT,
-    output          TEXT,
-    -- Why the answer's usage or cost was not taken as-is (cost::charge).
-    usage_flag      TEXT
-);
-CREATE INDEX IF NOT EXISTS calls_run ON calls(run_id, step, item);
-CREATE INDEX IF NOT EXISTS calls_request ON calls(request_hash, finished_ms);
-CREATE INDEX IF NOT EXISTS calls_finished ON calls(finished_ms);
-CREATE TABLE IF NOT EXISTS holds (
-    id              INTEGER PRIMARY KEY,
-    session         TEXT NOT NULL,
-    pid             INTEGER NOT NULL,
-    pid_start       INTEGER,
-    amount_usd      REAL NOT NULL,
-    created_ms      INTEGER NOT NULL
-);
--- Provider batches submitted and not yet fetched (see run::BatchLedger):
--- an interrupted run resumes polling them instead of paying twice.
-CREATE TABLE IF NOT EXISTS batches (
-    key             TEXT PRIMARY KEY,
-    provider        TEXT NOT NULL,
-    batch_id        TEXT NOT NULL,
-    submitted_ms    INTEGER NOT NULL,
-    finished_ms     INTEGER
-);
-"#;
 
 /// A hold older than this is a leftover, whatever its process says (a
 /// recycled pid must not block budgets forever).
@@ -159,301 +70,6 @@ pub fn state_dir(flag: Option<&Path>) -> PathBuf {
         .find(|d| d.join(".git").exists())
         .unwrap_or(&cwd);
     root.join(".tollgate")
-}
-
-/// Milliseconds since the Unix epoch, from the journal's clock.
-pub type Millis = i64;
-
-/// The time every journal record is stamped with. The system clock, except
-/// in tests, which fix it (`TOLLGATE_TEST_NOW`) so budgets, the cache's TTL
-/// and reports are deterministic.
-#[derive(Debug, Clone, Copy)]
-pub enum Clock {
-    System,
-    Fixed(Millis),
-}
-
-impl Clock {
-    /// The system clock, unless `TOLLGATE_TEST_NOW` holds an RFC 3339 time.
-    pub fn from_env() -> Result<Clock, String> {
-        match std::env::var("TOLLGATE_TEST_NOW") {
-            Ok(v) if !v.is_empty() => {
-                let t: jiff::Timestamp = v
-                    .parse()
-                    .map_err(|e| format!("TOLLGATE_TEST_NOW={v}: not an RFC 3339 time: {e}"))?;
-                Ok(Clock::Fixed(t.as_millisecond()))
-            }
-            _ => Ok(Clock::System),
-        }
-    }
-
-    pub fn now(self) -> Millis {
-        match self {
-            Clock::Fixed(ms) => ms,
-            Clock::System => jiff::Timestamp::now().as_millisecond(),
-        }
-    }
-}
-
-/// The start of the UTC day and of the UTC month holding `ms`.
-pub fn period_starts(ms: Millis) -> (Millis, Millis) {
-    let t = jiff::Timestamp::from_millisecond(ms).unwrap_or(jiff::Timestamp::UNIX_EPOCH);
-    let date = jiff::tz::TimeZone::UTC.to_datetime(t).date();
-    (utc_midnight(date), utc_midnight(date.first_of_month()))
-}
-
-fn utc_midnight(d: jiff::civil::Date) -> Millis {
-    jiff::tz::TimeZone::UTC
-        .to_timestamp(d.to_datetime(jiff::civil::Time::midnight()))
-        .map_or(0, |t| t.as_millisecond())
-}
-
-/// `2026-11-26 10:45` (UTC).
-pub fn format_time(ms: Millis) -> String {
-    jiff::Timestamp::from_millisecond(ms)
-        .map(|t| t.strftime("%Y-%m-%d %H:%M").to_string())
-        .unwrap_or_default()
-}
-
-/// `2026-11-26` (UTC).
-pub fn format_day(ms: Millis) -> String {
-    jiff::Timestamp::from_millisecond(ms)
-        .map(|t| t.strftime("%Y-%m-%d").to_string())
-        .unwrap_or_default()
-}
-
-/// Parses `--since`: a duration back from now (`7d`, `12h`) or a UTC date
-/// (`2026-11-01`) or an RFC 3339 time.
-pub fn parse_since(text: &str, now: Millis) -> Result<Millis, String> {
-    if let Some(d) = crate::workflow::parse_duration(&Value::String(text.to_owned())) {
-        return Ok(now - d.as_millis() as i64);
-    }
-    if let Ok(date) = text.parse::<jiff::civil::Date>() {
-        return Ok(utc_midnight(date));
-    }
-    if let Ok(t) = text.parse::<jiff::Timestamp>() {
-        return Ok(t.as_millisecond());
-    }
-    Err(format!(
-        "--since {text}: use a duration back from now (7d, 12h) or a date (2026-11-01)"
-    ))
-}
-
-/// A hash of anything serialisable, as hex (for request and file identities).
-/// The identity of a workflow for `--resume`: its file and every prompt it
-/// renders (prompt files included). Answers to one version of a prompt must
-/// not be mixed with calls made for another.
-pub fn fingerprint(analysis: &crate::analyze::Analysis) -> String {
-    let prompts: Vec<[Option<&str>; 2]> = analysis
-        .steps
-        .values()
-        .map(|s| {
-            [
-                Some(s.prompt.text.as_str()),
-                s.system.as_ref().map(|x| x.text.as_str()),
-            ]
-        })
-        .collect();
-    sha256_json(&serde_json::json!({
-        "workflow": &*analysis.doc().file.text,
-        "prompts": prompts,
-    }))
-}
-
-/// The identity of a policy file (its text).
-pub fn policy_hash(path: &Path) -> String {
-    // Through the bounded reader: the path is the user's, read a second time.
-    let text = crate::files::read_text(path).unwrap_or_default();
-    sha256_json(&text)
-}
-
-/// A path as written in the journal: absolute where it exists.
-fn absolute(p: &Path) -> String {
-    std::fs::canonicalize(p)
-        .unwrap_or_else(|_| p.to_path_buf())
-        .display()
-        .to_string()
-}
-
-/// The journal's record of a run about to start.
-pub fn new_run(
-    analysis: &crate::analyze::Analysis,
-    workflow_path: &Path,
-    policy: &crate::policy::Policy,
-    policy_path: &Path,
-    inputs: &crate::inputs::Inputs,
-    plan: &crate::plan::Plan,
-) -> NewRun {
-    NewRun {
-        workflow: analysis.workflow.value.name.clone(),
-        workflow_path: absolute(workflow_path),
-        workflow_hash: fingerprint(analysis),
-        policy: policy.name.clone(),
-        policy_path: absolute(policy_path),
-        policy_hash: policy_hash(policy_path),
-        inputs: Value::Object(
-            inputs
-                .iter()
-                .map(|(k, v)| (k.clone(), v.value.clone()))
-                .collect(),
-        ),
-        estimate_usd: plan.totals.cost.low,
-        estimate_max_usd: plan.totals.cost.high,
-        steps: plan
-            .steps
-            .iter()
-            .map(|s| PlannedStep {
-                id: s.id.clone(),
-                model: s.model.as_ref().map(|m| m.alias.clone()),
-                calls: s.calls,
-                estimate_usd: s.cost.low,
-                estimate_max_usd: s.cost.high,
-                flagship_estimate_usd: s.flagship_cost.low,
-            })
-            .collect(),
-    }
-}
-
-/// Identifies what a call of a step was asked: its rendered system prompt
-/// and prompt. The model is left out — a resumed call may be routed to
-/// another model of the chain, and its journaled answer still stands.
-pub fn prompt_hash(system: Option<&str>, prompt: &str) -> String {
-    sha256_json(&serde_json::json!([system, prompt]))
-}
-
-pub fn sha256_json(v: &impl Serialize) -> String {
-    let bytes = serde_json::to_vec(v).unwrap_or_default();
-    format!("{:x}", Sha256::digest(&bytes))
-}
-
-/// What is known about a run when it starts.
-#[derive(Debug, Clone)]
-pub struct NewRun {
-    pub workflow: String,
-    pub workflow_path: String,
-    /// Identity of the workflow and its prompt files: a resume refuses to
-    /// mix answers to different prompts.
-    pub workflow_hash: String,
-    pub policy: String,
-    pub policy_path: String,
-    pub policy_hash: String,
-    /// The resolved inputs (a resume reads them back, so `@-` works too).
-    pub inputs: Value,
-    pub estimate_usd: f64,
-    pub estimate_max_usd: f64,
-    pub steps: Vec<PlannedStep>,
-}
-
-#[derive(Debug, Clone)]
-pub struct PlannedStep {
-    pub id: String,
-    pub model: Option<String>,
-    pub calls: u64,
-    pub estimate_usd: f64,
-    pub estimate_max_usd: f64,
-    pub flagship_estimate_usd: f64,
-}
-
-/// A run as the journal has it.
-#[derive(Debug, Clone, Serialize)]
-pub struct RunRow {
-    pub id: String,
-    pub workflow: String,
-    pub workflow_path: String,
-    #[serde(skip)]
-    pub workflow_hash: String,
-    pub policy: String,
-    pub policy_path: String,
-    #[serde(skip)]
-    pub policy_hash: String,
-    #[serde(skip)]
-    pub inputs: Value,
-    pub started: String,
-    pub started_ms: Millis,
-    pub finished_ms: Option<Millis>,
-    /// `running`, `succeeded`, `failed`, `cancelled`, `timed_out`, or
-    /// `interrupted` (journaled as running, but its process is gone).
-    pub status: String,
-    pub steps_done: u64,
-    pub steps_total: u64,
-    pub cost_usd: f64,
-    pub estimate_usd: f64,
-    #[serde(skip)]
-    pub pid: u32,
-    pub sessions: u32,
-}
-
-/// One attempt of one call, as it is written.
-#[derive(Debug, Clone, Default)]
-pub struct CallRecord {
-    pub step: String,
-    pub item: Option<usize>,
-    pub attempt: u32,
-    pub request_hash: Option<String>,
-    /// See [`prompt_hash`].
-    pub prompt_hash: Option<String>,
-    pub model: String,
-    pub provider: String,
-    pub provider_model: String,
-    pub tier: String,
-    pub local: bool,
-    pub started_ms: Millis,
-    pub latency_ms: u64,
-    /// `ok`, `cached`, `invalid_output`, `truncated`, `over_budget`, or a
-    /// provider error kind.
-    pub outcome: String,
-    pub error: Option<String>,
-    pub usage: Usage,
-    pub cost_usd: f64,
-    /// The same usage at the model's standard (non-batch) prices.
-    pub list_cost_usd: f64,
-    /// The same usage on the policy's flagship model.
-    pub flagship_cost_usd: f64,
-    /// The plan's expected cost of this call.
-    pub estimate_usd: f64,
-    /// A cache hit: what the answer cost when it was first bought.
-    pub saved_usd: f64,
-    /// Sent through a provider's batch API (at its batch price).
-    pub batch: bool,
-    pub from_cache: bool,
-    /// May answer identical requests later: a whole, valid answer.
-    pub cacheable: bool,
-    /// The raw answer text (what the cache serves).
-    pub response: Option<String>,
-    /// The call's final output; set only when this attempt finished it.
-    pub output: Option<Value>,
-    /// Why the answer's usage or cost was not taken as-is (see
-    /// [`crate::cost::charge`]); `tollgate report` counts these calls.
-    pub usage_flag: Option<String>,
-}
-
-/// A call a run already finished.
-#[derive(Debug, Clone)]
-pub struct FinishedCall {
-    /// What the call was asked (see [`prompt_hash`]); `None` in rows of
-    /// older builds.
-    pub prompt_hash: Option<String>,
-    pub model: String,
-    pub output: Value,
-    pub usage: Usage,
-    pub cost_usd: f64,
-}
-
-/// A cached answer to an identical request.
-#[derive(Debug, Clone)]
-pub struct CachedAnswer {
-    pub text: String,
-    pub usage: Usage,
-    /// What the answer cost when it was bought.
-    pub cost_usd: f64,
-    pub run_id: String,
-}
-
-/// Why a journal operation failed, in words for the user.
-pub type JournalError = String;
-
-fn db_err(e: rusqlite::Error) -> JournalError {
-    format!("run journal: {e}")
 }
 
 /// The open journal. Cheap to share (`Arc`); calls are serialised on one
@@ -480,11 +96,15 @@ impl std::fmt::Debug for Journal {
 impl Journal {
     /// Opens (creating when needed) `DIR/state.db`.
     pub fn open(dir: &Path, clock: Clock) -> Result<Journal, JournalError> {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| format!("cannot create the state folder {}: {e}", dir.display()))?;
+        std::fs::create_dir_all(dir).map_err(|source| JournalError::CreateDir {
+            dir: dir.to_path_buf(),
+            source,
+        })?;
         let path = dir.join(DB_FILE);
-        let conn = Connection::open(&path)
-            .map_err(|e| format!("cannot open the run journal {}: {e}", path.display()))?;
+        let conn = Connection::open(&path).map_err(|source| JournalError::Open {
+            path: path.clone(),
+            source,
+        })?;
         // It holds inputs and answers, which may be confidential: readable
         // by its owner only (SQLite gives the -wal and -shm files the same
         // mode).
@@ -506,7 +126,7 @@ impl Journal {
 
     /// An in-memory journal (tests, benchmarks).
     pub fn in_memory(clock: Clock) -> Result<Journal, JournalError> {
-        let conn = Connection::open_in_memory().map_err(db_err)?;
+        let conn = Connection::open_in_memory()?;
         Self::init(conn, PathBuf::from(":memory:"), clock)
     }
 
@@ -516,51 +136,20 @@ impl Journal {
         // a crash of the process; one fsync per call is small beside a model
         // call. busy_timeout: two runs at once wait for each other's
         // short transactions instead of failing.
-        conn.busy_timeout(std::time::Duration::from_secs(10))
-            .map_err(db_err)?;
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(db_err)?;
-        conn.pragma_update(None, "synchronous", "FULL")
-            .map_err(db_err)?;
-        conn.pragma_update(None, "foreign_keys", "ON")
-            .map_err(db_err)?;
-        let version: i64 = conn
-            .pragma_query_value(None, "user_version", |r| r.get(0))
-            .map_err(db_err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
         if version > SCHEMA_VERSION {
-            return Err(format!(
-                "the run journal {} was written by a newer tollgate (schema {version}, this one knows {SCHEMA_VERSION})",
-                path.display()
-            ));
+            return Err(JournalError::NewerSchema {
+                path,
+                found: version,
+                known: SCHEMA_VERSION,
+            });
         }
-        conn.execute_batch(SCHEMA).map_err(db_err)?;
-        // Columns added to schema 1 after its first journals were written
-        // (`CREATE TABLE IF NOT EXISTS` does not add them).
-        for (table, column, kind) in [
-            ("runs", "pid_start", "INTEGER"),
-            ("holds", "pid_start", "INTEGER"),
-            (
-                "calls",
-                "cache_write_1h_tokens",
-                "INTEGER NOT NULL DEFAULT 0",
-            ),
-            ("calls", "usage_flag", "TEXT"),
-        ] {
-            let present: bool = conn
-                .query_row(
-                    &format!("SELECT COUNT(*) FROM pragma_table_info('{table}') WHERE name = ?1"),
-                    [column],
-                    |r| r.get::<_, i64>(0),
-                )
-                .map_err(db_err)?
-                > 0;
-            if !present {
-                conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {kind}"))
-                    .map_err(db_err)?;
-            }
-        }
-        conn.pragma_update(None, "user_version", SCHEMA_VERSION)
-            .map_err(db_err)?;
+        schema::create(&conn)?;
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         let session = format!("{}-{:08x}", std::process::id(), fastrand::u32(..));
         Ok(Journal {
             path,
@@ -590,13 +179,12 @@ impl Journal {
             .map(|t| t.strftime("%Y%m%d-%H%M%S").to_string())
             .unwrap_or_default();
         let mut conn = self.conn();
-        let tx = conn.transaction().map_err(db_err)?;
+        let tx = conn.transaction()?;
         let id = loop {
             let id = format!("r-{stamp}-{:04x}", fastrand::u16(..));
             let taken: bool = tx
                 .query_row("SELECT 1 FROM runs WHERE id = ?1", [&id], |_| Ok(true))
-                .optional()
-                .map_err(db_err)?
+                .optional()?
                 .unwrap_or(false);
             if !taken {
                 break id;
@@ -625,7 +213,7 @@ impl Journal {
                 own_start(),
             ],
         )
-        .map_err(db_err)?;
+        ?;
         for s in &run.steps {
             tx.execute(
                 "INSERT INTO steps (run_id, step, status, planned_model, planned_calls, estimate_usd,
@@ -641,9 +229,9 @@ impl Journal {
                     s.flagship_estimate_usd
                 ],
             )
-            .map_err(db_err)?;
+            ?;
         }
-        tx.commit().map_err(db_err)?;
+        tx.commit()?;
         Ok(id)
     }
 
@@ -651,20 +239,14 @@ impl Journal {
     /// is still as `seen` (not running, or running in the dead process
     /// `seen.pid`): two resumes of one run at once would pay twice.
     pub fn reopen_run(&self, seen: &RunRow) -> Result<(), JournalError> {
-        let changed = self
-            .conn()
-            .execute(
-                "UPDATE runs SET status = 'running', finished_ms = NULL, pid = ?2, pid_start = ?4,
+        let changed = self.conn().execute(
+            "UPDATE runs SET status = 'running', finished_ms = NULL, pid = ?2, pid_start = ?4,
                     sessions = sessions + 1
                  WHERE id = ?1 AND (status != 'running' OR pid = ?3)",
-                params![seen.id, std::process::id(), seen.pid, own_start()],
-            )
-            .map_err(db_err)?;
+            params![seen.id, std::process::id(), seen.pid, own_start()],
+        )?;
         if changed == 0 {
-            return Err(format!(
-                "run {} was resumed by another process just now",
-                seen.id
-            ));
+            return Err(JournalError::ResumedElsewhere(seen.id.clone()));
         }
         Ok(())
     }
@@ -678,18 +260,16 @@ impl Journal {
                  WHERE id = ?1",
                 params![id, status, self.now()],
             )
-            .map_err(db_err)?;
+            ?;
         Ok(())
     }
 
     /// Records how a step ended.
     pub fn finish_step(&self, run_id: &str, step: &str, status: &str) -> Result<(), JournalError> {
-        self.conn()
-            .execute(
-                "UPDATE steps SET status = ?3, finished_ms = ?4 WHERE run_id = ?1 AND step = ?2",
-                params![run_id, step, status, self.now()],
-            )
-            .map_err(db_err)?;
+        self.conn().execute(
+            "UPDATE steps SET status = ?3, finished_ms = ?4 WHERE run_id = ?1 AND step = ?2",
+            params![run_id, step, status, self.now()],
+        )?;
         Ok(())
     }
 
@@ -742,7 +322,7 @@ impl Journal {
                     c.usage_flag,
                 ],
             )
-            .map_err(db_err)?;
+            ?;
         Ok(())
     }
 
@@ -759,24 +339,22 @@ impl Journal {
                     cache_write_tokens, reasoning_tokens, cache_write_1h_tokens, cost_usd, prompt_hash
                  FROM calls WHERE run_id = ?1 AND output IS NOT NULL ORDER BY id",
             )
-            .map_err(db_err)?;
-        let rows = stmt
-            .query_map([run_id], |r| {
-                let item: Option<i64> = r.get(1)?;
-                let output: String = r.get(3)?;
-                Ok((
-                    (r.get::<_, String>(0)?, item.map(|i| i as usize)),
-                    FinishedCall {
-                        prompt_hash: r.get(11)?,
-                        model: r.get(2)?,
-                        output: serde_json::from_str(&output).unwrap_or(Value::Null),
-                        usage: usage_from(r, 4)?,
-                        cost_usd: r.get(10)?,
-                    },
-                ))
-            })
-            .map_err(db_err)?;
-        rows.collect::<Result<_, _>>().map_err(db_err)
+            ?;
+        let rows = stmt.query_map([run_id], |r| {
+            let item: Option<i64> = r.get(1)?;
+            let output: String = r.get(3)?;
+            Ok((
+                (r.get::<_, String>(0)?, item.map(|i| i as usize)),
+                FinishedCall {
+                    prompt_hash: r.get(11)?,
+                    model: r.get(2)?,
+                    output: serde_json::from_str(&output).unwrap_or(Value::Null),
+                    usage: usage_from(r, 4)?,
+                    cost_usd: r.get(10)?,
+                },
+            ))
+        })?;
+        rows.collect::<Result<_, _>>().map_err(JournalError::Db)
     }
 
     /// The newest whole, valid answer to an identical request bought at or
@@ -805,7 +383,7 @@ impl Journal {
                 },
             )
             .optional()
-            .map_err(db_err)
+            .map_err(JournalError::Db)
     }
 
     /// Budgets over time, across processes: in one write transaction (so
@@ -821,21 +399,15 @@ impl Journal {
     ) -> Result<Result<i64, (usize, f64, f64)>, JournalError> {
         let now = self.now();
         let mut conn = self.conn();
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(db_err)?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let holds: Vec<(i64, u32, Option<i64>, f64, Millis)> = {
-            let mut stmt = tx
-                .prepare(
-                    "SELECT id, pid, pid_start, amount_usd, created_ms FROM holds WHERE session != ?1",
-                )
-                .map_err(db_err)?;
+            let mut stmt = tx.prepare(
+                "SELECT id, pid, pid_start, amount_usd, created_ms FROM holds WHERE session != ?1",
+            )?;
             stmt.query_map([&self.session], |r| {
                 Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
-            })
-            .map_err(db_err)?
-            .collect::<Result<_, _>>()
-            .map_err(db_err)?
+            })?
+            .collect::<Result<_, _>>()?
         };
         let mut in_flight = 0.0;
         for (id, pid, pid_start, held, created) in holds {
@@ -843,8 +415,7 @@ impl Journal {
                 in_flight += held;
             } else {
                 // Left by a process that died mid-call.
-                tx.execute("DELETE FROM holds WHERE id = ?1", [id])
-                    .map_err(db_err)?;
+                tx.execute("DELETE FROM holds WHERE id = ?1", [id])?;
             }
         }
         for (index, &(since, limit, local)) in checks.iter().enumerate() {
@@ -854,9 +425,9 @@ impl Journal {
                     params![since, self.session],
                     |r| r.get(0),
                 )
-                .map_err(db_err)?;
+                ?;
             if spent + in_flight + local + amount > limit + 1e-12 {
-                tx.commit().map_err(db_err)?;
+                tx.commit()?;
                 return Ok(Err((index, spent, in_flight)));
             }
         }
@@ -864,18 +435,16 @@ impl Journal {
             "INSERT INTO holds (session, pid, pid_start, amount_usd, created_ms)
              VALUES (?1, ?2, ?3, ?4, ?5)",
             params![self.session, std::process::id(), own_start(), amount, now],
-        )
-        .map_err(db_err)?;
+        )?;
         let id = tx.last_insert_rowid();
-        tx.commit().map_err(db_err)?;
+        tx.commit()?;
         Ok(Ok(id))
     }
 
     /// Ends a hold: its call settled and its cost is journaled.
     pub fn release_hold(&self, id: i64) -> Result<(), JournalError> {
         self.conn()
-            .execute("DELETE FROM holds WHERE id = ?1", [id])
-            .map_err(db_err)?;
+            .execute("DELETE FROM holds WHERE id = ?1", [id])?;
         Ok(())
     }
 
@@ -887,7 +456,7 @@ impl Journal {
                 [since],
                 |r| r.get(0),
             )
-            .map_err(db_err)
+            .map_err(JournalError::Db)
     }
 
     /// Money a run spent, over all its sessions.
@@ -898,7 +467,7 @@ impl Journal {
                 [run_id],
                 |r| r.get(0),
             )
-            .map_err(db_err)
+            .map_err(JournalError::Db)
     }
 
     /// One run; `last` is the newest.
@@ -908,28 +477,24 @@ impl Journal {
             if id == "last" { "1 = 1" } else { "r.id = ?1" }
         );
         let conn = self.conn();
-        let mut stmt = conn.prepare(&sql).map_err(db_err)?;
+        let mut stmt = conn.prepare(&sql)?;
         let row = if id == "last" {
             stmt.query_row([], run_row).optional()
         } else {
             stmt.query_row([id], run_row).optional()
         };
-        row.map_err(db_err)
+        row.map_err(JournalError::Db)
     }
 
     /// The newest runs first.
     pub fn runs(&self, limit: usize) -> Result<Vec<RunRow>, JournalError> {
         let conn = self.conn();
-        let mut stmt = conn
-            .prepare(&format!(
-                "{RUN_SELECT} ORDER BY r.started_ms DESC, r.rowid DESC LIMIT ?1"
-            ))
-            .map_err(db_err)?;
+        let mut stmt = conn.prepare(&format!(
+            "{RUN_SELECT} ORDER BY r.started_ms DESC, r.rowid DESC LIMIT ?1"
+        ))?;
         let rows = stmt
-            .query_map([limit as i64], run_row)
-            .map_err(db_err)?
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(db_err)?;
+            .query_map([limit as i64], run_row)?
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(rows)
     }
 }
@@ -985,117 +550,9 @@ fn usage_from(r: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<Usage> {
     })
 }
 
-/// Is process `pid` still the one that started at `start` (clock ticks since
-/// boot, from `/proc`)? A pid reused by another process — or the same small
-/// pid of a fresh container — is not: it started at another time. Without
-/// a start time (not Linux, an old row) only the pid is asked about.
-pub fn process_alive_since(pid: u32, start: Option<i64>) -> bool {
-    match (start, process_start(pid)) {
-        (Some(want), Some(now)) if want != now => false,
-        _ => process_alive(pid),
-    }
-}
-
-/// When a process started, in clock ticks since boot (`/proc/<pid>/stat`,
-/// field 22); `None` where there is no `/proc`.
-pub fn process_start(pid: u32) -> Option<i64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name (which may hold spaces and parens):
-    // state is field 3, so starttime (22) is the 20th after the last ')'.
-    let (_, rest) = stat.rsplit_once(')')?;
-    rest.split_whitespace().nth(19)?.parse().ok()
-}
-
-/// This process's start time, read once.
-pub fn own_start() -> Option<i64> {
-    static START: std::sync::OnceLock<Option<i64>> = std::sync::OnceLock::new();
-    *START.get_or_init(|| process_start(std::process::id()))
-}
-
-/// Is the process that journaled a run as `running` still there? Read from
-/// `/proc` where there is one, else asked with `kill -0`; where neither
-/// answers it is assumed gone (a resume then goes ahead).
-pub fn process_alive(pid: u32) -> bool {
-    if pid == std::process::id() {
-        return true;
-    }
-    let proc_root = Path::new("/proc");
-    if proc_root.join("self").exists() {
-        // A zombie (killed, not yet reaped by its parent) is gone for our
-        // purposes.
-        return match std::fs::read_to_string(proc_root.join(pid.to_string()).join("stat")) {
-            Ok(stat) => !stat
-                .rsplit_once(')')
-                .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
-            Err(_) => false,
-        };
-    }
-    std::process::Command::new("kill")
-        .args(["-0", &pid.to_string()])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-/// Submitted batches live in the journal, beside the calls they answer, so
-/// concurrent runs in one project see each other's and a crash between
-/// submitting and fetching never loses a paid batch.
-impl crate::run::BatchLedger for Journal {
-    fn submitted(&self, key: &str) -> Option<crate::run::BatchRef> {
-        self.conn()
-            .query_row(
-                "SELECT provider, batch_id FROM batches WHERE key = ?1 AND finished_ms IS NULL",
-                [key],
-                |r| {
-                    Ok(crate::run::BatchRef {
-                        provider: r.get(0)?,
-                        id: r.get(1)?,
-                    })
-                },
-            )
-            .optional()
-            .ok()
-            .flatten()
-    }
-
-    fn record(&self, key: &str, batch: &crate::run::BatchRef) -> std::io::Result<()> {
-        self.conn()
-            .execute(
-                "INSERT OR REPLACE INTO batches (key, provider, batch_id, submitted_ms, finished_ms)
-                 VALUES (?1, ?2, ?3, ?4, NULL)",
-                params![key, batch.provider, batch.id, self.now()],
-            )
-            .map(|_| ())
-            .map_err(std::io::Error::other)
-    }
-
-    fn finished(&self, key: &str) -> std::io::Result<()> {
-        self.conn()
-            .execute(
-                "UPDATE batches SET finished_ms = ?2 WHERE key = ?1",
-                params![key, self.now()],
-            )
-            .map(|_| ())
-            .map_err(std::io::Error::other)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_pid_with_another_start_time_is_another_process() {
-        let me = std::process::id();
-        if let Some(start) = own_start() {
-            assert!(process_alive_since(me, Some(start)));
-            // The same pid, started at another time: a recycled pid, or the
-            // fixed pid of a fresh container — not the process written down.
-            assert!(!process_alive_since(me, Some(start + 1)));
-        }
-        assert!(process_alive_since(me, None));
-    }
 
     fn new_run() -> NewRun {
         NewRun {
@@ -1238,20 +695,5 @@ mod tests {
         // …until A's call settles.
         a.release_hold(held).unwrap();
         assert!(b.try_hold(0.6, &[(0, 1.0, 0.0)]).unwrap().is_ok());
-    }
-
-    #[test]
-    fn periods_are_utc_days_and_months() {
-        let t: jiff::Timestamp = "2026-11-26T10:45:12Z".parse().unwrap();
-        let (day, month) = period_starts(t.as_millisecond());
-        assert_eq!(format_time(day), "2026-11-26 00:00");
-        assert_eq!(format_time(month), "2026-11-01 00:00");
-        let now = t.as_millisecond();
-        assert_eq!(parse_since("7d", now).unwrap(), now - 7 * 86_400_000);
-        assert_eq!(
-            format_time(parse_since("2026-11-01", now).unwrap()),
-            "2026-11-01 00:00"
-        );
-        assert!(parse_since("last week", now).is_err());
     }
 }

@@ -24,7 +24,7 @@ use std::collections::BTreeMap;
 use rusqlite::params;
 use serde::Serialize;
 
-use super::{Journal, JournalError, Millis, db_err, format_day, format_time};
+use super::{Journal, JournalError, Millis, format_day, format_time};
 
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
 pub struct Savings {
@@ -161,15 +161,13 @@ pub fn build(journal: &Journal, since: Option<Millis>) -> Result<Report, Journal
     let from = since.unwrap_or(i64::MIN);
     let conn = journal.conn();
     let conn = &*conn;
-    let mut stmt = conn
-        .prepare(
-            "SELECT c.finished_ms, r.workflow, c.step, c.model, c.provider_model, c.tier, c.from_cache,
+    let mut stmt = conn.prepare(
+        "SELECT c.finished_ms, r.workflow, c.step, c.model, c.provider_model, c.tier, c.from_cache,
                 c.outcome, c.input_tokens, c.output_tokens, c.cost_usd, c.list_cost_usd,
                 c.flagship_cost_usd, c.saved_usd, c.batch, c.usage_flag
              FROM calls c JOIN runs r ON r.id = c.run_id
              WHERE c.finished_ms >= ?1 ORDER BY c.id",
-        )
-        .map_err(db_err)?;
+    )?;
     let rows: Vec<CallRow> = stmt
         .query_map(params![from], |r| {
             let outcome: String = r.get(7)?;
@@ -181,8 +179,8 @@ pub fn build(journal: &Journal, since: Option<Millis>) -> Result<Report, Journal
                 provider_model: r.get(4)?,
                 tier: r.get(5)?,
                 from_cache: r.get(6)?,
-                reached_provider: outcome.parse::<crate::run::AttemptOutcome>()
-                    != Ok(crate::run::AttemptOutcome::OverBudget),
+                reached_provider: outcome.parse::<crate::outcome::AttemptOutcome>()
+                    != Ok(crate::outcome::AttemptOutcome::OverBudget),
                 input_tokens: r.get::<_, i64>(8)?.max(0) as u64,
                 output_tokens: r.get::<_, i64>(9)?.max(0) as u64,
                 // An older build journaled what a server said, negative
@@ -194,40 +192,32 @@ pub fn build(journal: &Journal, since: Option<Millis>) -> Result<Report, Journal
                 batch: r.get(14)?,
                 flag: r.get(15)?,
             })
-        })
-        .map_err(db_err)?
-        .collect::<Result<_, _>>()
-        .map_err(db_err)?;
+        })?
+        .collect::<Result<_, _>>()?;
     // Estimates come from the plans of the runs started in the window.
-    let mut stmt = conn
-        .prepare(
-            "SELECT r.workflow, s.step, s.estimate_usd FROM steps s JOIN runs r ON r.id = s.run_id
+    let mut stmt = conn.prepare(
+        "SELECT r.workflow, s.step, s.estimate_usd FROM steps s JOIN runs r ON r.id = s.run_id
              WHERE r.started_ms >= ?1",
-        )
-        .map_err(db_err)?;
+    )?;
     let mut by_workflow_est: BTreeMap<String, f64> = BTreeMap::new();
     let mut by_step_est: BTreeMap<String, f64> = BTreeMap::new();
-    let estimates = stmt
-        .query_map(params![from], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, f64>(2)?,
-            ))
-        })
-        .map_err(db_err)?;
+    let estimates = stmt.query_map(params![from], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, f64>(2)?,
+        ))
+    })?;
     for e in estimates {
-        let (w, s, usd) = e.map_err(db_err)?;
+        let (w, s, usd) = e?;
         *by_step_est.entry(format!("{w}/{s}")).or_default() += usd;
         *by_workflow_est.entry(w).or_default() += usd;
     }
-    let runs: i64 = conn
-        .query_row(
-            "SELECT COUNT(*) FROM runs WHERE started_ms >= ?1",
-            params![from],
-            |r| r.get(0),
-        )
-        .map_err(db_err)?;
+    let runs: i64 = conn.query_row(
+        "SELECT COUNT(*) FROM runs WHERE started_ms >= ?1",
+        params![from],
+        |r| r.get(0),
+    )?;
     drop(stmt);
 
     let none = BTreeMap::new();

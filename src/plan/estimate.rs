@@ -192,7 +192,7 @@ pub(super) fn price(
         Billing::Standard
     };
     let at = |input, output, one_prompt| {
-        let usage = crate::provider::Usage {
+        let usage = crate::usage::Usage {
             input_tokens: input,
             output_tokens: output,
             ..Default::default()

@@ -27,10 +27,8 @@
 //! results are fetched.
 
 use std::collections::HashMap;
-use std::fmt;
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -41,32 +39,13 @@ use super::shared::Shared;
 use super::validate::parse_structured;
 use super::{Attempt, AttemptOutcome, CallReport, CallSource, Event};
 use crate::cost::{self, Billing};
-use crate::journal::CallRecord;
+use crate::journal::{BatchLedger, BatchRef, CallRecord};
 use crate::policy::Model;
 use crate::provider::batch::{BatchApi, BatchItem, BatchState, ItemOutcome};
 use crate::provider::{ErrorKind, ProviderError, Usage};
 use crate::step::RenderedCall;
 use crate::tokens;
 use crate::workflow::Latency;
-
-/// A batch submitted to a provider.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct BatchRef {
-    /// The policy's provider name.
-    pub provider: String,
-    /// The provider's batch id (`batch_…`, `msgbatch_…`).
-    pub id: String,
-}
-
-/// Where submitted batches are remembered between runs, so that an
-/// interrupted run resumes polling rather than paying for a batch twice.
-/// `key` identifies the batch's requests (see [`batch_key`]).
-pub trait BatchLedger: Send + Sync + fmt::Debug {
-    fn submitted(&self, key: &str) -> Option<BatchRef>;
-    fn record(&self, key: &str, batch: &BatchRef) -> std::io::Result<()>;
-    /// The batch's results were fetched: nothing left to resume.
-    fn finished(&self, key: &str) -> std::io::Result<()>;
-}
 
 /// Identifies a batch by what it asks: the provider and every item's
 /// custom id and request. The same step with the same inputs gives the same
@@ -723,12 +702,6 @@ fn count(model: &Model, c: &RenderedCall) -> u64 {
     tokens::count_chat(model.tokenizer, &c.messages().collect::<Vec<_>>()) as u64
 }
 
-impl fmt::Display for BatchRef {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} batch {}", self.provider, self.id)
-    }
-}
-
 /// How long to wait between polls by default: batches take minutes to
 /// hours, and polling faster only spends rate limit.
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(30);
@@ -742,31 +715,6 @@ mod tests {
             custom_id: "item-0".into(),
             request: crate::provider::ChatRequest::new("gpt-4o-mini", prompt),
         }]
-    }
-
-    #[test]
-    fn the_journal_remembers_batches_across_runs_and_forgets_finished_ones() {
-        use crate::journal::{Clock, Journal};
-        let dir = tempfile::tempdir().unwrap();
-        let batch = BatchRef {
-            provider: "openai".into(),
-            id: "batch_1".into(),
-        };
-        Journal::open(dir.path(), Clock::Fixed(1_000))
-            .unwrap()
-            .record("k1", &batch)
-            .unwrap();
-        // A later run (a new process) finds it.
-        let later = Journal::open(dir.path(), Clock::Fixed(2_000)).unwrap();
-        assert_eq!(later.submitted("k1"), Some(batch));
-        assert_eq!(later.submitted("k2"), None);
-        later.finished("k1").unwrap();
-        assert_eq!(
-            Journal::open(dir.path(), Clock::Fixed(3_000))
-                .unwrap()
-                .submitted("k1"),
-            None
-        );
     }
 
     #[test]

@@ -70,8 +70,10 @@ pub(super) async fn cached(sh: &Shared, hash: &str) -> Option<crate::journal::Ca
     let (db, key) = (Arc::clone(&j.journal), hash.to_owned());
     match tokio::task::spawn_blocking(move || db.cached_answer(&key, not_before)).await {
         Ok(Ok(hit)) => hit,
-        Ok(Err(message)) => {
-            sh.emit(Event::JournalError { message });
+        Ok(Err(e)) => {
+            sh.emit(Event::JournalError {
+                message: e.to_string(),
+            });
             None
         }
         Err(e) => {

@@ -125,14 +125,14 @@ impl Servers {
                 return None;
             }
         };
-        if crate::journal::process_alive_since(owner, owner_start) {
+        if crate::process::process_alive_since(owner, owner_start) {
             // Its run is still going (another process): not ours to stop.
             return None;
         }
         let binary = expand(&launch.binary);
         let wanted = Path::new(&binary).file_name()?.to_owned();
         let is_that_server = port == u32::from(launch.port)
-            && crate::journal::process_alive(pid)
+            && crate::process::process_alive(pid)
             && std::fs::read(format!("/proc/{pid}/cmdline"))
                 .ok()
                 .and_then(|c| {
@@ -279,7 +279,7 @@ impl Servers {
 /// The pid file's line: the server, its port, and this process (pid and
 /// start time) as its owner.
 fn pid_line(pid: u32, port: u16) -> String {
-    let owner_start = crate::journal::own_start()
+    let owner_start = crate::process::own_start()
         .map(|s| format!(" {s}"))
         .unwrap_or_default();
     format!("{pid} {port} {}{owner_start}\n", std::process::id())
@@ -297,7 +297,7 @@ async fn stop_process(pid: u32) {
     };
     kill("-TERM");
     let deadline = Instant::now() + Duration::from_secs(5);
-    while crate::journal::process_alive(pid) {
+    while crate::process::process_alive(pid) {
         if Instant::now() > deadline {
             kill("-KILL");
             return;

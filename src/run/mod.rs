@@ -48,7 +48,8 @@ use std::sync::Arc;
 use tokio::sync::mpsc::UnboundedSender;
 use tokio_util::sync::CancellationToken;
 
-pub use batch::{BatchLedger, BatchRef, batch_key};
+pub use crate::journal::{BatchLedger, BatchRef};
+pub use batch::batch_key;
 pub use budget::{Budget, Hold, OutsideSpend, OverBudget, Period, PeriodCheck};
 pub use dispatch::execute_in;
 pub use limits::CallLimits;

@@ -4,7 +4,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::batch::{self, BatchLedger};
+use super::batch;
+use crate::journal::BatchLedger;
 use crate::journal::Journal;
 
 /// How a run behaves; the defaults suit interactive use.

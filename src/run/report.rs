@@ -4,15 +4,14 @@
 //! forms (JSON output, the journal's text columns) are the snake_case words
 //! `as_str` gives.
 
-use std::fmt;
-use std::str::FromStr;
 use std::time::Duration;
 
-use serde::{Serialize, Serializer};
+use serde::Serialize;
 use serde_json::Value;
 
+pub use crate::outcome::{AttemptOutcome, UnknownOutcome};
 use crate::plan::CostRange;
-use crate::provider::{ErrorKind, Usage};
+use crate::provider::Usage;
 
 /// What the reporter hears while a run goes on.
 #[derive(Debug, Clone)]
@@ -114,150 +113,6 @@ pub struct Attempt {
     pub message: Option<String>,
     /// How long the run waited before the next try.
     pub waited_ms: Option<u64>,
-}
-
-/// How one try of one call ended. Serialised (JSON reports, the journal's
-/// `outcome` column) as its snake_case word, [`AttemptOutcome::as_str`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AttemptOutcome {
-    /// Answered (a valid answer, or a text one).
-    Ok,
-    /// Answered, but the answer stopped at its length limit (journal only:
-    /// the report's attempt says `ok` and the call `truncated`).
-    Truncated,
-    /// Answered, but the answer does not match the output schema.
-    InvalidOutput,
-    /// Finished by an earlier session of the run (`--resume`).
-    Resumed,
-    /// An identical request's answer from the response cache.
-    Cached,
-    /// Not sent: the provider boundary refused the request (`route::admit`).
-    Refused,
-    /// Not sent: its worst case does not fit the budget.
-    OverBudget,
-    /// The batch could not be submitted or failed as a whole.
-    BatchFailed,
-    /// The batch is at the provider but its answers are out of reach.
-    BatchStranded,
-    BatchExpired,
-    BatchCancelled,
-    /// The batch ended without a result for this call.
-    BatchMissing,
-    /// The provider (or the transport) failed, as classified.
-    Error(ErrorKind),
-}
-
-/// Every error kind, for parsing. Kept complete by hand: a new kind breaks
-/// the exhaustive match in [`kind_str`] first, which points here.
-const ERROR_KINDS: [ErrorKind; 16] = [
-    ErrorKind::RateLimited,
-    ErrorKind::Overloaded,
-    ErrorKind::Server,
-    ErrorKind::Timeout,
-    ErrorKind::Connect,
-    ErrorKind::ContextLength,
-    ErrorKind::Auth,
-    ErrorKind::BadRequest,
-    ErrorKind::NotFound,
-    ErrorKind::StreamBroken,
-    ErrorKind::Malformed,
-    ErrorKind::Blocked,
-    ErrorKind::ResponseTooLarge,
-    ErrorKind::Redirect,
-    ErrorKind::NotRecorded,
-    ErrorKind::Other,
-];
-
-/// An error kind's word: the same as its serde form (a test checks).
-fn kind_str(kind: ErrorKind) -> &'static str {
-    match kind {
-        ErrorKind::RateLimited => "rate_limited",
-        ErrorKind::Overloaded => "overloaded",
-        ErrorKind::Server => "server",
-        ErrorKind::Timeout => "timeout",
-        ErrorKind::Connect => "connect",
-        ErrorKind::ContextLength => "context_length",
-        ErrorKind::Auth => "auth",
-        ErrorKind::BadRequest => "bad_request",
-        ErrorKind::NotFound => "not_found",
-        ErrorKind::StreamBroken => "stream_broken",
-        ErrorKind::Malformed => "malformed",
-        ErrorKind::Blocked => "blocked",
-        ErrorKind::ResponseTooLarge => "response_too_large",
-        ErrorKind::Redirect => "redirect",
-        ErrorKind::NotRecorded => "not_recorded",
-        ErrorKind::Other => "other",
-    }
-}
-
-impl AttemptOutcome {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AttemptOutcome::Ok => "ok",
-            AttemptOutcome::Truncated => "truncated",
-            AttemptOutcome::InvalidOutput => "invalid_output",
-            AttemptOutcome::Resumed => "resumed",
-            AttemptOutcome::Cached => "cached",
-            AttemptOutcome::Refused => "refused",
-            AttemptOutcome::OverBudget => "over_budget",
-            AttemptOutcome::BatchFailed => "batch_failed",
-            AttemptOutcome::BatchStranded => "batch_stranded",
-            AttemptOutcome::BatchExpired => "batch_expired",
-            AttemptOutcome::BatchCancelled => "batch_cancelled",
-            AttemptOutcome::BatchMissing => "batch_missing",
-            AttemptOutcome::Error(kind) => kind_str(kind),
-        }
-    }
-}
-
-/// A word that names no outcome (the journal's column holds something else).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UnknownOutcome(pub String);
-
-impl fmt::Display for UnknownOutcome {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "unknown call outcome `{}`", self.0)
-    }
-}
-
-impl std::error::Error for UnknownOutcome {}
-
-impl FromStr for AttemptOutcome {
-    type Err = UnknownOutcome;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        const NAMED: [AttemptOutcome; 12] = [
-            AttemptOutcome::Ok,
-            AttemptOutcome::Truncated,
-            AttemptOutcome::InvalidOutput,
-            AttemptOutcome::Resumed,
-            AttemptOutcome::Cached,
-            AttemptOutcome::Refused,
-            AttemptOutcome::OverBudget,
-            AttemptOutcome::BatchFailed,
-            AttemptOutcome::BatchStranded,
-            AttemptOutcome::BatchExpired,
-            AttemptOutcome::BatchCancelled,
-            AttemptOutcome::BatchMissing,
-        ];
-        NAMED
-            .into_iter()
-            .chain(ERROR_KINDS.into_iter().map(AttemptOutcome::Error))
-            .find(|o| o.as_str() == s)
-            .ok_or_else(|| UnknownOutcome(s.to_owned()))
-    }
-}
-
-impl fmt::Display for AttemptOutcome {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl Serialize for AttemptOutcome {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(self.as_str())
-    }
 }
 
 /// Where a call's answer came from.
@@ -415,23 +270,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn words_are_the_serde_forms_and_parse_back() {
-        for kind in ERROR_KINDS {
-            let o = AttemptOutcome::Error(kind);
-            assert_eq!(serde_json::to_value(kind).unwrap(), kind_str(kind));
-            assert_eq!(o.as_str().parse::<AttemptOutcome>(), Ok(o));
-        }
-        for word in [
-            "ok",
-            "over_budget",
-            "refused",
-            "invalid_output",
-            "batch_missing",
-        ] {
-            let o: AttemptOutcome = word.parse().unwrap();
-            assert_eq!(serde_json::to_value(o).unwrap(), word);
-        }
-        assert!("server_error".parse::<AttemptOutcome>().is_err());
+    fn statuses_serialise_as_their_words() {
         for s in [
             StepStatus::Succeeded,
             StepStatus::Failed,

@@ -60,7 +60,9 @@ impl Shared {
             tokio::task::spawn_blocking(move || journal.record_call(&run_id, &record)).await;
         match written {
             Ok(Ok(())) => {}
-            Ok(Err(message)) => self.emit(Event::JournalError { message }),
+            Ok(Err(e)) => self.emit(Event::JournalError {
+                message: e.to_string(),
+            }),
             Err(e) => self.emit(Event::JournalError {
                 message: format!("run journal: {e}"),
             }),
@@ -71,8 +73,10 @@ impl Shared {
         let Some(j) = &self.options.journal else {
             return;
         };
-        if let Err(message) = j.journal.finish_step(&j.run_id, step, status.as_str()) {
-            self.emit(Event::JournalError { message });
+        if let Err(e) = j.journal.finish_step(&j.run_id, step, status.as_str()) {
+            self.emit(Event::JournalError {
+                message: e.to_string(),
+            });
         }
     }
 }

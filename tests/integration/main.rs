@@ -3,6 +3,7 @@
 
 mod support;
 
+mod architecture;
 mod batch;
 mod bounds;
 mod cli;

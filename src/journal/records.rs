@@ -1,0 +1,222 @@
+//! What the journal writes and reads back: a run about to start and the
+//! identities it is resumed by (hashes of the workflow, its prompts and the
+//! policy), a run's row, a call attempt, a finished call, a cached answer.
+
+use std::path::Path;
+
+use serde::Serialize;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use super::Millis;
+use crate::usage::Usage;
+
+/// The identity of a workflow for `--resume`: its file and every prompt it
+/// renders (prompt files included). Answers to one version of a prompt must
+/// not be mixed with calls made for another.
+pub fn fingerprint(analysis: &crate::analyze::Analysis) -> String {
+    let prompts: Vec<[Option<&str>; 2]> = analysis
+        .steps
+        .values()
+        .map(|s| {
+            [
+                Some(s.prompt.text.as_str()),
+                s.system.as_ref().map(|x| x.text.as_str()),
+            ]
+        })
+        .collect();
+    sha256_json(&serde_json::json!({
+        "workflow": &*analysis.doc().file.text,
+        "prompts": prompts,
+    }))
+}
+
+/// The identity of a policy file (its text).
+pub fn policy_hash(path: &Path) -> String {
+    // Through the bounded reader: the path is the user's, read a second time.
+    let text = crate::files::read_text(path).unwrap_or_default();
+    sha256_json(&text)
+}
+
+/// A path as written in the journal: absolute where it exists.
+fn absolute(p: &Path) -> String {
+    std::fs::canonicalize(p)
+        .unwrap_or_else(|_| p.to_path_buf())
+        .display()
+        .to_string()
+}
+
+/// The journal's record of a run about to start.
+pub fn new_run(
+    analysis: &crate::analyze::Analysis,
+    workflow_path: &Path,
+    policy: &crate::policy::Policy,
+    policy_path: &Path,
+    inputs: &crate::inputs::Inputs,
+    plan: &crate::plan::Plan,
+) -> NewRun {
+    NewRun {
+        workflow: analysis.workflow.value.name.clone(),
+        workflow_path: absolute(workflow_path),
+        workflow_hash: fingerprint(analysis),
+        policy: policy.name.clone(),
+        policy_path: absolute(policy_path),
+        policy_hash: policy_hash(policy_path),
+        inputs: Value::Object(
+            inputs
+                .iter()
+                .map(|(k, v)| (k.clone(), v.value.clone()))
+                .collect(),
+        ),
+        estimate_usd: plan.totals.cost.low,
+        estimate_max_usd: plan.totals.cost.high,
+        steps: plan
+            .steps
+            .iter()
+            .map(|s| PlannedStep {
+                id: s.id.clone(),
+                model: s.model.as_ref().map(|m| m.alias.clone()),
+                calls: s.calls,
+                estimate_usd: s.cost.low,
+                estimate_max_usd: s.cost.high,
+                flagship_estimate_usd: s.flagship_cost.low,
+            })
+            .collect(),
+    }
+}
+
+/// Identifies what a call of a step was asked: its rendered system prompt
+/// and prompt. The model is left out — a resumed call may be routed to
+/// another model of the chain, and its journaled answer still stands.
+pub fn prompt_hash(system: Option<&str>, prompt: &str) -> String {
+    sha256_json(&serde_json::json!([system, prompt]))
+}
+
+/// A hash of anything serialisable, as hex (for request and file identities).
+pub fn sha256_json(v: &impl Serialize) -> String {
+    let bytes = serde_json::to_vec(v).unwrap_or_default();
+    format!("{:x}", Sha256::digest(&bytes))
+}
+
+/// What is known about a run when it starts.
+#[derive(Debug, Clone)]
+pub struct NewRun {
+    pub workflow: String,
+    pub workflow_path: String,
+    /// Identity of the workflow and its prompt files: a resume refuses to
+    /// mix answers to different prompts.
+    pub workflow_hash: String,
+    pub policy: String,
+    pub policy_path: String,
+    pub policy_hash: String,
+    /// The resolved inputs (a resume reads them back, so `@-` works too).
+    pub inputs: Value,
+    pub estimate_usd: f64,
+    pub estimate_max_usd: f64,
+    pub steps: Vec<PlannedStep>,
+}
+
+#[derive(Debug, Clone)]
+pub struct PlannedStep {
+    pub id: String,
+    pub model: Option<String>,
+    pub calls: u64,
+    pub estimate_usd: f64,
+    pub estimate_max_usd: f64,
+    pub flagship_estimate_usd: f64,
+}
+
+/// A run as the journal has it.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunRow {
+    pub id: String,
+    pub workflow: String,
+    pub workflow_path: String,
+    #[serde(skip)]
+    pub workflow_hash: String,
+    pub policy: String,
+    pub policy_path: String,
+    #[serde(skip)]
+    pub policy_hash: String,
+    #[serde(skip)]
+    pub inputs: Value,
+    pub started: String,
+    pub started_ms: Millis,
+    pub finished_ms: Option<Millis>,
+    /// `running`, `succeeded`, `failed`, `cancelled`, `timed_out`, or
+    /// `interrupted` (journaled as running, but its process is gone).
+    pub status: String,
+    pub steps_done: u64,
+    pub steps_total: u64,
+    pub cost_usd: f64,
+    pub estimate_usd: f64,
+    #[serde(skip)]
+    pub pid: u32,
+    pub sessions: u32,
+}
+
+/// One attempt of one call, as it is written.
+#[derive(Debug, Clone, Default)]
+pub struct CallRecord {
+    pub step: String,
+    pub item: Option<usize>,
+    pub attempt: u32,
+    pub request_hash: Option<String>,
+    /// See [`prompt_hash`].
+    pub prompt_hash: Option<String>,
+    pub model: String,
+    pub provider: String,
+    pub provider_model: String,
+    pub tier: String,
+    pub local: bool,
+    pub started_ms: Millis,
+    pub latency_ms: u64,
+    /// `ok`, `cached`, `invalid_output`, `truncated`, `over_budget`, or a
+    /// provider error kind.
+    pub outcome: String,
+    pub error: Option<String>,
+    pub usage: Usage,
+    pub cost_usd: f64,
+    /// The same usage at the model's standard (non-batch) prices.
+    pub list_cost_usd: f64,
+    /// The same usage on the policy's flagship model.
+    pub flagship_cost_usd: f64,
+    /// The plan's expected cost of this call.
+    pub estimate_usd: f64,
+    /// A cache hit: what the answer cost when it was first bought.
+    pub saved_usd: f64,
+    /// Sent through a provider's batch API (at its batch price).
+    pub batch: bool,
+    pub from_cache: bool,
+    /// May answer identical requests later: a whole, valid answer.
+    pub cacheable: bool,
+    /// The raw answer text (what the cache serves).
+    pub response: Option<String>,
+    /// The call's final output; set only when this attempt finished it.
+    pub output: Option<Value>,
+    /// Why the answer's usage or cost was not taken as-is (see
+    /// [`crate::cost::charge`]); `tollgate report` counts these calls.
+    pub usage_flag: Option<String>,
+}
+
+/// A call a run already finished.
+#[derive(Debug, Clone)]
+pub struct FinishedCall {
+    /// What the call was asked (see [`prompt_hash`]); `None` in rows of
+    /// older builds.
+    pub prompt_hash: Option<String>,
+    pub model: String,
+    pub output: Value,
+    pub usage: Usage,
+    pub cost_usd: f64,
+}
+
+/// A cached answer to an identical request.
+#[derive(Debug, Clone)]
+pub struct CachedAnswer {
+    pub text: String,
+    pub usage: Usage,
+    /// What the answer cost when it was bought.
+    pub cost_usd: f64,
+    pub run_id: String,
+}

@@ -1,0 +1,135 @@
+//! The journal's tables (schema 1) and the columns added to schema 1 after
+//! its first journals were written, which opening a journal adds when they
+//! are missing (`CREATE TABLE IF NOT EXISTS` does not add them).
+
+use rusqlite::Connection;
+
+/// The schema version this build writes (`PRAGMA user_version`).
+pub(super) const SCHEMA_VERSION: i64 = 1;
+
+pub(super) const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS runs (
+    id              TEXT PRIMARY KEY,
+    workflow        TEXT NOT NULL,
+    workflow_path   TEXT NOT NULL,
+    workflow_hash   TEXT NOT NULL,
+    policy          TEXT NOT NULL,
+    policy_path     TEXT NOT NULL,
+    policy_hash     TEXT NOT NULL,
+    inputs_hash     TEXT NOT NULL,
+    inputs          TEXT NOT NULL,
+    started_ms      INTEGER NOT NULL,
+    finished_ms     INTEGER,
+    status          TEXT NOT NULL,
+    steps_total     INTEGER NOT NULL,
+    estimate_usd    REAL NOT NULL,
+    estimate_max_usd REAL NOT NULL,
+    cost_usd        REAL NOT NULL DEFAULT 0,
+    pid             INTEGER NOT NULL,
+    -- The process's start time (clock ticks since boot): with the pid, an
+    -- identity a recycled pid (or a container's fixed pid 1) cannot fake.
+    pid_start       INTEGER,
+    sessions        INTEGER NOT NULL DEFAULT 1
+);
+CREATE INDEX IF NOT EXISTS runs_started ON runs(started_ms);
+CREATE TABLE IF NOT EXISTS steps (
+    run_id          TEXT NOT NULL REFERENCES runs(id),
+    step            TEXT NOT NULL,
+    status          TEXT NOT NULL,
+    planned_model   TEXT,
+    planned_calls   INTEGER NOT NULL,
+    estimate_usd    REAL NOT NULL,
+    estimate_max_usd REAL NOT NULL,
+    flagship_estimate_usd REAL NOT NULL,
+    finished_ms     INTEGER,
+    PRIMARY KEY (run_id, step)
+);
+CREATE TABLE IF NOT EXISTS calls (
+    id              INTEGER PRIMARY KEY,
+    run_id          TEXT NOT NULL REFERENCES runs(id),
+    session         TEXT NOT NULL,
+    step            TEXT NOT NULL,
+    item            INTEGER,
+    attempt         INTEGER NOT NULL,
+    request_hash    TEXT,
+    -- The rendered system prompt and prompt (hashed): a resume reuses this
+    -- call's answer only for the same prompt (upstream answers may differ).
+    prompt_hash     TEXT,
+    model           TEXT NOT NULL,
+    provider        TEXT NOT NULL,
+    provider_model  TEXT NOT NULL,
+    tier            TEXT NOT NULL,
+    local           INTEGER NOT NULL,
+    started_ms      INTEGER NOT NULL,
+    finished_ms     INTEGER NOT NULL,
+    latency_ms      INTEGER NOT NULL,
+    outcome         TEXT NOT NULL,
+    error           TEXT,
+    input_tokens    INTEGER NOT NULL DEFAULT 0,
+    output_tokens   INTEGER NOT NULL DEFAULT 0,
+    cached_tokens   INTEGER NOT NULL DEFAULT 0,
+    cache_write_tokens INTEGER NOT NULL DEFAULT 0,
+    reasoning_tokens INTEGER NOT NULL DEFAULT 0,
+    cache_write_1h_tokens INTEGER NOT NULL DEFAULT 0,
+    cost_usd        REAL NOT NULL DEFAULT 0,
+    list_cost_usd   REAL NOT NULL DEFAULT 0,
+    flagship_cost_usd REAL NOT NULL DEFAULT 0,
+    estimate_usd    REAL NOT NULL DEFAULT 0,
+    saved_usd       REAL NOT NULL DEFAULT 0,
+    batch           INTEGER NOT NULL DEFAULT 0,
+    from_cache      INTEGER NOT NULL DEFAULT 0,
+    cacheable       INTEGER NOT NULL DEFAULT 0,
+    response        TEXT,
+    output          TEXT,
+    -- Why the answer's usage or cost was not taken as-is (cost::charge).
+    usage_flag      TEXT
+);
+CREATE INDEX IF NOT EXISTS calls_run ON calls(run_id, step, item);
+CREATE INDEX IF NOT EXISTS calls_request ON calls(request_hash, finished_ms);
+CREATE INDEX IF NOT EXISTS calls_finished ON calls(finished_ms);
+CREATE TABLE IF NOT EXISTS holds (
+    id              INTEGER PRIMARY KEY,
+    session         TEXT NOT NULL,
+    pid             INTEGER NOT NULL,
+    pid_start       INTEGER,
+    amount_usd      REAL NOT NULL,
+    created_ms      INTEGER NOT NULL
+);
+-- Provider batches submitted and not yet fetched (see run::BatchLedger):
+-- an interrupted run resumes polling them instead of paying twice.
+CREATE TABLE IF NOT EXISTS batches (
+    key             TEXT PRIMARY KEY,
+    provider        TEXT NOT NULL,
+    batch_id        TEXT NOT NULL,
+    submitted_ms    INTEGER NOT NULL,
+    finished_ms     INTEGER
+);
+"#;
+
+/// Creates what is missing: the tables, and the columns schema 1 gained
+/// after its first journals were written.
+pub(super) fn create(conn: &Connection) -> rusqlite::Result<()> {
+    conn.execute_batch(SCHEMA)?;
+    // Columns added to schema 1 after its first journals were written
+    // (`CREATE TABLE IF NOT EXISTS` does not add them).
+    for (table, column, kind) in [
+        ("runs", "pid_start", "INTEGER"),
+        ("holds", "pid_start", "INTEGER"),
+        (
+            "calls",
+            "cache_write_1h_tokens",
+            "INTEGER NOT NULL DEFAULT 0",
+        ),
+        ("calls", "usage_flag", "TEXT"),
+    ] {
+        let present: bool = conn.query_row(
+            &format!("SELECT COUNT(*) FROM pragma_table_info('{table}') WHERE name = ?1"),
+            [column],
+            |r| r.get::<_, i64>(0),
+        )? > 0;
+        if !present {
+            conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {kind}"))?;
+        }
+    }
+    Ok(())
+}
