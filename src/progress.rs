@@ -1,15 +1,25 @@
-//! The live view of a run (CLI layer): a progress bar on a terminal, plain
-//! lines otherwise (CI logs), both on stderr so stdout stays for results.
+//! The live view of a run and of a test run (CLI layer): a progress bar on a
+//! terminal, plain lines otherwise (CI logs), both on stderr so stdout stays
+//! for results. The executor and the suite runner only send events; this is
+//! where they meet the terminal.
 
 use std::io::{IsTerminal, Write};
 
 use indicatif::{ProgressBar, ProgressStyle};
 use tokio::sync::mpsc::UnboundedReceiver;
 
+use crate::diagnostic::{self, Diagnostic, RenderOptions};
+use crate::eval::results::{Outcome, RunResult};
+use crate::eval::runner::OnRun;
 use crate::run::{Event, StepStatus};
 
 /// Consumes events until the run ends (the sender is dropped).
-pub async fn report(mut rx: UnboundedReceiver<Event>, total_steps: u64, quiet: bool) {
+pub async fn report(
+    mut rx: UnboundedReceiver<Event>,
+    total_steps: u64,
+    quiet: bool,
+    options: RenderOptions,
+) {
     let bar = if std::io::stderr().is_terminal() && !quiet {
         let bar = ProgressBar::new(total_steps);
         bar.set_style(
@@ -28,11 +38,12 @@ pub async fn report(mut rx: UnboundedReceiver<Event>, total_steps: u64, quiet: b
         let line = match &event {
             Event::JournalError { message } => {
                 // Shown even with --quiet: resume and the cache depend on it.
-                let line = format!("warning: {message}");
+                let d = Diagnostic::warning("journal", message.clone());
+                let text = diagnostic::render(&d, options);
                 match &bar {
-                    Some(bar) => bar.println(line),
+                    Some(bar) => bar.println(text.trim_end()),
                     None => {
-                        let _ = writeln!(std::io::stderr().lock(), "{line}");
+                        let _ = write!(std::io::stderr().lock(), "{text}");
                     }
                 }
                 continue;
@@ -155,5 +166,70 @@ fn short(s: StepStatus) -> &'static str {
         StepStatus::DependencyFailed => "blocked",
         StepStatus::Cancelled => "cancel",
         StepStatus::NotStarted => "-",
+    }
+}
+
+/// The live view of `tollgate test`: what to do each time a run of a case
+/// finishes. A bar of case runs on a terminal; a plain line per run
+/// otherwise (CI logs), so a long live suite shows it is moving; nothing
+/// with `quiet`.
+pub struct TestProgress {
+    bar: Option<ProgressBar>,
+    lines: bool,
+}
+
+impl TestProgress {
+    /// `total`: the case runs expected (cases × repeats).
+    pub fn new(total: u64, quiet: bool) -> TestProgress {
+        let terminal = std::io::stderr().is_terminal();
+        let bar = (!quiet && terminal).then(|| {
+            let pb = ProgressBar::new(total);
+            pb.set_style(
+                ProgressStyle::with_template(
+                    "{spinner} {pos}/{len} case runs  {elapsed}  {wide_bar}",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            );
+            pb
+        });
+        TestProgress {
+            bar,
+            lines: !quiet && !terminal,
+        }
+    }
+
+    /// The callback the suite runner calls after every case run; `None`
+    /// when there is nothing to show.
+    pub fn on_run(&self) -> Option<OnRun> {
+        if let Some(bar) = &self.bar {
+            let bar = bar.clone();
+            return Some(std::sync::Arc::new(
+                move |_: &str, _: &str, _: &RunResult| {
+                    bar.inc(1);
+                },
+            ));
+        }
+        self.lines.then(|| {
+            let tell: OnRun = std::sync::Arc::new(|suite: &str, case: &str, r: &RunResult| {
+                let outcome = match r.outcome {
+                    Outcome::Passed => "passed",
+                    Outcome::Failed => "FAILED",
+                    Outcome::Errored => "ERROR",
+                };
+                let _ = writeln!(
+                    std::io::stderr().lock(),
+                    "{outcome:<6} {suite}/{case} ({} ms)",
+                    r.elapsed_ms
+                );
+            });
+            tell
+        })
+    }
+
+    /// Clears the bar before the summary is printed.
+    pub fn finish(self) {
+        if let Some(bar) = self.bar {
+            bar.finish_and_clear();
+        }
     }
 }

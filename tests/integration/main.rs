@@ -16,6 +16,7 @@ mod providers;
 mod run;
 mod sensitivity_gate;
 mod suites;
+mod warnings;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
