@@ -35,113 +35,32 @@ pub async fn report(
     };
     let mut running: Vec<String> = Vec::new();
     while let Some(event) = rx.recv().await {
-        let line = match &event {
-            Event::JournalError { message } => {
-                // Shown even with --quiet: resume and the cache depend on it.
-                let d = Diagnostic::warning("journal", message.clone());
-                let text = diagnostic::render(&d, options);
-                match &bar {
-                    Some(bar) => bar.println(text.trim_end()),
-                    None => {
-                        let _ = write!(std::io::stderr().lock(), "{text}");
-                    }
-                }
-                continue;
-            }
-            Event::StepStarted { step, model, calls } => {
-                running.push(step.clone());
-                if *calls > 1 {
-                    format!("start  {step} → {model} ({calls} calls)")
-                } else {
-                    format!("start  {step} → {model}")
+        if let Event::JournalError { message } = &event {
+            // Shown even with --quiet: resume and the cache depend on it.
+            let d = Diagnostic::warning("journal", message.clone());
+            let text = diagnostic::render(&d, options);
+            match &bar {
+                Some(bar) => bar.println(text.trim_end()),
+                None => {
+                    let _ = write!(std::io::stderr().lock(), "{text}");
                 }
             }
-            Event::Retrying {
-                step,
-                model,
-                attempt,
-                wait,
-                error,
-            } => {
-                format!(
-                    "retry  {step} on {model} (#{attempt} in {:.1}s): {error}",
-                    wait.as_secs_f64()
-                )
-            }
-            Event::WaitingForBudget { step, model } => {
-                format!(
-                    "wait   {step} on {model}: the budget has room once other runs' calls in flight settle"
-                )
-            }
-            Event::FallingBack {
-                step,
-                from,
-                to,
-                reason,
-            } => {
-                format!("switch {step}: {from} → {to} ({reason})")
-            }
-            Event::BatchProgress {
-                step,
-                provider,
-                batch_id,
-                status,
-                done,
-                total,
-            } => {
-                let counts = if *total > 0 {
-                    format!(" ({done}/{total} requests)")
-                } else {
-                    String::new()
-                };
-                format!("batch  {step}: {provider} batch {batch_id} {status}{counts}")
-            }
-            // Not started now (adopted from a killed run): no start time.
-            Event::ServerReady {
-                provider,
-                command: Some(command),
-                ready_after,
-            } if ready_after.is_zero() => format!("server {provider}: {command}"),
-            Event::ServerReady {
-                provider,
-                command: Some(command),
-                ready_after,
-            } => {
-                format!(
-                    "server {provider} started in {:.1}s: {command}",
-                    ready_after.as_secs_f64()
-                )
-            }
-            Event::ServerReady {
-                provider,
-                command: None,
-                ..
-            } => {
-                format!("server {provider} already running; using it")
-            }
-            Event::StepFinished {
-                step,
-                status,
-                cost_usd,
-            } => {
+            continue;
+        }
+        match &event {
+            Event::StepStarted { step, .. } => running.push(step.clone()),
+            Event::StepFinished { step, .. } => {
                 running.retain(|s| s != step);
                 if let Some(bar) = &bar {
                     bar.inc(1);
                 }
-                let cost = if *cost_usd > 0.0 {
-                    format!(" ${cost_usd:.6}")
-                } else {
-                    String::new()
-                };
-                match status {
-                    StepStatus::Succeeded => format!("done   {step}{cost}"),
-                    other => format!("{:<6} {step}{cost}", short(*other)),
-                }
             }
-        };
+            _ => {}
+        }
         if quiet {
             continue;
         }
+        let Some(line) = line(&event) else { continue };
         match &bar {
             Some(bar) => {
                 bar.set_message(running.join(", "));
@@ -156,6 +75,100 @@ pub async fn report(
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
+}
+
+/// The progress line of one event; `None` for a journal error, which
+/// [`report`] draws as a diagnostic instead.
+fn line(event: &Event) -> Option<String> {
+    let line = match event {
+        Event::JournalError { .. } => return None,
+        Event::StepStarted { step, model, calls } => {
+            if *calls > 1 {
+                format!("start  {step} → {model} ({calls} calls)")
+            } else {
+                format!("start  {step} → {model}")
+            }
+        }
+        Event::Retrying {
+            step,
+            model,
+            attempt,
+            wait,
+            error,
+        } => {
+            format!(
+                "retry  {step} on {model} (#{attempt} in {:.1}s): {error}",
+                wait.as_secs_f64()
+            )
+        }
+        Event::WaitingForBudget { step, model } => {
+            format!(
+                "wait   {step} on {model}: the budget has room once other runs' calls in flight settle"
+            )
+        }
+        Event::FallingBack {
+            step,
+            from,
+            to,
+            reason,
+        } => {
+            format!("switch {step}: {from} → {to} ({reason})")
+        }
+        Event::BatchProgress {
+            step,
+            provider,
+            batch_id,
+            status,
+            done,
+            total,
+        } => {
+            let counts = if *total > 0 {
+                format!(" ({done}/{total} requests)")
+            } else {
+                String::new()
+            };
+            format!("batch  {step}: {provider} batch {batch_id} {status}{counts}")
+        }
+        // Not started now (adopted from a killed run): no start time.
+        Event::ServerReady {
+            provider,
+            command: Some(command),
+            ready_after,
+        } if ready_after.is_zero() => format!("server {provider}: {command}"),
+        Event::ServerReady {
+            provider,
+            command: Some(command),
+            ready_after,
+        } => {
+            format!(
+                "server {provider} started in {:.1}s: {command}",
+                ready_after.as_secs_f64()
+            )
+        }
+        Event::ServerReady {
+            provider,
+            command: None,
+            ..
+        } => {
+            format!("server {provider} already running; using it")
+        }
+        Event::StepFinished {
+            step,
+            status,
+            cost_usd,
+        } => {
+            let cost = if *cost_usd > 0.0 {
+                format!(" ${cost_usd:.6}")
+            } else {
+                String::new()
+            };
+            match status {
+                StepStatus::Succeeded => format!("done   {step}{cost}"),
+                other => format!("{:<6} {step}{cost}", short(*other)),
+            }
+        }
+    };
+    Some(line)
 }
 
 fn short(s: StepStatus) -> &'static str {
