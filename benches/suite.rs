@@ -132,7 +132,6 @@ fn child(n: usize, latency_ms: u64) {
             ..RunOptions::default()
         },
         journal: None,
-        progress: None,
         on_run: None,
     };
     let r = rt

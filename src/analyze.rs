@@ -83,6 +83,11 @@ pub struct Analysis {
     pub steps: IndexMap<String, StepInfo>,
     pub dag: Dag,
     pub env: Environment<'static>,
+    /// Every warning the checks found (the errors stop [`analyze`]; these
+    /// do not), for the CLI to show once after loading. None of today's
+    /// checks warns; a check that does only pushes a
+    /// [`Diagnostic::warning`] and it reaches the user.
+    pub warnings: Vec<Diagnostic>,
 }
 
 impl Analysis {
@@ -126,179 +131,234 @@ pub fn project_root(workflow_path: &Path) -> PathBuf {
 /// Checks a workflow. `root` is the project folder prompt files must stay in.
 pub fn analyze(workflow: Loaded<Workflow>, root: &Path) -> Result<Analysis, Vec<Diagnostic>> {
     let env = template::environment();
-    // Built-in functions (`range`, `namespace`, `dict`, …) are not variables.
-    let globals: BTreeSet<String> = env.globals().map(|(k, _)| k.to_owned()).collect();
     let mut diags = Vec::new();
-    let w = &workflow.value;
-    let doc = &workflow.doc;
-    let step_ids: Vec<&str> = w.steps.keys().map(String::as_str).collect();
-    let input_names: Vec<&str> = w.inputs.keys().map(String::as_str).collect();
-
-    check_inputs(w, doc, &mut diags);
-
+    check_inputs(&workflow.value, &workflow.doc, &mut diags);
     let mut steps = IndexMap::new();
-    for (id, step) in &w.steps {
-        let sp = |key: &str| pointer(["steps", id.as_str(), key]);
-        let prompt = match (&step.prompt, &step.prompt_file) {
-            (Some(p), None) => Some(Source::inline(p, sp("prompt"))),
-            (None, Some(f)) => read_prompt_file(
-                f,
-                &workflow.dir(),
-                root,
-                doc,
-                &sp("prompt_file"),
-                &mut diags,
-            ),
-            (Some(_), Some(_)) => {
-                diags.push(
-                    Diagnostic::error(
-                        "prompt-conflict",
-                        format!("step `{id}` has both `prompt` and `prompt_file`"),
-                    )
-                    .at(doc.key_span(&sp("prompt_file")))
-                    .with_help("keep one of them"),
-                );
-                None
-            }
-            (None, None) => {
-                diags.push(
-                    Diagnostic::error("missing-prompt", format!("step `{id}` has no prompt"))
-                        .at(doc.key_span(&pointer(["steps", id.as_str()])))
-                        .with_help("add `prompt:` (a template) or `prompt_file:` (a path relative to the workflow)"),
-                );
-                None
-            }
-        };
-        let system = step
-            .system
-            .as_deref()
-            .map(|s| Source::inline(s, sp("system")));
-        let when = step
-            .when
-            .as_deref()
-            .map(|s| Source::expression(s, sp("when")));
-        let for_each = step
-            .for_each
-            .as_deref()
-            .map(|s| Source::expression(s, sp("for_each")));
-
-        let mut info = StepInfo {
-            id: id.clone(),
-            prompt: prompt
-                .clone()
-                .unwrap_or_else(|| Source::inline("", sp("prompt"))),
-            system: system.clone(),
-            when: when.clone(),
-            for_each: for_each.clone(),
-            reads_inputs: BTreeSet::new(),
-            reads_steps: BTreeSet::new(),
-            deps: BTreeSet::new(),
-        };
-
-        let sources = [
-            (prompt.as_ref(), "the prompt", true),
-            (system.as_ref(), "the system prompt", true),
-            (when.as_ref(), "`when`", false),
-            (for_each.as_ref(), "`for_each`", false),
-        ];
-        for (source, what, item_allowed) in sources {
-            let Some(source) = source else { continue };
-            let refs = match source.references(&env) {
-                Ok(r) => r,
-                Err(err) => {
-                    diags.push(source.error(doc, &err, &format!("{what} of step `{id}`")));
-                    continue;
-                }
-            };
-            // Never by running the template: that would execute its loops.
-            match source.lint(&env) {
-                Ok(found) => diags.extend(
-                    found
-                        .iter()
-                        .map(|f| source.error_at(doc, f, &format!("{what} of step `{id}`"))),
-                ),
-                Err(err) => {
-                    diags.push(source.error(doc, &err, &format!("{what} of step `{id}`")));
-                    continue;
-                }
-            }
-            let item_ok = item_allowed && step.for_each.is_some();
-            for r in refs {
-                check_reference(
-                    &r,
-                    source,
-                    &Ctx {
-                        doc,
-                        id,
-                        what,
-                        item_ok,
-                        step_ids: &step_ids,
-                        input_names: &input_names,
-                        globals: &globals,
-                    },
-                    &mut info,
-                    &mut diags,
-                );
-            }
-        }
-
-        for (i, need) in step.needs.iter().enumerate() {
-            let at = doc.span(&pointer(["steps", id.as_str(), "needs", &i.to_string()]));
-            if need == id {
-                diags.push(
-                    Diagnostic::error("self-dependency", format!("step `{id}` needs itself"))
-                        .at(at)
-                        .with_help("remove it from `needs`"),
-                );
-            } else if w.steps.contains_key(need) {
-                info.deps.insert(need.clone());
-            } else {
-                diags.push(
-                    Diagnostic::error(
-                        "unknown-step",
-                        format!("step `{id}` needs unknown step `{need}`"),
-                    )
-                    .at(at)
-                    .with_label("no step with this id")
-                    .with_help(
-                        did_you_mean(need, step_ids.iter().copied()).unwrap_or_else(|| {
-                            format!("steps are {}", one_of(step_ids.iter().copied()))
-                        }),
-                    ),
-                );
-            }
-        }
-
-        if let Some(schema) = step.output_schema() {
-            if let Err(err) = jsonschema::validator_for(schema) {
-                diags.push(
-                    Diagnostic::error(
-                        "invalid-output-schema",
-                        format!(
-                            "the output schema of step `{id}` is not a valid JSON Schema: {err}"
-                        ),
-                    )
-                    .at(doc.span(&pointer(["steps", id.as_str(), "output", "schema"])))
-                    .with_help("see https://json-schema.org for the format"),
-                );
-            }
-        }
-        if let (Some(exp), max) = (step.expected_output_tokens, step.max_output_tokens()) {
-            if exp > max {
-                diags.push(
-                    Diagnostic::error(
-                        "expected-over-max",
-                        format!("step `{id}` expects {exp} output tokens but allows at most {max}"),
-                    )
-                    .at(doc.span(&sp("expected_output_tokens")))
-                    .with_help("raise `max_output_tokens` or lower `expected_output_tokens`"),
-                );
-            }
-        }
+    for (id, step) in &workflow.value.steps {
+        let info = analyze_step(&workflow, id, step, &env, root, &mut diags);
         steps.insert(id.clone(), info);
     }
+    let dag = seal_dag(&workflow, &steps, &mut diags);
+    match dag {
+        Some(dag) if !diags.iter().any(Diagnostic::is_error) => Ok(Analysis {
+            workflow,
+            steps,
+            dag,
+            env,
+            warnings: diags,
+        }),
+        _ => Err(diags),
+    }
+}
 
-    // The DAG, built only from references that resolved.
+/// One step: its templates compiled, linted and their references checked
+/// (what it reads, what it depends on), `needs`, the output schema and the
+/// token expectations.
+fn analyze_step(
+    workflow: &Loaded<Workflow>,
+    id: &str,
+    step: &Step,
+    env: &Environment<'static>,
+    root: &Path,
+    diags: &mut Vec<Diagnostic>,
+) -> StepInfo {
+    let w = &workflow.value;
+    let doc = &workflow.doc;
+    let sp = |key: &str| pointer(["steps", id, key]);
+    let prompt = step_prompt(workflow, id, step, root, diags);
+    let system = step
+        .system
+        .as_deref()
+        .map(|s| Source::inline(s, sp("system")));
+    let when = step
+        .when
+        .as_deref()
+        .map(|s| Source::expression(s, sp("when")));
+    let for_each = step
+        .for_each
+        .as_deref()
+        .map(|s| Source::expression(s, sp("for_each")));
+
+    let mut info = StepInfo {
+        id: id.to_owned(),
+        prompt: prompt
+            .clone()
+            .unwrap_or_else(|| Source::inline("", sp("prompt"))),
+        system: system.clone(),
+        when: when.clone(),
+        for_each: for_each.clone(),
+        reads_inputs: BTreeSet::new(),
+        reads_steps: BTreeSet::new(),
+        deps: BTreeSet::new(),
+    };
+
+    // Built-in functions (`range`, `namespace`, `dict`, …) are not variables.
+    let globals: BTreeSet<String> = env.globals().map(|(k, _)| k.to_owned()).collect();
+    let step_ids: Vec<&str> = w.steps.keys().map(String::as_str).collect();
+    let input_names: Vec<&str> = w.inputs.keys().map(String::as_str).collect();
+    let sources = [
+        (prompt.as_ref(), "the prompt", true),
+        (system.as_ref(), "the system prompt", true),
+        (when.as_ref(), "`when`", false),
+        (for_each.as_ref(), "`for_each`", false),
+    ];
+    for (source, what, item_allowed) in sources {
+        let Some(source) = source else { continue };
+        let refs = match source.references(env) {
+            Ok(r) => r,
+            Err(err) => {
+                diags.push(source.error(doc, &err, &format!("{what} of step `{id}`")));
+                continue;
+            }
+        };
+        // Never by running the template: that would execute its loops.
+        match source.lint(env) {
+            Ok(found) => diags.extend(
+                found
+                    .iter()
+                    .map(|f| source.error_at(doc, f, &format!("{what} of step `{id}`"))),
+            ),
+            Err(err) => {
+                diags.push(source.error(doc, &err, &format!("{what} of step `{id}`")));
+                continue;
+            }
+        }
+        let item_ok = item_allowed && step.for_each.is_some();
+        for r in refs {
+            check_reference(
+                &r,
+                source,
+                &Ctx {
+                    doc,
+                    id,
+                    what,
+                    item_ok,
+                    step_ids: &step_ids,
+                    input_names: &input_names,
+                    globals: &globals,
+                },
+                &mut info,
+                diags,
+            );
+        }
+    }
+    check_needs(w, doc, id, step, &step_ids, &mut info, diags);
+    check_output(doc, id, step, diags);
+    info
+}
+
+/// The step's prompt: inline, or read from its `prompt_file`; exactly one.
+fn step_prompt(
+    workflow: &Loaded<Workflow>,
+    id: &str,
+    step: &Step,
+    root: &Path,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<Source> {
+    let doc = &workflow.doc;
+    let sp = |key: &str| pointer(["steps", id, key]);
+    match (&step.prompt, &step.prompt_file) {
+        (Some(p), None) => Some(Source::inline(p, sp("prompt"))),
+        (None, Some(f)) => {
+            read_prompt_file(f, &workflow.dir(), root, doc, &sp("prompt_file"), diags)
+        }
+        (Some(_), Some(_)) => {
+            diags.push(
+                Diagnostic::error(
+                    "prompt-conflict",
+                    format!("step `{id}` has both `prompt` and `prompt_file`"),
+                )
+                .at(doc.key_span(&sp("prompt_file")))
+                .with_help("keep one of them"),
+            );
+            None
+        }
+        (None, None) => {
+            diags.push(
+                Diagnostic::error("missing-prompt", format!("step `{id}` has no prompt"))
+                    .at(doc.key_span(&pointer(["steps", id])))
+                    .with_help("add `prompt:` (a template) or `prompt_file:` (a path relative to the workflow)"),
+            );
+            None
+        }
+    }
+}
+
+/// `needs`: known steps other than itself, added to the step's deps.
+fn check_needs(
+    w: &Workflow,
+    doc: &Document,
+    id: &str,
+    step: &Step,
+    step_ids: &[&str],
+    info: &mut StepInfo,
+    diags: &mut Vec<Diagnostic>,
+) {
+    for (i, need) in step.needs.iter().enumerate() {
+        let at = doc.span(&pointer(["steps", id, "needs", &i.to_string()]));
+        if need == id {
+            diags.push(
+                Diagnostic::error("self-dependency", format!("step `{id}` needs itself"))
+                    .at(at)
+                    .with_help("remove it from `needs`"),
+            );
+        } else if w.steps.contains_key(need) {
+            info.deps.insert(need.clone());
+        } else {
+            diags.push(
+                Diagnostic::error(
+                    "unknown-step",
+                    format!("step `{id}` needs unknown step `{need}`"),
+                )
+                .at(at)
+                .with_label("no step with this id")
+                .with_help(
+                    did_you_mean(need, step_ids.iter().copied()).unwrap_or_else(|| {
+                        format!("steps are {}", one_of(step_ids.iter().copied()))
+                    }),
+                ),
+            );
+        }
+    }
+}
+
+/// The output schema is a valid JSON Schema; the expected output fits the
+/// maximum.
+fn check_output(doc: &Document, id: &str, step: &Step, diags: &mut Vec<Diagnostic>) {
+    if let Some(schema) = step.output_schema() {
+        if let Err(err) = jsonschema::validator_for(schema) {
+            diags.push(
+                Diagnostic::error(
+                    "invalid-output-schema",
+                    format!("the output schema of step `{id}` is not a valid JSON Schema: {err}"),
+                )
+                .at(doc.span(&pointer(["steps", id, "output", "schema"])))
+                .with_help("see https://json-schema.org for the format"),
+            );
+        }
+    }
+    if let (Some(exp), max) = (step.expected_output_tokens, step.max_output_tokens()) {
+        if exp > max {
+            diags.push(
+                Diagnostic::error(
+                    "expected-over-max",
+                    format!("step `{id}` expects {exp} output tokens but allows at most {max}"),
+                )
+                .at(doc.span(&pointer(["steps", id, "expected_output_tokens"])))
+                .with_help("raise `max_output_tokens` or lower `expected_output_tokens`"),
+            );
+        }
+    }
+}
+
+/// The DAG, built only from references that resolved; `None` (reported)
+/// when it has a cycle.
+fn seal_dag(
+    workflow: &Loaded<Workflow>,
+    steps: &IndexMap<String, StepInfo>,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<Dag> {
+    let step_ids: Vec<&str> = steps.keys().map(String::as_str).collect();
     let deps: Vec<BTreeSet<usize>> = steps
         .values()
         .map(|s| {
@@ -308,7 +368,7 @@ pub fn analyze(workflow: Loaded<Workflow>, root: &Path) -> Result<Analysis, Vec<
                 .collect()
         })
         .collect();
-    let dag = match Dag::build(steps.len(), &deps) {
+    match Dag::build(steps.len(), &deps) {
         Ok(dag) => Some(dag),
         Err(cycles) => {
             for c in cycles {
@@ -321,23 +381,13 @@ pub fn analyze(workflow: Loaded<Workflow>, root: &Path) -> Result<Analysis, Vec<
                 };
                 diags.push(
                     Diagnostic::error("dependency-cycle", format!("dependency cycle: {shown}"))
-                        .at(doc.key_span(&pointer(["steps", first])))
+                        .at(workflow.doc.key_span(&pointer(["steps", first])))
                         .with_label("each step here waits for the next one")
                         .with_help("a step reads another's output through `steps.<id>.output` or `needs`; break the cycle by removing one of these references"),
                 );
             }
             None
         }
-    };
-
-    match dag {
-        Some(dag) if !diags.iter().any(Diagnostic::is_error) => Ok(Analysis {
-            workflow,
-            steps,
-            dag,
-            env,
-        }),
-        _ => Err(diags),
     }
 }
 

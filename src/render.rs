@@ -1,5 +1,12 @@
-//! Human-readable plan text. Stable: the same plan gives the same bytes, so
-//! plans can be reviewed in pull requests and snapshot-tested.
+//! Human-readable text of the plan, the run summary, `runs`, `report` and
+//! the budgets left. Stable: the same plan gives the same bytes, so plans
+//! can be reviewed in pull requests and snapshot-tested.
+//!
+//! The warnings written here (a prompt cache that will not apply, answers
+//! cut at `max_output_tokens`, usage not believed) stay lines of the table
+//! they belong to rather than diagnostics: each is a fact about one row of
+//! a plan or a run, not about a file's content, and the JSON output carries
+//! the same facts as fields. Rendering never prints.
 
 use std::fmt::Write as _;
 
@@ -301,7 +308,12 @@ fn ms(v: u64) -> String {
     }
 }
 
-/// The summary of a run: a row per step, then the cost against the estimate.
+/// The summary of a run: a row per step, then the cost against the estimate,
+/// savings, and what went wrong.
+///
+/// The truncated-answer warnings stay lines of this summary (not
+/// diagnostics): they are facts of one step's answers, like the status
+/// column, and `--format json` carries them as each call's `truncated`.
 pub fn run_text(r: &RunReport) -> String {
     let mut o = String::new();
     let status = match r.status {
@@ -317,78 +329,14 @@ pub fn run_text(r: &RunReport) -> String {
         r.policy,
         ms(r.elapsed_ms)
     );
-    let rows: Vec<[String; 10]> = r
-        .steps
-        .iter()
-        .map(|s| {
-            let from = |src: crate::run::CallSource| {
-                !s.calls.is_empty() && s.calls.iter().all(|c| c.source == src)
-            };
-            let status = if s.ignored_failure {
-                "failed (ignored)".to_owned()
-            } else if from(crate::run::CallSource::Cache) {
-                format!("{} (cached)", s.status.name())
-            } else if from(crate::run::CallSource::Journal) {
-                format!("{} (resumed)", s.status.name())
-            } else {
-                s.status.name().to_owned()
-            };
-            let ran = !s.calls.is_empty();
-            [
-                s.id.clone(),
-                status,
-                s.model.clone().unwrap_or_else(|| "-".to_owned()),
-                s.rule.clone().unwrap_or_else(|| "-".to_owned()),
-                if ran {
-                    s.usage.input_tokens.to_string()
-                } else {
-                    "-".to_owned()
-                },
-                if ran {
-                    s.usage.output_tokens.to_string()
-                } else {
-                    "-".to_owned()
-                },
-                if ran {
-                    s.usage.cached_input_tokens.to_string()
-                } else {
-                    "-".to_owned()
-                },
-                if ran {
-                    ms(s.latency_ms)
-                } else {
-                    "-".to_owned()
-                },
-                s.ttft_ms.map_or_else(|| "-".to_owned(), ms),
-                if ran { usd(s.cost_usd) } else { "-".to_owned() },
-            ]
-        })
-        .collect();
-    let header = [
-        "STEP", "STATUS", "MODEL", "RULE", "IN", "OUT", "CACHED", "LATENCY", "TTFT", "COST",
-    ]
-    .map(str::to_owned);
-    let mut widths = header.clone().map(|h| h.chars().count());
-    for row in &rows {
-        for (w, c) in widths.iter_mut().zip(row) {
-            *w = (*w).max(c.chars().count());
-        }
-    }
-    for row in std::iter::once(&header).chain(rows.iter()) {
-        let cells: Vec<String> = row
-            .iter()
-            .zip(widths)
-            .enumerate()
-            .map(|(i, (c, w))| {
-                if (4..10).contains(&i) {
-                    format!("{c:>w$}")
-                } else {
-                    format!("{c:<w$}")
-                }
-            })
-            .collect();
-        let _ = writeln!(o, "{}", cells.join("  ").trim_end());
-    }
+    let rows: Vec<Vec<String>> = r.steps.iter().map(step_row).collect();
+    o.push_str(&table(
+        &[
+            "STEP", "STATUS", "MODEL", "RULE", "IN", "OUT", "CACHED", "LATENCY", "TTFT", "COST",
+        ],
+        &rows,
+        4,
+    ));
     let budget = r
         .budget_usd
         .map(|b| format!("; run budget {}", usd(b)))
@@ -400,6 +348,66 @@ pub fn run_text(r: &RunReport) -> String {
         usd(r.estimate.low),
         usd(r.estimate.high)
     );
+    savings(&mut o, r);
+    if let Some(id) = &r.run_id {
+        if r.status == RunStatus::Succeeded {
+            let _ = writeln!(o, "run {id}");
+        } else {
+            let _ = writeln!(o, "run {id} — finish it with: tollgate run --resume {id}");
+        }
+    }
+    for s in &r.steps {
+        let cut = s.calls.iter().filter(|c| c.truncated).count();
+        if cut > 0 {
+            let _ = writeln!(
+                o,
+                "warning: {}: {cut} answer(s) stopped at max_output_tokens and may be cut short",
+                s.id
+            );
+        }
+        if matches!(s.status, StepStatus::Succeeded | StepStatus::Skipped) {
+            continue;
+        }
+        if let Some(d) = &s.detail {
+            let _ = writeln!(o, "{}: {}: {d}", s.id, s.status.name());
+        }
+    }
+    o
+}
+
+/// One step's row of the run summary; `-` where the step made no call.
+fn step_row(s: &crate::run::StepReport) -> Vec<String> {
+    let from = |src: crate::run::CallSource| {
+        !s.calls.is_empty() && s.calls.iter().all(|c| c.source == src)
+    };
+    let status = if s.ignored_failure {
+        "failed (ignored)".to_owned()
+    } else if from(crate::run::CallSource::Cache) {
+        format!("{} (cached)", s.status.name())
+    } else if from(crate::run::CallSource::Journal) {
+        format!("{} (resumed)", s.status.name())
+    } else {
+        s.status.name().to_owned()
+    };
+    let ran = !s.calls.is_empty();
+    let if_ran = |v: String| if ran { v } else { "-".to_owned() };
+    vec![
+        s.id.clone(),
+        status,
+        s.model.clone().unwrap_or_else(|| "-".to_owned()),
+        s.rule.clone().unwrap_or_else(|| "-".to_owned()),
+        if_ran(s.usage.input_tokens.to_string()),
+        if_ran(s.usage.output_tokens.to_string()),
+        if_ran(s.usage.cached_input_tokens.to_string()),
+        if_ran(ms(s.latency_ms)),
+        s.ttft_ms.map_or_else(|| "-".to_owned(), ms),
+        if_ran(usd(s.cost_usd)),
+    ]
+}
+
+/// The lines on what prompt caches, batches, the response cache and a
+/// resume saved; none when nothing did.
+fn savings(o: &mut String, r: &RunReport) {
     let batched = r
         .steps
         .iter()
@@ -449,30 +457,6 @@ pub fn run_text(r: &RunReport) -> String {
             usd(r.earlier_cost_usd)
         );
     }
-    if let Some(id) = &r.run_id {
-        if r.status == RunStatus::Succeeded {
-            let _ = writeln!(o, "run {id}");
-        } else {
-            let _ = writeln!(o, "run {id} — finish it with: tollgate run --resume {id}");
-        }
-    }
-    for s in &r.steps {
-        let cut = s.calls.iter().filter(|c| c.truncated).count();
-        if cut > 0 {
-            let _ = writeln!(
-                o,
-                "warning: {}: {cut} answer(s) stopped at max_output_tokens and may be cut short",
-                s.id
-            );
-        }
-        if matches!(s.status, StepStatus::Succeeded | StepStatus::Skipped) {
-            continue;
-        }
-        if let Some(d) = &s.detail {
-            let _ = writeln!(o, "{}: {}: {d}", s.id, s.status.name());
-        }
-    }
-    o
 }
 
 /// Columns two spaces apart: the first `left` left-aligned, the rest

@@ -2,8 +2,11 @@
 //!
 //! Loading is: read → YAML with spans → JSON Schema → serde. Only the first
 //! stage can stop a file early (a syntax error); schema errors are all
-//! reported together. Semantic checks (unknown steps, cycles, templates) live
-//! in [`crate::check`], because they need the whole picture.
+//! reported together. [`load_document`] and [`from_document`] are the
+//! loaders every file kind goes through (policies and suites too), and
+//! [`Loaded`] keeps a value with the document its spans point into.
+//! Semantic checks (unknown steps, cycles, templates) live in
+//! [`crate::analyze`], because they need the whole picture.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -1,13 +1,15 @@
 //! `tollgate test` and `tollgate merge`.
 
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use super::{OutputFormat, exit, print_out, report, runtime};
 use crate::diagnostic::{Diagnostic, RenderOptions};
 use crate::eval::results::{self, Mode, Results, Shard};
 use crate::eval::runner::{self, TestOptions};
-use crate::eval::{snapshot, suite};
+use crate::eval::snapshot;
+use crate::eval::suite::{self, Suite};
+use crate::progress::TestProgress;
 
 #[derive(Debug, clap::Args)]
 pub(super) struct TestArgs {
@@ -117,17 +119,38 @@ fn emit(
     Ok(())
 }
 
-pub(super) fn cmd_test(args: TestArgs, options: RenderOptions) -> u8 {
-    let format = args.format;
+/// Checks the flags of `test` that clap cannot, all at once, before any
+/// suite is read: the shard to run.
+fn check_flags(args: &TestArgs) -> Result<Option<Shard>, Vec<Diagnostic>> {
+    let mut diags = Vec::new();
+    let shard = match args.shard.as_deref().map(parse_shard).transpose() {
+        Ok(s) => s,
+        Err(d) => {
+            diags.push(d);
+            None
+        }
+    };
+    if args.repeat == 0 {
+        diags.push(Diagnostic::error(
+            "bad-repeat",
+            "--repeat must be at least 1",
+        ));
+    }
+    if diags.is_empty() {
+        Ok(shard)
+    } else {
+        Err(diags)
+    }
+}
+
+/// Finds and loads every suite; all their problems at once.
+fn load_suites(args: &TestArgs) -> Result<Vec<Suite>, Vec<Diagnostic>> {
     let paths = if args.suites.is_empty() {
         vec![PathBuf::from("evals")]
     } else {
         args.suites.clone()
     };
-    let files = match suite::discover(&paths) {
-        Ok(f) => f,
-        Err(d) => return report(d, format, options),
-    };
+    let files = suite::discover(&paths)?;
     let mut diags = Vec::new();
     let mut suites = Vec::new();
     for f in &files {
@@ -152,54 +175,70 @@ pub(super) fn cmd_test(args: TestArgs, options: RenderOptions) -> u8 {
             );
         }
     }
-    let shard = match args.shard.as_deref().map(parse_shard).transpose() {
-        Ok(s) => s,
-        Err(d) => {
-            diags.push(d);
-            None
-        }
-    };
-    if args.repeat == 0 {
-        diags.push(Diagnostic::error(
-            "bad-repeat",
-            "--repeat must be at least 1",
-        ));
+    if diags.is_empty() {
+        Ok(suites)
+    } else {
+        Err(diags)
     }
-    if !diags.is_empty() {
-        return report(diags, format, options);
-    }
+}
 
-    if let Some(case) = &args.accept {
-        let case = (!case.is_empty()).then_some(case.as_str());
-        let mut accepted = Vec::new();
-        for s in &suites {
-            match snapshot::accept(&s.snapshot_dir, case) {
-                Ok(a) => accepted.extend(a),
-                Err(e) => {
-                    let d = Diagnostic::error(
-                        "io",
-                        format!(
-                            "cannot accept snapshots in {}: {e}",
-                            s.snapshot_dir.display()
-                        ),
-                    );
-                    return report(vec![d], format, options);
-                }
+/// The warnings of the suites' workflows and policies, each once (suites
+/// often share a policy). A live or recording run refuses plain http to a
+/// cloud provider (an error when the suite is prepared), so that warning is
+/// left to the error there.
+fn warnings(suites: &[Suite], mode: Mode) -> Vec<Diagnostic> {
+    let mut seen = std::collections::HashSet::new();
+    suites
+        .iter()
+        .flat_map(|s| s.policy.warnings.iter().chain(&s.analysis.warnings))
+        .filter(|d| mode == Mode::Replay || d.code != crate::policy::INSECURE_BASE_URL)
+        .filter(|d| seen.insert((d.code, d.location(), d.message.clone())))
+        .cloned()
+        .collect()
+}
+
+/// `test --accept[=CASE]`: promotes pending snapshots instead of running.
+fn accept(suites: &[Suite], case: &str, format: OutputFormat, options: RenderOptions) -> u8 {
+    let case = (!case.is_empty()).then_some(case);
+    let mut accepted = Vec::new();
+    for s in suites {
+        match snapshot::accept(&s.snapshot_dir, case) {
+            Ok(a) => accepted.extend(a),
+            Err(e) => {
+                let d = Diagnostic::error(
+                    "io",
+                    format!(
+                        "cannot accept snapshots in {}: {e}",
+                        s.snapshot_dir.display()
+                    ),
+                );
+                return report(vec![d], format, options);
             }
         }
-        let text = if accepted.is_empty() {
-            "no pending snapshots".to_owned()
-        } else {
-            accepted
-                .iter()
-                .map(|p| format!("accepted {}", p.display()))
-                .collect::<Vec<_>>()
-                .join("\n")
-        };
-        print_out(&text);
-        return exit::OK;
     }
+    let text = if accepted.is_empty() {
+        "no pending snapshots".to_owned()
+    } else {
+        accepted
+            .iter()
+            .map(|p| format!("accepted {}", p.display()))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    print_out(&text);
+    exit::OK
+}
 
+pub(super) fn cmd_test(args: TestArgs, options: RenderOptions) -> u8 {
+    let format = args.format;
+    let shard = match check_flags(&args) {
+        Ok(s) => s,
+        Err(d) => return report(d, format, options),
+    };
+    let suites = match load_suites(&args) {
+        Ok(s) => s,
+        Err(d) => return report(d, format, options),
+    };
     let mode = if args.replay {
         Mode::Replay
     } else if args.record {
@@ -207,6 +246,10 @@ pub(super) fn cmd_test(args: TestArgs, options: RenderOptions) -> u8 {
     } else {
         Mode::Live
     };
+    super::warn(&warnings(&suites, mode), options);
+    if let Some(case) = &args.accept {
+        return accept(&suites, case, format, options);
+    }
     // Live and recording runs spend money: journaled like `run`, so the
     // policy's daily and monthly budgets hold and `report` shows the spend.
     let journal = if mode == Mode::Replay {
@@ -217,35 +260,7 @@ pub(super) fn cmd_test(args: TestArgs, options: RenderOptions) -> u8 {
             Err(d) => return report(vec![d], format, options),
         }
     };
-    let total: u64 = suites
-        .iter()
-        .map(|s| {
-            let o = TestOptions {
-                mode,
-                ci: args.ci,
-                repeat: args.repeat,
-                shard: shard.clone(),
-                filter: args.filter.clone(),
-                run: crate::run::RunOptions::default(),
-                journal: None,
-                progress: None,
-                on_run: None,
-            };
-            runner::selected(s, &o).len() as u64 * args.repeat as u64
-        })
-        .sum();
-    let progress = (!args.quiet && std::io::stderr().is_terminal() && format == OutputFormat::Text)
-        .then(|| {
-            let pb = indicatif::ProgressBar::new(total);
-            pb.set_style(
-                indicatif::ProgressStyle::with_template(
-                    "{spinner} {pos}/{len} case runs  {elapsed}  {wide_bar}",
-                )
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-            );
-            pb
-        });
-    let opts = TestOptions {
+    let mut opts = TestOptions {
         mode,
         ci: args.ci,
         repeat: args.repeat,
@@ -256,26 +271,14 @@ pub(super) fn cmd_test(args: TestArgs, options: RenderOptions) -> u8 {
             ..crate::run::RunOptions::default()
         },
         journal,
-        progress: progress.clone(),
-        // Not a terminal (CI logs): a plain line per finished case run, so
-        // a long live suite shows it is moving.
-        on_run: (progress.is_none() && !args.quiet && format == OutputFormat::Text).then(|| {
-            let tell: runner::OnRun =
-                std::sync::Arc::new(|suite: &str, case: &str, r: &results::RunResult| {
-                    let outcome = match r.outcome {
-                        results::Outcome::Passed => "passed",
-                        results::Outcome::Failed => "FAILED",
-                        results::Outcome::Errored => "ERROR",
-                    };
-                    let _ = writeln!(
-                        std::io::stderr().lock(),
-                        "{outcome:<6} {suite}/{case} ({} ms)",
-                        r.elapsed_ms
-                    );
-                });
-            tell
-        }),
+        on_run: None,
     };
+    let total: u64 = suites
+        .iter()
+        .map(|s| runner::selected(s, &opts).len() as u64 * args.repeat as u64)
+        .sum();
+    let progress = TestProgress::new(total, args.quiet || format != OutputFormat::Text);
+    opts.on_run = progress.on_run();
     let runtime = match runtime() {
         Ok(rt) => rt,
         Err(d) => return report(vec![d], format, options),
@@ -285,9 +288,7 @@ pub(super) fn cmd_test(args: TestArgs, options: RenderOptions) -> u8 {
         tokio::spawn(super::cancel_on_signals(cancel.clone()));
         runner::run_suites(&suites, &opts, cancel.clone()).await
     });
-    if let Some(pb) = progress {
-        pb.finish_and_clear();
-    }
+    progress.finish();
     let results = match outcome {
         Ok(r) => r,
         Err(d) => return report(d, format, options),
@@ -315,7 +316,7 @@ pub(super) fn cmd_test(args: TestArgs, options: RenderOptions) -> u8 {
         return report(vec![d], format, options);
     }
     if cancel.is_cancelled() {
-        super::INTERRUPTED
+        exit::INTERRUPTED
     } else if results.ok() {
         exit::OK
     } else {

@@ -14,6 +14,10 @@
 //! - [`cassette`] — recorded responses: record live, replay offline;
 //! - [`results`] — outcomes, the human summary, JUnit XML, merging shards.
 //!
+//! Nothing here prints or touches the terminal: the runner reports each
+//! finished case run through [`runner::TestOptions::on_run`], and
+//! [`results`] renders text the CLI prints.
+//!
 //! Invariants: a suite with any input problem runs nothing (exit 2);
 //! `--replay` makes no network connection and starts no local server;
 //! `--ci` writes no file but the results the user asked for; an

@@ -12,22 +12,24 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
-use super::assertion::{self, Failure, SnapshotMode};
+use super::assertion::{self, Expectations, Failure, SnapshotMode};
 use super::cassette::{Cassette, Recorder, Replayer};
 use super::results::{
     CaseResult, FORMAT_VERSION, Mode, Outcome, Results, RunResult, Shard, SuiteResult,
 };
 use super::snapshot;
 use super::suite::{Case, Suite};
-use crate::analyze::{self, Analysis};
-use crate::diagnostic::{Diagnostic, SourceFile};
-use crate::inputs::{InputValue, Inputs, ValueSource};
+use crate::analyze::Analysis;
+use crate::diagnostic::Diagnostic;
+use crate::inputs::Inputs;
 use crate::plan::{self, Plan};
 use crate::policy::Policy;
-use crate::run::{self, Providers, Resources, RunOptions, RunStatus, StepReport, StepStatus};
-use crate::schema::Format;
-use crate::workflow::{self, Workflow};
-use crate::yaml::Document;
+use crate::run::{
+    self, Providers, Resources, RunOptions, RunReport, RunStatus, StepReport, StepStatus,
+};
+
+mod judge;
+use judge::{Verdict, judge};
 
 /// How a test run behaves.
 #[derive(Clone)]
@@ -47,10 +49,9 @@ pub struct TestOptions {
     /// call, and `report` shows it. No response cache: a suite measures the
     /// models. Replays spend nothing and are not journaled.
     pub journal: Option<Arc<crate::journal::Journal>>,
-    /// Advanced once per finished run of a case.
-    pub progress: Option<indicatif::ProgressBar>,
-    /// Told of every finished run of a case (suite, case, the run): the
-    /// CLI's plain progress lines when stderr is not a terminal.
+    /// Told of every finished run of a case (suite, case, the run): how the
+    /// CLI shows progress (`crate::progress::TestProgress`). The runner
+    /// itself never touches the terminal.
     pub on_run: Option<OnRun>,
 }
 
@@ -189,7 +190,7 @@ fn prepare<'a>(suite: &'a Suite, opts: &TestOptions) -> Result<Prepared<'a>, Vec
             let providers = Providers::from_env(&suite.policy).without_batch();
             // As `run`: no key crosses the network in clear text unless
             // the policy allows it.
-            diags.extend(suite.policy.insecure_transport.iter().map(|d| Diagnostic {
+            diags.extend(suite.policy.insecure_transport().map(|d| Diagnostic {
                 severity: crate::diagnostic::Severity::Error,
                 ..d.clone()
             }));
@@ -293,9 +294,6 @@ async fn run_suite(p: Prepared<'_>, opts: &TestOptions, cancel: CancellationToke
             } else {
                 run_case(ctx_ref, case, plan).await
             };
-            if let Some(pb) = &ctx_ref.opts.progress {
-                pb.inc(1);
-            }
             if let Some(tell) = &ctx_ref.opts.on_run {
                 tell(&ctx_ref.suite.name, &case.name, &result);
             }
@@ -464,111 +462,21 @@ async fn run_case(ctx: &Ctx<'_>, case: &Case, plan: &Plan) -> (RunResult, Vec<St
         judge_cost_usd: 0.0,
         elapsed_ms: 0,
     };
-    let mut pending = Vec::new();
     match report.status {
         RunStatus::Cancelled => result.error = Some("interrupted".to_owned()),
         RunStatus::TimedOut => result.error = Some("the run timed out".to_owned()),
         _ => {}
     }
-    // A step that broke for a reason other than its answer makes the case
-    // unjudgeable; one whose answer broke its output schema fails the case,
-    // expected or not — the workflow did not produce what it promises.
     if result.error.is_none() {
-        for s in &report.steps {
-            if s.status != StepStatus::Failed || s.ignored_failure {
-                continue;
-            }
-            if !invalid_answer(s) {
-                result.error = Some(format!(
-                    "step `{}`: {}",
-                    s.id,
-                    s.detail.clone().unwrap_or_default()
-                ));
-                break;
-            }
-            result.failures.push(Failure {
-                step: s.id.clone(),
-                assertion: "output_schema".to_owned(),
-                message: s.detail.clone().unwrap_or_default(),
-                expected: None,
-                actual: None,
-                diff: None,
-            });
-        }
+        failed_steps(&report, &mut result);
     }
+    let mut pending = Vec::new();
     if result.error.is_none() {
         for (step_id, expect) in &case.expect {
             let Some(step) = report.steps.iter().find(|s| &s.id == step_id) else {
                 continue;
             };
-            if step.status != StepStatus::Succeeded {
-                // Already reported above when its own answer was at fault.
-                if !(step.status == StepStatus::Failed && invalid_answer(step)) {
-                    result.failures.push(Failure {
-                        step: step_id.clone(),
-                        assertion: "ran".to_owned(),
-                        message: format!(
-                            "the step did not run to the end ({}): {}",
-                            step.status.name(),
-                            step.detail.clone().unwrap_or_default()
-                        ),
-                        expected: None,
-                        actual: None,
-                        diff: None,
-                    });
-                }
-                continue;
-            }
-            result.failures.extend(expect.check(step));
-            let level = plan
-                .steps
-                .iter()
-                .find(|p| &p.id == step_id)
-                .map(|p| p.sensitivity.level.clone())
-                .unwrap_or_default();
-            if let Some(j) = &expect.judge {
-                let output = assertion::output_text(step.output.as_ref().unwrap_or(&Value::Null));
-                match judge(ctx, &level, j.model.as_deref(), &j.rubric, &output).await {
-                    Ok(v) => {
-                        result.cost_usd += v.cost_usd;
-                        result.judge_cost_usd += v.cost_usd;
-                        result.usage += v.usage;
-                        result.calls += 1;
-                        if !v.pass {
-                            result.failures.push(Failure {
-                                step: step_id.clone(),
-                                assertion: "judge".to_owned(),
-                                message: format!("the judge ({}) says fail: {}", v.model, v.reason),
-                                expected: Some(j.rubric.clone()),
-                                actual: Some(output),
-                                diff: None,
-                            });
-                        }
-                    }
-                    Err(e) => {
-                        result.error = Some(format!("judge of step `{step_id}`: {e}"));
-                    }
-                }
-            }
-            if let Some(mode) = expect.snapshot {
-                match check_snapshot(ctx, case, plan, step, mode, &level).await {
-                    Ok(SnapshotCheck {
-                        failure,
-                        pending: p,
-                        judge,
-                    }) => {
-                        if let Some(v) = judge {
-                            result.cost_usd += v.cost_usd;
-                            result.judge_cost_usd += v.cost_usd;
-                            result.usage += v.usage;
-                            result.calls += 1;
-                        }
-                        result.failures.extend(failure);
-                        pending.extend(p);
-                    }
-                    Err(e) => result.error = Some(format!("snapshot of step `{step_id}`: {e}")),
-                }
-            }
+            pending.extend(check_step(ctx, case, plan, step, expect, &mut result).await);
         }
     }
     result.outcome = if result.error.is_some() {
@@ -580,6 +488,119 @@ async fn run_case(ctx: &Ctx<'_>, case: &Case, plan: &Plan) -> (RunResult, Vec<St
     };
     result.elapsed_ms = started.elapsed().as_millis() as u64;
     (result, pending)
+}
+
+/// A step that broke for a reason other than its answer makes the case
+/// unjudgeable (an error); one whose answer broke its output schema fails
+/// the case, expected or not — the workflow did not produce what it
+/// promises.
+fn failed_steps(report: &RunReport, result: &mut RunResult) {
+    for s in &report.steps {
+        if s.status != StepStatus::Failed || s.ignored_failure {
+            continue;
+        }
+        if !invalid_answer(s) {
+            result.error = Some(format!(
+                "step `{}`: {}",
+                s.id,
+                s.detail.clone().unwrap_or_default()
+            ));
+            return;
+        }
+        result.failures.push(Failure {
+            step: s.id.clone(),
+            assertion: "output_schema".to_owned(),
+            message: s.detail.clone().unwrap_or_default(),
+            expected: None,
+            actual: None,
+            diff: None,
+        });
+    }
+}
+
+/// One step's expectations checked against its report: assertions, the
+/// judge, the snapshot. Returns the snapshot files left pending.
+async fn check_step(
+    ctx: &Ctx<'_>,
+    case: &Case,
+    plan: &Plan,
+    step: &StepReport,
+    expect: &Expectations,
+    result: &mut RunResult,
+) -> Option<String> {
+    let step_id = &step.id;
+    if step.status != StepStatus::Succeeded {
+        // Already reported by `failed_steps` when its own answer was at fault.
+        if !(step.status == StepStatus::Failed && invalid_answer(step)) {
+            result.failures.push(Failure {
+                step: step_id.clone(),
+                assertion: "ran".to_owned(),
+                message: format!(
+                    "the step did not run to the end ({}): {}",
+                    step.status.name(),
+                    step.detail.clone().unwrap_or_default()
+                ),
+                expected: None,
+                actual: None,
+                diff: None,
+            });
+        }
+        return None;
+    }
+    result.failures.extend(expect.check(step));
+    let level = plan
+        .steps
+        .iter()
+        .find(|p| &p.id == step_id)
+        .map(|p| p.sensitivity.level.clone())
+        .unwrap_or_default();
+    if let Some(j) = &expect.judge {
+        let output = assertion::output_text(step.output.as_ref().unwrap_or(&Value::Null));
+        match judge(ctx, &level, j.model.as_deref(), &j.rubric, &output).await {
+            Ok(v) => {
+                add_judge_cost(result, &v);
+                if !v.pass {
+                    result.failures.push(Failure {
+                        step: step_id.clone(),
+                        assertion: "judge".to_owned(),
+                        message: format!("the judge ({}) says fail: {}", v.model, v.reason),
+                        expected: Some(j.rubric.clone()),
+                        actual: Some(output),
+                        diff: None,
+                    });
+                }
+            }
+            Err(e) => {
+                result.error = Some(format!("judge of step `{step_id}`: {e}"));
+            }
+        }
+    }
+    let mode = expect.snapshot?;
+    match check_snapshot(ctx, case, plan, step, mode, &level).await {
+        Ok(SnapshotCheck {
+            failure,
+            pending,
+            judge,
+        }) => {
+            if let Some(v) = judge {
+                add_judge_cost(result, &v);
+            }
+            result.failures.extend(failure);
+            pending
+        }
+        Err(e) => {
+            result.error = Some(format!("snapshot of step `{step_id}`: {e}"));
+            None
+        }
+    }
+}
+
+/// A judge's call counts in the case's calls, usage and cost.
+fn add_judge_cost(result: &mut RunResult, v: &Verdict) {
+    result.cost_usd += v.cost_usd;
+    result.judge_cost_usd += v.cost_usd;
+    result.usage += v.usage;
+    result.calls += 1;
 }
 
 struct SnapshotCheck {
@@ -724,156 +745,5 @@ async fn check_snapshot(
         failure: Some(failure),
         pending: written,
         judge: judged,
-    })
-}
-
-struct Verdict {
-    pass: bool,
-    reason: String,
-    model: String,
-    cost_usd: f64,
-    usage: crate::provider::Usage,
-}
-
-/// The judge workflow: one step of task `judge` whose answer input carries
-/// the judged step's sensitivity, so the policy routes it like any other
-/// step and the gate keeps confidential outputs local.
-fn judge_workflow(
-    level: &str,
-    pin: Option<&str>,
-    root: &std::path::Path,
-) -> Result<Analysis, String> {
-    let pin = pin
-        .map(|m| {
-            format!(
-                "    model: {}\n",
-                serde_json::to_string(m).unwrap_or_default()
-            )
-        })
-        .unwrap_or_default();
-    let text = format!(
-        r#"version: 1
-name: judge
-inputs:
-  rubric: {{ type: string }}
-  answer: {{ type: string, sensitivity: {level} }}
-steps:
-  grade:
-    task: judge
-{pin}    temperature: 0
-    max_output_tokens: 400
-    system: |
-      You grade an answer against a rubric. Be strict: the verdict is pass only if the answer meets every point of the rubric.
-      Reply with JSON only: {{"verdict": "pass" or "fail", "reason": "one sentence"}}.
-    prompt: |
-      Rubric:
-      {{{{ inputs.rubric }}}}
-
-      Answer to grade:
-      <answer>
-      {{{{ inputs.answer }}}}
-      </answer>
-    output:
-      schema:
-        type: object
-        required: [verdict, reason]
-        properties:
-          verdict: {{ enum: [pass, fail] }}
-          reason: {{ type: string }}
-"#,
-        level = serde_json::to_string(level).unwrap_or_default(),
-    );
-    let doc = Document::parse(SourceFile::new("<judge>", text)).map_err(first)?;
-    let w = workflow::from_document::<Workflow>(doc, Format::Workflow).map_err(first)?;
-    analyze::analyze(w, root).map_err(first)
-}
-
-fn first(d: Vec<Diagnostic>) -> String {
-    d.first().map(|d| d.message.clone()).unwrap_or_default()
-}
-
-async fn judge(
-    ctx: &Ctx<'_>,
-    level: &str,
-    pin: Option<&str>,
-    rubric: &str,
-    answer: &str,
-) -> Result<Verdict, String> {
-    let analysis = {
-        let key = (level.to_owned(), pin.map(str::to_owned));
-        let mut judges = ctx.judges.lock().unwrap_or_else(|e| e.into_inner());
-        match judges.get(&key) {
-            Some(a) => Arc::clone(a),
-            None => {
-                let root = analyze::project_root(&ctx.suite.path);
-                let a = Arc::new(judge_workflow(level, pin, &root)?);
-                judges.insert(key, Arc::clone(&a));
-                a
-            }
-        }
-    };
-    let inputs: Inputs = [("rubric", rubric), ("answer", answer)]
-        .into_iter()
-        .map(|(k, v)| {
-            (
-                k.to_owned(),
-                InputValue {
-                    value: Value::String(v.to_owned()),
-                    source: ValueSource::Given,
-                },
-            )
-        })
-        .collect();
-    let plan = plan::build(&analysis, &ctx.policy, "judge", &inputs).map_err(|d| {
-        format!(
-            "the policy cannot route the judge (task `judge`, sensitivity {level}): {}",
-            first(d)
-        )
-    })?;
-    let (options, run_id) = journaled(
-        ctx,
-        &analysis,
-        std::path::Path::new("<judge>"),
-        &inputs,
-        &plan,
-    )
-    .await?;
-    let report = run::execute_in(
-        Arc::clone(&ctx.resources),
-        run::Job {
-            analysis: Arc::clone(&analysis),
-            policy: Arc::clone(&ctx.policy),
-            plan: &plan,
-            inputs: &inputs,
-        },
-        ctx.providers.clone(),
-        options,
-        ctx.cancel.clone(),
-        None,
-    )
-    .await;
-    finish_journaled(ctx, run_id, report.status).await;
-    let step = report.steps.first().ok_or("the judge did not run")?;
-    let out = match (&step.status, &step.output) {
-        (StepStatus::Succeeded, Some(v)) => v.clone(),
-        _ => {
-            return Err(step
-                .detail
-                .clone()
-                .unwrap_or_else(|| "the judge failed".to_owned()));
-        }
-    };
-    let get = |k: &str| {
-        out.get(k)
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_owned()
-    };
-    Ok(Verdict {
-        pass: get("verdict") == "pass",
-        reason: get("reason"),
-        model: step.model.clone().unwrap_or_default(),
-        cost_usd: report.cost_usd,
-        usage: step.usage,
     })
 }

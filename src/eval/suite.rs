@@ -120,15 +120,14 @@ struct Defaults {
     expect: Map<String, Value>,
 }
 
-/// Loads and checks one suite file.
+/// Loads and checks one suite file: its workflow and policy through the
+/// normal loaders, then every case.
 pub fn load(path: &Path) -> Result<Suite, Vec<Diagnostic>> {
     let doc = workflow::load_document(path)?;
     let loaded = workflow::from_document::<SuiteFile>(doc, Format::Suite)?;
     let doc = &loaded.doc;
     let file = &loaded.value;
     let dir = loaded.dir();
-    let mut diags = Vec::new();
-
     let name = file.name.clone().unwrap_or_else(|| {
         path.file_stem()
             .map(|s| s.to_string_lossy().into_owned())
@@ -136,6 +135,68 @@ pub fn load(path: &Path) -> Result<Suite, Vec<Diagnostic>> {
     });
     let workflow_path = clean(&dir.join(&file.workflow));
     let policy_path = clean(&dir.join(&file.policy));
+    let (analysis, policy) = load_referenced(doc, &workflow_path, &policy_path)?;
+    let w = &analysis.workflow.value;
+
+    let mut diags = Vec::new();
+    let raw = gather_cases(file, doc, &dir, w, &mut diags);
+    let mut names = HashSet::new();
+    let cases: Vec<Case> = raw
+        .iter()
+        .enumerate()
+        .map(|(index, rc)| {
+            let case = compile_case(file, doc, w, &policy, rc, index, &mut diags);
+            if !names.insert(case.name.clone()) {
+                diags.push(
+                    Diagnostic::error(
+                        "duplicate-case",
+                        format!("two cases are named `{}`", case.name),
+                    )
+                    .at(rc.locate.span("/name"))
+                    .with_help("case names must be unique in a suite: they name snapshots"),
+                );
+            }
+            case
+        })
+        .collect();
+    if cases.is_empty() && diags.is_empty() {
+        diags.push(
+            Diagnostic::error("no-cases", format!("suite `{name}` has no cases"))
+                .at(doc.span(""))
+                .with_help("add `cases:` or `cases_from:`"),
+        );
+    }
+    if !diags.is_empty() {
+        return Err(diags);
+    }
+    Ok(Suite {
+        snapshot_dir: clean(
+            &file
+                .snapshots
+                .as_ref()
+                .map_or_else(|| dir.join("snapshots").join(&name), |s| dir.join(s)),
+        ),
+        cassette_path: clean(&file.cassette.as_ref().map_or_else(
+            || dir.join("cassettes").join(format!("{name}.json")),
+            |c| dir.join(c),
+        )),
+        name,
+        path: path.to_path_buf(),
+        workflow_path,
+        policy_path,
+        analysis: Arc::new(analysis),
+        policy: Arc::new(policy),
+        cases,
+    })
+}
+
+/// The suite's workflow (analysed) and policy (compiled); the problems of
+/// both at once.
+fn load_referenced(
+    doc: &Document,
+    workflow_path: &Path,
+    policy_path: &Path,
+) -> Result<(Analysis, Policy), Vec<Diagnostic>> {
     let referenced = |what: &str, p: &Path, ptr: &str| -> Option<Diagnostic> {
         (!p.is_file()).then(|| {
             Diagnostic::error(
@@ -146,26 +207,35 @@ pub fn load(path: &Path) -> Result<Suite, Vec<Diagnostic>> {
             .with_help("paths in a suite are relative to the suite file")
         })
     };
-    diags.extend(referenced("workflow", &workflow_path, "/workflow"));
-    diags.extend(referenced("policy", &policy_path, "/policy"));
+    let mut diags: Vec<Diagnostic> = referenced("workflow", workflow_path, "/workflow")
+        .into_iter()
+        .chain(referenced("policy", policy_path, "/policy"))
+        .collect();
     if !diags.is_empty() {
         return Err(diags);
     }
-    let analysis = workflow::load(&workflow_path)
-        .and_then(|w| analyze::analyze(w, &analyze::project_root(&workflow_path)));
-    let policy = policy::load(&policy_path).map(|(_, p)| p);
-    let (analysis, policy) = match (analysis, policy) {
-        (Ok(a), Ok(p)) => (a, p),
+    let analysis = workflow::load(workflow_path)
+        .and_then(|w| analyze::analyze(w, &analyze::project_root(workflow_path)));
+    let policy = policy::load(policy_path).map(|(_, p)| p);
+    match (analysis, policy) {
+        (Ok(a), Ok(p)) => Ok((a, p)),
         (a, p) => {
             diags.extend(a.err().unwrap_or_default());
             diags.extend(p.err().unwrap_or_default());
-            return Err(diags);
+            Err(diags)
         }
-    };
-    let w = &analysis.workflow.value;
-    let default_threshold = file.pass_threshold.unwrap_or(1.0);
+    }
+}
 
-    // Gather every case with a way to locate its parts.
+/// Every case with a way to locate its parts: inline ones first, then each
+/// case file's (JSONL lines, CSV rows) in the order `cases_from` lists them.
+fn gather_cases<'a>(
+    file: &SuiteFile,
+    doc: &'a Document,
+    dir: &Path,
+    w: &Workflow,
+    diags: &mut Vec<Diagnostic>,
+) -> Vec<RawCase<'a>> {
     let mut raw: Vec<RawCase> = Vec::new();
     for (i, c) in file.cases.iter().enumerate() {
         raw.push(RawCase {
@@ -205,7 +275,7 @@ pub fn load(path: &Path) -> Result<Suite, Vec<Diagnostic>> {
         };
         match p.extension().and_then(|e| e.to_str()) {
             Some("jsonl" | "ndjson") => {
-                jsonl.extend(jsonl_cases(&p, &text, &mut diags));
+                jsonl.extend(jsonl_cases(&p, &text, diags));
             }
             Some("csv") => match csv_cases(&p, &text, w) {
                 Ok(rows) => csv_rows.extend(rows),
@@ -237,143 +307,129 @@ pub fn load(path: &Path) -> Result<Suite, Vec<Diagnostic>> {
             locate: Locator::Row { origin },
         });
     }
+    raw
+}
 
-    // Compile each case: defaults merged, inputs typed, expectations checked.
-    let step_ids: Vec<&str> = w.steps.keys().map(String::as_str).collect();
-    let mut names = HashSet::new();
-    let mut cases = Vec::new();
-    for (index, rc) in raw.iter().enumerate() {
-        let obj = rc.value.as_object().cloned().unwrap_or_default();
-        let name = obj
-            .get("name")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_owned();
-        if !names.insert(name.clone()) {
-            diags.push(
-                Diagnostic::error("duplicate-case", format!("two cases are named `{name}`"))
-                    .at(rc.locate.span("/name"))
-                    .with_help("case names must be unique in a suite: they name snapshots"),
-            );
+/// One case compiled: the defaults merged, inputs typed, expectations
+/// checked against the workflow's steps and the policy.
+fn compile_case(
+    file: &SuiteFile,
+    doc: &Document,
+    w: &Workflow,
+    policy: &Policy,
+    rc: &RawCase<'_>,
+    index: usize,
+    diags: &mut Vec<Diagnostic>,
+) -> Case {
+    let obj = rc.value.as_object().cloned().unwrap_or_default();
+    let name = obj
+        .get("name")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    let mut given = file.defaults.inputs.clone();
+    if let Some(Value::Object(i)) = obj.get("inputs") {
+        given.extend(i.clone());
+    }
+    let input_values = inputs::from_values(w, &given, |n| match n {
+        Some(n) if obj.get("inputs").and_then(|i| i.get(n)).is_some() => {
+            rc.locate.span(&format!("/inputs{}", pointer([n])))
         }
-        let mut given = file.defaults.inputs.clone();
-        if let Some(Value::Object(i)) = obj.get("inputs") {
-            given.extend(i.clone());
+        Some(n) => doc.span(&format!("/defaults/inputs{}", pointer([n]))),
+        None => rc
+            .locate
+            .span("/inputs")
+            .or_else(|| rc.locate.span("/name")),
+    });
+    let inputs = match input_values {
+        Ok(v) => v,
+        Err(d) => {
+            diags.extend(d.into_iter().map(|d| rc.locate.mark(d)));
+            Inputs::new()
         }
-        let input_values = inputs::from_values(w, &given, |n| match n {
-            Some(n) if obj.get("inputs").and_then(|i| i.get(n)).is_some() => {
-                rc.locate.span(&format!("/inputs{}", pointer([n])))
-            }
-            Some(n) => doc.span(&format!("/defaults/inputs{}", pointer([n]))),
-            None => rc
-                .locate
-                .span("/inputs")
-                .or_else(|| rc.locate.span("/name")),
-        });
-        let inputs = match input_values {
-            Ok(v) => v,
-            Err(d) => {
-                diags.extend(d.into_iter().map(|d| rc.locate.mark(d)));
-                Inputs::new()
+    };
+    let expect = case_expectations(file, doc, w, policy, rc, &obj, diags);
+    Case {
+        name,
+        index,
+        inputs,
+        expect,
+        pass_threshold: obj
+            .get("pass_threshold")
+            .and_then(Value::as_f64)
+            .unwrap_or(file.pass_threshold.unwrap_or(1.0)),
+        origin: rc.locate.origin(),
+    }
+}
+
+/// A case's expectations, step by step: the defaults' unless the case sets
+/// its own for that step; each for a step the workflow has.
+fn case_expectations(
+    file: &SuiteFile,
+    doc: &Document,
+    w: &Workflow,
+    policy: &Policy,
+    rc: &RawCase<'_>,
+    obj: &Map<String, Value>,
+    diags: &mut Vec<Diagnostic>,
+) -> IndexMap<String, Expectations> {
+    let mut expect: IndexMap<String, Expectations> = IndexMap::new();
+    let mut specs: Vec<(String, Value, String)> = file
+        .defaults
+        .expect
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.clone(),
+                v.clone(),
+                format!("/defaults/expect{}", pointer([k])),
+            )
+        })
+        .collect();
+    if let Some(Value::Object(e)) = obj.get("expect") {
+        for (k, v) in e {
+            // A case's expectations for a step replace the defaults' for it.
+            specs.retain(|(s, _, _)| s != k);
+            specs.push((k.clone(), v.clone(), format!("/expect{}", pointer([k]))));
+        }
+    }
+    let step_ids = || w.steps.keys().map(String::as_str);
+    for (step, spec, ptr) in specs {
+        let from_defaults = ptr.starts_with("/defaults");
+        let at = |sub: &str| {
+            if from_defaults {
+                doc.span(&format!("{ptr}{sub}"))
+            } else {
+                rc.locate.span(&format!("{ptr}{sub}"))
             }
         };
-        let mut expect: IndexMap<String, Expectations> = IndexMap::new();
-        let mut specs: Vec<(String, Value, String)> = file
-            .defaults
-            .expect
-            .iter()
-            .map(|(k, v)| {
-                (
-                    k.clone(),
-                    v.clone(),
-                    format!("/defaults/expect{}", pointer([k])),
-                )
-            })
-            .collect();
-        if let Some(Value::Object(e)) = obj.get("expect") {
-            for (k, v) in e {
-                // A case's expectations for a step replace the defaults' for it.
-                specs.retain(|(s, _, _)| s != k);
-                specs.push((k.clone(), v.clone(), format!("/expect{}", pointer([k]))));
-            }
-        }
-        for (step, spec, ptr) in specs {
-            let from_defaults = ptr.starts_with("/defaults");
-            let at = |sub: &str| {
-                if from_defaults {
-                    doc.span(&format!("{ptr}{sub}"))
-                } else {
-                    rc.locate.span(&format!("{ptr}{sub}"))
-                }
+        if !w.steps.contains_key(&step) {
+            let key_span = if from_defaults {
+                doc.key_span(&ptr)
+            } else {
+                rc.locate.key_span(&ptr)
             };
-            if !w.steps.contains_key(&step) {
-                let key_span = if from_defaults {
-                    doc.key_span(&ptr)
-                } else {
-                    rc.locate.key_span(&ptr)
-                };
-                diags.push(
-                    Diagnostic::error(
-                        "unknown-step",
-                        format!("the workflow `{}` has no step `{step}`", w.name),
-                    )
-                    .at(key_span.or_else(|| at("")))
-                    .with_help(
-                        did_you_mean(&step, step_ids.iter().copied()).unwrap_or_else(|| {
-                            format!("its steps: {}", one_of(step_ids.iter().copied()))
-                        }),
-                    ),
-                );
-                continue;
-            }
-            match Expectations::compile(&spec, &policy, &at) {
-                Ok(e) => {
-                    expect.insert(step, e);
-                }
-                Err(d) => diags.extend(d.into_iter().map(|d| rc.locate.mark(d))),
-            }
+            diags.push(
+                Diagnostic::error(
+                    "unknown-step",
+                    format!("the workflow `{}` has no step `{step}`", w.name),
+                )
+                .at(key_span.or_else(|| at("")))
+                .with_help(
+                    did_you_mean(&step, step_ids())
+                        .unwrap_or_else(|| format!("its steps: {}", one_of(step_ids()))),
+                ),
+            );
+            continue;
         }
-        cases.push(Case {
-            name,
-            index,
-            inputs,
-            expect,
-            pass_threshold: obj
-                .get("pass_threshold")
-                .and_then(Value::as_f64)
-                .unwrap_or(default_threshold),
-            origin: rc.locate.origin(),
-        });
+        match Expectations::compile(&spec, policy, &at) {
+            Ok(e) => {
+                expect.insert(step, e);
+            }
+            Err(d) => diags.extend(d.into_iter().map(|d| rc.locate.mark(d))),
+        }
     }
-    if cases.is_empty() && diags.is_empty() {
-        diags.push(
-            Diagnostic::error("no-cases", format!("suite `{name}` has no cases"))
-                .at(doc.span(""))
-                .with_help("add `cases:` or `cases_from:`"),
-        );
-    }
-    if !diags.is_empty() {
-        return Err(diags);
-    }
-    Ok(Suite {
-        snapshot_dir: clean(
-            &file
-                .snapshots
-                .as_ref()
-                .map_or_else(|| dir.join("snapshots").join(&name), |s| dir.join(s)),
-        ),
-        cassette_path: clean(&file.cassette.as_ref().map_or_else(
-            || dir.join("cassettes").join(format!("{name}.json")),
-            |c| dir.join(c),
-        )),
-        name,
-        path: path.to_path_buf(),
-        workflow_path,
-        policy_path,
-        analysis: Arc::new(analysis),
-        policy: Arc::new(policy),
-        cases,
-    })
+    expect
 }
 
 /// `evals/../workflows/x.yaml` → `workflows/x.yaml`, for messages and

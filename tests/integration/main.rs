@@ -20,3 +20,4 @@ mod run;
 mod sensitivity_gate;
 mod step_semantics;
 mod suites;
+mod warnings;

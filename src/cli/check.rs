@@ -1,0 +1,149 @@
+//! `tollgate check`: recognise each file, load and check it, then check
+//! every workflow against every policy given with it.
+
+use std::path::PathBuf;
+
+use super::{OutputFormat, plural, print_out, report};
+use crate::analyze::{self, Analysis};
+use crate::catalog::Catalog;
+use crate::diagnostic::{Diagnostic, RenderOptions};
+use crate::inputs;
+use crate::plan;
+use crate::policy::{self, Policy};
+use crate::schema::Format as FileFormat;
+use crate::workflow::{self, Workflow};
+use crate::yaml::Document;
+
+/// A file `check` was given, once recognised and loaded.
+enum Checked {
+    Workflow(Box<Analysis>),
+    Policy(PathBuf, Box<Policy>),
+}
+
+fn detect(doc: &Document) -> Option<FileFormat> {
+    let obj = doc.root.as_object()?;
+    if obj.contains_key("steps") {
+        Some(FileFormat::Workflow)
+    } else if obj.contains_key("cases") || obj.contains_key("cases_from") {
+        Some(FileFormat::Suite)
+    } else if obj.contains_key("rules")
+        || obj.contains_key("models")
+        || obj.contains_key("providers")
+    {
+        Some(FileFormat::Policy)
+    } else {
+        None
+    }
+}
+
+pub(super) fn cmd_check(files: &[PathBuf], format: OutputFormat, options: RenderOptions) -> u8 {
+    let mut diags = Vec::new();
+    let mut checked = Vec::new();
+    let mut summary = Vec::new();
+    for path in files {
+        let doc = match workflow::load_document(path) {
+            Ok(doc) => doc,
+            Err(d) => {
+                diags.extend(d);
+                continue;
+            }
+        };
+        match detect(&doc) {
+            Some(FileFormat::Workflow) => {
+                match workflow::from_document::<Workflow>(doc, FileFormat::Workflow) {
+                    Ok(w) => {
+                        let root = analyze::project_root(path);
+                        match analyze::analyze(w, &root) {
+                            Ok(a) => {
+                                diags.extend(a.warnings.iter().cloned());
+                                summary.push(format!(
+                                    "ok  {} (workflow {})",
+                                    path.display(),
+                                    a.workflow.value.name
+                                ));
+                                checked.push(Checked::Workflow(Box::new(a)));
+                            }
+                            Err(d) => diags.extend(d),
+                        }
+                    }
+                    Err(d) => diags.extend(d),
+                }
+            }
+            Some(FileFormat::Policy) => {
+                match workflow::from_document::<policy::PolicyFile>(doc, FileFormat::Policy) {
+                    Ok(loaded) => {
+                        let (p, d) =
+                            policy::compile(&loaded.value, &loaded.doc, Catalog::builtin());
+                        let bad = d.iter().any(Diagnostic::is_error);
+                        diags.extend(d);
+                        if !bad {
+                            summary.push(format!("ok  {} (policy {})", path.display(), p.name));
+                            checked.push(Checked::Policy(path.clone(), Box::new(p)));
+                        }
+                    }
+                    Err(d) => diags.extend(d),
+                }
+            }
+            Some(FileFormat::Suite) => match crate::eval::suite::load(path) {
+                Ok(s) => {
+                    diags.extend(s.policy.warnings.iter().cloned());
+                    diags.extend(s.analysis.warnings.iter().cloned());
+                    summary.push(format!(
+                        "ok  {} (suite {}, {})",
+                        path.display(),
+                        s.name,
+                        plural(s.cases.len(), "case")
+                    ));
+                }
+                Err(d) => diags.extend(d),
+            },
+            Some(FileFormat::Case) | None => diags.push(
+                Diagnostic::error(
+                    "unknown-file-kind",
+                    "cannot tell whether this is a workflow, a policy or a suite",
+                )
+                .at(doc.span(""))
+                .in_file(path)
+                .with_help("a workflow has `steps:`; a policy has `models:` and `rules:`; a suite has `cases:`"),
+            ),
+        }
+    }
+    // Cross-check every workflow against every policy given with it.
+    let policies: Vec<(&PathBuf, &Policy)> = checked
+        .iter()
+        .filter_map(|c| match c {
+            Checked::Policy(path, p) => Some((path, p.as_ref())),
+            Checked::Workflow(_) => None,
+        })
+        .collect();
+    for c in &checked {
+        let Checked::Workflow(a) = c else { continue };
+        for (path, p) in &policies {
+            let values = inputs::placeholders(&a.workflow.value);
+            if let Err(d) = plan::build(a, p, &path.display().to_string(), &values) {
+                // Stand-in input values can make a template fail that real
+                // ones would render (`inputs.cfg.repo` of an object input):
+                // templates were checked on their own above; keep the
+                // routing problems.
+                diags.extend(d.into_iter().filter(|d| {
+                    !matches!(
+                        d.code,
+                        "undefined-variable" | "template-error" | "template-syntax" | "plan"
+                    )
+                }));
+            }
+        }
+    }
+    // A policy given on its own and through a suite warns once.
+    let mut seen = std::collections::HashSet::new();
+    diags.retain(|d| d.is_error() || seen.insert((d.code, d.location(), d.message.clone())));
+    let errors = diags.iter().any(Diagnostic::is_error);
+    if format == OutputFormat::Text && !errors {
+        summary.push(format!(
+            "checked {}: no problems",
+            plural(files.len(), "file")
+        ));
+        print_out(&summary.join("\n"));
+    }
+    report(diags, format, options)
+}

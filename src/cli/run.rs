@@ -1,0 +1,436 @@
+//! `tollgate run`: every flag checked, then the workflow loaded, checked,
+//! planned and journaled — all before the first call — then run with the
+//! live view, and the summary and the final answers printed.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::journal::{self, StateArg};
+use super::{
+    DEFAULT_POLICY, OutputFormat, cancel_on_signals, exit, load_both, print_out, report, runtime,
+    warn,
+};
+use crate::analyze::Analysis;
+use crate::diagnostic::{self, Diagnostic, RenderOptions, Severity};
+use crate::inputs::{self, Inputs, RawInput};
+use crate::journal::{Journal, RunRow};
+use crate::plan::{self, Plan};
+use crate::policy::Policy;
+use crate::render;
+use crate::run::{Providers, RunJournal, RunOptions, RunReport, RunStatus, StepReport};
+use crate::workflow;
+
+#[derive(Debug, clap::Args)]
+pub(super) struct RunArgs {
+    /// The workflow file (with --resume: the journaled run's, unless given).
+    #[arg(required_unless_present = "resume")]
+    workflow: Option<PathBuf>,
+    /// The policy file [default: $TOLLGATE_POLICY, else policies/default.yaml].
+    #[arg(long, short = 'p', env = "TOLLGATE_POLICY")]
+    policy: Option<PathBuf>,
+    /// An input: NAME=VALUE, NAME=@FILE, or NAME=@- for standard input.
+    #[arg(
+        long = "input",
+        short = 'i',
+        value_name = "NAME=VALUE",
+        conflicts_with = "resume"
+    )]
+    inputs: Vec<RawInput>,
+    /// Resume a journaled run (an id from `tollgate runs`, or `last`): its
+    /// finished calls are read back from the journal, only the rest is sent.
+    #[arg(long, value_name = "RUN_ID")]
+    resume: Option<String>,
+    /// Send every call, even one an identical earlier request answered
+    /// (answers are still journaled for later runs).
+    #[arg(long)]
+    no_cache: bool,
+    #[command(flatten)]
+    state: StateArg,
+    /// Write each step's output and run.json into this folder.
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+    /// text: the summary on stderr and the final steps' outputs on stdout; json: the whole run report on stdout.
+    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+    format: OutputFormat,
+    /// Stop the whole run after this long ("90s", "10m").
+    #[arg(long, value_name = "DURATION")]
+    timeout: Option<String>,
+    /// Calls in flight at once across the run.
+    #[arg(long, default_value_t = 16)]
+    concurrency: usize,
+    /// Ask for whole answers instead of streams.
+    #[arg(long)]
+    no_stream: bool,
+    /// No progress lines.
+    #[arg(long, short = 'q')]
+    quiet: bool,
+    /// Send every step routed to OpenAI or Anthropic through their batch
+    /// APIs (half price, answers within 24 h), not only `latency: batch` steps.
+    #[arg(long)]
+    batch: bool,
+    /// How often submitted batches are polled ("30s", "2m").
+    #[arg(long, value_name = "DURATION", default_value = "30s")]
+    batch_poll_interval: String,
+}
+
+/// The flags of `run` that clap cannot check on its own, parsed.
+struct Flags {
+    run_timeout: Option<Duration>,
+    batch_poll_interval: Duration,
+}
+
+/// Checks every flag before anything is loaded, and reports all of the
+/// flags' problems at once: a typo in one flag should not cost a second
+/// attempt to find the next.
+fn check_flags(args: &RunArgs) -> Result<Flags, Vec<Diagnostic>> {
+    let mut diags = Vec::new();
+    let duration =
+        |text: &str| workflow::parse_duration(&serde_json::Value::String(text.to_owned()));
+    let run_timeout = match args.timeout.as_deref() {
+        None => None,
+        Some(t) => {
+            let d = duration(t);
+            if d.is_none() {
+                diags.push(
+                    Diagnostic::error("bad-timeout", format!("--timeout {t}: not a duration"))
+                        .with_help("use a number with a unit: 500ms, 30s, 10m, 1h"),
+                );
+            }
+            d
+        }
+    };
+    let batch_poll_interval = duration(&args.batch_poll_interval).filter(|d| !d.is_zero());
+    if batch_poll_interval.is_none() {
+        diags.push(
+            Diagnostic::error(
+                "bad-duration",
+                format!(
+                    "--batch-poll-interval {}: not a duration",
+                    args.batch_poll_interval
+                ),
+            )
+            .with_help("use a number with a unit: 500ms, 30s, 2m"),
+        );
+    }
+    match batch_poll_interval {
+        Some(batch_poll_interval) if diags.is_empty() => Ok(Flags {
+            run_timeout,
+            batch_poll_interval,
+        }),
+        _ => Err(diags),
+    }
+}
+
+/// A run with every input checked, planned and journaled: what is left is
+/// to call the models.
+struct Ready {
+    analysis: Analysis,
+    policy: Policy,
+    plan: Plan,
+    values: Inputs,
+    providers: Providers,
+    journal: Arc<Journal>,
+    run_id: String,
+}
+
+pub(super) fn cmd_run(args: RunArgs, options: RenderOptions) -> u8 {
+    let format = args.format;
+    let flags = match check_flags(&args) {
+        Ok(f) => f,
+        Err(d) => return report(d, format, options),
+    };
+    let ready = match prepare(&args, options) {
+        Ok(r) => r,
+        Err(d) => return report(d, format, options),
+    };
+    let (result, analysis) = match execute(&args, flags, ready, options) {
+        Ok(done) => done,
+        Err(d) => return report(vec![d], format, options),
+    };
+    show(&args, &result, &analysis, options)
+}
+
+/// The journal and the run `--resume` names, when it does.
+///
+/// A resume reads the journal first: it takes the workflow, policy and
+/// inputs from it. A new run opens it only once its input is known to be
+/// good (in [`prepare`]), so bad input leaves nothing behind.
+fn resumed(args: &RunArgs) -> Result<Option<(Arc<Journal>, RunRow)>, Diagnostic> {
+    let Some(id) = &args.resume else {
+        return Ok(None);
+    };
+    let j = journal::open(&args.state)?;
+    let run = journal::resume_target(&j, id)?;
+    Ok(Some((j, run)))
+}
+
+/// Loads, checks and plans the run, then begins it in the journal. Every
+/// problem with the input is found here, before any call.
+fn prepare(args: &RunArgs, options: RenderOptions) -> Result<Ready, Vec<Diagnostic>> {
+    let resumed = resumed(args).map_err(|d| vec![d])?;
+    let run = resumed.as_ref().map(|(_, run)| run);
+    let Some(workflow_path) = args
+        .workflow
+        .clone()
+        .or_else(|| run.map(|r| PathBuf::from(&r.workflow_path)))
+    else {
+        return Err(vec![Diagnostic::error("usage", "no workflow file given")]);
+    };
+    // A resume runs under the policy given now, else the one it started
+    // with: a changed policy (a raised budget, a new key) applies to what
+    // is left to run.
+    let policy_path = args
+        .policy
+        .clone()
+        .or_else(|| run.map(|r| PathBuf::from(&r.policy_path)))
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_POLICY));
+    let (analysis, policy) = load_both(&workflow_path, &policy_path)?;
+    // A key never crosses the network in clear text unless the policy
+    // says so (`allow_insecure`): `check` and `plan` warn, `run` refuses —
+    // as errors only, so the same problem is not also shown as a warning.
+    let refused: Vec<Diagnostic> = policy.insecure_transport().map(as_error).collect();
+    if !refused.is_empty() {
+        return Err(refused);
+    }
+    warn(policy.warnings.iter().chain(&analysis.warnings), options);
+    if let Some(run) = run {
+        journal::check_unchanged(run, &analysis, &workflow_path).map_err(|d| vec![d])?;
+        if journal::policy_hash(&policy_path) != run.policy_hash {
+            let _ = writeln!(
+                std::io::stderr().lock(),
+                "note: the policy {} is not the one run {} started with; it applies to what is left to run",
+                policy_path.display(),
+                run.id
+            );
+        }
+    }
+    let values = match run {
+        Some(run) => journal::journaled_inputs(run, &analysis),
+        None => inputs::resolve(&analysis.workflow.value, &args.inputs, false)?,
+    };
+    let plan = plan::build(
+        &analysis,
+        &policy,
+        &policy_path.display().to_string(),
+        &values,
+    )?;
+    let providers = Providers::from_env(&policy);
+    let missing = providers.check_keys(&plan, &policy);
+    if !missing.is_empty() {
+        return Err(missing);
+    }
+    if let Some(dir) = &args.out {
+        std::fs::create_dir_all(dir).map_err(|err| {
+            vec![Diagnostic::error(
+                "out-dir",
+                format!("cannot create {}: {err}", dir.display()),
+            )]
+        })?;
+    }
+    let (journal, run_id) = match resumed {
+        Some((journal, run)) => {
+            journal
+                .reopen_run(&run)
+                .map_err(|e| vec![Diagnostic::error("journal", e)])?;
+            (journal, run.id)
+        }
+        None => {
+            let journal = journal::open(&args.state).map_err(|d| vec![d])?;
+            let id = journal::begin(
+                &journal,
+                &analysis,
+                &workflow_path,
+                &policy,
+                &policy_path,
+                &values,
+                &plan,
+            )
+            .map_err(|d| vec![d])?;
+            (journal, id)
+        }
+    };
+    Ok(Ready {
+        analysis,
+        policy,
+        plan,
+        values,
+        providers,
+        journal,
+        run_id,
+    })
+}
+
+/// The refusal `run` makes of what `plan` only warns about.
+fn as_error(d: &Diagnostic) -> Diagnostic {
+    Diagnostic {
+        severity: Severity::Error,
+        ..d.clone()
+    }
+}
+
+/// Runs the plan on a new runtime, with the live view, until it ends or is
+/// interrupted; then closes the run in the journal.
+fn execute(
+    args: &RunArgs,
+    flags: Flags,
+    ready: Ready,
+    options: RenderOptions,
+) -> Result<(RunReport, Arc<Analysis>), Diagnostic> {
+    let Ready {
+        analysis,
+        policy,
+        plan,
+        values,
+        providers,
+        journal,
+        run_id,
+    } = ready;
+    let run_options = RunOptions {
+        concurrency: args.concurrency.max(1),
+        run_timeout: flags.run_timeout,
+        stream: !args.no_stream,
+        batch_all: args.batch,
+        batch_poll_interval: flags.batch_poll_interval,
+        // Submitted batches are remembered in the journal.
+        batch_ledger: Some(Arc::clone(&journal) as Arc<dyn crate::run::BatchLedger>),
+        journal: Some(RunJournal {
+            journal: Arc::clone(&journal),
+            run_id: run_id.clone(),
+            cache_ttl: (!args.no_cache && !policy.cache_ttl.is_zero()).then_some(policy.cache_ttl),
+        }),
+        ..RunOptions::default()
+    };
+    let runtime = runtime()?;
+    let analysis = Arc::new(analysis);
+    let total = analysis.steps.len() as u64;
+    let quiet = args.quiet;
+    let job = crate::run::Job {
+        analysis: Arc::clone(&analysis),
+        policy: Arc::new(policy),
+        plan: &plan,
+        inputs: &values,
+    };
+    let result = runtime.block_on(async move {
+        let cancel = tokio_util::sync::CancellationToken::new();
+        tokio::spawn(cancel_on_signals(cancel.clone()));
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let reporter = tokio::spawn(crate::progress::report(rx, total, quiet, options));
+        let result = crate::run::execute(job, providers, run_options, cancel, Some(tx)).await;
+        let _ = reporter.await;
+        result
+    });
+    if let Err(e) = journal.finish_run(&run_id, result.status.as_str()) {
+        // The run itself is over and its calls are journaled: a run left
+        // `running` is marked interrupted once this process is gone.
+        let d = Diagnostic::warning("journal", format!("cannot close run {run_id}: {e}"));
+        warn([&d], options);
+    }
+    Ok((result, analysis))
+}
+
+/// Writes `--out`, prints the summary and the answers, and picks the exit
+/// code.
+fn show(args: &RunArgs, result: &RunReport, analysis: &Analysis, options: RenderOptions) -> u8 {
+    let mut write_failed = false;
+    if let Some(dir) = &args.out {
+        if let Err(err) = write_outputs(dir, result) {
+            write_failed = true;
+            let d = Diagnostic::error(
+                "out-dir",
+                format!("cannot write the outputs to {}: {err}", dir.display()),
+            );
+            let _ = write!(
+                std::io::stderr().lock(),
+                "{}",
+                diagnostic::render(&d, options)
+            );
+        }
+    }
+    match args.format {
+        OutputFormat::Json => print_out(&serde_json::to_string_pretty(result).unwrap_or_default()),
+        OutputFormat::Text => {
+            let _ = write!(std::io::stderr().lock(), "{}", render::run_text(result));
+            let answers = final_answers(result, analysis);
+            if !answers.is_empty() {
+                print_out(&answers);
+            }
+        }
+    }
+    match result.status {
+        RunStatus::Succeeded if write_failed => exit::FAILED,
+        RunStatus::Succeeded => exit::OK,
+        RunStatus::Cancelled => exit::INTERRUPTED,
+        RunStatus::Failed | RunStatus::TimedOut => exit::FAILED,
+    }
+}
+
+/// The answers of the final steps (those nothing depends on), for stdout,
+/// so `tollgate run … > answer.md` does what it says; each under a heading
+/// when there are several.
+fn final_answers(result: &RunReport, analysis: &Analysis) -> String {
+    let leaves: Vec<&StepReport> = result
+        .steps
+        .iter()
+        .filter(|s| {
+            let i = analysis.steps.get_index_of(&s.id).unwrap_or(0);
+            analysis.dag.dependants(i).is_empty() && s.output.is_some()
+        })
+        .collect();
+    let mut text = String::new();
+    for s in &leaves {
+        if leaves.len() > 1 {
+            text.push_str(&format!("## {}\n\n", s.id));
+        }
+        text.push_str(&output_text(s.output.as_ref()));
+        if !text.ends_with('\n') {
+            text.push('\n');
+        }
+        if leaves.len() > 1 {
+            text.push('\n');
+        }
+    }
+    text
+}
+
+fn output_text(v: Option<&serde_json::Value>) -> String {
+    match v {
+        Some(serde_json::Value::String(s)) => s.clone(),
+        Some(other) => serde_json::to_string_pretty(other).unwrap_or_default(),
+        None => String::new(),
+    }
+}
+
+/// Each step's output as `<step>.txt` (text) or `<step>.json`, and
+/// `run.json`; each written to a temporary name and renamed, so a reader
+/// never sees half a file.
+fn write_outputs(dir: &Path, result: &crate::run::RunReport) -> std::io::Result<()> {
+    let write = |name: &str, contents: &str| -> std::io::Result<()> {
+        let tmp = dir.join(format!(".{name}.tmp"));
+        std::fs::write(&tmp, contents)?;
+        std::fs::rename(&tmp, dir.join(name))
+    };
+    for s in &result.steps {
+        // A step without output this time must not leave last run's file
+        // behind, where it would pass for this run's answer.
+        for ext in ["txt", "json"] {
+            let stale = dir.join(format!("{}.{ext}", s.id));
+            if stale.exists() {
+                std::fs::remove_file(&stale)?;
+            }
+        }
+        match &s.output {
+            Some(serde_json::Value::String(text)) => write(&format!("{}.txt", s.id), text)?,
+            Some(v) => write(
+                &format!("{}.json", s.id),
+                &serde_json::to_string_pretty(v).unwrap_or_default(),
+            )?,
+            None => {}
+        }
+    }
+    write(
+        "run.json",
+        &serde_json::to_string_pretty(result).unwrap_or_default(),
+    )
+}
