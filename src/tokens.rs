@@ -1,7 +1,10 @@
 //! Token counting for cost estimates and context-window checks.
 //!
 //! OpenAI publishes its tokenizers, so for OpenAI models tollgate counts
-//! exactly, with the `o200k_base` or `cl100k_base` encoding via `tiktoken-rs`.
+//! exactly, with the `o200k_base` or `cl100k_base` encoding: tiktoken-rs's
+//! vocabularies, laid out at build time so that counting needs no
+//! tokenizer to be built at start-up (see [`bpe`]); the counts are
+//! tiktoken's, exactly.
 //! Anthropic, Google, Mistral and the open-weight families do not ship a
 //! usable offline tokenizer; for them the `o200k_base` count is used as an
 //! [`Tokenizer::Estimate`] (modern BPE vocabularies land within roughly ±20%
@@ -13,8 +16,12 @@
 //! is, not as a special control token (which would also fail or panic in the
 //! special-token-aware encoders).
 
+mod bpe;
+
+use std::sync::OnceLock;
+
+use bpe::Bpe;
 use serde::Serialize;
-use tiktoken_rs::CoreBPE;
 
 /// Tokens OpenAI's chat format adds around every message
 /// (`<|start|>{role}<|message|>...<|end|>`), per OpenAI's cookbook.
@@ -80,8 +87,8 @@ impl Tokenizer {
     /// tokenizers of non-OpenAI families are not public, and a real modern
     /// BPE count is a better estimate than a characters-divided-by-four rule.
     ///
-    /// The first call for an encoding loads it (tens of milliseconds in
-    /// release builds, much more in debug builds); later calls reuse it.
+    /// The first call for an encoding compiles its pre-tokenizer (a few
+    /// milliseconds); later calls reuse it.
     pub fn count(self, text: &str) -> usize {
         if text.is_empty() {
             return 0;
@@ -89,18 +96,14 @@ impl Tokenizer {
         count_segmented(self.bpe(), text, SOFT_SEGMENT_BYTES, HARD_SEGMENT_BYTES)
     }
 
-    /// The encoding, loaded on first use.
-    ///
-    /// These are `tiktoken-rs`'s process-wide singletons (lazily initialised
-    /// statics, the same once-only semantics as `OnceLock`): building an
-    /// encoding decodes ~200k base64 ranks and takes tens of MB, so it must
-    /// happen at most once, and sharing the crate's instance means any other
-    /// tiktoken-rs user in the process does not build a second copy. Only
-    /// the encodings actually used are ever loaded.
-    fn bpe(self) -> &'static CoreBPE {
+    /// The encoding, set up on first use: process-wide, read-only, and
+    /// only for the encodings actually used.
+    fn bpe(self) -> &'static Bpe {
+        static O200K: OnceLock<Bpe> = OnceLock::new();
+        static CL100K: OnceLock<Bpe> = OnceLock::new();
         match self {
-            Tokenizer::O200kBase | Tokenizer::Estimate => tiktoken_rs::o200k_base_singleton(),
-            Tokenizer::Cl100kBase => tiktoken_rs::cl100k_base_singleton(),
+            Tokenizer::O200kBase | Tokenizer::Estimate => O200K.get_or_init(Bpe::o200k_base),
+            Tokenizer::Cl100kBase => CL100K.get_or_init(Bpe::cl100k_base),
         }
     }
 }
@@ -200,11 +203,11 @@ pub fn chat_overhead(messages: usize) -> usize {
 
 /// Count `text` in segments of about `soft` bytes.
 ///
-/// Why: tiktoken's pre-tokenizer regex runs on a backtracking engine that
-/// gives up on very long runs of a single character class (a megabyte of
-/// "aaaa…" or of spaces), and `tiktoken-rs` turns that into a panic; BPE on
-/// one huge piece is also quadratic. User-supplied documents must not be able
-/// to crash or stall a dry run, so long texts are counted in segments.
+/// Why: merging one huge piece (a megabyte of "aaaa…") costs more than
+/// linear time and memory in its length, and tiktoken's own backtracking
+/// pre-tokenizer, whose counts these are, gave up on such runs with a
+/// panic. User-supplied documents must not be able to stall a dry run, so
+/// long texts are counted in segments.
 ///
 /// Segments are cut only where the regex itself always splits and never
 /// looks across, so the total is *exactly* the unsegmented count (the unit
@@ -224,7 +227,7 @@ pub fn chat_overhead(messages: usize) -> usize {
 /// runs of one character, giant space-free blobs) is cut arbitrarily; the
 /// count there can differ from tiktoken's by a token or so per cut, which is
 /// irrelevant next to such an input's size.
-fn count_segmented(bpe: &CoreBPE, text: &str, soft: usize, hard: usize) -> usize {
+fn count_segmented(bpe: &Bpe, text: &str, soft: usize, hard: usize) -> usize {
     let mut total = 0;
     let mut start = 0;
     let mut prev: Option<char> = None;
@@ -232,12 +235,12 @@ fn count_segmented(bpe: &CoreBPE, text: &str, soft: usize, hard: usize) -> usize
         let len = at - start;
         let cut = len >= hard || (len >= soft && prev.is_some_and(|p| is_safe_boundary(p, c)));
         if cut {
-            total += bpe.encode_ordinary(&text[start..at]).len();
+            total += bpe.count(&text[start..at]);
             start = at;
         }
         prev = Some(c);
     }
-    total + bpe.encode_ordinary(&text[start..]).len()
+    total + bpe.count(&text[start..])
 }
 
 /// Whether the o200k_base and cl100k_base pre-tokenizers always split
@@ -300,13 +303,15 @@ mod tests {
         assert_eq!(Tokenizer::Estimate.count("hello world"), 2);
         assert_eq!(Tokenizer::O200kBase.count(""), 0);
         // The right encoding is behind each variant (ids from OpenAI's tiktoken).
+        let o200k = Tokenizer::O200kBase.bpe();
         assert_eq!(
-            Tokenizer::O200kBase.bpe().encode_ordinary("hello world"),
-            [24912, 2375]
+            (o200k.rank(b"hello"), o200k.rank(b" world")),
+            (Some(24912), Some(2375))
         );
+        let cl100k = Tokenizer::Cl100kBase.bpe();
         assert_eq!(
-            Tokenizer::Cl100kBase.bpe().encode_ordinary("hello world"),
-            [15339, 1917]
+            (cl100k.rank(b"hello"), cl100k.rank(b" world")),
+            (Some(15339), Some(1917))
         );
         assert!(std::ptr::eq(
             Tokenizer::Estimate.bpe(),
@@ -394,14 +399,25 @@ mod tests {
         text
     }
 
+    /// Each encoding with tiktoken-rs's, whose counts it must reproduce.
+    fn with_tiktoken() -> [(&'static Bpe, &'static tiktoken_rs::CoreBPE); 2] {
+        [
+            (
+                Tokenizer::O200kBase.bpe(),
+                tiktoken_rs::o200k_base_singleton(),
+            ),
+            (
+                Tokenizer::Cl100kBase.bpe(),
+                tiktoken_rs::cl100k_base_singleton(),
+            ),
+        ]
+    }
+
     #[test]
     fn segmenting_does_not_change_counts() {
         let text = corpus();
-        for bpe in [
-            tiktoken_rs::o200k_base_singleton(),
-            tiktoken_rs::cl100k_base_singleton(),
-        ] {
-            let whole = bpe.encode_ordinary(&text).len();
+        for (bpe, tik) in with_tiktoken() {
+            let whole = tik.encode_ordinary(&text).len();
             // Tiny segments force a cut at nearly every safe boundary.
             for soft in [1, 2, 7, 64] {
                 assert_eq!(
@@ -434,14 +450,11 @@ mod tests {
             "a  \n\n  b",
             "end.\n\n1",
         ];
-        for bpe in [
-            tiktoken_rs::o200k_base_singleton(),
-            tiktoken_rs::cl100k_base_singleton(),
-        ] {
+        for (bpe, tik) in with_tiktoken() {
             for s in samples {
                 assert_eq!(
                     count_segmented(bpe, s, 1, usize::MAX),
-                    bpe.encode_ordinary(s).len(),
+                    tik.encode_ordinary(s).len(),
                     "{s:?}"
                 );
             }
@@ -463,11 +476,68 @@ mod tests {
     #[test]
     fn typical_text_is_exact_through_public_api() {
         let text = corpus();
-        let bpe = tiktoken_rs::o200k_base_singleton();
         assert!(text.len() > 4 * HARD_SEGMENT_BYTES);
-        assert_eq!(
-            Tokenizer::O200kBase.count(&text),
-            bpe.encode_ordinary(&text).len()
-        );
+        for (tok, tik) in [
+            (Tokenizer::O200kBase, tiktoken_rs::o200k_base_singleton()),
+            (Tokenizer::Cl100kBase, tiktoken_rs::cl100k_base_singleton()),
+        ] {
+            assert_eq!(tok.count(&text), tik.encode_ordinary(&text).len());
+        }
+    }
+
+    /// Real text of every kind the repository holds: prompts, workflows,
+    /// policies, suites, docs, Rust, JSON, the hostile test inputs.
+    #[test]
+    fn repository_files_count_like_tiktoken() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let mut dirs = vec![root.to_path_buf()];
+        let mut files = 0;
+        while let Some(dir) = dirs.pop() {
+            for entry in std::fs::read_dir(&dir).expect("readable").flatten() {
+                let path = entry.path();
+                let name = entry.file_name();
+                if name.to_string_lossy().starts_with('.') || name == "target" {
+                    continue;
+                }
+                if path.is_dir() {
+                    dirs.push(path);
+                    continue;
+                }
+                let Ok(text) = std::fs::read_to_string(&path) else {
+                    continue;
+                };
+                if text.len() > 64 * 1024 {
+                    continue;
+                }
+                for (bpe, tik) in with_tiktoken() {
+                    assert_eq!(
+                        bpe.count(&text),
+                        tik.encode_ordinary(&text).len(),
+                        "{}",
+                        path.display()
+                    );
+                }
+                files += 1;
+            }
+        }
+        assert!(files > 100, "{files}");
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(1000))]
+
+        /// Random text over the characters the pre-tokenizers treat apart:
+        /// every kind of space and line break, cased and uncased letters of
+        /// several scripts, combining marks, digits of several systems,
+        /// contractions (and the letters case folding adds to them),
+        /// punctuation, symbols and emoji sequences.
+        #[test]
+        fn random_text_counts_like_tiktoken(
+            text in r#"[ \t\r\n\x{a0}\x{2028}\x{3000}a-zA-Z'’sStTdDlLmMvVrReEſK\x{212a}0-9٣²½.,;:!?/\\\-_()\[\]{}<>|@#$%^&*=+~`"éÉçñüßĲ\x{301}\x{308}\x{94d}日本語のテキスト、。中文，한국어ΑΒΓαβγДдЖжअनु🦀👍🏽\x{200d}\x{fe0f}]{0,64}"#
+        ) {
+            for (bpe, tik) in with_tiktoken() {
+                proptest::prop_assert_eq!(bpe.count(&text), tik.encode_ordinary(&text).len());
+            }
+        }
     }
 }
