@@ -12,9 +12,10 @@ use crate::provider::ErrorKind;
 
 /// How one try of one call ended. Serialised (JSON reports, the journal's
 /// `outcome` column) as its snake_case word, [`AttemptOutcome::as_str`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum AttemptOutcome {
     /// Answered (a valid answer, or a text one).
+    #[default]
     Ok,
     /// Answered, but the answer stopped at its length limit (journal only:
     /// the report's attempt says `ok` and the call `truncated`).

@@ -300,7 +300,7 @@ impl Journal {
                     c.started_ms,
                     self.now(),
                     c.latency_ms as i64,
-                    c.outcome,
+                    c.outcome.as_str(),
                     c.error,
                     c.usage.input_tokens as i64,
                     c.usage.output_tokens as i64,
@@ -553,6 +553,7 @@ fn usage_from(r: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<Usage> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::outcome::AttemptOutcome;
 
     fn new_run() -> NewRun {
         NewRun {
@@ -605,7 +606,7 @@ mod tests {
             step: "a".into(),
             model: "m".into(),
             tier: "budget".into(),
-            outcome: "ok".into(),
+            outcome: AttemptOutcome::Ok,
             cost_usd: 0.25,
             usage_flag: flag.map(str::to_owned),
             ..CallRecord::default()
@@ -641,7 +642,7 @@ mod tests {
             item: Some(1),
             request_hash: Some("req".into()),
             model: "m".into(),
-            outcome: "ok".into(),
+            outcome: AttemptOutcome::Ok,
             cost_usd: 0.5,
             cacheable: true,
             response: Some("hi".into()),
@@ -651,7 +652,7 @@ mod tests {
         j.record_call(&id, &c).unwrap();
         // An error is journaled but neither finishes a call nor is cached.
         c.item = Some(0);
-        c.outcome = "server_error".into();
+        c.outcome = AttemptOutcome::Error(crate::provider::ErrorKind::Server);
         c.cacheable = false;
         c.output = None;
         c.cost_usd = 0.0;

@@ -9,6 +9,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use super::Millis;
+use crate::outcome::AttemptOutcome;
 use crate::usage::Usage;
 
 /// The identity of a workflow for `--resume`: its file and every prompt it
@@ -171,9 +172,8 @@ pub struct CallRecord {
     pub local: bool,
     pub started_ms: Millis,
     pub latency_ms: u64,
-    /// `ok`, `cached`, `invalid_output`, `truncated`, `over_budget`, or a
-    /// provider error kind.
-    pub outcome: String,
+    /// How the attempt ended; stored as its word ([`AttemptOutcome::as_str`]).
+    pub outcome: AttemptOutcome,
     pub error: Option<String>,
     pub usage: Usage,
     pub cost_usd: f64,

@@ -265,7 +265,7 @@ impl BatchStep<'_> {
             waited_ms: None,
         });
         sh.journal_call(CallRecord {
-            outcome: AttemptOutcome::Cached.as_str().to_owned(),
+            outcome: AttemptOutcome::Cached,
             usage: answer.usage,
             list_cost_usd: answer.cost_usd,
             saved_usd: answer.cost_usd,
@@ -508,9 +508,7 @@ impl BatchStep<'_> {
                 AttemptOutcome::Ok
             } else {
                 AttemptOutcome::InvalidOutput
-            }
-            .as_str()
-            .to_owned(),
+            },
             error: value.as_ref().err().cloned(),
             usage,
             cost_usd: cost,

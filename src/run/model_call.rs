@@ -203,7 +203,7 @@ impl ModelCall<'_> {
             waited_ms: None,
         });
         let mut r = self.record(hash, report.item, report.attempts.len());
-        r.outcome = AttemptOutcome::Cached.as_str().to_owned();
+        r.outcome = AttemptOutcome::Cached;
         r.usage = answer.usage;
         r.list_cost_usd = answer.cost_usd;
         r.saved_usd = answer.cost_usd;
@@ -240,7 +240,7 @@ impl ModelCall<'_> {
             waited_ms: None,
         });
         let mut r = self.record(hash, report.item, report.attempts.len());
-        r.outcome = outcome.as_str().to_owned();
+        r.outcome = outcome;
         r.error = Some(message.clone());
         self.ctx.sh.journal_call(r).await;
         CallFailure::plain(message)
@@ -394,7 +394,7 @@ impl ModelCall<'_> {
             (_, true) => AttemptOutcome::Truncated,
             _ => AttemptOutcome::Ok,
         };
-        rec.outcome = outcome.as_str().to_owned();
+        rec.outcome = outcome;
         rec.error = verdict.as_ref().and_then(|v| v.clone().err());
         rec.usage = usage;
         rec.cost_usd = cost;
@@ -477,7 +477,7 @@ impl ModelCall<'_> {
             0.0
         };
         let outcome = AttemptOutcome::Error(err.kind);
-        rec.outcome = outcome.as_str().to_owned();
+        rec.outcome = outcome;
         rec.error = Some(err.message.clone());
         rec.cost_usd = charged;
         rec.list_cost_usd = charged;
