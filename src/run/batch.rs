@@ -36,7 +36,7 @@ use super::cache::{
     cached, flagship_cost, prompt_cache, request_hash, request_texts, step_request,
 };
 use super::shared::Shared;
-use super::validate::parse_structured;
+use super::validate::{InvalidOutput, parse_structured};
 use super::{Attempt, AttemptOutcome, CallReport, CallSource, Event};
 use crate::cost::{self, Billing};
 use crate::journal::{BatchLedger, BatchRef, CallRecord};
@@ -215,7 +215,7 @@ impl BatchStep<'_> {
         }
     }
 
-    fn output_of(&self, text: &str) -> Result<Value, String> {
+    fn output_of(&self, text: &str) -> Result<Value, InvalidOutput> {
         match &self.validator {
             None => Ok(Value::String(text.to_owned())),
             Some(v) => parse_structured(text, v),
@@ -509,7 +509,8 @@ impl BatchStep<'_> {
             } else {
                 AttemptOutcome::InvalidOutput
             },
-            error: value.as_ref().err().cloned(),
+            // The journal keeps the reason as the user reads it.
+            error: value.as_ref().err().map(ToString::to_string),
             usage,
             cost_usd: cost,
             list_cost_usd: report.list_cost_usd,

@@ -13,7 +13,7 @@ use serde_json::Value;
 use super::budget::Reservation;
 use super::cache::{cached, flagship_cost, request_hash, request_texts, step_request};
 use super::call::StepCalls;
-use super::validate::{parse_structured, truncate};
+use super::validate::{InvalidOutput, parse_structured, truncate};
 use super::{Attempt, AttemptOutcome, CallReport, CallSource, Event};
 use crate::cost::{self, Billing};
 use crate::journal::CallRecord;
@@ -216,7 +216,7 @@ impl ModelCall<'_> {
 
     /// An answer's text as the step's output: validated against the output
     /// schema, if any.
-    fn output_of(&self, text: &str) -> Result<Value, String> {
+    fn output_of(&self, text: &str) -> Result<Value, InvalidOutput> {
         match &self.validator {
             None => Ok(Value::String(text.to_owned())),
             Some(v) => parse_structured(text, v),
@@ -395,7 +395,10 @@ impl ModelCall<'_> {
             _ => AttemptOutcome::Ok,
         };
         rec.outcome = outcome;
-        rec.error = verdict.as_ref().and_then(|v| v.clone().err());
+        // The journal keeps the reason as the user reads it.
+        rec.error = verdict
+            .as_ref()
+            .and_then(|v| v.as_ref().err().map(ToString::to_string));
         rec.usage = usage;
         rec.cost_usd = cost;
         rec.list_cost_usd = list;
@@ -415,7 +418,7 @@ impl ModelCall<'_> {
         };
         if let Some(last) = report.attempts.last_mut() {
             last.outcome = AttemptOutcome::InvalidOutput;
-            last.message = Some(why.clone());
+            last.message = Some(why.to_string());
         }
         if schema_retry_used {
             return Answered::Failed(CallFailure::plain(format!(
