@@ -35,6 +35,7 @@ use sha2::{Digest, Sha256};
 use super::cache::{
     cached, flagship_cost, prompt_cache, request_hash, request_texts, step_request,
 };
+use super::error::CallError;
 use super::shared::Shared;
 use super::validate::{InvalidOutput, parse_structured};
 use super::{Attempt, AttemptOutcome, CallReport, CallSource, Event};
@@ -93,7 +94,7 @@ pub(super) enum Item {
     /// The call failed: its batch is at the provider (and billed) but its
     /// answers could not be fetched. Calling it again now would pay twice;
     /// `--resume` collects the batch later.
-    Failed(CallReport, String),
+    Failed(CallReport, CallError),
 }
 
 impl Item {
@@ -304,7 +305,7 @@ impl BatchStep<'_> {
         if let Some(why) = items.iter().find_map(|it| {
             crate::route::admit(&sh.policy, model, label, &request_texts(&it.request)).err()
         }) {
-            return sync_all(out, AttemptOutcome::Refused, why);
+            return sync_all(out, AttemptOutcome::Refused, why.to_string());
         }
         // The worst case of the whole batch, at batch prices, before submitting.
         let max_out = u64::from(self.step.max_output_tokens());
@@ -371,10 +372,10 @@ impl BatchStep<'_> {
     /// Every call of a batch whose answers are out of reach fails (calling
     /// it again now would pay twice; `--resume` collects the batch later).
     fn stranded(&self, pending: &[usize], why: &str, out: &mut [Option<Item>]) {
-        let message = format!(
-            "{why}; the batch stays at the provider — `tollgate run --resume` collects its answers"
-        );
         for &n in pending {
+            let error = CallError::BatchStranded {
+                why: why.to_owned(),
+            };
             let mut report = CallReport::empty(self.item_of(n));
             report.model = Some(self.model.alias.clone());
             report.batch = true;
@@ -382,10 +383,10 @@ impl BatchStep<'_> {
                 model: self.model.alias.clone(),
                 outcome: AttemptOutcome::BatchStranded,
                 status: None,
-                message: Some(message.clone()),
+                message: Some(error.to_string()),
                 waited_ms: None,
             });
-            out[n] = Some(Item::Failed(report, message.clone()));
+            out[n] = Some(Item::Failed(report, error));
         }
     }
 
