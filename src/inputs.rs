@@ -27,15 +27,25 @@ pub enum RawValue {
     Stdin,
 }
 
+/// Why an `--input` argument is not `NAME=VALUE` (clap shows the message
+/// after the argument, worded as before this type existed).
+#[derive(Debug, thiserror::Error)]
+pub enum RawInputError {
+    #[error("expected NAME=VALUE or NAME=@FILE, got `{0}`")]
+    NoEquals(String),
+    #[error("missing input name in `{0}`")]
+    NoName(String),
+}
+
 impl std::str::FromStr for RawInput {
-    type Err = String;
+    type Err = RawInputError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let (name, value) = s
             .split_once('=')
-            .ok_or_else(|| format!("expected NAME=VALUE or NAME=@FILE, got `{s}`"))?;
+            .ok_or_else(|| RawInputError::NoEquals(s.to_owned()))?;
         if name.is_empty() {
-            return Err(format!("missing input name in `{s}`"));
+            return Err(RawInputError::NoName(s.to_owned()));
         }
         let value = match value.strip_prefix('@') {
             Some("-") => RawValue::Stdin,
