@@ -381,7 +381,14 @@ mod tests {
             RawValue::File("f.txt".into())
         );
         assert_eq!("a=@-".parse::<RawInput>().unwrap().value, RawValue::Stdin);
-        assert!("nope".parse::<RawInput>().is_err());
+        assert_eq!(
+            "nope".parse::<RawInput>().unwrap_err().to_string(),
+            "expected NAME=VALUE or NAME=@FILE, got `nope`"
+        );
+        assert_eq!(
+            "=x".parse::<RawInput>().unwrap_err().to_string(),
+            "missing input name in `=x`"
+        );
     }
 
     #[test]
