@@ -27,15 +27,25 @@ pub enum RawValue {
     Stdin,
 }
 
+/// Why an `--input` argument is not `NAME=VALUE` (clap shows the message
+/// after the argument, worded as before this type existed).
+#[derive(Debug, thiserror::Error)]
+pub enum RawInputError {
+    #[error("expected NAME=VALUE or NAME=@FILE, got `{0}`")]
+    NoEquals(String),
+    #[error("missing input name in `{0}`")]
+    NoName(String),
+}
+
 impl std::str::FromStr for RawInput {
-    type Err = String;
+    type Err = RawInputError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let (name, value) = s
             .split_once('=')
-            .ok_or_else(|| format!("expected NAME=VALUE or NAME=@FILE, got `{s}`"))?;
+            .ok_or_else(|| RawInputError::NoEquals(s.to_owned()))?;
         if name.is_empty() {
-            return Err(format!("missing input name in `{s}`"));
+            return Err(RawInputError::NoName(s.to_owned()));
         }
         let value = match value.strip_prefix('@') {
             Some("-") => RawValue::Stdin,
@@ -302,41 +312,55 @@ pub fn placeholders(workflow: &Workflow) -> Inputs {
         .collect()
 }
 
+/// Why text typed by a user is not a value of the input's type. The
+/// message follows `--input NAME:` or a case file's column (worded as
+/// before this type existed: diagnostics and snapshots carry it).
+#[derive(Debug, thiserror::Error)]
+pub enum CoerceError {
+    #[error("`{0}` is not an integer")]
+    NotInteger(String),
+    #[error("`{0}` is not a number")]
+    NotNumber(String),
+    #[error("`{0}` is not a boolean (true or false)")]
+    NotBoolean(String),
+    #[error("not valid JSON: {0}")]
+    NotJson(serde_json::Error),
+    /// Valid JSON of the wrong shape: `array` or `object` was declared.
+    #[error("expected a JSON {0}")]
+    WrongShape(&'static str),
+}
+
 /// Parses text typed by a user (a flag, a CSV cell) as a value of the type.
-pub fn coerce(kind: InputType, text: &str) -> Result<Value, String> {
+pub fn coerce(kind: InputType, text: &str) -> Result<Value, CoerceError> {
     match kind {
         InputType::String => Ok(Value::String(text.to_owned())),
         InputType::Integer => text
             .trim()
             .parse::<i64>()
             .map(Value::from)
-            .map_err(|_| format!("`{}` is not an integer", text.trim())),
+            .map_err(|_| CoerceError::NotInteger(text.trim().to_owned())),
         InputType::Number => text
             .trim()
             .parse::<f64>()
             .ok()
             .and_then(serde_json::Number::from_f64)
             .map(Value::Number)
-            .ok_or_else(|| format!("`{}` is not a number", text.trim())),
+            .ok_or_else(|| CoerceError::NotNumber(text.trim().to_owned())),
         InputType::Boolean => match text.trim() {
             "true" => Ok(Value::Bool(true)),
             "false" => Ok(Value::Bool(false)),
-            other => Err(format!("`{other}` is not a boolean (true or false)")),
+            other => Err(CoerceError::NotBoolean(other.to_owned())),
         },
         InputType::Array | InputType::Object => {
-            let v: Value =
-                serde_json::from_str(text).map_err(|e| format!("not valid JSON: {e}"))?;
+            let v: Value = serde_json::from_str(text).map_err(CoerceError::NotJson)?;
             if kind.accepts(&v) {
                 Ok(v)
             } else {
-                Err(format!(
-                    "expected a JSON {}",
-                    if kind == InputType::Array {
-                        "array"
-                    } else {
-                        "object"
-                    }
-                ))
+                Err(CoerceError::WrongShape(if kind == InputType::Array {
+                    "array"
+                } else {
+                    "object"
+                }))
             }
         }
     }
@@ -357,7 +381,14 @@ mod tests {
             RawValue::File("f.txt".into())
         );
         assert_eq!("a=@-".parse::<RawInput>().unwrap().value, RawValue::Stdin);
-        assert!("nope".parse::<RawInput>().is_err());
+        assert_eq!(
+            "nope".parse::<RawInput>().unwrap_err().to_string(),
+            "expected NAME=VALUE or NAME=@FILE, got `nope`"
+        );
+        assert_eq!(
+            "=x".parse::<RawInput>().unwrap_err().to_string(),
+            "missing input name in `=x`"
+        );
     }
 
     #[test]
@@ -370,7 +401,13 @@ mod tests {
             coerce(InputType::Array, "[1,2]").unwrap(),
             serde_json::json!([1, 2])
         );
-        assert!(coerce(InputType::Array, "{}").is_err());
-        assert!(coerce(InputType::Boolean, "yes").is_err());
+        assert_eq!(
+            coerce(InputType::Array, "{}").unwrap_err().to_string(),
+            "expected a JSON array"
+        );
+        assert_eq!(
+            coerce(InputType::Boolean, " yes").unwrap_err().to_string(),
+            "`yes` is not a boolean (true or false)"
+        );
     }
 }

@@ -185,30 +185,48 @@ pub struct Label {
 /// above `cloud_max`, so a future hole in rendering (a value reaching a
 /// prompt by a path the analysis does not know) is still caught rather than
 /// sent. Local models see everything, as [`gate`] says.
-pub fn admit(policy: &Policy, model: &Model, label: &Label, texts: &[&str]) -> Result<(), String> {
+pub fn admit(policy: &Policy, model: &Model, label: &Label, texts: &[&str]) -> Result<(), Refusal> {
     if model.locality == Locality::Local {
         return Ok(());
     }
     if !gate(policy, model, label.level) {
-        return Err(format!(
-            "{}: refused at the provider boundary: the request holds {} data (above cloud_max {}) and the model is in the cloud",
-            model.alias,
-            policy.level_name(label.level),
-            policy.level_name(policy.cloud_max)
-        ));
+        return Err(Refusal::Level {
+            alias: model.alias.clone(),
+            level: policy.level_name(label.level).to_owned(),
+            cloud_max: policy.level_name(policy.cloud_max).to_owned(),
+        });
     }
     if label
         .withheld
         .iter()
         .any(|v| texts.iter().any(|t| t.contains(v.as_str())))
     {
-        return Err(format!(
-            "{}: refused at the provider boundary: the request contains the value of an input above cloud_max {} and the model is in the cloud",
-            model.alias,
-            policy.level_name(policy.cloud_max)
-        ));
+        return Err(Refusal::WithheldValue {
+            alias: model.alias.clone(),
+            cloud_max: policy.level_name(policy.cloud_max).to_owned(),
+        });
     }
     Ok(())
+}
+
+/// Why [`admit`] refused a request: the message names the model (it is the
+/// call's error and its journal row as users read them).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Refusal {
+    /// The request was rendered at a level above `cloud_max`.
+    #[error(
+        "{alias}: refused at the provider boundary: the request holds {level} data (above cloud_max {cloud_max}) and the model is in the cloud"
+    )]
+    Level {
+        alias: String,
+        level: String,
+        cloud_max: String,
+    },
+    /// The request carries the verbatim value of an input above `cloud_max`.
+    #[error(
+        "{alias}: refused at the provider boundary: the request contains the value of an input above cloud_max {cloud_max} and the model is in the cloud"
+    )]
+    WithheldValue { alias: String, cloud_max: String },
 }
 
 /// Which conditions of a rule hold, as readable fragments; `None` if one fails.

@@ -11,7 +11,7 @@ use crate::analyze::Analysis;
 use crate::diagnostic::Diagnostic;
 use crate::inputs::{InputValue, Inputs, ValueSource};
 pub use crate::journal::policy_hash;
-use crate::journal::{self, Clock, Journal, RunRow};
+use crate::journal::{self, Clock, Journal, JournalError, RunRow};
 use crate::plan::Plan;
 use crate::policy::Policy;
 
@@ -163,7 +163,7 @@ pub fn remaining_budgets(state: &StateArg, policy: &Policy) -> Option<Value> {
     if policy.daily_budget_usd.is_none() && policy.monthly_budget_usd.is_none() {
         return None;
     }
-    let spent = (|| -> Result<(f64, f64), String> {
+    let spent = (|| -> Result<(f64, f64), JournalError> {
         let clock = Clock::from_env()?;
         let Some(j) = Journal::open_existing(&state.dir(), clock)? else {
             return Ok((0.0, 0.0));
@@ -171,10 +171,11 @@ pub fn remaining_budgets(state: &StateArg, policy: &Policy) -> Option<Value> {
         let (day, month) = journal::period_starts(j.now());
         Ok((j.spent_since(day)?, j.spent_since(month)?))
     })();
-    let line = |limit: Option<f64>, spent: Result<f64, &String>| {
+    let line = |limit: Option<f64>, spent: Result<f64, &JournalError>| {
         limit.map(|l| match spent {
             Ok(s) => json!({"limit_usd": l, "spent_usd": s, "left_usd": (l - s).max(0.0)}),
-            Err(e) => json!({"limit_usd": l, "error": e}),
+            // The JSON carries the error as the user reads it.
+            Err(e) => json!({"limit_usd": l, "error": e.to_string()}),
         })
     };
     Some(json!({

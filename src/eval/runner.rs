@@ -28,7 +28,9 @@ use crate::run::{
     self, Providers, Resources, RunOptions, RunReport, RunStatus, StepReport, StepStatus,
 };
 
+mod error;
 mod judge;
+use error::CheckError;
 use judge::{Verdict, judge};
 
 /// How a test run behaves.
@@ -369,7 +371,7 @@ async fn journaled(
     workflow_path: &std::path::Path,
     inputs: &Inputs,
     plan: &Plan,
-) -> Result<(RunOptions, Option<String>), String> {
+) -> Result<(RunOptions, Option<String>), CheckError> {
     let mut options = ctx.opts.run.clone();
     let Some(journal) = &ctx.opts.journal else {
         return Ok((options, None));
@@ -383,9 +385,7 @@ async fn journaled(
         plan,
     );
     let db = Arc::clone(journal);
-    let run_id = tokio::task::spawn_blocking(move || db.begin_run(&record))
-        .await
-        .map_err(|e| format!("run journal: {e}"))??;
+    let run_id = tokio::task::spawn_blocking(move || db.begin_run(&record)).await??;
     options.journal = Some(run::RunJournal {
         journal: Arc::clone(journal),
         run_id: run_id.clone(),
@@ -435,7 +435,7 @@ async fn run_case(ctx: &Ctx<'_>, case: &Case, plan: &Plan) -> (RunResult, Vec<St
         Ok(o) => o,
         Err(e) => {
             let mut r = RunResult::interrupted();
-            r.error = Some(e);
+            r.error = Some(e.to_string());
             return (r, Vec::new());
         }
     };
@@ -617,7 +617,7 @@ async fn check_snapshot(
     step: &StepReport,
     mode: SnapshotMode,
     level: &str,
-) -> Result<SnapshotCheck, String> {
+) -> Result<SnapshotCheck, CheckError> {
     let output = step.output.clone().unwrap_or(Value::Null);
     let rendered = assertion::output_text(&output);
     let path = snapshot::path(&ctx.suite.snapshot_dir, &case.name, &step.id);
@@ -644,7 +644,7 @@ async fn check_snapshot(
     let stored = match crate::files::read_text(&path) {
         Ok(t) => Some(t),
         Err(crate::files::ReadError::NotFound) => None,
-        Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+        Err(reason) => return Err(CheckError::ReadSnapshot { path, reason }),
     };
     let mut judged = None;
     let matched = match &stored {
@@ -688,8 +688,12 @@ async fn check_snapshot(
     }
     let mut written = None;
     if !ctx.opts.ci {
-        snapshot::write_atomic(&pending_path, &snapshot::render(&meta, &rendered))
-            .map_err(|e| format!("cannot write {}: {e}", pending_path.display()))?;
+        snapshot::write_atomic(&pending_path, &snapshot::render(&meta, &rendered)).map_err(
+            |source| CheckError::WriteSnapshot {
+                path: pending_path.clone(),
+                source,
+            },
+        )?;
         written = Some(pending_path.display().to_string());
     }
     let failure = match &stored {

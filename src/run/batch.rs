@@ -35,8 +35,9 @@ use sha2::{Digest, Sha256};
 use super::cache::{
     cached, flagship_cost, prompt_cache, request_hash, request_texts, step_request,
 };
+use super::error::CallError;
 use super::shared::Shared;
-use super::validate::parse_structured;
+use super::validate::{InvalidOutput, parse_structured};
 use super::{Attempt, AttemptOutcome, CallReport, CallSource, Event};
 use crate::cost::{self, Billing};
 use crate::journal::{BatchLedger, BatchRef, CallRecord};
@@ -93,7 +94,7 @@ pub(super) enum Item {
     /// The call failed: its batch is at the provider (and billed) but its
     /// answers could not be fetched. Calling it again now would pay twice;
     /// `--resume` collects the batch later.
-    Failed(CallReport, String),
+    Failed(CallReport, CallError),
 }
 
 impl Item {
@@ -215,7 +216,7 @@ impl BatchStep<'_> {
         }
     }
 
-    fn output_of(&self, text: &str) -> Result<Value, String> {
+    fn output_of(&self, text: &str) -> Result<Value, InvalidOutput> {
         match &self.validator {
             None => Ok(Value::String(text.to_owned())),
             Some(v) => parse_structured(text, v),
@@ -304,7 +305,7 @@ impl BatchStep<'_> {
         if let Some(why) = items.iter().find_map(|it| {
             crate::route::admit(&sh.policy, model, label, &request_texts(&it.request)).err()
         }) {
-            return sync_all(out, AttemptOutcome::Refused, why);
+            return sync_all(out, AttemptOutcome::Refused, why.to_string());
         }
         // The worst case of the whole batch, at batch prices, before submitting.
         let max_out = u64::from(self.step.max_output_tokens());
@@ -371,10 +372,10 @@ impl BatchStep<'_> {
     /// Every call of a batch whose answers are out of reach fails (calling
     /// it again now would pay twice; `--resume` collects the batch later).
     fn stranded(&self, pending: &[usize], why: &str, out: &mut [Option<Item>]) {
-        let message = format!(
-            "{why}; the batch stays at the provider — `tollgate run --resume` collects its answers"
-        );
         for &n in pending {
+            let error = CallError::BatchStranded {
+                why: why.to_owned(),
+            };
             let mut report = CallReport::empty(self.item_of(n));
             report.model = Some(self.model.alias.clone());
             report.batch = true;
@@ -382,10 +383,10 @@ impl BatchStep<'_> {
                 model: self.model.alias.clone(),
                 outcome: AttemptOutcome::BatchStranded,
                 status: None,
-                message: Some(message.clone()),
+                message: Some(error.to_string()),
                 waited_ms: None,
             });
-            out[n] = Some(Item::Failed(report, message.clone()));
+            out[n] = Some(Item::Failed(report, error));
         }
     }
 
@@ -509,7 +510,8 @@ impl BatchStep<'_> {
             } else {
                 AttemptOutcome::InvalidOutput
             },
-            error: value.as_ref().err().cloned(),
+            // The journal keeps the reason as the user reads it.
+            error: value.as_ref().err().map(ToString::to_string),
             usage,
             cost_usd: cost,
             list_cost_usd: report.list_cost_usd,

@@ -14,6 +14,7 @@
 //! settle (their actual cost is usually far below their worst case) instead
 //! of failing; only a call that cannot fit even then is refused.
 
+use crate::journal::JournalError;
 use std::sync::Mutex;
 
 use tokio::sync::Notify;
@@ -88,7 +89,9 @@ pub trait OutsideSpend: Send + Sync {
     /// In one step that other processes cannot interleave with: if `amount`
     /// fits under every check beside what others spent in the check's
     /// period and their calls in flight, hold it.
-    fn try_hold(&self, amount: f64, checks: &[PeriodCheck]) -> Result<Hold, String>;
+    /// An error means what others spent could not be read (the journal
+    /// failed): the caller refuses paid calls rather than guess.
+    fn try_hold(&self, amount: f64, checks: &[PeriodCheck]) -> Result<Hold, JournalError>;
     /// The call settled (its cost is journaled): the hold ends.
     fn release(&self, hold: u64);
 }
@@ -287,7 +290,8 @@ impl Budget {
                         limit: checks[0].limit,
                         committed: 0.0,
                         worst_case,
-                        unreadable: Some(why),
+                        // Kept as the message the refusal shows.
+                        unreadable: Some(why.to_string()),
                     });
                 }
                 Ok(Hold::Held(id)) => hold = Some(id),
@@ -392,9 +396,9 @@ mod tests {
     }
 
     impl OutsideSpend for Others {
-        fn try_hold(&self, amount: f64, checks: &[PeriodCheck]) -> Result<Hold, String> {
+        fn try_hold(&self, amount: f64, checks: &[PeriodCheck]) -> Result<Hold, JournalError> {
             if self.broken {
-                return Err("disk I/O error".into());
+                return Err(JournalError::Db(rusqlite::Error::InvalidQuery));
             }
             let in_flight = *self.in_flight.lock().unwrap();
             for (index, c) in checks.iter().enumerate() {

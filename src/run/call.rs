@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use super::model_call::{CallFailure, call_model};
+use super::error::{CallError, CandidateError};
+use super::model_call::call_model;
 use super::shared::Shared;
 use super::{Attempt, AttemptOutcome, CallReport, CallSource, Event, local_server};
 use crate::policy::{Model, Tier};
@@ -45,17 +46,18 @@ pub(super) async fn call_with_fallbacks(
     ctx: &StepCalls<'_>,
     item: Option<usize>,
     call: &RenderedCall,
-) -> (CallReport, Result<Value, String>) {
+) -> (CallReport, Result<Value, CallError>) {
     let sh = ctx.sh;
     let started = Instant::now();
     let mut report = CallReport::empty(item);
     if let Some(output) = resumed(ctx, item, call, &mut report) {
         return (report, Ok(output));
     }
-    let mut last_error = String::from("no candidate model could be tried");
     // Why each candidate failed (it was called) or was passed over.
-    let mut failures: Vec<String> = Vec::new();
-    let mut passed: Vec<String> = Vec::new();
+    let mut failures: Vec<CandidateError> = Vec::new();
+    let mut passed: Vec<CandidateError> = Vec::new();
+    // Why the candidate before this one gave no answer (a fallback's reason).
+    let mut last_error = String::new();
     // After a context-length error only larger windows are worth trying.
     let mut need_window_above: u64 = 0;
     let mut previous: Option<&str> = None;
@@ -70,8 +72,8 @@ pub(super) async fn call_with_fallbacks(
             continue;
         };
         if let Err(why) = admissible(ctx, model, position, routed_tier) {
-            last_error = format!("{alias}: {why}");
-            passed.push(last_error.clone());
+            last_error = why.to_string();
+            passed.push(why);
             continue;
         }
         if model.context_window <= need_window_above {
@@ -84,13 +86,21 @@ pub(super) async fn call_with_fallbacks(
                 .get(&model.provider)
                 .cloned()
                 .unwrap_or_default();
-            last_error = format!("{alias}: no API key ({var} is not set)");
-            passed.push(last_error.clone());
+            let why = CandidateError::NoKey {
+                alias: alias.clone(),
+                var,
+            };
+            last_error = why.to_string();
+            passed.push(why);
             continue;
         };
-        if let Err(e) = ensure_server(sh, model).await {
-            last_error = format!("{alias}: {e}");
-            failures.push(last_error.clone());
+        if let Err(source) = ensure_server(sh, model).await {
+            let why = CandidateError::Server {
+                alias: alias.clone(),
+                source,
+            };
+            last_error = why.to_string();
+            failures.push(why);
             continue;
         }
         if let Some(prev) = previous {
@@ -109,32 +119,25 @@ pub(super) async fn call_with_fallbacks(
                 report.latency_ms = started.elapsed().as_millis() as u64;
                 return (report, Ok(v));
             }
-            Err(CallFailure {
-                message,
-                context_length,
-            }) => {
+            Err(why) => {
                 report.model = Some(alias.clone());
-                last_error = message;
-                failures.push(last_error.clone());
-                if context_length {
+                if why.context_length() {
                     need_window_above = model.context_window;
                 }
+                last_error = why.to_string();
+                failures.push(why);
             }
         }
     }
     report.latency_ms = started.elapsed().as_millis() as u64;
     // Every candidate's reason, the real failures first: a local call's
     // HTTP 500 is the cause, not the gate that kept its fallbacks away.
-    let message = if failures.is_empty() && passed.is_empty() {
-        last_error
+    let error = if failures.is_empty() && passed.is_empty() {
+        CallError::NoCandidate
     } else {
-        failures
-            .into_iter()
-            .chain(passed)
-            .collect::<Vec<_>>()
-            .join("; ")
+        CallError::Candidates(failures.into_iter().chain(passed).collect())
     };
-    (report, Err(message))
+    (report, Err(error))
 }
 
 /// Finished by an earlier session of this run: its answer, not a new call
@@ -179,14 +182,14 @@ fn admissible(
     model: &Model,
     position: usize,
     routed_tier: Option<Tier>,
-) -> Result<(), String> {
+) -> Result<(), CandidateError> {
     let policy = &ctx.sh.policy;
     if !route::gate(policy, model, ctx.facts.sensitivity) {
-        return Err(format!(
-            "cloud model, and the step is {} (above cloud_max {})",
-            policy.level_name(ctx.facts.sensitivity),
-            policy.level_name(policy.cloud_max)
-        ));
+        return Err(CandidateError::Gated {
+            alias: model.alias.clone(),
+            level: policy.level_name(ctx.facts.sensitivity).to_owned(),
+            cloud_max: policy.level_name(policy.cloud_max).to_owned(),
+        });
     }
     if position == 0 {
         return Ok(());
@@ -206,8 +209,12 @@ fn admissible(
         calls: 1,
         ..ctx.facts.clone()
     };
-    route::fits(policy, model, &one_call, &usage, &|t| ctx.max_tokens(t))
-        .map_err(|why| why.to_string())
+    route::fits(policy, model, &one_call, &usage, &|t| ctx.max_tokens(t)).map_err(|why| {
+        CandidateError::DoesNotFit {
+            alias: model.alias.clone(),
+            why,
+        }
+    })
 }
 
 /// A call a fallback answered counts on the fallback's tier, not the
@@ -225,7 +232,10 @@ fn move_tier(sh: &Shared, routed: Option<Tier>, answered: Tier) {
 
 /// Starts the model's local server if the policy says `launch` (or finds
 /// it running), telling the reporter.
-async fn ensure_server(sh: &Shared, model: &Model) -> Result<(), String> {
+async fn ensure_server(
+    sh: &Shared,
+    model: &Model,
+) -> Result<(), std::sync::Arc<local_server::ServerError>> {
     let Some(launch) = sh
         .policy
         .providers
@@ -257,5 +267,4 @@ async fn ensure_server(sh: &Shared, model: &Model) -> Result<(), String> {
             });
         })
         .await
-        .map_err(|e| e.to_string())
 }

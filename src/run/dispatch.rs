@@ -20,7 +20,7 @@ use super::{
     StepReport, StepStatus,
 };
 use crate::analyze::Analysis;
-use crate::journal::FinishedCall;
+use crate::journal::{FinishedCall, JournalError};
 use crate::plan::Plan;
 use crate::policy::Policy;
 use crate::route::TierUsage;
@@ -45,7 +45,7 @@ pub async fn execute_in(
     let started = Instant::now();
     let (finished, earlier_cost) = match earlier_sessions(&options) {
         Ok(r) => r,
-        Err(message) => return not_started(&job, &options, &message),
+        Err(e) => return not_started(&job, &options, &e.to_string()),
     };
     let Job {
         analysis,
@@ -105,7 +105,7 @@ type Finished = HashMap<(String, Option<usize>), FinishedCall>;
 
 /// What earlier sessions of this run finished, and what they spent (a
 /// resume); nothing without a journal.
-fn earlier_sessions(options: &RunOptions) -> Result<(Finished, f64), String> {
+fn earlier_sessions(options: &RunOptions) -> Result<(Finished, f64), JournalError> {
     let Some(j) = &options.journal else {
         return Ok((HashMap::new(), 0.0));
     };

@@ -14,7 +14,8 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::process::{ExitStatus, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::process::{Child, Command};
@@ -22,9 +23,69 @@ use tokio::sync::{Mutex, OnceCell};
 
 use crate::policy::{Launch, Policy};
 
+/// Why a provider's local server could not be started. Each message is
+/// worded exactly as before this type existed (it ends in a call's error,
+/// the step's `detail`), and names the command and log where they exist.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(
+        "cannot start the local server of provider `{provider}`: `{binary}` was not found (on PATH or in {}); run scripts/setup-local.sh, or set `launch.binary`",
+        searched.display()
+    )]
+    BinaryNotFound {
+        provider: String,
+        binary: String,
+        /// The cache folder `setup-local.sh` installs into.
+        searched: PathBuf,
+    },
+    #[error(
+        "cannot start the local server of provider `{provider}`: model file `{model}` does not exist; run scripts/setup-local.sh, or set `launch.model`"
+    )]
+    ModelMissing { provider: String, model: String },
+    /// The log folder or file could not be created.
+    #[error("cannot create {}: {source}", path.display())]
+    Log {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The log file's handle could not be shared with stderr.
+    #[error("{0}")]
+    LogHandle(std::io::Error),
+    #[error("cannot start `{command}`: {source}")]
+    Spawn {
+        command: String,
+        source: std::io::Error,
+    },
+    #[error(
+        "the local server of provider `{provider}` exited ({status}) before it was ready. Command: {command}\nLast lines of {}:\n{tail}",
+        log.display()
+    )]
+    Exited {
+        provider: String,
+        status: ExitStatus,
+        command: String,
+        log: PathBuf,
+        tail: String,
+    },
+    #[error(
+        "the local server of provider `{provider}` was not ready after {}s (launch.ready_timeout). Command: {command}\nLast lines of {}:\n{tail}",
+        waited.as_secs_f64(),
+        log.display()
+    )]
+    NotReady {
+        provider: String,
+        waited: Duration,
+        command: String,
+        log: PathBuf,
+        tail: String,
+    },
+}
+
 /// The servers of one run.
 pub struct Servers {
-    cells: HashMap<String, OnceCell<Result<(), String>>>,
+    /// One start per provider; its failure is kept (shared: every caller
+    /// waiting for that start gets the same error).
+    cells: HashMap<String, OnceCell<Result<(), Arc<ServerError>>>>,
     children: Mutex<Vec<(String, Child)>>,
     /// Servers an earlier, killed run left behind, now ours: (provider, pid).
     adopted: Mutex<Vec<(String, u32)>>,
@@ -77,7 +138,7 @@ impl Servers {
         provider: &str,
         launch: &Launch,
         on_start: impl FnOnce(&Started),
-    ) -> Result<(), String> {
+    ) -> Result<(), Arc<ServerError>> {
         let Some(cell) = self.cells.get(provider) else {
             return Ok(());
         };
@@ -87,7 +148,7 @@ impl Servers {
                     on_start(&started);
                     Ok(())
                 }
-                Err(e) => Err(e),
+                Err(e) => Err(Arc::new(e)),
             }
         })
         .await
@@ -150,7 +211,7 @@ impl Servers {
         Some(pid)
     }
 
-    async fn start(&self, provider: &str, launch: &Launch) -> Result<Started, String> {
+    async fn start(&self, provider: &str, launch: &Launch) -> Result<Started, ServerError> {
         if self.healthy(launch).await {
             if let Some(pid) = self.orphan(provider, launch) {
                 // Ours now: the file names this process as its owner.
@@ -160,17 +221,18 @@ impl Servers {
             }
             return Ok(Started::AlreadyRunning);
         }
-        let binary = resolve_binary(&expand(&launch.binary))
-            .ok_or_else(|| format!(
-                "cannot start the local server of provider `{provider}`: `{}` was not found (on PATH or in {}); run scripts/setup-local.sh, or set `launch.binary`",
-                expand(&launch.binary),
-                cache_dir().join("bin").display()
-            ))?;
+        let binary =
+            resolve_binary(&expand(&launch.binary)).ok_or_else(|| ServerError::BinaryNotFound {
+                provider: provider.to_owned(),
+                binary: expand(&launch.binary),
+                searched: cache_dir().join("bin"),
+            })?;
         let model = expand(&launch.model);
         if !Path::new(&model).is_file() {
-            return Err(format!(
-                "cannot start the local server of provider `{provider}`: model file `{model}` does not exist; run scripts/setup-local.sh, or set `launch.model`"
-            ));
+            return Err(ServerError::ModelMissing {
+                provider: provider.to_owned(),
+                model,
+            });
         }
         let mut args: Vec<String> = vec![
             "-m".into(),
@@ -200,12 +262,16 @@ impl Servers {
         let command = format!("{} {}", binary.display(), shown_args.join(" "));
         args.extend(launch.args.iter().map(|a| expand(a)));
 
-        std::fs::create_dir_all(&self.log_dir)
-            .map_err(|e| format!("cannot create {}: {e}", self.log_dir.display()))?;
+        std::fs::create_dir_all(&self.log_dir).map_err(|source| ServerError::Log {
+            path: self.log_dir.clone(),
+            source,
+        })?;
         let log_path = self.log_dir.join(format!("{provider}.log"));
-        let log = std::fs::File::create(&log_path)
-            .map_err(|e| format!("cannot create {}: {e}", log_path.display()))?;
-        let err_log = log.try_clone().map_err(|e| e.to_string())?;
+        let log = std::fs::File::create(&log_path).map_err(|source| ServerError::Log {
+            path: log_path.clone(),
+            source,
+        })?;
+        let err_log = log.try_clone().map_err(ServerError::LogHandle)?;
         let mut cmd = Command::new(&binary);
         // ggml's OpenMP threads spin while waiting by default, which starves
         // everything else on a small machine (and the server itself when
@@ -221,16 +287,21 @@ impl Servers {
             .stderr(Stdio::from(err_log))
             .kill_on_drop(true)
             .spawn()
-            .map_err(|e| format!("cannot start `{command}`: {e}"))?;
+            .map_err(|source| ServerError::Spawn {
+                command: command.clone(),
+                source,
+            })?;
 
         let started = Instant::now();
         loop {
             if let Ok(Some(status)) = child.try_wait() {
-                return Err(format!(
-                    "the local server of provider `{provider}` exited ({status}) before it was ready. Command: {command}\nLast lines of {}:\n{}",
-                    log_path.display(),
-                    tail(&log_path, 15)
-                ));
+                return Err(ServerError::Exited {
+                    provider: provider.to_owned(),
+                    status,
+                    command,
+                    tail: tail(&log_path, 15),
+                    log: log_path,
+                });
             }
             if self.healthy(launch).await {
                 if let Some(pid) = child.id() {
@@ -249,12 +320,13 @@ impl Servers {
             }
             if started.elapsed() > launch.ready_timeout {
                 let _ = child.kill().await;
-                return Err(format!(
-                    "the local server of provider `{provider}` was not ready after {}s (launch.ready_timeout). Command: {command}\nLast lines of {}:\n{}",
-                    launch.ready_timeout.as_secs_f64(),
-                    log_path.display(),
-                    tail(&log_path, 15)
-                ));
+                return Err(ServerError::NotReady {
+                    provider: provider.to_owned(),
+                    waited: launch.ready_timeout,
+                    command,
+                    tail: tail(&log_path, 15),
+                    log: log_path,
+                });
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }

@@ -33,6 +33,7 @@ mod budget;
 mod cache;
 mod call;
 mod dispatch;
+mod error;
 mod limits;
 pub mod local_server;
 mod model_call;

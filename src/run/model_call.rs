@@ -13,7 +13,8 @@ use serde_json::Value;
 use super::budget::Reservation;
 use super::cache::{cached, flagship_cost, request_hash, request_texts, step_request};
 use super::call::StepCalls;
-use super::validate::{parse_structured, truncate};
+use super::error::CandidateError;
+use super::validate::{InvalidOutput, parse_structured, truncate};
 use super::{Attempt, AttemptOutcome, CallReport, CallSource, Event};
 use crate::cost::{self, Billing};
 use crate::journal::CallRecord;
@@ -24,23 +25,6 @@ use crate::provider::{
 use crate::route;
 use crate::step::RenderedCall;
 use crate::tokens;
-
-/// Why a model did not answer a call.
-pub(super) struct CallFailure {
-    pub message: String,
-    /// The prompt did not fit the model's window: only larger windows are
-    /// worth trying next.
-    pub context_length: bool,
-}
-
-impl CallFailure {
-    fn plain(message: String) -> CallFailure {
-        CallFailure {
-            message,
-            context_length: false,
-        }
-    }
-}
 
 /// One model's side of a call.
 struct ModelCall<'a> {
@@ -67,7 +51,7 @@ enum Answered {
     Done(Value),
     /// Invalid against the schema, first time: ask again with why.
     AskAgain,
-    Failed(CallFailure),
+    Failed(CandidateError),
 }
 
 /// A failed try that may be tried again: after how long (`None`: the
@@ -85,7 +69,7 @@ pub(super) async fn call_model(
     client: &dyn Provider,
     call: &RenderedCall,
     report: &mut CallReport,
-) -> Result<Value, CallFailure> {
+) -> Result<Value, CandidateError> {
     let (sh, step) = (ctx.sh, ctx.step);
     let mut req = step_request(step, model, &call.system, &call.prompt);
     req.stream = sh.options.stream;
@@ -216,7 +200,7 @@ impl ModelCall<'_> {
 
     /// An answer's text as the step's output: validated against the output
     /// schema, if any.
-    fn output_of(&self, text: &str) -> Result<Value, String> {
+    fn output_of(&self, text: &str) -> Result<Value, InvalidOutput> {
         match &self.validator {
             None => Ok(Value::String(text.to_owned())),
             Some(v) => parse_structured(text, v),
@@ -230,8 +214,9 @@ impl ModelCall<'_> {
         hash: &Option<String>,
         report: &mut CallReport,
         outcome: AttemptOutcome,
-        message: String,
-    ) -> CallFailure {
+        why: CandidateError,
+    ) -> CandidateError {
+        let message = why.to_string();
         report.attempts.push(Attempt {
             model: self.model.alias.clone(),
             outcome,
@@ -241,9 +226,9 @@ impl ModelCall<'_> {
         });
         let mut r = self.record(hash, report.item, report.attempts.len());
         r.outcome = outcome;
-        r.error = Some(message.clone());
+        r.error = Some(message);
         self.ctx.sh.journal_call(r).await;
-        CallFailure::plain(message)
+        why
     }
 
     /// One try: the gate at the provider boundary, a slot, the budget, the
@@ -253,16 +238,16 @@ impl ModelCall<'_> {
         client: &dyn Provider,
         hash: &Option<String>,
         report: &mut CallReport,
-    ) -> Result<(Sent, Result<ChatResponse, ProviderError>), CallFailure> {
+    ) -> Result<(Sent, Result<ChatResponse, ProviderError>), CandidateError> {
         let (sh, step, model) = (self.ctx.sh, self.ctx.step, self.model);
         // The gate at the provider boundary, on the request as it leaves —
         // before a slot or a reservation is taken: a refused request costs
         // nothing and waits for nothing.
-        if let Err(message) =
+        if let Err(refusal) =
             route::admit(&sh.policy, model, self.ctx.label, &request_texts(&self.req))
         {
             return Err(self
-                .not_called(hash, report, AttemptOutcome::Refused, message)
+                .not_called(hash, report, AttemptOutcome::Refused, refusal.into())
                 .await);
         }
         let max_out = u64::from(step.max_output_tokens());
@@ -292,9 +277,12 @@ impl ModelCall<'_> {
         let reservation = match sh.budget.reserve_or_wait(worst, waiting).await {
             Ok(r) => r,
             Err(over) => {
-                let message = format!("{}: not called — {over}", model.alias);
+                let why = CandidateError::OverBudget {
+                    alias: model.alias.clone(),
+                    over,
+                };
                 return Err(self
-                    .not_called(hash, report, AttemptOutcome::OverBudget, message)
+                    .not_called(hash, report, AttemptOutcome::OverBudget, why)
                     .await);
             }
         };
@@ -395,7 +383,10 @@ impl ModelCall<'_> {
             _ => AttemptOutcome::Ok,
         };
         rec.outcome = outcome;
-        rec.error = verdict.as_ref().and_then(|v| v.clone().err());
+        // The journal keeps the reason as the user reads it.
+        rec.error = verdict
+            .as_ref()
+            .and_then(|v| v.as_ref().err().map(ToString::to_string));
         rec.usage = usage;
         rec.cost_usd = cost;
         rec.list_cost_usd = list;
@@ -415,14 +406,14 @@ impl ModelCall<'_> {
         };
         if let Some(last) = report.attempts.last_mut() {
             last.outcome = AttemptOutcome::InvalidOutput;
-            last.message = Some(why.clone());
+            last.message = Some(why.to_string());
         }
         if schema_retry_used {
-            return Answered::Failed(CallFailure::plain(format!(
-                "{}: the answer does not match the output schema: {why}; the answer was: {}",
-                model.alias,
-                truncate(&resp.text, 500)
-            )));
+            return Answered::Failed(CandidateError::InvalidOutput {
+                alias: model.alias.clone(),
+                why,
+                answer: truncate(&resp.text, 500),
+            });
         }
         self.req
             .messages
@@ -441,7 +432,7 @@ impl ModelCall<'_> {
         err: ProviderError,
         report: &mut CallReport,
         out_of_retries: bool,
-    ) -> Result<Retry, CallFailure> {
+    ) -> Result<Retry, CandidateError> {
         let (sh, model) = (self.ctx.sh, self.model);
         let Sent {
             mut rec,
@@ -490,21 +481,20 @@ impl ModelCall<'_> {
             message: Some(err.message.clone()),
             waited_ms: None,
         });
-        let message = format!("{}: {}", model.alias, err.message);
-        if err.kind == ErrorKind::ContextLength {
-            return Err(CallFailure {
-                message,
-                context_length: true,
+        // A context-length error is never retried: only a larger window
+        // helps (`CandidateError::context_length`).
+        if err.kind == ErrorKind::ContextLength || !err.is_retryable() || out_of_retries {
+            return Err(CandidateError::Provider {
+                alias: model.alias.clone(),
+                error: err,
             });
         }
-        if !err.is_retryable() || out_of_retries {
-            return Err(CallFailure::plain(message));
-        }
         match err.retry_after {
-            Some(w) if w > sh.options.max_retry_wait => Err(CallFailure::plain(format!(
-                "{message} (asked to wait {}s; trying the next model)",
-                w.as_secs()
-            ))),
+            Some(w) if w > sh.options.max_retry_wait => Err(CandidateError::WaitTooLong {
+                alias: model.alias.clone(),
+                error: err,
+                wait: w,
+            }),
             after => Ok(Retry {
                 after,
                 error: err.message,

@@ -12,7 +12,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use super::budget::{Budget, Hold, OutsideSpend, Period, PeriodCheck};
 use super::{Event, Providers, Resources, RunOptions, StepStatus};
 use crate::analyze::Analysis;
-use crate::journal::{CallRecord, FinishedCall, Journal};
+use crate::journal::{CallRecord, FinishedCall, Journal, JournalError};
 use crate::policy::Policy;
 use crate::route::TierUsage;
 
@@ -86,7 +86,7 @@ impl Shared {
 pub(super) struct JournalSpend(pub(super) Arc<Journal>);
 
 impl OutsideSpend for JournalSpend {
-    fn try_hold(&self, amount: f64, checks: &[PeriodCheck]) -> Result<Hold, String> {
+    fn try_hold(&self, amount: f64, checks: &[PeriodCheck]) -> Result<Hold, JournalError> {
         let (day, month) = crate::journal::period_starts(self.0.now());
         let checks: Vec<(i64, f64, f64)> = checks
             .iter()

@@ -10,6 +10,7 @@ use std::time::Instant;
 use serde_json::{Map, Value};
 
 use super::call::{StepCalls, call_with_fallbacks};
+use super::error::CallError;
 use super::shared::Shared;
 use super::{CallReport, Event, StepReport, StepStatus, batch};
 use crate::route::{self, Decision, Facts};
@@ -134,7 +135,7 @@ fn fallback_chain(sh: &Shared, decision: &Decision) -> Option<Vec<String>> {
 
 /// Every call of the step, in item order: through the provider's batch API
 /// if the step asks for it, then what the batch did not answer one by one.
-async fn make_calls(ctx: &StepCalls<'_>) -> Vec<(CallReport, Result<Value, String>)> {
+async fn make_calls(ctx: &StepCalls<'_>) -> Vec<(CallReport, Result<Value, CallError>)> {
     let rendered = &ctx.expanded.calls;
     let batched: Vec<Option<batch::Item>> = match ctx.sh.policy.models.get(&ctx.chain[0]) {
         Some(model) => {
@@ -182,7 +183,7 @@ fn gather(
     id: &str,
     step: &Step,
     fan_out: bool,
-    calls: Vec<(CallReport, Result<Value, String>)>,
+    calls: Vec<(CallReport, Result<Value, CallError>)>,
 ) -> StepReport {
     let mut report = StepReport::new(id, StepStatus::Succeeded, None);
     let mut outputs = Vec::with_capacity(calls.len());
@@ -213,7 +214,8 @@ fn gather(
         .map(|m| m.model.clone());
     if let Some(e) = first_error {
         report.status = StepStatus::Failed;
-        report.detail = Some(e);
+        // The report keeps the reason as the user reads it.
+        report.detail = Some(e.to_string());
         report.ignored_failure = step.continue_on_error;
         return report;
     }

@@ -3,12 +3,24 @@
 
 use serde_json::Value;
 
+/// Why an answer is not the step's output. The message is the call's
+/// error as users read it (worded as before this type existed).
+#[derive(Debug, thiserror::Error)]
+pub enum InvalidOutput {
+    #[error("not JSON: {0}")]
+    NotJson(serde_json::Error),
+    /// Each way the value breaks the schema (never empty), as
+    /// [`schema_errors`] words them.
+    #[error("{}", .0.join("; "))]
+    Schema(Vec<String>),
+}
+
 /// Parses an answer as JSON (tolerating a Markdown code fence around it) and
 /// validates it.
 pub(super) fn parse_structured(
     text: &str,
     validator: &jsonschema::Validator,
-) -> Result<Value, String> {
+) -> Result<Value, InvalidOutput> {
     let t = text.trim();
     let t = t
         .strip_prefix("```json")
@@ -21,13 +33,13 @@ pub(super) fn parse_structured(
         Err(_) if validator.is_valid(&Value::String(t.to_owned())) => {
             return Ok(Value::String(t.to_owned()));
         }
-        Err(e) => return Err(format!("not JSON: {e}")),
+        Err(e) => return Err(InvalidOutput::NotJson(e)),
     };
     let errors = schema_errors(validator, &value);
     if errors.is_empty() {
         Ok(value)
     } else {
-        Err(errors.join("; "))
+        Err(InvalidOutput::Schema(errors))
     }
 }
 
@@ -69,11 +81,13 @@ mod tests {
         assert!(
             parse_structured("{\"label\": \"nope\"}", &v)
                 .unwrap_err()
+                .to_string()
                 .contains("/label")
         );
         assert!(
             parse_structured("bug", &v)
                 .unwrap_err()
+                .to_string()
                 .starts_with("not JSON")
         );
         let s = jsonschema::validator_for(&json!({"type": "string", "enum": ["bug", "feature"]}))

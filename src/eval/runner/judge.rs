@@ -6,9 +6,10 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
+use super::error::CheckError;
 use super::{Ctx, finish_journaled, journaled};
 use crate::analyze::{self, Analysis};
-use crate::diagnostic::{Diagnostic, SourceFile};
+use crate::diagnostic::SourceFile;
 use crate::inputs::{InputValue, Inputs, ValueSource};
 use crate::plan;
 use crate::run::{self, StepStatus};
@@ -32,7 +33,7 @@ fn judge_workflow(
     level: &str,
     pin: Option<&str>,
     root: &std::path::Path,
-) -> Result<Analysis, String> {
+) -> Result<Analysis, CheckError> {
     let pin = pin
         .map(|m| {
             format!(
@@ -73,13 +74,11 @@ steps:
 "#,
         level = serde_json::to_string(level).unwrap_or_default(),
     );
-    let doc = Document::parse(SourceFile::new("<judge>", text)).map_err(first)?;
-    let w = workflow::from_document::<Workflow>(doc, Format::Workflow).map_err(first)?;
-    analyze::analyze(w, root).map_err(first)
-}
-
-fn first(d: Vec<Diagnostic>) -> String {
-    d.first().map(|d| d.message.clone()).unwrap_or_default()
+    let doc =
+        Document::parse(SourceFile::new("<judge>", text)).map_err(CheckError::JudgeWorkflow)?;
+    let w = workflow::from_document::<Workflow>(doc, Format::Workflow)
+        .map_err(CheckError::JudgeWorkflow)?;
+    analyze::analyze(w, root).map_err(CheckError::JudgeWorkflow)
 }
 
 /// Asks the judge (through the policy, like any step) whether `answer`
@@ -90,7 +89,7 @@ pub(super) async fn judge(
     pin: Option<&str>,
     rubric: &str,
     answer: &str,
-) -> Result<Verdict, String> {
+) -> Result<Verdict, CheckError> {
     let analysis = {
         let key = (level.to_owned(), pin.map(str::to_owned));
         let mut judges = ctx.judges.lock().unwrap_or_else(|e| e.into_inner());
@@ -116,11 +115,11 @@ pub(super) async fn judge(
             )
         })
         .collect();
-    let plan = plan::build(&analysis, &ctx.policy, "judge", &inputs).map_err(|d| {
-        format!(
-            "the policy cannot route the judge (task `judge`, sensitivity {level}): {}",
-            first(d)
-        )
+    let plan = plan::build(&analysis, &ctx.policy, "judge", &inputs).map_err(|diagnostics| {
+        CheckError::JudgeUnroutable {
+            level: level.to_owned(),
+            diagnostics,
+        }
     })?;
     let (options, run_id) = journaled(
         ctx,
@@ -145,14 +144,11 @@ pub(super) async fn judge(
     )
     .await;
     finish_journaled(ctx, run_id, report.status).await;
-    let step = report.steps.first().ok_or("the judge did not run")?;
+    let step = report.steps.first().ok_or(CheckError::JudgeDidNotRun)?;
     let out = match (&step.status, &step.output) {
         (StepStatus::Succeeded, Some(v)) => v.clone(),
         _ => {
-            return Err(step
-                .detail
-                .clone()
-                .unwrap_or_else(|| "the judge failed".to_owned()));
+            return Err(CheckError::JudgeFailed(step.detail.clone()));
         }
     };
     let get = |k: &str| {
