@@ -352,11 +352,14 @@ impl Project {
     fn new(fakes: Fakes) -> Project {
         let root = tempfile::tempdir().expect("a temp dir");
         std::fs::create_dir(root.path().join(".git")).expect("writable");
+        // A local provider defaults to one slot (what a llama.cpp server
+        // serves by default); the fake serves many, so the policy says so —
+        // the rows measure tollgate, not the slot limit.
         for (name, base) in [("instant", &fakes.instant), ("slow", &fakes.slow)] {
             write(
                 &root.path().join(format!("policy-{name}.yaml")),
                 &format!(
-                    "version: 1\nproviders:\n  fake: {{ kind: openai-compatible, base_url: \"{base}/v1\" }}\nmodels:\n  m: {{ provider: fake, model: bench, tier: local, context_window: 100000 }}\nrules:\n  - {{ name: all, use: m }}\n"
+                    "version: 1\nproviders:\n  fake: {{ kind: openai-compatible, base_url: \"{base}/v1\", limits: {{ concurrency: 64 }} }}\nmodels:\n  m: {{ provider: fake, model: bench, tier: local, context_window: 100000 }}\nrules:\n  - {{ name: all, use: m }}\n"
                 ),
             );
         }
