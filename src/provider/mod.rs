@@ -437,24 +437,7 @@ mod tests {
     /// agree.
     #[test]
     fn error_kind_names_are_their_serialized_names() {
-        for kind in [
-            ErrorKind::RateLimited,
-            ErrorKind::Overloaded,
-            ErrorKind::Server,
-            ErrorKind::Timeout,
-            ErrorKind::Connect,
-            ErrorKind::ContextLength,
-            ErrorKind::Auth,
-            ErrorKind::BadRequest,
-            ErrorKind::NotFound,
-            ErrorKind::StreamBroken,
-            ErrorKind::Malformed,
-            ErrorKind::Blocked,
-            ErrorKind::ResponseTooLarge,
-            ErrorKind::Redirect,
-            ErrorKind::NotRecorded,
-            ErrorKind::Other,
-        ] {
+        for kind in ErrorKind::ALL {
             assert_eq!(serde_json::json!(kind), serde_json::json!(kind.as_str()));
         }
     }

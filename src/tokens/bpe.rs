@@ -398,4 +398,34 @@ mod tests {
             }
         }
     }
+
+    /// Text shaped to hurt a BPE counter or its pre-tokenizer: one piece
+    /// far past the small-piece loop, long whitespace runs before a word
+    /// (the rewritten look-ahead), endless digits, combining marks, bytes
+    /// that form no token together, and alternating line breaks. Each is
+    /// counted exactly (tiktoken agrees) — and in bounded work, since the
+    /// large-piece path is a heap and `Tokenizer::count` cuts segments.
+    #[test]
+    fn hostile_shapes_count_exactly() {
+        let shapes = [
+            "z".repeat(8_000),
+            format!("{}word", " ".repeat(8_000)),
+            format!("{}\n", "\t ".repeat(4_000)),
+            "7".repeat(8_000),
+            format!("a{}", "\u{301}".repeat(3_000)),
+            "\u{10FFFF}\u{E000}".repeat(1_500),
+            "\r\n \n\r ".repeat(1_500),
+            "'s'll've".repeat(1_000),
+        ];
+        for (bpe, tik) in pairs() {
+            for text in &shapes {
+                assert_eq!(
+                    bpe.count(text),
+                    tik.encode_ordinary(text).len(),
+                    "{:?}…",
+                    &text.chars().take(12).collect::<String>()
+                );
+            }
+        }
+    }
 }
