@@ -15,7 +15,7 @@ use minijinja::Environment;
 use crate::diagnostic::{Diagnostic, SourceFile, closest, did_you_mean, one_of};
 use crate::graph::Dag;
 use crate::template::{self, Origin, Source};
-use crate::workflow::{Loaded, Step, Workflow};
+use crate::workflow::{KNOWN_TASKS, Loaded, Step, Workflow, unknown_task};
 use crate::yaml::{Document, pointer};
 
 /// What the analysis knows about one step.
@@ -117,15 +117,18 @@ pub fn project_root(workflow_path: &Path) -> PathBuf {
     let abs = std::fs::canonicalize(workflow_path)
         .or_else(|_| std::path::absolute(workflow_path))
         .unwrap_or_else(|_| workflow_path.to_path_buf());
-    let mut dir = abs.parent();
-    while let Some(d) = dir {
-        if d.join(".git").exists() {
-            return d.to_path_buf();
-        }
-        dir = d.parent();
-    }
-    abs.parent()
+    let parent = abs.parent();
+    parent
+        .and_then(git_root)
+        .or(parent)
         .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+}
+
+/// The nearest folder from `dir` up that holds `.git` (a repository, or a
+/// worktree's `.git` file): what "the project" means for prompt files, the
+/// journal's folder and the default policy.
+pub fn git_root(dir: &Path) -> Option<&Path> {
+    dir.ancestors().find(|d| d.join(".git").exists())
 }
 
 /// Checks a workflow. `root` is the project folder prompt files must stay in.
@@ -618,4 +621,31 @@ fn err_reason(err: &std::io::Error) -> String {
         std::io::ErrorKind::PermissionDenied => "permission denied".to_owned(),
         _ => err.to_string(),
     }
+}
+
+/// Every step's `task` is a known one ([`KNOWN_TASKS`]), one the workflow
+/// declares (`tasks:`), or one `policy_tasks` adds (the policy's `tasks:`
+/// and the tasks its rules name). An unknown task would silently fall to
+/// the policy's catch-all rule; it needs the policy, so it is checked where
+/// a workflow meets one (`check`, `plan`, `run`), not in [`analyze`].
+pub fn check_tasks(analysis: &Analysis, policy_tasks: &BTreeSet<String>) -> Vec<Diagnostic> {
+    let w = &analysis.workflow.value;
+    let known = || {
+        KNOWN_TASKS
+            .iter()
+            .copied()
+            .chain(w.tasks.iter().map(String::as_str))
+            .chain(policy_tasks.iter().map(String::as_str))
+    };
+    w.steps
+        .iter()
+        .filter(|(_, step)| !known().any(|k| k == step.task))
+        .map(|(id, step)| {
+            unknown_task(&step.task, known(), "the workflow").at(analysis.doc().span(&pointer([
+                "steps",
+                id.as_str(),
+                "task",
+            ])))
+        })
+        .collect()
 }

@@ -4,7 +4,7 @@
 //! This file holds the argument parser, the dispatch and what every command
 //! shares: printing, diagnostics (errors and warnings), loading a workflow
 //! and a policy, the async runtime. Each command lives in its own file:
-//! `check`, `plan`, `run`, `models`, `suites` (`test`, `merge`) and
+//! `check`, `plan`, `run`, `init`, `models`, `suites` (`test`, `merge`) and
 //! `journal` (`runs`, `report`, and `run --resume`).
 //!
 //! Every command reports problems the same way: all of them, as located
@@ -28,6 +28,7 @@ use crate::schema::Format as FileFormat;
 use crate::workflow::{self, Loaded, Workflow};
 
 mod check;
+mod init;
 mod journal;
 mod models;
 mod plan;
@@ -92,7 +93,7 @@ enum Command {
     Plan {
         /// The workflow file.
         workflow: PathBuf,
-        /// The policy file [default: $TOLLGATE_POLICY, else policies/default.yaml].
+        /// The policy file [default: $TOLLGATE_POLICY, else the project's policies/default.yaml, else the built-in local policy].
         #[arg(long, short = 'p', env = "TOLLGATE_POLICY")]
         policy: Option<PathBuf>,
         /// An input: NAME=VALUE, NAME=@FILE, or NAME=@- for standard input.
@@ -129,6 +130,16 @@ enum Command {
         format: OutputFormat,
         #[command(flatten)]
         state: StateArg,
+    },
+    /// Start a project: a workflow, a policy, a suite with one case, the JSON
+    /// Schemas, and `.tollgate/` in .gitignore. Never overwrites a file.
+    Init {
+        /// The policy to start from.
+        #[arg(long, value_enum, default_value_t = init::Template::Local)]
+        template: init::Template,
+        /// The project folder (created if missing).
+        #[arg(default_value = ".")]
+        dir: PathBuf,
     },
     /// Print the JSON Schema of a file format.
     Schema {
@@ -226,6 +237,7 @@ pub fn main() -> ExitCode {
             }
             Err(d) => report(vec![d], format, options),
         },
+        Command::Init { template, dir } => init::cmd_init(template, &dir, options),
         Command::Schema { kind } => {
             let text = match kind {
                 SchemaKind::Workflow => FileFormat::Workflow.schema_text(),
@@ -324,7 +336,48 @@ fn warn<'a>(warnings: impl IntoIterator<Item = &'a Diagnostic>, options: RenderO
     }
 }
 
+/// The policy a command uses when none is named (`--policy`,
+/// `$TOLLGATE_POLICY`): the project's `policies/default.yaml`, else the
+/// built-in one — said once on stderr, with how to write a policy, so a
+/// plan made without one never looks like a plan made with the team's.
+fn default_policy() -> PathBuf {
+    let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
+    if let Some(path) = find_default_policy(&cwd) {
+        return path;
+    }
+    let _ = writeln!(
+        std::io::stderr().lock(),
+        "note: no policy file (no --policy, no $TOLLGATE_POLICY, no {DEFAULT_POLICY} in this project): \
+         using the built-in policy — every step on the local Gemma 3 270M model through llama-server, \
+         both installed into ~/.cache/tollgate by tollgate's scripts/setup-local.sh.\n\
+         help: `tollgate init` writes a policy (and a starter workflow) to change that"
+    );
+    PathBuf::from(policy::BUILTIN_NAME)
+}
+
+/// `policies/default.yaml` in the current folder, else at the project root
+/// (the nearest ancestor with `.git`, where the journal lives too), so a
+/// command run from a subfolder finds the project's policy. The path is
+/// relative to `cwd`, as a user would type it: plans name it.
+fn find_default_policy(cwd: &Path) -> Option<PathBuf> {
+    if cwd.join(DEFAULT_POLICY).exists() {
+        return Some(PathBuf::from(DEFAULT_POLICY));
+    }
+    let root = analyze::git_root(cwd)?;
+    if !root.join(DEFAULT_POLICY).exists() {
+        return None;
+    }
+    let depth = cwd.strip_prefix(root).ok()?.components().count();
+    let mut path: PathBuf = std::iter::repeat_n("..", depth).collect();
+    path.push(DEFAULT_POLICY);
+    Some(path)
+}
+
+/// Loads a policy file, or the built-in policy by its name.
 fn load_policy(path: &Path) -> Result<Policy, Vec<Diagnostic>> {
+    if path == Path::new(policy::BUILTIN_NAME) {
+        return policy::load_builtin().map(|(_, p)| p);
+    }
     policy::load(path).map(|(_, p)| p)
 }
 
@@ -337,7 +390,14 @@ fn load_workflow(path: &Path) -> Result<Analysis, Vec<Diagnostic>> {
 /// both files show at once.
 fn load_both(workflow: &Path, policy: &Path) -> Result<(Analysis, Policy), Vec<Diagnostic>> {
     match (load_workflow(workflow), load_policy(policy)) {
-        (Ok(a), Ok(p)) => Ok((a, p)),
+        (Ok(a), Ok(p)) => {
+            let unknown = analyze::check_tasks(&a, &p.tasks);
+            if unknown.is_empty() {
+                Ok((a, p))
+            } else {
+                Err(unknown)
+            }
+        }
         (a, p) => {
             let mut diags = a.err().unwrap_or_default();
             diags.extend(p.err().unwrap_or_default());

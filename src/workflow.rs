@@ -32,7 +32,59 @@ pub struct Workflow {
     pub tags: Vec<String>,
     #[serde(default)]
     pub inputs: IndexMap<String, InputDecl>,
+    /// Task names of this workflow beyond [`KNOWN_TASKS`] (and the ones its
+    /// policy declares): a step's `task` must be one of them, so a typo is
+    /// an error rather than a silent fall to the policy's catch-all rule.
+    #[serde(default)]
+    pub tasks: Vec<String>,
     pub steps: IndexMap<String, Step>,
+}
+
+/// The task vocabulary: the design's task table, what the examples and the
+/// plan's output estimates use, and `judge` (the evaluation judge's step).
+/// Other names are declared with a top-level `tasks:` in the workflow or
+/// the policy.
+pub const KNOWN_TASKS: &[&str] = &[
+    "analysis",
+    "answer",
+    "architecture",
+    "boilerplate",
+    "brainstorm",
+    "chat",
+    "classify",
+    "creative",
+    "debug",
+    "extract",
+    "format",
+    "judge",
+    "label",
+    "plan",
+    "refactor",
+    "review",
+    "route",
+    "summarize",
+    "test",
+    "test-writing",
+    "title",
+    "translate",
+    "triage",
+    "write",
+];
+
+/// The error for a task name outside the vocabulary: the closest known
+/// name, and how to declare a task of one's own in `file` ("the policy").
+pub fn unknown_task<'a>(
+    task: &str,
+    known: impl IntoIterator<Item = &'a str>,
+    file: &str,
+) -> Diagnostic {
+    let declare = format!("a task of your own is declared in {file}: `tasks: [{task}]`");
+    Diagnostic::error("unknown-task", format!("unknown task `{task}`"))
+        .with_label("not a known task")
+        .with_help(match crate::diagnostic::closest(task, known) {
+            Some(near) => format!("did you mean `{near}`? ({declare})"),
+            None => format!("known tasks: {}; {declare}", KNOWN_TASKS.join(", ")),
+        })
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]

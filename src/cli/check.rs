@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use super::{OutputFormat, plural, print_out, report};
+use super::{OutputFormat, default_policy, load_policy, plural, print_out, report};
 use crate::analyze::{self, Analysis};
 use crate::catalog::Catalog;
 use crate::diagnostic::{Diagnostic, RenderOptions};
@@ -11,7 +11,7 @@ use crate::inputs;
 use crate::plan;
 use crate::policy::{self, Policy};
 use crate::schema::Format as FileFormat;
-use crate::workflow::{self, Workflow};
+use crate::workflow::{self, InputType, Workflow};
 use crate::yaml::Document;
 
 /// A file `check` was given, once recognised and loaded.
@@ -108,30 +108,38 @@ pub(super) fn cmd_check(files: &[PathBuf], format: OutputFormat, options: Render
             ),
         }
     }
-    // Cross-check every workflow against every policy given with it.
-    let policies: Vec<(&PathBuf, &Policy)> = checked
+    // Cross-check every workflow against every policy given with it; with
+    // none, against the policy `plan` would use (the project's default, else
+    // the built-in one), so `check` refuses what `plan` would.
+    let default;
+    let mut policies: Vec<(PathBuf, &Policy)> = checked
         .iter()
         .filter_map(|c| match c {
-            Checked::Policy(path, p) => Some((path, p.as_ref())),
+            Checked::Policy(path, p) => Some((path.clone(), p.as_ref())),
             Checked::Workflow(_) => None,
         })
         .collect();
+    let any_workflow = checked.iter().any(|c| matches!(c, Checked::Workflow(_)));
+    if policies.is_empty() && any_workflow {
+        let path = default_policy();
+        match load_policy(&path) {
+            Ok(p) => {
+                diags.extend(p.warnings.iter().cloned());
+                summary.push(format!(
+                    "ok  {} (policy {}, the default: workflows were checked against it)",
+                    path.display(),
+                    p.name
+                ));
+                default = p;
+                policies.push((path, &default));
+            }
+            Err(d) => diags.extend(d),
+        }
+    }
     for c in &checked {
         let Checked::Workflow(a) = c else { continue };
         for (path, p) in &policies {
-            let values = inputs::placeholders(&a.workflow.value);
-            if let Err(d) = plan::build(a, p, &path.display().to_string(), &values) {
-                // Stand-in input values can make a template fail that real
-                // ones would render (`inputs.cfg.repo` of an object input):
-                // templates were checked on their own above; keep the
-                // routing problems.
-                diags.extend(d.into_iter().filter(|d| {
-                    !matches!(
-                        d.code,
-                        "undefined-variable" | "template-error" | "template-syntax" | "plan"
-                    )
-                }));
-            }
+            diags.extend(cross_check(a, p, path));
         }
     }
     // A policy given on its own and through a suite warns once.
@@ -146,4 +154,42 @@ pub(super) fn cmd_check(files: &[PathBuf], format: OutputFormat, options: Render
         print_out(&summary.join("\n"));
     }
     report(diags, format, options)
+}
+
+/// What `plan` would refuse of workflow `a` under policy `p`, with the
+/// values `plan` would use when no `--input` is given: defaults, then
+/// examples. An input with neither gets a stand-in of its type; a stand-in
+/// string, number or boolean has the right shape, so what fails with it
+/// fails with any value (`for_each` over a string, an unroutable step). An
+/// invented object or array has no real fields or items: a template that
+/// fails on one may well render with real input, so while a workflow has
+/// such an input, template failures are left to the template checks above
+/// and only the routing problems are kept.
+fn cross_check(a: &Analysis, p: &Policy, path: &std::path::Path) -> Vec<Diagnostic> {
+    let unknown = analyze::check_tasks(a, &p.tasks);
+    if !unknown.is_empty() {
+        // `plan` stops here too.
+        return unknown;
+    }
+    let values = inputs::placeholders(&a.workflow.value);
+    let Err(diags) = plan::build(a, p, &path.display().to_string(), &values) else {
+        return Vec::new();
+    };
+    let invented_structure = a.workflow.value.inputs.values().any(|decl| {
+        decl.default.is_none()
+            && decl.example.is_none()
+            && matches!(decl.kind, InputType::Array | InputType::Object)
+    });
+    if !invented_structure {
+        return diags;
+    }
+    diags
+        .into_iter()
+        .filter(|d| {
+            !matches!(
+                d.code,
+                "undefined-variable" | "template-error" | "template-syntax" | "plan"
+            )
+        })
+        .collect()
 }

@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use super::journal::{self, StateArg};
-use super::{DEFAULT_POLICY, OutputFormat, exit, load_both, print_out, report, warn};
+use super::{OutputFormat, default_policy, exit, load_both, print_out, report, warn};
 use crate::diagnostic::RenderOptions;
 use crate::inputs::{self, RawInput};
 use crate::{plan, render};
@@ -16,7 +16,7 @@ pub(super) fn cmd_plan(
     state: &StateArg,
     options: RenderOptions,
 ) -> u8 {
-    let policy_path = policy_path.unwrap_or_else(|| PathBuf::from(DEFAULT_POLICY));
+    let policy_path = policy_path.unwrap_or_else(default_policy);
     let (analysis, policy) = match load_both(workflow_path, &policy_path) {
         Ok(both) => both,
         Err(diags) => return report(diags, format, options),

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use super::journal::{self, StateArg};
 use super::{
-    DEFAULT_POLICY, OutputFormat, cancel_on_signals, exit, load_both, print_out, report, runtime,
+    OutputFormat, cancel_on_signals, default_policy, exit, load_both, print_out, report, runtime,
     warn,
 };
 use crate::analyze::Analysis;
@@ -27,7 +27,7 @@ pub(super) struct RunArgs {
     /// The workflow file (with --resume: the journaled run's, unless given).
     #[arg(required_unless_present = "resume")]
     workflow: Option<PathBuf>,
-    /// The policy file [default: $TOLLGATE_POLICY, else policies/default.yaml].
+    /// The policy file [default: $TOLLGATE_POLICY, else the project's policies/default.yaml, else the built-in local policy].
     #[arg(long, short = 'p', env = "TOLLGATE_POLICY")]
     policy: Option<PathBuf>,
     /// An input: NAME=VALUE, NAME=@FILE, or NAME=@- for standard input.
@@ -185,7 +185,7 @@ fn prepare(args: &RunArgs, options: RenderOptions) -> Result<Ready, Vec<Diagnost
         .policy
         .clone()
         .or_else(|| run.map(|r| PathBuf::from(&r.policy_path)))
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_POLICY));
+        .unwrap_or_else(default_policy);
     let (analysis, policy) = load_both(&workflow_path, &policy_path)?;
     // A key never crosses the network in clear text unless the policy
     // says so (`allow_insecure`): `check` and `plan` warn, `run` refuses —

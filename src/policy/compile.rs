@@ -13,10 +13,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use super::models::models;
 use super::providers::{check_ports, providers};
 use super::{
-    Conditions, DEFAULT_CACHE_TTL, Policy, PolicyFile, Rule, RuleFile, SensitivityCondition, Tier,
+    Conditions, DEFAULT_CACHE_TTL, OneOrMany, Policy, PolicyFile, Rule, RuleFile,
+    SensitivityCondition, Tier,
 };
 use crate::catalog::Catalog;
 use crate::diagnostic::{Diagnostic, Span, did_you_mean, one_of};
+use crate::workflow::{KNOWN_TASKS, unknown_task};
 use crate::yaml::{Document, pointer};
 
 /// The default ladder when a policy says nothing about sensitivity.
@@ -33,6 +35,19 @@ pub fn compile(file: &PolicyFile, doc: &Document, catalog: &Catalog) -> (Policy,
     let models = models(file, doc, catalog, &providers, &mut diags);
     let names = ModelNames { file, doc };
     let rules = rules(file, doc, &ladder.levels, &names, &mut diags);
+    check_rule_tasks(file, doc, &mut diags);
+    let tasks = file
+        .tasks
+        .iter()
+        .cloned()
+        .chain(
+            rules
+                .iter()
+                .filter_map(|r| r.conditions.task.as_ref())
+                .flatten()
+                .cloned(),
+        )
+        .collect();
     check_fallbacks(file, doc, &names, &mut diags);
     let flagship = match &file.flagship {
         Some(f) => {
@@ -74,6 +89,7 @@ pub fn compile(file: &PolicyFile, doc: &Document, catalog: &Catalog) -> (Policy,
         daily_budget_usd: file.budgets.daily_usd,
         monthly_budget_usd: file.budgets.monthly_usd,
         tier_shares,
+        tasks,
         cache_ttl,
         warnings,
     };
@@ -277,6 +293,37 @@ fn conditions(
             .map(|t| t.to_vec().into_iter().collect()),
         latency: c.latency.as_ref().map(|t| t.to_vec().into_iter().collect()),
         tags: c.tags.as_ref().map(|t| t.to_vec().into_iter().collect()),
+    }
+}
+
+/// A rule's `when: { task: … }` names a known task or one the policy
+/// declares in `tasks:`: a typo would make the rule never match, silently.
+fn check_rule_tasks(file: &PolicyFile, doc: &Document, diags: &mut Vec<Diagnostic>) {
+    let declared = || file.tasks.iter().map(String::as_str);
+    for (i, r) in file.rules.iter().enumerate() {
+        let Some(tasks) = r.when.task.as_ref() else {
+            continue;
+        };
+        let listed = matches!(tasks, OneOrMany::Many(_));
+        for (j, task) in tasks.to_vec().iter().enumerate() {
+            if KNOWN_TASKS.contains(&task.as_str()) || declared().any(|d| d == task) {
+                continue;
+            }
+            let idx = i.to_string();
+            let jdx = j.to_string();
+            let mut at = vec!["rules", idx.as_str(), "when", "task"];
+            if listed {
+                at.push(jdx.as_str());
+            }
+            diags.push(
+                unknown_task(
+                    task,
+                    KNOWN_TASKS.iter().copied().chain(declared()),
+                    "the policy",
+                )
+                .at(doc.span(&pointer(at))),
+            );
+        }
     }
 }
 
@@ -509,7 +556,7 @@ mod tests {
     #[test]
     fn shadowed_rule_is_reported() {
         let (_, d) = compile_text(&format!(
-            "{BASE}rules:\n  - {{name: all, use: local}}\n  - {{name: late, when: {{task: x}}, use: budget}}\n"
+            "{BASE}rules:\n  - {{name: all, use: local}}\n  - {{name: late, when: {{task: debug}}, use: budget}}\n"
         ));
         assert_eq!(d.len(), 1, "{d:?}");
         assert_eq!(d[0].message, "rule `late` can never match");

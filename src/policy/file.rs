@@ -21,6 +21,10 @@ pub struct PolicyFile {
     pub providers: IndexMap<String, ProviderFile>,
     pub models: IndexMap<String, ModelFile>,
     pub flagship: Option<String>,
+    /// Task names beyond the known vocabulary that its rules (and the
+    /// workflows planned with it) may use.
+    #[serde(default)]
+    pub tasks: Vec<String>,
     pub rules: Vec<RuleFile>,
     #[serde(default)]
     pub fallbacks: IndexMap<String, Vec<String>>,

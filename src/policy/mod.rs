@@ -317,6 +317,9 @@ pub struct Policy {
     pub daily_budget_usd: Option<f64>,
     pub monthly_budget_usd: Option<f64>,
     pub tier_shares: BTreeMap<Tier, f64>,
+    /// The task names it adds to the known vocabulary: its `tasks:` and
+    /// every task its rules name. A workflow's steps may use them.
+    pub tasks: BTreeSet<String>,
     /// How old a cached answer may be; zero turns the cache off.
     pub cache_ttl: std::time::Duration,
     /// Every warning the compile found, in file order (the errors stop
@@ -389,6 +392,29 @@ pub fn load(path: &Path) -> Result<(Loaded<PolicyFile>, Policy), Vec<Diagnostic>
     Ok((file, policy))
 }
 
+/// The name the built-in policy goes by: in diagnostics, plans and the
+/// journal (a resumed run started under it loads it again by this name).
+pub const BUILTIN_NAME: &str = "<built-in policy>";
+
+/// The policy used when there is no policy file: everything on the local
+/// llama.cpp server with the Gemma model `scripts/setup-local.sh` installs.
+/// It is `policies/local.yaml`, compiled in, so the two cannot drift.
+pub const BUILTIN_TEXT: &str = include_str!("../../policies/local.yaml");
+
+/// Loads and compiles the built-in policy, exactly as [`load`] does a file.
+pub fn load_builtin() -> Result<(Loaded<PolicyFile>, Policy), Vec<Diagnostic>> {
+    let doc = crate::yaml::Document::parse(crate::diagnostic::SourceFile::new(
+        BUILTIN_NAME,
+        BUILTIN_TEXT,
+    ))?;
+    let file = from_document(doc, Format::Policy)?;
+    let (policy, diags) = compile(&file.value, &file.doc, Catalog::builtin());
+    if diags.iter().any(Diagnostic::is_error) {
+        return Err(diags);
+    }
+    Ok((file, policy))
+}
+
 /// Is the host a request to `url` connects to a loopback address?
 ///
 /// The URL is parsed by the `url` crate, as reqwest parses it, so the answer
@@ -411,5 +437,23 @@ pub fn is_loopback(url: &str) -> bool {
             ip.is_loopback() || ip.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
         }
         None => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The built-in policy compiles clean, under its name, and is the
+    /// local one (nothing in it can need a key).
+    #[test]
+    fn the_built_in_policy_compiles_without_warnings() {
+        let (file, p) = super::load_builtin().expect("the built-in policy compiles");
+        assert_eq!(file.path(), std::path::Path::new(super::BUILTIN_NAME));
+        assert_eq!(p.name, "local");
+        assert!(p.warnings.is_empty(), "{:?}", p.warnings);
+        assert!(
+            p.models
+                .values()
+                .all(|m| m.locality == super::Locality::Local)
+        );
     }
 }

@@ -13,7 +13,7 @@ use crate::support::{Project, root, stable_output, stderr, tollgate_in, transcri
 
 const POLICY: &str = "version: 1\nname: p\nsensitivity: {levels: [public, confidential], cloud_max: public}\nproviders:\n  local: {kind: openai-compatible, base_url: 'http://127.0.0.1:1/v1'}\nmodels:\n  small: {provider: local, model: m, tier: local, context_window: 8000}\nrules:\n  - {name: all, use: small}\n";
 
-const WORKFLOW: &str = "version: 1\nname: w\ninputs:\n  text: {type: string}\nsteps:\n  a: {task: t, prompt: 'Say {{ inputs.text }}'}\n";
+const WORKFLOW: &str = "version: 1\nname: w\ninputs:\n  text: {type: string}\nsteps:\n  a: {task: write, prompt: 'Say {{ inputs.text }}'}\n";
 
 fn mkfifo(path: &Path) {
     let status = std::process::Command::new("mkfifo")
@@ -187,7 +187,7 @@ fn without_git_the_project_is_the_workflow_folder_not_the_current_one() {
     std::fs::create_dir(&project).unwrap();
     std::fs::write(
         project.join("wf.yaml"),
-        "version: 1\nname: w\nsteps:\n  a: {task: t, prompt_file: ../secret.md}\n",
+        "version: 1\nname: w\nsteps:\n  a: {task: write, prompt_file: ../secret.md}\n",
     )
     .unwrap();
     let out = tollgate_in(home.path(), &["check", "project/wf.yaml"]);
@@ -202,7 +202,7 @@ fn without_git_the_project_is_the_workflow_folder_not_the_current_one() {
     std::fs::write(project.join("p.md"), "hello").unwrap();
     std::fs::write(
         project.join("ok.yaml"),
-        "version: 1\nname: w\nsteps:\n  a: {task: t, prompt_file: p.md}\n",
+        "version: 1\nname: w\nsteps:\n  a: {task: write, prompt_file: p.md}\n",
     )
     .unwrap();
     let out = tollgate_in(home.path(), &["check", "project/ok.yaml"]);
@@ -311,7 +311,7 @@ fn plan_json(workflow: &str) -> (Option<i32>, serde_json::Value, String) {
 #[test]
 fn a_for_each_list_past_the_item_bound_is_a_located_error() {
     let (code, v, t) = plan_json(
-        "version: 1\nname: w\nsteps:\n  a: {task: t, for_each: '[1] * 10000000', prompt: '{{ item }}'}\n",
+        "version: 1\nname: w\nsteps:\n  a: {task: write, for_each: '[1] * 10000000', prompt: '{{ item }}'}\n",
     );
     assert_eq!(code, Some(2), "{t}");
     let d = &v["diagnostics"][0];
@@ -324,7 +324,7 @@ fn a_for_each_list_past_the_item_bound_is_a_located_error() {
     );
     assert_eq!(
         (d["line"].as_u64(), d["column"].as_u64()),
-        (Some(4), Some(27)),
+        (Some(4), Some(31)),
         "{t}"
     );
 }
@@ -336,7 +336,7 @@ fn a_for_each_list_past_the_item_bound_is_a_located_error() {
 #[test]
 fn a_fan_out_of_large_prompts_is_bounded_as_a_whole() {
     let (code, v, t) = plan_json(
-        "version: 1\nname: w\nsteps:\n  a: {task: t, for_each: 'range(5)', prompt: '{{ \"x\" * 8000000 }}'}\n",
+        "version: 1\nname: w\nsteps:\n  a: {task: write, for_each: 'range(5)', prompt: '{{ \"x\" * 8000000 }}'}\n",
     );
     assert_eq!(code, Some(2), "{t}");
     let d = &v["diagnostics"][0];
@@ -354,7 +354,7 @@ fn many_steps_of_large_prompts_are_bounded_as_a_whole() {
     let mut wf = String::from("version: 1\nname: w\nsteps:\n");
     for i in 0..6 {
         wf.push_str(&format!(
-            "  s{i}: {{task: t, for_each: 'range(3)', prompt: '{{{{ \"x\" * 8000000 }}}}'}}\n"
+            "  s{i}: {{task: write, for_each: 'range(3)', prompt: '{{{{ \"x\" * 8000000 }}}}'}}\n"
         ));
     }
     let (code, v, t) = plan_json(&wf);
