@@ -88,6 +88,11 @@ pub(super) fn cmd_check(files: &[PathBuf], format: OutputFormat, options: Render
                 Ok(s) => {
                     diags.extend(s.policy.warnings.iter().cloned());
                     diags.extend(s.analysis.warnings.iter().cloned());
+                    let problems = suite_problems(&s);
+                    if !problems.is_empty() {
+                        diags.extend(problems);
+                        continue;
+                    }
                     summary.push(format!(
                         "ok  {} (suite {}, {})",
                         path.display(),
@@ -192,4 +197,35 @@ fn cross_check(a: &Analysis, p: &Policy, path: &std::path::Path) -> Vec<Diagnost
             )
         })
         .collect()
+}
+
+/// What `tollgate test` would refuse of a suite before its first call: an
+/// unknown task, or a case that cannot be planned (worded as `test` words
+/// it).
+fn suite_problems(s: &crate::eval::suite::Suite) -> Vec<Diagnostic> {
+    let unknown = analyze::check_tasks(&s.analysis, &s.policy.tasks);
+    if !unknown.is_empty() {
+        return unknown;
+    }
+    let policy_name = s.policy_path.display().to_string();
+    let mut diags = Vec::new();
+    for case in &s.cases {
+        if let Err(d) = plan::build(&s.analysis, &s.policy, &policy_name, &case.inputs) {
+            diags.push(
+                Diagnostic::error(
+                    "case-plan",
+                    format!(
+                        "case `{}` of suite `{}` cannot be planned",
+                        case.name, s.name
+                    ),
+                )
+                .with_help(format!(
+                    "the case is at {}; the problems follow",
+                    case.origin
+                )),
+            );
+            diags.extend(d);
+        }
+    }
+    diags
 }

@@ -317,3 +317,24 @@ fn check_does_not_refuse_what_only_an_invented_value_breaks() {
         .output();
     assert_eq!(check.status.code(), Some(0), "{}", transcript(&check));
 }
+
+/// A suite's case that `tollgate test` could not plan fails `check` too,
+/// worded the same; a good case passes.
+#[test]
+fn check_plans_every_case_of_a_suite() {
+    let wf = "version: 1\nname: w\ninputs:\n  cfg: {type: object}\nsteps:\n  a: {task: summarize, prompt: 'Hi {{ inputs.cfg.name.first }}'}\n";
+    let suite = "workflow: wf.yaml\npolicy: policy.yaml\ncases:\n  - name: good\n    inputs: { cfg: { name: { first: Ada } } }\n  - name: bad\n    inputs: { cfg: { nom: x } }\n";
+    let project = Project::new(PROJECT_POLICY, wf).with("suite.yaml", suite);
+    let out = project.tollgate(&["check", "suite.yaml"]).output();
+    assert_eq!(out.status.code(), Some(2), "{}", transcript(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("case `bad` of suite `suite` cannot be planned"),
+        "{err}"
+    );
+    assert!(!err.contains("case `good`"), "{err}");
+    let fixed = suite.replace("{ nom: x }", "{ name: { first: Grace } }");
+    project.write("suite.yaml", &fixed);
+    let out = project.tollgate(&["check", "suite.yaml"]).output();
+    assert_eq!(out.status.code(), Some(0), "{}", transcript(&out));
+}
