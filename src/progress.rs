@@ -158,7 +158,7 @@ fn line(event: &Event) -> Option<String> {
             cost_usd,
         } => {
             let cost = if *cost_usd > 0.0 {
-                format!(" ${cost_usd:.6}")
+                format!(" {}", crate::render::usd(*cost_usd))
             } else {
                 String::new()
             };

@@ -26,8 +26,25 @@ pub fn usd(x: f64) -> String {
         format!("${x:.2}")
     } else if x >= 0.01 {
         format!("${x:.4}")
+    } else if x < 1e-10 {
+        // Below any real price of a call; never shown as a bare zero.
+        "<$0.0000000001".to_owned()
     } else {
-        format!("${x:.6}")
+        // Under a cent: at least six decimals, and two significant digits
+        // however small (a call of a few tokens costs millionths of a
+        // dollar; `$0.000000` would read as free).
+        let decimals = ((-x.log10()).floor() as usize + 2).clamp(6, 10);
+        let text = format!("{x:.decimals$}");
+        let min_len = "0.".len() + 6;
+        let trimmed = text.trim_end_matches('0');
+        format!(
+            "${}",
+            if trimmed.len() < min_len {
+                &text[..min_len]
+            } else {
+                trimmed
+            }
+        )
     }
 }
 
@@ -659,4 +676,26 @@ pub fn budgets_left_text(left: &serde_json::Value, worst_case: f64) -> String {
         }
     }
     o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::usd;
+
+    /// Under a cent, two significant digits whatever the size; never a
+    /// positive amount shown as zero.
+    #[test]
+    fn money_under_a_cent_keeps_two_significant_digits() {
+        assert_eq!(usd(0.0), "$0");
+        assert_eq!(usd(12.345), "$12.35");
+        assert_eq!(usd(0.0123), "$0.0123");
+        assert_eq!(usd(0.000123), "$0.000123");
+        assert_eq!(usd(0.00012), "$0.000120");
+        assert_eq!(usd(0.0000012), "$0.0000012");
+        assert_eq!(usd(0.000001), "$0.000001");
+        assert_eq!(usd(0.00000034), "$0.00000034");
+        assert_eq!(usd(0.0000000042), "$0.0000000042");
+        assert_eq!(usd(1e-13), "<$0.0000000001");
+        assert_eq!(usd(-0.0000012), "-$0.0000012");
+    }
 }
