@@ -341,6 +341,9 @@ impl Common {
     /// A reqwest error, classified, without its URL (which could in
     /// principle carry credentials a user put in a base URL).
     pub(crate) fn transport_error(&self, e: reqwest::Error, phase: Phase) -> ProviderError {
+        if let Some(err) = self.nothing_listening(&e) {
+            return err;
+        }
         let kind = if e.is_builder() {
             // An unusable base URL: configuration, not a transient fault.
             ErrorKind::Other
@@ -361,6 +364,36 @@ impl Common {
             kind,
             format!("{} {doing}: {}", self.kind.name(), describe(e)),
         )
+    }
+
+    /// A local server that is not running: the connection to a loopback
+    /// address was refused. Not a transient fault, so not retried
+    /// (`should_retry: false`), and the error says where and what to do.
+    /// Only loopback URLs are named: they carry no credentials worth the
+    /// name, and only their scheme, host and port are shown.
+    fn nothing_listening(&self, e: &reqwest::Error) -> Option<ProviderError> {
+        if !e.is_connect() || !crate::policy::is_loopback(&self.base_url) || !refused(e) {
+            return None;
+        }
+        let url = url::Url::parse(&self.base_url).ok()?;
+        let at = format!(
+            "{}://{}:{}",
+            url.scheme(),
+            url.host_str()?,
+            url.port_or_known_default()?
+        );
+        let mut err = ProviderError::new(
+            ErrorKind::Connect,
+            format!(
+                "{}: nothing is listening at {at} (connection refused): start the local server — \
+                 for Ollama `ollama serve` (and `ollama pull MODEL` once), for llama.cpp \
+                 `llama-server` (tollgate's scripts/setup-local.sh installs it with a model; \
+                 `launch:` in the policy starts it for each run) — or fix the provider's `base_url`",
+                self.kind.name()
+            ),
+        );
+        err.should_retry = Some(false);
+        Some(err)
     }
 
     /// The SSE events of a 2xx answer.
@@ -501,6 +534,20 @@ pub(crate) async fn read_capped(
         out.extend_from_slice(&chunk);
     }
     Ok((out, false))
+}
+
+/// Was the connection refused (nothing listening on the port)?
+fn refused(e: &reqwest::Error) -> bool {
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(io) = s.downcast_ref::<std::io::Error>()
+            && io.kind() == std::io::ErrorKind::ConnectionRefused
+        {
+            return true;
+        }
+        source = s.source();
+    }
+    false
 }
 
 /// A reqwest error and its causes, without the URL.

@@ -338,3 +338,31 @@ fn check_plans_every_case_of_a_suite() {
     let out = project.tollgate(&["check", "suite.yaml"]).output();
     assert_eq!(out.status.code(), Some(0), "{}", transcript(&out));
 }
+
+/// A local server that is not running: one attempt (a refused connection is
+/// not transient), and the error names the URL and what to start.
+#[tokio::test]
+async fn a_local_server_that_is_not_running_is_named_and_not_retried() {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let policy = PROJECT_POLICY.replace("11434", &port.to_string());
+    let project = Project::new(&policy, WORKFLOW);
+    let out = project
+        .run_env(&["-i", "x=a", "--format", "json"], &[])
+        .await;
+    assert_eq!(out.status.code(), Some(1), "{}", transcript(&out));
+    let all = transcript(&out);
+    assert!(
+        all.contains(&format!("nothing is listening at http://127.0.0.1:{port}")),
+        "{all}"
+    );
+    assert!(all.contains("ollama serve"), "{all}");
+    let r = report(&out);
+    let attempts = step(&r, "a")["calls"][0]["attempts"]
+        .as_array()
+        .unwrap()
+        .len();
+    assert_eq!(attempts, 1, "{all}");
+}

@@ -1159,7 +1159,7 @@ async fn the_whole_call_is_bounded_by_the_request_timeout() {
 }
 
 #[tokio::test]
-async fn a_refused_connection_is_a_connect_error() {
+async fn a_refused_loopback_connection_is_a_connect_error_not_retried() {
     let port = {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         listener.local_addr().unwrap().port()
@@ -1176,7 +1176,14 @@ async fn a_refused_connection_is_a_connect_error() {
         .await
         .unwrap_err();
     assert_eq!(e.kind, ErrorKind::Connect, "{e:?}");
-    assert!(e.is_retryable());
+    // Nothing listening on a loopback port is a server that is not running,
+    // not a transient fault: not retried, and the error says where.
+    assert!(!e.is_retryable());
+    assert!(
+        e.message
+            .contains(&format!("nothing is listening at http://127.0.0.1:{port}")),
+        "{e:?}"
+    );
     assert_key_free(&e);
 }
 
