@@ -135,7 +135,7 @@ struct Expect {
 }
 
 /// The route a test got, as the report shows it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Got {
     /// `None`: no model fits.
     pub model: Option<String>,
@@ -149,7 +149,7 @@ pub struct Got {
 }
 
 /// One test's result.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Outcome {
     pub name: String,
     pub origin: String,

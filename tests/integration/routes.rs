@@ -205,3 +205,105 @@ fn a_compare_spec_is_never_an_option_to_git() {
     assert_eq!(out.status.code(), Some(2), "{}", transcript(&out));
     assert!(!std::path::Path::new("/tmp/pwned").exists());
 }
+
+#[test]
+fn tollgate_test_runs_policy_test_files_and_check_validates_them() {
+    let out = tollgate(&["test", "policies/tests", "--ci"]);
+    assert_eq!(out.status.code(), Some(0), "{}", transcript(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains("policy tests policies/tests/default.yaml (policies/default.yaml, 8 tests)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("ok     confidential data never leaves the machine"),
+        "{text}"
+    );
+    let out = tollgate(&["check", "policies/tests/default.yaml"]);
+    assert_eq!(out.status.code(), Some(0), "{}", transcript(&out));
+    assert!(
+        stdout(&out).contains("(policy tests of team, 8 tests)"),
+        "{}",
+        stdout(&out)
+    );
+}
+
+#[test]
+fn a_broken_route_promise_fails_the_test_run_and_lands_in_junit_and_json() {
+    let root = root();
+    let policy = std::fs::read_to_string(root.join("policies/default.yaml")).expect("policy");
+    // The change under review: architecture no longer counts as a hard problem.
+    let p = Project::empty()
+        .with("policies/default.yaml", &policy.replace("task: [debug, architecture, refactor, review]", "task: [debug, refactor, review]"))
+        .with(
+            "policies/tests/promises.yaml",
+            "policy: ../default.yaml\ntests:\n  - name: architecture goes to the flagship\n    step: { task: architecture, reasoning: deep }\n    expect: { tier: flagship }\n  - name: confidential stays local\n    step: { task: debug, sensitivity: confidential }\n    expect: { locality: local }\n",
+        );
+    let out = p
+        .tollgate(&[
+            "test",
+            "policies/tests",
+            "--ci",
+            "--junit",
+            "j.xml",
+            "--results",
+            "r.json",
+        ])
+        .output();
+    assert_eq!(out.status.code(), Some(1), "{}", transcript(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains("expected tier `flagship`, got workhorse (model `workhorse`)  (policies/tests/promises.yaml:3:5)"),
+        "{text}"
+    );
+    assert!(text.contains("ok     confidential stays local"), "{text}");
+    let junit = p.read("j.xml");
+    assert!(
+        junit.contains("architecture goes to the flagship"),
+        "{junit}"
+    );
+    assert!(junit.contains("<failure"), "{junit}");
+    let results: serde_json::Value = serde_json::from_str(&p.read("r.json")).expect("json");
+    assert_eq!(results["policy_tests"][0]["tests"][0]["passed"], false);
+    assert_eq!(
+        results["policy_tests"][0]["tests"][0]["got"]["model"],
+        "workhorse"
+    );
+    // A typo in a test is a located error before anything runs.
+    p.write(
+        "policies/tests/promises.yaml",
+        "policy: ../default.yaml\ntests:\n  - name: typo\n    step: { task: debug }\n    expect: { model: flagshp }\n",
+    );
+    let out = p.tollgate(&["test", "policies/tests"]).output();
+    assert_eq!(out.status.code(), Some(2), "{}", transcript(&out));
+    let err = stderr(&out);
+    assert!(err.contains("the policy has no model `flagshp`"), "{err}");
+    assert!(err.contains("did you mean `flagship`?"), "{err}");
+    assert!(err.contains("promises.yaml:5:22"), "{err}");
+}
+
+#[test]
+fn policy_tests_are_sharded_and_merged_like_cases() {
+    let p = Project::empty();
+    let mut parts = Vec::new();
+    for i in 1..=3 {
+        let out = tollgate(&[
+            "test",
+            "policies/tests",
+            "--shard",
+            &format!("{i}/3"),
+            "--results",
+            &p.path().join(format!("r{i}.json")).display().to_string(),
+        ]);
+        assert_eq!(out.status.code(), Some(0), "{}", transcript(&out));
+        parts.push(p.path().join(format!("r{i}.json")).display().to_string());
+    }
+    let mut args = vec!["merge"];
+    args.extend(parts.iter().map(String::as_str));
+    args.extend(["--format", "json"]);
+    let out = tollgate(&args);
+    assert_eq!(out.status.code(), Some(0), "{}", transcript(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let tests = v["policy_tests"][0]["tests"].as_array().expect("tests");
+    assert_eq!(tests.len(), 8, "every test once, in some shard: {v}");
+}
