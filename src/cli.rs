@@ -103,6 +103,12 @@ enum Command {
         format: OutputFormat,
         #[command(flatten)]
         state: StateArg,
+        /// What-if: plan under this baseline policy too and show, per step, both routes and the cost change. A file, or REV:PATH for a file at a git revision (main:policies/default.yaml).
+        #[arg(long, value_name = "POLICY | REV:PATH")]
+        compare: Option<String>,
+        /// With --compare: exit 1 when the policy under test costs more than the baseline, or sends more to the cloud (repeatable).
+        #[arg(long, value_enum, requires = "compare")]
+        fail_on: Vec<plan::FailOnArg>,
     },
     /// Run a workflow: every step on the model the policy routes it to, in parallel.
     Run(run::RunArgs),
@@ -201,7 +207,14 @@ pub fn main() -> ExitCode {
             inputs,
             format,
             state,
-        } => plan::cmd_plan(&workflow, policy, &inputs, format, &state, options),
+            compare,
+            fail_on,
+        } => match compare {
+            Some(baseline) => plan::cmd_compare(
+                &workflow, policy, &baseline, &fail_on, &inputs, format, options,
+            ),
+            None => plan::cmd_plan(&workflow, policy, &inputs, format, &state, options),
+        },
         Command::Run(args) => run::cmd_run(args, options),
         Command::Test(args) => suites::cmd_test(args, options),
         Command::Merge(args) => suites::cmd_merge(args, options),

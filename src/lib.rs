@@ -42,6 +42,7 @@ pub mod cost;
 pub mod diagnostic;
 pub mod eval;
 pub mod files;
+pub mod git;
 pub mod graph;
 pub mod inputs;
 pub mod journal;

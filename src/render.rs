@@ -678,6 +678,133 @@ pub fn budgets_left_text(left: &serde_json::Value, worst_case: f64) -> String {
     o
 }
 
+/// Renders `plan --compare` as text: one row per step (baseline route →
+/// proposal route, expected cost and its change), then the totals.
+pub fn plan_diff_text(d: &crate::plan::compare::PlanDiff) -> String {
+    use crate::plan::compare::RouteBrief;
+    let route = |r: &Option<RouteBrief>| match r {
+        Some(r) => format!(
+            "{} ({}, {})",
+            r.model,
+            r.provider_model,
+            match r.locality {
+                Locality::Local => "local",
+                Locality::Cloud => "cloud",
+            }
+        ),
+        None => "no route".to_owned(),
+    };
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "Policy change for workflow {} ({})",
+        d.workflow.name, d.workflow.path
+    );
+    let _ = writeln!(o, "  baseline  {} ({})", d.baseline.name, d.baseline.path);
+    let _ = writeln!(o, "  proposal  {} ({})", d.policy.name, d.policy.path);
+    o.push('\n');
+    let rows: Vec<[String; 5]> = d
+        .steps
+        .iter()
+        .map(|s| {
+            let mark = if s.leaves_machine {
+                " ← leaves the machine"
+            } else if s.changed {
+                " ← changed"
+            } else {
+                ""
+            };
+            [
+                s.id.clone(),
+                route(&s.baseline_route),
+                format!("{}{mark}", route(&s.route)),
+                format!("{} → {}", usd(s.baseline_cost.low), usd(s.cost.low)),
+                signed_usd(s.delta),
+            ]
+        })
+        .collect();
+    let header = ["step", "baseline", "proposal", "expected cost", "change"].map(str::to_owned);
+    let mut widths = header.clone().map(|h| h.chars().count());
+    for r in &rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    for r in std::iter::once(&header).chain(&rows) {
+        let mut line = String::from("  ");
+        for (i, (c, w)) in r.iter().zip(widths).enumerate() {
+            if i + 1 == r.len() {
+                line.push_str(c);
+            } else {
+                line.push_str(c);
+                line.push_str(&" ".repeat(w - c.chars().count() + 2));
+            }
+        }
+        let _ = writeln!(o, "{}", line.trim_end());
+    }
+    let t = &d.totals;
+    o.push('\n');
+    let percent = t
+        .delta_percent
+        .map(|p| format!(" ({p:+.0}%)"))
+        .unwrap_or_default();
+    let _ = writeln!(
+        o,
+        "  total expected   {} → {}: {}{percent}",
+        usd(t.baseline_cost.low),
+        usd(t.cost.low),
+        signed_usd(t.delta)
+    );
+    let _ = writeln!(
+        o,
+        "  total worst case {} → {}",
+        usd(t.baseline_cost.high),
+        usd(t.cost.high)
+    );
+    let _ = writeln!(
+        o,
+        "  cloud calls      {} → {}",
+        t.baseline_cloud_calls, t.cloud_calls
+    );
+    let _ = writeln!(
+        o,
+        "  routes changed   {} of {}",
+        t.changed_steps,
+        plural(d.steps.len() as u64, "step")
+    );
+    o
+}
+
+/// A change in dollars with its sign (`+$0.0012`, `-$0.50`, `$0`).
+fn signed_usd(x: f64) -> String {
+    if x.abs() < 1e-12 {
+        "$0".to_owned()
+    } else if x > 0.0 {
+        format!("+{}", usd(x))
+    } else {
+        usd(x)
+    }
+}
+
+/// Why `plan --compare --fail-on …` refuses a change, as one line.
+pub fn violation_text(v: &crate::plan::compare::Violation) -> String {
+    use crate::plan::compare::Violation;
+    match v {
+        Violation::MoreCost { baseline, proposal } => format!(
+            "more-cost: the expected total rises from {} to {} ({})",
+            usd(*baseline),
+            usd(*proposal),
+            signed_usd(proposal - baseline)
+        ),
+        Violation::LeavesMachine { step } => {
+            format!("more-cloud: step `{step}` would leave the machine")
+        }
+        Violation::MoreCloudCalls { baseline, proposal } => {
+            format!("more-cloud: {proposal} cloud calls instead of {baseline}")
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::usd;

@@ -24,6 +24,8 @@ pub enum Format {
     /// One case of a suite, as a line of a JSONL case file: the suite
     /// schema's `case` definition.
     Case,
+    /// A policy test file: step facts in, the expected route out.
+    PolicyTest,
 }
 
 impl Format {
@@ -33,6 +35,7 @@ impl Format {
             Format::Policy => "policy",
             Format::Suite => "suite",
             Format::Case => "case",
+            Format::PolicyTest => "policy test file",
         }
     }
 
@@ -42,6 +45,7 @@ impl Format {
             Format::Workflow => include_str!("../schemas/workflow.schema.json"),
             Format::Policy => include_str!("../schemas/policy.schema.json"),
             Format::Suite => include_str!("../schemas/suite.schema.json"),
+            Format::PolicyTest => include_str!("../schemas/policy-test.schema.json"),
             Format::Case => {
                 // Derived from the suite schema so the two never disagree.
                 static TEXT: OnceLock<String> = OnceLock::new();
@@ -66,11 +70,13 @@ impl Format {
         static POLICY: OnceLock<(Value, Validator)> = OnceLock::new();
         static SUITE: OnceLock<(Value, Validator)> = OnceLock::new();
         static CASE: OnceLock<(Value, Validator)> = OnceLock::new();
+        static POLICY_TEST: OnceLock<(Value, Validator)> = OnceLock::new();
         let cell = match self {
             Format::Workflow => &WORKFLOW,
             Format::Policy => &POLICY,
             Format::Suite => &SUITE,
             Format::Case => &CASE,
+            Format::PolicyTest => &POLICY_TEST,
         };
         cell.get_or_init(|| {
             // Both are compiled into the binary and covered by tests, so a

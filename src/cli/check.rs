@@ -24,6 +24,8 @@ fn detect(doc: &Document) -> Option<FileFormat> {
     let obj = doc.root.as_object()?;
     if obj.contains_key("steps") {
         Some(FileFormat::Workflow)
+    } else if crate::eval::policy_tests::is_policy_test(doc) {
+        Some(FileFormat::PolicyTest)
     } else if obj.contains_key("cases") || obj.contains_key("cases_from") {
         Some(FileFormat::Suite)
     } else if obj.contains_key("rules")
@@ -102,14 +104,28 @@ pub(super) fn cmd_check(files: &[PathBuf], format: OutputFormat, options: Render
                 }
                 Err(d) => diags.extend(d),
             },
+            // Checked means loaded: every name against the policy. The
+            // tests themselves run in `tollgate test`.
+            Some(FileFormat::PolicyTest) => match crate::eval::policy_tests::load(path) {
+                Ok(t) => {
+                    diags.extend(t.policy.warnings.iter().cloned());
+                    summary.push(format!(
+                        "ok  {} (policy tests of {}, {})",
+                        path.display(),
+                        t.policy.name,
+                        plural(t.tests.len(), "test")
+                    ));
+                }
+                Err(d) => diags.extend(d),
+            },
             Some(FileFormat::Case) | None => diags.push(
                 Diagnostic::error(
                     "unknown-file-kind",
-                    "cannot tell whether this is a workflow, a policy or a suite",
+                    "cannot tell whether this is a workflow, a policy, a suite or a policy test file",
                 )
                 .at(doc.span(""))
                 .in_file(path)
-                .with_help("a workflow has `steps:`; a policy has `models:` and `rules:`; a suite has `cases:`"),
+                .with_help("a workflow has `steps:`; a policy has `models:` and `rules:`; a suite has `cases:`; a policy test file has `policy:` and `tests:`"),
             ),
         }
     }

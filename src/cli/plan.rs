@@ -4,9 +4,14 @@ use std::path::{Path, PathBuf};
 
 use super::journal::{self, StateArg};
 use super::{OutputFormat, default_policy, exit, load_both, print_out, report, warn};
-use crate::diagnostic::RenderOptions;
+use crate::catalog::Catalog;
+use crate::diagnostic::{Diagnostic, RenderOptions, SourceFile};
 use crate::inputs::{self, RawInput};
-use crate::{plan, render};
+use crate::plan::compare::{self, FailOn};
+use crate::policy::PolicyFile;
+use crate::schema::Format as FileFormat;
+use crate::yaml::Document;
+use crate::{git, plan, render, workflow};
 
 pub(super) fn cmd_plan(
     workflow_path: &Path,
@@ -57,4 +62,122 @@ pub(super) fn cmd_plan(
         }
         Err(d) => report(d, format, options),
     }
+}
+
+/// What `plan --compare --fail-on` refuses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(super) enum FailOnArg {
+    /// The expected total cost rises.
+    MoreCost,
+    /// A step leaves the machine, or more calls go to the cloud.
+    MoreCloud,
+}
+
+/// `plan --compare BASELINE`: the workflow planned under the policy and
+/// under the baseline, step by step. Exit 1 when `--fail-on` finds the
+/// change refused, 2 for bad input.
+pub(super) fn cmd_compare(
+    workflow_path: &Path,
+    policy_path: Option<PathBuf>,
+    baseline: &str,
+    fail_on: &[FailOnArg],
+    raw: &[RawInput],
+    format: OutputFormat,
+    options: RenderOptions,
+) -> u8 {
+    let policy_path = policy_path.unwrap_or_else(default_policy);
+    let (analysis, policy) = match load_both(workflow_path, &policy_path) {
+        Ok(both) => both,
+        Err(diags) => return report(diags, format, options),
+    };
+    let (baseline_name, baseline_policy) = match load_baseline(baseline) {
+        Ok(b) => b,
+        Err(diags) => return report(diags, format, options),
+    };
+    warn(
+        policy
+            .warnings
+            .iter()
+            .chain(&baseline_policy.warnings)
+            .chain(&analysis.warnings),
+        options,
+    );
+    let values = match inputs::resolve(&analysis.workflow.value, raw, true) {
+        Ok(v) => v,
+        Err(d) => return report(d, format, options),
+    };
+    let proposal = plan::build(
+        &analysis,
+        &policy,
+        &policy_path.display().to_string(),
+        &values,
+    );
+    let base = plan::build(&analysis, &baseline_policy, &baseline_name, &values);
+    let (proposal, base) = match (proposal, base) {
+        (Ok(a), Ok(b)) => (a, b),
+        (a, b) => {
+            let mut diags = a.err().unwrap_or_default();
+            diags.extend(b.err().unwrap_or_default());
+            return report(diags, format, options);
+        }
+    };
+    let diff = compare::compare(&proposal, &base);
+    let fail_on: Vec<FailOn> = fail_on
+        .iter()
+        .map(|f| match f {
+            FailOnArg::MoreCost => FailOn::MoreCost,
+            FailOnArg::MoreCloud => FailOn::MoreCloud,
+        })
+        .collect();
+    let violations = diff.violations(&fail_on);
+    match format {
+        OutputFormat::Text => {
+            let mut text = render::plan_diff_text(&diff);
+            if !violations.is_empty() {
+                text.push('\n');
+                for v in &violations {
+                    text.push_str(&format!("refused: {}\n", render::violation_text(v)));
+                }
+            }
+            print_out(&text);
+        }
+        OutputFormat::Json => {
+            let mut v = serde_json::to_value(&diff).unwrap_or_default();
+            if let Some(obj) = v.as_object_mut() {
+                obj.insert(
+                    "violations".to_owned(),
+                    serde_json::to_value(&violations).unwrap_or_default(),
+                );
+            }
+            print_out(&serde_json::to_string_pretty(&v).unwrap_or_default());
+        }
+    }
+    if violations.is_empty() {
+        exit::OK
+    } else {
+        exit::FAILED
+    }
+}
+
+/// The baseline policy: a file, else `REV:PATH` read from git. Its name in
+/// diagnostics is what the user wrote.
+fn load_baseline(spec: &str) -> Result<(String, crate::policy::Policy), Vec<Diagnostic>> {
+    let path = Path::new(spec);
+    if path.exists() || !git::is_revision_spec(spec) {
+        return crate::policy::load(path).map(|(_, p)| (spec.to_owned(), p));
+    }
+    let text = git::show(spec, Path::new(".")).map_err(|e| {
+        vec![
+            Diagnostic::error("compare-revision", e.to_string())
+                .in_file(PathBuf::from(spec))
+                .with_help("--compare takes a policy file or REV:PATH, e.g. main:policies/default.yaml (PATH from the repository's top, or ./PATH from here)"),
+        ]
+    })?;
+    let doc = Document::parse(SourceFile::new(spec, text))?;
+    let loaded = workflow::from_document::<PolicyFile>(doc, FileFormat::Policy)?;
+    let (policy, diags) = crate::policy::compile(&loaded.value, &loaded.doc, Catalog::builtin());
+    if diags.iter().any(Diagnostic::is_error) {
+        return Err(diags);
+    }
+    Ok((spec.to_owned(), policy))
 }

@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 
 use super::{OutputFormat, exit, print_out, report, runtime};
 use crate::diagnostic::{Diagnostic, RenderOptions};
-use crate::eval::results::{self, Mode, Results, Shard};
+use crate::eval::policy_tests::{self, PolicyTests};
+use crate::eval::results::{self, Mode, PolicyTestsResult, Results, Shard};
 use crate::eval::runner::{self, TestOptions};
 use crate::eval::snapshot;
 use crate::eval::suite::{self, Suite};
@@ -144,7 +145,14 @@ fn check_flags(args: &TestArgs) -> Result<Option<Shard>, Vec<Diagnostic>> {
 }
 
 /// Finds and loads every suite; all their problems at once.
-fn load_suites(args: &TestArgs) -> Result<Vec<Suite>, Vec<Diagnostic>> {
+/// The files `test` was given: suites, and policy test files (recognised
+/// by their content, so both can share a folder).
+struct Loaded {
+    suites: Vec<Suite>,
+    policy_tests: Vec<PolicyTests>,
+}
+
+fn load_suites(args: &TestArgs) -> Result<Loaded, Vec<Diagnostic>> {
     let paths = if args.suites.is_empty() {
         vec![PathBuf::from("evals")]
     } else {
@@ -153,7 +161,17 @@ fn load_suites(args: &TestArgs) -> Result<Vec<Suite>, Vec<Diagnostic>> {
     let files = suite::discover(&paths)?;
     let mut diags = Vec::new();
     let mut suites = Vec::new();
+    let mut policy_tests = Vec::new();
     for f in &files {
+        let is_policy_test =
+            crate::workflow::load_document(f).is_ok_and(|doc| policy_tests::is_policy_test(&doc));
+        if is_policy_test {
+            match policy_tests::load(f) {
+                Ok(t) => policy_tests.push(t),
+                Err(d) => diags.extend(d),
+            }
+            continue;
+        }
         match suite::load(f) {
             Ok(s) => suites.push(s),
             Err(d) => diags.extend(d),
@@ -176,10 +194,43 @@ fn load_suites(args: &TestArgs) -> Result<Vec<Suite>, Vec<Diagnostic>> {
         }
     }
     if diags.is_empty() {
-        Ok(suites)
+        Ok(Loaded {
+            suites,
+            policy_tests,
+        })
     } else {
         Err(diags)
     }
+}
+
+/// Runs the policy test files' share of tests (`--filter`, `--shard`):
+/// routing only, nothing called.
+fn run_policy_tests(
+    files: &[PolicyTests],
+    args: &TestArgs,
+    shard: Option<&Shard>,
+) -> Vec<PolicyTestsResult> {
+    files
+        .iter()
+        .map(|f| {
+            let path = f.path.display().to_string();
+            let tests = f
+                .run()
+                .into_iter()
+                .filter(|o| {
+                    args.filter
+                        .as_ref()
+                        .is_none_or(|x| o.name.contains(x.as_str()))
+                })
+                .filter(|o| shard.is_none_or(|s| runner::in_shard(&path, &o.name, s)))
+                .collect();
+            PolicyTestsResult {
+                path,
+                policy: f.policy_path.display().to_string(),
+                tests,
+            }
+        })
+        .collect()
 }
 
 /// The warnings of the suites' workflows and policies, each once (suites
@@ -235,7 +286,10 @@ pub(super) fn cmd_test(args: TestArgs, options: RenderOptions) -> u8 {
         Ok(s) => s,
         Err(d) => return report(d, format, options),
     };
-    let suites = match load_suites(&args) {
+    let Loaded {
+        suites,
+        policy_tests,
+    } = match load_suites(&args) {
         Ok(s) => s,
         Err(d) => return report(d, format, options),
     };
@@ -289,10 +343,11 @@ pub(super) fn cmd_test(args: TestArgs, options: RenderOptions) -> u8 {
         runner::run_suites(&suites, &opts, cancel.clone()).await
     });
     progress.finish();
-    let results = match outcome {
+    let mut results = match outcome {
         Ok(r) => r,
         Err(d) => return report(d, format, options),
     };
+    results.policy_tests = run_policy_tests(&policy_tests, &args, opts.shard.as_ref());
     if results.totals().cases == 0 {
         let _ = writeln!(
             std::io::stderr(),

@@ -25,6 +25,7 @@
 
 pub mod assertion;
 pub mod cassette;
+pub mod policy_tests;
 pub mod results;
 pub mod runner;
 pub mod snapshot;

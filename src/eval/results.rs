@@ -46,6 +46,18 @@ pub struct Results {
     /// The shards these results cover (`[]` for an unsharded run).
     pub shards: Vec<Shard>,
     pub suites: Vec<SuiteResult>,
+    /// Policy test files (routes checked without calling a model), in the
+    /// order given.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub policy_tests: Vec<PolicyTestsResult>,
+}
+
+/// One policy test file's outcomes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PolicyTestsResult {
+    pub path: String,
+    pub policy: String,
+    pub tests: Vec<super::policy_tests::Outcome>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -185,6 +197,14 @@ impl Results {
             t.output_tokens += c.usage.output_tokens;
             t.cost_usd += c.cost_usd;
         }
+        for o in self.policy_tests.iter().flat_map(|f| &f.tests) {
+            t.cases += 1;
+            if o.passed {
+                t.passed += 1;
+            } else {
+                t.failed += 1;
+            }
+        }
         t
     }
 
@@ -219,6 +239,7 @@ pub fn merge(parts: Vec<Results>) -> Result<Results, MergeError> {
     let mut shards: Vec<Shard> = Vec::new();
     let mut suites: BTreeMap<String, SuiteResult> = BTreeMap::new();
     let mut order: Vec<String> = Vec::new();
+    let mut policy_tests: Vec<PolicyTestsResult> = Vec::new();
     for part in parts {
         if part.version != FORMAT_VERSION {
             return Err(MergeError::Version(part.version));
@@ -241,6 +262,23 @@ pub fn merge(parts: Vec<Results>) -> Result<Results, MergeError> {
                 });
             }
             shards.push(s);
+        }
+        // Each shard runs its share of every policy test file.
+        for f in part.policy_tests {
+            match policy_tests.iter_mut().find(|e| e.path == f.path) {
+                None => policy_tests.push(f),
+                Some(existing) => {
+                    for t in f.tests {
+                        if existing.tests.iter().any(|e| e.name == t.name) {
+                            return Err(MergeError::DuplicateCase {
+                                suite: f.path.clone(),
+                                case: t.name,
+                            });
+                        }
+                        existing.tests.push(t);
+                    }
+                }
+            }
         }
         for suite in part.suites {
             match suites.get_mut(&suite.name) {
@@ -285,6 +323,7 @@ pub fn merge(parts: Vec<Results>) -> Result<Results, MergeError> {
         mode: mode.unwrap_or(Mode::Live),
         shards: Vec::new(),
         suites,
+        policy_tests,
     })
 }
 
@@ -385,6 +424,27 @@ pub fn render_text(results: &Results) -> String {
             }
             for p in &c.pending_snapshots {
                 let _ = writeln!(out, "         pending snapshot: {p}");
+            }
+        }
+    }
+    for f in results.policy_tests.iter().filter(|f| !f.tests.is_empty()) {
+        let _ = writeln!(
+            out,
+            "policy tests {} ({}, {} tests)",
+            f.path,
+            f.policy,
+            f.tests.len()
+        );
+        for o in &f.tests {
+            let mark = if o.passed { "ok    " } else { "FAILED" };
+            let _ = writeln!(
+                out,
+                "  {mark} {:<32} {}",
+                o.name,
+                super::policy_tests::describe(&o.got)
+            );
+            for why in &o.failures {
+                let _ = writeln!(out, "         {why}  ({})", o.origin);
             }
         }
     }
@@ -513,6 +573,28 @@ pub fn render_junit(results: &Results) -> String {
         }
         report.add_test_suite(suite);
     }
+    for f in &results.policy_tests {
+        let mut suite = TestSuite::new(format!("policy tests {}", f.path));
+        suite.add_property(quick_junit::Property::new("policy", f.policy.as_str()));
+        for o in &f.tests {
+            let status = if o.passed {
+                TestCaseStatus::success()
+            } else {
+                let mut st = TestCaseStatus::non_success(NonSuccessKind::Failure);
+                st.set_message(clip(&o.failures.join("; "), 500));
+                st.set_description(format!(
+                    "{}\ngot: {}",
+                    o.origin,
+                    super::policy_tests::describe(&o.got)
+                ));
+                st
+            };
+            let mut tc = TestCase::new(o.name.as_str(), status);
+            tc.set_classname(f.path.as_str());
+            suite.add_test_case(tc);
+        }
+        report.add_test_suite(suite);
+    }
     report.to_string().unwrap_or_default()
 }
 
@@ -584,6 +666,7 @@ mod tests {
                     })
                     .collect(),
             }],
+            policy_tests: Vec::new(),
         }
     }
 

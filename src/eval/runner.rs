@@ -127,6 +127,7 @@ pub async fn run_suites(
         mode: opts.mode,
         shards: opts.shard.iter().cloned().collect(),
         suites: out,
+        policy_tests: Vec::new(),
     })
 }
 

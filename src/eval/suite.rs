@@ -434,7 +434,7 @@ fn case_expectations(
 
 /// `evals/../workflows/x.yaml` → `workflows/x.yaml`, for messages and
 /// reports — unless a symlinked folder makes the two different files.
-fn clean(p: &Path) -> PathBuf {
+pub(super) fn clean(p: &Path) -> PathBuf {
     let lexical = clean_lexically(p);
     match (std::fs::canonicalize(p), std::fs::canonicalize(&lexical)) {
         (Ok(a), Ok(b)) if a != b => p.to_path_buf(),

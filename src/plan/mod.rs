@@ -12,6 +12,7 @@
 //! ([`estimate`]). Token figures: prompts are rendered with the real inputs;
 //! see [`estimate`] for how upstream outputs are counted.
 
+pub mod compare;
 mod estimate;
 
 use std::collections::{BTreeMap, HashMap};

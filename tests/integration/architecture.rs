@@ -19,7 +19,8 @@
 //!   handling, the progress reporter) and `eval::runner` (journal writes off
 //!   the async threads); **processes** (`std::process::Command`,
 //!   `tokio::process::Command`) only in `run::local_server` (llama-server,
-//!   `kill`) and `process` (the `kill -0` liveness fallback).
+//!   `kill`), `process` (the `kill -0` liveness fallback) and `git` (a
+//!   policy at a revision, for `plan --compare`).
 //!
 //! A failure names the file and line of every violation (and, for a circle,
 //! the modules around it and where each edge of it is made). The matching is
@@ -621,10 +622,11 @@ fn processes_are_started_only_where_the_architecture_says() {
             &sources(),
             r"\bprocess\s*::\s*(?:Command\b|\{[^}]*\bCommand\b)",
             // llama-server and `kill` for the servers tollgate launches;
-            // `kill -0` where there is no `/proc`.
-            &["src/run/local_server.rs", "src/process.rs"],
-            "starts a process outside run::local_server and process",
+            // `kill -0` where there is no `/proc`; `git cat-file` for
+            // `plan --compare REV:PATH`.
+            &["src/run/local_server.rs", "src/process.rs", "src/git.rs"],
+            "starts a process outside run::local_server, process and git",
         ),
-        "processes are started only by `run::local_server` and `process`",
+        "processes are started only by `run::local_server`, `process` and `git`",
     );
 }

@@ -227,10 +227,12 @@ fn example_workflows_plan_with_every_example_policy() {
 #[test]
 fn examples_check_clean_together() {
     let mut args = vec!["check".to_owned()];
-    for dir in ["workflows", "policies"] {
+    for dir in ["workflows", "policies", "policies/tests"] {
         let mut files: Vec<String> = std::fs::read_dir(root().join(dir))
             .expect("folder exists")
-            .map(|e| format!("{dir}/{}", e.expect("entry").file_name().to_string_lossy()))
+            .map(|e| e.expect("entry"))
+            .filter(|e| e.path().is_file())
+            .map(|e| format!("{dir}/{}", e.file_name().to_string_lossy()))
             .collect();
         files.sort();
         args.extend(files);

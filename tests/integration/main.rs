@@ -17,6 +17,7 @@ mod leaks;
 mod local_model;
 mod money;
 mod providers;
+mod routes;
 mod run;
 mod sensitivity_gate;
 mod step_semantics;
