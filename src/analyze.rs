@@ -49,31 +49,95 @@ impl StepInfo {
     /// is here and every label counts; `steps` as a whole is refused by the
     /// analysis. Whatever the reference analysis did not see is simply not in
     /// the context, and strict undefined makes reading it an error: a hole in
-    /// the analysis fails closed, never open.
+    /// the analysis fails closed, never open. `item` is added per call by
+    /// [`RenderContext::for_item`], which the context carries.
     pub fn context(
         &self,
         inputs: &serde_json::Map<String, serde_json::Value>,
         output_of: impl Fn(&str) -> serde_json::Value,
-        item: Option<&serde_json::Value>,
-    ) -> serde_json::Value {
-        let inputs: serde_json::Map<String, serde_json::Value> = self
+    ) -> RenderContext {
+        #[cfg(test)]
+        CONTEXTS_BUILT.with(|n| n.set(n.get() + 1));
+        // By reference: serialised straight into template values, never
+        // cloned (an input may be the fan-out's whole list).
+        let inputs: IndexMap<&str, &serde_json::Value> = self
             .reads_inputs
             .iter()
-            .filter_map(|name| inputs.get(name).map(|v| (name.clone(), v.clone())))
+            .filter_map(|name| inputs.get(name).map(|v| (name.as_str(), v)))
             .collect();
         let steps: serde_json::Map<String, serde_json::Value> = self
             .reads_steps
             .iter()
             .map(|dep| (dep.clone(), serde_json::json!({ "output": output_of(dep) })))
             .collect();
-        let mut ctx = serde_json::Map::new();
-        ctx.insert("inputs".to_owned(), serde_json::Value::Object(inputs));
-        ctx.insert("steps".to_owned(), serde_json::Value::Object(steps));
-        if let (Some(item), Some(_)) = (item, &self.for_each) {
-            ctx.insert("item".to_owned(), item.clone());
+        RenderContext {
+            inputs: minijinja::Value::from_serialize(&inputs),
+            steps: minijinja::Value::from_serialize(&steps),
+            takes_item: self.for_each.is_some(),
         }
-        serde_json::Value::Object(ctx)
     }
+}
+
+/// A step's render context, built once per expansion by
+/// [`StepInfo::context`] (and only there): the inputs and step outputs the
+/// step reads, converted to template values once. minijinja values share
+/// their data behind `Arc`s, so the context of each `for_each` item
+/// ([`RenderContext::for_item`]) costs the item's size, not the step's: a
+/// fan-out over n items that rebuilt the whole context per item was
+/// quadratic.
+#[derive(Debug, Clone)]
+pub struct RenderContext {
+    inputs: minijinja::Value,
+    steps: minijinja::Value,
+    /// The step has `for_each`: only then may a context hold `item`.
+    takes_item: bool,
+}
+
+impl RenderContext {
+    /// The context without `item`: what `when` and `for_each` see.
+    pub fn base(&self) -> minijinja::Value {
+        self.for_item(None)
+    }
+
+    /// The context of one call: the base plus, for a `for_each` step, its
+    /// `item` (ignored for a step without `for_each`, whose templates may
+    /// not read `item`).
+    pub fn for_item(&self, item: Option<&serde_json::Value>) -> minijinja::Value {
+        let mut ctx = vec![
+            ("inputs", self.inputs.clone()),
+            ("steps", self.steps.clone()),
+        ];
+        if let (Some(item), true) = (item, self.takes_item) {
+            ctx.push(("item", minijinja::Value::from_serialize(item)));
+        }
+        ctx.into_iter().collect()
+    }
+
+    /// The names of the inputs the context holds, as it holds them.
+    pub fn input_names(&self) -> impl Iterator<Item = String> + '_ {
+        keys(&self.inputs)
+    }
+
+    /// The ids of the steps whose outputs the context holds.
+    pub fn step_ids(&self) -> impl Iterator<Item = String> + '_ {
+        keys(&self.steps)
+    }
+}
+
+/// The keys of a map value (none for anything else).
+fn keys(map: &minijinja::Value) -> impl Iterator<Item = String> + '_ {
+    map.try_iter()
+        .into_iter()
+        .flatten()
+        .filter_map(|k| k.as_str().map(str::to_owned))
+}
+
+#[cfg(test)]
+thread_local! {
+    /// How many contexts [`StepInfo::context`] built on this thread: a
+    /// fan-out must build its step's context once, not once per item
+    /// (`step`'s tests count).
+    pub(crate) static CONTEXTS_BUILT: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }
 
 /// A workflow that passed every check.

@@ -10,7 +10,7 @@ use std::fmt;
 
 use serde::Serialize;
 
-use crate::analyze::Analysis;
+use crate::analyze::{Analysis, RenderContext};
 use crate::diagnostic::{Diagnostic, did_you_mean, one_of};
 use crate::policy::Policy;
 use crate::yaml::pointer;
@@ -147,8 +147,12 @@ pub fn propagate(analysis: &Analysis, policy: &Policy) -> Vec<Effective> {
 /// `levels` by step index). Computed from the context itself, not from the
 /// analysis, so the label a request carries to the provider boundary
 /// reflects what was rendered even if the two ever disagree.
+///
+/// It reads the names the context holds, never their values, and a step
+/// computes it once for all its calls: a `for_each` item is an element of
+/// a list the same context gave, so it adds no data of its own.
 pub fn of_context(
-    ctx: &serde_json::Value,
+    ctx: &RenderContext,
     own: usize,
     analysis: &Analysis,
     policy: &Policy,
@@ -158,26 +162,22 @@ pub fn of_context(
     let top = policy.levels.len().saturating_sub(1);
     let level_of = |l: &str| policy.level_index(l).unwrap_or(top);
     let mut level = own;
-    if let Some(inputs) = ctx.get("inputs").and_then(serde_json::Value::as_object) {
-        for name in inputs.keys() {
-            // Not a declared input: the context is not what it should be.
-            let l = w.inputs.get(name).map_or(top, |d| {
-                d.sensitivity
-                    .as_deref()
-                    .map_or(policy.default_level, level_of)
-            });
-            level = level.max(l);
-        }
+    for name in ctx.input_names() {
+        // Not a declared input: the context is not what it should be.
+        let l = w.inputs.get(&name).map_or(top, |d| {
+            d.sensitivity
+                .as_deref()
+                .map_or(policy.default_level, level_of)
+        });
+        level = level.max(l);
     }
-    if let Some(steps) = ctx.get("steps").and_then(serde_json::Value::as_object) {
-        for id in steps.keys() {
-            let l = analysis
-                .steps
-                .get_index_of(id)
-                .and_then(|i| levels.get(i).copied())
-                .unwrap_or(top);
-            level = level.max(l);
-        }
+    for id in ctx.step_ids() {
+        let l = analysis
+            .steps
+            .get_index_of(&id)
+            .and_then(|i| levels.get(i).copied())
+            .unwrap_or(top);
+        level = level.max(l);
     }
     level
 }

@@ -26,7 +26,7 @@ use std::sync::OnceLock;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use crate::analyze::{Analysis, StepInfo};
+use crate::analyze::{Analysis, RenderContext, StepInfo};
 use crate::diagnostic::Diagnostic;
 use crate::policy::Policy;
 use crate::route::Facts;
@@ -118,8 +118,8 @@ pub struct Expanded {
     /// The step's effective sensitivity (from the analysis).
     pub level: usize,
     /// The level of what was actually rendered (`sensitivity::of_context`
-    /// over every call's context; never below `level`): the label the
-    /// requests carry to the provider boundary.
+    /// over the step's context, which every call's shares; never below
+    /// `level`): the label the requests carry to the provider boundary.
     pub rendered_level: usize,
     /// The workflow's tags and the step's, merged.
     pub tags: BTreeSet<String>,
@@ -198,17 +198,15 @@ impl Scope<'_> {
         &self.analysis.steps[self.index]
     }
 
-    /// The render context for one item: exactly what the analysis says the
-    /// step reads.
-    fn context(&self, item: Option<&Value>) -> Value {
-        self.info().context(
-            self.inputs,
-            |dep| match &self.upstream {
+    /// The step's render context: exactly what the analysis says the step
+    /// reads. Built once per expansion; each item's context adds only the
+    /// item ([`RenderContext::for_item`]).
+    fn context(&self) -> RenderContext {
+        self.info()
+            .context(self.inputs, |dep| match &self.upstream {
                 Upstream::Real(outputs) => outputs.get(dep).cloned().unwrap_or(Value::Null),
                 Upstream::Estimated(e) => e.output(dep),
-            },
-            item,
-        )
+            })
     }
 
     /// The estimates `s` reads, if it reads upstream outputs and they are
@@ -294,7 +292,8 @@ pub fn expand(scope: &Scope<'_>, inherited: When) -> Result<Expanded, StepError>
         tags: tags(&scope.analysis.workflow.value, step),
         max_tokens: Default::default(),
     };
-    let base = scope.context(None);
+    let ctx = scope.context();
+    let base = ctx.base();
     out.when = decide(scope, out.when, &base)?;
     if out.when.is_skipped() && matches!(scope.upstream, Upstream::Real(_)) {
         return Ok(out);
@@ -314,14 +313,14 @@ pub fn expand(scope: &Scope<'_>, inherited: When) -> Result<Expanded, StepError>
             list.into_iter().map(Some).collect()
         }
     };
-    let (calls, rendered_level) = render(scope, &items)?;
+    let (calls, rendered_level) = render(scope, &ctx, &items)?;
     out.calls = calls;
     out.rendered_level = rendered_level;
     Ok(out)
 }
 
 /// `when`, over the step's base context.
-fn decide(scope: &Scope<'_>, inherited: When, base: &Value) -> Result<When, StepError> {
+fn decide(scope: &Scope<'_>, inherited: When, base: &minijinja::Value) -> Result<When, StepError> {
     let Some(when) = &scope.info().when else {
         return Ok(inherited);
     };
@@ -347,7 +346,7 @@ enum Items {
 }
 
 /// `for_each`, over the step's base context.
-fn items(scope: &Scope<'_>, base: &Value) -> Result<Items, StepError> {
+fn items(scope: &Scope<'_>, base: &minijinja::Value) -> Result<Items, StepError> {
     let Some(fe) = &scope.info().for_each else {
         return Ok(Items::One);
     };
@@ -400,34 +399,48 @@ fn items(scope: &Scope<'_>, base: &Value) -> Result<Items, StepError> {
 }
 
 /// Every call's system prompt and prompt, and the level of what they hold.
+///
+/// O(item + its prompt) per item: the templates are compiled once, the
+/// context's shared part (`ctx`) was converted once and is shared by every
+/// item's context, and the level is the shared part's, computed once.
 fn render(
     scope: &Scope<'_>,
+    ctx: &RenderContext,
     items: &[Option<Value>],
 ) -> Result<(Vec<RenderedCall>, usize), StepError> {
     let info = scope.info();
     let env = &scope.analysis.env;
     let own = scope.levels[scope.index];
-    let mut level = own;
+    // The label of what is rendered: the inputs and step outputs the
+    // context holds. An item adds nothing to it: it is an element of the
+    // `for_each` list, which was evaluated over this same context (or, in a
+    // plan, a stand-in that holds no data).
+    let level =
+        crate::sensitivity::of_context(ctx, own, scope.analysis, scope.policy, scope.levels);
+    let system = info
+        .system
+        .as_ref()
+        .map(|s| {
+            template::compile(env, &s.text)
+                .map(|t| (s, t))
+                .map_err(|e| scope.template(s, e, "the system prompt"))
+        })
+        .transpose()?;
+    let prompt = template::compile(env, &info.prompt.text)
+        .map_err(|e| scope.template(&info.prompt, e, "the prompt"))?;
     let mut calls = Vec::with_capacity(items.len());
     let mut total = 0usize;
     for item in items {
-        let ctx = scope.context(item.as_ref());
-        level = level.max(crate::sensitivity::of_context(
-            &ctx,
-            own,
-            scope.analysis,
-            scope.policy,
-            scope.levels,
-        ));
-        let system = info
-            .system
+        let ctx = ctx.for_item(item.as_ref());
+        let system = system
             .as_ref()
-            .map(|s| {
-                template::render(env, &s.text, &ctx)
+            .map(|(s, t)| {
+                t.render(&ctx)
                     .map_err(|e| scope.template(s, e, "the system prompt"))
             })
             .transpose()?;
-        let prompt = template::render(env, &info.prompt.text, &ctx)
+        let prompt = prompt
+            .render(&ctx)
             .map_err(|e| scope.template(&info.prompt, e, "the prompt"))?;
         let call = RenderedCall { system, prompt };
         total += call.len();
@@ -654,5 +667,49 @@ mod tests {
         assert_eq!(e.max_tokens(Tokenizer::O200kBase), big);
         assert!(e.max_tokens[0].get().is_some() && e.max_tokens[1].get().is_none());
         assert_eq!(e.max_tokens(Tokenizer::O200kBase), big);
+    }
+
+    /// A fan-out's cost per item must not grow with the fan-out: the
+    /// step's context (which holds the whole list it iterates) is built
+    /// and converted once, and each template compiled once, however many
+    /// items there are. Counted, not timed: rebuilding either per item (the
+    /// quadratic plan of issue 12) fails here.
+    #[test]
+    fn a_fan_out_builds_its_context_and_compiles_its_templates_once() {
+        let a = analysis(
+            "  s: {task: t, for_each: inputs.files, system: 'of {{ inputs.files | length }}', prompt: 'file {{ item }}'}\n",
+        );
+        for n in [1usize, 10, 1000] {
+            let files: Vec<String> = (0..n).map(|i| format!("f{i}")).collect();
+            let contexts = crate::analyze::CONTEXTS_BUILT.with(std::cell::Cell::get);
+            let compiled = template::COMPILED.with(std::cell::Cell::get);
+            let e = expand_with(&a, "s", json!({ "files": files }), Some(&Map::new())).unwrap();
+            assert_eq!(e.calls.len(), n);
+            assert_eq!(e.calls[n - 1].prompt, format!("file f{}", n - 1));
+            assert_eq!(
+                e.calls[0].system.as_deref(),
+                Some(format!("of {n}").as_str())
+            );
+            let contexts = crate::analyze::CONTEXTS_BUILT.with(std::cell::Cell::get) - contexts;
+            let compiled = template::COMPILED.with(std::cell::Cell::get) - compiled;
+            assert_eq!((contexts, compiled), (1, 2), "{n} items");
+        }
+    }
+
+    #[test]
+    fn an_item_is_only_in_a_for_each_steps_context() {
+        // `item` outside for_each stays an undefined-variable error even
+        // when a caller hands the context one.
+        let a = analysis("  s: {task: t, prompt: '{{ inputs.flag }}'}\n");
+        let inputs = json!({"flag": true, "secret": "x"});
+        let ctx = a.steps["s"].context(inputs.as_object().unwrap(), |_| Value::Null);
+        let with_item = ctx.for_item(Some(&json!("leak")));
+        let env = &a.env;
+        assert!(template::render(env, "{{ item }}", &with_item).is_err());
+        assert!(template::render(env, "{{ inputs.secret }}", &with_item).is_err());
+        assert_eq!(
+            template::render(env, "{{ inputs.flag }}", &with_item).unwrap(),
+            "True"
+        );
     }
 }

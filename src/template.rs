@@ -340,36 +340,71 @@ fn find_word(text: &str, word: &str) -> Option<usize> {
     None
 }
 
-/// Renders a template with the size limit: the one way tollgate renders a
-/// prompt. `ctx` must come from [`crate::analyze::StepInfo::context`].
+/// A template compiled once, rendered many times (once per `for_each`
+/// item): compiling per item made a fan-out pay for the parse n times.
+/// Every render of it runs on fresh [`FUEL`] and under
+/// [`MAX_RENDERED_BYTES`], exactly as [`render`].
+pub struct Compiled<'env, 'source> {
+    template: minijinja::Template<'env, 'source>,
+}
+
+/// Compiles a template for [`Compiled::render`].
+pub fn compile<'env, 'source>(
+    env: &'env Environment<'source>,
+    text: &'source str,
+) -> Result<Compiled<'env, 'source>, minijinja::Error> {
+    #[cfg(test)]
+    COMPILED.with(|n| n.set(n.get() + 1));
+    Ok(Compiled {
+        template: env.template_from_str(text)?,
+    })
+}
+
+#[cfg(test)]
+thread_local! {
+    /// How many templates [`compile`] compiled on this thread (`step`'s
+    /// tests check a fan-out compiles once, not once per item).
+    pub(crate) static COMPILED: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+impl Compiled<'_, '_> {
+    /// Renders with the size limit: the one way tollgate renders a prompt.
+    /// `ctx` must come from [`crate::analyze::StepInfo::context`]. Each
+    /// render gets its own fuel (minijinja gives every render a fresh
+    /// tracker from the environment's setting).
+    pub fn render(&self, ctx: &minijinja::Value) -> Result<String, minijinja::Error> {
+        let mut out = Capped::default();
+        let result = self.template.render_captured_to(ctx, &mut out);
+        if out.over {
+            return Err(minijinja::Error::new(
+                minijinja::ErrorKind::InvalidOperation,
+                format!("the rendered text is longer than {MAX_RENDERED_BYTES} bytes"),
+            ));
+        }
+        result?;
+        String::from_utf8(out.buf).map_err(|_| {
+            minijinja::Error::new(
+                minijinja::ErrorKind::InvalidOperation,
+                "the rendered text is not UTF-8",
+            )
+        })
+    }
+}
+
+/// Compiles and renders a template once ([`Compiled::render`]).
 pub fn render(
     env: &Environment<'_>,
     text: &str,
-    ctx: &serde_json::Value,
+    ctx: &minijinja::Value,
 ) -> Result<String, minijinja::Error> {
-    let t = env.template_from_str(text)?;
-    let mut out = Capped::default();
-    let result = t.render_captured_to(ctx, &mut out);
-    if out.over {
-        return Err(minijinja::Error::new(
-            minijinja::ErrorKind::InvalidOperation,
-            format!("the rendered text is longer than {MAX_RENDERED_BYTES} bytes"),
-        ));
-    }
-    result?;
-    String::from_utf8(out.buf).map_err(|_| {
-        minijinja::Error::new(
-            minijinja::ErrorKind::InvalidOperation,
-            "the rendered text is not UTF-8",
-        )
-    })
+    compile(env, text)?.render(ctx)
 }
 
 /// Evaluates an expression (`when`, `for_each`): the one way tollgate does.
 pub fn eval(
     env: &Environment<'_>,
     text: &str,
-    ctx: &serde_json::Value,
+    ctx: &minijinja::Value,
 ) -> Result<minijinja::Value, minijinja::Error> {
     compile_expression(env, text)?.eval(ctx)
 }
@@ -382,7 +417,7 @@ pub fn eval(
 pub fn eval_list(
     env: &Environment<'_>,
     text: &str,
-    ctx: &serde_json::Value,
+    ctx: &minijinja::Value,
 ) -> Result<serde_json::Value, minijinja::Error> {
     let v = eval(env, text, ctx)?;
     let too_many = || {
@@ -916,7 +951,7 @@ mod tests {
     #[test]
     fn renders_run_on_fuel_and_a_size_limit() {
         let env = environment();
-        let ctx = json!({});
+        let ctx = minijinja::Value::from_serialize(json!({}));
         let e = render(
             &env,
             "{% for a in range(100000) %}{% for b in range(100000) %}{% endfor %}{% endfor %}",
@@ -932,6 +967,25 @@ mod tests {
         .unwrap_err();
         assert!(e.to_string().contains("longer than"), "{e}");
         assert!(env.globals().all(|(name, _)| name != "debug"));
+    }
+
+    #[test]
+    fn a_compiled_template_gets_fresh_fuel_for_every_render() {
+        // A small budget stands in for FUEL: the template spends more than
+        // half of it (three steps a loop turn), so a shared tracker would fail
+        // the second render.
+        let mut env = environment();
+        env.set_fuel(Some(1_000));
+        let ctx = minijinja::Value::from_serialize(json!({}));
+        let once = "{% for a in range(250) %}{% endfor %}";
+        let t = compile(&env, once).unwrap();
+        for _ in 0..3 {
+            t.render(&ctx).unwrap();
+        }
+        let text = once.repeat(2);
+        let twice = compile(&env, &text).unwrap();
+        let e = twice.render(&ctx).unwrap_err();
+        assert_eq!(e.kind(), minijinja::ErrorKind::OutOfFuel);
     }
 
     #[test]

@@ -369,7 +369,7 @@ proptest! {
             .map(|i| (format!("in{i}"), json!(canary(i))))
             .collect();
         for (id, info) in &analysis.steps {
-            let ctx = info.context(&values, |_| Value::Null, None);
+            let ctx = info.context(&values, |_| Value::Null).base();
             let text = tollgate::template::render(&analysis.env, &info.prompt.text, &ctx).unwrap();
             for i in 0..labels.len() {
                 if text.contains(&canary(i)) {
