@@ -62,24 +62,30 @@ impl BatchLedger for Journal {
     }
 
     fn record(&self, key: &str, batch: &BatchRef) -> std::io::Result<()> {
-        self.conn()
-            .execute(
+        let (key, batch, now) = (key.to_owned(), batch.clone(), self.now());
+        self.write(move |tx| {
+            tx.execute(
                 "INSERT OR REPLACE INTO batches (key, provider, batch_id, submitted_ms, finished_ms)
                  VALUES (?1, ?2, ?3, ?4, NULL)",
-                params![key, batch.provider, batch.id, self.now()],
-            )
-            .map(|_| ())
-            .map_err(std::io::Error::other)
+                params![key, batch.provider, batch.id, now],
+            )?;
+            Ok(())
+        })
+        .map_err(std::io::Error::other)
     }
 
+    /// Through the writer, after the batch's answers queued before it: a
+    /// batch is never marked fetched before its answers are durable.
     fn finished(&self, key: &str) -> std::io::Result<()> {
-        self.conn()
-            .execute(
+        let (key, now) = (key.to_owned(), self.now());
+        self.write(move |tx| {
+            tx.execute(
                 "UPDATE batches SET finished_ms = ?2 WHERE key = ?1",
-                params![key, self.now()],
-            )
-            .map(|_| ())
-            .map_err(std::io::Error::other)
+                params![key, now],
+            )?;
+            Ok(())
+        })
+        .map_err(std::io::Error::other)
     }
 }
 

@@ -44,6 +44,17 @@ pub enum JournalError {
     /// Any SQLite failure while reading or writing an open journal.
     #[error("run journal: {0}")]
     Db(#[from] rusqlite::Error),
+    /// Why the writer's transaction failed, for every write of its group
+    /// (a full disk fails them all): one error, shared.
+    #[error("{0}")]
+    Group(std::sync::Arc<JournalError>),
+    /// The writer thread could not be started.
+    #[error("run journal: cannot start its writer: {0}")]
+    WriterStart(std::io::Error),
+    /// The writer thread is gone (the journal is closing): the write was
+    /// not made.
+    #[error("run journal: its writer has stopped; the write was not made")]
+    WriterStopped,
 }
 
 /// Callers that report problems as text (a diagnostic's message, an

@@ -13,10 +13,15 @@
 //! - **budgets over time and `tollgate report`**: spending per UTC day and
 //!   month ([`Journal::spent_since`], [`report`]).
 //!
-//! Every write is its own transaction, committed (and, with
-//! `synchronous=FULL`, on disk) before the call that made it returns: the
-//! executor writes a call's answer before the step's dependants can start, so
-//! a crash at any point loses at most the calls that were in flight.
+//! Writes go through one writer thread ([`writer`]) that commits whatever
+//! is queued in one transaction (group commit; with `synchronous=FULL`, on
+//! disk when acknowledged). A paid call's answer is committed before the
+//! call returns; a free call's answer (a local model, a cache hit, an error
+//! that cost nothing) may still be queued when the call returns, but the
+//! executor waits for the journal ([`Journal::flush`]) before a step's
+//! dependants start and before a run ends. So a crash at any point loses at
+//! most the calls in flight and free answers no dependant has used yet —
+//! never a paid answer, never an answer something else was built on.
 //!
 //! The journal never holds API keys: requests are identified by a hash of
 //! what was asked (model, messages, parameters), and keys live only in the
@@ -28,6 +33,7 @@ mod error;
 mod records;
 pub mod report;
 mod schema;
+mod writer;
 
 pub use batches::{BatchLedger, BatchRef};
 pub use clock::{Clock, Millis, format_day, format_time, parse_since, period_starts};
@@ -39,7 +45,7 @@ pub use records::{
 use schema::SCHEMA_VERSION;
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use serde_json::Value;
@@ -72,16 +78,19 @@ pub fn state_dir(flag: Option<&Path>) -> PathBuf {
     root.join(".tollgate")
 }
 
-/// The open journal. Cheap to share (`Arc`); calls are serialised on one
-/// connection, each its own short transaction.
+/// The open journal. Cheap to share (`Arc`). Writes are queued to its
+/// writer thread, which group-commits them on its own connection; reads and
+/// budget holds (a check and a hold in one transaction) use the journal's
+/// other connection, which WAL lets read while the writer commits.
 pub struct Journal {
     path: PathBuf,
-    conn: Mutex<Connection>,
+    conn: Arc<Mutex<Connection>>,
     clock: Clock,
     /// This process's id for its writes: spending "by others" (other
     /// processes, earlier sessions of a resumed run) is counted from the
     /// journal, this session's from the executor's own ledger.
-    session: String,
+    session: Arc<str>,
+    writer: writer::Writer,
 }
 
 impl std::fmt::Debug for Journal {
@@ -113,7 +122,15 @@ impl Journal {
             use std::os::unix::fs::PermissionsExt;
             let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600));
         }
-        Self::init(conn, path, clock)
+        let conn = Self::init(conn, &path)?;
+        // The writer's own connection, opened once the file is in WAL mode
+        // and has its tables.
+        let write = Connection::open(&path).map_err(|source| JournalError::Open {
+            path: path.clone(),
+            source,
+        })?;
+        Self::configure(&write)?;
+        Self::assemble(conn, path, clock, Some(write))
     }
 
     /// Opens `DIR/state.db` only if it exists (for commands that only read).
@@ -127,35 +144,65 @@ impl Journal {
     /// An in-memory journal (tests, benchmarks).
     pub fn in_memory(clock: Clock) -> Result<Journal, JournalError> {
         let conn = Connection::open_in_memory()?;
-        Self::init(conn, PathBuf::from(":memory:"), clock)
+        // A second connection would open a second, empty database: the
+        // writer shares this one.
+        let path = PathBuf::from(":memory:");
+        let conn = Self::init(conn, &path)?;
+        Self::assemble(conn, path, clock, None)
     }
 
-    fn init(conn: Connection, path: PathBuf, clock: Clock) -> Result<Journal, JournalError> {
-        // WAL: readers (report, another run's budget check) never block the
-        // writer. FULL: a committed call survives a power cut too, not only
-        // a crash of the process; one fsync per call is small beside a model
-        // call. busy_timeout: two runs at once wait for each other's
-        // short transactions instead of failing.
+    /// The settings of every connection to the journal. FULL: a committed
+    /// call survives a power cut too, not only a crash of the process (group
+    /// commit shares each fsync among the writes queued meanwhile).
+    /// busy_timeout: two runs at once wait for each other's short
+    /// transactions instead of failing.
+    fn configure(conn: &Connection) -> Result<(), JournalError> {
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
+        Ok(())
+    }
+
+    /// Sets the journal up on its first connection: WAL, the settings, the
+    /// schema (created or migrated).
+    fn init(conn: Connection, path: &Path) -> Result<Connection, JournalError> {
+        // WAL: readers (report, another run's budget check, this process's
+        // cache lookups) never block the writer, nor it them.
+        Self::configure(&conn)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
         let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
         if version > SCHEMA_VERSION {
             return Err(JournalError::NewerSchema {
-                path,
+                path: path.to_path_buf(),
                 found: version,
                 known: SCHEMA_VERSION,
             });
         }
         schema::create(&conn)?;
         conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        Ok(conn)
+    }
+
+    /// The journal over its connection and the writer's (`None`: the writer
+    /// shares `conn`).
+    fn assemble(
+        conn: Connection,
+        path: PathBuf,
+        clock: Clock,
+        write: Option<Connection>,
+    ) -> Result<Journal, JournalError> {
         let session = format!("{}-{:08x}", std::process::id(), fastrand::u32(..));
+        let conn = Arc::new(Mutex::new(conn));
+        let write_conn = match write {
+            Some(c) => writer::WriteConn::Own(c),
+            None => writer::WriteConn::Shared(Arc::clone(&conn)),
+        };
         Ok(Journal {
             path,
-            conn: Mutex::new(conn),
+            conn,
             clock,
-            session,
+            session: session.into(),
+            writer: writer::Writer::start(write_conn)?,
         })
     }
 
@@ -171,6 +218,23 @@ impl Journal {
         self.conn.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Runs `write` in the writer's next group and waits until it is
+    /// committed; what it produced.
+    fn write<T: Send + 'static>(
+        &self,
+        write: impl FnOnce(&Connection) -> Result<T, JournalError> + Send + 'static,
+    ) -> Result<T, JournalError> {
+        let slot = Arc::new(Mutex::new(None));
+        let out = Arc::clone(&slot);
+        self.writer.write_sync(Box::new(move |c| {
+            let v = write(c)?;
+            *out.lock().unwrap_or_else(|e| e.into_inner()) = Some(v);
+            Ok(())
+        }))?;
+        let v = slot.lock().unwrap_or_else(|e| e.into_inner()).take();
+        v.ok_or(JournalError::WriterStopped)
+    }
+
     /// Records a new run (status `running`) and returns its id:
     /// `r-YYYYMMDD-HHMMSS-xxxx` (UTC), short enough to type.
     pub fn begin_run(&self, run: &NewRun) -> Result<String, JournalError> {
@@ -178,48 +242,49 @@ impl Journal {
         let stamp = jiff::Timestamp::from_millisecond(now)
             .map(|t| t.strftime("%Y%m%d-%H%M%S").to_string())
             .unwrap_or_default();
-        let mut conn = self.conn();
-        let tx = conn.transaction()?;
-        let id = loop {
-            let id = format!("r-{stamp}-{:04x}", fastrand::u16(..));
-            let taken: bool = tx
-                .query_row("SELECT 1 FROM runs WHERE id = ?1", [&id], |_| Ok(true))
-                .optional()?
-                .unwrap_or(false);
-            if !taken {
-                break id;
-            }
-        };
-        tx.execute(
-            "INSERT INTO runs (id, workflow, workflow_path, workflow_hash, policy, policy_path, policy_hash,
-                inputs_hash, inputs, started_ms, status, steps_total, estimate_usd, estimate_max_usd, pid,
-                pid_start)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 'running', ?11, ?12, ?13, ?14, ?15)",
-            params![
-                id,
-                run.workflow,
-                run.workflow_path,
-                run.workflow_hash,
-                run.policy,
-                run.policy_path,
-                run.policy_hash,
-                sha256_json(&run.inputs),
-                run.inputs.to_string(),
-                now,
-                run.steps.len() as i64,
-                run.estimate_usd,
-                run.estimate_max_usd,
-                std::process::id(),
-                own_start(),
-            ],
-        )
-        ?;
-        for s in &run.steps {
+        let run = run.clone();
+        // Inside the writer's transaction: the free id stays free.
+        self.write(move |tx| {
+            let id = loop {
+                let id = format!("r-{stamp}-{:04x}", fastrand::u16(..));
+                let taken: bool = tx
+                    .query_row("SELECT 1 FROM runs WHERE id = ?1", [&id], |_| Ok(true))
+                    .optional()?
+                    .unwrap_or(false);
+                if !taken {
+                    break id;
+                }
+            };
             tx.execute(
+                "INSERT INTO runs (id, workflow, workflow_path, workflow_hash, policy, policy_path, policy_hash,
+                    inputs_hash, inputs, started_ms, status, steps_total, estimate_usd, estimate_max_usd, pid,
+                    pid_start)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 'running', ?11, ?12, ?13, ?14, ?15)",
+                params![
+                    id,
+                    run.workflow,
+                    run.workflow_path,
+                    run.workflow_hash,
+                    run.policy,
+                    run.policy_path,
+                    run.policy_hash,
+                    sha256_json(&run.inputs),
+                    run.inputs.to_string(),
+                    now,
+                    run.steps.len() as i64,
+                    run.estimate_usd,
+                    run.estimate_max_usd,
+                    std::process::id(),
+                    own_start(),
+                ],
+            )?;
+            let mut step = tx.prepare_cached(
                 "INSERT INTO steps (run_id, step, status, planned_model, planned_calls, estimate_usd,
                     estimate_max_usd, flagship_estimate_usd)
                  VALUES (?1, ?2, 'pending', ?3, ?4, ?5, ?6, ?7)",
-                params![
+            )?;
+            for s in &run.steps {
+                step.execute(params![
                     id,
                     s.id,
                     s.model,
@@ -227,57 +292,78 @@ impl Journal {
                     s.estimate_usd,
                     s.estimate_max_usd,
                     s.flagship_estimate_usd
-                ],
-            )
-            ?;
-        }
-        tx.commit()?;
-        Ok(id)
+                ])?;
+            }
+            Ok(id)
+        })
     }
 
     /// Marks a journaled run as running again in this process — only if it
     /// is still as `seen` (not running, or running in the dead process
     /// `seen.pid`): two resumes of one run at once would pay twice.
     pub fn reopen_run(&self, seen: &RunRow) -> Result<(), JournalError> {
-        let changed = self.conn().execute(
-            "UPDATE runs SET status = 'running', finished_ms = NULL, pid = ?2, pid_start = ?4,
-                    sessions = sessions + 1
-                 WHERE id = ?1 AND (status != 'running' OR pid = ?3)",
-            params![seen.id, std::process::id(), seen.pid, own_start()],
-        )?;
+        let (id, pid) = (seen.id.clone(), seen.pid);
+        let changed = self.write(move |tx| {
+            Ok(tx.execute(
+                "UPDATE runs SET status = 'running', finished_ms = NULL, pid = ?2, pid_start = ?4,
+                        sessions = sessions + 1
+                     WHERE id = ?1 AND (status != 'running' OR pid = ?3)",
+                params![id, std::process::id(), pid, own_start()],
+            )?)
+        })?;
         if changed == 0 {
             return Err(JournalError::ResumedElsewhere(seen.id.clone()));
         }
         Ok(())
     }
 
-    /// Records how a run ended; its cost is every call of every session.
+    /// Records how a run ended; its cost is every call of every session
+    /// (the writer commits in order: every call queued before is counted).
     pub fn finish_run(&self, id: &str, status: &str) -> Result<(), JournalError> {
-        self.conn()
-            .execute(
+        let (id, status, now) = (id.to_owned(), status.to_owned(), self.now());
+        self.write(move |tx| {
+            tx.execute(
                 "UPDATE runs SET status = ?2, finished_ms = ?3,
                     cost_usd = (SELECT COALESCE(SUM(MAX(cost_usd, 0)), 0) FROM calls WHERE run_id = ?1)
                  WHERE id = ?1",
-                params![id, status, self.now()],
-            )
-            ?;
-        Ok(())
+                params![id, status, now],
+            )?;
+            Ok(())
+        })
     }
 
-    /// Records how a step ended.
+    /// The write of a step's status.
+    fn step_write(&self, run_id: &str, step: &str, status: &str) -> writer::WriteFn {
+        let (run_id, step, status) = (run_id.to_owned(), step.to_owned(), status.to_owned());
+        let now = self.now();
+        Box::new(move |tx| {
+            tx.prepare_cached(
+                "UPDATE steps SET status = ?3, finished_ms = ?4 WHERE run_id = ?1 AND step = ?2",
+            )?
+            .execute(params![run_id, step, status, now])?;
+            Ok(())
+        })
+    }
+
+    /// Records how a step ended, committed before this returns.
     pub fn finish_step(&self, run_id: &str, step: &str, status: &str) -> Result<(), JournalError> {
-        self.conn().execute(
-            "UPDATE steps SET status = ?3, finished_ms = ?4 WHERE run_id = ?1 AND step = ?2",
-            params![run_id, step, status, self.now()],
-        )?;
-        Ok(())
+        self.writer
+            .write_sync(self.step_write(run_id, step, status))
     }
 
-    /// Writes one call attempt, committed before this returns.
-    pub fn record_call(&self, run_id: &str, c: &CallRecord) -> Result<(), JournalError> {
-        let output = c.output.as_ref().map(Value::to_string);
-        self.conn()
-            .execute(
+    /// Queues how a step ended, after every write queued before it: durable
+    /// by the next [`Journal::flush`], which reports its failure.
+    pub fn queue_step(&self, run_id: &str, step: &str, status: &str) -> Result<(), JournalError> {
+        self.writer
+            .write_queued(self.step_write(run_id, step, status))
+    }
+
+    /// The write of one call attempt.
+    fn call_write(&self, run_id: &str, c: CallRecord) -> writer::WriteFn {
+        let (run_id, session, now) = (run_id.to_owned(), Arc::clone(&self.session), self.now());
+        Box::new(move |tx| {
+            let output = c.output.as_ref().map(Value::to_string);
+            tx.prepare_cached(
                 "INSERT INTO calls (run_id, session, step, item, attempt, request_hash, model, provider,
                     provider_model, tier, local, started_ms, finished_ms, latency_ms, outcome, error,
                     input_tokens, output_tokens, cached_tokens, cache_write_tokens, reasoning_tokens,
@@ -285,45 +371,78 @@ impl Journal {
                     saved_usd, batch, from_cache, cacheable, response, output, prompt_hash, usage_flag)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
                     ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31, ?32, ?33, ?34)",
-                params![
-                    run_id,
-                    self.session,
-                    c.step,
-                    c.item.map(|i| i as i64),
-                    c.attempt,
-                    c.request_hash,
-                    c.model,
-                    c.provider,
-                    c.provider_model,
-                    c.tier,
-                    c.local,
-                    c.started_ms,
-                    self.now(),
-                    c.latency_ms as i64,
-                    c.outcome.as_str(),
-                    c.error,
-                    c.usage.input_tokens as i64,
-                    c.usage.output_tokens as i64,
-                    c.usage.cached_input_tokens as i64,
-                    c.usage.cache_write_tokens as i64,
-                    c.usage.reasoning_tokens as i64,
-                    c.usage.cache_write_1h_tokens as i64,
-                    c.cost_usd,
-                    c.list_cost_usd,
-                    c.flagship_cost_usd,
-                    c.estimate_usd,
-                    c.saved_usd,
-                    c.batch,
-                    c.from_cache,
-                    c.cacheable,
-                    c.response,
-                    output,
-                    c.prompt_hash,
-                    c.usage_flag,
-                ],
-            )
-            ?;
-        Ok(())
+            )?
+            .execute(params![
+                run_id,
+                &*session,
+                c.step,
+                c.item.map(|i| i as i64),
+                c.attempt,
+                c.request_hash,
+                c.model,
+                c.provider,
+                c.provider_model,
+                c.tier,
+                c.local,
+                c.started_ms,
+                now,
+                c.latency_ms as i64,
+                c.outcome.as_str(),
+                c.error,
+                c.usage.input_tokens as i64,
+                c.usage.output_tokens as i64,
+                c.usage.cached_input_tokens as i64,
+                c.usage.cache_write_tokens as i64,
+                c.usage.reasoning_tokens as i64,
+                c.usage.cache_write_1h_tokens as i64,
+                c.cost_usd,
+                c.list_cost_usd,
+                c.flagship_cost_usd,
+                c.estimate_usd,
+                c.saved_usd,
+                c.batch,
+                c.from_cache,
+                c.cacheable,
+                c.response,
+                output,
+                c.prompt_hash,
+                c.usage_flag,
+            ])?;
+            Ok(())
+        })
+    }
+
+    /// Writes one call attempt, committed before this returns (blocking
+    /// the thread: not for async code, which has [`Journal::commit_call`]).
+    pub fn record_call(&self, run_id: &str, c: &CallRecord) -> Result<(), JournalError> {
+        self.writer.write_sync(self.call_write(run_id, c.clone()))
+    }
+
+    /// Writes one call attempt; returns once it is committed (the writer
+    /// commits it with whatever else is queued).
+    pub async fn commit_call(&self, run_id: &str, c: CallRecord) -> Result<(), JournalError> {
+        self.writer
+            .write_record(self.call_write(run_id, c), true)
+            .await
+    }
+
+    /// Queues one call attempt, waiting only for room in the bounded queue:
+    /// durable by the next [`Journal::flush`], which reports its failure.
+    pub async fn queue_call(&self, run_id: &str, c: CallRecord) -> Result<(), JournalError> {
+        self.writer
+            .write_record(self.call_write(run_id, c), false)
+            .await
+    }
+
+    /// Waits until every write queued so far is committed; the first
+    /// failure of a queued write since the last flush, if any.
+    pub async fn flush(&self) -> Result<(), JournalError> {
+        self.writer.flush().await
+    }
+
+    /// [`Journal::flush`], blocking the thread.
+    pub fn flush_blocking(&self) -> Result<(), JournalError> {
+        self.writer.flush_sync()
     }
 
     /// Every call of a run that finished with an answer, by (step, item).
@@ -404,7 +523,7 @@ impl Journal {
             let mut stmt = tx.prepare(
                 "SELECT id, pid, pid_start, amount_usd, created_ms FROM holds WHERE session != ?1",
             )?;
-            stmt.query_map([&self.session], |r| {
+            stmt.query_map([&*self.session], |r| {
                 Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
             })?
             .collect::<Result<_, _>>()?
@@ -422,7 +541,7 @@ impl Journal {
             let spent: f64 = tx
                 .query_row(
                     "SELECT COALESCE(SUM(MAX(cost_usd, 0)), 0) FROM calls WHERE finished_ms >= ?1 AND session != ?2",
-                    params![since, self.session],
+                    params![since, &*self.session],
                     |r| r.get(0),
                 )
                 ?;
@@ -434,18 +553,23 @@ impl Journal {
         tx.execute(
             "INSERT INTO holds (session, pid, pid_start, amount_usd, created_ms)
              VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![self.session, std::process::id(), own_start(), amount, now],
+            params![&*self.session, std::process::id(), own_start(), amount, now],
         )?;
         let id = tx.last_insert_rowid();
         tx.commit()?;
         Ok(Ok(id))
     }
 
-    /// Ends a hold: its call settled and its cost is journaled.
+    /// Ends a hold: its call settled and its cost is journaled. Queued
+    /// after the call's record, so the hold goes in the same transaction as
+    /// the cost or a later one — others may count the call twice for a
+    /// moment, never not at all. Durable by the next [`Journal::flush`].
     pub fn release_hold(&self, id: i64) -> Result<(), JournalError> {
-        self.conn()
-            .execute("DELETE FROM holds WHERE id = ?1", [id])?;
-        Ok(())
+        self.writer.write_queued(Box::new(move |tx| {
+            tx.prepare_cached("DELETE FROM holds WHERE id = ?1")?
+                .execute([id])?;
+            Ok(())
+        }))
     }
 
     /// Money spent since `since`, by everyone.
@@ -693,8 +817,93 @@ mod tests {
             b.try_hold(0.6, &[(0, 1.0, 0.0)]).unwrap(),
             Err((0, 0.0, 0.6))
         );
-        // …until A's call settles.
+        // …until A's call settles (the release is queued behind the
+        // call's record: committed by the next flush).
         a.release_hold(held).unwrap();
+        a.flush_blocking().unwrap();
         assert!(b.try_hold(0.6, &[(0, 1.0, 0.0)]).unwrap().is_ok());
+    }
+
+    fn answer(item: usize) -> CallRecord {
+        CallRecord {
+            step: "a".into(),
+            item: Some(item),
+            model: "m".into(),
+            outcome: AttemptOutcome::Ok,
+            output: Some(Value::String(format!("answer {item}"))),
+            ..CallRecord::default()
+        }
+    }
+
+    /// Many writers at once, committed or queued: every record lands, once;
+    /// a flush covers every queued one.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_writes_are_group_committed_and_all_land() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Arc::new(Journal::open(dir.path(), Clock::Fixed(1_000)).unwrap());
+        let id = j.begin_run(&new_run()).unwrap();
+        let mut tasks = Vec::new();
+        for t in 0..8 {
+            let (j, id) = (Arc::clone(&j), id.clone());
+            tasks.push(tokio::spawn(async move {
+                for k in 0..50 {
+                    let item = t * 1000 + k;
+                    if k % 2 == 0 {
+                        j.commit_call(&id, answer(item)).await.unwrap();
+                    } else {
+                        j.queue_call(&id, answer(item)).await.unwrap();
+                    }
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        j.flush().await.unwrap();
+        // Read by another connection (another process would see the same).
+        let other = Journal::open(dir.path(), Clock::Fixed(1_000)).unwrap();
+        let done = other.finished_calls(&id).unwrap();
+        assert_eq!(done.len(), 400);
+        assert_eq!(done[&("a".to_owned(), Some(7049))].output, "answer 7049");
+    }
+
+    /// A write that fails fails alone and says why; the writer goes on.
+    #[test]
+    fn a_failed_write_fails_only_its_sender() {
+        let j = Journal::in_memory(Clock::Fixed(1_000)).unwrap();
+        let id = j.begin_run(&new_run()).unwrap();
+        // No such run: the foreign key refuses the row.
+        let err = j.record_call("r-none", &answer(1)).unwrap_err();
+        assert!(matches!(err, JournalError::Db(_)), "{err:?}");
+        assert!(err.to_string().starts_with("run journal: "), "{err}");
+        j.record_call(&id, &answer(2)).unwrap();
+        assert_eq!(j.finished_calls(&id).unwrap().len(), 1);
+    }
+
+    /// A full disk fails the calls waiting on the writer with its error —
+    /// no hang, no panic — and a queued write's failure is reported by the
+    /// next flush, once.
+    #[tokio::test]
+    async fn a_full_disk_fails_the_waiting_calls_and_the_flush() {
+        let j = Journal::in_memory(Clock::Fixed(1_000)).unwrap();
+        let id = j.begin_run(&new_run()).unwrap();
+        let pages: i64 = j
+            .conn()
+            .pragma_query_value(None, "page_count", |r| r.get(0))
+            .unwrap();
+        j.conn()
+            .pragma_update(None, "max_page_count", pages)
+            .unwrap();
+        let big = |item| CallRecord {
+            response: Some("x".repeat(64 * 1024)),
+            ..answer(item)
+        };
+        let err = j.commit_call(&id, big(1)).await.unwrap_err();
+        assert!(err.to_string().contains("full"), "{err}");
+        j.queue_call(&id, big(2)).await.unwrap();
+        let err = j.flush().await.unwrap_err();
+        assert!(err.to_string().contains("full"), "{err}");
+        j.flush().await.unwrap();
+        assert!(j.finished_calls(&id).unwrap().is_empty());
     }
 }

@@ -206,11 +206,22 @@ impl Dispatcher {
         let deadline = options.run_timeout.map(|t| tokio::time::Instant::now() + t);
         // Cancelled before it began (Ctrl-C during a test suite): start nothing.
         let mut stopped: Option<RunStatus> = cancel.is_cancelled().then_some(RunStatus::Cancelled);
+        // A step finished since the journal was last made durable.
+        let mut finished = false;
         loop {
             if stopped.is_none() {
+                if finished {
+                    // Free calls' answers are only queued for the journal
+                    // (see `Shared::journal_call`): nothing is built on
+                    // them before they are durable.
+                    self.sh.journal_durable().await;
+                    finished = false;
+                }
                 self.start_ready();
             }
             if self.tasks.is_empty() {
+                // The run ends with everything it did on disk.
+                self.sh.journal_durable().await;
                 return stopped;
             }
             let sleep_until = async {
@@ -229,10 +240,13 @@ impl Dispatcher {
                     stopped = Some(RunStatus::TimedOut);
                     self.tasks.abort_all();
                 }
-                joined = self.tasks.join_next_with_id() => match joined {
-                    Some(Ok((_, (i, report)))) => self.finished(i, report),
-                    Some(Err(err)) => self.broken(&err, stopped),
-                    None => {}
+                joined = self.tasks.join_next_with_id() => {
+                    finished = true;
+                    match joined {
+                        Some(Ok((_, (i, report)))) => self.finished(i, report),
+                        Some(Err(err)) => self.broken(&err, stopped),
+                        None => {}
+                    }
                 },
             }
         }

@@ -48,32 +48,49 @@ impl Shared {
         }
     }
 
-    /// Writes a call attempt; committed before this returns.
+    /// Writes a call attempt. A paid one is committed before this returns:
+    /// a crash must never make it be paid for again. A free one (nothing
+    /// charged: a local model, a cache hit, an error that cost nothing) is
+    /// only queued — the next call goes out while the writer commits — and
+    /// is durable by [`Shared::journal_durable`], which the dispatcher
+    /// awaits before a step's dependants start and before the run ends; a
+    /// crash before then costs a free call made again, nothing more.
     pub(super) async fn journal_call(&self, record: CallRecord) {
         let Some(j) = &self.options.journal else {
             return;
         };
-        let journal = Arc::clone(&j.journal);
-        let run_id = j.run_id.clone();
-        // SQLite blocks (a commit waits for the disk): off the async workers.
-        let written =
-            tokio::task::spawn_blocking(move || journal.record_call(&run_id, &record)).await;
-        match written {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => self.emit(Event::JournalError {
+        let written = if record.cost_usd > 0.0 {
+            j.journal.commit_call(&j.run_id, record).await
+        } else {
+            j.journal.queue_call(&j.run_id, record).await
+        };
+        if let Err(e) = written {
+            self.emit(Event::JournalError {
                 message: e.to_string(),
-            }),
-            Err(e) => self.emit(Event::JournalError {
-                message: format!("run journal: {e}"),
-            }),
+            });
         }
     }
 
+    /// Queues a step's status after its calls' records (durable by
+    /// [`Shared::journal_durable`]).
     pub(super) fn journal_step(&self, step: &str, status: StepStatus) {
         let Some(j) = &self.options.journal else {
             return;
         };
-        if let Err(e) = j.journal.finish_step(&j.run_id, step, status.as_str()) {
+        if let Err(e) = j.journal.queue_step(&j.run_id, step, status.as_str()) {
+            self.emit(Event::JournalError {
+                message: e.to_string(),
+            });
+        }
+    }
+
+    /// Waits until everything this run queued for the journal is committed
+    /// (reporting a queued write that failed).
+    pub(super) async fn journal_durable(&self) {
+        let Some(j) = &self.options.journal else {
+            return;
+        };
+        if let Err(e) = j.journal.flush().await {
             self.emit(Event::JournalError {
                 message: e.to_string(),
             });
@@ -109,7 +126,8 @@ impl OutsideSpend for JournalSpend {
     }
 
     fn release(&self, hold: u64) {
-        // A hold left behind only makes other processes more careful until
+        // Queued after the call's record (see `Journal::release_hold`). A
+        // hold left behind only makes other processes more careful until
         // this one exits.
         let _ = self.0.release_hold(hold as i64);
     }

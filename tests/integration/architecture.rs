@@ -15,9 +15,10 @@
 //!   `dbg!`, `std::process::exit`) only in `src/cli*`, `src/progress.rs`
 //!   and `src/main.rs`;
 //! - **tasks** (`tokio::spawn`, `tokio::task::spawn*`, `JoinSet`,
-//!   `thread::spawn`) only in the executor (`src/run/`), the CLI (signal
-//!   handling, the progress reporter) and `eval::runner` (journal writes off
-//!   the async threads); **processes** (`std::process::Command`,
+//!   `thread::spawn`, `thread::Builder`) only in the executor (`src/run/`),
+//!   the CLI (signal handling, the progress reporter), `eval::runner`
+//!   (journal writes off the async threads) and `journal::writer` (its one
+//!   writer thread); **processes** (`std::process::Command`,
 //!   `tokio::process::Command`) only in `run::local_server` (llama-server,
 //!   `kill`), `process` (the `kill -0` liveness fallback) and `git` (a
 //!   policy at a revision, for `plan --compare`).
@@ -604,14 +605,20 @@ fn tasks_are_spawned_only_where_the_architecture_says() {
     assert_none(
         outside(
             &sources(),
-            r"\btokio\s*::\s*spawn\b|\btask\s*::\s*spawn\w*|\bJoinSet\b|\bthread\s*::\s*spawn\b",
+            r"\btokio\s*::\s*spawn\b|\btask\s*::\s*spawn\w*|\bJoinSet\b|\bthread\s*::\s*(?:spawn|Builder)\b",
             // The executor (step tasks, journal writes off the async
             // threads), the CLI (signal handling, the progress reporter),
-            // the suite runner (journal writes).
-            &["src/run/", "src/cli*", "src/eval/runner.rs"],
-            "spawns a task outside run, cli and eval::runner",
+            // the suite runner (journal writes), the journal's one writer
+            // thread (group commit).
+            &[
+                "src/run/",
+                "src/cli*",
+                "src/eval/runner.rs",
+                "src/journal/writer.rs",
+            ],
+            "spawns a task outside run, cli, eval::runner and journal::writer",
         ),
-        "tasks are spawned only by `run`, `cli` and `eval::runner`",
+        "tasks are spawned only by `run`, `cli`, `eval::runner` and the journal's writer",
     );
 }
 

@@ -259,6 +259,153 @@ async fn a_run_killed_at_any_call_resumes_to_the_same_outputs_without_paying_twi
     assert!(partial_fan_outs > 0, "no kill point split the for_each");
 }
 
+/// The step a request of [`CRASHY`] belongs to, from its prompt.
+fn crashy_step(body: &str) -> &'static str {
+    [
+        ("Outline a note", "outline"),
+        ("Facts about", "facts"),
+        ("Write the ", "sections"),
+        ("Check ", "check"),
+        ("Title for", "title"),
+        ("Merge ", "merge"),
+        ("Review ", "review"),
+        ("Final: ", "final"),
+    ]
+    .into_iter()
+    .find(|(prompt, _)| body.contains(prompt))
+    .map(|(_, step)| step)
+    .unwrap_or_else(|| panic!("not a CRASHY request: {body}"))
+}
+
+/// The steps of [`CRASHY`] a step reads.
+fn crashy_needs(step: &str) -> &'static [&'static str] {
+    match step {
+        "sections" | "title" => &["outline"],
+        "check" => &["facts"],
+        "merge" => &["sections", "check"],
+        "review" => &["merge", "title"],
+        "final" => &["review"],
+        _ => &[],
+    }
+}
+
+/// Free calls (a local model) are only queued for the journal, which is
+/// made durable before a step's dependants start: a kill at any call, with
+/// no wait for the journal, loses at most free answers nothing was built
+/// on yet — every step a sent request depends on is whole in the journal —
+/// and the resume sends exactly the calls the journal does not hold, never
+/// one it does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn free_calls_killed_at_any_call_lose_nothing_a_dependant_used() {
+    let free = |fake: &FakeServer| {
+        policy(fake, "")
+            .replace("use: flagship", "use: local")
+            .replace("use: budget", "use: local")
+            .replace("use: workhorse", "use: local")
+    };
+    let fake = FakeServer::start().await;
+    fake.set_handler(|r| Reply::text(answer_for(&r.raw_body)).usage(20, 5));
+    let p = Project::new(&free(&fake), CRASHY);
+    let out = tollgate(&p, &run_args(&[]), &[]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", transcript(&out));
+    let reference = report(&out);
+    assert_eq!(reference["cost_usd"], 0.0, "the calls are free");
+    let expected = outputs(&reference);
+
+    for kill_at in 1..=CRASHY_CALLS {
+        let fake = FakeServer::start().await;
+        // Bodies sent, in order; from `kill_at` on, held (until the kill).
+        let sent: Arc<Mutex<Vec<String>>> = Arc::default();
+        let holding = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let held = Arc::new(Notify::new());
+        {
+            let (sent, holding, held) =
+                (Arc::clone(&sent), Arc::clone(&holding), Arc::clone(&held));
+            fake.set_handler(move |r: &Recorded| {
+                let reply = Reply::text(answer_for(&r.raw_body)).usage(20, 5);
+                if r.body.is_null() {
+                    return reply;
+                }
+                let mut sent = sent.lock().unwrap();
+                sent.push(r.raw_body.clone());
+                if !holding.load(Ordering::SeqCst) || sent.len() < kill_at {
+                    return reply;
+                }
+                if sent.len() == kill_at {
+                    held.notify_one();
+                }
+                reply.delay(Duration::from_secs(300))
+            });
+        }
+        let p = Project::new(&free(&fake), CRASHY);
+        let mut child = command(&p, &run_args(&[]), &[])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        tokio::time::timeout(Duration::from_secs(60), held.notified())
+            .await
+            .unwrap_or_else(|_| panic!("request {kill_at} never came"));
+        // At once: whatever the writer had not committed is lost.
+        child.start_kill().unwrap();
+        child.wait().await.unwrap();
+        holding.store(false, Ordering::SeqCst);
+
+        let journal = journal_of(&p);
+        let run = journal.run("last").unwrap().expect("the run is journaled");
+        let finished = journal.finished_calls(&run.id).unwrap();
+        drop(journal);
+        assert!(finished.len() < kill_at, "kill at {kill_at}");
+        let whole = |step: &str| {
+            let n = if step == "sections" { 4 } else { 1 };
+            finished.keys().filter(|(s, _)| s == step).count() == n
+        };
+        let before_kill: Vec<String> = sent.lock().unwrap().clone();
+        for body in &before_kill {
+            for need in crashy_needs(crashy_step(body)) {
+                assert!(
+                    whole(need),
+                    "kill at {kill_at}: `{}` was sent before `{need}` was durable",
+                    crashy_step(body)
+                );
+            }
+        }
+
+        let out = tollgate(
+            &p,
+            &["run", "--resume", &run.id, "--format", "json", "--no-cache"],
+            &[],
+        )
+        .await;
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "kill at {kill_at}: {}",
+            transcript(&out)
+        );
+        let r = report(&out);
+        assert_eq!(outputs(&r), expected, "kill at {kill_at}");
+        assert_eq!(r["resumed_calls"], finished.len(), "kill at {kill_at}");
+        let after: Vec<String> = sent.lock().unwrap()[before_kill.len()..].to_vec();
+        // Exactly the calls the journal did not hold were sent again…
+        assert_eq!(
+            after.len(),
+            CRASHY_CALLS - finished.len(),
+            "kill at {kill_at}"
+        );
+        // …never one it held.
+        for call in finished.values() {
+            let answered = after
+                .iter()
+                .any(|b| answer_for(b) == call.output.as_str().unwrap());
+            assert!(
+                !answered,
+                "kill at {kill_at}: a journaled call was sent again"
+            );
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resume_refuses_a_changed_workflow_and_an_unknown_run() {
     let fake = FakeServer::start().await;

@@ -1,0 +1,294 @@
+//! Group commit: one thread owns the journal's write connection, takes the
+//! writes queued by every caller and commits everything queued in one
+//! transaction — one fsync for a group instead of one per write.
+//!
+//! There is no timer: the thread sleeps until a write arrives and commits
+//! at once, so a lone write waits for nothing but its own fsync; writes that
+//! arrive while an fsync runs queue up and go together in the next
+//! transaction. Each write runs inside its own savepoint, so a write that
+//! fails (a constraint) is undone alone and only its sender hears of it; a
+//! commit that fails (disk full) fails every write of the group. Writes go
+//! out in the order they were queued, so a write queued after another is
+//! never durable before it.
+//!
+//! A sender learns the outcome through its acknowledgement: awaited
+//! (`oneshot`), waited for by a synchronous caller (a `sync_channel`, which
+//! unlike tokio's blocking receive may be used anywhere), or none — a
+//! queued write whose failure is kept for the next [`Writer::flush`]. Call
+//! records hold a permit of a bounded semaphore until they are committed:
+//! a writer that falls behind slows its senders instead of queueing without
+//! limit. Nothing panics and nothing hangs when the thread is gone: senders
+//! get [`JournalError::WriterStopped`].
+
+use std::sync::mpsc::{SyncSender, sync_channel};
+use std::sync::{Arc, Mutex};
+
+use rusqlite::{Connection, TransactionBehavior};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+
+use super::JournalError;
+
+/// Call records queued and not yet committed, at most: enough to keep the
+/// disk busy with large groups, small enough to bound memory (a record
+/// holds one answer, itself bounded by the provider's response limits).
+const QUEUE_RECORDS: usize = 1024;
+
+/// Writes committed in one transaction, at most: a group's commit stays
+/// short, and acknowledgements start flowing while more arrive.
+const MAX_GROUP: usize = 512;
+
+/// One write: runs on the writer's connection inside the group's
+/// transaction.
+pub(super) type WriteFn = Box<dyn FnOnce(&Connection) -> Result<(), JournalError> + Send>;
+
+/// Who hears how a write ended.
+enum Ack {
+    /// Nobody now: a failure is kept for the next flush.
+    Queued,
+    Async(oneshot::Sender<Result<(), JournalError>>),
+    Sync(SyncSender<Result<(), JournalError>>),
+}
+
+impl Ack {
+    fn send(self, result: Result<(), JournalError>, failed: &mut Option<JournalError>) {
+        match self {
+            Ack::Queued => {
+                if let Err(e) = result {
+                    failed.get_or_insert(e);
+                }
+            }
+            Ack::Async(tx) => {
+                let _ = tx.send(result);
+            }
+            Ack::Sync(tx) => {
+                let _ = tx.send(result);
+            }
+        }
+    }
+}
+
+enum Op {
+    Write {
+        /// Taken when it runs.
+        write: Option<WriteFn>,
+        ack: Ack,
+        /// Released once the write is committed (or failed).
+        _permit: Option<OwnedSemaphorePermit>,
+    },
+    /// Acknowledged once every write queued before it is committed, with
+    /// the first failure of a queued write since the last flush.
+    Flush(Ack),
+}
+
+/// The connection the writer commits on: its own (a journal on disk), or
+/// the journal's one connection (in memory, where a second connection would
+/// open a second, empty database).
+pub(super) enum WriteConn {
+    Own(Connection),
+    Shared(Arc<Mutex<Connection>>),
+}
+
+/// The sending side; the thread stops when it is dropped (after committing
+/// what was queued), and dropping waits for it.
+pub(super) struct Writer {
+    tx: Option<mpsc::UnboundedSender<Op>>,
+    slots: Arc<Semaphore>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Writer {
+    pub(super) fn start(conn: WriteConn) -> Result<Writer, JournalError> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let thread = std::thread::Builder::new()
+            .name("tollgate-journal".into())
+            .spawn(move || run(conn, rx))
+            .map_err(JournalError::WriterStart)?;
+        Ok(Writer {
+            tx: Some(tx),
+            slots: Arc::new(Semaphore::new(QUEUE_RECORDS)),
+            thread: Some(thread),
+        })
+    }
+
+    fn send(&self, op: Op) -> Result<(), JournalError> {
+        let tx = self.tx.as_ref().ok_or(JournalError::WriterStopped)?;
+        tx.send(op).map_err(|_| JournalError::WriterStopped)
+    }
+
+    /// Queues a write and waits (blocking this thread) until it is
+    /// committed.
+    pub(super) fn write_sync(&self, write: WriteFn) -> Result<(), JournalError> {
+        let (tx, rx) = sync_channel(1);
+        self.send(Op::Write {
+            write: Some(write),
+            ack: Ack::Sync(tx),
+            _permit: None,
+        })?;
+        rx.recv().unwrap_or(Err(JournalError::WriterStopped))
+    }
+
+    /// Queues a write without waiting; its failure is reported by the next
+    /// [`Writer::flush`]. Unbounded: for the few writes made from code that
+    /// cannot wait (a step's status, a hold's release), each following
+    /// bounded writes.
+    pub(super) fn write_queued(&self, write: WriteFn) -> Result<(), JournalError> {
+        self.send(Op::Write {
+            write: Some(write),
+            ack: Ack::Queued,
+            _permit: None,
+        })
+    }
+
+    /// Queues a call record, waiting for room in the queue; when `durable`,
+    /// waits until it is committed too, else its failure is reported by the
+    /// next [`Writer::flush`].
+    pub(super) async fn write_record(
+        &self,
+        write: WriteFn,
+        durable: bool,
+    ) -> Result<(), JournalError> {
+        let permit = Arc::clone(&self.slots)
+            .acquire_owned()
+            .await
+            .map_err(|_| JournalError::WriterStopped)?;
+        if !durable {
+            return self.send(Op::Write {
+                write: Some(write),
+                ack: Ack::Queued,
+                _permit: Some(permit),
+            });
+        }
+        let (tx, rx) = oneshot::channel();
+        self.send(Op::Write {
+            write: Some(write),
+            ack: Ack::Async(tx),
+            _permit: Some(permit),
+        })?;
+        rx.await.unwrap_or(Err(JournalError::WriterStopped))
+    }
+
+    /// Waits until every write queued so far is committed; the first
+    /// failure of a queued write since the last flush, if any.
+    pub(super) async fn flush(&self) -> Result<(), JournalError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Op::Flush(Ack::Async(tx)))?;
+        rx.await.unwrap_or(Err(JournalError::WriterStopped))
+    }
+
+    /// [`Writer::flush`] for synchronous callers.
+    pub(super) fn flush_sync(&self) -> Result<(), JournalError> {
+        let (tx, rx) = sync_channel(1);
+        self.send(Op::Flush(Ack::Sync(tx)))?;
+        rx.recv().unwrap_or(Err(JournalError::WriterStopped))
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        // Closing the queue ends the thread once it has committed the rest.
+        self.tx.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The thread: wait for a write, take whatever else is queued, commit it
+/// all, acknowledge; until the queue is closed and empty.
+fn run(mut conn: WriteConn, mut rx: mpsc::UnboundedReceiver<Op>) {
+    // Failures of queued writes, until a flush reports them.
+    let mut failed: Option<JournalError> = None;
+    let mut group: Vec<Op> = Vec::with_capacity(MAX_GROUP);
+    while let Some(first) = rx.blocking_recv() {
+        group.push(first);
+        while group.len() < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(op) => group.push(op),
+                Err(_) => break,
+            }
+        }
+        match &mut conn {
+            WriteConn::Own(c) => commit(c, &mut group, &mut failed),
+            WriteConn::Shared(m) => {
+                let mut c = m.lock().unwrap_or_else(|e| e.into_inner());
+                commit(&mut c, &mut group, &mut failed);
+            }
+        }
+    }
+}
+
+/// Commits a group in one transaction and acknowledges each of its ops.
+fn commit(conn: &mut Connection, group: &mut Vec<Op>, failed: &mut Option<JournalError>) {
+    let writes = group
+        .iter()
+        .filter(|o| matches!(o, Op::Write { .. }))
+        .count();
+    if writes == 0 {
+        for op in group.drain(..) {
+            if let Op::Flush(ack) = op {
+                let result = failed.take().map_or(Ok(()), Err);
+                ack.send(result, &mut None);
+            }
+        }
+        return;
+    }
+    let results = match in_transaction(conn, group) {
+        Ok(results) => results,
+        Err(e) => {
+            // Nothing of the group was written.
+            let e = Arc::new(e);
+            group
+                .iter()
+                .map(|_| Err(JournalError::Group(Arc::clone(&e))))
+                .collect()
+        }
+    };
+    for (op, result) in group.drain(..).zip(results) {
+        match op {
+            Op::Write { ack, .. } => ack.send(result, failed),
+            Op::Flush(ack) => {
+                // Everything before it is settled: report what failed.
+                let result = result.and(failed.take().map_or(Ok(()), Err));
+                ack.send(result, &mut None);
+            }
+        }
+    }
+}
+
+/// Runs every write of the group, each in a savepoint, in one immediate
+/// transaction (the write lock taken up front: no upgrade that could fail
+/// busy); the per-op results, or why the transaction itself failed.
+fn in_transaction(
+    conn: &mut Connection,
+    group: &mut [Op],
+) -> Result<Vec<Result<(), JournalError>>, JournalError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let mut results = Vec::with_capacity(group.len());
+    for op in group.iter_mut() {
+        let Op::Write { write, .. } = op else {
+            results.push(Ok(()));
+            continue;
+        };
+        let Some(write) = write.take() else {
+            results.push(Ok(()));
+            continue;
+        };
+        tx.execute_batch("SAVEPOINT one")?;
+        match write(&tx) {
+            Ok(()) => tx.execute_batch("RELEASE one")?,
+            Err(e) => {
+                // Undo this write alone — unless SQLite already rolled the
+                // whole transaction back (a full disk may): then the group
+                // fails, with this write's reason.
+                if tx.execute_batch("ROLLBACK TO one; RELEASE one").is_err() {
+                    return Err(e);
+                }
+                results.push(Err(e));
+                continue;
+            }
+        }
+        results.push(Ok(()));
+    }
+    tx.commit()?;
+    Ok(results)
+}
