@@ -531,38 +531,14 @@ fn or_list(names: &[String]) -> String {
     }
 }
 
-/// The route in a few words: `model (tier, locality) by rule X`.
+/// The route in a few words: `model (tier, locality), rule X`.
 pub fn describe(got: &Got) -> String {
     match (&got.model, got.tier, got.locality) {
         (Some(m), Some(t), Some(l)) => {
-            format!("{m} ({t}, {}) by {}", locality_name(l), got.decided_by)
+            format!("{m} ({t}, {}), {}", locality_name(l), got.decided_by)
         }
         _ => format!("no route ({})", got.decided_by),
     }
-}
-
-/// The text report of one file's outcomes.
-pub fn render(tests: &PolicyTests, outcomes: &[Outcome]) -> String {
-    use std::fmt::Write as _;
-    let failed = outcomes.iter().filter(|o| !o.passed).count();
-    let mut s = format!(
-        "policy tests {} (policy {}): {} passed, {} failed\n",
-        tests.path.display(),
-        tests.policy_path.display(),
-        outcomes.len() - failed,
-        failed
-    );
-    for o in outcomes {
-        if o.passed {
-            let _ = writeln!(s, "  ok    {} → {}", o.name, describe(&o.got));
-        } else {
-            let _ = writeln!(s, "  FAIL  {}  ({})", o.name, o.origin);
-            for f in &o.failures {
-                let _ = writeln!(s, "          {f}");
-            }
-        }
-    }
-    s
 }
 
 #[cfg(test)]
