@@ -15,6 +15,7 @@ mod journal;
 mod leaks;
 mod local_model;
 mod money;
+mod pools;
 mod providers;
 mod run;
 mod sensitivity_gate;
