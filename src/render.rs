@@ -156,9 +156,13 @@ fn step(o: &mut String, n: usize, s: &StepPlan) {
                 Locality::Local => "local",
                 Locality::Cloud => "cloud",
             };
+            let pool = match m.endpoints {
+                Some(n) => format!(", pool of {n} endpoints"),
+                None => String::new(),
+            };
             let _ = writeln!(
                 o,
-                "   model        {} → {} {} ({} tier, {place})",
+                "   model        {} → {} {} ({} tier, {place}{pool})",
                 m.alias, m.provider, m.model, m.tier
             );
         }

@@ -124,6 +124,10 @@ pub struct ModelRef {
     pub model: String,
     pub tier: Tier,
     pub locality: Locality,
+    /// How many servers the provider's pool has (absent for a provider at
+    /// one address).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub endpoints: Option<usize>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -505,6 +509,11 @@ impl Router<'_> {
                 model: m.model.clone(),
                 tier: m.tier,
                 locality: m.locality,
+                endpoints: policy
+                    .providers
+                    .get(&m.provider)
+                    .map(|p| p.endpoints.len())
+                    .filter(|&n| n > 0),
             }),
             route: decision,
             tokens,

@@ -53,6 +53,10 @@ pub struct SensitivityFile {
 pub struct ProviderFile {
     pub kind: ProviderKind,
     pub base_url: Option<String>,
+    /// A pool of servers of one model, instead of `base_url`.
+    pub endpoints: Option<Vec<EndpointFile>>,
+    /// Pools only: prefer one endpoint per prompt prefix.
+    pub sticky: Option<Sticky>,
     pub api_key_env: Option<String>,
     pub locality: Option<Locality>,
     #[serde(default)]
@@ -64,6 +68,44 @@ pub struct ProviderFile {
     /// (the key and prompts travel unencrypted).
     #[serde(default)]
     pub allow_insecure: bool,
+}
+
+/// One endpoint of a pool: a URL (one slot), or `{ url, slots }`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum EndpointFile {
+    Url(String),
+    Full(EndpointFull),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointFull {
+    pub url: String,
+    pub slots: Option<u32>,
+}
+
+impl EndpointFile {
+    pub fn url(&self) -> &str {
+        match self {
+            EndpointFile::Url(u) | EndpointFile::Full(EndpointFull { url: u, .. }) => u,
+        }
+    }
+
+    pub fn slots(&self) -> u32 {
+        match self {
+            EndpointFile::Url(_) => 1,
+            EndpointFile::Full(f) => f.slots.unwrap_or(1).max(1),
+        }
+    }
+}
+
+/// How a pool picks among its endpoints beyond "least busy".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Sticky {
+    /// Calls with the same prompt prefix prefer the same endpoint.
+    Prefix,
 }
 
 /// `prompt_cache: { ttl: 5m | 1h, min_tokens: N }` on an Anthropic provider

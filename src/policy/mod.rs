@@ -152,6 +152,17 @@ pub struct Provider {
     /// without `allow_insecure`: a warning at `check`/`plan`, an error at
     /// `run` (see [`Policy::insecure_transport`]).
     pub insecure: bool,
+    /// A pool's servers (empty for a provider at one `base_url`, which is
+    /// then the first of them).
+    pub endpoints: Vec<PoolEndpoint>,
+    pub sticky: Option<Sticky>,
+}
+
+/// One server of a pool and how many calls it takes at once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolEndpoint {
+    pub url: String,
+    pub slots: u32,
 }
 
 impl From<&crate::catalog::CatalogTier> for PriceTier {

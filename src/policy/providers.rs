@@ -6,9 +6,10 @@ use std::collections::BTreeMap;
 use indexmap::IndexMap;
 
 use super::{
-    Launch, LaunchFile, Limits, Locality, PolicyFile, Provider, ProviderKind, is_loopback,
+    EndpointFile, Launch, LaunchFile, Limits, Locality, PolicyFile, PoolEndpoint, Provider,
+    ProviderFile, ProviderKind, is_loopback,
 };
-use crate::diagnostic::Diagnostic;
+use crate::diagnostic::{Diagnostic, Span};
 use crate::yaml::{Document, pointer};
 
 /// The providers: address, locality, managed server, key variable, and
@@ -21,9 +22,24 @@ pub(super) fn providers(
     let at = |segs: &[&str]| doc.span(&pointer(segs));
     let mut providers = IndexMap::new();
     for (name, p) in &file.providers {
-        let base_url = p
-            .base_url
-            .clone()
+        let pool = p
+            .endpoints
+            .as_deref()
+            .map(|e| compile_pool(name, p, e, doc, diags))
+            .unwrap_or_default();
+        if p.sticky.is_some() && p.endpoints.is_none() {
+            diags.push(
+                Diagnostic::error("sticky-without-pool", format!("provider `{name}` has `sticky` but no `endpoints`"))
+                    .at(at(&["providers", name, "sticky"]))
+                    .with_help("`sticky: prefix` chooses among a pool's endpoints; with one `base_url` there is nothing to choose: remove it"),
+            );
+        }
+        // A pool's address, where one is asked for (the response cache's
+        // request identity, messages), is its first endpoint.
+        let base_url = pool
+            .first()
+            .map(|e| e.url.clone())
+            .or_else(|| p.base_url.clone())
             .or_else(|| p.kind.default_base_url().map(str::to_owned));
         if base_url.is_none() {
             diags.push(
@@ -32,7 +48,12 @@ pub(super) fn providers(
                     .with_help("openai-compatible servers have no default address, e.g. base_url: \"http://127.0.0.1:11434/v1\" for Ollama"),
             );
         }
-        let loopback = base_url.as_deref().is_some_and(is_loopback);
+        // Every endpoint of a pool on loopback, or the one address.
+        let loopback = if pool.is_empty() {
+            base_url.as_deref().is_some_and(is_loopback)
+        } else {
+            pool.iter().all(|e| is_loopback(&e.url))
+        };
         let locality = match (p.locality, p.kind) {
             (Some(Locality::Local), kind) if kind != ProviderKind::OpenaiCompatible => {
                 diags.push(
@@ -50,10 +71,18 @@ pub(super) fn providers(
             (None, ProviderKind::OpenaiCompatible) if loopback => Locality::Local,
             (None, _) => Locality::Cloud,
         };
-        let launch = p
-            .launch
-            .as_ref()
-            .and_then(|l| compile_launch(l, base_url.as_deref(), p.kind, doc, name, diags));
+        let launch = match &p.launch {
+            Some(_) if p.endpoints.is_some() => {
+                diags.push(
+                    Diagnostic::error("launch-with-pool", format!("provider `{name}` has both `launch` and `endpoints`"))
+                        .at(doc.key_span(&pointer(["providers", name.as_str(), "launch"])))
+                        .with_help("tollgate starts one llama-server per provider: start the pool's servers yourself, or give each launched server its own provider with one `base_url`"),
+                );
+                None
+            }
+            Some(l) => compile_launch(l, base_url.as_deref(), p.kind, doc, name, diags),
+            None => None,
+        };
         // A key pasted where the variable's name belongs: say so (the
         // value itself is masked wherever a diagnostic shows it).
         if p.api_key_env
@@ -70,13 +99,30 @@ pub(super) fn providers(
                 .with_help("put the key in an environment variable and write its name here, e.g. api_key_env: OPENAI_API_KEY; then revoke the key, it was written in a file"),
             );
         }
-        // The key and the prompts would cross the network in clear text.
-        let insecure = locality == Locality::Cloud
-            && !p.allow_insecure
-            && base_url
+        // The key and the prompts would cross the network in clear text:
+        // said once per address that would carry them.
+        let addresses: Vec<(&str, Option<Span>)> = if pool.is_empty() {
+            base_url
                 .as_deref()
-                .is_some_and(|u| is_plain_http(u) && !loopback);
-        if insecure {
+                .map(|u| (u, at(&["providers", name, "base_url"])))
+                .into_iter()
+                .collect()
+        } else {
+            pool.iter()
+                .enumerate()
+                .map(|(i, e)| (e.url.as_str(), endpoint_span(doc, p, name, i)))
+                .collect()
+        };
+        let mut insecure = false;
+        for (url, span) in addresses {
+            if locality != Locality::Cloud
+                || p.allow_insecure
+                || !is_plain_http(url)
+                || is_loopback(url)
+            {
+                continue;
+            }
+            insecure = true;
             diags.push(
                 Diagnostic::warning(
                     super::INSECURE_BASE_URL,
@@ -84,11 +130,14 @@ pub(super) fn providers(
                         "cloud provider `{name}` is reached over plain http:// on a non-loopback host"
                     ),
                 )
-                .at(at(&["providers", name, "base_url"]))
+                .at(span)
                 .with_label("its key and every prompt would travel unencrypted")
                 .with_help("use https://, or set `allow_insecure: true` on the provider if this network is trusted; `run` refuses it otherwise"),
             );
         }
+        // A pool takes as many calls at once as its servers have slots (it
+        // queues per endpoint itself), whatever its locality.
+        let pool_slots = pool.iter().map(|e| e.slots).fold(0u32, u32::saturating_add);
         let default_slots = launch.as_ref().map_or(1, |l| l.slots);
         providers.insert(
             name.clone(),
@@ -102,7 +151,9 @@ pub(super) fn providers(
                     .or_else(|| p.kind.default_api_key_env().map(str::to_owned)),
                 locality,
                 limits: Limits {
-                    concurrency: p.limits.concurrency.or(if locality == Locality::Local {
+                    concurrency: p.limits.concurrency.or(if pool_slots > 0 {
+                        Some(pool_slots)
+                    } else if locality == Locality::Local {
                         Some(default_slots)
                     } else {
                         None
@@ -111,10 +162,119 @@ pub(super) fn providers(
                 },
                 launch,
                 insecure,
+                endpoints: pool,
+                sticky: p.sticky,
             },
         );
     }
     providers
+}
+
+/// Where a pool's `i`-th endpoint URL is written.
+fn endpoint_span(doc: &Document, p: &ProviderFile, name: &str, i: usize) -> Option<Span> {
+    let full = matches!(
+        p.endpoints.as_deref().and_then(|e| e.get(i)),
+        Some(EndpointFile::Full(_))
+    );
+    let i = i.to_string();
+    if full {
+        doc.span(&pointer([
+            "providers",
+            name,
+            "endpoints",
+            i.as_str(),
+            "url",
+        ]))
+    } else {
+        doc.span(&pointer(["providers", name, "endpoints", i.as_str()]))
+    }
+}
+
+/// A pool's endpoints: only for OpenAI-compatible servers, never beside
+/// `base_url`, each URL once, and loopback and remote hosts mixed only when
+/// the author says the whole pool is local.
+fn compile_pool(
+    name: &str,
+    p: &ProviderFile,
+    endpoints: &[EndpointFile],
+    doc: &Document,
+    diags: &mut Vec<Diagnostic>,
+) -> Vec<PoolEndpoint> {
+    let key = doc.key_span(&pointer(["providers", name, "endpoints"]));
+    if p.kind != ProviderKind::OpenaiCompatible {
+        // A pool retries a call on another endpoint when one dies; against
+        // a paid API that could pay twice, and one vendor host is one
+        // endpoint anyway.
+        diags.push(
+            Diagnostic::error(
+                "pool-cloud-kind",
+                format!("provider `{name}` of kind {} cannot have `endpoints`", p.kind.name()),
+            )
+            .at(key)
+            .with_label("pools are for servers you run")
+            .with_help("`endpoints` spreads calls over OpenAI-compatible servers (llama.cpp, vLLM, Ollama): use kind openai-compatible, or one `base_url`"),
+        );
+        return Vec::new();
+    }
+    if p.base_url.is_some() {
+        diags.push(
+            Diagnostic::error(
+                "pool-and-base-url",
+                format!("provider `{name}` has both `base_url` and `endpoints`"),
+            )
+            .at(key)
+            .with_help(
+                "a pool's addresses are its `endpoints`: remove `base_url` (or put it in the list)",
+            ),
+        );
+    }
+    let mut pool: Vec<PoolEndpoint> = Vec::with_capacity(endpoints.len());
+    for (i, e) in endpoints.iter().enumerate() {
+        let url = e.url().trim_end_matches('/').to_owned();
+        if let Some(first) = pool.iter().position(|seen| same_address(&seen.url, &url)) {
+            diags.push(
+                Diagnostic::error(
+                    "pool-duplicate-endpoint",
+                    format!("provider `{name}` lists the endpoint {url} twice"),
+                )
+                .at(endpoint_span(doc, p, name, i))
+                .with_label(format!("the same server as endpoint {}", first + 1))
+                .with_help("give a server's capacity once, with `slots`: { url: …, slots: 2 }"),
+            );
+            continue;
+        }
+        pool.push(PoolEndpoint {
+            url,
+            slots: e.slots(),
+        });
+    }
+    let remote = pool.iter().position(|e| !is_loopback(&e.url));
+    let any_loopback = pool.iter().any(|e| is_loopback(&e.url));
+    if let (Some(r), true, None) = (remote, any_loopback, p.locality) {
+        diags.push(
+            Diagnostic::error(
+                "pool-mixed-locality",
+                format!("provider `{name}` mixes loopback and remote endpoints"),
+            )
+            .at(endpoint_span(doc, p, name, r))
+            .with_label("not on this machine")
+            .with_help("a step's data above cloud_max may only go to local servers: if every host is on your private network, declare it with `locality: local`; otherwise split the pool into a local and a remote provider"),
+        );
+    }
+    pool
+}
+
+/// Two URLs naming the same server and path (`localhost` and `127.0.0.1`
+/// are not resolved: that is the author's business).
+fn same_address(a: &str, b: &str) -> bool {
+    match (url::Url::parse(a), url::Url::parse(b)) {
+        (Ok(a), Ok(b)) => {
+            a.host() == b.host()
+                && a.port_or_known_default() == b.port_or_known_default()
+                && a.path().trim_end_matches('/') == b.path().trim_end_matches('/')
+        }
+        _ => a == b,
+    }
 }
 
 /// Does `url` use plain `http://`?

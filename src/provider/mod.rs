@@ -58,6 +58,7 @@ pub mod batch;
 mod finish;
 pub mod gemini;
 pub mod openai;
+pub mod pool;
 pub mod sse;
 
 // ---------------------------------------------------------------------------

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use crate::diagnostic::Diagnostic;
 use crate::plan::Plan;
-use crate::policy::{Policy, ProviderKind};
+use crate::policy::{Policy, ProviderKind, Sticky};
+use crate::provider::pool::{Member, Pool, PoolConfig};
 use crate::provider::{self, ClientConfig, Provider};
 
 /// The clients of a policy's providers, built from the environment.
@@ -34,6 +35,7 @@ impl Providers {
             let Some(base_url) = &p.base_url else {
                 continue;
             };
+            let models = || policy.models.values().filter(|m| m.provider == *name);
             let mut config = ClientConfig::new(base_url.clone());
             // The executor bounds every call with the step's `timeout` (or the
             // run's default); the client's own cap must not cut a long call
@@ -42,7 +44,7 @@ impl Providers {
             // How much of an answer is read: the policy's `limits`, the
             // model's over the provider's.
             config.response_limits = p.limits.response();
-            for m in policy.models.values().filter(|m| m.provider == *name) {
+            for m in models() {
                 config
                     .model_response_limits
                     .entry(m.model.clone())
@@ -62,10 +64,35 @@ impl Providers {
             {
                 batchers.insert(name.clone(), b);
             }
-            clients.insert(
-                name.clone(),
-                provider::client_for(p.kind, config, http.clone()),
-            );
+            let client = if p.endpoints.is_empty() {
+                provider::client_for(p.kind, config, http.clone())
+            } else {
+                let members = p
+                    .endpoints
+                    .iter()
+                    .map(|e| Member {
+                        url: e.url.clone(),
+                        slots: e.slots,
+                        client: provider::client_for(
+                            p.kind,
+                            ClientConfig {
+                                base_url: e.url.clone(),
+                                ..config.clone()
+                            },
+                            http.clone(),
+                        ),
+                    })
+                    .collect();
+                let pool_config = PoolConfig {
+                    // A call is sent again elsewhere only when no model of
+                    // the pool is priced: then nothing can be paid twice.
+                    failover: models().all(|m| m.price.is_free()),
+                    sticky_prefix: p.sticky == Some(Sticky::Prefix),
+                    ..PoolConfig::default()
+                };
+                Arc::new(Pool::new(name.clone(), members, &http, pool_config)) as Arc<dyn Provider>
+            };
+            clients.insert(name.clone(), client);
         }
         Providers {
             clients,

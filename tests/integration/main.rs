@@ -16,6 +16,7 @@ mod journal;
 mod leaks;
 mod local_model;
 mod money;
+mod pools;
 mod providers;
 mod routes;
 mod run;

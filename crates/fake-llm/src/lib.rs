@@ -11,6 +11,7 @@
 //! | `POST …/models/{model}:generateContent`, `…:streamGenerateContent?alt=sse` | Gemini |
 //! | `POST …/files`, `GET …/files/{id}/content`, `POST …/batches`, `GET …/batches/{id}`, `POST …/batches/{id}/cancel` | OpenAI Files and Batch API (see `batch.rs`) |
 //! | `POST …/v1/messages/batches`, `GET …/v1/messages/batches/{id}[/results]`, `POST …/cancel` | Anthropic Message Batches |
+//! | `GET /health`, `GET /v1/health` | llama.cpp's health route ([`FakeServer::set_health`]; not in [`FakeServer::requests`]) |
 //!
 //! Every answer uses the real response shapes, headers (request ids,
 //! rate-limit headers) and SSE event sequences of provider-apis.md, so a
@@ -180,6 +181,33 @@ struct Shared {
     batches: Mutex<batch::Store>,
     /// The server's own address, for Anthropic's `results_url`.
     base_url: Mutex<String>,
+    /// What `GET /health` says (llama.cpp's route).
+    health: Mutex<Health>,
+    /// `GET /health` requests answered (they are not in `requests`).
+    health_checks: AtomicU64,
+}
+
+/// The state llama.cpp's `GET /health` reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    /// 200 `{"status":"ok"}`.
+    Ok,
+    /// 503 `{"error":{"code":503,"message":"Loading model","type":"unavailable_error"}}`,
+    /// and every chat request answered the same way, as llama-server does
+    /// while it loads its model.
+    Loading,
+}
+
+/// Stops a [`FakeServer`] from anywhere (a handler, another task): see
+/// [`FakeServer::shutdown`].
+#[derive(Clone)]
+pub struct Shutdown(Arc<tokio::sync::Notify>);
+
+impl Shutdown {
+    pub fn shutdown(&self) {
+        // `notify_one` keeps the signal if the server is not waiting yet.
+        self.0.notify_one();
+    }
 }
 
 /// Counts a request as in flight while it lives.
@@ -204,6 +232,7 @@ pub struct FakeServer {
     addr: SocketAddr,
     shared: Arc<Shared>,
     task: tokio::task::JoinHandle<()>,
+    stop: Shutdown,
 }
 
 impl FakeServer {
@@ -224,14 +253,48 @@ impl FakeServer {
             max_in_flight: AtomicU64::new(0),
             batches: Mutex::new(batch::Store::default()),
             base_url: Mutex::new(format!("http://{addr}")),
+            health: Mutex::new(Health::Ok),
+            health_checks: AtomicU64::new(0),
         });
         let app = Router::new().fallback(handle).with_state(shared.clone());
+        let stop = Shutdown(Arc::new(tokio::sync::Notify::new()));
+        let signal = stop.0.clone();
         let task = tokio::spawn(async move {
             // Only fails if the listener breaks; the tests then fail on
             // their requests, which says more than a panic here would.
-            let _ = axum::serve(listener, app).await;
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(async move { signal.notified().await })
+                .await;
         });
-        FakeServer { addr, shared, task }
+        FakeServer {
+            addr,
+            shared,
+            task,
+            stop,
+        }
+    }
+
+    /// Stops the server the way a stopped llama-server goes: the port
+    /// refuses connections from now on, idle connections are closed, and
+    /// the requests it already received are still answered.
+    pub fn shutdown(&self) {
+        self.stop.shutdown();
+    }
+
+    /// A handle that stops this server (to do it from a handler, after the
+    /// n-th request).
+    pub fn shutdown_handle(&self) -> Shutdown {
+        self.stop.clone()
+    }
+
+    /// What `GET /health` reports from now on.
+    pub fn set_health(&self, health: Health) {
+        *self.shared.health.lock().unwrap() = health;
+    }
+
+    /// How many `GET /health` requests were answered.
+    pub fn health_checks(&self) -> u64 {
+        self.shared.health_checks.load(Ordering::SeqCst)
     }
 
     /// `http://127.0.0.1:PORT`, without a trailing slash. Clients append
@@ -330,6 +393,15 @@ impl Drop for FakeServer {
 }
 
 async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
+    if req.method() == axum::http::Method::GET
+        && matches!(req.uri().path(), "/health" | "/v1/health")
+    {
+        shared.health_checks.fetch_add(1, Ordering::SeqCst);
+        return match *shared.health.lock().unwrap() {
+            Health::Ok => json_response(200, &serde_json::json!({"status": "ok"}), &[]),
+            Health::Loading => json_response(503, &loading_body(), &[]),
+        };
+    }
     let _in_flight = InFlight::enter(&shared);
     let (parts, body) = req.into_parts();
     let bytes = axum::body::to_bytes(body, usize::MAX)
@@ -404,6 +476,9 @@ async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
         let (status, body) = render::anthropic_missing_version(&ctx);
         return json_response(status, &body, &render::standard_headers(&ctx, status));
     }
+    if *shared.health.lock().unwrap() == Health::Loading {
+        return json_response(503, &loading_body(), &[]);
+    }
     let required = shared.required_key.lock().unwrap().clone();
     let reply = if required.is_some() && required != ctx.presented_key {
         Reply::auth_error()
@@ -414,6 +489,12 @@ async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
         tokio::time::sleep(reply.delay).await;
     }
     respond(&reply, &recorded, &ctx)
+}
+
+/// llama-server's answer to every request while it loads its model
+/// (provider-apis.md §6).
+fn loading_body() -> Value {
+    serde_json::json!({"error": {"code": 503, "message": "Loading model", "type": "unavailable_error"}})
 }
 
 /// Does an Anthropic request put a 1-hour `cache_control` on any block of
