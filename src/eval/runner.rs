@@ -329,7 +329,7 @@ async fn run_suite(p: Prepared<'_>, opts: &TestOptions, cancel: CancellationToke
     // A finished run is folded at once into its case's small record (see
     // `RunResult::reduce`); a case is complete when its last repeat is in.
     let mut cases: Vec<Option<CaseResult>> = vec![None; p.cases.len()];
-    let mut partial: HashMap<usize, (Vec<(usize, RunResult)>, Vec<String>)> = HashMap::new();
+    let mut partial: HashMap<usize, Partial> = HashMap::new();
     let mut any_errored = false;
     while let Some((c, r, result, pending)) = stream.next().await {
         any_errored |= result.outcome == Outcome::Errored;
@@ -401,6 +401,9 @@ async fn run_suite(p: Prepared<'_>, opts: &TestOptions, cancel: CancellationToke
         cases,
     }
 }
+
+/// A case whose repeats are not all in: (repeat, run) pairs, pending snapshots.
+type Partial = (Vec<(usize, RunResult)>, Vec<String>);
 
 /// The errored run of a case whose plan failed at run time.
 fn unplannable(d: &[Diagnostic]) -> RunResult {

@@ -230,9 +230,9 @@ fn load_referenced(
 /// Every case with a way to locate its parts, handed to `visit` one at a
 /// time: inline ones first, then the JSONL files' lines, then the CSV
 /// files' rows, each kind in the order `cases_from` lists the files.
-fn gather_cases<'a>(
+fn gather_cases(
     file: &SuiteFile,
-    doc: &'a Document,
+    doc: &Document,
     dir: &Path,
     w: &Workflow,
     diags: &mut Vec<Diagnostic>,
