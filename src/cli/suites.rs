@@ -90,11 +90,21 @@ fn parse_shard(s: &str) -> Result<Shard, Diagnostic> {
     Ok(Shard { index, count })
 }
 
-/// Writes a report file whole (temporary name, then rename).
-fn write_file(path: &Path, text: &str) -> Result<(), Diagnostic> {
-    snapshot::write_atomic(path, text).map_err(|e| {
+/// Writes a report file whole (temporary name, then rename), piece by piece.
+fn write_file(
+    path: &Path,
+    write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
+) -> Result<(), Diagnostic> {
+    snapshot::write_atomic_with(path, write).map_err(|e| {
         Diagnostic::error("io", format!("cannot write {}: {e}", path.display())).in_file(path)
     })
+}
+
+/// The results as pretty JSON, serialised straight into `out`: the
+/// results of a big suite are never held as one string.
+fn write_json(results: &Results, out: &mut dyn Write) -> std::io::Result<()> {
+    serde_json::to_writer_pretty(&mut *out, results)?;
+    out.write_all(b"\n")
 }
 
 /// The outputs every results-producing command shares: files, then stdout.
@@ -105,16 +115,18 @@ fn emit(
     format: OutputFormat,
 ) -> Result<(), Diagnostic> {
     if let Some(p) = junit {
-        write_file(p, &results::render_junit(results))?;
+        write_file(p, |w| {
+            w.write_all(results::render_junit(results).as_bytes())
+        })?;
     }
     if let Some(p) = out {
-        write_file(
-            p,
-            &serde_json::to_string_pretty(results).unwrap_or_default(),
-        )?;
+        write_file(p, |w| write_json(results, w))?;
     }
     match format {
-        OutputFormat::Json => print_out(&serde_json::to_string_pretty(results).unwrap_or_default()),
+        OutputFormat::Json => {
+            let mut stdout = std::io::BufWriter::new(std::io::stdout().lock());
+            let _ = write_json(results, &mut stdout).and_then(|()| stdout.flush());
+        }
         OutputFormat::Text => print_out(&results::render_text(results)),
     }
     Ok(())

@@ -124,6 +124,51 @@ impl RunResult {
     }
 }
 
+/// How much of one text a result keeps (an expected or actual value, a
+/// diff, a message): a model's answer may be megabytes, and a suite's
+/// results are kept until the end of the run. The summary shows 200
+/// characters of these; JUnit and JSON at most this.
+pub const MAX_TEXT: usize = 4096;
+
+/// `text` cut to at most [`MAX_TEXT`] bytes (at a character boundary), saying
+/// how much was left out.
+fn bounded(text: &mut String) {
+    if text.len() <= MAX_TEXT {
+        return;
+    }
+    let mut end = MAX_TEXT;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let left = text.len() - end;
+    text.truncate(end);
+    let _ = write!(text, "… ({left} more bytes)");
+}
+
+impl RunResult {
+    /// What a finished run keeps until the end of the test run: every
+    /// text bounded by [`MAX_TEXT`]. A passing run is its numbers alone
+    /// (about 100 bytes); a failing one holds at most its failures' bounded
+    /// texts.
+    pub fn reduce(mut self) -> RunResult {
+        for f in &mut self.failures {
+            for t in [&mut f.message]
+                .into_iter()
+                .chain(f.expected.as_mut())
+                .chain(f.actual.as_mut())
+                .chain(f.diff.as_mut())
+            {
+                bounded(t);
+            }
+        }
+        if let Some(e) = &mut self.error {
+            bounded(e);
+        }
+        self.failures.shrink_to_fit();
+        self
+    }
+}
+
 impl CaseResult {
     /// Aggregates the runs of a case (one, or `--repeat N`).
     pub fn from_runs(
@@ -704,6 +749,35 @@ mod tests {
             ]),
             Err(MergeError::DuplicateCase { .. })
         ));
+    }
+
+    #[test]
+    fn a_reduced_run_keeps_bounded_texts() {
+        let mut r = run(Outcome::Failed);
+        let long = "é".repeat(MAX_TEXT); // 2 bytes each: cut at a boundary
+        r.failures.push(Failure {
+            step: "s".into(),
+            assertion: "snapshot".into(),
+            message: "short".into(),
+            expected: Some(long.clone()),
+            actual: Some("x".repeat(MAX_TEXT + 10)),
+            diff: Some(long.clone()),
+        });
+        r.error = Some(long);
+        let r = r.reduce();
+        let f = &r.failures[0];
+        assert_eq!(f.message, "short");
+        for t in [
+            f.expected.as_deref(),
+            f.actual.as_deref(),
+            f.diff.as_deref(),
+            r.error.as_deref(),
+        ] {
+            let t = t.unwrap();
+            assert!(t.len() < MAX_TEXT + 40, "{}", t.len());
+            assert!(t.ends_with(" more bytes)"), "{}", &t[t.len() - 30..]);
+        }
+        assert!(f.actual.as_deref().unwrap().ends_with("… (10 more bytes)"));
     }
 
     #[test]

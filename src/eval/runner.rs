@@ -134,18 +134,47 @@ pub async fn run_suites(
 struct Prepared<'a> {
     suite: &'a Suite,
     policy: Arc<Policy>,
-    cases: Vec<(&'a Case, Plan)>,
+    /// The selected cases, in suite order. Their plans were built and
+    /// checked, then dropped: each run plans its case again (see
+    /// [`plan_case`]), so a suite holds O(concurrency) plans, not one per
+    /// case.
+    cases: Vec<&'a Case>,
     providers: Providers,
     cassette: Option<Arc<Cassette>>,
 }
 
-fn prepare<'a>(suite: &'a Suite, opts: &TestOptions) -> Result<Prepared<'a>, Vec<Diagnostic>> {
+/// A case's plan. Planning is deterministic (the same files and inputs
+/// give the same plan, byte for byte), so the plan a run builds again is
+/// the plan [`prepare`] checked.
+fn plan_case(suite: &Suite, case: &Case) -> Result<Plan, Vec<Diagnostic>> {
     let policy_name = suite.policy_path.display().to_string();
+    plan::build(&suite.analysis, &suite.policy, &policy_name, &case.inputs)
+}
+
+/// The check pass: every selected case is planned (and in live or recording
+/// mode its keys checked) before the first call, keeping nothing of a plan
+/// but the problems it shows — the promise that a suite with any input
+/// problem runs nothing, in memory flat in the number of cases.
+fn prepare<'a>(suite: &'a Suite, opts: &TestOptions) -> Result<Prepared<'a>, Vec<Diagnostic>> {
     let mut diags = Vec::new();
     let mut cases = Vec::new();
+    let live = matches!(opts.mode, Mode::Live | Mode::Record);
+    // Synchronous calls only: a batch may take up to 24 hours, and the
+    // recorder must see every call.
+    let live_providers = live.then(|| Providers::from_env(&suite.policy).without_batch());
+    let mut key_diags: Vec<Diagnostic> = Vec::new();
     for case in selected(suite, opts) {
-        match plan::build(&suite.analysis, &suite.policy, &policy_name, &case.inputs) {
-            Ok(p) => cases.push((case, p)),
+        match plan_case(suite, case) {
+            Ok(p) => {
+                cases.push(case);
+                if let Some(providers) = &live_providers {
+                    for d in providers.check_keys(&p, &suite.policy) {
+                        if !key_diags.iter().any(|x| x.message == d.message) {
+                            key_diags.push(d);
+                        }
+                    }
+                }
+            }
             Err(d) => {
                 diags.push(
                     Diagnostic::error(
@@ -186,24 +215,15 @@ fn prepare<'a>(suite: &'a Suite, opts: &TestOptions) -> Result<Prepared<'a>, Vec
             .map(Arc::new)
             .map_err(|e| vec![Diagnostic::error("cassette", e.to_string()).in_file(&e.path)])
     };
-    let (policy, providers, cassette) = match opts.mode {
-        Mode::Live | Mode::Record => {
-            // Synchronous calls only: a batch may take up to 24 hours, and
-            // the recorder must see every call.
-            let providers = Providers::from_env(&suite.policy).without_batch();
+    let (policy, providers, cassette) = match (opts.mode, live_providers) {
+        (Mode::Live | Mode::Record, Some(providers)) => {
             // As `run`: no key crosses the network in clear text unless
             // the policy allows it.
             diags.extend(suite.policy.insecure_transport().map(|d| Diagnostic {
                 severity: crate::diagnostic::Severity::Error,
                 ..d.clone()
             }));
-            for (_, plan) in &cases {
-                for d in providers.check_keys(plan, &suite.policy) {
-                    if !diags.iter().any(|x: &Diagnostic| x.message == d.message) {
-                        diags.push(d);
-                    }
-                }
-            }
+            diags.extend(key_diags);
             if !diags.is_empty() {
                 return Err(diags);
             }
@@ -221,7 +241,7 @@ fn prepare<'a>(suite: &'a Suite, opts: &TestOptions) -> Result<Prepared<'a>, Vec
                 (Arc::clone(&suite.policy), providers, None)
             }
         }
-        Mode::Replay => {
+        _ => {
             let cassette = open(true)?;
             let clients = suite
                 .policy
@@ -281,31 +301,63 @@ async fn run_suite(p: Prepared<'_>, opts: &TestOptions, cancel: CancellationToke
         judges: Mutex::new(HashMap::new()),
     };
     let repeat = opts.repeat.max(1);
-    let runs: Vec<(usize, usize)> = (0..p.cases.len())
-        .flat_map(|c| (0..repeat).map(move |r| (c, r)))
-        .collect();
     let ctx_ref = &ctx;
     let cases_ref = &p.cases;
-    // As many runs at once as calls may be in flight: a run waiting on a
-    // dependency holds no slot, and the limits bound the calls themselves.
-    let mut done: Vec<(usize, usize, RunResult, Vec<String>)> =
-        futures::stream::iter(runs.into_iter().map(|(c, r)| async move {
-            let (case, plan) = &cases_ref[c];
-            // After Ctrl-C no new case starts (those in flight stop too).
-            let (result, pending) = if ctx_ref.cancel.is_cancelled() {
-                (RunResult::interrupted(), Vec::new())
-            } else {
-                run_case(ctx_ref, case, plan).await
-            };
-            if let Some(tell) = &ctx_ref.opts.on_run {
-                tell(&ctx_ref.suite.name, &case.name, &result);
+    // Runs are made lazily: as many at once as calls may be in flight (a run
+    // waiting on a dependency holds no slot, and the limits bound the calls
+    // themselves), so plans, prompts and run reports exist for the runs in
+    // flight only.
+    let runs = (0..p.cases.len()).flat_map(|c| (0..repeat).map(move |r| (c, r)));
+    let mut stream = futures::stream::iter(runs.map(|(c, r)| async move {
+        let case = cases_ref[c];
+        // After Ctrl-C no new case starts (those in flight stop too).
+        let (result, pending) = if ctx_ref.cancel.is_cancelled() {
+            (RunResult::interrupted(), Vec::new())
+        } else {
+            match plan_case(ctx_ref.suite, case) {
+                Ok(plan) => run_case(ctx_ref, case, &plan).await,
+                // Cannot happen (the check pass planned the same case):
+                // said rather than assumed.
+                Err(d) => (unplannable(&d), Vec::new()),
             }
-            (c, r, result, pending)
-        }))
-        .buffer_unordered(opts.run.concurrency.max(1))
-        .collect()
-        .await;
+        };
+        if let Some(tell) = &ctx_ref.opts.on_run {
+            tell(&ctx_ref.suite.name, &case.name, &result);
+        }
+        (c, r, result, pending)
+    }))
+    .buffer_unordered(opts.run.concurrency.max(1));
+    // A finished run is folded at once into its case's small record (see
+    // `RunResult::reduce`); a case is complete when its last repeat is in.
+    let mut cases: Vec<Option<CaseResult>> = vec![None; p.cases.len()];
+    let mut partial: HashMap<usize, Partial> = HashMap::new();
+    let mut any_errored = false;
+    while let Some((c, r, result, pending)) = stream.next().await {
+        any_errored |= result.outcome == Outcome::Errored;
+        let entry = partial.entry(c).or_default();
+        entry.0.push((r, result.reduce()));
+        for f in pending {
+            if !entry.1.contains(&f) {
+                entry.1.push(f);
+            }
+        }
+        if entry.0.len() == repeat {
+            let (mut runs, pending) = partial.remove(&c).unwrap_or_default();
+            runs.sort_by_key(|(r, _)| *r);
+            let case = p.cases[c];
+            cases[c] = Some(CaseResult::from_runs(
+                case.name.clone(),
+                case.index,
+                case.origin.clone(),
+                case.pass_threshold,
+                runs.into_iter().map(|(_, r)| r).collect(),
+                pending,
+            ));
+        }
+    }
+    drop(stream);
     ctx.resources.shutdown().await;
+    let mut cases: Vec<CaseResult> = cases.into_iter().flatten().collect();
     if let Some(c) = &p.cassette {
         if opts.mode == Mode::Record {
             // A complete recording replaces the suite's answers; a partial one
@@ -313,31 +365,32 @@ async fn run_suite(p: Prepared<'_>, opts: &TestOptions, cancel: CancellationToke
             let complete = opts.filter.is_none()
                 && opts.shard.is_none()
                 && !ctx.cancel.is_cancelled()
-                && done.iter().all(|d| d.2.outcome != Outcome::Errored);
+                && !any_errored;
             if complete {
                 c.prune_unrecorded();
             }
             if let Err(err) = c.save() {
                 // Losing a paid-for recording silently would be worse than
                 // failing the run: say so on every case.
-                for d in &mut done {
-                    d.2.outcome = Outcome::Errored;
-                    d.2.error = Some(format!(
-                        "cannot write the recordings to {}: {err}",
-                        c.path().display()
-                    ));
+                let why = format!(
+                    "cannot write the recordings to {}: {err}",
+                    c.path().display()
+                );
+                for case in &mut cases {
+                    let mut runs = std::mem::take(&mut case.runs);
+                    for r in &mut runs {
+                        r.outcome = Outcome::Errored;
+                        r.error = Some(why.clone());
+                    }
+                    *case = CaseResult::from_runs(
+                        std::mem::take(&mut case.name),
+                        case.index,
+                        std::mem::take(&mut case.origin),
+                        case.pass_threshold,
+                        runs,
+                        std::mem::take(&mut case.pending_snapshots),
+                    );
                 }
-            }
-        }
-    }
-    done.sort_by_key(|(c, r, _, _)| (*c, *r));
-    let mut by_case: Vec<(Vec<RunResult>, Vec<String>)> =
-        vec![(Vec::new(), Vec::new()); p.cases.len()];
-    for (c, _, result, pending) in done {
-        by_case[c].0.push(result);
-        for f in pending {
-            if !by_case[c].1.contains(&f) {
-                by_case[c].1.push(f);
             }
         }
     }
@@ -346,22 +399,21 @@ async fn run_suite(p: Prepared<'_>, opts: &TestOptions, cancel: CancellationToke
         path: p.suite.path.display().to_string(),
         workflow: p.suite.workflow_path.display().to_string(),
         policy: p.suite.policy_path.display().to_string(),
-        cases: p
-            .cases
-            .iter()
-            .zip(by_case)
-            .map(|((case, _), (runs, pending))| {
-                CaseResult::from_runs(
-                    case.name.clone(),
-                    case.index,
-                    case.origin.clone(),
-                    case.pass_threshold,
-                    runs,
-                    pending,
-                )
-            })
-            .collect(),
+        cases,
     }
+}
+
+/// A case whose repeats are not all in: (repeat, run) pairs, pending snapshots.
+type Partial = (Vec<(usize, RunResult)>, Vec<String>);
+
+/// The errored run of a case whose plan failed at run time.
+fn unplannable(d: &[Diagnostic]) -> RunResult {
+    let mut r = RunResult::interrupted();
+    r.error = Some(format!(
+        "the case cannot be planned: {}",
+        d.first().map_or("", |d| d.message.as_str())
+    ));
+    r
 }
 
 /// The run options of one workflow run of the suite: journaled in live and

@@ -139,26 +139,26 @@ pub fn load(path: &Path) -> Result<Suite, Vec<Diagnostic>> {
     let w = &analysis.workflow.value;
 
     let mut diags = Vec::new();
-    let raw = gather_cases(file, doc, &dir, w, &mut diags);
     let mut names = HashSet::new();
-    let cases: Vec<Case> = raw
-        .iter()
-        .enumerate()
-        .map(|(index, rc)| {
-            let case = compile_case(file, doc, w, &policy, rc, index, &mut diags);
-            if !names.insert(case.name.clone()) {
-                diags.push(
-                    Diagnostic::error(
-                        "duplicate-case",
-                        format!("two cases are named `{}`", case.name),
-                    )
-                    .at(rc.locate.span("/name"))
-                    .with_help("case names must be unique in a suite: they name snapshots"),
-                );
-            }
-            case
-        })
-        .collect();
+    let mut cases: Vec<Case> = Vec::new();
+    // Each case is compiled as soon as it is read, and its raw value and
+    // line dropped: what a suite keeps is the compiled cases alone.
+    gather_cases(file, doc, &dir, w, &mut diags, |rc, diags| {
+        let case = compile_case(file, doc, w, &policy, &rc, cases.len(), diags);
+        if !names.insert(case.name.clone()) {
+            diags.push(
+                Diagnostic::error(
+                    "duplicate-case",
+                    format!("two cases are named `{}`", case.name),
+                )
+                .at(rc.locate.span("/name"))
+                .with_help("case names must be unique in a suite: they name snapshots"),
+            );
+        }
+        cases.push(case);
+    });
+    drop(names);
+    cases.shrink_to_fit();
     if cases.is_empty() && diags.is_empty() {
         diags.push(
             Diagnostic::error("no-cases", format!("suite `{name}` has no cases"))
@@ -227,27 +227,27 @@ fn load_referenced(
     }
 }
 
-/// Every case with a way to locate its parts: inline ones first, then each
-/// case file's (JSONL lines, CSV rows) in the order `cases_from` lists them.
-fn gather_cases<'a>(
+/// Every case with a way to locate its parts, handed to `visit` one at a
+/// time: inline ones first, then the JSONL files' lines, then the CSV
+/// files' rows, each kind in the order `cases_from` lists the files.
+fn gather_cases(
     file: &SuiteFile,
-    doc: &'a Document,
+    doc: &Document,
     dir: &Path,
     w: &Workflow,
     diags: &mut Vec<Diagnostic>,
-) -> Vec<RawCase<'a>> {
-    let mut raw: Vec<RawCase> = Vec::new();
+    mut visit: impl FnMut(RawCase<'_>, &mut Vec<Diagnostic>),
+) {
     for (i, c) in file.cases.iter().enumerate() {
-        raw.push(RawCase {
+        let rc = RawCase {
             value: c.clone(),
             locate: Locator::Suite {
                 doc,
                 base: format!("/cases/{i}"),
             },
-        });
+        };
+        visit(rc, diags);
     }
-    let mut jsonl: Vec<JsonlCase> = Vec::new();
-    let mut csv_rows: Vec<(Value, String)> = Vec::new();
     let sources: Vec<(String, String)> = match &file.cases_from {
         Some(Value::String(s)) => vec![(s.clone(), "/cases_from".to_owned())],
         Some(Value::Array(list)) => list
@@ -257,57 +257,85 @@ fn gather_cases<'a>(
             .collect(),
         _ => Vec::new(),
     };
+    #[derive(PartialEq)]
+    enum Kind {
+        Jsonl,
+        Csv,
+    }
+    let kind_of = |rel: &str| match Path::new(rel).extension().and_then(|e| e.to_str()) {
+        Some("jsonl" | "ndjson") => Some(Kind::Jsonl),
+        Some("csv") => Some(Kind::Csv),
+        _ => None,
+    };
     for (rel, ptr) in &sources {
-        let p = dir.join(rel);
-        let text = match crate::files::read_text(&p) {
-            Ok(t) => t,
-            Err(err) => {
-                diags.push(
-                    Diagnostic::error("case-file", format!("cannot read `{}`: {err}", p.display()))
-                        .at(doc.span(ptr))
-                        .with_help(
-                            err.hint()
-                                .unwrap_or("paths in a suite are relative to the suite file"),
-                        ),
-                );
-                continue;
-            }
-        };
-        match p.extension().and_then(|e| e.to_str()) {
-            Some("jsonl" | "ndjson") => {
-                jsonl.extend(jsonl_cases(&p, &text, diags));
-            }
-            Some("csv") => match csv_cases(&p, &text, w) {
-                Ok(rows) => csv_rows.extend(rows),
-                Err(d) => diags.extend(d),
-            },
-            _ => diags.push(
+        if kind_of(rel).is_none() {
+            diags.push(
                 Diagnostic::error(
                     "case-file",
                     format!("`{rel}`: case files are .jsonl or .csv"),
                 )
                 .at(doc.span(ptr)),
-            ),
+            );
         }
     }
-    for c in jsonl {
-        raw.push(RawCase {
-            value: c.value,
-            locate: Locator::Line {
-                path: c.path,
-                line: c.line,
-                text: c.text,
-                doc: std::cell::OnceCell::new(),
-            },
-        });
+    // A case file is read whole (at most `files::MAX_TEXT_BYTES`, which
+    // bounds its cases too), one at a time, and dropped once its cases are
+    // compiled.
+    for pass in [Kind::Jsonl, Kind::Csv] {
+        for (rel, ptr) in &sources {
+            if kind_of(rel).as_ref() != Some(&pass) {
+                continue;
+            }
+            let p = dir.join(rel);
+            let text = match crate::files::read_text(&p) {
+                Ok(t) => t,
+                Err(err) => {
+                    diags.push(
+                        Diagnostic::error(
+                            "case-file",
+                            format!("cannot read `{}`: {err}", p.display()),
+                        )
+                        .at(doc.span(ptr))
+                        .with_help(
+                            err.hint()
+                                .unwrap_or("paths in a suite are relative to the suite file"),
+                        ),
+                    );
+                    continue;
+                }
+            };
+            match pass {
+                Kind::Jsonl => jsonl_cases(&p, &text, diags, |c, diags| {
+                    visit(
+                        RawCase {
+                            value: c.value,
+                            locate: Locator::Line {
+                                path: &p,
+                                line: c.line,
+                                text: c.text,
+                                doc: std::cell::OnceCell::new(),
+                            },
+                        },
+                        diags,
+                    );
+                }),
+                Kind::Csv => match csv_cases(&p, &text, w) {
+                    Ok(rows) => {
+                        for (value, origin) in rows {
+                            visit(
+                                RawCase {
+                                    value,
+                                    locate: Locator::Row { origin },
+                                },
+                                diags,
+                            );
+                        }
+                    }
+                    Err(d) => diags.extend(d),
+                },
+            }
+        }
     }
-    for (value, origin) in csv_rows {
-        raw.push(RawCase {
-            value,
-            locate: Locator::Row { origin },
-        });
-    }
-    raw
 }
 
 /// One case compiled: the defaults merged, inputs typed, expectations
@@ -479,10 +507,10 @@ enum Locator<'a> {
     /// own YAML document padded to its real line number — only when a
     /// problem needs one: padding every line would cost O(lines²).
     Line {
-        path: PathBuf,
+        path: &'a Path,
         /// 1-based.
         line: usize,
-        text: String,
+        text: &'a str,
         doc: std::cell::OnceCell<Option<Document>>,
     },
     /// A CSV row: no positions inside it, just `file:row`.
@@ -545,10 +573,9 @@ impl Locator<'_> {
     }
 }
 
-struct JsonlCase {
-    path: PathBuf,
+struct JsonlCase<'t> {
     line: usize,
-    text: String,
+    text: &'t str,
     value: Value,
 }
 
@@ -559,11 +586,18 @@ fn padded_line(path: &Path, line: usize, text: &str) -> Result<Document, Vec<Dia
     Document::parse(SourceFile::new(path, padded))
 }
 
-/// Each non-blank line of a JSONL file, checked against the case schema;
-/// a line with problems is reported at its own line and column.
-fn jsonl_cases(path: &Path, text: &str, diags: &mut Vec<Diagnostic>) -> Vec<JsonlCase> {
+/// Each non-blank line of a JSONL file, checked against the case schema
+/// and handed to `visit`; a line with problems is reported at its own line
+/// and column.
+fn jsonl_cases<'t>(
+    path: &Path,
+    text: &'t str,
+    diags: &mut Vec<Diagnostic>,
+    mut visit: impl FnMut(JsonlCase<'t>, &mut Vec<Diagnostic>),
+) {
     let (_, validator) = Format::Case.validator();
-    let mut out = Vec::new();
+    // Built once, and only when a line is not JSON (for its position).
+    let mut whole: Option<Arc<SourceFile>> = None;
     for (n, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
             continue;
@@ -571,7 +605,7 @@ fn jsonl_cases(path: &Path, text: &str, diags: &mut Vec<Diagnostic>) -> Vec<Json
         let value = match serde_json::from_str::<Value>(line) {
             Ok(v) => v,
             Err(err) => {
-                let file = SourceFile::new(path, text.to_owned());
+                let file = whole.get_or_insert_with(|| SourceFile::new(path, text.to_owned()));
                 let offset = file.offset_of(n + 1, err.column().saturating_sub(1));
                 diags.push(
                     Diagnostic::error("case-file", format!("line {} is not JSON: {err}", n + 1))
@@ -588,14 +622,15 @@ fn jsonl_cases(path: &Path, text: &str, diags: &mut Vec<Diagnostic>) -> Vec<Json
             }
             continue;
         }
-        out.push(JsonlCase {
-            path: path.to_path_buf(),
-            line: n + 1,
-            text: line.to_owned(),
-            value,
-        });
+        visit(
+            JsonlCase {
+                line: n + 1,
+                text: line,
+                value,
+            },
+            diags,
+        );
     }
-    out
 }
 
 /// CSV rows as case objects: `name`, input columns (coerced to the input's
