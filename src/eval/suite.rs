@@ -218,7 +218,16 @@ fn load_referenced(
         .and_then(|w| analyze::analyze(w, &analyze::project_root(workflow_path)));
     let policy = policy::load(policy_path).map(|(_, p)| p);
     match (analysis, policy) {
-        (Ok(a), Ok(p)) => Ok((a, p)),
+        // A typo in a task falls to the catch-all rule silently: refused
+        // here as `plan` and `run` refuse it.
+        (Ok(a), Ok(p)) => {
+            let unknown = analyze::check_tasks(&a, &p.tasks);
+            if unknown.is_empty() {
+                Ok((a, p))
+            } else {
+                Err(unknown)
+            }
+        }
         (a, p) => {
             diags.extend(a.err().unwrap_or_default());
             diags.extend(p.err().unwrap_or_default());

@@ -206,11 +206,15 @@ fn init_appends_to_gitignore() {
 #[test]
 fn an_unknown_task_is_an_error_with_did_you_mean() {
     let wf = WORKFLOW.replace("task: summarize", "task: sumarize");
-    let project = Project::new(PROJECT_POLICY, &wf);
+    let project = Project::new(PROJECT_POLICY, &wf).with(
+        "suite.yaml",
+        "workflow: wf.yaml\npolicy: policy.yaml\ncases:\n  - name: one\n    inputs: { x: a }\n",
+    );
     for args in [
         vec!["check", "wf.yaml", "policy.yaml"],
         vec!["plan", "wf.yaml", "--policy", "policy.yaml", "-i", "x=a"],
         vec!["run", "wf.yaml", "--policy", "policy.yaml", "-i", "x=a"],
+        vec!["test", "suite.yaml", "--replay"],
     ] {
         let out = project.tollgate(&args).output();
         assert_eq!(out.status.code(), Some(2), "{}", transcript(&out));
