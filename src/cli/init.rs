@@ -143,6 +143,21 @@ cases:
       summary: { json_schema: { type: string, minLength: 1 } }
 "#;
 
+/// The policy's promises as tests, true of every template's policy.
+const POLICY_TESTS: &str = r#"# yaml-language-server: $schema=../../schemas/policy-test.schema.json
+#
+# What the policy promises, as tests: `tollgate test policies/tests` routes
+# each step description with the policy and checks the route it gets; no
+# model is called and nothing is spent. Add a test for every promise you
+# rely on ("architecture goes to the flagship", "a 300k-token prompt goes to
+# a model with a window for it"), so a policy change that breaks one fails.
+policy: ../default.yaml
+tests:
+  - name: confidential data never leaves the machine
+    step: { task: summarize, sensitivity: confidential }
+    expect: { locality: local }
+"#;
+
 /// The line `.gitignore` needs: the run journal's folder.
 const IGNORE: &str = ".tollgate/";
 
@@ -152,12 +167,17 @@ fn files(template: Template) -> Vec<(&'static str, &'static str)> {
         ("workflows/summarize.yaml", WORKFLOW),
         ("policies/default.yaml", template.policy()),
         ("evals/summarize.yaml", SUITE),
+        ("policies/tests/default.yaml", POLICY_TESTS),
         (
             "schemas/workflow.schema.json",
             Format::Workflow.schema_text(),
         ),
         ("schemas/policy.schema.json", Format::Policy.schema_text()),
         ("schemas/suite.schema.json", Format::Suite.schema_text()),
+        (
+            "schemas/policy-test.schema.json",
+            Format::PolicyTest.schema_text(),
+        ),
     ]
 }
 
@@ -293,6 +313,7 @@ fn summary(template: Template, dir: &Path, ignore_note: &str) -> String {
          \x20 workflows/summarize.yaml       a workflow: one summarize step\n\
          \x20 policies/default.yaml          the policy: {}\n\
          \x20 evals/summarize.yaml           a test suite with one case\n\
+         \x20 policies/tests/default.yaml    the policy's promises as tests, run by `tollgate test policies/tests`\n\
          \x20 schemas/*.schema.json          the JSON Schemas the files' `$schema` comments point at\n\
          {ignore_note}\n\n",
         template.name(),

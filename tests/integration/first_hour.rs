@@ -91,13 +91,15 @@ fn the_default_policy_is_found_from_a_subfolder() {
     assert_eq!(report(&out)["policy"]["path"], "policies/default.yaml");
 }
 
-const FILES: [&str; 6] = [
+const FILES: [&str; 8] = [
     "workflows/summarize.yaml",
     "policies/default.yaml",
     "evals/summarize.yaml",
     "schemas/workflow.schema.json",
     "schemas/policy.schema.json",
     "schemas/suite.schema.json",
+    "policies/tests/default.yaml",
+    "schemas/policy-test.schema.json",
 ];
 
 /// Every template's files pass `check` and its first printed command (the
@@ -124,6 +126,7 @@ fn init_writes_a_project_that_checks_for_every_template() {
                 "workflows/summarize.yaml",
                 "policies/default.yaml",
                 "evals/summarize.yaml",
+                "policies/tests/default.yaml",
             ],
         )
         .output();
@@ -134,6 +137,14 @@ fn init_writes_a_project_that_checks_for_every_template() {
             transcript(&out)
         );
         assert!(stderr(&out).is_empty(), "{template}: {}", transcript(&out));
+        // The promise the starter policy tests state holds for every template.
+        let out = Cmd::new(&dir, &["test", "policies/tests", "--ci"]).output();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{template}: {}",
+            transcript(&out)
+        );
         let out = Cmd::new(&dir, &["plan", "workflows/summarize.yaml"]).output();
         assert_eq!(
             out.status.code(),
