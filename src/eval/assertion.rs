@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::diagnostic::{Diagnostic, Span};
-use crate::policy::Policy;
+use crate::policy::{Locality, Policy, Tier};
 use crate::run::StepReport;
 
 /// How a snapshot is compared with the output.
@@ -46,6 +46,84 @@ pub struct Expectations {
     pub max_latency_ms: Option<u64>,
     pub snapshot: Option<SnapshotMode>,
     pub judge: Option<Judge>,
+    /// Where the policy must route the step.
+    pub route: Option<RouteExpect>,
+}
+
+/// `route: { model, tier, locality }`: where the step must go. Checked on
+/// the plan in a `plan_only` case, on the model that answered otherwise.
+#[derive(Debug, Clone, Default)]
+pub struct RouteExpect {
+    /// Model aliases of the policy (any one of them).
+    pub model: Vec<String>,
+    pub tier: Vec<Tier>,
+    pub locality: Option<Locality>,
+}
+
+impl RouteExpect {
+    /// What did not hold for a step routed to `alias` (`None`: no route),
+    /// one message each.
+    pub fn check(&self, policy: &Policy, alias: Option<&str>) -> Vec<String> {
+        let Some(alias) = alias else {
+            return vec!["expected a route, the policy gives none".to_owned()];
+        };
+        let mut out = Vec::new();
+        if !self.model.is_empty() && !self.model.iter().any(|m| m == alias) {
+            out.push(format!(
+                "expected model {}, got `{alias}`",
+                quoted(&self.model)
+            ));
+        }
+        let model = policy.models.get(alias);
+        if let Some(m) = model {
+            if !self.tier.is_empty() && !self.tier.contains(&m.tier) {
+                let want: Vec<String> = self.tier.iter().map(|t| t.name().to_owned()).collect();
+                out.push(format!(
+                    "expected tier {}, got {} (model `{alias}`)",
+                    quoted(&want),
+                    m.tier
+                ));
+            }
+            if let Some(l) = self.locality {
+                if l != m.locality {
+                    out.push(format!(
+                        "expected locality {}, got {} (model `{alias}`)",
+                        locality_name(l),
+                        locality_name(m.locality)
+                    ));
+                }
+            }
+        }
+        out
+    }
+}
+
+fn locality_name(l: Locality) -> &'static str {
+    match l {
+        Locality::Local => "local",
+        Locality::Cloud => "cloud",
+    }
+}
+
+fn quoted(names: &[String]) -> String {
+    let q: Vec<String> = names.iter().map(|n| format!("`{n}`")).collect();
+    match q.as_slice() {
+        [one] => one.clone(),
+        _ => format!("one of {}", q.join(", ")),
+    }
+}
+
+/// A JSON value that is one string or a list of them, as a list.
+fn one_or_many(v: Option<&Value>) -> Vec<String> {
+    match v {
+        Some(Value::String(s)) => vec![s.clone()],
+        Some(Value::Array(a)) => a
+            .iter()
+            .filter_map(Value::as_str)
+            .map(str::to_owned)
+            .collect(),
+        _ => Vec::new(),
+    }
 }
 
 /// One assertion that did not hold.
@@ -166,6 +244,43 @@ impl Expectations {
                     )),
                 );
             }
+        }
+        if let Some(r) = get("route") {
+            let model = one_or_many(r.get("model"));
+            let many = matches!(r.get("model"), Some(Value::Array(_)));
+            for (i, m) in model.iter().enumerate() {
+                if !policy.models.contains_key(m) {
+                    let ptr = if many {
+                        format!("/route/model/{i}")
+                    } else {
+                        "/route/model".to_owned()
+                    };
+                    diags.push(
+                        Diagnostic::error(
+                            "unknown-model",
+                            format!("the policy `{}` has no model `{m}`", policy.name),
+                        )
+                        .at(at(&ptr))
+                        .with_help_opt(crate::diagnostic::did_you_mean(
+                            m,
+                            policy.models.keys().map(String::as_str),
+                        )),
+                    );
+                }
+            }
+            e.route = Some(RouteExpect {
+                model,
+                // The schema allows only tier and locality names.
+                tier: one_or_many(r.get("tier"))
+                    .iter()
+                    .filter_map(|t| Tier::ALL.into_iter().find(|x| x.name() == t))
+                    .collect(),
+                locality: match r.get("locality").and_then(Value::as_str) {
+                    Some("local") => Some(Locality::Local),
+                    Some("cloud") => Some(Locality::Cloud),
+                    _ => None,
+                },
+            });
         }
         if diags.is_empty() { Ok(e) } else { Err(diags) }
     }

@@ -167,7 +167,8 @@ fn prepare<'a>(suite: &'a Suite, opts: &TestOptions) -> Result<Prepared<'a>, Vec
         match plan_case(suite, case) {
             Ok(p) => {
                 cases.push(case);
-                if let Some(providers) = &live_providers {
+                // A plan_only case calls nothing, so it needs no key.
+                if let (Some(providers), false) = (&live_providers, case.plan_only) {
                     for d in providers.check_keys(&p, &suite.policy) {
                         if !key_diags.iter().any(|x| x.message == d.message) {
                             key_diags.push(d);
@@ -196,8 +197,10 @@ fn prepare<'a>(suite: &'a Suite, opts: &TestOptions) -> Result<Prepared<'a>, Vec
     if !diags.is_empty() {
         return Err(diags);
     }
+    // Cases that only plan replay nothing: a suite of them needs no recordings.
+    let calls_models = cases.iter().any(|c| !c.plan_only);
     let open = |check_exists: bool| -> Result<Arc<Cassette>, Vec<Diagnostic>> {
-        if check_exists && !suite.cassette_path.is_file() {
+        if check_exists && calls_models && !suite.cassette_path.is_file() {
             return Err(vec![
                 Diagnostic::error(
                     "no-recordings",
@@ -315,6 +318,7 @@ async fn run_suite(p: Prepared<'_>, opts: &TestOptions, cancel: CancellationToke
             (RunResult::interrupted(), Vec::new())
         } else {
             match plan_case(ctx_ref.suite, case) {
+                Ok(plan) if case.plan_only => (check_routes(ctx_ref, case, &plan), Vec::new()),
                 Ok(plan) => run_case(ctx_ref, case, &plan).await,
                 // Cannot happen (the check pass planned the same case):
                 // said rather than assumed.
@@ -401,6 +405,57 @@ async fn run_suite(p: Prepared<'_>, opts: &TestOptions, cancel: CancellationToke
         policy: p.suite.policy_path.display().to_string(),
         cases,
     }
+}
+
+/// A `plan_only` case: its `route` expectations checked on the plan; no
+/// call, nothing spent.
+fn check_routes(ctx: &Ctx<'_>, case: &Case, plan: &Plan) -> RunResult {
+    let mut result = RunResult {
+        outcome: Outcome::Passed,
+        failures: Vec::new(),
+        error: None,
+        calls: 0,
+        usage: Default::default(),
+        cost_usd: 0.0,
+        judge_cost_usd: 0.0,
+        elapsed_ms: 0,
+    };
+    for (step_id, expect) in &case.expect {
+        let (Some(route), Some(step)) =
+            (&expect.route, plan.steps.iter().find(|s| &s.id == step_id))
+        else {
+            continue;
+        };
+        let alias = step.model.as_ref().map(|m| m.alias.as_str());
+        result
+            .failures
+            .extend(route_failures(&ctx.policy, step_id, route, alias));
+    }
+    if !result.failures.is_empty() {
+        result.outcome = Outcome::Failed;
+    }
+    result
+}
+
+/// A route expectation's failures for a step routed to `alias`.
+fn route_failures(
+    policy: &Policy,
+    step: &str,
+    route: &assertion::RouteExpect,
+    alias: Option<&str>,
+) -> Vec<Failure> {
+    route
+        .check(policy, alias)
+        .into_iter()
+        .map(|message| Failure {
+            step: step.to_owned(),
+            assertion: "route".to_owned(),
+            message,
+            expected: None,
+            actual: None,
+            diff: None,
+        })
+        .collect()
 }
 
 /// A case whose repeats are not all in: (repeat, run) pairs, pending snapshots.
@@ -601,6 +656,15 @@ async fn check_step(
         return None;
     }
     result.failures.extend(expect.check(step));
+    // In a run the route is the model that answered (a fallback included).
+    if let Some(route) = &expect.route {
+        result.failures.extend(route_failures(
+            &ctx.policy,
+            step_id,
+            route,
+            step.model.as_deref(),
+        ));
+    }
     let level = plan
         .steps
         .iter()

@@ -42,6 +42,9 @@ pub struct Case {
     pub expect: IndexMap<String, Expectations>,
     /// Share of `--repeat` runs that must pass.
     pub pass_threshold: f64,
+    /// Planned only: its `route` expectations are checked on the plan and
+    /// no model is called.
+    pub plan_only: bool,
     /// Where the case is written (`evals/x.yaml:12:5`, `cases.jsonl:3`).
     pub origin: String,
 }
@@ -386,7 +389,12 @@ fn compile_case(
         }
     };
     let expect = case_expectations(file, doc, w, policy, rc, &obj, diags);
+    let plan_only = obj.get("plan_only").and_then(Value::as_bool) == Some(true);
+    if plan_only {
+        check_plan_only(file, rc, &obj, diags);
+    }
     Case {
+        plan_only,
         name,
         index,
         inputs,
@@ -396,6 +404,45 @@ fn compile_case(
             .and_then(Value::as_f64)
             .unwrap_or(file.pass_threshold.unwrap_or(1.0)),
         origin: rc.locate.origin(),
+    }
+}
+
+/// A `plan_only` case calls no model: every expectation it has (its own,
+/// or the defaults' for a step it does not set) may check the route only.
+fn check_plan_only(
+    file: &SuiteFile,
+    rc: &RawCase<'_>,
+    obj: &Map<String, Value>,
+    diags: &mut Vec<Diagnostic>,
+) {
+    let own = obj.get("expect").and_then(Value::as_object);
+    let answer_checks = |spec: &Value| {
+        spec.as_object()
+            .is_some_and(|o| o.keys().any(|k| k != "route"))
+    };
+    let mut refuse = |step: &str, ptr: Option<String>| {
+        diags.push(
+            rc.locate.mark(
+                Diagnostic::error(
+                    "plan-only-assertion",
+                    format!("a `plan_only` case calls no model, so it cannot check the answer of step `{step}`"),
+                )
+                .at(ptr
+                    .and_then(|p| rc.locate.span(&p))
+                    .or_else(|| rc.locate.span("/plan_only")))
+                .with_help("a plan_only case checks `route:` only; move answer checks (equals, contains, snapshot, judge, …) to a case that runs, or out of `defaults.expect`"),
+            ),
+        );
+    };
+    for (step, spec) in own.into_iter().flatten() {
+        if answer_checks(spec) {
+            refuse(step, Some(format!("/expect{}", pointer([step.as_str()]))));
+        }
+    }
+    for (step, spec) in &file.defaults.expect {
+        if !own.is_some_and(|o| o.contains_key(step)) && answer_checks(spec) {
+            refuse(step, None);
+        }
     }
 }
 

@@ -307,3 +307,86 @@ fn policy_tests_are_sharded_and_merged_like_cases() {
     let tests = v["policy_tests"][0]["tests"].as_array().expect("tests");
     assert_eq!(tests.len(), 8, "every test once, in some shard: {v}");
 }
+
+/// The team policy's routes for the ticket-triage workflow, as a suite of
+/// `plan_only` cases: no key, no recording, no call.
+const ROUTE_SUITE: &str = r#"workflow: ../workflows/ticket-triage.yaml
+policy: ../policies/default.yaml
+cases:
+  - name: logs-stay-local
+    plan_only: true
+    inputs: { ticket: "It crashes on save.", logs: "user=alice@example.com token=…" }
+    expect:
+      summarize: { route: { tier: budget, locality: cloud } }
+      fix_plan: { route: { model: local, locality: local } }
+  - name: classification-is-volume-work
+    plan_only: true
+    inputs: { ticket: "How do I export CSV?" }
+    expect:
+      classify: { route: { model: [budget, local], tier: budget } }
+"#;
+
+#[test]
+fn plan_only_cases_check_routes_without_calling_anything() {
+    let p = Project::empty().with("evals/routes.yaml", ROUTE_SUITE);
+    std::fs::create_dir_all(p.path().join("workflows")).expect("dir");
+    for f in [
+        "workflows/ticket-triage.yaml",
+        "policies/default.yaml",
+        "prompts/fix-plan.md.j2",
+    ] {
+        let text = std::fs::read_to_string(root().join(f)).expect("repo file");
+        p.write(f, &text);
+    }
+    // Live mode, no keys and no recordings: a plan_only case needs neither.
+    let out = p.tollgate(&["test", "evals/routes.yaml"]).output();
+    assert_eq!(out.status.code(), Some(0), "{}", transcript(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains("2 passed, 0 failed, 0 errored of 2 cases; 0 calls"),
+        "{text}"
+    );
+    // A route that moved fails the case with what was expected and what came.
+    p.write(
+        "evals/routes.yaml",
+        &ROUTE_SUITE.replace(
+            "summarize: { route: { tier: budget, locality: cloud } }",
+            "summarize: { route: { tier: workhorse } }",
+        ),
+    );
+    let out = p
+        .tollgate(&["test", "evals/routes.yaml", "--replay"])
+        .output();
+    assert_eq!(out.status.code(), Some(1), "{}", transcript(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains(
+            "step summarize: route — expected tier `workhorse`, got budget (model `budget`)"
+        ),
+        "{text}"
+    );
+    // Answer checks in a plan_only case are refused where they are written,
+    // and a typo in a model is located with did-you-mean.
+    p.write(
+        "evals/routes.yaml",
+        &ROUTE_SUITE.replace(
+            "fix_plan: { route: { model: local, locality: local } }",
+            "fix_plan: { contains: [fix], route: { model: locl } }",
+        ),
+    );
+    let out = p.tollgate(&["test", "evals/routes.yaml"]).output();
+    assert_eq!(out.status.code(), Some(2), "{}", transcript(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains(
+            "a `plan_only` case calls no model, so it cannot check the answer of step `fix_plan`"
+        ),
+        "{err}"
+    );
+    assert!(
+        err.contains("the policy `team` has no model `locl`"),
+        "{err}"
+    );
+    assert!(err.contains("did you mean `local`?"), "{err}");
+    assert!(err.contains("evals/routes.yaml:9:19"), "{err}");
+}
