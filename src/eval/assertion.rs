@@ -98,14 +98,16 @@ impl RouteExpect {
     }
 }
 
-fn locality_name(l: Locality) -> &'static str {
+/// `local` or `cloud`, as policies write it.
+pub(super) fn locality_name(l: Locality) -> &'static str {
     match l {
         Locality::Local => "local",
         Locality::Cloud => "cloud",
     }
 }
 
-fn quoted(names: &[String]) -> String {
+/// Names in backticks: `` `a` `` or ``one of `a`, `b` ``.
+pub(super) fn quoted(names: &[String]) -> String {
     let q: Vec<String> = names.iter().map(|n| format!("`{n}`")).collect();
     match q.as_slice() {
         [one] => one.clone(),

@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use super::assertion::{locality_name, quoted as or_list};
 use crate::diagnostic::{Diagnostic, did_you_mean, one_of};
 use crate::policy::{self, Locality, Policy, Tier};
 use crate::route::{self, Decider, Facts, TierUsage};
@@ -513,21 +514,6 @@ impl PolicyTest {
             }
         }
         out
-    }
-}
-
-fn locality_name(l: Locality) -> &'static str {
-    match l {
-        Locality::Local => "local",
-        Locality::Cloud => "cloud",
-    }
-}
-
-fn or_list(names: &[String]) -> String {
-    let quoted: Vec<String> = names.iter().map(|n| format!("`{n}`")).collect();
-    match quoted.as_slice() {
-        [one] => one.clone(),
-        _ => format!("one of {}", quoted.join(", ")),
     }
 }
 
