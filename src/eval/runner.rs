@@ -4,7 +4,7 @@
 //! snapshots and judges, and aggregate repeats.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
 use futures::StreamExt;
@@ -291,6 +291,10 @@ struct Ctx<'a> {
     opts: &'a TestOptions,
     cancel: CancellationToken,
     judges: Judges,
+    /// The journal record of the suite's first run: every other run of its
+    /// workflow copies the files' paths and identities from it (see
+    /// [`journaled`]).
+    first_run: OnceLock<crate::journal::NewRun>,
 }
 
 async fn run_suite(p: Prepared<'_>, opts: &TestOptions, cancel: CancellationToken) -> SuiteResult {
@@ -302,6 +306,7 @@ async fn run_suite(p: Prepared<'_>, opts: &TestOptions, cancel: CancellationToke
         opts,
         cancel,
         judges: Mutex::new(HashMap::new()),
+        first_run: OnceLock::new(),
     };
     let repeat = opts.repeat.max(1);
     let ctx_ref = &ctx;
@@ -484,14 +489,26 @@ async fn journaled(
     let Some(journal) = &ctx.opts.journal else {
         return Ok((options, None));
     };
-    let record = crate::journal::new_run(
-        analysis,
-        workflow_path,
-        &ctx.suite.policy,
-        &ctx.suite.policy_path,
-        inputs,
-        plan,
-    );
+    let new_run = || {
+        crate::journal::new_run(
+            analysis,
+            workflow_path,
+            &ctx.suite.policy,
+            &ctx.suite.policy_path,
+            inputs,
+            plan,
+        )
+    };
+    // The suite's workflow and policy files are the same for every case:
+    // resolved, read and hashed once, not per case (judges, rarer, each
+    // have their own workflow and build their record whole).
+    let suite_workflow =
+        std::ptr::eq(analysis, &*ctx.suite.analysis) && workflow_path == ctx.suite.workflow_path;
+    let record = if suite_workflow {
+        ctx.first_run.get_or_init(new_run).with_case(inputs, plan)
+    } else {
+        new_run()
+    };
     let db = Arc::clone(journal);
     let run_id = tokio::task::spawn_blocking(move || db.begin_run(&record)).await??;
     options.journal = Some(run::RunJournal {

@@ -63,26 +63,49 @@ pub fn new_run(
         policy: policy.name.clone(),
         policy_path: absolute(policy_path),
         policy_hash: policy_hash(policy_path),
-        inputs: Value::Object(
-            inputs
+        inputs: Value::Null,
+        estimate_usd: 0.0,
+        estimate_max_usd: 0.0,
+        steps: Vec::new(),
+    }
+    .with_case(inputs, plan)
+}
+
+impl NewRun {
+    /// The record of another run of the same workflow and policy files,
+    /// with its own inputs and plan. The files' paths and identities are
+    /// taken from `self` rather than resolved, read and hashed again: a
+    /// suite journals a run per case, and doing that work per case cost
+    /// more CPU than running the case (issue 12).
+    pub fn with_case(&self, inputs: &crate::inputs::Inputs, plan: &crate::plan::Plan) -> NewRun {
+        NewRun {
+            workflow: self.workflow.clone(),
+            workflow_path: self.workflow_path.clone(),
+            workflow_hash: self.workflow_hash.clone(),
+            policy: self.policy.clone(),
+            policy_path: self.policy_path.clone(),
+            policy_hash: self.policy_hash.clone(),
+            inputs: Value::Object(
+                inputs
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.value.clone()))
+                    .collect(),
+            ),
+            estimate_usd: plan.totals.cost.low,
+            estimate_max_usd: plan.totals.cost.high,
+            steps: plan
+                .steps
                 .iter()
-                .map(|(k, v)| (k.clone(), v.value.clone()))
+                .map(|s| PlannedStep {
+                    id: s.id.clone(),
+                    model: s.model.as_ref().map(|m| m.alias.clone()),
+                    calls: s.calls,
+                    estimate_usd: s.cost.low,
+                    estimate_max_usd: s.cost.high,
+                    flagship_estimate_usd: s.flagship_cost.low,
+                })
                 .collect(),
-        ),
-        estimate_usd: plan.totals.cost.low,
-        estimate_max_usd: plan.totals.cost.high,
-        steps: plan
-            .steps
-            .iter()
-            .map(|s| PlannedStep {
-                id: s.id.clone(),
-                model: s.model.as_ref().map(|m| m.alias.clone()),
-                calls: s.calls,
-                estimate_usd: s.cost.low,
-                estimate_max_usd: s.cost.high,
-                flagship_estimate_usd: s.flagship_cost.low,
-            })
-            .collect(),
+        }
     }
 }
 
@@ -219,4 +242,50 @@ pub struct CachedAnswer {
     /// What the answer cost when it was bought.
     pub cost_usd: f64,
     pub run_id: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::diagnostic::SourceFile;
+    use crate::inputs::{InputValue, Inputs, ValueSource};
+    use crate::schema::Format;
+    use crate::yaml::Document;
+
+    fn inputs(ticket: &str) -> Inputs {
+        [(
+            "ticket".to_owned(),
+            InputValue {
+                value: Value::String(ticket.to_owned()),
+                source: ValueSource::Given,
+            },
+        )]
+        .into_iter()
+        .collect()
+    }
+
+    /// A suite's runs copy the files' identities from its first run: each
+    /// must be the record `new_run` would have built for that case.
+    #[test]
+    fn a_record_for_another_case_is_the_one_built_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let (wf_path, policy_path) = (dir.path().join("w.yaml"), dir.path().join("p.yaml"));
+        let text = "version: 1\nname: t\ninputs:\n  ticket: {type: string}\nsteps:\n  classify:\n    task: classify\n    prompt: \"Label: {{ inputs.ticket }}\"\n    max_output_tokens: 5\n";
+        std::fs::write(&wf_path, text).unwrap();
+        let doc = Document::parse(SourceFile::new(&wf_path, text.to_owned())).unwrap();
+        let w = crate::workflow::from_document(doc, Format::Workflow).unwrap();
+        let analysis = crate::analyze::analyze(w, dir.path()).unwrap();
+        let (_, policy) = crate::policy::load_builtin().unwrap();
+        std::fs::write(&policy_path, "version: 1\n").unwrap();
+        let plan_of = |i: &Inputs| crate::plan::build(&analysis, &policy, "p", i).unwrap();
+        let (a, b) = (inputs("short"), inputs(&"a much longer ticket ".repeat(50)));
+        let (plan_a, plan_b) = (plan_of(&a), plan_of(&b));
+        let first = new_run(&analysis, &wf_path, &policy, &policy_path, &a, &plan_a);
+        let whole = new_run(&analysis, &wf_path, &policy, &policy_path, &b, &plan_b);
+        let copied = first.with_case(&b, &plan_b);
+        assert_eq!(format!("{copied:?}"), format!("{whole:?}"));
+        // Not vacuous: the cases' records differ where their cases do.
+        assert_ne!(first.inputs, copied.inputs);
+        assert_eq!(copied.policy_hash, sha256_json(&"version: 1\n"));
+    }
 }
