@@ -248,19 +248,22 @@ impl Journal {
             let id = loop {
                 let id = format!("r-{stamp}-{:04x}", fastrand::u16(..));
                 let taken: bool = tx
-                    .query_row("SELECT 1 FROM runs WHERE id = ?1", [&id], |_| Ok(true))
+                    .prepare_cached("SELECT 1 FROM runs WHERE id = ?1")?
+                    .query_row([&id], |_| Ok(true))
                     .optional()?
                     .unwrap_or(false);
                 if !taken {
                     break id;
                 }
             };
-            tx.execute(
+            // Cached statements: a suite begins a run per case.
+            tx.prepare_cached(
                 "INSERT INTO runs (id, workflow, workflow_path, workflow_hash, policy, policy_path, policy_hash,
                     inputs_hash, inputs, started_ms, status, steps_total, estimate_usd, estimate_max_usd, pid,
                     pid_start)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 'running', ?11, ?12, ?13, ?14, ?15)",
-                params![
+            )?
+            .execute(params![
                     id,
                     run.workflow,
                     run.workflow_path,
@@ -276,8 +279,7 @@ impl Journal {
                     run.estimate_max_usd,
                     std::process::id(),
                     own_start(),
-                ],
-            )?;
+            ])?;
             let mut step = tx.prepare_cached(
                 "INSERT INTO steps (run_id, step, status, planned_model, planned_calls, estimate_usd,
                     estimate_max_usd, flagship_estimate_usd)
@@ -322,12 +324,12 @@ impl Journal {
     pub fn finish_run(&self, id: &str, status: &str) -> Result<(), JournalError> {
         let (id, status, now) = (id.to_owned(), status.to_owned(), self.now());
         self.write(move |tx| {
-            tx.execute(
+            tx.prepare_cached(
                 "UPDATE runs SET status = ?2, finished_ms = ?3,
                     cost_usd = (SELECT COALESCE(SUM(MAX(cost_usd, 0)), 0) FROM calls WHERE run_id = ?1)
                  WHERE id = ?1",
-                params![id, status, now],
-            )?;
+            )?
+            .execute(params![id, status, now])?;
             Ok(())
         })
     }
