@@ -266,10 +266,12 @@ fn totals(o: &mut String, plan: &Plan) {
         } else {
             "               "
         };
-        let cap = tier
-            .max_share_of_calls
-            .map(|m| format!(", max {:.0}%", m * 100.0))
-            .unwrap_or_default();
+        // The cap in calls, as routing applies it: "max 10% → at most 1 of
+        // 6 calls" says more than "17%, max 10%".
+        let cap = match (tier.max_share_of_calls, tier.max_calls) {
+            (Some(m), Some(n)) => format!("; max {:.0}% → at most {n} of {}", m * 100.0, t.calls),
+            _ => String::new(),
+        };
         let _ = writeln!(
             o,
             "{label}{:<10}{} ({:.0}%{cap})  {}",

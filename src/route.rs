@@ -49,8 +49,14 @@ impl TierUsage {
         policy
             .tier_shares
             .get(&tier)
-            .map(|share| (share * self.total_calls as f64 - 1e-9).ceil().max(0.0) as u64)
+            .map(|share| max_calls(*share, self.total_calls))
     }
+}
+
+/// The most calls of `total` a tier with this share may take:
+/// `ceil(share × total)` (the tolerance keeps 0.1 × 10 at 1, not 2).
+pub fn max_calls(share: f64, total: u64) -> u64 {
+    (share * total as f64 - 1e-9).ceil().max(0.0) as u64
 }
 
 /// Why a candidate was passed over.

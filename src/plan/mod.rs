@@ -175,6 +175,9 @@ pub struct TierTotal {
     pub calls: u64,
     pub share_of_calls: f64,
     pub max_share_of_calls: Option<f64>,
+    /// The share as routing applies it: at most this many of the run's
+    /// calls (`route::max_calls`).
+    pub max_calls: Option<u64>,
     pub cost: CostRange,
 }
 
@@ -687,6 +690,10 @@ fn totals(steps: &[StepPlan], policy: &Policy, usage: &TierUsage) -> Totals {
                 calls: c,
                 share_of_calls: c as f64 / total_calls,
                 max_share_of_calls: policy.tier_shares.get(&tier).copied(),
+                max_calls: policy
+                    .tier_shares
+                    .get(&tier)
+                    .map(|s| route::max_calls(*s, usage.total_calls)),
                 cost,
             })
             .collect(),
