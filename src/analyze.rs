@@ -195,6 +195,28 @@ pub fn git_root(dir: &Path) -> Option<&Path> {
     dir.ancestors().find(|d| d.join(".git").exists())
 }
 
+/// An input no step reads (prompt, system prompt, `when`, `for_each`) is
+/// a warning: usually a typo in a template's name for it, or a leftover the
+/// user still pays attention to (and may still label confidential).
+fn unused_inputs(
+    workflow: &Loaded<Workflow>,
+    steps: &IndexMap<String, StepInfo>,
+    diags: &mut Vec<Diagnostic>,
+) {
+    for name in workflow.value.inputs.keys() {
+        if steps.values().any(|s| s.reads_inputs.contains(name)) {
+            continue;
+        }
+        diags.push(
+            Diagnostic::warning("unused-input", format!("no step reads input `{name}`"))
+                .at(workflow.doc.key_span(&pointer(["inputs", name.as_str()])))
+                .with_help(format!(
+                    "read it in a template as `{{{{ inputs.{name} }}}}`, or remove it"
+                )),
+        );
+    }
+}
+
 /// Checks a workflow. `root` is the project folder prompt files must stay in.
 pub fn analyze(workflow: Loaded<Workflow>, root: &Path) -> Result<Analysis, Vec<Diagnostic>> {
     let env = template::environment();
@@ -206,6 +228,11 @@ pub fn analyze(workflow: Loaded<Workflow>, root: &Path) -> Result<Analysis, Vec<
         steps.insert(id.clone(), info);
     }
     let dag = seal_dag(&workflow, &steps, &mut diags);
+    // Only over a workflow whose every template was read: a template that
+    // failed to analyze would make its inputs look unused.
+    if !diags.iter().any(Diagnostic::is_error) {
+        unused_inputs(&workflow, &steps, &mut diags);
+    }
     match dag {
         Some(dag) if !diags.iter().any(Diagnostic::is_error) => Ok(Analysis {
             workflow,

@@ -149,3 +149,46 @@ fn test_reports_every_bad_flag_at_once_before_loading_anything() {
     assert!(text.contains("--repeat must be at least 1"), "{text}");
     assert!(!text.contains("missing.yaml"), "{text}");
 }
+
+#[test]
+fn an_input_no_step_reads_is_a_located_warning_that_does_not_fail() {
+    let wf = "version: 1
+name: w
+inputs:
+  ticket: {type: string, example: x}
+  tiket: {type: string, default: \"\"}
+steps:
+  a: {task: summarize, prompt: \"{{ inputs.ticket }}\"}
+";
+    let dir = Project::new(INSECURE_POLICY, wf);
+    for args in [
+        vec!["check", "wf.yaml", "policy.yaml"],
+        vec!["plan", "wf.yaml", "-p", "policy.yaml"],
+    ] {
+        let out = tollgate_in(dir.path(), &args);
+        assert_eq!(out.status.code(), Some(0), "{}", transcript(&out));
+        let err = stderr(&out);
+        assert_eq!(
+            err.matches("no step reads input `tiket`").count(),
+            1,
+            "{err}"
+        );
+        assert!(err.contains("wf.yaml:5:3"), "{err}");
+        assert!(!err.contains("input `ticket`"), "{err}");
+    }
+    // A template that fails to analyze is an error, and no input is then
+    // called unused on the strength of a template that was not read.
+    let out = tollgate_in(dir.path(), &["check", "wf.yaml"]);
+    assert_eq!(out.status.code(), Some(0), "{}", transcript(&out));
+    dir.write(
+        "wf.yaml",
+        &wf.replace("{{ inputs.ticket }}", "{{ inputs.ticket | nosuchfilter }}"),
+    );
+    let out = tollgate_in(dir.path(), &["check", "wf.yaml", "policy.yaml"]);
+    assert_eq!(out.status.code(), Some(2), "{}", transcript(&out));
+    assert!(
+        !stderr(&out).contains("no step reads input"),
+        "{}",
+        stderr(&out)
+    );
+}
