@@ -408,10 +408,14 @@ impl Expectations {
             if step.cost_usd > max {
                 let mut f = fail(
                     "max_cost_usd",
-                    format!("cost ${:.6}, more than ${max}", step.cost_usd),
+                    format!(
+                        "cost {}, more than {}",
+                        crate::render::usd(step.cost_usd),
+                        crate::render::usd(max)
+                    ),
                 );
                 f.expected = Some(format!("≤ ${max}"));
-                f.actual = Some(format!("${:.6}", step.cost_usd));
+                f.actual = Some(crate::render::usd(step.cost_usd));
                 out.push(f);
             }
         }

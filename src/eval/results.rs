@@ -372,14 +372,9 @@ pub fn merge(parts: Vec<Results>) -> Result<Results, MergeError> {
     })
 }
 
+/// Money as everywhere else: under a cent with two significant digits.
 fn money(x: f64) -> String {
-    if x == 0.0 {
-        "$0".to_owned()
-    } else if x < 0.01 {
-        format!("${x:.6}")
-    } else {
-        format!("${x:.4}")
-    }
+    crate::render::usd(x)
 }
 
 fn indent(text: &str, by: &str) -> String {
