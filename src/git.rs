@@ -6,10 +6,14 @@
 //! not start with `-`, so it can never be read as an option; the output is
 //! read with the same bound as any file tollgate reads.
 
+use std::io::Read;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
 use crate::files;
+
+/// How much of git's error output is read (the message shows 500 characters).
+const MAX_MESSAGE_BYTES: u64 = 4096;
 
 /// Why a revision could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -55,15 +59,20 @@ pub fn show(spec: &str, cwd: &Path) -> Result<String, GitError> {
         // The read stopped early (too big): git may be blocked writing.
         let _ = child.kill();
     }
-    let out = child.wait_with_output().map_err(GitError::Spawn)?;
-    if !out.status.success() {
-        let message = String::from_utf8_lossy(&out.stderr);
+    // Only the start of what git says is shown: read no more than that.
+    let mut stderr = Vec::new();
+    if let Some(err) = child.stderr.take() {
+        let _ = err.take(MAX_MESSAGE_BYTES).read_to_end(&mut stderr);
+    }
+    let status = child.wait().map_err(GitError::Spawn)?;
+    if !status.success() {
+        let message = String::from_utf8_lossy(&stderr);
         let message = message.trim();
         let message: String = message.chars().take(500).collect();
         return Err(GitError::Failed {
             spec: spec.to_owned(),
             message: if message.is_empty() {
-                format!("git exited with {}", out.status)
+                format!("git exited with {status}")
             } else {
                 message
             },

@@ -86,7 +86,7 @@ pub(super) fn cmd_check(files: &[PathBuf], format: OutputFormat, options: Render
                     Err(d) => diags.extend(d),
                 }
             }
-            Some(FileFormat::Suite) => match crate::eval::suite::load(path) {
+            Some(FileFormat::Suite) => match crate::eval::suite::from_document(path, doc) {
                 Ok(s) => {
                     diags.extend(s.policy.warnings.iter().cloned());
                     diags.extend(s.analysis.warnings.iter().cloned());
@@ -106,7 +106,7 @@ pub(super) fn cmd_check(files: &[PathBuf], format: OutputFormat, options: Render
             },
             // Checked means loaded: every name against the policy. The
             // tests themselves run in `tollgate test`.
-            Some(FileFormat::PolicyTest) => match crate::eval::policy_tests::load(path) {
+            Some(FileFormat::PolicyTest) => match crate::eval::policy_tests::from_document(path, doc) {
                 Ok(t) => {
                     diags.extend(t.policy.warnings.iter().cloned());
                     summary.push(format!(
@@ -215,14 +215,10 @@ fn cross_check(a: &Analysis, p: &Policy, path: &std::path::Path) -> Vec<Diagnost
         .collect()
 }
 
-/// What `tollgate test` would refuse of a suite before its first call: an
-/// unknown task, or a case that cannot be planned (worded as `test` words
-/// it).
+/// What `tollgate test` would refuse of a suite before its first call that
+/// loading it does not (an unknown task is refused by `suite::load`): a
+/// case that cannot be planned (worded as `test` words it).
 fn suite_problems(s: &crate::eval::suite::Suite) -> Vec<Diagnostic> {
-    let unknown = analyze::check_tasks(&s.analysis, &s.policy.tasks);
-    if !unknown.is_empty() {
-        return unknown;
-    }
     let policy_name = s.policy_path.display().to_string();
     let mut diags = Vec::new();
     for case in &s.cases {

@@ -4,14 +4,52 @@ use std::path::{Path, PathBuf};
 
 use super::journal::{self, StateArg};
 use super::{OutputFormat, default_policy, exit, load_both, print_out, report, warn};
-use crate::catalog::Catalog;
-use crate::diagnostic::{Diagnostic, RenderOptions, SourceFile};
-use crate::inputs::{self, RawInput};
+use crate::analyze::Analysis;
+use crate::diagnostic::{Diagnostic, RenderOptions};
+use crate::inputs::{self, Inputs, RawInput};
 use crate::plan::compare::{self, FailOn};
-use crate::policy::PolicyFile;
-use crate::schema::Format as FileFormat;
-use crate::yaml::Document;
-use crate::{git, plan, render, workflow};
+use crate::policy::Policy;
+use crate::{git, plan, render};
+
+/// What `plan` and `plan --compare` start from: the workflow, the policy
+/// (the default one when none is given) and the input values.
+struct Loaded {
+    analysis: Analysis,
+    policy: Policy,
+    policy_path: PathBuf,
+    values: Inputs,
+}
+
+/// Loads the workflow and the policy, then the inputs; `extra` is another
+/// policy whose warnings show with theirs (the baseline of `--compare`).
+fn load(
+    workflow_path: &Path,
+    policy_path: Option<PathBuf>,
+    extra: Option<&Policy>,
+    raw: &[RawInput],
+    options: RenderOptions,
+) -> Result<Loaded, Vec<Diagnostic>> {
+    let policy_path = policy_path.unwrap_or_else(default_policy);
+    let (analysis, policy) = load_both(workflow_path, &policy_path)?;
+    // Plain http to a cloud provider included: warned about here, refused
+    // by `run`.
+    let extra_warnings = extra.map(|p| p.warnings.as_slice()).unwrap_or_default();
+    warn(
+        policy
+            .warnings
+            .iter()
+            .chain(extra_warnings)
+            .chain(&analysis.warnings),
+        options,
+    );
+    let values = inputs::resolve(&analysis.workflow.value, raw, true)?;
+    Ok(Loaded {
+        analysis,
+        policy,
+        policy_path,
+        values,
+    })
+}
 
 pub(super) fn cmd_plan(
     workflow_path: &Path,
@@ -21,16 +59,13 @@ pub(super) fn cmd_plan(
     state: &StateArg,
     options: RenderOptions,
 ) -> u8 {
-    let policy_path = policy_path.unwrap_or_else(default_policy);
-    let (analysis, policy) = match load_both(workflow_path, &policy_path) {
-        Ok(both) => both,
-        Err(diags) => return report(diags, format, options),
-    };
-    // Plain http to a cloud provider included: warned about here, refused
-    // by `run`.
-    warn(policy.warnings.iter().chain(&analysis.warnings), options);
-    let values = match inputs::resolve(&analysis.workflow.value, raw, true) {
-        Ok(v) => v,
+    let Loaded {
+        analysis,
+        policy,
+        policy_path,
+        values,
+    } = match load(workflow_path, policy_path, None, raw, options) {
+        Ok(l) => l,
         Err(d) => return report(d, format, options),
     };
     match plan::build(
@@ -85,25 +120,23 @@ pub(super) fn cmd_compare(
     format: OutputFormat,
     options: RenderOptions,
 ) -> u8 {
-    let policy_path = policy_path.unwrap_or_else(default_policy);
-    let (analysis, policy) = match load_both(workflow_path, &policy_path) {
-        Ok(both) => both,
-        Err(diags) => return report(diags, format, options),
-    };
     let (baseline_name, baseline_policy) = match load_baseline(baseline) {
         Ok(b) => b,
         Err(diags) => return report(diags, format, options),
     };
-    warn(
-        policy
-            .warnings
-            .iter()
-            .chain(&baseline_policy.warnings)
-            .chain(&analysis.warnings),
+    let Loaded {
+        analysis,
+        policy,
+        policy_path,
+        values,
+    } = match load(
+        workflow_path,
+        policy_path,
+        Some(&baseline_policy),
+        raw,
         options,
-    );
-    let values = match inputs::resolve(&analysis.workflow.value, raw, true) {
-        Ok(v) => v,
+    ) {
+        Ok(l) => l,
         Err(d) => return report(d, format, options),
     };
     let proposal = plan::build(
@@ -173,11 +206,5 @@ fn load_baseline(spec: &str) -> Result<(String, crate::policy::Policy), Vec<Diag
                 .with_help("--compare takes a policy file or REV:PATH, e.g. main:policies/default.yaml (PATH from the repository's top, or ./PATH from here)"),
         ]
     })?;
-    let doc = Document::parse(SourceFile::new(spec, text))?;
-    let loaded = workflow::from_document::<PolicyFile>(doc, FileFormat::Policy)?;
-    let (policy, diags) = crate::policy::compile(&loaded.value, &loaded.doc, Catalog::builtin());
-    if diags.iter().any(Diagnostic::is_error) {
-        return Err(diags);
-    }
-    Ok((spec.to_owned(), policy))
+    crate::policy::load_text(spec, &text).map(|(_, p)| (spec.to_owned(), p))
 }

@@ -175,16 +175,22 @@ fn load_suites(args: &TestArgs) -> Result<Loaded, Vec<Diagnostic>> {
     let mut suites = Vec::new();
     let mut policy_tests = Vec::new();
     for f in &files {
-        let is_policy_test =
-            crate::workflow::load_document(f).is_ok_and(|doc| policy_tests::is_policy_test(&doc));
-        if is_policy_test {
-            match policy_tests::load(f) {
+        // Each file is read once: what it is decides how it is loaded.
+        let doc = match crate::workflow::load_document(f) {
+            Ok(doc) => doc,
+            Err(d) => {
+                diags.extend(d);
+                continue;
+            }
+        };
+        if policy_tests::is_policy_test(&doc) {
+            match policy_tests::from_document(f, doc) {
                 Ok(t) => policy_tests.push(t),
                 Err(d) => diags.extend(d),
             }
             continue;
         }
-        match suite::load(f) {
+        match suite::from_document(f, doc) {
             Ok(s) => suites.push(s),
             Err(d) => diags.extend(d),
         }

@@ -163,7 +163,12 @@ pub struct Outcome {
 /// Loads a policy test file and its policy, checking every name the tests
 /// use against the policy. Every problem is reported at once.
 pub fn load(path: &Path) -> Result<PolicyTests, Vec<Diagnostic>> {
-    let doc = workflow::load_document(path)?;
+    from_document(path, workflow::load_document(path)?)
+}
+
+/// [`load`] of a file already read and parsed (`check` and `test` read
+/// each file once to tell what it is).
+pub fn from_document(path: &Path, doc: Document) -> Result<PolicyTests, Vec<Diagnostic>> {
     let loaded = workflow::from_document::<File>(doc, Format::PolicyTest)?;
     let doc = &loaded.doc;
     let policy_path = super::suite::clean(&loaded.dir().join(&loaded.value.policy));

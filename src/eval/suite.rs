@@ -126,7 +126,12 @@ struct Defaults {
 /// Loads and checks one suite file: its workflow and policy through the
 /// normal loaders, then every case.
 pub fn load(path: &Path) -> Result<Suite, Vec<Diagnostic>> {
-    let doc = workflow::load_document(path)?;
+    from_document(path, workflow::load_document(path)?)
+}
+
+/// [`load`] of a file already read and parsed (`test` reads each file
+/// once to tell suites from policy test files).
+pub fn from_document(path: &Path, doc: Document) -> Result<Suite, Vec<Diagnostic>> {
     let loaded = workflow::from_document::<SuiteFile>(doc, Format::Suite)?;
     let doc = &loaded.doc;
     let file = &loaded.value;

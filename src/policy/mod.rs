@@ -395,7 +395,19 @@ pub fn load_file(path: &Path) -> Result<Loaded<PolicyFile>, Vec<Diagnostic>> {
 /// Loads and compiles a policy file. Its errors are the `Err`; its
 /// warnings travel in [`Policy::warnings`], for the caller to show.
 pub fn load(path: &Path) -> Result<(Loaded<PolicyFile>, Policy), Vec<Diagnostic>> {
-    let file = load_file(path)?;
+    compile_loaded(load_file(path)?)
+}
+
+/// Loads and compiles a policy held in memory (the built-in one, or a file
+/// at a git revision), named `name` in its diagnostics.
+pub fn load_text(name: &str, text: &str) -> Result<(Loaded<PolicyFile>, Policy), Vec<Diagnostic>> {
+    let doc = crate::yaml::Document::parse(crate::diagnostic::SourceFile::new(name, text))?;
+    compile_loaded(from_document(doc, Format::Policy)?)
+}
+
+fn compile_loaded(
+    file: Loaded<PolicyFile>,
+) -> Result<(Loaded<PolicyFile>, Policy), Vec<Diagnostic>> {
     let (policy, diags) = compile(&file.value, &file.doc, Catalog::builtin());
     if diags.iter().any(Diagnostic::is_error) {
         return Err(diags);
@@ -414,16 +426,7 @@ pub const BUILTIN_TEXT: &str = include_str!("../../policies/local.yaml");
 
 /// Loads and compiles the built-in policy, exactly as [`load`] does a file.
 pub fn load_builtin() -> Result<(Loaded<PolicyFile>, Policy), Vec<Diagnostic>> {
-    let doc = crate::yaml::Document::parse(crate::diagnostic::SourceFile::new(
-        BUILTIN_NAME,
-        BUILTIN_TEXT,
-    ))?;
-    let file = from_document(doc, Format::Policy)?;
-    let (policy, diags) = compile(&file.value, &file.doc, Catalog::builtin());
-    if diags.iter().any(Diagnostic::is_error) {
-        return Err(diags);
-    }
-    Ok((file, policy))
+    load_text(BUILTIN_NAME, BUILTIN_TEXT)
 }
 
 /// Is the host a request to `url` connects to a loopback address?
