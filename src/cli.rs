@@ -134,6 +134,9 @@ enum Command {
         since: Option<String>,
         #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
         format: OutputFormat,
+        /// Also write a self-contained HTML page of the report here.
+        #[arg(long, value_name = "FILE")]
+        html: Option<PathBuf>,
         #[command(flatten)]
         state: StateArg,
     },
@@ -237,17 +240,25 @@ pub fn main() -> ExitCode {
         Command::Report {
             since,
             format,
+            html,
             state,
         } => match journal::report(&state, since.as_deref()) {
-            Ok(r) => {
-                match format {
-                    OutputFormat::Json => {
-                        print_out(&serde_json::to_string_pretty(&r).unwrap_or_default())
+            Ok(r) => match html.as_deref().map(|path| {
+                suites::write_file(path, |w| {
+                    w.write_all(crate::html::report_page(&r).as_bytes())
+                })
+            }) {
+                Some(Err(d)) => report(vec![d], format, options),
+                _ => {
+                    match format {
+                        OutputFormat::Json => {
+                            print_out(&serde_json::to_string_pretty(&r).unwrap_or_default())
+                        }
+                        OutputFormat::Text => print_out(&render::report_text(&r)),
                     }
-                    OutputFormat::Text => print_out(&render::report_text(&r)),
+                    exit::OK
                 }
-                exit::OK
-            }
+            },
             Err(d) => report(vec![d], format, options),
         },
         Command::Init { template, dir } => init::cmd_init(template, &dir, options),

@@ -44,6 +44,7 @@ pub mod eval;
 pub mod files;
 pub mod git;
 pub mod graph;
+pub mod html;
 pub mod inputs;
 pub mod journal;
 pub mod outcome;

@@ -40,6 +40,9 @@ pub(super) struct TestArgs {
     /// Write JUnit XML here.
     #[arg(long, value_name = "FILE")]
     junit: Option<PathBuf>,
+    /// Write a self-contained HTML page of the results here.
+    #[arg(long, value_name = "FILE")]
+    html: Option<PathBuf>,
     /// Write the full results as JSON here (what `tollgate merge` reads).
     #[arg(long, value_name = "FILE")]
     results: Option<PathBuf>,
@@ -64,6 +67,9 @@ pub(super) struct MergeArgs {
     /// Write the merged JUnit XML here.
     #[arg(long, value_name = "FILE")]
     junit: Option<PathBuf>,
+    /// Write a self-contained HTML page of the merged results here.
+    #[arg(long, value_name = "FILE")]
+    html: Option<PathBuf>,
     /// Write the merged results here.
     #[arg(long, value_name = "FILE")]
     results: Option<PathBuf>,
@@ -91,7 +97,7 @@ fn parse_shard(s: &str) -> Result<Shard, Diagnostic> {
 }
 
 /// Writes a report file whole (temporary name, then rename), piece by piece.
-fn write_file(
+pub(super) fn write_file(
     path: &Path,
     write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
 ) -> Result<(), Diagnostic> {
@@ -111,12 +117,18 @@ fn write_json(results: &Results, out: &mut dyn Write) -> std::io::Result<()> {
 fn emit(
     results: &Results,
     junit: Option<&Path>,
+    html: Option<&Path>,
     out: Option<&Path>,
     format: OutputFormat,
 ) -> Result<(), Diagnostic> {
     if let Some(p) = junit {
         write_file(p, |w| {
             w.write_all(results::render_junit(results).as_bytes())
+        })?;
+    }
+    if let Some(p) = html {
+        write_file(p, |w| {
+            w.write_all(crate::html::results_page(results).as_bytes())
         })?;
     }
     if let Some(p) = out {
@@ -383,6 +395,7 @@ pub(super) fn cmd_test(args: TestArgs, options: RenderOptions) -> u8 {
     if let Err(d) = emit(
         &results,
         args.junit.as_deref(),
+        args.html.as_deref(),
         args.results.as_deref(),
         format,
     ) {
@@ -431,6 +444,7 @@ pub(super) fn cmd_merge(args: MergeArgs, options: RenderOptions) -> u8 {
     if let Err(d) = emit(
         &merged,
         args.junit.as_deref(),
+        args.html.as_deref(),
         args.results.as_deref(),
         format,
     ) {

@@ -7,6 +7,8 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
 use serde_json::{Map, Value};
 
 use super::call::{StepCalls, call_with_fallbacks};
@@ -153,27 +155,60 @@ async fn make_calls(ctx: &StepCalls<'_>) -> Vec<(CallReport, Result<Value, CallE
         None => None,
     }
     .unwrap_or_else(|| rendered.iter().map(|_| None).collect());
-    futures::future::join_all(rendered.iter().zip(batched).enumerate().map(
-        |(n, (call, batched))| async move {
-            let item = ctx.fan_out.then_some(n);
-            let before = match batched {
-                Some(batch::Item::Done(report, value)) => return (report, Ok(value)),
-                Some(batch::Item::Failed(report, why)) => return (report, Err(why)),
-                Some(batch::Item::Synchronous(report)) => Some(report),
-                None => None,
+    // A window of calls exists at once, not one future per item: a future
+    // holds its call's whole state (kilobytes) from the moment it is made,
+    // so a 100,000-item fan-out joined at once held hundreds of megabytes
+    // before the first answer. The run's `--concurrency` bounds what is in
+    // flight anyway, so a window that wide never leaves a slot idle.
+    let window = ctx.sh.options.concurrency.max(1);
+    let mut done: Vec<Option<(CallReport, Result<Value, CallError>)>> =
+        std::iter::repeat_with(|| None)
+            .take(rendered.len())
+            .collect();
+    let mut waiting = rendered.iter().zip(batched).enumerate();
+    let mut in_flight = FuturesUnordered::new();
+    loop {
+        while in_flight.len() < window {
+            let Some((n, (call, batched))) = waiting.next() else {
+                break;
             };
-            let (mut report, result) = call_with_fallbacks(ctx, item, call).await;
-            if let Some(b) = before {
-                // The batch's attempt first, and what it cost on the bill.
-                report.attempts.splice(0..0, b.attempts);
-                report.usage += b.usage;
-                report.cost_usd += b.cost_usd;
-                report.list_cost_usd += b.list_cost_usd;
-            }
-            (report, result)
-        },
-    ))
-    .await
+            in_flight.push(one_call(ctx, n, call, batched));
+        }
+        let Some((n, answered)) = in_flight.next().await else {
+            break;
+        };
+        done[n] = Some(answered);
+    }
+    // Every item went through the window once: every slot is filled.
+    done.into_iter()
+        .map(|d| d.expect("every item of the window was answered"))
+        .collect()
+}
+
+/// One item's call: the batch's answer if it has one, else the call itself
+/// (after the batch's attempt, if the batch gave the item back).
+async fn one_call(
+    ctx: &StepCalls<'_>,
+    n: usize,
+    call: &step::RenderedCall,
+    batched: Option<batch::Item>,
+) -> (usize, (CallReport, Result<Value, CallError>)) {
+    let item = ctx.fan_out.then_some(n);
+    let before = match batched {
+        Some(batch::Item::Done(report, value)) => return (n, (report, Ok(value))),
+        Some(batch::Item::Failed(report, why)) => return (n, (report, Err(why))),
+        Some(batch::Item::Synchronous(report)) => Some(report),
+        None => None,
+    };
+    let (mut report, result) = call_with_fallbacks(ctx, item, call).await;
+    if let Some(b) = before {
+        // The batch's attempt first, and what it cost on the bill.
+        report.attempts.splice(0..0, b.attempts);
+        report.usage += b.usage;
+        report.cost_usd += b.cost_usd;
+        report.list_cost_usd += b.list_cost_usd;
+    }
+    (n, (report, result))
 }
 
 /// The step's report from its calls: totals, the first error, the output

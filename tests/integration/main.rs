@@ -12,6 +12,7 @@ mod data_driven;
 mod first_hour;
 mod fuzz;
 mod hostile;
+mod html;
 mod journal;
 mod leaks;
 mod local_model;
