@@ -27,6 +27,7 @@ use crate::workflow::{Latency, Loaded, Reasoning, from_document, load_document};
 
 mod compile;
 pub mod file;
+pub mod lifecycle;
 mod models;
 mod providers;
 
