@@ -147,3 +147,88 @@ fn a_flagship_priced_model_labelled_budget_is_a_warning() {
     assert!(err.contains("policy.yaml:7:"), "{err}");
     assert!(err.contains("set `tier: flagship`"), "{err}");
 }
+
+/// Three items on the local model, which takes one call at a time: each
+/// answer takes the fake 150 ms, so the second and third calls wait for a
+/// slot. The report tells that queueing from the calls' own time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_run_table_separates_queueing_from_the_calls_own_latency() {
+    let fake = fake_llm::FakeServer::start().await;
+    fake.set_default(fake_llm::Reply::text("ok").delay(std::time::Duration::from_millis(150)));
+    let workflow = "version: 1\nname: q\ninputs:\n  xs: {type: array, default: [a, b, c]}\nsteps:\n  each:\n    task: summarize\n    sensitivity: secret\n    for_each: inputs.xs\n    prompt: 'Summarize {{ item }}'\n    max_output_tokens: 5\n";
+    let project = Project::new(&policy(&fake, ""), workflow);
+    let out = project.run(&["--format", "json"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", transcript(&out));
+    let r = report(&out);
+    let s = step(&r, "each");
+    let calls = s["calls"].as_array().unwrap();
+    assert_eq!(calls.len(), 3);
+    // Every call spent at least the fake's delay in its HTTP call; the
+    // step's figures are the calls' sums.
+    let ms = |v: &serde_json::Value, k: &str| v[k].as_u64().unwrap_or_else(|| panic!("{k}: {v}"));
+    for c in calls {
+        assert!(ms(c, "call_ms") >= 150, "{c}");
+    }
+    let queued: u64 = calls.iter().map(|c| ms(c, "queued_ms")).sum();
+    let in_calls: u64 = calls.iter().map(|c| ms(c, "call_ms")).sum();
+    assert_eq!(ms(s, "queued_ms"), queued);
+    assert_eq!(ms(s, "call_ms"), in_calls);
+    // One slot: whichever call went last waited for both others' answers.
+    let most = calls.iter().map(|c| ms(c, "queued_ms")).max().unwrap();
+    assert!(most >= 300, "{calls:?}");
+    // The text table has both columns and the run's split.
+    let text = project.run(&["--no-cache"]).await;
+    // The summary goes to stderr; stdout is the answer.
+    let t = stderr(&text);
+    assert!(t.contains("QUEUED") && t.contains("LATENCY"), "{t}");
+    assert!(
+        t.contains("queued for slots, rate limits and budget"),
+        "{t}"
+    );
+}
+
+/// A batch that failed one of its items: that item is answered
+/// synchronously at full price, and the run says so with what the batch
+/// discount would have saved.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_falling_back_to_synchronous_calls_says_what_the_discount_was() {
+    let fake = fake_llm::FakeServer::start().await;
+    fake.set_default(fake_llm::Reply::text("bug").usage(20, 1));
+    fake.set_batch_script(fake_llm::BatchScript {
+        polls_before_done: 1,
+        failed_ids: vec!["item-1".into()],
+        ..fake_llm::BatchScript::default()
+    });
+    let workflow = "version: 1\nname: b\ninputs:\n  xs: {type: array, default: [a, b]}\nsteps:\n  label:\n    task: classify\n    latency: batch\n    for_each: inputs.xs\n    prompt: 'Label {{ item }}'\n    max_output_tokens: 5\n";
+    let project = Project::new(&policy(&fake, ""), workflow);
+    let out = project
+        .run(&["--format", "json", "--batch-poll-interval", "10ms"])
+        .await;
+    assert_eq!(out.status.code(), Some(0), "{}", transcript(&out));
+    let r = report(&out);
+    let calls = step(&r, "label")["calls"].as_array().unwrap().clone();
+    assert_eq!(calls[0]["batch_fallback"], false);
+    assert_eq!(calls[1]["batch_fallback"], true);
+    // gpt-4.1-nano: $0.10 / $0.40 per million, half in a batch; 20 in, 1 out.
+    let lost = calls[1]["lost_discount_usd"].as_f64().unwrap();
+    let expected = (20.0 * 0.05 + 0.2) / 1e6;
+    assert!((lost - expected).abs() < 1e-12, "{lost} vs {expected}");
+
+    let fake2 = fake_llm::FakeServer::start().await;
+    fake2.set_default(fake_llm::Reply::text("bug").usage(20, 1));
+    fake2.set_batch_script(fake_llm::BatchScript {
+        polls_before_done: 1,
+        failed_ids: vec!["item-1".into()],
+        ..fake_llm::BatchScript::default()
+    });
+    let project = Project::new(&policy(&fake2, ""), workflow);
+    let out = project.run(&["--batch-poll-interval", "10ms"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", transcript(&out));
+    let text = stderr(&out);
+    assert!(
+        text.contains(
+            "batch: 1 call the batch did not answer went synchronously, at full price: $0.0000012 more than at batch prices"
+        ),
+        "{text}"
+    );
+}
