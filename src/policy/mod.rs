@@ -157,6 +157,8 @@ pub struct Provider {
     /// then the first of them).
     pub endpoints: Vec<PoolEndpoint>,
     pub sticky: Option<Sticky>,
+    /// OpenRouter's provider preferences, sent with every call.
+    pub routing: Option<Routing>,
 }
 
 /// One server of a pool and how many calls it takes at once.

@@ -232,3 +232,131 @@ async fn a_batch_falling_back_to_synchronous_calls_says_what_the_discount_was() 
         "{text}"
     );
 }
+
+/// `test SUITE --accept` promotes the pending snapshots of that suite's
+/// cases only: in a snapshot folder two suites share, the other suite's
+/// pending file stays pending, and a file no case owns is named.
+#[test]
+fn test_accept_promotes_only_the_given_suites_pending_snapshots() {
+    let policy = "version: 1\nname: p\nproviders:\n  local: { kind: openai-compatible, base_url: \"http://127.0.0.1:9/v1\" }\nmodels:\n  local: { provider: local, model: m, tier: local, context_window: 8192 }\nrules:\n  - { name: all, use: local }\n";
+    let workflow = "version: 1\nname: w\ninputs:\n  x: {type: string}\nsteps:\n  s: {task: summarize, prompt: 'Summarize {{ inputs.x }}'}\n";
+    let suite = |case: &str| {
+        format!(
+            "workflow: ../wf.yaml\npolicy: ../policy.yaml\nsnapshots: shared\ncases:\n  - name: {case}\n    inputs: {{ x: hello }}\n    expect:\n      s: {{ snapshot: true }}\n"
+        )
+    };
+    let project = Project::new(policy, workflow)
+        .with("evals/a.yaml", &suite("case-a"))
+        .with("evals/b.yaml", &suite("case-b"))
+        .with("evals/shared/case-a.s.snap.new", "a\n---\nA\n")
+        .with("evals/shared/case-b.s.snap.new", "b\n---\nB\n")
+        .with("evals/shared/renamed.s.snap.new", "r\n---\nR\n");
+    let out = project
+        .tollgate(&["test", "evals/a.yaml", "--accept"])
+        .output();
+    assert_eq!(out.status.code(), Some(0), "{}", transcript(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains("accepted evals/shared/case-a.s.snap"),
+        "{text}"
+    );
+    assert!(project.exists("evals/shared/case-a.s.snap"));
+    assert!(project.exists("evals/shared/case-b.s.snap.new"), "{text}");
+    assert!(
+        text.contains("left evals/shared/case-b.s.snap.new")
+            && text.contains("left evals/shared/renamed.s.snap.new"),
+        "{text}"
+    );
+    // Both suites: case-b's is theirs now; the renamed case's is nobody's.
+    let out = project.tollgate(&["test", "evals", "--accept"]).output();
+    let text = stdout(&out);
+    assert!(
+        text.contains("accepted evals/shared/case-b.s.snap"),
+        "{text}"
+    );
+    assert!(!text.contains("left evals/shared/case-b"), "{text}");
+    assert!(
+        text.contains("left evals/shared/renamed.s.snap.new"),
+        "{text}"
+    );
+    // Nothing left to accept: the folder looked in is named.
+    let out = project
+        .tollgate(&["test", "evals/a.yaml", "--accept=case-a"])
+        .output();
+    assert!(
+        stdout(&out).contains("no pending snapshots of case `case-a` in evals/shared"),
+        "{}",
+        transcript(&out)
+    );
+}
+
+/// OpenRouter's provider preferences in the policy reach every request as
+/// its `provider` object, as OpenRouter expects; other providers' requests
+/// carry none; and on another kind of provider they are a located error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openrouter_routing_preferences_are_sent_with_every_call() {
+    let fake = fake_llm::FakeServer::start().await;
+    fake.set_default(fake_llm::Reply::text("ok").usage(12, 1));
+    let base = fake.base_url();
+    let policy = format!(
+        r#"version: 1
+name: or
+providers:
+  openrouter:
+    kind: openrouter
+    base_url: "{base}/v1"
+    api_key_env: TEST_OPENAI_KEY
+    allow_insecure: true
+    routing: {{ order: [anthropic, amazon-bedrock], allow_fallbacks: false, data_collection: deny, zdr: true }}
+  openai: {{ kind: openai, base_url: "{base}/v1", api_key_env: TEST_OPENAI_KEY, allow_insecure: true }}
+models:
+  sonnet: {{ provider: openrouter, model: anthropic/claude-sonnet-4-6, tier: workhorse }}
+  nano: {{ provider: openai, model: gpt-5.4-nano, tier: budget }}
+rules:
+  - {{ name: short, when: {{ task: [classify] }}, use: nano }}
+  - {{ name: rest, use: sonnet }}
+"#
+    );
+    let workflow = "version: 1\nname: o\ninputs:\n  x: {type: string}\nsteps:\n  a: {task: summarize, prompt: 'Summarize {{ inputs.x }}', max_output_tokens: 5}\n  b: {task: classify, prompt: 'Label {{ inputs.x }}', max_output_tokens: 5}\n";
+    let project = Project::new(&policy, workflow);
+    let out = project.run(&["-i", "x=hi", "--format", "json"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", transcript(&out));
+    let requests = fake.requests();
+    let sent = |model: &str| {
+        requests
+            .iter()
+            .find(|r| r.body["model"] == model)
+            .unwrap_or_else(|| panic!("no request for {model}"))
+            .body
+            .clone()
+    };
+    assert_eq!(
+        sent("anthropic/claude-sonnet-4-6")["provider"],
+        serde_json::json!({
+            "order": ["anthropic", "amazon-bedrock"],
+            "allow_fallbacks": false,
+            "data_collection": "deny",
+            "zdr": true
+        })
+    );
+    assert!(sent("gpt-5.4-nano").get("provider").is_none());
+    // Priced from the catalog through the vendor part of the id.
+    let r = report(&out);
+    assert!(step(&r, "a")["cost_usd"].as_f64().unwrap() > 0.0, "{r}");
+
+    let wrong = policy.replace(
+        "  openai: { kind: openai,",
+        "  openai: { kind: openai, routing: { zdr: true },",
+    );
+    let project = Project::new(&wrong, workflow);
+    let out = project
+        .tollgate(&["check", "wf.yaml", "policy.yaml"])
+        .output();
+    assert_eq!(out.status.code(), Some(2), "{}", transcript(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("`routing` only applies to openrouter providers, not openai"),
+        "{err}"
+    );
+    assert!(err.contains("policy.yaml:10:27"), "{err}");
+}
