@@ -397,12 +397,54 @@ fn find_default_policy(cwd: &Path) -> Option<PathBuf> {
     Some(path)
 }
 
-/// Loads a policy file, or the built-in policy by its name.
+/// Loads a policy file, or the built-in policy by its name, and checks its
+/// models' retirement dates ([`with_lifecycle`]).
 fn load_policy(path: &Path) -> Result<Policy, Vec<Diagnostic>> {
-    if path == Path::new(policy::BUILTIN_NAME) {
-        return policy::load_builtin().map(|(_, p)| p);
+    let (file, policy) = if path == Path::new(policy::BUILTIN_NAME) {
+        policy::load_builtin()?
+    } else {
+        policy::load(path)?
+    };
+    with_lifecycle(&file.doc, policy)
+}
+
+/// The policy's models against their providers' retirement dates, as of
+/// [`today`]: a retired model is an error, one retiring soon joins the
+/// policy's warnings. Here rather than in the policy compile because it is
+/// the one check that depends on the day, and the CLI owns the clock.
+fn with_lifecycle(
+    doc: &crate::yaml::Document,
+    mut policy: Policy,
+) -> Result<Policy, Vec<Diagnostic>> {
+    let today = today().map_err(|d| vec![d])?;
+    let (errors, warnings): (Vec<Diagnostic>, Vec<Diagnostic>) =
+        policy::lifecycle::check(&policy, doc, crate::catalog::Catalog::builtin(), today)
+            .into_iter()
+            .partition(Diagnostic::is_error);
+    if !errors.is_empty() {
+        return Err(errors);
     }
-    policy::load(path).map(|(_, p)| p)
+    policy.warnings.extend(warnings);
+    diagnostic::sort(&mut policy.warnings);
+    Ok(policy)
+}
+
+/// Today's date in UTC, or the one `TOLLGATE_TEST_TODAY` (`YYYY-MM-DD`)
+/// fixes: tests pin it so that what they show does not change with the day
+/// they run on (the integration tests' default is 2026-01-01).
+fn today() -> Result<jiff::civil::Date, Diagnostic> {
+    match std::env::var("TOLLGATE_TEST_TODAY") {
+        Ok(v) => v.parse().map_err(|e| {
+            Diagnostic::error(
+                "bad-test-today",
+                format!("TOLLGATE_TEST_TODAY={v:?} is not a date: {e}"),
+            )
+            .with_help("write it as YYYY-MM-DD, or unset it to use today's date")
+        }),
+        Err(_) => Ok(jiff::tz::TimeZone::UTC
+            .to_datetime(jiff::Timestamp::now())
+            .date()),
+    }
 }
 
 fn load_workflow(path: &Path) -> Result<Analysis, Vec<Diagnostic>> {

@@ -355,7 +355,8 @@ pub fn run_text(r: &RunReport) -> String {
     let rows: Vec<Vec<String>> = r.steps.iter().map(step_row).collect();
     o.push_str(&table(
         &[
-            "STEP", "STATUS", "MODEL", "RULE", "IN", "OUT", "CACHED", "LATENCY", "TTFT", "COST",
+            "STEP", "STATUS", "MODEL", "RULE", "IN", "OUT", "CACHED", "QUEUED", "LATENCY", "TTFT",
+            "COST",
         ],
         &rows,
         4,
@@ -371,7 +372,9 @@ pub fn run_text(r: &RunReport) -> String {
         usd(r.estimate.low),
         usd(r.estimate.high)
     );
+    time_split(&mut o, r);
     savings(&mut o, r);
+    batch_fallbacks(&mut o, r);
     if let Some(id) = &r.run_id {
         if r.status == RunStatus::Succeeded {
             let _ = writeln!(o, "run {id}");
@@ -422,10 +425,57 @@ fn step_row(s: &crate::run::StepReport) -> Vec<String> {
         if_ran(s.usage.input_tokens.to_string()),
         if_ran(s.usage.output_tokens.to_string()),
         if_ran(s.usage.cached_input_tokens.to_string()),
-        if_ran(ms(s.latency_ms)),
+        if_ran(ms(s.queued_ms)),
+        if_ran(ms(s.call_ms)),
         s.ttft_ms.map_or_else(|| "-".to_owned(), ms),
         if_ran(usd(s.cost_usd)),
     ]
+}
+
+/// Where the calls' time went: waiting to be sent (slots, rate limits,
+/// budget: the run's doing) against the models' own latency — so a slow
+/// step reads as "queued behind a one-slot local server", not "slow model".
+/// Only when a call was sent.
+fn time_split(o: &mut String, r: &RunReport) {
+    let sent: Vec<&crate::run::CallReport> = r
+        .steps
+        .iter()
+        .flat_map(|s| &s.calls)
+        .filter(|c| c.source == crate::run::CallSource::Provider && !c.attempts.is_empty())
+        .collect();
+    if sent.is_empty() {
+        return;
+    }
+    let queued: u64 = sent.iter().map(|c| c.queued_ms).sum();
+    let in_calls: u64 = sent.iter().map(|c| c.call_ms).sum();
+    let _ = writeln!(
+        o,
+        "time: {} queued for slots, rate limits and budget, {} in the models' calls \
+         (QUEUED and LATENCY, summed over a step's calls)",
+        ms(queued),
+        ms(in_calls)
+    );
+}
+
+/// Calls a batch did not answer, answered one by one at full price: how
+/// many, and what the batch discount would have saved on them.
+fn batch_fallbacks(o: &mut String, r: &RunReport) {
+    let fell: Vec<&crate::run::CallReport> = r
+        .steps
+        .iter()
+        .flat_map(|s| &s.calls)
+        .filter(|c| c.batch_fallback)
+        .collect();
+    if fell.is_empty() {
+        return;
+    }
+    let lost: f64 = fell.iter().map(|c| c.lost_discount_usd).sum();
+    let _ = writeln!(
+        o,
+        "batch: {} the batch did not answer went synchronously, at full price: {} more than at batch prices",
+        plural(fell.len() as u64, "call"),
+        usd(lost)
+    );
 }
 
 /// The lines on what prompt caches, batches, the response cache and a

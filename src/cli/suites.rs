@@ -278,13 +278,27 @@ fn warnings(suites: &[Suite], mode: Mode) -> Vec<Diagnostic> {
         .collect()
 }
 
-/// `test --accept[=CASE]`: promotes pending snapshots instead of running.
+/// `test --accept[=CASE]`: promotes the pending snapshots of the given
+/// suites' cases and steps (one case's with `=CASE`) instead of running;
+/// pending files in their folders that no given case owns are named, not
+/// promoted, and with nothing to accept the folders looked in are named.
 fn accept(suites: &[Suite], case: &str, format: OutputFormat, options: RenderOptions) -> u8 {
-    let case = (!case.is_empty()).then_some(case);
+    let only = (!case.is_empty()).then_some(case);
     let mut accepted = Vec::new();
+    let mut left = std::collections::BTreeSet::new();
+    let mut dirs = std::collections::BTreeSet::new();
     for s in suites {
-        match snapshot::accept(&s.snapshot_dir, case) {
-            Ok(a) => accepted.extend(a),
+        let wanted = |case: &str, step: &str| {
+            only.is_none_or(|c| c == case)
+                && s.cases.iter().any(|c| c.name == case)
+                && s.analysis.workflow.value.steps.contains_key(step)
+        };
+        dirs.insert(s.snapshot_dir.clone());
+        match snapshot::accept(&s.snapshot_dir, &wanted) {
+            Ok(a) => {
+                accepted.extend(a.accepted);
+                left.extend(a.left);
+            }
             Err(e) => {
                 let d = Diagnostic::error(
                     "io",
@@ -297,16 +311,35 @@ fn accept(suites: &[Suite], case: &str, format: OutputFormat, options: RenderOpt
             }
         }
     }
-    let text = if accepted.is_empty() {
-        "no pending snapshots".to_owned()
-    } else {
-        accepted
-            .iter()
-            .map(|p| format!("accepted {}", p.display()))
-            .collect::<Vec<_>>()
-            .join("\n")
-    };
-    print_out(&text);
+    // A file one suite left may be another's (a shared folder); with
+    // `=CASE` the other cases' pending files are not news.
+    for a in &accepted {
+        left.remove(&snapshot::pending_path(a));
+    }
+    if only.is_some() {
+        left.clear();
+    }
+    let mut lines: Vec<String> = accepted
+        .iter()
+        .map(|p| format!("accepted {}", p.display()))
+        .collect();
+    if accepted.is_empty() {
+        lines.push(format!(
+            "no pending snapshots{} in {}",
+            only.map(|c| format!(" of case `{c}`")).unwrap_or_default(),
+            dirs.iter()
+                .map(|d| d.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    lines.extend(left.iter().map(|p| {
+        format!(
+            "left {} (no case and step of the given suites has that name)",
+            p.display()
+        )
+    }));
+    print_out(&lines.join("\n"));
     exit::OK
 }
 

@@ -596,4 +596,41 @@ mod tests {
         ));
         assert_eq!(p.candidates("local"), vec!["local", "budget"]);
     }
+
+    #[test]
+    fn a_tier_label_two_price_bands_off_is_a_warning() {
+        let text = "version: 1\nproviders:\n  openai: {kind: openai}\n  anthropic: {kind: anthropic}\nmodels:\n  a: {provider: anthropic, model: claude-opus-5, tier: budget}\n  b: {provider: openai, model: gpt-4.1-nano, tier: flagship}\n  c: {provider: anthropic, model: claude-sonnet-4-6, tier: workhorse}\n  d: {provider: openai, model: gpt-5.4-mini, tier: budget}\n  e: {provider: openai, model: gpt-4.1-nano, tier: budget, pricing: {input_per_mtok: 20, output_per_mtok: 80}}\nrules:\n  - {name: all, use: a}\n";
+        let (p, d) = compile_text(text);
+        let found: Vec<(&str, String)> = d
+            .iter()
+            .filter(|d| d.code == "tier-price-mismatch")
+            .map(|d| {
+                let (line, _) = d.span.as_ref().expect("located").line_col();
+                (
+                    d.message.as_str(),
+                    format!("{line} {}", d.label.as_deref().unwrap_or("")),
+                )
+            })
+            .collect();
+        assert_eq!(
+            found,
+            [
+                (
+                    "model `a` is labelled `budget` but `claude-opus-5` is flagship-priced",
+                    "6 $10.00 per million tokens (3 input : 1 output)".to_owned()
+                ),
+                (
+                    "model `b` is labelled `flagship` but `gpt-4.1-nano` is budget-priced",
+                    "7 $0.17 per million tokens (3 input : 1 output)".to_owned()
+                ),
+                // The policy's own prices are what the label is checked against.
+                (
+                    "model `e` is labelled `budget` but `gpt-4.1-nano` is flagship-priced",
+                    "10 $35.00 per million tokens (3 input : 1 output)".to_owned()
+                ),
+            ]
+        );
+        assert!(d.iter().all(|d| !d.is_error()), "{d:?}");
+        assert_eq!(p.models.len(), 5);
+    }
 }

@@ -68,6 +68,34 @@ pub struct ProviderFile {
     /// (the key and prompts travel unencrypted).
     #[serde(default)]
     pub allow_insecure: bool,
+    /// OpenRouter only: which upstream providers may serve its calls.
+    pub routing: Option<Routing>,
+}
+
+/// OpenRouter's provider preferences (its request's `provider` object,
+/// provider-apis.md §7), as the policy writes them and as they are sent.
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Routing {
+    /// Upstream providers to try, in this order ("anthropic", "openai").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub order: Option<Vec<String>>,
+    /// `false`: only the providers in `order`, never another.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_fallbacks: Option<bool>,
+    /// `deny`: only providers that do not store or train on prompts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_collection: Option<DataCollection>,
+    /// Only providers with a zero-data-retention agreement.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zdr: Option<bool>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DataCollection {
+    Allow,
+    Deny,
 }
 
 /// One endpoint of a pool: a URL (one slot), or `{ url, slots }`.

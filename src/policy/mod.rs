@@ -27,6 +27,7 @@ use crate::workflow::{Latency, Loaded, Reasoning, from_document, load_document};
 
 mod compile;
 pub mod file;
+pub mod lifecycle;
 mod models;
 mod providers;
 
@@ -156,6 +157,8 @@ pub struct Provider {
     /// then the first of them).
     pub endpoints: Vec<PoolEndpoint>,
     pub sticky: Option<Sticky>,
+    /// OpenRouter's provider preferences, sent with every call.
+    pub routing: Option<Routing>,
 }
 
 /// One server of a pool and how many calls it takes at once.

@@ -256,6 +256,9 @@ pub struct ClientConfig {
     pub model_response_limits: std::collections::HashMap<String, LimitOverrides>,
     /// The most a batch results download may be, in bytes.
     pub max_batch_download_bytes: u64,
+    /// OpenRouter: the request's `provider` object (routing preferences),
+    /// added to every chat and completions body.
+    pub provider_routing: Option<Value>,
 }
 
 impl ClientConfig {
@@ -271,6 +274,7 @@ impl ClientConfig {
             response_limits: LimitOverrides::default(),
             model_response_limits: std::collections::HashMap::new(),
             max_batch_download_bytes: DEFAULT_MAX_BATCH_DOWNLOAD,
+            provider_routing: None,
         }
     }
 

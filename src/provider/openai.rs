@@ -59,9 +59,13 @@ impl OpenAiClient {
             Endpoint::Chat => "/chat/completions",
             Endpoint::Completions => "/completions",
         };
+        let mut body = request_body(self.common.kind(), req);
+        if let (Some(routing), Some(obj)) = (&self.common.provider_routing, body.as_object_mut()) {
+            obj.insert("provider".into(), routing.clone());
+        }
         let call = Call {
             url: self.common.url(path),
-            body: request_body(self.common.kind(), req),
+            body,
             auth: Some(AuthHeader::Bearer),
             extra_headers: Vec::new(),
             request_id_headers: &["x-request-id", "x-generation-id"],

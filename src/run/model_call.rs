@@ -263,6 +263,7 @@ impl ModelCall<'_> {
         );
         // Slots first, then the budget: a call queued behind others must not
         // hold a reservation that keeps the calls in flight from fitting.
+        let queued = Instant::now();
         let permit = sh
             .resources
             .limits
@@ -274,7 +275,9 @@ impl ModelCall<'_> {
                 model: model.alias.clone(),
             });
         };
-        let reservation = match sh.budget.reserve_or_wait(worst, waiting).await {
+        let reservation = sh.budget.reserve_or_wait(worst, waiting).await;
+        report.queued_ms += queued.elapsed().as_millis() as u64;
+        let reservation = match reservation {
             Ok(r) => r,
             Err(over) => {
                 let why = CandidateError::OverBudget {
@@ -302,6 +305,7 @@ impl ModelCall<'_> {
         };
         drop(permit);
         rec.latency_ms = sent.elapsed().as_millis() as u64;
+        report.call_ms += rec.latency_ms;
         let sent = Sent {
             rec,
             reservation,

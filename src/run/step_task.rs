@@ -15,6 +15,7 @@ use super::call::{StepCalls, call_with_fallbacks};
 use super::error::CallError;
 use super::shared::Shared;
 use super::{CallReport, Event, StepReport, StepStatus, batch};
+use crate::cost;
 use crate::route::{self, Decision, Facts};
 use crate::step::{self, Expanded, RULE_TOKENIZER, Upstream, When};
 use crate::workflow::Step;
@@ -202,8 +203,21 @@ async fn one_call(
     };
     let (mut report, result) = call_with_fallbacks(ctx, item, call).await;
     if let Some(b) = before {
+        // What the batch's discount would have saved on the synchronous
+        // answer (before the batch's own cost joins it). A fallback model
+        // without a batch API lost no discount.
+        report.batch_fallback = true;
+        let model = report
+            .model
+            .as_ref()
+            .and_then(|m| ctx.sh.policy.models.get(m));
+        if let Some(m) = model.filter(|m| m.has_batch_api()) {
+            let at_batch = cost::call_cost(&m.price, &report.usage, cost::Billing::Batch);
+            report.lost_discount_usd = (report.cost_usd - at_batch).max(0.0);
+        }
         // The batch's attempt first, and what it cost on the bill.
         report.attempts.splice(0..0, b.attempts);
+        report.call_ms += b.call_ms;
         report.usage += b.usage;
         report.cost_usd += b.cost_usd;
         report.list_cost_usd += b.list_cost_usd;
@@ -227,6 +241,8 @@ fn gather(
         report.usage += call.usage;
         report.cost_usd += call.cost_usd;
         report.list_cost_usd += call.list_cost_usd;
+        report.queued_ms += call.queued_ms;
+        report.call_ms += call.call_ms;
         if report.ttft_ms.is_none() {
             report.ttft_ms = call.ttft_ms;
         }

@@ -9,6 +9,7 @@ mod bounds;
 mod cli;
 mod cost;
 mod data_driven;
+mod fewer_surprises;
 mod first_hour;
 mod fuzz;
 mod hostile;
