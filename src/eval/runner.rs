@@ -52,7 +52,7 @@ pub struct TestOptions {
     /// call, and `report` shows it. No response cache: a suite measures the
     /// models. Replays spend nothing and are not journaled.
     pub journal: Option<Arc<crate::journal::Journal>>,
-    /// Told of every finished run of a case (suite, case, the run): how the
+    /// Told of every finished run of a case (suite — `suite[variant]` under `--policy`/`--model` —, case, the run): how the
     /// CLI shows progress (`crate::progress::TestProgress`). The runner
     /// itself never touches the terminal.
     pub on_run: Option<OnRun>,
@@ -342,6 +342,12 @@ async fn run_suite(p: Prepared<'_>, opts: &TestOptions, cancel: CancellationToke
     let repeat = opts.repeat.max(1);
     let ctx_ref = &ctx;
     let cases_ref = &p.cases;
+    // Progress names the variant too: a comparison runs each suite again.
+    let progress_name = match &p.suite.variant {
+        Some(v) => format!("{}[{}]", p.suite.name, v.name),
+        None => p.suite.name.clone(),
+    };
+    let progress_name = &progress_name;
     // Runs are made lazily: as many at once as calls may be in flight (a run
     // waiting on a dependency holds no slot, and the limits bound the calls
     // themselves), so plans, prompts and run reports exist for the runs in
@@ -362,7 +368,7 @@ async fn run_suite(p: Prepared<'_>, opts: &TestOptions, cancel: CancellationToke
             }
         };
         if let Some(tell) = &ctx_ref.opts.on_run {
-            tell(&ctx_ref.suite.name, &case.name, &result);
+            tell(&progress_name, &case.name, &result);
         }
         (c, r, result, pending)
     }))
