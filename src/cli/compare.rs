@@ -38,7 +38,7 @@ pub(super) struct CompareArgs {
     /// Call the models and record each variant's answers (cassettes/<suite>/<variant>.json).
     #[arg(long)]
     record: bool,
-    /// Exit 1 when a variant's pass rate in a suite is below this: 0.8 or 80%.
+    /// Exit 1 when a variant's pass rate in a suite is below this (0.8 or 80%); the tables name the cheapest variant that reaches it.
     #[arg(long, value_name = "RATE")]
     min_pass_rate: Option<String>,
     /// Run each case N times under each variant.
@@ -316,7 +316,7 @@ pub(super) fn cmd_compare(args: CompareArgs, options: RenderOptions) -> u8 {
             results: r,
         })
         .collect();
-    let comparison = compare::compare(&variants[0].1, &named, mode);
+    let comparison = compare::compare(&variants[0].1, &named, mode, min_rate);
     if let Err(d) = emit(&comparison, args.out.as_ref(), format) {
         return report(vec![d], format, options);
     }

@@ -35,8 +35,31 @@ pub struct SuiteComparison {
     pub path: String,
     pub workflow: String,
     pub rows: Vec<Row>,
+    /// With `--min-pass-rate`: the cheapest variant that reaches it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cheapest_at_min: Option<Cheapest>,
     /// One table per task of the workflow, in the order its steps name them.
     pub tasks: Vec<TaskComparison>,
+}
+
+/// The cheapest variant at or above a pass rate (`None`: none reaches it).
+#[derive(Debug, Clone, Serialize)]
+pub struct Cheapest {
+    pub min_pass_rate: f64,
+    pub variant: Option<String>,
+}
+
+/// The cheapest row whose pass rate is at least `min` (ties: the first).
+fn cheapest(rows: &[Row], min: f64) -> Cheapest {
+    let variant = rows
+        .iter()
+        .filter(|r| r.pass_rate.is_some_and(|p| p + 1e-9 >= min))
+        .min_by(|a, b| a.cost_usd.total_cmp(&b.cost_usd))
+        .map(|r| r.variant.clone());
+    Cheapest {
+        min_pass_rate: min,
+        variant,
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -111,7 +134,12 @@ pub struct VariantResults<'a> {
 /// Builds the comparison. `suites` gives each suite's workflow and cases
 /// (any variant's load: a variant changes the policy and pins, not the
 /// steps, their tasks or the cases).
-pub fn compare(suites: &[Suite], variants: &[VariantResults<'_>], mode: Mode) -> Comparison {
+pub fn compare(
+    suites: &[Suite],
+    variants: &[VariantResults<'_>],
+    mode: Mode,
+    min_pass_rate: Option<f64>,
+) -> Comparison {
     let out = suites
         .iter()
         .map(|suite| {
@@ -148,6 +176,7 @@ pub fn compare(suites: &[Suite], variants: &[VariantResults<'_>], mode: Mode) ->
                 name: suite.name.clone(),
                 path: suite.path.display().to_string(),
                 workflow: suite.workflow_path.display().to_string(),
+                cheapest_at_min: min_pass_rate.map(|m| cheapest(&rows, m)),
                 rows,
                 tasks,
             }
@@ -498,6 +527,22 @@ pub fn render_text(c: &Comparison) -> String {
         }
         table(&mut out, &s.rows, true, "");
         let _ = writeln!(out, "  cheapest for its pass rate: {}", front(&s.rows));
+        if let Some(c) = &s.cheapest_at_min {
+            let at = percent(Some(c.min_pass_rate));
+            let what = c
+                .variant
+                .as_ref()
+                .and_then(|v| s.rows.iter().find(|r| &r.variant == v));
+            let _ = match what {
+                Some(r) => writeln!(
+                    out,
+                    "  cheapest passing at least {at}: {} ({})",
+                    r.variant,
+                    crate::render::usd(r.cost_usd)
+                ),
+                None => writeln!(out, "  no variant passes at least {at}"),
+            };
+        }
         for t in &s.tasks {
             let _ = writeln!(
                 out,
@@ -593,10 +638,15 @@ mod tests {
                 path: "s.yaml".into(),
                 workflow: "w.yaml".into(),
                 rows: vec![row("a", 0.0, Some(0.5)), row("b", 1.0, Some(0.8))],
+                cheapest_at_min: None,
                 tasks: Vec::new(),
             }],
         };
         assert_eq!(below(&c, 0.8), vec![("s".into(), "a".into(), 0.5)]);
         assert!(below(&c, 0.5).is_empty());
+        let rows = &c.suites[0].rows;
+        assert_eq!(cheapest(rows, 0.8).variant.as_deref(), Some("b"));
+        assert_eq!(cheapest(rows, 0.5).variant.as_deref(), Some("a"));
+        assert_eq!(cheapest(rows, 0.9).variant, None);
     }
 }

@@ -368,7 +368,7 @@ async fn run_suite(p: Prepared<'_>, opts: &TestOptions, cancel: CancellationToke
             }
         };
         if let Some(tell) = &ctx_ref.opts.on_run {
-            tell(&progress_name, &case.name, &result);
+            tell(progress_name, &case.name, &result);
         }
         (c, r, result, pending)
     }))

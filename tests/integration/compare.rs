@@ -235,6 +235,11 @@ async fn two_policies_are_recorded_apart_compared_and_replayed_offline() {
         .await;
     assert_eq!(out.status.code(), Some(1), "{}", transcript(&out));
     assert!(
+        stdout(&out).contains("cheapest passing at least 80%: team ($"),
+        "{}",
+        transcript(&out)
+    );
+    assert!(
         stderr(&out).contains("suite `triage` passes 50% under `cheap`, below --min-pass-rate 80%"),
         "{}",
         transcript(&out)
