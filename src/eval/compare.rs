@@ -512,7 +512,13 @@ pub fn render_text(c: &Comparison) -> String {
     let mut out = String::new();
     for s in &c.suites {
         let cases = s.rows.first().map_or(0, |r| r.cases);
-        let _ = writeln!(out, "suite {} ({}, {} cases)", s.name, s.workflow, cases);
+        let _ = writeln!(
+            out,
+            "suite {} ({}, {cases} case{})",
+            s.name,
+            s.workflow,
+            if cases == 1 { "" } else { "s" }
+        );
         for r in &s.rows {
             let _ = writeln!(
                 out,
