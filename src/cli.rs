@@ -4,7 +4,8 @@
 //! This file holds the argument parser, the dispatch and what every command
 //! shares: printing, diagnostics (errors and warnings), loading a workflow
 //! and a policy, the async runtime. Each command lives in its own file:
-//! `check`, `plan`, `run`, `init`, `models`, `suites` (`test`, `merge`) and
+//! `check`, `plan`, `run`, `init`, `models`, `suites` (`test`, `merge`),
+//! `compare` and
 //! `journal` (`runs`, `report`, and `run --resume`).
 //!
 //! Every command reports problems the same way: all of them, as located
@@ -28,6 +29,7 @@ use crate::schema::Format as FileFormat;
 use crate::workflow::{self, Loaded, Workflow};
 
 mod check;
+mod compare;
 mod init;
 mod journal;
 mod models;
@@ -114,6 +116,8 @@ enum Command {
     Run(run::RunArgs),
     /// Run evaluation suites: cases through workflows, assertions, snapshots, recorded responses.
     Test(suites::TestArgs),
+    /// Run suites under several policies or model pins and compare pass rate, cost, tokens, model time and where the calls went, per suite and per task.
+    Compare(compare::CompareArgs),
     /// Join the results of test shards into one report and one JUnit file.
     Merge(suites::MergeArgs),
     /// List recent runs from the run journal (newest first).
@@ -221,6 +225,7 @@ pub fn main() -> ExitCode {
         Command::Run(args) => run::cmd_run(args, options),
         Command::Test(args) => suites::cmd_test(args, options),
         Command::Merge(args) => suites::cmd_merge(args, options),
+        Command::Compare(args) => compare::cmd_compare(args, options),
         Command::Runs {
             limit,
             format,

@@ -534,7 +534,7 @@ fn savings(o: &mut String, r: &RunReport) {
 
 /// Columns two spaces apart: the first `left` left-aligned, the rest
 /// (numbers) right-aligned.
-fn table(header: &[&str], rows: &[Vec<String>], left: usize) -> String {
+pub(crate) fn table(header: &[&str], rows: &[Vec<String>], left: usize) -> String {
     let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
     for row in rows {
         for (w, c) in widths.iter_mut().zip(row) {

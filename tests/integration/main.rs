@@ -7,6 +7,7 @@ mod architecture;
 mod batch;
 mod bounds;
 mod cli;
+mod compare;
 mod cost;
 mod data_driven;
 mod fewer_surprises;
