@@ -240,6 +240,44 @@ fn step(o: &mut String, n: usize, s: &StepPlan) {
     } else {
         ""
     };
+    if let Some(c) = &s.cascade {
+        let when: Vec<&str> = c.when.iter().map(|w| w.name()).collect();
+        let place = match c.to.locality {
+            Locality::Local => "local",
+            Locality::Cloud => "cloud",
+        };
+        let _ = writeln!(
+            o,
+            "   cascade      {} → {} {} ({} tier, {place}) when {}",
+            s.model.as_ref().map_or("-", |m| m.alias.as_str()),
+            c.to.alias,
+            c.to.model,
+            c.to.tier,
+            when.join(", ")
+        );
+        let rate = match &c.rate_source {
+            crate::plan::RateSource::History { escalated, answers } => format!(
+                "{:.0}% escalate ({escalated} of {answers} first answers in the journal)",
+                c.rate * 100.0
+            ),
+            crate::plan::RateSource::Default => format!(
+                "{:.0}% escalate (default: no history of rule {} in the journal)",
+                c.rate * 100.0,
+                c.rule
+            ),
+        };
+        let _ = writeln!(
+            o,
+            "   escalation   {rate}; first calls {}, all escalated {}",
+            range(c.first_cost),
+            range(c.escalated_cost)
+        );
+    }
+    let note = if s.cascade.is_some() {
+        " (expected at the escalation rate; worst case every call escalates)"
+    } else {
+        note
+    };
     let _ = writeln!(o, "   cost         {}{note}", range(s.cost));
 }
 
@@ -379,6 +417,7 @@ pub fn run_text(r: &RunReport) -> String {
             let _ = writeln!(o, "run {id} — finish it with: tollgate run --resume {id}");
         }
     }
+    escalations(&mut o, r);
     for s in &r.steps {
         let cut = s.calls.iter().filter(|c| c.truncated).count();
         if cut > 0 {
@@ -396,6 +435,49 @@ pub fn run_text(r: &RunReport) -> String {
         }
     }
     o
+}
+
+/// The calls cascades escalated, with why (the first ten, then a count).
+fn escalations(o: &mut String, r: &RunReport) {
+    const SHOWN: usize = 10;
+    let all: Vec<(&str, &crate::run::CallReport)> = r
+        .steps
+        .iter()
+        .flat_map(|s| s.calls.iter().map(move |c| (s.id.as_str(), c)))
+        .collect();
+    let first: usize = all
+        .iter()
+        .filter(|(_, c)| {
+            c.attempts
+                .iter()
+                .any(|a| a.outcome == crate::run::AttemptOutcome::Escalated)
+        })
+        .count();
+    let escalated: Vec<_> = all
+        .iter()
+        .filter_map(|(id, c)| c.escalation.as_ref().map(|e| (*id, c.item, e)))
+        .collect();
+    if first == 0 {
+        return;
+    }
+    let _ = writeln!(
+        o,
+        "escalated {} of {} calls ({} answered by the escalation target)",
+        first,
+        all.len(),
+        escalated.len()
+    );
+    for (id, item, e) in escalated.iter().take(SHOWN) {
+        let item = item.map(|i| format!("[{i}]")).unwrap_or_default();
+        let _ = writeln!(
+            o,
+            "  {id}{item}: {} → {} (rule {}): {}",
+            e.from, e.to, e.rule, e.reason
+        );
+    }
+    if escalated.len() > SHOWN {
+        let _ = writeln!(o, "  … and {} more", escalated.len() - SHOWN);
+    }
 }
 
 /// One step's row of the run summary; `-` where the step made no call.

@@ -211,6 +211,7 @@ impl Cassette {
             request_id: None,
             time_to_first_token: rec.ttft_ms.map(Duration::from_millis),
             latency: Duration::from_millis(rec.latency_ms),
+            logprobs: None,
         })
     }
 
@@ -290,6 +291,7 @@ mod tests {
             request_id: Some("req_1".to_owned()),
             time_to_first_token: None,
             latency: Duration::from_millis(40),
+            logprobs: None,
         }
     }
 

@@ -34,7 +34,8 @@ pub fn compile(file: &PolicyFile, doc: &Document, catalog: &Catalog) -> (Policy,
     check_ports(&providers, doc, &mut diags);
     let models = models(file, doc, catalog, &providers, &mut diags);
     let names = ModelNames { file, doc };
-    let rules = rules(file, doc, &ladder.levels, &names, &mut diags);
+    let mut rules = rules(file, doc, &ladder.levels, &names, &mut diags);
+    super::escalate::escalations(file, doc, &models, ladder.cloud_max, &mut rules, &mut diags);
     check_rule_tasks(file, doc, &mut diags);
     let tasks = file
         .tasks
@@ -219,6 +220,7 @@ fn rules(
             description: r.description.clone(),
             conditions,
             use_model: r.use_model.clone(),
+            escalate: None,
         });
     }
     rules

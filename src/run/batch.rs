@@ -493,6 +493,7 @@ impl BatchStep<'_> {
             latency_ms: started.elapsed().as_millis() as u64,
             ttft_ms: None,
             truncated: answer.truncated(),
+            escalation: None,
         };
         // Journaled before dependants can start, like every call: a resume
         // never pays for this answer again, and a valid one serves later

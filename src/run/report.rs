@@ -34,6 +34,13 @@ pub enum Event {
         to: String,
         reason: String,
     },
+    /// A cascade's first answer failed its check: the call goes to `to`.
+    Escalating {
+        step: String,
+        from: String,
+        to: String,
+        reason: String,
+    },
     StepFinished {
         step: String,
         status: StepStatus,
@@ -147,6 +154,19 @@ pub struct CallReport {
     pub ttft_ms: Option<u64>,
     /// The answer stopped at `max_output_tokens` (or the model's limit).
     pub truncated: bool,
+    /// The call escalated: its first answer failed the cascade's check.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub escalation: Option<Escalation>,
+}
+
+/// A call a cascade escalated: from the model whose answer failed the
+/// check, to the model that was called next, and why.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Escalation {
+    pub rule: String,
+    pub from: String,
+    pub to: String,
+    pub reason: String,
 }
 
 impl CallReport {
@@ -164,6 +184,7 @@ impl CallReport {
             latency_ms: 0,
             ttft_ms: None,
             truncated: false,
+            escalation: None,
         }
     }
 }
