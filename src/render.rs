@@ -727,6 +727,45 @@ pub fn report_text(r: &crate::journal::report::Report) -> String {
     section(&mut o, "By step", &r.by_step, true);
     section(&mut o, "By model", &r.by_model, false);
     section(&mut o, "By tier", &r.by_tier, false);
+    if !r.cascades.is_empty() {
+        let _ = writeln!(o, "\nCascades");
+        let rows: Vec<Vec<String>> = r
+            .cascades
+            .iter()
+            .map(|c| {
+                vec![
+                    c.key.clone(),
+                    c.first_answers.to_string(),
+                    c.escalated.to_string(),
+                    format!("{:.0}%", c.escalation_rate * 100.0),
+                    usd(c.first_cost_usd),
+                    usd(c.escalated_cost_usd),
+                    c.all_on_target_usd
+                        .map_or_else(|| "-".to_owned(), |a| format!("≈{}", usd(a))),
+                    c.saved_usd
+                        .map_or_else(|| "-".to_owned(), |a| format!("≈{}", usd(a))),
+                ]
+            })
+            .collect();
+        o.push_str(&table(
+            &[
+                "RULE",
+                "FIRST ANSWERS",
+                "ESCALATED",
+                "RATE",
+                "FIRST COST",
+                "ESCALATED COST",
+                "ALL ON TARGET",
+                "SAVED",
+            ],
+            &rows,
+            1,
+        ));
+        let _ = writeln!(
+            o,
+            "(all on target: every first answer at the average cost of an escalated call)"
+        );
+    }
     o
 }
 

@@ -523,7 +523,8 @@ impl Journal {
         let mut stmt = conn.prepare(
             "SELECT c.cascade_rule, SUM(c.outcome = 'escalated'), COUNT(*)
              FROM calls c JOIN runs r ON r.id = c.run_id
-             WHERE c.cascade_rule IS NOT NULL AND r.policy = ?1 AND c.finished_ms >= ?2
+             WHERE c.cascade_rule IS NOT NULL AND c.escalated_from IS NULL
+               AND r.policy = ?1 AND c.finished_ms >= ?2
                AND c.outcome IN ('ok', 'escalated', 'cached', 'truncated')
              GROUP BY c.cascade_rule",
         )?;

@@ -220,8 +220,8 @@ pub struct CallRecord {
     /// Why the answer's usage or cost was not taken as-is (see
     /// [`crate::cost::charge`]); `tollgate report` counts these calls.
     pub usage_flag: Option<String>,
-    /// The first call of a cascade: the rule's name (its escalation rate
-    /// counts these rows).
+    /// A call of a cascade (its first call, or the escalated one — the
+    /// latter with `escalated_from`): the rule's name.
     pub cascade_rule: Option<String>,
     /// Outcome `escalated`: the model the call escalates to.
     pub escalate_to: Option<String>,

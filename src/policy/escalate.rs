@@ -141,7 +141,7 @@ fn cascade(
                     Diagnostic::error(
                         "no-logprobs",
                         format!(
-                            "`low_confidence` needs token logprobs, and `{}` is a {} model, which returns none",
+                            "`low_confidence` needs token logprobs, and `{}` ({}) returns none",
                             m.alias,
                             m.provider_kind.name()
                         ),

@@ -233,7 +233,10 @@ async fn escalate(
             });
         }
         previous = alias.to_owned();
-        let leg = Leg::Escalation { from };
+        let leg = Leg::Escalation {
+            rule: check.rule,
+            from,
+        };
         match call_model(ctx, model, client.as_ref(), call, &mut report, leg).await {
             Ok(v) => {
                 // The escalated call is one more call on its tier.

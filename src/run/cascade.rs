@@ -27,7 +27,7 @@ pub(super) enum Leg<'a> {
     /// The first, cheap call: its answer is checked.
     First(Check<'a>),
     /// The escalated call, after `from`'s answer failed the check.
-    Escalation { from: &'a str },
+    Escalation { rule: &'a str, from: &'a str },
 }
 
 impl<'a> Leg<'a> {

@@ -183,7 +183,11 @@ impl ModelCall<'_> {
                 .get(self.ctx.step_id)
                 .copied()
                 .unwrap_or(0.0),
-            cascade_rule: self.leg.check().map(|c| c.rule.to_owned()),
+            cascade_rule: match self.leg {
+                Leg::First(c) => Some(c.rule.to_owned()),
+                Leg::Escalation { rule, .. } => Some(rule.to_owned()),
+                Leg::Plain => None,
+            },
             escalated_from: match self.leg {
                 Leg::Escalation { from, .. } => Some(from.to_owned()),
                 _ => None,

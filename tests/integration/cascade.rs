@@ -162,6 +162,16 @@ async fn an_invalid_answer_escalates_and_both_calls_are_journaled() {
         plan.contains("100% escalate (2 of 2 first answers in the journal)"),
         "{plan}"
     );
+    // `report`: the rule's escalation rate, and what it cost against
+    // sending everything to the target.
+    let out = p.tollgate(&["report"]).await;
+    let text = stdout(&out);
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("cascades/summaries"))
+        .unwrap_or_else(|| panic!("{text}"));
+    let cells: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(cells[1..4], ["2", "2", "100%"], "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
