@@ -632,11 +632,10 @@ impl Router<'_> {
     }
 
     /// The cascade of the rule that routed a step, if it has one and the
-    /// routed model is not already its target: the model escalations go to
-    /// (the target, else its first fallback that passes the sensitivity
-    /// gate, the window and the max output), the rule, and the expected
-    /// rate. No such model is an error: a confidential step is never
-    /// escalated to the cloud, so its cascade is refused here.
+    /// routed model is not already its target ([`route::escalation`]): the
+    /// model escalations go to, the rule, and the expected rate. No such
+    /// model is an error: a confidential step is never escalated to the
+    /// cloud, so its cascade is refused here.
     #[allow(clippy::type_complexity)]
     fn cascade(
         &self,
@@ -647,44 +646,25 @@ impl Router<'_> {
         worst_input: &dyn Fn(Tokenizer) -> u64,
     ) -> Result<Option<(&Model, &crate::policy::Rule, f64, RateSource)>, Diagnostic> {
         let policy = self.policy;
-        let Some(route::Decider::Rule { name, .. }) = &decision.decider else {
+        let Some(e) = route::escalation(policy, decision, facts, worst_input) else {
             return Ok(None);
         };
-        let Some(rule) = policy.rules.iter().find(|r| &r.name == name) else {
+        let Some(rule) = policy.rules.iter().find(|r| r.name == e.rule) else {
             return Ok(None);
         };
-        let Some(c) = &rule.escalate else {
-            return Ok(None);
-        };
-        if c.to == routed.alias {
-            return Ok(None);
-        }
-        let one = Facts {
-            calls: 1,
-            ..facts.clone()
-        };
-        let mut refused = Vec::new();
-        let mut target = None;
-        for alias in policy.candidates(&c.to) {
-            let Some(m) = policy.models.get(alias).filter(|_| alias != routed.alias) else {
-                continue;
-            };
-            match route::fits(policy, m, &one, &TierUsage::default(), worst_input) {
-                Ok(()) => {
-                    target = Some(m);
-                    break;
-                }
-                Err(why) => refused.push(format!("{alias}: {why}")),
-            }
-        }
-        let Some(to) = target else {
+        let target = rule.escalate.as_ref().map_or("", |c| c.to.as_str());
+        let Some(to) = e.to.as_deref().and_then(|m| policy.models.get(m)) else {
+            let refused: Vec<String> = e
+                .passed_over
+                .iter()
+                .map(|r| format!("{}: {}", r.model, r.why))
+                .collect();
             let at = self.analysis.doc().key_span(&pointer(["steps", id]));
             return Err(Diagnostic::error(
                 "escalate-refused",
                 format!(
-                    "step `{id}` cannot escalate from {} to {} (rule {}): {}",
+                    "step `{id}` cannot escalate from {} to {target} (rule {}): {}",
                     routed.alias,
-                    c.to,
                     rule.name,
                     refused.join("; ")
                 ),
