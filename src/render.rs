@@ -310,6 +310,16 @@ fn totals(o: &mut String, plan: &Plan) {
             (Some(m), Some(n)) => format!("; max {:.0}% → at most {n} of {}", m * 100.0, t.calls),
             _ => String::new(),
         };
+        // A tier only cascades escalate to: no routed calls, only money.
+        if tier.calls == 0 && tier.cost.high > 0.0 {
+            let _ = writeln!(
+                o,
+                "{label}{:<10}escalations only  {}",
+                tier.tier.name(),
+                range(tier.cost)
+            );
+            continue;
+        }
         let _ = writeln!(
             o,
             "{label}{:<10}{} ({:.0}%{cap})  {}",

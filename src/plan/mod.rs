@@ -833,7 +833,17 @@ fn totals(steps: &[StepPlan], policy: &Policy, usage: &TierUsage) -> Totals {
         if let Some(m) = &s.model {
             let e = by_tier.entry(m.tier).or_default();
             e.0 += s.calls;
-            e.1 += s.cost;
+            match &s.cascade {
+                // The escalated share is money spent on the target's tier.
+                Some(c) => {
+                    e.1 += c.first_cost;
+                    by_tier.entry(c.to.tier).or_default().1 += CostRange {
+                        low: s.cost.low - c.first_cost.low,
+                        high: s.cost.high - c.first_cost.high,
+                    };
+                }
+                None => e.1 += s.cost,
+            }
         }
     }
     let total_calls = usage.total_calls.max(1) as f64;
