@@ -146,7 +146,7 @@ fn cascade(
                             m.provider_kind.name()
                         ),
                     )
-                    .at(at(&["confidence"]).or_else(|| at(&["when"])))
+                    .at(at(&["confidence", "min_mean_logprob"]).or_else(|| at(&["when"])))
                     .with_help(
                         "logprobs come from openai, openai-compatible (llama.cpp, vLLM) and openrouter models; \
                          use `invalid_output` or `matches` on this model instead",
