@@ -323,11 +323,17 @@ pub(crate) fn request_body(kind: ProviderKind, req: &ChatRequest) -> Value {
     if req.logprobs {
         // Chat takes a flag; the legacy route the number of alternatives
         // (the chosen token's logprob always comes back).
-        let asked = match req.endpoint {
-            Endpoint::Chat => json!(true),
-            Endpoint::Completions => json!(1),
-        };
-        body.insert("logprobs".into(), asked);
+        match req.endpoint {
+            Endpoint::Chat => {
+                body.insert("logprobs".into(), json!(true));
+                // One alternative per token keeps the answer small: llama.cpp
+                // sends twenty unless told (and none at all for 0).
+                body.insert("top_logprobs".into(), json!(1));
+            }
+            Endpoint::Completions => {
+                body.insert("logprobs".into(), json!(1));
+            }
+        }
     }
     body.insert("stream".into(), json!(req.stream));
     if req.stream && kind != ProviderKind::Mistral {

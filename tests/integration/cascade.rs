@@ -99,6 +99,7 @@ async fn a_confident_valid_answer_stays_cheap() {
     assert_eq!(models_asked(&fake), ["local-llm"]);
     // The first call asked for logprobs.
     assert_eq!(fake.requests()[0].body["logprobs"], true);
+    assert_eq!(fake.requests()[0].body["top_logprobs"], 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
