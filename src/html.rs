@@ -49,6 +49,15 @@ pub fn report_page(r: &Report) -> String {
             by_step => r.by_step.iter().map(line).collect::<Vec<_>>(),
             by_model => r.by_model.iter().map(line).collect::<Vec<_>>(),
             by_tier => r.by_tier.iter().map(line).collect::<Vec<_>>(),
+            cascades => r.cascades.iter().map(|c| context! {
+                key => c.key,
+                first_answers => c.first_answers,
+                escalated => c.escalated,
+                rate => format!("{:.0}%", c.escalation_rate * 100.0),
+                first_cost => usd(c.first_cost_usd),
+                escalated_cost => usd(c.escalated_cost_usd),
+                all_on_target => c.all_on_target_usd.map(usd),
+            }).collect::<Vec<_>>(),
         },
     )
 }
@@ -372,6 +381,7 @@ mod tests {
             by_step: vec![],
             by_model: vec![],
             by_tier: vec![],
+            cascades: vec![],
         };
         r.by_step.push(Line {
             key: "<script>alert(1)</script>".to_owned(),

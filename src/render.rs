@@ -240,6 +240,44 @@ fn step(o: &mut String, n: usize, s: &StepPlan) {
     } else {
         ""
     };
+    if let Some(c) = &s.cascade {
+        let when: Vec<&str> = c.when.iter().map(|w| w.name()).collect();
+        let place = match c.to.locality {
+            Locality::Local => "local",
+            Locality::Cloud => "cloud",
+        };
+        let _ = writeln!(
+            o,
+            "   cascade      {} → {} {} ({} tier, {place}) when {}",
+            s.model.as_ref().map_or("-", |m| m.alias.as_str()),
+            c.to.alias,
+            c.to.model,
+            c.to.tier,
+            when.join(", ")
+        );
+        let rate = match &c.rate_source {
+            crate::plan::RateSource::History { escalated, answers } => format!(
+                "{:.0}% escalate ({escalated} of {answers} first answers in the journal)",
+                c.rate * 100.0
+            ),
+            crate::plan::RateSource::Default => format!(
+                "{:.0}% escalate (default: no history of rule {} in the journal)",
+                c.rate * 100.0,
+                c.rule
+            ),
+        };
+        let _ = writeln!(
+            o,
+            "   escalation   {rate}; first calls {}, all escalated {}",
+            range(c.first_cost),
+            range(c.escalated_cost)
+        );
+    }
+    let note = if s.cascade.is_some() {
+        " (expected at the escalation rate; worst case every call escalates)"
+    } else {
+        note
+    };
     let _ = writeln!(o, "   cost         {}{note}", range(s.cost));
 }
 
@@ -272,6 +310,16 @@ fn totals(o: &mut String, plan: &Plan) {
             (Some(m), Some(n)) => format!("; max {:.0}% → at most {n} of {}", m * 100.0, t.calls),
             _ => String::new(),
         };
+        // A tier only cascades escalate to: no routed calls, only money.
+        if tier.calls == 0 && tier.cost.high > 0.0 {
+            let _ = writeln!(
+                o,
+                "{label}{:<10}escalations only  {}",
+                tier.tier.name(),
+                range(tier.cost)
+            );
+            continue;
+        }
         let _ = writeln!(
             o,
             "{label}{:<10}{} ({:.0}%{cap})  {}",
@@ -382,6 +430,7 @@ pub fn run_text(r: &RunReport) -> String {
             let _ = writeln!(o, "run {id} — finish it with: tollgate run --resume {id}");
         }
     }
+    escalations(&mut o, r);
     for s in &r.steps {
         let cut = s.calls.iter().filter(|c| c.truncated).count();
         if cut > 0 {
@@ -399,6 +448,49 @@ pub fn run_text(r: &RunReport) -> String {
         }
     }
     o
+}
+
+/// The calls cascades escalated, with why (the first ten, then a count).
+fn escalations(o: &mut String, r: &RunReport) {
+    const SHOWN: usize = 10;
+    let all: Vec<(&str, &crate::run::CallReport)> = r
+        .steps
+        .iter()
+        .flat_map(|s| s.calls.iter().map(move |c| (s.id.as_str(), c)))
+        .collect();
+    let first: usize = all
+        .iter()
+        .filter(|(_, c)| {
+            c.attempts
+                .iter()
+                .any(|a| a.outcome == crate::run::AttemptOutcome::Escalated)
+        })
+        .count();
+    let escalated: Vec<_> = all
+        .iter()
+        .filter_map(|(id, c)| c.escalation.as_ref().map(|e| (*id, c.item, e)))
+        .collect();
+    if first == 0 {
+        return;
+    }
+    let _ = writeln!(
+        o,
+        "escalated {} of {} calls ({} answered by the escalation target)",
+        first,
+        all.len(),
+        escalated.len()
+    );
+    for (id, item, e) in escalated.iter().take(SHOWN) {
+        let item = item.map(|i| format!("[{i}]")).unwrap_or_default();
+        let _ = writeln!(
+            o,
+            "  {id}{item}: {} → {} (rule {}): {}",
+            e.from, e.to, e.rule, e.reason
+        );
+    }
+    if escalated.len() > SHOWN {
+        let _ = writeln!(o, "  … and {} more", escalated.len() - SHOWN);
+    }
 }
 
 /// One step's row of the run summary; `-` where the step made no call.
@@ -695,6 +787,45 @@ pub fn report_text(r: &crate::journal::report::Report) -> String {
     section(&mut o, "By step", &r.by_step, true);
     section(&mut o, "By model", &r.by_model, false);
     section(&mut o, "By tier", &r.by_tier, false);
+    if !r.cascades.is_empty() {
+        let _ = writeln!(o, "\nCascades");
+        let rows: Vec<Vec<String>> = r
+            .cascades
+            .iter()
+            .map(|c| {
+                vec![
+                    c.key.clone(),
+                    c.first_answers.to_string(),
+                    c.escalated.to_string(),
+                    format!("{:.0}%", c.escalation_rate * 100.0),
+                    usd(c.first_cost_usd),
+                    usd(c.escalated_cost_usd),
+                    c.all_on_target_usd
+                        .map_or_else(|| "-".to_owned(), |a| format!("≈{}", usd(a))),
+                    c.saved_usd
+                        .map_or_else(|| "-".to_owned(), |a| format!("≈{}", usd(a))),
+                ]
+            })
+            .collect();
+        o.push_str(&table(
+            &[
+                "RULE",
+                "FIRST ANSWERS",
+                "ESCALATED",
+                "RATE",
+                "FIRST COST",
+                "ESCALATED COST",
+                "ALL ON TARGET",
+                "SAVED",
+            ],
+            &rows,
+            1,
+        ));
+        let _ = writeln!(
+            o,
+            "(all on target: every first answer at the average cost of an escalated call)"
+        );
+    }
     o
 }
 

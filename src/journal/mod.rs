@@ -39,8 +39,8 @@ pub use batches::{BatchLedger, BatchRef};
 pub use clock::{Clock, Millis, format_day, format_time, parse_since, period_starts};
 pub use error::JournalError;
 pub use records::{
-    CachedAnswer, CallRecord, FinishedCall, NewRun, PlannedStep, RunRow, fingerprint, new_run,
-    policy_hash, prompt_hash, sha256_json,
+    CachedAnswer, CallRecord, EscalatedCall, FinishedCall, NewRun, PlannedStep, RunRow,
+    fingerprint, new_run, policy_hash, prompt_hash, sha256_json,
 };
 use schema::SCHEMA_VERSION;
 
@@ -370,9 +370,11 @@ impl Journal {
                     provider_model, tier, local, started_ms, finished_ms, latency_ms, outcome, error,
                     input_tokens, output_tokens, cached_tokens, cache_write_tokens, reasoning_tokens,
                     cache_write_1h_tokens, cost_usd, list_cost_usd, flagship_cost_usd, estimate_usd,
-                    saved_usd, batch, from_cache, cacheable, response, output, prompt_hash, usage_flag)
+                    saved_usd, batch, from_cache, cacheable, response, output, prompt_hash, usage_flag,
+                    cascade_rule, escalate_to, escalated_from)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
-                    ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31, ?32, ?33, ?34)",
+                    ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31, ?32, ?33, ?34,
+                    ?35, ?36, ?37)",
             )?
             .execute(params![
                 run_id,
@@ -409,6 +411,9 @@ impl Journal {
                 output,
                 c.prompt_hash,
                 c.usage_flag,
+                c.cascade_rule,
+                c.escalate_to,
+                c.escalated_from,
             ])?;
             Ok(())
         })
@@ -473,6 +478,60 @@ impl Journal {
                     usage: usage_from(r, 4)?,
                     cost_usd: r.get(10)?,
                 },
+            ))
+        })?;
+        rows.collect::<Result<_, _>>().map_err(JournalError::Db)
+    }
+
+    /// Every call of a run whose first answer failed its cascade's check
+    /// and has no answer yet, by (step, item): a resume escalates it
+    /// straight away instead of paying for the first call again.
+    pub fn escalated_calls(
+        &self,
+        run_id: &str,
+    ) -> Result<std::collections::HashMap<(String, Option<usize>), EscalatedCall>, JournalError>
+    {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT step, item, model, escalate_to, error, prompt_hash, cost_usd
+             FROM calls WHERE run_id = ?1 AND outcome = 'escalated' ORDER BY id",
+        )?;
+        let rows = stmt.query_map([run_id], |r| {
+            let item: Option<i64> = r.get(1)?;
+            Ok((
+                (r.get::<_, String>(0)?, item.map(|i| i as usize)),
+                EscalatedCall {
+                    model: r.get(2)?,
+                    to: r.get::<_, Option<String>>(3)?.unwrap_or_default(),
+                    reason: r.get::<_, Option<String>>(4)?.unwrap_or_default(),
+                    prompt_hash: r.get(5)?,
+                    cost_usd: r.get(6)?,
+                },
+            ))
+        })?;
+        rows.collect::<Result<_, _>>().map_err(JournalError::Db)
+    }
+
+    /// How often each cascade rule of a policy escalated: (escalated,
+    /// first answers) over every run of the policy since `since`.
+    pub fn escalation_history(
+        &self,
+        policy: &str,
+        since: Millis,
+    ) -> Result<std::collections::BTreeMap<String, (u64, u64)>, JournalError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT c.cascade_rule, SUM(c.outcome = 'escalated'), COUNT(*)
+             FROM calls c JOIN runs r ON r.id = c.run_id
+             WHERE c.cascade_rule IS NOT NULL AND c.escalated_from IS NULL
+               AND r.policy = ?1 AND c.finished_ms >= ?2
+               AND c.outcome IN ('ok', 'escalated', 'cached', 'truncated')
+             GROUP BY c.cascade_rule",
+        )?;
+        let rows = stmt.query_map(params![policy, since], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                (r.get::<_, i64>(1)? as u64, r.get::<_, i64>(2)? as u64),
             ))
         })?;
         rows.collect::<Result<_, _>>().map_err(JournalError::Db)

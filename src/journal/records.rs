@@ -220,6 +220,27 @@ pub struct CallRecord {
     /// Why the answer's usage or cost was not taken as-is (see
     /// [`crate::cost::charge`]); `tollgate report` counts these calls.
     pub usage_flag: Option<String>,
+    /// A call of a cascade (its first call, or the escalated one — the
+    /// latter with `escalated_from`): the rule's name.
+    pub cascade_rule: Option<String>,
+    /// Outcome `escalated`: the model the call escalates to.
+    pub escalate_to: Option<String>,
+    /// An escalated call: the model whose answer failed the check.
+    pub escalated_from: Option<String>,
+}
+
+/// A call whose first answer failed its cascade's check (outcome
+/// `escalated`).
+#[derive(Debug, Clone)]
+pub struct EscalatedCall {
+    pub prompt_hash: Option<String>,
+    /// The model that answered first.
+    pub model: String,
+    /// The escalation target.
+    pub to: String,
+    /// Why it escalated.
+    pub reason: String,
+    pub cost_usd: f64,
 }
 
 /// A call a run already finished.

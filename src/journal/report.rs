@@ -77,6 +77,74 @@ pub struct Report {
     pub by_step: Vec<Line>,
     pub by_model: Vec<Line>,
     pub by_tier: Vec<Line>,
+    /// Every cascade rule (by policy) that made calls in the window.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub cascades: Vec<CascadeLine>,
+}
+
+/// A cascade rule's calls: how often the first answer escalated, what
+/// both sides cost, and what sending every call to the target would have.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct CascadeLine {
+    /// `policy/rule`.
+    pub key: String,
+    /// First answers (the cheap model's, cache hits included).
+    pub first_answers: u64,
+    /// Of those, the ones that failed the check.
+    pub escalated: u64,
+    pub escalation_rate: f64,
+    /// What the first calls cost.
+    pub first_cost_usd: f64,
+    /// What the escalated calls cost.
+    pub escalated_cost_usd: f64,
+    /// Estimated: every first answer at the average cost of an escalated
+    /// call (`None` before the first escalation answered).
+    pub all_on_target_usd: Option<f64>,
+    /// `all_on_target_usd` minus what the cascade cost.
+    pub saved_usd: Option<f64>,
+}
+
+/// The cascade lines of the calls finished at or after `from`.
+fn cascades(conn: &rusqlite::Connection, from: Millis) -> Result<Vec<CascadeLine>, JournalError> {
+    let mut stmt = conn.prepare(
+        "SELECT r.policy || '/' || c.cascade_rule,
+                SUM(c.escalated_from IS NULL AND c.outcome IN ('ok', 'escalated', 'cached', 'truncated')),
+                SUM(c.escalated_from IS NULL AND c.outcome = 'escalated'),
+                SUM(CASE WHEN c.escalated_from IS NULL THEN MAX(c.cost_usd, 0) ELSE 0 END),
+                SUM(CASE WHEN c.escalated_from IS NOT NULL THEN MAX(c.cost_usd, 0) ELSE 0 END),
+                SUM(c.escalated_from IS NOT NULL AND c.outcome IN ('ok', 'cached', 'truncated')),
+                SUM(CASE WHEN c.escalated_from IS NOT NULL AND c.from_cache THEN c.saved_usd ELSE 0 END)
+             FROM calls c JOIN runs r ON r.id = c.run_id
+             WHERE c.cascade_rule IS NOT NULL AND c.finished_ms >= ?1
+             GROUP BY 1 ORDER BY 1",
+    )?;
+    let lines = stmt
+        .query_map(params![from], |r| {
+            let first_answers = r.get::<_, i64>(1)?.max(0) as u64;
+            let escalated = r.get::<_, i64>(2)?.max(0) as u64;
+            let first_cost: f64 = r.get(3)?;
+            let escalated_cost: f64 = r.get(4)?;
+            let answered = r.get::<_, i64>(5)?.max(0) as u64;
+            // A cached escalation is priced at what it cost when bought.
+            let bought = escalated_cost + r.get::<_, f64>(6)?;
+            let all = (answered > 0).then(|| bought / answered as f64 * first_answers as f64);
+            Ok(CascadeLine {
+                key: r.get(0)?,
+                first_answers,
+                escalated,
+                escalation_rate: if first_answers > 0 {
+                    escalated as f64 / first_answers as f64
+                } else {
+                    0.0
+                },
+                first_cost_usd: first_cost,
+                escalated_cost_usd: escalated_cost,
+                all_on_target_usd: all,
+                saved_usd: all.map(|a| a - first_cost - escalated_cost),
+            })
+        })?
+        .collect::<Result<_, _>>()?;
+    Ok(lines)
 }
 
 struct CallRow {
@@ -219,6 +287,7 @@ pub fn build(journal: &Journal, since: Option<Millis>) -> Result<Report, Journal
         |r| r.get(0),
     )?;
     drop(stmt);
+    let cascades = cascades(conn, from)?;
 
     let none = BTreeMap::new();
     let mut totals = Line {
@@ -248,6 +317,7 @@ pub fn build(journal: &Journal, since: Option<Millis>) -> Result<Report, Journal
             false,
         ),
         by_tier: group(&rows, |r| r.tier.clone(), &none, false),
+        cascades,
     };
     for line in std::iter::once(&mut report.totals)
         .chain(&mut report.by_day)

@@ -82,7 +82,12 @@ CREATE TABLE IF NOT EXISTS calls (
     response        TEXT,
     output          TEXT,
     -- Why the answer's usage or cost was not taken as-is (cost::charge).
-    usage_flag      TEXT
+    usage_flag      TEXT,
+    -- Cascades: the rule on a first call's rows; on an `escalated` row, the
+    -- target; on the escalated call's rows, the model it escalated from.
+    cascade_rule    TEXT,
+    escalate_to     TEXT,
+    escalated_from  TEXT
 );
 CREATE INDEX IF NOT EXISTS calls_run ON calls(run_id, step, item);
 CREATE INDEX IF NOT EXISTS calls_request ON calls(request_hash, finished_ms);
@@ -121,6 +126,9 @@ pub(super) fn create(conn: &Connection) -> rusqlite::Result<()> {
             "INTEGER NOT NULL DEFAULT 0",
         ),
         ("calls", "usage_flag", "TEXT"),
+        ("calls", "cascade_rule", "TEXT"),
+        ("calls", "escalate_to", "TEXT"),
+        ("calls", "escalated_from", "TEXT"),
     ] {
         let present: bool = conn.query_row(
             &format!("SELECT COUNT(*) FROM pragma_table_info('{table}') WHERE name = ?1"),

@@ -260,6 +260,50 @@ pub struct RuleFile {
     pub when: ConditionsFile,
     #[serde(rename = "use")]
     pub use_model: String,
+    /// A cascade: the rule's model first, `to` when a check fails.
+    pub escalate: Option<EscalateFile>,
+}
+
+/// `escalate: { to, when?, confidence?, matches?, contains? }` on a rule.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EscalateFile {
+    pub to: String,
+    /// The checks that escalate; default: `invalid_output` and every check
+    /// the other keys configure.
+    pub when: Option<Vec<EscalateWhen>>,
+    pub confidence: Option<ConfidenceFile>,
+    pub matches: Option<String>,
+    pub contains: Option<String>,
+}
+
+/// A check whose failure escalates a cascade's call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EscalateWhen {
+    /// The answer does not match the step's output schema (or is cut short).
+    InvalidOutput,
+    /// The answer's mean token logprob is below `confidence.min_mean_logprob`,
+    /// or the server sent no usable logprobs.
+    LowConfidence,
+    /// The answer does not match `matches` / does not contain `contains`.
+    NoMatch,
+}
+
+impl EscalateWhen {
+    pub fn name(self) -> &'static str {
+        match self {
+            EscalateWhen::InvalidOutput => "invalid_output",
+            EscalateWhen::LowConfidence => "low_confidence",
+            EscalateWhen::NoMatch => "no_match",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfidenceFile {
+    pub min_mean_logprob: f64,
 }
 
 /// A string or a list of strings.

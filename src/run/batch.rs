@@ -497,6 +497,7 @@ impl BatchStep<'_> {
             truncated: answer.truncated(),
             batch_fallback: false,
             lost_discount_usd: 0.0,
+            escalation: None,
         };
         // Journaled before dependants can start, like every call: a resume
         // never pays for this answer again, and a valid one serves later

@@ -34,6 +34,13 @@ pub enum Event {
         to: String,
         reason: String,
     },
+    /// A cascade's first answer failed its check: the call goes to `to`.
+    Escalating {
+        step: String,
+        from: String,
+        to: String,
+        reason: String,
+    },
     StepFinished {
         step: String,
         status: StepStatus,
@@ -161,6 +168,19 @@ pub struct CallReport {
     /// price, `lost_discount_usd` more than at batch prices.
     pub batch_fallback: bool,
     pub lost_discount_usd: f64,
+    /// The call escalated: its first answer failed the cascade's check.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub escalation: Option<Escalation>,
+}
+
+/// A call a cascade escalated: from the model whose answer failed the
+/// check, to the model that was called next, and why.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Escalation {
+    pub rule: String,
+    pub from: String,
+    pub to: String,
+    pub reason: String,
 }
 
 impl CallReport {
@@ -182,6 +202,7 @@ impl CallReport {
             truncated: false,
             batch_fallback: false,
             lost_discount_usd: 0.0,
+            escalation: None,
         }
     }
 }

@@ -12,6 +12,7 @@ use futures::stream::FuturesUnordered;
 use serde_json::{Map, Value};
 
 use super::call::{StepCalls, call_with_fallbacks};
+use super::cascade::Check;
 use super::error::CallError;
 use super::shared::Shared;
 use super::{CallReport, Event, StepReport, StepStatus, batch};
@@ -94,6 +95,7 @@ pub(super) async fn run_step(
         facts: &facts,
         label: &label,
         expanded: &expanded,
+        cascade: cascade_of(&sh, &decision),
     };
     let started = Instant::now();
     let calls = make_calls(&ctx).await;
@@ -114,6 +116,19 @@ fn route_calls(sh: &Shared, id: &str, facts: &Facts<'_>, expanded: &Expanded) ->
         *usage.used.entry(m.tier).or_insert(0) += facts.calls;
     }
     d
+}
+
+/// The cascade of the rule that routed the step, if it has one (a pin
+/// has none).
+fn cascade_of<'a>(sh: &'a Shared, decision: &Decision) -> Option<Check<'a>> {
+    let Some(route::Decider::Rule { name, .. }) = &decision.decider else {
+        return None;
+    };
+    let rule = sh.policy.rules.iter().find(|r| &r.name == name)?;
+    Some(Check {
+        rule: &rule.name,
+        cascade: rule.escalate.as_ref()?,
+    })
 }
 
 /// The rule's candidates from the chosen model on: the fallback chain;
@@ -140,7 +155,15 @@ fn fallback_chain(sh: &Shared, decision: &Decision) -> Option<Vec<String>> {
 /// if the step asks for it, then what the batch did not answer one by one.
 async fn make_calls(ctx: &StepCalls<'_>) -> Vec<(CallReport, Result<Value, CallError>)> {
     let rendered = &ctx.expanded.calls;
-    let batched: Vec<Option<batch::Item>> = match ctx.sh.policy.models.get(&ctx.chain[0]) {
+    // A cascade checks each first answer as it comes: its calls are made
+    // one by one, never through a batch.
+    let model = ctx
+        .sh
+        .policy
+        .models
+        .get(&ctx.chain[0])
+        .filter(|_| ctx.cascade.is_none());
+    let batched: Vec<Option<batch::Item>> = match model {
         Some(model) => {
             batch::run(
                 ctx.sh,

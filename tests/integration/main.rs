@@ -6,6 +6,7 @@ mod support;
 mod architecture;
 mod batch;
 mod bounds;
+mod cascade;
 mod cli;
 mod compare;
 mod cost;
