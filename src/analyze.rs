@@ -352,8 +352,17 @@ fn analyze_step(
     check_needs(w, doc, id, step, &step_ids, &mut info, diags);
     check_output(doc, id, step, diags);
     if let Some(spec) = &step.context {
+        let inputs: Vec<crate::context::DeclaredInput> = w
+            .inputs
+            .iter()
+            .map(|(name, d)| crate::context::DeclaredInput {
+                name,
+                is_string: d.kind == crate::workflow::InputType::String,
+                kind: d.kind.name(),
+            })
+            .collect();
         crate::context::check(
-            w,
+            &inputs,
             doc,
             id,
             spec,

@@ -21,7 +21,6 @@ use std::collections::BTreeSet;
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::diagnostic::{Diagnostic, did_you_mean, one_of};
-use crate::workflow::{InputType, Workflow};
 use crate::yaml::{Document, pointer};
 
 pub use budget::Trim;
@@ -122,12 +121,22 @@ pub struct InputCut {
 /// dominates and a typo (`tokens: 2`) would fan out into thousands of calls.
 pub const MIN_CHUNK_TOKENS: u64 = 32;
 
-/// Checks a step's `context:` against the workflow: names of inputs (with
+/// A declared input as the checks need it: its name, and whether it is text
+/// (context management cuts text). Below `workflow`, which uses this
+/// module's syntax types.
+pub struct DeclaredInput<'a> {
+    pub name: &'a str,
+    pub is_string: bool,
+    /// Its declared type, for the error.
+    pub kind: &'static str,
+}
+
+/// Checks a step's `context:` against the workflow's inputs: names (with
 /// did-you-mean), their types, that the step reads them, and the numbers
 /// that cannot work together. `reads_inputs` is what the step's templates
 /// read; `own_for_each` whether the step has its own `for_each`.
 pub fn check(
-    w: &Workflow,
+    inputs: &[DeclaredInput<'_>],
     doc: &Document,
     id: &str,
     spec: &ContextSpec,
@@ -140,40 +149,40 @@ pub fn check(
         p.extend_from_slice(keys);
         doc.span(&pointer(p))
     };
-    let names: Vec<&str> = w.inputs.keys().map(String::as_str).collect();
+    let names: Vec<&str> = inputs.iter().map(|i| i.name).collect();
+    let find = |name: &str| inputs.iter().find(|i| i.name == name);
     // An input named in `context` must be a declared string input.
-    let check_input =
-        |name: &str, keys: &[&str], diags: &mut Vec<Diagnostic>| match w.inputs.get(name) {
-            None => diags.push(
-                Diagnostic::error(
-                    "context-unknown-input",
-                    format!("the context of step `{id}` names unknown input `{name}`"),
-                )
-                .at(at(keys))
-                .with_label("no input with this name")
-                .with_help(
-                    did_you_mean(name, names.iter().copied()).unwrap_or_else(|| {
-                        if names.is_empty() {
-                            "the workflow declares no inputs".to_owned()
-                        } else {
-                            format!("inputs are {}", one_of(names.iter().copied()))
-                        }
-                    }),
+    let check_input = |name: &str, keys: &[&str], diags: &mut Vec<Diagnostic>| match find(name) {
+        None => diags.push(
+            Diagnostic::error(
+                "context-unknown-input",
+                format!("the context of step `{id}` names unknown input `{name}`"),
+            )
+            .at(at(keys))
+            .with_label("no input with this name")
+            .with_help(
+                did_you_mean(name, names.iter().copied()).unwrap_or_else(|| {
+                    if names.is_empty() {
+                        "the workflow declares no inputs".to_owned()
+                    } else {
+                        format!("inputs are {}", one_of(names.iter().copied()))
+                    }
+                }),
+            ),
+        ),
+        Some(decl) if !decl.is_string => diags.push(
+            Diagnostic::error(
+                "context-input-type",
+                format!(
+                    "input `{name}` is of type {}; context management cuts text",
+                    decl.kind
                 ),
-            ),
-            Some(decl) if decl.kind != InputType::String => diags.push(
-                Diagnostic::error(
-                    "context-input-type",
-                    format!(
-                        "input `{name}` is of type {}; context management cuts text",
-                        decl.kind.name()
-                    ),
-                )
-                .at(at(keys))
-                .with_help("name a string input (declared `type: string`, the default)"),
-            ),
-            Some(_) => {}
-        };
+            )
+            .at(at(keys))
+            .with_help("name a string input (declared `type: string`, the default)"),
+        ),
+        Some(_) => {}
+    };
     for (i, name) in spec.input.iter().enumerate() {
         let idx = i.to_string();
         let keys: Vec<&str> = if spec.input.len() == 1 && doc_is_scalar(doc, id) {
@@ -182,7 +191,7 @@ pub fn check(
             vec!["input", idx.as_str()]
         };
         check_input(name, &keys, diags);
-        if w.inputs.contains_key(name) && !reads_inputs.contains(name) {
+        if find(name).is_some() && !reads_inputs.contains(name) {
             diags.push(
                 Diagnostic::error(
                     "context-input-unread",
@@ -222,11 +231,7 @@ pub fn check(
         let strings: Vec<&str> = reads_inputs
             .iter()
             .map(String::as_str)
-            .filter(|n| {
-                w.inputs
-                    .get(*n)
-                    .is_some_and(|d| d.kind == InputType::String)
-            })
+            .filter(|n| find(n).is_some_and(|d| d.is_string))
             .collect();
         diags.push(
             Diagnostic::error(
