@@ -637,6 +637,14 @@ pub fn report_text(r: &crate::journal::report::Report) -> String {
         usd(t.savings.prompt_cache_usd),
         usd(t.savings.batch_usd)
     );
+    if t.savings.context_tokens != 0 || t.savings.context_usd != 0.0 {
+        let _ = writeln!(
+            o,
+            "  saved       {} by context management ({} input tokens not sent; as planned)",
+            usd(t.savings.context_usd),
+            t.savings.context_tokens
+        );
+    }
     if t.untrusted_calls > 0 {
         let _ = writeln!(
             o,

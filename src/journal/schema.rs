@@ -42,6 +42,11 @@ CREATE TABLE IF NOT EXISTS steps (
     estimate_max_usd REAL NOT NULL,
     flagship_estimate_usd REAL NOT NULL,
     finished_ms     INTEGER,
+    -- Context management (the plan's figures): input tokens without and
+    -- with it, and the expected saving on the step's model.
+    context_tokens_before INTEGER NOT NULL DEFAULT 0,
+    context_tokens_after  INTEGER NOT NULL DEFAULT 0,
+    context_saved_usd     REAL NOT NULL DEFAULT 0,
     PRIMARY KEY (run_id, step)
 );
 CREATE TABLE IF NOT EXISTS calls (
@@ -121,6 +126,17 @@ pub(super) fn create(conn: &Connection) -> rusqlite::Result<()> {
             "INTEGER NOT NULL DEFAULT 0",
         ),
         ("calls", "usage_flag", "TEXT"),
+        (
+            "steps",
+            "context_tokens_before",
+            "INTEGER NOT NULL DEFAULT 0",
+        ),
+        (
+            "steps",
+            "context_tokens_after",
+            "INTEGER NOT NULL DEFAULT 0",
+        ),
+        ("steps", "context_saved_usd", "REAL NOT NULL DEFAULT 0"),
     ] {
         let present: bool = conn.query_row(
             &format!("SELECT COUNT(*) FROM pragma_table_info('{table}') WHERE name = ?1"),

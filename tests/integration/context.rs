@@ -119,6 +119,21 @@ async fn trimming_cuts_only_the_named_input_and_marks_the_cut() {
     );
     assert!(text.contains("                cut inputs.doc: "), "{text}");
     assert!(text.contains("  context      1 step: in "), "{text}");
+
+    // `report` counts it as its own lever, from the journal.
+    let rep = p.tollgate(&["report", "--format", "json"]).await;
+    assert_eq!(rep.status.code(), Some(0), "{}", transcript(&rep));
+    let rep: Value = serde_json::from_slice(&rep.stdout).unwrap();
+    let s = &rep["totals"]["savings"];
+    assert_eq!(s["context_tokens"].as_u64(), Some(before - after));
+    assert!(s["context_usd"].as_f64().unwrap() > 0.0, "{s}");
+    let by_step = rep["by_step"].as_array().unwrap();
+    assert_eq!(
+        by_step[0]["savings"]["context_tokens"].as_u64(),
+        Some(before - after)
+    );
+    let text = stdout(&p.tollgate(&["report"]).await);
+    assert!(text.contains("by context management ("), "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
