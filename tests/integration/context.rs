@@ -375,3 +375,93 @@ async fn a_confidential_document_is_never_chunked_to_the_cloud() {
     assert_eq!(step(&r, "summary")["model"], "local");
     assert!(fake.requests().iter().all(|r| r.model() == "local-llm"));
 }
+
+/// The measurement of issue 14 on a long document (`tests/data/long-document`,
+/// ~28,000 tokens), planned on the repository's default policy: tokens sent
+/// (all, and to cloud models) and expected cost, with the whole document in
+/// one call, trimmed to 4,000 tokens, and mapped on the local model then
+/// reduced (`workflows/long-document.yaml`). Plans only: deterministic, no
+/// model. `cargo test --test integration measured -- --nocapture` prints
+/// the table.
+#[test]
+fn measured_on_a_long_document() {
+    let root = crate::support::root();
+    let doc = std::fs::read_to_string(root.join("tests/data/long-document/document.txt")).unwrap();
+    let policy = std::fs::read_to_string(root.join("policies/default.yaml")).unwrap();
+    let whole = r#"version: 1
+name: whole
+inputs:
+  doc: { type: string, sensitivity: internal }
+  question: { type: string }
+steps:
+  answer:
+    task: answer
+    prompt: "Question: {{ inputs.question }}\n\n{{ inputs.doc }}\n\nAnswer the question from the document."
+    max_output_tokens: 300
+"#;
+    let trimmed = whole.replace(
+        "    max_output_tokens: 300\n",
+        "    max_output_tokens: 300\n    context: { max_input_tokens: 4000, trim: middle, input: doc }\n",
+    );
+    let map_reduce = std::fs::read_to_string(root.join("workflows/long-document.yaml")).unwrap();
+    let mut rows = Vec::new();
+    for (name, wf) in [
+        ("whole document", whole.to_owned()),
+        ("trim: middle, 4,000", trimmed),
+        ("map (local) + reduce", map_reduce),
+    ] {
+        let p = Project::new(&policy, &wf).with("doc.txt", &doc);
+        let out = p
+            .tollgate(&[
+                "plan",
+                "wf.yaml",
+                "--policy",
+                "policy.yaml",
+                "--input",
+                "doc=@doc.txt",
+                "--input",
+                "question=How does tollgate keep confidential data away from cloud models?",
+                "--format",
+                "json",
+            ])
+            .output();
+        assert_eq!(out.status.code(), Some(0), "{name}: {}", transcript(&out));
+        let plan: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let steps = plan["steps"].as_array().unwrap();
+        let tokens = |cloud: bool| -> u64 {
+            steps
+                .iter()
+                .filter(|s| !cloud || s["model"]["locality"] == "cloud")
+                .map(|s| s["tokens"]["input"].as_u64().unwrap())
+                .sum()
+        };
+        rows.push((
+            name,
+            plan["totals"]["calls"].as_u64().unwrap(),
+            tokens(false),
+            tokens(true),
+            plan["totals"]["cost"]["low"].as_f64().unwrap(),
+        ));
+    }
+    println!(
+        "{:<22} {:>6} {:>10} {:>10} {:>10}",
+        "strategy", "calls", "tokens in", "to cloud", "expected"
+    );
+    for (name, calls, all, cloud, usd) in &rows {
+        println!(
+            "{name:<22} {calls:>6} {all:>10} {cloud:>10} {:>10}",
+            format!("${usd:.4}")
+        );
+    }
+    let (whole, trim, mr) = (&rows[0], &rows[1], &rows[2]);
+    assert!(whole.3 > 20_000, "the document is long: {}", whole.3);
+    assert!(
+        trim.3 <= 4_000 && trim.4 < whole.4 / 4.0,
+        "trimming sends a fraction"
+    );
+    assert!(mr.1 > 10, "one map call per chunk, and the reduce");
+    assert!(
+        mr.3 < whole.3 / 4 && mr.4 < whole.4 / 4.0,
+        "the cloud sees notes, not the document"
+    );
+}
