@@ -15,13 +15,22 @@ use minijinja::{Error, ErrorKind};
 
 use crate::tokens::{self, Tokenizer};
 
+/// At most this many chunks: the bound on a `for_each` list.
+pub const MAX_CHUNKS: usize = 100_000;
+
+/// At most this many bytes in all chunks together (overlap repeats text:
+/// chunks of 1,000 tokens overlapping by 999 would copy a document a
+/// thousand times over).
+pub const MAX_CHUNK_BYTES: usize = 32 << 20;
+
 /// Splits `text` into chunks of at most `size` tokens, each starting with
 /// up to `overlap` tokens of the previous one's end. Empty text gives no
 /// chunk. A single piece longer than `size` (a giant space-free run) is a
-/// chunk of its own.
-pub fn split(text: &str, size: usize, overlap: usize) -> Vec<&str> {
+/// chunk of its own. Past [`MAX_CHUNKS`] or [`MAX_CHUNK_BYTES`] it stops
+/// with the reason.
+pub fn split(text: &str, size: usize, overlap: usize) -> Result<Vec<&str>, String> {
     if text.is_empty() {
-        return Vec::new();
+        return Ok(Vec::new());
     }
     let size = size.max(1);
     let overlap = overlap.min(size - 1);
@@ -30,6 +39,7 @@ pub fn split(text: &str, size: usize, overlap: usize) -> Vec<&str> {
     pts.extend(tokens::boundaries(Tokenizer::O200kBase, text));
     let last = pts.len() - 1;
     let mut out = Vec::new();
+    let mut bytes = 0usize;
     let mut i = 0;
     loop {
         let (start, base) = pts[i];
@@ -38,8 +48,15 @@ pub fn split(text: &str, size: usize, overlap: usize) -> Vec<&str> {
             j += 1;
         }
         out.push(&text[start..pts[j].0]);
+        bytes += pts[j].0 - start;
+        if out.len() > MAX_CHUNKS || bytes > MAX_CHUNK_BYTES {
+            return Err(format!(
+                "chunks: more than {MAX_CHUNKS} chunks or {} MB of chunks; use larger chunks or a smaller overlap",
+                MAX_CHUNK_BYTES >> 20
+            ));
+        }
         if j == last {
-            return out;
+            return Ok(out);
         }
         // The next chunk starts as far back as the overlap allows, but
         // always after this one's start (progress).
@@ -93,6 +110,7 @@ pub fn filter(value: Value, size: i64, overlap: Option<i64>) -> Result<Value, Er
     if let Some(text) = value.as_str() {
         return Ok(Value::from(
             split(text, size, overlap)
+                .map_err(bad)?
                 .into_iter()
                 .map(Value::from)
                 .collect::<Vec<_>>(),
@@ -136,7 +154,7 @@ mod tests {
         let text = words(2000);
         let total = Tokenizer::O200kBase.count(&text);
         for (size, overlap) in [(100, 0), (100, 20), (257, 50), (5000, 10)] {
-            let chunks = split(&text, size, overlap);
+            let chunks = split(&text, size, overlap).unwrap();
             for c in &chunks {
                 assert!(Tokenizer::O200kBase.count(c) <= size, "{size}");
             }
@@ -159,8 +177,17 @@ mod tests {
                 assert_eq!(chunks.concat(), text);
             }
         }
-        assert!(split("", 10, 0).is_empty());
-        assert_eq!(split("short", 10, 5), vec!["short"]);
+        assert!(split("", 10, 0).unwrap().is_empty());
+        assert_eq!(split("short", 10, 5).unwrap(), vec!["short"]);
+    }
+
+    #[test]
+    fn a_huge_overlap_is_refused_not_copied() {
+        // 1,000-token chunks moving one word at a time: about 100,000
+        // chunks of ~3 KB, far past the byte bound; refused early.
+        let text = words(100_000);
+        let err = split(&text, 1000, 999).unwrap_err();
+        assert!(err.contains("smaller overlap"), "{err}");
     }
 
     #[test]

@@ -465,3 +465,50 @@ steps:
         "the cloud sees notes, not the document"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nested_reduce_groups_the_answers_that_do_not_fit_one_call() {
+    let fake = FakeServer::start().await;
+    fake.set_handler(|r| {
+        let text = user_text(r);
+        if let Some(part) = text.strip_prefix("Note the facts of this part:\n") {
+            let first = part.split_whitespace().next().unwrap_or("?").to_owned();
+            Reply::text(format!("note from {first}")).usage(500, 5)
+        } else if let Some(group) = text.strip_prefix("Merge:") {
+            Reply::text(format!("merged {}", group.matches("note from").count())).usage(50, 3)
+        } else {
+            Reply::text("final").usage(30, 1)
+        }
+    });
+    // A middle level: the notes in groups of at most 20 tokens (about three
+    // notes), each group merged, then one final call over the merges.
+    let wf = MAP_REDUCE.replace(
+        "  summary:\n    task: write\n    prompt: \"Combine these notes:\\n{% for n in steps.notes.output %}- {{ n }}\\n{% endfor %}\"",
+        "  groups:\n    task: summarize\n    for_each: steps.notes.output | chunks(20)\n    prompt: \"Merge:{% for n in item %} {{ n }};{% endfor %}\"\n    max_output_tokens: 40\n  summary:\n    task: write\n    prompt: \"Combine these notes:\\n{% for n in steps.groups.output %}- {{ n }}\\n{% endfor %}\"",
+    );
+    assert!(wf.contains("groups:"), "{wf}");
+    let p = Project::new(&policy(&fake, ""), &wf).with("doc.txt", &document(300));
+    let out = p
+        .run(&["--input", "doc=@doc.txt", "--format", "json"])
+        .await;
+    assert_eq!(out.status.code(), Some(0), "{}", transcript(&out));
+    let texts: Vec<String> = fake.requests().iter().map(user_text).collect();
+    let maps = texts
+        .iter()
+        .filter(|t| t.starts_with("Note the facts"))
+        .count();
+    let merges: Vec<&String> = texts.iter().filter(|t| t.starts_with("Merge:")).collect();
+    assert!(
+        merges.len() > 1 && merges.len() < maps,
+        "{} groups of {maps} notes",
+        merges.len()
+    );
+    // Every note is in exactly one group, in order.
+    let grouped: usize = merges.iter().map(|m| m.matches("note from").count()).sum();
+    assert_eq!(grouped, maps);
+    let last = texts
+        .iter()
+        .find(|t| t.starts_with("Combine"))
+        .expect("the final call");
+    assert_eq!(last.matches("- merged ").count(), merges.len(), "{last}");
+}
