@@ -467,7 +467,11 @@ fn manage(
             effect.cut = cut;
             return Ok((new_calls, effect));
         }
-        room = room.saturating_sub((largest - max) as usize);
+        // Shrink in proportion: a prompt reading a cut input k times grows
+        // k tokens per token kept, and so shrinks k times faster too.
+        let used = largest.saturating_sub(fixed).max(1);
+        let avail = max.saturating_sub(fixed);
+        room = ((room as u64 * avail / used) as usize).min(room.saturating_sub(1));
         if room == 0 {
             break;
         }
@@ -854,6 +858,39 @@ mod tests {
             let compiled = template::COMPILED.with(std::cell::Cell::get) - compiled;
             assert_eq!((contexts, compiled), (1, 2), "{n} items");
         }
+    }
+
+    #[test]
+    fn trimming_fits_a_prompt_that_reads_the_cut_input_twice_and_keeps_its_label() {
+        let a = analysis(
+            "  s: {task: t, prompt: 'A: {{ inputs.secret }} B: {{ inputs.secret }}', context: {max_input_tokens: 200, trim: middle, input: secret}}\n",
+        );
+        let long = "word ".repeat(5000);
+        let e = expand_with(&a, "s", json!({ "secret": long }), Some(&Map::new())).unwrap();
+        let sent = &e.calls[0].prompt;
+        assert!(
+            budget::count_chat(&[sent]) <= 200,
+            "{}",
+            budget::count_chat(&[sent])
+        );
+        assert_eq!(sent.matches("tokens cut").count(), 2, "{sent}");
+        assert_eq!(e.rendered_level, 2, "still confidential");
+        let effect = e.context.unwrap();
+        assert_eq!(effect.strategy, "trim: middle");
+        assert_eq!(effect.cut[0].input, "secret");
+        assert!(effect.tokens_after <= 200 && effect.tokens_before > 5000);
+    }
+
+    #[test]
+    fn a_budget_the_kept_part_cannot_fit_is_a_located_error() {
+        let a = analysis(&format!(
+            "  s: {{task: t, prompt: '{} {{{{ inputs.secret }}}}', context: {{max_input_tokens: 50, input: secret}}}}\n",
+            "intact ".repeat(100)
+        ));
+        let err = expand_with(&a, "s", json!({ "secret": "x" }), Some(&Map::new())).unwrap_err();
+        let d = err.diagnostic(a.doc());
+        assert!(d.message.contains("kept intact take"), "{}", d.message);
+        assert!(d.span.is_some(), "located at max_input_tokens");
     }
 
     #[test]
