@@ -264,7 +264,7 @@ fn line(l: &Line) -> Value {
 
 fn saved(l: &Line) -> f64 {
     let s = &l.savings;
-    s.routing_usd + s.cache_usd + s.prompt_cache_usd + s.batch_usd
+    s.routing_usd + s.cache_usd + s.prompt_cache_usd + s.batch_usd + s.context_usd
 }
 
 /// The savings by lever, each with its share of the largest (bar widths).
@@ -275,6 +275,7 @@ fn levers(t: &Line) -> Vec<Value> {
         ("cache", "the response cache", s.cache_usd),
         ("prompt-cache", "prompt caching", s.prompt_cache_usd),
         ("batch", "batching", s.batch_usd),
+        ("context", "context management", s.context_usd),
     ];
     let max = all.iter().map(|l| l.2).fold(0.0_f64, f64::max);
     all.iter()

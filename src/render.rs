@@ -279,6 +279,46 @@ fn step(o: &mut String, n: usize, s: &StepPlan) {
         note
     };
     let _ = writeln!(o, "   cost         {}{note}", range(s.cost));
+    if let Some(c) = &s.context {
+        context_line(o, c);
+    }
+}
+
+/// A step's context management: the strategy, tokens before and after,
+/// what was cut, extra calls and the net saving on its model.
+fn context_line(o: &mut String, c: &crate::plan::ContextPlan) {
+    let e = &c.effect;
+    let mut what = e.strategy.clone();
+    if let Some(n) = e.chunks {
+        what.push_str(&format!(
+            " into {} (+{})",
+            plural(n, "chunk"),
+            plural(c.extra_calls, "call")
+        ));
+    }
+    let _ = writeln!(
+        o,
+        "   context      {what}; in {} → {} tokens; {}",
+        e.tokens_before,
+        e.tokens_after,
+        saved(c.saved_usd)
+    );
+    for cut in &e.cut {
+        let _ = writeln!(
+            o,
+            "                cut inputs.{}: {} → {} tokens",
+            cut.input, cut.tokens_before, cut.tokens_kept
+        );
+    }
+}
+
+/// "saved $x" or "costs $x more" (expected).
+fn saved(usd_: f64) -> String {
+    if usd_ >= 0.0 {
+        format!("saved {} expected", usd(usd_))
+    } else {
+        format!("costs {} more expected", usd(-usd_))
+    }
 }
 
 fn totals(o: &mut String, plan: &Plan) {
@@ -342,6 +382,25 @@ fn totals(o: &mut String, plan: &Plan) {
         if f.cost.low > 0.0 {
             let _ = writeln!(o, "  saving       {:.0}% vs all-flagship", f.saving_percent);
         }
+    }
+    if let Some(c) = &t.context {
+        let pct = if c.tokens_before > 0 {
+            format!(
+                " ({:+.0}%)",
+                (c.tokens_after as f64 / c.tokens_before as f64 - 1.0) * 100.0
+            )
+        } else {
+            String::new()
+        };
+        let _ = writeln!(
+            o,
+            "  context      {}: in {} → {} tokens{pct}, +{}; {}",
+            plural(c.steps, "step"),
+            c.tokens_before,
+            c.tokens_after,
+            plural(c.extra_calls, "call"),
+            saved(c.saved_usd)
+        );
     }
     if let Some(b) = &t.budget {
         if b.within {
@@ -720,6 +779,14 @@ pub fn report_text(r: &crate::journal::report::Report) -> String {
         usd(t.savings.prompt_cache_usd),
         usd(t.savings.batch_usd)
     );
+    if t.savings.context_tokens != 0 || t.savings.context_usd != 0.0 {
+        let _ = writeln!(
+            o,
+            "  saved       {} by context management ({} input tokens not sent; as planned)",
+            usd(t.savings.context_usd),
+            t.savings.context_tokens
+        );
+    }
     if t.untrusted_calls > 0 {
         let _ = writeln!(
             o,

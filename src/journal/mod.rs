@@ -282,8 +282,9 @@ impl Journal {
             ])?;
             let mut step = tx.prepare_cached(
                 "INSERT INTO steps (run_id, step, status, planned_model, planned_calls, estimate_usd,
-                    estimate_max_usd, flagship_estimate_usd)
-                 VALUES (?1, ?2, 'pending', ?3, ?4, ?5, ?6, ?7)",
+                    estimate_max_usd, flagship_estimate_usd, context_tokens_before,
+                    context_tokens_after, context_saved_usd)
+                 VALUES (?1, ?2, 'pending', ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             )?;
             for s in &run.steps {
                 step.execute(params![
@@ -293,7 +294,10 @@ impl Journal {
                     s.calls as i64,
                     s.estimate_usd,
                     s.estimate_max_usd,
-                    s.flagship_estimate_usd
+                    s.flagship_estimate_usd,
+                    s.context.as_ref().map_or(0, |c| c.tokens_before as i64),
+                    s.context.as_ref().map_or(0, |c| c.tokens_after as i64),
+                    s.context.as_ref().map_or(0.0, |c| c.saved_usd),
                 ])?;
             }
             Ok(id)
@@ -758,6 +762,7 @@ mod tests {
                 estimate_usd: 0.01,
                 estimate_max_usd: 0.02,
                 flagship_estimate_usd: 0.1,
+                context: None,
             }],
         }
     }

@@ -103,6 +103,11 @@ impl NewRun {
                     estimate_usd: s.cost.low,
                     estimate_max_usd: s.cost.high,
                     flagship_estimate_usd: s.flagship_cost.low,
+                    context: s.context.as_ref().map(|c| PlannedContext {
+                        tokens_before: c.effect.tokens_before,
+                        tokens_after: c.effect.tokens_after,
+                        saved_usd: c.saved_usd,
+                    }),
                 })
                 .collect(),
         }
@@ -148,6 +153,17 @@ pub struct PlannedStep {
     pub estimate_usd: f64,
     pub estimate_max_usd: f64,
     pub flagship_estimate_usd: f64,
+    /// What context management does to the step, as planned.
+    pub context: Option<PlannedContext>,
+}
+
+/// A step's context management as its plan priced it: `report` sums it
+/// over the steps that succeeded as its own lever.
+#[derive(Debug, Clone, Default)]
+pub struct PlannedContext {
+    pub tokens_before: u64,
+    pub tokens_after: u64,
+    pub saved_usd: f64,
 }
 
 /// A run as the journal has it.

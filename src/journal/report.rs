@@ -18,6 +18,13 @@
 //! batch        = Σ (list − cost), over batch calls (a cached batch input's
 //!                discount included)
 //! ```
+//!
+//! Context management is a lever of its own, outside that sum: its calls
+//! never sent the cut tokens, so there is no usage to price them from. It
+//! is the plan's figure for every step that succeeded (the plan trims the
+//! same inputs the run does): `context` (the expected saving on the step's
+//! model, negative when chunking on a paid model cost more) and the input
+//! tokens not sent.
 
 use std::collections::BTreeMap;
 
@@ -34,6 +41,14 @@ pub struct Savings {
     /// Providers' prompt caching (cache reads at their discount).
     pub prompt_cache_usd: f64,
     pub batch_usd: f64,
+    /// Context management (trimming, chunking), as planned for the steps
+    /// that succeeded; not part of the flagship identity. Both absent from
+    /// JSON where no step managed its context.
+    #[serde(skip_serializing_if = "is_zero_usd")]
+    pub context_usd: f64,
+    /// Input tokens context management kept out of the requests.
+    #[serde(skip_serializing_if = "is_zero_tokens")]
+    pub context_tokens: i64,
 }
 
 /// One line of a grouping.
@@ -63,6 +78,14 @@ pub struct Line {
 }
 
 fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+fn is_zero_usd(x: &f64) -> bool {
+    *x == 0.0
+}
+
+fn is_zero_tokens(n: &i64) -> bool {
     *n == 0
 }
 
@@ -262,24 +285,41 @@ pub fn build(journal: &Journal, since: Option<Millis>) -> Result<Report, Journal
             })
         })?
         .collect::<Result<_, _>>()?;
-    // Estimates come from the plans of the runs started in the window.
+    // Estimates come from the plans of the runs started in the window, and
+    // so does context management (for the steps that succeeded).
     let mut stmt = conn.prepare(
-        "SELECT r.workflow, s.step, s.estimate_usd FROM steps s JOIN runs r ON r.id = s.run_id
+        "SELECT r.workflow, s.step, s.estimate_usd, s.status = 'succeeded',
+                s.context_tokens_before - s.context_tokens_after, s.context_saved_usd
+             FROM steps s JOIN runs r ON r.id = s.run_id
              WHERE r.started_ms >= ?1",
     )?;
     let mut by_workflow_est: BTreeMap<String, f64> = BTreeMap::new();
     let mut by_step_est: BTreeMap<String, f64> = BTreeMap::new();
+    let mut context: BTreeMap<String, (i64, f64)> = BTreeMap::new();
+    let mut context_total = (0i64, 0.0f64);
     let estimates = stmt.query_map(params![from], |r| {
         Ok((
             r.get::<_, String>(0)?,
             r.get::<_, String>(1)?,
             r.get::<_, f64>(2)?,
+            r.get::<_, bool>(3)?,
+            r.get::<_, i64>(4)?,
+            r.get::<_, f64>(5)?,
         ))
     })?;
     for e in estimates {
-        let (w, s, usd) = e?;
+        let (w, s, usd, succeeded, tokens, saved) = e?;
         *by_step_est.entry(format!("{w}/{s}")).or_default() += usd;
-        *by_workflow_est.entry(w).or_default() += usd;
+        *by_workflow_est.entry(w.clone()).or_default() += usd;
+        if succeeded && (tokens != 0 || saved != 0.0) {
+            for key in [format!("step:{w}/{s}"), format!("workflow:{w}")] {
+                let c = context.entry(key).or_default();
+                c.0 += tokens;
+                c.1 += saved;
+            }
+            context_total.0 += tokens;
+            context_total.1 += saved;
+        }
     }
     let runs: i64 = conn.query_row(
         "SELECT COUNT(*) FROM runs WHERE started_ms >= ?1",
@@ -319,6 +359,21 @@ pub fn build(journal: &Journal, since: Option<Millis>) -> Result<Report, Journal
         by_tier: group(&rows, |r| r.tier.clone(), &none, false),
         cascades,
     };
+    (
+        report.totals.savings.context_tokens,
+        report.totals.savings.context_usd,
+    ) = context_total;
+    let lines = report
+        .by_workflow
+        .iter_mut()
+        .map(|l| ("workflow", l))
+        .chain(report.by_step.iter_mut().map(|l| ("step", l)));
+    for (kind, line) in lines {
+        if let Some(&(tokens, usd)) = context.get(&format!("{kind}:{}", line.key)) {
+            line.savings.context_tokens = tokens;
+            line.savings.context_usd = usd;
+        }
+    }
     for line in std::iter::once(&mut report.totals)
         .chain(&mut report.by_day)
         .chain(&mut report.by_workflow)
@@ -346,6 +401,7 @@ impl Line {
         self.savings.cache_usd = nano(self.savings.cache_usd);
         self.savings.prompt_cache_usd = nano(self.savings.prompt_cache_usd);
         self.savings.batch_usd = nano(self.savings.batch_usd);
+        self.savings.context_usd = nano(self.savings.context_usd);
     }
 }
 

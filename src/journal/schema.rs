@@ -42,6 +42,11 @@ CREATE TABLE IF NOT EXISTS steps (
     estimate_max_usd REAL NOT NULL,
     flagship_estimate_usd REAL NOT NULL,
     finished_ms     INTEGER,
+    -- Context management (the plan's figures): input tokens without and
+    -- with it, and the expected saving on the step's model.
+    context_tokens_before INTEGER NOT NULL DEFAULT 0,
+    context_tokens_after  INTEGER NOT NULL DEFAULT 0,
+    context_saved_usd     REAL NOT NULL DEFAULT 0,
     PRIMARY KEY (run_id, step)
 );
 CREATE TABLE IF NOT EXISTS calls (
@@ -129,6 +134,17 @@ pub(super) fn create(conn: &Connection) -> rusqlite::Result<()> {
         ("calls", "cascade_rule", "TEXT"),
         ("calls", "escalate_to", "TEXT"),
         ("calls", "escalated_from", "TEXT"),
+        (
+            "steps",
+            "context_tokens_before",
+            "INTEGER NOT NULL DEFAULT 0",
+        ),
+        (
+            "steps",
+            "context_tokens_after",
+            "INTEGER NOT NULL DEFAULT 0",
+        ),
+        ("steps", "context_saved_usd", "REAL NOT NULL DEFAULT 0"),
     ] {
         let present: bool = conn.query_row(
             &format!("SELECT COUNT(*) FROM pragma_table_info('{table}') WHERE name = ?1"),

@@ -99,6 +99,33 @@ pub struct StepPlan {
     /// escalation rate, worst case with every call escalated.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cascade: Option<CascadePlan>,
+    /// What context management did to the step's calls, and what it saved.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub context: Option<ContextPlan>,
+}
+
+/// Context management on one step, priced on its routed model.
+#[derive(Debug, Clone, Serialize)]
+pub struct ContextPlan {
+    #[serde(flatten)]
+    pub effect: crate::context::Effect,
+    /// Calls the strategy adds (a chunked step: one per chunk beyond the
+    /// single call it replaces).
+    pub extra_calls: u64,
+    /// Expected cost without context management less the step's expected
+    /// cost, on the same model (negative when it costs more: chunks on a
+    /// paid model repeat the prompt and the overlap).
+    pub saved_usd: f64,
+}
+
+/// Context management over the plan: a lever of its own, next to routing.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ContextTotal {
+    pub steps: u64,
+    pub tokens_before: u64,
+    pub tokens_after: u64,
+    pub extra_calls: u64,
+    pub saved_usd: f64,
 }
 
 /// A step's cascade as planned.
@@ -211,6 +238,9 @@ pub struct Totals {
     pub flagship: Option<FlagshipComparison>,
     pub budget: Option<BudgetCheck>,
     pub exact_token_counts: bool,
+    /// Present when a step manages its context.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub context: Option<ContextTotal>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -586,6 +616,47 @@ impl Router<'_> {
             ),
             _ => CostRange::default(),
         };
+        let context = match (&p.expanded.context, model) {
+            (Some(effect), Some(m)) if runs => {
+                let c = counts(m.tokenizer);
+                // The same step without context management, on the same
+                // model: the o200k difference added to the model's counts.
+                let (before, before_calls) = if effect.chunks.is_some() {
+                    let one = effect.tokens_before;
+                    let worst = one + c.max_call_worst.saturating_sub(c.max_call);
+                    (
+                        Counts {
+                            max_call: one,
+                            max_call_worst: worst,
+                            total: one,
+                            total_worst: worst,
+                        },
+                        1,
+                    )
+                } else {
+                    let delta = effect.tokens_before.saturating_sub(effect.tokens_after);
+                    let per_call = delta / calls.max(1);
+                    (
+                        Counts {
+                            max_call: c.max_call + per_call,
+                            max_call_worst: c.max_call_worst + per_call,
+                            total: c.total + delta,
+                            total_worst: c.total_worst + delta,
+                        },
+                        calls,
+                    )
+                };
+                let out = expected_output_tokens(step) * before_calls;
+                let max_out = u64::from(step.max_output_tokens()) * before_calls;
+                let without = price(m, before, before_calls, out, max_out, step_batched);
+                Some(ContextPlan {
+                    effect: effect.clone(),
+                    extra_calls: calls.saturating_sub(before_calls),
+                    saved_usd: without.low - cost.low,
+                })
+            }
+            _ => None,
+        };
         let prompt_cache = model
             .filter(|_| runs)
             .and_then(|m| prompt_cache_plan(m, p.expanded.calls.first()));
@@ -628,6 +699,7 @@ impl Router<'_> {
             prompt_cache,
             batch: runs && step_batched && model.is_some_and(Model::has_batch_api),
             cascade,
+            context,
         })
     }
 
@@ -817,6 +889,7 @@ fn totals(steps: &[StepPlan], policy: &Policy, usage: &TierUsage) -> Totals {
     let mut by_tier: BTreeMap<Tier, (u64, CostRange)> = BTreeMap::new();
     let (mut calls, mut conditional_calls, mut skipped) = (0, 0, 0);
     let mut exact = true;
+    let mut context: Option<ContextTotal> = None;
     for s in steps {
         match s.status {
             Status::Skipped(_) => {
@@ -828,6 +901,14 @@ fn totals(steps: &[StepPlan], policy: &Policy, usage: &TierUsage) -> Totals {
         }
         calls += s.calls;
         cost += s.cost;
+        if let Some(c) = &s.context {
+            let t = context.get_or_insert_with(ContextTotal::default);
+            t.steps += 1;
+            t.tokens_before += c.effect.tokens_before;
+            t.tokens_after += c.effect.tokens_after;
+            t.extra_calls += c.extra_calls;
+            t.saved_usd += c.saved_usd;
+        }
         flagship_cost += s.flagship_cost;
         exact &= s.tokens.input_exact;
         if let Some(m) = &s.model {
@@ -883,5 +964,6 @@ fn totals(steps: &[StepPlan], policy: &Policy, usage: &TierUsage) -> Totals {
             within: cost.high <= b,
         }),
         exact_token_counts: exact,
+        context,
     }
 }

@@ -9,6 +9,7 @@ mod bounds;
 mod cascade;
 mod cli;
 mod compare;
+mod context;
 mod cost;
 mod data_driven;
 mod fewer_surprises;
