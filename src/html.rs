@@ -19,6 +19,7 @@
 use minijinja::{Environment, Value, context};
 use serde::Serialize;
 
+use crate::eval::compare::{Comparison, Row};
 use crate::eval::results::{Outcome, Results};
 use crate::journal::report::{Line, Report};
 use crate::render::usd;
@@ -170,6 +171,127 @@ pub fn results_page(r: &Results) -> String {
             policy_tests => policy_tests,
         },
     )
+}
+
+/// The page of `tollgate compare`: per suite, the variants' table and a
+/// cost × pass-rate chart with the Pareto front drawn through it; per task,
+/// the same table.
+pub fn compare_page(c: &Comparison) -> String {
+    let suites: Vec<Value> = c
+        .suites
+        .iter()
+        .map(|s| {
+            context! {
+                name => s.name,
+                path => s.path,
+                rows => s.rows.iter().map(compare_row).collect::<Vec<_>>(),
+                chart => pareto_chart(&s.rows),
+                cheapest => s.cheapest_at_min.as_ref().map(|m| context! {
+                    min => format!("{:.0}%", m.min_pass_rate * 100.0),
+                    variant => m.variant,
+                }),
+                tasks => s.tasks.iter().map(|t| context! {
+                    task => t.task,
+                    steps => t.steps.join(", "),
+                    rows => t.rows.iter().map(compare_row).collect::<Vec<_>>(),
+                }).collect::<Vec<_>>(),
+            }
+        })
+        .collect();
+    render(
+        "compare.html",
+        include_str!("html/compare.html"),
+        context! {
+            style => STYLE,
+            mode => format!("{:?}", c.mode).to_lowercase(),
+            variants => c.variants,
+            suites => suites,
+        },
+    )
+}
+
+fn percent(x: Option<f64>) -> String {
+    x.map_or_else(|| "-".to_owned(), |p| format!("{:.0}%", p * 100.0))
+}
+
+fn compare_row(r: &Row) -> Value {
+    context! {
+        variant => r.variant,
+        policy => r.policy,
+        model => r.model,
+        passed => format!("{}/{}", r.passed, r.cases),
+        rate => percent(r.pass_rate),
+        judge => percent(r.judge_score),
+        cost => usd(r.cost_usd),
+        vs_first => match r.cost_vs_first {
+            Some(x) if (x - 1.0).abs() < 1e-9 => "=".to_owned(),
+            Some(x) => format!("×{x:.2}"),
+            None if r.cost_delta_usd == 0.0 => "=".to_owned(),
+            None => format!("+{}", usd(r.cost_delta_usd)),
+        },
+        tokens => format!("{}/{}", r.input_tokens, r.output_tokens),
+        model_time => r.model_ms.map(|l| format!("{} / {}", ms(l.p50), ms(l.p95))),
+        local => percent(r.local_share),
+        tiers => r.tier_shares.iter().map(|(t, x)| format!("{t} {:.0}%", x * 100.0)).collect::<Vec<_>>().join(", "),
+        pareto => r.pareto,
+    }
+}
+
+fn ms(v: u64) -> String {
+    if v >= 1000 {
+        format!("{:.1}s", v as f64 / 1000.0)
+    } else {
+        format!("{v}ms")
+    }
+}
+
+/// Each variant as a point (cost → x, pass rate → y) and the Pareto front
+/// as a line through its points, cheapest first.
+fn pareto_chart(rows: &[Row]) -> Value {
+    const W: f64 = 900.0;
+    const H: f64 = 220.0;
+    const PAD: f64 = 40.0;
+    let max_cost = rows.iter().map(|r| r.cost_usd).fold(0.0_f64, f64::max);
+    let at = |r: &Row| {
+        let x = if max_cost > 0.0 {
+            r.cost_usd / max_cost
+        } else {
+            0.0
+        };
+        let y = r.pass_rate.unwrap_or(0.0).clamp(0.0, 1.0);
+        (PAD + x * (W - 2.0 * PAD), H - PAD - y * (H - 2.0 * PAD))
+    };
+    let points: Vec<Value> = rows
+        .iter()
+        .map(|r| {
+            let (x, y) = at(r);
+            context! {
+                x => format!("{x:.1}"),
+                y => format!("{y:.1}"),
+                label => r.variant,
+                title => format!("{}: {} at {}", r.variant, percent(r.pass_rate), usd(r.cost_usd)),
+                pareto => r.pareto,
+            }
+        })
+        .collect();
+    let mut front: Vec<&Row> = rows.iter().filter(|r| r.pareto).collect();
+    front.sort_by(|a, b| a.cost_usd.total_cmp(&b.cost_usd));
+    let line = front
+        .iter()
+        .map(|r| {
+            let (x, y) = at(r);
+            format!("{x:.1},{y:.1}")
+        })
+        .collect::<Vec<_>>()
+        .join(" ");
+    context! {
+        width => W,
+        height => H,
+        pad => PAD,
+        points => points,
+        front => line,
+        max_cost => usd(max_cost),
+    }
 }
 
 #[derive(Serialize)]

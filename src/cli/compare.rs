@@ -50,6 +50,9 @@ pub(super) struct CompareArgs {
     /// Write the comparison as JSON here too.
     #[arg(long, value_name = "FILE")]
     out: Option<PathBuf>,
+    /// Write a self-contained HTML page of the comparison here.
+    #[arg(long, value_name = "FILE")]
+    html: Option<PathBuf>,
     /// text: the tables; json: the comparison on stdout.
     #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
     format: OutputFormat,
@@ -317,14 +320,22 @@ pub(super) fn cmd_compare(args: CompareArgs, options: RenderOptions) -> u8 {
         })
         .collect();
     let comparison = compare::compare(&variants[0].1, &named, mode, min_rate);
-    if let Err(d) = emit(&comparison, args.out.as_ref(), format) {
+    if let Err(d) = emit(&comparison, args.out.as_ref(), args.html.as_ref(), format) {
         return report(vec![d], format, options);
     }
     verdict(&comparison, &results, min_rate, cancel.is_cancelled())
 }
 
-fn emit(c: &Comparison, out: Option<&PathBuf>, format: OutputFormat) -> Result<(), Diagnostic> {
+fn emit(
+    c: &Comparison,
+    out: Option<&PathBuf>,
+    html: Option<&PathBuf>,
+    format: OutputFormat,
+) -> Result<(), Diagnostic> {
     let json = || serde_json::to_string_pretty(c).unwrap_or_default();
+    if let Some(p) = html {
+        write_file(p, |w| w.write_all(crate::html::compare_page(c).as_bytes()))?;
+    }
     if let Some(p) = out {
         write_file(p, |w| {
             w.write_all(json().as_bytes())?;

@@ -299,3 +299,54 @@ fn an_unwritable_html_path_is_one_clear_error_and_nothing_else_is_written() {
     );
     assert_eq!(p.read("notes"), "a file, not a folder");
 }
+
+#[test]
+fn the_comparison_page_shows_the_json_comparisons_numbers_in_a_real_browser() {
+    let Some(chromium) = chromium() else {
+        return;
+    };
+    let root = crate::support::root();
+    let dir = tempfile::tempdir().unwrap();
+    let page = dir.path().join("compare.html");
+    let out = crate::support::Cmd::new(
+        &root,
+        &[
+            "compare",
+            "examples/compare/compare.yaml",
+            "--policy",
+            "policies/local.yaml",
+            "--policy",
+            "policies/default.yaml",
+            "--replay",
+            "--format",
+            "json",
+            "-q",
+            "--html",
+            &page.display().to_string(),
+        ],
+    )
+    .output();
+    assert_eq!(out.status.code(), Some(0), "{}", transcript(&out));
+    let json: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let dom = dom(&chromium, &page);
+    let suite = &json["suites"][0];
+    // The suite table comes first: each variant's first row is its suite row.
+    for row in suite["rows"].as_array().unwrap() {
+        let variant = row["variant"].as_str().unwrap();
+        let re = Regex::new(&format!(
+            r#"data-variant="{variant}".*?<td class="rate">([^<]*)</td>.*?<td class="cost">([^<]*)</td>"#
+        ))
+        .unwrap();
+        let c = re.captures(&dom).expect("the variant's row");
+        let rate = format!("{:.0}%", row["pass_rate"].as_f64().unwrap() * 100.0);
+        assert_eq!(&c[1], rate, "{variant}");
+        assert_eq!(&c[2], usd(row["cost_usd"].as_f64().unwrap()), "{variant}");
+    }
+    // One point per variant, the front drawn through the Pareto ones.
+    let points = suite["rows"].as_array().unwrap().len();
+    assert_eq!(dom.matches("<circle ").count(), points, "{dom}");
+    assert!(dom.contains("<polyline "), "the Pareto front");
+    assert_inert(&dom);
+    let png = dir.path().join("compare.png");
+    assert_eq!(screenshot(&chromium, &page, &png, 390, 844), (390, 844));
+}
