@@ -38,6 +38,7 @@
 pub mod analyze;
 pub mod catalog;
 pub mod cli;
+pub mod context;
 pub mod cost;
 pub mod diagnostic;
 pub mod eval;

@@ -7,6 +7,7 @@ mod architecture;
 mod batch;
 mod bounds;
 mod cli;
+mod context;
 mod cost;
 mod data_driven;
 mod first_hour;
