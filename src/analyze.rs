@@ -517,6 +517,17 @@ fn load_documents(
     let mut out = IndexMap::new();
     for (name, set) in &w.documents {
         let sp = |key: &str| pointer(["documents", name.as_str(), key]);
+        if set.input.is_some() != set.files.is_empty() {
+            diags.push(
+                Diagnostic::error(
+                    "documents",
+                    format!("document set `{name}` needs either `files` or `input`"),
+                )
+                .at(doc.key_span(&pointer(["documents", name.as_str()])))
+                .with_help("`files: [\"docs/*.md\"]` (globs relative to the workflow) or `input: NAME` (an array input), not both"),
+            );
+            continue;
+        }
         if let Some(input) = &set.input {
             match w.inputs.get(input) {
                 Some(decl) if decl.kind == crate::workflow::InputType::Array => {}

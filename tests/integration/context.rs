@@ -160,6 +160,11 @@ async fn bad_retrieval_settings_are_located_errors() {
         (KB.replace("docs/secret/*.md", "../*.md"), "leads out of the project folder", "inside the project folder"),
         (KB.replace("    retrieve: {from: [handbook, pay], query: \"{{ inputs.question }}\", top_k: 1, chunk_tokens: 64}\n", ""), "`retrieved` in the prompt of step `answer`, which has no `retrieve`", "add `retrieve:"),
         (KB.replace("top_k: 1", "top_k: 0"), "top_k", ""),
+        (
+            KB.replace("pay: {files: [\"docs/secret/*.md\"], ", "pay: {"),
+            "document set `pay` needs either `files` or `input`",
+            "not both",
+        ),
     ];
     for (wf, message, hint) in cases {
         let p = kb(&fake).with("wf.yaml", &wf);
