@@ -611,6 +611,15 @@ fn prompt_cache_plan(m: &Model, calls: &[RenderedCall]) -> Option<PromptCachePla
     })
 }
 
+/// Where a step's pin is written: its `model`, or for a history's
+/// generated summary step, the `summarize_with` of the step it serves.
+fn pin_pointer(id: &str) -> String {
+    match id.strip_suffix(crate::context::history::SUMMARY_SUFFIX) {
+        Some(owner) => pointer(["steps", owner, "history", "summarize_with"]),
+        None => pointer(["steps", id, "model"]),
+    }
+}
+
 fn check_pins(analysis: &Analysis, policy: &Policy) -> Vec<Diagnostic> {
     let mut diags = Vec::new();
     for (id, step) in &analysis.workflow.value.steps {
@@ -621,9 +630,7 @@ fn check_pins(analysis: &Analysis, policy: &Policy) -> Vec<Diagnostic> {
                         "unknown-model",
                         format!("step `{id}` is pinned to unknown model `{pin}`"),
                     )
-                    .at(analysis
-                        .doc()
-                        .span(&pointer(["steps", id.as_str(), "model"])))
+                    .at(analysis.doc().span(&pin_pointer(id)))
                     .with_label(format!("not a model of policy `{}`", policy.name))
                     .with_help(
                         crate::diagnostic::did_you_mean(

@@ -425,6 +425,25 @@ async fn older_turns_are_summarized_by_a_generated_step_that_keeps_the_label() {
     assert_eq!(step(&r, "reply__history")["status"], "skipped");
     assert_eq!(step(&r, "reply")["status"], "succeeded");
     assert_eq!(fake.requests().len(), 3);
+    // The summary step's pin is checked where it is written.
+    p.write(
+        "wf.yaml",
+        &SUMMARIZED.replace(
+            "summarize_older: true}",
+            "summarize_older: true, summarize_with: nope}",
+        ),
+    );
+    let out = p.tollgate(&["check", "wf.yaml", "policy.yaml"]).await;
+    assert_eq!(out.status.code(), Some(2), "{}", transcript(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("step `reply__history` is pinned to unknown model `nope`"),
+        "{err}"
+    );
+    assert!(
+        err.contains("wf.yaml:8:80"),
+        "located at summarize_with: {err}"
+    );
 }
 
 /// Twenty calls whose prompts start with the same long manual.
