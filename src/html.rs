@@ -456,8 +456,12 @@ fn day_chart(days: &[Line]) -> Value {
 /// than panicking a command that has already done its work.
 fn render(name: &str, source: &str, ctx: Value) -> String {
     let mut env = Environment::new();
-    // Names ending in `.html` are auto-escaped (minijinja's default).
-    if let Err(e) = env.add_template(name, source) {
+    // Names ending in `.html` are auto-escaped (minijinja's default); every
+    // page extends `page.html` (the head, the CSP, the style).
+    if let Err(e) = env
+        .add_template("page.html", include_str!("html/page.html"))
+        .and_then(|()| env.add_template(name, source))
+    {
         return format!("<!doctype html><p>tollgate: page template error: {e}</p>");
     }
     env.get_template(name)

@@ -87,30 +87,19 @@ pub(super) async fn call_with_fallbacks(
         if model.context_window <= need_window_above {
             continue;
         }
-        let Some(client) = sh.providers.clients.get(&model.provider) else {
-            let var = sh
-                .providers
-                .missing_keys
-                .get(&model.provider)
-                .cloned()
-                .unwrap_or_default();
-            let why = CandidateError::NoKey {
-                alias: alias.clone(),
-                var,
-            };
-            last_error = why.to_string();
-            passed.push(why);
-            continue;
+        let client = match ready_client(sh, alias, model).await {
+            Ok(c) => c,
+            Err(Unready::PassedOver(why)) => {
+                last_error = why.to_string();
+                passed.push(why);
+                continue;
+            }
+            Err(Unready::Failed(why)) => {
+                last_error = why.to_string();
+                failures.push(why);
+                continue;
+            }
         };
-        if let Err(source) = ensure_server(sh, model).await {
-            let why = CandidateError::Server {
-                alias: alias.clone(),
-                source,
-            };
-            last_error = why.to_string();
-            failures.push(why);
-            continue;
-        }
         if let Some(prev) = previous {
             sh.emit(Event::FallingBack {
                 step: ctx.step_id.to_owned(),
@@ -193,30 +182,19 @@ async fn escalate(
             passed.push(why);
             continue;
         }
-        let Some(client) = sh.providers.clients.get(&model.provider) else {
-            let var = sh
-                .providers
-                .missing_keys
-                .get(&model.provider)
-                .cloned()
-                .unwrap_or_default();
-            let why = CandidateError::NoKey {
-                alias: alias.to_owned(),
-                var,
-            };
-            last_error = why.to_string();
-            passed.push(why);
-            continue;
+        let client = match ready_client(sh, alias, model).await {
+            Ok(c) => c,
+            Err(Unready::PassedOver(why)) => {
+                last_error = why.to_string();
+                passed.push(why);
+                continue;
+            }
+            Err(Unready::Failed(why)) => {
+                last_error = why.to_string();
+                failures.push(why);
+                continue;
+            }
         };
-        if let Err(source) = ensure_server(sh, model).await {
-            let why = CandidateError::Server {
-                alias: alias.to_owned(),
-                source,
-            };
-            last_error = why.to_string();
-            failures.push(why);
-            continue;
-        }
         if alias == to {
             sh.emit(Event::Escalating {
                 step: ctx.step_id.to_owned(),
@@ -422,6 +400,42 @@ fn move_tier(sh: &Shared, routed: Option<Tier>, answered: Tier) {
 
 /// Starts the model's local server if the policy says `launch` (or finds
 /// it running), telling the reporter.
+/// Why a candidate cannot be called now.
+enum Unready {
+    /// Its key is missing: passed over, as routing would have.
+    PassedOver(CandidateError),
+    /// Its local server would not start: a failed attempt.
+    Failed(CandidateError),
+}
+
+/// The client of a candidate that can be called now: its key is present
+/// and its local server (when the policy launches one) is up.
+async fn ready_client<'s>(
+    sh: &'s Shared,
+    alias: &str,
+    model: &Model,
+) -> Result<&'s std::sync::Arc<dyn crate::provider::Provider>, Unready> {
+    let Some(client) = sh.providers.clients.get(&model.provider) else {
+        let var = sh
+            .providers
+            .missing_keys
+            .get(&model.provider)
+            .cloned()
+            .unwrap_or_default();
+        return Err(Unready::PassedOver(CandidateError::NoKey {
+            alias: alias.to_owned(),
+            var,
+        }));
+    };
+    ensure_server(sh, model).await.map_err(|source| {
+        Unready::Failed(CandidateError::Server {
+            alias: alias.to_owned(),
+            source,
+        })
+    })?;
+    Ok(client)
+}
+
 async fn ensure_server(
     sh: &Shared,
     model: &Model,

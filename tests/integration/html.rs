@@ -102,6 +102,10 @@ fn text_of(dom: &str, id: &str) -> String {
 
 /// No element but the page's own: nothing a value carried became markup.
 fn assert_inert(dom: &str) {
+    assert!(
+        dom.contains(r#"content="default-src 'none'; style-src 'unsafe-inline'""#),
+        "the page forbids scripts and fetches"
+    );
     for tag in ["<script", "<img", "<iframe", "<a ", "<link", " onerror="] {
         assert!(!dom.contains(tag), "the page holds `{tag}`: {dom}");
     }
