@@ -217,6 +217,23 @@ fn step(o: &mut String, n: usize, s: &StepPlan) {
             r.document_tokens
         );
     }
+    if let Some(h) = &s.history {
+        let mut parts = vec![format!("last {} sent", h.sent)];
+        if h.summarized > 0 {
+            parts.push(format!("{} summarized", h.summarized));
+        }
+        if h.dropped > 0 {
+            parts.push(format!("{} dropped", h.dropped));
+        }
+        let _ = writeln!(
+            o,
+            "   history      {}: {}; ≈{} → {} tokens",
+            plural(h.turns as u64, "turn"),
+            parts.join(", "),
+            h.tokens_before,
+            h.tokens_after
+        );
+    }
     if let Some(c) = &s.prompt_cache {
         let model = s.model.as_ref().map_or("", |m| m.model.as_str());
         if c.shared_prefix_tokens > 0 {

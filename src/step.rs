@@ -156,6 +156,9 @@ pub struct Expanded {
     /// What the step's `retrieve` did: the documents' tokens and the
     /// retrieved ones (the plan's before and after).
     pub retrieval: Option<retrieval::Stats>,
+    /// What the step's `history` did: turns sent, summarized or dropped,
+    /// and their tokens before and after.
+    pub history: Option<history::Stats>,
     /// The largest call's token count, per tokenizer, computed on first
     /// use: routing asks for it per call and per candidate, and recounting
     /// every item each time made a fan-out quadratic.
@@ -341,6 +344,7 @@ pub fn expand(scope: &Scope<'_>, inherited: When) -> Result<Expanded, StepError>
         tags: tags(&scope.analysis.workflow.value, step),
         context: None,
         retrieval: None,
+        history: None,
         max_tokens: Default::default(),
     };
     let ctx = scope.context();
@@ -361,7 +365,8 @@ pub fn expand(scope: &Scope<'_>, inherited: When) -> Result<Expanded, StepError>
         }
         None => ctx,
     };
-    let turns = turns(scope)?;
+    let (turns, history_stats) = turns(scope)?;
+    out.history = history_stats;
     let items = match items(scope, &base)? {
         Items::One => vec![None],
         Items::List(list, fan_out) => {
@@ -646,10 +651,10 @@ fn retrieve(scope: &Scope<'_>, base: &minijinja::Value) -> Result<Option<Found>,
 /// The step's `history`, if it has one: the kept turns and the system
 /// messages, from its `messages` input (validated again: a default or a
 /// suite's value reaches here too).
-fn turns(scope: &Scope<'_>) -> Result<history::Window, StepError> {
+fn turns(scope: &Scope<'_>) -> Result<(history::Window, Option<history::Stats>), StepError> {
     let info = scope.info();
     let Some(h) = &scope.analysis.workflow.value.steps[&info.id].history else {
-        return Ok(history::Window::default());
+        return Ok((history::Window::default(), None));
     };
     let value = scope.inputs.get(&h.from).unwrap_or(&Value::Null);
     let messages = history::parse(value).map_err(|m| StepError::Invalid {
@@ -661,6 +666,22 @@ fn turns(scope: &Scope<'_>) -> Result<history::Window, StepError> {
         help: "a history is a list of {role: system|user|assistant, content}",
     })?;
     let mut window = history::window(messages, h.keep_last.map(|k| k as usize));
+    let count = |m: &[ChatMessage]| -> u64 {
+        m.iter()
+            .map(|t| RULE_TOKENIZER.count(&t.content) as u64)
+            .sum()
+    };
+    let mut stats = history::Stats {
+        turns: window.older.len() + window.recent.len(),
+        sent: window.recent.len(),
+        tokens_before: count(&window.older) + count(&window.recent),
+        ..history::Stats::default()
+    };
+    if h.summarize_older {
+        stats.summarized = window.older.len();
+    } else {
+        stats.dropped = window.older.len();
+    }
     if h.summarize_older && !window.older.is_empty() {
         // The generated step's answer stands for the older turns (the
         // analysis made this step read it, so its label counts).
@@ -682,7 +703,8 @@ fn turns(scope: &Scope<'_>) -> Result<history::Window, StepError> {
             },
         );
     }
-    Ok(window)
+    stats.tokens_after = count(&window.recent);
+    Ok((window, Some(stats)))
 }
 
 /// `when`, over the step's base context.

@@ -113,6 +113,19 @@ pub struct Window {
     pub recent: Vec<ChatMessage>,
 }
 
+/// What a step's `history` did to its turns, for the plan: how many were
+/// sent as they are, summarized or dropped, and their tokens before and
+/// after (the summary's in place of the older turns').
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Stats {
+    pub turns: usize,
+    pub sent: usize,
+    pub summarized: usize,
+    pub dropped: usize,
+    pub tokens_before: u64,
+    pub tokens_after: u64,
+}
+
 /// Splits a history: system messages apart, the last `keep_last` turns
 /// (all of them without a limit) recent, the rest older.
 pub fn window(messages: Vec<ChatMessage>, keep_last: Option<usize>) -> Window {

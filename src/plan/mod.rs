@@ -94,6 +94,9 @@ pub struct StepPlan {
     /// retrieved chunks' after.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub retrieval: Option<crate::context::retrieval::Stats>,
+    /// What the step's `history` did to the conversation's turns.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub history: Option<crate::context::history::Stats>,
     /// Goes through the provider's batch API (`latency: batch` on OpenAI or
     /// Anthropic), priced at batch prices.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
@@ -733,6 +736,7 @@ impl Router<'_> {
                 .collect(),
             prompt_cache,
             retrieval: p.expanded.retrieval.clone(),
+            history: p.expanded.history.clone(),
             batch: runs && step_batched && model.is_some_and(Model::has_batch_api),
             cascade,
             context,
