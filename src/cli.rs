@@ -404,7 +404,7 @@ fn find_default_policy(cwd: &Path) -> Option<PathBuf> {
 
 /// Loads a policy file, or the built-in policy by its name, and checks its
 /// models' retirement dates ([`with_lifecycle`]).
-fn load_policy(path: &Path) -> Result<Policy, Vec<Diagnostic>> {
+pub(crate) fn load_policy(path: &Path) -> Result<Policy, Vec<Diagnostic>> {
     let (file, policy) = if path == Path::new(policy::BUILTIN_NAME) {
         policy::load_builtin()?
     } else {

@@ -360,3 +360,32 @@ rules:
     );
     assert!(err.contains("policy.yaml:10:27"), "{err}");
 }
+
+/// A suite whose policy routes to a retired model fails before any call,
+/// as `plan` would (also in replay: the recordings would answer, the
+/// provider no longer does).
+#[test]
+fn a_suite_on_a_retired_model_is_refused() {
+    let project = project().with(
+        "evals/s.yaml",
+        "workflow: ../wf.yaml\npolicy: ../policy.yaml\ncases:\n  - name: one\n    inputs: { x: hello }\n    expect: { a: { contains: hello } }\n",
+    );
+    let out = project
+        .tollgate(&["test", "--replay"])
+        .env("TOLLGATE_TEST_TODAY", "2026-10-24")
+        .output();
+    assert_eq!(out.status.code(), Some(2), "{}", transcript(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("`gpt-4.1-nano` was retired on 2026-10-23"),
+        "{err}"
+    );
+    // Before the date the same suite gets past the check (it then lacks a
+    // recording, a different error).
+    let before = project.tollgate(&["test", "--replay"]).output();
+    assert!(
+        !stderr(&before).contains("retired"),
+        "{}",
+        transcript(&before)
+    );
+}
