@@ -156,69 +156,22 @@ fn group(
     lines.into_values().collect()
 }
 
+/// What `report` reads: every call finished in the window, the plans'
+/// estimates (workflow, step, dollars) of the runs started in it, and how
+/// many runs started.
+type Reads = (Vec<CallRow>, Vec<(String, String, f64)>, i64);
+
 /// Builds the report of every call finished at or after `since`.
 pub fn build(journal: &Journal, since: Option<Millis>) -> Result<Report, JournalError> {
     let from = since.unwrap_or(i64::MIN);
-    let conn = journal.conn();
-    let conn = &*conn;
-    let mut stmt = conn.prepare(
-        "SELECT c.finished_ms, r.workflow, c.step, c.model, c.provider_model, c.tier, c.from_cache,
-                c.outcome, c.input_tokens, c.output_tokens, c.cost_usd, c.list_cost_usd,
-                c.flagship_cost_usd, c.saved_usd, c.batch, c.usage_flag
-             FROM calls c JOIN runs r ON r.id = c.run_id
-             WHERE c.finished_ms >= ?1 ORDER BY c.id",
-    )?;
-    let rows: Vec<CallRow> = stmt
-        .query_map(params![from], |r| {
-            let outcome: String = r.get(7)?;
-            Ok(CallRow {
-                finished_ms: r.get(0)?,
-                workflow: r.get(1)?,
-                step: r.get(2)?,
-                model: r.get(3)?,
-                provider_model: r.get(4)?,
-                tier: r.get(5)?,
-                from_cache: r.get(6)?,
-                reached_provider: outcome.parse::<crate::outcome::AttemptOutcome>()
-                    != Ok(crate::outcome::AttemptOutcome::OverBudget),
-                input_tokens: r.get::<_, i64>(8)?.max(0) as u64,
-                output_tokens: r.get::<_, i64>(9)?.max(0) as u64,
-                // An older build journaled what a server said, negative
-                // costs included: they never count as money saved.
-                cost: r.get::<_, f64>(10)?.max(0.0),
-                list: r.get(11)?,
-                flagship: r.get(12)?,
-                saved: r.get(13)?,
-                batch: r.get(14)?,
-                flag: r.get(15)?,
-            })
-        })?
-        .collect::<Result<_, _>>()?;
-    // Estimates come from the plans of the runs started in the window.
-    let mut stmt = conn.prepare(
-        "SELECT r.workflow, s.step, s.estimate_usd FROM steps s JOIN runs r ON r.id = s.run_id
-             WHERE r.started_ms >= ?1",
-    )?;
+    let (rows, estimates, runs) =
+        journal.read(|conn| lite_reads(conn, from), move |c, _| pg_reads(c, from))?;
     let mut by_workflow_est: BTreeMap<String, f64> = BTreeMap::new();
     let mut by_step_est: BTreeMap<String, f64> = BTreeMap::new();
-    let estimates = stmt.query_map(params![from], |r| {
-        Ok((
-            r.get::<_, String>(0)?,
-            r.get::<_, String>(1)?,
-            r.get::<_, f64>(2)?,
-        ))
-    })?;
-    for e in estimates {
-        let (w, s, usd) = e?;
+    for (w, s, usd) in estimates {
         *by_step_est.entry(format!("{w}/{s}")).or_default() += usd;
         *by_workflow_est.entry(w).or_default() += usd;
     }
-    let runs: i64 = conn.query_row(
-        "SELECT COUNT(*) FROM runs WHERE started_ms >= ?1",
-        params![from],
-        |r| r.get(0),
-    )?;
-    drop(stmt);
 
     let none = BTreeMap::new();
     let mut totals = Line {
@@ -277,6 +230,92 @@ impl Line {
         self.savings.prompt_cache_usd = nano(self.savings.prompt_cache_usd);
         self.savings.batch_usd = nano(self.savings.batch_usd);
     }
+}
+
+/// Whether a call reached a provider (an over-budget refusal did not).
+fn reached(outcome: &str) -> bool {
+    outcome.parse::<crate::outcome::AttemptOutcome>()
+        != Ok(crate::outcome::AttemptOutcome::OverBudget)
+}
+
+fn lite_reads(conn: &rusqlite::Connection, from: Millis) -> Result<Reads, JournalError> {
+    let mut stmt = conn.prepare(
+        "SELECT c.finished_ms, r.workflow, c.step, c.model, c.provider_model, c.tier, c.from_cache,
+                c.outcome, c.input_tokens, c.output_tokens, c.cost_usd, c.list_cost_usd,
+                c.flagship_cost_usd, c.saved_usd, c.batch, c.usage_flag
+             FROM calls c JOIN runs r ON r.id = c.run_id
+             WHERE c.finished_ms >= ?1 ORDER BY c.id",
+    )?;
+    let rows: Vec<CallRow> = stmt
+        .query_map(params![from], |r| {
+            let outcome: String = r.get(7)?;
+            Ok(CallRow {
+                finished_ms: r.get(0)?,
+                workflow: r.get(1)?,
+                step: r.get(2)?,
+                model: r.get(3)?,
+                provider_model: r.get(4)?,
+                tier: r.get(5)?,
+                from_cache: r.get(6)?,
+                reached_provider: reached(&outcome),
+                input_tokens: r.get::<_, i64>(8)?.max(0) as u64,
+                output_tokens: r.get::<_, i64>(9)?.max(0) as u64,
+                // An older build journaled what a server said, negative
+                // costs included: they never count as money saved.
+                cost: r.get::<_, f64>(10)?.max(0.0),
+                list: r.get(11)?,
+                flagship: r.get(12)?,
+                saved: r.get(13)?,
+                batch: r.get(14)?,
+                flag: r.get(15)?,
+            })
+        })?
+        .collect::<Result<_, _>>()?;
+    // Estimates come from the plans of the runs started in the window.
+    let mut stmt = conn.prepare(
+        "SELECT r.workflow, s.step, s.estimate_usd FROM steps s JOIN runs r ON r.id = s.run_id
+             WHERE r.started_ms >= ?1",
+    )?;
+    let estimates = stmt
+        .query_map(params![from], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .collect::<Result<_, _>>()?;
+    let runs: i64 = conn.query_row(
+        "SELECT COUNT(*) FROM runs WHERE started_ms >= ?1",
+        params![from],
+        |r| r.get(0),
+    )?;
+    Ok((rows, estimates, runs))
+}
+
+fn pg_reads(c: &mut super::pg::PgConn, from: Millis) -> Result<Reads, JournalError> {
+    use super::pg::get;
+    let rows = super::pg_sql::report_calls(c, from)?
+        .iter()
+        .map(|r| {
+            let outcome: String = get(r, 7)?;
+            Ok(CallRow {
+                finished_ms: get(r, 0)?,
+                workflow: get(r, 1)?,
+                step: get(r, 2)?,
+                model: get(r, 3)?,
+                provider_model: get(r, 4)?,
+                tier: get(r, 5)?,
+                from_cache: get(r, 6)?,
+                reached_provider: reached(&outcome),
+                input_tokens: get::<i64>(r, 8)?.max(0) as u64,
+                output_tokens: get::<i64>(r, 9)?.max(0) as u64,
+                cost: get::<f64>(r, 10)?.max(0.0),
+                list: get(r, 11)?,
+                flagship: get(r, 12)?,
+                saved: get(r, 13)?,
+                batch: get(r, 14)?,
+                flag: get(r, 15)?,
+            })
+        })
+        .collect::<Result<_, JournalError>>()?;
+    let estimates = super::pg_sql::report_estimates(c, from)?;
+    let runs = super::pg_sql::runs_since(c, from)?;
+    Ok((rows, estimates, runs))
 }
 
 #[cfg(test)]
