@@ -682,9 +682,11 @@ impl Journal {
         let now = self.now();
         let conn = match &self.db {
             Db::Lite(c) => c,
-            Db::Pg { worker, .. } => {
+            Db::Pg { worker, machine } => {
                 let (session, checks) = (Arc::clone(&self.session), checks.to_vec());
-                return worker.call(move |c| pg::try_hold(c, &session, now, amount, &checks));
+                let machine = Arc::clone(machine);
+                return worker
+                    .call(move |c| pg::try_hold(c, &session, &machine, now, amount, &checks));
             }
         };
         let mut conn = conn.lock().unwrap_or_else(|e| e.into_inner());

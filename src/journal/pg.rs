@@ -119,7 +119,12 @@ CREATE TABLE holds (
     session         TEXT NOT NULL,
     amount_usd      DOUBLE PRECISION NOT NULL,
     created_ms      BIGINT NOT NULL,
-    expires_at      TIMESTAMPTZ NOT NULL
+    expires_at      TIMESTAMPTZ NOT NULL,
+    -- On the holder's own machine its process can be checked at once, as
+    -- with SQLite: a killed run's hold does not wait for its lease there.
+    machine         TEXT NOT NULL DEFAULT '',
+    pid             BIGINT,
+    pid_start       BIGINT
 );
 CREATE INDEX holds_session ON holds(session);
 CREATE TABLE batches (
@@ -524,6 +529,7 @@ fn renew_holds(conn: &mut PgConn, session: &str) -> Result<u64, JournalError> {
 pub(super) fn try_hold(
     conn: &mut PgConn,
     session: &str,
+    machine: &str,
     now: i64,
     amount: f64,
     checks: &[(i64, f64, f64)],
@@ -536,11 +542,27 @@ pub(super) fn try_hold(
             "DELETE FROM holds WHERE expires_at < clock_timestamp()",
             &[],
         )?;
-        let row = conn.query_one(
-            "SELECT COALESCE(SUM(amount_usd), 0) FROM holds WHERE session != $1",
+        let mut in_flight = 0.0;
+        for row in conn.query(
+            "SELECT id, amount_usd, machine, pid, pid_start FROM holds WHERE session != $1",
             &[&session],
-        )?;
-        let in_flight: f64 = get(&row, 0)?;
+        )? {
+            let (id, amount, on, pid, start): (i64, f64, String, Option<i64>, Option<i64>) = (
+                get(&row, 0)?,
+                get(&row, 1)?,
+                get(&row, 2)?,
+                get(&row, 3)?,
+                get(&row, 4)?,
+            );
+            let dead_here = on == machine
+                && pid.is_some_and(|p| !crate::process::process_alive_since(p as u32, start));
+            if dead_here {
+                // Left by a process of this machine that died mid-call.
+                conn.execute("DELETE FROM holds WHERE id = $1", &[&id])?;
+            } else {
+                in_flight += amount;
+            }
+        }
         for (index, &(since, limit, local)) in checks.iter().enumerate() {
             let row = conn.query_one(
                 "SELECT COALESCE(SUM(GREATEST(cost_usd, 0)), 0) FROM calls
@@ -553,9 +575,18 @@ pub(super) fn try_hold(
             }
         }
         let row = conn.query_one(
-            "INSERT INTO holds (session, amount_usd, created_ms, expires_at)
-             VALUES ($1, $2, $3, clock_timestamp() + make_interval(secs => $4)) RETURNING id",
-            &[&session, &amount, &now, &(LEASE_SECONDS as f64)],
+            "INSERT INTO holds (session, amount_usd, created_ms, expires_at, machine, pid, pid_start)
+             VALUES ($1, $2, $3, clock_timestamp() + make_interval(secs => $4), $5, $6, $7)
+             RETURNING id",
+            &[
+                &session,
+                &amount,
+                &now,
+                &(LEASE_SECONDS as f64),
+                &machine,
+                &i64::from(std::process::id()),
+                &crate::process::own_start(),
+            ],
         )?;
         Ok(Ok(get(&row, 0)?))
     })();

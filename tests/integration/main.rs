@@ -14,6 +14,7 @@ mod fuzz;
 mod hostile;
 mod journal;
 mod leaks;
+mod ledger;
 mod local_model;
 mod money;
 mod pools;
