@@ -128,3 +128,30 @@ async fn four_runners_on_two_machines_never_cross_a_shared_daily_budget() {
         "the budget must bind and let work through"
     );
 }
+
+/// The state URL is a secret: an unreachable database, a wrong scheme —
+/// the error names the URL without its password, exit 2, before anything
+/// runs.
+#[test]
+fn a_state_url_password_never_reaches_output() {
+    let p = Project::empty();
+    for (url, says) in [
+        (
+            "postgres://team:hunter2-s3cret@127.0.0.1:1/ledger?password=hunter2-s3cret",
+            "cannot open the run journal postgres://team@127.0.0.1:1/ledger: ",
+        ),
+        (
+            "mysql://team:hunter2-s3cret@db/ledger",
+            "TOLLGATE_STATE_URL has the scheme `mysql`; expected postgres://",
+        ),
+    ] {
+        let out = p
+            .tollgate(&["runs"])
+            .env("TOLLGATE_STATE_URL", url)
+            .output();
+        let text = transcript(&out);
+        assert_eq!(out.status.code(), Some(2), "{text}");
+        assert!(text.contains(says), "{text}");
+        assert!(!text.contains("hunter2"), "{text}");
+    }
+}
