@@ -1199,6 +1199,32 @@ mod tests {
         );
     }
 
+    /// SQLite's version is `PRAGMA user_version` (what every earlier build
+    /// checks, so it stays the record): a journal a newer tollgate wrote is
+    /// refused, saying so, and left as it was.
+    #[test]
+    fn a_sqlite_journal_of_a_newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        Journal::open(dir.path(), Clock::Fixed(1_000))
+            .unwrap()
+            .conn()
+            .pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+            .unwrap();
+        let err = Journal::open(dir.path(), Clock::Fixed(1_000)).unwrap_err();
+        assert!(
+            err.to_string().ends_with(&format!(
+                "state.db was written by a newer tollgate (schema {}, this one knows {SCHEMA_VERSION})",
+                SCHEMA_VERSION + 1
+            )),
+            "{err}"
+        );
+        let again = Journal::open(dir.path(), Clock::Fixed(1_000)).unwrap_err();
+        assert!(
+            matches!(again, JournalError::NewerSchema { .. }),
+            "{again:?}"
+        );
+    }
+
     /// A hold is a lease: one nobody renews (its runner died, on whatever
     /// machine) stops counting when it expires; a live one counts.
     #[test]
