@@ -133,6 +133,7 @@ fn child(n: usize, latency_ms: u64) {
         },
         journal: None,
         on_run: None,
+        measure: false,
     };
     let r = rt
         .block_on(runner::run_suites(

@@ -268,10 +268,23 @@ fn analyze_step(
         .when
         .as_deref()
         .map(|s| Source::expression(s, sp("when")));
-    let for_each = step
-        .for_each
-        .as_deref()
-        .map(|s| Source::expression(s, sp("for_each")));
+    // `context.chunk` is a `for_each` over the input's chunks, located at
+    // the `chunk` mapping (the expression is generated, not written).
+    let chunked = step.context.as_ref().and_then(|c| c.chunk.as_ref());
+    let for_each = match (step.for_each.as_deref(), chunked) {
+        (Some(s), _) => Some(Source::expression(s, sp("for_each"))),
+        // An unknown input is `context::check`'s located error; the step
+        // still fans out (over nothing) so `item` reads are not errors too.
+        (None, Some(chunk)) => Some(Source::expression(
+            &if w.inputs.contains_key(&chunk.input) {
+                chunk.for_each()
+            } else {
+                "[]".to_owned()
+            },
+            pointer(["steps", id, "context", "chunk"]),
+        )),
+        (None, None) => None,
+    };
 
     let mut info = StepInfo {
         id: id.to_owned(),
@@ -317,7 +330,7 @@ fn analyze_step(
                 continue;
             }
         }
-        let item_ok = item_allowed && step.for_each.is_some();
+        let item_ok = item_allowed && for_each.is_some();
         for r in refs {
             check_reference(
                 &r,
@@ -338,6 +351,26 @@ fn analyze_step(
     }
     check_needs(w, doc, id, step, &step_ids, &mut info, diags);
     check_output(doc, id, step, diags);
+    if let Some(spec) = &step.context {
+        let inputs: Vec<crate::context::DeclaredInput> = w
+            .inputs
+            .iter()
+            .map(|(name, d)| crate::context::DeclaredInput {
+                name,
+                is_string: d.kind == crate::workflow::InputType::String,
+                kind: d.kind.name(),
+            })
+            .collect();
+        crate::context::check(
+            &inputs,
+            doc,
+            id,
+            spec,
+            &info.reads_inputs,
+            step.for_each.is_some(),
+            diags,
+        );
+    }
     info
 }
 

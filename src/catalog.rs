@@ -108,9 +108,17 @@ pub struct CatalogEntry {
     /// billed at the normal input price even when caching is requested.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prompt_cache_min_tokens: Option<u64>,
-    /// "YYYY-MM-DD" as given by the source.
+    /// "YYYY-MM-DD" as given by the source: the day the provider retires
+    /// the model (see [`crate::policy::lifecycle`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deprecation_date: Option<String>,
+    /// The model the provider names as its replacement, as a LiteLLM key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub successor_model: Option<String>,
+    /// The model can spend reasoning ("thinking") tokens, which the
+    /// providers bill as output tokens.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub supports_reasoning: bool,
     /// The long-context price tier (`*_above_Nk_tokens`): a request whose
     /// prompt is above `above_tokens` is billed at these prices, every
     /// token of it (see [`crate::cost`]).
@@ -589,6 +597,8 @@ fn convert(key: &str, fields: &Fields<'_>) -> Option<CatalogEntry> {
         supports_response_schema: fields.flag("supports_response_schema"),
         prompt_cache_min_tokens: fields.count("prompt_cache_min_tokens"),
         deprecation_date: fields.str("deprecation_date").map(str::to_string),
+        successor_model: fields.str("successor_model").map(str::to_string),
+        supports_reasoning: fields.flag("supports_reasoning"),
         long_context: fields.long_context(),
     })
 }
@@ -771,6 +781,8 @@ mod tests {
             "mode": "chat",
             "prompt_cache_min_tokens": 1024,
             "deprecation_date": "2026-09-29",
+            "successor_model": "claude-sonnet-5",
+            "supports_reasoning": true,
             "supports_prompt_caching": true
         },
         "claude-sonnet-latest": {"alias_of": "claude-sonnet-4-5"},
@@ -884,6 +896,9 @@ mod tests {
         assert_eq!(sonnet.cache_write_1h_per_token, Some(6e-06));
         assert_eq!(sonnet.prompt_cache_min_tokens, Some(1024));
         assert_eq!(sonnet.deprecation_date.as_deref(), Some("2026-09-29"));
+        assert_eq!(sonnet.successor_model.as_deref(), Some("claude-sonnet-5"));
+        assert!(sonnet.supports_reasoning);
+        assert!(!mini.supports_reasoning);
         assert!(!sonnet.supports_response_schema);
         let no_mode = cat.get("groq/no-mode").expect("kept: both prices present");
         assert_eq!(no_mode.mode, None);

@@ -4,7 +4,8 @@
 //! This file holds the argument parser, the dispatch and what every command
 //! shares: printing, diagnostics (errors and warnings), loading a workflow
 //! and a policy, the async runtime. Each command lives in its own file:
-//! `check`, `plan`, `run`, `init`, `models`, `suites` (`test`, `merge`) and
+//! `check`, `plan`, `run`, `init`, `models`, `suites` (`test`, `merge`),
+//! `compare` and
 //! `journal` (`runs`, `report`, and `run --resume`).
 //!
 //! Every command reports problems the same way: all of them, as located
@@ -28,6 +29,7 @@ use crate::schema::Format as FileFormat;
 use crate::workflow::{self, Loaded, Workflow};
 
 mod check;
+mod compare;
 mod init;
 mod journal;
 mod models;
@@ -114,6 +116,8 @@ enum Command {
     Run(run::RunArgs),
     /// Run evaluation suites: cases through workflows, assertions, snapshots, recorded responses.
     Test(suites::TestArgs),
+    /// Run suites under several policies or model pins and compare pass rate, cost, tokens, model time and where the calls went, per suite and per task.
+    Compare(compare::CompareArgs),
     /// Join the results of test shards into one report and one JUnit file.
     Merge(suites::MergeArgs),
     /// List recent runs from the run journal (newest first).
@@ -134,6 +138,9 @@ enum Command {
         since: Option<String>,
         #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
         format: OutputFormat,
+        /// Also write a self-contained HTML page of the report here.
+        #[arg(long, value_name = "FILE")]
+        html: Option<PathBuf>,
         #[command(flatten)]
         state: StateArg,
     },
@@ -218,6 +225,7 @@ pub fn main() -> ExitCode {
         Command::Run(args) => run::cmd_run(args, options),
         Command::Test(args) => suites::cmd_test(args, options),
         Command::Merge(args) => suites::cmd_merge(args, options),
+        Command::Compare(args) => compare::cmd_compare(args, options),
         Command::Runs {
             limit,
             format,
@@ -237,17 +245,25 @@ pub fn main() -> ExitCode {
         Command::Report {
             since,
             format,
+            html,
             state,
         } => match journal::report(&state, since.as_deref()) {
-            Ok(r) => {
-                match format {
-                    OutputFormat::Json => {
-                        print_out(&serde_json::to_string_pretty(&r).unwrap_or_default())
+            Ok(r) => match html.as_deref().map(|path| {
+                suites::write_file(path, |w| {
+                    w.write_all(crate::html::report_page(&r).as_bytes())
+                })
+            }) {
+                Some(Err(d)) => report(vec![d], format, options),
+                _ => {
+                    match format {
+                        OutputFormat::Json => {
+                            print_out(&serde_json::to_string_pretty(&r).unwrap_or_default())
+                        }
+                        OutputFormat::Text => print_out(&render::report_text(&r)),
                     }
-                    OutputFormat::Text => print_out(&render::report_text(&r)),
+                    exit::OK
                 }
-                exit::OK
-            }
+            },
             Err(d) => report(vec![d], format, options),
         },
         Command::Init { template, dir } => init::cmd_init(template, &dir, options),
@@ -386,12 +402,54 @@ fn find_default_policy(cwd: &Path) -> Option<PathBuf> {
     Some(path)
 }
 
-/// Loads a policy file, or the built-in policy by its name.
+/// Loads a policy file, or the built-in policy by its name, and checks its
+/// models' retirement dates ([`with_lifecycle`]).
 fn load_policy(path: &Path) -> Result<Policy, Vec<Diagnostic>> {
-    if path == Path::new(policy::BUILTIN_NAME) {
-        return policy::load_builtin().map(|(_, p)| p);
+    let (file, policy) = if path == Path::new(policy::BUILTIN_NAME) {
+        policy::load_builtin()?
+    } else {
+        policy::load(path)?
+    };
+    with_lifecycle(&file.doc, policy)
+}
+
+/// The policy's models against their providers' retirement dates, as of
+/// [`today`]: a retired model is an error, one retiring soon joins the
+/// policy's warnings. Here rather than in the policy compile because it is
+/// the one check that depends on the day, and the CLI owns the clock.
+fn with_lifecycle(
+    doc: &crate::yaml::Document,
+    mut policy: Policy,
+) -> Result<Policy, Vec<Diagnostic>> {
+    let today = today().map_err(|d| vec![d])?;
+    let (errors, warnings): (Vec<Diagnostic>, Vec<Diagnostic>) =
+        policy::lifecycle::check(&policy, doc, crate::catalog::Catalog::builtin(), today)
+            .into_iter()
+            .partition(Diagnostic::is_error);
+    if !errors.is_empty() {
+        return Err(errors);
     }
-    policy::load(path).map(|(_, p)| p)
+    policy.warnings.extend(warnings);
+    diagnostic::sort(&mut policy.warnings);
+    Ok(policy)
+}
+
+/// Today's date in UTC, or the one `TOLLGATE_TEST_TODAY` (`YYYY-MM-DD`)
+/// fixes: tests pin it so that what they show does not change with the day
+/// they run on (the integration tests' default is 2026-01-01).
+fn today() -> Result<jiff::civil::Date, Diagnostic> {
+    match std::env::var("TOLLGATE_TEST_TODAY") {
+        Ok(v) => v.parse().map_err(|e| {
+            Diagnostic::error(
+                "bad-test-today",
+                format!("TOLLGATE_TEST_TODAY={v:?} is not a date: {e}"),
+            )
+            .with_help("write it as YYYY-MM-DD, or unset it to use today's date")
+        }),
+        Err(_) => Ok(jiff::tz::TimeZone::UTC
+            .to_datetime(jiff::Timestamp::now())
+            .date()),
+    }
 }
 
 fn load_workflow(path: &Path) -> Result<Analysis, Vec<Diagnostic>> {

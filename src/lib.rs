@@ -38,12 +38,14 @@
 pub mod analyze;
 pub mod catalog;
 pub mod cli;
+pub mod context;
 pub mod cost;
 pub mod diagnostic;
 pub mod eval;
 pub mod files;
 pub mod git;
 pub mod graph;
+pub mod html;
 pub mod inputs;
 pub mod journal;
 pub mod outcome;

@@ -22,6 +22,9 @@ pub enum AttemptOutcome {
     Truncated,
     /// Answered, but the answer does not match the output schema.
     InvalidOutput,
+    /// Answered, but the answer failed its cascade's check: the call
+    /// escalates (the answer is not the call's output).
+    Escalated,
     /// Finished by an earlier session of the run (`--resume`).
     Resumed,
     /// An identical request's answer from the response cache.
@@ -48,6 +51,7 @@ impl AttemptOutcome {
             AttemptOutcome::Ok => "ok",
             AttemptOutcome::Truncated => "truncated",
             AttemptOutcome::InvalidOutput => "invalid_output",
+            AttemptOutcome::Escalated => "escalated",
             AttemptOutcome::Resumed => "resumed",
             AttemptOutcome::Cached => "cached",
             AttemptOutcome::Refused => "refused",
@@ -78,10 +82,11 @@ impl FromStr for AttemptOutcome {
     type Err = UnknownOutcome;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        const NAMED: [AttemptOutcome; 12] = [
+        const NAMED: [AttemptOutcome; 13] = [
             AttemptOutcome::Ok,
             AttemptOutcome::Truncated,
             AttemptOutcome::InvalidOutput,
+            AttemptOutcome::Escalated,
             AttemptOutcome::Resumed,
             AttemptOutcome::Cached,
             AttemptOutcome::Refused,

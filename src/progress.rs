@@ -114,6 +114,14 @@ fn line(event: &Event) -> Option<String> {
         } => {
             format!("switch {step}: {from} → {to} ({reason})")
         }
+        Event::Escalating {
+            step,
+            from,
+            to,
+            reason,
+        } => {
+            format!("escal. {step}: {from} → {to} ({reason})")
+        }
         Event::BatchProgress {
             step,
             provider,

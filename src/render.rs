@@ -240,7 +240,85 @@ fn step(o: &mut String, n: usize, s: &StepPlan) {
     } else {
         ""
     };
+    if let Some(c) = &s.cascade {
+        let when: Vec<&str> = c.when.iter().map(|w| w.name()).collect();
+        let place = match c.to.locality {
+            Locality::Local => "local",
+            Locality::Cloud => "cloud",
+        };
+        let _ = writeln!(
+            o,
+            "   cascade      {} → {} {} ({} tier, {place}) when {}",
+            s.model.as_ref().map_or("-", |m| m.alias.as_str()),
+            c.to.alias,
+            c.to.model,
+            c.to.tier,
+            when.join(", ")
+        );
+        let rate = match &c.rate_source {
+            crate::plan::RateSource::History { escalated, answers } => format!(
+                "{:.0}% escalate ({escalated} of {answers} first answers in the journal)",
+                c.rate * 100.0
+            ),
+            crate::plan::RateSource::Default => format!(
+                "{:.0}% escalate (default: no history of rule {} in the journal)",
+                c.rate * 100.0,
+                c.rule
+            ),
+        };
+        let _ = writeln!(
+            o,
+            "   escalation   {rate}; first calls {}, all escalated {}",
+            range(c.first_cost),
+            range(c.escalated_cost)
+        );
+    }
+    let note = if s.cascade.is_some() {
+        " (expected at the escalation rate; worst case every call escalates)"
+    } else {
+        note
+    };
     let _ = writeln!(o, "   cost         {}{note}", range(s.cost));
+    if let Some(c) = &s.context {
+        context_line(o, c);
+    }
+}
+
+/// A step's context management: the strategy, tokens before and after,
+/// what was cut, extra calls and the net saving on its model.
+fn context_line(o: &mut String, c: &crate::plan::ContextPlan) {
+    let e = &c.effect;
+    let mut what = e.strategy.clone();
+    if let Some(n) = e.chunks {
+        what.push_str(&format!(
+            " into {} (+{})",
+            plural(n, "chunk"),
+            plural(c.extra_calls, "call")
+        ));
+    }
+    let _ = writeln!(
+        o,
+        "   context      {what}; in {} → {} tokens; {}",
+        e.tokens_before,
+        e.tokens_after,
+        saved(c.saved_usd)
+    );
+    for cut in &e.cut {
+        let _ = writeln!(
+            o,
+            "                cut inputs.{}: {} → {} tokens",
+            cut.input, cut.tokens_before, cut.tokens_kept
+        );
+    }
+}
+
+/// "saved $x" or "costs $x more" (expected).
+fn saved(usd_: f64) -> String {
+    if usd_ >= 0.0 {
+        format!("saved {} expected", usd(usd_))
+    } else {
+        format!("costs {} more expected", usd(-usd_))
+    }
 }
 
 fn totals(o: &mut String, plan: &Plan) {
@@ -272,6 +350,16 @@ fn totals(o: &mut String, plan: &Plan) {
             (Some(m), Some(n)) => format!("; max {:.0}% → at most {n} of {}", m * 100.0, t.calls),
             _ => String::new(),
         };
+        // A tier only cascades escalate to: no routed calls, only money.
+        if tier.calls == 0 && tier.cost.high > 0.0 {
+            let _ = writeln!(
+                o,
+                "{label}{:<10}escalations only  {}",
+                tier.tier.name(),
+                range(tier.cost)
+            );
+            continue;
+        }
         let _ = writeln!(
             o,
             "{label}{:<10}{} ({:.0}%{cap})  {}",
@@ -294,6 +382,25 @@ fn totals(o: &mut String, plan: &Plan) {
         if f.cost.low > 0.0 {
             let _ = writeln!(o, "  saving       {:.0}% vs all-flagship", f.saving_percent);
         }
+    }
+    if let Some(c) = &t.context {
+        let pct = if c.tokens_before > 0 {
+            format!(
+                " ({:+.0}%)",
+                (c.tokens_after as f64 / c.tokens_before as f64 - 1.0) * 100.0
+            )
+        } else {
+            String::new()
+        };
+        let _ = writeln!(
+            o,
+            "  context      {}: in {} → {} tokens{pct}, +{}; {}",
+            plural(c.steps, "step"),
+            c.tokens_before,
+            c.tokens_after,
+            plural(c.extra_calls, "call"),
+            saved(c.saved_usd)
+        );
     }
     if let Some(b) = &t.budget {
         if b.within {
@@ -355,7 +462,8 @@ pub fn run_text(r: &RunReport) -> String {
     let rows: Vec<Vec<String>> = r.steps.iter().map(step_row).collect();
     o.push_str(&table(
         &[
-            "STEP", "STATUS", "MODEL", "RULE", "IN", "OUT", "CACHED", "LATENCY", "TTFT", "COST",
+            "STEP", "STATUS", "MODEL", "RULE", "IN", "OUT", "CACHED", "QUEUED", "LATENCY", "TTFT",
+            "COST",
         ],
         &rows,
         4,
@@ -371,7 +479,9 @@ pub fn run_text(r: &RunReport) -> String {
         usd(r.estimate.low),
         usd(r.estimate.high)
     );
+    time_split(&mut o, r);
     savings(&mut o, r);
+    batch_fallbacks(&mut o, r);
     if let Some(id) = &r.run_id {
         if r.status == RunStatus::Succeeded {
             let _ = writeln!(o, "run {id}");
@@ -379,6 +489,7 @@ pub fn run_text(r: &RunReport) -> String {
             let _ = writeln!(o, "run {id} — finish it with: tollgate run --resume {id}");
         }
     }
+    escalations(&mut o, r);
     for s in &r.steps {
         let cut = s.calls.iter().filter(|c| c.truncated).count();
         if cut > 0 {
@@ -396,6 +507,49 @@ pub fn run_text(r: &RunReport) -> String {
         }
     }
     o
+}
+
+/// The calls cascades escalated, with why (the first ten, then a count).
+fn escalations(o: &mut String, r: &RunReport) {
+    const SHOWN: usize = 10;
+    let all: Vec<(&str, &crate::run::CallReport)> = r
+        .steps
+        .iter()
+        .flat_map(|s| s.calls.iter().map(move |c| (s.id.as_str(), c)))
+        .collect();
+    let first: usize = all
+        .iter()
+        .filter(|(_, c)| {
+            c.attempts
+                .iter()
+                .any(|a| a.outcome == crate::run::AttemptOutcome::Escalated)
+        })
+        .count();
+    let escalated: Vec<_> = all
+        .iter()
+        .filter_map(|(id, c)| c.escalation.as_ref().map(|e| (*id, c.item, e)))
+        .collect();
+    if first == 0 {
+        return;
+    }
+    let _ = writeln!(
+        o,
+        "escalated {} of {} calls ({} answered by the escalation target)",
+        first,
+        all.len(),
+        escalated.len()
+    );
+    for (id, item, e) in escalated.iter().take(SHOWN) {
+        let item = item.map(|i| format!("[{i}]")).unwrap_or_default();
+        let _ = writeln!(
+            o,
+            "  {id}{item}: {} → {} (rule {}): {}",
+            e.from, e.to, e.rule, e.reason
+        );
+    }
+    if escalated.len() > SHOWN {
+        let _ = writeln!(o, "  … and {} more", escalated.len() - SHOWN);
+    }
 }
 
 /// One step's row of the run summary; `-` where the step made no call.
@@ -422,10 +576,57 @@ fn step_row(s: &crate::run::StepReport) -> Vec<String> {
         if_ran(s.usage.input_tokens.to_string()),
         if_ran(s.usage.output_tokens.to_string()),
         if_ran(s.usage.cached_input_tokens.to_string()),
-        if_ran(ms(s.latency_ms)),
+        if_ran(ms(s.queued_ms)),
+        if_ran(ms(s.call_ms)),
         s.ttft_ms.map_or_else(|| "-".to_owned(), ms),
         if_ran(usd(s.cost_usd)),
     ]
+}
+
+/// Where the calls' time went: waiting to be sent (slots, rate limits,
+/// budget: the run's doing) against the models' own latency — so a slow
+/// step reads as "queued behind a one-slot local server", not "slow model".
+/// Only when a call was sent.
+fn time_split(o: &mut String, r: &RunReport) {
+    let sent: Vec<&crate::run::CallReport> = r
+        .steps
+        .iter()
+        .flat_map(|s| &s.calls)
+        .filter(|c| c.source == crate::run::CallSource::Provider && !c.attempts.is_empty())
+        .collect();
+    if sent.is_empty() {
+        return;
+    }
+    let queued: u64 = sent.iter().map(|c| c.queued_ms).sum();
+    let in_calls: u64 = sent.iter().map(|c| c.call_ms).sum();
+    let _ = writeln!(
+        o,
+        "time: {} queued for slots, rate limits and budget, {} in the models' calls \
+         (QUEUED and LATENCY, summed over a step's calls)",
+        ms(queued),
+        ms(in_calls)
+    );
+}
+
+/// Calls a batch did not answer, answered one by one at full price: how
+/// many, and what the batch discount would have saved on them.
+fn batch_fallbacks(o: &mut String, r: &RunReport) {
+    let fell: Vec<&crate::run::CallReport> = r
+        .steps
+        .iter()
+        .flat_map(|s| &s.calls)
+        .filter(|c| c.batch_fallback)
+        .collect();
+    if fell.is_empty() {
+        return;
+    }
+    let lost: f64 = fell.iter().map(|c| c.lost_discount_usd).sum();
+    let _ = writeln!(
+        o,
+        "batch: {} the batch did not answer went synchronously, at full price: {} more than at batch prices",
+        plural(fell.len() as u64, "call"),
+        usd(lost)
+    );
 }
 
 /// The lines on what prompt caches, batches, the response cache and a
@@ -484,7 +685,7 @@ fn savings(o: &mut String, r: &RunReport) {
 
 /// Columns two spaces apart: the first `left` left-aligned, the rest
 /// (numbers) right-aligned.
-fn table(header: &[&str], rows: &[Vec<String>], left: usize) -> String {
+pub(crate) fn table(header: &[&str], rows: &[Vec<String>], left: usize) -> String {
     let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
     for row in rows {
         for (w, c) in widths.iter_mut().zip(row) {
@@ -578,6 +779,14 @@ pub fn report_text(r: &crate::journal::report::Report) -> String {
         usd(t.savings.prompt_cache_usd),
         usd(t.savings.batch_usd)
     );
+    if t.savings.context_tokens != 0 || t.savings.context_usd != 0.0 {
+        let _ = writeln!(
+            o,
+            "  saved       {} by context management ({} input tokens not sent; as planned)",
+            usd(t.savings.context_usd),
+            t.savings.context_tokens
+        );
+    }
     if t.untrusted_calls > 0 {
         let _ = writeln!(
             o,
@@ -645,6 +854,45 @@ pub fn report_text(r: &crate::journal::report::Report) -> String {
     section(&mut o, "By step", &r.by_step, true);
     section(&mut o, "By model", &r.by_model, false);
     section(&mut o, "By tier", &r.by_tier, false);
+    if !r.cascades.is_empty() {
+        let _ = writeln!(o, "\nCascades");
+        let rows: Vec<Vec<String>> = r
+            .cascades
+            .iter()
+            .map(|c| {
+                vec![
+                    c.key.clone(),
+                    c.first_answers.to_string(),
+                    c.escalated.to_string(),
+                    format!("{:.0}%", c.escalation_rate * 100.0),
+                    usd(c.first_cost_usd),
+                    usd(c.escalated_cost_usd),
+                    c.all_on_target_usd
+                        .map_or_else(|| "-".to_owned(), |a| format!("≈{}", usd(a))),
+                    c.saved_usd
+                        .map_or_else(|| "-".to_owned(), |a| format!("≈{}", usd(a))),
+                ]
+            })
+            .collect();
+        o.push_str(&table(
+            &[
+                "RULE",
+                "FIRST ANSWERS",
+                "ESCALATED",
+                "RATE",
+                "FIRST COST",
+                "ESCALATED COST",
+                "ALL ON TARGET",
+                "SAVED",
+            ],
+            &rows,
+            1,
+        ));
+        let _ = writeln!(
+            o,
+            "(all on target: every first answer at the average cost of an escalated call)"
+        );
+    }
     o
 }
 

@@ -361,6 +361,68 @@ pub fn route(
     }
 }
 
+/// Where a cascade escalates a routed step.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EscalationRoute {
+    /// The rule whose cascade it is.
+    pub rule: String,
+    /// The model escalated calls go to: the target, else its first fallback
+    /// that fits; `None` when none does (the gate refused a cloud target
+    /// for a step above `cloud_max`, say).
+    pub to: Option<String>,
+    pub passed_over: Vec<Rejection>,
+}
+
+/// The escalation of a routed step: `None` when the deciding rule has no
+/// cascade (or a pin decided, or the routed model is already the target).
+/// The target and its fallbacks pass [`fits`] — the sensitivity gate first
+/// — for one call, tier shares aside (an escalation is an extra call the
+/// run checks against the shares as it makes it).
+pub fn escalation(
+    policy: &Policy,
+    decision: &Decision,
+    f: &Facts<'_>,
+    worst_input: &dyn Fn(Tokenizer) -> u64,
+) -> Option<EscalationRoute> {
+    let Some(Decider::Rule { name, .. }) = &decision.decider else {
+        return None;
+    };
+    let routed = decision.model.as_deref()?;
+    let rule = policy.rules.iter().find(|r| &r.name == name)?;
+    let cascade = rule.escalate.as_ref()?;
+    if cascade.to == routed {
+        return None;
+    }
+    let one = Facts {
+        calls: 1,
+        ..f.clone()
+    };
+    let mut passed_over = Vec::new();
+    for alias in policy.candidates(&cascade.to) {
+        let Some(m) = policy.models.get(alias).filter(|_| alias != routed) else {
+            continue;
+        };
+        match fits(policy, m, &one, &TierUsage::default(), worst_input) {
+            Ok(()) => {
+                return Some(EscalationRoute {
+                    rule: rule.name.clone(),
+                    to: Some(alias.to_owned()),
+                    passed_over,
+                });
+            }
+            Err(why) => passed_over.push(Rejection {
+                model: alias.to_owned(),
+                why,
+            }),
+        }
+    }
+    Some(EscalationRoute {
+        rule: rule.name.clone(),
+        to: None,
+        passed_over,
+    })
+}
+
 /// Does `model` fit this step now: the sensitivity gate, max output, the
 /// context window and the tier share? The executor uses it for fallbacks, so
 /// the gate holds there too.

@@ -27,6 +27,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::analyze::{Analysis, RenderContext, StepInfo};
+use crate::context::{ContextSpec, Effect, InputCut, budget};
 use crate::diagnostic::Diagnostic;
 use crate::policy::Policy;
 use crate::route::Facts;
@@ -123,6 +124,8 @@ pub struct Expanded {
     pub rendered_level: usize,
     /// The workflow's tags and the step's, merged.
     pub tags: BTreeSet<String>,
+    /// What context management did (a step with `context:` that makes calls).
+    pub context: Option<Effect>,
     /// The largest call's token count, per tokenizer, computed on first
     /// use: routing asks for it per call and per candidate, and recounting
     /// every item each time made a fan-out quadratic.
@@ -202,11 +205,15 @@ impl Scope<'_> {
     /// reads. Built once per expansion; each item's context adds only the
     /// item ([`RenderContext::for_item`]).
     fn context(&self) -> RenderContext {
-        self.info()
-            .context(self.inputs, |dep| match &self.upstream {
-                Upstream::Real(outputs) => outputs.get(dep).cloned().unwrap_or(Value::Null),
-                Upstream::Estimated(e) => e.output(dep),
-            })
+        self.context_with(self.inputs)
+    }
+
+    /// The same context over other input values (trimmed ones).
+    fn context_with(&self, inputs: &Map<String, Value>) -> RenderContext {
+        self.info().context(inputs, |dep| match &self.upstream {
+            Upstream::Real(outputs) => outputs.get(dep).cloned().unwrap_or(Value::Null),
+            Upstream::Estimated(e) => e.output(dep),
+        })
     }
 
     /// The estimates `s` reads, if it reads upstream outputs and they are
@@ -248,6 +255,13 @@ pub enum StepError {
         message: String,
         help: &'static str,
     },
+    /// The step's calls cannot be brought under its `context` budget;
+    /// located at the setting (a JSON pointer into the workflow).
+    Context {
+        ptr: String,
+        message: String,
+        help: String,
+    },
 }
 
 impl StepError {
@@ -267,6 +281,11 @@ impl StepError {
             } => Diagnostic::error("plan", message.clone())
                 .at(source.span(doc, 0, source.text.len()))
                 .with_help(*help),
+            StepError::Context { ptr, message, help } => {
+                Diagnostic::error("context-budget", message.clone())
+                    .at(doc.span(ptr))
+                    .with_help(help.clone())
+            }
         }
     }
 
@@ -290,6 +309,7 @@ pub fn expand(scope: &Scope<'_>, inherited: When) -> Result<Expanded, StepError>
         level,
         rendered_level: level,
         tags: tags(&scope.analysis.workflow.value, step),
+        context: None,
         max_tokens: Default::default(),
     };
     let ctx = scope.context();
@@ -314,9 +334,153 @@ pub fn expand(scope: &Scope<'_>, inherited: When) -> Result<Expanded, StepError>
         }
     };
     let (calls, rendered_level) = render(scope, &ctx, &items)?;
-    out.calls = calls;
     out.rendered_level = rendered_level;
+    match &step.context {
+        Some(spec) => {
+            let (calls, effect) = manage(scope, spec, &items, calls)?;
+            out.calls = calls;
+            out.context = Some(effect);
+        }
+        None => out.calls = calls,
+    }
     Ok(out)
+}
+
+/// Input tokens of a call as routing rules count them.
+fn rule_tokens(call: &RenderedCall) -> u64 {
+    tokens::count_chat(RULE_TOKENIZER, &call.messages().collect::<Vec<_>>()) as u64
+}
+
+/// Input tokens of a call as the budget counts them (conservatively).
+fn budget_tokens(call: &RenderedCall) -> u64 {
+    budget::count_chat(&call.messages().collect::<Vec<_>>()) as u64
+}
+
+/// How many times trimming re-renders to fit a prompt that reads a cut
+/// input more than once (each pass shrinks by the excess it measured).
+const TRIM_PASSES: usize = 4;
+
+/// Context management over a step's rendered calls: the budget check,
+/// trimming of the inputs it may cut, and what chunking did. The trimmed
+/// values are the same inputs, so the label of what is rendered is
+/// unchanged (computed once, over the untrimmed context).
+fn manage(
+    scope: &Scope<'_>,
+    spec: &ContextSpec,
+    items: &[Option<Value>],
+    calls: Vec<RenderedCall>,
+) -> Result<(Vec<RenderedCall>, Effect), StepError> {
+    let id = &scope.info().id;
+    let before: u64 = calls.iter().map(rule_tokens).sum();
+    let mut effect = Effect {
+        strategy: "within budget".to_owned(),
+        tokens_before: before,
+        tokens_after: before,
+        cut: Vec::new(),
+        chunks: None,
+    };
+    if let Some(chunk) = &spec.chunk {
+        // Before: one call holding the whole input in place of the chunk.
+        let doc = scope
+            .inputs
+            .get(&chunk.input)
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        let first = items
+            .first()
+            .and_then(|i| i.as_ref())
+            .and_then(Value::as_str);
+        let one = calls.first().map_or(0, rule_tokens);
+        let chunk_tokens = first.map_or(0, |c| RULE_TOKENIZER.count(c)) as u64;
+        effect.strategy = "chunk".to_owned();
+        effect.chunks = Some(calls.len() as u64);
+        effect.tokens_before = one.saturating_sub(chunk_tokens) + RULE_TOKENIZER.count(doc) as u64;
+    }
+    let Some(max) = spec.max_input_tokens else {
+        return Ok((calls, effect));
+    };
+    let ptr = |key: &str| crate::yaml::pointer(["steps", id.as_str(), "context", key]);
+    let largest = calls.iter().map(budget_tokens).max().unwrap_or(0);
+    if largest <= max {
+        return Ok((calls, effect));
+    }
+    let Some(trim) = spec.trim() else {
+        return Err(StepError::Context {
+            ptr: ptr("max_input_tokens"),
+            message: format!(
+                "a call of step `{id}` takes {largest} input tokens, over its max_input_tokens of {max}"
+            ),
+            help: "name the input(s) that may be cut (`input: NAME`), or raise max_input_tokens"
+                .to_owned(),
+        });
+    };
+    // The texts that may be cut (an optional input not given is not there).
+    let cuttable: Vec<(&str, &str)> = spec
+        .input
+        .iter()
+        .filter_map(|n| Some((n.as_str(), scope.inputs.get(n)?.as_str()?)))
+        .collect();
+    // The part kept intact: every call rendered with the cut inputs empty.
+    let mut emptied = scope.inputs.clone();
+    for (name, _) in &cuttable {
+        emptied.insert((*name).to_owned(), Value::String(String::new()));
+    }
+    let (fixed_calls, _) = render(scope, &scope.context_with(&emptied), items)?;
+    let fixed = fixed_calls.iter().map(budget_tokens).max().unwrap_or(0);
+    let reserve = budget::marker_reserve() as u64;
+    let room = max.saturating_sub(fixed + reserve * cuttable.len() as u64);
+    if room == 0 {
+        return Err(StepError::Context {
+            ptr: ptr("max_input_tokens"),
+            message: format!(
+                "the parts of step `{id}`'s prompt kept intact take {fixed} tokens, leaving no room under max_input_tokens of {max}"
+            ),
+            help: "raise max_input_tokens, or let more inputs be cut".to_owned(),
+        });
+    }
+    let sizes: Vec<usize> = cuttable.iter().map(|(_, t)| budget::count(t)).collect();
+    let mut room = room as usize;
+    for _ in 0..TRIM_PASSES {
+        let shares = budget::share(room, &sizes);
+        let mut trimmed = scope.inputs.clone();
+        let mut cut = Vec::new();
+        for (((name, text), size), share) in cuttable.iter().zip(&sizes).zip(&shares) {
+            if size <= share {
+                continue;
+            }
+            let c = budget::cut(text, share + reserve as usize, trim);
+            cut.push(InputCut {
+                input: (*name).to_owned(),
+                tokens_before: c.tokens_before as u64,
+                tokens_kept: c.tokens_kept as u64,
+            });
+            trimmed.insert((*name).to_owned(), Value::String(c.text));
+        }
+        let (new_calls, _) = render(scope, &scope.context_with(&trimmed), items)?;
+        let largest = new_calls.iter().map(budget_tokens).max().unwrap_or(0);
+        if largest <= max {
+            effect.strategy = match &spec.chunk {
+                Some(_) => format!("chunk, trim: {}", trim.name()),
+                None => format!("trim: {}", trim.name()),
+            };
+            effect.tokens_after = new_calls.iter().map(rule_tokens).sum();
+            effect.cut = cut;
+            return Ok((new_calls, effect));
+        }
+        // Shrink in proportion: a prompt reading a cut input k times grows
+        // k tokens per token kept, and so shrinks k times faster too.
+        let used = largest.saturating_sub(fixed).max(1);
+        let avail = max.saturating_sub(fixed);
+        room = ((room as u64 * avail / used) as usize).min(room.saturating_sub(1));
+        if room == 0 {
+            break;
+        }
+    }
+    Err(StepError::Context {
+        ptr: ptr("input"),
+        message: format!("trimming could not bring step `{id}` under max_input_tokens of {max}"),
+        help: "a prompt that reads a cut input several times needs more room: read it once, or raise max_input_tokens".to_owned(),
+    })
 }
 
 /// `when`, over the step's base context.
@@ -694,6 +858,39 @@ mod tests {
             let compiled = template::COMPILED.with(std::cell::Cell::get) - compiled;
             assert_eq!((contexts, compiled), (1, 2), "{n} items");
         }
+    }
+
+    #[test]
+    fn trimming_fits_a_prompt_that_reads_the_cut_input_twice_and_keeps_its_label() {
+        let a = analysis(
+            "  s: {task: t, prompt: 'A: {{ inputs.secret }} B: {{ inputs.secret }}', context: {max_input_tokens: 200, trim: middle, input: secret}}\n",
+        );
+        let long = "word ".repeat(5000);
+        let e = expand_with(&a, "s", json!({ "secret": long }), Some(&Map::new())).unwrap();
+        let sent = &e.calls[0].prompt;
+        assert!(
+            budget::count_chat(&[sent]) <= 200,
+            "{}",
+            budget::count_chat(&[sent])
+        );
+        assert_eq!(sent.matches("tokens cut").count(), 2, "{sent}");
+        assert_eq!(e.rendered_level, 2, "still confidential");
+        let effect = e.context.unwrap();
+        assert_eq!(effect.strategy, "trim: middle");
+        assert_eq!(effect.cut[0].input, "secret");
+        assert!(effect.tokens_after <= 200 && effect.tokens_before > 5000);
+    }
+
+    #[test]
+    fn a_budget_the_kept_part_cannot_fit_is_a_located_error() {
+        let a = analysis(&format!(
+            "  s: {{task: t, prompt: '{} {{{{ inputs.secret }}}}', context: {{max_input_tokens: 50, input: secret}}}}\n",
+            "intact ".repeat(100)
+        ));
+        let err = expand_with(&a, "s", json!({ "secret": "x" }), Some(&Map::new())).unwrap_err();
+        let d = err.diagnostic(a.doc());
+        assert!(d.message.contains("kept intact take"), "{}", d.message);
+        assert!(d.span.is_some(), "located at max_input_tokens");
     }
 
     #[test]

@@ -125,6 +125,8 @@ pub fn environment() -> Environment<'static> {
     env.set_auto_escape_callback(|_| AutoEscape::None);
     // Keep the text as written; a trailing newline is part of a prompt's shape.
     env.set_keep_trailing_newline(true);
+    // `inputs.doc | chunks(2000, 200)`: what `context.chunk` fans out over.
+    env.add_filter("chunks", crate::context::chunk::filter);
     env
 }
 

@@ -228,19 +228,52 @@ pub fn chat_overhead(messages: usize) -> usize {
 /// count there can differ from tiktoken's by a token or so per cut, which is
 /// irrelevant next to such an input's size.
 fn count_segmented(bpe: &Bpe, text: &str, soft: usize, hard: usize) -> usize {
-    let mut total = 0;
+    segments(text, soft, hard).map(|s| bpe.count(s)).sum()
+}
+
+/// The segments [`count_segmented`] counts, in order (together, `text`).
+fn segments(text: &str, soft: usize, hard: usize) -> impl Iterator<Item = &str> {
     let mut start = 0;
     let mut prev: Option<char> = None;
-    for (at, c) in text.char_indices() {
-        let len = at - start;
-        let cut = len >= hard || (len >= soft && prev.is_some_and(|p| is_safe_boundary(p, c)));
-        if cut {
-            total += bpe.count(&text[start..at]);
-            start = at;
+    let mut chars = text.char_indices();
+    let mut done = false;
+    std::iter::from_fn(move || {
+        if done {
+            return None;
         }
-        prev = Some(c);
+        for (at, c) in chars.by_ref() {
+            let len = at - start;
+            let cut = len >= hard || (len >= soft && prev.is_some_and(|p| is_safe_boundary(p, c)));
+            prev = Some(c);
+            if cut {
+                let seg = &text[start..at];
+                start = at;
+                return Some(seg);
+            }
+        }
+        done = true;
+        Some(&text[start..])
+    })
+}
+
+/// Token boundaries of `text` by `tok`: for every pre-tokenizer piece, the
+/// byte offset where it ends and the tokens from the start of the text up
+/// to there (the last entry is `(text.len(), tok.count(text))`). Cutting at
+/// one of these offsets cuts between tokens, so context trimming can keep an
+/// exact number of tokens in one pass. One entry per piece (about one per
+/// word): bounded by the text, which every loader already bounds.
+pub fn boundaries(tok: Tokenizer, text: &str) -> Vec<(usize, usize)> {
+    let bpe = tok.bpe();
+    let mut out = Vec::new();
+    let (mut at, mut total) = (0usize, 0usize);
+    for seg in segments(text, SOFT_SEGMENT_BYTES, HARD_SEGMENT_BYTES) {
+        for (piece, n) in bpe.piece_counts(seg) {
+            at += piece.len();
+            total += n;
+            out.push((at, total));
+        }
     }
-    total + bpe.count(&text[start..])
+    out
 }
 
 /// Whether the o200k_base and cl100k_base pre-tokenizers always split

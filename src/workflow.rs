@@ -233,6 +233,8 @@ pub struct Step {
     pub retries: Option<u32>,
     #[serde(default)]
     pub continue_on_error: bool,
+    /// Context management: a token budget, trimming, chunking.
+    pub context: Option<crate::context::ContextSpec>,
 }
 
 /// The default bound on a step's answer when the workflow sets none.

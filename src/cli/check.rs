@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use super::{OutputFormat, default_policy, load_policy, plural, print_out, report};
+use super::{OutputFormat, default_policy, load_policy, plural, print_out, report, with_lifecycle};
 use crate::analyze::{self, Analysis};
 use crate::catalog::Catalog;
 use crate::diagnostic::{Diagnostic, RenderOptions};
@@ -77,10 +77,29 @@ pub(super) fn cmd_check(files: &[PathBuf], format: OutputFormat, options: Render
                         let (p, d) =
                             policy::compile(&loaded.value, &loaded.doc, Catalog::builtin());
                         let bad = d.iter().any(Diagnostic::is_error);
+                        // The compile's warnings are shown from `d`; only
+                        // the retirement dates' are new.
                         diags.extend(d);
                         if !bad {
-                            summary.push(format!("ok  {} (policy {})", path.display(), p.name));
-                            checked.push(Checked::Policy(path.clone(), Box::new(p)));
+                            match with_lifecycle(&loaded.doc, p) {
+                                Ok(p) => {
+                                    diags.extend(
+                                        p.warnings
+                                            .iter()
+                                            .filter(|w| {
+                                                w.code == policy::lifecycle::RETIRING
+                                            })
+                                            .cloned(),
+                                    );
+                                    summary.push(format!(
+                                        "ok  {} (policy {})",
+                                        path.display(),
+                                        p.name
+                                    ));
+                                    checked.push(Checked::Policy(path.clone(), Box::new(p)));
+                                }
+                                Err(e) => diags.extend(e),
+                            }
                         }
                     }
                     Err(d) => diags.extend(d),

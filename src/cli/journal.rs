@@ -172,6 +172,24 @@ pub fn report(
     journal::report::build(&journal, since).map_err(|e| Diagnostic::error("journal", e))
 }
 
+/// How often each cascade rule of `policy` escalated in the journal, for
+/// the plan's estimate; empty when the policy has no cascade, there is no
+/// journal, or it cannot be read (the plan then says it used the default
+/// rate).
+pub fn escalation_history(state: &StateArg, policy: &Policy) -> crate::plan::EscalationHistory {
+    if policy.rules.iter().all(|r| r.escalate.is_none()) {
+        return crate::plan::EscalationHistory::new();
+    }
+    (|| -> Result<_, JournalError> {
+        let location = journal::Location::from_env(state.state.as_deref())?;
+        let Some(j) = Journal::open_existing_at(&location, Clock::from_env()?)? else {
+            return Ok(crate::plan::EscalationHistory::new());
+        };
+        j.escalation_history(&policy.name, 0)
+    })()
+    .unwrap_or_default()
+}
+
 /// What is left of the daily and monthly budgets, for `plan`: `None` when
 /// the policy sets neither.
 pub fn remaining_budgets(state: &StateArg, policy: &Policy) -> Option<Value> {

@@ -68,11 +68,13 @@ pub(super) fn cmd_plan(
         Ok(l) => l,
         Err(d) => return report(d, format, options),
     };
-    match plan::build(
+    let history = journal::escalation_history(state, &policy);
+    match plan::build_with_history(
         &analysis,
         &policy,
         &policy_path.display().to_string(),
         &values,
+        &history,
     ) {
         Ok(plan) => {
             // What is left of the daily and monthly budgets, from the journal.

@@ -210,11 +210,12 @@ fn prepare(args: &RunArgs, options: RenderOptions) -> Result<Ready, Vec<Diagnost
         Some(run) => journal::journaled_inputs(run, &analysis),
         None => inputs::resolve(&analysis.workflow.value, &args.inputs, false)?,
     };
-    let plan = plan::build(
+    let plan = plan::build_with_history(
         &analysis,
         &policy,
         &policy_path.display().to_string(),
         &values,
+        &journal::escalation_history(&args.state, &policy),
     )?;
     let providers = Providers::from_env(&policy);
     let missing = providers.check_keys(&plan, &policy);

@@ -9,7 +9,7 @@ use crate::eval::policy_tests::{self, PolicyTests};
 use crate::eval::results::{self, Mode, PolicyTestsResult, Results, Shard};
 use crate::eval::runner::{self, TestOptions};
 use crate::eval::snapshot;
-use crate::eval::suite::{self, Suite};
+use crate::eval::suite::{self, Suite, Variant};
 use crate::progress::TestProgress;
 
 #[derive(Debug, clap::Args)]
@@ -40,6 +40,9 @@ pub(super) struct TestArgs {
     /// Write JUnit XML here.
     #[arg(long, value_name = "FILE")]
     junit: Option<PathBuf>,
+    /// Write a self-contained HTML page of the results here.
+    #[arg(long, value_name = "FILE")]
+    html: Option<PathBuf>,
     /// Write the full results as JSON here (what `tollgate merge` reads).
     #[arg(long, value_name = "FILE")]
     results: Option<PathBuf>,
@@ -52,6 +55,12 @@ pub(super) struct TestArgs {
     /// No progress bar.
     #[arg(long, short = 'q')]
     quiet: bool,
+    /// Run every suite under this policy instead of the one it names (its recordings are then kept in cassettes/<suite>/<policy name>.json).
+    #[arg(long, short = 'p', value_name = "POLICY")]
+    policy: Option<PathBuf>,
+    /// Pin every step of every suite's workflow to this model of the policy (recordings in cassettes/<suite>/<variant>.json).
+    #[arg(long, value_name = "MODEL")]
+    model: Option<String>,
     #[command(flatten)]
     state: super::journal::StateArg,
 }
@@ -64,6 +73,9 @@ pub(super) struct MergeArgs {
     /// Write the merged JUnit XML here.
     #[arg(long, value_name = "FILE")]
     junit: Option<PathBuf>,
+    /// Write a self-contained HTML page of the merged results here.
+    #[arg(long, value_name = "FILE")]
+    html: Option<PathBuf>,
     /// Write the merged results here.
     #[arg(long, value_name = "FILE")]
     results: Option<PathBuf>,
@@ -91,7 +103,7 @@ fn parse_shard(s: &str) -> Result<Shard, Diagnostic> {
 }
 
 /// Writes a report file whole (temporary name, then rename), piece by piece.
-fn write_file(
+pub(super) fn write_file(
     path: &Path,
     write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
 ) -> Result<(), Diagnostic> {
@@ -111,12 +123,18 @@ fn write_json(results: &Results, out: &mut dyn Write) -> std::io::Result<()> {
 fn emit(
     results: &Results,
     junit: Option<&Path>,
+    html: Option<&Path>,
     out: Option<&Path>,
     format: OutputFormat,
 ) -> Result<(), Diagnostic> {
     if let Some(p) = junit {
         write_file(p, |w| {
             w.write_all(results::render_junit(results).as_bytes())
+        })?;
+    }
+    if let Some(p) = html {
+        write_file(p, |w| {
+            w.write_all(crate::html::results_page(results).as_bytes())
         })?;
     }
     if let Some(p) = out {
@@ -159,22 +177,75 @@ fn check_flags(args: &TestArgs) -> Result<Option<Shard>, Vec<Diagnostic>> {
 /// Finds and loads every suite; all their problems at once.
 /// The files `test` was given: suites, and policy test files (recognised
 /// by their content, so both can share a folder).
-struct Loaded {
-    suites: Vec<Suite>,
-    policy_tests: Vec<PolicyTests>,
+pub(super) struct Loaded {
+    pub(super) suites: Vec<Suite>,
+    pub(super) policy_tests: Vec<PolicyTests>,
 }
 
-fn load_suites(args: &TestArgs) -> Result<Loaded, Vec<Diagnostic>> {
-    let paths = if args.suites.is_empty() {
-        vec![PathBuf::from("evals")]
+/// The suite files among `paths` (default `evals/`), read once each.
+pub(super) fn suite_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, Vec<Diagnostic>> {
+    if paths.is_empty() {
+        suite::discover(&[PathBuf::from("evals")])
     } else {
-        args.suites.clone()
+        suite::discover(paths)
+    }
+}
+
+/// The name of a variant: the policy file's stem, the model, or both
+/// (`default`, `budget`, `default+budget`), made safe as a file name (it
+/// names the variant's recordings).
+pub(super) fn variant_name(policy: Option<&Path>, model: Option<&str>) -> String {
+    let stem = policy.map(|p| {
+        if p == Path::new(crate::policy::BUILTIN_NAME) {
+            "built-in".to_owned()
+        } else {
+            p.file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        }
+    });
+    let name = match (stem, model) {
+        (Some(p), Some(m)) => format!("{p}+{m}"),
+        (Some(p), None) => p,
+        (None, Some(m)) => m.to_owned(),
+        (None, None) => String::new(),
     };
-    let files = suite::discover(&paths)?;
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '+') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// A variant's policy, loaded once for every suite: `--policy`'s problems
+/// are located in that file, once.
+pub(super) fn variant(
+    policy: Option<&Path>,
+    model: Option<&str>,
+) -> Result<Variant, Vec<Diagnostic>> {
+    let loaded = match policy {
+        Some(p) => {
+            let compiled = super::load_policy(p)?;
+            Some((p.to_path_buf(), std::sync::Arc::new(compiled)))
+        }
+        None => None,
+    };
+    Ok(Variant {
+        name: variant_name(policy, model),
+        policy: loaded,
+        model: model.map(str::to_owned),
+    })
+}
+
+pub(super) fn load_suites(files: &[PathBuf], variant: &Variant) -> Result<Loaded, Vec<Diagnostic>> {
     let mut diags = Vec::new();
     let mut suites = Vec::new();
     let mut policy_tests = Vec::new();
-    for f in &files {
+    for f in files {
         // Each file is read once: what it is decides how it is loaded.
         let doc = match crate::workflow::load_document(f) {
             Ok(doc) => doc,
@@ -190,7 +261,7 @@ fn load_suites(args: &TestArgs) -> Result<Loaded, Vec<Diagnostic>> {
             }
             continue;
         }
-        match suite::from_document(f, doc) {
+        match suite::from_document_as(f, doc, variant) {
             Ok(s) => suites.push(s),
             Err(d) => diags.extend(d),
         }
@@ -255,7 +326,7 @@ fn run_policy_tests(
 /// often share a policy). A live or recording run refuses plain http to a
 /// cloud provider (an error when the suite is prepared), so that warning is
 /// left to the error there.
-fn warnings(suites: &[Suite], mode: Mode) -> Vec<Diagnostic> {
+pub(super) fn warnings(suites: &[Suite], mode: Mode) -> Vec<Diagnostic> {
     let mut seen = std::collections::HashSet::new();
     suites
         .iter()
@@ -266,13 +337,27 @@ fn warnings(suites: &[Suite], mode: Mode) -> Vec<Diagnostic> {
         .collect()
 }
 
-/// `test --accept[=CASE]`: promotes pending snapshots instead of running.
+/// `test --accept[=CASE]`: promotes the pending snapshots of the given
+/// suites' cases and steps (one case's with `=CASE`) instead of running;
+/// pending files in their folders that no given case owns are named, not
+/// promoted, and with nothing to accept the folders looked in are named.
 fn accept(suites: &[Suite], case: &str, format: OutputFormat, options: RenderOptions) -> u8 {
-    let case = (!case.is_empty()).then_some(case);
+    let only = (!case.is_empty()).then_some(case);
     let mut accepted = Vec::new();
+    let mut left = std::collections::BTreeSet::new();
+    let mut dirs = std::collections::BTreeSet::new();
     for s in suites {
-        match snapshot::accept(&s.snapshot_dir, case) {
-            Ok(a) => accepted.extend(a),
+        let wanted = |case: &str, step: &str| {
+            only.is_none_or(|c| c == case)
+                && s.cases.iter().any(|c| c.name == case)
+                && s.analysis.workflow.value.steps.contains_key(step)
+        };
+        dirs.insert(s.snapshot_dir.clone());
+        match snapshot::accept(&s.snapshot_dir, &wanted) {
+            Ok(a) => {
+                accepted.extend(a.accepted);
+                left.extend(a.left);
+            }
             Err(e) => {
                 let d = Diagnostic::error(
                     "io",
@@ -285,16 +370,35 @@ fn accept(suites: &[Suite], case: &str, format: OutputFormat, options: RenderOpt
             }
         }
     }
-    let text = if accepted.is_empty() {
-        "no pending snapshots".to_owned()
-    } else {
-        accepted
-            .iter()
-            .map(|p| format!("accepted {}", p.display()))
-            .collect::<Vec<_>>()
-            .join("\n")
-    };
-    print_out(&text);
+    // A file one suite left may be another's (a shared folder); with
+    // `=CASE` the other cases' pending files are not news.
+    for a in &accepted {
+        left.remove(&snapshot::pending_path(a));
+    }
+    if only.is_some() {
+        left.clear();
+    }
+    let mut lines: Vec<String> = accepted
+        .iter()
+        .map(|p| format!("accepted {}", p.display()))
+        .collect();
+    if accepted.is_empty() {
+        lines.push(format!(
+            "no pending snapshots{} in {}",
+            only.map(|c| format!(" of case `{c}`")).unwrap_or_default(),
+            dirs.iter()
+                .map(|d| d.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    lines.extend(left.iter().map(|p| {
+        format!(
+            "left {} (no case and step of the given suites has that name)",
+            p.display()
+        )
+    }));
+    print_out(&lines.join("\n"));
     exit::OK
 }
 
@@ -304,10 +408,14 @@ pub(super) fn cmd_test(args: TestArgs, options: RenderOptions) -> u8 {
         Ok(s) => s,
         Err(d) => return report(d, format, options),
     };
+    let loaded = variant(args.policy.as_deref(), args.model.as_deref()).and_then(|v| {
+        let files = suite_files(&args.suites)?;
+        load_suites(&files, &v)
+    });
     let Loaded {
         suites,
         policy_tests,
-    } = match load_suites(&args) {
+    } = match loaded {
         Ok(s) => s,
         Err(d) => return report(d, format, options),
     };
@@ -344,6 +452,7 @@ pub(super) fn cmd_test(args: TestArgs, options: RenderOptions) -> u8 {
         },
         journal,
         on_run: None,
+        measure: false,
     };
     let total: u64 = suites
         .iter()
@@ -383,6 +492,7 @@ pub(super) fn cmd_test(args: TestArgs, options: RenderOptions) -> u8 {
     if let Err(d) = emit(
         &results,
         args.junit.as_deref(),
+        args.html.as_deref(),
         args.results.as_deref(),
         format,
     ) {
@@ -431,6 +541,7 @@ pub(super) fn cmd_merge(args: MergeArgs, options: RenderOptions) -> u8 {
     if let Err(d) = emit(
         &merged,
         args.junit.as_deref(),
+        args.html.as_deref(),
         args.results.as_deref(),
         format,
     ) {

@@ -499,6 +499,8 @@ mod tests {
             cost_usd: 0.02,
             list_cost_usd: 0.02,
             latency_ms: 300,
+            queued_ms: 0,
+            call_ms: 300,
             ttft_ms: None,
             output: None,
         };

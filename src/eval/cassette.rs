@@ -19,6 +19,7 @@
 //! (those travel in headers); as a second line of defence every value of the
 //! policy's key variables is scrubbed from the text before it is written.
 
+use crate::provider::logprobs::Logprobs;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -63,6 +64,11 @@ struct Recorded {
     latency_ms: u64,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     ttft_ms: Option<u64>,
+    /// The answer's mean token logprob and token count, when it was asked
+    /// for and usable (a cascade's `low_confidence` check replays on it;
+    /// unusable logprobs replay as none, which the check treats alike).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    logprobs: Option<(f64, u64)>,
 }
 
 /// The normalised request: what the key hashes.
@@ -171,6 +177,10 @@ impl Cassette {
             model: resp.model.clone(),
             latency_ms: resp.latency.as_millis() as u64,
             ttft_ms: resp.time_to_first_token.map(|d| d.as_millis() as u64),
+            logprobs: match resp.logprobs {
+                Some(Logprobs::Mean { mean, tokens }) => Some((mean, tokens)),
+                _ => None,
+            },
         };
         let mut entries = self.lock_entries();
         let entry = entries.entry(key.clone()).or_insert_with(|| Interaction {
@@ -211,6 +221,9 @@ impl Cassette {
             request_id: None,
             time_to_first_token: rec.ttft_ms.map(Duration::from_millis),
             latency: Duration::from_millis(rec.latency_ms),
+            logprobs: rec
+                .logprobs
+                .map(|(mean, tokens)| Logprobs::Mean { mean, tokens }),
         })
     }
 
@@ -290,6 +303,7 @@ mod tests {
             request_id: Some("req_1".to_owned()),
             time_to_first_token: None,
             latency: Duration::from_millis(40),
+            logprobs: None,
         }
     }
 

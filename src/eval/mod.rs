@@ -12,7 +12,9 @@
 //!   here and carried out by the runner);
 //! - [`snapshot`] — the reviewed snapshot files and pending changes;
 //! - [`cassette`] — recorded responses: record live, replay offline;
-//! - [`results`] — outcomes, the human summary, JUnit XML, merging shards.
+//! - [`results`] — outcomes, the human summary, JUnit XML, merging shards;
+//! - [`compare`] — `tollgate compare`: the same suites under several
+//!   policies or model pins, per suite and per task, with the Pareto front.
 //!
 //! Nothing here prints or touches the terminal: the runner reports each
 //! finished case run through [`runner::TestOptions::on_run`], and
@@ -25,6 +27,7 @@
 
 pub mod assertion;
 pub mod cassette;
+pub mod compare;
 pub mod policy_tests;
 pub mod results;
 pub mod runner;

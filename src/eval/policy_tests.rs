@@ -96,6 +96,8 @@ struct ExpectDef {
     provider: Option<String>,
     rule: Option<String>,
     routed: Option<bool>,
+    escalates_to: Option<String>,
+    escalates: Option<bool>,
 }
 
 /// A loaded, checked policy test file.
@@ -133,6 +135,10 @@ struct Expect {
     provider: Option<String>,
     rule: Option<String>,
     routed: Option<bool>,
+    /// A cascade's escalation target (after the gate), or whether the
+    /// route escalates at all.
+    escalates_to: Option<String>,
+    escalates: Option<bool>,
 }
 
 /// The route a test got, as the report shows it.
@@ -147,6 +153,9 @@ pub struct Got {
     pub decided_by: String,
     /// Candidates passed over, with the reason (why a route is missing).
     pub passed_over: Vec<String>,
+    /// Where the rule's cascade escalates (`route::escalation`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub escalates_to: Option<String>,
 }
 
 /// One test's result.
@@ -331,6 +340,16 @@ fn compile_test(
             policy.providers.keys().map(String::as_str),
         );
     }
+    if let Some(m) = &t.expect.escalates_to {
+        known(
+            diags,
+            doc,
+            &format!("{base}/expect/escalates_to"),
+            "model",
+            m,
+            model_names(),
+        );
+    }
     if let Some(r) = &t.expect.rule {
         known(
             diags,
@@ -384,6 +403,8 @@ fn compile_test(
             provider: t.expect.provider,
             rule: t.expect.rule,
             routed: t.expect.routed,
+            escalates_to: t.expect.escalates_to,
+            escalates: t.expect.escalates,
         },
     }
 }
@@ -420,6 +441,8 @@ impl PolicyTest {
         let tokens = self.input_tokens;
         let decision = route::route(policy, &facts, &usage, &|_| tokens);
         let chosen = decision.model.as_deref().and_then(|m| policy.models.get(m));
+        let escalates_to =
+            route::escalation(policy, &decision, &facts, &|_| tokens).and_then(|e| e.to);
         let got = Got {
             model: decision.model.clone(),
             tier: chosen.map(|m| m.tier),
@@ -434,6 +457,7 @@ impl PolicyTest {
                 .iter()
                 .map(|r| format!("{}: {}", r.model, r.why))
                 .collect(),
+            escalates_to,
         };
         let failures = self.check(&got, decision.decider.as_ref());
         Outcome {
@@ -518,6 +542,23 @@ impl PolicyTest {
                 ));
             }
         }
+        let escalates = got.escalates_to.as_deref();
+        if let Some(want) = &e.escalates_to {
+            if escalates != Some(want.as_str()) {
+                out.push(format!(
+                    "expected the cascade to escalate to `{want}`, got {}",
+                    escalates.map_or_else(|| "no escalation".to_owned(), |m| format!("`{m}`"))
+                ));
+            }
+        }
+        if let Some(want) = e.escalates {
+            if want != escalates.is_some() {
+                out.push(match escalates {
+                    Some(m) => format!("expected no escalation, got one to `{m}`"),
+                    None => "expected an escalation, got none".to_owned(),
+                });
+            }
+        }
         out
     }
 }
@@ -526,7 +567,16 @@ impl PolicyTest {
 pub fn describe(got: &Got) -> String {
     match (&got.model, got.tier, got.locality) {
         (Some(m), Some(t), Some(l)) => {
-            format!("{m} ({t}, {}), {}", locality_name(l), got.decided_by)
+            let escalates = got
+                .escalates_to
+                .as_ref()
+                .map(|e| format!(", escalates to {e}"))
+                .unwrap_or_default();
+            format!(
+                "{m} ({t}, {}), {}{escalates}",
+                locality_name(l),
+                got.decided_by
+            )
         }
         _ => format!("no route ({})", got.decided_by),
     }
@@ -547,6 +597,43 @@ mod tests {
         let path = dir.path().join("tests.yaml");
         std::fs::write(&path, policy_tests).expect("write tests");
         (dir, path)
+    }
+
+    /// A cascade's escalation is testable: the target, and that the gate
+    /// never lets a confidential step escalate to the cloud.
+    #[test]
+    fn cascades_are_asserted_through_the_gate() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::write(
+            dir.path().join("policy.yaml"),
+            "version: 1\nproviders:\n  ollama: {kind: openai-compatible, base_url: \"http://127.0.0.1:11434/v1\"}\n  openai: {kind: openai}\n\
+             models:\n  local: {provider: ollama, model: small, tier: local, context_window: 32768}\n  \
+             big-local: {provider: ollama, model: big, tier: local, context_window: 32768}\n  \
+             budget: {provider: openai, model: gpt-4o-mini, tier: budget}\n\
+             rules:\n  - {name: summaries, when: {task: summarize}, use: local, escalate: {to: budget}}\n  - {name: rest, use: budget}\n",
+        )
+        .unwrap();
+        let path = dir.path().join("tests.yaml");
+        std::fs::write(
+            &path,
+            "policy: policy.yaml\ntests:\n  \
+             - {name: public escalates to the cloud, step: {task: summarize}, expect: {model: local, escalates_to: budget}}\n  \
+             - {name: confidential never escalates to the cloud, step: {task: summarize, sensitivity: confidential}, expect: {escalates: false}}\n  \
+             - {name: wrong on purpose, step: {task: summarize, sensitivity: confidential}, expect: {escalates_to: budget}}\n  \
+             - {name: no cascade here, step: {task: classify}, expect: {escalates: false}}\n",
+        )
+        .unwrap();
+        let outcomes = load(&path).expect("loads").run();
+        let passed: Vec<bool> = outcomes.iter().map(|o| o.passed).collect();
+        assert_eq!(passed, [true, true, false, true], "{outcomes:#?}");
+        assert_eq!(
+            outcomes[2].failures,
+            ["expected the cascade to escalate to `budget`, got no escalation"]
+        );
+        assert_eq!(
+            describe(&outcomes[0].got),
+            "local (local, local), rule summaries, escalates to budget"
+        );
     }
 
     #[test]

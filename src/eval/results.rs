@@ -65,7 +65,11 @@ pub struct SuiteResult {
     pub name: String,
     pub path: String,
     pub workflow: String,
+    /// The policy it ran under (a `--policy` given instead of the suite's).
     pub policy: String,
+    /// Set when `--policy` or `--model` changed the suite.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub variant: Option<super::suite::VariantInfo>,
     /// Cases in suite order.
     pub cases: Vec<CaseResult>,
 }
@@ -106,20 +110,60 @@ pub struct RunResult {
     /// Of which the judge's calls.
     pub judge_cost_usd: f64,
     pub elapsed_ms: u64,
+    /// Model time: the sum of the workflow's calls' latencies as the
+    /// providers answered them (in replay, as recorded) — the same figure
+    /// live and replayed, unlike the wall time. Kept when measuring
+    /// (`compare`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_ms: Option<u64>,
+    /// The workflow's figures step by step, kept when measuring (`compare`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub steps: Vec<StepFigures>,
+}
+
+/// What one step of a case's run used: calls (by the tier and locality of
+/// the model that answered), tokens, cost, and the judge's verdicts on it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StepFigures {
+    pub step: String,
+    pub task: String,
+    pub calls: u64,
+    /// Answered calls by tier name.
+    pub tiers: BTreeMap<String, u64>,
+    /// Answered calls on a local model.
+    pub local_calls: u64,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cost_usd: f64,
+    /// `judge:` verdicts on this step, and how many said pass.
+    #[serde(default)]
+    pub judged: u32,
+    #[serde(default)]
+    pub judge_passed: u32,
 }
 
 impl RunResult {
-    /// A run that never started: the test run was interrupted first.
-    pub fn interrupted() -> RunResult {
+    /// A run with nothing in it yet.
+    pub fn empty(outcome: Outcome) -> RunResult {
         RunResult {
-            outcome: Outcome::Errored,
+            outcome,
             failures: Vec::new(),
-            error: Some("interrupted before it started".to_owned()),
+            error: None,
             calls: 0,
             usage: Usage::default(),
             cost_usd: 0.0,
             judge_cost_usd: 0.0,
             elapsed_ms: 0,
+            model_ms: None,
+            steps: Vec::new(),
+        }
+    }
+
+    /// A run that never started: the test run was interrupted first.
+    pub fn interrupted() -> RunResult {
+        RunResult {
+            error: Some("interrupted before it started".to_owned()),
+            ..RunResult::empty(Outcome::Errored)
         }
     }
 }
@@ -399,10 +443,15 @@ pub fn render_text(results: &Results) -> String {
     for s in results.suites.iter().filter(|s| !s.cases.is_empty()) {
         let _ = writeln!(
             out,
-            "suite {} ({} × {}, {} cases)",
+            "suite {} ({} × {}{}, {} cases)",
             s.name,
             s.workflow,
             s.policy,
+            s.variant
+                .as_ref()
+                .and_then(|v| v.model.as_ref())
+                .map(|m| format!(", every step pinned to {m}"))
+                .unwrap_or_default(),
             s.cases.len()
         );
         for c in &s.cases {
@@ -542,6 +591,12 @@ pub fn render_junit(results: &Results) -> String {
         let mut suite = TestSuite::new(s.name.as_str());
         suite.add_property(quick_junit::Property::new("workflow", s.workflow.as_str()));
         suite.add_property(quick_junit::Property::new("policy", s.policy.as_str()));
+        if let Some(v) = &s.variant {
+            suite.add_property(quick_junit::Property::new("variant", v.name.as_str()));
+            if let Some(m) = &v.model {
+                suite.add_property(quick_junit::Property::new("model", m.as_str()));
+            }
+        }
         for c in &s.cases {
             let status = match c.outcome {
                 Outcome::Passed => TestCaseStatus::success(),
@@ -644,14 +699,10 @@ mod tests {
 
     fn run(outcome: Outcome) -> RunResult {
         RunResult {
-            outcome,
-            failures: Vec::new(),
-            error: None,
             calls: 1,
-            usage: Usage::default(),
             cost_usd: 0.001,
-            judge_cost_usd: 0.0,
             elapsed_ms: 5,
+            ..RunResult::empty(outcome)
         }
     }
 
@@ -692,6 +743,7 @@ mod tests {
                 path: "s.yaml".into(),
                 workflow: "w".into(),
                 policy: "p".into(),
+                variant: None,
                 cases: cases
                     .iter()
                     .map(|(n, i)| {

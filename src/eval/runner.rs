@@ -4,6 +4,7 @@
 //! snapshots and judges, and aggregate repeats.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
@@ -15,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use super::assertion::{self, Expectations, Failure, SnapshotMode};
 use super::cassette::{Cassette, Recorder, Replayer};
 use super::results::{
-    CaseResult, FORMAT_VERSION, Mode, Outcome, Results, RunResult, Shard, SuiteResult,
+    CaseResult, FORMAT_VERSION, Mode, Outcome, Results, RunResult, Shard, StepFigures, SuiteResult,
 };
 use super::snapshot;
 use super::suite::{Case, Suite};
@@ -51,10 +52,14 @@ pub struct TestOptions {
     /// call, and `report` shows it. No response cache: a suite measures the
     /// models. Replays spend nothing and are not journaled.
     pub journal: Option<Arc<crate::journal::Journal>>,
-    /// Told of every finished run of a case (suite, case, the run): how the
+    /// Told of every finished run of a case (suite — `suite[variant]` under `--policy`/`--model` —, case, the run): how the
     /// CLI shows progress (`crate::progress::TestProgress`). The runner
     /// itself never touches the terminal.
     pub on_run: Option<OnRun>,
+    /// Keep each run's figures step by step and its model time
+    /// ([`RunResult::steps`], [`RunResult::model_ms`]): what `compare`
+    /// aggregates. Off for `test`, whose results stay small.
+    pub measure: bool,
 }
 
 /// See [`TestOptions::on_run`].
@@ -95,6 +100,17 @@ fn secrets(policy: &Policy) -> Vec<String> {
         .filter_map(|p| p.api_key_env.as_ref())
         .filter_map(|v| std::env::var(v).ok())
         .filter(|v| !v.is_empty())
+        .collect()
+}
+
+/// The check pass of [`run_suites`] alone: every problem that would stop
+/// these suites before their first call (`compare` checks every variant
+/// before running any).
+pub fn check_suites(suites: &[Suite], opts: &TestOptions) -> Vec<Diagnostic> {
+    suites
+        .iter()
+        .filter_map(|s| prepare(s, opts).err())
+        .flatten()
         .collect()
 }
 
@@ -201,17 +217,32 @@ fn prepare<'a>(suite: &'a Suite, opts: &TestOptions) -> Result<Prepared<'a>, Vec
     let calls_models = cases.iter().any(|c| !c.plan_only);
     let open = |check_exists: bool| -> Result<Arc<Cassette>, Vec<Diagnostic>> {
         if check_exists && calls_models && !suite.cassette_path.is_file() {
+            let (whose, how) = match &suite.variant {
+                Some(v) => (
+                    format!(" under variant `{}`", v.name),
+                    format!(
+                        "tollgate test {} --record --policy {}{}",
+                        suite.path.display(),
+                        v.policy,
+                        v.model
+                            .as_ref()
+                            .map(|m| format!(" --model {m}"))
+                            .unwrap_or_default()
+                    ),
+                ),
+                None => (String::new(), "tollgate test --record".to_owned()),
+            };
             return Err(vec![
                 Diagnostic::error(
                     "no-recordings",
                     format!(
-                        "suite `{}` has no recorded responses at {}",
+                        "suite `{}` has no recorded responses{whose} at {}",
                         suite.name,
                         suite.cassette_path.display()
                     ),
                 )
                 .in_file(&suite.path)
-                .with_help("record them once with `tollgate test --record` and commit the file"),
+                .with_help(format!("record them once with `{how}` (or `tollgate compare --record`) and commit the file")),
             ]);
         }
         Cassette::open(&suite.cassette_path, secrets(&suite.policy))
@@ -311,6 +342,12 @@ async fn run_suite(p: Prepared<'_>, opts: &TestOptions, cancel: CancellationToke
     let repeat = opts.repeat.max(1);
     let ctx_ref = &ctx;
     let cases_ref = &p.cases;
+    // Progress names the variant too: a comparison runs each suite again.
+    let progress_name = match &p.suite.variant {
+        Some(v) => format!("{}[{}]", p.suite.name, v.name),
+        None => p.suite.name.clone(),
+    };
+    let progress_name = &progress_name;
     // Runs are made lazily: as many at once as calls may be in flight (a run
     // waiting on a dependency holds no slot, and the limits bound the calls
     // themselves), so plans, prompts and run reports exist for the runs in
@@ -331,7 +368,7 @@ async fn run_suite(p: Prepared<'_>, opts: &TestOptions, cancel: CancellationToke
             }
         };
         if let Some(tell) = &ctx_ref.opts.on_run {
-            tell(&ctx_ref.suite.name, &case.name, &result);
+            tell(progress_name, &case.name, &result);
         }
         (c, r, result, pending)
     }))
@@ -408,6 +445,7 @@ async fn run_suite(p: Prepared<'_>, opts: &TestOptions, cancel: CancellationToke
         path: p.suite.path.display().to_string(),
         workflow: p.suite.workflow_path.display().to_string(),
         policy: p.suite.policy_path.display().to_string(),
+        variant: p.suite.variant.clone(),
         cases,
     }
 }
@@ -415,16 +453,10 @@ async fn run_suite(p: Prepared<'_>, opts: &TestOptions, cancel: CancellationToke
 /// A `plan_only` case: its `route` expectations checked on the plan; no
 /// call, nothing spent.
 fn check_routes(ctx: &Ctx<'_>, case: &Case, plan: &Plan) -> RunResult {
-    let mut result = RunResult {
-        outcome: Outcome::Passed,
-        failures: Vec::new(),
-        error: None,
-        calls: 0,
-        usage: Default::default(),
-        cost_usd: 0.0,
-        judge_cost_usd: 0.0,
-        elapsed_ms: 0,
-    };
+    let mut result = RunResult::empty(Outcome::Passed);
+    if ctx.opts.measure {
+        result.model_ms = Some(0);
+    }
     for (step_id, expect) in &case.expect {
         let (Some(route), Some(step)) =
             (&expect.route, plan.steps.iter().find(|s| &s.id == step_id))
@@ -542,6 +574,18 @@ fn invalid_answer(step: &StepReport) -> bool {
 /// One run of one case: the workflow, then every expectation.
 async fn run_case(ctx: &Ctx<'_>, case: &Case, plan: &Plan) -> (RunResult, Vec<String>) {
     let started = Instant::now();
+    // Measuring: this run's own clients, each adding its answers' latency
+    // to the run's model time (judges use the suite's clients: not counted).
+    let model_ms = ctx.opts.measure.then(|| Arc::new(AtomicU64::new(0)));
+    let providers = match &model_ms {
+        Some(total) => ctx.providers.clone().map_clients(|_, inner| {
+            Arc::new(Timed {
+                inner,
+                total_ms: Arc::clone(total),
+            })
+        }),
+        None => ctx.providers.clone(),
+    };
     let job = run::Job {
         analysis: Arc::clone(&ctx.suite.analysis),
         policy: Arc::clone(&ctx.policy),
@@ -567,7 +611,7 @@ async fn run_case(ctx: &Ctx<'_>, case: &Case, plan: &Plan) -> (RunResult, Vec<St
     let report = run::execute_in(
         Arc::clone(&ctx.resources),
         job,
-        ctx.providers.clone(),
+        providers,
         options,
         ctx.cancel.clone(),
         None,
@@ -575,17 +619,19 @@ async fn run_case(ctx: &Ctx<'_>, case: &Case, plan: &Plan) -> (RunResult, Vec<St
     .await;
     finish_journaled(ctx, run_id, report.status).await;
     let mut result = RunResult {
-        outcome: Outcome::Passed,
-        failures: Vec::new(),
-        error: None,
         calls: report.steps.iter().map(|s| s.calls.len() as u64).sum(),
         usage: report.steps.iter().fold(Default::default(), |mut u, s| {
             u += s.usage;
             u
         }),
         cost_usd: report.cost_usd,
-        judge_cost_usd: 0.0,
-        elapsed_ms: 0,
+        model_ms: model_ms.map(|t| t.load(Ordering::Relaxed)),
+        steps: if ctx.opts.measure {
+            step_figures(ctx, &report)
+        } else {
+            Vec::new()
+        },
+        ..RunResult::empty(Outcome::Passed)
     };
     match report.status {
         RunStatus::Cancelled => result.error = Some("interrupted".to_owned()),
@@ -613,6 +659,73 @@ async fn run_case(ctx: &Ctx<'_>, case: &Case, plan: &Plan) -> (RunResult, Vec<St
     };
     result.elapsed_ms = started.elapsed().as_millis() as u64;
     (result, pending)
+}
+
+/// Each step's calls, by the tier and locality of the model that answered
+/// (from the policy the suite ran under), its tokens and its cost.
+fn step_figures(ctx: &Ctx<'_>, report: &RunReport) -> Vec<StepFigures> {
+    report
+        .steps
+        .iter()
+        .map(|s| {
+            let mut f = StepFigures {
+                step: s.id.clone(),
+                task: ctx
+                    .suite
+                    .analysis
+                    .workflow
+                    .value
+                    .steps
+                    .get(&s.id)
+                    .map(|w| w.task.clone())
+                    .unwrap_or_default(),
+                calls: s.calls.len() as u64,
+                input_tokens: s.usage.input_tokens,
+                output_tokens: s.usage.output_tokens,
+                cost_usd: s.cost_usd,
+                ..StepFigures::default()
+            };
+            for m in s
+                .calls
+                .iter()
+                .filter_map(|c| c.model.as_ref())
+                .filter_map(|a| ctx.policy.models.get(a))
+            {
+                *f.tiers.entry(m.tier.name().to_owned()).or_default() += 1;
+                f.local_calls += u64::from(m.locality == crate::policy::Locality::Local);
+            }
+            f
+        })
+        .collect()
+}
+
+/// A client that adds the latency of every answer it hands on to a run's
+/// model time: the provider's measured latency live, the recorded one in
+/// replay.
+struct Timed {
+    inner: Arc<dyn crate::provider::Provider>,
+    total_ms: Arc<AtomicU64>,
+}
+
+impl crate::provider::Provider for Timed {
+    fn kind(&self) -> crate::provider::ProviderKind {
+        self.inner.kind()
+    }
+
+    fn send<'a>(
+        &'a self,
+        req: &'a crate::provider::ChatRequest,
+    ) -> futures::future::BoxFuture<
+        'a,
+        Result<crate::provider::ChatResponse, crate::provider::ProviderError>,
+    > {
+        Box::pin(async move {
+            let resp = self.inner.send(req).await?;
+            let ms = u64::try_from(resp.latency.as_millis()).unwrap_or(u64::MAX);
+            self.total_ms.fetch_add(ms, Ordering::Relaxed);
+            Ok(resp)
+        })
+    }
 }
 
 /// A step that broke for a reason other than its answer makes the case
@@ -693,6 +806,10 @@ async fn check_step(
         match judge(ctx, &level, j.model.as_deref(), &j.rubric, &output).await {
             Ok(v) => {
                 add_judge_cost(result, &v);
+                if let Some(f) = result.steps.iter_mut().find(|f| &f.step == step_id) {
+                    f.judged += 1;
+                    f.judge_passed += u32::from(v.pass);
+                }
                 if !v.pass {
                     result.failures.push(Failure {
                         step: step_id.clone(),

@@ -153,37 +153,51 @@ pub fn write_atomic_with(
     std::fs::rename(&tmp, path)
 }
 
-/// Promotes pending snapshots in `dir` (all, or one case's) and returns the
-/// accepted files.
-pub fn accept(dir: &Path, case: Option<&str>) -> std::io::Result<Vec<PathBuf>> {
-    let mut accepted = Vec::new();
+/// What [`accept`] did in one snapshot folder.
+#[derive(Debug, Default, PartialEq)]
+pub struct Accepted {
+    /// The snapshot files written, sorted.
+    pub accepted: Vec<PathBuf>,
+    /// Pending files left alone because no wanted case and step owns them
+    /// (another suite's in a shared folder, a renamed case's), sorted.
+    pub left: Vec<PathBuf>,
+}
+
+/// Promotes the pending snapshots in `dir` whose case and step `wanted`
+/// says belong to what was asked (`<case>.<step>.snap.new`: step ids have
+/// no dots, case names may); the others are listed, not touched — a
+/// folder may be shared, and promoting a file no case owns would make a
+/// snapshot nothing checks. The folder is read once, its entries bounded
+/// by what a directory holds.
+pub fn accept(dir: &Path, wanted: &dyn Fn(&str, &str) -> bool) -> std::io::Result<Accepted> {
+    let mut out = Accepted::default();
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(accepted),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(out),
         Err(err) => return Err(err),
     };
-    let mut pending: Vec<PathBuf> = entries
+    let mut pending: Vec<(PathBuf, bool)> = entries
         .filter_map(Result::ok)
         .map(|e| e.path())
-        .filter(|p| p.to_string_lossy().ends_with(".snap.new"))
-        .filter(|p| {
-            case.is_none_or(|c| {
-                // `<case>.<step>.snap.new`: step ids have no dots, case names may.
-                p.file_name()
-                    .and_then(|n| n.to_str())
-                    .and_then(|n| n.strip_suffix(".snap.new"))
-                    .and_then(|n| n.rsplit_once('.'))
-                    .is_some_and(|(case, _)| case == c)
-            })
+        .filter_map(|p| {
+            let name = p.file_name()?.to_str()?.strip_suffix(".snap.new")?;
+            let owned = name
+                .rsplit_once('.')
+                .is_some_and(|(case, step)| wanted(case, step));
+            Some((p, owned))
         })
         .collect();
     pending.sort();
-    for p in pending {
+    for (p, owned) in pending {
+        if !owned {
+            out.left.push(p);
+            continue;
+        }
         let target = PathBuf::from(p.to_string_lossy().trim_end_matches(".new"));
         std::fs::rename(&p, &target)?;
-        accepted.push(target);
+        out.accepted.push(target);
     }
-    Ok(accepted)
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -233,15 +247,33 @@ mod tests {
     }
 
     #[test]
-    fn accept_promotes_pending_files_of_one_case_or_all() {
+    fn accept_promotes_the_wanted_pending_files_and_lists_the_rest() {
         let dir = tempfile::tempdir().unwrap();
-        for f in ["one.s.snap.new", "two.s.snap.new", "two.t.snap"] {
+        for f in [
+            "one.s.snap.new",
+            "two.s.snap.new",
+            "two.t.snap",
+            "v1.2.s.snap.new",
+            "gone.s.snap.new",
+        ] {
             std::fs::write(dir.path().join(f), "x").unwrap();
         }
-        let got = accept(dir.path(), Some("one")).unwrap();
-        assert_eq!(got, [dir.path().join("one.s.snap")]);
+        let got = accept(dir.path(), &|case, _| case == "one").unwrap();
+        assert_eq!(got.accepted, [dir.path().join("one.s.snap")]);
         assert!(dir.path().join("two.s.snap.new").exists());
-        let got = accept(dir.path(), None).unwrap();
-        assert_eq!(got, [dir.path().join("two.s.snap")]);
+        let known = |case: &str, step: &str| ["two", "v1.2"].contains(&case) && step == "s";
+        let got = accept(dir.path(), &known).unwrap();
+        assert_eq!(
+            got.accepted,
+            [
+                dir.path().join("two.s.snap"),
+                dir.path().join("v1.2.s.snap")
+            ]
+        );
+        // A case the suites do not have: left pending, and said.
+        assert_eq!(got.left, [dir.path().join("gone.s.snap.new")]);
+        assert!(dir.path().join("gone.s.snap.new").exists());
+        let none = accept(&dir.path().join("missing"), &|_, _| true).unwrap();
+        assert_eq!(none, Accepted::default());
     }
 }

@@ -30,6 +30,31 @@ pub struct Suite {
     pub snapshot_dir: PathBuf,
     pub cassette_path: PathBuf,
     pub cases: Vec<Case>,
+    /// The variant it runs as (`--policy`, `--model`); `None` for the
+    /// suite as written.
+    pub variant: Option<VariantInfo>,
+}
+
+/// What `--policy P` and `--model M` change in a suite (`test`, `compare`):
+/// the policy it runs under, and a model every step of its workflow is
+/// pinned to. The policy is loaded once by the caller and shared by every
+/// suite.
+#[derive(Clone, Default)]
+pub struct Variant {
+    /// Names the variant's recordings (`cassettes/<suite>/<name>.json`)
+    /// and its row in a comparison.
+    pub name: String,
+    pub policy: Option<(PathBuf, Arc<Policy>)>,
+    pub model: Option<String>,
+}
+
+/// A variant as results report it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct VariantInfo {
+    pub name: String,
+    pub policy: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
 }
 
 pub struct Case {
@@ -132,6 +157,18 @@ pub fn load(path: &Path) -> Result<Suite, Vec<Diagnostic>> {
 /// [`load`] of a file already read and parsed (`test` reads each file
 /// once to tell suites from policy test files).
 pub fn from_document(path: &Path, doc: Document) -> Result<Suite, Vec<Diagnostic>> {
+    from_document_as(path, doc, &Variant::default())
+}
+
+/// [`from_document`] under a variant: its policy instead of the suite's,
+/// every step pinned to its model. The cases are compiled against that
+/// policy (a `route:` expectation naming a model it lacks is an error), and
+/// the variant's recordings are its own (see [`variant_cassette`]).
+pub fn from_document_as(
+    path: &Path,
+    doc: Document,
+    variant: &Variant,
+) -> Result<Suite, Vec<Diagnostic>> {
     let loaded = workflow::from_document::<SuiteFile>(doc, Format::Suite)?;
     let doc = &loaded.doc;
     let file = &loaded.value;
@@ -142,8 +179,12 @@ pub fn from_document(path: &Path, doc: Document) -> Result<Suite, Vec<Diagnostic
             .unwrap_or_else(|| "suite".to_owned())
     });
     let workflow_path = clean(&dir.join(&file.workflow));
-    let policy_path = clean(&dir.join(&file.policy));
-    let (analysis, policy) = load_referenced(doc, &workflow_path, &policy_path)?;
+    let own_policy = clean(&dir.join(&file.policy));
+    let policy_path = variant
+        .policy
+        .as_ref()
+        .map_or_else(|| own_policy.clone(), |(p, _)| p.clone());
+    let (analysis, policy) = load_referenced(doc, &workflow_path, &policy_path, variant)?;
     let w = &analysis.workflow.value;
 
     let mut diags = Vec::new();
@@ -177,6 +218,26 @@ pub fn from_document(path: &Path, doc: Document) -> Result<Suite, Vec<Diagnostic
     if !diags.is_empty() {
         return Err(diags);
     }
+    let own_cassette = clean(&file.cassette.as_ref().map_or_else(
+        || dir.join("cassettes").join(format!("{name}.json")),
+        |c| dir.join(c),
+    ));
+    let runs_as_written = variant.model.is_none() && same_file(&policy_path, &own_policy);
+    let (cassette_path, info) = if variant.name.is_empty() {
+        (own_cassette, None)
+    } else {
+        let info = VariantInfo {
+            name: variant.name.clone(),
+            policy: policy_path.display().to_string(),
+            model: variant.model.clone(),
+        };
+        let cassette = if runs_as_written {
+            own_cassette
+        } else {
+            variant_cassette(&own_cassette, &variant.name)
+        };
+        (cassette, Some(info))
+    };
     Ok(Suite {
         snapshot_dir: clean(
             &file
@@ -184,18 +245,37 @@ pub fn from_document(path: &Path, doc: Document) -> Result<Suite, Vec<Diagnostic
                 .as_ref()
                 .map_or_else(|| dir.join("snapshots").join(&name), |s| dir.join(s)),
         ),
-        cassette_path: clean(&file.cassette.as_ref().map_or_else(
-            || dir.join("cassettes").join(format!("{name}.json")),
-            |c| dir.join(c),
-        )),
+        cassette_path,
         name,
         path: path.to_path_buf(),
         workflow_path,
         policy_path,
         analysis: Arc::new(analysis),
-        policy: Arc::new(policy),
+        policy,
         cases,
+        variant: info,
     })
+}
+
+/// Where a variant's recordings live: beside the suite's, in a folder named
+/// after the suite's cassette (`cassettes/triage.json` →
+/// `cassettes/triage/<variant>.json`). The key of a recording is the
+/// request, and two policies may send the same request to models that
+/// answer differently (a provider alias pointing at another server): one
+/// file per variant means a comparison never replays another variant's
+/// answers. A variant that is the suite as written (its own policy file, no
+/// pin) is the same run as `tollgate test` and uses the suite's recordings.
+pub fn variant_cassette(own: &Path, variant: &str) -> PathBuf {
+    own.with_extension("").join(format!("{variant}.json"))
+}
+
+/// Are two paths the same file (after symlinks), or the same text when
+/// one cannot be resolved?
+fn same_file(a: &Path, b: &Path) -> bool {
+    match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => a == b,
+    }
 }
 
 /// The suite's workflow (analysed) and policy (compiled); the problems of
@@ -204,7 +284,8 @@ fn load_referenced(
     doc: &Document,
     workflow_path: &Path,
     policy_path: &Path,
-) -> Result<(Analysis, Policy), Vec<Diagnostic>> {
+    variant: &Variant,
+) -> Result<(Analysis, Arc<Policy>), Vec<Diagnostic>> {
     let referenced = |what: &str, p: &Path, ptr: &str| -> Option<Diagnostic> {
         (!p.is_file()).then(|| {
             Diagnostic::error(
@@ -215,25 +296,51 @@ fn load_referenced(
             .with_help("paths in a suite are relative to the suite file")
         })
     };
+    // A variant's policy was loaded (and its problems reported) by the
+    // caller, once for every suite.
     let mut diags: Vec<Diagnostic> = referenced("workflow", workflow_path, "/workflow")
         .into_iter()
-        .chain(referenced("policy", policy_path, "/policy"))
+        .chain(
+            variant
+                .policy
+                .is_none()
+                .then(|| referenced("policy", policy_path, "/policy"))
+                .flatten(),
+        )
         .collect();
     if !diags.is_empty() {
         return Err(diags);
     }
-    let analysis = workflow::load(workflow_path)
-        .and_then(|w| analyze::analyze(w, &analyze::project_root(workflow_path)));
-    let policy = policy::load(policy_path).map(|(_, p)| p);
+    let analysis = workflow::load(workflow_path).and_then(|mut w| {
+        if let Some(m) = &variant.model {
+            // `--model M`: every step pinned to M, whatever it was pinned
+            // to; routing still applies the gate and M's fallbacks.
+            for step in w.value.steps.values_mut() {
+                step.model = Some(m.clone());
+            }
+        }
+        analyze::analyze(w, &analyze::project_root(workflow_path))
+    });
+    let policy = match &variant.policy {
+        Some((_, p)) => Ok(Arc::clone(p)),
+        None => policy::load(policy_path).map(|(_, p)| Arc::new(p)),
+    };
     match (analysis, policy) {
         // A typo in a task falls to the catch-all rule silently: refused
         // here as `plan` and `run` refuse it.
         (Ok(a), Ok(p)) => {
-            let unknown = analyze::check_tasks(&a, &p.tasks);
-            if unknown.is_empty() {
+            let mut problems = analyze::check_tasks(&a, &p.tasks);
+            if let Some(m) = variant
+                .model
+                .as_ref()
+                .filter(|m| !p.models.contains_key(*m))
+            {
+                problems.push(unknown_model(m, &p, policy_path));
+            }
+            if problems.is_empty() {
                 Ok((a, p))
             } else {
-                Err(unknown)
+                Err(problems)
             }
         }
         (a, p) => {
@@ -242,6 +349,22 @@ fn load_referenced(
             Err(diags)
         }
     }
+}
+
+/// `--model M` names no model of the policy a suite runs under.
+pub fn unknown_model(model: &str, policy: &Policy, policy_path: &Path) -> Diagnostic {
+    let names = || policy.models.keys().map(String::as_str);
+    Diagnostic::error(
+        "unknown-model",
+        format!(
+            "--model {model}: policy `{}` has no model `{model}`",
+            policy.name
+        ),
+    )
+    .in_file(policy_path)
+    .with_help(
+        did_you_mean(model, names()).unwrap_or_else(|| format!("its models: {}", one_of(names()))),
+    )
 }
 
 /// Every case with a way to locate its parts, handed to `visit` one at a

@@ -42,8 +42,8 @@ pub use clock::{Clock, Millis, format_day, format_time, parse_since, period_star
 pub use error::JournalError;
 pub use pg::StateUrl;
 pub use records::{
-    CachedAnswer, CallRecord, FinishedCall, NewRun, PlannedStep, RunRow, fingerprint, new_run,
-    policy_hash, prompt_hash, sha256_json,
+    CachedAnswer, CallRecord, EscalatedCall, FinishedCall, NewRun, PlannedStep, RunRow,
+    fingerprint, new_run, policy_hash, prompt_hash, sha256_json,
 };
 use schema::SCHEMA_VERSION;
 
@@ -403,8 +403,9 @@ impl Journal {
             ])?;
             let mut step = tx.prepare_cached(
                 "INSERT INTO steps (run_id, step, status, planned_model, planned_calls, estimate_usd,
-                    estimate_max_usd, flagship_estimate_usd)
-                 VALUES (?1, ?2, 'pending', ?3, ?4, ?5, ?6, ?7)",
+                    estimate_max_usd, flagship_estimate_usd, context_tokens_before,
+                    context_tokens_after, context_saved_usd)
+                 VALUES (?1, ?2, 'pending', ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             )?;
             for s in &run.steps {
                 step.execute(params![
@@ -414,7 +415,10 @@ impl Journal {
                     s.calls as i64,
                     s.estimate_usd,
                     s.estimate_max_usd,
-                    s.flagship_estimate_usd
+                    s.flagship_estimate_usd,
+                    s.context.as_ref().map_or(0, |c| c.tokens_before as i64),
+                    s.context.as_ref().map_or(0, |c| c.tokens_after as i64),
+                    s.context.as_ref().map_or(0.0, |c| c.saved_usd),
                 ])?;
             }
             Ok(id)
@@ -508,9 +512,11 @@ impl Journal {
                     provider_model, tier, local, started_ms, finished_ms, latency_ms, outcome, error,
                     input_tokens, output_tokens, cached_tokens, cache_write_tokens, reasoning_tokens,
                     cache_write_1h_tokens, cost_usd, list_cost_usd, flagship_cost_usd, estimate_usd,
-                    saved_usd, batch, from_cache, cacheable, response, output, prompt_hash, usage_flag)
+                    saved_usd, batch, from_cache, cacheable, response, output, prompt_hash, usage_flag,
+                    cascade_rule, escalate_to, escalated_from)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
-                    ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31, ?32, ?33, ?34)",
+                    ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31, ?32, ?33, ?34,
+                    ?35, ?36, ?37)",
             )?
             .execute(params![
                 run_id,
@@ -547,6 +553,9 @@ impl Journal {
                 output,
                 c.prompt_hash,
                 c.usage_flag,
+                c.cascade_rule,
+                c.escalate_to,
+                c.escalated_from,
             ])?;
             Ok(())
         })
@@ -626,6 +635,78 @@ impl Journal {
             })?;
             rows.collect::<Result<_, _>>().map_err(JournalError::Db)
         }
+    }
+
+    /// Every call of a run whose first answer failed its cascade's check
+    /// and has no answer yet, by (step, item): a resume escalates it
+    /// straight away instead of paying for the first call again.
+    pub fn escalated_calls(
+        &self,
+        run_id: &str,
+    ) -> Result<std::collections::HashMap<(String, Option<usize>), EscalatedCall>, JournalError>
+    {
+        let run = run_id.to_owned();
+        self.read(
+            |conn| Self::lite_escalated_calls(conn, run_id),
+            move |c, _| pg_sql::escalated_calls(c, &run),
+        )
+    }
+
+    fn lite_escalated_calls(
+        conn: &Connection,
+        run_id: &str,
+    ) -> Result<pg_sql::Escalated, JournalError> {
+        let mut stmt = conn.prepare_cached(
+            "SELECT step, item, model, escalate_to, error, prompt_hash, cost_usd
+             FROM calls WHERE run_id = ?1 AND outcome = 'escalated' ORDER BY id",
+        )?;
+        let rows = stmt.query_map([run_id], |r| {
+            let item: Option<i64> = r.get(1)?;
+            Ok((
+                (r.get::<_, String>(0)?, item.map(|i| i as usize)),
+                EscalatedCall {
+                    model: r.get(2)?,
+                    to: r.get::<_, Option<String>>(3)?.unwrap_or_default(),
+                    reason: r.get::<_, Option<String>>(4)?.unwrap_or_default(),
+                    prompt_hash: r.get(5)?,
+                    cost_usd: r.get(6)?,
+                },
+            ))
+        })?;
+        rows.collect::<Result<_, _>>().map_err(JournalError::Db)
+    }
+
+    /// How often each cascade rule of a policy escalated: (escalated,
+    /// first answers) over every run of the policy since `since`.
+    pub fn escalation_history(
+        &self,
+        policy: &str,
+        since: Millis,
+    ) -> Result<std::collections::BTreeMap<String, (u64, u64)>, JournalError> {
+        let owned = policy.to_owned();
+        self.read(
+            |conn| {
+                let mut stmt = conn.prepare(
+                    "SELECT c.cascade_rule, SUM(c.outcome = 'escalated'), COUNT(*)
+                     FROM calls c JOIN runs r ON r.id = c.run_id
+                     WHERE c.cascade_rule IS NOT NULL AND c.escalated_from IS NULL
+                       AND r.policy = ?1 AND c.finished_ms >= ?2
+                       AND c.outcome IN ('ok', 'escalated', 'cached', 'truncated')
+                     GROUP BY c.cascade_rule",
+                )?;
+                let rows = stmt.query_map(params![policy, since], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        (
+                            r.get::<_, i64>(1)?.max(0) as u64,
+                            r.get::<_, i64>(2)?.max(0) as u64,
+                        ),
+                    ))
+                })?;
+                rows.collect::<Result<_, _>>().map_err(JournalError::Db)
+            },
+            move |c, _| pg_sql::escalation_history(c, &owned, since),
+        )
     }
 
     /// The newest whole, valid answer to an identical request bought at or
@@ -925,6 +1006,7 @@ mod tests {
                 estimate_usd: 0.01,
                 estimate_max_usd: 0.02,
                 flagship_estimate_usd: 0.1,
+                context: None,
             }],
         }
     }

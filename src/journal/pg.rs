@@ -26,12 +26,13 @@ use postgres::{Client, Config, NoTls, Row, Statement};
 use super::JournalError;
 
 /// The newest schema this build knows (the `schema_version` table).
-pub(super) const SCHEMA_VERSION: i64 = 1;
+pub(super) const SCHEMA_VERSION: i64 = 2;
 
 /// The migrations, in order: migration `i` takes a database from version
 /// `i` to `i + 1`. Only ever appended to: a team's database is migrated by
 /// whichever member's newer tollgate opens it first.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE runs (
     seq             BIGSERIAL UNIQUE,
     id              TEXT PRIMARY KEY,
@@ -134,7 +135,23 @@ CREATE TABLE batches (
     submitted_ms    BIGINT NOT NULL,
     finished_ms     BIGINT
 );
-"#];
+"#,
+    // 2: cascades and context management.
+    r#"
+-- Cascades: the rule on a first call's rows; on an `escalated` row, the
+-- target; on the escalated call's rows, the model it escalated from.
+ALTER TABLE calls
+    ADD COLUMN cascade_rule TEXT,
+    ADD COLUMN escalate_to TEXT,
+    ADD COLUMN escalated_from TEXT;
+-- Context management (the plan's figures): input tokens without and with
+-- it, and the expected saving on the step's model.
+ALTER TABLE steps
+    ADD COLUMN context_tokens_before BIGINT NOT NULL DEFAULT 0,
+    ADD COLUMN context_tokens_after BIGINT NOT NULL DEFAULT 0,
+    ADD COLUMN context_saved_usd DOUBLE PRECISION NOT NULL DEFAULT 0;
+"#,
+];
 
 /// How long a hold counts without being renewed: longer than any pause of
 /// a live runner (its worker thread renews every [`HEARTBEAT`]), short

@@ -4,14 +4,14 @@
 //! integer is kept). Each runs on a connection a journal thread owns
 //! (`pg::Worker` or the writer).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use serde_json::Value;
 
 use super::pg::{PgConn, get};
 use super::{
-    BatchRef, CachedAnswer, CallRecord, FinishedCall, JournalError, Millis, NewRun, RunRow,
-    format_time, sha256_json,
+    BatchRef, CachedAnswer, CallRecord, EscalatedCall, FinishedCall, JournalError, Millis, NewRun,
+    RunRow, format_time, sha256_json,
 };
 use crate::process::{own_start, process_alive_since};
 use crate::usage::Usage;
@@ -64,8 +64,9 @@ pub(super) fn begin_run(
     for s in &run.steps {
         c.execute(
             "INSERT INTO steps (run_id, step, status, planned_model, planned_calls, estimate_usd,
-                estimate_max_usd, flagship_estimate_usd)
-             VALUES ($1, $2, 'pending', $3, $4, $5, $6, $7)",
+                estimate_max_usd, flagship_estimate_usd, context_tokens_before,
+                context_tokens_after, context_saved_usd)
+             VALUES ($1, $2, 'pending', $3, $4, $5, $6, $7, $8, $9, $10)",
             &[
                 &id,
                 &s.id,
@@ -74,6 +75,9 @@ pub(super) fn begin_run(
                 &s.estimate_usd,
                 &s.estimate_max_usd,
                 &s.flagship_estimate_usd,
+                &s.context.as_ref().map_or(0, |c| c.tokens_before as i64),
+                &s.context.as_ref().map_or(0, |c| c.tokens_after as i64),
+                &s.context.as_ref().map_or(0.0, |c| c.saved_usd),
             ],
         )?;
     }
@@ -143,9 +147,11 @@ pub(super) fn insert_call(
             provider_model, tier, local, started_ms, finished_ms, latency_ms, outcome, error,
             input_tokens, output_tokens, cached_tokens, cache_write_tokens, reasoning_tokens,
             cache_write_1h_tokens, cost_usd, list_cost_usd, flagship_cost_usd, estimate_usd,
-            saved_usd, batch, from_cache, cacheable, response, output, prompt_hash, usage_flag)
+            saved_usd, batch, from_cache, cacheable, response, output, prompt_hash, usage_flag,
+            cascade_rule, escalate_to, escalated_from)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17,
-            $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31, $32, $33, $34)",
+            $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31, $32, $33, $34,
+            $35, $36, $37)",
         &[
             &run_id,
             &session,
@@ -181,6 +187,9 @@ pub(super) fn insert_call(
             &output,
             &r.prompt_hash,
             &r.usage_flag,
+            &r.cascade_rule,
+            &r.escalate_to,
+            &r.escalated_from,
         ],
     )?;
     Ok(())
@@ -224,6 +233,60 @@ pub(super) fn finished_calls(c: &mut PgConn, run_id: &str) -> Result<Finished, J
         );
     }
     Ok(out)
+}
+
+pub(super) type Escalated = HashMap<(String, Option<usize>), EscalatedCall>;
+
+pub(super) fn escalated_calls(c: &mut PgConn, run_id: &str) -> Result<Escalated, JournalError> {
+    let rows = c.query(
+        "SELECT step, item, model, escalate_to, error, prompt_hash, cost_usd
+         FROM calls WHERE run_id = $1 AND outcome = 'escalated' ORDER BY id",
+        &[&run_id],
+    )?;
+    let mut out = HashMap::with_capacity(rows.len());
+    for r in &rows {
+        let item: Option<i64> = get(r, 1)?;
+        out.insert(
+            (get(r, 0)?, item.map(|i| i as usize)),
+            EscalatedCall {
+                model: get(r, 2)?,
+                to: get::<Option<String>>(r, 3)?.unwrap_or_default(),
+                reason: get::<Option<String>>(r, 4)?.unwrap_or_default(),
+                prompt_hash: get(r, 5)?,
+                cost_usd: get(r, 6)?,
+            },
+        );
+    }
+    Ok(out)
+}
+
+/// (escalated, first answers) per cascade rule of `policy` since `since`;
+/// `COUNT(*) FILTER` where SQLite sums booleans.
+pub(super) fn escalation_history(
+    c: &mut PgConn,
+    policy: &str,
+    since: Millis,
+) -> Result<BTreeMap<String, (u64, u64)>, JournalError> {
+    c.query(
+        "SELECT c.cascade_rule, COUNT(*) FILTER (WHERE c.outcome = 'escalated'), COUNT(*)
+         FROM calls c JOIN runs r ON r.id = c.run_id
+         WHERE c.cascade_rule IS NOT NULL AND c.escalated_from IS NULL
+           AND r.policy = $1 AND c.finished_ms >= $2
+           AND c.outcome IN ('ok', 'escalated', 'cached', 'truncated')
+         GROUP BY c.cascade_rule",
+        &[&policy, &since],
+    )?
+    .iter()
+    .map(|r| {
+        Ok((
+            get(r, 0)?,
+            (
+                get::<i64>(r, 1)?.max(0) as u64,
+                get::<i64>(r, 2)?.max(0) as u64,
+            ),
+        ))
+    })
+    .collect()
 }
 
 pub(super) fn cached_answer(
@@ -363,14 +426,61 @@ pub(super) fn report_calls(
 pub(super) fn report_estimates(
     c: &mut PgConn,
     from: Millis,
-) -> Result<Vec<(String, String, f64)>, JournalError> {
+) -> Result<Vec<super::report::Estimate>, JournalError> {
     c.query(
-        "SELECT r.workflow, s.step, s.estimate_usd FROM steps s JOIN runs r ON r.id = s.run_id
+        "SELECT r.workflow, s.step, s.estimate_usd, s.status = 'succeeded',
+                s.context_tokens_before - s.context_tokens_after, s.context_saved_usd
+             FROM steps s JOIN runs r ON r.id = s.run_id
              WHERE r.started_ms >= $1",
         &[&from],
     )?
     .iter()
-    .map(|r| Ok((get(r, 0)?, get(r, 1)?, get(r, 2)?)))
+    .map(|r| {
+        Ok((
+            get(r, 0)?,
+            get(r, 1)?,
+            get(r, 2)?,
+            get(r, 3)?,
+            get(r, 4)?,
+            get(r, 5)?,
+        ))
+    })
+    .collect()
+}
+
+/// `report`'s cascade sums (see `report::cascades`): `COUNT(*) FILTER`
+/// where SQLite sums booleans, `GREATEST` for its scalar `MAX`.
+pub(super) fn report_cascades(
+    c: &mut PgConn,
+    from: Millis,
+) -> Result<Vec<super::report::CascadeSums>, JournalError> {
+    c.query(
+        "SELECT r.policy || '/' || c.cascade_rule,
+                COUNT(*) FILTER (WHERE c.escalated_from IS NULL
+                    AND c.outcome IN ('ok', 'escalated', 'cached', 'truncated')),
+                COUNT(*) FILTER (WHERE c.escalated_from IS NULL AND c.outcome = 'escalated'),
+                COALESCE(SUM(GREATEST(c.cost_usd, 0)) FILTER (WHERE c.escalated_from IS NULL), 0),
+                COALESCE(SUM(GREATEST(c.cost_usd, 0)) FILTER (WHERE c.escalated_from IS NOT NULL), 0),
+                COUNT(*) FILTER (WHERE c.escalated_from IS NOT NULL
+                    AND c.outcome IN ('ok', 'cached', 'truncated')),
+                COALESCE(SUM(c.saved_usd) FILTER (WHERE c.escalated_from IS NOT NULL AND c.from_cache), 0)
+             FROM calls c JOIN runs r ON r.id = c.run_id
+             WHERE c.cascade_rule IS NOT NULL AND c.finished_ms >= $1
+             GROUP BY 1",
+        &[&from],
+    )?
+    .iter()
+    .map(|r| {
+        Ok(super::report::CascadeSums {
+            key: get(r, 0)?,
+            first_answers: get(r, 1)?,
+            escalated: get(r, 2)?,
+            first_cost: get(r, 3)?,
+            escalated_cost: get(r, 4)?,
+            answered: get(r, 5)?,
+            cached_saved: get(r, 6)?,
+        })
+    })
     .collect()
 }
 

@@ -103,6 +103,11 @@ impl NewRun {
                     estimate_usd: s.cost.low,
                     estimate_max_usd: s.cost.high,
                     flagship_estimate_usd: s.flagship_cost.low,
+                    context: s.context.as_ref().map(|c| PlannedContext {
+                        tokens_before: c.effect.tokens_before,
+                        tokens_after: c.effect.tokens_after,
+                        saved_usd: c.saved_usd,
+                    }),
                 })
                 .collect(),
         }
@@ -148,6 +153,17 @@ pub struct PlannedStep {
     pub estimate_usd: f64,
     pub estimate_max_usd: f64,
     pub flagship_estimate_usd: f64,
+    /// What context management does to the step, as planned.
+    pub context: Option<PlannedContext>,
+}
+
+/// A step's context management as its plan priced it: `report` sums it
+/// over the steps that succeeded as its own lever.
+#[derive(Debug, Clone, Default)]
+pub struct PlannedContext {
+    pub tokens_before: u64,
+    pub tokens_after: u64,
+    pub saved_usd: f64,
 }
 
 /// A run as the journal has it.
@@ -220,6 +236,27 @@ pub struct CallRecord {
     /// Why the answer's usage or cost was not taken as-is (see
     /// [`crate::cost::charge`]); `tollgate report` counts these calls.
     pub usage_flag: Option<String>,
+    /// A call of a cascade (its first call, or the escalated one — the
+    /// latter with `escalated_from`): the rule's name.
+    pub cascade_rule: Option<String>,
+    /// Outcome `escalated`: the model the call escalates to.
+    pub escalate_to: Option<String>,
+    /// An escalated call: the model whose answer failed the check.
+    pub escalated_from: Option<String>,
+}
+
+/// A call whose first answer failed its cascade's check (outcome
+/// `escalated`).
+#[derive(Debug, Clone)]
+pub struct EscalatedCall {
+    pub prompt_hash: Option<String>,
+    /// The model that answered first.
+    pub model: String,
+    /// The escalation target.
+    pub to: String,
+    /// Why it escalated.
+    pub reason: String,
+    pub cost_usd: f64,
 }
 
 /// A call a run already finished.

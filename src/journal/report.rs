@@ -18,6 +18,13 @@
 //! batch        = Σ (list − cost), over batch calls (a cached batch input's
 //!                discount included)
 //! ```
+//!
+//! Context management is a lever of its own, outside that sum: its calls
+//! never sent the cut tokens, so there is no usage to price them from. It
+//! is the plan's figure for every step that succeeded (the plan trims the
+//! same inputs the run does): `context` (the expected saving on the step's
+//! model, negative when chunking on a paid model cost more) and the input
+//! tokens not sent.
 
 use std::collections::BTreeMap;
 
@@ -34,6 +41,14 @@ pub struct Savings {
     /// Providers' prompt caching (cache reads at their discount).
     pub prompt_cache_usd: f64,
     pub batch_usd: f64,
+    /// Context management (trimming, chunking), as planned for the steps
+    /// that succeeded; not part of the flagship identity. Both absent from
+    /// JSON where no step managed its context.
+    #[serde(skip_serializing_if = "is_zero_usd")]
+    pub context_usd: f64,
+    /// Input tokens context management kept out of the requests.
+    #[serde(skip_serializing_if = "is_zero_tokens")]
+    pub context_tokens: i64,
 }
 
 /// One line of a grouping.
@@ -66,6 +81,14 @@ fn is_zero(n: &u64) -> bool {
     *n == 0
 }
 
+fn is_zero_usd(x: &f64) -> bool {
+    *x == 0.0
+}
+
+fn is_zero_tokens(n: &i64) -> bool {
+    *n == 0
+}
+
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Report {
     /// The first moment counted (UTC), when `--since` was given.
@@ -77,6 +100,104 @@ pub struct Report {
     pub by_step: Vec<Line>,
     pub by_model: Vec<Line>,
     pub by_tier: Vec<Line>,
+    /// Every cascade rule (by policy) that made calls in the window.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub cascades: Vec<CascadeLine>,
+}
+
+/// A cascade rule's calls: how often the first answer escalated, what
+/// both sides cost, and what sending every call to the target would have.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct CascadeLine {
+    /// `policy/rule`.
+    pub key: String,
+    /// First answers (the cheap model's, cache hits included).
+    pub first_answers: u64,
+    /// Of those, the ones that failed the check.
+    pub escalated: u64,
+    pub escalation_rate: f64,
+    /// What the first calls cost.
+    pub first_cost_usd: f64,
+    /// What the escalated calls cost.
+    pub escalated_cost_usd: f64,
+    /// Estimated: every first answer at the average cost of an escalated
+    /// call (`None` before the first escalation answered).
+    pub all_on_target_usd: Option<f64>,
+    /// `all_on_target_usd` minus what the cascade cost.
+    pub saved_usd: Option<f64>,
+}
+
+/// A cascade rule's sums over the calls finished in the window, as both
+/// dialects read them (`pg_sql::report_cascades` is the PostgreSQL one).
+pub(super) struct CascadeSums {
+    /// `policy/rule`.
+    pub(super) key: String,
+    pub(super) first_answers: i64,
+    pub(super) escalated: i64,
+    pub(super) first_cost: f64,
+    pub(super) escalated_cost: f64,
+    /// Escalated calls that answered.
+    pub(super) answered: i64,
+    /// What the cached escalations saved (their price when bought).
+    pub(super) cached_saved: f64,
+}
+
+impl CascadeSums {
+    fn line(self) -> CascadeLine {
+        let first_answers = self.first_answers.max(0) as u64;
+        let escalated = self.escalated.max(0) as u64;
+        let answered = self.answered.max(0) as u64;
+        // A cached escalation is priced at what it cost when bought.
+        let bought = self.escalated_cost + self.cached_saved;
+        let all = (answered > 0).then(|| bought / answered as f64 * first_answers as f64);
+        CascadeLine {
+            key: self.key,
+            first_answers,
+            escalated,
+            escalation_rate: if first_answers > 0 {
+                escalated as f64 / first_answers as f64
+            } else {
+                0.0
+            },
+            first_cost_usd: self.first_cost,
+            escalated_cost_usd: self.escalated_cost,
+            all_on_target_usd: all,
+            saved_usd: all.map(|a| a - self.first_cost - self.escalated_cost),
+        }
+    }
+}
+
+/// The cascade sums of the calls finished at or after `from` (SQLite).
+fn lite_cascades(
+    conn: &rusqlite::Connection,
+    from: Millis,
+) -> Result<Vec<CascadeSums>, JournalError> {
+    let mut stmt = conn.prepare(
+        "SELECT r.policy || '/' || c.cascade_rule,
+                SUM(c.escalated_from IS NULL AND c.outcome IN ('ok', 'escalated', 'cached', 'truncated')),
+                SUM(c.escalated_from IS NULL AND c.outcome = 'escalated'),
+                SUM(CASE WHEN c.escalated_from IS NULL THEN MAX(c.cost_usd, 0) ELSE 0 END),
+                SUM(CASE WHEN c.escalated_from IS NOT NULL THEN MAX(c.cost_usd, 0) ELSE 0 END),
+                SUM(c.escalated_from IS NOT NULL AND c.outcome IN ('ok', 'cached', 'truncated')),
+                SUM(CASE WHEN c.escalated_from IS NOT NULL AND c.from_cache THEN c.saved_usd ELSE 0 END)
+             FROM calls c JOIN runs r ON r.id = c.run_id
+             WHERE c.cascade_rule IS NOT NULL AND c.finished_ms >= ?1
+             GROUP BY 1",
+    )?;
+    let sums = stmt
+        .query_map(params![from], |r| {
+            Ok(CascadeSums {
+                key: r.get(0)?,
+                first_answers: r.get(1)?,
+                escalated: r.get(2)?,
+                first_cost: r.get(3)?,
+                escalated_cost: r.get(4)?,
+                answered: r.get(5)?,
+                cached_saved: r.get(6)?,
+            })
+        })?
+        .collect::<Result<_, _>>()?;
+    Ok(sums)
 }
 
 struct CallRow {
@@ -156,22 +277,41 @@ fn group(
     lines.into_values().collect()
 }
 
+/// A step's plan in a run started in the window: workflow, step, estimated
+/// dollars, whether it succeeded, and its context management (input
+/// tokens not sent, expected dollars saved).
+pub(super) type Estimate = (String, String, f64, bool, i64, f64);
+
 /// What `report` reads: every call finished in the window, the plans'
-/// estimates (workflow, step, dollars) of the runs started in it, and how
-/// many runs started.
-type Reads = (Vec<CallRow>, Vec<(String, String, f64)>, i64);
+/// estimates of the runs started in it, how many runs started, and the
+/// cascades' sums.
+type Reads = (Vec<CallRow>, Vec<Estimate>, i64, Vec<CascadeSums>);
 
 /// Builds the report of every call finished at or after `since`.
 pub fn build(journal: &Journal, since: Option<Millis>) -> Result<Report, JournalError> {
     let from = since.unwrap_or(i64::MIN);
-    let (rows, estimates, runs) =
+    let (rows, estimates, runs, cascades) =
         journal.read(|conn| lite_reads(conn, from), move |c, _| pg_reads(c, from))?;
     let mut by_workflow_est: BTreeMap<String, f64> = BTreeMap::new();
     let mut by_step_est: BTreeMap<String, f64> = BTreeMap::new();
-    for (w, s, usd) in estimates {
+    let mut context: BTreeMap<String, (i64, f64)> = BTreeMap::new();
+    let mut context_total = (0i64, 0.0f64);
+    for (w, s, usd, succeeded, tokens, saved) in estimates {
         *by_step_est.entry(format!("{w}/{s}")).or_default() += usd;
-        *by_workflow_est.entry(w).or_default() += usd;
+        *by_workflow_est.entry(w.clone()).or_default() += usd;
+        if succeeded && (tokens != 0 || saved != 0.0) {
+            for key in [format!("step:{w}/{s}"), format!("workflow:{w}")] {
+                let c = context.entry(key).or_default();
+                c.0 += tokens;
+                c.1 += saved;
+            }
+            context_total.0 += tokens;
+            context_total.1 += saved;
+        }
     }
+    let mut cascades: Vec<CascadeLine> = cascades.into_iter().map(CascadeSums::line).collect();
+    // Both dialects sort text their own way: the order is made here.
+    cascades.sort_by(|a, b| a.key.cmp(&b.key));
 
     let none = BTreeMap::new();
     let mut totals = Line {
@@ -201,7 +341,23 @@ pub fn build(journal: &Journal, since: Option<Millis>) -> Result<Report, Journal
             false,
         ),
         by_tier: group(&rows, |r| r.tier.clone(), &none, false),
+        cascades,
     };
+    (
+        report.totals.savings.context_tokens,
+        report.totals.savings.context_usd,
+    ) = context_total;
+    let lines = report
+        .by_workflow
+        .iter_mut()
+        .map(|l| ("workflow", l))
+        .chain(report.by_step.iter_mut().map(|l| ("step", l)));
+    for (kind, line) in lines {
+        if let Some(&(tokens, usd)) = context.get(&format!("{kind}:{}", line.key)) {
+            line.savings.context_tokens = tokens;
+            line.savings.context_usd = usd;
+        }
+    }
     for line in std::iter::once(&mut report.totals)
         .chain(&mut report.by_day)
         .chain(&mut report.by_workflow)
@@ -229,6 +385,7 @@ impl Line {
         self.savings.cache_usd = nano(self.savings.cache_usd);
         self.savings.prompt_cache_usd = nano(self.savings.prompt_cache_usd);
         self.savings.batch_usd = nano(self.savings.batch_usd);
+        self.savings.context_usd = nano(self.savings.context_usd);
     }
 }
 
@@ -271,20 +428,32 @@ fn lite_reads(conn: &rusqlite::Connection, from: Millis) -> Result<Reads, Journa
             })
         })?
         .collect::<Result<_, _>>()?;
-    // Estimates come from the plans of the runs started in the window.
+    // Estimates come from the plans of the runs started in the window, and
+    // so does context management (for the steps that succeeded).
     let mut stmt = conn.prepare(
-        "SELECT r.workflow, s.step, s.estimate_usd FROM steps s JOIN runs r ON r.id = s.run_id
+        "SELECT r.workflow, s.step, s.estimate_usd, s.status = 'succeeded',
+                s.context_tokens_before - s.context_tokens_after, s.context_saved_usd
+             FROM steps s JOIN runs r ON r.id = s.run_id
              WHERE r.started_ms >= ?1",
     )?;
     let estimates = stmt
-        .query_map(params![from], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .query_map(params![from], |r| {
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+            ))
+        })?
         .collect::<Result<_, _>>()?;
     let runs: i64 = conn.query_row(
         "SELECT COUNT(*) FROM runs WHERE started_ms >= ?1",
         params![from],
         |r| r.get(0),
     )?;
-    Ok((rows, estimates, runs))
+    Ok((rows, estimates, runs, lite_cascades(conn, from)?))
 }
 
 fn pg_reads(c: &mut super::pg::PgConn, from: Millis) -> Result<Reads, JournalError> {
@@ -315,7 +484,8 @@ fn pg_reads(c: &mut super::pg::PgConn, from: Millis) -> Result<Reads, JournalErr
         .collect::<Result<_, JournalError>>()?;
     let estimates = super::pg_sql::report_estimates(c, from)?;
     let runs = super::pg_sql::runs_since(c, from)?;
-    Ok((rows, estimates, runs))
+    let cascades = super::pg_sql::report_cascades(c, from)?;
+    Ok((rows, estimates, runs, cascades))
 }
 
 #[cfg(test)]

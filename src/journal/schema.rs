@@ -42,6 +42,11 @@ CREATE TABLE IF NOT EXISTS steps (
     estimate_max_usd REAL NOT NULL,
     flagship_estimate_usd REAL NOT NULL,
     finished_ms     INTEGER,
+    -- Context management (the plan's figures): input tokens without and
+    -- with it, and the expected saving on the step's model.
+    context_tokens_before INTEGER NOT NULL DEFAULT 0,
+    context_tokens_after  INTEGER NOT NULL DEFAULT 0,
+    context_saved_usd     REAL NOT NULL DEFAULT 0,
     PRIMARY KEY (run_id, step)
 );
 CREATE TABLE IF NOT EXISTS calls (
@@ -82,7 +87,12 @@ CREATE TABLE IF NOT EXISTS calls (
     response        TEXT,
     output          TEXT,
     -- Why the answer's usage or cost was not taken as-is (cost::charge).
-    usage_flag      TEXT
+    usage_flag      TEXT,
+    -- Cascades: the rule on a first call's rows; on an `escalated` row, the
+    -- target; on the escalated call's rows, the model it escalated from.
+    cascade_rule    TEXT,
+    escalate_to     TEXT,
+    escalated_from  TEXT
 );
 CREATE INDEX IF NOT EXISTS calls_run ON calls(run_id, step, item);
 CREATE INDEX IF NOT EXISTS calls_request ON calls(request_hash, finished_ms);
@@ -121,6 +131,20 @@ pub(super) fn create(conn: &Connection) -> rusqlite::Result<()> {
             "INTEGER NOT NULL DEFAULT 0",
         ),
         ("calls", "usage_flag", "TEXT"),
+        ("calls", "cascade_rule", "TEXT"),
+        ("calls", "escalate_to", "TEXT"),
+        ("calls", "escalated_from", "TEXT"),
+        (
+            "steps",
+            "context_tokens_before",
+            "INTEGER NOT NULL DEFAULT 0",
+        ),
+        (
+            "steps",
+            "context_tokens_after",
+            "INTEGER NOT NULL DEFAULT 0",
+        ),
+        ("steps", "context_saved_usd", "REAL NOT NULL DEFAULT 0"),
     ] {
         let present: bool = conn.query_row(
             &format!("SELECT COUNT(*) FROM pragma_table_info('{table}') WHERE name = ?1"),

@@ -18,31 +18,151 @@ use crate::step::{Estimates, RenderedCall};
 use crate::tokens::{self, Tokenizer};
 use crate::workflow::Step;
 
-/// Typical answer length by task, when a step does not say; always capped by
-/// `max_output_tokens`. Used only for the plan's expected (low) cost.
+/// Typical answer length, when a step does not say: from its output schema
+/// when it has one ([`schema_output_tokens`]), else by task; always capped
+/// by `max_output_tokens`. Used only for the plan's expected (low) cost.
 pub fn expected_output_tokens(step: &Step) -> u64 {
     let max = u64::from(step.max_output_tokens());
     if let Some(e) = step.expected_output_tokens {
         return u64::from(e).min(max);
     }
-    let small_schema = step.output_schema().is_some_and(|s| {
-        s.get("enum").is_some()
-            || matches!(
-                s.get("type").and_then(Value::as_str),
-                Some("boolean" | "number" | "integer")
-            )
-    });
-    let typical = if small_schema {
-        5
-    } else {
-        match step.task.as_str() {
+    let typical = match step.output_schema() {
+        // The schema says the answer's shape, which tells its length
+        // better than the task: a `summarize` step answering an enum
+        // answers a few tokens.
+        Some(schema) => schema_output_tokens(schema),
+        None => match step.task.as_str() {
             "classify" | "label" | "route" | "triage" => 10,
             "extract" | "summarize" | "title" => 200,
             "format" | "boilerplate" | "translate" => 300,
             _ => max / 2,
-        }
+        },
     };
     typical.clamp(1, max.max(1))
+}
+
+/// A free-text string field in a structured answer: about a sentence.
+const STRING_TOKENS: u64 = 30;
+/// A string with a `format` (a date, an e-mail address, a URI, a UUID).
+const FORMATTED_STRING_TOKENS: u64 = 12;
+/// A number: digits, a sign, a decimal point.
+const NUMBER_TOKENS: u64 = 3;
+/// Items of an array whose schema does not bound them (within `minItems`
+/// and `maxItems` when it does).
+const ARRAY_ITEMS: u64 = 5;
+/// Nesting followed before a sub-schema counts as one string: answers are
+/// not that deep, and a self-similar schema must not cost more than this.
+const MAX_SCHEMA_DEPTH: usize = 8;
+
+/// Expected tokens of a JSON answer that fits `schema` (a JSON Schema as
+/// output schemas write it). A rough model of what a tokenizer does with
+/// JSON — about four characters a token, one for each bit of punctuation —
+/// applied to a typical value:
+/// - `const` / `enum`: its longest value (`"feature"`: 3 tokens);
+/// - boolean and null 1, a number [`NUMBER_TOKENS`];
+/// - a string [`STRING_TOKENS`], [`FORMATTED_STRING_TOKENS`] with a
+///   `format`, within what `minLength` / `maxLength` allow;
+/// - an object: braces, then per property its quoted key and its value
+///   (N string fields ≈ N × 34);
+/// - an array: [`ARRAY_ITEMS`] items, at least `minItems`, at most
+///   `maxItems`, each an item plus a comma;
+/// - `anyOf` / `oneOf`: the largest alternative; `allOf`: the largest part.
+///
+/// Every sum saturates; the caller caps the result by the step's
+/// `max_output_tokens`.
+pub fn schema_output_tokens(schema: &Value) -> u64 {
+    schema_tokens(schema, 0).max(1)
+}
+
+fn schema_tokens(schema: &Value, depth: usize) -> u64 {
+    if depth > MAX_SCHEMA_DEPTH {
+        return STRING_TOKENS;
+    }
+    if let Some(c) = schema.get("const") {
+        return json_tokens(c);
+    }
+    if let Some(values) = schema.get("enum").and_then(Value::as_array) {
+        return values.iter().map(json_tokens).max().unwrap_or(1);
+    }
+    for key in ["anyOf", "oneOf", "allOf"] {
+        if let Some(alts) = schema.get(key).and_then(Value::as_array) {
+            return alts
+                .iter()
+                .map(|a| schema_tokens(a, depth + 1))
+                .max()
+                .unwrap_or(1);
+        }
+    }
+    let ty = match schema.get("type") {
+        Some(Value::String(t)) => t.as_str(),
+        Some(Value::Array(ts)) => ts
+            .iter()
+            .filter_map(Value::as_str)
+            .find(|t| *t != "null")
+            .unwrap_or("null"),
+        _ if schema.get("properties").is_some() => "object",
+        _ if schema.get("items").is_some() => "array",
+        _ => "string",
+    };
+    let count = |key: &str| schema.get(key).and_then(Value::as_u64);
+    match ty {
+        "object" => {
+            let fields = schema
+                .get("properties")
+                .and_then(Value::as_object)
+                .map_or(0, |props| {
+                    props.iter().fold(0u64, |sum, (k, v)| {
+                        // `"key": ` is the key's text, two quotes and a
+                        // colon; a comma separates fields.
+                        let key = text_tokens(k.len() as u64) + 2;
+                        sum.saturating_add(key)
+                            .saturating_add(schema_tokens(v, depth + 1))
+                            .saturating_add(1)
+                    })
+                });
+            fields.saturating_add(2)
+        }
+        "array" => {
+            let items = ARRAY_ITEMS
+                .max(count("minItems").unwrap_or(0))
+                .min(count("maxItems").unwrap_or(u64::MAX));
+            let item = schema
+                .get("items")
+                .map_or(STRING_TOKENS, |i| schema_tokens(i, depth + 1));
+            items
+                .saturating_mul(item.saturating_add(1))
+                .saturating_add(2)
+        }
+        "boolean" | "null" => 1,
+        "integer" | "number" => NUMBER_TOKENS,
+        _ => {
+            let typical = if schema.get("format").is_some() {
+                FORMATTED_STRING_TOKENS
+            } else {
+                STRING_TOKENS
+            };
+            let at_least = count("minLength").map_or(0, text_tokens);
+            let at_most = count("maxLength").map_or(u64::MAX, text_tokens);
+            // Two quotes around the text.
+            typical.max(at_least).min(at_most).saturating_add(2)
+        }
+    }
+}
+
+/// Tokens of a JSON value written out (an enum's or a const's value).
+fn json_tokens(v: &Value) -> u64 {
+    match v {
+        Value::String(s) => text_tokens(s.len() as u64) + 2,
+        Value::Bool(_) | Value::Null => 1,
+        Value::Number(n) => text_tokens(n.to_string().len() as u64),
+        // A composite constant: its text, punctuation and all.
+        other => text_tokens(other.to_string().len() as u64).max(1),
+    }
+}
+
+/// About four characters a token, at least one.
+fn text_tokens(chars: u64) -> u64 {
+    chars.div_ceil(4).max(1)
 }
 
 /// A marker that stands in for one instance of an upstream output while
@@ -297,5 +417,100 @@ mod tests {
             placeholder("x", None, Some(2)),
             json!(["⟦steps.x.output#0⟧", "⟦steps.x.output#1⟧"])
         );
+    }
+
+    fn tokens(schema: Value) -> u64 {
+        schema_output_tokens(&schema)
+    }
+
+    #[test]
+    fn an_enum_or_a_scalar_is_a_few_tokens() {
+        assert_eq!(
+            tokens(json!({"type": "string", "enum": ["bug", "feature", "question"]})),
+            4
+        );
+        assert_eq!(tokens(json!({"enum": [1, 22, 333]})), 1);
+        assert_eq!(tokens(json!({"const": "yes"})), 3);
+        assert_eq!(tokens(json!({"type": "boolean"})), 1);
+        assert_eq!(tokens(json!({"type": ["integer", "null"]})), NUMBER_TOKENS);
+    }
+
+    #[test]
+    fn strings_within_their_lengths() {
+        assert_eq!(tokens(json!({"type": "string"})), STRING_TOKENS + 2);
+        assert_eq!(tokens(json!({"type": "string", "format": "date"})), 14);
+        // 20 characters at most: 5 tokens and the quotes.
+        assert_eq!(tokens(json!({"type": "string", "maxLength": 20})), 7);
+        // 2,000 characters at least: 500 tokens.
+        assert_eq!(tokens(json!({"type": "string", "minLength": 2000})), 502);
+        assert_eq!(tokens(json!({})), STRING_TOKENS + 2);
+    }
+
+    #[test]
+    fn an_object_is_its_keys_and_values() {
+        // N string fields ≈ N × (key + string + comma).
+        let three = json!({"type": "object", "properties": {
+            "title": {"type": "string"}, "body": {"type": "string"}, "owner": {"type": "string"}}});
+        // "title" and "owner" are 2 tokens, "body" 1; each with quotes and
+        // colon, a quoted string and a comma.
+        let string = STRING_TOKENS + 2;
+        assert_eq!(
+            tokens(three),
+            2 + (4 + string + 1) + (3 + string + 1) + (4 + string + 1)
+        );
+        let label = json!({"type": "object", "properties": {
+            "label": {"enum": ["bug", "feature"]}, "confident": {"type": "boolean"}}});
+        assert_eq!(tokens(label), 2 + (2 + 2 + 4 + 1) + (3 + 2 + 1 + 1));
+    }
+
+    #[test]
+    fn arrays_are_bounded_by_their_item_counts() {
+        let item = json!({"type": "integer"});
+        let arr = |extra: Value| {
+            let mut s = json!({"type": "array", "items": item});
+            s.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            tokens(s)
+        };
+        let per_item = NUMBER_TOKENS + 1;
+        assert_eq!(arr(json!({})), 2 + ARRAY_ITEMS * per_item);
+        assert_eq!(arr(json!({"maxItems": 2})), 2 + 2 * per_item);
+        assert_eq!(arr(json!({"minItems": 40})), 2 + 40 * per_item);
+        assert_eq!(arr(json!({"minItems": 1, "maxItems": 3})), 2 + 3 * per_item);
+    }
+
+    #[test]
+    fn hostile_schemas_stay_bounded() {
+        // Deep nesting stops counting; huge counts saturate.
+        let mut deep = json!({"type": "string"});
+        for _ in 0..200 {
+            deep = json!({"type": "array", "items": deep, "minItems": u64::MAX});
+        }
+        assert_eq!(tokens(deep), u64::MAX);
+        assert_eq!(tokens(json!({"anyOf": []})), 1);
+        assert_eq!(
+            tokens(json!({"oneOf": [{"type": "boolean"}, {"type": "string"}]})),
+            STRING_TOKENS + 2
+        );
+    }
+
+    #[test]
+    fn the_schema_wins_over_the_task_and_max_output_tokens_caps_it() {
+        let step = |yaml: &str| -> Step { serde_yaml_step(yaml) };
+        let enum_summary = step("task: summarize\nprompt: p\noutput: {schema: {enum: [a, b]}}\n");
+        assert_eq!(expected_output_tokens(&enum_summary), 3);
+        let plain = step("task: summarize\nprompt: p\n");
+        assert_eq!(expected_output_tokens(&plain), 200);
+        let capped = step(
+            "task: extract\nprompt: p\nmax_output_tokens: 50\noutput: {schema: {type: array, items: {type: string}, minItems: 100}}\n",
+        );
+        assert_eq!(expected_output_tokens(&capped), 50);
+    }
+
+    fn serde_yaml_step(yaml: &str) -> Step {
+        let doc = crate::yaml::Document::parse(crate::diagnostic::SourceFile::new("s.yaml", yaml))
+            .expect("parses");
+        serde_json::from_value(doc.root.clone()).expect("a step")
     }
 }

@@ -94,7 +94,78 @@ pub struct StepPlan {
     /// Anthropic), priced at batch prices.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub batch: bool,
+    /// The rule's cascade: the model above answers first, the escalation
+    /// target when a check fails. `cost` then counts both: expected at the
+    /// escalation rate, worst case with every call escalated.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cascade: Option<CascadePlan>,
+    /// What context management did to the step's calls, and what it saved.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub context: Option<ContextPlan>,
 }
+
+/// Context management on one step, priced on its routed model.
+#[derive(Debug, Clone, Serialize)]
+pub struct ContextPlan {
+    #[serde(flatten)]
+    pub effect: crate::context::Effect,
+    /// Calls the strategy adds (a chunked step: one per chunk beyond the
+    /// single call it replaces).
+    pub extra_calls: u64,
+    /// Expected cost without context management less the step's expected
+    /// cost, on the same model (negative when it costs more: chunks on a
+    /// paid model repeat the prompt and the overlap).
+    pub saved_usd: f64,
+}
+
+/// Context management over the plan: a lever of its own, next to routing.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ContextTotal {
+    pub steps: u64,
+    pub tokens_before: u64,
+    pub tokens_after: u64,
+    pub extra_calls: u64,
+    pub saved_usd: f64,
+}
+
+/// A step's cascade as planned.
+#[derive(Debug, Clone, Serialize)]
+pub struct CascadePlan {
+    pub rule: String,
+    /// The model escalated calls go to (the target, or its first fallback
+    /// that passes the gate and fits).
+    pub to: ModelRef,
+    /// The checks that escalate.
+    pub when: Vec<crate::policy::EscalateWhen>,
+    /// The share of calls expected to escalate.
+    pub rate: f64,
+    /// Where `rate` comes from.
+    pub rate_source: RateSource,
+    /// The first calls alone.
+    pub first_cost: CostRange,
+    /// Every call on the escalation target.
+    pub escalated_cost: CostRange,
+}
+
+/// Where a cascade's expected escalation rate comes from.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "snake_case", tag = "from")]
+pub enum RateSource {
+    /// The journal: this rule's first answers under this policy, and how
+    /// many escalated.
+    History { escalated: u64, answers: u64 },
+    /// No history: [`DEFAULT_ESCALATION_RATE`].
+    Default,
+}
+
+/// The escalation rate a plan assumes for a cascade the journal has no
+/// history of: 30%, a deliberately pessimistic share (a cheap model that
+/// fails its check more often than that is not worth a cascade).
+pub const DEFAULT_ESCALATION_RATE: f64 = 0.3;
+
+/// Escalation history by rule name: (escalated, first answers), from the
+/// journal (`Journal::escalation_history`); empty without one.
+pub type EscalationHistory = std::collections::BTreeMap<String, (u64, u64)>;
 
 /// The prompt-cache check of one step.
 #[derive(Debug, Clone, Serialize)]
@@ -167,6 +238,9 @@ pub struct Totals {
     pub flagship: Option<FlagshipComparison>,
     pub budget: Option<BudgetCheck>,
     pub exact_token_counts: bool,
+    /// Present when a step manages its context.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub context: Option<ContextTotal>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -318,12 +392,31 @@ fn prepare_all(
     Ok(prepared.into_iter().map(|p| p.expect("prepared")).collect())
 }
 
-/// Builds the plan. Errors are bad input: exit code 2.
+/// Builds the plan. Errors are bad input: exit code 2. Cascades are
+/// estimated at [`DEFAULT_ESCALATION_RATE`]; see [`build_with_history`].
 pub fn build(
     analysis: &Analysis,
     policy: &Policy,
     policy_path: &str,
     inputs: &Inputs,
+) -> Result<Plan, Vec<Diagnostic>> {
+    build_with_history(
+        analysis,
+        policy,
+        policy_path,
+        inputs,
+        &EscalationHistory::new(),
+    )
+}
+
+/// [`build`], with cascades estimated at the escalation rates the journal
+/// saw for their rules (`history`), where it saw any.
+pub fn build_with_history(
+    analysis: &Analysis,
+    policy: &Policy,
+    policy_path: &str,
+    inputs: &Inputs,
+    history: &EscalationHistory,
 ) -> Result<Plan, Vec<Diagnostic>> {
     let mut diags = sensitivity::check_labels(analysis, policy);
     diags.extend(check_pins(analysis, policy));
@@ -357,6 +450,7 @@ pub fn build(
         policy,
         effective: &effective,
         tokenizers: &tokenizers,
+        history,
     };
     let mut steps_out: Vec<Option<StepPlan>> = vec![None; analysis.steps.len()];
     for &i in analysis.dag.order() {
@@ -406,6 +500,7 @@ struct Router<'a> {
     policy: &'a Policy,
     effective: &'a [sensitivity::Effective],
     tokenizers: &'a [Tokenizer],
+    history: &'a EscalationHistory,
 }
 
 impl Router<'_> {
@@ -450,9 +545,16 @@ impl Router<'_> {
             *usage.used.entry(m.tier).or_insert(0) += calls;
         }
         let expected_out = expected_output_tokens(step) * calls;
+        let cascade = match (model, runs) {
+            (Some(m), true) => {
+                self.cascade(id, &decision, m, &facts, &|t| counts(t).max_call_worst)?
+            }
+            _ => None,
+        };
         // `latency: batch` steps on a model with a batch API are priced as
-        // the run will make them: through the batch, at batch prices.
-        let step_batched = step.latency == Latency::Batch;
+        // the run will make them: through the batch, at batch prices (a
+        // cascade's calls are made one by one).
+        let step_batched = step.latency == Latency::Batch && cascade.is_none();
         let max_out_total = u64::from(step.max_output_tokens()) * calls;
         let (tokens, cost) = match model {
             Some(m) if runs => {
@@ -471,6 +573,38 @@ impl Router<'_> {
             }
             _ => (TokenPlan::default(), CostRange::default()),
         };
+        // A cascade: the first calls, plus the escalated share of the same
+        // calls on the target (all of them in the worst case).
+        let cascade = cascade.map(|(to, rule, rate, rate_source)| {
+            let escalated_cost = price(
+                to,
+                counts(to.tokenizer),
+                calls,
+                expected_out,
+                max_out_total,
+                false,
+            );
+            CascadePlan {
+                rule: rule.name.clone(),
+                to: model_ref(policy, to),
+                when: rule
+                    .escalate
+                    .as_ref()
+                    .map(|c| c.when.iter().copied().collect())
+                    .unwrap_or_default(),
+                rate,
+                rate_source,
+                first_cost: cost,
+                escalated_cost,
+            }
+        });
+        let cost = match &cascade {
+            Some(c) => CostRange {
+                low: cost.low + c.rate * c.escalated_cost.low,
+                high: cost.high + c.escalated_cost.high,
+            },
+            None => cost,
+        };
         let flagship_cost = match policy.flagship_model() {
             Some(f) if runs => price(
                 f,
@@ -481,6 +615,47 @@ impl Router<'_> {
                 step_batched,
             ),
             _ => CostRange::default(),
+        };
+        let context = match (&p.expanded.context, model) {
+            (Some(effect), Some(m)) if runs => {
+                let c = counts(m.tokenizer);
+                // The same step without context management, on the same
+                // model: the o200k difference added to the model's counts.
+                let (before, before_calls) = if effect.chunks.is_some() {
+                    let one = effect.tokens_before;
+                    let worst = one + c.max_call_worst.saturating_sub(c.max_call);
+                    (
+                        Counts {
+                            max_call: one,
+                            max_call_worst: worst,
+                            total: one,
+                            total_worst: worst,
+                        },
+                        1,
+                    )
+                } else {
+                    let delta = effect.tokens_before.saturating_sub(effect.tokens_after);
+                    let per_call = delta / calls.max(1);
+                    (
+                        Counts {
+                            max_call: c.max_call + per_call,
+                            max_call_worst: c.max_call_worst + per_call,
+                            total: c.total + delta,
+                            total_worst: c.total_worst + delta,
+                        },
+                        calls,
+                    )
+                };
+                let out = expected_output_tokens(step) * before_calls;
+                let max_out = u64::from(step.max_output_tokens()) * before_calls;
+                let without = price(m, before, before_calls, out, max_out, step_batched);
+                Some(ContextPlan {
+                    effect: effect.clone(),
+                    extra_calls: calls.saturating_sub(before_calls),
+                    saved_usd: without.low - cost.low,
+                })
+            }
+            _ => None,
         };
         let prompt_cache = model
             .filter(|_| runs)
@@ -506,18 +681,7 @@ impl Router<'_> {
             status: p.status().clone(),
             calls,
             fan_out: p.expanded.fan_out.clone(),
-            model: model.map(|m| ModelRef {
-                alias: m.alias.clone(),
-                provider: m.provider.clone(),
-                model: m.model.clone(),
-                tier: m.tier,
-                locality: m.locality,
-                endpoints: policy
-                    .providers
-                    .get(&m.provider)
-                    .map(|p| p.endpoints.len())
-                    .filter(|&n| n > 0),
-            }),
+            model: model.map(|m| model_ref(policy, m)),
             route: decision,
             tokens,
             cost,
@@ -534,7 +698,84 @@ impl Router<'_> {
                 .collect(),
             prompt_cache,
             batch: runs && step_batched && model.is_some_and(Model::has_batch_api),
+            cascade,
+            context,
         })
+    }
+
+    /// The cascade of the rule that routed a step, if it has one and the
+    /// routed model is not already its target ([`route::escalation`]): the
+    /// model escalations go to, the rule, and the expected rate. No such
+    /// model is an error: a confidential step is never escalated to the
+    /// cloud, so its cascade is refused here.
+    #[allow(clippy::type_complexity)]
+    fn cascade(
+        &self,
+        id: &str,
+        decision: &Decision,
+        routed: &Model,
+        facts: &Facts<'_>,
+        worst_input: &dyn Fn(Tokenizer) -> u64,
+    ) -> Result<Option<(&Model, &crate::policy::Rule, f64, RateSource)>, Diagnostic> {
+        let policy = self.policy;
+        let Some(e) = route::escalation(policy, decision, facts, worst_input) else {
+            return Ok(None);
+        };
+        let Some(rule) = policy.rules.iter().find(|r| r.name == e.rule) else {
+            return Ok(None);
+        };
+        let target = rule.escalate.as_ref().map_or("", |c| c.to.as_str());
+        let Some(to) = e.to.as_deref().and_then(|m| policy.models.get(m)) else {
+            let refused: Vec<String> = e
+                .passed_over
+                .iter()
+                .map(|r| format!("{}: {}", r.model, r.why))
+                .collect();
+            let at = self.analysis.doc().key_span(&pointer(["steps", id]));
+            return Err(Diagnostic::error(
+                "escalate-refused",
+                format!(
+                    "step `{id}` cannot escalate from {} to {target} (rule {}): {}",
+                    routed.alias,
+                    rule.name,
+                    refused.join("; ")
+                ),
+            )
+            .at(at)
+            .with_help(if facts.sensitivity > policy.cloud_max {
+                format!(
+                    "the step is {} (above cloud_max {}): escalate it to a local model, or route it with a rule that does not escalate",
+                    policy.level_name(facts.sensitivity),
+                    policy.level_name(policy.cloud_max)
+                )
+            } else {
+                "give the escalation target a fallback that fits".to_owned()
+            }));
+        };
+        let (rate, source) = match self.history.get(&rule.name) {
+            Some(&(escalated, answers)) if answers > 0 => (
+                escalated.min(answers) as f64 / answers as f64,
+                RateSource::History { escalated, answers },
+            ),
+            _ => (DEFAULT_ESCALATION_RATE, RateSource::Default),
+        };
+        Ok(Some((to, rule, rate, source)))
+    }
+}
+
+/// How a plan names a model.
+fn model_ref(policy: &Policy, m: &Model) -> ModelRef {
+    ModelRef {
+        alias: m.alias.clone(),
+        provider: m.provider.clone(),
+        model: m.model.clone(),
+        tier: m.tier,
+        locality: m.locality,
+        endpoints: policy
+            .providers
+            .get(&m.provider)
+            .map(|p| p.endpoints.len())
+            .filter(|&n| n > 0),
     }
 }
 
@@ -648,6 +889,7 @@ fn totals(steps: &[StepPlan], policy: &Policy, usage: &TierUsage) -> Totals {
     let mut by_tier: BTreeMap<Tier, (u64, CostRange)> = BTreeMap::new();
     let (mut calls, mut conditional_calls, mut skipped) = (0, 0, 0);
     let mut exact = true;
+    let mut context: Option<ContextTotal> = None;
     for s in steps {
         match s.status {
             Status::Skipped(_) => {
@@ -659,12 +901,30 @@ fn totals(steps: &[StepPlan], policy: &Policy, usage: &TierUsage) -> Totals {
         }
         calls += s.calls;
         cost += s.cost;
+        if let Some(c) = &s.context {
+            let t = context.get_or_insert_with(ContextTotal::default);
+            t.steps += 1;
+            t.tokens_before += c.effect.tokens_before;
+            t.tokens_after += c.effect.tokens_after;
+            t.extra_calls += c.extra_calls;
+            t.saved_usd += c.saved_usd;
+        }
         flagship_cost += s.flagship_cost;
         exact &= s.tokens.input_exact;
         if let Some(m) = &s.model {
             let e = by_tier.entry(m.tier).or_default();
             e.0 += s.calls;
-            e.1 += s.cost;
+            match &s.cascade {
+                // The escalated share is money spent on the target's tier.
+                Some(c) => {
+                    e.1 += c.first_cost;
+                    by_tier.entry(c.to.tier).or_default().1 += CostRange {
+                        low: s.cost.low - c.first_cost.low,
+                        high: s.cost.high - c.first_cost.high,
+                    };
+                }
+                None => e.1 += s.cost,
+            }
         }
     }
     let total_calls = usage.total_calls.max(1) as f64;
@@ -704,5 +964,6 @@ fn totals(steps: &[StepPlan], policy: &Policy, usage: &TierUsage) -> Totals {
             within: cost.high <= b,
         }),
         exact_token_counts: exact,
+        context,
     }
 }

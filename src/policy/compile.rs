@@ -34,7 +34,8 @@ pub fn compile(file: &PolicyFile, doc: &Document, catalog: &Catalog) -> (Policy,
     check_ports(&providers, doc, &mut diags);
     let models = models(file, doc, catalog, &providers, &mut diags);
     let names = ModelNames { file, doc };
-    let rules = rules(file, doc, &ladder.levels, &names, &mut diags);
+    let mut rules = rules(file, doc, &ladder.levels, &names, &mut diags);
+    super::escalate::escalations(file, doc, &models, ladder.cloud_max, &mut rules, &mut diags);
     check_rule_tasks(file, doc, &mut diags);
     let tasks = file
         .tasks
@@ -219,6 +220,7 @@ fn rules(
             description: r.description.clone(),
             conditions,
             use_model: r.use_model.clone(),
+            escalate: None,
         });
     }
     rules
@@ -590,10 +592,115 @@ mod tests {
     }
 
     #[test]
+    fn escalations_are_checked_with_located_hints() {
+        let anthropic = "  anthropic: {kind: anthropic}\n";
+        let base = BASE.replace(
+            "  openai: {kind: openai}\n",
+            &format!("  openai: {{kind: openai}}\n{anthropic}"),
+        ) + "  sonnet: {provider: anthropic, model: claude-sonnet-4-6, tier: workhorse}\n";
+        let msgs = |rules: &str| {
+            let (_, d) = compile_text(&format!("{base}rules:\n{rules}"));
+            d.iter()
+                .map(|d| {
+                    (
+                        d.is_error(),
+                        d.message.clone(),
+                        d.help.clone().unwrap_or_default(),
+                        d.span.is_some(),
+                    )
+                })
+                .collect::<Vec<_>>()
+        };
+        // A valid cascade compiles clean, its checks defaulted from its keys.
+        let (p, d) = compile_text(&format!(
+            "{base}rules:\n  - {{name: all, use: local, escalate: {{to: budget, matches: \"^(yes|no)$\", confidence: {{min_mean_logprob: -0.8}}}}}}\n"
+        ));
+        assert!(d.is_empty(), "{d:?}");
+        let c = p.rules[0].escalate.as_ref().unwrap();
+        assert_eq!(c.when.len(), 3);
+        assert!(c.wants_logprobs());
+        // An unknown target, with a did-you-mean.
+        let m = msgs("  - {name: all, use: local, escalate: {to: budgt}}\n");
+        assert_eq!(m[0].1, "unknown model `budgt`");
+        assert_eq!(m[0].2, "did you mean `budget`?");
+        assert!(m[0].3);
+        // Itself.
+        let m = msgs("  - {name: all, use: local, escalate: {to: local}}\n");
+        assert_eq!(m[0].1, "rule `all` escalates to its own model `local`");
+        // A check listed without its setting; a setting never checked.
+        let m = msgs("  - {name: all, use: local, escalate: {to: budget, when: [no_match]}}\n");
+        assert_eq!(m[0].1, "`no_match` is listed but `matches` is not set");
+        let m = msgs(
+            "  - {name: all, use: local, escalate: {to: budget, when: [invalid_output], contains: ok}}\n",
+        );
+        assert_eq!(
+            (m[0].0, m[0].1.as_str()),
+            (false, "`contains` is set but `no_match` is not in `when`")
+        );
+        // Logprobs from a model that returns none: an error naming the kind.
+        let m = msgs(
+            "  - {name: all, use: sonnet, escalate: {to: budget, confidence: {min_mean_logprob: -1}}}\n",
+        );
+        assert!(m[0].0);
+        assert_eq!(
+            m[0].1,
+            "`low_confidence` needs token logprobs, and `sonnet` (anthropic) returns none"
+        );
+        // Only confidential steps, escalated to the cloud.
+        let m = msgs(
+            "  - {name: secret, when: {sensitivity: {above: internal}}, use: local, escalate: {to: budget}}\n  - {name: all, use: local}\n",
+        );
+        assert_eq!(
+            m[0].1,
+            "rule `secret` matches only steps above cloud_max, and escalates to `budget`, a cloud model"
+        );
+        // A regex that does not compile.
+        let m = msgs("  - {name: all, use: local, escalate: {to: budget, matches: \"(\"}}\n");
+        assert_eq!(m[0].1, "`matches` is not a valid regular expression");
+    }
+
+    #[test]
     fn candidates_follow_fallback_chains_once() {
         let (p, _) = compile_text(&format!(
             "{BASE}rules:\n  - {{name: all, use: local}}\nfallbacks:\n  local: [budget]\n  budget: [local]\n"
         ));
         assert_eq!(p.candidates("local"), vec!["local", "budget"]);
+    }
+
+    #[test]
+    fn a_tier_label_two_price_bands_off_is_a_warning() {
+        let text = "version: 1\nproviders:\n  openai: {kind: openai}\n  anthropic: {kind: anthropic}\nmodels:\n  a: {provider: anthropic, model: claude-opus-5, tier: budget}\n  b: {provider: openai, model: gpt-4.1-nano, tier: flagship}\n  c: {provider: anthropic, model: claude-sonnet-4-6, tier: workhorse}\n  d: {provider: openai, model: gpt-5.4-mini, tier: budget}\n  e: {provider: openai, model: gpt-4.1-nano, tier: budget, pricing: {input_per_mtok: 20, output_per_mtok: 80}}\nrules:\n  - {name: all, use: a}\n";
+        let (p, d) = compile_text(text);
+        let found: Vec<(&str, String)> = d
+            .iter()
+            .filter(|d| d.code == "tier-price-mismatch")
+            .map(|d| {
+                let (line, _) = d.span.as_ref().expect("located").line_col();
+                (
+                    d.message.as_str(),
+                    format!("{line} {}", d.label.as_deref().unwrap_or("")),
+                )
+            })
+            .collect();
+        assert_eq!(
+            found,
+            [
+                (
+                    "model `a` is labelled `budget` but `claude-opus-5` is flagship-priced",
+                    "6 $10.00 per million tokens (3 input : 1 output)".to_owned()
+                ),
+                (
+                    "model `b` is labelled `flagship` but `gpt-4.1-nano` is budget-priced",
+                    "7 $0.17 per million tokens (3 input : 1 output)".to_owned()
+                ),
+                // The policy's own prices are what the label is checked against.
+                (
+                    "model `e` is labelled `budget` but `gpt-4.1-nano` is flagship-priced",
+                    "10 $35.00 per million tokens (3 input : 1 output)".to_owned()
+                ),
+            ]
+        );
+        assert!(d.iter().all(|d| !d.is_error()), "{d:?}");
+        assert_eq!(p.models.len(), 5);
     }
 }

@@ -68,6 +68,34 @@ pub struct ProviderFile {
     /// (the key and prompts travel unencrypted).
     #[serde(default)]
     pub allow_insecure: bool,
+    /// OpenRouter only: which upstream providers may serve its calls.
+    pub routing: Option<Routing>,
+}
+
+/// OpenRouter's provider preferences (its request's `provider` object,
+/// provider-apis.md §7), as the policy writes them and as they are sent.
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Routing {
+    /// Upstream providers to try, in this order ("anthropic", "openai").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub order: Option<Vec<String>>,
+    /// `false`: only the providers in `order`, never another.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_fallbacks: Option<bool>,
+    /// `deny`: only providers that do not store or train on prompts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_collection: Option<DataCollection>,
+    /// Only providers with a zero-data-retention agreement.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zdr: Option<bool>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DataCollection {
+    Allow,
+    Deny,
 }
 
 /// One endpoint of a pool: a URL (one slot), or `{ url, slots }`.
@@ -232,6 +260,50 @@ pub struct RuleFile {
     pub when: ConditionsFile,
     #[serde(rename = "use")]
     pub use_model: String,
+    /// A cascade: the rule's model first, `to` when a check fails.
+    pub escalate: Option<EscalateFile>,
+}
+
+/// `escalate: { to, when?, confidence?, matches?, contains? }` on a rule.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EscalateFile {
+    pub to: String,
+    /// The checks that escalate; default: `invalid_output` and every check
+    /// the other keys configure.
+    pub when: Option<Vec<EscalateWhen>>,
+    pub confidence: Option<ConfidenceFile>,
+    pub matches: Option<String>,
+    pub contains: Option<String>,
+}
+
+/// A check whose failure escalates a cascade's call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EscalateWhen {
+    /// The answer does not match the step's output schema (or is cut short).
+    InvalidOutput,
+    /// The answer's mean token logprob is below `confidence.min_mean_logprob`,
+    /// or the server sent no usable logprobs.
+    LowConfidence,
+    /// The answer does not match `matches` / does not contain `contains`.
+    NoMatch,
+}
+
+impl EscalateWhen {
+    pub fn name(self) -> &'static str {
+        match self {
+            EscalateWhen::InvalidOutput => "invalid_output",
+            EscalateWhen::LowConfidence => "low_confidence",
+            EscalateWhen::NoMatch => "no_match",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfidenceFile {
+    pub min_mean_logprob: f64,
 }
 
 /// A string or a list of strings.

@@ -26,7 +26,9 @@ pub use crate::usage::CacheTtl;
 use crate::workflow::{Latency, Loaded, Reasoning, from_document, load_document};
 
 mod compile;
+mod escalate;
 pub mod file;
+pub mod lifecycle;
 mod models;
 mod providers;
 
@@ -156,6 +158,8 @@ pub struct Provider {
     /// then the first of them).
     pub endpoints: Vec<PoolEndpoint>,
     pub sticky: Option<Sticky>,
+    /// OpenRouter's provider preferences, sent with every call.
+    pub routing: Option<Routing>,
 }
 
 /// One server of a pool and how many calls it takes at once.
@@ -305,6 +309,46 @@ pub struct Rule {
     pub conditions: Conditions,
     /// A model alias.
     pub use_model: String,
+    /// Try `use_model` first, then escalate when a check fails.
+    pub escalate: Option<Cascade>,
+}
+
+/// A rule's cascade, compiled: the escalation target and the checks the
+/// first answer must pass (see `run::cascade` for how they are applied).
+#[derive(Debug, Clone)]
+pub struct Cascade {
+    /// A model alias (then its fallbacks).
+    pub to: String,
+    /// The checks whose failure escalates.
+    pub when: BTreeSet<EscalateWhen>,
+    /// `low_confidence`: the lowest acceptable mean token logprob.
+    pub min_mean_logprob: Option<f64>,
+    /// `no_match`: the answer must match this, and contain `contains`.
+    pub matches: Option<regex::Regex>,
+    pub contains: Option<String>,
+}
+
+impl Cascade {
+    /// Does the first call need token logprobs from the server?
+    pub fn wants_logprobs(&self) -> bool {
+        self.when.contains(&EscalateWhen::LowConfidence)
+    }
+}
+
+impl ProviderKind {
+    /// Can tollgate ask this kind of provider for token logprobs (the
+    /// `low_confidence` check)? OpenAI's chat and completions APIs and
+    /// OpenAI-compatible servers (llama.cpp, vLLM) return them when asked
+    /// with `logprobs`; OpenRouter passes the field to its upstreams. The
+    /// Anthropic Messages API has no logprobs; Gemini's `responseLogprobs`
+    /// is not offered by every model and tollgate does not ask for it;
+    /// Mistral's chat API does not document them.
+    pub fn returns_logprobs(self) -> bool {
+        matches!(
+            self,
+            ProviderKind::Openai | ProviderKind::OpenaiCompatible | ProviderKind::Openrouter
+        )
+    }
 }
 
 /// A compiled policy: every name resolved, every model priced.

@@ -7,7 +7,7 @@ use indexmap::IndexMap;
 
 use super::{
     CacheTtl, Endpoint, Locality, Model, ModelFile, PolicyFile, Price, PriceSource, PriceTier,
-    Provider, ProviderKind, default_prompt_cache_min_tokens,
+    Provider, ProviderKind, Tier, default_prompt_cache_min_tokens,
 };
 use crate::catalog::{Catalog, CatalogEntry};
 use crate::diagnostic::{Diagnostic, did_you_mean, one_of};
@@ -52,6 +52,9 @@ pub(super) fn models(
         };
         let entry = catalog_entry(alias, m, provider, catalog, doc, diags);
         let (price, price_source) = price(alias, m, entry, provider, catalog, doc, diags);
+        if let Some(d) = tier_price_mismatch(alias, m, &price, &price_source, doc) {
+            diags.push(d);
+        }
         if m.endpoint == Endpoint::Completions
             && matches!(
                 provider.kind,
@@ -114,6 +117,73 @@ pub(super) fn models(
         );
     }
     models
+}
+
+/// The price band a model's list price falls in, for the tier-label check:
+/// the blended price of a million tokens at three input tokens for one
+/// output token (the usual mix of a prompt-heavy call) — under $1 is
+/// budget-priced, $5 and over flagship-priced, between them workhorse.
+/// The bounds sit at the catalog's quartiles of paid chat models (about
+/// $0.70 and $4.40 when the bands were set), rounded to round numbers, so a
+/// nano or flash model is budget, a Sonnet-class model at the workhorse /
+/// flagship edge and an Opus-class or GPT-5-class model flagship.
+fn price_band(price: &Price) -> Tier {
+    let blended_per_mtok = (3.0 * price.input + price.output) / 4.0 * 1_000_000.0;
+    if blended_per_mtok < BUDGET_BAND_BELOW_USD {
+        Tier::Budget
+    } else if blended_per_mtok < FLAGSHIP_BAND_FROM_USD {
+        Tier::Workhorse
+    } else {
+        Tier::Flagship
+    }
+}
+
+/// See [`price_band`]: USD per million blended tokens.
+const BUDGET_BAND_BELOW_USD: f64 = 1.0;
+const FLAGSHIP_BAND_FROM_USD: f64 = 5.0;
+
+/// A paid model labelled two bands away from its price (a flagship-priced
+/// model labelled `budget`, a budget-priced one labelled `flagship`): a
+/// warning, since tier shares, fallbacks and plans all read the label. One
+/// band off is normal (a cheap flagship, a pricey workhorse); `local` is
+/// about where a model runs, not its price, and is not checked.
+fn tier_price_mismatch(
+    alias: &str,
+    m: &ModelFile,
+    price: &Price,
+    source: &PriceSource,
+    doc: &Document,
+) -> Option<Diagnostic> {
+    if m.tier == Tier::Local || *source == PriceSource::Local {
+        return None;
+    }
+    let band = price_band(price);
+    let far = matches!(
+        (m.tier, band),
+        (Tier::Budget, Tier::Flagship) | (Tier::Flagship, Tier::Budget)
+    );
+    if !far {
+        return None;
+    }
+    let blended = (3.0 * price.input + price.output) / 4.0 * 1_000_000.0;
+    Some(
+        Diagnostic::warning(
+            "tier-price-mismatch",
+            format!(
+                "model `{alias}` is labelled `{}` but `{}` is {band}-priced",
+                m.tier, m.model
+            ),
+        )
+        .at(doc.span(&pointer(["models", alias, "tier"])))
+        .with_label(format!(
+            "${blended:.2} per million tokens (3 input : 1 output)"
+        ))
+        .with_help(format!(
+            "tier shares, fallbacks and plans go by the label: set `tier: {band}`, or pick a model priced like a {} model \
+             (budget: under ${BUDGET_BAND_BELOW_USD:.0}, flagship: ${FLAGSHIP_BAND_FROM_USD:.0} and over)",
+            m.tier
+        )),
+    )
 }
 
 /// The model's catalog entry: the one `catalog:` names (an error when there

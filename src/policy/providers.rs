@@ -7,7 +7,7 @@ use indexmap::IndexMap;
 
 use super::{
     EndpointFile, Launch, LaunchFile, Limits, Locality, PolicyFile, PoolEndpoint, Provider,
-    ProviderFile, ProviderKind, is_loopback,
+    ProviderFile, ProviderKind, Routing, is_loopback,
 };
 use crate::diagnostic::{Diagnostic, Span};
 use crate::yaml::{Document, pointer};
@@ -164,10 +164,37 @@ pub(super) fn providers(
                 insecure,
                 endpoints: pool,
                 sticky: p.sticky,
+                routing: routing(name, p, doc, diags),
             },
         );
     }
     providers
+}
+
+/// OpenRouter's provider preferences: only on an `openrouter` provider
+/// (elsewhere nobody would read them: an error where they are written).
+fn routing(
+    name: &str,
+    p: &ProviderFile,
+    doc: &Document,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<Routing> {
+    let r = p.routing.as_ref()?;
+    if p.kind != ProviderKind::Openrouter {
+        diags.push(
+            Diagnostic::error(
+                "routing-unsupported",
+                format!(
+                    "`routing` only applies to openrouter providers, not {}",
+                    p.kind.name()
+                ),
+            )
+            .at(doc.key_span(&pointer(["providers", name, "routing"])))
+            .with_help("OpenRouter chooses among upstream providers with these preferences; other providers serve their own models — remove `routing`"),
+        );
+        return None;
+    }
+    Some(r.clone())
 }
 
 /// Where a pool's `i`-th endpoint URL is written.

@@ -145,6 +145,7 @@ impl AnthropicClient {
                     .or_else(|| str_at(v, "/id").map(str::to_string)),
                 time_to_first_token: None,
                 latency: meta.started.elapsed(),
+                logprobs: None,
             },
         )
     }
@@ -226,6 +227,7 @@ impl AnthropicClient {
                 request_id: meta.request_id.or(id),
                 time_to_first_token: ttft,
                 latency: meta.started.elapsed(),
+                logprobs: None,
             },
         )
     }

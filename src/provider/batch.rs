@@ -399,7 +399,7 @@ impl OpenAiBatch {
                     started,
                 };
                 let body = r.get("body").unwrap_or(&Value::Null);
-                match self.client.parse(body, meta, Endpoint::Chat) {
+                match self.client.parse(body, meta, Endpoint::Chat, false) {
                     Ok(resp) => ItemOutcome::Answer(resp),
                     Err(e) => ItemOutcome::Failed(e.redacted(&c.secret)),
                 }

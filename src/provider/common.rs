@@ -62,6 +62,7 @@ pub(crate) struct Common {
     pub(super) limits: LimitOverrides,
     pub(super) model_limits: std::collections::HashMap<String, LimitOverrides>,
     pub(super) max_batch_download: u64,
+    pub(super) provider_routing: Option<serde_json::Value>,
 }
 
 impl fmt::Debug for Common {
@@ -133,6 +134,7 @@ impl Common {
             limits: config.response_limits,
             model_limits: config.model_response_limits,
             max_batch_download: config.max_batch_download_bytes,
+            provider_routing: config.provider_routing,
         }
     }
 

@@ -80,6 +80,7 @@ impl GeminiClient {
                     request_id: meta.request_id.or(piece.id),
                     time_to_first_token: None,
                     latency: meta.started.elapsed(),
+                    logprobs: None,
                 },
             )
         }
@@ -164,6 +165,7 @@ impl GeminiClient {
                 request_id: meta.request_id.or(id),
                 time_to_first_token: ttft,
                 latency: meta.started.elapsed(),
+                logprobs: None,
             },
         )
     }

@@ -57,6 +57,7 @@ pub mod anthropic;
 pub mod batch;
 mod finish;
 pub mod gemini;
+pub mod logprobs;
 pub mod openai;
 pub mod pool;
 pub mod sse;
@@ -150,6 +151,11 @@ pub struct ChatRequest {
     /// unaffected unless a workflow asks for it. Vendors cap the count (OpenAI
     /// at 4); the provider's 400 says so rather than this layer guessing.
     pub stop: Vec<String>,
+    /// Ask for the answer's token logprobs (a cascade's `low_confidence`
+    /// check): `logprobs: true` on chat, `logprobs: 1` on the completions
+    /// route. Only OpenAI-dialect clients send it; see
+    /// [`ProviderKind::returns_logprobs`].
+    pub logprobs: bool,
 }
 
 /// What decides a request's answer, as JSON: the API kind, the model, the
@@ -158,7 +164,7 @@ pub struct ChatRequest {
 /// request). The response cache and recorded responses are keyed by hashes
 /// of this.
 pub fn request_identity(kind: ProviderKind, req: &ChatRequest) -> Value {
-    serde_json::json!({
+    let mut identity = serde_json::json!({
         "provider": kind.name(),
         "model": req.model,
         "endpoint": match req.endpoint { Endpoint::Chat => "chat", Endpoint::Completions => "completions" },
@@ -168,7 +174,13 @@ pub fn request_identity(kind: ProviderKind, req: &ChatRequest) -> Value {
         "temperature": req.temperature,
         "output_schema": req.output_schema,
         "stop": req.stop,
-    })
+    });
+    // Only when asked, so requests without it keep their earlier hashes
+    // (recorded cassettes, cached answers).
+    if req.logprobs {
+        identity["logprobs"] = Value::Bool(true);
+    }
+    identity
 }
 
 impl ChatRequest {
@@ -185,6 +197,7 @@ impl ChatRequest {
             cache_system: None,
             endpoint: Endpoint::Chat,
             stop: Vec::new(),
+            logprobs: false,
         }
     }
 }
@@ -211,6 +224,9 @@ pub struct ChatResponse {
     pub time_to_first_token: Option<Duration>,
     /// From just before the request was sent to the end of the response.
     pub latency: Duration,
+    /// The answer's token logprobs, when asked for and sent
+    /// ([`ChatRequest::logprobs`]).
+    pub logprobs: Option<logprobs::Logprobs>,
 }
 
 impl ChatResponse {
@@ -256,6 +272,9 @@ pub struct ClientConfig {
     pub model_response_limits: std::collections::HashMap<String, LimitOverrides>,
     /// The most a batch results download may be, in bytes.
     pub max_batch_download_bytes: u64,
+    /// OpenRouter: the request's `provider` object (routing preferences),
+    /// added to every chat and completions body.
+    pub provider_routing: Option<Value>,
 }
 
 impl ClientConfig {
@@ -271,6 +290,7 @@ impl ClientConfig {
             response_limits: LimitOverrides::default(),
             model_response_limits: std::collections::HashMap::new(),
             max_batch_download_bytes: DEFAULT_MAX_BATCH_DOWNLOAD,
+            provider_routing: None,
         }
     }
 

@@ -59,9 +59,13 @@ impl OpenAiClient {
             Endpoint::Chat => "/chat/completions",
             Endpoint::Completions => "/completions",
         };
+        let mut body = request_body(self.common.kind(), req);
+        if let (Some(routing), Some(obj)) = (&self.common.provider_routing, body.as_object_mut()) {
+            obj.insert("provider".into(), routing.clone());
+        }
         let call = Call {
             url: self.common.url(path),
-            body: request_body(self.common.kind(), req),
+            body,
             auth: Some(AuthHeader::Bearer),
             extra_headers: Vec::new(),
             request_id_headers: &["x-request-id", "x-generation-id"],
@@ -69,10 +73,10 @@ impl OpenAiClient {
         };
         let answer = self.common.send(call).await?;
         if is_event_stream(&answer) {
-            self.read_stream(answer, req.endpoint).await
+            self.read_stream(answer, req.endpoint, req.logprobs).await
         } else {
             let (value, meta) = self.common.json(answer).await?;
-            self.parse(&value, meta, req.endpoint)
+            self.parse(&value, meta, req.endpoint, req.logprobs)
         }
     }
 
@@ -81,6 +85,7 @@ impl OpenAiClient {
         v: &Value,
         meta: Meta,
         endpoint: Endpoint,
+        wanted: bool,
     ) -> Result<ChatResponse, ProviderError> {
         self.common.error_in_body(v)?;
         let Some(choice) = v.pointer("/choices/0") else {
@@ -107,6 +112,7 @@ impl OpenAiClient {
                     .or_else(|| str_at(v, "/id").map(str::to_string)),
                 time_to_first_token: None,
                 latency: meta.started.elapsed(),
+                logprobs: wanted.then(|| super::logprobs::of_body(v)).flatten(),
             },
         )
     }
@@ -115,6 +121,7 @@ impl OpenAiClient {
         &self,
         answer: super::Answer,
         endpoint: Endpoint,
+        wanted: bool,
     ) -> Result<ChatResponse, ProviderError> {
         let (mut events, meta) = self.common.events(answer);
         let mut text = String::new();
@@ -125,6 +132,7 @@ impl OpenAiClient {
         let mut usage_seen = None;
         let mut done = false;
         let mut refused = false;
+        let mut logprobs = super::logprobs::Accumulator::default();
         while let Some(event) = events.next().await {
             let event = event.map_err(|e| self.common.stream_failure(e))?;
             if event.data.trim() == "[DONE]" {
@@ -132,6 +140,9 @@ impl OpenAiClient {
                 break;
             }
             let chunk = self.common.event_json(&event.data)?;
+            if wanted {
+                logprobs.add_from(&chunk);
+            }
             if model.is_none() {
                 model = str_at(&chunk, "/model").map(str::to_string);
                 id = str_at(&chunk, "/id").map(str::to_string);
@@ -184,6 +195,7 @@ impl OpenAiClient {
                 request_id: meta.request_id.or(id),
                 time_to_first_token: ttft,
                 latency: meta.started.elapsed(),
+                logprobs: wanted.then(|| logprobs.finish()).flatten(),
             },
         )
     }
@@ -309,6 +321,21 @@ pub(crate) fn request_body(kind: ProviderKind, req: &ChatRequest) -> Value {
                     }),
                 );
                 body.insert("json_schema".into(), schema.clone());
+            }
+        }
+    }
+    if req.logprobs {
+        // Chat takes a flag; the legacy route the number of alternatives
+        // (the chosen token's logprob always comes back).
+        match req.endpoint {
+            Endpoint::Chat => {
+                body.insert("logprobs".into(), json!(true));
+                // One alternative per token keeps the answer small: llama.cpp
+                // sends twenty unless told (and none at all for 0).
+                body.insert("top_logprobs".into(), json!(1));
+            }
+            Endpoint::Completions => {
+                body.insert("logprobs".into(), json!(1));
             }
         }
     }

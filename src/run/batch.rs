@@ -491,8 +491,13 @@ impl BatchStep<'_> {
             list_cost_usd: cost::list_cost(&model.price, &usage),
             batch: true,
             latency_ms: started.elapsed().as_millis() as u64,
+            queued_ms: 0,
+            call_ms: started.elapsed().as_millis() as u64,
             ttft_ms: None,
             truncated: answer.truncated(),
+            batch_fallback: false,
+            lost_discount_usd: 0.0,
+            escalation: None,
         };
         // Journaled before dependants can start, like every call: a resume
         // never pays for this answer again, and a valid one serves later

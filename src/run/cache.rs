@@ -57,6 +57,7 @@ pub(super) fn step_request(
             crate::policy::Endpoint::Completions => Endpoint::Completions,
         },
         stop: step.stop.clone(),
+        logprobs: false,
     }
 }
 

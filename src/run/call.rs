@@ -8,10 +8,11 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use super::cascade::{Check, Leg};
 use super::error::{CallError, CandidateError};
 use super::model_call::call_model;
 use super::shared::Shared;
-use super::{Attempt, AttemptOutcome, CallReport, CallSource, Event, local_server};
+use super::{Attempt, AttemptOutcome, CallReport, CallSource, Escalation, Event, local_server};
 use crate::policy::{Model, Tier};
 use crate::route::{self, Facts};
 use crate::step::{Expanded, RenderedCall};
@@ -32,6 +33,8 @@ pub(super) struct StepCalls<'a> {
     /// The step's calls; their token counts (the largest call's, per
     /// tokenizer, counted once) decide every budget and window check.
     pub expanded: &'a Expanded,
+    /// The routing rule's cascade, if it has one.
+    pub cascade: Option<Check<'a>>,
 }
 
 impl StepCalls<'_> {
@@ -52,6 +55,11 @@ pub(super) async fn call_with_fallbacks(
     let mut report = CallReport::empty(item);
     if let Some(output) = resumed(ctx, item, call, &mut report) {
         return (report, Ok(output));
+    }
+    // An earlier session's first answer failed the check: escalate now,
+    // without paying for the first call again.
+    if let Some((from, reason)) = escalation_left(ctx, item, call, &mut report) {
+        return escalate(ctx, call, report, &from, reason, Vec::new(), started).await;
     }
     // Why each candidate failed (it was called) or was passed over.
     let mut failures: Vec<CandidateError> = Vec::new();
@@ -112,12 +120,21 @@ pub(super) async fn call_with_fallbacks(
             });
         }
         previous = Some(alias);
-        match call_model(ctx, model, client.as_ref(), call, &mut report).await {
+        // The escalation target itself, reached as a fallback, is not checked.
+        let leg = match ctx.cascade {
+            Some(c) if c.cascade.to != *alias => Leg::First(c),
+            _ => Leg::Plain,
+        };
+        match call_model(ctx, model, client.as_ref(), call, &mut report, leg).await {
             Ok(v) => {
                 move_tier(sh, routed_tier, model.tier);
                 report.model = Some(alias.clone());
                 report.latency_ms = started.elapsed().as_millis() as u64;
                 return (report, Ok(v));
+            }
+            Err(CandidateError::Escalate { alias, reason, .. }) => {
+                report.model = Some(alias.clone());
+                return escalate(ctx, call, report, &alias, reason, failures, started).await;
             }
             Err(why) => {
                 report.model = Some(alias.clone());
@@ -138,6 +155,179 @@ pub(super) async fn call_with_fallbacks(
         CallError::Candidates(failures.into_iter().chain(passed).collect())
     };
     (report, Err(error))
+}
+
+/// The escalation: the cascade's target, then its fallbacks (never the
+/// model that already answered), each through the gate, the window and
+/// tier-share checks, then a normal call (cache, boundary, budget,
+/// journal). The first call stays on the bill and in the report.
+async fn escalate(
+    ctx: &StepCalls<'_>,
+    call: &RenderedCall,
+    mut report: CallReport,
+    from: &str,
+    reason: String,
+    mut failures: Vec<CandidateError>,
+    started: Instant,
+) -> (CallReport, Result<Value, CallError>) {
+    let sh = ctx.sh;
+    let Some(check) = ctx.cascade else {
+        report.latency_ms = started.elapsed().as_millis() as u64;
+        return (report, Err(CallError::NoCandidate));
+    };
+    let to = check.cascade.to.as_str();
+    failures.push(CandidateError::Escalate {
+        alias: from.to_owned(),
+        to: to.to_owned(),
+        reason: reason.clone(),
+    });
+    let mut passed: Vec<CandidateError> = Vec::new();
+    let mut previous = from.to_owned();
+    let mut last_error = reason.clone();
+    for alias in sh.policy.candidates(to) {
+        let Some(model) = sh.policy.models.get(alias).filter(|_| alias != from) else {
+            continue;
+        };
+        if let Err(why) = escalation_admissible(ctx, model) {
+            last_error = why.to_string();
+            passed.push(why);
+            continue;
+        }
+        let Some(client) = sh.providers.clients.get(&model.provider) else {
+            let var = sh
+                .providers
+                .missing_keys
+                .get(&model.provider)
+                .cloned()
+                .unwrap_or_default();
+            let why = CandidateError::NoKey {
+                alias: alias.to_owned(),
+                var,
+            };
+            last_error = why.to_string();
+            passed.push(why);
+            continue;
+        };
+        if let Err(source) = ensure_server(sh, model).await {
+            let why = CandidateError::Server {
+                alias: alias.to_owned(),
+                source,
+            };
+            last_error = why.to_string();
+            failures.push(why);
+            continue;
+        }
+        if alias == to {
+            sh.emit(Event::Escalating {
+                step: ctx.step_id.to_owned(),
+                from: from.to_owned(),
+                to: alias.to_owned(),
+                reason: reason.clone(),
+            });
+        } else {
+            sh.emit(Event::FallingBack {
+                step: ctx.step_id.to_owned(),
+                from: previous.clone(),
+                to: alias.to_owned(),
+                reason: last_error.clone(),
+            });
+        }
+        previous = alias.to_owned();
+        let leg = Leg::Escalation {
+            rule: check.rule,
+            from,
+        };
+        match call_model(ctx, model, client.as_ref(), call, &mut report, leg).await {
+            Ok(v) => {
+                // The escalated call is one more call on its tier.
+                let mut usage = sh.tiers.lock().unwrap_or_else(|e| e.into_inner());
+                *usage.used.entry(model.tier).or_insert(0) += 1;
+                drop(usage);
+                report.model = Some(alias.to_owned());
+                report.escalation = Some(Escalation {
+                    rule: check.rule.to_owned(),
+                    from: from.to_owned(),
+                    to: alias.to_owned(),
+                    reason,
+                });
+                report.latency_ms = started.elapsed().as_millis() as u64;
+                return (report, Ok(v));
+            }
+            Err(why) => {
+                report.model = Some(alias.to_owned());
+                last_error = why.to_string();
+                failures.push(why);
+            }
+        }
+    }
+    report.latency_ms = started.elapsed().as_millis() as u64;
+    (
+        report,
+        Err(CallError::Candidates(
+            failures.into_iter().chain(passed).collect(),
+        )),
+    )
+}
+
+/// May the escalation call `model`: the sensitivity gate first (the step
+/// may be above `cloud_max`: a cloud target is refused, whatever the
+/// plan said), then the window, the max output and its tier's share with
+/// this call added (the first call stays counted where it was made).
+fn escalation_admissible(ctx: &StepCalls<'_>, model: &Model) -> Result<(), CandidateError> {
+    let policy = &ctx.sh.policy;
+    if !route::gate(policy, model, ctx.facts.sensitivity) {
+        return Err(CandidateError::Gated {
+            alias: model.alias.clone(),
+            level: policy.level_name(ctx.facts.sensitivity).to_owned(),
+            cloud_max: policy.level_name(policy.cloud_max).to_owned(),
+        });
+    }
+    let usage = ctx
+        .sh
+        .tiers
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    let one_call = Facts {
+        calls: 1,
+        ..ctx.facts.clone()
+    };
+    route::fits(policy, model, &one_call, &usage, &|t| ctx.max_tokens(t)).map_err(|why| {
+        CandidateError::DoesNotFit {
+            alias: model.alias.clone(),
+            why,
+        }
+    })
+}
+
+/// A call an earlier session left escalating (its first answer, already
+/// paid for, failed the check) — if it was asked the same and the policy
+/// still escalates to the same model: the model that answered and why.
+fn escalation_left(
+    ctx: &StepCalls<'_>,
+    item: Option<usize>,
+    call: &RenderedCall,
+    report: &mut CallReport,
+) -> Option<(String, String)> {
+    let check = ctx.cascade?;
+    let left = ctx
+        .sh
+        .escalated
+        .get(&(ctx.step_id.to_owned(), item))
+        .filter(|e| e.to == check.cascade.to)
+        .filter(|e| {
+            e.prompt_hash.as_ref().is_none_or(|h| {
+                *h == crate::journal::prompt_hash(call.system.as_deref(), &call.prompt)
+            })
+        })?;
+    report.attempts.push(Attempt {
+        model: left.model.clone(),
+        outcome: AttemptOutcome::Escalated,
+        status: None,
+        message: Some(format!("in an earlier session: {}", left.reason)),
+        waited_ms: None,
+    });
+    Some((left.model.clone(), left.reason.clone()))
 }
 
 /// Finished by an earlier session of this run: its answer, not a new call

@@ -20,7 +20,7 @@ use super::{
     StepReport, StepStatus,
 };
 use crate::analyze::Analysis;
-use crate::journal::{FinishedCall, JournalError};
+use crate::journal::{EscalatedCall, FinishedCall, JournalError};
 use crate::plan::Plan;
 use crate::policy::Policy;
 use crate::route::TierUsage;
@@ -43,7 +43,7 @@ pub async fn execute_in(
     events: Option<UnboundedSender<Event>>,
 ) -> RunReport {
     let started = Instant::now();
-    let (finished, earlier_cost) = match earlier_sessions(&options) {
+    let ((finished, escalated), earlier_cost) = match earlier_sessions(&options) {
         Ok(r) => r,
         Err(e) => return not_started(&job, &options, &e.to_string()),
     };
@@ -59,6 +59,7 @@ pub async fn execute_in(
         .collect();
     let shared = Arc::new(Shared {
         finished,
+        escalated,
         call_estimates: plan
             .steps
             .iter()
@@ -103,15 +104,19 @@ pub async fn execute_in(
 /// Calls earlier sessions of a run finished, by (step, item).
 type Finished = HashMap<(String, Option<usize>), FinishedCall>;
 
-/// What earlier sessions of this run finished, and what they spent (a
-/// resume); nothing without a journal.
-fn earlier_sessions(options: &RunOptions) -> Result<(Finished, f64), JournalError> {
+/// Calls of a run whose first answer failed a cascade's check.
+type Escalated = HashMap<(String, Option<usize>), EscalatedCall>;
+
+/// What earlier sessions of this run finished (and which calls they left
+/// escalating), and what they spent (a resume); nothing without a journal.
+fn earlier_sessions(options: &RunOptions) -> Result<((Finished, Escalated), f64), JournalError> {
     let Some(j) = &options.journal else {
-        return Ok((HashMap::new(), 0.0));
+        return Ok(((HashMap::new(), HashMap::new()), 0.0));
     };
     let finished = j.journal.finished_calls(&j.run_id)?;
+    let escalated = j.journal.escalated_calls(&j.run_id)?;
     let earlier = j.journal.run_cost(&j.run_id)?;
-    Ok((finished, earlier))
+    Ok(((finished, escalated), earlier))
 }
 
 /// The report of a run that started nothing: without knowing what earlier

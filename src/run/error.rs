@@ -55,6 +55,13 @@ pub enum CandidateError {
         /// The answer's start (`validate::truncate`), to show what it said.
         answer: String,
     },
+    /// A cascade's first answer failed its check: the call escalates.
+    #[error("{alias}: the answer failed the cascade's check ({reason}); escalating to {to}")]
+    Escalate {
+        alias: String,
+        to: String,
+        reason: String,
+    },
     /// The provider failed, for good or out of retries.
     #[error("{alias}: {error}")]
     Provider { alias: String, error: ProviderError },

@@ -32,6 +32,7 @@ mod batch;
 mod budget;
 mod cache;
 mod call;
+mod cascade;
 mod dispatch;
 mod error;
 mod limits;
@@ -57,8 +58,8 @@ pub use limits::CallLimits;
 pub use options::{RunJournal, RunOptions};
 pub use providers::Providers;
 pub use report::{
-    Attempt, AttemptOutcome, CacheSummary, CallReport, CallSource, Event, RunReport, RunStatus,
-    StepReport, StepStatus, UnknownOutcome,
+    Attempt, AttemptOutcome, CacheSummary, CallReport, CallSource, Escalation, Event, RunReport,
+    RunStatus, StepReport, StepStatus, UnknownOutcome,
 };
 pub(crate) use validate::schema_errors;
 

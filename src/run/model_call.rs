@@ -13,6 +13,7 @@ use serde_json::Value;
 use super::budget::Reservation;
 use super::cache::{cached, flagship_cost, request_hash, request_texts, step_request};
 use super::call::StepCalls;
+use super::cascade::{self, Leg};
 use super::error::CandidateError;
 use super::validate::{InvalidOutput, parse_structured, truncate};
 use super::{Attempt, AttemptOutcome, CallReport, CallSource, Event};
@@ -32,6 +33,8 @@ struct ModelCall<'a> {
     model: &'a Model,
     call: &'a RenderedCall,
     validator: Option<jsonschema::Validator>,
+    /// The call's side of a cascade (its first answer is checked).
+    leg: Leg<'a>,
     /// The request as it will be sent next (a schema retry adds the answer
     /// and the validation error to it).
     req: ChatRequest,
@@ -51,6 +54,8 @@ enum Answered {
     Done(Value),
     /// Invalid against the schema, first time: ask again with why.
     AskAgain,
+    /// A cascade's first answer failed its check: why.
+    Escalate(String),
     Failed(CandidateError),
 }
 
@@ -69,14 +74,22 @@ pub(super) async fn call_model(
     client: &dyn Provider,
     call: &RenderedCall,
     report: &mut CallReport,
+    leg: Leg<'_>,
 ) -> Result<Value, CandidateError> {
     let (sh, step) = (ctx.sh, ctx.step);
     let mut req = step_request(step, model, &call.system, &call.prompt);
     req.stream = sh.options.stream;
+    // Logprobs only from servers that send them: on the others the check
+    // finds none and escalates (compile refuses `low_confidence` on a
+    // rule's own model that cannot return them).
+    req.logprobs = leg
+        .check()
+        .is_some_and(|c| c.cascade.wants_logprobs() && model.provider_kind.returns_logprobs());
     let mut mc = ModelCall {
         ctx,
         model,
         call,
+        leg,
         validator: step
             .output_schema()
             .and_then(|s| jsonschema::validator_for(s).ok()),
@@ -113,6 +126,16 @@ pub(super) async fn call_model(
                 Answered::AskAgain => {
                     schema_retry_used = true;
                     continue;
+                }
+                Answered::Escalate(reason) => {
+                    return Err(CandidateError::Escalate {
+                        alias: model.alias.clone(),
+                        to: mc
+                            .leg
+                            .check()
+                            .map_or_else(String::new, |c| c.cascade.to.clone()),
+                        reason,
+                    });
                 }
                 Answered::Failed(f) => return Err(f),
             },
@@ -160,6 +183,15 @@ impl ModelCall<'_> {
                 .get(self.ctx.step_id)
                 .copied()
                 .unwrap_or(0.0),
+            cascade_rule: match self.leg {
+                Leg::First(c) => Some(c.rule.to_owned()),
+                Leg::Escalation { rule, .. } => Some(rule.to_owned()),
+                Leg::Plain => None,
+            },
+            escalated_from: match self.leg {
+                Leg::Escalation { from, .. } => Some(from.to_owned()),
+                _ => None,
+            },
             ..CallRecord::default()
         }
     }
@@ -176,6 +208,20 @@ impl ModelCall<'_> {
         let sh = self.ctx.sh;
         let answer = cached(sh, key).await?;
         let v = self.output_of(&answer.text).ok()?;
+        // A cascade's first call takes a cached answer only if it passes the
+        // check (the cache keeps no logprobs: with `low_confidence` it never
+        // does, and the call is made).
+        if let Some(c) = self.leg.check() {
+            let seen = cascade::Answer {
+                text: &answer.text,
+                invalid: None,
+                truncated: false,
+                logprobs: None,
+            };
+            if cascade::failure(c.cascade, &seen).is_some() {
+                return None;
+            }
+        }
         report.source = CallSource::Cache;
         report.saved_usd += answer.cost_usd;
         report.usage += answer.usage;
@@ -263,6 +309,7 @@ impl ModelCall<'_> {
         );
         // Slots first, then the budget: a call queued behind others must not
         // hold a reservation that keeps the calls in flight from fitting.
+        let queued = Instant::now();
         let permit = sh
             .resources
             .limits
@@ -274,7 +321,9 @@ impl ModelCall<'_> {
                 model: model.alias.clone(),
             });
         };
-        let reservation = match sh.budget.reserve_or_wait(worst, waiting).await {
+        let reservation = sh.budget.reserve_or_wait(worst, waiting).await;
+        report.queued_ms += queued.elapsed().as_millis() as u64;
+        let reservation = match reservation {
             Ok(r) => r,
             Err(over) => {
                 let why = CandidateError::OverBudget {
@@ -302,6 +351,7 @@ impl ModelCall<'_> {
         };
         drop(permit);
         rec.latency_ms = sent.elapsed().as_millis() as u64;
+        report.call_ms += rec.latency_ms;
         let sent = Sent {
             rec,
             reservation,
@@ -374,9 +424,27 @@ impl ModelCall<'_> {
             Some(Ok(v)) => Some(v.clone()),
             Some(Err(_)) => None,
         };
+        // A cascade's first answer: the check, before anything is journaled,
+        // so a kill can never leave a failed answer looking finished.
+        let escalate = self.leg.check().and_then(|c| {
+            cascade::failure(
+                c.cascade,
+                &cascade::Answer {
+                    text: &resp.text,
+                    invalid: verdict.as_ref().and_then(|v| v.as_ref().err()),
+                    truncated: resp.truncated(),
+                    logprobs: resp.logprobs,
+                },
+            )
+        });
         // Only whole, valid answers answer later identical requests (not one
-        // a provider's filter stopped part way).
-        let cacheable = output.is_some() && !resp.truncated() && resp.ended_normally();
+        // a provider's filter stopped part way, nor one the cascade refused,
+        // nor one asked with logprobs: the cache cannot give them back).
+        let cacheable = output.is_some()
+            && !resp.truncated()
+            && resp.ended_normally()
+            && escalate.is_none()
+            && !self.req.logprobs;
         let outcome = match (&verdict, resp.truncated()) {
             (Some(Err(_)), _) => AttemptOutcome::InvalidOutput,
             (_, true) => AttemptOutcome::Truncated,
@@ -395,10 +463,24 @@ impl ModelCall<'_> {
         rec.cacheable = cacheable;
         rec.response = cacheable.then(|| resp.text.clone());
         rec.output = output;
+        if let Some(reason) = &escalate {
+            // Not the call's output: a resume escalates it, never uses it.
+            rec.outcome = AttemptOutcome::Escalated;
+            rec.error = Some(reason.clone());
+            rec.output = None;
+            rec.escalate_to = self.leg.check().map(|c| c.cascade.to.clone());
+        }
         // Journaled before the reservation is settled: the budget may count
         // the call twice for a moment, never not at all.
         sh.journal_call(rec).await;
         sh.budget.settle(reservation, cost);
+        if let Some(reason) = escalate {
+            if let Some(last) = report.attempts.last_mut() {
+                last.outcome = AttemptOutcome::Escalated;
+                last.message = Some(reason.clone());
+            }
+            return Answered::Escalate(reason);
+        }
         let why = match verdict {
             None => return Answered::Done(Value::String(resp.text)),
             Some(Ok(v)) => return Answered::Done(v),

@@ -44,6 +44,10 @@ impl Providers {
             // How much of an answer is read: the policy's `limits`, the
             // model's over the provider's.
             config.response_limits = p.limits.response();
+            config.provider_routing = p
+                .routing
+                .as_ref()
+                .and_then(|r| serde_json::to_value(r).ok());
             for m in models() {
                 config
                     .model_response_limits

@@ -34,6 +34,13 @@ pub enum Event {
         to: String,
         reason: String,
     },
+    /// A cascade's first answer failed its check: the call goes to `to`.
+    Escalating {
+        step: String,
+        from: String,
+        to: String,
+        reason: String,
+    },
     StepFinished {
         step: String,
         status: StepStatus,
@@ -143,10 +150,37 @@ pub struct CallReport {
     pub list_cost_usd: f64,
     /// Answered through the provider's batch API.
     pub batch: bool,
+    /// Wall time of the call, from its first try to its answer: queueing,
+    /// the model's time, backoff between tries.
     pub latency_ms: u64,
+    /// Of that, time spent waiting to be sent: for a concurrency slot, the
+    /// rate limits (RPM/TPM) and room in the budget — the run's doing, not
+    /// the model's.
+    pub queued_ms: u64,
+    /// Of that, time inside the provider's calls (every try): the model's
+    /// own latency. A batch's is its time from submission to results.
+    pub call_ms: u64,
     pub ttft_ms: Option<u64>,
     /// The answer stopped at `max_output_tokens` (or the model's limit).
     pub truncated: bool,
+    /// The call was meant for a batch but was answered synchronously (the
+    /// batch failed, expired or gave no valid answer for it): it paid full
+    /// price, `lost_discount_usd` more than at batch prices.
+    pub batch_fallback: bool,
+    pub lost_discount_usd: f64,
+    /// The call escalated: its first answer failed the cascade's check.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub escalation: Option<Escalation>,
+}
+
+/// A call a cascade escalated: from the model whose answer failed the
+/// check, to the model that was called next, and why.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Escalation {
+    pub rule: String,
+    pub from: String,
+    pub to: String,
+    pub reason: String,
 }
 
 impl CallReport {
@@ -162,8 +196,13 @@ impl CallReport {
             list_cost_usd: 0.0,
             batch: false,
             latency_ms: 0,
+            queued_ms: 0,
+            call_ms: 0,
             ttft_ms: None,
             truncated: false,
+            batch_fallback: false,
+            lost_discount_usd: 0.0,
+            escalation: None,
         }
     }
 }
@@ -185,7 +224,13 @@ pub struct StepReport {
     pub cost_usd: f64,
     /// See [`CallReport::list_cost_usd`].
     pub list_cost_usd: f64,
+    /// Wall time of the step.
     pub latency_ms: u64,
+    /// Its calls' [`CallReport::queued_ms`] and [`CallReport::call_ms`],
+    /// summed (calls of a fan-out overlap, so these can exceed the wall
+    /// time).
+    pub queued_ms: u64,
+    pub call_ms: u64,
     pub ttft_ms: Option<u64>,
     pub output: Option<Value>,
 }
@@ -205,6 +250,8 @@ impl StepReport {
             cost_usd: 0.0,
             list_cost_usd: 0.0,
             latency_ms: 0,
+            queued_ms: 0,
+            call_ms: 0,
             ttft_ms: None,
             output: None,
         }

@@ -12,7 +12,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use super::budget::{Budget, Hold, OutsideSpend, Period, PeriodCheck};
 use super::{Event, Providers, Resources, RunOptions, StepStatus};
 use crate::analyze::Analysis;
-use crate::journal::{CallRecord, FinishedCall, Journal, JournalError};
+use crate::journal::{CallRecord, EscalatedCall, FinishedCall, Journal, JournalError};
 use crate::policy::Policy;
 use crate::route::TierUsage;
 
@@ -37,6 +37,9 @@ pub(super) struct Shared {
     pub(super) events: Option<UnboundedSender<Event>>,
     /// Calls earlier sessions of this run finished, by (step, item).
     pub(super) finished: HashMap<(String, Option<usize>), FinishedCall>,
+    /// Calls earlier sessions left escalating: their first answer failed the
+    /// cascade's check (a resume goes straight to the escalation).
+    pub(super) escalated: HashMap<(String, Option<usize>), EscalatedCall>,
     /// The plan's expected cost of one call of each step.
     pub(super) call_estimates: HashMap<String, f64>,
 }

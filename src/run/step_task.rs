@@ -7,12 +7,16 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
 use serde_json::{Map, Value};
 
 use super::call::{StepCalls, call_with_fallbacks};
+use super::cascade::Check;
 use super::error::CallError;
 use super::shared::Shared;
 use super::{CallReport, Event, StepReport, StepStatus, batch};
+use crate::cost;
 use crate::route::{self, Decision, Facts};
 use crate::step::{self, Expanded, RULE_TOKENIZER, Upstream, When};
 use crate::workflow::Step;
@@ -91,6 +95,7 @@ pub(super) async fn run_step(
         facts: &facts,
         label: &label,
         expanded: &expanded,
+        cascade: cascade_of(&sh, &decision),
     };
     let started = Instant::now();
     let calls = make_calls(&ctx).await;
@@ -111,6 +116,19 @@ fn route_calls(sh: &Shared, id: &str, facts: &Facts<'_>, expanded: &Expanded) ->
         *usage.used.entry(m.tier).or_insert(0) += facts.calls;
     }
     d
+}
+
+/// The cascade of the rule that routed the step, if it has one (a pin
+/// has none).
+fn cascade_of<'a>(sh: &'a Shared, decision: &Decision) -> Option<Check<'a>> {
+    let Some(route::Decider::Rule { name, .. }) = &decision.decider else {
+        return None;
+    };
+    let rule = sh.policy.rules.iter().find(|r| &r.name == name)?;
+    Some(Check {
+        rule: &rule.name,
+        cascade: rule.escalate.as_ref()?,
+    })
 }
 
 /// The rule's candidates from the chosen model on: the fallback chain;
@@ -137,7 +155,15 @@ fn fallback_chain(sh: &Shared, decision: &Decision) -> Option<Vec<String>> {
 /// if the step asks for it, then what the batch did not answer one by one.
 async fn make_calls(ctx: &StepCalls<'_>) -> Vec<(CallReport, Result<Value, CallError>)> {
     let rendered = &ctx.expanded.calls;
-    let batched: Vec<Option<batch::Item>> = match ctx.sh.policy.models.get(&ctx.chain[0]) {
+    // A cascade checks each first answer as it comes: its calls are made
+    // one by one, never through a batch.
+    let model = ctx
+        .sh
+        .policy
+        .models
+        .get(&ctx.chain[0])
+        .filter(|_| ctx.cascade.is_none());
+    let batched: Vec<Option<batch::Item>> = match model {
         Some(model) => {
             batch::run(
                 ctx.sh,
@@ -153,27 +179,73 @@ async fn make_calls(ctx: &StepCalls<'_>) -> Vec<(CallReport, Result<Value, CallE
         None => None,
     }
     .unwrap_or_else(|| rendered.iter().map(|_| None).collect());
-    futures::future::join_all(rendered.iter().zip(batched).enumerate().map(
-        |(n, (call, batched))| async move {
-            let item = ctx.fan_out.then_some(n);
-            let before = match batched {
-                Some(batch::Item::Done(report, value)) => return (report, Ok(value)),
-                Some(batch::Item::Failed(report, why)) => return (report, Err(why)),
-                Some(batch::Item::Synchronous(report)) => Some(report),
-                None => None,
+    // A window of calls exists at once, not one future per item: a future
+    // holds its call's whole state (kilobytes) from the moment it is made,
+    // so a 100,000-item fan-out joined at once held hundreds of megabytes
+    // before the first answer. The run's `--concurrency` bounds what is in
+    // flight anyway, so a window that wide never leaves a slot idle.
+    let window = ctx.sh.options.concurrency.max(1);
+    let mut done: Vec<Option<(CallReport, Result<Value, CallError>)>> =
+        std::iter::repeat_with(|| None)
+            .take(rendered.len())
+            .collect();
+    let mut waiting = rendered.iter().zip(batched).enumerate();
+    let mut in_flight = FuturesUnordered::new();
+    loop {
+        while in_flight.len() < window {
+            let Some((n, (call, batched))) = waiting.next() else {
+                break;
             };
-            let (mut report, result) = call_with_fallbacks(ctx, item, call).await;
-            if let Some(b) = before {
-                // The batch's attempt first, and what it cost on the bill.
-                report.attempts.splice(0..0, b.attempts);
-                report.usage += b.usage;
-                report.cost_usd += b.cost_usd;
-                report.list_cost_usd += b.list_cost_usd;
-            }
-            (report, result)
-        },
-    ))
-    .await
+            in_flight.push(one_call(ctx, n, call, batched));
+        }
+        let Some((n, answered)) = in_flight.next().await else {
+            break;
+        };
+        done[n] = Some(answered);
+    }
+    // Every item went through the window once: every slot is filled.
+    done.into_iter()
+        .map(|d| d.expect("every item of the window was answered"))
+        .collect()
+}
+
+/// One item's call: the batch's answer if it has one, else the call itself
+/// (after the batch's attempt, if the batch gave the item back).
+async fn one_call(
+    ctx: &StepCalls<'_>,
+    n: usize,
+    call: &step::RenderedCall,
+    batched: Option<batch::Item>,
+) -> (usize, (CallReport, Result<Value, CallError>)) {
+    let item = ctx.fan_out.then_some(n);
+    let before = match batched {
+        Some(batch::Item::Done(report, value)) => return (n, (report, Ok(value))),
+        Some(batch::Item::Failed(report, why)) => return (n, (report, Err(why))),
+        Some(batch::Item::Synchronous(report)) => Some(report),
+        None => None,
+    };
+    let (mut report, result) = call_with_fallbacks(ctx, item, call).await;
+    if let Some(b) = before {
+        // What the batch's discount would have saved on the synchronous
+        // answer (before the batch's own cost joins it). A fallback model
+        // without a batch API lost no discount.
+        report.batch_fallback = true;
+        let model = report
+            .model
+            .as_ref()
+            .and_then(|m| ctx.sh.policy.models.get(m));
+        if let Some(m) = model.filter(|m| m.has_batch_api()) {
+            let at_batch = cost::call_cost(&m.price, &report.usage, cost::Billing::Batch);
+            report.lost_discount_usd = (report.cost_usd - at_batch).max(0.0);
+        }
+        // The batch's attempt first, and what it cost on the bill.
+        report.attempts.splice(0..0, b.attempts);
+        report.call_ms += b.call_ms;
+        report.usage += b.usage;
+        report.cost_usd += b.cost_usd;
+        report.list_cost_usd += b.list_cost_usd;
+    }
+    (n, (report, result))
 }
 
 /// The step's report from its calls: totals, the first error, the output
@@ -192,6 +264,8 @@ fn gather(
         report.usage += call.usage;
         report.cost_usd += call.cost_usd;
         report.list_cost_usd += call.list_cost_usd;
+        report.queued_ms += call.queued_ms;
+        report.call_ms += call.call_ms;
         if report.ttft_ms.is_none() {
             report.ttft_ms = call.ttft_ms;
         }

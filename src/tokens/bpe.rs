@@ -82,6 +82,18 @@ impl Bpe {
             .sum()
     }
 
+    /// The pre-tokenizer's pieces of `text` with their token counts, in
+    /// order: a cut between two pieces is a cut between two tokens, and
+    /// the counts add up to [`Bpe::count`] (context trimming cuts here).
+    pub(super) fn piece_counts<'t>(
+        &'t self,
+        text: &'t str,
+    ) -> impl Iterator<Item = (&'t str, usize)> + 't {
+        self.splitter
+            .pieces(text)
+            .map(|piece| (piece, self.count_piece(piece.as_bytes())))
+    }
+
     /// A token's rank, if `bytes` is one (for the tests' checks of the table).
     #[cfg(test)]
     pub(super) fn rank(&self, bytes: &[u8]) -> Option<u32> {

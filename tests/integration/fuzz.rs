@@ -1257,6 +1257,7 @@ proptest! {
                     cache_system: None,
                     endpoint: if completions { Endpoint::Completions } else { Endpoint::Chat },
                     stop: Vec::new(),
+                    logprobs: false,
                 };
                 if let Err(e) = client.send(&req).await {
                     let all = format!("{e} {e:?} {}", e.body.clone().unwrap_or_default());

@@ -8,7 +8,7 @@ use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
-use crate::support::{Cmd, Project, transcript};
+use crate::support::{Cmd, Project, step, transcript};
 
 fn installed() -> Option<(PathBuf, PathBuf)> {
     let cache = std::env::var_os("TOLLGATE_CACHE")
@@ -345,4 +345,169 @@ fn a_server_left_by_a_killed_run_is_adopted_and_stopped_by_the_next() {
     );
     assert!(!answers(port), "the adopted server is still running");
     assert!(!pid_file.exists());
+}
+
+/// A llama-server of the installed model on its own port, its log in `log`;
+/// killed when dropped.
+struct RealServer {
+    child: std::process::Child,
+    port: u16,
+    log: PathBuf,
+}
+
+impl RealServer {
+    fn start(
+        server: &std::path::Path,
+        model: &std::path::Path,
+        dir: &std::path::Path,
+    ) -> RealServer {
+        let port = free_port();
+        let log = dir.join(format!("server-{port}.log"));
+        let child = Command::new(server)
+            .args(["-m", &model.display().to_string()])
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(["-c", "2048", "-t", "1", "--alias", "gemma-3-270m"])
+            .env("OMP_WAIT_POLICY", "passive")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        RealServer { child, port, log }
+    }
+
+    fn wait_healthy(&self) {
+        let start = std::time::Instant::now();
+        while !health_ok(self.port) {
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(120),
+                "llama-server on {} did not load its model",
+                self.port
+            );
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    }
+
+    /// Requests the server has finished (llama-server logs a slot's release).
+    fn finished(&self) -> usize {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .matches("stop processing")
+            .count()
+    }
+}
+
+impl Drop for RealServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn a_pool_of_two_real_servers_loses_no_item_when_one_is_killed_mid_run() {
+    let Some((server, model)) = installed() else {
+        return;
+    };
+    let dir = Project::empty();
+    let a = RealServer::start(&server, &model, dir.path());
+    let mut b = RealServer::start(&server, &model, dir.path());
+    a.wait_healthy();
+    b.wait_healthy();
+    const ITEMS: usize = 12;
+    let items: Vec<String> = (1..=ITEMS).map(|i| format!("\"ticket {i}\"")).collect();
+    dir.write(
+        "policy.yaml",
+        &format!(
+            r#"version: 1
+providers:
+  llamacpp:
+    kind: openai-compatible
+    endpoints: [{{ url: "http://127.0.0.1:{}/v1", slots: 2 }}, {{ url: "http://127.0.0.1:{}/v1", slots: 2 }}]
+models:
+  local: {{ provider: llamacpp, model: gemma-3-270m, tier: local, context_window: 2048 }}
+rules:
+  - {{ name: all, use: local }}
+"#,
+            a.port, b.port
+        ),
+    );
+    dir.write(
+        "wf.yaml",
+        &format!(
+            r#"version: 1
+name: pooled
+inputs:
+  items: {{ type: array, default: [{}] }}
+steps:
+  each:
+    task: classify
+    for_each: inputs.items
+    prompt: "Is this a bug or a feature? {{{{ item }}}}"
+    max_output_tokens: 8
+    temperature: 0
+"#,
+            items.join(", ")
+        ),
+    );
+    let mut run = Cmd::new(
+        dir.path(),
+        &[
+            "run",
+            "wf.yaml",
+            "--policy",
+            "policy.yaml",
+            "--concurrency",
+            "4",
+            "--format",
+            "json",
+        ],
+    )
+    .into_std()
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped())
+    .spawn()
+    .unwrap();
+    // Kill b (SIGKILL, as a crashed or rebooted box) once it has answered,
+    // while the others are still queued or in flight.
+    let start = std::time::Instant::now();
+    while b.finished() == 0 {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(300),
+            "b never answered"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(
+        run.try_wait().unwrap().is_none(),
+        "the run was still going when b was killed"
+    );
+    b.child.kill().unwrap();
+    b.child.wait().unwrap();
+    let served_by_b = b.finished();
+    let out = run.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", transcript(&out));
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let each = step(&r, "each");
+    assert_eq!(each["status"], "succeeded", "{each}");
+    let outputs = each["output"].as_array().unwrap();
+    assert_eq!(outputs.len(), ITEMS, "{each}");
+    assert!(
+        outputs
+            .iter()
+            .all(|o| o.as_str().is_some_and(|s| !s.is_empty())),
+        "every item has its answer: {each}"
+    );
+    eprintln!(
+        "b served {served_by_b} before it was killed, a {}",
+        a.finished()
+    );
+    // Both servers did real work: b until it was killed, a the rest
+    // (including whatever b had in flight).
+    assert!((1..ITEMS).contains(&served_by_b), "b served {served_by_b}");
+    assert!(
+        a.finished() >= ITEMS - served_by_b,
+        "a served {} of the {} b did not",
+        a.finished(),
+        ITEMS - served_by_b
+    );
 }

@@ -495,6 +495,7 @@ impl Provider for Held {
                 request_id: None,
                 time_to_first_token: None,
                 latency: Duration::ZERO,
+                logprobs: None,
             })
         })
     }

@@ -76,6 +76,7 @@ fn request(model: &str, stream: bool) -> ChatRequest {
         cache_system: None,
         endpoint: Endpoint::Chat,
         stop: Vec::new(),
+        logprobs: false,
     }
 }
 

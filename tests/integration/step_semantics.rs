@@ -35,7 +35,8 @@ use crate::support::root;
 
 /// Local models on the fake (a local model passes every sensitivity gate):
 /// one for steps tagged `few-shot` — by the workflow or the step, so the
-/// tags routing sees are checked too — and one for the rest.
+/// tags routing sees are checked too — one named `local`, which examples
+/// pin steps to (every example policy has it), and one for the rest.
 fn policy(fake: &FakeServer) -> Policy {
     let text = format!(
         r#"version: 1
@@ -46,6 +47,7 @@ providers:
 models:
   m: {{ provider: fake, model: fake-model, tier: local, context_window: 1000000 }}
   shots: {{ provider: fake, model: fake-shots, tier: local, context_window: 1000000 }}
+  local: {{ provider: fake, model: fake-local, tier: local, context_window: 1000000 }}
 rules:
   - {{ name: few-shot, when: {{ tags: few-shot }}, use: shots }}
   - {{ name: all, use: m }}

@@ -58,7 +58,7 @@ mod reply;
 pub use batch::BatchScript;
 pub use hostile::Hostile;
 pub use hostile_server::{HostileServer, Misbehaviour, Seen};
-pub use reply::{ErrorCase, FakeUsage, Reply};
+pub use reply::{ErrorCase, FakeUsage, LogprobShape, Reply};
 
 use render::{Ctx, Frame};
 use reply::{Outcome, StreamShape};

@@ -102,13 +102,50 @@ fn openai_success(s: &Success, ctx: &Ctx) -> Value {
         "model": reported_model(s, ctx),
         "system_fingerprint": "fp_fake",
         "service_tier": "default",
-        "choices": [{"index": 0, "logprobs": null, "finish_reason": openai_finish(s), "message": message}],
+        "choices": [{"index": 0, "logprobs": chat_logprobs(s), "finish_reason": openai_finish(s), "message": message}],
         "usage": openai_usage(&s.usage, s.cost),
     });
+    add_llama_logprobs(s, &mut body);
     if s.cost.is_some() {
         body["provider"] = json!("FakeUpstream");
     }
     body
+}
+
+/// OpenAI's chat logprobs: one entry per token.
+fn chat_logprobs(s: &Success) -> Value {
+    match &s.logprobs {
+        Some((values, crate::LogprobShape::OpenAi)) => json!({"content": values
+            .iter()
+            .enumerate()
+            .map(|(i, v)| json!({"token": format!("t{i}"), "logprob": v, "bytes": [], "top_logprobs": []}))
+            .collect::<Vec<_>>()}),
+        _ => Value::Null,
+    }
+}
+
+/// The legacy completions route's logprobs.
+fn completion_logprobs(s: &Success) -> Value {
+    match &s.logprobs {
+        Some((values, crate::LogprobShape::OpenAi)) => json!({
+            "tokens": (0..values.len()).map(|i| format!("t{i}")).collect::<Vec<_>>(),
+            "token_logprobs": values,
+            "top_logprobs": null,
+            "text_offset": (0..values.len()).collect::<Vec<_>>(),
+        }),
+        _ => Value::Null,
+    }
+}
+
+/// llama.cpp's own shape: top-level `completion_probabilities`.
+fn add_llama_logprobs(s: &Success, body: &mut Value) {
+    if let Some((values, crate::LogprobShape::LlamaCpp)) = &s.logprobs {
+        body["completion_probabilities"] = json!(values
+            .iter()
+            .enumerate()
+            .map(|(i, v)| json!({"id": i, "token": format!("t{i}"), "logprob": v, "bytes": [], "top_logprobs": []}))
+            .collect::<Vec<_>>());
+    }
 }
 
 fn openai_chunk(ctx: &Ctx, model: &str, choices: Value, usage: Option<Value>) -> Value {
@@ -159,7 +196,16 @@ fn openai_head(s: &Success, ctx: &Ctx, content: &[String]) -> Vec<Frame> {
 fn openai_events(s: &Success, ctx: &Ctx) -> Vec<Frame> {
     let model = reported_model(s, ctx);
     let mut out = openai_head(s, ctx, &pieces(s));
-    out.push(openai_delta(ctx, &model, json!({}), Some(openai_finish(s))));
+    // Every token's logprob on the finishing chunk (a real server spreads
+    // them over the content chunks; a reader sums them either way).
+    let mut last = openai_chunk(
+        ctx,
+        &model,
+        json!([{"index": 0, "delta": {}, "logprobs": chat_logprobs(s), "finish_reason": openai_finish(s)}]),
+        None,
+    );
+    add_llama_logprobs(s, &mut last);
+    out.push(data_frame(&last));
     // OpenRouter sends usage (with cost) whatever the request said.
     if ctx.include_usage || s.cost.is_some() {
         let mut last = openai_chunk(ctx, &model, json!([]), None);
@@ -289,15 +335,17 @@ fn completion_id(ctx: &Ctx) -> String {
 }
 
 fn completion_success(s: &Success, ctx: &Ctx) -> Value {
-    json!({
+    let mut body = json!({
         "id": completion_id(ctx),
         "object": "text_completion",
         "created": ctx.created,
         "model": reported_model(s, ctx),
         "system_fingerprint": "fp_fake",
-        "choices": [{"text": s.text, "index": 0, "logprobs": null, "finish_reason": openai_finish(s)}],
+        "choices": [{"text": s.text, "index": 0, "logprobs": completion_logprobs(s), "finish_reason": openai_finish(s)}],
         "usage": openai_usage(&s.usage, s.cost),
-    })
+    });
+    add_llama_logprobs(s, &mut body);
+    body
 }
 
 fn completion_chunk(ctx: &Ctx, model: &str, choices: Value) -> Value {
@@ -726,6 +774,7 @@ pub(crate) fn error_in_stream(case: &ErrorCase, ctx: &Ctx) -> Vec<Frame> {
         model: None,
         truncated: false,
         hostile: Box::default(),
+        logprobs: None,
     };
     let content = ["partial".to_string()];
     let (_, body) = error(case, ctx);
@@ -791,6 +840,7 @@ fn sample() -> Success {
         model: None,
         truncated: false,
         hostile: Box::default(),
+        logprobs: None,
     }
 }
 

@@ -62,6 +62,18 @@ pub(crate) struct Success {
     pub(crate) model: Option<String>,
     pub(crate) truncated: bool,
     pub(crate) hostile: Box<crate::hostile::Hostile>,
+    /// Token logprobs to send (OpenAI-compatible paths only), and where.
+    pub(crate) logprobs: Option<(Vec<f64>, LogprobShape)>,
+}
+
+/// Where an answer's token logprobs go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogprobShape {
+    /// OpenAI's: `choices[0].logprobs.content[].logprob` on chat,
+    /// `choices[0].logprobs.token_logprobs[]` on the completions route.
+    OpenAi,
+    /// llama.cpp's own: top-level `completion_probabilities[].logprob`.
+    LlamaCpp,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -151,7 +163,17 @@ impl Reply {
             model: None,
             truncated: false,
             hostile: Box::default(),
+            logprobs: None,
         }))
+    }
+
+    /// Sends these token logprobs with the answer (OpenAI-compatible paths),
+    /// in OpenAI's shape or llama.cpp's.
+    pub fn logprobs(mut self, values: Vec<f64>, shape: LogprobShape) -> Self {
+        if let Outcome::Success(s) = &mut self.outcome {
+            s.logprobs = Some((values, shape));
+        }
+        self
     }
 
     /// A rate-limit error (429); add a hint with the `retry_after_*` methods.

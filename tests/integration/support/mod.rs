@@ -34,15 +34,19 @@ pub const KEY: &str = "sk-test-7f3a9c1e-never-print-me";
 pub const KEY_VARS: [&str; 3] = ["TEST_OPENAI_KEY", "TEST_ANTHROPIC_KEY", "TEST_GEMINI_KEY"];
 
 /// Variables of the caller's shell that would change what the binary does.
-const SCRUBBED: [&str; 7] = [
+const SCRUBBED: [&str; 8] = [
     "TOLLGATE_POLICY",
     "TOLLGATE_STATE",
     "TOLLGATE_STATE_URL",
     "PGPASSWORD",
     "TOLLGATE_TEST_NOW",
+    "TOLLGATE_TEST_TODAY",
     "CI",
     "NO_COLOR",
 ];
+
+/// The day every command believes it is (see [`Cmd::new`]).
+pub const TODAY: &str = "2026-01-01";
 
 /// How long any one command may take before the test fails instead of hanging.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
@@ -79,6 +83,11 @@ impl Cmd {
             cmd.env_remove(var);
         }
         cmd.env("NO_COLOR", "1");
+        // The day models' retirement dates are compared with: fixed, so an
+        // output never changes with the day the tests run on. Months before
+        // the first date in the catalog, so only the tests that set their
+        // own day see a model retire.
+        cmd.env("TOLLGATE_TEST_TODAY", TODAY);
         Cmd { cmd }
     }
 

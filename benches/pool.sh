@@ -1,0 +1,125 @@
+#!/usr/bin/env bash
+# Endpoint pools on real llama.cpp servers (issue 16 §2): throughput of a
+# 200-item `for_each` on one endpoint vs two, and the same run with one of
+# the two servers killed (SIGKILL) a quarter of the way through.
+#
+#   bash benches/pool.sh [ITEMS]          # default 200
+#
+# Needs the model and server of scripts/setup-local.sh (~/.cache/tollgate,
+# or $LLAMA_SERVER / $TOLLGATE_MODEL) and a tollgate binary
+# ($TOLLGATE_BENCH_BIN, else target/debug/tollgate from `cargo build`;
+# the time is the model's, so a debug build measures the same thing).
+#
+# Workload: Gemma 3 270M (Q4_K_M), every server `-t 1 -c 2048` (one core
+# each: "one more box" of the same size), each endpoint `slots: 2`,
+# `--concurrency 4`, prompts "Is this a bug or a feature? ticket N",
+# `max_output_tokens: 8`, temperature 0, no cache (`--no-cache`).
+# Printed: wall time, items answered, calls per second; for the kill row, how
+# many items each server finished and that none was lost.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+ITEMS=${1:-200}
+CACHE=${TOLLGATE_CACHE:-$HOME/.cache/tollgate}
+SERVER=${LLAMA_SERVER:-$CACHE/bin/llama-server}
+MODEL=${TOLLGATE_MODEL:-$CACHE/models/gemma-3-270m-q4_k_m.gguf}
+BIN=${TOLLGATE_BENCH_BIN:-}
+if [ -z "$BIN" ]; then
+  BIN=$PWD/target/debug/tollgate
+fi
+for f in "$SERVER" "$MODEL" "$BIN"; do
+  [ -e "$f" ] || { echo "missing $f (run scripts/setup-local.sh and cargo build)" >&2; exit 2; }
+done
+
+WORK=$(mktemp -d)
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# start_server PORT → starts llama-server in the background, logs to $WORK/server-PORT.log
+start_server() {
+  OMP_WAIT_POLICY=passive "$SERVER" -m "$MODEL" --host 127.0.0.1 --port "$1" \
+    -c 2048 -t 1 --alias gemma-3-270m >/dev/null 2>"$WORK/server-$1.log" &
+  PIDS+=($!)
+  echo $!
+}
+wait_healthy() {
+  for _ in $(seq 600); do
+    curl -sf "http://127.0.0.1:$1/health" | grep -q ok && return 0
+    sleep 0.2
+  done
+  echo "server on $1 did not start" >&2; exit 1
+}
+finished() { grep -c "stop processing" "$WORK/server-$1.log" || true; }
+
+mkdir -p "$WORK/p/.git"
+python3 - "$ITEMS" > "$WORK/p/wf.yaml" <<'EOF'
+import sys
+n = int(sys.argv[1])
+items = ", ".join(f'"ticket {i}"' for i in range(1, n + 1))
+print(f"""version: 1
+name: pooled
+inputs:
+  items: {{ type: array, default: [{items}] }}
+steps:
+  each:
+    task: classify
+    for_each: inputs.items
+    prompt: "Is this a bug or a feature? {{{{ item }}}}"
+    max_output_tokens: 8
+    temperature: 0
+""")
+EOF
+policy() { # policy ENDPOINTS...
+  local eps=""
+  for p in "$@"; do eps+="{ url: \"http://127.0.0.1:$p/v1\", slots: 2 }, "; done
+  cat > "$WORK/p/policy.yaml" <<EOF
+version: 1
+providers:
+  llamacpp: { kind: openai-compatible, endpoints: [${eps%, }] }
+models:
+  local: { provider: llamacpp, model: gemma-3-270m, tier: local, context_window: 2048 }
+rules:
+  - { name: all, use: local }
+EOF
+}
+# run → prints "wall answered"
+run() {
+  local t0 t1 out
+  t0=$(date +%s.%N)
+  out=$(cd "$WORK/p" && "$BIN" --color never run wf.yaml --policy policy.yaml --no-cache \
+        --concurrency 4 --format json --state "$WORK/state-$RANDOM" 2>"$WORK/run.err") || {
+    echo "run failed:" >&2; cat "$WORK/run.err" >&2; exit 1; }
+  t1=$(date +%s.%N)
+  local answered
+  answered=$(printf '%s' "$out" | python3 -c 'import json,sys; r=json.load(sys.stdin); s=[s for s in r["steps"] if s["id"]=="each"][0]; print(sum(1 for o in s["output"] if o))')
+  echo "$(python3 -c "print(f'{$t1-$t0:.2f}')") $answered"
+}
+row() { # row NAME WALL ANSWERED
+  printf '%-28s %8ss %5s/%s answered %6.2f calls/s\n' "$1" "$2" "$3" "$ITEMS" "$(python3 -c "print($3/$2)")"
+}
+
+A=$(free_port); start_server "$A" >/dev/null
+B=$(free_port); PB=$(start_server "$B")
+wait_healthy "$A"; wait_healthy "$B"
+# Warm both (the first request loads weights into the page cache).
+for p in "$A" "$B"; do
+  curl -sf "http://127.0.0.1:$p/v1/chat/completions" -H 'content-type: application/json' \
+    -d '{"model":"gemma-3-270m","messages":[{"role":"user","content":"hi"}],"max_tokens":1}' >/dev/null
+done
+
+echo "pool bench: $ITEMS items, Gemma 3 270M, binary $BIN"
+policy "$A"; read -r wall ok < <(run); row "1 endpoint" "$wall" "$ok"
+policy "$A" "$B"; read -r wall ok < <(run); row "2 endpoints" "$wall" "$ok"
+
+# Kill b a quarter of the way through the run.
+policy "$A" "$B"
+before_a=$(finished "$A"); before_b=$(finished "$B")
+( while [ $(( $(finished "$A") + $(finished "$B") - before_a - before_b )) -lt $((ITEMS / 4)) ]; do sleep 0.05; done
+  kill -9 "$PB"; echo "$(date +%s.%N)" > "$WORK/killed" ) &
+read -r wall ok < <(run)
+row "2 endpoints, b killed at 1/4" "$wall" "$ok"
+echo "  b finished $(( $(finished "$B") - before_b )) before it was killed, a $(( $(finished "$A") - before_a ))"
+[ "$ok" = "$ITEMS" ] || { echo "LOST $(( ITEMS - ok )) items" >&2; exit 1; }
