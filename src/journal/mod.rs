@@ -1066,6 +1066,173 @@ mod tests {
         );
     }
 
+    /// Cascades and context management read back alike from both stores
+    /// (their SQL differs by dialect): a resume's escalated calls, the
+    /// plan's escalation history, and the report's cascade line and context
+    /// saving.
+    #[test]
+    fn cascades_and_context_read_back_alike_on_both_stores() {
+        let mut reports = Vec::new();
+        for store in stores() {
+            let j = store.open(Clock::Fixed(1_700_000_000_000));
+            let mut run = new_run();
+            run.steps[0].context = Some(records::PlannedContext {
+                tokens_before: 5000,
+                tokens_after: 300,
+                saved_usd: 0.004,
+            });
+            // A step that failed: its planned saving is not counted.
+            run.steps.push(PlannedStep {
+                id: "b".into(),
+                context: Some(records::PlannedContext {
+                    tokens_before: 100,
+                    tokens_after: 50,
+                    saved_usd: 1.0,
+                }),
+                ..run.steps[0].clone()
+            });
+            let id = j.begin_run(&run).unwrap();
+            let first = |item: usize, outcome: AttemptOutcome, cost: f64| CallRecord {
+                step: "a".into(),
+                item: Some(item),
+                model: "cheap".into(),
+                tier: "budget".into(),
+                outcome,
+                cost_usd: cost,
+                cascade_rule: Some("summaries".into()),
+                ..CallRecord::default()
+            };
+            let escalated = |item: usize, cost: f64, why: &str| CallRecord {
+                escalate_to: Some("big".into()),
+                error: Some(why.into()),
+                prompt_hash: Some(format!("ph{item}")),
+                ..first(item, AttemptOutcome::Escalated, cost)
+            };
+            let answered = |call: CallRecord| CallRecord {
+                output: Some(serde_json::json!("fine")),
+                ..call
+            };
+            // Item 0 escalated and the target answered; item 1 escalated
+            // and waits for its target (a resume escalates it); items 2 and
+            // 3 stayed cheap (a negative cost never counts).
+            j.record_call(&id, &escalated(0, 0.01, "invalid_output: not JSON"))
+                .unwrap();
+            j.record_call(
+                &id,
+                &answered(CallRecord {
+                    model: "big".into(),
+                    escalated_from: Some("cheap".into()),
+                    ..first(0, AttemptOutcome::Ok, 0.3)
+                }),
+            )
+            .unwrap();
+            j.record_call(&id, &escalated(1, 0.02, "low_confidence: -1.2"))
+                .unwrap();
+            j.record_call(&id, &answered(first(2, AttemptOutcome::Ok, 0.01)))
+                .unwrap();
+            j.record_call(&id, &answered(first(3, AttemptOutcome::Ok, -5.0)))
+                .unwrap();
+            j.finish_step(&id, "a", "succeeded").unwrap();
+            j.finish_step(&id, "b", "failed").unwrap();
+
+            let left = j.escalated_calls(&id).unwrap();
+            assert_eq!(left.len(), 2);
+            let e = &left[&("a".to_owned(), Some(1))];
+            assert_eq!(
+                (
+                    e.model.as_str(),
+                    e.to.as_str(),
+                    e.reason.as_str(),
+                    e.prompt_hash.as_deref(),
+                    e.cost_usd
+                ),
+                ("cheap", "big", "low_confidence: -1.2", Some("ph1"), 0.02)
+            );
+            assert_eq!(j.escalation_history("p", 0).unwrap()["summaries"], (2, 4));
+            assert!(j.escalation_history("other", 0).unwrap().is_empty());
+            assert!(
+                j.escalation_history("p", 1_700_000_000_001)
+                    .unwrap()
+                    .is_empty()
+            );
+
+            let r = report::build(&j, None).unwrap();
+            assert_eq!(r.cascades.len(), 1, "{:?}", r.cascades);
+            let c = &r.cascades[0];
+            assert_eq!(
+                (c.key.as_str(), c.first_answers, c.escalated),
+                ("p/summaries", 4, 2)
+            );
+            assert!((c.escalation_rate - 0.5).abs() < 1e-12);
+            assert!((c.first_cost_usd - 0.04).abs() < 1e-12, "{c:?}");
+            assert!((c.escalated_cost_usd - 0.3).abs() < 1e-12, "{c:?}");
+            // Four first answers at the one answered escalation's $0.30.
+            assert!((c.all_on_target_usd.unwrap() - 1.2).abs() < 1e-9, "{c:?}");
+            let s = &r.totals.savings;
+            assert_eq!(s.context_tokens, 4700);
+            assert!((s.context_usd - 0.004).abs() < 1e-12, "{s:?}");
+            let step_a = r.by_step.iter().find(|l| l.key == "wf/a").unwrap();
+            assert_eq!(step_a.savings.context_tokens, 4700);
+            let step_b = r.by_step.iter().find(|l| l.key == "wf/b").unwrap();
+            assert_eq!(step_b.savings.context_tokens, 0);
+            reports.push(r);
+        }
+        // The rest of the report is summed in Rust from the same rows: equal
+        // (the cascade sums come from each database, checked above).
+        if let [lite, pg] = &mut reports[..] {
+            lite.cascades.clear();
+            pg.cascades.clear();
+            assert_eq!(lite, pg);
+        }
+    }
+
+    /// A team database an older build made (schema 1, before cascades and
+    /// context management) is migrated in place: its runs stay, the new
+    /// columns take their defaults, and cascades journal into it.
+    #[test]
+    fn a_postgres_ledger_of_schema_1_is_migrated() {
+        let Some(db) = pg::testing::TestDb::create() else {
+            return;
+        };
+        db.exec(&format!(
+            "CREATE TABLE schema_version (version BIGINT NOT NULL);
+             {}
+             INSERT INTO schema_version (version) VALUES (1);
+             INSERT INTO runs (id, workflow, workflow_path, workflow_hash, policy, policy_path,
+                policy_hash, inputs_hash, inputs, started_ms, status, steps_total, estimate_usd,
+                estimate_max_usd, pid)
+             VALUES ('r-old', 'wf', 'wf.yaml', 'h', 'p', 'p.yaml', 'ph', 'ih', '{{}}', 1,
+                'succeeded', 1, 0.5, 0.5, 1);
+             INSERT INTO steps (run_id, step, status, planned_calls, estimate_usd,
+                estimate_max_usd, flagship_estimate_usd)
+             VALUES ('r-old', 'a', 'succeeded', 1, 0.5, 0.5, 1.0);",
+            pg::MIGRATIONS[0]
+        ));
+        let j = Journal::open_postgres(&db.url, Clock::Fixed(1_700_000_000_000)).unwrap();
+        assert_eq!(j.run("r-old").unwrap().unwrap().estimate_usd, 0.5);
+        let id = j.begin_run(&new_run()).unwrap();
+        j.record_call(
+            &id,
+            &CallRecord {
+                step: "a".into(),
+                model: "m".into(),
+                tier: "budget".into(),
+                outcome: AttemptOutcome::Escalated,
+                cascade_rule: Some("r".into()),
+                escalate_to: Some("big".into()),
+                ..CallRecord::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            j.escalated_calls(&id).unwrap()[&("a".to_owned(), None)].to,
+            "big"
+        );
+        let r = report::build(&j, None).unwrap();
+        assert_eq!((r.runs, r.totals.savings.context_tokens), (2, 0));
+        assert_eq!(r.cascades[0].key, "p/r");
+    }
+
     #[test]
     fn finished_calls_and_cache_round_trip() {
         for store in stores() {

@@ -31,7 +31,7 @@ pub(super) const SCHEMA_VERSION: i64 = 2;
 /// The migrations, in order: migration `i` takes a database from version
 /// `i` to `i + 1`. Only ever appended to: a team's database is migrated by
 /// whichever member's newer tollgate opens it first.
-const MIGRATIONS: &[&str] = &[
+pub(super) const MIGRATIONS: &[&str] = &[
     r#"
 CREATE TABLE runs (
     seq             BIGSERIAL UNIQUE,
