@@ -1527,4 +1527,25 @@ mod tests {
             "{bad}"
         );
     }
+
+    /// Opening a connection is bounded (a host that drops packets must not
+    /// hold `plan` for minutes), unless the URL chooses its own bound.
+    #[test]
+    fn a_state_url_connects_within_a_bound() {
+        let bound = |u: &str| {
+            StateUrl::parse(u)
+                .unwrap()
+                .config
+                .get_connect_timeout()
+                .copied()
+        };
+        assert_eq!(
+            bound("postgres://team@db.example/ledger"),
+            Some(std::time::Duration::from_secs(10))
+        );
+        assert_eq!(
+            bound("postgres://team@db.example/ledger?connect_timeout=3"),
+            Some(std::time::Duration::from_secs(3))
+        );
+    }
 }

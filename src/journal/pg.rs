@@ -28,6 +28,9 @@ use super::JournalError;
 /// The newest schema this build knows (the `schema_version` table).
 pub(super) const SCHEMA_VERSION: i64 = 2;
 
+/// How long a connection may take to open unless the URL says otherwise.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// The migrations, in order: migration `i` takes a database from version
 /// `i` to `i + 1`. Only ever appended to: a team's database is migrated by
 /// whichever member's newer tollgate opens it first.
@@ -171,7 +174,7 @@ const MIGRATION_LOCK: i64 = 0x746f_6c6c_6d69_6772; // "tollmigr"
 #[derive(Clone)]
 pub struct StateUrl {
     /// Shared: the settings are large, and copied to each journal thread.
-    config: std::sync::Arc<Config>,
+    pub(super) config: std::sync::Arc<Config>,
     display: String,
     /// The password (as written and decoded), only to scrub it from error
     /// messages.
@@ -219,6 +222,13 @@ impl StateUrl {
                 config.password(p.as_bytes());
                 secrets.push(p);
             }
+        }
+        // A host that drops packets would otherwise hold every command
+        // (`plan` included, which reads budgets and escalation history) for
+        // the system's TCP timeout, minutes: the URL's `connect_timeout`
+        // wins when given.
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(CONNECT_TIMEOUT);
         }
         // Shown without password and parameters (which may hold one).
         let mut shown = parsed.clone();
