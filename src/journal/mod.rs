@@ -1132,11 +1132,26 @@ mod tests {
                 .unwrap();
             j.record_call(&id, &answered(first(3, AttemptOutcome::Ok, -5.0)))
                 .unwrap();
+            // Item 4 escalated to an answer from the response cache: priced
+            // at what it cost when bought.
+            j.record_call(&id, &escalated(4, 0.01, "invalid_output: not JSON"))
+                .unwrap();
+            j.record_call(
+                &id,
+                &answered(CallRecord {
+                    model: "big".into(),
+                    escalated_from: Some("cheap".into()),
+                    from_cache: true,
+                    saved_usd: 0.3,
+                    ..first(4, AttemptOutcome::Cached, 0.0)
+                }),
+            )
+            .unwrap();
             j.finish_step(&id, "a", "succeeded").unwrap();
             j.finish_step(&id, "b", "failed").unwrap();
 
             let left = j.escalated_calls(&id).unwrap();
-            assert_eq!(left.len(), 2);
+            assert_eq!(left.len(), 3);
             let e = &left[&("a".to_owned(), Some(1))];
             assert_eq!(
                 (
@@ -1148,7 +1163,7 @@ mod tests {
                 ),
                 ("cheap", "big", "low_confidence: -1.2", Some("ph1"), 0.02)
             );
-            assert_eq!(j.escalation_history("p", 0).unwrap()["summaries"], (2, 4));
+            assert_eq!(j.escalation_history("p", 0).unwrap()["summaries"], (3, 5));
             assert!(j.escalation_history("other", 0).unwrap().is_empty());
             assert!(
                 j.escalation_history("p", 1_700_000_000_001)
@@ -1161,13 +1176,15 @@ mod tests {
             let c = &r.cascades[0];
             assert_eq!(
                 (c.key.as_str(), c.first_answers, c.escalated),
-                ("p/summaries", 4, 2)
+                ("p/summaries", 5, 3)
             );
-            assert!((c.escalation_rate - 0.5).abs() < 1e-12);
-            assert!((c.first_cost_usd - 0.04).abs() < 1e-12, "{c:?}");
+            assert!((c.escalation_rate - 0.6).abs() < 1e-12);
+            assert!((c.first_cost_usd - 0.05).abs() < 1e-12, "{c:?}");
             assert!((c.escalated_cost_usd - 0.3).abs() < 1e-12, "{c:?}");
-            // Four first answers at the one answered escalation's $0.30.
-            assert!((c.all_on_target_usd.unwrap() - 1.2).abs() < 1e-9, "{c:?}");
+            // Five first answers at the answered escalations' $0.30 each
+            // (the cached one at its price when bought).
+            assert!((c.all_on_target_usd.unwrap() - 1.5).abs() < 1e-9, "{c:?}");
+            assert!((c.saved_usd.unwrap() - 1.15).abs() < 1e-9, "{c:?}");
             let s = &r.totals.savings;
             assert_eq!(s.context_tokens, 4700);
             assert!((s.context_usd - 0.004).abs() < 1e-12, "{s:?}");

@@ -307,15 +307,15 @@ const CLASSIFY: &str = r#"  - name: summaries
     use: budget
     escalate: { to: workhorse }"#;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_budget_holds_the_escalation_to_its_worst_case() {
+async fn the_budget_holds_the_escalation_to_its_worst_case(ledger: Ledger) {
     let fake = FakeServer::start().await;
     answers(&fake, || Reply::text("not json").usage(20, 5));
     // Room for the budget model's worst case, not for the workhorse's.
     let p = Project::new(
         &policy(&fake, CLASSIFY, "budgets: { run_usd: 0.0002 }\n"),
         WORKFLOW,
-    );
+    )
+    .on(&ledger);
     let out = run_json(&p).await;
     assert_eq!(out.status.code(), Some(1), "{}", transcript(&out));
     let r = report(&out);
@@ -406,5 +406,6 @@ async fn a_resume_after_a_kill_between_the_calls_does_not_pay_twice(ledger: Ledg
 // report's rates) are SQL of each dialect: both run them.
 crate::on_both_ledgers!(
     an_invalid_answer_escalates_and_both_calls_are_journaled,
+    the_budget_holds_the_escalation_to_its_worst_case,
     a_resume_after_a_kill_between_the_calls_does_not_pay_twice,
 );
