@@ -26,6 +26,8 @@ pub struct StepInfo {
     pub system: Option<Source>,
     pub when: Option<Source>,
     pub for_each: Option<Source>,
+    /// The query of the step's `retrieve`, a template.
+    pub retrieve_query: Option<Source>,
     /// Inputs the step's templates read (directly).
     pub reads_inputs: BTreeSet<String>,
     /// Steps whose outputs the templates read (these carry data, and so
@@ -74,6 +76,7 @@ impl StepInfo {
             inputs: minijinja::Value::from_serialize(&inputs),
             steps: minijinja::Value::from_serialize(&steps),
             takes_item: self.for_each.is_some(),
+            retrieved: None,
         }
     }
 }
@@ -91,9 +94,26 @@ pub struct RenderContext {
     steps: minijinja::Value,
     /// The step has `for_each`: only then may a context hold `item`.
     takes_item: bool,
+    /// The chunks the step's `retrieve` found (`step` adds them, and only
+    /// for a step with `retrieve`: the analysis refuses `retrieved`
+    /// elsewhere).
+    retrieved: Option<minijinja::Value>,
 }
 
 impl RenderContext {
+    /// This context with the chunks a `retrieve` found, as `retrieved`.
+    pub fn with_retrieved(mut self, chunks: &impl serde::Serialize) -> Self {
+        self.retrieved = Some(minijinja::Value::from_serialize(chunks));
+        self
+    }
+
+    /// The same `retrieved` as `other` (a context rebuilt over trimmed
+    /// inputs keeps what the step retrieved).
+    pub fn with_retrieved_of(mut self, other: &RenderContext) -> Self {
+        self.retrieved.clone_from(&other.retrieved);
+        self
+    }
+
     /// The context without `item`: what `when` and `for_each` see.
     pub fn base(&self) -> minijinja::Value {
         self.for_item(None)
@@ -109,6 +129,9 @@ impl RenderContext {
         ];
         if let (Some(item), true) = (item, self.takes_item) {
             ctx.push(("item", minijinja::Value::from_serialize(item)));
+        }
+        if let Some(r) = &self.retrieved {
+            ctx.push(("retrieved", r.clone()));
         }
         ctx.into_iter().collect()
     }
@@ -152,6 +175,9 @@ pub struct Analysis {
     /// checks warns; a check that does only pushes a
     /// [`Diagnostic::warning`] and it reaches the user.
     pub warnings: Vec<Diagnostic>,
+    /// The documents of every file set of `documents` (read once, here);
+    /// sets over an input take theirs from its value at expansion.
+    pub documents: IndexMap<String, Vec<crate::context::retrieval::Document>>,
 }
 
 impl Analysis {
@@ -204,7 +230,10 @@ fn unused_inputs(
     diags: &mut Vec<Diagnostic>,
 ) {
     for name in workflow.value.inputs.keys() {
-        if steps.values().any(|s| s.reads_inputs.contains(name)) {
+        if steps.values().any(|s| s.reads_inputs.contains(name))
+            || (workflow.value.documents.values())
+                .any(|d| d.input.as_deref() == Some(name.as_str()))
+        {
             continue;
         }
         diags.push(
@@ -221,7 +250,10 @@ fn unused_inputs(
 pub fn analyze(workflow: Loaded<Workflow>, root: &Path) -> Result<Analysis, Vec<Diagnostic>> {
     let env = template::environment();
     let mut diags = Vec::new();
+    let mut workflow = workflow;
+    generate_summary_steps(&mut workflow, &mut diags);
     check_inputs(&workflow.value, &workflow.doc, &mut diags);
+    let documents = load_documents(&workflow, root, &mut diags);
     let mut steps = IndexMap::new();
     for (id, step) in &workflow.value.steps {
         let info = analyze_step(&workflow, id, step, &env, root, &mut diags);
@@ -240,6 +272,7 @@ pub fn analyze(workflow: Loaded<Workflow>, root: &Path) -> Result<Analysis, Vec<
             dag,
             env,
             warnings: diags,
+            documents,
         }),
         _ => Err(diags),
     }
@@ -285,6 +318,10 @@ fn analyze_step(
         )),
         (None, None) => None,
     };
+    let retrieve_query = step
+        .retrieve
+        .as_ref()
+        .map(|r| Source::inline(&r.query, pointer(["steps", id, "retrieve", "query"])));
 
     let mut info = StepInfo {
         id: id.to_owned(),
@@ -294,6 +331,7 @@ fn analyze_step(
         system: system.clone(),
         when: when.clone(),
         for_each: for_each.clone(),
+        retrieve_query: retrieve_query.clone(),
         reads_inputs: BTreeSet::new(),
         reads_steps: BTreeSet::new(),
         deps: BTreeSet::new(),
@@ -308,6 +346,7 @@ fn analyze_step(
         (system.as_ref(), "the system prompt", true),
         (when.as_ref(), "`when`", false),
         (for_each.as_ref(), "`for_each`", false),
+        (retrieve_query.as_ref(), "the retrieval query", false),
     ];
     for (source, what, item_allowed) in sources {
         let Some(source) = source else { continue };
@@ -331,6 +370,7 @@ fn analyze_step(
             }
         }
         let item_ok = item_allowed && for_each.is_some();
+        let retrieved_ok = item_allowed && step.retrieve.is_some();
         for r in refs {
             check_reference(
                 &r,
@@ -340,6 +380,7 @@ fn analyze_step(
                     id,
                     what,
                     item_ok,
+                    retrieved_ok,
                     step_ids: &step_ids,
                     input_names: &input_names,
                     globals: &globals,
@@ -371,7 +412,209 @@ fn analyze_step(
             diags,
         );
     }
+    check_retrieval_and_history(w, doc, id, step, &mut info, diags);
     info
+}
+
+/// Adds the summary step of every `history` with `summarize_older` (just
+/// before the step it serves), so routing, the gate, the journal, resume
+/// and the plan treat it as any step; refuses a written step id that would
+/// pass for a generated one.
+fn generate_summary_steps(workflow: &mut Loaded<Workflow>, diags: &mut Vec<Diagnostic>) {
+    use crate::context::history;
+    let doc = &workflow.doc;
+    let mut generated = Vec::new();
+    for (i, (id, step)) in workflow.value.steps.iter().enumerate() {
+        if history::is_summary_step(id) {
+            diags.push(
+                Diagnostic::error(
+                    "reserved-step-id",
+                    format!("step id `{id}` ends with `{}`", history::SUMMARY_SUFFIX),
+                )
+                .at(doc.key_span(&pointer(["steps", id.as_str()])))
+                .with_help("ids ending so name the summary steps tollgate generates for `history`; rename the step"),
+            );
+        }
+        let Some(h) = step.history.as_ref().filter(|h| h.summarize_older) else {
+            continue;
+        };
+        let Some(keep) = h.keep_last else {
+            diags.push(
+                Diagnostic::error(
+                    "history-summary",
+                    format!("the history of step `{id}` summarizes older turns but keeps them all"),
+                )
+                .at(doc.span(&pointer([
+                    "steps",
+                    id.as_str(),
+                    "history",
+                    "summarize_older",
+                ])))
+                .with_help("add `keep_last: N`: the turns before the last N are summarized"),
+            );
+            continue;
+        };
+        let value = history::summary_step(&h.from, keep as usize, h.summarize_with.as_deref());
+        match serde_json::from_value::<Step>(value) {
+            Ok(s) => generated.push((i, history::summary_step_id(id), s)),
+            Err(e) => diags.push(Diagnostic::error(
+                "history-summary",
+                format!("the summary step of `{id}` is invalid: {e}"),
+            )),
+        }
+    }
+    // Later indices first, so earlier ones stay right.
+    for (i, id, step) in generated.into_iter().rev() {
+        workflow.value.steps.shift_insert(i, id, step);
+    }
+}
+
+/// `retrieve` names known document sets; `history` an input of type
+/// `messages`, which the step then reads (its turns are sent).
+fn check_retrieval_and_history(
+    w: &Workflow,
+    doc: &Document,
+    id: &str,
+    step: &Step,
+    info: &mut StepInfo,
+    diags: &mut Vec<Diagnostic>,
+) {
+    if let Some(r) = &step.retrieve {
+        let sets = || w.documents.keys().map(String::as_str);
+        for (i, set) in r.from.iter().enumerate() {
+            if w.documents.contains_key(set) {
+                continue;
+            }
+            let ptr = if r.from.len() == 1
+                && doc
+                    .span(&pointer(["steps", id, "retrieve", "from", "0"]))
+                    .is_none()
+            {
+                pointer(["steps", id, "retrieve", "from"])
+            } else {
+                pointer(["steps", id, "retrieve", "from", &i.to_string()])
+            };
+            diags.push(
+                Diagnostic::error(
+                    "unknown-documents",
+                    format!("step `{id}` retrieves from unknown document set `{set}`"),
+                )
+                .at(doc.span(&ptr))
+                .with_label("not a set of `documents`")
+                .with_help(did_you_mean(set, sets()).unwrap_or_else(|| {
+                    "declare it at the top level: `documents: { NAME: { files: [\"docs/*.md\"] } }`".to_owned()
+                })),
+            );
+        }
+    }
+    if let Some(h) = &step.history {
+        let summary = crate::context::history::summary_step_id(id);
+        if h.summarize_older && w.steps.contains_key(&summary) {
+            info.reads_steps.insert(summary.clone());
+            info.deps.insert(summary);
+        }
+        let at = doc.span(&pointer(["steps", id, "history", "from"]));
+        match w.inputs.get(&h.from) {
+            Some(decl) if decl.kind == crate::workflow::InputType::Messages => {
+                info.reads_inputs.insert(h.from.clone());
+            }
+            Some(decl) => diags.push(
+                Diagnostic::error(
+                    "history-input",
+                    format!(
+                        "the history of step `{id}` is input `{}`, of type {}",
+                        h.from,
+                        decl.kind.name()
+                    ),
+                )
+                .at(at)
+                .with_help("declare the input with `type: messages` (a list of {role, content})"),
+            ),
+            None => diags.push(
+                Diagnostic::error(
+                    "unknown-input",
+                    format!("the history of step `{id}` is unknown input `{}`", h.from),
+                )
+                .at(at)
+                .with_help(
+                    did_you_mean(&h.from, w.inputs.keys().map(String::as_str))
+                        .unwrap_or_else(|| "declare an input with `type: messages`".to_owned()),
+                ),
+            ),
+        }
+    }
+}
+
+/// Every document set checked (an input set names an array input) and every
+/// file set read, from inside the project only.
+fn load_documents(
+    workflow: &Loaded<Workflow>,
+    root: &Path,
+    diags: &mut Vec<Diagnostic>,
+) -> IndexMap<String, Vec<crate::context::retrieval::Document>> {
+    let w = &workflow.value;
+    let doc = &workflow.doc;
+    let mut out = IndexMap::new();
+    for (name, set) in &w.documents {
+        let sp = |key: &str| pointer(["documents", name.as_str(), key]);
+        if set.input.is_some() != set.files.is_empty() {
+            diags.push(
+                Diagnostic::error(
+                    "documents",
+                    format!("document set `{name}` needs either `files` or `input`"),
+                )
+                .at(doc.key_span(&pointer(["documents", name.as_str()])))
+                .with_help("`files: [\"docs/*.md\"]` (globs relative to the workflow) or `input: NAME` (an array input), not both"),
+            );
+            continue;
+        }
+        if let Some(input) = &set.input {
+            match w.inputs.get(input) {
+                Some(decl) if decl.kind == crate::workflow::InputType::Array => {}
+                Some(decl) => diags.push(
+                    Diagnostic::error(
+                        "documents-input",
+                        format!(
+                            "document set `{name}` is input `{input}`, of type {}",
+                            decl.kind.name()
+                        ),
+                    )
+                    .at(doc.span(&sp("input")))
+                    .with_help("declare the input with `type: array` (strings, or {text, source})"),
+                ),
+                None => diags.push(
+                    Diagnostic::error(
+                        "unknown-input",
+                        format!("document set `{name}` is unknown input `{input}`"),
+                    )
+                    .at(doc.span(&sp("input")))
+                    .with_help(
+                        did_you_mean(input, w.inputs.keys().map(String::as_str)).unwrap_or_else(
+                            || "declare it under `inputs:` with `type: array`".to_owned(),
+                        ),
+                    ),
+                ),
+            }
+            continue;
+        }
+        match crate::context::retrieval::load_files(&set.files, &workflow.dir(), root) {
+            Ok(docs) => {
+                out.insert(name.clone(), docs);
+            }
+            Err(e) => {
+                let ptr = match e.pattern {
+                    Some(i) => pointer(["documents", name.as_str(), "files", &i.to_string()]),
+                    None => sp("files"),
+                };
+                diags.push(
+                    Diagnostic::error("documents", format!("document set `{name}`: {}", e.message))
+                        .at(doc.span(&ptr))
+                        .with_help(e.hint),
+                );
+            }
+        }
+    }
+    out
 }
 
 /// The step's prompt: inline, or read from its `prompt_file`; exactly one.
@@ -524,6 +767,8 @@ struct Ctx<'a> {
     id: &'a str,
     what: &'a str,
     item_ok: bool,
+    /// The step has `retrieve` and this is its prompt or system prompt.
+    retrieved_ok: bool,
     step_ids: &'a [&'a str],
     input_names: &'a [&'a str],
 }
@@ -616,6 +861,14 @@ fn check_reference(
                 ctx.what, ctx.id
             ),
             "`item` is the current element of `for_each`; add `for_each:` to the step".to_owned(),
+        )),
+        ["retrieved", ..] if ctx.retrieved_ok => {}
+        ["retrieved", ..] => diags.push(undefined(
+            format!(
+                "`retrieved` in {} of step `{}`, which has no `retrieve`",
+                ctx.what, ctx.id
+            ),
+            "`retrieved` is the list of chunks `retrieve:` found; add `retrieve: {from: SET, query: ...}` to the step".to_owned(),
         )),
         [root, ..] if ctx.globals.contains(*root) => {}
         // Removed builtins (`debug`) are reported by the template scan.

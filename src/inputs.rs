@@ -303,6 +303,9 @@ pub fn placeholders(workflow: &Workflow) -> Inputs {
                         InputType::Boolean => Value::Bool(true),
                         InputType::Array => Value::Array(vec![text]),
                         InputType::Object => Value::Object(serde_json::Map::new()),
+                        InputType::Messages => {
+                            serde_json::json!([{"role": "user", "content": text}])
+                        }
                     };
                     (v, ValueSource::Example)
                 }
@@ -328,6 +331,9 @@ pub enum CoerceError {
     /// Valid JSON of the wrong shape: `array` or `object` was declared.
     #[error("expected a JSON {0}")]
     WrongShape(&'static str),
+    /// Not a list of chat messages `{role, content}` (JSON or JSON Lines).
+    #[error("{0}")]
+    NotMessages(String),
 }
 
 /// Parses text typed by a user (a flag, a CSV cell) as a value of the type.
@@ -351,6 +357,9 @@ pub fn coerce(kind: InputType, text: &str) -> Result<Value, CoerceError> {
             "false" => Ok(Value::Bool(false)),
             other => Err(CoerceError::NotBoolean(other.to_owned())),
         },
+        InputType::Messages => {
+            crate::context::history::parse_text(text).map_err(CoerceError::NotMessages)
+        }
         InputType::Array | InputType::Object => {
             let v: Value = serde_json::from_str(text).map_err(CoerceError::NotJson)?;
             if kind.accepts(&v) {

@@ -206,8 +206,28 @@ fn step(o: &mut String, n: usize, s: &StepPlan) {
         "   tokens       in {}{worst_in} ({exact}); out ~{} expected, {} max",
         t.input, t.output_expected, t.output_max
     );
+    if let Some(r) = &s.retrieval {
+        let _ = writeln!(
+            o,
+            "   retrieval    {} of {} from {}: ≈{} of {} document tokens sent",
+            r.retrieved,
+            plural(r.chunks as u64, "chunk"),
+            plural(r.documents as u64, "document"),
+            r.retrieved_tokens,
+            r.document_tokens
+        );
+    }
     if let Some(c) = &s.prompt_cache {
         let model = s.model.as_ref().map_or("", |m| m.model.as_str());
+        if c.shared_prefix_tokens > 0 {
+            let _ = writeln!(
+                o,
+                "   prompt cache shared prefix ≈{} tokens (every call's first lines), marked for caching (ttl {}); ≈{} tokens expected from the cache",
+                c.shared_prefix_tokens,
+                c.ttl.name(),
+                c.expected_read_tokens
+            );
+        }
         if c.cacheable {
             let _ = writeln!(
                 o,
@@ -215,6 +235,8 @@ fn step(o: &mut String, n: usize, s: &StepPlan) {
                 c.prefix_tokens,
                 c.ttl.name()
             );
+        } else if c.shared_prefix_tokens > 0 {
+            // The shared prefix is what is cached.
         } else if c.prefix_tokens == 0 {
             let _ = writeln!(
                 o,

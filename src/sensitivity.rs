@@ -24,6 +24,9 @@ pub enum Origin {
     /// The step's own `sensitivity:` label.
     Label,
     Input(String),
+    /// A document set a step retrieves from (its output may hold any of
+    /// the set's chunks).
+    Documents(String),
     /// Another step's output, which got it from somewhere else in turn.
     Step(String, Box<Origin>),
 }
@@ -34,6 +37,7 @@ impl fmt::Display for Origin {
             Origin::Default => f.write_str("policy default"),
             Origin::Label => f.write_str("step label"),
             Origin::Input(name) => write!(f, "inputs.{name}"),
+            Origin::Documents(name) => write!(f, "documents.{name}"),
             Origin::Step(id, inner) => write!(f, "steps.{id} ← {inner}"),
         }
     }
@@ -83,7 +87,48 @@ pub fn check_labels(analysis: &Analysis, policy: &Policy) -> Vec<Diagnostic> {
             check(l, pointer(["steps", id.as_str(), "sensitivity"]));
         }
     }
+    for (name, set) in &w.documents {
+        if let Some(l) = &set.sensitivity {
+            check(l, pointer(["documents", name.as_str(), "sensitivity"]));
+        }
+    }
     diags
+}
+
+/// The level of every document of set `name`: its own label, and for a set
+/// over an input, the input's label too (the higher); unknown labels count
+/// as the top level (fail closed).
+pub fn documents_level(analysis: &Analysis, policy: &Policy, name: &str) -> usize {
+    let w = &analysis.workflow.value;
+    let top = policy.levels.len().saturating_sub(1);
+    let level_of = |l: Option<&str>| {
+        l.map_or(policy.default_level, |l| {
+            policy.level_index(l).unwrap_or(top)
+        })
+    };
+    let Some(set) = w.documents.get(name) else {
+        return top;
+    };
+    let own = level_of(set.sensitivity.as_deref());
+    let input = set
+        .input
+        .as_ref()
+        .and_then(|i| w.inputs.get(i))
+        .map_or(0, |d| level_of(d.sensitivity.as_deref()));
+    own.max(input)
+}
+
+/// The highest level of the sets step `id` retrieves from, and the first
+/// set at it: what its output may hold, whatever the run retrieves.
+fn retrieval_level(analysis: &Analysis, policy: &Policy, id: &str) -> Option<(usize, String)> {
+    let r = analysis.workflow.value.steps[id].retrieve.as_ref()?;
+    r.from
+        .iter()
+        .map(|set| (documents_level(analysis, policy, set), set.clone()))
+        .fold(None, |best: Option<(usize, String)>, (l, s)| match best {
+            Some((b, _)) if b >= l => best,
+            _ => Some((l, s)),
+        })
 }
 
 /// Effective sensitivity of every step, in the analysis's step order.
@@ -132,6 +177,17 @@ pub fn propagate(analysis: &Analysis, policy: &Policy) -> Vec<Effective> {
                     level: upstream.level,
                     origin: Origin::Step(dep.clone(), Box::new(upstream.origin.clone())),
                 };
+            }
+            // A retrieving step's own level is what it received (decided
+            // per expansion, `step`); its output may hold any chunk of its
+            // sets, so a reader of it counts them all.
+            if let Some((level, set)) = retrieval_level(analysis, policy, dep) {
+                if level > best.level {
+                    best = Effective {
+                        level,
+                        origin: Origin::Step(dep.clone(), Box::new(Origin::Documents(set))),
+                    };
+                }
             }
         }
         out[i] = Some(best);

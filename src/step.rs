@@ -27,6 +27,8 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::analyze::{Analysis, RenderContext, StepInfo};
+use crate::context::history::{self, ChatMessage};
+use crate::context::retrieval::{self, Retrieved};
 use crate::context::{ContextSpec, Effect, InputCut, budget};
 use crate::diagnostic::Diagnostic;
 use crate::policy::Policy;
@@ -88,21 +90,46 @@ pub struct FanOut {
 #[derive(Debug, Clone, PartialEq)]
 pub struct RenderedCall {
     pub system: Option<String>,
+    /// Chat turns sent before the prompt (a step's `history`), user and
+    /// assistant only: its system messages are in `system`.
+    pub history: Vec<ChatMessage>,
     pub prompt: String,
+    /// Bytes at the start of `prompt` that every call of the step shares
+    /// (whole lines; 0 with one call, or when their system prompts differ):
+    /// the prefix a provider's prompt cache can serve after the first call.
+    pub shared_prefix: usize,
 }
 
 impl RenderedCall {
     /// The messages in the order they are sent: the system prompt, if any,
-    /// then the prompt.
+    /// the history's turns, then the prompt.
     pub fn messages(&self) -> impl Iterator<Item = &str> {
         self.system
             .as_deref()
             .into_iter()
+            .chain(self.history.iter().map(|m| m.content.as_str()))
             .chain(std::iter::once(self.prompt.as_str()))
     }
 
+    /// Tokens of what a cache breakpoint on the shared prefix covers: the
+    /// system prompt, the history's turns and the prompt's shared prefix.
+    pub fn prefix_tokens(&self, tok: Tokenizer) -> usize {
+        self.system.as_deref().map_or(0, |s| tok.count(s))
+            + self
+                .history
+                .iter()
+                .map(|m| tok.count(&m.content))
+                .sum::<usize>()
+            + self
+                .prompt
+                .get(..self.shared_prefix)
+                .map_or(0, |p| tok.count(p))
+    }
+
     fn len(&self) -> usize {
-        self.prompt.len() + self.system.as_ref().map_or(0, String::len)
+        self.prompt.len()
+            + self.system.as_ref().map_or(0, String::len)
+            + self.history.iter().map(|m| m.content.len()).sum::<usize>()
     }
 }
 
@@ -126,6 +153,9 @@ pub struct Expanded {
     pub tags: BTreeSet<String>,
     /// What context management did (a step with `context:` that makes calls).
     pub context: Option<Effect>,
+    /// What the step's `retrieve` did: the documents' tokens and the
+    /// retrieved ones (the plan's before and after).
+    pub retrieval: Option<retrieval::Stats>,
     /// The largest call's token count, per tokenizer, computed on first
     /// use: routing asks for it per call and per candidate, and recounting
     /// every item each time made a fan-out quadratic.
@@ -310,6 +340,7 @@ pub fn expand(scope: &Scope<'_>, inherited: When) -> Result<Expanded, StepError>
         rendered_level: level,
         tags: tags(&scope.analysis.workflow.value, step),
         context: None,
+        retrieval: None,
         max_tokens: Default::default(),
     };
     let ctx = scope.context();
@@ -318,6 +349,19 @@ pub fn expand(scope: &Scope<'_>, inherited: When) -> Result<Expanded, StepError>
     if out.when.is_skipped() && matches!(scope.upstream, Upstream::Real(_)) {
         return Ok(out);
     }
+    // What the step receives decides its level: the labels of the chunks
+    // it retrieved, not of every document it could have.
+    let mut received = level;
+    let ctx = match retrieve(scope, &base)? {
+        Some(found) => {
+            received = received.max(found.level);
+            out.level = received;
+            out.retrieval = Some(found.stats);
+            ctx.with_retrieved(&found.chunks)
+        }
+        None => ctx,
+    };
+    let turns = turns(scope)?;
     let items = match items(scope, &base)? {
         Items::One => vec![None],
         Items::List(list, fan_out) => {
@@ -333,11 +377,11 @@ pub fn expand(scope: &Scope<'_>, inherited: When) -> Result<Expanded, StepError>
             list.into_iter().map(Some).collect()
         }
     };
-    let (calls, rendered_level) = render(scope, &ctx, &items)?;
-    out.rendered_level = rendered_level;
+    let (calls, rendered_level) = render(scope, &ctx, &items, &turns)?;
+    out.rendered_level = rendered_level.max(received);
     match &step.context {
         Some(spec) => {
-            let (calls, effect) = manage(scope, spec, &items, calls)?;
+            let (calls, effect) = manage(scope, spec, &ctx, &items, &turns, calls)?;
             out.calls = calls;
             out.context = Some(effect);
         }
@@ -367,7 +411,9 @@ const TRIM_PASSES: usize = 4;
 fn manage(
     scope: &Scope<'_>,
     spec: &ContextSpec,
+    ctx: &RenderContext,
     items: &[Option<Value>],
+    turns: &history::Window,
     calls: Vec<RenderedCall>,
 ) -> Result<(Vec<RenderedCall>, Effect), StepError> {
     let id = &scope.info().id;
@@ -425,7 +471,12 @@ fn manage(
     for (name, _) in &cuttable {
         emptied.insert((*name).to_owned(), Value::String(String::new()));
     }
-    let (fixed_calls, _) = render(scope, &scope.context_with(&emptied), items)?;
+    let (fixed_calls, _) = render(
+        scope,
+        &scope.context_with(&emptied).with_retrieved_of(ctx),
+        items,
+        turns,
+    )?;
     let fixed = fixed_calls.iter().map(budget_tokens).max().unwrap_or(0);
     let reserve = budget::marker_reserve() as u64;
     let room = max.saturating_sub(fixed + reserve * cuttable.len() as u64);
@@ -456,7 +507,12 @@ fn manage(
             });
             trimmed.insert((*name).to_owned(), Value::String(c.text));
         }
-        let (new_calls, _) = render(scope, &scope.context_with(&trimmed), items)?;
+        let (new_calls, _) = render(
+            scope,
+            &scope.context_with(&trimmed).with_retrieved_of(ctx),
+            items,
+            turns,
+        )?;
         let largest = new_calls.iter().map(budget_tokens).max().unwrap_or(0);
         if largest <= max {
             effect.strategy = match &spec.chunk {
@@ -481,6 +537,152 @@ fn manage(
         message: format!("trimming could not bring step `{id}` under max_input_tokens of {max}"),
         help: "a prompt that reads a cut input several times needs more room: read it once, or raise max_input_tokens".to_owned(),
     })
+}
+
+/// What a step's `retrieve` found.
+struct Found {
+    chunks: Vec<Retrieved>,
+    /// The highest label among the chunks' documents (in a plan whose query
+    /// reads estimated outputs: among every set's, since the run's query,
+    /// and so its chunks, are not known yet).
+    level: usize,
+    stats: retrieval::Stats,
+}
+
+/// Runs the step's `retrieve`, if it has one: renders the query, chunks
+/// every document of its sets and ranks the chunks with BM25.
+fn retrieve(scope: &Scope<'_>, base: &minijinja::Value) -> Result<Option<Found>, StepError> {
+    let info = scope.info();
+    let a = scope.analysis;
+    let Some(r) = &a.workflow.value.steps[&info.id].retrieve else {
+        return Ok(None);
+    };
+    let Some(q) = &info.retrieve_query else {
+        return Ok(None);
+    };
+    let invalid = |message: String, help: &'static str| StepError::Invalid {
+        source: q.clone(),
+        message,
+        help,
+    };
+    let query = template::render(&a.env, &q.text, base)
+        .map_err(|e| scope.template(q, e, "the retrieval query"))?;
+    let mut docs = Vec::new();
+    let mut doc_levels = Vec::new();
+    for set in &r.from {
+        let level = crate::sensitivity::documents_level(a, scope.policy, set);
+        let of_set = match a
+            .workflow
+            .value
+            .documents
+            .get(set)
+            .and_then(|d| d.input.as_ref())
+        {
+            Some(input) => {
+                let value = scope.inputs.get(input).unwrap_or(&Value::Null);
+                retrieval::from_input(input, value).map_err(|m| {
+                    invalid(
+                        format!("document set `{set}` of step `{}`: {m}", info.id),
+                        "an input of documents is a list of strings or of {text, source}",
+                    )
+                })?
+            }
+            None => a.documents.get(set).cloned().unwrap_or_default(),
+        };
+        doc_levels.extend(std::iter::repeat_n(level, of_set.len()));
+        docs.extend(of_set);
+        if docs.len() > retrieval::MAX_DOCUMENTS {
+            return Err(invalid(
+                format!(
+                    "step `{}` retrieves from more than {} documents",
+                    info.id,
+                    retrieval::MAX_DOCUMENTS
+                ),
+                "retrieve from fewer or larger documents",
+            ));
+        }
+    }
+    let chunks = retrieval::chunk_all(&docs, r.chunk_tokens as usize).map_err(|m| {
+        invalid(
+            format!("step `{}`: {m}", info.id),
+            "raise `chunk_tokens` or retrieve from fewer documents",
+        )
+    })?;
+    let hits = retrieval::rank(&chunks, &query, r.top_k as usize);
+    let mut level = hits
+        .iter()
+        .map(|h| doc_levels[chunks[h.chunk].doc])
+        .max()
+        .unwrap_or(0);
+    if scope.estimates_read(q)?.is_some() {
+        level = level.max(doc_levels.iter().copied().max().unwrap_or(0));
+    }
+    let stats = retrieval::Stats {
+        documents: docs.len(),
+        chunks: chunks.len(),
+        document_tokens: chunks.iter().map(|c| c.tokens as u64).sum(),
+        retrieved: hits.len(),
+        retrieved_tokens: hits.iter().map(|h| chunks[h.chunk].tokens as u64).sum(),
+    };
+    let chunks = hits
+        .iter()
+        .map(|h| {
+            let c = &chunks[h.chunk];
+            Retrieved {
+                text: c.text.clone(),
+                source: docs[c.doc].source.clone(),
+                // Three decimals: enough to order by, stable to print.
+                score: (f64::from(h.score) * 1000.0).round() / 1000.0,
+            }
+        })
+        .collect();
+    Ok(Some(Found {
+        chunks,
+        level,
+        stats,
+    }))
+}
+
+/// The step's `history`, if it has one: the kept turns and the system
+/// messages, from its `messages` input (validated again: a default or a
+/// suite's value reaches here too).
+fn turns(scope: &Scope<'_>) -> Result<history::Window, StepError> {
+    let info = scope.info();
+    let Some(h) = &scope.analysis.workflow.value.steps[&info.id].history else {
+        return Ok(history::Window::default());
+    };
+    let value = scope.inputs.get(&h.from).unwrap_or(&Value::Null);
+    let messages = history::parse(value).map_err(|m| StepError::Invalid {
+        source: info.prompt.clone(),
+        message: format!(
+            "the history of step `{}` (input `{}`): {m}",
+            info.id, h.from
+        ),
+        help: "a history is a list of {role: system|user|assistant, content}",
+    })?;
+    let mut window = history::window(messages, h.keep_last.map(|k| k as usize));
+    if h.summarize_older && !window.older.is_empty() {
+        // The generated step's answer stands for the older turns (the
+        // analysis made this step read it, so its label counts).
+        let id = history::summary_step_id(&info.id);
+        let summary = match &scope.upstream {
+            Upstream::Real(outputs) => outputs.get(&id).cloned().unwrap_or(Value::Null),
+            Upstream::Estimated(e) => e.output(&id),
+        };
+        let text = match summary {
+            Value::String(s) => s,
+            Value::Null => String::new(),
+            other => other.to_string(),
+        };
+        window.recent.insert(
+            0,
+            ChatMessage {
+                role: history::Role::User,
+                content: history::summary_message(&text),
+            },
+        );
+    }
+    Ok(window)
 }
 
 /// `when`, over the step's base context.
@@ -571,6 +773,7 @@ fn render(
     scope: &Scope<'_>,
     ctx: &RenderContext,
     items: &[Option<Value>],
+    turns: &history::Window,
 ) -> Result<(Vec<RenderedCall>, usize), StepError> {
     let info = scope.info();
     let env = &scope.analysis.env;
@@ -606,7 +809,24 @@ fn render(
         let prompt = prompt
             .render(&ctx)
             .map_err(|e| scope.template(&info.prompt, e, "the prompt"))?;
-        let call = RenderedCall { system, prompt };
+        // The history's system messages follow the step's own system prompt.
+        let system = if turns.system.is_empty() {
+            system
+        } else {
+            Some(
+                system
+                    .into_iter()
+                    .chain(turns.system.iter().cloned())
+                    .collect::<Vec<_>>()
+                    .join("\n\n"),
+            )
+        };
+        let call = RenderedCall {
+            system,
+            history: turns.recent.clone(),
+            prompt,
+            shared_prefix: 0,
+        };
         total += call.len();
         if total > template::MAX_STEP_RENDERED_BYTES {
             return Err(StepError::Invalid {
@@ -621,7 +841,41 @@ fn render(
         }
         calls.push(call);
     }
+    let shared = shared_prefix(&calls);
+    for c in &mut calls {
+        c.shared_prefix = shared;
+    }
     Ok((calls, level))
+}
+
+/// The bytes every call's prompt starts with, cut back to the end of a
+/// line (a cached block ends cleanly, never inside a character); 0 unless
+/// there are several calls with the same system prompt and history, since
+/// only then is it one prefix a cache can serve.
+fn shared_prefix(calls: &[RenderedCall]) -> usize {
+    let Some((first, rest)) = calls.split_first() else {
+        return 0;
+    };
+    if rest.is_empty()
+        || rest
+            .iter()
+            .any(|c| c.system != first.system || c.history != first.history)
+    {
+        return 0;
+    }
+    let a = first.prompt.as_bytes();
+    let mut n = a.len();
+    for c in rest {
+        let b = c.prompt.as_bytes();
+        n = a[..n].iter().zip(b).take_while(|(x, y)| x == y).count();
+        if n == 0 {
+            return 0;
+        }
+    }
+    a[..n]
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map_or(0, |i| i + 1)
 }
 
 /// What kind of value a `for_each` gave, for its error.

@@ -37,7 +37,72 @@ pub struct Workflow {
     /// an error rather than a silent fall to the policy's catch-all rule.
     #[serde(default)]
     pub tasks: Vec<String>,
+    /// Named document sets a step's `retrieve` ranks chunks from.
+    #[serde(default)]
+    pub documents: IndexMap<String, DocumentSet>,
     pub steps: IndexMap<String, Step>,
+}
+
+/// A named set of documents: files (globs relative to the workflow, inside
+/// the project) or an array input; one label for every document in it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DocumentSet {
+    #[serde(default)]
+    pub files: Vec<String>,
+    pub input: Option<String>,
+    pub sensitivity: Option<String>,
+}
+
+/// A step's `retrieve`: the `top_k` chunks of its sets most relevant to
+/// `query` (a template), given to its prompt as `retrieved`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Retrieve {
+    #[serde(deserialize_with = "one_or_many")]
+    pub from: Vec<String>,
+    pub query: String,
+    #[serde(default = "default_top_k")]
+    pub top_k: u32,
+    #[serde(default = "default_chunk_tokens")]
+    pub chunk_tokens: u32,
+}
+
+fn default_top_k() -> u32 {
+    5
+}
+
+fn default_chunk_tokens() -> u32 {
+    300
+}
+
+/// A step's `history`: a `messages` input sent as real chat turns before
+/// the prompt, the last `keep_last` of them as they are.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct History {
+    pub from: String,
+    pub keep_last: Option<u32>,
+    /// Replace the turns before the last `keep_last` by one summary,
+    /// written by a generated step (see [`crate::context::history`]).
+    #[serde(default)]
+    pub summarize_older: bool,
+    /// A model of the policy the summary step is pinned to (else the
+    /// policy routes it: task `summarize`, tag `context-summary`).
+    pub summarize_with: Option<String>,
+}
+
+fn one_or_many<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(s) => vec![s],
+        OneOrMany::Many(v) => v,
+    })
 }
 
 /// The task vocabulary: the design's task table, what the examples and the
@@ -97,6 +162,9 @@ pub enum InputType {
     Boolean,
     Array,
     Object,
+    /// Chat messages: a list of `{role, content}` (`system`, `user`,
+    /// `assistant`), checked by [`crate::context::history::parse`].
+    Messages,
 }
 
 impl InputType {
@@ -108,6 +176,7 @@ impl InputType {
             InputType::Boolean => "boolean",
             InputType::Array => "array",
             InputType::Object => "object",
+            InputType::Messages => "messages",
         }
     }
 
@@ -120,6 +189,7 @@ impl InputType {
             InputType::Boolean => v.is_boolean(),
             InputType::Array => v.is_array(),
             InputType::Object => v.is_object(),
+            InputType::Messages => crate::context::history::parse(v).is_ok(),
         }
     }
 }
@@ -235,6 +305,8 @@ pub struct Step {
     pub continue_on_error: bool,
     /// Context management: a token budget, trimming, chunking.
     pub context: Option<crate::context::ContextSpec>,
+    pub retrieve: Option<Retrieve>,
+    pub history: Option<History>,
 }
 
 /// The default bound on a step's answer when the workflow sets none.

@@ -10,11 +10,16 @@
 //!
 //! This module owns the syntax and its checks; `step` applies it (the one
 //! place a step's calls are rendered), `plan` and `journal::report` show
-//! what it saved. Sibling strategies (retrieval, chat history) are added as
-//! `context::retrieval` and `context::history`.
+//! what it saved. Beside it: [`retrieval`] (the top-k chunks of named
+//! document sets most relevant to a query, ranked with BM25, each carrying
+//! its document's label) and [`history`] (chat-message inputs sent as real
+//! messages, the last turns kept and the older ones summarized by a
+//! generated step).
 
 pub mod budget;
 pub mod chunk;
+pub mod history;
+pub mod retrieval;
 
 use std::collections::BTreeSet;
 

@@ -90,6 +90,10 @@ pub struct StepPlan {
     /// the shared prefix (the system prompt) is long enough to be cached.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub prompt_cache: Option<PromptCachePlan>,
+    /// What the step's `retrieve` found: the documents' tokens before, the
+    /// retrieved chunks' after.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retrieval: Option<crate::context::retrieval::Stats>,
     /// Goes through the provider's batch API (`latency: batch` on OpenAI or
     /// Anthropic), priced at batch prices.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
@@ -178,6 +182,19 @@ pub struct PromptCachePlan {
     pub min_tokens: u64,
     /// `prefix_tokens >= min_tokens`: the run marks it with `cache_control`.
     pub cacheable: bool,
+    /// Tokens up to the end of the prefix every call's prompt shares
+    /// (system prompt included), when it reaches `min_tokens`: the run
+    /// marks it too (Anthropic: `cache_control` on that user block).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub shared_prefix_tokens: u64,
+    /// Input tokens the step's calls are expected to read from the cache:
+    /// the shared prefix, once per call after the first.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub expected_read_tokens: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -321,6 +338,9 @@ fn prepare_all(
                 let dep = prepared[d].as_ref()?;
                 let name = analysis.steps.get_index(d)?.0;
                 match dep.status() {
+                    // A history's summary is skipped when there is nothing
+                    // to summarize; the step it serves still runs.
+                    Status::Skipped(_) if crate::context::history::is_summary_step(name) => None,
                     Status::Skipped(_) if want_skipped => {
                         Some(Status::Skipped(format!("depends on skipped step `{name}`")))
                     }
@@ -516,7 +536,22 @@ impl Router<'_> {
         let w = &analysis.workflow.value;
         let (id, _) = analysis.steps.get_index(i).expect("dag index");
         let step = &w.steps[id];
-        let eff = &self.effective[i];
+        // What the step receives decides its level: retrieved chunks may
+        // raise it above what its templates read.
+        let received;
+        let eff = if p.expanded.level > self.effective[i].level {
+            let set =
+                step.retrieve.iter().flat_map(|r| &r.from).find(|s| {
+                    sensitivity::documents_level(analysis, policy, s) == p.expanded.level
+                });
+            received = sensitivity::Effective {
+                level: p.expanded.level,
+                origin: sensitivity::Origin::Documents(set.cloned().unwrap_or_default()),
+            };
+            &received
+        } else {
+            &self.effective[i]
+        };
         let cache: HashMap<Tokenizer, Counts> = self
             .tokenizers
             .iter()
@@ -659,7 +694,7 @@ impl Router<'_> {
         };
         let prompt_cache = model
             .filter(|_| runs)
-            .and_then(|m| prompt_cache_plan(m, p.expanded.calls.first()));
+            .and_then(|m| prompt_cache_plan(m, &p.expanded.calls));
         let depends_on = analysis
             .dag
             .dependencies(i)
@@ -697,6 +732,7 @@ impl Router<'_> {
                 .map(|c| messages_sha256(c.messages()))
                 .collect(),
             prompt_cache,
+            retrieval: p.expanded.retrieval.clone(),
             batch: runs && step_batched && model.is_some_and(Model::has_batch_api),
             cascade,
             context,
@@ -792,16 +828,37 @@ pub fn messages_sha256<'a>(messages: impl Iterator<Item = &'a str>) -> String {
 
 /// The prompt-cache check of a step on a model that asks for caching: the
 /// system prompt (of the first call) against the model's minimum.
-fn prompt_cache_plan(m: &Model, first: Option<&RenderedCall>) -> Option<PromptCachePlan> {
+///
+/// With several calls sharing the start of their prompts
+/// ([`RenderedCall::shared_prefix`]) long enough to cache, the run marks
+/// that prefix too, and every call after the first is expected to read it.
+fn prompt_cache_plan(m: &Model, calls: &[RenderedCall]) -> Option<PromptCachePlan> {
     let ttl = m.prompt_cache?;
+    let first = calls.first();
     let system = first.and_then(|c| c.system.as_deref());
     let prefix_tokens = system.map_or(0, |s| m.tokenizer.count(s) as u64);
+    let shared_prefix_tokens = first
+        .filter(|c| c.shared_prefix > 0)
+        .map(|c| c.prefix_tokens(m.tokenizer) as u64)
+        .filter(|&t| t >= m.prompt_cache_min_tokens)
+        .unwrap_or(0);
     Some(PromptCachePlan {
         ttl,
         prefix_tokens,
         min_tokens: m.prompt_cache_min_tokens,
         cacheable: prefix_tokens >= m.prompt_cache_min_tokens,
+        shared_prefix_tokens,
+        expected_read_tokens: shared_prefix_tokens * (calls.len() as u64).saturating_sub(1),
     })
+}
+
+/// Where a step's pin is written: its `model`, or for a history's
+/// generated summary step, the `summarize_with` of the step it serves.
+fn pin_pointer(id: &str) -> String {
+    match id.strip_suffix(crate::context::history::SUMMARY_SUFFIX) {
+        Some(owner) => pointer(["steps", owner, "history", "summarize_with"]),
+        None => pointer(["steps", id, "model"]),
+    }
 }
 
 fn check_pins(analysis: &Analysis, policy: &Policy) -> Vec<Diagnostic> {
@@ -814,9 +871,7 @@ fn check_pins(analysis: &Analysis, policy: &Policy) -> Vec<Diagnostic> {
                         "unknown-model",
                         format!("step `{id}` is pinned to unknown model `{pin}`"),
                     )
-                    .at(analysis
-                        .doc()
-                        .span(&pointer(["steps", id.as_str(), "model"])))
+                    .at(analysis.doc().span(&pin_pointer(id)))
                     .with_label(format!("not a model of policy `{}`", policy.name))
                     .with_help(
                         crate::diagnostic::did_you_mean(

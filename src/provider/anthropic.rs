@@ -246,6 +246,15 @@ impl Provider for AnthropicClient {
     }
 }
 
+/// A cache breakpoint of `ttl`: 5 minutes is the API's default TTL; only
+/// 1 h is spelled out.
+fn cache_control(ttl: CacheTtl) -> Value {
+    match ttl {
+        CacheTtl::FiveMinutes => json!({"type": "ephemeral"}),
+        CacheTtl::OneHour => json!({"type": "ephemeral", "ttl": "1h"}),
+    }
+}
+
 pub(crate) fn request_body(req: &ChatRequest) -> Value {
     let mut body = Map::new();
     body.insert("model".into(), json!(req.model));
@@ -254,25 +263,44 @@ pub(crate) fn request_body(req: &ChatRequest) -> Value {
         let value = match req.cache_system {
             None => json!(system),
             Some(ttl) => {
-                // 5 minutes is the API's default TTL; only 1 h is spelled out.
-                let cache_control = match ttl {
-                    CacheTtl::FiveMinutes => json!({"type": "ephemeral"}),
-                    CacheTtl::OneHour => json!({"type": "ephemeral", "ttl": "1h"}),
-                };
-                json!([{"type": "text", "text": system, "cache_control": cache_control}])
+                json!([{"type": "text", "text": system, "cache_control": cache_control(ttl)}])
             }
         };
         body.insert("system".into(), value);
     }
+    let last = req.messages.len().saturating_sub(1);
     let messages: Vec<Value> = req
         .messages
         .iter()
-        .map(|m| {
+        .enumerate()
+        .map(|(i, m)| {
             let role = match m.role {
                 Role::User => "user",
                 Role::Assistant => "assistant",
             };
-            json!({"role": role, "content": m.content})
+            match req.cache_prefix {
+                // The shared prefix of the prompt as its own block, marked:
+                // the prefix cached is everything up to and including it.
+                Some((n, ttl))
+                    if i == last
+                        && m.role == Role::User
+                        && n > 0
+                        && n <= m.content.len()
+                        && m.content.is_char_boundary(n) =>
+                {
+                    let (shared, rest) = m.content.split_at(n);
+                    let mut blocks = vec![json!({
+                        "type": "text",
+                        "text": shared,
+                        "cache_control": cache_control(ttl),
+                    })];
+                    if !rest.is_empty() {
+                        blocks.push(json!({"type": "text", "text": rest}));
+                    }
+                    json!({"role": role, "content": blocks})
+                }
+                _ => json!({"role": role, "content": m.content}),
+            }
         })
         .collect();
     body.insert("messages".into(), Value::Array(messages));

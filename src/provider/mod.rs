@@ -140,6 +140,12 @@ pub struct ChatRequest {
     /// Anthropic only: put the system prompt in a block with `cache_control`
     /// of this TTL. Ignored by the other providers, whose caching is automatic.
     pub cache_system: Option<CacheTtl>,
+    /// Anthropic only: the first this-many bytes of the last user message
+    /// are a prefix every call of the step shares; it is sent as its own
+    /// text block with `cache_control` of this TTL, so the calls after the
+    /// first read it from the cache. Ignored by the other providers, whose
+    /// caching of a shared prefix is automatic.
+    pub cache_prefix: Option<(usize, CacheTtl)>,
     /// Chat (the default) or, for base models on OpenAI-compatible servers,
     /// the text completions route.
     pub endpoint: Endpoint,
@@ -195,6 +201,7 @@ impl ChatRequest {
             output_schema: None,
             stream: false,
             cache_system: None,
+            cache_prefix: None,
             endpoint: Endpoint::Chat,
             stop: Vec::new(),
             logprobs: false,

@@ -79,6 +79,11 @@ pub fn batch_key(provider: &str, items: &[BatchItem]) -> String {
         );
         field(format!("{:?}", r.stop).as_bytes());
         field(format!("{:?}", r.cache_system).as_bytes());
+        // Only when set: batches recorded before the field existed keep
+        // their identity.
+        if let Some(prefix) = r.cache_prefix {
+            field(format!("{prefix:?}").as_bytes());
+        }
     }
     format!("{:x}", h.finalize())
 }
@@ -204,7 +209,7 @@ impl BatchStep<'_> {
     /// What call `n` asks (see [`crate::journal::prompt_hash`]).
     fn asked(&self, n: usize) -> String {
         let c = &self.rendered[n];
-        crate::journal::prompt_hash(c.system.as_deref(), &c.prompt)
+        super::cache::asked(c)
     }
 
     /// Call `n` as a batch item (custom id `item-<n>`).
@@ -212,7 +217,7 @@ impl BatchStep<'_> {
         let c = &self.rendered[n];
         BatchItem {
             custom_id: format!("item-{n}"),
-            request: step_request(self.step, self.model, &c.system, &c.prompt),
+            request: step_request(self.step, self.model, c),
         }
     }
 

@@ -9,8 +9,10 @@ use serde_json::json;
 
 use super::Event;
 use super::shared::Shared;
+use crate::context::history::Role;
 use crate::policy::Model;
 use crate::provider::{self, ChatRequest, Endpoint, Message, Usage};
+use crate::step::RenderedCall;
 
 /// Every text of a request that reaches the provider.
 pub(super) fn request_texts(req: &crate::provider::ChatRequest) -> Vec<&str> {
@@ -36,22 +38,61 @@ pub(super) fn prompt_cache(model: &Model, system: Option<&str>) -> Option<crate:
     (tokens >= model.prompt_cache_min_tokens).then_some(ttl)
 }
 
-/// The request for one call of a step on a model (not streamed).
+/// What a call asks, for the journal (`--resume` answers a call only if it
+/// asks the same): its system prompt and prompt, and its history's turns
+/// when it has some (a call without history hashes as it always did).
+pub(super) fn asked(call: &RenderedCall) -> String {
+    if call.history.is_empty() {
+        crate::journal::prompt_hash(call.system.as_deref(), &call.prompt)
+    } else {
+        crate::journal::sha256_json(&json!([call.system, call.history, call.prompt]))
+    }
+}
+
+/// Whether to mark the prompt's shared prefix (the part every call of a
+/// `for_each` step starts with) as a cache breakpoint: the policy asks for
+/// caching on this model and the system prompt plus that prefix reach the
+/// model's minimum (what is cached is everything up to the breakpoint).
+pub(super) fn prefix_cache(
+    model: &Model,
+    call: &RenderedCall,
+) -> Option<(usize, crate::policy::CacheTtl)> {
+    let ttl = model.prompt_cache?;
+    if call.shared_prefix == 0 {
+        return None;
+    }
+    let tokens = call.prefix_tokens(model.tokenizer) as u64;
+    (tokens >= model.prompt_cache_min_tokens).then_some((call.shared_prefix, ttl))
+}
+
+/// The request for one call of a step on a model (not streamed): the
+/// history's turns as real messages, then the prompt as the last user turn.
 pub(super) fn step_request(
     step: &crate::workflow::Step,
     model: &Model,
-    system: &Option<String>,
-    prompt: &str,
+    call: &RenderedCall,
 ) -> ChatRequest {
+    let system = &call.system;
+    let mut messages: Vec<Message> = call
+        .history
+        .iter()
+        .map(|m| match m.role {
+            Role::Assistant => Message::assistant(m.content.clone()),
+            // `window` keeps system messages out of the turns.
+            Role::User | Role::System => Message::user(m.content.clone()),
+        })
+        .collect();
+    messages.push(Message::user(call.prompt.clone()));
     ChatRequest {
         model: model.model.clone(),
         system: system.clone(),
-        messages: vec![Message::user(prompt)],
+        messages,
         max_output_tokens: step.max_output_tokens(),
         temperature: step.temperature,
         output_schema: step.output_schema().cloned(),
         stream: false,
         cache_system: prompt_cache(model, system.as_deref()),
+        cache_prefix: prefix_cache(model, call),
         endpoint: match model.endpoint {
             crate::policy::Endpoint::Chat => Endpoint::Chat,
             crate::policy::Endpoint::Completions => Endpoint::Completions,

@@ -344,9 +344,9 @@ fn resumed(
         .finished
         .get(&(ctx.step_id.to_owned(), item))
         .filter(|d| {
-            d.prompt_hash.as_ref().is_none_or(|h| {
-                *h == crate::journal::prompt_hash(call.system.as_deref(), &call.prompt)
-            })
+            d.prompt_hash
+                .as_ref()
+                .is_none_or(|h| *h == super::cache::asked(call))
         })?;
     report.source = CallSource::Journal;
     report.model = Some(done.model.clone());

@@ -317,6 +317,8 @@ impl Dispatcher {
             match dep.status {
                 StepStatus::Succeeded => None,
                 StepStatus::Failed if dep.ignored_failure => None,
+                // Nothing to summarize: the history's step still runs.
+                StepStatus::Skipped if crate::context::history::is_summary_step(name) => None,
                 StepStatus::Skipped => Some((
                     StepStatus::Skipped,
                     format!("depends on skipped step `{name}`"),

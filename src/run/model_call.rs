@@ -77,7 +77,7 @@ pub(super) async fn call_model(
     leg: Leg<'_>,
 ) -> Result<Value, CandidateError> {
     let (sh, step) = (ctx.sh, ctx.step);
-    let mut req = step_request(step, model, &call.system, &call.prompt);
+    let mut req = step_request(step, model, call);
     req.stream = sh.options.stream;
     // Logprobs only from servers that send them: on the others the check
     // finds none and escalates (compile refuses `low_confidence` on a
@@ -169,9 +169,7 @@ impl ModelCall<'_> {
             item,
             attempt: attempt as u32,
             request_hash: hash.clone(),
-            prompt_hash: journal.map(|_| {
-                crate::journal::prompt_hash(self.call.system.as_deref(), &self.call.prompt)
-            }),
+            prompt_hash: journal.map(|_| super::cache::asked(self.call)),
             model: model.alias.clone(),
             provider: model.provider.clone(),
             provider_model: model.model.clone(),

@@ -1255,6 +1255,7 @@ proptest! {
                     output_schema: None,
                     stream,
                     cache_system: None,
+                    cache_prefix: None,
                     endpoint: if completions { Endpoint::Completions } else { Endpoint::Chat },
                     stop: Vec::new(),
                     logprobs: false,

@@ -74,6 +74,7 @@ fn request(model: &str, stream: bool) -> ChatRequest {
         output_schema: None,
         stream,
         cache_system: None,
+        cache_prefix: None,
         endpoint: Endpoint::Chat,
         stop: Vec::new(),
         logprobs: false,
