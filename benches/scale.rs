@@ -20,6 +20,7 @@
 //! |---|---|
 //! | `run-fanout-50ms` | `run`: one `for_each` step over 1,000 items, 50 ms answers, `--concurrency 16`; ideal ⌈1000/16⌉ × 50 ms = 3.15 s |
 //! | `run-seq-0ms` | `run`: `for_each` over 2,000 items, 0 ms, `--concurrency 1`; per-call overhead against a bare reqwest loop posting the same requests to the same fake, one at a time, measured here in-process |
+//! | `run-seq-0ms-…-pg` | the same with the journal in PostgreSQL (`TOLLGATE_STATE_URL`, a fresh database per repetition on the server `$TOLLGATE_TEST_PG_URL` names; skipped without it): the shared ledger's per-call overhead beside the row above |
 //! | `test-0ms-disk` / `-tmpfs` | `test`: 10,000 JSONL cases (one classification step, `equals` + `contains`), 0 ms, `--concurrency 16`, `--ci` |
 //! | `test-50ms-disk` / `-tmpfs` | `test`: 1,000 such cases, 50 ms, `--concurrency 16`; ideal 3.15 s |
 //! | `plan-small` | `plan workflows/ticket-triage.yaml -p policies/default.yaml` (3 steps, the example input) |
@@ -160,7 +161,13 @@ enum Outcome {
 }
 
 /// Runs `tollgate args…` in `cwd` and measures it (see the file comment).
-fn measure(cwd: &Path, args: &[String], limit: Duration, scratch: &Path) -> Sample {
+fn measure(
+    cwd: &Path,
+    args: &[String],
+    env: &[(&str, &str)],
+    limit: Duration,
+    scratch: &Path,
+) -> Sample {
     let stats = scratch.join("time.out");
     let stderr = scratch.join("stderr.txt");
     let _ = std::fs::remove_file(&stats);
@@ -176,6 +183,8 @@ fn measure(cwd: &Path, args: &[String], limit: Duration, scratch: &Path) -> Samp
         .current_dir(cwd)
         .env_remove("TOLLGATE_POLICY")
         .env_remove("TOLLGATE_STATE")
+        .env_remove("TOLLGATE_STATE_URL")
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&stderr).expect("scratch is writable"));
@@ -574,6 +583,8 @@ struct Row {
     work: Work,
     /// Per-call overhead against the bare loop (the sequential fan-out).
     versus_bare: bool,
+    /// The journal in a fresh PostgreSQL database per repetition.
+    pg: bool,
 }
 
 fn rows(size: Size) -> Vec<Row> {
@@ -581,6 +592,7 @@ fn rows(size: Size) -> Vec<Row> {
     let mut add = |name: String, work: Work| {
         rows.push(Row {
             versus_bare: matches!(work, Work::Run { concurrency: 1, .. }),
+            pg: name.ends_with("-pg"),
             name,
             work,
         })
@@ -595,14 +607,16 @@ fn rows(size: Size) -> Vec<Row> {
         },
     );
     let n = size.scale(2_000, 300);
-    add(
-        format!("run-seq-0ms-c1-{n}"),
-        Work::Run {
-            items: n,
-            slow: false,
-            concurrency: 1,
-        },
-    );
+    for pg in ["", "-pg"] {
+        add(
+            format!("run-seq-0ms-c1-{n}{pg}"),
+            Work::Run {
+                items: n,
+                slow: false,
+                concurrency: 1,
+            },
+        );
+    }
     for (slow, full, quick) in [(false, 10_000, 1_000), (true, 1_000, 200)] {
         let n = size.scale(full, quick);
         for tmpfs in [false, true] {
@@ -683,7 +697,12 @@ fn main() {
     );
     for row in &rows {
         let Some(samples) = run_row(row, &project, &opts, scratch.path()) else {
-            println!("{:<26} skipped (no tmpfs at /dev/shm)", row.name);
+            let why = if row.pg {
+                "no PostgreSQL: set TOLLGATE_TEST_PG_URL"
+            } else {
+                "no tmpfs at /dev/shm"
+            };
+            println!("{:<26} skipped ({why})", row.name);
             continue;
         };
         let mut note = String::new();
@@ -719,7 +738,12 @@ fn run_row(row: &Row, p: &Project, opts: &Options, scratch: &Path) -> Option<Vec
         // A fresh journal each time: a second run must not be answered
         // from the first one's cache.
         let (args, _state) = row.work.args(p)?;
-        let s = measure(&row.work.cwd(p), &args, opts.time_limit(), scratch);
+        let db = if row.pg { Some(PgDb::create()?) } else { None };
+        let env: Vec<(&str, &str)> = db
+            .iter()
+            .map(|d| ("TOLLGATE_STATE_URL", d.url.as_str()))
+            .collect();
+        let s = measure(&row.work.cwd(p), &args, &env, opts.time_limit(), scratch);
         let stop = s.outcome != Outcome::Ok;
         samples.push(s);
         if stop {
@@ -727,6 +751,43 @@ fn run_row(row: &Row, p: &Project, opts: &Options, scratch: &Path) -> Option<Vec
         }
     }
     Some(samples)
+}
+
+/// A database made for one repetition of a `-pg` row and dropped after it.
+struct PgDb {
+    admin: String,
+    name: String,
+    url: String,
+}
+
+impl PgDb {
+    /// `None` (the row is skipped) without `$TOLLGATE_TEST_PG_URL`.
+    fn create() -> Option<PgDb> {
+        let admin = std::env::var("TOLLGATE_TEST_PG_URL")
+            .ok()
+            .filter(|u| !u.is_empty())?;
+        let name = format!("tollgate_bench_{:016x}", fastrand::u64(..));
+        let mut c = postgres::Client::connect(&admin, postgres::NoTls).ok()?;
+        c.batch_execute(&format!("CREATE DATABASE {name}")).ok()?;
+        let mut url = url::Url::parse(&admin).ok()?;
+        url.set_path(&format!("/{name}"));
+        Some(PgDb {
+            admin,
+            name,
+            url: url.to_string(),
+        })
+    }
+}
+
+impl Drop for PgDb {
+    fn drop(&mut self) {
+        if let Ok(mut c) = postgres::Client::connect(&self.admin, postgres::NoTls) {
+            let _ = c.batch_execute(&format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            ));
+        }
+    }
 }
 
 fn median(it: impl Iterator<Item = Duration>) -> Duration {

@@ -19,14 +19,26 @@ use crate::policy::Policy;
 #[derive(Debug, Clone, clap::Args)]
 pub struct StateArg {
     /// The state folder holding the run journal (state.db) [default:
-    /// $TOLLGATE_STATE, else .tollgate/ in the project].
+    /// $TOLLGATE_STATE, else .tollgate/ in the project]. A team's shared
+    /// ledger is a PostgreSQL database instead: TOLLGATE_STATE_URL=postgres://…
+    /// (the password from the URL or PGPASSWORD; never shown).
     #[arg(long, value_name = "DIR", env = "TOLLGATE_STATE")]
     pub state: Option<PathBuf>,
 }
 
 impl StateArg {
-    pub fn dir(&self) -> PathBuf {
-        journal::state_dir(self.state.as_deref())
+    /// Where the journal is: `TOLLGATE_STATE_URL` (PostgreSQL) when set —
+    /// an environment variable, not a flag or a policy key, because the URL
+    /// is a machine's credentials (argv is visible to every user of the
+    /// machine, and the policy is a file the team commits) and because
+    /// `runs` and `report` read the journal without any policy — else the
+    /// state folder.
+    pub fn location(&self) -> Result<journal::Location, Diagnostic> {
+        journal::Location::from_env(self.state.as_deref()).map_err(|e| {
+            Diagnostic::error("state-url", e).with_help(
+                "TOLLGATE_STATE_URL=postgres://USER@HOST:PORT/DATABASE (password in PGPASSWORD)",
+            )
+        })
     }
 }
 
@@ -36,17 +48,20 @@ fn clock() -> Result<Clock, Diagnostic> {
 
 /// Opens (creating) the journal `run` writes to.
 pub fn open(state: &StateArg) -> Result<Arc<Journal>, Diagnostic> {
-    let dir = state.dir();
-    Journal::open(&dir, clock()?).map(Arc::new).map_err(|e| {
-        Diagnostic::error("journal", e).with_help(
-            "runs are journaled so they can be resumed and reported: point --state (or TOLLGATE_STATE) at a writable folder",
-        )
+    let location = state.location()?;
+    Journal::open_at(&location, clock()?).map(Arc::new).map_err(|e| {
+        let help = match location {
+            journal::Location::Dir(_) => "runs are journaled so they can be resumed and reported: point --state (or TOLLGATE_STATE) at a writable folder",
+            journal::Location::Postgres(_) => "runs are journaled in the team's database (TOLLGATE_STATE_URL): check that it is up and reachable, and the role's password (PGPASSWORD); unset TOLLGATE_STATE_URL to journal in this checkout instead",
+        };
+        Diagnostic::error("journal", e).with_help(help)
     })
 }
 
 /// Opens the journal for reading, if there is one.
 fn open_existing(state: &StateArg) -> Result<Option<Journal>, Diagnostic> {
-    Journal::open_existing(&state.dir(), clock()?).map_err(|e| Diagnostic::error("journal", e))
+    Journal::open_existing_at(&state.location()?, clock()?)
+        .map_err(|e| Diagnostic::error("journal", e))
 }
 
 /// The run `--resume ID` names, if it can be resumed.
@@ -166,7 +181,8 @@ pub fn escalation_history(state: &StateArg, policy: &Policy) -> crate::plan::Esc
         return crate::plan::EscalationHistory::new();
     }
     (|| -> Result<_, JournalError> {
-        let Some(j) = Journal::open_existing(&state.dir(), Clock::from_env()?)? else {
+        let location = journal::Location::from_env(state.state.as_deref())?;
+        let Some(j) = Journal::open_existing_at(&location, Clock::from_env()?)? else {
             return Ok(crate::plan::EscalationHistory::new());
         };
         j.escalation_history(&policy.name, 0)
@@ -182,7 +198,8 @@ pub fn remaining_budgets(state: &StateArg, policy: &Policy) -> Option<Value> {
     }
     let spent = (|| -> Result<(f64, f64), JournalError> {
         let clock = Clock::from_env()?;
-        let Some(j) = Journal::open_existing(&state.dir(), clock)? else {
+        let location = journal::Location::from_env(state.state.as_deref())?;
+        let Some(j) = Journal::open_existing_at(&location, clock)? else {
             return Ok((0.0, 0.0));
         };
         let (day, month) = journal::period_starts(j.now());

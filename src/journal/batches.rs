@@ -13,6 +13,7 @@ use rusqlite::{OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
 use super::Journal;
+use super::writer::Tx;
 
 /// A batch submitted to a provider.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -45,25 +46,22 @@ impl fmt::Display for BatchRef {
 /// submitting and fetching never loses a paid batch.
 impl BatchLedger for Journal {
     fn submitted(&self, key: &str) -> Option<BatchRef> {
-        self.conn()
-            .query_row(
-                "SELECT provider, batch_id FROM batches WHERE key = ?1 AND finished_ms IS NULL",
-                [key],
-                |r| {
-                    Ok(BatchRef {
-                        provider: r.get(0)?,
-                        id: r.get(1)?,
-                    })
-                },
-            )
-            .optional()
-            .ok()
-            .flatten()
+        let owned = key.to_owned();
+        self.read(
+            |conn| Ok(lite_submitted(conn, key)),
+            move |c, _| super::pg_sql::batch_submitted(c, &owned),
+        )
+        .ok()
+        .flatten()
     }
 
     fn record(&self, key: &str, batch: &BatchRef) -> std::io::Result<()> {
         let (key, batch, now) = (key.to_owned(), batch.clone(), self.now());
         self.write(move |tx| {
+            let tx = match tx {
+                Tx::Lite(tx) => tx,
+                Tx::Pg(c) => return super::pg_sql::batch_record(c, &key, &batch, now),
+            };
             tx.execute(
                 "INSERT OR REPLACE INTO batches (key, provider, batch_id, submitted_ms, finished_ms)
                  VALUES (?1, ?2, ?3, ?4, NULL)",
@@ -79,6 +77,10 @@ impl BatchLedger for Journal {
     fn finished(&self, key: &str) -> std::io::Result<()> {
         let (key, now) = (key.to_owned(), self.now());
         self.write(move |tx| {
+            let tx = match tx {
+                Tx::Lite(tx) => tx,
+                Tx::Pg(c) => return super::pg_sql::batch_finished(c, &key, now),
+            };
             tx.execute(
                 "UPDATE batches SET finished_ms = ?2 WHERE key = ?1",
                 params![key, now],
@@ -87,6 +89,23 @@ impl BatchLedger for Journal {
         })
         .map_err(std::io::Error::other)
     }
+}
+
+/// The SQLite side of [`BatchLedger::submitted`].
+fn lite_submitted(conn: &rusqlite::Connection, key: &str) -> Option<BatchRef> {
+    conn.query_row(
+        "SELECT provider, batch_id FROM batches WHERE key = ?1 AND finished_ms IS NULL",
+        [key],
+        |r| {
+            Ok(BatchRef {
+                provider: r.get(0)?,
+                id: r.get(1)?,
+            })
+        },
+    )
+    .optional()
+    .ok()
+    .flatten()
 }
 
 #[cfg(test)]

@@ -41,6 +41,17 @@ pub enum JournalError {
     /// `--since` is neither a duration nor a date or time.
     #[error("--since {0}: use a duration back from now (7d, 12h) or a date (2026-11-01)")]
     Since(String),
+    /// `TOLLGATE_STATE_URL` is not a PostgreSQL URL (shown without its
+    /// password).
+    #[error("{0}")]
+    StateUrl(String),
+    /// The PostgreSQL journal could not be reached (the URL shown without
+    /// its password, the message scrubbed of it).
+    #[error("cannot open the run journal {url}: {message}")]
+    PgOpen { url: String, message: String },
+    /// Any PostgreSQL failure on an open journal (scrubbed of the password).
+    #[error("run journal: {0}")]
+    Pg(String),
     /// Any SQLite failure while reading or writing an open journal.
     #[error("run journal: {0}")]
     Db(#[from] rusqlite::Error),

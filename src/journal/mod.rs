@@ -30,6 +30,8 @@
 mod batches;
 mod clock;
 mod error;
+mod pg;
+mod pg_sql;
 mod records;
 pub mod report;
 mod schema;
@@ -38,6 +40,7 @@ mod writer;
 pub use batches::{BatchLedger, BatchRef};
 pub use clock::{Clock, Millis, format_day, format_time, parse_since, period_starts};
 pub use error::JournalError;
+pub use pg::StateUrl;
 pub use records::{
     CachedAnswer, CallRecord, EscalatedCall, FinishedCall, NewRun, PlannedStep, RunRow,
     fingerprint, new_run, policy_hash, prompt_hash, sha256_json,
@@ -52,6 +55,7 @@ use serde_json::Value;
 
 use crate::process::{own_start, process_alive_since};
 use crate::usage::Usage;
+use writer::Tx;
 
 /// The state folder's database file name.
 pub const DB_FILE: &str = "state.db";
@@ -78,19 +82,58 @@ pub fn state_dir(flag: Option<&Path>) -> PathBuf {
     root.join(".tollgate")
 }
 
+/// Where the journal lives: a state folder holding `state.db` (SQLite, the
+/// default: one checkout), or a PostgreSQL database a team shares
+/// (`TOLLGATE_STATE_URL`).
+#[derive(Debug, Clone)]
+pub enum Location {
+    Dir(PathBuf),
+    Postgres(StateUrl),
+}
+
+impl Location {
+    /// `TOLLGATE_STATE_URL` when set (a team's shared ledger), else the
+    /// state folder ([`state_dir`]).
+    pub fn from_env(dir_flag: Option<&Path>) -> Result<Location, JournalError> {
+        match std::env::var("TOLLGATE_STATE_URL") {
+            Ok(url) if !url.trim().is_empty() => {
+                Ok(Location::Postgres(StateUrl::parse(url.trim())?))
+            }
+            _ => Ok(Location::Dir(state_dir(dir_flag))),
+        }
+    }
+}
+
 /// The open journal. Cheap to share (`Arc`). Writes are queued to its
 /// writer thread, which group-commits them on its own connection; reads and
 /// budget holds (a check and a hold in one transaction) use the journal's
 /// other connection, which WAL lets read while the writer commits.
+///
+/// One type over two backends (an enum, not a trait object): every caller —
+/// the executor, the CLI, the suite runner — keeps calling the same
+/// methods, the group-commit writer is shared (each write carries both
+/// dialects, see [`Tx`]), and SQLite's hot path stays the code it was, one
+/// `match` away.
 pub struct Journal {
     path: PathBuf,
-    conn: Arc<Mutex<Connection>>,
     clock: Clock,
     /// This process's id for its writes: spending "by others" (other
     /// processes, earlier sessions of a resumed run) is counted from the
     /// journal, this session's from the executor's own ledger.
     session: Arc<str>,
+    /// Dropped first: what was queued is committed before the reader goes.
     writer: writer::Writer,
+    db: Db,
+}
+
+/// The journal's read (and budget-hold) side.
+enum Db {
+    Lite(Arc<Mutex<Connection>>),
+    /// A connection on a thread of its own (see `pg`).
+    Pg {
+        worker: pg::Worker,
+        machine: Arc<str>,
+    },
 }
 
 impl std::fmt::Debug for Journal {
@@ -139,6 +182,59 @@ impl Journal {
             return Ok(None);
         }
         Self::open(dir, clock).map(Some)
+    }
+
+    /// Opens the journal at `location` (creating or migrating it).
+    pub fn open_at(location: &Location, clock: Clock) -> Result<Journal, JournalError> {
+        match location {
+            Location::Dir(dir) => Self::open(dir, clock),
+            Location::Postgres(url) => Self::open_postgres(url, clock),
+        }
+    }
+
+    /// [`Journal::open_at`] for commands that only read: `None` when there
+    /// is no SQLite journal yet (a database is always there to read).
+    pub fn open_existing_at(
+        location: &Location,
+        clock: Clock,
+    ) -> Result<Option<Journal>, JournalError> {
+        match location {
+            Location::Dir(dir) => Self::open_existing(dir, clock),
+            Location::Postgres(url) => Self::open_postgres(url, clock).map(Some),
+        }
+    }
+
+    /// Opens (migrating) the journal in a PostgreSQL database: the writer's
+    /// connection and the reader's, each on its own thread.
+    pub fn open_postgres(url: &StateUrl, clock: Clock) -> Result<Journal, JournalError> {
+        let session = new_session();
+        // The writer migrates first; the worker then finds the schema.
+        let writer = writer::Writer::start(writer::WriteConn::Pg(url.clone()))?;
+        let worker = pg::Worker::start(url, session.clone())?;
+        Ok(Journal {
+            path: PathBuf::from(url.display()),
+            clock,
+            session: session.into(),
+            writer,
+            db: Db::Pg {
+                worker,
+                machine: pg::machine().into(),
+            },
+        })
+    }
+
+    /// The SQLite connection (tests that reach under the journal).
+    #[cfg(test)]
+    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+        match &self.db {
+            Db::Lite(c) => c.lock().unwrap_or_else(|e| e.into_inner()),
+            Db::Pg { .. } => panic!("not a SQLite journal"),
+        }
+    }
+
+    /// Whether this journal is the PostgreSQL one.
+    pub fn is_shared(&self) -> bool {
+        matches!(self.db, Db::Pg { .. })
     }
 
     /// An in-memory journal (tests, benchmarks).
@@ -191,7 +287,6 @@ impl Journal {
         clock: Clock,
         write: Option<Connection>,
     ) -> Result<Journal, JournalError> {
-        let session = format!("{}-{:08x}", std::process::id(), fastrand::u32(..));
         let conn = Arc::new(Mutex::new(conn));
         let write_conn = match write {
             Some(c) => writer::WriteConn::Own(c),
@@ -199,10 +294,10 @@ impl Journal {
         };
         Ok(Journal {
             path,
-            conn,
             clock,
-            session: session.into(),
+            session: new_session().into(),
             writer: writer::Writer::start(write_conn)?,
+            db: Db::Lite(conn),
         })
     }
 
@@ -214,15 +309,36 @@ impl Journal {
         self.clock.now()
     }
 
-    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
-        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    /// A read on whichever backend holds the journal: `lite` under the
+    /// SQLite connection's lock, or `pg` on the PostgreSQL worker's thread.
+    fn read<T: Send + 'static>(
+        &self,
+        lite: impl FnOnce(&Connection) -> Result<T, JournalError>,
+        pg: impl FnOnce(&mut pg::PgConn, &str) -> Result<T, JournalError> + Send + 'static,
+    ) -> Result<T, JournalError> {
+        match &self.db {
+            Db::Lite(c) => lite(&c.lock().unwrap_or_else(|e| e.into_inner())),
+            Db::Pg { worker, machine } => {
+                let machine = Arc::clone(machine);
+                worker.call(move |c| pg(c, &machine))
+            }
+        }
+    }
+
+    /// The machine this process runs on ("" for SQLite, where it is not
+    /// recorded).
+    fn machine(&self) -> Arc<str> {
+        match &self.db {
+            Db::Lite(_) => Arc::from(""),
+            Db::Pg { machine, .. } => Arc::clone(machine),
+        }
     }
 
     /// Runs `write` in the writer's next group and waits until it is
     /// committed; what it produced.
     fn write<T: Send + 'static>(
         &self,
-        write: impl FnOnce(&Connection) -> Result<T, JournalError> + Send + 'static,
+        write: impl FnOnce(Tx<'_>) -> Result<T, JournalError> + Send + 'static,
     ) -> Result<T, JournalError> {
         let slot = Arc::new(Mutex::new(None));
         let out = Arc::clone(&slot);
@@ -243,8 +359,13 @@ impl Journal {
             .map(|t| t.strftime("%Y%m%d-%H%M%S").to_string())
             .unwrap_or_default();
         let run = run.clone();
+        let machine = self.machine();
         // Inside the writer's transaction: the free id stays free.
         self.write(move |tx| {
+            let tx = match tx {
+                Tx::Lite(tx) => tx,
+                Tx::Pg(c) => return pg_sql::begin_run(c, &run, &stamp, now, &machine),
+            };
             let id = loop {
                 let id = format!("r-{stamp}-{:04x}", fastrand::u16(..));
                 let taken: bool = tx
@@ -309,13 +430,18 @@ impl Journal {
     /// `seen.pid`): two resumes of one run at once would pay twice.
     pub fn reopen_run(&self, seen: &RunRow) -> Result<(), JournalError> {
         let (id, pid) = (seen.id.clone(), seen.pid);
+        let machine = self.machine();
         let changed = self.write(move |tx| {
+            let tx = match tx {
+                Tx::Lite(tx) => tx,
+                Tx::Pg(c) => return pg_sql::reopen_run(c, &id, pid, &machine),
+            };
             Ok(tx.execute(
                 "UPDATE runs SET status = 'running', finished_ms = NULL, pid = ?2, pid_start = ?4,
                         sessions = sessions + 1
                      WHERE id = ?1 AND (status != 'running' OR pid = ?3)",
                 params![id, std::process::id(), pid, own_start()],
-            )?)
+            )? as u64)
         })?;
         if changed == 0 {
             return Err(JournalError::ResumedElsewhere(seen.id.clone()));
@@ -328,6 +454,10 @@ impl Journal {
     pub fn finish_run(&self, id: &str, status: &str) -> Result<(), JournalError> {
         let (id, status, now) = (id.to_owned(), status.to_owned(), self.now());
         self.write(move |tx| {
+            let tx = match tx {
+                Tx::Lite(tx) => tx,
+                Tx::Pg(c) => return pg_sql::finish_run(c, &id, &status, now),
+            };
             tx.prepare_cached(
                 "UPDATE runs SET status = ?2, finished_ms = ?3,
                     cost_usd = (SELECT COALESCE(SUM(MAX(cost_usd, 0)), 0) FROM calls WHERE run_id = ?1)
@@ -343,6 +473,10 @@ impl Journal {
         let (run_id, step, status) = (run_id.to_owned(), step.to_owned(), status.to_owned());
         let now = self.now();
         Box::new(move |tx| {
+            let tx = match tx {
+                Tx::Lite(tx) => tx,
+                Tx::Pg(c) => return pg_sql::step_status(c, &run_id, &step, &status, now),
+            };
             tx.prepare_cached(
                 "UPDATE steps SET status = ?3, finished_ms = ?4 WHERE run_id = ?1 AND step = ?2",
             )?
@@ -368,6 +502,10 @@ impl Journal {
     fn call_write(&self, run_id: &str, c: CallRecord) -> writer::WriteFn {
         let (run_id, session, now) = (run_id.to_owned(), Arc::clone(&self.session), self.now());
         Box::new(move |tx| {
+            let tx = match tx {
+                Tx::Lite(tx) => tx,
+                Tx::Pg(pg) => return pg_sql::insert_call(pg, &run_id, &session, now, &c),
+            };
             let output = c.output.as_ref().map(Value::to_string);
             tx.prepare_cached(
                 "INSERT INTO calls (run_id, session, step, item, attempt, request_hash, model, provider,
@@ -462,29 +600,41 @@ impl Journal {
         run_id: &str,
     ) -> Result<std::collections::HashMap<(String, Option<usize>), FinishedCall>, JournalError>
     {
-        let conn = self.conn();
-        let mut stmt = conn
+        let run = run_id.to_owned();
+        self.read(
+            |conn| Self::lite_finished_calls(conn, run_id),
+            move |c, _| pg_sql::finished_calls(c, &run),
+        )
+    }
+
+    fn lite_finished_calls(
+        conn: &Connection,
+        run_id: &str,
+    ) -> Result<pg_sql::Finished, JournalError> {
+        {
+            let mut stmt = conn
             .prepare(
                 "SELECT step, item, model, output, input_tokens, output_tokens, cached_tokens,
                     cache_write_tokens, reasoning_tokens, cache_write_1h_tokens, cost_usd, prompt_hash
                  FROM calls WHERE run_id = ?1 AND output IS NOT NULL ORDER BY id",
             )
             ?;
-        let rows = stmt.query_map([run_id], |r| {
-            let item: Option<i64> = r.get(1)?;
-            let output: String = r.get(3)?;
-            Ok((
-                (r.get::<_, String>(0)?, item.map(|i| i as usize)),
-                FinishedCall {
-                    prompt_hash: r.get(11)?,
-                    model: r.get(2)?,
-                    output: serde_json::from_str(&output).unwrap_or(Value::Null),
-                    usage: usage_from(r, 4)?,
-                    cost_usd: r.get(10)?,
-                },
-            ))
-        })?;
-        rows.collect::<Result<_, _>>().map_err(JournalError::Db)
+            let rows = stmt.query_map([run_id], |r| {
+                let item: Option<i64> = r.get(1)?;
+                let output: String = r.get(3)?;
+                Ok((
+                    (r.get::<_, String>(0)?, item.map(|i| i as usize)),
+                    FinishedCall {
+                        prompt_hash: r.get(11)?,
+                        model: r.get(2)?,
+                        output: serde_json::from_str(&output).unwrap_or(Value::Null),
+                        usage: usage_from(r, 4)?,
+                        cost_usd: r.get(10)?,
+                    },
+                ))
+            })?;
+            rows.collect::<Result<_, _>>().map_err(JournalError::Db)
+        }
     }
 
     /// Every call of a run whose first answer failed its cascade's check
@@ -495,8 +645,18 @@ impl Journal {
         run_id: &str,
     ) -> Result<std::collections::HashMap<(String, Option<usize>), EscalatedCall>, JournalError>
     {
-        let conn = self.conn();
-        let mut stmt = conn.prepare(
+        let run = run_id.to_owned();
+        self.read(
+            |conn| Self::lite_escalated_calls(conn, run_id),
+            move |c, _| pg_sql::escalated_calls(c, &run),
+        )
+    }
+
+    fn lite_escalated_calls(
+        conn: &Connection,
+        run_id: &str,
+    ) -> Result<pg_sql::Escalated, JournalError> {
+        let mut stmt = conn.prepare_cached(
             "SELECT step, item, model, escalate_to, error, prompt_hash, cost_usd
              FROM calls WHERE run_id = ?1 AND outcome = 'escalated' ORDER BY id",
         )?;
@@ -523,22 +683,30 @@ impl Journal {
         policy: &str,
         since: Millis,
     ) -> Result<std::collections::BTreeMap<String, (u64, u64)>, JournalError> {
-        let conn = self.conn();
-        let mut stmt = conn.prepare(
-            "SELECT c.cascade_rule, SUM(c.outcome = 'escalated'), COUNT(*)
-             FROM calls c JOIN runs r ON r.id = c.run_id
-             WHERE c.cascade_rule IS NOT NULL AND c.escalated_from IS NULL
-               AND r.policy = ?1 AND c.finished_ms >= ?2
-               AND c.outcome IN ('ok', 'escalated', 'cached', 'truncated')
-             GROUP BY c.cascade_rule",
-        )?;
-        let rows = stmt.query_map(params![policy, since], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                (r.get::<_, i64>(1)? as u64, r.get::<_, i64>(2)? as u64),
-            ))
-        })?;
-        rows.collect::<Result<_, _>>().map_err(JournalError::Db)
+        let owned = policy.to_owned();
+        self.read(
+            |conn| {
+                let mut stmt = conn.prepare(
+                    "SELECT c.cascade_rule, SUM(c.outcome = 'escalated'), COUNT(*)
+                     FROM calls c JOIN runs r ON r.id = c.run_id
+                     WHERE c.cascade_rule IS NOT NULL AND c.escalated_from IS NULL
+                       AND r.policy = ?1 AND c.finished_ms >= ?2
+                       AND c.outcome IN ('ok', 'escalated', 'cached', 'truncated')
+                     GROUP BY c.cascade_rule",
+                )?;
+                let rows = stmt.query_map(params![policy, since], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        (
+                            r.get::<_, i64>(1)?.max(0) as u64,
+                            r.get::<_, i64>(2)?.max(0) as u64,
+                        ),
+                    ))
+                })?;
+                rows.collect::<Result<_, _>>().map_err(JournalError::Db)
+            },
+            move |c, _| pg_sql::escalation_history(c, &owned, since),
+        )
     }
 
     /// The newest whole, valid answer to an identical request bought at or
@@ -549,25 +717,36 @@ impl Journal {
         request_hash: &str,
         not_before: Millis,
     ) -> Result<Option<CachedAnswer>, JournalError> {
-        self.conn()
-            .query_row(
-                "SELECT response, input_tokens, output_tokens, cached_tokens, cache_write_tokens,
+        let hash = request_hash.to_owned();
+        self.read(
+            |conn| Self::lite_cached_answer(conn, request_hash, not_before),
+            move |c, _| pg_sql::cached_answer(c, &hash, not_before),
+        )
+    }
+
+    fn lite_cached_answer(
+        conn: &Connection,
+        request_hash: &str,
+        not_before: Millis,
+    ) -> Result<Option<CachedAnswer>, JournalError> {
+        conn.query_row(
+            "SELECT response, input_tokens, output_tokens, cached_tokens, cache_write_tokens,
                     reasoning_tokens, cache_write_1h_tokens, cost_usd, run_id
                  FROM calls
                  WHERE request_hash = ?1 AND cacheable = 1 AND from_cache = 0 AND finished_ms >= ?2
                  ORDER BY finished_ms DESC, id DESC LIMIT 1",
-                params![request_hash, not_before],
-                |r| {
-                    Ok(CachedAnswer {
-                        text: r.get(0)?,
-                        usage: usage_from(r, 1)?,
-                        cost_usd: r.get(7)?,
-                        run_id: r.get(8)?,
-                    })
-                },
-            )
-            .optional()
-            .map_err(JournalError::Db)
+            params![request_hash, not_before],
+            |r| {
+                Ok(CachedAnswer {
+                    text: r.get(0)?,
+                    usage: usage_from(r, 1)?,
+                    cost_usd: r.get(7)?,
+                    run_id: r.get(8)?,
+                })
+            },
+        )
+        .optional()
+        .map_err(JournalError::Db)
     }
 
     /// Budgets over time, across processes: in one write transaction (so
@@ -582,7 +761,16 @@ impl Journal {
         checks: &[(Millis, f64, f64)],
     ) -> Result<Result<i64, (usize, f64, f64)>, JournalError> {
         let now = self.now();
-        let mut conn = self.conn();
+        let conn = match &self.db {
+            Db::Lite(c) => c,
+            Db::Pg { worker, machine } => {
+                let (session, checks) = (Arc::clone(&self.session), checks.to_vec());
+                let machine = Arc::clone(machine);
+                return worker
+                    .call(move |c| pg::try_hold(c, &session, &machine, now, amount, &checks));
+            }
+        };
+        let mut conn = conn.lock().unwrap_or_else(|e| e.into_inner());
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let holds: Vec<(i64, u32, Option<i64>, f64, Millis)> = {
             let mut stmt = tx.prepare(
@@ -631,6 +819,10 @@ impl Journal {
     /// moment, never not at all. Durable by the next [`Journal::flush`].
     pub fn release_hold(&self, id: i64) -> Result<(), JournalError> {
         self.writer.write_queued(Box::new(move |tx| {
+            let tx = match tx {
+                Tx::Lite(tx) => tx,
+                Tx::Pg(c) => return pg_sql::release_hold(c, id),
+            };
             tx.prepare_cached("DELETE FROM holds WHERE id = ?1")?
                 .execute([id])?;
             Ok(())
@@ -639,33 +831,49 @@ impl Journal {
 
     /// Money spent since `since`, by everyone.
     pub fn spent_since(&self, since: Millis) -> Result<f64, JournalError> {
-        self.conn()
-            .query_row(
-                "SELECT COALESCE(SUM(MAX(cost_usd, 0)), 0) FROM calls WHERE finished_ms >= ?1",
-                [since],
-                |r| r.get(0),
-            )
-            .map_err(JournalError::Db)
+        self.read(
+            |conn| {
+                conn.query_row(
+                    "SELECT COALESCE(SUM(MAX(cost_usd, 0)), 0) FROM calls WHERE finished_ms >= ?1",
+                    [since],
+                    |r| r.get(0),
+                )
+                .map_err(JournalError::Db)
+            },
+            move |c, _| pg_sql::spent_since(c, since),
+        )
     }
 
     /// Money a run spent, over all its sessions.
     pub fn run_cost(&self, run_id: &str) -> Result<f64, JournalError> {
-        self.conn()
-            .query_row(
-                "SELECT COALESCE(SUM(MAX(cost_usd, 0)), 0) FROM calls WHERE run_id = ?1",
-                [run_id],
-                |r| r.get(0),
-            )
-            .map_err(JournalError::Db)
+        let run = run_id.to_owned();
+        self.read(
+            |conn| {
+                conn.query_row(
+                    "SELECT COALESCE(SUM(MAX(cost_usd, 0)), 0) FROM calls WHERE run_id = ?1",
+                    [run_id],
+                    |r| r.get(0),
+                )
+                .map_err(JournalError::Db)
+            },
+            move |c, _| pg_sql::run_cost(c, &run),
+        )
     }
 
     /// One run; `last` is the newest.
     pub fn run(&self, id: &str) -> Result<Option<RunRow>, JournalError> {
+        let owned = id.to_owned();
+        self.read(
+            |conn| Self::lite_run(conn, id),
+            move |c, machine| pg_sql::run(c, &owned, machine),
+        )
+    }
+
+    fn lite_run(conn: &Connection, id: &str) -> Result<Option<RunRow>, JournalError> {
         let sql = format!(
             "{RUN_SELECT} WHERE {} ORDER BY r.started_ms DESC, r.rowid DESC LIMIT 1",
             if id == "last" { "1 = 1" } else { "r.id = ?1" }
         );
-        let conn = self.conn();
         let mut stmt = conn.prepare(&sql)?;
         let row = if id == "last" {
             stmt.query_row([], run_row).optional()
@@ -677,7 +885,13 @@ impl Journal {
 
     /// The newest runs first.
     pub fn runs(&self, limit: usize) -> Result<Vec<RunRow>, JournalError> {
-        let conn = self.conn();
+        self.read(
+            |conn| Self::lite_runs(conn, limit),
+            move |c, machine| pg_sql::runs(c, limit, machine),
+        )
+    }
+
+    fn lite_runs(conn: &Connection, limit: usize) -> Result<Vec<RunRow>, JournalError> {
         let mut stmt = conn.prepare(&format!(
             "{RUN_SELECT} ORDER BY r.started_ms DESC, r.rowid DESC LIMIT ?1"
         ))?;
@@ -686,6 +900,12 @@ impl Journal {
             .collect::<Result<Vec<_>, _>>()?;
         Ok(rows)
     }
+}
+
+/// A new session id: this process, and a random part (a pid alone repeats
+/// across machines and restarts).
+fn new_session() -> String {
+    format!("{}-{:08x}", std::process::id(), fastrand::u32(..))
 }
 
 const RUN_SELECT: &str =
@@ -743,6 +963,30 @@ fn usage_from(r: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<Usage> {
 mod tests {
     use super::*;
     use crate::outcome::AttemptOutcome;
+
+    /// Where a test's journal lives: the same tests run on both backends.
+    enum Store {
+        Dir(tempfile::TempDir),
+        Pg(pg::testing::TestDb),
+    }
+
+    impl Store {
+        /// Opens the store (again: another process would open the same).
+        fn open(&self, clock: Clock) -> Journal {
+            match self {
+                Store::Dir(d) => Journal::open(d.path(), clock).unwrap(),
+                Store::Pg(db) => Journal::open_postgres(&db.url, clock).unwrap(),
+            }
+        }
+    }
+
+    /// A SQLite state folder, and a fresh PostgreSQL database when the
+    /// test server is there.
+    fn stores() -> Vec<Store> {
+        let mut v = vec![Store::Dir(tempfile::tempdir().unwrap())];
+        v.extend(pg::testing::TestDb::create().map(Store::Pg));
+        v
+    }
 
     fn new_run() -> NewRun {
         NewRun {
@@ -822,9 +1066,201 @@ mod tests {
         );
     }
 
+    /// Cascades and context management read back alike from both stores
+    /// (their SQL differs by dialect): a resume's escalated calls, the
+    /// plan's escalation history, and the report's cascade line and context
+    /// saving.
+    #[test]
+    fn cascades_and_context_read_back_alike_on_both_stores() {
+        let mut reports = Vec::new();
+        for store in stores() {
+            let j = store.open(Clock::Fixed(1_700_000_000_000));
+            let mut run = new_run();
+            run.steps[0].context = Some(records::PlannedContext {
+                tokens_before: 5000,
+                tokens_after: 300,
+                saved_usd: 0.004,
+            });
+            // A step that failed: its planned saving is not counted.
+            run.steps.push(PlannedStep {
+                id: "b".into(),
+                context: Some(records::PlannedContext {
+                    tokens_before: 100,
+                    tokens_after: 50,
+                    saved_usd: 1.0,
+                }),
+                ..run.steps[0].clone()
+            });
+            let id = j.begin_run(&run).unwrap();
+            let first = |item: usize, outcome: AttemptOutcome, cost: f64| CallRecord {
+                step: "a".into(),
+                item: Some(item),
+                model: "cheap".into(),
+                tier: "budget".into(),
+                outcome,
+                cost_usd: cost,
+                cascade_rule: Some("summaries".into()),
+                ..CallRecord::default()
+            };
+            let escalated = |item: usize, cost: f64, why: &str| CallRecord {
+                escalate_to: Some("big".into()),
+                error: Some(why.into()),
+                prompt_hash: Some(format!("ph{item}")),
+                ..first(item, AttemptOutcome::Escalated, cost)
+            };
+            let answered = |call: CallRecord| CallRecord {
+                output: Some(serde_json::json!("fine")),
+                ..call
+            };
+            // Item 0 escalated and the target answered; item 1 escalated
+            // and waits for its target (a resume escalates it); items 2 and
+            // 3 stayed cheap (a negative cost never counts).
+            j.record_call(&id, &escalated(0, 0.01, "invalid_output: not JSON"))
+                .unwrap();
+            j.record_call(
+                &id,
+                &answered(CallRecord {
+                    model: "big".into(),
+                    escalated_from: Some("cheap".into()),
+                    ..first(0, AttemptOutcome::Ok, 0.3)
+                }),
+            )
+            .unwrap();
+            j.record_call(&id, &escalated(1, 0.02, "low_confidence: -1.2"))
+                .unwrap();
+            j.record_call(&id, &answered(first(2, AttemptOutcome::Ok, 0.01)))
+                .unwrap();
+            j.record_call(&id, &answered(first(3, AttemptOutcome::Ok, -5.0)))
+                .unwrap();
+            // Item 4 escalated to an answer from the response cache: priced
+            // at what it cost when bought.
+            j.record_call(&id, &escalated(4, 0.01, "invalid_output: not JSON"))
+                .unwrap();
+            j.record_call(
+                &id,
+                &answered(CallRecord {
+                    model: "big".into(),
+                    escalated_from: Some("cheap".into()),
+                    from_cache: true,
+                    saved_usd: 0.3,
+                    ..first(4, AttemptOutcome::Cached, 0.0)
+                }),
+            )
+            .unwrap();
+            j.finish_step(&id, "a", "succeeded").unwrap();
+            j.finish_step(&id, "b", "failed").unwrap();
+
+            let left = j.escalated_calls(&id).unwrap();
+            assert_eq!(left.len(), 3);
+            let e = &left[&("a".to_owned(), Some(1))];
+            assert_eq!(
+                (
+                    e.model.as_str(),
+                    e.to.as_str(),
+                    e.reason.as_str(),
+                    e.prompt_hash.as_deref(),
+                    e.cost_usd
+                ),
+                ("cheap", "big", "low_confidence: -1.2", Some("ph1"), 0.02)
+            );
+            assert_eq!(j.escalation_history("p", 0).unwrap()["summaries"], (3, 5));
+            assert!(j.escalation_history("other", 0).unwrap().is_empty());
+            assert!(
+                j.escalation_history("p", 1_700_000_000_001)
+                    .unwrap()
+                    .is_empty()
+            );
+
+            let r = report::build(&j, None).unwrap();
+            assert_eq!(r.cascades.len(), 1, "{:?}", r.cascades);
+            let c = &r.cascades[0];
+            assert_eq!(
+                (c.key.as_str(), c.first_answers, c.escalated),
+                ("p/summaries", 5, 3)
+            );
+            assert!((c.escalation_rate - 0.6).abs() < 1e-12);
+            assert!((c.first_cost_usd - 0.05).abs() < 1e-12, "{c:?}");
+            assert!((c.escalated_cost_usd - 0.3).abs() < 1e-12, "{c:?}");
+            // Five first answers at the answered escalations' $0.30 each
+            // (the cached one at its price when bought).
+            assert!((c.all_on_target_usd.unwrap() - 1.5).abs() < 1e-9, "{c:?}");
+            assert!((c.saved_usd.unwrap() - 1.15).abs() < 1e-9, "{c:?}");
+            let s = &r.totals.savings;
+            assert_eq!(s.context_tokens, 4700);
+            assert!((s.context_usd - 0.004).abs() < 1e-12, "{s:?}");
+            let step_a = r.by_step.iter().find(|l| l.key == "wf/a").unwrap();
+            assert_eq!(step_a.savings.context_tokens, 4700);
+            let step_b = r.by_step.iter().find(|l| l.key == "wf/b").unwrap();
+            assert_eq!(step_b.savings.context_tokens, 0);
+            reports.push(r);
+        }
+        // The rest of the report is summed in Rust from the same rows: equal
+        // (the cascade sums come from each database, checked above).
+        if let [lite, pg] = &mut reports[..] {
+            lite.cascades.clear();
+            pg.cascades.clear();
+            assert_eq!(lite, pg);
+        }
+    }
+
+    /// A team database an older build made (schema 1, before cascades and
+    /// context management) is migrated in place: its runs stay, the new
+    /// columns take their defaults, and cascades journal into it.
+    #[test]
+    fn a_postgres_ledger_of_schema_1_is_migrated() {
+        let Some(db) = pg::testing::TestDb::create() else {
+            return;
+        };
+        db.exec(&format!(
+            "CREATE TABLE schema_version (version BIGINT NOT NULL);
+             {}
+             INSERT INTO schema_version (version) VALUES (1);
+             INSERT INTO runs (id, workflow, workflow_path, workflow_hash, policy, policy_path,
+                policy_hash, inputs_hash, inputs, started_ms, status, steps_total, estimate_usd,
+                estimate_max_usd, pid)
+             VALUES ('r-old', 'wf', 'wf.yaml', 'h', 'p', 'p.yaml', 'ph', 'ih', '{{}}', 1,
+                'succeeded', 1, 0.5, 0.5, 1);
+             INSERT INTO steps (run_id, step, status, planned_calls, estimate_usd,
+                estimate_max_usd, flagship_estimate_usd)
+             VALUES ('r-old', 'a', 'succeeded', 1, 0.5, 0.5, 1.0);",
+            pg::MIGRATIONS[0]
+        ));
+        let j = Journal::open_postgres(&db.url, Clock::Fixed(1_700_000_000_000)).unwrap();
+        assert_eq!(j.run("r-old").unwrap().unwrap().estimate_usd, 0.5);
+        let id = j.begin_run(&new_run()).unwrap();
+        j.record_call(
+            &id,
+            &CallRecord {
+                step: "a".into(),
+                model: "m".into(),
+                tier: "budget".into(),
+                outcome: AttemptOutcome::Escalated,
+                cascade_rule: Some("r".into()),
+                escalate_to: Some("big".into()),
+                ..CallRecord::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            j.escalated_calls(&id).unwrap()[&("a".to_owned(), None)].to,
+            "big"
+        );
+        let r = report::build(&j, None).unwrap();
+        assert_eq!((r.runs, r.totals.savings.context_tokens), (2, 0));
+        assert_eq!(r.cascades[0].key, "p/r");
+    }
+
     #[test]
     fn finished_calls_and_cache_round_trip() {
-        let j = Journal::in_memory(Clock::Fixed(1_700_000_000_000)).unwrap();
+        for store in stores() {
+            finished_calls_and_cache_round_trip_on(store.open(Clock::Fixed(1_700_000_000_000)));
+        }
+        finished_calls_and_cache_round_trip_on(
+            Journal::in_memory(Clock::Fixed(1_700_000_000_000)).unwrap(),
+        );
+    }
+
+    fn finished_calls_and_cache_round_trip_on(j: Journal) {
         let id = j.begin_run(&new_run()).unwrap();
         assert!(id.starts_with("r-20231114-221320-"), "{id}");
         let mut c = CallRecord {
@@ -873,9 +1309,14 @@ mod tests {
 
     #[test]
     fn two_processes_cannot_both_take_the_last_of_a_budget() {
-        let dir = tempfile::tempdir().unwrap();
-        let a = Journal::open(dir.path(), Clock::Fixed(1_000)).unwrap();
-        let b = Journal::open(dir.path(), Clock::Fixed(1_000)).unwrap();
+        for store in stores() {
+            two_processes_cannot_both_take_the_last_of_a_budget_on(&store);
+        }
+    }
+
+    fn two_processes_cannot_both_take_the_last_of_a_budget_on(store: &Store) {
+        let a = store.open(Clock::Fixed(1_000));
+        let b = store.open(Clock::Fixed(1_000));
         // $1 a day; A holds $0.6 for a call in flight.
         let held = a.try_hold(0.6, &[(0, 1.0, 0.0)]).unwrap().unwrap();
         // B's $0.6 does not fit beside it…
@@ -905,8 +1346,13 @@ mod tests {
     /// a flush covers every queued one.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_writes_are_group_committed_and_all_land() {
-        let dir = tempfile::tempdir().unwrap();
-        let j = Arc::new(Journal::open(dir.path(), Clock::Fixed(1_000)).unwrap());
+        for store in stores() {
+            concurrent_writes_on(&store).await;
+        }
+    }
+
+    async fn concurrent_writes_on(store: &Store) {
+        let j = Arc::new(store.open(Clock::Fixed(1_000)));
         let id = j.begin_run(&new_run()).unwrap();
         let mut tasks = Vec::new();
         for t in 0..8 {
@@ -927,7 +1373,7 @@ mod tests {
         }
         j.flush().await.unwrap();
         // Read by another connection (another process would see the same).
-        let other = Journal::open(dir.path(), Clock::Fixed(1_000)).unwrap();
+        let other = store.open(Clock::Fixed(1_000));
         let done = other.finished_calls(&id).unwrap();
         assert_eq!(done.len(), 400);
         assert_eq!(done[&("a".to_owned(), Some(7049))].output, "answer 7049");
@@ -936,11 +1382,20 @@ mod tests {
     /// A write that fails fails alone and says why; the writer goes on.
     #[test]
     fn a_failed_write_fails_only_its_sender() {
-        let j = Journal::in_memory(Clock::Fixed(1_000)).unwrap();
+        for store in stores() {
+            a_failed_write_fails_only_its_sender_on(store.open(Clock::Fixed(1_000)));
+        }
+        a_failed_write_fails_only_its_sender_on(Journal::in_memory(Clock::Fixed(1_000)).unwrap());
+    }
+
+    fn a_failed_write_fails_only_its_sender_on(j: Journal) {
         let id = j.begin_run(&new_run()).unwrap();
         // No such run: the foreign key refuses the row.
         let err = j.record_call("r-none", &answer(1)).unwrap_err();
-        assert!(matches!(err, JournalError::Db(_)), "{err:?}");
+        assert!(
+            matches!(err, JournalError::Db(_) | JournalError::Pg(_)),
+            "{err:?}"
+        );
         assert!(err.to_string().starts_with("run journal: "), "{err}");
         j.record_call(&id, &answer(2)).unwrap();
         assert_eq!(j.finished_calls(&id).unwrap().len(), 1);
@@ -971,5 +1426,143 @@ mod tests {
         assert!(err.to_string().contains("full"), "{err}");
         j.flush().await.unwrap();
         assert!(j.finished_calls(&id).unwrap().is_empty());
+    }
+
+    /// A fresh database is migrated (by several runners at once, as a
+    /// team's CI fleet may); a database a newer tollgate wrote is refused,
+    /// saying so; a database at this build's version opens as it is.
+    #[test]
+    fn postgres_migrations_are_versioned() {
+        let Some(db) = pg::testing::TestDb::create() else {
+            return;
+        };
+        let opens: Vec<_> = (0..4)
+            .map(|_| {
+                let url = db.url.clone();
+                std::thread::spawn(move || {
+                    Journal::open_postgres(&url, Clock::Fixed(1_000)).map(|_| ())
+                })
+            })
+            .collect();
+        for o in opens {
+            o.join().unwrap().unwrap();
+        }
+        let j = Journal::open_postgres(&db.url, Clock::Fixed(1_000)).unwrap();
+        let id = j.begin_run(&new_run()).unwrap();
+        drop(j);
+        // Opened again: migrated once, the run still there.
+        let j = Journal::open_postgres(&db.url, Clock::Fixed(1_000)).unwrap();
+        assert_eq!(j.run(&id).unwrap().unwrap().id, id);
+        drop(j);
+        db.exec("INSERT INTO schema_version (version) VALUES (7)");
+        let err = Journal::open_postgres(&db.url, Clock::Fixed(1_000)).unwrap_err();
+        assert!(
+            err.to_string().ends_with(&format!(
+                "was written by a newer tollgate (schema 7, this one knows {})",
+                pg::SCHEMA_VERSION
+            )),
+            "{err}"
+        );
+    }
+
+    /// SQLite's version is `PRAGMA user_version` (what every earlier build
+    /// checks, so it stays the record): a journal a newer tollgate wrote is
+    /// refused, saying so, and left as it was.
+    #[test]
+    fn a_sqlite_journal_of_a_newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        Journal::open(dir.path(), Clock::Fixed(1_000))
+            .unwrap()
+            .conn()
+            .pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+            .unwrap();
+        let err = Journal::open(dir.path(), Clock::Fixed(1_000)).unwrap_err();
+        assert!(
+            err.to_string().ends_with(&format!(
+                "state.db was written by a newer tollgate (schema {}, this one knows {SCHEMA_VERSION})",
+                SCHEMA_VERSION + 1
+            )),
+            "{err}"
+        );
+        let again = Journal::open(dir.path(), Clock::Fixed(1_000)).unwrap_err();
+        assert!(
+            matches!(again, JournalError::NewerSchema { .. }),
+            "{again:?}"
+        );
+    }
+
+    /// A hold is a lease: one nobody renews (its runner died, on whatever
+    /// machine) stops counting when it expires; a live one counts.
+    #[test]
+    fn postgres_holds_of_dead_runners_expire() {
+        let Some(db) = pg::testing::TestDb::create() else {
+            return;
+        };
+        let a = Journal::open_postgres(&db.url, Clock::Fixed(1_000)).unwrap();
+        // A live runner elsewhere holds $0.5; a dead one left $0.4 whose
+        // lease ran out.
+        let live = a.try_hold(0.5, &[(0, 1.0, 0.0)]).unwrap().unwrap();
+        db.exec(
+            "INSERT INTO holds (session, amount_usd, created_ms, expires_at)
+             VALUES ('dead-runner', 0.4, 0, clock_timestamp() - interval '1 second')",
+        );
+        let b = Journal::open_postgres(&db.url, Clock::Fixed(1_000)).unwrap();
+        // Fits only because the dead runner's hold no longer counts.
+        assert!(b.try_hold(0.5, &[(0, 1.0, 0.0)]).unwrap().is_ok());
+        let c = Journal::open_postgres(&db.url, Clock::Fixed(1_000)).unwrap();
+        assert_eq!(
+            c.try_hold(0.1, &[(0, 1.0, 0.0)]).unwrap(),
+            Err((0, 0.0, 1.0))
+        );
+        a.release_hold(live).unwrap();
+        a.flush_blocking().unwrap();
+        // A session that ends takes its holds with it.
+        drop(b);
+        assert!(c.try_hold(1.0, &[(0, 1.0, 0.0)]).unwrap().is_ok());
+    }
+
+    /// The URL's password is never shown: not in the journal's name, not
+    /// in an error.
+    #[test]
+    fn a_state_url_password_is_never_shown() {
+        let url =
+            StateUrl::parse("postgres://team:s3cr%40t-pw@127.0.0.1:1/ledger?password=s3cr@t-pw")
+                .unwrap();
+        assert_eq!(url.display(), "postgres://team@127.0.0.1:1/ledger");
+        let err = Journal::open_postgres(&url, Clock::Fixed(1_000)).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.starts_with("cannot open the run journal postgres://team@127.0.0.1:1/ledger: "),
+            "{text}"
+        );
+        assert!(!text.contains("s3cr"), "{text}");
+        let bad = StateUrl::parse("mysql://team:s3cret@host/db")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            bad.contains("expected postgres://") && !bad.contains("s3cret"),
+            "{bad}"
+        );
+    }
+
+    /// Opening a connection is bounded (a host that drops packets must not
+    /// hold `plan` for minutes), unless the URL chooses its own bound.
+    #[test]
+    fn a_state_url_connects_within_a_bound() {
+        let bound = |u: &str| {
+            StateUrl::parse(u)
+                .unwrap()
+                .config
+                .get_connect_timeout()
+                .copied()
+        };
+        assert_eq!(
+            bound("postgres://team@db.example/ledger"),
+            Some(std::time::Duration::from_secs(10))
+        );
+        assert_eq!(
+            bound("postgres://team@db.example/ledger?connect_timeout=3"),
+            Some(std::time::Duration::from_secs(3))
+        );
     }
 }

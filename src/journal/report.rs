@@ -127,8 +127,51 @@ pub struct CascadeLine {
     pub saved_usd: Option<f64>,
 }
 
-/// The cascade lines of the calls finished at or after `from`.
-fn cascades(conn: &rusqlite::Connection, from: Millis) -> Result<Vec<CascadeLine>, JournalError> {
+/// A cascade rule's sums over the calls finished in the window, as both
+/// dialects read them (`pg_sql::report_cascades` is the PostgreSQL one).
+pub(super) struct CascadeSums {
+    /// `policy/rule`.
+    pub(super) key: String,
+    pub(super) first_answers: i64,
+    pub(super) escalated: i64,
+    pub(super) first_cost: f64,
+    pub(super) escalated_cost: f64,
+    /// Escalated calls that answered.
+    pub(super) answered: i64,
+    /// What the cached escalations saved (their price when bought).
+    pub(super) cached_saved: f64,
+}
+
+impl CascadeSums {
+    fn line(self) -> CascadeLine {
+        let first_answers = self.first_answers.max(0) as u64;
+        let escalated = self.escalated.max(0) as u64;
+        let answered = self.answered.max(0) as u64;
+        // A cached escalation is priced at what it cost when bought.
+        let bought = self.escalated_cost + self.cached_saved;
+        let all = (answered > 0).then(|| bought / answered as f64 * first_answers as f64);
+        CascadeLine {
+            key: self.key,
+            first_answers,
+            escalated,
+            escalation_rate: if first_answers > 0 {
+                escalated as f64 / first_answers as f64
+            } else {
+                0.0
+            },
+            first_cost_usd: self.first_cost,
+            escalated_cost_usd: self.escalated_cost,
+            all_on_target_usd: all,
+            saved_usd: all.map(|a| a - self.first_cost - self.escalated_cost),
+        }
+    }
+}
+
+/// The cascade sums of the calls finished at or after `from` (SQLite).
+fn lite_cascades(
+    conn: &rusqlite::Connection,
+    from: Millis,
+) -> Result<Vec<CascadeSums>, JournalError> {
     let mut stmt = conn.prepare(
         "SELECT r.policy || '/' || c.cascade_rule,
                 SUM(c.escalated_from IS NULL AND c.outcome IN ('ok', 'escalated', 'cached', 'truncated')),
@@ -139,35 +182,22 @@ fn cascades(conn: &rusqlite::Connection, from: Millis) -> Result<Vec<CascadeLine
                 SUM(CASE WHEN c.escalated_from IS NOT NULL AND c.from_cache THEN c.saved_usd ELSE 0 END)
              FROM calls c JOIN runs r ON r.id = c.run_id
              WHERE c.cascade_rule IS NOT NULL AND c.finished_ms >= ?1
-             GROUP BY 1 ORDER BY 1",
+             GROUP BY 1",
     )?;
-    let lines = stmt
+    let sums = stmt
         .query_map(params![from], |r| {
-            let first_answers = r.get::<_, i64>(1)?.max(0) as u64;
-            let escalated = r.get::<_, i64>(2)?.max(0) as u64;
-            let first_cost: f64 = r.get(3)?;
-            let escalated_cost: f64 = r.get(4)?;
-            let answered = r.get::<_, i64>(5)?.max(0) as u64;
-            // A cached escalation is priced at what it cost when bought.
-            let bought = escalated_cost + r.get::<_, f64>(6)?;
-            let all = (answered > 0).then(|| bought / answered as f64 * first_answers as f64);
-            Ok(CascadeLine {
+            Ok(CascadeSums {
                 key: r.get(0)?,
-                first_answers,
-                escalated,
-                escalation_rate: if first_answers > 0 {
-                    escalated as f64 / first_answers as f64
-                } else {
-                    0.0
-                },
-                first_cost_usd: first_cost,
-                escalated_cost_usd: escalated_cost,
-                all_on_target_usd: all,
-                saved_usd: all.map(|a| a - first_cost - escalated_cost),
+                first_answers: r.get(1)?,
+                escalated: r.get(2)?,
+                first_cost: r.get(3)?,
+                escalated_cost: r.get(4)?,
+                answered: r.get(5)?,
+                cached_saved: r.get(6)?,
             })
         })?
         .collect::<Result<_, _>>()?;
-    Ok(lines)
+    Ok(sums)
 }
 
 struct CallRow {
@@ -247,68 +277,26 @@ fn group(
     lines.into_values().collect()
 }
 
+/// A step's plan in a run started in the window: workflow, step, estimated
+/// dollars, whether it succeeded, and its context management (input
+/// tokens not sent, expected dollars saved).
+pub(super) type Estimate = (String, String, f64, bool, i64, f64);
+
+/// What `report` reads: every call finished in the window, the plans'
+/// estimates of the runs started in it, how many runs started, and the
+/// cascades' sums.
+type Reads = (Vec<CallRow>, Vec<Estimate>, i64, Vec<CascadeSums>);
+
 /// Builds the report of every call finished at or after `since`.
 pub fn build(journal: &Journal, since: Option<Millis>) -> Result<Report, JournalError> {
     let from = since.unwrap_or(i64::MIN);
-    let conn = journal.conn();
-    let conn = &*conn;
-    let mut stmt = conn.prepare(
-        "SELECT c.finished_ms, r.workflow, c.step, c.model, c.provider_model, c.tier, c.from_cache,
-                c.outcome, c.input_tokens, c.output_tokens, c.cost_usd, c.list_cost_usd,
-                c.flagship_cost_usd, c.saved_usd, c.batch, c.usage_flag
-             FROM calls c JOIN runs r ON r.id = c.run_id
-             WHERE c.finished_ms >= ?1 ORDER BY c.id",
-    )?;
-    let rows: Vec<CallRow> = stmt
-        .query_map(params![from], |r| {
-            let outcome: String = r.get(7)?;
-            Ok(CallRow {
-                finished_ms: r.get(0)?,
-                workflow: r.get(1)?,
-                step: r.get(2)?,
-                model: r.get(3)?,
-                provider_model: r.get(4)?,
-                tier: r.get(5)?,
-                from_cache: r.get(6)?,
-                reached_provider: outcome.parse::<crate::outcome::AttemptOutcome>()
-                    != Ok(crate::outcome::AttemptOutcome::OverBudget),
-                input_tokens: r.get::<_, i64>(8)?.max(0) as u64,
-                output_tokens: r.get::<_, i64>(9)?.max(0) as u64,
-                // An older build journaled what a server said, negative
-                // costs included: they never count as money saved.
-                cost: r.get::<_, f64>(10)?.max(0.0),
-                list: r.get(11)?,
-                flagship: r.get(12)?,
-                saved: r.get(13)?,
-                batch: r.get(14)?,
-                flag: r.get(15)?,
-            })
-        })?
-        .collect::<Result<_, _>>()?;
-    // Estimates come from the plans of the runs started in the window, and
-    // so does context management (for the steps that succeeded).
-    let mut stmt = conn.prepare(
-        "SELECT r.workflow, s.step, s.estimate_usd, s.status = 'succeeded',
-                s.context_tokens_before - s.context_tokens_after, s.context_saved_usd
-             FROM steps s JOIN runs r ON r.id = s.run_id
-             WHERE r.started_ms >= ?1",
-    )?;
+    let (rows, estimates, runs, cascades) =
+        journal.read(|conn| lite_reads(conn, from), move |c, _| pg_reads(c, from))?;
     let mut by_workflow_est: BTreeMap<String, f64> = BTreeMap::new();
     let mut by_step_est: BTreeMap<String, f64> = BTreeMap::new();
     let mut context: BTreeMap<String, (i64, f64)> = BTreeMap::new();
     let mut context_total = (0i64, 0.0f64);
-    let estimates = stmt.query_map(params![from], |r| {
-        Ok((
-            r.get::<_, String>(0)?,
-            r.get::<_, String>(1)?,
-            r.get::<_, f64>(2)?,
-            r.get::<_, bool>(3)?,
-            r.get::<_, i64>(4)?,
-            r.get::<_, f64>(5)?,
-        ))
-    })?;
-    for e in estimates {
-        let (w, s, usd, succeeded, tokens, saved) = e?;
+    for (w, s, usd, succeeded, tokens, saved) in estimates {
         *by_step_est.entry(format!("{w}/{s}")).or_default() += usd;
         *by_workflow_est.entry(w.clone()).or_default() += usd;
         if succeeded && (tokens != 0 || saved != 0.0) {
@@ -321,13 +309,9 @@ pub fn build(journal: &Journal, since: Option<Millis>) -> Result<Report, Journal
             context_total.1 += saved;
         }
     }
-    let runs: i64 = conn.query_row(
-        "SELECT COUNT(*) FROM runs WHERE started_ms >= ?1",
-        params![from],
-        |r| r.get(0),
-    )?;
-    drop(stmt);
-    let cascades = cascades(conn, from)?;
+    let mut cascades: Vec<CascadeLine> = cascades.into_iter().map(CascadeSums::line).collect();
+    // Both dialects sort text their own way: the order is made here.
+    cascades.sort_by(|a, b| a.key.cmp(&b.key));
 
     let none = BTreeMap::new();
     let mut totals = Line {
@@ -403,6 +387,105 @@ impl Line {
         self.savings.batch_usd = nano(self.savings.batch_usd);
         self.savings.context_usd = nano(self.savings.context_usd);
     }
+}
+
+/// Whether a call reached a provider (an over-budget refusal did not).
+fn reached(outcome: &str) -> bool {
+    outcome.parse::<crate::outcome::AttemptOutcome>()
+        != Ok(crate::outcome::AttemptOutcome::OverBudget)
+}
+
+fn lite_reads(conn: &rusqlite::Connection, from: Millis) -> Result<Reads, JournalError> {
+    let mut stmt = conn.prepare(
+        "SELECT c.finished_ms, r.workflow, c.step, c.model, c.provider_model, c.tier, c.from_cache,
+                c.outcome, c.input_tokens, c.output_tokens, c.cost_usd, c.list_cost_usd,
+                c.flagship_cost_usd, c.saved_usd, c.batch, c.usage_flag
+             FROM calls c JOIN runs r ON r.id = c.run_id
+             WHERE c.finished_ms >= ?1 ORDER BY c.id",
+    )?;
+    let rows: Vec<CallRow> = stmt
+        .query_map(params![from], |r| {
+            let outcome: String = r.get(7)?;
+            Ok(CallRow {
+                finished_ms: r.get(0)?,
+                workflow: r.get(1)?,
+                step: r.get(2)?,
+                model: r.get(3)?,
+                provider_model: r.get(4)?,
+                tier: r.get(5)?,
+                from_cache: r.get(6)?,
+                reached_provider: reached(&outcome),
+                input_tokens: r.get::<_, i64>(8)?.max(0) as u64,
+                output_tokens: r.get::<_, i64>(9)?.max(0) as u64,
+                // An older build journaled what a server said, negative
+                // costs included: they never count as money saved.
+                cost: r.get::<_, f64>(10)?.max(0.0),
+                list: r.get(11)?,
+                flagship: r.get(12)?,
+                saved: r.get(13)?,
+                batch: r.get(14)?,
+                flag: r.get(15)?,
+            })
+        })?
+        .collect::<Result<_, _>>()?;
+    // Estimates come from the plans of the runs started in the window, and
+    // so does context management (for the steps that succeeded).
+    let mut stmt = conn.prepare(
+        "SELECT r.workflow, s.step, s.estimate_usd, s.status = 'succeeded',
+                s.context_tokens_before - s.context_tokens_after, s.context_saved_usd
+             FROM steps s JOIN runs r ON r.id = s.run_id
+             WHERE r.started_ms >= ?1",
+    )?;
+    let estimates = stmt
+        .query_map(params![from], |r| {
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+            ))
+        })?
+        .collect::<Result<_, _>>()?;
+    let runs: i64 = conn.query_row(
+        "SELECT COUNT(*) FROM runs WHERE started_ms >= ?1",
+        params![from],
+        |r| r.get(0),
+    )?;
+    Ok((rows, estimates, runs, lite_cascades(conn, from)?))
+}
+
+fn pg_reads(c: &mut super::pg::PgConn, from: Millis) -> Result<Reads, JournalError> {
+    use super::pg::get;
+    let rows = super::pg_sql::report_calls(c, from)?
+        .iter()
+        .map(|r| {
+            let outcome: String = get(r, 7)?;
+            Ok(CallRow {
+                finished_ms: get(r, 0)?,
+                workflow: get(r, 1)?,
+                step: get(r, 2)?,
+                model: get(r, 3)?,
+                provider_model: get(r, 4)?,
+                tier: get(r, 5)?,
+                from_cache: get(r, 6)?,
+                reached_provider: reached(&outcome),
+                input_tokens: get::<i64>(r, 8)?.max(0) as u64,
+                output_tokens: get::<i64>(r, 9)?.max(0) as u64,
+                cost: get::<f64>(r, 10)?.max(0.0),
+                list: get(r, 11)?,
+                flagship: get(r, 12)?,
+                saved: get(r, 13)?,
+                batch: get(r, 14)?,
+                flag: get(r, 15)?,
+            })
+        })
+        .collect::<Result<_, JournalError>>()?;
+    let estimates = super::pg_sql::report_estimates(c, from)?;
+    let runs = super::pg_sql::runs_since(c, from)?;
+    let cascades = super::pg_sql::report_cascades(c, from)?;
+    Ok((rows, estimates, runs, cascades))
 }
 
 #[cfg(test)]

@@ -27,6 +27,7 @@ use rusqlite::{Connection, TransactionBehavior};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
 use super::JournalError;
+use super::pg::PgConn;
 
 /// Call records queued and not yet committed, at most: enough to keep the
 /// disk busy with large groups, small enough to bound memory (a record
@@ -39,7 +40,14 @@ const MAX_GROUP: usize = 512;
 
 /// One write: runs on the writer's connection inside the group's
 /// transaction.
-pub(super) type WriteFn = Box<dyn FnOnce(&Connection) -> Result<(), JournalError> + Send>;
+pub(super) type WriteFn = Box<dyn FnOnce(Tx<'_>) -> Result<(), JournalError> + Send>;
+
+/// The writer's connection inside a group's transaction, as a write sees
+/// it: each write speaks its backend's SQL.
+pub(super) enum Tx<'a> {
+    Lite(&'a Connection),
+    Pg(&'a mut PgConn),
+}
 
 /// Who hears how a write ended.
 enum Ack {
@@ -82,10 +90,12 @@ enum Op {
 
 /// The connection the writer commits on: its own (a journal on disk), or
 /// the journal's one connection (in memory, where a second connection would
-/// open a second, empty database).
+/// open a second, empty database), or a PostgreSQL connection (made on the
+/// writer's thread: the client must never run on a tokio worker).
 pub(super) enum WriteConn {
     Own(Connection),
     Shared(Arc<Mutex<Connection>>),
+    Pg(super::pg::StateUrl),
 }
 
 /// The sending side; the thread stops when it is dropped (after committing
@@ -99,10 +109,28 @@ pub(super) struct Writer {
 impl Writer {
     pub(super) fn start(conn: WriteConn) -> Result<Writer, JournalError> {
         let (tx, rx) = mpsc::unbounded_channel();
+        let (ready_tx, ready_rx) = sync_channel(1);
         let thread = std::thread::Builder::new()
             .name("tollgate-journal".into())
-            .spawn(move || run(conn, rx))
+            .spawn(move || {
+                let conn = match conn {
+                    WriteConn::Pg(url) => match super::pg::connect_migrated(&url) {
+                        Ok(c) => Conn::Pg(Box::new(c)),
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(e));
+                            return;
+                        }
+                    },
+                    WriteConn::Own(c) => Conn::Own(c),
+                    WriteConn::Shared(c) => Conn::Shared(c),
+                };
+                let _ = ready_tx.send(Ok(()));
+                run(conn, rx)
+            })
             .map_err(JournalError::WriterStart)?;
+        ready_rx
+            .recv()
+            .unwrap_or(Err(JournalError::WriterStopped))?;
         Ok(Writer {
             tx: Some(tx),
             slots: Arc::new(Semaphore::new(QUEUE_RECORDS)),
@@ -193,9 +221,16 @@ impl Drop for Writer {
     }
 }
 
+/// The writer thread's connection, once made.
+enum Conn {
+    Own(Connection),
+    Shared(Arc<Mutex<Connection>>),
+    Pg(Box<PgConn>),
+}
+
 /// The thread: wait for a write, take whatever else is queued, commit it
 /// all, acknowledge; until the queue is closed and empty.
-fn run(mut conn: WriteConn, mut rx: mpsc::UnboundedReceiver<Op>) {
+fn run(mut conn: Conn, mut rx: mpsc::UnboundedReceiver<Op>) {
     // Failures of queued writes, until a flush reports them.
     let mut failed: Option<JournalError> = None;
     let mut group: Vec<Op> = Vec::with_capacity(MAX_GROUP);
@@ -208,17 +243,24 @@ fn run(mut conn: WriteConn, mut rx: mpsc::UnboundedReceiver<Op>) {
             }
         }
         match &mut conn {
-            WriteConn::Own(c) => commit(c, &mut group, &mut failed),
-            WriteConn::Shared(m) => {
+            Conn::Own(c) => commit(&mut Group::Lite(c), &mut group, &mut failed),
+            Conn::Shared(m) => {
                 let mut c = m.lock().unwrap_or_else(|e| e.into_inner());
-                commit(&mut c, &mut group, &mut failed);
+                commit(&mut Group::Lite(&mut c), &mut group, &mut failed);
             }
+            Conn::Pg(c) => commit(&mut Group::Pg(c), &mut group, &mut failed),
         }
     }
 }
 
+/// The connection a group is committed on.
+enum Group<'a> {
+    Lite(&'a mut Connection),
+    Pg(&'a mut PgConn),
+}
+
 /// Commits a group in one transaction and acknowledges each of its ops.
-fn commit(conn: &mut Connection, group: &mut Vec<Op>, failed: &mut Option<JournalError>) {
+fn commit(conn: &mut Group<'_>, group: &mut Vec<Op>, failed: &mut Option<JournalError>) {
     let writes = group
         .iter()
         .filter(|o| matches!(o, Op::Write { .. }))
@@ -232,7 +274,11 @@ fn commit(conn: &mut Connection, group: &mut Vec<Op>, failed: &mut Option<Journa
         }
         return;
     }
-    let results = match in_transaction(conn, group) {
+    let outcome = match conn {
+        Group::Lite(c) => in_transaction(c, group),
+        Group::Pg(c) => in_pg_transaction(c, group),
+    };
+    let results = match outcome {
         Ok(results) => results,
         Err(e) => {
             // Nothing of the group was written.
@@ -274,7 +320,7 @@ fn in_transaction(
             continue;
         };
         tx.execute_batch("SAVEPOINT one")?;
-        match write(&tx) {
+        match write(Tx::Lite(&tx)) {
             Ok(()) => tx.execute_batch("RELEASE one")?,
             Err(e) => {
                 // Undo this write alone — unless SQLite already rolled the
@@ -291,4 +337,53 @@ fn in_transaction(
     }
     tx.commit()?;
     Ok(results)
+}
+
+/// [`in_transaction`] on PostgreSQL: the same savepoint per write, in one
+/// transaction (PostgreSQL's own commit waits for its WAL flush, so a
+/// group shares it as SQLite's shares an fsync). A lost connection is made
+/// again first: the writes queued meanwhile go to the server once it is
+/// back, or fail with the reason if it is not.
+fn in_pg_transaction(
+    conn: &mut PgConn,
+    group: &mut [Op],
+) -> Result<Vec<Result<(), JournalError>>, JournalError> {
+    conn.reconnect_if_closed();
+    conn.batch("BEGIN")?;
+    let mut results = Vec::with_capacity(group.len());
+    let body = (|| {
+        for op in group.iter_mut() {
+            let Op::Write { write, .. } = op else {
+                results.push(Ok(()));
+                continue;
+            };
+            let Some(write) = write.take() else {
+                results.push(Ok(()));
+                continue;
+            };
+            conn.batch("SAVEPOINT one")?;
+            match write(Tx::Pg(conn)) {
+                Ok(()) => conn.batch("RELEASE SAVEPOINT one")?,
+                Err(e) => {
+                    if conn
+                        .batch("ROLLBACK TO SAVEPOINT one; RELEASE SAVEPOINT one")
+                        .is_err()
+                    {
+                        return Err(e);
+                    }
+                    results.push(Err(e));
+                    continue;
+                }
+            }
+            results.push(Ok(()));
+        }
+        conn.batch("COMMIT")
+    })();
+    match body {
+        Ok(()) => Ok(results),
+        Err(e) => {
+            let _ = conn.batch("ROLLBACK");
+            Err(e)
+        }
+    }
 }

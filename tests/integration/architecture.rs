@@ -10,7 +10,7 @@
 //!   module);
 //! - **HTTP** (`reqwest`) only in `src/provider/`, and in
 //!   `src/run/local_server.rs` for its `/health` check;
-//! - **SQL** (`rusqlite`) only in `src/journal/`;
+//! - **SQL** (`rusqlite`, `postgres`) only in `src/journal/`;
 //! - **the terminal** (`println!`, `eprintln!`, `print!`, `eprint!`,
 //!   `dbg!`, `std::process::exit`) only in `src/cli*`, `src/progress.rs`
 //!   and `src/main.rs`;
@@ -579,11 +579,11 @@ fn only_the_journal_knows_sql() {
     assert_none(
         outside(
             &sources(),
-            r"\brusqlite\b",
+            r"\b(?:rusqlite|postgres)\b",
             &["src/journal/"],
             "outside the journal",
         ),
-        "only `journal` may use rusqlite",
+        "only `journal` may use rusqlite or postgres",
     );
 }
 
@@ -609,12 +609,14 @@ fn tasks_are_spawned_only_where_the_architecture_says() {
             // The executor (step tasks, journal writes off the async
             // threads), the CLI (signal handling, the progress reporter),
             // the suite runner (journal writes), the journal's one writer
-            // thread (group commit).
+            // thread (group commit) and, on PostgreSQL, its reader's thread
+            // (the client must not run on a tokio worker).
             &[
                 "src/run/",
                 "src/cli*",
                 "src/eval/runner.rs",
                 "src/journal/writer.rs",
+                "src/journal/pg.rs",
             ],
             "spawns a task outside run, cli, eval::runner and journal::writer",
         ),

@@ -11,9 +11,8 @@ use std::time::Duration;
 
 use fake_llm::{FakeServer, LogprobShape, Recorded, Reply};
 use serde_json::Value;
-use tollgate::journal::{Clock, Journal};
 
-use crate::support::{Project, report, stdout, step, transcript};
+use crate::support::{Ledger, Project, report, stdout, step, transcript};
 
 /// A local model, a paid budget model (both OpenAI dialect: they return
 /// logprobs), a cloud workhorse and a second local model; `rules` and
@@ -102,13 +101,12 @@ async fn a_confident_valid_answer_stays_cheap() {
     assert_eq!(fake.requests()[0].body["top_logprobs"], 1);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_invalid_answer_escalates_and_both_calls_are_journaled() {
+async fn an_invalid_answer_escalates_and_both_calls_are_journaled(ledger: Ledger) {
     let fake = FakeServer::start().await;
     answers(&fake, || {
         Reply::text("crash on save, I think").logprobs(vec![-0.1], LogprobShape::OpenAi)
     });
-    let p = Project::new(&policy(&fake, SUMMARIES, ""), WORKFLOW);
+    let p = Project::new(&policy(&fake, SUMMARIES, ""), WORKFLOW).on(&ledger);
     let out = run_json(&p).await;
     assert_eq!(out.status.code(), Some(0), "{}", transcript(&out));
     let r = report(&out);
@@ -133,7 +131,7 @@ async fn an_invalid_answer_escalates_and_both_calls_are_journaled() {
     // The escalated call is priced and counted.
     assert!(s["cost_usd"].as_f64().unwrap() > 0.0);
     // The journal keeps both, with from → to and why.
-    let j = Journal::open(&p.path().join(".tollgate"), Clock::System).unwrap();
+    let j = p.journal();
     let run = j.run("last").unwrap().unwrap();
     let left = j.escalated_calls(&run.id).unwrap();
     let first = &left[&("summarize".to_owned(), None)];
@@ -309,15 +307,15 @@ const CLASSIFY: &str = r#"  - name: summaries
     use: budget
     escalate: { to: workhorse }"#;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_budget_holds_the_escalation_to_its_worst_case() {
+async fn the_budget_holds_the_escalation_to_its_worst_case(ledger: Ledger) {
     let fake = FakeServer::start().await;
     answers(&fake, || Reply::text("not json").usage(20, 5));
     // Room for the budget model's worst case, not for the workhorse's.
     let p = Project::new(
         &policy(&fake, CLASSIFY, "budgets: { run_usd: 0.0002 }\n"),
         WORKFLOW,
-    );
+    )
+    .on(&ledger);
     let out = run_json(&p).await;
     assert_eq!(out.status.code(), Some(1), "{}", transcript(&out));
     let r = report(&out);
@@ -335,8 +333,7 @@ async fn the_budget_holds_the_escalation_to_its_worst_case() {
     assert!(detail.contains("escalating to workhorse"), "{detail}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_resume_after_a_kill_between_the_calls_does_not_pay_twice() {
+async fn a_resume_after_a_kill_between_the_calls_does_not_pay_twice(ledger: Ledger) {
     let fake = FakeServer::start().await;
     let workhorse_calls = Arc::new(AtomicUsize::new(0));
     let seen = Arc::clone(&workhorse_calls);
@@ -353,7 +350,7 @@ async fn a_resume_after_a_kill_between_the_calls_does_not_pay_twice() {
             }
         }
     });
-    let p = Project::new(&policy(&fake, CLASSIFY, ""), WORKFLOW);
+    let p = Project::new(&policy(&fake, CLASSIFY, ""), WORKFLOW).on(&ledger);
     let mut child = p
         .run(&["--format", "json"])
         .into_tokio()
@@ -370,7 +367,7 @@ async fn a_resume_after_a_kill_between_the_calls_does_not_pay_twice() {
     .expect("the escalation was never sent");
     child.start_kill().unwrap(); // SIGKILL
     child.wait().await.unwrap();
-    let j = Journal::open(&p.path().join(".tollgate"), Clock::System).unwrap();
+    let j = p.journal();
     let run = j.run("last").unwrap().unwrap();
     assert_eq!(run.status, "interrupted");
     assert_eq!(j.escalated_calls(&run.id).unwrap().len(), 1);
@@ -404,3 +401,11 @@ async fn a_resume_after_a_kill_between_the_calls_does_not_pay_twice() {
     );
     let _: &Value = &r;
 }
+
+// The cascade's journal reads (escalated calls, escalation history, the
+// report's rates) are SQL of each dialect: both run them.
+crate::on_both_ledgers!(
+    an_invalid_answer_escalates_and_both_calls_are_journaled,
+    the_budget_holds_the_escalation_to_its_worst_case,
+    a_resume_after_a_kill_between_the_calls_does_not_pay_twice,
+);

@@ -6,7 +6,7 @@
 use fake_llm::{FakeServer, Recorded, Reply};
 use serde_json::Value;
 
-use crate::support::{Project, policy, report, stderr, stdout, step, transcript};
+use crate::support::{Ledger, Project, policy, report, stderr, stdout, step, transcript};
 
 /// The user message of an OpenAI-style request (the fake's budget and local
 /// models both speak Chat Completions).
@@ -40,11 +40,12 @@ steps:
     context: { max_input_tokens: 300, trim: middle, input: doc }
 "#;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn trimming_cuts_only_the_named_input_and_marks_the_cut() {
+async fn trimming_cuts_only_the_named_input_and_marks_the_cut(ledger: Ledger) {
     let fake = FakeServer::start().await;
     fake.set_default(Reply::text("42 coins").usage(300, 3));
-    let p = Project::new(&policy(&fake, ""), TRIM).with("doc.txt", &document(400));
+    let p = Project::new(&policy(&fake, ""), TRIM)
+        .with("doc.txt", &document(400))
+        .on(&ledger);
     let question = "How many coins went to the mill in total?";
     let q = format!("question={question}");
     let out = p
@@ -135,6 +136,9 @@ async fn trimming_cuts_only_the_named_input_and_marks_the_cut() {
     let text = stdout(&p.tollgate(&["report"]).await);
     assert!(text.contains("by context management ("), "{text}");
 }
+
+// The report reads the plan's context figures back with each dialect's SQL.
+crate::on_both_ledgers!(trimming_cuts_only_the_named_input_and_marks_the_cut);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn within_budget_nothing_is_cut() {

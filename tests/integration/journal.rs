@@ -14,7 +14,7 @@ use serde_json::Value;
 use tokio::sync::Notify;
 use tollgate::journal::{Clock, Journal};
 
-use crate::support::{KEY, Project, policy, report, step, transcript};
+use crate::support::{KEY, Ledger, Project, policy, report, step, transcript};
 
 /// `tollgate ARGS` in the project, with the test keys and `env` (which
 /// wins over them).
@@ -162,12 +162,11 @@ fn outputs(r: &Value) -> BTreeMap<String, Value> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_run_killed_at_any_call_resumes_to_the_same_outputs_without_paying_twice() {
+async fn a_run_killed_at_any_call_resumes_to_the_same_outputs_without_paying_twice(ledger: Ledger) {
     // The uninterrupted run, for reference.
     let fake = FakeServer::start().await;
     let rec = Recorder::install(&fake, usize::MAX);
-    let p = Project::new(&policy(&fake, ""), CRASHY);
+    let p = Project::new(&policy(&fake, ""), CRASHY).on(&ledger);
     let out = tollgate(&p, &run_args(&[]), &[]).await;
     assert_eq!(out.status.code(), Some(0), "{}", transcript(&out));
     let expected = outputs(&report(&out));
@@ -179,7 +178,7 @@ async fn a_run_killed_at_any_call_resumes_to_the_same_outputs_without_paying_twi
     for kill_at in 1..=CRASHY_CALLS {
         let fake = FakeServer::start().await;
         let rec = Recorder::install(&fake, kill_at);
-        let p = Project::new(&policy(&fake, ""), CRASHY);
+        let p = Project::new(&policy(&fake, ""), CRASHY).on(&ledger);
         let mut child = command(&p, &run_args(&[]), &DOOMED_KEYS)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -191,7 +190,7 @@ async fn a_run_killed_at_any_call_resumes_to_the_same_outputs_without_paying_twi
         tokio::time::timeout(Duration::from_secs(60), rec.held.notified())
             .await
             .unwrap_or_else(|_| panic!("request {kill_at} never came"));
-        let journal = journal_of(&p);
+        let journal = p.journal();
         let run = journal.run("last").unwrap().expect("the run is journaled");
         tokio::time::timeout(Duration::from_secs(60), async {
             while journal.finished_calls(&run.id).unwrap().len() < kill_at - 1 {
@@ -472,11 +471,10 @@ fn plain_answers(fake: &FakeServer) {
     });
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn identical_requests_are_served_from_the_cache_until_the_ttl() {
+async fn identical_requests_are_served_from_the_cache_until_the_ttl(ledger: Ledger) {
     let fake = FakeServer::start().await;
     plain_answers(&fake);
-    let p = Project::new(&policy(&fake, "cache: { ttl: 1h }\n"), TWO_STEPS);
+    let p = Project::new(&policy(&fake, "cache: { ttl: 1h }\n"), TWO_STEPS).on(&ledger);
     let t0 = [("TOLLGATE_TEST_NOW", "2026-11-20T10:00:00Z")];
     let first = report(&tollgate(&p, &run_args(&[]), &t0).await);
     assert_eq!(fake.request_count(), 2);
@@ -522,6 +520,11 @@ async fn identical_requests_are_served_from_the_cache_until_the_ttl() {
 }
 
 fn assert_no_key_in_journal(p: &Project) {
+    if let Some(text) = p.ledger_text() {
+        assert!(text.contains("summarize"), "the journal holds the runs");
+        assert!(!text.contains(KEY), "the key is in the PostgreSQL journal");
+        return;
+    }
     for entry in std::fs::read_dir(p.path().join(".tollgate")).unwrap() {
         let path = entry.unwrap().path();
         if path.is_file() {
@@ -564,8 +567,7 @@ steps:
     assert_eq!(step(&report(&out), "long")["output"], "The manual says");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_spent_daily_budget_blocks_cloud_calls_but_not_local_ones() {
+async fn a_spent_daily_budget_blocks_cloud_calls_but_not_local_ones(ledger: Ledger) {
     let wf = r#"version: 1
 name: daily
 inputs:
@@ -584,7 +586,8 @@ steps:
     let p = Project::new(
         &policy(&fake, "budgets:\n  daily_usd: 0.00015\n  monthly_usd: 1\n"),
         wf,
-    );
+    )
+    .on(&ledger);
     let day1 = [("TOLLGATE_TEST_NOW", "2026-11-20T09:00:00Z")];
     let out = tollgate(&p, &run_args(&["-i", "ticket=first"]), &day1).await;
     assert_eq!(out.status.code(), Some(0), "{}", transcript(&out));
@@ -672,8 +675,7 @@ async fn a_journal_that_cannot_be_opened_stops_the_run_before_any_call() {
 
 /// The report of a journal made by real runs: two days, a cache hit, a
 /// local model, and a flagship to compare with.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn report_shows_spend_estimates_and_savings() {
+async fn report_shows_spend_estimates_and_savings(ledger: Ledger) {
     let wf = r#"version: 1
 name: triage
 inputs:
@@ -690,7 +692,7 @@ steps:
         "claude-sonnet-4-6" => Reply::text("We are on it.").usage(600, 120),
         _ => Reply::text("Check the write path.").usage(800, 150),
     });
-    let p = Project::new(&policy(&fake, ""), wf);
+    let p = Project::new(&policy(&fake, ""), wf).on(&ledger);
     let day = |t: &'static str| [("TOLLGATE_TEST_NOW", t)];
     for (input, at) in [
         ("ticket=It crashes", "2026-11-01T09:00:00Z"),
@@ -795,13 +797,12 @@ async fn the_state_folder_is_chosen_by_flag_then_environment_then_project() {
     assert_eq!(runs.as_array().unwrap().len(), 1);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_run_stopped_by_its_budget_finishes_after_the_budget_is_raised() {
+async fn a_run_stopped_by_its_budget_finishes_after_the_budget_is_raised(ledger: Ledger) {
     let fake = FakeServer::start().await;
     plain_answers(&fake);
     // summarize fits (worst case ≈ $0.00004), reply's worst case on the
     // workhorse does not fit beside what summarize spent.
-    let p = Project::new(&policy(&fake, "budgets:\n  run_usd: 0.0002\n"), TWO_STEPS);
+    let p = Project::new(&policy(&fake, "budgets:\n  run_usd: 0.0002\n"), TWO_STEPS).on(&ledger);
     let out = tollgate(&p, &run_args(&[]), &[]).await;
     assert_eq!(out.status.code(), Some(1), "{}", transcript(&out));
     let r = report(&out);
@@ -843,12 +844,11 @@ async fn a_run_stopped_by_its_budget_finishes_after_the_budget_is_raised() {
     assert_eq!(fake.request_count(), 2, "summarize was not sent again");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_interrupted_run_is_journaled_as_cancelled_and_resumes() {
+async fn an_interrupted_run_is_journaled_as_cancelled_and_resumes(ledger: Ledger) {
     let fake = FakeServer::start().await;
     // The second request (reply) is held: Ctrl-C comes while it is in flight.
     let rec = Recorder::install(&fake, 2);
-    let p = Project::new(&policy(&fake, ""), TWO_STEPS);
+    let p = Project::new(&policy(&fake, ""), TWO_STEPS).on(&ledger);
     let child = command(&p, &run_args(&[]), &DOOMED_KEYS)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -868,7 +868,7 @@ async fn an_interrupted_run_is_journaled_as_cancelled_and_resumes() {
     let out = child.wait_with_output().await.unwrap();
     assert_eq!(out.status.code(), Some(130), "{}", transcript(&out));
     let id = report(&out)["run_id"].as_str().unwrap().to_owned();
-    let run = journal_of(&p).run(&id).unwrap().unwrap();
+    let run = p.journal().run(&id).unwrap().unwrap();
     assert_eq!((run.status.as_str(), run.steps_done), ("cancelled", 1));
 
     let out = tollgate(&p, &["run", "--resume", &id, "--format", "json"], &[]).await;
@@ -881,8 +881,7 @@ async fn an_interrupted_run_is_journaled_as_cancelled_and_resumes() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_daily_budget_holds_across_processes() {
+async fn a_daily_budget_holds_across_processes(ledger: Ledger) {
     use tokio::io::AsyncBufReadExt;
     let wf = r#"version: 1
 name: one
@@ -894,7 +893,7 @@ steps:
     let fake = FakeServer::start().await;
     let rec = Recorder::install(&fake, 1);
     // One call's worst case (≈ $0.000041) fits the day, two do not.
-    let p = Project::new(&policy(&fake, "budgets:\n  daily_usd: 0.00006\n"), wf);
+    let p = Project::new(&policy(&fake, "budgets:\n  daily_usd: 0.00006\n"), wf).on(&ledger);
     let now = [("TOLLGATE_TEST_NOW", "2026-11-20T09:00:00Z")];
     let env_a: Vec<(&str, &str)> = DOOMED_KEYS.iter().chain(&now).copied().collect();
     let mut a = command(&p, &run_args(&["-i", "ticket=A"]), &env_a)
@@ -940,8 +939,7 @@ steps:
 /// A journaled answer is reused by a resume only for the prompt it was
 /// given: when an upstream answer changed since (a `continue_on_error` step
 /// that failed and now succeeds), the dependant is asked again.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_resume_asks_again_a_call_whose_upstream_answer_changed() {
+async fn a_resume_asks_again_a_call_whose_upstream_answer_changed(ledger: Ledger) {
     let fake = FakeServer::start().await;
     let flaky = Arc::new(AtomicUsize::new(0));
     let first_session = Arc::clone(&flaky);
@@ -983,7 +981,7 @@ steps:
     task: write
     prompt: "Count to three."
 "#;
-    let p = Project::new(&policy(&fake, ""), wf);
+    let p = Project::new(&policy(&fake, ""), wf).on(&ledger);
     let out = tollgate(&p, &run_args(&["--no-cache"]), &[]).await;
     assert_eq!(out.status.code(), Some(1), "{}", transcript(&out));
     let r = report(&out);
@@ -1007,3 +1005,14 @@ steps:
     );
     assert_eq!(step(&r, "count")["output"], "1 2 3");
 }
+
+crate::on_both_ledgers!(
+    a_run_killed_at_any_call_resumes_to_the_same_outputs_without_paying_twice,
+    identical_requests_are_served_from_the_cache_until_the_ttl,
+    a_spent_daily_budget_blocks_cloud_calls_but_not_local_ones,
+    report_shows_spend_estimates_and_savings,
+    a_run_stopped_by_its_budget_finishes_after_the_budget_is_raised,
+    an_interrupted_run_is_journaled_as_cancelled_and_resumes,
+    a_daily_budget_holds_across_processes,
+    a_resume_asks_again_a_call_whose_upstream_answer_changed,
+);

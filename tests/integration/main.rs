@@ -19,6 +19,7 @@ mod hostile;
 mod html;
 mod journal;
 mod leaks;
+mod ledger;
 mod local_model;
 mod money;
 mod pools;

@@ -23,6 +23,9 @@ use std::time::Duration;
 use fake_llm::FakeServer;
 use serde_json::Value;
 
+pub mod pg;
+pub use pg::Ledger;
+
 /// The API key every keyed command is given; tests assert it never reaches an
 /// output, a file or a request body.
 pub const KEY: &str = "sk-test-7f3a9c1e-never-print-me";
@@ -31,9 +34,11 @@ pub const KEY: &str = "sk-test-7f3a9c1e-never-print-me";
 pub const KEY_VARS: [&str; 3] = ["TEST_OPENAI_KEY", "TEST_ANTHROPIC_KEY", "TEST_GEMINI_KEY"];
 
 /// Variables of the caller's shell that would change what the binary does.
-const SCRUBBED: [&str; 6] = [
+const SCRUBBED: [&str; 8] = [
     "TOLLGATE_POLICY",
     "TOLLGATE_STATE",
+    "TOLLGATE_STATE_URL",
+    "PGPASSWORD",
     "TOLLGATE_TEST_NOW",
     "TOLLGATE_TEST_TODAY",
     "CI",
@@ -144,6 +149,9 @@ impl IntoFuture for Cmd {
 /// `policy.yaml`, which is what [`Project::run`] runs.
 pub struct Project {
     dir: tempfile::TempDir,
+    /// The shared ledger every command of the project uses
+    /// (`TOLLGATE_STATE_URL`), when the test runs on PostgreSQL.
+    ledger: Option<std::sync::Arc<pg::TestDb>>,
 }
 
 impl Project {
@@ -151,7 +159,30 @@ impl Project {
     pub fn empty() -> Project {
         let dir = tempfile::tempdir().expect("temp dir");
         std::fs::create_dir(dir.path().join(".git")).expect("the project's .git");
-        Project { dir }
+        Project { dir, ledger: None }
+    }
+
+    /// The project's commands journal in `ledger`'s database (none: the
+    /// project's own SQLite file).
+    pub fn on(mut self, ledger: &Ledger) -> Project {
+        self.ledger = ledger.db();
+        self
+    }
+
+    /// Every row of the project's PostgreSQL journal as text (`None` on
+    /// SQLite, whose files a test reads itself).
+    pub fn ledger_text(&self) -> Option<String> {
+        self.ledger.as_ref().map(|db| db.all_text())
+    }
+
+    /// The project's journal, as a test reads it.
+    pub fn journal(&self) -> tollgate::journal::Journal {
+        let clock = tollgate::journal::Clock::System;
+        match &self.ledger {
+            None => tollgate::journal::Journal::open(&self.path().join(".tollgate"), clock),
+            Some(db) => tollgate::journal::Journal::open_postgres(&db.state_url(), clock),
+        }
+        .expect("the journal opens")
     }
 
     /// A project holding `policy.yaml` and `wf.yaml`.
@@ -190,7 +221,11 @@ impl Project {
 
     /// `tollgate ARGS` in the project, without keys.
     pub fn tollgate(&self, args: &[&str]) -> Cmd {
-        Cmd::new(self.path(), args)
+        let cmd = Cmd::new(self.path(), args);
+        match &self.ledger {
+            Some(db) => cmd.env("TOLLGATE_STATE_URL", &db.url),
+            None => cmd,
+        }
     }
 
     /// `tollgate ARGS` in the project with exactly `env` (no keys unless

@@ -1,0 +1,714 @@
+//! The journal on PostgreSQL: one database a whole team shares (every
+//! checkout and CI runner pointing `TOLLGATE_STATE_URL` at it), holding the
+//! same runs, calls, holds and batches as the SQLite file, so budgets, the
+//! response cache and `report` cover everyone.
+//!
+//! The client is the synchronous `postgres` crate. It runs a small runtime
+//! of its own and must never be entered from a tokio worker (it panics
+//! there), and the journal is called from async code; so every connection
+//! lives on a thread of its own: the writer's (group commit, `writer`) and
+//! one [`Worker`] for reads and budget holds. Callers wait on a channel, as
+//! they wait on the SQLite connection's mutex.
+//!
+//! The URL may carry a password: it is a secret. It is never shown — the
+//! journal's location is the URL without password or parameters
+//! ([`StateUrl::display`]) and every error is scrubbed of the password
+//! ([`scrub`]). A password may come from `PGPASSWORD` instead of the URL.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel, sync_channel};
+use std::time::Duration;
+
+use postgres::types::ToSql;
+use postgres::{Client, Config, NoTls, Row, Statement};
+
+use super::JournalError;
+
+/// The newest schema this build knows (the `schema_version` table).
+pub(super) const SCHEMA_VERSION: i64 = 2;
+
+/// How long a connection may take to open unless the URL says otherwise.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The migrations, in order: migration `i` takes a database from version
+/// `i` to `i + 1`. Only ever appended to: a team's database is migrated by
+/// whichever member's newer tollgate opens it first.
+pub(super) const MIGRATIONS: &[&str] = &[
+    r#"
+CREATE TABLE runs (
+    seq             BIGSERIAL UNIQUE,
+    id              TEXT PRIMARY KEY,
+    workflow        TEXT NOT NULL,
+    workflow_path   TEXT NOT NULL,
+    workflow_hash   TEXT NOT NULL,
+    policy          TEXT NOT NULL,
+    policy_path     TEXT NOT NULL,
+    policy_hash     TEXT NOT NULL,
+    inputs_hash     TEXT NOT NULL,
+    inputs          TEXT NOT NULL,
+    started_ms      BIGINT NOT NULL,
+    finished_ms     BIGINT,
+    status          TEXT NOT NULL,
+    steps_total     BIGINT NOT NULL,
+    estimate_usd    DOUBLE PRECISION NOT NULL,
+    estimate_max_usd DOUBLE PRECISION NOT NULL,
+    cost_usd        DOUBLE PRECISION NOT NULL DEFAULT 0,
+    pid             BIGINT NOT NULL,
+    pid_start       BIGINT,
+    sessions        BIGINT NOT NULL DEFAULT 1,
+    -- A pid means something only on its own machine: a run on another
+    -- machine is never judged dead by a local pid check.
+    machine         TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX runs_started ON runs(started_ms);
+CREATE TABLE steps (
+    run_id          TEXT NOT NULL REFERENCES runs(id),
+    step            TEXT NOT NULL,
+    status          TEXT NOT NULL,
+    planned_model   TEXT,
+    planned_calls   BIGINT NOT NULL,
+    estimate_usd    DOUBLE PRECISION NOT NULL,
+    estimate_max_usd DOUBLE PRECISION NOT NULL,
+    flagship_estimate_usd DOUBLE PRECISION NOT NULL,
+    finished_ms     BIGINT,
+    PRIMARY KEY (run_id, step)
+);
+CREATE TABLE calls (
+    id              BIGSERIAL PRIMARY KEY,
+    run_id          TEXT NOT NULL REFERENCES runs(id),
+    session         TEXT NOT NULL,
+    step            TEXT NOT NULL,
+    item            BIGINT,
+    attempt         BIGINT NOT NULL,
+    request_hash    TEXT,
+    prompt_hash     TEXT,
+    model           TEXT NOT NULL,
+    provider        TEXT NOT NULL,
+    provider_model  TEXT NOT NULL,
+    tier            TEXT NOT NULL,
+    local           BOOLEAN NOT NULL,
+    started_ms      BIGINT NOT NULL,
+    finished_ms     BIGINT NOT NULL,
+    latency_ms      BIGINT NOT NULL,
+    outcome         TEXT NOT NULL,
+    error           TEXT,
+    input_tokens    BIGINT NOT NULL DEFAULT 0,
+    output_tokens   BIGINT NOT NULL DEFAULT 0,
+    cached_tokens   BIGINT NOT NULL DEFAULT 0,
+    cache_write_tokens BIGINT NOT NULL DEFAULT 0,
+    reasoning_tokens BIGINT NOT NULL DEFAULT 0,
+    cache_write_1h_tokens BIGINT NOT NULL DEFAULT 0,
+    cost_usd        DOUBLE PRECISION NOT NULL DEFAULT 0,
+    list_cost_usd   DOUBLE PRECISION NOT NULL DEFAULT 0,
+    flagship_cost_usd DOUBLE PRECISION NOT NULL DEFAULT 0,
+    estimate_usd    DOUBLE PRECISION NOT NULL DEFAULT 0,
+    saved_usd       DOUBLE PRECISION NOT NULL DEFAULT 0,
+    batch           BOOLEAN NOT NULL DEFAULT FALSE,
+    from_cache      BOOLEAN NOT NULL DEFAULT FALSE,
+    cacheable       BOOLEAN NOT NULL DEFAULT FALSE,
+    response        TEXT,
+    output          TEXT,
+    usage_flag      TEXT
+);
+CREATE INDEX calls_run ON calls(run_id, step, item);
+CREATE INDEX calls_request ON calls(request_hash, finished_ms);
+CREATE INDEX calls_finished ON calls(finished_ms);
+-- Worst cases of calls in flight. Across machines a pid says nothing, so a
+-- hold is a lease: its session renews it while it lives (`HEARTBEAT`), and
+-- one not renewed by `expires_at` (database time: machines' clocks may
+-- disagree) belongs to a dead runner and no longer counts.
+CREATE TABLE holds (
+    id              BIGSERIAL PRIMARY KEY,
+    session         TEXT NOT NULL,
+    amount_usd      DOUBLE PRECISION NOT NULL,
+    created_ms      BIGINT NOT NULL,
+    expires_at      TIMESTAMPTZ NOT NULL,
+    -- On the holder's own machine its process can be checked at once, as
+    -- with SQLite: a killed run's hold does not wait for its lease there.
+    machine         TEXT NOT NULL DEFAULT '',
+    pid             BIGINT,
+    pid_start       BIGINT
+);
+CREATE INDEX holds_session ON holds(session);
+CREATE TABLE batches (
+    key             TEXT PRIMARY KEY,
+    provider        TEXT NOT NULL,
+    batch_id        TEXT NOT NULL,
+    submitted_ms    BIGINT NOT NULL,
+    finished_ms     BIGINT
+);
+"#,
+    // 2: cascades and context management.
+    r#"
+-- Cascades: the rule on a first call's rows; on an `escalated` row, the
+-- target; on the escalated call's rows, the model it escalated from.
+ALTER TABLE calls
+    ADD COLUMN cascade_rule TEXT,
+    ADD COLUMN escalate_to TEXT,
+    ADD COLUMN escalated_from TEXT;
+-- Context management (the plan's figures): input tokens without and with
+-- it, and the expected saving on the step's model.
+ALTER TABLE steps
+    ADD COLUMN context_tokens_before BIGINT NOT NULL DEFAULT 0,
+    ADD COLUMN context_tokens_after BIGINT NOT NULL DEFAULT 0,
+    ADD COLUMN context_saved_usd DOUBLE PRECISION NOT NULL DEFAULT 0;
+"#,
+];
+
+/// How long a hold counts without being renewed: longer than any pause of
+/// a live runner (its worker thread renews every [`HEARTBEAT`]), short
+/// enough that a killed runner's worst cases stop blocking the team soon.
+pub(super) const LEASE_SECONDS: i64 = 60;
+
+/// How often a live session renews its holds' leases.
+const HEARTBEAT: Duration = Duration::from_secs(10);
+
+/// One advisory lock serialises every budget check-and-hold on a database
+/// (and the migrations, under another key): see [`try_hold`].
+const BUDGET_LOCK: i64 = 0x746f_6c6c_6761_7465; // "tollgate"
+const MIGRATION_LOCK: i64 = 0x746f_6c6c_6d69_6772; // "tollmigr"
+
+/// A `postgres://` state URL: the connection settings, and how the journal
+/// is named in messages (never with its password).
+#[derive(Clone)]
+pub struct StateUrl {
+    /// Shared: the settings are large, and copied to each journal thread.
+    pub(super) config: std::sync::Arc<Config>,
+    display: String,
+    /// The password (as written and decoded), only to scrub it from error
+    /// messages.
+    secrets: Vec<String>,
+}
+
+impl std::fmt::Debug for StateUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.display)
+    }
+}
+
+impl StateUrl {
+    /// Parses a `postgres://` or `postgresql://` URL; a password not in
+    /// the URL is taken from `PGPASSWORD`, as libpq does.
+    pub fn parse(url: &str) -> Result<StateUrl, JournalError> {
+        let bad = |why: String| JournalError::StateUrl(why);
+        let parsed = url::Url::parse(url).map_err(|e| {
+            bad(format!(
+                "TOLLGATE_STATE_URL is not a URL ({e}); expected postgres://USER@HOST/DATABASE"
+            ))
+        })?;
+        if !matches!(parsed.scheme(), "postgres" | "postgresql") {
+            return Err(bad(format!(
+                "TOLLGATE_STATE_URL has the scheme `{}`; expected postgres://USER@HOST/DATABASE",
+                parsed.scheme()
+            )));
+        }
+        let mut secrets: Vec<String> = Vec::new();
+        if let Some(p) = parsed.password() {
+            secrets.push(p.to_owned());
+            secrets.extend(percent_decode(p));
+        }
+        for (k, v) in parsed.query_pairs() {
+            if k == "password" {
+                secrets.push(v.into_owned());
+            }
+        }
+        let mut config: Config = url.parse().map_err(|e: postgres::Error| {
+            bad(scrub(&format!("TOLLGATE_STATE_URL: {e}"), &secrets))
+        })?;
+        if config.get_password().is_none() {
+            if let Some(p) = std::env::var_os("PGPASSWORD").filter(|p| !p.is_empty()) {
+                let p = p.to_string_lossy().into_owned();
+                config.password(p.as_bytes());
+                secrets.push(p);
+            }
+        }
+        // A host that drops packets would otherwise hold every command
+        // (`plan` included, which reads budgets and escalation history) for
+        // the system's TCP timeout, minutes: the URL's `connect_timeout`
+        // wins when given.
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(CONNECT_TIMEOUT);
+        }
+        // Shown without password and parameters (which may hold one).
+        let mut shown = parsed.clone();
+        let _ = shown.set_password(None);
+        shown.set_query(None);
+        shown.set_fragment(None);
+        Ok(StateUrl {
+            config: std::sync::Arc::new(config),
+            display: shown.to_string(),
+            secrets,
+        })
+    }
+
+    /// The URL as it may be shown.
+    pub fn display(&self) -> &str {
+        &self.display
+    }
+
+    pub(super) fn scrub(&self, text: &str) -> String {
+        scrub(text, &self.secrets)
+    }
+
+    /// Connects (on the calling thread, which must not be a tokio worker).
+    fn connect(&self) -> Result<PgConn, JournalError> {
+        let client = self
+            .config
+            .connect(NoTls)
+            .map_err(|e| JournalError::PgOpen {
+                url: self.display.clone(),
+                message: self.scrub(&message(&e)),
+            })?;
+        Ok(PgConn {
+            client,
+            statements: HashMap::new(),
+            url: self.clone(),
+        })
+    }
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    let mut out = Vec::with_capacity(s.len());
+    let b = s.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            let hex = std::str::from_utf8(&b[i + 1..i + 3]).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// `text` with every occurrence of the password masked.
+fn scrub(text: &str, secrets: &[String]) -> String {
+    let mut out = text.to_owned();
+    for s in secrets.iter().filter(|s| !s.is_empty()) {
+        out = out.replace(s.as_str(), "***");
+    }
+    out
+}
+
+/// What a PostgreSQL error says, the server's own message included (the
+/// client's `Display` says only "db error").
+fn message(e: &postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        let mut m = format!("{}: {}", db.severity(), db.message());
+        if let Some(d) = db.detail() {
+            m.push_str(&format!(" ({d})"));
+        }
+        return m;
+    }
+    let mut m = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        m.push_str(&format!(": {s}"));
+        source = s.source();
+    }
+    m
+}
+
+/// One connection and its prepared statements (a statement is prepared
+/// once per connection: the hot path pays one round trip per call, not two).
+pub(super) struct PgConn {
+    client: Client,
+    statements: HashMap<&'static str, Statement>,
+    url: StateUrl,
+}
+
+impl PgConn {
+    pub(super) fn err(&self, e: postgres::Error) -> JournalError {
+        JournalError::Pg(self.url.scrub(&message(&e)))
+    }
+
+    fn statement(&mut self, sql: &'static str) -> Result<Statement, JournalError> {
+        if let Some(s) = self.statements.get(sql) {
+            return Ok(s.clone());
+        }
+        let s = self.client.prepare(sql).map_err(|e| self.err(e))?;
+        self.statements.insert(sql, s.clone());
+        Ok(s)
+    }
+
+    pub(super) fn execute(
+        &mut self,
+        sql: &'static str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<u64, JournalError> {
+        let s = self.statement(sql)?;
+        self.client.execute(&s, params).map_err(|e| self.err(e))
+    }
+
+    pub(super) fn query(
+        &mut self,
+        sql: &'static str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<Row>, JournalError> {
+        let s = self.statement(sql)?;
+        self.client.query(&s, params).map_err(|e| self.err(e))
+    }
+
+    pub(super) fn query_opt(
+        &mut self,
+        sql: &'static str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Option<Row>, JournalError> {
+        let s = self.statement(sql)?;
+        self.client.query_opt(&s, params).map_err(|e| self.err(e))
+    }
+
+    pub(super) fn query_one(
+        &mut self,
+        sql: &'static str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Row, JournalError> {
+        let s = self.statement(sql)?;
+        self.client.query_one(&s, params).map_err(|e| self.err(e))
+    }
+
+    pub(super) fn batch(&mut self, sql: &str) -> Result<(), JournalError> {
+        self.client.batch_execute(sql).map_err(|e| self.err(e))
+    }
+
+    /// A lost connection is made again before the next use (the server
+    /// restarted, a network blip); until it is back every use fails —
+    /// budgets fail closed.
+    pub(super) fn reconnect_if_closed(&mut self) {
+        if self.client.is_closed() {
+            if let Ok(fresh) = self.url.connect() {
+                *self = fresh;
+            }
+        }
+    }
+}
+
+/// Reads a column, as the journal's error.
+pub(super) fn get<'a, T: postgres::types::FromSql<'a>>(
+    row: &'a Row,
+    i: usize,
+) -> Result<T, JournalError> {
+    row.try_get(i)
+        .map_err(|e| JournalError::Pg(format!("reading column {i}: {}", message(&e))))
+}
+
+/// Opens a connection on a new thread and migrates the database: what the
+/// writer thread owns. Called on the thread that will own it.
+pub(super) fn connect_migrated(url: &StateUrl) -> Result<PgConn, JournalError> {
+    let mut conn = url.connect()?;
+    migrate(&mut conn)?;
+    Ok(conn)
+}
+
+/// Brings the database to [`SCHEMA_VERSION`] under an advisory lock (a
+/// team's runners may open a fresh database at once), or refuses one a
+/// newer tollgate wrote.
+pub(super) fn migrate(conn: &mut PgConn) -> Result<(), JournalError> {
+    conn.batch("BEGIN")?;
+    let result = (|| {
+        conn.batch(&format!("SELECT pg_advisory_xact_lock({MIGRATION_LOCK})"))?;
+        conn.batch("CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL)")?;
+        let found: Option<i64> =
+            match conn.query_opt("SELECT MAX(version) FROM schema_version", &[])? {
+                Some(r) => get(&r, 0)?,
+                None => None,
+            };
+        let found = found.unwrap_or(0);
+        if found > SCHEMA_VERSION {
+            return Err(JournalError::NewerSchema {
+                path: PathBuf::from(conn.url.display()),
+                found,
+                known: SCHEMA_VERSION,
+            });
+        }
+        for (v, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+            conn.batch(sql)?;
+            conn.batch(&format!(
+                "INSERT INTO schema_version (version) VALUES ({})",
+                v + 1
+            ))?;
+        }
+        Ok(())
+    })();
+    match result {
+        Ok(()) => conn.batch("COMMIT"),
+        Err(e) => {
+            let _ = conn.batch("ROLLBACK");
+            Err(e)
+        }
+    }
+}
+
+type Job = Box<dyn FnOnce(&mut PgConn) + Send>;
+
+/// A thread that owns one connection and runs what it is sent, in order;
+/// between jobs it renews its session's hold leases.
+pub(super) struct Worker {
+    tx: Option<Sender<Job>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Worker {
+    /// Connects (and migrates) on the new thread; `session`'s holds are
+    /// renewed every [`HEARTBEAT`] while the worker lives.
+    pub(super) fn start(url: &StateUrl, session: String) -> Result<Worker, JournalError> {
+        let (tx, rx) = channel::<Job>();
+        let (ready_tx, ready_rx) = sync_channel(1);
+        let url = url.clone();
+        let thread = std::thread::Builder::new()
+            .name("tollgate-journal-pg".into())
+            .spawn(move || match connect_migrated(&url) {
+                Ok(conn) => {
+                    let _ = ready_tx.send(Ok(()));
+                    serve(conn, rx, &session);
+                }
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                }
+            })
+            .map_err(JournalError::WriterStart)?;
+        ready_rx
+            .recv()
+            .unwrap_or(Err(JournalError::WriterStopped))?;
+        Ok(Worker {
+            tx: Some(tx),
+            thread: Some(thread),
+        })
+    }
+
+    /// Runs `job` on the worker's connection and waits for its answer.
+    pub(super) fn call<T: Send + 'static>(
+        &self,
+        job: impl FnOnce(&mut PgConn) -> Result<T, JournalError> + Send + 'static,
+    ) -> Result<T, JournalError> {
+        let (tx, rx) = sync_channel(1);
+        let sender = self.tx.as_ref().ok_or(JournalError::WriterStopped)?;
+        sender
+            .send(Box::new(move |c: &mut PgConn| {
+                let _ = tx.send(job(c));
+            }))
+            .map_err(|_| JournalError::WriterStopped)?;
+        rx.recv().unwrap_or(Err(JournalError::WriterStopped))
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.tx.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn serve(mut conn: PgConn, rx: Receiver<Job>, session: &str) {
+    let mut next_beat = std::time::Instant::now() + HEARTBEAT;
+    loop {
+        let wait = next_beat.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(wait) {
+            Ok(job) => {
+                conn.reconnect_if_closed();
+                job(&mut conn);
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => break,
+        }
+        if std::time::Instant::now() >= next_beat {
+            conn.reconnect_if_closed();
+            // A failed renewal is retried at the next beat; a lease lapsing
+            // meanwhile only lets others spend what this call may still
+            // cost — the same as a runner that died.
+            let _ = renew_holds(&mut conn, session);
+            next_beat = std::time::Instant::now() + HEARTBEAT;
+        }
+    }
+    // Holds of a session that ends are ended with it (its calls settled or
+    // failed: each was released, or the lease lapses).
+    let _ = conn.execute("DELETE FROM holds WHERE session = $1", &[&session]);
+}
+
+fn renew_holds(conn: &mut PgConn, session: &str) -> Result<u64, JournalError> {
+    conn.execute(
+        "UPDATE holds SET expires_at = clock_timestamp() + make_interval(secs => $2)
+         WHERE session = $1",
+        &[&session, &(LEASE_SECONDS as f64)],
+    )
+}
+
+/// The check and the hold of a call's worst case, in one transaction that
+/// no other check-and-hold on the database can interleave with.
+///
+/// Why an advisory lock rather than SERIALIZABLE: a serializable check
+/// would conflict with every concurrent call record (the check reads the
+/// sum of `calls`), so it would fail with serialization errors under load
+/// and need a retry loop, and it would protect nothing unless every writer
+/// ran serializable too. `pg_advisory_xact_lock` makes the checks queue one
+/// behind another for the few milliseconds each takes, is released by the
+/// commit or by the connection's death, and leaves the writers' group
+/// commits alone: they only insert calls and delete holds, and the check
+/// reads holds before calls (under READ COMMITTED each statement sees what
+/// was committed when it began), so a call that settled between the two
+/// reads is counted twice for a moment, never not at all.
+pub(super) fn try_hold(
+    conn: &mut PgConn,
+    session: &str,
+    machine: &str,
+    now: i64,
+    amount: f64,
+    checks: &[(i64, f64, f64)],
+) -> Result<Result<i64, (usize, f64, f64)>, JournalError> {
+    conn.batch("BEGIN")?;
+    let result = (|| {
+        conn.query_one("SELECT pg_advisory_xact_lock($1)", &[&BUDGET_LOCK])?;
+        // Holds of dead runners: leases nobody renewed.
+        conn.execute(
+            "DELETE FROM holds WHERE expires_at < clock_timestamp()",
+            &[],
+        )?;
+        let mut in_flight = 0.0;
+        for row in conn.query(
+            "SELECT id, amount_usd, machine, pid, pid_start FROM holds WHERE session != $1",
+            &[&session],
+        )? {
+            let (id, amount, on, pid, start): (i64, f64, String, Option<i64>, Option<i64>) = (
+                get(&row, 0)?,
+                get(&row, 1)?,
+                get(&row, 2)?,
+                get(&row, 3)?,
+                get(&row, 4)?,
+            );
+            let dead_here = on == machine
+                && pid.is_some_and(|p| !crate::process::process_alive_since(p as u32, start));
+            if dead_here {
+                // Left by a process of this machine that died mid-call.
+                conn.execute("DELETE FROM holds WHERE id = $1", &[&id])?;
+            } else {
+                in_flight += amount;
+            }
+        }
+        for (index, &(since, limit, local)) in checks.iter().enumerate() {
+            let row = conn.query_one(
+                "SELECT COALESCE(SUM(GREATEST(cost_usd, 0)), 0) FROM calls
+                 WHERE finished_ms >= $1 AND session != $2",
+                &[&since, &session],
+            )?;
+            let spent: f64 = get(&row, 0)?;
+            if spent + in_flight + local + amount > limit + 1e-12 {
+                return Ok(Err((index, spent, in_flight)));
+            }
+        }
+        let row = conn.query_one(
+            "INSERT INTO holds (session, amount_usd, created_ms, expires_at, machine, pid, pid_start)
+             VALUES ($1, $2, $3, clock_timestamp() + make_interval(secs => $4), $5, $6, $7)
+             RETURNING id",
+            &[
+                &session,
+                &amount,
+                &now,
+                &(LEASE_SECONDS as f64),
+                &machine,
+                &i64::from(std::process::id()),
+                &crate::process::own_start(),
+            ],
+        )?;
+        Ok(Ok(get(&row, 0)?))
+    })();
+    match result {
+        Ok(r) => {
+            conn.batch("COMMIT")?;
+            Ok(r)
+        }
+        Err(e) => {
+            let _ = conn.batch("ROLLBACK");
+            Err(e)
+        }
+    }
+}
+
+/// The machine this process runs on, as runs record it.
+pub(super) fn machine() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_default()
+}
+
+/// A fresh database per test on the server `TOLLGATE_TEST_PG_URL` names
+/// (`.ci/run` starts one), dropped when the test ends.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+
+    pub(crate) struct TestDb {
+        admin: String,
+        name: String,
+        pub(crate) url: StateUrl,
+    }
+
+    /// The test server, or `None` (with a message) when there is none —
+    /// except under CI, which must provide one.
+    pub(crate) fn server() -> Option<String> {
+        match std::env::var("TOLLGATE_TEST_PG_URL") {
+            Ok(u) if !u.is_empty() => Some(u),
+            _ => {
+                assert!(
+                    std::env::var_os("CI").is_none(),
+                    "CI must start PostgreSQL and set TOLLGATE_TEST_PG_URL (see .ci/run)"
+                );
+                eprintln!("skipped the PostgreSQL half: TOLLGATE_TEST_PG_URL is not set");
+                None
+            }
+        }
+    }
+
+    /// Runs `f` on a thread of its own: the client must not run on a tokio
+    /// worker, and tests may be async.
+    fn off_runtime<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+        std::thread::spawn(f).join().expect("the admin thread")
+    }
+
+    impl TestDb {
+        pub(crate) fn create() -> Option<TestDb> {
+            let admin = server()?;
+            let name = format!("tollgate_test_{:016x}", fastrand::u64(..));
+            let (a, n) = (admin.clone(), name.clone());
+            off_runtime(move || {
+                let mut c = Client::connect(&a, NoTls).expect("the test server");
+                c.batch_execute(&format!("CREATE DATABASE {n}")).unwrap();
+            });
+            let mut url = url::Url::parse(&admin).unwrap();
+            url.set_path(&format!("/{name}"));
+            Some(TestDb {
+                admin,
+                name,
+                url: StateUrl::parse(url.as_str()).unwrap(),
+            })
+        }
+
+        /// Runs SQL on the test database directly (what another build or a
+        /// crashed runner left).
+        pub(crate) fn exec(&self, sql: &str) {
+            let (u, sql) = (self.url.clone(), sql.to_owned());
+            off_runtime(move || {
+                let mut c = u.config.connect(NoTls).unwrap();
+                c.batch_execute(&sql).unwrap();
+            });
+        }
+    }
+
+    impl Drop for TestDb {
+        fn drop(&mut self) {
+            let (a, n) = (self.admin.clone(), self.name.clone());
+            off_runtime(move || {
+                if let Ok(mut c) = Client::connect(&a, NoTls) {
+                    let _ = c.batch_execute(&format!("DROP DATABASE IF EXISTS {n} WITH (FORCE)"));
+                }
+            });
+        }
+    }
+}

@@ -1,0 +1,142 @@
+//! The journal's two backends in the integration tests: a test written once
+//! over a [`Ledger`] runs on the project's SQLite file and on a fresh
+//! PostgreSQL database (`TOLLGATE_TEST_PG_URL`, which `.ci/run` sets after
+//! starting a server; each test creates its own database and drops it).
+//! Without a server a PostgreSQL run says so and passes — except under CI,
+//! where a missing server is a failure.
+
+use std::sync::Arc;
+
+use postgres::{Client, NoTls};
+
+/// Where a test's projects journal.
+#[derive(Clone)]
+pub enum Ledger {
+    Sqlite,
+    Postgres(Arc<TestDb>),
+}
+
+impl Ledger {
+    /// A fresh PostgreSQL database, or `None` when there is no test server
+    /// (and this is not CI).
+    pub fn postgres() -> Option<Ledger> {
+        TestDb::create().map(|db| Ledger::Postgres(Arc::new(db)))
+    }
+
+    pub(super) fn db(&self) -> Option<Arc<TestDb>> {
+        match self {
+            Ledger::Sqlite => None,
+            Ledger::Postgres(db) => Some(Arc::clone(db)),
+        }
+    }
+}
+
+/// A database created for one test, dropped at its end.
+pub struct TestDb {
+    admin: String,
+    name: String,
+    /// Its URL (with the test role's password: a test secret).
+    pub url: String,
+}
+
+/// Runs `f` on a thread of its own: the client must not run on a tokio
+/// worker, and the tests are async.
+fn off_runtime<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    std::thread::spawn(f).join().expect("the admin thread")
+}
+
+impl TestDb {
+    pub fn create() -> Option<TestDb> {
+        let admin = match std::env::var("TOLLGATE_TEST_PG_URL") {
+            Ok(u) if !u.is_empty() => u,
+            _ => {
+                assert!(
+                    std::env::var_os("CI").is_none(),
+                    "CI must start PostgreSQL and set TOLLGATE_TEST_PG_URL (see .ci/run)"
+                );
+                eprintln!("skipped on PostgreSQL: TOLLGATE_TEST_PG_URL is not set");
+                return None;
+            }
+        };
+        let name = format!("tollgate_it_{:016x}", fastrand::u64(..));
+        let (a, n) = (admin.clone(), name.clone());
+        off_runtime(move || {
+            let mut c = Client::connect(&a, NoTls).expect("the test PostgreSQL server");
+            c.batch_execute(&format!("CREATE DATABASE {n}"))
+                .expect("a fresh database");
+        });
+        let mut url = url::Url::parse(&admin).expect("TOLLGATE_TEST_PG_URL is a URL");
+        url.set_path(&format!("/{name}"));
+        Some(TestDb {
+            admin,
+            name,
+            url: url.to_string(),
+        })
+    }
+
+    /// Every row of every table, as text (to look for what must never be
+    /// stored, such as a key).
+    pub fn all_text(&self) -> String {
+        let url = self.url.clone();
+        off_runtime(move || {
+            let mut c = Client::connect(&url, NoTls).expect("the test database");
+            let mut text = String::new();
+            for table in [
+                "runs",
+                "steps",
+                "calls",
+                "holds",
+                "batches",
+                "schema_version",
+            ] {
+                for row in c
+                    .query(&format!("SELECT t::text FROM {table} t"), &[])
+                    .expect("a table of the journal")
+                {
+                    text.push_str(&row.get::<_, String>(0));
+                    text.push('\n');
+                }
+            }
+            text
+        })
+    }
+
+    pub fn state_url(&self) -> tollgate::journal::StateUrl {
+        tollgate::journal::StateUrl::parse(&self.url).expect("the test database's URL")
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let (a, n) = (self.admin.clone(), self.name.clone());
+        off_runtime(move || {
+            if let Ok(mut c) = Client::connect(&a, NoTls) {
+                let _ = c.batch_execute(&format!("DROP DATABASE IF EXISTS {n} WITH (FORCE)"));
+            }
+        });
+    }
+}
+
+/// Test functions written once over a [`Ledger`], run on both backends:
+/// `on_both_ledgers!(name, …)` makes `name::sqlite` and `name::postgres`
+/// from `async fn name(ledger: Ledger)`.
+#[macro_export]
+macro_rules! on_both_ledgers {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                use $crate::support::Ledger;
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn sqlite() {
+                    super::$name(Ledger::Sqlite).await
+                }
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn postgres() {
+                    if let Some(ledger) = Ledger::postgres() {
+                        super::$name(ledger).await
+                    }
+                }
+            }
+        )*
+    };
+}
