@@ -80,18 +80,20 @@ pub fn results_page(r: &Results) -> String {
                 failed: Vec::new(),
                 errored: Vec::new(),
                 flaky: Vec::new(),
+                counts: [0; 3],
                 unlisted: 0,
             };
             for c in &s.cases {
-                let list = match c.outcome {
-                    Outcome::Passed if c.flaky => &mut v.flaky,
+                let (list, kind) = match c.outcome {
+                    Outcome::Passed if c.flaky => (&mut v.flaky, 2),
                     Outcome::Passed => {
                         v.passed += 1;
                         continue;
                     }
-                    Outcome::Failed => &mut v.failed,
-                    Outcome::Errored => &mut v.errored,
+                    Outcome::Failed => (&mut v.failed, 0),
+                    Outcome::Errored => (&mut v.errored, 1),
                 };
+                v.counts[kind] += 1;
                 if c.outcome == Outcome::Passed {
                     v.passed += 1;
                 }
@@ -305,6 +307,8 @@ struct SuiteView {
     failed: Vec<CaseView>,
     errored: Vec<CaseView>,
     flaky: Vec<CaseView>,
+    /// Failed, errored and flaky cases, listed or not.
+    counts: [usize; 3],
     /// Cases beyond [`MAX_LISTED`] of their kind.
     unlisted: usize,
 }
@@ -495,6 +499,42 @@ mod tests {
         ));
         let kinds: Vec<_> = d.iter().map(|l| l.kind).collect();
         assert_eq!(kinds, ["head", "head", "hunk", "del", "add", "same"]);
+    }
+
+    #[test]
+    fn a_big_suite_counts_every_failure_and_lists_a_bounded_number() {
+        let case = |i: usize, outcome: &str| {
+            serde_json::json!({
+                "name": format!("case-{i}"), "index": i, "origin": "s.yaml:1:1",
+                "outcome": outcome, "passed_runs": 0, "pass_threshold": 1.0, "flaky": false,
+                "runs": [{ "outcome": outcome, "calls": 1, "usage": {}, "cost_usd": 0.0,
+                           "judge_cost_usd": 0.0, "elapsed_ms": 1,
+                           "failures": [{ "step": "a", "assertion": "equals", "message": "no" }] }],
+                "calls": 1, "usage": {}, "cost_usd": 0.0, "elapsed_ms": 1,
+            })
+        };
+        let cases: Vec<_> = (0..MAX_LISTED + 50)
+            .map(|i| case(i, "failed"))
+            .chain([case(9999, "passed")])
+            .collect();
+        let results: Results = serde_json::from_value(serde_json::json!({
+            "version": 1, "mode": "replay", "shards": [],
+            "suites": [{ "name": "big", "path": "s.yaml", "workflow": "w.yaml",
+                         "policy": "p.yaml", "cases": cases }],
+        }))
+        .unwrap();
+        let page = results_page(&results);
+        let row = format!(
+            "<td>{}</td><td>1</td><td>{}</td>",
+            MAX_LISTED + 51,
+            MAX_LISTED + 50
+        );
+        assert!(page.contains(&row), "the suite row counts every case");
+        assert_eq!(
+            page.matches("<details class=\"case failed\"").count(),
+            MAX_LISTED
+        );
+        assert!(page.contains("… and 50 more not listed here"));
     }
 
     #[test]
