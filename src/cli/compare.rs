@@ -13,7 +13,9 @@
 use std::io::Write;
 use std::path::PathBuf;
 
-use super::suites::{load_suites, suite_files, variant, variant_name, warnings, write_file};
+use super::suites::{
+    journal_unless_replay, load_suites, suite_files, variant, variant_name, warnings, write_file,
+};
 use super::{OutputFormat, exit, print_out, report, runtime};
 use crate::diagnostic::{Diagnostic, RenderOptions};
 use crate::eval::compare::{self, Comparison, VariantResults};
@@ -253,13 +255,9 @@ pub(super) fn cmd_compare(args: CompareArgs, options: RenderOptions) -> u8 {
         w
     };
     super::warn(&shown, options);
-    let journal = if mode == Mode::Replay {
-        None
-    } else {
-        match super::journal::open(&args.state) {
-            Ok(j) => Some(j),
-            Err(d) => return report(vec![d], format, options),
-        }
+    let journal = match journal_unless_replay(mode, &args.state) {
+        Ok(j) => j,
+        Err(d) => return report(vec![d], format, options),
     };
     let mut opts = TestOptions {
         mode,

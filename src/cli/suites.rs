@@ -102,6 +102,19 @@ fn parse_shard(s: &str) -> Result<Shard, Diagnostic> {
     Ok(Shard { index, count })
 }
 
+/// The journal for a live or recording run, which spends money: journaled
+/// like `run`, so the policy's daily and monthly budgets hold and `report`
+/// shows the spend. A replay spends nothing and opens none.
+pub(super) fn journal_unless_replay(
+    mode: Mode,
+    state: &super::journal::StateArg,
+) -> Result<Option<std::sync::Arc<crate::journal::Journal>>, Diagnostic> {
+    if mode == Mode::Replay {
+        return Ok(None);
+    }
+    super::journal::open(state).map(Some)
+}
+
 /// Writes a report file whole (temporary name, then rename), piece by piece.
 pub(super) fn write_file(
     path: &Path,
@@ -440,15 +453,9 @@ pub(super) fn cmd_test(args: TestArgs, options: RenderOptions) -> u8 {
     if let Some(case) = &args.accept {
         return accept(&suites, case, format, options);
     }
-    // Live and recording runs spend money: journaled like `run`, so the
-    // policy's daily and monthly budgets hold and `report` shows the spend.
-    let journal = if mode == Mode::Replay {
-        None
-    } else {
-        match super::journal::open(&args.state) {
-            Ok(j) => Some(j),
-            Err(d) => return report(vec![d], format, options),
-        }
+    let journal = match journal_unless_replay(mode, &args.state) {
+        Ok(j) => j,
+        Err(d) => return report(vec![d], format, options),
     };
     let mut opts = TestOptions {
         mode,
