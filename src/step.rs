@@ -576,7 +576,7 @@ fn retrieve(scope: &Scope<'_>, base: &minijinja::Value) -> Result<Option<Found>,
     let mut doc_levels = Vec::new();
     for set in &r.from {
         let level = crate::sensitivity::documents_level(a, scope.policy, set);
-        let of_set = match a
+        let of_set: Vec<std::borrow::Cow<'_, retrieval::Document>> = match a
             .workflow
             .value
             .documents
@@ -585,14 +585,23 @@ fn retrieve(scope: &Scope<'_>, base: &minijinja::Value) -> Result<Option<Found>,
         {
             Some(input) => {
                 let value = scope.inputs.get(input).unwrap_or(&Value::Null);
-                retrieval::from_input(input, value).map_err(|m| {
-                    invalid(
-                        format!("document set `{set}` of step `{}`: {m}", info.id),
-                        "an input of documents is a list of strings or of {text, source}",
-                    )
-                })?
+                retrieval::from_input(input, value)
+                    .map_err(|m| {
+                        invalid(
+                            format!("document set `{set}` of step `{}`: {m}", info.id),
+                            "an input of documents is a list of strings or of {text, source}",
+                        )
+                    })?
+                    .into_iter()
+                    .map(std::borrow::Cow::Owned)
+                    .collect()
             }
-            None => a.documents.get(set).cloned().unwrap_or_default(),
+            // The files read at analysis, borrowed: a set may be 64 MiB.
+            None => a
+                .documents
+                .get(set)
+                .map(|d| d.iter().map(std::borrow::Cow::Borrowed).collect())
+                .unwrap_or_default(),
         };
         doc_levels.extend(std::iter::repeat_n(level, of_set.len()));
         docs.extend(of_set);

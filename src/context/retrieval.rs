@@ -289,10 +289,13 @@ fn split_piece<'a>(piece: &'a str, max: usize, level: u8, out: &mut Vec<(&'a str
 
 /// Every document cut into chunks, in document order. `Err` past
 /// [`MAX_CHUNKS`].
-pub fn chunk_all(docs: &[Document], max_tokens: usize) -> Result<Vec<Chunk>, String> {
+pub fn chunk_all<D: std::borrow::Borrow<Document>>(
+    docs: &[D],
+    max_tokens: usize,
+) -> Result<Vec<Chunk>, String> {
     let mut chunks = Vec::new();
     for (i, d) in docs.iter().enumerate() {
-        for (text, tokens) in chunk_text(&d.text, max_tokens) {
+        for (text, tokens) in chunk_text(&d.borrow().text, max_tokens) {
             if chunks.len() >= MAX_CHUNKS {
                 return Err(format!(
                     "the documents make more than {MAX_CHUNKS} chunks of {max_tokens} tokens"
