@@ -220,9 +220,12 @@ impl CaseResult {
         index: usize,
         origin: String,
         pass_threshold: f64,
-        runs: Vec<RunResult>,
+        mut runs: Vec<RunResult>,
         pending_snapshots: Vec<String>,
     ) -> CaseResult {
+        // Kept until the suite's reports are written: no spare capacity
+        // (a vector grown by `push` holds room for four runs).
+        runs.shrink_to_fit();
         let passed_runs = runs.iter().filter(|r| r.outcome == Outcome::Passed).count();
         let total = runs.len().max(1);
         // 4 of 5 at 0.8 passes: compare in whole runs, not floats.

@@ -375,12 +375,16 @@ async fn run_suite(p: Prepared<'_>, opts: &TestOptions, cancel: CancellationToke
     .buffer_unordered(opts.run.concurrency.max(1));
     // A finished run is folded at once into its case's small record (see
     // `RunResult::reduce`); a case is complete when its last repeat is in.
-    let mut cases: Vec<Option<CaseResult>> = vec![None; p.cases.len()];
+    // Complete cases in the order they finish, sorted once at the end: one
+    // vector of results, not a vector of empty slots and then a copy.
+    let mut cases: Vec<CaseResult> = Vec::with_capacity(p.cases.len());
     let mut partial: HashMap<usize, Partial> = HashMap::new();
     let mut any_errored = false;
     while let Some((c, r, result, pending)) = stream.next().await {
         any_errored |= result.outcome == Outcome::Errored;
-        let entry = partial.entry(c).or_default();
+        let entry = partial
+            .entry(c)
+            .or_insert_with(|| (Vec::with_capacity(repeat), Vec::new()));
         entry.0.push((r, result.reduce()));
         for f in pending {
             if !entry.1.contains(&f) {
@@ -391,7 +395,7 @@ async fn run_suite(p: Prepared<'_>, opts: &TestOptions, cancel: CancellationToke
             let (mut runs, pending) = partial.remove(&c).unwrap_or_default();
             runs.sort_by_key(|(r, _)| *r);
             let case = p.cases[c];
-            cases[c] = Some(CaseResult::from_runs(
+            cases.push(CaseResult::from_runs(
                 case.name.clone(),
                 case.index,
                 case.origin.clone(),
@@ -403,7 +407,9 @@ async fn run_suite(p: Prepared<'_>, opts: &TestOptions, cancel: CancellationToke
     }
     drop(stream);
     ctx.resources.shutdown().await;
-    let mut cases: Vec<CaseResult> = cases.into_iter().flatten().collect();
+    // Suite order: `index` is the case's position in its suite, and the
+    // selection keeps that order.
+    cases.sort_unstable_by_key(|c| c.index);
     if let Some(c) = &p.cassette {
         if opts.mode == Mode::Record {
             // A complete recording replaces the suite's answers; a partial one
