@@ -118,7 +118,7 @@ pub(super) fn cmd_check(files: &[PathBuf], format: OutputFormat, options: Render
                         "ok  {} (suite {}, {})",
                         path.display(),
                         s.name,
-                        plural(s.cases.len(), "case")
+                        plural(s.case_count, "case")
                     ));
                 }
                 Err(d) => diags.extend(d),
@@ -240,7 +240,7 @@ fn cross_check(a: &Analysis, p: &Policy, path: &std::path::Path) -> Vec<Diagnost
 fn suite_problems(s: &crate::eval::suite::Suite) -> Vec<Diagnostic> {
     let policy_name = s.policy_path.display().to_string();
     let mut diags = Vec::new();
-    for case in &s.cases {
+    let visited = s.for_each_case(|case| {
         if let Err(d) = plan::build(&s.analysis, &s.policy, &policy_name, &case.inputs) {
             diags.push(
                 Diagnostic::error(
@@ -257,6 +257,9 @@ fn suite_problems(s: &crate::eval::suite::Suite) -> Vec<Diagnostic> {
             );
             diags.extend(d);
         }
+    });
+    if let Err(d) = visited {
+        diags.extend(d);
     }
     diags
 }

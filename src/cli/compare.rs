@@ -287,7 +287,7 @@ pub(super) fn cmd_compare(args: CompareArgs, options: RenderOptions) -> u8 {
     let total: u64 = variants
         .iter()
         .flat_map(|(_, suites)| suites)
-        .map(|s| runner::selected(s, &opts).len() as u64 * args.repeat as u64)
+        .map(|s| runner::selected_count(s, &opts) as u64 * args.repeat as u64)
         .sum();
     let progress = TestProgress::new(total, args.quiet || format != OutputFormat::Text);
     opts.on_run = progress.on_run();

@@ -370,9 +370,14 @@ fn accept(suites: &[Suite], case: &str, format: OutputFormat, options: RenderOpt
     let mut left = std::collections::BTreeSet::new();
     let mut dirs = std::collections::BTreeSet::new();
     for s in suites {
+        // A suite keeps no cases: their names, compiled once more.
+        let mut names = std::collections::HashSet::new();
+        let _ = s.for_each_case(|c| {
+            names.insert(c.name);
+        });
         let wanted = |case: &str, step: &str| {
             only.is_none_or(|c| c == case)
-                && s.cases.iter().any(|c| c.name == case)
+                && names.contains(case)
                 && s.analysis.workflow.value.steps.contains_key(step)
         };
         dirs.insert(s.snapshot_dir.clone());
@@ -473,7 +478,7 @@ pub(super) fn cmd_test(args: TestArgs, options: RenderOptions) -> u8 {
     };
     let total: u64 = suites
         .iter()
-        .map(|s| runner::selected(s, &opts).len() as u64 * args.repeat as u64)
+        .map(|s| runner::selected_count(s, &opts) as u64 * args.repeat as u64)
         .sum();
     let progress = TestProgress::new(total, args.quiet || format != OutputFormat::Text);
     opts.on_run = progress.on_run();

@@ -160,9 +160,10 @@ pub fn compare(
             let tasks = tasks_of(suite)
                 .into_iter()
                 .map(|(task, steps)| {
+                    let checks = checking_cases(suite, &steps);
                     let mut rows: Vec<Row> = results
                         .iter()
-                        .map(|(name, r)| task_row(name, *r, suite, &steps))
+                        .map(|(name, r)| task_row(name, *r, &checks, &steps))
                         .collect();
                     finish(&mut rows);
                     TaskComparison {
@@ -330,10 +331,22 @@ fn passed_on(run: &RunResult, steps: &BTreeSet<String>) -> Option<bool> {
     }
 }
 
+/// Which cases check one of these steps, by the case's position in its
+/// suite (a suite keeps no cases: they are compiled once more to see).
+fn checking_cases(suite: &Suite, steps: &BTreeSet<String>) -> Vec<bool> {
+    let mut checks = vec![false; suite.case_count];
+    let _ = suite.for_each_case(|c| {
+        if let Some(slot) = checks.get_mut(c.index) {
+            *slot = c.expect.keys().any(|k| steps.contains(k));
+        }
+    });
+    checks
+}
+
 fn task_row(
     variant: &str,
     r: Option<&SuiteResult>,
-    suite: &Suite,
+    checks: &[bool],
     steps: &BTreeSet<String>,
 ) -> Row {
     let mut row = empty_row(variant, r);
@@ -345,11 +358,7 @@ fn task_row(
         // Only the cases that check one of the task's steps say anything
         // about its pass rate; every run's calls count in its cost.
         // A result keeps its case's position in the suite: found in O(1).
-        let checks = suite
-            .cases
-            .get(c.index)
-            .filter(|sc| sc.name == c.name)
-            .is_some_and(|sc| sc.expect.keys().any(|k| steps.contains(k)));
+        let checks = checks.get(c.index).copied().unwrap_or(false);
         for run in &c.runs {
             run.steps
                 .iter()

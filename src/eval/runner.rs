@@ -74,22 +74,27 @@ pub fn in_shard(suite: &str, case: &str, shard: &Shard) -> bool {
     n % u64::from(shard.count.max(1)) == u64::from(shard.index.saturating_sub(1))
 }
 
-/// The cases of a suite this run takes.
-pub fn selected<'a>(suite: &'a Suite, opts: &TestOptions) -> Vec<&'a Case> {
-    suite
-        .cases
-        .iter()
-        .filter(|c| {
-            opts.filter
-                .as_ref()
-                .is_none_or(|f| c.name.contains(f.as_str()))
-        })
-        .filter(|c| {
-            opts.shard
-                .as_ref()
-                .is_none_or(|s| in_shard(&suite.name, &c.name, s))
-        })
-        .collect()
+/// Does this run take the case (`--filter`, `--shard`)?
+pub fn is_selected(suite: &Suite, case: &Case, opts: &TestOptions) -> bool {
+    opts.filter
+        .as_ref()
+        .is_none_or(|f| case.name.contains(f.as_str()))
+        && opts
+            .shard
+            .as_ref()
+            .is_none_or(|s| in_shard(&suite.name, &case.name, s))
+}
+
+/// How many cases of a suite this run takes (for progress). Without a
+/// filter or a shard, the suite's count; else the cases are compiled once
+/// more to see their names (a suite keeps none).
+pub fn selected_count(suite: &Suite, opts: &TestOptions) -> usize {
+    if opts.filter.is_none() && opts.shard.is_none() {
+        return suite.case_count;
+    }
+    let mut n = 0;
+    let _ = suite.for_each_case(|c| n += usize::from(is_selected(suite, &c, opts)));
+    n
 }
 
 /// Values of the policy's key variables, scrubbed from cassettes.
@@ -150,11 +155,12 @@ pub async fn run_suites(
 struct Prepared<'a> {
     suite: &'a Suite,
     policy: Arc<Policy>,
-    /// The selected cases, in suite order. Their plans were built and
-    /// checked, then dropped: each run plans its case again (see
-    /// [`plan_case`]), so a suite holds O(concurrency) plans, not one per
-    /// case.
-    cases: Vec<&'a Case>,
+    /// How many cases are selected. Their plans were built and checked,
+    /// then dropped, and the cases too: each is compiled again as its run
+    /// starts ([`Suite::case_stream`]) and each run plans its case again
+    /// (see [`plan_case`]), so a suite holds O(concurrency) cases and
+    /// plans, not one per case.
+    selected: usize,
     providers: Providers,
     cassette: Option<Arc<Cassette>>,
 }
@@ -173,16 +179,22 @@ fn plan_case(suite: &Suite, case: &Case) -> Result<Plan, Vec<Diagnostic>> {
 /// problem runs nothing, in memory flat in the number of cases.
 fn prepare<'a>(suite: &'a Suite, opts: &TestOptions) -> Result<Prepared<'a>, Vec<Diagnostic>> {
     let mut diags = Vec::new();
-    let mut cases = Vec::new();
+    let mut selected = 0;
+    // Cases that only plan replay nothing: a suite of them needs no recordings.
+    let mut calls_models = false;
     let live = matches!(opts.mode, Mode::Live | Mode::Record);
     // Synchronous calls only: a batch may take up to 24 hours, and the
     // recorder must see every call.
     let live_providers = live.then(|| Providers::from_env(&suite.policy).without_batch());
     let mut key_diags: Vec<Diagnostic> = Vec::new();
-    for case in selected(suite, opts) {
-        match plan_case(suite, case) {
+    let visited = suite.for_each_case(|case| {
+        if !is_selected(suite, &case, opts) {
+            return;
+        }
+        match plan_case(suite, &case) {
             Ok(p) => {
-                cases.push(case);
+                selected += 1;
+                calls_models |= !case.plan_only;
                 // A plan_only case calls nothing, so it needs no key.
                 if let (Some(providers), false) = (&live_providers, case.plan_only) {
                     for d in providers.check_keys(&p, &suite.policy) {
@@ -209,12 +221,13 @@ fn prepare<'a>(suite: &'a Suite, opts: &TestOptions) -> Result<Prepared<'a>, Vec
                 diags.extend(d);
             }
         }
+    });
+    if let Err(d) = visited {
+        diags.extend(d);
     }
     if !diags.is_empty() {
         return Err(diags);
     }
-    // Cases that only plan replay nothing: a suite of them needs no recordings.
-    let calls_models = cases.iter().any(|c| !c.plan_only);
     let open = |check_exists: bool| -> Result<Arc<Cassette>, Vec<Diagnostic>> {
         if check_exists && calls_models && !suite.cassette_path.is_file() {
             let (whose, how) = match &suite.variant {
@@ -304,7 +317,7 @@ fn prepare<'a>(suite: &'a Suite, opts: &TestOptions) -> Result<Prepared<'a>, Vec
     Ok(Prepared {
         suite,
         policy,
-        cases,
+        selected,
         providers,
         cassette,
     })
@@ -340,50 +353,68 @@ async fn run_suite(p: Prepared<'_>, opts: &TestOptions, cancel: CancellationToke
         first_run: OnceLock::new(),
     };
     let repeat = opts.repeat.max(1);
+    let concurrency = opts.run.concurrency.max(1);
     let ctx_ref = &ctx;
-    let cases_ref = &p.cases;
     // Progress names the variant too: a comparison runs each suite again.
     let progress_name = match &p.suite.variant {
         Some(v) => format!("{}[{}]", p.suite.name, v.name),
         None => p.suite.name.clone(),
     };
     let progress_name = &progress_name;
+    // Cases are compiled again as they are needed (a suite keeps none), a
+    // few ahead of the runs; a case file changed since the check pass stops
+    // the suite with its problem.
+    let mut incoming = case_stream(p.suite, concurrency);
+    let changed: Mutex<Option<Vec<Diagnostic>>> = Mutex::new(None);
+    let changed_ref = &changed;
+    let cases = futures::stream::poll_fn(move |cx| incoming.poll_recv(cx)).filter_map(
+        move |item| async move {
+            match item {
+                Ok(case) => is_selected(ctx_ref.suite, &case, opts).then(|| Arc::new(case)),
+                Err(d) => {
+                    *changed_ref.lock().unwrap_or_else(|e| e.into_inner()) = Some(d);
+                    None
+                }
+            }
+        },
+    );
     // Runs are made lazily: as many at once as calls may be in flight (a run
     // waiting on a dependency holds no slot, and the limits bound the calls
-    // themselves), so plans, prompts and run reports exist for the runs in
-    // flight only.
-    let runs = (0..p.cases.len()).flat_map(|c| (0..repeat).map(move |r| (c, r)));
-    let mut stream = futures::stream::iter(runs.map(|(c, r)| async move {
-        let case = cases_ref[c];
-        // After Ctrl-C no new case starts (those in flight stop too).
-        let (result, pending) = if ctx_ref.cancel.is_cancelled() {
-            (RunResult::interrupted(), Vec::new())
-        } else {
-            match plan_case(ctx_ref.suite, case) {
-                Ok(plan) if case.plan_only => (check_routes(ctx_ref, case, &plan), Vec::new()),
-                Ok(plan) => run_case(ctx_ref, case, &plan).await,
-                // Cannot happen (the check pass planned the same case):
-                // said rather than assumed.
-                Err(d) => (unplannable(&d), Vec::new()),
+    // themselves), so cases, plans, prompts and run reports exist for the
+    // runs in flight only.
+    let runs = cases
+        .flat_map(|case| futures::stream::iter((0..repeat).map(move |r| (Arc::clone(&case), r))));
+    let mut stream = Box::pin(
+        runs.map(|(case, r)| async move {
+            // After Ctrl-C no new case starts (those in flight stop too).
+            let (result, pending) = if ctx_ref.cancel.is_cancelled() {
+                (RunResult::interrupted(), Vec::new())
+            } else {
+                match plan_case(ctx_ref.suite, &case) {
+                    Ok(plan) if case.plan_only => (check_routes(ctx_ref, &case, &plan), Vec::new()),
+                    Ok(plan) => run_case(ctx_ref, &case, &plan).await,
+                    // Cannot happen (the check pass planned the same case):
+                    // said rather than assumed.
+                    Err(d) => (unplannable(&d), Vec::new()),
+                }
+            };
+            if let Some(tell) = &ctx_ref.opts.on_run {
+                tell(progress_name, &case.name, &result);
             }
-        };
-        if let Some(tell) = &ctx_ref.opts.on_run {
-            tell(progress_name, &case.name, &result);
-        }
-        (c, r, result, pending)
-    }))
-    .buffer_unordered(opts.run.concurrency.max(1));
+            (case, r, result, pending)
+        })
+        .buffer_unordered(concurrency),
+    );
     // A finished run is folded at once into its case's small record (see
     // `RunResult::reduce`); a case is complete when its last repeat is in.
-    // Complete cases in the order they finish, sorted once at the end: one
-    // vector of results, not a vector of empty slots and then a copy.
-    let mut cases: Vec<CaseResult> = Vec::with_capacity(p.cases.len());
+    // Complete cases in the order they finish, sorted once at the end.
+    let mut cases: Vec<CaseResult> = Vec::with_capacity(p.selected);
     let mut partial: HashMap<usize, Partial> = HashMap::new();
     let mut any_errored = false;
-    while let Some((c, r, result, pending)) = stream.next().await {
+    while let Some((case, r, result, pending)) = stream.next().await {
         any_errored |= result.outcome == Outcome::Errored;
         let entry = partial
-            .entry(c)
+            .entry(case.index)
             .or_insert_with(|| (Vec::with_capacity(repeat), Vec::new()));
         entry.0.push((r, result.reduce()));
         for f in pending {
@@ -392,9 +423,8 @@ async fn run_suite(p: Prepared<'_>, opts: &TestOptions, cancel: CancellationToke
             }
         }
         if entry.0.len() == repeat {
-            let (mut runs, pending) = partial.remove(&c).unwrap_or_default();
+            let (mut runs, pending) = partial.remove(&case.index).unwrap_or_default();
             runs.sort_by_key(|(r, _)| *r);
-            let case = p.cases[c];
             cases.push(CaseResult::from_runs(
                 case.name.clone(),
                 case.index,
@@ -404,6 +434,20 @@ async fn run_suite(p: Prepared<'_>, opts: &TestOptions, cancel: CancellationToke
                 pending,
             ));
         }
+    }
+    let changed = changed_ref.lock().unwrap_or_else(|e| e.into_inner()).take();
+    if let Some(d) = changed {
+        // Not a case, but the suite's own failure: shown where a case's
+        // error would be, after every case.
+        any_errored = true;
+        cases.push(CaseResult::from_runs(
+            "(the suite's case files)".to_owned(),
+            usize::MAX,
+            p.suite.path.display().to_string(),
+            1.0,
+            vec![suite_changed(&d)],
+            Vec::new(),
+        ));
     }
     drop(stream);
     ctx.resources.shutdown().await;
@@ -511,6 +555,38 @@ fn unplannable(d: &[Diagnostic]) -> RunResult {
         "the case cannot be planned: {}",
         d.first().map_or("", |d| d.message.as_str())
     ));
+    r
+}
+
+/// A suite's cases for async code: a thread compiles them
+/// ([`Suite::case_compiler`]) and hands them over through a channel of
+/// `ahead` places, so at most that many compiled cases wait at once.
+/// Dropping the receiver stops the thread at its next case. A problem
+/// arrives as the last item.
+fn case_stream(
+    suite: &Suite,
+    ahead: usize,
+) -> tokio::sync::mpsc::Receiver<Result<Case, Vec<Diagnostic>>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(ahead.max(1));
+    let compiler = suite.case_compiler();
+    std::thread::spawn(move || {
+        if let Err(d) = compiler.run(|c| tx.blocking_send(Ok(c)).is_ok()) {
+            let _ = tx.blocking_send(Err(d));
+        }
+    });
+    rx
+}
+
+/// The errored run standing for a suite whose case files changed while
+/// it ran.
+fn suite_changed(d: &[Diagnostic]) -> RunResult {
+    let mut r = RunResult::interrupted();
+    r.error = Some(
+        d.iter()
+            .map(|d| d.message.as_str())
+            .collect::<Vec<_>>()
+            .join("; "),
+    );
     r
 }
 

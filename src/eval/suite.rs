@@ -29,7 +29,12 @@ pub struct Suite {
     pub policy: Arc<Policy>,
     pub snapshot_dir: PathBuf,
     pub cassette_path: PathBuf,
-    pub cases: Vec<Case>,
+    /// How many cases the suite has. The cases themselves are not kept:
+    /// [`Suite::for_each_case`] and [`Suite::case_stream`] compile them
+    /// again from the files, one at a time, so a suite of 100,000 cases
+    /// holds none of them (they were all checked when it was loaded).
+    pub case_count: usize,
+    cases: CaseSource,
     /// The variant it runs as (`--policy`, `--model`); `None` for the
     /// suite as written.
     pub variant: Option<VariantInfo>,
@@ -124,6 +129,95 @@ pub fn discover(paths: &[PathBuf]) -> Result<Vec<PathBuf>, Vec<Diagnostic>> {
     }
 }
 
+/// What a suite's cases are compiled from: the suite file as loaded (its
+/// inline cases and `cases_from`) and what compiling a case reads. Shared,
+/// so a thread can compile cases while the runner runs them.
+#[derive(Clone)]
+struct CaseSource {
+    file: Arc<workflow::Loaded<SuiteFile>>,
+    analysis: Arc<Analysis>,
+    policy: Arc<Policy>,
+}
+
+impl CaseSource {
+    /// Every case compiled, in suite order, handed to `visit` (which says
+    /// whether to go on); the problems found on the way.
+    fn compile(&self, mut visit: impl FnMut(Case) -> bool) -> Vec<Diagnostic> {
+        let (doc, file) = (&self.file.doc, &self.file.value);
+        let w = &self.analysis.workflow.value;
+        let mut diags = Vec::new();
+        let mut index = 0;
+        let mut going = true;
+        gather_cases(file, doc, &self.file.dir(), w, &mut diags, |rc, diags| {
+            if going {
+                let case = compile_case(file, doc, w, &self.policy, &rc, index, diags);
+                index += 1;
+                going = visit(case);
+            }
+        });
+        diags
+    }
+}
+
+impl Suite {
+    /// Every case, compiled again from the suite and its case files, in
+    /// suite order, one at a time. The files were checked when the suite
+    /// was loaded; a problem now means one changed since, and stops the
+    /// visit with that problem.
+    pub fn for_each_case(&self, mut visit: impl FnMut(Case)) -> Result<(), Vec<Diagnostic>> {
+        self.case_compiler().run(|c| {
+            visit(c);
+            true
+        })
+    }
+
+    /// How to compile the cases again, owned: what a thread needs to
+    /// compile them while the runner runs them ([`CaseCompiler::run`]).
+    pub fn case_compiler(&self) -> CaseCompiler {
+        CaseCompiler {
+            source: self.cases.clone(),
+            name: self.name.clone(),
+            path: self.path.clone(),
+        }
+    }
+}
+
+/// [`Suite::for_each_case`], owned and `Send`.
+pub struct CaseCompiler {
+    source: CaseSource,
+    name: String,
+    path: PathBuf,
+}
+
+impl CaseCompiler {
+    /// Every case compiled, in suite order, handed to `visit` until it
+    /// returns false; a problem (a file changed since the suite was
+    /// loaded) comes back after the cases read before it.
+    pub fn run(self, visit: impl FnMut(Case) -> bool) -> Result<(), Vec<Diagnostic>> {
+        let diags = self.source.compile(visit);
+        if diags.is_empty() {
+            Ok(())
+        } else {
+            Err(changed(&self.name, &self.path, diags))
+        }
+    }
+}
+
+/// A case file that was fine at load and is not now: said first, then
+/// what is wrong with it now.
+fn changed(name: &str, path: &Path, diags: Vec<Diagnostic>) -> Vec<Diagnostic> {
+    let mut out = vec![
+        Diagnostic::error(
+            "suite-changed",
+            format!("the cases of suite `{name}` changed while it ran"),
+        )
+        .in_file(path)
+        .with_help("the suite's files were checked when it was loaded; run it again"),
+    ];
+    out.extend(diags);
+    out
+}
+
 /// The suite file as written.
 #[derive(Debug, serde::Deserialize)]
 struct SuiteFile {
@@ -169,7 +263,7 @@ pub fn from_document_as(
     doc: Document,
     variant: &Variant,
 ) -> Result<Suite, Vec<Diagnostic>> {
-    let loaded = workflow::from_document::<SuiteFile>(doc, Format::Suite)?;
+    let loaded = Arc::new(workflow::from_document::<SuiteFile>(doc, Format::Suite)?);
     let doc = &loaded.doc;
     let file = &loaded.value;
     let dir = loaded.dir();
@@ -185,30 +279,36 @@ pub fn from_document_as(
         .as_ref()
         .map_or_else(|| own_policy.clone(), |(p, _)| p.clone());
     let (analysis, policy) = load_referenced(doc, &workflow_path, &policy_path, variant)?;
+    let analysis = Arc::new(analysis);
     let w = &analysis.workflow.value;
 
     let mut diags = Vec::new();
     let mut names = HashSet::new();
-    let mut cases: Vec<Case> = Vec::new();
-    // Each case is compiled as soon as it is read, and its raw value and
-    // line dropped: what a suite keeps is the compiled cases alone.
+    let mut case_count = 0;
+    // Each case is compiled as soon as it is read, checked, and dropped:
+    // the suite keeps how to compile them again (`CaseSource`), not them.
     gather_cases(file, doc, &dir, w, &mut diags, |rc, diags| {
-        let case = compile_case(file, doc, w, &policy, &rc, cases.len(), diags);
-        if !names.insert(case.name.clone()) {
+        let case = compile_case(file, doc, w, &policy, &rc, case_count, diags);
+        case_count += 1;
+        if !names.insert(case.name) {
             diags.push(
                 Diagnostic::error(
                     "duplicate-case",
-                    format!("two cases are named `{}`", case.name),
+                    format!(
+                        "two cases are named `{}`",
+                        rc.value
+                            .get("name")
+                            .and_then(Value::as_str)
+                            .unwrap_or_default()
+                    ),
                 )
                 .at(rc.locate.span("/name"))
                 .with_help("case names must be unique in a suite: they name snapshots"),
             );
         }
-        cases.push(case);
     });
     drop(names);
-    cases.shrink_to_fit();
-    if cases.is_empty() && diags.is_empty() {
+    if case_count == 0 && diags.is_empty() {
         diags.push(
             Diagnostic::error("no-cases", format!("suite `{name}` has no cases"))
                 .at(doc.span(""))
@@ -250,9 +350,14 @@ pub fn from_document_as(
         path: path.to_path_buf(),
         workflow_path,
         policy_path,
-        analysis: Arc::new(analysis),
+        cases: CaseSource {
+            file: Arc::clone(&loaded),
+            analysis: Arc::clone(&analysis),
+            policy: Arc::clone(&policy),
+        },
+        analysis,
         policy,
-        cases,
+        case_count,
         variant: info,
     })
 }

@@ -865,3 +865,42 @@ async fn live_suites_are_journaled_and_held_to_the_daily_budget() {
     assert!(text.contains("0 passed, 0 failed, 2 errored"), "{text}");
     assert!(text.contains("daily budget"), "{text}");
 }
+
+/// A suite keeps no compiled cases: they are compiled again from the files
+/// as the runs need them. A case file changed after the check pass is not
+/// run as if nothing happened: the cases read before the change run, and
+/// the suite errors naming the change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_case_file_changed_while_the_suite_runs_is_an_error_not_a_silent_run() {
+    let fake = FakeServer::start().await;
+    let s = suite_project(
+        &policy(&fake),
+        WORKFLOW,
+        "workflow: ../wf.yaml\npolicy: ../policy.yaml\ncases_from: [first.jsonl, second.jsonl]\n",
+    );
+    let line = |name: &str| {
+        format!(
+            "{{\"name\": \"{name}\", \"inputs\": {{\"ticket\": \"It crashes\"}}, \"expect\": {{\"classify\": {{\"equals\": \"bug\"}}}}}}\n"
+        )
+    };
+    let first: String = (0..12).map(|i| line(&format!("a{i}"))).collect();
+    s.write("evals/first.jsonl", &first);
+    s.write("evals/second.jsonl", &line("b0"));
+    // The first answer rewrites the second file: by then the check pass is
+    // over, and the runner is still in the first file (a few cases ahead
+    // at most), so it reads the second one only after the change.
+    let second = s.path().join("evals/second.jsonl");
+    fake.set_handler(move |r| {
+        let _ = std::fs::write(&second, "{\"name\": \"b0\", \"inputs\": {}}\nnot json\n");
+        answer(r)
+    });
+    let out = s.tollgate(&["test", "--concurrency", "1"]).keys().await;
+    assert_eq!(out.status.code(), Some(1), "{}", transcript(&out));
+    let text = stdout(&out);
+    assert!(text.contains("12 passed"), "{}", transcript(&out));
+    assert!(
+        text.contains("changed while it ran"),
+        "{}",
+        transcript(&out)
+    );
+}
