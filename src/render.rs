@@ -311,6 +311,23 @@ fn step(o: &mut String, n: usize, s: &StepPlan) {
             range(c.first_cost),
             range(c.escalated_cost)
         );
+        if let Some(j) = &c.judge {
+            let place = match j.model.locality {
+                Locality::Local => "local",
+                Locality::Cloud => "cloud",
+            };
+            let _ = writeln!(
+                o,
+                "   judge        {} {} ({} tier, {place}{}) on every first answer: {}",
+                j.model.alias,
+                j.model.model,
+                j.model.tier,
+                j.rule
+                    .as_ref()
+                    .map_or(String::new(), |r| format!(", rule {r}")),
+                range(j.cost)
+            );
+        }
     }
     let note = if s.cascade.is_some() {
         " (expected at the escalation rate; worst case every call escalates)"

@@ -209,6 +209,9 @@ impl ModelCall<'_> {
                 .copied()
                 .unwrap_or(0.0),
             cascade_rule: match self.leg {
+                // A judged answer counts once, by its verdict's record
+                // (`call::journal_verdict`).
+                Leg::First(c) if c.cascade.judged().is_some() => None,
                 Leg::First(c) => Some(c.rule.to_owned()),
                 Leg::Escalation { rule, .. } => Some(rule.to_owned()),
                 Leg::Plain => None,
