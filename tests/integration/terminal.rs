@@ -73,7 +73,7 @@ async fn the_final_answer_streams_to_the_terminal_as_it_arrives_without_the_key(
     let p = Project::new(&policy(&fake, ""), TWO_STEPS);
     let mut child = p
         .run(&[])
-        .in_terminal("stderr.txt")
+        .in_terminal(Some("stderr.txt"))
         .spawn()
         .expect("script runs");
     let mut out = child.stdout.take().expect("piped stdout");
@@ -116,7 +116,7 @@ async fn an_answer_that_broke_off_is_marked_and_the_retry_follows() {
     let p = Project::new(&policy(&fake, ""), wf);
     let mut child = p
         .run(&[])
-        .in_terminal("stderr.txt")
+        .in_terminal(Some("stderr.txt"))
         .spawn()
         .expect("script runs");
     let mut out = child.stdout.take().expect("piped stdout");
@@ -144,7 +144,7 @@ async fn with_several_final_answers_the_terminal_gets_them_whole_at_the_end() {
     let p = Project::new(&policy(&fake, ""), wf);
     let mut child = p
         .run(&[])
-        .in_terminal("stderr.txt")
+        .in_terminal(Some("stderr.txt"))
         .spawn()
         .expect("script runs");
     let mut out = child.stdout.take().expect("piped stdout");
@@ -186,7 +186,7 @@ rules:
     let p = Project::new(&policy, wf);
     let mut child = p
         .run(&[])
-        .in_terminal("stderr.txt")
+        .in_terminal(Some("stderr.txt"))
         .spawn()
         .expect("script runs");
     let mut out = child.stdout.take().expect("piped stdout");
@@ -200,4 +200,42 @@ rules:
         "The escalated answer, VERIFIED.\n"
     );
     assert_eq!(fake.request_count(), 2);
+}
+
+/// With the progress view on the same terminal, nothing lands inside the
+/// answer: the bar is cleared when the answer starts and the view stays
+/// silent until the summary, which follows the answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_progress_view_never_cuts_into_the_streamed_answer() {
+    let fake = FakeServer::start().await;
+    // Each longer than the bytes held back for a key cut across pieces, so
+    // each reaches the terminal on its own.
+    let pieces = [
+        "One piece of the answer, long enough to show alone, ",
+        "then another piece of it, long enough to show alone, ",
+        "and the last one, which ends the answer for good.",
+    ];
+    let streamed = Reply::text("")
+        .chunks(pieces)
+        .usage(20, 30)
+        // Time for the bar's ticks to redraw between pieces, were it drawn.
+        .chunk_delay(Duration::from_millis(300));
+    fake.set_handler(move |r| match r.model().as_str() {
+        "claude-sonnet-4-6" => Reply::text("A draft.").usage(5, 3),
+        _ => streamed.clone(),
+    });
+    let p = Project::new(&policy(&fake, ""), TWO_STEPS);
+    let mut child = p.run(&[]).in_terminal(None).spawn().expect("script runs");
+    let mut out = child.stdout.take().expect("piped stdout");
+    let mut seen = String::new();
+    read_until(&mut out, &mut seen, |_| false).await;
+    assert_eq!(child.wait().await.unwrap().code(), Some(0), "{seen}");
+    let answer = pieces.concat();
+    let at = seen
+        .find(&answer)
+        .unwrap_or_else(|| panic!("the answer is cut: {seen:?}"));
+    // The progress lines before it, the summary after it.
+    assert!(seen[..at].contains("start  answer"), "{seen:?}");
+    assert!(seen[at..].contains("Run of"), "{seen:?}");
+    assert!(!seen[at..].contains("done   answer"), "{seen:?}");
 }

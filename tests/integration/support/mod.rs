@@ -125,8 +125,9 @@ impl Cmd {
     /// needed): what the command writes to stdout comes out of the returned
     /// command's stdout, with the terminal's `\r\n` line ends. Its stderr
     /// goes to the file `stderr_to` (relative to its folder), so the
-    /// terminal holds stdout alone.
-    pub fn in_terminal(self, stderr_to: &str) -> tokio::process::Command {
+    /// terminal holds stdout alone; `None` leaves stderr on the terminal
+    /// too, as a user sees both.
+    pub fn in_terminal(self, stderr_to: Option<&str>) -> tokio::process::Command {
         let quote =
             |s: &std::ffi::OsStr| format!("'{}'", s.to_string_lossy().replace('\'', r"'\''"));
         let mut line = quote(self.cmd.get_program());
@@ -134,7 +135,9 @@ impl Cmd {
             line.push(' ');
             line.push_str(&quote(a));
         }
-        line.push_str(&format!(" 2>{}", quote(std::ffi::OsStr::new(stderr_to))));
+        if let Some(file) = stderr_to {
+            line.push_str(&format!(" 2>{}", quote(std::ffi::OsStr::new(file))));
+        }
         let mut cmd = tokio::process::Command::new("script");
         cmd.args([
             "--quiet",
