@@ -155,8 +155,11 @@ async fn candidates(
             Ok(v) => {
                 move_tier(sh, routed_tier, model.tier);
                 report.model = Some(alias.clone());
-                // A judged cascade: the answer (journaled) is scored now.
+                // A judged cascade: the answer is scored now — once it is
+                // on disk (a free answer is only queued for the journal
+                // otherwise), so a kill during the judge never costs it.
                 if let Some((c, judge)) = leg.check().and_then(|c| Some((c, c.cascade.judged()?))) {
+                    sh.journal_durable().await;
                     let reason = judged(ctx, item, c, judge, &v, &mut report).await;
                     let verdict = reason
                         .as_deref()

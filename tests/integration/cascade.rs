@@ -629,3 +629,56 @@ async fn a_resume_after_a_kill_between_the_judge_and_the_escalation_pays_nothing
         "{first}"
     );
 }
+
+/// Killed while the judge is in flight: the first answer was journaled
+/// before the judge was asked, so the resume asks only the judge.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_after_a_kill_during_the_judge_does_not_pay_the_first_answer_again() {
+    let fake = FakeServer::start().await;
+    let judge_calls = Arc::new(AtomicUsize::new(0));
+    let seen = Arc::clone(&judge_calls);
+    fake.set_handler(move |r: &Recorded| {
+        if r.raw_body.contains("Names the crash") {
+            let n = seen.fetch_add(1, Ordering::SeqCst);
+            let reply = Reply::text(r#"{"score": 0.9, "reason": "fine"}"#).usage(60, 12);
+            return if n == 0 {
+                reply.delay(Duration::from_secs(300))
+            } else {
+                reply
+            };
+        }
+        Reply::text("A crash.").usage(10, 3)
+    });
+    let p = Project::new(&policy(&fake, &judged("workhorse"), ""), TEXT_WORKFLOW);
+    let mut child = p
+        .run(&["--format", "json"])
+        .into_tokio()
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(60), async {
+        while judge_calls.load(Ordering::SeqCst) == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the judge was never asked");
+    child.start_kill().unwrap(); // SIGKILL
+    child.wait().await.unwrap();
+    assert_eq!(models_asked(&fake), ["local-llm", "gpt-4.1-nano"]);
+
+    let out = p
+        .tollgate(&["run", "--resume", "last", "--format", "json", "--no-cache"])
+        .keys()
+        .await;
+    assert_eq!(out.status.code(), Some(0), "{}", transcript(&out));
+    let s = step(&report(&out), "summarize").clone();
+    assert_eq!(s["output"], "A crash.");
+    assert_eq!(
+        models_asked(&fake),
+        ["local-llm", "gpt-4.1-nano", "gpt-4.1-nano"],
+        "only the judge is asked again"
+    );
+    assert_eq!(s["calls"][0]["attempts"][0]["outcome"], "resumed", "{s}");
+}
