@@ -27,8 +27,8 @@ pub fn step_id(step: &str) -> String {
 /// The most a judge may answer: a score and one sentence.
 pub const MAX_OUTPUT_TOKENS: u32 = 300;
 
-/// What a judge's verdict costs at most in answer bytes shown back (the
-/// reason is cut to this many characters in escalation reasons).
+/// The most of a judge's reason an escalation reason keeps (it is model
+/// output: bounded before it reaches the journal and the report).
 const MAX_REASON_CHARS: usize = 300;
 
 const SYSTEM: &str = "You grade an answer against a rubric. Be strict: a score of 1 means the answer meets every point of the rubric, 0 that it meets none.\nReply with JSON only: {\"score\": a number from 0 to 1, \"reason\": \"one sentence\"}.";

@@ -464,11 +464,10 @@ fn judges_asked(fake: &FakeServer) -> Vec<String> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_judge_below_the_minimum_score_escalates() {
+async fn a_judge_below_the_minimum_score_escalates(ledger: Ledger) {
     let fake = FakeServer::start().await;
     judged_answers(&fake, 0.2);
-    let p = Project::new(&policy(&fake, &judged("workhorse"), ""), TEXT_WORKFLOW);
+    let p = Project::new(&policy(&fake, &judged("workhorse"), ""), TEXT_WORKFLOW).on(&ledger);
     // The plan shows the judge, where it goes and what it costs.
     let plan = p
         .tollgate(&["plan", "wf.yaml", "--policy", "policy.yaml"])
@@ -566,8 +565,9 @@ async fn a_confidential_steps_judge_stays_local() {
 
 /// Killed while the escalation is in flight (after the judge answered):
 /// the resume escalates without asking the first model or the judge again.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_resume_after_a_kill_between_the_judge_and_the_escalation_pays_nothing_twice() {
+async fn a_resume_after_a_kill_between_the_judge_and_the_escalation_pays_nothing_twice(
+    ledger: Ledger,
+) {
     let fake = FakeServer::start().await;
     let workhorse_calls = Arc::new(AtomicUsize::new(0));
     let seen = Arc::clone(&workhorse_calls);
@@ -588,7 +588,7 @@ async fn a_resume_after_a_kill_between_the_judge_and_the_escalation_pays_nothing
             }
         }
     });
-    let p = Project::new(&policy(&fake, &judged("workhorse"), ""), TEXT_WORKFLOW);
+    let p = Project::new(&policy(&fake, &judged("workhorse"), ""), TEXT_WORKFLOW).on(&ledger);
     let mut child = p
         .run(&["--format", "json"])
         .into_tokio()
@@ -682,3 +682,8 @@ async fn a_resume_after_a_kill_during_the_judge_does_not_pay_the_first_answer_ag
     );
     assert_eq!(s["calls"][0]["attempts"][0]["outcome"], "resumed", "{s}");
 }
+
+crate::on_both_ledgers!(
+    a_judge_below_the_minimum_score_escalates,
+    a_resume_after_a_kill_between_the_judge_and_the_escalation_pays_nothing_twice,
+);
