@@ -406,11 +406,12 @@ fn totals(o: &mut String, plan: &Plan) {
             (Some(m), Some(n)) => format!("; max {:.0}% → at most {n} of {}", m * 100.0, t.calls),
             _ => String::new(),
         };
-        // A tier only cascades escalate to: no routed calls, only money.
+        // A tier only cascades reach (their escalations, their judges): no
+        // routed calls, only money.
         if tier.calls == 0 && tier.cost.high > 0.0 {
             let _ = writeln!(
                 o,
-                "{label}{:<10}escalations only  {}",
+                "{label}{:<10}cascades only  {}",
                 tier.tier.name(),
                 range(tier.cost)
             );

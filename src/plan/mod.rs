@@ -1074,12 +1074,17 @@ fn totals(steps: &[StepPlan], policy: &Policy, usage: &TierUsage) -> Totals {
             let e = by_tier.entry(m.tier).or_default();
             e.0 += s.calls;
             match &s.cascade {
-                // The escalated share is money spent on the target's tier.
+                // The escalated share is money spent on the target's tier,
+                // the judging on the judge's.
                 Some(c) => {
                     e.1 += c.first_cost;
+                    let judged = c.judge.as_ref().map(|j| j.cost).unwrap_or_default();
+                    if let Some(j) = &c.judge {
+                        by_tier.entry(j.model.tier).or_default().1 += j.cost;
+                    }
                     by_tier.entry(c.to.tier).or_default().1 += CostRange {
-                        low: s.cost.low - c.first_cost.low,
-                        high: s.cost.high - c.first_cost.high,
+                        low: s.cost.low - c.first_cost.low - judged.low,
+                        high: s.cost.high - c.first_cost.high - judged.high,
                     };
                 }
                 None => e.1 += s.cost,

@@ -478,6 +478,10 @@ async fn a_judge_below_the_minimum_score_escalates(ledger: Ledger) {
         "{}",
         transcript(&plan)
     );
+    // The judging is money on the judge's tier, the escalations on the
+    // target's.
+    assert!(text.contains("budget    cascades only  $"), "{text}");
+    assert!(text.contains("workhorse cascades only  $"), "{text}");
     let out = run_json(&p).await;
     assert_eq!(out.status.code(), Some(0), "{}", transcript(&out));
     let r = report(&out);
