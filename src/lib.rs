@@ -48,6 +48,7 @@ pub mod graph;
 pub mod html;
 pub mod inputs;
 pub mod journal;
+pub mod judge;
 pub mod outcome;
 pub mod plan;
 pub mod policy;

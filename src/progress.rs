@@ -4,6 +4,7 @@
 //! where they meet the terminal.
 
 use std::io::{IsTerminal, Write};
+use std::sync::{Arc, Mutex};
 
 use indicatif::{ProgressBar, ProgressStyle};
 use tokio::sync::mpsc::UnboundedReceiver;
@@ -11,16 +12,11 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use crate::diagnostic::{self, Diagnostic, RenderOptions};
 use crate::eval::results::{Outcome, RunResult};
 use crate::eval::runner::OnRun;
-use crate::run::{Event, StepStatus};
+use crate::run::{AnswerSink, Event, StepStatus};
 
-/// Consumes events until the run ends (the sender is dropped).
-pub async fn report(
-    mut rx: UnboundedReceiver<Event>,
-    total_steps: u64,
-    quiet: bool,
-    options: RenderOptions,
-) {
-    let bar = if std::io::stderr().is_terminal() && !quiet {
+/// The progress bar of a run, on a terminal unless `quiet`.
+pub fn run_bar(total_steps: u64, quiet: bool) -> Option<ProgressBar> {
+    (std::io::stderr().is_terminal() && !quiet).then(|| {
         let bar = ProgressBar::new(total_steps);
         bar.set_style(
             ProgressStyle::with_template(
@@ -29,51 +25,167 @@ pub async fn report(
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
         );
         bar.enable_steady_tick(std::time::Duration::from_millis(120));
-        Some(bar)
-    } else {
-        None
+        bar
+    })
+}
+
+/// Consumes events until the run ends (the sender is dropped), drawing
+/// `bar` (from [`run_bar`]) or plain lines. Once `answer` has started
+/// streaming to the terminal the view stays silent (a line on stderr
+/// would land inside the answer); journal warnings are kept for the end.
+pub async fn report(
+    mut rx: UnboundedReceiver<Event>,
+    bar: Option<ProgressBar>,
+    quiet: bool,
+    options: RenderOptions,
+    answer: Option<Arc<StdoutAnswer>>,
+) {
+    // Runs `draw` unless the answer is streaming; false when it did not.
+    let show = |draw: &mut dyn FnMut()| match &answer {
+        Some(a) => a.unless_streaming(draw),
+        None => {
+            draw();
+            true
+        }
     };
+    let mut kept: Vec<String> = Vec::new();
     let mut running: Vec<String> = Vec::new();
     while let Some(event) = rx.recv().await {
         if let Event::JournalError { message } = &event {
             // Shown even with --quiet: resume and the cache depend on it.
             let d = Diagnostic::warning("journal", message.clone());
             let text = diagnostic::render(&d, options);
-            match &bar {
+            let shown = show(&mut || match &bar {
                 Some(bar) => bar.println(text.trim_end()),
                 None => {
                     let _ = write!(std::io::stderr().lock(), "{text}");
                 }
+            });
+            if !shown {
+                kept.push(text);
             }
             continue;
         }
         match &event {
             Event::StepStarted { step, .. } => running.push(step.clone()),
-            Event::StepFinished { step, .. } => {
-                running.retain(|s| s != step);
-                if let Some(bar) = &bar {
-                    bar.inc(1);
-                }
-            }
+            Event::StepFinished { step, .. } => running.retain(|s| s != step),
             _ => {}
         }
-        if quiet {
-            continue;
-        }
-        let Some(line) = line(&event) else { continue };
-        match &bar {
-            Some(bar) => {
-                bar.set_message(running.join(", "));
-                bar.println(line);
+        let line = if quiet { None } else { line(&event) };
+        show(&mut || match (&bar, &line) {
+            (Some(bar), line) => {
+                if matches!(event, Event::StepFinished { .. }) {
+                    bar.inc(1);
+                }
+                if let Some(line) = line {
+                    bar.set_message(running.join(", "));
+                    bar.println(line);
+                }
             }
-            None => {
-                let mut err = std::io::stderr().lock();
-                let _ = writeln!(err, "{line}");
+            (None, Some(line)) => {
+                let _ = writeln!(std::io::stderr().lock(), "{line}");
             }
-        }
+            (None, None) => {}
+        });
     }
     if let Some(bar) = bar {
         bar.finish_and_clear();
+    }
+    for text in kept {
+        let _ = write!(std::io::stderr().lock(), "{text}");
+    }
+}
+
+/// The run's final answer written to stdout (a terminal) as it streams
+/// ([`crate::run::AnswerSink`]). When its first text arrives the progress
+/// bar is cleared and the live view falls silent, so nothing lands inside
+/// the answer; the run summary follows it as usual.
+///
+/// An attempt that broke off part way (a retry, a fallback, the
+/// escalation) stays on the screen — it cannot be taken back — and the
+/// next attempt starts below a marker line `— broke off; again on MODEL —`,
+/// so what follows the last marker is the answer.
+pub struct StdoutAnswer {
+    bar: Option<ProgressBar>,
+    state: Mutex<Streamed>,
+}
+
+#[derive(Default)]
+struct Streamed {
+    started: bool,
+    /// The text of the attempt being streamed.
+    attempt: String,
+}
+
+impl StdoutAnswer {
+    pub fn new(bar: Option<ProgressBar>) -> StdoutAnswer {
+        StdoutAnswer {
+            bar,
+            state: Mutex::new(Streamed::default()),
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, Streamed> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs `draw` (a progress line) unless the answer is streaming, under
+    /// the same lock as the answer's text, so neither cuts into the other.
+    fn unless_streaming(&self, draw: &mut dyn FnMut()) -> bool {
+        let state = self.state();
+        if state.started {
+            return false;
+        }
+        draw();
+        true
+    }
+
+    /// The run is over and `output` is the final step's answer (`None`: it
+    /// has none). True when what is on the screen already is that answer,
+    /// ended with a newline; else a half answer is marked as such and the
+    /// caller prints the answer as it would have without streaming.
+    pub fn finish(&self, output: Option<&str>) -> bool {
+        let state = self.state();
+        if !state.started {
+            return false;
+        }
+        let mut out = std::io::stdout().lock();
+        if output == Some(state.attempt.as_str()) {
+            if !state.attempt.ends_with('\n') {
+                let _ = writeln!(out);
+            }
+            let _ = out.flush();
+            return true;
+        }
+        let _ = write!(out, "\n— broke off —\n");
+        let _ = out.flush();
+        false
+    }
+}
+
+impl AnswerSink for StdoutAnswer {
+    fn attempt(&self, model: &str) {
+        let mut state = self.state();
+        if !state.attempt.is_empty() {
+            let mut out = std::io::stdout().lock();
+            let _ = write!(out, "\n— broke off; again on {model} —\n");
+            let _ = out.flush();
+        }
+        state.attempt.clear();
+    }
+
+    fn text(&self, piece: &str) {
+        let mut state = self.state();
+        if !state.started {
+            state.started = true;
+            if let Some(bar) = &self.bar {
+                bar.finish_and_clear();
+            }
+        }
+        let mut out = std::io::stdout().lock();
+        let _ = out.write_all(piece.as_bytes());
+        let _ = out.flush();
+        state.attempt.push_str(piece);
     }
 }
 

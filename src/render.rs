@@ -311,6 +311,23 @@ fn step(o: &mut String, n: usize, s: &StepPlan) {
             range(c.first_cost),
             range(c.escalated_cost)
         );
+        if let Some(j) = &c.judge {
+            let place = match j.model.locality {
+                Locality::Local => "local",
+                Locality::Cloud => "cloud",
+            };
+            let _ = writeln!(
+                o,
+                "   judge        {} {} ({} tier, {place}{}) on every first answer: {}",
+                j.model.alias,
+                j.model.model,
+                j.model.tier,
+                j.rule
+                    .as_ref()
+                    .map_or(String::new(), |r| format!(", rule {r}")),
+                range(j.cost)
+            );
+        }
     }
     let note = if s.cascade.is_some() {
         " (expected at the escalation rate; worst case every call escalates)"
@@ -389,11 +406,12 @@ fn totals(o: &mut String, plan: &Plan) {
             (Some(m), Some(n)) => format!("; max {:.0}% → at most {n} of {}", m * 100.0, t.calls),
             _ => String::new(),
         };
-        // A tier only cascades escalate to: no routed calls, only money.
+        // A tier only cascades reach (their escalations, their judges): no
+        // routed calls, only money.
         if tier.calls == 0 && tier.cost.high > 0.0 {
             let _ = writeln!(
                 o,
-                "{label}{:<10}escalations only  {}",
+                "{label}{:<10}cascades only  {}",
                 tier.tier.name(),
                 range(tier.cost)
             );

@@ -166,6 +166,23 @@ pub struct Expanded {
 }
 
 impl Expanded {
+    /// One call made on a step's behalf that no workflow declares (a
+    /// cascade's judge): it runs, at the `level` of what it reads.
+    pub fn single(call: RenderedCall, level: usize) -> Expanded {
+        Expanded {
+            when: When::Runs,
+            fan_out: None,
+            calls: vec![call],
+            level,
+            rendered_level: level,
+            tags: BTreeSet::new(),
+            context: None,
+            retrieval: None,
+            history: None,
+            max_tokens: Default::default(),
+        }
+    }
+
     /// Calls the step makes when it runs: one per item with `for_each`.
     pub fn call_count(&self) -> u64 {
         self.fan_out.as_ref().map_or(1, |f| f.items)

@@ -42,15 +42,26 @@ pub(super) fn cmd_check(files: &[PathBuf], format: OutputFormat, options: Render
     let mut diags = Vec::new();
     let mut checked = Vec::new();
     let mut summary = Vec::new();
+    // A policy was given (even one that failed to load), or a file whose
+    // kind is unknown (it may be the policy meant): then workflows are
+    // never checked against the default policy instead — that would be a
+    // verdict about a policy nobody asked for, and a note about it.
+    let mut policy_given = false;
     for path in files {
         let doc = match workflow::load_document(path) {
             Ok(doc) => doc,
             Err(d) => {
+                policy_given = true;
                 diags.extend(d);
                 continue;
             }
         };
-        match detect(&doc) {
+        let kind = detect(&doc);
+        policy_given |= matches!(
+            kind,
+            Some(FileFormat::Policy) | Some(FileFormat::Case) | None
+        );
+        match kind {
             Some(FileFormat::Workflow) => {
                 match workflow::from_document::<Workflow>(doc, FileFormat::Workflow) {
                     Ok(w) => {
@@ -160,7 +171,7 @@ pub(super) fn cmd_check(files: &[PathBuf], format: OutputFormat, options: Render
         })
         .collect();
     let any_workflow = checked.iter().any(|c| matches!(c, Checked::Workflow(_)));
-    if policies.is_empty() && any_workflow {
+    if !policy_given && any_workflow {
         let path = default_policy();
         match load_policy(&path) {
             Ok(p) => {
@@ -186,6 +197,9 @@ pub(super) fn cmd_check(files: &[PathBuf], format: OutputFormat, options: Render
     let mut seen = std::collections::HashSet::new();
     diags.retain(|d| d.is_error() || seen.insert((d.code, d.location(), d.message.clone())));
     let errors = diags.iter().any(Diagnostic::is_error);
+    // The warnings first (stderr, unbuffered), then the verdict (stdout):
+    // on one terminal or one `2>&1` log they read in that order.
+    let code = report(diags, format, options);
     if format == OutputFormat::Text && !errors {
         summary.push(format!(
             "checked {}: no problems",
@@ -193,7 +207,7 @@ pub(super) fn cmd_check(files: &[PathBuf], format: OutputFormat, options: Render
         ));
         print_out(&summary.join("\n"));
     }
-    report(diags, format, options)
+    code
 }
 
 /// What `plan` would refuse of workflow `a` under policy `p`, with the

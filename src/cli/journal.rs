@@ -177,17 +177,36 @@ pub fn report(
 /// journal, or it cannot be read (the plan then says it used the default
 /// rate).
 pub fn escalation_history(state: &StateArg, policy: &Policy) -> crate::plan::EscalationHistory {
-    if policy.rules.iter().all(|r| r.escalate.is_none()) {
+    if !has_cascade(policy) {
         return crate::plan::EscalationHistory::new();
     }
-    (|| -> Result<_, JournalError> {
-        let location = journal::Location::from_env(state.state.as_deref())?;
-        let Some(j) = Journal::open_existing_at(&location, Clock::from_env()?)? else {
-            return Ok(crate::plan::EscalationHistory::new());
-        };
-        j.escalation_history(&policy.name, 0)
-    })()
-    .unwrap_or_default()
+    history_in(existing(state).as_deref(), policy)
+}
+
+/// Does any rule of `policy` escalate (so its plan reads the history)?
+pub fn has_cascade(policy: &Policy) -> bool {
+    policy.rules.iter().any(|r| r.escalate.is_some())
+}
+
+/// The journal at `state` if there is one already (a database is always
+/// there); `None` when there is none yet or it cannot be opened (a command
+/// that must write to it opens it with [`open`], which says why).
+pub fn existing(state: &StateArg) -> Option<Arc<Journal>> {
+    let location = journal::Location::from_env(state.state.as_deref()).ok()?;
+    Journal::open_existing_at(&location, Clock::from_env().ok()?)
+        .ok()
+        .flatten()
+        .map(Arc::new)
+}
+
+/// [`escalation_history`] from a journal already open (`None`: no journal,
+/// no history).
+pub fn history_in(j: Option<&Journal>, policy: &Policy) -> crate::plan::EscalationHistory {
+    if !has_cascade(policy) {
+        return crate::plan::EscalationHistory::new();
+    }
+    j.and_then(|j| j.escalation_history(&policy.name, 0).ok())
+        .unwrap_or_default()
 }
 
 /// What is left of the daily and monthly budgets, for `plan`: `None` when

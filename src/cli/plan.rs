@@ -3,7 +3,9 @@
 use std::path::{Path, PathBuf};
 
 use super::journal::{self, StateArg};
-use super::{OutputFormat, default_policy, exit, load_both, print_out, report, warn};
+use super::{
+    OutputFormat, default_policy, exit, load_both, print_out, report, warn, with_lifecycle,
+};
 use crate::analyze::Analysis;
 use crate::diagnostic::{Diagnostic, RenderOptions};
 use crate::inputs::{self, Inputs, RawInput};
@@ -195,11 +197,14 @@ pub(super) fn cmd_compare(
 }
 
 /// The baseline policy: a file, else `REV:PATH` read from git. Its name in
-/// diagnostics is what the user wrote.
+/// diagnostics is what the user wrote. Its models' retirement dates are
+/// checked as the proposal's are: a plan on a retired model compares
+/// nothing real.
 fn load_baseline(spec: &str) -> Result<(String, crate::policy::Policy), Vec<Diagnostic>> {
     let path = Path::new(spec);
     if path.exists() || !git::is_revision_spec(spec) {
-        return crate::policy::load(path).map(|(_, p)| (spec.to_owned(), p));
+        let (file, p) = crate::policy::load(path)?;
+        return with_lifecycle(&file.doc, p).map(|p| (spec.to_owned(), p));
     }
     let text = git::show(spec, Path::new(".")).map_err(|e| {
         vec![
@@ -208,5 +213,6 @@ fn load_baseline(spec: &str) -> Result<(String, crate::policy::Policy), Vec<Diag
                 .with_help("--compare takes a policy file or REV:PATH, e.g. main:policies/default.yaml (PATH from the repository's top, or ./PATH from here)"),
         ]
     })?;
-    crate::policy::load_text(spec, &text).map(|(_, p)| (spec.to_owned(), p))
+    let (file, p) = crate::policy::load_text(spec, &text)?;
+    with_lifecycle(&file.doc, p).map(|p| (spec.to_owned(), p))
 }

@@ -2,7 +2,7 @@
 //! planned and journaled — all before the first call — then run with the
 //! live view, and the summary and the final answers printed.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,8 +18,11 @@ use crate::inputs::{self, Inputs, RawInput};
 use crate::journal::{Journal, RunRow};
 use crate::plan::{self, Plan};
 use crate::policy::Policy;
+use crate::progress::StdoutAnswer;
 use crate::render;
-use crate::run::{Providers, RunJournal, RunOptions, RunReport, RunStatus, StepReport};
+use crate::run::{
+    AnswerSink, FinalAnswer, Providers, RunJournal, RunOptions, RunReport, RunStatus, StepReport,
+};
 use crate::workflow;
 
 #[derive(Debug, clap::Args)]
@@ -145,11 +148,34 @@ pub(super) fn cmd_run(args: RunArgs, options: RenderOptions) -> u8 {
         Ok(r) => r,
         Err(d) => return report(d, format, options),
     };
-    let (result, analysis) = match execute(&args, flags, ready, options) {
+    let Executed {
+        result,
+        analysis,
+        streamed,
+    } = match execute(&args, flags, ready, options) {
         Ok(done) => done,
         Err(d) => return report(vec![d], format, options),
     };
-    show(&args, &result, &analysis, options)
+    show(&args, &result, &analysis, streamed.as_deref(), options)
+}
+
+/// The step whose answer streams to stdout as it arrives: the run's one
+/// final step (nothing depends on it), a single call (no `for_each`), when
+/// stdout is a terminal showing text. Anything else (a pipe, a file, JSON,
+/// several final answers, `--no-stream`) prints the answers whole at the
+/// end, exactly as before. Which calls of that step stream is the
+/// executor's decision ([`crate::run::FinalAnswer`]).
+fn streamed_step(args: &RunArgs, analysis: &Analysis, plan: &Plan) -> Option<String> {
+    if args.format != OutputFormat::Text || args.no_stream || !std::io::stdout().is_terminal() {
+        return None;
+    }
+    let mut leaves = (0..analysis.steps.len()).filter(|&i| analysis.dag.dependants(i).is_empty());
+    let (Some(leaf), None) = (leaves.next(), leaves.next()) else {
+        return None;
+    };
+    let (id, info) = analysis.steps.get_index(leaf)?;
+    let one_call = plan.steps.iter().any(|s| s.id == *id && s.calls == 1);
+    (info.for_each.is_none() && one_call).then(|| id.clone())
 }
 
 /// The journal and the run `--resume` names, when it does.
@@ -210,12 +236,15 @@ fn prepare(args: &RunArgs, options: RenderOptions) -> Result<Ready, Vec<Diagnost
         Some(run) => journal::journaled_inputs(run, &analysis),
         None => inputs::resolve(&analysis.workflow.value, &args.inputs, false)?,
     };
+    // The journal is opened once: the one a cascade's plan reads its
+    // escalation history from is the one the run then writes to.
+    let existing = plan_journal(&args.state, resumed.as_ref().map(|(j, _)| j), &policy);
     let plan = plan::build_with_history(
         &analysis,
         &policy,
         &policy_path.display().to_string(),
         &values,
-        &journal::escalation_history(&args.state, &policy),
+        &journal::history_in(existing.as_deref(), &policy),
     )?;
     let providers = Providers::from_env(&policy);
     let missing = providers.check_keys(&plan, &policy);
@@ -238,7 +267,7 @@ fn prepare(args: &RunArgs, options: RenderOptions) -> Result<Ready, Vec<Diagnost
             (journal, run.id)
         }
         None => {
-            let journal = journal::open(&args.state).map_err(|d| vec![d])?;
+            let journal = run_journal(&args.state, existing).map_err(|d| vec![d])?;
             let id = journal::begin(
                 &journal,
                 &analysis,
@@ -263,6 +292,31 @@ fn prepare(args: &RunArgs, options: RenderOptions) -> Result<Ready, Vec<Diagnost
     })
 }
 
+/// The journal the plan reads before the run begins: a resumed run's, else
+/// — when a cascade's escalation history prices the plan — the one already
+/// at `state`. A new run's journal is created only once its input is known
+/// to be good ([`run_journal`]), so bad input leaves nothing behind.
+fn plan_journal(
+    state: &StateArg,
+    resumed: Option<&Arc<Journal>>,
+    policy: &Policy,
+) -> Option<Arc<Journal>> {
+    match resumed {
+        Some(j) => Some(Arc::clone(j)),
+        None if journal::has_cascade(policy) => journal::existing(state),
+        None => None,
+    }
+}
+
+/// The journal a new run writes to: the one its plan already opened, else
+/// opened (created) now.
+fn run_journal(state: &StateArg, opened: Option<Arc<Journal>>) -> Result<Arc<Journal>, Diagnostic> {
+    match opened {
+        Some(j) => Ok(j),
+        None => journal::open(state),
+    }
+}
+
 /// The refusal `run` makes of what `plan` only warns about.
 fn as_error(d: &Diagnostic) -> Diagnostic {
     Diagnostic {
@@ -278,7 +332,7 @@ fn execute(
     flags: Flags,
     ready: Ready,
     options: RenderOptions,
-) -> Result<(RunReport, Arc<Analysis>), Diagnostic> {
+) -> Result<Executed, Diagnostic> {
     let Ready {
         analysis,
         policy,
@@ -288,7 +342,14 @@ fn execute(
         journal,
         run_id,
     } = ready;
+    let bar = crate::progress::run_bar(analysis.steps.len() as u64, args.quiet);
+    let streamed = streamed_step(args, &analysis, &plan)
+        .map(|step| (step, Arc::new(StdoutAnswer::new(bar.clone()))));
     let run_options = RunOptions {
+        final_answer: streamed.as_ref().map(|(step, sink)| FinalAnswer {
+            step: step.clone(),
+            sink: Arc::clone(sink) as Arc<dyn AnswerSink>,
+        }),
         concurrency: args.concurrency.max(1),
         run_timeout: flags.run_timeout,
         stream: !args.no_stream,
@@ -305,8 +366,9 @@ fn execute(
     };
     let runtime = runtime()?;
     let analysis = Arc::new(analysis);
-    let total = analysis.steps.len() as u64;
     let quiet = args.quiet;
+    let answer = streamed.map(|(_, sink)| sink);
+    let view = answer.clone();
     let job = crate::run::Job {
         analysis: Arc::clone(&analysis),
         policy: Arc::new(policy),
@@ -317,7 +379,7 @@ fn execute(
         let cancel = tokio_util::sync::CancellationToken::new();
         tokio::spawn(cancel_on_signals(cancel.clone()));
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        let reporter = tokio::spawn(crate::progress::report(rx, total, quiet, options));
+        let reporter = tokio::spawn(crate::progress::report(rx, bar, quiet, options, view));
         let result = crate::run::execute(job, providers, run_options, cancel, Some(tx)).await;
         let _ = reporter.await;
         result
@@ -328,12 +390,31 @@ fn execute(
         let d = Diagnostic::warning("journal", format!("cannot close run {run_id}: {e}"));
         warn([&d], options);
     }
-    Ok((result, analysis))
+    Ok(Executed {
+        result,
+        analysis,
+        streamed: answer,
+    })
+}
+
+/// A run that ended, for [`show`].
+struct Executed {
+    result: RunReport,
+    analysis: Arc<Analysis>,
+    /// The final answer went to the terminal as it arrived.
+    streamed: Option<Arc<StdoutAnswer>>,
 }
 
 /// Writes `--out`, prints the summary and the answers, and picks the exit
 /// code.
-fn show(args: &RunArgs, result: &RunReport, analysis: &Analysis, options: RenderOptions) -> u8 {
+/// `streamed`: the final answer went to the terminal as it arrived.
+fn show(
+    args: &RunArgs,
+    result: &RunReport,
+    analysis: &Analysis,
+    streamed: Option<&StdoutAnswer>,
+    options: RenderOptions,
+) -> u8 {
     let mut write_failed = false;
     if let Some(dir) = &args.out {
         if let Err(err) = write_outputs(dir, result) {
@@ -352,9 +433,11 @@ fn show(args: &RunArgs, result: &RunReport, analysis: &Analysis, options: Render
     match args.format {
         OutputFormat::Json => print_out(&serde_json::to_string_pretty(result).unwrap_or_default()),
         OutputFormat::Text => {
+            // Already on the screen: the answer, then the summary below it.
+            let shown = streamed.is_some_and(|s| s.finish(streamed_output(result)));
             let _ = write!(std::io::stderr().lock(), "{}", render::run_text(result));
             let answers = final_answers(result, analysis);
-            if !answers.is_empty() {
+            if !shown && !answers.is_empty() {
                 print_out(&answers);
             }
         }
@@ -393,6 +476,15 @@ fn final_answers(result: &RunReport, analysis: &Analysis) -> String {
         }
     }
     text
+}
+
+/// The text of the one final step's answer, when it is text (the only
+/// answer that streams).
+fn streamed_output(result: &RunReport) -> Option<&str> {
+    match result.steps.last()?.output.as_ref()? {
+        serde_json::Value::String(s) => Some(s),
+        _ => None,
+    }
 }
 
 fn output_text(v: Option<&serde_json::Value>) -> String {
@@ -434,4 +526,45 @@ fn write_outputs(dir: &Path, result: &crate::run::RunReport) -> std::io::Result<
         "run.json",
         &serde_json::to_string_pretty(result).unwrap_or_default(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A cascade on two local models: a plan under it reads the escalation
+    /// history.
+    const CASCADE: &str = r#"version: 1
+name: cascade
+providers:
+  local: { kind: openai-compatible, base_url: "http://127.0.0.1:9/v1" }
+models:
+  small: { provider: local, model: small, tier: local, context_window: 8192 }
+  big:   { provider: local, model: big, tier: local, context_window: 8192 }
+rules:
+  - name: summaries
+    use: small
+    escalate: { to: big, when: [invalid_output] }
+"#;
+
+    /// `run` opens its journal once: the journal a cascade's plan read its
+    /// history from is the one the run writes to; with no journal yet,
+    /// planning creates none.
+    #[test]
+    fn the_plan_and_the_run_share_one_journal() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateArg {
+            state: Some(dir.path().to_path_buf()),
+        };
+        let (_, policy) = crate::policy::load_text("cascade.yaml", CASCADE).unwrap();
+        assert!(plan_journal(&state, None, &policy).is_none());
+        assert!(std::fs::read_dir(dir.path()).unwrap().next().is_none());
+        drop(run_journal(&state, None).unwrap());
+        let opened = plan_journal(&state, None, &policy).expect("the journal is there now");
+        let run = run_journal(&state, Some(Arc::clone(&opened))).unwrap();
+        assert!(Arc::ptr_eq(&opened, &run));
+        // A resume's journal, already open, serves the plan as it is.
+        let resumed = plan_journal(&state, Some(&run), &policy).unwrap();
+        assert!(Arc::ptr_eq(&resumed, &run));
+    }
 }

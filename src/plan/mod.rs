@@ -152,6 +152,19 @@ pub struct CascadePlan {
     pub first_cost: CostRange,
     /// Every call on the escalation target.
     pub escalated_cost: CostRange,
+    /// The judge that scores every first answer (`when: [judge]`): where
+    /// it is routed and what judging every first answer costs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub judge: Option<JudgePlan>,
+}
+
+/// A cascade's judge as planned: a call of task `judge` per first answer,
+/// routed by the policy (the step's sensitivity carried over).
+#[derive(Debug, Clone, Serialize)]
+pub struct JudgePlan {
+    pub model: ModelRef,
+    pub rule: Option<String>,
+    pub cost: CostRange,
 }
 
 /// Where a cascade's expected escalation rate comes from.
@@ -527,6 +540,84 @@ struct Router<'a> {
 }
 
 impl Router<'_> {
+    /// The judge of a cascade that escalates on a judge's score: routed
+    /// like a step of task `judge` reading the step's answer (its
+    /// sensitivity, so the gate keeps a confidential step's judge local),
+    /// one judge call per first answer, priced with the answer at its
+    /// expected and at its largest size. A judge no model can serve is an
+    /// error, as for a step.
+    fn judge(
+        &self,
+        id: &str,
+        rule: &crate::policy::Rule,
+        step: &crate::workflow::Step,
+        facts: &Facts<'_>,
+        calls: u64,
+        usage: &mut TierUsage,
+    ) -> Result<Option<JudgePlan>, Diagnostic> {
+        let Some(check) = rule.escalate.as_ref().and_then(|c| c.judged()) else {
+            return Ok(None);
+        };
+        let policy = self.policy;
+        let judge_step = crate::judge::step();
+        let asked = crate::judge::call(&check.rubric, "");
+        let answer = estimate::expected_output_tokens(step);
+        let answer_max = u64::from(step.max_output_tokens());
+        let counts = |t: Tokenizer, answer: u64| {
+            crate::tokens::count_chat(t, &asked.messages().collect::<Vec<_>>()) as u64 + answer
+        };
+        let no_tags = std::collections::BTreeSet::new();
+        let judge_facts = crate::judge::facts(facts, &no_tags, counts(RULE_TOKENIZER, answer));
+        let judge_facts = Facts {
+            calls,
+            ..judge_facts
+        };
+        let decision = route::route(policy, &judge_facts, usage, &|t| counts(t, answer_max));
+        let Some(m) = decision.model.as_ref().and_then(|m| policy.models.get(m)) else {
+            let why: Vec<String> = decision
+                .passed_over
+                .iter()
+                .map(|r| format!("{}: {}", r.model, r.why))
+                .collect();
+            return Err(Diagnostic::error(
+                "judge-unroutable",
+                format!(
+                    "no model of policy `{}` can judge step `{id}` for rule `{}`{}",
+                    policy.name,
+                    rule.name,
+                    if why.is_empty() { String::new() } else { format!(": {}", why.join("; ")) }
+                ),
+            )
+            .at(self.analysis.doc().key_span(&pointer(["steps", id])))
+            .with_help("the judge is routed as task `judge` at the step's sensitivity: add a rule (or a local model) that serves it"));
+        };
+        *usage.used.entry(m.tier).or_insert(0) += calls;
+        let one = |answer: u64| {
+            let n = counts(m.tokenizer, answer);
+            Counts {
+                max_call: n,
+                max_call_worst: n,
+                total: n * calls,
+                total_worst: n * calls,
+            }
+        };
+        let out = estimate::expected_output_tokens(&judge_step) * calls;
+        let out_max = u64::from(judge_step.max_output_tokens()) * calls;
+        let low = price(m, one(answer), calls, out, out_max, false);
+        let high = price(m, one(answer_max), calls, out, out_max, false);
+        Ok(Some(JudgePlan {
+            model: model_ref(policy, m),
+            rule: match &decision.decider {
+                Some(route::Decider::Rule { name, .. }) => Some(name.clone()),
+                _ => None,
+            },
+            cost: CostRange {
+                low: low.low,
+                high: high.high,
+            },
+        }))
+    }
+
     /// Routes and prices one prepared step, taking its calls from `usage`
     /// (tier shares, in execution order).
     fn plan_step(
@@ -589,6 +680,10 @@ impl Router<'_> {
             }
             _ => None,
         };
+        let judge = match &cascade {
+            Some((_, rule, _, _)) => self.judge(id, rule, step, &facts, calls, usage)?,
+            None => None,
+        };
         // `latency: batch` steps on a model with a batch API are priced as
         // the run will make them: through the batch, at batch prices (a
         // cascade's calls are made one by one).
@@ -634,13 +729,18 @@ impl Router<'_> {
                 rate_source,
                 first_cost: cost,
                 escalated_cost,
+                judge: judge.clone(),
             }
         });
         let cost = match &cascade {
-            Some(c) => CostRange {
-                low: cost.low + c.rate * c.escalated_cost.low,
-                high: cost.high + c.escalated_cost.high,
-            },
+            Some(c) => {
+                // Every first answer is judged.
+                let judged = c.judge.as_ref().map(|j| j.cost).unwrap_or_default();
+                CostRange {
+                    low: cost.low + c.rate * c.escalated_cost.low + judged.low,
+                    high: cost.high + c.escalated_cost.high + judged.high,
+                }
+            }
             None => cost,
         };
         let flagship_cost = match policy.flagship_model() {
@@ -974,12 +1074,17 @@ fn totals(steps: &[StepPlan], policy: &Policy, usage: &TierUsage) -> Totals {
             let e = by_tier.entry(m.tier).or_default();
             e.0 += s.calls;
             match &s.cascade {
-                // The escalated share is money spent on the target's tier.
+                // The escalated share is money spent on the target's tier,
+                // the judging on the judge's.
                 Some(c) => {
                     e.1 += c.first_cost;
+                    let judged = c.judge.as_ref().map(|j| j.cost).unwrap_or_default();
+                    if let Some(j) = &c.judge {
+                        by_tier.entry(j.model.tier).or_default().1 += j.cost;
+                    }
                     by_tier.entry(c.to.tier).or_default().1 += CostRange {
-                        low: s.cost.low - c.first_cost.low,
-                        high: s.cost.high - c.first_cost.high,
+                        low: s.cost.low - c.first_cost.low - judged.low,
+                        high: s.cost.high - c.first_cost.high - judged.high,
                     };
                 }
                 None => e.1 += s.cost,

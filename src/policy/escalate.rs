@@ -73,6 +73,7 @@ fn cascade(
         EscalateWhen::InvalidOutput => true,
         EscalateWhen::LowConfidence => e.confidence.is_some(),
         EscalateWhen::NoMatch => e.matches.is_some() || e.contains.is_some(),
+        EscalateWhen::Judge => e.judge.is_some(),
     };
     let when: BTreeSet<EscalateWhen> = match &e.when {
         Some(list) => list.iter().copied().collect(),
@@ -80,6 +81,7 @@ fn cascade(
             EscalateWhen::InvalidOutput,
             EscalateWhen::LowConfidence,
             EscalateWhen::NoMatch,
+            EscalateWhen::Judge,
         ]
         .into_iter()
         .filter(|w| configured(*w))
@@ -94,6 +96,10 @@ fn cascade(
                     EscalateWhen::LowConfidence => (
                         "confidence",
                         "add `confidence: { min_mean_logprob: -0.8 }` (the lowest mean token logprob to accept)",
+                    ),
+                    EscalateWhen::Judge => (
+                        "judge",
+                        "add `judge: { rubric: \"what a good answer does\", min_score: 0.7 }`",
                     ),
                     _ => (
                         "matches",
@@ -114,10 +120,12 @@ fn cascade(
             (EscalateWhen::LowConfidence, "confidence"),
             (EscalateWhen::NoMatch, "matches"),
             (EscalateWhen::NoMatch, "contains"),
+            (EscalateWhen::Judge, "judge"),
         ] {
             let set = match key {
                 "confidence" => e.confidence.is_some(),
                 "matches" => e.matches.is_some(),
+                "judge" => e.judge.is_some(),
                 _ => e.contains.is_some(),
             };
             if set && !when.contains(&w) {
@@ -197,5 +205,9 @@ fn cascade(
         min_mean_logprob: e.confidence.as_ref().map(|c| c.min_mean_logprob),
         matches,
         contains: e.contains.clone(),
+        judge: e.judge.as_ref().map(|j| super::JudgeCheck {
+            rubric: j.rubric.clone(),
+            min_score: j.min_score,
+        }),
     })
 }

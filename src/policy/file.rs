@@ -275,6 +275,16 @@ pub struct EscalateFile {
     pub confidence: Option<ConfidenceFile>,
     pub matches: Option<String>,
     pub contains: Option<String>,
+    pub judge: Option<JudgeFile>,
+}
+
+/// `escalate.judge`: the rubric a judge scores the first answer against,
+/// and the lowest score accepted.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JudgeFile {
+    pub rubric: String,
+    pub min_score: f64,
 }
 
 /// A check whose failure escalates a cascade's call.
@@ -288,6 +298,8 @@ pub enum EscalateWhen {
     LowConfidence,
     /// The answer does not match `matches` / does not contain `contains`.
     NoMatch,
+    /// A judge scores the answer below `judge.min_score`.
+    Judge,
 }
 
 impl EscalateWhen {
@@ -296,6 +308,7 @@ impl EscalateWhen {
             EscalateWhen::InvalidOutput => "invalid_output",
             EscalateWhen::LowConfidence => "low_confidence",
             EscalateWhen::NoMatch => "no_match",
+            EscalateWhen::Judge => "judge",
         }
     }
 }

@@ -326,9 +326,26 @@ pub struct Cascade {
     /// `no_match`: the answer must match this, and contain `contains`.
     pub matches: Option<regex::Regex>,
     pub contains: Option<String>,
+    /// `judge`: the rubric and the lowest accepted score.
+    pub judge: Option<JudgeCheck>,
+}
+
+/// A cascade's judge: a call of task `judge` (routed by the policy, the
+/// step's sensitivity carried over) scores the first answer from 0 to 1.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JudgeCheck {
+    pub rubric: String,
+    pub min_score: f64,
 }
 
 impl Cascade {
+    /// The judge, when the cascade escalates on its score.
+    pub fn judged(&self) -> Option<&JudgeCheck> {
+        self.judge
+            .as_ref()
+            .filter(|_| self.when.contains(&EscalateWhen::Judge))
+    }
+
     /// Does the first call need token logprobs from the server?
     pub fn wants_logprobs(&self) -> bool {
         self.when.contains(&EscalateWhen::LowConfidence)

@@ -14,7 +14,7 @@ use serde_json::{Map, Value, json};
 
 use super::{
     AuthHeader, CacheTtl, Call, ChatRequest, ChatResponse, Common, Meta, Provider, ProviderError,
-    ProviderKind, Role, Usage, is_event_stream, str_at,
+    ProviderKind, Role, TextSink, Usage, is_event_stream, str_at,
 };
 
 /// The only API version in use; the API rejects requests without one.
@@ -109,7 +109,7 @@ impl AnthropicClient {
         };
         let answer = self.common.send(call).await?;
         if is_event_stream(&answer) {
-            self.read_stream(answer).await
+            self.read_stream(answer, req.on_text.as_ref()).await
         } else {
             let (value, meta) = self.common.json(answer).await?;
             self.parse(&value, meta)
@@ -150,8 +150,13 @@ impl AnthropicClient {
         )
     }
 
-    async fn read_stream(&self, answer: super::Answer) -> Result<ChatResponse, ProviderError> {
+    async fn read_stream(
+        &self,
+        answer: super::Answer,
+        sink: Option<&TextSink>,
+    ) -> Result<ChatResponse, ProviderError> {
         let (mut events, meta) = self.common.events(answer);
+        let mut out = self.common.text_out(sink);
         let mut text = String::new();
         let mut ttft = None;
         let mut usage = RawUsage::default();
@@ -181,6 +186,7 @@ impl AnthropicClient {
                 "content_block_start" => {
                     if let Some(t) = str_at(&data, "/content_block/text") {
                         text.push_str(t);
+                        out.push(t);
                     }
                 }
                 "content_block_delta" => {
@@ -195,6 +201,7 @@ impl AnthropicClient {
                     }
                     if str_at(delta, "/type") == Some("text_delta") {
                         text.push_str(piece.unwrap_or_default());
+                        out.push(piece.unwrap_or_default());
                     }
                 }
                 "message_delta" => {
@@ -216,6 +223,7 @@ impl AnthropicClient {
         if !done {
             return Err(self.common.stream_cut("event: message_stop"));
         }
+        out.finish();
         super::finish::check(
             ProviderKind::Anthropic,
             ChatResponse {

@@ -37,6 +37,14 @@ impl Secret {
         }
     }
 
+    /// Bytes a streamed text must hold back so that a key split across
+    /// two pieces is still whole when it is scrubbed.
+    fn hold_back(&self) -> usize {
+        self.0
+            .as_ref()
+            .map_or(0, |k| k.expose_secret().len().saturating_sub(1))
+    }
+
     /// Every text of an answer that came from the server.
     pub(super) fn scrub_response(&self, mut r: ChatResponse) -> ChatResponse {
         self.scrub(&mut r.text);
@@ -48,6 +56,47 @@ impl Secret {
             self.scrub(id);
         }
         r
+    }
+}
+
+/// A streamed answer's text on its way to the request's [`TextSink`], as
+/// it arrives: scrubbed of the key before it leaves, holding back the last
+/// bytes that could be the start of a key the next piece completes. What
+/// it hands on, concatenated, is the scrubbed text the answer returns.
+pub(crate) struct TextOut<'a> {
+    sink: Option<&'a TextSink>,
+    secret: &'a Secret,
+    pending: String,
+}
+
+impl TextOut<'_> {
+    /// A piece of the answer's text.
+    pub(crate) fn push(&mut self, piece: &str) {
+        let Some(sink) = self.sink else { return };
+        self.pending.push_str(piece);
+        self.secret.scrub(&mut self.pending);
+        let hold = self.secret.hold_back();
+        let Some(mut cut) = self.pending.len().checked_sub(hold) else {
+            return;
+        };
+        while !self.pending.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        if cut > 0 {
+            let out: String = self.pending.drain(..cut).collect();
+            (sink.0)(&out);
+        }
+    }
+
+    /// The stream ended whole: what was held back goes out too. (A stream
+    /// that broke keeps it: the call failed.)
+    pub(crate) fn finish(mut self) {
+        if let Some(sink) = self.sink {
+            self.secret.scrub(&mut self.pending);
+            if !self.pending.is_empty() {
+                (sink.0)(&self.pending);
+            }
+        }
     }
 }
 
@@ -191,6 +240,16 @@ impl Common {
         result
             .map(|r| self.secret.scrub_response(r))
             .map_err(|e| e.redacted(&self.secret))
+    }
+
+    /// Where a streamed answer's text goes as it arrives (nowhere without
+    /// a sink).
+    pub(crate) fn text_out<'a>(&'a self, sink: Option<&'a TextSink>) -> TextOut<'a> {
+        TextOut {
+            sink,
+            secret: &self.secret,
+            pending: String::new(),
+        }
     }
 
     /// Send the request; a non-2xx answer becomes a classified error.

@@ -18,7 +18,7 @@ use serde_json::{Map, Value, json};
 
 use super::{
     AuthHeader, Call, ChatRequest, ChatResponse, Common, ErrorKind, Meta, Provider, ProviderError,
-    ProviderKind, Role, Usage, is_event_stream, str_at, u64_at,
+    ProviderKind, Role, TextSink, Usage, is_event_stream, str_at, u64_at,
 };
 
 pub struct GeminiClient {
@@ -60,7 +60,7 @@ impl GeminiClient {
         };
         let answer = self.common.send(call).await?;
         if is_event_stream(&answer) {
-            self.read_stream(answer).await
+            self.read_stream(answer, req.on_text.as_ref()).await
         } else {
             let (value, meta) = self.common.json(answer).await?;
             let piece = self.piece(&value)?;
@@ -123,8 +123,13 @@ impl GeminiClient {
         Ok(piece)
     }
 
-    async fn read_stream(&self, answer: super::Answer) -> Result<ChatResponse, ProviderError> {
+    async fn read_stream(
+        &self,
+        answer: super::Answer,
+        sink: Option<&TextSink>,
+    ) -> Result<ChatResponse, ProviderError> {
         let (mut events, meta): (_, Meta) = self.common.events(answer);
+        let mut out = self.common.text_out(sink);
         let mut text = String::new();
         let mut ttft = None;
         let mut finish_reason = None;
@@ -145,6 +150,7 @@ impl GeminiClient {
                 ttft = Some(meta.started.elapsed());
             }
             text.push_str(&piece.text);
+            out.push(&piece.text);
             // Later chunks carry the more complete usage; the last one wins.
             usage = piece.usage.or(usage);
             finish_reason = piece.finish_reason.or(finish_reason);
@@ -154,6 +160,7 @@ impl GeminiClient {
         if finish_reason.is_none() {
             return Err(self.common.stream_cut("a chunk with finishReason"));
         }
+        out.finish();
         super::finish::check(
             ProviderKind::Gemini,
             ChatResponse {

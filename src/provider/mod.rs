@@ -162,6 +162,31 @@ pub struct ChatRequest {
     /// route. Only OpenAI-dialect clients send it; see
     /// [`ProviderKind::returns_logprobs`].
     pub logprobs: bool,
+    /// A streamed answer's text, piece by piece as it arrives (the CLI
+    /// prints the final step's answer to the terminal); ignored when the
+    /// request is not streamed. Not part of what is asked.
+    pub on_text: Option<TextSink>,
+}
+
+/// Where a streamed answer's text goes as it arrives. The pieces are
+/// scrubbed of the client's key like every other text a server sends
+/// (see [`common`]'s `TextOut`), and concatenated they are the answer's
+/// text. Not part of a request's meaning: it never reaches the body, the
+/// request's identity or its hash, and two requests that differ only here
+/// are equal.
+#[derive(Clone)]
+pub struct TextSink(pub Arc<dyn Fn(&str) + Send + Sync>);
+
+impl std::fmt::Debug for TextSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TextSink")
+    }
+}
+
+impl PartialEq for TextSink {
+    fn eq(&self, _: &TextSink) -> bool {
+        true
+    }
 }
 
 /// What decides a request's answer, as JSON: the API kind, the model, the
@@ -205,6 +230,7 @@ impl ChatRequest {
             endpoint: Endpoint::Chat,
             stop: Vec::new(),
             logprobs: false,
+            on_text: None,
         }
     }
 }
@@ -617,6 +643,45 @@ mod tests {
         assert!(t.len() <= MAX_ERROR_BODY + '…'.len_utf8());
         assert!(t.ends_with('…'));
         assert_eq!(truncate("short".into(), 10), "short");
+    }
+
+    /// A streamed answer's pieces leave scrubbed however the key is cut
+    /// between them, and together they are the scrubbed answer.
+    #[test]
+    fn streamed_text_never_carries_the_key_whatever_the_cut() {
+        let key = "sk-live-0123456789abcdef";
+        let common = Common::new(
+            ProviderKind::Openai,
+            ClientConfig::new("https://api.example.com/v1").with_api_key(key),
+            Http::without_proxy(Duration::from_secs(1)),
+        );
+        let text = format!("héllo {key} and {key}{key} ✓ end");
+        let whole = text.replace(key, "[redacted]");
+        for a in 0..=text.len() {
+            for b in [a, a + 3, a + 17].into_iter().filter(|&b| b <= text.len()) {
+                if !text.is_char_boundary(a) || !text.is_char_boundary(b) {
+                    continue;
+                }
+                let got = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+                let sink = {
+                    let got = Arc::clone(&got);
+                    TextSink(Arc::new(move |p: &str| {
+                        got.lock().unwrap().push(p.to_owned())
+                    }))
+                };
+                let mut out = common.text_out(Some(&sink));
+                out.push(&text[..a]);
+                out.push(&text[a..b]);
+                out.push(&text[b..]);
+                out.finish();
+                let pieces = got.lock().unwrap().clone();
+                assert!(
+                    pieces.iter().all(|p| !p.contains("0123456789")),
+                    "{a},{b}: {pieces:?}"
+                );
+                assert_eq!(pieces.concat(), whole, "{a},{b}");
+            }
+        }
     }
 
     #[test]

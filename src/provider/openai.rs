@@ -41,7 +41,7 @@ use serde_json::{Map, Value, json};
 
 use super::{
     AuthHeader, Call, ChatRequest, ChatResponse, Common, Endpoint, ErrorKind, Meta, Provider,
-    ProviderError, ProviderKind, Role, Usage, is_event_stream, str_at, u64_at,
+    ProviderError, ProviderKind, Role, TextSink, Usage, is_event_stream, str_at, u64_at,
 };
 use futures::future::BoxFuture;
 
@@ -73,7 +73,8 @@ impl OpenAiClient {
         };
         let answer = self.common.send(call).await?;
         if is_event_stream(&answer) {
-            self.read_stream(answer, req.endpoint, req.logprobs).await
+            self.read_stream(answer, req.endpoint, req.logprobs, req.on_text.as_ref())
+                .await
         } else {
             let (value, meta) = self.common.json(answer).await?;
             self.parse(&value, meta, req.endpoint, req.logprobs)
@@ -122,8 +123,10 @@ impl OpenAiClient {
         answer: super::Answer,
         endpoint: Endpoint,
         wanted: bool,
+        sink: Option<&TextSink>,
     ) -> Result<ChatResponse, ProviderError> {
         let (mut events, meta) = self.common.events(answer);
+        let mut out = self.common.text_out(sink);
         let mut text = String::new();
         let mut ttft = None;
         let mut finish_reason = None;
@@ -157,6 +160,7 @@ impl OpenAiClient {
                 }
                 if let Some(c) = content {
                     text.push_str(c);
+                    out.push(c);
                 }
                 refused |= choice
                     .pointer("/delta/refusal")
@@ -173,6 +177,7 @@ impl OpenAiClient {
         if !done {
             return Err(self.common.stream_cut("data: [DONE]"));
         }
+        out.finish();
         if finish_reason.as_deref() == Some("error") {
             // OpenRouter's way to end a stream that failed upstream.
             return Err(ProviderError::new(

@@ -99,6 +99,7 @@ pub(super) fn step_request(
         },
         stop: step.stop.clone(),
         logprobs: false,
+        on_text: None,
     }
 }
 

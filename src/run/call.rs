@@ -6,6 +6,7 @@
 
 use std::time::{Duration, Instant};
 
+use futures::future::BoxFuture;
 use serde_json::Value;
 
 use super::cascade::{Check, Leg};
@@ -13,7 +14,7 @@ use super::error::{CallError, CandidateError};
 use super::model_call::call_model;
 use super::shared::Shared;
 use super::{Attempt, AttemptOutcome, CallReport, CallSource, Escalation, Event, local_server};
-use crate::policy::{Model, Tier};
+use crate::policy::{JudgeCheck, Model, Tier};
 use crate::route::{self, Facts};
 use crate::step::{Expanded, RenderedCall};
 use crate::workflow::Step;
@@ -45,7 +46,18 @@ impl StepCalls<'_> {
 }
 
 /// One call: its earlier session's answer, or each candidate in turn.
-pub(super) async fn call_with_fallbacks(
+///
+/// Boxed, with `Send` said outright: a judged cascade's judge is a call
+/// like any other, made through this function from inside it.
+pub(super) fn call_with_fallbacks<'a>(
+    ctx: &'a StepCalls<'a>,
+    item: Option<usize>,
+    call: &'a RenderedCall,
+) -> BoxFuture<'a, (CallReport, Result<Value, CallError>)> {
+    Box::pin(candidates(ctx, item, call))
+}
+
+async fn candidates(
     ctx: &StepCalls<'_>,
     item: Option<usize>,
     call: &RenderedCall,
@@ -53,8 +65,33 @@ pub(super) async fn call_with_fallbacks(
     let sh = ctx.sh;
     let started = Instant::now();
     let mut report = CallReport::empty(item);
-    if let Some(output) = resumed(ctx, item, call, &mut report) {
-        return (report, Ok(output));
+    match judged_resume(ctx, item) {
+        JudgedResume::Taken => {
+            if let Some(output) = resumed(ctx, item, call, &mut report) {
+                return (report, Ok(output));
+            }
+        }
+        // A judged cascade's first answer from an earlier session: its
+        // verdict may not have been reached (the judge's own answer, if it
+        // was journaled, comes back from the journal for nothing).
+        JudgedResume::Judge(c, judge) => {
+            if let Some(output) = resumed(ctx, item, call, &mut report) {
+                let from = report.model.clone().unwrap_or_default();
+                let reason = judged(ctx, item, c, judge, &output, &mut report).await;
+                let verdict = reason
+                    .as_deref()
+                    .map_or(Verdict::Pass(&output), Verdict::Escalate);
+                journal_verdict(ctx, item, call, &from, c, verdict).await;
+                return match reason {
+                    None => (report, Ok(output)),
+                    Some(reason) => {
+                        escalate(ctx, call, report, &from, reason, Vec::new(), started).await
+                    }
+                };
+            }
+        }
+        // Its verdict was to escalate: below.
+        JudgedResume::Escalating => {}
     }
     // An earlier session's first answer failed the check: escalate now,
     // without paying for the first call again.
@@ -118,6 +155,26 @@ pub(super) async fn call_with_fallbacks(
             Ok(v) => {
                 move_tier(sh, routed_tier, model.tier);
                 report.model = Some(alias.clone());
+                // A judged cascade: the answer is scored now — once it is
+                // on disk (a free answer is only queued for the journal
+                // otherwise), so a kill during the judge never costs it.
+                if let Some((c, judge)) = leg.check().and_then(|c| Some((c, c.cascade.judged()?))) {
+                    sh.journal_durable().await;
+                    let reason = judged(ctx, item, c, judge, &v, &mut report).await;
+                    let verdict = reason
+                        .as_deref()
+                        .map_or(Verdict::Pass(&v), Verdict::Escalate);
+                    journal_verdict(ctx, item, call, alias, c, verdict).await;
+                    if let Some(reason) = reason {
+                        if let Some(last) =
+                            report.attempts.iter_mut().rev().find(|a| a.model == *alias)
+                        {
+                            last.outcome = AttemptOutcome::Escalated;
+                            last.message = Some(reason.clone());
+                        }
+                        return escalate(ctx, call, report, alias, reason, failures, started).await;
+                    }
+                }
                 report.latency_ms = started.elapsed().as_millis() as u64;
                 return (report, Ok(v));
             }
@@ -245,6 +302,177 @@ async fn escalate(
             failures.into_iter().chain(passed).collect(),
         )),
     )
+}
+
+/// What an earlier session's answer to this call is worth. A judged
+/// cascade journals its first answer as finished before the judge scores
+/// it (a kill during the judge must not cost the answer), then the
+/// verdict; every other answer is taken as it is.
+enum JudgedResume<'a> {
+    /// Taken (if there is one): not a judged cascade, or the escalated
+    /// call's answer.
+    Taken,
+    /// The first answer: judged before it is taken.
+    Judge(Check<'a>, &'a JudgeCheck),
+    /// The first answer, whose verdict was to escalate.
+    Escalating,
+}
+
+fn judged_resume<'a>(ctx: &StepCalls<'a>, item: Option<usize>) -> JudgedResume<'a> {
+    let Some((c, judge)) = ctx.cascade.and_then(|c| Some((c, c.cascade.judged()?))) else {
+        return JudgedResume::Taken;
+    };
+    let key = (ctx.step_id.to_owned(), item);
+    let Some(done) = ctx.sh.finished.get(&key) else {
+        return JudgedResume::Taken;
+    };
+    match ctx.sh.escalated.get(&key) {
+        // The escalation has not answered yet.
+        Some(left) if done.model == left.model => JudgedResume::Escalating,
+        Some(_) => JudgedResume::Taken,
+        None if done.model == c.cascade.to => JudgedResume::Taken,
+        None => JudgedResume::Judge(c, judge),
+    }
+}
+
+/// The judge's verdict on a cascade's first answer: `None` when it passes,
+/// else why the call escalates. The judge is a call of its own (task
+/// `judge`, routed by the policy with the step's sensitivity: the gate
+/// keeps a confidential step's judge local), priced, budgeted and
+/// journaled as the step `<step>__judge`, so a resume answers it from the
+/// journal. Its cost joins the call's. A judge that cannot be asked, or
+/// answers without a score, escalates: an answer of unknown quality is
+/// not trusted.
+async fn judged(
+    ctx: &StepCalls<'_>,
+    item: Option<usize>,
+    check: Check<'_>,
+    judge: &JudgeCheck,
+    answer: &Value,
+    report: &mut CallReport,
+) -> Option<String> {
+    let sh = ctx.sh;
+    let text = match answer {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    let call = crate::judge::call(&judge.rubric, &text);
+    let step = crate::judge::step();
+    let step_id = crate::judge::step_id(ctx.step_id);
+    let expanded = Expanded::single(call.clone(), ctx.expanded.rendered_level);
+    let no_tags = std::collections::BTreeSet::new();
+    let facts = crate::judge::facts(
+        ctx.facts,
+        &no_tags,
+        expanded.max_tokens(crate::step::RULE_TOKENIZER),
+    );
+    let decision = {
+        let mut usage = sh.tiers.lock().unwrap_or_else(|e| e.into_inner());
+        usage.total_calls += 1;
+        let d = route::route(&sh.policy, &facts, &usage, &|t| expanded.max_tokens(t));
+        if let Some(m) = d.model.as_ref().and_then(|m| sh.policy.models.get(m)) {
+            *usage.used.entry(m.tier).or_insert(0) += 1;
+        }
+        d
+    };
+    let Some(chain) = super::step_task::fallback_chain(sh, &decision) else {
+        let why: Vec<String> = decision
+            .passed_over
+            .iter()
+            .map(|r| format!("{}: {}", r.model, r.why))
+            .collect();
+        return Some(format!(
+            "judge: no model can judge rule `{}`'s answer: {}",
+            check.rule,
+            why.join("; ")
+        ));
+    };
+    let jctx = StepCalls {
+        sh,
+        step_id: &step_id,
+        step: &step,
+        fan_out: false,
+        chain: &chain,
+        facts: &facts,
+        label: ctx.label,
+        expanded: &expanded,
+        cascade: None,
+    };
+    let (jreport, result) = call_with_fallbacks(&jctx, item, &call).await;
+    report.cost_usd += jreport.cost_usd;
+    report.list_cost_usd += jreport.list_cost_usd;
+    report.usage += jreport.usage;
+    report.call_ms += jreport.call_ms;
+    report.queued_ms += jreport.queued_ms;
+    report.saved_usd += jreport.saved_usd;
+    report
+        .attempts
+        .extend(jreport.attempts.into_iter().map(|mut a| {
+            a.message = Some(match a.message {
+                Some(m) => format!("judge: {m}"),
+                None => "judge".to_owned(),
+            });
+            a
+        }));
+    match result {
+        Ok(v) => match crate::judge::Verdict::of(&v) {
+            Some(verdict) => verdict.failure(judge.min_score),
+            None => Some("judge: the verdict has no score from 0 to 1".to_owned()),
+        },
+        Err(e) => Some(format!("judge: could not be asked: {e}")),
+    }
+}
+
+/// What the judge decided of a first answer.
+#[derive(Clone, Copy)]
+enum Verdict<'a> {
+    /// The answer stands.
+    Pass(&'a Value),
+    /// The call escalates, for this reason.
+    Escalate(&'a str),
+}
+
+/// The verdict on a judged first answer, journaled as a call record of
+/// the step (free, no tokens): `escalated` with the reason (what a resume
+/// escalates from), or the answer itself, finished. It — not the first
+/// answer's own record — is what counts the cascade's first answers and
+/// escalations.
+async fn journal_verdict(
+    ctx: &StepCalls<'_>,
+    item: Option<usize>,
+    call: &RenderedCall,
+    from: &str,
+    check: Check<'_>,
+    verdict: Verdict<'_>,
+) {
+    let sh = ctx.sh;
+    let (Some(j), Some(model)) = (sh.options.journal.as_ref(), sh.policy.models.get(from)) else {
+        return;
+    };
+    let mut rec = crate::journal::CallRecord {
+        step: ctx.step_id.to_owned(),
+        item,
+        attempt: 0,
+        prompt_hash: Some(super::cache::asked(call)),
+        model: model.alias.clone(),
+        provider: model.provider.clone(),
+        provider_model: model.model.clone(),
+        tier: model.tier.name().to_owned(),
+        local: model.locality == crate::policy::Locality::Local,
+        started_ms: j.journal.now(),
+        cascade_rule: Some(check.rule.to_owned()),
+        outcome: AttemptOutcome::Ok,
+        ..crate::journal::CallRecord::default()
+    };
+    match verdict {
+        Verdict::Pass(answer) => rec.output = Some(answer.clone()),
+        Verdict::Escalate(reason) => {
+            rec.outcome = AttemptOutcome::Escalated;
+            rec.error = Some(reason.to_owned());
+            rec.escalate_to = Some(check.cascade.to.clone());
+        }
+    }
+    sh.journal_call(rec).await;
 }
 
 /// May the escalation call `model`: the sensitivity gate first (the step

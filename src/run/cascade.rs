@@ -104,6 +104,7 @@ mod tests {
             min_mean_logprob: Some(-0.8),
             matches: Some(regex::Regex::new("^(yes|no)$").unwrap()),
             contains: None,
+            judge: None,
         }
     }
 

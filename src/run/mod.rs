@@ -55,7 +55,7 @@ pub use batch::batch_key;
 pub use budget::{Budget, Hold, OutsideSpend, OverBudget, Period, PeriodCheck};
 pub use dispatch::execute_in;
 pub use limits::CallLimits;
-pub use options::{RunJournal, RunOptions};
+pub use options::{AnswerSink, FinalAnswer, RunJournal, RunOptions};
 pub use providers::Providers;
 pub use report::{
     Attempt, AttemptOutcome, CacheSummary, CallReport, CallSource, Escalation, Event, RunReport,

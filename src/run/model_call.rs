@@ -5,6 +5,7 @@
 //! asked again once with the validation error. Every attempt is journaled
 //! before its answer is handed on.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use backon::BackoffBuilder;
@@ -16,12 +17,12 @@ use super::call::StepCalls;
 use super::cascade::{self, Leg};
 use super::error::CandidateError;
 use super::validate::{InvalidOutput, parse_structured, truncate};
-use super::{Attempt, AttemptOutcome, CallReport, CallSource, Event};
+use super::{AnswerSink, Attempt, AttemptOutcome, CallReport, CallSource, Event};
 use crate::cost::{self, Billing};
 use crate::journal::CallRecord;
 use crate::policy::Model;
 use crate::provider::{
-    ChatRequest, ChatResponse, ErrorKind, Message, Provider, ProviderError, Usage,
+    ChatRequest, ChatResponse, ErrorKind, Message, Provider, ProviderError, TextSink, Usage,
 };
 use crate::route;
 use crate::step::RenderedCall;
@@ -38,6 +39,9 @@ struct ModelCall<'a> {
     /// The request as it will be sent next (a schema retry adds the answer
     /// and the validation error to it).
     req: ChatRequest,
+    /// Told of every attempt when the call's text streams out as the run's
+    /// final answer.
+    streamed: Option<Arc<dyn AnswerSink>>,
 }
 
 /// A try that was sent (it may have timed out on the way).
@@ -85,11 +89,17 @@ pub(super) async fn call_model(
     req.logprobs = leg
         .check()
         .is_some_and(|c| c.cascade.wants_logprobs() && model.provider_kind.returns_logprobs());
+    let streamed = final_answer(ctx, leg, &req);
+    if let Some(sink) = &streamed {
+        let sink = Arc::clone(sink);
+        req.on_text = Some(TextSink(Arc::new(move |piece| sink.text(piece))));
+    }
     let mut mc = ModelCall {
         ctx,
         model,
         call,
         leg,
+        streamed,
         validator: step
             .output_schema()
             .and_then(|s| jsonschema::validator_for(s).ok()),
@@ -159,6 +169,23 @@ pub(super) async fn call_model(
     }
 }
 
+/// The sink this call's text streams to, if it is the run's final answer
+/// (see [`super::FinalAnswer`] for which calls are).
+fn final_answer(
+    ctx: &StepCalls<'_>,
+    leg: Leg<'_>,
+    req: &ChatRequest,
+) -> Option<Arc<dyn AnswerSink>> {
+    let f = ctx.sh.options.final_answer.as_ref()?;
+    let whole = f.step == ctx.step_id
+        && req.stream
+        && !ctx.fan_out
+        && ctx.expanded.calls.len() == 1
+        && ctx.step.output_schema().is_none()
+        && !matches!(leg, Leg::First(_));
+    whole.then(|| Arc::clone(&f.sink))
+}
+
 impl ModelCall<'_> {
     /// The journal record of this call's `attempt`-th try.
     fn record(&self, hash: &Option<String>, item: Option<usize>, attempt: usize) -> CallRecord {
@@ -182,6 +209,9 @@ impl ModelCall<'_> {
                 .copied()
                 .unwrap_or(0.0),
             cascade_rule: match self.leg {
+                // A judged answer counts once, by its verdict's record
+                // (`call::journal_verdict`).
+                Leg::First(c) if c.cascade.judged().is_some() => None,
                 Leg::First(c) => Some(c.rule.to_owned()),
                 Leg::Escalation { rule, .. } => Some(rule.to_owned()),
                 Leg::Plain => None,
@@ -335,6 +365,9 @@ impl ModelCall<'_> {
         };
         let mut rec = self.record(hash, report.item, report.attempts.len() + 1);
         let call_timeout = step.timeout.unwrap_or(sh.options.call_timeout);
+        if let Some(sink) = &self.streamed {
+            sink.attempt(&model.alias);
+        }
         let sent = Instant::now();
         let result = match tokio::time::timeout(call_timeout, client.send(&self.req)).await {
             Ok(r) => r,

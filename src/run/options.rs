@@ -40,6 +40,41 @@ pub struct RunOptions {
     /// The run journal: resume, the response cache, budgets over time.
     /// `None` runs without any of them (library use, `tollgate test`).
     pub journal: Option<RunJournal>,
+    /// The run's final answer, streamed as it arrives (`run` on a
+    /// terminal); `None`: answers are only returned.
+    pub final_answer: Option<FinalAnswer>,
+}
+
+/// Where the text of one step's call goes as the provider streams it.
+///
+/// Only a call whose text is the answer as it will be returned is
+/// streamed: the step's one call (not a fan-out, no output schema — a
+/// structured answer may be asked again), never a cascade's first leg (it
+/// may escalate); the escalation leg is. Each attempt (a retry, a fallback,
+/// the escalation) is announced before its text, so the sink can mark
+/// where a broken answer was given up.
+#[derive(Clone)]
+pub struct FinalAnswer {
+    /// The step whose call is streamed.
+    pub step: String,
+    pub sink: Arc<dyn AnswerSink>,
+}
+
+impl std::fmt::Debug for FinalAnswer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FinalAnswer")
+            .field("step", &self.step)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The receiving end of [`FinalAnswer`]. Called from the call's task as
+/// the stream is read: keep it quick.
+pub trait AnswerSink: Send + Sync {
+    /// An attempt on `model` is about to be sent; its text follows.
+    fn attempt(&self, model: &str);
+    /// A piece of the attempt's text (scrubbed of keys by the provider).
+    fn text(&self, piece: &str);
 }
 
 /// A run's place in the journal.
@@ -70,6 +105,7 @@ impl Default for RunOptions {
             batch_poll_interval: batch::DEFAULT_POLL_INTERVAL,
             batch_ledger: None,
             journal: None,
+            final_answer: None,
         }
     }
 }

@@ -133,7 +133,7 @@ fn cascade_of<'a>(sh: &'a Shared, decision: &Decision) -> Option<Check<'a>> {
 
 /// The rule's candidates from the chosen model on: the fallback chain;
 /// `None` when no model was chosen.
-fn fallback_chain(sh: &Shared, decision: &Decision) -> Option<Vec<String>> {
+pub(super) fn fallback_chain(sh: &Shared, decision: &Decision) -> Option<Vec<String>> {
     let first = decision.model.clone()?;
     let head = match &decision.decider {
         Some(route::Decider::Rule { name, .. }) => sh

@@ -409,3 +409,285 @@ crate::on_both_ledgers!(
     the_budget_holds_the_escalation_to_its_worst_case,
     a_resume_after_a_kill_between_the_calls_does_not_pay_twice,
 );
+
+/// Summaries on the local model, judged by a model the policy routes task
+/// `judge` to (the budget model, else the big local one), escalated to
+/// `to` below a score of 0.7.
+fn judged(to: &str) -> String {
+    format!(
+        r#"  - name: judges
+    when: {{ task: judge }}
+    use: budget
+  - name: summaries
+    when: {{ task: summarize }}
+    use: local
+    escalate:
+      to: {to}
+      when: [judge]
+      judge: {{ rubric: "Names the crash and when it happens.", min_score: 0.7 }}"#
+    )
+}
+
+const TEXT_WORKFLOW: &str = r#"version: 1
+name: judged
+inputs:
+  ticket: { type: string, sensitivity: internal, default: "It crashes on save." }
+steps:
+  summarize:
+    task: summarize
+    prompt: "Summarize: {{ inputs.ticket }}"
+    max_output_tokens: 50
+"#;
+
+/// The local model summarizes, a judge (recognised by its rubric) scores
+/// `score`, the workhorse and the big local model answer escalations.
+fn judged_answers(fake: &FakeServer, score: f64) {
+    fake.set_handler(move |r: &Recorded| {
+        if r.raw_body.contains("Names the crash") {
+            return Reply::text(format!(r#"{{"score": {score}, "reason": "graded"}}"#))
+                .usage(60, 12);
+        }
+        match r.model().as_str() {
+            "local-llm" => Reply::text("A crash.").usage(10, 3),
+            "big-local-llm" => Reply::text("The big local summary.").usage(10, 5),
+            _ => Reply::text("It crashes whenever a file is saved.").usage(40, 10),
+        }
+    });
+}
+
+/// The judge's requests (recognised by the rubric): the models they went to.
+fn judges_asked(fake: &FakeServer) -> Vec<String> {
+    fake.requests()
+        .iter()
+        .filter(|r| r.raw_body.contains("Names the crash"))
+        .map(Recorded::model)
+        .collect()
+}
+
+async fn a_judge_below_the_minimum_score_escalates(ledger: Ledger) {
+    let fake = FakeServer::start().await;
+    judged_answers(&fake, 0.2);
+    let p = Project::new(&policy(&fake, &judged("workhorse"), ""), TEXT_WORKFLOW).on(&ledger);
+    // The plan shows the judge, where it goes and what it costs.
+    let plan = p
+        .tollgate(&["plan", "wf.yaml", "--policy", "policy.yaml"])
+        .output();
+    let text = stdout(&plan);
+    assert!(
+        text.contains("judge        budget gpt-4.1-nano (budget tier, cloud, rule judges) on every first answer: $"),
+        "{}",
+        transcript(&plan)
+    );
+    // The judging is money on the judge's tier, the escalations on the
+    // target's.
+    assert!(text.contains("budget    cascades only  $"), "{text}");
+    assert!(text.contains("workhorse cascades only  $"), "{text}");
+    let out = run_json(&p).await;
+    assert_eq!(out.status.code(), Some(0), "{}", transcript(&out));
+    let r = report(&out);
+    let s = step(&r, "summarize");
+    assert_eq!(s["output"], "It crashes whenever a file is saved.");
+    assert_eq!(s["model"], "workhorse");
+    let escalation = &s["calls"][0]["escalation"];
+    assert_eq!(escalation["from"], "local");
+    assert_eq!(
+        escalation["reason"], "judge: score 0.20 is below 0.7: graded",
+        "{s}"
+    );
+    assert_eq!(
+        models_asked(&fake),
+        ["local-llm", "gpt-4.1-nano", "claude-sonnet-4-6"]
+    );
+    // The judge is paid for like any call: its cost is on the run's bill.
+    let judge_cost = 60.0 * 0.1e-6 + 12.0 * 0.4e-6;
+    assert!(r["cost_usd"].as_f64().unwrap() > judge_cost, "{r}");
+    // The journal keeps the judge's call under `<step>__judge`, and one
+    // escalation of the rule.
+    let j = p.journal();
+    let run = j.run("last").unwrap().unwrap();
+    let finished = j.finished_calls(&run.id).unwrap();
+    assert!(finished.contains_key(&("summarize__judge".to_owned(), None)));
+    assert_eq!(j.escalated_calls(&run.id).unwrap().len(), 1);
+    let history = j.escalation_history("cascades", 0).unwrap();
+    assert_eq!(history.get("summaries"), Some(&(1, 1)), "{history:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_judge_at_the_minimum_score_keeps_the_cheap_answer() {
+    let fake = FakeServer::start().await;
+    judged_answers(&fake, 0.7);
+    let p = Project::new(&policy(&fake, &judged("workhorse"), ""), TEXT_WORKFLOW);
+    let out = run_json(&p).await;
+    assert_eq!(out.status.code(), Some(0), "{}", transcript(&out));
+    let r = report(&out);
+    let s = step(&r, "summarize");
+    assert_eq!(s["output"], "A crash.");
+    assert!(s["calls"][0].get("escalation").is_none(), "{s}");
+    assert_eq!(models_asked(&fake), ["local-llm", "gpt-4.1-nano"]);
+    // The local answer is free; the judge is not.
+    assert!(r["cost_usd"].as_f64().unwrap() > 0.0, "{r}");
+    let j = p.journal();
+    let history = j.escalation_history("cascades", 0).unwrap();
+    assert_eq!(history.get("summaries"), Some(&(0, 1)), "{history:?}");
+}
+
+/// A confidential step's judge is routed through the gate: the budget
+/// model is passed over for the big local one, and nothing reaches the
+/// cloud — not the answer, not the judge.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_confidential_steps_judge_stays_local() {
+    let fake = FakeServer::start().await;
+    judged_answers(&fake, 0.1);
+    let wf = TEXT_WORKFLOW.replace("sensitivity: internal", "sensitivity: confidential");
+    let p = Project::new(
+        &policy(
+            &fake,
+            &judged("big-local"),
+            "fallbacks:\n  budget: [big-local]\n",
+        ),
+        &wf,
+    );
+    let plan = p
+        .tollgate(&["plan", "wf.yaml", "--policy", "policy.yaml"])
+        .output();
+    assert!(
+        stdout(&plan).contains("judge        big-local big-local-llm (local tier, local"),
+        "{}",
+        transcript(&plan)
+    );
+    let out = run_json(&p).await;
+    assert_eq!(out.status.code(), Some(0), "{}", transcript(&out));
+    let s = step(&report(&out), "summarize").clone();
+    assert_eq!(s["output"], "The big local summary.");
+    assert_eq!(judges_asked(&fake), ["big-local-llm"]);
+    let asked = models_asked(&fake);
+    assert!(
+        asked.iter().all(|m| m.ends_with("local-llm")),
+        "a cloud model was asked: {asked:?}"
+    );
+}
+
+/// Killed while the escalation is in flight (after the judge answered):
+/// the resume escalates without asking the first model or the judge again.
+async fn a_resume_after_a_kill_between_the_judge_and_the_escalation_pays_nothing_twice(
+    ledger: Ledger,
+) {
+    let fake = FakeServer::start().await;
+    let workhorse_calls = Arc::new(AtomicUsize::new(0));
+    let seen = Arc::clone(&workhorse_calls);
+    fake.set_handler(move |r: &Recorded| {
+        if r.raw_body.contains("Names the crash") {
+            return Reply::text(r#"{"score": 0.1, "reason": "too short"}"#).usage(60, 12);
+        }
+        match r.model().as_str() {
+            "local-llm" => Reply::text("A crash.").usage(10, 3),
+            _ => {
+                let n = seen.fetch_add(1, Ordering::SeqCst);
+                let reply = Reply::text("The escalated summary.").usage(40, 10);
+                if n == 0 {
+                    reply.delay(Duration::from_secs(300))
+                } else {
+                    reply
+                }
+            }
+        }
+    });
+    let p = Project::new(&policy(&fake, &judged("workhorse"), ""), TEXT_WORKFLOW).on(&ledger);
+    let mut child = p
+        .run(&["--format", "json"])
+        .into_tokio()
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(60), async {
+        while workhorse_calls.load(Ordering::SeqCst) == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the escalation was never sent");
+    child.start_kill().unwrap(); // SIGKILL
+    child.wait().await.unwrap();
+    let before = models_asked(&fake);
+    assert_eq!(before, ["local-llm", "gpt-4.1-nano", "claude-sonnet-4-6"]);
+
+    let out = p
+        .tollgate(&["run", "--resume", "last", "--format", "json", "--no-cache"])
+        .keys()
+        .await;
+    assert_eq!(out.status.code(), Some(0), "{}", transcript(&out));
+    let r = report(&out);
+    let s = step(&r, "summarize");
+    assert_eq!(s["output"], "The escalated summary.");
+    assert_eq!(s["calls"][0]["escalation"]["from"], "local");
+    // Only the escalation was sent again.
+    let asked = models_asked(&fake);
+    assert_eq!(asked[before.len()..], ["claude-sonnet-4-6"], "{asked:?}");
+    let first = &s["calls"][0]["attempts"][0];
+    assert!(
+        first["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("in an earlier session: judge: score 0.10"),
+        "{first}"
+    );
+}
+
+/// Killed while the judge is in flight: the first answer was journaled
+/// before the judge was asked, so the resume asks only the judge.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_after_a_kill_during_the_judge_does_not_pay_the_first_answer_again() {
+    let fake = FakeServer::start().await;
+    let judge_calls = Arc::new(AtomicUsize::new(0));
+    let seen = Arc::clone(&judge_calls);
+    fake.set_handler(move |r: &Recorded| {
+        if r.raw_body.contains("Names the crash") {
+            let n = seen.fetch_add(1, Ordering::SeqCst);
+            let reply = Reply::text(r#"{"score": 0.9, "reason": "fine"}"#).usage(60, 12);
+            return if n == 0 {
+                reply.delay(Duration::from_secs(300))
+            } else {
+                reply
+            };
+        }
+        Reply::text("A crash.").usage(10, 3)
+    });
+    let p = Project::new(&policy(&fake, &judged("workhorse"), ""), TEXT_WORKFLOW);
+    let mut child = p
+        .run(&["--format", "json"])
+        .into_tokio()
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(60), async {
+        while judge_calls.load(Ordering::SeqCst) == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the judge was never asked");
+    child.start_kill().unwrap(); // SIGKILL
+    child.wait().await.unwrap();
+    assert_eq!(models_asked(&fake), ["local-llm", "gpt-4.1-nano"]);
+
+    let out = p
+        .tollgate(&["run", "--resume", "last", "--format", "json", "--no-cache"])
+        .keys()
+        .await;
+    assert_eq!(out.status.code(), Some(0), "{}", transcript(&out));
+    let s = step(&report(&out), "summarize").clone();
+    assert_eq!(s["output"], "A crash.");
+    assert_eq!(
+        models_asked(&fake),
+        ["local-llm", "gpt-4.1-nano", "gpt-4.1-nano"],
+        "only the judge is asked again"
+    );
+    assert_eq!(s["calls"][0]["attempts"][0]["outcome"], "resumed", "{s}");
+}
+
+crate::on_both_ledgers!(
+    a_judge_below_the_minimum_score_escalates,
+    a_resume_after_a_kill_between_the_judge_and_the_escalation_pays_nothing_twice,
+);

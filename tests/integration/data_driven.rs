@@ -21,11 +21,49 @@ fn rel(path: &Path) -> String {
         .to_string()
 }
 
+/// Runs the check of one file of a glob. A snapshot that differs is
+/// reported by insta under its file; anything else that fails (a bad
+/// scenario file, a command that never ends, an `expect`) panics — and
+/// would stop the glob saying only what went wrong, not where: here it is
+/// raised again naming the file, so one failure among dozens says which.
+fn for_file(path: &Path, check: impl FnOnce()) {
+    if let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(check)) {
+        let why = panic
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| panic.downcast_ref::<&str>().copied())
+            .unwrap_or("(a panic without a message)");
+        panic!("{}: {why}", rel(path));
+    }
+}
+
+#[test]
+fn a_failure_in_a_glob_names_its_file() {
+    let path = root().join("tests/inputs/run/some-scenario/workflow.yaml");
+    let caught = std::panic::catch_unwind(|| {
+        for_file(&path, || {
+            panic!("unknown answer `nonsense` in: * => nonsense")
+        });
+    })
+    .expect_err("the failure is raised again");
+    let message = caught
+        .downcast_ref::<String>()
+        .expect("a formatted message");
+    assert_eq!(
+        message,
+        "tests/inputs/run/some-scenario/workflow.yaml: unknown answer `nonsense` in: * => nonsense"
+    );
+    // A file that passes raises nothing.
+    for_file(&path, || {});
+}
+
 #[test]
 fn check_inputs() {
     insta::glob!("../inputs/check", "*.yaml", |path| {
-        let out = tollgate(&["check", &rel(path)]);
-        insta::assert_snapshot!(transcript(&out));
+        for_file(path, || {
+            let out = tollgate(&["check", &rel(path)]);
+            insta::assert_snapshot!(transcript(&out));
+        });
     });
 }
 
@@ -34,24 +72,26 @@ fn check_inputs() {
 #[test]
 fn plan_cases() {
     insta::glob!("../inputs/plan", "*/workflow.yaml", |path| {
-        let dir = path.parent().expect("case folder");
-        let mut args = vec![
-            "plan".to_owned(),
-            rel(path),
-            "--policy".to_owned(),
-            rel(&dir.join("policy.yaml")),
-        ];
-        if let Ok(extra) = std::fs::read_to_string(dir.join("args")) {
-            args.extend(
-                extra
-                    .lines()
-                    .filter(|l| !l.trim().is_empty())
-                    .map(str::to_owned),
-            );
-        }
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let out = tollgate(&args);
-        insta::assert_snapshot!(transcript(&out));
+        for_file(path, || {
+            let dir = path.parent().expect("case folder");
+            let mut args = vec![
+                "plan".to_owned(),
+                rel(path),
+                "--policy".to_owned(),
+                rel(&dir.join("policy.yaml")),
+            ];
+            if let Ok(extra) = std::fs::read_to_string(dir.join("args")) {
+                args.extend(
+                    extra
+                        .lines()
+                        .filter(|l| !l.trim().is_empty())
+                        .map(str::to_owned),
+                );
+            }
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let out = tollgate(&args);
+            insta::assert_snapshot!(transcript(&out));
+        });
     });
 }
 
@@ -134,7 +174,7 @@ fn run_scenarios() {
         .expect("a runtime for the fake");
     insta::glob!("../inputs/run", "*/workflow.yaml", |path| {
         let dir = path.parent().expect("scenario folder");
-        rt.block_on(run_scenario(dir));
+        for_file(path, || rt.block_on(run_scenario(dir)));
     });
 }
 

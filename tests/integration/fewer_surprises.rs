@@ -389,3 +389,34 @@ fn a_suite_on_a_retired_model_is_refused() {
         transcript(&before)
     );
 }
+
+/// `plan --compare` holds the baseline to the retirement dates too: a
+/// baseline on a retired model is an error naming the baseline's file.
+#[test]
+fn plan_compare_refuses_a_baseline_on_a_retired_model() {
+    let fresh = POLICY
+        .replace("gpt-4.1-nano", "gpt-5.4-mini")
+        .replace("name: dated", "name: fresh");
+    let project = Project::new(&fresh, WORKFLOW).with("baseline.yaml", POLICY);
+    let out = project
+        .tollgate(&[
+            "plan",
+            "wf.yaml",
+            "--policy",
+            "policy.yaml",
+            "--compare",
+            "baseline.yaml",
+            "-i",
+            "x=1",
+        ])
+        .env("TOLLGATE_TEST_TODAY", "2026-10-23")
+        .output();
+    assert_eq!(out.status.code(), Some(2), "{}", transcript(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("`gpt-4.1-nano` was retired on 2026-10-23"),
+        "{err}"
+    );
+    assert!(err.contains("baseline.yaml:"), "{err}");
+    assert!(!err.contains("policy.yaml:"), "{err}");
+}

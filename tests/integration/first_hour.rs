@@ -381,3 +381,43 @@ async fn a_local_server_that_is_not_running_is_named_and_not_retried() {
         .len();
     assert_eq!(attempts, 1, "{all}");
 }
+
+/// `policies/default.yaml` numbers the questions its header asks, and
+/// marks each rule with the question it answers: every question is
+/// answered, in the header's order, and no rule names a question the
+/// header does not ask.
+#[test]
+fn the_default_policy_rules_are_numbered_as_its_questions() {
+    let text = std::fs::read_to_string(root().join("policies/default.yaml")).unwrap();
+    let questions: Vec<u32> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("#   "))
+        .filter_map(|l| l.split_once(". ")?.0.parse().ok())
+        .collect();
+    assert_eq!(questions, [1, 2, 3, 4], "{text}");
+    let lines: Vec<&str> = text.lines().collect();
+    let mut answered = Vec::new();
+    for (i, line) in lines.iter().enumerate() {
+        if !line.trim_start().starts_with("- name:") {
+            continue;
+        }
+        let comment = lines[i - 1].trim_start();
+        let Some(mark) = comment.strip_prefix("# ").and_then(|c| c.split_once(". ")) else {
+            // The catch-all rule answers no question.
+            assert!(comment.starts_with("# Everything else"), "{comment}");
+            continue;
+        };
+        let number: u32 = mark
+            .0
+            .trim_end_matches(char::is_alphabetic)
+            .parse()
+            .unwrap_or_else(|_| panic!("a question number: {comment}"));
+        answered.push(number);
+    }
+    assert!(
+        answered.is_sorted(),
+        "rules out of question order: {answered:?}"
+    );
+    answered.dedup();
+    assert_eq!(answered, questions);
+}

@@ -78,6 +78,7 @@ fn request(model: &str, stream: bool) -> ChatRequest {
         endpoint: Endpoint::Chat,
         stop: Vec::new(),
         logprobs: false,
+        on_text: None,
     }
 }
 
@@ -1302,4 +1303,46 @@ async fn script_then_handler_then_default() {
     }
     assert_eq!(failures, 2);
     assert_eq!(fake.request_count(), 12);
+}
+
+/// Every dialect hands a streamed answer's text to the request's sink as
+/// it reads it: in order, piece by piece, the key scrubbed (echoed by the
+/// server, cut across two pieces), and together the answer's text; the
+/// completions route too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_dialect_streams_its_text_to_the_sink_scrubbed() {
+    let fake = FakeServer::start().await;
+    for (kind, endpoint) in [
+        (ProviderKind::Openai, Endpoint::Chat),
+        (ProviderKind::Openai, Endpoint::Completions),
+        (ProviderKind::Anthropic, Endpoint::Chat),
+        (ProviderKind::Gemini, Endpoint::Chat),
+    ] {
+        let pieces = [
+            "A first piece that is longer than the key, ",
+            &KEY[..10],
+            &KEY[10..],
+            " and a last piece that is longer than the key too.",
+        ];
+        fake.push(Reply::text("").chunks(pieces).usage(5, 9));
+        let got = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+        let sink = {
+            let got = Arc::clone(&got);
+            tollgate::provider::TextSink(Arc::new(move |p: &str| {
+                got.lock().unwrap().push(p.to_owned());
+            }))
+        };
+        let req = ChatRequest {
+            endpoint,
+            on_text: Some(sink),
+            ..request(model_for(kind), true)
+        };
+        let resp = client(&fake, kind).send(&req).await.expect("an answer");
+        let got = got.lock().unwrap().clone();
+        let expected = format!("{}[redacted]{}", pieces[0], pieces[3]);
+        assert_eq!(resp.text, expected, "{kind:?} {endpoint:?}");
+        assert_eq!(got.concat(), expected, "{kind:?} {endpoint:?}");
+        assert!(got.len() > 1, "{kind:?} {endpoint:?}: {got:?}");
+        assert!(got.iter().all(|p| !p.contains("SECRET")), "{got:?}");
+    }
 }

@@ -192,3 +192,50 @@ steps:
         stderr(&out)
     );
 }
+
+/// `check`'s warnings come before its verdict, whatever reads them: the
+/// warnings go out first (stderr), then the verdict (stdout), so one log
+/// holding both (`2>&1`) reads in that order.
+#[test]
+fn check_prints_its_verdict_after_its_warnings() {
+    let dir = project();
+    let log = dir.path().join("log.txt");
+    let file = std::fs::File::create(&log).unwrap();
+    let status = crate::support::Cmd::new(dir.path(), &["check", "wf.yaml", "policy.yaml"])
+        .into_std()
+        .stdout(file.try_clone().unwrap())
+        .stderr(file)
+        .status()
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+    let text = std::fs::read_to_string(&log).unwrap();
+    let warning = text.find(WARNING).expect("the warning is shown");
+    let verdict = text
+        .find("checked 2 files: no problems")
+        .expect("the verdict");
+    assert!(warning < verdict, "{text}");
+}
+
+/// A policy given to `check` that fails to load is the error: the
+/// workflow is not also checked against the default policy, and no note
+/// about the built-in one is printed.
+#[test]
+fn check_with_a_broken_policy_does_not_fall_back_to_the_default() {
+    let dir = Project::new(
+        "version: 1\nmodels: {m: {provider: nowhere, model: x, tier: budget}}\nrules:\n  - {name: all, use: m}\n",
+        WORKFLOW,
+    );
+    let out = tollgate_in(dir.path(), &["check", "wf.yaml", "policy.yaml"]);
+    assert_eq!(out.status.code(), Some(2), "{}", transcript(&out));
+    let err = stderr(&out);
+    assert!(err.contains("policy.yaml:"), "{err}");
+    assert!(!err.contains("built-in"), "{err}");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("the default"));
+    // Given no policy at all, the default still applies (and says so).
+    let out = tollgate_in(dir.path(), &["check", "wf.yaml"]);
+    assert!(
+        stderr(&out).contains("built-in policy"),
+        "{}",
+        transcript(&out)
+    );
+}

@@ -58,7 +58,7 @@ mod reply;
 pub use batch::BatchScript;
 pub use hostile::Hostile;
 pub use hostile_server::{HostileServer, Misbehaviour, Seen};
-pub use reply::{ErrorCase, FakeUsage, LogprobShape, Reply};
+pub use reply::{ErrorCase, FakeUsage, Gate, LogprobShape, Reply};
 
 use render::{Ctx, Frame};
 use reply::{Outcome, StreamShape};
@@ -656,31 +656,40 @@ fn sse_response(frames: Vec<Frame>, shape: &StreamShape, headers: &[(String, Str
         End::Clean
     };
     let delay = shape.chunk_delay;
-    let state = (writes.into_iter(), Some(end), true);
-    let stream = futures::stream::unfold(state, move |(mut writes, end, first)| async move {
-        if let Some(w) = writes.next() {
-            if !first && !delay.is_zero() {
-                tokio::time::sleep(delay).await;
+    let hold = shape.hold_after.clone();
+    let state = (writes.into_iter().enumerate(), Some(end), true);
+    let stream = futures::stream::unfold(state, move |(mut writes, end, first)| {
+        let hold = hold.clone();
+        async move {
+            if let Some((n, w)) = writes.next() {
+                if !first && !delay.is_zero() {
+                    tokio::time::sleep(delay).await;
+                }
+                // Counted in events (one write each unless re-cut), keep-alive
+                // comments included.
+                if let Some((_, gate)) = hold.filter(|(after, _)| *after == n) {
+                    gate.passed().await;
+                }
+                return Some((Ok::<Bytes, std::io::Error>(w), (writes, end, false)));
             }
-            return Some((Ok::<Bytes, std::io::Error>(w), (writes, end, false)));
-        }
-        match end? {
-            End::Clean => None,
-            End::Abort => {
-                // Returning `Pending` once makes hyper flush what was
-                // written, so the client sees the head and events first.
-                tokio::time::sleep(Duration::from_millis(5)).await;
-                Some((
-                    Err(std::io::Error::new(
-                        std::io::ErrorKind::ConnectionReset,
-                        "fake: connection reset mid-stream",
-                    )),
-                    (writes, None, false),
-                ))
-            }
-            End::Stall(d) => {
-                tokio::time::sleep(d).await;
-                None
+            match end? {
+                End::Clean => None,
+                End::Abort => {
+                    // Returning `Pending` once makes hyper flush what was
+                    // written, so the client sees the head and events first.
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    Some((
+                        Err(std::io::Error::new(
+                            std::io::ErrorKind::ConnectionReset,
+                            "fake: connection reset mid-stream",
+                        )),
+                        (writes, None, false),
+                    ))
+                }
+                End::Stall(d) => {
+                    tokio::time::sleep(d).await;
+                    None
+                }
             }
         }
     });

@@ -106,6 +106,41 @@ pub(crate) struct StreamShape {
     /// Send this many events, then go silent for `stall_for`.
     pub(crate) stall_after: Option<usize>,
     pub(crate) stall_for: Duration,
+    /// Send this many events, then wait until the gate is opened.
+    pub(crate) hold_after: Option<(usize, Gate)>,
+}
+
+/// A door a test opens to let a held stream go on ([`Reply::hold_after`]):
+/// what the client does with the events before it, it does while the rest
+/// is provably not sent yet — no timing involved.
+#[derive(Clone, Default)]
+pub struct Gate(std::sync::Arc<tokio::sync::Notify>);
+
+impl Gate {
+    pub fn new() -> Gate {
+        Gate::default()
+    }
+
+    /// Lets the held stream go on (also if it is not waiting yet).
+    pub fn open(&self) {
+        self.0.notify_one();
+    }
+
+    pub(crate) async fn passed(&self) {
+        self.0.notified().await;
+    }
+}
+
+impl std::fmt::Debug for Gate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Gate")
+    }
+}
+
+impl PartialEq for Gate {
+    fn eq(&self, other: &Gate) -> bool {
+        std::sync::Arc::ptr_eq(&self.0, &other.0)
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -443,6 +478,13 @@ impl Reply {
     /// [`Reply::stall_for`]).
     pub fn stall_after(mut self, events: usize) -> Self {
         self.stream.stall_after = Some(events);
+        self.stream.force = true;
+        self
+    }
+
+    /// Send `events` events, then wait for `gate` to open before the rest.
+    pub fn hold_after(mut self, events: usize, gate: Gate) -> Self {
+        self.stream.hold_after = Some((events, gate));
         self.stream.force = true;
         self
     }

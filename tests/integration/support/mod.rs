@@ -120,6 +120,48 @@ impl Cmd {
         self.cmd
     }
 
+    /// The command run with a terminal as its stdin and stdout, through
+    /// util-linux `script` (present wherever tollgate's CI runs; no crate
+    /// needed): what the command writes to stdout comes out of the returned
+    /// command's stdout, with the terminal's `\r\n` line ends. Its stderr
+    /// goes to the file `stderr_to` (relative to its folder), so the
+    /// terminal holds stdout alone; `None` leaves stderr on the terminal
+    /// too, as a user sees both.
+    pub fn in_terminal(self, stderr_to: Option<&str>) -> tokio::process::Command {
+        let quote =
+            |s: &std::ffi::OsStr| format!("'{}'", s.to_string_lossy().replace('\'', r"'\''"));
+        let mut line = quote(self.cmd.get_program());
+        for a in self.cmd.get_args() {
+            line.push(' ');
+            line.push_str(&quote(a));
+        }
+        if let Some(file) = stderr_to {
+            line.push_str(&format!(" 2>{}", quote(std::ffi::OsStr::new(file))));
+        }
+        let mut cmd = tokio::process::Command::new("script");
+        cmd.args([
+            "--quiet",
+            "--return",
+            "--flush",
+            "--command",
+            &line,
+            "/dev/null",
+        ]);
+        for (k, v) in self.cmd.get_envs() {
+            match v {
+                Some(v) => cmd.env(k, v),
+                None => cmd.env_remove(k),
+            };
+        }
+        if let Some(dir) = self.cmd.get_current_dir() {
+            cmd.current_dir(dir);
+        }
+        cmd.stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        cmd
+    }
+
     /// The command for tests that spawn, signal or kill the process; it is
     /// killed if the test drops it.
     pub fn into_tokio(self) -> tokio::process::Command {
