@@ -159,6 +159,7 @@ pub fn runs(state: &StateArg, limit: usize) -> Result<Vec<RunRow>, Diagnostic> {
 pub fn report(
     state: &StateArg,
     since: Option<&str>,
+    by: &[journal::report::By],
 ) -> Result<journal::report::Report, Diagnostic> {
     let clock = clock()?;
     let since = since
@@ -169,7 +170,7 @@ pub fn report(
         Some(j) => j,
         None => Journal::in_memory(clock).map_err(|e| Diagnostic::error("journal", e))?,
     };
-    journal::report::build(&journal, since).map_err(|e| Diagnostic::error("journal", e))
+    journal::report::build_by(&journal, since, by).map_err(|e| Diagnostic::error("journal", e))
 }
 
 /// How often each cascade rule of `policy` escalated in the journal, for

@@ -26,7 +26,7 @@ use postgres::{Client, Config, NoTls, Row, Statement};
 use super::JournalError;
 
 /// The newest schema this build knows (the `schema_version` table).
-pub(super) const SCHEMA_VERSION: i64 = 2;
+pub(super) const SCHEMA_VERSION: i64 = 3;
 
 /// How long a connection may take to open unless the URL says otherwise.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -153,6 +153,15 @@ ALTER TABLE steps
     ADD COLUMN context_tokens_before BIGINT NOT NULL DEFAULT 0,
     ADD COLUMN context_tokens_after BIGINT NOT NULL DEFAULT 0,
     ADD COLUMN context_saved_usd DOUBLE PRECISION NOT NULL DEFAULT 0;
+"#,
+    // 3: who ran it (`report --by`, per-user budgets); `machine` is there
+    // since 1. "" for runs and holds written before.
+    r#"
+ALTER TABLE runs
+    ADD COLUMN user_name TEXT NOT NULL DEFAULT '',
+    ADD COLUMN ci TEXT NOT NULL DEFAULT '';
+ALTER TABLE holds ADD COLUMN user_name TEXT NOT NULL DEFAULT '';
+CREATE INDEX runs_user ON runs(user_name, started_ms);
 "#,
 ];
 
@@ -556,10 +565,10 @@ fn renew_holds(conn: &mut PgConn, session: &str) -> Result<u64, JournalError> {
 pub(super) fn try_hold(
     conn: &mut PgConn,
     session: &str,
-    machine: &str,
+    who: &super::who::Who,
     now: i64,
     amount: f64,
-    checks: &[(i64, f64, f64)],
+    checks: &[super::SpendCheck],
 ) -> Result<Result<i64, (usize, f64, f64)>, JournalError> {
     conn.batch("BEGIN")?;
     let result = (|| {
@@ -569,50 +578,73 @@ pub(super) fn try_hold(
             "DELETE FROM holds WHERE expires_at < clock_timestamp()",
             &[],
         )?;
-        let mut in_flight = 0.0;
+        let (mut in_flight, mut users_in_flight) = (0.0, 0.0);
         for row in conn.query(
-            "SELECT id, amount_usd, machine, pid, pid_start FROM holds WHERE session != $1",
+            "SELECT id, amount_usd, machine, pid, pid_start, user_name FROM holds WHERE session != $1",
             &[&session],
         )? {
-            let (id, amount, on, pid, start): (i64, f64, String, Option<i64>, Option<i64>) = (
+            let (id, amount, on, pid, start, user): (
+                i64,
+                f64,
+                String,
+                Option<i64>,
+                Option<i64>,
+                String,
+            ) = (
                 get(&row, 0)?,
                 get(&row, 1)?,
                 get(&row, 2)?,
                 get(&row, 3)?,
                 get(&row, 4)?,
+                get(&row, 5)?,
             );
-            let dead_here = on == machine
+            let dead_here = on == who.machine
                 && pid.is_some_and(|p| !crate::process::process_alive_since(p as u32, start));
             if dead_here {
                 // Left by a process of this machine that died mid-call.
                 conn.execute("DELETE FROM holds WHERE id = $1", &[&id])?;
             } else {
                 in_flight += amount;
+                if user == who.user {
+                    users_in_flight += amount;
+                }
             }
         }
-        for (index, &(since, limit, local)) in checks.iter().enumerate() {
-            let row = conn.query_one(
-                "SELECT COALESCE(SUM(GREATEST(cost_usd, 0)), 0) FROM calls
-                 WHERE finished_ms >= $1 AND session != $2",
-                &[&since, &session],
-            )?;
-            let spent: f64 = get(&row, 0)?;
-            if spent + in_flight + local + amount > limit + 1e-12 {
-                return Ok(Err((index, spent, in_flight)));
+        for (index, check) in checks.iter().enumerate() {
+            let (spent, held): (f64, f64) = if check.user {
+                let row = conn.query_one(
+                    "SELECT COALESCE(SUM(GREATEST(c.cost_usd, 0)), 0) FROM calls c
+                     JOIN runs r ON r.id = c.run_id
+                     WHERE c.finished_ms >= $1 AND c.session != $2 AND r.user_name = $3",
+                    &[&check.since, &session, &who.user],
+                )?;
+                (get(&row, 0)?, users_in_flight)
+            } else {
+                let row = conn.query_one(
+                    "SELECT COALESCE(SUM(GREATEST(cost_usd, 0)), 0) FROM calls
+                     WHERE finished_ms >= $1 AND session != $2",
+                    &[&check.since, &session],
+                )?;
+                (get(&row, 0)?, in_flight)
+            };
+            if spent + held + check.local + amount > check.limit + 1e-12 {
+                return Ok(Err((index, spent, held)));
             }
         }
         let row = conn.query_one(
-            "INSERT INTO holds (session, amount_usd, created_ms, expires_at, machine, pid, pid_start)
-             VALUES ($1, $2, $3, clock_timestamp() + make_interval(secs => $4), $5, $6, $7)
+            "INSERT INTO holds (session, amount_usd, created_ms, expires_at, machine, pid, pid_start,
+                user_name)
+             VALUES ($1, $2, $3, clock_timestamp() + make_interval(secs => $4), $5, $6, $7, $8)
              RETURNING id",
             &[
                 &session,
                 &amount,
                 &now,
                 &(LEASE_SECONDS as f64),
-                &machine,
+                &who.machine,
                 &i64::from(std::process::id()),
                 &crate::process::own_start(),
+                &who.user,
             ],
         )?;
         Ok(Ok(get(&row, 0)?))
@@ -627,15 +659,6 @@ pub(super) fn try_hold(
             Err(e)
         }
     }
-}
-
-/// The machine this process runs on, as runs record it.
-pub(super) fn machine() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .map(|h| h.trim().to_owned())
-        .unwrap_or_default()
 }
 
 /// A fresh database per test on the server `TOLLGATE_TEST_PG_URL` names

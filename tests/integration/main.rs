@@ -30,4 +30,5 @@ mod run;
 mod sensitivity_gate;
 mod step_semantics;
 mod suites;
+mod team;
 mod warnings;
