@@ -1407,11 +1407,8 @@ mod tests {
     #[test]
     fn a_per_user_budget_counts_only_that_users_spend_and_holds() {
         for store in stores() {
-            let open = |user: &str, ci: &str| {
-                store
-                    .open(Clock::Fixed(1_700_000_000_000))
-                    .run_by(user, ci)
-            };
+            let open =
+                |user: &str, ci: &str| store.open(Clock::Fixed(1_700_000_000_000)).run_by(user, ci);
             let user = |limit: f64| SpendCheck {
                 since: 0,
                 limit,

@@ -104,12 +104,24 @@ pub(super) struct Writer {
     tx: Option<mpsc::UnboundedSender<Op>>,
     slots: Arc<Semaphore>,
     thread: Option<std::thread::JoinHandle<()>>,
+    /// PostgreSQL: how long a sender waits for its acknowledgement (see
+    /// `StateUrl::bound`). A write whose sender gave up stays queued and is
+    /// committed once the database answers again; SQLite waits as long as
+    /// its disk takes.
+    bound: Option<super::pg::StateUrl>,
+    /// Signalled when the thread ends.
+    done: Mutex<std::sync::mpsc::Receiver<()>>,
 }
 
 impl Writer {
     pub(super) fn start(conn: WriteConn) -> Result<Writer, JournalError> {
         let (tx, rx) = mpsc::unbounded_channel();
         let (ready_tx, ready_rx) = sync_channel(1);
+        let (done_tx, done) = sync_channel(1);
+        let bound = match &conn {
+            WriteConn::Pg(url) => Some(url.clone()),
+            _ => None,
+        };
         let thread = std::thread::Builder::new()
             .name("tollgate-journal".into())
             .spawn(move || {
@@ -118,6 +130,7 @@ impl Writer {
                         Ok(c) => Conn::Pg(Box::new(c)),
                         Err(e) => {
                             let _ = ready_tx.send(Err(e));
+                            let _ = done_tx.send(());
                             return;
                         }
                     },
@@ -125,17 +138,51 @@ impl Writer {
                     WriteConn::Shared(c) => Conn::Shared(c),
                 };
                 let _ = ready_tx.send(Ok(()));
-                run(conn, rx)
+                run(conn, rx);
+                let _ = done_tx.send(());
             })
             .map_err(JournalError::WriterStart)?;
-        ready_rx
-            .recv()
-            .unwrap_or(Err(JournalError::WriterStopped))?;
+        match &bound {
+            Some(url) => super::pg::wait_ready(url, &ready_rx)?,
+            None => ready_rx
+                .recv()
+                .unwrap_or(Err(JournalError::WriterStopped))?,
+        }
         Ok(Writer {
             tx: Some(tx),
             slots: Arc::new(Semaphore::new(QUEUE_RECORDS)),
             thread: Some(thread),
+            bound,
+            done: Mutex::new(done),
         })
+    }
+
+    /// Waits for a synchronous acknowledgement, at most the bound.
+    fn wait_sync(
+        &self,
+        rx: &std::sync::mpsc::Receiver<Result<(), JournalError>>,
+    ) -> Result<(), JournalError> {
+        match &self.bound {
+            None => rx.recv().unwrap_or(Err(JournalError::WriterStopped)),
+            Some(url) => match rx.recv_timeout(url.bound) {
+                Ok(r) => r,
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => Err(url.timed_out()),
+                Err(_) => Err(JournalError::WriterStopped),
+            },
+        }
+    }
+
+    /// Awaits `f`, at most the bound.
+    async fn within<T>(
+        &self,
+        f: impl std::future::Future<Output = Result<T, JournalError>>,
+    ) -> Result<T, JournalError> {
+        match &self.bound {
+            None => f.await,
+            Some(url) => tokio::time::timeout(url.bound, f)
+                .await
+                .unwrap_or_else(|_| Err(url.timed_out())),
+        }
     }
 
     fn send(&self, op: Op) -> Result<(), JournalError> {
@@ -152,7 +199,7 @@ impl Writer {
             ack: Ack::Sync(tx),
             _permit: None,
         })?;
-        rx.recv().unwrap_or(Err(JournalError::WriterStopped))
+        self.wait_sync(&rx)
     }
 
     /// Queues a write without waiting; its failure is reported by the next
@@ -175,10 +222,14 @@ impl Writer {
         write: WriteFn,
         durable: bool,
     ) -> Result<(), JournalError> {
-        let permit = Arc::clone(&self.slots)
-            .acquire_owned()
-            .await
-            .map_err(|_| JournalError::WriterStopped)?;
+        let permit = self
+            .within(async {
+                Arc::clone(&self.slots)
+                    .acquire_owned()
+                    .await
+                    .map_err(|_| JournalError::WriterStopped)
+            })
+            .await?;
         if !durable {
             return self.send(Op::Write {
                 write: Some(write),
@@ -192,7 +243,8 @@ impl Writer {
             ack: Ack::Async(tx),
             _permit: Some(permit),
         })?;
-        rx.await.unwrap_or(Err(JournalError::WriterStopped))
+        self.within(async { rx.await.unwrap_or(Err(JournalError::WriterStopped)) })
+            .await
     }
 
     /// Waits until every write queued so far is committed; the first
@@ -200,14 +252,15 @@ impl Writer {
     pub(super) async fn flush(&self) -> Result<(), JournalError> {
         let (tx, rx) = oneshot::channel();
         self.send(Op::Flush(Ack::Async(tx)))?;
-        rx.await.unwrap_or(Err(JournalError::WriterStopped))
+        self.within(async { rx.await.unwrap_or(Err(JournalError::WriterStopped)) })
+            .await
     }
 
     /// [`Writer::flush`] for synchronous callers.
     pub(super) fn flush_sync(&self) -> Result<(), JournalError> {
         let (tx, rx) = sync_channel(1);
         self.send(Op::Flush(Ack::Sync(tx)))?;
-        rx.recv().unwrap_or(Err(JournalError::WriterStopped))
+        self.wait_sync(&rx)
     }
 }
 
@@ -215,8 +268,17 @@ impl Drop for Writer {
     fn drop(&mut self) {
         // Closing the queue ends the thread once it has committed the rest.
         self.tx.take();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
+        let done = self.done.get_mut().unwrap_or_else(|e| e.into_inner());
+        let ended = match &self.bound {
+            None => done.recv().is_ok(),
+            // A database that does not answer: the thread is left behind
+            // (the process exiting ends it) rather than hang the exit.
+            Some(url) => done.recv_timeout(url.bound).is_ok(),
+        };
+        if ended {
+            if let Some(t) = self.thread.take() {
+                let _ = t.join();
+            }
         }
     }
 }

@@ -256,3 +256,202 @@ async fn two_users_in_several_processes_never_cross_their_own_day(ledger: Ledger
     }
     assert!(refusal_named_the_user, "a refusal names the user's budget");
 }
+
+/// A loopback TCP proxy in front of the test PostgreSQL server that can be
+/// told to hang: bytes already read are held, not forwarded, and new
+/// connections are accepted and left waiting — a server that stops
+/// answering, as the client sees it.
+mod proxy {
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::Duration;
+
+    pub struct Proxy {
+        pub port: u16,
+        pub hang: Arc<AtomicBool>,
+    }
+
+    fn wait_while(hang: &AtomicBool) {
+        while hang.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn pipe(mut from: TcpStream, mut to: TcpStream, hang: Arc<AtomicBool>) {
+        let mut buf = [0u8; 16 * 1024];
+        loop {
+            let n = match from.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            wait_while(&hang);
+            if to.write_all(&buf[..n]).is_err() {
+                break;
+            }
+        }
+        let _ = to.shutdown(std::net::Shutdown::Both);
+    }
+
+    impl Proxy {
+        /// Forwards to `upstream` (host:port) until told to hang.
+        pub fn start(upstream: String) -> Proxy {
+            let listener = TcpListener::bind("127.0.0.1:0").expect("a loopback port");
+            let port = listener.local_addr().unwrap().port();
+            let hang = Arc::new(AtomicBool::new(false));
+            let h = Arc::clone(&hang);
+            std::thread::spawn(move || {
+                for client in listener.incoming() {
+                    let Ok(client) = client else { break };
+                    let h = Arc::clone(&h);
+                    let upstream = upstream.clone();
+                    std::thread::spawn(move || {
+                        wait_while(&h);
+                        let Ok(server) = TcpStream::connect(&upstream) else {
+                            return;
+                        };
+                        let (c2, s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+                        let h2 = Arc::clone(&h);
+                        std::thread::spawn(move || pipe(c2, server, h2));
+                        pipe(s2, client, h);
+                    });
+                }
+            });
+            Proxy { port, hang }
+        }
+    }
+}
+
+/// `url` with its host and port replaced by the proxy's, and a short
+/// statement timeout (so a hung server is given up on in seconds).
+fn through(url: &str, port: u16) -> String {
+    let mut u = url::Url::parse(url).unwrap();
+    u.set_host(Some("127.0.0.1")).unwrap();
+    u.set_port(Some(port)).unwrap();
+    u.set_query(Some(
+        "options=-c%20statement_timeout%3D500&connect_timeout=2",
+    ));
+    u.to_string()
+}
+
+const PAID_AND_FREE: &str = r#"version: 1
+name: hung
+inputs:
+  items: { type: array }
+steps:
+  paid:
+    task: summarize
+    for_each: inputs.items
+    prompt: "Summarize: {{ item }}"
+    max_output_tokens: 50
+  free:
+    task: write
+    model: local
+    for_each: inputs.items
+    prompt: "Note: {{ item }}"
+    max_output_tokens: 50
+"#;
+
+/// The team database stops answering mid-run (after the first paid call
+/// was sent): no further paid call is made — each is refused, saying the
+/// ledger did not answer — the free calls all go on, and the run ends
+/// instead of hanging.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_ledger_refuses_paid_calls_and_lets_free_ones_go_on() {
+    let Some(Ledger::Postgres(db)) = Ledger::postgres() else {
+        return;
+    };
+    let upstream = url::Url::parse(&db.url).unwrap();
+    let proxy = proxy::Proxy::start(format!(
+        "{}:{}",
+        upstream.host_str().unwrap(),
+        upstream.port().unwrap_or(5432)
+    ));
+    let fake = FakeServer::start().await;
+    let hang = std::sync::Arc::clone(&proxy.hang);
+    fake.set_handler(move |r| {
+        if r.model() == "gpt-4.1-nano" {
+            // The database hangs while this paid call is out.
+            hang.store(true, std::sync::atomic::Ordering::SeqCst);
+            Reply::text("summary").usage(100, 10)
+        } else {
+            Reply::text("note").usage(10, 2)
+        }
+    });
+    let p = Project::new(&policy(&fake, "budgets:\n  daily_usd: 1\n"), PAID_AND_FREE);
+    let items = r#"items=["a","b","c","d"]"#;
+    let out = p
+        .run_env(
+            &[
+                "--format",
+                "json",
+                "--quiet",
+                "--concurrency",
+                "1",
+                "-i",
+                items,
+            ],
+            &[("TOLLGATE_STATE_URL", &through(&db.url, proxy.port))],
+        )
+        .keys()
+        .await;
+    let text = transcript(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    let requests = fake.requests();
+    let paid = requests
+        .iter()
+        .filter(|r| r.model() == "gpt-4.1-nano")
+        .count();
+    let free = requests.iter().filter(|r| r.model() == "local-llm").count();
+    assert_eq!((paid, free), (1, 4), "{text}");
+    let r = report(&out);
+    assert_eq!(
+        crate::support::step(&r, "free")["status"],
+        "succeeded",
+        "{text}"
+    );
+    assert_eq!(
+        crate::support::step(&r, "paid")["status"],
+        "failed",
+        "{text}"
+    );
+    assert!(
+        text.contains("budget cannot be checked (the team ledger postgres://")
+            && text.contains("did not answer within 2.5s"),
+        "{text}"
+    );
+    assert!(!text.contains("tollgate-test"), "no password shown: {text}");
+    proxy.hang.store(false, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// A database that accepts connections and never answers: commands give up
+/// within the connection's bounds, exit 2, saying so.
+#[test]
+fn a_ledger_that_never_answers_is_given_up_on() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for c in listener.incoming() {
+            held.push(c);
+        }
+    });
+    let p = Project::empty();
+    let url = format!(
+        "postgres://team:s3cret-pw@127.0.0.1:{port}/ledger?connect_timeout=1&options=-c%20statement_timeout%3D200"
+    );
+    let out = p
+        .tollgate(&["runs"])
+        .env("TOLLGATE_STATE_URL", &url)
+        .output();
+    let text = transcript(&out);
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(
+        text.contains(&format!(
+            "cannot open the run journal postgres://team@127.0.0.1:{port}/ledger: no answer within"
+        )),
+        "{text}"
+    );
+    assert!(!text.contains("s3cret"), "{text}");
+}
