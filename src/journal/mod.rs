@@ -512,7 +512,7 @@ impl Journal {
     }
 
     /// The write of one call attempt.
-    fn call_write(&self, run_id: &str, c: CallRecord) -> writer::WriteFn {
+    fn call_write(&self, run_id: &str, c: CallRecord) -> writer::RecordFn {
         let (run_id, session, now) = (run_id.to_owned(), Arc::clone(&self.session), self.now());
         Box::new(move |tx| {
             let tx = match tx {
@@ -577,7 +577,8 @@ impl Journal {
     /// Writes one call attempt, committed before this returns (blocking
     /// the thread: not for async code, which has [`Journal::commit_call`]).
     pub fn record_call(&self, run_id: &str, c: &CallRecord) -> Result<(), JournalError> {
-        self.writer.write_sync(self.call_write(run_id, c.clone()))
+        self.writer
+            .write_sync(Box::new(self.call_write(run_id, c.clone())))
     }
 
     /// Writes one call attempt; returns once it is committed (the writer

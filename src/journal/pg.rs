@@ -462,6 +462,12 @@ impl PgConn {
         self.client.batch_execute(sql).map_err(|e| self.err(e))
     }
 
+    /// Whether the connection is gone (the server closed it, or the
+    /// network failed).
+    pub(super) fn is_closed(&self) -> bool {
+        self.client.is_closed()
+    }
+
     /// A lost connection is made again before the next use (the server
     /// restarted, a network blip); until it is back every use fails —
     /// budgets fail closed.

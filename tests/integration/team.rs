@@ -264,13 +264,17 @@ async fn two_users_in_several_processes_never_cross_their_own_day(ledger: Ledger
 mod proxy {
     use std::io::{Read, Write};
     use std::net::{TcpListener, TcpStream};
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
     use std::time::Duration;
 
     pub struct Proxy {
         pub port: u16,
         pub hang: Arc<AtomicBool>,
+        /// New connections still to be refused (accepted and closed).
+        refuse: Arc<AtomicUsize>,
+        /// Both ends of every connection made, to cut them.
+        open: Arc<Mutex<Vec<TcpStream>>>,
     }
 
     fn wait_while(hang: &AtomicBool) {
@@ -300,17 +304,31 @@ mod proxy {
             let listener = TcpListener::bind("127.0.0.1:0").expect("a loopback port");
             let port = listener.local_addr().unwrap().port();
             let hang = Arc::new(AtomicBool::new(false));
-            let h = Arc::clone(&hang);
+            let refuse = Arc::new(AtomicUsize::new(0));
+            let open: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
+            let (h, r, o) = (Arc::clone(&hang), Arc::clone(&refuse), Arc::clone(&open));
             std::thread::spawn(move || {
                 for client in listener.incoming() {
                     let Ok(client) = client else { break };
+                    if r.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                        .is_ok()
+                    {
+                        let _ = client.shutdown(std::net::Shutdown::Both);
+                        continue;
+                    }
                     let h = Arc::clone(&h);
+                    let o = Arc::clone(&o);
                     let upstream = upstream.clone();
                     std::thread::spawn(move || {
                         wait_while(&h);
                         let Ok(server) = TcpStream::connect(&upstream) else {
                             return;
                         };
+                        {
+                            let mut open = o.lock().unwrap();
+                            open.push(client.try_clone().unwrap());
+                            open.push(server.try_clone().unwrap());
+                        }
                         let (c2, s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
                         let h2 = Arc::clone(&h);
                         std::thread::spawn(move || pipe(c2, server, h2));
@@ -318,7 +336,21 @@ mod proxy {
                     });
                 }
             });
-            Proxy { port, hang }
+            Proxy {
+                port,
+                hang,
+                refuse,
+                open,
+            }
+        }
+
+        /// Cuts every connection and refuses the next `refuse` ones: the
+        /// database is gone for a while, then back.
+        pub fn cut(&self, refuse: usize) {
+            self.refuse.store(refuse, Ordering::SeqCst);
+            for s in self.open.lock().unwrap().drain(..) {
+                let _ = s.shutdown(std::net::Shutdown::Both);
+            }
         }
     }
 }
@@ -454,4 +486,88 @@ fn a_ledger_that_never_answers_is_given_up_on() {
         "{text}"
     );
     assert!(!text.contains("s3cret"), "{text}");
+}
+
+/// The connection to the team database is lost while a paid call is out
+/// (every connection cut, the next few refused, then it is back): the paid
+/// answer is kept and written once the database answers again, before the
+/// run ends — whatever else was refused meanwhile, every paid answer the
+/// provider gave is in the ledger, and the ledger's spend is the money
+/// asked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paid_answer_outlives_a_lost_connection() {
+    let Some(Ledger::Postgres(db)) = Ledger::postgres() else {
+        return;
+    };
+    let upstream = url::Url::parse(&db.url).unwrap();
+    let proxy = std::sync::Arc::new(proxy::Proxy::start(format!(
+        "{}:{}",
+        upstream.host_str().unwrap(),
+        upstream.port().unwrap_or(5432)
+    )));
+    let fake = FakeServer::start().await;
+    let cut = std::sync::Arc::clone(&proxy);
+    let first = std::sync::atomic::AtomicBool::new(true);
+    fake.set_handler(move |_| {
+        if first.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            cut.cut(3);
+        }
+        Reply::text("summary").usage(100, 10)
+    });
+    let wf = r#"version: 1
+name: lost
+inputs:
+  items: { type: array }
+steps:
+  paid:
+    task: summarize
+    for_each: inputs.items
+    prompt: "Summarize: {{ item }}"
+    max_output_tokens: 50
+"#;
+    let p = Project::new(&policy(&fake, "budgets:\n  daily_usd: 1\n"), wf);
+    let out = p
+        .run_env(
+            &[
+                "--format",
+                "json",
+                "--quiet",
+                "--concurrency",
+                "1",
+                "-i",
+                r#"items=["a","b","c"]"#,
+            ],
+            &[("TOLLGATE_STATE_URL", &through(&db.url, proxy.port))],
+        )
+        .keys()
+        .await;
+    let text = transcript(&out);
+    assert!(matches!(out.status.code(), Some(0 | 1)), "{text}");
+    let asked = fake.request_count();
+    assert!(asked >= 1, "{text}");
+    let run_id = report(&out)["run_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let journal = tollgate::journal::Journal::open_postgres(
+        &db.state_url(),
+        tollgate::journal::Clock::System,
+    )
+    .unwrap();
+    let answered = journal.finished_calls(&run_id).unwrap();
+    assert_eq!(
+        answered.len(),
+        asked,
+        "every paid answer is journaled: {text}"
+    );
+    assert!(
+        answered.contains_key(&("paid".to_owned(), Some(0))),
+        "{text}"
+    );
+    let cost = 100.0 * INPUT_PRICE + 10.0 * OUTPUT_PRICE;
+    let spent = journal.spent_since(0).unwrap();
+    assert!(
+        (spent - asked as f64 * cost).abs() < 1e-12,
+        "the ledger says ${spent}, the provider was asked for {asked} calls: {text}"
+    );
 }
