@@ -211,14 +211,15 @@ impl Journal {
     /// connection and the reader's, each on its own thread.
     pub fn open_postgres(url: &StateUrl, clock: Clock) -> Result<Journal, JournalError> {
         let session = new_session();
+        let who = who::Who::from_env();
         // The writer migrates first; the worker then finds the schema.
         let writer = writer::Writer::start(writer::WriteConn::Pg(url.clone()))?;
-        let worker = pg::Worker::start(url, session.clone())?;
+        let worker = pg::Worker::start(url, session.clone(), who.machine.clone())?;
         Ok(Journal {
             path: PathBuf::from(url.display()),
             clock,
             session: session.into(),
-            who: Arc::new(who::Who::from_env()),
+            who: Arc::new(who),
             writer,
             db: Db::Pg { worker },
         })
@@ -442,12 +443,12 @@ impl Journal {
     /// is still as `seen` (not running, or running in the dead process
     /// `seen.pid`): two resumes of one run at once would pay twice.
     pub fn reopen_run(&self, seen: &RunRow) -> Result<(), JournalError> {
-        let (id, pid) = (seen.id.clone(), seen.pid);
+        let (id, pid, on) = (seen.id.clone(), seen.pid, seen.machine.clone());
         let who = Arc::clone(&self.who);
         let changed = self.write(move |tx| {
             let tx = match tx {
                 Tx::Lite(tx) => tx,
-                Tx::Pg(c) => return pg_sql::reopen_run(c, &id, pid, &who.machine),
+                Tx::Pg(c) => return pg_sql::reopen_run(c, &id, pid, &on, &who.machine),
             };
             Ok(tx.execute(
                 "UPDATE runs SET status = 'running', finished_ms = NULL, pid = ?2, pid_start = ?4,

@@ -195,6 +195,10 @@ ALTER TABLE runs
     ADD COLUMN ci TEXT NOT NULL DEFAULT '';
 ALTER TABLE holds ADD COLUMN user_name TEXT NOT NULL DEFAULT '';
 CREATE INDEX runs_user ON runs(user_name, started_ms);
+-- A running run's lease, renewed by its process while it lives (as holds'
+-- are): once it lapses, a run another machine started may be resumed here.
+-- NULL (a run an older build started) never lapses.
+ALTER TABLE runs ADD COLUMN lease_expires TIMESTAMPTZ;
 "#,
 ];
 
@@ -582,7 +586,11 @@ pub(super) fn wait_ready(
 impl Worker {
     /// Connects (and migrates) on the new thread; `session`'s holds are
     /// renewed every [`HEARTBEAT`] while the worker lives.
-    pub(super) fn start(url: &StateUrl, session: String) -> Result<Worker, JournalError> {
+    pub(super) fn start(
+        url: &StateUrl,
+        session: String,
+        machine: String,
+    ) -> Result<Worker, JournalError> {
         let (tx, rx) = channel::<Job>();
         let (ready_tx, ready_rx) = sync_channel(1);
         let (done_tx, done) = sync_channel(1);
@@ -595,7 +603,7 @@ impl Worker {
                 match connect_migrated(&thread_url) {
                     Ok(conn) => {
                         let _ = ready_tx.send(Ok(()));
-                        serve(conn, rx, &session, &thread_busy);
+                        serve(conn, rx, &session, &machine, &thread_busy);
                     }
                     Err(e) => {
                         let _ = ready_tx.send(Err(e));
@@ -673,7 +681,7 @@ impl Drop for Worker {
     }
 }
 
-fn serve(mut conn: PgConn, rx: Receiver<Job>, session: &str, busy: &Busy) {
+fn serve(mut conn: PgConn, rx: Receiver<Job>, session: &str, machine: &str, busy: &Busy) {
     let mut next_beat = Instant::now() + HEARTBEAT;
     loop {
         let wait = next_beat.saturating_duration_since(Instant::now());
@@ -692,6 +700,7 @@ fn serve(mut conn: PgConn, rx: Receiver<Job>, session: &str, busy: &Busy) {
                 // lapsing meanwhile only lets others spend what this call
                 // may still cost — the same as a runner that died.
                 let _ = renew_holds(&mut conn, session);
+                let _ = renew_runs(&mut conn, machine);
             });
             next_beat = Instant::now() + HEARTBEAT;
         }
@@ -699,6 +708,21 @@ fn serve(mut conn: PgConn, rx: Receiver<Job>, session: &str, busy: &Busy) {
     // Holds of a session that ends are ended with it (its calls settled or
     // failed: each was released, or the lease lapses).
     let _ = conn.execute("DELETE FROM holds WHERE session = $1", &[&session]);
+}
+
+/// Renews the leases of the runs this process is running.
+fn renew_runs(conn: &mut PgConn, machine: &str) -> Result<u64, JournalError> {
+    conn.execute(
+        "UPDATE runs SET lease_expires = clock_timestamp() + make_interval(secs => $4)
+         WHERE status = 'running' AND machine = $1 AND pid = $2
+           AND pid_start IS NOT DISTINCT FROM $3",
+        &[
+            &machine,
+            &i64::from(std::process::id()),
+            &crate::process::own_start(),
+            &(LEASE_SECONDS as f64),
+        ],
+    )
 }
 
 fn renew_holds(conn: &mut PgConn, session: &str) -> Result<u64, JournalError> {

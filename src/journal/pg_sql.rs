@@ -36,9 +36,9 @@ pub(super) fn begin_run(
         let inserted = c.execute(
             "INSERT INTO runs (id, workflow, workflow_path, workflow_hash, policy, policy_path,
                 policy_hash, inputs_hash, inputs, started_ms, status, steps_total, estimate_usd,
-                estimate_max_usd, pid, pid_start, machine, user_name, ci)
+                estimate_max_usd, pid, pid_start, machine, user_name, ci, lease_expires)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'running', $11, $12, $13, $14, $15, $16,
-                $17, $18)
+                $17, $18, clock_timestamp() + make_interval(secs => $19))
              ON CONFLICT (id) DO NOTHING",
             &[
                 &id,
@@ -59,6 +59,7 @@ pub(super) fn begin_run(
                 &who.machine,
                 &who.user,
                 &who.ci,
+                &(super::pg::LEASE_SECONDS as f64),
             ],
         )?;
         if inserted == 1 {
@@ -88,22 +89,31 @@ pub(super) fn begin_run(
     Ok(id)
 }
 
+/// Takes a run over — only if it is still as seen: not running, or
+/// running in a process that is gone (on this machine, as its pid says; on
+/// another, as its lapsed lease says). Two resumes at once: one wins.
 pub(super) fn reopen_run(
     c: &mut PgConn,
     id: &str,
     seen_pid: u32,
+    seen_machine: &str,
     machine: &str,
 ) -> Result<u64, JournalError> {
     c.execute(
         "UPDATE runs SET status = 'running', finished_ms = NULL, pid = $2, pid_start = $4,
-                sessions = sessions + 1, machine = $5
-             WHERE id = $1 AND (status != 'running' OR pid = $3)",
+                sessions = sessions + 1, machine = $5,
+                lease_expires = clock_timestamp() + make_interval(secs => $7)
+             WHERE id = $1 AND (status != 'running'
+                OR (pid = $3 AND machine = $6
+                    AND (machine = $5 OR lease_expires < clock_timestamp())))",
         &[
             &id,
             &i64::from(std::process::id()),
             &i64::from(seen_pid),
             &own_start(),
             &machine,
+            &seen_machine,
+            &(super::pg::LEASE_SECONDS as f64),
         ],
     )
 }
@@ -343,17 +353,25 @@ const RUN_COLUMNS: &str =
     r.policy_hash, r.inputs, r.started_ms, r.finished_ms, r.status, r.steps_total,
     (SELECT COUNT(*) FROM steps s WHERE s.run_id = r.id AND s.status IN ('succeeded', 'skipped')),
     (SELECT COALESCE(SUM(GREATEST(cost_usd, 0)), 0) FROM calls c WHERE c.run_id = r.id),
-    r.estimate_usd, r.pid, r.sessions, r.pid_start, r.machine, r.user_name, r.ci
+    r.estimate_usd, r.pid, r.sessions, r.pid_start, r.machine, r.user_name, r.ci,
+    COALESCE(r.lease_expires < clock_timestamp(), FALSE)
     FROM runs r";
 
-/// A run's row; "running" in a process of this machine that is gone reads
-/// "interrupted" (a run on another machine cannot be checked from here).
+/// A run's row; "running" in a process of this machine that is gone, or on
+/// another machine with a lapsed lease, reads "interrupted".
 fn run_row(r: &postgres::Row, machine: &str) -> Result<RunRow, JournalError> {
     let started_ms: Millis = get(r, 8)?;
     let mut status: String = get(r, 10)?;
     let pid = get::<i64>(r, 15)? as u32;
     let on: String = get(r, 18)?;
-    if status == "running" && on == machine && !process_alive_since(pid, get(r, 17)?) {
+    let gone = if on == machine {
+        !process_alive_since(pid, get(r, 17)?)
+    } else {
+        // Another machine's process cannot be checked from here: its lease
+        // says whether it still lives.
+        get::<bool>(r, 21)?
+    };
+    if status == "running" && gone {
         status = "interrupted".to_owned();
     }
     let inputs: String = get(r, 7)?;

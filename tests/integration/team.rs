@@ -571,3 +571,104 @@ steps:
         "the ledger says ${spent}, the provider was asked for {asked} calls: {text}"
     );
 }
+
+/// Two machines (two checkouts, one team database): a run killed on `m1`
+/// stays `running` to `m2` while its lease holds (a pid says nothing
+/// across machines), so `m2` refuses to resume it; once the lease lapses,
+/// `m2` resumes it — if its workflow files match — answering the finished
+/// call from the ledger and paying only for the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_killed_on_one_machine_is_resumed_on_another() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let Some(ledger) = Ledger::postgres() else {
+        return;
+    };
+    let Ledger::Postgres(db) = &ledger else {
+        unreachable!()
+    };
+    let fake = FakeServer::start().await;
+    let slow = std::sync::Arc::new(AtomicBool::new(false));
+    let s = std::sync::Arc::clone(&slow);
+    fake.set_handler(move |_| {
+        // After the first answer, the next call hangs until the kill.
+        let delay = if s.swap(true, Ordering::SeqCst) {
+            300
+        } else {
+            0
+        };
+        Reply::text("summary")
+            .usage(100, 10)
+            .delay(Duration::from_secs(delay))
+    });
+    let wf = fan_out(50);
+    let policy = policy(&fake, "");
+    let m1 = Project::new(&policy, &wf).on(&ledger);
+    let m2 = Project::new(&policy, &wf).on(&ledger);
+    let items = r#"items=["a","b","c"]"#;
+    let mut child = m1
+        .run_env(
+            &["--quiet", "--concurrency", "1", "-i", items],
+            &[("TOLLGATE_MACHINE", "m1")],
+        )
+        .keys()
+        .into_tokio()
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let journal = m1.journal();
+    let id = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            if let Some(run) = journal.run("last").unwrap() {
+                if journal.finished_calls(&run.id).unwrap().len() == 1 && fake.request_count() == 2
+                {
+                    return run.id;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the first answer is journaled and the second call is out");
+    child.start_kill().unwrap(); // SIGKILL
+    child.wait().await.unwrap();
+    fake.set_handler(|_| Reply::text("summary").usage(100, 10));
+
+    let on_m2 = [("TOLLGATE_MACHINE", "m2")];
+    let resume = ["--format", "json", "--quiet", "--resume", id.as_str()];
+    let out = m2.run_env(&resume, &on_m2).keys().await;
+    let text = transcript(&out);
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(text.contains("is still running (process "), "{text}");
+    assert!(text.contains(" on machine m1)"), "{text}");
+
+    // A minute later, as the database's clock sees it.
+    db.exec(&format!(
+        "UPDATE runs SET lease_expires = clock_timestamp() - interval '1 second' WHERE id = '{id}'"
+    ));
+    // Other workflow files: refused, as on one machine.
+    m2.write("wf.yaml", &fan_out(60));
+    let out = m2.run_env(&resume, &on_m2).keys().await;
+    let text = transcript(&out);
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(text.contains("changed since the run started"), "{text}");
+    m2.write("wf.yaml", &wf);
+
+    let before = fake.request_count();
+    let out = m2.run_env(&resume, &on_m2).keys().await;
+    let text = transcript(&out);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    let r = report(&out);
+    assert_eq!(r["run_id"], id.as_str());
+    assert_eq!(r["resumed_calls"], 1, "{text}");
+    assert_eq!(
+        fake.request_count() - before,
+        2,
+        "only b and c are paid for"
+    );
+    let run = journal.run(&id).unwrap().unwrap();
+    assert_eq!(
+        (run.status.as_str(), run.machine.as_str(), run.sessions),
+        ("succeeded", "m2", 2)
+    );
+}
