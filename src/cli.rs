@@ -75,6 +75,33 @@ enum Color {
     Never,
 }
 
+/// `--by`: who ran the runs (recorded from the environment when each run
+/// started: `$USER`, the hostname or `$TOLLGATE_MACHINE`, the CI system).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum ByArg {
+    User,
+    Machine,
+    Ci,
+}
+
+impl ByArg {
+    fn all(by: &[ByArg]) -> Vec<crate::journal::report::By> {
+        use crate::journal::report::By;
+        let mut out: Vec<By> = Vec::new();
+        for b in by {
+            let b = match b {
+                ByArg::User => By::User,
+                ByArg::Machine => By::Machine,
+                ByArg::Ci => By::Ci,
+            };
+            if !out.contains(&b) {
+                out.push(b);
+            }
+        }
+        out
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum OutputFormat {
     Text,
@@ -125,6 +152,9 @@ enum Command {
         /// How many runs to show.
         #[arg(long, short = 'n', default_value_t = 20)]
         limit: usize,
+        /// Also group the listed runs by who ran them (repeatable).
+        #[arg(long, value_enum)]
+        by: Vec<ByArg>,
         #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
         format: OutputFormat,
         #[command(flatten)]
@@ -136,6 +166,9 @@ enum Command {
         /// Only calls since then: a duration back from now ("7d", "12h") or a UTC date ("2026-11-01").
         #[arg(long, value_name = "WHEN")]
         since: Option<String>,
+        /// Also split spend, calls and savings by who ran the runs (repeatable).
+        #[arg(long, value_enum)]
+        by: Vec<ByArg>,
         #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
         format: OutputFormat,
         /// Also write a self-contained HTML page of the report here.
@@ -228,15 +261,30 @@ pub fn main() -> ExitCode {
         Command::Compare(args) => compare::cmd_compare(args, options),
         Command::Runs {
             limit,
+            by,
             format,
             state,
         } => match journal::runs(&state, limit) {
             Ok(runs) => {
+                let by = ByArg::all(&by);
                 match format {
-                    OutputFormat::Json => {
+                    // Without --by, the list as it always was; with it, the
+                    // list and its groups.
+                    OutputFormat::Json if by.is_empty() => {
                         print_out(&serde_json::to_string_pretty(&runs).unwrap_or_default())
                     }
-                    OutputFormat::Text => print_out(&render::runs_text(&runs)),
+                    OutputFormat::Json => {
+                        let mut out = serde_json::Map::new();
+                        out.insert("runs".to_owned(), json!(runs));
+                        for b in &by {
+                            out.insert(
+                                format!("by_{}", b.name()),
+                                json!(crate::journal::report::runs_by(&runs, *b)),
+                            );
+                        }
+                        print_out(&serde_json::to_string_pretty(&out).unwrap_or_default())
+                    }
+                    OutputFormat::Text => print_out(&render::runs_text(&runs, &by)),
                 }
                 exit::OK
             }
@@ -244,10 +292,11 @@ pub fn main() -> ExitCode {
         },
         Command::Report {
             since,
+            by,
             format,
             html,
             state,
-        } => match journal::report(&state, since.as_deref()) {
+        } => match journal::report(&state, since.as_deref(), &ByArg::all(&by)) {
             Ok(r) => match html.as_deref().map(|path| {
                 suites::write_file(path, |w| {
                     w.write_all(crate::html::report_page(&r).as_bytes())

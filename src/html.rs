@@ -50,6 +50,9 @@ pub fn report_page(r: &Report) -> String {
             by_step => r.by_step.iter().map(line).collect::<Vec<_>>(),
             by_model => r.by_model.iter().map(line).collect::<Vec<_>>(),
             by_tier => r.by_tier.iter().map(line).collect::<Vec<_>>(),
+            by_user => r.by_user.iter().flatten().map(line).collect::<Vec<_>>(),
+            by_machine => r.by_machine.iter().flatten().map(line).collect::<Vec<_>>(),
+            by_ci => r.by_ci.iter().flatten().map(line).collect::<Vec<_>>(),
             cascades => r.cascades.iter().map(|c| context! {
                 key => c.key,
                 first_answers => c.first_answers,
@@ -548,6 +551,12 @@ mod tests {
             by_step: vec![],
             by_model: vec![],
             by_tier: vec![],
+            by_user: Some(vec![Line {
+                key: "<b>ana</b>".to_owned(),
+                ..Line::default()
+            }]),
+            by_machine: None,
+            by_ci: None,
             cascades: vec![],
         };
         r.by_step.push(Line {
@@ -556,6 +565,10 @@ mod tests {
         });
         let page = report_page(&r);
         assert!(!page.contains("<script>alert"), "escaped");
+        assert!(
+            page.contains("&lt;b&gt;ana&lt;&#x2f;b&gt;"),
+            "a user is text"
+        );
         assert!(
             page.contains("&lt;script&gt;alert(1)&lt;&#x2f;script&gt;"),
             "shown as text"

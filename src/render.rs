@@ -769,36 +769,55 @@ pub(crate) fn table(header: &[&str], rows: &[Vec<String>], left: usize) -> Strin
     o
 }
 
-/// `tollgate runs`.
-pub fn runs_text(runs: &[crate::journal::RunRow]) -> String {
+/// `tollgate runs`, with a column per `--by` split and each split's
+/// groups after the list.
+pub fn runs_text(runs: &[crate::journal::RunRow], by: &[crate::journal::report::By]) -> String {
     if runs.is_empty() {
         return "no runs journaled yet\n".to_owned();
     }
     let rows: Vec<Vec<String>> = runs
         .iter()
         .map(|r| {
-            vec![
-                r.id.clone(),
-                r.started.clone(),
-                r.workflow.clone(),
+            let mut row = vec![r.id.clone(), r.started.clone(), r.workflow.clone()];
+            row.extend(by.iter().map(|b| b.key(r)));
+            row.extend([
                 r.status.clone(),
                 format!("{}/{}", r.steps_done, r.steps_total),
                 usd(r.cost_usd),
-            ]
+            ]);
+            row
         })
         .collect();
-    table(
-        &[
-            "RUN",
-            "STARTED (UTC)",
-            "WORKFLOW",
-            "STATUS",
-            "STEPS",
-            "COST",
-        ],
-        &rows,
-        4,
-    )
+    let mut header: Vec<String> = ["RUN", "STARTED (UTC)", "WORKFLOW"]
+        .map(str::to_owned)
+        .to_vec();
+    header.extend(by.iter().map(|b| b.name().to_uppercase()));
+    header.extend(["STATUS", "STEPS", "COST"].map(str::to_owned));
+    let header: Vec<&str> = header.iter().map(String::as_str).collect();
+    let mut o = table(&header, &rows, 4 + by.len());
+    for &b in by {
+        let groups = crate::journal::report::runs_by(runs, b);
+        let rows: Vec<Vec<String>> = groups
+            .iter()
+            .map(|g| {
+                vec![
+                    g.key.clone(),
+                    g.runs.to_string(),
+                    g.succeeded.to_string(),
+                    g.other.to_string(),
+                    usd(g.cost_usd),
+                ]
+            })
+            .collect();
+        let _ = writeln!(o, "\nBy {} (the runs listed)", b.name());
+        let name = b.name().to_uppercase();
+        o.push_str(&table(
+            &[name.as_str(), "RUNS", "SUCCEEDED", "OTHER", "COST"],
+            &rows,
+            1,
+        ));
+    }
+    o
 }
 
 /// `tollgate report`.
@@ -911,6 +930,15 @@ pub fn report_text(r: &crate::journal::report::Report) -> String {
     section(&mut o, "By step", &r.by_step, true);
     section(&mut o, "By model", &r.by_model, false);
     section(&mut o, "By tier", &r.by_tier, false);
+    for (title, lines) in [
+        ("By user", &r.by_user),
+        ("By machine", &r.by_machine),
+        ("By ci", &r.by_ci),
+    ] {
+        if let Some(lines) = lines {
+            section(&mut o, title, lines, false);
+        }
+    }
     if !r.cascades.is_empty() {
         let _ = writeln!(o, "\nCascades");
         let rows: Vec<Vec<String>> = r

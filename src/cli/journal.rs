@@ -77,11 +77,21 @@ pub fn resume_target(journal: &Journal, id: &str) -> Result<RunRow, Diagnostic> 
         .with_help("`tollgate runs` lists the journaled runs; `--resume last` takes the newest"));
     };
     if run.status == "running" {
+        let on = if run.machine.is_empty() || run.machine == journal.who().machine {
+            String::new()
+        } else {
+            format!(" on machine {}", run.machine)
+        };
+        let help = if on.is_empty() {
+            "resuming it now would send its calls twice: wait for it, or stop it first"
+        } else {
+            "resuming it now would send its calls twice: wait for it, or stop it; a run whose process is gone can be resumed from another machine once its lease lapses (a minute after it stopped)"
+        };
         return Err(Diagnostic::error(
             "run-in-progress",
-            format!("run {} is still running (process {})", run.id, run.pid),
+            format!("run {} is still running (process {}{on})", run.id, run.pid),
         )
-        .with_help("resuming it now would send its calls twice: wait for it, or stop it first"));
+        .with_help(help));
     }
     Ok(run)
 }
@@ -159,6 +169,7 @@ pub fn runs(state: &StateArg, limit: usize) -> Result<Vec<RunRow>, Diagnostic> {
 pub fn report(
     state: &StateArg,
     since: Option<&str>,
+    by: &[journal::report::By],
 ) -> Result<journal::report::Report, Diagnostic> {
     let clock = clock()?;
     let since = since
@@ -169,7 +180,7 @@ pub fn report(
         Some(j) => j,
         None => Journal::in_memory(clock).map_err(|e| Diagnostic::error("journal", e))?,
     };
-    journal::report::build(&journal, since).map_err(|e| Diagnostic::error("journal", e))
+    journal::report::build_by(&journal, since, by).map_err(|e| Diagnostic::error("journal", e))
 }
 
 /// How often each cascade rule of `policy` escalated in the journal, for

@@ -52,6 +52,13 @@ pub enum JournalError {
     /// Any PostgreSQL failure on an open journal (scrubbed of the password).
     #[error("run journal: {0}")]
     Pg(String),
+
+    /// The team database did not answer in time: it may be hung, or the
+    /// network to it down. Paid calls are refused meanwhile (fail closed).
+    #[error(
+        "the team ledger {url} did not answer within {secs}s (statement_timeout; the database may be hung or unreachable)"
+    )]
+    LedgerTimeout { url: String, secs: f64 },
     /// Any SQLite failure while reading or writing an open journal.
     #[error("run journal: {0}")]
     Db(#[from] rusqlite::Error),

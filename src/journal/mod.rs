@@ -35,6 +35,7 @@ mod pg_sql;
 mod records;
 pub mod report;
 mod schema;
+pub mod who;
 mod writer;
 
 pub use batches::{BatchLedger, BatchRef};
@@ -121,6 +122,9 @@ pub struct Journal {
     /// processes, earlier sessions of a resumed run) is counted from the
     /// journal, this session's from the executor's own ledger.
     session: Arc<str>,
+    /// Who runs this process: recorded with each run it begins and each
+    /// hold it takes (per-user budgets count by it).
+    who: Arc<who::Who>,
     /// Dropped first: what was queued is committed before the reader goes.
     writer: writer::Writer,
     db: Db,
@@ -132,7 +136,6 @@ enum Db {
     /// A connection on a thread of its own (see `pg`).
     Pg {
         worker: pg::Worker,
-        machine: Arc<str>,
     },
 }
 
@@ -208,19 +211,29 @@ impl Journal {
     /// connection and the reader's, each on its own thread.
     pub fn open_postgres(url: &StateUrl, clock: Clock) -> Result<Journal, JournalError> {
         let session = new_session();
+        let who = who::Who::from_env();
         // The writer migrates first; the worker then finds the schema.
         let writer = writer::Writer::start(writer::WriteConn::Pg(url.clone()))?;
-        let worker = pg::Worker::start(url, session.clone())?;
+        let worker = pg::Worker::start(url, session.clone(), who.machine.clone())?;
         Ok(Journal {
             path: PathBuf::from(url.display()),
             clock,
             session: session.into(),
+            who: Arc::new(who),
             writer,
-            db: Db::Pg {
-                worker,
-                machine: pg::machine().into(),
-            },
+            db: Db::Pg { worker },
         })
+    }
+
+    /// This journal as another user's process would open it (tests).
+    #[cfg(test)]
+    fn run_by(mut self, user: &str, ci: &str) -> Journal {
+        self.who = Arc::new(who::Who {
+            user: user.to_owned(),
+            machine: "box-1".to_owned(),
+            ci: ci.to_owned(),
+        });
+        self
     }
 
     /// The SQLite connection (tests that reach under the journal).
@@ -296,6 +309,7 @@ impl Journal {
             path,
             clock,
             session: new_session().into(),
+            who: Arc::new(who::Who::from_env()),
             writer: writer::Writer::start(write_conn)?,
             db: Db::Lite(conn),
         })
@@ -318,20 +332,16 @@ impl Journal {
     ) -> Result<T, JournalError> {
         match &self.db {
             Db::Lite(c) => lite(&c.lock().unwrap_or_else(|e| e.into_inner())),
-            Db::Pg { worker, machine } => {
-                let machine = Arc::clone(machine);
-                worker.call(move |c| pg(c, &machine))
+            Db::Pg { worker } => {
+                let who = Arc::clone(&self.who);
+                worker.call(move |c| pg(c, &who.machine))
             }
         }
     }
 
-    /// The machine this process runs on ("" for SQLite, where it is not
-    /// recorded).
-    fn machine(&self) -> Arc<str> {
-        match &self.db {
-            Db::Lite(_) => Arc::from(""),
-            Db::Pg { machine, .. } => Arc::clone(machine),
-        }
+    /// Who runs this process, as its runs record it.
+    pub fn who(&self) -> &who::Who {
+        &self.who
     }
 
     /// Runs `write` in the writer's next group and waits until it is
@@ -359,12 +369,12 @@ impl Journal {
             .map(|t| t.strftime("%Y%m%d-%H%M%S").to_string())
             .unwrap_or_default();
         let run = run.clone();
-        let machine = self.machine();
+        let who = Arc::clone(&self.who);
         // Inside the writer's transaction: the free id stays free.
         self.write(move |tx| {
             let tx = match tx {
                 Tx::Lite(tx) => tx,
-                Tx::Pg(c) => return pg_sql::begin_run(c, &run, &stamp, now, &machine),
+                Tx::Pg(c) => return pg_sql::begin_run(c, &run, &stamp, now, &who),
             };
             let id = loop {
                 let id = format!("r-{stamp}-{:04x}", fastrand::u16(..));
@@ -381,8 +391,9 @@ impl Journal {
             tx.prepare_cached(
                 "INSERT INTO runs (id, workflow, workflow_path, workflow_hash, policy, policy_path, policy_hash,
                     inputs_hash, inputs, started_ms, status, steps_total, estimate_usd, estimate_max_usd, pid,
-                    pid_start)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 'running', ?11, ?12, ?13, ?14, ?15)",
+                    pid_start, user_name, machine, ci)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 'running', ?11, ?12, ?13, ?14, ?15,
+                    ?16, ?17, ?18)",
             )?
             .execute(params![
                     id,
@@ -400,6 +411,9 @@ impl Journal {
                     run.estimate_max_usd,
                     std::process::id(),
                     own_start(),
+                    who.user,
+                    who.machine,
+                    who.ci,
             ])?;
             let mut step = tx.prepare_cached(
                 "INSERT INTO steps (run_id, step, status, planned_model, planned_calls, estimate_usd,
@@ -429,12 +443,12 @@ impl Journal {
     /// is still as `seen` (not running, or running in the dead process
     /// `seen.pid`): two resumes of one run at once would pay twice.
     pub fn reopen_run(&self, seen: &RunRow) -> Result<(), JournalError> {
-        let (id, pid) = (seen.id.clone(), seen.pid);
-        let machine = self.machine();
+        let (id, pid, on) = (seen.id.clone(), seen.pid, seen.machine.clone());
+        let who = Arc::clone(&self.who);
         let changed = self.write(move |tx| {
             let tx = match tx {
                 Tx::Lite(tx) => tx,
-                Tx::Pg(c) => return pg_sql::reopen_run(c, &id, pid, &machine),
+                Tx::Pg(c) => return pg_sql::reopen_run(c, &id, pid, &on, &who.machine),
             };
             Ok(tx.execute(
                 "UPDATE runs SET status = 'running', finished_ms = NULL, pid = ?2, pid_start = ?4,
@@ -499,7 +513,7 @@ impl Journal {
     }
 
     /// The write of one call attempt.
-    fn call_write(&self, run_id: &str, c: CallRecord) -> writer::WriteFn {
+    fn call_write(&self, run_id: &str, c: CallRecord) -> writer::RecordFn {
         let (run_id, session, now) = (run_id.to_owned(), Arc::clone(&self.session), self.now());
         Box::new(move |tx| {
             let tx = match tx {
@@ -564,7 +578,8 @@ impl Journal {
     /// Writes one call attempt, committed before this returns (blocking
     /// the thread: not for async code, which has [`Journal::commit_call`]).
     pub fn record_call(&self, run_id: &str, c: &CallRecord) -> Result<(), JournalError> {
-        self.writer.write_sync(self.call_write(run_id, c.clone()))
+        self.writer
+            .write_sync(Box::new(self.call_write(run_id, c.clone())))
     }
 
     /// Writes one call attempt; returns once it is committed (the writer
@@ -752,61 +767,88 @@ impl Journal {
     /// Budgets over time, across processes: in one write transaction (so
     /// two processes cannot interleave), counts what others spent since each
     /// check's start and the worst cases of their calls in flight (holds of
-    /// live processes), and holds `amount` if it fits every check. Returns
-    /// the hold, or the first check that does not fit with what others
-    /// spent and hold.
+    /// live processes), and holds `amount` if it fits every check. A check
+    /// whose [`SpendCheck::user`] is set counts only this process's user
+    /// (runs they started, holds they took, on every machine of the
+    /// ledger). Returns the hold, or the first check that does not fit with
+    /// what others spent and hold.
     pub fn try_hold(
         &self,
         amount: f64,
-        checks: &[(Millis, f64, f64)],
+        checks: &[SpendCheck],
     ) -> Result<Result<i64, (usize, f64, f64)>, JournalError> {
         let now = self.now();
         let conn = match &self.db {
             Db::Lite(c) => c,
-            Db::Pg { worker, machine } => {
+            Db::Pg { worker } => {
                 let (session, checks) = (Arc::clone(&self.session), checks.to_vec());
-                let machine = Arc::clone(machine);
-                return worker
-                    .call(move |c| pg::try_hold(c, &session, &machine, now, amount, &checks));
+                let who = Arc::clone(&self.who);
+                return worker.call(move |c| pg::try_hold(c, &session, &who, now, amount, &checks));
             }
         };
         let mut conn = conn.lock().unwrap_or_else(|e| e.into_inner());
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let holds: Vec<(i64, u32, Option<i64>, f64, Millis)> = {
+        let holds: Vec<(i64, u32, Option<i64>, f64, Millis, String)> = {
             let mut stmt = tx.prepare(
-                "SELECT id, pid, pid_start, amount_usd, created_ms FROM holds WHERE session != ?1",
+                "SELECT id, pid, pid_start, amount_usd, created_ms, user_name FROM holds WHERE session != ?1",
             )?;
             stmt.query_map([&*self.session], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                ))
             })?
             .collect::<Result<_, _>>()?
         };
-        let mut in_flight = 0.0;
-        for (id, pid, pid_start, held, created) in holds {
+        let (mut in_flight, mut users_in_flight) = (0.0, 0.0);
+        for (id, pid, pid_start, held, created, user) in holds {
             if process_alive_since(pid, pid_start) && now - created < STALE_HOLD_MS {
                 in_flight += held;
+                if user == self.who.user {
+                    users_in_flight += held;
+                }
             } else {
                 // Left by a process that died mid-call.
                 tx.execute("DELETE FROM holds WHERE id = ?1", [id])?;
             }
         }
-        for (index, &(since, limit, local)) in checks.iter().enumerate() {
-            let spent: f64 = tx
-                .query_row(
-                    "SELECT COALESCE(SUM(MAX(cost_usd, 0)), 0) FROM calls WHERE finished_ms >= ?1 AND session != ?2",
-                    params![since, &*self.session],
+        for (index, check) in checks.iter().enumerate() {
+            let (spent, held): (f64, f64) = if check.user {
+                let spent = tx.query_row(
+                    "SELECT COALESCE(SUM(MAX(c.cost_usd, 0)), 0) FROM calls c JOIN runs r ON r.id = c.run_id
+                     WHERE c.finished_ms >= ?1 AND c.session != ?2 AND r.user_name = ?3",
+                    params![check.since, &*self.session, self.who.user],
                     |r| r.get(0),
-                )
-                ?;
-            if spent + in_flight + local + amount > limit + 1e-12 {
+                )?;
+                (spent, users_in_flight)
+            } else {
+                let spent = tx.query_row(
+                    "SELECT COALESCE(SUM(MAX(cost_usd, 0)), 0) FROM calls WHERE finished_ms >= ?1 AND session != ?2",
+                    params![check.since, &*self.session],
+                    |r| r.get(0),
+                )?;
+                (spent, in_flight)
+            };
+            if spent + held + check.local + amount > check.limit + 1e-12 {
                 tx.commit()?;
-                return Ok(Err((index, spent, in_flight)));
+                return Ok(Err((index, spent, held)));
             }
         }
         tx.execute(
-            "INSERT INTO holds (session, pid, pid_start, amount_usd, created_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![&*self.session, std::process::id(), own_start(), amount, now],
+            "INSERT INTO holds (session, pid, pid_start, amount_usd, created_ms, user_name)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![
+                &*self.session,
+                std::process::id(),
+                own_start(),
+                amount,
+                now,
+                self.who.user
+            ],
         )?;
         let id = tx.last_insert_rowid();
         tx.commit()?;
@@ -902,6 +944,18 @@ impl Journal {
     }
 }
 
+/// One budget a hold is checked against: what others spent since `since`
+/// and hold in flight, plus `local` (this session's own spend and
+/// reservations) and the call's worst case, must stay within `limit`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SpendCheck {
+    pub since: Millis,
+    pub limit: f64,
+    pub local: f64,
+    /// Counts only this process's user (a per-user budget), not everyone.
+    pub user: bool,
+}
+
 /// A new session id: this process, and a random part (a pid alone repeats
 /// across machines and restarts).
 fn new_session() -> String {
@@ -913,7 +967,7 @@ const RUN_SELECT: &str =
     r.policy_hash, r.inputs, r.started_ms, r.finished_ms, r.status, r.steps_total,
     (SELECT COUNT(*) FROM steps s WHERE s.run_id = r.id AND s.status IN ('succeeded', 'skipped')),
     (SELECT COALESCE(SUM(MAX(cost_usd, 0)), 0) FROM calls c WHERE c.run_id = r.id),
-    r.estimate_usd, r.pid, r.sessions, r.pid_start
+    r.estimate_usd, r.pid, r.sessions, r.pid_start, r.user_name, r.machine, r.ci
     FROM runs r";
 
 fn run_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunRow> {
@@ -943,6 +997,9 @@ fn run_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunRow> {
         estimate_usd: r.get(14)?,
         pid,
         sessions: r.get(16)?,
+        user: who::clean(&r.get::<_, String>(18)?),
+        machine: who::clean(&r.get::<_, String>(19)?),
+        ci: who::clean(&r.get::<_, String>(20)?),
     })
 }
 
@@ -986,6 +1043,17 @@ mod tests {
         let mut v = vec![Store::Dir(tempfile::tempdir().unwrap())];
         v.extend(pg::testing::TestDb::create().map(Store::Pg));
         v
+    }
+
+    /// A team budget of `limit` since the epoch, this session spending
+    /// nothing else.
+    fn team(limit: f64) -> SpendCheck {
+        SpendCheck {
+            since: 0,
+            limit,
+            local: 0.0,
+            user: false,
+        }
     }
 
     fn new_run() -> NewRun {
@@ -1225,8 +1293,13 @@ mod tests {
              VALUES ('r-old', 'a', 'succeeded', 1, 0.5, 0.5, 1.0);",
             pg::MIGRATIONS[0]
         ));
-        let j = Journal::open_postgres(&db.url, Clock::Fixed(1_700_000_000_000)).unwrap();
-        assert_eq!(j.run("r-old").unwrap().unwrap().estimate_usd, 0.5);
+        let j = Journal::open_postgres(&db.url, Clock::Fixed(1_700_000_000_000))
+            .unwrap()
+            .run_by("ana", "gitlab");
+        let old = j.run("r-old").unwrap().unwrap();
+        assert_eq!(old.estimate_usd, 0.5);
+        // Schema 3: nobody recorded for the old run; the new ones say who.
+        assert_eq!((old.user.as_str(), old.ci.as_str()), ("", ""));
         let id = j.begin_run(&new_run()).unwrap();
         j.record_call(
             &id,
@@ -1248,6 +1321,8 @@ mod tests {
         let r = report::build(&j, None).unwrap();
         assert_eq!((r.runs, r.totals.savings.context_tokens), (2, 0));
         assert_eq!(r.cascades[0].key, "p/r");
+        let run = j.run(&id).unwrap().unwrap();
+        assert_eq!((run.user.as_str(), run.ci.as_str()), ("ana", "gitlab"));
     }
 
     #[test]
@@ -1291,7 +1366,7 @@ mod tests {
         assert!(j.cached_answer("req", 1_800_000_000_000).unwrap().is_none());
         // This session's spend is not "by others": it is in the run's own
         // ledger, so a $0.5 call still fits a $0.6 day here.
-        assert!(j.try_hold(0.5, &[(0, 0.6, 0.0)]).unwrap().is_ok());
+        assert!(j.try_hold(0.5, &[team(0.6)]).unwrap().is_ok());
         assert!((j.spent_since(0).unwrap() - 0.5).abs() < 1e-12);
         // Two resumes of one run: the second sees the first's process.
         let mut seen = j.run(&id).unwrap().unwrap();
@@ -1318,17 +1393,151 @@ mod tests {
         let a = store.open(Clock::Fixed(1_000));
         let b = store.open(Clock::Fixed(1_000));
         // $1 a day; A holds $0.6 for a call in flight.
-        let held = a.try_hold(0.6, &[(0, 1.0, 0.0)]).unwrap().unwrap();
+        let held = a.try_hold(0.6, &[team(1.0)]).unwrap().unwrap();
         // B's $0.6 does not fit beside it…
-        assert_eq!(
-            b.try_hold(0.6, &[(0, 1.0, 0.0)]).unwrap(),
-            Err((0, 0.0, 0.6))
-        );
+        assert_eq!(b.try_hold(0.6, &[team(1.0)]).unwrap(), Err((0, 0.0, 0.6)));
         // …until A's call settles (the release is queued behind the
         // call's record: committed by the next flush).
         a.release_hold(held).unwrap();
         a.flush_blocking().unwrap();
-        assert!(b.try_hold(0.6, &[(0, 1.0, 0.0)]).unwrap().is_ok());
+        assert!(b.try_hold(0.6, &[team(1.0)]).unwrap().is_ok());
+    }
+
+    /// A per-user budget counts only that user's spend and holds — from
+    /// every session of theirs, none of anyone else's — in the same
+    /// check-and-hold as the team's budget; the report splits by who ran.
+    #[test]
+    fn a_per_user_budget_counts_only_that_users_spend_and_holds() {
+        for store in stores() {
+            let open =
+                |user: &str, ci: &str| store.open(Clock::Fixed(1_700_000_000_000)).run_by(user, ci);
+            let user = |limit: f64| SpendCheck {
+                since: 0,
+                limit,
+                local: 0.0,
+                user: true,
+            };
+            let ana = open("ana", "");
+            let id = ana.begin_run(&new_run()).unwrap();
+            ana.record_call(
+                &id,
+                &CallRecord {
+                    cost_usd: 0.5,
+                    ..answer(0)
+                },
+            )
+            .unwrap();
+            // Another session of ana's holds 0.3 in flight: 0.8 of her 1.0.
+            let ana2 = open("ana", "github-actions");
+            ana2.try_hold(0.3, &[team(10.0), user(1.0)])
+                .unwrap()
+                .unwrap();
+            // Bo's day is his own.
+            let bo = open("bo", "");
+            assert!(bo.try_hold(0.9, &[team(10.0), user(1.0)]).unwrap().is_ok());
+            // A third session of ana's: 0.3 more crosses her day (the
+            // per-user check, index 1, with her spend and her holds only)…
+            let ana3 = open("ana", "");
+            assert_eq!(
+                ana3.try_hold(0.3, &[team(10.0), user(1.0)]).unwrap(),
+                Err((1, 0.5, 0.3))
+            );
+            // …0.2 does not, and the team's check still counts everyone
+            // else's holds (a session's own are its `local`).
+            assert!(
+                ana3.try_hold(0.2, &[team(10.0), user(1.0)])
+                    .unwrap()
+                    .is_ok()
+            );
+            assert_eq!(
+                bo.try_hold(0.1, &[team(1.0), user(1.0)]).unwrap(),
+                Err((0, 0.5, 0.5))
+            );
+            // Who ran it is recorded and read back; the report splits by it.
+            let bo_run = bo.begin_run(&new_run()).unwrap();
+            bo.record_call(
+                &bo_run,
+                &CallRecord {
+                    cost_usd: 0.25,
+                    ..answer(1)
+                },
+            )
+            .unwrap();
+            let run = ana.run(&id).unwrap().unwrap();
+            assert_eq!(
+                (run.user.as_str(), run.machine.as_str(), run.ci.as_str()),
+                ("ana", "box-1", "")
+            );
+            let r = report::build_by(&ana, None, &[report::By::User, report::By::Ci]).unwrap();
+            let users: Vec<(&str, f64)> = r
+                .by_user
+                .as_ref()
+                .unwrap()
+                .iter()
+                .map(|l| (l.key.as_str(), l.cost_usd))
+                .collect();
+            assert_eq!(users, [("ana", 0.5), ("bo", 0.25)]);
+            assert_eq!(r.by_ci.as_ref().unwrap()[0].key, "-");
+            assert!(r.by_machine.is_none());
+        }
+    }
+
+    /// Who ran it, read back from a database others write to: bounded and
+    /// without control characters, whatever was stored.
+    #[test]
+    fn who_is_cleaned_when_read_back() {
+        for store in stores() {
+            let j = store.open(Clock::Fixed(1_700_000_000_000));
+            let hostile = format!("\u{1b}]0;pwned\u{7}{}", "x".repeat(500));
+            let j = j.run_by(&hostile, "ci\nfake");
+            let id = j.begin_run(&new_run()).unwrap();
+            let run = j.run(&id).unwrap().unwrap();
+            assert!(!run.user.chars().any(char::is_control), "{:?}", run.user);
+            assert!(run.user.chars().count() <= who::MAX_WHO);
+            assert_eq!(run.ci, "ci?fake");
+        }
+    }
+
+    /// A SQLite journal of schema 1 (before who ran it was recorded) is
+    /// migrated: its runs stay, read back with nobody recorded, and new
+    /// runs and holds record who.
+    #[test]
+    fn a_sqlite_journal_of_schema_1_is_migrated() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = || Clock::Fixed(1_700_000_000_000);
+        let old = {
+            let j = Journal::open(dir.path(), clock()).unwrap();
+            let id = j.begin_run(&new_run()).unwrap();
+            let c = j.conn();
+            for (table, column) in [
+                ("runs", "user_name"),
+                ("runs", "machine"),
+                ("runs", "ci"),
+                ("holds", "user_name"),
+            ] {
+                c.execute_batch(&format!("ALTER TABLE {table} DROP COLUMN {column}"))
+                    .unwrap();
+            }
+            c.pragma_update(None, "user_version", 1).unwrap();
+            id
+        };
+        let j = Journal::open(dir.path(), clock())
+            .unwrap()
+            .run_by("ana", "");
+        let version: i64 = j
+            .conn()
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+        assert_eq!(j.run(&old).unwrap().unwrap().user, "");
+        let id = j.begin_run(&new_run()).unwrap();
+        assert_eq!(j.run(&id).unwrap().unwrap().user, "ana");
+        j.try_hold(0.1, &[team(1.0)]).unwrap().unwrap();
+        let held: String = j
+            .conn()
+            .query_row("SELECT user_name FROM holds", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(held, "ana");
     }
 
     fn answer(item: usize) -> CallRecord {
@@ -1501,24 +1710,21 @@ mod tests {
         let a = Journal::open_postgres(&db.url, Clock::Fixed(1_000)).unwrap();
         // A live runner elsewhere holds $0.5; a dead one left $0.4 whose
         // lease ran out.
-        let live = a.try_hold(0.5, &[(0, 1.0, 0.0)]).unwrap().unwrap();
+        let live = a.try_hold(0.5, &[team(1.0)]).unwrap().unwrap();
         db.exec(
             "INSERT INTO holds (session, amount_usd, created_ms, expires_at)
              VALUES ('dead-runner', 0.4, 0, clock_timestamp() - interval '1 second')",
         );
         let b = Journal::open_postgres(&db.url, Clock::Fixed(1_000)).unwrap();
         // Fits only because the dead runner's hold no longer counts.
-        assert!(b.try_hold(0.5, &[(0, 1.0, 0.0)]).unwrap().is_ok());
+        assert!(b.try_hold(0.5, &[team(1.0)]).unwrap().is_ok());
         let c = Journal::open_postgres(&db.url, Clock::Fixed(1_000)).unwrap();
-        assert_eq!(
-            c.try_hold(0.1, &[(0, 1.0, 0.0)]).unwrap(),
-            Err((0, 0.0, 1.0))
-        );
+        assert_eq!(c.try_hold(0.1, &[team(1.0)]).unwrap(), Err((0, 0.0, 1.0)));
         a.release_hold(live).unwrap();
         a.flush_blocking().unwrap();
         // A session that ends takes its holds with it.
         drop(b);
-        assert!(c.try_hold(1.0, &[(0, 1.0, 0.0)]).unwrap().is_ok());
+        assert!(c.try_hold(1.0, &[team(1.0)]).unwrap().is_ok());
     }
 
     /// The URL's password is never shown: not in the journal's name, not

@@ -18,7 +18,8 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel, sync_channel};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use postgres::types::ToSql;
 use postgres::{Client, Config, NoTls, Row, Statement};
@@ -26,10 +27,42 @@ use postgres::{Client, Config, NoTls, Row, Statement};
 use super::JournalError;
 
 /// The newest schema this build knows (the `schema_version` table).
-pub(super) const SCHEMA_VERSION: i64 = 2;
+pub(super) const SCHEMA_VERSION: i64 = 3;
 
 /// How long a connection may take to open unless the URL says otherwise.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long one statement may run on the server unless the URL's
+/// `options` set `statement_timeout` (`?options=-c%20statement_timeout%3D2s`).
+const STATEMENT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What a caller waits beyond the statement timeout before it gives up on
+/// a server that does not answer at all (a hung server never enforces its
+/// own timeout; the sync client has no read timeout).
+const GRACE: Duration = Duration::from_secs(2);
+
+/// `statement_timeout` as the server reads it: milliseconds, or a number
+/// with a unit (`ms`, `s`, `min`).
+fn parse_pg_duration(v: &str) -> Option<Duration> {
+    let v = v.trim().trim_matches(|c| c == '\'' || c == '"');
+    let split = v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len());
+    let (n, unit) = v.split_at(split);
+    let n: u64 = n.parse().ok()?;
+    match unit.trim() {
+        "" | "ms" => Some(Duration::from_millis(n)),
+        "s" => Some(Duration::from_secs(n)),
+        "min" => Some(Duration::from_secs(n.saturating_mul(60))),
+        _ => None,
+    }
+}
+
+/// The `statement_timeout` an `options` string sets, if any.
+fn statement_timeout_in(options: &str) -> Option<Option<Duration>> {
+    let at = options.find("statement_timeout=")?;
+    let rest = &options[at + "statement_timeout=".len()..];
+    let value = rest.split_whitespace().next().unwrap_or("");
+    Some(parse_pg_duration(value))
+}
 
 /// The migrations, in order: migration `i` takes a database from version
 /// `i` to `i + 1`. Only ever appended to: a team's database is migrated by
@@ -154,6 +187,19 @@ ALTER TABLE steps
     ADD COLUMN context_tokens_after BIGINT NOT NULL DEFAULT 0,
     ADD COLUMN context_saved_usd DOUBLE PRECISION NOT NULL DEFAULT 0;
 "#,
+    // 3: who ran it (`report --by`, per-user budgets); `machine` is there
+    // since 1. "" for runs and holds written before.
+    r#"
+ALTER TABLE runs
+    ADD COLUMN user_name TEXT NOT NULL DEFAULT '',
+    ADD COLUMN ci TEXT NOT NULL DEFAULT '';
+ALTER TABLE holds ADD COLUMN user_name TEXT NOT NULL DEFAULT '';
+CREATE INDEX runs_user ON runs(user_name, started_ms);
+-- A running run's lease, renewed by its process while it lives (as holds'
+-- are): once it lapses, a run another machine started may be resumed here.
+-- NULL (a run an older build started) never lapses.
+ALTER TABLE runs ADD COLUMN lease_expires TIMESTAMPTZ;
+"#,
 ];
 
 /// How long a hold counts without being renewed: longer than any pause of
@@ -179,6 +225,10 @@ pub struct StateUrl {
     /// The password (as written and decoded), only to scrub it from error
     /// messages.
     secrets: Vec<String>,
+    /// How long a caller waits for any one use of the database (a statement,
+    /// a commit, a connection) before it gives up: the statement timeout
+    /// and a grace.
+    pub(super) bound: Duration,
 }
 
 impl std::fmt::Debug for StateUrl {
@@ -230,6 +280,38 @@ impl StateUrl {
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(CONNECT_TIMEOUT);
         }
+        // Every statement bounded on the server, unless the URL chose its
+        // own bound; callers wait that long and a grace at most (see
+        // `Worker::call`), since a hung server enforces nothing.
+        let statement = match config.get_options().and_then(statement_timeout_in) {
+            Some(Some(d)) => d,
+            Some(None) => {
+                return Err(bad(
+                    "TOLLGATE_STATE_URL: statement_timeout in options is not a duration (milliseconds, or 2s, 1min)"
+                        .to_owned(),
+                ));
+            }
+            None => {
+                let options = format!(
+                    "{} -c statement_timeout={}",
+                    config.get_options().unwrap_or_default(),
+                    STATEMENT_TIMEOUT.as_millis()
+                );
+                config.options(options.trim());
+                STATEMENT_TIMEOUT
+            }
+        };
+        // A network that drops packets: unacknowledged data fails the
+        // connection instead of waiting for the system's retransmissions.
+        if config.get_tcp_user_timeout().is_none() {
+            config.tcp_user_timeout(statement + GRACE);
+        }
+        let bound = if statement.is_zero() {
+            // 0 turns the server's bound off; the caller's stays.
+            STATEMENT_TIMEOUT + GRACE
+        } else {
+            statement + GRACE
+        };
         // Shown without password and parameters (which may hold one).
         let mut shown = parsed.clone();
         let _ = shown.set_password(None);
@@ -239,7 +321,16 @@ impl StateUrl {
             config: std::sync::Arc::new(config),
             display: shown.to_string(),
             secrets,
+            bound,
         })
+    }
+
+    /// The error of a caller that waited [`StateUrl::bound`] in vain.
+    pub(super) fn timed_out(&self) -> JournalError {
+        JournalError::LedgerTimeout {
+            url: self.display.clone(),
+            secs: self.bound.as_secs_f64(),
+        }
     }
 
     /// The URL as it may be shown.
@@ -375,6 +466,12 @@ impl PgConn {
         self.client.batch_execute(sql).map_err(|e| self.err(e))
     }
 
+    /// Whether the connection is gone (the server closed it, or the
+    /// network failed).
+    pub(super) fn is_closed(&self) -> bool {
+        self.client.is_closed()
+    }
+
     /// A lost connection is made again before the next use (the server
     /// restarted, a network blip); until it is back every use fails —
     /// budgets fail closed.
@@ -445,90 +542,187 @@ pub(super) fn migrate(conn: &mut PgConn) -> Result<(), JournalError> {
 
 type Job = Box<dyn FnOnce(&mut PgConn) + Send>;
 
+/// Since when the connection's thread has been busy with one use (`None`:
+/// idle): a caller finding it stuck past the bound gives up at once
+/// instead of queueing behind a server that does not answer.
+pub(super) type Busy = Arc<Mutex<Option<Instant>>>;
+
 /// A thread that owns one connection and runs what it is sent, in order;
 /// between jobs it renews its session's hold leases.
 pub(super) struct Worker {
     tx: Option<Sender<Job>>,
     thread: Option<std::thread::JoinHandle<()>>,
+    busy: Busy,
+    /// Signalled when the thread ends (dropping waits for it, bounded).
+    done: Mutex<Receiver<()>>,
+    url: StateUrl,
+}
+
+/// Waits for a thread's readiness at most the connection's bounds: a server
+/// that accepts and never answers holds the handshake, which the client's
+/// `connect_timeout` (a socket-level bound) does not cover.
+pub(super) fn wait_ready(
+    url: &StateUrl,
+    ready: &Receiver<Result<(), JournalError>>,
+) -> Result<(), JournalError> {
+    let connect = url
+        .config
+        .get_connect_timeout()
+        .copied()
+        .unwrap_or(CONNECT_TIMEOUT);
+    match ready.recv_timeout(connect + url.bound) {
+        Ok(r) => r,
+        Err(RecvTimeoutError::Timeout) => Err(JournalError::PgOpen {
+            url: url.display.clone(),
+            message: format!(
+                "no answer within {}s (the database may be hung or unreachable)",
+                (connect + url.bound).as_secs_f64()
+            ),
+        }),
+        Err(RecvTimeoutError::Disconnected) => Err(JournalError::WriterStopped),
+    }
 }
 
 impl Worker {
     /// Connects (and migrates) on the new thread; `session`'s holds are
     /// renewed every [`HEARTBEAT`] while the worker lives.
-    pub(super) fn start(url: &StateUrl, session: String) -> Result<Worker, JournalError> {
+    pub(super) fn start(
+        url: &StateUrl,
+        session: String,
+        machine: String,
+    ) -> Result<Worker, JournalError> {
         let (tx, rx) = channel::<Job>();
         let (ready_tx, ready_rx) = sync_channel(1);
-        let url = url.clone();
+        let (done_tx, done) = sync_channel(1);
+        let busy: Busy = Arc::default();
+        let thread_url = url.clone();
+        let thread_busy = Arc::clone(&busy);
         let thread = std::thread::Builder::new()
             .name("tollgate-journal-pg".into())
-            .spawn(move || match connect_migrated(&url) {
-                Ok(conn) => {
-                    let _ = ready_tx.send(Ok(()));
-                    serve(conn, rx, &session);
+            .spawn(move || {
+                match connect_migrated(&thread_url) {
+                    Ok(conn) => {
+                        let _ = ready_tx.send(Ok(()));
+                        serve(conn, rx, &session, &machine, &thread_busy);
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                    }
                 }
-                Err(e) => {
-                    let _ = ready_tx.send(Err(e));
-                }
+                let _ = done_tx.send(());
             })
             .map_err(JournalError::WriterStart)?;
-        ready_rx
-            .recv()
-            .unwrap_or(Err(JournalError::WriterStopped))?;
+        wait_ready(url, &ready_rx)?;
         Ok(Worker {
             tx: Some(tx),
             thread: Some(thread),
+            busy,
+            done: Mutex::new(done),
+            url: url.clone(),
         })
     }
 
-    /// Runs `job` on the worker's connection and waits for its answer.
+    /// Runs `job` on the worker's connection and waits for its answer — at
+    /// most the URL's bound: a server that stopped answering fails the
+    /// call (budgets then refuse paid calls) instead of holding it.
     pub(super) fn call<T: Send + 'static>(
         &self,
         job: impl FnOnce(&mut PgConn) -> Result<T, JournalError> + Send + 'static,
     ) -> Result<T, JournalError> {
+        if stuck(&self.busy, self.url.bound) {
+            return Err(self.url.timed_out());
+        }
         let (tx, rx) = sync_channel(1);
         let sender = self.tx.as_ref().ok_or(JournalError::WriterStopped)?;
+        // A job whose caller gave up is not run late (a hold nobody
+        // waits for would only block others).
+        let deadline = Instant::now() + self.url.bound;
         sender
             .send(Box::new(move |c: &mut PgConn| {
-                let _ = tx.send(job(c));
+                if Instant::now() < deadline {
+                    let _ = tx.send(job(c));
+                }
             }))
             .map_err(|_| JournalError::WriterStopped)?;
-        rx.recv().unwrap_or(Err(JournalError::WriterStopped))
+        match rx.recv_timeout(self.url.bound) {
+            Ok(r) => r,
+            Err(RecvTimeoutError::Timeout) => Err(self.url.timed_out()),
+            Err(RecvTimeoutError::Disconnected) => Err(JournalError::WriterStopped),
+        }
     }
+}
+
+/// Whether the connection's thread has been in one use longer than `bound`.
+pub(super) fn stuck(busy: &Busy, bound: Duration) -> bool {
+    busy.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .is_some_and(|since| since.elapsed() >= bound)
+}
+
+/// Runs `f` with `busy` marking the connection in use.
+pub(super) fn busy_with<T>(busy: &Busy, f: impl FnOnce() -> T) -> T {
+    *busy.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+    let out = f();
+    *busy.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    out
 }
 
 impl Drop for Worker {
     fn drop(&mut self) {
         self.tx.take();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
+        // A thread stuck on a server that does not answer is left behind
+        // (the process exiting ends it): exiting must not hang on it.
+        let done = self.done.get_mut().unwrap_or_else(|e| e.into_inner());
+        if done.recv_timeout(self.url.bound).is_ok() {
+            if let Some(t) = self.thread.take() {
+                let _ = t.join();
+            }
         }
     }
 }
 
-fn serve(mut conn: PgConn, rx: Receiver<Job>, session: &str) {
-    let mut next_beat = std::time::Instant::now() + HEARTBEAT;
+fn serve(mut conn: PgConn, rx: Receiver<Job>, session: &str, machine: &str, busy: &Busy) {
+    let mut next_beat = Instant::now() + HEARTBEAT;
     loop {
-        let wait = next_beat.saturating_duration_since(std::time::Instant::now());
+        let wait = next_beat.saturating_duration_since(Instant::now());
         match rx.recv_timeout(wait) {
-            Ok(job) => {
+            Ok(job) => busy_with(busy, || {
                 conn.reconnect_if_closed();
                 job(&mut conn);
-            }
+            }),
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => break,
         }
-        if std::time::Instant::now() >= next_beat {
-            conn.reconnect_if_closed();
-            // A failed renewal is retried at the next beat; a lease lapsing
-            // meanwhile only lets others spend what this call may still
-            // cost — the same as a runner that died.
-            let _ = renew_holds(&mut conn, session);
-            next_beat = std::time::Instant::now() + HEARTBEAT;
+        if Instant::now() >= next_beat {
+            busy_with(busy, || {
+                conn.reconnect_if_closed();
+                // A failed renewal is retried at the next beat; a lease
+                // lapsing meanwhile only lets others spend what this call
+                // may still cost — the same as a runner that died.
+                let _ = renew_holds(&mut conn, session);
+                let _ = renew_runs(&mut conn, machine);
+            });
+            next_beat = Instant::now() + HEARTBEAT;
         }
     }
     // Holds of a session that ends are ended with it (its calls settled or
     // failed: each was released, or the lease lapses).
     let _ = conn.execute("DELETE FROM holds WHERE session = $1", &[&session]);
+}
+
+/// Renews the leases of the runs this process is running.
+fn renew_runs(conn: &mut PgConn, machine: &str) -> Result<u64, JournalError> {
+    conn.execute(
+        "UPDATE runs SET lease_expires = clock_timestamp() + make_interval(secs => $4)
+         WHERE status = 'running' AND machine = $1 AND pid = $2
+           AND pid_start IS NOT DISTINCT FROM $3",
+        &[
+            &machine,
+            &i64::from(std::process::id()),
+            &crate::process::own_start(),
+            &(LEASE_SECONDS as f64),
+        ],
+    )
 }
 
 fn renew_holds(conn: &mut PgConn, session: &str) -> Result<u64, JournalError> {
@@ -556,10 +750,10 @@ fn renew_holds(conn: &mut PgConn, session: &str) -> Result<u64, JournalError> {
 pub(super) fn try_hold(
     conn: &mut PgConn,
     session: &str,
-    machine: &str,
+    who: &super::who::Who,
     now: i64,
     amount: f64,
-    checks: &[(i64, f64, f64)],
+    checks: &[super::SpendCheck],
 ) -> Result<Result<i64, (usize, f64, f64)>, JournalError> {
     conn.batch("BEGIN")?;
     let result = (|| {
@@ -569,50 +763,73 @@ pub(super) fn try_hold(
             "DELETE FROM holds WHERE expires_at < clock_timestamp()",
             &[],
         )?;
-        let mut in_flight = 0.0;
+        let (mut in_flight, mut users_in_flight) = (0.0, 0.0);
         for row in conn.query(
-            "SELECT id, amount_usd, machine, pid, pid_start FROM holds WHERE session != $1",
+            "SELECT id, amount_usd, machine, pid, pid_start, user_name FROM holds WHERE session != $1",
             &[&session],
         )? {
-            let (id, amount, on, pid, start): (i64, f64, String, Option<i64>, Option<i64>) = (
+            let (id, amount, on, pid, start, user): (
+                i64,
+                f64,
+                String,
+                Option<i64>,
+                Option<i64>,
+                String,
+            ) = (
                 get(&row, 0)?,
                 get(&row, 1)?,
                 get(&row, 2)?,
                 get(&row, 3)?,
                 get(&row, 4)?,
+                get(&row, 5)?,
             );
-            let dead_here = on == machine
+            let dead_here = on == who.machine
                 && pid.is_some_and(|p| !crate::process::process_alive_since(p as u32, start));
             if dead_here {
                 // Left by a process of this machine that died mid-call.
                 conn.execute("DELETE FROM holds WHERE id = $1", &[&id])?;
             } else {
                 in_flight += amount;
+                if user == who.user {
+                    users_in_flight += amount;
+                }
             }
         }
-        for (index, &(since, limit, local)) in checks.iter().enumerate() {
-            let row = conn.query_one(
-                "SELECT COALESCE(SUM(GREATEST(cost_usd, 0)), 0) FROM calls
-                 WHERE finished_ms >= $1 AND session != $2",
-                &[&since, &session],
-            )?;
-            let spent: f64 = get(&row, 0)?;
-            if spent + in_flight + local + amount > limit + 1e-12 {
-                return Ok(Err((index, spent, in_flight)));
+        for (index, check) in checks.iter().enumerate() {
+            let (spent, held): (f64, f64) = if check.user {
+                let row = conn.query_one(
+                    "SELECT COALESCE(SUM(GREATEST(c.cost_usd, 0)), 0) FROM calls c
+                     JOIN runs r ON r.id = c.run_id
+                     WHERE c.finished_ms >= $1 AND c.session != $2 AND r.user_name = $3",
+                    &[&check.since, &session, &who.user],
+                )?;
+                (get(&row, 0)?, users_in_flight)
+            } else {
+                let row = conn.query_one(
+                    "SELECT COALESCE(SUM(GREATEST(cost_usd, 0)), 0) FROM calls
+                     WHERE finished_ms >= $1 AND session != $2",
+                    &[&check.since, &session],
+                )?;
+                (get(&row, 0)?, in_flight)
+            };
+            if spent + held + check.local + amount > check.limit + 1e-12 {
+                return Ok(Err((index, spent, held)));
             }
         }
         let row = conn.query_one(
-            "INSERT INTO holds (session, amount_usd, created_ms, expires_at, machine, pid, pid_start)
-             VALUES ($1, $2, $3, clock_timestamp() + make_interval(secs => $4), $5, $6, $7)
+            "INSERT INTO holds (session, amount_usd, created_ms, expires_at, machine, pid, pid_start,
+                user_name)
+             VALUES ($1, $2, $3, clock_timestamp() + make_interval(secs => $4), $5, $6, $7, $8)
              RETURNING id",
             &[
                 &session,
                 &amount,
                 &now,
                 &(LEASE_SECONDS as f64),
-                &machine,
+                &who.machine,
                 &i64::from(std::process::id()),
                 &crate::process::own_start(),
+                &who.user,
             ],
         )?;
         Ok(Ok(get(&row, 0)?))
@@ -627,15 +844,6 @@ pub(super) fn try_hold(
             Err(e)
         }
     }
-}
-
-/// The machine this process runs on, as runs record it.
-pub(super) fn machine() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .map(|h| h.trim().to_owned())
-        .unwrap_or_default()
 }
 
 /// A fresh database per test on the server `TOLLGATE_TEST_PG_URL` names
@@ -710,5 +918,33 @@ pub(crate) mod testing {
                 }
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every statement is bounded on the server: the URL's own
+    /// `statement_timeout` wins, else the default is added to its options;
+    /// callers wait that and a grace. A bound that is not a duration is
+    /// refused.
+    #[test]
+    fn every_statement_is_bounded() {
+        let url = StateUrl::parse("postgres://u@h/db").unwrap();
+        assert_eq!(url.config.get_options(), Some("-c statement_timeout=10000"));
+        assert_eq!(url.bound, STATEMENT_TIMEOUT + GRACE);
+        let url = StateUrl::parse("postgres://u@h/db?options=-c%20statement_timeout%3D2s").unwrap();
+        assert_eq!(url.config.get_options(), Some("-c statement_timeout=2s"));
+        assert_eq!(url.bound, Duration::from_secs(2) + GRACE);
+        let url = StateUrl::parse(
+            "postgres://u@h/db?options=-c%20search_path%3Dx%20-c%20statement_timeout%3D750",
+        )
+        .unwrap();
+        assert_eq!(url.bound, Duration::from_millis(750) + GRACE);
+        assert!(
+            StateUrl::parse("postgres://u@h/db?options=-c%20statement_timeout%3Dsoon").is_err()
+        );
+        assert_eq!(parse_pg_duration("1min"), Some(Duration::from_secs(60)));
     }
 }

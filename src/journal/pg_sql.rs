@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 use serde_json::Value;
 
 use super::pg::{PgConn, get};
+use super::who::clean;
 use super::{
     BatchRef, CachedAnswer, CallRecord, EscalatedCall, FinishedCall, JournalError, Millis, NewRun,
     RunRow, format_time, sha256_json,
@@ -21,7 +22,7 @@ pub(super) fn begin_run(
     run: &NewRun,
     stamp: &str,
     now: Millis,
-    machine: &str,
+    who: &super::who::Who,
 ) -> Result<String, JournalError> {
     let inputs_hash = sha256_json(&run.inputs);
     let inputs = run.inputs.to_string();
@@ -35,8 +36,9 @@ pub(super) fn begin_run(
         let inserted = c.execute(
             "INSERT INTO runs (id, workflow, workflow_path, workflow_hash, policy, policy_path,
                 policy_hash, inputs_hash, inputs, started_ms, status, steps_total, estimate_usd,
-                estimate_max_usd, pid, pid_start, machine)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'running', $11, $12, $13, $14, $15, $16)
+                estimate_max_usd, pid, pid_start, machine, user_name, ci, lease_expires)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'running', $11, $12, $13, $14, $15, $16,
+                $17, $18, clock_timestamp() + make_interval(secs => $19))
              ON CONFLICT (id) DO NOTHING",
             &[
                 &id,
@@ -54,7 +56,10 @@ pub(super) fn begin_run(
                 &run.estimate_max_usd,
                 &pid,
                 &pid_start,
-                &machine,
+                &who.machine,
+                &who.user,
+                &who.ci,
+                &(super::pg::LEASE_SECONDS as f64),
             ],
         )?;
         if inserted == 1 {
@@ -84,22 +89,31 @@ pub(super) fn begin_run(
     Ok(id)
 }
 
+/// Takes a run over — only if it is still as seen: not running, or
+/// running in a process that is gone (on this machine, as its pid says; on
+/// another, as its lapsed lease says). Two resumes at once: one wins.
 pub(super) fn reopen_run(
     c: &mut PgConn,
     id: &str,
     seen_pid: u32,
+    seen_machine: &str,
     machine: &str,
 ) -> Result<u64, JournalError> {
     c.execute(
         "UPDATE runs SET status = 'running', finished_ms = NULL, pid = $2, pid_start = $4,
-                sessions = sessions + 1, machine = $5
-             WHERE id = $1 AND (status != 'running' OR pid = $3)",
+                sessions = sessions + 1, machine = $5,
+                lease_expires = clock_timestamp() + make_interval(secs => $7)
+             WHERE id = $1 AND (status != 'running'
+                OR (pid = $3 AND machine = $6
+                    AND (machine = $5 OR lease_expires < clock_timestamp())))",
         &[
             &id,
             &i64::from(std::process::id()),
             &i64::from(seen_pid),
             &own_start(),
             &machine,
+            &seen_machine,
+            &(super::pg::LEASE_SECONDS as f64),
         ],
     )
 }
@@ -339,17 +353,25 @@ const RUN_COLUMNS: &str =
     r.policy_hash, r.inputs, r.started_ms, r.finished_ms, r.status, r.steps_total,
     (SELECT COUNT(*) FROM steps s WHERE s.run_id = r.id AND s.status IN ('succeeded', 'skipped')),
     (SELECT COALESCE(SUM(GREATEST(cost_usd, 0)), 0) FROM calls c WHERE c.run_id = r.id),
-    r.estimate_usd, r.pid, r.sessions, r.pid_start, r.machine
+    r.estimate_usd, r.pid, r.sessions, r.pid_start, r.machine, r.user_name, r.ci,
+    COALESCE(r.lease_expires < clock_timestamp(), FALSE)
     FROM runs r";
 
-/// A run's row; "running" in a process of this machine that is gone reads
-/// "interrupted" (a run on another machine cannot be checked from here).
+/// A run's row; "running" in a process of this machine that is gone, or on
+/// another machine with a lapsed lease, reads "interrupted".
 fn run_row(r: &postgres::Row, machine: &str) -> Result<RunRow, JournalError> {
     let started_ms: Millis = get(r, 8)?;
     let mut status: String = get(r, 10)?;
     let pid = get::<i64>(r, 15)? as u32;
     let on: String = get(r, 18)?;
-    if status == "running" && on == machine && !process_alive_since(pid, get(r, 17)?) {
+    let gone = if on == machine {
+        !process_alive_since(pid, get(r, 17)?)
+    } else {
+        // Another machine's process cannot be checked from here: its lease
+        // says whether it still lives.
+        get::<bool>(r, 21)?
+    };
+    if status == "running" && gone {
         status = "interrupted".to_owned();
     }
     let inputs: String = get(r, 7)?;
@@ -372,6 +394,9 @@ fn run_row(r: &postgres::Row, machine: &str) -> Result<RunRow, JournalError> {
         estimate_usd: get(r, 14)?,
         pid,
         sessions: get::<i64>(r, 16)? as u32,
+        user: clean(&get::<String>(r, 19)?),
+        machine: clean(&on),
+        ci: clean(&get::<String>(r, 20)?),
     })
 }
 
@@ -416,7 +441,8 @@ pub(super) fn report_calls(
     c.query(
         "SELECT c.finished_ms, r.workflow, c.step, c.model, c.provider_model, c.tier, c.from_cache,
                 c.outcome, c.input_tokens, c.output_tokens, c.cost_usd, c.list_cost_usd,
-                c.flagship_cost_usd, c.saved_usd, c.batch, c.usage_flag
+                c.flagship_cost_usd, c.saved_usd, c.batch, c.usage_flag, r.user_name, r.machine,
+                r.ci
              FROM calls c JOIN runs r ON r.id = c.run_id
              WHERE c.finished_ms >= $1 ORDER BY c.id",
         &[&from],

@@ -193,6 +193,12 @@ pub struct RunRow {
     #[serde(skip)]
     pub pid: u32,
     pub sessions: u32,
+    /// Who started it ("" for runs journaled before this was recorded; see
+    /// `journal::who`). Read back bounded and without control characters.
+    pub user: String,
+    pub machine: String,
+    /// The CI system it ran under, "" outside CI.
+    pub ci: String,
 }
 
 /// One attempt of one call, as it is written.

@@ -100,6 +100,15 @@ pub struct Report {
     pub by_step: Vec<Line>,
     pub by_model: Vec<Line>,
     pub by_tier: Vec<Line>,
+    /// Who ran it (`report --by user|machine|ci`): present only when asked
+    /// for. A run journaled before who ran it was recorded, and a run
+    /// outside CI for `by_ci`, is keyed `-`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub by_user: Option<Vec<Line>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub by_machine: Option<Vec<Line>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub by_ci: Option<Vec<Line>>,
     /// Every cascade rule (by policy) that made calls in the window.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub cascades: Vec<CascadeLine>,
@@ -200,8 +209,77 @@ fn lite_cascades(
     Ok(sums)
 }
 
+/// A split of the report by who ran the calls' runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum By {
+    User,
+    Machine,
+    Ci,
+}
+
+impl By {
+    /// The name of the split, as flags and JSON keys say it.
+    pub fn name(self) -> &'static str {
+        match self {
+            By::User => "user",
+            By::Machine => "machine",
+            By::Ci => "ci",
+        }
+    }
+
+    /// A run's key in this split.
+    pub fn key(self, run: &super::RunRow) -> String {
+        who_key(match self {
+            By::User => &run.user,
+            By::Machine => &run.machine,
+            By::Ci => &run.ci,
+        })
+    }
+}
+
+/// Listed runs of one user, machine or CI system (`runs --by`).
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct RunGroup {
+    pub key: String,
+    pub runs: u64,
+    pub succeeded: u64,
+    /// Every other end: failed, cancelled, timed out, interrupted, running.
+    pub other: u64,
+    pub cost_usd: f64,
+}
+
+/// The runs listed, grouped by `by` (ordered by key).
+pub fn runs_by(runs: &[super::RunRow], by: By) -> Vec<RunGroup> {
+    let mut groups: BTreeMap<String, RunGroup> = BTreeMap::new();
+    for r in runs {
+        let key = by.key(r);
+        let g = groups.entry(key.clone()).or_insert_with(|| RunGroup {
+            key,
+            ..RunGroup::default()
+        });
+        g.runs += 1;
+        if r.status == "succeeded" {
+            g.succeeded += 1;
+        } else {
+            g.other += 1;
+        }
+        g.cost_usd = nano(g.cost_usd + r.cost_usd.max(0.0));
+    }
+    groups.into_values().collect()
+}
+
+/// A who-value as a report key: cleaned (it was read from a database
+/// others write to), `-` when empty.
+fn who_key(v: &str) -> String {
+    let v = super::who::clean(v);
+    if v.is_empty() { "-".to_owned() } else { v }
+}
+
 struct CallRow {
     finished_ms: Millis,
+    user: String,
+    machine: String,
+    ci: String,
     workflow: String,
     step: String,
     model: String,
@@ -289,6 +367,15 @@ type Reads = (Vec<CallRow>, Vec<Estimate>, i64, Vec<CascadeSums>);
 
 /// Builds the report of every call finished at or after `since`.
 pub fn build(journal: &Journal, since: Option<Millis>) -> Result<Report, JournalError> {
+    build_by(journal, since, &[])
+}
+
+/// [`build`], split by who ran the calls' runs as `by` asks.
+pub fn build_by(
+    journal: &Journal,
+    since: Option<Millis>,
+    by: &[By],
+) -> Result<Report, JournalError> {
     let from = since.unwrap_or(i64::MIN);
     let (rows, estimates, runs, cascades) =
         journal.read(|conn| lite_reads(conn, from), move |c, _| pg_reads(c, from))?;
@@ -341,6 +428,15 @@ pub fn build(journal: &Journal, since: Option<Millis>) -> Result<Report, Journal
             false,
         ),
         by_tier: group(&rows, |r| r.tier.clone(), &none, false),
+        by_user: by
+            .contains(&By::User)
+            .then(|| group(&rows, |r| who_key(&r.user), &none, false)),
+        by_machine: by
+            .contains(&By::Machine)
+            .then(|| group(&rows, |r| who_key(&r.machine), &none, false)),
+        by_ci: by
+            .contains(&By::Ci)
+            .then(|| group(&rows, |r| who_key(&r.ci), &none, false)),
         cascades,
     };
     (
@@ -364,6 +460,9 @@ pub fn build(journal: &Journal, since: Option<Millis>) -> Result<Report, Journal
         .chain(&mut report.by_step)
         .chain(&mut report.by_model)
         .chain(&mut report.by_tier)
+        .chain(report.by_user.iter_mut().flatten())
+        .chain(report.by_machine.iter_mut().flatten())
+        .chain(report.by_ci.iter_mut().flatten())
     {
         line.round();
     }
@@ -399,7 +498,8 @@ fn lite_reads(conn: &rusqlite::Connection, from: Millis) -> Result<Reads, Journa
     let mut stmt = conn.prepare(
         "SELECT c.finished_ms, r.workflow, c.step, c.model, c.provider_model, c.tier, c.from_cache,
                 c.outcome, c.input_tokens, c.output_tokens, c.cost_usd, c.list_cost_usd,
-                c.flagship_cost_usd, c.saved_usd, c.batch, c.usage_flag
+                c.flagship_cost_usd, c.saved_usd, c.batch, c.usage_flag, r.user_name, r.machine,
+                r.ci
              FROM calls c JOIN runs r ON r.id = c.run_id
              WHERE c.finished_ms >= ?1 ORDER BY c.id",
     )?;
@@ -425,6 +525,9 @@ fn lite_reads(conn: &rusqlite::Connection, from: Millis) -> Result<Reads, Journa
                 saved: r.get(13)?,
                 batch: r.get(14)?,
                 flag: r.get(15)?,
+                user: r.get(16)?,
+                machine: r.get(17)?,
+                ci: r.get(18)?,
             })
         })?
         .collect::<Result<_, _>>()?;
@@ -479,6 +582,9 @@ fn pg_reads(c: &mut super::pg::PgConn, from: Millis) -> Result<Reads, JournalErr
                 saved: get(r, 13)?,
                 batch: get(r, 14)?,
                 flag: get(r, 15)?,
+                user: get(r, 16)?,
+                machine: get(r, 17)?,
+                ci: get(r, 18)?,
             })
         })
         .collect::<Result<_, JournalError>>()?;
@@ -510,6 +616,9 @@ mod tests {
             saved: if from_cache { list } else { 0.0 },
             batch,
             flag: None,
+            user: String::new(),
+            machine: String::new(),
+            ci: String::new(),
         }
     }
 

@@ -1,11 +1,16 @@
-//! The journal's tables (schema 1) and the columns added to schema 1 after
-//! its first journals were written, which opening a journal adds when they
-//! are missing (`CREATE TABLE IF NOT EXISTS` does not add them).
+//! The journal's tables (schema 1), the columns added to schema 1 after
+//! its first journals were written, and schema 2's (who ran each run, whose
+//! each hold is), which opening a journal adds when they are missing
+//! (`CREATE TABLE IF NOT EXISTS` does not add them).
 
 use rusqlite::Connection;
 
 /// The schema version this build writes (`PRAGMA user_version`).
-pub(super) const SCHEMA_VERSION: i64 = 1;
+///
+/// 2: `runs.user_name`, `runs.machine`, `runs.ci` and `holds.user_name`
+/// (`report --by`, per-user budgets). A build of schema 1 refuses a schema-2
+/// journal rather than write runs nobody is recorded as having run.
+pub(super) const SCHEMA_VERSION: i64 = 2;
 
 pub(super) const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS runs (
@@ -29,7 +34,11 @@ CREATE TABLE IF NOT EXISTS runs (
     -- The process's start time (clock ticks since boot): with the pid, an
     -- identity a recycled pid (or a container's fixed pid 1) cannot fake.
     pid_start       INTEGER,
-    sessions        INTEGER NOT NULL DEFAULT 1
+    sessions        INTEGER NOT NULL DEFAULT 1,
+    -- Who ran it (schema 2; see journal::who).
+    user_name       TEXT NOT NULL DEFAULT '',
+    machine         TEXT NOT NULL DEFAULT '',
+    ci              TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS runs_started ON runs(started_ms);
 CREATE TABLE IF NOT EXISTS steps (
@@ -103,7 +112,8 @@ CREATE TABLE IF NOT EXISTS holds (
     pid             INTEGER NOT NULL,
     pid_start       INTEGER,
     amount_usd      REAL NOT NULL,
-    created_ms      INTEGER NOT NULL
+    created_ms      INTEGER NOT NULL,
+    user_name       TEXT NOT NULL DEFAULT ''
 );
 -- Provider batches submitted and not yet fetched (see run::BatchLedger):
 -- an interrupted run resumes polling them instead of paying twice.
@@ -145,6 +155,11 @@ pub(super) fn create(conn: &Connection) -> rusqlite::Result<()> {
             "INTEGER NOT NULL DEFAULT 0",
         ),
         ("steps", "context_saved_usd", "REAL NOT NULL DEFAULT 0"),
+        // Schema 2: who ran it ("" for runs journaled before).
+        ("runs", "user_name", "TEXT NOT NULL DEFAULT ''"),
+        ("runs", "machine", "TEXT NOT NULL DEFAULT ''"),
+        ("runs", "ci", "TEXT NOT NULL DEFAULT ''"),
+        ("holds", "user_name", "TEXT NOT NULL DEFAULT ''"),
     ] {
         let present: bool = conn.query_row(
             &format!("SELECT COUNT(*) FROM pragma_table_info('{table}') WHERE name = ?1"),

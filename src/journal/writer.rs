@@ -42,6 +42,36 @@ const MAX_GROUP: usize = 512;
 /// transaction.
 pub(super) type WriteFn = Box<dyn FnOnce(Tx<'_>) -> Result<(), JournalError> + Send>;
 
+/// A call record's write: run again if its group is lost with the
+/// connection to PostgreSQL (see [`Pending`]).
+pub(super) type RecordFn = Box<dyn FnMut(Tx<'_>) -> Result<(), JournalError> + Send>;
+
+/// What a write runs.
+enum Body {
+    /// Once (taken when it runs).
+    Once(Option<WriteFn>),
+    /// A call record: kept until committed, so a group lost with the
+    /// connection is written again once the database is back — a paid
+    /// answer is never dropped for a blip (its sender stopped waiting after
+    /// the bound; the budget checks, failing meanwhile, refused new paid
+    /// calls).
+    Again(RecordFn),
+}
+
+impl Body {
+    /// Runs the write; `None` when there was nothing left to run.
+    fn run(&mut self, tx: Tx<'_>) -> Option<Result<(), JournalError>> {
+        match self {
+            Body::Once(w) => w.take().map(|w| w(tx)),
+            Body::Again(f) => Some(f(tx)),
+        }
+    }
+}
+
+/// How often a writer that lost its PostgreSQL connection tries again
+/// while it holds call records not yet written.
+const RETRY: std::time::Duration = std::time::Duration::from_millis(250);
+
 /// The writer's connection inside a group's transaction, as a write sees
 /// it: each write speaks its backend's SQL.
 pub(super) enum Tx<'a> {
@@ -77,8 +107,7 @@ impl Ack {
 
 enum Op {
     Write {
-        /// Taken when it runs.
-        write: Option<WriteFn>,
+        write: Body,
         ack: Ack,
         /// Released once the write is committed (or failed).
         _permit: Option<OwnedSemaphorePermit>,
@@ -104,12 +133,29 @@ pub(super) struct Writer {
     tx: Option<mpsc::UnboundedSender<Op>>,
     slots: Arc<Semaphore>,
     thread: Option<std::thread::JoinHandle<()>>,
+    /// PostgreSQL: how long a sender waits for its acknowledgement (see
+    /// `StateUrl::bound`). A write whose sender gave up stays queued and is
+    /// committed once the database answers again; SQLite waits as long as
+    /// its disk takes.
+    bound: Option<super::pg::StateUrl>,
+    /// Signalled when the thread ends.
+    done: Mutex<std::sync::mpsc::Receiver<()>>,
 }
 
 impl Writer {
     pub(super) fn start(conn: WriteConn) -> Result<Writer, JournalError> {
         let (tx, rx) = mpsc::unbounded_channel();
         let (ready_tx, ready_rx) = sync_channel(1);
+        let (done_tx, done) = sync_channel(1);
+        let bound = match &conn {
+            WriteConn::Pg(url) => Some(url.clone()),
+            _ => None,
+        };
+        // How long a closing writer keeps trying to write records its lost
+        // connection holds (the journal's drop waits as long).
+        let give_up = bound
+            .as_ref()
+            .map_or(std::time::Duration::ZERO, |u| u.bound);
         let thread = std::thread::Builder::new()
             .name("tollgate-journal".into())
             .spawn(move || {
@@ -118,6 +164,7 @@ impl Writer {
                         Ok(c) => Conn::Pg(Box::new(c)),
                         Err(e) => {
                             let _ = ready_tx.send(Err(e));
+                            let _ = done_tx.send(());
                             return;
                         }
                     },
@@ -125,17 +172,51 @@ impl Writer {
                     WriteConn::Shared(c) => Conn::Shared(c),
                 };
                 let _ = ready_tx.send(Ok(()));
-                run(conn, rx)
+                run(conn, rx, give_up);
+                let _ = done_tx.send(());
             })
             .map_err(JournalError::WriterStart)?;
-        ready_rx
-            .recv()
-            .unwrap_or(Err(JournalError::WriterStopped))?;
+        match &bound {
+            Some(url) => super::pg::wait_ready(url, &ready_rx)?,
+            None => ready_rx
+                .recv()
+                .unwrap_or(Err(JournalError::WriterStopped))?,
+        }
         Ok(Writer {
             tx: Some(tx),
             slots: Arc::new(Semaphore::new(QUEUE_RECORDS)),
             thread: Some(thread),
+            bound,
+            done: Mutex::new(done),
         })
+    }
+
+    /// Waits for a synchronous acknowledgement, at most the bound.
+    fn wait_sync(
+        &self,
+        rx: &std::sync::mpsc::Receiver<Result<(), JournalError>>,
+    ) -> Result<(), JournalError> {
+        match &self.bound {
+            None => rx.recv().unwrap_or(Err(JournalError::WriterStopped)),
+            Some(url) => match rx.recv_timeout(url.bound) {
+                Ok(r) => r,
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => Err(url.timed_out()),
+                Err(_) => Err(JournalError::WriterStopped),
+            },
+        }
+    }
+
+    /// Awaits `f`, at most the bound.
+    async fn within<T>(
+        &self,
+        f: impl std::future::Future<Output = Result<T, JournalError>>,
+    ) -> Result<T, JournalError> {
+        match &self.bound {
+            None => f.await,
+            Some(url) => tokio::time::timeout(url.bound, f)
+                .await
+                .unwrap_or_else(|_| Err(url.timed_out())),
+        }
     }
 
     fn send(&self, op: Op) -> Result<(), JournalError> {
@@ -148,11 +229,11 @@ impl Writer {
     pub(super) fn write_sync(&self, write: WriteFn) -> Result<(), JournalError> {
         let (tx, rx) = sync_channel(1);
         self.send(Op::Write {
-            write: Some(write),
+            write: Body::Once(Some(write)),
             ack: Ack::Sync(tx),
             _permit: None,
         })?;
-        rx.recv().unwrap_or(Err(JournalError::WriterStopped))
+        self.wait_sync(&rx)
     }
 
     /// Queues a write without waiting; its failure is reported by the next
@@ -161,7 +242,7 @@ impl Writer {
     /// bounded writes.
     pub(super) fn write_queued(&self, write: WriteFn) -> Result<(), JournalError> {
         self.send(Op::Write {
-            write: Some(write),
+            write: Body::Once(Some(write)),
             ack: Ack::Queued,
             _permit: None,
         })
@@ -172,27 +253,32 @@ impl Writer {
     /// next [`Writer::flush`].
     pub(super) async fn write_record(
         &self,
-        write: WriteFn,
+        write: RecordFn,
         durable: bool,
     ) -> Result<(), JournalError> {
-        let permit = Arc::clone(&self.slots)
-            .acquire_owned()
-            .await
-            .map_err(|_| JournalError::WriterStopped)?;
+        let permit = self
+            .within(async {
+                Arc::clone(&self.slots)
+                    .acquire_owned()
+                    .await
+                    .map_err(|_| JournalError::WriterStopped)
+            })
+            .await?;
         if !durable {
             return self.send(Op::Write {
-                write: Some(write),
+                write: Body::Again(write),
                 ack: Ack::Queued,
                 _permit: Some(permit),
             });
         }
         let (tx, rx) = oneshot::channel();
         self.send(Op::Write {
-            write: Some(write),
+            write: Body::Again(write),
             ack: Ack::Async(tx),
             _permit: Some(permit),
         })?;
-        rx.await.unwrap_or(Err(JournalError::WriterStopped))
+        self.within(async { rx.await.unwrap_or(Err(JournalError::WriterStopped)) })
+            .await
     }
 
     /// Waits until every write queued so far is committed; the first
@@ -200,14 +286,15 @@ impl Writer {
     pub(super) async fn flush(&self) -> Result<(), JournalError> {
         let (tx, rx) = oneshot::channel();
         self.send(Op::Flush(Ack::Async(tx)))?;
-        rx.await.unwrap_or(Err(JournalError::WriterStopped))
+        self.within(async { rx.await.unwrap_or(Err(JournalError::WriterStopped)) })
+            .await
     }
 
     /// [`Writer::flush`] for synchronous callers.
     pub(super) fn flush_sync(&self) -> Result<(), JournalError> {
         let (tx, rx) = sync_channel(1);
         self.send(Op::Flush(Ack::Sync(tx)))?;
-        rx.recv().unwrap_or(Err(JournalError::WriterStopped))
+        self.wait_sync(&rx)
     }
 }
 
@@ -215,8 +302,17 @@ impl Drop for Writer {
     fn drop(&mut self) {
         // Closing the queue ends the thread once it has committed the rest.
         self.tx.take();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
+        let done = self.done.get_mut().unwrap_or_else(|e| e.into_inner());
+        let ended = match &self.bound {
+            None => done.recv().is_ok(),
+            // A database that does not answer: the thread is left behind
+            // (the process exiting ends it) rather than hang the exit.
+            Some(url) => done.recv_timeout(url.bound).is_ok(),
+        };
+        if ended {
+            if let Some(t) = self.thread.take() {
+                let _ = t.join();
+            }
         }
     }
 }
@@ -229,29 +325,72 @@ enum Conn {
 }
 
 /// The thread: wait for a write, take whatever else is queued, commit it
-/// all, acknowledge; until the queue is closed and empty.
-fn run(mut conn: Conn, mut rx: mpsc::UnboundedReceiver<Op>) {
+/// all, acknowledge; until the queue is closed and empty. A group lost with
+/// the PostgreSQL connection keeps its call records and flushes
+/// ([`Pending`]) and is tried again every [`RETRY`] — after the queue is
+/// closed too, for as long as `give_up` allows.
+fn run(mut conn: Conn, mut rx: mpsc::UnboundedReceiver<Op>, give_up: std::time::Duration) {
     // Failures of queued writes, until a flush reports them.
     let mut failed: Option<JournalError> = None;
     let mut group: Vec<Op> = Vec::with_capacity(MAX_GROUP);
-    while let Some(first) = rx.blocking_recv() {
-        group.push(first);
+    let mut pending: Vec<Op> = Vec::new();
+    let mut closed_at: Option<std::time::Instant> = None;
+    loop {
+        if pending.is_empty() {
+            if closed_at.is_some() {
+                break;
+            }
+            match rx.blocking_recv() {
+                Some(first) => group.push(first),
+                None => break,
+            }
+        } else {
+            if closed_at.is_some_and(|t| t.elapsed() >= give_up) {
+                // The database did not come back in time: the senders
+                // hear why (the records are lost with the process).
+                let e = Arc::new(JournalError::Pg(
+                    "the team ledger stayed unreachable; call records could not be written".into(),
+                ));
+                for op in pending.drain(..) {
+                    match op {
+                        Op::Write { ack, .. } => {
+                            ack.send(Err(JournalError::Group(Arc::clone(&e))), &mut failed)
+                        }
+                        Op::Flush(ack) => {
+                            ack.send(Err(JournalError::Group(Arc::clone(&e))), &mut None)
+                        }
+                    }
+                }
+                break;
+            }
+            std::thread::sleep(RETRY);
+            group.append(&mut pending);
+        }
         while group.len() < MAX_GROUP {
             match rx.try_recv() {
                 Ok(op) => group.push(op),
-                Err(_) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) => {
+                    closed_at.get_or_insert_with(std::time::Instant::now);
+                    break;
+                }
+                Err(mpsc::error::TryRecvError::Empty) => break,
             }
         }
-        match &mut conn {
+        pending = match &mut conn {
             Conn::Own(c) => commit(&mut Group::Lite(c), &mut group, &mut failed),
             Conn::Shared(m) => {
                 let mut c = m.lock().unwrap_or_else(|e| e.into_inner());
-                commit(&mut Group::Lite(&mut c), &mut group, &mut failed);
+                commit(&mut Group::Lite(&mut c), &mut group, &mut failed)
             }
             Conn::Pg(c) => commit(&mut Group::Pg(c), &mut group, &mut failed),
-        }
+        };
     }
 }
+
+/// Ops of a group lost with the connection, kept to be tried again in
+/// order: call records and flushes (a flush is acknowledged only once what
+/// was queued before it is written).
+type Pending = Vec<Op>;
 
 /// The connection a group is committed on.
 enum Group<'a> {
@@ -259,8 +398,10 @@ enum Group<'a> {
     Pg(&'a mut PgConn),
 }
 
-/// Commits a group in one transaction and acknowledges each of its ops.
-fn commit(conn: &mut Group<'_>, group: &mut Vec<Op>, failed: &mut Option<JournalError>) {
+/// Commits a group in one transaction and acknowledges each of its ops;
+/// what is to be tried again when the group was lost with its PostgreSQL
+/// connection.
+fn commit(conn: &mut Group<'_>, group: &mut Vec<Op>, failed: &mut Option<JournalError>) -> Pending {
     let writes = group
         .iter()
         .filter(|o| matches!(o, Op::Write { .. }))
@@ -272,14 +413,35 @@ fn commit(conn: &mut Group<'_>, group: &mut Vec<Op>, failed: &mut Option<Journal
                 ack.send(result, &mut None);
             }
         }
-        return;
+        return Vec::new();
     }
     let outcome = match conn {
         Group::Lite(c) => in_transaction(c, group),
         Group::Pg(c) => in_pg_transaction(c, group),
     };
+    let lost = matches!(conn, Group::Pg(c) if c.is_closed());
+    let mut pending = Vec::new();
     let results = match outcome {
         Ok(results) => results,
+        Err(_) if lost => {
+            // Nothing of the group was written, and the connection is
+            // gone: records and flushes wait for it to be back; the rest
+            // fail as they would have.
+            let e = Arc::new(JournalError::Pg(
+                "the connection to the team ledger was lost".into(),
+            ));
+            for op in group.drain(..) {
+                match op {
+                    Op::Write {
+                        write: Body::Once(_),
+                        ack,
+                        ..
+                    } => ack.send(Err(JournalError::Group(Arc::clone(&e))), failed),
+                    op => pending.push(op),
+                }
+            }
+            return pending;
+        }
         Err(e) => {
             // Nothing of the group was written.
             let e = Arc::new(e);
@@ -299,6 +461,7 @@ fn commit(conn: &mut Group<'_>, group: &mut Vec<Op>, failed: &mut Option<Journal
             }
         }
     }
+    pending
 }
 
 /// Runs every write of the group, each in a savepoint, in one immediate
@@ -315,12 +478,13 @@ fn in_transaction(
             results.push(Ok(()));
             continue;
         };
-        let Some(write) = write.take() else {
+        tx.execute_batch("SAVEPOINT one")?;
+        let Some(result) = write.run(Tx::Lite(&tx)) else {
+            tx.execute_batch("RELEASE one")?;
             results.push(Ok(()));
             continue;
         };
-        tx.execute_batch("SAVEPOINT one")?;
-        match write(Tx::Lite(&tx)) {
+        match result {
             Ok(()) => tx.execute_batch("RELEASE one")?,
             Err(e) => {
                 // Undo this write alone — unless SQLite already rolled the
@@ -357,12 +521,13 @@ fn in_pg_transaction(
                 results.push(Ok(()));
                 continue;
             };
-            let Some(write) = write.take() else {
+            conn.batch("SAVEPOINT one")?;
+            let Some(result) = write.run(Tx::Pg(conn)) else {
+                conn.batch("RELEASE SAVEPOINT one")?;
                 results.push(Ok(()));
                 continue;
             };
-            conn.batch("SAVEPOINT one")?;
-            match write(Tx::Pg(conn)) {
+            match result {
                 Ok(()) => conn.batch("RELEASE SAVEPOINT one")?,
                 Err(e) => {
                     if conn

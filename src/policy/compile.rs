@@ -89,6 +89,7 @@ pub fn compile(file: &PolicyFile, doc: &Document, catalog: &Catalog) -> (Policy,
         run_budget_usd: file.budgets.run_usd,
         daily_budget_usd: file.budgets.daily_usd,
         monthly_budget_usd: file.budgets.monthly_usd,
+        per_user_daily_budget_usd: file.budgets.per_user_daily_usd,
         tier_shares,
         tasks,
         cache_ttl,
@@ -406,7 +407,30 @@ fn check_budgets(file: &PolicyFile, doc: &Document, diags: &mut Vec<Diagnostic>)
             );
         }
     }
+    // One user's day is part of the team's day and month.
     for (key, limit) in [("daily_usd", b.daily_usd), ("monthly_usd", b.monthly_usd)] {
+        if let (Some(user), Some(limit)) = (b.per_user_daily_usd, limit) {
+            if user > limit {
+                diags.push(
+                    Diagnostic::error(
+                        "budget-order",
+                        format!(
+                            "the per-user daily budget (${user}) is larger than `{key}` (${limit})"
+                        ),
+                    )
+                    .at(at(&["budgets", "per_user_daily_usd"]))
+                    .with_help(format!(
+                        "a user's spend counts against `{key}` too: lower per_user_daily_usd"
+                    )),
+                );
+            }
+        }
+    }
+    for (key, limit) in [
+        ("daily_usd", b.daily_usd),
+        ("monthly_usd", b.monthly_usd),
+        ("per_user_daily_usd", b.per_user_daily_usd),
+    ] {
         if let (Some(run), Some(limit)) = (b.run_usd, limit) {
             if run > limit {
                 diags.push(

@@ -378,6 +378,7 @@ pub struct BudgetsFile {
     pub run_usd: Option<f64>,
     pub daily_usd: Option<f64>,
     pub monthly_usd: Option<f64>,
+    pub per_user_daily_usd: Option<f64>,
     #[serde(default)]
     pub tiers: BTreeMap<Tier, TierBudgetFile>,
 }

@@ -388,6 +388,9 @@ pub struct Policy {
     /// counted from the run journal.
     pub daily_budget_usd: Option<f64>,
     pub monthly_budget_usd: Option<f64>,
+    /// What one user's runs may spend in a UTC day, on every machine that
+    /// shares the journal.
+    pub per_user_daily_budget_usd: Option<f64>,
     pub tier_shares: BTreeMap<Tier, f64>,
     /// The task names it adds to the known vocabulary: its `tasks:` and
     /// every task its rules name. A workflow's steps may use them.

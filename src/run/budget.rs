@@ -22,8 +22,10 @@ use tokio::sync::Notify;
 /// Why a call was not made.
 #[derive(Debug, Clone, PartialEq)]
 pub struct OverBudget {
-    /// `run`, `daily` or `monthly`.
+    /// `run`, `daily`, `monthly` or `per-user daily`.
     pub scope: &'static str,
+    /// Whose budget it is, for a per-user one (the journal's user).
+    pub user: Option<String>,
     pub limit: f64,
     /// Spent and reserved in the scope, this call not included.
     pub committed: f64,
@@ -41,9 +43,17 @@ impl std::fmt::Display for OverBudget {
                 self.scope
             );
         }
+        let user_scope;
         let scope = match self.scope {
             "daily" => "daily budget (UTC day, all runs)",
             "monthly" => "monthly budget (UTC month, all runs)",
+            "per-user daily" => {
+                user_scope = format!(
+                    "per-user daily budget of `{}` (per_user_daily_usd: their runs on every machine, UTC day)",
+                    self.user.as_deref().unwrap_or("")
+                );
+                &user_scope
+            }
             _ => "run budget",
         };
         write!(
@@ -59,6 +69,8 @@ impl std::fmt::Display for OverBudget {
 pub enum Period {
     Day,
     Month,
+    /// The UTC day, counting only this user's runs (`per_user_daily_usd`).
+    UserDay,
 }
 
 /// One period limit to check a call against.
@@ -94,6 +106,10 @@ pub trait OutsideSpend: Send + Sync {
     fn try_hold(&self, amount: f64, checks: &[PeriodCheck]) -> Result<Hold, JournalError>;
     /// The call settled (its cost is journaled): the hold ends.
     fn release(&self, hold: u64);
+    /// The user a per-user budget counts, as refusals name them.
+    fn user(&self) -> Option<String> {
+        None
+    }
 }
 
 /// What a call that does not fit yet waits for.
@@ -108,6 +124,7 @@ fn scope_of(p: Period) -> &'static str {
     match p {
         Period::Day => "daily",
         Period::Month => "monthly",
+        Period::UserDay => "per-user daily",
     }
 }
 
@@ -263,6 +280,7 @@ impl Budget {
                 if self.earlier + s.spent + worst_case > limit + EPS || s.reserved <= 0.0 {
                     return Err(OverBudget {
                         scope: "run",
+                        user: None,
                         limit,
                         committed: self.earlier + s.spent + s.reserved,
                         worst_case,
@@ -287,6 +305,7 @@ impl Budget {
                 Err(why) => {
                     return Err(OverBudget {
                         scope: scope_of(checks[0].period),
+                        user: None,
                         limit: checks[0].limit,
                         committed: 0.0,
                         worst_case,
@@ -308,6 +327,9 @@ impl Budget {
                     {
                         return Err(OverBudget {
                             scope: scope_of(c.period),
+                            user: (c.period == Period::UserDay)
+                                .then(|| outside.user())
+                                .flatten(),
                             limit: c.limit,
                             committed: spent + in_flight + s.spent + s.reserved,
                             worst_case,

@@ -154,6 +154,7 @@ fn budget(policy: &Policy, options: &RunOptions, earlier_cost: f64) -> Budget {
         let periods: Vec<(Period, f64)> = [
             (Period::Day, policy.daily_budget_usd),
             (Period::Month, policy.monthly_budget_usd),
+            (Period::UserDay, policy.per_user_daily_budget_usd),
         ]
         .into_iter()
         .filter_map(|(p, l)| l.map(|l| (p, l)))

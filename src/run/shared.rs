@@ -12,7 +12,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use super::budget::{Budget, Hold, OutsideSpend, Period, PeriodCheck};
 use super::{Event, Providers, Resources, RunOptions, StepStatus};
 use crate::analyze::Analysis;
-use crate::journal::{CallRecord, EscalatedCall, FinishedCall, Journal, JournalError};
+use crate::journal::{CallRecord, EscalatedCall, FinishedCall, Journal, JournalError, SpendCheck};
 use crate::policy::Policy;
 use crate::route::TierUsage;
 
@@ -108,14 +108,16 @@ pub(super) struct JournalSpend(pub(super) Arc<Journal>);
 impl OutsideSpend for JournalSpend {
     fn try_hold(&self, amount: f64, checks: &[PeriodCheck]) -> Result<Hold, JournalError> {
         let (day, month) = crate::journal::period_starts(self.0.now());
-        let checks: Vec<(i64, f64, f64)> = checks
+        let checks: Vec<SpendCheck> = checks
             .iter()
-            .map(|c| {
-                let since = match c.period {
-                    Period::Day => day,
+            .map(|c| SpendCheck {
+                since: match c.period {
+                    Period::Day | Period::UserDay => day,
                     Period::Month => month,
-                };
-                (since, c.limit, c.local)
+                },
+                limit: c.limit,
+                local: c.local,
+                user: c.period == Period::UserDay,
             })
             .collect();
         Ok(match self.0.try_hold(amount, &checks)? {
@@ -133,5 +135,9 @@ impl OutsideSpend for JournalSpend {
         // hold left behind only makes other processes more careful until
         // this one exits.
         let _ = self.0.release_hold(hold as i64);
+    }
+
+    fn user(&self) -> Option<String> {
+        Some(self.0.who().user.clone())
     }
 }

@@ -30,5 +30,6 @@ mod run;
 mod sensitivity_gate;
 mod step_semantics;
 mod suites;
+mod team;
 mod terminal;
 mod warnings;

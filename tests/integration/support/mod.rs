@@ -34,7 +34,7 @@ pub const KEY: &str = "sk-test-7f3a9c1e-never-print-me";
 pub const KEY_VARS: [&str; 3] = ["TEST_OPENAI_KEY", "TEST_ANTHROPIC_KEY", "TEST_GEMINI_KEY"];
 
 /// Variables of the caller's shell that would change what the binary does.
-const SCRUBBED: [&str; 8] = [
+const SCRUBBED: [&str; 20] = [
     "TOLLGATE_POLICY",
     "TOLLGATE_STATE",
     "TOLLGATE_STATE_URL",
@@ -43,6 +43,20 @@ const SCRUBBED: [&str; 8] = [
     "TOLLGATE_TEST_TODAY",
     "CI",
     "NO_COLOR",
+    // Who ran a run (journal::who): a test sets what it checks; the CI
+    // markers of the machine the tests run on never leak into a run.
+    "TOLLGATE_MACHINE",
+    "GITHUB_ACTIONS",
+    "GITLAB_CI",
+    "CIRCLECI",
+    "BUILDKITE",
+    "JENKINS_URL",
+    "TF_BUILD",
+    "TRAVIS",
+    "BITBUCKET_BUILD_NUMBER",
+    "TEAMCITY_VERSION",
+    "DRONE",
+    "WOODPECKER",
 ];
 
 /// The day every command believes it is (see [`Cmd::new`]).

@@ -101,6 +101,16 @@ impl TestDb {
         })
     }
 
+    /// Runs SQL on the database directly (what time or another machine
+    /// would have done).
+    pub fn exec(&self, sql: &str) {
+        let (url, sql) = (self.url.clone(), sql.to_owned());
+        off_runtime(move || {
+            let mut c = Client::connect(&url, NoTls).expect("the test database");
+            c.batch_execute(&sql).expect("the test's SQL");
+        });
+    }
+
     pub fn state_url(&self) -> tollgate::journal::StateUrl {
         tollgate::journal::StateUrl::parse(&self.url).expect("the test database's URL")
     }
