@@ -54,6 +54,7 @@ pub mod policy;
 pub mod process;
 pub mod progress;
 pub mod provider;
+pub mod reasoning;
 pub mod render;
 pub mod route;
 pub mod run;

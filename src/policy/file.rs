@@ -70,6 +70,8 @@ pub struct ProviderFile {
     pub allow_insecure: bool,
     /// OpenRouter only: which upstream providers may serve its calls.
     pub routing: Option<Routing>,
+    /// Ollama only: `keep_alive` sent with every call.
+    pub keep_alive: Option<serde_json::Value>,
 }
 
 /// OpenRouter's provider preferences (its request's `provider` object,

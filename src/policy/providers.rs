@@ -55,7 +55,7 @@ pub(super) fn providers(
             pool.iter().all(|e| is_loopback(&e.url))
         };
         let locality = match (p.locality, p.kind) {
-            (Some(Locality::Local), kind) if kind != ProviderKind::OpenaiCompatible => {
+            (Some(Locality::Local), kind) if !kind.is_self_hosted() => {
                 diags.push(
                     Diagnostic::error(
                         "cloud-provider-marked-local",
@@ -63,12 +63,12 @@ pub(super) fn providers(
                     )
                     .at(at(&["providers", name, "locality"]))
                     .with_label("this API is a cloud service")
-                    .with_help("only `openai-compatible` providers (Ollama, llama.cpp, vLLM, LM Studio) run locally"),
+                    .with_help("only `openai-compatible` (llama.cpp, vLLM, LM Studio) and `ollama` providers run locally"),
                 );
                 Locality::Cloud
             }
             (Some(l), _) => l,
-            (None, ProviderKind::OpenaiCompatible) if loopback => Locality::Local,
+            (None, kind) if kind.is_self_hosted() && loopback => Locality::Local,
             (None, _) => Locality::Cloud,
         };
         let launch = match &p.launch {
@@ -165,6 +165,7 @@ pub(super) fn providers(
                 endpoints: pool,
                 sticky: p.sticky,
                 routing: routing(name, p, doc, diags),
+                keep_alive: keep_alive(name, p, doc, diags),
             },
         );
     }
@@ -198,6 +199,33 @@ fn routing(
 }
 
 /// Where a pool's `i`-th endpoint URL is written.
+/// `keep_alive` is Ollama's: elsewhere it would be silently ignored.
+fn keep_alive(
+    name: &str,
+    p: &ProviderFile,
+    doc: &Document,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<serde_json::Value> {
+    let k = p.keep_alive.as_ref()?;
+    if p.kind != ProviderKind::Ollama {
+        diags.push(
+            Diagnostic::error(
+                "keep-alive-unsupported",
+                format!(
+                    "`keep_alive` only applies to ollama providers, not {}",
+                    p.kind.name()
+                ),
+            )
+            .at(doc.key_span(&pointer(["providers", name, "keep_alive"])))
+            .with_help(
+                "it tells Ollama how long to keep a model loaded; use kind ollama, or remove it",
+            ),
+        );
+        return None;
+    }
+    Some(k.clone())
+}
+
 fn endpoint_span(doc: &Document, p: &ProviderFile, name: &str, i: usize) -> Option<Span> {
     let full = matches!(
         p.endpoints.as_deref().and_then(|e| e.get(i)),

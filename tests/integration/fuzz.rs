@@ -1259,6 +1259,7 @@ proptest! {
                     endpoint: if completions { Endpoint::Completions } else { Endpoint::Chat },
                     stop: Vec::new(),
                     logprobs: false,
+                    reasoning: None,
                 };
                 if let Err(e) = client.send(&req).await {
                     let all = format!("{e} {e:?} {}", e.body.clone().unwrap_or_default());

@@ -24,6 +24,7 @@ mod local_model;
 mod money;
 mod pools;
 mod providers;
+mod reasoning;
 mod retrieval;
 mod routes;
 mod run;

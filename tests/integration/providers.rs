@@ -78,6 +78,7 @@ fn request(model: &str, stream: bool) -> ChatRequest {
         endpoint: Endpoint::Chat,
         stop: Vec::new(),
         logprobs: false,
+        reasoning: None,
     }
 }
 
