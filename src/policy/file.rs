@@ -155,7 +155,8 @@ pub struct PromptCacheFile {
 #[serde(deny_unknown_fields)]
 pub struct LaunchFile {
     pub binary: Option<String>,
-    pub model: String,
+    /// llama-server's GGUF file (required there; Ollama has none).
+    pub model: Option<String>,
     pub context: Option<u32>,
     pub threads: Option<u32>,
     pub slots: Option<u32>,

@@ -40,7 +40,11 @@ pub use file::*;
 /// so plans do not depend on the machine.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Launch {
+    /// Which server the binary is.
+    pub server: Server,
     pub binary: String,
+    /// The GGUF file llama-server loads (empty for Ollama, which serves the
+    /// models pulled into it).
     pub model: String,
     pub host: String,
     pub port: u16,
@@ -50,6 +54,15 @@ pub struct Launch {
     pub chat_template: Option<String>,
     pub args: Vec<String>,
     pub ready_timeout: std::time::Duration,
+}
+
+/// The local server `launch` starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Server {
+    /// llama.cpp's `llama-server -m MODEL --host … --port …`.
+    LlamaServer,
+    /// `ollama serve`, on the provider's address through `OLLAMA_HOST`.
+    Ollama,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
