@@ -158,12 +158,16 @@ pub fn knob(level: Reasoning, max_output_tokens: u32, model: &Model) -> Knob {
         })
         .min(u64::from(budget));
     let budget_tokens = u32::try_from(room).unwrap_or(budget);
-    if model.provider_kind == ProviderKind::Anthropic
-        && level != Reasoning::None
-        && budget_tokens < ANTHROPIC_MIN_BUDGET
-    {
+    // Where the knob *is* the budget, a budget squeezed to nothing would
+    // say the opposite of the level (Gemini's 0 turns thinking off).
+    let least = match model.provider_kind {
+        ProviderKind::Anthropic => ANTHROPIC_MIN_BUDGET,
+        ProviderKind::Gemini => 1,
+        _ => 0,
+    };
+    if level != Reasoning::None && budget_tokens < least {
         return Knob::NotSent(format!(
-            "`{}` allows {} output tokens: no room for a {ANTHROPIC_MIN_BUDGET}-token thinking budget beside max_output_tokens {max_output_tokens}",
+            "`{}` allows {} output tokens: no room for a {least}-token thinking budget beside max_output_tokens {max_output_tokens}",
             model.alias,
             model.max_output_tokens.unwrap_or_default()
         ));
@@ -223,6 +227,11 @@ mod tests {
         // 8,192 allowed, 1,000 for the answer: 7,192 left to think.
         let m = model(ProviderKind::Gemini, true, Some(8192));
         assert_eq!(knob(Reasoning::Deep, 1000, &m).extra_output(), 7192);
+        // No room at all: `deep` must not become Gemini's "thinking off".
+        assert!(
+            matches!(knob(Reasoning::Deep, 8192, &m), Knob::NotSent(w) if w.contains("no room"))
+        );
+        assert_eq!(knob(Reasoning::None, 8192, &m).extra_output(), 0);
         // Anthropic's minimum budget does not fit: nothing sent, said why.
         let m = model(ProviderKind::Anthropic, true, Some(1500));
         assert!(
