@@ -39,6 +39,15 @@ pub enum ServerError {
         searched: PathBuf,
     },
     #[error(
+        "cannot start the local server of provider `{provider}`: `{binary}` was not found (on PATH or in {}); install Ollama (https://ollama.com/download), or set `launch.binary`",
+        searched.display()
+    )]
+    OllamaNotFound {
+        provider: String,
+        binary: String,
+        searched: PathBuf,
+    },
+    #[error(
         "cannot start the local server of provider `{provider}`: model file `{model}` does not exist; run scripts/setup-local.sh, or set `launch.model`"
     )]
     ModelMissing { provider: String, model: String },
@@ -226,12 +235,26 @@ impl Servers {
             }
             return Ok(Started::AlreadyRunning);
         }
-        let binary =
-            resolve_binary(&expand(&launch.binary)).ok_or_else(|| ServerError::BinaryNotFound {
-                provider: provider.to_owned(),
-                binary: expand(&launch.binary),
-                searched: cache_dir().join("bin"),
-            })?;
+        let binary = resolve_binary(&expand(&launch.binary)).ok_or_else(|| {
+            let (provider, binary, searched) = (
+                provider.to_owned(),
+                expand(&launch.binary),
+                cache_dir().join("bin"),
+            );
+            // setup-local.sh installs llama-server, not Ollama.
+            match launch.server {
+                Server::LlamaServer => ServerError::BinaryNotFound {
+                    provider,
+                    binary,
+                    searched,
+                },
+                Server::Ollama => ServerError::OllamaNotFound {
+                    provider,
+                    binary,
+                    searched,
+                },
+            }
+        })?;
         if launch.server == Server::LlamaServer {
             let model = expand(&launch.model);
             if !Path::new(&model).is_file() {

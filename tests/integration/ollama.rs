@@ -271,3 +271,25 @@ fn keep_alive_belongs_to_ollama_and_ollama_has_no_completions_route() {
     );
     assert!(all.contains("ollama has no completions endpoint"), "{all}");
 }
+
+#[tokio::test]
+async fn launch_without_the_ollama_binary_says_how_to_install_it() {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let policy = ollama_policy(&format!("http://127.0.0.1:{port}")).replace(
+        "keep_alive: \"10m\" }",
+        "keep_alive: \"10m\", launch: { binary: no-such-ollama-7f3a } }",
+    );
+    let project = Project::new(&policy, WORKFLOW);
+    let out = project
+        .run_env(&["-i", "ticket=x", "--format", "json"], &[])
+        .await;
+    assert_eq!(out.status.code(), Some(1), "{}", transcript(&out));
+    let all = transcript(&out);
+    assert!(
+        all.contains("`no-such-ollama-7f3a` was not found") && all.contains("install Ollama"),
+        "{all}"
+    );
+}
