@@ -227,6 +227,9 @@ pub struct ModelFile {
     pub limits: Limits,
     /// Overrides the provider's `prompt_cache` for this model.
     pub prompt_cache: Option<PromptCacheFile>,
+    /// Overrides the catalog's `supports_reasoning` (local models are
+    /// seldom in it).
+    pub supports_reasoning: Option<bool>,
 }
 
 /// Which API a model is called through.

@@ -293,3 +293,34 @@ async fn launch_without_the_ollama_binary_says_how_to_install_it() {
         "{all}"
     );
 }
+
+#[tokio::test]
+async fn a_reasoning_model_declared_in_the_policy_gets_think() {
+    let fake = FakeServer::start().await;
+    fake.set_default(Reply::text("ok").thinking("hmm").usage(5, 9));
+    let policy = ollama_policy(&fake.base_url()).replace(
+        "context_window: 8192 }",
+        "context_window: 8192, supports_reasoning: true }",
+    );
+    let workflow = "version: 1\nname: r\nsteps:\n  a: { task: debug, prompt: 'p-none', reasoning: none, max_output_tokens: 20 }\n  b: { task: debug, prompt: 'p-deep', reasoning: deep, max_output_tokens: 20 }\n  c: { task: debug, prompt: 'p-standard', max_output_tokens: 20 }\n";
+    let project = Project::new(&policy, workflow);
+    let out = project.run_env(&["--format", "json"], &[]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", transcript(&out));
+    let requests = fake.requests();
+    let body = |prompt: &str| {
+        requests
+            .iter()
+            .find(|r| r.raw_body.contains(prompt))
+            .unwrap_or_else(|| panic!("no request for {prompt}"))
+            .body
+            .clone()
+    };
+    assert_eq!(body("p-none")["think"], json!(false));
+    assert_eq!(body("p-none")["options"]["num_predict"], 20);
+    assert_eq!(body("p-deep")["think"], json!("high"));
+    // Thinking is spent inside num_predict: the budget is added to it.
+    assert_eq!(body("p-deep")["options"]["num_predict"], 20 + 16384);
+    assert!(body("p-standard").get("think").is_none());
+    // The thinking is not the answer.
+    assert_eq!(step(&report(&out), "b")["output"], json!("ok"));
+}
