@@ -119,6 +119,12 @@ pub struct CatalogEntry {
     /// providers bill as output tokens.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub supports_reasoning: bool,
+    /// The model takes images as input (the source's `supports_vision`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub supports_vision: bool,
+    /// The model takes PDF files as input (`supports_pdf_input`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub supports_pdf_input: bool,
     /// The long-context price tier (`*_above_Nk_tokens`): a request whose
     /// prompt is above `above_tokens` is billed at these prices, every
     /// token of it (see [`crate::cost`]).
@@ -599,6 +605,8 @@ fn convert(key: &str, fields: &Fields<'_>) -> Option<CatalogEntry> {
         deprecation_date: fields.str("deprecation_date").map(str::to_string),
         successor_model: fields.str("successor_model").map(str::to_string),
         supports_reasoning: fields.flag("supports_reasoning"),
+        supports_vision: fields.flag("supports_vision"),
+        supports_pdf_input: fields.flag("supports_pdf_input"),
         long_context: fields.long_context(),
     })
 }
@@ -783,6 +791,8 @@ mod tests {
             "deprecation_date": "2026-09-29",
             "successor_model": "claude-sonnet-5",
             "supports_reasoning": true,
+            "supports_vision": true,
+            "supports_pdf_input": true,
             "supports_prompt_caching": true
         },
         "claude-sonnet-latest": {"alias_of": "claude-sonnet-4-5"},
@@ -899,6 +909,8 @@ mod tests {
         assert_eq!(sonnet.successor_model.as_deref(), Some("claude-sonnet-5"));
         assert!(sonnet.supports_reasoning);
         assert!(!mini.supports_reasoning);
+        assert!(sonnet.supports_vision && sonnet.supports_pdf_input);
+        assert!(!mini.supports_vision && !mini.supports_pdf_input);
         assert!(!sonnet.supports_response_schema);
         let no_mode = cat.get("groq/no-mode").expect("kept: both prices present");
         assert_eq!(no_mode.mode, None);

@@ -55,6 +55,7 @@ pub mod policy;
 pub mod process;
 pub mod progress;
 pub mod provider;
+pub mod reasoning;
 pub mod render;
 pub mod route;
 pub mod run;

@@ -170,6 +170,9 @@ fn step(o: &mut String, n: usize, s: &StepPlan) {
             let _ = writeln!(o, "   model        none");
         }
     }
+    if let Some(r) = &s.reasoning_knob {
+        let _ = writeln!(o, "   reasoning    {}: {}", s.reasoning.name(), r.detail);
+    }
     match &s.route.decider {
         Some(Decider::Rule { name, matched, .. }) => {
             let _ = writeln!(o, "   rule         {name} ({})", matched.join(", "));

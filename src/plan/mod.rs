@@ -109,6 +109,21 @@ pub struct StepPlan {
     /// What context management did to the step's calls, and what it saved.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub context: Option<ContextPlan>,
+    /// A `reasoning:` other than `standard`: the knob sent to the routed
+    /// model, or why none is ([`crate::reasoning`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reasoning_knob: Option<ReasoningPlan>,
+}
+
+/// What a step's reasoning level becomes on its model.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReasoningPlan {
+    /// Sent as the provider's knob.
+    pub sent: bool,
+    /// The knob as the provider receives it, or why nothing is sent.
+    pub detail: String,
+    /// Thinking tokens added to each call's output limit (priced as output).
+    pub budget_tokens: u64,
 }
 
 /// Context management on one step, priced on its routed model.
@@ -673,7 +688,22 @@ impl Router<'_> {
         if let (Some(m), true) = (model, runs) {
             *usage.used.entry(m.tier).or_insert(0) += calls;
         }
-        let expected_out = expected_output_tokens(step) * calls;
+        // Per model, the answer's tokens plus the thinking budget its
+        // reasoning knob adds (billed as output; counted as spent).
+        let outputs = |m: &Model| {
+            let extra = u64::from(crate::reasoning::for_step(step, m).extra_output());
+            (
+                (expected_output_tokens(step) + extra) * calls,
+                (u64::from(step.max_output_tokens()) + extra) * calls,
+            )
+        };
+        let (expected_out, max_out_total) = model.map_or(
+            (
+                expected_output_tokens(step) * calls,
+                u64::from(step.max_output_tokens()) * calls,
+            ),
+            outputs,
+        );
         let cascade = match (model, runs) {
             (Some(m), true) => {
                 self.cascade(id, &decision, m, &facts, &|t| counts(t).max_call_worst)?
@@ -688,7 +718,6 @@ impl Router<'_> {
         // the run will make them: through the batch, at batch prices (a
         // cascade's calls are made one by one).
         let step_batched = step.latency == Latency::Batch && cascade.is_none();
-        let max_out_total = u64::from(step.max_output_tokens()) * calls;
         let (tokens, cost) = match model {
             Some(m) if runs => {
                 let c = counts(m.tokenizer);
@@ -709,14 +738,8 @@ impl Router<'_> {
         // A cascade: the first calls, plus the escalated share of the same
         // calls on the target (all of them in the worst case).
         let cascade = cascade.map(|(to, rule, rate, rate_source)| {
-            let escalated_cost = price(
-                to,
-                counts(to.tokenizer),
-                calls,
-                expected_out,
-                max_out_total,
-                false,
-            );
+            let (to_expected, to_max) = outputs(to);
+            let escalated_cost = price(to, counts(to.tokenizer), calls, to_expected, to_max, false);
             CascadePlan {
                 rule: rule.name.clone(),
                 to: model_ref(policy, to),
@@ -744,14 +767,17 @@ impl Router<'_> {
             None => cost,
         };
         let flagship_cost = match policy.flagship_model() {
-            Some(f) if runs => price(
-                f,
-                counts(f.tokenizer),
-                calls,
-                expected_out,
-                max_out_total,
-                step_batched,
-            ),
+            Some(f) if runs => {
+                let (f_expected, f_max) = outputs(f);
+                price(
+                    f,
+                    counts(f.tokenizer),
+                    calls,
+                    f_expected,
+                    f_max,
+                    step_batched,
+                )
+            }
             _ => CostRange::default(),
         };
         let context = match (&p.expanded.context, model) {
@@ -784,8 +810,9 @@ impl Router<'_> {
                         calls,
                     )
                 };
-                let out = expected_output_tokens(step) * before_calls;
-                let max_out = u64::from(step.max_output_tokens()) * before_calls;
+                let extra = u64::from(crate::reasoning::for_step(step, m).extra_output());
+                let out = (expected_output_tokens(step) + extra) * before_calls;
+                let max_out = (u64::from(step.max_output_tokens()) + extra) * before_calls;
                 let without = price(m, before, before_calls, out, max_out, step_batched);
                 Some(ContextPlan {
                     effect: effect.clone(),
@@ -840,6 +867,24 @@ impl Router<'_> {
             batch: runs && step_batched && model.is_some_and(Model::has_batch_api),
             cascade,
             context,
+            reasoning_knob: model
+                .filter(|_| step.reasoning != Reasoning::Standard)
+                .map(|m| {
+                    let knob = crate::reasoning::for_step(step, m);
+                    let mut detail = knob.describe(m.provider_kind);
+                    // Anthropic refuses a temperature while thinking.
+                    if m.provider_kind == crate::policy::ProviderKind::Anthropic
+                        && step.temperature.is_some()
+                        && knob.thinking().is_some_and(|t| t.level != Reasoning::None)
+                    {
+                        detail.push_str("; the step's temperature is not sent while thinking");
+                    }
+                    ReasoningPlan {
+                        sent: knob.thinking().is_some(),
+                        detail,
+                        budget_tokens: u64::from(knob.extra_output()),
+                    }
+                }),
         })
     }
 

@@ -70,6 +70,8 @@ pub struct ProviderFile {
     pub allow_insecure: bool,
     /// OpenRouter only: which upstream providers may serve its calls.
     pub routing: Option<Routing>,
+    /// Ollama only: `keep_alive` sent with every call.
+    pub keep_alive: Option<serde_json::Value>,
 }
 
 /// OpenRouter's provider preferences (its request's `provider` object,
@@ -153,7 +155,8 @@ pub struct PromptCacheFile {
 #[serde(deny_unknown_fields)]
 pub struct LaunchFile {
     pub binary: Option<String>,
-    pub model: String,
+    /// llama-server's GGUF file (required there; Ollama has none).
+    pub model: Option<String>,
     pub context: Option<u32>,
     pub threads: Option<u32>,
     pub slots: Option<u32>,
@@ -224,6 +227,9 @@ pub struct ModelFile {
     pub limits: Limits,
     /// Overrides the provider's `prompt_cache` for this model.
     pub prompt_cache: Option<PromptCacheFile>,
+    /// Overrides the catalog's `supports_reasoning` (local models are
+    /// seldom in it).
+    pub supports_reasoning: Option<bool>,
 }
 
 /// Which API a model is called through.

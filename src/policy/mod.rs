@@ -40,7 +40,11 @@ pub use file::*;
 /// so plans do not depend on the machine.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Launch {
+    /// Which server the binary is.
+    pub server: Server,
     pub binary: String,
+    /// The GGUF file llama-server loads (empty for Ollama, which serves the
+    /// models pulled into it).
     pub model: String,
     pub host: String,
     pub port: u16,
@@ -52,6 +56,15 @@ pub struct Launch {
     pub ready_timeout: std::time::Duration,
 }
 
+/// The local server `launch` starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Server {
+    /// llama.cpp's `llama-server -m MODEL --host … --port …`.
+    LlamaServer,
+    /// `ollama serve`, on the provider's address through `OLLAMA_HOST`.
+    Ollama,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum ProviderKind {
@@ -61,6 +74,9 @@ pub enum ProviderKind {
     Gemini,
     Mistral,
     Openrouter,
+    /// Ollama's native API (`/api/chat`): its own options (`num_ctx`,
+    /// `keep_alive`), NDJSON streams; local on loopback.
+    Ollama,
 }
 
 impl ProviderKind {
@@ -72,6 +88,7 @@ impl ProviderKind {
             ProviderKind::Gemini => "gemini",
             ProviderKind::Mistral => "mistral",
             ProviderKind::Openrouter => "openrouter",
+            ProviderKind::Ollama => "ollama",
         }
     }
 
@@ -84,7 +101,16 @@ impl ProviderKind {
             ProviderKind::Gemini => Some("https://generativelanguage.googleapis.com/v1beta"),
             ProviderKind::Mistral => Some("https://api.mistral.ai/v1"),
             ProviderKind::Openrouter => Some("https://openrouter.ai/api/v1"),
+            // Ollama's own default (`OLLAMA_HOST`); the native API's paths
+            // start with `/api`, so the base has no `/v1`.
+            ProviderKind::Ollama => Some("http://127.0.0.1:11434"),
         }
+    }
+
+    /// A server people run themselves (llama.cpp, vLLM, Ollama): local when
+    /// its address is loopback, and it may be declared `locality: local`.
+    pub fn is_self_hosted(self) -> bool {
+        matches!(self, ProviderKind::OpenaiCompatible | ProviderKind::Ollama)
     }
 
     pub fn default_api_key_env(self) -> Option<&'static str> {
@@ -95,6 +121,7 @@ impl ProviderKind {
             ProviderKind::Gemini => Some("GEMINI_API_KEY"),
             ProviderKind::Mistral => Some("MISTRAL_API_KEY"),
             ProviderKind::Openrouter => Some("OPENROUTER_API_KEY"),
+            ProviderKind::Ollama => None,
         }
     }
 }
@@ -160,6 +187,9 @@ pub struct Provider {
     pub sticky: Option<Sticky>,
     /// OpenRouter's provider preferences, sent with every call.
     pub routing: Option<Routing>,
+    /// Ollama only: how long the server keeps the model loaded after a call
+    /// (`keep_alive`: a duration string such as `"10m"`, or seconds).
+    pub keep_alive: Option<serde_json::Value>,
 }
 
 /// One server of a pool and how many calls it takes at once.
@@ -220,6 +250,10 @@ pub struct Model {
     /// The shortest prefix the provider caches: the policy's `min_tokens`,
     /// else the catalog's, else the family's documented minimum.
     pub prompt_cache_min_tokens: u64,
+    /// The catalog says the model can spend reasoning tokens: a step's
+    /// `reasoning:` level is sent to it as its provider's knob
+    /// ([`crate::reasoning`]).
+    pub supports_reasoning: bool,
 }
 
 impl Model {

@@ -58,7 +58,7 @@ pub(super) fn models(
         if m.endpoint == Endpoint::Completions
             && matches!(
                 provider.kind,
-                ProviderKind::Anthropic | ProviderKind::Gemini
+                ProviderKind::Anthropic | ProviderKind::Gemini | ProviderKind::Ollama
             )
         {
             diags.push(
@@ -113,6 +113,9 @@ pub(super) fn models(
                     .and_then(|(_, min)| min)
                     .or(entry.and_then(|e| e.prompt_cache_min_tokens))
                     .unwrap_or_else(|| default_prompt_cache_min_tokens(&m.model)),
+                supports_reasoning: m
+                    .supports_reasoning
+                    .unwrap_or_else(|| entry.is_some_and(|e| e.supports_reasoning)),
             },
         );
     }

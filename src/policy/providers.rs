@@ -7,7 +7,7 @@ use indexmap::IndexMap;
 
 use super::{
     EndpointFile, Launch, LaunchFile, Limits, Locality, PolicyFile, PoolEndpoint, Provider,
-    ProviderFile, ProviderKind, Routing, is_loopback,
+    ProviderFile, ProviderKind, Routing, Server, is_loopback,
 };
 use crate::diagnostic::{Diagnostic, Span};
 use crate::yaml::{Document, pointer};
@@ -55,7 +55,7 @@ pub(super) fn providers(
             pool.iter().all(|e| is_loopback(&e.url))
         };
         let locality = match (p.locality, p.kind) {
-            (Some(Locality::Local), kind) if kind != ProviderKind::OpenaiCompatible => {
+            (Some(Locality::Local), kind) if !kind.is_self_hosted() => {
                 diags.push(
                     Diagnostic::error(
                         "cloud-provider-marked-local",
@@ -63,12 +63,12 @@ pub(super) fn providers(
                     )
                     .at(at(&["providers", name, "locality"]))
                     .with_label("this API is a cloud service")
-                    .with_help("only `openai-compatible` providers (Ollama, llama.cpp, vLLM, LM Studio) run locally"),
+                    .with_help("only `openai-compatible` (llama.cpp, vLLM, LM Studio) and `ollama` providers run locally"),
                 );
                 Locality::Cloud
             }
             (Some(l), _) => l,
-            (None, ProviderKind::OpenaiCompatible) if loopback => Locality::Local,
+            (None, kind) if kind.is_self_hosted() && loopback => Locality::Local,
             (None, _) => Locality::Cloud,
         };
         let launch = match &p.launch {
@@ -165,6 +165,7 @@ pub(super) fn providers(
                 endpoints: pool,
                 sticky: p.sticky,
                 routing: routing(name, p, doc, diags),
+                keep_alive: keep_alive(name, p, doc, diags),
             },
         );
     }
@@ -198,6 +199,33 @@ fn routing(
 }
 
 /// Where a pool's `i`-th endpoint URL is written.
+/// `keep_alive` is Ollama's: elsewhere it would be silently ignored.
+fn keep_alive(
+    name: &str,
+    p: &ProviderFile,
+    doc: &Document,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<serde_json::Value> {
+    let k = p.keep_alive.as_ref()?;
+    if p.kind != ProviderKind::Ollama {
+        diags.push(
+            Diagnostic::error(
+                "keep-alive-unsupported",
+                format!(
+                    "`keep_alive` only applies to ollama providers, not {}",
+                    p.kind.name()
+                ),
+            )
+            .at(doc.key_span(&pointer(["providers", name, "keep_alive"])))
+            .with_help(
+                "it tells Ollama how long to keep a model loaded; use kind ollama, or remove it",
+            ),
+        );
+        return None;
+    }
+    Some(k.clone())
+}
+
 fn endpoint_span(doc: &Document, p: &ProviderFile, name: &str, i: usize) -> Option<Span> {
     let full = matches!(
         p.endpoints.as_deref().and_then(|e| e.get(i)),
@@ -336,25 +364,54 @@ fn compile_launch(
     let loopback = base_url.filter(|u| is_loopback(u));
     let Some((host, port)) = loopback
         .and_then(host_port)
-        .filter(|_| kind == ProviderKind::OpenaiCompatible)
+        .filter(|_| kind.is_self_hosted())
     else {
         diags.push(
             Diagnostic::error("launch-not-local", format!("provider `{name}` has `launch` but is not a local server"))
                 .at(at)
-                .with_help("`launch` starts llama.cpp's llama-server: use kind openai-compatible and a base_url such as http://127.0.0.1:8080/v1 (with an explicit port)"),
+                .with_help("`launch` starts llama.cpp's llama-server (kind openai-compatible, a base_url such as http://127.0.0.1:8080/v1 with an explicit port) or `ollama serve` (kind ollama)"),
         );
         return None;
+    };
+    let server = if kind == ProviderKind::Ollama {
+        Server::Ollama
+    } else {
+        Server::LlamaServer
+    };
+    let model = match (server, &l.model) {
+        (Server::LlamaServer, Some(m)) => m.clone(),
+        (Server::LlamaServer, None) => {
+            diags.push(
+                Diagnostic::error("launch-without-model", format!("`launch` of provider `{name}` names no model file"))
+                    .at(at)
+                    .with_help("llama-server loads one GGUF file: add `model: ~/models/NAME.gguf` (scripts/setup-local.sh installs one)"),
+            );
+            return None;
+        }
+        (Server::Ollama, Some(_)) => {
+            diags.push(
+                Diagnostic::error("launch-model-on-ollama", format!("`launch.model` of provider `{name}` has no meaning for Ollama"))
+                    .at(doc.key_span(&pointer(["providers", name, "launch", "model"])))
+                    .with_help("`ollama serve` serves every model pulled into it (`ollama pull MODEL`); remove `model`"),
+            );
+            return None;
+        }
+        (Server::Ollama, None) => String::new(),
     };
     let ready_timeout = match &l.ready_timeout {
         None => std::time::Duration::from_secs(60),
         Some(v) => crate::workflow::parse_duration(v).unwrap_or(std::time::Duration::from_secs(60)),
     };
     Some(Launch {
-        binary: l
-            .binary
-            .clone()
-            .unwrap_or_else(|| "llama-server".to_owned()),
-        model: l.model.clone(),
+        server,
+        binary: l.binary.clone().unwrap_or_else(|| {
+            match server {
+                Server::LlamaServer => "llama-server",
+                Server::Ollama => "ollama",
+            }
+            .to_owned()
+        }),
+        model,
         host,
         port,
         context: l.context.unwrap_or(4096),

@@ -312,7 +312,17 @@ pub(crate) fn request_body(req: &ChatRequest) -> Value {
         })
         .collect();
     body.insert("messages".into(), Value::Array(messages));
-    if let Some(t) = req.temperature {
+    // Thinking is off unless enabled, so `none` sends nothing; while it is
+    // on the API refuses any temperature but the default.
+    let thinking = req
+        .reasoning
+        .filter(|t| t.level != crate::workflow::Reasoning::None && t.budget_tokens > 0);
+    if let Some(t) = thinking {
+        body.insert(
+            "thinking".into(),
+            json!({"type": "enabled", "budget_tokens": t.budget_tokens}),
+        );
+    } else if let Some(t) = req.temperature {
         body.insert("temperature".into(), json!(t));
     }
     if !req.stop.is_empty() {

@@ -112,6 +112,8 @@ pub(crate) struct Common {
     pub(super) model_limits: std::collections::HashMap<String, LimitOverrides>,
     pub(super) max_batch_download: u64,
     pub(super) provider_routing: Option<serde_json::Value>,
+    pub(super) keep_alive: Option<serde_json::Value>,
+    pub(super) model_context: std::collections::HashMap<String, u64>,
 }
 
 impl fmt::Debug for Common {
@@ -184,6 +186,8 @@ impl Common {
             model_limits: config.model_response_limits,
             max_batch_download: config.max_batch_download_bytes,
             provider_routing: config.provider_routing,
+            keep_alive: config.keep_alive,
+            model_context: config.model_context,
         }
     }
 
@@ -443,6 +447,18 @@ impl Common {
             url.host_str()?,
             url.port_or_known_default()?
         );
+        if self.kind == ProviderKind::Ollama {
+            let mut err = ProviderError::new(
+                ErrorKind::Connect,
+                format!(
+                    "ollama: nothing is listening at {at} (connection refused): start Ollama with \
+                     `ollama serve` (and `ollama pull MODEL` once), set `launch:` on the provider \
+                     to have tollgate start it, or fix the provider's `base_url`"
+                ),
+            );
+            err.should_retry = Some(false);
+            return Some(err);
+        }
         let mut err = ProviderError::new(
             ErrorKind::Connect,
             format!(
@@ -468,6 +484,22 @@ impl Common {
         let bytes = answer.response.bytes_stream().map_err(describe);
         (
             sse::events_bounded(bytes, self.idle_timeout, limits),
+            answer.meta,
+        )
+    }
+
+    /// The NDJSON lines of a 2xx answer (Ollama), within the same limits
+    /// as an event stream.
+    pub(crate) fn lines(&self, answer: Answer) -> (super::ndjson::Lines, Meta) {
+        use futures::TryStreamExt;
+        let limits = sse::Limits {
+            max_bytes: answer.limits.max_bytes,
+            max_events: answer.limits.max_events,
+            max_line_bytes: answer.limits.max_line_bytes,
+        };
+        let bytes = answer.response.bytes_stream().map_err(describe);
+        (
+            super::ndjson::lines(bytes, self.idle_timeout, limits),
             answer.meta,
         )
     }

@@ -254,6 +254,14 @@ pub(crate) fn request_body(req: &ChatRequest) -> Value {
         // upper-case type names.
         config.insert("responseJsonSchema".into(), schema.clone());
     }
+    if let Some(t) = req.reasoning {
+        // 0 turns thinking off (`none`); the budget is inside
+        // `maxOutputTokens` already.
+        config.insert(
+            "thinkingConfig".into(),
+            json!({"thinkingBudget": t.budget_tokens}),
+        );
+    }
     body.insert("generationConfig".into(), Value::Object(config));
     Value::Object(body)
 }

@@ -1,12 +1,13 @@
 //! The provider layer: one [`Provider`] trait over the HTTP chat APIs of the
 //! LLM vendors, so the executor never sees a vendor's wire format.
 //!
-//! Three wire dialects cover the six [`ProviderKind`]s:
+//! Four wire dialects cover the seven [`ProviderKind`]s:
 //!
 //! - [`openai`] — Chat Completions, for `openai`, `openai-compatible`,
 //!   `mistral` and `openrouter`;
 //! - [`anthropic`] — Messages;
-//! - [`gemini`] — `generateContent` / `streamGenerateContent`.
+//! - [`gemini`] — `generateContent` / `streamGenerateContent`;
+//! - [`ollama`] — Ollama's native `/api/chat` (NDJSON streams, [`ndjson`]).
 //!
 //! Every client returns the same [`ChatResponse`] with [`Usage`] normalised
 //! to one meaning (input includes cached tokens, output includes reasoning),
@@ -58,6 +59,8 @@ pub mod batch;
 mod finish;
 pub mod gemini;
 pub mod logprobs;
+mod ndjson;
+pub mod ollama;
 pub mod openai;
 pub mod pool;
 pub mod sse;
@@ -162,6 +165,10 @@ pub struct ChatRequest {
     /// route. Only OpenAI-dialect clients send it; see
     /// [`ProviderKind::returns_logprobs`].
     pub logprobs: bool,
+    /// The step's reasoning level as the provider's knob (see
+    /// [`crate::reasoning`] for each dialect's spelling); `None` sends
+    /// nothing. Its thinking budget is already inside `max_output_tokens`.
+    pub reasoning: Option<crate::reasoning::Thinking>,
     /// A streamed answer's text, piece by piece as it arrives (the CLI
     /// prints the final step's answer to the terminal); ignored when the
     /// request is not streamed. Not part of what is asked.
@@ -211,6 +218,10 @@ pub fn request_identity(kind: ProviderKind, req: &ChatRequest) -> Value {
     if req.logprobs {
         identity["logprobs"] = Value::Bool(true);
     }
+    if let Some(t) = req.reasoning {
+        identity["reasoning"] =
+            serde_json::json!({"level": t.level.name(), "budget_tokens": t.budget_tokens});
+    }
     identity
 }
 
@@ -231,6 +242,7 @@ impl ChatRequest {
             stop: Vec::new(),
             logprobs: false,
             on_text: None,
+            reasoning: None,
         }
     }
 }
@@ -308,6 +320,12 @@ pub struct ClientConfig {
     /// OpenRouter: the request's `provider` object (routing preferences),
     /// added to every chat and completions body.
     pub provider_routing: Option<Value>,
+    /// Ollama: `keep_alive` sent with every call.
+    pub keep_alive: Option<Value>,
+    /// Ollama: per provider model name, the context window the policy plans
+    /// with, sent as `options.num_ctx` (Ollama's default is far smaller and
+    /// it silently drops what does not fit).
+    pub model_context: std::collections::HashMap<String, u64>,
 }
 
 impl ClientConfig {
@@ -324,6 +342,8 @@ impl ClientConfig {
             model_response_limits: std::collections::HashMap::new(),
             max_batch_download_bytes: DEFAULT_MAX_BATCH_DOWNLOAD,
             provider_routing: None,
+            keep_alive: None,
+            model_context: std::collections::HashMap::new(),
         }
     }
 
@@ -468,6 +488,7 @@ pub fn client_for(kind: ProviderKind, config: ClientConfig, http: Http) -> Arc<d
     match kind {
         ProviderKind::Anthropic => Arc::new(anthropic::AnthropicClient::new(common)),
         ProviderKind::Gemini => Arc::new(gemini::GeminiClient::new(common)),
+        ProviderKind::Ollama => Arc::new(ollama::OllamaClient::new(common)),
         ProviderKind::OpenaiCompatible
         | ProviderKind::Openai
         | ProviderKind::Mistral

@@ -344,6 +344,14 @@ pub(crate) fn request_body(kind: ProviderKind, req: &ChatRequest) -> Value {
             }
         }
     }
+    if let (Some(t), Endpoint::Chat) = (req.reasoning, req.endpoint) {
+        // The completions route has no reasoning channel to steer.
+        if kind == ProviderKind::Openrouter {
+            body.insert("reasoning".into(), json!({"effort": t.effort()}));
+        } else {
+            body.insert("reasoning_effort".into(), json!(t.effort()));
+        }
+    }
     body.insert("stream".into(), json!(req.stream));
     if req.stream && kind != ProviderKind::Mistral {
         // Without it OpenAI sends no usage at all in a stream.

@@ -84,6 +84,9 @@ pub fn batch_key(provider: &str, items: &[BatchItem]) -> String {
         if let Some(prefix) = r.cache_prefix {
             field(format!("{prefix:?}").as_bytes());
         }
+        if let Some(thinking) = r.reasoning {
+            field(format!("{thinking:?}").as_bytes());
+        }
     }
     format!("{:x}", h.finalize())
 }
@@ -313,7 +316,8 @@ impl BatchStep<'_> {
             return sync_all(out, AttemptOutcome::Refused, why.to_string());
         }
         // The worst case of the whole batch, at batch prices, before submitting.
-        let max_out = u64::from(self.step.max_output_tokens());
+        // The answer plus any thinking budget (both billed as output).
+        let max_out = u64::from(crate::reasoning::output_limit(self.step, model));
         let worst: f64 = pending
             .iter()
             .map(|&n| &self.rendered[n])
@@ -469,7 +473,7 @@ impl BatchStep<'_> {
             &model.price,
             &cost::Asked {
                 input_tokens: counted,
-                max_output: u64::from(self.step.max_output_tokens()),
+                max_output: u64::from(item.request.max_output_tokens),
                 cache: prompt_cache(model, c.system.as_deref()),
                 billing: Billing::Batch,
                 answer_tokens,

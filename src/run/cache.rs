@@ -87,7 +87,7 @@ pub(super) fn step_request(
         model: model.model.clone(),
         system: system.clone(),
         messages,
-        max_output_tokens: step.max_output_tokens(),
+        max_output_tokens: crate::reasoning::output_limit(step, model),
         temperature: step.temperature,
         output_schema: step.output_schema().cloned(),
         stream: false,
@@ -100,6 +100,7 @@ pub(super) fn step_request(
         stop: step.stop.clone(),
         logprobs: false,
         on_text: None,
+        reasoning: crate::reasoning::for_step(step, model).thinking(),
     }
 }
 

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use tokio::process::{Child, Command};
 use tokio::sync::{Mutex, OnceCell};
 
-use crate::policy::{Launch, Policy};
+use crate::policy::{Launch, Policy, Server};
 
 /// Why a provider's local server could not be started. Each message is
 /// worded exactly as before this type existed (it ends in a call's error,
@@ -36,6 +36,15 @@ pub enum ServerError {
         provider: String,
         binary: String,
         /// The cache folder `setup-local.sh` installs into.
+        searched: PathBuf,
+    },
+    #[error(
+        "cannot start the local server of provider `{provider}`: `{binary}` was not found (on PATH or in {}); install Ollama (https://ollama.com/download), or set `launch.binary`",
+        searched.display()
+    )]
+    OllamaNotFound {
+        provider: String,
+        binary: String,
         searched: PathBuf,
     },
     #[error(
@@ -156,8 +165,13 @@ impl Servers {
     }
 
     async fn healthy(&self, launch: &Launch) -> bool {
+        // Ollama has no `/health`; its version route answers once it serves.
+        let path = match launch.server {
+            Server::LlamaServer => "/health",
+            Server::Ollama => "/api/version",
+        };
         let url = format!(
-            "http://{}:{}/health",
+            "http://{}:{}{path}",
             host_for_url(&launch.host),
             launch.port
         );
@@ -221,44 +235,40 @@ impl Servers {
             }
             return Ok(Started::AlreadyRunning);
         }
-        let binary =
-            resolve_binary(&expand(&launch.binary)).ok_or_else(|| ServerError::BinaryNotFound {
-                provider: provider.to_owned(),
-                binary: expand(&launch.binary),
-                searched: cache_dir().join("bin"),
-            })?;
-        let model = expand(&launch.model);
-        if !Path::new(&model).is_file() {
-            return Err(ServerError::ModelMissing {
-                provider: provider.to_owned(),
-                model,
-            });
+        let binary = resolve_binary(&expand(&launch.binary)).ok_or_else(|| {
+            let (provider, binary, searched) = (
+                provider.to_owned(),
+                expand(&launch.binary),
+                cache_dir().join("bin"),
+            );
+            // setup-local.sh installs llama-server, not Ollama.
+            match launch.server {
+                Server::LlamaServer => ServerError::BinaryNotFound {
+                    provider,
+                    binary,
+                    searched,
+                },
+                Server::Ollama => ServerError::OllamaNotFound {
+                    provider,
+                    binary,
+                    searched,
+                },
+            }
+        })?;
+        if launch.server == Server::LlamaServer {
+            let model = expand(&launch.model);
+            if !Path::new(&model).is_file() {
+                return Err(ServerError::ModelMissing {
+                    provider: provider.to_owned(),
+                    model,
+                });
+            }
         }
-        let mut args: Vec<String> = vec![
-            "-m".into(),
-            model,
-            "--host".into(),
-            launch.host.clone(),
-            "--port".into(),
-            launch.port.to_string(),
-            "-c".into(),
-            launch.context.to_string(),
-            "-t".into(),
-            launch.threads.to_string(),
-            "--parallel".into(),
-            launch.slots.to_string(),
-        ];
-        if let Some(t) = &launch.chat_template {
-            args.extend(["--chat-template".into(), t.clone()]);
-        }
-        // Shown in progress lines, errors and run.json: the extra arguments
-        // as the policy wrote them, so a `${VAR}` holding a secret (say,
-        // `--api-key ${LLAMA_KEY}`) is never printed expanded.
-        let shown_args: Vec<String> = args
-            .iter()
-            .cloned()
-            .chain(launch.args.iter().cloned())
-            .collect();
+        let ServerCommand {
+            mut args,
+            env,
+            shown_args,
+        } = server_command(launch);
         let command = format!("{} {}", binary.display(), shown_args.join(" "));
         args.extend(launch.args.iter().map(|a| expand(a)));
 
@@ -273,6 +283,7 @@ impl Servers {
         })?;
         let err_log = log.try_clone().map_err(ServerError::LogHandle)?;
         let mut cmd = Command::new(&binary);
+        cmd.envs(env);
         // ggml's OpenMP threads spin while waiting by default, which starves
         // everything else on a small machine (and the server itself when
         // anything else runs): generation falls from ~40 to ~1 token/s on
@@ -350,6 +361,67 @@ impl Servers {
 
 /// The pid file's line: the server, its port, and this process (pid and
 /// start time) as its owner.
+/// What `launch` runs, before the policy's extra `args` (expanded by the
+/// caller): the arguments, the environment it adds, and the arguments as
+/// shown in progress lines, errors and run.json — the extra arguments as the
+/// policy wrote them, so a `${VAR}` holding a secret (say, `--api-key
+/// ${LLAMA_KEY}`) is never printed expanded.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ServerCommand {
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub shown_args: Vec<String>,
+}
+
+/// The command line of a provider's server: `llama-server -m MODEL --host
+/// … --port … -c … -t … --parallel …`, or `ollama serve` with its address in
+/// `OLLAMA_HOST` (Ollama takes no flags for it) and the slots in
+/// `OLLAMA_NUM_PARALLEL`.
+pub fn server_command(launch: &Launch) -> ServerCommand {
+    let (args, env) = match launch.server {
+        Server::LlamaServer => {
+            let mut args: Vec<String> = vec![
+                "-m".into(),
+                expand(&launch.model),
+                "--host".into(),
+                launch.host.clone(),
+                "--port".into(),
+                launch.port.to_string(),
+                "-c".into(),
+                launch.context.to_string(),
+                "-t".into(),
+                launch.threads.to_string(),
+                "--parallel".into(),
+                launch.slots.to_string(),
+            ];
+            if let Some(t) = &launch.chat_template {
+                args.extend(["--chat-template".into(), t.clone()]);
+            }
+            (args, Vec::new())
+        }
+        Server::Ollama => (
+            vec!["serve".to_owned()],
+            vec![
+                (
+                    "OLLAMA_HOST".to_owned(),
+                    format!("{}:{}", host_for_url(&launch.host), launch.port),
+                ),
+                ("OLLAMA_NUM_PARALLEL".to_owned(), launch.slots.to_string()),
+            ],
+        ),
+    };
+    let shown_args = args
+        .iter()
+        .cloned()
+        .chain(launch.args.iter().cloned())
+        .collect();
+    ServerCommand {
+        args,
+        env,
+        shown_args,
+    }
+}
+
 fn pid_line(pid: u32, port: u16) -> String {
     let owner_start = crate::process::own_start()
         .map(|s| format!(" {s}"))
@@ -469,6 +541,48 @@ fn tail(path: &Path, n: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn launch_of(provider: &str) -> Launch {
+        let text = r#"version: 1
+name: p
+providers:
+  o: { kind: ollama, launch: { slots: 2, args: ["--verbose"] } }
+  l: { kind: openai-compatible, base_url: "http://127.0.0.1:8080/v1", launch: { model: /m.gguf, chat_template: gemma } }
+models:
+  a: { provider: o, model: "qwen3:8b", tier: local, context_window: 8192 }
+  b: { provider: l, model: g, tier: local, context_window: 4096 }
+rules:
+  - { name: all, use: a }
+"#;
+        let (_, policy) = crate::policy::load_text("p.yaml", text).expect("the policy compiles");
+        policy.providers[provider].launch.clone().expect("launch")
+    }
+
+    #[test]
+    fn ollama_is_started_as_ollama_serve_on_the_providers_address() {
+        let launch = launch_of("o");
+        assert_eq!(
+            (launch.server, launch.binary.as_str()),
+            (Server::Ollama, "ollama")
+        );
+        let c = server_command(&launch);
+        assert_eq!(c.args, ["serve"]);
+        assert_eq!(
+            c.env,
+            [
+                ("OLLAMA_HOST".to_owned(), "127.0.0.1:11434".to_owned()),
+                ("OLLAMA_NUM_PARALLEL".to_owned(), "2".to_owned())
+            ]
+        );
+        assert_eq!(c.shown_args, ["serve", "--verbose"]);
+        // llama-server keeps its flags.
+        let c = server_command(&launch_of("l"));
+        assert_eq!(
+            c.args.join(" "),
+            "-m /m.gguf --host 127.0.0.1 --port 8080 -c 4096 -t 2 --parallel 1 --chat-template gemma"
+        );
+        assert!(c.env.is_empty());
+    }
 
     #[test]
     fn a_flooded_log_is_quoted_from_its_end_only() {

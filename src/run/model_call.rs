@@ -324,10 +324,14 @@ impl ModelCall<'_> {
                 .not_called(hash, report, AttemptOutcome::Refused, refusal.into())
                 .await);
         }
-        let max_out = u64::from(step.max_output_tokens());
-        // A schema retry sends the earlier answer back: count it at its most.
+        // The request's limit: the answer plus any thinking budget, both
+        // billed as output.
+        let max_out = u64::from(self.req.max_output_tokens);
+        // A schema retry sends the earlier answer back (its text, not its
+        // thinking): count it at its most.
         let input_tokens = self.ctx.max_tokens(model.tokenizer)
-            + self.req.messages.len().saturating_sub(1) as u64 * max_out;
+            + self.req.messages.len().saturating_sub(1) as u64
+                * u64::from(step.max_output_tokens());
         let worst = cost::worst_case(
             &model.price,
             input_tokens,
@@ -426,7 +430,7 @@ impl ModelCall<'_> {
             &model.price,
             &cost::Asked {
                 input_tokens,
-                max_output: u64::from(self.ctx.step.max_output_tokens()),
+                max_output: u64::from(self.req.max_output_tokens),
                 cache: self.req.cache_system,
                 billing: Billing::Standard,
                 answer_tokens,
@@ -571,7 +575,7 @@ impl ModelCall<'_> {
                 &model.price,
                 &cost::Asked {
                     input_tokens,
-                    max_output: u64::from(self.ctx.step.max_output_tokens()),
+                    max_output: u64::from(self.req.max_output_tokens),
                     cache: self.req.cache_system,
                     billing: Billing::Standard,
                     answer_tokens: 0,

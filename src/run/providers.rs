@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use crate::diagnostic::Diagnostic;
 use crate::plan::Plan;
-use crate::policy::{Policy, ProviderKind, Sticky};
+use crate::policy::{Policy, Sticky};
 use crate::provider::pool::{Member, Pool, PoolConfig};
 use crate::provider::{self, ClientConfig, Provider};
 
@@ -48,7 +48,11 @@ impl Providers {
                 .routing
                 .as_ref()
                 .and_then(|r| serde_json::to_value(r).ok());
+            config.keep_alive = p.keep_alive.clone();
             for m in models() {
+                config
+                    .model_context
+                    .insert(m.model.clone(), m.context_window);
                 config
                     .model_response_limits
                     .entry(m.model.clone())
@@ -57,7 +61,7 @@ impl Providers {
             if let Some(var) = &p.api_key_env {
                 match std::env::var(var) {
                     Ok(key) if !key.is_empty() => config = config.with_api_key(key),
-                    _ if p.kind == ProviderKind::OpenaiCompatible => {}
+                    _ if p.kind.is_self_hosted() => {}
                     _ => {
                         missing_keys.insert(name.clone(), var.clone());
                         continue;

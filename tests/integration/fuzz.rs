@@ -1260,6 +1260,7 @@ proptest! {
                     stop: Vec::new(),
                     logprobs: false,
                     on_text: None,
+                    reasoning: None,
                 };
                 if let Err(e) = client.send(&req).await {
                     let all = format!("{e} {e:?} {}", e.body.clone().unwrap_or_default());

@@ -28,15 +28,16 @@ const KINDS: [ProviderKind; 6] = [
     ProviderKind::Gemini,
 ];
 
-const DIALECTS: [ProviderKind; 3] = [
+const DIALECTS: [ProviderKind; 4] = [
     ProviderKind::Openai,
     ProviderKind::Anthropic,
     ProviderKind::Gemini,
+    ProviderKind::Ollama,
 ];
 
 fn base(root: &str, kind: ProviderKind) -> String {
     match kind {
-        ProviderKind::Anthropic => root.to_owned(),
+        ProviderKind::Anthropic | ProviderKind::Ollama => root.to_owned(),
         ProviderKind::Gemini => format!("{root}/v1beta"),
         _ => format!("{root}/v1"),
     }
@@ -61,6 +62,7 @@ fn model(kind: ProviderKind) -> &'static str {
     match kind {
         ProviderKind::Anthropic => "claude-sonnet-4-5",
         ProviderKind::Gemini => "gemini-2.5-flash",
+        ProviderKind::Ollama => "qwen3:8b",
         _ => "gpt-4o-mini",
     }
 }

@@ -93,7 +93,7 @@ name: shapes
 steps:
   chat: { task: summarize, prompt: "summarize this", max_output_tokens: 100 }
   messages: { task: write, prompt: "write this", max_output_tokens: 100 }
-  gemini: { task: write, reasoning: deep, prompt: "think about this", max_output_tokens: 100 }
+  gemini: { task: write, model: flagship, prompt: "think about this", max_output_tokens: 100 }
 "#;
     let hostile = [
         Hostile::default().output(json!(u64::MAX)),
@@ -254,7 +254,7 @@ async fn plan_prices_long_prompts_at_the_long_context_tier() {
     let pol = policy(&fake, "");
     let plan = |words: usize, items: usize| -> (f64, f64, u64) {
         let wf = format!(
-            "version: 1\nname: long\ninputs:\n  items: {{ type: array, default: {:?} }}\nsteps:\n  a: {{ task: debug, reasoning: deep, for_each: inputs.items, prompt: \"{{{{ item }}}} {}\", max_output_tokens: 1000 }}\n",
+            "version: 1\nname: long\ninputs:\n  items: {{ type: array, default: {:?} }}\nsteps:\n  a: {{ task: debug, model: flagship, for_each: inputs.items, prompt: \"{{{{ item }}}} {}\", max_output_tokens: 1000 }}\n",
             (0..items).collect::<Vec<_>>(),
             "word ".repeat(words)
         );

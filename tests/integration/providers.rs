@@ -79,6 +79,7 @@ fn request(model: &str, stream: bool) -> ChatRequest {
         stop: Vec::new(),
         logprobs: false,
         on_text: None,
+        reasoning: None,
     }
 }
 
@@ -1317,6 +1318,7 @@ async fn every_dialect_streams_its_text_to_the_sink_scrubbed() {
         (ProviderKind::Openai, Endpoint::Completions),
         (ProviderKind::Anthropic, Endpoint::Chat),
         (ProviderKind::Gemini, Endpoint::Chat),
+        (ProviderKind::Ollama, Endpoint::Chat),
     ] {
         let pieces = [
             "A first piece that is longer than the key, ",

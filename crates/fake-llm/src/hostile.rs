@@ -64,6 +64,10 @@ impl Hostile {
         if self.is_empty() {
             return;
         }
+        if api == Api::Ollama {
+            self.apply_ollama(v);
+            return;
+        }
         let (usage_key, input_key, output_key) = match api {
             Api::Anthropic | Api::AnthropicBatch => ("usage", "input_tokens", "output_tokens"),
             Api::Gemini => ("usageMetadata", "promptTokenCount", "candidatesTokenCount"),
@@ -71,6 +75,25 @@ impl Hostile {
         };
         let openai = !matches!(api, Api::Anthropic | Api::AnthropicBatch | Api::Gemini);
         self.walk(v, usage_key, input_key, output_key, openai);
+    }
+
+    /// Ollama's counts and finish are top-level fields of the `done` line.
+    fn apply_ollama(&self, v: &mut Value) {
+        let Some(map) = v.as_object_mut() else {
+            return;
+        };
+        if map.get("done") != Some(&Value::Bool(true)) {
+            return;
+        }
+        if let Some(x) = &self.input {
+            map.insert("prompt_eval_count".into(), x.clone());
+        }
+        if let Some(x) = &self.output {
+            map.insert("eval_count".into(), x.clone());
+        }
+        if let Some(f) = &self.finish {
+            map.insert("done_reason".into(), Value::String(f.clone()));
+        }
     }
 
     fn walk(
@@ -124,6 +147,16 @@ impl Hostile {
     pub(crate) fn apply_frame(&self, api: Api, frame: String) -> String {
         if self.is_empty() {
             return frame;
+        }
+        if api == Api::Ollama {
+            // A frame is one JSON line.
+            return match serde_json::from_str::<Value>(frame.trim_end()) {
+                Ok(mut v) => {
+                    self.apply(api, &mut v);
+                    format!("{v}\n")
+                }
+                Err(_) => frame,
+            };
         }
         let mut out = String::with_capacity(frame.len());
         for line in frame.split_inclusive('\n') {

@@ -34,9 +34,11 @@ pub enum Misbehaviour {
     /// Like [`Misbehaviour::HugeBody`] but announcing its length.
     HugeBodyWithLength { bytes: u64 },
     /// A 200 event stream of content events in the request's dialect that
-    /// never ends (until [`MAX_BYTES`] or the client leaves).
+    /// never ends (until [`MAX_BYTES`] or the client leaves); NDJSON lines
+    /// on Ollama's `/api/chat`.
     EndlessStream,
-    /// A 200 event stream whose first line, `data: …`, never ends.
+    /// A 200 event stream whose first line, `data: …`, never ends (on
+    /// Ollama's `/api/chat`, an NDJSON line).
     HugeLine,
     /// A 200 event stream that sends one keep-alive comment every `every`
     /// (at most [`MAX_DRIPS`]) and nothing else.
@@ -161,19 +163,26 @@ async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
             r
         }
         Misbehaviour::EndlessStream => {
-            let event = content_event(Api::of_path(&path));
+            let api = Api::of_path(&path);
+            let event = content_event(api);
             let stream = futures::stream::iter(std::iter::repeat_n(
                 Bytes::from(event.repeat(64)),
                 usize::try_from(MAX_BYTES / (event.len() as u64 * 64)).unwrap_or(0),
             ));
-            response(200, "text/event-stream", counted(&shared, stream))
+            response(200, stream_type(api), counted(&shared, stream))
         }
         Misbehaviour::HugeLine => {
-            let head = futures::stream::iter([Bytes::from_static(b"data: {\"x\":\"")]);
+            let api = Api::of_path(&path);
+            let head: &'static [u8] = if api == Api::Ollama {
+                b"{\"message\":{\"role\":\"assistant\",\"content\":\""
+            } else {
+                b"data: {\"x\":\""
+            };
+            let head = futures::stream::iter([Bytes::from_static(head)]);
             let rest = filler(MAX_BYTES);
             response(
                 200,
-                "text/event-stream",
+                stream_type(api),
                 counted(&shared, futures::StreamExt::chain(head, rest)),
             )
         }
@@ -226,9 +235,19 @@ fn huge_json(bytes: u64) -> impl futures::Stream<Item = Bytes> + Send + 'static 
     )
 }
 
+/// The content type of a stream in the dialect the path speaks.
+fn stream_type(api: Api) -> &'static str {
+    if api == Api::Ollama {
+        "application/x-ndjson"
+    } else {
+        "text/event-stream"
+    }
+}
+
 /// One content event of the dialect the path speaks.
 fn content_event(api: Api) -> String {
     match api {
+        Api::Ollama => "{\"model\":\"m\",\"created_at\":\"2026-01-01T00:00:00Z\",\"message\":{\"role\":\"assistant\",\"content\":\"a\"},\"done\":false}\n".to_owned(),
         Api::Anthropic => "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"a\"}}\n\n".to_owned(),
         Api::Gemini => "data: {\"candidates\":[{\"content\":{\"role\":\"model\",\"parts\":[{\"text\":\"a\"}]}}]}\n\n".to_owned(),
         _ => "data: {\"id\":\"x\",\"object\":\"chat.completion.chunk\",\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"a\"},\"finish_reason\":null}]}\n\n".to_owned(),

@@ -8,6 +8,7 @@
 //! | `POST …/chat/completions` (e.g. `/v1/chat/completions`) | OpenAI Chat Completions (also OpenRouter, Mistral, compatible servers) |
 //! | `POST …/completions` (e.g. `/v1/completions`) | OpenAI legacy Completions, for base models (also OpenRouter, Ollama, llama.cpp, vLLM) |
 //! | `POST …/v1/messages` | Anthropic Messages |
+//! | `POST …/api/chat` | Ollama's native chat (NDJSON stream unless `"stream": false`) |
 //! | `POST …/models/{model}:generateContent`, `…:streamGenerateContent?alt=sse` | Gemini |
 //! | `POST …/files`, `GET …/files/{id}/content`, `POST …/batches`, `GET …/batches/{id}`, `POST …/batches/{id}/cancel` | OpenAI Files and Batch API (see `batch.rs`) |
 //! | `POST …/v1/messages/batches`, `GET …/v1/messages/batches/{id}[/results]`, `POST …/cancel` | Anthropic Message Batches |
@@ -76,6 +77,8 @@ pub enum Api {
     OpenAiBatch,
     /// Anthropic's Message Batches (`…/v1/messages/batches…`).
     AnthropicBatch,
+    /// Ollama's native chat (`…/api/chat`): NDJSON streams, `{"error": "…"}`.
+    Ollama,
     /// A path the fake does not serve; answered 404.
     Unknown,
 }
@@ -84,6 +87,8 @@ impl Api {
     fn of_path(path: &str) -> Api {
         if let Some(api) = batch::is_batch_path(path) {
             api
+        } else if path.ends_with("/api/chat") {
+            Api::Ollama
         } else if path.ends_with("/chat/completions") {
             Api::OpenAi
         } else if path.ends_with("/completions") {
@@ -128,6 +133,8 @@ impl Recorded {
     pub fn wants_stream(&self) -> bool {
         match self.api {
             Api::Gemini => self.path.ends_with(":streamGenerateContent"),
+            // Ollama streams unless told not to.
+            Api::Ollama => self.body.get("stream").and_then(Value::as_bool) != Some(false),
             _ => self.body.get("stream").and_then(Value::as_bool) == Some(true),
         }
     }
@@ -155,7 +162,11 @@ impl Recorded {
         match self.api {
             Api::Anthropic | Api::AnthropicBatch => self.header("x-api-key").map(str::to_string),
             Api::Gemini => self.header("x-goog-api-key").map(str::to_string),
-            Api::OpenAi | Api::OpenAiCompletions | Api::OpenAiBatch | Api::Unknown => self
+            Api::OpenAi
+            | Api::OpenAiCompletions
+            | Api::OpenAiBatch
+            | Api::Ollama
+            | Api::Unknown => self
                 .header("authorization")
                 .and_then(|v| v.strip_prefix("Bearer "))
                 .map(str::to_string),
@@ -566,7 +577,14 @@ fn respond(reply: &Reply, recorded: &Recorded, ctx: &Ctx) -> Response {
     match body {
         Payload::Json(text) => raw_response(status, "application/json", text, &headers),
         Payload::Raw(content_type, text) => raw_response(status, &content_type, text, &headers),
-        Payload::Sse(frames) => sse_response(frames, &reply.stream, &headers),
+        Payload::Sse(frames) => {
+            let content_type = if ctx.api == Api::Ollama {
+                "application/x-ndjson"
+            } else {
+                "text/event-stream"
+            };
+            sse_response(frames, &reply.stream, &headers, content_type)
+        }
     }
 }
 
@@ -608,7 +626,12 @@ fn finish(response: &mut Response, status: u16, content_type: &str, headers: &[(
 /// The byte stream of an SSE answer, shaped by the reply: framing
 /// (`\r\n`, keep-alive comments, write sizes, pauses) and failure (cut,
 /// reset, stall).
-fn sse_response(frames: Vec<Frame>, shape: &StreamShape, headers: &[(String, String)]) -> Response {
+fn sse_response(
+    frames: Vec<Frame>,
+    shape: &StreamShape,
+    headers: &[(String, String)],
+    content_type: &str,
+) -> Response {
     let limit = [shape.cut_after, shape.abort_after, shape.stall_after]
         .into_iter()
         .flatten()
@@ -694,7 +717,7 @@ fn sse_response(frames: Vec<Frame>, shape: &StreamShape, headers: &[(String, Str
         }
     });
     let mut response = Response::new(Body::from_stream(stream));
-    finish(&mut response, 200, "text/event-stream", headers);
+    finish(&mut response, 200, content_type, headers);
     response
         .headers_mut()
         .insert("cache-control", HeaderValue::from_static("no-cache"));

@@ -714,12 +714,103 @@ fn gemini_error(case: &ErrorCase, ctx: &Ctx) -> (u16, Value) {
 }
 
 // ---------------------------------------------------------------------------
+// Ollama (provider-apis.md §5): one JSON object per line; counts are
+// top-level and omitted when zero; errors are `{"error": "…"}`.
+
+const OLLAMA_CREATED_AT: &str = "2026-01-01T00:00:00.000000Z";
+
+fn ollama_line(s: &Success, ctx: &Ctx, content: &str, thinking: Option<&str>) -> Value {
+    let mut message = json!({"role": "assistant", "content": content});
+    if let Some(t) = thinking {
+        message["thinking"] = json!(t);
+    }
+    json!({"model": reported_model(s, ctx), "created_at": OLLAMA_CREATED_AT,
+           "message": message, "done": false})
+}
+
+fn ollama_done(s: &Success, ctx: &Ctx, content: &str) -> Value {
+    let mut v = ollama_line(s, ctx, content, None);
+    v["done"] = json!(true);
+    v["done_reason"] = json!(if s.truncated { "length" } else { "stop" });
+    v["total_duration"] = json!(5_191_566_416u64);
+    v["load_duration"] = json!(2_154_458u64);
+    if s.usage.input > 0 {
+        v["prompt_eval_count"] = json!(s.usage.input);
+        v["prompt_eval_duration"] = json!(383_809_000u64);
+    }
+    if s.usage.output > 0 {
+        v["eval_count"] = json!(s.usage.output);
+        v["eval_duration"] = json!(4_799_921_000u64);
+    }
+    v
+}
+
+fn ollama_success(s: &Success, ctx: &Ctx) -> Value {
+    let mut v = ollama_done(s, ctx, &s.text);
+    if let Some(t) = &s.thinking {
+        v["message"]["thinking"] = json!(t);
+    }
+    v
+}
+
+fn line_frame(v: &Value) -> Frame {
+    format!("{v}\n")
+}
+
+fn ollama_head(s: &Success, ctx: &Ctx, content: &[String]) -> Vec<Frame> {
+    let mut out = Vec::new();
+    if let Some(t) = &s.thinking {
+        out.push(line_frame(&ollama_line(s, ctx, "", Some(t))));
+    }
+    for p in content {
+        out.push(line_frame(&ollama_line(s, ctx, p, None)));
+    }
+    out
+}
+
+/// Content lines, then the `done: true` line with empty content and the
+/// counts.
+fn ollama_events(s: &Success, ctx: &Ctx) -> Vec<Frame> {
+    let mut out = ollama_head(s, ctx, &pieces(s));
+    out.push(line_frame(&ollama_done(s, ctx, "")));
+    out
+}
+
+fn ollama_error(case: &ErrorCase, ctx: &Ctx) -> (u16, Value) {
+    let (status, message) = match case {
+        ErrorCase::NotFound => (
+            404,
+            format!("model \"{}\" not found, try pulling it first", ctx.model),
+        ),
+        ErrorCase::RateLimited | ErrorCase::InsufficientQuota => (
+            429,
+            "server busy, please try again.  maximum pending requests exceeded".into(),
+        ),
+        ErrorCase::Server => (
+            500,
+            "an error was encountered while running the model".into(),
+        ),
+        ErrorCase::Unavailable | ErrorCase::Overloaded => (503, "server overloaded".into()),
+        ErrorCase::ContextLength
+        | ErrorCase::ContextLengthAlt
+        | ErrorCase::OpenRouterContextLength
+        | ErrorCase::LlamaCppContextLength => {
+            (400, "the input length exceeds the context length".into())
+        }
+        ErrorCase::Auth => (401, "unauthorized".into()),
+        ErrorCase::Status(code) => (*code, "fake error".into()),
+    };
+    (status, json!({ "error": message }))
+}
+
+// ---------------------------------------------------------------------------
 // Dispatch by flavour.
 
 pub(crate) fn success_json(s: &Success, ctx: &Ctx) -> Value {
     let mut v = match ctx.api {
         Api::Anthropic | Api::AnthropicBatch => anthropic_success(s, ctx),
         Api::Gemini => gemini_success(s, ctx),
+        Api::Ollama => ollama_success(s, ctx),
         Api::OpenAiCompletions => completion_success(s, ctx),
         Api::OpenAi | Api::OpenAiBatch | Api::Unknown => openai_success(s, ctx),
     };
@@ -731,6 +822,7 @@ pub(crate) fn success_events(s: &Success, ctx: &Ctx) -> Vec<Frame> {
     let frames = match ctx.api {
         Api::Anthropic | Api::AnthropicBatch => anthropic_events(s, ctx),
         Api::Gemini => gemini_events(s, ctx),
+        Api::Ollama => ollama_events(s, ctx),
         Api::OpenAiCompletions => completion_events(s, ctx),
         Api::OpenAi | Api::OpenAiBatch | Api::Unknown => openai_events(s, ctx),
     };
@@ -744,6 +836,7 @@ pub(crate) fn error(case: &ErrorCase, ctx: &Ctx) -> (u16, Value) {
     match ctx.api {
         Api::Anthropic | Api::AnthropicBatch => anthropic_error(case, ctx),
         Api::Gemini => gemini_error(case, ctx),
+        Api::Ollama => ollama_error(case, ctx),
         // The completions route shares chat's error handling on every server.
         Api::OpenAi | Api::OpenAiCompletions | Api::OpenAiBatch | Api::Unknown => {
             openai_error(case, ctx)
@@ -792,6 +885,14 @@ pub(crate) fn error_in_stream(case: &ErrorCase, ctx: &Ctx) -> Vec<Frame> {
             out.push(data_frame(&body));
             out
         }
+        // Status stays 200; the last line is the error.
+        Api::Ollama => {
+            let mut out = ollama_head(&partial, ctx, &content);
+            out.push(line_frame(
+                &json!({"error": "an error was encountered while running the model"}),
+            ));
+            out
+        }
         Api::OpenAiCompletions => {
             let mut out = completion_head(&partial, ctx, &content);
             out.push(data_frame(&body));
@@ -820,6 +921,7 @@ pub(crate) fn malformed_events(ctx: &Ctx) -> Vec<Frame> {
             "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_de\n\n"
         }
         Api::OpenAiCompletions => "data: {\"choices\":[{\"index\":0,\"text\":\"bro\n\n",
+        Api::Ollama => "{\"message\":{\"role\":\"assistant\",\"content\":\"bro\n",
         _ => "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"bro\n\n",
     };
     events.insert(at, broken.to_string());
@@ -893,7 +995,7 @@ pub(crate) fn standard_headers(ctx: &Ctx, status: u16) -> Vec<(String, String)> 
             }
             v
         }
-        Api::Gemini => Vec::new(),
+        Api::Gemini | Api::Ollama => Vec::new(),
     }
 }
 
