@@ -56,6 +56,7 @@ pub mod progress;
 pub mod provider;
 pub mod render;
 pub mod route;
+pub mod router;
 pub mod run;
 pub mod schema;
 pub mod sensitivity;
