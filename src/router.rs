@@ -252,7 +252,9 @@ impl Router {
         router.check().map_err(|(what, needle)| {
             let offset = src.text.find(needle).unwrap_or(0);
             Diagnostic::error("router-file", format!("invalid router file: {what}"))
-                .at(Some(src.span(offset, needle.len().min(src.text.len() - offset))))
+                .at(Some(
+                    src.span(offset, needle.len().min(src.text.len() - offset)),
+                ))
                 .with_help(hint)
         })?;
         Ok(router)
@@ -414,7 +416,10 @@ pub fn train(
         ));
     }
     let xs: Vec<Features> = train.iter().map(|e| features(&spec, &e.text)).collect();
-    let ys: Vec<f64> = train.iter().map(|e| f64::from(u8::from(!e.weak_ok))).collect();
+    let ys: Vec<f64> = train
+        .iter()
+        .map(|e| f64::from(u8::from(!e.weak_ok)))
+        .collect();
     let mut router = Router {
         format: FORMAT.to_owned(),
         version: VERSION,
@@ -477,9 +482,8 @@ fn fit(router: &mut Router, xs: &[Features], ys: &[f64]) {
             }
         }
         router.bias -= LEARNING_RATE * gb / n;
-        for i in 0..2 {
-            router.length_weights[i] -=
-                LEARNING_RATE * (gl[i] / n + L2 * router.length_weights[i]);
+        for (w, g) in router.length_weights.iter_mut().zip(gl) {
+            *w -= LEARNING_RATE * (g / n + L2 * *w);
         }
         for (b, wb) in w.iter_mut() {
             *wb -= LEARNING_RATE * (g[b] / n + L2 * *wb);
@@ -688,7 +692,11 @@ mod tests {
     fn training_learns_the_separating_words_and_is_deterministic() {
         let mut data = Vec::new();
         for i in 0..60 {
-            data.push(ex(&format!("s/easy{i}/a"), &format!("classify ticket {i}"), true));
+            data.push(ex(
+                &format!("s/easy{i}/a"),
+                &format!("classify ticket {i}"),
+                true,
+            ));
             data.push(ex(
                 &format!("s/hard{i}/a"),
                 &format!("explain the proof of theorem {i} in detail"),
@@ -736,17 +744,17 @@ mod tests {
         assert_eq!(e.strong_quality, 1.0);
         // Shares 0, .1, …, 1 → k = round(4s) = 0,0,1,1,2,2,2,3,3,4,4.
         let q: Vec<f64> = e.router.iter().map(|p| p.quality).collect();
-        assert_eq!(
-            q,
-            [0.5, 0.5, 0.75, 0.75, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0]
-        );
+        assert_eq!(q, [0.5, 0.5, 0.75, 0.75, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0]);
         // PGR = 2q − 1: 0,0,.5,.5,1,1,1,1,1,1,1; trapezoids of width .1:
         // (0+0 + 0+.5 + .5+.5 + .5+1 + 1+1 ×6)/2 × .1 = (3 + 12)/2 × .1 = 0.75.
         assert!((e.apgr.unwrap() - 0.75).abs() < 1e-12);
         assert!((e.random_apgr.unwrap() - 0.5).abs() < 1e-12);
         // Calibration on the same scores: target .5 → threshold .5, 2 of 4 above.
         let half = &e.calibration[4];
-        assert_eq!((half.target, half.threshold, half.achieved), (0.5, 0.5, 0.5));
+        assert_eq!(
+            (half.target, half.threshold, half.achieved),
+            (0.5, 0.5, 0.5)
+        );
         // Target .1 → k = round(.4) = 0 → threshold 1 → achieved 0: error .1.
         assert_eq!(e.calibration[0].achieved, 0.0);
         assert!((e.calibration_error_max - 0.1).abs() < 1e-12);

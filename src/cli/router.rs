@@ -172,7 +172,13 @@ fn train(a: TrainArgs, options: RenderOptions) -> u8 {
     };
     let (weak, strong) = match (pick(&a.weak, 0, "weak"), pick(&a.strong, 1, "strong")) {
         (Ok(w), Ok(s)) => (w, s),
-        (w, s) => return report(w.err().into_iter().chain(s.err()).collect(), a.format, options),
+        (w, s) => {
+            return report(
+                w.err().into_iter().chain(s.err()).collect(),
+                a.format,
+                options,
+            );
+        }
     };
     let data = match examples(&a.comparison, &file, &weak, &strong) {
         Ok(d) => d,
@@ -241,7 +247,13 @@ fn eval(a: EvalArgs, options: RenderOptions) -> u8 {
     let file = read_comparison(&a.comparison);
     let (r, file) = match (r, file) {
         (Ok(r), Ok(f)) => (r, f),
-        (r, f) => return report(r.err().into_iter().chain(f.err()).collect(), a.format, options),
+        (r, f) => {
+            return report(
+                r.err().into_iter().chain(f.err()).collect(),
+                a.format,
+                options,
+            );
+        }
     };
     let data = match examples(&a.comparison, &file, &r.weak, &r.strong) {
         Ok(d) => d,
@@ -276,7 +288,9 @@ fn eval(a: EvalArgs, options: RenderOptions) -> u8 {
                     ),
                 )
                 .in_file(&a.comparison)
-                .with_help("a fifth of the examples (by a hash of suite/case/step) test: give more cases"),
+                .with_help(
+                    "a fifth of the examples (by a hash of suite/case/step) test: give more cases",
+                ),
             ],
             a.format,
             options,

@@ -792,6 +792,7 @@ mod tests {
                 rows: vec![row("a", 0.0, Some(0.5)), row("b", 1.0, Some(0.8))],
                 cheapest_at_min: None,
                 tasks: Vec::new(),
+                cases: Vec::new(),
             }],
         };
         assert_eq!(below(&c, 0.8), vec![("s".into(), "a".into(), 0.5)]);

@@ -429,6 +429,8 @@ impl PolicyTest {
             pin: self.pin.as_deref(),
             max_output_tokens: self.max_output_tokens,
             calls: self.calls,
+            // Facts carry no prompt: a `router:` condition does not hold.
+            router_scores: &[],
         };
         // The step alone in its run: tier shares are counted over its own
         // calls, as for a one-step workflow.

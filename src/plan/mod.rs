@@ -109,6 +109,22 @@ pub struct StepPlan {
     /// What context management did to the step's calls, and what it saved.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub context: Option<ContextPlan>,
+    /// Each rule with a `router:` condition, in rule order: the router's
+    /// score of this step's prompt against the rule's threshold.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub routers: Vec<RouterPlan>,
+}
+
+/// One learned router's verdict on a step, for one rule.
+#[derive(Debug, Clone, Serialize)]
+pub struct RouterPlan {
+    pub rule: String,
+    pub file: String,
+    /// `None` when the step makes no call (nothing to score).
+    pub score: Option<f64>,
+    pub threshold: Option<f64>,
+    /// The condition holds: the score is above the threshold.
+    pub holds: bool,
 }
 
 /// Context management on one step, priced on its routed model.
@@ -740,6 +756,22 @@ impl Router<'_> {
             batch: runs && step_batched && model.is_some_and(Model::has_batch_api),
             cascade,
             context,
+            routers: policy
+                .rules
+                .iter()
+                .filter_map(|r| {
+                    let rc = r.conditions.router.as_ref()?;
+                    let score = p.expanded.router_scores.get(rc.slot).copied();
+                    let threshold = policy.router_threshold(rc);
+                    Some(RouterPlan {
+                        rule: r.name.clone(),
+                        file: policy.routers[rc.slot].file.clone(),
+                        score,
+                        threshold,
+                        holds: matches!((score, threshold), (Some(s), Some(t)) if s > t),
+                    })
+                })
+                .collect(),
         })
     }
 

@@ -25,6 +25,7 @@ mod money;
 mod pools;
 mod providers;
 mod retrieval;
+mod router;
 mod routes;
 mod run;
 mod sensitivity_gate;
