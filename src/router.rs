@@ -120,8 +120,13 @@ pub struct Features {
 }
 
 pub fn fnv1a(bytes: &[u8]) -> u64 {
+    fnv1a_parts(&[bytes])
+}
+
+/// FNV-1a of the parts' concatenation, without building it.
+fn fnv1a_parts(parts: &[&[u8]]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in bytes {
+    for b in parts.iter().flat_map(|p| p.iter()) {
         h ^= u64::from(*b);
         h = h.wrapping_mul(0x0000_0100_0000_01b3);
     }
@@ -137,13 +142,18 @@ pub fn features(spec: &FeatureSpec, text: &str) -> Features {
         .filter(|w| !w.is_empty())
         .collect();
     let mut counts: BTreeMap<u32, f64> = BTreeMap::new();
-    let bucket = |s: &str| (fnv1a(s.as_bytes()) % u64::from(spec.buckets)) as u32;
+    let bucket = |parts: &[&[u8]]| (fnv1a_parts(parts) % u64::from(spec.buckets)) as u32;
     for w in &words {
-        *counts.entry(bucket(&format!("u:{w}"))).or_default() += 1.0;
+        *counts.entry(bucket(&[b"u:", w.as_bytes()])).or_default() += 1.0;
     }
     for pair in words.windows(2) {
         *counts
-            .entry(bucket(&format!("b:{} {}", pair[0], pair[1])))
+            .entry(bucket(&[
+                b"b:",
+                pair[0].as_bytes(),
+                b" ",
+                pair[1].as_bytes(),
+            ]))
             .or_default() += 1.0;
     }
     let norm = counts.values().map(|v| v * v).sum::<f64>().sqrt();
@@ -458,37 +468,51 @@ pub fn train(
 /// (the bias unregularised), from zero: deterministic.
 fn fit(router: &mut Router, xs: &[Features], ys: &[f64]) {
     let n = xs.len() as f64;
-    let mut w: BTreeMap<u32, f64> = BTreeMap::new();
-    for x in xs {
-        for (b, _) in &x.sparse {
-            w.entry(*b).or_insert(0.0);
-        }
-    }
+    // The buckets any example uses, numbered densely: the descent then
+    // works on plain vectors (no map lookups in the inner loop).
+    let buckets: Vec<u32> = xs
+        .iter()
+        .flat_map(|x| x.sparse.iter().map(|(b, _)| *b))
+        .collect::<std::collections::BTreeSet<u32>>()
+        .into_iter()
+        .collect();
+    let dense: Vec<Vec<(usize, f64)>> = xs
+        .iter()
+        .map(|x| {
+            x.sparse
+                .iter()
+                .map(|(b, v)| (buckets.binary_search(b).expect("collected above"), *v))
+                .collect()
+        })
+        .collect();
+    let mut w = vec![0.0; buckets.len()];
+    let mut g = vec![0.0; buckets.len()];
     for _ in 0..ITERATIONS {
-        let mut g: BTreeMap<u32, f64> = w.keys().map(|b| (*b, 0.0)).collect();
+        g.iter_mut().for_each(|v| *v = 0.0);
         let mut gb = 0.0;
         let mut gl = [0.0; 2];
-        for (x, y) in xs.iter().zip(ys) {
+        for ((x, feats), y) in xs.iter().zip(&dense).zip(ys) {
             let z = router.bias
                 + x.length[0] * router.length_weights[0]
                 + x.length[1] * router.length_weights[1]
-                + x.sparse.iter().map(|(b, v)| w[b] * v).sum::<f64>();
+                + feats.iter().map(|(i, v)| w[*i] * v).sum::<f64>();
             let err = sigmoid(z) - y;
             gb += err;
             gl[0] += err * x.length[0];
             gl[1] += err * x.length[1];
-            for (b, v) in &x.sparse {
-                *g.get_mut(b).expect("every bucket seen") += err * v;
+            for (i, v) in feats {
+                g[*i] += err * v;
             }
         }
         router.bias -= LEARNING_RATE * gb / n;
         for (w, g) in router.length_weights.iter_mut().zip(gl) {
             *w -= LEARNING_RATE * (g / n + L2 * *w);
         }
-        for (b, wb) in w.iter_mut() {
-            *wb -= LEARNING_RATE * (g[b] / n + L2 * *wb);
+        for (wb, gb) in w.iter_mut().zip(&g) {
+            *wb -= LEARNING_RATE * (gb / n + L2 * *wb);
         }
     }
+    let w: BTreeMap<u32, f64> = buckets.into_iter().zip(w).collect();
     // Rounded to 12 significant digits so the file reads the same on every
     // platform's last-bit differences in `exp`.
     router.bias = round(router.bias);
@@ -569,6 +593,64 @@ pub struct Calibration {
 
 pub const GRID: usize = 10;
 
+/// Highest score first; ties keep input order (the caller's, sorted by key).
+fn ranked(items: &[Scored]) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..items.len()).collect();
+    order.sort_by(|a, b| items[*b].score.total_cmp(&items[*a].score));
+    order
+}
+
+/// Quality and cost when the k = round(share × n) highest-scored examples
+/// go to the strong model.
+fn routed(items: &[Scored], order: &[usize], share: f64) -> (f64, f64) {
+    let n = items.len() as f64;
+    let k = (share * n).round() as usize;
+    let mut ok = 0usize;
+    let mut cost = 0.0;
+    for (rank, &i) in order.iter().enumerate() {
+        let it = &items[i];
+        let strong = rank < k;
+        ok += usize::from(if strong { it.strong_ok } else { it.weak_ok });
+        cost += if strong {
+            it.strong_cost_usd
+        } else {
+            it.weak_cost_usd
+        };
+    }
+    (ok as f64 / n, cost)
+}
+
+/// The router and random routing at one strong share (another policy's,
+/// a cascade's escalation share): `(router, random)`.
+pub fn at_share(items: &[Scored], share: f64) -> Option<(Point, Point)> {
+    if items.is_empty() {
+        return None;
+    }
+    let n = items.len() as f64;
+    let qw = items.iter().filter(|i| i.weak_ok).count() as f64 / n;
+    let qs = items.iter().filter(|i| i.strong_ok).count() as f64 / n;
+    let cw: f64 = items.iter().map(|i| i.weak_cost_usd).sum();
+    let cs: f64 = items.iter().map(|i| i.strong_cost_usd).sum();
+    let gap = qs - qw;
+    let pgr = |q: f64| (gap.abs() > 1e-12).then(|| (q - qw) / gap);
+    let (q, cost) = routed(items, &ranked(items), share);
+    let rq = qw + share * gap;
+    Some((
+        Point {
+            strong_share: share,
+            quality: q,
+            cost_usd: cost,
+            pgr: pgr(q),
+        },
+        Point {
+            strong_share: share,
+            quality: rq,
+            cost_usd: cw + share * (cs - cw),
+            pgr: pgr(rq),
+        },
+    ))
+}
+
 /// Evaluates scored test examples; `calibration_scores` are the router
 /// file's (ascending).
 pub fn evaluate(items: &[Scored], calibration_scores: &[f64]) -> Option<Evaluation> {
@@ -582,27 +664,12 @@ pub fn evaluate(items: &[Scored], calibration_scores: &[f64]) -> Option<Evaluati
     let cs: f64 = items.iter().map(|i| i.strong_cost_usd).sum();
     let gap = qs - qw;
     let pgr = |q: f64| (gap.abs() > 1e-12).then(|| (q - qw) / gap);
-    // Highest score first; ties keep input order (the caller's, sorted by key).
-    let mut order: Vec<usize> = (0..items.len()).collect();
-    order.sort_by(|a, b| items[*b].score.total_cmp(&items[*a].score));
+    let order = ranked(items);
     let mut router = Vec::new();
     let mut random = Vec::new();
     for g in 0..=GRID {
         let share = g as f64 / GRID as f64;
-        let k = (share * n).round() as usize;
-        let mut ok = 0usize;
-        let mut cost = 0.0;
-        for (rank, &i) in order.iter().enumerate() {
-            let it = &items[i];
-            let strong = rank < k;
-            ok += usize::from(if strong { it.strong_ok } else { it.weak_ok });
-            cost += if strong {
-                it.strong_cost_usd
-            } else {
-                it.weak_cost_usd
-            };
-        }
-        let q = ok as f64 / n;
+        let (q, cost) = routed(items, &order, share);
         router.push(Point {
             strong_share: share,
             quality: q,
@@ -675,6 +742,14 @@ mod tests {
         let t = text([long.as_str(), "more"].into_iter());
         assert_eq!(t.chars().count(), MAX_TEXT_CHARS);
         assert_eq!(text(["a", "b"].into_iter()), "a\nb");
+    }
+
+    #[test]
+    fn ngram_hashes_are_of_the_spec_strings() {
+        // The file's spec says `fnv1a-64("u:word")` and `("b:w1 w2")`.
+        assert_eq!(fnv1a_parts(&[b"u:", b"bug"]), fnv1a(b"u:bug"));
+        assert_eq!(fnv1a(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a(b"a"), 0xaf63_dc4c_8601_ec8c);
     }
 
     #[test]

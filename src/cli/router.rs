@@ -12,7 +12,7 @@ use std::time::Instant;
 use super::suites::write_file;
 use super::{OutputFormat, exit, print_out, report};
 use crate::diagnostic::{Diagnostic, RenderOptions, SourceFile};
-use crate::eval::compare::{ExamplesError, OutcomesFile, router_examples};
+use crate::eval::compare::{ExamplesError, OutcomesFile, router_examples, variant_outcomes};
 use crate::render::usd;
 use crate::router::{self, Evaluation, Router, Scored, Split};
 
@@ -53,6 +53,9 @@ pub(super) struct EvalArgs {
     router: PathBuf,
     /// A comparison's JSON with the router's weak and strong variants.
     comparison: PathBuf,
+    /// Another variant of the comparison to set beside the router at its own strong share (a cascade: the share it escalated) (repeatable).
+    #[arg(long, value_name = "VARIANT")]
+    versus: Vec<String>,
     /// Also print training and scoring times (a benchmark's figures: they vary run to run).
     #[arg(long)]
     timing: bool,
@@ -296,6 +299,54 @@ fn eval(a: EvalArgs, options: RenderOptions) -> u8 {
             options,
         );
     };
+    let mut versus = Vec::new();
+    for name in &a.versus {
+        let outcomes = match variant_outcomes(&file, name) {
+            Ok(o) => o,
+            Err(e) => {
+                let ExamplesError::UnknownVariant(v, there) = e;
+                return report(
+                    vec![
+                        Diagnostic::error(
+                            "unknown-variant",
+                            format!("{}: no variant named {v:?}", a.comparison.display()),
+                        )
+                        .in_file(&a.comparison)
+                        .with_help(format!(
+                            "the comparison's variants are {}",
+                            crate::diagnostic::one_of(there.iter().map(String::as_str))
+                        )),
+                    ],
+                    a.format,
+                    options,
+                );
+            }
+        };
+        // The router's test examples this variant judged too.
+        let both: Vec<(&Scored, &(bool, f64, bool))> = test
+            .iter()
+            .zip(&items)
+            .filter_map(|(e, s)| outcomes.get(&e.key).map(|o| (s, o)))
+            .collect();
+        if both.is_empty() {
+            continue;
+        }
+        let n = both.len() as f64;
+        let share = both.iter().filter(|(_, o)| o.2).count() as f64 / n;
+        let same: Vec<Scored> = both.iter().map(|(s, _)| (*s).clone()).collect();
+        let Some((router_at, random_at)) = router::at_share(&same, share) else {
+            continue;
+        };
+        versus.push(Versus {
+            variant: name.clone(),
+            examples: both.len(),
+            quality: both.iter().filter(|(_, o)| o.0).count() as f64 / n,
+            cost_usd: both.iter().map(|(_, o)| o.1).sum(),
+            strong_share: share,
+            router: router_at,
+            random: random_at,
+        });
+    }
     let timing = a.timing.then(|| {
         // Training time: the same fit again, on the same examples.
         let started = Instant::now();
@@ -313,22 +364,45 @@ fn eval(a: EvalArgs, options: RenderOptions) -> u8 {
     match a.format {
         OutputFormat::Json => {
             let mut v = serde_json::to_value(&ev).unwrap_or_default();
-            if let (Some((train_ms, us)), Some(o)) = (timing, v.as_object_mut()) {
-                o.insert("train_ms".into(), train_ms.into());
-                o.insert("score_us_per_prompt".into(), us.into());
+            if let Some(o) = v.as_object_mut() {
+                if !versus.is_empty() {
+                    o.insert(
+                        "versus".into(),
+                        serde_json::to_value(&versus).unwrap_or_default(),
+                    );
+                }
+                if let Some((train_ms, us)) = timing {
+                    o.insert("train_ms".into(), train_ms.into());
+                    o.insert("score_us_per_prompt".into(), us.into());
+                }
             }
             print_out(&serde_json::to_string_pretty(&v).unwrap_or_default());
         }
-        OutputFormat::Text => print_out(&eval_text(&r, &ev, timing)),
+        OutputFormat::Text => print_out(&eval_text(&r, &ev, &versus, timing)),
     }
     exit::OK
+}
+
+/// Another variant beside the router at its strong share.
+#[derive(Debug, serde::Serialize)]
+struct Versus {
+    variant: String,
+    /// Test examples it judged.
+    examples: usize,
+    quality: f64,
+    cost_usd: f64,
+    /// Share of those examples it answered on a model that is not local.
+    strong_share: f64,
+    /// The router and random routing at that share, on the same examples.
+    router: router::Point,
+    random: router::Point,
 }
 
 fn pct(v: f64) -> String {
     format!("{:.1}%", v * 100.0)
 }
 
-fn eval_text(r: &Router, e: &Evaluation, timing: Option<(f64, f64)>) -> String {
+fn eval_text(r: &Router, e: &Evaluation, versus: &[Versus], timing: Option<(f64, f64)>) -> String {
     let mut s = format!(
         "router: weak {} / strong {}, {} test examples\n\
          always weak:   quality {}  cost {}\n\
@@ -360,6 +434,20 @@ fn eval_text(r: &Router, e: &Evaluation, timing: Option<(f64, f64)>) -> String {
         pct(e.calibration_error_mean),
         pct(e.calibration_error_max),
     ));
+    for v in versus {
+        s.push_str(&format!(
+            "\n{} on {} test examples: quality {} cost {} at strong share {}\n  router at that share: quality {} cost {}; random: quality {} cost {}\n",
+            v.variant,
+            v.examples,
+            pct(v.quality),
+            usd(v.cost_usd),
+            pct(v.strong_share),
+            pct(v.router.quality),
+            usd(v.router.cost_usd),
+            pct(v.random.quality),
+            usd(v.random.cost_usd),
+        ));
+    }
     if let Some((train_ms, us)) = timing {
         s.push_str(&format!(
             "training {train_ms:.1} ms; scoring {us:.1} µs per prompt\n"

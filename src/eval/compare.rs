@@ -70,6 +70,10 @@ pub struct StepOutcome {
     pub task: String,
     pub passed: Option<bool>,
     pub cost_usd: f64,
+    /// Its calls answered by a model that is not local (a cascade's
+    /// escalations): what counts as "sent to the strong model".
+    #[serde(default)]
+    pub cloud_calls: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prompt: Option<String>,
 }
@@ -145,6 +149,38 @@ pub fn router_examples(
     Ok(out)
 }
 
+/// Another variant on the same examples (a cascade, a rule-based policy):
+/// by example key, did it pass, what did it cost, and did it send the
+/// prompt to a model that is not local.
+pub fn variant_outcomes(
+    file: &OutcomesFile,
+    variant: &str,
+) -> Result<BTreeMap<String, (bool, f64, bool)>, ExamplesError> {
+    if !file.variants.iter().any(|x| x == variant) {
+        return Err(ExamplesError::UnknownVariant(
+            variant.to_owned(),
+            file.variants.clone(),
+        ));
+    }
+    let mut out = BTreeMap::new();
+    for suite in &file.suites {
+        for case in &suite.cases {
+            let Some(v) = case.variants.iter().find(|v| v.variant == variant) else {
+                continue;
+            };
+            for s in &v.steps {
+                if let Some(ok) = s.passed {
+                    out.insert(
+                        format!("{}/{}/{}", suite.name, case.case, s.step),
+                        (ok, s.cost_usd, s.cloud_calls > 0),
+                    );
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// Each case's outcomes under every variant (first run of each).
 fn case_outcomes(results: &[(&str, Option<&SuiteResult>)]) -> Vec<CaseOutcomes> {
     let mut names: Vec<&str> = Vec::new();
@@ -176,6 +212,11 @@ fn case_outcomes(results: &[(&str, Option<&SuiteResult>)]) -> Vec<CaseOutcomes> 
                                 task: f.task.clone(),
                                 passed: passed_on(run, &BTreeSet::from([f.step.clone()])),
                                 cost_usd: f.cost_usd,
+                                cloud_calls: f
+                                    .tiers
+                                    .values()
+                                    .sum::<u64>()
+                                    .saturating_sub(f.local_calls),
                                 prompt: f.prompt.clone(),
                             })
                             .collect(),

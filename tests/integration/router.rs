@@ -259,6 +259,49 @@ steps:
     assert!(ev["apgr"].as_f64().unwrap() > 0.7, "{ev}");
     assert_eq!(ev["router"].as_array().unwrap().len(), 11);
     assert_eq!(ev["router"][10]["quality"], 1.0);
+
+    // Another variant beside the router at its own strong share: the team
+    // policy sends every prompt to the cloud (share 1, quality 1).
+    let vs = p
+        .tollgate(&[
+            "router",
+            "eval",
+            "routers/a.json",
+            "cmp.json",
+            "--versus",
+            "team",
+            "--format",
+            "json",
+        ])
+        .output();
+    assert_eq!(vs.status.code(), Some(0), "{}", transcript(&vs));
+    let vs: Value = serde_json::from_slice(&vs.stdout).unwrap();
+    let team = &vs["versus"][0];
+    assert_eq!(
+        (team["variant"].as_str(), team["examples"].as_u64()),
+        (Some("team"), Some(test.len() as u64))
+    );
+    assert_eq!(
+        (team["strong_share"].as_f64(), team["quality"].as_f64()),
+        (Some(1.0), Some(1.0))
+    );
+    assert_eq!(team["router"]["quality"], 1.0);
+    let bad = p
+        .tollgate(&[
+            "router",
+            "eval",
+            "routers/a.json",
+            "cmp.json",
+            "--versus",
+            "nope",
+        ])
+        .output();
+    assert_eq!(bad.status.code(), Some(2), "{}", transcript(&bad));
+    assert!(
+        stderr(&bad).contains("no variant named \"nope\""),
+        "{}",
+        transcript(&bad)
+    );
 }
 
 /// Every way a router file can be wrong is one located error (exit 2),
