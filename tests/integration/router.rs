@@ -8,7 +8,7 @@
 use fake_llm::{FakeServer, Reply};
 use serde_json::{Value, json};
 
-use crate::support::{Project, stderr, stdout, team_policy, transcript};
+use crate::support::{Project, report, stderr, stdout, step, team_policy, transcript};
 
 /// Prompts the cheap model gets right (short label questions) and wrong
 /// (long proofs), 30 of each: separable by their words.
@@ -198,7 +198,7 @@ steps:
         .output();
     assert_eq!(plan.status.code(), Some(0), "{}", transcript(&plan));
     let plan: Value = serde_json::from_slice(&plan.stdout).unwrap();
-    let step = |id: &str| {
+    let planned = |id: &str| {
         plan["steps"]
             .as_array()
             .unwrap()
@@ -207,7 +207,7 @@ steps:
             .unwrap()
             .clone()
     };
-    let (label, proof, secret) = (step("label"), step("proof"), step("secret_proof"));
+    let (label, proof, secret) = (planned("label"), planned("proof"), planned("secret_proof"));
     assert_eq!(proof["route"]["model"], "flagship", "{proof}");
     assert_eq!(proof["routers"][0]["holds"], true);
     assert!(proof["routers"][0]["score"].as_f64().unwrap() > 0.5);
@@ -228,6 +228,32 @@ steps:
         stdout(&text).contains("router       rule router-says-strong: ../routers/a.json score"),
         "{}",
         stdout(&text)
+    );
+
+    // `run` routes by the same score on the prompts it really sends.
+    let run = p
+        .tollgate(&[
+            "run",
+            "routed.yaml",
+            "--policy",
+            "policies/routed.yaml",
+            "--input",
+            "secret=s3cr3t-value",
+            "--format",
+            "json",
+        ])
+        .keys()
+        .await;
+    assert_eq!(run.status.code(), Some(0), "{}", transcript(&run));
+    let r = report(&run);
+    assert_eq!(step(&r, "proof")["model"], "flagship", "{r}");
+    assert_ne!(step(&r, "label")["model"], "flagship", "{r}");
+    assert_eq!(step(&r, "secret_proof")["model"], "local", "{r}");
+    assert!(
+        fake.requests()
+            .iter()
+            .filter(|q| q.raw_body.contains("s3cr3t-value"))
+            .all(|q| q.model() == "local-llm")
     );
 
     // `router eval`: on the test split, the router separates the two kinds
