@@ -572,8 +572,9 @@ pub struct Evaluation {
     /// Random routing at the same shares: its expectation (weak + share ×
     /// (strong − weak), in quality and in cost).
     pub random: Vec<Point>,
-    /// Area under the PGR curve over strong share 0..1 (trapezoids on the
-    /// grid above), as RouteLLM reports APGR; random routing's is 0.5.
+    /// APGR as RouteLLM reports it (Ong et al. 2024, §5): the area under
+    /// the PGR curve over the strong share, approximated by the mean PGR
+    /// at shares 10%, 20%, …, 100%. Random routing's is 0.55 on that grid.
     pub apgr: Option<f64>,
     pub random_apgr: Option<f64>,
     /// Per target share (0.1 … 0.9): the threshold the calibration split
@@ -687,8 +688,7 @@ pub fn evaluate(items: &[Scored], calibration_scores: &[f64]) -> Option<Evaluati
     let area = |pts: &[Point]| -> Option<f64> {
         let p: Option<Vec<f64>> = pts.iter().map(|p| p.pgr).collect();
         let p = p?;
-        let h = 1.0 / GRID as f64;
-        Some(p.windows(2).map(|w| (w[0] + w[1]) / 2.0 * h).sum())
+        Some(p[1..].iter().sum::<f64>() / GRID as f64)
     };
     let mut calibration = Vec::new();
     for t in 1..GRID {
@@ -820,10 +820,11 @@ mod tests {
         // Shares 0, .1, …, 1 → k = round(4s) = 0,0,1,1,2,2,2,3,3,4,4.
         let q: Vec<f64> = e.router.iter().map(|p| p.quality).collect();
         assert_eq!(q, [0.5, 0.5, 0.75, 0.75, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0]);
-        // PGR = 2q − 1: 0,0,.5,.5,1,1,1,1,1,1,1; trapezoids of width .1:
-        // (0+0 + 0+.5 + .5+.5 + .5+1 + 1+1 ×6)/2 × .1 = (3 + 12)/2 × .1 = 0.75.
-        assert!((e.apgr.unwrap() - 0.75).abs() < 1e-12);
-        assert!((e.random_apgr.unwrap() - 0.5).abs() < 1e-12);
+        // PGR = 2q − 1: 0,0,.5,.5,1,1,1,1,1,1,1; the mean of the last ten
+        // (shares 10% … 100%): (0 + .5 + .5 + 7 × 1) / 10 = 0.8.
+        assert!((e.apgr.unwrap() - 0.8).abs() < 1e-12);
+        // Random: PGR = share, mean of .1 … 1 = 0.55.
+        assert!((e.random_apgr.unwrap() - 0.55).abs() < 1e-12);
         // Calibration on the same scores: target .5 → threshold .5, 2 of 4 above.
         let half = &e.calibration[4];
         assert_eq!(

@@ -258,7 +258,8 @@ steps:
 
     // `router eval`: on the test split, the router separates the two kinds
     // of prompt perfectly, so it recovers the gap by the weak model's
-    // failure share; random routing recovers it linearly (APGR 0.5).
+    // failure share; random routing recovers it linearly (APGR 0.55 on
+    // RouteLLM's grid of ten shares).
     let ev = p
         .tollgate(&[
             "router",
@@ -281,7 +282,7 @@ steps:
     let weak_ok = test.iter().filter(|i| *i % 2 == 0).count() as f64 / test.len() as f64;
     assert!((ev["weak_quality"].as_f64().unwrap() - weak_ok).abs() < 1e-12);
     assert_eq!(ev["strong_quality"], 1.0);
-    assert!((ev["random_apgr"].as_f64().unwrap() - 0.5).abs() < 1e-12);
+    assert!((ev["random_apgr"].as_f64().unwrap() - 0.55).abs() < 1e-12);
     assert!(ev["apgr"].as_f64().unwrap() > 0.7, "{ev}");
     assert_eq!(ev["router"].as_array().unwrap().len(), 11);
     assert_eq!(ev["router"][10]["quality"], 1.0);
