@@ -230,6 +230,31 @@ steps:
         stdout(&text)
     );
 
+    // A policy test file states the router's promises: given a prompt,
+    // the route (and without a prompt, the router's rule does not hold).
+    p.write(
+        "policies/tests/routed.yaml",
+        r#"policy: ../routed.yaml
+tests:
+  - name: a proof goes to the flagship
+    step: { task: extract, prompt: "Explain the proof of theorem 7 step by step, in detail." }
+    expect: { model: flagship, rule: router-says-strong }
+  - name: a label stays off the flagship
+    step: { task: extract, prompt: "Classify ticket 7 as bug or feature." }
+    expect: { not_model: flagship }
+  - name: a confidential proof stays local
+    step: { task: extract, sensitivity: confidential, prompt: "Explain the proof of theorem 7 step by step, in detail." }
+    expect: { locality: local, rule: router-says-strong }
+  - name: no prompt, no router verdict
+    step: { task: extract }
+    expect: { not_model: flagship }
+"#,
+    );
+    let pt = p
+        .tollgate(&["test", "policies/tests/routed.yaml", "--format", "json"])
+        .output();
+    assert_eq!(pt.status.code(), Some(0), "{}", transcript(&pt));
+
     // `run` routes by the same score on the prompts it really sends.
     let run = p
         .tollgate(&[
