@@ -34,6 +34,7 @@ mod init;
 mod journal;
 mod models;
 mod plan;
+mod router;
 mod run;
 mod suites;
 use journal::StateArg;
@@ -145,6 +146,9 @@ enum Command {
     Test(suites::TestArgs),
     /// Run suites under several policies or model pins and compare pass rate, cost, tokens, model time and where the calls went, per suite and per task.
     Compare(compare::CompareArgs),
+    /// A learned router: train one from comparison results, evaluate it on held-out cases.
+    #[command(subcommand)]
+    Router(router::RouterCommand),
     /// Join the results of test shards into one report and one JUnit file.
     Merge(suites::MergeArgs),
     /// List recent runs from the run journal (newest first).
@@ -259,6 +263,7 @@ pub fn main() -> ExitCode {
         Command::Test(args) => suites::cmd_test(args, options),
         Command::Merge(args) => suites::cmd_merge(args, options),
         Command::Compare(args) => compare::cmd_compare(args, options),
+        Command::Router(cmd) => router::cmd_router(cmd, options),
         Command::Runs {
             limit,
             by,

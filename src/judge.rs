@@ -83,6 +83,9 @@ pub fn facts<'a>(step: &Facts<'_>, no_tags: &'a BTreeSet<String>, input_tokens: 
         pin: None,
         max_output_tokens: u64::from(MAX_OUTPUT_TOKENS),
         calls: 1,
+        // A learned router scores a workflow's prompts, not the judge's:
+        // a `router:` condition never holds for a judge call.
+        router_scores: &[],
     }
 }
 

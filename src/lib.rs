@@ -58,6 +58,7 @@ pub mod provider;
 pub mod reasoning;
 pub mod render;
 pub mod route;
+pub mod router;
 pub mod run;
 pub mod schema;
 pub mod sensitivity;

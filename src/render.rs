@@ -209,6 +209,14 @@ fn step(o: &mut String, n: usize, s: &StepPlan) {
         "   tokens       in {}{worst_in} ({exact}); out ~{} expected, {} max",
         t.input, t.output_expected, t.output_max
     );
+    for r in &s.routers {
+        let verdict = match (r.score, r.threshold) {
+            (Some(score), Some(t)) if r.holds => format!("score {score:.3} > {t:.3}: holds"),
+            (Some(score), Some(t)) => format!("score {score:.3} ≤ {t:.3}: does not hold"),
+            _ => "no call to score: does not hold".to_owned(),
+        };
+        let _ = writeln!(o, "   router       rule {}: {} {verdict}", r.rule, r.file);
+    }
     if let Some(r) = &s.retrieval {
         let _ = writeln!(
             o,

@@ -33,6 +33,10 @@ pub struct Facts<'a> {
     pub max_output_tokens: u64,
     /// Calls this step makes (more than one with `for_each`).
     pub calls: u64,
+    /// Each of the policy's routers' score of the step's rendered prompt
+    /// (by [`Policy::routers`] slot; the highest of a fan-out's calls),
+    /// computed by `step::expand` so routing stays pure. Empty: no call.
+    pub router_scores: &'a [f64],
 }
 
 /// How many calls each tier has taken so far in the run, and the run's total.
@@ -288,6 +292,17 @@ pub fn matches(policy: &Policy, c: &Conditions, f: &Facts<'_>) -> Option<Vec<Str
             return None;
         }
         why.push(format!("tags has {}", hit.join(", ")));
+    }
+    if let Some(rc) = &c.router {
+        let score = f.router_scores.get(rc.slot)?;
+        let threshold = policy.router_threshold(rc)?;
+        if *score <= threshold {
+            return None;
+        }
+        why.push(format!(
+            "router {} score {score:.3} > {threshold:.3}",
+            policy.routers[rc.slot].file
+        ));
     }
     if why.is_empty() {
         why.push("catch-all".to_owned());

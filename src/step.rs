@@ -159,6 +159,10 @@ pub struct Expanded {
     /// What the step's `history` did: turns sent, summarized or dropped,
     /// and their tokens before and after.
     pub history: Option<history::Stats>,
+    /// Each of the policy's routers' score of the calls (the highest of a
+    /// fan-out's), by `Policy::routers` slot: what a `router:` rule
+    /// condition compares, the same in plan and run.
+    pub router_scores: Vec<f64>,
     /// The largest call's token count, per tokenizer, computed on first
     /// use: routing asks for it per call and per candidate, and recounting
     /// every item each time made a fan-out quadratic.
@@ -179,6 +183,7 @@ impl Expanded {
             context: None,
             retrieval: None,
             history: None,
+            router_scores: Vec::new(),
             max_tokens: Default::default(),
         }
     }
@@ -219,6 +224,7 @@ impl Expanded {
             pin: step.model.as_deref(),
             max_output_tokens: u64::from(step.max_output_tokens()),
             calls: self.call_count(),
+            router_scores: &self.router_scores,
         }
     }
 }
@@ -362,6 +368,7 @@ pub fn expand(scope: &Scope<'_>, inherited: When) -> Result<Expanded, StepError>
         context: None,
         retrieval: None,
         history: None,
+        router_scores: Vec::new(),
         max_tokens: Default::default(),
     };
     let ctx = scope.context();
@@ -409,6 +416,9 @@ pub fn expand(scope: &Scope<'_>, inherited: When) -> Result<Expanded, StepError>
         }
         None => out.calls = calls,
     }
+    out.router_scores = scope
+        .policy
+        .router_scores(out.calls.iter().map(|c| crate::router::text(c.messages())));
     Ok(out)
 }
 

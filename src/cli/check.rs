@@ -85,8 +85,11 @@ pub(super) fn cmd_check(files: &[PathBuf], format: OutputFormat, options: Render
             Some(FileFormat::Policy) => {
                 match workflow::from_document::<policy::PolicyFile>(doc, FileFormat::Policy) {
                     Ok(loaded) => {
-                        let (p, d) =
+                        let (mut p, mut d) =
                             policy::compile(&loaded.value, &loaded.doc, Catalog::builtin());
+                        if !d.iter().any(Diagnostic::is_error) {
+                            d.extend(policy::load_routers(&mut p));
+                        }
                         let bad = d.iter().any(Diagnostic::is_error);
                         // The compile's warnings are shown from `d`; only
                         // the retirement dates' are new.

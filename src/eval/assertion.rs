@@ -503,6 +503,7 @@ mod tests {
             call_ms: 300,
             ttft_ms: None,
             output: None,
+            router_text: None,
         };
         r.output = Some(output);
         r

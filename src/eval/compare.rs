@@ -12,7 +12,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::results::{Mode, Outcome, Results, RunResult, StepFigures, SuiteResult};
 use super::suite::Suite;
@@ -40,6 +40,200 @@ pub struct SuiteComparison {
     pub cheapest_at_min: Option<Cheapest>,
     /// One table per task of the workflow, in the order its steps name them.
     pub tasks: Vec<TaskComparison>,
+    /// Case by case, each variant's outcome step by step (its first run):
+    /// what `tollgate router train` learns from.
+    pub cases: Vec<CaseOutcomes>,
+}
+
+/// One case under every variant.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CaseOutcomes {
+    pub case: String,
+    pub variants: Vec<VariantCase>,
+}
+
+/// One case's first run under one variant.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VariantCase {
+    pub variant: String,
+    pub outcome: Outcome,
+    pub cost_usd: f64,
+    pub steps: Vec<StepOutcome>,
+}
+
+/// One step of a case's run: did its expectations hold (`None`: the run
+/// errored, nothing could be judged), what it cost, and the text a router
+/// reads of it (a step of one call).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StepOutcome {
+    pub step: String,
+    pub task: String,
+    pub passed: Option<bool>,
+    pub cost_usd: f64,
+    /// Its calls answered by a model that is not local (a cascade's
+    /// escalations): what counts as "sent to the strong model".
+    #[serde(default)]
+    pub cloud_calls: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt: Option<String>,
+}
+
+/// The part of a comparison's JSON that `router train` reads.
+#[derive(Debug, Clone, Deserialize)]
+pub struct OutcomesFile {
+    pub version: u32,
+    pub variants: Vec<String>,
+    pub suites: Vec<SuiteOutcomes>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct SuiteOutcomes {
+    pub name: String,
+    #[serde(default)]
+    pub cases: Vec<CaseOutcomes>,
+}
+
+/// Why a comparison gives no examples for `router train`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ExamplesError {
+    /// A variant name not in the comparison: the name and the ones there are.
+    UnknownVariant(String, Vec<String>),
+}
+
+/// The examples a router learns from: every step of every case that both
+/// variants ran and judged (an errored run says nothing about the model),
+/// with the weak variant's prompt — the one a router would see, as the
+/// weak variant's upstream answers fed it. Sorted by key (suite/case/step).
+pub fn router_examples(
+    file: &OutcomesFile,
+    weak: &str,
+    strong: &str,
+) -> Result<Vec<crate::router::Example>, ExamplesError> {
+    for v in [weak, strong] {
+        if !file.variants.iter().any(|x| x == v) {
+            return Err(ExamplesError::UnknownVariant(
+                v.to_owned(),
+                file.variants.clone(),
+            ));
+        }
+    }
+    let mut out = Vec::new();
+    for suite in &file.suites {
+        for case in &suite.cases {
+            let of = |name: &str| case.variants.iter().find(|v| v.variant == name);
+            let (Some(w), Some(s)) = (of(weak), of(strong)) else {
+                continue;
+            };
+            for ws in &w.steps {
+                let Some(ss) = s.steps.iter().find(|x| x.step == ws.step) else {
+                    continue;
+                };
+                let (Some(text), Some(weak_ok), Some(strong_ok)) =
+                    (&ws.prompt, ws.passed, ss.passed)
+                else {
+                    continue;
+                };
+                out.push(crate::router::Example {
+                    key: format!("{}/{}/{}", suite.name, case.case, ws.step),
+                    text: text.clone(),
+                    weak_ok,
+                    strong_ok,
+                    weak_cost_usd: ws.cost_usd,
+                    strong_cost_usd: ss.cost_usd,
+                });
+            }
+        }
+    }
+    out.sort_by(|a, b| a.key.cmp(&b.key));
+    out.dedup_by(|a, b| a.key == b.key);
+    Ok(out)
+}
+
+/// Another variant on the same examples (a cascade, a rule-based policy):
+/// by example key, did it pass, what did it cost, and did it send the
+/// prompt to a model that is not local.
+pub fn variant_outcomes(
+    file: &OutcomesFile,
+    variant: &str,
+) -> Result<BTreeMap<String, (bool, f64, bool)>, ExamplesError> {
+    if !file.variants.iter().any(|x| x == variant) {
+        return Err(ExamplesError::UnknownVariant(
+            variant.to_owned(),
+            file.variants.clone(),
+        ));
+    }
+    let mut out = BTreeMap::new();
+    for suite in &file.suites {
+        for case in &suite.cases {
+            let Some(v) = case.variants.iter().find(|v| v.variant == variant) else {
+                continue;
+            };
+            for s in &v.steps {
+                if let Some(ok) = s.passed {
+                    out.insert(
+                        format!("{}/{}/{}", suite.name, case.case, s.step),
+                        (ok, s.cost_usd, s.cloud_calls > 0),
+                    );
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Each case's outcomes under every variant (first run of each).
+fn case_outcomes(results: &[(&str, Option<&SuiteResult>)]) -> Vec<CaseOutcomes> {
+    // Indexed by name: a suite may have 100,000 cases, and a search per
+    // case and variant would be quadratic.
+    let mut names: indexmap::IndexSet<&str> = indexmap::IndexSet::new();
+    let by_name: Vec<std::collections::HashMap<&str, &super::results::CaseResult>> = results
+        .iter()
+        .map(|(_, r)| {
+            r.iter()
+                .flat_map(|r| &r.cases)
+                .map(|c| {
+                    names.insert(&c.name);
+                    (c.name.as_str(), c)
+                })
+                .collect()
+        })
+        .collect();
+    names
+        .into_iter()
+        .map(|name| CaseOutcomes {
+            case: name.to_owned(),
+            variants: results
+                .iter()
+                .zip(&by_name)
+                .filter_map(|((variant, _), cases)| {
+                    let c = *cases.get(name)?;
+                    let run = c.runs.first()?;
+                    Some(VariantCase {
+                        variant: (*variant).to_owned(),
+                        outcome: run.outcome,
+                        cost_usd: run.cost_usd,
+                        steps: run
+                            .steps
+                            .iter()
+                            .map(|f| StepOutcome {
+                                step: f.step.clone(),
+                                task: f.task.clone(),
+                                passed: passed_on(run, &BTreeSet::from([f.step.clone()])),
+                                cost_usd: f.cost_usd,
+                                cloud_calls: f
+                                    .tiers
+                                    .values()
+                                    .sum::<u64>()
+                                    .saturating_sub(f.local_calls),
+                                prompt: f.prompt.clone(),
+                            })
+                            .collect(),
+                    })
+                })
+                .collect(),
+        })
+        .filter(|c| !c.variants.is_empty())
+        .collect()
 }
 
 /// The cheapest variant at or above a pass rate (`None`: none reaches it).
@@ -180,6 +374,7 @@ pub fn compare(
                 cheapest_at_min: min_pass_rate.map(|m| cheapest(&rows, m)),
                 rows,
                 tasks,
+                cases: case_outcomes(&results),
             }
         })
         .collect();
@@ -655,6 +850,7 @@ mod tests {
                 rows: vec![row("a", 0.0, Some(0.5)), row("b", 1.0, Some(0.8))],
                 cheapest_at_min: None,
                 tasks: Vec::new(),
+                cases: Vec::new(),
             }],
         };
         assert_eq!(below(&c, 0.8), vec![("s".into(), "a".into(), 0.5)]);

@@ -68,6 +68,8 @@ struct StepFacts {
     tags: BTreeSet<String>,
     model: Option<String>,
     calls: Option<u64>,
+    /// The step's rendered prompt: what the policy's learned routers score.
+    prompt: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -122,6 +124,9 @@ pub struct PolicyTest {
     tags: BTreeSet<String>,
     pin: Option<String>,
     calls: u64,
+    /// The policy's routers' scores of the test's `prompt` (empty without
+    /// one: a `router:` condition then does not hold).
+    router_scores: Vec<f64>,
     expect: Expect,
 }
 
@@ -395,6 +400,12 @@ fn compile_test(
         tags: t.step.tags,
         pin: t.step.model,
         calls: t.step.calls.unwrap_or(1),
+        router_scores: match &t.step.prompt {
+            Some(p) => policy.router_scores(std::iter::once(crate::router::text(std::iter::once(
+                p.as_str(),
+            )))),
+            None => Vec::new(),
+        },
         expect: Expect {
             model,
             not_model,
@@ -429,6 +440,7 @@ impl PolicyTest {
             pin: self.pin.as_deref(),
             max_output_tokens: self.max_output_tokens,
             calls: self.calls,
+            router_scores: &self.router_scores,
         };
         // The step alone in its run: tier shares are counted over its own
         // calls, as for a one-step workflow.

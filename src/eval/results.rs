@@ -140,6 +140,10 @@ pub struct StepFigures {
     pub judged: u32,
     #[serde(default)]
     pub judge_passed: u32,
+    /// The text a learned router reads of this step (one call only; see
+    /// [`crate::router::text`]), for `router train`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt: Option<String>,
 }
 
 impl RunResult {

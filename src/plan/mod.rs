@@ -113,6 +113,10 @@ pub struct StepPlan {
     /// model, or why none is ([`crate::reasoning`]).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reasoning_knob: Option<ReasoningPlan>,
+    /// Each rule with a `router:` condition, in rule order: the router's
+    /// score of this step's prompt against the rule's threshold.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub routers: Vec<RouterPlan>,
 }
 
 /// What a step's reasoning level becomes on its model.
@@ -124,6 +128,18 @@ pub struct ReasoningPlan {
     pub detail: String,
     /// Thinking tokens added to each call's output limit (priced as output).
     pub budget_tokens: u64,
+}
+
+/// One learned router's verdict on a step, for one rule.
+#[derive(Debug, Clone, Serialize)]
+pub struct RouterPlan {
+    pub rule: String,
+    pub file: String,
+    /// `None` when the step makes no call (nothing to score).
+    pub score: Option<f64>,
+    pub threshold: Option<f64>,
+    /// The condition holds: the score is above the threshold.
+    pub holds: bool,
 }
 
 /// Context management on one step, priced on its routed model.
@@ -885,6 +901,22 @@ impl Router<'_> {
                         budget_tokens: u64::from(knob.extra_output()),
                     }
                 }),
+            routers: policy
+                .rules
+                .iter()
+                .filter_map(|r| {
+                    let rc = r.conditions.router.as_ref()?;
+                    let score = p.expanded.router_scores.get(rc.slot).copied();
+                    let threshold = policy.router_threshold(rc);
+                    Some(RouterPlan {
+                        rule: r.name.clone(),
+                        file: policy.routers[rc.slot].file.clone(),
+                        score,
+                        threshold,
+                        holds: matches!((score, threshold), (Some(s), Some(t)) if s > t),
+                    })
+                })
+                .collect(),
         })
     }
 

@@ -13,8 +13,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use super::models::models;
 use super::providers::{check_ports, providers};
 use super::{
-    Conditions, DEFAULT_CACHE_TTL, OneOrMany, Policy, PolicyFile, Rule, RuleFile,
-    SensitivityCondition, Tier,
+    Conditions, DEFAULT_CACHE_TTL, OneOrMany, Policy, PolicyFile, PolicyRouter, RouterCondition,
+    RouterConditionFile, RouterThreshold, Rule, RuleFile, SensitivityCondition, Tier,
 };
 use crate::catalog::Catalog;
 use crate::diagnostic::{Diagnostic, Span, did_you_mean, one_of};
@@ -34,7 +34,8 @@ pub fn compile(file: &PolicyFile, doc: &Document, catalog: &Catalog) -> (Policy,
     check_ports(&providers, doc, &mut diags);
     let models = models(file, doc, catalog, &providers, &mut diags);
     let names = ModelNames { file, doc };
-    let mut rules = rules(file, doc, &ladder.levels, &names, &mut diags);
+    let mut routers = Vec::new();
+    let mut rules = rules(file, doc, &ladder.levels, &names, &mut routers, &mut diags);
     super::escalate::escalations(file, doc, &models, ladder.cloud_max, &mut rules, &mut diags);
     check_rule_tasks(file, doc, &mut diags);
     let tasks = file
@@ -72,6 +73,7 @@ pub fn compile(file: &PolicyFile, doc: &Document, catalog: &Catalog) -> (Policy,
     let mut warnings: Vec<Diagnostic> = diags.iter().filter(|d| !d.is_error()).cloned().collect();
     crate::diagnostic::sort(&mut warnings);
     let policy = Policy {
+        routers,
         name: file.name.clone().unwrap_or_else(|| {
             doc.file
                 .path
@@ -179,6 +181,7 @@ fn rules(
     doc: &Document,
     levels: &[String],
     names: &ModelNames<'_>,
+    routers: &mut Vec<PolicyRouter>,
     diags: &mut Vec<Diagnostic>,
 ) -> Vec<Rule> {
     let mut rules: Vec<Rule> = Vec::new();
@@ -198,12 +201,15 @@ fn rules(
             );
         }
         names.check(&r.use_model, &["rules", &idx, "use"], diags);
-        let conditions = conditions(
+        let mut conditions = conditions(
             r,
             levels,
             |key| doc.span(&rp(&["when", "sensitivity", key])),
             diags,
         );
+        if let Some(rc) = &r.when.router {
+            conditions.router = router_condition(rc, doc, &rp(&["when", "router"]), routers, diags);
+        }
         if let Some(why) = conditions.is_empty() {
             diags.push(
                 Diagnostic::error(
@@ -225,6 +231,47 @@ fn rules(
         });
     }
     rules
+}
+
+/// A rule's `router:` condition: its file gets a slot in the policy's
+/// routers (one per file, read by `policy::load`), its threshold a kind.
+fn router_condition(
+    rc: &RouterConditionFile,
+    doc: &Document,
+    ptr: &str,
+    routers: &mut Vec<PolicyRouter>,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<RouterCondition> {
+    let threshold = match (rc.threshold, rc.target_strong_share) {
+        (Some(_), Some(_)) => {
+            diags.push(
+                Diagnostic::error(
+                    "router-threshold",
+                    "a router condition takes `threshold` or `target_strong_share`, not both",
+                )
+                .at(doc.span(ptr))
+                .with_help("keep one: a fixed score threshold, or the share of prompts the router sends to this rule"),
+            );
+            return None;
+        }
+        (Some(t), None) => RouterThreshold::Fixed(t),
+        (None, Some(s)) => RouterThreshold::TargetShare(s),
+        (None, None) => RouterThreshold::Calibrated,
+    };
+    let slot = match routers.iter().position(|r| r.file == rc.file) {
+        Some(i) => i,
+        None => {
+            let base = doc.file.path.parent().unwrap_or(std::path::Path::new(""));
+            routers.push(PolicyRouter {
+                file: rc.file.clone(),
+                path: base.join(&rc.file),
+                at: doc.span(&format!("{ptr}/file")),
+                router: None,
+            });
+            routers.len() - 1
+        }
+    };
+    Some(RouterCondition { slot, threshold })
 }
 
 /// A rule's `when` as sets and ranges. `level_at(key)` is where the
@@ -287,6 +334,7 @@ fn conditions(
         if t.lt == Some(0) { (1, 0) } else { (lo, hi) }
     });
     Conditions {
+        router: None,
         task: c.task.as_ref().map(|t| t.to_vec().into_iter().collect()),
         sensitivity,
         input_tokens,

@@ -376,6 +376,19 @@ pub struct ConditionsFile {
     pub reasoning: Option<OneOrMany<Reasoning>>,
     pub latency: Option<OneOrMany<Latency>>,
     pub tags: Option<OneOrMany<String>>,
+    /// A learned router's verdict: the rule holds when the router's score
+    /// of the step's prompt is above the threshold (the strong side).
+    pub router: Option<RouterConditionFile>,
+}
+
+/// `router: { file, threshold? | target_strong_share? }` in a rule's `when`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouterConditionFile {
+    /// A router file (`tollgate router train`), relative to the policy file.
+    pub file: String,
+    pub threshold: Option<f64>,
+    pub target_strong_share: Option<f64>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

@@ -294,6 +294,40 @@ pub struct Conditions {
     pub latency: Option<BTreeSet<Latency>>,
     /// Matches a step that has any of these tags.
     pub tags: Option<BTreeSet<String>>,
+    /// A learned router's verdict on the step's prompt.
+    pub router: Option<RouterCondition>,
+}
+
+/// A rule's `router:` condition: which of the policy's routers
+/// ([`Policy::routers`]) and which threshold.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RouterCondition {
+    /// Index into [`Policy::routers`].
+    pub slot: usize,
+    pub threshold: RouterThreshold,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum RouterThreshold {
+    /// The file's calibrated threshold.
+    Calibrated,
+    Fixed(f64),
+    /// The threshold that sends this share of the calibration split.
+    TargetShare(f64),
+}
+
+/// A router file a policy's rules name, loaded with the policy
+/// ([`load`]): compiling stays free of I/O.
+#[derive(Debug, Clone)]
+pub struct PolicyRouter {
+    /// As written in the policy.
+    pub file: String,
+    /// Relative to the policy file.
+    pub path: std::path::PathBuf,
+    /// Where the first rule names it.
+    pub at: Option<crate::diagnostic::Span>,
+    /// Set by [`load`] (`None` only between compiling and loading).
+    pub router: Option<std::sync::Arc<crate::router::Router>>,
 }
 
 fn covers<T: Ord>(outer: &Option<BTreeSet<T>>, inner: &Option<BTreeSet<T>>) -> bool {
@@ -333,6 +367,11 @@ impl Conditions {
             && covers(&self.reasoning, &other.reasoning)
             && covers(&self.latency, &other.latency)
             && covers(&self.tags, &other.tags)
+            && match (&self.router, &other.router) {
+                (None, _) => true,
+                (Some(_), None) => false,
+                (Some(a), Some(b)) => a == b,
+            }
     }
 }
 
@@ -435,6 +474,8 @@ pub struct Policy {
     /// [`load`]; these do not). Shown by the CLI after loading; plain http to
     /// a cloud provider is among them (see [`Policy::insecure_transport`]).
     pub warnings: Vec<Diagnostic>,
+    /// The router files its rules name, each once, in file order.
+    pub routers: Vec<PolicyRouter>,
 }
 
 /// The response cache's default: answers up to a week old are reused.
@@ -465,6 +506,34 @@ impl Policy {
             i += 1;
         }
         out
+    }
+
+    /// The threshold a router condition compares with (`None`: the
+    /// router file is not loaded).
+    pub fn router_threshold(&self, c: &RouterCondition) -> Option<f64> {
+        let r = self.routers.get(c.slot)?.router.as_ref()?;
+        Some(match c.threshold {
+            RouterThreshold::Calibrated => r.threshold,
+            RouterThreshold::Fixed(t) => t,
+            RouterThreshold::TargetShare(s) => r.threshold_for(s),
+        })
+    }
+
+    /// Each router's score of a step's calls (the highest of a fan-out's:
+    /// a route serves every item), by [`Policy::routers`] slot; empty when
+    /// the step makes no call.
+    pub fn router_scores(&self, calls: impl Iterator<Item = String> + Clone) -> Vec<f64> {
+        if calls.clone().next().is_none() {
+            return Vec::new();
+        }
+        self.routers
+            .iter()
+            .map(|r| {
+                r.router.as_ref().map_or(0.0, |m| {
+                    calls.clone().map(|t| m.score(&t)).fold(0.0, f64::max)
+                })
+            })
+            .collect()
     }
 
     /// The flagship model used for the "all on flagship" comparison.
@@ -506,11 +575,30 @@ pub fn load_text(name: &str, text: &str) -> Result<(Loaded<PolicyFile>, Policy),
 fn compile_loaded(
     file: Loaded<PolicyFile>,
 ) -> Result<(Loaded<PolicyFile>, Policy), Vec<Diagnostic>> {
-    let (policy, diags) = compile(&file.value, &file.doc, Catalog::builtin());
+    let (mut policy, mut diags) = compile(&file.value, &file.doc, Catalog::builtin());
+    if diags.iter().any(Diagnostic::is_error) {
+        return Err(diags);
+    }
+    diags.extend(load_routers(&mut policy));
     if diags.iter().any(Diagnostic::is_error) {
         return Err(diags);
     }
     Ok((file, policy))
+}
+
+/// Reads the router files a compiled policy's rules name (compiling does
+/// no I/O): each problem a diagnostic, in the router file or, when it
+/// cannot be read, at the policy line that names it.
+pub fn load_routers(policy: &mut Policy) -> Vec<Diagnostic> {
+    let mut diags = Vec::new();
+    for r in &mut policy.routers {
+        match crate::router::Router::load(&r.path) {
+            Ok(m) => r.router = Some(std::sync::Arc::new(m)),
+            Err(d) if d.span.is_some() => diags.push(d),
+            Err(d) => diags.push(d.at(r.at.clone())),
+        }
+    }
+    diags
 }
 
 /// The name the built-in policy goes by: in diagnostics, plans and the

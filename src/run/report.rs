@@ -233,6 +233,11 @@ pub struct StepReport {
     pub call_ms: u64,
     pub ttft_ms: Option<u64>,
     pub output: Option<Value>,
+    /// What a learned router reads of the step ([`crate::router::text`]),
+    /// when the step made exactly one call: `compare` keeps it per case so
+    /// `router train` can learn from it. Not part of the run's JSON.
+    #[serde(skip)]
+    pub router_text: Option<String>,
 }
 
 impl StepReport {
@@ -254,6 +259,7 @@ impl StepReport {
             call_ms: 0,
             ttft_ms: None,
             output: None,
+            router_text: None,
         }
     }
 }

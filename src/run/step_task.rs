@@ -102,6 +102,9 @@ pub(super) async fn run_step(
     let mut report = gather(&sh, id, step, info.for_each.is_some(), calls);
     report.rule = rule;
     report.latency_ms = started.elapsed().as_millis() as u64;
+    if let [call] = expanded.calls.as_slice() {
+        report.router_text = Some(crate::router::text(call.messages()));
+    }
     report
 }
 

@@ -27,6 +27,7 @@ mod pools;
 mod providers;
 mod reasoning;
 mod retrieval;
+mod router;
 mod routes;
 mod run;
 mod sensitivity_gate;

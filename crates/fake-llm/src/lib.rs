@@ -249,7 +249,13 @@ pub struct FakeServer {
 impl FakeServer {
     /// Start on 127.0.0.1 with a random port, inside the current Tokio runtime.
     pub async fn start() -> FakeServer {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        FakeServer::start_on(0).await
+    }
+
+    /// Start on 127.0.0.1 at `port` (0: any free port): a benchmark's
+    /// stand-in server must be where its committed policy says.
+    pub async fn start_on(port: u16) -> FakeServer {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
             .await
             .expect("bind a loopback port");
         let addr = listener.local_addr().expect("a bound address");
