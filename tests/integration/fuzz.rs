@@ -549,7 +549,17 @@ impl Gen {
                         .collect(),
                 )
             }
-            "string" => json!(self.string_for(key)),
+            "string" => {
+                // A schema's own bounds are kept (mostly): the deep checks
+                // are only fed when most values pass the schema, and every
+                // new bounded field would otherwise lower the share that do.
+                let mut text = self.string_for(key);
+                let min = schema.get("minLength").and_then(Value::as_u64).unwrap_or(0);
+                if text.chars().count() < min as usize && (self.clean || !self.chance(10)) {
+                    text.push_str(&"x".repeat(min as usize));
+                }
+                json!(text)
+            }
             "integer" => {
                 let min = schema.get("minimum").and_then(Value::as_i64).unwrap_or(0);
                 let max = schema
@@ -567,10 +577,15 @@ impl Gen {
                 }
             }
             "number" => {
+                let min = schema.get("minimum").and_then(Value::as_f64).unwrap_or(0.0);
+                let max = schema
+                    .get("maximum")
+                    .and_then(Value::as_f64)
+                    .unwrap_or(min + 10.0);
                 if !self.clean && self.chance(10) {
                     json!(-1.5)
                 } else {
-                    json!(self.rng.f64() * 10.0)
+                    json!(min + self.rng.f64() * (max - min).max(0.0))
                 }
             }
             "boolean" => json!(self.rng.bool()),
