@@ -501,6 +501,7 @@ mod tests {
             latency_ms: 300,
             queued_ms: 0,
             call_ms: 300,
+            model_ms: 0,
             ttft_ms: None,
             output: None,
             router_text: None,

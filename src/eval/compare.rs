@@ -549,16 +549,23 @@ fn task_row(
         return row;
     };
     let mut usage = Usage::default();
+    let mut times = Vec::new();
     for c in &r.cases {
         // Only the cases that check one of the task's steps say anything
         // about its pass rate; every run's calls count in its cost.
         // A result keeps its case's position in the suite: found in O(1).
         let checks = checks.get(c.index).copied().unwrap_or(false);
         for run in &c.runs {
-            run.steps
-                .iter()
-                .filter(|f| steps.contains(&f.step))
-                .for_each(|f| usage.add(f));
+            let mut model_ms = None;
+            for f in run.steps.iter().filter(|f| steps.contains(&f.step)) {
+                usage.add(f);
+                // A run that called a model for the task has a model time
+                // for it; one that called nothing (a skipped step) has none.
+                if f.calls > 0 {
+                    model_ms = Some(model_ms.unwrap_or(0u64).saturating_add(f.model_ms));
+                }
+            }
+            times.extend(model_ms);
             if !checks {
                 continue;
             }
@@ -572,6 +579,7 @@ fn task_row(
     }
     usage.fill(&mut row);
     row.pass_rate = ratio(row.passed as u64, row.cases as u64);
+    row.model_ms = latency(times);
     row
 }
 
@@ -761,7 +769,7 @@ pub fn render_text(c: &Comparison) -> String {
                 if t.steps.len() == 1 { "" } else { "s" },
                 t.steps.join(", ")
             );
-            table(&mut out, &t.rows, false, "  ");
+            table(&mut out, &t.rows, true, "  ");
         }
         out.push('\n');
     }

@@ -135,6 +135,10 @@ pub struct StepFigures {
     pub input_tokens: u64,
     pub output_tokens: u64,
     pub cost_usd: f64,
+    /// Model time: the latencies its calls' answers carry (as recorded, in
+    /// replay), summed.
+    #[serde(default)]
+    pub model_ms: u64,
     /// `judge:` verdicts on this step, and how many said pass.
     #[serde(default)]
     pub judged: u32,

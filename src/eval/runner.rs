@@ -765,6 +765,7 @@ fn step_figures(ctx: &Ctx<'_>, report: &RunReport) -> Vec<StepFigures> {
                 input_tokens: s.usage.input_tokens,
                 output_tokens: s.usage.output_tokens,
                 cost_usd: s.cost_usd,
+                model_ms: s.model_ms,
                 prompt: s.router_text.clone(),
                 ..StepFigures::default()
             };

@@ -502,6 +502,7 @@ impl BatchStep<'_> {
             latency_ms: started.elapsed().as_millis() as u64,
             queued_ms: 0,
             call_ms: started.elapsed().as_millis() as u64,
+            model_ms: started.elapsed().as_millis() as u64,
             ttft_ms: None,
             truncated: answer.truncated(),
             batch_fallback: false,

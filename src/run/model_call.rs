@@ -387,6 +387,9 @@ impl ModelCall<'_> {
         drop(permit);
         rec.latency_ms = sent.elapsed().as_millis() as u64;
         report.call_ms += rec.latency_ms;
+        if let Ok(answer) = &result {
+            report.model_ms += u64::try_from(answer.latency.as_millis()).unwrap_or(u64::MAX);
+        }
         let sent = Sent {
             rec,
             reservation,

@@ -160,6 +160,12 @@ pub struct CallReport {
     /// Of that, time inside the provider's calls (every try): the model's
     /// own latency. A batch's is its time from submission to results.
     pub call_ms: u64,
+    /// The latency the provider's answer carries: measured live, as
+    /// recorded in replay (where `call_ms` is the replay's own few
+    /// microseconds). What `compare` reports as model time per task; not
+    /// in the run's JSON, which has `call_ms`.
+    #[serde(skip)]
+    pub model_ms: u64,
     pub ttft_ms: Option<u64>,
     /// The answer stopped at `max_output_tokens` (or the model's limit).
     pub truncated: bool,
@@ -198,6 +204,7 @@ impl CallReport {
             latency_ms: 0,
             queued_ms: 0,
             call_ms: 0,
+            model_ms: 0,
             ttft_ms: None,
             truncated: false,
             batch_fallback: false,
@@ -231,6 +238,9 @@ pub struct StepReport {
     /// time).
     pub queued_ms: u64,
     pub call_ms: u64,
+    /// Its calls' [`CallReport::model_ms`], summed.
+    #[serde(skip)]
+    pub model_ms: u64,
     pub ttft_ms: Option<u64>,
     pub output: Option<Value>,
     /// What a learned router reads of the step ([`crate::router::text`]),
@@ -257,6 +267,7 @@ impl StepReport {
             latency_ms: 0,
             queued_ms: 0,
             call_ms: 0,
+            model_ms: 0,
             ttft_ms: None,
             output: None,
             router_text: None,

@@ -244,6 +244,7 @@ async fn one_call(
         // The batch's attempt first, and what it cost on the bill.
         report.attempts.splice(0..0, b.attempts);
         report.call_ms += b.call_ms;
+        report.model_ms = report.model_ms.saturating_add(b.model_ms);
         report.usage += b.usage;
         report.cost_usd += b.cost_usd;
         report.list_cost_usd += b.list_cost_usd;
@@ -269,6 +270,7 @@ fn gather(
         report.list_cost_usd += call.list_cost_usd;
         report.queued_ms += call.queued_ms;
         report.call_ms += call.call_ms;
+        report.model_ms = report.model_ms.saturating_add(call.model_ms);
         if report.ttft_ms.is_none() {
             report.ttft_ms = call.ttft_ms;
         }
