@@ -2,7 +2,8 @@
 # Installs PostgreSQL from Debian's packages (when missing), starts its
 # cluster and creates the role the tests use: `tollgate`, password
 # `tollgate-test`, allowed to create databases (each test makes its own and
-# drops it). The tests reach it at
+# drops it), with TLS on (a certificate naming localhost). The tests reach
+# it at
 #   TOLLGATE_TEST_PG_URL=postgres://tollgate:tollgate-test@127.0.0.1:5432/postgres
 # Idempotent; needs root (CI and the dev machines run as root).
 set -euo pipefail
@@ -29,6 +30,53 @@ for _ in $(seq 1 50); do
     fi
     sleep 0.2
 done
+
+# TLS on, with a certificate naming `localhost`: the team ledger's TLS tests
+# connect with sslmode=require, verify-ca and verify-full (the certificate
+# as root, host localhost). Debian's cluster uses the snakeoil certificate of
+# the ssl-cert package, made for the machine's hostname at install time;
+# when it is missing or names another host, a certificate of our own is made
+# beside the cluster's configuration.
+if ! command -v openssl >/dev/null 2>&1; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq openssl ssl-cert >/dev/null
+fi
+names_localhost() {
+    [ -r "$1" ] && openssl x509 -checkhost localhost -noout -in "$1" 2>/dev/null | grep -q 'does match'
+}
+show() { su postgres -c "psql -qAtc 'SHOW $1'"; }
+if [ "$(show ssl)" != on ] || ! names_localhost "$(show ssl_cert_file)"; then
+    cert=/etc/ssl/certs/ssl-cert-snakeoil.pem
+    key=/etc/ssl/private/ssl-cert-snakeoil.key
+    if ! names_localhost "$cert" || ! su postgres -c "test -r $key"; then
+        conf="/etc/postgresql/$version/main"
+        cert="$conf/tollgate-localhost.crt"
+        key="$conf/tollgate-localhost.key"
+        openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj /CN=localhost \
+            -addext subjectAltName=DNS:localhost -keyout "$key" -out "$cert" 2>/dev/null
+        chown postgres:postgres "$cert" "$key"
+        chmod 644 "$cert"
+        chmod 600 "$key"
+    fi
+    su postgres -c "psql -qAt" <<SQL >/dev/null
+ALTER SYSTEM SET ssl_cert_file = '$cert';
+ALTER SYSTEM SET ssl_key_file = '$key';
+ALTER SYSTEM SET ssl = on;
+SELECT pg_reload_conf();
+SQL
+    # The reload is asynchronous (bounded wait).
+    for _ in $(seq 1 50); do
+        if [ "$(show ssl)" = on ]; then
+            break
+        fi
+        sleep 0.2
+    done
+    if [ "$(show ssl)" != on ]; then
+        echo "PostgreSQL did not turn TLS on (see its log)" >&2
+        exit 1
+    fi
+fi
 
 su postgres -c "psql -qAt" <<'SQL' >/dev/null
 DO $$

@@ -243,6 +243,19 @@ pub fn main() -> ExitCode {
         color,
         ..RenderOptions::default()
     };
+    // Before the command's own output: the ledger it may use is reachable
+    // by an attacker on the network (said once, whatever the command opens).
+    if matches!(
+        cli.command,
+        Command::Plan { .. }
+            | Command::Run(_)
+            | Command::Test(_)
+            | Command::Compare(_)
+            | Command::Runs { .. }
+            | Command::Report { .. }
+    ) {
+        journal::warn_state_url(options);
+    }
     let code = match cli.command {
         Command::Check { files, format } => check::cmd_check(&files, format, options),
         Command::Plan {

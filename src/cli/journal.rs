@@ -42,6 +42,21 @@ impl StateArg {
     }
 }
 
+/// Says (once, before the command runs) that `TOLLGATE_STATE_URL` names a
+/// remote ledger reached unverified or in plain text: whoever sits on the
+/// path could then pose as the ledger, granting budgets and serving cached
+/// answers. A URL that does not parse is left to the command, whose error
+/// it is.
+pub fn warn_state_url(options: crate::diagnostic::RenderOptions) {
+    let Ok(journal::Location::Postgres(url)) = journal::Location::from_env(None) else {
+        return;
+    };
+    if let Some(w) = url.warning() {
+        let d = Diagnostic::warning("state-url", w.message.clone()).with_help(w.help.clone());
+        super::warn([&d], options);
+    }
+}
+
 fn clock() -> Result<Clock, Diagnostic> {
     Clock::from_env().map_err(|e| Diagnostic::error("clock", e))
 }

@@ -32,6 +32,7 @@ mod clock;
 mod error;
 mod pg;
 mod pg_sql;
+mod pg_tls;
 mod records;
 pub mod report;
 mod schema;
@@ -42,6 +43,7 @@ pub use batches::{BatchLedger, BatchRef};
 pub use clock::{Clock, Millis, format_day, format_time, parse_since, period_starts};
 pub use error::JournalError;
 pub use pg::StateUrl;
+pub use pg_tls::TlsWarning;
 pub use records::{
     CachedAnswer, CallRecord, EscalatedCall, FinishedCall, NewRun, PlannedStep, RunRow,
     fingerprint, new_run, policy_hash, prompt_hash, sha256_json,

@@ -14,6 +14,9 @@
 //! journal's location is the URL without password or parameters
 //! ([`StateUrl::display`]) and every error is scrubbed of the password
 //! ([`scrub`]). A password may come from `PGPASSWORD` instead of the URL.
+//!
+//! TLS (`sslmode`, `sslrootcert`, their `PGSSL…` variables) is
+//! [`super::pg_tls`]'s: a remote ledger is verified by default.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -22,7 +25,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use postgres::types::ToSql;
-use postgres::{Client, Config, NoTls, Row, Statement};
+use postgres::{Client, Config, Row, Statement};
+
+use super::pg_tls::{Tls, TlsWarning};
 
 use super::JournalError;
 
@@ -229,6 +234,10 @@ pub struct StateUrl {
     /// a commit, a connection) before it gives up: the statement timeout
     /// and a grace.
     pub(super) bound: Duration,
+    /// What `sslmode` and `sslrootcert` mean for this URL.
+    tls: Arc<Tls>,
+    /// Said once by the CLI: a remote ledger reached unverified or plain.
+    warning: Option<TlsWarning>,
 }
 
 impl std::fmt::Debug for StateUrl {
@@ -263,9 +272,15 @@ impl StateUrl {
                 secrets.push(v.into_owned());
             }
         }
-        let mut config: Config = url.parse().map_err(|e: postgres::Error| {
+        // sslmode's verify-* values and sslrootcert are not the client's
+        // to parse: taken out, and kept in `Tls`.
+        let params = super::pg_tls::take_params(url).map_err(|e| bad(scrub(&e, &secrets)))?;
+        let mut config: Config = params.url.parse().map_err(|e: postgres::Error| {
             bad(scrub(&format!("TOLLGATE_STATE_URL: {e}"), &secrets))
         })?;
+        let tls = Tls::new(params.sslmode, params.sslrootcert, &config)
+            .map_err(|e| bad(scrub(&e, &secrets)))?;
+        config.ssl_mode(tls.client_mode(&config));
         if config.get_password().is_none() {
             if let Some(p) = std::env::var_os("PGPASSWORD").filter(|p| !p.is_empty()) {
                 let p = p.to_string_lossy().into_owned();
@@ -317,11 +332,14 @@ impl StateUrl {
         let _ = shown.set_password(None);
         shown.set_query(None);
         shown.set_fragment(None);
+        let warning = tls.warning(parsed.host_str().unwrap_or("its host"));
         Ok(StateUrl {
             config: std::sync::Arc::new(config),
             display: shown.to_string(),
             secrets,
             bound,
+            tls: Arc::new(tls),
+            warning,
         })
     }
 
@@ -338,19 +356,35 @@ impl StateUrl {
         &self.display
     }
 
+    /// Why this connection could be read or impersonated on the network
+    /// (a remote host with `sslmode` below verification), for the CLI to
+    /// say once; `None` when it cannot.
+    pub fn warning(&self) -> Option<&TlsWarning> {
+        self.warning.as_ref()
+    }
+
+    /// The `sslmode` in force (the URL's, `PGSSLMODE`, or the default).
+    pub fn sslmode(&self) -> &'static str {
+        self.tls.mode.as_str()
+    }
+
     pub(super) fn scrub(&self, text: &str) -> String {
         scrub(text, &self.secrets)
     }
 
     /// Connects (on the calling thread, which must not be a tokio worker).
     fn connect(&self) -> Result<PgConn, JournalError> {
-        let client = self
-            .config
-            .connect(NoTls)
-            .map_err(|e| JournalError::PgOpen {
-                url: self.display.clone(),
-                message: self.scrub(&message(&e)),
-            })?;
+        let failed = |message: String| JournalError::PgOpen {
+            url: self.display.clone(),
+            message: self.scrub(&message),
+        };
+        let tls = self.tls.connector().map_err(failed)?;
+        let client = self.config.connect(tls).map_err(|e| {
+            failed(match self.tls.hint(&e) {
+                Some(hint) => format!("{} ({hint})", message(&e)),
+                None => message(&e),
+            })
+        })?;
         Ok(PgConn {
             client,
             statements: HashMap::new(),
@@ -851,6 +885,7 @@ pub(super) fn try_hold(
 #[cfg(test)]
 pub(crate) mod testing {
     use super::*;
+    use postgres::NoTls;
 
     pub(crate) struct TestDb {
         admin: String,
@@ -898,6 +933,48 @@ pub(crate) mod testing {
             })
         }
 
+        /// This database's URL (the test role's password in it) with
+        /// another host and more parameters.
+        pub(crate) fn url_with(&self, host: &str, query: &str) -> String {
+            let mut url = url::Url::parse(&self.admin).unwrap();
+            url.set_path(&format!("/{}", self.name));
+            url.set_host(Some(host)).unwrap();
+            let q: Vec<&str> = [url.query().unwrap_or(""), query]
+                .into_iter()
+                .filter(|q| !q.is_empty())
+                .collect();
+            let q = q.join("&");
+            url.set_query((!q.is_empty()).then_some(q.as_str()));
+            url.to_string()
+        }
+
+        /// The server's certificate file when it has TLS on (`None`, said,
+        /// when it has not — except under CI, whose server must:
+        /// `scripts/setup-postgres.sh` turns it on).
+        pub(crate) fn server_cert(&self) -> Option<PathBuf> {
+            let admin = self.admin.clone();
+            let (ssl, file) = off_runtime(move || {
+                let mut c = Client::connect(&admin, NoTls).expect("the test server");
+                let show = |c: &mut Client, what: &str| -> String {
+                    c.query_one(&format!("SHOW {what}"), &[]).unwrap().get(0)
+                };
+                (show(&mut c, "ssl"), show(&mut c, "ssl_cert_file"))
+            });
+            let file = PathBuf::from(file);
+            if ssl == "on" && file.is_absolute() && file.is_file() {
+                return Some(file);
+            }
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "CI's PostgreSQL must have ssl = on with a readable certificate (scripts/setup-postgres.sh)"
+            );
+            eprintln!(
+                "skipped the TLS checks: the test server has ssl = {ssl} ({})",
+                file.display()
+            );
+            None
+        }
+
         /// Runs SQL on the test database directly (what another build or a
         /// crashed runner left).
         pub(crate) fn exec(&self, sql: &str) {
@@ -924,6 +1001,99 @@ pub(crate) mod testing {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Whether the connection `url` opens is encrypted, as the server sees
+    /// it (`pg_stat_ssl`).
+    fn encrypted(url: &str) -> Result<bool, JournalError> {
+        let url = StateUrl::parse(url)?;
+        std::thread::spawn(move || {
+            let mut c = url.connect()?;
+            let row = c.query_one(
+                "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+                &[],
+            )?;
+            get::<bool>(&row, 0)
+        })
+        .join()
+        .expect("the connecting thread")
+    }
+
+    /// libpq's modes against the real server (ssl = on, Debian's snakeoil
+    /// certificate for `localhost`): `require` and the default on loopback
+    /// encrypt, `disable` does not, `verify-full` takes the server's
+    /// certificate as root and the name it holds; a name it does not hold
+    /// is refused by `verify-full` and accepted by `verify-ca`; a root that
+    /// did not sign it is refused even by `require` (libpq checks the chain
+    /// once a root is given). Errors say why, never the password.
+    #[test]
+    fn sslmodes_against_the_real_server() {
+        let Some(db) = testing::TestDb::create() else {
+            return;
+        };
+        let Some(cert) = db.server_cert() else {
+            return;
+        };
+        let cert = cert.display();
+        let local = |q: &str| encrypted(&db.url_with("127.0.0.1", q));
+        assert!(local("sslmode=require").unwrap());
+        assert!(!local("sslmode=disable").unwrap());
+        assert!(local("").unwrap(), "prefer: TLS when the server offers it");
+        let full = format!("sslmode=verify-full&sslrootcert={cert}");
+        assert!(encrypted(&db.url_with("localhost", &full)).unwrap());
+        // `system` roots are this machine's, which may or may not hold the
+        // snakeoil certificate: the CLI test pins them (SSL_CERT_FILE).
+        let password = url::Url::parse(&db.url_with("localhost", ""))
+            .unwrap()
+            .password()
+            .map(str::to_owned)
+            .filter(|p| !p.is_empty());
+        let refused = |url: String| {
+            let e = encrypted(&url).unwrap_err().to_string();
+            if let Some(p) = &password {
+                assert!(!e.contains(p.as_str()), "{e}");
+            }
+            e
+        };
+        let e = refused(db.url_with("127.0.0.1", &full));
+        assert!(
+            e.contains("sslmode=verify-full: the server's certificate does not name the host"),
+            "{e}"
+        );
+        assert!(local(&format!("sslmode=verify-ca&sslrootcert={cert}")).unwrap());
+        let other = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/tls/other-ca.pem");
+        let e = refused(db.url_with("127.0.0.1", &format!("sslmode=require&sslrootcert={other}")));
+        assert!(
+            e.contains("invalid peer certificate")
+                && e.contains(&format!(
+                    "sslmode=require: the server's certificate is not signed by the CA in sslrootcert {other}"
+                )),
+            "{e}"
+        );
+    }
+
+    /// The whole journal (writer and worker, migrations, a budget hold)
+    /// over a verified connection.
+    #[test]
+    fn the_journal_works_over_verified_tls() {
+        let Some(db) = testing::TestDb::create() else {
+            return;
+        };
+        let Some(cert) = db.server_cert() else {
+            return;
+        };
+        let url = StateUrl::parse(&db.url_with(
+            "localhost",
+            &format!("sslmode=verify-full&sslrootcert={}", cert.display()),
+        ))
+        .unwrap();
+        assert_eq!(url.sslmode(), "verify-full");
+        let j =
+            super::super::Journal::open_postgres(&url, super::super::Clock::Fixed(1_000)).unwrap();
+        let hold = j.try_hold(0.5, &[]).unwrap().unwrap();
+        // The writer's connection too.
+        j.release_hold(hold).unwrap();
+        j.flush_blocking().unwrap();
+    }
 
     /// Every statement is bounded on the server: the URL's own
     /// `statement_timeout` wins, else the default is added to its options;

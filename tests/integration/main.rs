@@ -20,6 +20,7 @@ mod html;
 mod journal;
 mod leaks;
 mod ledger;
+mod ledger_tls;
 mod local_model;
 mod money;
 mod ollama;

@@ -24,7 +24,7 @@ use fake_llm::FakeServer;
 use serde_json::Value;
 
 pub mod pg;
-pub use pg::Ledger;
+pub use pg::{Ledger, TestDb};
 
 /// The API key every keyed command is given; tests assert it never reaches an
 /// output, a file or a request body.
@@ -34,11 +34,16 @@ pub const KEY: &str = "sk-test-7f3a9c1e-never-print-me";
 pub const KEY_VARS: [&str; 3] = ["TEST_OPENAI_KEY", "TEST_ANTHROPIC_KEY", "TEST_GEMINI_KEY"];
 
 /// Variables of the caller's shell that would change what the binary does.
-const SCRUBBED: [&str; 20] = [
+const SCRUBBED: [&str; 24] = [
     "TOLLGATE_POLICY",
     "TOLLGATE_STATE",
     "TOLLGATE_STATE_URL",
     "PGPASSWORD",
+    // TLS to the ledger: libpq's variables and the system CA store's.
+    "PGSSLMODE",
+    "PGSSLROOTCERT",
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
     "TOLLGATE_TEST_NOW",
     "TOLLGATE_TEST_TODAY",
     "CI",

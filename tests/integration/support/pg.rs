@@ -111,6 +111,45 @@ impl TestDb {
         });
     }
 
+    /// This database's URL with another host and more parameters.
+    pub fn url_with(&self, host: &str, query: &str) -> String {
+        let mut url = url::Url::parse(&self.url).expect("the test database's URL");
+        url.set_host(Some(host)).expect("a host");
+        let q: Vec<&str> = [url.query().unwrap_or(""), query]
+            .into_iter()
+            .filter(|q| !q.is_empty())
+            .collect();
+        let q = q.join("&");
+        url.set_query((!q.is_empty()).then_some(q.as_str()));
+        url.to_string()
+    }
+
+    /// The server's certificate file, when it has TLS on; `None` (said)
+    /// when it has not — a failure under CI, whose server must
+    /// (`scripts/setup-postgres.sh`).
+    pub fn server_cert(&self) -> Option<std::path::PathBuf> {
+        let admin = self.admin.clone();
+        let (ssl, file) = off_runtime(move || {
+            let mut c = Client::connect(&admin, NoTls).expect("the test server");
+            let mut show = |what: &str| -> String {
+                c.query_one(&format!("SHOW {what}"), &[])
+                    .expect("a setting")
+                    .get(0)
+            };
+            (show("ssl"), show("ssl_cert_file"))
+        });
+        let file = std::path::PathBuf::from(file);
+        if ssl == "on" && file.is_absolute() && file.is_file() {
+            return Some(file);
+        }
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI's PostgreSQL must have ssl = on with a readable certificate (scripts/setup-postgres.sh)"
+        );
+        eprintln!("skipped the TLS checks: the test server has ssl = {ssl}");
+        None
+    }
+
     pub fn state_url(&self) -> tollgate::journal::StateUrl {
         tollgate::journal::StateUrl::parse(&self.url).expect("the test database's URL")
     }
