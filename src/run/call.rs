@@ -470,6 +470,15 @@ async fn journal_verdict(
             rec.outcome = AttemptOutcome::Escalated;
             rec.error = Some(reason.to_owned());
             rec.escalate_to = Some(check.cascade.to.clone());
+            // On disk before the escalation (a paid call) is sent: a resume
+            // after a kill then escalates from this verdict as it was
+            // reached, rather than asking the journal's judge answer again.
+            if let Err(e) = j.journal.commit_call(&j.run_id, rec).await {
+                sh.emit(super::report::Event::JournalError {
+                    message: e.to_string(),
+                });
+            }
+            return;
         }
     }
     sh.journal_call(rec).await;
