@@ -1261,6 +1261,7 @@ proptest! {
                     logprobs: false,
                     on_text: None,
                     reasoning: None,
+                    attachments: Vec::new(),
                 };
                 if let Err(e) = client.send(&req).await {
                     let all = format!("{e} {e:?} {}", e.body.clone().unwrap_or_default());

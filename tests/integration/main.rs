@@ -22,6 +22,7 @@ mod leaks;
 mod ledger;
 mod local_model;
 mod money;
+mod multimodal;
 mod ollama;
 mod pools;
 mod providers;
