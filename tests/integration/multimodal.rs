@@ -182,6 +182,10 @@ fn a_text_only_model_is_passed_over_by_rule_fallback_and_pin_and_the_plan_says_w
     // A template reads the file's descriptor, never its bytes.
     let text = stdout(&plan_text(&project));
     assert!(text.contains("does not take images"), "{text}");
+    assert!(
+        text.contains("≈ 765 of them images and PDFs, by the provider's rule"),
+        "{text}"
+    );
 }
 
 fn plan_text(project: &Project) -> std::process::Output {
@@ -323,4 +327,33 @@ async fn the_request_hash_changes_with_the_bytes() {
     assert_eq!(fake.request_count(), 1);
     assert_eq!(run(b"b").await.status.code(), Some(0));
     assert_eq!(fake.request_count(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_suite_gives_files_relative_to_the_suite() {
+    let fake = fake_llm::FakeServer::start().await;
+    fake.set_default(fake_llm::Reply::text("ok").usage(12, 3));
+    let w = "version: 1\nname: mm\ninputs:\n  photo: { type: image }\nsteps:\n  look: { task: debug, prompt: 'describe', model: gpt, attachments: [photo] }\n";
+    let suite = "workflow: ../wf.yaml\npolicy: ../policy.yaml\ncases:\n  - name: one\n    inputs: { photo: pics/one.png }\n    expect:\n      look: { equals: ok }\n";
+    let project = Project::new(
+        &policy(&fake.base_url(), "rules:\n  - { name: all, use: gpt }\n"),
+        w,
+    )
+    .with("evals/mm.yaml", suite);
+    let image = png(16, 16, b"suite");
+    std::fs::create_dir_all(project.path().join("evals/pics")).unwrap();
+    std::fs::write(project.path().join("evals/pics/one.png"), &image).unwrap();
+    let out = project.tollgate(&["test", "--record"]).keys().await;
+    assert_eq!(out.status.code(), Some(0), "{}", transcript(&out));
+    assert!(fake.last_request().raw_body.contains(&b64(&image)));
+    // A missing file is the case's located error, and nothing runs.
+    project.write("evals/mm.yaml", &suite.replace("one.png", "two.png"));
+    let out = project.tollgate(&["test", "--record"]).keys().await;
+    assert_eq!(out.status.code(), Some(2), "{}", transcript(&out));
+    assert!(
+        stderr(&out).contains("pics/two.png"),
+        "{}",
+        transcript(&out)
+    );
+    assert_eq!(fake.request_count(), 1);
 }
