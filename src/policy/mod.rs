@@ -255,7 +255,7 @@ pub struct Model {
     /// ([`crate::reasoning`]).
     pub supports_reasoning: bool,
     /// The model takes images (the catalog's `supports_vision`, or the
-    /// policy's word): see [`crate::attachment::Kind::accepted_by`].
+    /// policy's word): routing's modality gate asks it.
     pub supports_vision: bool,
     /// The model takes PDF documents (`supports_pdf_input`).
     pub supports_pdf_input: bool,
