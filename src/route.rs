@@ -533,3 +533,34 @@ pub fn fits(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn model(kind: ProviderKind, vision: bool, pdf: bool) -> Model {
+        let (_, policy) = crate::policy::load_builtin().expect("the built-in policy compiles");
+        let mut m = policy.models.values().next().expect("a model").clone();
+        m.provider_kind = kind;
+        m.endpoint = Endpoint::Chat;
+        m.supports_vision = vision;
+        m.supports_pdf_input = pdf;
+        m
+    }
+
+    #[test]
+    fn the_modality_gate_follows_the_flags_the_endpoint_and_the_dialect() {
+        assert!(takes(&model(ProviderKind::Openai, true, true), Kind::Pdf).is_ok());
+        assert!(takes(&model(ProviderKind::Openai, false, true), Kind::Image).is_err());
+        assert!(takes(&model(ProviderKind::Anthropic, true, false), Kind::Pdf).is_err());
+        // Ollama's API has no document part, whatever the model.
+        let why = takes(&model(ProviderKind::Ollama, true, true), Kind::Pdf).unwrap_err();
+        assert!(why.contains("images only"), "{why}");
+        assert!(takes(&model(ProviderKind::Ollama, true, true), Kind::Image).is_ok());
+        // The text completions route has no place for a file.
+        let mut base = model(ProviderKind::OpenaiCompatible, true, true);
+        base.endpoint = Endpoint::Completions;
+        let why = takes(&base, Kind::Image).unwrap_err();
+        assert!(why.contains("completions endpoint"), "{why}");
+    }
+}
