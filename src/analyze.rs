@@ -413,6 +413,7 @@ fn analyze_step(
         );
     }
     check_retrieval_and_history(w, doc, id, step, &mut info, diags);
+    check_attachments(w, doc, id, step, &mut info, diags);
     info
 }
 
@@ -541,6 +542,56 @@ fn check_retrieval_and_history(
                         .unwrap_or_else(|| "declare an input with `type: messages`".to_owned()),
                 ),
             ),
+        }
+    }
+}
+
+/// A step's `attachments:` name inputs of type image or file; each counts
+/// as read (its sensitivity is the step's).
+fn check_attachments(
+    w: &Workflow,
+    doc: &Document,
+    id: &str,
+    step: &Step,
+    info: &mut StepInfo,
+    diags: &mut Vec<Diagnostic>,
+) {
+    for (i, name) in step.attachments.iter().enumerate() {
+        let at = doc.span(&pointer(["steps", id, "attachments", &i.to_string()]));
+        match w.inputs.get(name) {
+            Some(decl) if decl.kind.is_attachment() => {
+                info.reads_inputs.insert(name.clone());
+            }
+            Some(decl) => diags.push(
+                Diagnostic::error(
+                    "attachment-input",
+                    format!(
+                        "step `{id}` attaches input `{name}`, of type {}",
+                        decl.kind.name()
+                    ),
+                )
+                .at(at)
+                .with_help(
+                    "only inputs of type image (PNG, JPEG, GIF, WebP) or file (PDF) are attached; a text input goes into the prompt with {{ inputs.NAME }}",
+                ),
+            ),
+            None => {
+                let attachable = w
+                    .inputs
+                    .iter()
+                    .filter(|(_, d)| d.kind.is_attachment())
+                    .map(|(n, _)| n.as_str());
+                diags.push(
+                    Diagnostic::error(
+                        "unknown-input",
+                        format!("step `{id}` attaches unknown input `{name}`"),
+                    )
+                    .at(at)
+                    .with_help(did_you_mean(name, attachable).unwrap_or_else(|| {
+                        "declare an input with `type: image` or `type: file`".to_owned()
+                    })),
+                )
+            }
         }
     }
 }
@@ -896,7 +947,22 @@ fn check_inputs(w: &Workflow, doc: &Document, diags: &mut Vec<Diagnostic>) {
                 &decl.example
             };
             if let Some(v) = value {
-                if !decl.kind.accepts(v) {
+                if decl.kind.is_attachment() {
+                    diags.push(
+                        Diagnostic::error(
+                            "input-type",
+                            format!(
+                                "input `{name}` is of type {}: it has no {key}",
+                                decl.kind.name()
+                            ),
+                        )
+                        .at(doc.span(&pointer(["inputs", name.as_str(), key])))
+                        .with_help(format!(
+                            "an {} input is a file given with --input {name}=@PATH (in a suite, a path relative to the suite); remove `{key}:`",
+                            decl.kind.name()
+                        )),
+                    );
+                } else if !decl.kind.accepts(v) {
                     diags.push(
                         Diagnostic::error(
                             "input-type",

@@ -107,6 +107,19 @@ pub fn read_stream_limited(stream: impl Read, limit: u64) -> Result<String, Read
     String::from_utf8(bytes).map_err(|_| ReadError::NotUtf8)
 }
 
+/// Reads a regular file of at most `limit` bytes, as bytes (an image or
+/// PDF input): larger is an error, never a truncation.
+pub fn read_bytes_limited(path: &Path, limit: u64) -> Result<Vec<u8>, ReadError> {
+    let mut bytes = Vec::new();
+    open_regular(path)?
+        .take(limit.saturating_add(1))
+        .read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > limit {
+        return Err(ReadError::TooLarge { limit });
+    }
+    Ok(bytes)
+}
+
 /// Reads a regular file of at most [`MAX_TEXT_BYTES`] as UTF-8 text.
 pub fn read_text(path: &Path) -> Result<String, ReadError> {
     read_text_limited(path, MAX_TEXT_BYTES)

@@ -71,12 +71,38 @@ pub enum ValueSource {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct InputValue {
+    /// For an `image` / `file` input, the attachment's descriptor
+    /// (`{name, mime, bytes}`): what a template reading it sees.
     pub value: Value,
     pub source: ValueSource,
+    /// An `image` / `file` input's bytes (sent only through a step's
+    /// `attachments:`); `None` for other types and for a plan's stand-in.
+    #[serde(skip)]
+    pub attachment: Option<std::sync::Arc<crate::attachment::Attachment>>,
+}
+
+/// The attachment kind an input type carries.
+fn attachment_kind(kind: InputType) -> Option<crate::attachment::Kind> {
+    match kind {
+        InputType::Image => Some(crate::attachment::Kind::Image),
+        InputType::File => Some(crate::attachment::Kind::Pdf),
+        _ => None,
+    }
 }
 
 /// Resolved input values, in declaration order.
 pub type Inputs = IndexMap<String, InputValue>;
+
+/// The bytes of every `image` / `file` input that has them, by name.
+pub type Files = std::collections::BTreeMap<String, std::sync::Arc<crate::attachment::Attachment>>;
+
+/// The attachments among resolved inputs.
+pub fn files(inputs: &Inputs) -> Files {
+    inputs
+        .iter()
+        .filter_map(|(k, v)| v.attachment.clone().map(|a| (k.clone(), a)))
+        .collect()
+}
 
 /// Resolves the inputs of a workflow. With `use_examples`, a missing input
 /// with an `example:` takes it (dry runs); otherwise it is an error.
@@ -89,6 +115,8 @@ pub fn resolve(
     let mut given: IndexMap<&str, Value> = IndexMap::new();
     let names: Vec<&str> = workflow.inputs.keys().map(String::as_str).collect();
     let mut stdin_used = false;
+    let mut attached: IndexMap<&str, std::sync::Arc<crate::attachment::Attachment>> =
+        IndexMap::new();
     // Inputs that were given, even if their value was bad: already reported,
     // so not "missing" as well.
     let mut mentioned: std::collections::HashSet<&str> = std::collections::HashSet::new();
@@ -112,6 +140,41 @@ pub fn resolve(
             );
             continue;
         };
+        if let Some(kind) = attachment_kind(decl.kind) {
+            let RawValue::File(path) = &r.value else {
+                diags.push(
+                    Diagnostic::error(
+                        "input-type",
+                        format!(
+                            "--input {}: an input of type {} is given as a file",
+                            r.name,
+                            decl.kind.name()
+                        ),
+                    )
+                    .with_help(format!("give it with --input {}=@PATH", r.name)),
+                );
+                continue;
+            };
+            match crate::attachment::Attachment::load(Path::new(path), kind) {
+                Ok(a) => {
+                    let a = std::sync::Arc::new(a);
+                    if attached.insert(r.name.as_str(), a).is_some() {
+                        diags.push(Diagnostic::error(
+                            "duplicate-input",
+                            format!("--input {} is given twice", r.name),
+                        ));
+                    }
+                }
+                Err(err) => diags.push(
+                    Diagnostic::error(
+                        "input-file",
+                        format!("--input {}: cannot use `{path}`: {err}", r.name),
+                    )
+                    .with_help(err.hint()),
+                ),
+            }
+            continue;
+        }
         let text = match &r.value {
             RawValue::Text(t) => t.clone(),
             RawValue::File(path) => match crate::files::read_text(Path::new(path)) {
@@ -175,20 +238,29 @@ pub fn resolve(
     }
     let mut out = Inputs::new();
     for (name, decl) in &workflow.inputs {
-        let resolved = if let Some(v) = given.shift_remove(name.as_str()) {
+        let resolved = if let Some(a) = attached.shift_remove(name.as_str()) {
+            Some(InputValue {
+                value: a.descriptor(),
+                source: ValueSource::Given,
+                attachment: Some(a),
+            })
+        } else if let Some(v) = given.shift_remove(name.as_str()) {
             Some(InputValue {
                 value: v,
                 source: ValueSource::Given,
+                attachment: None,
             })
         } else if let Some(v) = &decl.default {
             Some(InputValue {
                 value: v.clone(),
                 source: ValueSource::Default,
+                attachment: None,
             })
         } else if let (true, Some(v)) = (use_examples, &decl.example) {
             Some(InputValue {
                 value: v.clone(),
                 source: ValueSource::Example,
+                attachment: None,
             })
         } else if decl.is_required() && !mentioned.contains(name.as_str()) {
             diags.push(
@@ -202,6 +274,7 @@ pub fn resolve(
             Some(InputValue {
                 value: Value::Null,
                 source: ValueSource::Default,
+                attachment: None,
             })
         };
         if let Some(v) = resolved {
@@ -222,6 +295,7 @@ pub fn resolve(
 pub fn from_values(
     workflow: &Workflow,
     given: &serde_json::Map<String, Value>,
+    base: &Path,
     locate: impl Fn(Option<&str>) -> Option<crate::diagnostic::Span>,
 ) -> Result<Inputs, Vec<Diagnostic>> {
     let mut diags = Vec::new();
@@ -255,13 +329,36 @@ pub fn from_values(
     let mut out = Inputs::new();
     for (name, decl) in &workflow.inputs {
         let value = match (given.get(name).filter(|v| !v.is_null()), &decl.default) {
+            (Some(Value::String(path)), _) if attachment_kind(decl.kind).is_some() => {
+                let kind = attachment_kind(decl.kind).expect("checked");
+                match crate::attachment::Attachment::load(&base.join(path), kind) {
+                    Ok(a) => InputValue {
+                        value: a.descriptor(),
+                        source: ValueSource::Given,
+                        attachment: Some(std::sync::Arc::new(a)),
+                    },
+                    Err(err) => {
+                        diags.push(
+                            Diagnostic::error(
+                                "input-file",
+                                format!("input `{name}`: cannot use `{path}`: {err}"),
+                            )
+                            .at(locate(Some(name)))
+                            .with_help(err.hint()),
+                        );
+                        continue;
+                    }
+                }
+            }
             (Some(v), _) => InputValue {
                 value: v.clone(),
                 source: ValueSource::Given,
+                attachment: None,
             },
             (None, Some(v)) => InputValue {
                 value: v.clone(),
                 source: ValueSource::Default,
+                attachment: None,
             },
             (None, None) if decl.is_required() => {
                 diags.push(
@@ -274,6 +371,7 @@ pub fn from_values(
             (None, None) => InputValue {
                 value: Value::Null,
                 source: ValueSource::Default,
+                attachment: None,
             },
         };
         out.insert(name.clone(), value);
@@ -306,11 +404,18 @@ pub fn placeholders(workflow: &Workflow) -> Inputs {
                         InputType::Messages => {
                             serde_json::json!([{"role": "user", "content": text}])
                         }
+                        // No bytes: routing needs only the declared kind,
+                        // and the estimates take a stand-in's size.
+                        InputType::Image | InputType::File => serde_json::json!({
+                            "name": format!("\u{27E6}inputs.{name}\u{27E7}"),
+                            "mime": if decl.kind == InputType::Image { "image/png" } else { "application/pdf" },
+                            "bytes": 0,
+                        }),
                     };
                     (v, ValueSource::Example)
                 }
             };
-            (name.clone(), InputValue { value, source })
+            (name.clone(), InputValue { value, source, attachment: None })
         })
         .collect()
 }
@@ -334,6 +439,9 @@ pub enum CoerceError {
     /// Not a list of chat messages `{role, content}` (JSON or JSON Lines).
     #[error("{0}")]
     NotMessages(String),
+    /// An `image` / `file` input given as text.
+    #[error("an input of type {0} is given as a file path, not as text")]
+    NotAFile(&'static str),
 }
 
 /// Parses text typed by a user (a flag, a CSV cell) as a value of the type.
@@ -360,6 +468,8 @@ pub fn coerce(kind: InputType, text: &str) -> Result<Value, CoerceError> {
         InputType::Messages => {
             crate::context::history::parse_text(text).map_err(CoerceError::NotMessages)
         }
+        // Only a file holds one (`inputs::resolve` reads it before this).
+        InputType::Image | InputType::File => Err(CoerceError::NotAFile(kind.name())),
         InputType::Array | InputType::Object => {
             let v: Value = serde_json::from_str(text).map_err(CoerceError::NotJson)?;
             if kind.accepts(&v) {

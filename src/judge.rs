@@ -66,6 +66,7 @@ pub fn call(rubric: &str, answer: &str) -> RenderedCall {
         system: Some(SYSTEM.to_owned()),
         history: Vec::new(),
         prompt: format!("Rubric:\n{rubric}\n\nAnswer to grade:\n<answer>\n{answer}\n</answer>\n"),
+        attachments: Default::default(),
         shared_prefix: 0,
     }
 }
@@ -86,6 +87,8 @@ pub fn facts<'a>(step: &Facts<'_>, no_tags: &'a BTreeSet<String>, input_tokens: 
         // A learned router scores a workflow's prompts, not the judge's:
         // a `router:` condition never holds for a judge call.
         router_scores: &[],
+        // The judge reads the answer's text, never the step's files.
+        attachments: &[],
     }
 }
 

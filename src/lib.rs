@@ -36,6 +36,7 @@
 //! ```
 
 pub mod analyze;
+pub mod attachment;
 pub mod catalog;
 pub mod cli;
 pub mod context;

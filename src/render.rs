@@ -191,6 +191,11 @@ fn step(o: &mut String, n: usize, s: &StepPlan) {
     let t = &s.tokens;
     let exact = if t.input_exact {
         format!("exact, {}", t.tokenizer.map_or("", |t| t.name()))
+    } else if t.attachments > 0 {
+        format!(
+            "≈ {} of them images and PDFs, by the provider's rule",
+            t.attachments
+        )
     } else {
         match t.tokenizer {
             Some(tok) if tok.is_exact() => {

@@ -14,7 +14,8 @@ use std::fmt;
 
 use serde::Serialize;
 
-use crate::policy::{Conditions, Locality, Model, Policy, Tier};
+use crate::attachment::{Attached, Kind};
+use crate::policy::{Conditions, Endpoint, Locality, Model, Policy, ProviderKind, Tier};
 use crate::tokens::Tokenizer;
 use crate::workflow::{Latency, Reasoning};
 
@@ -37,6 +38,9 @@ pub struct Facts<'a> {
     /// (by [`Policy::routers`] slot; the highest of a fan-out's calls),
     /// computed by `step::expand` so routing stays pure. Empty: no call.
     pub router_scores: &'a [f64],
+    /// The step's attachments: a candidate must take each one's kind
+    /// ([`takes`]), and their tokens count against its context window.
+    pub attachments: &'a [Attached],
 }
 
 /// How many calls each tier has taken so far in the run, and the run's total.
@@ -85,6 +89,12 @@ pub enum PassedOver {
         limit: u64,
         calls: u64,
     },
+    /// The step attaches an image or a PDF the model cannot take.
+    Modality {
+        attachment: String,
+        kind: Kind,
+        why: String,
+    },
 }
 
 impl fmt::Display for PassedOver {
@@ -104,6 +114,15 @@ impl fmt::Display for PassedOver {
             } => write!(
                 f,
                 "max_output_tokens {requested} is above the model's limit of {model_max}"
+            ),
+            PassedOver::Modality {
+                attachment,
+                kind,
+                why,
+            } => write!(
+                f,
+                "cannot take the step's {} `{attachment}`: {why}",
+                kind.name()
             ),
             PassedOver::TierShare {
                 tier,
@@ -167,6 +186,29 @@ pub struct Decision {
 /// The sensitivity gate. `true` when the model may see data of this level.
 pub fn gate(policy: &Policy, model: &Model, level: usize) -> bool {
     model.locality == Locality::Local || level <= policy.cloud_max
+}
+
+/// The modality gate: can `model` take an attachment of this kind? `Err`
+/// says why not. Like [`gate`], it holds for rules, fallbacks and pins
+/// alike: [`fits`] asks it first.
+pub fn takes(model: &Model, kind: Kind) -> Result<(), String> {
+    if model.endpoint == Endpoint::Completions {
+        return Err("the completions endpoint takes text only".to_owned());
+    }
+    match kind {
+        Kind::Image if !model.supports_vision => Err(
+            "the model does not take images (supports_vision is false in the catalog and the policy)"
+                .to_owned(),
+        ),
+        Kind::Pdf if model.provider_kind == ProviderKind::Ollama => {
+            Err("Ollama's API takes images only, not PDF documents".to_owned())
+        }
+        Kind::Pdf if !model.supports_pdf_input => Err(
+            "the model does not take PDF documents (supports_pdf_input is false in the catalog and the policy)"
+                .to_owned(),
+        ),
+        _ => Ok(()),
+    }
 }
 
 /// The shortest confidential value the boundary looks for verbatim: shorter
@@ -454,6 +496,13 @@ pub fn fits(
             cloud_max: policy.level_name(policy.cloud_max).to_owned(),
         });
     }
+    for a in f.attachments {
+        takes(model, a.kind).map_err(|why| PassedOver::Modality {
+            attachment: a.input.clone(),
+            kind: a.kind,
+            why,
+        })?;
+    }
     if let Some(model_max) = model.max_output_tokens {
         if f.max_output_tokens > model_max {
             return Err(PassedOver::MaxOutput {
@@ -462,7 +511,9 @@ pub fn fits(
             });
         }
     }
-    let needed = worst_input(model.tokenizer) + f.max_output_tokens;
+    let needed = worst_input(model.tokenizer)
+        + crate::attachment::tokens(f.attachments, model.provider_kind)
+        + f.max_output_tokens;
     if needed > model.context_window {
         return Err(PassedOver::ContextWindow {
             needed,
@@ -481,4 +532,35 @@ pub fn fits(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn model(kind: ProviderKind, vision: bool, pdf: bool) -> Model {
+        let (_, policy) = crate::policy::load_builtin().expect("the built-in policy compiles");
+        let mut m = policy.models.values().next().expect("a model").clone();
+        m.provider_kind = kind;
+        m.endpoint = Endpoint::Chat;
+        m.supports_vision = vision;
+        m.supports_pdf_input = pdf;
+        m
+    }
+
+    #[test]
+    fn the_modality_gate_follows_the_flags_the_endpoint_and_the_dialect() {
+        assert!(takes(&model(ProviderKind::Openai, true, true), Kind::Pdf).is_ok());
+        assert!(takes(&model(ProviderKind::Openai, false, true), Kind::Image).is_err());
+        assert!(takes(&model(ProviderKind::Anthropic, true, false), Kind::Pdf).is_err());
+        // Ollama's API has no document part, whatever the model.
+        let why = takes(&model(ProviderKind::Ollama, true, true), Kind::Pdf).unwrap_err();
+        assert!(why.contains("images only"), "{why}");
+        assert!(takes(&model(ProviderKind::Ollama, true, true), Kind::Image).is_ok());
+        // The text completions route has no place for a file.
+        let mut base = model(ProviderKind::OpenaiCompatible, true, true);
+        base.endpoint = Endpoint::Completions;
+        let why = takes(&base, Kind::Image).unwrap_err();
+        assert!(why.contains("completions endpoint"), "{why}");
+    }
 }

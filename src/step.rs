@@ -21,12 +21,13 @@
 //! budget) stay in `run`.
 
 use std::collections::BTreeSet;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::analyze::{Analysis, RenderContext, StepInfo};
+use crate::attachment::{self, Attached};
 use crate::context::history::{self, ChatMessage};
 use crate::context::retrieval::{self, Retrieved};
 use crate::context::{ContextSpec, Effect, InputCut, budget};
@@ -35,7 +36,7 @@ use crate::policy::Policy;
 use crate::route::Facts;
 use crate::template::{self, Source};
 use crate::tokens::{self, Tokenizer};
-use crate::workflow::{Step, Workflow};
+use crate::workflow::{InputType, Step, Workflow};
 use crate::yaml::Document;
 
 /// The tokenizer rule conditions (`input_tokens`) are evaluated with, so a
@@ -94,6 +95,10 @@ pub struct RenderedCall {
     /// assistant only: its system messages are in `system`.
     pub history: Vec<ChatMessage>,
     pub prompt: String,
+    /// The step's attachments, sent with the prompt (every call of the
+    /// step sends the same ones). In a plan, an attachment without its
+    /// file is estimated from its declared kind.
+    pub attachments: Arc<Vec<Attached>>,
     /// Bytes at the start of `prompt` that every call of the step shares
     /// (whole lines; 0 with one call, or when their system prompts differ):
     /// the prefix a provider's prompt cache can serve after the first call.
@@ -163,6 +168,9 @@ pub struct Expanded {
     /// fan-out's), by `Policy::routers` slot: what a `router:` rule
     /// condition compares, the same in plan and run.
     pub router_scores: Vec<f64>,
+    /// The step's attachments (`attachments:`), what routing checks each
+    /// candidate can take.
+    pub attachments: Arc<Vec<Attached>>,
     /// The largest call's token count, per tokenizer, computed on first
     /// use: routing asks for it per call and per candidate, and recounting
     /// every item each time made a fan-out quadratic.
@@ -184,6 +192,7 @@ impl Expanded {
             retrieval: None,
             history: None,
             router_scores: Vec::new(),
+            attachments: Arc::default(),
             max_tokens: Default::default(),
         }
     }
@@ -225,6 +234,7 @@ impl Expanded {
             max_output_tokens: u64::from(step.max_output_tokens()),
             calls: self.call_count(),
             router_scores: &self.router_scores,
+            attachments: &self.attachments,
         }
     }
 }
@@ -247,6 +257,9 @@ pub struct Scope<'a> {
     pub index: usize,
     /// Every input's value; the context takes only what the step reads.
     pub inputs: &'a Map<String, Value>,
+    /// The bytes of the `image` / `file` inputs that were given (a plan
+    /// may have none: it routes and estimates by the declared kind).
+    pub files: &'a crate::inputs::Files,
     /// Effective sensitivity levels, by step index.
     pub levels: &'a [usize],
     pub upstream: Upstream<'a>,
@@ -369,6 +382,7 @@ pub fn expand(scope: &Scope<'_>, inherited: When) -> Result<Expanded, StepError>
         retrieval: None,
         history: None,
         router_scores: Vec::new(),
+        attachments: Arc::new(attached(scope, step)?),
         max_tokens: Default::default(),
     };
     let ctx = scope.context();
@@ -416,9 +430,45 @@ pub fn expand(scope: &Scope<'_>, inherited: When) -> Result<Expanded, StepError>
         }
         None => out.calls = calls,
     }
+    for c in &mut out.calls {
+        c.attachments = Arc::clone(&out.attachments);
+    }
     out.router_scores = scope
         .policy
         .router_scores(out.calls.iter().map(|c| crate::router::text(c.messages())));
+    Ok(out)
+}
+
+/// The step's attachments with their bytes; in a run, an attachment
+/// without its file (a resumed run whose journal holds only the
+/// descriptor) is an error rather than a call without it.
+fn attached(scope: &Scope<'_>, step: &Step) -> Result<Vec<Attached>, StepError> {
+    let w = &scope.analysis.workflow.value;
+    let mut out = Vec::with_capacity(step.attachments.len());
+    for name in &step.attachments {
+        let kind = match w.inputs.get(name).map(|d| d.kind) {
+            Some(InputType::Image) => attachment::Kind::Image,
+            Some(InputType::File) => attachment::Kind::Pdf,
+            // The analysis refused it.
+            _ => continue,
+        };
+        let file = scope.files.get(name).cloned();
+        if file.is_none() && matches!(scope.upstream, Upstream::Real(_)) {
+            return Err(StepError::Context {
+                ptr: crate::yaml::pointer(["steps", scope.info().id.as_str(), "attachments"]),
+                message: format!(
+                    "step `{}` attaches input `{name}`, and its file was not given",
+                    scope.info().id
+                ),
+                help: "give every image and file input with --input NAME=@PATH (a resumed run needs them again: the journal keeps no file's bytes)".to_owned(),
+            });
+        }
+        out.push(Attached {
+            input: name.clone(),
+            kind,
+            file,
+        });
+    }
     Ok(out)
 }
 
@@ -883,6 +933,8 @@ fn render(
             system,
             history: turns.recent.clone(),
             prompt,
+            // Set by `expand` once the calls are final.
+            attachments: Arc::default(),
             shared_prefix: 0,
         };
         total += call.len();
@@ -1006,6 +1058,7 @@ mod tests {
             policy: &p,
             index: a.steps.get_index_of(id).unwrap(),
             inputs: &inputs,
+            files: &Default::default(),
             levels: &levels,
             upstream: match real {
                 Some(r) => Upstream::Real(r),

@@ -165,6 +165,11 @@ pub enum InputType {
     /// Chat messages: a list of `{role, content}` (`system`, `user`,
     /// `assistant`), checked by [`crate::context::history::parse`].
     Messages,
+    /// An image (PNG, JPEG, GIF, WebP), given as a file: see
+    /// [`crate::attachment`].
+    Image,
+    /// A document (PDF), given as a file.
+    File,
 }
 
 impl InputType {
@@ -177,6 +182,8 @@ impl InputType {
             InputType::Array => "array",
             InputType::Object => "object",
             InputType::Messages => "messages",
+            InputType::Image => "image",
+            InputType::File => "file",
         }
     }
 
@@ -190,7 +197,14 @@ impl InputType {
             InputType::Array => v.is_array(),
             InputType::Object => v.is_object(),
             InputType::Messages => crate::context::history::parse(v).is_ok(),
+            // A path (a suite's case), resolved by `inputs::from_values`.
+            InputType::Image | InputType::File => v.is_string(),
         }
+    }
+
+    /// Is this an attachment type (its value is a file's bytes, not text)?
+    pub fn is_attachment(self) -> bool {
+        matches!(self, InputType::Image | InputType::File)
     }
 }
 
@@ -297,6 +311,9 @@ pub struct Step {
     pub temperature: Option<f64>,
     #[serde(default)]
     pub stop: Vec<String>,
+    /// Inputs of type `image` / `file` sent with the prompt.
+    #[serde(default)]
+    pub attachments: Vec<String>,
     pub output: Option<OutputSpec>,
     #[serde(default, deserialize_with = "duration_opt")]
     pub timeout: Option<Duration>,

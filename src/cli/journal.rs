@@ -144,6 +144,7 @@ pub fn journaled_inputs(run: &RunRow, analysis: &Analysis) -> Inputs {
                 InputValue {
                     value: v.clone(),
                     source: ValueSource::Given,
+                    attachment: None,
                 },
             ))
         })

@@ -441,6 +441,7 @@ impl PolicyTest {
             max_output_tokens: self.max_output_tokens,
             calls: self.calls,
             router_scores: &self.router_scores,
+            attachments: &[],
         };
         // The step alone in its run: tier shares are counted over its own
         // calls, as for a one-step workflow.

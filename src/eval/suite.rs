@@ -604,7 +604,13 @@ fn compile_case(
     if let Some(Value::Object(i)) = obj.get("inputs") {
         given.extend(i.clone());
     }
-    let input_values = inputs::from_values(w, &given, |n| match n {
+    let base = doc
+        .file
+        .path
+        .parent()
+        .map(std::path::Path::to_path_buf)
+        .unwrap_or_default();
+    let input_values = inputs::from_values(w, &given, &base, |n| match n {
         Some(n) if obj.get("inputs").and_then(|i| i.get(n)).is_some() => {
             rc.locate.span(&format!("/inputs{}", pointer([n])))
         }

@@ -301,6 +301,7 @@ mod tests {
             InputValue {
                 value: Value::String(ticket.to_owned()),
                 source: ValueSource::Given,
+                attachment: None,
             },
         )]
         .into_iter()

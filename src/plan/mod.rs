@@ -272,6 +272,11 @@ pub struct TokenPlan {
     /// Input tokens over all calls, with upstream outputs at their maximum.
     pub input_worst: u64,
     pub input_exact: bool,
+    /// Of `input`, the estimate for the step's images and PDFs (the
+    /// model's provider's rule, `attachment`); they make `input` an
+    /// estimate.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub attachments: u64,
     pub tokenizer: Option<Tokenizer>,
     pub output_expected: u64,
     pub output_max: u64,
@@ -372,6 +377,7 @@ fn prepare_all(
         .iter()
         .map(|(k, v)| (k.clone(), v.value.clone()))
         .collect();
+    let files = crate::inputs::files(inputs);
     let mut diags = Vec::new();
     let mut prepared: Vec<Option<Prepared>> = (0..analysis.steps.len()).map(|_| None).collect();
     // Items per `for_each` step, so readers of its list of outputs see as many.
@@ -410,6 +416,7 @@ fn prepare_all(
             policy,
             index: i,
             inputs: &input_ctx,
+            files: &files,
             levels,
             upstream: Upstream::Estimated(&placeholders),
         };
@@ -683,6 +690,19 @@ impl Router<'_> {
             .map(|&t| (t, count(&p.expanded.calls, p.calls(), t, w)))
             .collect();
         let counts = |tok: Tokenizer| cache.get(&tok).copied().unwrap_or_default();
+        // A model's counts: the text by its tokenizer, plus what its
+        // provider bills for the step's attachments in every call.
+        let attachments = p.expanded.attachments.as_slice();
+        let model_counts = |m: &Model| {
+            let mut c = counts(m.tokenizer);
+            let a = crate::attachment::tokens(attachments, m.provider_kind);
+            let n = p.calls().max(1);
+            c.max_call += a;
+            c.max_call_worst += a;
+            c.total += a * n;
+            c.total_worst += a * n;
+            c
+        };
         let facts = p.expanded.facts(step, counts(RULE_TOKENIZER).max_call);
         let runs = !p.status().is_skipped();
         let decision = if runs {
@@ -736,12 +756,16 @@ impl Router<'_> {
         let step_batched = step.latency == Latency::Batch && cascade.is_none();
         let (tokens, cost) = match model {
             Some(m) if runs => {
-                let c = counts(m.tokenizer);
+                let c = model_counts(m);
                 (
                     TokenPlan {
+                        attachments: crate::attachment::tokens(attachments, m.provider_kind)
+                            * calls,
                         input: c.total,
                         input_worst: c.total_worst,
-                        input_exact: m.tokenizer.is_exact() && !p.reads_upstream,
+                        input_exact: m.tokenizer.is_exact()
+                            && !p.reads_upstream
+                            && attachments.is_empty(),
                         tokenizer: Some(m.tokenizer),
                         output_expected: expected_out,
                         output_max: max_out_total,
@@ -755,7 +779,7 @@ impl Router<'_> {
         // calls on the target (all of them in the worst case).
         let cascade = cascade.map(|(to, rule, rate, rate_source)| {
             let (to_expected, to_max) = outputs(to);
-            let escalated_cost = price(to, counts(to.tokenizer), calls, to_expected, to_max, false);
+            let escalated_cost = price(to, model_counts(to), calls, to_expected, to_max, false);
             CascadePlan {
                 rule: rule.name.clone(),
                 to: model_ref(policy, to),
@@ -785,14 +809,7 @@ impl Router<'_> {
         let flagship_cost = match policy.flagship_model() {
             Some(f) if runs => {
                 let (f_expected, f_max) = outputs(f);
-                price(
-                    f,
-                    counts(f.tokenizer),
-                    calls,
-                    f_expected,
-                    f_max,
-                    step_batched,
-                )
+                price(f, model_counts(f), calls, f_expected, f_max, step_batched)
             }
             _ => CostRange::default(),
         };

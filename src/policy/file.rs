@@ -230,6 +230,10 @@ pub struct ModelFile {
     /// Overrides the catalog's `supports_reasoning` (local models are
     /// seldom in it).
     pub supports_reasoning: Option<bool>,
+    /// Overrides the catalog's `supports_vision` (image inputs).
+    pub supports_vision: Option<bool>,
+    /// Overrides the catalog's `supports_pdf_input` (PDF inputs).
+    pub supports_pdf_input: Option<bool>,
 }
 
 /// Which API a model is called through.

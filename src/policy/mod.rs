@@ -254,6 +254,11 @@ pub struct Model {
     /// `reasoning:` level is sent to it as its provider's knob
     /// ([`crate::reasoning`]).
     pub supports_reasoning: bool,
+    /// The model takes images (the catalog's `supports_vision`, or the
+    /// policy's word): routing's modality gate asks it.
+    pub supports_vision: bool,
+    /// The model takes PDF documents (`supports_pdf_input`).
+    pub supports_pdf_input: bool,
 }
 
 impl Model {

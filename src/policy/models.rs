@@ -116,6 +116,12 @@ pub(super) fn models(
                 supports_reasoning: m
                     .supports_reasoning
                     .unwrap_or_else(|| entry.is_some_and(|e| e.supports_reasoning)),
+                supports_vision: m
+                    .supports_vision
+                    .unwrap_or_else(|| entry.is_some_and(|e| e.supports_vision)),
+                supports_pdf_input: m
+                    .supports_pdf_input
+                    .unwrap_or_else(|| entry.is_some_and(|e| e.supports_pdf_input)),
             },
         );
     }

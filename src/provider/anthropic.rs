@@ -310,6 +310,33 @@ pub(crate) fn request_body(req: &ChatRequest) -> Value {
                 _ => json!({"role": role, "content": m.content}),
             }
         })
+        .enumerate()
+        .map(|(i, mut m)| {
+            // Files before the text, as Anthropic advises.
+            if req.carries_attachments(i) {
+                let text = match m["content"].take() {
+                    Value::Array(blocks) => blocks,
+                    Value::String(t) => vec![json!({"type": "text", "text": t})],
+                    other => vec![other],
+                };
+                let blocks: Vec<Value> = req
+                    .attachments
+                    .iter()
+                    .map(|a| {
+                        let kind = match a.mime.kind() {
+                            crate::attachment::Kind::Image => "image",
+                            crate::attachment::Kind::Pdf => "document",
+                        };
+                        json!({"type": kind, "source": {
+                            "type": "base64", "media_type": a.mime.as_str(), "data": a.base64(),
+                        }})
+                    })
+                    .chain(text)
+                    .collect();
+                m["content"] = Value::Array(blocks);
+            }
+            m
+        })
         .collect();
     body.insert("messages".into(), Value::Array(messages));
     // Thinking is off unless enabled, so `none` sends nothing; while it is

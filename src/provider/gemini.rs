@@ -224,12 +224,20 @@ pub(crate) fn request_body(req: &ChatRequest) -> Value {
     let contents: Vec<Value> = req
         .messages
         .iter()
-        .map(|m| {
+        .enumerate()
+        .map(|(i, m)| {
             let role = match m.role {
                 Role::User => "user",
                 Role::Assistant => "model",
             };
-            json!({"role": role, "parts": [{"text": m.content}]})
+            let mut parts: Vec<Value> = Vec::new();
+            if req.carries_attachments(i) {
+                parts.extend(req.attachments.iter().map(
+                    |a| json!({"inlineData": {"mimeType": a.mime.as_str(), "data": a.base64()}}),
+                ));
+            }
+            parts.push(json!({"text": m.content}));
+            json!({"role": role, "parts": parts})
         })
         .collect();
     let mut body = Map::new();

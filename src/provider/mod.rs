@@ -169,6 +169,12 @@ pub struct ChatRequest {
     /// [`crate::reasoning`] for each dialect's spelling); `None` sends
     /// nothing. Its thinking budget is already inside `max_output_tokens`.
     pub reasoning: Option<crate::reasoning::Thinking>,
+    /// Images and PDFs sent with the last user message, before its text,
+    /// in each dialect's form: OpenAI `image_url` (a data URL) and `file`
+    /// (`file_data`) parts, Anthropic base64 `image` / `document` blocks,
+    /// Gemini `inlineData` parts, Ollama's `images` (images only). Routing
+    /// sends them only to a model that takes them (`route::takes`).
+    pub attachments: Vec<Arc<crate::attachment::Attachment>>,
     /// A streamed answer's text, piece by piece as it arrives (the CLI
     /// prints the final step's answer to the terminal); ignored when the
     /// request is not streamed. Not part of what is asked.
@@ -218,6 +224,14 @@ pub fn request_identity(kind: ProviderKind, req: &ChatRequest) -> Value {
     if req.logprobs {
         identity["logprobs"] = Value::Bool(true);
     }
+    // The bytes by their hash; only when there are some, as above.
+    if !req.attachments.is_empty() {
+        identity["attachments"] = req
+            .attachments
+            .iter()
+            .map(|a| serde_json::json!({"mime": a.mime.as_str(), "sha256": a.sha256}))
+            .collect();
+    }
     if let Some(t) = req.reasoning {
         identity["reasoning"] =
             serde_json::json!({"level": t.level.name(), "budget_tokens": t.budget_tokens});
@@ -243,7 +257,15 @@ impl ChatRequest {
             logprobs: false,
             on_text: None,
             reasoning: None,
+            attachments: Vec::new(),
         }
+    }
+
+    /// Is message `i` the one the attachments go with (the last, a user's)?
+    pub(crate) fn carries_attachments(&self, i: usize) -> bool {
+        !self.attachments.is_empty()
+            && i + 1 == self.messages.len()
+            && self.messages[i].role == Role::User
     }
 }
 

@@ -214,12 +214,22 @@ pub(crate) fn request_body(
     if let Some(system) = &req.system {
         messages.push(json!({"role": "system", "content": system}));
     }
-    for m in &req.messages {
+    for (i, m) in req.messages.iter().enumerate() {
         let role = match m.role {
             Role::User => "user",
             Role::Assistant => "assistant",
         };
-        messages.push(json!({"role": role, "content": m.content}));
+        let mut message = json!({"role": role, "content": m.content});
+        // Images only: routing never sends a PDF to Ollama (`route::takes`).
+        if req.carries_attachments(i) {
+            message["images"] = req
+                .attachments
+                .iter()
+                .filter(|a| a.mime.kind() == crate::attachment::Kind::Image)
+                .map(|a| Value::String(a.base64()))
+                .collect();
+        }
+        messages.push(message);
     }
     let mut options = Map::new();
     if let Some(n) = num_ctx {

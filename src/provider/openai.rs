@@ -367,14 +367,35 @@ fn chat_messages(req: &ChatRequest) -> Value {
         // every OpenAI model (o-series map it) accepts `system`.
         messages.push(json!({"role": "system", "content": system}));
     }
-    for m in &req.messages {
+    for (i, m) in req.messages.iter().enumerate() {
         let role = match m.role {
             Role::User => "user",
             Role::Assistant => "assistant",
         };
-        messages.push(json!({"role": role, "content": m.content}));
+        if req.carries_attachments(i) {
+            let mut parts: Vec<Value> =
+                req.attachments.iter().map(|a| attachment_part(a)).collect();
+            parts.push(json!({"type": "text", "text": m.content}));
+            messages.push(json!({"role": role, "content": parts}));
+        } else {
+            messages.push(json!({"role": role, "content": m.content}));
+        }
     }
     Value::Array(messages)
+}
+
+/// An image as an `image_url` part with a data URL, a PDF as a `file` part
+/// with `file_data` (also a data URL, as OpenAI's API takes it).
+fn attachment_part(a: &crate::attachment::Attachment) -> Value {
+    match a.mime.kind() {
+        crate::attachment::Kind::Image => {
+            json!({"type": "image_url", "image_url": {"url": a.data_url()}})
+        }
+        crate::attachment::Kind::Pdf => json!({
+            "type": "file",
+            "file": {"filename": a.name, "file_data": a.data_url()},
+        }),
+    }
 }
 
 /// The raw text a base model continues: the system prompt (if any), then

@@ -42,7 +42,15 @@ pub(super) fn prompt_cache(model: &Model, system: Option<&str>) -> Option<crate:
 /// asks the same): its system prompt and prompt, and its history's turns
 /// when it has some (a call without history hashes as it always did).
 pub(super) fn asked(call: &RenderedCall) -> String {
-    if call.history.is_empty() {
+    let files: Vec<&str> = call
+        .attachments
+        .iter()
+        .filter_map(|a| a.file.as_ref().map(|f| f.sha256.as_str()))
+        .collect();
+    if !files.is_empty() {
+        // The same prompt with other files asks something else.
+        crate::journal::sha256_json(&json!([call.system, call.history, call.prompt, files]))
+    } else if call.history.is_empty() {
         crate::journal::prompt_hash(call.system.as_deref(), &call.prompt)
     } else {
         crate::journal::sha256_json(&json!([call.system, call.history, call.prompt]))
@@ -101,6 +109,11 @@ pub(super) fn step_request(
         logprobs: false,
         on_text: None,
         reasoning: crate::reasoning::for_step(step, model).thinking(),
+        attachments: call
+            .attachments
+            .iter()
+            .filter_map(|a| a.file.clone())
+            .collect(),
     }
 }
 

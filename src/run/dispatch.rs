@@ -82,6 +82,7 @@ pub async fn execute_in(
             &input_values,
         )),
         inputs: input_values,
+        files: crate::inputs::files(inputs),
         analysis: Arc::clone(&analysis),
         policy: Arc::clone(&policy),
         providers,

@@ -22,6 +22,8 @@ pub(super) struct Shared {
     pub(super) policy: Arc<Policy>,
     pub(super) providers: Providers,
     pub(super) inputs: Map<String, Value>,
+    /// The bytes of the image and file inputs (`step::Scope::files`).
+    pub(super) files: crate::inputs::Files,
     pub(super) resources: Arc<Resources>,
     pub(super) budget: Budget,
     pub(super) tiers: Mutex<TierUsage>,

@@ -42,6 +42,7 @@ pub(super) async fn run_step(
             policy: &sh.policy,
             index: i,
             inputs: &sh.inputs,
+            files: &sh.files,
             levels: &sh.levels,
             upstream: Upstream::Real(&upstream),
         },

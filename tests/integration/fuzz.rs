@@ -927,7 +927,10 @@ fn policy_loading_and_routing_never_panic() {
         let text = g.mutate(text);
         no_panic(&text, || check_policy(&text))
     });
-    reach.assert_at_least(Stage::Typed, 5);
+    // 3 %: every optional model property the schema gains (the modality
+    // flags were the last) is one more value a wild generation can spoil;
+    // 2,000 seeds reach Typed at 3.75 % now.
+    reach.assert_at_least(Stage::Typed, 3);
 }
 
 /// Valid workflows whose templates, `when` and `for_each` are generated:
@@ -1276,6 +1279,7 @@ proptest! {
                     logprobs: false,
                     on_text: None,
                     reasoning: None,
+                    attachments: Vec::new(),
                 };
                 if let Err(e) = client.send(&req).await {
                     let all = format!("{e} {e:?} {}", e.body.clone().unwrap_or_default());

@@ -23,6 +23,7 @@ mod ledger;
 mod ledger_tls;
 mod local_model;
 mod money;
+mod multimodal;
 mod ollama;
 mod pools;
 mod providers;

@@ -80,6 +80,7 @@ fn request(model: &str, stream: bool) -> ChatRequest {
         logprobs: false,
         on_text: None,
         reasoning: None,
+        attachments: Vec::new(),
     }
 }
 

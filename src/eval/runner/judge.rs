@@ -111,6 +111,7 @@ pub(super) async fn judge(
                 InputValue {
                     value: Value::String(v.to_owned()),
                     source: ValueSource::Given,
+                    attachment: None,
                 },
             )
         })
