@@ -266,9 +266,12 @@ impl Journal {
     /// call survives a power cut too, not only a crash of the process (group
     /// commit shares each fsync among the writes queued meanwhile).
     /// busy_timeout: two runs at once wait for each other's short
-    /// transactions instead of failing.
+    /// transactions instead of failing — 30 s, because on a loaded machine
+    /// (a CI runner building while four processes share one journal) 10 s
+    /// of waiting for an fsync-bound commit was seen to run out, and a run
+    /// that gives up on its journal fails.
     fn configure(conn: &Connection) -> Result<(), JournalError> {
-        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        conn.busy_timeout(std::time::Duration::from_secs(30))?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         Ok(())
