@@ -34,7 +34,7 @@ if [ "${1:-}" = "--live" ]; then
 fi
 
 echo "== pass rate and tokens per strategy (Gemma 3 270M, replayed)"
-"$TG" compare "$E" --policy "$E/policies/local.yaml" --replay -q | grep -v "^  *task \|^    \|^$" || true
+"$TG" compare "$E" --policy "$E/policies/local.yaml" --replay -q | grep -v "^  *task \|^    \|^  [*] \|^$" || true
 
 echo
 echo "== the same requests priced on policies/default.yaml (plan, one question)"
