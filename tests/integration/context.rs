@@ -516,3 +516,47 @@ async fn a_nested_reduce_groups_the_answers_that_do_not_fit_one_call() {
         .expect("the final call");
     assert_eq!(last.matches("- merged ").count(), merges.len(), "{last}");
 }
+
+/// Issue 14's pass rates, replayed offline: Gemma 3 270M's recorded
+/// answers to 20 questions about Moby-Dick chapters 4–10 (trimmed to the
+/// window, retrieved, map-reduced) and 10 recall questions about a
+/// 30-turn chat (whole, last 4 turns, last 4 and a summary), one suite per
+/// strategy (`benches/context-eval.sh` prints the same). The snapshot pins
+/// every figure; the assertions pin what makes the comparison fair: every
+/// variant answered every case, and the strategies sent what they claim.
+#[test]
+fn the_context_evaluation_replays_offline() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_file = dir.path().join("comparison.json");
+    let out = crate::support::tollgate(&[
+        "compare",
+        "benches/context/eval",
+        "--policy",
+        "benches/context/eval/policies/local.yaml",
+        "--replay",
+        "--quiet",
+        "--out",
+        out_file.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", transcript(&out));
+    let text = stdout(&out);
+    assert!(!text.contains("errored"), "{text}");
+    let json: Value = serde_json::from_str(&std::fs::read_to_string(&out_file).unwrap()).unwrap();
+    let tokens_in = |suite: &str| -> u64 {
+        let s = json["suites"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == suite)
+            .unwrap_or_else(|| panic!("no suite {suite} in {json}"));
+        s["rows"][0]["input_tokens"].as_u64().unwrap()
+    };
+    // Retrieval sends a few chunks, trimming a window's worth per question,
+    // map-reduce the whole book (in chunks) and more.
+    assert!(tokens_in("2-retrieved") < tokens_in("1-trimmed"));
+    assert!(tokens_in("1-trimmed") < tokens_in("3-mapped"));
+    // A window of four turns sends less than the whole chat, even with the
+    // summary call.
+    assert!(tokens_in("5-chat-last4") < tokens_in("4-chat-whole"));
+    insta::assert_snapshot!("context_evaluation", text);
+}
