@@ -119,7 +119,13 @@ pub fn load_files(
             let Ok(rel) = entry.path().strip_prefix(&base) else {
                 continue;
             };
-            let shown = prefix.join(rel);
+            // A pattern without wildcards walks the file itself: its
+            // relative part is empty, and `join("")` would add a slash.
+            let shown = if rel.as_os_str().is_empty() {
+                prefix.clone()
+            } else {
+                prefix.join(rel)
+            };
             if !glob.is_match(&shown) {
                 continue;
             }
@@ -455,6 +461,13 @@ mod tests {
         let docs = load_files(&["docs/**/*.md".into()], &root, &root).unwrap();
         let sources: Vec<_> = docs.iter().map(|d| d.source.as_str()).collect();
         assert_eq!(sources, ["docs/a.md", "docs/sub/b.md"]);
+        // A file named without a wildcard is that file.
+        let docs = load_files(&["docs/c.txt".into()], &root, &root).unwrap();
+        assert_eq!(docs.len(), 1);
+        assert_eq!(
+            (docs[0].source.as_str(), docs[0].text.as_str()),
+            ("docs/c.txt", "gamma")
+        );
         let e = load_files(&["docs/*.md".into(), "nope/*.md".into()], &root, &root).unwrap_err();
         assert_eq!(e.pattern, Some(1));
         assert!(e.message.contains("matches no file"), "{}", e.message);
