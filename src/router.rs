@@ -621,69 +621,80 @@ fn routed(items: &[Scored], order: &[usize], share: f64) -> (f64, f64) {
     (ok as f64 / n, cost)
 }
 
+/// What always-weak and always-strong routing give on some examples: the
+/// two ends every curve runs between.
+struct Baseline {
+    weak_quality: f64,
+    strong_quality: f64,
+    weak_cost: f64,
+    strong_cost: f64,
+}
+
+impl Baseline {
+    fn of(items: &[Scored]) -> Option<Baseline> {
+        if items.is_empty() {
+            return None;
+        }
+        let n = items.len() as f64;
+        Some(Baseline {
+            weak_quality: items.iter().filter(|i| i.weak_ok).count() as f64 / n,
+            strong_quality: items.iter().filter(|i| i.strong_ok).count() as f64 / n,
+            weak_cost: items.iter().map(|i| i.weak_cost_usd).sum(),
+            strong_cost: items.iter().map(|i| i.strong_cost_usd).sum(),
+        })
+    }
+
+    /// The share of the quality gap a quality recovers (none without a gap).
+    fn pgr(&self, q: f64) -> Option<f64> {
+        let gap = self.strong_quality - self.weak_quality;
+        (gap.abs() > 1e-12).then(|| (q - self.weak_quality) / gap)
+    }
+
+    /// The router at a strong share: the highest scores go to the strong side.
+    fn router(&self, items: &[Scored], order: &[usize], share: f64) -> Point {
+        let (quality, cost_usd) = routed(items, order, share);
+        Point {
+            strong_share: share,
+            quality,
+            cost_usd,
+            pgr: self.pgr(quality),
+        }
+    }
+
+    /// Random routing at a strong share, in expectation.
+    fn random(&self, share: f64) -> Point {
+        let quality = self.weak_quality + share * (self.strong_quality - self.weak_quality);
+        Point {
+            strong_share: share,
+            quality,
+            cost_usd: self.weak_cost + share * (self.strong_cost - self.weak_cost),
+            pgr: self.pgr(quality),
+        }
+    }
+}
+
 /// The router and random routing at one strong share (another policy's,
 /// a cascade's escalation share): `(router, random)`.
 pub fn at_share(items: &[Scored], share: f64) -> Option<(Point, Point)> {
-    if items.is_empty() {
-        return None;
-    }
-    let n = items.len() as f64;
-    let qw = items.iter().filter(|i| i.weak_ok).count() as f64 / n;
-    let qs = items.iter().filter(|i| i.strong_ok).count() as f64 / n;
-    let cw: f64 = items.iter().map(|i| i.weak_cost_usd).sum();
-    let cs: f64 = items.iter().map(|i| i.strong_cost_usd).sum();
-    let gap = qs - qw;
-    let pgr = |q: f64| (gap.abs() > 1e-12).then(|| (q - qw) / gap);
-    let (q, cost) = routed(items, &ranked(items), share);
-    let rq = qw + share * gap;
+    let base = Baseline::of(items)?;
     Some((
-        Point {
-            strong_share: share,
-            quality: q,
-            cost_usd: cost,
-            pgr: pgr(q),
-        },
-        Point {
-            strong_share: share,
-            quality: rq,
-            cost_usd: cw + share * (cs - cw),
-            pgr: pgr(rq),
-        },
+        base.router(items, &ranked(items), share),
+        base.random(share),
     ))
 }
 
 /// Evaluates scored test examples; `calibration_scores` are the router
 /// file's (ascending).
 pub fn evaluate(items: &[Scored], calibration_scores: &[f64]) -> Option<Evaluation> {
-    if items.is_empty() {
-        return None;
-    }
+    let base = Baseline::of(items)?;
     let n = items.len() as f64;
-    let qw = items.iter().filter(|i| i.weak_ok).count() as f64 / n;
-    let qs = items.iter().filter(|i| i.strong_ok).count() as f64 / n;
-    let cw: f64 = items.iter().map(|i| i.weak_cost_usd).sum();
-    let cs: f64 = items.iter().map(|i| i.strong_cost_usd).sum();
-    let gap = qs - qw;
-    let pgr = |q: f64| (gap.abs() > 1e-12).then(|| (q - qw) / gap);
     let order = ranked(items);
     let mut router = Vec::new();
     let mut random = Vec::new();
     for g in 0..=GRID {
         let share = g as f64 / GRID as f64;
-        let (q, cost) = routed(items, &order, share);
-        router.push(Point {
-            strong_share: share,
-            quality: q,
-            cost_usd: cost,
-            pgr: pgr(q),
-        });
-        let rq = qw + share * gap;
-        random.push(Point {
-            strong_share: share,
-            quality: rq,
-            cost_usd: cw + share * (cs - cw),
-            pgr: pgr(rq),
-        });
+        router.push(base.router(items, &order, share));
+        random.push(base.random(share));
     }
     let area = |pts: &[Point]| -> Option<f64> {
         let p: Option<Vec<f64>> = pts.iter().map(|p| p.pgr).collect();
@@ -707,10 +718,10 @@ pub fn evaluate(items: &[Scored], calibration_scores: &[f64]) -> Option<Evaluati
         .collect();
     Some(Evaluation {
         examples: items.len(),
-        weak_quality: qw,
-        strong_quality: qs,
-        weak_cost_usd: cw,
-        strong_cost_usd: cs,
+        weak_quality: base.weak_quality,
+        strong_quality: base.strong_quality,
+        weak_cost_usd: base.weak_cost,
+        strong_cost_usd: base.strong_cost,
         apgr: area(&router),
         random_apgr: area(&random),
         router,
