@@ -351,10 +351,12 @@ pub fn compare(
                 .map(|(name, r)| suite_row(name, *r))
                 .collect();
             finish(&mut rows);
-            let tasks = tasks_of(suite)
+            let tasks = tasks_of(suite);
+            let checks = checking_cases(suite, &tasks);
+            let tasks = tasks
                 .into_iter()
-                .map(|(task, steps)| {
-                    let checks = checking_cases(suite, &steps);
+                .zip(checks)
+                .map(|((task, steps), checks)| {
                     let mut rows: Vec<Row> = results
                         .iter()
                         .map(|(name, r)| task_row(name, *r, &checks, &steps))
@@ -526,13 +528,16 @@ fn passed_on(run: &RunResult, steps: &BTreeSet<String>) -> Option<bool> {
     }
 }
 
-/// Which cases check one of these steps, by the case's position in its
-/// suite (a suite keeps no cases: they are compiled once more to see).
-fn checking_cases(suite: &Suite, steps: &BTreeSet<String>) -> Vec<bool> {
-    let mut checks = vec![false; suite.case_count];
+/// For each task, which cases check one of its steps, by the case's
+/// position in its suite. A suite keeps no cases: they are compiled once
+/// more, in one pass for every task.
+fn checking_cases(suite: &Suite, tasks: &[(String, BTreeSet<String>)]) -> Vec<Vec<bool>> {
+    let mut checks = vec![vec![false; suite.case_count]; tasks.len()];
     let _ = suite.for_each_case(|c| {
-        if let Some(slot) = checks.get_mut(c.index) {
-            *slot = c.expect.keys().any(|k| steps.contains(k));
+        for ((_, steps), checks) in tasks.iter().zip(&mut checks) {
+            if let Some(slot) = checks.get_mut(c.index) {
+                *slot = c.expect.keys().any(|k| steps.contains(k));
+            }
         }
     });
     checks
