@@ -482,3 +482,44 @@ fn good_router() -> String {
         .expect("trains")
         .to_json()
 }
+
+/// `router train` reads a comparison file someone else may have written:
+/// every hostile form is one clear error (exit 2), nothing is written, and
+/// no read is unbounded.
+#[test]
+fn a_hostile_comparison_file_is_one_error_and_writes_nothing() {
+    let nested = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+    let cases: Vec<(&str, String)> = vec![
+        ("not JSON", "suites: yes\n".to_owned()),
+        ("deeply nested", nested),
+        (
+            "wrong shape",
+            r#"{"variants": 3, "suites": "x"}"#.to_owned(),
+        ),
+        (
+            "no cases",
+            r#"{"version": 1, "mode": "replay", "variants": ["a", "b"], "suites": []}"#.to_owned(),
+        ),
+        ("too large", " ".repeat(40 * 1024 * 1024)),
+    ];
+    for (what, text) in cases {
+        let p = Project::new(
+            &routed_policy(),
+            "version: 1\nsteps:\n  a:\n    task: extract\n    prompt: hi\n",
+        )
+        .with("cmp.json", &text);
+        let out = p
+            .tollgate(&["router", "train", "cmp.json", "-o", "out.json"])
+            .output();
+        assert_eq!(out.status.code(), Some(2), "{what}: {}", transcript(&out));
+        assert!(
+            stderr(&out).contains("cmp.json"),
+            "{what}: {}",
+            transcript(&out)
+        );
+        assert!(
+            !p.path().join("out.json").exists(),
+            "{what}: wrote a router"
+        );
+    }
+}
