@@ -153,8 +153,11 @@ pub fn is_summary_step(id: &str) -> bool {
 
 /// The generated summary step of a history over input `input` keeping
 /// `keep_last` turns, as a workflow would write it: task `summarize`, tag
-/// `context-summary` (for a policy's rules), light reasoning, pinned to
-/// `model` if given. It runs only when there are older turns (a skipped
+/// `context-summary` (for a policy's rules), light reasoning, temperature 0,
+/// pinned to `model` if given. Temperature 0 because the summary stands in
+/// for the turns themselves: the same history should give the same summary
+/// (and so the same request downstream, which the cache, recordings and
+/// resume identify by hash), whatever the step that reads it samples at. It runs only when there are older turns (a skipped
 /// summary step does not skip the step that reads it); it reads the input,
 /// so its output carries the history's label.
 pub fn summary_step(input: &str, keep_last: usize, model: Option<&str>) -> Value {
@@ -169,6 +172,7 @@ pub fn summary_step(input: &str, keep_last: usize, model: Option<&str>) -> Value
         "prompt": prompt,
         "when": format!("({turns} | length) > {keep_last}"),
         "reasoning": "light",
+        "temperature": 0,
         "tags": ["context-summary"],
         "max_output_tokens": 400,
         "expected_output_tokens": 150,
