@@ -115,6 +115,10 @@ pub struct Attachment {
     pub dimensions: Option<(u64, u64)>,
     /// Pages of a PDF (its `/Type /Page` objects), at least 1.
     pub pages: Option<u64>,
+    /// Where it was read from (absolute), when it came from a file: the
+    /// journal keeps it so `--resume` can read the file again (the journal
+    /// keeps no bytes).
+    pub path: Option<std::path::PathBuf>,
 }
 
 /// Why a file cannot be an attachment.
@@ -159,7 +163,9 @@ impl Attachment {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        Attachment::from_bytes(name, bytes, kind)
+        let mut a = Attachment::from_bytes(name, bytes, kind)?;
+        a.path = std::path::absolute(path).ok();
+        Ok(a)
     }
 
     pub fn from_bytes(name: String, bytes: Vec<u8>, kind: Kind) -> Result<Attachment, AttachError> {
@@ -194,6 +200,7 @@ impl Attachment {
             sha256,
             dimensions,
             pages,
+            path: None,
         })
     }
 

@@ -93,6 +93,99 @@ fn attachment_kind(kind: InputType) -> Option<crate::attachment::Kind> {
 /// Resolved input values, in declaration order.
 pub type Inputs = IndexMap<String, InputValue>;
 
+/// What the journal keeps of an input: its value, and for an attachment
+/// also the file's SHA-256 and absolute path, so a resume can read the same
+/// bytes again ([`journaled`]) — the journal keeps no file contents.
+pub fn journal_value(v: &InputValue) -> Value {
+    match (&v.attachment, &v.value) {
+        (Some(a), Value::Object(descriptor)) => {
+            let mut o = descriptor.clone();
+            o.insert("sha256".into(), Value::String(a.sha256.clone()));
+            if let Some(p) = &a.path {
+                o.insert("path".into(), Value::String(p.display().to_string()));
+            }
+            Value::Object(o)
+        }
+        _ => v.value.clone(),
+    }
+}
+
+/// The inputs a run was started with, read back from the journal for
+/// `--resume`: values as they were, and each attachment read again from its
+/// file, which must hold the same bytes (by SHA-256) — a resume with other
+/// bytes would mix answers about two different files.
+pub fn journaled(workflow: &Workflow, stored: &Value) -> Result<Inputs, Vec<Diagnostic>> {
+    let mut out = Inputs::new();
+    let mut diags = Vec::new();
+    let stored = stored.as_object();
+    for (name, decl) in &workflow.inputs {
+        let Some(v) = stored.and_then(|o| o.get(name)) else {
+            continue;
+        };
+        let Some(kind) = attachment_kind(decl.kind) else {
+            out.insert(
+                name.clone(),
+                InputValue {
+                    value: v.clone(),
+                    source: ValueSource::Given,
+                    attachment: None,
+                },
+            );
+            continue;
+        };
+        match reattach(v, kind) {
+            Ok(a) => {
+                out.insert(
+                    name.clone(),
+                    InputValue {
+                        value: a.descriptor(),
+                        source: ValueSource::Given,
+                        attachment: Some(std::sync::Arc::new(a)),
+                    },
+                );
+            }
+            Err(why) => diags.push(
+                Diagnostic::error(
+                    "resume-input-file",
+                    format!("cannot resume with input `{name}`: {why}"),
+                )
+                .with_help(
+                    "put the same file back where it was, or run again without --resume: calls whose requests did not change are answered from the cache at no cost",
+                ),
+            ),
+        }
+    }
+    if diags.is_empty() {
+        Ok(out)
+    } else {
+        Err(diags)
+    }
+}
+
+/// An attachment input's file, read again from the path the journal kept
+/// and checked against the SHA-256 it kept.
+fn reattach(
+    stored: &Value,
+    kind: crate::attachment::Kind,
+) -> Result<crate::attachment::Attachment, String> {
+    let (Some(path), Some(sha256)) = (
+        stored.get("path").and_then(Value::as_str),
+        stored.get("sha256").and_then(Value::as_str),
+    ) else {
+        return Err("the journal does not say which file it was (a run journaled before tollgate kept attachments' paths)".into());
+    };
+    let a = crate::attachment::Attachment::load(Path::new(path), kind)
+        .map_err(|e| format!("the file {path} it was read from cannot be read again: {e}"))?;
+    if a.sha256 != sha256 {
+        return Err(format!(
+            "the file {path} changed since the run started (SHA-256 {}…, was {}…)",
+            &a.sha256[..12],
+            sha256.get(..12).unwrap_or(sha256)
+        ));
+    }
+    Ok(a)
+}
+
 /// The bytes of every `image` / `file` input that has them, by name.
 pub type Files = std::collections::BTreeMap<String, std::sync::Arc<crate::attachment::Attachment>>;
 

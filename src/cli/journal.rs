@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 
 use crate::analyze::Analysis;
 use crate::diagnostic::Diagnostic;
-use crate::inputs::{InputValue, Inputs, ValueSource};
+use crate::inputs::Inputs;
 pub use crate::journal::policy_hash;
 use crate::journal::{self, Clock, Journal, JournalError, RunRow};
 use crate::plan::Plan;
@@ -129,26 +129,10 @@ pub fn check_unchanged(run: &RunRow, analysis: &Analysis, path: &Path) -> Result
     ))
 }
 
-/// The inputs a run was started with, as the journal keeps them.
-pub fn journaled_inputs(run: &RunRow, analysis: &Analysis) -> Inputs {
-    let stored = run.inputs.as_object();
-    analysis
-        .workflow
-        .value
-        .inputs
-        .keys()
-        .filter_map(|k| {
-            let v = stored?.get(k)?;
-            Some((
-                k.clone(),
-                InputValue {
-                    value: v.clone(),
-                    source: ValueSource::Given,
-                    attachment: None,
-                },
-            ))
-        })
-        .collect()
+/// The inputs a run was started with, as the journal keeps them (an
+/// attachment read again from its file, unchanged).
+pub fn journaled_inputs(run: &RunRow, analysis: &Analysis) -> Result<Inputs, Vec<Diagnostic>> {
+    crate::inputs::journaled(&analysis.workflow.value, &run.inputs)
 }
 
 /// Journals a new run (status running) and returns its id.

@@ -233,7 +233,7 @@ fn prepare(args: &RunArgs, options: RenderOptions) -> Result<Ready, Vec<Diagnost
         }
     }
     let values = match run {
-        Some(run) => journal::journaled_inputs(run, &analysis),
+        Some(run) => journal::journaled_inputs(run, &analysis)?,
         None => inputs::resolve(&analysis.workflow.value, &args.inputs, false)?,
     };
     // The journal is opened once: the one a cascade's plan reads its

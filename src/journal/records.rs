@@ -88,7 +88,7 @@ impl NewRun {
             inputs: Value::Object(
                 inputs
                     .iter()
-                    .map(|(k, v)| (k.clone(), v.value.clone()))
+                    .map(|(k, v)| (k.clone(), crate::inputs::journal_value(v)))
                     .collect(),
             ),
             estimate_usd: plan.totals.cost.low,

@@ -357,3 +357,68 @@ async fn a_suite_gives_files_relative_to_the_suite() {
     );
     assert_eq!(fake.request_count(), 1);
 }
+
+/// `--resume` of a run with an image: the journal keeps the file's path and
+/// SHA-256 (never its bytes), so the resumed step sends the same image, the
+/// finished step is not sent again, and a file changed since is refused.
+#[tokio::test]
+async fn a_resumed_run_sends_the_same_image_and_refuses_a_changed_one() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let fake = fake_llm::FakeServer::start().await;
+    let failing = Arc::new(AtomicBool::new(true));
+    let f = Arc::clone(&failing);
+    fake.set_handler(move |r| {
+        if f.load(Ordering::SeqCst) && r.raw_body.contains("b-p") {
+            fake_llm::Reply::status(400)
+        } else {
+            fake_llm::Reply::text("seen").usage(12, 3)
+        }
+    });
+    let w = "version: 1\nname: mm\ninputs:\n  photo: { type: image }\nsteps:\n  a: { task: debug, prompt: 'a-p', model: gpt, attachments: [photo] }\n  b: { task: debug, prompt: 'b-p {{ steps.a.output }}', model: gpt, attachments: [photo] }\n";
+    let image = png(8, 8, b"resume");
+    let project = Project::new(
+        &policy(&fake.base_url(), "rules:\n  - { name: all, use: gpt }\n"),
+        w,
+    );
+    std::fs::write(project.path().join("photo.png"), &image).unwrap();
+    let first = project
+        .run(&["-i", "photo=@photo.png", "--format", "json"])
+        .await;
+    assert_eq!(first.status.code(), Some(1), "{}", transcript(&first));
+
+    failing.store(false, Ordering::SeqCst);
+    let resumed = project
+        .tollgate(&["run", "--resume", "last", "--format", "json"])
+        .keys()
+        .await;
+    assert_eq!(resumed.status.code(), Some(0), "{}", transcript(&resumed));
+    let requests = fake.requests();
+    let a_sent = requests
+        .iter()
+        .filter(|r| r.raw_body.contains("a-p"))
+        .count();
+    assert_eq!(a_sent, 1, "the finished step was sent again");
+    let b = requests
+        .iter()
+        .rev()
+        .find(|r| r.raw_body.contains("b-p"))
+        .expect("b was sent");
+    assert_eq!(
+        b.body["messages"][0]["content"][0],
+        json!({"type": "image_url", "image_url": {"url": format!("data:image/png;base64,{}", b64(&image))}})
+    );
+
+    // Fails again, then the file changes before the resume.
+    failing.store(true, Ordering::SeqCst);
+    let again = project.run(&["-i", "photo=@photo.png", "--no-cache"]).await;
+    assert_eq!(again.status.code(), Some(1), "{}", transcript(&again));
+    std::fs::write(project.path().join("photo.png"), png(8, 8, b"other")).unwrap();
+    let refused = project.tollgate(&["run", "--resume", "last"]).keys().await;
+    assert_eq!(refused.status.code(), Some(2), "{}", transcript(&refused));
+    let err = stderr(&refused);
+    assert!(
+        err.contains("cannot resume with input `photo`") && err.contains("photo.png changed since"),
+        "{err}"
+    );
+}
