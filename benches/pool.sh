@@ -15,7 +15,9 @@
 # `--concurrency 4`, prompts "Is this a bug or a feature? ticket N",
 # `max_output_tokens: 8`, temperature 0, no cache (`--no-cache`).
 # Printed: wall time, items answered, calls per second; for the kill row, how
-# many items each server finished and that none was lost.
+# many items each server finished and that none was lost. The last row lets
+# tollgate start and stop the two servers itself (`launch` on the pool):
+# its wall time includes loading the model in both and stopping them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -85,6 +87,23 @@ rules:
   - { name: all, use: local }
 EOF
 }
+# launched_policy PORTS... → the same pool, its servers started by tollgate
+launched_policy() {
+  local eps=""
+  for p in "$@"; do eps+="{ url: \"http://127.0.0.1:$p/v1\", slots: 2 }, "; done
+  cat > "$WORK/p/policy.yaml" <<EOF
+version: 1
+providers:
+  llamacpp:
+    kind: openai-compatible
+    endpoints: [${eps%, }]
+    launch: { binary: "$SERVER", model: "$MODEL", context: 2048, threads: 1, args: ["--alias", "gemma-3-270m"] }
+models:
+  local: { provider: llamacpp, model: gemma-3-270m, tier: local, context_window: 2048 }
+rules:
+  - { name: all, use: local }
+EOF
+}
 # run → prints "wall answered"
 run() {
   local t0 t1 out
@@ -123,3 +142,15 @@ read -r wall ok < <(run)
 row "2 endpoints, b killed at 1/4" "$wall" "$ok"
 echo "  b finished $(( $(finished "$B") - before_b )) before it was killed, a $(( $(finished "$A") - before_a ))"
 [ "$ok" = "$ITEMS" ] || { echo "LOST $(( ITEMS - ok )) items" >&2; exit 1; }
+
+# The pool's servers started and stopped by tollgate (`launch`), on two
+# ports nothing listens on.
+kill "${PIDS[@]}" 2>/dev/null || true
+PIDS=()
+C=$(free_port); D=$(free_port)
+launched_policy "$C" "$D"
+read -r wall ok < <(run)
+row "2 endpoints, launched" "$wall" "$ok"
+for p in "$C" "$D"; do
+  if curl -s "http://127.0.0.1:$p/health" >/dev/null; then echo "server on $p still running" >&2; exit 1; fi
+done

@@ -51,9 +51,7 @@ pub async fn report(
     let mut kept: Vec<String> = Vec::new();
     let mut running: Vec<String> = Vec::new();
     while let Some(event) = rx.recv().await {
-        if let Event::JournalError { message } = &event {
-            // Shown even with --quiet: resume and the cache depend on it.
-            let d = Diagnostic::warning("journal", message.clone());
+        if let Some(d) = warning(&event) {
             let text = diagnostic::render(&d, options);
             let shown = show(&mut || match &bar {
                 Some(bar) => bar.println(text.trim_end()),
@@ -189,6 +187,30 @@ impl AnswerSink for StdoutAnswer {
     }
 }
 
+/// The events drawn as warnings, shown even with `--quiet`: a journal that
+/// cannot be written (resume and the cache depend on it), a pool running
+/// on fewer servers than it launched.
+fn warning(event: &Event) -> Option<Diagnostic> {
+    match event {
+        Event::JournalError { message } => Some(Diagnostic::warning("journal", message.clone())),
+        Event::ServerFailed {
+            server,
+            error,
+            up,
+            of,
+        } => Some(
+            Diagnostic::warning(
+                "pool-server-failed",
+                format!(
+                    "server {server} failed to start; the pool goes on with {up} of {of} servers"
+                ),
+            )
+            .with_help(error.clone()),
+        ),
+        _ => None,
+    }
+}
+
 /// The progress line of one event; `None` for a journal error, which
 /// [`report`] draws as a diagnostic instead.
 fn line(event: &Event) -> Option<String> {
@@ -272,6 +294,7 @@ fn line(event: &Event) -> Option<String> {
         } => {
             format!("server {provider} already running; using it")
         }
+        Event::ServerFailed { .. } => return None,
         Event::StepFinished {
             step,
             status,

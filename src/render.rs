@@ -92,6 +92,20 @@ pub fn plan_text(plan: &Plan) -> String {
             .collect();
         let _ = writeln!(o, "  inputs       {}", inputs.join(", "));
     }
+    for s in &plan.servers {
+        let addresses: Vec<String> = s
+            .addresses
+            .iter()
+            .map(|a| format!("{} ({})", a.address, plural(u64::from(a.slots), "slot")))
+            .collect();
+        let _ = writeln!(
+            o,
+            "  launches     {}: {} on {}, unless already running; stopped when the run ends",
+            s.provider,
+            s.server,
+            addresses.join(", ")
+        );
+    }
     for (n, s) in plan.steps.iter().enumerate() {
         o.push('\n');
         step(&mut o, n + 1, s);

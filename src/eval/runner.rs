@@ -305,7 +305,7 @@ fn prepare<'a>(suite: &'a Suite, opts: &TestOptions) -> Result<Prepared<'a>, Vec
             // Offline means offline: no local server is started either.
             let mut policy = (*suite.policy).clone();
             for p in policy.providers.values_mut() {
-                p.launch = None;
+                p.launch.clear();
             }
             (
                 Arc::new(policy),

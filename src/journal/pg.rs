@@ -15,8 +15,9 @@
 //! ([`StateUrl::display`]) and every error is scrubbed of the password
 //! ([`scrub`]). A password may come from `PGPASSWORD` instead of the URL.
 //!
-//! TLS (`sslmode`, `sslrootcert`, their `PGSSL…` variables) is
-//! [`super::pg_tls`]'s: a remote ledger is verified by default.
+//! TLS (`sslmode`, `sslrootcert`, a client certificate in `sslcert` and
+//! `sslkey`, their `PGSSL…` variables) is [`super::pg_tls`]'s: a remote
+//! ledger is verified by default.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -278,8 +279,7 @@ impl StateUrl {
         let mut config: Config = params.url.parse().map_err(|e: postgres::Error| {
             bad(scrub(&format!("TOLLGATE_STATE_URL: {e}"), &secrets))
         })?;
-        let tls = Tls::new(params.sslmode, params.sslrootcert, &config)
-            .map_err(|e| bad(scrub(&e, &secrets)))?;
+        let tls = Tls::new(&params, &config).map_err(|e| bad(scrub(&e, &secrets)))?;
         config.ssl_mode(tls.client_mode(&config));
         if config.get_password().is_none() {
             if let Some(p) = std::env::var_os("PGPASSWORD").filter(|p| !p.is_empty()) {
@@ -975,6 +975,45 @@ pub(crate) mod testing {
             None
         }
 
+        /// The client certificates `scripts/setup-postgres.sh` leaves for
+        /// the role `tollgate_cert` (`ca.crt`, `client.crt`, `client.key`,
+        /// and `rogue.*` signed by another CA), in
+        /// `TOLLGATE_TEST_PG_CLIENT_DIR` or its default; `None`, said, when
+        /// they are absent — except under CI, which runs the script.
+        pub(crate) fn client_certs() -> Option<PathBuf> {
+            let dir = std::env::var_os("TOLLGATE_TEST_PG_CLIENT_DIR")
+                .filter(|d| !d.is_empty())
+                .map_or_else(
+                    || PathBuf::from("/var/lib/tollgate-test/pg-client"),
+                    PathBuf::from,
+                );
+            if ["client.crt", "client.key", "rogue.crt", "rogue.key"]
+                .iter()
+                .all(|f| dir.join(f).is_file())
+            {
+                return Some(dir);
+            }
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "CI must run scripts/setup-postgres.sh, which leaves client certificates in {}",
+                dir.display()
+            );
+            eprintln!(
+                "skipped the client certificate checks: no certificates in {} (run scripts/setup-postgres.sh)",
+                dir.display()
+            );
+            None
+        }
+
+        /// This database's URL for the role `tollgate_cert` (no password)
+        /// at `localhost`, with more parameters.
+        pub(crate) fn cert_url(&self, query: &str) -> String {
+            let mut url = url::Url::parse(&self.url_with("localhost", query)).unwrap();
+            url.set_username("tollgate_cert").unwrap();
+            url.set_password(None).unwrap();
+            url.to_string()
+        }
+
         /// Runs SQL on the test database directly (what another build or a
         /// crashed runner left).
         pub(crate) fn exec(&self, sql: &str) {
@@ -1093,6 +1132,70 @@ mod tests {
         // The writer's connection too.
         j.release_hold(hold).unwrap();
         j.flush_blocking().unwrap();
+    }
+
+    /// Client certificates against the real server: the role
+    /// `tollgate_cert` may log in only with a certificate the server's CA
+    /// signed (`hostssl … cert`). With it the whole journal works, no
+    /// password anywhere; with another CA's certificate, or none, the
+    /// connection is refused with what to do, and no message holds the key.
+    #[test]
+    fn a_client_certificate_logs_in_and_a_wrong_or_missing_one_is_refused_saying_why() {
+        let Some(db) = testing::TestDb::create() else {
+            return;
+        };
+        let Some(server_cert) = db.server_cert() else {
+            return;
+        };
+        let Some(dir) = testing::TestDb::client_certs() else {
+            return;
+        };
+        db.exec("GRANT CREATE, USAGE ON SCHEMA public TO tollgate_cert");
+        let verified = format!("sslmode=verify-full&sslrootcert={}", server_cert.display());
+        let with = |name: &str| {
+            format!(
+                "{verified}&sslcert={}&sslkey={}",
+                dir.join(format!("{name}.crt")).display(),
+                dir.join(format!("{name}.key")).display()
+            )
+        };
+        let url = StateUrl::parse(&db.cert_url(&with("client"))).unwrap();
+        assert!(url.config.get_password().is_none());
+        let j =
+            super::super::Journal::open_postgres(&url, super::super::Clock::Fixed(1_000)).unwrap();
+        let hold = j.try_hold(0.5, &[]).unwrap().unwrap();
+        j.release_hold(hold).unwrap();
+        j.flush_blocking().unwrap();
+        drop(j);
+
+        // No line of either key file is ever in a message.
+        let key_lines: Vec<String> = ["client.key", "rogue.key"]
+            .iter()
+            .flat_map(|f| {
+                std::fs::read_to_string(dir.join(f))
+                    .unwrap_or_default()
+                    .lines()
+                    .map(str::to_owned)
+                    .collect::<Vec<_>>()
+            })
+            .filter(|l| !l.starts_with("-----"))
+            .collect();
+        let refused = |query: &str| {
+            let e = encrypted(&db.cert_url(query)).unwrap_err().to_string();
+            assert!(!key_lines.iter().any(|l| e.contains(l.as_str())), "{e}");
+            e
+        };
+        let e = refused(&with("rogue"));
+        assert!(
+            e.contains(&format!(
+                "the server refused the client certificate in sslcert {}",
+                dir.join("rogue.crt").display()
+            )),
+            "{e}"
+        );
+        let e = refused(&verified);
+        assert!(e.contains("requires a valid client certificate"), "{e}");
+        assert!(e.contains("give sslcert=PATH and sslkey=PATH"), "{e}");
     }
 
     /// Every statement is bounded on the server: the URL's own

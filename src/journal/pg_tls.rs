@@ -1,7 +1,8 @@
 //! TLS to the team ledger, as libpq users expect it: `sslmode`
-//! (`disable`, `prefer`, `require`, `verify-ca`, `verify-full`) and
-//! `sslrootcert` in the state URL, or `PGSSLMODE` / `PGSSLROOTCERT` in the
-//! environment.
+//! (`disable`, `prefer`, `require`, `verify-ca`, `verify-full`),
+//! `sslrootcert` and a client certificate (`sslcert`, `sslkey`) in the
+//! state URL, or `PGSSLMODE` / `PGSSLROOTCERT` / `PGSSLCERT` / `PGSSLKEY`
+//! in the environment.
 //!
 //! rust-postgres' own parser knows only `disable`, `prefer` and `require`
 //! and nothing of root certificates, so [`take_params`] takes both
@@ -25,9 +26,18 @@
 //! libpq's finer points kept: a root certificate given with `prefer` or
 //! `require` makes them check the chain (as `verify-ca`); Unix sockets
 //! never use TLS; `sslrootcert=system` means the system's CAs and requires
-//! `verify-full`. Not supported: client certificates (`sslcert`, `sslkey`:
-//! refused, never ignored) and libpq's implicit `~/.postgresql/root.crt`
-//! (the system's CAs are used instead).
+//! `verify-full`.
+//!
+//! **Client certificates** (for a `cert` line in the server's
+//! `pg_hba.conf`): `sslcert` and `sslkey` go together, through rustls'
+//! client authentication. The key is a secret: its content never appears
+//! in a message (a key that does not parse is "not a PEM private key",
+//! never the parser's quote of it), and a key file readable by group or
+//! others is refused as libpq refuses it (0600 at most, 0640 when owned by
+//! root). Not supported: encrypted keys (`sslpassword`), `sslcertmode`
+//! (refused, never ignored) and libpq's implicit files under
+//! `~/.postgresql/` (`root.crt`: the system's CAs are used instead;
+//! `postgresql.crt`/`.key`: name them).
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
@@ -37,7 +47,7 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::client::{verify_server_cert_signed_by_trust_anchor, verify_server_name};
 use rustls::crypto::WebPkiSupportedAlgorithms;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::ParsedCertificate;
 use rustls::{
     CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
@@ -46,6 +56,10 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 
 /// The largest root certificate file read: a system bundle is ~200 KiB.
 const MAX_ROOT_FILE: u64 = 4 * 1024 * 1024;
+
+/// The largest client certificate or key file read (an RSA-8192 key in
+/// PEM is ~6 KiB; a chain a few certificates).
+const MAX_CLIENT_FILE: u64 = 1024 * 1024;
 
 /// libpq's `sslmode`, all five values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,12 +125,15 @@ pub(super) struct Params {
     pub url: String,
     pub sslmode: Option<String>,
     pub sslrootcert: Option<String>,
+    pub sslcert: Option<String>,
+    pub sslkey: Option<String>,
 }
 
-/// Takes `sslmode` and `sslrootcert` out of a URL's query (the last of
-/// each wins, as in libpq), keeping every other parameter exactly as
-/// written (a re-encoding would turn `%20` into `+`, which the client does
-/// not decode). Client certificates are refused with a clear message.
+/// Takes `sslmode`, `sslrootcert`, `sslcert` and `sslkey` out of a URL's
+/// query (the last of each wins, as in libpq), keeping every other
+/// parameter exactly as written (a re-encoding would turn `%20` into `+`,
+/// which the client does not decode). Encrypted keys and `sslcertmode` are
+/// refused with a clear message.
 pub(super) fn take_params(url: &str) -> Result<Params, String> {
     let (before_fragment, fragment) = match url.find('#') {
         Some(at) => url.split_at(at),
@@ -136,11 +153,22 @@ pub(super) fn take_params(url: &str) -> Result<Params, String> {
         match key.as_str() {
             "sslmode" => params.sslmode = Some(decode(v)),
             "sslrootcert" => params.sslrootcert = Some(decode(v)),
-            "sslcert" | "sslkey" | "sslpassword" | "sslcertmode" => {
-                return Err(format!(
-                    "TOLLGATE_STATE_URL: `{key}`: client certificates are not supported; \
-                     authenticate with a password (in PGPASSWORD) over sslmode=verify-full"
-                ));
+            "sslcert" => params.sslcert = Some(decode(v)),
+            "sslkey" => params.sslkey = Some(decode(v)),
+            // The value is never quoted: it is a key's passphrase.
+            "sslpassword" => {
+                return Err(
+                    "TOLLGATE_STATE_URL: `sslpassword`: encrypted client keys are not supported; \
+                     give an unencrypted key file readable by you alone (chmod 600) in sslkey"
+                        .to_owned(),
+                );
+            }
+            "sslcertmode" => {
+                return Err(
+                    "TOLLGATE_STATE_URL: `sslcertmode` is not supported: a client certificate is sent \
+                     whenever sslcert and sslkey are given"
+                        .to_owned(),
+                );
             }
             _ => kept.push(pair),
         }
@@ -189,30 +217,70 @@ pub(super) struct Tls {
     roots: Roots,
     /// Every host is this machine (loopback or a Unix socket).
     local: bool,
+    /// The client certificate and key, when given.
+    client: Option<Arc<ClientIdentity>>,
+}
+
+/// A client certificate chain and its private key, read once. Its `Debug`
+/// names the files, never the key.
+struct ClientIdentity {
+    cert_path: PathBuf,
+    key_path: PathBuf,
+    certs: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+}
+
+impl std::fmt::Debug for ClientIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientIdentity")
+            .field("cert", &self.cert_path)
+            .field("key", &self.key_path)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Tls {
     /// The settings for `config` (already parsed from the URL without its
     /// TLS parameters): the URL's values, else the environment's
-    /// (`PGSSLMODE`, `PGSSLROOTCERT`), else the defaults (module docs).
-    /// The root file is read now, so a wrong path is an error before any
-    /// connection.
-    pub(super) fn new(
-        sslmode: Option<String>,
-        sslrootcert: Option<String>,
-        config: &postgres::Config,
-    ) -> Result<Tls, String> {
-        Self::new_with(sslmode, sslrootcert, config, |k| std::env::var(k).ok())
+    /// (`PGSSLMODE`, `PGSSLROOTCERT`, `PGSSLCERT`, `PGSSLKEY`), else the
+    /// defaults (module docs). The root, certificate and key files are read
+    /// now, so a wrong path is an error before any connection.
+    pub(super) fn new(params: &Params, config: &postgres::Config) -> Result<Tls, String> {
+        Self::new_with(params, config, |k| std::env::var(k).ok())
     }
 
     /// [`Tls::new`] with the environment given (tests).
     fn new_with(
-        sslmode: Option<String>,
-        sslrootcert: Option<String>,
+        params: &Params,
         config: &postgres::Config,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Tls, String> {
         let env = |k: &str| env(k).filter(|v| !v.trim().is_empty());
+        let (sslmode, sslrootcert) = (params.sslmode.clone(), params.sslrootcert.clone());
+        let client = match (
+            params.sslcert.clone().or_else(|| env("PGSSLCERT")),
+            params.sslkey.clone().or_else(|| env("PGSSLKEY")),
+        ) {
+            (None, None) => None,
+            (Some(cert), Some(key)) => Some(Arc::new(read_identity(
+                Path::new(cert.trim()),
+                Path::new(key.trim()),
+            )?)),
+            (Some(_), None) => {
+                return Err(
+                    "TOLLGATE_STATE_URL: sslcert is given without sslkey (or PGSSLKEY): \
+                     a client certificate needs its private key"
+                        .to_owned(),
+                );
+            }
+            (None, Some(_)) => {
+                return Err(
+                    "TOLLGATE_STATE_URL: sslkey is given without sslcert (or PGSSLCERT): \
+                     a private key needs its client certificate"
+                        .to_owned(),
+                );
+            }
+        };
         let local = all_local(config);
         let mode = match sslmode.or_else(|| env("PGSSLMODE")) {
             Some(v) => Some(SslMode::parse(v.trim()).ok_or_else(|| {
@@ -258,6 +326,7 @@ impl Tls {
             check,
             roots,
             local,
+            client,
         })
     }
 
@@ -319,12 +388,25 @@ impl Tls {
             roots,
             algorithms: provider.signature_verification_algorithms,
         };
-        let config = ClientConfig::builder_with_provider(Arc::clone(&provider))
+        let builder = ClientConfig::builder_with_provider(Arc::clone(&provider))
             .with_safe_default_protocol_versions()
             .map_err(|e| format!("TLS setup: {e}"))?
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(verifier))
-            .with_no_client_auth();
+            .with_custom_certificate_verifier(Arc::new(verifier));
+        let config = match &self.client {
+            None => builder.with_no_client_auth(),
+            // rustls checks that the key is one it can sign with (and, where
+            // it can tell, that it is the certificate's).
+            Some(c) => builder
+                .with_client_auth_cert(c.certs.clone(), c.key.clone_key())
+                .map_err(|e| {
+                    format!(
+                        "TOLLGATE_STATE_URL: sslcert {} with sslkey {}: {e}",
+                        c.cert_path.display(),
+                        c.key_path.display()
+                    )
+                })?,
+        };
         Ok(MakeRustlsConnect::new(config))
     }
 
@@ -335,7 +417,26 @@ impl Tls {
             Roots::File { path, .. } => format!("the CA in sslrootcert {}", path.display()),
             Roots::System => "a CA this machine trusts".to_owned(),
         };
+        let chain = message_chain(error);
         if let Some(e) = rustls_error(error) {
+            if let rustls::Error::AlertReceived(alert) = e {
+                use rustls::AlertDescription as A;
+                return match (&self.client, alert) {
+                    (
+                        Some(c),
+                        A::UnknownCA | A::BadCertificate | A::CertificateUnknown | A::AccessDenied
+                        | A::CertificateExpired | A::CertificateRevoked | A::UnsupportedCertificate,
+                    ) => Some(format!(
+                        "the server refused the client certificate in sslcert {}: it must be signed by a CA in the server's ssl_ca_file, and be valid now",
+                        c.cert_path.display()
+                    )),
+                    (None, A::CertificateRequired | A::HandshakeFailure) => Some(
+                        "the server asks for a client certificate: give sslcert=PATH and sslkey=PATH (or PGSSLCERT and PGSSLKEY)"
+                            .to_owned(),
+                    ),
+                    _ => None,
+                };
+            }
             return match e {
                 rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer) => {
                     Some(format!(
@@ -356,7 +457,24 @@ impl Tls {
                 _ => None,
             };
         }
-        message_chain(error)
+        if chain.contains("requires a valid client certificate") {
+            return Some(match &self.client {
+                None => "the server's pg_hba.conf lets this role in with a client certificate only: give sslcert=PATH and sslkey=PATH (or PGSSLCERT and PGSSLKEY)".to_owned(),
+                Some(c) => format!(
+                    "the server did not accept the client certificate in sslcert {}",
+                    c.cert_path.display()
+                ),
+            });
+        }
+        if chain.contains("certificate authentication failed") {
+            if let Some(c) = &self.client {
+                return Some(format!(
+                    "the common name (CN) of the client certificate in sslcert {} must be the user name in the URL (or mapped to it in pg_ident.conf)",
+                    c.cert_path.display()
+                ));
+            }
+        }
+        chain
             .contains("server does not support TLS")
             .then(|| {
                 format!(
@@ -414,6 +532,62 @@ fn read_roots(path: &Path) -> Result<Arc<RootCertStore>, String> {
         ));
     }
     Ok(Arc::new(store))
+}
+
+/// A client certificate chain (PEM) and its private key (PEM: PKCS#8,
+/// PKCS#1 or SEC1), bounded; the key only from a file no one else may read.
+/// No message quotes the key file's content.
+fn read_identity(cert_path: &Path, key_path: &Path) -> Result<ClientIdentity, String> {
+    let shown = cert_path.display();
+    let text = crate::files::read_text_limited(cert_path, MAX_CLIENT_FILE)
+        .map_err(|e| format!("TOLLGATE_STATE_URL: sslcert {shown}: {e}"))?;
+    let certs = CertificateDer::pem_slice_iter(text.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("TOLLGATE_STATE_URL: sslcert {shown}: not PEM certificates ({e})"))?;
+    if certs.is_empty() {
+        return Err(format!(
+            "TOLLGATE_STATE_URL: sslcert {shown} holds no certificate (expected PEM: -----BEGIN CERTIFICATE-----)"
+        ));
+    }
+    key_private_to_owner(key_path)?;
+    let shown = key_path.display();
+    let bytes = crate::files::read_bytes_limited(key_path, MAX_CLIENT_FILE)
+        .map_err(|e| format!("TOLLGATE_STATE_URL: sslkey {shown}: {e}"))?;
+    // The parser's error may quote a line of the file: never shown.
+    let key = PrivateKeyDer::from_pem_slice(&bytes).map_err(|_| {
+        format!(
+            "TOLLGATE_STATE_URL: sslkey {shown} is not a PEM private key (PKCS#8, PKCS#1 or SEC1; \
+             encrypted keys are not supported)"
+        )
+    })?;
+    Ok(ClientIdentity {
+        cert_path: cert_path.to_owned(),
+        key_path: key_path.to_owned(),
+        certs,
+        key,
+    })
+}
+
+/// libpq's rule for a private key file: no access for others, and none for
+/// the group unless root owns it (then read at most): 0600 or 0640.
+fn key_private_to_owner(path: &Path) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let shown = path.display();
+    let meta =
+        std::fs::metadata(path).map_err(|e| format!("TOLLGATE_STATE_URL: sslkey {shown}: {e}"))?;
+    let mode = meta.mode() & 0o777;
+    let allowed = if meta.uid() == 0 { 0o640 } else { 0o600 };
+    if mode & !allowed != 0 {
+        return Err(format!(
+            "TOLLGATE_STATE_URL: sslkey {shown} may be read by {} (mode {mode:04o}): a private key must be its owner's alone; chmod 600 {shown}",
+            if mode & 0o007 != 0 {
+                "others"
+            } else {
+                "its group"
+            }
+        ));
+    }
+    Ok(())
 }
 
 /// The system's CAs, read once per process.
@@ -537,7 +711,7 @@ mod tests {
     fn tls(url: &str) -> Result<Tls, String> {
         let p = take_params(url)?;
         let config: postgres::Config = p.url.parse().unwrap();
-        Tls::new_with(p.sslmode, p.sslrootcert, &config, |_| None)
+        Tls::new_with(&p, &config, |_| None)
     }
 
     /// The TLS parameters are taken out of the query and everything else
@@ -561,12 +735,81 @@ mod tests {
         // The last one wins, as in libpq.
         let p = take_params("postgres://u@h/db?sslmode=disable&sslmode=require").unwrap();
         assert_eq!(p.sslmode.as_deref(), Some("require"));
-        // Client certificates are refused, never silently ignored.
-        let e = take_params("postgres://u@h/db?sslcert=/c.pem&sslkey=/k.pem").unwrap_err();
+        // Client certificates are taken out and kept.
+        let p = take_params("postgres://u@h/db?sslcert=%2Fc.pem&sslkey=/k.pem&x=1").unwrap();
+        assert_eq!(p.url, "postgres://u@h/db?x=1");
+        assert_eq!(
+            (p.sslcert.as_deref(), p.sslkey.as_deref()),
+            (Some("/c.pem"), Some("/k.pem"))
+        );
+        // An encrypted key's passphrase is refused, never quoted.
+        let e = take_params("postgres://u@h/db?sslpassword=hunter2-passphrase").unwrap_err();
+        assert!(e.contains("`sslpassword`"), "{e}");
+        assert!(!e.contains("hunter2"), "{e}");
+        assert!(take_params("postgres://u@h/db?sslcertmode=require").is_err());
+    }
+
+    /// The client key: refused when others may read it (libpq's rule, the
+    /// fix named), when it is not a key (its content never quoted), or
+    /// when it comes without its certificate; `PGSSLCERT` / `PGSSLKEY`
+    /// fill in for the URL.
+    #[test]
+    fn a_client_key_others_may_read_or_that_is_no_key_is_refused_without_quoting_it() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let cert = dir.path().join("client.crt");
+        std::fs::write(&cert, OTHER_CA).unwrap();
+        let key = dir.path().join("client.key");
+        std::fs::write(
+            &key,
+            "-----BEGIN PRIVATE KEY-----\nc2VjcmV0LWtleS1tYXRlcmlhbA==SECRETKEYMATERIAL\n-----END PRIVATE KEY-----\n",
+        )
+        .unwrap();
+        let c = config("postgres://u@127.0.0.1/x");
+        let with = |cert: Option<&Path>, key: Option<&Path>| {
+            let p = Params {
+                sslcert: cert.map(|c| c.display().to_string()),
+                sslkey: key.map(|k| k.display().to_string()),
+                ..Params::default()
+            };
+            Tls::new_with(&p, &c, |_| None)
+        };
+        for mode in [0o644, 0o604, 0o640, 0o660] {
+            std::fs::set_permissions(&key, std::fs::Permissions::from_mode(mode)).unwrap();
+            // Root may let its group read (0640); nobody lets others.
+            let root_owned = std::fs::metadata(&key)
+                .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
+                .unwrap();
+            if root_owned && mode == 0o640 {
+                continue;
+            }
+            let e = with(Some(&cert), Some(&key)).unwrap_err();
+            assert!(e.contains(&format!("chmod 600 {}", key.display())), "{e}");
+            assert!(e.contains(&format!("mode {mode:04o}")), "{e}");
+        }
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let e = with(Some(&cert), Some(&key)).unwrap_err();
+        assert!(e.contains("is not a PEM private key"), "{e}");
         assert!(
-            e.contains("`sslcert`: client certificates are not supported"),
+            !e.contains("SECRETKEYMATERIAL") && !e.contains("c2VjcmV0"),
             "{e}"
         );
+        let e = with(Some(&cert), None).unwrap_err();
+        assert!(e.contains("sslcert is given without sslkey"), "{e}");
+        let e = with(None, Some(&key)).unwrap_err();
+        assert!(e.contains("sslkey is given without sslcert"), "{e}");
+        // From the environment: the same checks on the same files.
+        let env = |k: &str| match k {
+            "PGSSLCERT" => Some(cert.display().to_string()),
+            "PGSSLKEY" => Some(key.display().to_string()),
+            _ => None,
+        };
+        let e = Tls::new_with(&Params::default(), &c, env).unwrap_err();
+        assert!(e.contains("is not a PEM private key"), "{e}");
+        // No certificate at all in the certificate file.
+        std::fs::write(&cert, "nothing here\n").unwrap();
+        let e = with(Some(&cert), Some(&key)).unwrap_err();
+        assert!(e.contains("holds no certificate"), "{e}");
     }
 
     /// A remote host is verified unless the URL says otherwise; this
@@ -652,11 +895,15 @@ mod tests {
             _ => None,
         };
         let c = config("postgres://u@db.example/x");
-        let t = Tls::new_with(None, None, &c, env).unwrap();
+        let t = Tls::new_with(&Params::default(), &c, env).unwrap();
         // A root certificate makes `require` check the chain (libpq).
         assert_eq!((t.mode, t.check), (SslMode::Require, Check::Chain));
         assert!(matches!(t.roots, Roots::File { .. }));
-        let t = Tls::new_with(Some("verify-full".into()), None, &c, env).unwrap();
+        let p = Params {
+            sslmode: Some("verify-full".into()),
+            ..Params::default()
+        };
+        let t = Tls::new_with(&p, &c, env).unwrap();
         assert_eq!((t.mode, t.check), (SslMode::VerifyFull, Check::Full));
         std::fs::remove_file(&root).unwrap();
     }

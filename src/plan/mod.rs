@@ -45,6 +45,26 @@ pub struct Plan {
     pub inputs: Vec<InputSummary>,
     pub steps: Vec<StepPlan>,
     pub totals: Totals,
+    /// The local servers `run` starts for the steps' models (`launch`),
+    /// unless something already answers on their ports.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub servers: Vec<ServerPlan>,
+}
+
+/// A provider's launched servers (one, or one per endpoint of a pool).
+#[derive(Debug, Clone, Serialize)]
+pub struct ServerPlan {
+    pub provider: String,
+    /// `llama-server` or `ollama serve`.
+    pub server: &'static str,
+    /// `host:port` of each server, with the calls it takes at once.
+    pub addresses: Vec<ServerAddress>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ServerAddress {
+    pub address: String,
+    pub slots: u32,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -543,6 +563,7 @@ pub fn build_with_history(
         .filter_map(|&i| steps_out[i].take())
         .collect();
     let totals = totals(&steps, policy, &usage);
+    let servers = servers(&steps, policy);
     Ok(Plan {
         workflow: NamedPath {
             name: w.name.clone(),
@@ -565,7 +586,42 @@ pub fn build_with_history(
             .collect(),
         steps,
         totals,
+        servers,
     })
+}
+
+/// The servers the steps' models need launched, per provider in the
+/// policy's order.
+fn servers(steps: &[StepPlan], policy: &Policy) -> Vec<ServerPlan> {
+    let used: std::collections::BTreeSet<&str> = steps
+        .iter()
+        .filter_map(|s| s.model.as_ref())
+        .map(|m| m.provider.as_str())
+        .collect();
+    policy
+        .providers
+        .iter()
+        .filter(|(name, p)| used.contains(name.as_str()) && !p.launch.is_empty())
+        .map(|(name, p)| ServerPlan {
+            provider: name.clone(),
+            server: match p.launch[0].server {
+                crate::policy::Server::LlamaServer => "llama-server",
+                crate::policy::Server::Ollama => "ollama serve",
+            },
+            addresses: p
+                .launch
+                .iter()
+                .map(|l| ServerAddress {
+                    address: if l.host.contains(':') {
+                        format!("[{}]:{}", l.host, l.port)
+                    } else {
+                        format!("{}:{}", l.host, l.port)
+                    },
+                    slots: l.slots,
+                })
+                .collect(),
+        })
+        .collect()
 }
 
 /// What pass 2 of the plan (routing and pricing) reads for every step.

@@ -31,7 +31,7 @@ pub fn compile(file: &PolicyFile, doc: &Document, catalog: &Catalog) -> (Policy,
     let mut diags = Vec::new();
     let ladder = ladder(file, doc, &mut diags);
     let providers = providers(file, doc, &mut diags);
-    check_ports(&providers, doc, &mut diags);
+    check_ports(file, &providers, doc, &mut diags);
     let models = models(file, doc, catalog, &providers, &mut diags);
     let names = ModelNames { file, doc };
     let mut routers = Vec::new();

@@ -40,6 +40,10 @@ pub use file::*;
 /// so plans do not depend on the machine.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Launch {
+    /// The stem of its log and pid files under the log folder, and its name
+    /// in progress lines: the provider's name, or `PROVIDER-PORT` for each
+    /// server of a pool.
+    pub id: String,
     /// Which server the binary is.
     pub server: Server,
     pub binary: String,
@@ -175,8 +179,9 @@ pub struct Provider {
     /// A local server defaults to one call at a time, so local steps queue
     /// instead of thrashing one CPU-bound server.
     pub limits: Limits,
-    /// Set when tollgate manages the server.
-    pub launch: Option<Launch>,
+    /// The servers tollgate manages for it (`launch`): none, the one at its
+    /// `base_url`, or one per endpoint of a pool.
+    pub launch: Vec<Launch>,
     /// A cloud provider reached over plain `http://` on a non-loopback host
     /// without `allow_insecure`: a warning at `check`/`plan`, an error at
     /// `run` (see [`Policy::insecure_transport`]).

@@ -72,16 +72,11 @@ pub(super) fn providers(
             (None, _) => Locality::Cloud,
         };
         let launch = match &p.launch {
-            Some(_) if p.endpoints.is_some() => {
-                diags.push(
-                    Diagnostic::error("launch-with-pool", format!("provider `{name}` has both `launch` and `endpoints`"))
-                        .at(doc.key_span(&pointer(["providers", name.as_str(), "launch"])))
-                        .with_help("tollgate starts one llama-server per provider: start the pool's servers yourself, or give each launched server its own provider with one `base_url`"),
-                );
-                None
-            }
-            Some(l) => compile_launch(l, base_url.as_deref(), p.kind, doc, name, diags),
-            None => None,
+            Some(l) if p.endpoints.is_some() => compile_pool_launch(l, &pool, p, doc, name, diags),
+            Some(l) => compile_launch(l, base_url.as_deref(), p.kind, doc, name, diags)
+                .into_iter()
+                .collect(),
+            None => Vec::new(),
         };
         // A key pasted where the variable's name belongs: say so (the
         // value itself is masked wherever a diagnostic shows it).
@@ -138,7 +133,7 @@ pub(super) fn providers(
         // A pool takes as many calls at once as its servers have slots (it
         // queues per endpoint itself), whatever its locality.
         let pool_slots = pool.iter().map(|e| e.slots).fold(0u32, u32::saturating_add);
-        let default_slots = launch.as_ref().map_or(1, |l| l.slots);
+        let default_slots = launch.first().map_or(1, |l| l.slots);
         providers.insert(
             name.clone(),
             Provider {
@@ -378,6 +373,87 @@ fn compile_launch(
     } else {
         Server::LlamaServer
     };
+    let slots = l.slots.unwrap_or(1);
+    let base = launch_settings(l, server, doc, name, diags)?;
+    Some(Launch {
+        id: name.to_owned(),
+        host,
+        port,
+        slots,
+        ..base
+    })
+}
+
+/// `launch` on a pool: one llama-server per endpoint, each on its
+/// endpoint's loopback address and port with its endpoint's `slots`, all
+/// of the same model file. Its files and progress lines are named
+/// `PROVIDER-PORT`.
+fn compile_pool_launch(
+    l: &LaunchFile,
+    pool: &[PoolEndpoint],
+    p: &ProviderFile,
+    doc: &Document,
+    name: &str,
+    diags: &mut Vec<Diagnostic>,
+) -> Vec<Launch> {
+    if pool.is_empty() {
+        // The pool itself is wrong (said where it is written).
+        return Vec::new();
+    }
+    if l.slots.is_some() {
+        diags.push(
+            Diagnostic::error(
+                "launch-slots-in-pool",
+                format!("`launch.slots` of provider `{name}` is ambiguous in a pool"),
+            )
+            .at(doc.key_span(&pointer(["providers", name, "launch", "slots"])))
+            .with_help("each launched server takes its endpoint's `slots`: write { url: …, slots: N } in `endpoints` and remove `launch.slots`"),
+        );
+    }
+    let mut addresses = Vec::with_capacity(pool.len());
+    for (i, e) in pool.iter().enumerate() {
+        match host_port(&e.url).filter(|_| is_loopback(&e.url)) {
+            Some(hp) => addresses.push((hp, e.slots)),
+            None => diags.push(
+                Diagnostic::error(
+                    "launch-not-local",
+                    format!("provider `{name}` has `launch` but endpoint {} is not on this machine", i + 1),
+                )
+                .at(endpoint_span(doc, p, name, i))
+                .with_label("not a loopback http:// address with a port")
+                .with_help("`launch` starts one llama-server per endpoint on this machine: every endpoint needs an address such as http://127.0.0.1:8081/v1 (an explicit port each); start remote servers yourself and list them in a pool without `launch`"),
+            ),
+        }
+    }
+    if addresses.len() < pool.len() {
+        return Vec::new();
+    }
+    let Some(base) = launch_settings(l, Server::LlamaServer, doc, name, diags) else {
+        return Vec::new();
+    };
+    addresses
+        .into_iter()
+        .map(|((host, port), slots)| Launch {
+            id: format!("{name}-{port}"),
+            host,
+            port,
+            slots,
+            ..base.clone()
+        })
+        .collect()
+}
+
+/// What every server a provider launches shares: the binary, the model
+/// file and the flags (the address, port and slots are filled in by the
+/// caller).
+fn launch_settings(
+    l: &LaunchFile,
+    server: Server,
+    doc: &Document,
+    name: &str,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<Launch> {
+    let at = doc.key_span(&pointer(["providers", name, "launch"]));
     let model = match (server, &l.model) {
         (Server::LlamaServer, Some(m)) => m.clone(),
         (Server::LlamaServer, None) => {
@@ -403,6 +479,7 @@ fn compile_launch(
         Some(v) => crate::workflow::parse_duration(v).unwrap_or(std::time::Duration::from_secs(60)),
     };
     Some(Launch {
+        id: name.to_owned(),
         server,
         binary: l.binary.clone().unwrap_or_else(|| {
             match server {
@@ -412,39 +489,63 @@ fn compile_launch(
             .to_owned()
         }),
         model,
-        host,
-        port,
+        host: String::new(),
+        port: 0,
         context: l.context.unwrap_or(4096),
         threads: l.threads.unwrap_or(2),
-        slots: l.slots.unwrap_or(1),
+        slots: 1,
         chat_template: l.chat_template.clone(),
         args: l.args.clone(),
         ready_timeout,
     })
 }
 
-/// Two managed servers on one port would answer for each other.
+/// Two managed servers on one port would answer for each other: every
+/// server any provider launches (a pool's one per endpoint) on its own
+/// address and port.
 pub(super) fn check_ports(
+    file: &PolicyFile,
     providers: &IndexMap<String, Provider>,
     doc: &Document,
     diags: &mut Vec<Diagnostic>,
 ) {
     let mut ports: BTreeMap<(String, u16), &str> = BTreeMap::new();
     for (name, p) in providers {
-        if let Some(l) = &p.launch {
-            if let Some(first) = ports.insert((l.host.clone(), l.port), name) {
-                diags.push(
-                    Diagnostic::error(
-                        "launch-port-conflict",
-                        format!(
-                            "providers `{first}` and `{name}` launch servers on the same port {}",
-                            l.port
-                        ),
-                    )
-                    .at(doc.key_span(&pointer(["providers", name.as_str(), "launch"])))
-                    .with_help("give each managed server its own port in `base_url`"),
-                );
-            }
+        let pooled = !p.endpoints.is_empty();
+        for (i, l) in p.launch.iter().enumerate() {
+            // The first provider to claim a port keeps it in the messages.
+            let first = match ports.entry((l.host.clone(), l.port)) {
+                std::collections::btree_map::Entry::Vacant(v) => {
+                    v.insert(name);
+                    continue;
+                }
+                std::collections::btree_map::Entry::Occupied(o) => *o.get(),
+            };
+            let message = if first == name {
+                format!(
+                    "provider `{name}` launches two servers on the same port {}",
+                    l.port
+                )
+            } else {
+                format!(
+                    "providers `{first}` and `{name}` launch servers on the same port {}",
+                    l.port
+                )
+            };
+            // A pool's server is written as its endpoint.
+            let at = match file.providers.get(name) {
+                Some(pf) if pooled => endpoint_span(doc, pf, name, i),
+                _ => doc.key_span(&pointer(["providers", name.as_str(), "launch"])),
+            };
+            diags.push(
+                Diagnostic::error("launch-port-conflict", message)
+                    .at(at)
+                    .with_help(if pooled {
+                        "give each launched endpoint its own port"
+                    } else {
+                        "give each managed server its own port in `base_url`"
+                    }),
+            );
         }
     }
 }

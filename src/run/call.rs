@@ -677,17 +677,19 @@ async fn ensure_server(
     sh: &Shared,
     model: &Model,
 ) -> Result<(), std::sync::Arc<local_server::ServerError>> {
-    let Some(launch) = sh
+    let Some(launches) = sh
         .policy
         .providers
         .get(&model.provider)
-        .and_then(|p| p.launch.as_ref())
+        .map(|p| p.launch.as_slice())
+        .filter(|l| !l.is_empty())
     else {
         return Ok(());
     };
     sh.resources
         .servers
-        .ensure(&model.provider, launch, |s| {
+        .ensure(&model.provider, launches, |launch, s| {
+            let server = launch.id.clone();
             let (command, ready_after) = match s {
                 local_server::Started::AlreadyRunning => (None, Duration::ZERO),
                 local_server::Started::Adopted { pid } => (
@@ -700,9 +702,18 @@ async fn ensure_server(
                     command,
                     ready_after,
                 } => (Some(command.clone()), *ready_after),
+                local_server::Started::Failed { error, up, of } => {
+                    sh.emit(Event::ServerFailed {
+                        server,
+                        error: error.to_string(),
+                        up: *up,
+                        of: *of,
+                    });
+                    return;
+                }
             };
             sh.emit(Event::ServerReady {
-                provider: model.provider.clone(),
+                provider: server,
                 command,
                 ready_after,
             });

@@ -4,8 +4,14 @@
 //! stopped when the run ends, whatever the reason (success, failure, Ctrl-C:
 //! the child is also killed if this value is dropped).
 //!
+//! A pool with `launch` gets one server per endpoint, all started at once;
+//! the pool goes on with those that came up (the others are reported, and
+//! the pool takes their endpoints out on the first refused connection),
+//! and fails only when none did. Each server has its own files, named by
+//! [`Launch::id`] (`PROVIDER-PORT` in a pool).
+//!
 //! A run killed outright (SIGKILL, OOM killer, power) cannot stop its server.
-//! So a started server is written down in `<log dir>/<provider>.pid` (server
+//! So a started server is written down in `<log dir>/<id>.pid` (server
 //! pid, port, the pid of the tollgate process that owns it), removed when
 //! the server is stopped. A later run that finds the port answering, the
 //! file there, its owner gone and the pid still that binary, adopts the
@@ -92,11 +98,13 @@ pub enum ServerError {
 
 /// The servers of one run.
 pub struct Servers {
-    /// One start per provider; its failure is kept (shared: every caller
-    /// waiting for that start gets the same error).
+    /// One start per provider (all of a pool's servers at once); its
+    /// failure is kept (shared: every caller waiting for that start gets
+    /// the same error).
     cells: HashMap<String, OnceCell<Result<(), Arc<ServerError>>>>,
+    /// Servers this run started: (their [`Launch::id`], the child).
     children: Mutex<Vec<(String, Child)>>,
-    /// Servers an earlier, killed run left behind, now ours: (provider, pid).
+    /// Servers an earlier, killed run left behind, now ours: (id, pid).
     adopted: Mutex<Vec<(String, u32)>>,
     http: reqwest::Client,
     log_dir: PathBuf,
@@ -114,6 +122,13 @@ pub enum Started {
         command: String,
         ready_after: Duration,
     },
+    /// One of a pool's servers would not start; `up` of the pool's `of`
+    /// servers did, and the pool goes on with them.
+    Failed {
+        error: Arc<ServerError>,
+        up: usize,
+        of: usize,
+    },
 }
 
 impl Servers {
@@ -122,7 +137,7 @@ impl Servers {
             cells: policy
                 .providers
                 .iter()
-                .filter(|(_, p)| p.launch.is_some())
+                .filter(|(_, p)| !p.launch.is_empty())
                 .map(|(k, _)| (k.clone(), OnceCell::new()))
                 .collect(),
             children: Mutex::new(Vec::new()),
@@ -139,26 +154,40 @@ impl Servers {
         }
     }
 
-    /// Makes sure the provider's server answers; starts it once if needed.
-    /// `on_start` hears about a launch (for progress). Every caller of the
-    /// same provider waits for the same start.
+    /// Makes sure the provider's servers answer; starts them once if
+    /// needed (a pool's all at once). `on_start` hears about each server
+    /// (for progress) once at least one is up; when none came up, the
+    /// first one's error is the provider's. Every caller of the same
+    /// provider waits for the same start.
     pub async fn ensure(
         &self,
         provider: &str,
-        launch: &Launch,
-        on_start: impl FnOnce(&Started),
+        launches: &[Launch],
+        mut on_start: impl FnMut(&Launch, &Started),
     ) -> Result<(), Arc<ServerError>> {
         let Some(cell) = self.cells.get(provider) else {
             return Ok(());
         };
         cell.get_or_init(|| async {
-            match self.start(provider, launch).await {
-                Ok(started) => {
-                    on_start(&started);
-                    Ok(())
-                }
-                Err(e) => Err(Arc::new(e)),
+            let results =
+                futures::future::join_all(launches.iter().map(|l| self.start(provider, l))).await;
+            let up = results.iter().filter(|r| r.is_ok()).count();
+            if up == 0 {
+                return match results.into_iter().find_map(Result::err) {
+                    Some(e) => Err(Arc::new(e)),
+                    None => Ok(()),
+                };
             }
+            let of = launches.len();
+            for (launch, result) in launches.iter().zip(results) {
+                let started = result.unwrap_or_else(|e| Started::Failed {
+                    error: Arc::new(e),
+                    up,
+                    of,
+                });
+                on_start(launch, &started);
+            }
+            Ok(())
         })
         .await
         .clone()
@@ -178,15 +207,15 @@ impl Servers {
         matches!(self.http.get(url).send().await, Ok(r) if r.status().is_success())
     }
 
-    fn pid_file(&self, provider: &str) -> PathBuf {
-        self.log_dir.join(format!("{provider}.pid"))
+    fn pid_file(&self, id: &str) -> PathBuf {
+        self.log_dir.join(format!("{id}.pid"))
     }
 
     /// The pid of a server on this port that a tollgate run started and,
     /// killed, could not stop; `None` for anything else (and a stale file is
     /// removed).
-    fn orphan(&self, provider: &str, launch: &Launch) -> Option<u32> {
-        let path = self.pid_file(provider);
+    fn orphan(&self, launch: &Launch) -> Option<u32> {
+        let path = self.pid_file(&launch.id);
         let text = std::fs::read_to_string(&path).ok()?;
         let fields: Vec<i64> = text
             .split_whitespace()
@@ -227,10 +256,10 @@ impl Servers {
 
     async fn start(&self, provider: &str, launch: &Launch) -> Result<Started, ServerError> {
         if self.healthy(launch).await {
-            if let Some(pid) = self.orphan(provider, launch) {
+            if let Some(pid) = self.orphan(launch) {
                 // Ours now: the file names this process as its owner.
-                let _ = std::fs::write(self.pid_file(provider), pid_line(pid, launch.port));
-                self.adopted.lock().await.push((provider.to_owned(), pid));
+                let _ = std::fs::write(self.pid_file(&launch.id), pid_line(pid, launch.port));
+                self.adopted.lock().await.push((launch.id.clone(), pid));
                 return Ok(Started::Adopted { pid });
             }
             return Ok(Started::AlreadyRunning);
@@ -276,7 +305,7 @@ impl Servers {
             path: self.log_dir.clone(),
             source,
         })?;
-        let log_path = self.log_dir.join(format!("{provider}.log"));
+        let log_path = self.log_dir.join(format!("{}.log", launch.id));
         let log = std::fs::File::create(&log_path).map_err(|source| ServerError::Log {
             path: log_path.clone(),
             source,
@@ -318,12 +347,9 @@ impl Servers {
                 if let Some(pid) = child.id() {
                     // Best effort: without it a killed run's server is
                     // merely left running, as before.
-                    let _ = std::fs::write(self.pid_file(provider), pid_line(pid, launch.port));
+                    let _ = std::fs::write(self.pid_file(&launch.id), pid_line(pid, launch.port));
                 }
-                self.children
-                    .lock()
-                    .await
-                    .push((provider.to_owned(), child));
+                self.children.lock().await.push((launch.id.clone(), child));
                 return Ok(Started::Launched {
                     command,
                     ready_after: started.elapsed(),
@@ -346,15 +372,15 @@ impl Servers {
     /// Stops every server this run started or adopted.
     pub async fn shutdown(&self) {
         let mut children = self.children.lock().await;
-        for (provider, child) in children.iter_mut() {
+        for (id, child) in children.iter_mut() {
             let _ = child.kill().await;
-            let _ = std::fs::remove_file(self.pid_file(provider));
+            let _ = std::fs::remove_file(self.pid_file(id));
         }
         children.clear();
         let mut adopted = self.adopted.lock().await;
-        for (provider, pid) in adopted.drain(..) {
+        for (id, pid) in adopted.drain(..) {
             stop_process(pid).await;
-            let _ = std::fs::remove_file(self.pid_file(&provider));
+            let _ = std::fs::remove_file(self.pid_file(&id));
         }
     }
 }
@@ -555,7 +581,7 @@ rules:
   - { name: all, use: a }
 "#;
         let (_, policy) = crate::policy::load_text("p.yaml", text).expect("the policy compiles");
-        policy.providers[provider].launch.clone().expect("launch")
+        policy.providers[provider].launch[0].clone()
     }
 
     #[test]
@@ -635,7 +661,7 @@ rules:
         let (policy, diags) =
             crate::policy::compile(&file.value, &file.doc, crate::catalog::Catalog::builtin());
         assert!(!diags.iter().any(|d| d.is_error()), "{diags:?}");
-        let launch = policy.providers["local"].launch.clone().unwrap();
+        let launch = policy.providers["local"].launch[0].clone();
         let log_dir = std::env::temp_dir();
         let servers = Servers::new(&policy, log_dir);
         // Not healthy (a redirect is no answer), and the server was asked,

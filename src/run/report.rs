@@ -63,11 +63,21 @@ pub enum Event {
     /// The journal could not be written: the run goes on, but what this
     /// write held cannot be resumed or reported.
     JournalError { message: String },
-    /// A managed local server was started (or found running).
+    /// A managed local server was started (or found running); `provider`
+    /// is the server's [`crate::policy::Launch::id`] (a pool's names its
+    /// port).
     ServerReady {
         provider: String,
         command: Option<String>,
         ready_after: Duration,
+    },
+    /// One of a pool's launched servers would not start: the pool goes on
+    /// with the `up` of its `of` servers that did.
+    ServerFailed {
+        server: String,
+        error: String,
+        up: usize,
+        of: usize,
     },
 }
 

@@ -132,3 +132,100 @@ fn a_remote_ledger_reached_unverified_is_warned_about_once() {
         assert!(!text.contains("TOLLGATE_STATE_URL"), "{text}");
     }
 }
+
+/// The client certificates `scripts/setup-postgres.sh` leaves for the role
+/// `tollgate_cert` (certificate login only); `None`, said, without them —
+/// a failure under CI, which runs the script.
+fn client_certs() -> Option<std::path::PathBuf> {
+    let dir = std::env::var_os("TOLLGATE_TEST_PG_CLIENT_DIR")
+        .filter(|d| !d.is_empty())
+        .map_or_else(
+            || std::path::PathBuf::from("/var/lib/tollgate-test/pg-client"),
+            std::path::PathBuf::from,
+        );
+    if dir.join("client.crt").is_file() && dir.join("client.key").is_file() {
+        return Some(dir);
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "CI must run scripts/setup-postgres.sh (client certificates in {})",
+        dir.display()
+    );
+    eprintln!(
+        "skipped the client certificate checks: none in {}",
+        dir.display()
+    );
+    None
+}
+
+/// A ledger reached with a client certificate through the CLI: from the
+/// URL or from `PGSSLCERT` / `PGSSLKEY`, no password anywhere. A copy of
+/// the key that others may read is refused before any connection, with
+/// the fix and never the key; no certificate at all is refused by the
+/// server, and the message says what to give.
+#[test]
+fn a_client_certificate_opens_the_ledger_and_a_readable_key_is_refused() {
+    let Some(db) = TestDb::create() else {
+        return;
+    };
+    let Some(cert) = db.server_cert() else {
+        return;
+    };
+    let Some(dir) = client_certs() else {
+        return;
+    };
+    db.exec("GRANT CREATE, USAGE ON SCHEMA public TO tollgate_cert");
+    let p = Project::empty();
+    let runs = |query: &str, env: &[(&str, &str)]| {
+        let mut url = url::Url::parse(&db.url_with(
+            "localhost",
+            &format!("sslmode=verify-full&sslrootcert={}{query}", cert.display()),
+        ))
+        .unwrap();
+        url.set_username("tollgate_cert").unwrap();
+        url.set_password(None).unwrap();
+        p.tollgate(&["runs"])
+            .env("TOLLGATE_STATE_URL", url.as_str())
+            .envs(env)
+            .output()
+    };
+    let (crt, key) = (dir.join("client.crt"), dir.join("client.key"));
+    let out = runs(
+        &format!("&sslcert={}&sslkey={}", crt.display(), key.display()),
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", transcript(&out));
+    let (crt_s, key_s) = (crt.display().to_string(), key.display().to_string());
+    let out = runs("", &[("PGSSLCERT", &crt_s), ("PGSSLKEY", &key_s)]);
+    assert_eq!(out.status.code(), Some(0), "{}", transcript(&out));
+
+    let key_text = std::fs::read_to_string(&key).unwrap();
+    let open_key = p.path().join("open.key");
+    std::fs::write(&open_key, &key_text).unwrap();
+    std::fs::set_permissions(
+        &open_key,
+        std::os::unix::fs::PermissionsExt::from_mode(0o644),
+    )
+    .unwrap();
+    let out = runs(
+        &format!("&sslcert={}&sslkey={}", crt.display(), open_key.display()),
+        &[],
+    );
+    let text = flat(&out);
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(
+        text.contains(&format!("chmod 600 {}", open_key.display())),
+        "{text}"
+    );
+    let out = runs("", &[]);
+    let text = flat(&out);
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(
+        text.contains("requires a valid client certificate")
+            && text.contains("give sslcert=PATH and sslkey=PATH (or PGSSLCERT and PGSSLKEY)"),
+        "{text}"
+    );
+    for line in key_text.lines().filter(|l| !l.starts_with("-----")) {
+        assert!(!text.contains(line), "a line of the key was shown: {text}");
+    }
+}

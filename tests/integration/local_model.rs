@@ -511,3 +511,108 @@ steps:
         ITEMS - served_by_b
     );
 }
+
+/// `launch` on a pool: tollgate starts two llama-servers of the model (one
+/// per endpoint), spreads a 20-item `for_each` over both, and stops both.
+#[test]
+fn a_launched_pool_of_two_real_servers_shares_the_items_and_is_stopped() {
+    let Some((server, model)) = installed() else {
+        return;
+    };
+    let dir = Project::empty();
+    let (a, b) = (free_port(), free_port());
+    assert_ne!(a, b);
+    const ITEMS: usize = 20;
+    let items: Vec<String> = (1..=ITEMS).map(|i| format!("\"ticket {i}\"")).collect();
+    dir.write(
+        "policy.yaml",
+        &format!(
+            r#"version: 1
+providers:
+  llamacpp:
+    kind: openai-compatible
+    endpoints: [{{ url: "http://127.0.0.1:{a}/v1", slots: 2 }}, {{ url: "http://127.0.0.1:{b}/v1", slots: 2 }}]
+    launch:
+      binary: "{}"
+      model: "{}"
+      context: 2048
+      threads: 1
+      ready_timeout: 120s
+      args: ["--alias", "gemma-3-270m"]
+models:
+  local: {{ provider: llamacpp, model: gemma-3-270m, tier: local, context_window: 2048 }}
+rules:
+  - {{ name: all, use: local }}
+"#,
+            server.display(),
+            model.display()
+        ),
+    );
+    dir.write(
+        "wf.yaml",
+        &format!(
+            r#"version: 1
+name: pooled
+inputs:
+  items: {{ type: array, default: [{}] }}
+steps:
+  each:
+    task: classify
+    for_each: inputs.items
+    prompt: "Is this a bug or a feature? {{{{ item }}}}"
+    max_output_tokens: 8
+    temperature: 0
+"#,
+            items.join(", ")
+        ),
+    );
+    let out = Cmd::new(
+        dir.path(),
+        &[
+            "run",
+            "wf.yaml",
+            "--policy",
+            "policy.yaml",
+            "--concurrency",
+            "4",
+            "--format",
+            "json",
+        ],
+    )
+    .output();
+    assert_eq!(out.status.code(), Some(0), "{}", transcript(&out));
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let each = step(&r, "each");
+    assert_eq!(each["status"], "succeeded", "{each}");
+    let outputs = each["output"].as_array().unwrap();
+    assert_eq!(outputs.len(), ITEMS, "{each}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for port in [a, b] {
+        assert!(
+            stderr.contains(&format!("server llamacpp-{port} started in")),
+            "{stderr}"
+        );
+    }
+    // Each server's own log (llama-server logs a slot's release per request).
+    let served = |port: u16| {
+        std::fs::read_to_string(
+            dir.path()
+                .join(format!(".tollgate/logs/llamacpp-{port}.log")),
+        )
+        .unwrap_or_default()
+        .matches("stop processing")
+        .count()
+    };
+    let (by_a, by_b) = (served(a), served(b));
+    eprintln!("a served {by_a}, b {by_b}");
+    assert!(by_a >= 1 && by_b >= 1, "a {by_a}, b {by_b}: {stderr}");
+    assert_eq!(by_a + by_b, ITEMS, "{stderr}");
+    for port in [a, b] {
+        assert!(!answers(port), "the server on {port} is still running");
+        assert!(
+            !dir.path()
+                .join(format!(".tollgate/logs/llamacpp-{port}.pid"))
+                .exists()
+        );
+    }
+}

@@ -253,8 +253,9 @@ providers:
       - { url: "http://127.0.0.1:8081/v1/", slots: 2 }
   launched:
     kind: openai-compatible
-    endpoints: ["http://127.0.0.1:8083/v1"]
-    launch: { model: /models/m.gguf }
+    locality: local
+    endpoints: ["http://127.0.0.1:8083/v1", "http://10.0.0.7:8083/v1"]
+    launch: { model: /models/m.gguf, slots: 2 }
   lonely: { kind: openai-compatible, base_url: "http://127.0.0.1:8084/v1", sticky: prefix }
 models:
   m: { provider: twice, model: local-llm, tier: local, context_window: 8192 }
@@ -568,4 +569,265 @@ async fn sticky_calls_with_one_prefix_stay_on_one_endpoint() {
     }
     let counts: Vec<usize> = fakes.iter().map(FakeServer::request_count).collect();
     assert_eq!(counts.iter().filter(|&&c| c == 6).count(), 1, "{counts:?}");
+}
+
+// ---------------------------------------------------------------------------
+// `launch` on a pool: one server per endpoint, with a stand-in llama-server.
+
+/// A stand-in for llama-server: on a port in `fail` it complains and exits
+/// (as llama-server does on a bad model); elsewhere it writes its pid to
+/// `started-PORT` in `dir` and waits to be stopped, under the binary's
+/// name (`exec -a`, as the real server's command line would read). The
+/// fake serving that port answers `/health` once the file exists (see
+/// [`serve_when_started`]).
+fn fake_llama_server(dir: &std::path::Path, fail: &[u16]) -> std::path::PathBuf {
+    let bin = dir.join("llama-server");
+    let fail: Vec<String> = fail.iter().map(u16::to_string).collect();
+    let fail = if fail.is_empty() {
+        "none".to_owned()
+    } else {
+        fail.join("|")
+    };
+    std::fs::write(
+        &bin,
+        format!(
+            r#"#!/bin/bash
+while [ $# -gt 0 ]; do
+  if [ "$1" = --port ]; then port=$2; fi
+  shift
+done
+case "$port" in
+  {fail}) echo "llama_model_load: error loading model on $port" >&2; exit 1 ;;
+esac
+echo $$ > "{dir}/started-$port"
+exec -a "$0" sleep 600
+"#,
+            dir = dir.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&bin, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    bin
+}
+
+fn port_of(fake: &FakeServer) -> u16 {
+    fake.base_url().rsplit(':').next().unwrap().parse().unwrap()
+}
+
+/// Keeps each fake "loading" (503 on `/health`, as a server loading its
+/// model) until the stand-in server for its port has started.
+fn serve_when_started(
+    dir: &std::path::Path,
+    fakes: &[Arc<FakeServer>],
+) -> tokio::task::JoinHandle<()> {
+    let mut pending: Vec<Arc<FakeServer>> = fakes.to_vec();
+    for f in &pending {
+        f.set_health(Health::Loading);
+    }
+    let dir = dir.to_owned();
+    tokio::spawn(async move {
+        while !pending.is_empty() {
+            pending.retain(|f| {
+                let started = dir.join(format!("started-{}", port_of(f))).is_file();
+                if started {
+                    f.set_health(Health::Ok);
+                }
+                !started
+            });
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+}
+
+/// The pid a stand-in server wrote when it started on `port`.
+fn started_pid(dir: &std::path::Path, port: u16) -> Option<u32> {
+    std::fs::read_to_string(dir.join(format!("started-{port}")))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+fn launched_pool_policy(bin: &std::path::Path, endpoints: &[u16]) -> String {
+    let endpoints: Vec<String> = endpoints
+        .iter()
+        .map(|p| format!(r#"{{ url: "http://127.0.0.1:{p}/v1", slots: 2 }}"#))
+        .collect();
+    format!(
+        r#"version: 1
+providers:
+  pool:
+    kind: openai-compatible
+    endpoints: [{}]
+    launch: {{ binary: "{}", model: "{}", ready_timeout: 30s }}
+models:
+  m: {{ provider: pool, model: local-llm, tier: local, context_window: 8192 }}
+rules:
+  - {{ name: all, use: m }}
+"#,
+        endpoints.join(", "),
+        bin.display(),
+        // Any file: the stand-in does not read it.
+        bin.display()
+    )
+}
+
+/// A launched pool of three: one server started by tollgate, one already
+/// running (used, never touched), one that fails to start (the pool goes
+/// on with two, and says so). Every item is answered; the started server
+/// is stopped and its pid file removed; the running one still answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_launched_pool_starts_its_servers_goes_on_without_a_failed_one_and_stops_them() {
+    let launched = Arc::new(FakeServer::start().await);
+    let running = FakeServer::start().await;
+    for f in [&*launched, &running] {
+        f.set_default(
+            Reply::text("ok")
+                .usage(3, 1)
+                .delay(Duration::from_millis(20)),
+        );
+    }
+    let broken = closed_port();
+    let p = Project::new("", &items_workflow(8));
+    let bin = fake_llama_server(p.path(), &[broken]);
+    let (lp, rp) = (port_of(&launched), port_of(&running));
+    p.write(
+        "policy.yaml",
+        &launched_pool_policy(&bin, &[lp, rp, broken]),
+    );
+    let watcher = serve_when_started(p.path(), std::slice::from_ref(&launched));
+
+    let out = p.run(&["--format", "json", "--concurrency", "4"]).await;
+    watcher.abort();
+    assert_all_answered(&out, 8);
+    assert_each_item_once(&[&launched, &running], 8);
+    assert!(launched.request_count() > 0 && running.request_count() > 0);
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!(
+            "server pool-{broken} failed to start; the pool goes on with 2 of 3 servers"
+        )),
+        "{err}"
+    );
+    assert!(err.contains("error loading model"), "{err}");
+    // Only the server it started is stopped.
+    let pid = started_pid(p.path(), lp).expect("the launched server started");
+    assert!(
+        !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+        "the launched server {pid} is still running"
+    );
+    assert!(
+        started_pid(p.path(), rp).is_none(),
+        "the running server was started again"
+    );
+    assert!(p.exists(&format!(".tollgate/logs/pool-{lp}.log")));
+    assert!(!p.exists(&format!(".tollgate/logs/pool-{lp}.pid")));
+    let health = reqwest::get(format!("{}/health", running.base_url()))
+        .await
+        .unwrap();
+    assert!(health.status().is_success());
+}
+
+/// No server of the pool starts: the step fails with the first server's
+/// error, as a single launched server's would.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_launched_pool_with_no_server_up_fails_with_the_servers_error() {
+    let (a, b) = (closed_port(), closed_port());
+    let p = Project::new("", &items_workflow(2));
+    let bin = fake_llama_server(p.path(), &[a, b]);
+    p.write("policy.yaml", &launched_pool_policy(&bin, &[a, b]));
+    let out = p.run(&["--format", "json"]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", transcript(&out));
+    let r = report(&out);
+    let detail = step(&r, "each")["detail"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(detail.contains("exited"), "{detail}");
+    assert!(
+        detail.contains(&format!("error loading model on {a}")),
+        "{detail}"
+    );
+}
+
+/// A killed run's pool servers are adopted by the next run (each by its
+/// own pid file) and stopped at its end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_runs_pool_servers_are_adopted_and_stopped() {
+    let a = FakeServer::start().await;
+    let b = FakeServer::start().await;
+    let p = Project::new("", &items_workflow(4));
+    let bin = fake_llama_server(p.path(), &[]);
+    let ports = [port_of(&a), port_of(&b)];
+    p.write("policy.yaml", &launched_pool_policy(&bin, &ports));
+    // What a killed run leaves: its servers running, their pid files
+    // naming an owner that is gone.
+    let mut gone = std::process::Command::new("true").spawn().unwrap();
+    let owner = gone.id();
+    gone.wait().unwrap();
+    let mut left = Vec::new();
+    for port in ports {
+        let child = std::process::Command::new(&bin)
+            .args(["-m", "x", "--port", &port.to_string()])
+            .spawn()
+            .unwrap();
+        while started_pid(p.path(), port).is_none() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        p.write(
+            &format!(".tollgate/logs/pool-{port}.pid"),
+            &format!("{} {port} {owner}\n", child.id()),
+        );
+        left.push(child);
+    }
+    let out = p.run(&["--format", "json"]).await;
+    assert_all_answered(&out, 4);
+    assert_eq!(
+        stderr(&out)
+            .matches("adopted, it stops with this run")
+            .count(),
+        2,
+        "{}",
+        transcript(&out)
+    );
+    for (mut child, port) in left.into_iter().zip(ports) {
+        // Stopped by the run (SIGTERM): reaped here, its file gone.
+        let status = child.wait().unwrap();
+        assert!(!status.success(), "{status:?}");
+        assert!(!p.exists(&format!(".tollgate/logs/pool-{port}.pid")));
+    }
+}
+
+/// `plan` says which servers a run will start.
+#[test]
+fn plan_shows_the_servers_a_pool_launches() {
+    let p = Project::new("", &items_workflow(2));
+    p.write(
+        "policy.yaml",
+        &launched_pool_policy(std::path::Path::new("/opt/llama-server"), &[8081, 8082]),
+    );
+    let out = p
+        .tollgate(&["plan", "wf.yaml", "--policy", "policy.yaml"])
+        .output();
+    assert_eq!(out.status.code(), Some(0), "{}", transcript(&out));
+    assert!(
+        stdout(&out).contains("  launches     pool: llama-server on 127.0.0.1:8081 (2 slots), 127.0.0.1:8082 (2 slots), unless already running; stopped when the run ends"),
+        "{}",
+        transcript(&out)
+    );
+    let out = p
+        .tollgate(&[
+            "plan",
+            "wf.yaml",
+            "--policy",
+            "policy.yaml",
+            "--format",
+            "json",
+        ])
+        .output();
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        plan["servers"][0]["addresses"][1]["address"],
+        "127.0.0.1:8082"
+    );
 }
