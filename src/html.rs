@@ -558,6 +558,7 @@ mod tests {
             by_machine: None,
             by_ci: None,
             cascades: vec![],
+            by_endpoint: vec![],
         };
         r.by_step.push(Line {
             key: "<script>alert(1)</script>".to_owned(),

@@ -344,6 +344,11 @@ mod proxy {
             }
         }
 
+        /// Takes new connections again (after [`Proxy::cut`]).
+        pub fn restore(&self) {
+            self.refuse.store(0, Ordering::SeqCst);
+        }
+
         /// Cuts every connection and refuses the next `refuse` ones: the
         /// database is gone for a while, then back.
         pub fn cut(&self, refuse: usize) {
@@ -670,5 +675,166 @@ async fn a_run_killed_on_one_machine_is_resumed_on_another() {
     assert_eq!(
         (run.status.as_str(), run.machine.as_str(), run.sessions),
         ("succeeded", "m2", 2)
+    );
+}
+
+/// The team database goes away while a paid call is out and stays away
+/// until the run exits: the paid answer is kept in the state folder's spill
+/// file (said once, with where and how to send it), the run fails only the
+/// calls it could not check; `report` while the database is away says
+/// what is kept. Once it is back, the next command that opens the ledger
+/// (`runs`) sends the record — once: `report` counts its spend exactly
+/// once, `ledger sync` finds nothing more — and a resume answers the call
+/// from the ledger instead of paying for it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paid_answer_outlives_an_outage_until_exit_in_the_spill() {
+    let Some(Ledger::Postgres(db)) = Ledger::postgres() else {
+        return;
+    };
+    let upstream = url::Url::parse(&db.url).unwrap();
+    let proxy = std::sync::Arc::new(proxy::Proxy::start(format!(
+        "{}:{}",
+        upstream.host_str().unwrap(),
+        upstream.port().unwrap_or(5432)
+    )));
+    let fake = FakeServer::start().await;
+    let cut = std::sync::Arc::clone(&proxy);
+    let first = std::sync::atomic::AtomicBool::new(true);
+    fake.set_handler(move |_| {
+        if first.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            // Gone until the test says otherwise.
+            cut.cut(usize::MAX);
+        }
+        Reply::text("summary").usage(100, 10)
+    });
+    let wf = r#"version: 1
+name: outage
+inputs:
+  items: { type: array }
+steps:
+  paid:
+    task: summarize
+    for_each: inputs.items
+    prompt: "Summarize: {{ item }}"
+    max_output_tokens: 50
+"#;
+    let p = Project::new(&policy(&fake, "budgets:\n  daily_usd: 1\n"), wf);
+    let ledger = [("TOLLGATE_STATE_URL", through(&db.url, proxy.port))];
+    let ledger: Vec<(&str, &str)> = ledger.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let out = p
+        .run_env(
+            &[
+                "--format",
+                "json",
+                "--quiet",
+                "--concurrency",
+                "1",
+                "-i",
+                r#"items=["a","b","c"]"#,
+            ],
+            &ledger,
+        )
+        .keys()
+        .await;
+    let text = transcript(&out);
+    // The other items were refused (their budget could not be checked).
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert_eq!(fake.request_count(), 1, "{text}");
+    let run_id = report(&out)["run_id"].as_str().unwrap().to_owned();
+    // As words: the diagnostic wraps its lines.
+    let err = crate::support::stderr(&out)
+        .split_whitespace()
+        .filter(|w| *w != "│")
+        .collect::<Vec<_>>()
+        .join(" ");
+    assert_eq!(
+        err.matches("could not be written to the team ledger")
+            .count(),
+        1,
+        "said once: {text}"
+    );
+    assert!(
+        // The paid answer, and the two refusals (call records too).
+        err.contains("3 call records ($0.000014 spent)")
+            && err.contains("kept in ")
+            && err.contains("spill-"),
+        "{text}"
+    );
+    assert!(err.contains("tollgate ledger sync"), "{text}");
+    assert!(!text.contains("tollgate-test"), "no password shown: {text}");
+    let spill = std::fs::read_dir(p.path().join(".tollgate"))
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+        .find(|n| n.starts_with("spill-") && n.ends_with(".sqlite"))
+        .expect("a spill file in the state folder");
+    let direct = tollgate::journal::Journal::open_postgres(
+        &db.state_url(),
+        tollgate::journal::Clock::System,
+    )
+    .unwrap();
+    assert!(
+        direct.finished_calls(&run_id).unwrap().is_empty(),
+        "not in the ledger yet"
+    );
+
+    // Still away: `report` cannot read the ledger, and says what is kept.
+    let out = p.tollgate_env(&["report"], &ledger).await;
+    let text = transcript(&out);
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(text.contains("3 call records ($0.000014 spent)"), "{text}");
+
+    // Back: `runs` sends it.
+    proxy.restore();
+    let out = p.tollgate_env(&["runs"], &ledger).await;
+    let text = transcript(&out);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(
+        text.contains("sent 3 call records kept in ")
+            && text.contains(&spill)
+            && text.contains("(0 already there)"),
+        "{text}"
+    );
+    assert!(!text.contains("could not be written"), "{text}");
+    let cost = 100.0 * INPUT_PRICE + 10.0 * OUTPUT_PRICE;
+    let answered = direct.finished_calls(&run_id).unwrap();
+    assert_eq!(answered.len(), 1, "{text}");
+    assert!((direct.spent_since(0).unwrap() - cost).abs() < 1e-12);
+
+    // Sending again writes nothing.
+    let out = p
+        .tollgate_env(&["ledger", "sync", "--format", "json"], &ledger)
+        .await;
+    let text = transcript(&out);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    let synced = report(&out);
+    assert_eq!(
+        (synced["sent"].as_u64(), synced["left"].as_u64()),
+        (Some(0), Some(0)),
+        "{text}"
+    );
+
+    // The resume pays only for the two calls never made.
+    let out = p
+        .run_env(
+            &["--format", "json", "--quiet", "--resume", &run_id],
+            &ledger,
+        )
+        .keys()
+        .await;
+    let text = transcript(&out);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert_eq!(
+        fake.request_count(),
+        3,
+        "the first answer is not bought again: {text}"
+    );
+    let r = report(
+        &p.tollgate_env(&["report", "--format", "json"], &ledger)
+            .await,
+    );
+    assert_eq!(r["totals"]["calls"], 3, "{r}");
+    assert!(
+        (r["totals"]["cost_usd"].as_f64().unwrap() - 3.0 * cost).abs() < 1e-9,
+        "each answer counted once: {r}"
     );
 }
