@@ -838,3 +838,59 @@ steps:
         "each answer counted once: {r}"
     );
 }
+
+/// A spill file that is not one (garbage where the records should be):
+/// `ledger sync` says which file and why (exit 2); `report` still reports,
+/// warning about it; `run` refuses to start (a resume must not miss
+/// spilled answers) — never a panic. Without a team ledger, `ledger sync`
+/// says what it needs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_spill_file_is_a_clear_error() {
+    let out = Project::empty().tollgate(&["ledger", "sync"]).await;
+    let text = transcript(&out);
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(text.contains("no team ledger is set"), "{text}");
+
+    let Some(ledger) = Ledger::postgres() else {
+        return;
+    };
+    let fake = FakeServer::start().await;
+    fake.set_default(Reply::text("summary").usage(100, 10));
+    let p = Project::new(&policy(&fake, ""), ONE_CALL).on(&ledger);
+    let out = p.tollgate(&["ledger", "sync", "--format", "json"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", transcript(&out));
+    let synced = report(&out);
+    assert_eq!(
+        (synced["sent"].as_u64(), synced["left"].as_u64()),
+        (Some(0), Some(0))
+    );
+    let spill = synced["spill"].as_str().unwrap().to_owned();
+    assert!(
+        !std::path::Path::new(&spill).exists(),
+        "nothing spilled, no file"
+    );
+    std::fs::create_dir_all(std::path::Path::new(&spill).parent().unwrap()).unwrap();
+    std::fs::write(&spill, b"\x00garbage, not SQLite\n".repeat(500)).unwrap();
+
+    let out = p.tollgate(&["ledger", "sync"]).await;
+    let text = transcript(&out);
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    let flat = text
+        .split_whitespace()
+        .filter(|w| *w != "│")
+        .collect::<Vec<_>>()
+        .join(" ");
+    assert!(
+        flat.contains(&format!("the spill file {spill}")) && flat.contains("not a database"),
+        "{text}"
+    );
+    let out = p.tollgate(&["report"]).await;
+    let text = transcript(&out);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains("not a database"), "{text}");
+    let out = p.run(&["-i", "ticket=x"]).await;
+    let text = transcript(&out);
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(text.contains("not a database"), "{text}");
+    assert_eq!(fake.request_count(), 0, "{text}");
+}
