@@ -414,6 +414,18 @@ impl Spill {
     /// Writes the group's call records to the file, in order, in one
     /// transaction (on disk when it returns).
     fn write(&mut self, group: &mut [Op]) -> Result<(), JournalError> {
+        let records = group.iter().any(|op| {
+            matches!(
+                op,
+                Op::Write {
+                    write: Body::Again(_),
+                    ..
+                }
+            )
+        });
+        if !records {
+            return Ok(());
+        }
         let Some(path) = &self.path else {
             return Err(JournalError::Pg(
                 "the connection to the team ledger was lost".into(),
