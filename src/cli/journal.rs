@@ -21,7 +21,9 @@ pub struct StateArg {
     /// The state folder holding the run journal (state.db) [default:
     /// $TOLLGATE_STATE, else .tollgate/ in the project]. A team's shared
     /// ledger is a PostgreSQL database instead: TOLLGATE_STATE_URL=postgres://…
-    /// (the password from the URL or PGPASSWORD; never shown).
+    /// (the password from the URL or PGPASSWORD; never shown); this folder
+    /// then keeps the call records the ledger could not take during an
+    /// outage (spill-*.sqlite) until they are sent.
     #[arg(long, value_name = "DIR", env = "TOLLGATE_STATE")]
     pub state: Option<PathBuf>,
 }

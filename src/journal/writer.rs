@@ -19,6 +19,12 @@
 //! a writer that falls behind slows its senders instead of queueing without
 //! limit. Nothing panics and nothing hangs when the thread is gone: senders
 //! get [`JournalError::WriterStopped`].
+//!
+//! On PostgreSQL, a group lost with the connection has its call records
+//! written to the ledger's spill file (`journal::spill`) and acknowledged
+//! from there: an outage — even one that lasts until the process exits, or
+//! a kill during it — loses no paid answer. The thread sends the spill as
+//! soon as the connection is back, before any newer write.
 
 use std::sync::mpsc::{SyncSender, sync_channel};
 use std::sync::{Arc, Mutex};
