@@ -894,3 +894,88 @@ async fn a_hostile_spill_file_is_a_clear_error() {
     assert!(text.contains("not a database"), "{text}");
     assert_eq!(fake.request_count(), 0, "{text}");
 }
+
+/// Killed during the outage (SIGKILL, nothing runs at exit): the paid
+/// answer was acknowledged from the spill file, so it survives the kill
+/// and the next command sends it once the database is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paid_answer_spilled_survives_a_kill() {
+    let Some(Ledger::Postgres(db)) = Ledger::postgres() else {
+        return;
+    };
+    let upstream = url::Url::parse(&db.url).unwrap();
+    let proxy = std::sync::Arc::new(proxy::Proxy::start(format!(
+        "{}:{}",
+        upstream.host_str().unwrap(),
+        upstream.port().unwrap_or(5432)
+    )));
+    let fake = FakeServer::start().await;
+    let cut = std::sync::Arc::clone(&proxy);
+    fake.set_handler(move |r| {
+        if r.model() == "gpt-4.1-nano" {
+            cut.cut(usize::MAX);
+            Reply::text("summary").usage(100, 10)
+        } else {
+            // The free step after it hangs until the kill.
+            Reply::text("note").delay(Duration::from_secs(300))
+        }
+    });
+    let wf = r#"version: 1
+name: killed
+inputs:
+  ticket: { type: string }
+steps:
+  paid: { task: summarize, prompt: "Summarize: {{ inputs.ticket }}", max_output_tokens: 50 }
+  free: { task: write, model: local, prompt: "Note: {{ steps.paid.output }}", max_output_tokens: 50 }
+"#;
+    let p = Project::new(&policy(&fake, "budgets:\n  daily_usd: 1\n"), wf);
+    let url = through(&db.url, proxy.port);
+    let ledger = [("TOLLGATE_STATE_URL", url.as_str())];
+    let mut child = p
+        .run_env(&["--quiet", "-i", "ticket=x"], &ledger)
+        .keys()
+        .into_tokio()
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let state = p.path().join(".tollgate");
+    tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            let free_sent = fake.requests().iter().any(|r| r.model() == "local-llm");
+            let spilled = std::fs::read_dir(&state)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .any(|e| {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    name.starts_with("spill-")
+                        && name.ends_with(".sqlite")
+                        && tollgate::journal::spill::unsent(&e.path()).is_ok_and(|u| u.records == 1)
+                });
+            if free_sent && spilled {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the paid answer is spilled and the free call is out");
+    child.start_kill().unwrap(); // SIGKILL
+    child.wait().await.unwrap();
+
+    proxy.restore();
+    let out = p
+        .tollgate_env(&["report", "--format", "json"], &ledger)
+        .await;
+    let text = transcript(&out);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains("sent 1 call record kept in "), "{text}");
+    let r = report(&out);
+    let cost = 100.0 * INPUT_PRICE + 10.0 * OUTPUT_PRICE;
+    assert_eq!(r["totals"]["calls"], 1, "{r}");
+    assert!(
+        (r["totals"]["cost_usd"].as_f64().unwrap() - cost).abs() < 1e-12,
+        "{r}"
+    );
+}
