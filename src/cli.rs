@@ -181,6 +181,9 @@ enum Command {
         #[command(flatten)]
         state: StateArg,
     },
+    /// The team ledger (TOLLGATE_STATE_URL): send the call records this machine kept during an outage.
+    #[command(subcommand)]
+    Ledger(LedgerCommand),
     /// Start a project: a workflow, a policy, a suite with one case, the JSON
     /// Schemas, and `.tollgate/` in .gitignore. Never overwrites a file.
     Init {
@@ -210,6 +213,17 @@ enum Command {
         regenerate: Option<PathBuf>,
         #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
         format: OutputFormat,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum LedgerCommand {
+    /// Send the call records spilled in the state folder while the team ledger was unreachable (each once: records already there are not written again), then remove them from the spill file.
+    Sync {
+        #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+        format: OutputFormat,
+        #[command(flatten)]
+        state: StateArg,
     },
 }
 
@@ -253,6 +267,7 @@ pub fn main() -> ExitCode {
             | Command::Compare(_)
             | Command::Runs { .. }
             | Command::Report { .. }
+            | Command::Ledger(_)
     ) {
         journal::warn_state_url(options);
     }
@@ -277,12 +292,33 @@ pub fn main() -> ExitCode {
         Command::Merge(args) => suites::cmd_merge(args, options),
         Command::Compare(args) => compare::cmd_compare(args, options),
         Command::Router(cmd) => router::cmd_router(cmd, options),
+        Command::Ledger(LedgerCommand::Sync { format, state }) => {
+            match journal::ledger_sync(&state) {
+                Ok(v) => {
+                    match format {
+                        OutputFormat::Json => {
+                            print_out(&serde_json::to_string_pretty(&v).unwrap_or_default())
+                        }
+                        OutputFormat::Text => print_out(&format!(
+                            "sent {} call records to the team ledger {} ({} already there); {} left in {}",
+                            v["sent"],
+                            v["ledger"].as_str().unwrap_or_default(),
+                            v["already_there"],
+                            v["left"],
+                            v["spill"].as_str().unwrap_or("-")
+                        )),
+                    }
+                    exit::OK
+                }
+                Err(d) => report(vec![d], format, options),
+            }
+        }
         Command::Runs {
             limit,
             by,
             format,
             state,
-        } => match journal::runs(&state, limit) {
+        } => match with_warnings(options, |w| journal::runs(&state, limit, w)) {
             Ok(runs) => {
                 let by = ByArg::all(&by);
                 match format {
@@ -314,7 +350,9 @@ pub fn main() -> ExitCode {
             format,
             html,
             state,
-        } => match journal::report(&state, since.as_deref(), &ByArg::all(&by)) {
+        } => match with_warnings(options, |w| {
+            journal::report(&state, since.as_deref(), &ByArg::all(&by), w)
+        }) {
             Ok(r) => match html.as_deref().map(|path| {
                 suites::write_file(path, |w| {
                     w.write_all(crate::html::report_page(&r).as_bytes())
@@ -367,6 +405,17 @@ fn print_out(text: &str) {
         let _ = out.write_all(b"\n");
     }
     let _ = out.flush();
+}
+
+/// Runs `f`, then draws the warnings it gathered (on stderr, whatever the
+/// format: JSON on stdout stays the command's own).
+fn with_warnings<T>(options: RenderOptions, f: impl FnOnce(&mut Vec<Diagnostic>) -> T) -> T {
+    let mut warnings = Vec::new();
+    let out = f(&mut warnings);
+    if !warnings.is_empty() {
+        warn(&warnings, options);
+    }
+    out
 }
 
 /// Diagnostics drawn in text output; the rest are counted.

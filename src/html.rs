@@ -53,6 +53,7 @@ pub fn report_page(r: &Report) -> String {
             by_user => r.by_user.iter().flatten().map(line).collect::<Vec<_>>(),
             by_machine => r.by_machine.iter().flatten().map(line).collect::<Vec<_>>(),
             by_ci => r.by_ci.iter().flatten().map(line).collect::<Vec<_>>(),
+            by_endpoint => r.by_endpoint.iter().map(line).collect::<Vec<_>>(),
             cascades => r.cascades.iter().map(|c| context! {
                 key => c.key,
                 first_answers => c.first_answers,
@@ -558,6 +559,11 @@ mod tests {
             by_machine: None,
             by_ci: None,
             cascades: vec![],
+            by_endpoint: vec![Line {
+                key: "gpus http://10.0.0.1/<i>v1</i>".to_owned(),
+                calls: 3,
+                ..Line::default()
+            }],
         };
         r.by_step.push(Line {
             key: "<script>alert(1)</script>".to_owned(),
@@ -572,6 +578,12 @@ mod tests {
         assert!(
             page.contains("&lt;script&gt;alert(1)&lt;&#x2f;script&gt;"),
             "shown as text"
+        );
+        // A pool's endpoints get their table, their URLs text.
+        assert!(page.contains("<h2>By endpoint</h2>"), "{page}");
+        assert!(
+            page.contains("&lt;i&gt;v1&lt;&#x2f;i&gt;"),
+            "an endpoint is text"
         );
     }
 }

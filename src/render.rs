@@ -960,6 +960,8 @@ pub fn report_text(r: &crate::journal::report::Report) -> String {
     section(&mut o, "By step", &r.by_step, true);
     section(&mut o, "By model", &r.by_model, false);
     section(&mut o, "By tier", &r.by_tier, false);
+    // Pools only: which of a pool's servers answered (`provider endpoint`).
+    section(&mut o, "By endpoint", &r.by_endpoint, false);
     for (title, lines) in [
         ("By user", &r.by_user),
         ("By machine", &r.by_machine),

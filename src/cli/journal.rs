@@ -21,7 +21,9 @@ pub struct StateArg {
     /// The state folder holding the run journal (state.db) [default:
     /// $TOLLGATE_STATE, else .tollgate/ in the project]. A team's shared
     /// ledger is a PostgreSQL database instead: TOLLGATE_STATE_URL=postgres://…
-    /// (the password from the URL or PGPASSWORD; never shown).
+    /// (the password from the URL or PGPASSWORD; never shown); this folder
+    /// then keeps the call records the ledger could not take during an
+    /// outage (spill-*.sqlite) until they are sent.
     #[arg(long, value_name = "DIR", env = "TOLLGATE_STATE")]
     pub state: Option<PathBuf>,
 }
@@ -61,8 +63,109 @@ fn clock() -> Result<Clock, Diagnostic> {
     Clock::from_env().map_err(|e| Diagnostic::error("clock", e))
 }
 
-/// Opens (creating) the journal `run` writes to.
+/// Opens (creating) the journal `run` writes to, having sent what an
+/// earlier process spilled (see [`send_spilled`]).
 pub fn open(state: &StateArg) -> Result<Arc<Journal>, Diagnostic> {
+    let journal = open_unsynced(state)?;
+    send_spilled(&journal)?;
+    Ok(journal)
+}
+
+/// Sends the call records an earlier process on this machine spilled for
+/// this ledger, before `run` reads it: a resume must find their answers
+/// (never paying for them twice) and budgets must count their spend — so a
+/// spill that cannot be sent stops the run, saying why.
+pub fn send_spilled(journal: &Journal) -> Result<(), Diagnostic> {
+    match journal.sync_spill() {
+        Ok(synced) => {
+            say_sent(journal, synced);
+            Ok(())
+        }
+        Err(e) => Err(Diagnostic::error("spill", e).with_help(SPILL_HELP)),
+    }
+}
+
+const SPILL_HELP: &str = "the spill file holds call records the team ledger could not take during an outage; `tollgate ledger sync` sends them once the ledger is reachable. A file that is not tollgate's (or is damaged) can be moved away: its records are then not counted";
+
+/// Says on stderr what was sent from the spill file (nothing when nothing
+/// was).
+fn say_sent(journal: &Journal, synced: journal::spill::Synced) {
+    if synced.is_empty() {
+        return;
+    }
+    let file = journal
+        .spill_path()
+        .map_or_else(String::new, |p| p.display().to_string());
+    eprintln!(
+        "tollgate: sent {} kept in {file} to the team ledger {} ({} already there)",
+        records(synced.sent),
+        journal.path().display(),
+        synced.present
+    );
+}
+
+fn records(n: u64) -> String {
+    if n == 1 {
+        "1 call record".to_owned()
+    } else {
+        format!("{n} call records")
+    }
+}
+
+/// The warning for records still in this ledger's spill file at `path`
+/// (`None` when there are none).
+pub fn unsent_warning(ledger: &str, path: &Path) -> Option<Diagnostic> {
+    let unsent = match journal::spill::unsent(path) {
+        Ok(u) if u.records == 0 => return None,
+        Ok(u) => u,
+        Err(e) => return Some(Diagnostic::warning("spill", e).with_help(SPILL_HELP)),
+    };
+    Some(
+        Diagnostic::warning(
+            "spill",
+            format!(
+                "{} ({} spent) could not be written to the team ledger {ledger} and {} kept in {}: the ledger's report and budgets do not count them yet",
+                records(unsent.records),
+                crate::render::usd(unsent.cost_usd),
+                if unsent.records == 1 { "is" } else { "are" },
+                path.display()
+            ),
+        )
+        .with_help(
+            "the next command that opens the ledger (run, report, runs) sends them, or `tollgate ledger sync` once it is reachable",
+        ),
+    )
+}
+
+/// `tollgate ledger sync`: sends this machine's spilled records; what it
+/// sent and what is left.
+pub fn ledger_sync(state: &StateArg) -> Result<Value, Diagnostic> {
+    let location = state.location()?;
+    let journal::Location::Postgres(url) = &location else {
+        return Err(Diagnostic::error(
+            "no-ledger",
+            "`ledger sync` sends spilled call records to the team ledger, and no team ledger is set",
+        )
+        .with_help("TOLLGATE_STATE_URL=postgres://USER@HOST:PORT/DATABASE (password in PGPASSWORD), with the --state folder the records were spilled in"));
+    };
+    let journal = open_unsynced(state)?;
+    let synced = journal
+        .sync_spill()
+        .map_err(|e| Diagnostic::error("spill", e).with_help(SPILL_HELP))?;
+    let left = journal
+        .unsent()
+        .map_err(|e| Diagnostic::error("spill", e).with_help(SPILL_HELP))?;
+    Ok(json!({
+        "ledger": url.display(),
+        "spill": url.spill_path().map(|p| p.display().to_string()),
+        "sent": synced.sent,
+        "already_there": synced.present,
+        "left": left.records,
+    }))
+}
+
+/// Opens (creating) the journal, sending nothing.
+fn open_unsynced(state: &StateArg) -> Result<Arc<Journal>, Diagnostic> {
     let location = state.location()?;
     Journal::open_at(&location, clock()?).map(Arc::new).map_err(|e| {
         let help = match location {
@@ -73,10 +176,37 @@ pub fn open(state: &StateArg) -> Result<Arc<Journal>, Diagnostic> {
     })
 }
 
-/// Opens the journal for reading, if there is one.
-fn open_existing(state: &StateArg) -> Result<Option<Journal>, Diagnostic> {
-    Journal::open_existing_at(&state.location()?, clock()?)
-        .map_err(|e| Diagnostic::error("journal", e))
+/// Opens the journal for reading, if there is one: a team ledger first
+/// gets what this machine spilled for it (a failure is a warning: the
+/// report is still worth reading), and the warnings say what is still not
+/// in it.
+fn open_existing(
+    state: &StateArg,
+    warnings: &mut Vec<Diagnostic>,
+) -> Result<Option<Journal>, Diagnostic> {
+    let location = state.location()?;
+    let journal = Journal::open_existing_at(&location, clock()?).map_err(|e| {
+        // The ledger is out of reach: what this machine holds for it is
+        // worth saying too.
+        if let journal::Location::Postgres(url) = &location {
+            if let Some(path) = url.spill_path() {
+                warnings.extend(unsent_warning(url.display(), path));
+            }
+        }
+        Diagnostic::error("journal", e)
+    })?;
+    if let (Some(j), journal::Location::Postgres(url)) = (&journal, &location) {
+        match j.sync_spill() {
+            Ok(synced) => say_sent(j, synced),
+            Err(e) => warnings.push(Diagnostic::warning("spill", e).with_help(SPILL_HELP)),
+        }
+        if let Some(path) = url.spill_path() {
+            if warnings.is_empty() {
+                warnings.extend(unsent_warning(url.display(), path));
+            }
+        }
+    }
+    Ok(journal)
 }
 
 /// The run `--resume ID` names, if it can be resumed.
@@ -157,26 +287,31 @@ pub fn begin(
         .map_err(|e| Diagnostic::error("journal", e))
 }
 
-/// `tollgate runs`.
-pub fn runs(state: &StateArg, limit: usize) -> Result<Vec<RunRow>, Diagnostic> {
-    match open_existing(state)? {
+/// `tollgate runs`; `warnings` gets what the spill says.
+pub fn runs(
+    state: &StateArg,
+    limit: usize,
+    warnings: &mut Vec<Diagnostic>,
+) -> Result<Vec<RunRow>, Diagnostic> {
+    match open_existing(state, warnings)? {
         None => Ok(Vec::new()),
         Some(j) => j.runs(limit).map_err(|e| Diagnostic::error("journal", e)),
     }
 }
 
-/// `tollgate report`.
+/// `tollgate report`; `warnings` gets what the spill says.
 pub fn report(
     state: &StateArg,
     since: Option<&str>,
     by: &[journal::report::By],
+    warnings: &mut Vec<Diagnostic>,
 ) -> Result<journal::report::Report, Diagnostic> {
     let clock = clock()?;
     let since = since
         .map(|s| journal::parse_since(s, clock.now()))
         .transpose()
         .map_err(|e| Diagnostic::error("bad-since", e))?;
-    let journal = match open_existing(state)? {
+    let journal = match open_existing(state, warnings)? {
         Some(j) => j,
         None => Journal::in_memory(clock).map_err(|e| Diagnostic::error("journal", e))?,
     };

@@ -312,7 +312,11 @@ fn plan_journal(
 /// opened (created) now.
 fn run_journal(state: &StateArg, opened: Option<Arc<Journal>>) -> Result<Arc<Journal>, Diagnostic> {
     match opened {
-        Some(j) => Ok(j),
+        Some(j) => {
+            // Opened for the plan without sending what was spilled.
+            journal::send_spilled(&j)?;
+            Ok(j)
+        }
         None => journal::open(state),
     }
 }
@@ -388,6 +392,14 @@ fn execute(
         // The run itself is over and its calls are journaled: a run left
         // `running` is marked interrupted once this process is gone.
         let d = Diagnostic::warning("journal", format!("cannot close run {run_id}: {e}"));
+        warn([&d], options);
+    }
+    // Closed (its writer done, or given up on the ledger): what could not
+    // reach the team ledger is in the spill file, said once.
+    let spill = journal.spill_path().map(Path::to_path_buf);
+    let ledger = journal.path().display().to_string();
+    drop(journal);
+    if let Some(d) = spill.and_then(|path| journal::unsent_warning(&ledger, &path)) {
         warn([&d], options);
     }
     Ok(Executed {

@@ -213,6 +213,7 @@ impl Cassette {
         let rec = &entry.responses[*n % entry.responses.len()];
         *n += 1;
         Ok(ChatResponse {
+            endpoint: None,
             text: rec.text.clone(),
             usage: rec.usage,
             cost_usd: rec.cost_usd,
@@ -291,6 +292,7 @@ mod tests {
 
     fn response(text: &str) -> ChatResponse {
         ChatResponse {
+            endpoint: None,
             text: text.to_owned(),
             usage: Usage {
                 input_tokens: 12,

@@ -59,6 +59,10 @@ pub enum JournalError {
         "the team ledger {url} did not answer within {secs}s (statement_timeout; the database may be hung or unreachable)"
     )]
     LedgerTimeout { url: String, secs: f64 },
+    /// The local spill file (call records the team ledger could not take)
+    /// could not be written, read or sent: which file, and why.
+    #[error("the spill file {}: {message}", path.display())]
+    Spill { path: PathBuf, message: String },
     /// Any SQLite failure while reading or writing an open journal.
     #[error("run journal: {0}")]
     Db(#[from] rusqlite::Error),

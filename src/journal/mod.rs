@@ -36,6 +36,7 @@ mod pg_tls;
 mod records;
 pub mod report;
 mod schema;
+pub mod spill;
 pub mod who;
 mod writer;
 
@@ -100,7 +101,11 @@ impl Location {
     pub fn from_env(dir_flag: Option<&Path>) -> Result<Location, JournalError> {
         match std::env::var("TOLLGATE_STATE_URL") {
             Ok(url) if !url.trim().is_empty() => {
-                Ok(Location::Postgres(StateUrl::parse(url.trim())?))
+                // Records the ledger cannot take are spilled to the state
+                // folder the command would otherwise use.
+                Ok(Location::Postgres(
+                    StateUrl::parse(url.trim())?.with_spill_dir(&state_dir(dir_flag)),
+                ))
             }
             _ => Ok(Location::Dir(state_dir(dir_flag))),
         }
@@ -130,6 +135,9 @@ pub struct Journal {
     /// Dropped first: what was queued is committed before the reader goes.
     writer: writer::Writer,
     db: Db,
+    /// PostgreSQL: where call records the ledger could not take are kept
+    /// (see [`spill`]).
+    spill: Option<PathBuf>,
 }
 
 /// The journal's read (and budget-hold) side.
@@ -137,7 +145,8 @@ enum Db {
     Lite(Arc<Mutex<Connection>>),
     /// A connection on a thread of its own (see `pg`).
     Pg {
-        worker: pg::Worker,
+        /// Boxed: far larger than the SQLite side.
+        worker: Box<pg::Worker>,
     },
 }
 
@@ -223,8 +232,44 @@ impl Journal {
             session: session.into(),
             who: Arc::new(who),
             writer,
-            db: Db::Pg { worker },
+            db: Db::Pg {
+                worker: Box::new(worker),
+            },
+            spill: url.spill_path().map(Path::to_path_buf),
         })
+    }
+
+    /// The spill file of this ledger (PostgreSQL with a state folder).
+    pub fn spill_path(&self) -> Option<&Path> {
+        self.spill.as_deref()
+    }
+
+    /// Sends every call record spilled on this machine for this ledger
+    /// (by this process or one before it) and removes them from the file
+    /// once committed; nothing on SQLite or when nothing is spilled.
+    pub fn sync_spill(&self) -> Result<spill::Synced, JournalError> {
+        let mut synced = spill::Synced::default();
+        let (Db::Pg { worker }, Some(path)) = (&self.db, &self.spill) else {
+            return Ok(synced);
+        };
+        if !path.exists() {
+            return Ok(synced);
+        }
+        loop {
+            let p = path.clone();
+            match worker.call(move |c| spill::sync_batch(c, &p))? {
+                Some(batch) => synced.add(batch),
+                None => return Ok(synced),
+            }
+        }
+    }
+
+    /// What this ledger's spill file holds, not yet in the ledger.
+    pub fn unsent(&self) -> Result<spill::Unsent, JournalError> {
+        match &self.spill {
+            Some(path) => spill::unsent(path),
+            None => Ok(spill::Unsent::default()),
+        }
     }
 
     /// This journal as another user's process would open it (tests).
@@ -317,6 +362,7 @@ impl Journal {
             who: Arc::new(who::Who::from_env()),
             writer: writer::Writer::start(write_conn)?,
             db: Db::Lite(conn),
+            spill: None,
         })
     }
 
@@ -532,10 +578,10 @@ impl Journal {
                     input_tokens, output_tokens, cached_tokens, cache_write_tokens, reasoning_tokens,
                     cache_write_1h_tokens, cost_usd, list_cost_usd, flagship_cost_usd, estimate_usd,
                     saved_usd, batch, from_cache, cacheable, response, output, prompt_hash, usage_flag,
-                    cascade_rule, escalate_to, escalated_from)
+                    cascade_rule, escalate_to, escalated_from, endpoint)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
                     ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31, ?32, ?33, ?34,
-                    ?35, ?36, ?37)",
+                    ?35, ?36, ?37, ?38)",
             )?
             .execute(params![
                 run_id,
@@ -575,6 +621,7 @@ impl Journal {
                 c.cascade_rule,
                 c.escalate_to,
                 c.escalated_from,
+                c.endpoint,
             ])?;
             Ok(())
         })
@@ -1543,6 +1590,185 @@ mod tests {
             .query_row("SELECT user_name FROM holds", [], |r| r.get(0))
             .unwrap();
         assert_eq!(held, "ana");
+    }
+
+    /// Spilled records reach the ledger once, whoever sends them: two
+    /// journals syncing one file at once write each record once, a record
+    /// whose first commit landed is not written again, the file is empty
+    /// after, and syncing again sends nothing. Their spend then counts.
+    #[test]
+    fn spilled_records_are_sent_once_whoever_sends_them() {
+        let Some(db) = pg::testing::TestDb::create() else {
+            return;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let url = db.url.clone().with_spill_dir(dir.path());
+        let path = url.spill_path().unwrap().to_path_buf();
+        let j = Journal::open_postgres(&url, Clock::Fixed(1_700_000_000_000)).unwrap();
+        let id = j.begin_run(&new_run()).unwrap();
+        let paid = |item: usize| CallRecord {
+            cost_usd: 0.25,
+            ..answer(item)
+        };
+        // As the writer spills a lost group: the records' own SQLite write.
+        {
+            let conn = spill::open_for_write(&path).unwrap();
+            for item in 0..3 {
+                let mut write = j.call_write(&id, paid(item));
+                write(Tx::Lite(&conn)).unwrap();
+            }
+        }
+        // Item 2's first commit landed though its answer was lost.
+        j.record_call(&id, &paid(2)).unwrap();
+        assert_eq!(j.unsent().unwrap().records, 3);
+        assert!((j.spent_since(0).unwrap() - 0.25).abs() < 1e-12);
+
+        let other =
+            Arc::new(Journal::open_postgres(&url, Clock::Fixed(1_700_000_000_000)).unwrap());
+        let j = Arc::new(j);
+        let syncs: Vec<_> = [Arc::clone(&j), other]
+            .into_iter()
+            .map(|j| std::thread::spawn(move || j.sync_spill().unwrap()))
+            .collect();
+        let mut total = spill::Synced::default();
+        for s in syncs {
+            total.add(s.join().unwrap());
+        }
+        assert_eq!(
+            total,
+            spill::Synced {
+                sent: 2,
+                present: 1
+            }
+        );
+        assert_eq!(j.unsent().unwrap(), spill::Unsent::default());
+        assert_eq!(j.finished_calls(&id).unwrap().len(), 3);
+        assert!((j.spent_since(0).unwrap() - 0.75).abs() < 1e-12);
+        assert!(j.sync_spill().unwrap().is_empty());
+        assert!((j.spent_since(0).unwrap() - 0.75).abs() < 1e-12);
+    }
+
+    /// A spill file that is not one — garbage, a newer schema, a row with an
+    /// unknown outcome, output that is not JSON, a record of a run the
+    /// ledger does not hold — is one error naming the file, never a panic;
+    /// nothing is half-sent and the file is left as it was.
+    #[test]
+    fn a_hostile_spill_file_is_a_clear_error() {
+        let Some(db) = pg::testing::TestDb::create() else {
+            return;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let url = db.url.clone().with_spill_dir(dir.path());
+        let path = url.spill_path().unwrap().to_path_buf();
+        let j = Journal::open_postgres(&url, Clock::Fixed(1_700_000_000_000)).unwrap();
+        let id = j.begin_run(&new_run()).unwrap();
+        let fails = |why: &str| {
+            let e = j.sync_spill().unwrap_err().to_string();
+            assert!(
+                e.contains(&path.display().to_string()) && e.contains(why),
+                "{why}: {e}"
+            );
+        };
+        std::fs::write(&path, b"not a database, not at all: ".repeat(200)).unwrap();
+        fails("not a database");
+        std::fs::remove_file(&path).unwrap();
+
+        let spilled = |tamper: &str| {
+            let _ = std::fs::remove_file(&path);
+            let conn = spill::open_for_write(&path).unwrap();
+            let mut write = j.call_write(&id, answer(1));
+            write(Tx::Lite(&conn)).unwrap();
+            conn.execute_batch(tamper).unwrap();
+        };
+        spilled("UPDATE calls SET outcome = 'pwned'");
+        fails("unknown call outcome `pwned`");
+        spilled("UPDATE calls SET output = '{not json'");
+        fails("its output is not JSON");
+        spilled("UPDATE calls SET attempt = 'x'");
+        fails("record 1");
+        spilled("UPDATE calls SET run_id = 'r-elsewhere'");
+        fails("record 1 (run r-elsewhere)");
+        assert_eq!(j.unsent().unwrap().records, 1, "left as it was");
+        spilled(&format!("PRAGMA user_version = {}", SCHEMA_VERSION + 1));
+        fails("newer tollgate");
+        // Nothing of it reached the ledger.
+        assert!(j.finished_calls(&id).unwrap().is_empty());
+        assert_eq!(j.spent_since(0).unwrap(), 0.0);
+    }
+
+    /// A SQLite journal of schema 2 (before the pool endpoint was recorded)
+    /// gains the column; a pool's calls are reported by endpoint.
+    #[test]
+    fn a_sqlite_journal_of_schema_2_is_migrated() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = || Clock::Fixed(1_700_000_000_000);
+        let old = {
+            let j = Journal::open(dir.path(), clock()).unwrap();
+            let id = j.begin_run(&new_run()).unwrap();
+            j.record_call(&id, &answer(0)).unwrap();
+            let c = j.conn();
+            c.execute_batch("ALTER TABLE calls DROP COLUMN endpoint")
+                .unwrap();
+            c.pragma_update(None, "user_version", 2).unwrap();
+            id
+        };
+        let j = Journal::open(dir.path(), clock()).unwrap();
+        let version: i64 = j
+            .conn()
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+        assert_eq!(j.finished_calls(&old).unwrap().len(), 1);
+        pool_calls_are_reported_by_endpoint(&j);
+    }
+
+    /// A team database of schema 3 gains `calls.endpoint` (4); its calls
+    /// stay, and a pool's calls are reported by endpoint.
+    #[test]
+    fn a_postgres_ledger_of_schema_3_is_migrated() {
+        let Some(db) = pg::testing::TestDb::create() else {
+            return;
+        };
+        db.exec(&format!(
+            "CREATE TABLE schema_version (version BIGINT NOT NULL);
+             {} {} {}
+             INSERT INTO schema_version (version) VALUES (1), (2), (3);",
+            pg::MIGRATIONS[0],
+            pg::MIGRATIONS[1],
+            pg::MIGRATIONS[2]
+        ));
+        let j = Journal::open_postgres(&db.url, Clock::Fixed(1_700_000_000_000)).unwrap();
+        pool_calls_are_reported_by_endpoint(&j);
+    }
+
+    fn pool_calls_are_reported_by_endpoint(j: &Journal) {
+        let id = j.begin_run(&new_run()).unwrap();
+        let pooled = |item: usize, endpoint: Option<&str>| CallRecord {
+            provider: "gpus".into(),
+            cost_usd: 0.5,
+            endpoint: endpoint.map(str::to_owned),
+            ..answer(item)
+        };
+        j.record_call(&id, &pooled(1, Some("http://10.0.0.1:8080/v1")))
+            .unwrap();
+        j.record_call(&id, &pooled(2, Some("http://10.0.0.2:8080/v1")))
+            .unwrap();
+        j.record_call(&id, &pooled(3, Some("http://10.0.0.1:8080/v1")))
+            .unwrap();
+        j.record_call(&id, &pooled(4, None)).unwrap();
+        let r = report::build(j, None).unwrap();
+        let lines: Vec<(&str, u64)> = r
+            .by_endpoint
+            .iter()
+            .map(|l| (l.key.as_str(), l.calls))
+            .collect();
+        assert_eq!(
+            lines,
+            [
+                ("gpus http://10.0.0.1:8080/v1", 2),
+                ("gpus http://10.0.0.2:8080/v1", 1)
+            ]
+        );
     }
 
     fn answer(item: usize) -> CallRecord {

@@ -33,7 +33,7 @@ use super::pg_tls::{Tls, TlsWarning};
 use super::JournalError;
 
 /// The newest schema this build knows (the `schema_version` table).
-pub(super) const SCHEMA_VERSION: i64 = 3;
+pub(super) const SCHEMA_VERSION: i64 = 4;
 
 /// How long a connection may take to open unless the URL says otherwise.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -206,6 +206,11 @@ CREATE INDEX runs_user ON runs(user_name, started_ms);
 -- NULL (a run an older build started) never lapses.
 ALTER TABLE runs ADD COLUMN lease_expires TIMESTAMPTZ;
 "#,
+    // 4: the endpoint of a pool that answered a call (`report`'s
+    // endpoints); NULL for calls not made through a pool.
+    r#"
+ALTER TABLE calls ADD COLUMN endpoint TEXT;
+"#,
 ];
 
 /// How long a hold counts without being renewed: longer than any pause of
@@ -220,6 +225,8 @@ const HEARTBEAT: Duration = Duration::from_secs(10);
 /// (and the migrations, under another key): see [`try_hold`].
 const BUDGET_LOCK: i64 = 0x746f_6c6c_6761_7465; // "tollgate"
 const MIGRATION_LOCK: i64 = 0x746f_6c6c_6d69_6772; // "tollmigr"
+/// Serialises the syncs of spilled records (see `spill`).
+pub(super) const SPILL_LOCK: i64 = 0x746f_6c6c_7370_696c; // "tollspil"
 
 /// A `postgres://` state URL: the connection settings, and how the journal
 /// is named in messages (never with its password).
@@ -239,6 +246,9 @@ pub struct StateUrl {
     tls: Arc<Tls>,
     /// Said once by the CLI: a remote ledger reached unverified or plain.
     warning: Option<TlsWarning>,
+    /// Where call records go when the ledger cannot take them (see
+    /// `spill`): a file in the state folder; `None`, nowhere (they fail).
+    spill: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for StateUrl {
@@ -340,7 +350,19 @@ impl StateUrl {
             bound,
             tls: Arc::new(tls),
             warning,
+            spill: None,
         })
+    }
+
+    /// This URL with its spill file in the state folder `dir`.
+    pub fn with_spill_dir(mut self, dir: &std::path::Path) -> StateUrl {
+        self.spill = Some(super::spill::path_for(dir, &self.display));
+        self
+    }
+
+    /// The spill file of this ledger, if it has one.
+    pub fn spill_path(&self) -> Option<&std::path::Path> {
+        self.spill.as_deref()
     }
 
     /// The error of a caller that waited [`StateUrl::bound`] in vain.

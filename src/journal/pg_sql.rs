@@ -162,10 +162,10 @@ pub(super) fn insert_call(
             input_tokens, output_tokens, cached_tokens, cache_write_tokens, reasoning_tokens,
             cache_write_1h_tokens, cost_usd, list_cost_usd, flagship_cost_usd, estimate_usd,
             saved_usd, batch, from_cache, cacheable, response, output, prompt_hash, usage_flag,
-            cascade_rule, escalate_to, escalated_from)
+            cascade_rule, escalate_to, escalated_from, endpoint)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17,
             $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31, $32, $33, $34,
-            $35, $36, $37)",
+            $35, $36, $37, $38)",
         &[
             &run_id,
             &session,
@@ -204,9 +204,41 @@ pub(super) fn insert_call(
             &r.cascade_rule,
             &r.escalate_to,
             &r.escalated_from,
+            &r.endpoint,
         ],
     )?;
     Ok(())
+}
+
+/// Whether the ledger holds this call record already (a spilled record
+/// whose first commit landed though its answer was lost with the
+/// connection, or one another syncer sent): the same run, session, step,
+/// item, attempt, times, outcome and model. A session is one process, so
+/// two different attempts never share all of these.
+pub(super) fn call_present(
+    c: &mut PgConn,
+    run_id: &str,
+    session: &str,
+    finished_ms: Millis,
+    r: &CallRecord,
+) -> Result<bool, JournalError> {
+    Ok(c.query_opt(
+        "SELECT 1 FROM calls WHERE run_id = $1 AND session = $2 AND step = $3
+            AND item IS NOT DISTINCT FROM $4 AND attempt = $5 AND started_ms = $6
+            AND finished_ms = $7 AND outcome = $8 AND model = $9 LIMIT 1",
+        &[
+            &run_id,
+            &session,
+            &r.step,
+            &r.item.map(|i| i as i64),
+            &i64::from(r.attempt),
+            &r.started_ms,
+            &finished_ms,
+            &r.outcome.as_str(),
+            &r.model,
+        ],
+    )?
+    .is_some())
 }
 
 /// Six usage columns in `Usage` field order, from `first` on.
@@ -442,7 +474,7 @@ pub(super) fn report_calls(
         "SELECT c.finished_ms, r.workflow, c.step, c.model, c.provider_model, c.tier, c.from_cache,
                 c.outcome, c.input_tokens, c.output_tokens, c.cost_usd, c.list_cost_usd,
                 c.flagship_cost_usd, c.saved_usd, c.batch, c.usage_flag, r.user_name, r.machine,
-                r.ci
+                r.ci, c.provider, c.endpoint
              FROM calls c JOIN runs r ON r.id = c.run_id
              WHERE c.finished_ms >= $1 ORDER BY c.id",
         &[&from],

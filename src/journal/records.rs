@@ -249,6 +249,9 @@ pub struct CallRecord {
     pub escalate_to: Option<String>,
     /// An escalated call: the model whose answer failed the check.
     pub escalated_from: Option<String>,
+    /// A pool's call: the endpoint that answered (its URL without
+    /// credentials or query, see `provider::pool`).
+    pub endpoint: Option<String>,
 }
 
 /// A call whose first answer failed its cascade's check (outcome

@@ -112,6 +112,10 @@ pub struct Report {
     /// Every cascade rule (by policy) that made calls in the window.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub cascades: Vec<CascadeLine>,
+    /// Calls made through a pool, by `provider endpoint` (the endpoint
+    /// that answered); absent when no pool answered in the window.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub by_endpoint: Vec<Line>,
 }
 
 /// A cascade rule's calls: how often the first answer escalated, what
@@ -295,6 +299,20 @@ struct CallRow {
     saved: f64,
     batch: bool,
     flag: Option<String>,
+    /// A pool's call: `provider endpoint`.
+    endpoint: Option<String>,
+}
+
+/// A pool call's key in `by_endpoint`: its provider (the pool) and the
+/// endpoint that answered, cleaned (read from a database others write to).
+fn endpoint_key(provider: String, endpoint: Option<String>) -> Option<String> {
+    let clean = |t: &str| -> String {
+        t.chars()
+            .take(256)
+            .map(|c| if c.is_control() { '?' } else { c })
+            .collect()
+    };
+    endpoint.map(|e| format!("{} {}", clean(&provider), clean(&e)))
 }
 
 impl Line {
@@ -351,6 +369,22 @@ fn group(
                 })
                 .estimate_usd = Some(*e);
         }
+    }
+    lines.into_values().collect()
+}
+
+/// [`group`] over some of the rows, without estimates.
+fn group_refs(rows: &[&CallRow], key: impl Fn(&CallRow) -> String) -> Vec<Line> {
+    let mut lines: BTreeMap<String, Line> = BTreeMap::new();
+    for r in rows {
+        let k = key(r);
+        lines
+            .entry(k.clone())
+            .or_insert_with(|| Line {
+                key: k,
+                ..Line::default()
+            })
+            .add(r);
     }
     lines.into_values().collect()
 }
@@ -438,6 +472,10 @@ pub fn build_by(
             .contains(&By::Ci)
             .then(|| group(&rows, |r| who_key(&r.ci), &none, false)),
         cascades,
+        by_endpoint: {
+            let pooled: Vec<&CallRow> = rows.iter().filter(|r| r.endpoint.is_some()).collect();
+            group_refs(&pooled, |r| r.endpoint.clone().unwrap_or_default())
+        },
     };
     (
         report.totals.savings.context_tokens,
@@ -463,6 +501,7 @@ pub fn build_by(
         .chain(report.by_user.iter_mut().flatten())
         .chain(report.by_machine.iter_mut().flatten())
         .chain(report.by_ci.iter_mut().flatten())
+        .chain(&mut report.by_endpoint)
     {
         line.round();
     }
@@ -499,7 +538,7 @@ fn lite_reads(conn: &rusqlite::Connection, from: Millis) -> Result<Reads, Journa
         "SELECT c.finished_ms, r.workflow, c.step, c.model, c.provider_model, c.tier, c.from_cache,
                 c.outcome, c.input_tokens, c.output_tokens, c.cost_usd, c.list_cost_usd,
                 c.flagship_cost_usd, c.saved_usd, c.batch, c.usage_flag, r.user_name, r.machine,
-                r.ci
+                r.ci, c.provider, c.endpoint
              FROM calls c JOIN runs r ON r.id = c.run_id
              WHERE c.finished_ms >= ?1 ORDER BY c.id",
     )?;
@@ -528,6 +567,7 @@ fn lite_reads(conn: &rusqlite::Connection, from: Millis) -> Result<Reads, Journa
                 user: r.get(16)?,
                 machine: r.get(17)?,
                 ci: r.get(18)?,
+                endpoint: endpoint_key(r.get(19)?, r.get(20)?),
             })
         })?
         .collect::<Result<_, _>>()?;
@@ -585,6 +625,7 @@ fn pg_reads(c: &mut super::pg::PgConn, from: Millis) -> Result<Reads, JournalErr
                 user: get(r, 16)?,
                 machine: get(r, 17)?,
                 ci: get(r, 18)?,
+                endpoint: endpoint_key(get(r, 19)?, get(r, 20)?),
             })
         })
         .collect::<Result<_, JournalError>>()?;
@@ -619,6 +660,7 @@ mod tests {
             user: String::new(),
             machine: String::new(),
             ci: String::new(),
+            endpoint: None,
         }
     }
 

@@ -10,7 +10,10 @@ use rusqlite::Connection;
 /// 2: `runs.user_name`, `runs.machine`, `runs.ci` and `holds.user_name`
 /// (`report --by`, per-user budgets). A build of schema 1 refuses a schema-2
 /// journal rather than write runs nobody is recorded as having run.
-pub(super) const SCHEMA_VERSION: i64 = 2;
+///
+/// 3: `calls.endpoint` (the pool endpoint that answered). A build of schema
+/// 2 refuses it rather than drop the column's meaning.
+pub(super) const SCHEMA_VERSION: i64 = 3;
 
 pub(super) const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS runs (
@@ -101,7 +104,9 @@ CREATE TABLE IF NOT EXISTS calls (
     -- target; on the escalated call's rows, the model it escalated from.
     cascade_rule    TEXT,
     escalate_to     TEXT,
-    escalated_from  TEXT
+    escalated_from  TEXT,
+    -- A pool's call: the endpoint that answered (schema 3).
+    endpoint        TEXT
 );
 CREATE INDEX IF NOT EXISTS calls_run ON calls(run_id, step, item);
 CREATE INDEX IF NOT EXISTS calls_request ON calls(request_hash, finished_ms);
@@ -160,6 +165,8 @@ pub(super) fn create(conn: &Connection) -> rusqlite::Result<()> {
         ("runs", "machine", "TEXT NOT NULL DEFAULT ''"),
         ("runs", "ci", "TEXT NOT NULL DEFAULT ''"),
         ("holds", "user_name", "TEXT NOT NULL DEFAULT ''"),
+        // Schema 3: the pool endpoint that answered.
+        ("calls", "endpoint", "TEXT"),
     ] {
         let present: bool = conn.query_row(
             &format!("SELECT COUNT(*) FROM pragma_table_info('{table}') WHERE name = ?1"),

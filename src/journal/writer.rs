@@ -19,6 +19,12 @@
 //! a writer that falls behind slows its senders instead of queueing without
 //! limit. Nothing panics and nothing hangs when the thread is gone: senders
 //! get [`JournalError::WriterStopped`].
+//!
+//! On PostgreSQL, a group lost with the connection has its call records
+//! written to the ledger's spill file (`journal::spill`) and acknowledged
+//! from there: an outage — even one that lasts until the process exits, or
+//! a kill during it — loses no paid answer. The thread sends the spill as
+//! soon as the connection is back, before any newer write.
 
 use std::sync::mpsc::{SyncSender, sync_channel};
 use std::sync::{Arc, Mutex};
@@ -42,19 +48,18 @@ const MAX_GROUP: usize = 512;
 /// transaction.
 pub(super) type WriteFn = Box<dyn FnOnce(Tx<'_>) -> Result<(), JournalError> + Send>;
 
-/// A call record's write: run again if its group is lost with the
-/// connection to PostgreSQL (see [`Pending`]).
+/// A call record's write: run again on the spill file if its group is lost
+/// with the connection to PostgreSQL (see [`Spill`]).
 pub(super) type RecordFn = Box<dyn FnMut(Tx<'_>) -> Result<(), JournalError> + Send>;
 
 /// What a write runs.
 enum Body {
     /// Once (taken when it runs).
     Once(Option<WriteFn>),
-    /// A call record: kept until committed, so a group lost with the
-    /// connection is written again once the database is back — a paid
-    /// answer is never dropped for a blip (its sender stopped waiting after
-    /// the bound; the budget checks, failing meanwhile, refused new paid
-    /// calls).
+    /// A call record: a group lost with the connection writes it to the
+    /// spill file instead, from where it is sent once the database is back
+    /// — a paid answer is never dropped for an outage (the budget checks,
+    /// failing meanwhile, refuse new paid calls).
     Again(RecordFn),
 }
 
@@ -69,7 +74,7 @@ impl Body {
 }
 
 /// How often a writer that lost its PostgreSQL connection tries again
-/// while it holds call records not yet written.
+/// while call records it spilled are not in the ledger yet.
 const RETRY: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// The writer's connection inside a group's transaction, as a write sees
@@ -156,6 +161,9 @@ impl Writer {
         let give_up = bound
             .as_ref()
             .map_or(std::time::Duration::ZERO, |u| u.bound);
+        let spill_path = bound
+            .as_ref()
+            .and_then(|u| u.spill_path().map(std::path::Path::to_path_buf));
         let thread = std::thread::Builder::new()
             .name("tollgate-journal".into())
             .spawn(move || {
@@ -172,7 +180,7 @@ impl Writer {
                     WriteConn::Shared(c) => Conn::Shared(c),
                 };
                 let _ = ready_tx.send(Ok(()));
-                run(conn, rx, give_up);
+                run(conn, rx, give_up, Spill::new(spill_path));
                 let _ = done_tx.send(());
             })
             .map_err(JournalError::WriterStart)?;
@@ -326,17 +334,23 @@ enum Conn {
 
 /// The thread: wait for a write, take whatever else is queued, commit it
 /// all, acknowledge; until the queue is closed and empty. A group lost with
-/// the PostgreSQL connection keeps its call records and flushes
-/// ([`Pending`]) and is tried again every [`RETRY`] — after the queue is
-/// closed too, for as long as `give_up` allows.
-fn run(mut conn: Conn, mut rx: mpsc::UnboundedReceiver<Op>, give_up: std::time::Duration) {
+/// the PostgreSQL connection has its call records spilled ([`Spill`]); while
+/// some are, the thread tries every [`RETRY`] to send them — before any
+/// newer write, so the ledger sees them in order — after the queue is
+/// closed too, for as long as `give_up` allows (then they wait in the file
+/// for the next process that opens the ledger).
+fn run(
+    mut conn: Conn,
+    mut rx: mpsc::UnboundedReceiver<Op>,
+    give_up: std::time::Duration,
+    mut spill: Spill,
+) {
     // Failures of queued writes, until a flush reports them.
     let mut failed: Option<JournalError> = None;
     let mut group: Vec<Op> = Vec::with_capacity(MAX_GROUP);
-    let mut pending: Vec<Op> = Vec::new();
     let mut closed_at: Option<std::time::Instant> = None;
     loop {
-        if pending.is_empty() {
+        if !spill.unsent {
             if closed_at.is_some() {
                 break;
             }
@@ -346,25 +360,11 @@ fn run(mut conn: Conn, mut rx: mpsc::UnboundedReceiver<Op>, give_up: std::time::
             }
         } else {
             if closed_at.is_some_and(|t| t.elapsed() >= give_up) {
-                // The database did not come back in time: the senders
-                // hear why (the records are lost with the process).
-                let e = Arc::new(JournalError::Pg(
-                    "the team ledger stayed unreachable; call records could not be written".into(),
-                ));
-                for op in pending.drain(..) {
-                    match op {
-                        Op::Write { ack, .. } => {
-                            ack.send(Err(JournalError::Group(Arc::clone(&e))), &mut failed)
-                        }
-                        Op::Flush(ack) => {
-                            ack.send(Err(JournalError::Group(Arc::clone(&e))), &mut None)
-                        }
-                    }
-                }
+                // The database did not come back in time: the records
+                // stay in the spill file (the CLI says where).
                 break;
             }
             std::thread::sleep(RETRY);
-            group.append(&mut pending);
         }
         while group.len() < MAX_GROUP {
             match rx.try_recv() {
@@ -376,21 +376,116 @@ fn run(mut conn: Conn, mut rx: mpsc::UnboundedReceiver<Op>, give_up: std::time::
                 Err(mpsc::error::TryRecvError::Empty) => break,
             }
         }
-        pending = match &mut conn {
-            Conn::Own(c) => commit(&mut Group::Lite(c), &mut group, &mut failed),
+        if let Conn::Pg(c) = &mut conn {
+            spill.send(c);
+        }
+        if group.is_empty() {
+            continue;
+        }
+        match &mut conn {
+            Conn::Own(c) => commit(&mut Group::Lite(c), &mut group, &mut failed, &mut spill),
             Conn::Shared(m) => {
                 let mut c = m.lock().unwrap_or_else(|e| e.into_inner());
-                commit(&mut Group::Lite(&mut c), &mut group, &mut failed)
+                commit(
+                    &mut Group::Lite(&mut c),
+                    &mut group,
+                    &mut failed,
+                    &mut spill,
+                )
             }
-            Conn::Pg(c) => commit(&mut Group::Pg(c), &mut group, &mut failed),
+            Conn::Pg(c) => commit(&mut Group::Pg(c), &mut group, &mut failed, &mut spill),
         };
     }
 }
 
-/// Ops of a group lost with the connection, kept to be tried again in
-/// order: call records and flushes (a flush is acknowledged only once what
-/// was queued before it is written).
-type Pending = Vec<Op>;
+/// Where a PostgreSQL writer puts the call records of a group lost with
+/// the connection: the ledger's spill file (see `journal::spill`).
+pub(super) struct Spill {
+    path: Option<std::path::PathBuf>,
+    /// Opened on the first loss.
+    conn: Option<Connection>,
+    /// Records of this writer may be in the file and not in the ledger.
+    unsent: bool,
+}
+
+impl Spill {
+    pub(super) fn new(path: Option<std::path::PathBuf>) -> Spill {
+        Spill {
+            path,
+            conn: None,
+            unsent: false,
+        }
+    }
+
+    /// Writes the group's call records to the file, in order, in one
+    /// transaction (on disk when it returns).
+    fn write(&mut self, group: &mut [Op]) -> Result<(), JournalError> {
+        let records = group.iter().any(|op| {
+            matches!(
+                op,
+                Op::Write {
+                    write: Body::Again(_),
+                    ..
+                }
+            )
+        });
+        if !records {
+            return Ok(());
+        }
+        let Some(path) = &self.path else {
+            return Err(JournalError::Pg(
+                "the connection to the team ledger was lost".into(),
+            ));
+        };
+        if self.conn.is_none() {
+            self.conn = Some(super::spill::open_for_write(path)?);
+        }
+        let Some(conn) = self.conn.as_mut() else {
+            return Err(JournalError::WriterStopped);
+        };
+        let at = |e: JournalError| JournalError::Spill {
+            path: path.clone(),
+            message: e.to_string(),
+        };
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|e| at(e.into()))?;
+        for op in group.iter_mut() {
+            if let Op::Write {
+                write: Body::Again(f),
+                ..
+            } = op
+            {
+                f(Tx::Lite(&tx)).map_err(at)?;
+            }
+        }
+        tx.commit().map_err(|e| at(e.into()))?;
+        self.unsent = true;
+        Ok(())
+    }
+
+    /// Sends what is spilled, when there is something and the connection
+    /// is back; a failure other than the connection's (a record the ledger
+    /// refuses) is left to `tollgate ledger sync`, which says why.
+    fn send(&mut self, c: &mut PgConn) {
+        let (true, Some(path)) = (self.unsent, &self.path) else {
+            return;
+        };
+        c.reconnect_if_closed();
+        if c.is_closed() {
+            return;
+        }
+        loop {
+            match super::spill::sync_batch(c, path) {
+                Ok(Some(_)) => continue,
+                Ok(None) => break,
+                Err(_) if c.is_closed() => return,
+                Err(_) => break,
+            }
+        }
+        self.unsent = false;
+    }
+}
 
 /// The connection a group is committed on.
 enum Group<'a> {
@@ -398,10 +493,15 @@ enum Group<'a> {
     Pg(&'a mut PgConn),
 }
 
-/// Commits a group in one transaction and acknowledges each of its ops;
-/// what is to be tried again when the group was lost with its PostgreSQL
-/// connection.
-fn commit(conn: &mut Group<'_>, group: &mut Vec<Op>, failed: &mut Option<JournalError>) -> Pending {
+/// Commits a group in one transaction and acknowledges each of its ops. A
+/// group lost with its PostgreSQL connection has its call records spilled
+/// and acknowledged once they are in the file; its other writes fail.
+fn commit(
+    conn: &mut Group<'_>,
+    group: &mut Vec<Op>,
+    failed: &mut Option<JournalError>,
+    spill: &mut Spill,
+) {
     let writes = group
         .iter()
         .filter(|o| matches!(o, Op::Write { .. }))
@@ -413,34 +513,55 @@ fn commit(conn: &mut Group<'_>, group: &mut Vec<Op>, failed: &mut Option<Journal
                 ack.send(result, &mut None);
             }
         }
-        return Vec::new();
+        return;
     }
     let outcome = match conn {
         Group::Lite(c) => in_transaction(c, group),
+        // Spilled records go first: a group behind them waits with them.
+        Group::Pg(_) if spill.unsent => Err(JournalError::Pg(
+            "the team ledger has not taken the spilled records yet".into(),
+        )),
         Group::Pg(c) => in_pg_transaction(c, group),
     };
-    let lost = matches!(conn, Group::Pg(c) if c.is_closed());
-    let mut pending = Vec::new();
+    let lost = matches!(conn, Group::Pg(c) if c.is_closed())
+        || (matches!(conn, Group::Pg(_)) && spill.unsent && outcome.is_err());
     let results = match outcome {
         Ok(results) => results,
         Err(_) if lost => {
             // Nothing of the group was written, and the connection is
-            // gone: records and flushes wait for it to be back; the rest
-            // fail as they would have.
+            // gone: its call records go to the spill file, acknowledged
+            // once there (durable: a paid answer is never dropped for an
+            // outage); its other writes fail as they would have.
+            let spilled = spill.write(group).map_err(Arc::new);
             let e = Arc::new(JournalError::Pg(
                 "the connection to the team ledger was lost".into(),
             ));
             for op in group.drain(..) {
                 match op {
                     Op::Write {
-                        write: Body::Once(_),
+                        write: Body::Again(_),
                         ack,
                         ..
-                    } => ack.send(Err(JournalError::Group(Arc::clone(&e))), failed),
-                    op => pending.push(op),
+                    } => {
+                        let result = match &spilled {
+                            Ok(()) => Ok(()),
+                            Err(s) => Err(JournalError::Group(Arc::clone(s))),
+                        };
+                        ack.send(result, failed)
+                    }
+                    Op::Write { ack, .. } => {
+                        ack.send(Err(JournalError::Group(Arc::clone(&e))), failed)
+                    }
+                    Op::Flush(ack) => {
+                        let result = match &spilled {
+                            Ok(()) => failed.take().map_or(Ok(()), Err),
+                            Err(s) => Err(JournalError::Group(Arc::clone(s))),
+                        };
+                        ack.send(result, &mut None);
+                    }
                 }
             }
-            return pending;
+            return;
         }
         Err(e) => {
             // Nothing of the group was written.
@@ -461,7 +582,6 @@ fn commit(conn: &mut Group<'_>, group: &mut Vec<Op>, failed: &mut Option<Journal
             }
         }
     }
-    pending
 }
 
 /// Runs every write of the group, each in a savepoint, in one immediate

@@ -135,6 +135,7 @@ impl AnthropicClient {
         super::finish::check(
             ProviderKind::Anthropic,
             ChatResponse {
+                endpoint: None,
                 text,
                 usage: usage.normalise(),
                 cost_usd: None,
@@ -227,6 +228,7 @@ impl AnthropicClient {
         super::finish::check(
             ProviderKind::Anthropic,
             ChatResponse {
+                endpoint: None,
                 text,
                 usage: usage.normalise(),
                 cost_usd: None,

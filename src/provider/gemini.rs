@@ -72,6 +72,7 @@ impl GeminiClient {
             super::finish::check(
                 ProviderKind::Gemini,
                 ChatResponse {
+                    endpoint: None,
                     text: piece.text,
                     usage: piece.usage.unwrap_or_default(),
                     cost_usd: None,
@@ -164,6 +165,7 @@ impl GeminiClient {
         super::finish::check(
             ProviderKind::Gemini,
             ChatResponse {
+                endpoint: None,
                 text,
                 usage: usage.unwrap_or_default(),
                 cost_usd: None,

@@ -294,6 +294,10 @@ pub struct ChatResponse {
     /// The answer's token logprobs, when asked for and sent
     /// ([`ChatRequest::logprobs`]).
     pub logprobs: Option<logprobs::Logprobs>,
+    /// A pool's answer: the endpoint that gave it (its URL without
+    /// credentials, query or fragment), set by [`pool`]; `None` elsewhere.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
 }
 
 impl ChatResponse {

@@ -144,6 +144,7 @@ impl OllamaClient {
         super::finish::check(
             ProviderKind::Ollama,
             ChatResponse {
+                endpoint: None,
                 text: piece.content,
                 usage: piece.usage.unwrap_or_default(),
                 cost_usd: None,

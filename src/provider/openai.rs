@@ -103,6 +103,7 @@ impl OpenAiClient {
         super::finish::check(
             self.common.kind(),
             ChatResponse {
+                endpoint: None,
                 finish_reason: refusal_or(refused, &text, str_at(choice, "/finish_reason")),
                 text,
                 usage,
@@ -192,6 +193,7 @@ impl OpenAiClient {
         super::finish::check(
             self.common.kind(),
             ChatResponse {
+                endpoint: None,
                 finish_reason: refusal_or(refused, &text, finish_reason.as_deref()),
                 text,
                 usage,

@@ -211,7 +211,10 @@ impl Pool {
             let result = self.members[i].client.send(req).await;
             drop(slot);
             let err = match result {
-                Ok(answer) => return Ok(answer),
+                Ok(mut answer) => {
+                    answer.endpoint = Some(endpoint_name(&self.members[i].url));
+                    return Ok(answer);
+                }
                 Err(e) => e,
             };
             let out = match fault(&err) {
@@ -477,6 +480,21 @@ fn probe_urls(base: &str) -> Option<(String, String)> {
     Some((url.to_string(), models))
 }
 
+/// An endpoint as the journal and `report` name it: its URL without user,
+/// password, query or fragment (a key may sit in any of them).
+fn endpoint_name(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) => {
+            let _ = u.set_username("");
+            let _ = u.set_password(None);
+            u.set_query(None);
+            u.set_fragment(None);
+            u.to_string().trim_end_matches('/').to_owned()
+        }
+        Err(_) => "(unparsable endpoint URL)".to_owned(),
+    }
+}
+
 /// A URL as messages show it: without a password in its userinfo.
 fn shown(url: &str) -> String {
     match url::Url::parse(url) {
@@ -528,6 +546,19 @@ fn rendezvous(prefix: u64, i: usize) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn endpoint_names_hold_no_credentials() {
+        assert_eq!(
+            endpoint_name("http://bo:pw@10.0.0.2:8000/v1/?key=s3cret#frag"),
+            "http://10.0.0.2:8000/v1"
+        );
+        assert_eq!(
+            endpoint_name("http://127.0.0.1:8081"),
+            "http://127.0.0.1:8081"
+        );
+        assert_eq!(endpoint_name("not a url"), "(unparsable endpoint URL)");
+    }
 
     #[test]
     fn probe_urls_sit_at_the_server_root() {

@@ -500,6 +500,7 @@ impl ModelCall<'_> {
         rec.usage_flag = charged.flag;
         rec.cacheable = cacheable;
         rec.response = cacheable.then(|| resp.text.clone());
+        rec.endpoint = resp.endpoint.clone();
         rec.output = output;
         if let Some(reason) = &escalate {
             // Not the call's output: a resume escalates it, never uses it.

@@ -488,6 +488,7 @@ impl Provider for Held {
                 .expect("the semaphore stays open")
                 .forget();
             Ok(ChatResponse {
+                endpoint: None,
                 text: "ok".into(),
                 usage: Usage::default(),
                 cost_usd: None,
@@ -829,5 +830,67 @@ fn plan_shows_the_servers_a_pool_launches() {
     assert_eq!(
         plan["servers"][0]["addresses"][1]["address"],
         "127.0.0.1:8082"
+    );
+}
+
+/// Which server answered is journaled with each call and `report` splits a
+/// pool's calls by it (text and JSON): each endpoint's line counts exactly
+/// the calls its server answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn report_splits_a_pools_calls_by_the_endpoint_that_answered() {
+    let a = FakeServer::start().await;
+    let b = FakeServer::start().await;
+    for f in [&a, &b] {
+        f.set_default(
+            Reply::text("ok")
+                .usage(3, 1)
+                .delay(Duration::from_millis(20)),
+        );
+    }
+    let p = Project::new(
+        &pool_policy(
+            &format!(
+                r#"{{ url: "{}/v1", slots: 2 }}, {{ url: "{}/v1", slots: 2 }}"#,
+                a.base_url(),
+                b.base_url()
+            ),
+            "",
+        ),
+        &items_workflow(12),
+    );
+    let out = p.run(&["--format", "json", "--concurrency", "4"]).await;
+    assert_all_answered(&out, 12);
+    let out = p.tollgate(&["report", "--format", "json"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", transcript(&out));
+    let r = report(&out);
+    let lines: Vec<(String, u64)> = r["by_endpoint"]
+        .as_array()
+        .unwrap_or_else(|| panic!("by_endpoint in {r}"))
+        .iter()
+        .map(|l| {
+            (
+                l["key"].as_str().unwrap().to_owned(),
+                l["calls"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let mut expected: Vec<(String, u64)> = [&a, &b]
+        .iter()
+        .map(|f| {
+            (
+                format!("local {}/v1", f.base_url()),
+                f.request_count() as u64,
+            )
+        })
+        .filter(|(_, n)| *n > 0)
+        .collect();
+    expected.sort();
+    assert_eq!(lines, expected, "{r}");
+    assert_eq!(lines.iter().map(|l| l.1).sum::<u64>(), 12);
+    let text = stdout(&p.tollgate(&["report"]).await);
+    assert!(
+        text.contains("\nBy endpoint\nENDPOINT ")
+            && text.contains(&format!("local {}/v1", a.base_url())),
+        "{text}"
     );
 }

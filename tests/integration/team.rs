@@ -344,6 +344,11 @@ mod proxy {
             }
         }
 
+        /// Takes new connections again (after [`Proxy::cut`]).
+        pub fn restore(&self) {
+            self.refuse.store(0, Ordering::SeqCst);
+        }
+
         /// Cuts every connection and refuses the next `refuse` ones: the
         /// database is gone for a while, then back.
         pub fn cut(&self, refuse: usize) {
@@ -670,5 +675,307 @@ async fn a_run_killed_on_one_machine_is_resumed_on_another() {
     assert_eq!(
         (run.status.as_str(), run.machine.as_str(), run.sessions),
         ("succeeded", "m2", 2)
+    );
+}
+
+/// The team database goes away while a paid call is out and stays away
+/// until the run exits: the paid answer is kept in the state folder's spill
+/// file (said once, with where and how to send it), the run fails only the
+/// calls it could not check; `report` while the database is away says
+/// what is kept. Once it is back, the next command that opens the ledger
+/// (`runs`) sends the record — once: `report` counts its spend exactly
+/// once, `ledger sync` finds nothing more — and a resume answers the call
+/// from the ledger instead of paying for it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paid_answer_outlives_an_outage_until_exit_in_the_spill() {
+    let Some(Ledger::Postgres(db)) = Ledger::postgres() else {
+        return;
+    };
+    let upstream = url::Url::parse(&db.url).unwrap();
+    let proxy = std::sync::Arc::new(proxy::Proxy::start(format!(
+        "{}:{}",
+        upstream.host_str().unwrap(),
+        upstream.port().unwrap_or(5432)
+    )));
+    let fake = FakeServer::start().await;
+    let cut = std::sync::Arc::clone(&proxy);
+    let first = std::sync::atomic::AtomicBool::new(true);
+    fake.set_handler(move |_| {
+        if first.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            // Gone until the test says otherwise.
+            cut.cut(usize::MAX);
+        }
+        Reply::text("summary").usage(100, 10)
+    });
+    let wf = r#"version: 1
+name: outage
+inputs:
+  items: { type: array }
+steps:
+  paid:
+    task: summarize
+    for_each: inputs.items
+    prompt: "Summarize: {{ item }}"
+    max_output_tokens: 50
+"#;
+    let p = Project::new(&policy(&fake, "budgets:\n  daily_usd: 1\n"), wf);
+    let ledger = [("TOLLGATE_STATE_URL", through(&db.url, proxy.port))];
+    let ledger: Vec<(&str, &str)> = ledger.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let out = p
+        .run_env(
+            &[
+                "--format",
+                "json",
+                "--quiet",
+                "--concurrency",
+                "1",
+                "-i",
+                r#"items=["a","b","c"]"#,
+            ],
+            &ledger,
+        )
+        .keys()
+        .await;
+    let text = transcript(&out);
+    // The other items were refused (their budget could not be checked).
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert_eq!(fake.request_count(), 1, "{text}");
+    let run_id = report(&out)["run_id"].as_str().unwrap().to_owned();
+    // As words: the diagnostic wraps its lines.
+    let err = crate::support::stderr(&out)
+        .split_whitespace()
+        .filter(|w| *w != "│")
+        .collect::<Vec<_>>()
+        .join(" ");
+    assert_eq!(
+        err.matches("could not be written to the team ledger")
+            .count(),
+        1,
+        "said once: {text}"
+    );
+    assert!(
+        // The paid answer, and the two refusals (call records too).
+        err.contains("3 call records ($0.000014 spent)")
+            && err.contains("kept in ")
+            && err.contains("spill-"),
+        "{text}"
+    );
+    assert!(err.contains("tollgate ledger sync"), "{text}");
+    assert!(!text.contains("tollgate-test"), "no password shown: {text}");
+    let spill = std::fs::read_dir(p.path().join(".tollgate"))
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+        .find(|n| n.starts_with("spill-") && n.ends_with(".sqlite"))
+        .expect("a spill file in the state folder");
+    let direct = tollgate::journal::Journal::open_postgres(
+        &db.state_url(),
+        tollgate::journal::Clock::System,
+    )
+    .unwrap();
+    assert!(
+        direct.finished_calls(&run_id).unwrap().is_empty(),
+        "not in the ledger yet"
+    );
+
+    // Still away: `report` cannot read the ledger, and says what is kept.
+    let out = p.tollgate_env(&["report"], &ledger).await;
+    let text = transcript(&out);
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(text.contains("3 call records ($0.000014 spent)"), "{text}");
+
+    // Back: `runs` sends it.
+    proxy.restore();
+    let out = p.tollgate_env(&["runs"], &ledger).await;
+    let text = transcript(&out);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(
+        text.contains("sent 3 call records kept in ")
+            && text.contains(&spill)
+            && text.contains("(0 already there)"),
+        "{text}"
+    );
+    assert!(!text.contains("could not be written"), "{text}");
+    let cost = 100.0 * INPUT_PRICE + 10.0 * OUTPUT_PRICE;
+    let answered = direct.finished_calls(&run_id).unwrap();
+    assert_eq!(answered.len(), 1, "{text}");
+    assert!((direct.spent_since(0).unwrap() - cost).abs() < 1e-12);
+
+    // Sending again writes nothing.
+    let out = p
+        .tollgate_env(&["ledger", "sync", "--format", "json"], &ledger)
+        .await;
+    let text = transcript(&out);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    let synced = report(&out);
+    assert_eq!(
+        (synced["sent"].as_u64(), synced["left"].as_u64()),
+        (Some(0), Some(0)),
+        "{text}"
+    );
+
+    // The resume pays only for the two calls never made.
+    let out = p
+        .run_env(
+            &["--format", "json", "--quiet", "--resume", &run_id],
+            &ledger,
+        )
+        .keys()
+        .await;
+    let text = transcript(&out);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert_eq!(
+        fake.request_count(),
+        3,
+        "the first answer is not bought again: {text}"
+    );
+    let r = report(
+        &p.tollgate_env(&["report", "--format", "json"], &ledger)
+            .await,
+    );
+    assert_eq!(r["totals"]["calls"], 3, "{r}");
+    assert!(
+        (r["totals"]["cost_usd"].as_f64().unwrap() - 3.0 * cost).abs() < 1e-9,
+        "each answer counted once: {r}"
+    );
+}
+
+/// A spill file that is not one (garbage where the records should be):
+/// `ledger sync` says which file and why (exit 2); `report` still reports,
+/// warning about it; `run` refuses to start (a resume must not miss
+/// spilled answers) — never a panic. Without a team ledger, `ledger sync`
+/// says what it needs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_spill_file_is_a_clear_error() {
+    let out = Project::empty().tollgate(&["ledger", "sync"]).await;
+    let text = transcript(&out);
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(text.contains("no team ledger is set"), "{text}");
+
+    let Some(ledger) = Ledger::postgres() else {
+        return;
+    };
+    let fake = FakeServer::start().await;
+    fake.set_default(Reply::text("summary").usage(100, 10));
+    let p = Project::new(&policy(&fake, ""), ONE_CALL).on(&ledger);
+    let out = p.tollgate(&["ledger", "sync", "--format", "json"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", transcript(&out));
+    let synced = report(&out);
+    assert_eq!(
+        (synced["sent"].as_u64(), synced["left"].as_u64()),
+        (Some(0), Some(0))
+    );
+    let spill = synced["spill"].as_str().unwrap().to_owned();
+    assert!(
+        !std::path::Path::new(&spill).exists(),
+        "nothing spilled, no file"
+    );
+    std::fs::create_dir_all(std::path::Path::new(&spill).parent().unwrap()).unwrap();
+    std::fs::write(&spill, b"\x00garbage, not SQLite\n".repeat(500)).unwrap();
+
+    let out = p.tollgate(&["ledger", "sync"]).await;
+    let text = transcript(&out);
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    let flat = text
+        .split_whitespace()
+        .filter(|w| *w != "│")
+        .collect::<Vec<_>>()
+        .join(" ");
+    assert!(
+        flat.contains(&format!("the spill file {spill}")) && flat.contains("not a database"),
+        "{text}"
+    );
+    let out = p.tollgate(&["report"]).await;
+    let text = transcript(&out);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains("not a database"), "{text}");
+    let out = p.run(&["-i", "ticket=x"]).await;
+    let text = transcript(&out);
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(text.contains("not a database"), "{text}");
+    assert_eq!(fake.request_count(), 0, "{text}");
+}
+
+/// Killed during the outage (SIGKILL, nothing runs at exit): the paid
+/// answer was acknowledged from the spill file, so it survives the kill
+/// and the next command sends it once the database is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paid_answer_spilled_survives_a_kill() {
+    let Some(Ledger::Postgres(db)) = Ledger::postgres() else {
+        return;
+    };
+    let upstream = url::Url::parse(&db.url).unwrap();
+    let proxy = std::sync::Arc::new(proxy::Proxy::start(format!(
+        "{}:{}",
+        upstream.host_str().unwrap(),
+        upstream.port().unwrap_or(5432)
+    )));
+    let fake = FakeServer::start().await;
+    let cut = std::sync::Arc::clone(&proxy);
+    fake.set_handler(move |r| {
+        if r.model() == "gpt-4.1-nano" {
+            cut.cut(usize::MAX);
+            Reply::text("summary").usage(100, 10)
+        } else {
+            // The free step after it hangs until the kill.
+            Reply::text("note").delay(Duration::from_secs(300))
+        }
+    });
+    let wf = r#"version: 1
+name: killed
+inputs:
+  ticket: { type: string }
+steps:
+  paid: { task: summarize, prompt: "Summarize: {{ inputs.ticket }}", max_output_tokens: 50 }
+  free: { task: write, model: local, prompt: "Note: {{ steps.paid.output }}", max_output_tokens: 50 }
+"#;
+    let p = Project::new(&policy(&fake, "budgets:\n  daily_usd: 1\n"), wf);
+    let url = through(&db.url, proxy.port);
+    let ledger = [("TOLLGATE_STATE_URL", url.as_str())];
+    let mut child = p
+        .run_env(&["--quiet", "-i", "ticket=x"], &ledger)
+        .keys()
+        .into_tokio()
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let state = p.path().join(".tollgate");
+    tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            let free_sent = fake.requests().iter().any(|r| r.model() == "local-llm");
+            let spilled = std::fs::read_dir(&state)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .any(|e| {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    name.starts_with("spill-")
+                        && name.ends_with(".sqlite")
+                        && tollgate::journal::spill::unsent(&e.path()).is_ok_and(|u| u.records == 1)
+                });
+            if free_sent && spilled {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the paid answer is spilled and the free call is out");
+    child.start_kill().unwrap(); // SIGKILL
+    child.wait().await.unwrap();
+
+    proxy.restore();
+    let out = p
+        .tollgate_env(&["report", "--format", "json"], &ledger)
+        .await;
+    let text = transcript(&out);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains("sent 1 call record kept in "), "{text}");
+    let r = report(&out);
+    let cost = 100.0 * INPUT_PRICE + 10.0 * OUTPUT_PRICE;
+    assert_eq!(r["totals"]["calls"], 1, "{r}");
+    assert!(
+        (r["totals"]["cost_usd"].as_f64().unwrap() - cost).abs() < 1e-12,
+        "{r}"
     );
 }
