@@ -92,6 +92,7 @@ async fn engine(
             journal: j,
             run_id,
             cache_ttl: Some(Duration::from_secs(3600)),
+            durable_at_end: true,
         }
     });
     let options = RunOptions {

@@ -18,11 +18,11 @@
 //!
 //! | row | workload |
 //! |---|---|
-//! | `run-fanout-50ms` | `run`: one `for_each` step over 1,000 items, 50 ms answers, `--concurrency 16`; ideal ⌈1000/16⌉ × 50 ms = 3.15 s |
+//! | `run-fanout-50ms` | `run`: one `for_each` step over 1,000 items, 50 ms answers, `--concurrency 16`; ideal ⌈1000/16⌉ × 50 ms = 3.15 s; beside it the same calls from a bare reqwest client, 16 at a time, in-process: the floor the fake allows (its timer rounds each 50 ms up, about 1 ms a call) |
 //! | `run-seq-0ms` | `run`: `for_each` over 2,000 items, 0 ms, `--concurrency 1`; per-call overhead against a bare reqwest loop posting the same requests to the same fake, one at a time, measured here in-process |
 //! | `run-seq-0ms-…-pg` | the same with the journal in PostgreSQL (`TOLLGATE_STATE_URL`, a fresh database per repetition on the server `$TOLLGATE_TEST_PG_URL` names; skipped without it): the shared ledger's per-call overhead beside the row above |
 //! | `test-0ms-disk` / `-tmpfs` | `test`: 10,000 JSONL cases (one classification step, `equals` + `contains`), 0 ms, `--concurrency 16`, `--ci` |
-//! | `test-50ms-disk` / `-tmpfs` | `test`: 1,000 such cases, 50 ms, `--concurrency 16`; ideal 3.15 s |
+//! | `test-50ms-disk` / `-tmpfs` | `test`: 1,000 such cases, 50 ms, `--concurrency 16`; ideal 3.15 s; and the bare reqwest floor, as above |
 //! | `plan-small` | `plan workflows/ticket-triage.yaml -p policies/default.yaml` (3 steps, the example input) |
 //! | `plan-steps` | `plan` of 10,000 generated steps (the `plan` criterion bench's workflow) with the team policy |
 //! | `plan-foreach` | `plan` of one `for_each` step over 10⁴, 10⁵ and 10⁶ items (`--input items=@items.json`) |
@@ -345,6 +345,48 @@ fn bare_loop(base: &str, n: usize) -> Duration {
             let resp = client.post(&url).json(&body).send().await.expect("sent");
             let v: serde_json::Value = resp.json().await.expect("JSON");
             assert_eq!(v["choices"][0]["message"]["content"], "bug");
+        }
+        started.elapsed()
+    })
+}
+
+/// Posts `n` requests like the fan-out's, `concurrency` at a time (a new
+/// one as soon as one is answered, as the engine's window does), with one
+/// reqwest client: the floor of the concurrent rows. Against the 50 ms fake
+/// it shows what the fake itself adds to the ideal (its timer rounds each
+/// delay up to the next millisecond), which no client can win back.
+fn bare_concurrent(base: &str, n: usize, concurrency: usize) -> Duration {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    rt.block_on(async {
+        let client = reqwest::Client::new();
+        let url = format!("{base}/v1/chat/completions");
+        let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let started = Instant::now();
+        let workers: Vec<_> = (0..concurrency)
+            .map(|_| {
+                let (client, url, next) = (client.clone(), url.clone(), next.clone());
+                tokio::spawn(async move {
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        if i >= n {
+                            break;
+                        }
+                        let body = serde_json::json!({
+                            "model": "bench", "max_tokens": 5, "stream": false,
+                            "messages": [{ "role": "user", "content": format!("Label as bug or feature: ticket {i}") }]
+                        });
+                        let resp = client.post(&url).json(&body).send().await.expect("sent");
+                        let v: serde_json::Value = resp.json().await.expect("JSON");
+                        assert_eq!(v["choices"][0]["message"]["content"], "bug");
+                    }
+                })
+            })
+            .collect();
+        for w in workers {
+            w.await.expect("a worker");
         }
         started.elapsed()
     })
@@ -713,6 +755,29 @@ fn main() {
                 "ideal {:.2} s ({:.2}× ideal)",
                 ideal.as_secs_f64(),
                 wall.as_secs_f64() / ideal.as_secs_f64()
+            );
+        }
+        // The same calls, bare: what the fake allows (see `bare_concurrent`).
+        let floor = match row.work {
+            Work::Run {
+                items,
+                slow: true,
+                concurrency,
+            } => Some((items, concurrency)),
+            Work::Test {
+                cases, slow: true, ..
+            } => Some((cases, 16)),
+            _ => None,
+        };
+        if let Some((calls, concurrency)) = floor {
+            let bare = median(
+                (0..opts.reps).map(|_| bare_concurrent(&project.fakes.slow, calls, concurrency)),
+            );
+            let _ = write!(
+                note,
+                "; bare reqwest {:.2} s ({:.2}× ideal)",
+                bare.as_secs_f64(),
+                bare.as_secs_f64() / row.work.ideal().map_or(1.0, |i| i.as_secs_f64())
             );
         }
         if let (true, Work::Run { items, .. }) = (row.versus_bare, row.work) {

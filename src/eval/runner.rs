@@ -624,24 +624,27 @@ async fn journaled(
         new_run()
     };
     let db = Arc::clone(journal);
-    let run_id = tokio::task::spawn_blocking(move || db.begin_run(&record)).await??;
+    // Not waiting for the disk, neither here nor at the case's end (see
+    // `RunJournal::durable_at_end`): a case waited for three commits, which
+    // on a busy disk cost more than its call.
+    let run_id = tokio::task::spawn_blocking(move || db.begin_run_queued(&record)).await??;
     options.journal = Some(run::RunJournal {
         journal: Arc::clone(journal),
         run_id: run_id.clone(),
         cache_ttl: None,
+        durable_at_end: false,
     });
     Ok((options, Some(run_id)))
 }
 
-async fn finish_journaled(ctx: &Ctx<'_>, run_id: Option<String>, status: RunStatus) {
+fn finish_journaled(ctx: &Ctx<'_>, run_id: Option<String>, status: RunStatus) {
     let (Some(journal), Some(id)) = (&ctx.opts.journal, run_id) else {
         return;
     };
-    let status = status.as_str();
-    let db = Arc::clone(journal);
-    // A failure here leaves the run `running` until its process is gone
-    // (then `interrupted`): nothing is lost, so it is not worth failing for.
-    let _ = tokio::task::spawn_blocking(move || db.finish_run(&id, status)).await;
+    // Queued (nothing waits on it). A failure leaves the run `running`
+    // until its process is gone (then `interrupted`): nothing is lost, so
+    // it is not worth failing for.
+    let _ = journal.queue_finish_run(&id, status.as_str());
 }
 
 /// Why a step that failed did: a wrong answer is the model's (a failed
@@ -699,7 +702,7 @@ async fn run_case(ctx: &Ctx<'_>, case: &Case, plan: &Plan) -> (RunResult, Vec<St
         None,
     )
     .await;
-    finish_journaled(ctx, run_id, report.status).await;
+    finish_journaled(ctx, run_id, report.status);
     let mut result = RunResult {
         calls: report.steps.iter().map(|s| s.calls.len() as u64).sum(),
         usage: report.steps.iter().fold(Default::default(), |mut u, s| {

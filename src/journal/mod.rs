@@ -52,6 +52,7 @@ pub use records::{
 use schema::SCHEMA_VERSION;
 
 use std::path::{Path, PathBuf};
+use std::sync::mpsc::sync_channel;
 use std::sync::{Arc, Mutex};
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
@@ -337,8 +338,16 @@ impl Journal {
                 known: SCHEMA_VERSION,
             });
         }
+        // Statement by statement, each its own commit: one transaction
+        // around them all held the write lock while a new journal's file
+        // was still in rollback mode, and another process opening it at
+        // the same moment failed to switch it to WAL ("database is locked",
+        // without waiting: team::two_users_in_several_processes).
         schema::create(&conn)?;
-        conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        // Written only when it changes: a commit (an fsync) every open.
+        if version != SCHEMA_VERSION {
+            conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        }
         Ok(conn)
     }
 
@@ -415,6 +424,47 @@ impl Journal {
     /// Records a new run (status `running`) and returns its id:
     /// `r-YYYYMMDD-HHMMSS-xxxx` (UTC), short enough to type.
     pub fn begin_run(&self, run: &NewRun) -> Result<String, JournalError> {
+        self.write(self.run_insert(run))
+    }
+
+    /// [`Journal::begin_run`] without waiting for the disk: the run's id as
+    /// soon as the writer has inserted its row in its next group, before
+    /// that group's commit (blocking the thread meanwhile). For a run whose
+    /// free records need not be durable on their own — a test case: nothing
+    /// resumes it — where waiting for a commit per case made a suite on
+    /// disk as slow as its fsyncs. Writes queued after it are committed
+    /// with it or after it (the writer keeps their order), so a paid call's
+    /// committed record always has its run.
+    pub fn begin_run_queued(&self, run: &NewRun) -> Result<String, JournalError> {
+        if self.is_shared() {
+            // The ledger's waits are bounded (`StateUrl::bound`) only on
+            // the acknowledged paths.
+            return self.begin_run(run);
+        }
+        let insert = self.run_insert(run);
+        let (sent, id) = sync_channel(1);
+        self.writer
+            .write_queued(Box::new(move |tx| match insert(tx) {
+                Ok(id) => {
+                    let _ = sent.send(Ok(id));
+                    Ok(())
+                }
+                // Rolled back (its savepoint) and said to the caller too.
+                Err(e) => {
+                    let e = Arc::new(e);
+                    let _ = sent.send(Err(JournalError::Group(Arc::clone(&e))));
+                    Err(JournalError::Group(e))
+                }
+            }))?;
+        id.recv().unwrap_or(Err(JournalError::WriterStopped))
+    }
+
+    /// The insert of a new run and its steps, run by the writer; the run's
+    /// id.
+    fn run_insert(
+        &self,
+        run: &NewRun,
+    ) -> impl FnOnce(Tx<'_>) -> Result<String, JournalError> + Send + 'static {
         let now = self.now();
         let stamp = jiff::Timestamp::from_millisecond(now)
             .map(|t| t.strftime("%Y%m%d-%H%M%S").to_string())
@@ -422,7 +472,7 @@ impl Journal {
         let run = run.clone();
         let who = Arc::clone(&self.who);
         // Inside the writer's transaction: the free id stays free.
-        self.write(move |tx| {
+        move |tx| {
             let tx = match tx {
                 Tx::Lite(tx) => tx,
                 Tx::Pg(c) => return pg_sql::begin_run(c, &run, &stamp, now, &who),
@@ -487,7 +537,7 @@ impl Journal {
                 ])?;
             }
             Ok(id)
-        })
+        }
     }
 
     /// Marks a journaled run as running again in this process — only if it
@@ -517,8 +567,20 @@ impl Journal {
     /// Records how a run ended; its cost is every call of every session
     /// (the writer commits in order: every call queued before is counted).
     pub fn finish_run(&self, id: &str, status: &str) -> Result<(), JournalError> {
+        self.writer.write_sync(self.run_finish(id, status))
+    }
+
+    /// [`Journal::finish_run`], queued: committed with the writer's next
+    /// group (a test case's end, which nothing waits on); a failure is
+    /// reported by the next [`Journal::flush`].
+    pub fn queue_finish_run(&self, id: &str, status: &str) -> Result<(), JournalError> {
+        self.writer.write_queued(self.run_finish(id, status))
+    }
+
+    /// The write of how a run ended.
+    fn run_finish(&self, id: &str, status: &str) -> writer::WriteFn {
         let (id, status, now) = (id.to_owned(), status.to_owned(), self.now());
-        self.write(move |tx| {
+        Box::new(move |tx| {
             let tx = match tx {
                 Tx::Lite(tx) => tx,
                 Tx::Pg(c) => return pg_sql::finish_run(c, &id, &status, now),
@@ -680,7 +742,7 @@ impl Journal {
     ) -> Result<pg_sql::Finished, JournalError> {
         {
             let mut stmt = conn
-            .prepare(
+            .prepare_cached(
                 "SELECT step, item, model, output, input_tokens, output_tokens, cached_tokens,
                     cache_write_tokens, reasoning_tokens, cache_write_1h_tokens, cost_usd, prompt_hash
                  FROM calls WHERE run_id = ?1 AND output IS NOT NULL ORDER BY id",
@@ -796,22 +858,23 @@ impl Journal {
         request_hash: &str,
         not_before: Millis,
     ) -> Result<Option<CachedAnswer>, JournalError> {
-        conn.query_row(
+        // Cached: asked before every call, and preparing the statement cost
+        // more than running it (three quarters of the lookup, perf).
+        conn.prepare_cached(
             "SELECT response, input_tokens, output_tokens, cached_tokens, cache_write_tokens,
                     reasoning_tokens, cache_write_1h_tokens, cost_usd, run_id
                  FROM calls
                  WHERE request_hash = ?1 AND cacheable = 1 AND from_cache = 0 AND finished_ms >= ?2
                  ORDER BY finished_ms DESC, id DESC LIMIT 1",
-            params![request_hash, not_before],
-            |r| {
-                Ok(CachedAnswer {
-                    text: r.get(0)?,
-                    usage: usage_from(r, 1)?,
-                    cost_usd: r.get(7)?,
-                    run_id: r.get(8)?,
-                })
-            },
-        )
+        )?
+        .query_row(params![request_hash, not_before], |r| {
+            Ok(CachedAnswer {
+                text: r.get(0)?,
+                usage: usage_from(r, 1)?,
+                cost_usd: r.get(7)?,
+                run_id: r.get(8)?,
+            })
+        })
         .optional()
         .map_err(JournalError::Db)
     }
@@ -841,7 +904,9 @@ impl Journal {
         let mut conn = conn.lock().unwrap_or_else(|e| e.into_inner());
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let holds: Vec<(i64, u32, Option<i64>, f64, Millis, String)> = {
-            let mut stmt = tx.prepare(
+            // Cached statements, here and below: a paid call under a period
+            // budget takes a hold before it is sent.
+            let mut stmt = tx.prepare_cached(
                 "SELECT id, pid, pid_start, amount_usd, created_ms, user_name FROM holds WHERE session != ?1",
             )?;
             stmt.query_map([&*self.session], |r| {
@@ -870,19 +935,21 @@ impl Journal {
         }
         for (index, check) in checks.iter().enumerate() {
             let (spent, held): (f64, f64) = if check.user {
-                let spent = tx.query_row(
-                    "SELECT COALESCE(SUM(MAX(c.cost_usd, 0)), 0) FROM calls c JOIN runs r ON r.id = c.run_id
-                     WHERE c.finished_ms >= ?1 AND c.session != ?2 AND r.user_name = ?3",
-                    params![check.since, &*self.session, self.who.user],
-                    |r| r.get(0),
-                )?;
+                let spent = tx
+                    .prepare_cached(
+                        "SELECT COALESCE(SUM(MAX(c.cost_usd, 0)), 0) FROM calls c JOIN runs r ON r.id = c.run_id
+                         WHERE c.finished_ms >= ?1 AND c.session != ?2 AND r.user_name = ?3",
+                    )?
+                    .query_row(params![check.since, &*self.session, self.who.user], |r| {
+                        r.get(0)
+                    })?;
                 (spent, users_in_flight)
             } else {
-                let spent = tx.query_row(
-                    "SELECT COALESCE(SUM(MAX(cost_usd, 0)), 0) FROM calls WHERE finished_ms >= ?1 AND session != ?2",
-                    params![check.since, &*self.session],
-                    |r| r.get(0),
-                )?;
+                let spent = tx
+                    .prepare_cached(
+                        "SELECT COALESCE(SUM(MAX(cost_usd, 0)), 0) FROM calls WHERE finished_ms >= ?1 AND session != ?2",
+                    )?
+                    .query_row(params![check.since, &*self.session], |r| r.get(0))?;
                 (spent, in_flight)
             };
             if spent + held + check.local + amount > check.limit + 1e-12 {
@@ -890,18 +957,18 @@ impl Journal {
                 return Ok(Err((index, spent, held)));
             }
         }
-        tx.execute(
+        tx.prepare_cached(
             "INSERT INTO holds (session, pid, pid_start, amount_usd, created_ms, user_name)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![
-                &*self.session,
-                std::process::id(),
-                own_start(),
-                amount,
-                now,
-                self.who.user
-            ],
-        )?;
+        )?
+        .execute(params![
+            &*self.session,
+            std::process::id(),
+            own_start(),
+            amount,
+            now,
+            self.who.user
+        ])?;
         let id = tx.last_insert_rowid();
         tx.commit()?;
         Ok(Ok(id))
@@ -943,11 +1010,10 @@ impl Journal {
         let run = run_id.to_owned();
         self.read(
             |conn| {
-                conn.query_row(
+                conn.prepare_cached(
                     "SELECT COALESCE(SUM(MAX(cost_usd, 0)), 0) FROM calls WHERE run_id = ?1",
-                    [run_id],
-                    |r| r.get(0),
-                )
+                )?
+                .query_row([run_id], |r| r.get(0))
                 .map_err(JournalError::Db)
             },
             move |c, _| pg_sql::run_cost(c, &run),

@@ -64,6 +64,8 @@ pub mod ollama;
 pub mod openai;
 pub mod pool;
 pub mod sse;
+mod tls;
+pub use tls::client_builder;
 
 // ---------------------------------------------------------------------------
 // Requests and responses.
@@ -449,23 +451,15 @@ impl Http {
     /// honoured for remote hosts, as the vendors' SDKs do.
     pub fn new(connect_timeout: Duration) -> Http {
         Http {
-            proxied: Http::build(reqwest::Client::builder().connect_timeout(connect_timeout)),
-            direct: Http::build(
-                reqwest::Client::builder()
-                    .no_proxy()
-                    .connect_timeout(connect_timeout),
-            ),
+            proxied: Http::build(client_builder().connect_timeout(connect_timeout)),
+            direct: Http::build(client_builder().no_proxy().connect_timeout(connect_timeout)),
         }
     }
 
     /// Ignoring proxies from the environment everywhere (tests on loopback
     /// fakes).
     pub fn without_proxy(connect_timeout: Duration) -> Http {
-        let direct = Http::build(
-            reqwest::Client::builder()
-                .no_proxy()
-                .connect_timeout(connect_timeout),
-        );
+        let direct = Http::build(client_builder().no_proxy().connect_timeout(connect_timeout));
         Http {
             proxied: direct.clone(),
             direct,

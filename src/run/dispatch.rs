@@ -217,18 +217,23 @@ impl Dispatcher {
         let mut finished = false;
         loop {
             if stopped.is_none() {
-                if finished {
-                    // Free calls' answers are only queued for the journal
-                    // (see `Shared::journal_call`): nothing is built on
-                    // them before they are durable.
+                // Free calls' answers are only queued for the journal (see
+                // `Shared::journal_call`): nothing is built on them before
+                // they are durable. When no step can start (the last one
+                // finished, or others are still running), nothing is built
+                // yet, and the wait would only delay the run.
+                if finished && self.any_ready() {
                     self.sh.journal_durable().await;
                     finished = false;
                 }
                 self.start_ready();
             }
             if self.tasks.is_empty() {
-                // The run ends with everything it did on disk.
-                self.sh.journal_durable().await;
+                // The run ends with everything it did on disk (a test case
+                // leaves it to its suite: `RunJournal::durable_at_end`).
+                if options.journal.as_ref().is_some_and(|j| j.durable_at_end) {
+                    self.sh.journal_durable().await;
+                }
                 return stopped;
             }
             let sleep_until = async {
@@ -257,6 +262,20 @@ impl Dispatcher {
                 },
             }
         }
+    }
+
+    /// Whether a step waits only for [`Dispatcher::start_ready`]: pending,
+    /// with every dependency done.
+    fn any_ready(&self) -> bool {
+        (0..self.state.len()).any(|i| {
+            self.state[i] == State::Pending
+                && self
+                    .analysis()
+                    .dag
+                    .dependencies(i)
+                    .iter()
+                    .all(|&d| matches!(self.state[d], State::Done(_)))
+        })
     }
 
     /// Starts (or settles without running) every step whose dependencies

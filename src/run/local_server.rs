@@ -144,7 +144,7 @@ impl Servers {
             adopted: Mutex::new(Vec::new()),
             // The health check only ever asks the launched server itself:
             // never a redirect to somewhere else, never through a proxy.
-            http: reqwest::Client::builder()
+            http: crate::provider::client_builder()
                 .timeout(Duration::from_secs(2))
                 .redirect(reqwest::redirect::Policy::none())
                 .no_proxy()

@@ -87,6 +87,12 @@ pub struct RunJournal {
     /// Serve identical requests answered within this long from the journal;
     /// `None` sends every call (`--no-cache`, `cache: {ttl: 0}`).
     pub cache_ttl: Option<Duration>,
+    /// Whether the run ends only once every record it queued is committed
+    /// (`run`: a resume reads them). `false` for a test case: nothing
+    /// resumes it, and the suite's journal commits what is left as it
+    /// closes, so a case does not wait for the disk; its paid answers are
+    /// still committed before their calls return.
+    pub durable_at_end: bool,
 }
 
 impl Default for RunOptions {

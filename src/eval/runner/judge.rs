@@ -144,7 +144,7 @@ pub(super) async fn judge(
         None,
     )
     .await;
-    finish_journaled(ctx, run_id, report.status).await;
+    finish_journaled(ctx, run_id, report.status);
     let step = report.steps.first().ok_or(CheckError::JudgeDidNotRun)?;
     let out = match (&step.status, &step.output) {
         (StepStatus::Succeeded, Some(v)) => v.clone(),
