@@ -397,18 +397,20 @@ pub fn merge(parts: Vec<Results>) -> Result<Results, MergeError> {
                     order.push(suite.name.clone());
                     suites.insert(suite.name.clone(), (suite, cases));
                 }
-                Some((_, existing)) => {
-                    for c in cases {
-                        if existing.iter().any(|e| e.name == c.name) {
-                            return Err(MergeError::DuplicateCase {
-                                suite: suite.name.clone(),
-                                case: c.name,
-                            });
-                        }
-                        existing.push(c);
-                    }
-                }
+                Some((_, existing)) => existing.extend(cases),
             }
+        }
+    }
+    // Cases in suite order, each once (found with a set: a suite may have
+    // 100,000 cases, and a search per case would be quadratic).
+    for (name, (_, cases)) in &mut suites {
+        cases.sort_by_key(|c| c.index);
+        let mut seen = std::collections::HashSet::with_capacity(cases.len());
+        if let Some(c) = cases.iter().find(|c| !seen.insert(c.name.as_str())) {
+            return Err(MergeError::DuplicateCase {
+                suite: name.clone(),
+                case: c.name.clone(),
+            });
         }
     }
     if let Some(count) = shards.first().map(|s| s.count) {
@@ -424,8 +426,7 @@ pub fn merge(parts: Vec<Results>) -> Result<Results, MergeError> {
     let suites = order
         .into_iter()
         .filter_map(|n| suites.remove(&n))
-        .map(|(mut s, mut cases)| {
-            cases.sort_by_key(|c| c.index);
+        .map(|(mut s, cases)| {
             s.cases = Cases::from(cases);
             s
         })
