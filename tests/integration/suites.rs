@@ -1055,3 +1055,50 @@ async fn a_recording_that_cannot_be_saved_errors_every_case_in_order() {
         transcript(&out)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jsonl_case_file_read_line_by_line_locates_its_bad_lines() {
+    // The file is read line by line (never whole); a bad line is still
+    // shown in place, CRLF endings count as line ends, and bytes that are
+    // not UTF-8 are one error naming the file.
+    let fake = FakeServer::start().await;
+    fake.set_handler(answer);
+    let good = |n: &str| {
+        format!(
+            "{{\"name\": \"{n}\", \"inputs\": {{\"ticket\": \"It crashes.\"}}, \"expect\": {{\"classify\": {{\"equals\": \"bug\"}}}}}}"
+        )
+    };
+    let s = suite_project(
+        &policy(&fake),
+        CLASSIFY_ONLY,
+        "workflow: ../wf.yaml\npolicy: ../policy.yaml\ncases_from: cases.jsonl\n",
+    )
+    .with(
+        "evals/cases.jsonl",
+        &format!(
+            "{}\r\n\r\n{}\r\n{{\"name\": \"broken\", oops}}\r\n{{\"name\": \"no-inputs\", \"inputs\": 3}}\n",
+            good("a"),
+            good("b")
+        ),
+    );
+    let out = s.tollgate(&["test", "--replay"]).await;
+    assert_eq!(out.status.code(), Some(2), "{}", transcript(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for want in [
+        "line 4 is not JSON",
+        "evals/cases.jsonl:4:",
+        "evals/cases.jsonl:5:",
+    ] {
+        assert!(err.contains(want), "missing {want:?} in:\n{err}");
+    }
+
+    let mut bytes = format!("{}\n", good("a")).into_bytes();
+    bytes.extend_from_slice(b"{\"name\": \"\xff\"}\n");
+    std::fs::write(s.path().join("evals/cases.jsonl"), bytes).unwrap();
+    let out = s.tollgate(&["test", "--replay"]).await;
+    assert_eq!(out.status.code(), Some(2), "{}", transcript(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot read `"), "{err}");
+    assert!(err.contains("cases.jsonl"), "{err}");
+    assert_eq!(fake.request_count(), 0);
+}
