@@ -1,10 +1,11 @@
 //! A suite's case records ([`Cases`]), in suite order, either in memory
 //! (results read back from a file by `merge`, or built by hand) or spilled:
 //! a test run writes each finished case's record to an unnamed temporary
-//! file as one JSON line ([`CasesWriter`]) and keeps only where it starts
-//! and what it cost, so a suite of 100,000 cases holds two numbers per case
-//! until its reports are written, not 100,000 records. The reports (summary,
-//! JUnit, JSON, HTML) read the records back one at a time ([`Cases::iter`]).
+//! file as one JSON line ([`CasesWriter`]) and keeps only its index, where
+//! it starts and what it cost, so a suite of 100,000 cases holds 24 bytes
+//! per case until its reports are written (2.4 MB), not 100,000 records
+//! (about 60 MB). The reports (summary, JUnit, JSON, HTML) read the
+//! records back one at a time ([`Cases::iter`]).
 
 use std::borrow::Cow;
 use std::fs::File;
@@ -61,12 +62,8 @@ enum Repr {
 struct Spilled {
     /// `None` when the file could not be finished (then `lost` says why).
     file: Option<File>,
-    /// Where each record starts, in suite order.
-    offsets: Vec<u64>,
-    /// Each record's `cost_usd`, in suite order: totals add money case by
-    /// case in suite order, so the sums are the same to the last bit as
-    /// summing the records themselves.
-    costs: Vec<f64>,
+    /// Each record's place in the file, in suite order.
+    records: Vec<Entry>,
     tally: Tally,
     /// Why some records could not be written: every read says so rather
     /// than showing a suite with cases missing.
@@ -102,7 +99,7 @@ impl Cases {
     pub fn add_costs(&self, sum: &mut f64) {
         match &self.0 {
             Repr::Memory(v) => v.iter().for_each(|c| *sum += c.cost_usd),
-            Repr::Spilled(s) => s.costs.iter().for_each(|c| *sum += c),
+            Repr::Spilled(s) => s.records.iter().for_each(|r| *sum += r.cost_usd),
         }
     }
 
@@ -201,7 +198,7 @@ impl<'a> Iterator for Iter<'a> {
                         "case results were lost on the way to a temporary file: {why}"
                     ))));
                 }
-                let offset = *s.offsets.get(at)?;
+                let offset = s.records.get(at)?.offset;
                 let file = s.file.as_ref()?;
                 let record = self.window.record(file, offset).and_then(|line| {
                     serde_json::from_slice::<CaseResult>(line)
@@ -281,6 +278,16 @@ fn read_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
     std::os::windows::fs::FileExt::seek_read(file, buf, offset)
 }
 
+/// Where a record is, and the one figure the totals need that cannot be
+/// counted in any order: its cost (totals add money case by case in suite
+/// order, so the sums are the same to the last bit as summing the records
+/// themselves). 24 bytes a case.
+struct Entry {
+    index: usize,
+    offset: u64,
+    cost_usd: f64,
+}
+
 /// Collects a suite's records as its cases finish, in any order.
 pub struct CasesWriter {
     sink: Sink,
@@ -295,8 +302,8 @@ enum Sink {
         out: BufWriter<File>,
         /// Bytes written so far: where the next record starts.
         end: u64,
-        /// (case index, offset, cost) per record, in the order written.
-        entries: Vec<(usize, u64, f64)>,
+        /// Per record, in the order written.
+        entries: Vec<Entry>,
         line: Vec<u8>,
         lost: Option<String>,
     },
@@ -366,7 +373,11 @@ impl CasesWriter {
                     });
                 match written {
                     Ok(()) => {
-                        entries.push((case.index, *end, case.cost_usd));
+                        entries.push(Entry {
+                            index: case.index,
+                            offset: *end,
+                            cost_usd: case.cost_usd,
+                        });
                         *end += line.len() as u64;
                     }
                     Err(e) => *lost = Some(e.to_string()),
@@ -399,14 +410,10 @@ impl CasesWriter {
                         None
                     }
                 };
-                entries.sort_by_key(|(index, _, _)| *index);
-                let offsets = entries.iter().map(|(_, o, _)| *o).collect();
-                let costs = entries.iter().map(|(_, _, c)| *c).collect();
-                drop(entries);
+                entries.sort_unstable_by_key(|e| e.index);
                 Cases(Repr::Spilled(Arc::new(Spilled {
                     file,
-                    offsets,
-                    costs,
+                    records: entries,
                     tally: self.tally,
                     lost,
                 })))
