@@ -125,6 +125,55 @@ pub fn read_text(path: &Path) -> Result<String, ReadError> {
     read_text_limited(path, MAX_TEXT_BYTES)
 }
 
+/// A regular file of at most `limit` bytes read line by line, as UTF-8
+/// text: a JSONL case file of 100,000 cases is never held whole. The same
+/// checks as [`read_text_limited`]; the size is checked before the first
+/// line and again as lines are read (a file growing past the bound is an
+/// error, never a truncation).
+pub struct TextLines {
+    reader: std::io::BufReader<std::io::Take<File>>,
+    read: u64,
+    limit: u64,
+    line: String,
+}
+
+impl TextLines {
+    pub fn open(path: &Path, limit: u64) -> Result<TextLines, ReadError> {
+        let file = open_regular(path)?;
+        if file.metadata()?.len() > limit {
+            return Err(ReadError::TooLarge { limit });
+        }
+        Ok(TextLines {
+            reader: std::io::BufReader::new(file.take(limit.saturating_add(1))),
+            read: 0,
+            limit,
+            line: String::new(),
+        })
+    }
+
+    /// The next line without its ending (`\n` or `\r\n`, as
+    /// [`str::lines`] splits), `None` at the end of the file.
+    pub fn next_line(&mut self) -> Result<Option<&str>, ReadError> {
+        use std::io::BufRead as _;
+        self.line.clear();
+        let n = self.reader.read_line(&mut self.line)?;
+        if n == 0 {
+            return Ok(None);
+        }
+        self.read += n as u64;
+        if self.read > self.limit {
+            return Err(ReadError::TooLarge { limit: self.limit });
+        }
+        if self.line.ends_with('\n') {
+            self.line.pop();
+            if self.line.ends_with('\r') {
+                self.line.pop();
+            }
+        }
+        Ok(Some(&self.line))
+    }
+}
+
 /// Opens `path` for reading only if it is a regular file (after following
 /// symlinks), without blocking on a FIFO.
 fn open_regular(path: &Path) -> Result<File, ReadError> {

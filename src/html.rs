@@ -67,27 +67,31 @@ pub fn report_page(r: &Report) -> String {
     )
 }
 
-/// The page of a test run's results.
-pub fn results_page(r: &Results) -> String {
+/// The page of a test run's results. The cases are read one at a time (a
+/// test run's from its spill); the page lists a bounded number of them.
+pub fn results_page(r: &Results) -> std::io::Result<String> {
     let t = r.totals();
     let suites: Vec<SuiteView> = r
         .suites
         .iter()
         .map(|s| {
+            let mut cost = 0.0;
+            s.cases.add_costs(&mut cost);
             let mut v = SuiteView {
                 name: s.name.clone(),
                 path: s.path.clone(),
                 policy: s.policy.clone(),
                 cases: s.cases.len(),
                 passed: 0,
-                cost: usd(s.cases.iter().map(|c| c.cost_usd).sum()),
+                cost: usd(cost),
                 failed: Vec::new(),
                 errored: Vec::new(),
                 flaky: Vec::new(),
                 counts: [0; 3],
                 unlisted: 0,
             };
-            for c in &s.cases {
+            for c in s.cases.iter() {
+                let c = c?;
                 let (list, kind) = match c.outcome {
                     Outcome::Passed if c.flaky => (&mut v.flaky, 2),
                     Outcome::Passed => {
@@ -134,9 +138,9 @@ pub fn results_page(r: &Results) -> String {
                         .collect(),
                 });
             }
-            v
+            Ok(v)
         })
-        .collect();
+        .collect::<std::io::Result<_>>()?;
     let policy_tests: Vec<_> = r
         .policy_tests
         .iter()
@@ -154,7 +158,7 @@ pub fn results_page(r: &Results) -> String {
             }
         })
         .collect();
-    render(
+    Ok(render(
         "results.html",
         include_str!("html/results.html"),
         context! {
@@ -176,7 +180,7 @@ pub fn results_page(r: &Results) -> String {
             suites => suites,
             policy_tests => policy_tests,
         },
-    )
+    ))
 }
 
 /// The page of `tollgate compare`: per suite, the variants' table and a
@@ -527,7 +531,7 @@ mod tests {
                          "policy": "p.yaml", "cases": cases }],
         }))
         .unwrap();
-        let page = results_page(&results);
+        let page = results_page(&results).unwrap();
         let row = format!(
             "<td>{}</td><td>1</td><td>{}</td>",
             MAX_LISTED + 51,

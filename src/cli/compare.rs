@@ -317,7 +317,16 @@ pub(super) fn cmd_compare(args: CompareArgs, options: RenderOptions) -> u8 {
             results: r,
         })
         .collect();
-    let comparison = compare::compare(&variants[0].1, &named, mode, min_rate);
+    let comparison = match compare::compare(&variants[0].1, &named, mode, min_rate) {
+        Ok(c) => c,
+        Err(e) => {
+            let d = Diagnostic::error(
+                "io",
+                format!("cannot read the case results back from their temporary file: {e}"),
+            );
+            return report(vec![d], format, options);
+        }
+    };
     if let Err(d) = emit(&comparison, args.out.as_ref(), args.html.as_ref(), format) {
         return report(vec![d], format, options);
     }

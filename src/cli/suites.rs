@@ -133,6 +133,8 @@ fn write_json(results: &Results, out: &mut dyn Write) -> std::io::Result<()> {
 }
 
 /// The outputs every results-producing command shares: files, then stdout.
+/// Each is written as the cases are read back (a test run's from its spill):
+/// a failure to read them is an error, never a short report.
 fn emit(
     results: &Results,
     junit: Option<&Path>,
@@ -141,26 +143,47 @@ fn emit(
     format: OutputFormat,
 ) -> Result<(), Diagnostic> {
     if let Some(p) = junit {
-        write_file(p, |w| {
-            w.write_all(results::render_junit(results).as_bytes())
-        })?;
+        write_file(p, |w| results::write_junit(results, w))?;
     }
     if let Some(p) = html {
-        write_file(p, |w| {
-            w.write_all(crate::html::results_page(results).as_bytes())
-        })?;
+        let page = crate::html::results_page(results).map_err(unreadable)?;
+        write_file(p, |w| w.write_all(page.as_bytes()))?;
     }
     if let Some(p) = out {
         write_file(p, |w| write_json(results, w))?;
     }
+    // A closed stdout is not worth an error (as with every other output);
+    // what can fail is reading the cases back.
+    let mut stdout = Lenient(std::io::BufWriter::new(std::io::stdout().lock()));
     match format {
-        OutputFormat::Json => {
-            let mut stdout = std::io::BufWriter::new(std::io::stdout().lock());
-            let _ = write_json(results, &mut stdout).and_then(|()| stdout.flush());
-        }
-        OutputFormat::Text => print_out(&results::render_text(results)),
+        OutputFormat::Json => write_json(results, &mut stdout),
+        OutputFormat::Text => results::write_text(results, &mut stdout),
     }
-    Ok(())
+    .and_then(|()| stdout.flush())
+    .map_err(unreadable)
+}
+
+fn unreadable(e: std::io::Error) -> Diagnostic {
+    Diagnostic::error(
+        "io",
+        format!("cannot read the case results back from their temporary file: {e}"),
+    )
+    .with_help("the system's temporary folder (TMPDIR) must have room for the results")
+}
+
+/// A writer whose write errors are dropped (stdout closed early).
+struct Lenient<W>(W);
+
+impl<W: Write> Write for Lenient<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let _ = self.0.write_all(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let _ = self.0.flush();
+        Ok(())
+    }
 }
 
 /// Checks the flags of `test` that clap cannot, all at once, before any

@@ -14,7 +14,7 @@ use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
 
-use super::results::{Mode, Outcome, Results, RunResult, StepFigures, SuiteResult};
+use super::results::{CaseResult, Mode, Outcome, Results, RunResult, StepFigures, SuiteResult};
 use super::suite::Suite;
 
 pub const FORMAT_VERSION: u32 = 1;
@@ -182,7 +182,7 @@ pub fn variant_outcomes(
 }
 
 /// Each case's outcomes under every variant (first run of each).
-fn case_outcomes(results: &[(&str, Option<&SuiteResult>)]) -> Vec<CaseOutcomes> {
+fn case_outcomes(results: &[(&str, Option<Loaded<'_>>)]) -> Vec<CaseOutcomes> {
     // Indexed by name: a suite may have 100,000 cases, and a search per
     // case and variant would be quadratic.
     let mut names: indexmap::IndexSet<&str> = indexmap::IndexSet::new();
@@ -325,30 +325,46 @@ pub struct VariantResults<'a> {
     pub results: &'a Results,
 }
 
+/// A variant's results of one suite with its cases read into memory: a
+/// comparison looks each case up under every variant (one suite at a time).
+struct Loaded<'a> {
+    suite: &'a SuiteResult,
+    cases: Vec<CaseResult>,
+}
+
 /// Builds the comparison. `suites` gives each suite's workflow and cases
 /// (any variant's load: a variant changes the policy and pins, not the
-/// steps, their tasks or the cases).
+/// steps, their tasks or the cases). Fails only when a run's case records
+/// cannot be read back from their spill.
 pub fn compare(
     suites: &[Suite],
     variants: &[VariantResults<'_>],
     mode: Mode,
     min_pass_rate: Option<f64>,
-) -> Comparison {
+) -> std::io::Result<Comparison> {
     let out = suites
         .iter()
         .map(|suite| {
-            let results: Vec<(&str, Option<&SuiteResult>)> = variants
+            let results: Vec<(&str, Option<Loaded<'_>>)> = variants
                 .iter()
                 .map(|v| {
-                    (
-                        v.name,
-                        v.results.suites.iter().find(|s| s.name == suite.name),
-                    )
+                    let r = v.results.suites.iter().find(|s| s.name == suite.name);
+                    let loaded = r
+                        .map(|r| {
+                            let cases = r
+                                .cases
+                                .iter()
+                                .map(|c| c.map(std::borrow::Cow::into_owned))
+                                .collect::<std::io::Result<_>>()?;
+                            Ok::<_, std::io::Error>(Loaded { suite: r, cases })
+                        })
+                        .transpose()?;
+                    Ok((v.name, loaded))
                 })
-                .collect();
+                .collect::<std::io::Result<_>>()?;
             let mut rows: Vec<Row> = results
                 .iter()
-                .map(|(name, r)| suite_row(name, *r))
+                .map(|(name, r)| suite_row(name, r.as_ref()))
                 .collect();
             finish(&mut rows);
             let tasks = tasks_of(suite);
@@ -359,7 +375,7 @@ pub fn compare(
                 .map(|((task, steps), checks)| {
                     let mut rows: Vec<Row> = results
                         .iter()
-                        .map(|(name, r)| task_row(name, *r, &checks, &steps))
+                        .map(|(name, r)| task_row(name, r.as_ref(), &checks, &steps))
                         .collect();
                     finish(&mut rows);
                     TaskComparison {
@@ -369,7 +385,7 @@ pub fn compare(
                     }
                 })
                 .collect();
-            SuiteComparison {
+            Ok(SuiteComparison {
                 name: suite.name.clone(),
                 path: suite.path.display().to_string(),
                 workflow: suite.workflow_path.display().to_string(),
@@ -377,15 +393,15 @@ pub fn compare(
                 rows,
                 tasks,
                 cases: case_outcomes(&results),
-            }
+            })
         })
-        .collect();
-    Comparison {
+        .collect::<std::io::Result<_>>()?;
+    Ok(Comparison {
         version: FORMAT_VERSION,
         mode,
         variants: variants.iter().map(|v| v.name.to_owned()).collect(),
         suites: out,
-    }
+    })
 }
 
 /// The workflow's tasks, each with its steps, in step order.
@@ -479,8 +495,8 @@ fn ratio(part: u64, whole: u64) -> Option<f64> {
     (whole > 0).then(|| part as f64 / whole as f64)
 }
 
-fn suite_row(variant: &str, r: Option<&SuiteResult>) -> Row {
-    let mut row = empty_row(variant, r);
+fn suite_row(variant: &str, r: Option<&Loaded<'_>>) -> Row {
+    let mut row = empty_row(variant, r.map(|r| r.suite));
     let Some(r) = r else {
         return row;
     };
@@ -545,11 +561,11 @@ fn checking_cases(suite: &Suite, tasks: &[(String, BTreeSet<String>)]) -> Vec<Ve
 
 fn task_row(
     variant: &str,
-    r: Option<&SuiteResult>,
+    r: Option<&Loaded<'_>>,
     checks: &[bool],
     steps: &BTreeSet<String>,
 ) -> Row {
-    let mut row = empty_row(variant, r);
+    let mut row = empty_row(variant, r.map(|r| r.suite));
     let Some(r) = r else {
         return row;
     };

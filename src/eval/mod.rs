@@ -13,6 +13,8 @@
 //! - [`snapshot`] — the reviewed snapshot files and pending changes;
 //! - [`cassette`] — recorded responses: record live, replay offline;
 //! - [`results`] — outcomes, the human summary, JUnit XML, merging shards;
+//! - [`spill`] — a suite's case records, spilled to a temporary file as
+//!   they finish and read back in suite order by the reports;
 //! - [`compare`] — `tollgate compare`: the same suites under several
 //!   policies or model pins, per suite and per task, with the Pareto front.
 //!
@@ -32,4 +34,5 @@ pub mod policy_tests;
 pub mod results;
 pub mod runner;
 pub mod snapshot;
+pub mod spill;
 pub mod suite;

@@ -13,6 +13,7 @@ use std::fmt::Write as _;
 use serde::{Deserialize, Serialize};
 
 use super::assertion::Failure;
+pub use super::spill::{Cases, CasesWriter, Tally};
 use crate::provider::Usage;
 
 pub const FORMAT_VERSION: u32 = 1;
@@ -70,8 +71,9 @@ pub struct SuiteResult {
     /// Set when `--policy` or `--model` changed the suite.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub variant: Option<super::suite::VariantInfo>,
-    /// Cases in suite order.
-    pub cases: Vec<CaseResult>,
+    /// Cases in suite order (a test run's spilled to a temporary file,
+    /// see [`super::spill`]).
+    pub cases: Cases,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -284,18 +286,17 @@ pub struct Totals {
 impl Results {
     pub fn totals(&self) -> Totals {
         let mut t = Totals::default();
-        for c in self.suites.iter().flat_map(|s| &s.cases) {
-            t.cases += 1;
-            match c.outcome {
-                Outcome::Passed => t.passed += 1,
-                Outcome::Failed => t.failed += 1,
-                Outcome::Errored => t.errored += 1,
-            }
-            t.flaky += usize::from(c.flaky);
+        for s in &self.suites {
+            let c = s.cases.tally();
+            t.cases += c.cases;
+            t.passed += c.passed;
+            t.failed += c.failed;
+            t.errored += c.errored;
+            t.flaky += c.flaky;
             t.calls += c.calls;
-            t.input_tokens += c.usage.input_tokens;
-            t.output_tokens += c.usage.output_tokens;
-            t.cost_usd += c.cost_usd;
+            t.input_tokens += c.input_tokens;
+            t.output_tokens += c.output_tokens;
+            s.cases.add_costs(&mut t.cost_usd);
         }
         for o in self.policy_tests.iter().flat_map(|f| &f.tests) {
             t.cases += 1;
@@ -329,15 +330,18 @@ pub enum MergeError {
     DuplicateCase { suite: String, case: String },
     #[error("results format version {0}; this tollgate reads {FORMAT_VERSION}")]
     Version(u32),
+    #[error("cannot read the results of suite `{suite}` back: {why}")]
+    Read { suite: String, why: String },
 }
 
 /// Joins the results of shards into the results of the whole run: suites by
 /// name, cases back in suite order. Every shard of the split must be there
-/// once, so a lost CI job cannot pass for a green run.
+/// once, so a lost CI job cannot pass for a green run. The shards' records
+/// are joined in memory (they were read whole from their files).
 pub fn merge(parts: Vec<Results>) -> Result<Results, MergeError> {
     let mut mode = None;
     let mut shards: Vec<Shard> = Vec::new();
-    let mut suites: BTreeMap<String, SuiteResult> = BTreeMap::new();
+    let mut suites: BTreeMap<String, (SuiteResult, Vec<CaseResult>)> = BTreeMap::new();
     let mut order: Vec<String> = Vec::new();
     let mut policy_tests: Vec<PolicyTestsResult> = Vec::new();
     for part in parts {
@@ -380,24 +384,33 @@ pub fn merge(parts: Vec<Results>) -> Result<Results, MergeError> {
                 }
             }
         }
-        for suite in part.suites {
+        for mut suite in part.suites {
+            let cases =
+                std::mem::take(&mut suite.cases)
+                    .into_vec()
+                    .map_err(|e| MergeError::Read {
+                        suite: suite.name.clone(),
+                        why: e.to_string(),
+                    })?;
             match suites.get_mut(&suite.name) {
                 None => {
                     order.push(suite.name.clone());
-                    suites.insert(suite.name.clone(), suite);
+                    suites.insert(suite.name.clone(), (suite, cases));
                 }
-                Some(existing) => {
-                    for c in suite.cases {
-                        if existing.cases.iter().any(|e| e.name == c.name) {
-                            return Err(MergeError::DuplicateCase {
-                                suite: suite.name.clone(),
-                                case: c.name,
-                            });
-                        }
-                        existing.cases.push(c);
-                    }
-                }
+                Some((_, existing)) => existing.extend(cases),
             }
+        }
+    }
+    // Cases in suite order, each once (found with a set: a suite may have
+    // 100,000 cases, and a search per case would be quadratic).
+    for (name, (_, cases)) in &mut suites {
+        cases.sort_by_key(|c| c.index);
+        let mut seen = std::collections::HashSet::with_capacity(cases.len());
+        if let Some(c) = cases.iter().find(|c| !seen.insert(c.name.as_str())) {
+            return Err(MergeError::DuplicateCase {
+                suite: name.clone(),
+                case: c.name.clone(),
+            });
         }
     }
     if let Some(count) = shards.first().map(|s| s.count) {
@@ -413,8 +426,8 @@ pub fn merge(parts: Vec<Results>) -> Result<Results, MergeError> {
     let suites = order
         .into_iter()
         .filter_map(|n| suites.remove(&n))
-        .map(|mut s| {
-            s.cases.sort_by_key(|c| c.index);
+        .map(|(mut s, cases)| {
+            s.cases = Cases::from(cases);
             s
         })
         .collect();
@@ -448,7 +461,8 @@ fn clip(s: &str, max: usize) -> String {
 }
 
 /// The human summary: one line per case, details of what went wrong, totals.
-pub fn render_text(results: &Results) -> String {
+/// Written case by case: a big suite's summary is never one string.
+pub fn write_text(results: &Results, w: &mut dyn std::io::Write) -> std::io::Result<()> {
     let mut out = String::new();
     // A shard or a filter may leave a suite without cases: not worth a line.
     for s in results.suites.iter().filter(|s| !s.cases.is_empty()) {
@@ -465,7 +479,10 @@ pub fn render_text(results: &Results) -> String {
                 .unwrap_or_default(),
             s.cases.len()
         );
-        for c in &s.cases {
+        for c in s.cases.iter() {
+            let c = c?;
+            w.write_all(out.as_bytes())?;
+            out.clear();
             let mark = match c.outcome {
                 Outcome::Passed => "ok    ",
                 Outcome::Failed => "FAILED",
@@ -581,8 +598,7 @@ pub fn render_text(results: &Results) -> String {
     let pending: usize = results
         .suites
         .iter()
-        .flat_map(|s| &s.cases)
-        .map(|c| c.pending_snapshots.len())
+        .map(|s| s.cases.tally().pending_snapshots)
         .sum();
     if pending > 0 {
         let _ = writeln!(
@@ -590,123 +606,374 @@ pub fn render_text(results: &Results) -> String {
             "{pending} pending snapshot(s): review them, then `tollgate test --accept`"
         );
     }
-    out
+    w.write_all(out.as_bytes())
+}
+
+/// [`write_text`] into a string (small results: tests, benchmarks).
+pub fn render_text(results: &Results) -> std::io::Result<String> {
+    let mut out = Vec::new();
+    write_text(results, &mut out)?;
+    String::from_utf8(out).map_err(std::io::Error::other)
 }
 
 /// JUnit XML: a test suite per suite, a test case per case (classname = the
 /// suite), `<failure>` for failed assertions and `<error>` for errored cases.
-pub fn render_junit(results: &Results) -> String {
-    use quick_junit::{NonSuccessKind, Report, TestCase, TestCaseStatus, TestSuite};
-    let mut report = Report::new("tollgate");
+/// Written case by case with quick-xml, event for event what quick-junit
+/// writes for the same report (the counts a suite's tag carries come from
+/// the tallies), so a big suite's report is never held whole; every text is
+/// cleaned as quick-junit's `XmlString` cleans it (ANSI escapes and control
+/// characters removed).
+pub fn write_junit(results: &Results, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+    use quick_xml::events::{BytesDecl, BytesStart, Event};
+    let mut w = quick_xml::Writer::new_with_indent(out, b' ', 4);
+    let (mut tests, mut failures, mut errors) = (0, 0, 0);
     for s in &results.suites {
-        let mut suite = TestSuite::new(s.name.as_str());
-        suite.add_property(quick_junit::Property::new("workflow", s.workflow.as_str()));
-        suite.add_property(quick_junit::Property::new("policy", s.policy.as_str()));
-        if let Some(v) = &s.variant {
-            suite.add_property(quick_junit::Property::new("variant", v.name.as_str()));
-            if let Some(m) = &v.model {
-                suite.add_property(quick_junit::Property::new("model", m.as_str()));
-            }
-        }
-        for c in &s.cases {
-            let status = match c.outcome {
-                Outcome::Passed => TestCaseStatus::success(),
-                outcome => {
-                    let kind = if outcome == Outcome::Failed {
-                        NonSuccessKind::Failure
-                    } else {
-                        NonSuccessKind::Error
-                    };
-                    let mut st = TestCaseStatus::non_success(kind);
-                    let run = c.runs.iter().find(|r| r.outcome != Outcome::Passed);
-                    let message = run.map_or_else(String::new, |r| {
-                        r.error.clone().unwrap_or_else(|| {
-                            r.failures
-                                .iter()
-                                .map(|f| format!("step {}: {}", f.step, f.message))
-                                .collect::<Vec<_>>()
-                                .join("; ")
-                        })
-                    });
-                    st.set_message(clip(&message, 500));
-                    let mut description = String::new();
-                    if c.runs.len() > 1 {
-                        let _ = writeln!(
-                            description,
-                            "{}/{} runs passed (threshold {})",
-                            c.passed_runs,
-                            c.runs.len(),
-                            c.pass_threshold
-                        );
-                    }
-                    if let Some(r) = run {
-                        for f in &r.failures {
-                            let _ = writeln!(
-                                description,
-                                "step {}: {} — {}",
-                                f.step, f.assertion, f.message
-                            );
-                            if let Some(d) = &f.diff {
-                                let _ = writeln!(description, "{d}");
-                            } else if let (Some(e), Some(a)) = (&f.expected, &f.actual) {
-                                let _ = writeln!(description, "expected: {e}\ngot: {a}");
-                            }
-                        }
-                    }
-                    st.set_description(description);
-                    st
-                }
-            };
-            let mut tc = TestCase::new(c.name.as_str(), status);
-            tc.set_classname(s.name.as_str());
-            tc.set_time(std::time::Duration::from_millis(c.elapsed_ms));
-            tc.add_property(quick_junit::Property::new(
-                "cost_usd",
-                format!("{:.6}", c.cost_usd),
-            ));
-            tc.add_property(quick_junit::Property::new(
-                "tokens",
-                (c.usage.input_tokens + c.usage.output_tokens).to_string(),
-            ));
-            if c.flaky {
-                tc.set_system_out(format!(
-                    "flaky: {}/{} runs passed",
-                    c.passed_runs,
-                    c.runs.len()
-                ));
-            }
-            suite.add_test_case(tc);
-        }
-        report.add_test_suite(suite);
+        let t = s.cases.tally();
+        tests += t.cases;
+        failures += t.failed;
+        errors += t.errored;
     }
     for f in &results.policy_tests {
-        let mut suite = TestSuite::new(format!("policy tests {}", f.path));
-        suite.add_property(quick_junit::Property::new("policy", f.policy.as_str()));
+        tests += f.tests.len();
+        failures += f.tests.iter().filter(|o| !o.passed).count();
+    }
+    w.write_event(Event::Decl(BytesDecl::new("1.0", Some("UTF-8"), None)))?;
+    let mut root = BytesStart::new("testsuites");
+    root.push_attribute(("name", "tollgate"));
+    root.extend_attributes([
+        ("tests", tests.to_string().as_str()),
+        ("skipped", "0"),
+        ("failures", failures.to_string().as_str()),
+        ("errors", errors.to_string().as_str()),
+    ]);
+    w.write_event(Event::Start(root))?;
+    for s in &results.suites {
+        let t = s.cases.tally();
+        let mut properties = vec![
+            ("workflow", s.workflow.as_str()),
+            ("policy", s.policy.as_str()),
+        ];
+        if let Some(v) = &s.variant {
+            properties.push(("variant", v.name.as_str()));
+            if let Some(m) = &v.model {
+                properties.push(("model", m.as_str()));
+            }
+        }
+        junit::suite_start(&mut w, &s.name, [t.cases, t.errored, t.failed], &properties)?;
+        for c in s.cases.iter() {
+            junit_case(&mut w, &s.name, c?.as_ref())?;
+        }
+        junit::end(&mut w, "testsuite")?;
+    }
+    for f in &results.policy_tests {
+        let failed = f.tests.iter().filter(|o| !o.passed).count();
+        junit::suite_start(
+            &mut w,
+            &format!("policy tests {}", f.path),
+            [f.tests.len(), 0, failed],
+            &[("policy", f.policy.as_str())],
+        )?;
         for o in &f.tests {
-            let status = if o.passed {
-                TestCaseStatus::success()
-            } else {
-                let mut st = TestCaseStatus::non_success(NonSuccessKind::Failure);
-                st.set_message(clip(&o.failures.join("; "), 500));
-                st.set_description(format!(
+            let status = (!o.passed).then(|| junit::Problem {
+                tag: "failure",
+                message: clip(&o.failures.join("; "), 500),
+                description: format!(
                     "{}\ngot: {}",
                     o.origin,
                     super::policy_tests::describe(&o.got)
-                ));
-                st
-            };
-            let mut tc = TestCase::new(o.name.as_str(), status);
-            tc.set_classname(f.path.as_str());
-            suite.add_test_case(tc);
+                ),
+            });
+            junit::case(&mut w, &o.name, &f.path, None, &[], status, None)?;
         }
-        report.add_test_suite(suite);
+        junit::end(&mut w, "testsuite")?;
     }
-    report.to_string().unwrap_or_default()
+    junit::end(&mut w, "testsuites")?;
+    w.write_event(Event::Eof)?;
+    w.write_indent()
+}
+
+/// One case's `<testcase>`.
+fn junit_case<W: std::io::Write>(
+    w: &mut quick_xml::Writer<W>,
+    suite: &str,
+    c: &CaseResult,
+) -> std::io::Result<()> {
+    let problem = (c.outcome != Outcome::Passed).then(|| {
+        let run = c.runs.iter().find(|r| r.outcome != Outcome::Passed);
+        let message = run.map_or_else(String::new, |r| {
+            r.error.clone().unwrap_or_else(|| {
+                r.failures
+                    .iter()
+                    .map(|f| format!("step {}: {}", f.step, f.message))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            })
+        });
+        let mut description = String::new();
+        if c.runs.len() > 1 {
+            let _ = writeln!(
+                description,
+                "{}/{} runs passed (threshold {})",
+                c.passed_runs,
+                c.runs.len(),
+                c.pass_threshold
+            );
+        }
+        if let Some(r) = run {
+            for f in &r.failures {
+                let _ = writeln!(
+                    description,
+                    "step {}: {} — {}",
+                    f.step, f.assertion, f.message
+                );
+                if let Some(d) = &f.diff {
+                    let _ = writeln!(description, "{d}");
+                } else if let (Some(e), Some(a)) = (&f.expected, &f.actual) {
+                    let _ = writeln!(description, "expected: {e}\ngot: {a}");
+                }
+            }
+        }
+        junit::Problem {
+            tag: if c.outcome == Outcome::Failed {
+                "failure"
+            } else {
+                "error"
+            },
+            message: clip(&message, 500),
+            description,
+        }
+    });
+    let properties = [
+        ("cost_usd", format!("{:.6}", c.cost_usd)),
+        (
+            "tokens",
+            (c.usage.input_tokens + c.usage.output_tokens).to_string(),
+        ),
+    ];
+    let properties: Vec<(&str, &str)> = properties.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let system_out = c
+        .flaky
+        .then(|| format!("flaky: {}/{} runs passed", c.passed_runs, c.runs.len()));
+    junit::case(
+        w,
+        &c.name,
+        suite,
+        Some(std::time::Duration::from_millis(c.elapsed_ms)),
+        &properties,
+        problem,
+        system_out.as_deref(),
+    )
+}
+
+/// The pieces of JUnit XML, as quick-junit's serializer writes them.
+mod junit {
+    use quick_junit::XmlString;
+    use quick_xml::Writer;
+    use quick_xml::events::{BytesEnd, BytesStart, BytesText, Event};
+    use std::io::{Result, Write};
+
+    /// A `<failure>` or `<error>`.
+    pub(super) struct Problem {
+        pub tag: &'static str,
+        pub message: String,
+        pub description: String,
+    }
+
+    /// `<testsuite>` and its properties; `counts` = tests, errors, failures.
+    pub(super) fn suite_start<W: Write>(
+        w: &mut Writer<W>,
+        name: &str,
+        [tests, errors, failures]: [usize; 3],
+        properties: &[(&str, &str)],
+    ) -> Result<()> {
+        let name = XmlString::new(name);
+        let mut tag = BytesStart::new("testsuite");
+        tag.extend_attributes([
+            ("name", name.as_str()),
+            ("tests", tests.to_string().as_str()),
+            ("skipped", "0"),
+            ("errors", errors.to_string().as_str()),
+            ("failures", failures.to_string().as_str()),
+        ]);
+        // Every suite has properties, so never a childless tag.
+        w.write_event(Event::Start(tag))?;
+        write_properties(w, properties)
+    }
+
+    pub(super) fn case<W: Write>(
+        w: &mut Writer<W>,
+        name: &str,
+        classname: &str,
+        time: Option<std::time::Duration>,
+        properties: &[(&str, &str)],
+        problem: Option<Problem>,
+        system_out: Option<&str>,
+    ) -> Result<()> {
+        let (name, classname) = (XmlString::new(name), XmlString::new(classname));
+        let mut tag = BytesStart::new("testcase");
+        tag.push_attribute(("name", name.as_str()));
+        tag.push_attribute(("classname", classname.as_str()));
+        if let Some(time) = time {
+            tag.push_attribute(("time", format!("{:.3}", time.as_secs_f64()).as_str()));
+        }
+        if properties.is_empty() && problem.is_none() && system_out.is_none() {
+            return w.write_event(Event::Empty(tag));
+        }
+        w.write_event(Event::Start(tag))?;
+        write_properties(w, properties)?;
+        if let Some(p) = problem {
+            let message = XmlString::new(p.message);
+            let mut tag = BytesStart::new(p.tag);
+            tag.push_attribute(("message", message.as_str()));
+            w.write_event(Event::Start(tag))?;
+            let description = XmlString::new(p.description);
+            w.write_event(Event::Text(BytesText::new(description.as_str())))?;
+            end(w, p.tag)?;
+        }
+        if let Some(out) = system_out {
+            let out = XmlString::new(out);
+            w.write_event(Event::Start(BytesStart::new("system-out")))?;
+            w.write_event(Event::Text(BytesText::new(out.as_str())))?;
+            end(w, "system-out")?;
+        }
+        end(w, "testcase")
+    }
+
+    fn write_properties<W: Write>(w: &mut Writer<W>, properties: &[(&str, &str)]) -> Result<()> {
+        if properties.is_empty() {
+            return Ok(());
+        }
+        w.write_event(Event::Start(BytesStart::new("properties")))?;
+        for (k, v) in properties {
+            let (k, v) = (XmlString::new(k), XmlString::new(v));
+            let mut tag = BytesStart::new("property");
+            tag.extend_attributes([("name", k.as_str()), ("value", v.as_str())]);
+            w.write_event(Event::Empty(tag))?;
+        }
+        end(w, "properties")
+    }
+
+    pub(super) fn end<W: Write>(w: &mut Writer<W>, tag: &str) -> Result<()> {
+        w.write_event(Event::End(BytesEnd::new(tag)))
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What `write_junit` replaced: the report built whole with quick-junit,
+    /// kept to prove the streamed XML is the same, byte for byte.
+    /// JUnit XML: a test suite per suite, a test case per case (classname = the
+    /// suite), `<failure>` for failed assertions and `<error>` for errored cases.
+    fn junit_reference(results: &Results) -> String {
+        use quick_junit::{NonSuccessKind, Report, TestCase, TestCaseStatus, TestSuite};
+        let mut report = Report::new("tollgate");
+        for s in &results.suites {
+            let mut suite = TestSuite::new(s.name.as_str());
+            suite.add_property(quick_junit::Property::new("workflow", s.workflow.as_str()));
+            suite.add_property(quick_junit::Property::new("policy", s.policy.as_str()));
+            if let Some(v) = &s.variant {
+                suite.add_property(quick_junit::Property::new("variant", v.name.as_str()));
+                if let Some(m) = &v.model {
+                    suite.add_property(quick_junit::Property::new("model", m.as_str()));
+                }
+            }
+            for c in s.cases.iter().map(Result::unwrap) {
+                let status = match c.outcome {
+                    Outcome::Passed => TestCaseStatus::success(),
+                    outcome => {
+                        let kind = if outcome == Outcome::Failed {
+                            NonSuccessKind::Failure
+                        } else {
+                            NonSuccessKind::Error
+                        };
+                        let mut st = TestCaseStatus::non_success(kind);
+                        let run = c.runs.iter().find(|r| r.outcome != Outcome::Passed);
+                        let message = run.map_or_else(String::new, |r| {
+                            r.error.clone().unwrap_or_else(|| {
+                                r.failures
+                                    .iter()
+                                    .map(|f| format!("step {}: {}", f.step, f.message))
+                                    .collect::<Vec<_>>()
+                                    .join("; ")
+                            })
+                        });
+                        st.set_message(clip(&message, 500));
+                        let mut description = String::new();
+                        if c.runs.len() > 1 {
+                            let _ = writeln!(
+                                description,
+                                "{}/{} runs passed (threshold {})",
+                                c.passed_runs,
+                                c.runs.len(),
+                                c.pass_threshold
+                            );
+                        }
+                        if let Some(r) = run {
+                            for f in &r.failures {
+                                let _ = writeln!(
+                                    description,
+                                    "step {}: {} — {}",
+                                    f.step, f.assertion, f.message
+                                );
+                                if let Some(d) = &f.diff {
+                                    let _ = writeln!(description, "{d}");
+                                } else if let (Some(e), Some(a)) = (&f.expected, &f.actual) {
+                                    let _ = writeln!(description, "expected: {e}\ngot: {a}");
+                                }
+                            }
+                        }
+                        st.set_description(description);
+                        st
+                    }
+                };
+                let mut tc = TestCase::new(c.name.as_str(), status);
+                tc.set_classname(s.name.as_str());
+                tc.set_time(std::time::Duration::from_millis(c.elapsed_ms));
+                tc.add_property(quick_junit::Property::new(
+                    "cost_usd",
+                    format!("{:.6}", c.cost_usd),
+                ));
+                tc.add_property(quick_junit::Property::new(
+                    "tokens",
+                    (c.usage.input_tokens + c.usage.output_tokens).to_string(),
+                ));
+                if c.flaky {
+                    tc.set_system_out(format!(
+                        "flaky: {}/{} runs passed",
+                        c.passed_runs,
+                        c.runs.len()
+                    ));
+                }
+                suite.add_test_case(tc);
+            }
+            report.add_test_suite(suite);
+        }
+        for f in &results.policy_tests {
+            let mut suite = TestSuite::new(format!("policy tests {}", f.path));
+            suite.add_property(quick_junit::Property::new("policy", f.policy.as_str()));
+            for o in &f.tests {
+                let status = if o.passed {
+                    TestCaseStatus::success()
+                } else {
+                    let mut st = TestCaseStatus::non_success(NonSuccessKind::Failure);
+                    st.set_message(clip(&o.failures.join("; "), 500));
+                    st.set_description(format!(
+                        "{}\ngot: {}",
+                        o.origin,
+                        crate::eval::policy_tests::describe(&o.got)
+                    ));
+                    st
+                };
+                let mut tc = TestCase::new(o.name.as_str(), status);
+                tc.set_classname(f.path.as_str());
+                suite.add_test_case(tc);
+            }
+            report.add_test_suite(suite);
+        }
+        report.to_string().unwrap_or_default()
+    }
 
     fn run(outcome: Outcome) -> RunResult {
         RunResult {
@@ -767,7 +1034,8 @@ mod tests {
                             Vec::new(),
                         )
                     })
-                    .collect(),
+                    .collect::<Vec<_>>()
+                    .into(),
             }],
             policy_tests: Vec::new(),
         }
@@ -780,10 +1048,10 @@ mod tests {
             results(Some((1, 2)), &[("a", 0), ("c", 2)]),
         ])
         .unwrap();
-        let names: Vec<&str> = merged.suites[0]
+        let names: Vec<String> = merged.suites[0]
             .cases
             .iter()
-            .map(|c| c.name.as_str())
+            .map(|c| c.unwrap().name.clone())
             .collect();
         assert_eq!(names, ["a", "b", "c"]);
         assert!(matches!(
@@ -850,13 +1118,13 @@ mod tests {
             actual: Some("feature".into()),
             diff: None,
         });
-        r.suites[0].cases[1] =
-            CaseResult::from_runs("b".into(), 1, "x".into(), 1.0, vec![failed], Vec::new());
+        let mut cases = std::mem::take(&mut r.suites[0].cases).into_vec().unwrap();
+        cases[1] = CaseResult::from_runs("b".into(), 1, "x".into(), 1.0, vec![failed], Vec::new());
         let mut errored = run(Outcome::Errored);
         errored.error = Some("no recorded response".into());
-        r.suites[0].cases[2] =
-            CaseResult::from_runs("c".into(), 2, "x".into(), 1.0, vec![errored], Vec::new());
-        let xml = render_junit(&r);
+        cases[2] = CaseResult::from_runs("c".into(), 2, "x".into(), 1.0, vec![errored], Vec::new());
+        r.suites[0].cases = cases.into();
+        let xml = junit(&r);
         assert!(
             xml.contains("tests=\"3\"")
                 && xml.contains("failures=\"1\"")
@@ -873,5 +1141,191 @@ mod tests {
             xml.contains("<error message=\"no recorded response\""),
             "{xml}"
         );
+    }
+
+    fn junit(r: &Results) -> String {
+        let mut out = Vec::new();
+        write_junit(r, &mut out).unwrap();
+        String::from_utf8(out).unwrap()
+    }
+
+    /// Cases of every shape the reports treat apart, with hostile text.
+    fn varied_case(i: usize) -> CaseResult {
+        let hostile = "<b>&\"'</b> \u{1b}[31mred\u{1b}[0m \u{7}bell\nline ⏎ é";
+        let failure = |step: &str| Failure {
+            step: step.into(),
+            assertion: "equals".into(),
+            message: format!("not equal {hostile}"),
+            expected: Some(format!("want {hostile}")),
+            actual: Some("got\nthis".into()),
+            diff: (i % 2 == 0).then(|| "--- expected\n+++ actual\n-a\n+b".into()),
+        };
+        let mut runs = match i % 5 {
+            0 => vec![run(Outcome::Passed)],
+            1 => {
+                let mut r = run(Outcome::Failed);
+                r.failures = vec![failure("classify"), failure("reply")];
+                vec![r]
+            }
+            2 => {
+                let mut r = run(Outcome::Errored);
+                r.error = Some(format!("provider said {hostile}"));
+                vec![r]
+            }
+            // Flaky: 2 of 3 pass at 0.6.
+            3 => {
+                let mut f = run(Outcome::Failed);
+                f.failures = vec![failure("classify")];
+                vec![run(Outcome::Passed), f, run(Outcome::Passed)]
+            }
+            _ => vec![run(Outcome::Failed), run(Outcome::Failed)],
+        };
+        for (k, r) in runs.iter_mut().enumerate() {
+            r.cost_usd = 0.000_123 * (i + k + 1) as f64 / 7.0;
+            r.usage.input_tokens = 10 + i as u64;
+            r.usage.output_tokens = 3;
+            r.elapsed_ms = (i * 37 % 2000) as u64;
+        }
+        // A few records are bigger than the reading window.
+        if i % 401 == 0 {
+            runs[0].steps = vec![StepFigures {
+                step: "s".into(),
+                prompt: Some("p".repeat(100_000)),
+                ..StepFigures::default()
+            }];
+        }
+        let pending = if i % 11 == 0 {
+            vec![format!("snapshots/case-{i}.snap.new")]
+        } else {
+            Vec::new()
+        };
+        CaseResult::from_runs(
+            format!("case {i} {hostile}"),
+            i,
+            format!("cases.jsonl:{}", i + 1),
+            if i % 5 == 3 { 0.6 } else { 1.0 },
+            runs,
+            pending,
+        )
+    }
+
+    /// Two suites (one a pinned variant) and a policy test file, the cases
+    /// pushed in a shuffled order (as runs finish) into `writer()`.
+    fn varied_results(n: usize, writer: fn() -> CasesWriter) -> Results {
+        let suite = |name: &str, variant: Option<crate::eval::suite::VariantInfo>| {
+            let mut w = writer();
+            // A fixed shuffle: every 7th index first, then the rest backwards.
+            let order = (0..n).step_by(7).chain((0..n).filter(|i| i % 7 != 0).rev());
+            for i in order {
+                w.push(varied_case(i));
+            }
+            // The suite's own failure sorts after every case.
+            w.push(CaseResult::from_runs(
+                "(the suite's case files)".into(),
+                usize::MAX,
+                "s.yaml".into(),
+                1.0,
+                vec![RunResult {
+                    error: Some("cases.jsonl changed".into()),
+                    ..RunResult::empty(Outcome::Errored)
+                }],
+                Vec::new(),
+            ));
+            SuiteResult {
+                name: name.into(),
+                path: format!("{name}.yaml"),
+                workflow: "w <&> .yaml".into(),
+                policy: "p.yaml".into(),
+                variant,
+                cases: w.finish(),
+            }
+        };
+        let got = crate::eval::policy_tests::Got {
+            model: Some("m".into()),
+            tier: None,
+            locality: None,
+            provider: None,
+            decided_by: "rule all".into(),
+            passed_over: Vec::new(),
+            escalates_to: None,
+        };
+        Results {
+            version: FORMAT_VERSION,
+            mode: Mode::Replay,
+            shards: Vec::new(),
+            suites: vec![
+                suite("alpha", None),
+                suite(
+                    "beta",
+                    Some(crate::eval::suite::VariantInfo {
+                        name: "cheap".into(),
+                        policy: "p.yaml".into(),
+                        model: Some("small <m>".into()),
+                    }),
+                ),
+            ],
+            policy_tests: vec![PolicyTestsResult {
+                path: "routes.yaml".into(),
+                policy: "p.yaml".into(),
+                tests: [true, false]
+                    .into_iter()
+                    .map(|passed| crate::eval::policy_tests::Outcome {
+                        name: format!("route {passed} <x>"),
+                        origin: "routes.yaml:3:5".into(),
+                        passed,
+                        failures: if passed {
+                            Vec::new()
+                        } else {
+                            vec!["expected tier `top`".into()]
+                        },
+                        got: got.clone(),
+                    })
+                    .collect(),
+            }],
+        }
+    }
+
+    #[test]
+    fn streamed_junit_is_what_quick_junit_wrote() {
+        for writer in [
+            CasesWriter::new as fn() -> CasesWriter,
+            CasesWriter::in_memory,
+        ] {
+            let r = varied_results(300, writer);
+            assert_eq!(junit(&r), junit_reference(&r));
+        }
+    }
+
+    #[test]
+    fn spilled_cases_are_read_back_complete_and_in_suite_order() {
+        let spilled = varied_results(1200, CasesWriter::new);
+        let memory = varied_results(1200, CasesWriter::in_memory);
+        assert!(format!("{:?}", spilled.suites[0].cases).contains("spilled: 1201 records"));
+        for s in &spilled.suites {
+            let indexes: Vec<usize> = s.cases.iter().map(|c| c.unwrap().index).collect();
+            let want: Vec<usize> = (0..1200).chain([usize::MAX]).collect();
+            assert_eq!(indexes, want);
+        }
+        assert_eq!(spilled, memory);
+        assert_eq!(spilled.totals(), memory.totals());
+        assert_eq!(spilled.totals().cases, 2 * 1201 + 2);
+        // Every report is the same whichever way the cases were kept, and
+        // the JSON reads back into what was written.
+        assert_eq!(
+            render_text(&spilled).unwrap(),
+            render_text(&memory).unwrap()
+        );
+        let json = serde_json::to_string_pretty(&spilled).unwrap();
+        assert_eq!(json, serde_json::to_string_pretty(&memory).unwrap());
+        let back: Results = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, spilled);
+        // Two readers at once share the file, not a cursor.
+        let cases = &spilled.suites[1].cases;
+        let (mut a, mut b) = (cases.iter(), cases.iter());
+        b.next();
+        for _ in 0..100 {
+            let (x, y) = (a.next().unwrap().unwrap(), b.next().unwrap().unwrap());
+            assert_eq!(x.index + 1, y.index);
+        }
     }
 }

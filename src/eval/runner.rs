@@ -16,7 +16,8 @@ use tokio_util::sync::CancellationToken;
 use super::assertion::{self, Expectations, Failure, SnapshotMode};
 use super::cassette::{Cassette, Recorder, Replayer};
 use super::results::{
-    CaseResult, FORMAT_VERSION, Mode, Outcome, Results, RunResult, Shard, StepFigures, SuiteResult,
+    CaseResult, Cases, CasesWriter, FORMAT_VERSION, Mode, Outcome, Results, RunResult, Shard,
+    StepFigures, SuiteResult,
 };
 use super::snapshot;
 use super::suite::{Case, Suite};
@@ -407,8 +408,10 @@ async fn run_suite(p: Prepared<'_>, opts: &TestOptions, cancel: CancellationToke
     );
     // A finished run is folded at once into its case's small record (see
     // `RunResult::reduce`); a case is complete when its last repeat is in.
-    // Complete cases in the order they finish, sorted once at the end.
-    let mut cases: Vec<CaseResult> = Vec::with_capacity(p.selected);
+    // Complete cases go to the spill in the order they finish (memory flat
+    // in the number of cases); the reports read them back in suite order.
+    // (One more for the suite's own failure.)
+    let mut cases = CasesWriter::with_capacity(p.selected + 1);
     let mut partial: HashMap<usize, Partial> = HashMap::new();
     let mut any_errored = false;
     while let Some((case, r, result, pending)) = stream.next().await {
@@ -453,7 +456,7 @@ async fn run_suite(p: Prepared<'_>, opts: &TestOptions, cancel: CancellationToke
     ctx.resources.shutdown().await;
     // Suite order: `index` is the case's position in its suite, and the
     // selection keeps that order.
-    cases.sort_unstable_by_key(|c| c.index);
+    let mut cases = cases.finish();
     if let Some(c) = &p.cassette {
         if opts.mode == Mode::Record {
             // A complete recording replaces the suite's answers; a partial one
@@ -472,21 +475,7 @@ async fn run_suite(p: Prepared<'_>, opts: &TestOptions, cancel: CancellationToke
                     "cannot write the recordings to {}: {err}",
                     c.path().display()
                 );
-                for case in &mut cases {
-                    let mut runs = std::mem::take(&mut case.runs);
-                    for r in &mut runs {
-                        r.outcome = Outcome::Errored;
-                        r.error = Some(why.clone());
-                    }
-                    *case = CaseResult::from_runs(
-                        std::mem::take(&mut case.name),
-                        case.index,
-                        std::mem::take(&mut case.origin),
-                        case.pass_threshold,
-                        runs,
-                        std::mem::take(&mut case.pending_snapshots),
-                    );
-                }
+                cases = errored_all(&cases, &why);
             }
         }
     }
@@ -498,6 +487,45 @@ async fn run_suite(p: Prepared<'_>, opts: &TestOptions, cancel: CancellationToke
         variant: p.suite.variant.clone(),
         cases,
     }
+}
+
+/// Every case of `cases` again, each run errored for `why`.
+fn errored_all(cases: &Cases, why: &str) -> Cases {
+    let mut out = CasesWriter::new();
+    for case in cases.iter() {
+        let case = match case {
+            Ok(c) => c.into_owned(),
+            // The records cannot be read back: the suite's own failure,
+            // shown in place of its cases.
+            Err(e) => CaseResult::from_runs(
+                "(the suite's results)".to_owned(),
+                usize::MAX,
+                String::new(),
+                1.0,
+                vec![RunResult {
+                    error: Some(format!(
+                        "{why}; and the case results cannot be read back: {e}"
+                    )),
+                    ..RunResult::empty(Outcome::Errored)
+                }],
+                Vec::new(),
+            ),
+        };
+        let mut runs = case.runs;
+        for r in &mut runs {
+            r.outcome = Outcome::Errored;
+            r.error = Some(why.to_owned());
+        }
+        out.push(CaseResult::from_runs(
+            case.name,
+            case.index,
+            case.origin,
+            case.pass_threshold,
+            runs,
+            case.pending_snapshots,
+        ));
+    }
+    out.finish()
 }
 
 /// A `plan_only` case: its `route` expectations checked on the plan; no

@@ -523,61 +523,68 @@ fn gather_cases(
             );
         }
     }
-    // A case file is read whole (at most `files::MAX_TEXT_BYTES`, which
-    // bounds its cases too), one at a time, and dropped once its cases are
-    // compiled.
+    // A JSONL case file is read line by line, a CSV file whole (at most
+    // `files::MAX_TEXT_BYTES`, which bounds its cases too), one at a time,
+    // and dropped once its cases are compiled.
     for pass in [Kind::Jsonl, Kind::Csv] {
         for (rel, ptr) in &sources {
             if kind_of(rel).as_ref() != Some(&pass) {
                 continue;
             }
             let p = dir.join(rel);
-            let text = match crate::files::read_text(&p) {
-                Ok(t) => t,
-                Err(err) => {
-                    diags.push(
-                        Diagnostic::error(
-                            "case-file",
-                            format!("cannot read `{}`: {err}", p.display()),
-                        )
-                        .at(doc.span(ptr))
-                        .with_help(
-                            err.hint()
-                                .unwrap_or("paths in a suite are relative to the suite file"),
-                        ),
-                    );
-                    continue;
-                }
+            let cannot_read = |err: crate::files::ReadError| {
+                Diagnostic::error("case-file", format!("cannot read `{}`: {err}", p.display()))
+                    .at(doc.span(ptr))
+                    .with_help(
+                        err.hint()
+                            .unwrap_or("paths in a suite are relative to the suite file"),
+                    )
             };
-            match pass {
-                Kind::Jsonl => jsonl_cases(&p, &text, diags, |c, diags| {
-                    visit(
-                        RawCase {
-                            value: c.value,
-                            locate: Locator::Line {
-                                path: &p,
-                                line: c.line,
-                                text: c.text,
-                                doc: std::cell::OnceCell::new(),
-                            },
-                        },
-                        diags,
-                    );
-                }),
-                Kind::Csv => match csv_cases(&p, &text, w) {
-                    Ok(rows) => {
-                        for (value, origin) in rows {
+            if pass == Kind::Jsonl {
+                // Read line by line: a JSONL file's cases are never held
+                // whole (memory flat in the number of cases).
+                let read = crate::files::TextLines::open(&p, crate::files::MAX_TEXT_BYTES)
+                    .and_then(|mut lines| {
+                        jsonl_cases(&p, &mut lines, diags, |c, diags| {
                             visit(
                                 RawCase {
-                                    value,
-                                    locate: Locator::Row { origin },
+                                    value: c.value,
+                                    locate: Locator::Line {
+                                        path: &p,
+                                        line: c.line,
+                                        text: c.text,
+                                        doc: std::cell::OnceCell::new(),
+                                    },
                                 },
                                 diags,
                             );
-                        }
+                        })
+                    });
+                if let Err(err) = read {
+                    diags.push(cannot_read(err));
+                }
+                continue;
+            }
+            let text = match crate::files::read_text(&p) {
+                Ok(t) => t,
+                Err(err) => {
+                    diags.push(cannot_read(err));
+                    continue;
+                }
+            };
+            match csv_cases(&p, &text, w) {
+                Ok(rows) => {
+                    for (value, origin) in rows {
+                        visit(
+                            RawCase {
+                                value,
+                                locate: Locator::Row { origin },
+                            },
+                            diags,
+                        );
                     }
-                    Err(d) => diags.extend(d),
-                },
+                }
+                Err(d) => diags.extend(d),
             }
         }
     }
@@ -890,26 +897,34 @@ fn padded_line(path: &Path, line: usize, text: &str) -> Result<Document, Vec<Dia
 /// Each non-blank line of a JSONL file, checked against the case schema
 /// and handed to `visit`; a line with problems is reported at its own line
 /// and column.
-fn jsonl_cases<'t>(
+fn jsonl_cases(
     path: &Path,
-    text: &'t str,
+    lines: &mut crate::files::TextLines,
     diags: &mut Vec<Diagnostic>,
-    mut visit: impl FnMut(JsonlCase<'t>, &mut Vec<Diagnostic>),
-) {
+    mut visit: impl FnMut(JsonlCase<'_>, &mut Vec<Diagnostic>),
+) -> Result<(), crate::files::ReadError> {
     let (_, validator) = Format::Case.validator();
     // Built once, and only when a line is not JSON (for its position).
     let mut whole: Option<Arc<SourceFile>> = None;
-    for (n, line) in text.lines().enumerate() {
+    let mut n = 0;
+    while let Some(line) = lines.next_line()? {
+        n += 1;
         if line.trim().is_empty() {
             continue;
         }
         let value = match serde_json::from_str::<Value>(line) {
             Ok(v) => v,
             Err(err) => {
-                let file = whole.get_or_insert_with(|| SourceFile::new(path, text.to_owned()));
-                let offset = file.offset_of(n + 1, err.column().saturating_sub(1));
+                // The file is read again, whole, to show the line in place
+                // (an error only; read line by line it is never held).
+                let file = whole.get_or_insert_with(|| {
+                    let text = crate::files::read_text(path)
+                        .unwrap_or_else(|_| format!("{}{line}", "\n".repeat(n - 1)));
+                    SourceFile::new(path, text)
+                });
+                let offset = file.offset_of(n, err.column().saturating_sub(1));
                 diags.push(
-                    Diagnostic::error("case-file", format!("line {} is not JSON: {err}", n + 1))
+                    Diagnostic::error("case-file", format!("line {n} is not JSON: {err}"))
                         .at(Some(file.span(offset, 1)))
                         .with_help("a JSONL case file has one JSON object per line"),
                 );
@@ -917,7 +932,7 @@ fn jsonl_cases<'t>(
             }
         };
         if !validator.is_valid(&value) {
-            match padded_line(path, n + 1, line) {
+            match padded_line(path, n, line) {
                 Ok(doc) => diags.extend(schema::validate(&doc, Format::Case)),
                 Err(d) => diags.extend(d),
             }
@@ -925,13 +940,14 @@ fn jsonl_cases<'t>(
         }
         visit(
             JsonlCase {
-                line: n + 1,
+                line: n,
                 text: line,
                 value,
             },
             diags,
         );
     }
+    Ok(())
 }
 
 /// CSV rows as case objects: `name`, input columns (coerced to the input's

@@ -904,3 +904,201 @@ async fn a_case_file_changed_while_the_suite_runs_is_an_error_not_a_silent_run()
         transcript(&out)
     );
 }
+
+const CLASSIFY_ONLY: &str = r#"version: 1
+name: triage
+inputs:
+  ticket: { type: string }
+steps:
+  classify:
+    task: classify
+    prompt: "Label as bug or feature: {{ inputs.ticket }}"
+    max_output_tokens: 5
+"#;
+
+/// A suite of `n` cases in a JSONL file, every case expecting `bug`: the
+/// crashes (every third case) pass, the others fail.
+fn many_cases_project(fake: &FakeServer, n: usize) -> Project {
+    let cases: String = (0..n)
+        .map(|i| {
+            let ticket = if i % 3 == 0 {
+                format!("It crashes on file {i}.")
+            } else {
+                format!("Please add option {i}.")
+            };
+            format!(
+                "{{\"name\": \"case-{i:05}\", \"inputs\": {{\"ticket\": \"{ticket}\"}}, \"expect\": {{\"classify\": {{\"equals\": \"bug\"}}}}}}\n"
+            )
+        })
+        .collect();
+    suite_project(
+        &policy(fake),
+        CLASSIFY_ONLY,
+        "workflow: ../wf.yaml\npolicy: ../policy.yaml\ncases_from: cases.jsonl\n",
+    )
+    .with("evals/cases.jsonl", &cases)
+}
+
+/// The case names a report lists, in its order, found by `marker`.
+fn names_after<'a>(text: &'a str, marker: &str) -> Vec<&'a str> {
+    text.match_indices(marker)
+        .filter_map(|(at, _)| text[at + marker.len()..].split(['"', ' ']).next())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_big_suite_reports_every_case_once_in_suite_order() {
+    // Cases finish out of order (16 at once); the case records go to a
+    // temporary file and every report reads them back in suite order.
+    let n = 1500;
+    let fake = FakeServer::start().await;
+    fake.set_handler(answer);
+    let s = many_cases_project(&fake, n);
+    let out = s
+        .tollgate(&[
+            "test",
+            "--record",
+            "--ci",
+            "-q",
+            "--junit",
+            "j.xml",
+            "--results",
+            "r.json",
+            "--html",
+            "r.html",
+        ])
+        .keys()
+        .await;
+    assert_eq!(out.status.code(), Some(1), "{}", transcript(&out));
+    let want: Vec<String> = (0..n).map(|i| format!("case-{i:05}")).collect();
+    let failed = n - n.div_ceil(3);
+
+    let r = results(&s, "r.json");
+    let cases = r["suites"][0]["cases"].as_array().unwrap();
+    let names: Vec<&str> = cases.iter().map(|c| c["name"].as_str().unwrap()).collect();
+    assert_eq!(names, want);
+    for (i, c) in cases.iter().enumerate() {
+        assert_eq!(c["index"], i);
+        let outcome = if i % 3 == 0 { "passed" } else { "failed" };
+        assert_eq!(c["outcome"], outcome, "{c}");
+    }
+
+    let junit = s.read("j.xml");
+    assert_eq!(names_after(&junit, "<testcase name=\""), want);
+    assert!(
+        junit.contains(&format!(
+            "<testsuite name=\"triage\" tests=\"{n}\" skipped=\"0\" errors=\"0\" failures=\"{failed}\">"
+        )),
+        "{}",
+        &junit[..400]
+    );
+    assert_eq!(junit.matches("<failure message=").count(), failed);
+
+    let text = stdout(&out);
+    let listed: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("  ok     ").or(l.strip_prefix("  FAILED ")))
+        .map(|l| l.split(' ').next().unwrap())
+        .collect();
+    assert_eq!(listed, want, "{text}");
+    assert!(
+        text.contains(&format!(
+            "test result: FAILED. {} passed, {failed} failed, 0 errored of {n} cases; {n} calls",
+            n - failed
+        )),
+        "{text}"
+    );
+
+    let html = s.read("r.html");
+    assert!(
+        html.contains(&format!(
+            "<td>{n}</td><td>{}</td><td>{failed}</td>",
+            n - failed
+        )),
+        "the suite row counts every case"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recording_that_cannot_be_saved_errors_every_case_in_order() {
+    let fake = FakeServer::start().await;
+    fake.set_handler(answer);
+    let n = 40;
+    let s = many_cases_project(&fake, n);
+    // The cassettes folder is a link to nowhere: nothing to replay from,
+    // and the recording cannot be written.
+    std::os::unix::fs::symlink(
+        s.path().join("no-such-folder"),
+        s.path().join("evals/cassettes"),
+    )
+    .unwrap();
+    let out = s
+        .tollgate(&["test", "--record", "--ci", "--results", "r.json"])
+        .keys()
+        .await;
+    assert_eq!(out.status.code(), Some(1), "{}", transcript(&out));
+    let r = results(&s, "r.json");
+    let cases = r["suites"][0]["cases"].as_array().unwrap();
+    assert_eq!(cases.len(), n);
+    for (i, c) in cases.iter().enumerate() {
+        assert_eq!(c["name"], format!("case-{i:05}"));
+        assert_eq!(c["outcome"], "errored", "{c}");
+        let error = c["runs"][0]["error"].as_str().unwrap();
+        assert!(
+            error.starts_with("cannot write the recordings to "),
+            "{error}"
+        );
+    }
+    assert!(
+        stdout(&out).contains(&format!("0 passed, 0 failed, {n} errored of {n} cases")),
+        "{}",
+        transcript(&out)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jsonl_case_file_read_line_by_line_locates_its_bad_lines() {
+    // The file is read line by line (never whole); a bad line is still
+    // shown in place, CRLF endings count as line ends, and bytes that are
+    // not UTF-8 are one error naming the file.
+    let fake = FakeServer::start().await;
+    fake.set_handler(answer);
+    let good = |n: &str| {
+        format!(
+            "{{\"name\": \"{n}\", \"inputs\": {{\"ticket\": \"It crashes.\"}}, \"expect\": {{\"classify\": {{\"equals\": \"bug\"}}}}}}"
+        )
+    };
+    let s = suite_project(
+        &policy(&fake),
+        CLASSIFY_ONLY,
+        "workflow: ../wf.yaml\npolicy: ../policy.yaml\ncases_from: cases.jsonl\n",
+    )
+    .with(
+        "evals/cases.jsonl",
+        &format!(
+            "{}\r\n\r\n{}\r\n{{\"name\": \"broken\", oops}}\r\n{{\"name\": \"no-inputs\", \"inputs\": 3}}\n",
+            good("a"),
+            good("b")
+        ),
+    );
+    let out = s.tollgate(&["test", "--replay"]).await;
+    assert_eq!(out.status.code(), Some(2), "{}", transcript(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for want in [
+        "line 4 is not JSON",
+        "evals/cases.jsonl:4:",
+        "evals/cases.jsonl:5:",
+    ] {
+        assert!(err.contains(want), "missing {want:?} in:\n{err}");
+    }
+
+    let mut bytes = format!("{}\n", good("a")).into_bytes();
+    bytes.extend_from_slice(b"{\"name\": \"\xff\"}\n");
+    std::fs::write(s.path().join("evals/cases.jsonl"), bytes).unwrap();
+    let out = s.tollgate(&["test", "--replay"]).await;
+    assert_eq!(out.status.code(), Some(2), "{}", transcript(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot read `"), "{err}");
+    assert!(err.contains("cases.jsonl"), "{err}");
+    assert_eq!(fake.request_count(), 0);
+}
