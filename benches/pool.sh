@@ -104,12 +104,12 @@ rules:
   - { name: all, use: local }
 EOF
 }
-# run → prints "wall answered"
+# run [STATE] → prints "wall answered" (the journal in $WORK/STATE)
 run() {
   local t0 t1 out
   t0=$(date +%s.%N)
   out=$(cd "$WORK/p" && "$BIN" --color never run wf.yaml --policy policy.yaml --no-cache \
-        --concurrency 4 --format json --state "$WORK/state-$RANDOM" 2>"$WORK/run.err") || {
+        --concurrency 4 --format json --state "$WORK/${1:-state-$RANDOM}" 2>"$WORK/run.err") || {
     echo "run failed:" >&2; cat "$WORK/run.err" >&2; exit 1; }
   t1=$(date +%s.%N)
   local answered
@@ -138,9 +138,26 @@ policy "$A" "$B"
 before_a=$(finished "$A"); before_b=$(finished "$B")
 ( while [ $(( $(finished "$A") + $(finished "$B") - before_a - before_b )) -lt $((ITEMS / 4)) ]; do sleep 0.05; done
   kill -9 "$PB"; echo "$(date +%s.%N)" > "$WORK/killed" ) &
-read -r wall ok < <(run)
+read -r wall ok < <(run state-kill)
 row "2 endpoints, b killed at 1/4" "$wall" "$ok"
 echo "  b finished $(( $(finished "$B") - before_b )) before it was killed, a $(( $(finished "$A") - before_a ))"
+# Failover time, from the journal (each call's start, end and the server
+# that answered): the calls in flight when b died were sent again to a;
+# how long after the kill the last of them was answered, against how long
+# one call takes. Calls that were on a all along finish within one call
+# time of the kill, so a larger figure is the failover's.
+python3 - "$WORK/state-kill/state.db" "$(cat "$WORK/killed")" "$B" <<'PY'
+import sqlite3, statistics, sys
+db, killed, b = sys.argv[1], float(sys.argv[2]) * 1000, sys.argv[3]
+rows = sqlite3.connect(db).execute(
+    "SELECT started_ms, finished_ms, latency_ms, endpoint FROM calls WHERE outcome IN ('ok', 'truncated')").fetchall()
+span = [r for r in rows if r[0] < killed < r[1]]
+typical = statistics.median(r[2] for r in rows)
+on_b_after = sum(1 for r in rows if r[1] > killed + 1000 and b in (r[3] or ""))
+last = max((r[1] - killed for r in span), default=0)
+print(f"  failover: {len(span)} calls in flight at the kill, the last answered {last / 1000:.2f} s after it "
+      f"(one call takes {typical / 1000:.2f} s, median); answers from b after the kill: {on_b_after}")
+PY
 [ "$ok" = "$ITEMS" ] || { echo "LOST $(( ITEMS - ok )) items" >&2; exit 1; }
 
 # The pool's servers started and stopped by tollgate (`launch`), on two

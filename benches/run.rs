@@ -93,6 +93,7 @@ async fn engine(
             run_id,
             cache_ttl: Some(Duration::from_secs(3600)),
             durable_at_end: true,
+            failed: Default::default(),
         }
     });
     let options = RunOptions {

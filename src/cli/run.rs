@@ -366,6 +366,7 @@ fn execute(
             run_id: run_id.clone(),
             cache_ttl: (!args.no_cache && !policy.cache_ttl.is_zero()).then_some(policy.cache_ttl),
             durable_at_end: true,
+            failed: Arc::default(),
         }),
         ..RunOptions::default()
     };

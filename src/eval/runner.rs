@@ -661,6 +661,7 @@ async fn journaled(
         run_id: run_id.clone(),
         cache_ttl: None,
         durable_at_end: false,
+        failed: Arc::default(),
     });
     Ok((options, Some(run_id)))
 }
@@ -721,6 +722,8 @@ async fn run_case(ctx: &Ctx<'_>, case: &Case, plan: &Plan) -> (RunResult, Vec<St
             return (r, Vec::new());
         }
     };
+    // No event receiver here: a failed journal write is read from here.
+    let journal_failed = options.journal.as_ref().map(|j| Arc::clone(&j.failed));
     let report = run::execute_in(
         Arc::clone(&ctx.resources),
         job,
@@ -762,6 +765,14 @@ async fn run_case(ctx: &Ctx<'_>, case: &Case, plan: &Plan) -> (RunResult, Vec<St
             };
             pending.extend(check_step(ctx, case, plan, step, expect, &mut result).await);
         }
+    }
+    if let Some(why) = journal_failed.as_ref().and_then(|f| f.get()) {
+        // An infrastructure failure, not the model's: the answer was
+        // judged, but a record of it (paid spend among them) is missing
+        // from the journal, so the suite must not pass unseen.
+        result.error.get_or_insert_with(|| {
+            format!("the run journal could not record this run's calls: {why}")
+        });
     }
     result.outcome = if result.error.is_some() {
         Outcome::Errored

@@ -474,9 +474,7 @@ async fn journal_verdict(
             // after a kill then escalates from this verdict as it was
             // reached, rather than asking the journal's judge answer again.
             if let Err(e) = j.journal.commit_call(&j.run_id, rec).await {
-                sh.emit(super::report::Event::JournalError {
-                    message: e.to_string(),
-                });
+                sh.journal_failed(j, &e);
             }
             return;
         }

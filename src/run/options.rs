@@ -93,6 +93,11 @@ pub struct RunJournal {
     /// closes, so a case does not wait for the disk; its paid answers are
     /// still committed before their calls return.
     pub durable_at_end: bool,
+    /// The first journal write of this run that failed. The run's events
+    /// say so too ([`super::Event::JournalError`]); this is for a caller
+    /// that listens to none — a test case, which reports it as errored
+    /// rather than let a lost record (paid spend among them) pass unseen.
+    pub failed: Arc<std::sync::OnceLock<String>>,
 }
 
 impl Default for RunOptions {

@@ -70,10 +70,16 @@ impl Shared {
             j.journal.queue_call(&j.run_id, record).await
         };
         if let Err(e) = written {
-            self.emit(Event::JournalError {
-                message: e.to_string(),
-            });
+            self.journal_failed(j, &e);
         }
+    }
+
+    /// A journal write failed: said as an event, and kept as the run's
+    /// first failure ([`super::RunJournal::failed`]).
+    pub(super) fn journal_failed(&self, j: &super::RunJournal, e: &JournalError) {
+        let message = e.to_string();
+        let _ = j.failed.set(message.clone());
+        self.emit(Event::JournalError { message });
     }
 
     /// Queues a step's status after its calls' records (durable by
@@ -83,9 +89,7 @@ impl Shared {
             return;
         };
         if let Err(e) = j.journal.queue_step(&j.run_id, step, status.as_str()) {
-            self.emit(Event::JournalError {
-                message: e.to_string(),
-            });
+            self.journal_failed(j, &e);
         }
     }
 
@@ -96,9 +100,7 @@ impl Shared {
             return;
         };
         if let Err(e) = j.journal.flush().await {
-            self.emit(Event::JournalError {
-                message: e.to_string(),
-            });
+            self.journal_failed(j, &e);
         }
     }
 }

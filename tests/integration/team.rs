@@ -979,3 +979,62 @@ steps:
         "{r}"
     );
 }
+
+/// A live suite whose paid answer cannot be recorded anywhere — the ledger
+/// gone mid-call and no spill folder to keep it in — errors the case with
+/// why: a suite must not pass while its spend is missing from the journal
+/// (the error was dropped: a test case listens to no run events).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_suite_whose_paid_answer_cannot_be_recorded_errors_the_case() {
+    let Some(Ledger::Postgres(db)) = Ledger::postgres() else {
+        return;
+    };
+    let upstream = url::Url::parse(&db.url).unwrap();
+    let proxy = std::sync::Arc::new(proxy::Proxy::start(format!(
+        "{}:{}",
+        upstream.host_str().unwrap(),
+        upstream.port().unwrap_or(5432)
+    )));
+    let fake = FakeServer::start().await;
+    let cut = std::sync::Arc::clone(&proxy);
+    fake.set_handler(move |_| {
+        cut.cut(usize::MAX);
+        Reply::text("summary").usage(100, 10)
+    });
+    let wf = "version: 1\nname: outage\ninputs:\n  text: { type: string }\nsteps:\n  paid:\n    task: summarize\n    prompt: \"Summarize: {{ inputs.text }}\"\n    max_output_tokens: 50\n";
+    let p = Project::new(&policy(&fake, ""), wf);
+    std::fs::write(
+        p.path().join("suite.yaml"),
+        "workflow: wf.yaml\npolicy: policy.yaml\ncases:\n  - name: one\n    inputs: { text: hello }\n    expect:\n      paid: { contains: summary }\n",
+    )
+    .unwrap();
+    // The spill's folder cannot be made: a file stands where it would be.
+    let state = p.path().join("state-is-a-file");
+    std::fs::write(&state, "not a folder").unwrap();
+    let url = through(&db.url, proxy.port);
+    let out = p
+        .tollgate_env(
+            &[
+                "test",
+                "suite.yaml",
+                "--format",
+                "json",
+                "--state",
+                state.to_str().unwrap(),
+            ],
+            &[("TOLLGATE_STATE_URL", url.as_str())],
+        )
+        .keys()
+        .await;
+    let text = transcript(&out);
+    assert_eq!(fake.request_count(), 1, "{text}");
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    let results = report(&out);
+    let case = &results["suites"][0]["cases"][0];
+    assert_eq!(case["outcome"], "errored", "{text}");
+    let why = case["runs"][0]["error"].as_str().unwrap_or_default();
+    assert!(
+        why.starts_with("the run journal could not record this run's calls"),
+        "{text}"
+    );
+}
