@@ -42,6 +42,10 @@ const BATCH: i64 = 64;
 /// bound on what a hostile file can make a sync hold.
 const MAX_ROW_BYTES: i64 = 32 * 1024 * 1024;
 
+/// The bytes of texts one batch holds, at most (beyond its first record):
+/// [`BATCH`] records at [`MAX_ROW_BYTES`] each would be 2 GiB.
+const MAX_BATCH_BYTES: i64 = 64 * 1024 * 1024;
+
 /// The spill file for the ledger `display` (its URL without password) in
 /// the state folder `dir`: one file per ledger, so records are only ever
 /// sent to the ledger they were meant for.
@@ -236,6 +240,7 @@ fn read_rows(conn: &Connection, path: &Path) -> Result<Vec<Row>, JournalError> {
         .map_err(bad)?;
     let mut rows = stmt.query(params![BATCH]).map_err(bad)?;
     let mut out = Vec::new();
+    let mut held: i64 = 0;
     while let Some(r) = rows.next().map_err(bad)? {
         let id: i64 = r.get(0).map_err(bad)?;
         let at = |e: rusqlite::Error| err(path, format!("record {id}: {e}"));
@@ -245,6 +250,11 @@ fn read_rows(conn: &Connection, path: &Path) -> Result<Vec<Row>, JournalError> {
                 path,
                 format!("record {id} holds {size} bytes of text, more than a call record can"),
             ));
+        }
+        // Large records go a few at a time (the rest in the next batch).
+        held = held.saturating_add(size.max(0));
+        if held > MAX_BATCH_BYTES && !out.is_empty() {
+            break;
         }
         let n = |i: usize| -> Result<u64, JournalError> {
             Ok(r.get::<_, i64>(i).map_err(at)?.max(0) as u64)
