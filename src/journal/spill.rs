@@ -324,3 +324,32 @@ fn read_rows(conn: &Connection, path: &Path) -> Result<Vec<Row>, JournalError> {
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Three records of 30 MiB each: a batch takes two (60 MiB) and leaves
+    /// the third to the next, rather than holding all of them at once.
+    #[test]
+    fn large_records_are_read_a_few_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("spill-test.sqlite");
+        let conn = open_for_write(&path).unwrap();
+        let big = "x".repeat(30 * 1024 * 1024);
+        for attempt in 0..3 {
+            conn.execute(
+                "INSERT INTO calls (run_id, session, step, attempt, model, provider, provider_model,
+                    tier, local, started_ms, finished_ms, latency_ms, outcome, response)
+                 VALUES ('r', 's', 'step', ?1, 'm', 'p', 'pm', 'local', 1, 0, 0, 0, 'ok', ?2)",
+                params![attempt, big],
+            )
+            .unwrap();
+        }
+        let rows = read_rows(&conn, &path).unwrap();
+        assert_eq!(rows.len(), 2);
+        conn.execute("DELETE FROM calls WHERE id <= ?1", [rows[1].id])
+            .unwrap();
+        assert_eq!(read_rows(&conn, &path).unwrap().len(), 1);
+    }
+}
