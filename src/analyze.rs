@@ -339,7 +339,10 @@ fn analyze_step(
 
     // Built-in functions (`range`, `namespace`, `dict`, …) are not variables.
     let globals: BTreeSet<String> = env.globals().map(|(k, _)| k.to_owned()).collect();
-    let step_ids: Vec<&str> = w.steps.keys().map(String::as_str).collect();
+    // The workflow's steps as a map, not a list made per step: a lookup per
+    // reference, and the names listed only for an error (a list per step
+    // made analysing 10,000 steps quadratic).
+    let steps = &w.steps;
     let input_names: Vec<&str> = w.inputs.keys().map(String::as_str).collect();
     let sources = [
         (prompt.as_ref(), "the prompt", true),
@@ -381,7 +384,7 @@ fn analyze_step(
                     what,
                     item_ok,
                     retrieved_ok,
-                    step_ids: &step_ids,
+                    steps,
                     input_names: &input_names,
                     globals: &globals,
                 },
@@ -390,7 +393,7 @@ fn analyze_step(
             );
         }
     }
-    check_needs(w, doc, id, step, &step_ids, &mut info, diags);
+    check_needs(w, doc, id, step, &mut info, diags);
     check_output(doc, id, step, diags);
     if let Some(spec) = &step.context {
         let inputs: Vec<crate::context::DeclaredInput> = w
@@ -711,10 +714,10 @@ fn check_needs(
     doc: &Document,
     id: &str,
     step: &Step,
-    step_ids: &[&str],
     info: &mut StepInfo,
     diags: &mut Vec<Diagnostic>,
 ) {
+    let step_ids = || w.steps.keys().map(String::as_str);
     for (i, need) in step.needs.iter().enumerate() {
         let at = doc.span(&pointer(["steps", id, "needs", &i.to_string()]));
         if need == id {
@@ -734,9 +737,8 @@ fn check_needs(
                 .at(at)
                 .with_label("no step with this id")
                 .with_help(
-                    did_you_mean(need, step_ids.iter().copied()).unwrap_or_else(|| {
-                        format!("steps are {}", one_of(step_ids.iter().copied()))
-                    }),
+                    did_you_mean(need, step_ids())
+                        .unwrap_or_else(|| format!("steps are {}", one_of(step_ids()))),
                 ),
             );
         }
@@ -820,8 +822,14 @@ struct Ctx<'a> {
     item_ok: bool,
     /// The step has `retrieve` and this is its prompt or system prompt.
     retrieved_ok: bool,
-    step_ids: &'a [&'a str],
+    steps: &'a IndexMap<String, Step>,
     input_names: &'a [&'a str],
+}
+
+impl Ctx<'_> {
+    fn step_ids(&self) -> impl Iterator<Item = &str> + Clone {
+        self.steps.keys().map(String::as_str)
+    }
 }
 
 fn check_reference(
@@ -866,12 +874,11 @@ fn check_reference(
             }
         }
         ["steps", step, rest @ ..] => {
-            if !ctx.step_ids.contains(step) {
+            if !ctx.steps.contains_key(*step) {
                 diags.push(undefined(
                     format!("unknown step `{step}` in {} of step `{}`", ctx.what, ctx.id),
-                    did_you_mean(step, ctx.step_ids.iter().copied()).unwrap_or_else(|| {
-                        format!("steps are {}", one_of(ctx.step_ids.iter().copied()))
-                    }),
+                    did_you_mean(step, ctx.step_ids())
+                        .unwrap_or_else(|| format!("steps are {}", one_of(ctx.step_ids()))),
                 ));
             } else if *step == ctx.id {
                 diags.push(
@@ -932,7 +939,7 @@ fn check_reference(
             template::hint_for_unknown_root(
                 r,
                 ctx.input_names.iter().copied(),
-                ctx.step_ids.iter().copied(),
+                ctx.step_ids(),
             ),
         )),
     }
