@@ -362,6 +362,17 @@ mod proxy {
 
 /// `url` with its host and port replaced by the proxy's, and a short
 /// statement timeout (so a hung server is given up on in seconds).
+/// A loopback proxy in front of the ledger at `url` (its host and port),
+/// which the test can make hang or cut.
+fn proxy_to(url: &str) -> proxy::Proxy {
+    let upstream = url::Url::parse(url).unwrap();
+    proxy::Proxy::start(format!(
+        "{}:{}",
+        upstream.host_str().unwrap(),
+        upstream.port().unwrap_or(5432)
+    ))
+}
+
 fn through(url: &str, port: u16) -> String {
     let mut u = url::Url::parse(url).unwrap();
     u.set_host(Some("127.0.0.1")).unwrap();
@@ -399,12 +410,7 @@ async fn a_hung_ledger_refuses_paid_calls_and_lets_free_ones_go_on() {
     let Some(Ledger::Postgres(db)) = Ledger::postgres() else {
         return;
     };
-    let upstream = url::Url::parse(&db.url).unwrap();
-    let proxy = proxy::Proxy::start(format!(
-        "{}:{}",
-        upstream.host_str().unwrap(),
-        upstream.port().unwrap_or(5432)
-    ));
+    let proxy = proxy_to(&db.url);
     let fake = FakeServer::start().await;
     let hang = std::sync::Arc::clone(&proxy.hang);
     fake.set_handler(move |r| {
@@ -504,12 +510,7 @@ async fn a_paid_answer_outlives_a_lost_connection() {
     let Some(Ledger::Postgres(db)) = Ledger::postgres() else {
         return;
     };
-    let upstream = url::Url::parse(&db.url).unwrap();
-    let proxy = std::sync::Arc::new(proxy::Proxy::start(format!(
-        "{}:{}",
-        upstream.host_str().unwrap(),
-        upstream.port().unwrap_or(5432)
-    )));
+    let proxy = std::sync::Arc::new(proxy_to(&db.url));
     let fake = FakeServer::start().await;
     let cut = std::sync::Arc::clone(&proxy);
     let first = std::sync::atomic::AtomicBool::new(true);
@@ -691,12 +692,7 @@ async fn a_paid_answer_outlives_an_outage_until_exit_in_the_spill() {
     let Some(Ledger::Postgres(db)) = Ledger::postgres() else {
         return;
     };
-    let upstream = url::Url::parse(&db.url).unwrap();
-    let proxy = std::sync::Arc::new(proxy::Proxy::start(format!(
-        "{}:{}",
-        upstream.host_str().unwrap(),
-        upstream.port().unwrap_or(5432)
-    )));
+    let proxy = std::sync::Arc::new(proxy_to(&db.url));
     let fake = FakeServer::start().await;
     let cut = std::sync::Arc::clone(&proxy);
     let first = std::sync::atomic::AtomicBool::new(true);
@@ -903,12 +899,7 @@ async fn a_paid_answer_spilled_survives_a_kill() {
     let Some(Ledger::Postgres(db)) = Ledger::postgres() else {
         return;
     };
-    let upstream = url::Url::parse(&db.url).unwrap();
-    let proxy = std::sync::Arc::new(proxy::Proxy::start(format!(
-        "{}:{}",
-        upstream.host_str().unwrap(),
-        upstream.port().unwrap_or(5432)
-    )));
+    let proxy = std::sync::Arc::new(proxy_to(&db.url));
     let fake = FakeServer::start().await;
     let cut = std::sync::Arc::clone(&proxy);
     fake.set_handler(move |r| {
@@ -989,12 +980,7 @@ async fn a_suite_whose_paid_answer_cannot_be_recorded_errors_the_case() {
     let Some(Ledger::Postgres(db)) = Ledger::postgres() else {
         return;
     };
-    let upstream = url::Url::parse(&db.url).unwrap();
-    let proxy = std::sync::Arc::new(proxy::Proxy::start(format!(
-        "{}:{}",
-        upstream.host_str().unwrap(),
-        upstream.port().unwrap_or(5432)
-    )));
+    let proxy = std::sync::Arc::new(proxy_to(&db.url));
     let fake = FakeServer::start().await;
     let cut = std::sync::Arc::clone(&proxy);
     fake.set_handler(move |_| {
