@@ -311,8 +311,20 @@ fn read_rows(conn: &Connection, path: &Path) -> Result<Vec<Row>, JournalError> {
             escalated_from: r.get(37).map_err(at)?,
             endpoint: r.get(38).map_err(at)?,
         };
-        if !record.cost_usd.is_finite() {
-            return Err(err(path, format!("record {id}: its cost is not a number")));
+        // Money goes into every machine's budgets and reports once sent:
+        // only finite figures, and no negative spend.
+        let money = [
+            record.cost_usd,
+            record.list_cost_usd,
+            record.flagship_cost_usd,
+            record.estimate_usd,
+            record.saved_usd,
+        ];
+        if money.iter().any(|m| !m.is_finite()) || record.cost_usd < 0.0 {
+            return Err(err(
+                path,
+                format!("record {id}: its cost is not a finite, non-negative number"),
+            ));
         }
         out.push(Row {
             id,
@@ -351,5 +363,27 @@ mod tests {
         conn.execute("DELETE FROM calls WHERE id <= ?1", [rows[1].id])
             .unwrap();
         assert_eq!(read_rows(&conn, &path).unwrap().len(), 1);
+    }
+
+    /// A record whose money is negative or infinite is refused, naming it,
+    /// rather than sent into the team's budgets and reports.
+    #[test]
+    fn bad_money_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        for (column, value) in [("cost_usd", -1.0), ("saved_usd", f64::INFINITY)] {
+            let path = dir.path().join(format!("spill-{column}.sqlite"));
+            let conn = open_for_write(&path).unwrap();
+            conn.execute(
+                &format!(
+                    "INSERT INTO calls (run_id, session, step, attempt, model, provider, provider_model,
+                        tier, local, started_ms, finished_ms, latency_ms, outcome, {column})
+                     VALUES ('r', 's', 'step', 0, 'm', 'p', 'pm', 'cloud', 0, 0, 0, 0, 'ok', ?1)"
+                ),
+                params![value],
+            )
+            .unwrap();
+            let e = read_rows(&conn, &path).err().expect("refused").to_string();
+            assert!(e.contains("record 1: its cost is not a finite"), "{e}");
+        }
     }
 }
