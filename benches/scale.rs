@@ -18,7 +18,7 @@
 //!
 //! | row | workload |
 //! |---|---|
-//! | `run-fanout-50ms` | `run`: one `for_each` step over 1,000 items, 50 ms answers, `--concurrency 16`; ideal ⌈1000/16⌉ × 50 ms = 3.15 s; beside it the same calls from a bare reqwest client, 16 at a time, in-process: the floor the fake allows (its timer rounds each 50 ms up, about 1 ms a call) |
+//! | `run-fanout-50ms` | `run`: one `for_each` step over 1,000 items, 50 ms answers, `--concurrency 16`; ideal ⌈1000/16⌉ × 50 ms = 3.15 s; beside it the same calls from a bare reqwest client, 16 at a time, in-process: the floor the fake and the machine allow (the fake keeps its 50 ms to about 0.1 ms: `fake_llm`'s `wait_precisely`) |
 //! | `run-seq-0ms` | `run`: `for_each` over 2,000 items, 0 ms, `--concurrency 1`; per-call overhead against a bare reqwest loop posting the same requests to the same fake, one at a time, measured here in-process |
 //! | `run-seq-0ms-…-pg` | the same with the journal in PostgreSQL (`TOLLGATE_STATE_URL`, a fresh database per repetition on the server `$TOLLGATE_TEST_PG_URL` names; skipped without it): the shared ledger's per-call overhead beside the row above |
 //! | `test-0ms-disk` / `-tmpfs` | `test`: 10,000 JSONL cases (one classification step, `equals` + `contains`), 0 ms, `--concurrency 16`, `--ci` |
@@ -353,8 +353,9 @@ fn bare_loop(base: &str, n: usize) -> Duration {
 /// Posts `n` requests like the fan-out's, `concurrency` at a time (a new
 /// one as soon as one is answered, as the engine's window does), with one
 /// reqwest client: the floor of the concurrent rows. Against the 50 ms fake
-/// it shows what the fake itself adds to the ideal (its timer rounds each
-/// delay up to the next millisecond), which no client can win back.
+/// it shows what the fake and the machine add to the ideal (HTTP on two
+/// cores, the fake's delay overshooting by up to ~0.1 ms), which no client
+/// can win back.
 fn bare_concurrent(base: &str, n: usize, concurrency: usize) -> Duration {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
