@@ -168,18 +168,28 @@ impl Journal {
             source,
         })?;
         let path = dir.join(DB_FILE);
+        // It holds inputs and answers, which may be confidential: readable
+        // by its owner only, from its first byte (made here with that mode
+        // before SQLite opens it, rather than changed after; SQLite gives
+        // the -wal and -shm files the same mode). An existing journal is
+        // narrowed too.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+            let made = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o600)
+                .open(&path);
+            if made.is_ok() {
+                let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600));
+            }
+        }
         let conn = Connection::open(&path).map_err(|source| JournalError::Open {
             path: path.clone(),
             source,
         })?;
-        // It holds inputs and answers, which may be confidential: readable
-        // by its owner only (SQLite gives the -wal and -shm files the same
-        // mode).
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600));
-        }
         let conn = Self::init(conn, &path)?;
         // The writer's own connection, opened once the file is in WAL mode
         // and has its tables.
@@ -317,7 +327,7 @@ impl Journal {
     /// of waiting for an fsync-bound commit was seen to run out, and a run
     /// that gives up on its journal fails.
     fn configure(conn: &Connection) -> Result<(), JournalError> {
-        conn.busy_timeout(std::time::Duration::from_secs(30))?;
+        conn.busy_timeout(BUSY_WAIT)?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         Ok(())
@@ -325,11 +335,11 @@ impl Journal {
 
     /// Sets the journal up on its first connection: WAL, the settings, the
     /// schema (created or migrated).
-    fn init(conn: Connection, path: &Path) -> Result<Connection, JournalError> {
+    fn init(mut conn: Connection, path: &Path) -> Result<Connection, JournalError> {
         // WAL: readers (report, another run's budget check, this process's
         // cache lookups) never block the writer, nor it them.
         Self::configure(&conn)?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
+        switch_to_wal(&conn)?;
         let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
         if version > SCHEMA_VERSION {
             return Err(JournalError::NewerSchema {
@@ -338,16 +348,24 @@ impl Journal {
                 known: SCHEMA_VERSION,
             });
         }
-        // Statement by statement, each its own commit: one transaction
-        // around them all held the write lock while a new journal's file
-        // was still in rollback mode, and another process opening it at
-        // the same moment failed to switch it to WAL ("database is locked",
-        // without waiting: team::two_users_in_several_processes).
-        schema::create(&conn)?;
-        // Written only when it changes: a commit (an fsync) every open.
-        if version != SCHEMA_VERSION {
-            conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        if version == SCHEMA_VERSION {
+            // Written by this version: its tables are there, and the checks
+            // below only read (a column an older build of this version
+            // lacked is added, its own commit). An ordinary open writes
+            // nothing (a commit is an fsync).
+            schema::create(&conn)?;
+            return Ok(conn);
         }
+        // A new journal (or one to migrate): the schema in one transaction,
+        // one commit instead of one per statement (a dozen fsyncs, ~5 ms of
+        // a run's start). The file is in WAL mode already, so another
+        // process opening it now waits (busy_timeout) for this write lock
+        // and then finds the tables; `IF NOT EXISTS` and the column checks
+        // make its own pass a no-op.
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        schema::create(&tx)?;
+        tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        tx.commit()?;
         Ok(conn)
     }
 
@@ -1134,10 +1152,79 @@ fn usage_from(r: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<Usage> {
     })
 }
 
+/// How long a journal's first open waits for another process's hold on it
+/// (the connections' `busy_timeout` too).
+const BUSY_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Puts the journal in WAL mode (a no-op when it is already).
+///
+/// The switch needs the file's exclusive lock. When two processes open a
+/// new journal at the same moment, each holds a shared lock and wants the
+/// exclusive one; SQLite then answers `SQLITE_BUSY` at once to one of them
+/// without calling its busy handler (waiting would deadlock). That one lets
+/// go of its lock by failing the statement, and tries again here after a
+/// short pause, until [`BUSY_WAIT`].
+fn switch_to_wal(conn: &Connection) -> Result<(), JournalError> {
+    let deadline = std::time::Instant::now() + BUSY_WAIT;
+    let mut pause = std::time::Duration::from_millis(1);
+    loop {
+        match conn.pragma_update(None, "journal_mode", "WAL") {
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::DatabaseBusy
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(std::time::Duration::from_millis(50));
+            }
+            r => return r.map_err(JournalError::from),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::outcome::AttemptOutcome;
+
+    /// Several processes starting on a new state folder at the same moment
+    /// each open the journal: every open succeeds (the switch to WAL is
+    /// retried when SQLite refuses it at once), the schema is made once,
+    /// and the file is its owner's only. Connections in one process lock
+    /// the file as separate processes do (SQLite's own per-file locks).
+    #[test]
+    fn many_opening_a_new_journal_at_once_all_succeed() {
+        for _ in 0..20 {
+            let dir = tempfile::tempdir().unwrap();
+            let start = Arc::new(std::sync::Barrier::new(6));
+            let opened: Vec<_> = (0..6)
+                .map(|_| {
+                    let (dir, start) = (dir.path().to_path_buf(), Arc::clone(&start));
+                    std::thread::spawn(move || {
+                        start.wait();
+                        Journal::open(&dir, Clock::Fixed(1_700_000_000_000)).map(|_| ())
+                    })
+                })
+                .collect();
+            for o in opened {
+                o.join().unwrap().expect("every open succeeds");
+            }
+            let j = Journal::open(dir.path(), Clock::Fixed(1_700_000_000_000)).unwrap();
+            let version: i64 = j
+                .conn()
+                .pragma_query_value(None, "user_version", |r| r.get(0))
+                .unwrap();
+            assert_eq!(version, SCHEMA_VERSION);
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                let mode = std::fs::metadata(dir.path().join(DB_FILE))
+                    .unwrap()
+                    .permissions()
+                    .mode();
+                assert_eq!(mode & 0o777, 0o600);
+            }
+        }
+    }
 
     /// Where a test's journal lives: the same tests run on both backends.
     enum Store {
