@@ -202,6 +202,9 @@ pub struct Provider {
 pub struct PoolEndpoint {
     pub url: String,
     pub slots: u32,
+    /// Its place in the policy's `endpoints` list (a duplicate left out of
+    /// the pool shifts the rest): where a diagnostic about it points.
+    pub declared: usize,
 }
 
 impl From<&crate::catalog::CatalogTier> for PriceTier {

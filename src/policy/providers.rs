@@ -104,8 +104,7 @@ pub(super) fn providers(
                 .collect()
         } else {
             pool.iter()
-                .enumerate()
-                .map(|(i, e)| (e.url.as_str(), endpoint_span(doc, p, name, i)))
+                .map(|e| (e.url.as_str(), endpoint_span(doc, p, name, e.declared)))
                 .collect()
         };
         let mut insecure = false;
@@ -282,6 +281,7 @@ fn compile_pool(
     for (i, e) in endpoints.iter().enumerate() {
         let url = e.url().trim_end_matches('/').to_owned();
         if let Some(first) = pool.iter().position(|seen| same_address(&seen.url, &url)) {
+            let first = pool[first].declared;
             diags.push(
                 Diagnostic::error(
                     "pool-duplicate-endpoint",
@@ -296,9 +296,13 @@ fn compile_pool(
         pool.push(PoolEndpoint {
             url,
             slots: e.slots(),
+            declared: i,
         });
     }
-    let remote = pool.iter().position(|e| !is_loopback(&e.url));
+    let remote = pool
+        .iter()
+        .find(|e| !is_loopback(&e.url))
+        .map(|e| e.declared);
     let any_loopback = pool.iter().any(|e| is_loopback(&e.url));
     if let (Some(r), true, None) = (remote, any_loopback, p.locality) {
         diags.push(
@@ -411,15 +415,15 @@ fn compile_pool_launch(
         );
     }
     let mut addresses = Vec::with_capacity(pool.len());
-    for (i, e) in pool.iter().enumerate() {
+    for e in pool {
         match host_port(&e.url).filter(|_| is_loopback(&e.url)) {
             Some(hp) => addresses.push((hp, e.slots)),
             None => diags.push(
                 Diagnostic::error(
                     "launch-not-local",
-                    format!("provider `{name}` has `launch` but endpoint {} is not on this machine", i + 1),
+                    format!("provider `{name}` has `launch` but endpoint {} is not on this machine", e.declared + 1),
                 )
-                .at(endpoint_span(doc, p, name, i))
+                .at(endpoint_span(doc, p, name, e.declared))
                 .with_label("not a loopback http:// address with a port")
                 .with_help("`launch` starts one llama-server per endpoint on this machine: every endpoint needs an address such as http://127.0.0.1:8081/v1 (an explicit port each); start remote servers yourself and list them in a pool without `launch`"),
             ),

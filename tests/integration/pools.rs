@@ -254,9 +254,15 @@ providers:
   launched:
     kind: openai-compatible
     locality: local
-    endpoints: ["http://127.0.0.1:8083/v1", "http://10.0.0.7:8083/v1"]
+    endpoints: ["http://127.0.0.1:8083/v1", "http://127.0.0.1:8083/v1", "http://10.0.0.7:8083/v1"]
     launch: { model: /models/m.gguf, slots: 2 }
   lonely: { kind: openai-compatible, base_url: "http://127.0.0.1:8084/v1", sticky: prefix }
+  shifted:
+    kind: openai-compatible
+    endpoints:
+      - http://127.0.0.1:8085/v1
+      - http://127.0.0.1:8085/v1/
+      - http://10.0.0.7:8085/v1
 models:
   m: { provider: twice, model: local-llm, tier: local, context_window: 8192 }
 rules:
