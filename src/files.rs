@@ -174,6 +174,48 @@ impl TextLines {
     }
 }
 
+/// A regular file of at most `limit` bytes as a byte stream (a CSV case
+/// file parsed record by record: a record may span lines, so [`TextLines`]
+/// does not fit). The same checks as [`read_text_limited`] but UTF-8, which
+/// the parser checks per record: the size before the first byte and again
+/// as bytes are read. Past the bound a read fails with
+/// [`std::io::ErrorKind::FileTooLarge`], its message [`ReadError::TooLarge`]'s:
+/// an error, never a truncation.
+pub struct BoundedFile {
+    file: std::io::Take<File>,
+    read: u64,
+    limit: u64,
+}
+
+impl BoundedFile {
+    pub fn open(path: &Path, limit: u64) -> Result<BoundedFile, ReadError> {
+        let file = open_regular(path)?;
+        if file.metadata()?.len() > limit {
+            return Err(ReadError::TooLarge { limit });
+        }
+        Ok(BoundedFile {
+            // One byte past the limit tells "at the limit" from "over it".
+            file: file.take(limit.saturating_add(1)),
+            read: 0,
+            limit,
+        })
+    }
+}
+
+impl Read for BoundedFile {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.file.read(buf)?;
+        self.read += n as u64;
+        if self.read > self.limit {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::FileTooLarge,
+                ReadError::TooLarge { limit: self.limit }.to_string(),
+            ));
+        }
+        Ok(n)
+    }
+}
+
 /// Opens `path` for reading only if it is a regular file (after following
 /// symlinks), without blocking on a FIFO.
 fn open_regular(path: &Path) -> Result<File, ReadError> {
@@ -217,6 +259,33 @@ fn describe(kind: &std::fs::FileType) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_bounded_file_stops_at_its_bound_even_when_it_grows() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("cases.csv");
+        std::fs::write(&p, "a".repeat(100)).unwrap();
+        assert!(matches!(
+            BoundedFile::open(&p, 99),
+            Err(ReadError::TooLarge { limit: 99 })
+        ));
+        let mut exact = String::new();
+        BoundedFile::open(&p, 100)
+            .unwrap()
+            .read_to_string(&mut exact)
+            .unwrap();
+        assert_eq!(exact.len(), 100);
+        // Within the bound when opened, past it by the time it is read.
+        let mut f = BoundedFile::open(&p, 150).unwrap();
+        std::fs::write(&p, "a".repeat(10_000)).unwrap();
+        let err = f.read_to_end(&mut Vec::new()).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::FileTooLarge);
+        assert!(err.to_string().contains("larger than the limit"), "{err}");
+        assert!(matches!(
+            BoundedFile::open(dir.path(), 100),
+            Err(ReadError::NotAFile("a directory"))
+        ));
+    }
 
     #[test]
     fn reads_regular_files_up_to_the_limit() {

@@ -523,9 +523,9 @@ fn gather_cases(
             );
         }
     }
-    // A JSONL case file is read line by line, a CSV file whole (at most
-    // `files::MAX_TEXT_BYTES`, which bounds its cases too), one at a time,
-    // and dropped once its cases are compiled.
+    // A JSONL case file is read line by line, a CSV file record by record
+    // (each at most `files::MAX_TEXT_BYTES`), one file at a time: a case
+    // file's cases are never held whole.
     for pass in [Kind::Jsonl, Kind::Csv] {
         for (rel, ptr) in &sources {
             if kind_of(rel).as_ref() != Some(&pass) {
@@ -565,26 +565,19 @@ fn gather_cases(
                 }
                 continue;
             }
-            let text = match crate::files::read_text(&p) {
-                Ok(t) => t,
-                Err(err) => {
-                    diags.push(cannot_read(err));
-                    continue;
-                }
-            };
-            match csv_cases(&p, &text, w) {
-                Ok(rows) => {
-                    for (value, origin) in rows {
-                        visit(
-                            RawCase {
-                                value,
-                                locate: Locator::Row { origin },
-                            },
-                            diags,
-                        );
-                    }
-                }
-                Err(d) => diags.extend(d),
+            // Read record by record (a record may span lines): the file's
+            // cases are never held whole.
+            match crate::files::BoundedFile::open(&p, crate::files::MAX_TEXT_BYTES) {
+                Ok(file) => csv_cases(&p, file, w, diags, |value, origin, diags| {
+                    visit(
+                        RawCase {
+                            value,
+                            locate: Locator::Row { origin },
+                        },
+                        diags,
+                    );
+                }),
+                Err(err) => diags.push(cannot_read(err)),
             }
         }
     }
@@ -950,37 +943,53 @@ fn jsonl_cases(
     Ok(())
 }
 
-/// CSV rows as case objects: `name`, input columns (coerced to the input's
+/// CSV rows as case objects, handed to `visit` one at a time with their
+/// origin (`file:row`): `name`, input columns (coerced to the input's
 /// declared type) and `expect.<step>.<assertion>` columns. Empty cells are
-/// absent values.
+/// absent values. A row with a problem is reported (every problem of every
+/// row) and not visited.
 fn csv_cases(
     path: &Path,
-    text: &str,
+    file: impl std::io::Read,
     w: &Workflow,
-) -> Result<Vec<(Value, String)>, Vec<Diagnostic>> {
-    let mut diags = Vec::new();
-    let mut reader = csv::Reader::from_reader(text.as_bytes());
+    diags: &mut Vec<Diagnostic>,
+    mut visit: impl FnMut(Value, String, &mut Vec<Diagnostic>),
+) {
+    let mut reader = csv::Reader::from_reader(file);
     let headers = match reader.headers() {
         Ok(h) => h.clone(),
         Err(err) => {
-            return Err(vec![
+            diags.push(
                 Diagnostic::error("case-file", format!("cannot read the CSV header: {err}"))
                     .in_file(path),
-            ]);
+            );
+            return;
         }
     };
-    let mut out = Vec::new();
     for (n, record) in reader.records().enumerate() {
         // Row 1 is the header.
         let origin = format!("{}:{}", path.display(), n + 2);
         let record = match record {
             Ok(r) => r,
+            // A read that failed (past the size bound, or the disk's error)
+            // ends the file: one error, not one per retry.
+            Err(err) if matches!(err.kind(), csv::ErrorKind::Io(_)) => {
+                let mut d =
+                    Diagnostic::error("case-file", format!("{origin}: {err}")).in_file(path);
+                if matches!(err.kind(), csv::ErrorKind::Io(e) if e.kind() == std::io::ErrorKind::FileTooLarge)
+                {
+                    d = d.with_help("the file is far larger than any suite needs; check the path, or split the file");
+                }
+                diags.push(d);
+                return;
+            }
             Err(err) => {
                 diags
                     .push(Diagnostic::error("case-file", format!("{origin}: {err}")).in_file(path));
                 continue;
             }
         };
+        let problems = diags.len();
         let mut case = Map::new();
         let mut inputs = Map::new();
         let mut expect: Map<String, Value> = Map::new();
@@ -1062,11 +1071,8 @@ fn csv_cases(
                 .in_file(path),
             );
         }
-        out.push((value, origin));
-    }
-    if diags.is_empty() {
-        Ok(out)
-    } else {
-        Err(diags)
+        if diags.len() == problems {
+            visit(value, origin, diags);
+        }
     }
 }

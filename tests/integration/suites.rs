@@ -1102,3 +1102,53 @@ async fn a_jsonl_case_file_read_line_by_line_locates_its_bad_lines() {
     assert!(err.contains("cases.jsonl"), "{err}");
     assert_eq!(fake.request_count(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_csv_case_file_read_record_by_record_reports_every_bad_row() {
+    // The file is parsed record by record (a quoted cell may span lines),
+    // never read whole: every bad row is reported with its row number, the
+    // good ones around it are checked too, and nothing runs.
+    let fake = FakeServer::start().await;
+    fake.set_handler(answer);
+    let s = suite_project(
+        &policy(&fake),
+        CLASSIFY_ONLY,
+        "workflow: ../wf.yaml\npolicy: ../policy.yaml\ncases_from: cases.csv\n",
+    )
+    .with(
+        "evals/cases.csv",
+        "name,ticket,pass_threshold,expect.classify.equals\n\
+         a,\"It crashes\non two lines.\",,bug\n\
+         b,It crashes.,lots,bug\n\
+         c,It crashes.\n\
+         d,It crashes.,,bug\n\
+         e,It crashes.,2,bug\n",
+    );
+    let out = s.tollgate(&["test", "--replay"]).await;
+    assert_eq!(out.status.code(), Some(2), "{}", transcript(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for want in [
+        "cases.csv:3: pass_threshold `lots` is not a number",
+        "cases.csv:4: CSV error",
+        "found record",
+        "cases.csv:6:",
+    ] {
+        assert!(err.contains(want), "missing {want:?} in:\n{err}");
+    }
+    for not in ["cases.csv:2", "cases.csv:5"] {
+        assert!(!err.contains(not), "{not:?} is a good row:\n{err}");
+    }
+
+    // Bytes that are not UTF-8 are that row's error; the rows after it
+    // are still read.
+    let mut bytes =
+        b"name,ticket,expect.classify.equals\na,\xff,bug\nb,ok,bug\nc,ok,bug,extra\n".to_vec();
+    bytes.extend_from_slice(b"d,ok,bug\n");
+    std::fs::write(s.path().join("evals/cases.csv"), bytes).unwrap();
+    let out = s.tollgate(&["test", "--replay"]).await;
+    assert_eq!(out.status.code(), Some(2), "{}", transcript(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cases.csv:2:"), "{err}");
+    assert!(err.contains("cases.csv:4:"), "{err}");
+    assert_eq!(fake.request_count(), 0);
+}
