@@ -140,14 +140,14 @@ impl RenderedCall {
 
 /// A step expanded: the decision, its calls, and what routing needs.
 ///
-/// Invariant: `calls` is empty when the step makes no call (an empty
-/// `for_each`, or skipped in a run); otherwise it holds one call per item
-/// (one without `for_each`), in item order.
+/// Invariant: the step has no call ([`Expanded::len`] 0) when it makes
+/// none (an empty `for_each`, or skipped in a run); otherwise one call per
+/// item (one without `for_each`), in item order ([`Expanded::calls`]).
 #[derive(Debug)]
 pub struct Expanded {
     pub when: When,
     pub fan_out: Option<FanOut>,
-    pub calls: Vec<RenderedCall>,
+    calls: Calls,
     /// The step's effective sensitivity (from the analysis).
     pub level: usize,
     /// The level of what was actually rendered (`sensitivity::of_context`
@@ -171,11 +171,116 @@ pub struct Expanded {
     /// The step's attachments (`attachments:`), what routing checks each
     /// candidate can take.
     pub attachments: Arc<Vec<Attached>>,
-    /// The largest call's token count, per tokenizer, computed on first
-    /// use: routing asks for it per call and per candidate, and recounting
-    /// every item each time made a fan-out quadratic.
+    /// The bytes the calls' messages render to, together (what a plan's
+    /// bound on rendered text counts).
+    rendered_bytes: usize,
+    /// The largest call's token count, per tokenizer, counted on first use
+    /// for every tokenizer in `tokenizers` in one pass over the calls:
+    /// routing asks per call and per candidate, and recounting every item
+    /// each time made a fan-out quadratic.
     max_tokens: [OnceLock<u64>; 3],
+    /// The tokenizers of the policy's models, and the rules'.
+    tokenizers: Vec<Tokenizer>,
 }
+
+/// A step's calls: held, or rendered again when they are made.
+///
+/// A fan-out's calls are rendered once by [`expand`] for what it keeps of
+/// them (router scores, shared prefix, bytes; an item that fails to render
+/// is the step's error there), and then again one at a time
+/// ([`Expanded::calls`]) by whoever needs their text: the token counts
+/// (`max_tokens`, the plan's) and the run's calls. Holding every item's
+/// prompt until the step's calls were made cost memory in proportion to
+/// the fan-out. Rendering is deterministic (the same compiled template over
+/// the same context and item), so a later rendering is the first one's text.
+enum Calls {
+    /// Every call held: a single call, and a step whose `context:` trims
+    /// or chunks its calls or that sends a `history` (their calls are
+    /// bounded: a chunked text, a trimmed prompt).
+    Kept(Vec<RenderedCall>),
+    /// A fan-out over more than one item, rendered on demand.
+    Lazy(Box<Lazy>),
+}
+
+impl std::fmt::Debug for Calls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Calls::Kept(calls) => f.debug_tuple("Kept").field(calls).finish(),
+            Calls::Lazy(l) => f
+                .debug_struct("Lazy")
+                .field("items", &l.items.len())
+                .field("first", &l.first)
+                .finish_non_exhaustive(),
+        }
+    }
+}
+
+/// What rendering a fan-out's calls again takes: the templates, the
+/// step's context (shared by every item) and the items.
+struct Lazy {
+    /// The analysis's environment (a clone shares its functions; the
+    /// templates are compiled once per pass over the calls).
+    env: minijinja::Environment<'static>,
+    system: Option<String>,
+    prompt: String,
+    ctx: RenderContext,
+    items: Vec<Option<Value>>,
+    /// The first call as sent (shared prefix and attachments set): what the
+    /// plan hashes and measures for prompt caching.
+    first: RenderedCall,
+}
+
+/// The calls of a step in item order ([`Expanded::calls`]).
+pub struct CallIter<'a> {
+    inner: IterInner<'a>,
+}
+
+enum IterInner<'a> {
+    Kept(std::slice::Iter<'a, RenderedCall>),
+    Lazy {
+        lazy: &'a Lazy,
+        templates: Templates<'a>,
+        items: std::slice::Iter<'a, Option<Value>>,
+    },
+}
+
+impl<'a> Iterator for CallIter<'a> {
+    type Item = std::borrow::Cow<'a, RenderedCall>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match &mut self.inner {
+            IterInner::Kept(calls) => calls.next().map(std::borrow::Cow::Borrowed),
+            IterInner::Lazy {
+                lazy,
+                templates,
+                items,
+            } => {
+                let item = items.next()?;
+                let mut call = render_call(templates, &lazy.ctx, item.as_ref(), &NO_TURNS)
+                    // `expand` rendered this item with the same template and
+                    // context before handing the step out.
+                    .unwrap_or_else(|f| panic!("a call renders again as it first did: {f:?}"));
+                call.shared_prefix = lazy.first.shared_prefix;
+                call.attachments = Arc::clone(&lazy.first.attachments);
+                Some(std::borrow::Cow::Owned(call))
+            }
+        }
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        match &self.inner {
+            IterInner::Kept(calls) => calls.size_hint(),
+            IterInner::Lazy { items, .. } => items.size_hint(),
+        }
+    }
+}
+
+/// A step without `history` sends no turns.
+static NO_TURNS: history::Window = history::Window {
+    system: Vec::new(),
+    older: Vec::new(),
+    recent: Vec::new(),
+};
 
 impl Expanded {
     /// One call made on a step's behalf that no workflow declares (a
@@ -184,7 +289,8 @@ impl Expanded {
         Expanded {
             when: When::Runs,
             fan_out: None,
-            calls: vec![call],
+            rendered_bytes: call.len(),
+            calls: Calls::Kept(vec![call]),
             level,
             rendered_level: level,
             tags: BTreeSet::new(),
@@ -194,7 +300,58 @@ impl Expanded {
             router_scores: Vec::new(),
             attachments: Arc::default(),
             max_tokens: Default::default(),
+            tokenizers: Vec::new(),
         }
+    }
+
+    /// How many calls were rendered: 0 when the step makes none.
+    pub fn len(&self) -> usize {
+        match &self.calls {
+            Calls::Kept(calls) => calls.len(),
+            Calls::Lazy(l) => l.items.len(),
+        }
+    }
+
+    /// The step makes no call.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The first call, without rendering the others.
+    pub fn first(&self) -> Option<&RenderedCall> {
+        match &self.calls {
+            Calls::Kept(calls) => calls.first(),
+            Calls::Lazy(l) => Some(&l.first),
+        }
+    }
+
+    /// Every call in item order, each rendered when the iterator reaches
+    /// it (a fan-out's are not held: see [`Calls`]).
+    pub fn calls(&self) -> CallIter<'_> {
+        let inner = match &self.calls {
+            Calls::Kept(calls) => IterInner::Kept(calls.iter()),
+            Calls::Lazy(l) => {
+                let compile = |text| {
+                    template::compile(&l.env, text)
+                        // `expand` compiled the same text in the same environment.
+                        .unwrap_or_else(|e| panic!("a template compiles again: {e}"))
+                };
+                IterInner::Lazy {
+                    lazy: l,
+                    templates: Templates {
+                        system: l.system.as_deref().map(compile),
+                        prompt: compile(&l.prompt),
+                    },
+                    items: l.items.iter(),
+                }
+            }
+        };
+        CallIter { inner }
+    }
+
+    /// The bytes of every call's messages, together.
+    pub fn rendered_bytes(&self) -> usize {
+        self.rendered_bytes
     }
 
     /// Calls the step makes when it runs: one per item with `for_each`.
@@ -205,18 +362,28 @@ impl Expanded {
     /// Tokens of the largest call by `tok` (chat overhead included). The
     /// route of a fan-out is decided by its largest item.
     pub fn max_tokens(&self, tok: Tokenizer) -> u64 {
-        let slot = match tok {
-            Tokenizer::O200kBase => 0,
-            Tokenizer::Cl100kBase => 1,
-            Tokenizer::Estimate => 2,
-        };
-        *self.max_tokens[slot].get_or_init(|| {
-            self.calls
-                .iter()
-                .map(|c| tokens::count_chat(tok, &c.messages().collect::<Vec<_>>()) as u64)
-                .max()
-                .unwrap_or(0)
-        })
+        let slot = token_slot(tok);
+        if let Some(&n) = self.max_tokens[slot].get() {
+            return n;
+        }
+        // Every tokenizer routing may ask about, in one pass: a fan-out's
+        // calls are rendered again for it.
+        let mut toks = self.tokenizers.clone();
+        if !toks.contains(&tok) {
+            toks.push(tok);
+        }
+        let mut max = vec![0u64; toks.len()];
+        for c in self.calls() {
+            let messages: Vec<&str> = c.messages().collect();
+            for (m, t) in max.iter_mut().zip(&toks) {
+                *m = (*m).max(tokens::count_chat(*t, &messages) as u64);
+            }
+        }
+        for (t, m) in toks.iter().zip(max) {
+            // Another thread may have counted the same first: same number.
+            let _ = self.max_tokens[token_slot(*t)].set(m);
+        }
+        self.max_tokens[slot].get().copied().unwrap_or(0)
     }
 
     /// The facts routing decides on. `input_tokens` is the largest call as
@@ -236,6 +403,15 @@ impl Expanded {
             router_scores: &self.router_scores,
             attachments: &self.attachments,
         }
+    }
+}
+
+/// Where [`Expanded::max_tokens`] keeps a tokenizer's count.
+fn token_slot(tok: Tokenizer) -> usize {
+    match tok {
+        Tokenizer::O200kBase => 0,
+        Tokenizer::Cl100kBase => 1,
+        Tokenizer::Estimate => 2,
     }
 }
 
@@ -374,7 +550,8 @@ pub fn expand(scope: &Scope<'_>, inherited: When) -> Result<Expanded, StepError>
     let mut out = Expanded {
         when: inherited,
         fan_out: None,
-        calls: Vec::new(),
+        calls: Calls::Kept(Vec::new()),
+        rendered_bytes: 0,
         level,
         rendered_level: level,
         tags: tags(&scope.analysis.workflow.value, step),
@@ -384,6 +561,14 @@ pub fn expand(scope: &Scope<'_>, inherited: When) -> Result<Expanded, StepError>
         router_scores: Vec::new(),
         attachments: Arc::new(attached(scope, step)?),
         max_tokens: Default::default(),
+        tokenizers: std::iter::once(RULE_TOKENIZER)
+            .chain(scope.policy.models.values().map(|m| m.tokenizer))
+            .fold(Vec::new(), |mut v, t| {
+                if !v.contains(&t) {
+                    v.push(t);
+                }
+                v
+            }),
     };
     let ctx = scope.context();
     let base = ctx.base();
@@ -420,23 +605,105 @@ pub fn expand(scope: &Scope<'_>, inherited: When) -> Result<Expanded, StepError>
             list.into_iter().map(Some).collect()
         }
     };
-    let (calls, rendered_level) = render(scope, &ctx, &items, &turns)?;
+    if items.len() > 1 && step.context.is_none() && step.history.is_none() {
+        return render_lazily(scope, out, ctx, items, received);
+    }
+    let (mut calls, rendered_level) = render(scope, &ctx, &items, &turns)?;
     out.rendered_level = rendered_level.max(received);
-    match &step.context {
-        Some(spec) => {
-            let (calls, effect) = manage(scope, spec, &ctx, &items, &turns, calls)?;
-            out.calls = calls;
-            out.context = Some(effect);
-        }
-        None => out.calls = calls,
+    if let Some(spec) = &step.context {
+        let (managed, effect) = manage(scope, spec, &ctx, &items, &turns, calls)?;
+        calls = managed;
+        out.context = Some(effect);
     }
-    for c in &mut out.calls {
+    let mut tally = FirstPass::new(scope);
+    for c in &mut calls {
         c.attachments = Arc::clone(&out.attachments);
+        tally.add(c);
     }
-    out.router_scores = scope
-        .policy
-        .router_scores(out.calls.iter().map(|c| crate::router::text(c.messages())));
+    tally.finish(&mut out);
+    out.calls = Calls::Kept(calls);
     Ok(out)
+}
+
+/// A fan-out's calls, rendered once for what routing and the plan need
+/// (kept as totals), then left to be rendered again when they are made
+/// ([`Calls::Lazy`]). Every item is rendered here, so an item that cannot
+/// be is this step's error, as if its calls were kept.
+fn render_lazily(
+    scope: &Scope<'_>,
+    mut out: Expanded,
+    ctx: RenderContext,
+    items: Vec<Option<Value>>,
+    received: usize,
+) -> Result<Expanded, StepError> {
+    let mut tally = FirstPass::new(scope);
+    let mut prefix = SharedPrefix::default();
+    let mut first = None;
+    let rendered_level = render_each(scope, &ctx, &items, &NO_TURNS, &mut |call| {
+        tally.add(&call);
+        prefix.add(&call);
+        if first.is_none() {
+            first = Some(call);
+        }
+    })?;
+    out.rendered_level = rendered_level.max(received);
+    tally.finish(&mut out);
+    let mut first = first.expect("a fan-out of more than one item renders a first call");
+    first.shared_prefix = prefix.finish();
+    first.attachments = Arc::clone(&out.attachments);
+    let info = scope.info();
+    out.calls = Calls::Lazy(Box::new(Lazy {
+        env: scope.analysis.env.clone(),
+        system: info.system.as_ref().map(|s| s.text.clone()),
+        prompt: info.prompt.text.clone(),
+        ctx,
+        items,
+        first,
+    }));
+    Ok(out)
+}
+
+/// What `expand` keeps of a step's calls as it renders them: their bytes
+/// and each router's highest score. (Tokens are counted later, once the
+/// step and the plan are known to be within their bounds on rendered
+/// text: counting a huge prompt is the slow part.)
+struct FirstPass<'p> {
+    policy: &'p Policy,
+    bytes: usize,
+    router_scores: Vec<f64>,
+}
+
+impl<'p> FirstPass<'p> {
+    fn new(scope: &Scope<'p>) -> FirstPass<'p> {
+        FirstPass {
+            policy: scope.policy,
+            bytes: 0,
+            router_scores: Vec::new(),
+        }
+    }
+
+    fn add(&mut self, call: &RenderedCall) {
+        self.bytes += call.len();
+        if !self.policy.routers.is_empty() {
+            // One call's scores, the highest kept router by router: the
+            // same as scoring every call at once.
+            let scores = self
+                .policy
+                .router_scores(std::iter::once(crate::router::text(call.messages())));
+            if self.router_scores.is_empty() {
+                self.router_scores = scores;
+            } else {
+                for (have, s) in self.router_scores.iter_mut().zip(scores) {
+                    *have = have.max(s);
+                }
+            }
+        }
+    }
+
+    fn finish(self, out: &mut Expanded) {
+        out.rendered_bytes = self.bytes;
+        out.router_scores = self.router_scores;
+    }
 }
 
 /// The step's attachments with their bytes; in a run, an attachment
@@ -872,17 +1139,87 @@ fn items(scope: &Scope<'_>, base: &minijinja::Value) -> Result<Items, StepError>
     Ok(Items::List(list, fan_out))
 }
 
+/// A step's templates, compiled once for a pass over its calls.
+struct Templates<'a> {
+    system: Option<template::Compiled<'a, 'a>>,
+    prompt: template::Compiled<'a, 'a>,
+}
+
+/// Which of a call's templates failed to render.
+#[derive(Debug)]
+enum Failed {
+    System(minijinja::Error),
+    Prompt(minijinja::Error),
+}
+
+/// One call: its system prompt and prompt rendered over the step's
+/// context with `item`, the history's turns and system messages added.
+/// The one rendering of a call, in `expand`'s pass and on demand.
+fn render_call(
+    t: &Templates<'_>,
+    ctx: &RenderContext,
+    item: Option<&Value>,
+    turns: &history::Window,
+) -> Result<RenderedCall, Failed> {
+    let ctx = ctx.for_item(item);
+    let system = t
+        .system
+        .as_ref()
+        .map(|s| s.render(&ctx))
+        .transpose()
+        .map_err(Failed::System)?;
+    let prompt = t.prompt.render(&ctx).map_err(Failed::Prompt)?;
+    // The history's system messages follow the step's own system prompt.
+    let system = if turns.system.is_empty() {
+        system
+    } else {
+        Some(
+            system
+                .into_iter()
+                .chain(turns.system.iter().cloned())
+                .collect::<Vec<_>>()
+                .join("\n\n"),
+        )
+    };
+    Ok(RenderedCall {
+        system,
+        history: turns.recent.clone(),
+        prompt,
+        // Set by `expand` once the calls are final.
+        attachments: Arc::default(),
+        shared_prefix: 0,
+    })
+}
+
 /// Every call's system prompt and prompt, and the level of what they hold.
-///
-/// O(item + its prompt) per item: the templates are compiled once, the
-/// context's shared part (`ctx`) was converted once and is shared by every
-/// item's context, and the level is the shared part's, computed once.
 fn render(
     scope: &Scope<'_>,
     ctx: &RenderContext,
     items: &[Option<Value>],
     turns: &history::Window,
 ) -> Result<(Vec<RenderedCall>, usize), StepError> {
+    let mut calls = Vec::with_capacity(items.len());
+    let level = render_each(scope, ctx, items, turns, &mut |c| calls.push(c))?;
+    let shared = shared_prefix(&calls);
+    for c in &mut calls {
+        c.shared_prefix = shared;
+    }
+    Ok((calls, level))
+}
+
+/// Renders every call in item order, handing each to `each`; returns the
+/// level of what they hold.
+///
+/// O(item + its prompt) per item: the templates are compiled once, the
+/// context's shared part (`ctx`) was converted once and is shared by every
+/// item's context, and the level is the shared part's, computed once.
+fn render_each(
+    scope: &Scope<'_>,
+    ctx: &RenderContext,
+    items: &[Option<Value>],
+    turns: &history::Window,
+    each: &mut dyn FnMut(RenderedCall),
+) -> Result<usize, StepError> {
     let info = scope.info();
     let env = &scope.analysis.env;
     let own = scope.levels[scope.index];
@@ -896,47 +1233,23 @@ fn render(
         .system
         .as_ref()
         .map(|s| {
-            template::compile(env, &s.text)
-                .map(|t| (s, t))
-                .map_err(|e| scope.template(s, e, "the system prompt"))
+            template::compile(env, &s.text).map_err(|e| scope.template(s, e, "the system prompt"))
         })
         .transpose()?;
     let prompt = template::compile(env, &info.prompt.text)
         .map_err(|e| scope.template(&info.prompt, e, "the prompt"))?;
-    let mut calls = Vec::with_capacity(items.len());
+    let templates = Templates { system, prompt };
     let mut total = 0usize;
     for item in items {
-        let ctx = ctx.for_item(item.as_ref());
-        let system = system
-            .as_ref()
-            .map(|(s, t)| {
-                t.render(&ctx)
-                    .map_err(|e| scope.template(s, e, "the system prompt"))
-            })
-            .transpose()?;
-        let prompt = prompt
-            .render(&ctx)
-            .map_err(|e| scope.template(&info.prompt, e, "the prompt"))?;
-        // The history's system messages follow the step's own system prompt.
-        let system = if turns.system.is_empty() {
-            system
-        } else {
-            Some(
-                system
-                    .into_iter()
-                    .chain(turns.system.iter().cloned())
-                    .collect::<Vec<_>>()
-                    .join("\n\n"),
-            )
-        };
-        let call = RenderedCall {
-            system,
-            history: turns.recent.clone(),
-            prompt,
-            // Set by `expand` once the calls are final.
-            attachments: Arc::default(),
-            shared_prefix: 0,
-        };
+        let call = render_call(&templates, ctx, item.as_ref(), turns).map_err(|f| match f {
+            Failed::System(e) => {
+                let s = info.system.as_ref().expect("a system prompt failed");
+                scope.template(s, e, "the system prompt")
+            }
+            Failed::Prompt(e) => scope.template(&info.prompt, e, "the prompt"),
+        })?;
+        // A bound on the work (and, for calls that are kept, the memory) of
+        // a step's rendering: a fan-out's calls are rendered twice.
         total += call.len();
         if total > template::MAX_STEP_RENDERED_BYTES {
             return Err(StepError::Invalid {
@@ -949,13 +1262,9 @@ fn render(
                 help: "a step's prompts (one per for_each item) are bounded as a whole: fan out over fewer or smaller items",
             });
         }
-        calls.push(call);
+        each(call);
     }
-    let shared = shared_prefix(&calls);
-    for c in &mut calls {
-        c.shared_prefix = shared;
-    }
-    Ok((calls, level))
+    Ok(level)
 }
 
 /// The bytes every call's prompt starts with, cut back to the end of a
@@ -963,29 +1272,57 @@ fn render(
 /// there are several calls with the same system prompt and history, since
 /// only then is it one prefix a cache can serve.
 fn shared_prefix(calls: &[RenderedCall]) -> usize {
-    let Some((first, rest)) = calls.split_first() else {
-        return 0;
-    };
-    if rest.is_empty()
-        || rest
-            .iter()
-            .any(|c| c.system != first.system || c.history != first.history)
-    {
-        return 0;
+    let mut p = SharedPrefix::default();
+    for c in calls {
+        p.add(c);
     }
-    let a = first.prompt.as_bytes();
-    let mut n = a.len();
-    for c in rest {
-        let b = c.prompt.as_bytes();
-        n = a[..n].iter().zip(b).take_while(|(x, y)| x == y).count();
-        if n == 0 {
+    p.finish()
+}
+
+/// [`shared_prefix`], one call at a time (a fan-out's calls are not held):
+/// the first call and how much of its prompt every later one shares.
+#[derive(Default)]
+struct SharedPrefix {
+    first: Option<(Option<String>, Vec<ChatMessage>, String)>,
+    shared: usize,
+    calls: usize,
+}
+
+impl SharedPrefix {
+    fn add(&mut self, c: &RenderedCall) {
+        self.calls += 1;
+        let Some((system, history, prompt)) = &self.first else {
+            self.shared = c.prompt.len();
+            self.first = Some((c.system.clone(), c.history.clone(), c.prompt.clone()));
+            return;
+        };
+        if self.shared == 0 {
+            return;
+        }
+        if c.system != *system || c.history != *history {
+            self.shared = 0;
+            return;
+        }
+        let a = &prompt.as_bytes()[..self.shared];
+        self.shared = a
+            .iter()
+            .zip(c.prompt.as_bytes())
+            .take_while(|(x, y)| x == y)
+            .count();
+    }
+
+    fn finish(self) -> usize {
+        let Some((_, _, prompt)) = self.first else {
+            return 0;
+        };
+        if self.calls < 2 || self.shared == 0 {
             return 0;
         }
+        prompt.as_bytes()[..self.shared]
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .map_or(0, |i| i + 1)
     }
-    a[..n]
-        .iter()
-        .rposition(|&b| b == b'\n')
-        .map_or(0, |i| i + 1)
 }
 
 /// What kind of value a `for_each` gave, for its error.
@@ -1082,9 +1419,10 @@ mod tests {
                 known: true
             })
         );
-        let prompts: Vec<&str> = e.calls.iter().map(|c| c.prompt.as_str()).collect();
+        let calls: Vec<_> = e.calls().collect();
+        let prompts: Vec<&str> = calls.iter().map(|c| c.prompt.as_str()).collect();
         assert_eq!(prompts, ["file a", "file b"]);
-        assert_eq!(e.calls[0].messages().collect::<Vec<_>>(), ["S", "file a"]);
+        assert_eq!(calls[0].messages().collect::<Vec<_>>(), ["S", "file a"]);
         assert_eq!(e.call_count(), 2);
     }
 
@@ -1093,7 +1431,7 @@ mod tests {
         let a = analysis("  s: {task: t, for_each: inputs.files, prompt: '{{ item }}'}\n");
         let e = expand_with(&a, "s", json!({"files": []}), Some(&Map::new())).unwrap();
         assert_eq!(e.when, When::Skipped("for_each list is empty".into()));
-        assert!(e.calls.is_empty());
+        assert!(e.is_empty() && e.calls().next().is_none());
         let err = expand_with(&a, "s", json!({"files": "x"}), Some(&Map::new())).unwrap_err();
         let d = err.diagnostic(a.doc());
         assert_eq!(
@@ -1116,7 +1454,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(e.when, When::Skipped("when is false: inputs.flag".into()));
-        assert!(e.calls.is_empty());
+        assert!(e.is_empty());
         let err = expand_with(&a, "s", json!({"flag": false, "files": []}), None).unwrap_err();
         assert!(
             err.message(a.doc()).contains("the prompt of step `s`"),
@@ -1143,7 +1481,7 @@ mod tests {
                 known: false
             })
         );
-        assert_eq!(e.calls[0].prompt, "<item of up>");
+        assert_eq!(e.first().unwrap().prompt, "<item of up>");
         let mut real = Map::new();
         real.insert("up".into(), json!({"label": "bug", "items": [1, 2, 3]}));
         let e = expand_with(&a, "s", json!({}), Some(&real)).unwrap();
@@ -1213,15 +1551,16 @@ mod tests {
             let contexts = crate::analyze::CONTEXTS_BUILT.with(std::cell::Cell::get);
             let compiled = template::COMPILED.with(std::cell::Cell::get);
             let e = expand_with(&a, "s", json!({ "files": files }), Some(&Map::new())).unwrap();
-            assert_eq!(e.calls.len(), n);
-            assert_eq!(e.calls[n - 1].prompt, format!("file f{}", n - 1));
-            assert_eq!(
-                e.calls[0].system.as_deref(),
-                Some(format!("of {n}").as_str())
-            );
+            let calls: Vec<_> = e.calls().collect();
+            assert_eq!((e.len(), calls.len()), (n, n));
+            assert_eq!(calls[n - 1].prompt, format!("file f{}", n - 1));
+            assert_eq!(calls[0].system.as_deref(), Some(format!("of {n}").as_str()));
             let contexts = crate::analyze::CONTEXTS_BUILT.with(std::cell::Cell::get) - contexts;
             let compiled = template::COMPILED.with(std::cell::Cell::get) - compiled;
-            assert_eq!((contexts, compiled), (1, 2), "{n} items");
+            // A fan-out's calls are rendered twice (see `Calls`): each pass
+            // compiles its two templates once.
+            let passes = if n == 1 { 1 } else { 2 };
+            assert_eq!((contexts, compiled), (1, 2 * passes), "{n} items");
         }
     }
 
@@ -1232,7 +1571,7 @@ mod tests {
         );
         let long = "word ".repeat(5000);
         let e = expand_with(&a, "s", json!({ "secret": long }), Some(&Map::new())).unwrap();
-        let sent = &e.calls[0].prompt;
+        let sent = &e.first().unwrap().prompt;
         assert!(
             budget::count_chat(&[sent]) <= 200,
             "{}",
@@ -1273,5 +1612,85 @@ mod tests {
             template::render(env, "{{ inputs.flag }}", &with_item).unwrap(),
             "True"
         );
+    }
+
+    /// A fan-out's calls are not held: the calls made are rendered again,
+    /// and must be the calls a kept rendering gives, with the shared prefix
+    /// found over all of them and the totals `expand` kept.
+    #[test]
+    fn a_fan_outs_calls_rendered_again_are_the_first_passs() {
+        let a = analysis(
+            "  s: {task: t, for_each: inputs.files, system: 'S {{ inputs.files | length }}', prompt: \"Shared line\\nfile {{ item }}\"}\n",
+        );
+        let files = json!({"files": ["a", "b", {"k": [1, 2]}, "d"]});
+        let p = policy();
+        let levels = vec![0; a.steps.len()];
+        let inputs = files.as_object().cloned().unwrap();
+        let real = Map::new();
+        let scope = Scope {
+            analysis: &a,
+            policy: &p,
+            index: a.steps.get_index_of("s").unwrap(),
+            inputs: &inputs,
+            files: &Default::default(),
+            levels: &levels,
+            upstream: Upstream::Real(&real),
+        };
+        let e = expand(&scope, When::Runs).unwrap();
+        // The calls rendered and kept, as a step without `for_each` keeps
+        // its one call.
+        let items: Vec<Option<Value>> = files["files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .cloned()
+            .map(Some)
+            .collect();
+        let (seen, _) = render(&scope, &scope.context(), &items, &NO_TURNS).unwrap();
+        assert!(matches!(e.calls, Calls::Lazy(_)), "{:?}", e.calls);
+        let again: Vec<RenderedCall> = e.calls().map(std::borrow::Cow::into_owned).collect();
+        assert_eq!(again.len(), 4);
+        let shared = shared_prefix(&seen);
+        assert_eq!(shared, "Shared line\n".len());
+        for (first, second) in seen.iter().zip(&again) {
+            assert_eq!(
+                (&first.system, &first.history, &first.prompt),
+                (&second.system, &second.history, &second.prompt)
+            );
+            assert_eq!(second.shared_prefix, shared);
+        }
+        assert_eq!(again[2].prompt, "Shared line\nfile {\"k\": [1, 2]}");
+        assert_eq!(e.first(), Some(&again[0]));
+        assert_eq!(
+            e.rendered_bytes(),
+            seen.iter().map(RenderedCall::len).sum::<usize>()
+        );
+        let big = again
+            .iter()
+            .map(|c| tokens::count_chat(RULE_TOKENIZER, &c.messages().collect::<Vec<_>>()) as u64)
+            .max();
+        assert_eq!(Some(e.max_tokens(RULE_TOKENIZER)), big);
+    }
+
+    /// The shared prefix, one call at a time, is the prefix of all of them.
+    #[test]
+    fn the_shared_prefix_ends_at_a_line_and_needs_the_same_system_prompt() {
+        let call = |system: &str, prompt: &str| RenderedCall {
+            system: Some(system.to_owned()),
+            history: Vec::new(),
+            prompt: prompt.to_owned(),
+            attachments: Arc::default(),
+            shared_prefix: 0,
+        };
+        let same = [
+            call("s", "ab\ncd\nx"),
+            call("s", "ab\ncd\ny"),
+            call("s", "ab\nce"),
+        ];
+        assert_eq!(shared_prefix(&same), 3);
+        assert_eq!(shared_prefix(&same[..1]), 0, "one call shares nothing");
+        let other = [call("s", "ab\ncd"), call("t", "ab\ncd")];
+        assert_eq!(shared_prefix(&other), 0);
+        assert_eq!(shared_prefix(&[call("s", "x\n"), call("s", "y\n")]), 0);
     }
 }

@@ -33,14 +33,15 @@ pub const MAX_FOR_EACH_ITEMS: usize = 100_000;
 
 /// The most text all the calls of one step may render together (bytes):
 /// each prompt is bounded by [`MAX_RENDERED_BYTES`], but a fan-out renders
-/// one per item and keeps them all until the step's calls are made, so the
-/// step as a whole needs its own bound (2,000 items of an 8 MB prompt were
-/// 16 GB and an abort).
+/// one per item, so the step as a whole needs its own bound (2,000 items of
+/// an 8 MB prompt were 16 GB and an abort when every call was kept; a
+/// fan-out's calls are now rendered again on demand rather than kept, and
+/// the bound keeps the work of rendering and counting them in reach).
 pub const MAX_STEP_RENDERED_BYTES: usize = 32 << 20;
 
 /// The most text a whole plan may render (bytes): `plan` (and `run`, which
-/// plans first) keeps every step's rendered calls until it has routed them
-/// all, so a workflow of many steps at the step bound needs this one too.
+/// plans first) renders every step before it routes them, so a workflow of
+/// many steps at the step bound needs this one too.
 pub const MAX_PLAN_RENDERED_BYTES: usize = 128 << 20;
 
 /// Built-in functions removed from templates: `debug()` prints the whole

@@ -325,34 +325,66 @@ pub(super) fn price(
     }
 }
 
-/// A step's counts by `tok`: its rendered calls with upstream outputs at
-/// their expected and their largest size, and `calls` in all.
-pub(super) fn count(
-    rendered: &[RenderedCall],
-    calls: u64,
-    tok: Tokenizer,
-    w: &crate::workflow::Workflow,
-) -> Counts {
-    let mut c = Counts::default();
-    let (mut sum, mut sum_worst) = (0u64, 0u64);
-    for call in rendered {
+/// A step's token counts by every tokenizer the plan needs, tallied call
+/// by call as [`crate::step::expand_visiting`] renders them (a fan-out's
+/// calls are not held): each call with upstream outputs at their expected
+/// and their largest size.
+pub(super) struct Tally {
+    by: Vec<(Tokenizer, Sums)>,
+    rendered: u64,
+    /// Does any upstream output appear in a call?
+    pub(super) reads_upstream: bool,
+}
+
+#[derive(Clone, Copy, Default)]
+struct Sums {
+    max_call: u64,
+    max_call_worst: u64,
+    sum: u64,
+    sum_worst: u64,
+}
+
+impl Tally {
+    pub(super) fn new(tokenizers: &[Tokenizer]) -> Tally {
+        Tally {
+            by: tokenizers.iter().map(|&t| (t, Sums::default())).collect(),
+            rendered: 0,
+            reads_upstream: false,
+        }
+    }
+
+    pub(super) fn add(&mut self, call: &RenderedCall, w: &crate::workflow::Workflow) {
+        self.rendered += 1;
+        self.reads_upstream |= call.messages().any(|m| !markers_in(m).is_empty());
         let stripped: Vec<String> = call.messages().map(strip_markers).collect();
         let refs: Vec<&str> = stripped.iter().map(String::as_str).collect();
-        let base = tokens::count_chat(tok, &refs) as u64;
         let (extra, extra_worst) = upstream_tokens(call, w);
-        c.max_call = c.max_call.max(base + extra);
-        c.max_call_worst = c.max_call_worst.max(base + extra_worst);
-        sum += base + extra;
-        sum_worst += base + extra_worst;
+        for (tok, c) in &mut self.by {
+            let base = tokens::count_chat(*tok, &refs) as u64;
+            c.max_call = c.max_call.max(base + extra);
+            c.max_call_worst = c.max_call_worst.max(base + extra_worst);
+            c.sum += base + extra;
+            c.sum_worst += base + extra_worst;
+        }
     }
-    // Calls beyond the rendered ones (a fan-out whose size is known only at
-    // run time) are priced like the average rendered call.
-    let rendered = rendered.len() as u64;
-    let missing = calls.saturating_sub(rendered);
-    let avg = |x: u64| x.checked_div(rendered).unwrap_or(0);
-    c.total = sum + avg(sum) * missing;
-    c.total_worst = sum_worst + avg(sum_worst) * missing;
-    c
+
+    /// The counts by `tok` (none for a tokenizer not tallied), for `calls`
+    /// calls in all.
+    pub(super) fn counts(&self, tok: Tokenizer, calls: u64) -> Counts {
+        let Some((_, s)) = self.by.iter().find(|(t, _)| *t == tok) else {
+            return Counts::default();
+        };
+        // Calls beyond the rendered ones (a fan-out whose size is known only
+        // at run time) are priced like the average rendered call.
+        let missing = calls.saturating_sub(self.rendered);
+        let avg = |x: u64| x.checked_div(self.rendered).unwrap_or(0);
+        Counts {
+            max_call: s.max_call,
+            max_call_worst: s.max_call_worst,
+            total: s.sum + avg(s.sum) * missing,
+            total_worst: s.sum_worst + avg(s.sum_worst) * missing,
+        }
+    }
 }
 
 /// Tokens the upstream outputs shown in a call add: expected and worst case.

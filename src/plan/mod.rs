@@ -21,7 +21,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
-use estimate::{Counts, Placeholders, count, markers_in, price};
+use estimate::{Counts, Placeholders, Tally, price};
 pub use estimate::{estimated_output, expected_output_tokens};
 
 use crate::analyze::Analysis;
@@ -100,12 +100,8 @@ pub struct StepPlan {
     /// The same calls priced on the flagship model.
     pub flagship_cost: CostRange,
     /// Hash of the rendered messages (of the first call), for change review.
+    /// Every call's: [`calls_sha256`].
     pub prompt_sha256: String,
-    /// The same hash for every call, in item order (upstream outputs as
-    /// placeholders): what a test compares with the requests a run sends.
-    /// Not serialised: a fan-out's would drown the plan.
-    #[serde(skip)]
-    pub calls_sha256: Vec<String>,
     /// When the policy asks for prompt caching on the step's model: whether
     /// the shared prefix (the system prompt) is long enough to be cached.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -364,8 +360,6 @@ pub struct BudgetCheck {
 /// as markers.
 struct Prepared {
     expanded: Expanded,
-    /// Does any upstream output appear in the prompt?
-    reads_upstream: bool,
 }
 
 impl Prepared {
@@ -374,7 +368,7 @@ impl Prepared {
     }
 
     fn calls(&self) -> u64 {
-        if self.expanded.calls.is_empty() {
+        if self.expanded.is_empty() {
             0
         } else {
             self.expanded.call_count()
@@ -450,11 +444,7 @@ fn prepare_all(
         if expanded.fan_out.is_some() {
             fan_outs.insert(id.clone(), expanded.call_count());
         }
-        rendered_total += expanded
-            .calls
-            .iter()
-            .flat_map(|c| c.messages().map(str::len))
-            .sum::<usize>();
+        rendered_total += expanded.rendered_bytes();
         if rendered_total > template::MAX_PLAN_RENDERED_BYTES {
             diags.push(
                 Diagnostic::error(
@@ -471,14 +461,7 @@ fn prepare_all(
             );
             break;
         }
-        let reads_upstream = expanded
-            .calls
-            .iter()
-            .any(|c| c.messages().any(|m| !markers_in(m).is_empty()));
-        prepared[i] = Some(Prepared {
-            expanded,
-            reads_upstream,
-        });
+        prepared[i] = Some(Prepared { expanded });
     }
     if !diags.is_empty() {
         return Err(diags);
@@ -740,10 +723,17 @@ impl Router<'_> {
         } else {
             &self.effective[i]
         };
+        // Every call counted by every tokenizer in one pass (a fan-out's
+        // calls are rendered again for it: see `Expanded::calls`), once the
+        // whole plan is within its bounds on rendered text.
+        let mut tally = Tally::new(self.tokenizers);
+        for c in p.expanded.calls() {
+            tally.add(&c, w);
+        }
         let cache: HashMap<Tokenizer, Counts> = self
             .tokenizers
             .iter()
-            .map(|&t| (t, count(&p.expanded.calls, p.calls(), t, w)))
+            .map(|&t| (t, tally.counts(t, p.calls())))
             .collect();
         let counts = |tok: Tokenizer| cache.get(&tok).copied().unwrap_or_default();
         // A model's counts: the text by its tokenizer, plus what its
@@ -820,7 +810,7 @@ impl Router<'_> {
                         input: c.total,
                         input_worst: c.total_worst,
                         input_exact: m.tokenizer.is_exact()
-                            && !p.reads_upstream
+                            && !tally.reads_upstream
                             && attachments.is_empty(),
                         tokenizer: Some(m.tokenizer),
                         output_expected: expected_out,
@@ -913,7 +903,7 @@ impl Router<'_> {
         };
         let prompt_cache = model
             .filter(|_| runs)
-            .and_then(|m| prompt_cache_plan(m, &p.expanded.calls));
+            .and_then(|m| prompt_cache_plan(m, p.expanded.first(), p.expanded.len()));
         let depends_on = analysis
             .dag
             .dependencies(i)
@@ -940,16 +930,10 @@ impl Router<'_> {
             tokens,
             cost,
             flagship_cost,
-            prompt_sha256: p.expanded.calls.first().map_or_else(
+            prompt_sha256: p.expanded.first().map_or_else(
                 || messages_sha256(std::iter::empty()),
                 |c| messages_sha256(c.messages()),
             ),
-            calls_sha256: p
-                .expanded
-                .calls
-                .iter()
-                .map(|c| messages_sha256(c.messages()))
-                .collect(),
             prompt_cache,
             retrieval: p.expanded.retrieval.clone(),
             history: p.expanded.history.clone(),
@@ -1080,15 +1064,48 @@ pub fn messages_sha256<'a>(messages: impl Iterator<Item = &'a str>) -> String {
     format!("{:x}", h.finalize())
 }
 
+/// Every call's hash ([`messages_sha256`]) by step id, in item order, the
+/// calls rendered as the plan renders them (upstream outputs as
+/// placeholders): what a test compares with the requests a run sends. Not
+/// part of a [`Plan`]: a fan-out's would drown it, and its calls are not
+/// held ([`Expanded::calls`] renders them again).
+pub fn calls_sha256(
+    analysis: &Analysis,
+    policy: &Policy,
+    inputs: &Inputs,
+) -> Result<BTreeMap<String, Vec<String>>, Vec<Diagnostic>> {
+    let levels: Vec<usize> = sensitivity::propagate(analysis, policy)
+        .iter()
+        .map(|e| e.level)
+        .collect();
+    let prepared = prepare_all(analysis, policy, inputs, &levels)?;
+    Ok(analysis
+        .steps
+        .keys()
+        .zip(&prepared)
+        .map(|(id, p)| {
+            let hashes = p
+                .expanded
+                .calls()
+                .map(|c| messages_sha256(c.messages()))
+                .collect();
+            (id.clone(), hashes)
+        })
+        .collect())
+}
+
 /// The prompt-cache check of a step on a model that asks for caching: the
 /// system prompt (of the first call) against the model's minimum.
 ///
 /// With several calls sharing the start of their prompts
 /// ([`RenderedCall::shared_prefix`]) long enough to cache, the run marks
 /// that prefix too, and every call after the first is expected to read it.
-fn prompt_cache_plan(m: &Model, calls: &[RenderedCall]) -> Option<PromptCachePlan> {
+fn prompt_cache_plan(
+    m: &Model,
+    first: Option<&RenderedCall>,
+    calls: usize,
+) -> Option<PromptCachePlan> {
     let ttl = m.prompt_cache?;
-    let first = calls.first();
     let system = first.and_then(|c| c.system.as_deref());
     let prefix_tokens = system.map_or(0, |s| m.tokenizer.count(s) as u64);
     let shared_prefix_tokens = first
@@ -1102,7 +1119,7 @@ fn prompt_cache_plan(m: &Model, calls: &[RenderedCall]) -> Option<PromptCachePla
         min_tokens: m.prompt_cache_min_tokens,
         cacheable: prefix_tokens >= m.prompt_cache_min_tokens,
         shared_prefix_tokens,
-        expected_read_tokens: shared_prefix_tokens * (calls.len() as u64).saturating_sub(1),
+        expected_read_tokens: shared_prefix_tokens * (calls as u64).saturating_sub(1),
     })
 }
 

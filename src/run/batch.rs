@@ -134,7 +134,7 @@ pub(super) async fn run(
     step_id: &str,
     step: &crate::workflow::Step,
     fan_out: bool,
-    rendered: &[RenderedCall],
+    expanded: &crate::step::Expanded,
     model: &Model,
     label: &crate::route::Label,
 ) -> Option<Vec<Option<Item>>> {
@@ -145,6 +145,10 @@ pub(super) async fn run(
         return None;
     }
     let api = sh.providers.batchers.get(&model.provider)?;
+    // A batch holds every request at once (it is sent as one file), so its
+    // calls are rendered all together here.
+    let rendered: Vec<RenderedCall> = expanded.calls().map(std::borrow::Cow::into_owned).collect();
+    let rendered = rendered.as_slice();
     let b = BatchStep {
         sh,
         step_id,

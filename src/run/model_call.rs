@@ -180,7 +180,7 @@ fn final_answer(
     let whole = f.step == ctx.step_id
         && req.stream
         && !ctx.fan_out
-        && ctx.expanded.calls.len() == 1
+        && ctx.expanded.len() == 1
         && ctx.step.output_schema().is_none()
         && !matches!(leg, Leg::First(_));
     whole.then(|| Arc::clone(&f.sink))

@@ -79,7 +79,7 @@ pub(super) async fn run_step(
     sh.emit(Event::StepStarted {
         step: id.clone(),
         model: chain[0].clone(),
-        calls: expanded.calls.len(),
+        calls: expanded.len(),
     });
     // The label the requests carry to the provider boundary: the level of
     // what was actually rendered into them.
@@ -103,7 +103,7 @@ pub(super) async fn run_step(
     let mut report = gather(&sh, id, step, info.for_each.is_some(), calls);
     report.rule = rule;
     report.latency_ms = started.elapsed().as_millis() as u64;
-    if let [call] = expanded.calls.as_slice() {
+    if let (1, Some(call)) = (expanded.len(), expanded.first()) {
         report.router_text = Some(crate::router::text(call.messages()));
     }
     report
@@ -158,7 +158,9 @@ pub(super) fn fallback_chain(sh: &Shared, decision: &Decision) -> Option<Vec<Str
 /// Every call of the step, in item order: through the provider's batch API
 /// if the step asks for it, then what the batch did not answer one by one.
 async fn make_calls(ctx: &StepCalls<'_>) -> Vec<(CallReport, Result<Value, CallError>)> {
-    let rendered = &ctx.expanded.calls;
+    // Each call is rendered when the window reaches it (a fan-out's calls
+    // are not held: `step::Expanded::calls`).
+    let expanded = ctx.expanded;
     // A cascade checks each first answer as it comes: its calls are made
     // one by one, never through a batch.
     let model = ctx
@@ -174,7 +176,7 @@ async fn make_calls(ctx: &StepCalls<'_>) -> Vec<(CallReport, Result<Value, CallE
                 ctx.step_id,
                 ctx.step,
                 ctx.fan_out,
-                rendered,
+                expanded,
                 model,
                 ctx.label,
             )
@@ -182,7 +184,7 @@ async fn make_calls(ctx: &StepCalls<'_>) -> Vec<(CallReport, Result<Value, CallE
         }
         None => None,
     }
-    .unwrap_or_else(|| rendered.iter().map(|_| None).collect());
+    .unwrap_or_else(|| (0..expanded.len()).map(|_| None).collect());
     // A window of calls exists at once, not one future per item: a future
     // holds its call's whole state (kilobytes) from the moment it is made,
     // so a 100,000-item fan-out joined at once held hundreds of megabytes
@@ -191,9 +193,9 @@ async fn make_calls(ctx: &StepCalls<'_>) -> Vec<(CallReport, Result<Value, CallE
     let window = ctx.sh.options.concurrency.max(1);
     let mut done: Vec<Option<(CallReport, Result<Value, CallError>)>> =
         std::iter::repeat_with(|| None)
-            .take(rendered.len())
+            .take(expanded.len())
             .collect();
-    let mut waiting = rendered.iter().zip(batched).enumerate();
+    let mut waiting = expanded.calls().zip(batched).enumerate();
     let mut in_flight = FuturesUnordered::new();
     loop {
         while in_flight.len() < window {
@@ -218,7 +220,7 @@ async fn make_calls(ctx: &StepCalls<'_>) -> Vec<(CallReport, Result<Value, CallE
 async fn one_call(
     ctx: &StepCalls<'_>,
     n: usize,
-    call: &step::RenderedCall,
+    call: std::borrow::Cow<'_, step::RenderedCall>,
     batched: Option<batch::Item>,
 ) -> (usize, (CallReport, Result<Value, CallError>)) {
     let item = ctx.fan_out.then_some(n);
@@ -228,7 +230,7 @@ async fn one_call(
         Some(batch::Item::Synchronous(report)) => Some(report),
         None => None,
     };
-    let (mut report, result) = call_with_fallbacks(ctx, item, call).await;
+    let (mut report, result) = call_with_fallbacks(ctx, item, &call).await;
     if let Some(b) = before {
         // What the batch's discount would have saved on the synchronous
         // answer (before the batch's own cost joins it). A fallback model

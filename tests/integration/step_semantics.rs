@@ -74,10 +74,14 @@ fn request_sha256(body: &Value) -> String {
 
 /// Every call of the plan by its hash: (step, item) — and what the fake
 /// answers it with: the stand-in the plan rendered that output as.
-fn answers(plan: &Plan, wf: &workflow::Workflow) -> HashMap<String, (String, String)> {
+fn answers(
+    plan: &Plan,
+    hashes: &BTreeMap<String, Vec<String>>,
+    wf: &workflow::Workflow,
+) -> HashMap<String, (String, String)> {
     let mut out = HashMap::new();
     for s in &plan.steps {
-        for (n, hash) in s.calls_sha256.iter().enumerate() {
+        for (n, hash) in hashes[&s.id].iter().enumerate() {
             let value = plan::estimated_output(&s.id, wf.steps[&s.id].output_schema(), n as u64);
             let text = match value {
                 Value::String(t) => t,
@@ -104,7 +108,10 @@ fn check_example(path: &Path) {
             Arc::new(analyze::analyze(loaded, &analyze::project_root(path)).expect("analyses"));
         let inputs = inputs::placeholders(&analysis.workflow.value);
         let plan = plan::build(&analysis, &policy, "policy.yaml", &inputs).expect("plans");
-        let by_hash = Arc::new(answers(&plan, &analysis.workflow.value));
+        // Every call the plan renders, by step (a plan keeps only the
+        // first's hash: a fan-out's calls are rendered again for these).
+        let hashes = plan::calls_sha256(&analysis, &policy, &inputs).expect("plans");
+        let by_hash = Arc::new(answers(&plan, &hashes, &analysis.workflow.value));
         let handler_map = Arc::clone(&by_hash);
         fake.set_handler(move |r| match handler_map.get(&request_sha256(&r.body)) {
             Some((_, text)) => Reply::text(text.clone()),
@@ -165,7 +172,7 @@ fn check_example(path: &Path) {
                 continue;
             }
             // Calls go out concurrently: compare as sets of (hash, count).
-            let mut want = s.calls_sha256.clone();
+            let mut want = hashes[&s.id].clone();
             got.sort();
             want.sort();
             assert_eq!(
