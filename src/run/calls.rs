@@ -488,6 +488,14 @@ mod tests {
             c.source = CallSource::Cache;
             c.saved_usd = 0.3 + n as f64 * 1e-7;
         }
+        if n % 17 == 0 {
+            c.batch = true;
+            c.batch_fallback = true;
+            c.lost_discount_usd = 0.01 + n as f64 * 3e-9;
+        }
+        c.truncated = n % 19 == 0;
+        c.latency_ms = n as u64;
+        c.usage.cache_write_1h_tokens = (n % 3) as u64;
         c
     }
 
@@ -530,6 +538,13 @@ mod tests {
             let want: f64 = expected.iter().map(|c| c.saved_usd).sum();
             assert_eq!(saved.to_bits(), want.to_bits());
             assert_eq!(calls.saved_usd().count(), len);
+            let lost: f64 = calls.lost_discount_usd().sum();
+            let want: f64 = expected
+                .iter()
+                .filter(|c| c.batch_fallback)
+                .map(|c| c.lost_discount_usd)
+                .sum();
+            assert_eq!(lost.to_bits(), want.to_bits());
             let t = calls.tally();
             assert_eq!(
                 t.cache_hits,
@@ -541,6 +556,8 @@ mod tests {
             assert_eq!(t.escalations, len.div_ceil(11) as u64);
             assert_eq!(t.escalated, t.escalations);
             assert_eq!(t.by_model.values().sum::<u64>(), len as u64);
+            assert_eq!(t.truncated, len.div_ceil(19) as u64);
+            assert_eq!(t.batch_fallbacks, len.div_ceil(17) as u64);
             let shown: Vec<Option<usize>> = calls.escalations().iter().map(|(i, _)| *i).collect();
             let want: Vec<Option<usize>> = (0..len)
                 .filter(|n| n % 11 == 0)

@@ -119,3 +119,85 @@ async fn a_spilled_fan_out_reports_every_call_once_in_item_order_with_its_totals
     let answers: Value = serde_json::from_str(&stdout(&text)).unwrap();
     assert_eq!(answers, s["output"]);
 }
+
+/// A cascade over a spilled fan-out: the escalations the summary lists are
+/// the first ten in item order, whatever order the answers came in, and the
+/// counts are over every call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spilled_cascade_lists_its_first_escalations_in_item_order() {
+    const N: usize = 300;
+    const { assert!(N > tollgate::run::IN_MEMORY) };
+    let fake = fake_llm::FakeServer::start().await;
+    let base = fake.base_url();
+    // Every seventh item's cheap answer is not JSON: it escalates.
+    fake.set_handler(|r: &Recorded| {
+        let n = item_of(r);
+        let delay = std::time::Duration::from_millis((n * 3 % 4) as u64);
+        match r.model().as_str() {
+            "local-llm" if n % 7 == 0 => Reply::text("no json here").delay(delay),
+            "local-llm" => Reply::text(format!(r#"{{"label": "cheap {n}"}}"#)).delay(delay),
+            _ => Reply::text(format!(r#"{{"label": "dear {n}"}}"#)).usage(40, 10),
+        }
+    });
+    let policy = format!(
+        r#"version: 1
+name: cascades
+providers:
+  local:     {{ kind: openai-compatible, base_url: "{base}/v1" }}
+  anthropic: {{ kind: anthropic, base_url: "{base}", api_key_env: TEST_ANTHROPIC_KEY }}
+models:
+  local:     {{ provider: local, model: local-llm, tier: local, context_window: 8192 }}
+  workhorse: {{ provider: anthropic, model: claude-sonnet-4-6, tier: workhorse }}
+rules:
+  - name: labels
+    use: local
+    escalate: {{ to: workhorse, when: [invalid_output] }}
+"#
+    );
+    let items: Vec<String> = (0..N).map(|i| format!("item-{i}")).collect();
+    let workflow = format!(
+        "version: 1\nname: esc\ninputs:\n  xs: {{type: array, default: {}}}\nsteps:\n  label:\n    task: classify\n    for_each: inputs.xs\n    prompt: 'Label {{{{ item }}}}.'\n    max_output_tokens: 20\n    output:\n      schema: {{type: object, properties: {{label: {{type: string}}}}, required: [label]}}\n",
+        serde_json::to_string(&items).unwrap()
+    );
+    let project = Project::new(&policy, &workflow);
+    let out = project.run(&["--format", "json"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", transcript(&out));
+    let r = report(&out);
+    let all = calls(&r);
+    assert_eq!(all.len(), N);
+    for (i, c) in all.iter().enumerate() {
+        assert_eq!(c["item"], i, "{c}");
+        assert_eq!(c.get("escalation").is_some(), i % 7 == 0, "{c}");
+        let label = if i % 7 == 0 { "dear" } else { "cheap" };
+        assert_eq!(
+            step(&r, "label")["output"][i]["label"],
+            format!("{label} {i}")
+        );
+    }
+    // The text summary: every call counted, the first ten listed in order.
+    let text = project.run(&["--no-cache"]).await;
+    assert_eq!(text.status.code(), Some(0), "{}", transcript(&text));
+    let summary = stderr(&text);
+    let escalated = N.div_ceil(7);
+    assert!(
+        summary.contains(&format!(
+            "escalated {escalated} of {N} calls ({escalated} answered by the escalation target)"
+        )),
+        "{summary}"
+    );
+    let listed: Vec<&str> = summary
+        .lines()
+        .filter(|l| l.starts_with("  label["))
+        .map(|l| l.split(':').next().unwrap())
+        .collect();
+    let want: Vec<String> = (0..N)
+        .filter(|i| i % 7 == 0)
+        .take(10)
+        .map(|i| format!("  label[{i}]"))
+        .collect();
+    assert_eq!(listed, want, "{summary}");
+    assert!(
+        summary.contains(&format!("  … and {} more", escalated - 10)),
+        "{summary}"
+    );
+}
