@@ -16,6 +16,7 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::io;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use serde::Serialize;
 
@@ -26,6 +27,48 @@ use crate::spill;
 /// Up to this many calls a step keeps its reports in memory: small runs
 /// (and tests) never touch a file.
 pub const IN_MEMORY: usize = 256;
+
+/// Spill files open at once in the process. Each spilled step keeps its
+/// file open until its report is dropped: a workflow of thousands of large
+/// fan-outs must not take every file descriptor the connections need, so
+/// past this the reports of a step stay in memory, as without a spill.
+const MAX_OPEN_FILES: usize = 64;
+
+static OPEN_FILES: OpenFiles = OpenFiles::new(MAX_OPEN_FILES);
+
+/// A count of open spill files with a ceiling.
+struct OpenFiles {
+    open: AtomicUsize,
+    max: usize,
+}
+
+impl OpenFiles {
+    const fn new(max: usize) -> OpenFiles {
+        OpenFiles {
+            open: AtomicUsize::new(0),
+            max,
+        }
+    }
+
+    /// One more open file, if under the ceiling.
+    fn take(&'static self) -> Option<FileSlot> {
+        self.open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| FileSlot(self))
+    }
+}
+
+/// An open spill file's place in the count, given back when dropped.
+struct FileSlot(&'static OpenFiles);
+
+impl Drop for FileSlot {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
+    }
+}
 
 /// How many of a step's escalations (the first, in item order) are kept
 /// whole for the summary, which shows ten at most.
@@ -155,6 +198,8 @@ impl Default for Repr {
 struct Spilled {
     /// `None` when the file could not be finished (then `lost` says why).
     file: Option<File>,
+    /// Held as long as the file.
+    _slot: FileSlot,
     /// Where each item's report starts.
     offsets: Vec<u64>,
     /// Why some reports could not be written: every read says so rather
@@ -303,6 +348,7 @@ enum Store {
     Memory(Vec<Option<CallReport>>),
     Spill {
         out: spill::Writer,
+        slot: FileSlot,
         offsets: Vec<u64>,
         lost: Option<String>,
     },
@@ -310,17 +356,26 @@ enum Store {
 
 impl CallsWriter {
     /// A writer for `len` calls: in memory up to [`IN_MEMORY`], else to a
-    /// temporary file (in memory after all if no file can be made: slower
-    /// to fail than to lose a run's reports).
+    /// temporary file (in memory after all if no file can be made, or
+    /// [`MAX_OPEN_FILES`] are open: slower to fail than to lose a run's
+    /// reports).
     pub(super) fn new(len: usize) -> CallsWriter {
+        CallsWriter::new_in(len, &OPEN_FILES)
+    }
+
+    fn new_in(len: usize, files: &'static OpenFiles) -> CallsWriter {
         if len <= IN_MEMORY {
             return CallsWriter::in_memory(len);
         }
+        let Some(slot) = files.take() else {
+            return CallsWriter::in_memory(len);
+        };
         match spill::Writer::new() {
             Ok(out) => CallsWriter::with(
                 len,
                 Store::Spill {
                     out,
+                    slot,
                     offsets: vec![MISSING; len],
                     lost: None,
                 },
@@ -385,7 +440,9 @@ impl CallsWriter {
         }
         match &mut self.store {
             Store::Memory(v) => v[n] = Some(c),
-            Store::Spill { out, offsets, lost } => {
+            Store::Spill {
+                out, offsets, lost, ..
+            } => {
                 if lost.is_none() {
                     match out.push(&c) {
                         Ok(at) => offsets[n] = at,
@@ -416,6 +473,7 @@ impl CallsWriter {
             Store::Memory(v) => Repr::Memory(v.into_iter().flatten().collect()),
             Store::Spill {
                 out,
+                slot,
                 offsets,
                 mut lost,
             } => {
@@ -431,6 +489,7 @@ impl CallsWriter {
                 };
                 Repr::Spilled(Arc::new(Spilled {
                     file,
+                    _slot: slot,
                     offsets,
                     lost,
                 }))
@@ -576,6 +635,36 @@ mod tests {
                 "{len} calls"
             );
         }
+    }
+
+    /// Past the ceiling of open files a step keeps its reports in memory,
+    /// and a file closed makes room again.
+    #[test]
+    fn past_the_open_files_ceiling_reports_stay_in_memory() {
+        static TWO: OpenFiles = OpenFiles::new(2);
+        let spilled = |c: &Calls| matches!(c.repr, Repr::Spilled(_));
+        let len = IN_MEMORY + 5;
+        let finish = |mut w: CallsWriter| {
+            for n in 0..len {
+                w.push(n, report(n));
+            }
+            w.finish().0
+        };
+        let a = finish(CallsWriter::new_in(len, &TWO));
+        let b = finish(CallsWriter::new_in(len, &TWO));
+        let c = finish(CallsWriter::new_in(len, &TWO));
+        assert_eq!((spilled(&a), spilled(&b), spilled(&c)), (true, true, false));
+        // The same reports either way.
+        assert_eq!(
+            serde_json::to_string(&b).unwrap(),
+            serde_json::to_string(&c).unwrap()
+        );
+        // A clone shares the file: the slot is given back with the last.
+        let a2 = a.clone();
+        drop(a);
+        assert!(!spilled(&finish(CallsWriter::new_in(len, &TWO))));
+        drop(a2);
+        assert!(spilled(&finish(CallsWriter::new_in(len, &TWO))));
     }
 
     #[test]
