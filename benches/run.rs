@@ -181,7 +181,8 @@ async fn batch(fake: &FakeServer, n: usize) -> Duration {
     let report = run::execute(job, providers, options, CancellationToken::new(), None).await;
     let elapsed = started.elapsed();
     assert_eq!(report.status, run::RunStatus::Succeeded);
-    assert!(report.steps[0].calls.iter().all(|c| c.batch));
+    let calls = &report.steps[0].calls;
+    assert_eq!(calls.tally().batched, calls.len() as u64);
     elapsed
 }
 

@@ -63,6 +63,7 @@ pub mod router;
 pub mod run;
 pub mod schema;
 pub mod sensitivity;
+pub mod spill;
 pub mod step;
 pub mod template;
 pub mod tokens;

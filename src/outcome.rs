@@ -6,7 +6,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use serde::{Serialize, Serializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::provider::ErrorKind;
 
@@ -117,6 +117,14 @@ impl Serialize for AttemptOutcome {
     }
 }
 
+/// The word back (a run's spilled call reports are read back).
+impl<'de> Deserialize<'de> for AttemptOutcome {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let word = std::borrow::Cow::<'de, str>::deserialize(d)?;
+        word.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -137,7 +145,11 @@ mod tests {
         ] {
             let o: AttemptOutcome = word.parse().unwrap();
             assert_eq!(serde_json::to_value(o).unwrap(), word);
+            let back: AttemptOutcome =
+                serde_json::from_value(serde_json::to_value(o).unwrap()).unwrap();
+            assert_eq!(back, o);
         }
+        assert!(serde_json::from_str::<AttemptOutcome>("\"sever_error\"").is_err());
         assert!("server_error".parse::<AttemptOutcome>().is_err());
     }
 }

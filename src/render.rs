@@ -578,7 +578,7 @@ pub fn run_text(r: &RunReport) -> String {
     }
     escalations(&mut o, r);
     for s in &r.steps {
-        let cut = s.calls.iter().filter(|c| c.truncated).count();
+        let cut = s.calls.tally().truncated;
         if cut > 0 {
             let _ = writeln!(
                 o,
@@ -599,34 +599,24 @@ pub fn run_text(r: &RunReport) -> String {
 /// The calls cascades escalated, with why (the first ten, then a count).
 fn escalations(o: &mut String, r: &RunReport) {
     const SHOWN: usize = 10;
-    let all: Vec<(&str, &crate::run::CallReport)> = r
-        .steps
-        .iter()
-        .flat_map(|s| s.calls.iter().map(move |c| (s.id.as_str(), c)))
-        .collect();
-    let first: usize = all
-        .iter()
-        .filter(|(_, c)| {
-            c.attempts
-                .iter()
-                .any(|a| a.outcome == crate::run::AttemptOutcome::Escalated)
-        })
-        .count();
-    let escalated: Vec<_> = all
-        .iter()
-        .filter_map(|(id, c)| c.escalation.as_ref().map(|e| (*id, c.item, e)))
-        .collect();
+    const _: () = assert!(SHOWN <= crate::run::ESCALATIONS_KEPT);
+    let all: usize = r.steps.iter().map(|s| s.calls.len()).sum();
+    let first: u64 = r.steps.iter().map(|s| s.calls.tally().escalated).sum();
+    let escalated: u64 = r.steps.iter().map(|s| s.calls.tally().escalations).sum();
     if first == 0 {
         return;
     }
     let _ = writeln!(
         o,
-        "escalated {} of {} calls ({} answered by the escalation target)",
-        first,
-        all.len(),
-        escalated.len()
+        "escalated {first} of {all} calls ({escalated} answered by the escalation target)"
     );
-    for (id, item, e) in escalated.iter().take(SHOWN) {
+    let shown = r.steps.iter().flat_map(|s| {
+        s.calls
+            .escalations()
+            .iter()
+            .map(move |(i, e)| (&s.id, i, e))
+    });
+    for (id, item, e) in shown.take(SHOWN) {
         let item = item.map(|i| format!("[{i}]")).unwrap_or_default();
         let _ = writeln!(
             o,
@@ -634,21 +624,20 @@ fn escalations(o: &mut String, r: &RunReport) {
             e.from, e.to, e.rule, e.reason
         );
     }
-    if escalated.len() > SHOWN {
-        let _ = writeln!(o, "  … and {} more", escalated.len() - SHOWN);
+    if escalated > SHOWN as u64 {
+        let _ = writeln!(o, "  … and {} more", escalated - SHOWN as u64);
     }
 }
 
 /// One step's row of the run summary; `-` where the step made no call.
 fn step_row(s: &crate::run::StepReport) -> Vec<String> {
-    let from = |src: crate::run::CallSource| {
-        !s.calls.is_empty() && s.calls.iter().all(|c| c.source == src)
-    };
+    // Every call answered from one place.
+    let all = |n: u64| !s.calls.is_empty() && n == s.calls.len() as u64;
     let status = if s.ignored_failure {
         "failed (ignored)".to_owned()
-    } else if from(crate::run::CallSource::Cache) {
+    } else if all(s.calls.tally().cache_hits) {
         format!("{} (cached)", s.status.name())
-    } else if from(crate::run::CallSource::Journal) {
+    } else if all(s.calls.tally().resumed) {
         format!("{} (resumed)", s.status.name())
     } else {
         s.status.name().to_owned()
@@ -675,17 +664,12 @@ fn step_row(s: &crate::run::StepReport) -> Vec<String> {
 /// step reads as "queued behind a one-slot local server", not "slow model".
 /// Only when a call was sent.
 fn time_split(o: &mut String, r: &RunReport) {
-    let sent: Vec<&crate::run::CallReport> = r
-        .steps
-        .iter()
-        .flat_map(|s| &s.calls)
-        .filter(|c| c.source == crate::run::CallSource::Provider && !c.attempts.is_empty())
-        .collect();
-    if sent.is_empty() {
+    let tallies = || r.steps.iter().map(|s| s.calls.tally());
+    if tallies().all(|t| t.sent == 0) {
         return;
     }
-    let queued: u64 = sent.iter().map(|c| c.queued_ms).sum();
-    let in_calls: u64 = sent.iter().map(|c| c.call_ms).sum();
+    let queued: u64 = tallies().map(|t| t.sent_queued_ms).sum();
+    let in_calls: u64 = tallies().map(|t| t.sent_call_ms).sum();
     let _ = writeln!(
         o,
         "time: {} queued for slots, rate limits and budget, {} in the models' calls \
@@ -698,20 +682,24 @@ fn time_split(o: &mut String, r: &RunReport) {
 /// Calls a batch did not answer, answered one by one at full price: how
 /// many, and what the batch discount would have saved on them.
 fn batch_fallbacks(o: &mut String, r: &RunReport) {
-    let fell: Vec<&crate::run::CallReport> = r
+    let fell: u64 = r
         .steps
         .iter()
-        .flat_map(|s| &s.calls)
-        .filter(|c| c.batch_fallback)
-        .collect();
-    if fell.is_empty() {
+        .map(|s| s.calls.tally().batch_fallbacks)
+        .sum();
+    if fell == 0 {
         return;
     }
-    let lost: f64 = fell.iter().map(|c| c.lost_discount_usd).sum();
+    // In the calls' order: the sum's last digits depend on it.
+    let lost: f64 = r
+        .steps
+        .iter()
+        .flat_map(|s| s.calls.lost_discount_usd())
+        .sum();
     let _ = writeln!(
         o,
         "batch: {} the batch did not answer went synchronously, at full price: {} more than at batch prices",
-        plural(fell.len() as u64, "call"),
+        plural(fell, "call"),
         usd(lost)
     );
 }
@@ -719,18 +707,11 @@ fn batch_fallbacks(o: &mut String, r: &RunReport) {
 /// The lines on what prompt caches, batches, the response cache and a
 /// resume saved; none when nothing did.
 fn savings(o: &mut String, r: &RunReport) {
-    let batched = r
-        .steps
-        .iter()
-        .flat_map(|s| &s.calls)
-        .filter(|c| c.batch)
-        .count();
+    let batched: u64 = r.steps.iter().map(|s| s.calls.tally().batched).sum();
     let writes: u64 = r
         .steps
         .iter()
-        .flat_map(|s| &s.calls)
-        .filter(|c| c.source == crate::run::CallSource::Provider)
-        .map(|c| c.usage.cache_write_tokens)
+        .map(|s| s.calls.tally().provider_cache_write_tokens)
         .sum();
     if r.cached_input_tokens > 0 || writes > 0 || batched > 0 {
         let mut parts = Vec::new();

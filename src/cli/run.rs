@@ -9,8 +9,7 @@ use std::time::Duration;
 
 use super::journal::{self, StateArg};
 use super::{
-    OutputFormat, cancel_on_signals, default_policy, exit, load_both, print_out, report, runtime,
-    warn,
+    OutputFormat, cancel_on_signals, default_policy, exit, load_both, report, runtime, warn,
 };
 use crate::analyze::Analysis;
 use crate::diagnostic::{self, Diagnostic, RenderOptions, Severity};
@@ -445,14 +444,35 @@ fn show(
         }
     }
     match args.format {
-        OutputFormat::Json => print_out(&serde_json::to_string_pretty(result).unwrap_or_default()),
+        OutputFormat::Json => {
+            // Written as it is serialised: a large fan-out's call reports
+            // are read back from their spill one at a time, never held as
+            // one string.
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            let written = serde_json::to_writer_pretty(&mut out, result)
+                .and_then(|()| out.write_all(b"\n").map_err(serde_json::Error::io))
+                .and_then(|()| out.flush().map_err(serde_json::Error::io));
+            // A closed stdout is the reader's choice, as for every output;
+            // a report that cannot be read back is a failure.
+            if let Err(e) = &written
+                && !e.is_io()
+            {
+                write_failed = true;
+                let d = Diagnostic::error("report", format!("cannot write the run report: {e}"));
+                let _ = write!(
+                    std::io::stderr().lock(),
+                    "{}",
+                    diagnostic::render(&d, options)
+                );
+            }
+        }
         OutputFormat::Text => {
             // Already on the screen: the answer, then the summary below it.
             let shown = streamed.is_some_and(|s| s.finish(streamed_output(result)));
             let _ = write!(std::io::stderr().lock(), "{}", render::run_text(result));
-            let answers = final_answers(result, analysis);
-            if !shown && !answers.is_empty() {
-                print_out(&answers);
+            if !shown {
+                let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+                let _ = write_final_answers(&mut out, result, analysis).and_then(|()| out.flush());
             }
         }
     }
@@ -466,8 +486,13 @@ fn show(
 
 /// The answers of the final steps (those nothing depends on), for stdout,
 /// so `tollgate run … > answer.md` does what it says; each under a heading
-/// when there are several.
-fn final_answers(result: &RunReport, analysis: &Analysis) -> String {
+/// when there are several. Written as they are formatted (a fan-out's
+/// answers can be many megabytes), each ending with a newline.
+fn write_final_answers(
+    out: &mut impl Write,
+    result: &RunReport,
+    analysis: &Analysis,
+) -> std::io::Result<()> {
     let leaves: Vec<&StepReport> = result
         .steps
         .iter()
@@ -476,20 +501,34 @@ fn final_answers(result: &RunReport, analysis: &Analysis) -> String {
             analysis.dag.dependants(i).is_empty() && s.output.is_some()
         })
         .collect();
-    let mut text = String::new();
+    // Whether what was written so far ends with a newline.
+    let mut at_line_start = false;
     for s in &leaves {
         if leaves.len() > 1 {
-            text.push_str(&format!("## {}\n\n", s.id));
+            write!(out, "## {}\n\n", s.id)?;
+            at_line_start = true;
         }
-        text.push_str(&output_text(s.output.as_ref()));
-        if !text.ends_with('\n') {
-            text.push('\n');
+        match &s.output {
+            Some(serde_json::Value::String(text)) if !text.is_empty() => {
+                out.write_all(text.as_bytes())?;
+                at_line_start = text.ends_with('\n');
+            }
+            Some(serde_json::Value::String(_)) | None => {}
+            Some(other) => {
+                // Pretty JSON never ends with a newline.
+                serde_json::to_writer_pretty(&mut *out, other)?;
+                at_line_start = false;
+            }
+        }
+        if !at_line_start {
+            out.write_all(b"\n")?;
         }
         if leaves.len() > 1 {
-            text.push('\n');
+            out.write_all(b"\n")?;
         }
+        at_line_start = true;
     }
-    text
+    Ok(())
 }
 
 /// The text of the one final step's answer, when it is text (the only
@@ -498,14 +537,6 @@ fn streamed_output(result: &RunReport) -> Option<&str> {
     match result.steps.last()?.output.as_ref()? {
         serde_json::Value::String(s) => Some(s),
         _ => None,
-    }
-}
-
-fn output_text(v: Option<&serde_json::Value>) -> String {
-    match v {
-        Some(serde_json::Value::String(s)) => s.clone(),
-        Some(other) => serde_json::to_string_pretty(other).unwrap_or_default(),
-        None => String::new(),
     }
 }
 
@@ -536,10 +567,13 @@ fn write_outputs(dir: &Path, result: &crate::run::RunReport) -> std::io::Result<
             None => {}
         }
     }
-    write(
-        "run.json",
-        &serde_json::to_string_pretty(result).unwrap_or_default(),
-    )
+    // Serialised into the file: a large fan-out's call reports are read
+    // back from their spill one at a time.
+    let tmp = dir.join(".run.json.tmp");
+    let mut file = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
+    serde_json::to_writer_pretty(&mut file, result)?;
+    file.into_inner().map_err(|e| e.into_error())?;
+    std::fs::rename(&tmp, dir.join("run.json"))
 }
 
 #[cfg(test)]

@@ -490,7 +490,7 @@ mod tests {
             model: Some("m".to_owned()),
             provider_model: Some("x".to_owned()),
             rule: Some("all".to_owned()),
-            calls: Vec::new(),
+            calls: crate::run::Calls::default(),
             usage: Usage {
                 input_tokens: 10,
                 output_tokens: 7,

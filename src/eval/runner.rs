@@ -679,10 +679,7 @@ fn finish_journaled(ctx: &Ctx<'_>, run_id: Option<String>, status: RunStatus) {
 /// Why a step that failed did: a wrong answer is the model's (a failed
 /// assertion); anything else is the infrastructure's.
 fn invalid_answer(step: &StepReport) -> bool {
-    step.calls
-        .iter()
-        .filter_map(|c| c.attempts.last())
-        .any(|a| a.outcome == run::AttemptOutcome::InvalidOutput)
+    step.calls.tally().invalid_answers > 0
 }
 
 /// One run of one case: the workflow, then every expectation.
@@ -811,14 +808,17 @@ fn step_figures(ctx: &Ctx<'_>, report: &RunReport) -> Vec<StepFigures> {
                 prompt: s.router_text.clone(),
                 ..StepFigures::default()
             };
-            for m in s
+            for (m, n) in s
                 .calls
+                .tally()
+                .by_model
                 .iter()
-                .filter_map(|c| c.model.as_ref())
-                .filter_map(|a| ctx.policy.models.get(a))
+                .filter_map(|(a, n)| Some((ctx.policy.models.get(a)?, *n)))
             {
-                *f.tiers.entry(m.tier.name().to_owned()).or_default() += 1;
-                f.local_calls += u64::from(m.locality == crate::policy::Locality::Local);
+                *f.tiers.entry(m.tier.name().to_owned()).or_default() += n;
+                if m.locality == crate::policy::Locality::Local {
+                    f.local_calls += n;
+                }
             }
             f
         })

@@ -9,12 +9,13 @@
 
 use std::borrow::Cow;
 use std::fs::File;
-use std::io::{self, BufWriter, Write as _};
+use std::io;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
 use super::results::{CaseResult, Outcome};
+use crate::spill;
 
 /// What the totals need of a suite's cases, counted as they finish so that
 /// no report reads the records just to count them.
@@ -108,7 +109,7 @@ impl Cases {
         Iter {
             cases: self,
             next: 0,
-            window: Window::default(),
+            reader: spill::Reader::default(),
             failed: false,
         }
     }
@@ -175,7 +176,7 @@ impl<'de> Deserialize<'de> for Cases {
 pub struct Iter<'a> {
     cases: &'a Cases,
     next: usize,
-    window: Window,
+    reader: spill::Reader,
     /// After an error the iteration ends.
     failed: bool,
 }
@@ -200,10 +201,7 @@ impl<'a> Iterator for Iter<'a> {
                 }
                 let offset = s.records.get(at)?.offset;
                 let file = s.file.as_ref()?;
-                let record = self.window.record(file, offset).and_then(|line| {
-                    serde_json::from_slice::<CaseResult>(line)
-                        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
-                });
+                let record = self.reader.read::<CaseResult>(file, offset);
                 self.failed = record.is_err();
                 Some(record.map(Cow::Owned))
             }
@@ -214,68 +212,6 @@ impl<'a> Iterator for Iter<'a> {
         let left = self.cases.len().saturating_sub(self.next);
         (0, Some(left))
     }
-}
-
-/// How much of the spill one read takes. Records are read in suite order
-/// and written nearly in that order (cases finish a few places apart), so
-/// most records are found in the window the previous read brought in.
-const WINDOW: usize = 64 * 1024;
-
-/// A window on the spill file, read with positioned reads: iterators share
-/// the file but not a cursor.
-#[derive(Default)]
-struct Window {
-    start: u64,
-    buf: Vec<u8>,
-}
-
-impl Window {
-    /// The record (without its newline) starting at `offset`.
-    fn record(&mut self, file: &File, offset: u64) -> io::Result<&[u8]> {
-        if let Some(range) = self.find(offset) {
-            return Ok(&self.buf[range]);
-        }
-        // A record bigger than the window grew it: let that go.
-        if self.buf.capacity() > 4 * WINDOW {
-            self.buf = Vec::new();
-        }
-        self.start = offset;
-        self.buf.clear();
-        loop {
-            let have = self.buf.len();
-            self.buf.resize(have + WINDOW, 0);
-            let n = read_at(file, &mut self.buf[have..], offset + have as u64)?;
-            self.buf.truncate(have + n);
-            if n == 0 {
-                // Every record was written whole with its newline: the
-                // file is not what was written.
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "a case record in the temporary results file is cut short",
-                ));
-            }
-            if let Some(end) = self.buf[have..].iter().position(|&b| b == b'\n') {
-                return Ok(&self.buf[..have + end]);
-            }
-        }
-    }
-
-    /// The record at `offset`, when the window holds all of it.
-    fn find(&self, offset: u64) -> Option<std::ops::Range<usize>> {
-        let from = usize::try_from(offset.checked_sub(self.start)?).ok()?;
-        let end = from + self.buf.get(from..)?.iter().position(|&b| b == b'\n')?;
-        Some(from..end)
-    }
-}
-
-#[cfg(unix)]
-fn read_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-    std::os::unix::fs::FileExt::read_at(file, buf, offset)
-}
-
-#[cfg(windows)]
-fn read_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-    std::os::windows::fs::FileExt::seek_read(file, buf, offset)
 }
 
 /// Where a record is, and the one figure the totals need that cannot be
@@ -299,12 +235,9 @@ enum Sink {
     /// before spilling (slower to fail than to lose a run's results).
     Memory(Vec<CaseResult>),
     Spill {
-        out: BufWriter<File>,
-        /// Bytes written so far: where the next record starts.
-        end: u64,
+        out: spill::Writer,
         /// Per record, in the order written.
         entries: Vec<Entry>,
-        line: Vec<u8>,
         lost: Option<String>,
     },
 }
@@ -324,12 +257,10 @@ impl CasesWriter {
 
     /// [`CasesWriter::new`] for about `cases` records.
     pub fn with_capacity(cases: usize) -> CasesWriter {
-        let sink = match tempfile::tempfile() {
-            Ok(file) => Sink::Spill {
-                out: BufWriter::with_capacity(WINDOW, file),
-                end: 0,
+        let sink = match spill::Writer::new() {
+            Ok(out) => Sink::Spill {
+                out,
                 entries: Vec::with_capacity(cases),
-                line: Vec::new(),
                 lost: None,
             },
             Err(_) => Sink::Memory(Vec::new()),
@@ -352,39 +283,17 @@ impl CasesWriter {
         self.tally.add(&case);
         match &mut self.sink {
             Sink::Memory(v) => v.push(case),
-            Sink::Spill {
-                out,
-                end,
-                entries,
-                line,
-                lost,
-            } => {
+            Sink::Spill { out, entries, lost } => {
                 if lost.is_some() {
                     return;
                 }
-                line.clear();
-                // Compact JSON escapes every newline inside strings: one
-                // record, one line.
-                let written = serde_json::to_writer(&mut *line, &case)
-                    .map_err(io::Error::from)
-                    .and_then(|()| {
-                        line.push(b'\n');
-                        out.write_all(line)
-                    });
-                match written {
-                    Ok(()) => {
-                        entries.push(Entry {
-                            index: case.index,
-                            offset: *end,
-                            cost_usd: case.cost_usd,
-                        });
-                        *end += line.len() as u64;
-                    }
+                match out.push(&case) {
+                    Ok(offset) => entries.push(Entry {
+                        index: case.index,
+                        offset,
+                        cost_usd: case.cost_usd,
+                    }),
                     Err(e) => *lost = Some(e.to_string()),
-                }
-                // A very long record's buffer is not kept for the next.
-                if line.capacity() > WINDOW {
-                    *line = Vec::new();
                 }
             }
         }
@@ -403,10 +312,10 @@ impl CasesWriter {
                 mut lost,
                 ..
             } => {
-                let file = match out.into_inner() {
+                let file = match out.finish() {
                     Ok(f) => Some(f),
                     Err(e) => {
-                        lost.get_or_insert_with(|| e.error().to_string());
+                        lost.get_or_insert_with(|| e.to_string());
                         None
                     }
                 };

@@ -16,8 +16,8 @@ use super::budget::{Budget, Period};
 use super::shared::{JournalSpend, Shared};
 use super::step_task::run_step;
 use super::{
-    CacheSummary, CallSource, Event, Job, Providers, Resources, RunOptions, RunReport, RunStatus,
-    StepReport, StepStatus,
+    CacheSummary, Event, Job, Providers, Resources, RunOptions, RunReport, RunStatus, StepReport,
+    StepStatus,
 };
 use crate::analyze::Analysis;
 use crate::journal::{EscalatedCall, FinishedCall, JournalError};
@@ -432,12 +432,13 @@ fn summarise(
                 | StepStatus::NotStarted
         ) && !s.ignored_failure
     });
-    let calls = || steps.iter().flat_map(|s| s.calls.iter());
+    // Counted as the calls arrived; the money in the order of the calls.
+    let tallies = || steps.iter().map(|s| s.calls.tally());
     let cache = CacheSummary {
-        hits: calls().filter(|c| c.source == CallSource::Cache).count() as u64,
-        saved_usd: calls().map(|c| c.saved_usd).sum(),
+        hits: tallies().map(|t| t.cache_hits).sum(),
+        saved_usd: steps.iter().flat_map(|s| s.calls.saved_usd()).sum(),
     };
-    let resumed_calls = calls().filter(|c| c.source == CallSource::Journal).count() as u64;
+    let resumed_calls = tallies().map(|t| t.resumed).sum();
     RunReport {
         run_id: shared.options.journal.as_ref().map(|j| j.run_id.clone()),
         cache,
@@ -459,10 +460,7 @@ fn summarise(
         list_cost_usd: steps.iter().map(|s| s.list_cost_usd).sum(),
         // Prompt-cache reads of calls the providers answered this time (a
         // response-cache hit or a resumed call consumed nothing now).
-        cached_input_tokens: calls()
-            .filter(|c| c.source == CallSource::Provider)
-            .map(|c| c.usage.cached_input_tokens)
-            .sum(),
+        cached_input_tokens: tallies().map(|t| t.provider_cached_input_tokens).sum(),
         saving_usd: steps.iter().map(|s| s.list_cost_usd - s.cost_usd).sum(),
         steps,
         estimate: plan.totals.cost,

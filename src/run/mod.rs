@@ -23,6 +23,9 @@
 //!   request built for a step, prompt-cache marking.
 //! - `shared` — what step tasks share, and the adapters to the journal.
 //! - `report` — events, step and call reports, typed outcomes and statuses.
+//! - `calls` — a step's call reports in item order ([`Calls`]), spilled to
+//!   a temporary file past [`IN_MEMORY`] calls, and what the summaries
+//!   count over them ([`CallTally`]).
 //! - `options`, `providers` — [`RunOptions`], [`Providers`].
 //! - `limits`, `budget`, [`local_server`], `batch` — call limits, budget
 //!   reservations, managed local servers, a `latency: batch` step's calls as
@@ -32,6 +35,7 @@ mod batch;
 mod budget;
 mod cache;
 mod call;
+mod calls;
 mod cascade;
 mod dispatch;
 mod error;
@@ -53,6 +57,7 @@ use tokio_util::sync::CancellationToken;
 pub use crate::journal::{BatchLedger, BatchRef};
 pub use batch::batch_key;
 pub use budget::{Budget, Hold, OutsideSpend, OverBudget, Period, PeriodCheck};
+pub use calls::{CallTally, Calls, ESCALATIONS_KEPT, IN_MEMORY, Iter as CallsIter};
 pub use dispatch::execute_in;
 pub use limits::CallLimits;
 pub use options::{AnswerSink, FinalAnswer, RunJournal, RunOptions};

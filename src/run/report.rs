@@ -6,9 +6,10 @@
 
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::Calls;
 pub use crate::outcome::{AttemptOutcome, UnknownOutcome};
 use crate::plan::CostRange;
 use crate::provider::Usage;
@@ -122,7 +123,7 @@ impl StepStatus {
 }
 
 /// One try of one call.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Attempt {
     pub model: String,
     pub outcome: AttemptOutcome,
@@ -133,7 +134,7 @@ pub struct Attempt {
 }
 
 /// Where a call's answer came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CallSource {
     /// Sent to the model (or not answered at all).
@@ -144,7 +145,8 @@ pub enum CallSource {
     Journal,
 }
 
-#[derive(Debug, Clone, Serialize)]
+/// Deserialised only from a step's own spill ([`super::Calls`]).
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CallReport {
     /// Index in `for_each`, if any.
     pub item: Option<usize>,
@@ -173,7 +175,8 @@ pub struct CallReport {
     /// The latency the provider's answer carries: measured live, as
     /// recorded in replay (where `call_ms` is the replay's own few
     /// microseconds). What `compare` reports as model time per task; not
-    /// in the run's JSON, which has `call_ms`.
+    /// in the run's JSON, which has `call_ms` (nor in a spilled report:
+    /// the step's sum is taken as the report arrives).
     #[serde(skip)]
     pub model_ms: u64,
     pub ttft_ms: Option<u64>,
@@ -191,7 +194,7 @@ pub struct CallReport {
 
 /// A call a cascade escalated: from the model whose answer failed the
 /// check, to the model that was called next, and why.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Escalation {
     pub rule: String,
     pub from: String,
@@ -236,7 +239,8 @@ pub struct StepReport {
     pub model: Option<String>,
     pub provider_model: Option<String>,
     pub rule: Option<String>,
-    pub calls: Vec<CallReport>,
+    /// In item order; spilled to a temporary file for a large fan-out.
+    pub calls: Calls,
     pub usage: Usage,
     pub cost_usd: f64,
     /// See [`CallReport::list_cost_usd`].
@@ -270,7 +274,7 @@ impl StepReport {
             model: None,
             provider_model: None,
             rule: None,
-            calls: Vec::new(),
+            calls: Calls::default(),
             usage: Usage::default(),
             cost_usd: 0.0,
             list_cost_usd: 0.0,

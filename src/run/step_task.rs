@@ -12,6 +12,7 @@ use futures::stream::FuturesUnordered;
 use serde_json::{Map, Value};
 
 use super::call::{StepCalls, call_with_fallbacks};
+use super::calls::CallsWriter;
 use super::cascade::Check;
 use super::error::CallError;
 use super::shared::Shared;
@@ -99,8 +100,9 @@ pub(super) async fn run_step(
         cascade: cascade_of(&sh, &decision),
     };
     let started = Instant::now();
-    let calls = make_calls(&ctx).await;
-    let mut report = gather(&sh, id, step, info.for_each.is_some(), calls);
+    let mut collected = Collected::new(expanded.len());
+    make_calls(&ctx, &mut collected).await;
+    let mut report = gather(&sh, id, step, info.for_each.is_some(), collected);
     report.rule = rule;
     report.latency_ms = started.elapsed().as_millis() as u64;
     if let (1, Some(call)) = (expanded.len(), expanded.first()) {
@@ -155,9 +157,42 @@ pub(super) fn fallback_chain(sh: &Shared, decision: &Decision) -> Option<Vec<Str
     Some(all[start..].iter().map(|s| (*s).to_owned()).collect())
 }
 
-/// Every call of the step, in item order: through the provider's batch API
-/// if the step asks for it, then what the batch did not answer one by one.
-async fn make_calls(ctx: &StepCalls<'_>) -> Vec<(CallReport, Result<Value, CallError>)> {
+/// What a step's calls gave, as they arrive in any order: each report
+/// goes to the writer at once (spilled for a large fan-out) and each output
+/// to its item's place, so nothing holds a whole result per item.
+struct Collected {
+    reports: CallsWriter,
+    outputs: Vec<Value>,
+    /// The first failure in item order, and its item.
+    first_error: Option<(usize, CallError)>,
+}
+
+impl Collected {
+    fn new(len: usize) -> Collected {
+        Collected {
+            reports: CallsWriter::new(len),
+            outputs: vec![Value::Null; len],
+            first_error: None,
+        }
+    }
+
+    fn add(&mut self, n: usize, (report, result): (CallReport, Result<Value, CallError>)) {
+        self.reports.push(n, report);
+        match result {
+            Ok(v) => self.outputs[n] = v,
+            Err(e) => {
+                if self.first_error.as_ref().is_none_or(|(at, _)| n < *at) {
+                    self.first_error = Some((n, e));
+                }
+            }
+        }
+    }
+}
+
+/// Every call of the step, into `collected`: through the provider's batch
+/// API if the step asks for it, then what the batch did not answer one by
+/// one.
+async fn make_calls(ctx: &StepCalls<'_>, collected: &mut Collected) {
     // Each call is rendered when the window reaches it (a fan-out's calls
     // are not held: `step::Expanded::calls`).
     let expanded = ctx.expanded;
@@ -169,7 +204,7 @@ async fn make_calls(ctx: &StepCalls<'_>) -> Vec<(CallReport, Result<Value, CallE
         .models
         .get(&ctx.chain[0])
         .filter(|_| ctx.cascade.is_none());
-    let batched: Vec<Option<batch::Item>> = match model {
+    let batched: Option<Vec<Option<batch::Item>>> = match model {
         Some(model) => {
             batch::run(
                 ctx.sh,
@@ -183,36 +218,30 @@ async fn make_calls(ctx: &StepCalls<'_>) -> Vec<(CallReport, Result<Value, CallE
             .await
         }
         None => None,
-    }
-    .unwrap_or_else(|| (0..expanded.len()).map(|_| None).collect());
+    };
+    // Without a batch, no slot per item: each item's batch answer is none.
+    let mut batched = batched.map(Vec::into_iter);
     // A window of calls exists at once, not one future per item: a future
     // holds its call's whole state (kilobytes) from the moment it is made,
     // so a 100,000-item fan-out joined at once held hundreds of megabytes
     // before the first answer. The run's `--concurrency` bounds what is in
     // flight anyway, so a window that wide never leaves a slot idle.
     let window = ctx.sh.options.concurrency.max(1);
-    let mut done: Vec<Option<(CallReport, Result<Value, CallError>)>> =
-        std::iter::repeat_with(|| None)
-            .take(expanded.len())
-            .collect();
-    let mut waiting = expanded.calls().zip(batched).enumerate();
+    let mut waiting = expanded.calls().enumerate();
     let mut in_flight = FuturesUnordered::new();
     loop {
         while in_flight.len() < window {
-            let Some((n, (call, batched))) = waiting.next() else {
+            let Some((n, call)) = waiting.next() else {
                 break;
             };
+            let batched = batched.as_mut().and_then(Iterator::next).flatten();
             in_flight.push(one_call(ctx, n, call, batched));
         }
         let Some((n, answered)) = in_flight.next().await else {
             break;
         };
-        done[n] = Some(answered);
+        collected.add(n, answered);
     }
-    // Every item went through the window once: every slot is filled.
-    done.into_iter()
-        .map(|d| d.expect("every item of the window was answered"))
-        .collect()
 }
 
 /// One item's call: the batch's answer if it has one, else the call itself
@@ -257,44 +286,29 @@ async fn one_call(
 
 /// The step's report from its calls: totals, the first error, the output
 /// (a list of outputs for a fan-out).
-fn gather(
-    sh: &Shared,
-    id: &str,
-    step: &Step,
-    fan_out: bool,
-    calls: Vec<(CallReport, Result<Value, CallError>)>,
-) -> StepReport {
+fn gather(sh: &Shared, id: &str, step: &Step, fan_out: bool, collected: Collected) -> StepReport {
+    let Collected {
+        reports,
+        outputs,
+        first_error,
+    } = collected;
     let mut report = StepReport::new(id, StepStatus::Succeeded, None);
-    let mut outputs = Vec::with_capacity(calls.len());
-    let mut first_error = None;
-    for (call, result) in calls {
-        report.usage += call.usage;
-        report.cost_usd += call.cost_usd;
-        report.list_cost_usd += call.list_cost_usd;
-        report.queued_ms += call.queued_ms;
-        report.call_ms += call.call_ms;
-        report.model_ms = report.model_ms.saturating_add(call.model_ms);
-        if report.ttft_ms.is_none() {
-            report.ttft_ms = call.ttft_ms;
-        }
-        if call.model.is_some() {
-            report.model.clone_from(&call.model);
-        }
-        match result {
-            Ok(v) => outputs.push(v),
-            Err(e) => {
-                first_error.get_or_insert(e);
-                outputs.push(Value::Null);
-            }
-        }
-        report.calls.push(call);
-    }
+    let (calls, totals) = reports.finish();
+    report.calls = calls;
+    report.usage = totals.usage;
+    report.cost_usd = totals.cost_usd;
+    report.list_cost_usd = totals.list_cost_usd;
+    report.queued_ms = totals.queued_ms;
+    report.call_ms = totals.call_ms;
+    report.model_ms = totals.model_ms;
+    report.ttft_ms = totals.ttft_ms;
+    report.model = totals.model;
     report.provider_model = report
         .model
         .as_ref()
         .and_then(|m| sh.policy.models.get(m))
         .map(|m| m.model.clone());
-    if let Some(e) = first_error {
+    if let Some((_, e)) = first_error {
         report.status = StepStatus::Failed;
         // The report keeps the reason as the user reads it.
         report.detail = Some(e.to_string());

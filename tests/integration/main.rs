@@ -12,6 +12,7 @@ mod compare;
 mod context;
 mod cost;
 mod data_driven;
+mod fan_out;
 mod fewer_surprises;
 mod first_hour;
 mod fuzz;

@@ -1,0 +1,203 @@
+//! A fan-out larger than a step keeps in memory: its call reports go to a
+//! temporary file as they arrive, out of order, and every consumer reads
+//! them back in item order with the same figures — the JSON report, the
+//! `run.json` of `--out`, the text summary, and the response cache's
+//! savings on a second run.
+
+use fake_llm::{Recorded, Reply};
+use serde_json::Value;
+
+use crate::support::*;
+
+/// More items than [`tollgate::run::IN_MEMORY`]: the reports are spilled.
+const ITEMS: usize = 600;
+
+/// The item number in a request (`Label item-N.`), for answers and usage
+/// that differ per item, so a report filed under the wrong item shows.
+fn item_of(r: &Recorded) -> usize {
+    let b = &r.raw_body;
+    let at = b.find("item-").expect("an item in the prompt") + 5;
+    b[at..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect::<String>()
+        .parse()
+        .unwrap()
+}
+
+fn workflow() -> String {
+    let items: Vec<String> = (0..ITEMS).map(|i| format!("item-{i}")).collect();
+    format!(
+        "version: 1\nname: many\ninputs:\n  xs: {{type: array, default: {}}}\nsteps:\n  label:\n    task: classify\n    for_each: inputs.xs\n    prompt: 'Label {{{{ item }}}}.'\n    max_output_tokens: 5\n",
+        serde_json::to_string(&items).unwrap()
+    )
+}
+
+fn calls(r: &Value) -> &Vec<Value> {
+    step(r, "label")["calls"].as_array().expect("calls")
+}
+
+/// The money of the calls summed in item order, as the step's is.
+fn sum_in_order(calls: &[Value], key: &str) -> f64 {
+    let mut sum = 0.0;
+    for c in calls {
+        sum += c[key].as_f64().unwrap_or_else(|| panic!("{key}: {c}"));
+    }
+    sum
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spilled_fan_out_reports_every_call_once_in_item_order_with_its_totals() {
+    const { assert!(ITEMS > tollgate::run::IN_MEMORY) };
+    let fake = fake_llm::FakeServer::start().await;
+    // Answers take different times, so they arrive out of item order.
+    fake.set_handler(|r: &Recorded| {
+        let n = item_of(r);
+        Reply::text(format!("label {n}"))
+            .usage(10 + (n % 17) as u64, 1 + (n % 4) as u64)
+            .delay(std::time::Duration::from_millis((n * 7 % 5) as u64))
+    });
+    let project = Project::new(&policy(&fake, "cache: { ttl: 1h }\n"), &workflow());
+    let out = project
+        .run(&["--format", "json", "--out", "out", "--concurrency", "16"])
+        .await;
+    assert_eq!(out.status.code(), Some(0), "{}", transcript(&out));
+    let r = report(&out);
+    let all = calls(&r);
+    assert_eq!(all.len(), ITEMS);
+    let s = step(&r, "label");
+    let outputs = s["output"].as_array().expect("a list of outputs");
+    for (i, (c, o)) in all.iter().zip(outputs).enumerate() {
+        assert_eq!(c["item"], i, "{c}");
+        assert_eq!(c["source"], "provider", "{c}");
+        assert_eq!(c["usage"]["input_tokens"], 10 + (i % 17) as u64, "{c}");
+        assert_eq!(c["attempts"].as_array().map(Vec::len), Some(1), "{c}");
+        assert_eq!(*o, format!("label {i}"));
+    }
+    // The step's figures are its calls' in item order, to the last bit.
+    let input: u64 = all
+        .iter()
+        .map(|c| c["usage"]["input_tokens"].as_u64().unwrap())
+        .sum();
+    assert_eq!(s["usage"]["input_tokens"], input);
+    let cost = sum_in_order(all, "cost_usd");
+    assert!(cost > 0.0);
+    assert_eq!(s["cost_usd"].as_f64().unwrap().to_bits(), cost.to_bits());
+    let list = sum_in_order(all, "list_cost_usd");
+    assert_eq!(
+        s["list_cost_usd"].as_f64().unwrap().to_bits(),
+        list.to_bits()
+    );
+    // `--out`'s run.json is the same report.
+    let saved: Value = serde_json::from_str(&project.read("out/run.json")).unwrap();
+    assert_eq!(saved, r);
+
+    // Again, answered from the response cache: the savings are the calls'
+    // own, summed in order, and the summary says where the answers came
+    // from.
+    let again = project.run(&["--format", "json"]).await;
+    assert_eq!(again.status.code(), Some(0), "{}", transcript(&again));
+    let r2 = report(&again);
+    let cached = calls(&r2);
+    assert_eq!(cached.len(), ITEMS);
+    assert!(cached.iter().all(|c| c["source"] == "cache"));
+    assert_eq!(r2["cache"]["hits"], ITEMS);
+    let saved_usd = sum_in_order(cached, "saved_usd");
+    assert_eq!(
+        r2["cache"]["saved_usd"].as_f64().unwrap().to_bits(),
+        saved_usd.to_bits()
+    );
+    let text = project.run(&[]).await;
+    assert_eq!(text.status.code(), Some(0), "{}", transcript(&text));
+    let summary = stderr(&text);
+    assert!(summary.contains("ok (cached)"), "{summary}");
+    assert!(
+        summary.contains(&format!("cache: {ITEMS} calls answered from the journal")),
+        "{summary}"
+    );
+    // The answers on stdout, in item order.
+    let answers: Value = serde_json::from_str(&stdout(&text)).unwrap();
+    assert_eq!(answers, s["output"]);
+}
+
+/// A cascade over a spilled fan-out: the escalations the summary lists are
+/// the first ten in item order, whatever order the answers came in, and the
+/// counts are over every call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spilled_cascade_lists_its_first_escalations_in_item_order() {
+    const N: usize = 300;
+    const { assert!(N > tollgate::run::IN_MEMORY) };
+    let fake = fake_llm::FakeServer::start().await;
+    let base = fake.base_url();
+    // Every seventh item's cheap answer is not JSON: it escalates.
+    fake.set_handler(|r: &Recorded| {
+        let n = item_of(r);
+        let delay = std::time::Duration::from_millis((n * 3 % 4) as u64);
+        match r.model().as_str() {
+            "local-llm" if n % 7 == 0 => Reply::text("no json here").delay(delay),
+            "local-llm" => Reply::text(format!(r#"{{"label": "cheap {n}"}}"#)).delay(delay),
+            _ => Reply::text(format!(r#"{{"label": "dear {n}"}}"#)).usage(40, 10),
+        }
+    });
+    let policy = format!(
+        r#"version: 1
+name: cascades
+providers:
+  local:     {{ kind: openai-compatible, base_url: "{base}/v1" }}
+  anthropic: {{ kind: anthropic, base_url: "{base}", api_key_env: TEST_ANTHROPIC_KEY }}
+models:
+  local:     {{ provider: local, model: local-llm, tier: local, context_window: 8192 }}
+  workhorse: {{ provider: anthropic, model: claude-sonnet-4-6, tier: workhorse }}
+rules:
+  - name: labels
+    use: local
+    escalate: {{ to: workhorse, when: [invalid_output] }}
+"#
+    );
+    let items: Vec<String> = (0..N).map(|i| format!("item-{i}")).collect();
+    let workflow = format!(
+        "version: 1\nname: esc\ninputs:\n  xs: {{type: array, default: {}}}\nsteps:\n  label:\n    task: classify\n    for_each: inputs.xs\n    prompt: 'Label {{{{ item }}}}.'\n    max_output_tokens: 20\n    output:\n      schema: {{type: object, properties: {{label: {{type: string}}}}, required: [label]}}\n",
+        serde_json::to_string(&items).unwrap()
+    );
+    let project = Project::new(&policy, &workflow);
+    let out = project.run(&["--format", "json"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", transcript(&out));
+    let r = report(&out);
+    let all = calls(&r);
+    assert_eq!(all.len(), N);
+    for (i, c) in all.iter().enumerate() {
+        assert_eq!(c["item"], i, "{c}");
+        assert_eq!(c.get("escalation").is_some(), i % 7 == 0, "{c}");
+        let label = if i % 7 == 0 { "dear" } else { "cheap" };
+        assert_eq!(
+            step(&r, "label")["output"][i]["label"],
+            format!("{label} {i}")
+        );
+    }
+    // The text summary: every call counted, the first ten listed in order.
+    let text = project.run(&["--no-cache"]).await;
+    assert_eq!(text.status.code(), Some(0), "{}", transcript(&text));
+    let summary = stderr(&text);
+    let escalated = N.div_ceil(7);
+    assert!(
+        summary.contains(&format!(
+            "escalated {escalated} of {N} calls ({escalated} answered by the escalation target)"
+        )),
+        "{summary}"
+    );
+    let listed: Vec<&str> = summary
+        .lines()
+        .filter(|l| l.starts_with("  label["))
+        .map(|l| l.split(':').next().unwrap())
+        .collect();
+    let want: Vec<String> = (0..N)
+        .filter(|i| i % 7 == 0)
+        .take(10)
+        .map(|i| format!("  label[{i}]"))
+        .collect();
+    assert_eq!(listed, want, "{summary}");
+    assert!(
+        summary.contains(&format!("  … and {} more", escalated - 10)),
+        "{summary}"
+    );
+}
