@@ -106,7 +106,7 @@ async fn engine(
         analysis,
         policy,
         plan: &plan,
-        inputs: &values,
+        inputs: std::borrow::Cow::Borrowed(&values),
     };
     let started = Instant::now();
     let report = run::execute(job, providers, options, CancellationToken::new(), None).await;
@@ -175,7 +175,7 @@ async fn batch(fake: &FakeServer, n: usize) -> Duration {
         analysis,
         policy,
         plan: &plan,
-        inputs: &values,
+        inputs: std::borrow::Cow::Borrowed(&values),
     };
     let started = Instant::now();
     let report = run::execute(job, providers, options, CancellationToken::new(), None).await;

@@ -378,7 +378,7 @@ fn execute(
         analysis: Arc::clone(&analysis),
         policy: Arc::new(policy),
         plan: &plan,
-        inputs: &values,
+        inputs: std::borrow::Cow::Owned(values),
     };
     let result = runtime.block_on(async move {
         let cancel = tokio_util::sync::CancellationToken::new();

@@ -701,7 +701,7 @@ async fn run_case(ctx: &Ctx<'_>, case: &Case, plan: &Plan) -> (RunResult, Vec<St
         analysis: Arc::clone(&ctx.suite.analysis),
         policy: Arc::clone(&ctx.policy),
         plan,
-        inputs: &case.inputs,
+        inputs: std::borrow::Cow::Borrowed(&case.inputs),
     };
     let (options, run_id) = match journaled(
         ctx,

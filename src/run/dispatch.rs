@@ -53,10 +53,14 @@ pub async fn execute_in(
         plan,
         inputs,
     } = job;
-    let input_values: Map<String, Value> = inputs
-        .iter()
-        .map(|(k, v)| (k.clone(), v.value.clone()))
-        .collect();
+    let files = crate::inputs::files(&inputs);
+    let input_values: Map<String, Value> = match inputs {
+        std::borrow::Cow::Owned(inputs) => inputs.into_iter().map(|(k, v)| (k, v.value)).collect(),
+        std::borrow::Cow::Borrowed(inputs) => inputs
+            .iter()
+            .map(|(k, v)| (k.clone(), v.value.clone()))
+            .collect(),
+    };
     let shared = Arc::new(Shared {
         finished,
         escalated,
@@ -82,7 +86,7 @@ pub async fn execute_in(
             &input_values,
         )),
         inputs: input_values,
-        files: crate::inputs::files(inputs),
+        files,
         analysis: Arc::clone(&analysis),
         policy: Arc::clone(&policy),
         providers,
@@ -178,6 +182,10 @@ struct Dispatcher {
     state: Vec<State>,
     reports: Vec<Option<StepReport>>,
     outputs: HashMap<String, Value>,
+    /// The steps some step reads the output of: only theirs is kept in
+    /// `outputs` (a copy no step reads — a final fan-out's 100,000
+    /// answers — would only double the report's).
+    read: std::collections::HashSet<String>,
     tasks: JoinSet<(usize, StepReport)>,
     task_of: HashMap<tokio::task::Id, usize>,
 }
@@ -185,11 +193,18 @@ struct Dispatcher {
 impl Dispatcher {
     fn new(sh: Arc<Shared>) -> Dispatcher {
         let n = sh.analysis.steps.len();
+        let read = sh
+            .analysis
+            .steps
+            .values()
+            .flat_map(|s| s.reads_steps.iter().cloned())
+            .collect();
         Dispatcher {
             sh,
             state: vec![State::Pending; n],
             reports: vec![None; n],
             outputs: HashMap::new(),
+            read,
             tasks: JoinSet::new(),
             task_of: HashMap::new(),
         }
@@ -354,7 +369,7 @@ impl Dispatcher {
 
     /// A step task returned its report.
     fn finished(&mut self, i: usize, report: StepReport) {
-        if let Some(out) = &report.output {
+        if let (Some(out), true) = (&report.output, self.read.contains(&report.id)) {
             self.outputs.insert(report.id.clone(), out.clone());
         }
         self.sh.emit(Event::StepFinished {

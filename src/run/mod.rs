@@ -80,7 +80,10 @@ pub struct Job<'a> {
     pub analysis: Arc<Analysis>,
     pub policy: Arc<Policy>,
     pub plan: &'a Plan,
-    pub inputs: &'a Inputs,
+    /// Owned when the caller is done with them (`tollgate run`): their
+    /// values move into the run rather than being copied (a `for_each`
+    /// list of 100,000 items is megabytes).
+    pub inputs: std::borrow::Cow<'a, Inputs>,
 }
 
 /// What several runs of one policy share when they go on at once (the cases

@@ -129,7 +129,7 @@ fn check_example(path: &Path) {
                 analysis: Arc::clone(&analysis),
                 policy: Arc::clone(&policy),
                 plan: &plan,
-                inputs: &inputs,
+                inputs: std::borrow::Cow::Borrowed(&inputs),
             },
             Providers::from_env(&policy),
             options,

@@ -136,7 +136,7 @@ pub(super) async fn judge(
             analysis: Arc::clone(&analysis),
             policy: Arc::clone(&ctx.policy),
             plan: &plan,
-            inputs: &inputs,
+            inputs: std::borrow::Cow::Borrowed(&inputs),
         },
         ctx.providers.clone(),
         options,
