@@ -131,21 +131,15 @@ pub fn read_text(path: &Path) -> Result<String, ReadError> {
 /// line and again as lines are read (a file growing past the bound is an
 /// error, never a truncation).
 pub struct TextLines {
-    reader: std::io::BufReader<std::io::Take<File>>,
-    read: u64,
+    reader: std::io::BufReader<BoundedFile>,
     limit: u64,
     line: String,
 }
 
 impl TextLines {
     pub fn open(path: &Path, limit: u64) -> Result<TextLines, ReadError> {
-        let file = open_regular(path)?;
-        if file.metadata()?.len() > limit {
-            return Err(ReadError::TooLarge { limit });
-        }
         Ok(TextLines {
-            reader: std::io::BufReader::new(file.take(limit.saturating_add(1))),
-            read: 0,
+            reader: std::io::BufReader::new(BoundedFile::open(path, limit)?),
             limit,
             line: String::new(),
         })
@@ -156,13 +150,15 @@ impl TextLines {
     pub fn next_line(&mut self) -> Result<Option<&str>, ReadError> {
         use std::io::BufRead as _;
         self.line.clear();
-        let n = self.reader.read_line(&mut self.line)?;
+        let n = self.reader.read_line(&mut self.line).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::FileTooLarge {
+                ReadError::TooLarge { limit: self.limit }
+            } else {
+                ReadError::from(e)
+            }
+        })?;
         if n == 0 {
             return Ok(None);
-        }
-        self.read += n as u64;
-        if self.read > self.limit {
-            return Err(ReadError::TooLarge { limit: self.limit });
         }
         if self.line.ends_with('\n') {
             self.line.pop();
@@ -285,6 +281,24 @@ mod tests {
             BoundedFile::open(dir.path(), 100),
             Err(ReadError::NotAFile("a directory"))
         ));
+        // Line by line, the same bound: the lines read, then the error.
+        std::fs::write(&p, "one\r\ntwo\n").unwrap();
+        let mut lines = TextLines::open(&p, 9).unwrap();
+        assert_eq!(lines.next_line().unwrap(), Some("one"));
+        assert_eq!(lines.next_line().unwrap(), Some("two"));
+        assert_eq!(lines.next_line().unwrap(), None);
+        let mut lines = TextLines::open(&p, 20).unwrap();
+        std::fs::write(&p, "x\n".repeat(5_000)).unwrap();
+        let mut seen = 0;
+        let err = loop {
+            match lines.next_line() {
+                Ok(Some(_)) => seen += 1,
+                Ok(None) => panic!("a file past its bound read to the end"),
+                Err(e) => break e,
+            }
+        };
+        assert!(matches!(err, ReadError::TooLarge { limit: 20 }), "{err}");
+        assert!(seen <= 10, "{seen} lines read past a 20-byte bound");
     }
 
     #[test]
