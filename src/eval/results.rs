@@ -692,6 +692,48 @@ pub fn write_junit(results: &Results, out: &mut dyn std::io::Write) -> std::io::
     w.write_indent()
 }
 
+/// What a JUnit report says of a case that did not pass: the message (the
+/// first unpassed run's error, or its failures on one line) and the
+/// description (runs passed against the threshold, each failure with its
+/// diff or expected and actual values).
+fn problem_text(c: &CaseResult) -> (String, String) {
+    let run = c.runs.iter().find(|r| r.outcome != Outcome::Passed);
+    let message = run.map_or_else(String::new, |r| {
+        r.error.clone().unwrap_or_else(|| {
+            r.failures
+                .iter()
+                .map(|f| format!("step {}: {}", f.step, f.message))
+                .collect::<Vec<_>>()
+                .join("; ")
+        })
+    });
+    let mut description = String::new();
+    if c.runs.len() > 1 {
+        let _ = writeln!(
+            description,
+            "{}/{} runs passed (threshold {})",
+            c.passed_runs,
+            c.runs.len(),
+            c.pass_threshold
+        );
+    }
+    if let Some(r) = run {
+        for f in &r.failures {
+            let _ = writeln!(
+                description,
+                "step {}: {} — {}",
+                f.step, f.assertion, f.message
+            );
+            if let Some(d) = &f.diff {
+                let _ = writeln!(description, "{d}");
+            } else if let (Some(e), Some(a)) = (&f.expected, &f.actual) {
+                let _ = writeln!(description, "expected: {e}\ngot: {a}");
+            }
+        }
+    }
+    (message, description)
+}
+
 /// One case's `<testcase>`.
 fn junit_case<W: std::io::Write>(
     w: &mut quick_xml::Writer<W>,
@@ -699,40 +741,7 @@ fn junit_case<W: std::io::Write>(
     c: &CaseResult,
 ) -> std::io::Result<()> {
     let problem = (c.outcome != Outcome::Passed).then(|| {
-        let run = c.runs.iter().find(|r| r.outcome != Outcome::Passed);
-        let message = run.map_or_else(String::new, |r| {
-            r.error.clone().unwrap_or_else(|| {
-                r.failures
-                    .iter()
-                    .map(|f| format!("step {}: {}", f.step, f.message))
-                    .collect::<Vec<_>>()
-                    .join("; ")
-            })
-        });
-        let mut description = String::new();
-        if c.runs.len() > 1 {
-            let _ = writeln!(
-                description,
-                "{}/{} runs passed (threshold {})",
-                c.passed_runs,
-                c.runs.len(),
-                c.pass_threshold
-            );
-        }
-        if let Some(r) = run {
-            for f in &r.failures {
-                let _ = writeln!(
-                    description,
-                    "step {}: {} — {}",
-                    f.step, f.assertion, f.message
-                );
-                if let Some(d) = &f.diff {
-                    let _ = writeln!(description, "{d}");
-                } else if let (Some(e), Some(a)) = (&f.expected, &f.actual) {
-                    let _ = writeln!(description, "expected: {e}\ngot: {a}");
-                }
-            }
-        }
+        let (message, description) = problem_text(c);
         junit::Problem {
             tag: if c.outcome == Outcome::Failed {
                 "failure"
@@ -889,41 +898,8 @@ mod tests {
                             NonSuccessKind::Error
                         };
                         let mut st = TestCaseStatus::non_success(kind);
-                        let run = c.runs.iter().find(|r| r.outcome != Outcome::Passed);
-                        let message = run.map_or_else(String::new, |r| {
-                            r.error.clone().unwrap_or_else(|| {
-                                r.failures
-                                    .iter()
-                                    .map(|f| format!("step {}: {}", f.step, f.message))
-                                    .collect::<Vec<_>>()
-                                    .join("; ")
-                            })
-                        });
+                        let (message, description) = problem_text(&c);
                         st.set_message(clip(&message, 500));
-                        let mut description = String::new();
-                        if c.runs.len() > 1 {
-                            let _ = writeln!(
-                                description,
-                                "{}/{} runs passed (threshold {})",
-                                c.passed_runs,
-                                c.runs.len(),
-                                c.pass_threshold
-                            );
-                        }
-                        if let Some(r) = run {
-                            for f in &r.failures {
-                                let _ = writeln!(
-                                    description,
-                                    "step {}: {} — {}",
-                                    f.step, f.assertion, f.message
-                                );
-                                if let Some(d) = &f.diff {
-                                    let _ = writeln!(description, "{d}");
-                                } else if let (Some(e), Some(a)) = (&f.expected, &f.actual) {
-                                    let _ = writeln!(description, "expected: {e}\ngot: {a}");
-                                }
-                            }
-                        }
                         st.set_description(description);
                         st
                     }
