@@ -414,7 +414,6 @@ fn a_pool_of_two_real_servers_loses_no_item_when_one_is_killed_mid_run() {
     a.wait_healthy();
     b.wait_healthy();
     const ITEMS: usize = 12;
-    let items: Vec<String> = (1..=ITEMS).map(|i| format!("\"ticket {i}\"")).collect();
     dir.write(
         "policy.yaml",
         &format!(
@@ -431,24 +430,7 @@ rules:
             a.port, b.port
         ),
     );
-    dir.write(
-        "wf.yaml",
-        &format!(
-            r#"version: 1
-name: pooled
-inputs:
-  items: {{ type: array, default: [{}] }}
-steps:
-  each:
-    task: classify
-    for_each: inputs.items
-    prompt: "Is this a bug or a feature? {{{{ item }}}}"
-    max_output_tokens: 8
-    temperature: 0
-"#,
-            items.join(", ")
-        ),
-    );
+    dir.write("wf.yaml", &pooled_workflow(ITEMS));
     let mut run = Cmd::new(
         dir.path(),
         &[
@@ -523,7 +505,6 @@ fn a_launched_pool_of_two_real_servers_shares_the_items_and_is_stopped() {
     let (a, b) = (free_port(), free_port());
     assert_ne!(a, b);
     const ITEMS: usize = 20;
-    let items: Vec<String> = (1..=ITEMS).map(|i| format!("\"ticket {i}\"")).collect();
     dir.write(
         "policy.yaml",
         &format!(
@@ -548,24 +529,7 @@ rules:
             model.display()
         ),
     );
-    dir.write(
-        "wf.yaml",
-        &format!(
-            r#"version: 1
-name: pooled
-inputs:
-  items: {{ type: array, default: [{}] }}
-steps:
-  each:
-    task: classify
-    for_each: inputs.items
-    prompt: "Is this a bug or a feature? {{{{ item }}}}"
-    max_output_tokens: 8
-    temperature: 0
-"#,
-            items.join(", ")
-        ),
-    );
+    dir.write("wf.yaml", &pooled_workflow(ITEMS));
     let out = Cmd::new(
         dir.path(),
         &[
@@ -615,4 +579,25 @@ steps:
                 .exists()
         );
     }
+}
+
+/// The pool tests' workflow: one classification per item of a `for_each`
+/// over `n` tickets (the input's default).
+fn pooled_workflow(n: usize) -> String {
+    let items: Vec<String> = (1..=n).map(|i| format!("\"ticket {i}\"")).collect();
+    format!(
+        r#"version: 1
+name: pooled
+inputs:
+  items: {{ type: array, default: [{}] }}
+steps:
+  each:
+    task: classify
+    for_each: inputs.items
+    prompt: "Is this a bug or a feature? {{{{ item }}}}"
+    max_output_tokens: 8
+    temperature: 0
+"#,
+        items.join(", ")
+    )
 }
