@@ -326,6 +326,18 @@ fn start_fakes() -> Fakes {
     Fakes { instant, slow }
 }
 
+/// The fan-out's `i`-th request, posted by a bare reqwest client, and its
+/// answer checked.
+async fn bare_call(client: &reqwest::Client, url: &str, i: usize) {
+    let body = serde_json::json!({
+        "model": "bench", "max_tokens": 5, "stream": false,
+        "messages": [{ "role": "user", "content": format!("Label as bug or feature: ticket {i}") }]
+    });
+    let resp = client.post(url).json(&body).send().await.expect("sent");
+    let v: serde_json::Value = resp.json().await.expect("JSON");
+    assert_eq!(v["choices"][0]["message"]["content"], "bug");
+}
+
 /// Posts `n` requests like the fan-out's, one at a time, with one reqwest
 /// client: the floor the engine's per-call overhead is measured against.
 fn bare_loop(base: &str, n: usize) -> Duration {
@@ -338,13 +350,7 @@ fn bare_loop(base: &str, n: usize) -> Duration {
         let url = format!("{base}/v1/chat/completions");
         let started = Instant::now();
         for i in 0..n {
-            let body = serde_json::json!({
-                "model": "bench", "max_tokens": 5, "stream": false,
-                "messages": [{ "role": "user", "content": format!("Label as bug or feature: ticket {i}") }]
-            });
-            let resp = client.post(&url).json(&body).send().await.expect("sent");
-            let v: serde_json::Value = resp.json().await.expect("JSON");
-            assert_eq!(v["choices"][0]["message"]["content"], "bug");
+            bare_call(&client, &url, i).await;
         }
         started.elapsed()
     })
@@ -375,13 +381,7 @@ fn bare_concurrent(base: &str, n: usize, concurrency: usize) -> Duration {
                         if i >= n {
                             break;
                         }
-                        let body = serde_json::json!({
-                            "model": "bench", "max_tokens": 5, "stream": false,
-                            "messages": [{ "role": "user", "content": format!("Label as bug or feature: ticket {i}") }]
-                        });
-                        let resp = client.post(&url).json(&body).send().await.expect("sent");
-                        let v: serde_json::Value = resp.json().await.expect("JSON");
-                        assert_eq!(v["choices"][0]["message"]["content"], "bug");
+                        bare_call(&client, &url, i).await;
                     }
                 })
             })
