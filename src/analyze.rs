@@ -35,6 +35,10 @@ pub struct StepInfo {
     pub reads_steps: BTreeSet<String>,
     /// Steps that must finish first: `needs` plus `reads_steps`.
     pub deps: BTreeSet<String>,
+    /// The streamed input (`stream: true`) that is this step's whole
+    /// `for_each`: its items come from its file when it was given as one
+    /// ([`crate::streamed`]).
+    pub streamed: Option<String>,
 }
 
 impl StepInfo {
@@ -335,6 +339,7 @@ fn analyze_step(
         reads_inputs: BTreeSet::new(),
         reads_steps: BTreeSet::new(),
         deps: BTreeSet::new(),
+        streamed: None,
     };
 
     // Built-in functions (`range`, `namespace`, `dict`, …) are not variables.
@@ -344,6 +349,37 @@ fn analyze_step(
     // made analysing 10,000 steps quadratic).
     let steps = &w.steps;
     let input_names: Vec<&str> = w.inputs.keys().map(String::as_str).collect();
+    let streamed: Vec<&str> = w
+        .inputs
+        .iter()
+        .filter(|(_, d)| d.stream)
+        .map(|(n, _)| n.as_str())
+        .collect();
+    info.streamed = for_each
+        .as_ref()
+        .and_then(|fe| streamed_source(&fe.text))
+        .filter(|name| streamed.contains(name))
+        .map(str::to_owned);
+    let whole_for_each = info.streamed.clone();
+    if let Some(name) = &info.streamed {
+        // Their calls are kept whole (trimmed, chunked, with turns), which a
+        // list that is never held cannot give them.
+        for (key, set) in [
+            ("context", step.context.is_some()),
+            ("history", step.history.is_some()),
+        ] {
+            if set {
+                diags.push(
+                    Diagnostic::error(
+                        "streamed-input",
+                        format!("step `{id}` fans out over streamed input `{name}` and has `{key}`"),
+                    )
+                    .at(doc.key_span(&sp(key)))
+                    .with_help(format!("a streamed list's calls are made one at a time and never held: remove `{key}` from the step, or `stream: true` from the input")),
+                );
+            }
+        }
+    }
     let sources = [
         (prompt.as_ref(), "the prompt", true),
         (system.as_ref(), "the system prompt", true),
@@ -386,6 +422,8 @@ fn analyze_step(
                     retrieved_ok,
                     steps,
                     input_names: &input_names,
+                    streamed: &streamed,
+                    whole_for_each: whole_for_each.as_deref().filter(|_| what == "`for_each`"),
                     globals: &globals,
                 },
                 &mut info,
@@ -418,6 +456,13 @@ fn analyze_step(
     check_retrieval_and_history(w, doc, id, step, &mut info, diags);
     check_attachments(w, doc, id, step, &mut info, diags);
     info
+}
+
+/// The input a `for_each` expression is exactly (`inputs.NAME`, spaces
+/// around it allowed): the only expression a streamed input may be.
+fn streamed_source(text: &str) -> Option<&str> {
+    let name = text.trim().strip_prefix("inputs.")?;
+    (!name.is_empty() && name.chars().all(|c| c.is_alphanumeric() || c == '_')).then_some(name)
 }
 
 /// Adds the summary step of every `history` with `summarize_older` (just
@@ -624,6 +669,14 @@ fn load_documents(
         }
         if let Some(input) = &set.input {
             match w.inputs.get(input) {
+                Some(decl) if decl.stream => diags.push(
+                    Diagnostic::error(
+                        "streamed-input",
+                        format!("document set `{name}` is input `{input}`, which is streamed"),
+                    )
+                    .at(doc.span(&sp("input")))
+                    .with_help("retrieval reads every document at once: remove `stream: true` from the input, or use another one"),
+                ),
                 Some(decl) if decl.kind == crate::workflow::InputType::Array => {}
                 Some(decl) => diags.push(
                     Diagnostic::error(
@@ -824,6 +877,11 @@ struct Ctx<'a> {
     retrieved_ok: bool,
     steps: &'a IndexMap<String, Step>,
     input_names: &'a [&'a str],
+    /// The inputs declared `stream: true`.
+    streamed: &'a [&'a str],
+    /// This is the step's `for_each` and it is exactly `inputs.NAME`: the
+    /// one way a streamed input may be read.
+    whole_for_each: Option<&'a str>,
 }
 
 impl Ctx<'_> {
@@ -847,6 +905,12 @@ fn check_reference(
             .with_help(help)
     };
     match parts.as_slice() {
+        ["inputs"] if !ctx.streamed.is_empty() => diags.push(streamed_read(r, source, ctx)),
+        ["inputs", name, ..]
+            if ctx.streamed.contains(name) && ctx.whole_for_each != Some(*name) =>
+        {
+            diags.push(streamed_read(r, source, ctx));
+        }
         ["inputs"] => {
             // The whole mapping is read (e.g. `inputs | tojson`).
             info.reads_inputs
@@ -945,8 +1009,44 @@ fn check_reference(
     }
 }
 
+/// A streamed input read other than as a step's whole `for_each`: its
+/// items are never in memory together, so nothing else can read them.
+fn streamed_read(r: &str, source: &Source, ctx: &Ctx<'_>) -> Diagnostic {
+    let name = match template::split(r).as_slice() {
+        [_, name, ..] => (*name).to_owned(),
+        _ => ctx.streamed.join("`, `"),
+    };
+    Diagnostic::error(
+        "streamed-input",
+        format!(
+            "{} of step `{}` reads `{r}`, but input `{name}` is streamed",
+            ctx.what, ctx.id
+        ),
+    )
+    .at(source.span_of_name(ctx.doc, r))
+    .with_label("read here")
+    .with_help(format!(
+        "a streamed input (`stream: true`) is read a line at a time, only as a whole list: `for_each: inputs.{name}`, each line then `item`; remove `stream: true` to read it otherwise"
+    ))
+}
+
 fn check_inputs(w: &Workflow, doc: &Document, diags: &mut Vec<Diagnostic>) {
     for (name, decl) in &w.inputs {
+        if decl.stream && decl.kind != crate::workflow::InputType::Array {
+            diags.push(
+                Diagnostic::error(
+                    "input-type",
+                    format!(
+                        "input `{name}` is of type {}: only an array can be streamed",
+                        decl.kind.name()
+                    ),
+                )
+                .at(doc.span(&pointer(["inputs", name.as_str(), "stream"])))
+                .with_help(
+                    "`stream: true` goes with `type: array` (a JSON Lines file, one item per line)",
+                ),
+            );
+        }
         for key in ["default", "example"] {
             let value = if key == "default" {
                 &decl.default

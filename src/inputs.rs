@@ -11,6 +11,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::diagnostic::{Diagnostic, did_you_mean, one_of};
+use crate::streamed::StreamedList;
 use crate::workflow::{InputType, Workflow};
 
 /// One `--input` argument as typed.
@@ -79,6 +80,10 @@ pub struct InputValue {
     /// `attachments:`); `None` for other types and for a plan's stand-in.
     #[serde(skip)]
     pub attachment: Option<std::sync::Arc<crate::attachment::Attachment>>,
+    /// A streamed input given as a JSON Lines file: its items, read from
+    /// the file on each pass (`value` is then [`StreamedList::descriptor`]).
+    #[serde(skip)]
+    pub stream: Option<std::sync::Arc<StreamedList>>,
 }
 
 /// The attachment kind an input type carries.
@@ -97,6 +102,10 @@ pub type Inputs = IndexMap<String, InputValue>;
 /// also the file's SHA-256 and absolute path, so a resume can read the same
 /// bytes again ([`journaled`]) — the journal keeps no file contents.
 pub fn journal_value(v: &InputValue) -> Value {
+    if let Some(list) = &v.stream {
+        // The descriptor already names the file and its SHA-256.
+        return list.descriptor();
+    }
     match (&v.attachment, &v.value) {
         (Some(a), Value::Object(descriptor)) => {
             let mut o = descriptor.clone();
@@ -122,6 +131,15 @@ pub fn journaled(workflow: &Workflow, stored: &Value) -> Result<Inputs, Vec<Diag
         let Some(v) = stored.and_then(|o| o.get(name)) else {
             continue;
         };
+        if decl.stream && v.is_object() {
+            match restream(v) {
+                Ok(list) => {
+                    out.insert(name.clone(), streamed_value(list));
+                }
+                Err(why) => diags.push(resume_error(name, &why)),
+            }
+            continue;
+        }
         let Some(kind) = attachment_kind(decl.kind) else {
             out.insert(
                 name.clone(),
@@ -129,6 +147,7 @@ pub fn journaled(workflow: &Workflow, stored: &Value) -> Result<Inputs, Vec<Diag
                     value: v.clone(),
                     source: ValueSource::Given,
                     attachment: None,
+                    stream: None,
                 },
             );
             continue;
@@ -141,18 +160,11 @@ pub fn journaled(workflow: &Workflow, stored: &Value) -> Result<Inputs, Vec<Diag
                         value: a.descriptor(),
                         source: ValueSource::Given,
                         attachment: Some(std::sync::Arc::new(a)),
+                        stream: None,
                     },
                 );
             }
-            Err(why) => diags.push(
-                Diagnostic::error(
-                    "resume-input-file",
-                    format!("cannot resume with input `{name}`: {why}"),
-                )
-                .with_help(
-                    "put the same file back where it was, or run again without --resume: calls whose requests did not change are answered from the cache at no cost",
-                ),
-            ),
+            Err(why) => diags.push(resume_error(name, &why)),
         }
     }
     if diags.is_empty() {
@@ -160,6 +172,58 @@ pub fn journaled(workflow: &Workflow, stored: &Value) -> Result<Inputs, Vec<Diag
     } else {
         Err(diags)
     }
+}
+
+fn resume_error(name: &str, why: &str) -> Diagnostic {
+    Diagnostic::error(
+        "resume-input-file",
+        format!("cannot resume with input `{name}`: {why}"),
+    )
+    .with_help(
+        "put the same file back where it was, or run again without --resume: calls whose requests did not change are answered from the cache at no cost",
+    )
+}
+
+/// A streamed input's file, read and checked again from the path the
+/// journal kept, and compared with the SHA-256 it kept.
+fn restream(stored: &Value) -> Result<std::sync::Arc<StreamedList>, String> {
+    let (Some(path), Some(sha256)) = (
+        stored.get("stream").and_then(Value::as_str),
+        stored.get("sha256").and_then(Value::as_str),
+    ) else {
+        return Err("the journal does not say which file it was".into());
+    };
+    let list = StreamedList::open(Path::new(path))
+        .map_err(|e| format!("the file {path} it was read from cannot be read again: {e}"))?;
+    if list.sha256() != sha256 {
+        return Err(format!(
+            "the file {path} changed since the run started (SHA-256 {}…, was {}…)",
+            &list.sha256()[..12],
+            sha256.get(..12).unwrap_or(sha256)
+        ));
+    }
+    Ok(std::sync::Arc::new(list))
+}
+
+/// A streamed input's value: the file's descriptor, and the list.
+fn streamed_value(list: std::sync::Arc<StreamedList>) -> InputValue {
+    InputValue {
+        value: list.descriptor(),
+        source: ValueSource::Given,
+        attachment: None,
+        stream: Some(list),
+    }
+}
+
+/// The streamed lists among resolved inputs, by name.
+pub type Streams = std::collections::BTreeMap<String, std::sync::Arc<StreamedList>>;
+
+/// The inputs given as streamed lists.
+pub fn streams(inputs: &Inputs) -> Streams {
+    inputs
+        .iter()
+        .filter_map(|(k, v)| v.stream.clone().map(|l| (k.clone(), l)))
+        .collect()
 }
 
 /// An attachment input's file, read again from the path the journal kept
@@ -210,6 +274,7 @@ pub fn resolve(
     let mut stdin_used = false;
     let mut attached: IndexMap<&str, std::sync::Arc<crate::attachment::Attachment>> =
         IndexMap::new();
+    let mut streamed: IndexMap<&str, std::sync::Arc<StreamedList>> = IndexMap::new();
     // Inputs that were given, even if their value was bad: already reported,
     // so not "missing" as well.
     let mut mentioned: std::collections::HashSet<&str> = std::collections::HashSet::new();
@@ -267,6 +332,51 @@ pub fn resolve(
                 ),
             }
             continue;
+        }
+        if decl.stream {
+            match &r.value {
+                RawValue::File(path) => {
+                    match StreamedList::open(Path::new(path)) {
+                        Ok(list) => {
+                            if streamed
+                                .insert(r.name.as_str(), std::sync::Arc::new(list))
+                                .is_some()
+                            {
+                                diags.push(Diagnostic::error(
+                                    "duplicate-input",
+                                    format!("--input {} is given twice", r.name),
+                                ));
+                            }
+                        }
+                        Err(err) => diags.push(
+                            Diagnostic::error(
+                                "input-file",
+                                format!("--input {}: cannot use `{path}`: {err}", r.name),
+                            )
+                            .with_help(err.hint()),
+                        ),
+                    }
+                    continue;
+                }
+                RawValue::Stdin => {
+                    diags.push(
+                        Diagnostic::error(
+                            "input-stdin",
+                            format!(
+                                "--input {}=@-: a streamed input is read once per pass, from a file",
+                                r.name
+                            ),
+                        )
+                        .with_help(format!(
+                            "save it to a file first and give --input {}=@FILE.jsonl",
+                            r.name
+                        )),
+                    );
+                    continue;
+                }
+                // A JSON array typed in is an array input like any other.
+                RawValue::Text(_) => {}
+            }
         }
         let text = match &r.value {
             RawValue::Text(t) => t.clone(),
@@ -331,29 +441,35 @@ pub fn resolve(
     }
     let mut out = Inputs::new();
     for (name, decl) in &workflow.inputs {
-        let resolved = if let Some(a) = attached.shift_remove(name.as_str()) {
+        let resolved = if let Some(list) = streamed.shift_remove(name.as_str()) {
+            Some(streamed_value(list))
+        } else if let Some(a) = attached.shift_remove(name.as_str()) {
             Some(InputValue {
                 value: a.descriptor(),
                 source: ValueSource::Given,
                 attachment: Some(a),
+                stream: None,
             })
         } else if let Some(v) = given.shift_remove(name.as_str()) {
             Some(InputValue {
                 value: v,
                 source: ValueSource::Given,
                 attachment: None,
+                stream: None,
             })
         } else if let Some(v) = &decl.default {
             Some(InputValue {
                 value: v.clone(),
                 source: ValueSource::Default,
                 attachment: None,
+                stream: None,
             })
         } else if let (true, Some(v)) = (use_examples, &decl.example) {
             Some(InputValue {
                 value: v.clone(),
                 source: ValueSource::Example,
                 attachment: None,
+                stream: None,
             })
         } else if decl.is_required() && !mentioned.contains(name.as_str()) {
             diags.push(
@@ -368,6 +484,7 @@ pub fn resolve(
                 value: Value::Null,
                 source: ValueSource::Default,
                 attachment: None,
+                stream: None,
             })
         };
         if let Some(v) = resolved {
@@ -429,6 +546,7 @@ pub fn from_values(
                         value: a.descriptor(),
                         source: ValueSource::Given,
                         attachment: Some(std::sync::Arc::new(a)),
+                        stream: None,
                     },
                     Err(err) => {
                         diags.push(
@@ -447,11 +565,13 @@ pub fn from_values(
                 value: v.clone(),
                 source: ValueSource::Given,
                 attachment: None,
+                stream: None,
             },
             (None, Some(v)) => InputValue {
                 value: v.clone(),
                 source: ValueSource::Default,
                 attachment: None,
+                stream: None,
             },
             (None, None) if decl.is_required() => {
                 diags.push(
@@ -465,6 +585,7 @@ pub fn from_values(
                 value: Value::Null,
                 source: ValueSource::Default,
                 attachment: None,
+                stream: None,
             },
         };
         out.insert(name.clone(), value);
@@ -508,7 +629,15 @@ pub fn placeholders(workflow: &Workflow) -> Inputs {
                     (v, ValueSource::Example)
                 }
             };
-            (name.clone(), InputValue { value, source, attachment: None })
+            (
+                name.clone(),
+                InputValue {
+                    value,
+                    source,
+                    attachment: None,
+                    stream: None,
+                },
+            )
         })
         .collect()
 }

@@ -65,6 +65,7 @@ pub mod schema;
 pub mod sensitivity;
 pub mod spill;
 pub mod step;
+pub mod streamed;
 pub mod template;
 pub mod tokens;
 pub mod usage;

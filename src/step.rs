@@ -20,6 +20,7 @@
 //! execution order) stay in `plan`; run-only ones (calls, retries, the
 //! budget) stay in `run`.
 
+use std::borrow::Cow;
 use std::collections::BTreeSet;
 use std::sync::{Arc, OnceLock};
 
@@ -34,6 +35,7 @@ use crate::context::{ContextSpec, Effect, InputCut, budget};
 use crate::diagnostic::Diagnostic;
 use crate::policy::Policy;
 use crate::route::Facts;
+use crate::streamed::StreamedList;
 use crate::template::{self, Source};
 use crate::tokens::{self, Tokenizer};
 use crate::workflow::{InputType, Step, Workflow};
@@ -209,6 +211,7 @@ impl std::fmt::Debug for Calls {
             Calls::Lazy(l) => f
                 .debug_struct("Lazy")
                 .field("items", &l.items.len())
+                .field("streamed", &matches!(l.items, ItemSource::Streamed { .. }))
                 .field("first", &l.first)
                 .finish_non_exhaustive(),
         }
@@ -221,16 +224,76 @@ struct Lazy {
     /// The analysis's environment (a clone shares its functions; the
     /// templates are compiled once per pass over the calls).
     env: minijinja::Environment<'static>,
-    system: Option<String>,
-    prompt: String,
+    step: String,
+    system: Option<Source>,
+    prompt: Source,
     ctx: RenderContext,
-    items: Vec<Option<Value>>,
+    items: ItemSource,
     /// The first call as sent (shared prefix and attachments set): what the
     /// plan hashes and measures for prompt caching.
     first: RenderedCall,
 }
 
-/// The calls of a step in item order ([`Expanded::calls`]).
+/// Where a fan-out's items come from.
+enum ItemSource {
+    /// Evaluated from the step's context (`None`: the one call of a step
+    /// without `for_each`).
+    Held(Vec<Option<Value>>),
+    /// A streamed input given as a file ([`crate::streamed`]): read again
+    /// on each pass, each block checked against the first reading.
+    Streamed {
+        list: Arc<StreamedList>,
+        input: String,
+        /// The step's `for_each`, where a failed reading is located.
+        for_each: Source,
+    },
+}
+
+/// One pass over a step's items, in order.
+type ItemIter<'a> = Box<dyn Iterator<Item = Result<Cow<'a, Option<Value>>, StepError>> + Send + 'a>;
+
+impl ItemSource {
+    fn len(&self) -> usize {
+        match self {
+            ItemSource::Held(items) => items.len(),
+            ItemSource::Streamed { list, .. } => usize::try_from(list.len()).unwrap_or(usize::MAX),
+        }
+    }
+
+    fn iter(&self) -> ItemIter<'_> {
+        match self {
+            ItemSource::Held(items) => Box::new(items.iter().map(|i| Ok(Cow::Borrowed(i)))),
+            ItemSource::Streamed {
+                list,
+                input,
+                for_each,
+            } => Box::new(list.items().map(move |item| {
+                item.map(|v| Cow::Owned(Some(v)))
+                    .map_err(|e| StepError::Invalid {
+                        source: for_each.clone(),
+                        message: format!(
+                            "streamed input `{input}` ({}): {e}",
+                            list.path().display()
+                        ),
+                        help: e.hint(),
+                    })
+            })),
+        }
+    }
+
+    /// The bound on what the step's calls render together: a held fan-out's
+    /// is what memory and a plan can take; a streamed one's calls are never
+    /// held, so its bound is on the work alone.
+    fn rendered_bound(&self) -> usize {
+        match self {
+            ItemSource::Held(_) => template::MAX_STEP_RENDERED_BYTES,
+            ItemSource::Streamed { .. } => template::MAX_STREAMED_STEP_RENDERED_BYTES,
+        }
+    }
+}
+
+/// The calls of a step in item order ([`Expanded::calls`]). A call of a
+/// streamed list can fail: its file is read again and may have changed.
 pub struct CallIter<'a> {
     inner: IterInner<'a>,
 }
@@ -240,29 +303,42 @@ enum IterInner<'a> {
     Lazy {
         lazy: &'a Lazy,
         templates: Templates<'a>,
-        items: std::slice::Iter<'a, Option<Value>>,
+        items: ItemIter<'a>,
+        failed: bool,
     },
 }
 
 impl<'a> Iterator for CallIter<'a> {
-    type Item = std::borrow::Cow<'a, RenderedCall>;
+    type Item = Result<Cow<'a, RenderedCall>, StepError>;
 
     fn next(&mut self) -> Option<Self::Item> {
         match &mut self.inner {
-            IterInner::Kept(calls) => calls.next().map(std::borrow::Cow::Borrowed),
+            IterInner::Kept(calls) => calls.next().map(|c| Ok(Cow::Borrowed(c))),
             IterInner::Lazy {
                 lazy,
                 templates,
                 items,
+                failed,
             } => {
-                let item = items.next()?;
-                let mut call = render_call(templates, &lazy.ctx, item.as_ref(), &NO_TURNS)
-                    // `expand` rendered this item with the same template and
-                    // context before handing the step out.
-                    .unwrap_or_else(|f| panic!("a call renders again as it first did: {f:?}"));
+                if *failed {
+                    return None;
+                }
+                let call = items.next()?.and_then(|item| {
+                    // `expand` rendered this item with the same templates
+                    // and context (and, for a streamed list, the same
+                    // checked bytes): rendering is deterministic, so this
+                    // fails only if that invariant is broken — an error,
+                    // not a panic, all the same.
+                    render_call(templates, &lazy.ctx, item.as_ref().as_ref(), &NO_TURNS)
+                        .map_err(|f| lazy.failed(f))
+                });
+                let Ok(mut call) = call else {
+                    *failed = true;
+                    return Some(call.map(Cow::Owned));
+                };
                 call.shared_prefix = lazy.first.shared_prefix;
                 call.attachments = Arc::clone(&lazy.first.attachments);
-                Some(std::borrow::Cow::Owned(call))
+                Some(Ok(Cow::Owned(call)))
             }
         }
     }
@@ -271,6 +347,25 @@ impl<'a> Iterator for CallIter<'a> {
         match &self.inner {
             IterInner::Kept(calls) => calls.size_hint(),
             IterInner::Lazy { items, .. } => items.size_hint(),
+        }
+    }
+}
+
+impl Lazy {
+    fn failed(&self, f: Failed) -> StepError {
+        let (source, error, what) = match f {
+            Failed::System(e) => (
+                self.system.clone().expect("a system prompt failed"),
+                e,
+                "the system prompt",
+            ),
+            Failed::Prompt(e) => (self.prompt.clone(), e, "the prompt"),
+        };
+        StepError::Template {
+            step: self.step.clone(),
+            source,
+            error,
+            what,
         }
     }
 }
@@ -326,12 +421,14 @@ impl Expanded {
     }
 
     /// Every call in item order, each rendered when the iterator reaches
-    /// it (a fan-out's are not held: see [`Calls`]).
-    pub fn calls(&self) -> CallIter<'_> {
+    /// it (a fan-out's are not held: see [`Calls`]). Only a streamed
+    /// list's calls can fail (its file changed since `expand` read it);
+    /// the iterator ends after an error.
+    pub fn calls<'a>(&'a self) -> CallIter<'a> {
         let inner = match &self.calls {
             Calls::Kept(calls) => IterInner::Kept(calls.iter()),
             Calls::Lazy(l) => {
-                let compile = |text| {
+                let compile = |text: &'a str| {
                     template::compile(&l.env, text)
                         // `expand` compiled the same text in the same environment.
                         .unwrap_or_else(|e| panic!("a template compiles again: {e}"))
@@ -339,14 +436,21 @@ impl Expanded {
                 IterInner::Lazy {
                     lazy: l,
                     templates: Templates {
-                        system: l.system.as_deref().map(compile),
-                        prompt: compile(&l.prompt),
+                        system: l.system.as_ref().map(|s| compile(&s.text)),
+                        prompt: compile(&l.prompt.text),
                     },
                     items: l.items.iter(),
+                    failed: false,
                 }
             }
         };
         CallIter { inner }
+    }
+
+    /// The step's items come from a streamed input's file: its calls are
+    /// neither held nor bounded as a plan's are.
+    pub fn is_streamed(&self) -> bool {
+        matches!(&self.calls, Calls::Lazy(l) if matches!(l.items, ItemSource::Streamed { .. }))
     }
 
     /// The bytes of every call's messages, together.
@@ -374,6 +478,12 @@ impl Expanded {
         }
         let mut max = vec![0u64; toks.len()];
         for c in self.calls() {
+            let Ok(c) = c else {
+                // Only a streamed list can fail here, and a run counts its
+                // calls for every tokenizer of the policy while `expand`
+                // reads it; a call that cannot be read again fits nothing.
+                return u64::MAX;
+            };
             let messages: Vec<&str> = c.messages().collect();
             for (m, t) in max.iter_mut().zip(&toks) {
                 *m = (*m).max(tokens::count_chat(*t, &messages) as u64);
@@ -436,6 +546,8 @@ pub struct Scope<'a> {
     /// The bytes of the `image` / `file` inputs that were given (a plan
     /// may have none: it routes and estimates by the declared kind).
     pub files: &'a crate::inputs::Files,
+    /// The streamed inputs that were given as files.
+    pub streams: &'a crate::inputs::Streams,
     /// Effective sensitivity levels, by step index.
     pub levels: &'a [usize],
     pub upstream: Upstream<'a>,
@@ -590,23 +702,33 @@ pub fn expand(scope: &Scope<'_>, inherited: When) -> Result<Expanded, StepError>
     };
     let (turns, history_stats) = turns(scope)?;
     out.history = history_stats;
-    let items = match items(scope, &base)? {
-        Items::One => vec![None],
-        Items::List(list, fan_out) => {
-            let empty = list.is_empty();
-            out.fan_out = Some(fan_out);
-            if empty {
-                // Nothing to render: the step makes no call.
-                if !out.when.is_skipped() {
-                    out.when = When::Skipped("for_each list is empty".to_owned());
-                }
-                return Ok(out);
+    let found = items(scope, &base)?;
+    if let Items::List(_, fan_out) | Items::Stream(_, fan_out) = &found {
+        out.fan_out = Some(fan_out.clone());
+        if fan_out.items == 0 {
+            // Nothing to render: the step makes no call.
+            if !out.when.is_skipped() {
+                out.when = When::Skipped("for_each list is empty".to_owned());
             }
-            list.into_iter().map(Some).collect()
+            return Ok(out);
+        }
+    }
+    let items = match found {
+        Items::One => vec![None],
+        Items::List(list, _) => list.into_iter().map(Some).collect(),
+        Items::Stream(list, _) => {
+            // The analysis refuses `context:` and `history` on a streamed
+            // step: their calls are kept.
+            let source = ItemSource::Streamed {
+                list,
+                input: info.streamed.clone().unwrap_or_default(),
+                for_each: info.for_each.clone().expect("a streamed step has for_each"),
+            };
+            return render_lazily(scope, out, ctx, source, received);
         }
     };
     if items.len() > 1 && step.context.is_none() && step.history.is_none() {
-        return render_lazily(scope, out, ctx, items, received);
+        return render_lazily(scope, out, ctx, ItemSource::Held(items), received);
     }
     let (mut calls, rendered_level) = render(scope, &ctx, &items, &turns)?;
     out.rendered_level = rendered_level.max(received);
@@ -629,33 +751,56 @@ pub fn expand(scope: &Scope<'_>, inherited: When) -> Result<Expanded, StepError>
 /// (kept as totals), then left to be rendered again when they are made
 /// ([`Calls::Lazy`]). Every item is rendered here, so an item that cannot
 /// be is this step's error, as if its calls were kept.
+///
+/// A run also counts a streamed list's tokens here, for every tokenizer
+/// routing asks about ([`Expanded::max_tokens`]): reading the file again
+/// for them would be one more pass that could find it changed.
 fn render_lazily(
     scope: &Scope<'_>,
     mut out: Expanded,
     ctx: RenderContext,
-    items: Vec<Option<Value>>,
+    items: ItemSource,
     received: usize,
 ) -> Result<Expanded, StepError> {
     let mut tally = FirstPass::new(scope);
     let mut prefix = SharedPrefix::default();
     let mut first = None;
-    let rendered_level = render_each(scope, &ctx, &items, &NO_TURNS, &mut |call| {
+    let count =
+        matches!(items, ItemSource::Streamed { .. }) && matches!(scope.upstream, Upstream::Real(_));
+    let toks = if count {
+        out.tokenizers.clone()
+    } else {
+        Vec::new()
+    };
+    let mut max = vec![0u64; toks.len()];
+    let bound = items.rendered_bound();
+    let rendered_level = render_each(scope, &ctx, items.iter(), &NO_TURNS, bound, &mut |call| {
         tally.add(&call);
         prefix.add(&call);
+        if !toks.is_empty() {
+            let messages: Vec<&str> = call.messages().collect();
+            for (m, t) in max.iter_mut().zip(&toks) {
+                *m = (*m).max(tokens::count_chat(*t, &messages) as u64);
+            }
+        }
         if first.is_none() {
             first = Some(call);
         }
     })?;
+    for (t, m) in toks.iter().zip(max) {
+        let _ = out.max_tokens[token_slot(*t)].set(m);
+    }
     out.rendered_level = rendered_level.max(received);
     tally.finish(&mut out);
-    let mut first = first.expect("a fan-out of more than one item renders a first call");
+    let mut first = first.expect("a fan-out of at least one item renders a first call");
     first.shared_prefix = prefix.finish();
     first.attachments = Arc::clone(&out.attachments);
     let info = scope.info();
     out.calls = Calls::Lazy(Box::new(Lazy {
         env: scope.analysis.env.clone(),
-        system: info.system.as_ref().map(|s| s.text.clone()),
-        prompt: info.prompt.text.clone(),
+        step: info.id.clone(),
+        system: info.system.clone(),
+        prompt: info.prompt.clone(),
         ctx,
         items,
         first,
@@ -1084,6 +1229,8 @@ enum Items {
     /// No `for_each`: one call.
     One,
     List(Vec<Value>, FanOut),
+    /// A streamed input's file.
+    Stream(Arc<StreamedList>, FanOut),
 }
 
 /// `for_each`, over the step's base context.
@@ -1091,6 +1238,16 @@ fn items(scope: &Scope<'_>, base: &minijinja::Value) -> Result<Items, StepError>
     let Some(fe) = &scope.info().for_each else {
         return Ok(Items::One);
     };
+    // A streamed input given as a file (given as a JSON array, it is
+    // evaluated as any list is).
+    let streamed = scope.info().streamed.as_ref();
+    if let Some(list) = streamed.and_then(|name| scope.streams.get(name)) {
+        let fan_out = FanOut {
+            items: list.len(),
+            known: true,
+        };
+        return Ok(Items::Stream(Arc::clone(list), fan_out));
+    }
     let env = &scope.analysis.env;
     if let Some(estimates) = scope.estimates_read(fe)? {
         // The list comes from upstream outputs: evaluated over their
@@ -1199,7 +1356,11 @@ fn render(
     turns: &history::Window,
 ) -> Result<(Vec<RenderedCall>, usize), StepError> {
     let mut calls = Vec::with_capacity(items.len());
-    let level = render_each(scope, ctx, items, turns, &mut |c| calls.push(c))?;
+    let items = items.iter().map(|i| Ok(Cow::Borrowed(i)));
+    let bound = template::MAX_STEP_RENDERED_BYTES;
+    let level = render_each(scope, ctx, Box::new(items), turns, bound, &mut |c| {
+        calls.push(c)
+    })?;
     let shared = shared_prefix(&calls);
     for c in &mut calls {
         c.shared_prefix = shared;
@@ -1216,8 +1377,9 @@ fn render(
 fn render_each(
     scope: &Scope<'_>,
     ctx: &RenderContext,
-    items: &[Option<Value>],
+    items: ItemIter<'_>,
     turns: &history::Window,
+    bound: usize,
     each: &mut dyn FnMut(RenderedCall),
 ) -> Result<usize, StepError> {
     let info = scope.info();
@@ -1241,23 +1403,24 @@ fn render_each(
     let templates = Templates { system, prompt };
     let mut total = 0usize;
     for item in items {
-        let call = render_call(&templates, ctx, item.as_ref(), turns).map_err(|f| match f {
-            Failed::System(e) => {
-                let s = info.system.as_ref().expect("a system prompt failed");
-                scope.template(s, e, "the system prompt")
-            }
-            Failed::Prompt(e) => scope.template(&info.prompt, e, "the prompt"),
-        })?;
+        let item = item?;
+        let call =
+            render_call(&templates, ctx, item.as_ref().as_ref(), turns).map_err(|f| match f {
+                Failed::System(e) => {
+                    let s = info.system.as_ref().expect("a system prompt failed");
+                    scope.template(s, e, "the system prompt")
+                }
+                Failed::Prompt(e) => scope.template(&info.prompt, e, "the prompt"),
+            })?;
         // A bound on the work (and, for calls that are kept, the memory) of
         // a step's rendering: a fan-out's calls are rendered twice.
         total += call.len();
-        if total > template::MAX_STEP_RENDERED_BYTES {
+        if total > bound {
             return Err(StepError::Invalid {
                 source: info.prompt.clone(),
                 message: format!(
-                    "the calls of step `{}` render more than {} bytes together",
+                    "the calls of step `{}` render more than {bound} bytes together",
                     info.id,
-                    template::MAX_STEP_RENDERED_BYTES
                 ),
                 help: "a step's prompts (one per for_each item) are bounded as a whole: fan out over fewer or smaller items",
             });
@@ -1396,6 +1559,7 @@ mod tests {
             index: a.steps.get_index_of(id).unwrap(),
             inputs: &inputs,
             files: &Default::default(),
+            streams: &Default::default(),
             levels: &levels,
             upstream: match real {
                 Some(r) => Upstream::Real(r),
@@ -1419,7 +1583,7 @@ mod tests {
                 known: true
             })
         );
-        let calls: Vec<_> = e.calls().collect();
+        let calls: Vec<_> = e.calls().map(Result::unwrap).collect();
         let prompts: Vec<&str> = calls.iter().map(|c| c.prompt.as_str()).collect();
         assert_eq!(prompts, ["file a", "file b"]);
         assert_eq!(calls[0].messages().collect::<Vec<_>>(), ["S", "file a"]);
@@ -1551,7 +1715,7 @@ mod tests {
             let contexts = crate::analyze::CONTEXTS_BUILT.with(std::cell::Cell::get);
             let compiled = template::COMPILED.with(std::cell::Cell::get);
             let e = expand_with(&a, "s", json!({ "files": files }), Some(&Map::new())).unwrap();
-            let calls: Vec<_> = e.calls().collect();
+            let calls: Vec<_> = e.calls().map(Result::unwrap).collect();
             assert_eq!((e.len(), calls.len()), (n, n));
             assert_eq!(calls[n - 1].prompt, format!("file f{}", n - 1));
             assert_eq!(calls[0].system.as_deref(), Some(format!("of {n}").as_str()));
@@ -1633,6 +1797,7 @@ mod tests {
             index: a.steps.get_index_of("s").unwrap(),
             inputs: &inputs,
             files: &Default::default(),
+            streams: &Default::default(),
             levels: &levels,
             upstream: Upstream::Real(&real),
         };
@@ -1648,7 +1813,7 @@ mod tests {
             .collect();
         let (seen, _) = render(&scope, &scope.context(), &items, &NO_TURNS).unwrap();
         assert!(matches!(e.calls, Calls::Lazy(_)), "{:?}", e.calls);
-        let again: Vec<RenderedCall> = e.calls().map(std::borrow::Cow::into_owned).collect();
+        let again: Vec<RenderedCall> = e.calls().map(|c| c.unwrap().into_owned()).collect();
         assert_eq!(again.len(), 4);
         let shared = shared_prefix(&seen);
         assert_eq!(shared, "Shared line\n".len());

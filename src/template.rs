@@ -39,6 +39,11 @@ pub const MAX_FOR_EACH_ITEMS: usize = 100_000;
 /// the bound keeps the work of rendering and counting them in reach).
 pub const MAX_STEP_RENDERED_BYTES: usize = 32 << 20;
 
+/// The same bound for a `for_each` over a streamed input
+/// ([`crate::streamed`]): its calls are never held, so this bounds only
+/// the work of rendering them (64 GiB, four times the largest file's bytes).
+pub const MAX_STREAMED_STEP_RENDERED_BYTES: usize = 64 << 30;
+
 /// The most text a whole plan may render (bytes): `plan` (and `run`, which
 /// plans first) renders every step before it routes them, so a workflow of
 /// many steps at the step bound needs this one too.

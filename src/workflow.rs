@@ -220,6 +220,10 @@ pub struct InputDecl {
     pub required: Option<bool>,
     /// A sample value for dry runs.
     pub example: Option<Value>,
+    /// An `array` given as a JSON Lines file and read a line at a time
+    /// ([`crate::streamed`]); read only as a whole `for_each`.
+    #[serde(default)]
+    pub stream: bool,
 }
 
 impl InputDecl {

@@ -305,6 +305,7 @@ mod tests {
                 value: Value::String(ticket.to_owned()),
                 source: ValueSource::Given,
                 attachment: None,
+                stream: None,
             },
         )]
         .into_iter()

@@ -392,6 +392,7 @@ fn prepare_all(
         .map(|(k, v)| (k.clone(), v.value.clone()))
         .collect();
     let files = crate::inputs::files(inputs);
+    let streams = crate::inputs::streams(inputs);
     let mut diags = Vec::new();
     let mut prepared: Vec<Option<Prepared>> = (0..analysis.steps.len()).map(|_| None).collect();
     // Items per `for_each` step, so readers of its list of outputs see as many.
@@ -431,6 +432,7 @@ fn prepare_all(
             index: i,
             inputs: &input_ctx,
             files: &files,
+            streams: &streams,
             levels,
             upstream: Upstream::Estimated(&placeholders),
         };
@@ -444,7 +446,10 @@ fn prepare_all(
         if expanded.fan_out.is_some() {
             fan_outs.insert(id.clone(), expanded.call_count());
         }
-        rendered_total += expanded.rendered_bytes();
+        // A streamed step's calls are never held (bounded on their own).
+        if !expanded.is_streamed() {
+            rendered_total += expanded.rendered_bytes();
+        }
         if rendered_total > template::MAX_PLAN_RENDERED_BYTES {
             diags.push(
                 Diagnostic::error(
@@ -728,6 +733,7 @@ impl Router<'_> {
         // whole plan is within its bounds on rendered text.
         let mut tally = Tally::new(self.tokenizers);
         for c in p.expanded.calls() {
+            let c = c.map_err(|e| e.diagnostic(analysis.doc()))?;
             tally.add(&c, w);
         }
         let cache: HashMap<Tokenizer, Counts> = self
@@ -1079,7 +1085,7 @@ pub fn calls_sha256(
         .map(|e| e.level)
         .collect();
     let prepared = prepare_all(analysis, policy, inputs, &levels)?;
-    Ok(analysis
+    analysis
         .steps
         .keys()
         .zip(&prepared)
@@ -1087,11 +1093,12 @@ pub fn calls_sha256(
             let hashes = p
                 .expanded
                 .calls()
-                .map(|c| messages_sha256(c.messages()))
-                .collect();
-            (id.clone(), hashes)
+                .map(|c| c.map(|c| messages_sha256(c.messages())))
+                .collect::<Result<_, _>>()
+                .map_err(|e| vec![e.diagnostic(analysis.doc())])?;
+            Ok((id.clone(), hashes))
         })
-        .collect())
+        .collect()
 }
 
 /// The prompt-cache check of a step on a model that asks for caching: the

@@ -147,7 +147,13 @@ pub(super) async fn run(
     let api = sh.providers.batchers.get(&model.provider)?;
     // A batch holds every request at once (it is sent as one file), so its
     // calls are rendered all together here.
-    let rendered: Vec<RenderedCall> = expanded.calls().map(std::borrow::Cow::into_owned).collect();
+    // A streamed list that cannot be read again goes the synchronous way,
+    // which stops at the same error before any call.
+    let rendered: Vec<RenderedCall> = expanded
+        .calls()
+        .map(|c| c.map(std::borrow::Cow::into_owned))
+        .collect::<Result<_, _>>()
+        .ok()?;
     let rendered = rendered.as_slice();
     let b = BatchStep {
         sh,

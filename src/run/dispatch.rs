@@ -54,6 +54,7 @@ pub async fn execute_in(
         inputs,
     } = job;
     let files = crate::inputs::files(&inputs);
+    let streams = crate::inputs::streams(&inputs);
     let input_values: Map<String, Value> = match inputs {
         std::borrow::Cow::Owned(inputs) => inputs.into_iter().map(|(k, v)| (k, v.value)).collect(),
         std::borrow::Cow::Borrowed(inputs) => inputs
@@ -87,6 +88,7 @@ pub async fn execute_in(
         )),
         inputs: input_values,
         files,
+        streams,
         analysis: Arc::clone(&analysis),
         policy: Arc::clone(&policy),
         providers,

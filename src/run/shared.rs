@@ -24,6 +24,8 @@ pub(super) struct Shared {
     pub(super) inputs: Map<String, Value>,
     /// The bytes of the image and file inputs (`step::Scope::files`).
     pub(super) files: crate::inputs::Files,
+    /// The streamed inputs given as files (`step::Scope::streams`).
+    pub(super) streams: crate::inputs::Streams,
     pub(super) resources: Arc<Resources>,
     pub(super) budget: Budget,
     pub(super) tiers: Mutex<TierUsage>,

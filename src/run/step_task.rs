@@ -44,6 +44,7 @@ pub(super) async fn run_step(
             index: i,
             inputs: &sh.inputs,
             files: &sh.files,
+            streams: &sh.streams,
             levels: &sh.levels,
             upstream: Upstream::Real(&upstream),
         },
@@ -101,8 +102,15 @@ pub(super) async fn run_step(
     };
     let started = Instant::now();
     let mut collected = Collected::new(expanded.len());
-    make_calls(&ctx, &mut collected).await;
+    let unread = make_calls(&ctx, &mut collected).await;
     let mut report = gather(&sh, id, step, info.for_each.is_some(), collected);
+    if let Err(e) = unread {
+        // The calls made before it keep their reports (and their cost).
+        report.status = StepStatus::Failed;
+        report.output = None;
+        report.detail = Some(e.message(sh.analysis.doc()));
+        report.ignored_failure = step.continue_on_error;
+    }
     report.rule = rule;
     report.latency_ms = started.elapsed().as_millis() as u64;
     if let (1, Some(call)) = (expanded.len(), expanded.first()) {
@@ -191,8 +199,10 @@ impl Collected {
 
 /// Every call of the step, into `collected`: through the provider's batch
 /// API if the step asks for it, then what the batch did not answer one by
-/// one.
-async fn make_calls(ctx: &StepCalls<'_>, collected: &mut Collected) {
+/// one. An item that cannot be read (a streamed list's file changed)
+/// stops the step: no call is made for it or after it; the calls in flight
+/// finish.
+async fn make_calls(ctx: &StepCalls<'_>, collected: &mut Collected) -> Result<(), step::StepError> {
     // Each call is rendered when the window reaches it (a fan-out's calls
     // are not held: `step::Expanded::calls`).
     let expanded = ctx.expanded;
@@ -229,10 +239,18 @@ async fn make_calls(ctx: &StepCalls<'_>, collected: &mut Collected) {
     let window = ctx.sh.options.concurrency.max(1);
     let mut waiting = expanded.calls().enumerate();
     let mut in_flight = FuturesUnordered::new();
+    let mut unread = Ok(());
     loop {
-        while in_flight.len() < window {
+        while in_flight.len() < window && unread.is_ok() {
             let Some((n, call)) = waiting.next() else {
                 break;
+            };
+            let call = match call {
+                Ok(call) => call,
+                Err(e) => {
+                    unread = Err(e);
+                    break;
+                }
             };
             let batched = batched.as_mut().and_then(Iterator::next).flatten();
             in_flight.push(one_call(ctx, n, call, batched));
@@ -242,6 +260,7 @@ async fn make_calls(ctx: &StepCalls<'_>, collected: &mut Collected) {
         };
         collected.add(n, answered);
     }
+    unread
 }
 
 /// One item's call: the batch's answer if it has one, else the call itself

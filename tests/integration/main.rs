@@ -35,6 +35,7 @@ mod routes;
 mod run;
 mod sensitivity_gate;
 mod step_semantics;
+mod streamed;
 mod suites;
 mod team;
 mod terminal;

@@ -112,6 +112,7 @@ pub(super) async fn judge(
                     value: Value::String(v.to_owned()),
                     source: ValueSource::Given,
                     attachment: None,
+                    stream: None,
                 },
             )
         })
