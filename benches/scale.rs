@@ -25,8 +25,9 @@
 //! | `test-50ms-disk` / `-tmpfs` | `test`: 1,000 such cases, 50 ms, `--concurrency 16`; ideal 3.15 s; and the bare reqwest floor, as above |
 //! | `plan-small` | `plan workflows/ticket-triage.yaml -p policies/default.yaml` (3 steps, the example input) |
 //! | `plan-steps` | `plan` of 10,000 generated steps (the `plan` criterion bench's workflow) with the team policy |
-//! | `plan-foreach` | `plan` of one `for_each` step over 10⁴, 10⁵ and 10⁶ items (`--input items=@items.json`) |
-//! | `mem-test` / `mem-run` | peak memory of `test` over 1k/10k/100k cases and of `run` over a `for_each` of 1k/10k/100k items (0 ms, concurrency 16) |
+//! | `plan-foreach` | `plan` of one `for_each` step over 10⁴, 10⁵ and 10⁶ items (`--input items=@items.json`, a JSON array: 10⁶ is refused, above the 100,000 items a held list may have) |
+//! | `plan-foreach-streamed` | the same over 10⁴ … 10⁷ items given as a streamed input (`stream: true`, `--input items=@items.jsonl`, one item per line) |
+//! | `mem-test` / `mem-run` / `mem-run-streamed` | peak memory of `test` over 1k/10k/100k cases and of `run` over a `for_each` of 1k/10k/100k items, held or streamed (0 ms, concurrency 16) |
 //!
 //! `TOLLGATE_BENCH_BIN=PATH` measures another `tollgate` binary.
 //! `-- --serve` starts only the fakes and prints their addresses (for
@@ -420,6 +421,10 @@ impl Project {
             "version: 1\nname: fanout\ninputs:\n  items: { type: array }\nsteps:\n  label:\n    task: classify\n    for_each: inputs.items\n    prompt: \"Label as bug or feature: {{ item }}\"\n    max_output_tokens: 5\n",
         );
         write(
+            &root.path().join("fanout-streamed.yaml"),
+            "version: 1\nname: fanout\ninputs:\n  items: { type: array, stream: true }\nsteps:\n  label:\n    task: classify\n    for_each: inputs.items\n    prompt: \"Label as bug or feature: {{ item }}\"\n    max_output_tokens: 5\n",
+        );
+        write(
             &root.path().join("case.yaml"),
             "version: 1\nname: case\ninputs:\n  ticket: { type: string }\nsteps:\n  classify:\n    task: classify\n    prompt: \"Label as bug or feature: {{ inputs.ticket }}\"\n    max_output_tokens: 5\n",
         );
@@ -441,14 +446,31 @@ impl Project {
             .to_string()
     }
 
-    /// `items-N.json`: N short ticket strings.
-    fn items(&self, n: usize) -> String {
-        let path = self.path(&format!("items-{n}.json"));
+    /// `items-N.json`: N short ticket strings, as a JSON array, or
+    /// streamed: `items-N.jsonl`, one per line.
+    fn items(&self, n: usize, streamed: bool) -> String {
+        let ext = if streamed { "jsonl" } else { "json" };
+        let path = self.path(&format!("items-{n}.{ext}"));
         if !path.exists() {
-            let items: Vec<String> = (0..n).map(|i| format!("ticket {i}")).collect();
-            write(&path, &serde_json::to_string(&items).expect("JSON"));
+            let items = (0..n).map(|i| format!("\"ticket {i}\""));
+            let text = if streamed {
+                items.map(|i| i + "\n").collect::<String>()
+            } else {
+                format!("[{}]", items.collect::<Vec<_>>().join(","))
+            };
+            write(&path, &text);
         }
         path.display().to_string()
+    }
+
+    /// The fan-out workflow, over a JSON array input or a streamed one.
+    fn fanout(&self, streamed: bool) -> String {
+        let name = if streamed {
+            "fanout-streamed.yaml"
+        } else {
+            "fanout.yaml"
+        };
+        self.path(name).display().to_string()
     }
 
     /// `suite-N-slow.yaml` and its N-case JSONL file.
@@ -528,6 +550,8 @@ enum Work {
         items: usize,
         slow: bool,
         concurrency: usize,
+        /// The items as a streamed JSON Lines input, not a JSON array.
+        streamed: bool,
     },
     Test {
         cases: usize,
@@ -536,7 +560,8 @@ enum Work {
     },
     PlanSmall,
     PlanSteps(usize),
-    PlanForEach(usize),
+    /// Items, and whether they are a streamed JSON Lines input.
+    PlanForEach(usize, bool),
 }
 
 impl Work {
@@ -549,13 +574,14 @@ impl Work {
                 items,
                 slow,
                 concurrency,
+                streamed,
             } => vec![
                 "run".into(),
-                p.path("fanout.yaml").display().to_string(),
+                p.fanout(streamed),
                 "-p".into(),
                 p.policy(slow),
                 "--input".into(),
-                format!("items=@{}", p.items(items)),
+                format!("items=@{}", p.items(items, streamed)),
                 "--concurrency".into(),
                 concurrency.to_string(),
                 "--no-stream".into(),
@@ -581,13 +607,13 @@ impl Work {
                 "-p".into(),
                 p.repo.join("policies/default.yaml").display().to_string(),
             ],
-            Work::PlanForEach(n) => vec![
+            Work::PlanForEach(n, streamed) => vec![
                 "plan".into(),
-                p.path("fanout.yaml").display().to_string(),
+                p.fanout(streamed),
                 "-p".into(),
                 p.policy(false),
                 "--input".into(),
-                format!("items=@{}", p.items(n)),
+                format!("items=@{}", p.items(n, streamed)),
             ],
         };
         args.push("--state".into());
@@ -610,6 +636,7 @@ impl Work {
                 items,
                 slow: true,
                 concurrency,
+                ..
             } => Some(Duration::from_millis(
                 50 * items.div_ceil(concurrency) as u64,
             )),
@@ -647,6 +674,7 @@ fn rows(size: Size) -> Vec<Row> {
             items: n,
             slow: true,
             concurrency: 16,
+            streamed: false,
         },
     );
     let n = size.scale(2_000, 300);
@@ -657,6 +685,7 @@ fn rows(size: Size) -> Vec<Row> {
                 items: n,
                 slow: false,
                 concurrency: 1,
+                streamed: false,
             },
         );
     }
@@ -684,7 +713,19 @@ fn rows(size: Size) -> Vec<Row> {
         Size::Smoke => &[20],
     };
     for &n in sizes {
-        add(format!("plan-foreach-{n}"), Work::PlanForEach(n));
+        add(format!("plan-foreach-{n}"), Work::PlanForEach(n, false));
+    }
+    // The same list streamed from a JSON Lines file, up to 10⁷ items.
+    let sizes: &[usize] = match size {
+        Size::Full => &[10_000, 100_000, 1_000_000, 10_000_000],
+        Size::Quick => &[10_000, 100_000, 1_000_000],
+        Size::Smoke => &[20],
+    };
+    for &n in sizes {
+        add(
+            format!("plan-foreach-streamed-{n}"),
+            Work::PlanForEach(n, true),
+        );
     }
     let sizes: &[usize] = match size {
         Size::Full => &[1_000, 10_000, 100_000],
@@ -701,15 +742,19 @@ fn rows(size: Size) -> Vec<Row> {
             },
         );
     }
-    for &n in sizes {
-        add(
-            format!("mem-run-{n}"),
-            Work::Run {
-                items: n,
-                slow: false,
-                concurrency: 16,
-            },
-        );
+    for streamed in [false, true] {
+        let kind = if streamed { "-streamed" } else { "" };
+        for &n in sizes {
+            add(
+                format!("mem-run{kind}-{n}"),
+                Work::Run {
+                    items: n,
+                    slow: false,
+                    concurrency: 16,
+                    streamed,
+                },
+            );
+        }
     }
     rows
 }
@@ -764,6 +809,7 @@ fn main() {
                 items,
                 slow: true,
                 concurrency,
+                ..
             } => Some((items, concurrency)),
             Work::Test {
                 cases, slow: true, ..
