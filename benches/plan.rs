@@ -2,6 +2,7 @@
 //! steps (each reads an input and the step before it, one in ten is a deep
 //! debugging step, one in five reads a confidential input), with the team
 //! policy. Stages are measured apart so a regression points at its stage.
+//! `boundary`: the provider boundary's search for withheld values.
 
 use std::hint::black_box;
 use std::path::Path;
@@ -83,5 +84,36 @@ fn bench(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench);
+/// The provider boundary's content check (`route::admit`) on a 2 KB
+/// request, with the 100,000 values of a held confidential list withheld:
+/// every cloud call of such a run pays it.
+fn boundary(c: &mut Criterion) {
+    use tollgate::route::Withheld;
+    let values: Vec<String> = (0..100_000)
+        .map(|i| format!("confidential ticket {i}"))
+        .collect();
+    // Near misses all along: every value's 20-byte prefix, 50 times over.
+    let request = "The confidential ticket queue is empty. ".repeat(50);
+    let mut g = c.benchmark_group("boundary");
+    // What the check did before `Withheld`: a search per value.
+    g.bench_function(
+        "100k withheld values, 2 KB request, one value at a time",
+        |b| {
+            b.iter(|| {
+                black_box(
+                    values
+                        .iter()
+                        .any(|v| black_box(&request).contains(v.as_str())),
+                )
+            })
+        },
+    );
+    let withheld = Withheld::new(values.clone());
+    g.bench_function("100k withheld values, 2 KB request", |b| {
+        b.iter(|| black_box(withheld.found_in(black_box(&request))))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench, boundary);
 criterion_main!(benches);

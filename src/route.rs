@@ -224,7 +224,51 @@ pub struct Label {
     pub level: usize,
     /// The verbatim values (at least [`MIN_WITHHELD_CHARS`] long) of every
     /// input above `cloud_max`, whether or not the step reads it.
-    pub withheld: std::sync::Arc<Vec<String>>,
+    pub withheld: std::sync::Arc<Withheld>,
+}
+
+/// The values no cloud request may contain, searched for all at once: one
+/// pass over a request's text whatever their number (an Aho-Corasick
+/// automaton, built once per run). Searching for each value in turn cost
+/// values × text per request, so a confidential list of 100,000 held
+/// strings made each cloud call of the same run scan the request 100,000
+/// times.
+#[derive(Debug, Clone, Default)]
+pub struct Withheld {
+    values: Search,
+}
+
+#[derive(Debug, Clone, Default)]
+enum Search {
+    #[default]
+    Nothing,
+    All(aho_corasick::AhoCorasick),
+    /// The automaton could not be built (only past its size limits, at
+    /// gigabytes of values): each value in turn, slow but sound.
+    OneByOne(Vec<String>),
+}
+
+impl Withheld {
+    pub fn new(values: Vec<String>) -> Withheld {
+        let values = if values.is_empty() {
+            Search::Nothing
+        } else {
+            match aho_corasick::AhoCorasick::new(&values) {
+                Ok(ac) => Search::All(ac),
+                Err(_) => Search::OneByOne(values),
+            }
+        };
+        Withheld { values }
+    }
+
+    /// Does `text` contain any of the values?
+    pub fn found_in(&self, text: &str) -> bool {
+        match &self.values {
+            Search::Nothing => false,
+            Search::All(ac) => ac.is_match(text),
+            Search::OneByOne(values) => values.iter().any(|v| text.contains(v.as_str())),
+        }
+    }
 }
 
 /// The gate at the provider boundary: the last check before a request
@@ -248,11 +292,7 @@ pub fn admit(policy: &Policy, model: &Model, label: &Label, texts: &[&str]) -> R
             cloud_max: policy.level_name(policy.cloud_max).to_owned(),
         });
     }
-    if label
-        .withheld
-        .iter()
-        .any(|v| texts.iter().any(|t| t.contains(v.as_str())))
-    {
+    if texts.iter().any(|t| label.withheld.found_in(t)) {
         return Err(Refusal::WithheldValue {
             alias: model.alias.clone(),
             cloud_max: policy.level_name(policy.cloud_max).to_owned(),
@@ -546,6 +586,24 @@ mod tests {
         m.supports_vision = vision;
         m.supports_pdf_input = pdf;
         m
+    }
+
+    #[test]
+    fn every_withheld_value_is_found_wherever_it_is_in_one_pass() {
+        let values: Vec<String> = (0..10_000)
+            .map(|i| format!("secret-{i:05}-value"))
+            .collect();
+        let w = Withheld::new(values.clone());
+        for v in [&values[0], &values[4_321], &values[9_999]] {
+            assert!(w.found_in(&format!("before {v} after")), "{v}");
+            assert!(w.found_in(v), "{v}");
+        }
+        // Overlapping and cut values: only whole ones count.
+        assert!(!w.found_in("secret-00001-valu secret-0000"));
+        assert!(w.found_in("xsecret-secret-00001-value"));
+        assert!(!w.found_in(""));
+        assert!(!Withheld::new(Vec::new()).found_in("secret-00001-value"));
+        assert!(!Withheld::default().found_in("anything"));
     }
 
     #[test]

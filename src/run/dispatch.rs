@@ -81,11 +81,11 @@ pub async fn execute_in(
             .map(|e| e.level)
             .collect(),
         planned_calls: plan.steps.iter().map(|s| (s.id.clone(), s.calls)).collect(),
-        withheld: Arc::new(crate::sensitivity::withheld(
+        withheld: Arc::new(crate::route::Withheld::new(crate::sensitivity::withheld(
             &analysis,
             &policy,
             &input_values,
-        )),
+        ))),
         inputs: input_values,
         files,
         streams,

@@ -33,7 +33,7 @@ pub(super) struct Shared {
     pub(super) levels: Vec<usize>,
     /// Values of inputs above `cloud_max`: never in a cloud request
     /// (`route::admit`).
-    pub(super) withheld: Arc<Vec<String>>,
+    pub(super) withheld: Arc<crate::route::Withheld>,
     /// Calls the plan counted per step; a fan-out whose size was unknown
     /// then corrects the run's total for tier shares when it is known.
     pub(super) planned_calls: HashMap<String, u64>,

@@ -276,7 +276,7 @@ proptest! {
             // The gate at the provider boundary agrees with routing, for
             // every model: the routed one passes, no cloud model takes a
             // request above cloud_max, and none takes a withheld value.
-            let label = tollgate::route::Label { level, withheld: std::sync::Arc::new(vec!["CONFIDENTIAL-VALUE".to_owned()]) };
+            let label = tollgate::route::Label { level, withheld: std::sync::Arc::new(tollgate::route::Withheld::new(vec!["CONFIDENTIAL-VALUE".to_owned()])) };
             prop_assert!(tollgate::route::admit(&policy, &policy.models[&model.alias], &label, &["a prompt"]).is_ok());
             for m in policy.models.values() {
                 let cloud = m.locality != Locality::Local;
