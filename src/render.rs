@@ -82,10 +82,11 @@ pub fn plan_text(plan: &Plan) -> String {
             .inputs
             .iter()
             .map(|i| {
-                let src = match i.source {
-                    ValueSource::Given => "given",
-                    ValueSource::Default => "default",
-                    ValueSource::Example => "example value",
+                let src = match (&i.streamed, i.source) {
+                    (Some(s), _) => format!("streamed from {}, {} items", s.file, s.items),
+                    (None, ValueSource::Given) => "given".to_owned(),
+                    (None, ValueSource::Default) => "default".to_owned(),
+                    (None, ValueSource::Example) => "example value".to_owned(),
                 };
                 format!("{} ({src}, {})", i.name, i.sensitivity)
             })

@@ -78,6 +78,18 @@ pub struct InputSummary {
     pub name: String,
     pub source: ValueSource,
     pub sensitivity: String,
+    /// A streamed input given as a file: which one, checked to hold what.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub streamed: Option<StreamedSummary>,
+}
+
+/// A streamed list's file as the plan shows it: its name (not its folder,
+/// so a plan reads the same on every machine), its items and its SHA-256.
+#[derive(Debug, Clone, Serialize)]
+pub struct StreamedSummary {
+    pub file: String,
+    pub items: u64,
+    pub sha256: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -570,6 +582,15 @@ pub fn build_with_history(
                     .sensitivity
                     .clone()
                     .unwrap_or_else(|| policy.level_name(policy.default_level).to_owned()),
+                streamed: v.stream.as_ref().map(|l| StreamedSummary {
+                    file: l
+                        .path()
+                        .file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_default(),
+                    items: l.len(),
+                    sha256: l.sha256().to_owned(),
+                }),
             })
             .collect(),
         steps,

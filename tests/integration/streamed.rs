@@ -106,6 +106,28 @@ async fn a_streamed_list_means_what_the_same_list_typed_in_means() {
     ] {
         assert_eq!(s[key], hp["steps"][0][key], "{key}");
     }
+    // The plan names the file (not its folder) and what it was checked to hold.
+    let input = &sp["inputs"][0];
+    assert_eq!(input["streamed"]["file"], "xs.jsonl", "{input}");
+    assert_eq!(input["streamed"]["items"], ITEMS, "{input}");
+    assert!(hp["inputs"][0].get("streamed").is_none());
+    let text = project
+        .tollgate(&[
+            "plan",
+            "wf.yaml",
+            "--policy",
+            "policy.yaml",
+            "-i",
+            "xs=@xs.jsonl",
+        ])
+        .output();
+    assert!(
+        stdout(&text).contains(&format!(
+            "xs (streamed from xs.jsonl, {ITEMS} items, internal)"
+        )),
+        "{}",
+        transcript(&text)
+    );
 
     // The run: every line once, in item order, the same answers and the
     // same requests as the held list's run.
