@@ -297,3 +297,41 @@ async fn spilled_answers_print_and_write_byte_for_byte_as_held_ones() {
         "stdout differs from the held answers"
     );
 }
+
+/// A resumed run gathers a spilled output anew from the journal's answers
+/// and the calls it makes now: every answer, in item order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resumed_spilled_fan_out_has_every_answer_in_item_order() {
+    let fake = fake_llm::FakeServer::start().await;
+    // Every hundredth item fails the first time: the step fails.
+    fake.set_handler(|r: &Recorded| {
+        let n = item_of(r);
+        if n % 100 == 37 {
+            Reply::auth_error()
+        } else {
+            Reply::text(format!("label {n}"))
+                .delay(std::time::Duration::from_millis((n % 3) as u64))
+        }
+    });
+    let project = Project::new(&policy(&fake, ""), &workflow());
+    let out = project
+        .run(&["--format", "json", "--concurrency", "16"])
+        .await;
+    assert_eq!(out.status.code(), Some(1), "{}", transcript(&out));
+    let id = report(&out)["run_id"].as_str().unwrap().to_owned();
+    assert_eq!(step(&report(&out), "label")["output"], Value::Null);
+
+    fake.set_handler(|r: &Recorded| Reply::text(format!("label {}", item_of(r))));
+    let failed = ITEMS.div_ceil(100);
+    let again = project
+        .tollgate(&["run", "--resume", &id, "--format", "json", "--out", "out"])
+        .keys()
+        .await;
+    assert_eq!(again.status.code(), Some(0), "{}", transcript(&again));
+    let r = report(&again);
+    assert_eq!(r["resumed_calls"], ITEMS - failed);
+    let want: Vec<String> = (0..ITEMS).map(|i| format!("label {i}")).collect();
+    assert_eq!(step(&r, "label")["output"], serde_json::json!(want));
+    let written: Value = serde_json::from_str(&project.read("out/label.json")).unwrap();
+    assert_eq!(written, serde_json::json!(want));
+}
