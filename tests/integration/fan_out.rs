@@ -1,8 +1,9 @@
-//! A fan-out larger than a step keeps in memory: its call reports go to a
-//! temporary file as they arrive, out of order, and every consumer reads
-//! them back in item order with the same figures — the JSON report, the
-//! `run.json` of `--out`, the text summary, and the response cache's
-//! savings on a second run.
+//! A fan-out larger than a step keeps in memory: its call reports (and its
+//! answers, when no step reads them) go to temporary files as they arrive,
+//! out of order, and every consumer reads them back in item order with the
+//! same figures and bytes — the JSON report, `--out`'s files, the text
+//! summary and stdout, the response cache's savings on a second run, a
+//! resume, and a test suite's checks.
 
 use fake_llm::{Recorded, Reply};
 use serde_json::Value;
@@ -334,4 +335,42 @@ async fn a_resumed_spilled_fan_out_has_every_answer_in_item_order() {
     assert_eq!(step(&r, "label")["output"], serde_json::json!(want));
     let written: Value = serde_json::from_str(&project.read("out/label.json")).unwrap();
     assert_eq!(written, serde_json::json!(want));
+}
+
+/// `tollgate test` checks a spilled output read back whole, in item order:
+/// the list equal to every answer passes, one answer off fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_suite_checks_a_spilled_output_in_item_order() {
+    let fake = fake_llm::FakeServer::start().await;
+    fake.set_handler(|r: &Recorded| {
+        let n = item_of(r);
+        Reply::text(format!("label {n}")).delay(std::time::Duration::from_millis((n % 3) as u64))
+    });
+    let mut want: Vec<String> = (0..ITEMS).map(|i| format!("label {i}")).collect();
+    let suite = |want: &[String]| {
+        format!(
+            "workflow: ../wf.yaml\npolicy: ../policy.yaml\ncases:\n  - name: all\n    expect:\n      label: {{ equals: {}, contains: 'label {}' }}\n",
+            serde_json::to_string(want).unwrap(),
+            ITEMS - 1
+        )
+    };
+    let project =
+        Project::new(&policy(&fake, ""), &workflow()).with("evals/labels.yaml", &suite(&want));
+    let args = ["test", "evals/labels.yaml", "--format", "json"];
+    let out = project.tollgate(&args).keys().await;
+    assert_eq!(out.status.code(), Some(0), "{}", transcript(&out));
+
+    want.swap(3, 4);
+    project.write("evals/labels.yaml", &suite(&want));
+    let out = project.tollgate(&args).keys().await;
+    assert_eq!(out.status.code(), Some(1), "{}", transcript(&out));
+    let r = report(&out);
+    let failures = r["suites"][0]["cases"][0]["runs"][0]["failures"]
+        .as_array()
+        .expect("failures");
+    let got: Vec<&str> = failures
+        .iter()
+        .map(|f| f["assertion"].as_str().unwrap())
+        .collect();
+    assert_eq!(got, ["equals"]);
 }
