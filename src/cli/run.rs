@@ -20,7 +20,8 @@ use crate::policy::Policy;
 use crate::progress::StdoutAnswer;
 use crate::render;
 use crate::run::{
-    AnswerSink, FinalAnswer, Providers, RunJournal, RunOptions, RunReport, RunStatus, StepReport,
+    AnswerSink, FinalAnswer, Output, Providers, RunJournal, RunOptions, RunReport, RunStatus,
+    StepReport,
 };
 use crate::workflow;
 
@@ -429,25 +430,28 @@ fn show(
     options: RenderOptions,
 ) -> u8 {
     let mut write_failed = false;
-    if let Some(dir) = &args.out {
-        if let Err(err) = write_outputs(dir, result) {
-            write_failed = true;
-            let d = Diagnostic::error(
-                "out-dir",
-                format!("cannot write the outputs to {}: {err}", dir.display()),
-            );
-            let _ = write!(
-                std::io::stderr().lock(),
-                "{}",
-                diagnostic::render(&d, options)
-            );
-        }
+    let mut failed = |message: String, what: &'static str| {
+        write_failed = true;
+        let d = Diagnostic::error(what, message);
+        let _ = write!(
+            std::io::stderr().lock(),
+            "{}",
+            diagnostic::render(&d, options)
+        );
+    };
+    if let Some(dir) = &args.out
+        && let Err(err) = write_outputs(dir, result)
+    {
+        failed(
+            format!("cannot write the outputs to {}: {err}", dir.display()),
+            "out-dir",
+        );
     }
     match args.format {
         OutputFormat::Json => {
             // Written as it is serialised: a large fan-out's call reports
-            // are read back from their spill one at a time, never held as
-            // one string.
+            // and answers are read back from their spills one at a time,
+            // never held as one string.
             let mut out = std::io::BufWriter::new(std::io::stdout().lock());
             let written = serde_json::to_writer_pretty(&mut out, result)
                 .and_then(|()| out.write_all(b"\n").map_err(serde_json::Error::io))
@@ -457,13 +461,7 @@ fn show(
             if let Err(e) = &written
                 && !e.is_io()
             {
-                write_failed = true;
-                let d = Diagnostic::error("report", format!("cannot write the run report: {e}"));
-                let _ = write!(
-                    std::io::stderr().lock(),
-                    "{}",
-                    diagnostic::render(&d, options)
-                );
+                failed(format!("cannot write the run report: {e}"), "report");
             }
         }
         OutputFormat::Text => {
@@ -472,7 +470,14 @@ fn show(
             let _ = write!(std::io::stderr().lock(), "{}", render::run_text(result));
             if !shown {
                 let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-                let _ = write_final_answers(&mut out, result, analysis).and_then(|()| out.flush());
+                let written = write_final_answers(&mut out, result, analysis)
+                    .and_then(|()| out.flush().map_err(serde_json::Error::io));
+                // As for the JSON: answers that cannot be read back fail.
+                if let Err(e) = &written
+                    && !e.is_io()
+                {
+                    failed(format!("cannot write the answers: {e}"), "answers");
+                }
             }
         }
     }
@@ -485,14 +490,12 @@ fn show(
 }
 
 /// The answers of the final steps (those nothing depends on), for stdout,
-/// so `tollgate run … > answer.md` does what it says; each under a heading
-/// when there are several. Written as they are formatted (a fan-out's
-/// answers can be many megabytes), each ending with a newline.
+/// so `tollgate run … > answer.md` does what it says: [`write_answers`].
 fn write_final_answers(
     out: &mut impl Write,
     result: &RunReport,
     analysis: &Analysis,
-) -> std::io::Result<()> {
+) -> serde_json::Result<()> {
     let leaves: Vec<&StepReport> = result
         .steps
         .iter()
@@ -501,19 +504,29 @@ fn write_final_answers(
             analysis.dag.dependants(i).is_empty() && s.output.is_some()
         })
         .collect();
+    write_answers(out, &leaves)
+}
+
+/// The outputs of `leaves`, each under a heading when there are several.
+/// Written as they are formatted (a fan-out's answers can be many
+/// megabytes, read back from their spill one at a time), each ending with a
+/// newline. An error that is not `is_io` is an answer that could not be
+/// read back.
+fn write_answers(out: &mut impl Write, leaves: &[&StepReport]) -> serde_json::Result<()> {
+    use serde_json::Error as E;
     // Whether what was written so far ends with a newline.
     let mut at_line_start = false;
-    for s in &leaves {
+    for s in leaves {
         if leaves.len() > 1 {
-            write!(out, "## {}\n\n", s.id)?;
+            write!(out, "## {}\n\n", s.id).map_err(E::io)?;
             at_line_start = true;
         }
         match &s.output {
-            Some(serde_json::Value::String(text)) if !text.is_empty() => {
-                out.write_all(text.as_bytes())?;
+            Some(Output::Held(serde_json::Value::String(text))) if !text.is_empty() => {
+                out.write_all(text.as_bytes()).map_err(E::io)?;
                 at_line_start = text.ends_with('\n');
             }
-            Some(serde_json::Value::String(_)) | None => {}
+            Some(Output::Held(serde_json::Value::String(_))) | None => {}
             Some(other) => {
                 // Pretty JSON never ends with a newline.
                 serde_json::to_writer_pretty(&mut *out, other)?;
@@ -521,10 +534,10 @@ fn write_final_answers(
             }
         }
         if !at_line_start {
-            out.write_all(b"\n")?;
+            out.write_all(b"\n").map_err(E::io)?;
         }
         if leaves.len() > 1 {
-            out.write_all(b"\n")?;
+            out.write_all(b"\n").map_err(E::io)?;
         }
         at_line_start = true;
     }
@@ -534,7 +547,7 @@ fn write_final_answers(
 /// The text of the one final step's answer, when it is text (the only
 /// answer that streams).
 fn streamed_output(result: &RunReport) -> Option<&str> {
-    match result.steps.last()?.output.as_ref()? {
+    match result.steps.last()?.output.as_ref()?.held()? {
         serde_json::Value::String(s) => Some(s),
         _ => None,
     }
@@ -559,26 +572,109 @@ fn write_outputs(dir: &Path, result: &crate::run::RunReport) -> std::io::Result<
             }
         }
         match &s.output {
-            Some(serde_json::Value::String(text)) => write(&format!("{}.txt", s.id), text)?,
-            Some(v) => write(
-                &format!("{}.json", s.id),
-                &serde_json::to_string_pretty(v).unwrap_or_default(),
-            )?,
+            Some(Output::Held(serde_json::Value::String(text))) => {
+                write(&format!("{}.txt", s.id), text)?;
+            }
+            Some(output) => write_json(dir, &format!("{}.json", s.id), output)?,
             None => {}
         }
     }
-    // Serialised into the file: a large fan-out's call reports are read
-    // back from their spill one at a time.
-    let tmp = dir.join(".run.json.tmp");
-    let mut file = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
-    serde_json::to_writer_pretty(&mut file, result)?;
-    file.into_inner().map_err(|e| e.into_error())?;
-    std::fs::rename(&tmp, dir.join("run.json"))
+    write_json(dir, "run.json", result)
+}
+
+/// Pretty JSON serialised into `dir/name` (through a temporary name, gone
+/// again if the value cannot be written): a large fan-out's call reports and
+/// answers are read back from their spills one at a time, never held as one
+/// string.
+fn write_json(dir: &Path, name: &str, value: &impl serde::Serialize) -> std::io::Result<()> {
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let written = std::fs::File::create(&tmp).and_then(|f| {
+        let mut file = std::io::BufWriter::new(f);
+        serde_json::to_writer_pretty(&mut file, value)?;
+        file.into_inner().map_err(|e| e.into_error())?;
+        Ok(())
+    });
+    match written {
+        Ok(()) => std::fs::rename(&tmp, dir.join(name)),
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            Err(e)
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::run::{Answers, Calls, StepStatus};
+
+    fn step(id: &str, output: Output) -> StepReport {
+        StepReport {
+            id: id.to_owned(),
+            status: StepStatus::Succeeded,
+            detail: None,
+            ignored_failure: false,
+            model: None,
+            provider_model: None,
+            rule: None,
+            calls: Calls::default(),
+            usage: crate::provider::Usage::default(),
+            cost_usd: 0.0,
+            list_cost_usd: 0.0,
+            latency_ms: 0,
+            queued_ms: 0,
+            call_ms: 0,
+            model_ms: 0,
+            ttft_ms: None,
+            output: Some(output),
+            router_text: None,
+        }
+    }
+
+    /// Answers that cannot be read back are an error of their own (not a
+    /// closed stdout, which `show` lets pass), and no `--out` file is left
+    /// behind, whole or half written.
+    #[test]
+    fn answers_that_cannot_be_read_back_are_an_error_not_a_file() {
+        let lost = step("many", Output::Spilled(Answers::never_arrived(300)));
+        let text = step("one", Output::Held(serde_json::json!("fine")));
+        let mut out = Vec::new();
+        let e = write_answers(&mut out, &[&text, &lost]).unwrap_err();
+        assert!(!e.is_io(), "{e}");
+        assert!(e.to_string().contains("never arrived"), "{e}");
+        assert!(
+            String::from_utf8(out)
+                .unwrap()
+                .starts_with("## one\n\nfine\n\n## many\n\n")
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        let result = RunReport {
+            run_id: None,
+            workflow: "w".to_owned(),
+            policy: "p".to_owned(),
+            status: RunStatus::Succeeded,
+            steps: vec![text, lost],
+            cost_usd: 0.0,
+            list_cost_usd: 0.0,
+            cached_input_tokens: 0,
+            saving_usd: 0.0,
+            estimate: crate::plan::CostRange::default(),
+            budget_usd: None,
+            elapsed_ms: 0,
+            cache: crate::run::CacheSummary::default(),
+            resumed_calls: 0,
+            earlier_cost_usd: 0.0,
+        };
+        let e = write_outputs(dir.path(), &result).unwrap_err();
+        assert!(e.to_string().contains("never arrived"), "{e}");
+        let mut left: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|f| f.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["one.txt"]);
+    }
 
     /// A cascade on two local models: a plan under it reads the escalation
     /// history.

@@ -287,8 +287,9 @@ impl Expectations {
         if diags.is_empty() { Ok(e) } else { Err(diags) }
     }
 
-    /// Checks everything but `snapshot` and `judge` against a step that ran.
-    pub fn check(&self, step: &StepReport) -> Vec<Failure> {
+    /// Checks everything but `snapshot` and `judge` against a step that ran
+    /// and its output (read back whole if it was spilled: `run::Output::value`).
+    pub fn check(&self, step: &StepReport, output: &Value) -> Vec<Failure> {
         let mut out = Vec::new();
         let fail = |assertion: &str, message: String| Failure {
             step: step.id.clone(),
@@ -298,8 +299,7 @@ impl Expectations {
             actual: None,
             diff: None,
         };
-        let output = step.output.clone().unwrap_or(Value::Null);
-        let text = output_text(&output);
+        let text = output_text(output);
         let fold = |s: &str| {
             if self.ignore_case {
                 s.to_lowercase()
@@ -308,7 +308,7 @@ impl Expectations {
             }
         };
         if let Some(expected) = &self.equals {
-            let equal = match (expected, &output) {
+            let equal = match (expected, output) {
                 (Value::String(e), Value::String(a)) => fold(e.trim()) == fold(a.trim()),
                 // A fan-out of text answers: each compared like a text answer.
                 (Value::Array(e), Value::Array(a))
@@ -375,7 +375,7 @@ impl Expectations {
         if let Some((_, validator)) = &self.json_schema {
             // Text that holds JSON is checked as that JSON; other text (a
             // label a string schema allows) as the string it is.
-            let value = match &output {
+            let value = match output {
                 Value::String(s) => {
                     serde_json::from_str::<Value>(s.trim()).unwrap_or_else(|_| output.clone())
                 }
@@ -506,13 +506,13 @@ mod tests {
             output: None,
             router_text: None,
         };
-        r.output = Some(output);
+        r.output = Some(output.into());
         r
     }
 
     fn check(spec: Value, output: Value) -> Vec<String> {
         let e = Expectations::compile(&spec, &policy(), &|_| None).unwrap();
-        e.check(&step(output))
+        e.check(&step(output.clone()), &output)
             .into_iter()
             .map(|f| f.assertion)
             .collect()
@@ -600,7 +600,7 @@ mod tests {
     fn a_text_failure_carries_a_diff() {
         let e =
             Expectations::compile(&json!({"equals": "one\ntwo\n"}), &policy(), &|_| None).unwrap();
-        let f = &e.check(&step(json!("one\nthree\n")))[0];
+        let f = &e.check(&step(json!("one\nthree\n")), &json!("one\nthree\n"))[0];
         let d = f.diff.as_deref().unwrap();
         assert!(d.contains("-two") && d.contains("+three"), "{d}");
     }

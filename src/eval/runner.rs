@@ -911,7 +911,18 @@ async fn check_step(
         }
         return None;
     }
-    result.failures.extend(expect.check(step));
+    // One value for every check (a large fan-out's answers no step read
+    // were spilled: read back whole, once); unreadable, the case cannot be
+    // judged.
+    let output = match step.output.as_ref().map(crate::run::Output::value) {
+        None => Value::Null,
+        Some(Ok(v)) => v.into_owned(),
+        Some(Err(e)) => {
+            result.error = Some(format!("the output of step `{step_id}`: {e}"));
+            return None;
+        }
+    };
+    result.failures.extend(expect.check(step, &output));
     // In a run the route is the model that answered (a fallback included).
     if let Some(route) = &expect.route {
         result.failures.extend(route_failures(
@@ -928,8 +939,8 @@ async fn check_step(
         .map(|p| p.sensitivity.level.clone())
         .unwrap_or_default();
     if let Some(j) = &expect.judge {
-        let output = assertion::output_text(step.output.as_ref().unwrap_or(&Value::Null));
-        match judge(ctx, &level, j.model.as_deref(), &j.rubric, &output).await {
+        let text = assertion::output_text(&output);
+        match judge(ctx, &level, j.model.as_deref(), &j.rubric, &text).await {
             Ok(v) => {
                 add_judge_cost(result, &v);
                 if let Some(f) = result.steps.iter_mut().find(|f| &f.step == step_id) {
@@ -942,7 +953,7 @@ async fn check_step(
                         assertion: "judge".to_owned(),
                         message: format!("the judge ({}) says fail: {}", v.model, v.reason),
                         expected: Some(j.rubric.clone()),
-                        actual: Some(output),
+                        actual: Some(text),
                         diff: None,
                     });
                 }
@@ -953,7 +964,7 @@ async fn check_step(
         }
     }
     let mode = expect.snapshot?;
-    match check_snapshot(ctx, case, plan, step, mode, &level).await {
+    match check_snapshot(ctx, case, plan, step, &output, mode, &level).await {
         Ok(SnapshotCheck {
             failure,
             pending,
@@ -992,11 +1003,11 @@ async fn check_snapshot(
     case: &Case,
     plan: &Plan,
     step: &StepReport,
+    output: &Value,
     mode: SnapshotMode,
     level: &str,
 ) -> Result<SnapshotCheck, CheckError> {
-    let output = step.output.clone().unwrap_or(Value::Null);
-    let rendered = assertion::output_text(&output);
+    let rendered = assertion::output_text(output);
     let path = snapshot::path(&ctx.suite.snapshot_dir, &case.name, &step.id);
     let pending_path = snapshot::pending_path(&path);
     let model = match (&step.model, &step.provider_model) {
@@ -1028,7 +1039,7 @@ async fn check_snapshot(
         None => false,
         Some(text) => {
             let body = snapshot::body(text);
-            if snapshot::matches(mode, &output, body, &rendered) {
+            if snapshot::matches(mode, output, body, &rendered) {
                 true
             } else if mode == SnapshotMode::Judge {
                 let rubric = format!(

@@ -13,13 +13,12 @@
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
-use std::fs::File;
 use std::io;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use serde::Serialize;
 
+use super::by_item::{ItemFile, ItemWriter, OPEN_FILES, OpenFiles};
 use super::{AttemptOutcome, CallReport, CallSource, Escalation};
 use crate::provider::Usage;
 use crate::spill;
@@ -27,48 +26,6 @@ use crate::spill;
 /// Up to this many calls a step keeps its reports in memory: small runs
 /// (and tests) never touch a file.
 pub const IN_MEMORY: usize = 256;
-
-/// Spill files open at once in the process. Each spilled step keeps its
-/// file open until its report is dropped: a workflow of thousands of large
-/// fan-outs must not take every file descriptor the connections need, so
-/// past this the reports of a step stay in memory, as without a spill.
-const MAX_OPEN_FILES: usize = 64;
-
-static OPEN_FILES: OpenFiles = OpenFiles::new(MAX_OPEN_FILES);
-
-/// A count of open spill files with a ceiling.
-struct OpenFiles {
-    open: AtomicUsize,
-    max: usize,
-}
-
-impl OpenFiles {
-    const fn new(max: usize) -> OpenFiles {
-        OpenFiles {
-            open: AtomicUsize::new(0),
-            max,
-        }
-    }
-
-    /// One more open file, if under the ceiling.
-    fn take(&'static self) -> Option<FileSlot> {
-        self.open
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < self.max).then_some(n + 1)
-            })
-            .ok()
-            .map(|_| FileSlot(self))
-    }
-}
-
-/// An open spill file's place in the count, given back when dropped.
-struct FileSlot(&'static OpenFiles);
-
-impl Drop for FileSlot {
-    fn drop(&mut self) {
-        self.0.open.fetch_sub(1, Ordering::AcqRel);
-    }
-}
 
 /// How many of a step's escalations (the first, in item order) are kept
 /// whole for the summary, which shows ten at most.
@@ -186,25 +143,13 @@ pub struct Calls {
 #[derive(Clone)]
 enum Repr {
     Memory(Vec<CallReport>),
-    Spilled(Arc<Spilled>),
+    Spilled(Arc<ItemFile>),
 }
 
 impl Default for Repr {
     fn default() -> Repr {
         Repr::Memory(Vec::new())
     }
-}
-
-struct Spilled {
-    /// `None` when the file could not be finished (then `lost` says why).
-    file: Option<File>,
-    /// Held as long as the file.
-    _slot: FileSlot,
-    /// Where each item's report starts.
-    offsets: Vec<u64>,
-    /// Why some reports could not be written: every read says so rather
-    /// than showing a step with calls missing.
-    lost: Option<String>,
 }
 
 impl Calls {
@@ -304,13 +249,7 @@ impl<'a> Iterator for Iter<'a> {
         self.next += 1;
         let record = match &self.calls.repr {
             Repr::Memory(v) => return v.get(at).map(|c| Ok(Cow::Borrowed(c))),
-            Repr::Spilled(s) => match (&s.lost, &s.file, s.offsets.get(at)) {
-                (Some(why), _, _) => Err(io::Error::other(format!(
-                    "call reports were lost on the way to a temporary file: {why}"
-                ))),
-                (None, Some(file), Some(&offset)) => self.reader.read::<CallReport>(file, offset),
-                _ => Err(io::Error::other("a call report is missing")),
-            },
+            Repr::Spilled(file) => file.read::<CallReport>(&mut self.reader, at),
         };
         self.failed = record.is_err();
         Some(record.map(Cow::Owned))
@@ -320,9 +259,6 @@ impl<'a> Iterator for Iter<'a> {
         (0, Some(self.calls.len.saturating_sub(self.next)))
     }
 }
-
-/// An offset no report has: the item's report has not arrived.
-const MISSING: u64 = u64::MAX;
 
 /// Collects a step's call reports as they finish, in any order; each item
 /// exactly once.
@@ -346,19 +282,13 @@ pub(super) struct CallsWriter {
 enum Store {
     /// A report per item, filled as they arrive.
     Memory(Vec<Option<CallReport>>),
-    Spill {
-        out: spill::Writer,
-        slot: FileSlot,
-        offsets: Vec<u64>,
-        lost: Option<String>,
-    },
+    Spill(ItemWriter),
 }
 
 impl CallsWriter {
     /// A writer for `len` calls: in memory up to [`IN_MEMORY`], else to a
-    /// temporary file (in memory after all if no file can be made, or
-    /// [`MAX_OPEN_FILES`] are open: slower to fail than to lose a run's
-    /// reports).
+    /// temporary file (in memory after all if no file can be made, or too
+    /// many are open: [`ItemWriter::new`]).
     pub(super) fn new(len: usize) -> CallsWriter {
         CallsWriter::new_in(len, &OPEN_FILES)
     }
@@ -367,20 +297,9 @@ impl CallsWriter {
         if len <= IN_MEMORY {
             return CallsWriter::in_memory(len);
         }
-        let Some(slot) = files.take() else {
-            return CallsWriter::in_memory(len);
-        };
-        match spill::Writer::new() {
-            Ok(out) => CallsWriter::with(
-                len,
-                Store::Spill {
-                    out,
-                    slot,
-                    offsets: vec![MISSING; len],
-                    lost: None,
-                },
-            ),
-            Err(_) => CallsWriter::in_memory(len),
+        match ItemWriter::new(len, "call reports", files) {
+            Some(out) => CallsWriter::with(len, Store::Spill(out)),
+            None => CallsWriter::in_memory(len),
         }
     }
 
@@ -440,16 +359,7 @@ impl CallsWriter {
         }
         match &mut self.store {
             Store::Memory(v) => v[n] = Some(c),
-            Store::Spill {
-                out, offsets, lost, ..
-            } => {
-                if lost.is_none() {
-                    match out.push(&c) {
-                        Ok(at) => offsets[n] = at,
-                        Err(e) => *lost = Some(e.to_string()),
-                    }
-                }
-            }
+            Store::Spill(out) => out.push(n, &c),
         }
     }
 
@@ -471,29 +381,7 @@ impl CallsWriter {
         let len = self.costs.len();
         let repr = match self.store {
             Store::Memory(v) => Repr::Memory(v.into_iter().flatten().collect()),
-            Store::Spill {
-                out,
-                slot,
-                offsets,
-                mut lost,
-            } => {
-                if offsets.contains(&MISSING) {
-                    lost.get_or_insert_with(|| "a call's report never arrived".to_owned());
-                }
-                let file = match out.finish() {
-                    Ok(f) => Some(f),
-                    Err(e) => {
-                        lost.get_or_insert_with(|| e.to_string());
-                        None
-                    }
-                };
-                Repr::Spilled(Arc::new(Spilled {
-                    file,
-                    _slot: slot,
-                    offsets,
-                    lost,
-                }))
-            }
+            Store::Spill(out) => Repr::Spilled(Arc::new(out.finish())),
         };
         let mut saved = self.saved;
         saved.sort_unstable_by_key(|(n, _)| *n);

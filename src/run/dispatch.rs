@@ -89,6 +89,11 @@ pub async fn execute_in(
         inputs: input_values,
         files,
         streams,
+        read: analysis
+            .steps
+            .values()
+            .flat_map(|s| s.reads_steps.iter().cloned())
+            .collect(),
         analysis: Arc::clone(&analysis),
         policy: Arc::clone(&policy),
         providers,
@@ -183,11 +188,10 @@ struct Dispatcher {
     sh: Arc<Shared>,
     state: Vec<State>,
     reports: Vec<Option<StepReport>>,
+    /// The outputs of the steps some step reads ([`Shared::read`]): a
+    /// copy no step reads — a final fan-out's 100,000 answers — would only
+    /// double the report's.
     outputs: HashMap<String, Value>,
-    /// The steps some step reads the output of: only theirs is kept in
-    /// `outputs` (a copy no step reads — a final fan-out's 100,000
-    /// answers — would only double the report's).
-    read: std::collections::HashSet<String>,
     tasks: JoinSet<(usize, StepReport)>,
     task_of: HashMap<tokio::task::Id, usize>,
 }
@@ -195,18 +199,11 @@ struct Dispatcher {
 impl Dispatcher {
     fn new(sh: Arc<Shared>) -> Dispatcher {
         let n = sh.analysis.steps.len();
-        let read = sh
-            .analysis
-            .steps
-            .values()
-            .flat_map(|s| s.reads_steps.iter().cloned())
-            .collect();
         Dispatcher {
             sh,
             state: vec![State::Pending; n],
             reports: vec![None; n],
             outputs: HashMap::new(),
-            read,
             tasks: JoinSet::new(),
             task_of: HashMap::new(),
         }
@@ -371,8 +368,14 @@ impl Dispatcher {
 
     /// A step task returned its report.
     fn finished(&mut self, i: usize, report: StepReport) {
-        if let (Some(out), true) = (&report.output, self.read.contains(&report.id)) {
-            self.outputs.insert(report.id.clone(), out.clone());
+        if self.sh.read.contains(&report.id)
+            && let Some(out) = &report.output
+        {
+            // A step another reads is always held (`answers::AnswersWriter`).
+            debug_assert!(out.held().is_some(), "{} was spilled", report.id);
+            if let Some(v) = out.held() {
+                self.outputs.insert(report.id.clone(), v.clone());
+            }
         }
         self.sh.emit(Event::StepFinished {
             step: report.id.clone(),

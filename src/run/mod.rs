@@ -26,13 +26,19 @@
 //! - `calls` — a step's call reports in item order ([`Calls`]), spilled to
 //!   a temporary file past [`IN_MEMORY`] calls, and what the summaries
 //!   count over them ([`CallTally`]).
+//! - `answers` — a step's [`Output`]: held, or a large fan-out's answers
+//!   spilled past [`IN_MEMORY`] items when no step reads them ([`Answers`]).
+//! - `by_item` — what `calls` and `answers` spill through: records by item
+//!   in a [`crate::spill`] file, and the ceiling on such files open at once.
 //! - `options`, `providers` — [`RunOptions`], [`Providers`].
 //! - `limits`, `budget`, [`local_server`], `batch` — call limits, budget
 //!   reservations, managed local servers, a `latency: batch` step's calls as
 //!   one provider batch.
 
+mod answers;
 mod batch;
 mod budget;
+mod by_item;
 mod cache;
 mod call;
 mod calls;
@@ -55,6 +61,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use tokio_util::sync::CancellationToken;
 
 pub use crate::journal::{BatchLedger, BatchRef};
+pub use answers::{Answers, Output};
 pub use batch::batch_key;
 pub use budget::{Budget, Hold, OutsideSpend, OverBudget, Period, PeriodCheck};
 pub use calls::{CallTally, Calls, ESCALATIONS_KEPT, IN_MEMORY, Iter as CallsIter};

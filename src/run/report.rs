@@ -7,9 +7,8 @@
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
-use super::Calls;
+use super::{Calls, Output};
 pub use crate::outcome::{AttemptOutcome, UnknownOutcome};
 use crate::plan::CostRange;
 use crate::provider::Usage;
@@ -256,7 +255,9 @@ pub struct StepReport {
     #[serde(skip)]
     pub model_ms: u64,
     pub ttft_ms: Option<u64>,
-    pub output: Option<Value>,
+    /// What the step answered (a list in item order for a fan-out); a large
+    /// fan-out's that no step reads is spilled to a temporary file.
+    pub output: Option<Output>,
     /// What a learned router reads of the step ([`crate::router::text`]),
     /// when the step made exactly one call: `compare` keeps it per case so
     /// `router train` can learn from it. Not part of the run's JSON.

@@ -3,7 +3,7 @@
 //! the adapters from the run to the journal (call and step records,
 //! [`JournalSpend`] for budgets over time).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use serde_json::{Map, Value};
@@ -46,6 +46,10 @@ pub(super) struct Shared {
     pub(super) escalated: HashMap<(String, Option<usize>), EscalatedCall>,
     /// The plan's expected cost of one call of each step.
     pub(super) call_estimates: HashMap<String, f64>,
+    /// The steps some step reads the output of: only theirs is handed on
+    /// (the dispatcher) and only theirs is always held in memory (a large
+    /// fan-out's answers no step reads are spilled: `answers`).
+    pub(super) read: HashSet<String>,
 }
 
 impl Shared {

@@ -11,6 +11,7 @@ use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use serde_json::{Map, Value};
 
+use super::answers::AnswersWriter;
 use super::call::{StepCalls, call_with_fallbacks};
 use super::calls::CallsWriter;
 use super::cascade::Check;
@@ -101,9 +102,9 @@ pub(super) async fn run_step(
         cascade: cascade_of(&sh, &decision),
     };
     let started = Instant::now();
-    let mut collected = Collected::new(expanded.len());
+    let mut collected = Collected::new(&sh, id, info.for_each.is_some(), expanded.len());
     let unread = make_calls(&ctx, &mut collected).await;
-    let mut report = gather(&sh, id, step, info.for_each.is_some(), collected);
+    let mut report = gather(&sh, id, step, collected);
     if let Err(e) = unread {
         // The calls made before it keep their reports (and their cost).
         report.status = StepStatus::Failed;
@@ -166,20 +167,22 @@ pub(super) fn fallback_chain(sh: &Shared, decision: &Decision) -> Option<Vec<Str
 }
 
 /// What a step's calls gave, as they arrive in any order: each report
-/// goes to the writer at once (spilled for a large fan-out) and each output
-/// to its item's place, so nothing holds a whole result per item.
+/// and each answer goes to its writer at once (spilled for a large fan-out;
+/// the answers only when no step reads them), so nothing holds a whole
+/// result per item.
 struct Collected {
     reports: CallsWriter,
-    outputs: Vec<Value>,
+    answers: AnswersWriter,
     /// The first failure in item order, and its item.
     first_error: Option<(usize, CallError)>,
 }
 
 impl Collected {
-    fn new(len: usize) -> Collected {
+    /// For step `id`'s `len` calls.
+    fn new(sh: &Shared, id: &str, fan_out: bool, len: usize) -> Collected {
         Collected {
             reports: CallsWriter::new(len),
-            outputs: vec![Value::Null; len],
+            answers: AnswersWriter::new(len, fan_out, sh.read.contains(id)),
             first_error: None,
         }
     }
@@ -187,7 +190,7 @@ impl Collected {
     fn add(&mut self, n: usize, (report, result): (CallReport, Result<Value, CallError>)) {
         self.reports.push(n, report);
         match result {
-            Ok(v) => self.outputs[n] = v,
+            Ok(v) => self.answers.push(n, v),
             Err(e) => {
                 if self.first_error.as_ref().is_none_or(|(at, _)| n < *at) {
                     self.first_error = Some((n, e));
@@ -305,10 +308,14 @@ async fn one_call(
 
 /// The step's report from its calls: totals, the first error, the output
 /// (a list of outputs for a fan-out).
-fn gather(sh: &Shared, id: &str, step: &Step, fan_out: bool, collected: Collected) -> StepReport {
+///
+/// The journal keeps each call's answer, never a step's output (a resume
+/// answers the calls again from it and gathers the output anew), so a
+/// spilled output has nothing to be written to there.
+fn gather(sh: &Shared, id: &str, step: &Step, collected: Collected) -> StepReport {
     let Collected {
         reports,
-        outputs,
+        answers,
         first_error,
     } = collected;
     let mut report = StepReport::new(id, StepStatus::Succeeded, None);
@@ -334,10 +341,6 @@ fn gather(sh: &Shared, id: &str, step: &Step, fan_out: bool, collected: Collecte
         report.ignored_failure = step.continue_on_error;
         return report;
     }
-    report.output = Some(if fan_out {
-        Value::Array(outputs)
-    } else {
-        outputs.into_iter().next().unwrap_or(Value::Null)
-    });
+    report.output = Some(answers.finish());
     report
 }

@@ -1,8 +1,9 @@
-//! A fan-out larger than a step keeps in memory: its call reports go to a
-//! temporary file as they arrive, out of order, and every consumer reads
-//! them back in item order with the same figures — the JSON report, the
-//! `run.json` of `--out`, the text summary, and the response cache's
-//! savings on a second run.
+//! A fan-out larger than a step keeps in memory: its call reports (and its
+//! answers, when no step reads them) go to temporary files as they arrive,
+//! out of order, and every consumer reads them back in item order with the
+//! same figures and bytes — the JSON report, `--out`'s files, the text
+//! summary and stdout, the response cache's savings on a second run, a
+//! resume, and a test suite's checks.
 
 use fake_llm::{Recorded, Reply};
 use serde_json::Value;
@@ -200,4 +201,176 @@ rules:
         summary.contains(&format!("  … and {} more", escalated - 10)),
         "{summary}"
     );
+}
+
+/// Two fan-outs past [`tollgate::run::IN_MEMORY`] items, one of text answers
+/// and one of structured answers; `read_by` adds a step that reads both
+/// (skipped by its `when`, so it calls nothing): their answers are then
+/// held in memory, not spilled.
+fn two_fan_outs(read_by: bool) -> String {
+    let items: Vec<String> = (0..ITEMS).map(|i| format!("item-{i}")).collect();
+    let mut w = format!(
+        "version: 1\nname: answers\ninputs:\n  xs: {{type: array, default: {}}}\nsteps:\n  label:\n    task: classify\n    for_each: inputs.xs\n    prompt: 'Label {{{{ item }}}}.'\n    max_output_tokens: 20\n  shape:\n    task: classify\n    for_each: inputs.xs\n    prompt: 'Shape {{{{ item }}}}.'\n    max_output_tokens: 40\n    output:\n      schema: {{type: object, required: [zeta, alpha]}}\n",
+        serde_json::to_string(&items).unwrap()
+    );
+    if read_by {
+        w.push_str("  reader:\n    task: write\n    when: 'steps.label.output | length > 100000 and steps.shape.output | length > 100000'\n    prompt: '{{ steps.label.output | length }} {{ steps.shape.output | length }}'\n    max_output_tokens: 5\n");
+    }
+    w
+}
+
+/// The pretty-printed `output` of step `id` in a pretty-printed run report:
+/// the step's last field, up to the end of its object.
+fn output_of<'a>(report: &'a str, id: &str) -> &'a str {
+    let at = report
+        .find(&format!("\"id\": \"{id}\""))
+        .unwrap_or_else(|| panic!("step {id}"));
+    let from = at + report[at..].find("\"output\": ").expect("an output");
+    let to = from + report[from..].find("\n    }").expect("the step's end");
+    &report[from..to]
+}
+
+/// A fan-out's answers that no step reads are spilled past
+/// [`tollgate::run::IN_MEMORY`] items and read back in item order by
+/// everything that shows them: stdout, `--format json`, `--out`'s
+/// `<step>.json` and `run.json` are byte for byte what the same answers
+/// held in memory (the same steps, read by another) give.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spilled_answers_print_and_write_byte_for_byte_as_held_ones() {
+    const { assert!(ITEMS > tollgate::run::IN_MEMORY) };
+    let fake = fake_llm::FakeServer::start().await;
+    // Answers arrive out of item order; text with what JSON escapes, and
+    // objects whose keys are not in sorted order, with floats.
+    fake.set_handler(|r: &Recorded| {
+        let n = item_of(r);
+        let delay = std::time::Duration::from_millis((n * 7 % 5) as u64);
+        if r.raw_body.contains("Shape item-") {
+            Reply::text(format!(
+                r#"{{"zeta": {n}, "alpha": "é\n{n}", "x": {}, "nested": {{"b": [true, null], "a": -0.0}}}}"#,
+                n as f64 / 8.0 + 0.1
+            ))
+            .delay(delay)
+        } else {
+            Reply::text(format!("label {n}: \"quoted\"\ttab ✓\n")).delay(delay)
+        }
+    });
+    let held = Project::new(&policy(&fake, ""), &two_fan_outs(true));
+    let spilled = Project::new(&policy(&fake, ""), &two_fan_outs(false));
+    let args = ["--format", "json", "--out", "out", "--concurrency", "16"];
+    let (h, s) = (held.run(&args).await, spilled.run(&args).await);
+    assert_eq!(h.status.code(), Some(0), "{}", transcript(&h));
+    assert_eq!(s.status.code(), Some(0), "{}", transcript(&s));
+    let (h_json, s_json) = (stdout(&h), stdout(&s));
+    let (h_file, s_file) = (held.read("out/run.json"), spilled.read("out/run.json"));
+    for id in ["label", "shape"] {
+        let held_output = output_of(&h_json, id);
+        assert_eq!(output_of(&s_json, id), held_output, "{id}");
+        assert_eq!(output_of(&h_file, id), held_output, "{id}");
+        assert_eq!(output_of(&s_file, id), held_output, "{id}");
+        let file = format!("out/{id}.json");
+        assert_eq!(spilled.read(&file), held.read(&file), "{id}");
+    }
+    // Every answer, in item order.
+    let r = report(&s);
+    for i in [0, 1, ITEMS / 2, ITEMS - 1] {
+        assert_eq!(
+            step(&r, "label")["output"][i],
+            format!("label {i}: \"quoted\"\ttab ✓\n")
+        );
+        assert_eq!(step(&r, "shape")["output"][i]["zeta"], i);
+    }
+    assert_eq!(
+        step(&r, "shape")["output"].as_array().map(Vec::len),
+        Some(ITEMS)
+    );
+
+    // stdout's final answers: the two steps under their headings, each as
+    // its `<step>.json`.
+    let text = spilled.run(&[]).await;
+    assert_eq!(text.status.code(), Some(0), "{}", transcript(&text));
+    let want = format!(
+        "## label\n\n{}\n\n## shape\n\n{}\n\n",
+        held.read("out/label.json"),
+        held.read("out/shape.json")
+    );
+    assert!(
+        stdout(&text) == want,
+        "stdout differs from the held answers"
+    );
+}
+
+/// A resumed run gathers a spilled output anew from the journal's answers
+/// and the calls it makes now: every answer, in item order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resumed_spilled_fan_out_has_every_answer_in_item_order() {
+    let fake = fake_llm::FakeServer::start().await;
+    // Every hundredth item fails the first time: the step fails.
+    fake.set_handler(|r: &Recorded| {
+        let n = item_of(r);
+        if n % 100 == 37 {
+            Reply::auth_error()
+        } else {
+            Reply::text(format!("label {n}"))
+                .delay(std::time::Duration::from_millis((n % 3) as u64))
+        }
+    });
+    let project = Project::new(&policy(&fake, ""), &workflow());
+    let out = project
+        .run(&["--format", "json", "--concurrency", "16"])
+        .await;
+    assert_eq!(out.status.code(), Some(1), "{}", transcript(&out));
+    let id = report(&out)["run_id"].as_str().unwrap().to_owned();
+    assert_eq!(step(&report(&out), "label")["output"], Value::Null);
+
+    fake.set_handler(|r: &Recorded| Reply::text(format!("label {}", item_of(r))));
+    let failed = ITEMS.div_ceil(100);
+    let again = project
+        .tollgate(&["run", "--resume", &id, "--format", "json", "--out", "out"])
+        .keys()
+        .await;
+    assert_eq!(again.status.code(), Some(0), "{}", transcript(&again));
+    let r = report(&again);
+    assert_eq!(r["resumed_calls"], ITEMS - failed);
+    let want: Vec<String> = (0..ITEMS).map(|i| format!("label {i}")).collect();
+    assert_eq!(step(&r, "label")["output"], serde_json::json!(want));
+    let written: Value = serde_json::from_str(&project.read("out/label.json")).unwrap();
+    assert_eq!(written, serde_json::json!(want));
+}
+
+/// `tollgate test` checks a spilled output read back whole, in item order:
+/// the list equal to every answer passes, one answer off fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_suite_checks_a_spilled_output_in_item_order() {
+    let fake = fake_llm::FakeServer::start().await;
+    fake.set_handler(|r: &Recorded| {
+        let n = item_of(r);
+        Reply::text(format!("label {n}")).delay(std::time::Duration::from_millis((n % 3) as u64))
+    });
+    let mut want: Vec<String> = (0..ITEMS).map(|i| format!("label {i}")).collect();
+    let suite = |want: &[String]| {
+        format!(
+            "workflow: ../wf.yaml\npolicy: ../policy.yaml\ncases:\n  - name: all\n    expect:\n      label: {{ equals: {}, contains: 'label {}' }}\n",
+            serde_json::to_string(want).unwrap(),
+            ITEMS - 1
+        )
+    };
+    let project =
+        Project::new(&policy(&fake, ""), &workflow()).with("evals/labels.yaml", &suite(&want));
+    let args = ["test", "evals/labels.yaml", "--format", "json"];
+    let out = project.tollgate(&args).keys().await;
+    assert_eq!(out.status.code(), Some(0), "{}", transcript(&out));
+
+    want.swap(3, 4);
+    project.write("evals/labels.yaml", &suite(&want));
+    let out = project.tollgate(&args).keys().await;
+    assert_eq!(out.status.code(), Some(1), "{}", transcript(&out));
+    let r = report(&out);
+    let failures = r["suites"][0]["cases"][0]["runs"][0]["failures"]
+        .as_array()
+        .expect("failures");
+    let got: Vec<&str> = failures
+        .iter()
+        .map(|f| f["assertion"].as_str().unwrap())
+        .collect();
+    assert_eq!(got, ["equals"]);
 }

@@ -147,7 +147,8 @@ pub(super) async fn judge(
     .await;
     finish_journaled(ctx, run_id, report.status);
     let step = report.steps.first().ok_or(CheckError::JudgeDidNotRun)?;
-    let out = match (&step.status, &step.output) {
+    // A judge is one call: its output is always held.
+    let out = match (&step.status, step.output.as_ref().and_then(|o| o.held())) {
         (StepStatus::Succeeded, Some(v)) => v.clone(),
         _ => {
             return Err(CheckError::JudgeFailed(step.detail.clone()));
