@@ -82,7 +82,7 @@ async fn engine(
                 policy: "bench".into(),
                 policy_path: "bench-policy.yaml".into(),
                 policy_hash: String::new(),
-                inputs: serde_json::json!({}),
+                inputs_json: "{}".to_owned(),
                 estimate_usd: 0.0,
                 estimate_max_usd: 0.0,
                 steps: Vec::new(),

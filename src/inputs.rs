@@ -119,6 +119,25 @@ pub fn journal_value(v: &InputValue) -> Value {
     }
 }
 
+/// Every input as the journal keeps it ([`journal_value`]), as JSON text:
+/// the same bytes as serialising a map of `journal_value`s, without copying
+/// the values into one first.
+pub fn journal_json(inputs: &Inputs) -> String {
+    struct Kept<'a>(&'a InputValue);
+    impl Serialize for Kept<'_> {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            if self.0.stream.is_some() || self.0.attachment.is_some() {
+                journal_value(self.0).serialize(s)
+            } else {
+                self.0.value.serialize(s)
+            }
+        }
+    }
+    let kept: IndexMap<&str, Kept<'_>> =
+        inputs.iter().map(|(k, v)| (k.as_str(), Kept(v))).collect();
+    serde_json::to_string(&kept).expect("JSON values serialise (their keys are strings)")
+}
+
 /// The inputs a run was started with, read back from the journal for
 /// `--resume`: values as they were, and each attachment read again from its
 /// file, which must hold the same bytes (by SHA-256) — a resume with other
@@ -710,6 +729,44 @@ pub fn coerce(kind: InputType, text: &str) -> Result<Value, CoerceError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The journal's text is what serialising a map of `journal_value`s
+    /// gave (so its hash, and a resume of an older journal, are unchanged),
+    /// and a streamed list is its descriptor, never its items.
+    #[test]
+    fn the_journal_text_is_the_journal_values_serialised() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("xs.jsonl");
+        std::fs::write(&file, "\"first item\"\n\"second item\"\n").unwrap();
+        let list = std::sync::Arc::new(StreamedList::open(&file).unwrap());
+        let mut inputs = Inputs::new();
+        let held = |value: Value| InputValue {
+            value,
+            source: ValueSource::Given,
+            attachment: None,
+            stream: None,
+        };
+        inputs.insert("text".into(), held("a \"quoted\" ticket ✓".into()));
+        inputs.insert(
+            "list".into(),
+            held(serde_json::json!([1, {"b": [null, 2.5]}])),
+        );
+        inputs.insert("xs".into(), streamed_value(std::sync::Arc::clone(&list)));
+        let text = journal_json(&inputs);
+        let values = Value::Object(
+            inputs
+                .iter()
+                .map(|(k, v)| (k.clone(), journal_value(v)))
+                .collect(),
+        );
+        assert_eq!(text, values.to_string());
+        assert_eq!(
+            crate::journal::sha256_text(&text),
+            crate::journal::sha256_json(&values)
+        );
+        assert!(!text.contains("first item"), "{text}");
+        assert!(text.contains(list.sha256()), "{text}");
+    }
 
     #[test]
     fn parses_input_forms() {

@@ -47,7 +47,7 @@ pub use pg::StateUrl;
 pub use pg_tls::TlsWarning;
 pub use records::{
     CachedAnswer, CallRecord, EscalatedCall, FinishedCall, NewRun, PlannedStep, RunRow,
-    fingerprint, new_run, policy_hash, prompt_hash, sha256_json,
+    fingerprint, new_run, policy_hash, prompt_hash, sha256_json, sha256_text,
 };
 use schema::SCHEMA_VERSION;
 
@@ -522,8 +522,8 @@ impl Journal {
                     run.policy,
                     run.policy_path,
                     run.policy_hash,
-                    sha256_json(&run.inputs),
-                    run.inputs.to_string(),
+                    sha256_text(&run.inputs_json),
+                    run.inputs_json,
                     now,
                     run.steps.len() as i64,
                     run.estimate_usd,
@@ -1269,7 +1269,7 @@ mod tests {
             policy: "p".into(),
             policy_path: "p.yaml".into(),
             policy_hash: "ph".into(),
-            inputs: serde_json::json!({"ticket": "x"}),
+            inputs_json: serde_json::json!({"ticket": "x"}).to_string(),
             estimate_usd: 0.01,
             estimate_max_usd: 0.02,
             steps: vec![PlannedStep {

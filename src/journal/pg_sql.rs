@@ -12,7 +12,7 @@ use super::pg::{PgConn, get};
 use super::who::clean;
 use super::{
     BatchRef, CachedAnswer, CallRecord, EscalatedCall, FinishedCall, JournalError, Millis, NewRun,
-    RunRow, format_time, sha256_json,
+    RunRow, format_time, sha256_text,
 };
 use crate::process::{own_start, process_alive_since};
 use crate::usage::Usage;
@@ -24,8 +24,8 @@ pub(super) fn begin_run(
     now: Millis,
     who: &super::who::Who,
 ) -> Result<String, JournalError> {
-    let inputs_hash = sha256_json(&run.inputs);
-    let inputs = run.inputs.to_string();
+    let inputs_hash = sha256_text(&run.inputs_json);
+    let inputs = &run.inputs_json;
     let steps_total = run.steps.len() as i64;
     let pid = i64::from(std::process::id());
     let pid_start = own_start();

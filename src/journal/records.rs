@@ -63,7 +63,7 @@ pub fn new_run(
         policy: policy.name.clone(),
         policy_path: absolute(policy_path),
         policy_hash: policy_hash(policy_path),
-        inputs: Value::Null,
+        inputs_json: String::new(),
         estimate_usd: 0.0,
         estimate_max_usd: 0.0,
         steps: Vec::new(),
@@ -85,12 +85,7 @@ impl NewRun {
             policy: self.policy.clone(),
             policy_path: self.policy_path.clone(),
             policy_hash: self.policy_hash.clone(),
-            inputs: Value::Object(
-                inputs
-                    .iter()
-                    .map(|(k, v)| (k.clone(), crate::inputs::journal_value(v)))
-                    .collect(),
-            ),
+            inputs_json: crate::inputs::journal_json(inputs),
             estimate_usd: plan.totals.cost.low,
             estimate_max_usd: plan.totals.cost.high,
             steps: plan
@@ -123,8 +118,13 @@ pub fn prompt_hash(system: Option<&str>, prompt: &str) -> String {
 
 /// A hash of anything serialisable, as hex (for request and file identities).
 pub fn sha256_json(v: &impl Serialize) -> String {
-    let bytes = serde_json::to_vec(v).unwrap_or_default();
-    format!("{:x}", Sha256::digest(&bytes))
+    sha256_text(&serde_json::to_string(v).unwrap_or_default())
+}
+
+/// The SHA-256 of JSON text already serialised, as hex: what
+/// [`sha256_json`] gives for the value it was serialised from.
+pub fn sha256_text(json: &str) -> String {
+    format!("{:x}", Sha256::digest(json.as_bytes()))
 }
 
 /// What is known about a run when it starts.
@@ -138,8 +138,11 @@ pub struct NewRun {
     pub policy: String,
     pub policy_path: String,
     pub policy_hash: String,
-    /// The resolved inputs (a resume reads them back, so `@-` works too).
-    pub inputs: Value,
+    /// The resolved inputs as JSON text (a resume reads them back, so `@-`
+    /// works too): serialised once from the inputs themselves, never
+    /// copied into a second tree of values (a 100,000-item list was held
+    /// twice more while the run began).
+    pub inputs_json: String,
     pub estimate_usd: f64,
     pub estimate_max_usd: f64,
     pub steps: Vec<PlannedStep>,
@@ -333,7 +336,7 @@ mod tests {
         let copied = first.with_case(&b, &plan_b);
         assert_eq!(format!("{copied:?}"), format!("{whole:?}"));
         // Not vacuous: the cases' records differ where their cases do.
-        assert_ne!(first.inputs, copied.inputs);
+        assert_ne!(first.inputs_json, copied.inputs_json);
         assert_eq!(copied.policy_hash, sha256_json(&"version: 1\n"));
     }
 }
