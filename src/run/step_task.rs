@@ -38,19 +38,33 @@ pub(super) async fn run_step(
     };
     // Dependencies are settled by the dispatcher: a step task starts only
     // when every one succeeded (or failed with `continue_on_error`).
-    let expanded = step::expand(
-        &step::Scope {
-            analysis: &sh.analysis,
-            policy: &sh.policy,
-            index: i,
-            inputs: &sh.inputs,
-            files: &sh.files,
-            streams: &sh.streams,
-            levels: &sh.levels,
-            upstream: Upstream::Real(&upstream),
-        },
-        When::Runs,
-    );
+    let expand = || {
+        step::expand(
+            &step::Scope {
+                analysis: &sh.analysis,
+                policy: &sh.policy,
+                index: i,
+                inputs: &sh.inputs,
+                files: &sh.files,
+                streams: &sh.streams,
+                levels: &sh.levels,
+                upstream: Upstream::Real(&upstream),
+            },
+            When::Runs,
+        )
+    };
+    // Expanding renders every call once: seconds of CPU and file reads for
+    // a streamed list of millions of items. On the run's multi-thread
+    // runtime the worker hands its other tasks (other steps' calls) to the
+    // rest while it does; elsewhere (a test's one-thread runtime, where
+    // `block_in_place` is refused) it just runs.
+    let multi_thread = tokio::runtime::Handle::current().runtime_flavor()
+        == tokio::runtime::RuntimeFlavor::MultiThread;
+    let expanded = if multi_thread {
+        tokio::task::block_in_place(expand)
+    } else {
+        expand()
+    };
     let expanded = match expanded {
         Ok(e) => e,
         Err(e) => return fail(e.message(sh.analysis.doc())),
