@@ -370,7 +370,7 @@ pub fn resolve(
                         Err(err) => diags.push(
                             Diagnostic::error(
                                 "input-file",
-                                format!("--input {}: cannot use `{path}`: {err}", r.name),
+                                format!("--input {}: {}", r.name, err.about(path)),
                             )
                             .with_help(err.hint()),
                         ),

@@ -76,6 +76,25 @@ pub enum StreamError {
 }
 
 impl StreamError {
+    /// The error about the file at `path` as a user reads it: a bad line
+    /// located `path:line:column`, as a compiler would.
+    pub fn about(&self, path: &str) -> String {
+        match self {
+            StreamError::Line {
+                line,
+                column,
+                reason,
+            } => format!("{path}:{line}:{column}: {reason}"),
+            StreamError::LineTooLong { line } => {
+                format!(
+                    "{path}:{line}: a line longer than {} MiB",
+                    MAX_ITEM_BYTES >> 20
+                )
+            }
+            _ => format!("cannot use `{path}`: {self}"),
+        }
+    }
+
     pub fn hint(&self) -> &'static str {
         match self {
             StreamError::Read(e) => e
