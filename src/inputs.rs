@@ -336,10 +336,7 @@ pub fn resolve(
                 Ok(a) => {
                     let a = std::sync::Arc::new(a);
                     if attached.insert(r.name.as_str(), a).is_some() {
-                        diags.push(Diagnostic::error(
-                            "duplicate-input",
-                            format!("--input {} is given twice", r.name),
-                        ));
+                        diags.push(given_twice(&r.name));
                     }
                 }
                 Err(err) => diags.push(
@@ -357,14 +354,9 @@ pub fn resolve(
                 RawValue::File(path) => {
                     match StreamedList::open(Path::new(path)) {
                         Ok(list) => {
-                            if streamed
-                                .insert(r.name.as_str(), std::sync::Arc::new(list))
-                                .is_some()
-                            {
-                                diags.push(Diagnostic::error(
-                                    "duplicate-input",
-                                    format!("--input {} is given twice", r.name),
-                                ));
+                            let list = std::sync::Arc::new(list);
+                            if streamed.insert(r.name.as_str(), list).is_some() {
+                                diags.push(given_twice(&r.name));
                             }
                         }
                         Err(err) => diags.push(
@@ -445,10 +437,7 @@ pub fn resolve(
         match coerce(decl.kind, &text) {
             Ok(v) => {
                 if given.insert(&r.name, v).is_some() {
-                    diags.push(Diagnostic::error(
-                        "duplicate-input",
-                        format!("--input {} is given twice", r.name),
-                    ));
+                    diags.push(given_twice(&r.name));
                 }
             }
             Err(why) => diags.push(
@@ -515,6 +504,10 @@ pub fn resolve(
     } else {
         Err(diags)
     }
+}
+
+fn given_twice(name: &str) -> Diagnostic {
+    Diagnostic::error("duplicate-input", format!("--input {name} is given twice"))
 }
 
 /// Resolves inputs given as typed values (a test case's `inputs:`):

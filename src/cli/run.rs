@@ -606,29 +606,12 @@ fn write_json(dir: &Path, name: &str, value: &impl serde::Serialize) -> std::io:
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::run::{Answers, Calls, StepStatus};
+    use crate::run::{Answers, StepStatus};
 
     fn step(id: &str, output: Output) -> StepReport {
-        StepReport {
-            id: id.to_owned(),
-            status: StepStatus::Succeeded,
-            detail: None,
-            ignored_failure: false,
-            model: None,
-            provider_model: None,
-            rule: None,
-            calls: Calls::default(),
-            usage: crate::provider::Usage::default(),
-            cost_usd: 0.0,
-            list_cost_usd: 0.0,
-            latency_ms: 0,
-            queued_ms: 0,
-            call_ms: 0,
-            model_ms: 0,
-            ttft_ms: None,
-            output: Some(output),
-            router_text: None,
-        }
+        let mut s = StepReport::new(id, StepStatus::Succeeded, None);
+        s.output = Some(output);
+        s
     }
 
     /// Answers that cannot be read back are an error of their own (not a

@@ -266,7 +266,7 @@ pub struct StepReport {
 }
 
 impl StepReport {
-    pub(super) fn new(id: &str, status: StepStatus, detail: Option<String>) -> StepReport {
+    pub(crate) fn new(id: &str, status: StepStatus, detail: Option<String>) -> StepReport {
         StepReport {
             id: id.to_owned(),
             status,

@@ -13,19 +13,6 @@ use crate::support::*;
 /// More items than [`tollgate::run::IN_MEMORY`]: the reports are spilled.
 const ITEMS: usize = 600;
 
-/// The item number in a request (`Label item-N.`), for answers and usage
-/// that differ per item, so a report filed under the wrong item shows.
-fn item_of(r: &Recorded) -> usize {
-    let b = &r.raw_body;
-    let at = b.find("item-").expect("an item in the prompt") + 5;
-    b[at..]
-        .chars()
-        .take_while(char::is_ascii_digit)
-        .collect::<String>()
-        .parse()
-        .unwrap()
-}
-
 fn workflow() -> String {
     let items: Vec<String> = (0..ITEMS).map(|i| format!("item-{i}")).collect();
     format!(

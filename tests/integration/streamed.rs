@@ -21,18 +21,6 @@ fn workflow() -> &'static str {
     "version: 1\nname: streamed\ninputs:\n  xs: {type: array, stream: true, sensitivity: internal}\nsteps:\n  label:\n    task: classify\n    for_each: inputs.xs\n    prompt: 'Label {{ item.name }}.'\n    max_output_tokens: 5\n"
 }
 
-/// The item number in a request (`Label item-N.`).
-fn item_of(r: &Recorded) -> usize {
-    let b = &r.raw_body;
-    let at = b.find("item-").expect("an item in the prompt") + 5;
-    b[at..]
-        .chars()
-        .take_while(char::is_ascii_digit)
-        .collect::<String>()
-        .parse()
-        .unwrap()
-}
-
 fn items(n: usize) -> Vec<Value> {
     (0..n)
         .map(|i| serde_json::json!({"name": format!("item-{i}"), "n": i}))

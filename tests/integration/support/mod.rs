@@ -446,3 +446,17 @@ macro_rules! assert_output_snapshot {
         insta::assert_snapshot!($name, $crate::support::cmd_snapshot_text(&$out))
     };
 }
+
+/// The item number in a fan-out's request whose prompt holds `item-N`: for
+/// answers and usage that differ per item, so a report filed under the
+/// wrong item shows.
+pub fn item_of(r: &fake_llm::Recorded) -> usize {
+    let b = &r.raw_body;
+    let at = b.find("item-").expect("an item in the prompt") + 5;
+    b[at..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect::<String>()
+        .parse()
+        .unwrap()
+}
