@@ -458,6 +458,39 @@ fn prepare_all(
         if expanded.fan_out.is_some() {
             fan_outs.insert(id.clone(), expanded.call_count());
         }
+        // A step that reads a fan-out's output holds every answer (and a
+        // plan, a stand-in for each): bounded as a held list is. Only a
+        // streamed list can fan out wider.
+        if expanded.call_count() > template::MAX_FOR_EACH_ITEMS as u64 {
+            let mut readers = analysis
+                .steps
+                .values()
+                .filter(|r| r.reads_steps.contains(id))
+                .peekable();
+            // Its readers are not expanded: their stand-ins alone would
+            // be one per item.
+            let stop = readers.peek().is_some();
+            for reader in readers {
+                diags.push(
+                    Diagnostic::error(
+                        "plan",
+                        format!(
+                            "step `{}` reads the output of step `{id}`, which fans out over {} items: a step can read at most {} answers",
+                            reader.id,
+                            expanded.call_count(),
+                            template::MAX_FOR_EACH_ITEMS
+                        ),
+                    )
+                    .at(reader.prompt.span(doc, 0, reader.prompt.text.len()))
+                    .with_help(
+                        "a streamed fan-out's answers go to --out and stdout; read a smaller list, or split the input into files of at most that many items",
+                    ),
+                );
+            }
+            if stop {
+                break;
+            }
+        }
         // A streamed step's calls are never held (bounded on their own).
         if !expanded.is_streamed() {
             rendered_total += expanded.rendered_bytes();

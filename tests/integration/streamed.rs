@@ -336,3 +336,33 @@ fn reading_a_streamed_input_any_other_way_is_a_located_error() {
         "{said}"
     );
 }
+
+/// A step that reads a fan-out's output holds every answer: past the
+/// bound of a held list, a streamed fan-out's readers are refused before
+/// anything is sent (and the plan builds no stand-in per item for them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_cannot_read_the_answers_of_a_fan_out_wider_than_a_held_list() {
+    let fake = fake_llm::FakeServer::start().await;
+    let wide = tollgate::template::MAX_FOR_EACH_ITEMS + 1;
+    let lines: String = (0..wide)
+        .map(|i| format!("{{\"name\": \"item-{i}\"}}\n"))
+        .collect();
+    let workflow = format!(
+        "{}  digest:\n    task: summarize\n    prompt: 'Summarize {{{{ steps.label.output | length }}}} labels.'\n",
+        workflow()
+    );
+    let project = Project::new(&policy(&fake, ""), &workflow).with("xs.jsonl", &lines);
+    let out = project.run(&["-i", "xs=@xs.jsonl"]).await;
+    let said = transcript(&out);
+    assert_eq!(out.status.code(), Some(2), "{said}");
+    // (The report wraps the message: its two halves.)
+    let head =
+        format!("step `digest` reads the output of step `label`, which fans out over {wide} items");
+    assert!(said.contains(&head), "{said}");
+    assert!(
+        said.contains(&format!("read at most {} answers", wide - 1)),
+        "{said}"
+    );
+    assert!(said.contains("wf.yaml:13:"), "{said}");
+    assert_eq!(fake.request_count(), 0);
+}
