@@ -126,13 +126,13 @@ impl RenderContext {
     /// The context of one call: the base plus, for a `for_each` step, its
     /// `item` (ignored for a step without `for_each`, whose templates may
     /// not read `item`).
-    pub fn for_item(&self, item: Option<&serde_json::Value>) -> minijinja::Value {
+    pub fn for_item(&self, item: Option<&minijinja::Value>) -> minijinja::Value {
         let mut ctx = vec![
             ("inputs", self.inputs.clone()),
             ("steps", self.steps.clone()),
         ];
         if let (Some(item), true) = (item, self.takes_item) {
-            ctx.push(("item", minijinja::Value::from_serialize(item)));
+            ctx.push(("item", item.clone()));
         }
         if let Some(r) = &self.retrieved {
             ctx.push(("retrieved", r.clone()));

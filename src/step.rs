@@ -36,7 +36,7 @@ use crate::diagnostic::Diagnostic;
 use crate::policy::Policy;
 use crate::route::Facts;
 use crate::streamed::StreamedList;
-use crate::template::{self, Source};
+use crate::template::{self, ForEachList, Source};
 use crate::tokens::{self, Tokenizer};
 use crate::workflow::{InputType, Step, Workflow};
 use crate::yaml::Document;
@@ -238,7 +238,7 @@ struct Lazy {
 enum ItemSource {
     /// Evaluated from the step's context (`None`: the one call of a step
     /// without `for_each`).
-    Held(Vec<Option<Value>>),
+    Held(Vec<Option<Item>>),
     /// A streamed input given as a file ([`crate::streamed`]): read again
     /// on each pass, each block checked against the first reading.
     Streamed {
@@ -250,7 +250,11 @@ enum ItemSource {
 }
 
 /// One pass over a step's items, in order.
-type ItemIter<'a> = Box<dyn Iterator<Item = Result<Cow<'a, Option<Value>>, StepError>> + Send + 'a>;
+type ItemIter<'a> = Box<dyn Iterator<Item = Result<Cow<'a, Option<Item>>, StepError>> + Send + 'a>;
+
+/// A `for_each` item as templates see it: the evaluated list's own element
+/// (sharing its data with the context), or a streamed line's value.
+type Item = minijinja::Value;
 
 impl ItemSource {
     fn len(&self) -> usize {
@@ -268,7 +272,7 @@ impl ItemSource {
                 input,
                 for_each,
             } => Box::new(list.items().map(move |item| {
-                item.map(|v| Cow::Owned(Some(v)))
+                item.map(|v| Cow::Owned(Some(Item::from_serialize(&v))))
                     .map_err(|e| StepError::Invalid {
                         source: for_each.clone(),
                         message: format!(
@@ -906,7 +910,7 @@ fn manage(
     scope: &Scope<'_>,
     spec: &ContextSpec,
     ctx: &RenderContext,
-    items: &[Option<Value>],
+    items: &[Option<Item>],
     turns: &history::Window,
     calls: Vec<RenderedCall>,
 ) -> Result<(Vec<RenderedCall>, Effect), StepError> {
@@ -929,7 +933,7 @@ fn manage(
         let first = items
             .first()
             .and_then(|i| i.as_ref())
-            .and_then(Value::as_str);
+            .and_then(Item::as_str);
         let one = calls.first().map_or(0, rule_tokens);
         let chunk_tokens = first.map_or(0, |c| RULE_TOKENIZER.count(c)) as u64;
         effect.strategy = "chunk".to_owned();
@@ -1228,7 +1232,7 @@ fn decide(scope: &Scope<'_>, inherited: When, base: &minijinja::Value) -> Result
 enum Items {
     /// No `for_each`: one call.
     One,
-    List(Vec<Value>, FanOut),
+    List(Vec<Item>, FanOut),
     /// A streamed input's file.
     Stream(Arc<StreamedList>, FanOut),
 }
@@ -1254,7 +1258,7 @@ fn items(scope: &Scope<'_>, base: &minijinja::Value) -> Result<Items, StepError>
         // estimates, which have the right shape (a sample per schema, one
         // entry per known fan-out item); its size is known only at run time.
         let list = match template::eval_list(env, &fe.text, base).ok() {
-            Some(Value::Array(list)) if !list.is_empty() => list,
+            Some(ForEachList::List(list)) if !list.is_empty() => list,
             _ => {
                 let source = fe
                     .references(env)
@@ -1267,7 +1271,7 @@ fn items(scope: &Scope<'_>, base: &minijinja::Value) -> Result<Items, StepError>
                         })
                     })
                     .unwrap_or_default();
-                vec![estimates.unknown_item(&source)]
+                vec![Item::from_serialize(estimates.unknown_item(&source))]
             }
         };
         let fan_out = FanOut {
@@ -1278,16 +1282,18 @@ fn items(scope: &Scope<'_>, base: &minijinja::Value) -> Result<Items, StepError>
     }
     let list = template::eval_list(env, &fe.text, base)
         .map_err(|e| scope.template(fe, e, "`for_each`"))?;
-    let Value::Array(list) = list else {
-        return Err(StepError::Invalid {
-            source: fe.clone(),
-            message: format!(
-                "`for_each` of step `{}` must give a list, got {}",
-                scope.info().id,
-                kind_of(&list)
-            ),
-            help: "for_each takes an expression such as `inputs.files` that evaluates to a list",
-        });
+    let list = match list {
+        ForEachList::List(list) => list,
+        ForEachList::NotAList(kind) => {
+            return Err(StepError::Invalid {
+                source: fe.clone(),
+                message: format!(
+                    "`for_each` of step `{}` must give a list, got {kind}",
+                    scope.info().id,
+                ),
+                help: "for_each takes an expression such as `inputs.files` that evaluates to a list",
+            });
+        }
     };
     let fan_out = FanOut {
         items: list.len() as u64,
@@ -1315,7 +1321,7 @@ enum Failed {
 fn render_call(
     t: &Templates<'_>,
     ctx: &RenderContext,
-    item: Option<&Value>,
+    item: Option<&Item>,
     turns: &history::Window,
 ) -> Result<RenderedCall, Failed> {
     let ctx = ctx.for_item(item);
@@ -1352,7 +1358,7 @@ fn render_call(
 fn render(
     scope: &Scope<'_>,
     ctx: &RenderContext,
-    items: &[Option<Value>],
+    items: &[Option<Item>],
     turns: &history::Window,
 ) -> Result<(Vec<RenderedCall>, usize), StepError> {
     let mut calls = Vec::with_capacity(items.len());
@@ -1489,17 +1495,6 @@ impl SharedPrefix {
 }
 
 /// What kind of value a `for_each` gave, for its error.
-fn kind_of(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "nothing",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "a list",
-        Value::Object(_) => "a mapping",
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1768,7 +1763,7 @@ mod tests {
         let a = analysis("  s: {task: t, prompt: '{{ inputs.flag }}'}\n");
         let inputs = json!({"flag": true, "secret": "x"});
         let ctx = a.steps["s"].context(inputs.as_object().unwrap(), |_| Value::Null);
-        let with_item = ctx.for_item(Some(&json!("leak")));
+        let with_item = ctx.for_item(Some(&Item::from("leak")));
         let env = &a.env;
         assert!(template::render(env, "{{ item }}", &with_item).is_err());
         assert!(template::render(env, "{{ inputs.secret }}", &with_item).is_err());
@@ -1804,12 +1799,11 @@ mod tests {
         let e = expand(&scope, When::Runs).unwrap();
         // The calls rendered and kept, as a step without `for_each` keeps
         // its one call.
-        let items: Vec<Option<Value>> = files["files"]
+        let items: Vec<Option<Item>> = files["files"]
             .as_array()
             .unwrap()
             .iter()
-            .cloned()
-            .map(Some)
+            .map(|v| Some(Item::from_serialize(v)))
             .collect();
         let (seen, _) = render(&scope, &scope.context(), &items, &NO_TURNS).unwrap();
         assert!(matches!(e.calls, Calls::Lazy(_)), "{:?}", e.calls);

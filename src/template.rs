@@ -417,16 +417,28 @@ pub fn eval(
     compile_expression(env, text)?.eval(ctx)
 }
 
-/// Evaluates a `for_each` expression and returns its value as JSON, within
-/// bounds: at most [`MAX_FOR_EACH_ITEMS`] items and [`MAX_RENDERED_BYTES`]
-/// of JSON. A lazy value (`["x" * 50000000] * 1000`) is small until it is
-/// copied out item by item; the copy goes through the capped writer, so it
-/// stops at the bound instead of exhausting memory.
+/// What a `for_each` expression gave: its items, or what it gave instead.
+pub enum ForEachList {
+    List(Vec<minijinja::Value>),
+    /// Not a list: "a string", "a mapping", … for the error.
+    NotAList(&'static str),
+}
+
+/// Evaluates a `for_each` expression, within bounds: at most
+/// [`MAX_FOR_EACH_ITEMS`] items and [`MAX_RENDERED_BYTES`] as JSON. A lazy
+/// value (`["x" * 50000000] * 1000`) is small until it is copied out item
+/// by item; it is measured by serialising it to a writer that counts and
+/// stops at the bound, so measuring it cannot exhaust memory either, and a
+/// value that is not data (a function, a macro) is refused.
+///
+/// The items are the evaluated values themselves, not a copy: an item of
+/// `inputs.xs` shares its data with the step's context (a list of 100,000
+/// items went to JSON text and back, one more copy of it, before).
 pub fn eval_list(
     env: &Environment<'_>,
     text: &str,
     ctx: &minijinja::Value,
-) -> Result<serde_json::Value, minijinja::Error> {
+) -> Result<ForEachList, minijinja::Error> {
     let v = eval(env, text, ctx)?;
     let too_many = || {
         minijinja::Error::new(
@@ -437,41 +449,66 @@ pub fn eval_list(
     if v.len().is_some_and(|n| n > MAX_FOR_EACH_ITEMS) {
         return Err(too_many());
     }
-    let mut out = Capped::default();
-    if serde_json::to_writer(&mut out, &v).is_err() {
+    let mut size = Capped::measuring();
+    if serde_json::to_writer(&mut size, &v).is_err() {
         return Err(minijinja::Error::new(
             minijinja::ErrorKind::InvalidOperation,
-            if out.over {
+            if size.over {
                 format!("the list is larger than {MAX_RENDERED_BYTES} bytes")
             } else {
                 "the value cannot be read as data".to_owned()
             },
         ));
     }
-    let json: serde_json::Value = serde_json::from_slice(&out.buf).unwrap_or_default();
-    if json
-        .as_array()
-        .is_some_and(|a| a.len() > MAX_FOR_EACH_ITEMS)
-    {
-        return Err(too_many());
-    }
-    Ok(json)
+    use minijinja::value::ValueKind;
+    let kind = match v.kind() {
+        // An iterable (`range(3)`) serialises as a list, and was one.
+        ValueKind::Seq | ValueKind::Iterable => {
+            let items: Vec<minijinja::Value> = v.try_iter()?.take(MAX_FOR_EACH_ITEMS + 1).collect();
+            if items.len() > MAX_FOR_EACH_ITEMS {
+                return Err(too_many());
+            }
+            return Ok(ForEachList::List(items));
+        }
+        ValueKind::Undefined | ValueKind::None => "nothing",
+        ValueKind::Bool => "a boolean",
+        ValueKind::Number => "a number",
+        ValueKind::String | ValueKind::Bytes => "a string",
+        ValueKind::Map => "a mapping",
+        _ => "a value that is not a list",
+    };
+    Ok(ForEachList::NotAList(kind))
 }
 
-/// A writer that refuses to grow past [`MAX_RENDERED_BYTES`].
+/// A writer that refuses to grow past [`MAX_RENDERED_BYTES`]; a measuring
+/// one only counts.
 #[derive(Default)]
 struct Capped {
     buf: Vec<u8>,
+    len: usize,
+    measuring: bool,
     over: bool,
+}
+
+impl Capped {
+    fn measuring() -> Capped {
+        Capped {
+            measuring: true,
+            ..Capped::default()
+        }
+    }
 }
 
 impl std::io::Write for Capped {
     fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        if self.buf.len() + b.len() > MAX_RENDERED_BYTES {
+        if self.len + b.len() > MAX_RENDERED_BYTES {
             self.over = true;
             return Err(std::io::Error::other("rendered text too long"));
         }
-        self.buf.extend_from_slice(b);
+        self.len += b.len();
+        if !self.measuring {
+            self.buf.extend_from_slice(b);
+        }
         Ok(b.len())
     }
     fn flush(&mut self) -> std::io::Result<()> {
