@@ -616,9 +616,11 @@ fn fake_takes_fifty(fake: &FakeServer, polls_before_done: u32) {
     });
 }
 
-/// The custom ids of each OpenAI batch uploaded, in upload order.
+/// The item numbers of each OpenAI batch uploaded, by first item (two
+/// batches in flight may arrive in either order).
 fn uploaded_ids(fake: &FakeServer) -> Vec<Vec<usize>> {
-    fake.requests()
+    let mut batches: Vec<Vec<usize>> = fake
+        .requests()
         .iter()
         .filter(|r| r.path == "/v1/files")
         .map(|r| {
@@ -628,7 +630,9 @@ fn uploaded_ids(fake: &FakeServer) -> Vec<Vec<usize>> {
                 .map(|t| t.split('"').next().unwrap().parse().unwrap())
                 .collect()
         })
-        .collect()
+        .collect();
+    batches.sort();
+    batches
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -708,11 +712,18 @@ async fn anthropic_batches_are_cut_at_the_byte_limit() {
     let r = report(&out);
     assert_eq!(step(&r, "label")["output"], labels(12));
     assert_eq!(sync_calls(&fake, "Label this ticket"), 0);
-    let creates: Vec<_> = fake
+    let mut creates: Vec<_> = fake
         .requests()
         .into_iter()
         .filter(|r| r.path == "/v1/messages/batches" && r.method == "POST")
         .collect();
+    // Two batches in flight may arrive in either order.
+    let first = |r: &Recorded| {
+        r.body["requests"][0]["custom_id"].as_str().unwrap()[5..]
+            .parse::<usize>()
+            .unwrap()
+    };
+    creates.sort_by_key(first);
     assert!(creates.len() >= 3, "{}", creates.len());
     let mut next = 0;
     for c in &creates {
