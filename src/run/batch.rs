@@ -13,8 +13,8 @@
 //! ([`MAX_IN_FLIGHT`]), not the step's. Each batch is submitted, polled
 //! every `batch_poll_interval` (progress events on each poll), then its
 //! results mapped back by custom id (`item-<n>`, `n` the item's place in
-//! the step). A request larger than a whole batch may be runs the
-//! synchronous way, like every call the batch path does not take.
+//! the step). A request too large for any batch goes the synchronous
+//! way, like every call the batch path does not take.
 //!
 //! **Failures fall back to the synchronous path.** An item that errored,
 //! expired, was cancelled, is missing from the results, or whose answer
