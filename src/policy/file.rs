@@ -72,6 +72,17 @@ pub struct ProviderFile {
     pub routing: Option<Routing>,
     /// Ollama only: `keep_alive` sent with every call.
     pub keep_alive: Option<serde_json::Value>,
+    /// OpenAI and Anthropic only: smaller batches than the provider takes.
+    pub batch: Option<BatchFile>,
+}
+
+/// A provider's `batch:` section: the most one batch may hold, at most
+/// what the provider takes ([`crate::policy::BatchLimits::of`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchFile {
+    pub max_requests: Option<u64>,
+    pub max_bytes: Option<u64>,
 }
 
 /// OpenRouter's provider preferences (its request's `provider` object,

@@ -195,6 +195,41 @@ pub struct Provider {
     /// Ollama only: how long the server keeps the model loaded after a call
     /// (`keep_alive`: a duration string such as `"10m"`, or seconds).
     pub keep_alive: Option<serde_json::Value>,
+    /// The most one batch may hold (the policy's `batch:` within the
+    /// provider's own limits); `None` for a provider without a batch API.
+    pub batch: Option<BatchLimits>,
+}
+
+/// The most one provider batch may hold: a larger one is refused whole.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchLimits {
+    pub max_requests: u64,
+    /// The serialised requests: OpenAI's JSONL input file, Anthropic's
+    /// request body.
+    pub max_bytes: u64,
+}
+
+/// provider-apis.md §2: "≤50,000 requests and ≤200 MB per input file".
+pub const OPENAI_BATCH_LIMITS: BatchLimits = BatchLimits {
+    max_requests: 50_000,
+    max_bytes: 200 * 1024 * 1024,
+};
+
+/// provider-apis.md §3, Message Batches: "100,000 requests or 256 MB".
+pub const ANTHROPIC_BATCH_LIMITS: BatchLimits = BatchLimits {
+    max_requests: 100_000,
+    max_bytes: 256 * 1024 * 1024,
+};
+
+impl BatchLimits {
+    /// What a provider kind's batch API takes, if it has one.
+    pub fn of(kind: ProviderKind) -> Option<BatchLimits> {
+        match kind {
+            ProviderKind::Openai => Some(OPENAI_BATCH_LIMITS),
+            ProviderKind::Anthropic => Some(ANTHROPIC_BATCH_LIMITS),
+            _ => None,
+        }
+    }
 }
 
 /// One server of a pool and how many calls it takes at once.

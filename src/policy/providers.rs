@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use indexmap::IndexMap;
 
 use super::{
-    EndpointFile, Launch, LaunchFile, Limits, Locality, PolicyFile, PoolEndpoint, Provider,
-    ProviderFile, ProviderKind, Routing, Server, is_loopback,
+    BatchLimits, EndpointFile, Launch, LaunchFile, Limits, Locality, PolicyFile, PoolEndpoint,
+    Provider, ProviderFile, ProviderKind, Routing, Server, is_loopback,
 };
 use crate::diagnostic::{Diagnostic, Span};
 use crate::yaml::{Document, pointer};
@@ -160,6 +160,7 @@ pub(super) fn providers(
                 sticky: p.sticky,
                 routing: routing(name, p, doc, diags),
                 keep_alive: keep_alive(name, p, doc, diags),
+                batch: batch(name, p, doc, diags),
             },
         );
     }
@@ -192,7 +193,57 @@ fn routing(
     Some(r.clone())
 }
 
-/// Where a pool's `i`-th endpoint URL is written.
+/// The most one batch holds: the provider's limits, lowered by the
+/// policy's `batch:` (smaller batches come back sooner and fit a low
+/// enqueued-token quota). A value above what the provider takes would
+/// only have every batch refused: an error where it is written.
+fn batch(
+    name: &str,
+    p: &ProviderFile,
+    doc: &Document,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<BatchLimits> {
+    let documented = BatchLimits::of(p.kind);
+    let Some(set) = p.batch else {
+        return documented;
+    };
+    let Some(documented) = documented else {
+        diags.push(
+            Diagnostic::error(
+                "batch-unsupported",
+                format!(
+                    "`batch` only applies to openai and anthropic providers, not {}",
+                    p.kind.name()
+                ),
+            )
+            .at(doc.key_span(&pointer(["providers", name, "batch"])))
+            .with_help("only those providers have a batch API; remove `batch`"),
+        );
+        return None;
+    };
+    let mut within = |key: &str, value: Option<u64>, most: u64| match value {
+        None => most,
+        Some(v) if (1..=most).contains(&v) => v,
+        Some(v) => {
+            diags.push(
+                Diagnostic::error(
+                    "batch-limit",
+                    format!("`batch.{key}` is {v}: {} takes 1 to {most}", p.kind.name()),
+                )
+                .at(doc.span(&pointer(["providers", name, "batch", key])))
+                .with_help(format!(
+                    "the provider refuses a batch past {most}; set at most {most}, or remove it"
+                )),
+            );
+            most
+        }
+    };
+    Some(BatchLimits {
+        max_requests: within("max_requests", set.max_requests, documented.max_requests),
+        max_bytes: within("max_bytes", set.max_bytes, documented.max_bytes),
+    })
+}
+
 /// `keep_alive` is Ollama's: elsewhere it would be silently ignored.
 fn keep_alive(
     name: &str,
@@ -220,6 +271,7 @@ fn keep_alive(
     Some(k.clone())
 }
 
+/// Where a pool's `i`-th endpoint URL is written.
 fn endpoint_span(doc: &Document, p: &ProviderFile, name: &str, i: usize) -> Option<Span> {
     let full = matches!(
         p.endpoints.as_deref().and_then(|e| e.get(i)),

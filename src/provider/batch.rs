@@ -26,6 +26,8 @@ use serde_json::{Value, json};
 
 use super::anthropic::{self, AnthropicClient};
 use super::openai::{self, OpenAiClient};
+pub use crate::policy::BatchLimits;
+
 use super::{
     AuthHeader, ChatRequest, ChatResponse, ClientConfig, Common, Endpoint, ErrorInfo, ErrorKind,
     Http, Meta, ProviderError, ProviderKind, ResponseLimits, Secret, str_at, u64_at,
@@ -69,6 +71,12 @@ pub enum ItemOutcome {
 
 /// A provider's batch API.
 pub trait BatchApi: Send + Sync {
+    /// The most one batch may hold; a larger one is refused whole.
+    fn limits(&self) -> BatchLimits;
+    /// The bytes `item` takes in a submitted batch (its JSONL line or its
+    /// entry of the request body, with the separator after it), as counted
+    /// against [`BatchLimits::max_bytes`].
+    fn encoded_len(&self, item: &BatchItem) -> u64;
     /// Submit the items; returns the batch id.
     fn submit<'a>(&'a self, items: &'a [BatchItem])
     -> BoxFuture<'a, Result<String, ProviderError>>;
@@ -92,13 +100,22 @@ pub fn batch_client_for(
     config: ClientConfig,
     http: Http,
 ) -> Option<Arc<dyn BatchApi>> {
+    // The policy's limits never go past the provider's (the policy check
+    // refuses that); a config built elsewhere is held to them too.
+    let documented = BatchLimits::of(kind)?;
+    let limits = config.batch_limits.map_or(documented, |l| BatchLimits {
+        max_requests: l.max_requests.clamp(1, documented.max_requests),
+        max_bytes: l.max_bytes.clamp(1, documented.max_bytes),
+    });
     let common = Common::new(kind, config, http);
     match kind {
         ProviderKind::Openai => Some(Arc::new(OpenAiBatch {
             client: OpenAiClient::new(common),
+            limits,
         })),
         ProviderKind::Anthropic => Some(Arc::new(AnthropicBatch {
             client: AnthropicClient::new(common),
+            limits,
         })),
         _ => None,
     }
@@ -245,6 +262,7 @@ fn item_error(common: &Common, status: Option<u16>, body: &Value) -> ProviderErr
 
 struct OpenAiBatch {
     client: OpenAiClient,
+    limits: BatchLimits,
 }
 
 const OPENAI_IDS: &[&str] = &["x-request-id"];
@@ -270,17 +288,22 @@ impl OpenAiBatch {
         Ok(value)
     }
 
+    /// One line of the JSONL input file (without its newline).
+    fn line(&self, item: &BatchItem) -> String {
+        json!({
+            "custom_id": item.custom_id,
+            "method": "POST",
+            "url": "/v1/chat/completions",
+            "body": openai::request_body(self.common().kind, &unstreamed(&item.request)),
+        })
+        .to_string()
+    }
+
     async fn submit_items(&self, items: &[BatchItem]) -> Result<String, ProviderError> {
         let c = self.common();
         let mut jsonl = String::new();
         for item in items {
-            let line = json!({
-                "custom_id": item.custom_id,
-                "method": "POST",
-                "url": "/v1/chat/completions",
-                "body": openai::request_body(c.kind, &unstreamed(&item.request)),
-            });
-            jsonl.push_str(&line.to_string());
+            jsonl.push_str(&self.line(item));
             jsonl.push('\n');
         }
         let part = reqwest::multipart::Part::text(jsonl)
@@ -422,6 +445,14 @@ impl OpenAiBatch {
 }
 
 impl BatchApi for OpenAiBatch {
+    fn limits(&self) -> BatchLimits {
+        self.limits
+    }
+
+    fn encoded_len(&self, item: &BatchItem) -> u64 {
+        self.line(item).len() as u64 + 1
+    }
+
     fn submit<'a>(
         &'a self,
         items: &'a [BatchItem],
@@ -455,10 +486,19 @@ impl BatchApi for OpenAiBatch {
 
 struct AnthropicBatch {
     client: AnthropicClient,
+    limits: BatchLimits,
 }
 
 const ANTHROPIC_IDS: &[&str] = &["request-id", "x-request-id"];
 const ANTHROPIC_HEADERS: &[(&str, &str)] = &[("anthropic-version", anthropic::API_VERSION)];
+
+/// One request of a Message Batch's body.
+fn entry(item: &BatchItem) -> Value {
+    json!({
+        "custom_id": item.custom_id,
+        "params": anthropic::request_body(&unstreamed(&item.request)),
+    })
+}
 
 impl AnthropicBatch {
     fn common(&self) -> &Common {
@@ -496,15 +536,7 @@ impl AnthropicBatch {
 
     async fn submit_items(&self, items: &[BatchItem]) -> Result<String, ProviderError> {
         let c = self.common();
-        let requests: Vec<Value> = items
-            .iter()
-            .map(|item| {
-                json!({
-                    "custom_id": item.custom_id,
-                    "params": anthropic::request_body(&unstreamed(&item.request)),
-                })
-            })
-            .collect();
+        let requests: Vec<Value> = items.iter().map(entry).collect();
         let batch = self
             .json(
                 c.http
@@ -587,6 +619,14 @@ impl AnthropicBatch {
 }
 
 impl BatchApi for AnthropicBatch {
+    fn limits(&self) -> BatchLimits {
+        self.limits
+    }
+
+    fn encoded_len(&self, item: &BatchItem) -> u64 {
+        entry(item).to_string().len() as u64 + 1
+    }
+
     fn submit<'a>(
         &'a self,
         items: &'a [BatchItem],

@@ -345,6 +345,9 @@ pub struct ClientConfig {
     pub model_response_limits: std::collections::HashMap<String, LimitOverrides>,
     /// The most a batch results download may be, in bytes.
     pub max_batch_download_bytes: u64,
+    /// The most one batch may hold (the policy's `batch:`); `None`: what
+    /// the provider takes ([`crate::policy::BatchLimits::of`]).
+    pub batch_limits: Option<crate::policy::BatchLimits>,
     /// OpenRouter: the request's `provider` object (routing preferences),
     /// added to every chat and completions body.
     pub provider_routing: Option<Value>,
@@ -371,6 +374,7 @@ impl ClientConfig {
             max_batch_download_bytes: DEFAULT_MAX_BATCH_DOWNLOAD,
             provider_routing: None,
             keep_alive: None,
+            batch_limits: None,
             model_context: std::collections::HashMap::new(),
         }
     }

@@ -49,6 +49,7 @@ impl Providers {
                 .as_ref()
                 .and_then(|r| serde_json::to_value(r).ok());
             config.keep_alive = p.keep_alive.clone();
+            config.batch_limits = p.batch;
             for m in models() {
                 config
                     .model_context

@@ -231,7 +231,9 @@ async fn make_calls(ctx: &StepCalls<'_>, collected: &mut Collected) -> Result<()
         .models
         .get(&ctx.chain[0])
         .filter(|_| ctx.cascade.is_none());
-    let batched: Option<Vec<Option<batch::Item>>> = match model {
+    // What a batch settles goes straight into `collected`, a batch at a
+    // time; the rest is called below.
+    let mut batched = match model {
         Some(model) => {
             batch::run(
                 ctx.sh,
@@ -241,13 +243,12 @@ async fn make_calls(ctx: &StepCalls<'_>, collected: &mut Collected) -> Result<()
                 expanded,
                 model,
                 ctx.label,
+                &mut |n, answered| collected.add(n, answered),
             )
             .await
         }
         None => None,
     };
-    // Without a batch, no slot per item: each item's batch answer is none.
-    let mut batched = batched.map(Vec::into_iter);
     // A window of calls exists at once, not one future per item: a future
     // holds its call's whole state (kilobytes) from the moment it is made,
     // so a 100,000-item fan-out joined at once held hundreds of megabytes
@@ -269,8 +270,12 @@ async fn make_calls(ctx: &StepCalls<'_>, collected: &mut Collected) -> Result<()
                     break;
                 }
             };
-            let batched = batched.as_mut().and_then(Iterator::next).flatten();
-            in_flight.push(one_call(ctx, n, call, batched));
+            let before = match batched.as_mut().map(|b| b.take(n)) {
+                Some(batch::Taken::Settled) => continue,
+                Some(batch::Taken::Again(report)) => Some(*report),
+                Some(batch::Taken::Call) | None => None,
+            };
+            in_flight.push(one_call(ctx, n, call, before));
         }
         let Some((n, answered)) = in_flight.next().await else {
             break;
@@ -280,21 +285,15 @@ async fn make_calls(ctx: &StepCalls<'_>, collected: &mut Collected) -> Result<()
     unread
 }
 
-/// One item's call: the batch's answer if it has one, else the call itself
-/// (after the batch's attempt, if the batch gave the item back).
+/// One item's call (after the batch's attempt, if a batch gave the item
+/// back: `before`).
 async fn one_call(
     ctx: &StepCalls<'_>,
     n: usize,
     call: std::borrow::Cow<'_, step::RenderedCall>,
-    batched: Option<batch::Item>,
+    before: Option<CallReport>,
 ) -> (usize, (CallReport, Result<Value, CallError>)) {
     let item = ctx.fan_out.then_some(n);
-    let before = match batched {
-        Some(batch::Item::Done(report, value)) => return (n, (report, Ok(value))),
-        Some(batch::Item::Failed(report, why)) => return (n, (report, Err(why))),
-        Some(batch::Item::Synchronous(report)) => Some(report),
-        None => None,
-    };
     let (mut report, result) = call_with_fallbacks(ctx, item, &call).await;
     if let Some(b) = before {
         // What the batch's discount would have saved on the synchronous

@@ -556,6 +556,284 @@ async fn a_second_run_of_a_batch_step_is_answered_from_the_cache_without_a_batch
     }
 }
 
+// ---------------------------------------------------------------------------
+// Steps larger than one batch: split into batches the provider takes.
+
+/// Labels `n` tickets in one batch step (no output schema: each answer is
+/// the text the fake gives for its ticket).
+fn many_tickets(n: usize) -> String {
+    let tickets: Vec<String> = (0..n).map(|i| format!("\"ticket {i}\"")).collect();
+    format!(
+        r#"version: 1
+name: many
+inputs:
+  tickets: {{ type: array, default: [{}] }}
+steps:
+  label:
+    task: classify
+    latency: batch
+    for_each: inputs.tickets
+    prompt: "Label this ticket: {{{{ item }}}}"
+    max_output_tokens: 5
+"#,
+        tickets.join(", ")
+    )
+}
+
+/// Answers `label <n>` for `ticket <n>`: an answer mapped to the wrong item
+/// shows.
+fn by_number(fake: &FakeServer) {
+    fake.set_handler(|r: &Recorded| {
+        let n = r
+            .raw_body
+            .split("ticket ")
+            .nth(1)
+            .and_then(|t| t.split(|c: char| !c.is_ascii_digit()).next())
+            .unwrap_or("?")
+            .to_owned();
+        Reply::text(format!("label {n}")).usage(20, 2)
+    });
+}
+
+fn labels(n: usize) -> serde_json::Value {
+    json!((0..n).map(|i| format!("label {i}")).collect::<Vec<_>>())
+}
+
+/// The policy with OpenAI's batches held to 50 requests.
+fn fifty_per_batch(fake: &FakeServer) -> String {
+    policy(fake, "").replace(
+        "api_key_env: TEST_OPENAI_KEY }",
+        "api_key_env: TEST_OPENAI_KEY, batch: { max_requests: 50 } }",
+    )
+}
+
+/// The fake's OpenAI takes at most 50 requests a batch.
+fn fake_takes_fifty(fake: &FakeServer, polls_before_done: u32) {
+    fake.set_batch_script(BatchScript {
+        polls_before_done,
+        max_requests: Some(50),
+        ..BatchScript::default()
+    });
+}
+
+/// The item numbers of each OpenAI batch uploaded, by first item (two
+/// batches in flight may arrive in either order).
+fn uploaded_ids(fake: &FakeServer) -> Vec<Vec<usize>> {
+    let mut batches: Vec<Vec<usize>> = fake
+        .requests()
+        .iter()
+        .filter(|r| r.path == "/v1/files")
+        .map(|r| {
+            r.raw_body
+                .split("\"custom_id\":\"item-")
+                .skip(1)
+                .map(|t| t.split('"').next().unwrap().parse().unwrap())
+                .collect()
+        })
+        .collect();
+    batches.sort();
+    batches
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_larger_than_a_batch_is_split_into_batches_the_provider_takes() {
+    let fake = FakeServer::start().await;
+    by_number(&fake);
+    fake_takes_fifty(&fake, 1);
+    let p = Project::new(&fifty_per_batch(&fake), &many_tickets(120));
+    let out = p.run(&fast()).await;
+    assert_eq!(out.status.code(), Some(0), "{}", transcript(&out));
+    let r = report(&out);
+    // Every item answered once, in item order, by a batch.
+    assert_eq!(step(&r, "label")["output"], labels(120));
+    assert_eq!(fake.batches_created(), 3);
+    assert_eq!(sync_calls(&fake, "Label this ticket"), 0);
+    // Consecutive batches of 50, 50 and 20, each item in exactly one.
+    let batches = uploaded_ids(&fake);
+    let sizes: Vec<usize> = batches.iter().map(Vec::len).collect();
+    assert_eq!(sizes, [50, 50, 20]);
+    let mut all: Vec<usize> = batches.into_iter().flatten().collect();
+    all.sort_unstable();
+    assert_eq!(all, (0..120).collect::<Vec<_>>());
+    // At batch prices: gpt-4.1-nano is $0.05 in / $0.20 out per Mtok.
+    let calls = step(&r, "label")["calls"].as_array().unwrap().clone();
+    assert_eq!(calls.len(), 120);
+    for call in &calls {
+        assert_eq!(call["batch"], true, "{call}");
+        let want = (20.0 * 0.05 + 2.0 * 0.2) / 1e6;
+        assert!(close(call["cost_usd"].as_f64().unwrap(), want), "{call}");
+    }
+    assert!(open_batches(p.path()).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fake_refuses_a_batch_past_the_providers_limit_and_the_items_run_synchronously() {
+    let fake = FakeServer::start().await;
+    by_number(&fake);
+    fake_takes_fifty(&fake, 1);
+    // tollgate told nothing of the lower limit: one batch of 60, refused
+    // whole (nothing billed), every item called synchronously.
+    let p = Project::new(&policy(&fake, ""), &many_tickets(60));
+    let out = p.run(&fast()).await;
+    assert_eq!(out.status.code(), Some(0), "{}", transcript(&out));
+    let r = report(&out);
+    assert_eq!(step(&r, "label")["output"], labels(60));
+    assert_eq!(sync_calls(&fake, "Label this ticket"), 60);
+    let first = &step(&r, "label")["calls"][0]["attempts"][0];
+    assert_eq!(first["outcome"], "batch_failed", "{first}");
+    assert!(
+        first["message"].as_str().unwrap().contains("at most 50"),
+        "{first}"
+    );
+    assert!(open_batches(p.path()).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anthropic_batches_are_cut_at_the_byte_limit() {
+    let fake = FakeServer::start().await;
+    by_number(&fake);
+    // Each request is a few hundred bytes: a 700-byte batch holds a few.
+    const MAX: usize = 700;
+    fake.set_batch_script(BatchScript {
+        polls_before_done: 0,
+        max_bytes: Some(MAX),
+        ..BatchScript::default()
+    });
+    let policy = policy(&fake, "").replace(
+        "api_key_env: TEST_ANTHROPIC_KEY }",
+        &format!("api_key_env: TEST_ANTHROPIC_KEY, batch: {{ max_bytes: {MAX} }} }}"),
+    );
+    let wf = many_tickets(12).replace("task: classify", "task: write");
+    let p = Project::new(&policy, &wf);
+    let mut args = fast().to_vec();
+    args.push("--batch");
+    let out = p.run(&args).await;
+    assert_eq!(out.status.code(), Some(0), "{}", transcript(&out));
+    let r = report(&out);
+    assert_eq!(step(&r, "label")["output"], labels(12));
+    assert_eq!(sync_calls(&fake, "Label this ticket"), 0);
+    let mut creates: Vec<_> = fake
+        .requests()
+        .into_iter()
+        .filter(|r| r.path == "/v1/messages/batches" && r.method == "POST")
+        .collect();
+    // Two batches in flight may arrive in either order.
+    let first = |r: &Recorded| {
+        r.body["requests"][0]["custom_id"].as_str().unwrap()[5..]
+            .parse::<usize>()
+            .unwrap()
+    };
+    creates.sort_by_key(first);
+    assert!(creates.len() >= 3, "{}", creates.len());
+    let mut next = 0;
+    for c in &creates {
+        assert!(c.raw_body.len() <= MAX, "{}", c.raw_body.len());
+        // Consecutive items, in order.
+        for r in c.body["requests"].as_array().unwrap() {
+            assert_eq!(r["custom_id"], format!("item-{next}"));
+            next += 1;
+        }
+    }
+    assert_eq!(next, 12);
+    for call in step(&r, "label")["calls"].as_array().unwrap() {
+        assert_eq!(call["batch"], true, "{call}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_killed_with_batches_in_flight_resumes_them_and_submits_only_the_rest() {
+    let fake = FakeServer::start().await;
+    by_number(&fake);
+    // The batches never end while the first run is alive.
+    fake_takes_fifty(&fake, u32::MAX);
+    let p = Project::new(&fifty_per_batch(&fake), &many_tickets(120));
+    let mut child = p
+        .run(&fast())
+        .into_tokio()
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    // Wait until the first batches are submitted and each polled (each is
+    // recorded before its first poll), then kill the run without warning.
+    let polled = |fake: &FakeServer| {
+        let mut ids: Vec<String> = fake
+            .requests()
+            .into_iter()
+            .filter(|r| r.method == "GET" && r.path.starts_with("/v1/batches/"))
+            .map(|r| r.path)
+            .collect();
+        ids.sort();
+        ids.dedup();
+        ids.len()
+    };
+    let mut waited = 0;
+    while polled(&fake) < 2 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        waited += 1;
+        assert!(waited < 3000, "the run never polled its batches");
+    }
+    child.kill().await.unwrap();
+    let entries = open_batches(p.path());
+    // Two in flight at once: the third was not submitted yet.
+    assert_eq!(entries.len(), 2, "{entries:?}");
+    assert_eq!(fake.batches_created(), 2);
+
+    // The provider finishes them meanwhile; the rerun collects both and
+    // submits only the third.
+    fake.complete_batches();
+    fake_takes_fifty(&fake, 0);
+    let out = p.run(&fast()).await;
+    assert_eq!(out.status.code(), Some(0), "{}", transcript(&out));
+    let r = report(&out);
+    assert_eq!(step(&r, "label")["output"], labels(120));
+    assert_eq!(fake.batches_created(), 3, "a batch was submitted again");
+    let sizes: Vec<usize> = uploaded_ids(&fake).iter().map(Vec::len).collect();
+    assert_eq!(sizes, [50, 50, 20]);
+    assert_eq!(sync_calls(&fake, "Label this ticket"), 0);
+    let calls = step(&r, "label")["calls"].as_array().unwrap().clone();
+    // Items of the first two batches were answered by the batches the
+    // killed run submitted.
+    for n in [0, 49, 50, 99] {
+        let message = calls[n]["attempts"][0]["message"].as_str().unwrap();
+        assert!(
+            entries.iter().any(|b| message.contains(b.as_str())),
+            "{message}"
+        );
+    }
+    assert!(open_batches(p.path()).is_empty());
+}
+
+#[test]
+fn batch_limits_past_the_providers_or_on_a_provider_without_batches_are_located_errors() {
+    let fake_base = "http://127.0.0.1:9";
+    let base = crate::support::team_policy(fake_base, "");
+    let wrong = base
+        .replace(
+            "api_key_env: TEST_OPENAI_KEY }",
+            "api_key_env: TEST_OPENAI_KEY, batch: { max_requests: 50001 } }",
+        )
+        .replace(
+            "api_key_env: TEST_GEMINI_KEY }",
+            "api_key_env: TEST_GEMINI_KEY, batch: { max_bytes: 10 } }",
+        );
+    let p = Project::new(&wrong, LABELS);
+    let out = p.tollgate(&["check", "wf.yaml", "policy.yaml"]).output();
+    assert_eq!(out.status.code(), Some(2), "{}", transcript(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("`batch.max_requests` is 50001: openai takes 1 to 50000"),
+        "{err}"
+    );
+    assert!(err.contains("policy.yaml:6:"), "{err}");
+    assert!(
+        err.contains("`batch` only applies to openai and anthropic providers, not gemini"),
+        "{err}"
+    );
+    assert!(err.contains("policy.yaml:8:"), "{err}");
+}
+
 /// Batches the project's run journal holds as submitted and not fetched.
 fn open_batches(project: &std::path::Path) -> Vec<String> {
     let db = rusqlite::Connection::open(project.join(".tollgate/state.db")).unwrap();
@@ -714,6 +992,34 @@ mod clients {
         assert!(e.is_retryable(), "{e:?}");
         assert!(!e.message.contains(KEY));
         assert!(matches!(results["req-2"], ItemOutcome::Expired));
+    }
+
+    #[tokio::test]
+    async fn both_fakes_refuse_a_batch_past_their_limits_as_a_whole() {
+        let fake = FakeServer::start().await;
+        for (kind, model) in [
+            (ProviderKind::Openai, "gpt-4o-mini"),
+            (ProviderKind::Anthropic, "claude-sonnet-4-6"),
+        ] {
+            fake.set_batch_script(BatchScript {
+                max_requests: Some(2),
+                ..BatchScript::default()
+            });
+            let err = client(&fake, kind).submit(&items(model)).await.unwrap_err();
+            assert_eq!(err.status, Some(400), "{kind:?}: {err:?}");
+            assert!(err.message.contains("at most 2"), "{kind:?}: {err:?}");
+            fake.set_batch_script(BatchScript {
+                max_bytes: Some(100),
+                ..BatchScript::default()
+            });
+            let err = client(&fake, kind).submit(&items(model)).await.unwrap_err();
+            let status = if kind == ProviderKind::Anthropic {
+                413
+            } else {
+                400
+            };
+            assert_eq!(err.status, Some(status), "{kind:?}: {err:?}");
+        }
     }
 
     #[tokio::test]

@@ -18,6 +18,12 @@
 //! cancelled` after `POST …/cancel`. Output and error files are JSONL in
 //! reverse order (the API does not keep input order).
 //!
+//! Both refuse a batch past the provider's limits (requests, bytes) as a
+//! whole, before anything runs: OpenAI with a 400 at the upload (bytes) or
+//! at creation (requests), Anthropic with a 413 (bytes) or a 400
+//! (requests). [`BatchScript::max_requests`] / [`BatchScript::max_bytes`]
+//! lower the limits so a test can show a client splitting its batches.
+//!
 //! Anthropic: `in_progress` → `ended` (`canceling` after cancel),
 //! `results_url` null until ended, results JSONL with
 //! `succeeded`/`errored`/`expired`/`canceled`, in reverse order.
@@ -42,7 +48,21 @@ pub struct BatchScript {
     pub expired_ids: Vec<String>,
     /// OpenAI: the input file fails validation (`failed`).
     pub fail_validation: bool,
+    /// The most requests one batch may hold; `None`: the provider's own
+    /// (OpenAI 50,000, Anthropic 100,000). A larger batch is refused.
+    pub max_requests: Option<usize>,
+    /// The most bytes one batch may be (OpenAI: the uploaded JSONL file;
+    /// Anthropic: the request body); `None`: the provider's own (OpenAI
+    /// 200 MB, Anthropic 256 MB). A larger one is refused.
+    pub max_bytes: Option<usize>,
 }
+
+/// provider-apis.md §2: "≤50,000 requests and ≤200 MB per input file".
+const OPENAI_MAX_REQUESTS: usize = 50_000;
+const OPENAI_MAX_BYTES: usize = 200 * 1024 * 1024;
+/// provider-apis.md §3, Message Batches: "100,000 requests or 256 MB".
+const ANTHROPIC_MAX_REQUESTS: usize = 100_000;
+const ANTHROPIC_MAX_BYTES: usize = 256 * 1024 * 1024;
 
 impl Default for BatchScript {
     fn default() -> Self {
@@ -51,6 +71,8 @@ impl Default for BatchScript {
             failed_ids: Vec::new(),
             expired_ids: Vec::new(),
             fail_validation: false,
+            max_requests: None,
+            max_bytes: None,
         }
     }
 }
@@ -315,6 +337,19 @@ fn upload(shared: &Shared, req: &Recorded, now: u64) -> Answer {
         return bad_request("the file field is required");
     };
     let mut store = shared.batches.lock().unwrap();
+    // The doc gives the limit, not how it is refused: the documented 400
+    // `invalid_request_error` shape, at the upload.
+    let max_bytes = store
+        .script
+        .as_ref()
+        .and_then(|s| s.max_bytes)
+        .unwrap_or(OPENAI_MAX_BYTES);
+    if content.len() > max_bytes {
+        return bad_request(&format!(
+            "File is too large: {} bytes; a batch input file may be at most {max_bytes} bytes.",
+            content.len()
+        ));
+    }
     let id = store.next_id("file-");
     store.files.insert(id.clone(), content.clone());
     json_answer(
@@ -370,6 +405,16 @@ fn openai_create(shared: &Shared, req: &Recorded, now: u64) -> Answer {
         let script = store.script.clone().unwrap_or_default();
         (file, script, store.next_id("batch_"))
     };
+    // Too many requests: refused at creation with the documented 400
+    // `invalid_request_error` shape (the doc gives the limit, not how it is
+    // refused), before anything runs or is billed.
+    let max_requests = script.max_requests.unwrap_or(OPENAI_MAX_REQUESTS);
+    let requests = file.lines().filter(|l| !l.trim().is_empty()).count();
+    if requests > max_requests {
+        return bad_request(&format!(
+            "The batch input file has {requests} requests; a batch may hold at most {max_requests}."
+        ));
+    }
     // Validate every line, as the API does before running any.
     let mut errors = Vec::new();
     let mut seen = HashSet::new();
@@ -542,6 +587,34 @@ fn anthropic_create(shared: &Shared, req: &Recorded, now: u64) -> Answer {
             &json!({"type": "error", "error": {"type": "invalid_request_error", "message": "requests: Field required"}}),
         );
     };
+    let (max_requests, max_bytes) = {
+        let store = shared.batches.lock().unwrap();
+        let script = store.script.as_ref();
+        (
+            script
+                .and_then(|s| s.max_requests)
+                .unwrap_or(ANTHROPIC_MAX_REQUESTS),
+            script
+                .and_then(|s| s.max_bytes)
+                .unwrap_or(ANTHROPIC_MAX_BYTES),
+        )
+    };
+    // provider-apis.md: a body past the batch limit is a 413
+    // `request_too_large` (Cloudflare, before the API); too many requests
+    // is the documented 400 `invalid_request_error` shape (the doc gives
+    // the limit, not how it is refused).
+    if req.raw_body.len() > max_bytes {
+        return json_answer(
+            413,
+            &json!({"type": "error", "error": {"type": "request_too_large", "message": format!("Request exceeds the maximum allowed number of bytes ({max_bytes}).")}}),
+        );
+    }
+    if requests.len() > max_requests {
+        return json_answer(
+            400,
+            &json!({"type": "error", "error": {"type": "invalid_request_error", "message": format!("requests: a batch may hold at most {max_requests} requests, not {}", requests.len())}}),
+        );
+    }
     let mut seen = HashSet::new();
     for r in requests {
         let cid = r
