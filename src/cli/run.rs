@@ -33,7 +33,7 @@ pub(super) struct RunArgs {
     /// The policy file [default: $TOLLGATE_POLICY, else the project's policies/default.yaml, else the built-in local policy].
     #[arg(long, short = 'p', env = "TOLLGATE_POLICY")]
     policy: Option<PathBuf>,
-    /// An input: NAME=VALUE, NAME=@FILE, or NAME=@- for standard input.
+    /// An input: NAME=VALUE, NAME=@FILE, or NAME=@- for standard input (a streamed input, `stream: true`, is NAME=@FILE.jsonl: one item per line, read a line at a time).
     #[arg(
         long = "input",
         short = 'i',
