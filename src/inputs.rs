@@ -203,6 +203,22 @@ fn resume_error(name: &str, why: &str) -> Diagnostic {
     )
 }
 
+fn unreadable(path: &str, e: &dyn std::fmt::Display) -> String {
+    format!("the file {path} it was read from cannot be read again: {e}")
+}
+
+/// A file read again for a resume holds the bytes the journal hashed.
+fn same_bytes(path: &str, now: &str, journaled: &str) -> Result<(), String> {
+    if now == journaled {
+        return Ok(());
+    }
+    Err(format!(
+        "the file {path} changed since the run started (SHA-256 {}…, was {}…)",
+        now.get(..12).unwrap_or(now),
+        journaled.get(..12).unwrap_or(journaled)
+    ))
+}
+
 /// A streamed input's file, read and checked again from the path the
 /// journal kept, and compared with the SHA-256 it kept.
 fn restream(stored: &Value) -> Result<std::sync::Arc<StreamedList>, String> {
@@ -212,15 +228,8 @@ fn restream(stored: &Value) -> Result<std::sync::Arc<StreamedList>, String> {
     ) else {
         return Err("the journal does not say which file it was".into());
     };
-    let list = StreamedList::open(Path::new(path))
-        .map_err(|e| format!("the file {path} it was read from cannot be read again: {e}"))?;
-    if list.sha256() != sha256 {
-        return Err(format!(
-            "the file {path} changed since the run started (SHA-256 {}…, was {}…)",
-            &list.sha256()[..12],
-            sha256.get(..12).unwrap_or(sha256)
-        ));
-    }
+    let list = StreamedList::open(Path::new(path)).map_err(|e| unreadable(path, &e))?;
+    same_bytes(path, list.sha256(), sha256)?;
     Ok(std::sync::Arc::new(list))
 }
 
@@ -258,14 +267,8 @@ fn reattach(
         return Err("the journal does not say which file it was (a run journaled before tollgate kept attachments' paths)".into());
     };
     let a = crate::attachment::Attachment::load(Path::new(path), kind)
-        .map_err(|e| format!("the file {path} it was read from cannot be read again: {e}"))?;
-    if a.sha256 != sha256 {
-        return Err(format!(
-            "the file {path} changed since the run started (SHA-256 {}…, was {}…)",
-            &a.sha256[..12],
-            sha256.get(..12).unwrap_or(sha256)
-        ));
-    }
+        .map_err(|e| unreadable(path, &e))?;
+    same_bytes(path, &a.sha256, sha256)?;
     Ok(a)
 }
 

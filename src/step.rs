@@ -488,10 +488,7 @@ impl Expanded {
                 // reads it; a call that cannot be read again fits nothing.
                 return u64::MAX;
             };
-            let messages: Vec<&str> = c.messages().collect();
-            for (m, t) in max.iter_mut().zip(&toks) {
-                *m = (*m).max(tokens::count_chat(*t, &messages) as u64);
-            }
+            raise_to(&mut max, &toks, &c);
         }
         for (t, m) in toks.iter().zip(max) {
             // Another thread may have counted the same first: same number.
@@ -517,6 +514,15 @@ impl Expanded {
             router_scores: &self.router_scores,
             attachments: &self.attachments,
         }
+    }
+}
+
+/// Raises each tokenizer's largest call (`max`, by `toks`) to `call`'s
+/// count: the one count both passes that find the largest call make.
+fn raise_to(max: &mut [u64], toks: &[Tokenizer], call: &RenderedCall) {
+    let messages: Vec<&str> = call.messages().collect();
+    for (m, t) in max.iter_mut().zip(toks) {
+        *m = (*m).max(tokens::count_chat(*t, &messages) as u64);
     }
 }
 
@@ -782,10 +788,7 @@ fn render_lazily(
         tally.add(&call);
         prefix.add(&call);
         if !toks.is_empty() {
-            let messages: Vec<&str> = call.messages().collect();
-            for (m, t) in max.iter_mut().zip(&toks) {
-                *m = (*m).max(tokens::count_chat(*t, &messages) as u64);
-            }
+            raise_to(&mut max, &toks, &call);
         }
         if first.is_none() {
             first = Some(call);

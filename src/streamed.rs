@@ -173,7 +173,7 @@ impl StreamedList {
             path,
             items,
             bytes,
-            sha256: to_hex(&whole.finalize()),
+            sha256: format!("{:x}", whole.finalize()),
             blocks,
         })
     }
@@ -238,10 +238,6 @@ fn read_line(
         return Err(StreamError::LineTooLong { line: number });
     }
     Ok(n > 0)
-}
-
-fn to_hex(digest: &[u8]) -> String {
-    digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// A line's item: `None` for a blank line.
@@ -396,7 +392,7 @@ mod tests {
         assert_eq!(all(&list).unwrap(), want);
         assert_eq!(
             list.sha256(),
-            to_hex(&Sha256::digest(std::fs::read(&p).unwrap()))
+            format!("{:x}", Sha256::digest(std::fs::read(&p).unwrap()))
         );
     }
 
