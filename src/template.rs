@@ -460,6 +460,12 @@ pub fn eval_list(
             },
         ));
     }
+    if !is_data(&v, 0) {
+        return Err(minijinja::Error::new(
+            minijinja::ErrorKind::InvalidOperation,
+            "the value cannot be read as data",
+        ));
+    }
     use minijinja::value::ValueKind;
     let kind = match v.kind() {
         // An iterable (`range(3)`) serialises as a list, and was one.
@@ -478,6 +484,35 @@ pub fn eval_list(
         _ => "a value that is not a list",
     };
     Ok(ForEachList::NotAList(kind))
+}
+
+/// Is `v` plain data (what JSON can say) all the way down? The items are
+/// the evaluated values themselves, so a function or an object (`[range]`)
+/// must be refused here: through JSON it became a string. Visits at most
+/// what serialising it visited (bounded by [`MAX_RENDERED_BYTES`]), and no
+/// deeper than serde_json reads.
+fn is_data(v: &minijinja::Value, depth: usize) -> bool {
+    use minijinja::value::ValueKind;
+    if depth > 128 {
+        return false;
+    }
+    match v.kind() {
+        ValueKind::Undefined
+        | ValueKind::None
+        | ValueKind::Bool
+        | ValueKind::Number
+        | ValueKind::String
+        | ValueKind::Bytes => true,
+        ValueKind::Seq | ValueKind::Iterable => v
+            .try_iter()
+            .is_ok_and(|mut items| items.all(|x| is_data(&x, depth + 1))),
+        ValueKind::Map => v.try_iter().is_ok_and(|mut keys| {
+            keys.all(|k| {
+                is_data(&k, depth + 1) && v.get_item(&k).is_ok_and(|x| is_data(&x, depth + 1))
+            })
+        }),
+        _ => false,
+    }
 }
 
 /// A writer that refuses to grow past [`MAX_RENDERED_BYTES`]; a measuring
@@ -916,6 +951,43 @@ impl Lint<'_, '_> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// Hostile `for_each` values: a list that is small until copied out
+    /// (one 5 MB string shared ten times) is measured, never copied, and
+    /// refused past the byte bound; a value that is not data, or not a
+    /// list, is refused; an iterable is a list, as it was through JSON.
+    #[test]
+    fn a_for_each_list_is_measured_without_being_copied_and_bounded() {
+        let env = environment();
+        let ctx = minijinja::Value::from(());
+        let err = |text: &str| match eval_list(&env, text, &ctx) {
+            Err(e) => e.to_string(),
+            Ok(_) => panic!("{text}: accepted"),
+        };
+        assert!(
+            err(r#"["x" * 5000000] * 10"#)
+                .contains(&format!("larger than {MAX_RENDERED_BYTES} bytes")),
+            "{}",
+            err(r#"["x" * 5000000] * 10"#)
+        );
+        assert!(err("[1] * 100001").contains("more than 100000 items"));
+        assert!(
+            err("[range]").contains("cannot be read as data"),
+            "{}",
+            err("[range]")
+        );
+        let kind = |text: &str| match eval_list(&env, text, &ctx).unwrap() {
+            ForEachList::NotAList(k) => k,
+            ForEachList::List(l) => panic!("{text}: a list of {}", l.len()),
+        };
+        assert_eq!(kind("'abc'"), "a string");
+        assert_eq!(kind("{'a': 1}"), "a mapping");
+        assert_eq!(kind("none"), "nothing");
+        let ForEachList::List(items) = eval_list(&env, "range(3)", &ctx).unwrap() else {
+            panic!("range(3) is a list");
+        };
+        assert_eq!(items, [0, 1, 2].map(minijinja::Value::from));
+    }
 
     #[test]
     fn references_are_dotted_paths() {
